@@ -1,0 +1,131 @@
+//! Why a packet was counted: the index of `COUNTERS`.
+
+/// Every outcome the programs count, by index into the `COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// TX: a container frame was encapsulated and sent to a peer.
+    TxEncapsulated = 0,
+    /// TX: a container frame was handed straight to another local container.
+    TxLocalDelivered = 1,
+    /// TX: an ARP request was answered from `NEIGHBOURS` without leaving the host.
+    TxArpAnswered = 2,
+    /// TX: a frame left to the bridge (broadcast, multicast, unknown or non-IPv4 destination).
+    TxToBridge = 3,
+    /// TX: encapsulation failed (no headroom, helper error); the frame was dropped.
+    TxEncapFailed = 4,
+    /// RX: a VXLAN frame was decapsulated and delivered into a container.
+    RxDelivered = 5,
+    /// RX: an admitted VXLAN frame was left to the peer's kernel VXLAN device (broadcast,
+    /// non-IPv4 or unknown destination): the bridge floods it.
+    RxToBridge = 6,
+    /// RX: dropped, the VNI names a source short ID with no established connection.
+    RxDropUnknownPeer = 7,
+    /// RX: dropped, the outer source address is not the one of the peer the VNI names.
+    RxDropSpoofedSource = 8,
+    /// RX: dropped, the VNI names another destination.
+    RxDropNotForUs = 9,
+    /// RX: dropped, a truncated or malformed frame on the VXLAN port.
+    RxDropMalformed = 10,
+    /// RX: decapsulation failed in a helper; the frame was dropped.
+    RxDecapFailed = 11,
+    /// XDP: dropped before an skb existed, unknown peer.
+    XdpDropUnknownPeer = 12,
+    /// XDP: dropped before an skb existed, spoofed outer source.
+    XdpDropSpoofedSource = 13,
+    /// XDP: dropped before an skb existed, not addressed to us.
+    XdpDropNotForUs = 14,
+    /// XDP: dropped before an skb existed, malformed.
+    XdpDropMalformed = 15,
+    /// RX: a frame for another peer was forwarded towards it (relay).
+    RxRelayed = 16,
+}
+
+impl Reason {
+    /// Number of reasons, and so the size of the `COUNTERS` map.
+    pub const COUNT: u32 = 17;
+
+    /// Every reason in index order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::TxEncapsulated,
+        Reason::TxLocalDelivered,
+        Reason::TxArpAnswered,
+        Reason::TxToBridge,
+        Reason::TxEncapFailed,
+        Reason::RxDelivered,
+        Reason::RxToBridge,
+        Reason::RxDropUnknownPeer,
+        Reason::RxDropSpoofedSource,
+        Reason::RxDropNotForUs,
+        Reason::RxDropMalformed,
+        Reason::RxDecapFailed,
+        Reason::XdpDropUnknownPeer,
+        Reason::XdpDropSpoofedSource,
+        Reason::XdpDropNotForUs,
+        Reason::XdpDropMalformed,
+        Reason::RxRelayed,
+    ];
+
+    /// A label for metrics and status output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::TxEncapsulated => "tx_encapsulated",
+            Reason::TxLocalDelivered => "tx_local_delivered",
+            Reason::TxArpAnswered => "tx_arp_answered",
+            Reason::TxToBridge => "tx_to_bridge",
+            Reason::TxEncapFailed => "tx_encap_failed",
+            Reason::RxDelivered => "rx_delivered",
+            Reason::RxToBridge => "rx_to_bridge",
+            Reason::RxDropUnknownPeer => "rx_drop_unknown_peer",
+            Reason::RxDropSpoofedSource => "rx_drop_spoofed_source",
+            Reason::RxDropNotForUs => "rx_drop_not_for_us",
+            Reason::RxDropMalformed => "rx_drop_malformed",
+            Reason::RxDecapFailed => "rx_decap_failed",
+            Reason::XdpDropUnknownPeer => "xdp_drop_unknown_peer",
+            Reason::XdpDropSpoofedSource => "xdp_drop_spoofed_source",
+            Reason::XdpDropNotForUs => "xdp_drop_not_for_us",
+            Reason::XdpDropMalformed => "xdp_drop_malformed",
+            Reason::RxRelayed => "rx_relayed",
+        }
+    }
+
+    /// Whether this reason counts a dropped packet.
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::TxEncapFailed
+                | Reason::RxDropUnknownPeer
+                | Reason::RxDropSpoofedSource
+                | Reason::RxDropNotForUs
+                | Reason::RxDropMalformed
+                | Reason::RxDecapFailed
+                | Reason::XdpDropUnknownPeer
+                | Reason::XdpDropSpoofedSource
+                | Reason::XdpDropNotForUs
+                | Reason::XdpDropMalformed
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_at_its_own_index() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{}", reason.name());
+        }
+    }
+
+    #[test]
+    fn names_are_distinct() {
+        for a in Reason::ALL {
+            for b in Reason::ALL {
+                if a != b {
+                    assert_ne!(a.name(), b.name());
+                }
+            }
+        }
+    }
+}

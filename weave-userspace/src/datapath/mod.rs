@@ -1,0 +1,134 @@
+//! The data path: everything the router puts in the kernel (the `weave` bridge, container
+//! veths, per-peer VXLAN devices for broadcast, the aya programs and their maps).
+//!
+//! The controller speaks to it only through the [`Datapath`] trait: the mesh decides
+//! (which peers, which endpoints), the data path carries it out. It never decides routes.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use weave_ebpf_common::counters::Reason;
+
+use crate::mesh::peer_name::ShortId;
+
+/// A peer as the data path needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatapathPeer {
+    pub short_id: ShortId,
+    /// Where VXLAN for this peer is sent, and the only address VXLAN from it is admitted from.
+    pub underlay: Ipv4Addr,
+    /// The peer frames for this one are handed to (itself when directly connected).
+    pub next_hop: ShortId,
+}
+
+/// A request to give a network namespace an `ethwe` interface on the weave bridge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// Path of the network namespace (e.g. `/run/netns/c1` or `/proc/<pid>/ns/net`).
+    pub netns: PathBuf,
+    /// Addresses with prefix length, e.g. `10.2.1.1/24`.
+    pub addresses: Vec<Ipv4Cidr>,
+}
+
+/// An IPv4 address with a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not an IPv4 address with a prefix length (like 10.2.1.5/24)")]
+pub struct CidrError(pub String);
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || CidrError(s.to_string());
+        let (a, p) = s.split_once('/').ok_or_else(err)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| err())?;
+        let prefix_len: u8 = p.parse().map_err(|_| err())?;
+        if prefix_len > 32 || p.starts_with('+') {
+            return Err(err());
+        }
+        Ok(Self { addr, prefix_len })
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// A container interface the data path has set up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub netns: PathBuf,
+    /// Name of the host end of the veth (a port of the weave bridge).
+    pub host_ifname: String,
+    /// MAC address of `ethwe` inside the namespace.
+    pub mac: [u8; 6],
+    pub addresses: Vec<Ipv4Cidr>,
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatapathCounters {
+    /// (reason, packets, bytes) for every [`Reason`].
+    pub by_reason: Vec<(Reason, u64, u64)>,
+    /// Per peer short ID with any traffic.
+    pub by_peer: Vec<PeerTraffic>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub short_id: u16,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("BPF: {0}")]
+    Bpf(String),
+    #[error("network namespace {path}: {reason}")]
+    Netns { path: PathBuf, reason: String },
+    #[error("no endpoint is attached in network namespace {0}")]
+    NoSuchEndpoint(PathBuf),
+    #[error("network namespace {0} is attached already")]
+    AlreadyAttached(PathBuf),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the controller asks of the kernel. Implemented by [`ebpf::EbpfDatapath`] (aya
+/// programs, maps and netlink) and, for tests of the controller, `fake::FakeDatapath`.
+pub trait Datapath: Send + Sync + 'static {
+    /// Admits VXLAN from `peer` and sends frames for it through `peer.next_hop`.
+    /// Calling it again for the same short ID updates the entry.
+    fn add_peer(&self, peer: DatapathPeer) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    /// Forgets a peer: no more admission, no more frames to it, its learned MACs flushed.
+    fn remove_peer(&self, short_id: ShortId) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    /// Gives a network namespace an `ethwe` interface on the bridge.
+    fn attach(&self, request: AttachRequest) -> impl std::future::Future<Output = Result<Endpoint, DatapathError>> + Send;
+    /// Takes back the interface of a namespace attached before.
+    fn detach(&self, netns: PathBuf) -> impl std::future::Future<Output = Result<Endpoint, DatapathError>> + Send;
+    /// Takes up an endpoint that a previous run of the router attached (after a restart).
+    /// Fails with [`DatapathError::NoSuchEndpoint`] when its interface is gone.
+    fn restore_endpoint(&self, endpoint: Endpoint) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    /// Endpoints attached now.
+    fn endpoints(&self) -> Vec<Endpoint>;
+    /// Counters summed over CPUs.
+    fn counters(&self) -> Result<DatapathCounters, DatapathError>;
+    /// The MTU given to container interfaces.
+    fn container_mtu(&self) -> u32;
+    /// Removes what the router put in the kernel except the bridge and the container
+    /// interfaces: programs, links, pins and VXLAN devices.
+    fn shutdown(&self) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+}

@@ -1,0 +1,3 @@
+//! weave-router: a Weave Net compatible overlay router with an eBPF data path.
+pub mod datapath;
+pub mod mesh;

@@ -1,0 +1,143 @@
+//! Peer identity: the 48-bit MAC-style peer name and the 12-bit short ID.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use weave_ebpf_common::vni::{MAX_SHORT_IDS, SHORT_ID_MASK};
+
+/// A peer's name: 48 bits written like a MAC address (`0a:1b:2c:3d:4e:5f`), as Weave names peers.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerName(u64);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PeerNameError {
+    #[error("peer name {0:?} is not six colon-separated hex bytes (like 0a:00:00:00:00:01)")]
+    Malformed(String),
+    #[error("peer name {0:?} is all zeros")]
+    Zero(String),
+}
+
+impl PeerName {
+    /// A random name with the locally-administered bit set and the group bit clear.
+    pub fn random() -> Self {
+        let mut bytes: [u8; 6] = rand::random();
+        bytes[0] = (bytes[0] | 0x02) & !0x01;
+        Self::from_bytes(bytes)
+    }
+
+    pub fn from_bytes(b: [u8; 6]) -> Self {
+        let mut v = [0u8; 8];
+        v[2..].copy_from_slice(&b);
+        Self(u64::from_be_bytes(v))
+    }
+
+    pub fn bytes(self) -> [u8; 6] {
+        let v = self.0.to_be_bytes();
+        [v[2], v[3], v[4], v[5], v[6], v[7]]
+    }
+
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for PeerName {
+    type Err = PeerNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(PeerNameError::Malformed(s.to_string()));
+        }
+        let mut b = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 {
+                return Err(PeerNameError::Malformed(s.to_string()));
+            }
+            b[i] = u8::from_str_radix(p, 16).map_err(|_| PeerNameError::Malformed(s.to_string()))?;
+        }
+        if b == [0; 6] {
+            return Err(PeerNameError::Zero(s.to_string()));
+        }
+        Ok(Self::from_bytes(b))
+    }
+}
+
+impl fmt::Display for PeerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.bytes();
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl fmt::Debug for PeerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A peer's 12-bit short ID: its half of the VXLAN VNI and its index in the `PEERS` map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShortId(u16);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("short ID {0} does not fit in 12 bits (0..={max})", max = MAX_SHORT_IDS - 1)]
+pub struct ShortIdError(pub u32);
+
+impl ShortId {
+    pub fn new(v: u16) -> Result<Self, ShortIdError> {
+        if (v as u32) < MAX_SHORT_IDS {
+            Ok(Self(v))
+        } else {
+            Err(ShortIdError(v as u32))
+        }
+    }
+
+    pub fn random() -> Self {
+        Self(rand::random::<u16>() & SHORT_ID_MASK)
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for ShortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:03x}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_text() {
+        let n: PeerName = "0a:1b:2c:3d:4e:5f".parse().unwrap();
+        assert_eq!(n.to_string(), "0a:1b:2c:3d:4e:5f");
+        assert_eq!(n.bytes(), [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]);
+    }
+
+    #[test]
+    fn malformed_names_are_refused() {
+        for bad in ["", "0a:1b:2c:3d:4e", "0a:1b:2c:3d:4e:5f:00", "0g:1b:2c:3d:4e:5f", "a:1b:2c:3d:4e:5f", "00:00:00:00:00:00"] {
+            assert!(bad.parse::<PeerName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn random_names_are_local_unicast() {
+        for _ in 0..100 {
+            let b = PeerName::random().bytes();
+            assert_eq!(b[0] & 0x03, 0x02);
+        }
+    }
+
+    #[test]
+    fn short_ids_must_fit_twelve_bits() {
+        assert!(ShortId::new(4095).is_ok());
+        assert_eq!(ShortId::new(4096), Err(ShortIdError(4096)));
+        assert!(ShortId::random().get() < 4096);
+    }
+}
