@@ -132,3 +132,30 @@ pub trait Datapath: Send + Sync + 'static {
     /// interfaces: programs, links, pins and VXLAN devices.
     fn shutdown(&self) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
 }
+
+/// When to attach the XDP admission filter on the underlay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Only on physical NICs (where it measures faster); never on veth.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// What the data path is started with (from the validated launch configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathSettings {
+    /// This router's peer name: names the pin directory `<pin_root>/<peer name>/`.
+    pub peer_name: crate::mesh::peer_name::PeerName,
+    pub own_short_id: ShortId,
+    /// Underlay interface (VXLAN goes out and comes in here).
+    pub underlay_iface: String,
+    /// This router's underlay IPv4 address (outer source of VXLAN).
+    pub underlay_addr: Ipv4Addr,
+    /// Container MTU; `None` = underlay MTU − 50.
+    pub mtu: Option<u32>,
+    pub xdp: XdpMode,
+    /// Root of the pin directories, normally `/sys/fs/bpf/weave-router`.
+    pub pin_root: PathBuf,
+}
