@@ -4,6 +4,10 @@
 //! The controller speaks to it only through the [`Datapath`] trait: the mesh decides
 //! (which peers, which endpoints), the data path carries it out. It never decides routes.
 
+
+pub mod ebpf;
+pub mod netlink;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -103,6 +107,8 @@ pub enum DatapathError {
     NoSuchEndpoint(PathBuf),
     #[error("network namespace {0} is attached already")]
     AlreadyAttached(PathBuf),
+    #[error("interface {0} not found")]
+    NoSuchInterface(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -1,0 +1,549 @@
+//! The weave-router kernel programs.
+//!
+//! - `tx_from_container` (tcx ingress of each container veth's host end): answers ARP from
+//!   `NEIGHBOURS`, hands frames for local containers straight to them, encapsulates IPv4
+//!   frames for MACs learned behind a peer, leaves the rest to the bridge.
+//! - `rx_from_underlay` (tcx ingress of the underlay): admits VXLAN only from known peers,
+//!   learns, decapsulates IPv4 for local containers straight into them, hands the rest to
+//!   the per-peer kernel VXLAN device.
+//! - `xdp_admit` (XDP on the underlay): the same admission check before any skb exists.
+//!
+//! Every type crossing to userspace comes from `weave-ebpf-common`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        xdp_action::{XDP_DROP, XDP_PASS},
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK,
+        TC_ACT_SHOT,
+    },
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use weave_ebpf_common::{
+    counters::Reason,
+    headers::{
+        is_group_mac, read_vxlan_vni, source_port_from_hash, write_outer_headers, OuterHeaders,
+        ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_UDP,
+        IPV4_FRAGMENT_MASK, IPV4_HLEN, OUTER_HLEN, UDP_HLEN, VXLAN_HLEN,
+    },
+    maps::{
+        Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, PeerCounter, PeerEntry, RemoteMac,
+        CONFIG_READY, ENDPOINTS_MAX_ENTRIES, NEIGHBOURS_MAX_ENTRIES, PEERS_MAX_ENTRIES, PEER_ADMIT,
+        PEER_REACHABLE, REMOTE_MACS_MAX_ENTRIES,
+    },
+    vni, VXLAN_PORT,
+};
+
+#[btf_map]
+static CONFIG: Array<DatapathConfig, 1> = Array::new();
+#[btf_map]
+static PEERS: Array<PeerEntry, { PEERS_MAX_ENTRIES as usize }> = Array::new();
+#[btf_map]
+static ENDPOINTS: HashMap<MacKey, LocalEndpoint, { ENDPOINTS_MAX_ENTRIES as usize }> =
+    HashMap::new();
+#[btf_map]
+static REMOTE_MACS: LruHashMap<MacKey, RemoteMac, { REMOTE_MACS_MAX_ENTRIES as usize }> =
+    LruHashMap::new();
+#[btf_map]
+static NEIGHBOURS: LruHashMap<Ipv4Key, MacKey, { NEIGHBOURS_MAX_ENTRIES as usize }> =
+    LruHashMap::new();
+#[btf_map]
+static COUNTERS: PerCpuArray<Counter, { Reason::COUNT as usize }> = PerCpuArray::new();
+#[btf_map]
+static PEER_COUNTERS: PerCpuArray<PeerCounter, { PEERS_MAX_ENTRIES as usize }> =
+    PerCpuArray::new();
+
+/// `ENCAP_L2(len)` of `bpf_skb_adjust_room`: the length of the inner L2 header.
+const fn adj_room_encap_l2(len: u64) -> u64 {
+    (len & 0xff) << 56
+}
+
+const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
+    | adj_room_encap_l2(ETH_HLEN as u64);
+const DECAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64;
+
+/// Offsets in an encapsulated frame.
+const OFF_IP: usize = ETH_HLEN;
+const OFF_UDP: usize = ETH_HLEN + IPV4_HLEN;
+const OFF_VXLAN: usize = OFF_UDP + UDP_HLEN;
+const OFF_INNER: usize = OUTER_HLEN;
+/// Shortest frame that carries a whole inner Ethernet header.
+const MIN_VXLAN_FRAME: usize = OUTER_HLEN + ETH_HLEN;
+/// Length of an Ethernet + IPv4 ARP frame.
+const ARP_FRAME_LEN: usize = ETH_HLEN + 28;
+/// Fixed part of an Ethernet/IPv4 ARP request: htype 1, ptype 0x0800, hlen 6, plen 4, op 1.
+const ARP_REQUEST_FIXED: [u8; 8] = [0, 1, 0x08, 0x00, 6, 4, 0, ARP_OP_REQUEST as u8];
+
+#[inline(always)]
+fn count(reason: Reason, bytes: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: the slot belongs to this CPU and the program is not preempted on it while
+        // running, so nothing else writes it concurrently; the pointer comes from a successful
+        // lookup in a preallocated array.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes as u64;
+        }
+    }
+}
+
+#[inline(always)]
+fn count_peer(short_id: u16, tx: bool, bytes: u32) {
+    if let Some(c) = PEER_COUNTERS.get_ptr_mut(short_id as u32) {
+        // SAFETY: as in `count`: a per-CPU slot of a preallocated array.
+        unsafe {
+            if tx {
+                (*c).tx_packets += 1;
+                (*c).tx_bytes += bytes as u64;
+            } else {
+                (*c).rx_packets += 1;
+                (*c).rx_bytes += bytes as u64;
+            }
+        }
+    }
+}
+
+/// The configuration, once the controller has written it.
+#[inline(always)]
+fn config() -> Option<DatapathConfig> {
+    let c = CONFIG.get(0)?;
+    if c.flags & CONFIG_READY == 0 {
+        return None;
+    }
+    Some(*c)
+}
+
+#[inline(always)]
+fn mac_at(b: &[u8], off: usize) -> [u8; 6] {
+    [b[off], b[off + 1], b[off + 2], b[off + 3], b[off + 4], b[off + 5]]
+}
+
+#[inline(always)]
+fn ipv4_at(b: &[u8], off: usize) -> [u8; 4] {
+    [b[off], b[off + 1], b[off + 2], b[off + 3]]
+}
+
+// ---------------------------------------------------------------------------------------
+// Admission (shared by the TC and XDP receive programs)
+// ---------------------------------------------------------------------------------------
+
+enum Admission {
+    /// Admitted; the source peer's short ID.
+    Admit(u16),
+    UnknownPeer,
+    SpoofedSource,
+    NotForUs,
+    Malformed,
+}
+
+/// Checks a VXLAN header against `PEERS`: the source short ID must be admitted, the outer
+/// source address must be that peer's, the destination short ID must be ours.
+#[inline(always)]
+fn admit(cfg: &DatapathConfig, outer_src: [u8; 4], vxlan: &[u8; VXLAN_HLEN]) -> Admission {
+    let Some(id) = read_vxlan_vni(vxlan) else {
+        return Admission::Malformed;
+    };
+    let (src, dst) = vni::unpack(id);
+    let Some(peer) = PEERS.get(src as u32) else {
+        return Admission::UnknownPeer;
+    };
+    if peer.flags & PEER_ADMIT == 0 {
+        return Admission::UnknownPeer;
+    }
+    if peer.underlay_ipv4 != outer_src {
+        return Admission::SpoofedSource;
+    }
+    if dst != cfg.own_short_id {
+        return Admission::NotForUs;
+    }
+    Admission::Admit(src)
+}
+
+// ---------------------------------------------------------------------------------------
+// TX: tcx ingress of a container veth's host end
+// ---------------------------------------------------------------------------------------
+
+#[classifier]
+pub fn tx_from_container(ctx: TcContext) -> i32 {
+    try_tx_from_container(&ctx).unwrap_or(TC_ACT_OK as i32)
+}
+
+fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(cfg) = config() else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
+    let dst = mac_at(&eth, 0);
+    let proto = u16::from_be_bytes([eth[12], eth[13]]);
+    let len = ctx.len();
+
+    if proto == ETH_P_ARP {
+        if let Some(action) = answer_arp(ctx) {
+            count(Reason::TxArpAnswered, len);
+            return Ok(action);
+        }
+        count(Reason::TxToBridge, len);
+        return Ok(TC_ACT_OK as i32);
+    }
+    if is_group_mac(&dst) {
+        count(Reason::TxToBridge, len);
+        return Ok(TC_ACT_OK as i32);
+    }
+    let key = MacKey::new(dst);
+    // SAFETY: the value is copied out at once, before any update of the map.
+    if let Some(ep) = unsafe { ENDPOINTS.get(&key) } {
+        let ifindex = ep.host_ifindex;
+        count(Reason::TxLocalDelivered, len);
+        // SAFETY: a helper call with plain integer arguments.
+        return Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32);
+    }
+    if proto != ETH_P_IP {
+        count(Reason::TxToBridge, len);
+        return Ok(TC_ACT_OK as i32);
+    }
+    // SAFETY: the value is copied out at once; an LRU entry may be reused later.
+    let Some(peer_id) = (unsafe { REMOTE_MACS.get(&key) }).map(|r| r.peer_short_id) else {
+        count(Reason::TxToBridge, len);
+        return Ok(TC_ACT_OK as i32);
+    };
+    let Some(remote) = next_hop_address(peer_id) else {
+        count(Reason::TxToBridge, len);
+        return Ok(TC_ACT_OK as i32);
+    };
+    Ok(encapsulate(ctx, &cfg, &eth, peer_id, remote, len))
+}
+
+/// The underlay address to send frames for `peer_id` to, if it is reachable.
+#[inline(always)]
+fn next_hop_address(peer_id: u16) -> Option<[u8; 4]> {
+    let peer = PEERS.get(peer_id as u32)?;
+    if peer.flags & PEER_REACHABLE == 0 {
+        return None;
+    }
+    if peer.next_hop == peer_id {
+        return Some(peer.underlay_ipv4);
+    }
+    let hop = PEERS.get(peer.next_hop as u32)?;
+    if hop.flags & PEER_REACHABLE == 0 {
+        return None;
+    }
+    Some(hop.underlay_ipv4)
+}
+
+#[inline(always)]
+fn encapsulate(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    eth: &[u8; ETH_HLEN],
+    peer_id: u16,
+    remote: [u8; 4],
+    len: u32,
+) -> i32 {
+    // SAFETY: the helper only reads the skb the program was given.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    if ctx.adjust_room(OUTER_HLEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS).is_err() {
+        count(Reason::TxEncapFailed, len);
+        return TC_ACT_SHOT as i32;
+    }
+    // adjust_room inserted the room after the first 14 bytes: write the outer headers and
+    // the original Ethernet header behind them in one go.
+    let mut hdr = [0u8; OUTER_HLEN + ETH_HLEN];
+    let inner_len = if len > 0xffff - (OUTER_HLEN - ETH_HLEN) as u32 {
+        // A GSO skb: the kernel rewrites the lengths of every segment.
+        (0xffff - (OUTER_HLEN - ETH_HLEN)) as u16
+    } else {
+        len as u16
+    };
+    let (outer, inner) = hdr.split_at_mut(OUTER_HLEN);
+    let Ok(outer) = <&mut [u8; OUTER_HLEN]>::try_from(outer) else {
+        return TC_ACT_SHOT as i32;
+    };
+    write_outer_headers(
+        outer,
+        &OuterHeaders {
+            src_ipv4: cfg.underlay_ipv4,
+            dst_ipv4: remote,
+            src_port: source_port_from_hash(hash),
+            vni: vni::pack(cfg.own_short_id, peer_id),
+            inner_len,
+        },
+    );
+    inner.copy_from_slice(eth);
+    if ctx.store(0, &hdr, 0).is_err() {
+        count(Reason::TxEncapFailed, len);
+        return TC_ACT_SHOT as i32;
+    }
+    count(Reason::TxEncapsulated, len);
+    count_peer(peer_id, true, len);
+    // SAFETY: a helper call; no neighbour parameters are passed (null, 0), so the kernel
+    // looks the next hop up in its FIB.
+    unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Answers an ARP request for an address in `NEIGHBOURS` by turning the frame into the
+/// reply and sending it back out of the interface it came in on (to the container).
+#[inline(always)]
+fn answer_arp(ctx: &TcContext) -> Option<i32> {
+    let req: [u8; ARP_FRAME_LEN] = ctx.load(0).ok()?;
+    let a = ETH_HLEN;
+    if req[a..a + 8] != ARP_REQUEST_FIXED {
+        return None;
+    }
+    let sha = mac_at(&req, a + 8);
+    let spa = ipv4_at(&req, a + 14);
+    let tpa = ipv4_at(&req, a + 24);
+    if tpa == spa {
+        // Gratuitous ARP or duplicate address detection: not ours to answer.
+        return None;
+    }
+    // SAFETY: the value is copied out at once.
+    let mac = unsafe { NEIGHBOURS.get(&Ipv4Key { addr: tpa }) }?.addr;
+    if mac == sha {
+        return None;
+    }
+    let mut rep = [0u8; ARP_FRAME_LEN];
+    rep[0..6].copy_from_slice(&sha);
+    rep[6..12].copy_from_slice(&mac);
+    rep[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    rep[a..a + 6].copy_from_slice(&ARP_REQUEST_FIXED[..6]);
+    rep[a + 6..a + 8].copy_from_slice(&ARP_OP_REPLY.to_be_bytes());
+    rep[a + 8..a + 14].copy_from_slice(&mac);
+    rep[a + 14..a + 18].copy_from_slice(&tpa);
+    rep[a + 18..a + 24].copy_from_slice(&sha);
+    rep[a + 24..a + 28].copy_from_slice(&spa);
+    ctx.store(0, &rep, 0).ok()?;
+    // SAFETY: reading a field of the context the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a helper call with plain integer arguments.
+    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+// ---------------------------------------------------------------------------------------
+// RX: tcx ingress of the underlay
+// ---------------------------------------------------------------------------------------
+
+#[classifier]
+pub fn rx_from_underlay(ctx: TcContext) -> i32 {
+    try_rx_from_underlay(&ctx).unwrap_or(TC_ACT_OK as i32)
+}
+
+fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(cfg) = config() else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let len = ctx.len();
+    let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
+    if u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IP {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let ip: [u8; IPV4_HLEN] = ctx.load(OFF_IP).map_err(|_| ())?;
+    if ip[9] != IPPROTO_UDP || ip[0] >> 4 != 4 {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    if ihl < IPV4_HLEN {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if frag & 0x1fff != 0 {
+        // A later fragment: no UDP header to look at; without its first fragment the
+        // kernel cannot reassemble it.
+        return Ok(TC_ACT_OK as i32);
+    }
+    let udp: [u8; UDP_HLEN] = match ctx.load(ETH_HLEN + ihl) {
+        Ok(u) => u,
+        Err(_) => return Ok(TC_ACT_OK as i32),
+    };
+    if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
+        return Ok(TC_ACT_OK as i32);
+    }
+    // VXLAN from here on: whatever is not admitted is dropped.
+    if ihl != IPV4_HLEN || frag & IPV4_FRAGMENT_MASK != 0 || (len as usize) < MIN_VXLAN_FRAME {
+        count(Reason::RxDropMalformed, len);
+        return Ok(TC_ACT_SHOT as i32);
+    }
+    let Ok(tail) = ctx.load::<[u8; VXLAN_HLEN + ETH_HLEN]>(OFF_VXLAN) else {
+        count(Reason::RxDropMalformed, len);
+        return Ok(TC_ACT_SHOT as i32);
+    };
+    let mut vx = [0u8; VXLAN_HLEN];
+    vx.copy_from_slice(&tail[..VXLAN_HLEN]);
+    let src = match admit(&cfg, ipv4_at(&ip, 12), &vx) {
+        Admission::Admit(src) => src,
+        Admission::UnknownPeer => return Ok(drop_rx(Reason::RxDropUnknownPeer, len)),
+        Admission::SpoofedSource => return Ok(drop_rx(Reason::RxDropSpoofedSource, len)),
+        Admission::NotForUs => return Ok(drop_rx(Reason::RxDropNotForUs, len)),
+        Admission::Malformed => return Ok(drop_rx(Reason::RxDropMalformed, len)),
+    };
+    count_peer(src, false, len);
+
+    let mut inner_eth = [0u8; ETH_HLEN];
+    inner_eth.copy_from_slice(&tail[VXLAN_HLEN..]);
+    let inner_dst = mac_at(&inner_eth, 0);
+    let inner_src = mac_at(&inner_eth, 6);
+    let inner_proto = u16::from_be_bytes([inner_eth[12], inner_eth[13]]);
+    learn(ctx, src, inner_src, inner_proto);
+
+    if inner_proto == ETH_P_IP && !is_group_mac(&inner_dst) {
+        // SAFETY: the value is copied out at once.
+        if let Some(ifindex) = unsafe { ENDPOINTS.get(&MacKey::new(inner_dst)) }.map(|e| e.host_ifindex) {
+            if ctx.adjust_room(-(OUTER_HLEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS).is_err() {
+                return Ok(drop_rx(Reason::RxDecapFailed, len));
+            }
+            // The first 14 bytes left are the outer Ethernet header: put the inner one there.
+            if ctx.store(0, &inner_eth, 0).is_err() {
+                return Ok(drop_rx(Reason::RxDecapFailed, len));
+            }
+            count(Reason::RxDelivered, len);
+            // SAFETY: a helper call with plain integer arguments.
+            return Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32);
+        }
+    }
+
+    // Hand it to our `vxw-<src>` device: its VNI is vni(self, src). The UDP checksum would
+    // no longer match, so it goes (zero is valid for IPv4).
+    let id = vni::pack(cfg.own_short_id, src);
+    let vni_bytes: [u8; 4] = [(id >> 16) as u8, (id >> 8) as u8, id as u8, 0];
+    if ctx.store(OFF_VXLAN + 4, &vni_bytes, BPF_F_RECOMPUTE_CSUM as u64).is_err()
+        || ctx.store(OFF_UDP + 6, &[0u8; 2], BPF_F_RECOMPUTE_CSUM as u64).is_err()
+    {
+        return Ok(drop_rx(Reason::RxDecapFailed, len));
+    }
+    count(Reason::RxToBridge, len);
+    Ok(TC_ACT_OK as i32)
+}
+
+#[inline(always)]
+fn drop_rx(reason: Reason, len: u32) -> i32 {
+    count(reason, len);
+    TC_ACT_SHOT as i32
+}
+
+/// Learns the inner source MAC → source peer and the inner source IPv4 → MAC, writing
+/// only entries that differ.
+#[inline(always)]
+fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
+    if is_group_mac(&src_mac) {
+        return;
+    }
+    let key = MacKey::new(src_mac);
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { REMOTE_MACS.get(&key) }.map(|r| r.peer_short_id);
+    if known != Some(src_peer) {
+        let _ = REMOTE_MACS.insert(
+            &key,
+            &RemoteMac {
+                peer_short_id: src_peer,
+                _pad: [0; 6],
+            },
+            0,
+        );
+    }
+    let addr = if proto == ETH_P_IP {
+        match ctx.load::<[u8; 4]>(OFF_INNER + ETH_HLEN + 12) {
+            Ok(a) => a,
+            Err(_) => return,
+        }
+    } else if proto == ETH_P_ARP {
+        // Sender hardware and protocol addresses of an Ethernet/IPv4 ARP packet.
+        let Ok(arp) = ctx.load::<[u8; 18]>(OFF_INNER + ETH_HLEN) else {
+            return;
+        };
+        if arp[0..6] != ARP_REQUEST_FIXED[0..6] || mac_at(&arp, 8) != src_mac {
+            return;
+        }
+        ipv4_at(&arp, 14)
+    } else {
+        return;
+    };
+    if addr == [0; 4] {
+        return;
+    }
+    let ip_key = Ipv4Key { addr };
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { NEIGHBOURS.get(&ip_key) }.map(|m| m.addr);
+    if known != Some(src_mac) {
+        let _ = NEIGHBOURS.insert(&ip_key, &key, 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// XDP: admission on the underlay before any skb exists
+// ---------------------------------------------------------------------------------------
+
+#[xdp]
+pub fn xdp_admit(ctx: XdpContext) -> u32 {
+    try_xdp_admit(&ctx).unwrap_or(XDP_PASS)
+}
+
+/// A pointer to `N` bytes at `off` of the frame, if the frame holds them.
+#[inline(always)]
+fn xdp_bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Option<*const [u8; N]> {
+    let start = ctx.data();
+    if start + off + N > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *const [u8; N])
+}
+
+fn try_xdp_admit(ctx: &XdpContext) -> Option<u32> {
+    let cfg = config()?;
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    // SAFETY (all reads below): `xdp_bytes` checked the bytes lie inside the frame.
+    let eth = unsafe { *xdp_bytes::<ETH_HLEN>(ctx, 0)? };
+    if u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IP {
+        return Some(XDP_PASS);
+    }
+    // SAFETY: bounds checked by `xdp_bytes`.
+    let ip = unsafe { *xdp_bytes::<IPV4_HLEN>(ctx, OFF_IP)? };
+    if ip[9] != IPPROTO_UDP || ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
+        return Some(XDP_PASS);
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if frag & 0x1fff != 0 {
+        return Some(XDP_PASS);
+    }
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    // SAFETY: bounds checked by `xdp_bytes`.
+    let udp = unsafe { *xdp_bytes::<UDP_HLEN>(ctx, ETH_HLEN + (ihl & 0x3c))? };
+    if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
+        return Some(XDP_PASS);
+    }
+    if ihl != IPV4_HLEN || frag & IPV4_FRAGMENT_MASK != 0 || (len as usize) < MIN_VXLAN_FRAME {
+        count(Reason::XdpDropMalformed, len);
+        return Some(XDP_DROP);
+    }
+    // SAFETY: bounds checked by `xdp_bytes`.
+    let Some(vx) = xdp_bytes::<VXLAN_HLEN>(ctx, OFF_VXLAN).map(|p| unsafe { *p }) else {
+        count(Reason::XdpDropMalformed, len);
+        return Some(XDP_DROP);
+    };
+    let reason = match admit(&cfg, ipv4_at(&ip, 12), &vx) {
+        Admission::Admit(_) => return Some(XDP_PASS),
+        Admission::UnknownPeer => Reason::XdpDropUnknownPeer,
+        Admission::SpoofedSource => Reason::XdpDropSpoofedSource,
+        Admission::NotForUs => Reason::XdpDropNotForUs,
+        Admission::Malformed => Reason::XdpDropMalformed,
+    };
+    count(reason, len);
+    Some(XDP_DROP)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,702 @@
+//! The real data path: the aya programs of `weave-ebpf` (embedded in the binary), their
+//! pinned maps and links, the `weave` bridge, container veths and per-peer VXLAN devices.
+//!
+//! Every method must run on a thread in the router's network namespace (normally the whole
+//! process lives there): interface names are resolved in the caller's namespace. Work
+//! inside container namespaces runs on dedicated threads (see [`netlink::in_netns`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use weave_ebpf_common::counters::Reason;
+use weave_ebpf_common::maps::{
+    Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, PeerCounter, PeerEntry, RemoteMac,
+    ALL_MAPS, CONFIG_MAP, CONFIG_READY, COUNTERS_MAP, ENDPOINTS_MAP, NEIGHBOURS_MAP, PEERS_MAP,
+    PEER_ADMIT, PEER_COUNTERS_MAP, PEER_REACHABLE, REMOTE_MACS_MAP,
+};
+use weave_ebpf_common::{vni, VXLAN_OVERHEAD, VXLAN_PORT};
+
+use super::netlink::{self, LinkChange, LinkInfo, Netlink, VxlanSpec};
+use super::{
+    AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, DatapathSettings,
+    Endpoint, PeerTraffic, XdpMode,
+};
+use crate::mesh::peer_name::ShortId;
+
+/// The compiled kernel programs (`weave-ebpf`), built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weave-ebpf.o"));
+
+/// Program names in [`EBPF_OBJECT`].
+pub const TX_PROGRAM: &str = "tx_from_container";
+pub const RX_PROGRAM: &str = "rx_from_underlay";
+pub const XDP_PROGRAM: &str = "xdp_admit";
+
+/// Name of the bridge the containers and the VXLAN devices are ports of.
+pub const BRIDGE_NAME: &str = "weave";
+/// Name of the container end of a veth, inside its namespace.
+pub const CONTAINER_IFNAME: &str = "ethwe";
+/// Prefix of the host end of container veths.
+pub const HOST_VETH_PREFIX: &str = "vethwe";
+/// Prefix of the per-peer VXLAN devices.
+pub const VXLAN_PREFIX: &str = "vxw-";
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Name of the kernel VXLAN device for a peer.
+pub fn vxlan_device_name(peer: ShortId) -> String {
+    format!("{VXLAN_PREFIX}{peer}")
+}
+
+fn bpf_err(what: impl std::fmt::Display) -> impl FnOnce(String) -> DatapathError {
+    move |e| DatapathError::Bpf(format!("{what}: {}", e.lines().next().unwrap_or("").trim()))
+}
+
+/// One line from aya's errors (verifier logs are long; the first line says what failed).
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    let s = e.to_string();
+    let first = s.lines().next().unwrap_or("").trim().to_string();
+    // A verifier rejection ends in the reason: keep the last meaningful line too.
+    match s.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) if s.lines().count() > 1 => format!("{first} … {}", last.trim()),
+        _ => first,
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless it is mounted there already.
+pub fn ensure_bpffs() -> Result<(), DatapathError> {
+    let path = CString::new(BPFFS).expect("no NUL");
+    // SAFETY: statfs writes into a zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let _ = std::fs::create_dir_all(BPFFS);
+    let fstype = CString::new("bpf").expect("no NUL");
+    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(DatapathError::Bpf(format!(
+            "bpffs is not mounted at {BPFFS} and mounting it failed: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+struct Maps {
+    config: Array<MapData, DatapathConfig>,
+    peers: Array<MapData, PeerEntry>,
+    endpoints: HashMap<MapData, MacKey, LocalEndpoint>,
+    remote_macs: HashMap<MapData, MacKey, RemoteMac>,
+    neighbours: HashMap<MapData, Ipv4Key, MacKey>,
+    counters: PerCpuArray<MapData, Counter>,
+    peer_counters: PerCpuArray<MapData, PeerCounter>,
+}
+
+struct State {
+    ebpf: Ebpf,
+    maps: Maps,
+    /// Pinned links by pin file name (`rx-<dev>`, `xdp-<dev>`, `tx-<host veth>`).
+    links: BTreeMap<String, PinnedLink>,
+    endpoints: Vec<Endpoint>,
+    /// Short IDs ever added in this run (counters are reported for them).
+    peers_seen: BTreeSet<u16>,
+}
+
+/// The eBPF data path of one router.
+pub struct EbpfDatapath {
+    settings: DatapathSettings,
+    pin_dir: PathBuf,
+    container_mtu: u32,
+    underlay: LinkInfo,
+    bridge_index: u32,
+    xdp_attached: bool,
+    nl: Netlink,
+    state: Mutex<State>,
+}
+
+/// Starts the data path: bpffs, the bridge, the programs and maps (pinned under
+/// `<pin_root>/<peer name>/`), RX (and XDP, per the mode) on the underlay. Leftovers of an
+/// earlier run with the same peer name (links, pins, VXLAN devices) are removed first.
+pub async fn start(settings: DatapathSettings) -> Result<EbpfDatapath, DatapathError> {
+    EbpfDatapath::start(settings).await
+}
+
+impl EbpfDatapath {
+    pub async fn start(settings: DatapathSettings) -> Result<Self, DatapathError> {
+        ensure_bpffs()?;
+        let pin_dir = settings.pin_root.join(settings.peer_name.to_string());
+        remove_pins(&pin_dir);
+        std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| {
+            DatapathError::Bpf(format!("cannot create pin directory {}: {e}", pin_dir.display()))
+        })?;
+
+        let nl = Netlink::connect()?;
+        let underlay = nl
+            .link_by_name(&settings.underlay_iface)
+            .await?
+            .ok_or_else(|| DatapathError::NoSuchInterface(settings.underlay_iface.clone()))?;
+        let container_mtu = match settings.mtu {
+            Some(m) => m,
+            None => underlay.mtu.checked_sub(VXLAN_OVERHEAD).filter(|m| *m >= 576).ok_or_else(|| {
+                DatapathError::Netlink(format!(
+                    "underlay {} has MTU {}, too small for VXLAN",
+                    underlay.name, underlay.mtu
+                ))
+            })?,
+        };
+        for link in nl.links().await? {
+            if link.name.starts_with(VXLAN_PREFIX) {
+                nl.del_link(link.index).await?;
+            }
+        }
+        let bridge = nl.ensure_bridge(BRIDGE_NAME, container_mtu).await?;
+
+        let result = Self::load(&settings, &pin_dir, &underlay);
+        let (state, xdp_attached) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                remove_pins(&pin_dir);
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            settings,
+            pin_dir,
+            container_mtu,
+            underlay,
+            bridge_index: bridge.index,
+            xdp_attached,
+            nl,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn load(
+        settings: &DatapathSettings,
+        pin_dir: &Path,
+        underlay: &LinkInfo,
+    ) -> Result<(State, bool), DatapathError> {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| DatapathError::Bpf(format!("loading the programs: {}", one_line(&e))))?;
+
+        let mut maps = take_maps(&mut ebpf)?;
+        maps.config
+            .set(
+                0,
+                DatapathConfig {
+                    underlay_ipv4: settings.underlay_addr.octets(),
+                    underlay_ifindex: underlay.index,
+                    own_short_id: settings.own_short_id.get(),
+                    flags: CONFIG_READY,
+                },
+                0,
+            )
+            .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))?;
+
+        for name in [TX_PROGRAM, RX_PROGRAM] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|e| DatapathError::Bpf(format!("loading {name}: {}", one_line(&e))))?;
+        }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or_else(|| DatapathError::Bpf(format!("program {XDP_PROGRAM} missing")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| bpf_err(XDP_PROGRAM)(e.to_string()))?;
+        xdp.load()
+            .map_err(|e| DatapathError::Bpf(format!("loading {XDP_PROGRAM}: {}", one_line(&e))))?;
+
+        let mut state = State {
+            ebpf,
+            maps,
+            links: BTreeMap::new(),
+            endpoints: Vec::new(),
+            peers_seen: BTreeSet::new(),
+        };
+        let links_dir = pin_dir.join("links");
+        let rx_pin = format!("rx-{}", underlay.name);
+        let link = attach_tc(&mut state.ebpf, RX_PROGRAM, &underlay.name, &links_dir.join(&rx_pin))?;
+        state.links.insert(rx_pin, link);
+
+        let want_xdp = match settings.xdp {
+            XdpMode::On => true,
+            XdpMode::Off => false,
+            XdpMode::Auto => Path::new("/sys/class/net").join(&underlay.name).join("device").exists(),
+        };
+        if want_xdp {
+            let xdp_pin = format!("xdp-{}", underlay.name);
+            let prog: &mut Xdp = state
+                .ebpf
+                .program_mut(XDP_PROGRAM)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| DatapathError::Bpf(format!("program {XDP_PROGRAM} missing")))?;
+            let id = prog
+                .attach_to_if_index(underlay.index, aya::programs::XdpMode::Default)
+                .map_err(|e| DatapathError::Bpf(format!("attaching XDP to {}: {}", underlay.name, one_line(&e))))?;
+            let link = prog.take_link(id).map_err(|e| bpf_err("XDP link")(e.to_string()))?;
+            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+                bpf_err(format!("XDP on {} is not a bpf link", underlay.name))(e.to_string())
+            })?;
+            let pinned = fd
+                .pin(links_dir.join(&xdp_pin))
+                .map_err(|e| bpf_err("pinning the XDP link")(e.to_string()))?;
+            state.links.insert(xdp_pin, pinned);
+        }
+        Ok((state, want_xdp))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Directory holding this router's pinned maps and links.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Whether the XDP admission filter is attached to the underlay.
+    pub fn xdp_attached(&self) -> bool {
+        self.xdp_attached
+    }
+
+    /// ifindex of the `weave` bridge.
+    pub fn bridge_index(&self) -> u32 {
+        self.bridge_index
+    }
+
+    /// The settings the data path was started with.
+    pub fn settings(&self) -> &DatapathSettings {
+        &self.settings
+    }
+
+    /// MACs learned behind peers (`REMOTE_MACS`): (MAC, peer short ID).
+    pub fn remote_macs(&self) -> Vec<([u8; 6], u16)> {
+        let st = self.lock();
+        st.maps
+            .remote_macs
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.addr, v.peer_short_id))
+            .collect()
+    }
+
+    /// IPv4 → MAC entries of `NEIGHBOURS`.
+    pub fn neighbours(&self) -> Vec<(Ipv4Addr, [u8; 6])> {
+        let st = self.lock();
+        st.maps
+            .neighbours
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (Ipv4Addr::from(k.addr), v.addr))
+            .collect()
+    }
+
+    /// The `PEERS` entry of a short ID (all zero when absent).
+    pub fn peer_entry(&self, short_id: ShortId) -> Result<PeerEntry, DatapathError> {
+        let st = self.lock();
+        st.maps
+            .peers
+            .get(&(short_id.get() as u32), 0)
+            .map_err(|e| bpf_err("reading PEERS")(e.to_string()))
+    }
+
+    /// Packets counted for one reason, summed over CPUs.
+    pub fn counter(&self, reason: Reason) -> Result<u64, DatapathError> {
+        let st = self.lock();
+        let v = st
+            .maps
+            .counters
+            .get(&(reason as u32), 0)
+            .map_err(|e| bpf_err("reading COUNTERS")(e.to_string()))?;
+        Ok(v.iter().map(|c| c.packets).sum())
+    }
+
+    async fn attach_inner(&self, request: &AttachRequest, suffix: &str) -> Result<Endpoint, DatapathError> {
+        let host_name = format!("{HOST_VETH_PREFIX}{suffix}");
+        let temp_name = format!("vethwc{suffix}");
+        self.nl.add_veth(&host_name, &temp_name).await?;
+        let host = self
+            .nl
+            .link_by_name(&host_name)
+            .await?
+            .ok_or_else(|| DatapathError::Netlink(format!("veth {host_name} vanished")))?;
+        let result: Result<Endpoint, DatapathError> = async {
+            let temp = self
+                .nl
+                .link_by_name(&temp_name)
+                .await?
+                .ok_or_else(|| DatapathError::Netlink(format!("veth {temp_name} vanished")))?;
+            let ns = netlink::open_netns(&request.netns)?;
+            self.nl.move_to_netns(temp.index, ns.as_raw_fd()).await?;
+            drop(ns);
+            let mtu = self.container_mtu;
+            let addresses = request.addresses.clone();
+            let mac = netlink::in_netns(&request.netns, move |nl| async move {
+                let link = nl.link_by_name(&temp_name).await?.ok_or_else(|| {
+                    DatapathError::Netlink(format!("{temp_name} did not arrive in the namespace"))
+                })?;
+                nl.set_link(
+                    link.index,
+                    LinkChange { name: Some(CONTAINER_IFNAME.into()), mtu: Some(mtu), ..Default::default() },
+                )
+                .await?;
+                for a in addresses {
+                    nl.add_address(link.index, a).await?;
+                }
+                nl.set_link(link.index, LinkChange { up: true, ..Default::default() }).await?;
+                if let Some(lo) = nl.link_by_name("lo").await? {
+                    nl.set_link(lo.index, LinkChange { up: true, ..Default::default() }).await?;
+                }
+                Ok(link.mac)
+            })
+            .await?;
+            self.nl
+                .set_link(
+                    host.index,
+                    LinkChange {
+                        mtu: Some(self.container_mtu),
+                        controller: Some(self.bridge_index),
+                        up: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let endpoint = Endpoint {
+                netns: request.netns.clone(),
+                host_ifname: host_name.clone(),
+                mac,
+                addresses: request.addresses.clone(),
+            };
+            self.take_up(&endpoint, host.index)?;
+            Ok(endpoint)
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.nl.del_link(host.index).await;
+        }
+        result
+    }
+
+    /// Attaches TX to an endpoint's host veth and fills `ENDPOINTS` and `NEIGHBOURS`.
+    fn take_up(&self, endpoint: &Endpoint, host_index: u32) -> Result<(), DatapathError> {
+        let mut st = self.lock();
+        let pin = format!("tx-{}", endpoint.host_ifname);
+        if let Some(old) = st.links.remove(&pin) {
+            let _ = old.unpin();
+        }
+        let _ = std::fs::remove_file(self.pin_dir.join("links").join(&pin));
+        let link = attach_tc(&mut st.ebpf, TX_PROGRAM, &endpoint.host_ifname, &self.pin_dir.join("links").join(&pin))?;
+        st.links.insert(pin, link);
+        st.maps
+            .endpoints
+            .insert(MacKey::new(endpoint.mac), LocalEndpoint { host_ifindex: host_index, flags: 0 }, 0)
+            .map_err(|e| bpf_err("writing ENDPOINTS")(e.to_string()))?;
+        for a in &endpoint.addresses {
+            st.maps
+                .neighbours
+                .insert(Ipv4Key { addr: a.addr.octets() }, MacKey::new(endpoint.mac), 0)
+                .map_err(|e| bpf_err("writing NEIGHBOURS")(e.to_string()))?;
+        }
+        st.endpoints.retain(|e| e.netns != endpoint.netns);
+        st.endpoints.push(endpoint.clone());
+        Ok(())
+    }
+
+    /// Forgets an endpoint in the maps and unpins its TX link.
+    fn let_go(&self, endpoint: &Endpoint) {
+        let mut st = self.lock();
+        let _ = st.maps.endpoints.remove(&MacKey::new(endpoint.mac));
+        for a in &endpoint.addresses {
+            let key = Ipv4Key { addr: a.addr.octets() };
+            if st.maps.neighbours.get(&key, 0).ok().map(|m| m.addr) == Some(endpoint.mac) {
+                let _ = st.maps.neighbours.remove(&key);
+            }
+        }
+        if let Some(link) = st.links.remove(&format!("tx-{}", endpoint.host_ifname)) {
+            let _ = link.unpin();
+        }
+        st.endpoints.retain(|e| e.netns != endpoint.netns);
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| DatapathError::Bpf(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| bpf_err(name)(e.to_string()))
+}
+
+/// Attaches a classifier at tcx ingress of `ifname` and pins the link at `pin`.
+fn attach_tc(ebpf: &mut Ebpf, name: &str, ifname: &str, pin: &Path) -> Result<PinnedLink, DatapathError> {
+    let prog = program(ebpf, name)?;
+    let id = prog
+        .attach(ifname, TcAttachType::Ingress)
+        .map_err(|e| DatapathError::Bpf(format!("attaching {name} to {ifname}: {}", one_line(&e))))?;
+    let link = prog.take_link(id).map_err(|e| bpf_err(name)(e.to_string()))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| bpf_err(format!("{name} on {ifname} is not a tcx link"))(e.to_string()))?;
+    let _ = std::fs::remove_file(pin);
+    fd.pin(pin)
+        .map_err(|e| bpf_err(format!("pinning the link of {name} on {ifname}"))(e.to_string()))
+}
+
+fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
+    fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, DatapathError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = ebpf
+            .take_map(name)
+            .ok_or_else(|| DatapathError::Bpf(format!("map {name} missing from the object")))?;
+        T::try_from(map).map_err(|e| DatapathError::Bpf(format!("map {name}: {e}")))
+    }
+    Ok(Maps {
+        config: take(ebpf, CONFIG_MAP)?,
+        peers: take(ebpf, PEERS_MAP)?,
+        endpoints: take(ebpf, ENDPOINTS_MAP)?,
+        remote_macs: take(ebpf, REMOTE_MACS_MAP)?,
+        neighbours: take(ebpf, NEIGHBOURS_MAP)?,
+        counters: take(ebpf, COUNTERS_MAP)?,
+        peer_counters: take(ebpf, PEER_COUNTERS_MAP)?,
+    })
+}
+
+/// Removes pinned links (detaching them) and maps of an earlier run.
+fn remove_pins(pin_dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(pin_dir.join("links")) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    for m in ALL_MAPS {
+        let _ = std::fs::remove_file(pin_dir.join(m));
+    }
+}
+
+fn random_suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+impl Datapath for EbpfDatapath {
+    async fn add_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        let id = peer.short_id.get();
+        {
+            let mut st = self.lock();
+            st.peers_seen.insert(id);
+            st.maps
+                .peers
+                .set(
+                    id as u32,
+                    PeerEntry {
+                        underlay_ipv4: peer.underlay.octets(),
+                        flags: PEER_ADMIT | PEER_REACHABLE,
+                        next_hop: peer.next_hop.get(),
+                        _pad: [0; 6],
+                    },
+                    0,
+                )
+                .map_err(|e| bpf_err("writing PEERS")(e.to_string()))?;
+        }
+        let name = vxlan_device_name(peer.short_id);
+        if let Some(old) = self.nl.link_by_name(&name).await? {
+            self.nl.del_link(old.index).await?;
+        }
+        // Broadcast and other frames the programs leave to the bridge go through this device
+        // (only to directly connected peers; relayed ones have no device of their own).
+        if peer.next_hop == peer.short_id {
+            self.nl
+                .add_vxlan(&VxlanSpec {
+                    name,
+                    id: vni::pack(self.settings.own_short_id.get(), id),
+                    remote: peer.underlay,
+                    local: self.settings.underlay_addr,
+                    port: VXLAN_PORT,
+                    underlay_index: self.underlay.index,
+                    mtu: self.container_mtu,
+                    bridge_index: self.bridge_index,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_peer(&self, short_id: ShortId) -> Result<(), DatapathError> {
+        let id = short_id.get();
+        {
+            let mut st = self.lock();
+            st.maps
+                .peers
+                .set(id as u32, PeerEntry::default(), 0)
+                .map_err(|e| bpf_err("clearing PEERS")(e.to_string()))?;
+            let gone: Vec<MacKey> = st
+                .maps
+                .remote_macs
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, v)| v.peer_short_id == id)
+                .map(|(k, _)| k)
+                .collect();
+            for k in &gone {
+                let _ = st.maps.remote_macs.remove(k);
+            }
+            let stale: Vec<Ipv4Key> = st
+                .maps
+                .neighbours
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, v)| gone.contains(v))
+                .map(|(k, _)| k)
+                .collect();
+            for k in &stale {
+                let _ = st.maps.neighbours.remove(k);
+            }
+        }
+        if let Some(link) = self.nl.link_by_name(&vxlan_device_name(short_id)).await? {
+            self.nl.del_link(link.index).await?;
+        }
+        Ok(())
+    }
+
+    async fn attach(&self, request: AttachRequest) -> Result<Endpoint, DatapathError> {
+        if self.lock().endpoints.iter().any(|e| e.netns == request.netns) {
+            return Err(DatapathError::AlreadyAttached(request.netns));
+        }
+        // Fail early, before creating anything, on a path that is not a network namespace
+        // or one that has an ethwe already.
+        let has_ethwe = netlink::in_netns(&request.netns, |nl| async move {
+            Ok(nl.link_by_name(CONTAINER_IFNAME).await?.is_some())
+        })
+        .await?;
+        if has_ethwe {
+            return Err(DatapathError::AlreadyAttached(request.netns));
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            let suffix = random_suffix();
+            if self.nl.link_by_name(&format!("{HOST_VETH_PREFIX}{suffix}")).await?.is_some() {
+                continue;
+            }
+            match self.attach_inner(&request, &suffix).await {
+                Ok(ep) => return Ok(ep),
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| DatapathError::Netlink("no free veth name".into())))
+    }
+
+    async fn detach(&self, netns: PathBuf) -> Result<Endpoint, DatapathError> {
+        let endpoint = self
+            .lock()
+            .endpoints
+            .iter()
+            .find(|e| e.netns == netns)
+            .cloned()
+            .ok_or_else(|| DatapathError::NoSuchEndpoint(netns.clone()))?;
+        self.let_go(&endpoint);
+        if let Some(link) = self.nl.link_by_name(&endpoint.host_ifname).await? {
+            self.nl.del_link(link.index).await?;
+        }
+        Ok(endpoint)
+    }
+
+    async fn restore_endpoint(&self, endpoint: Endpoint) -> Result<(), DatapathError> {
+        let host = self
+            .nl
+            .link_by_name(&endpoint.host_ifname)
+            .await?
+            .ok_or_else(|| DatapathError::NoSuchEndpoint(endpoint.netns.clone()))?;
+        self.nl
+            .set_link(
+                host.index,
+                LinkChange {
+                    mtu: Some(self.container_mtu),
+                    controller: Some(self.bridge_index),
+                    up: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.take_up(&endpoint, host.index)
+    }
+
+    fn endpoints(&self) -> Vec<Endpoint> {
+        self.lock().endpoints.clone()
+    }
+
+    fn counters(&self) -> Result<DatapathCounters, DatapathError> {
+        let st = self.lock();
+        let mut out = DatapathCounters::default();
+        for reason in Reason::ALL {
+            let v = st
+                .maps
+                .counters
+                .get(&(reason as u32), 0)
+                .map_err(|e| bpf_err("reading COUNTERS")(e.to_string()))?;
+            let (p, b) = v.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            out.by_reason.push((reason, p, b));
+        }
+        for id in &st.peers_seen {
+            let v = st
+                .maps
+                .peer_counters
+                .get(&(*id as u32), 0)
+                .map_err(|e| bpf_err("reading PEER_COUNTERS")(e.to_string()))?;
+            let mut t = PeerTraffic { short_id: *id, ..Default::default() };
+            for c in v.iter() {
+                t.tx_packets += c.tx_packets;
+                t.tx_bytes += c.tx_bytes;
+                t.rx_packets += c.rx_packets;
+                t.rx_bytes += c.rx_bytes;
+            }
+            if t.tx_packets + t.rx_packets > 0 {
+                out.by_peer.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    fn container_mtu(&self) -> u32 {
+        self.container_mtu
+    }
+
+    async fn shutdown(&self) -> Result<(), DatapathError> {
+        {
+            let mut st = self.lock();
+            for (_, link) in std::mem::take(&mut st.links) {
+                let _ = link.unpin();
+            }
+        }
+        remove_pins(&self.pin_dir);
+        let _ = std::fs::remove_dir(self.pin_dir.join("links"));
+        let _ = std::fs::remove_dir(&self.pin_dir);
+        for link in self.nl.links().await? {
+            if link.name.starts_with(VXLAN_PREFIX) {
+                self.nl.del_link(link.index).await?;
+            }
+        }
+        Ok(())
+    }
+}

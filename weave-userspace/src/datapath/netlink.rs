@@ -1,0 +1,301 @@
+//! Netlink plumbing of the data path (rtnetlink): the bridge, veths, VXLAN devices,
+//! addresses; and running netlink work inside another network namespace.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan};
+
+use super::{DatapathError, Ipv4Cidr};
+
+/// What the data path needs to know of a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    /// ifindex of the bridge (or other controller) the link is enslaved to.
+    pub controller: Option<u32>,
+}
+
+fn link_info(msg: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        mac: [0; 6],
+        controller: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Mtu(m) => info.mtu = *m,
+            LinkAttribute::Address(a) if a.len() == 6 => info.mac.copy_from_slice(a),
+            LinkAttribute::Controller(c) => info.controller = Some(*c),
+            _ => {}
+        }
+    }
+    info
+}
+
+/// The errno of a netlink error, if it is one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+fn describe(e: &rtnetlink::Error) -> String {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn nl(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> DatapathError {
+    move |e| DatapathError::Netlink(format!("{what}: {}", describe(&e)))
+}
+
+/// A kernel VXLAN device for one peer.
+#[derive(Clone, Debug)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub id: u32,
+    pub remote: Ipv4Addr,
+    pub local: Ipv4Addr,
+    pub port: u16,
+    pub underlay_index: u32,
+    pub mtu: u32,
+    pub bridge_index: u32,
+}
+
+/// A netlink connection in one network namespace (the one of the thread that opened it).
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a connection in the calling thread's network namespace; its driver runs on
+    /// the current tokio runtime.
+    pub fn connect() -> Result<Self, DatapathError> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| DatapathError::Netlink(format!("cannot open a netlink socket: {e}")))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, DatapathError> {
+        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        match req.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl(format!("looking up {name}"))(e)),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, DatapathError> {
+        let mut req = self.handle.link().get().match_index(index).execute();
+        match req.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl(format!("looking up link {index}"))(e)),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, DatapathError> {
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(nl("listing links"))?;
+        Ok(msgs.iter().map(link_info).collect())
+    }
+
+    /// Makes sure a bridge `name` exists with this MTU and is up.
+    pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<LinkInfo, DatapathError> {
+        if self.link_by_name(name).await?.is_none() {
+            let msg = LinkBridge::new(name).mtu(mtu).build();
+            match self.handle.link().add(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                Err(e) => return Err(nl(format!("creating bridge {name}"))(e)),
+            }
+        }
+        let link = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| DatapathError::Netlink(format!("bridge {name} vanished")))?;
+        self.set_link(link.index, LinkChange { mtu: Some(mtu), up: true, ..Default::default() })
+            .await
+            .map_err(|e| DatapathError::Netlink(format!("bridge {name}: {e}")))?;
+        Ok(link)
+    }
+
+    /// Creates a kernel VXLAN device enslaved to the bridge as an isolated port, up.
+    pub async fn add_vxlan(&self, spec: &VxlanSpec) -> Result<u32, DatapathError> {
+        let msg = LinkVxlan::new(&spec.name, spec.id)
+            .remote(spec.remote)
+            .local(spec.local)
+            .port(spec.port)
+            .learning(false)
+            .dev(spec.underlay_index)
+            .mtu(spec.mtu)
+            .controller(spec.bridge_index)
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("creating VXLAN device {}", spec.name)))?;
+        let link = self
+            .link_by_name(&spec.name)
+            .await?
+            .ok_or_else(|| DatapathError::Netlink(format!("VXLAN device {} vanished", spec.name)))?;
+        self.set_isolated(link.index, &spec.name).await?;
+        self.set_link(link.index, LinkChange { up: true, ..Default::default() }).await?;
+        Ok(link.index)
+    }
+
+    /// `bridge link set dev X isolated on`.
+    pub async fn set_isolated(&self, index: u32, name: &str) -> Result<(), DatapathError> {
+        let msg = LinkBridgePort::new(index).isolated(true).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("isolating bridge port {name}")))
+    }
+
+    pub async fn del_link(&self, index: u32) -> Result<(), DatapathError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(nl(format!("deleting link {index}"))(e)),
+        }
+    }
+
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(nl(format!("creating veth {name}")))
+    }
+
+    /// Moves a link into the network namespace open at `netns_fd`.
+    pub async fn move_to_netns(&self, index: u32, netns_fd: RawFd) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).setns_by_fd(netns_fd).build())
+            .execute()
+            .await
+            .map_err(nl("moving the container end into its namespace"))
+    }
+
+    pub async fn set_link(&self, index: u32, change: LinkChange) -> Result<(), DatapathError> {
+        let mut b = LinkUnspec::new_with_index(index);
+        if let Some(name) = change.name {
+            b = b.name(name);
+        }
+        if let Some(mtu) = change.mtu {
+            b = b.mtu(mtu);
+        }
+        if let Some(c) = change.controller {
+            b = b.controller(c);
+        }
+        if change.up {
+            b = b.up();
+        }
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .map_err(nl(format!("configuring link {index}")))
+    }
+
+    pub async fn add_address(&self, index: u32, cidr: Ipv4Cidr) -> Result<(), DatapathError> {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(cidr.addr), cidr.prefix_len)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(nl(format!("adding address {cidr}"))(e)),
+        }
+    }
+}
+
+/// Changes to one link in one request.
+#[derive(Clone, Debug, Default)]
+pub struct LinkChange {
+    pub name: Option<String>,
+    pub mtu: Option<u32>,
+    pub controller: Option<u32>,
+    pub up: bool,
+}
+
+/// Runs `f` with a netlink connection inside the network namespace at `netns`, on a
+/// dedicated thread (joined to that namespace, with its own current-thread runtime), so the
+/// caller's threads never change namespace.
+pub async fn in_netns<T, F, Fut>(netns: &Path, f: F) -> Result<T, DatapathError>
+where
+    T: Send + 'static,
+    F: FnOnce(Netlink) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, DatapathError>> + 'static,
+{
+    let path: PathBuf = netns.to_path_buf();
+    let ns_err = {
+        let path = path.clone();
+        move |reason: String| DatapathError::Netns { path: path.clone(), reason }
+    };
+    let file = std::fs::File::open(&path).map_err(|e| ns_err(e.to_string()))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_err = ns_err.clone();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            let run = || -> Result<T, DatapathError> {
+                // SAFETY: setns only changes the network namespace of this thread, which
+                // exists for this work alone and ends with it; the fd is open and owned.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    let reason = if e.raw_os_error() == Some(libc::EINVAL) {
+                        "not a network namespace".to_string()
+                    } else {
+                        format!("cannot enter: {e}")
+                    };
+                    return Err(thread_err(reason));
+                }
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(DatapathError::Io)?;
+                rt.block_on(async move {
+                    let nl = Netlink::connect()?;
+                    f(nl).await
+                })
+            };
+            let _ = tx.send(run());
+        })
+        .map_err(DatapathError::Io)?;
+    rx.await.map_err(|_| ns_err("the namespace worker thread died".to_string()))?
+}
+
+/// An open network namespace file (kept open while a link is moved into it).
+pub fn open_netns(netns: &Path) -> Result<std::fs::File, DatapathError> {
+    std::fs::File::open(netns)
+        .map_err(|e| DatapathError::Netns { path: netns.to_path_buf(), reason: e.to_string() })
+}
