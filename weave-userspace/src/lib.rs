@@ -1,3 +1,8 @@
 //! weave-router: a Weave Net compatible overlay router with an eBPF data path.
+pub mod api;
+pub mod cli;
+pub mod config;
 pub mod datapath;
 pub mod mesh;
+pub mod router;
+pub mod state;

@@ -4,6 +4,8 @@
 //! The controller speaks to it only through the [`Datapath`] trait: the mesh decides
 //! (which peers, which endpoints), the data path carries it out. It never decides routes.
 
+pub mod fake;
+
 
 pub mod ebpf;
 pub mod netlink;

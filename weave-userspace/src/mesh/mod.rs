@@ -1,2 +1,5 @@
 //! The mesh of routers: peer identity, control connections and their protocol.
+pub mod connection;
+pub mod connection_maker;
 pub mod peer_name;
+pub mod protocol;

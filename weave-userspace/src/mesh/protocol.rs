@@ -1,0 +1,345 @@
+//! The control protocol between routers, as pure functions over bytes.
+//!
+//! A connection starts with a preamble from each side: an 8-byte magic and the lowest and
+//! highest protocol version the sender speaks. Both sides pick the highest version they have
+//! in common. After it every message travels as a frame: a big-endian `u32` length and that
+//! many bytes of a postcard-encoded [`Message`]. The first frame each way is a [`Hello`].
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::peer_name::{PeerName, ShortId};
+
+/// Opens every control connection.
+pub const MAGIC: [u8; 8] = *b"weavertr";
+/// Versions this build speaks.
+pub const MIN_VERSION: u8 = 1;
+pub const MAX_VERSION: u8 = 1;
+/// Length of the preamble: magic, min version, max version.
+pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
+/// Length of a frame header.
+pub const FRAME_HEADER_LEN: usize = 4;
+/// Largest frame body accepted or sent (control messages are small).
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+/// Longest nickname accepted in a [`Hello`].
+pub const MAX_NICKNAME_LEN: usize = 255;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("the remote end is not a weave-router (bad protocol magic)")]
+    BadMagic,
+    #[error("preamble has an empty version range {min}..{max}")]
+    BadVersionRange { min: u8, max: u8 },
+    #[error("incompatible protocol versions: we speak {our_min}..{our_max}, the remote end {their_min}..{their_max}")]
+    IncompatibleVersion { our_min: u8, our_max: u8, their_min: u8, their_max: u8 },
+    #[error("frame of {0} bytes exceeds the maximum of {MAX_FRAME_LEN}")]
+    FrameTooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("expected {expected}, received {received}")]
+    Unexpected { expected: &'static str, received: &'static str },
+    #[error("cannot connect to ourself")]
+    SelfConnection,
+    #[error("peer {name} claims short ID {id}, which does not fit in 12 bits")]
+    BadShortId { name: PeerName, id: u16 },
+    #[error("peer {name} has the same short ID {id} as we do")]
+    ShortIdClash { name: PeerName, id: ShortId },
+    #[error("nickname of {0} bytes is longer than {MAX_NICKNAME_LEN}")]
+    NicknameTooLong(usize),
+}
+
+/// A range of protocol versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Versions {
+    pub min: u8,
+    pub max: u8,
+}
+
+impl Versions {
+    pub const OURS: Versions = Versions { min: MIN_VERSION, max: MAX_VERSION };
+
+    pub fn encode(self) -> [u8; PREAMBLE_LEN] {
+        let mut b = [0u8; PREAMBLE_LEN];
+        b[..MAGIC.len()].copy_from_slice(&MAGIC);
+        b[MAGIC.len()] = self.min;
+        b[MAGIC.len() + 1] = self.max;
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Versions, ProtocolError> {
+        if b.len() < MAGIC.len() || b[..MAGIC.len()] != MAGIC {
+            return Err(ProtocolError::BadMagic);
+        }
+        if b.len() != PREAMBLE_LEN {
+            return Err(ProtocolError::Malformed(format!("preamble of {} bytes", b.len())));
+        }
+        let v = Versions { min: b[MAGIC.len()], max: b[MAGIC.len() + 1] };
+        if v.min > v.max || v.min == 0 {
+            return Err(ProtocolError::BadVersionRange { min: v.min, max: v.max });
+        }
+        Ok(v)
+    }
+}
+
+/// The highest version both sides speak.
+pub fn negotiate(ours: Versions, theirs: Versions) -> Result<u8, ProtocolError> {
+    let high = ours.max.min(theirs.max);
+    let low = ours.min.max(theirs.min);
+    if high < low {
+        return Err(ProtocolError::IncompatibleVersion {
+            our_min: ours.min,
+            our_max: ours.max,
+            their_min: theirs.min,
+            their_max: theirs.max,
+        });
+    }
+    Ok(high)
+}
+
+/// Who a router is: the first message each side sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub name: PeerName,
+    pub nickname: String,
+    pub short_id: ShortId,
+    /// Random per run of the router: tells a restarted peer from the old one.
+    pub uid: u64,
+    /// Where VXLAN for this peer goes.
+    pub underlay: Ipv4Addr,
+    /// UDP port of its data path.
+    pub data_port: u16,
+}
+
+/// Everything sent after the preamble.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Hello(Hello),
+    /// Keeps the connection alive; silence means the peer is gone.
+    Heartbeat,
+    /// The sender has installed the receiver in its data path.
+    Ready,
+    /// The sender closes the connection, and why.
+    Goodbye(String),
+}
+
+impl Message {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Heartbeat => "heartbeat",
+            Message::Ready => "ready",
+            Message::Goodbye(_) => "goodbye",
+        }
+    }
+}
+
+/// A message as one frame: length prefix and body.
+pub fn encode_frame(message: &Message) -> Result<Vec<u8>, ProtocolError> {
+    let body = postcard::to_stdvec(message).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if body.len() > MAX_FRAME_LEN {
+        return Err(ProtocolError::FrameTooLarge(body.len()));
+    }
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The body length announced by a frame header, refused when over the maximum.
+pub fn frame_len(header: [u8; FRAME_HEADER_LEN]) -> Result<usize, ProtocolError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(ProtocolError::FrameTooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes one frame body; every byte must belong to the message.
+pub fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
+    let (message, rest) =
+        postcard::take_from_bytes::<Message>(body).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ProtocolError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(message)
+}
+
+/// Decodes the first frame of `buf`: `Ok(None)` while it is incomplete, else the message
+/// and the number of bytes it took.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, ProtocolError> {
+    if buf.len() < FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    let len = frame_len(buf[..FRAME_HEADER_LEN].try_into().expect("four bytes"))?;
+    if buf.len() < FRAME_HEADER_LEN + len {
+        return Ok(None);
+    }
+    let message = decode_body(&buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len])?;
+    Ok(Some((message, FRAME_HEADER_LEN + len)))
+}
+
+/// Checks the remote side's hello against our own.
+pub fn check_hello(ours: &Hello, theirs: &Hello) -> Result<(), ProtocolError> {
+    if theirs.name == ours.name {
+        return Err(ProtocolError::SelfConnection);
+    }
+    if ShortId::new(theirs.short_id.get()).is_err() {
+        return Err(ProtocolError::BadShortId { name: theirs.name, id: theirs.short_id.get() });
+    }
+    if theirs.short_id == ours.short_id {
+        return Err(ProtocolError::ShortIdClash { name: theirs.name, id: theirs.short_id });
+    }
+    if theirs.nickname.len() > MAX_NICKNAME_LEN {
+        return Err(ProtocolError::NicknameTooLong(theirs.nickname.len()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str, short_id: u16) -> Hello {
+        Hello {
+            name: name.parse().unwrap(),
+            nickname: "host1".into(),
+            short_id: ShortId::new(short_id).unwrap(),
+            uid: 0x1234_5678_9abc_def0,
+            underlay: Ipv4Addr::new(10, 0, 0, 1),
+            data_port: 6784,
+        }
+    }
+
+    #[test]
+    fn preamble_round_trips() {
+        let v = Versions { min: 1, max: 3 };
+        assert_eq!(Versions::decode(&v.encode()), Ok(v));
+    }
+
+    #[test]
+    fn preamble_with_other_magic_is_refused() {
+        let mut b = Versions::OURS.encode();
+        b[0] = b'W';
+        assert_eq!(Versions::decode(&b), Err(ProtocolError::BadMagic));
+        assert_eq!(Versions::decode(b"GET / HTTP"), Err(ProtocolError::BadMagic));
+        assert_eq!(Versions::decode(b"wea"), Err(ProtocolError::BadMagic));
+    }
+
+    #[test]
+    fn empty_version_ranges_are_refused() {
+        let b = Versions { min: 3, max: 2 }.encode();
+        assert_eq!(Versions::decode(&b), Err(ProtocolError::BadVersionRange { min: 3, max: 2 }));
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        assert_eq!(negotiate(Versions { min: 1, max: 3 }, Versions { min: 2, max: 5 }), Ok(3));
+        assert_eq!(negotiate(Versions::OURS, Versions::OURS), Ok(MAX_VERSION));
+    }
+
+    #[test]
+    fn incompatible_versions_give_a_clear_error() {
+        let err = negotiate(Versions { min: 1, max: 1 }, Versions { min: 2, max: 4 }).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "incompatible protocol versions: we speak 1..1, the remote end 2..4"
+        );
+    }
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        for m in [
+            Message::Hello(hello("0a:00:00:00:00:01", 1)),
+            Message::Heartbeat,
+            Message::Ready,
+            Message::Goodbye("shutting down".into()),
+        ] {
+            let frame = encode_frame(&m).unwrap();
+            assert_eq!(frame_len(frame[..4].try_into().unwrap()).unwrap(), frame.len() - 4);
+            assert_eq!(decode_frame(&frame).unwrap(), Some((m, frame.len())));
+        }
+    }
+
+    #[test]
+    fn several_frames_decode_one_after_another() {
+        let mut buf = encode_frame(&Message::Heartbeat).unwrap();
+        buf.extend(encode_frame(&Message::Ready).unwrap());
+        let (a, n) = decode_frame(&buf).unwrap().unwrap();
+        let (b, m) = decode_frame(&buf[n..]).unwrap().unwrap();
+        assert_eq!((a, b), (Message::Heartbeat, Message::Ready));
+        assert_eq!(n + m, buf.len());
+    }
+
+    #[test]
+    fn truncated_frames_wait_for_more() {
+        let frame = encode_frame(&Message::Hello(hello("0a:00:00:00:00:01", 1))).unwrap();
+        for cut in 0..frame.len() {
+            assert_eq!(decode_frame(&frame[..cut]).unwrap(), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn truncated_bodies_are_malformed() {
+        let frame = encode_frame(&Message::Hello(hello("0a:00:00:00:00:01", 1))).unwrap();
+        let body = &frame[4..];
+        for cut in 0..body.len() {
+            assert!(matches!(decode_body(&body[..cut]), Err(ProtocolError::Malformed(_))), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_from_the_header() {
+        let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+        assert_eq!(frame_len(header), Err(ProtocolError::FrameTooLarge(MAX_FRAME_LEN + 1)));
+        assert_eq!(decode_frame(&u32::MAX.to_be_bytes()), Err(ProtocolError::FrameTooLarge(u32::MAX as usize)));
+        let huge = Message::Goodbye("x".repeat(MAX_FRAME_LEN + 1));
+        assert!(matches!(encode_frame(&huge), Err(ProtocolError::FrameTooLarge(_))));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for body in [&[0xffu8, 0xff, 0xff][..], &[42], &[1, 2, 3, 4, 5, 6, 7, 8, 9]] {
+            assert!(matches!(decode_body(body), Err(ProtocolError::Malformed(_))), "{body:?}");
+        }
+        // A valid message followed by junk.
+        let mut body = encode_frame(&Message::Ready).unwrap()[4..].to_vec();
+        body.push(0);
+        assert!(matches!(decode_body(&body), Err(ProtocolError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_peer_claiming_our_name_is_refused() {
+        let ours = hello("0a:00:00:00:00:01", 1);
+        let theirs = hello("0a:00:00:00:00:01", 2);
+        assert_eq!(check_hello(&ours, &theirs), Err(ProtocolError::SelfConnection));
+    }
+
+    #[test]
+    fn a_peer_with_our_short_id_is_refused() {
+        let ours = hello("0a:00:00:00:00:01", 7);
+        let theirs = hello("0a:00:00:00:00:02", 7);
+        assert!(matches!(check_hello(&ours, &theirs), Err(ProtocolError::ShortIdClash { .. })));
+    }
+
+    #[test]
+    fn out_of_range_short_ids_are_refused() {
+        let ours = hello("0a:00:00:00:00:01", 1);
+        let mut theirs = hello("0a:00:00:00:00:02", 2);
+        // Forged on the wire: deserialisation does not range-check.
+        let mut body = postcard::to_stdvec(&Message::Hello(theirs.clone())).unwrap();
+        let good = decode_body(&body).unwrap();
+        assert_eq!(good, Message::Hello(theirs.clone()));
+        theirs.short_id = postcard::from_bytes(&postcard::to_stdvec(&5000u16).unwrap()).unwrap();
+        body = postcard::to_stdvec(&Message::Hello(theirs)).unwrap();
+        let Message::Hello(forged) = decode_body(&body).unwrap() else { panic!() };
+        assert!(matches!(check_hello(&ours, &forged), Err(ProtocolError::BadShortId { id: 5000, .. })));
+    }
+
+    #[test]
+    fn a_good_peer_passes() {
+        let ours = hello("0a:00:00:00:00:01", 1);
+        let theirs = hello("0a:00:00:00:00:02", 2);
+        assert_eq!(check_hello(&ours, &theirs), Ok(()));
+    }
+}

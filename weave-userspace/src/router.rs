@@ -1,0 +1,520 @@
+//! The router: owns the mesh state (connections, targets) and a [`Datapath`], and turns
+//! connection events into data-path calls. An accepted connection puts the peer into the data
+//! path and tells the peer we are ready; when both sides are ready it is established. A lost
+//! connection takes the peer out again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::datapath::{AttachRequest, Datapath, DatapathError, DatapathPeer, Endpoint};
+use crate::mesh::connection::{self, ConnCommand, ConnEvent, ConnId, ConnectionError, Timings};
+use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
+use crate::mesh::peer_name::PeerName;
+use crate::mesh::protocol::{Hello, MAX_VERSION, MIN_VERSION};
+use crate::state::StateDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// What a router runs with.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Who we are, as sent to peers.
+    pub local: Hello,
+    pub targets: Vec<Target>,
+    pub timings: Timings,
+}
+
+/// Binds the control port (done early, so that a port in use fails before anything else).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
+    TcpListener::bind(addr).await.map_err(|source| RouterError::Listen { addr, source })
+}
+
+/// An accepted connection.
+#[derive(Debug)]
+struct Conn {
+    outbound: bool,
+    remote: SocketAddr,
+    hello: Hello,
+    local_ready: bool,
+    remote_ready: bool,
+    commands: mpsc::UnboundedSender<ConnCommand>,
+}
+
+impl Conn {
+    fn established(&self) -> bool {
+        self.local_ready && self.remote_ready
+    }
+}
+
+/// The mesh as this router sees it.
+#[derive(Debug, Default)]
+struct Mesh {
+    connections: BTreeMap<ConnId, Conn>,
+    /// The one connection kept per peer.
+    by_peer: HashMap<PeerName, ConnId>,
+    targets: BTreeMap<Target, TargetState>,
+}
+
+/// Whether to take a freshly handshaken connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Accept { replace: Option<ConnId> },
+    Reject(String),
+}
+
+impl Mesh {
+    /// One connection per peer: when two exist, keep the one dialled by the peer with the
+    /// higher name (both ends decide alike), and prefer a new run of the peer over an old one.
+    fn admit(&self, local: PeerName, outbound: bool, hello: &Hello) -> Admission {
+        for (name, id) in &self.by_peer {
+            let other = &self.connections[id].hello;
+            if *name != hello.name && other.short_id == hello.short_id {
+                return Admission::Reject(format!("short ID {} is already used by peer {}", hello.short_id, name));
+            }
+        }
+        let Some(&existing) = self.by_peer.get(&hello.name) else {
+            return Admission::Accept { replace: None };
+        };
+        let old = &self.connections[&existing];
+        if old.hello.uid != hello.uid {
+            return Admission::Accept { replace: Some(existing) };
+        }
+        let dialler = |outbound: bool| if outbound { local } else { hello.name };
+        if old.outbound != outbound && dialler(outbound) > dialler(old.outbound) {
+            Admission::Accept { replace: Some(existing) }
+        } else {
+            Admission::Reject(ConnectionError::Duplicate(hello.name).to_string())
+        }
+    }
+}
+
+/// A peer as shown in status and report.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct PeerInfo {
+    pub name: String,
+    pub nick_name: String,
+    #[serde(rename = "ShortID")]
+    pub short_id: u16,
+    #[serde(rename = "UID")]
+    pub uid: u64,
+    pub underlay: Ipv4Addr,
+    pub data_port: u16,
+}
+
+impl From<&Hello> for PeerInfo {
+    fn from(h: &Hello) -> Self {
+        Self {
+            name: h.name.to_string(),
+            nick_name: h.nickname.clone(),
+            short_id: h.short_id.get(),
+            uid: h.uid,
+            underlay: h.underlay,
+            data_port: h.data_port,
+        }
+    }
+}
+
+/// A connection or a target being dialled, as Weave lists them.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConnectionInfo {
+    pub outbound: bool,
+    pub address: String,
+    /// connecting, pending, established, retrying or failed.
+    pub state: String,
+    /// The error of a retrying or failed target.
+    pub info: String,
+    pub peer: Option<PeerInfo>,
+}
+
+/// A snapshot of the mesh.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MeshStatus {
+    pub protocol_min_version: u8,
+    pub protocol_max_version: u8,
+    pub local: PeerInfo,
+    pub listen: SocketAddr,
+    pub targets: Vec<String>,
+    pub connections: Vec<ConnectionInfo>,
+}
+
+impl MeshStatus {
+    /// Connections in a given state.
+    pub fn count(&self, state: &str) -> usize {
+        self.connections.iter().filter(|c| c.state == state).count()
+    }
+}
+
+struct Inner<D> {
+    local: Hello,
+    timings: Timings,
+    datapath: Arc<D>,
+    mesh: Mutex<Mesh>,
+    events: Mutex<Option<mpsc::UnboundedSender<ConnEvent>>>,
+    shutdown: watch::Sender<bool>,
+    next_id: AtomicU64,
+    listen: SocketAddr,
+    state: Option<Arc<StateDir>>,
+}
+
+/// A running router.
+pub struct Router<D: Datapath> {
+    inner: Arc<Inner<D>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    event_loop: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<D: Datapath> Inner<D> {
+    fn mesh(&self) -> MutexGuard<'_, Mesh> {
+        self.mesh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn handle(&self, event: ConnEvent) {
+        match event {
+            ConnEvent::Handshaken { id, outbound, remote, hello, commands, reply } => {
+                self.handshaken(id, outbound, remote, hello, commands, reply).await
+            }
+            ConnEvent::RemoteReady { id } => {
+                let mut mesh = self.mesh();
+                if let Some(c) = mesh.connections.get_mut(&id) {
+                    c.remote_ready = true;
+                    if c.established() {
+                        tracing::info!("connection {} {} established", describe(c), c.remote);
+                    }
+                }
+            }
+            ConnEvent::Closed { id, error } => {
+                let lost = {
+                    let mut mesh = self.mesh();
+                    let conn = mesh.connections.remove(&id);
+                    match conn {
+                        Some(c) if mesh.by_peer.get(&c.hello.name) == Some(&id) => {
+                            mesh.by_peer.remove(&c.hello.name);
+                            Some(c)
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(c) = lost {
+                    tracing::info!("connection {} {} lost: {error}", describe(&c), c.remote);
+                    if let Err(e) = self.datapath.remove_peer(c.hello.short_id).await {
+                        tracing::error!("cannot remove peer {} from the data path: {e}", c.hello.name);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handshaken(
+        &self,
+        id: ConnId,
+        outbound: bool,
+        remote: SocketAddr,
+        hello: Hello,
+        commands: mpsc::UnboundedSender<ConnCommand>,
+        reply: tokio::sync::oneshot::Sender<Result<(), ConnectionError>>,
+    ) {
+        let replaced = {
+            let mut mesh = self.mesh();
+            match mesh.admit(self.local.name, outbound, &hello) {
+                Admission::Reject(reason) => {
+                    tracing::info!("connection {} {}({}) at {remote} refused: {reason}", arrow(outbound), hello.name, hello.nickname);
+                    let err = if reason.starts_with("duplicate") {
+                        ConnectionError::Duplicate(hello.name)
+                    } else {
+                        ConnectionError::Refused(reason)
+                    };
+                    let _ = reply.send(Err(err));
+                    return;
+                }
+                Admission::Accept { replace } => {
+                    let replaced = replace.and_then(|old| mesh.connections.remove(&old));
+                    if let Some(old) = &replaced {
+                        let _ = old.commands.send(ConnCommand::Close(ConnectionError::Duplicate(hello.name)));
+                    }
+                    let conn = Conn { outbound, remote, hello: hello.clone(), local_ready: false, remote_ready: false, commands };
+                    mesh.connections.insert(id, conn);
+                    mesh.by_peer.insert(hello.name, id);
+                    let _ = reply.send(Ok(()));
+                    replaced
+                }
+            }
+        };
+        if let Some(old) = replaced {
+            if old.hello.short_id != hello.short_id {
+                let _ = self.datapath.remove_peer(old.hello.short_id).await;
+            }
+        }
+        tracing::info!("connection {} {}({}) at {remote} pending", arrow(outbound), hello.name, hello.nickname);
+        let peer = DatapathPeer { short_id: hello.short_id, underlay: hello.underlay, next_hop: hello.short_id };
+        let result = self.datapath.add_peer(peer).await;
+        let mut mesh = self.mesh();
+        let Some(conn) = mesh.connections.get_mut(&id) else { return };
+        match result {
+            Ok(()) => {
+                conn.local_ready = true;
+                let _ = conn.commands.send(ConnCommand::SendReady);
+                if conn.established() {
+                    tracing::info!("connection {} {} established", describe(conn), conn.remote);
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot add peer {} to the data path: {e}", hello.name);
+                let _ = conn.commands.send(ConnCommand::Close(ConnectionError::Refused(format!("data path: {e}"))));
+            }
+        }
+    }
+}
+
+fn arrow(outbound: bool) -> &'static str {
+    if outbound {
+        "to"
+    } else {
+        "from"
+    }
+}
+
+fn describe(c: &Conn) -> String {
+    format!("{} {}({})", arrow(c.outbound), c.hello.name, c.hello.nickname)
+}
+
+impl<D: Datapath> MakerHost for Inner<D> {
+    fn set_target_state(&self, target: &Target, state: TargetState) {
+        self.mesh().targets.insert(target.clone(), state);
+    }
+
+    fn is_connected(&self, peer: PeerName, except: ConnId) -> bool {
+        self.mesh().by_peer.get(&peer).is_some_and(|id| *id != except)
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl<D: Datapath> Router<D> {
+    /// Starts accepting on `listener` and dialling the targets.
+    pub fn start(config: RouterConfig, listener: TcpListener, datapath: Arc<D>, state: Option<Arc<StateDir>>) -> Self {
+        let listen = listener.local_addr().expect("a bound listener has an address");
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            local: config.local,
+            timings: config.timings,
+            datapath,
+            mesh: Mutex::default(),
+            events: Mutex::new(Some(events_tx.clone())),
+            shutdown,
+            next_id: AtomicU64::new(1),
+            listen,
+            state,
+        });
+        let event_loop = {
+            let inner = inner.clone();
+            let mut rx = events_rx;
+            tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    inner.handle(event).await;
+                }
+            })
+        };
+        let router = Router { inner: inner.clone(), tasks: Mutex::default(), event_loop: Mutex::new(Some(event_loop)) };
+        router.spawn(accept_loop(inner.clone(), listener, events_tx));
+        for target in config.targets {
+            router.connect(target);
+        }
+        router
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(tokio::spawn(f));
+    }
+
+    /// Keeps a connection to `target` (no-op when it is a target already or when stopping).
+    pub fn connect(&self, target: Target) {
+        let Some(events) = self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        {
+            let mut mesh = self.inner.mesh();
+            if mesh.targets.contains_key(&target) {
+                return;
+            }
+            mesh.targets.insert(target.clone(), TargetState::Connecting);
+        }
+        let maker = Maker {
+            host: self.inner.clone(),
+            target,
+            local: self.inner.local.clone(),
+            timings: self.inner.timings,
+            events,
+            shutdown: self.inner.shutdown.subscribe(),
+        };
+        self.spawn(maker.run());
+    }
+
+    /// The address the control port listens on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen
+    }
+
+    pub fn local(&self) -> &Hello {
+        &self.inner.local
+    }
+
+    pub fn datapath(&self) -> &Arc<D> {
+        &self.inner.datapath
+    }
+
+    /// A snapshot of connections and targets.
+    pub fn status(&self) -> MeshStatus {
+        let mesh = self.inner.mesh();
+        let mut connections = Vec::new();
+        for c in mesh.connections.values() {
+            connections.push(ConnectionInfo {
+                outbound: c.outbound,
+                address: c.remote.to_string(),
+                state: if c.established() { "established" } else { "pending" }.into(),
+                info: String::new(),
+                peer: Some(PeerInfo::from(&c.hello)),
+            });
+        }
+        for (target, state) in &mesh.targets {
+            let (state, info) = match state {
+                TargetState::Connected(Some(id)) if !mesh.connections.contains_key(id) => ("connecting", String::new()),
+                TargetState::Connected(_) => continue,
+                TargetState::Connecting => ("connecting", String::new()),
+                TargetState::Retrying(e) => ("retrying", e.clone()),
+                TargetState::Failed { error, retry_at } => ("failed", match retry_at {
+                    Some(at) => format!("{error}, retry: {}", format_time(*at)),
+                    None => error.clone(),
+                }),
+            };
+            connections.push(ConnectionInfo { outbound: true, address: target.to_string(), state: state.into(), info, peer: None });
+        }
+        MeshStatus {
+            protocol_min_version: MIN_VERSION,
+            protocol_max_version: MAX_VERSION,
+            local: PeerInfo::from(&self.inner.local),
+            listen: self.inner.listen,
+            targets: mesh.targets.keys().map(Target::to_string).collect(),
+            connections,
+        }
+    }
+
+    /// Gives a namespace an interface and records it in the state directory.
+    pub async fn attach(&self, request: AttachRequest) -> Result<Endpoint, DatapathError> {
+        let endpoint = self.inner.datapath.attach(request).await?;
+        self.save_endpoints();
+        Ok(endpoint)
+    }
+
+    pub async fn detach(&self, netns: PathBuf) -> Result<Endpoint, DatapathError> {
+        let endpoint = self.inner.datapath.detach(netns).await?;
+        self.save_endpoints();
+        Ok(endpoint)
+    }
+
+    /// Takes up endpoints of an earlier run; those whose interface is gone are forgotten.
+    pub async fn restore_endpoints(&self, endpoints: Vec<Endpoint>) {
+        for e in endpoints {
+            let netns = e.netns.clone();
+            match self.inner.datapath.restore_endpoint(e).await {
+                Ok(()) => tracing::info!("endpoint in {} taken up again", netns.display()),
+                Err(err) => tracing::warn!("endpoint in {} forgotten: {err}", netns.display()),
+            }
+        }
+        self.save_endpoints();
+    }
+
+    /// Writes the endpoints to the state directory.
+    pub fn save_endpoints(&self) {
+        if let Some(state) = &self.inner.state {
+            if let Err(e) = state.save_endpoints(&self.inner.datapath.endpoints()) {
+                tracing::error!("cannot save endpoints: {e}");
+            }
+        }
+    }
+
+    /// Says goodbye on every connection, stops dialling and waits (bounded) for every task.
+    pub async fn stop(&self) {
+        let _ = self.inner.shutdown.send(true);
+        self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let event_loop = self.event_loop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let wait = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+            if let Some(l) = event_loop {
+                let _ = l.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), wait).await.is_err() {
+            tracing::warn!("some connections did not close within 5 s");
+        }
+    }
+}
+
+async fn accept_loop<D: Datapath>(inner: Arc<Inner<D>>, listener: TcpListener, events: mpsc::UnboundedSender<ConnEvent>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let id = inner.next_conn_id();
+                    let local = inner.local.clone();
+                    let timings = inner.timings;
+                    let events = events.clone();
+                    let shutdown = inner.shutdown.subscribe();
+                    tokio::spawn(async move {
+                        let outcome = connection::run(stream, id, false, local, timings, events, shutdown).await;
+                        if !outcome.accepted && !matches!(outcome.error, ConnectionError::Shutdown) {
+                            tracing::warn!("connection from {addr} refused: {}", outcome.error);
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept on {}: {e}", inner.listen);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = connection::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// A wall-clock time as `YYYY-MM-DD hh:mm:ss` UTC.
+pub fn format_time(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests;

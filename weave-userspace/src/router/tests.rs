@@ -1,0 +1,301 @@
+//! Routers in one process over loopback TCP, each with a [`FakeDatapath`].
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::*;
+use crate::datapath::fake::{FakeCall, FakeDatapath};
+use crate::mesh::connection::{handshake, read_message, write_message};
+use crate::mesh::peer_name::ShortId;
+use crate::mesh::protocol::{Message, Versions};
+
+fn timings() -> Timings {
+    Timings {
+        handshake_timeout: Duration::from_secs(2),
+        heartbeat_interval: Duration::from_millis(100),
+        dead_after: Duration::from_millis(600),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(400),
+    }
+}
+
+fn hello(n: u8) -> Hello {
+    Hello {
+        name: PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]),
+        nickname: format!("host{n}"),
+        short_id: ShortId::new(n as u16).unwrap(),
+        uid: rand::random(),
+        underlay: Ipv4Addr::new(127, 0, 0, 1),
+        data_port: 6784,
+    }
+}
+
+struct Node {
+    router: Router<FakeDatapath>,
+    datapath: Arc<FakeDatapath>,
+}
+
+impl Node {
+    async fn start(n: u8, targets: &[SocketAddr]) -> Node {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        Self::start_on(n, listener, targets)
+    }
+
+    fn start_on(n: u8, listener: TcpListener, targets: &[SocketAddr]) -> Node {
+        let datapath = Arc::new(FakeDatapath::new());
+        let config = RouterConfig {
+            local: hello(n),
+            targets: targets.iter().map(|a| a.to_string().parse().unwrap()).collect(),
+            timings: timings(),
+        };
+        Node { router: Router::start(config, listener, datapath.clone(), None), datapath }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.router.listen_addr()
+    }
+
+    fn peer_ids(&self) -> Vec<u16> {
+        self.datapath.peers().iter().map(|p| p.short_id.get()).collect()
+    }
+
+    fn states(&self) -> Vec<String> {
+        self.router.status().connections.iter().map(|c| c.state.clone()).collect()
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_routers_connect_and_install_each_other() {
+    let a = Node::start(1, &[]).await;
+    let b = Node::start(2, &[a.addr()]).await;
+    wait_until("both established", || a.states() == ["established"] && b.states() == ["established"]).await;
+    assert_eq!(a.peer_ids(), [2]);
+    assert_eq!(b.peer_ids(), [1]);
+    let p = a.datapath.peers()[0];
+    assert_eq!((p.underlay, p.next_hop.get()), (Ipv4Addr::LOCALHOST, 2));
+    let conn = &b.router.status().connections[0];
+    assert!(conn.outbound);
+    assert_eq!(conn.address, a.addr().to_string());
+    assert_eq!(conn.peer.as_ref().unwrap().nick_name, "host1");
+    assert!(!a.router.status().connections[0].outbound);
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+#[tokio::test]
+async fn three_routers_dialling_each_other_keep_one_connection_per_pair() {
+    // Every router names every other one, so each pair dials twice; the tie-break keeps one.
+    let listeners: Vec<TcpListener> =
+        futures_join(vec![bind("127.0.0.1:0".parse().unwrap()), bind("127.0.0.1:0".parse().unwrap()), bind("127.0.0.1:0".parse().unwrap())]).await;
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let others: Vec<SocketAddr> = addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect();
+        nodes.push(Node::start_on(i as u8 + 1, l, &others));
+    }
+    wait_until("a full mesh of established connections", || {
+        nodes.iter().all(|n| n.states().iter().filter(|s| *s == "established").count() == 2 && n.peer_ids().len() == 2)
+    })
+    .await;
+    // Settled: no duplicates come and go any more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in &nodes {
+        let status = n.router.status();
+        assert_eq!(status.count("established"), 2, "{:?}", status.connections);
+        assert_eq!(status.connections.len(), 2, "{:?}", status.connections);
+    }
+    assert_eq!(nodes[0].peer_ids(), [2, 3]);
+    assert_eq!(nodes[1].peer_ids(), [1, 3]);
+    assert_eq!(nodes[2].peer_ids(), [1, 2]);
+    // The connection kept between 1 and 2 is the one dialled by 2 (the higher name).
+    let c12 = nodes[0].router.status().connections.into_iter().find(|c| c.peer.as_ref().is_some_and(|p| p.short_id == 2)).unwrap();
+    assert!(!c12.outbound);
+
+    // One stops: the others take it out of their data paths.
+    nodes[2].router.stop().await;
+    wait_until("3 removed from 1 and 2", || nodes[0].peer_ids() == [2] && nodes[1].peer_ids() == [1]).await;
+    assert!(nodes[0].datapath.calls().contains(&FakeCall::RemovePeer(ShortId::new(3).unwrap())));
+    // 1 and 2 keep redialling it.
+    wait_until("3 shown as failed or retrying", || {
+        nodes[0].router.status().connections.iter().any(|c| c.address == addrs[2].to_string() && (c.state == "failed" || c.state == "retrying"))
+    })
+    .await;
+    nodes[0].router.stop().await;
+    nodes[1].router.stop().await;
+}
+
+async fn futures_join<T>(fs: Vec<impl std::future::Future<Output = Result<T, RouterError>>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for f in fs {
+        out.push(f.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_restarted_router_is_installed_again() {
+    let a = Node::start(1, &[]).await;
+    let b = Node::start(2, &[a.addr()]).await;
+    wait_until("established", || a.states() == ["established"]).await;
+    b.router.stop().await;
+    wait_until("2 removed", || a.peer_ids().is_empty()).await;
+    let b = Node::start(2, &[a.addr()]).await;
+    wait_until("established again", || a.states() == ["established"] && a.peer_ids() == [2]).await;
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+#[tokio::test]
+async fn connecting_to_ourself_is_refused_and_changes_nothing() {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let own = listener.local_addr().unwrap();
+    let a = Node::start_on(1, listener, &[own]);
+    wait_until("target failed", || a.states() == ["failed"]).await;
+    let c = &a.router.status().connections[0];
+    assert_eq!(c.info, "cannot connect to ourself");
+    // It is not redialled.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(a.states(), ["failed"]);
+    assert!(a.datapath.calls().is_empty());
+    a.router.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_with_another_protocol_version_is_refused_and_changes_nothing() {
+    let a = Node::start(1, &[]).await;
+    let mut s = TcpStream::connect(a.addr()).await.unwrap();
+    s.write_all(&Versions { min: 7, max: 9 }.encode()).await.unwrap();
+    let mut preamble = [0u8; crate::mesh::protocol::PREAMBLE_LEN];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut preamble).await.unwrap();
+    assert_eq!(Versions::decode(&preamble).unwrap(), Versions::OURS);
+    // The router hangs up.
+    let mut rest = Vec::new();
+    let n = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await.unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(a.router.status().connections.is_empty());
+    assert!(a.datapath.calls().is_empty());
+    a.router.stop().await;
+}
+
+#[tokio::test]
+async fn dialling_a_peer_with_another_version_shows_the_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _ = s.write_all(&Versions { min: 5, max: 6 }.encode()).await;
+        }
+    });
+    let a = Node::start(1, &[addr]).await;
+    wait_until("an incompatible-version error", || {
+        a.router.status().connections.iter().any(|c| c.info.contains("incompatible protocol versions"))
+    })
+    .await;
+    assert!(a.datapath.calls().is_empty());
+    a.router.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_on_the_control_port_changes_nothing() {
+    let a = Node::start(1, &[]).await;
+    let mut s = TcpStream::connect(a.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await;
+    assert!(a.router.status().connections.is_empty());
+    assert!(a.datapath.calls().is_empty());
+    a.router.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_removed_after_the_dead_interval() {
+    let a = Node::start(1, &[]).await;
+    let mut s = TcpStream::connect(a.addr()).await.unwrap();
+    let me = hello(5);
+    handshake(&mut s, &me, Duration::from_secs(2)).await.unwrap();
+    write_message(&mut s, &Message::Ready).await.unwrap();
+    wait_until("established with the silent peer", || a.states() == ["established"] && a.peer_ids() == [5]).await;
+    // Our heartbeats arrive; we send none and keep the socket open.
+    assert_eq!(read_message(&mut s).await.unwrap(), Message::Ready);
+    let started = tokio::time::Instant::now();
+    wait_until("the silent peer removed", || a.peer_ids().is_empty()).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(a.router.status().connections.is_empty());
+    drop(s);
+    a.router.stop().await;
+}
+
+#[tokio::test]
+async fn a_data_path_failure_keeps_the_connection_from_being_established() {
+    let a = Node::start(1, &[]).await;
+    a.datapath.fail_add_peer(Some("no room"));
+    let b = Node::start(2, &[a.addr()]).await;
+    wait_until("b sees the refusal", || {
+        b.router.status().connections.iter().any(|c| c.info.contains("data path: BPF: no room"))
+    })
+    .await;
+    assert!(a.router.status().connections.iter().all(|c| c.state != "established"));
+    a.datapath.fail_add_peer(None);
+    wait_until("established after healing", || a.states() == ["established"] && b.states() == ["established"]).await;
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+#[test]
+fn admission_keeps_the_connection_dialled_by_the_higher_name() {
+    let low = hello(1);
+    let high = hello(2);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let conn = |outbound: bool, hello: &Hello| Conn {
+        outbound,
+        remote: "127.0.0.1:1".parse().unwrap(),
+        hello: hello.clone(),
+        local_ready: true,
+        remote_ready: true,
+        commands: tx.clone(),
+    };
+    // We are `low`; we hold an outbound connection to `high`.
+    let mut mesh = Mesh::default();
+    mesh.connections.insert(1, conn(true, &high));
+    mesh.by_peer.insert(high.name, 1);
+    // `high` dials us: its connection wins.
+    assert_eq!(mesh.admit(low.name, false, &high), Admission::Accept { replace: Some(1) });
+    // A second outbound one loses.
+    assert!(matches!(mesh.admit(low.name, true, &high), Admission::Reject(_)));
+
+    // We are `high`; we hold an inbound connection from `low`; our own dial wins.
+    let mut mesh = Mesh::default();
+    mesh.connections.insert(1, conn(false, &low));
+    mesh.by_peer.insert(low.name, 1);
+    assert_eq!(mesh.admit(high.name, true, &low), Admission::Accept { replace: Some(1) });
+
+    // A restarted peer (new UID) replaces its old connection whatever the direction.
+    let mut again = low.clone();
+    again.uid ^= 1;
+    assert_eq!(mesh.admit(high.name, false, &again), Admission::Accept { replace: Some(1) });
+
+    // Another peer with a short ID already taken is refused.
+    let mut clash = hello(3);
+    clash.short_id = low.short_id;
+    let Admission::Reject(reason) = mesh.admit(high.name, false, &clash) else { panic!() };
+    assert!(reason.contains("short ID 001 is already used by peer 0a:00:00:00:00:01"), "{reason}");
+}
+
+#[test]
+fn times_format_as_utc() {
+    assert_eq!(format_time(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00");
+    assert_eq!(format_time(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)), "2027-01-15 08:00:00");
+}

@@ -1,0 +1,210 @@
+//! The state directory of one router: locked while it runs; holds the peer name and short ID,
+//! the endpoints attached (taken up again after a restart) and the background daemon's log.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::Endpoint;
+use crate::mesh::peer_name::{PeerName, ShortId};
+
+const LOCK_FILE: &str = "lock";
+const IDENTITY_FILE: &str = "peer.json";
+const ENDPOINTS_FILE: &str = "endpoints.json";
+/// The background daemon's log, in the state directory.
+pub const LOG_FILE: &str = "weave-router.log";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("state directory {path} is in use by another weave-router{holder}")]
+    Locked { path: PathBuf, holder: String },
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io { path: path.to_path_buf(), source }
+}
+
+/// Peer name and short ID as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub name: PeerName,
+    pub short_id: ShortId,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredIdentity {
+    name: String,
+    short_id: u16,
+}
+
+/// An open, locked state directory. The lock lasts as long as this value (and the process).
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+/// Path of the daemon log in a state directory.
+pub fn log_path(dir: &Path) -> PathBuf {
+    dir.join(LOG_FILE)
+}
+
+impl StateDir {
+    /// Creates the directory if needed and takes its lock; fails at once when another router
+    /// holds it.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(path).map_err(io_err(path))?;
+        let lock_path = path.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = std::fs::read_to_string(&lock_path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .map(|pid| format!(" (pid {pid})"))
+                    .unwrap_or_default();
+                return Err(StateError::Locked { path: path.to_path_buf(), holder });
+            }
+            return Err(StateError::Io { path: lock_path, source: err });
+        }
+        lock.set_len(0).map_err(io_err(&lock_path))?;
+        writeln!(lock, "{}", std::process::id()).map_err(io_err(&lock_path))?;
+        Ok(Self { path: path.to_path_buf(), _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored identity, with `requested` taking precedence for the name; whatever is
+    /// missing is made up (random) and everything is stored back.
+    pub fn identity(&self, requested: Option<PeerName>) -> Result<Identity, StateError> {
+        let path = self.path.join(IDENTITY_FILE);
+        let stored = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let corrupt = |reason: String| StateError::Corrupt { path: path.clone(), reason };
+                let s: StoredIdentity = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+                let name: PeerName = s.name.parse().map_err(|e: crate::mesh::peer_name::PeerNameError| corrupt(e.to_string()))?;
+                let short_id = ShortId::new(s.short_id).map_err(|e| corrupt(e.to_string()))?;
+                Some(Identity { name, short_id })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let identity = Identity {
+            name: requested.or(stored.map(|s| s.name)).unwrap_or_else(PeerName::random),
+            short_id: stored.map(|s| s.short_id).unwrap_or_else(ShortId::random),
+        };
+        if stored != Some(identity) {
+            let s = StoredIdentity { name: identity.name.to_string(), short_id: identity.short_id.get() };
+            write_atomic(&path, &serde_json::to_vec_pretty(&s).expect("serialisable"))?;
+        }
+        Ok(identity)
+    }
+
+    /// Endpoints attached by an earlier run.
+    pub fn load_endpoints(&self) -> Result<Vec<Endpoint>, StateError> {
+        let path = self.path.join(ENDPOINTS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    pub fn save_endpoints(&self, endpoints: &[Endpoint]) -> Result<(), StateError> {
+        let path = self.path.join(ENDPOINTS_FILE);
+        write_atomic(&path, &serde_json::to_vec_pretty(endpoints).expect("serialisable"))
+    }
+}
+
+/// Writes a file so that readers see the old or the new content, never a mix.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::Ipv4Cidr;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("weave-router-state-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn a_second_open_fails_while_the_first_holds_the_lock() {
+        let dir = tempdir("lock");
+        let first = StateDir::open(&dir).unwrap();
+        let err = StateDir::open(&dir).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("in use by another weave-router"), "{text}");
+        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        drop(first);
+        StateDir::open(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn identity_persists_across_opens() {
+        let dir = tempdir("identity");
+        let a = StateDir::open(&dir).unwrap().identity(None).unwrap();
+        let b = StateDir::open(&dir).unwrap().identity(None).unwrap();
+        assert_eq!(a, b);
+        let name: PeerName = "0a:00:00:00:00:09".parse().unwrap();
+        let c = StateDir::open(&dir).unwrap().identity(Some(name)).unwrap();
+        assert_eq!(c, Identity { name, short_id: a.short_id });
+        assert_eq!(StateDir::open(&dir).unwrap().identity(None).unwrap(), c);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_identity_is_reported() {
+        let dir = tempdir("corrupt");
+        let s = StateDir::open(&dir).unwrap();
+        std::fs::write(dir.join(IDENTITY_FILE), b"{\"name\":\"zz\",\"short_id\":1}").unwrap();
+        assert!(matches!(s.identity(None), Err(StateError::Corrupt { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn endpoints_round_trip() {
+        let dir = tempdir("endpoints");
+        let s = StateDir::open(&dir).unwrap();
+        assert_eq!(s.load_endpoints().unwrap(), vec![]);
+        let e = Endpoint {
+            netns: "/run/netns/c1".into(),
+            host_ifname: "vethwe1".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            addresses: vec!["10.2.1.1/24".parse::<Ipv4Cidr>().unwrap()],
+        };
+        s.save_endpoints(std::slice::from_ref(&e)).unwrap();
+        assert_eq!(s.load_endpoints().unwrap(), vec![e]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
