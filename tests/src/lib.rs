@@ -1,1 +1,22 @@
-//! The netns test bed.
+//! The netns test bed shared by the end-to-end tests, `cargo xtask demo` and
+//! `cargo xtask bench`.
+//!
+//! A *host* is a network namespace whose `eth0` sits on an underlay bridge (itself in a
+//! namespace of its own); a *container* is another namespace, attached to its host by
+//! `weave-router attach` or, for the baselines, by a plain veth pair. Routers and client
+//! commands run with `nsenter --net=/run/netns/<host>`, so they share the machine's
+//! /sys/fs/bpf. Everything a [`TestBed`] makes is removed when it is dropped.
+
+pub mod bed;
+pub mod cmd;
+pub mod error;
+pub mod netns;
+pub mod router;
+pub mod topology;
+
+pub use bed::{host_addr, is_root, require_root, sweep, Container, Host, TestBed};
+pub use cmd::{Background, Output};
+pub use error::{Error, Result};
+pub use netns::Netns;
+pub use router::{LaunchOpts, Router};
+pub use topology::{pair, Mode, Pair};

@@ -1,1 +1,83 @@
-fn main() {}
+//! `cargo xtask <command>`: set-up, build, demo, tests and benchmarks of weave-router.
+
+mod bench;
+mod build;
+mod demo;
+mod run;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set-up, build, demo, tests and benchmarks of weave-router")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (apt packages, rust-src, bpf-linker, bpffs).
+    /// Quick when nothing is missing.
+    Setup,
+    /// Build the eBPF object (nightly, bpfel-unknown-none).
+    BuildEbpf,
+    /// Build target/release/weave-router (eBPF object embedded).
+    Build {
+        /// Skip `setup`.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Set up, build, and run every test: unit, BPF_PROG_TEST_RUN, netns end to end.
+    Test {
+        /// Skip `setup` and `build`.
+        #[arg(long)]
+        no_build: bool,
+        /// Only run the end-to-end tests whose name contains this.
+        #[arg(long)]
+        e2e_filter: Option<String>,
+    },
+    /// Three simulated hosts, each with a router and two containers; pings across.
+    Demo {
+        /// Leave it running and say how to step inside.
+        #[arg(long, conflicts_with = "down")]
+        keep: bool,
+        /// Remove a demo left by `--keep`.
+        #[arg(long)]
+        down: bool,
+        /// Skip `setup` and `build`.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Routed vs kernel VXLAN vs weave-router throughput and latency; writes BENCHMARKS.md.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r: Result<()> = match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::BuildEbpf => build::build_ebpf(),
+        Cmd::Build { no_setup } => (|| {
+            if !no_setup {
+                setup::setup()?;
+            }
+            build::build()
+        })(),
+        Cmd::Test { no_build, e2e_filter } => test::test(no_build, e2e_filter.as_deref()),
+        Cmd::Demo { keep, down, no_build } => {
+            if down {
+                demo::down()
+            } else {
+                demo::demo(keep, no_build)
+            }
+        }
+        Cmd::Bench(args) => bench::bench(args),
+    };
+    if let Err(e) = r {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

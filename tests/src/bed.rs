@@ -1,0 +1,346 @@
+//! A test bed: simulated hosts on a shared underlay, containers on the hosts.
+//!
+//! With prefix `p`, a bed of N hosts is made of the namespaces
+//!
+//! * `p-u`: the underlay, a bridge `br0` whose ports `h1`..`hN` are veth peers of the hosts;
+//! * `p-h1`..`p-hN`: the hosts, each with `eth0` = 198.18.0.<i>/24 (a benchmarking range, used
+//!   only inside these namespaces);
+//! * `p-h<i><name>`: containers, e.g. `p-h1c1`;
+//! * `p-<name>`: other nodes on the underlay (e.g. an intruder sending stray VXLAN).
+//!
+//! Everything is removed when the bed is dropped, also during a panic, and leftovers of an
+//! earlier run with the same prefix are removed before a new bed is made. The underlay bridge
+//! lives in its own namespace, so the root namespace (its firewall, br_netfilter) never sees
+//! host-to-host traffic.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cmd::{self, Output};
+use crate::error::{Error, Result};
+use crate::netns::{self, Netns};
+use crate::router::{self, LaunchOpts, Router};
+
+/// The underlay address of host `i` (1-based).
+pub fn host_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, i as u8)
+}
+
+/// Prefix length of the underlay.
+pub const UNDERLAY_PREFIX_LEN: u8 = 24;
+
+/// One simulated host.
+#[derive(Debug)]
+pub struct Host {
+    pub index: usize,
+    pub addr: Ipv4Addr,
+    pub router: Option<Router>,
+    pub ns: Netns,
+}
+
+impl Host {
+    /// The router of this host; panics if none was launched.
+    pub fn router(&self) -> &Router {
+        self.router.as_ref().expect("no router launched on this host")
+    }
+
+    pub fn nickname(&self) -> String {
+        format!("host{}", self.index)
+    }
+}
+
+/// One container: a namespace on a host.
+#[derive(Debug)]
+pub struct Container {
+    /// Short name, e.g. `c1`.
+    pub name: String,
+    /// Index of its host (1-based).
+    pub host: usize,
+    /// Its address with prefix length, once attached.
+    pub cidr: Option<String>,
+    pub ns: Netns,
+}
+
+impl Container {
+    /// Its address without the prefix length, once attached.
+    pub fn ip(&self) -> Option<&str> {
+        self.cidr.as_deref().map(|c| c.split('/').next().unwrap_or(c))
+    }
+
+    /// `ping -c <count> -W 1 <addr>` inside; a failed ping is not an error.
+    pub fn ping(&self, addr: &str, count: u32) -> Result<Output> {
+        self.ns.run_timeout(
+            &["ping", "-n", "-c", &count.to_string(), "-i", "0.2", "-W", "1", addr],
+            Duration::from_secs(10 + count as u64),
+        )
+    }
+
+    /// Pings `addr` once a second until a reply comes, at most `timeout`.
+    pub fn wait_ping(&self, addr: &str, timeout: Duration) -> Result<()> {
+        cmd::wait_for(&format!("{} to reach {addr}", self.ns.name()), timeout, || {
+            self.ping(addr, 1).ok().filter(|o| o.success()).map(|_| ())
+        })
+    }
+}
+
+/// Hosts, underlay and containers of one test; see the module docs.
+#[derive(Debug)]
+pub struct TestBed {
+    prefix: String,
+    keep: bool,
+    pub hosts: Vec<Host>,
+    pub containers: Vec<Container>,
+    nodes: Vec<Netns>,
+    underlay: Option<Netns>,
+}
+
+impl TestBed {
+    /// The underlay and `n` hosts, after removing leftovers of the same prefix.
+    pub fn new(prefix: &str, n: usize) -> Result<TestBed> {
+        if prefix.is_empty() || prefix.contains('/') || prefix.len() > 12 {
+            return Err(Error::Other(format!("bad test bed prefix {prefix:?}")));
+        }
+        sweep(prefix);
+        let underlay = Netns::create(&format!("{prefix}-u"))?;
+        underlay.ip("link add br0 type bridge")?;
+        underlay.ip("link set br0 up")?;
+        let mut bed = TestBed {
+            prefix: prefix.to_string(),
+            keep: false,
+            hosts: Vec::new(),
+            containers: Vec::new(),
+            nodes: Vec::new(),
+            underlay: Some(underlay),
+        };
+        for i in 1..=n {
+            let ns = bed.underlay_ns(&format!("h{i}"), host_addr(i))?;
+            bed.hosts.push(Host {
+                index: i,
+                addr: host_addr(i),
+                router: None,
+                ns,
+            });
+        }
+        Ok(bed)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Host `i` (1-based).
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i - 1]
+    }
+
+    /// The router of host `i`; panics if none was launched.
+    pub fn router(&self, i: usize) -> &Router {
+        self.host(i).router()
+    }
+
+    /// The router of host `i`, mutable; panics if none was launched.
+    pub fn router_mut(&mut self, i: usize) -> &mut Router {
+        self.hosts[i - 1].router.as_mut().expect("no router launched on this host")
+    }
+
+    /// A namespace `<prefix>-<name>` whose `eth0` has `addr` on the underlay.
+    fn underlay_ns(&self, name: &str, addr: Ipv4Addr) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
+        let u = self.underlay.as_ref().expect("underlay exists while the bed lives");
+        ns.ip(&format!("link add eth0 type veth peer name {name} netns {}", u.name()))?;
+        u.ip(&format!("link set {name} master br0 up"))?;
+        ns.ip(&format!("addr add {addr}/{UNDERLAY_PREFIX_LEN} dev eth0"))?;
+        ns.ip("link set eth0 up")?;
+        Ok(ns)
+    }
+
+    /// Another node on the underlay (not a host), e.g. to send stray packets from.
+    pub fn add_node(&mut self, name: &str, addr: Ipv4Addr) -> Result<&Netns> {
+        let ns = self.underlay_ns(name, addr)?;
+        self.nodes.push(ns);
+        Ok(self.nodes.last().expect("just pushed"))
+    }
+
+    /// The state dir of host `i`'s router.
+    pub fn state_dir(&self, i: usize) -> PathBuf {
+        state_base(&self.prefix).join(format!("h{i}"))
+    }
+
+    /// The peer name the bed gives host `i`'s router.
+    pub fn peer_name(&self, i: usize) -> String {
+        router::peer_name(&self.prefix, i as u16)
+    }
+
+    /// Launches a router on host `i`.
+    pub fn launch(&mut self, i: usize, opts: &LaunchOpts) -> Result<&Router> {
+        let r = Router::launch(
+            &format!("{}-h{i}", self.prefix),
+            &self.peer_name(i),
+            &self.host(i).nickname(),
+            &self.state_dir(i),
+            opts,
+        )?;
+        let h = &mut self.hosts[i - 1];
+        h.router = Some(r);
+        Ok(h.router())
+    }
+
+    /// Launches a router on every host, host `i` dialling hosts `1..i`, plus `extra`
+    /// arguments, and waits until every router has established connections to all others.
+    pub fn launch_mesh(&mut self, extra: &[&str]) -> Result<()> {
+        let n = self.hosts.len();
+        for i in 1..=n {
+            let opts = LaunchOpts {
+                peers: (1..i).map(|j| host_addr(j).to_string()).collect(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            self.launch(i, &opts)?;
+        }
+        for i in 1..=n {
+            self.router(i).wait_established(n - 1, Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// A container namespace `<prefix>-h<host><name>`; returns its index.
+    pub fn add_container(&mut self, host: usize, name: &str) -> Result<usize> {
+        let ns = Netns::create(&format!("{}-h{host}{name}", self.prefix))?;
+        self.containers.push(Container {
+            name: name.to_string(),
+            host,
+            cidr: None,
+            ns,
+        });
+        Ok(self.containers.len() - 1)
+    }
+
+    /// Container number `c` (as returned by [`TestBed::add_container`]).
+    pub fn container(&self, c: usize) -> &Container {
+        &self.containers[c]
+    }
+
+    /// Adds a container on `host` and attaches it with `cidr` through that host's router.
+    pub fn attach_container(&mut self, host: usize, name: &str, cidr: &str) -> Result<usize> {
+        let c = self.add_container(host, name)?;
+        let path = self.containers[c].ns.path();
+        self.router(host).attach(cidr, &path)?;
+        self.containers[c].cidr = Some(cidr.to_string());
+        Ok(c)
+    }
+
+    /// Joins container `c` to its host with a plain veth pair (no router): `eth0` in the
+    /// container, `host_if` in the host, both with `mtu` and up. Addresses are the caller's.
+    pub fn veth_to_container(&mut self, c: usize, host_if: &str, mtu: u32) -> Result<()> {
+        let ct = &self.containers[c];
+        let host = &self.hosts[ct.host - 1].ns;
+        host.ip(&format!("link add {host_if} mtu {mtu} type veth peer name eth0 netns {}", ct.ns.name()))?;
+        ct.ns.ip(&format!("link set eth0 mtu {mtu} up"))?;
+        host.ip(&format!("link set {host_if} up"))?;
+        Ok(())
+    }
+
+    /// Records the address a caller gave container `c` by hand.
+    pub fn set_container_cidr(&mut self, c: usize, cidr: &str) {
+        self.containers[c].cidr = Some(cidr.to_string());
+    }
+
+    /// Leaves everything in place when dropped (routers keep running).
+    pub fn keep(&mut self) {
+        self.keep = true;
+        for h in &mut self.hosts {
+            if let Some(r) = h.router.as_mut() {
+                r.keep();
+            }
+            h.ns.keep();
+        }
+        for c in &mut self.containers {
+            c.ns.keep();
+        }
+        for n in &mut self.nodes {
+            n.keep();
+        }
+        if let Some(u) = self.underlay.as_mut() {
+            u.keep();
+        }
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        // Routers first (they clean up their own devices and pins), then the namespaces.
+        for h in &mut self.hosts {
+            drop(h.router.take());
+        }
+        self.containers.clear();
+        self.nodes.clear();
+        self.hosts.clear();
+        self.underlay.take();
+        let _ = std::fs::remove_dir_all(state_base(&self.prefix));
+    }
+}
+
+/// Where the routers of the bed `prefix` keep their state.
+pub fn state_base(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join("weave-tests").join(prefix)
+}
+
+/// Removes everything a bed with `prefix` may have left: routers (asked to stop, then
+/// ended), namespaces, state dirs, pins. Safe to call at any time.
+pub fn sweep(prefix: &str) -> Vec<String> {
+    let mine: Vec<String> = netns::list()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .collect();
+    // Routers first, while their namespaces and devices still exist.
+    for n in &mine {
+        if !router::router_pids(n).is_empty() {
+            let _ = cmd::run_timeout(
+                &netns::Netns::borrow(n).wrap(&[router::binary().as_os_str(), "stop".as_ref()]),
+                Duration::from_secs(20),
+            );
+            router::kill_routers(n);
+        }
+    }
+    // Containers before hosts, the underlay last.
+    let rank = |n: &str| -> u8 {
+        let rest = &n[prefix.len() + 1..];
+        if rest == "u" {
+            2
+        } else if rest.starts_with('h') && rest[1..].chars().all(|c| c.is_ascii_digit()) {
+            1
+        } else {
+            0
+        }
+    };
+    let mut order = mine.clone();
+    order.sort_by_key(|n| rank(n));
+    for n in &order {
+        netns::remove(n);
+    }
+    for i in 1..=32 {
+        router::remove_pins(&router::peer_name(prefix, i));
+    }
+    let _ = std::fs::remove_dir_all(state_base(prefix));
+    mine
+}
+
+/// True when running as root (the netns scenarios need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For tests: prints a loud notice and returns false when not root.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!();
+    eprintln!("!!!!! SKIPPED {test}: needs root (network namespaces, BPF). Run `cargo xtask test`. !!!!!");
+    eprintln!();
+    false
+}

@@ -1,0 +1,350 @@
+//! `cargo xtask bench`: the same two-host topology carried three ways, measured in one run.
+//!
+//! A benchmark, not a test: it reports what it measured and never fails on the numbers.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use weave_tests::{pair, Background, Mode, Pair};
+
+use crate::run::{self, output_ok, step};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Runs per measurement (the table shows medians).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// Container MTU in every mode.
+    #[arg(long, default_value_t = 1450)]
+    mtu: u32,
+    /// Leave out the `--xdp on` variant of weave-router.
+    #[arg(long)]
+    no_xdp: bool,
+    /// Only the baselines (routed, kernel VXLAN).
+    #[arg(long)]
+    baselines_only: bool,
+    /// Where to write the report (relative to the workspace root).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: String,
+    /// Skip `setup` and `build`.
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// Samples of one mode.
+#[derive(Default)]
+struct Samples {
+    tcp1: Vec<f64>,
+    tcp4: Vec<f64>,
+    udp_kpps: Vec<f64>,
+    ping_ms: Vec<f64>,
+    errors: Vec<String>,
+}
+
+struct Subject {
+    mode: Mode,
+    prefix: &'static str,
+    pair: Option<Pair>,
+    server: Option<Background>,
+    samples: Samples,
+    setup_error: Option<String>,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
+}
+
+fn iperf(p: &Pair, args: &[&str], seconds: u32) -> Result<Value> {
+    let dst = p.server_ip();
+    let secs = seconds.to_string();
+    let mut argv = vec!["iperf3", "-c", &dst, "-t", &secs, "-J"];
+    argv.extend_from_slice(args);
+    let out = p
+        .client()
+        .ns
+        .run_timeout(&argv, Duration::from_secs(seconds as u64 + 30))?;
+    let v: Value = serde_json::from_str(&out.stdout).with_context(|| format!("iperf3 output: {}", out.stderr.trim()))?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("iperf3: {e}");
+    }
+    Ok(v)
+}
+
+fn tcp_gbits(p: &Pair, streams: u32, seconds: u32) -> Result<f64> {
+    let n = streams.to_string();
+    let v = iperf(p, &["-P", &n], seconds)?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .context("iperf3 JSON has no end.sum_received.bits_per_second")
+}
+
+fn udp_kpps(p: &Pair, seconds: u32) -> Result<f64> {
+    let v = iperf(p, &["-u", "-b", "0", "-l", "64"], seconds)?;
+    let sum = &v["end"]["sum"];
+    let packets = sum["packets"].as_f64().context("iperf3 JSON has no end.sum.packets")?;
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let secs = sum["seconds"].as_f64().filter(|s| *s > 0.0).unwrap_or(seconds as f64);
+    Ok((packets - lost) / secs / 1e3)
+}
+
+fn ping_avg_ms(p: &Pair) -> Result<f64> {
+    let dst = p.server_ip();
+    let out = p.client().ns.run_timeout(
+        &["ping", "-n", "-q", "-c", "50", "-i", "0.02", &dst],
+        Duration::from_secs(30),
+    )?;
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
+        .with_context(|| format!("no rtt line from ping: {}", out.stdout.trim()))?;
+    let nums = line.split('=').nth(1).context("rtt line")?.trim();
+    let avg = nums.split('/').nth(1).context("rtt avg")?;
+    avg.trim().parse().context("rtt avg number")
+}
+
+fn record(errors: &mut Vec<String>, what: &str, r: Result<f64>, into: &mut Vec<f64>) {
+    match r {
+        Ok(v) => into.push(v),
+        Err(e) => errors.push(format!("{what}: {e:#}")),
+    }
+}
+
+fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "—".into())
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "—".into(),
+    }
+}
+
+fn sh(line: &str) -> String {
+    let mut w = line.split_whitespace();
+    let prog = w.next().unwrap_or("true");
+    output_ok(crate::run::cmd(prog).args(w)).unwrap_or_default().trim().to_string()
+}
+
+pub fn bench(a: Args) -> Result<()> {
+    if !run::is_root() {
+        anyhow::bail!("the benchmark creates network namespaces: run it as root");
+    }
+    if !a.no_build {
+        crate::setup::setup()?;
+        if !a.baselines_only {
+            crate::build::build()?;
+        }
+    }
+    let mut subjects = vec![
+        (Mode::Routed, "wtbr"),
+        (Mode::KernelVxlan, "wtbv"),
+    ];
+    if !a.baselines_only {
+        subjects.push((Mode::Weave { extra: vec![] }, "wtbw"));
+        if !a.no_xdp {
+            subjects.push((
+                Mode::Weave {
+                    extra: vec!["--xdp".into(), "on".into()],
+                },
+                "wtbx",
+            ));
+        }
+    }
+    let mut subjects: Vec<Subject> = subjects
+        .into_iter()
+        .map(|(mode, prefix)| Subject {
+            mode,
+            prefix,
+            pair: None,
+            server: None,
+            samples: Samples::default(),
+            setup_error: None,
+        })
+        .collect();
+
+    for s in &mut subjects {
+        step(&format!("setting up: {}", s.mode));
+        match pair(s.prefix, s.mode.clone(), a.mtu) {
+            Ok(p) => {
+                match p.server().ns.spawn(&["iperf3", "-s"]) {
+                    Ok(bg) => s.server = Some(bg),
+                    Err(e) => s.setup_error = Some(format!("iperf3 server: {e}")),
+                }
+                s.pair = Some(p);
+            }
+            Err(e) => {
+                println!("    not measured: {e}");
+                s.setup_error = Some(e.to_string());
+            }
+        }
+    }
+    // Let the iperf3 servers start listening.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Modes take turns run by run, so a slow spell of the machine hits them alike.
+    for run in 1..=a.runs {
+        for s in &mut subjects {
+            let (Some(p), None) = (s.pair.as_ref(), s.setup_error.as_ref()) else {
+                continue;
+            };
+            step(&format!("run {run}/{}: {}", a.runs, s.mode));
+            let sm = &mut s.samples;
+            record(&mut sm.errors, "tcp1", tcp_gbits(p, 1, a.seconds), &mut sm.tcp1);
+            record(&mut sm.errors, "tcp4", tcp_gbits(p, 4, a.seconds), &mut sm.tcp4);
+            record(&mut sm.errors, "udp64", udp_kpps(p, a.seconds), &mut sm.udp_kpps);
+            record(&mut sm.errors, "ping", ping_avg_ms(p), &mut sm.ping_ms);
+            println!(
+                "    TCP {} Gbit/s, TCP -P4 {} Gbit/s, UDP 64 B {} kpps, ping {} ms",
+                fmt_opt(sm.tcp1.last().copied(), 2),
+                fmt_opt(sm.tcp4.last().copied(), 2),
+                fmt_opt(sm.udp_kpps.last().copied(), 0),
+                fmt_opt(sm.ping_ms.last().copied(), 3)
+            );
+        }
+    }
+    step("tearing down");
+    for s in &mut subjects {
+        s.server.take();
+        s.pair.take();
+    }
+
+    let report = render(&a, &subjects);
+    let path = run::root().join(&a.output);
+    std::fs::write(&path, &report).with_context(|| format!("write {}", path.display()))?;
+    println!("{report}");
+    step(&format!("wrote {}", path.display()));
+    Ok(())
+}
+
+fn render(a: &Args, subjects: &[Subject]) -> String {
+    let date = sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
+    let kernel = sh("uname -r");
+    let commit = sh("git -C . rev-parse --short HEAD");
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+
+    let med = |s: &Subject| {
+        (
+            median(&s.samples.tcp1),
+            median(&s.samples.tcp4),
+            median(&s.samples.udp_kpps),
+            median(&s.samples.ping_ms),
+        )
+    };
+    let find = |m: &Mode| subjects.iter().find(|s| &s.mode == m).map(med);
+
+    let mut o = String::new();
+    let _ = writeln!(o, "# Benchmarks\n");
+    let _ = writeln!(
+        o,
+        "Written by `cargo xtask bench` on {date} (commit {commit}); kernel {kernel}, {cpus} vCPU ({cpu_model})."
+    );
+    let _ = writeln!(
+        o,
+        "\nTwo simulated hosts (network namespaces) on a veth + bridge underlay (MTU 1500), one container \
+         (namespace) on each, container MTU {}. iperf3 {} s per run: TCP single stream, TCP `-P 4`, UDP \
+         64-byte datagrams at full speed (packets/s received); ping average over 50 pings at 20 ms. Medians of \
+         {} runs; the modes take turns run by run. The machine is shared, so single figures are noisy \
+         (±20 %): compare figures of one run only.\n",
+        a.mtu, a.seconds, a.runs
+    );
+    let _ = writeln!(o, "| mode | TCP 1 stream Gbit/s | TCP -P 4 Gbit/s | UDP 64 B kpps | ping avg ms |");
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|");
+    for s in subjects {
+        let (t1, t4, u, p) = med(s);
+        if let Some(e) = &s.setup_error {
+            let _ = writeln!(o, "| {} | not measured: {} | | | |", s.mode, e.lines().next().unwrap_or_default());
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} |",
+            s.mode,
+            fmt_opt(t1, 2),
+            fmt_opt(t4, 2),
+            fmt_opt(u, 0),
+            fmt_opt(p, 3)
+        );
+    }
+
+    let weave = find(&Mode::Weave { extra: vec![] });
+    if let Some((wt1, wt4, wu, wp)) = weave {
+        let _ = writeln!(o, "\n| ratio | TCP 1 stream | TCP -P 4 | UDP 64 B pps | ping avg (lower is better) |");
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|");
+        for (label, m) in [("weave-router / kernel VXLAN", Mode::KernelVxlan), ("weave-router / routed", Mode::Routed)] {
+            if let Some((t1, t4, u, p)) = find(&m) {
+                let _ = writeln!(
+                    o,
+                    "| {label} | {} | {} | {} | {} |",
+                    ratio(wt1, t1),
+                    ratio(wt4, t4),
+                    ratio(wu, u),
+                    ratio(wp, p)
+                );
+            }
+        }
+    }
+
+    let _ = writeln!(o, "\nModes:\n");
+    let _ = writeln!(
+        o,
+        "- **routed, no overlay**: each container in its own /24 behind a veth; the hosts forward and route \
+         the other host's container subnet via its underlay address."
+    );
+    let _ = writeln!(
+        o,
+        "- **kernel VXLAN**: per host a bridge with the container's veth and a `vxlan` device (VNI 42, UDP \
+         4789, flooding to the other host, MAC learning)."
+    );
+    let _ = writeln!(
+        o,
+        "- **weave-router**: `weave-router launch` on each host (`--xdp auto`, which leaves XDP off on a veth \
+         underlay), the containers attached with `weave-router attach`."
+    );
+    if subjects.iter().any(|s| matches!(&s.mode, Mode::Weave { extra } if !extra.is_empty())) {
+        let _ = writeln!(
+            o,
+            "- **weave-router --xdp on**: the same with the XDP admission program on the underlay. On a veth \
+             underlay attaching XDP clears GSO on the sending veth, so the sender segments in software; this \
+             row is why `auto` keeps XDP off on veth."
+        );
+    }
+
+    let _ = writeln!(o, "\nEvery run:\n");
+    for s in subjects {
+        let sm = &s.samples;
+        let list = |v: &[f64], p: usize| v.iter().map(|x| format!("{x:.p$}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            o,
+            "- {}: TCP [{}], TCP -P4 [{}], UDP kpps [{}], ping ms [{}]",
+            s.mode,
+            list(&sm.tcp1, 2),
+            list(&sm.tcp4, 2),
+            list(&sm.udp_kpps, 0),
+            list(&sm.ping_ms, 3)
+        );
+        for e in &sm.errors {
+            let _ = writeln!(o, "  - error: {e}");
+        }
+    }
+    let _ = writeln!(o, "\nReproduce: `cargo xtask bench` (as root; about 8 minutes).");
+    o
+}

@@ -1,0 +1,80 @@
+//! Small helpers for running commands.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// The workspace root (the parent of `xtask/`).
+pub fn root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// `$CARGO_HOME`, else `~/.cargo`.
+pub fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cargo"))
+}
+
+pub fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+/// `$PATH` with `$CARGO_HOME/bin` in front (where `cargo install` puts bpf-linker).
+pub fn path_env() -> OsString {
+    let mut parts = vec![cargo_home().join("bin")];
+    if let Some(p) = std::env::var_os("PATH") {
+        parts.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(parts).unwrap_or_default()
+}
+
+/// A command with `$CARGO_HOME/bin` on its `PATH`.
+pub fn cmd(prog: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(prog);
+    c.env("PATH", path_env());
+    c
+}
+
+/// The cargo that runs xtask (same toolchain as the workspace build).
+pub fn cargo() -> Command {
+    cmd(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn show(c: &Command) -> String {
+    let mut s = c.get_program().to_string_lossy().into_owned();
+    for a in c.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `c` with the terminal attached; a non-zero exit is an error.
+pub fn status(c: &mut Command) -> Result<()> {
+    let line = show(c);
+    let st = c.stdin(Stdio::null()).status().with_context(|| format!("cannot run `{line}`"))?;
+    if !st.success() {
+        bail!("`{line}` failed ({st})");
+    }
+    Ok(())
+}
+
+/// Runs `c` and returns its stdout if it succeeded, `None` otherwise (or if it cannot start).
+pub fn output_ok(c: &mut Command) -> Option<String> {
+    let o = c.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Prints a step header.
+pub fn step(msg: &str) {
+    println!("==> {msg}");
+}
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    weave_tests::is_root()
+}
