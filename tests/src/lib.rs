@@ -11,6 +11,7 @@ pub mod bed;
 pub mod cmd;
 pub mod error;
 pub mod netns;
+pub mod probe;
 pub mod router;
 pub mod topology;
 

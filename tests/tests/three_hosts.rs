@@ -1,0 +1,122 @@
+//! Three hosts: every container reaches every other, broadcasts reach every host, and a
+//! router that stops is forgotten by the others.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use weave_tests::{probe, require_root, router, TestBed};
+
+fn three_hosts(prefix: &str) -> TestBed {
+    let mut bed = TestBed::new(prefix, 3).expect("test bed");
+    bed.launch_mesh(&[]).expect("routers connect");
+    bed
+}
+
+#[test]
+fn three_hosts_full_ping_matrix_and_broadcast() {
+    if !require_root("three_hosts_full_ping_matrix_and_broadcast") {
+        return;
+    }
+    let mut bed = three_hosts("wt3h");
+    bed.attach_container(1, "c1", "10.2.1.11/24").expect("attach");
+    bed.attach_container(1, "c2", "10.2.1.12/24").expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.21/24").expect("attach");
+    bed.attach_container(3, "c1", "10.2.1.31/24").expect("attach");
+
+    let mut failed = Vec::new();
+    for from in &bed.containers {
+        for to in &bed.containers {
+            if std::ptr::eq(from, to) {
+                continue;
+            }
+            let dst = to.ip().expect("address");
+            if from.wait_ping(dst, Duration::from_secs(8)).is_err() {
+                failed.push(format!("{} -> {} ({dst})", from.ns.name(), to.ns.name()));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "no answer: {failed:?}");
+
+    // A broadcast from host1 reaches the containers on every other host (and the local one).
+    for c in &bed.containers {
+        c.ns.sysctl("net.ipv4.icmp_echo_ignore_broadcasts", "0").expect("sysctl");
+    }
+    let sender = bed.container(0);
+    let out = sender
+        .ns
+        .run_timeout(&["ping", "-n", "-b", "-c", "4", "-i", "0.3", "10.2.1.255"], Duration::from_secs(20))
+        .expect("ping -b runs");
+    let from: BTreeSet<String> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(" from ").nth(1))
+        .filter_map(|r| r.split(':').next())
+        .map(str::to_string)
+        .collect();
+    for want in ["10.2.1.12", "10.2.1.21", "10.2.1.31"] {
+        assert!(from.contains(want), "broadcast answered by {from:?}, not by {want}:\n{}", out.stdout);
+    }
+}
+
+#[test]
+fn stopped_router_is_removed_by_the_others() {
+    if !require_root("stopped_router_is_removed_by_the_others") {
+        return;
+    }
+    let mut bed = three_hosts("wt3s");
+    let c1 = bed.attach_container(1, "c1", "10.2.1.11/24").expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.21/24").expect("attach");
+    bed.attach_container(3, "c1", "10.2.1.31/24").expect("attach");
+    let ca = bed.container(c1);
+    ca.wait_ping("10.2.1.31", Duration::from_secs(10)).expect("host1 reaches host3");
+    ca.wait_ping("10.2.1.21", Duration::from_secs(10)).expect("host1 reaches host2");
+    let vxw_before = vxw_links(&bed, 1);
+    assert_eq!(vxw_before.len(), 2, "host1 should have one vxw device per peer: {vxw_before:?}");
+
+    let name3 = bed.router(3).name().to_string();
+    bed.router_mut(3).stop().expect("weave-router stop on host3");
+    assert!(router::router_pids(bed.host(3).ns.name()).is_empty(), "router 3 still running");
+    assert!(!pinned(&name3), "router 3 left its pins under {}", router::BPFFS_ROOT);
+
+    for i in [1, 2] {
+        let r = bed.router(i);
+        weave_tests::cmd::wait_for(&format!("host{i} to forget host3"), Duration::from_secs(15), || {
+            let c = r.connections().ok()?;
+            (!c.contains("host3") && !c.contains("198.18.0.3")).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}:\n{}", r.connections().unwrap_or_default()));
+    }
+    let vxw_after = vxw_links(&bed, 1);
+    assert_eq!(vxw_after.len(), 1, "host1 kept a vxw device for host3: {vxw_after:?}");
+
+    let ca = bed.container(c1);
+    let out = ca.ping("10.2.1.31", 2).expect("ping runs");
+    assert!(!out.success(), "host3's container still answers with its router stopped:\n{}", out.stdout);
+    let out = ca.ping("10.2.1.21", 2).expect("ping runs");
+    assert!(out.success(), "host1 lost host2 when host3 stopped:\n{}", out.stdout);
+}
+
+fn vxw_links(bed: &TestBed, host: usize) -> Vec<String> {
+    probe::links(&bed.host(host).ns)
+        .expect("links")
+        .into_iter()
+        .filter(|l| l.starts_with("vxw"))
+        .collect()
+}
+
+fn pinned(name: &str) -> bool {
+    let want: String = name.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_lowercase();
+    std::fs::read_dir(router::BPFFS_ROOT)
+        .map(|d| {
+            d.filter_map(|e| e.ok()).any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .filter(|c| c.is_ascii_hexdigit())
+                    .collect::<String>()
+                    .to_lowercase()
+                    == want
+            })
+        })
+        .unwrap_or(false)
+}
