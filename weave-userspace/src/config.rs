@@ -1,1 +1,400 @@
-//! Config.
+//! The launch configuration: parsed by clap, validated once into [`Config`].
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use crate::datapath::XdpMode;
+use crate::mesh::connection_maker::{Target, DEFAULT_PORT};
+use crate::mesh::peer_name::PeerName;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/weave-router";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:6784";
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/weave-router";
+/// Environment variable naming the HTTP API address, for every command.
+pub const HTTP_ADDR_ENV: &str = "WEAVE_HTTP_ADDR";
+
+/// `weave-router launch` as typed on the command line.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LaunchArgs {
+    /// Peers to connect to: host or host:port (port 6783 when left out).
+    #[arg(value_name = "PEER")]
+    pub peer: Vec<String>,
+    /// More peers, comma-separated.
+    #[arg(long = "peers", value_name = "A,B", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Peer name, six hex bytes like 0a:00:00:00:00:01 (default: the stored one, else random).
+    #[arg(long, value_name = "MAC")]
+    pub name: Option<String>,
+    /// Nickname shown beside the peer name (default: the host name).
+    #[arg(long, value_name = "N")]
+    pub nickname: Option<String>,
+    /// Underlay interface (default: the device of the default route, else the only
+    /// interface other than lo that is up).
+    #[arg(long, value_name = "DEV")]
+    pub iface: Option<String>,
+    /// Underlay IPv4 address: peers send VXLAN here and the control port binds on it
+    /// (default: the first IPv4 address of the interface).
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<String>,
+    /// TCP control port.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Container MTU (default: underlay MTU − 50).
+    #[arg(long, value_name = "N")]
+    pub mtu: Option<u32>,
+    /// State directory (peer name, endpoints, daemon log); locked while the router runs.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, value_name = "ADDR", env = HTTP_ADDR_ENV, default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: String,
+    /// XDP admission filter on the underlay.
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    pub xdp: XdpMode,
+    /// Run in the foreground, logging to stderr.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Use an in-memory data path (control plane only, no privileges needed).
+    #[arg(long, hide = true)]
+    pub fake_datapath: bool,
+    /// Root of the BPF pin directories.
+    #[arg(long, hide = true, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
+    pub pin_root: PathBuf,
+}
+
+/// A validated launch configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub name: Option<PeerName>,
+    pub nickname: String,
+    pub iface: String,
+    pub host: Ipv4Addr,
+    pub port: u16,
+    pub mtu: Option<u32>,
+    pub state_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub xdp: XdpMode,
+    pub targets: Vec<Target>,
+    pub foreground: bool,
+    pub fake_datapath: bool,
+    pub pin_root: PathBuf,
+}
+
+impl Config {
+    /// Where the control port listens.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host.into(), self.port)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--name: {0}")]
+    Name(crate::mesh::peer_name::PeerNameError),
+    #[error(transparent)]
+    Peer(#[from] crate::mesh::connection_maker::TargetError),
+    #[error("--nickname {0:?}: use 1 to 63 letters, digits, '.', '-' or '_'")]
+    Nickname(String),
+    #[error("--host {0:?} is not an IPv4 address")]
+    Host(String),
+    #[error("--http-addr {0:?} is not an address with a port (like 127.0.0.1:6784)")]
+    HttpAddr(String),
+    #[error("--port 0 is not a port")]
+    Port,
+    #[error("--mtu {0} is out of range (576..=65485)")]
+    Mtu(u32),
+    #[error("network interface {0:?} does not exist")]
+    NoSuchIface(String),
+    #[error("cannot tell the underlay interface ({0}); name it with --iface")]
+    NoIface(String),
+    #[error("interface {0} has no IPv4 address; give one with --host")]
+    NoAddress(String),
+}
+
+/// What the configuration needs to know about the machine (a trait so tests can fake it).
+pub trait HostInfo {
+    fn hostname(&self) -> Option<String>;
+    /// Interfaces of this network namespace: name, up, IPv4 addresses.
+    fn interfaces(&self) -> Vec<Interface>;
+    /// Device of the IPv4 default route.
+    fn default_route_iface(&self) -> Option<String>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub up: bool,
+    pub loopback: bool,
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+fn valid_nickname(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 63 && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+impl LaunchArgs {
+    /// Checks everything and fills the defaults.
+    pub fn validate(&self, sys: &dyn HostInfo) -> Result<Config, ConfigError> {
+        let name = self.name.as_deref().map(str::parse).transpose().map_err(ConfigError::Name)?;
+        let targets = self
+            .peer
+            .iter()
+            .chain(self.peers.iter())
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<Target>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut unique = Vec::new();
+        for t in targets {
+            if !unique.contains(&t) {
+                unique.push(t);
+            }
+        }
+        let nickname = match &self.nickname {
+            Some(n) if valid_nickname(n) => n.clone(),
+            Some(n) => return Err(ConfigError::Nickname(n.clone())),
+            None => sys
+                .hostname()
+                .map(|h| h.split('.').next().unwrap_or_default().to_string())
+                .filter(|h| valid_nickname(h))
+                .unwrap_or_else(|| "weave-router".into()),
+        };
+        let http_addr: SocketAddr = self.http_addr.parse().map_err(|_| ConfigError::HttpAddr(self.http_addr.clone()))?;
+        if self.port == 0 {
+            return Err(ConfigError::Port);
+        }
+        if let Some(m) = self.mtu {
+            if !(576..=65485).contains(&m) {
+                return Err(ConfigError::Mtu(m));
+            }
+        }
+        let host = self
+            .host
+            .as_deref()
+            .map(|h| h.parse::<Ipv4Addr>().map_err(|_| ConfigError::Host(h.to_string())))
+            .transpose()?;
+        let interfaces = sys.interfaces();
+        let iface = match &self.iface {
+            Some(i) => {
+                if !interfaces.iter().any(|x| &x.name == i) {
+                    return Err(ConfigError::NoSuchIface(i.clone()));
+                }
+                i.clone()
+            }
+            None => match sys.default_route_iface() {
+                Some(i) => i,
+                None => {
+                    let up: Vec<&Interface> = interfaces.iter().filter(|i| i.up && !i.loopback).collect();
+                    match up.as_slice() {
+                        [only] => only.name.clone(),
+                        [] => return Err(ConfigError::NoIface("no default route and no interface other than lo is up".into())),
+                        many => {
+                            let names: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
+                            return Err(ConfigError::NoIface(format!(
+                                "no default route and several interfaces are up: {}",
+                                names.join(", ")
+                            )));
+                        }
+                    }
+                }
+            },
+        };
+        let host = match host {
+            Some(h) => h,
+            None => interfaces
+                .iter()
+                .find(|i| i.name == iface)
+                .and_then(|i| i.ipv4.first().copied())
+                .ok_or_else(|| ConfigError::NoAddress(iface.clone()))?,
+        };
+        Ok(Config {
+            name,
+            nickname,
+            iface,
+            host,
+            port: self.port,
+            mtu: self.mtu,
+            state_dir: self.state_dir.clone(),
+            http_addr,
+            xdp: self.xdp,
+            targets: unique,
+            foreground: self.foreground,
+            fake_datapath: self.fake_datapath,
+            pin_root: self.pin_root.clone(),
+        })
+    }
+}
+
+/// The machine this runs on, in the current network namespace.
+pub struct RealHost;
+
+impl HostInfo for RealHost {
+    fn hostname(&self) -> Option<String> {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
+    }
+
+    fn interfaces(&self) -> Vec<Interface> {
+        let mut out: Vec<Interface> = Vec::new();
+        let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills `ifap` with a list we free below with freeifaddrs.
+        if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+            return out;
+        }
+        let mut cur = ifap;
+        while !cur.is_null() {
+            // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs.
+            let ifa = unsafe { &*cur };
+            cur = ifa.ifa_next;
+            if ifa.ifa_name.is_null() {
+                continue;
+            }
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+            let flags = ifa.ifa_flags;
+            let entry = match out.iter_mut().position(|i| i.name == name) {
+                Some(p) => &mut out[p],
+                None => {
+                    out.push(Interface {
+                        name,
+                        up: flags & libc::IFF_UP as u32 != 0,
+                        loopback: flags & libc::IFF_LOOPBACK as u32 != 0,
+                        ipv4: Vec::new(),
+                    });
+                    out.last_mut().expect("just pushed")
+                }
+            };
+            // SAFETY: when non-null, ifa_addr points to a sockaddr whose family tells its type.
+            if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
+                // SAFETY: the family is AF_INET, so it is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                entry.ipv4.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+        }
+        // SAFETY: frees the list getifaddrs allocated; no reference into it outlives this.
+        unsafe { libc::freeifaddrs(ifap) };
+        out
+    }
+
+    fn default_route_iface(&self) -> Option<String> {
+        let table = std::fs::read_to_string("/proc/net/route").ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    struct FakeHost {
+        default: Option<&'static str>,
+        interfaces: Vec<Interface>,
+    }
+
+    impl HostInfo for FakeHost {
+        fn hostname(&self) -> Option<String> {
+            Some("host1.example.com".into())
+        }
+        fn interfaces(&self) -> Vec<Interface> {
+            self.interfaces.clone()
+        }
+        fn default_route_iface(&self) -> Option<String> {
+            self.default.map(str::to_string)
+        }
+    }
+
+    fn iface(name: &str, up: bool, addr: Option<[u8; 4]>) -> Interface {
+        Interface { name: name.into(), up, loopback: name == "lo", ipv4: addr.map(Ipv4Addr::from).into_iter().collect() }
+    }
+
+    fn host() -> FakeHost {
+        FakeHost {
+            default: Some("eth0"),
+            interfaces: vec![iface("lo", true, Some([127, 0, 0, 1])), iface("eth0", true, Some([10, 0, 0, 1])), iface("eth1", true, None)],
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        launch: LaunchArgs,
+    }
+
+    fn parse(args: &[&str]) -> LaunchArgs {
+        Cmd::try_parse_from(std::iter::once("launch").chain(args.iter().copied())).unwrap().launch
+    }
+
+    #[test]
+    fn defaults_come_from_the_machine() {
+        let c = parse(&[]).validate(&host()).unwrap();
+        assert_eq!(c.iface, "eth0");
+        assert_eq!(c.host, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(c.nickname, "host1");
+        assert_eq!(c.port, 6783);
+        assert_eq!(c.http_addr, "127.0.0.1:6784".parse().unwrap());
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/weave-router"));
+        assert_eq!(c.listen_addr(), "10.0.0.1:6783".parse().unwrap());
+        assert_eq!(c.xdp, XdpMode::Auto);
+        assert!(c.targets.is_empty() && c.name.is_none() && !c.foreground);
+    }
+
+    #[test]
+    fn peers_come_from_arguments_and_the_list() {
+        let c = parse(&["10.0.0.2", "host3:7000", "--peers", "10.0.0.4,10.0.0.2:6783"]).validate(&host()).unwrap();
+        let t: Vec<String> = c.targets.iter().map(ToString::to_string).collect();
+        assert_eq!(t, ["10.0.0.2:6783", "host3:7000", "10.0.0.4:6783"]);
+    }
+
+    #[test]
+    fn everything_can_be_given() {
+        let c = parse(&[
+            "--name", "0a:00:00:00:00:01", "--nickname", "n1", "--iface", "eth1", "--host", "192.168.1.1", "--port", "7000",
+            "--mtu", "1400", "--state-dir", "/tmp/s", "--http-addr", "127.0.0.1:7001", "--xdp", "off", "--foreground",
+        ])
+        .validate(&host())
+        .unwrap();
+        assert_eq!(c.name, Some("0a:00:00:00:00:01".parse().unwrap()));
+        assert_eq!((c.iface.as_str(), c.host, c.port, c.mtu), ("eth1", Ipv4Addr::new(192, 168, 1, 1), 7000, Some(1400)));
+        assert_eq!(c.xdp, XdpMode::Off);
+        assert!(c.foreground);
+    }
+
+    #[test]
+    fn without_default_route_the_only_up_interface_is_taken() {
+        let mut h = host();
+        h.default = None;
+        h.interfaces.retain(|i| i.name != "eth1");
+        assert_eq!(parse(&[]).validate(&h).unwrap().iface, "eth0");
+        h.interfaces.push(iface("eth2", true, None));
+        let e = parse(&[]).validate(&h).unwrap_err();
+        assert_eq!(e.to_string(), "cannot tell the underlay interface (no default route and several interfaces are up: eth0, eth2); name it with --iface");
+    }
+
+    #[test]
+    fn bad_input_gives_one_clear_line() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--name", "0a:00"], "--name: peer name \"0a:00\" is not six colon-separated hex bytes (like 0a:00:00:00:00:01)"),
+            (&["host:99999"], "peer \"host:99999\" is not a host or host:port (like 10.0.0.2 or host2:6783)"),
+            (&["--host", "10.0.0"], "--host \"10.0.0\" is not an IPv4 address"),
+            (&["--iface", "nope0"], "network interface \"nope0\" does not exist"),
+            (&["--iface", "eth1"], "interface eth1 has no IPv4 address; give one with --host"),
+            (&["--mtu", "100"], "--mtu 100 is out of range (576..=65485)"),
+            (&["--http-addr", "localhost"], "--http-addr \"localhost\" is not an address with a port (like 127.0.0.1:6784)"),
+            (&["--nickname", "a b"], "--nickname \"a b\": use 1 to 63 letters, digits, '.', '-' or '_'"),
+            (&["--port", "0"], "--port 0 is not a port"),
+        ];
+        for (args, message) in cases {
+            let e = parse(args).validate(&host()).unwrap_err();
+            assert_eq!(e.to_string(), *message, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn the_real_machine_has_a_loopback() {
+        let ifs = RealHost.interfaces();
+        let lo = ifs.iter().find(|i| i.loopback).expect("lo");
+        assert!(lo.ipv4.contains(&Ipv4Addr::LOCALHOST));
+    }
+}

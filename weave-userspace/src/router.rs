@@ -24,8 +24,8 @@ use crate::state::StateDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: std::io::Error },
 }
 
 /// What a router runs with.
@@ -39,7 +39,7 @@ pub struct RouterConfig {
 
 /// Binds the control port (done early, so that a port in use fails before anything else).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
-    TcpListener::bind(addr).await.map_err(|source| RouterError::Listen { addr, source })
+    TcpListener::bind(addr).await.map_err(|error| RouterError::Listen { addr, error })
 }
 
 /// An accepted connection.

@@ -19,8 +19,8 @@ pub const LOG_FILE: &str = "weave-router.log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("state directory {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("state directory {path} is in use by another weave-router{holder}")]
     Locked { path: PathBuf, holder: String },
     #[error("{path} is corrupt: {reason}")]
@@ -28,7 +28,7 @@ pub enum StateError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io { path: path.to_path_buf(), source }
+    move |error| StateError::Io { path: path.to_path_buf(), error }
 }
 
 /// Peer name and short ID as stored.
@@ -82,7 +82,7 @@ impl StateDir {
                     .unwrap_or_default();
                 return Err(StateError::Locked { path: path.to_path_buf(), holder });
             }
-            return Err(StateError::Io { path: lock_path, source: err });
+            return Err(StateError::Io { path: lock_path, error: err });
         }
         lock.set_len(0).map_err(io_err(&lock_path))?;
         writeln!(lock, "{}", std::process::id()).map_err(io_err(&lock_path))?;

@@ -1,1 +1,198 @@
-//! CLI.
+//! The `weave-router` command line: `launch` runs the router, every other command talks to a
+//! running one through its HTTP API.
+
+pub mod client;
+pub mod daemon;
+pub mod launch;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::api::{AttachBody, DetachBody, EndpointView};
+use crate::config::{LaunchArgs, RealHost, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
+use crate::datapath::Ipv4Cidr;
+
+#[derive(Parser, Debug)]
+#[command(name = "weave-router", version, about = "A Weave Net compatible overlay router with an eBPF data path")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where a client command finds the router.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Address of the router's HTTP API.
+    #[arg(long, value_name = "ADDR", env = HTTP_ADDR_ENV, default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: String,
+}
+
+impl ApiArgs {
+    fn addr(&self) -> anyhow::Result<SocketAddr> {
+        self.http_addr
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--http-addr {:?} is not an address with a port (like 127.0.0.1:6784)", self.http_addr))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the router (in the background unless --foreground).
+    Launch(LaunchArgs),
+    /// Stop the running router.
+    Stop(ApiArgs),
+    /// Show the router's status, its connections, peers or targets.
+    Status {
+        #[arg(value_enum)]
+        what: Option<StatusPart>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print the router's state as JSON.
+    Report(ApiArgs),
+    /// Give a network namespace an `ethwe` interface on the weave bridge.
+    Attach {
+        /// Addresses for ethwe, with prefix length (like 10.2.1.1/24).
+        #[arg(value_name = "ADDR")]
+        addresses: Vec<String>,
+        /// The network namespace (like /run/netns/c1 or /proc/<pid>/ns/net).
+        #[arg(long, value_name = "PATH")]
+        netns: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Take the `ethwe` interface of a network namespace away.
+    Detach {
+        #[arg(long, value_name = "PATH")]
+        netns: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusPart {
+    Connections,
+    Peers,
+    Targets,
+}
+
+/// Parses the command line and runs the command. Errors are one line for the caller to print.
+pub fn run() -> anyhow::Result<()> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                e.exit();
+            }
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad command line").trim_start_matches("error: ").to_string();
+            bail!("{first} (see weave-router --help)");
+        }
+    };
+    match cli.command {
+        Command::Launch(args) => {
+            let config = args.validate(&RealHost)?;
+            if config.foreground {
+                daemon::run_foreground(config)
+            } else {
+                launch::launch_background(&config)
+            }
+        }
+        Command::Stop(api) => stop(api.addr()?),
+        Command::Status { what, api } => {
+            let path = match what {
+                None => "/status",
+                Some(StatusPart::Connections) => "/status/connections",
+                Some(StatusPart::Peers) => "/status/peers",
+                Some(StatusPart::Targets) => "/status/targets",
+            };
+            print!("{}", get(api.addr()?, path)?);
+            Ok(())
+        }
+        Command::Report(api) => {
+            print!("{}", get(api.addr()?, "/report")?);
+            Ok(())
+        }
+        Command::Attach { addresses, netns, api } => {
+            for a in &addresses {
+                a.parse::<Ipv4Cidr>()?;
+            }
+            let netns = netns_path(&netns)?;
+            let body = serde_json::to_string(&AttachBody { netns, addresses })?;
+            let e: EndpointView = serde_json::from_str(&post(api.addr()?, "/attach", &body)?).context("unexpected answer")?;
+            println!("{} {}", e.mac, e.addresses.join(" "));
+            Ok(())
+        }
+        Command::Detach { netns, api } => {
+            let netns = netns_path(&netns)?;
+            let body = serde_json::to_string(&DetachBody { netns })?;
+            post(api.addr()?, "/detach", &body)?;
+            Ok(())
+        }
+        Command::Version => {
+            println!("weave-router {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+/// A namespace path made absolute (the daemon runs elsewhere) and checked to exist.
+fn netns_path(p: &Path) -> anyhow::Result<PathBuf> {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    if !abs.exists() {
+        bail!("network namespace {} does not exist", p.display());
+    }
+    Ok(abs)
+}
+
+fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<String> {
+    let r = client::request(addr, method, path, body, Duration::from_secs(60))?;
+    if !r.ok() {
+        bail!("{}", r.body.trim());
+    }
+    Ok(r.body)
+}
+
+fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    call(addr, "GET", path, None)
+}
+
+fn post(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<String> {
+    call(addr, "POST", path, Some(body))
+}
+
+/// Asks the router to stop and waits (bounded) until its process is gone.
+fn stop(addr: SocketAddr) -> anyhow::Result<()> {
+    let answer = post(addr, "/stop", "")?;
+    let pid = serde_json::from_str::<serde_json::Value>(&answer).ok().and_then(|v| v["Pid"].as_u64()).map(|p| p as i32);
+    // The API goes away last, then the process exits (and releases the state directory).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut unreachable_since: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if client::request(addr, "GET", "/status", None, Duration::from_secs(1)).is_err() {
+            let since = *unreachable_since.get_or_insert_with(Instant::now);
+            // A pid from another PID namespace cannot be watched: give it a moment instead.
+            if !pid.is_some_and(process_alive) || since.elapsed() > Duration::from_secs(2) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the router at {addr} did not stop within 20 s");
+}
+
+/// Whether a process exists and is not a zombie.
+pub(crate) fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}

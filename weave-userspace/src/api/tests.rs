@@ -1,0 +1,148 @@
+//! The API served over loopback for routers with a [`FakeDatapath`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::cli::client::{self, Response};
+use crate::datapath::fake::FakeDatapath;
+use crate::mesh::connection::Timings;
+use crate::mesh::peer_name::{PeerName, ShortId};
+use crate::mesh::protocol::Hello;
+use crate::router::{bind, RouterConfig};
+
+struct Served {
+    router: Arc<Router<FakeDatapath>>,
+    http: SocketAddr,
+    stop: watch::Receiver<bool>,
+}
+
+async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let local = Hello {
+        name: PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]),
+        nickname: format!("host{n}"),
+        short_id: ShortId::new(n as u16).unwrap(),
+        uid: rand::random(),
+        underlay: [127, 0, 0, 1].into(),
+        data_port: 6784,
+    };
+    let timings = Timings { heartbeat_interval: Duration::from_millis(100), backoff_initial: Duration::from_millis(100), ..Timings::default() };
+    let config = RouterConfig { local, targets: targets.iter().map(|a| a.to_string().parse().unwrap()).collect(), timings };
+    let router = Arc::new(Router::start(config, listener, Arc::new(FakeDatapath::new()), None));
+    let (stop_tx, stop) = watch::channel(false);
+    let state = Arc::new(ApiState { router: router.clone(), iface: "lo".into(), xdp: "off".into(), stop: stop_tx });
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = http_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(http_listener, app(state)).await.unwrap() });
+    Served { router, http, stop }
+}
+
+async fn call(addr: SocketAddr, method: &'static str, path: &'static str, body: Option<String>) -> Response {
+    tokio::task::spawn_blocking(move || client::request(addr, method, path, body.as_deref(), Duration::from_secs(5)).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn wait_for(addr: SocketAddr, path: &'static str, needle: &str) -> String {
+    for _ in 0..200 {
+        let r = call(addr, "GET", path, None).await;
+        if r.body.contains(needle) {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} never showed {needle:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_texts_show_the_connection() {
+    let a = serve(1, &[]).await;
+    let b = serve(2, &[a.router.listen_addr()]).await;
+    let text = wait_for(b.http, "/status/connections", "established").await;
+    let expected = format!("-> {:<21} established fastdp 0a:00:00:00:00:01(host1)\n", a.router.listen_addr().to_string());
+    assert_eq!(text, expected);
+    let summary = call(b.http, "GET", "/status", None).await;
+    assert_eq!(summary.status, 200);
+    assert!(summary.body.contains("           Name: 0a:00:00:00:00:02(host2)\n"), "{}", summary.body);
+    assert!(summary.body.contains("    Connections: 1 (1 established)\n"), "{}", summary.body);
+    assert!(summary.body.contains("          Peers: 2 (with 1 established connections)\n"), "{}", summary.body);
+    let inbound = call(a.http, "GET", "/status/connections", None).await.body;
+    assert!(inbound.starts_with("<- 127.0.0.1:"), "{inbound}");
+    let peers = call(a.http, "GET", "/status/peers", None).await.body;
+    assert!(peers.starts_with("0a:00:00:00:00:01(host1)\n   <- 127.0.0.1:"), "{peers}");
+    let targets = call(b.http, "GET", "/status/targets", None).await.body;
+    assert_eq!(targets, format!("{}\n", a.router.listen_addr()));
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_and_metrics() {
+    let a = serve(1, &[]).await;
+    let report = call(a.http, "GET", "/report", None).await;
+    assert_eq!(report.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&report.body).unwrap();
+    assert_eq!(v["Router"]["Name"], "0a:00:00:00:00:01");
+    assert_eq!(v["Router"]["NickName"], "host1");
+    assert_eq!(v["Pid"], std::process::id());
+    assert_eq!(v["Datapath"]["ContainerMTU"], 1450);
+    let metrics = call(a.http, "GET", "/metrics", None).await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.contains("weave_connections{state=\"established\"} 0"), "{}", metrics.body);
+    assert!(metrics.body.contains("weave_datapath_drops_total{reason=\"rx_drop_unknown_peer\"} 0"), "{}", metrics.body);
+    a.router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_and_detach() {
+    let a = serve(1, &[]).await;
+    let netns = std::env::temp_dir().join(format!("weave-router-api-ns-{}", std::process::id()));
+    std::fs::write(&netns, b"").unwrap();
+    let body = serde_json::json!({ "netns": netns, "addresses": ["10.2.1.1/24"] }).to_string();
+    let r = call(a.http, "POST", "/attach", Some(body.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e: EndpointView = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(e.addresses, ["10.2.1.1/24"]);
+    assert_eq!(e.mac, "02:00:00:00:00:01");
+    let again = call(a.http, "POST", "/attach", Some(body)).await;
+    assert_eq!(again.status, 409);
+    assert_eq!(again.body, format!("network namespace {} is attached already\n", netns.display()));
+    let d = call(a.http, "POST", "/detach", Some(serde_json::json!({ "netns": netns }).to_string())).await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let d = call(a.http, "POST", "/detach", Some(serde_json::json!({ "netns": netns }).to_string())).await;
+    assert_eq!(d.status, 404);
+    std::fs::remove_file(&netns).unwrap();
+    a.router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_one_line_and_a_4xx() {
+    let a = serve(1, &[]).await;
+    let cases = [
+        (r#"{"netns":"/nonexistent/ns","addresses":[]}"#, "network namespace /nonexistent/ns does not exist\n"),
+        (r#"{"netns":"relative","addresses":[]}"#, "network namespace path relative is not absolute\n"),
+        (r#"{"netns":"/proc/self/ns/net","addresses":["10.0.0.1"]}"#, "\"10.0.0.1\" is not an IPv4 address with a prefix length (like 10.2.1.5/24)\n"),
+    ];
+    for (body, message) in cases {
+        let r = call(a.http, "POST", "/attach", Some(body.into())).await;
+        assert_eq!((r.status, r.body.as_str()), (400, message));
+    }
+    let r = call(a.http, "POST", "/attach", Some("{".into())).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.starts_with("bad request body: ") && r.body.lines().count() == 1, "{}", r.body);
+    let r = call(a.http, "GET", "/nope", None).await;
+    assert_eq!((r.status, r.body.as_str()), (404, "no such API endpoint\n"));
+    a.router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_is_signalled() {
+    let mut a = serve(1, &[]).await;
+    let r = call(a.http, "POST", "/stop", None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(&format!("\"Pid\":{}", std::process::id())), "{}", r.body);
+    tokio::time::timeout(Duration::from_secs(1), a.stop.wait_for(|s| *s)).await.unwrap().unwrap();
+    a.router.stop().await;
+}

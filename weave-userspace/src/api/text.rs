@@ -1,0 +1,203 @@
+//! Weave-style status text, from a [`MeshStatus`] snapshot (pure).
+
+use std::fmt::Write;
+
+use crate::router::{ConnectionInfo, MeshStatus};
+
+/// What the summary shows besides the mesh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub iface: String,
+    pub xdp: String,
+    pub container_mtu: u32,
+    pub endpoints: usize,
+    pub pid: u32,
+}
+
+const STATES: [&str; 5] = ["established", "pending", "retrying", "failed", "connecting"];
+
+fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{label:>15}: {value}");
+}
+
+/// `weave-router status`.
+pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
+    let mut out = String::new();
+    line(&mut out, "Version", &d.version);
+    out.push('\n');
+    line(&mut out, "Service", "router");
+    line(&mut out, "Protocol", format!("weave-router {}..{}", s.protocol_min_version, s.protocol_max_version));
+    line(&mut out, "Name", format!("{}({})", s.local.name, s.local.nick_name));
+    line(&mut out, "Encryption", "disabled");
+    line(&mut out, "PeerDiscovery", "disabled");
+    line(&mut out, "Targets", s.targets.len());
+    let counts: Vec<String> = STATES
+        .iter()
+        .map(|st| (s.count(st), st))
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, st)| format!("{n} {st}"))
+        .collect();
+    if counts.is_empty() {
+        line(&mut out, "Connections", 0);
+    } else {
+        line(&mut out, "Connections", format!("{} ({})", s.connections.len(), counts.join(", ")));
+    }
+    let peers = 1 + s.connections.iter().filter(|c| c.peer.is_some()).count();
+    let (est, pend) = (s.count("established"), s.count("pending"));
+    let with = match (est, pend) {
+        (0, 0) => String::new(),
+        (e, 0) => format!(" (with {e} established connections)"),
+        (0, p) => format!(" (with {p} pending connections)"),
+        (e, p) => format!(" (with {e} established, {p} pending connections)"),
+    };
+    line(&mut out, "Peers", format!("{peers}{with}"));
+    line(&mut out, "TrustedSubnets", "none");
+    out.push('\n');
+    line(&mut out, "Service", "datapath");
+    line(&mut out, "Interface", format!("{} ({})", d.iface, s.local.underlay));
+    line(&mut out, "Listen", s.listen);
+    line(&mut out, "XDP", &d.xdp);
+    line(&mut out, "MTU", d.container_mtu);
+    line(&mut out, "Endpoints", d.endpoints);
+    out
+}
+
+fn name_nick(c: &ConnectionInfo) -> String {
+    c.peer.as_ref().map(|p| format!("{}({})", p.name, p.nick_name)).unwrap_or_default()
+}
+
+/// One line of `weave-router status connections`, in Weave's layout.
+pub fn connection_line(c: &ConnectionInfo) -> String {
+    let arrow = if c.outbound { "->" } else { "<-" };
+    let info = match c.state.as_str() {
+        "established" | "pending" => format!("fastdp {}", name_nick(c)),
+        _ => c.info.clone(),
+    };
+    format!("{arrow} {:<21} {:<11} {info}", c.address, c.state).trim_end().to_string()
+}
+
+/// `weave-router status connections`.
+pub fn connections(s: &MeshStatus) -> String {
+    s.connections.iter().map(|c| connection_line(c) + "\n").collect()
+}
+
+/// `weave-router status peers`: every peer known and its connections as seen from here.
+pub fn peers(s: &MeshStatus) -> String {
+    let mut out = format!("{}({})\n", s.local.name, s.local.nick_name);
+    let linked: Vec<&ConnectionInfo> = s.connections.iter().filter(|c| c.peer.is_some()).collect();
+    for c in &linked {
+        let arrow = if c.outbound { "->" } else { "<-" };
+        let _ = writeln!(out, "   {arrow} {:<21} {:<37} {}", c.address, name_nick(c), c.state);
+    }
+    for c in &linked {
+        let _ = writeln!(out, "{}", name_nick(c));
+        let arrow = if c.outbound { "<-" } else { "->" };
+        let us = format!("{}({})", s.local.name, s.local.nick_name);
+        let _ = writeln!(out, "   {arrow} {:<21} {:<37} {}", s.listen, us, c.state);
+    }
+    out
+}
+
+/// `weave-router status targets`.
+pub fn targets(s: &MeshStatus) -> String {
+    s.targets.iter().map(|t| format!("{t}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::PeerInfo;
+
+    fn peer(n: u8, nick: &str) -> PeerInfo {
+        PeerInfo {
+            name: format!("0a:00:00:00:00:{n:02x}"),
+            nick_name: nick.into(),
+            short_id: n as u16,
+            uid: 1,
+            underlay: [10, 0, 0, n].into(),
+            data_port: 6784,
+        }
+    }
+
+    fn conn(outbound: bool, address: &str, state: &str, info: &str, peer: Option<PeerInfo>) -> ConnectionInfo {
+        ConnectionInfo { outbound, address: address.into(), state: state.into(), info: info.into(), peer }
+    }
+
+    fn status() -> MeshStatus {
+        MeshStatus {
+            protocol_min_version: 1,
+            protocol_max_version: 1,
+            local: peer(1, "host1"),
+            listen: "10.0.0.1:6783".parse().unwrap(),
+            targets: vec!["10.0.0.2:6783".into(), "10.0.0.4:6783".into(), "10.0.0.5:6783".into()],
+            connections: vec![
+                conn(true, "10.0.0.2:6783", "established", "", Some(peer(2, "host2"))),
+                conn(false, "10.0.0.3:41234", "pending", "", Some(peer(3, "host3"))),
+                conn(true, "10.0.0.4:6783", "retrying", "Connection refused (os error 111)", None),
+                conn(true, "10.0.0.5:6783", "failed", "connect timed out after 5s, retry: 2026-11-28 09:00:00", None),
+            ],
+        }
+    }
+
+    fn daemon() -> DaemonInfo {
+        DaemonInfo { version: "0.1.0".into(), iface: "eth0".into(), xdp: "off".into(), container_mtu: 1450, endpoints: 2, pid: 7 }
+    }
+
+    #[test]
+    fn summary_reads_like_weave() {
+        let text = summary(&status(), &daemon());
+        let expected = "        Version: 0.1.0
+
+        Service: router
+       Protocol: weave-router 1..1
+           Name: 0a:00:00:00:00:01(host1)
+     Encryption: disabled
+  PeerDiscovery: disabled
+        Targets: 3
+    Connections: 4 (1 established, 1 pending, 1 retrying, 1 failed)
+          Peers: 3 (with 1 established, 1 pending connections)
+ TrustedSubnets: none
+
+        Service: datapath
+      Interface: eth0 (10.0.0.1)
+         Listen: 10.0.0.1:6783
+            XDP: off
+            MTU: 1450
+      Endpoints: 2
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn summary_of_a_lonely_router() {
+        let mut s = status();
+        s.connections.clear();
+        s.targets.clear();
+        let text = summary(&s, &daemon());
+        assert!(text.contains("    Connections: 0\n"), "{text}");
+        assert!(text.contains("          Peers: 1\n"), "{text}");
+    }
+
+    #[test]
+    fn connection_lines_read_like_weave() {
+        assert_eq!(
+            connections(&status()),
+            "-> 10.0.0.2:6783         established fastdp 0a:00:00:00:00:02(host2)
+<- 10.0.0.3:41234        pending     fastdp 0a:00:00:00:00:03(host3)
+-> 10.0.0.4:6783         retrying    Connection refused (os error 111)
+-> 10.0.0.5:6783         failed      connect timed out after 5s, retry: 2026-11-28 09:00:00
+"
+        );
+    }
+
+    #[test]
+    fn peers_list_us_and_each_connected_peer() {
+        let text = peers(&status());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "0a:00:00:00:00:01(host1)");
+        assert!(lines[1].starts_with("   -> 10.0.0.2:6783 ") && lines[1].ends_with(" established"), "{text}");
+        assert!(lines.contains(&"0a:00:00:00:00:02(host2)"), "{text}");
+        assert_eq!(lines.len(), 7, "{text}");
+    }
+}

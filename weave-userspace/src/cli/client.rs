@@ -1,0 +1,131 @@
+//! A small blocking HTTP/1.1 client for the router's API (one request per connection).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the weave-router API at {addr}: {error} (is the router running?)")]
+    Unreachable { addr: SocketAddr, error: std::io::Error },
+    #[error("the weave-router API at {addr} failed: {error}")]
+    Io { addr: SocketAddr, error: std::io::Error },
+    #[error("the weave-router API at {addr} sent a malformed answer: {reason}")]
+    Malformed { addr: SocketAddr, reason: String },
+}
+
+/// An answer: status code and body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Response {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Sends one request; `body` is sent as JSON.
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, timeout: Duration) -> Result<Response, ClientError> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|error| ClientError::Unreachable { addr, error })?;
+    let io = |error| ClientError::Io { addr, error };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let body = body.unwrap_or("");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).map_err(io)?;
+    stream.write_all(body.as_bytes()).map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io)?;
+    parse_response(&raw).map_err(|reason| ClientError::Malformed { addr, reason })
+}
+
+/// Parses a whole HTTP/1.1 response (content-length, chunked, or up to the end).
+pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
+    let mut rest = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("no status line")?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut length = None;
+    let mut chunked = false;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else { continue };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "content-length" {
+            length = Some(v.parse::<usize>().map_err(|_| "bad content-length")?);
+        } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        }
+    }
+    let body = if chunked {
+        let mut out = Vec::new();
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or("truncated chunk")?;
+            let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| "bad chunk size")?;
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            if rest.len() < size + 2 {
+                return Err("truncated chunk".into());
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        out
+    } else if let Some(n) = length {
+        if rest.len() < n {
+            return Err("truncated body".into());
+        }
+        rest[..n].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(Response { status, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_bodies_parse() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").unwrap();
+        assert_eq!(r, Response { status: 200, body: "hello".into() });
+    }
+
+    #[test]
+    fn chunked_bodies_parse() {
+        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        assert_eq!(r, Response { status: 404, body: "abcde".into() });
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(parse_response(b"nonsense").is_err());
+        assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nab").is_err());
+    }
+
+    #[test]
+    fn an_unreachable_api_says_so() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = request(addr, "GET", "/status", None, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().starts_with(&format!("cannot reach the weave-router API at {addr}: ")), "{e}");
+    }
+}

@@ -1,0 +1,172 @@
+//! `weave-router launch --foreground`: the router process itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::datapath::fake::FakeDatapath;
+use crate::datapath::{Datapath, DatapathSettings};
+use crate::mesh::connection::Timings;
+use crate::mesh::protocol::Hello;
+use crate::router::{self, Router, RouterConfig};
+use crate::state::StateDir;
+
+/// UDP port of the data path (VXLAN).
+pub const DATA_PORT: u16 = 6784;
+
+/// Logs to stderr with `tracing`; `log` records (from aya) are bridged in.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+    let _ = tracing_log::LogTracer::init();
+}
+
+/// Whether this process may set up the data path (root, or CAP_NET_ADMIN with CAP_BPF or
+/// CAP_SYS_ADMIN).
+pub fn check_privileges() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    if has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+        return Ok(());
+    }
+    bail!("weave-router needs root (or CAP_NET_ADMIN and CAP_BPF) to set up its data path");
+}
+
+/// Runs the router until SIGTERM, SIGINT or `POST /stop`.
+pub fn run_foreground(config: Config) -> anyhow::Result<()> {
+    init_logging();
+    if !config.fake_datapath {
+        check_privileges()?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let state = Arc::new(StateDir::open(&config.state_dir)?);
+    let identity = state.identity(config.name)?;
+    let listener = router::bind(config.listen_addr()).await?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot serve the HTTP API on {}", config.http_addr))?;
+    tracing::info!(
+        "weave-router {} starting: peer {}({}), short ID {}, underlay {} on {}, control port {}, API on http://{}",
+        env!("CARGO_PKG_VERSION"),
+        identity.name,
+        config.nickname,
+        identity.short_id,
+        config.host,
+        config.iface,
+        config.listen_addr(),
+        config.http_addr
+    );
+    let local = Hello {
+        name: identity.name,
+        nickname: config.nickname.clone(),
+        short_id: identity.short_id,
+        uid: rand::random(),
+        underlay: config.host,
+        data_port: DATA_PORT,
+    };
+    if config.fake_datapath {
+        tracing::warn!("running with an in-memory data path: no traffic is carried");
+        return serve(config, state, local, listener, http, Arc::new(FakeDatapath::new()), "off".into()).await;
+    }
+    let settings = DatapathSettings {
+        peer_name: identity.name,
+        own_short_id: identity.short_id,
+        underlay_iface: config.iface.clone(),
+        underlay_addr: config.host,
+        mtu: config.mtu,
+        xdp: config.xdp,
+        pin_root: config.pin_root.clone(),
+    };
+    let datapath = crate::datapath::ebpf::EbpfDatapath::start(settings)
+        .await
+        .context("cannot start the data path")?;
+    let xdp = if datapath.xdp_attached() { "on" } else { "off" };
+    serve(config, state, local, listener, http, Arc::new(datapath), xdp.into()).await
+}
+
+async fn serve<D: Datapath>(
+    config: Config,
+    state: Arc<StateDir>,
+    local: Hello,
+    listener: TcpListener,
+    http: TcpListener,
+    datapath: Arc<D>,
+    xdp: String,
+) -> anyhow::Result<()> {
+    let endpoints = match state.load_endpoints() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("{e}; starting without earlier endpoints");
+            Vec::new()
+        }
+    };
+    let router_config = RouterConfig { local, targets: config.targets.clone(), timings: Timings::default() };
+    let router = Arc::new(Router::start(router_config, listener, datapath.clone(), Some(state.clone())));
+    router.restore_endpoints(endpoints).await;
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let api_state = Arc::new(ApiState { router: router.clone(), iface: config.iface.clone(), xdp, stop: stop_tx });
+    let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(http, api::app(api_state))
+            .with_graceful_shutdown(async move {
+                let _ = server_stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!("ready");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
+        _ = stop_rx.wait_for(|s| *s) => tracing::info!("stopping"),
+        r = &mut Box::pin(async { server_error(&server).await }) => tracing::error!("HTTP API failed: {r}; stopping"),
+    }
+
+    router.stop().await;
+    router.save_endpoints();
+    if let Err(e) = datapath.shutdown().await {
+        tracing::error!("data path shutdown: {e}");
+    }
+    let _ = server_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves only if the HTTP server ends on its own (an error).
+async fn server_error(server: &tokio::task::JoinHandle<std::io::Result<()>>) -> String {
+    loop {
+        if server.is_finished() {
+            return "the server ended".into();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
