@@ -40,7 +40,9 @@ impl FromStr for Target {
         let host_ok = !host.is_empty()
             && host.len() <= 253
             && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
-        if !host_ok || port == 0 {
+        // Something that looks like a dotted address must be one (300.1.2.3 is no host name).
+        let numeric = host.chars().all(|c| c.is_ascii_digit() || c == '.');
+        if !host_ok || port == 0 || (numeric && host.parse::<std::net::Ipv4Addr>().is_err()) {
             return Err(err());
         }
         Ok(Target { host: host.to_string(), port })
@@ -223,7 +225,7 @@ mod tests {
 
     #[test]
     fn bad_targets_are_refused() {
-        for bad in ["", ":6783", "host:", "host:0", "host:70000", "ho st", "host:x", "a/b"] {
+        for bad in ["", ":6783", "host:", "host:0", "host:70000", "ho st", "host:x", "a/b", "300.1.2.3", "10.0.0", "1.2.3.4.5:6783"] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
         }
     }
