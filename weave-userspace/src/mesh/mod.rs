@@ -3,3 +3,5 @@ pub mod connection;
 pub mod connection_maker;
 pub mod peer_name;
 pub mod protocol;
+pub mod routes;
+pub mod topology;

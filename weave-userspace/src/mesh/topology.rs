@@ -1,0 +1,240 @@
+//! The mesh topology: what every peer knows of every other peer and its connections.
+//!
+//! Pure data, no I/O. Each peer publishes one [`PeerInfo`] (its connections, with a
+//! version it alone increments); gossip carries these records and [`Topology::merge`]
+//! keeps, per peer, the record with the highest `(version, uid)`. That makes merging
+//! commutative, associative and idempotent, so every delivery order converges.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::peer_name::{PeerName, ShortId};
+
+/// Longest nickname accepted in gossip.
+pub const MAX_NICKNAME_LEN: usize = 64;
+/// Most connections one peer may list in gossip (well above the connection limit).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 4096;
+/// Most peers one gossip update may carry (the short-ID space).
+pub const MAX_PEERS_PER_UPDATE: usize = 4096;
+
+/// One connection as its owner publishes it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConnectionSummary {
+    pub remote: PeerName,
+    /// The remote's address as the owner sees it (`ip:port`).
+    pub address: String,
+    /// The owner dialled it.
+    pub outbound: bool,
+    /// The connection is established (not merely connecting or pending).
+    pub established: bool,
+}
+
+/// What one peer publishes about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub name: PeerName,
+    pub nickname: String,
+    /// Random per run of the router: tells incarnations of one name apart.
+    pub uid: u64,
+    /// Incremented by the owner on every change.
+    pub version: u64,
+    pub short_id: ShortId,
+    /// Sorted by remote name, at most one per remote.
+    pub connections: Vec<ConnectionSummary>,
+}
+
+impl PeerInfo {
+    pub fn new(name: PeerName, nickname: String, uid: u64, short_id: ShortId) -> Self {
+        Self { name, nickname, uid, version: 1, short_id, connections: Vec::new() }
+    }
+
+    /// Whether `self` supersedes `other` (same name): higher version, then higher UID.
+    fn supersedes(&self, other: &PeerInfo) -> bool {
+        (self.version, self.uid) > (other.version, other.uid)
+    }
+
+    fn validate(&self) -> Result<(), TopologyError> {
+        if self.nickname.len() > MAX_NICKNAME_LEN {
+            return Err(TopologyError::Invalid(self.name, "nickname too long"));
+        }
+        if self.connections.len() > MAX_CONNECTIONS_PER_PEER {
+            return Err(TopologyError::Invalid(self.name, "too many connections"));
+        }
+        if self.connections.iter().any(|c| c.remote == self.name) {
+            return Err(TopologyError::Invalid(self.name, "a connection to itself"));
+        }
+        if self.connections.windows(2).any(|w| w[0].remote >= w[1].remote) {
+            return Err(TopologyError::Invalid(self.name, "connections not sorted or duplicated"));
+        }
+        if self.version == 0 {
+            return Err(TopologyError::Invalid(self.name, "version 0"));
+        }
+        Ok(())
+    }
+
+    fn established_remotes(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.connections.iter().filter(|c| c.established).map(|c| c.remote)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TopologyError {
+    #[error("gossip about peer {0} refused: {1}")]
+    Invalid(PeerName, &'static str),
+    #[error("gossip update of {0} peers refused: more than {max}", max = MAX_PEERS_PER_UPDATE)]
+    TooLarge(usize),
+}
+
+/// What a merge changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MergeOutcome {
+    /// Records that were new or newer than ours: the delta to pass on.
+    pub improved: Vec<PeerInfo>,
+    /// Someone holds a record of our own name newer than ours (an earlier run of this
+    /// router); our version was raised past it.
+    pub ourself_bumped: bool,
+}
+
+/// Every peer's latest record, as known here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    ourself: PeerName,
+    peers: BTreeMap<PeerName, PeerInfo>,
+}
+
+impl Topology {
+    pub fn new(ourself: PeerInfo) -> Self {
+        let name = ourself.name;
+        Self { ourself: name, peers: BTreeMap::from([(name, ourself)]) }
+    }
+
+    pub fn ourself(&self) -> &PeerInfo {
+        &self.peers[&self.ourself]
+    }
+
+    pub fn peer(&self, name: &PeerName) -> Option<&PeerInfo> {
+        self.peers.get(name)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &PeerInfo> {
+        self.peers.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Replaces our own connection list (sorted here) and bumps our version if it changed.
+    /// Returns whether it changed.
+    pub fn set_our_connections(&mut self, mut connections: Vec<ConnectionSummary>) -> bool {
+        connections.sort();
+        connections.dedup_by(|a, b| a.remote == b.remote);
+        let me = self.peers.get_mut(&self.ourself).expect("ourself is always present");
+        if me.connections == connections {
+            return false;
+        }
+        me.connections = connections;
+        me.version += 1;
+        true
+    }
+
+    /// Takes a new short ID for ourselves (after a collision), bumping our version.
+    pub fn set_our_short_id(&mut self, short_id: ShortId) {
+        let me = self.peers.get_mut(&self.ourself).expect("ourself is always present");
+        me.short_id = short_id;
+        me.version += 1;
+    }
+
+    /// Merges records received by gossip. The whole update is validated first: a malformed
+    /// one changes nothing.
+    pub fn merge(&mut self, update: &[PeerInfo]) -> Result<MergeOutcome, TopologyError> {
+        if update.len() > MAX_PEERS_PER_UPDATE {
+            return Err(TopologyError::TooLarge(update.len()));
+        }
+        for info in update {
+            info.validate()?;
+        }
+        let mut outcome = MergeOutcome::default();
+        for info in update {
+            if info.name == self.ourself {
+                let me = self.peers.get_mut(&self.ourself).expect("ourself is always present");
+                if info.supersedes(me) && info.uid != me.uid {
+                    me.version = info.version + 1;
+                    outcome.ourself_bumped = true;
+                }
+                continue;
+            }
+            match self.peers.get(&info.name) {
+                Some(existing) if !info.supersedes(existing) => {}
+                _ => {
+                    self.peers.insert(info.name, info.clone());
+                    outcome.improved.push(info.clone());
+                }
+            }
+        }
+        if outcome.ourself_bumped {
+            outcome.improved.push(self.ourself().clone());
+        }
+        Ok(outcome)
+    }
+
+    /// Everything we know, for a full gossip.
+    pub fn full_state(&self) -> Vec<PeerInfo> {
+        self.peers.values().cloned().collect()
+    }
+
+    /// Removes peers that cannot be reached from us over any published connection.
+    /// Returns the removed names.
+    pub fn garbage_collect(&mut self) -> Vec<PeerName> {
+        let mut reachable = BTreeSet::from([self.ourself]);
+        let mut queue = VecDeque::from([self.ourself]);
+        while let Some(name) = queue.pop_front() {
+            if let Some(info) = self.peers.get(&name) {
+                for c in &info.connections {
+                    if self.peers.contains_key(&c.remote) && reachable.insert(c.remote) {
+                        queue.push_back(c.remote);
+                    }
+                }
+            }
+        }
+        let gone: Vec<PeerName> = self.peers.keys().filter(|n| !reachable.contains(n)).copied().collect();
+        for name in &gone {
+            self.peers.remove(name);
+        }
+        gone
+    }
+
+    /// The neighbours of `name` over established connections that both ends publish,
+    /// in name order.
+    pub fn symmetric_neighbours(&self, name: &PeerName) -> Vec<PeerName> {
+        let Some(info) = self.peers.get(name) else { return Vec::new() };
+        info.established_remotes()
+            .filter(|remote| {
+                self.peers
+                    .get(remote)
+                    .is_some_and(|r| r.established_remotes().any(|back| back == *name))
+            })
+            .collect()
+    }
+
+    /// Peers (other than us) claiming our short ID whose claim wins over ours: the peer with
+    /// the lower name keeps a contested short ID.
+    pub fn short_id_lost_to(&self) -> Option<PeerName> {
+        let me = self.ourself();
+        self.peers
+            .values()
+            .filter(|p| p.name != me.name && p.short_id == me.short_id && p.name < me.name)
+            .map(|p| p.name)
+            .next()
+    }
+
+    /// Short IDs in use by any known peer.
+    pub fn short_ids_in_use(&self) -> BTreeSet<ShortId> {
+        self.peers.values().map(|p| p.short_id).collect()
+    }
+}
