@@ -23,20 +23,34 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::datapath::{AttachRequest, Datapath, DatapathError, Endpoint, Ipv4Cidr};
+use crate::datapath::{AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint, Ipv4Cidr};
 use crate::router::{MeshStatus, PeerInfo, Router};
 use text::DaemonInfo;
 
-/// What the handlers share.
-pub struct ApiState<D: Datapath> {
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What the API asks of the running router (object-safe, so handlers need not be generic).
+pub trait Controller: Send + Sync + 'static {
+    fn status(&self) -> MeshStatus;
+    fn daemon_info(&self) -> DaemonInfo;
+    fn endpoints(&self) -> Vec<Endpoint>;
+    fn counters(&self) -> Result<DatapathCounters, DatapathError>;
+    fn attach(&self, request: AttachRequest) -> BoxFuture<'_, Result<Endpoint, DatapathError>>;
+    fn detach(&self, netns: PathBuf) -> BoxFuture<'_, Result<Endpoint, DatapathError>>;
+}
+
+/// A router and what the status shows about its data path.
+pub struct RouterController<D: Datapath> {
     pub router: Arc<Router<D>>,
     pub iface: String,
     pub xdp: String,
-    /// Set to true by `POST /stop`.
-    pub stop: watch::Sender<bool>,
 }
 
-impl<D: Datapath> ApiState<D> {
+impl<D: Datapath> Controller for RouterController<D> {
+    fn status(&self) -> MeshStatus {
+        self.router.status()
+    }
+
     fn daemon_info(&self) -> DaemonInfo {
         let dp = self.router.datapath();
         DaemonInfo {
@@ -47,6 +61,54 @@ impl<D: Datapath> ApiState<D> {
             endpoints: dp.endpoints().len(),
             pid: std::process::id(),
         }
+    }
+
+    fn endpoints(&self) -> Vec<Endpoint> {
+        self.router.datapath().endpoints()
+    }
+
+    fn counters(&self) -> Result<DatapathCounters, DatapathError> {
+        self.router.datapath().counters()
+    }
+
+    fn attach(&self, request: AttachRequest) -> BoxFuture<'_, Result<Endpoint, DatapathError>> {
+        Box::pin(self.router.attach(request))
+    }
+
+    fn detach(&self, netns: PathBuf) -> BoxFuture<'_, Result<Endpoint, DatapathError>> {
+        Box::pin(self.router.detach(netns))
+    }
+}
+
+/// What the handlers share. The API answers from the start; until the router is up
+/// (its data path loaded) everything but `POST /stop` says 503.
+pub struct ApiState {
+    controller: std::sync::RwLock<Option<Arc<dyn Controller>>>,
+    /// Set to true by `POST /stop`.
+    stop: watch::Sender<bool>,
+}
+
+impl ApiState {
+    pub fn new(stop: watch::Sender<bool>) -> Self {
+        Self { controller: std::sync::RwLock::new(None), stop }
+    }
+
+    /// The router is up: answer for it.
+    pub fn set_ready(&self, controller: Arc<dyn Controller>) {
+        *self.controller.write().unwrap_or_else(|e| e.into_inner()) = Some(controller);
+    }
+
+    /// Asks the daemon to stop (as `POST /stop` does).
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    fn ready(&self) -> Result<Arc<dyn Controller>, ApiError> {
+        self.controller
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "weave-router is starting".into()))
     }
 }
 
@@ -183,57 +245,60 @@ fn report(s: &MeshStatus, d: &DaemonInfo, endpoints: &[Endpoint]) -> Report {
     }
 }
 
-type AppState<D> = State<Arc<ApiState<D>>>;
+type AppState = State<Arc<ApiState>>;
 
 /// The HTTP routes.
-pub fn app<D: Datapath>(state: Arc<ApiState<D>>) -> axum::Router {
+pub fn app(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
-        .route("/status", get(status::<D>))
-        .route("/status/connections", get(status_connections::<D>))
-        .route("/status/peers", get(status_peers::<D>))
-        .route("/status/targets", get(status_targets::<D>))
-        .route("/report", get(get_report::<D>))
-        .route("/metrics", get(get_metrics::<D>))
-        .route("/attach", post(attach::<D>))
-        .route("/detach", post(detach::<D>))
-        .route("/stop", post(stop::<D>))
+        .route("/status", get(status))
+        .route("/status/connections", get(status_connections))
+        .route("/status/peers", get(status_peers))
+        .route("/status/targets", get(status_targets))
+        .route("/report", get(get_report))
+        .route("/metrics", get(get_metrics))
+        .route("/attach", post(attach))
+        .route("/detach", post(detach))
+        .route("/stop", post(stop))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(state)
 }
 
-async fn status<D: Datapath>(State(s): AppState<D>) -> String {
-    text::summary(&s.router.status(), &s.daemon_info())
+async fn status(State(s): AppState) -> Result<String, ApiError> {
+    let c = s.ready()?;
+    Ok(text::summary(&c.status(), &c.daemon_info()))
 }
 
-async fn status_connections<D: Datapath>(State(s): AppState<D>) -> String {
-    text::connections(&s.router.status())
+async fn status_connections(State(s): AppState) -> Result<String, ApiError> {
+    Ok(text::connections(&s.ready()?.status()))
 }
 
-async fn status_peers<D: Datapath>(State(s): AppState<D>) -> String {
-    text::peers(&s.router.status())
+async fn status_peers(State(s): AppState) -> Result<String, ApiError> {
+    Ok(text::peers(&s.ready()?.status()))
 }
 
-async fn status_targets<D: Datapath>(State(s): AppState<D>) -> String {
-    text::targets(&s.router.status())
+async fn status_targets(State(s): AppState) -> Result<String, ApiError> {
+    Ok(text::targets(&s.ready()?.status()))
 }
 
-async fn get_report<D: Datapath>(State(s): AppState<D>) -> Response {
-    let r = report(&s.router.status(), &s.daemon_info(), &s.router.datapath().endpoints());
+async fn get_report(State(s): AppState) -> Result<Response, ApiError> {
+    let c = s.ready()?;
+    let r = report(&c.status(), &c.daemon_info(), &c.endpoints());
     let mut body = serde_json::to_string_pretty(&r).expect("serialisable");
     body.push('\n');
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn get_metrics<D: Datapath>(State(s): AppState<D>) -> Response {
-    let counters = match s.router.datapath().counters() {
+async fn get_metrics(State(s): AppState) -> Result<Response, ApiError> {
+    let c = s.ready()?;
+    let counters = match c.counters() {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!("cannot read the data-path counters: {e}");
             None
         }
     };
-    let body = metrics::render(&s.router.status(), counters.as_ref());
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+    let body = metrics::render(&c.status(), counters.as_ref());
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -250,7 +315,8 @@ fn check_netns(netns: &std::path::Path) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn attach<D: Datapath>(State(s): AppState<D>, body: Bytes) -> Result<Response, ApiError> {
+async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let c = s.ready()?;
     let body: AttachBody = parse_json(&body)?;
     check_netns(&body.netns)?;
     let addresses = body
@@ -258,24 +324,25 @@ async fn attach<D: Datapath>(State(s): AppState<D>, body: Bytes) -> Result<Respo
         .iter()
         .map(|a| a.parse::<Ipv4Cidr>().map_err(|e| bad_request(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let endpoint = s.router.attach(AttachRequest { netns: body.netns, addresses }).await?;
+    let endpoint = c.attach(AttachRequest { netns: body.netns, addresses }).await?;
     tracing::info!("attached {} as {}", endpoint.netns.display(), endpoint.host_ifname);
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
 }
 
-async fn detach<D: Datapath>(State(s): AppState<D>, body: Bytes) -> Result<Response, ApiError> {
+async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let c = s.ready()?;
     let body: DetachBody = parse_json(&body)?;
     if !body.netns.is_absolute() {
         return Err(bad_request(format!("network namespace path {} is not absolute", body.netns.display())));
     }
-    let endpoint = s.router.detach(body.netns).await?;
+    let endpoint = c.detach(body.netns).await?;
     tracing::info!("detached {} ({})", endpoint.netns.display(), endpoint.host_ifname);
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
 }
 
-async fn stop<D: Datapath>(State(s): AppState<D>) -> Response {
+async fn stop(State(s): AppState) -> Response {
     tracing::info!("stop requested through the API");
-    let _ = s.stop.send(true);
+    s.request_stop();
     axum::Json(serde_json::json!({ "Pid": std::process::id() })).into_response()
 }
 

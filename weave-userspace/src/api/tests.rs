@@ -32,7 +32,8 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
     let config = RouterConfig { local, targets: targets.iter().map(|a| a.to_string().parse().unwrap()).collect(), timings };
     let router = Arc::new(Router::start(config, listener, Arc::new(FakeDatapath::new()), None));
     let (stop_tx, stop) = watch::channel(false);
-    let state = Arc::new(ApiState { router: router.clone(), iface: "lo".into(), xdp: "off".into(), stop: stop_tx });
+    let state = Arc::new(ApiState::new(stop_tx));
+    state.set_ready(Arc::new(RouterController { router: router.clone(), iface: "lo".into(), xdp: "off".into() }));
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = http_listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(http_listener, app(state)).await.unwrap() });
@@ -145,4 +146,19 @@ async fn stop_is_signalled() {
     assert!(r.body.contains(&format!("\"Pid\":{}", std::process::id())), "{}", r.body);
     tokio::time::timeout(Duration::from_secs(1), a.stop.wait_for(|s| *s)).await.unwrap().unwrap();
     a.router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_ready_the_api_says_503_but_can_be_stopped() {
+    let (stop_tx, mut stop) = watch::channel(false);
+    let state = Arc::new(ApiState::new(stop_tx));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app(state)).await.unwrap() });
+    for path in ["/status", "/status/connections", "/report", "/metrics"] {
+        let r = call(http, "GET", path, None).await;
+        assert_eq!((r.status, r.body.as_str()), (503, "weave-router is starting\n"), "{path}");
+    }
+    assert_eq!(call(http, "POST", "/stop", None).await.status, 200);
+    assert!(*stop.borrow_and_update());
 }

@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, RouterController};
+use tokio::signal::unix::{signal, SignalKind};
 use crate::config::Config;
 use crate::datapath::fake::FakeDatapath;
 use crate::datapath::{Datapath, DatapathSettings};
@@ -64,6 +65,23 @@ pub fn run_foreground(config: Config) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Signals are caught from the start: one that arrives while the data path is being set up
+    // stops the router as soon as it is up, cleanly.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api_state = Arc::new(ApiState::new(stop_tx));
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    {
+        let api_state = api_state.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sigterm.recv() => tracing::info!("SIGTERM"),
+                _ = sigint.recv() => tracing::info!("SIGINT"),
+            }
+            api_state.request_stop();
+        });
+    }
+
     let state = Arc::new(StateDir::open(&config.state_dir)?);
     let identity = state.identity(config.name)?;
     let listener = router::bind(config.listen_addr()).await?;
@@ -81,6 +99,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.listen_addr(),
         config.http_addr
     );
+    let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
+    let server = {
+        let app = api::app(api_state.clone());
+        let api_state = api_state.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("HTTP API failed: {e}");
+                api_state.request_stop();
+            }
+        })
+    };
+
     let local = Hello {
         name: identity.name,
         nickname: config.nickname.clone(),
@@ -89,84 +124,70 @@ async fn run(config: Config) -> anyhow::Result<()> {
         underlay: config.host,
         data_port: DATA_PORT,
     };
-    if config.fake_datapath {
+    let up = Up { config: &config, state, local, listener, api_state, stop: stop_rx };
+    let result = if config.fake_datapath {
         tracing::warn!("running with an in-memory data path: no traffic is carried");
-        return serve(config, state, local, listener, http, Arc::new(FakeDatapath::new()), "off".into()).await;
-    }
-    let settings = DatapathSettings {
-        peer_name: identity.name,
-        own_short_id: identity.short_id,
-        underlay_iface: config.iface.clone(),
-        underlay_addr: config.host,
-        mtu: config.mtu,
-        xdp: config.xdp,
-        pin_root: config.pin_root.clone(),
+        up.run(Arc::new(FakeDatapath::new()), "off".into()).await
+    } else {
+        let settings = DatapathSettings {
+            peer_name: identity.name,
+            own_short_id: identity.short_id,
+            underlay_iface: config.iface.clone(),
+            underlay_addr: config.host,
+            mtu: config.mtu,
+            xdp: config.xdp,
+            pin_root: config.pin_root.clone(),
+        };
+        match crate::datapath::ebpf::EbpfDatapath::start(settings).await {
+            Ok(datapath) => {
+                let xdp = if datapath.xdp_attached() { "on" } else { "off" };
+                up.run(Arc::new(datapath), xdp.into()).await
+            }
+            Err(e) => Err(anyhow::Error::new(e).context("cannot start the data path")),
+        }
     };
-    let datapath = crate::datapath::ebpf::EbpfDatapath::start(settings)
-        .await
-        .context("cannot start the data path")?;
-    let xdp = if datapath.xdp_attached() { "on" } else { "off" };
-    serve(config, state, local, listener, http, Arc::new(datapath), xdp.into()).await
+    let _ = server_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    if result.is_ok() {
+        tracing::info!("stopped");
+    }
+    result
 }
 
-async fn serve<D: Datapath>(
-    config: Config,
+/// Everything ready but the data path.
+struct Up<'a> {
+    config: &'a Config,
     state: Arc<StateDir>,
     local: Hello,
     listener: TcpListener,
-    http: TcpListener,
-    datapath: Arc<D>,
-    xdp: String,
-) -> anyhow::Result<()> {
-    let endpoints = match state.load_endpoints() {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!("{e}; starting without earlier endpoints");
-            Vec::new()
-        }
-    };
-    let router_config = RouterConfig { local, targets: config.targets.clone(), timings: Timings::default() };
-    let router = Arc::new(Router::start(router_config, listener, datapath.clone(), Some(state.clone())));
-    router.restore_endpoints(endpoints).await;
-
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let api_state = Arc::new(ApiState { router: router.clone(), iface: config.iface.clone(), xdp, stop: stop_tx });
-    let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
-    let server = tokio::spawn(async move {
-        axum::serve(http, api::app(api_state))
-            .with_graceful_shutdown(async move {
-                let _ = server_stop_rx.wait_for(|s| *s).await;
-            })
-            .await
-    });
-    tracing::info!("ready");
-
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
-        _ = stop_rx.wait_for(|s| *s) => tracing::info!("stopping"),
-        r = &mut Box::pin(async { server_error(&server).await }) => tracing::error!("HTTP API failed: {r}; stopping"),
-    }
-
-    router.stop().await;
-    router.save_endpoints();
-    if let Err(e) = datapath.shutdown().await {
-        tracing::error!("data path shutdown: {e}");
-    }
-    let _ = server_stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
-    tracing::info!("stopped");
-    Ok(())
+    api_state: Arc<ApiState>,
+    stop: watch::Receiver<bool>,
 }
 
-/// Resolves only if the HTTP server ends on its own (an error).
-async fn server_error(server: &tokio::task::JoinHandle<std::io::Result<()>>) -> String {
-    loop {
-        if server.is_finished() {
-            return "the server ended".into();
+impl Up<'_> {
+    /// Runs the router over `datapath` until asked to stop, then takes it all down.
+    async fn run<D: Datapath>(mut self, datapath: Arc<D>, xdp: String) -> anyhow::Result<()> {
+        let endpoints = match self.state.load_endpoints() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("{e}; starting without earlier endpoints");
+                Vec::new()
+            }
+        };
+        let router_config = RouterConfig { local: self.local, targets: self.config.targets.clone(), timings: Timings::default() };
+        let router = Arc::new(Router::start(router_config, self.listener, datapath.clone(), Some(self.state.clone())));
+        router.restore_endpoints(endpoints).await;
+        let controller = RouterController { router: router.clone(), iface: self.config.iface.clone(), xdp };
+        self.api_state.set_ready(Arc::new(controller));
+        tracing::info!("ready");
+
+        let _ = self.stop.wait_for(|s| *s).await;
+        tracing::info!("stopping");
+        router.stop().await;
+        router.save_endpoints();
+        if let Err(e) = datapath.shutdown().await {
+            tracing::error!("data path shutdown: {e}");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
     }
 }

@@ -95,14 +95,15 @@ pub fn launch_background(config: &Config) -> anyhow::Result<()> {
     std::process::exit(1);
 }
 
-/// SIGTERM, then SIGKILL if it lingers; reaps the child.
+/// SIGTERM (the daemon finishes setting up, then takes everything down), then SIGKILL if it
+/// lingers; reaps the child.
 fn terminate(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
     // SAFETY: sends a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
             return;
