@@ -28,10 +28,14 @@ pub fn build_ebpf() -> Result<()> {
         bail!("{} has no Cargo.toml yet", dir.display());
     }
     let t = Instant::now();
+    // The same target dir as weave-userspace/build.rs, so the two builds share their work.
+    let target_dir = run::root().join("target/ebpf");
     let mut c = cmd("rustup");
     c.current_dir(&dir)
         .args(["run", "nightly", "cargo", "build", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"]);
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir);
     for v in OUTER_ENV {
         c.env_remove(v);
     }
@@ -39,7 +43,7 @@ pub fn build_ebpf() -> Result<()> {
     println!(
         "    eBPF object built in {:.1}s under {}",
         t.elapsed().as_secs_f64(),
-        dir.join("target/bpfel-unknown-none/release").display()
+        target_dir.join("bpfel-unknown-none/release/weave-ebpf").display()
     );
     Ok(())
 }

@@ -47,14 +47,14 @@ fn target_name(running: &str) -> String {
 }
 
 /// Runs `cargo test <args>`, echoing its output, and collects the per-binary results.
-fn cargo_test(title: &'static str, args: &[&str]) -> Result<Phase> {
+fn cargo_test(title: &'static str, args: &[&str], limit: Duration) -> Result<Phase> {
     step(title);
     println!("    cargo test {}", args.join(" "));
     let t = Instant::now();
     let (reader, writer) = std::io::pipe().context("pipe")?;
     let mut child = run::cargo()
         .current_dir(run::root())
-        .arg("test")
+        .args(["test", "--no-fail-fast"])
         .args(args)
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null())
@@ -62,6 +62,27 @@ fn cargo_test(title: &'static str, args: &[&str]) -> Result<Phase> {
         .stderr(writer)
         .spawn()
         .context("cannot run cargo test")?;
+    // A hung test must not hang the whole run: past `limit`, cargo and its children go.
+    let cargo_pid = child.id() as i32;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(limit).is_err() {
+            println!("xtask: {title} ran longer than {limit:?}; stopping it");
+            for sig in [libc::SIGTERM, libc::SIGKILL] {
+                let mut pids = descendants(cargo_pid);
+                pids.push(cargo_pid);
+                for p in pids {
+                    // SAFETY: kill(2) on the cargo we started and the processes it started.
+                    unsafe {
+                        libc::kill(p, sig);
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            }
+            return true;
+        }
+        false
+    });
     let mut targets: Vec<TargetResult> = Vec::new();
     let mut failures = Vec::new();
     for line in BufReader::new(reader).lines() {
@@ -95,17 +116,22 @@ fn cargo_test(title: &'static str, args: &[&str]) -> Result<Phase> {
                 }
             }
         } else if l.starts_with("test ") && l.ends_with("FAILED") {
-            let name = l.trim_start_matches("test ").trim_end_matches("FAILED").trim_end_matches(" ...").trim();
+            let name = l.trim_start_matches("test ").trim_end_matches("FAILED").trim_end().trim_end_matches("...").trim();
             let target = targets.last().map(|t| t.name.as_str()).unwrap_or("?");
             failures.push(format!("{target}: {name}"));
-        } else if l.contains("SKIPPED") {
+        } else if l.to_ascii_lowercase().contains("skipped") {
             if let Some(t) = targets.last_mut() {
                 t.skipped += 1;
             }
         }
     }
     let st = child.wait()?;
-    let mut ok = st.success();
+    let _ = done_tx.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    let mut ok = st.success() && !timed_out;
+    if timed_out {
+        failures.push(format!("stopped after {limit:?} (a test hung?)"));
+    }
     // A binary that started but never reported (crash, abort) is a failure too.
     for t in &targets {
         if !t.done {
@@ -125,6 +151,40 @@ fn cargo_test(title: &'static str, args: &[&str]) -> Result<Phase> {
     })
 }
 
+/// Every process below `root` in the process tree.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parent = Vec::new();
+    if let Ok(d) = std::fs::read_dir("/proc") {
+        for e in d.filter_map(|e| e.ok()) {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                parent.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (c, pp) in &parent {
+            if *pp == p && !out.contains(c) {
+                out.push(*c);
+                frontier.push(*c);
+            }
+        }
+    }
+    out
+}
+
 pub fn test(no_build: bool, e2e_filter: Option<&str>) -> Result<()> {
     let total = Instant::now();
     if !run::is_root() {
@@ -138,6 +198,7 @@ pub fn test(no_build: bool, e2e_filter: Option<&str>) -> Result<()> {
     phases.push(cargo_test(
         "unit, integration and BPF_PROG_TEST_RUN tests",
         &["--workspace", "--exclude", "weave-tests"],
+        Duration::from_secs(30 * 60),
     )?);
     let mut e2e: Vec<&str> = vec!["-p", "weave-tests", "--", "--test-threads=1"];
     if let Some(f) = e2e_filter {
@@ -145,7 +206,11 @@ pub fn test(no_build: bool, e2e_filter: Option<&str>) -> Result<()> {
     }
     let bin = run::root().join("target/release/weave-router");
     std::env::set_var("WEAVE_ROUTER_BIN", &bin);
-    phases.push(cargo_test("end-to-end tests over network namespaces (root)", &e2e)?);
+    phases.push(cargo_test(
+        "end-to-end tests over network namespaces (root)",
+        &e2e,
+        Duration::from_secs(25 * 60),
+    )?);
 
     println!();
     println!("==================== summary ====================");
