@@ -196,3 +196,51 @@ pub(crate) fn process_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("weave-router").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_parse_as_documented() {
+        let Command::Launch(l) = parse(&["launch", "10.0.0.2", "host3:7000", "--peers", "a,b", "--foreground", "--xdp", "off"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((l.peer.len(), l.peers.len(), l.foreground), (2, 2, true));
+        let Command::Status { what, .. } = parse(&["status", "connections"]).unwrap().command else { panic!() };
+        assert_eq!(what, Some(StatusPart::Connections));
+        let Command::Status { what, api } = parse(&["status", "--http-addr", "127.0.0.1:9"]).unwrap().command else { panic!() };
+        assert_eq!((what, api.http_addr.as_str()), (None, "127.0.0.1:9"));
+        let Command::Attach { addresses, netns, .. } = parse(&["attach", "10.2.1.1/24", "10.2.1.2/24", "--netns", "/run/netns/c1"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((addresses.len(), netns), (2, PathBuf::from("/run/netns/c1")));
+        assert!(matches!(parse(&["detach", "--netns", "/x"]).unwrap().command, Command::Detach { .. }));
+        assert!(matches!(parse(&["stop"]).unwrap().command, Command::Stop(_)));
+        assert!(matches!(parse(&["report"]).unwrap().command, Command::Report(_)));
+        assert!(matches!(parse(&["version"]).unwrap().command, Command::Version));
+    }
+
+    #[test]
+    fn unknown_and_incomplete_commands_are_refused() {
+        assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&["attach", "10.2.1.1/24"]).is_err());
+        assert!(parse(&["status", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn zombies_and_missing_processes_are_not_alive() {
+        assert!(process_alive(std::process::id() as i32));
+        assert!(!process_alive(i32::MAX));
+    }
+}
