@@ -213,7 +213,8 @@ impl LaunchArgs {
             host,
             port: self.port,
             mtu: self.mtu,
-            state_dir: self.state_dir.clone(),
+            // Absolute, so the daemon and the command that launched it agree on it.
+            state_dir: std::path::absolute(&self.state_dir).unwrap_or_else(|_| self.state_dir.clone()),
             http_addr,
             xdp: self.xdp,
             targets: unique,
@@ -335,6 +336,8 @@ mod tests {
         assert_eq!(c.port, 6783);
         assert_eq!(c.http_addr, "127.0.0.1:6784".parse().unwrap());
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/weave-router"));
+        let rel = parse(&["--state-dir", "some/dir"]).validate(&host()).unwrap();
+        assert_eq!(rel.state_dir, std::env::current_dir().unwrap().join("some/dir"));
         assert_eq!(c.listen_addr(), "10.0.0.1:6783".parse().unwrap());
         assert_eq!(c.xdp, XdpMode::Auto);
         assert!(c.targets.is_empty() && c.name.is_none() && !c.foreground);
