@@ -1,0 +1,390 @@
+//! The kernel programs run on crafted frames with BPF_PROG_TEST_RUN (aya `TestRun`):
+//! exact bytes of encapsulation, decapsulation and ARP replies; drops and their counters.
+//!
+//! Needs root (CAP_BPF, CAP_NET_ADMIN); skipped otherwise.
+//! `cargo test -p weave-userspace --test prog_test_run`
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::Ebpf;
+use weave_ebpf_common::counters::Reason;
+use weave_ebpf_common::headers::{
+    source_port_from_hash, write_outer_headers, OuterHeaders, OUTER_HLEN, SOURCE_PORT_MIN,
+};
+use weave_ebpf_common::maps::{
+    Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, PeerCounter, PeerEntry, RemoteMac,
+    CONFIG_READY, PEER_ADMIT, PEER_REACHABLE,
+};
+use weave_ebpf_common::vni;
+use weave_router::datapath::ebpf::{EBPF_OBJECT, RX_PROGRAM, TX_PROGRAM, XDP_PROGRAM};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const OWN_ID: u16 = 0x001;
+const PEER_ID: u16 = 0x002;
+const OWN_UNDERLAY: [u8; 4] = [192, 168, 50, 1];
+const PEER_UNDERLAY: [u8; 4] = [192, 168, 50, 2];
+const LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const REMOTE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const LOCAL_IP: [u8; 4] = [10, 2, 0, 1];
+const REMOTE_IP: [u8; 4] = [10, 2, 0, 2];
+const OTHER_LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root for BPF_PROG_TEST_RUN");
+            return;
+        }
+    };
+}
+
+struct Bed {
+    ebpf: Ebpf,
+}
+
+impl Bed {
+    /// Loads the embedded object (no pins, nothing attached) and configures it as router
+    /// OWN_ID with one admitted, reachable peer PEER_ID.
+    fn new() -> Self {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load the object");
+        for name in [TX_PROGRAM, RX_PROGRAM] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
+        }
+        let x: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
+        x.load().expect("verifier rejected xdp_admit");
+        let mut bed = Self { ebpf };
+        bed.config()
+            .set(
+                0,
+                DatapathConfig {
+                    underlay_ipv4: OWN_UNDERLAY,
+                    underlay_ifindex: 1,
+                    own_short_id: OWN_ID,
+                    flags: CONFIG_READY,
+                },
+                0,
+            )
+            .unwrap();
+        bed.peers()
+            .set(
+                PEER_ID as u32,
+                PeerEntry {
+                    underlay_ipv4: PEER_UNDERLAY,
+                    flags: PEER_ADMIT | PEER_REACHABLE,
+                    next_hop: PEER_ID,
+                    _pad: [0; 6],
+                },
+                0,
+            )
+            .unwrap();
+        bed
+    }
+
+    fn config(&mut self) -> Array<&mut MapData, DatapathConfig> {
+        Array::try_from(self.ebpf.map_mut("CONFIG").unwrap()).unwrap()
+    }
+    fn peers(&mut self) -> Array<&mut MapData, PeerEntry> {
+        Array::try_from(self.ebpf.map_mut("PEERS").unwrap()).unwrap()
+    }
+    fn endpoints(&mut self) -> HashMap<&mut MapData, MacKey, LocalEndpoint> {
+        HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap()
+    }
+    fn remote_macs(&mut self) -> HashMap<&mut MapData, MacKey, RemoteMac> {
+        HashMap::try_from(self.ebpf.map_mut("REMOTE_MACS").unwrap()).unwrap()
+    }
+    fn neighbours(&mut self) -> HashMap<&mut MapData, Ipv4Key, MacKey> {
+        HashMap::try_from(self.ebpf.map_mut("NEIGHBOURS").unwrap()).unwrap()
+    }
+
+    fn counter(&self, reason: Reason) -> u64 {
+        let m: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.ebpf.map("COUNTERS").unwrap()).unwrap();
+        m.get(&(reason as u32), 0).unwrap().iter().map(|c| c.packets).sum()
+    }
+
+    fn peer_counter(&self, id: u16) -> PeerCounter {
+        let m: PerCpuArray<&MapData, PeerCounter> =
+            PerCpuArray::try_from(self.ebpf.map("PEER_COUNTERS").unwrap()).unwrap();
+        m.get(&(id as u32), 0).unwrap().iter().fold(PeerCounter::default(), |mut a, c| {
+            a.tx_packets += c.tx_packets;
+            a.tx_bytes += c.tx_bytes;
+            a.rx_packets += c.rx_packets;
+            a.rx_bytes += c.rx_bytes;
+            a
+        })
+    }
+
+    /// Runs a classifier on `frame`; (return value, frame afterwards).
+    fn run_tc(&mut self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let p: &mut SchedClassifier = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = p.test_run(opts).unwrap_or_else(|e| panic!("test run of {name}: {e}"));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn run_xdp(&mut self, frame: &[u8]) -> u32 {
+        let p: &mut Xdp = self.ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        p.test_run(opts).expect("test run of xdp_admit").return_value
+    }
+}
+
+fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in h.chunks(2) {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame carrying IPv4/UDP with `payload_len` bytes of payload.
+fn ipv4_udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload_len) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend((0..payload_len).map(|i| (i * 7 + 3) as u8));
+    f
+}
+
+/// The container frame used by the TX and RX tests: REMOTE → LOCAL (or the reverse).
+fn inner_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    ipv4_udp_frame(dst_mac, src_mac, src, dst, 40000, 5001, 56)
+}
+
+/// `inner` encapsulated as a peer would send it (outer Ethernet addresses arbitrary).
+fn encapsulated(inner: &[u8], outer_src: [u8; 4], outer_dst: [u8; 4], id: u32) -> Vec<u8> {
+    let mut outer = [0u8; OUTER_HLEN];
+    write_outer_headers(
+        &mut outer,
+        &OuterHeaders { src_ipv4: outer_src, dst_ipv4: outer_dst, src_port: 50123, vni: id, inner_len: inner.len() as u16 },
+    );
+    outer[0..6].copy_from_slice(&[0x02, 0xaa, 0, 0, 0, 1]);
+    outer[6..12].copy_from_slice(&[0x02, 0xaa, 0, 0, 0, 2]);
+    let mut f = outer.to_vec();
+    f.extend_from_slice(inner);
+    f
+}
+
+fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa);
+    f
+}
+
+#[test]
+fn tx_encapsulates_for_a_learned_remote_mac() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.remote_macs().insert(MacKey::new(REMOTE_MAC), RemoteMac { peer_short_id: PEER_ID, _pad: [0; 6] }, 0).unwrap();
+    let inner = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &inner);
+    assert_eq!(rc, TC_ACT_REDIRECT, "redirected to the underlay");
+    assert_eq!(out.len(), inner.len() + OUTER_HLEN);
+    // The source port comes from the flow hash; everything else is fixed.
+    let sport = u16::from_be_bytes([out[34], out[35]]);
+    assert!(sport >= SOURCE_PORT_MIN);
+    assert_eq!(sport, source_port_from_hash(sport as u32), "port within the dynamic range mask");
+    let mut expected = [0u8; OUTER_HLEN];
+    write_outer_headers(
+        &mut expected,
+        &OuterHeaders {
+            src_ipv4: OWN_UNDERLAY,
+            dst_ipv4: PEER_UNDERLAY,
+            src_port: sport,
+            vni: vni::pack(OWN_ID, PEER_ID),
+            inner_len: inner.len() as u16,
+        },
+    );
+    assert_eq!(&out[..OUTER_HLEN], &expected[..], "outer Ethernet/IPv4/UDP/VXLAN");
+    // VNI: source (us) in the low 12 bits, destination in the high ones.
+    assert_eq!(&out[46..49], &[0x00, 0x20, 0x01]);
+    assert_eq!(&out[OUTER_HLEN..], &inner[..], "inner frame intact");
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 1);
+    let pc = bed.peer_counter(PEER_ID);
+    assert_eq!((pc.tx_packets, pc.tx_bytes), (1, inner.len() as u64));
+}
+
+#[test]
+fn tx_leaves_frames_for_unreachable_or_unknown_macs_to_the_bridge() {
+    require_root!();
+    let mut bed = Bed::new();
+    let inner = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &inner);
+    assert_eq!((rc, out.as_slice()), (TC_ACT_OK, inner.as_slice()), "unknown MAC");
+
+    // Learned behind a peer that is no longer reachable.
+    bed.remote_macs().insert(MacKey::new(REMOTE_MAC), RemoteMac { peer_short_id: 0x007, _pad: [0; 6] }, 0).unwrap();
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &inner);
+    assert_eq!((rc, out.as_slice()), (TC_ACT_OK, inner.as_slice()), "unreachable peer");
+
+    let mut bcast = inner.clone();
+    bcast[..6].copy_from_slice(&[0xff; 6]);
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &bcast);
+    assert_eq!((rc, out.as_slice()), (TC_ACT_OK, bcast.as_slice()), "broadcast");
+    assert_eq!(bed.counter(Reason::TxToBridge), 3);
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
+}
+
+#[test]
+fn tx_hands_frames_for_local_containers_straight_over() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.endpoints().insert(MacKey::new(OTHER_LOCAL_MAC), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0).unwrap();
+    let frame = inner_frame(OTHER_LOCAL_MAC, LOCAL_MAC, LOCAL_IP, [10, 2, 0, 3]);
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, frame);
+    assert_eq!(bed.counter(Reason::TxLocalDelivered), 1);
+}
+
+#[test]
+fn tx_answers_arp_from_neighbours() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.neighbours().insert(Ipv4Key { addr: REMOTE_IP }, MacKey::new(REMOTE_MAC), 0).unwrap();
+    let req = arp_request(LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &req);
+    assert_eq!(rc, TC_ACT_REDIRECT, "sent back to the container");
+    let mut want = Vec::new();
+    want.extend_from_slice(&LOCAL_MAC); // to the asker
+    want.extend_from_slice(&REMOTE_MAC); // from the owner of the address
+    want.extend_from_slice(&[0x08, 0x06]);
+    want.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]); // Ethernet/IPv4, reply
+    want.extend_from_slice(&REMOTE_MAC);
+    want.extend_from_slice(&REMOTE_IP);
+    want.extend_from_slice(&LOCAL_MAC);
+    want.extend_from_slice(&LOCAL_IP);
+    assert_eq!(out, want);
+    assert_eq!(bed.counter(Reason::TxArpAnswered), 1);
+
+    // Unknown address, and a gratuitous ARP: left to the bridge untouched.
+    for req in [arp_request(LOCAL_MAC, LOCAL_IP, [10, 2, 0, 99]), arp_request(LOCAL_MAC, LOCAL_IP, LOCAL_IP)] {
+        let (rc, out) = bed.run_tc(TX_PROGRAM, &req);
+        assert_eq!((rc, out), (TC_ACT_OK, req));
+    }
+    assert_eq!(bed.counter(Reason::TxArpAnswered), 1);
+    assert_eq!(bed.counter(Reason::TxToBridge), 2);
+}
+
+#[test]
+fn rx_decapsulates_into_a_local_container_and_learns() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.endpoints().insert(MacKey::new(LOCAL_MAC), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0).unwrap();
+    let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    let frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT, "into the container");
+    assert_eq!(out, inner, "decapsulated bytes are exactly the inner frame");
+    assert_eq!(bed.counter(Reason::RxDelivered), 1);
+    let pc = bed.peer_counter(PEER_ID);
+    assert_eq!((pc.rx_packets, pc.rx_bytes), (1, frame.len() as u64));
+    assert_eq!(bed.remote_macs().get(&MacKey::new(REMOTE_MAC), 0).unwrap().peer_short_id, PEER_ID);
+    assert_eq!(bed.neighbours().get(&Ipv4Key { addr: REMOTE_IP }, 0).unwrap().addr, REMOTE_MAC);
+}
+
+#[test]
+fn rx_hands_broadcast_to_the_peers_vxlan_device() {
+    require_root!();
+    let mut bed = Bed::new();
+    let inner = arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    let frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_OK);
+    // Same frame, VNI rewritten to the id of our vxw device for the peer (us low, peer high),
+    // UDP checksum zero.
+    let mut want = frame.clone();
+    let id = vni::pack(OWN_ID, PEER_ID);
+    want[46..49].copy_from_slice(&[(id >> 16) as u8, (id >> 8) as u8, id as u8]);
+    want[40..42].copy_from_slice(&[0, 0]);
+    assert_eq!(out, want);
+    assert_eq!(bed.counter(Reason::RxToBridge), 1);
+    // Learned from the ARP sender fields.
+    assert_eq!(bed.neighbours().get(&Ipv4Key { addr: REMOTE_IP }, 0).unwrap().addr, REMOTE_MAC);
+}
+
+#[test]
+fn rx_drops_what_is_not_admitted_and_counts_why() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.endpoints().insert(MacKey::new(LOCAL_MAC), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0).unwrap();
+    let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    let cases = [
+        (encapsulated(&inner, [192, 168, 50, 3], OWN_UNDERLAY, vni::pack(0x003, OWN_ID)), Reason::RxDropUnknownPeer, Reason::XdpDropUnknownPeer),
+        (encapsulated(&inner, [192, 168, 50, 99], OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID)), Reason::RxDropSpoofedSource, Reason::XdpDropSpoofedSource),
+        (encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, 0x005)), Reason::RxDropNotForUs, Reason::XdpDropNotForUs),
+        // Truncated: the VXLAN header but no inner Ethernet header.
+        (encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID))[..OUTER_HLEN + 6].to_vec(), Reason::RxDropMalformed, Reason::XdpDropMalformed),
+    ];
+    for (frame, reason, xdp_reason) in &cases {
+        let (rc, _) = bed.run_tc(RX_PROGRAM, frame);
+        assert_eq!(rc, TC_ACT_SHOT, "{}", reason.name());
+        assert_eq!(bed.counter(*reason), 1, "{}", reason.name());
+        assert_eq!(bed.run_xdp(frame), XDP_DROP, "{}", xdp_reason.name());
+        assert_eq!(bed.counter(*xdp_reason), 1, "{}", xdp_reason.name());
+    }
+    // A VXLAN header without the VNI flag is malformed too.
+    let mut noflag = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    noflag[42] = 0;
+    assert_eq!(bed.run_tc(RX_PROGRAM, &noflag).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxDropMalformed), 2);
+    // Nothing was delivered or learned.
+    assert_eq!(bed.counter(Reason::RxDelivered), 0);
+    assert!(bed.remote_macs().get(&MacKey::new(REMOTE_MAC), 0).is_err());
+    // The peer's own traffic passes XDP.
+    let good = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    assert_eq!(bed.run_xdp(&good), XDP_PASS);
+}
+
+#[test]
+fn rx_ignores_traffic_that_is_not_vxlan() {
+    require_root!();
+    let mut bed = Bed::new();
+    let dns = ipv4_udp_frame([0x02, 0xaa, 0, 0, 0, 1], [0x02, 0xaa, 0, 0, 0, 2], PEER_UNDERLAY, OWN_UNDERLAY, 5353, 53, 40);
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &dns);
+    assert_eq!((rc, out.as_slice()), (TC_ACT_OK, dns.as_slice()));
+    assert_eq!(bed.run_xdp(&dns), XDP_PASS);
+    // Short frames that are not IPv4/UDP at all pass too.
+    let arp = arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    assert_eq!(bed.run_tc(RX_PROGRAM, &arp).0, TC_ACT_OK);
+    for r in Reason::ALL {
+        assert_eq!(bed.counter(r), 0, "{}", r.name());
+    }
+}
