@@ -240,7 +240,9 @@ impl EbpfDatapath {
         let want_xdp = match settings.xdp {
             XdpMode::On => true,
             XdpMode::Off => false,
-            XdpMode::Auto => Path::new("/sys/class/net").join(&underlay.name).join("device").exists(),
+            // A physical NIC has a bus device behind it (what /sys/class/net/<dev>/device
+            // links to); asked over netlink because /sys may show another namespace.
+            XdpMode::Auto => underlay.parent_dev.is_some(),
         };
         if want_xdp {
             let xdp_pin = format!("xdp-{}", underlay.name);

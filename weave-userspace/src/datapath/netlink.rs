@@ -21,6 +21,8 @@ pub struct LinkInfo {
     pub mac: [u8; 6],
     /// ifindex of the bridge (or other controller) the link is enslaved to.
     pub controller: Option<u32>,
+    /// The bus device behind the link (set for NICs, not for veth, bridges, VXLAN…).
+    pub parent_dev: Option<String>,
 }
 
 fn link_info(msg: &LinkMessage) -> LinkInfo {
@@ -30,6 +32,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
         mtu: 0,
         mac: [0; 6],
         controller: None,
+        parent_dev: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -37,6 +40,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
             LinkAttribute::Mtu(m) => info.mtu = *m,
             LinkAttribute::Address(a) if a.len() == 6 => info.mac.copy_from_slice(a),
             LinkAttribute::Controller(c) => info.controller = Some(*c),
+            LinkAttribute::ParentDevName(p) => info.parent_dev = Some(p.clone()),
             _ => {}
         }
     }

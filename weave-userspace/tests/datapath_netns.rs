@@ -1,0 +1,460 @@
+//! The eBPF data path end to end on one machine: two "hosts" (network namespaces joined by
+//! a veth underlay), an `EbpfDatapath` in each, one container namespace per host.
+//!
+//! Needs root; skipped otherwise. Namespaces are named `wdp-<pid>-…` and removed at the end
+//! (also on failure). `cargo test -p weave-userspace --test datapath_netns`
+//!
+//! `cargo test -p weave-userspace --test datapath_netns -- --ignored --nocapture throughput`
+//! compares iperf3 figures with a plain kernel VXLAN set-up.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use weave_ebpf_common::counters::Reason;
+use weave_ebpf_common::vni;
+use weave_router::datapath::ebpf::{self, EbpfDatapath};
+use weave_router::datapath::{AttachRequest, Datapath, DatapathPeer, DatapathSettings, XdpMode};
+use weave_router::mesh::peer_name::{PeerName, ShortId};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted when dropped.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(name: String) -> Self {
+        let _ = run(&["ip", "netns", "del", &name]);
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+    fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+    fn sh(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(out.status.success(), "in {}: {args:?} failed: {}{}", self.name, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// A directory under /sys/fs/bpf, removed when dropped.
+struct PinRoot(PathBuf);
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+type Job = Box<dyn FnOnce(Arc<EbpfDatapath>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// An `EbpfDatapath` running on its own thread inside a host namespace.
+struct Router {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Router {
+    fn start(host: &Netns, settings: DatapathSettings) -> Result<Self, String> {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let path = host.path();
+        let thread = std::thread::spawn(move || {
+            let f = File::open(&path).unwrap();
+            // SAFETY: changes the network namespace of this thread only.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = ready_tx.send(Err(format!("setns: {}", std::io::Error::last_os_error())));
+                return;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let dp = match rt.block_on(ebpf::start(settings)) {
+                Ok(dp) => Arc::new(dp),
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            while let Ok(job) = job_rx.recv() {
+                rt.block_on(job(dp.clone()));
+            }
+            if let Err(e) = rt.block_on(dp.shutdown()) {
+                eprintln!("shutdown: {e}");
+            }
+        });
+        ready_rx.recv().map_err(|_| "router thread died".to_string())??;
+        Ok(Self { jobs: Some(jobs), thread: Some(thread) })
+    }
+
+    fn call<T, F, Fut>(&self, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<EbpfDatapath>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |dp| {
+            Box::pin(async move {
+                let _ = tx.send(f(dp).await);
+            })
+        });
+        self.jobs.as_ref().unwrap().send(job).unwrap();
+        rx.recv().expect("router thread died")
+    }
+
+    fn counter(&self, reason: Reason) -> u64 {
+        self.call(move |dp| async move { dp.counter(reason).unwrap() })
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const UNDERLAY: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 2)];
+const CONTAINER: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 2, 1, 1), Ipv4Addr::new(10, 2, 1, 2)];
+const STRAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 99);
+
+fn short(i: usize) -> ShortId {
+    ShortId::new(i as u16 + 1).unwrap()
+}
+
+/// Two hosts, each with a router and one attached container. Fields drop in order:
+/// routers first, then the namespaces, then the pin directory.
+struct Bed {
+    routers: Vec<Router>,
+    containers: Vec<Netns>,
+    hosts: Vec<Netns>,
+    _pins: PinRoot,
+}
+
+fn tag() -> String {
+    format!("wdp-{}", std::process::id())
+}
+
+/// Hosts and their veth underlay (eth0 in each, 10.77.0.x/24).
+fn hosts(tag: &str) -> Vec<Netns> {
+    let hosts: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-h{i}"))).collect();
+    sh(&["ip", "-n", &hosts[0].name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &hosts[1].name]);
+    for (i, h) in hosts.iter().enumerate() {
+        sh(&["ip", "-n", &h.name, "addr", "add", &format!("{}/24", UNDERLAY[i]), "dev", "eth0"]);
+        sh(&["ip", "-n", &h.name, "link", "set", "eth0", "up"]);
+    }
+    hosts
+}
+
+impl Bed {
+    fn new(tag: &str) -> Self {
+        let pins = PinRoot(PathBuf::from(format!("/sys/fs/bpf/{tag}")));
+        ebpf::ensure_bpffs().unwrap();
+        std::fs::create_dir_all(&pins.0).unwrap();
+        let hosts = hosts(tag);
+        let containers: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-c{i}"))).collect();
+        let mut bed = Bed { routers: Vec::new(), containers, hosts, _pins: pins };
+        for i in 0..2 {
+            let settings = DatapathSettings {
+                peer_name: PeerName::from_bytes([0x0a, 0x77, 0, 0, 0, i as u8 + 1]),
+                own_short_id: short(i),
+                underlay_iface: "eth0".into(),
+                underlay_addr: UNDERLAY[i],
+                mtu: None,
+                xdp: XdpMode::Auto,
+                pin_root: bed._pins.0.clone(),
+            };
+            bed.routers.push(Router::start(&bed.hosts[i], settings).expect("start the data path"));
+        }
+        for i in 0..2 {
+            let other = 1 - i;
+            let peer = DatapathPeer { short_id: short(other), underlay: UNDERLAY[other], next_hop: short(other) };
+            bed.routers[i].call(move |dp| async move { dp.add_peer(peer).await }).expect("add_peer");
+            let request = AttachRequest {
+                netns: bed.containers[i].path(),
+                addresses: vec![format!("{}/24", CONTAINER[i]).parse().unwrap()],
+            };
+            bed.routers[i].call(move |dp| async move { dp.attach(request).await }).expect("attach");
+        }
+        bed
+    }
+}
+
+fn ping(from: &Netns, to: Ipv4Addr) -> bool {
+    from.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &to.to_string()]).status.success()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends one UDP datagram with `python3` from inside a namespace.
+fn send_udp(ns: &Netns, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload_hex: &str, broadcast: bool) {
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,{b})\ns.bind(('{src}',0))\n\
+         s.sendto(bytes.fromhex('{payload_hex}'),('{dst}',{port}))\n",
+        b = broadcast as u8
+    );
+    ns.sh(&["python3", "-c", &script]);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn two_hosts_end_to_end() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tag = tag();
+    let bed = Bed::new(&tag);
+    let (h1, h2) = (&bed.hosts[0], &bed.hosts[1]);
+    let (c1, c2) = (&bed.containers[0], &bed.containers[1]);
+    let (r1, r2) = (&bed.routers[0], &bed.routers[1]);
+
+    // Devices as designed.
+    let link = h1.sh(&["ip", "-d", "link", "show", "vxw-002"]);
+    assert!(link.contains(&format!("vxlan id {}", vni::pack(1, 2))), "{link}");
+    assert!(link.contains("remote 10.77.0.2") && link.contains("dstport 6784") && link.contains("nolearning"), "{link}");
+    assert!(link.contains("master weave") && link.contains("isolated on"), "{link}");
+    let ethwe = c1.sh(&["ip", "-d", "link", "show", "ethwe"]);
+    assert!(ethwe.contains("mtu 1450") && ethwe.contains("state UP"), "{ethwe}");
+    assert!(c1.sh(&["ip", "addr", "show", "ethwe"]).contains("10.2.1.1/24"));
+    assert!(h1.sh(&["ip", "link", "show", "weave"]).contains("mtu 1450"));
+
+    // Containers reach each other across the hosts; ARP resolves.
+    assert!(ping(c1, CONTAINER[1]), "c1 → c2");
+    assert!(ping(c2, CONTAINER[0]), "c2 → c1");
+    let c2_mac = r2.call(|dp| async move { dp.endpoints()[0].mac });
+    let neigh = c1.sh(&["ip", "neigh", "show", &CONTAINER[1].to_string()]);
+    let mac_str = c2_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    assert!(neigh.contains(&mac_str), "c1 resolved c2 to {mac_str}: {neigh}");
+    // Unicast took the eBPF path both ways.
+    assert!(r1.counter(Reason::TxEncapsulated) > 0);
+    assert!(r2.counter(Reason::RxDelivered) > 0);
+    assert!(r1.call(|dp| async move { dp.remote_macs() }).contains(&(c2_mac, 2)));
+
+    // Once learned, ARP is answered on the host without crossing the underlay.
+    c1.sh(&["ip", "neigh", "flush", "dev", "ethwe"]);
+    let answered = r1.counter(Reason::TxArpAnswered);
+    assert!(ping(c1, CONTAINER[1]), "c1 → c2 after a neighbour flush");
+    assert!(r1.counter(Reason::TxArpAnswered) > answered, "ARP answered from NEIGHBOURS");
+
+    // A broadcast reaches the container on the other host.
+    let rx = c2.spawn(&[
+        "python3",
+        "-c",
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(5)\n\
+         s.bind(('0.0.0.0',9999))\nprint(s.recvfrom(100)[0].decode())\n",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        send_udp(c1, CONTAINER[0], Ipv4Addr::new(10, 2, 1, 255), 9999, &hex(b"weave-broadcast"), true);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = rx.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("weave-broadcast"), "broadcast received: {out:?}");
+    assert!(r2.counter(Reason::RxToBridge) > 0);
+
+    // Stray VXLAN on 6784 from an address that is no peer's: dropped and counted.
+    h2.sh(&["ip", "addr", "add", &format!("{STRAY}/24"), "dev", "eth0"]);
+    let mut inner = vec![0xff; 6];
+    inner.extend_from_slice(&[0x02, 0x66, 0, 0, 0, 1, 0x08, 0x06]);
+    inner.extend_from_slice(&[0; 28]);
+    let vxlan = |id: u32| {
+        let mut v = vec![0x08, 0, 0, 0, (id >> 16) as u8, (id >> 8) as u8, id as u8, 0];
+        v.extend_from_slice(&inner);
+        hex(&v)
+    };
+    let (spoofed, unknown) = (r1.counter(Reason::RxDropSpoofedSource), r1.counter(Reason::RxDropUnknownPeer));
+    // Claims to be peer 2 but comes from the wrong address.
+    send_udp(h2, STRAY, UNDERLAY[0], 6784, &vxlan(vni::pack(2, 1)), false);
+    // Names a peer nobody knows.
+    send_udp(h2, STRAY, UNDERLAY[0], 6784, &vxlan(vni::pack(0x123, 1)), false);
+    wait_until("stray VXLAN counted", || {
+        r1.counter(Reason::RxDropSpoofedSource) > spoofed && r1.counter(Reason::RxDropUnknownPeer) > unknown
+    });
+    assert!(!r1.call(|dp| async move { dp.remote_macs() }).iter().any(|(m, _)| m[1] == 0x66), "nothing learned from strays");
+
+    // remove_peer forgets the peer: PEERS entry, learned MACs, the VXLAN device.
+    r1.call(|dp| async move { dp.remove_peer(ShortId::new(2).unwrap()).await }).expect("remove_peer");
+    let entry = r1.call(|dp| async move { dp.peer_entry(ShortId::new(2).unwrap()).unwrap() });
+    assert_eq!(entry.flags, 0);
+    assert!(!r1.call(|dp| async move { dp.remote_macs() }).iter().any(|(_, p)| *p == 2));
+    assert!(!h1.exec(&["ip", "link", "show", "vxw-002"]).status.success(), "vxw-002 deleted");
+    assert!(!ping(c2, CONTAINER[0]), "traffic from a removed peer is dropped");
+    assert!(r1.counter(Reason::RxDropUnknownPeer) > unknown + 1);
+
+    // Detach takes the interface back.
+    let ep = r1.call({
+        let p = c1.path();
+        move |dp| async move { dp.detach(p).await }
+    });
+    let ep = ep.expect("detach");
+    assert!(!c1.exec(&["ip", "link", "show", "ethwe"]).status.success());
+    assert!(!h1.exec(&["ip", "link", "show", &ep.host_ifname]).status.success());
+    assert!(r1.call(|dp| async move { dp.endpoints() }).is_empty());
+}
+
+#[test]
+fn bad_requests_fail_cleanly() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tag = format!("{}-bad", tag());
+    let pins = PinRoot(PathBuf::from(format!("/sys/fs/bpf/{tag}")));
+    ebpf::ensure_bpffs().unwrap();
+    std::fs::create_dir_all(&pins.0).unwrap();
+    let hosts = hosts(&tag);
+    let mut settings = DatapathSettings {
+        peer_name: PeerName::from_bytes([0x0a, 0x78, 0, 0, 0, 1]),
+        own_short_id: short(0),
+        underlay_iface: "nonexistent0".into(),
+        underlay_addr: UNDERLAY[0],
+        mtu: None,
+        xdp: XdpMode::Off,
+        pin_root: pins.0.clone(),
+    };
+    let err = Router::start(&hosts[0], settings.clone()).err().expect("unknown underlay fails");
+    assert_eq!(err, "interface nonexistent0 not found");
+    settings.underlay_iface = "eth0".into();
+    let r = Router::start(&hosts[0], settings.clone()).expect("start");
+    let err = r
+        .call(|dp| async move {
+            dp.attach(AttachRequest { netns: "/nonexistent/netns".into(), addresses: vec![] }).await
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("network namespace /nonexistent/netns:"), "{err}");
+    let err = r
+        .call(|dp| async move { dp.attach(AttachRequest { netns: "/etc/hostname".into(), addresses: vec![] }).await })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a network namespace"), "{err}");
+    assert!(!hosts[0].sh(&["ip", "link", "show"]).contains("vethwe"), "nothing left behind");
+    // A second start with the same name replaces the first one's pins and links.
+    drop(r);
+    let r = Router::start(&hosts[0], settings).expect("restart");
+    let pin_dir = r.call(|dp| async move { dp.pin_dir().to_path_buf() });
+    assert!(pin_dir.join("links").join("rx-eth0").exists());
+    assert!(Path::new(&pin_dir).join("PEERS").exists());
+    drop(r);
+    assert!(!pin_dir.exists(), "shutdown removes the pins");
+    drop(hosts);
+}
+
+// ---------------------------------------------------------------------------------------
+// Throughput sanity check (ignored by default)
+// ---------------------------------------------------------------------------------------
+
+fn iperf(client: &Netns, server: &Netns, server_ip: Ipv4Addr, extra: &[&str]) -> serde_json::Value {
+    let mut srv = server.spawn(&["iperf3", "-s", "-1"]);
+    std::thread::sleep(Duration::from_millis(400));
+    let ip = server_ip.to_string();
+    let mut args = vec!["iperf3", "-c", &ip, "-J"];
+    args.extend_from_slice(extra);
+    let out = client.exec(&args);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("iperf3 output: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn measure(label: &str, c1: &Netns, c2: &Netns, dst: Ipv4Addr) -> (f64, f64) {
+    let tcp = iperf(c1, c2, dst, &["-t", "8"]);
+    let gbit = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+    let udp = iperf(c1, c2, dst, &["-u", "-b", "0", "-l", "64", "-t", "8"]);
+    let s = &udp["end"]["sum"];
+    let secs = s["seconds"].as_f64().unwrap_or(1.0);
+    let received = s["packets"].as_f64().unwrap_or(0.0) - s["lost_packets"].as_f64().unwrap_or(0.0);
+    let kpps = received / secs / 1e3;
+    println!("{label:>14}: TCP {gbit:6.2} Gbit/s   UDP 64 B {kpps:7.1} kpps received");
+    (gbit, kpps)
+}
+
+#[test]
+#[ignore]
+fn throughput_vs_kernel_vxlan() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tag = format!("{}-tp", tag());
+    // Plain kernel VXLAN between the same kind of hosts and containers.
+    let (kernel_tcp, kernel_pps) = {
+        let hosts = hosts(&format!("{tag}-k"));
+        let cs: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-k-c{i}"))).collect();
+        for i in 0..2 {
+            let (h, c) = (&hosts[i].name, &cs[i].name);
+            sh(&["ip", "-n", h, "link", "add", "br0", "mtu", "1450", "type", "bridge"]);
+            sh(&["ip", "-n", h, "link", "add", "vx0", "mtu", "1450", "type", "vxlan", "id", "42", "remote", &UNDERLAY[1 - i].to_string(),
+                "local", &UNDERLAY[i].to_string(), "dstport", "4789", "dev", "eth0", "nolearning"]);
+            sh(&["ip", "-n", h, "link", "add", "veth0", "mtu", "1450", "type", "veth", "peer", "name", "ethwe", "netns", c]);
+            for dev in ["vx0", "veth0"] {
+                sh(&["ip", "-n", h, "link", "set", dev, "master", "br0", "up"]);
+            }
+            sh(&["ip", "-n", h, "link", "set", "br0", "up"]);
+            sh(&["ip", "-n", c, "link", "set", "ethwe", "mtu", "1450", "up"]);
+            sh(&["ip", "-n", c, "addr", "add", &format!("{}/24", CONTAINER[i]), "dev", "ethwe"]);
+        }
+        assert!(ping(&cs[0], CONTAINER[1]));
+        measure("kernel VXLAN", &cs[0], &cs[1], CONTAINER[1])
+    };
+    let bed = Bed::new(&tag);
+    assert!(ping(&bed.containers[0], CONTAINER[1]));
+    let (tcp, pps) = measure("weave-router", &bed.containers[0], &bed.containers[1], CONTAINER[1]);
+    println!("ratios: TCP {:.2}x, UDP 64 B pps {:.2}x", tcp / kernel_tcp, pps / kernel_pps);
+}
