@@ -17,6 +17,9 @@ use crate::state::log_path;
 
 /// How long the daemon has to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long it may take while its API says it is still setting up its data path (loading
+/// the programs takes long on a busy machine: the verifier).
+pub const STARTING_TIMEOUT: Duration = Duration::from_secs(45);
 /// Lines of the log shown when the launch fails.
 const TAIL_LINES: usize = 20;
 
@@ -55,12 +58,14 @@ pub fn launch_background(config: &Config) -> anyhow::Result<()> {
     }
     let mut child = cmd.spawn().context("cannot start the daemon")?;
 
-    let deadline = Instant::now() + READY_TIMEOUT;
+    let started = Instant::now();
     let failure = loop {
         if let Some(status) = child.try_wait()? {
             break format!("the daemon exited ({status})");
         }
+        let mut starting = false;
         if let Ok(r) = client::request(config.http_addr, "GET", "/report", None, Duration::from_secs(2)) {
+            starting = r.status == 503;
             if r.ok() {
                 let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
                 if v["Pid"].as_u64() == Some(child.id() as u64) {
@@ -69,8 +74,9 @@ pub fn launch_background(config: &Config) -> anyhow::Result<()> {
                 }
             }
         }
-        if Instant::now() > deadline {
-            break format!("the daemon was not ready within {} s", READY_TIMEOUT.as_secs());
+        let limit = if starting { STARTING_TIMEOUT } else { READY_TIMEOUT };
+        if started.elapsed() > limit {
+            break format!("the daemon was not ready within {} s", limit.as_secs());
         }
         std::thread::sleep(Duration::from_millis(100));
     };
