@@ -94,7 +94,8 @@ impl Router {
         args.extend(opts.extra.iter().cloned());
         let out = router.cli_timeout(&args, Duration::from_secs(60))?;
         if !out.success() {
-            let log = router.log_tail(20);
+            // The CLI prints the log tail itself; add it only if it did not.
+            let log = if out.stderr.contains(".log") { String::new() } else { router.log_tail(20) };
             // Whatever it left behind goes with `router` being dropped.
             return Err(Error::Failed {
                 cmd: out.cmdline,
