@@ -143,7 +143,7 @@ impl<H: MakerHost> Maker<H> {
                     match outcome.error {
                         ConnectionError::Shutdown => return,
                         ConnectionError::Protocol(ProtocolError::SelfConnection) => {
-                            tracing::warn!(target = %self.target, "not connecting to {}: it is ourself", self.target);
+                            tracing::warn!("not connecting to {}: it is ourself", self.target);
                             self.set(TargetState::Failed { error: "cannot connect to ourself".into(), retry_at: None });
                             return;
                         }
@@ -168,7 +168,11 @@ impl<H: MakerHost> Maker<H> {
                 }
             };
             let message = error.to_string();
-            tracing::info!(target = %self.target, "connection to {} failed: {message}", self.target);
+            if matches!(error, ConnectionError::Protocol(_)) {
+                tracing::warn!("connection to {} refused: {message}", self.target);
+            } else {
+                tracing::info!("connection to {} failed: {message}", self.target);
+            }
             let delay = backoff.next_delay(rand::random());
             self.set(TargetState::Failed { error: message.clone(), retry_at: Some(SystemTime::now() + delay) });
             last_error = Some(message);
@@ -194,7 +198,13 @@ impl<H: MakerHost> Maker<H> {
             let addr = addrs
                 .first()
                 .ok_or_else(|| ConnectionError::Refused(format!("{} has no IPv4 address", self.target.host)))?;
-            Ok::<_, ConnectionError>(TcpStream::connect(addr).await?)
+            // From our underlay address, so the peer sees us where VXLAN comes from.
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            if let Err(e) = socket.bind(SocketAddr::new(self.local.underlay.into(), 0)) {
+                tracing::debug!("dialling {} from any address: cannot bind {}: {e}", self.target, self.local.underlay);
+                return Ok(TcpStream::connect(addr).await?);
+            }
+            Ok::<_, ConnectionError>(socket.connect(*addr).await?)
         };
         tokio::time::timeout(timeout, connect).await.map_err(|_| ConnectionError::ConnectTimeout(timeout))?
     }
