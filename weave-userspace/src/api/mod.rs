@@ -108,7 +108,7 @@ impl ApiState {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "weave-router is starting".into()))
+            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "the router is still starting (setting up its data path)".into()))
     }
 }
 

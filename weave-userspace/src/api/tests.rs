@@ -157,7 +157,7 @@ async fn until_ready_the_api_says_503_but_can_be_stopped() {
     tokio::spawn(async move { axum::serve(l, app(state)).await.unwrap() });
     for path in ["/status", "/status/connections", "/report", "/metrics"] {
         let r = call(http, "GET", path, None).await;
-        assert_eq!((r.status, r.body.as_str()), (503, "weave-router is starting\n"), "{path}");
+        assert_eq!((r.status, r.body.as_str()), (503, "the router is still starting (setting up its data path)\n"), "{path}");
     }
     assert_eq!(call(http, "POST", "/stop", None).await.status, 200);
     assert!(*stop.borrow_and_update());
