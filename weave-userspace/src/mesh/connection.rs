@@ -273,3 +273,67 @@ async fn converse(
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::peer_name::ShortId;
+
+    fn hello(n: u8) -> Hello {
+        Hello {
+            name: PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]),
+            nickname: format!("host{n}"),
+            short_id: ShortId::new(n as u16).unwrap(),
+            uid: n as u64,
+            underlay: [10, 0, 0, n].into(),
+            data_port: 6784,
+        }
+    }
+
+    const T: Duration = Duration::from_secs(2);
+
+    #[tokio::test]
+    async fn both_sides_learn_each_other() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let (h1, h2) = (hello(1), hello(2));
+        let (ra, rb) = tokio::join!(handshake(&mut a, &h1, T), handshake(&mut b, &h2, T));
+        assert_eq!(ra.unwrap(), (1, hello(2)));
+        assert_eq!(rb.unwrap(), (1, hello(1)));
+        // Framing goes on after the handshake.
+        write_message(&mut a, &Message::Ready).await.unwrap();
+        assert_eq!(read_message(&mut b).await.unwrap(), Message::Ready);
+    }
+
+    #[tokio::test]
+    async fn both_sides_refuse_a_self_connection() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let h1 = hello(1);
+        let (ra, rb) = tokio::join!(handshake(&mut a, &h1, T), handshake(&mut b, &h1, T));
+        for r in [ra, rb] {
+            assert!(matches!(r, Err(ConnectionError::Protocol(ProtocolError::SelfConnection))), "{r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_remote_times_out() {
+        let (mut a, _b) = tokio::io::duplex(4096);
+        let r = handshake(&mut a, &hello(1), Duration::from_millis(100)).await;
+        assert_eq!(r.unwrap_err().to_string(), "handshake timed out after 100ms");
+    }
+
+    #[tokio::test]
+    async fn a_remote_that_hangs_up_is_closed() {
+        let (mut a, b) = tokio::io::duplex(4096);
+        drop(b);
+        let r = handshake(&mut a, &hello(1), T).await;
+        assert!(matches!(r, Err(ConnectionError::Closed | ConnectionError::Io(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_before_reading_it() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        b.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let r = read_message(&mut a).await;
+        assert!(matches!(r, Err(ConnectionError::Protocol(ProtocolError::FrameTooLarge(_)))), "{r:?}");
+    }
+}
