@@ -129,13 +129,21 @@ pub struct Interface {
 }
 
 fn valid_nickname(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 63 && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    !n.is_empty()
+        && n.len() <= 63
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 impl LaunchArgs {
     /// Checks everything and fills the defaults.
     pub fn validate(&self, sys: &dyn HostInfo) -> Result<Config, ConfigError> {
-        let name = self.name.as_deref().map(str::parse).transpose().map_err(ConfigError::Name)?;
+        let name = self
+            .name
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(ConfigError::Name)?;
         let targets = self
             .peer
             .iter()
@@ -158,7 +166,10 @@ impl LaunchArgs {
                 .filter(|h| valid_nickname(h))
                 .unwrap_or_else(|| "weave-router".into()),
         };
-        let http_addr: SocketAddr = self.http_addr.parse().map_err(|_| ConfigError::HttpAddr(self.http_addr.clone()))?;
+        let http_addr: SocketAddr = self
+            .http_addr
+            .parse()
+            .map_err(|_| ConfigError::HttpAddr(self.http_addr.clone()))?;
         if self.port == 0 {
             return Err(ConfigError::Port);
         }
@@ -170,7 +181,10 @@ impl LaunchArgs {
         let host = self
             .host
             .as_deref()
-            .map(|h| h.parse::<Ipv4Addr>().map_err(|_| ConfigError::Host(h.to_string())))
+            .map(|h| {
+                h.parse::<Ipv4Addr>()
+                    .map_err(|_| ConfigError::Host(h.to_string()))
+            })
             .transpose()?;
         let interfaces = sys.interfaces();
         let iface = match &self.iface {
@@ -183,10 +197,15 @@ impl LaunchArgs {
             None => match sys.default_route_iface() {
                 Some(i) => i,
                 None => {
-                    let up: Vec<&Interface> = interfaces.iter().filter(|i| i.up && !i.loopback).collect();
+                    let up: Vec<&Interface> =
+                        interfaces.iter().filter(|i| i.up && !i.loopback).collect();
                     match up.as_slice() {
                         [only] => only.name.clone(),
-                        [] => return Err(ConfigError::NoIface("no default route and no interface other than lo is up".into())),
+                        [] => {
+                            return Err(ConfigError::NoIface(
+                                "no default route and no interface other than lo is up".into(),
+                            ))
+                        }
                         many => {
                             let names: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
                             return Err(ConfigError::NoIface(format!(
@@ -214,7 +233,8 @@ impl LaunchArgs {
             port: self.port,
             mtu: self.mtu,
             // Absolute, so the daemon and the command that launched it agree on it.
-            state_dir: std::path::absolute(&self.state_dir).unwrap_or_else(|_| self.state_dir.clone()),
+            state_dir: std::path::absolute(&self.state_dir)
+                .unwrap_or_else(|_| self.state_dir.clone()),
             http_addr,
             xdp: self.xdp,
             targets: unique,
@@ -230,7 +250,9 @@ pub struct RealHost;
 
 impl HostInfo for RealHost {
     fn hostname(&self) -> Option<String> {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     fn interfaces(&self) -> Vec<Interface> {
@@ -249,7 +271,9 @@ impl HostInfo for RealHost {
                 continue;
             }
             // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+                .to_string_lossy()
+                .into_owned();
             let flags = ifa.ifa_flags;
             let entry = match out.iter_mut().position(|i| i.name == name) {
                 Some(p) => &mut out[p],
@@ -264,10 +288,14 @@ impl HostInfo for RealHost {
                 }
             };
             // SAFETY: when non-null, ifa_addr points to a sockaddr whose family tells its type.
-            if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
+            if !ifa.ifa_addr.is_null()
+                && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET
+            {
                 // SAFETY: the family is AF_INET, so it is a sockaddr_in.
                 let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                entry.ipv4.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                entry
+                    .ipv4
+                    .push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
             }
         }
         // SAFETY: frees the list getifaddrs allocated; no reference into it outlives this.
@@ -307,13 +335,22 @@ mod tests {
     }
 
     fn iface(name: &str, up: bool, addr: Option<[u8; 4]>) -> Interface {
-        Interface { name: name.into(), up, loopback: name == "lo", ipv4: addr.map(Ipv4Addr::from).into_iter().collect() }
+        Interface {
+            name: name.into(),
+            up,
+            loopback: name == "lo",
+            ipv4: addr.map(Ipv4Addr::from).into_iter().collect(),
+        }
     }
 
     fn host() -> FakeHost {
         FakeHost {
             default: Some("eth0"),
-            interfaces: vec![iface("lo", true, Some([127, 0, 0, 1])), iface("eth0", true, Some([10, 0, 0, 1])), iface("eth1", true, None)],
+            interfaces: vec![
+                iface("lo", true, Some([127, 0, 0, 1])),
+                iface("eth0", true, Some([10, 0, 0, 1])),
+                iface("eth1", true, None),
+            ],
         }
     }
 
@@ -324,7 +361,9 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> LaunchArgs {
-        Cmd::try_parse_from(std::iter::once("launch").chain(args.iter().copied())).unwrap().launch
+        Cmd::try_parse_from(std::iter::once("launch").chain(args.iter().copied()))
+            .unwrap()
+            .launch
     }
 
     #[test]
@@ -336,8 +375,13 @@ mod tests {
         assert_eq!(c.port, 6783);
         assert_eq!(c.http_addr, "127.0.0.1:6784".parse().unwrap());
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/weave-router"));
-        let rel = parse(&["--state-dir", "some/dir"]).validate(&host()).unwrap();
-        assert_eq!(rel.state_dir, std::env::current_dir().unwrap().join("some/dir"));
+        let rel = parse(&["--state-dir", "some/dir"])
+            .validate(&host())
+            .unwrap();
+        assert_eq!(
+            rel.state_dir,
+            std::env::current_dir().unwrap().join("some/dir")
+        );
         assert_eq!(c.listen_addr(), "10.0.0.1:6783".parse().unwrap());
         assert_eq!(c.xdp, XdpMode::Auto);
         assert!(c.targets.is_empty() && c.name.is_none() && !c.foreground);
@@ -345,7 +389,14 @@ mod tests {
 
     #[test]
     fn peers_come_from_arguments_and_the_list() {
-        let c = parse(&["10.0.0.2", "host3:7000", "--peers", "10.0.0.4,10.0.0.2:6783"]).validate(&host()).unwrap();
+        let c = parse(&[
+            "10.0.0.2",
+            "host3:7000",
+            "--peers",
+            "10.0.0.4,10.0.0.2:6783",
+        ])
+        .validate(&host())
+        .unwrap();
         let t: Vec<String> = c.targets.iter().map(ToString::to_string).collect();
         assert_eq!(t, ["10.0.0.2:6783", "host3:7000", "10.0.0.4:6783"]);
     }
@@ -353,13 +404,33 @@ mod tests {
     #[test]
     fn everything_can_be_given() {
         let c = parse(&[
-            "--name", "0a:00:00:00:00:01", "--nickname", "n1", "--iface", "eth1", "--host", "192.168.1.1", "--port", "7000",
-            "--mtu", "1400", "--state-dir", "/tmp/s", "--http-addr", "127.0.0.1:7001", "--xdp", "off", "--foreground",
+            "--name",
+            "0a:00:00:00:00:01",
+            "--nickname",
+            "n1",
+            "--iface",
+            "eth1",
+            "--host",
+            "192.168.1.1",
+            "--port",
+            "7000",
+            "--mtu",
+            "1400",
+            "--state-dir",
+            "/tmp/s",
+            "--http-addr",
+            "127.0.0.1:7001",
+            "--xdp",
+            "off",
+            "--foreground",
         ])
         .validate(&host())
         .unwrap();
         assert_eq!(c.name, Some("0a:00:00:00:00:01".parse().unwrap()));
-        assert_eq!((c.iface.as_str(), c.host, c.port, c.mtu), ("eth1", Ipv4Addr::new(192, 168, 1, 1), 7000, Some(1400)));
+        assert_eq!(
+            (c.iface.as_str(), c.host, c.port, c.mtu),
+            ("eth1", Ipv4Addr::new(192, 168, 1, 1), 7000, Some(1400))
+        );
         assert_eq!(c.xdp, XdpMode::Off);
         assert!(c.foreground);
     }

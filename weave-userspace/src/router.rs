@@ -25,7 +25,10 @@ use crate::state::StateDir;
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
     #[error("cannot listen on {addr}: {error}")]
-    Listen { addr: SocketAddr, error: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
 }
 
 /// What a router runs with.
@@ -39,7 +42,9 @@ pub struct RouterConfig {
 
 /// Binds the control port (done early, so that a port in use fails before anything else).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
-    TcpListener::bind(addr).await.map_err(|error| RouterError::Listen { addr, error })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| RouterError::Listen { addr, error })
 }
 
 /// An accepted connection.
@@ -82,7 +87,10 @@ impl Mesh {
         for (name, id) in &self.by_peer {
             let other = &self.connections[id].hello;
             if *name != hello.name && other.short_id == hello.short_id {
-                return Admission::Reject(format!("short ID {} is already used by peer {}", hello.short_id, name));
+                return Admission::Reject(format!(
+                    "short ID {} is already used by peer {}",
+                    hello.short_id, name
+                ));
             }
         }
         let Some(&existing) = self.by_peer.get(&hello.name) else {
@@ -90,11 +98,15 @@ impl Mesh {
         };
         let old = &self.connections[&existing];
         if old.hello.uid != hello.uid {
-            return Admission::Accept { replace: Some(existing) };
+            return Admission::Accept {
+                replace: Some(existing),
+            };
         }
         let dialler = |outbound: bool| if outbound { local } else { hello.name };
         if old.outbound != outbound && dialler(outbound) > dialler(old.outbound) {
-            Admission::Accept { replace: Some(existing) }
+            Admission::Accept {
+                replace: Some(existing),
+            }
         } else {
             Admission::Reject(ConnectionError::Duplicate(hello.name).to_string())
         }
@@ -186,8 +198,16 @@ impl<D: Datapath> Inner<D> {
 
     async fn handle(&self, event: ConnEvent) {
         match event {
-            ConnEvent::Handshaken { id, outbound, remote, hello, commands, reply } => {
-                self.handshaken(id, outbound, remote, hello, commands, reply).await
+            ConnEvent::Handshaken {
+                id,
+                outbound,
+                remote,
+                hello,
+                commands,
+                reply,
+            } => {
+                self.handshaken(id, outbound, remote, hello, commands, reply)
+                    .await
             }
             ConnEvent::RemoteReady { id } => {
                 let mut mesh = self.mesh();
@@ -213,7 +233,10 @@ impl<D: Datapath> Inner<D> {
                 if let Some(c) = lost {
                     tracing::info!("connection {} {} lost: {error}", describe(&c), c.remote);
                     if let Err(e) = self.datapath.remove_peer(c.hello.short_id).await {
-                        tracing::error!("cannot remove peer {} from the data path: {e}", c.hello.name);
+                        tracing::error!(
+                            "cannot remove peer {} from the data path: {e}",
+                            c.hello.name
+                        );
                     }
                 }
             }
@@ -233,7 +256,12 @@ impl<D: Datapath> Inner<D> {
             let mut mesh = self.mesh();
             match mesh.admit(self.local.name, outbound, &hello) {
                 Admission::Reject(reason) => {
-                    tracing::info!("connection {} {}({}) at {remote} refused: {reason}", arrow(outbound), hello.name, hello.nickname);
+                    tracing::info!(
+                        "connection {} {}({}) at {remote} refused: {reason}",
+                        arrow(outbound),
+                        hello.name,
+                        hello.nickname
+                    );
                     let err = if reason.starts_with("duplicate") {
                         ConnectionError::Duplicate(hello.name)
                     } else {
@@ -245,9 +273,18 @@ impl<D: Datapath> Inner<D> {
                 Admission::Accept { replace } => {
                     let replaced = replace.and_then(|old| mesh.connections.remove(&old));
                     if let Some(old) = &replaced {
-                        let _ = old.commands.send(ConnCommand::Close(ConnectionError::Duplicate(hello.name)));
+                        let _ = old
+                            .commands
+                            .send(ConnCommand::Close(ConnectionError::Duplicate(hello.name)));
                     }
-                    let conn = Conn { outbound, remote, hello: hello.clone(), local_ready: false, remote_ready: false, commands };
+                    let conn = Conn {
+                        outbound,
+                        remote,
+                        hello: hello.clone(),
+                        local_ready: false,
+                        remote_ready: false,
+                        commands,
+                    };
                     mesh.connections.insert(id, conn);
                     mesh.by_peer.insert(hello.name, id);
                     let _ = reply.send(Ok(()));
@@ -260,11 +297,22 @@ impl<D: Datapath> Inner<D> {
                 let _ = self.datapath.remove_peer(old.hello.short_id).await;
             }
         }
-        tracing::info!("connection {} {}({}) at {remote} pending", arrow(outbound), hello.name, hello.nickname);
-        let peer = DatapathPeer { short_id: hello.short_id, underlay: hello.underlay, next_hop: hello.short_id };
+        tracing::info!(
+            "connection {} {}({}) at {remote} pending",
+            arrow(outbound),
+            hello.name,
+            hello.nickname
+        );
+        let peer = DatapathPeer {
+            short_id: hello.short_id,
+            underlay: hello.underlay,
+            next_hop: hello.short_id,
+        };
         let result = self.datapath.add_peer(peer).await;
         let mut mesh = self.mesh();
-        let Some(conn) = mesh.connections.get_mut(&id) else { return };
+        let Some(conn) = mesh.connections.get_mut(&id) else {
+            return;
+        };
         match result {
             Ok(()) => {
                 conn.local_ready = true;
@@ -275,7 +323,11 @@ impl<D: Datapath> Inner<D> {
             }
             Err(e) => {
                 tracing::error!("cannot add peer {} to the data path: {e}", hello.name);
-                let _ = conn.commands.send(ConnCommand::Close(ConnectionError::Refused(format!("data path: {e}"))));
+                let _ = conn
+                    .commands
+                    .send(ConnCommand::Close(ConnectionError::Refused(format!(
+                        "data path: {e}"
+                    ))));
             }
         }
     }
@@ -290,7 +342,12 @@ fn arrow(outbound: bool) -> &'static str {
 }
 
 fn describe(c: &Conn) -> String {
-    format!("{} {}({})", arrow(c.outbound), c.hello.name, c.hello.nickname)
+    format!(
+        "{} {}({})",
+        arrow(c.outbound),
+        c.hello.name,
+        c.hello.nickname
+    )
 }
 
 impl<D: Datapath> MakerHost for Inner<D> {
@@ -299,7 +356,10 @@ impl<D: Datapath> MakerHost for Inner<D> {
     }
 
     fn is_connected(&self, peer: PeerName, except: ConnId) -> bool {
-        self.mesh().by_peer.get(&peer).is_some_and(|id| *id != except)
+        self.mesh()
+            .by_peer
+            .get(&peer)
+            .is_some_and(|id| *id != except)
     }
 
     fn next_conn_id(&self) -> ConnId {
@@ -309,8 +369,15 @@ impl<D: Datapath> MakerHost for Inner<D> {
 
 impl<D: Datapath> Router<D> {
     /// Starts accepting on `listener` and dialling the targets.
-    pub fn start(config: RouterConfig, listener: TcpListener, datapath: Arc<D>, state: Option<Arc<StateDir>>) -> Self {
-        let listen = listener.local_addr().expect("a bound listener has an address");
+    pub fn start(
+        config: RouterConfig,
+        listener: TcpListener,
+        datapath: Arc<D>,
+        state: Option<Arc<StateDir>>,
+    ) -> Self {
+        let listen = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -333,7 +400,11 @@ impl<D: Datapath> Router<D> {
                 }
             })
         };
-        let router = Router { inner: inner.clone(), tasks: Mutex::default(), event_loop: Mutex::new(Some(event_loop)) };
+        let router = Router {
+            inner: inner.clone(),
+            tasks: Mutex::default(),
+            event_loop: Mutex::new(Some(event_loop)),
+        };
         router.spawn(accept_loop(inner.clone(), listener, events_tx));
         for target in config.targets {
             router.connect(target);
@@ -349,7 +420,15 @@ impl<D: Datapath> Router<D> {
 
     /// Keeps a connection to `target` (no-op when it is a target already or when stopping).
     pub fn connect(&self, target: Target) {
-        let Some(events) = self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        let Some(events) = self
+            .inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return;
+        };
         {
             let mut mesh = self.inner.mesh();
             if mesh.targets.contains_key(&target) {
@@ -389,23 +468,39 @@ impl<D: Datapath> Router<D> {
             connections.push(ConnectionInfo {
                 outbound: c.outbound,
                 address: c.remote.to_string(),
-                state: if c.established() { "established" } else { "pending" }.into(),
+                state: if c.established() {
+                    "established"
+                } else {
+                    "pending"
+                }
+                .into(),
                 info: String::new(),
                 peer: Some(PeerInfo::from(&c.hello)),
             });
         }
         for (target, state) in &mesh.targets {
             let (state, info) = match state {
-                TargetState::Connected(Some(id)) if !mesh.connections.contains_key(id) => ("connecting", String::new()),
+                TargetState::Connected(Some(id)) if !mesh.connections.contains_key(id) => {
+                    ("connecting", String::new())
+                }
                 TargetState::Connected(_) => continue,
                 TargetState::Connecting => ("connecting", String::new()),
                 TargetState::Retrying(e) => ("retrying", e.clone()),
-                TargetState::Failed { error, retry_at } => ("failed", match retry_at {
-                    Some(at) => format!("{error}, retry: {}", format_time(*at)),
-                    None => error.clone(),
-                }),
+                TargetState::Failed { error, retry_at } => (
+                    "failed",
+                    match retry_at {
+                        Some(at) => format!("{error}, retry: {}", format_time(*at)),
+                        None => error.clone(),
+                    },
+                ),
             };
-            connections.push(ConnectionInfo { outbound: true, address: target.to_string(), state: state.into(), info, peer: None });
+            connections.push(ConnectionInfo {
+                outbound: true,
+                address: target.to_string(),
+                state: state.into(),
+                info,
+                peer: None,
+            });
         }
         MeshStatus {
             protocol_min_version: MIN_VERSION,
@@ -454,9 +549,22 @@ impl<D: Datapath> Router<D> {
     /// Says goodbye on every connection, stops dialling and waits (bounded) for every task.
     pub async fn stop(&self) {
         let _ = self.inner.shutdown.send(true);
-        self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
-        let event_loop = self.event_loop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        let event_loop = self
+            .event_loop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let wait = async {
             for t in tasks {
                 let _ = t.await;
@@ -465,13 +573,20 @@ impl<D: Datapath> Router<D> {
                 let _ = l.await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), wait).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not close within 5 s");
         }
     }
 }
 
-async fn accept_loop<D: Datapath>(inner: Arc<Inner<D>>, listener: TcpListener, events: mpsc::UnboundedSender<ConnEvent>) {
+async fn accept_loop<D: Datapath>(
+    inner: Arc<Inner<D>>,
+    listener: TcpListener,
+    events: mpsc::UnboundedSender<ConnEvent>,
+) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
         tokio::select! {
@@ -501,7 +616,10 @@ async fn accept_loop<D: Datapath>(inner: Arc<Inner<D>>, listener: TcpListener, e
 
 /// A wall-clock time as `YYYY-MM-DD hh:mm:ss` UTC.
 pub fn format_time(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil date from days since the epoch (Howard Hinnant's algorithm).
     let z = days + 719468;
@@ -513,7 +631,12 @@ pub fn format_time(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@ pub const LOG_FILE: &str = "weave-router.log";
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state directory {path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("state directory {path} is in use by another weave-router{holder}")]
     Locked { path: PathBuf, holder: String },
     #[error("{path} is corrupt: {reason}")]
@@ -28,7 +31,10 @@ pub enum StateError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |error| StateError::Io { path: path.to_path_buf(), error }
+    move |error| StateError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 /// Peer name and short ID as stored.
@@ -80,13 +86,22 @@ impl StateDir {
                     .filter(|s| !s.is_empty())
                     .map(|pid| format!(" (pid {pid})"))
                     .unwrap_or_default();
-                return Err(StateError::Locked { path: path.to_path_buf(), holder });
+                return Err(StateError::Locked {
+                    path: path.to_path_buf(),
+                    holder,
+                });
             }
-            return Err(StateError::Io { path: lock_path, error: err });
+            return Err(StateError::Io {
+                path: lock_path,
+                error: err,
+            });
         }
         lock.set_len(0).map_err(io_err(&lock_path))?;
         writeln!(lock, "{}", std::process::id()).map_err(io_err(&lock_path))?;
-        Ok(Self { path: path.to_path_buf(), _lock: lock })
+        Ok(Self {
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -99,9 +114,16 @@ impl StateDir {
         let path = self.path.join(IDENTITY_FILE);
         let stored = match std::fs::read(&path) {
             Ok(bytes) => {
-                let corrupt = |reason: String| StateError::Corrupt { path: path.clone(), reason };
-                let s: StoredIdentity = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-                let name: PeerName = s.name.parse().map_err(|e: crate::mesh::peer_name::PeerNameError| corrupt(e.to_string()))?;
+                let corrupt = |reason: String| StateError::Corrupt {
+                    path: path.clone(),
+                    reason,
+                };
+                let s: StoredIdentity =
+                    serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+                let name: PeerName = s
+                    .name
+                    .parse()
+                    .map_err(|e: crate::mesh::peer_name::PeerNameError| corrupt(e.to_string()))?;
                 let short_id = ShortId::new(s.short_id).map_err(|e| corrupt(e.to_string()))?;
                 Some(Identity { name, short_id })
             }
@@ -109,11 +131,16 @@ impl StateDir {
             Err(e) => return Err(io_err(&path)(e)),
         };
         let identity = Identity {
-            name: requested.or(stored.map(|s| s.name)).unwrap_or_else(PeerName::random),
+            name: requested
+                .or(stored.map(|s| s.name))
+                .unwrap_or_else(PeerName::random),
             short_id: stored.map(|s| s.short_id).unwrap_or_else(ShortId::random),
         };
         if stored != Some(identity) {
-            let s = StoredIdentity { name: identity.name.to_string(), short_id: identity.short_id.get() };
+            let s = StoredIdentity {
+                name: identity.name.to_string(),
+                short_id: identity.short_id.get(),
+            };
             write_atomic(&path, &serde_json::to_vec_pretty(&s).expect("serialisable"))?;
         }
         Ok(identity)
@@ -123,8 +150,10 @@ impl StateDir {
     pub fn load_endpoints(&self) -> Result<Vec<Endpoint>, StateError> {
         let path = self.path.join(ENDPOINTS_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -132,7 +161,10 @@ impl StateDir {
 
     pub fn save_endpoints(&self, endpoints: &[Endpoint]) -> Result<(), StateError> {
         let path = self.path.join(ENDPOINTS_FILE);
-        write_atomic(&path, &serde_json::to_vec_pretty(endpoints).expect("serialisable"))
+        write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(endpoints).expect("serialisable"),
+        )
     }
 }
 
@@ -152,7 +184,11 @@ mod tests {
     use crate::datapath::Ipv4Cidr;
 
     fn tempdir(tag: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("weave-router-state-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let p = std::env::temp_dir().join(format!(
+            "weave-router-state-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         let _ = std::fs::remove_dir_all(&p);
         p
     }
@@ -164,7 +200,10 @@ mod tests {
         let err = StateDir::open(&dir).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("in use by another weave-router"), "{text}");
-        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         drop(first);
         StateDir::open(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -178,7 +217,13 @@ mod tests {
         assert_eq!(a, b);
         let name: PeerName = "0a:00:00:00:00:09".parse().unwrap();
         let c = StateDir::open(&dir).unwrap().identity(Some(name)).unwrap();
-        assert_eq!(c, Identity { name, short_id: a.short_id });
+        assert_eq!(
+            c,
+            Identity {
+                name,
+                short_id: a.short_id
+            }
+        );
         assert_eq!(StateDir::open(&dir).unwrap().identity(None).unwrap(), c);
         std::fs::remove_dir_all(&dir).unwrap();
     }

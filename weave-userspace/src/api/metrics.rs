@@ -34,24 +34,53 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
     let mut registry = Registry::default();
 
     let connections = Family::<StateLabels, Gauge>::default();
-    registry.register("weave_connections", "Connections by state", connections.clone());
+    registry.register(
+        "weave_connections",
+        "Connections by state",
+        connections.clone(),
+    );
     for state in ["established", "pending", "connecting", "retrying", "failed"] {
-        connections.get_or_create(&StateLabels { state: state.into() }).set(status.count(state) as i64);
+        connections
+            .get_or_create(&StateLabels {
+                state: state.into(),
+            })
+            .set(status.count(state) as i64);
     }
 
     let peers = Gauge::<i64>::default();
-    peers.set(1 + status.connections.iter().filter(|c| c.peer.is_some()).count() as i64);
+    peers.set(
+        1 + status
+            .connections
+            .iter()
+            .filter(|c| c.peer.is_some())
+            .count() as i64,
+    );
     registry.register("weave_peers", "Peers known, this one included", peers);
 
     if let Some(c) = counters {
         let packets = Family::<ReasonLabels, Counter>::default();
         let bytes = Family::<ReasonLabels, Counter>::default();
         let drops = Family::<ReasonLabels, Counter>::default();
-        registry.register("weave_datapath_packets", "Packets handled by the data path, by reason", packets.clone());
-        registry.register_with_unit("weave_datapath", "Bytes handled by the data path, by reason", Unit::Bytes, bytes.clone());
-        registry.register("weave_datapath_drops", "Packets dropped by the data path, by reason", drops.clone());
+        registry.register(
+            "weave_datapath_packets",
+            "Packets handled by the data path, by reason",
+            packets.clone(),
+        );
+        registry.register_with_unit(
+            "weave_datapath",
+            "Bytes handled by the data path, by reason",
+            Unit::Bytes,
+            bytes.clone(),
+        );
+        registry.register(
+            "weave_datapath_drops",
+            "Packets dropped by the data path, by reason",
+            drops.clone(),
+        );
         for (reason, p, b) in &c.by_reason {
-            let labels = ReasonLabels { reason: reason.name().into() };
+            let labels = ReasonLabels {
+                reason: reason.name().into(),
+            };
             packets.get_or_create(&labels).inc_by(*p);
             bytes.get_or_create(&labels).inc_by(*b);
             if reason.is_drop() {
@@ -61,8 +90,17 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
 
         let peer_packets = Family::<PeerLabels, Counter>::default();
         let peer_bytes = Family::<PeerLabels, Counter>::default();
-        registry.register("weave_peer_packets", "Packets to (tx) and from (rx) each peer", peer_packets.clone());
-        registry.register_with_unit("weave_peer", "Bytes to (tx) and from (rx) each peer", Unit::Bytes, peer_bytes.clone());
+        registry.register(
+            "weave_peer_packets",
+            "Packets to (tx) and from (rx) each peer",
+            peer_packets.clone(),
+        );
+        registry.register_with_unit(
+            "weave_peer",
+            "Bytes to (tx) and from (rx) each peer",
+            Unit::Bytes,
+            peer_bytes.clone(),
+        );
         for t in &c.by_peer {
             let name = status
                 .connections
@@ -76,15 +114,20 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
                 short_id: format!("{:03x}", t.short_id),
                 direction: direction.into(),
             };
-            peer_packets.get_or_create(&labels("tx")).inc_by(t.tx_packets);
-            peer_packets.get_or_create(&labels("rx")).inc_by(t.rx_packets);
+            peer_packets
+                .get_or_create(&labels("tx"))
+                .inc_by(t.tx_packets);
+            peer_packets
+                .get_or_create(&labels("rx"))
+                .inc_by(t.rx_packets);
             peer_bytes.get_or_create(&labels("tx")).inc_by(t.tx_bytes);
             peer_bytes.get_or_create(&labels("rx")).inc_by(t.rx_bytes);
         }
     }
 
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
     openmetrics_to_prometheus(&out)
 }
 
@@ -104,7 +147,9 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
         let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
             let rest = l.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ')?;
-            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
         });
         out.push_str(rewritten.as_deref().unwrap_or(l));
         out.push('\n');
@@ -131,7 +176,11 @@ mod tests {
         let status = MeshStatus {
             protocol_min_version: 1,
             protocol_max_version: 1,
-            local: PeerInfo { name: "0a:00:00:00:00:01".into(), short_id: 1, ..peer.clone() },
+            local: PeerInfo {
+                name: "0a:00:00:00:00:01".into(),
+                short_id: 1,
+                ..peer.clone()
+            },
             listen: "10.0.0.1:6783".parse().unwrap(),
             targets: vec![],
             connections: vec![ConnectionInfo {
@@ -143,8 +192,18 @@ mod tests {
             }],
         };
         let counters = DatapathCounters {
-            by_reason: Reason::ALL.iter().enumerate().map(|(i, r)| (*r, i as u64, 100 * i as u64)).collect(),
-            by_peer: vec![PeerTraffic { short_id: 2, tx_packets: 5, tx_bytes: 500, rx_packets: 6, rx_bytes: 600 }],
+            by_reason: Reason::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (*r, i as u64, 100 * i as u64))
+                .collect(),
+            by_peer: vec![PeerTraffic {
+                short_id: 2,
+                tx_packets: 5,
+                tx_bytes: 500,
+                rx_packets: 6,
+                rx_bytes: 600,
+            }],
         };
         (status, counters)
     }
@@ -201,7 +260,12 @@ mod tests {
             eprintln!("promtool not found; skipped");
             return;
         };
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),

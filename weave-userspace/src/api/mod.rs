@@ -23,7 +23,9 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::datapath::{AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint, Ipv4Cidr};
+use crate::datapath::{
+    AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint, Ipv4Cidr,
+};
 use crate::router::{MeshStatus, PeerInfo, Router};
 use text::DaemonInfo;
 
@@ -90,7 +92,10 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(stop: watch::Sender<bool>) -> Self {
-        Self { controller: std::sync::RwLock::new(None), stop }
+        Self {
+            controller: std::sync::RwLock::new(None),
+            stop,
+        }
     }
 
     /// The router is up: answer for it.
@@ -108,7 +113,12 @@ impl ApiState {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "the router is still starting (setting up its data path)".into()))
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the router is still starting (setting up its data path)".into(),
+                )
+            })
     }
 }
 
@@ -169,7 +179,10 @@ impl From<&Endpoint> for EndpointView {
         Self {
             netns: e.netns.clone(),
             host_ifname: e.host_ifname.clone(),
-            mac: format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]),
+            mac: format!(
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
             addresses: e.addresses.iter().map(ToString::to_string).collect(),
         }
     }
@@ -307,10 +320,16 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 
 fn check_netns(netns: &std::path::Path) -> Result<(), ApiError> {
     if !netns.is_absolute() {
-        return Err(bad_request(format!("network namespace path {} is not absolute", netns.display())));
+        return Err(bad_request(format!(
+            "network namespace path {} is not absolute",
+            netns.display()
+        )));
     }
     if !netns.exists() {
-        return Err(bad_request(format!("network namespace {} does not exist", netns.display())));
+        return Err(bad_request(format!(
+            "network namespace {} does not exist",
+            netns.display()
+        )));
     }
     Ok(())
 }
@@ -322,10 +341,22 @@ async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
     let addresses = body
         .addresses
         .iter()
-        .map(|a| a.parse::<Ipv4Cidr>().map_err(|e| bad_request(e.to_string())))
+        .map(|a| {
+            a.parse::<Ipv4Cidr>()
+                .map_err(|e| bad_request(e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let endpoint = c.attach(AttachRequest { netns: body.netns, addresses }).await?;
-    tracing::info!("attached {} as {}", endpoint.netns.display(), endpoint.host_ifname);
+    let endpoint = c
+        .attach(AttachRequest {
+            netns: body.netns,
+            addresses,
+        })
+        .await?;
+    tracing::info!(
+        "attached {} as {}",
+        endpoint.netns.display(),
+        endpoint.host_ifname
+    );
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
 }
 
@@ -333,10 +364,17 @@ async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
     let c = s.ready()?;
     let body: DetachBody = parse_json(&body)?;
     if !body.netns.is_absolute() {
-        return Err(bad_request(format!("network namespace path {} is not absolute", body.netns.display())));
+        return Err(bad_request(format!(
+            "network namespace path {} is not absolute",
+            body.netns.display()
+        )));
     }
     let endpoint = c.detach(body.netns).await?;
-    tracing::info!("detached {} ({})", endpoint.netns.display(), endpoint.host_ifname);
+    tracing::info!(
+        "detached {} ({})",
+        endpoint.netns.display(),
+        endpoint.host_ifname
+    );
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
 }
 

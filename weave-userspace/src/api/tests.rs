@@ -28,22 +28,49 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
         underlay: [127, 0, 0, 1].into(),
         data_port: 6784,
     };
-    let timings = Timings { heartbeat_interval: Duration::from_millis(100), backoff_initial: Duration::from_millis(100), ..Timings::default() };
-    let config = RouterConfig { local, targets: targets.iter().map(|a| a.to_string().parse().unwrap()).collect(), timings };
-    let router = Arc::new(Router::start(config, listener, Arc::new(FakeDatapath::new()), None));
+    let timings = Timings {
+        heartbeat_interval: Duration::from_millis(100),
+        backoff_initial: Duration::from_millis(100),
+        ..Timings::default()
+    };
+    let config = RouterConfig {
+        local,
+        targets: targets
+            .iter()
+            .map(|a| a.to_string().parse().unwrap())
+            .collect(),
+        timings,
+    };
+    let router = Arc::new(Router::start(
+        config,
+        listener,
+        Arc::new(FakeDatapath::new()),
+        None,
+    ));
     let (stop_tx, stop) = watch::channel(false);
     let state = Arc::new(ApiState::new(stop_tx));
-    state.set_ready(Arc::new(RouterController { router: router.clone(), iface: "lo".into(), xdp: "off".into() }));
+    state.set_ready(Arc::new(RouterController {
+        router: router.clone(),
+        iface: "lo".into(),
+        xdp: "off".into(),
+    }));
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = http_listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(http_listener, app(state)).await.unwrap() });
     Served { router, http, stop }
 }
 
-async fn call(addr: SocketAddr, method: &'static str, path: &'static str, body: Option<String>) -> Response {
-    tokio::task::spawn_blocking(move || client::request(addr, method, path, body.as_deref(), Duration::from_secs(5)).unwrap())
-        .await
-        .unwrap()
+async fn call(
+    addr: SocketAddr,
+    method: &'static str,
+    path: &'static str,
+    body: Option<String>,
+) -> Response {
+    tokio::task::spawn_blocking(move || {
+        client::request(addr, method, path, body.as_deref(), Duration::from_secs(5)).unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 async fn wait_for(addr: SocketAddr, path: &'static str, needle: &str) -> String {
@@ -62,17 +89,41 @@ async fn status_texts_show_the_connection() {
     let a = serve(1, &[]).await;
     let b = serve(2, &[a.router.listen_addr()]).await;
     let text = wait_for(b.http, "/status/connections", "established").await;
-    let expected = format!("-> {:<21} established fastdp 0a:00:00:00:00:01(host1)\n", a.router.listen_addr().to_string());
+    let expected = format!(
+        "-> {:<21} established fastdp 0a:00:00:00:00:01(host1)\n",
+        a.router.listen_addr().to_string()
+    );
     assert_eq!(text, expected);
     let summary = call(b.http, "GET", "/status", None).await;
     assert_eq!(summary.status, 200);
-    assert!(summary.body.contains("           Name: 0a:00:00:00:00:02(host2)\n"), "{}", summary.body);
-    assert!(summary.body.contains("    Connections: 1 (1 established)\n"), "{}", summary.body);
-    assert!(summary.body.contains("          Peers: 2 (with 1 established connections)\n"), "{}", summary.body);
+    assert!(
+        summary
+            .body
+            .contains("           Name: 0a:00:00:00:00:02(host2)\n"),
+        "{}",
+        summary.body
+    );
+    assert!(
+        summary
+            .body
+            .contains("    Connections: 1 (1 established)\n"),
+        "{}",
+        summary.body
+    );
+    assert!(
+        summary
+            .body
+            .contains("          Peers: 2 (with 1 established connections)\n"),
+        "{}",
+        summary.body
+    );
     let inbound = call(a.http, "GET", "/status/connections", None).await.body;
     assert!(inbound.starts_with("<- 127.0.0.1:"), "{inbound}");
     let peers = call(a.http, "GET", "/status/peers", None).await.body;
-    assert!(peers.starts_with("0a:00:00:00:00:01(host1)\n   <- 127.0.0.1:"), "{peers}");
+    assert!(
+        peers.starts_with("0a:00:00:00:00:01(host1)\n   <- 127.0.0.1:"),
+        "{peers}"
+    );
     let targets = call(b.http, "GET", "/status/targets", None).await.body;
     assert_eq!(targets, format!("{}\n", a.router.listen_addr()));
     a.router.stop().await;
@@ -91,8 +142,20 @@ async fn report_and_metrics() {
     assert_eq!(v["Datapath"]["ContainerMTU"], 1450);
     let metrics = call(a.http, "GET", "/metrics", None).await;
     assert_eq!(metrics.status, 200);
-    assert!(metrics.body.contains("weave_connections{state=\"established\"} 0"), "{}", metrics.body);
-    assert!(metrics.body.contains("weave_datapath_drops_total{reason=\"rx_drop_unknown_peer\"} 0"), "{}", metrics.body);
+    assert!(
+        metrics
+            .body
+            .contains("weave_connections{state=\"established\"} 0"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("weave_datapath_drops_total{reason=\"rx_drop_unknown_peer\"} 0"),
+        "{}",
+        metrics.body
+    );
     a.router.stop().await;
 }
 
@@ -109,10 +172,28 @@ async fn attach_and_detach() {
     assert_eq!(e.mac, "02:00:00:00:00:01");
     let again = call(a.http, "POST", "/attach", Some(body)).await;
     assert_eq!(again.status, 409);
-    assert_eq!(again.body, format!("network namespace {} is attached already\n", netns.display()));
-    let d = call(a.http, "POST", "/detach", Some(serde_json::json!({ "netns": netns }).to_string())).await;
+    assert_eq!(
+        again.body,
+        format!(
+            "network namespace {} is attached already\n",
+            netns.display()
+        )
+    );
+    let d = call(
+        a.http,
+        "POST",
+        "/detach",
+        Some(serde_json::json!({ "netns": netns }).to_string()),
+    )
+    .await;
     assert_eq!(d.status, 200, "{}", d.body);
-    let d = call(a.http, "POST", "/detach", Some(serde_json::json!({ "netns": netns }).to_string())).await;
+    let d = call(
+        a.http,
+        "POST",
+        "/detach",
+        Some(serde_json::json!({ "netns": netns }).to_string()),
+    )
+    .await;
     assert_eq!(d.status, 404);
     std::fs::remove_file(&netns).unwrap();
     a.router.stop().await;
@@ -122,9 +203,18 @@ async fn attach_and_detach() {
 async fn bad_requests_get_one_line_and_a_4xx() {
     let a = serve(1, &[]).await;
     let cases = [
-        (r#"{"netns":"/nonexistent/ns","addresses":[]}"#, "network namespace /nonexistent/ns does not exist\n"),
-        (r#"{"netns":"relative","addresses":[]}"#, "network namespace path relative is not absolute\n"),
-        (r#"{"netns":"/proc/self/ns/net","addresses":["10.0.0.1"]}"#, "\"10.0.0.1\" is not an IPv4 address with a prefix length (like 10.2.1.5/24)\n"),
+        (
+            r#"{"netns":"/nonexistent/ns","addresses":[]}"#,
+            "network namespace /nonexistent/ns does not exist\n",
+        ),
+        (
+            r#"{"netns":"relative","addresses":[]}"#,
+            "network namespace path relative is not absolute\n",
+        ),
+        (
+            r#"{"netns":"/proc/self/ns/net","addresses":["10.0.0.1"]}"#,
+            "\"10.0.0.1\" is not an IPv4 address with a prefix length (like 10.2.1.5/24)\n",
+        ),
     ];
     for (body, message) in cases {
         let r = call(a.http, "POST", "/attach", Some(body.into())).await;
@@ -132,7 +222,11 @@ async fn bad_requests_get_one_line_and_a_4xx() {
     }
     let r = call(a.http, "POST", "/attach", Some("{".into())).await;
     assert_eq!(r.status, 400);
-    assert!(r.body.starts_with("bad request body: ") && r.body.lines().count() == 1, "{}", r.body);
+    assert!(
+        r.body.starts_with("bad request body: ") && r.body.lines().count() == 1,
+        "{}",
+        r.body
+    );
     let r = call(a.http, "GET", "/nope", None).await;
     assert_eq!((r.status, r.body.as_str()), (404, "no such API endpoint\n"));
     a.router.stop().await;
@@ -143,8 +237,15 @@ async fn stop_is_signalled() {
     let mut a = serve(1, &[]).await;
     let r = call(a.http, "POST", "/stop", None).await;
     assert_eq!(r.status, 200);
-    assert!(r.body.contains(&format!("\"Pid\":{}", std::process::id())), "{}", r.body);
-    tokio::time::timeout(Duration::from_secs(1), a.stop.wait_for(|s| *s)).await.unwrap().unwrap();
+    assert!(
+        r.body.contains(&format!("\"Pid\":{}", std::process::id())),
+        "{}",
+        r.body
+    );
+    tokio::time::timeout(Duration::from_secs(1), a.stop.wait_for(|s| *s))
+        .await
+        .unwrap()
+        .unwrap();
     a.router.stop().await;
 }
 
@@ -157,7 +258,14 @@ async fn until_ready_the_api_says_503_but_can_be_stopped() {
     tokio::spawn(async move { axum::serve(l, app(state)).await.unwrap() });
     for path in ["/status", "/status/connections", "/report", "/metrics"] {
         let r = call(http, "GET", path, None).await;
-        assert_eq!((r.status, r.body.as_str()), (503, "the router is still starting (setting up its data path)\n"), "{path}");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (
+                503,
+                "the router is still starting (setting up its data path)\n"
+            ),
+            "{path}"
+        );
     }
     assert_eq!(call(http, "POST", "/stop", None).await.status, 200);
     assert!(*stop.borrow_and_update());

@@ -27,8 +27,19 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
     line(&mut out, "Version", &d.version);
     out.push('\n');
     line(&mut out, "Service", "router");
-    line(&mut out, "Protocol", format!("weave-router {}..{}", s.protocol_min_version, s.protocol_max_version));
-    line(&mut out, "Name", format!("{}({})", s.local.name, s.local.nick_name));
+    line(
+        &mut out,
+        "Protocol",
+        format!(
+            "weave-router {}..{}",
+            s.protocol_min_version, s.protocol_max_version
+        ),
+    );
+    line(
+        &mut out,
+        "Name",
+        format!("{}({})", s.local.name, s.local.nick_name),
+    );
     line(&mut out, "Encryption", "disabled");
     line(&mut out, "PeerDiscovery", "disabled");
     line(&mut out, "Targets", s.targets.len());
@@ -41,7 +52,11 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
     if counts.is_empty() {
         line(&mut out, "Connections", 0);
     } else {
-        line(&mut out, "Connections", format!("{} ({})", s.connections.len(), counts.join(", ")));
+        line(
+            &mut out,
+            "Connections",
+            format!("{} ({})", s.connections.len(), counts.join(", ")),
+        );
     }
     let peers = 1 + s.connections.iter().filter(|c| c.peer.is_some()).count();
     let (est, pend) = (s.count("established"), s.count("pending"));
@@ -55,7 +70,11 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
     line(&mut out, "TrustedSubnets", "none");
     out.push('\n');
     line(&mut out, "Service", "datapath");
-    line(&mut out, "Interface", format!("{} ({})", d.iface, s.local.underlay));
+    line(
+        &mut out,
+        "Interface",
+        format!("{} ({})", d.iface, s.local.underlay),
+    );
     line(&mut out, "Listen", s.listen);
     line(&mut out, "XDP", &d.xdp);
     line(&mut out, "MTU", d.container_mtu);
@@ -64,7 +83,10 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
 }
 
 fn name_nick(c: &ConnectionInfo) -> String {
-    c.peer.as_ref().map(|p| format!("{}({})", p.name, p.nick_name)).unwrap_or_default()
+    c.peer
+        .as_ref()
+        .map(|p| format!("{}({})", p.name, p.nick_name))
+        .unwrap_or_default()
 }
 
 /// One line of `weave-router status connections`, in Weave's layout.
@@ -74,12 +96,17 @@ pub fn connection_line(c: &ConnectionInfo) -> String {
         "established" | "pending" => format!("fastdp {}", name_nick(c)),
         _ => c.info.clone(),
     };
-    format!("{arrow} {:<21} {:<11} {info}", c.address, c.state).trim_end().to_string()
+    format!("{arrow} {:<21} {:<11} {info}", c.address, c.state)
+        .trim_end()
+        .to_string()
 }
 
 /// `weave-router status connections`.
 pub fn connections(s: &MeshStatus) -> String {
-    s.connections.iter().map(|c| connection_line(c) + "\n").collect()
+    s.connections
+        .iter()
+        .map(|c| connection_line(c) + "\n")
+        .collect()
 }
 
 /// `weave-router status peers`: every peer known and its connections as seen from here.
@@ -88,7 +115,13 @@ pub fn peers(s: &MeshStatus) -> String {
     let linked: Vec<&ConnectionInfo> = s.connections.iter().filter(|c| c.peer.is_some()).collect();
     for c in &linked {
         let arrow = if c.outbound { "->" } else { "<-" };
-        let _ = writeln!(out, "   {arrow} {:<21} {:<37} {}", c.address, name_nick(c), c.state);
+        let _ = writeln!(
+            out,
+            "   {arrow} {:<21} {:<37} {}",
+            c.address,
+            name_nick(c),
+            c.state
+        );
     }
     for c in &linked {
         let _ = writeln!(out, "{}", name_nick(c));
@@ -120,8 +153,20 @@ mod tests {
         }
     }
 
-    fn conn(outbound: bool, address: &str, state: &str, info: &str, peer: Option<PeerInfo>) -> ConnectionInfo {
-        ConnectionInfo { outbound, address: address.into(), state: state.into(), info: info.into(), peer }
+    fn conn(
+        outbound: bool,
+        address: &str,
+        state: &str,
+        info: &str,
+        peer: Option<PeerInfo>,
+    ) -> ConnectionInfo {
+        ConnectionInfo {
+            outbound,
+            address: address.into(),
+            state: state.into(),
+            info: info.into(),
+            peer,
+        }
     }
 
     fn status() -> MeshStatus {
@@ -130,18 +175,53 @@ mod tests {
             protocol_max_version: 1,
             local: peer(1, "host1"),
             listen: "10.0.0.1:6783".parse().unwrap(),
-            targets: vec!["10.0.0.2:6783".into(), "10.0.0.4:6783".into(), "10.0.0.5:6783".into()],
+            targets: vec![
+                "10.0.0.2:6783".into(),
+                "10.0.0.4:6783".into(),
+                "10.0.0.5:6783".into(),
+            ],
             connections: vec![
-                conn(true, "10.0.0.2:6783", "established", "", Some(peer(2, "host2"))),
-                conn(false, "10.0.0.3:41234", "pending", "", Some(peer(3, "host3"))),
-                conn(true, "10.0.0.4:6783", "retrying", "Connection refused (os error 111)", None),
-                conn(true, "10.0.0.5:6783", "failed", "connect timed out after 5s, retry: 2026-11-28 09:00:00", None),
+                conn(
+                    true,
+                    "10.0.0.2:6783",
+                    "established",
+                    "",
+                    Some(peer(2, "host2")),
+                ),
+                conn(
+                    false,
+                    "10.0.0.3:41234",
+                    "pending",
+                    "",
+                    Some(peer(3, "host3")),
+                ),
+                conn(
+                    true,
+                    "10.0.0.4:6783",
+                    "retrying",
+                    "Connection refused (os error 111)",
+                    None,
+                ),
+                conn(
+                    true,
+                    "10.0.0.5:6783",
+                    "failed",
+                    "connect timed out after 5s, retry: 2026-11-28 09:00:00",
+                    None,
+                ),
             ],
         }
     }
 
     fn daemon() -> DaemonInfo {
-        DaemonInfo { version: "0.1.0".into(), iface: "eth0".into(), xdp: "off".into(), container_mtu: 1450, endpoints: 2, pid: 7 }
+        DaemonInfo {
+            version: "0.1.0".into(),
+            iface: "eth0".into(),
+            xdp: "off".into(),
+            container_mtu: 1450,
+            endpoints: 2,
+            pid: 7,
+        }
     }
 
     #[test]
@@ -196,7 +276,10 @@ mod tests {
         let text = peers(&status());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "0a:00:00:00:00:01(host1)");
-        assert!(lines[1].starts_with("   -> 10.0.0.2:6783 ") && lines[1].ends_with(" established"), "{text}");
+        assert!(
+            lines[1].starts_with("   -> 10.0.0.2:6783 ") && lines[1].ends_with(" established"),
+            "{text}"
+        );
         assert!(lines.contains(&"0a:00:00:00:00:02(host2)"), "{text}");
         assert_eq!(lines.len(), 7, "{text}");
     }

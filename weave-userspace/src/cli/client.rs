@@ -7,9 +7,15 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the weave-router API at {addr}: {error} (is the router running?)")]
-    Unreachable { addr: SocketAddr, error: std::io::Error },
+    Unreachable {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("the weave-router API at {addr} failed: {error}")]
-    Io { addr: SocketAddr, error: std::io::Error },
+    Io {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("the weave-router API at {addr} sent a malformed answer: {reason}")]
     Malformed { addr: SocketAddr, reason: String },
 }
@@ -28,7 +34,13 @@ impl Response {
 }
 
 /// Sends one request; `body` is sent as JSON.
-pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, timeout: Duration) -> Result<Response, ClientError> {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|error| ClientError::Unreachable { addr, error })?;
     let io = |error| ClientError::Io { addr, error };
@@ -48,7 +60,10 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, t
 
 /// Parses a whole HTTP/1.1 response (content-length, chunked, or up to the end).
 pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
     let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
     let mut rest = &raw[split + 4..];
     let mut lines = head.split("\r\n");
@@ -61,7 +76,9 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let mut length = None;
     let mut chunked = false;
     for l in lines {
-        let Some((k, v)) = l.split_once(':') else { continue };
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
         let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
         if k == "content-length" {
             length = Some(v.parse::<usize>().map_err(|_| "bad content-length")?);
@@ -72,9 +89,13 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let body = if chunked {
         let mut out = Vec::new();
         loop {
-            let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or("truncated chunk")?;
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or("truncated chunk")?;
             let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| "bad chunk size")?;
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| "bad chunk size")?;
             rest = &rest[eol + 2..];
             if size == 0 {
                 break;
@@ -94,7 +115,10 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
     } else {
         rest.to_vec()
     };
-    Ok(Response { status, body: String::from_utf8_lossy(&body).into_owned() })
+    Ok(Response {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -104,13 +128,25 @@ mod tests {
     #[test]
     fn content_length_bodies_parse() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").unwrap();
-        assert_eq!(r, Response { status: 200, body: "hello".into() });
+        assert_eq!(
+            r,
+            Response {
+                status: 200,
+                body: "hello".into()
+            }
+        );
     }
 
     #[test]
     fn chunked_bodies_parse() {
         let r = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
-        assert_eq!(r, Response { status: 404, body: "abcde".into() });
+        assert_eq!(
+            r,
+            Response {
+                status: 404,
+                body: "abcde".into()
+            }
+        );
     }
 
     #[test]
@@ -126,6 +162,10 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let e = request(addr, "GET", "/status", None, Duration::from_secs(1)).unwrap_err();
-        assert!(e.to_string().starts_with(&format!("cannot reach the weave-router API at {addr}: ")), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot reach the weave-router API at {addr}: ")),
+            "{e}"
+        );
     }
 }

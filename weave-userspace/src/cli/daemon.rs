@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiState, RouterController};
-use tokio::signal::unix::{signal, SignalKind};
 use crate::config::Config;
 use crate::datapath::fake::FakeDatapath;
 use crate::datapath::{Datapath, DatapathSettings};
@@ -16,6 +15,7 @@ use crate::mesh::connection::Timings;
 use crate::mesh::protocol::Hello;
 use crate::router::{self, Router, RouterConfig};
 use crate::state::StateDir;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// UDP port of the data path (VXLAN).
 pub const DATA_PORT: u16 = 6784;
@@ -24,7 +24,11 @@ pub const DATA_PORT: u16 = 6784;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let _ = tracing_log::LogTracer::init();
 }
 
@@ -124,7 +128,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         underlay: config.host,
         data_port: DATA_PORT,
     };
-    let up = Up { config: &config, state, local, listener, api_state, stop: stop_rx };
+    let up = Up {
+        config: &config,
+        state,
+        local,
+        listener,
+        api_state,
+        stop: stop_rx,
+    };
     let result = if config.fake_datapath {
         tracing::warn!("running with an in-memory data path: no traffic is carried");
         up.run(Arc::new(FakeDatapath::new()), "off".into()).await
@@ -174,10 +185,23 @@ impl Up<'_> {
                 Vec::new()
             }
         };
-        let router_config = RouterConfig { local: self.local, targets: self.config.targets.clone(), timings: Timings::default() };
-        let router = Arc::new(Router::start(router_config, self.listener, datapath.clone(), Some(self.state.clone())));
+        let router_config = RouterConfig {
+            local: self.local,
+            targets: self.config.targets.clone(),
+            timings: Timings::default(),
+        };
+        let router = Arc::new(Router::start(
+            router_config,
+            self.listener,
+            datapath.clone(),
+            Some(self.state.clone()),
+        ));
         router.restore_endpoints(endpoints).await;
-        let controller = RouterController { router: router.clone(), iface: self.config.iface.clone(), xdp };
+        let controller = RouterController {
+            router: router.clone(),
+            iface: self.config.iface.clone(),
+            xdp,
+        };
         self.api_state.set_ready(Arc::new(controller));
         tracing::info!("ready");
 

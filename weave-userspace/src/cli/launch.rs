@@ -24,14 +24,26 @@ pub const STARTING_TIMEOUT: Duration = Duration::from_secs(45);
 const TAIL_LINES: usize = 20;
 
 pub fn launch_background(config: &Config) -> anyhow::Result<()> {
-    if client::request(config.http_addr, "GET", "/status", None, Duration::from_secs(2)).is_ok() {
+    if client::request(
+        config.http_addr,
+        "GET",
+        "/status",
+        None,
+        Duration::from_secs(2),
+    )
+    .is_ok()
+    {
         bail!("a weave-router already answers on {}", config.http_addr);
     }
     if !config.fake_datapath {
         super::daemon::check_privileges()?;
     }
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create the state directory {}", config.state_dir.display()))?;
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            config.state_dir.display()
+        )
+    })?;
     let log = log_path(&config.state_dir);
     let log_file = OpenOptions::new()
         .create(true)
@@ -64,7 +76,13 @@ pub fn launch_background(config: &Config) -> anyhow::Result<()> {
             break format!("the daemon exited ({status})");
         }
         let mut starting = false;
-        if let Ok(r) = client::request(config.http_addr, "GET", "/report", None, Duration::from_secs(2)) {
+        if let Ok(r) = client::request(
+            config.http_addr,
+            "GET",
+            "/report",
+            None,
+            Duration::from_secs(2),
+        ) {
             starting = r.status == 503;
             if r.ok() {
                 let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
@@ -74,7 +92,11 @@ pub fn launch_background(config: &Config) -> anyhow::Result<()> {
                 }
             }
         }
-        let limit = if starting { STARTING_TIMEOUT } else { READY_TIMEOUT };
+        let limit = if starting {
+            STARTING_TIMEOUT
+        } else {
+            READY_TIMEOUT
+        };
         if started.elapsed() > limit {
             break format!("the daemon was not ready within {} s", limit.as_secs());
         }

@@ -17,7 +17,11 @@ use crate::config::{LaunchArgs, RealHost, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
 use crate::datapath::Ipv4Cidr;
 
 #[derive(Parser, Debug)]
-#[command(name = "weave-router", version, about = "A Weave Net compatible overlay router with an eBPF data path")]
+#[command(
+    name = "weave-router",
+    version,
+    about = "A Weave Net compatible overlay router with an eBPF data path"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -33,9 +37,12 @@ pub struct ApiArgs {
 
 impl ApiArgs {
     fn addr(&self) -> anyhow::Result<SocketAddr> {
-        self.http_addr
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--http-addr {:?} is not an address with a port (like 127.0.0.1:6784)", self.http_addr))
+        self.http_addr.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--http-addr {:?} is not an address with a port (like 127.0.0.1:6784)",
+                self.http_addr
+            )
+        })
     }
 }
 
@@ -89,11 +96,21 @@ pub fn run() -> anyhow::Result<()> {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 e.exit();
             }
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("bad command line").trim_start_matches("error: ").to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("bad command line")
+                .trim_start_matches("error: ")
+                .to_string();
             bail!("{first} (see weave-router --help)");
         }
     };
@@ -121,13 +138,18 @@ pub fn run() -> anyhow::Result<()> {
             print!("{}", get(api.addr()?, "/report")?);
             Ok(())
         }
-        Command::Attach { addresses, netns, api } => {
+        Command::Attach {
+            addresses,
+            netns,
+            api,
+        } => {
             for a in &addresses {
                 a.parse::<Ipv4Cidr>()?;
             }
             let netns = netns_path(&netns)?;
             let body = serde_json::to_string(&AttachBody { netns, addresses })?;
-            let e: EndpointView = serde_json::from_str(&post(api.addr()?, "/attach", &body)?).context("unexpected answer")?;
+            let e: EndpointView = serde_json::from_str(&post(api.addr()?, "/attach", &body)?)
+                .context("unexpected answer")?;
             println!("{} {}", e.mac, e.addresses.join(" "));
             Ok(())
         }
@@ -146,7 +168,11 @@ pub fn run() -> anyhow::Result<()> {
 
 /// A namespace path made absolute (the daemon runs elsewhere) and checked to exist.
 fn netns_path(p: &Path) -> anyhow::Result<PathBuf> {
-    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
     if !abs.exists() {
         bail!("network namespace {} does not exist", p.display());
     }
@@ -172,7 +198,10 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<String> {
 /// Asks the router to stop and waits (bounded) until its process is gone.
 fn stop(addr: SocketAddr) -> anyhow::Result<()> {
     let answer = post(addr, "/stop", "")?;
-    let pid = serde_json::from_str::<serde_json::Value>(&answer).ok().and_then(|v| v["Pid"].as_u64()).map(|p| p as i32);
+    let pid = serde_json::from_str::<serde_json::Value>(&answer)
+        .ok()
+        .and_then(|v| v["Pid"].as_u64())
+        .map(|p| p as i32);
     // The API goes away last, then the process exits (and releases the state directory).
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut unreachable_since: Option<Instant> = None;
@@ -192,7 +221,9 @@ fn stop(addr: SocketAddr) -> anyhow::Result<()> {
 /// Whether a process exists and is not a zombie.
 pub(crate) fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -213,22 +244,68 @@ mod tests {
 
     #[test]
     fn commands_parse_as_documented() {
-        let Command::Launch(l) = parse(&["launch", "10.0.0.2", "host3:7000", "--peers", "a,b", "--foreground", "--xdp", "off"]).unwrap().command else {
+        let Command::Launch(l) = parse(&[
+            "launch",
+            "10.0.0.2",
+            "host3:7000",
+            "--peers",
+            "a,b",
+            "--foreground",
+            "--xdp",
+            "off",
+        ])
+        .unwrap()
+        .command
+        else {
             panic!()
         };
         assert_eq!((l.peer.len(), l.peers.len(), l.foreground), (2, 2, true));
-        let Command::Status { what, .. } = parse(&["status", "connections"]).unwrap().command else { panic!() };
-        assert_eq!(what, Some(StatusPart::Connections));
-        let Command::Status { what, api } = parse(&["status", "--http-addr", "127.0.0.1:9"]).unwrap().command else { panic!() };
-        assert_eq!((what, api.http_addr.as_str()), (None, "127.0.0.1:9"));
-        let Command::Attach { addresses, netns, .. } = parse(&["attach", "10.2.1.1/24", "10.2.1.2/24", "--netns", "/run/netns/c1"]).unwrap().command else {
+        let Command::Status { what, .. } = parse(&["status", "connections"]).unwrap().command
+        else {
             panic!()
         };
-        assert_eq!((addresses.len(), netns), (2, PathBuf::from("/run/netns/c1")));
-        assert!(matches!(parse(&["detach", "--netns", "/x"]).unwrap().command, Command::Detach { .. }));
-        assert!(matches!(parse(&["stop"]).unwrap().command, Command::Stop(_)));
-        assert!(matches!(parse(&["report"]).unwrap().command, Command::Report(_)));
-        assert!(matches!(parse(&["version"]).unwrap().command, Command::Version));
+        assert_eq!(what, Some(StatusPart::Connections));
+        let Command::Status { what, api } = parse(&["status", "--http-addr", "127.0.0.1:9"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!((what, api.http_addr.as_str()), (None, "127.0.0.1:9"));
+        let Command::Attach {
+            addresses, netns, ..
+        } = parse(&[
+            "attach",
+            "10.2.1.1/24",
+            "10.2.1.2/24",
+            "--netns",
+            "/run/netns/c1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (addresses.len(), netns),
+            (2, PathBuf::from("/run/netns/c1"))
+        );
+        assert!(matches!(
+            parse(&["detach", "--netns", "/x"]).unwrap().command,
+            Command::Detach { .. }
+        ));
+        assert!(matches!(
+            parse(&["stop"]).unwrap().command,
+            Command::Stop(_)
+        ));
+        assert!(matches!(
+            parse(&["report"]).unwrap().command,
+            Command::Report(_)
+        ));
+        assert!(matches!(
+            parse(&["version"]).unwrap().command,
+            Command::Version
+        ));
     }
 
     #[test]

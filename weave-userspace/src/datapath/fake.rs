@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use super::{AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, Endpoint, PeerTraffic};
+use super::{
+    AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, Endpoint, PeerTraffic,
+};
 use crate::mesh::peer_name::ShortId;
 use weave_ebpf_common::counters::Reason;
 
@@ -39,7 +41,10 @@ pub struct FakeDatapath {
 
 impl FakeDatapath {
     pub fn new() -> Self {
-        Self { state: Mutex::default(), mtu: 1450 }
+        Self {
+            state: Mutex::default(),
+            mtu: 1450,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -88,7 +93,10 @@ impl Datapath for FakeDatapath {
         let mut s = self.lock();
         s.calls.push(FakeCall::Attach(request.netns.clone()));
         if !request.netns.exists() {
-            return Err(DatapathError::Netns { path: request.netns, reason: "no such file".into() });
+            return Err(DatapathError::Netns {
+                path: request.netns,
+                reason: "no such file".into(),
+            });
         }
         if s.endpoints.contains_key(&request.netns) {
             return Err(DatapathError::AlreadyAttached(request.netns));
@@ -108,7 +116,9 @@ impl Datapath for FakeDatapath {
     async fn detach(&self, netns: PathBuf) -> Result<Endpoint, DatapathError> {
         let mut s = self.lock();
         s.calls.push(FakeCall::Detach(netns.clone()));
-        s.endpoints.remove(&netns).ok_or(DatapathError::NoSuchEndpoint(netns))
+        s.endpoints
+            .remove(&netns)
+            .ok_or(DatapathError::NoSuchEndpoint(netns))
     }
 
     async fn restore_endpoint(&self, endpoint: Endpoint) -> Result<(), DatapathError> {
@@ -132,7 +142,10 @@ impl Datapath for FakeDatapath {
             by_peer: s
                 .peers
                 .keys()
-                .map(|id| PeerTraffic { short_id: id.get(), ..Default::default() })
+                .map(|id| PeerTraffic {
+                    short_id: id.get(),
+                    ..Default::default()
+                })
                 .collect(),
         })
     }

@@ -12,7 +12,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::peer_name::PeerName;
-use super::protocol::{self, Hello, Message, ProtocolError, Versions, FRAME_HEADER_LEN, PREAMBLE_LEN};
+use super::protocol::{
+    self, Hello, Message, ProtocolError, Versions, FRAME_HEADER_LEN, PREAMBLE_LEN,
+};
 
 /// Identifies a connection within one router.
 pub type ConnId = u64;
@@ -95,7 +97,10 @@ pub(crate) enum ConnCommand {
 }
 
 /// Writes one message as a frame.
-pub async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, message: &Message) -> Result<(), ConnectionError> {
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    message: &Message,
+) -> Result<(), ConnectionError> {
     let frame = protocol::encode_frame(message)?;
     w.write_all(&frame).await?;
     Ok(())
@@ -111,7 +116,10 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, Co
     Ok(protocol::decode_body(&body)?)
 }
 
-async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), ConnectionError> {
+async fn read_exact<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> Result<(), ConnectionError> {
     match r.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnectionError::Closed),
@@ -138,7 +146,11 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok((version, hello))
             }
             Message::Goodbye(reason) => Err(ConnectionError::Goodbye(reason)),
-            other => Err(ProtocolError::Unexpected { expected: "hello", received: other.kind() }.into()),
+            other => Err(ProtocolError::Unexpected {
+                expected: "hello",
+                received: other.kind(),
+            }
+            .into()),
         }
     };
     tokio::time::timeout(timeout, exchange)
@@ -167,7 +179,13 @@ pub(crate) async fn run(
 ) -> Outcome {
     let remote = match stream.peer_addr() {
         Ok(a) => a,
-        Err(e) => return Outcome { peer: None, accepted: false, error: e.into() },
+        Err(e) => {
+            return Outcome {
+                peer: None,
+                accepted: false,
+                error: e.into(),
+            }
+        }
     };
     let _ = stream.set_nodelay(true);
     let hello = tokio::select! {
@@ -180,21 +198,49 @@ pub(crate) async fn run(
     let peer = Some(hello.name);
     let (commands_tx, mut commands) = mpsc::unbounded_channel();
     let (reply_tx, reply_rx) = oneshot::channel();
-    let event = ConnEvent::Handshaken { id, outbound, remote, hello, commands: commands_tx, reply: reply_tx };
+    let event = ConnEvent::Handshaken {
+        id,
+        outbound,
+        remote,
+        hello,
+        commands: commands_tx,
+        reply: reply_tx,
+    };
     if events.send(event).is_err() {
-        return Outcome { peer, accepted: false, error: ConnectionError::Shutdown };
+        return Outcome {
+            peer,
+            accepted: false,
+            error: ConnectionError::Shutdown,
+        };
     }
     match reply_rx.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
             let _ = write_message(&mut stream, &Message::Goodbye(error.to_string())).await;
-            return Outcome { peer, accepted: false, error };
+            return Outcome {
+                peer,
+                accepted: false,
+                error,
+            };
         }
-        Err(_) => return Outcome { peer, accepted: false, error: ConnectionError::Shutdown },
+        Err(_) => {
+            return Outcome {
+                peer,
+                accepted: false,
+                error: ConnectionError::Shutdown,
+            }
+        }
     }
     let error = converse(stream, id, &timings, &events, &mut commands, &mut shutdown).await;
-    let _ = events.send(ConnEvent::Closed { id, error: error.to_string() });
-    Outcome { peer, accepted: true, error }
+    let _ = events.send(ConnEvent::Closed {
+        id,
+        error: error.to_string(),
+    });
+    Outcome {
+        peer,
+        accepted: true,
+        error,
+    }
 }
 
 /// The life of an accepted connection; returns why it ended.
@@ -310,7 +356,13 @@ mod tests {
         let h1 = hello(1);
         let (ra, rb) = tokio::join!(handshake(&mut a, &h1, T), handshake(&mut b, &h1, T));
         for r in [ra, rb] {
-            assert!(matches!(r, Err(ConnectionError::Protocol(ProtocolError::SelfConnection))), "{r:?}");
+            assert!(
+                matches!(
+                    r,
+                    Err(ConnectionError::Protocol(ProtocolError::SelfConnection))
+                ),
+                "{r:?}"
+            );
         }
     }
 
@@ -318,7 +370,10 @@ mod tests {
     async fn a_silent_remote_times_out() {
         let (mut a, _b) = tokio::io::duplex(4096);
         let r = handshake(&mut a, &hello(1), Duration::from_millis(100)).await;
-        assert_eq!(r.unwrap_err().to_string(), "handshake timed out after 100ms");
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "handshake timed out after 100ms"
+        );
     }
 
     #[tokio::test]
@@ -326,7 +381,10 @@ mod tests {
         let (mut a, b) = tokio::io::duplex(4096);
         drop(b);
         let r = handshake(&mut a, &hello(1), T).await;
-        assert!(matches!(r, Err(ConnectionError::Closed | ConnectionError::Io(_))), "{r:?}");
+        assert!(
+            matches!(r, Err(ConnectionError::Closed | ConnectionError::Io(_))),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]
@@ -334,6 +392,12 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         b.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         let r = read_message(&mut a).await;
-        assert!(matches!(r, Err(ConnectionError::Protocol(ProtocolError::FrameTooLarge(_)))), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(ConnectionError::Protocol(ProtocolError::FrameTooLarge(_)))
+            ),
+            "{r:?}"
+        );
     }
 }

@@ -39,13 +39,18 @@ impl FromStr for Target {
         };
         let host_ok = !host.is_empty()
             && host.len() <= 253
-            && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
         // Something that looks like a dotted address must be one (300.1.2.3 is no host name).
         let numeric = host.chars().all(|c| c.is_ascii_digit() || c == '.');
         if !host_ok || port == 0 || (numeric && host.parse::<std::net::Ipv4Addr>().is_err()) {
             return Err(err());
         }
-        Ok(Target { host: host.to_string(), port })
+        Ok(Target {
+            host: host.to_string(),
+            port,
+        })
     }
 }
 
@@ -65,14 +70,19 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, next: initial }
+        Self {
+            initial,
+            max,
+            next: initial,
+        }
     }
 
     /// The delay before the next attempt; `jitter` in `[0, 1)` spreads it.
     pub fn next_delay(&mut self, jitter: f64) -> Duration {
         let base = self.next;
         self.next = self.max.min(base.mul_f64(1.5));
-        self.max.min(base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)))
+        self.max
+            .min(base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)))
     }
 
     pub fn reset(&mut self) {
@@ -88,7 +98,10 @@ pub enum TargetState {
     /// Dialling again after `0`.
     Retrying(String),
     /// Waiting to redial after `error`.
-    Failed { error: String, retry_at: Option<SystemTime> },
+    Failed {
+        error: String,
+        retry_at: Option<SystemTime>,
+    },
     /// A connection to it is up (`Some`), or the peer is reached through another connection.
     Connected(Option<ConnId>),
 }
@@ -144,7 +157,10 @@ impl<H: MakerHost> Maker<H> {
                         ConnectionError::Shutdown => return,
                         ConnectionError::Protocol(ProtocolError::SelfConnection) => {
                             tracing::warn!("not connecting to {}: it is ourself", self.target);
-                            self.set(TargetState::Failed { error: "cannot connect to ourself".into(), retry_at: None });
+                            self.set(TargetState::Failed {
+                                error: "cannot connect to ourself".into(),
+                                retry_at: None,
+                            });
                             return;
                         }
                         _ => {}
@@ -174,7 +190,10 @@ impl<H: MakerHost> Maker<H> {
                 tracing::info!("connection to {} failed: {message}", self.target);
             }
             let delay = backoff.next_delay(rand::random());
-            self.set(TargetState::Failed { error: message.clone(), retry_at: Some(SystemTime::now() + delay) });
+            self.set(TargetState::Failed {
+                error: message.clone(),
+                retry_at: Some(SystemTime::now() + delay),
+            });
             last_error = Some(message);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -190,28 +209,43 @@ impl<H: MakerHost> Maker<H> {
     async fn dial(&self) -> Result<TcpStream, ConnectionError> {
         let timeout = self.timings.handshake_timeout;
         let connect = async {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.target.host.as_str(), self.target.port))
-                .await
-                .map_err(|e| ConnectionError::Refused(format!("cannot resolve {}: {e}", self.target.host)))?
-                .filter(|a| a.is_ipv4())
-                .collect();
-            let addr = addrs
-                .first()
-                .ok_or_else(|| ConnectionError::Refused(format!("{} has no IPv4 address", self.target.host)))?;
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((self.target.host.as_str(), self.target.port))
+                    .await
+                    .map_err(|e| {
+                        ConnectionError::Refused(format!(
+                            "cannot resolve {}: {e}",
+                            self.target.host
+                        ))
+                    })?
+                    .filter(|a| a.is_ipv4())
+                    .collect();
+            let addr = addrs.first().ok_or_else(|| {
+                ConnectionError::Refused(format!("{} has no IPv4 address", self.target.host))
+            })?;
             // From our underlay address, so the peer sees us where VXLAN comes from.
             let socket = tokio::net::TcpSocket::new_v4()?;
             if let Err(e) = socket.bind(SocketAddr::new(self.local.underlay.into(), 0)) {
-                tracing::debug!("dialling {} from any address: cannot bind {}: {e}", self.target, self.local.underlay);
+                tracing::debug!(
+                    "dialling {} from any address: cannot bind {}: {e}",
+                    self.target,
+                    self.local.underlay
+                );
                 return Ok(TcpStream::connect(addr).await?);
             }
             Ok::<_, ConnectionError>(socket.connect(*addr).await?)
         };
-        tokio::time::timeout(timeout, connect).await.map_err(|_| ConnectionError::ConnectTimeout(timeout))?
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| ConnectionError::ConnectTimeout(timeout))?
     }
 
     /// Waits until `peer` is no longer connected; false when the router shuts down first.
     async fn wait_while_connected(&mut self, peer: PeerName, except: ConnId) -> bool {
-        let poll = self.timings.heartbeat_interval.min(Duration::from_millis(500));
+        let poll = self
+            .timings
+            .heartbeat_interval
+            .min(Duration::from_millis(500));
         while self.host.is_connected(peer, except) {
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
@@ -228,14 +262,41 @@ mod tests {
 
     #[test]
     fn targets_parse_with_and_without_port() {
-        assert_eq!("10.0.0.2".parse(), Ok(Target { host: "10.0.0.2".into(), port: 6783 }));
-        assert_eq!("host2:7000".parse(), Ok(Target { host: "host2".into(), port: 7000 }));
-        assert_eq!("10.0.0.2:6783".parse::<Target>().unwrap().to_string(), "10.0.0.2:6783");
+        assert_eq!(
+            "10.0.0.2".parse(),
+            Ok(Target {
+                host: "10.0.0.2".into(),
+                port: 6783
+            })
+        );
+        assert_eq!(
+            "host2:7000".parse(),
+            Ok(Target {
+                host: "host2".into(),
+                port: 7000
+            })
+        );
+        assert_eq!(
+            "10.0.0.2:6783".parse::<Target>().unwrap().to_string(),
+            "10.0.0.2:6783"
+        );
     }
 
     #[test]
     fn bad_targets_are_refused() {
-        for bad in ["", ":6783", "host:", "host:0", "host:70000", "ho st", "host:x", "a/b", "300.1.2.3", "10.0.0", "1.2.3.4.5:6783"] {
+        for bad in [
+            "",
+            ":6783",
+            "host:",
+            "host:0",
+            "host:70000",
+            "ho st",
+            "host:x",
+            "a/b",
+            "300.1.2.3",
+            "10.0.0",
+            "1.2.3.4.5:6783",
+        ] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
         }
     }
@@ -243,7 +304,9 @@ mod tests {
     #[test]
     fn backoff_grows_by_half_and_caps() {
         let mut b = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
-        let delays: Vec<u64> = (0..10).map(|_| b.next_delay(0.5).as_millis() as u64).collect();
+        let delays: Vec<u64> = (0..10)
+            .map(|_| b.next_delay(0.5).as_millis() as u64)
+            .collect();
         assert_eq!(&delays[..4], &[2000, 3000, 4500, 6750]);
         assert_eq!(*delays.last().unwrap(), 30000);
         b.reset();

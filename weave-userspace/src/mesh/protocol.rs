@@ -32,13 +32,21 @@ pub enum ProtocolError {
     #[error("preamble has an empty version range {min}..{max}")]
     BadVersionRange { min: u8, max: u8 },
     #[error("incompatible protocol versions: we speak {our_min}..{our_max}, the remote end {their_min}..{their_max}")]
-    IncompatibleVersion { our_min: u8, our_max: u8, their_min: u8, their_max: u8 },
+    IncompatibleVersion {
+        our_min: u8,
+        our_max: u8,
+        their_min: u8,
+        their_max: u8,
+    },
     #[error("frame of {0} bytes exceeds the maximum of {MAX_FRAME_LEN}")]
     FrameTooLarge(usize),
     #[error("malformed message: {0}")]
     Malformed(String),
     #[error("expected {expected}, received {received}")]
-    Unexpected { expected: &'static str, received: &'static str },
+    Unexpected {
+        expected: &'static str,
+        received: &'static str,
+    },
     #[error("cannot connect to ourself")]
     SelfConnection,
     #[error("peer {name} claims short ID {id}, which does not fit in 12 bits")]
@@ -57,7 +65,10 @@ pub struct Versions {
 }
 
 impl Versions {
-    pub const OURS: Versions = Versions { min: MIN_VERSION, max: MAX_VERSION };
+    pub const OURS: Versions = Versions {
+        min: MIN_VERSION,
+        max: MAX_VERSION,
+    };
 
     pub fn encode(self) -> [u8; PREAMBLE_LEN] {
         let mut b = [0u8; PREAMBLE_LEN];
@@ -72,11 +83,20 @@ impl Versions {
             return Err(ProtocolError::BadMagic);
         }
         if b.len() != PREAMBLE_LEN {
-            return Err(ProtocolError::Malformed(format!("preamble of {} bytes", b.len())));
+            return Err(ProtocolError::Malformed(format!(
+                "preamble of {} bytes",
+                b.len()
+            )));
         }
-        let v = Versions { min: b[MAGIC.len()], max: b[MAGIC.len() + 1] };
+        let v = Versions {
+            min: b[MAGIC.len()],
+            max: b[MAGIC.len() + 1],
+        };
         if v.min > v.max || v.min == 0 {
-            return Err(ProtocolError::BadVersionRange { min: v.min, max: v.max });
+            return Err(ProtocolError::BadVersionRange {
+                min: v.min,
+                max: v.max,
+            });
         }
         Ok(v)
     }
@@ -157,10 +177,13 @@ pub fn frame_len(header: [u8; FRAME_HEADER_LEN]) -> Result<usize, ProtocolError>
 
 /// Decodes one frame body; every byte must belong to the message.
 pub fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
-    let (message, rest) =
-        postcard::take_from_bytes::<Message>(body).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let (message, rest) = postcard::take_from_bytes::<Message>(body)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(ProtocolError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(ProtocolError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     Ok(message)
 }
@@ -185,10 +208,16 @@ pub fn check_hello(ours: &Hello, theirs: &Hello) -> Result<(), ProtocolError> {
         return Err(ProtocolError::SelfConnection);
     }
     if ShortId::new(theirs.short_id.get()).is_err() {
-        return Err(ProtocolError::BadShortId { name: theirs.name, id: theirs.short_id.get() });
+        return Err(ProtocolError::BadShortId {
+            name: theirs.name,
+            id: theirs.short_id.get(),
+        });
     }
     if theirs.short_id == ours.short_id {
-        return Err(ProtocolError::ShortIdClash { name: theirs.name, id: theirs.short_id });
+        return Err(ProtocolError::ShortIdClash {
+            name: theirs.name,
+            id: theirs.short_id,
+        });
     }
     if theirs.nickname.len() > MAX_NICKNAME_LEN {
         return Err(ProtocolError::NicknameTooLong(theirs.nickname.len()));
@@ -222,19 +251,28 @@ mod tests {
         let mut b = Versions::OURS.encode();
         b[0] = b'W';
         assert_eq!(Versions::decode(&b), Err(ProtocolError::BadMagic));
-        assert_eq!(Versions::decode(b"GET / HTTP"), Err(ProtocolError::BadMagic));
+        assert_eq!(
+            Versions::decode(b"GET / HTTP"),
+            Err(ProtocolError::BadMagic)
+        );
         assert_eq!(Versions::decode(b"wea"), Err(ProtocolError::BadMagic));
     }
 
     #[test]
     fn empty_version_ranges_are_refused() {
         let b = Versions { min: 3, max: 2 }.encode();
-        assert_eq!(Versions::decode(&b), Err(ProtocolError::BadVersionRange { min: 3, max: 2 }));
+        assert_eq!(
+            Versions::decode(&b),
+            Err(ProtocolError::BadVersionRange { min: 3, max: 2 })
+        );
     }
 
     #[test]
     fn negotiation_picks_the_highest_common_version() {
-        assert_eq!(negotiate(Versions { min: 1, max: 3 }, Versions { min: 2, max: 5 }), Ok(3));
+        assert_eq!(
+            negotiate(Versions { min: 1, max: 3 }, Versions { min: 2, max: 5 }),
+            Ok(3)
+        );
         assert_eq!(negotiate(Versions::OURS, Versions::OURS), Ok(MAX_VERSION));
     }
 
@@ -256,7 +294,10 @@ mod tests {
             Message::Goodbye("shutting down".into()),
         ] {
             let frame = encode_frame(&m).unwrap();
-            assert_eq!(frame_len(frame[..4].try_into().unwrap()).unwrap(), frame.len() - 4);
+            assert_eq!(
+                frame_len(frame[..4].try_into().unwrap()).unwrap(),
+                frame.len() - 4
+            );
             assert_eq!(decode_frame(&frame).unwrap(), Some((m, frame.len())));
         }
     }
@@ -284,42 +325,70 @@ mod tests {
         let frame = encode_frame(&Message::Hello(hello("0a:00:00:00:00:01", 1))).unwrap();
         let body = &frame[4..];
         for cut in 0..body.len() {
-            assert!(matches!(decode_body(&body[..cut]), Err(ProtocolError::Malformed(_))), "cut at {cut}");
+            assert!(
+                matches!(decode_body(&body[..cut]), Err(ProtocolError::Malformed(_))),
+                "cut at {cut}"
+            );
         }
     }
 
     #[test]
     fn oversized_frames_are_refused_from_the_header() {
         let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
-        assert_eq!(frame_len(header), Err(ProtocolError::FrameTooLarge(MAX_FRAME_LEN + 1)));
-        assert_eq!(decode_frame(&u32::MAX.to_be_bytes()), Err(ProtocolError::FrameTooLarge(u32::MAX as usize)));
+        assert_eq!(
+            frame_len(header),
+            Err(ProtocolError::FrameTooLarge(MAX_FRAME_LEN + 1))
+        );
+        assert_eq!(
+            decode_frame(&u32::MAX.to_be_bytes()),
+            Err(ProtocolError::FrameTooLarge(u32::MAX as usize))
+        );
         let huge = Message::Goodbye("x".repeat(MAX_FRAME_LEN + 1));
-        assert!(matches!(encode_frame(&huge), Err(ProtocolError::FrameTooLarge(_))));
+        assert!(matches!(
+            encode_frame(&huge),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
     }
 
     #[test]
     fn garbage_is_malformed() {
-        for body in [&[0xffu8, 0xff, 0xff][..], &[42], &[1, 2, 3, 4, 5, 6, 7, 8, 9]] {
-            assert!(matches!(decode_body(body), Err(ProtocolError::Malformed(_))), "{body:?}");
+        for body in [
+            &[0xffu8, 0xff, 0xff][..],
+            &[42],
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9],
+        ] {
+            assert!(
+                matches!(decode_body(body), Err(ProtocolError::Malformed(_))),
+                "{body:?}"
+            );
         }
         // A valid message followed by junk.
         let mut body = encode_frame(&Message::Ready).unwrap()[4..].to_vec();
         body.push(0);
-        assert!(matches!(decode_body(&body), Err(ProtocolError::Malformed(_))));
+        assert!(matches!(
+            decode_body(&body),
+            Err(ProtocolError::Malformed(_))
+        ));
     }
 
     #[test]
     fn a_peer_claiming_our_name_is_refused() {
         let ours = hello("0a:00:00:00:00:01", 1);
         let theirs = hello("0a:00:00:00:00:01", 2);
-        assert_eq!(check_hello(&ours, &theirs), Err(ProtocolError::SelfConnection));
+        assert_eq!(
+            check_hello(&ours, &theirs),
+            Err(ProtocolError::SelfConnection)
+        );
     }
 
     #[test]
     fn a_peer_with_our_short_id_is_refused() {
         let ours = hello("0a:00:00:00:00:01", 7);
         let theirs = hello("0a:00:00:00:00:02", 7);
-        assert!(matches!(check_hello(&ours, &theirs), Err(ProtocolError::ShortIdClash { .. })));
+        assert!(matches!(
+            check_hello(&ours, &theirs),
+            Err(ProtocolError::ShortIdClash { .. })
+        ));
     }
 
     #[test]
@@ -332,8 +401,13 @@ mod tests {
         assert_eq!(good, Message::Hello(theirs.clone()));
         theirs.short_id = postcard::from_bytes(&postcard::to_stdvec(&5000u16).unwrap()).unwrap();
         body = postcard::to_stdvec(&Message::Hello(theirs)).unwrap();
-        let Message::Hello(forged) = decode_body(&body).unwrap() else { panic!() };
-        assert!(matches!(check_hello(&ours, &forged), Err(ProtocolError::BadShortId { id: 5000, .. })));
+        let Message::Hello(forged) = decode_body(&body).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(
+            check_hello(&ours, &forged),
+            Err(ProtocolError::BadShortId { id: 5000, .. })
+        ));
     }
 
     #[test]

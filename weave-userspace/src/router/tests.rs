@@ -49,10 +49,16 @@ impl Node {
         let datapath = Arc::new(FakeDatapath::new());
         let config = RouterConfig {
             local: hello(n),
-            targets: targets.iter().map(|a| a.to_string().parse().unwrap()).collect(),
+            targets: targets
+                .iter()
+                .map(|a| a.to_string().parse().unwrap())
+                .collect(),
             timings: timings(),
         };
-        Node { router: Router::start(config, listener, datapath.clone(), None), datapath }
+        Node {
+            router: Router::start(config, listener, datapath.clone(), None),
+            datapath,
+        }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -60,18 +66,30 @@ impl Node {
     }
 
     fn peer_ids(&self) -> Vec<u16> {
-        self.datapath.peers().iter().map(|p| p.short_id.get()).collect()
+        self.datapath
+            .peers()
+            .iter()
+            .map(|p| p.short_id.get())
+            .collect()
     }
 
     fn states(&self) -> Vec<String> {
-        self.router.status().connections.iter().map(|c| c.state.clone()).collect()
+        self.router
+            .status()
+            .connections
+            .iter()
+            .map(|c| c.state.clone())
+            .collect()
     }
 }
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -80,7 +98,10 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 async fn two_routers_connect_and_install_each_other() {
     let a = Node::start(1, &[]).await;
     let b = Node::start(2, &[a.addr()]).await;
-    wait_until("both established", || a.states() == ["established"] && b.states() == ["established"]).await;
+    wait_until("both established", || {
+        a.states() == ["established"] && b.states() == ["established"]
+    })
+    .await;
     assert_eq!(a.peer_ids(), [2]);
     assert_eq!(b.peer_ids(), [1]);
     let p = a.datapath.peers()[0];
@@ -97,16 +118,28 @@ async fn two_routers_connect_and_install_each_other() {
 #[tokio::test]
 async fn three_routers_dialling_each_other_keep_one_connection_per_pair() {
     // Every router names every other one, so each pair dials twice; the tie-break keeps one.
-    let listeners: Vec<TcpListener> =
-        futures_join(vec![bind("127.0.0.1:0".parse().unwrap()), bind("127.0.0.1:0".parse().unwrap()), bind("127.0.0.1:0".parse().unwrap())]).await;
+    let listeners: Vec<TcpListener> = futures_join(vec![
+        bind("127.0.0.1:0".parse().unwrap()),
+        bind("127.0.0.1:0".parse().unwrap()),
+        bind("127.0.0.1:0".parse().unwrap()),
+    ])
+    .await;
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
-        let others: Vec<SocketAddr> = addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect();
+        let others: Vec<SocketAddr> = addrs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, a)| *a)
+            .collect();
         nodes.push(Node::start_on(i as u8 + 1, l, &others));
     }
     wait_until("a full mesh of established connections", || {
-        nodes.iter().all(|n| n.states().iter().filter(|s| *s == "established").count() == 2 && n.peer_ids().len() == 2)
+        nodes.iter().all(|n| {
+            n.states().iter().filter(|s| *s == "established").count() == 2
+                && n.peer_ids().len() == 2
+        })
     })
     .await;
     // Settled: no duplicates come and go any more.
@@ -120,23 +153,39 @@ async fn three_routers_dialling_each_other_keep_one_connection_per_pair() {
     assert_eq!(nodes[1].peer_ids(), [1, 3]);
     assert_eq!(nodes[2].peer_ids(), [1, 2]);
     // The connection kept between 1 and 2 is the one dialled by 2 (the higher name).
-    let c12 = nodes[0].router.status().connections.into_iter().find(|c| c.peer.as_ref().is_some_and(|p| p.short_id == 2)).unwrap();
+    let c12 = nodes[0]
+        .router
+        .status()
+        .connections
+        .into_iter()
+        .find(|c| c.peer.as_ref().is_some_and(|p| p.short_id == 2))
+        .unwrap();
     assert!(!c12.outbound);
 
     // One stops: the others take it out of their data paths.
     nodes[2].router.stop().await;
-    wait_until("3 removed from 1 and 2", || nodes[0].peer_ids() == [2] && nodes[1].peer_ids() == [1]).await;
-    assert!(nodes[0].datapath.calls().contains(&FakeCall::RemovePeer(ShortId::new(3).unwrap())));
+    wait_until("3 removed from 1 and 2", || {
+        nodes[0].peer_ids() == [2] && nodes[1].peer_ids() == [1]
+    })
+    .await;
+    assert!(nodes[0]
+        .datapath
+        .calls()
+        .contains(&FakeCall::RemovePeer(ShortId::new(3).unwrap())));
     // 1 and 2 keep redialling it.
     wait_until("3 shown as failed or retrying", || {
-        nodes[0].router.status().connections.iter().any(|c| c.address == addrs[2].to_string() && (c.state == "failed" || c.state == "retrying"))
+        nodes[0].router.status().connections.iter().any(|c| {
+            c.address == addrs[2].to_string() && (c.state == "failed" || c.state == "retrying")
+        })
     })
     .await;
     nodes[0].router.stop().await;
     nodes[1].router.stop().await;
 }
 
-async fn futures_join<T>(fs: Vec<impl std::future::Future<Output = Result<T, RouterError>>>) -> Vec<T> {
+async fn futures_join<T>(
+    fs: Vec<impl std::future::Future<Output = Result<T, RouterError>>>,
+) -> Vec<T> {
     let mut out = Vec::new();
     for f in fs {
         out.push(f.await.unwrap());
@@ -152,7 +201,10 @@ async fn a_restarted_router_is_installed_again() {
     b.router.stop().await;
     wait_until("2 removed", || a.peer_ids().is_empty()).await;
     let b = Node::start(2, &[a.addr()]).await;
-    wait_until("established again", || a.states() == ["established"] && a.peer_ids() == [2]).await;
+    wait_until("established again", || {
+        a.states() == ["established"] && a.peer_ids() == [2]
+    })
+    .await;
     a.router.stop().await;
     b.router.stop().await;
 }
@@ -176,13 +228,19 @@ async fn connecting_to_ourself_is_refused_and_changes_nothing() {
 async fn a_peer_with_another_protocol_version_is_refused_and_changes_nothing() {
     let a = Node::start(1, &[]).await;
     let mut s = TcpStream::connect(a.addr()).await.unwrap();
-    s.write_all(&Versions { min: 7, max: 9 }.encode()).await.unwrap();
+    s.write_all(&Versions { min: 7, max: 9 }.encode())
+        .await
+        .unwrap();
     let mut preamble = [0u8; crate::mesh::protocol::PREAMBLE_LEN];
-    tokio::io::AsyncReadExt::read_exact(&mut s, &mut preamble).await.unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut preamble)
+        .await
+        .unwrap();
     assert_eq!(Versions::decode(&preamble).unwrap(), Versions::OURS);
     // The router hangs up.
     let mut rest = Vec::new();
-    let n = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await.unwrap_or(0);
+    let n = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest)
+        .await
+        .unwrap_or(0);
     assert_eq!(n, 0);
     assert!(a.router.status().connections.is_empty());
     assert!(a.datapath.calls().is_empty());
@@ -201,7 +259,11 @@ async fn dialling_a_peer_with_another_version_shows_the_error() {
     });
     let a = Node::start(1, &[addr]).await;
     wait_until("an incompatible-version error", || {
-        a.router.status().connections.iter().any(|c| c.info.contains("incompatible protocol versions"))
+        a.router
+            .status()
+            .connections
+            .iter()
+            .any(|c| c.info.contains("incompatible protocol versions"))
     })
     .await;
     assert!(a.datapath.calls().is_empty());
@@ -212,7 +274,9 @@ async fn dialling_a_peer_with_another_version_shows_the_error() {
 async fn garbage_on_the_control_port_changes_nothing() {
     let a = Node::start(1, &[]).await;
     let mut s = TcpStream::connect(a.addr()).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await;
     assert!(a.router.status().connections.is_empty());
@@ -225,9 +289,14 @@ async fn a_silent_peer_is_removed_after_the_dead_interval() {
     let a = Node::start(1, &[]).await;
     let mut s = TcpStream::connect(a.addr()).await.unwrap();
     let me = hello(5);
-    handshake(&mut s, &me, Duration::from_secs(2)).await.unwrap();
+    handshake(&mut s, &me, Duration::from_secs(2))
+        .await
+        .unwrap();
     write_message(&mut s, &Message::Ready).await.unwrap();
-    wait_until("established with the silent peer", || a.states() == ["established"] && a.peer_ids() == [5]).await;
+    wait_until("established with the silent peer", || {
+        a.states() == ["established"] && a.peer_ids() == [5]
+    })
+    .await;
     // Our heartbeats arrive; we send none and keep the socket open.
     assert_eq!(read_message(&mut s).await.unwrap(), Message::Ready);
     let started = tokio::time::Instant::now();
@@ -244,12 +313,24 @@ async fn a_data_path_failure_keeps_the_connection_from_being_established() {
     a.datapath.fail_add_peer(Some("no room"));
     let b = Node::start(2, &[a.addr()]).await;
     wait_until("b sees the refusal", || {
-        b.router.status().connections.iter().any(|c| c.info.contains("data path: BPF: no room"))
+        b.router
+            .status()
+            .connections
+            .iter()
+            .any(|c| c.info.contains("data path: BPF: no room"))
     })
     .await;
-    assert!(a.router.status().connections.iter().all(|c| c.state != "established"));
+    assert!(a
+        .router
+        .status()
+        .connections
+        .iter()
+        .all(|c| c.state != "established"));
     a.datapath.fail_add_peer(None);
-    wait_until("established after healing", || a.states() == ["established"] && b.states() == ["established"]).await;
+    wait_until("established after healing", || {
+        a.states() == ["established"] && b.states() == ["established"]
+    })
+    .await;
     a.router.stop().await;
     b.router.stop().await;
 }
@@ -272,30 +353,50 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     mesh.connections.insert(1, conn(true, &high));
     mesh.by_peer.insert(high.name, 1);
     // `high` dials us: its connection wins.
-    assert_eq!(mesh.admit(low.name, false, &high), Admission::Accept { replace: Some(1) });
+    assert_eq!(
+        mesh.admit(low.name, false, &high),
+        Admission::Accept { replace: Some(1) }
+    );
     // A second outbound one loses.
-    assert!(matches!(mesh.admit(low.name, true, &high), Admission::Reject(_)));
+    assert!(matches!(
+        mesh.admit(low.name, true, &high),
+        Admission::Reject(_)
+    ));
 
     // We are `high`; we hold an inbound connection from `low`; our own dial wins.
     let mut mesh = Mesh::default();
     mesh.connections.insert(1, conn(false, &low));
     mesh.by_peer.insert(low.name, 1);
-    assert_eq!(mesh.admit(high.name, true, &low), Admission::Accept { replace: Some(1) });
+    assert_eq!(
+        mesh.admit(high.name, true, &low),
+        Admission::Accept { replace: Some(1) }
+    );
 
     // A restarted peer (new UID) replaces its old connection whatever the direction.
     let mut again = low.clone();
     again.uid ^= 1;
-    assert_eq!(mesh.admit(high.name, false, &again), Admission::Accept { replace: Some(1) });
+    assert_eq!(
+        mesh.admit(high.name, false, &again),
+        Admission::Accept { replace: Some(1) }
+    );
 
     // Another peer with a short ID already taken is refused.
     let mut clash = hello(3);
     clash.short_id = low.short_id;
-    let Admission::Reject(reason) = mesh.admit(high.name, false, &clash) else { panic!() };
-    assert!(reason.contains("short ID 001 is already used by peer 0a:00:00:00:00:01"), "{reason}");
+    let Admission::Reject(reason) = mesh.admit(high.name, false, &clash) else {
+        panic!()
+    };
+    assert!(
+        reason.contains("short ID 001 is already used by peer 0a:00:00:00:00:01"),
+        "{reason}"
+    );
 }
 
 #[test]
 fn times_format_as_utc() {
     assert_eq!(format_time(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00");
-    assert_eq!(format_time(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)), "2027-01-15 08:00:00");
+    assert_eq!(
+        format_time(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+        "2027-01-15 08:00:00"
+    );
 }
