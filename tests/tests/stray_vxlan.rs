@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use weave_tests::{host_addr, probe, require_root, TestBed};
 
-/// Drop counters in the router's metrics: samples whose name or labels speak of drops.
-fn drops(metrics: &str) -> f64 {
+/// `weave_datapath_drops_total` for one reason (summed over the TC and XDP programs).
+fn drops(metrics: &str, reason: &str) -> f64 {
     probe::metric_sum(metrics, |s| {
-        let n = s.name.to_ascii_lowercase();
-        let l = s.labels.to_ascii_lowercase();
-        (n.contains("drop") || l.contains("drop")) && !n.ends_with("_created")
+        s.name == "weave_datapath_drops_total"
+            && (s.labels.contains(&format!("\"rx_drop_{reason}\"")) || s.labels.contains(&format!("\"xdp_drop_{reason}\"")))
     })
 }
 
@@ -37,8 +36,8 @@ fn stray_vxlan_from_non_peer_is_dropped_and_counted() {
     bed.container(a).wait_ping("10.2.1.2", Duration::from_secs(10)).expect("overlay works");
 
     let target_mac = probe::parse_mac(&probe::link_mac(&bed.container(a).ns, "ethwe").expect("mac")).expect("mac");
-    let s1 = probe::stored_short_id(&bed.state_dir(1));
-    let s2 = probe::stored_short_id(&bed.state_dir(2));
+    let s1 = probe::stored_short_id(&bed.state_dir(1)).expect("host1's short ID in its state dir");
+    let s2 = probe::stored_short_id(&bed.state_dir(2)).expect("host2's short ID in its state dir");
     let intruder_addr = std::net::Ipv4Addr::new(198, 18, 0, 99);
     bed.add_node("x", intruder_addr).expect("intruder on the underlay");
 
@@ -46,34 +45,30 @@ fn stray_vxlan_from_non_peer_is_dropped_and_counted() {
     let rx_before = rx_packets(&bed.container(a).ns, "ethwe");
     let to = SocketAddrV4::new(host_addr(1), 6784);
     let intruder = weave_tests::Netns::borrow(&format!("{}-x", bed.prefix()));
-    let mut sent = 0usize;
+    const N: usize = 10;
+    let sent = 2 * N;
     // From a short ID nobody uses, to host1.
-    let dst_id = s1.unwrap_or(1) as u32;
-    let unknown_src = (0..4096u32).rev().find(|id| Some(*id as u16) != s1 && Some(*id as u16) != s2 && *id != 0).unwrap_or(0xabc);
-    let p = probe::vxlan_payload(unknown_src | dst_id << 12, target_mac, [2, 0, 0, 0, 0, 0x99]);
-    probe::send_udp(&intruder, to, &p, 10).expect("send");
-    sent += 10;
+    let unknown_src = (1..4096u32).rev().find(|id| *id != s1 as u32 && *id != s2 as u32).expect("a free ID");
+    let p = probe::vxlan_payload(unknown_src | (s1 as u32) << 12, target_mac, [2, 0, 0, 0, 0, 0x99]);
+    probe::send_udp(&intruder, to, &p, N).expect("send");
     // Claiming to be host2, from the wrong address.
-    if let (Some(s1), Some(s2)) = (s1, s2) {
-        let p = probe::vxlan_payload(s2 as u32 | (s1 as u32) << 12, target_mac, [2, 0, 0, 0, 0, 0x98]);
-        probe::send_udp(&intruder, to, &p, 10).expect("send");
-        sent += 10;
-    }
+    let p = probe::vxlan_payload(s2 as u32 | (s1 as u32) << 12, target_mac, [2, 0, 0, 0, 0, 0x98]);
+    probe::send_udp(&intruder, to, &p, N).expect("send");
 
     let r1 = bed.router(1);
-    let after = weave_tests::cmd::wait_for("the drops to be counted", Duration::from_secs(5), || {
+    let grew = |m: &str, reason: &str| drops(m, reason) - drops(&before, reason);
+    weave_tests::cmd::wait_for("the drops to be counted", Duration::from_secs(5), || {
         let m = r1.metrics().ok()?;
-        (drops(&m) - drops(&before) >= sent as f64).then_some(m)
+        (grew(&m, "unknown_peer") >= N as f64 && grew(&m, "spoofed_source") >= N as f64).then_some(())
     })
     .unwrap_or_else(|_| {
         let m = r1.metrics().unwrap_or_default();
         panic!(
-            "sent {sent} stray packets, drop counters went from {} to {}:\n{m}",
-            drops(&before),
-            drops(&m)
+            "sent {N} packets from an unknown peer and {N} claiming to be host2; drops grew by {} and {}:\n{m}",
+            grew(&m, "unknown_peer"),
+            grew(&m, "spoofed_source")
         )
     });
-    assert!(drops(&after) > drops(&before));
 
     let rx_after = rx_packets(&bed.container(a).ns, "ethwe");
     assert!(
