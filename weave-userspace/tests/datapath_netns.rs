@@ -194,6 +194,10 @@ fn hosts(tag: &str) -> Vec<Netns> {
 
 impl Bed {
     fn new(tag: &str) -> Self {
+        Self::with_xdp(tag, XdpMode::Auto)
+    }
+
+    fn with_xdp(tag: &str, xdp: XdpMode) -> Self {
         let pins = PinRoot(PathBuf::from(format!("/sys/fs/bpf/{tag}")));
         ebpf::ensure_bpffs().unwrap();
         std::fs::create_dir_all(&pins.0).unwrap();
@@ -207,7 +211,7 @@ impl Bed {
                 underlay_iface: "eth0".into(),
                 underlay_addr: UNDERLAY[i],
                 mtu: None,
-                xdp: XdpMode::Auto,
+                xdp,
                 pin_root: bed._pins.0.clone(),
             };
             bed.routers.push(Router::start(&bed.hosts[i], settings).expect("start the data path"));
@@ -247,6 +251,22 @@ fn send_udp(ns: &Netns, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload_hex: &s
         b = broadcast as u8
     );
     ns.sh(&["python3", "-c", &script]);
+}
+
+/// From a second address on host 2's underlay: VXLAN claiming to be peer 2 (spoofed) and
+/// VXLAN naming an unknown peer, both for peer 1.
+fn send_strays(h2: &Netns) {
+    let _ = h2.exec(&["ip", "addr", "add", &format!("{STRAY}/24"), "dev", "eth0"]);
+    let mut inner = vec![0xff; 6];
+    inner.extend_from_slice(&[0x02, 0x66, 0, 0, 0, 1, 0x08, 0x06]);
+    inner.extend_from_slice(&[0; 28]);
+    let vxlan = |id: u32| {
+        let mut v = vec![0x08, 0, 0, 0, (id >> 16) as u8, (id >> 8) as u8, id as u8, 0];
+        v.extend_from_slice(&inner);
+        hex(&v)
+    };
+    send_udp(h2, STRAY, UNDERLAY[0], 6784, &vxlan(vni::pack(2, 1)), false);
+    send_udp(h2, STRAY, UNDERLAY[0], 6784, &vxlan(vni::pack(0x123, 1)), false);
 }
 
 fn hex(b: &[u8]) -> String {
@@ -310,20 +330,8 @@ fn two_hosts_end_to_end() {
     assert!(r2.counter(Reason::RxToBridge) > 0);
 
     // Stray VXLAN on 6784 from an address that is no peer's: dropped and counted.
-    h2.sh(&["ip", "addr", "add", &format!("{STRAY}/24"), "dev", "eth0"]);
-    let mut inner = vec![0xff; 6];
-    inner.extend_from_slice(&[0x02, 0x66, 0, 0, 0, 1, 0x08, 0x06]);
-    inner.extend_from_slice(&[0; 28]);
-    let vxlan = |id: u32| {
-        let mut v = vec![0x08, 0, 0, 0, (id >> 16) as u8, (id >> 8) as u8, id as u8, 0];
-        v.extend_from_slice(&inner);
-        hex(&v)
-    };
     let (spoofed, unknown) = (r1.counter(Reason::RxDropSpoofedSource), r1.counter(Reason::RxDropUnknownPeer));
-    // Claims to be peer 2 but comes from the wrong address.
-    send_udp(h2, STRAY, UNDERLAY[0], 6784, &vxlan(vni::pack(2, 1)), false);
-    // Names a peer nobody knows.
-    send_udp(h2, STRAY, UNDERLAY[0], 6784, &vxlan(vni::pack(0x123, 1)), false);
+    send_strays(h2);
     wait_until("stray VXLAN counted", || {
         r1.counter(Reason::RxDropSpoofedSource) > spoofed && r1.counter(Reason::RxDropUnknownPeer) > unknown
     });
@@ -347,6 +355,25 @@ fn two_hosts_end_to_end() {
     assert!(!c1.exec(&["ip", "link", "show", "ethwe"]).status.success());
     assert!(!h1.exec(&["ip", "link", "show", &ep.host_ifname]).status.success());
     assert!(r1.call(|dp| async move { dp.endpoints() }).is_empty());
+}
+
+#[test]
+fn xdp_on_drops_strays_before_tc() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tag = format!("{}-xdp", tag());
+    let bed = Bed::with_xdp(&tag, XdpMode::On);
+    let r1 = &bed.routers[0];
+    assert!(r1.call(|dp| async move { dp.xdp_attached() }));
+    assert!(bed.hosts[0].sh(&["ip", "link", "show", "eth0"]).contains("xdp"));
+    assert!(ping(&bed.containers[0], CONTAINER[1]), "traffic still flows with XDP");
+    send_strays(&bed.hosts[1]);
+    wait_until("strays dropped by XDP", || {
+        r1.counter(Reason::XdpDropSpoofedSource) == 1 && r1.counter(Reason::XdpDropUnknownPeer) == 1
+    });
+    assert_eq!(r1.counter(Reason::RxDropSpoofedSource) + r1.counter(Reason::RxDropUnknownPeer), 0);
 }
 
 #[test]
@@ -413,16 +440,47 @@ fn iperf(client: &Netns, server: &Netns, server_ip: Ipv4Addr, extra: &[&str]) ->
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("iperf3 output: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-fn measure(label: &str, c1: &Netns, c2: &Netns, dst: Ipv4Addr) -> (f64, f64) {
+struct Figures {
+    tcp_gbit: f64,
+    retransmits: u64,
+    udp_kpps: f64,
+}
+
+fn measure(c1: &Netns, c2: &Netns, dst: Ipv4Addr) -> Figures {
     let tcp = iperf(c1, c2, dst, &["-t", "8"]);
-    let gbit = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+    let tcp_gbit = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+    let retransmits = tcp["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
     let udp = iperf(c1, c2, dst, &["-u", "-b", "0", "-l", "64", "-t", "8"]);
     let s = &udp["end"]["sum"];
     let secs = s["seconds"].as_f64().unwrap_or(1.0);
     let received = s["packets"].as_f64().unwrap_or(0.0) - s["lost_packets"].as_f64().unwrap_or(0.0);
-    let kpps = received / secs / 1e3;
-    println!("{label:>14}: TCP {gbit:6.2} Gbit/s   UDP 64 B {kpps:7.1} kpps received");
-    (gbit, kpps)
+    Figures { tcp_gbit, retransmits, udp_kpps: received / secs / 1e3 }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Kernel VXLAN between two hosts like the ones of [`Bed`] (bridge, veth to the container,
+/// a VXLAN port, MTU 1450 in the containers).
+fn kernel_vxlan_bed(tag: &str) -> (Vec<Netns>, Vec<Netns>) {
+    let hosts = hosts(tag);
+    let cs: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-c{i}"))).collect();
+    for i in 0..2 {
+        let (h, c) = (&hosts[i].name, &cs[i].name);
+        sh(&["ip", "-n", h, "link", "add", "br0", "mtu", "1450", "type", "bridge"]);
+        sh(&["ip", "-n", h, "link", "add", "vx0", "mtu", "1450", "type", "vxlan", "id", "42", "remote", &UNDERLAY[1 - i].to_string(),
+            "local", &UNDERLAY[i].to_string(), "dstport", "4789", "dev", "eth0", "nolearning"]);
+        sh(&["ip", "-n", h, "link", "add", "veth0", "mtu", "1450", "type", "veth", "peer", "name", "ethwe", "netns", c]);
+        for dev in ["vx0", "veth0"] {
+            sh(&["ip", "-n", h, "link", "set", dev, "master", "br0", "up"]);
+        }
+        sh(&["ip", "-n", h, "link", "set", "br0", "up"]);
+        sh(&["ip", "-n", c, "link", "set", "ethwe", "mtu", "1450", "up"]);
+        sh(&["ip", "-n", c, "addr", "add", &format!("{}/24", CONTAINER[i]), "dev", "ethwe"]);
+    }
+    (hosts, cs)
 }
 
 #[test]
@@ -433,28 +491,27 @@ fn throughput_vs_kernel_vxlan() {
         return;
     }
     let tag = format!("{}-tp", tag());
-    // Plain kernel VXLAN between the same kind of hosts and containers.
-    let (kernel_tcp, kernel_pps) = {
-        let hosts = hosts(&format!("{tag}-k"));
-        let cs: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-k-c{i}"))).collect();
-        for i in 0..2 {
-            let (h, c) = (&hosts[i].name, &cs[i].name);
-            sh(&["ip", "-n", h, "link", "add", "br0", "mtu", "1450", "type", "bridge"]);
-            sh(&["ip", "-n", h, "link", "add", "vx0", "mtu", "1450", "type", "vxlan", "id", "42", "remote", &UNDERLAY[1 - i].to_string(),
-                "local", &UNDERLAY[i].to_string(), "dstport", "4789", "dev", "eth0", "nolearning"]);
-            sh(&["ip", "-n", h, "link", "add", "veth0", "mtu", "1450", "type", "veth", "peer", "name", "ethwe", "netns", c]);
-            for dev in ["vx0", "veth0"] {
-                sh(&["ip", "-n", h, "link", "set", dev, "master", "br0", "up"]);
-            }
-            sh(&["ip", "-n", h, "link", "set", "br0", "up"]);
-            sh(&["ip", "-n", c, "link", "set", "ethwe", "mtu", "1450", "up"]);
-            sh(&["ip", "-n", c, "addr", "add", &format!("{}/24", CONTAINER[i]), "dev", "ethwe"]);
-        }
-        assert!(ping(&cs[0], CONTAINER[1]));
-        measure("kernel VXLAN", &cs[0], &cs[1], CONTAINER[1])
-    };
+    let (_khosts, kcs) = kernel_vxlan_bed(&format!("{tag}-k"));
+    assert!(ping(&kcs[0], CONTAINER[1]));
     let bed = Bed::new(&tag);
     assert!(ping(&bed.containers[0], CONTAINER[1]));
-    let (tcp, pps) = measure("weave-router", &bed.containers[0], &bed.containers[1], CONTAINER[1]);
-    println!("ratios: TCP {:.2}x, UDP 64 B pps {:.2}x", tcp / kernel_tcp, pps / kernel_pps);
+    // Interleaved rounds, medians: the machine is shared and single runs are noisy.
+    let (mut k, mut w) = (Vec::new(), Vec::new());
+    for round in 1..=3 {
+        let kf = measure(&kcs[0], &kcs[1], CONTAINER[1]);
+        let wf = measure(&bed.containers[0], &bed.containers[1], CONTAINER[1]);
+        for (label, f) in [("kernel VXLAN", &kf), ("weave-router", &wf)] {
+            println!(
+                "round {round} {label:>12}: TCP {:6.2} Gbit/s ({:5} retransmits)   UDP 64 B {:6.1} kpps",
+                f.tcp_gbit, f.retransmits, f.udp_kpps
+            );
+        }
+        k.push(kf);
+        w.push(wf);
+    }
+    let med = |v: &Vec<Figures>, f: fn(&Figures) -> f64| median(v.iter().map(f).collect());
+    let (kt, kp) = (med(&k, |f| f.tcp_gbit), med(&k, |f| f.udp_kpps));
+    let (wt, wp) = (med(&w, |f| f.tcp_gbit), med(&w, |f| f.udp_kpps));
+    println!("medians: kernel VXLAN TCP {kt:.2} Gbit/s, {kp:.1} kpps; weave-router TCP {wt:.2} Gbit/s, {wp:.1} kpps");
+    println!("ratios: TCP {:.2}x (target 1.15x), UDP 64 B pps {:.2}x (target 1.5x)", wt / kt, wp / kp);
 }
