@@ -337,6 +337,13 @@ fn two_hosts_end_to_end() {
     });
     assert!(!r1.call(|dp| async move { dp.remote_macs() }).iter().any(|(m, _)| m[1] == 0x66), "nothing learned from strays");
 
+    // The maps carry BTF: bpftool shows field names.
+    if Path::new("/usr/sbin/bpftool").exists() {
+        let pin = r1.call(|dp| async move { dp.pin_dir().join("PEERS") });
+        let out = sh(&["bpftool", "map", "lookup", "pinned", pin.to_str().unwrap(), "key", "2", "0", "0", "0"]);
+        assert!(out.contains("\"underlay_ipv4\"") && out.contains("\"next_hop\": 2"), "{out}");
+    }
+
     // remove_peer forgets the peer: PEERS entry, learned MACs, the VXLAN device.
     r1.call(|dp| async move { dp.remove_peer(ShortId::new(2).unwrap()).await }).expect("remove_peer");
     let entry = r1.call(|dp| async move { dp.peer_entry(ShortId::new(2).unwrap()).unwrap() });
