@@ -17,7 +17,8 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("workspace root").to_path_buf();
     let ebpf_dir = root.join("weave-ebpf");
     let common_dir = root.join("weave-ebpf-common");
@@ -39,7 +40,10 @@ fn main() {
     if let Some(prebuilt) = env::var_os("WEAVE_EBPF_OBJECT") {
         println!("cargo:rerun-if-changed={}", Path::new(&prebuilt).display());
         if let Err(e) = std::fs::copy(&prebuilt, &out) {
-            fail(&format!("cannot copy WEAVE_EBPF_OBJECT {}: {e}", Path::new(&prebuilt).display()));
+            fail(&format!(
+                "cannot copy WEAVE_EBPF_OBJECT {}: {e}",
+                Path::new(&prebuilt).display()
+            ));
         }
         return;
     }
@@ -86,7 +90,9 @@ fn main() {
     }
     let status = match cmd.status() {
         Ok(s) => s,
-        Err(e) => fail(&format!("cannot run rustup to build the eBPF programs with nightly: {e}")),
+        Err(e) => fail(&format!(
+            "cannot run rustup to build the eBPF programs with nightly: {e}"
+        )),
     };
     if !status.success() {
         // Tell a missing toolchain apart from a compile error in the programs.
@@ -101,11 +107,17 @@ fn main() {
         if nightly_ok.is_none() {
             fail("the nightly toolchain with rust-src is missing (needed to build the eBPF programs)");
         }
-        eprintln!("error: building the eBPF programs in {} failed (see above)", ebpf_dir.display());
+        eprintln!(
+            "error: building the eBPF programs in {} failed (see above)",
+            ebpf_dir.display()
+        );
         exit(1);
     }
     let built = target_dir.join("bpfel-unknown-none/release/weave-ebpf");
     if let Err(e) = std::fs::copy(&built, &out) {
-        fail(&format!("eBPF object {} missing after the build: {e}", built.display()));
+        fail(&format!(
+            "eBPF object {} missing after the build: {e}",
+            built.display()
+        ));
     }
 }

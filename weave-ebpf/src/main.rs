@@ -17,8 +17,7 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
         xdp_action::{XDP_DROP, XDP_PASS},
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK,
-        TC_ACT_SHOT,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
@@ -56,8 +55,11 @@ static NEIGHBOURS: LruHashMap<Ipv4Key, MacKey, { NEIGHBOURS_MAX_ENTRIES as usize
 #[btf_map]
 static COUNTERS: PerCpuArray<Counter, { Reason::COUNT as usize }> = PerCpuArray::new();
 #[btf_map]
-static PEER_COUNTERS: PerCpuArray<PeerCounter, { PEERS_MAX_ENTRIES as usize }> =
-    PerCpuArray::new();
+static PEER_COUNTERS: PerCpuArray<PeerCounter, { PEERS_MAX_ENTRIES as usize }> = PerCpuArray::new();
+
+/// tc verdicts (`TC_ACT_OK`, `TC_ACT_SHOT`) as the classifier returns them.
+const TC_OK: i32 = 0;
+const TC_SHOT: i32 = 2;
 
 /// `ENCAP_L2(len)` of `bpf_skb_adjust_room`: the length of the inner L2 header.
 const fn adj_room_encap_l2(len: u64) -> u64 {
@@ -124,7 +126,14 @@ fn config() -> Option<DatapathConfig> {
 
 #[inline(always)]
 fn mac_at(b: &[u8], off: usize) -> [u8; 6] {
-    [b[off], b[off + 1], b[off + 2], b[off + 3], b[off + 4], b[off + 5]]
+    [
+        b[off],
+        b[off + 1],
+        b[off + 2],
+        b[off + 3],
+        b[off + 4],
+        b[off + 5],
+    ]
 }
 
 #[inline(always)]
@@ -174,12 +183,12 @@ fn admit(cfg: &DatapathConfig, outer_src: [u8; 4], vxlan: &[u8; VXLAN_HLEN]) -> 
 
 #[classifier]
 pub fn tx_from_container(ctx: TcContext) -> i32 {
-    try_tx_from_container(&ctx).unwrap_or(TC_ACT_OK as i32)
+    try_tx_from_container(&ctx).unwrap_or(TC_OK)
 }
 
 fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     };
     let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
     let dst = mac_at(&eth, 0);
@@ -192,15 +201,15 @@ fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
             return Ok(action);
         }
         count(Reason::TxToBridge, len);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     }
     if is_group_mac(&dst) {
         count(Reason::TxToBridge, len);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     }
     let key = MacKey::new(dst);
     // SAFETY: the value is copied out at once, before any update of the map.
-    if let Some(ep) = unsafe { ENDPOINTS.get(&key) } {
+    if let Some(ep) = unsafe { ENDPOINTS.get(key) } {
         let ifindex = ep.host_ifindex;
         count(Reason::TxLocalDelivered, len);
         // SAFETY: a helper call with plain integer arguments.
@@ -208,16 +217,16 @@ fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
     }
     if proto != ETH_P_IP {
         count(Reason::TxToBridge, len);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     }
     // SAFETY: the value is copied out at once; an LRU entry may be reused later.
-    let Some(peer_id) = (unsafe { REMOTE_MACS.get(&key) }).map(|r| r.peer_short_id) else {
+    let Some(peer_id) = (unsafe { REMOTE_MACS.get(key) }).map(|r| r.peer_short_id) else {
         count(Reason::TxToBridge, len);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     };
     let Some(remote) = next_hop_address(peer_id) else {
         count(Reason::TxToBridge, len);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     };
     Ok(encapsulate(ctx, &cfg, &eth, peer_id, remote, len))
 }
@@ -250,9 +259,12 @@ fn encapsulate(
 ) -> i32 {
     // SAFETY: the helper only reads the skb the program was given.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
-    if ctx.adjust_room(OUTER_HLEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS).is_err() {
+    if ctx
+        .adjust_room(OUTER_HLEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .is_err()
+    {
         count(Reason::TxEncapFailed, len);
-        return TC_ACT_SHOT as i32;
+        return TC_SHOT;
     }
     // adjust_room inserted the room after the first 14 bytes: write the outer headers and
     // the original Ethernet header behind them in one go.
@@ -265,7 +277,7 @@ fn encapsulate(
     };
     let (outer, inner) = hdr.split_at_mut(OUTER_HLEN);
     let Ok(outer) = <&mut [u8; OUTER_HLEN]>::try_from(outer) else {
-        return TC_ACT_SHOT as i32;
+        return TC_SHOT;
     };
     write_outer_headers(
         outer,
@@ -280,7 +292,7 @@ fn encapsulate(
     inner.copy_from_slice(eth);
     if ctx.store(0, &hdr, 0).is_err() {
         count(Reason::TxEncapFailed, len);
-        return TC_ACT_SHOT as i32;
+        return TC_SHOT;
     }
     count(Reason::TxEncapsulated, len);
     count_peer(peer_id, true, len);
@@ -306,7 +318,7 @@ fn answer_arp(ctx: &TcContext) -> Option<i32> {
         return None;
     }
     // SAFETY: the value is copied out at once.
-    let mac = unsafe { NEIGHBOURS.get(&Ipv4Key { addr: tpa }) }?.addr;
+    let mac = unsafe { NEIGHBOURS.get(Ipv4Key { addr: tpa }) }?.addr;
     if mac == sha {
         return None;
     }
@@ -333,47 +345,47 @@ fn answer_arp(ctx: &TcContext) -> Option<i32> {
 
 #[classifier]
 pub fn rx_from_underlay(ctx: TcContext) -> i32 {
-    try_rx_from_underlay(&ctx).unwrap_or(TC_ACT_OK as i32)
+    try_rx_from_underlay(&ctx).unwrap_or(TC_OK)
 }
 
 fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     };
     let len = ctx.len();
     let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
     if u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IP {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     }
     let ip: [u8; IPV4_HLEN] = ctx.load(OFF_IP).map_err(|_| ())?;
     if ip[9] != IPPROTO_UDP || ip[0] >> 4 != 4 {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     }
     let ihl = (ip[0] & 0x0f) as usize * 4;
     if ihl < IPV4_HLEN {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     }
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     if frag & 0x1fff != 0 {
         // A later fragment: no UDP header to look at; without its first fragment the
         // kernel cannot reassemble it.
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     }
     let udp: [u8; UDP_HLEN] = match ctx.load(ETH_HLEN + ihl) {
         Ok(u) => u,
-        Err(_) => return Ok(TC_ACT_OK as i32),
+        Err(_) => return Ok(TC_OK),
     };
     if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     }
     // VXLAN from here on: whatever is not admitted is dropped.
     if ihl != IPV4_HLEN || frag & IPV4_FRAGMENT_MASK != 0 || (len as usize) < MIN_VXLAN_FRAME {
         count(Reason::RxDropMalformed, len);
-        return Ok(TC_ACT_SHOT as i32);
+        return Ok(TC_SHOT);
     }
     let Ok(tail) = ctx.load::<[u8; VXLAN_HLEN + ETH_HLEN]>(OFF_VXLAN) else {
         count(Reason::RxDropMalformed, len);
-        return Ok(TC_ACT_SHOT as i32);
+        return Ok(TC_SHOT);
     };
     let mut vx = [0u8; VXLAN_HLEN];
     vx.copy_from_slice(&tail[..VXLAN_HLEN]);
@@ -395,8 +407,13 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
 
     if inner_proto == ETH_P_IP && !is_group_mac(&inner_dst) {
         // SAFETY: the value is copied out at once.
-        if let Some(ifindex) = unsafe { ENDPOINTS.get(&MacKey::new(inner_dst)) }.map(|e| e.host_ifindex) {
-            if ctx.adjust_room(-(OUTER_HLEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS).is_err() {
+        if let Some(ifindex) =
+            unsafe { ENDPOINTS.get(MacKey::new(inner_dst)) }.map(|e| e.host_ifindex)
+        {
+            if ctx
+                .adjust_room(-(OUTER_HLEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
+                .is_err()
+            {
                 return Ok(drop_rx(Reason::RxDecapFailed, len));
             }
             // The first 14 bytes left are the outer Ethernet header: put the inner one there.
@@ -413,19 +430,23 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     // no longer match, so it goes (zero is valid for IPv4).
     let id = vni::pack(cfg.own_short_id, src);
     let vni_bytes: [u8; 4] = [(id >> 16) as u8, (id >> 8) as u8, id as u8, 0];
-    if ctx.store(OFF_VXLAN + 4, &vni_bytes, BPF_F_RECOMPUTE_CSUM as u64).is_err()
-        || ctx.store(OFF_UDP + 6, &[0u8; 2], BPF_F_RECOMPUTE_CSUM as u64).is_err()
+    if ctx
+        .store(OFF_VXLAN + 4, &vni_bytes, BPF_F_RECOMPUTE_CSUM as u64)
+        .is_err()
+        || ctx
+            .store(OFF_UDP + 6, &[0u8; 2], BPF_F_RECOMPUTE_CSUM as u64)
+            .is_err()
     {
         return Ok(drop_rx(Reason::RxDecapFailed, len));
     }
     count(Reason::RxToBridge, len);
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_OK)
 }
 
 #[inline(always)]
 fn drop_rx(reason: Reason, len: u32) -> i32 {
     count(reason, len);
-    TC_ACT_SHOT as i32
+    TC_SHOT
 }
 
 /// Learns the inner source MAC → source peer and the inner source IPv4 → MAC, writing
@@ -437,11 +458,11 @@ fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
     }
     let key = MacKey::new(src_mac);
     // SAFETY: the value is copied out at once.
-    let known = unsafe { REMOTE_MACS.get(&key) }.map(|r| r.peer_short_id);
+    let known = unsafe { REMOTE_MACS.get(key) }.map(|r| r.peer_short_id);
     if known != Some(src_peer) {
         let _ = REMOTE_MACS.insert(
-            &key,
-            &RemoteMac {
+            key,
+            RemoteMac {
                 peer_short_id: src_peer,
                 _pad: [0; 6],
             },
@@ -470,9 +491,9 @@ fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
     }
     let ip_key = Ipv4Key { addr };
     // SAFETY: the value is copied out at once.
-    let known = unsafe { NEIGHBOURS.get(&ip_key) }.map(|m| m.addr);
+    let known = unsafe { NEIGHBOURS.get(ip_key) }.map(|m| m.addr);
     if known != Some(src_mac) {
-        let _ = NEIGHBOURS.insert(&ip_key, &key, 0);
+        let _ = NEIGHBOURS.insert(ip_key, key, 0);
     }
 }
 

@@ -30,12 +30,19 @@ fn is_root() -> bool {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 fn sh(args: &[&str]) -> String {
     let out = run(args);
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -61,7 +68,13 @@ impl Netns {
     }
     fn sh(&self, args: &[&str]) -> String {
         let out = self.exec(args);
-        assert!(out.status.success(), "in {}: {args:?} failed: {}{}", self.name, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "in {}: {args:?} failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
     fn spawn(&self, args: &[&str]) -> Child {
@@ -110,7 +123,10 @@ impl Router {
                 let _ = ready_tx.send(Err(format!("setns: {}", std::io::Error::last_os_error())));
                 return;
             }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             let dp = match rt.block_on(ebpf::start(settings)) {
                 Ok(dp) => Arc::new(dp),
                 Err(e) => {
@@ -126,8 +142,13 @@ impl Router {
                 eprintln!("shutdown: {e}");
             }
         });
-        ready_rx.recv().map_err(|_| "router thread died".to_string())??;
-        Ok(Self { jobs: Some(jobs), thread: Some(thread) })
+        ready_rx
+            .recv()
+            .map_err(|_| "router thread died".to_string())??;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
     }
 
     fn call<T, F, Fut>(&self, f: F) -> T
@@ -184,9 +205,32 @@ fn tag() -> String {
 /// Hosts and their veth underlay (eth0 in each, 10.77.0.x/24).
 fn hosts(tag: &str) -> Vec<Netns> {
     let hosts: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-h{i}"))).collect();
-    sh(&["ip", "-n", &hosts[0].name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &hosts[1].name]);
+    sh(&[
+        "ip",
+        "-n",
+        &hosts[0].name,
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &hosts[1].name,
+    ]);
     for (i, h) in hosts.iter().enumerate() {
-        sh(&["ip", "-n", &h.name, "addr", "add", &format!("{}/24", UNDERLAY[i]), "dev", "eth0"]);
+        sh(&[
+            "ip",
+            "-n",
+            &h.name,
+            "addr",
+            "add",
+            &format!("{}/24", UNDERLAY[i]),
+            "dev",
+            "eth0",
+        ]);
         sh(&["ip", "-n", &h.name, "link", "set", "eth0", "up"]);
     }
     hosts
@@ -197,13 +241,20 @@ impl Bed {
         Self::with_xdp(tag, XdpMode::Auto)
     }
 
+    // Host i, container i and router i go together: indexing reads best.
+    #[allow(clippy::needless_range_loop)]
     fn with_xdp(tag: &str, xdp: XdpMode) -> Self {
         let pins = PinRoot(PathBuf::from(format!("/sys/fs/bpf/{tag}")));
         ebpf::ensure_bpffs().unwrap();
         std::fs::create_dir_all(&pins.0).unwrap();
         let hosts = hosts(tag);
         let containers: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-c{i}"))).collect();
-        let mut bed = Bed { routers: Vec::new(), containers, hosts, _pins: pins };
+        let mut bed = Bed {
+            routers: Vec::new(),
+            containers,
+            hosts,
+            _pins: pins,
+        };
         for i in 0..2 {
             let settings = DatapathSettings {
                 peer_name: PeerName::from_bytes([0x0a, 0x77, 0, 0, 0, i as u8 + 1]),
@@ -214,24 +265,35 @@ impl Bed {
                 xdp,
                 pin_root: bed._pins.0.clone(),
             };
-            bed.routers.push(Router::start(&bed.hosts[i], settings).expect("start the data path"));
+            bed.routers
+                .push(Router::start(&bed.hosts[i], settings).expect("start the data path"));
         }
         for i in 0..2 {
             let other = 1 - i;
-            let peer = DatapathPeer { short_id: short(other), underlay: UNDERLAY[other], next_hop: short(other) };
-            bed.routers[i].call(move |dp| async move { dp.add_peer(peer).await }).expect("add_peer");
+            let peer = DatapathPeer {
+                short_id: short(other),
+                underlay: UNDERLAY[other],
+                next_hop: short(other),
+            };
+            bed.routers[i]
+                .call(move |dp| async move { dp.add_peer(peer).await })
+                .expect("add_peer");
             let request = AttachRequest {
                 netns: bed.containers[i].path(),
                 addresses: vec![format!("{}/24", CONTAINER[i]).parse().unwrap()],
             };
-            bed.routers[i].call(move |dp| async move { dp.attach(request).await }).expect("attach");
+            bed.routers[i]
+                .call(move |dp| async move { dp.attach(request).await })
+                .expect("attach");
         }
         bed
     }
 }
 
 fn ping(from: &Netns, to: Ipv4Addr) -> bool {
-    from.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &to.to_string()]).status.success()
+    from.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &to.to_string()])
+        .status
+        .success()
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -243,7 +305,14 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// Sends one UDP datagram with `python3` from inside a namespace.
-fn send_udp(ns: &Netns, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload_hex: &str, broadcast: bool) {
+fn send_udp(
+    ns: &Netns,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    port: u16,
+    payload_hex: &str,
+    broadcast: bool,
+) {
     let script = format!(
         "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
          s.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,{b})\ns.bind(('{src}',0))\n\
@@ -261,12 +330,28 @@ fn send_strays(h2: &Netns) {
     inner.extend_from_slice(&[0x02, 0x66, 0, 0, 0, 1, 0x08, 0x06]);
     inner.extend_from_slice(&[0; 28]);
     let vxlan = |id: u32| {
-        let mut v = vec![0x08, 0, 0, 0, (id >> 16) as u8, (id >> 8) as u8, id as u8, 0];
+        let mut v = vec![
+            0x08,
+            0,
+            0,
+            0,
+            (id >> 16) as u8,
+            (id >> 8) as u8,
+            id as u8,
+            0,
+        ];
         v.extend_from_slice(&inner);
         hex(&v)
     };
     send_udp(h2, STRAY, UNDERLAY[0], 6784, &vxlan(vni::pack(2, 1)), false);
-    send_udp(h2, STRAY, UNDERLAY[0], 6784, &vxlan(vni::pack(0x123, 1)), false);
+    send_udp(
+        h2,
+        STRAY,
+        UNDERLAY[0],
+        6784,
+        &vxlan(vni::pack(0x123, 1)),
+        false,
+    );
 }
 
 fn hex(b: &[u8]) -> String {
@@ -287,12 +372,28 @@ fn two_hosts_end_to_end() {
 
     // Devices as designed.
     let link = h1.sh(&["ip", "-d", "link", "show", "vxw-002"]);
-    assert!(link.contains(&format!("vxlan id {}", vni::pack(1, 2))), "{link}");
-    assert!(link.contains("remote 10.77.0.2") && link.contains("dstport 6784") && link.contains("nolearning"), "{link}");
-    assert!(link.contains("master weave") && link.contains("isolated on"), "{link}");
+    assert!(
+        link.contains(&format!("vxlan id {}", vni::pack(1, 2))),
+        "{link}"
+    );
+    assert!(
+        link.contains("remote 10.77.0.2")
+            && link.contains("dstport 6784")
+            && link.contains("nolearning"),
+        "{link}"
+    );
+    assert!(
+        link.contains("master weave") && link.contains("isolated on"),
+        "{link}"
+    );
     let ethwe = c1.sh(&["ip", "-d", "link", "show", "ethwe"]);
-    assert!(ethwe.contains("mtu 1450") && ethwe.contains("state UP"), "{ethwe}");
-    assert!(c1.sh(&["ip", "addr", "show", "ethwe"]).contains("10.2.1.1/24"));
+    assert!(
+        ethwe.contains("mtu 1450") && ethwe.contains("state UP"),
+        "{ethwe}"
+    );
+    assert!(c1
+        .sh(&["ip", "addr", "show", "ethwe"])
+        .contains("10.2.1.1/24"));
     assert!(h1.sh(&["ip", "link", "show", "weave"]).contains("mtu 1450"));
 
     // Containers reach each other across the hosts; ARP resolves.
@@ -300,18 +401,30 @@ fn two_hosts_end_to_end() {
     assert!(ping(c2, CONTAINER[0]), "c2 → c1");
     let c2_mac = r2.call(|dp| async move { dp.endpoints()[0].mac });
     let neigh = c1.sh(&["ip", "neigh", "show", &CONTAINER[1].to_string()]);
-    let mac_str = c2_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    assert!(neigh.contains(&mac_str), "c1 resolved c2 to {mac_str}: {neigh}");
+    let mac_str = c2_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(
+        neigh.contains(&mac_str),
+        "c1 resolved c2 to {mac_str}: {neigh}"
+    );
     // Unicast took the eBPF path both ways.
     assert!(r1.counter(Reason::TxEncapsulated) > 0);
     assert!(r2.counter(Reason::RxDelivered) > 0);
-    assert!(r1.call(|dp| async move { dp.remote_macs() }).contains(&(c2_mac, 2)));
+    assert!(r1
+        .call(|dp| async move { dp.remote_macs() })
+        .contains(&(c2_mac, 2)));
 
     // Once learned, ARP is answered on the host without crossing the underlay.
     c1.sh(&["ip", "neigh", "flush", "dev", "ethwe"]);
     let answered = r1.counter(Reason::TxArpAnswered);
     assert!(ping(c1, CONTAINER[1]), "c1 → c2 after a neighbour flush");
-    assert!(r1.counter(Reason::TxArpAnswered) > answered, "ARP answered from NEIGHBOURS");
+    assert!(
+        r1.counter(Reason::TxArpAnswered) > answered,
+        "ARP answered from NEIGHBOURS"
+    );
 
     // A broadcast reaches the container on the other host.
     let rx = c2.spawn(&[
@@ -322,35 +435,78 @@ fn two_hosts_end_to_end() {
     ]);
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
-        send_udp(c1, CONTAINER[0], Ipv4Addr::new(10, 2, 1, 255), 9999, &hex(b"weave-broadcast"), true);
+        send_udp(
+            c1,
+            CONTAINER[0],
+            Ipv4Addr::new(10, 2, 1, 255),
+            9999,
+            &hex(b"weave-broadcast"),
+            true,
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = rx.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("weave-broadcast"), "broadcast received: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("weave-broadcast"),
+        "broadcast received: {out:?}"
+    );
     assert!(r2.counter(Reason::RxToBridge) > 0);
 
     // Stray VXLAN on 6784 from an address that is no peer's: dropped and counted.
-    let (spoofed, unknown) = (r1.counter(Reason::RxDropSpoofedSource), r1.counter(Reason::RxDropUnknownPeer));
+    let (spoofed, unknown) = (
+        r1.counter(Reason::RxDropSpoofedSource),
+        r1.counter(Reason::RxDropUnknownPeer),
+    );
     send_strays(h2);
     wait_until("stray VXLAN counted", || {
-        r1.counter(Reason::RxDropSpoofedSource) > spoofed && r1.counter(Reason::RxDropUnknownPeer) > unknown
+        r1.counter(Reason::RxDropSpoofedSource) > spoofed
+            && r1.counter(Reason::RxDropUnknownPeer) > unknown
     });
-    assert!(!r1.call(|dp| async move { dp.remote_macs() }).iter().any(|(m, _)| m[1] == 0x66), "nothing learned from strays");
+    assert!(
+        !r1.call(|dp| async move { dp.remote_macs() })
+            .iter()
+            .any(|(m, _)| m[1] == 0x66),
+        "nothing learned from strays"
+    );
 
     // The maps carry BTF: bpftool shows field names.
     if Path::new("/usr/sbin/bpftool").exists() {
         let pin = r1.call(|dp| async move { dp.pin_dir().join("PEERS") });
-        let out = sh(&["bpftool", "map", "lookup", "pinned", pin.to_str().unwrap(), "key", "2", "0", "0", "0"]);
-        assert!(out.contains("\"underlay_ipv4\"") && out.contains("\"next_hop\": 2"), "{out}");
+        let out = sh(&[
+            "bpftool",
+            "map",
+            "lookup",
+            "pinned",
+            pin.to_str().unwrap(),
+            "key",
+            "2",
+            "0",
+            "0",
+            "0",
+        ]);
+        assert!(
+            out.contains("\"underlay_ipv4\"") && out.contains("\"next_hop\": 2"),
+            "{out}"
+        );
     }
 
     // remove_peer forgets the peer: PEERS entry, learned MACs, the VXLAN device.
-    r1.call(|dp| async move { dp.remove_peer(ShortId::new(2).unwrap()).await }).expect("remove_peer");
+    r1.call(|dp| async move { dp.remove_peer(ShortId::new(2).unwrap()).await })
+        .expect("remove_peer");
     let entry = r1.call(|dp| async move { dp.peer_entry(ShortId::new(2).unwrap()).unwrap() });
     assert_eq!(entry.flags, 0);
-    assert!(!r1.call(|dp| async move { dp.remote_macs() }).iter().any(|(_, p)| *p == 2));
-    assert!(!h1.exec(&["ip", "link", "show", "vxw-002"]).status.success(), "vxw-002 deleted");
-    assert!(!ping(c2, CONTAINER[0]), "traffic from a removed peer is dropped");
+    assert!(!r1
+        .call(|dp| async move { dp.remote_macs() })
+        .iter()
+        .any(|(_, p)| *p == 2));
+    assert!(
+        !h1.exec(&["ip", "link", "show", "vxw-002"]).status.success(),
+        "vxw-002 deleted"
+    );
+    assert!(
+        !ping(c2, CONTAINER[0]),
+        "traffic from a removed peer is dropped"
+    );
     assert!(r1.counter(Reason::RxDropUnknownPeer) > unknown + 1);
 
     // Detach takes the interface back.
@@ -360,7 +516,10 @@ fn two_hosts_end_to_end() {
     });
     let ep = ep.expect("detach");
     assert!(!c1.exec(&["ip", "link", "show", "ethwe"]).status.success());
-    assert!(!h1.exec(&["ip", "link", "show", &ep.host_ifname]).status.success());
+    assert!(!h1
+        .exec(&["ip", "link", "show", &ep.host_ifname])
+        .status
+        .success());
     assert!(r1.call(|dp| async move { dp.endpoints() }).is_empty());
 }
 
@@ -374,13 +533,21 @@ fn xdp_on_drops_strays_before_tc() {
     let bed = Bed::with_xdp(&tag, XdpMode::On);
     let r1 = &bed.routers[0];
     assert!(r1.call(|dp| async move { dp.xdp_attached() }));
-    assert!(bed.hosts[0].sh(&["ip", "link", "show", "eth0"]).contains("xdp"));
-    assert!(ping(&bed.containers[0], CONTAINER[1]), "traffic still flows with XDP");
+    assert!(bed.hosts[0]
+        .sh(&["ip", "link", "show", "eth0"])
+        .contains("xdp"));
+    assert!(
+        ping(&bed.containers[0], CONTAINER[1]),
+        "traffic still flows with XDP"
+    );
     send_strays(&bed.hosts[1]);
     wait_until("strays dropped by XDP", || {
         r1.counter(Reason::XdpDropSpoofedSource) == 1 && r1.counter(Reason::XdpDropUnknownPeer) == 1
     });
-    assert_eq!(r1.counter(Reason::RxDropSpoofedSource) + r1.counter(Reason::RxDropUnknownPeer), 0);
+    assert_eq!(
+        r1.counter(Reason::RxDropSpoofedSource) + r1.counter(Reason::RxDropUnknownPeer),
+        0
+    );
 }
 
 #[test]
@@ -403,23 +570,41 @@ fn bad_requests_fail_cleanly() {
         xdp: XdpMode::Off,
         pin_root: pins.0.clone(),
     };
-    let err = Router::start(&hosts[0], settings.clone()).err().expect("unknown underlay fails");
+    let err = Router::start(&hosts[0], settings.clone())
+        .err()
+        .expect("unknown underlay fails");
     assert_eq!(err, "interface nonexistent0 not found");
     settings.underlay_iface = "eth0".into();
     let r = Router::start(&hosts[0], settings.clone()).expect("start");
     let err = r
         .call(|dp| async move {
-            dp.attach(AttachRequest { netns: "/nonexistent/netns".into(), addresses: vec![] }).await
+            dp.attach(AttachRequest {
+                netns: "/nonexistent/netns".into(),
+                addresses: vec![],
+            })
+            .await
         })
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("network namespace /nonexistent/netns:"), "{err}");
+    assert!(
+        err.starts_with("network namespace /nonexistent/netns:"),
+        "{err}"
+    );
     let err = r
-        .call(|dp| async move { dp.attach(AttachRequest { netns: "/etc/hostname".into(), addresses: vec![] }).await })
+        .call(|dp| async move {
+            dp.attach(AttachRequest {
+                netns: "/etc/hostname".into(),
+                addresses: vec![],
+            })
+            .await
+        })
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a network namespace"), "{err}");
-    assert!(!hosts[0].sh(&["ip", "link", "show"]).contains("vethwe"), "nothing left behind");
+    assert!(
+        !hosts[0].sh(&["ip", "link", "show"]).contains("vethwe"),
+        "nothing left behind"
+    );
     // A second start with the same name replaces the first one's pins and links.
     drop(r);
     let r = Router::start(&hosts[0], settings).expect("restart");
@@ -444,7 +629,12 @@ fn iperf(client: &Netns, server: &Netns, server_ip: Ipv4Addr, extra: &[&str]) ->
     let out = client.exec(&args);
     let _ = srv.kill();
     let _ = srv.wait();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("iperf3 output: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 output: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 struct Figures {
@@ -455,13 +645,20 @@ struct Figures {
 
 fn measure(c1: &Netns, c2: &Netns, dst: Ipv4Addr) -> Figures {
     let tcp = iperf(c1, c2, dst, &["-t", "8"]);
-    let tcp_gbit = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+    let tcp_gbit = tcp["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9;
     let retransmits = tcp["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
     let udp = iperf(c1, c2, dst, &["-u", "-b", "0", "-l", "64", "-t", "8"]);
     let s = &udp["end"]["sum"];
     let secs = s["seconds"].as_f64().unwrap_or(1.0);
     let received = s["packets"].as_f64().unwrap_or(0.0) - s["lost_packets"].as_f64().unwrap_or(0.0);
-    Figures { tcp_gbit, retransmits, udp_kpps: received / secs / 1e3 }
+    Figures {
+        tcp_gbit,
+        retransmits,
+        udp_kpps: received / secs / 1e3,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -476,16 +673,51 @@ fn kernel_vxlan_bed(tag: &str) -> (Vec<Netns>, Vec<Netns>) {
     let cs: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-c{i}"))).collect();
     for i in 0..2 {
         let (h, c) = (&hosts[i].name, &cs[i].name);
-        sh(&["ip", "-n", h, "link", "add", "br0", "mtu", "1450", "type", "bridge"]);
-        sh(&["ip", "-n", h, "link", "add", "vx0", "mtu", "1450", "type", "vxlan", "id", "42", "remote", &UNDERLAY[1 - i].to_string(),
-            "local", &UNDERLAY[i].to_string(), "dstport", "4789", "dev", "eth0", "nolearning"]);
-        sh(&["ip", "-n", h, "link", "add", "veth0", "mtu", "1450", "type", "veth", "peer", "name", "ethwe", "netns", c]);
+        sh(&[
+            "ip", "-n", h, "link", "add", "br0", "mtu", "1450", "type", "bridge",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            h,
+            "link",
+            "add",
+            "vx0",
+            "mtu",
+            "1450",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "remote",
+            &UNDERLAY[1 - i].to_string(),
+            "local",
+            &UNDERLAY[i].to_string(),
+            "dstport",
+            "4789",
+            "dev",
+            "eth0",
+            "nolearning",
+        ]);
+        sh(&[
+            "ip", "-n", h, "link", "add", "veth0", "mtu", "1450", "type", "veth", "peer", "name",
+            "ethwe", "netns", c,
+        ]);
         for dev in ["vx0", "veth0"] {
             sh(&["ip", "-n", h, "link", "set", dev, "master", "br0", "up"]);
         }
         sh(&["ip", "-n", h, "link", "set", "br0", "up"]);
         sh(&["ip", "-n", c, "link", "set", "ethwe", "mtu", "1450", "up"]);
-        sh(&["ip", "-n", c, "addr", "add", &format!("{}/24", CONTAINER[i]), "dev", "ethwe"]);
+        sh(&[
+            "ip",
+            "-n",
+            c,
+            "addr",
+            "add",
+            &format!("{}/24", CONTAINER[i]),
+            "dev",
+            "ethwe",
+        ]);
     }
     (hosts, cs)
 }
@@ -520,5 +752,9 @@ fn throughput_vs_kernel_vxlan() {
     let (kt, kp) = (med(&k, |f| f.tcp_gbit), med(&k, |f| f.udp_kpps));
     let (wt, wp) = (med(&w, |f| f.tcp_gbit), med(&w, |f| f.udp_kpps));
     println!("medians: kernel VXLAN TCP {kt:.2} Gbit/s, {kp:.1} kpps; weave-router TCP {wt:.2} Gbit/s, {wp:.1} kpps");
-    println!("ratios: TCP {:.2}x (target 1.15x), UDP 64 B pps {:.2}x (target 1.5x)", wt / kt, wp / kp);
+    println!(
+        "ratios: TCP {:.2}x (target 1.15x), UDP 64 B pps {:.2}x (target 1.5x)",
+        wt / kt,
+        wp / kp
+    );
 }

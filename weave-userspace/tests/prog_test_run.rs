@@ -59,7 +59,8 @@ impl Bed {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load the object");
         for name in [TX_PROGRAM, RX_PROGRAM] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
+            p.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
         }
         let x: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
         x.load().expect("verifier rejected xdp_admit");
@@ -110,19 +111,26 @@ impl Bed {
     fn counter(&self, reason: Reason) -> u64 {
         let m: PerCpuArray<&MapData, Counter> =
             PerCpuArray::try_from(self.ebpf.map("COUNTERS").unwrap()).unwrap();
-        m.get(&(reason as u32), 0).unwrap().iter().map(|c| c.packets).sum()
+        m.get(&(reason as u32), 0)
+            .unwrap()
+            .iter()
+            .map(|c| c.packets)
+            .sum()
     }
 
     fn peer_counter(&self, id: u16) -> PeerCounter {
         let m: PerCpuArray<&MapData, PeerCounter> =
             PerCpuArray::try_from(self.ebpf.map("PEER_COUNTERS").unwrap()).unwrap();
-        m.get(&(id as u32), 0).unwrap().iter().fold(PeerCounter::default(), |mut a, c| {
-            a.tx_packets += c.tx_packets;
-            a.tx_bytes += c.tx_bytes;
-            a.rx_packets += c.rx_packets;
-            a.rx_bytes += c.rx_bytes;
-            a
-        })
+        m.get(&(id as u32), 0)
+            .unwrap()
+            .iter()
+            .fold(PeerCounter::default(), |mut a, c| {
+                a.tx_packets += c.tx_packets;
+                a.tx_bytes += c.tx_bytes;
+                a.rx_packets += c.rx_packets;
+                a.rx_bytes += c.rx_bytes;
+                a
+            })
     }
 
     /// Runs a classifier on `frame`; (return value, frame afterwards).
@@ -132,16 +140,25 @@ impl Bed {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
-        let r = p.test_run(opts).unwrap_or_else(|e| panic!("test run of {name}: {e}"));
+        let r = p
+            .test_run(opts)
+            .unwrap_or_else(|e| panic!("test run of {name}: {e}"));
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
 
     fn run_xdp(&mut self, frame: &[u8]) -> u32 {
-        let p: &mut Xdp = self.ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
-        p.test_run(opts).expect("test run of xdp_admit").return_value
+        p.test_run(opts)
+            .expect("test run of xdp_admit")
+            .return_value
     }
 }
 
@@ -157,7 +174,15 @@ fn ipv4_checksum(h: &[u8]) -> u16 {
 }
 
 /// An Ethernet frame carrying IPv4/UDP with `payload_len` bytes of payload.
-fn ipv4_udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+fn ipv4_udp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload_len: usize,
+) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&dst_mac);
     f.extend_from_slice(&src_mac);
@@ -188,7 +213,13 @@ fn encapsulated(inner: &[u8], outer_src: [u8; 4], outer_dst: [u8; 4], id: u32) -
     let mut outer = [0u8; OUTER_HLEN];
     write_outer_headers(
         &mut outer,
-        &OuterHeaders { src_ipv4: outer_src, dst_ipv4: outer_dst, src_port: 50123, vni: id, inner_len: inner.len() as u16 },
+        &OuterHeaders {
+            src_ipv4: outer_src,
+            dst_ipv4: outer_dst,
+            src_port: 50123,
+            vni: id,
+            inner_len: inner.len() as u16,
+        },
     );
     outer[0..6].copy_from_slice(&[0x02, 0xaa, 0, 0, 0, 1]);
     outer[6..12].copy_from_slice(&[0x02, 0xaa, 0, 0, 0, 2]);
@@ -212,7 +243,16 @@ fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
 fn tx_encapsulates_for_a_learned_remote_mac() {
     require_root!();
     let mut bed = Bed::new();
-    bed.remote_macs().insert(MacKey::new(REMOTE_MAC), RemoteMac { peer_short_id: PEER_ID, _pad: [0; 6] }, 0).unwrap();
+    bed.remote_macs()
+        .insert(
+            MacKey::new(REMOTE_MAC),
+            RemoteMac {
+                peer_short_id: PEER_ID,
+                _pad: [0; 6],
+            },
+            0,
+        )
+        .unwrap();
     let inner = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
     let (rc, out) = bed.run_tc(TX_PROGRAM, &inner);
     assert_eq!(rc, TC_ACT_REDIRECT, "redirected to the underlay");
@@ -220,7 +260,11 @@ fn tx_encapsulates_for_a_learned_remote_mac() {
     // The source port comes from the flow hash; everything else is fixed.
     let sport = u16::from_be_bytes([out[34], out[35]]);
     assert!(sport >= SOURCE_PORT_MIN);
-    assert_eq!(sport, source_port_from_hash(sport as u32), "port within the dynamic range mask");
+    assert_eq!(
+        sport,
+        source_port_from_hash(sport as u32),
+        "port within the dynamic range mask"
+    );
     let mut expected = [0u8; OUTER_HLEN];
     write_outer_headers(
         &mut expected,
@@ -232,7 +276,11 @@ fn tx_encapsulates_for_a_learned_remote_mac() {
             inner_len: inner.len() as u16,
         },
     );
-    assert_eq!(&out[..OUTER_HLEN], &expected[..], "outer Ethernet/IPv4/UDP/VXLAN");
+    assert_eq!(
+        &out[..OUTER_HLEN],
+        &expected[..],
+        "outer Ethernet/IPv4/UDP/VXLAN"
+    );
     // VNI: source (us) in the low 12 bits, destination in the high ones.
     assert_eq!(&out[46..49], &[0x00, 0x20, 0x01]);
     assert_eq!(&out[OUTER_HLEN..], &inner[..], "inner frame intact");
@@ -247,17 +295,38 @@ fn tx_leaves_frames_for_unreachable_or_unknown_macs_to_the_bridge() {
     let mut bed = Bed::new();
     let inner = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
     let (rc, out) = bed.run_tc(TX_PROGRAM, &inner);
-    assert_eq!((rc, out.as_slice()), (TC_ACT_OK, inner.as_slice()), "unknown MAC");
+    assert_eq!(
+        (rc, out.as_slice()),
+        (TC_ACT_OK, inner.as_slice()),
+        "unknown MAC"
+    );
 
     // Learned behind a peer that is no longer reachable.
-    bed.remote_macs().insert(MacKey::new(REMOTE_MAC), RemoteMac { peer_short_id: 0x007, _pad: [0; 6] }, 0).unwrap();
+    bed.remote_macs()
+        .insert(
+            MacKey::new(REMOTE_MAC),
+            RemoteMac {
+                peer_short_id: 0x007,
+                _pad: [0; 6],
+            },
+            0,
+        )
+        .unwrap();
     let (rc, out) = bed.run_tc(TX_PROGRAM, &inner);
-    assert_eq!((rc, out.as_slice()), (TC_ACT_OK, inner.as_slice()), "unreachable peer");
+    assert_eq!(
+        (rc, out.as_slice()),
+        (TC_ACT_OK, inner.as_slice()),
+        "unreachable peer"
+    );
 
     let mut bcast = inner.clone();
     bcast[..6].copy_from_slice(&[0xff; 6]);
     let (rc, out) = bed.run_tc(TX_PROGRAM, &bcast);
-    assert_eq!((rc, out.as_slice()), (TC_ACT_OK, bcast.as_slice()), "broadcast");
+    assert_eq!(
+        (rc, out.as_slice()),
+        (TC_ACT_OK, bcast.as_slice()),
+        "broadcast"
+    );
     assert_eq!(bed.counter(Reason::TxToBridge), 3);
     assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
 }
@@ -266,7 +335,16 @@ fn tx_leaves_frames_for_unreachable_or_unknown_macs_to_the_bridge() {
 fn tx_hands_frames_for_local_containers_straight_over() {
     require_root!();
     let mut bed = Bed::new();
-    bed.endpoints().insert(MacKey::new(OTHER_LOCAL_MAC), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0).unwrap();
+    bed.endpoints()
+        .insert(
+            MacKey::new(OTHER_LOCAL_MAC),
+            LocalEndpoint {
+                host_ifindex: 1,
+                flags: 0,
+            },
+            0,
+        )
+        .unwrap();
     let frame = inner_frame(OTHER_LOCAL_MAC, LOCAL_MAC, LOCAL_IP, [10, 2, 0, 3]);
     let (rc, out) = bed.run_tc(TX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT);
@@ -278,7 +356,9 @@ fn tx_hands_frames_for_local_containers_straight_over() {
 fn tx_answers_arp_from_neighbours() {
     require_root!();
     let mut bed = Bed::new();
-    bed.neighbours().insert(Ipv4Key { addr: REMOTE_IP }, MacKey::new(REMOTE_MAC), 0).unwrap();
+    bed.neighbours()
+        .insert(Ipv4Key { addr: REMOTE_IP }, MacKey::new(REMOTE_MAC), 0)
+        .unwrap();
     let req = arp_request(LOCAL_MAC, LOCAL_IP, REMOTE_IP);
     let (rc, out) = bed.run_tc(TX_PROGRAM, &req);
     assert_eq!(rc, TC_ACT_REDIRECT, "sent back to the container");
@@ -295,7 +375,10 @@ fn tx_answers_arp_from_neighbours() {
     assert_eq!(bed.counter(Reason::TxArpAnswered), 1);
 
     // Unknown address, and a gratuitous ARP: left to the bridge untouched.
-    for req in [arp_request(LOCAL_MAC, LOCAL_IP, [10, 2, 0, 99]), arp_request(LOCAL_MAC, LOCAL_IP, LOCAL_IP)] {
+    for req in [
+        arp_request(LOCAL_MAC, LOCAL_IP, [10, 2, 0, 99]),
+        arp_request(LOCAL_MAC, LOCAL_IP, LOCAL_IP),
+    ] {
         let (rc, out) = bed.run_tc(TX_PROGRAM, &req);
         assert_eq!((rc, out), (TC_ACT_OK, req));
     }
@@ -307,17 +390,43 @@ fn tx_answers_arp_from_neighbours() {
 fn rx_decapsulates_into_a_local_container_and_learns() {
     require_root!();
     let mut bed = Bed::new();
-    bed.endpoints().insert(MacKey::new(LOCAL_MAC), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0).unwrap();
+    bed.endpoints()
+        .insert(
+            MacKey::new(LOCAL_MAC),
+            LocalEndpoint {
+                host_ifindex: 1,
+                flags: 0,
+            },
+            0,
+        )
+        .unwrap();
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
-    let frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT, "into the container");
     assert_eq!(out, inner, "decapsulated bytes are exactly the inner frame");
     assert_eq!(bed.counter(Reason::RxDelivered), 1);
     let pc = bed.peer_counter(PEER_ID);
     assert_eq!((pc.rx_packets, pc.rx_bytes), (1, frame.len() as u64));
-    assert_eq!(bed.remote_macs().get(&MacKey::new(REMOTE_MAC), 0).unwrap().peer_short_id, PEER_ID);
-    assert_eq!(bed.neighbours().get(&Ipv4Key { addr: REMOTE_IP }, 0).unwrap().addr, REMOTE_MAC);
+    assert_eq!(
+        bed.remote_macs()
+            .get(&MacKey::new(REMOTE_MAC), 0)
+            .unwrap()
+            .peer_short_id,
+        PEER_ID
+    );
+    assert_eq!(
+        bed.neighbours()
+            .get(&Ipv4Key { addr: REMOTE_IP }, 0)
+            .unwrap()
+            .addr,
+        REMOTE_MAC
+    );
 }
 
 #[test]
@@ -325,7 +434,12 @@ fn rx_hands_broadcast_to_the_peers_vxlan_device() {
     require_root!();
     let mut bed = Bed::new();
     let inner = arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP);
-    let frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_OK);
     // Same frame, VNI rewritten to the id of our vxw device for the peer (us low, peer high),
@@ -337,21 +451,73 @@ fn rx_hands_broadcast_to_the_peers_vxlan_device() {
     assert_eq!(out, want);
     assert_eq!(bed.counter(Reason::RxToBridge), 1);
     // Learned from the ARP sender fields.
-    assert_eq!(bed.neighbours().get(&Ipv4Key { addr: REMOTE_IP }, 0).unwrap().addr, REMOTE_MAC);
+    assert_eq!(
+        bed.neighbours()
+            .get(&Ipv4Key { addr: REMOTE_IP }, 0)
+            .unwrap()
+            .addr,
+        REMOTE_MAC
+    );
 }
 
 #[test]
 fn rx_drops_what_is_not_admitted_and_counts_why() {
     require_root!();
     let mut bed = Bed::new();
-    bed.endpoints().insert(MacKey::new(LOCAL_MAC), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0).unwrap();
+    bed.endpoints()
+        .insert(
+            MacKey::new(LOCAL_MAC),
+            LocalEndpoint {
+                host_ifindex: 1,
+                flags: 0,
+            },
+            0,
+        )
+        .unwrap();
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
     let cases = [
-        (encapsulated(&inner, [192, 168, 50, 3], OWN_UNDERLAY, vni::pack(0x003, OWN_ID)), Reason::RxDropUnknownPeer, Reason::XdpDropUnknownPeer),
-        (encapsulated(&inner, [192, 168, 50, 99], OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID)), Reason::RxDropSpoofedSource, Reason::XdpDropSpoofedSource),
-        (encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, 0x005)), Reason::RxDropNotForUs, Reason::XdpDropNotForUs),
+        (
+            encapsulated(
+                &inner,
+                [192, 168, 50, 3],
+                OWN_UNDERLAY,
+                vni::pack(0x003, OWN_ID),
+            ),
+            Reason::RxDropUnknownPeer,
+            Reason::XdpDropUnknownPeer,
+        ),
+        (
+            encapsulated(
+                &inner,
+                [192, 168, 50, 99],
+                OWN_UNDERLAY,
+                vni::pack(PEER_ID, OWN_ID),
+            ),
+            Reason::RxDropSpoofedSource,
+            Reason::XdpDropSpoofedSource,
+        ),
+        (
+            encapsulated(
+                &inner,
+                PEER_UNDERLAY,
+                OWN_UNDERLAY,
+                vni::pack(PEER_ID, 0x005),
+            ),
+            Reason::RxDropNotForUs,
+            Reason::XdpDropNotForUs,
+        ),
         // Truncated: the VXLAN header but no inner Ethernet header.
-        (encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID))[..OUTER_HLEN + 6].to_vec(), Reason::RxDropMalformed, Reason::XdpDropMalformed),
+        (
+            encapsulated(
+                &inner,
+                PEER_UNDERLAY,
+                OWN_UNDERLAY,
+                vni::pack(PEER_ID, OWN_ID),
+            )[..OUTER_HLEN + 6]
+                .to_vec(),
+            Reason::RxDropMalformed,
+            Reason::XdpDropMalformed,
+        ),
     ];
     for (frame, reason, xdp_reason) in &cases {
         let (rc, _) = bed.run_tc(RX_PROGRAM, frame);
@@ -361,7 +527,12 @@ fn rx_drops_what_is_not_admitted_and_counts_why() {
         assert_eq!(bed.counter(*xdp_reason), 1, "{}", xdp_reason.name());
     }
     // A VXLAN header without the VNI flag is malformed too.
-    let mut noflag = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let mut noflag = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
     noflag[42] = 0;
     assert_eq!(bed.run_tc(RX_PROGRAM, &noflag).0, TC_ACT_SHOT);
     assert_eq!(bed.counter(Reason::RxDropMalformed), 2);
@@ -369,7 +540,12 @@ fn rx_drops_what_is_not_admitted_and_counts_why() {
     assert_eq!(bed.counter(Reason::RxDelivered), 0);
     assert!(bed.remote_macs().get(&MacKey::new(REMOTE_MAC), 0).is_err());
     // The peer's own traffic passes XDP.
-    let good = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let good = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
     assert_eq!(bed.run_xdp(&good), XDP_PASS);
 }
 
@@ -377,7 +553,15 @@ fn rx_drops_what_is_not_admitted_and_counts_why() {
 fn rx_ignores_traffic_that_is_not_vxlan() {
     require_root!();
     let mut bed = Bed::new();
-    let dns = ipv4_udp_frame([0x02, 0xaa, 0, 0, 0, 1], [0x02, 0xaa, 0, 0, 0, 2], PEER_UNDERLAY, OWN_UNDERLAY, 5353, 53, 40);
+    let dns = ipv4_udp_frame(
+        [0x02, 0xaa, 0, 0, 0, 1],
+        [0x02, 0xaa, 0, 0, 0, 2],
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        5353,
+        53,
+        40,
+    );
     let (rc, out) = bed.run_tc(RX_PROGRAM, &dns);
     assert_eq!((rc, out.as_slice()), (TC_ACT_OK, dns.as_slice()));
     assert_eq!(bed.run_xdp(&dns), XDP_PASS);

@@ -32,7 +32,8 @@ use super::{
 use crate::mesh::peer_name::ShortId;
 
 /// The compiled kernel programs (`weave-ebpf`), built by `build.rs`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weave-ebpf.o"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weave-ebpf.o"));
 
 /// Program names in [`EBPF_OBJECT`].
 pub const TX_PROGRAM: &str = "tx_from_container";
@@ -84,7 +85,13 @@ pub fn ensure_bpffs() -> Result<(), DatapathError> {
     let fstype = CString::new("bpf").expect("no NUL");
     // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(DatapathError::Bpf(format!(
@@ -140,7 +147,10 @@ impl EbpfDatapath {
         let pin_dir = settings.pin_root.join(settings.peer_name.to_string());
         remove_pins(&pin_dir);
         std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| {
-            DatapathError::Bpf(format!("cannot create pin directory {}: {e}", pin_dir.display()))
+            DatapathError::Bpf(format!(
+                "cannot create pin directory {}: {e}",
+                pin_dir.display()
+            ))
         })?;
 
         let nl = Netlink::connect()?;
@@ -150,12 +160,16 @@ impl EbpfDatapath {
             .ok_or_else(|| DatapathError::NoSuchInterface(settings.underlay_iface.clone()))?;
         let container_mtu = match settings.mtu {
             Some(m) => m,
-            None => underlay.mtu.checked_sub(VXLAN_OVERHEAD).filter(|m| *m >= 576).ok_or_else(|| {
-                DatapathError::Netlink(format!(
-                    "underlay {} has MTU {}, too small for VXLAN",
-                    underlay.name, underlay.mtu
-                ))
-            })?,
+            None => underlay
+                .mtu
+                .checked_sub(VXLAN_OVERHEAD)
+                .filter(|m| *m >= 576)
+                .ok_or_else(|| {
+                    DatapathError::Netlink(format!(
+                        "underlay {} has MTU {}, too small for VXLAN",
+                        underlay.name, underlay.mtu
+                    ))
+                })?,
         };
         for link in nl.links().await? {
             if link.name.starts_with(VXLAN_PREFIX) {
@@ -192,7 +206,7 @@ impl EbpfDatapath {
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
         for (name, path) in &paths {
-            loader.map_pin_path(*name, path.as_path());
+            loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -234,7 +248,12 @@ impl EbpfDatapath {
         };
         let links_dir = pin_dir.join("links");
         let rx_pin = format!("rx-{}", underlay.name);
-        let link = attach_tc(&mut state.ebpf, RX_PROGRAM, &underlay.name, &links_dir.join(&rx_pin))?;
+        let link = attach_tc(
+            &mut state.ebpf,
+            RX_PROGRAM,
+            &underlay.name,
+            &links_dir.join(&rx_pin),
+        )?;
         state.links.insert(rx_pin, link);
 
         let want_xdp = match settings.xdp {
@@ -253,11 +272,21 @@ impl EbpfDatapath {
                 .ok_or_else(|| DatapathError::Bpf(format!("program {XDP_PROGRAM} missing")))?;
             let id = prog
                 .attach_to_if_index(underlay.index, aya::programs::XdpMode::Default)
-                .map_err(|e| DatapathError::Bpf(format!("attaching XDP to {}: {}", underlay.name, one_line(&e))))?;
-            let link = prog.take_link(id).map_err(|e| bpf_err("XDP link")(e.to_string()))?;
-            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
-                bpf_err(format!("XDP on {} is not a bpf link", underlay.name))(e.to_string())
-            })?;
+                .map_err(|e| {
+                    DatapathError::Bpf(format!(
+                        "attaching XDP to {}: {}",
+                        underlay.name,
+                        one_line(&e)
+                    ))
+                })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|e| bpf_err("XDP link")(e.to_string()))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| {
+                    bpf_err(format!("XDP on {} is not a bpf link", underlay.name))(e.to_string())
+                })?;
             let pinned = fd
                 .pin(links_dir.join(&xdp_pin))
                 .map_err(|e| bpf_err("pinning the XDP link")(e.to_string()))?;
@@ -332,7 +361,11 @@ impl EbpfDatapath {
         Ok(v.iter().map(|c| c.packets).sum())
     }
 
-    async fn attach_inner(&self, request: &AttachRequest, suffix: &str) -> Result<Endpoint, DatapathError> {
+    async fn attach_inner(
+        &self,
+        request: &AttachRequest,
+        suffix: &str,
+    ) -> Result<Endpoint, DatapathError> {
         let host_name = format!("{HOST_VETH_PREFIX}{suffix}");
         let temp_name = format!("vethwc{suffix}");
         self.nl.add_veth(&host_name, &temp_name).await?;
@@ -358,15 +391,33 @@ impl EbpfDatapath {
                 })?;
                 nl.set_link(
                     link.index,
-                    LinkChange { name: Some(CONTAINER_IFNAME.into()), mtu: Some(mtu), ..Default::default() },
+                    LinkChange {
+                        name: Some(CONTAINER_IFNAME.into()),
+                        mtu: Some(mtu),
+                        ..Default::default()
+                    },
                 )
                 .await?;
                 for a in addresses {
                     nl.add_address(link.index, a).await?;
                 }
-                nl.set_link(link.index, LinkChange { up: true, ..Default::default() }).await?;
+                nl.set_link(
+                    link.index,
+                    LinkChange {
+                        up: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 if let Some(lo) = nl.link_by_name("lo").await? {
-                    nl.set_link(lo.index, LinkChange { up: true, ..Default::default() }).await?;
+                    nl.set_link(
+                        lo.index,
+                        LinkChange {
+                            up: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                 }
                 Ok(link.mac)
             })
@@ -406,16 +457,34 @@ impl EbpfDatapath {
             let _ = old.unpin();
         }
         let _ = std::fs::remove_file(self.pin_dir.join("links").join(&pin));
-        let link = attach_tc(&mut st.ebpf, TX_PROGRAM, &endpoint.host_ifname, &self.pin_dir.join("links").join(&pin))?;
+        let link = attach_tc(
+            &mut st.ebpf,
+            TX_PROGRAM,
+            &endpoint.host_ifname,
+            &self.pin_dir.join("links").join(&pin),
+        )?;
         st.links.insert(pin, link);
         st.maps
             .endpoints
-            .insert(MacKey::new(endpoint.mac), LocalEndpoint { host_ifindex: host_index, flags: 0 }, 0)
+            .insert(
+                MacKey::new(endpoint.mac),
+                LocalEndpoint {
+                    host_ifindex: host_index,
+                    flags: 0,
+                },
+                0,
+            )
             .map_err(|e| bpf_err("writing ENDPOINTS")(e.to_string()))?;
         for a in &endpoint.addresses {
             st.maps
                 .neighbours
-                .insert(Ipv4Key { addr: a.addr.octets() }, MacKey::new(endpoint.mac), 0)
+                .insert(
+                    Ipv4Key {
+                        addr: a.addr.octets(),
+                    },
+                    MacKey::new(endpoint.mac),
+                    0,
+                )
                 .map_err(|e| bpf_err("writing NEIGHBOURS")(e.to_string()))?;
         }
         st.endpoints.retain(|e| e.netns != endpoint.netns);
@@ -428,7 +497,9 @@ impl EbpfDatapath {
         let mut st = self.lock();
         let _ = st.maps.endpoints.remove(&MacKey::new(endpoint.mac));
         for a in &endpoint.addresses {
-            let key = Ipv4Key { addr: a.addr.octets() };
+            let key = Ipv4Key {
+                addr: a.addr.octets(),
+            };
             if st.maps.neighbours.get(&key, 0).ok().map(|m| m.addr) == Some(endpoint.mac) {
                 let _ = st.maps.neighbours.remove(&key);
             }
@@ -448,15 +519,24 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
 }
 
 /// Attaches a classifier at tcx ingress of `ifname` and pins the link at `pin`.
-fn attach_tc(ebpf: &mut Ebpf, name: &str, ifname: &str, pin: &Path) -> Result<PinnedLink, DatapathError> {
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    name: &str,
+    ifname: &str,
+    pin: &Path,
+) -> Result<PinnedLink, DatapathError> {
     let prog = program(ebpf, name)?;
-    let id = prog
-        .attach(ifname, TcAttachType::Ingress)
-        .map_err(|e| DatapathError::Bpf(format!("attaching {name} to {ifname}: {}", one_line(&e))))?;
-    let link = prog.take_link(id).map_err(|e| bpf_err(name)(e.to_string()))?;
+    let id = prog.attach(ifname, TcAttachType::Ingress).map_err(|e| {
+        DatapathError::Bpf(format!("attaching {name} to {ifname}: {}", one_line(&e)))
+    })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| bpf_err(name)(e.to_string()))?;
     let fd: FdLink = link
         .try_into()
-        .map_err(|e: aya::programs::links::LinkError| bpf_err(format!("{name} on {ifname} is not a tcx link"))(e.to_string()))?;
+        .map_err(|e: aya::programs::links::LinkError| {
+            bpf_err(format!("{name} on {ifname} is not a tcx link"))(e.to_string())
+        })?;
     let _ = std::fs::remove_file(pin);
     fd.pin(pin)
         .map_err(|e| bpf_err(format!("pinning the link of {name} on {ifname}"))(e.to_string()))
@@ -580,7 +660,12 @@ impl Datapath for EbpfDatapath {
     }
 
     async fn attach(&self, request: AttachRequest) -> Result<Endpoint, DatapathError> {
-        if self.lock().endpoints.iter().any(|e| e.netns == request.netns) {
+        if self
+            .lock()
+            .endpoints
+            .iter()
+            .any(|e| e.netns == request.netns)
+        {
             return Err(DatapathError::AlreadyAttached(request.netns));
         }
         // Fail early, before creating anything, on a path that is not a network namespace
@@ -595,7 +680,12 @@ impl Datapath for EbpfDatapath {
         let mut last = None;
         for _ in 0..3 {
             let suffix = random_suffix();
-            if self.nl.link_by_name(&format!("{HOST_VETH_PREFIX}{suffix}")).await?.is_some() {
+            if self
+                .nl
+                .link_by_name(&format!("{HOST_VETH_PREFIX}{suffix}"))
+                .await?
+                .is_some()
+            {
                 continue;
             }
             match self.attach_inner(&request, &suffix).await {
@@ -657,7 +747,9 @@ impl Datapath for EbpfDatapath {
                 .counters
                 .get(&(reason as u32), 0)
                 .map_err(|e| bpf_err("reading COUNTERS")(e.to_string()))?;
-            let (p, b) = v.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            let (p, b) = v
+                .iter()
+                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
             out.by_reason.push((reason, p, b));
         }
         for id in &st.peers_seen {
@@ -666,7 +758,10 @@ impl Datapath for EbpfDatapath {
                 .peer_counters
                 .get(&(*id as u32), 0)
                 .map_err(|e| bpf_err("reading PEER_COUNTERS")(e.to_string()))?;
-            let mut t = PeerTraffic { short_id: *id, ..Default::default() };
+            let mut t = PeerTraffic {
+                short_id: *id,
+                ..Default::default()
+            };
             for c in v.iter() {
                 t.tx_packets += c.tx_packets;
                 t.tx_bytes += c.tx_bytes;

@@ -6,7 +6,6 @@
 
 pub mod fake;
 
-
 pub mod ebpf;
 pub mod netlink;
 

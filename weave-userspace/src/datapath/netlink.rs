@@ -96,7 +96,12 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, DatapathError> {
-        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match req.try_next().await {
             Ok(Some(msg)) => Ok(Some(link_info(&msg))),
             Ok(None) => Ok(None),
@@ -116,8 +121,14 @@ impl Netlink {
     }
 
     pub async fn links(&self) -> Result<Vec<LinkInfo>, DatapathError> {
-        let msgs: Vec<LinkMessage> =
-            self.handle.link().get().execute().try_collect().await.map_err(nl("listing links"))?;
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing links"))?;
         Ok(msgs.iter().map(link_info).collect())
     }
 
@@ -135,9 +146,16 @@ impl Netlink {
             .link_by_name(name)
             .await?
             .ok_or_else(|| DatapathError::Netlink(format!("bridge {name} vanished")))?;
-        self.set_link(link.index, LinkChange { mtu: Some(mtu), up: true, ..Default::default() })
-            .await
-            .map_err(|e| DatapathError::Netlink(format!("bridge {name}: {e}")))?;
+        self.set_link(
+            link.index,
+            LinkChange {
+                mtu: Some(mtu),
+                up: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| DatapathError::Netlink(format!("bridge {name}: {e}")))?;
         Ok(link)
     }
 
@@ -158,12 +176,18 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("creating VXLAN device {}", spec.name)))?;
-        let link = self
-            .link_by_name(&spec.name)
-            .await?
-            .ok_or_else(|| DatapathError::Netlink(format!("VXLAN device {} vanished", spec.name)))?;
+        let link = self.link_by_name(&spec.name).await?.ok_or_else(|| {
+            DatapathError::Netlink(format!("VXLAN device {} vanished", spec.name))
+        })?;
         self.set_isolated(link.index, &spec.name).await?;
-        self.set_link(link.index, LinkChange { up: true, ..Default::default() }).await?;
+        self.set_link(
+            link.index,
+            LinkChange {
+                up: true,
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(link.index)
     }
 
@@ -199,7 +223,11 @@ impl Netlink {
     pub async fn move_to_netns(&self, index: u32, netns_fd: RawFd) -> Result<(), DatapathError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).setns_by_fd(netns_fd).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(netns_fd)
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl("moving the container end into its namespace"))
@@ -263,7 +291,10 @@ where
     let path: PathBuf = netns.to_path_buf();
     let ns_err = {
         let path = path.clone();
-        move |reason: String| DatapathError::Netns { path: path.clone(), reason }
+        move |reason: String| DatapathError::Netns {
+            path: path.clone(),
+            reason,
+        }
     };
     let file = std::fs::File::open(&path).map_err(|e| ns_err(e.to_string()))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -295,11 +326,14 @@ where
             let _ = tx.send(run());
         })
         .map_err(DatapathError::Io)?;
-    rx.await.map_err(|_| ns_err("the namespace worker thread died".to_string()))?
+    rx.await
+        .map_err(|_| ns_err("the namespace worker thread died".to_string()))?
 }
 
 /// An open network namespace file (kept open while a link is moved into it).
 pub fn open_netns(netns: &Path) -> Result<std::fs::File, DatapathError> {
-    std::fs::File::open(netns)
-        .map_err(|e| DatapathError::Netns { path: netns.to_path_buf(), reason: e.to_string() })
+    std::fs::File::open(netns).map_err(|e| DatapathError::Netns {
+        path: netns.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
