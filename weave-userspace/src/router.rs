@@ -182,6 +182,7 @@ struct Inner<D> {
     next_id: AtomicU64,
     listen: SocketAddr,
     state: Option<Arc<StateDir>>,
+    view: Mutex<gossip::MeshView>,
 }
 
 /// A running router.
@@ -210,14 +211,24 @@ impl<D: Datapath> Inner<D> {
                     .await
             }
             ConnEvent::RemoteReady { id } => {
-                let mut mesh = self.mesh();
-                if let Some(c) = mesh.connections.get_mut(&id) {
-                    c.remote_ready = true;
-                    if c.established() {
-                        tracing::info!("connection {} {} established", describe(c), c.remote);
+                let established = {
+                    let mut mesh = self.mesh();
+                    match mesh.connections.get_mut(&id) {
+                        Some(c) => {
+                            c.remote_ready = true;
+                            if c.established() {
+                                tracing::info!("connection {} {} established", describe(c), c.remote);
+                            }
+                            c.established()
+                        }
+                        None => false,
                     }
+                };
+                if established {
+                    self.connections_changed().await;
                 }
             }
+            ConnEvent::Gossip { id, update } => self.on_gossip(id, update).await,
             ConnEvent::Closed { id, error } => {
                 let lost = {
                     let mut mesh = self.mesh();
@@ -238,6 +249,8 @@ impl<D: Datapath> Inner<D> {
                             c.hello.name
                         );
                     }
+                    self.view().relayed.remove(&c.hello.name);
+                    self.connections_changed().await;
                 }
             }
         }
@@ -309,26 +322,35 @@ impl<D: Datapath> Inner<D> {
             next_hop: hello.short_id,
         };
         let result = self.datapath.add_peer(peer).await;
-        let mut mesh = self.mesh();
-        let Some(conn) = mesh.connections.get_mut(&id) else {
-            return;
-        };
-        match result {
-            Ok(()) => {
-                conn.local_ready = true;
-                let _ = conn.commands.send(ConnCommand::SendReady);
-                if conn.established() {
-                    tracing::info!("connection {} {} established", describe(conn), conn.remote);
+        self.view().relayed.remove(&hello.name);
+        let ready = {
+            let mut mesh = self.mesh();
+            let Some(conn) = mesh.connections.get_mut(&id) else {
+                return;
+            };
+            match result {
+                Ok(()) => {
+                    conn.local_ready = true;
+                    let _ = conn.commands.send(ConnCommand::SendReady);
+                    if conn.established() {
+                        tracing::info!("connection {} {} established", describe(conn), conn.remote);
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::error!("cannot add peer {} to the data path: {e}", hello.name);
+                    let _ = conn
+                        .commands
+                        .send(ConnCommand::Close(ConnectionError::Refused(format!(
+                            "data path: {e}"
+                        ))));
+                    false
                 }
             }
-            Err(e) => {
-                tracing::error!("cannot add peer {} to the data path: {e}", hello.name);
-                let _ = conn
-                    .commands
-                    .send(ConnCommand::Close(ConnectionError::Refused(format!(
-                        "data path: {e}"
-                    ))));
-            }
+        };
+        if ready {
+            self.send_full_gossip(id);
+            self.connections_changed().await;
         }
     }
 }
@@ -380,7 +402,15 @@ impl<D: Datapath> Router<D> {
             .expect("a bound listener has an address");
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
+        let ourself = crate::mesh::topology::PeerInfo::new(
+            config.local.name,
+            config.local.nickname.clone(),
+            config.local.uid,
+            config.local.short_id,
+        )
+        .with_address(config.local.underlay, listen.port());
         let inner = Arc::new(Inner {
+            view: Mutex::new(gossip::MeshView::new(ourself)),
             local: config.local,
             timings: config.timings,
             datapath,
@@ -406,6 +436,7 @@ impl<D: Datapath> Router<D> {
             event_loop: Mutex::new(Some(event_loop)),
         };
         router.spawn(accept_loop(inner.clone(), listener, events_tx));
+        router.spawn(periodic_gossip(inner.clone()));
         for target in config.targets {
             router.connect(target);
         }
@@ -582,6 +613,19 @@ impl<D: Datapath> Router<D> {
     }
 }
 
+/// Sends the whole view to a few neighbours every [`gossip::FULL_GOSSIP_INTERVAL`].
+async fn periodic_gossip<D: Datapath>(inner: Arc<Inner<D>>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut tick = tokio::time::interval(gossip::FULL_GOSSIP_INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => inner.periodic_gossip(),
+            _ = connection::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
 async fn accept_loop<D: Datapath>(
     inner: Arc<Inner<D>>,
     listener: TcpListener,
@@ -639,5 +683,6 @@ pub fn format_time(t: SystemTime) -> String {
     )
 }
 
+mod gossip;
 #[cfg(test)]
 mod tests;

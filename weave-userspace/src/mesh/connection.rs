@@ -83,6 +83,8 @@ pub(crate) enum ConnEvent {
     },
     /// The remote end has installed us in its data path.
     RemoteReady { id: ConnId },
+    /// The remote end sent topology records.
+    Gossip { id: ConnId, update: Vec<crate::mesh::topology::PeerInfo> },
     /// The connection is gone.
     Closed { id: ConnId, error: String },
 }
@@ -92,6 +94,8 @@ pub(crate) enum ConnEvent {
 pub(crate) enum ConnCommand {
     /// We have installed the remote end in our data path: tell it.
     SendReady,
+    /// Send a frame encoded once for many connections (gossip).
+    SendFrame(std::sync::Arc<[u8]>),
     /// Say goodbye with this reason and close.
     Close(ConnectionError),
 }
@@ -280,6 +284,9 @@ async fn converse(
                                     let _ = events.send(ConnEvent::RemoteReady { id });
                                 }
                                 Message::Goodbye(reason) => return ConnectionError::Goodbye(reason),
+                                Message::Gossip(update) => {
+                                    let _ = events.send(ConnEvent::Gossip { id, update });
+                                }
                                 Message::Hello(_) => {
                                     return ProtocolError::Unexpected { expected: "heartbeat", received: "hello" }.into()
                                 }
@@ -299,6 +306,11 @@ async fn converse(
                 Some(ConnCommand::SendReady) => {
                     if let Err(e) = write_message(&mut wr, &Message::Ready).await {
                         return e;
+                    }
+                }
+                Some(ConnCommand::SendFrame(frame)) => {
+                    if let Err(e) = wr.write_all(&frame).await {
+                        return e.into();
                     }
                 }
                 Some(ConnCommand::Close(reason)) => {

@@ -21,7 +21,7 @@ pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of a frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
 /// Largest frame body accepted or sent (control messages are small).
-pub const MAX_FRAME_LEN: usize = 64 * 1024;
+pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
 /// Longest nickname accepted in a [`Hello`].
 pub const MAX_NICKNAME_LEN: usize = 255;
 
@@ -141,6 +141,8 @@ pub enum Message {
     Ready,
     /// The sender closes the connection, and why.
     Goodbye(String),
+    /// Topology records (the sender's own and those it passes on).
+    Gossip(Vec<crate::mesh::topology::PeerInfo>),
 }
 
 impl Message {
@@ -150,6 +152,7 @@ impl Message {
             Message::Heartbeat => "heartbeat",
             Message::Ready => "ready",
             Message::Goodbye(_) => "goodbye",
+            Message::Gossip(_) => "gossip",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! commutative, associative and idempotent, so every delivery order converges.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,13 +41,33 @@ pub struct PeerInfo {
     /// Incremented by the owner on every change.
     pub version: u64,
     pub short_id: ShortId,
+    /// Where the peer takes VXLAN and control connections.
+    pub underlay: Ipv4Addr,
+    /// Its control (TCP) port.
+    pub control_port: u16,
     /// Sorted by remote name, at most one per remote.
     pub connections: Vec<ConnectionSummary>,
 }
 
 impl PeerInfo {
     pub fn new(name: PeerName, nickname: String, uid: u64, short_id: ShortId) -> Self {
-        Self { name, nickname, uid, version: 1, short_id, connections: Vec::new() }
+        Self {
+            name,
+            nickname,
+            uid,
+            version: 1,
+            short_id,
+            underlay: Ipv4Addr::UNSPECIFIED,
+            control_port: weave_ebpf_common::CONTROL_PORT,
+            connections: Vec::new(),
+        }
+    }
+
+    /// The same record with the address peers reach it at.
+    pub fn with_address(mut self, underlay: Ipv4Addr, control_port: u16) -> Self {
+        self.underlay = underlay;
+        self.control_port = control_port;
+        self
     }
 
     /// Whether `self` supersedes `other` (same name): higher version, then higher UID.

@@ -409,3 +409,53 @@ fn times_format_as_utc() {
         "2027-01-15 08:00:00"
     );
 }
+
+#[tokio::test]
+async fn a_line_of_three_routes_the_ends_through_the_middle() {
+    let b = Node::start(2, &[]).await;
+    let a = Node::start(1, &[b.addr()]).await;
+    let c = Node::start(3, &[b.addr()]).await;
+    let route = |n: &Node, id: u16| n.datapath.peers().into_iter().find(|p| p.short_id.get() == id).map(|p| p.next_hop.get());
+    wait_until("the ends route to each other through the middle", || {
+        route(&a, 3) == Some(2) && route(&c, 1) == Some(2) && route(&a, 2) == Some(2)
+    })
+    .await;
+    let report = a.router.mesh_report();
+    assert_eq!(report.peers.len(), 3);
+    assert_eq!(report.routes.unicast.len(), 2);
+    c.router.stop().await;
+    wait_until("the stopped end is forgotten", || route(&a, 3).is_none()).await;
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_gossip_closes_only_that_connection() {
+    let a = Node::start(1, &[]).await;
+    let b = Node::start(2, &[a.addr()]).await;
+    wait_until("a and b established", || a.states() == ["established"]).await;
+    let mut s = TcpStream::connect(a.addr()).await.unwrap();
+    handshake(&mut s, &hello(9), Duration::from_secs(2)).await.unwrap();
+    let mut bogus = crate::mesh::topology::PeerInfo::new(hello(7).name, "x".into(), 1, ShortId::new(7).unwrap());
+    bogus.connections = vec![crate::mesh::topology::ConnectionSummary {
+        remote: hello(7).name,
+        address: "x".into(),
+        outbound: true,
+        established: true,
+    }];
+    write_message(&mut s, &Message::Gossip(vec![bogus])).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), read_message(&mut s)).await.unwrap() {
+            Ok(Message::Goodbye(reason)) => {
+                assert!(reason.contains("a connection to itself"), "{reason}");
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("no goodbye: {e}"),
+        }
+    }
+    assert!(a.router.mesh_report().peers.iter().all(|p| p.name != hello(7).name));
+    assert_eq!(a.peer_ids(), [2]);
+    a.router.stop().await;
+    b.router.stop().await;
+}

@@ -1,0 +1,213 @@
+//! Topology gossip and routes: the router publishes its connections as a versioned
+//! record, merges the records its neighbours pass on, forwards what improved its view,
+//! and installs routes to peers it reaches only through others.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+
+use super::{Inner, Mesh};
+use crate::datapath::{Datapath, DatapathPeer};
+use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
+use crate::mesh::peer_name::PeerName;
+use crate::mesh::protocol::{self, Message};
+use crate::mesh::routes::{self, Routes};
+use crate::mesh::topology::{ConnectionSummary, PeerInfo, Topology};
+
+/// How often each router sends its whole view to a few neighbours, so that anything lost
+/// on the way is repaired.
+pub const FULL_GOSSIP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Topology, routes and what of them is installed in the data path.
+#[derive(Debug)]
+pub(super) struct MeshView {
+    pub topology: Topology,
+    pub routes: Routes,
+    /// Peers reached through a neighbour, as installed in the data path.
+    pub relayed: BTreeMap<PeerName, DatapathPeer>,
+}
+
+impl MeshView {
+    pub fn new(ourself: PeerInfo) -> Self {
+        Self { topology: Topology::new(ourself), routes: Routes::default(), relayed: BTreeMap::new() }
+    }
+}
+
+/// Number of neighbours a periodic full gossip goes to: 2·log2(n), at least 1.
+fn fanout(neighbours: usize) -> usize {
+    let log = usize::BITS - neighbours.max(1).leading_zeros();
+    (2 * log as usize).clamp(1, neighbours.max(1))
+}
+
+fn encode(update: Vec<PeerInfo>) -> Option<Arc<[u8]>> {
+    match protocol::encode_frame(&Message::Gossip(update)) {
+        Ok(frame) => Some(frame.into()),
+        Err(e) => {
+            tracing::error!("cannot encode gossip: {e}");
+            None
+        }
+    }
+}
+
+impl<D: Datapath> Inner<D> {
+    pub(super) fn view(&self) -> std::sync::MutexGuard<'_, MeshView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `update` on every accepted connection but `except`.
+    fn gossip_to_all(&self, mesh: &Mesh, update: Vec<PeerInfo>, except: Option<ConnId>) {
+        if update.is_empty() {
+            return;
+        }
+        let Some(frame) = encode(update) else { return };
+        for (id, conn) in &mesh.connections {
+            if Some(*id) != except {
+                let _ = conn.commands.send(ConnCommand::SendFrame(frame.clone()));
+            }
+        }
+    }
+
+    /// Sends our whole view on one connection (a new neighbour learns the mesh at once).
+    pub(super) fn send_full_gossip(&self, id: ConnId) {
+        let update = self.view().topology.full_state();
+        let mesh = self.mesh();
+        if let (Some(conn), Some(frame)) = (mesh.connections.get(&id), encode(update)) {
+            let _ = conn.commands.send(ConnCommand::SendFrame(frame));
+        }
+    }
+
+    /// Sends our whole view to a random few neighbours.
+    pub(super) fn periodic_gossip(&self) {
+        let update = self.view().topology.full_state();
+        let mesh = self.mesh();
+        let mut ids: Vec<ConnId> = mesh.connections.keys().copied().collect();
+        ids.shuffle(&mut rand::thread_rng());
+        ids.truncate(fanout(ids.len()));
+        let Some(frame) = encode(update) else { return };
+        for id in ids {
+            let _ = mesh.connections[&id].commands.send(ConnCommand::SendFrame(frame.clone()));
+        }
+    }
+
+    /// Our connections changed: publish them and recompute routes.
+    pub(super) async fn connections_changed(&self) {
+        {
+            let mesh = self.mesh();
+            let summaries = mesh
+                .connections
+                .values()
+                .map(|c| ConnectionSummary {
+                    remote: c.hello.name,
+                    address: c.remote.to_string(),
+                    outbound: c.outbound,
+                    established: c.established(),
+                })
+                .collect();
+            let mut view = self.view();
+            if view.topology.set_our_connections(summaries) {
+                let ourself = view.topology.ourself().clone();
+                drop(view);
+                self.gossip_to_all(&mesh, vec![ourself], None);
+            }
+        }
+        self.apply_routes().await;
+    }
+
+    /// Merges gossip from connection `id`; malformed gossip closes that connection and
+    /// changes nothing else.
+    pub(super) async fn on_gossip(&self, id: ConnId, update: Vec<PeerInfo>) {
+        let merged = self.view().topology.merge(&update);
+        match merged {
+            Err(e) => {
+                let mesh = self.mesh();
+                if let Some(conn) = mesh.connections.get(&id) {
+                    tracing::warn!("connection with {}({}) closed: {e}", conn.hello.name, conn.hello.nickname);
+                    let _ = conn.commands.send(ConnCommand::Close(ConnectionError::Refused(e.to_string())));
+                }
+            }
+            Ok(outcome) if !outcome.improved.is_empty() => {
+                {
+                    let mesh = self.mesh();
+                    self.gossip_to_all(&mesh, outcome.improved, Some(id));
+                }
+                self.apply_routes().await;
+            }
+            Ok(_) => {}
+        }
+    }
+
+    /// Recomputes routes and brings the peers reached through neighbours in the data path
+    /// up to date. Directly connected peers are installed by their connections.
+    pub(super) async fn apply_routes(&self) {
+        let (add, remove) = {
+            let direct: Vec<PeerName> = self.mesh().by_peer.keys().copied().collect();
+            let mut view = self.view();
+            let gone = view.topology.garbage_collect();
+            if !gone.is_empty() {
+                tracing::info!("peers no longer reachable, forgotten: {gone:?}");
+            }
+            view.routes = routes::compute(&view.topology);
+            let mut wanted = BTreeMap::new();
+            for (dst, hop) in &view.routes.unicast {
+                if dst == hop || direct.contains(dst) {
+                    continue;
+                }
+                let (Some(d), Some(h)) = (view.topology.peer(dst), view.topology.peer(hop)) else {
+                    continue;
+                };
+                wanted.insert(*dst, DatapathPeer { short_id: d.short_id, underlay: d.underlay, next_hop: h.short_id });
+            }
+            let remove: Vec<DatapathPeer> = view
+                .relayed
+                .iter()
+                .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
+                .map(|(_, p)| *p)
+                .collect();
+            let add: Vec<DatapathPeer> =
+                wanted.iter().filter(|(name, p)| view.relayed.get(name) != Some(p)).map(|(_, p)| *p).collect();
+            view.relayed = wanted;
+            (add, remove)
+        };
+        for peer in remove {
+            if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
+                tracing::error!("cannot remove relayed peer {} from the data path: {e}", peer.short_id);
+            }
+        }
+        for peer in add {
+            if let Err(e) = self.datapath.add_peer(peer).await {
+                tracing::error!("cannot route to peer {} through {}: {e}", peer.short_id, peer.next_hop);
+            }
+        }
+    }
+}
+
+/// The mesh as gossip made it known here: every peer's record and our routes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MeshReport {
+    pub peers: Vec<PeerInfo>,
+    pub routes: Routes,
+}
+
+impl<D: Datapath> super::Router<D> {
+    /// Every known peer and our routes, for `status peers` and `report`.
+    pub fn mesh_report(&self) -> MeshReport {
+        let view = self.inner.view();
+        MeshReport { peers: view.topology.full_state(), routes: view.routes.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fanout;
+
+    #[test]
+    fn fanout_grows_with_the_log_of_the_neighbours() {
+        assert_eq!(fanout(0), 1);
+        assert_eq!(fanout(1), 1);
+        assert_eq!(fanout(2), 2);
+        assert_eq!(fanout(8), 8);
+        assert_eq!(fanout(100), 14);
+    }
+}
