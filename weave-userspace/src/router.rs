@@ -163,6 +163,8 @@ pub struct MeshStatus {
     pub listen: SocketAddr,
     pub targets: Vec<String>,
     pub connections: Vec<ConnectionInfo>,
+    /// Every peer known through gossip, and our routes.
+    pub mesh: gossip::MeshReport,
 }
 
 impl MeshStatus {
@@ -540,6 +542,7 @@ impl<D: Datapath> Router<D> {
             listen: self.inner.listen,
             targets: mesh.targets.keys().map(Target::to_string).collect(),
             connections,
+            mesh: self.mesh_report(),
         }
     }
 
@@ -683,6 +686,6 @@ pub fn format_time(t: SystemTime) -> String {
     )
 }
 
-mod gossip;
+pub mod gossip;
 #[cfg(test)]
 mod tests;

@@ -190,6 +190,7 @@ mod tests {
                 info: String::new(),
                 peer: Some(peer),
             }],
+            mesh: Default::default(),
         };
         let counters = DatapathCounters {
             by_reason: Reason::ALL

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::datapath::{
     AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint, Ipv4Cidr,
 };
-use crate::router::{MeshStatus, PeerInfo, Router};
+use crate::router::{MeshStatus, Router};
 use text::DaemonInfo;
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -213,7 +213,10 @@ pub struct RouterReport {
     pub listen: String,
     pub targets: Vec<String>,
     pub connections: Vec<crate::router::ConnectionInfo>,
-    pub peers: Vec<PeerInfo>,
+    /// Every peer known through gossip, with its published connections.
+    pub peers: Vec<crate::mesh::topology::PeerInfo>,
+    /// Unicast next hops and, per broadcast source, the neighbours we pass it on to.
+    pub routes: crate::mesh::routes::Routes,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -229,8 +232,8 @@ pub struct DatapathReport {
 }
 
 fn report(s: &MeshStatus, d: &DaemonInfo, endpoints: &[Endpoint]) -> Report {
-    let mut peers = vec![s.local.clone()];
-    peers.extend(s.connections.iter().filter_map(|c| c.peer.clone()));
+    let peers = s.mesh.peers.clone();
+    let routes = s.mesh.routes.clone();
     Report {
         version: d.version.clone(),
         pid: d.pid,
@@ -247,6 +250,7 @@ fn report(s: &MeshStatus, d: &DaemonInfo, endpoints: &[Endpoint]) -> Report {
             targets: s.targets.clone(),
             connections: s.connections.clone(),
             peers,
+            routes,
         },
         datapath: DatapathReport {
             interface: d.iface.clone(),

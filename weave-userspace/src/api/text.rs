@@ -58,8 +58,9 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
             format!("{} ({})", s.connections.len(), counts.join(", ")),
         );
     }
-    let peers = 1 + s.connections.iter().filter(|c| c.peer.is_some()).count();
-    let (est, pend) = (s.count("established"), s.count("pending"));
+    let peers = s.mesh.peers.len();
+    let all = s.mesh.peers.iter().flat_map(|p| p.connections.iter());
+    let (est, pend) = all.fold((0, 0), |(e, p), c| if c.established { (e + 1, p) } else { (e, p + 1) });
     let with = match (est, pend) {
         (0, 0) => String::new(),
         (e, 0) => format!(" (with {e} established connections)"),
@@ -109,25 +110,20 @@ pub fn connections(s: &MeshStatus) -> String {
         .collect()
 }
 
-/// `weave-router status peers`: every peer known and its connections as seen from here.
+/// `weave-router status peers`: every peer known and its connections, as gossip tells them.
 pub fn peers(s: &MeshStatus) -> String {
-    let mut out = format!("{}({})\n", s.local.name, s.local.nick_name);
-    let linked: Vec<&ConnectionInfo> = s.connections.iter().filter(|c| c.peer.is_some()).collect();
-    for c in &linked {
-        let arrow = if c.outbound { "->" } else { "<-" };
-        let _ = writeln!(
-            out,
-            "   {arrow} {:<21} {:<37} {}",
-            c.address,
-            name_nick(c),
-            c.state
-        );
-    }
-    for c in &linked {
-        let _ = writeln!(out, "{}", name_nick(c));
-        let arrow = if c.outbound { "<-" } else { "->" };
-        let us = format!("{}({})", s.local.name, s.local.nick_name);
-        let _ = writeln!(out, "   {arrow} {:<21} {:<37} {}", s.listen, us, c.state);
+    let nick = |name: &crate::mesh::peer_name::PeerName| {
+        let n = s.mesh.peers.iter().find(|p| p.name == *name).map(|p| p.nickname.as_str()).unwrap_or("");
+        format!("{name}({n})")
+    };
+    let mut out = String::new();
+    for p in &s.mesh.peers {
+        let _ = writeln!(out, "{}", nick(&p.name));
+        for c in &p.connections {
+            let arrow = if c.outbound { "->" } else { "<-" };
+            let state = if c.established { "established" } else { "pending" };
+            let _ = writeln!(out, "   {arrow} {:<21} {:<37} {state}", c.address, nick(&c.remote));
+        }
     }
     out
 }
@@ -210,7 +206,28 @@ mod tests {
                     None,
                 ),
             ],
+            mesh: mesh(),
         }
+    }
+
+    /// Gossip as host1 would know it: host1 with host2 (established) and host3 (pending),
+    /// host2 with host1.
+    fn mesh() -> crate::router::gossip::MeshReport {
+        use crate::mesh::peer_name::{PeerName, ShortId};
+        use crate::mesh::topology::{ConnectionSummary, PeerInfo as Record};
+        let name = |n: u8| PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]);
+        let link = |n: u8, address: &str, outbound: bool, established: bool| ConnectionSummary {
+            remote: name(n),
+            address: address.into(),
+            outbound,
+            established,
+        };
+        let mut h1 = Record::new(name(1), "host1".into(), 1, ShortId::new(1).unwrap());
+        h1.connections = vec![link(2, "10.0.0.2:6783", true, true), link(3, "10.0.0.3:41234", false, false)];
+        let mut h2 = Record::new(name(2), "host2".into(), 2, ShortId::new(2).unwrap());
+        h2.connections = vec![link(1, "10.0.0.1:45678", false, true)];
+        let h3 = Record::new(name(3), "host3".into(), 3, ShortId::new(3).unwrap());
+        crate::router::gossip::MeshReport { peers: vec![h1, h2, h3], routes: Default::default() }
     }
 
     fn daemon() -> DaemonInfo {
@@ -236,7 +253,7 @@ mod tests {
   PeerDiscovery: disabled
         Targets: 3
     Connections: 4 (1 established, 1 pending, 1 retrying, 1 failed)
-          Peers: 3 (with 1 established, 1 pending connections)
+          Peers: 3 (with 2 established, 1 pending connections)
  TrustedSubnets: none
 
         Service: datapath
@@ -254,6 +271,8 @@ mod tests {
         let mut s = status();
         s.connections.clear();
         s.targets.clear();
+        s.mesh.peers.truncate(1);
+        s.mesh.peers[0].connections.clear();
         let text = summary(&s, &daemon());
         assert!(text.contains("    Connections: 0\n"), "{text}");
         assert!(text.contains("          Peers: 1\n"), "{text}");
@@ -280,7 +299,10 @@ mod tests {
             lines[1].starts_with("   -> 10.0.0.2:6783 ") && lines[1].ends_with(" established"),
             "{text}"
         );
-        assert!(lines.contains(&"0a:00:00:00:00:02(host2)"), "{text}");
-        assert_eq!(lines.len(), 7, "{text}");
+        assert!(lines[2].starts_with("   <- 10.0.0.3:41234 ") && lines[2].ends_with(" pending"), "{text}");
+        assert_eq!(lines[3], "0a:00:00:00:00:02(host2)");
+        assert!(lines[4].contains("0a:00:00:00:00:01(host1)"), "{text}");
+        assert_eq!(lines[5], "0a:00:00:00:00:03(host3)");
+        assert_eq!(lines.len(), 6, "{text}");
     }
 }

@@ -184,7 +184,7 @@ impl<D: Datapath> Inner<D> {
 }
 
 /// The mesh as gossip made it known here: every peer's record and our routes.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct MeshReport {
     pub peers: Vec<PeerInfo>,
     pub routes: Routes,
