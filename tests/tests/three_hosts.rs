@@ -120,3 +120,34 @@ fn pinned(name: &str) -> bool {
         })
         .unwrap_or(false)
 }
+
+#[test]
+fn crashed_or_unreachable_routers_are_removed_by_the_others() {
+    if !require_root("crashed_or_unreachable_routers_are_removed_by_the_others") {
+        return;
+    }
+    let mut bed = three_hosts("wt3c");
+    let c1 = bed.attach_container(1, "c1", "10.2.1.11/24").expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.21/24").expect("attach");
+    bed.attach_container(3, "c1", "10.2.1.31/24").expect("attach");
+    bed.container(c1).wait_ping("10.2.1.21", Duration::from_secs(10)).expect("host1 reaches host2");
+    bed.container(c1).wait_ping("10.2.1.31", Duration::from_secs(10)).expect("host1 reaches host3");
+
+    // Host2's router dies without a word; host3 drops off the underlay (no FIN, no RST:
+    // only the missing heartbeats tell).
+    bed.router_mut(2).kill();
+    let underlay = weave_tests::Netns::borrow(&format!("{}-u", bed.prefix()));
+    underlay.ip("link set h3 down").expect("cut host3 off");
+
+    let r = bed.router(1);
+    weave_tests::cmd::wait_for("host1 to forget host2 and host3", Duration::from_secs(20), || {
+        let c = r.connections().ok()?;
+        (!c.contains("host2") && !c.contains("host3")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}:\n{}", r.connections().unwrap_or_default()));
+    assert!(vxw_links(&bed, 1).is_empty(), "host1 kept vxw devices: {:?}", vxw_links(&bed, 1));
+    for dst in ["10.2.1.21", "10.2.1.31"] {
+        let out = bed.container(c1).ping(dst, 1).expect("ping runs");
+        assert!(!out.success(), "{dst} still answers:\n{}", out.stdout);
+    }
+}

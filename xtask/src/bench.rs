@@ -345,6 +345,6 @@ fn render(a: &Args, subjects: &[Subject]) -> String {
             let _ = writeln!(o, "  - error: {e}");
         }
     }
-    let _ = writeln!(o, "\nReproduce: `cargo xtask bench` (as root; about 8 minutes).");
+    let _ = writeln!(o, "\nReproduce: `cargo xtask bench` (as root; about 6 minutes).");
     o
 }
