@@ -18,6 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use weave_ebpf_common::counters::Reason;
 use weave_ebpf_common::vni;
 use weave_router::datapath::ebpf::{self, EbpfDatapath};
@@ -109,6 +110,8 @@ type Job = Box<dyn FnOnce(Arc<EbpfDatapath>) -> Pin<Box<dyn Future<Output = ()>>
 struct Router {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Set to end the thread without `shutdown` (like a killed router).
+    abandon: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Router {
@@ -116,6 +119,8 @@ impl Router {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let path = host.path();
+        let abandon = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let abandoned = abandon.clone();
         let thread = std::thread::spawn(move || {
             let f = File::open(&path).unwrap();
             // SAFETY: changes the network namespace of this thread only.
@@ -138,6 +143,9 @@ impl Router {
             while let Ok(job) = job_rx.recv() {
                 rt.block_on(job(dp.clone()));
             }
+            if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             if let Err(e) = rt.block_on(dp.shutdown()) {
                 eprintln!("shutdown: {e}");
             }
@@ -148,6 +156,7 @@ impl Router {
         Ok(Self {
             jobs: Some(jobs),
             thread: Some(thread),
+            abandon,
         })
     }
 
@@ -165,6 +174,12 @@ impl Router {
         });
         self.jobs.as_ref().unwrap().send(job).unwrap();
         rx.recv().expect("router thread died")
+    }
+
+    /// Ends the router without shutting the data path down.
+    fn abandon(self) {
+        self.abandon
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn counter(&self, reason: Reason) -> u64 {
@@ -193,6 +208,7 @@ fn short(i: usize) -> ShortId {
 /// routers first, then the namespaces, then the pin directory.
 struct Bed {
     routers: Vec<Router>,
+    settings: Vec<DatapathSettings>,
     containers: Vec<Netns>,
     hosts: Vec<Netns>,
     _pins: PinRoot,
@@ -251,6 +267,7 @@ impl Bed {
         let containers: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-c{i}"))).collect();
         let mut bed = Bed {
             routers: Vec::new(),
+            settings: Vec::new(),
             containers,
             hosts,
             _pins: pins,
@@ -266,7 +283,8 @@ impl Bed {
                 pin_root: bed._pins.0.clone(),
             };
             bed.routers
-                .push(Router::start(&bed.hosts[i], settings).expect("start the data path"));
+                .push(Router::start(&bed.hosts[i], settings.clone()).expect("start the data path"));
+            bed.settings.push(settings);
         }
         for i in 0..2 {
             let other = 1 - i;
@@ -521,6 +539,77 @@ fn two_hosts_end_to_end() {
         .status
         .success());
     assert!(r1.call(|dp| async move { dp.endpoints() }).is_empty());
+}
+
+#[test]
+fn a_restarted_router_takes_its_endpoints_back() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tag = format!("{}-rs", tag());
+    let mut bed = Bed::new(&tag);
+    assert!(ping(&bed.containers[0], CONTAINER[1]));
+    let endpoints = bed.routers[0].call(|dp| async move { dp.endpoints() });
+    let endpoints_names: Vec<String> = endpoints.iter().map(|e| e.host_ifname.clone()).collect();
+    // Stop router 1 without shutting down (as a crash would): its pinned links keep the
+    // programs attached, its pinned maps stay.
+    bed.routers.remove(0).abandon();
+    let old_pin = bed
+        ._pins
+        .0
+        .join(bed.settings[0].peer_name.to_string())
+        .join("links/rx-eth0");
+    assert!(old_pin.exists(), "{}", old_pin.display());
+    let router = Router::start(&bed.hosts[0], bed.settings[0].clone()).expect("restart");
+    let peer = DatapathPeer {
+        short_id: short(1),
+        underlay: UNDERLAY[1],
+        next_hop: short(1),
+    };
+    router
+        .call(move |dp| async move { dp.add_peer(peer).await })
+        .expect("add_peer");
+    for ep in endpoints {
+        router
+            .call(move |dp| async move { dp.restore_endpoint(ep).await })
+            .expect("restore");
+    }
+    assert!(
+        ping(&bed.containers[0], CONTAINER[1]),
+        "c1 → c2 after the restart"
+    );
+    assert!(
+        router.counter(Reason::TxEncapsulated) > 0,
+        "the new TX program carries it"
+    );
+    // One program per attachment point: the old links went with their pins.
+    let host_if = endpoints_names.clone();
+    let attached = router.call(move |_| async move {
+        let count = |dev: &str| {
+            SchedClassifier::query_tcx(dev, TcAttachType::Ingress)
+                .map(|(_, progs)| progs.len())
+                .unwrap_or(99)
+        };
+        (
+            count("eth0"),
+            host_if.iter().map(|n| count(n)).collect::<Vec<_>>(),
+        )
+    });
+    assert_eq!(attached, (1, vec![1]));
+    // A gone interface is reported as such.
+    let gone = weave_router::datapath::Endpoint {
+        netns: bed.containers[1].path(),
+        host_ifname: "vethwe-gone".into(),
+        mac: [2, 0, 0, 0, 0, 9],
+        addresses: vec![],
+    };
+    let err = router.call(move |dp| async move { dp.restore_endpoint(gone).await });
+    assert!(matches!(
+        err,
+        Err(weave_router::datapath::DatapathError::NoSuchEndpoint(_))
+    ));
+    bed.routers.insert(0, router);
 }
 
 #[test]
