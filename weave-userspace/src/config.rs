@@ -51,6 +51,15 @@ pub struct LaunchArgs {
     /// XDP admission filter on the underlay.
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp: XdpMode,
+    /// Do not dial peers learned through gossip.
+    #[arg(long)]
+    pub no_discovery: bool,
+    /// Most connections kept at once.
+    #[arg(long, value_name = "N", default_value_t = crate::router::DEFAULT_CONN_LIMIT)]
+    pub conn_limit: usize,
+    /// Number of peers expected at start (the quorum of IP allocation consensus).
+    #[arg(long, value_name = "N")]
+    pub init_peer_count: Option<u32>,
     /// Run in the foreground, logging to stderr.
     #[arg(long)]
     pub foreground: bool,
@@ -75,6 +84,9 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub xdp: XdpMode,
     pub targets: Vec<Target>,
+    pub discovery: bool,
+    pub conn_limit: usize,
+    pub init_peer_count: Option<u32>,
     pub foreground: bool,
     pub fake_datapath: bool,
     pub pin_root: PathBuf,
@@ -99,6 +111,10 @@ pub enum ConfigError {
     Host(String),
     #[error("--http-addr {0:?} is not an address with a port (like 127.0.0.1:6784)")]
     HttpAddr(String),
+    #[error("--conn-limit 0: at least one connection is needed")]
+    ConnLimit,
+    #[error("--init-peer-count 0: at least one peer (this one) is needed")]
+    InitPeerCount,
     #[error("--port 0 is not a port")]
     Port,
     #[error("--mtu {0} is out of range (576..=65485)")]
@@ -225,6 +241,12 @@ impl LaunchArgs {
                 .and_then(|i| i.ipv4.first().copied())
                 .ok_or_else(|| ConfigError::NoAddress(iface.clone()))?,
         };
+        if self.conn_limit == 0 {
+            return Err(ConfigError::ConnLimit);
+        }
+        if self.init_peer_count == Some(0) {
+            return Err(ConfigError::InitPeerCount);
+        }
         Ok(Config {
             name,
             nickname,
@@ -238,6 +260,9 @@ impl LaunchArgs {
             http_addr,
             xdp: self.xdp,
             targets: unique,
+            discovery: !self.no_discovery,
+            conn_limit: self.conn_limit,
+            init_peer_count: self.init_peer_count,
             foreground: self.foreground,
             fake_datapath: self.fake_datapath,
             pin_root: self.pin_root.clone(),

@@ -38,7 +38,14 @@ pub struct RouterConfig {
     pub local: Hello,
     pub targets: Vec<Target>,
     pub timings: Timings,
+    /// Dial peers learned through gossip.
+    pub discovery: bool,
+    /// Most connections kept at once; more are refused and not dialled.
+    pub conn_limit: usize,
 }
+
+/// Weave's default connection limit.
+pub const DEFAULT_CONN_LIMIT: usize = 200;
 
 /// Binds the control port (done early, so that a port in use fails before anything else).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
@@ -83,7 +90,10 @@ enum Admission {
 impl Mesh {
     /// One connection per peer: when two exist, keep the one dialled by the peer with the
     /// higher name (both ends decide alike), and prefer a new run of the peer over an old one.
-    fn admit(&self, local: PeerName, outbound: bool, hello: &Hello) -> Admission {
+    fn admit(&self, local: PeerName, outbound: bool, hello: &Hello, conn_limit: usize) -> Admission {
+        if !self.by_peer.contains_key(&hello.name) && self.by_peer.len() >= conn_limit {
+            return Admission::Reject(format!("connection limit of {conn_limit} reached"));
+        }
         for (name, id) in &self.by_peer {
             let other = &self.connections[id].hello;
             if *name != hello.name && other.short_id == hello.short_id {
@@ -165,6 +175,8 @@ pub struct MeshStatus {
     pub connections: Vec<ConnectionInfo>,
     /// Every peer known through gossip, and our routes.
     pub mesh: gossip::MeshReport,
+    /// Whether peers learned through gossip are dialled.
+    pub discovery: bool,
 }
 
 impl MeshStatus {
@@ -185,12 +197,15 @@ struct Inner<D> {
     listen: SocketAddr,
     state: Option<Arc<StateDir>>,
     view: Mutex<gossip::MeshView>,
+    discovery: bool,
+    conn_limit: usize,
+    /// Connection makers and other tasks, awaited on stop.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A running router.
 pub struct Router<D: Datapath> {
     inner: Arc<Inner<D>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
     event_loop: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -269,7 +284,7 @@ impl<D: Datapath> Inner<D> {
     ) {
         let replaced = {
             let mut mesh = self.mesh();
-            match mesh.admit(self.local.name, outbound, &hello) {
+            match mesh.admit(self.local.name, outbound, &hello, self.conn_limit) {
                 Admission::Reject(reason) => {
                     tracing::info!(
                         "connection {} {}({}) at {remote} refused: {reason}",
@@ -374,9 +389,51 @@ fn describe(c: &Conn) -> String {
     )
 }
 
+impl<D: Datapath> Inner<D> {
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(tokio::spawn(f));
+    }
+
+    /// Keeps a connection to `target` (no-op when it is a target already or when stopping).
+    fn connect(self: &Arc<Self>, target: Target) {
+        let Some(events) = self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        {
+            let mut mesh = self.mesh();
+            if mesh.targets.contains_key(&target) {
+                return;
+            }
+            mesh.targets.insert(target.clone(), TargetState::Connecting);
+        }
+        let maker = Maker {
+            host: self.clone(),
+            target,
+            local: self.local.clone(),
+            timings: self.timings,
+            events,
+            shutdown: self.shutdown.subscribe(),
+        };
+        self.spawn(maker.run());
+    }
+}
+
 impl<D: Datapath> MakerHost for Inner<D> {
     fn set_target_state(&self, target: &Target, state: TargetState) {
-        self.mesh().targets.insert(target.clone(), state);
+        if let Some(s) = self.mesh().targets.get_mut(target) {
+            *s = state;
+        }
+    }
+
+    fn wants(&self, target: &Target) -> bool {
+        self.mesh().targets.contains_key(target)
     }
 
     fn is_connected(&self, peer: PeerName, except: ConnId) -> bool {
@@ -422,6 +479,9 @@ impl<D: Datapath> Router<D> {
             next_id: AtomicU64::new(1),
             listen,
             state,
+            discovery: config.discovery,
+            conn_limit: config.conn_limit,
+            tasks: Mutex::default(),
         });
         let event_loop = {
             let inner = inner.clone();
@@ -429,12 +489,15 @@ impl<D: Datapath> Router<D> {
             tokio::spawn(async move {
                 while let Some(event) = rx.recv().await {
                     inner.handle(event).await;
+                    for target in inner.discovery_targets() {
+                        tracing::info!("dialling {target}, learned from gossip");
+                        inner.connect(target);
+                    }
                 }
             })
         };
         let router = Router {
             inner: inner.clone(),
-            tasks: Mutex::default(),
             event_loop: Mutex::new(Some(event_loop)),
         };
         router.spawn(accept_loop(inner.clone(), listener, events_tx));
@@ -446,38 +509,29 @@ impl<D: Datapath> Router<D> {
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(tokio::spawn(f));
+        self.inner.spawn(f);
     }
 
     /// Keeps a connection to `target` (no-op when it is a target already or when stopping).
     pub fn connect(&self, target: Target) {
-        let Some(events) = self
-            .inner
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
-            return;
-        };
-        {
-            let mut mesh = self.inner.mesh();
-            if mesh.targets.contains_key(&target) {
-                return;
-            }
-            mesh.targets.insert(target.clone(), TargetState::Connecting);
+        self.inner.connect(target);
+    }
+
+    /// Stops dialling `targets` (connections already up stay up). Returns those that were
+    /// targets.
+    pub fn forget(&self, targets: &[Target]) -> Vec<Target> {
+        let mut mesh = self.inner.mesh();
+        targets.iter().filter(|t| mesh.targets.remove(t).is_some()).cloned().collect()
+    }
+
+    /// Replaces every target with `targets`.
+    pub fn replace_targets(&self, targets: Vec<Target>) {
+        let old: Vec<Target> = self.inner.mesh().targets.keys().cloned().collect();
+        let drop: Vec<Target> = old.into_iter().filter(|t| !targets.contains(t)).collect();
+        self.forget(&drop);
+        for t in targets {
+            self.connect(t);
         }
-        let maker = Maker {
-            host: self.inner.clone(),
-            target,
-            local: self.inner.local.clone(),
-            timings: self.inner.timings,
-            events,
-            shutdown: self.inner.shutdown.subscribe(),
-        };
-        self.spawn(maker.run());
     }
 
     /// The address the control port listens on.
@@ -543,6 +597,7 @@ impl<D: Datapath> Router<D> {
             targets: mesh.targets.keys().map(Target::to_string).collect(),
             connections,
             mesh: self.mesh_report(),
+            discovery: self.inner.discovery,
         }
     }
 
@@ -589,6 +644,7 @@ impl<D: Datapath> Router<D> {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         let tasks: Vec<_> = self
+            .inner
             .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())

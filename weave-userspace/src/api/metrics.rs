@@ -191,6 +191,7 @@ mod tests {
                 peer: Some(peer),
             }],
             mesh: Default::default(),
+            discovery: false,
         };
         let counters = DatapathCounters {
             by_reason: Reason::ALL

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::datapath::{
     AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint, Ipv4Cidr,
 };
+use crate::mesh::connection_maker::Target;
 use crate::router::{MeshStatus, Router};
 use text::DaemonInfo;
 
@@ -39,6 +40,10 @@ pub trait Controller: Send + Sync + 'static {
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
     fn attach(&self, request: AttachRequest) -> BoxFuture<'_, Result<Endpoint, DatapathError>>;
     fn detach(&self, netns: PathBuf) -> BoxFuture<'_, Result<Endpoint, DatapathError>>;
+    /// Adds targets to dial (or, with `replace`, makes them the only targets).
+    fn connect(&self, targets: Vec<Target>, replace: bool);
+    /// Stops dialling targets; returns those that were targets.
+    fn forget(&self, targets: Vec<Target>) -> Vec<Target>;
 }
 
 /// A router and what the status shows about its data path.
@@ -79,6 +84,20 @@ impl<D: Datapath> Controller for RouterController<D> {
 
     fn detach(&self, netns: PathBuf) -> BoxFuture<'_, Result<Endpoint, DatapathError>> {
         Box::pin(self.router.detach(netns))
+    }
+
+    fn connect(&self, targets: Vec<Target>, replace: bool) {
+        if replace {
+            self.router.replace_targets(targets);
+        } else {
+            for t in targets {
+                self.router.connect(t);
+            }
+        }
+    }
+
+    fn forget(&self, targets: Vec<Target>) -> Vec<Target> {
+        self.router.forget(&targets)
     }
 }
 
@@ -156,6 +175,21 @@ pub struct AttachBody {
     pub netns: PathBuf,
     #[serde(default)]
     pub addresses: Vec<String>,
+}
+
+/// The body of `POST /connect` and `POST /forget`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeersBody {
+    /// host or host:port
+    pub peers: Vec<String>,
+    #[serde(default)]
+    pub replace: bool,
+}
+
+impl PeersBody {
+    fn targets(&self) -> Result<Vec<Target>, ApiError> {
+        self.peers.iter().map(|p| p.parse::<Target>().map_err(|e| bad_request(e.to_string()))).collect()
+    }
 }
 
 /// The body of `POST /detach`.
@@ -242,7 +276,7 @@ fn report(s: &MeshStatus, d: &DaemonInfo, endpoints: &[Endpoint]) -> Report {
             protocol_min_version: s.protocol_min_version,
             protocol_max_version: s.protocol_max_version,
             encryption: false,
-            peer_discovery: false,
+            peer_discovery: s.discovery,
             name: s.local.name.clone(),
             nick_name: s.local.nick_name.clone(),
             short_id: s.local.short_id,
@@ -275,6 +309,8 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/metrics", get(get_metrics))
         .route("/attach", post(attach))
         .route("/detach", post(detach))
+        .route("/connect", post(connect))
+        .route("/forget", post(forget))
         .route("/stop", post(stop))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(state)
@@ -380,6 +416,23 @@ async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
         endpoint.host_ifname
     );
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
+}
+
+async fn connect(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let c = s.ready()?;
+    let body: PeersBody = parse_json(&body)?;
+    let targets = body.targets()?;
+    tracing::info!("connect requested: {}", body.peers.join(" "));
+    c.connect(targets, body.replace);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn forget(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let c = s.ready()?;
+    let body: PeersBody = parse_json(&body)?;
+    let forgotten = c.forget(body.targets()?);
+    tracing::info!("forgot {} of {} targets", forgotten.len(), body.peers.len());
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn stop(State(s): AppState) -> Response {

@@ -40,6 +40,8 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
             .map(|a| a.to_string().parse().unwrap())
             .collect(),
         timings,
+        discovery: false,
+        conn_limit: crate::router::DEFAULT_CONN_LIMIT,
     };
     let router = Arc::new(Router::start(
         config,

@@ -41,7 +41,7 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
         format!("{}({})", s.local.name, s.local.nick_name),
     );
     line(&mut out, "Encryption", "disabled");
-    line(&mut out, "PeerDiscovery", "disabled");
+    line(&mut out, "PeerDiscovery", if s.discovery { "enabled" } else { "disabled" });
     line(&mut out, "Targets", s.targets.len());
     let counts: Vec<String> = STATES
         .iter()
@@ -207,6 +207,7 @@ mod tests {
                 ),
             ],
             mesh: mesh(),
+            discovery: false,
         }
     }
 

@@ -189,6 +189,8 @@ impl Up<'_> {
             local: self.local,
             targets: self.config.targets.clone(),
             timings: Timings::default(),
+            discovery: self.config.discovery,
+            conn_limit: self.config.conn_limit,
         };
         let router = Arc::new(Router::start(
             router_config,

@@ -72,6 +72,22 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Dial more peers (host or host:port); with --replace they become the only targets.
+    Connect {
+        #[arg(long)]
+        replace: bool,
+        #[arg(value_name = "PEER")]
+        peers: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop dialling peers (connections already up stay up).
+    Forget {
+        #[arg(value_name = "PEER", required = true)]
+        peers: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Take the `ethwe` interface of a network namespace away.
     Detach {
         #[arg(long, value_name = "PATH")]
@@ -159,6 +175,18 @@ pub fn run() -> anyhow::Result<()> {
             post(api.addr()?, "/detach", &body)?;
             Ok(())
         }
+        Command::Connect { replace, peers, api } => {
+            check_targets(&peers)?;
+            let body = serde_json::to_string(&crate::api::PeersBody { peers, replace })?;
+            post(api.addr()?, "/connect", &body)?;
+            Ok(())
+        }
+        Command::Forget { peers, api } => {
+            check_targets(&peers)?;
+            let body = serde_json::to_string(&crate::api::PeersBody { peers, replace: false })?;
+            post(api.addr()?, "/forget", &body)?;
+            Ok(())
+        }
         Command::Version => {
             println!("weave-router {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -167,6 +195,14 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// A namespace path made absolute (the daemon runs elsewhere) and checked to exist.
+/// Refuses a malformed peer before anything is sent.
+fn check_targets(peers: &[String]) -> anyhow::Result<()> {
+    for p in peers {
+        p.parse::<crate::mesh::connection_maker::Target>()?;
+    }
+    Ok(())
+}
+
 fn netns_path(p: &Path) -> anyhow::Result<PathBuf> {
     let abs = if p.is_absolute() {
         p.to_path_buf()

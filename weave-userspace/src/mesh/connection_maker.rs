@@ -109,6 +109,8 @@ pub enum TargetState {
 /// What the connection maker needs from the router.
 pub(crate) trait MakerHost: Send + Sync + 'static {
     fn set_target_state(&self, target: &Target, state: TargetState);
+    /// Whether the target is still wanted (`forget` takes it away).
+    fn wants(&self, target: &Target) -> bool;
     /// Whether an accepted connection to `peer` other than `except` is up.
     fn is_connected(&self, peer: PeerName, except: ConnId) -> bool;
     fn next_conn_id(&self) -> ConnId;
@@ -130,7 +132,7 @@ impl<H: MakerHost> Maker<H> {
         let mut backoff = Backoff::new(self.timings.backoff_initial, self.timings.backoff_max);
         let mut last_error: Option<String> = None;
         loop {
-            if *self.shutdown.borrow() {
+            if *self.shutdown.borrow() || !self.host.wants(&self.target) {
                 return;
             }
             self.set(match &last_error {

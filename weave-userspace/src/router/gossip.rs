@@ -11,6 +11,7 @@ use rand::seq::SliceRandom;
 use super::{Inner, Mesh};
 use crate::datapath::{Datapath, DatapathPeer};
 use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
+use crate::mesh::connection_maker::Target;
 use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::{self, Message};
 use crate::mesh::routes::{self, Routes};
@@ -136,6 +137,27 @@ impl<D: Datapath> Inner<D> {
             }
             Ok(_) => {}
         }
+    }
+
+    /// Peers known through gossip that we neither reach directly nor dial yet, as targets
+    /// (empty unless discovery is on, and while the connection limit is reached).
+    pub(super) fn discovery_targets(&self) -> Vec<Target> {
+        if !self.discovery {
+            return Vec::new();
+        }
+        let mesh = self.mesh();
+        if mesh.by_peer.len() >= self.conn_limit {
+            return Vec::new();
+        }
+        let view = self.view();
+        let me = view.topology.ourself().name;
+        view.topology
+            .peers()
+            .filter(|p| p.name != me && !mesh.by_peer.contains_key(&p.name) && !p.underlay.is_unspecified())
+            .map(|p| Target { host: p.underlay.to_string(), port: p.control_port })
+            .filter(|t| !mesh.targets.contains_key(t))
+            .take(self.conn_limit - mesh.by_peer.len())
+            .collect()
     }
 
     /// Recomputes routes and brings the peers reached through neighbours in the data path

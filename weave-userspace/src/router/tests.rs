@@ -46,14 +46,26 @@ impl Node {
     }
 
     fn start_on(n: u8, listener: TcpListener, targets: &[SocketAddr]) -> Node {
+        Self::start_with(n, listener, targets, false)
+    }
+
+    fn start_with(n: u8, listener: TcpListener, targets: &[SocketAddr], discovery: bool) -> Node {
         let datapath = Arc::new(FakeDatapath::new());
         let config = RouterConfig {
-            local: hello(n),
+            local: Hello {
+                underlay: match listener.local_addr().unwrap().ip() {
+                    std::net::IpAddr::V4(ip) => ip,
+                    std::net::IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+                },
+                ..hello(n)
+            },
             targets: targets
                 .iter()
                 .map(|a| a.to_string().parse().unwrap())
                 .collect(),
             timings: timings(),
+            discovery,
+            conn_limit: DEFAULT_CONN_LIMIT,
         };
         Node {
             router: Router::start(config, listener, datapath.clone(), None),
@@ -363,12 +375,12 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     mesh.by_peer.insert(high.name, 1);
     // `high` dials us: its connection wins.
     assert_eq!(
-        mesh.admit(low.name, false, &high),
+        mesh.admit(low.name, false, &high, DEFAULT_CONN_LIMIT),
         Admission::Accept { replace: Some(1) }
     );
     // A second outbound one loses.
     assert!(matches!(
-        mesh.admit(low.name, true, &high),
+        mesh.admit(low.name, true, &high, DEFAULT_CONN_LIMIT),
         Admission::Reject(_)
     ));
 
@@ -377,7 +389,7 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     mesh.connections.insert(1, conn(false, &low));
     mesh.by_peer.insert(low.name, 1);
     assert_eq!(
-        mesh.admit(high.name, true, &low),
+        mesh.admit(high.name, true, &low, DEFAULT_CONN_LIMIT),
         Admission::Accept { replace: Some(1) }
     );
 
@@ -385,14 +397,14 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     let mut again = low.clone();
     again.uid ^= 1;
     assert_eq!(
-        mesh.admit(high.name, false, &again),
+        mesh.admit(high.name, false, &again, DEFAULT_CONN_LIMIT),
         Admission::Accept { replace: Some(1) }
     );
 
     // Another peer with a short ID already taken is refused.
     let mut clash = hello(3);
     clash.short_id = low.short_id;
-    let Admission::Reject(reason) = mesh.admit(high.name, false, &clash) else {
+    let Admission::Reject(reason) = mesh.admit(high.name, false, &clash, DEFAULT_CONN_LIMIT) else {
         panic!()
     };
     assert!(
@@ -458,4 +470,33 @@ async fn malformed_gossip_closes_only_that_connection() {
     assert_eq!(a.peer_ids(), [2]);
     a.router.stop().await;
     b.router.stop().await;
+}
+
+#[tokio::test]
+async fn discovery_dials_the_peers_gossip_names() {
+    // Three routers on distinct loopback addresses, so each is a distinct target.
+    let listener = |last: u8| async move { bind(SocketAddr::from(([127, 0, 0, last], 0))).await.unwrap() };
+    let b = Node::start_with(2, listener(2).await, &[], true);
+    let a = Node::start_with(1, listener(1).await, &[b.addr()], true);
+    let c = Node::start_with(3, listener(3).await, &[b.addr()], true);
+    wait_until("a and c connect to each other directly", || {
+        a.router.status().connections.iter().filter(|c| c.state == "established").count() == 2
+            && c.router.status().connections.iter().filter(|c| c.state == "established").count() == 2
+    })
+    .await;
+    for n in [&a, &b, &c] {
+        n.router.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn forget_stops_dialling() {
+    let a = Node::start(1, &[]).await;
+    let target: Target = "127.0.0.1:1".parse().unwrap();
+    a.router.connect(target.clone());
+    wait_until("the target is dialled and fails", || a.states().iter().any(|s| s == "failed" || s == "retrying")).await;
+    assert_eq!(a.router.forget(&[target.clone()]), vec![target.clone()]);
+    assert!(a.router.status().targets.is_empty());
+    assert!(a.router.forget(&[target]).is_empty());
+    a.router.stop().await;
 }
