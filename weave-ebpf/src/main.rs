@@ -519,7 +519,7 @@ fn xdp_bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Option<*const [u8;
 fn try_xdp_admit(ctx: &XdpContext) -> Option<u32> {
     let cfg = config()?;
     let len = (ctx.data_end() - ctx.data()) as u32;
-    // SAFETY (all reads below): `xdp_bytes` checked the bytes lie inside the frame.
+    // SAFETY: `xdp_bytes` checked that the bytes lie inside the frame.
     let eth = unsafe { *xdp_bytes::<ETH_HLEN>(ctx, 0)? };
     if u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IP {
         return Some(XDP_PASS);
