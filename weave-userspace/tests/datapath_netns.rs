@@ -613,6 +613,37 @@ fn a_restarted_router_takes_its_endpoints_back() {
 }
 
 #[test]
+fn a_stopped_router_carries_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tag = format!("{}-st", tag());
+    let mut bed = Bed::new(&tag);
+    assert!(ping(&bed.containers[0], CONTAINER[1]));
+    assert!(ping(&bed.containers[1], CONTAINER[0]));
+    // Router 2 shuts down; router 1 forgets it.
+    drop(bed.routers.remove(1));
+    let links = bed.hosts[1].sh(&["ip", "-d", "link", "show"]);
+    assert!(!links.contains("vxw-"), "{links}");
+    assert!(
+        links.contains("ethwe") || links.contains("vethwe"),
+        "the container interface stays"
+    );
+    bed.routers[0]
+        .call(|dp| async move { dp.remove_peer(ShortId::new(2).unwrap()).await })
+        .expect("remove_peer");
+    assert!(
+        !ping(&bed.containers[0], CONTAINER[1]),
+        "c1 → c2 with router 2 stopped"
+    );
+    assert!(
+        !ping(&bed.containers[1], CONTAINER[0]),
+        "c2 → c1 with router 2 stopped"
+    );
+}
+
+#[test]
 fn xdp_on_drops_strays_before_tc() {
     if !is_root() {
         eprintln!("skipped: needs root");
