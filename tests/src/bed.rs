@@ -321,7 +321,7 @@ pub fn sweep(prefix: &str) -> Vec<String> {
     for n in &order {
         netns::remove(n);
     }
-    for i in 1..=32 {
+    for i in 1..=254 {
         router::remove_pins(&router::peer_name(prefix, i));
     }
     let _ = std::fs::remove_dir_all(state_base(prefix));

@@ -10,6 +10,7 @@
 pub mod bed;
 pub mod cmd;
 pub mod error;
+pub mod mesh;
 pub mod netns;
 pub mod probe;
 pub mod router;

@@ -1,0 +1,254 @@
+//! Mesh scenarios: cutting underlay links with nftables, capturing VXLAN on a host, and
+//! reading a router's view of the mesh (`/report`).
+//!
+//! Links are cut in the hosts' own namespaces with a `netdev` table on `eth0` (egress and
+//! ingress). The egress hook is the one that counts: frames the router's tc programs send
+//! with `bpf_redirect_neigh`, or deliver with `bpf_redirect_peer` on ingress, never pass the
+//! `inet` hooks, but everything leaving `eth0` passes its egress hook. Cutting a link on both
+//! of its ends therefore stops every packet between the two addresses, both ways.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cmd::{self, Background};
+use crate::error::{Error, Result};
+use crate::netns::Netns;
+use crate::router::Router;
+
+/// The nftables table that holds the cut links of a host.
+pub const BLOCK_TABLE: &str = "weave_test_block";
+
+fn nft(ns: &Netns, line: &str) -> Result<String> {
+    let mut argv: Vec<String> = vec!["nft".into()];
+    argv.extend(line.split_whitespace().map(str::to_string));
+    ns.check(&argv)
+}
+
+/// Drops every IPv4 packet between this host's `eth0` and `peer`, both ways (see the module
+/// docs). May be called again for more peers.
+pub fn block(ns: &Netns, peer: Ipv4Addr) -> Result<()> {
+    if nft(ns, &format!("list set netdev {BLOCK_TABLE} peers")).is_err() {
+        for line in [
+            format!("add table netdev {BLOCK_TABLE}"),
+            format!("add set netdev {BLOCK_TABLE} peers {{ type ipv4_addr ; }}"),
+            format!("add chain netdev {BLOCK_TABLE} out {{ type filter hook egress device eth0 priority -500 ; }}"),
+            format!("add chain netdev {BLOCK_TABLE} in {{ type filter hook ingress device eth0 priority -500 ; }}"),
+            format!("add rule netdev {BLOCK_TABLE} out ip daddr @peers counter drop"),
+            format!("add rule netdev {BLOCK_TABLE} in ip saddr @peers counter drop"),
+        ] {
+            nft(ns, &line)?;
+        }
+    }
+    nft(ns, &format!("add element netdev {BLOCK_TABLE} peers {{ {peer} }}"))?;
+    Ok(())
+}
+
+/// Lets traffic between this host and `peer` through again.
+pub fn unblock(ns: &Netns, peer: Ipv4Addr) -> Result<()> {
+    nft(ns, &format!("delete element netdev {BLOCK_TABLE} peers {{ {peer} }}")).map(|_| ())
+}
+
+/// Cuts the underlay link between two hosts on both ends.
+pub fn cut(a: &Netns, a_addr: Ipv4Addr, b: &Netns, b_addr: Ipv4Addr) -> Result<()> {
+    block(a, b_addr)?;
+    block(b, a_addr)
+}
+
+/// The block table as `nft list table` shows it (rules with their counters), for messages.
+pub fn block_rules(ns: &Netns) -> String {
+    nft(ns, &format!("list table netdev {BLOCK_TABLE}")).unwrap_or_else(|e| format!("({e})"))
+}
+
+/// One packet seen by a [`Capture`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// The rest of tcpdump's line after the addresses.
+    pub what: String,
+}
+
+/// `tcpdump -n -l` running in a namespace; stop it to get the packets.
+pub struct Capture {
+    bg: Background,
+    ns: String,
+}
+
+impl Capture {
+    /// Starts tcpdump on `dev` in `ns` with the pcap `filter`; returns once it listens.
+    pub fn start(ns: &Netns, dev: &str, filter: &str) -> Result<Capture> {
+        let mut argv: Vec<String> = ["tcpdump", "-n", "-l", "-U", "-i", dev].iter().map(|s| s.to_string()).collect();
+        argv.extend(filter.split_whitespace().map(str::to_string));
+        let mut bg = ns.spawn(&argv)?;
+        cmd::wait_for(&format!("tcpdump to listen on {dev} in {}", ns.name()), Duration::from_secs(10), || {
+            if !bg.running() {
+                return Some(());
+            }
+            bg.output().1.contains("listening on").then_some(())
+        })?;
+        if !bg.running() {
+            let o = bg.stop();
+            return Err(Error::Other(format!("tcpdump in {} exited: {}", ns.name(), o.stderr.trim())));
+        }
+        Ok(Capture {
+            bg,
+            ns: ns.name().to_string(),
+        })
+    }
+
+    /// Stops tcpdump (after a moment for the last packets) and parses what it printed.
+    pub fn stop(mut self) -> Vec<Packet> {
+        std::thread::sleep(Duration::from_millis(300));
+        let out = self.bg.stop();
+        parse_tcpdump(&out.stdout)
+    }
+
+    pub fn netns(&self) -> &str {
+        &self.ns
+    }
+}
+
+/// Parses `tcpdump -n` lines: `12:00:00.000 IP 1.2.3.4.5 > 6.7.8.9.10: rest` (the port, if
+/// any, is dropped).
+pub fn parse_tcpdump(text: &str) -> Vec<Packet> {
+    let addr = |s: &str| -> Option<Ipv4Addr> {
+        let s = s.trim_end_matches(':');
+        let parts: Vec<&str> = s.split('.').collect();
+        let ip = if parts.len() >= 4 { parts[..4].join(".") } else { s.to_string() };
+        ip.parse().ok()
+    };
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.split_once(" IP ")?.1;
+            let (from, rest) = rest.split_once(" > ")?;
+            let (to, what) = rest.split_once(": ").unwrap_or((rest, ""));
+            Some(Packet {
+                src: addr(from)?,
+                dst: addr(to)?,
+                what: what.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// A peer name as the report writes it (a number, a numeric string, or `aa:bb:..`) in the
+/// `aa:bb:cc:dd:ee:ff` form.
+pub fn name_of(v: &Value) -> Option<String> {
+    let n = match v {
+        Value::Number(n) => n.as_u64()?,
+        Value::String(s) if s.contains(':') => return Some(s.to_ascii_lowercase()),
+        Value::String(s) => s.parse().ok()?,
+        _ => return None,
+    };
+    let b = n.to_be_bytes();
+    Some(format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[2], b[3], b[4], b[5], b[6], b[7]))
+}
+
+fn key_name(k: &str) -> Option<String> {
+    name_of(&Value::String(k.to_string()))
+}
+
+/// A router's `/report`, parsed.
+#[derive(Debug, Clone)]
+pub struct Report(pub Value);
+
+impl Report {
+    /// GET /report from `router`.
+    pub fn of(router: &Router) -> Result<Report> {
+        Self::parse(&router.http_get("/report")?)
+    }
+
+    pub fn parse(text: &str) -> Result<Report> {
+        serde_json::from_str(text)
+            .map(Report)
+            .map_err(|e| Error::Other(format!("report is not JSON ({e}): {}", text.chars().take(200).collect::<String>())))
+    }
+
+    /// Names of every peer in `Router.Peers` (ourselves included).
+    pub fn peers(&self) -> BTreeSet<String> {
+        self.0["Router"]["Peers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| name_of(&p["name"])).collect())
+            .unwrap_or_default()
+    }
+
+    /// `Router.Routes.unicast`: destination → next hop.
+    pub fn unicast(&self) -> Vec<(String, String)> {
+        self.0["Router"]["Routes"]["unicast"]
+            .as_object()
+            .map(|m| m.iter().filter_map(|(k, v)| Some((key_name(k)?, name_of(v)?))).collect())
+            .unwrap_or_default()
+    }
+
+    /// The next hop towards `dst`, if there is a route.
+    pub fn next_hop(&self, dst: &str) -> Option<String> {
+        self.unicast().into_iter().find(|(d, _)| d == dst).map(|(_, h)| h)
+    }
+
+    /// `Router.Routes.broadcast`: source → the neighbours this router passes it on to.
+    pub fn broadcast(&self) -> Vec<(String, Vec<String>)> {
+        self.0["Router"]["Routes"]["broadcast"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        let to = v.as_array()?.iter().filter_map(name_of).collect();
+                        Some((key_name(k)?, to))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `Router.Routes` as compact JSON, for messages.
+    pub fn routes_text(&self) -> String {
+        self.0["Router"]["Routes"].to_string()
+    }
+}
+
+/// True once `report` knows exactly the peers `want` and has a unicast route to each of them
+/// but `me`.
+pub fn agrees(report: &Report, me: &str, want: &BTreeSet<String>) -> bool {
+    if report.peers() != *want {
+        return false;
+    }
+    let routed: BTreeSet<String> = report.unicast().into_iter().map(|(d, _)| d).collect();
+    want.iter().filter(|p| p.as_str() != me).all(|p| routed.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcpdump_lines() {
+        let t = "tcpdump: verbose output suppressed\n\
+                 09:00:00.000001 IP 198.18.0.1.40000 > 198.18.0.2.6784: UDP, length 106\n\
+                 09:00:00.000002 IP 10.2.1.11 > 10.2.1.255: ICMP echo request, id 1, seq 1, length 64\n";
+        let p = parse_tcpdump(t);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].src, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(p[0].dst, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(p[1].dst, Ipv4Addr::new(10, 2, 1, 255));
+        assert!(p[1].what.starts_with("ICMP echo request"));
+    }
+
+    #[test]
+    fn reads_peer_names_in_any_form() {
+        let mac = "02:5a:1c:e3:00:01";
+        let n = 0x02_5a1c_e300_01u64;
+        assert_eq!(name_of(&Value::from(n)).as_deref(), Some(mac));
+        assert_eq!(name_of(&Value::from(n.to_string())).as_deref(), Some(mac));
+        assert_eq!(name_of(&Value::from(mac.to_uppercase())).as_deref(), Some(mac));
+        let r = Report::parse(&format!(
+            r#"{{"Router":{{"Peers":[{{"name":{n}}}],"Routes":{{"unicast":{{"{n}":"{mac}"}},"broadcast":{{"{n}":[{n}]}}}}}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(r.peers().into_iter().collect::<Vec<_>>(), vec![mac.to_string()]);
+        assert_eq!(r.next_hop(mac).as_deref(), Some(mac));
+        assert_eq!(r.broadcast(), vec![(mac.to_string(), vec![mac.to_string()])]);
+    }
+}

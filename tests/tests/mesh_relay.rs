@@ -1,0 +1,286 @@
+//! Multi-hop: hosts that cannot reach each other on the underlay (nftables drops everything
+//! between them) still carry their containers' traffic through the hosts in between.
+//!
+//! * a line host1–host2–host3 with host1↔host3 cut: unicast relayed by host2 (seen in a
+//!   capture on host2's underlay), and a broadcast from host1 delivered exactly once to each
+//!   other host;
+//! * a ring host1–host2–host3–host4–host1 (the diagonals cut): a broadcast reaches every host
+//!   exactly once (no loop around the ring), and when the link in use towards host3 is cut,
+//!   traffic moves to the other side of the ring.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use weave_tests::mesh::{self, Capture, Report};
+use weave_tests::{cmd, host_addr, require_root, LaunchOpts, TestBed};
+
+/// How long gossip may take to give every router a route to every peer.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// A bed of `n` hosts where only the pairs in `links` reach each other on the underlay;
+/// host `i` dials the hosts `dial[i-1]`. Returns once every router has a route to every peer.
+fn partial_mesh(prefix: &str, n: usize, links: &[(usize, usize)], dial: &[&[usize]]) -> TestBed {
+    let mut bed = TestBed::new(prefix, n).expect("test bed");
+    let linked = |a: usize, b: usize| links.iter().any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b));
+    for a in 1..=n {
+        for b in 1..=n {
+            if a != b && !linked(a, b) {
+                mesh::block(&bed.host(a).ns, host_addr(b)).expect("nft block");
+            }
+        }
+    }
+    for i in 1..=n {
+        let opts = LaunchOpts {
+            peers: dial[i - 1].iter().map(|&j| host_addr(j).to_string()).collect(),
+            extra: Vec::new(),
+        };
+        bed.launch(i, &opts).expect("launch");
+    }
+    wait_converged(&bed, n);
+    bed
+}
+
+/// Waits until every router's report lists every peer and has a route to each.
+fn wait_converged(bed: &TestBed, n: usize) {
+    let all: BTreeSet<String> = (1..=n).map(|i| bed.peer_name(i)).collect();
+    for i in 1..=n {
+        let me = bed.peer_name(i);
+        let r = bed.router(i);
+        cmd::wait_for(&format!("host{i} to know and route to every peer"), CONVERGE, || {
+            let rep = Report::of(r).ok()?;
+            mesh::agrees(&rep, &me, &all).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", dump(bed)));
+    }
+}
+
+/// Everything that tells what went wrong: routes, peers, non-zero counters, cut links.
+fn dump(bed: &TestBed) -> String {
+    let mut out = String::new();
+    for h in &bed.hosts {
+        let Some(r) = h.router.as_ref() else { continue };
+        let _ = writeln!(out, "--- host{} ({}) {}", h.index, h.addr, r.name());
+        match Report::of(r) {
+            Ok(rep) => {
+                let _ = writeln!(out, "routes: {}", rep.routes_text());
+            }
+            Err(e) => {
+                let _ = writeln!(out, "report: {e}");
+            }
+        }
+        let _ = writeln!(out, "status peers:\n{}", r.check(&["status", "peers"]).unwrap_or_else(|e| e.to_string()));
+        let _ = writeln!(out, "status connections:\n{}", r.connections().unwrap_or_else(|e| e.to_string()));
+        if let Ok(m) = r.metrics() {
+            let nonzero: Vec<&str> = m
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+                .filter(|l| l.contains("datapath") || l.contains("weave_peer_"))
+                .collect();
+            let _ = writeln!(out, "metrics (non-zero data path):\n{}", nonzero.join("\n"));
+        }
+        let _ = writeln!(out, "nft:\n{}", mesh::block_rules(&h.ns));
+    }
+    out
+}
+
+/// Packets per (source, destination) underlay address pair.
+fn flows(pkts: &[mesh::Packet]) -> BTreeMap<(String, String), usize> {
+    let mut m = BTreeMap::new();
+    for p in pkts {
+        *m.entry((p.src.to_string(), p.dst.to_string())).or_insert(0) += 1;
+    }
+    m
+}
+
+fn line(prefix: &str) -> TestBed {
+    // host1–host2–host3; host3 dials host2, host2 dials host1.
+    partial_mesh(prefix, 3, &[(1, 2), (2, 3)], &[&[], &[1], &[2]])
+}
+
+#[test]
+fn mesh_line_relays_unicast_through_the_middle_host() {
+    if !require_root("mesh_line_relays_unicast_through_the_middle_host") {
+        return;
+    }
+    let mut bed = line("wml");
+    let (a, b, c) = (bed.peer_name(1), bed.peer_name(2), bed.peer_name(3));
+
+    // The control plane: host1 knows host3 only through gossip, and routes to it via host2.
+    let peers = bed.router(1).check(&["status", "peers"]).expect("status peers");
+    assert!(peers.contains(&c), "`status peers` on host1 does not list host3 ({c}):\n{peers}");
+    let rep = Report::of(bed.router(1)).expect("report");
+    assert_eq!(rep.next_hop(&c).as_deref(), Some(b.as_str()), "host1's route to host3: {}", rep.routes_text());
+    let rep3 = Report::of(bed.router(3)).expect("report");
+    assert_eq!(rep3.next_hop(&a).as_deref(), Some(b.as_str()), "host3's route to host1: {}", rep3.routes_text());
+    let conns = bed.router(1).connections().expect("connections");
+    assert!(
+        !conns.lines().any(|l| l.contains("established") && l.contains(&c)),
+        "host1 has a direct connection to host3 although the link is cut:\n{conns}"
+    );
+
+    let ca = bed.attach_container(1, "c1", "10.2.1.1/24").expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.2/24").expect("attach");
+    let cc = bed.attach_container(3, "c1", "10.2.1.3/24").expect("attach");
+
+    let cap = Capture::start(&bed.host(2).ns, "eth0", "udp port 6784").expect("tcpdump on host2");
+    let reached = bed.container(ca).wait_ping("10.2.1.3", Duration::from_secs(20));
+    let back = bed.container(cc).ping("10.2.1.1", 5).expect("ping runs");
+    let fwd = bed.container(ca).ping("10.2.1.3", 5).expect("ping runs");
+    let pkts = cap.stop();
+    let f = flows(&pkts);
+    let summary = format!("VXLAN on host2's eth0 (src, dst) -> packets: {f:?}\n{}", dump(&bed));
+    reached.unwrap_or_else(|e| panic!("host1's container never reached host3's: {e}\n{summary}"));
+    assert!(fwd.success(), "ping host1 -> host3 failed:\n{}\n{summary}", fwd.stdout);
+    assert!(back.success(), "ping host3 -> host1 failed:\n{}\n{summary}", back.stdout);
+
+    let (h1, h2, h3) = (host_addr(1).to_string(), host_addr(2).to_string(), host_addr(3).to_string());
+    let n = |s: &str, d: &str| f.get(&(s.to_string(), d.to_string())).copied().unwrap_or(0);
+    // Each direction: five pings of one ping run plus the replies to the other's five.
+    for (s, d) in [(&h1, &h2), (&h2, &h3), (&h3, &h2), (&h2, &h1)] {
+        assert!(n(s, d) >= 10, "expected at least 10 relayed VXLAN frames {s} -> {d}, saw {}\n{summary}", n(s, d));
+    }
+    assert_eq!(n(&h1, &h3) + n(&h3, &h1), 0, "frames between host1 and host3 on host2's eth0?\n{summary}");
+}
+
+/// Sends `count` broadcast pings from container `from` and returns, for each receiving
+/// container, how often it saw each sequence number (from a capture on its `ethwe`).
+fn broadcast_counts(bed: &TestBed, from: usize, to: &[usize], count: u32) -> (BTreeMap<String, BTreeMap<u32, usize>>, String) {
+    for &c in to {
+        bed.container(c).ns.sysctl("net.ipv4.icmp_echo_ignore_broadcasts", "0").expect("sysctl");
+    }
+    let caps: Vec<(String, Capture)> = to
+        .iter()
+        .map(|&c| {
+            let ct = bed.container(c);
+            (ct.ns.name().to_string(), Capture::start(&ct.ns, "ethwe", "icmp and dst host 10.2.1.255").expect("tcpdump"))
+        })
+        .collect();
+    let out = bed
+        .container(from)
+        .ns
+        .run_timeout(
+            &["ping", "-n", "-b", "-c", &count.to_string(), "-i", "0.5", "-W", "1", "10.2.1.255"],
+            Duration::from_secs(20),
+        )
+        .expect("ping -b runs");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut m = BTreeMap::new();
+    for (name, cap) in caps {
+        let mut seqs: BTreeMap<u32, usize> = BTreeMap::new();
+        for p in cap.stop() {
+            if let Some(seq) = p
+                .what
+                .split(", ")
+                .find_map(|w| w.strip_prefix("seq "))
+                .and_then(|s| s.parse().ok())
+            {
+                *seqs.entry(seq).or_insert(0) += 1;
+            }
+        }
+        m.insert(name, seqs);
+    }
+    (m, out.stdout)
+}
+
+fn assert_once_each(bed: &TestBed, counts: &BTreeMap<String, BTreeMap<u32, usize>>, count: u32, ping_out: &str) {
+    let want: BTreeMap<u32, usize> = (1..=count).map(|s| (s, 1)).collect();
+    let bad: Vec<String> = counts
+        .iter()
+        .filter(|(_, seqs)| **seqs != want)
+        .map(|(n, seqs)| format!("{n}: seq -> copies {seqs:?}"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "each broadcast should arrive exactly once (want {want:?}):\n{}\nping -b:\n{ping_out}\n{}",
+        bad.join("\n"),
+        dump(bed)
+    );
+}
+
+#[test]
+fn mesh_line_broadcast_reaches_each_host_once() {
+    if !require_root("mesh_line_broadcast_reaches_each_host_once") {
+        return;
+    }
+    let mut bed = line("wmb");
+    let ca = bed.attach_container(1, "c1", "10.2.1.1/24").expect("attach");
+    let cb = bed.attach_container(2, "c1", "10.2.1.2/24").expect("attach");
+    let cc = bed.attach_container(3, "c1", "10.2.1.3/24").expect("attach");
+    // Unicast first, so a failure here is told apart from one of the broadcast tree.
+    bed.container(ca)
+        .wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", dump(&bed)));
+    let (counts, out) = broadcast_counts(&bed, ca, &[cb, cc], 3);
+    assert_once_each(&bed, &counts, 3, &out);
+}
+
+fn ring(prefix: &str) -> TestBed {
+    // host1–host2–host3–host4–host1; the diagonals 1–3 and 2–4 are cut.
+    partial_mesh(prefix, 4, &[(1, 2), (2, 3), (3, 4), (4, 1)], &[&[], &[1], &[2], &[3, 1]])
+}
+
+#[test]
+fn mesh_ring_broadcast_reaches_each_host_once() {
+    if !require_root("mesh_ring_broadcast_reaches_each_host_once") {
+        return;
+    }
+    let mut bed = ring("wmrb");
+    let ca = bed.attach_container(1, "c1", "10.2.1.1/24").expect("attach");
+    let mut to = Vec::new();
+    for h in 2..=4 {
+        to.push(bed.attach_container(h, "c1", &format!("10.2.1.{h}/24")).expect("attach"));
+    }
+    bed.container(ca)
+        .wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", dump(&bed)));
+    let (counts, out) = broadcast_counts(&bed, ca, &to, 3);
+    assert_once_each(&bed, &counts, 3, &out);
+}
+
+#[test]
+fn mesh_ring_reroutes_when_a_link_is_cut() {
+    if !require_root("mesh_ring_reroutes_when_a_link_is_cut") {
+        return;
+    }
+    let mut bed = ring("wmr");
+    let ca = bed.attach_container(1, "c1", "10.2.1.1/24").expect("attach");
+    bed.attach_container(3, "c1", "10.2.1.3/24").expect("attach");
+    bed.container(ca)
+        .wait_ping("10.2.1.3", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("host1 never reached host3 around the ring: {e}\n{}", dump(&bed)));
+
+    let c = bed.peer_name(3);
+    let rep = Report::of(bed.router(1)).expect("report");
+    let hop = rep.next_hop(&c).unwrap_or_else(|| panic!("no route to host3: {}", rep.routes_text()));
+    let (via, other) = if hop == bed.peer_name(2) {
+        (2, 4)
+    } else if hop == bed.peer_name(4) {
+        (4, 2)
+    } else {
+        panic!("host1 routes to host3 via {hop}, neither host2 nor host4: {}", rep.routes_text())
+    };
+
+    // Cut host1–host<via>: host1 and host<via> notice by missing heartbeats.
+    mesh::cut(&bed.host(1).ns, host_addr(1), &bed.host(via).ns, host_addr(via)).expect("cut");
+    let t0 = Instant::now();
+    let rerouted = bed.container(ca).wait_ping("10.2.1.3", Duration::from_secs(30));
+    let took = t0.elapsed();
+    let diag = dump(&bed);
+    rerouted.unwrap_or_else(|e| panic!("no way around the ring after cutting host1–host{via}: {e}\n{diag}"));
+    eprintln!("host1 -> host3 again {:.1} s after cutting host1–host{via}", took.as_secs_f64());
+    let rep = Report::of(bed.router(1)).expect("report");
+    assert_eq!(
+        rep.next_hop(&c).as_deref(),
+        Some(bed.peer_name(other).as_str()),
+        "host1's route to host3 after the cut: {}",
+        rep.routes_text()
+    );
+    // Heartbeats time out after about 5 s; a few seconds more for routes and ARP.
+    assert!(
+        took <= Duration::from_secs(12),
+        "took {took:?} to reach host3 again after cutting host1–host{via}\n{diag}"
+    );
+    let out = bed.container(ca).ping("10.2.1.3", 5).expect("ping runs");
+    assert!(out.success(), "pings along host{other} fail:\n{}\n{}", out.stdout, dump(&bed));
+}
