@@ -37,13 +37,16 @@ pub enum Reason {
     XdpDropNotForUs = 14,
     /// XDP: dropped before an skb existed, malformed.
     XdpDropMalformed = 15,
-    /// RX: a frame for another peer was forwarded towards it (relay).
+    /// RX: a frame for another peer was forwarded towards it, or a copy of a broadcast
+    /// was passed on along the source's tree (relay).
     RxRelayed = 16,
+    /// RX: dropped, a frame to relay whose outer TTL ran out (a transient routing loop).
+    RxDropTtlExpired = 17,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -64,6 +67,7 @@ impl Reason {
         Reason::XdpDropNotForUs,
         Reason::XdpDropMalformed,
         Reason::RxRelayed,
+        Reason::RxDropTtlExpired,
     ];
 
     /// A label for metrics and status output.
@@ -86,6 +90,7 @@ impl Reason {
             Reason::XdpDropNotForUs => "xdp_drop_not_for_us",
             Reason::XdpDropMalformed => "xdp_drop_malformed",
             Reason::RxRelayed => "rx_relayed",
+            Reason::RxDropTtlExpired => "rx_drop_ttl_expired",
         }
     }
 
@@ -103,6 +108,7 @@ impl Reason {
                 | Reason::XdpDropSpoofedSource
                 | Reason::XdpDropNotForUs
                 | Reason::XdpDropMalformed
+                | Reason::RxDropTtlExpired
         )
     }
 }

@@ -9,6 +9,8 @@
 //! | `NEIGHBOURS`      | LruHashMap        | [`Ipv4Key`] → [`MacKey`]            | controller (local), RX program (learning) |
 //! | `COUNTERS`        | PerCpuArray       | [`crate::counters::Reason`] → [`Counter`] | programs |
 //! | `PEER_COUNTERS`   | PerCpuArray\[4096\] | short ID → [`PeerCounter`]        | programs |
+//! | `NEIGHBOUR_PEERS` | HashMap           | [`Ipv4Key`] → [`NeighbourPeer`]     | controller |
+//! | `BROADCAST_TREES` | Array\[4096\]     | source short ID → [`BroadcastTree`] | controller |
 
 use crate::vni::MAX_SHORT_IDS;
 
@@ -19,9 +21,11 @@ pub const REMOTE_MACS_MAP: &str = "REMOTE_MACS";
 pub const NEIGHBOURS_MAP: &str = "NEIGHBOURS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const PEER_COUNTERS_MAP: &str = "PEER_COUNTERS";
+pub const NEIGHBOUR_PEERS_MAP: &str = "NEIGHBOUR_PEERS";
+pub const BROADCAST_TREES_MAP: &str = "BROADCAST_TREES";
 
 /// Every map the programs declare, in one list (pinning and clean-up walk it).
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 9] = [
     CONFIG_MAP,
     PEERS_MAP,
     ENDPOINTS_MAP,
@@ -29,12 +33,17 @@ pub const ALL_MAPS: [&str; 7] = [
     NEIGHBOURS_MAP,
     COUNTERS_MAP,
     PEER_COUNTERS_MAP,
+    NEIGHBOUR_PEERS_MAP,
+    BROADCAST_TREES_MAP,
 ];
 
 pub const PEERS_MAX_ENTRIES: u32 = MAX_SHORT_IDS;
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
 pub const REMOTE_MACS_MAX_ENTRIES: u32 = 65536;
 pub const NEIGHBOURS_MAX_ENTRIES: u32 = 65536;
+pub const NEIGHBOUR_PEERS_MAX_ENTRIES: u32 = MAX_SHORT_IDS;
+/// Most neighbours one router passes one source's broadcasts on to.
+pub const MAX_BROADCAST_CHILDREN: usize = 15;
 
 /// An Ethernet address as a map key (6 bytes plus 2 bytes of zero padding).
 #[repr(C)]
@@ -70,6 +79,10 @@ pub struct DatapathConfig {
     pub own_short_id: u16,
     /// `CONFIG_*` bits.
     pub flags: u16,
+    /// MAC address of the underlay interface: outer source of frames the programs address
+    /// themselves (broadcast copies, non-IPv4 frames).
+    pub underlay_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// `DatapathConfig::flags`: the controller has written the configuration (programs pass
@@ -86,7 +99,9 @@ pub struct PeerEntry {
     pub flags: u32,
     /// Short ID of the peer to hand frames for this one to (itself when directly connected).
     pub next_hop: u16,
-    pub _pad: [u8; 6],
+    /// The peer's underlay MAC address (directly connected peers on the underlay's segment;
+    /// zero when unknown): outer destination of frames the programs address themselves.
+    pub underlay_mac: [u8; 6],
 }
 
 /// `PeerEntry::flags`: the peer has an established connection; VXLAN from it is admitted.
@@ -112,6 +127,24 @@ pub struct RemoteMac {
     pub _pad: [u8; 6],
 }
 
+/// A directly connected peer, by its underlay address (`NEIGHBOUR_PEERS[addr]`): VXLAN
+/// relayed by a neighbour comes from the neighbour's address, not the origin's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NeighbourPeer {
+    pub short_id: u16,
+    pub _pad: [u8; 2],
+}
+
+/// The neighbours a broadcast from one source is passed on to (`BROADCAST_TREES[source]`):
+/// this router's children in the source's broadcast tree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BroadcastTree {
+    pub count: u16,
+    pub children: [u16; MAX_BROADCAST_CHILDREN],
+}
+
 /// Packets and bytes counted for one reason on one CPU (`COUNTERS[reason]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -133,7 +166,9 @@ pub struct PeerCounter {
 const _: () = {
     assert!(core::mem::size_of::<MacKey>() == 8);
     assert!(core::mem::size_of::<Ipv4Key>() == 4);
-    assert!(core::mem::size_of::<DatapathConfig>() == 12);
+    assert!(core::mem::size_of::<DatapathConfig>() == 20);
+    assert!(core::mem::size_of::<NeighbourPeer>() == 4);
+    assert!(core::mem::size_of::<BroadcastTree>() == 32);
     assert!(core::mem::size_of::<PeerEntry>() == 16);
     assert!(core::mem::size_of::<LocalEndpoint>() == 8);
     assert!(core::mem::size_of::<RemoteMac>() == 8);
@@ -157,6 +192,10 @@ mod pod {
     unsafe impl aya::Pod for LocalEndpoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RemoteMac {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NeighbourPeer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BroadcastTree {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Counter {}
     // SAFETY: as above.

@@ -20,21 +20,26 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{
+        bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+        bpf_skb_change_head,
+    },
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use weave_ebpf_common::{
     counters::Reason,
     headers::{
-        is_group_mac, read_vxlan_vni, source_port_from_hash, write_outer_headers, OuterHeaders,
+        ipv4_checksum, is_group_mac, read_vxlan_vni, source_port_from_hash, write_outer_headers,
+        OuterHeaders,
         ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_UDP,
         IPV4_FRAGMENT_MASK, IPV4_HLEN, OUTER_HLEN, UDP_HLEN, VXLAN_HLEN,
     },
     maps::{
-        Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, PeerCounter, PeerEntry, RemoteMac,
-        CONFIG_READY, ENDPOINTS_MAX_ENTRIES, NEIGHBOURS_MAX_ENTRIES, PEERS_MAX_ENTRIES, PEER_ADMIT,
-        PEER_REACHABLE, REMOTE_MACS_MAX_ENTRIES,
+        BroadcastTree, Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer,
+        PeerCounter, PeerEntry, RemoteMac, CONFIG_READY, ENDPOINTS_MAX_ENTRIES,
+        MAX_BROADCAST_CHILDREN, NEIGHBOURS_MAX_ENTRIES, NEIGHBOUR_PEERS_MAX_ENTRIES,
+        PEERS_MAX_ENTRIES, PEER_ADMIT, PEER_REACHABLE, REMOTE_MACS_MAX_ENTRIES,
     },
     vni, VXLAN_PORT,
 };
@@ -52,6 +57,11 @@ static REMOTE_MACS: LruHashMap<MacKey, RemoteMac, { REMOTE_MACS_MAX_ENTRIES as u
 #[btf_map]
 static NEIGHBOURS: LruHashMap<Ipv4Key, MacKey, { NEIGHBOURS_MAX_ENTRIES as usize }> =
     LruHashMap::new();
+#[btf_map]
+static NEIGHBOUR_PEERS: HashMap<Ipv4Key, NeighbourPeer, { NEIGHBOUR_PEERS_MAX_ENTRIES as usize }> =
+    HashMap::new();
+#[btf_map]
+static BROADCAST_TREES: Array<BroadcastTree, { PEERS_MAX_ENTRIES as usize }> = Array::new();
 #[btf_map]
 static COUNTERS: PerCpuArray<Counter, { Reason::COUNT as usize }> = PerCpuArray::new();
 #[btf_map]
@@ -146,16 +156,20 @@ fn ipv4_at(b: &[u8], off: usize) -> [u8; 4] {
 // ---------------------------------------------------------------------------------------
 
 enum Admission {
-    /// Admitted; the source peer's short ID.
-    Admit(u16),
+    /// For us: the origin's short ID, and the neighbour the frame came through (the
+    /// origin itself when it sent the frame straight to us).
+    Admit { src: u16, via: u16 },
+    /// From an admitted neighbour, for another peer: to be passed on.
+    Relay { dst: u16 },
     UnknownPeer,
     SpoofedSource,
     NotForUs,
     Malformed,
 }
 
-/// Checks a VXLAN header against `PEERS`: the source short ID must be admitted, the outer
-/// source address must be that peer's, the destination short ID must be ours.
+/// Checks a VXLAN header against `PEERS`: the source short ID must be a known peer, the
+/// outer source must be that peer's address or the address of a directly connected peer
+/// (one that relays), and the destination must be us or a peer we route to.
 #[inline(always)]
 fn admit(cfg: &DatapathConfig, outer_src: [u8; 4], vxlan: &[u8; VXLAN_HLEN]) -> Admission {
     let Some(id) = read_vxlan_vni(vxlan) else {
@@ -165,16 +179,39 @@ fn admit(cfg: &DatapathConfig, outer_src: [u8; 4], vxlan: &[u8; VXLAN_HLEN]) -> 
     let Some(peer) = PEERS.get(src as u32) else {
         return Admission::UnknownPeer;
     };
-    if peer.flags & PEER_ADMIT == 0 {
+    if peer.flags & PEER_ADMIT == 0 || src == cfg.own_short_id {
         return Admission::UnknownPeer;
     }
-    if peer.underlay_ipv4 != outer_src {
-        return Admission::SpoofedSource;
-    }
+    let via = if peer.underlay_ipv4 == outer_src {
+        src
+    } else {
+        // SAFETY: the value is copied out at once.
+        match unsafe { NEIGHBOUR_PEERS.get(&Ipv4Key { addr: outer_src }) } {
+            Some(n) => n.short_id,
+            None => return Admission::SpoofedSource,
+        }
+    };
     if dst != cfg.own_short_id {
-        return Admission::NotForUs;
+        return match PEERS.get(dst as u32) {
+            Some(p) if p.flags & PEER_REACHABLE != 0 => Admission::Relay { dst },
+            _ => Admission::NotForUs,
+        };
     }
-    Admission::Admit(src)
+    Admission::Admit { src, via }
+}
+
+/// The outer IPv4 header of a frame this router passes on: from us to `to`, one hop less.
+#[inline(always)]
+fn forwarded_ipv4(ip: &[u8; IPV4_HLEN], from: [u8; 4], to: [u8; 4]) -> [u8; IPV4_HLEN] {
+    let mut hdr = *ip;
+    hdr[8] = ip[8].saturating_sub(1);
+    hdr[10] = 0;
+    hdr[11] = 0;
+    hdr[12..16].copy_from_slice(&from);
+    hdr[16..20].copy_from_slice(&to);
+    let csum = ipv4_checksum(&hdr);
+    hdr[10..12].copy_from_slice(&csum.to_be_bytes());
+    hdr
 }
 
 // ---------------------------------------------------------------------------------------
@@ -200,8 +237,6 @@ fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
             count(Reason::TxArpAnswered, len);
             return Ok(action);
         }
-        count(Reason::TxToBridge, len);
-        return Ok(TC_OK);
     }
     if is_group_mac(&dst) {
         count(Reason::TxToBridge, len);
@@ -216,6 +251,9 @@ fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
         return Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32);
     }
     if proto != ETH_P_IP {
+        if let Some(action) = encapsulate_non_ipv4(ctx, &cfg, &key, len) {
+            return Ok(action);
+        }
         count(Reason::TxToBridge, len);
         return Ok(TC_OK);
     }
@@ -299,6 +337,57 @@ fn encapsulate(
     // SAFETY: a helper call; no neighbour parameters are passed (null, 0), so the kernel
     // looks the next hop up in its FIB.
     unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Encapsulates a small non-IPv4 frame (an ARP reply, say) for a MAC learned behind a
+/// peer. `bpf_skb_adjust_room` refuses non-IP frames, so room is made in front of the frame
+/// (`bpf_skb_change_head`) and the outer Ethernet addresses are written here, from the
+/// next hop's underlay MAC. `None` leaves the frame to the bridge (unknown MAC, next hop's
+/// MAC not known, GSO frame).
+#[inline(always)]
+fn encapsulate_non_ipv4(ctx: &TcContext, cfg: &DatapathConfig, key: &MacKey, len: u32) -> Option<i32> {
+    // SAFETY: the value is copied out at once.
+    let peer_id = unsafe { REMOTE_MACS.get(key) }?.peer_short_id;
+    let peer = PEERS.get(peer_id as u32)?;
+    if peer.flags & PEER_REACHABLE == 0 {
+        return None;
+    }
+    let hop = if peer.next_hop == peer_id { *peer } else { *PEERS.get(peer.next_hop as u32)? };
+    if hop.flags & PEER_REACHABLE == 0 || hop.underlay_mac == [0; 6] || len > 0xffff - OUTER_HLEN as u32 {
+        return None;
+    }
+    // SAFETY: reading a field of the context the kernel passed in.
+    if unsafe { (*ctx.skb.skb).gso_segs } > 1 {
+        return None;
+    }
+    // SAFETY: the helper only reads the skb the program was given.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    // SAFETY: a helper call on the program's own skb; it reallocates the head if needed.
+    if unsafe { bpf_skb_change_head(ctx.skb.skb, OUTER_HLEN as u32, 0) } != 0 {
+        count(Reason::TxEncapFailed, len);
+        return Some(TC_SHOT);
+    }
+    let mut outer = [0u8; OUTER_HLEN];
+    write_outer_headers(
+        &mut outer,
+        &OuterHeaders {
+            src_ipv4: cfg.underlay_ipv4,
+            dst_ipv4: hop.underlay_ipv4,
+            src_port: source_port_from_hash(hash),
+            vni: vni::pack(cfg.own_short_id, peer_id),
+            inner_len: len as u16,
+        },
+    );
+    outer[0..6].copy_from_slice(&hop.underlay_mac);
+    outer[6..12].copy_from_slice(&cfg.underlay_mac);
+    if ctx.store(0, &outer, 0).is_err() {
+        count(Reason::TxEncapFailed, len);
+        return Some(TC_SHOT);
+    }
+    count(Reason::TxEncapsulated, len);
+    count_peer(peer_id, true, len);
+    // SAFETY: a helper call with plain integer arguments.
+    Some(unsafe { bpf_redirect(cfg.underlay_ifindex, 0) } as i32)
 }
 
 /// Answers an ARP request for an address in `NEIGHBOURS` by turning the frame into the
@@ -389,8 +478,9 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     };
     let mut vx = [0u8; VXLAN_HLEN];
     vx.copy_from_slice(&tail[..VXLAN_HLEN]);
-    let src = match admit(&cfg, ipv4_at(&ip, 12), &vx) {
-        Admission::Admit(src) => src,
+    let (src, via) = match admit(&cfg, ipv4_at(&ip, 12), &vx) {
+        Admission::Admit { src, via } => (src, via),
+        Admission::Relay { dst } => return Ok(relay(ctx, &cfg, &ip, dst, len)),
         Admission::UnknownPeer => return Ok(drop_rx(Reason::RxDropUnknownPeer, len)),
         Admission::SpoofedSource => return Ok(drop_rx(Reason::RxDropSpoofedSource, len)),
         Admission::NotForUs => return Ok(drop_rx(Reason::RxDropNotForUs, len)),
@@ -404,6 +494,9 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     let inner_src = mac_at(&inner_eth, 6);
     let inner_proto = u16::from_be_bytes([inner_eth[12], inner_eth[13]]);
     learn(ctx, src, inner_src, inner_proto);
+    if is_group_mac(&inner_dst) {
+        relay_broadcast(ctx, &cfg, &eth, &ip, src, len);
+    }
 
     if inner_proto == ETH_P_IP && !is_group_mac(&inner_dst) {
         // SAFETY: the value is copied out at once.
@@ -426,9 +519,10 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
         }
     }
 
-    // Hand it to our `vxw-<src>` device: its VNI is vni(self, src). The UDP checksum would
-    // no longer match, so it goes (zero is valid for IPv4).
-    let id = vni::pack(cfg.own_short_id, src);
+    // Hand it to our `vxw-<via>` device (the neighbour it came through): its VNI is
+    // vni(self, via). The UDP checksum would no longer match, so it goes (zero is valid for
+    // IPv4).
+    let id = vni::pack(cfg.own_short_id, via);
     let vni_bytes: [u8; 4] = [(id >> 16) as u8, (id >> 8) as u8, id as u8, 0];
     if ctx
         .store(OFF_VXLAN + 4, &vni_bytes, BPF_F_RECOMPUTE_CSUM as u64)
@@ -441,6 +535,83 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     }
     count(Reason::RxToBridge, len);
     Ok(TC_OK)
+}
+
+/// Passes a frame for another peer on towards it: new outer addresses, one hop less,
+/// out of the underlay again.
+#[inline(always)]
+fn relay(ctx: &TcContext, cfg: &DatapathConfig, ip: &[u8; IPV4_HLEN], dst: u16, len: u32) -> i32 {
+    let Some(next) = next_hop_address(dst) else {
+        return drop_rx(Reason::RxDropNotForUs, len);
+    };
+    if ip[8] <= 1 {
+        return drop_rx(Reason::RxDropTtlExpired, len);
+    }
+    let hdr = forwarded_ipv4(ip, cfg.underlay_ipv4, next);
+    if ctx.store(OFF_IP, &hdr, 0).is_err() || ctx.store(OFF_UDP + 6, &[0u8; 2], 0).is_err() {
+        return drop_rx(Reason::RxDecapFailed, len);
+    }
+    count(Reason::RxRelayed, len);
+    count_peer(dst, true, len);
+    // SAFETY: a helper call; no neighbour parameters, the kernel looks the next hop up.
+    unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Sends a copy of a broadcast from `src` to each of our children in `src`'s broadcast
+/// tree, then puts the outer headers back for local delivery.
+#[inline(always)]
+fn relay_broadcast(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    eth: &[u8; ETH_HLEN],
+    ip: &[u8; IPV4_HLEN],
+    src: u16,
+    len: u32,
+) {
+    let Some(tree) = BROADCAST_TREES.get(src as u32) else {
+        return;
+    };
+    let tree = *tree;
+    if tree.count == 0 || ip[8] <= 1 {
+        return;
+    }
+    let mut touched = false;
+    for i in 0..MAX_BROADCAST_CHILDREN {
+        if i >= tree.count as usize {
+            break;
+        }
+        let child = tree.children[i];
+        let Some(peer) = PEERS.get(child as u32) else {
+            continue;
+        };
+        if peer.flags & PEER_REACHABLE == 0 || peer.next_hop != child || peer.underlay_mac == [0; 6] {
+            continue;
+        }
+        let mut hdr = [0u8; ETH_HLEN + IPV4_HLEN];
+        hdr[0..6].copy_from_slice(&peer.underlay_mac);
+        hdr[6..12].copy_from_slice(&cfg.underlay_mac);
+        hdr[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        hdr[ETH_HLEN..].copy_from_slice(&forwarded_ipv4(ip, cfg.underlay_ipv4, peer.underlay_ipv4));
+        let id = vni::pack(src, child);
+        let vni_bytes: [u8; 3] = [(id >> 16) as u8, (id >> 8) as u8, id as u8];
+        touched = true;
+        if ctx.store(0, &hdr, 0).is_err()
+            || ctx.store(OFF_UDP + 6, &[0u8; 2], 0).is_err()
+            || ctx.store(OFF_VXLAN + 4, &vni_bytes, 0).is_err()
+        {
+            break;
+        }
+        if ctx.clone_redirect(cfg.underlay_ifindex, 0).is_ok() {
+            count(Reason::RxRelayed, len);
+            count_peer(child, true, len);
+        }
+    }
+    if touched {
+        let mut orig = [0u8; ETH_HLEN + IPV4_HLEN];
+        orig[..ETH_HLEN].copy_from_slice(eth);
+        orig[ETH_HLEN..].copy_from_slice(ip);
+        let _ = ctx.store(0, &orig, 0);
+    }
 }
 
 #[inline(always)]
@@ -549,7 +720,7 @@ fn try_xdp_admit(ctx: &XdpContext) -> Option<u32> {
         return Some(XDP_DROP);
     };
     let reason = match admit(&cfg, ipv4_at(&ip, 12), &vx) {
-        Admission::Admit(_) => return Some(XDP_PASS),
+        Admission::Admit { .. } | Admission::Relay { .. } => return Some(XDP_PASS),
         Admission::UnknownPeer => Reason::XdpDropUnknownPeer,
         Admission::SpoofedSource => Reason::XdpDropSpoofedSource,
         Admission::NotForUs => Reason::XdpDropNotForUs,

@@ -12,8 +12,8 @@ use weave_ebpf_common::headers::{
     source_port_from_hash, write_outer_headers, OuterHeaders, OUTER_HLEN, SOURCE_PORT_MIN,
 };
 use weave_ebpf_common::maps::{
-    Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, PeerCounter, PeerEntry, RemoteMac,
-    CONFIG_READY, PEER_ADMIT, PEER_REACHABLE,
+    Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry,
+    RemoteMac, CONFIG_READY, PEER_ADMIT, PEER_REACHABLE,
 };
 use weave_ebpf_common::vni;
 use weave_router::datapath::ebpf::{EBPF_OBJECT, RX_PROGRAM, TX_PROGRAM, XDP_PROGRAM};
@@ -33,6 +33,11 @@ const REMOTE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const LOCAL_IP: [u8; 4] = [10, 2, 0, 1];
 const REMOTE_IP: [u8; 4] = [10, 2, 0, 2];
 const OTHER_LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+const OWN_UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
+const PEER_UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x02];
+/// A third peer, reached through PEER_ID.
+const FAR_ID: u16 = 0x003;
+const FAR_UNDERLAY: [u8; 4] = [192, 168, 60, 3];
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -73,6 +78,8 @@ impl Bed {
                     underlay_ifindex: 1,
                     own_short_id: OWN_ID,
                     flags: CONFIG_READY,
+                    underlay_mac: OWN_UNDERLAY_MAC,
+                    _pad: [0; 2],
                 },
                 0,
             )
@@ -84,7 +91,7 @@ impl Bed {
                     underlay_ipv4: PEER_UNDERLAY,
                     flags: PEER_ADMIT | PEER_REACHABLE,
                     next_hop: PEER_ID,
-                    _pad: [0; 6],
+                    underlay_mac: PEER_UNDERLAY_MAC,
                 },
                 0,
             )
@@ -106,6 +113,28 @@ impl Bed {
     }
     fn neighbours(&mut self) -> HashMap<&mut MapData, Ipv4Key, MacKey> {
         HashMap::try_from(self.ebpf.map_mut("NEIGHBOURS").unwrap()).unwrap()
+    }
+    fn neighbour_peers(&mut self) -> HashMap<&mut MapData, Ipv4Key, NeighbourPeer> {
+        HashMap::try_from(self.ebpf.map_mut("NEIGHBOUR_PEERS").unwrap()).unwrap()
+    }
+
+    /// Adds FAR_ID, reached through PEER_ID, and records PEER_ID as a direct neighbour.
+    fn add_far_peer(&mut self) {
+        self.peers()
+            .set(
+                FAR_ID as u32,
+                PeerEntry {
+                    underlay_ipv4: FAR_UNDERLAY,
+                    flags: PEER_ADMIT | PEER_REACHABLE,
+                    next_hop: PEER_ID,
+                    underlay_mac: [0; 6],
+                },
+                0,
+            )
+            .unwrap();
+        self.neighbour_peers()
+            .insert(Ipv4Key { addr: PEER_UNDERLAY }, NeighbourPeer { short_id: PEER_ID, _pad: [0; 2] }, 0)
+            .unwrap();
     }
 
     fn counter(&self, reason: Reason) -> u64 {
@@ -571,4 +600,120 @@ fn rx_ignores_traffic_that_is_not_vxlan() {
     for r in Reason::ALL {
         assert_eq!(bed.counter(r), 0, "{}", r.name());
     }
+}
+
+#[test]
+fn rx_relays_a_frame_for_another_peer_with_new_outer_addresses() {
+    require_root!();
+    let mut bed = Bed::new();
+    // Seen from PEER_ID: it reaches FAR_ID through us. Here: FAR_ID is our direct neighbour
+    // too, so make it one and send a frame from PEER_ID to FAR_ID.
+    bed.peers()
+        .set(
+            FAR_ID as u32,
+            PeerEntry {
+                underlay_ipv4: FAR_UNDERLAY,
+                flags: PEER_ADMIT | PEER_REACHABLE,
+                next_hop: FAR_ID,
+                underlay_mac: [0x02, 0xaa, 0, 0, 0, 3],
+            },
+            0,
+        )
+        .unwrap();
+    let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    let frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, FAR_ID));
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), frame.len());
+    let ip = &out[14..34];
+    assert_eq!(&ip[12..16], &OWN_UNDERLAY, "outer source is now us");
+    assert_eq!(&ip[16..20], &FAR_UNDERLAY, "outer destination is the next hop");
+    assert_eq!(ip[8], 63, "one hop less");
+    assert_eq!(ipv4_checksum(ip), 0, "outer IPv4 checksum valid");
+    assert_eq!(&out[40..42], &[0, 0], "UDP checksum zero");
+    assert_eq!(&out[42..50], &frame[42..50], "VXLAN header (and VNI) unchanged");
+    assert_eq!(&out[50..], &inner[..], "inner frame unchanged");
+    assert_eq!(bed.counter(Reason::RxRelayed), 1);
+    assert_eq!(bed.peer_counter(FAR_ID).tx_packets, 1);
+}
+
+#[test]
+fn rx_drops_a_relayed_frame_whose_ttl_ran_out() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.add_far_peer();
+    let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    // Naming FAR_ID as origin, from an address that is neither FAR_ID's nor a neighbour's:
+    // spoofed.
+    let frame = encapsulated(&inner, [192, 168, 70, 9], OWN_UNDERLAY, vni::pack(FAR_ID, PEER_ID));
+    assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxDropSpoofedSource), 1);
+    // From our neighbour PEER_ID, origin FAR_ID, for PEER_ID itself: relayed back, but TTL 1.
+    let mut frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(FAR_ID, PEER_ID));
+    frame[22] = 1;
+    frame[24] = 0;
+    frame[25] = 0;
+    let c = ipv4_checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxDropTtlExpired), 1);
+}
+
+#[test]
+fn rx_admits_a_frame_relayed_by_a_neighbour_and_delivers_it() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.add_far_peer();
+    bed.endpoints()
+        .insert(MacKey::new(LOCAL_MAC), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0)
+        .unwrap();
+    let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    // Origin FAR_ID, relayed by PEER_ID: the outer source is PEER_ID's address.
+    let frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(FAR_ID, OWN_ID));
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, inner, "decapsulated to the inner frame");
+    assert_eq!(bed.counter(Reason::RxDelivered), 1);
+    assert_eq!(
+        bed.remote_macs().get(&MacKey::new(REMOTE_MAC), 0).unwrap().peer_short_id,
+        FAR_ID,
+        "the sender's MAC is learned behind its origin, not the relay"
+    );
+    // Without PEER_ID recorded as a neighbour, the same frame is a spoof.
+    bed.neighbour_peers().remove(&Ipv4Key { addr: PEER_UNDERLAY }).unwrap();
+    assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxDropSpoofedSource), 1);
+}
+
+#[test]
+fn tx_encapsulates_a_non_ipv4_frame_for_a_peer_behind_a_relay() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.add_far_peer();
+    bed.remote_macs()
+        .insert(MacKey::new(REMOTE_MAC), RemoteMac { peer_short_id: FAR_ID, _pad: [0; 6] }, 0)
+        .unwrap();
+    // An ARP reply from a local container to a container behind FAR_ID.
+    let mut reply = REMOTE_MAC.to_vec();
+    reply.extend_from_slice(&LOCAL_MAC);
+    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    reply.extend_from_slice(&LOCAL_MAC);
+    reply.extend_from_slice(&LOCAL_IP);
+    reply.extend_from_slice(&REMOTE_MAC);
+    reply.extend_from_slice(&REMOTE_IP);
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &reply);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), OUTER_HLEN + reply.len());
+    assert_eq!(&out[0..6], &PEER_UNDERLAY_MAC, "outer destination: the next hop's MAC");
+    assert_eq!(&out[6..12], &OWN_UNDERLAY_MAC);
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    assert_eq!(&out[26..30], &OWN_UNDERLAY);
+    assert_eq!(&out[30..34], &PEER_UNDERLAY, "sent to the relay");
+    assert_eq!(ipv4_checksum(&out[14..34]), 0);
+    assert_eq!(u16::from_be_bytes([out[16], out[17]]) as usize, 36 + reply.len());
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 6784);
+    let vni_bytes = [0, out[46], out[47], out[48]];
+    assert_eq!(u32::from_be_bytes(vni_bytes), vni::pack(OWN_ID, FAR_ID), "addressed to the far peer");
+    assert_eq!(&out[OUTER_HLEN..], &reply[..], "inner frame intact");
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 1);
 }

@@ -18,9 +18,10 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use weave_ebpf_common::counters::Reason;
 use weave_ebpf_common::maps::{
-    Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, PeerCounter, PeerEntry, RemoteMac,
-    ALL_MAPS, CONFIG_MAP, CONFIG_READY, COUNTERS_MAP, ENDPOINTS_MAP, NEIGHBOURS_MAP, PEERS_MAP,
-    PEER_ADMIT, PEER_COUNTERS_MAP, PEER_REACHABLE, REMOTE_MACS_MAP,
+    BroadcastTree, Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer,
+    PeerCounter, PeerEntry, RemoteMac, ALL_MAPS, BROADCAST_TREES_MAP, CONFIG_MAP, CONFIG_READY,
+    COUNTERS_MAP, ENDPOINTS_MAP, MAX_BROADCAST_CHILDREN, NEIGHBOURS_MAP, NEIGHBOUR_PEERS_MAP,
+    PEERS_MAP, PEER_ADMIT, PEER_COUNTERS_MAP, PEER_REACHABLE, REMOTE_MACS_MAP,
 };
 use weave_ebpf_common::{vni, VXLAN_OVERHEAD, VXLAN_PORT};
 
@@ -110,6 +111,8 @@ struct Maps {
     neighbours: HashMap<MapData, Ipv4Key, MacKey>,
     counters: PerCpuArray<MapData, Counter>,
     peer_counters: PerCpuArray<MapData, PeerCounter>,
+    neighbour_peers: HashMap<MapData, Ipv4Key, NeighbourPeer>,
+    broadcast_trees: Array<MapData, BroadcastTree>,
 }
 
 struct State {
@@ -221,6 +224,8 @@ impl EbpfDatapath {
                     underlay_ifindex: underlay.index,
                     own_short_id: settings.own_short_id.get(),
                     flags: CONFIG_READY,
+                    underlay_mac: underlay.mac,
+                    _pad: [0; 2],
                 },
                 0,
             )
@@ -560,6 +565,8 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         neighbours: take(ebpf, NEIGHBOURS_MAP)?,
         counters: take(ebpf, COUNTERS_MAP)?,
         peer_counters: take(ebpf, PEER_COUNTERS_MAP)?,
+        neighbour_peers: take(ebpf, NEIGHBOUR_PEERS_MAP)?,
+        broadcast_trees: take(ebpf, BROADCAST_TREES_MAP)?,
     })
 }
 
@@ -582,6 +589,22 @@ fn random_suffix() -> String {
 impl Datapath for EbpfDatapath {
     async fn add_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
         let id = peer.short_id.get();
+        let direct = peer.next_hop == peer.short_id;
+        // The outer destination MAC of frames the programs address themselves (broadcast
+        // copies, non-IPv4 frames). The control connection to a direct peer has just
+        // resolved it in the neighbour table.
+        let underlay_mac = if direct {
+            self.nl.neighbour_mac(self.underlay.index, peer.underlay).await?.unwrap_or_default()
+        } else {
+            [0; 6]
+        };
+        if direct && underlay_mac == [0; 6] {
+            tracing::warn!(
+                "no neighbour entry for peer {} at {}: its broadcast copies and non-IPv4 frames go through the bridge",
+                peer.short_id,
+                peer.underlay
+            );
+        }
         {
             let mut st = self.lock();
             st.peers_seen.insert(id);
@@ -593,11 +616,20 @@ impl Datapath for EbpfDatapath {
                         underlay_ipv4: peer.underlay.octets(),
                         flags: PEER_ADMIT | PEER_REACHABLE,
                         next_hop: peer.next_hop.get(),
-                        _pad: [0; 6],
+                        underlay_mac,
                     },
                     0,
                 )
                 .map_err(|e| bpf_err("writing PEERS")(e.to_string()))?;
+            let key = Ipv4Key { addr: peer.underlay.octets() };
+            if direct {
+                st.maps
+                    .neighbour_peers
+                    .insert(key, NeighbourPeer { short_id: id, _pad: [0; 2] }, 0)
+                    .map_err(|e| bpf_err("writing NEIGHBOUR_PEERS")(e.to_string()))?;
+            } else if st.maps.neighbour_peers.get(&key, 0).is_ok_and(|n| n.short_id == id) {
+                let _ = st.maps.neighbour_peers.remove(&key);
+            }
         }
         let name = vxlan_device_name(peer.short_id);
         if let Some(old) = self.nl.link_by_name(&name).await? {
@@ -605,7 +637,7 @@ impl Datapath for EbpfDatapath {
         }
         // Broadcast and other frames the programs leave to the bridge go through this device
         // (only to directly connected peers; relayed ones have no device of their own).
-        if peer.next_hop == peer.short_id {
+        if direct {
             self.nl
                 .add_vxlan(&VxlanSpec {
                     name,
@@ -630,6 +662,21 @@ impl Datapath for EbpfDatapath {
                 .peers
                 .set(id as u32, PeerEntry::default(), 0)
                 .map_err(|e| bpf_err("clearing PEERS")(e.to_string()))?;
+            st.maps
+                .broadcast_trees
+                .set(id as u32, BroadcastTree::default(), 0)
+                .map_err(|e| bpf_err("clearing BROADCAST_TREES")(e.to_string()))?;
+            let addrs: Vec<Ipv4Key> = st
+                .maps
+                .neighbour_peers
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, n)| n.short_id == id)
+                .map(|(k, _)| k)
+                .collect();
+            for k in &addrs {
+                let _ = st.maps.neighbour_peers.remove(k);
+            }
             let gone: Vec<MacKey> = st
                 .maps
                 .remote_macs
@@ -657,6 +704,25 @@ impl Datapath for EbpfDatapath {
             self.nl.del_link(link.index).await?;
         }
         Ok(())
+    }
+
+    async fn set_broadcast_tree(&self, source: ShortId, children: Vec<ShortId>) -> Result<(), DatapathError> {
+        if children.len() > MAX_BROADCAST_CHILDREN {
+            tracing::warn!(
+                "broadcasts from {source} go to {} neighbours here; only the first {MAX_BROADCAST_CHILDREN} get them",
+                children.len()
+            );
+        }
+        let mut tree = BroadcastTree::default();
+        for (slot, child) in tree.children.iter_mut().zip(&children) {
+            *slot = child.get();
+            tree.count += 1;
+        }
+        self.lock()
+            .maps
+            .broadcast_trees
+            .set(source.get() as u32, tree, 0)
+            .map_err(|e| bpf_err("writing BROADCAST_TREES")(e.to_string()))
     }
 
     async fn attach(&self, request: AttachRequest) -> Result<Endpoint, DatapathError> {

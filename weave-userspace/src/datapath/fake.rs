@@ -16,6 +16,7 @@ use weave_ebpf_common::counters::Reason;
 pub enum FakeCall {
     AddPeer(DatapathPeer),
     RemovePeer(ShortId),
+    BroadcastTree(ShortId, Vec<ShortId>),
     Attach(PathBuf),
     Detach(PathBuf),
     Restore(PathBuf),
@@ -25,6 +26,7 @@ pub enum FakeCall {
 #[derive(Debug, Default)]
 struct FakeState {
     peers: BTreeMap<ShortId, DatapathPeer>,
+    broadcast_trees: BTreeMap<ShortId, Vec<ShortId>>,
     endpoints: BTreeMap<PathBuf, Endpoint>,
     calls: Vec<FakeCall>,
     fail_add_peer: Option<String>,
@@ -57,6 +59,11 @@ impl FakeDatapath {
     }
 
     /// Every call so far, in order.
+    /// Broadcast trees installed: source → children.
+    pub fn broadcast_trees(&self) -> BTreeMap<ShortId, Vec<ShortId>> {
+        self.lock().broadcast_trees.clone()
+    }
+
     pub fn calls(&self) -> Vec<FakeCall> {
         self.lock().calls.clone()
     }
@@ -86,6 +93,18 @@ impl Datapath for FakeDatapath {
         let mut s = self.lock();
         s.calls.push(FakeCall::RemovePeer(short_id));
         s.peers.remove(&short_id);
+        s.broadcast_trees.remove(&short_id);
+        Ok(())
+    }
+
+    async fn set_broadcast_tree(&self, source: ShortId, children: Vec<ShortId>) -> Result<(), DatapathError> {
+        let mut s = self.lock();
+        s.calls.push(FakeCall::BroadcastTree(source, children.clone()));
+        if children.is_empty() {
+            s.broadcast_trees.remove(&source);
+        } else {
+            s.broadcast_trees.insert(source, children);
+        }
         Ok(())
     }
 

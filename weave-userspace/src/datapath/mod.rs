@@ -122,6 +122,13 @@ pub trait Datapath: Send + Sync + 'static {
     fn add_peer(&self, peer: DatapathPeer) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Forgets a peer: no more admission, no more frames to it, its learned MACs flushed.
     fn remove_peer(&self, short_id: ShortId) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    /// Sets the neighbours a broadcast from `source` is passed on to (our children in the
+    /// source's broadcast tree); an empty list passes nothing on.
+    fn set_broadcast_tree(
+        &self,
+        source: ShortId,
+        children: Vec<ShortId>,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Gives a network namespace an `ethwe` interface on the bridge.
     fn attach(&self, request: AttachRequest) -> impl std::future::Future<Output = Result<Endpoint, DatapathError>> + Send;
     /// Takes back the interface of a namespace attached before.

@@ -120,6 +120,35 @@ impl Netlink {
         }
     }
 
+    /// The link-layer address the neighbour table holds for `addr` on link `index`.
+    pub async fn neighbour_mac(&self, index: u32, addr: Ipv4Addr) -> Result<Option<[u8; 6]>, DatapathError> {
+        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        use rtnetlink::packet_route::AddressFamily;
+        let mut dump = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
+        while let Some(msg) = dump.try_next().await.map_err(nl("listing neighbours"))? {
+            if msg.header.ifindex != index {
+                continue;
+            }
+            let mut dst = None;
+            let mut lladdr = None;
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+                    NeighbourAttribute::LinkLayerAddress(a) if a.len() == 6 => {
+                        let mut mac = [0u8; 6];
+                        mac.copy_from_slice(a);
+                        lladdr = Some(mac);
+                    }
+                    _ => {}
+                }
+            }
+            if dst == Some(addr) && lladdr.is_some_and(|m| m != [0; 6]) {
+                return Ok(lladdr);
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn links(&self) -> Result<Vec<LinkInfo>, DatapathError> {
         let msgs: Vec<LinkMessage> = self
             .handle

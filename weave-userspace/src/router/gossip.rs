@@ -12,7 +12,7 @@ use super::{Inner, Mesh};
 use crate::datapath::{Datapath, DatapathPeer};
 use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
 use crate::mesh::connection_maker::Target;
-use crate::mesh::peer_name::PeerName;
+use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::{self, Message};
 use crate::mesh::routes::{self, Routes};
 use crate::mesh::topology::{ConnectionSummary, PeerInfo, Topology};
@@ -28,11 +28,18 @@ pub(super) struct MeshView {
     pub routes: Routes,
     /// Peers reached through a neighbour, as installed in the data path.
     pub relayed: BTreeMap<PeerName, DatapathPeer>,
+    /// Broadcast trees as installed in the data path: source → our children in its tree.
+    pub trees: BTreeMap<ShortId, Vec<ShortId>>,
 }
 
 impl MeshView {
     pub fn new(ourself: PeerInfo) -> Self {
-        Self { topology: Topology::new(ourself), routes: Routes::default(), relayed: BTreeMap::new() }
+        Self {
+            topology: Topology::new(ourself),
+            routes: Routes::default(),
+            relayed: BTreeMap::new(),
+            trees: BTreeMap::new(),
+        }
     }
 }
 
@@ -163,7 +170,7 @@ impl<D: Datapath> Inner<D> {
     /// Recomputes routes and brings the peers reached through neighbours in the data path
     /// up to date. Directly connected peers are installed by their connections.
     pub(super) async fn apply_routes(&self) {
-        let (add, remove) = {
+        let (add, remove, tree_changes) = {
             let direct: Vec<PeerName> = self.mesh().by_peer.keys().copied().collect();
             let mut view = self.view();
             let gone = view.topology.garbage_collect();
@@ -190,7 +197,21 @@ impl<D: Datapath> Inner<D> {
             let add: Vec<DatapathPeer> =
                 wanted.iter().filter(|(name, p)| view.relayed.get(name) != Some(p)).map(|(_, p)| *p).collect();
             view.relayed = wanted;
-            (add, remove)
+
+            let short = |name: &PeerName| view.topology.peer(name).map(|p| p.short_id);
+            let me = view.topology.ourself().name;
+            let trees: BTreeMap<ShortId, Vec<ShortId>> = view
+                .routes
+                .broadcast
+                .iter()
+                .filter(|(source, children)| **source != me && !children.is_empty())
+                .filter_map(|(source, children)| Some((short(source)?, children.iter().filter_map(short).collect())))
+                .collect();
+            let mut tree_changes: Vec<(ShortId, Vec<ShortId>)> =
+                trees.iter().filter(|(s, c)| view.trees.get(s) != Some(c)).map(|(s, c)| (*s, c.clone())).collect();
+            tree_changes.extend(view.trees.keys().filter(|s| !trees.contains_key(s)).map(|s| (*s, Vec::new())));
+            view.trees = trees;
+            (add, remove, tree_changes)
         };
         for peer in remove {
             if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
@@ -200,6 +221,11 @@ impl<D: Datapath> Inner<D> {
         for peer in add {
             if let Err(e) = self.datapath.add_peer(peer).await {
                 tracing::error!("cannot route to peer {} through {}: {e}", peer.short_id, peer.next_hop);
+            }
+        }
+        for (source, children) in tree_changes {
+            if let Err(e) = self.datapath.set_broadcast_tree(source, children).await {
+                tracing::error!("cannot set the broadcast tree of {source}: {e}");
             }
         }
     }

@@ -432,6 +432,13 @@ async fn a_line_of_three_routes_the_ends_through_the_middle() {
         route(&a, 3) == Some(2) && route(&c, 1) == Some(2) && route(&a, 2) == Some(2)
     })
     .await;
+    // B passes broadcasts from A on to C and from C on to A; the ends pass nothing on.
+    let id = |n: u16| ShortId::new(n).unwrap();
+    wait_until("the middle holds both broadcast trees", || {
+        b.datapath.broadcast_trees() == std::collections::BTreeMap::from([(id(1), vec![id(3)]), (id(3), vec![id(1)])])
+    })
+    .await;
+    assert!(a.datapath.broadcast_trees().is_empty());
     let report = a.router.mesh_report();
     assert_eq!(report.peers.len(), 3);
     assert_eq!(report.routes.unicast.len(), 2);
