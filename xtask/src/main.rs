@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod demo;
 mod run;
+mod scale;
 mod setup;
 mod test;
 
@@ -53,6 +54,9 @@ enum Cmd {
     },
     /// Routed vs kernel VXLAN vs weave-router throughput and latency; writes BENCHMARKS.md.
     Bench(bench::Args),
+    /// N routers in a random partial mesh: agreement after start, join and leave, control
+    /// traffic, memory; writes the Scale section of BENCHMARKS.md.
+    Scale(scale::Args),
 }
 
 fn main() {
@@ -75,6 +79,7 @@ fn main() {
             }
         }
         Cmd::Bench(args) => bench::bench(args),
+        Cmd::Scale(args) => scale::scale(args),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");

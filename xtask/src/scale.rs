@@ -1,0 +1,480 @@
+//! `cargo xtask scale [N...]`: N routers in a random partial mesh, each in its own network
+//! namespace on one underlay bridge. Measures how long until every router agrees on the
+//! mesh (after the start, after one more router joins, after one leaves), the control
+//! traffic, and the memory of an idle router; writes a "Scale" section into BENCHMARKS.md.
+//!
+//! A benchmark, not a test: it reports what it measured and never fails on the numbers, but
+//! it removes everything it made.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use weave_tests::mesh::{self, Report};
+use weave_tests::{host_addr, LaunchOpts, Netns, TestBed};
+
+use crate::run::{self, output_ok, step};
+
+/// Marks around the section this task owns in BENCHMARKS.md.
+const BEGIN: &str = "<!-- scale:begin (written by `cargo xtask scale`) -->";
+const END: &str = "<!-- scale:end -->";
+/// The test bed prefix (namespaces `wsc-u`, `wsc-h1`, ...).
+const PREFIX: &str = "wsc";
+/// How long any one agreement may take before it is reported as not reached.
+const AGREE_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Numbers of routers to measure.
+    #[arg(value_name = "N", default_values_t = [25usize, 50, 100])]
+    sizes: Vec<usize>,
+    /// Control plane only: launch the routers with the in-memory data path (no eBPF).
+    #[arg(long)]
+    fake_datapath: bool,
+    /// Seconds of idle control traffic to count.
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
+    /// Seed of the random mesh (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where to write the section (relative to the workspace root).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: String,
+    /// Print the table only.
+    #[arg(long)]
+    no_write: bool,
+    /// Skip `setup` and `build`.
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// splitmix64: enough randomness for picking peers, reproducible from a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// 2 or 3 distinct hosts among `1..=upto` (fewer when there are fewer).
+    fn targets(&mut self, upto: usize) -> Vec<usize> {
+        let want = (2 + self.below(2)).min(upto);
+        let mut pool: Vec<usize> = (1..=upto).collect();
+        let mut out = Vec::new();
+        for _ in 0..want {
+            out.push(pool.swap_remove(self.below(pool.len())));
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+/// What one size measured.
+#[derive(Default)]
+struct Row {
+    n: usize,
+    datapath: &'static str,
+    launch_all: Option<Duration>,
+    start: Option<Duration>,
+    join: Option<Duration>,
+    join_kib: Option<f64>,
+    leave: Option<Duration>,
+    idle_bps: Option<f64>,
+    rss_median_kib: Option<u64>,
+    rss_max_kib: Option<u64>,
+    notes: Vec<String>,
+}
+
+/// Control traffic across the underlay bridge: an nftables counter of TCP 6783 in a
+/// `bridge` table of the underlay namespace (every segment counted once, on its way from
+/// one host's port to another's; IP bytes, headers included).
+struct ControlCounter<'a> {
+    ns: &'a Netns,
+}
+
+impl<'a> ControlCounter<'a> {
+    fn install(ns: &'a Netns) -> Result<Self> {
+        for line in [
+            "add table bridge weave_scale",
+            "add counter bridge weave_scale control",
+            "add chain bridge weave_scale ctl { type filter hook forward priority 0 ; }",
+            "add rule bridge weave_scale ctl tcp dport 6783 counter name control",
+            "add rule bridge weave_scale ctl tcp sport 6783 counter name control",
+        ] {
+            let mut argv = vec!["nft".to_string()];
+            argv.extend(line.split_whitespace().map(str::to_string));
+            ns.check(&argv).with_context(|| format!("nft {line}"))?;
+        }
+        Ok(Self { ns })
+    }
+
+    fn bytes(&self) -> Result<u64> {
+        let out = self.ns.check(&["nft", "list", "counter", "bridge", "weave_scale", "control"])?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "bytes")
+            .nth(1)
+            .and_then(|b| b.parse().ok())
+            .ok_or_else(|| anyhow!("no byte count in: {out}"))
+    }
+}
+
+/// Waits until every router in `hosts` reports exactly the peers of `hosts` and a route to
+/// each; the time from `since` until the last of them did. Several threads poll, each
+/// router until it agrees; a last pass checks that none has changed its mind since.
+fn wait_agreement(bed: &TestBed, hosts: &[usize], since: Instant) -> Result<Duration> {
+    let want: BTreeSet<String> = hosts.iter().map(|&i| bed.peer_name(i)).collect();
+    let agrees = |i: usize| -> bool {
+        Report::of(bed.router(i))
+            .map(|r| mesh::agrees(&r, &bed.peer_name(i), &want))
+            .unwrap_or(false)
+    };
+    let done: Mutex<Vec<Option<Duration>>> = Mutex::new(vec![None; hosts.len()]);
+    loop {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| loop {
+                    let pending: Vec<usize> = {
+                        let d = done.lock().unwrap_or_else(|e| e.into_inner());
+                        (0..hosts.len()).filter(|&k| d[k].is_none()).collect()
+                    };
+                    if pending.is_empty() || since.elapsed() > AGREE_LIMIT {
+                        return;
+                    }
+                    let k = pending[next.fetch_add(1, Ordering::Relaxed) % pending.len()];
+                    if agrees(hosts[k]) {
+                        let t = since.elapsed();
+                        let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
+                        d[k].get_or_insert(t);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                });
+            }
+        });
+        let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
+        let missing: Vec<usize> = (0..hosts.len()).filter(|&k| d[k].is_none()).map(|k| hosts[k]).collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} of {} routers did not agree within {AGREE_LIMIT:?} (e.g. host{})",
+                missing.len(),
+                hosts.len(),
+                missing[0]
+            );
+        }
+        // Final pass: anyone who no longer agrees is polled again.
+        let mut changed = false;
+        for (k, &i) in hosts.iter().enumerate() {
+            if !agrees(i) {
+                d[k] = None;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(d.iter().flatten().copied().max().unwrap_or_default());
+        }
+    }
+}
+
+/// VmRSS of every router of `hosts`, in KiB.
+fn rss_kib(bed: &TestBed, hosts: &[usize]) -> Vec<u64> {
+    hosts
+        .iter()
+        .flat_map(|&i| weave_tests::router::router_pids(bed.host(i).ns.name()))
+        .filter_map(|pid| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
+}
+
+fn launch_opts(targets: &[usize], fake: bool) -> LaunchOpts {
+    LaunchOpts {
+        peers: targets.iter().map(|&j| host_addr(j).to_string()).collect(),
+        extra: if fake { vec!["--fake-datapath".into()] } else { Vec::new() },
+    }
+}
+
+/// One size, start to end; the bed (and every router) goes when this returns.
+fn measure(n: usize, fake: bool, idle: Duration, rng: &mut Rng) -> Result<Row> {
+    let mut row = Row {
+        n,
+        datapath: if fake { "fake (control plane only)" } else { "eBPF" },
+        ..Default::default()
+    };
+    step(&format!("{n} routers ({}): making {} hosts", row.datapath, n + 1));
+    let mut bed = TestBed::new(PREFIX, n + 1).context("test bed")?;
+    let underlay = Netns::borrow(&format!("{PREFIX}-u"));
+    // The underlay bridge also carries ARP and VXLAN; only TCP 6783 is counted.
+    let counter = ControlCounter::install(&underlay)?;
+
+    step(&format!("{n} routers: launching, each dialling 2-3 random earlier ones"));
+    let t_launch = Instant::now();
+    for i in 1..=n {
+        let targets = if i == 1 { Vec::new() } else { rng.targets(i - 1) };
+        bed.launch(i, &launch_opts(&targets, fake))
+            .with_context(|| format!("launch router {i} of {n}"))?;
+        if i % 25 == 0 {
+            println!("    {i} launched ({:.1} s)", t_launch.elapsed().as_secs_f64());
+        }
+    }
+    let last_launch = Instant::now();
+    row.launch_all = Some(last_launch - t_launch);
+    let initial: Vec<usize> = (1..=n).collect();
+    match wait_agreement(&bed, &initial, last_launch) {
+        Ok(t) => row.start = Some(t),
+        Err(e) => row.notes.push(format!("start: {e}")),
+    }
+    println!("    agreement after start: {}", secs(row.start));
+
+    // Idle: heartbeats and periodic gossip only.
+    std::thread::sleep(Duration::from_secs(3));
+    let b0 = counter.bytes()?;
+    let t0 = Instant::now();
+    std::thread::sleep(idle);
+    let b1 = counter.bytes()?;
+    row.idle_bps = Some((b1 - b0) as f64 / t0.elapsed().as_secs_f64());
+    let mut rss = rss_kib(&bed, &initial);
+    rss.sort_unstable();
+    if rss.len() != n {
+        row.notes.push(format!("RSS read for {} of {n} routers", rss.len()));
+    }
+    row.rss_median_kib = rss.get(rss.len() / 2).copied();
+    row.rss_max_kib = rss.last().copied();
+    println!(
+        "    idle control traffic {:.0} B/s; RSS median {} KiB, max {} KiB",
+        row.idle_bps.unwrap_or(0.0),
+        row.rss_median_kib.unwrap_or(0),
+        row.rss_max_kib.unwrap_or(0)
+    );
+
+    // Join: one more router, dialling 2-3 random ones.
+    let joiner = n + 1;
+    let targets = rng.targets(n);
+    let j0 = counter.bytes()?;
+    bed.launch(joiner, &launch_opts(&targets, fake)).context("launch the joining router")?;
+    let joined = Instant::now();
+    let all: Vec<usize> = (1..=joiner).collect();
+    match wait_agreement(&bed, &all, joined) {
+        Ok(t) => {
+            row.join = Some(t);
+            row.join_kib = Some((counter.bytes()?.saturating_sub(j0)) as f64 / 1024.0);
+        }
+        Err(e) => row.notes.push(format!("join: {e}")),
+    }
+    println!("    agreement after a join: {}", secs(row.join));
+
+    // Leave: one of the first routers stops (`weave-router stop`).
+    let leaver = 2 + rng.below(n - 1);
+    bed.router_mut(leaver).stop().with_context(|| format!("stop router {leaver}"))?;
+    let left = Instant::now();
+    let rest: Vec<usize> = all.iter().copied().filter(|&i| i != leaver).collect();
+    match wait_agreement(&bed, &rest, left) {
+        Ok(t) => row.leave = Some(t),
+        Err(e) => row.notes.push(format!("leave: {e}")),
+    }
+    println!("    agreement after a leave: {}", secs(row.leave));
+
+    step(&format!("{n} routers: tearing down"));
+    drop(bed);
+    Ok(row)
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or_else(|| "not reached".into())
+}
+
+fn mib(k: Option<u64>) -> String {
+    k.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "—".into())
+}
+
+fn sh(line: &str) -> String {
+    let mut w = line.split_whitespace();
+    let prog = w.next().unwrap_or("true");
+    output_ok(crate::run::cmd(prog).args(w)).unwrap_or_default().trim().to_string()
+}
+
+fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
+    let date = sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
+    let commit = sh("git rev-parse --short HEAD");
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mut o = String::new();
+    let _ = writeln!(o, "## Scale\n");
+    let _ = writeln!(
+        o,
+        "Written by `{cmdline}` on {date} (commit {commit}, seed {seed}); {cpus} vCPU, every router on this one machine."
+    );
+    let _ = writeln!(
+        o,
+        "\nN routers, each in its own network namespace on one underlay bridge, started one after another, \
+         each dialling 2–3 random earlier ones (discovery on, default connection limit). \
+         *Start*: from the last launch until every router's `report` lists all N peers and a route to each. \
+         *Join*: one more router (dialling 2–3 random ones), from its launch returning until all N+1 agree. \
+         *Leave*: `weave-router stop` of one router, from its exit until the others agree without it. \
+         *Idle control*: TCP 6783 across the underlay bridge over {} s, counted by an nftables counter in a \
+         `bridge` table of the underlay namespace (IP bytes, every segment once; heartbeats included). \
+         *Join traffic*: the same counter from the join until agreement. \
+         *RSS*: VmRSS of each idle router from /proc/<pid>/status. \
+         Agreement is polled (4 threads, `GET /report`), so times are upper bounds within ~10 ms per router polled.\n",
+        a.idle_secs
+    );
+    let _ = writeln!(
+        o,
+        "| routers | data path | launch all (s) | start (s) | join (s) | leave (s) | idle control B/s (per router) | join traffic KiB | RSS median MiB | RSS max MiB |"
+    );
+    let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let s = |d: Option<Duration>| d.map(|d| format!("{:.2}", d.as_secs_f64())).unwrap_or_else(|| "—".into());
+    for r in rows {
+        let bps = r
+            .idle_bps
+            .map(|b| format!("{:.0} ({:.0})", b, b / r.n as f64))
+            .unwrap_or_else(|| "—".into());
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.n,
+            r.datapath,
+            s(r.launch_all),
+            s(r.start),
+            s(r.join),
+            s(r.leave),
+            bps,
+            r.join_kib.map(|k| format!("{k:.0}")).unwrap_or_else(|| "—".into()),
+            mib(r.rss_median_kib),
+            mib(r.rss_max_kib)
+        );
+    }
+    let notes: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.notes.iter().map(move |n| format!("- {} routers: {n}", r.n)))
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(o, "\n{}", notes.join("\n"));
+    }
+    let _ = writeln!(
+        o,
+        "\nTargets (issue 3): 100 routers agree < 2 s after a join; < 25 MiB RSS per idle router."
+    );
+    o
+}
+
+/// Puts `section` between the markers in `path`, keeping the rest; appends it when the
+/// markers are not there yet.
+fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{BEGIN}\n{section}{END}\n");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], old[e + END.len()..].trim_start_matches('\n')),
+        _ => {
+            let mut s = old.trim_end().to_string();
+            if !s.is_empty() {
+                s.push_str("\n\n");
+            }
+            s + &block
+        }
+    };
+    std::fs::write(path, new).with_context(|| format!("write {}", path.display()))
+}
+
+pub fn scale(a: Args) -> Result<()> {
+    if !run::is_root() {
+        bail!("the scale benchmark creates network namespaces and loads BPF: run it as root");
+    }
+    if a.sizes.iter().any(|&n| !(2..=250).contains(&n)) {
+        bail!("router counts must be within 2..=250 (one /24 underlay, one more host joins)");
+    }
+    if !a.no_build {
+        crate::setup::setup()?;
+        crate::build::build()?;
+    }
+    std::env::set_var("WEAVE_ROUTER_BIN", run::root().join("target/release/weave-router"));
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let mut rng = Rng(seed);
+    let mut rows = Vec::new();
+    for &n in &a.sizes {
+        match measure(n, a.fake_datapath, Duration::from_secs(a.idle_secs), &mut rng) {
+            Ok(r) => rows.push(r),
+            Err(e) if !a.fake_datapath => {
+                println!("    {n} routers with the eBPF data path failed: {e:#}");
+                println!("    measuring the control plane alone instead (--fake-datapath)");
+                weave_tests::sweep(PREFIX);
+                let mut r = measure(n, true, Duration::from_secs(a.idle_secs), &mut rng)
+                    .with_context(|| format!("{n} routers, fake data path"))?;
+                r.notes.push(format!("the eBPF data path failed at this size ({e:#}); measured with --fake-datapath"));
+                rows.push(r);
+            }
+            Err(e) => {
+                weave_tests::sweep(PREFIX);
+                return Err(e.context(format!("{n} routers")));
+            }
+        }
+    }
+    // Nothing of ours may stay behind, whatever happened above.
+    weave_tests::sweep(PREFIX);
+
+    let mut cmdline = String::from("cargo xtask scale");
+    for n in &a.sizes {
+        let _ = write!(cmdline, " {n}");
+    }
+    if a.fake_datapath {
+        cmdline.push_str(" --fake-datapath");
+    }
+    let section = render(&a, &rows, seed, &cmdline);
+    println!("\n{section}");
+    if !a.no_write {
+        let path = run::root().join(&a.output);
+        write_section(&path, &section)?;
+        step(&format!("wrote the Scale section of {}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_replaced_between_markers_only() {
+        let dir = std::env::temp_dir().join(format!("xtask-scale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("B.md");
+        std::fs::write(&p, "# Benchmarks\n\ntable\n").unwrap();
+        write_section(&p, "## Scale\n\none\n").unwrap();
+        write_section(&p, "## Scale\n\ntwo\n").unwrap();
+        let t = std::fs::read_to_string(&p).unwrap();
+        assert!(t.starts_with("# Benchmarks\n\ntable\n\n"));
+        assert!(t.contains("two") && !t.contains("one"));
+        assert_eq!(t.matches(BEGIN).count(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn targets_are_distinct_earlier_hosts() {
+        let mut r = Rng(7);
+        for upto in 1..20 {
+            let t = r.targets(upto);
+            assert!(!t.is_empty() && t.len() <= 3 && t.iter().all(|&x| (1..=upto).contains(&x)));
+            let d: BTreeSet<_> = t.iter().collect();
+            assert_eq!(d.len(), t.len());
+        }
+    }
+}
