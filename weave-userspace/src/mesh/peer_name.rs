@@ -7,8 +7,35 @@ use serde::{Deserialize, Serialize};
 use weave_ebpf_common::vni::{MAX_SHORT_IDS, SHORT_ID_MASK};
 
 /// A peer's name: 48 bits written like a MAC address (`0a:1b:2c:3d:4e:5f`), as Weave names peers.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Human-readable formats (the JSON report) carry that text; compact ones (the wire
+/// protocol) the number.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerName(u64);
+
+impl Serialize for PeerName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            let v = u64::deserialize(d)?;
+            if v >> 48 != 0 {
+                return Err(serde::de::Error::custom(format!("peer name {v:#x} has more than 48 bits")));
+            }
+            Ok(Self(v))
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PeerNameError {
@@ -132,6 +159,16 @@ mod tests {
             let b = PeerName::random().bytes();
             assert_eq!(b[0] & 0x03, 0x02);
         }
+    }
+
+    #[test]
+    fn json_carries_the_text_and_the_wire_the_number() {
+        let n: PeerName = "0a:1b:2c:3d:4e:5f".parse().unwrap();
+        assert_eq!(serde_json::to_string(&n).unwrap(), "\"0a:1b:2c:3d:4e:5f\"");
+        assert_eq!(serde_json::from_str::<PeerName>("\"0a:1b:2c:3d:4e:5f\"").unwrap(), n);
+        let wire = postcard::to_stdvec(&n).unwrap();
+        assert_eq!(postcard::from_bytes::<PeerName>(&wire).unwrap(), n);
+        assert!(postcard::from_bytes::<PeerName>(&postcard::to_stdvec(&u64::MAX).unwrap()).is_err());
     }
 
     #[test]
