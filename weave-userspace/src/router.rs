@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::datapath::{AttachRequest, Datapath, DatapathError, DatapathPeer, Endpoint};
 use crate::mesh::connection::{self, ConnCommand, ConnEvent, ConnId, ConnectionError, Timings};
 use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
-use crate::mesh::peer_name::PeerName;
+use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::{Hello, MAX_VERSION, MIN_VERSION};
 use crate::state::StateDir;
 
@@ -85,12 +85,18 @@ struct Mesh {
 enum Admission {
     Accept { replace: Option<ConnId> },
     Reject(String),
+    /// The peer has our short ID; `we_yield` when our name is the higher one.
+    ShortIdClash { we_yield: bool },
 }
 
 impl Mesh {
     /// One connection per peer: when two exist, keep the one dialled by the peer with the
     /// higher name (both ends decide alike), and prefer a new run of the peer over an old one.
-    fn admit(&self, local: PeerName, outbound: bool, hello: &Hello, conn_limit: usize) -> Admission {
+    fn admit(&self, ours: &Hello, outbound: bool, hello: &Hello, conn_limit: usize) -> Admission {
+        let local = ours.name;
+        if hello.short_id == ours.short_id {
+            return Admission::ShortIdClash { we_yield: ours.name > hello.name };
+        }
         if !self.by_peer.contains_key(&hello.name) && self.by_peer.len() >= conn_limit {
             return Admission::Reject(format!("connection limit of {conn_limit} reached"));
         }
@@ -187,7 +193,8 @@ impl MeshStatus {
 }
 
 struct Inner<D> {
-    local: Hello,
+    /// Who we are; only the short ID ever changes (after a clash).
+    local: std::sync::RwLock<Hello>,
     timings: Timings,
     datapath: Arc<D>,
     mesh: Mutex<Mesh>,
@@ -284,7 +291,17 @@ impl<D: Datapath> Inner<D> {
     ) {
         let replaced = {
             let mut mesh = self.mesh();
-            match mesh.admit(self.local.name, outbound, &hello, self.conn_limit) {
+            match mesh.admit(&self.hello(), outbound, &hello, self.conn_limit) {
+                Admission::ShortIdClash { we_yield } => {
+                    let reason = if we_yield {
+                        format!("short ID {} is also {}'s; this router takes another", hello.short_id, hello.name)
+                    } else {
+                        format!("short ID {} is also {}'s; that router takes another", hello.short_id, self.hello().name)
+                    };
+                    tracing::warn!("connection {} {}({}) at {remote} refused: {reason}", arrow(outbound), hello.name, hello.nickname);
+                    let _ = reply.send(Err(ConnectionError::Refused(reason)));
+                    Err(we_yield)
+                }
                 Admission::Reject(reason) => {
                     tracing::info!(
                         "connection {} {}({}) at {remote} refused: {reason}",
@@ -318,8 +335,17 @@ impl<D: Datapath> Inner<D> {
                     mesh.connections.insert(id, conn);
                     mesh.by_peer.insert(hello.name, id);
                     let _ = reply.send(Ok(()));
-                    replaced
+                    Ok(replaced)
                 }
+            }
+        };
+        let replaced = match replaced {
+            Ok(replaced) => replaced,
+            Err(we_yield) => {
+                if we_yield {
+                    self.take_new_short_id().await;
+                }
+                return;
             }
         };
         if let Some(old) = replaced {
@@ -390,6 +416,52 @@ fn describe(c: &Conn) -> String {
 }
 
 impl<D: Datapath> Inner<D> {
+    fn hello(&self) -> Hello {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes a short ID no known peer uses (ours clashed with a peer of lower name), tells
+    /// the data path and the mesh, and closes every connection so that peers learn it.
+    async fn take_new_short_id(&self) {
+        let mut in_use = self.view().topology.short_ids_in_use();
+        in_use.extend(self.mesh().connections.values().map(|c| c.hello.short_id));
+        if in_use.len() >= weave_ebpf_common::vni::MAX_SHORT_IDS as usize {
+            tracing::error!("every short ID is in use; keeping ours despite the clash");
+            return;
+        }
+        let new = loop {
+            let candidate = ShortId::random();
+            if !in_use.contains(&candidate) {
+                break candidate;
+            }
+        };
+        let old = {
+            let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut local.short_id, new)
+        };
+        if old == new {
+            return;
+        }
+        tracing::warn!("short ID {old} clashes with another peer's; taking {new}");
+        if let Some(state) = &self.state {
+            let hello = self.hello();
+            let identity = crate::state::Identity { name: hello.name, short_id: new };
+            if let Err(e) = state.save_identity(identity) {
+                tracing::error!("cannot store the new short ID: {e}");
+            }
+        }
+        if let Err(e) = self.datapath.set_own_short_id(new).await {
+            tracing::error!("cannot give the data path the new short ID {new}: {e}");
+        }
+        self.view().topology.set_our_short_id(new);
+        let mesh = self.mesh();
+        for conn in mesh.connections.values() {
+            let _ = conn
+                .commands
+                .send(ConnCommand::Close(ConnectionError::Refused(format!("short ID changed from {old} to {new}"))));
+        }
+    }
+
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.retain(|t| !t.is_finished());
@@ -416,7 +488,6 @@ impl<D: Datapath> Inner<D> {
         let maker = Maker {
             host: self.clone(),
             target,
-            local: self.local.clone(),
             timings: self.timings,
             events,
             shutdown: self.shutdown.subscribe(),
@@ -446,6 +517,10 @@ impl<D: Datapath> MakerHost for Inner<D> {
     fn next_conn_id(&self) -> ConnId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
+
+    fn local_hello(&self) -> Hello {
+        self.hello()
+    }
 }
 
 impl<D: Datapath> Router<D> {
@@ -470,7 +545,7 @@ impl<D: Datapath> Router<D> {
         .with_address(config.local.underlay, listen.port());
         let inner = Arc::new(Inner {
             view: Mutex::new(gossip::MeshView::new(ourself)),
-            local: config.local,
+            local: std::sync::RwLock::new(config.local),
             timings: config.timings,
             datapath,
             mesh: Mutex::default(),
@@ -539,8 +614,9 @@ impl<D: Datapath> Router<D> {
         self.inner.listen
     }
 
-    pub fn local(&self) -> &Hello {
-        &self.inner.local
+    /// Who we are now.
+    pub fn local(&self) -> Hello {
+        self.inner.hello()
     }
 
     pub fn datapath(&self) -> &Arc<D> {
@@ -592,7 +668,7 @@ impl<D: Datapath> Router<D> {
         MeshStatus {
             protocol_min_version: MIN_VERSION,
             protocol_max_version: MAX_VERSION,
-            local: PeerInfo::from(&self.inner.local),
+            local: PeerInfo::from(&self.inner.hello()),
             listen: self.inner.listen,
             targets: mesh.targets.keys().map(Target::to_string).collect(),
             connections,
@@ -696,7 +772,7 @@ async fn accept_loop<D: Datapath>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let id = inner.next_conn_id();
-                    let local = inner.local.clone();
+                    let local = inner.hello();
                     let timings = inner.timings;
                     let events = events.clone();
                     let shutdown = inner.shutdown.subscribe();

@@ -146,6 +146,16 @@ impl StateDir {
         Ok(identity)
     }
 
+    /// Stores a new short ID (taken after a clash) beside the peer name.
+    pub fn save_identity(&self, identity: Identity) -> Result<(), StateError> {
+        let path = self.path.join(IDENTITY_FILE);
+        let s = StoredIdentity {
+            name: identity.name.to_string(),
+            short_id: identity.short_id.get(),
+        };
+        write_atomic(&path, &serde_json::to_vec_pretty(&s).expect("serialisable"))
+    }
+
     /// Endpoints attached by an earlier run.
     pub fn load_endpoints(&self) -> Result<Vec<Endpoint>, StateError> {
         let path = self.path.join(ENDPOINTS_FILE);

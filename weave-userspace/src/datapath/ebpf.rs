@@ -128,6 +128,8 @@ struct State {
 /// The eBPF data path of one router.
 pub struct EbpfDatapath {
     settings: DatapathSettings,
+    /// Our short ID now (it changes after a clash; `settings` keeps the one we started with).
+    own_short_id: std::sync::atomic::AtomicU16,
     pin_dir: PathBuf,
     container_mtu: u32,
     underlay: LinkInfo,
@@ -190,6 +192,7 @@ impl EbpfDatapath {
             }
         };
         Ok(Self {
+            own_short_id: std::sync::atomic::AtomicU16::new(settings.own_short_id.get()),
             settings,
             pin_dir,
             container_mtu,
@@ -641,7 +644,7 @@ impl Datapath for EbpfDatapath {
             self.nl
                 .add_vxlan(&VxlanSpec {
                     name,
-                    id: vni::pack(self.settings.own_short_id.get(), id),
+                    id: vni::pack(self.own_short_id.load(std::sync::atomic::Ordering::Relaxed), id),
                     remote: peer.underlay,
                     local: self.settings.underlay_addr,
                     port: VXLAN_PORT,
@@ -703,6 +706,23 @@ impl Datapath for EbpfDatapath {
         if let Some(link) = self.nl.link_by_name(&vxlan_device_name(short_id)).await? {
             self.nl.del_link(link.index).await?;
         }
+        Ok(())
+    }
+
+    async fn set_own_short_id(&self, short_id: ShortId) -> Result<(), DatapathError> {
+        let st = self.lock();
+        let mut maps = st;
+        let mut config = maps
+            .maps
+            .config
+            .get(&0, 0)
+            .map_err(|e| bpf_err("reading CONFIG")(e.to_string()))?;
+        config.own_short_id = short_id.get();
+        maps.maps
+            .config
+            .set(0, config, 0)
+            .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))?;
+        self.own_short_id.store(short_id.get(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -17,6 +17,7 @@ pub enum FakeCall {
     AddPeer(DatapathPeer),
     RemovePeer(ShortId),
     BroadcastTree(ShortId, Vec<ShortId>),
+    OwnShortId(ShortId),
     Attach(PathBuf),
     Detach(PathBuf),
     Restore(PathBuf),
@@ -94,6 +95,12 @@ impl Datapath for FakeDatapath {
         s.calls.push(FakeCall::RemovePeer(short_id));
         s.peers.remove(&short_id);
         s.broadcast_trees.remove(&short_id);
+        Ok(())
+    }
+
+    async fn set_own_short_id(&self, short_id: ShortId) -> Result<(), DatapathError> {
+        let mut s = self.lock();
+        s.calls.push(FakeCall::OwnShortId(short_id));
         Ok(())
     }
 

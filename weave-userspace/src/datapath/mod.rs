@@ -122,6 +122,8 @@ pub trait Datapath: Send + Sync + 'static {
     fn add_peer(&self, peer: DatapathPeer) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Forgets a peer: no more admission, no more frames to it, its learned MACs flushed.
     fn remove_peer(&self, short_id: ShortId) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    /// Takes a new short ID for this router (after a clash): VXLAN to and from peers uses it.
+    fn set_own_short_id(&self, short_id: ShortId) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Sets the neighbours a broadcast from `source` is passed on to (our children in the
     /// source's broadcast tree); an empty list passes nothing on.
     fn set_broadcast_tree(

@@ -114,13 +114,14 @@ pub(crate) trait MakerHost: Send + Sync + 'static {
     /// Whether an accepted connection to `peer` other than `except` is up.
     fn is_connected(&self, peer: PeerName, except: ConnId) -> bool;
     fn next_conn_id(&self) -> ConnId;
+    /// Who we are now (the short ID can change after a clash).
+    fn local_hello(&self) -> Hello;
 }
 
 /// Everything one target's task runs with.
 pub(crate) struct Maker<H> {
     pub host: Arc<H>,
     pub target: Target,
-    pub local: Hello,
     pub timings: Timings,
     pub events: mpsc::UnboundedSender<ConnEvent>,
     pub shutdown: watch::Receiver<bool>,
@@ -149,7 +150,7 @@ impl<H: MakerHost> Maker<H> {
                         stream,
                         id,
                         true,
-                        self.local.clone(),
+                        self.host.local_hello(),
                         self.timings,
                         self.events.clone(),
                         self.shutdown.clone(),
@@ -227,11 +228,12 @@ impl<H: MakerHost> Maker<H> {
             })?;
             // From our underlay address, so the peer sees us where VXLAN comes from.
             let socket = tokio::net::TcpSocket::new_v4()?;
-            if let Err(e) = socket.bind(SocketAddr::new(self.local.underlay.into(), 0)) {
+            let underlay = self.host.local_hello().underlay;
+            if let Err(e) = socket.bind(SocketAddr::new(underlay.into(), 0)) {
                 tracing::debug!(
                     "dialling {} from any address: cannot bind {}: {e}",
                     self.target,
-                    self.local.underlay
+                    underlay
                 );
                 return Ok(TcpStream::connect(addr).await?);
             }

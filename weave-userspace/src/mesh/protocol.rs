@@ -216,12 +216,6 @@ pub fn check_hello(ours: &Hello, theirs: &Hello) -> Result<(), ProtocolError> {
             id: theirs.short_id.get(),
         });
     }
-    if theirs.short_id == ours.short_id {
-        return Err(ProtocolError::ShortIdClash {
-            name: theirs.name,
-            id: theirs.short_id,
-        });
-    }
     if theirs.nickname.len() > MAX_NICKNAME_LEN {
         return Err(ProtocolError::NicknameTooLong(theirs.nickname.len()));
     }
@@ -385,13 +379,10 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_with_our_short_id_is_refused() {
+    fn a_peer_with_our_short_id_passes_the_handshake_for_the_router_to_settle() {
         let ours = hello("0a:00:00:00:00:01", 7);
         let theirs = hello("0a:00:00:00:00:02", 7);
-        assert!(matches!(
-            check_hello(&ours, &theirs),
-            Err(ProtocolError::ShortIdClash { .. })
-        ));
+        assert!(check_hello(&ours, &theirs).is_ok());
     }
 
     #[test]

@@ -140,6 +140,11 @@ impl<D: Datapath> Inner<D> {
                     let mesh = self.mesh();
                     self.gossip_to_all(&mesh, outcome.improved, Some(id));
                 }
+                let lost_to = self.view().topology.short_id_lost_to();
+                if let Some(winner) = lost_to {
+                    tracing::warn!("peer {winner} has our short ID and the lower name");
+                    self.take_new_short_id().await;
+                }
                 self.apply_routes().await;
             }
             Ok(_) => {}

@@ -375,12 +375,12 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     mesh.by_peer.insert(high.name, 1);
     // `high` dials us: its connection wins.
     assert_eq!(
-        mesh.admit(low.name, false, &high, DEFAULT_CONN_LIMIT),
+        mesh.admit(&low, false, &high, DEFAULT_CONN_LIMIT),
         Admission::Accept { replace: Some(1) }
     );
     // A second outbound one loses.
     assert!(matches!(
-        mesh.admit(low.name, true, &high, DEFAULT_CONN_LIMIT),
+        mesh.admit(&low, true, &high, DEFAULT_CONN_LIMIT),
         Admission::Reject(_)
     ));
 
@@ -389,7 +389,7 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     mesh.connections.insert(1, conn(false, &low));
     mesh.by_peer.insert(low.name, 1);
     assert_eq!(
-        mesh.admit(high.name, true, &low, DEFAULT_CONN_LIMIT),
+        mesh.admit(&high, true, &low, DEFAULT_CONN_LIMIT),
         Admission::Accept { replace: Some(1) }
     );
 
@@ -397,14 +397,14 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     let mut again = low.clone();
     again.uid ^= 1;
     assert_eq!(
-        mesh.admit(high.name, false, &again, DEFAULT_CONN_LIMIT),
+        mesh.admit(&high, false, &again, DEFAULT_CONN_LIMIT),
         Admission::Accept { replace: Some(1) }
     );
 
     // Another peer with a short ID already taken is refused.
     let mut clash = hello(3);
     clash.short_id = low.short_id;
-    let Admission::Reject(reason) = mesh.admit(high.name, false, &clash, DEFAULT_CONN_LIMIT) else {
+    let Admission::Reject(reason) = mesh.admit(&high, false, &clash, DEFAULT_CONN_LIMIT) else {
         panic!()
     };
     assert!(
@@ -506,4 +506,30 @@ async fn forget_stops_dialling() {
     assert!(a.router.status().targets.is_empty());
     assert!(a.router.forget(&[target]).is_empty());
     a.router.stop().await;
+}
+
+#[tokio::test]
+async fn a_short_id_clash_is_settled_by_the_higher_name_taking_another() {
+    let a = Node::start(1, &[]).await;
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let datapath = Arc::new(FakeDatapath::new());
+    let config = RouterConfig {
+        local: Hello { short_id: ShortId::new(1).unwrap(), ..hello(2) },
+        targets: vec![a.addr().to_string().parse().unwrap()],
+        timings: timings(),
+        discovery: false,
+        conn_limit: DEFAULT_CONN_LIMIT,
+    };
+    let b = Node { router: Router::start(config, listener, datapath.clone(), None), datapath };
+    wait_until("both established after the clash", || {
+        a.states() == ["established"] && b.states() == ["established"]
+    })
+    .await;
+    let b_id = b.router.local().short_id;
+    assert_ne!(b_id.get(), 1, "the higher name (b) took another short ID");
+    assert_eq!(a.router.local().short_id.get(), 1, "the lower name kept its short ID");
+    assert!(b.datapath.calls().contains(&FakeCall::OwnShortId(b_id)));
+    assert_eq!(a.peer_ids(), [b_id.get()]);
+    a.router.stop().await;
+    b.router.stop().await;
 }
