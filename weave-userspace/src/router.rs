@@ -114,9 +114,12 @@ impl Mesh {
         };
         let old = &self.connections[&existing];
         if old.hello.uid != hello.uid {
-            return Admission::Accept {
-                replace: Some(existing),
-            };
+            // Another run of that name while its connection is alive: an impostor, or a
+            // restart the heartbeats have not noticed yet (it is dialled again shortly).
+            return Admission::Reject(format!(
+                "peer name {} is already connected from {} (another run of it, or another router claiming its name)",
+                hello.name, old.remote
+            ));
         }
         let dialler = |outbound: bool| if outbound { local } else { hello.name };
         if old.outbound != outbound && dialler(outbound) > dialler(old.outbound) {

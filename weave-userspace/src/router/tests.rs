@@ -393,13 +393,14 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
         Admission::Accept { replace: Some(1) }
     );
 
-    // A restarted peer (new UID) replaces its old connection whatever the direction.
+    // Another run of a connected name (new UID) is refused while the connection lives: it
+    // is an impostor, or a restart that gets in once the heartbeats drop the old connection.
     let mut again = low.clone();
     again.uid ^= 1;
-    assert_eq!(
+    assert!(matches!(
         mesh.admit(&high, false, &again, DEFAULT_CONN_LIMIT),
-        Admission::Accept { replace: Some(1) }
-    );
+        Admission::Reject(reason) if reason.contains("already connected")
+    ));
 
     // Another peer with a short ID already taken is refused.
     let mut clash = hello(3);
@@ -530,6 +531,24 @@ async fn a_short_id_clash_is_settled_by_the_higher_name_taking_another() {
     assert_eq!(a.router.local().short_id.get(), 1, "the lower name kept its short ID");
     assert!(b.datapath.calls().contains(&FakeCall::OwnShortId(b_id)));
     assert_eq!(a.peer_ids(), [b_id.get()]);
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_claiming_a_connected_peers_name_is_refused() {
+    let a = Node::start(1, &[]).await;
+    let b = Node::start(2, &[a.addr()]).await;
+    wait_until("a and b established", || a.states() == ["established"]).await;
+    let mut s = TcpStream::connect(a.addr()).await.unwrap();
+    let impostor = Hello { short_id: ShortId::new(9).unwrap(), ..hello(2) };
+    handshake(&mut s, &impostor, Duration::from_secs(2)).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), read_message(&mut s)).await.unwrap() {
+        Ok(Message::Goodbye(reason)) => assert!(reason.contains("already connected"), "{reason}"),
+        other => panic!("expected a goodbye, got {other:?}"),
+    }
+    assert_eq!(a.peer_ids(), [2], "the real peer stays");
+    assert_eq!(a.states(), ["established"]);
     a.router.stop().await;
     b.router.stop().await;
 }
