@@ -144,6 +144,11 @@ impl TestBed {
         self.hosts[i - 1].router.as_mut().expect("no router launched on this host")
     }
 
+    /// The underlay namespace (`<prefix>-u`, holding the bridge `br0`), borrowed.
+    pub fn underlay(&self) -> Netns {
+        Netns::borrow(&format!("{}-u", self.prefix))
+    }
+
     /// A namespace `<prefix>-<name>` whose `eth0` has `addr` on the underlay.
     fn underlay_ns(&self, name: &str, addr: Ipv4Addr) -> Result<Netns> {
         let ns = Netns::create(&format!("{}-{name}", self.prefix))?;

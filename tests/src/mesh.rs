@@ -1,18 +1,23 @@
 //! Mesh scenarios: cutting underlay links with nftables, capturing VXLAN on a host, and
 //! reading a router's view of the mesh (`/report`).
 //!
-//! Links are cut in the hosts' own namespaces with a `netdev` table on `eth0` (egress and
-//! ingress). The egress hook is the one that counts: frames the router's tc programs send
-//! with `bpf_redirect_neigh`, or deliver with `bpf_redirect_peer` on ingress, never pass the
-//! `inet` hooks, but everything leaving `eth0` passes its egress hook. Cutting a link on both
-//! of its ends therefore stops every packet between the two addresses, both ways.
-
+//! A link between two hosts is cut in two places:
+//!
+//! * in each host's own namespace, a `netdev` table on `eth0` (egress and ingress): it stops
+//!   the control connections and whatever takes the kernel's ordinary paths;
+//! * on the underlay bridge, a `bridge` table in the underlay namespace: it stops the rest.
+//!   Frames the router's tc programs send with `bpf_redirect_neigh` / `bpf_redirect`, or take
+//!   in on tcx ingress, pass no netfilter hook of the host (tcx ingress runs before the
+//!   `netdev` ingress hook, and redirected frames skip the `netdev` egress hook: VXLAN between
+//!   two hosts whose host-level rules dropped each other was still seen on the wire), just as
+//!   a host firewall would not stop them; a firewall between hosts sits on the network.
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::bed::TestBed;
 use crate::cmd::{self, Background};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
@@ -51,10 +56,33 @@ pub fn unblock(ns: &Netns, peer: Ipv4Addr) -> Result<()> {
     nft(ns, &format!("delete element netdev {BLOCK_TABLE} peers {{ {peer} }}")).map(|_| ())
 }
 
-/// Cuts the underlay link between two hosts on both ends.
-pub fn cut(a: &Netns, a_addr: Ipv4Addr, b: &Netns, b_addr: Ipv4Addr) -> Result<()> {
-    block(a, b_addr)?;
-    block(b, a_addr)
+/// The `bridge` table of the underlay namespace that drops frames between cut pairs.
+fn underlay_block(underlay: &Netns, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
+    if nft(underlay, &format!("list set bridge {BLOCK_TABLE} pairs")).is_err() {
+        for line in [
+            format!("add table bridge {BLOCK_TABLE}"),
+            format!("add set bridge {BLOCK_TABLE} pairs {{ type ipv4_addr . ipv4_addr ; }}"),
+            format!("add chain bridge {BLOCK_TABLE} cut {{ type filter hook forward priority -500 ; }}"),
+            format!("add rule bridge {BLOCK_TABLE} cut ip saddr . ip daddr @pairs counter drop"),
+        ] {
+            nft(underlay, &line)?;
+        }
+    }
+    nft(underlay, &format!("add element bridge {BLOCK_TABLE} pairs {{ {a} . {b}, {b} . {a} }}")).map(|_| ())
+}
+
+/// Cuts the underlay link between hosts `a` and `b` of `bed`: on both hosts and on the
+/// underlay bridge (see the module docs).
+pub fn cut(bed: &TestBed, a: usize, b: usize) -> Result<()> {
+    let (aa, ba) = (bed.host(a).addr, bed.host(b).addr);
+    block(&bed.host(a).ns, ba)?;
+    block(&bed.host(b).ns, aa)?;
+    underlay_block(&bed.underlay(), aa, ba)
+}
+
+/// The underlay's cut pairs with the drop counter, for messages.
+pub fn underlay_rules(bed: &TestBed) -> String {
+    nft(&bed.underlay(), &format!("list table bridge {BLOCK_TABLE}")).unwrap_or_else(|e| format!("({e})"))
 }
 
 /// The block table as `nft list table` shows it (rules with their counters), for messages.
@@ -69,9 +97,14 @@ pub struct Packet {
     pub dst: Ipv4Addr,
     /// The rest of tcpdump's line after the addresses.
     pub what: String,
+    /// The encapsulated packet as tcpdump shows it (`-T vxlan`), else empty.
+    pub inner: String,
 }
 
 /// `tcpdump -n -l` running in a namespace; stop it to get the packets.
+///
+/// For VXLAN on the underlay use [`Capture::vxlan`]: it decodes UDP 6784 as VXLAN, so each
+/// packet also tells what it carries ([`Packet::inner`]).
 pub struct Capture {
     bg: Background,
     ns: String,
@@ -80,7 +113,17 @@ pub struct Capture {
 impl Capture {
     /// Starts tcpdump on `dev` in `ns` with the pcap `filter`; returns once it listens.
     pub fn start(ns: &Netns, dev: &str, filter: &str) -> Result<Capture> {
+        Self::start_with(ns, dev, &[], filter)
+    }
+
+    /// VXLAN on UDP 6784 on `dev`, decoded.
+    pub fn vxlan(ns: &Netns, dev: &str) -> Result<Capture> {
+        Self::start_with(ns, dev, &["-T", "vxlan"], "udp port 6784")
+    }
+
+    fn start_with(ns: &Netns, dev: &str, opts: &[&str], filter: &str) -> Result<Capture> {
         let mut argv: Vec<String> = ["tcpdump", "-n", "-l", "-U", "-i", dev].iter().map(|s| s.to_string()).collect();
+        argv.extend(opts.iter().map(|s| s.to_string()));
         argv.extend(filter.split_whitespace().map(str::to_string));
         let mut bg = ns.spawn(&argv)?;
         cmd::wait_for(&format!("tcpdump to listen on {dev} in {}", ns.name()), Duration::from_secs(10), || {
@@ -112,7 +155,8 @@ impl Capture {
 }
 
 /// Parses `tcpdump -n` lines: `12:00:00.000 IP 1.2.3.4.5 > 6.7.8.9.10: rest` (the port, if
-/// any, is dropped).
+/// any, is dropped). A line without a timestamp (`-T vxlan`: the encapsulated packet) goes
+/// to the packet before it as its `inner`.
 pub fn parse_tcpdump(text: &str) -> Vec<Packet> {
     let addr = |s: &str| -> Option<Ipv4Addr> {
         let s = s.trim_end_matches(':');
@@ -120,18 +164,30 @@ pub fn parse_tcpdump(text: &str) -> Vec<Packet> {
         let ip = if parts.len() >= 4 { parts[..4].join(".") } else { s.to_string() };
         ip.parse().ok()
     };
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.split_once(" IP ")?.1;
-            let (from, rest) = rest.split_once(" > ")?;
-            let (to, what) = rest.split_once(": ").unwrap_or((rest, ""));
-            Some(Packet {
-                src: addr(from)?,
-                dst: addr(to)?,
+    let mut out: Vec<Packet> = Vec::new();
+    for l in text.lines() {
+        let stamped = l.chars().next().is_some_and(|c| c.is_ascii_digit());
+        if !stamped {
+            if let Some(p) = out.last_mut() {
+                if p.inner.is_empty() && !l.trim().is_empty() {
+                    p.inner = l.trim().to_string();
+                }
+            }
+            continue;
+        }
+        let Some(rest) = l.split_once(" IP ").map(|x| x.1) else { continue };
+        let Some((from, rest)) = rest.split_once(" > ") else { continue };
+        let (to, what) = rest.split_once(": ").unwrap_or((rest, ""));
+        if let (Some(src), Some(dst)) = (addr(from), addr(to)) {
+            out.push(Packet {
+                src,
+                dst,
                 what: what.to_string(),
-            })
-        })
-        .collect()
+                inner: String::new(),
+            });
+        }
+    }
+    out
 }
 
 /// A peer name as the report writes it (a number, a numeric string, or `aa:bb:..`) in the
@@ -234,6 +290,15 @@ mod tests {
         assert_eq!(p[0].dst, Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(p[1].dst, Ipv4Addr::new(10, 2, 1, 255));
         assert!(p[1].what.starts_with("ICMP echo request"));
+
+        let t = "09:00:00.1 IP 198.18.0.1.40000 > 198.18.0.2.6784: VXLAN, flags [I] (0x08), vni 1\n\
+                 IP 10.2.1.1 > 10.2.1.3: ICMP echo request, id 7, seq 1, length 64\n\
+                 09:00:00.2 IP 198.18.0.2.40000 > 198.18.0.3.6784: VXLAN, flags [I] (0x08), vni 2\n\
+                 ARP, Request who-has 10.2.1.3 tell 10.2.1.1, length 28\n";
+        let p = parse_tcpdump(t);
+        assert_eq!(p.len(), 2);
+        assert!(p[0].inner.starts_with("IP 10.2.1.1 > 10.2.1.3: ICMP echo request"));
+        assert!(p[1].inner.starts_with("ARP"));
     }
 
     #[test]

@@ -24,9 +24,9 @@ fn partial_mesh(prefix: &str, n: usize, links: &[(usize, usize)], dial: &[&[usiz
     let mut bed = TestBed::new(prefix, n).expect("test bed");
     let linked = |a: usize, b: usize| links.iter().any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b));
     for a in 1..=n {
-        for b in 1..=n {
-            if a != b && !linked(a, b) {
-                mesh::block(&bed.host(a).ns, host_addr(b)).expect("nft block");
+        for b in a + 1..=n {
+            if !linked(a, b) {
+                mesh::cut(&bed, a, b).expect("nft: cut the link");
             }
         }
     }
@@ -81,16 +81,22 @@ fn dump(bed: &TestBed) -> String {
         }
         let _ = writeln!(out, "nft:\n{}", mesh::block_rules(&h.ns));
     }
+    let _ = writeln!(out, "--- underlay nft:\n{}", mesh::underlay_rules(bed));
     out
 }
 
-/// Packets per (source, destination) underlay address pair.
-fn flows(pkts: &[mesh::Packet]) -> BTreeMap<(String, String), usize> {
+/// Packets per (source, destination) underlay address pair whose inner packet contains
+/// `inner` (all packets with "").
+fn flows(pkts: &[mesh::Packet], inner: &str) -> BTreeMap<(String, String), usize> {
     let mut m = BTreeMap::new();
-    for p in pkts {
+    for p in pkts.iter().filter(|p| p.inner.contains(inner)) {
         *m.entry((p.src.to_string(), p.dst.to_string())).or_insert(0) += 1;
     }
     m
+}
+
+fn count(f: &BTreeMap<(String, String), usize>, src: usize, dst: usize) -> usize {
+    f.get(&(host_addr(src).to_string(), host_addr(dst).to_string())).copied().unwrap_or(0)
 }
 
 fn line(prefix: &str) -> TestBed {
@@ -123,24 +129,28 @@ fn mesh_line_relays_unicast_through_the_middle_host() {
     bed.attach_container(2, "c1", "10.2.1.2/24").expect("attach");
     let cc = bed.attach_container(3, "c1", "10.2.1.3/24").expect("attach");
 
-    let cap = Capture::start(&bed.host(2).ns, "eth0", "udp port 6784").expect("tcpdump on host2");
+    let cap = Capture::vxlan(&bed.host(2).ns, "eth0").expect("tcpdump on host2");
     let reached = bed.container(ca).wait_ping("10.2.1.3", Duration::from_secs(20));
     let back = bed.container(cc).ping("10.2.1.1", 5).expect("ping runs");
     let fwd = bed.container(ca).ping("10.2.1.3", 5).expect("ping runs");
     let pkts = cap.stop();
-    let f = flows(&pkts);
-    let summary = format!("VXLAN on host2's eth0 (src, dst) -> packets: {f:?}\n{}", dump(&bed));
+    let f = flows(&pkts, "ICMP echo");
+    let summary = format!(
+        "ICMP in VXLAN on host2's eth0 (src, dst) -> packets: {f:?}\nall VXLAN: {:?}\n{}",
+        flows(&pkts, ""),
+        dump(&bed)
+    );
     reached.unwrap_or_else(|e| panic!("host1's container never reached host3's: {e}\n{summary}"));
     assert!(fwd.success(), "ping host1 -> host3 failed:\n{}\n{summary}", fwd.stdout);
     assert!(back.success(), "ping host3 -> host1 failed:\n{}\n{summary}", back.stdout);
 
-    let (h1, h2, h3) = (host_addr(1).to_string(), host_addr(2).to_string(), host_addr(3).to_string());
-    let n = |s: &str, d: &str| f.get(&(s.to_string(), d.to_string())).copied().unwrap_or(0);
-    // Each direction: five pings of one ping run plus the replies to the other's five.
-    for (s, d) in [(&h1, &h2), (&h2, &h3), (&h3, &h2), (&h2, &h1)] {
-        assert!(n(s, d) >= 10, "expected at least 10 relayed VXLAN frames {s} -> {d}, saw {}\n{summary}", n(s, d));
+    // Each direction: the five echo requests of one ping run and the five replies to the
+    // other's, in at host2 from one end and out again to the other.
+    for (s, d) in [(1, 2), (2, 3), (3, 2), (2, 1)] {
+        let n = count(&f, s, d);
+        assert!(n >= 10, "expected at least 10 ICMP frames host{s} -> host{d} through host2, saw {n}\n{summary}");
     }
-    assert_eq!(n(&h1, &h3) + n(&h3, &h1), 0, "frames between host1 and host3 on host2's eth0?\n{summary}");
+    assert_eq!(count(&f, 1, 3) + count(&f, 3, 1), 0, "frames between host1 and host3 on host2's eth0?\n{summary}");
 }
 
 /// Sends `count` broadcast pings from container `from` and returns, for each receiving
@@ -261,8 +271,20 @@ fn mesh_ring_reroutes_when_a_link_is_cut() {
         panic!("host1 routes to host3 via {hop}, neither host2 nor host4: {}", rep.routes_text())
     };
 
+    // The path in use, as captures on host2's and host4's underlay show it, must be the one
+    // the report names.
+    let used = requests_through(&bed, ca, &[2, 4]);
+    assert_eq!(
+        used.0,
+        vec![via],
+        "host1's report routes to host3 via host{via}, but the echo requests went through {:?}:\n{}{}",
+        used.0,
+        used.1,
+        dump(&bed)
+    );
+
     // Cut host1–host<via>: host1 and host<via> notice by missing heartbeats.
-    mesh::cut(&bed.host(1).ns, host_addr(1), &bed.host(via).ns, host_addr(via)).expect("cut");
+    mesh::cut(&bed, 1, via).expect("cut");
     let t0 = Instant::now();
     let rerouted = bed.container(ca).wait_ping("10.2.1.3", Duration::from_secs(30));
     let took = t0.elapsed();
@@ -281,6 +303,35 @@ fn mesh_ring_reroutes_when_a_link_is_cut() {
         took <= Duration::from_secs(12),
         "took {took:?} to reach host3 again after cutting host1–host{via}\n{diag}"
     );
-    let out = bed.container(ca).ping("10.2.1.3", 5).expect("ping runs");
-    assert!(out.success(), "pings along host{other} fail:\n{}\n{}", out.stdout, dump(&bed));
+    let used = requests_through(&bed, ca, &[2, 4]);
+    assert_eq!(
+        used.0,
+        vec![other],
+        "after the cut the echo requests should go through host{other}, went through {:?}:\n{}{}",
+        used.0,
+        used.1,
+        dump(&bed)
+    );
+}
+
+/// Pings host3's container (10.2.1.3) 5 times from container `from` on host1 while
+/// capturing on the underlay of `relays`; which of them carried the echo requests from
+/// host1 on to host3, and what each saw.
+fn requests_through(bed: &TestBed, from: usize, relays: &[usize]) -> (Vec<usize>, String) {
+    let caps: Vec<(usize, Capture)> = relays
+        .iter()
+        .map(|&h| (h, Capture::vxlan(&bed.host(h).ns, "eth0").expect("tcpdump")))
+        .collect();
+    let out = bed.container(from).ping("10.2.1.3", 5).expect("ping runs");
+    let mut carried = Vec::new();
+    let mut seen = format!("ping: {}\n", out.stdout.lines().last().unwrap_or_default());
+    for (h, cap) in caps {
+        let f = flows(&cap.stop(), "10.2.1.1 > 10.2.1.3: ICMP echo request");
+        if count(&f, 1, h) >= 5 && count(&f, h, 3) >= 5 {
+            carried.push(h);
+        }
+        let _ = writeln!(seen, "echo requests on host{h}'s eth0: {f:?}");
+    }
+    assert!(out.success(), "ping host1 -> host3 failed:\n{}\n{seen}{}", out.stdout, dump(bed));
+    (carried, seen)
 }
