@@ -567,6 +567,11 @@ impl<D: Datapath> Router<D> {
             tokio::spawn(async move {
                 while let Some(event) = rx.recv().await {
                     inner.handle(event).await;
+                    // Handle the whole burst, then compute routes once.
+                    while let Ok(event) = rx.try_recv() {
+                        inner.handle(event).await;
+                    }
+                    inner.apply_routes_if_stale().await;
                     for target in inner.discovery_targets() {
                         tracing::info!("dialling {target}, learned from gossip");
                         inner.connect(target);

@@ -22,12 +22,17 @@ pub struct Routes {
     pub broadcast: BTreeMap<PeerName, Vec<PeerName>>,
 }
 
+/// Neighbours over connections both ends publish as established, each list in name order.
+fn adjacency(topology: &Topology) -> BTreeMap<PeerName, Vec<PeerName>> {
+    topology.peers().map(|p| (p.name, topology.symmetric_neighbours(&p.name))).collect()
+}
+
 /// The breadth-first tree rooted at `root`: node → parent (root absent).
-fn bfs_parents(topology: &Topology, root: PeerName) -> BTreeMap<PeerName, PeerName> {
+fn bfs_parents(adjacency: &BTreeMap<PeerName, Vec<PeerName>>, root: PeerName) -> BTreeMap<PeerName, PeerName> {
     let mut parents = BTreeMap::new();
     let mut queue = VecDeque::from([root]);
     while let Some(node) = queue.pop_front() {
-        for next in topology.symmetric_neighbours(&node) {
+        for &next in adjacency.get(&node).map(Vec::as_slice).unwrap_or_default() {
             if next != root && !parents.contains_key(&next) {
                 parents.insert(next, node);
                 queue.push_back(next);
@@ -40,7 +45,8 @@ fn bfs_parents(topology: &Topology, root: PeerName) -> BTreeMap<PeerName, PeerNa
 /// Computes our routes from the topology.
 pub fn compute(topology: &Topology) -> Routes {
     let me = topology.ourself().name;
-    let parents = bfs_parents(topology, me);
+    let adjacency = adjacency(topology);
+    let parents = bfs_parents(&adjacency, me);
     let mut unicast = BTreeMap::new();
     for &dst in parents.keys() {
         let mut hop = dst;
@@ -54,7 +60,7 @@ pub fn compute(topology: &Topology) -> Routes {
     let mut sources: Vec<PeerName> = vec![me];
     sources.extend(parents.keys().copied());
     for source in sources {
-        let tree = if source == me { parents.clone() } else { bfs_parents(topology, source) };
+        let tree = if source == me { parents.clone() } else { bfs_parents(&adjacency, source) };
         let children: Vec<PeerName> =
             tree.iter().filter(|(_, parent)| **parent == me).map(|(child, _)| *child).collect();
         broadcast.insert(source, children);

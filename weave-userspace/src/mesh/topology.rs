@@ -236,9 +236,12 @@ impl Topology {
         let Some(info) = self.peers.get(name) else { return Vec::new() };
         info.established_remotes()
             .filter(|remote| {
-                self.peers
-                    .get(remote)
-                    .is_some_and(|r| r.established_remotes().any(|back| back == *name))
+                // Connection lists are sorted by remote (validated on merge, sorted for ourselves).
+                self.peers.get(remote).is_some_and(|r| {
+                    r.connections
+                        .binary_search_by(|c| c.remote.cmp(name))
+                        .is_ok_and(|i| r.connections[i].established)
+                })
             })
             .collect()
     }

@@ -30,6 +30,8 @@ pub(super) struct MeshView {
     pub relayed: BTreeMap<PeerName, DatapathPeer>,
     /// Broadcast trees as installed in the data path: source → our children in its tree.
     pub trees: BTreeMap<ShortId, Vec<ShortId>>,
+    /// The topology changed since routes were last computed.
+    pub routes_stale: bool,
 }
 
 impl MeshView {
@@ -39,6 +41,7 @@ impl MeshView {
             routes: Routes::default(),
             relayed: BTreeMap::new(),
             trees: BTreeMap::new(),
+            routes_stale: false,
         }
     }
 }
@@ -120,7 +123,21 @@ impl<D: Datapath> Inner<D> {
                 self.gossip_to_all(&mesh, vec![ourself], None);
             }
         }
-        self.apply_routes().await;
+        self.routes_stale();
+    }
+
+    /// Marks the routes for recomputation; the event loop does it once a burst of events
+    /// has been handled (recomputation is coalesced).
+    fn routes_stale(&self) {
+        self.view().routes_stale = true;
+    }
+
+    /// Recomputes and installs routes if anything changed since the last time.
+    pub(super) async fn apply_routes_if_stale(&self) {
+        let stale = std::mem::take(&mut self.view().routes_stale);
+        if stale {
+            self.apply_routes().await;
+        }
     }
 
     /// Merges gossip from connection `id`; malformed gossip closes that connection and
@@ -145,7 +162,7 @@ impl<D: Datapath> Inner<D> {
                     tracing::warn!("peer {winner} has our short ID and the lower name");
                     self.take_new_short_id().await;
                 }
-                self.apply_routes().await;
+                self.routes_stale();
             }
             Ok(_) => {}
         }
