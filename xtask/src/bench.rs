@@ -224,10 +224,56 @@ pub fn bench(a: Args) -> Result<()> {
 
     let report = render(&a, &subjects);
     let path = run::root().join(&a.output);
-    std::fs::write(&path, &report).with_context(|| format!("write {}", path.display()))?;
+    write_section(&path, &report)?;
     println!("{report}");
     step(&format!("wrote {}", path.display()));
     Ok(())
+}
+
+/// Marks around the section this task owns in BENCHMARKS.md (other tasks own other sections).
+const BEGIN: &str = "<!-- bench:begin (written by `cargo xtask bench`) -->";
+const END: &str = "<!-- bench:end -->";
+
+/// Puts `section` between this task's markers in `path`, keeping the other sections. Without
+/// markers yet, the section goes right below the title, before any other marked section.
+fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    Ok(std::fs::write(path, splice(&old, section)).with_context(|| format!("write {}", path.display()))?)
+}
+
+fn splice(old: &str, section: &str) -> String {
+    let block = format!("{BEGIN}\n{section}{END}\n");
+    match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => {
+            format!("{}{block}{}", &old[..b], &old[e + END.len()..].trim_start_matches('\n'))
+        }
+        _ => {
+            let others = old.find("<!-- ").map(|i| &old[i..]).unwrap_or("");
+            let mut s = format!("# Benchmarks\n\n{block}");
+            if !others.is_empty() {
+                s.push('\n');
+                s.push_str(others);
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_other_sections() {
+        let scale = "<!-- scale:begin -->\n## Scale\n<!-- scale:end -->\n";
+        let first = splice(&format!("# Benchmarks\n\nold unmarked table\n\n{scale}"), "## T\none\n");
+        assert!(first.starts_with("# Benchmarks\n\n<!-- bench:begin"));
+        assert!(!first.contains("old unmarked"));
+        assert!(first.contains("one") && first.contains(scale));
+        let second = splice(&first, "## T\ntwo\n");
+        assert!(second.contains("two") && !second.contains("one") && second.contains(scale));
+        assert_eq!(splice("", "## T\nx\n"), format!("# Benchmarks\n\n{BEGIN}\n## T\nx\n{END}\n"));
+    }
 }
 
 fn render(a: &Args, subjects: &[Subject]) -> String {
@@ -252,7 +298,7 @@ fn render(a: &Args, subjects: &[Subject]) -> String {
     let find = |m: &Mode| subjects.iter().find(|s| &s.mode == m).map(med);
 
     let mut o = String::new();
-    let _ = writeln!(o, "# Benchmarks\n");
+    let _ = writeln!(o, "## Throughput and latency\n");
     let _ = writeln!(
         o,
         "Written by `cargo xtask bench` on {date} (commit {commit}); kernel {kernel}, {cpus} vCPU ({cpu_model})."
