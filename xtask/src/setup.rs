@@ -16,6 +16,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool: inspecting pinned maps"),
     ("tcpdump", "tcpdump: looking at the underlay"),
     ("prometheus", "promtool: checking /metrics"),
+    ("nftables", "nft: cutting links between simulated hosts in the mesh tests"),
+    ("procps", "sysctl"),
 ];
 
 /// The bpf-linker release the eBPF build uses.
