@@ -89,6 +89,10 @@ struct Row {
     start: Option<Duration>,
     join: Option<Duration>,
     join_kib: Option<f64>,
+    /// KiB/s of control traffic in each second after the join's agreement.
+    after_join_kibps: Vec<String>,
+    /// Control traffic from the first launch until the start agreement.
+    start_kib: Option<f64>,
     leave: Option<Duration>,
     idle_bps: Option<f64>,
     rss_median_kib: Option<u64>,
@@ -223,6 +227,7 @@ fn measure(n: usize, fake: bool, idle: Duration, rng: &mut Rng) -> Result<Row> {
     let counter = ControlCounter::install(&underlay)?;
 
     step(&format!("{n} routers: launching, each dialling 2-3 random earlier ones"));
+    let s0 = counter.bytes()?;
     let t_launch = Instant::now();
     for i in 1..=n {
         let targets = if i == 1 { Vec::new() } else { rng.targets(i - 1) };
@@ -236,10 +241,17 @@ fn measure(n: usize, fake: bool, idle: Duration, rng: &mut Rng) -> Result<Row> {
     row.launch_all = Some(last_launch - t_launch);
     let initial: Vec<usize> = (1..=n).collect();
     match wait_agreement(&bed, &initial, last_launch) {
-        Ok(t) => row.start = Some(t),
+        Ok(t) => {
+            row.start = Some(t);
+            row.start_kib = Some(counter.bytes()?.saturating_sub(s0) as f64 / 1024.0);
+        }
         Err(e) => row.notes.push(format!("start: {e}")),
     }
-    println!("    agreement after start: {}", secs(row.start));
+    println!(
+        "    agreement after start: {} ({:.0} KiB of control traffic since the first launch)",
+        secs(row.start),
+        row.start_kib.unwrap_or(0.0)
+    );
 
     // Idle: heartbeats and periodic gossip only.
     std::thread::sleep(Duration::from_secs(3));
@@ -276,7 +288,22 @@ fn measure(n: usize, fake: bool, idle: Duration, rng: &mut Rng) -> Result<Row> {
         }
         Err(e) => row.notes.push(format!("join: {e}")),
     }
-    println!("    agreement after a join: {}", secs(row.join));
+    println!(
+        "    agreement after a join: {} ({:.0} KiB of control traffic until then)",
+        secs(row.join),
+        row.join_kib.unwrap_or(0.0)
+    );
+    // How the control traffic calms down after the join, second by second.
+    let mut trace = Vec::new();
+    let mut prev = counter.bytes()?;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = counter.bytes()?;
+        trace.push(format!("{:.0}", (now - prev) as f64 / 1024.0));
+        prev = now;
+    }
+    println!("    control traffic in the 5 s after agreement, KiB/s: [{}]", trace.join(", "));
+    row.after_join_kibps = trace;
 
     // Leave: one of the first routers stops (`weave-router stop`).
     let leaver = 2 + rng.below(n - 1);
@@ -327,16 +354,17 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          *Leave*: `weave-router stop` of one router, from its exit until the others agree without it. \
          *Idle control*: TCP 6783 across the underlay bridge over {} s, counted by an nftables counter in a \
          `bridge` table of the underlay namespace (IP bytes, every segment once; heartbeats included). \
-         *Join traffic*: the same counter from the join until agreement. \
+         *Start traffic*: the same counter from the first launch until agreement; *join traffic*: from the join until agreement; \
+         *after join*: KiB/s in each of the 5 s after that agreement. \
          *RSS*: VmRSS of each idle router from /proc/<pid>/status. \
          Agreement is polled (4 threads, `GET /report`), so times are upper bounds within ~10 ms per router polled.\n",
         a.idle_secs
     );
     let _ = writeln!(
         o,
-        "| routers | data path | launch all (s) | start (s) | join (s) | leave (s) | idle control B/s (per router) | join traffic KiB | RSS median MiB | RSS max MiB |"
+        "| routers | data path | launch all (s) | start (s) | join (s) | leave (s) | idle control B/s (per router) | start traffic KiB | join traffic KiB | after join KiB/s | RSS median MiB | RSS max MiB |"
     );
-    let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
     let s = |d: Option<Duration>| d.map(|d| format!("{:.2}", d.as_secs_f64())).unwrap_or_else(|| "—".into());
     for r in rows {
         let bps = r
@@ -345,7 +373,7 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
             .unwrap_or_else(|| "—".into());
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.n,
             r.datapath,
             s(r.launch_all),
@@ -353,7 +381,9 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
             s(r.join),
             s(r.leave),
             bps,
+            r.start_kib.map(|k| format!("{k:.0}")).unwrap_or_else(|| "—".into()),
             r.join_kib.map(|k| format!("{k:.0}")).unwrap_or_else(|| "—".into()),
+            r.after_join_kibps.join(" "),
             mib(r.rss_median_kib),
             mib(r.rss_max_kib)
         );
