@@ -149,6 +149,7 @@ pub fn bench(a: Args) -> Result<()> {
             crate::build::build()?;
         }
     }
+    let load_before = loadavg();
     let mut subjects = vec![
         (Mode::Routed, "wtbr"),
         (Mode::KernelVxlan, "wtbv"),
@@ -222,7 +223,8 @@ pub fn bench(a: Args) -> Result<()> {
         s.pair.take();
     }
 
-    let report = render(&a, &subjects);
+    let load = format!("{load_before} before, {} after", loadavg());
+    let report = render(&a, &subjects, &load);
     let path = run::root().join(&a.output);
     write_section(&path, &report)?;
     println!("{report}");
@@ -276,7 +278,17 @@ mod tests {
     }
 }
 
-fn render(a: &Args, subjects: &[Subject]) -> String {
+/// The 1-minute load average (other work on the machine skews the figures).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
     let date = sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
     let kernel = sh("uname -r");
     let commit = sh("git -C . rev-parse --short HEAD");
@@ -309,7 +321,7 @@ fn render(a: &Args, subjects: &[Subject]) -> String {
          (namespace) on each, container MTU {}. iperf3 {} s per run: TCP single stream, TCP `-P 4`, UDP \
          64-byte datagrams at full speed (packets/s received); ping average over 50 pings at 20 ms. Medians of \
          {} runs; the modes take turns run by run. The machine is shared, so single figures are noisy \
-         (±20 %): compare figures of one run only.\n",
+         (±20 %): compare figures of one run only. Load average: {load}.\n",
         a.mtu, a.seconds, a.runs
     );
     let _ = writeln!(o, "| mode | TCP 1 stream Gbit/s | TCP -P 4 Gbit/s | UDP 64 B kpps | ping avg ms |");
