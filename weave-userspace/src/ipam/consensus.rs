@@ -1,0 +1,332 @@
+//! How the range is first split: `--ipalloc-init consensus[=N] | seed=PEER,... | observer`,
+//! the agreement on the initial peers, and the IPAM status line.
+//!
+//! # Consensus
+//!
+//! Without seeds, the peers must agree on one set of peers to split the range among;
+//! splitting is deterministic ([`super::ring::Ring::claim_for_peers`]), so agreeing on the
+//! set is enough. This is single-decree Paxos carried by gossip, as Weave does it: every
+//! peer is an acceptor, any peer may propose, and the quorum is `N/2 + 1` of the expected
+//! peer count `N` ([`quorum`]).
+//!
+//! Each peer publishes only its own [`Claims`] (the highest proposal it promised, and the
+//! proposal and value it accepted); gossip carries everyone's, and a merge keeps per peer
+//! the later claims (both fields only grow). On every change each peer [`Consensus::think`]s:
+//!
+//! - *prepare*: a proposer picks a round above any seen and promises its own proposal;
+//! - *promise*: a peer that sees a proposal above its promise promises it;
+//! - *accept request*: when a quorum's claims show the proposer's proposal as their promise,
+//!   the proposer accepts its own proposal with the value of the highest accepted proposal
+//!   among that quorum, or, if none, the set of peers it has heard (at least a quorum);
+//! - *accept*: a peer that sees a proposal accepted (with its value) that is at least its
+//!   promise accepts it too;
+//! - *decided*: a quorum shows the same accepted proposal; its value is the result.
+//!
+//! Safety is Paxos's: a proposal's value is fixed once, by its proposer, and only after a
+//! quorum promised not to accept anything lower, choosing the value any lower proposal might
+//! have had decided; two quorums intersect. So every peer that decides, in any delivery
+//! order, decides the same set. Liveness needs one proposer to run undisturbed for a round
+//! trip: the caller re-proposes on a randomised timer while undecided.
+//!
+//! Claims are keyed by peer name, so a router that restarts during the vote must keep its
+//! claims (persisted), or learn them back from gossip: claims about ourselves newer than
+//! ours are adopted, which keeps our promises.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::ring::Ring;
+use crate::mesh::peer_name::PeerName;
+
+/// Most peers a consensus gossip may carry.
+pub const MAX_CONSENSUS_PEERS: usize = 4096;
+
+/// The quorum for `n` expected peers: `n/2 + 1`.
+pub fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// `--ipalloc-init`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InitMode {
+    /// Agree with the other peers; `Some(n)` overrides the expected peer count
+    /// (`consensus=N`, `--init-peer-count N`), else it is the number of initial peers.
+    Consensus(Option<usize>),
+    /// These peers split the range, without a vote (sorted, no duplicates).
+    Seed(Vec<PeerName>),
+    /// Never proposes nor owns space at first; waits for the ring.
+    Observer,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InitModeError {
+    #[error("--ipalloc-init {0:?}: expected consensus, consensus=N, seed=PEER,... or observer")]
+    Unknown(String),
+    #[error("--ipalloc-init {0:?}: N must be a whole number of at least 1")]
+    BadCount(String),
+    #[error("--ipalloc-init {given:?}: {peer:?} is not a peer name (like 0a:00:00:00:00:01)")]
+    BadSeed { given: String, peer: String },
+    #[error("--ipalloc-init {0:?}: seed lists a peer twice")]
+    DuplicateSeed(String),
+}
+
+impl FromStr for InitMode {
+    type Err = InitModeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "consensus" {
+            return Ok(Self::Consensus(None));
+        }
+        if s == "observer" {
+            return Ok(Self::Observer);
+        }
+        if let Some(n) = s.strip_prefix("consensus=") {
+            let digits = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+            return match n.parse::<usize>() {
+                Ok(count) if digits && count >= 1 => Ok(Self::Consensus(Some(count))),
+                _ => Err(InitModeError::BadCount(s.to_string())),
+            };
+        }
+        if let Some(list) = s.strip_prefix("seed=") {
+            let mut peers = Vec::new();
+            for p in list.split(',') {
+                let name = p.parse::<PeerName>().map_err(|_| InitModeError::BadSeed { given: s.to_string(), peer: p.to_string() })?;
+                peers.push(name);
+            }
+            let n = peers.len();
+            peers.sort();
+            peers.dedup();
+            if peers.len() != n {
+                return Err(InitModeError::DuplicateSeed(s.to_string()));
+            }
+            return Ok(Self::Seed(peers));
+        }
+        Err(InitModeError::Unknown(s.to_string()))
+    }
+}
+
+/// A Paxos proposal number: round, then proposer. `Proposal::default()` is "none".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Proposal {
+    pub round: u64,
+    pub proposer: Option<PeerName>,
+}
+
+impl Proposal {
+    fn is_none(&self) -> bool {
+        self.proposer.is_none()
+    }
+}
+
+/// What one peer has promised and accepted. Only that peer changes it; both proposals
+/// only grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub promise: Proposal,
+    pub accepted: Proposal,
+    /// The value of `accepted` (sorted peer names); empty when nothing was accepted.
+    pub value: Vec<PeerName>,
+}
+
+impl Claims {
+    fn key(&self) -> (Proposal, Proposal) {
+        (self.promise, self.accepted)
+    }
+
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.accepted > self.promise {
+            return Err("accepted a proposal above its promise");
+        }
+        if self.accepted.is_none() != self.value.is_empty() {
+            return Err("an accepted proposal without a value, or a value without one");
+        }
+        if self.promise.is_none() && self.promise.round != 0 || self.accepted.is_none() && self.accepted.round != 0 {
+            return Err("a round without a proposer");
+        }
+        if self.value.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("value not sorted or duplicated");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConsensusError {
+    #[error("consensus gossip about peer {0} refused: {1}")]
+    Invalid(PeerName, &'static str),
+    #[error("consensus gossip refused: claims of peer {0} differ at the same proposal")]
+    Conflict(PeerName),
+    #[error("consensus gossip of {0} peers refused: more than {max}", max = MAX_CONSENSUS_PEERS)]
+    TooLarge(usize),
+}
+
+/// One peer's view of the vote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consensus {
+    ourself: PeerName,
+    quorum: usize,
+    knows: BTreeMap<PeerName, Claims>,
+}
+
+impl Consensus {
+    /// Joins the vote (a peer counts as heard from once it takes part).
+    pub fn new(ourself: PeerName, quorum: usize) -> Self {
+        Self { ourself, quorum: quorum.max(1), knows: BTreeMap::from([(ourself, Claims::default())]) }
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    /// Peers heard from (including us).
+    pub fn known(&self) -> usize {
+        self.knows.len()
+    }
+
+    /// Everyone's claims, for gossip.
+    pub fn gossip(&self) -> Vec<(PeerName, Claims)> {
+        self.knows.iter().map(|(p, c)| (*p, c.clone())).collect()
+    }
+
+    /// Merges claims from gossip (whole update checked first), then thinks. Returns
+    /// whether anything changed (so gossip on).
+    pub fn merge(&mut self, update: &[(PeerName, Claims)]) -> Result<bool, ConsensusError> {
+        if update.len() > MAX_CONSENSUS_PEERS {
+            return Err(ConsensusError::TooLarge(update.len()));
+        }
+        for (p, c) in update {
+            c.validate().map_err(|m| ConsensusError::Invalid(*p, m))?;
+            if let Some(ours) = self.knows.get(p) {
+                if ours.key() == c.key() && ours != c {
+                    return Err(ConsensusError::Conflict(*p));
+                }
+            }
+        }
+        let mut changed = false;
+        for (p, c) in update {
+            let newer = self.knows.get(p).is_none_or(|ours| c.key() > ours.key());
+            if newer {
+                self.knows.insert(*p, c.clone());
+                changed = true;
+            }
+        }
+        Ok(self.think() || changed)
+    }
+
+    /// Starts a new proposal above any seen. Returns it (gossip afterwards).
+    pub fn propose(&mut self) -> Proposal {
+        let round = self.knows.values().map(|c| c.promise.round.max(c.accepted.round)).max().unwrap_or(0) + 1;
+        let p = Proposal { round, proposer: Some(self.ourself) };
+        self.mine().promise = p;
+        self.think();
+        p
+    }
+
+    fn mine(&mut self) -> &mut Claims {
+        self.knows.entry(self.ourself).or_default()
+    }
+
+    fn my_claims(&self) -> Claims {
+        self.knows.get(&self.ourself).cloned().unwrap_or_default()
+    }
+
+    /// Runs our acceptor and proposer steps until nothing changes. Returns whether we did.
+    pub fn think(&mut self) -> bool {
+        let mut changed = false;
+        loop {
+            let me = self.my_claims();
+            // Promise: the highest proposal anyone shows.
+            let highest = self.knows.values().map(|c| c.promise).max().unwrap_or_default();
+            if highest > me.promise {
+                self.mine().promise = highest;
+                changed = true;
+                continue;
+            }
+            // Accept: the highest accepted proposal anyone shows, if not below our promise.
+            if let Some(acc) = self.knows.values().filter(|c| !c.accepted.is_none()).max_by_key(|c| c.accepted).cloned() {
+                if acc.accepted >= me.promise && acc.accepted > me.accepted {
+                    let mine = self.mine();
+                    mine.promise = acc.accepted;
+                    mine.accepted = acc.accepted;
+                    mine.value = acc.value;
+                    changed = true;
+                    continue;
+                }
+            }
+            // Accept request: our own proposal promised by a quorum.
+            if me.promise.proposer == Some(self.ourself) && me.accepted < me.promise {
+                let promised: Vec<&Claims> = self.knows.values().filter(|c| c.promise == me.promise).collect();
+                if promised.len() >= self.quorum {
+                    let value = match promised.iter().filter(|c| !c.accepted.is_none()).max_by_key(|c| c.accepted) {
+                        Some(c) => c.value.clone(),
+                        None => self.knows.keys().copied().collect(),
+                    };
+                    let mine = self.mine();
+                    mine.accepted = mine.promise;
+                    mine.value = value;
+                    changed = true;
+                    continue;
+                }
+            }
+            return changed;
+        }
+    }
+
+    /// The decided set of peers, once a quorum shows one accepted proposal.
+    pub fn decision(&self) -> Option<Vec<PeerName>> {
+        let mut count: BTreeMap<Proposal, (usize, &Vec<PeerName>)> = BTreeMap::new();
+        for c in self.knows.values().filter(|c| !c.accepted.is_none()) {
+            let e = count.entry(c.accepted).or_insert((0, &c.value));
+            e.0 += 1;
+            if e.0 >= self.quorum {
+                return Some(e.1.clone());
+            }
+        }
+        None
+    }
+}
+
+/// The IPAM status line, as Weave shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpamStatus {
+    /// Nothing asked for an address yet (initialisation is lazy).
+    Idle,
+    AwaitingConsensus { quorum: usize, known: usize },
+    /// An observer (or a non-seed peer) waiting for the ring from others.
+    Priming,
+    Ready,
+    AllRangesUnreachable,
+}
+
+impl fmt::Display for IpamStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Idle => write!(f, "idle"),
+            Self::AwaitingConsensus { quorum, known } => write!(f, "awaiting consensus (quorum: {quorum}, known: {known})"),
+            Self::Priming => write!(f, "priming"),
+            Self::Ready => write!(f, "ready"),
+            Self::AllRangesUnreachable => {
+                write!(f, "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead")
+            }
+        }
+    }
+}
+
+/// The status from the ring, the vote (once started) and which peers are reachable.
+pub fn status(ring: &Ring, mode: &InitMode, vote: Option<&Consensus>, reachable: impl Fn(PeerName) -> bool) -> IpamStatus {
+    if !ring.is_empty() {
+        let owners: BTreeSet<PeerName> = ring.state().owners();
+        return if owners.iter().any(|&p| p == ring.ourself() || reachable(p)) {
+            IpamStatus::Ready
+        } else {
+            IpamStatus::AllRangesUnreachable
+        };
+    }
+    match (mode, vote) {
+        (InitMode::Observer, _) | (InitMode::Seed(_), _) => IpamStatus::Priming,
+        (InitMode::Consensus(_), None) => IpamStatus::Idle,
+        (InitMode::Consensus(_), Some(v)) => IpamStatus::AwaitingConsensus { quorum: v.quorum(), known: v.known() },
+    }
+}

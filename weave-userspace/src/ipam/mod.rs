@@ -1,0 +1,14 @@
+//! IP address management: the pure core (no I/O).
+//!
+//! - [`cidr`]: IPv4 networks and address ranges.
+//! - [`ring`]: who owns which part of the allocation range; a CRDT gossiped between peers.
+//! - [`allocator`]: one peer's allocations inside the space it owns; donation of space.
+//! - [`consensus`]: agreeing on the peers that split the range first; `--ipalloc-init` modes
+//!   and the status line.
+pub mod allocator;
+pub mod cidr;
+pub mod consensus;
+pub mod ring;
+
+/// The allocation range when none is given.
+pub const DEFAULT_RANGE: &str = "10.32.0.0/12";
