@@ -49,6 +49,32 @@ pub struct Args {
     /// Skip `setup` and `build`.
     #[arg(long)]
     no_build: bool,
+    /// Most seconds to spend launching the routers of one size; past it that size is
+    /// reported as not started.
+    #[arg(long, default_value_t = 300)]
+    launch_limit: u64,
+    /// More `weave-router launch` arguments for every router, e.g. "--no-discovery"
+    /// (the defaults are what the figures are about).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    router_args: Option<String>,
+    /// After each size, measure it once more with `--no-discovery` (each router keeps only
+    /// the 2-3 connections it dialled and the ones dialled to it).
+    #[arg(long)]
+    also_no_discovery: bool,
+    /// Only remove what an interrupted run left behind.
+    #[arg(long)]
+    down: bool,
+}
+
+/// Set by SIGINT/SIGTERM: the run stops at the next step and removes what it made.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn stopping() -> bool {
+    STOP.load(Ordering::SeqCst)
 }
 
 /// splitmix64: enough randomness for picking peers, reproducible from a seed.
@@ -85,6 +111,8 @@ impl Rng {
 struct Row {
     n: usize,
     datapath: &'static str,
+    /// Launch arguments beyond the defaults.
+    args: String,
     launch_all: Option<Duration>,
     start: Option<Duration>,
     join: Option<Duration>,
@@ -153,7 +181,7 @@ fn wait_agreement(bed: &TestBed, hosts: &[usize], since: Instant) -> Result<Dura
                         let d = done.lock().unwrap_or_else(|e| e.into_inner());
                         (0..hosts.len()).filter(|&k| d[k].is_none()).collect()
                     };
-                    if pending.is_empty() || since.elapsed() > AGREE_LIMIT {
+                    if pending.is_empty() || since.elapsed() > AGREE_LIMIT || stopping() {
                         return;
                     }
                     let k = pending[next.fetch_add(1, Ordering::Relaxed) % pending.len()];
@@ -167,6 +195,9 @@ fn wait_agreement(bed: &TestBed, hosts: &[usize], since: Instant) -> Result<Dura
                 });
             }
         });
+        if stopping() {
+            bail!("interrupted");
+        }
         let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
         let missing: Vec<usize> = (0..hosts.len()).filter(|&k| d[k].is_none()).map(|k| hosts[k]).collect();
         if !missing.is_empty() {
@@ -206,18 +237,21 @@ fn rss_kib(bed: &TestBed, hosts: &[usize]) -> Vec<u64> {
         .collect()
 }
 
-fn launch_opts(targets: &[usize], fake: bool) -> LaunchOpts {
+fn launch_opts(targets: &[usize], fake: bool, more: &[String]) -> LaunchOpts {
+    let mut extra: Vec<String> = if fake { vec!["--fake-datapath".into()] } else { Vec::new() };
+    extra.extend(more.iter().cloned());
     LaunchOpts {
         peers: targets.iter().map(|&j| host_addr(j).to_string()).collect(),
-        extra: if fake { vec!["--fake-datapath".into()] } else { Vec::new() },
+        extra,
     }
 }
 
 /// One size, start to end; the bed (and every router) goes when this returns.
-fn measure(n: usize, fake: bool, idle: Duration, rng: &mut Rng) -> Result<Row> {
+fn measure(n: usize, fake: bool, more: &[String], idle: Duration, launch_limit: Duration, rng: &mut Rng) -> Result<Row> {
     let mut row = Row {
         n,
         datapath: if fake { "fake (control plane only)" } else { "eBPF" },
+        args: more.join(" "),
         ..Default::default()
     };
     step(&format!("{n} routers ({}): making {} hosts", row.datapath, n + 1));
@@ -231,9 +265,25 @@ fn measure(n: usize, fake: bool, idle: Duration, rng: &mut Rng) -> Result<Row> {
     let t_launch = Instant::now();
     for i in 1..=n {
         let targets = if i == 1 { Vec::new() } else { rng.targets(i - 1) };
-        bed.launch(i, &launch_opts(&targets, fake))
+        bed.launch(i, &launch_opts(&targets, fake, more))
             .with_context(|| format!("launch router {i} of {n}"))?;
-        if i % 25 == 0 {
+        if stopping() {
+            bail!("interrupted");
+        }
+        if t_launch.elapsed() > launch_limit {
+            row.notes.push(format!(
+                "only {i} of {n} routers launched within {launch_limit:?} (the machine was saturated); nothing else measured"
+            ));
+            let mut rss = rss_kib(&bed, &(1..=i).collect::<Vec<_>>());
+            rss.sort_unstable();
+            row.rss_median_kib = rss.get(rss.len() / 2).copied();
+            row.rss_max_kib = rss.last().copied();
+            println!("    {}", row.notes.last().map(String::as_str).unwrap_or_default());
+            step(&format!("{n} routers: tearing down"));
+            drop(bed);
+            return Ok(row);
+        }
+        if i % 10 == 0 {
             println!("    {i} launched ({:.1} s)", t_launch.elapsed().as_secs_f64());
         }
     }
@@ -278,7 +328,7 @@ fn measure(n: usize, fake: bool, idle: Duration, rng: &mut Rng) -> Result<Row> {
     let joiner = n + 1;
     let targets = rng.targets(n);
     let j0 = counter.bytes()?;
-    bed.launch(joiner, &launch_opts(&targets, fake)).context("launch the joining router")?;
+    bed.launch(joiner, &launch_opts(&targets, fake, more)).context("launch the joining router")?;
     let joined = Instant::now();
     let all: Vec<usize> = (1..=joiner).collect();
     match wait_agreement(&bed, &all, joined) {
@@ -362,7 +412,7 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     );
     let _ = writeln!(
         o,
-        "| routers | data path | launch all (s) | start (s) | join (s) | leave (s) | idle control B/s (per router) | start traffic KiB | join traffic KiB | after join KiB/s | RSS median MiB | RSS max MiB |"
+        "| routers | data path, options | launch all (s) | start (s) | join (s) | leave (s) | idle control B/s (per router) | start traffic KiB | join traffic KiB | after join KiB/s | RSS median MiB | RSS max MiB |"
     );
     let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
     let s = |d: Option<Duration>| d.map(|d| format!("{:.2}", d.as_secs_f64())).unwrap_or_else(|| "—".into());
@@ -375,7 +425,7 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
             o,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.n,
-            r.datapath,
+            if r.args.is_empty() { r.datapath.to_string() } else { format!("{}, `{}`", r.datapath, r.args) },
             s(r.launch_all),
             s(r.start),
             s(r.join),
@@ -390,7 +440,10 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     }
     let notes: Vec<String> = rows
         .iter()
-        .flat_map(|r| r.notes.iter().map(move |n| format!("- {} routers: {n}", r.n)))
+        .flat_map(|r| {
+            let what = if r.args.is_empty() { format!("{} routers", r.n) } else { format!("{} routers `{}`", r.n, r.args) };
+            r.notes.iter().map(move |n| format!("- {what}: {n}"))
+        })
         .collect();
     if !notes.is_empty() {
         let _ = writeln!(o, "\n{}", notes.join("\n"));
@@ -427,9 +480,20 @@ pub fn scale(a: Args) -> Result<()> {
     if a.sizes.iter().any(|&n| !(2..=250).contains(&n)) {
         bail!("router counts must be within 2..=250 (one /24 underlay, one more host joins)");
     }
+    if a.down {
+        step(&format!("removing what a run left behind (namespaces {PREFIX}-*)"));
+        let gone = weave_tests::sweep(PREFIX);
+        println!("    removed {} namespaces", gone.len());
+        return Ok(());
+    }
     if !a.no_build {
         crate::setup::setup()?;
         crate::build::build()?;
+    }
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     std::env::set_var("WEAVE_ROUTER_BIN", run::root().join("target/release/weave-router"));
     let seed = a.seed.unwrap_or_else(|| {
@@ -439,27 +503,44 @@ pub fn scale(a: Args) -> Result<()> {
             .unwrap_or(1)
     });
     let mut rng = Rng(seed);
+    let more: Vec<String> = a.router_args.as_deref().unwrap_or_default().split_whitespace().map(str::to_string).collect();
     let mut rows = Vec::new();
-    for &n in &a.sizes {
-        match measure(n, a.fake_datapath, Duration::from_secs(a.idle_secs), &mut rng) {
-            Ok(r) => rows.push(r),
-            Err(e) if !a.fake_datapath => {
-                println!("    {n} routers with the eBPF data path failed: {e:#}");
-                println!("    measuring the control plane alone instead (--fake-datapath)");
-                weave_tests::sweep(PREFIX);
-                let mut r = measure(n, true, Duration::from_secs(a.idle_secs), &mut rng)
-                    .with_context(|| format!("{n} routers, fake data path"))?;
-                r.notes.push(format!("the eBPF data path failed at this size ({e:#}); measured with --fake-datapath"));
-                rows.push(r);
-            }
-            Err(e) => {
-                weave_tests::sweep(PREFIX);
-                return Err(e.context(format!("{n} routers")));
+    let limit = Duration::from_secs(a.launch_limit);
+    let idle = Duration::from_secs(a.idle_secs);
+    let mut variants = vec![more.clone()];
+    if a.also_no_discovery && !more.iter().any(|m| m == "--no-discovery") {
+        let mut v = more.clone();
+        v.push("--no-discovery".into());
+        variants.push(v);
+    }
+    'sizes: for &n in &a.sizes {
+        for v in &variants {
+            match measure(n, a.fake_datapath, v, idle, limit, &mut rng) {
+                Ok(r) => rows.push(r),
+                Err(e) if !a.fake_datapath && !stopping() => {
+                    println!("    {n} routers with the eBPF data path failed: {e:#}");
+                    println!("    measuring the control plane alone instead (--fake-datapath)");
+                    weave_tests::sweep(PREFIX);
+                    let mut r = measure(n, true, v, idle, limit, &mut rng)
+                        .with_context(|| format!("{n} routers, fake data path"))?;
+                    r.notes.push(format!("the eBPF data path failed at this size ({e:#}); measured with --fake-datapath"));
+                    rows.push(r);
+                }
+                Err(e) => {
+                    weave_tests::sweep(PREFIX);
+                    if stopping() {
+                        break 'sizes;
+                    }
+                    return Err(e.context(format!("{n} routers")));
+                }
             }
         }
     }
     // Nothing of ours may stay behind, whatever happened above.
     weave_tests::sweep(PREFIX);
+    if stopping() {
+        bail!("interrupted; everything it made is removed");
+    }
 
     let mut cmdline = String::from("cargo xtask scale");
     for n in &a.sizes {
@@ -467,6 +548,12 @@ pub fn scale(a: Args) -> Result<()> {
     }
     if a.fake_datapath {
         cmdline.push_str(" --fake-datapath");
+    }
+    if !more.is_empty() {
+        let _ = write!(cmdline, " --router-args '{}'", more.join(" "));
+    }
+    if a.also_no_discovery {
+        cmdline.push_str(" --also-no-discovery");
     }
     let section = render(&a, &rows, seed, &cmdline);
     println!("\n{section}");
