@@ -508,3 +508,257 @@ impl Ring {
         None
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn name(i: usize) -> PeerName {
+        PeerName::from_bytes([0x02, 0, 0, 0, 0, i as u8 + 1])
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn range(a: &str, b: &str) -> AddrRange {
+        AddrRange::new(a.parse().unwrap(), b.parse().unwrap()).unwrap()
+    }
+
+    fn claimed(me: usize, n: usize, r: &str) -> Ring {
+        let mut ring = Ring::new(name(me), cidr(r));
+        let peers: Vec<PeerName> = (0..n).map(name).collect();
+        ring.claim_for_peers(&peers).unwrap();
+        ring
+    }
+
+    #[test]
+    fn claim_splits_equally_and_deterministically() {
+        let a = claimed(0, 3, "10.32.0.0/12");
+        let b = claimed(2, 3, "10.32.0.0/12");
+        assert_eq!(a.state(), b.state());
+        let segs: Vec<Segment> = a.state().segments().collect();
+        assert_eq!(segs.len(), 3);
+        assert_eq!(segs[0].range.first(), "10.32.0.0".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(segs[2].range.last(), "10.47.255.255".parse::<Ipv4Addr>().unwrap());
+        let sizes: Vec<u64> = segs.iter().map(|s| s.range.len()).collect();
+        assert_eq!(sizes.iter().sum::<u64>(), 1 << 20);
+        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+        assert!(segs.iter().all(|s| s.free == s.range.len()));
+        assert_eq!(a.state().seeds(), &[name(0), name(1), name(2)]);
+        let mut c = a.clone();
+        assert_eq!(c.claim_for_peers(&[name(0)]), Err(RingError::AlreadyClaimed));
+        assert_eq!(Ring::new(name(0), cidr("10.0.0.0/31")).claim_for_peers(&[name(0), name(1), name(2)]), Err(RingError::BadPeerCount(3)));
+        assert_eq!(Ring::new(name(0), cidr("10.0.0.0/31")).claim_for_peers(&[]), Err(RingError::BadPeerCount(0)));
+        a.state().check().unwrap();
+    }
+
+    #[test]
+    fn give_moves_exactly_the_range() {
+        let mut a = claimed(0, 2, "10.0.0.0/24");
+        a.give(range("10.0.0.16", "10.0.0.31"), name(1)).unwrap();
+        assert_eq!(a.our_ranges(), vec![range("10.0.0.0", "10.0.0.15"), range("10.0.0.32", "10.0.0.127")]);
+        assert_eq!(a.state().ranges_of(name(1)), vec![range("10.0.0.16", "10.0.0.31"), range("10.0.0.128", "10.0.0.255")]);
+        assert_eq!(a.state().segment_of("10.0.0.20".parse().unwrap()).unwrap().free, 16);
+        a.state().check().unwrap();
+        assert_eq!(a.give(range("10.0.0.10", "10.0.0.20"), name(1)), Err(RingError::NotOurs { range: range("10.0.0.10", "10.0.0.20") }));
+        assert_eq!(a.give(range("10.0.0.0", "10.0.0.1"), name(0)), Err(RingError::Ourselves(name(0))));
+        // The receiver accepts it.
+        let mut b = claimed(1, 2, "10.0.0.0/24");
+        assert_eq!(b.merge(a.state()), Ok(true));
+        assert!(b.owns("10.0.0.16".parse().unwrap()));
+        assert_eq!(b.state(), a.state());
+        // Giving the whole of our last range up to the end of the ring.
+        a.give(range("10.0.0.32", "10.0.0.127"), name(1)).unwrap();
+        assert_eq!(a.our_ranges(), vec![range("10.0.0.0", "10.0.0.15")]);
+        a.state().check().unwrap();
+    }
+
+    #[test]
+    fn refused_rings_change_nothing() {
+        let mut a = claimed(0, 2, "10.0.0.0/24");
+        let before = a.clone();
+
+        let other = claimed(0, 2, "10.0.1.0/24");
+        assert!(matches!(a.merge(other.state()), Err(RingError::WrongRange { .. })));
+
+        let mut seeded = Ring::new(name(1), cidr("10.0.0.0/24"));
+        seeded.claim_for_peers(&[name(1), name(2)]).unwrap();
+        let e = a.merge(seeded.state()).unwrap_err();
+        assert!(e.to_string().starts_with("IP allocation was seeded by different peers"), "{e}");
+
+        // A non-owner moved our token (rmpeer of a live peer).
+        let mut b = claimed(1, 2, "10.0.0.0/24");
+        b.take_over(name(0)).unwrap();
+        assert_eq!(a.merge(b.state()), Err(RingError::OurTokenChanged { at: "10.0.0.0".parse().unwrap() }));
+
+        // Someone inserted a token inside our range.
+        let mut forged = claimed(0, 2, "10.0.0.0/24");
+        forged.give(range("10.0.0.64", "10.0.0.127"), name(1)).unwrap();
+        let mut forged_state = forged.state().clone();
+        forged_state.tokens.get_mut(&u32::from(Ipv4Addr::new(10, 0, 0, 0))).unwrap().version = 1;
+        assert_eq!(a.merge(&forged_state), Err(RingError::InsertedIntoOurRange { at: "10.0.0.64".parse().unwrap() }));
+
+        // One version, two contents.
+        let mut c1 = claimed(1, 2, "10.0.0.0/24");
+        let mut c2 = claimed(1, 2, "10.0.0.0/24");
+        c1.set_free("10.0.0.128".parse().unwrap(), 5).unwrap();
+        c2.set_free("10.0.0.128".parse().unwrap(), 6).unwrap();
+        a.merge(c1.state()).unwrap();
+        let after_c1 = a.clone();
+        assert_eq!(a.merge(c2.state()), Err(RingError::Inconsistent { at: "10.0.0.128".parse().unwrap(), version: 2 }));
+        assert_eq!(a, after_c1);
+        assert_ne!(after_c1, before);
+    }
+
+    #[test]
+    fn malformed_rings_are_refused_when_read() {
+        let good = claimed(0, 2, "10.0.0.0/24");
+        let json = serde_json::to_string(good.state()).unwrap();
+        assert_eq!(serde_json::from_str::<RingState>(&json).unwrap(), *good.state());
+        let wire = postcard::to_stdvec(good.state()).unwrap();
+        assert_eq!(postcard::from_bytes::<RingState>(&wire).unwrap(), *good.state());
+
+        let p0 = "02:00:00:00:00:01";
+        let cases = [
+            (format!(r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.1.0","owner":"{p0}","version":1,"free":1}}]}}"#), "outside"),
+            (format!(r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.0.5","owner":"{p0}","version":1,"free":1}}]}}"#), "no token at the start"),
+            (format!(r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":1}},{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":1}}]}}"#), "not sorted"),
+            (format!(r#"{{"range":"10.0.0.0/24","seeds":[],"tokens":[{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":1}}]}}"#), "seeds"),
+            (format!(r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":999}}]}}"#), "free count"),
+            (r#"{"range":"10.0.0.1/24","seeds":[],"tokens":[]}"#.to_string(), "host bits"),
+        ];
+        for (text, why) in cases {
+            let e = serde_json::from_str::<RingState>(&text).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn rmpeer_and_leave() {
+        let mut a = claimed(0, 3, "10.0.0.0/24");
+        let taken = a.take_over(name(1)).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert!(a.owns(taken[0].first()));
+        assert_eq!(a.take_over(name(1)), Err(RingError::OwnsNothing(name(1))));
+        assert_eq!(a.take_over(name(0)), Err(RingError::Ourselves(name(0))));
+        let mut c = claimed(2, 3, "10.0.0.0/24");
+        assert_eq!(c.merge(a.state()), Ok(true));
+        let given = a.hand_over_all(name(2)).unwrap();
+        assert_eq!(given, vec![range("10.0.0.0", "10.0.0.169")]);
+        assert!(a.our_ranges().is_empty());
+        c.merge(a.state()).unwrap();
+        assert_eq!(c.our_ranges(), vec![range("10.0.0.0", "10.0.0.255")]);
+        c.state().check().unwrap();
+    }
+
+    #[test]
+    fn donors_are_weighted_by_free_space() {
+        let mut a = claimed(0, 3, "10.0.0.0/24");
+        let mut b = claimed(1, 3, "10.0.0.0/24");
+        b.set_free("10.0.0.85".parse().unwrap(), 0).unwrap();
+        a.merge(b.state()).unwrap();
+        let all = a.state().range().range();
+        assert_eq!(a.donors(all), vec![(name(2), 86)]);
+        assert_eq!(a.pick_donor(all, |_| true, 12345), Some(name(2)));
+        assert_eq!(a.pick_donor(all, |p| p != name(2), 1), None);
+        let c = claimed(0, 3, "10.0.0.0/24");
+        let picks: BTreeSet<PeerName> = (0..200).map(|r| c.pick_donor(all, |_| true, r).unwrap()).collect();
+        assert_eq!(picks, BTreeSet::from([name(1), name(2)]));
+    }
+
+    /// A random history of owner-made changes on `n` peers sharing a small range; returns
+    /// every ring state any peer held.
+    pub(crate) fn history(n: usize, ops: &[(u8, u8, u8, u8)]) -> Vec<RingState> {
+        let mut rings: Vec<Ring> = (0..n).map(|i| claimed(i, n, "10.0.0.0/26")).collect();
+        let mut seen = vec![rings[0].state().clone()];
+        let mut dead = BTreeSet::new();
+        for &(kind, i, j, x) in ops {
+            let (i, j) = (i as usize % n, j as usize % n);
+            if dead.contains(&i) {
+                continue;
+            }
+            match kind % 5 {
+                0 | 1 => {
+                    // Gossip: i merges a state j held (maybe an old one).
+                    let pick = &seen[(x as usize) % seen.len()];
+                    rings[i].merge(pick).expect("rings of a valid history merge");
+                    if !dead.contains(&j) {
+                        let s = rings[j].state().clone();
+                        rings[i].merge(&s).expect("rings of a valid history merge");
+                    }
+                }
+                2 if i != j => {
+                    // Donation of part of one of i's ranges.
+                    let ours = rings[i].our_ranges();
+                    if let Some(r) = ours.get(x as usize % ours.len().max(1)) {
+                        let len = (r.len() / 2).max(1) as u32;
+                        let part = AddrRange { first: r.last - (len - 1), last: r.last };
+                        rings[i].give(part, name(j)).unwrap();
+                    }
+                }
+                3 => {
+                    if let Some(seg) = rings[i].our_segments().first() {
+                        rings[i].set_free(seg.range.first(), u64::from(x) % (seg.range.len() + 1)).unwrap();
+                    }
+                }
+                _ if i != j && !dead.contains(&j) && dead.len() + 2 <= n => {
+                    // j dies; i takes over its space once it has heard of all of it.
+                    dead.insert(j);
+                    if !rings[i].state().ranges_of(name(j)).is_empty() {
+                        let latest = rings[j].state().clone();
+                        rings[i].merge(&latest).unwrap();
+                        rings[i].take_over(name(j)).unwrap();
+                    }
+                }
+                _ => {}
+            }
+            seen.push(rings[i].state().clone());
+            // Safety at every step: live peers' own views never claim one address twice.
+            let mut owned: Vec<AddrRange> = (0..n).filter(|k| !dead.contains(k)).flat_map(|k| rings[k].our_ranges()).collect();
+            owned.sort();
+            assert!(owned.windows(2).all(|w| !w[0].overlaps(w[1])), "overlapping ownership: {owned:?}");
+        }
+        seen
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<(u8, u8, u8, u8)>> {
+        proptest::collection::vec(any::<(u8, u8, u8, u8)>(), 0..60)
+    }
+
+    proptest! {
+        #[test]
+        fn merges_are_a_semilattice(n in 1usize..5, ops in ops(), picks in proptest::collection::vec(any::<(usize, usize, usize)>(), 1..20)) {
+            let seen = history(n, &ops);
+            for (a, b, c) in picks {
+                let (a, b, c) = (&seen[a % seen.len()], &seen[b % seen.len()], &seen[c % seen.len()]);
+                let ab = a.join(b).unwrap();
+                prop_assert_eq!(&ab, &b.join(a).unwrap());
+                prop_assert_eq!(&a.join(a).unwrap(), a);
+                prop_assert_eq!(ab.join(c).unwrap(), a.join(&b.join(c).unwrap()).unwrap());
+                ab.check().unwrap();
+            }
+        }
+
+        #[test]
+        fn any_delivery_order_converges(n in 1usize..5, ops in ops(), order in proptest::collection::vec(any::<usize>(), 0..80)) {
+            let seen = history(n, &ops);
+            // Every peer joins every state, each in its own order, with repeats.
+            let mut finals = Vec::new();
+            for me in 0..n {
+                let mut all: Vec<RingState> = order.iter().map(|&k| seen[(k + me * 7) % seen.len()].clone()).collect();
+                all.extend(seen.iter().rev().cloned());
+                let mut folded = seen[0].clone();
+                for s in &all {
+                    folded = folded.join(s).unwrap();
+                }
+                finals.push(folded);
+            }
+            for f in &finals {
+                prop_assert_eq!(f, &finals[0]);
+                f.check().unwrap();
+            }
+        }
+    }
+}
