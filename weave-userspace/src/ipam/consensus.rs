@@ -330,3 +330,184 @@ pub fn status(ring: &Ring, mode: &InitMode, vote: Option<&Consensus>, reachable:
         (InitMode::Consensus(_), Some(v)) => IpamStatus::AwaitingConsensus { quorum: v.quorum(), known: v.known() },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::cidr::Cidr;
+    use crate::ipam::ring::tests::name;
+    use proptest::prelude::*;
+
+    #[test]
+    fn init_modes_parse() {
+        assert_eq!("consensus".parse(), Ok(InitMode::Consensus(None)));
+        assert_eq!("consensus=3".parse(), Ok(InitMode::Consensus(Some(3))));
+        assert_eq!("observer".parse(), Ok(InitMode::Observer));
+        assert_eq!(
+            "seed=02:00:00:00:00:02,02:00:00:00:00:01".parse(),
+            Ok(InitMode::Seed(vec![name(0), name(1)]))
+        );
+        for (bad, why) in [
+            ("consensus=0", "at least 1"),
+            ("consensus=+2", "at least 1"),
+            ("consensus=", "at least 1"),
+            ("seed=", "not a peer name"),
+            ("seed=02:00:00:00:00:01,xx", "\"xx\" is not a peer name"),
+            ("seed=02:00:00:00:00:01,02:00:00:00:00:01", "twice"),
+            ("paxos", "expected consensus"),
+        ] {
+            let e = bad.parse::<InitMode>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert_eq!((quorum(1), quorum(2), quorum(3), quorum(4), quorum(5)), (1, 2, 2, 3, 3));
+    }
+
+    #[test]
+    fn three_peers_agree() {
+        let mut ps: Vec<Consensus> = (0..3).map(|i| Consensus::new(name(i), quorum(3))).collect();
+        let mut rounds = 0;
+        ps[1].propose();
+        while ps.iter().any(|p| p.decision().is_none()) {
+            for f in 0..3 {
+                for t in 0..3 {
+                    let g = ps[f].gossip();
+                    ps[t].merge(&g).unwrap();
+                }
+            }
+            rounds += 1;
+            assert!(rounds < 10);
+        }
+        let d = ps[0].decision().unwrap();
+        assert!(d.len() >= 2);
+        assert!(ps.iter().all(|p| p.decision() == Some(d.clone())));
+    }
+
+    #[test]
+    fn a_lone_peer_with_quorum_one_decides_itself() {
+        let mut p = Consensus::new(name(0), quorum(1));
+        assert_eq!(p.decision(), None);
+        p.propose();
+        assert_eq!(p.decision(), Some(vec![name(0)]));
+    }
+
+    #[test]
+    fn bad_gossip_is_refused_whole() {
+        let mut p = Consensus::new(name(0), 2);
+        let before = p.clone();
+        let promise = Proposal { round: 1, proposer: Some(name(1)) };
+        let bad = Claims { promise: Proposal::default(), accepted: promise, value: vec![name(1)] };
+        let good = Claims { promise, ..Claims::default() };
+        assert_eq!(
+            p.merge(&[(name(1), good.clone()), (name(2), bad)]),
+            Err(ConsensusError::Invalid(name(2), "accepted a proposal above its promise"))
+        );
+        assert_eq!(p, before);
+        let no_value = Claims { promise, accepted: promise, value: vec![] };
+        assert!(p.merge(&[(name(1), no_value)]).is_err());
+        p.merge(&[(name(1), good.clone())]).unwrap();
+        let forked = Claims { promise, accepted: Proposal::default(), value: vec![] };
+        assert_eq!(p.merge(&[(name(1), forked)]), Ok(false));
+        // Same (promise, accepted), two values.
+        let acc1 = Claims { promise, accepted: promise, value: vec![name(1)] };
+        let acc2 = Claims { promise, accepted: promise, value: vec![name(1), name(2)] };
+        p.merge(&[(name(1), acc1)]).unwrap();
+        assert_eq!(p.merge(&[(name(1), acc2)]), Err(ConsensusError::Conflict(name(1))));
+    }
+
+    #[test]
+    fn status_lines() {
+        let range: Cidr = "10.32.0.0/12".parse().unwrap();
+        let mut ring = Ring::new(name(0), range);
+        let mode = InitMode::Consensus(Some(3));
+        assert_eq!(status(&ring, &mode, None, |_| true).to_string(), "idle");
+        let mut vote = Consensus::new(name(0), quorum(3));
+        vote.merge(&[(name(1), Claims::default())]).unwrap();
+        assert_eq!(status(&ring, &mode, Some(&vote), |_| true).to_string(), "awaiting consensus (quorum: 2, known: 2)");
+        assert_eq!(status(&ring, &InitMode::Observer, None, |_| true).to_string(), "priming");
+        let mut theirs = Ring::new(name(1), range);
+        theirs.claim_for_peers(&[name(1), name(2)]).unwrap();
+        ring.merge(theirs.state()).unwrap();
+        assert_eq!(status(&ring, &mode, Some(&vote), |_| true).to_string(), "ready");
+        assert_eq!(
+            status(&ring, &mode, Some(&vote), |_| false).to_string(),
+            "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead"
+        );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Ev {
+        Propose(usize),
+        /// Peer `from` gossips its current claims; they arrive later.
+        Send { from: usize, to: usize },
+        /// A message in flight arrives (any of them, in any order, maybe twice).
+        Deliver(usize),
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            2 => any::<usize>().prop_map(Ev::Propose),
+            4 => (any::<usize>(), any::<usize>()).prop_map(|(from, to)| Ev::Send { from, to }),
+            4 => any::<usize>().prop_map(Ev::Deliver),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Duelling proposers, reordered, delayed and repeated messages: every peer that
+        /// decides, at any moment, decides the same set, of at least a quorum of peers; once
+        /// one proposer runs undisturbed, everyone decides.
+        #[test]
+        fn every_peer_decides_the_same_set(n in 1usize..7, evs in proptest::collection::vec(ev(), 0..150)) {
+            let q = quorum(n);
+            let mut ps: Vec<Consensus> = (0..n).map(|i| Consensus::new(name(i), q)).collect();
+            let mut flight: Vec<(usize, Vec<(PeerName, Claims)>)> = Vec::new();
+            let mut decided: Option<Vec<PeerName>> = None;
+            let mut check = |ps: &[Consensus]| -> Result<(), TestCaseError> {
+                for p in ps {
+                    if let Some(d) = p.decision() {
+                        prop_assert!(d.len() >= q, "decided {d:?} with quorum {q}");
+                        match &decided {
+                            Some(prev) => prop_assert_eq!(prev, &d),
+                            None => decided = Some(d),
+                        }
+                    }
+                }
+                Ok(())
+            };
+            for e in evs {
+                match e {
+                    Ev::Propose(i) => {
+                        ps[i % n].propose();
+                    }
+                    Ev::Send { from, to } => flight.push((to % n, ps[from % n].gossip())),
+                    Ev::Deliver(k) if !flight.is_empty() => {
+                        let (to, g) = flight[k % flight.len()].clone();
+                        ps[to].merge(&g).unwrap();
+                    }
+                    Ev::Deliver(_) => {}
+                }
+                check(&ps)?;
+            }
+            // Old messages still arrive, then one proposer runs undisturbed.
+            for (to, g) in flight.clone() {
+                ps[to].merge(&g).unwrap();
+            }
+            check(&ps)?;
+            if ps.iter().all(|p| p.decision().is_none()) {
+                ps[0].propose();
+            }
+            for _ in 0..6 {
+                for f in 0..n {
+                    for t in 0..n {
+                        let g = ps[f].gossip();
+                        ps[t].merge(&g).unwrap();
+                    }
+                }
+                check(&ps)?;
+            }
+            for p in &ps {
+                prop_assert!(p.decision().is_some(), "undecided after a quiet round");
+            }
+        }
+    }
+}
