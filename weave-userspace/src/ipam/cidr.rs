@@ -129,6 +129,16 @@ impl Cidr {
         self.contains_cidr(other) || other.contains_cidr(self)
     }
 
+    /// The networks of `prefix_len` bits inside this one, in order (none if `prefix_len` is
+    /// shorter than ours or over 32).
+    pub fn subnets(self, prefix_len: u8) -> impl Iterator<Item = Cidr> {
+        let ok = prefix_len >= self.prefix_len && prefix_len <= 32;
+        let count: u64 = if ok { 1u64 << (prefix_len - self.prefix_len) } else { 0 };
+        let step: u64 = if ok { 1u64 << (32 - u32::from(prefix_len)) } else { 0 };
+        let start = u64::from(self.start);
+        (0..count).map(move |i| Cidr { start: (start + i * step) as u32, prefix_len })
+    }
+
     /// `addr` with this network's prefix length, as a container is given it.
     pub fn with_host(self, addr: Ipv4Addr) -> Ipv4Cidr {
         Ipv4Cidr { addr, prefix_len: self.prefix_len }
@@ -311,6 +321,10 @@ mod tests {
         assert!(big.contains(Ipv4Addr::new(10, 2, 255, 255)));
         assert!(!big.contains(Ipv4Addr::new(10, 3, 0, 0)));
         assert!(c("0.0.0.0/0").contains_cidr(big));
+        let subs: Vec<Cidr> = c("10.2.0.0/22").subnets(24).collect();
+        assert_eq!(subs, vec![c("10.2.0.0/24"), c("10.2.1.0/24"), c("10.2.2.0/24"), c("10.2.3.0/24")]);
+        assert_eq!(c("10.2.0.0/24").subnets(16).count(), 0);
+        assert_eq!(c("0.0.0.0/0").subnets(1).last(), Some(c("128.0.0.0/1")));
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::ring::Ring;
+use super::ring::{PeerList, Ring, RingError, RingState};
 use crate::mesh::peer_name::PeerName;
 
 /// Most peers a consensus gossip may carry.
@@ -104,6 +104,32 @@ impl FromStr for InitMode {
             return Ok(Self::Seed(peers));
         }
         Err(InitModeError::Unknown(s.to_string()))
+    }
+}
+
+impl InitMode {
+    /// The peers to split the range among at once, without a vote: the seeds, if we are one.
+    pub fn initial_claim(&self, ourself: PeerName) -> Option<Vec<PeerName>> {
+        match self {
+            Self::Seed(seeds) if seeds.contains(&ourself) => Some(seeds.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether this peer ever starts a vote (observers and seeded peers never do).
+    pub fn votes(&self) -> bool {
+        matches!(self, Self::Consensus(_))
+    }
+
+    /// Checks a ring from gossip against our configured seeds: a ring seeded by other peers
+    /// is refused whole ("IP allocation was seeded by different peers").
+    pub fn check_ring(&self, ring: &RingState) -> Result<(), RingError> {
+        match self {
+            Self::Seed(seeds) if !ring.seeds().is_empty() && ring.seeds() != seeds.as_slice() => {
+                Err(RingError::SeededByDifferentPeers { ours: PeerList(seeds.clone()), theirs: PeerList(ring.seeds().to_vec()) })
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -359,6 +385,15 @@ mod tests {
             let e = bad.parse::<InitMode>().unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+        let seeds = InitMode::Seed(vec![name(0), name(1)]);
+        assert_eq!(seeds.initial_claim(name(1)), Some(vec![name(0), name(1)]));
+        assert_eq!(seeds.initial_claim(name(2)), None);
+        assert!(!seeds.votes() && !InitMode::Observer.votes() && InitMode::Consensus(None).votes());
+        let mut other = Ring::new(name(2), "10.32.0.0/12".parse().unwrap());
+        assert_eq!(seeds.check_ring(other.state()), Ok(()));
+        other.claim_for_peers(&[name(2), name(3)]).unwrap();
+        assert!(seeds.check_ring(other.state()).unwrap_err().to_string().starts_with("IP allocation was seeded by different peers"));
+        assert_eq!(InitMode::Observer.check_ring(other.state()), Ok(()));
         assert_eq!((quorum(1), quorum(2), quorum(3), quorum(4), quorum(5)), (1, 2, 2, 3, 3));
     }
 

@@ -16,7 +16,9 @@
 //! own view only ever changes by its own doing or by another peer giving it space; as each
 //! peer allocates only from space it owns in its own view, no address is handed out twice.
 //! The exception is `rmpeer` of a peer that is in fact alive: that peer then refuses the
-//! rings that moved its tokens, and the operator sees the error.
+//! rings that moved its tokens, and the operator sees the error. For the same reason a
+//! peer must persist its ring before it sends it anywhere: after a restart from an older
+//! copy it would refuse its own earlier donations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -330,7 +332,9 @@ impl Ring {
         if !self.state.is_empty() {
             for (&at, t) in &theirs.tokens {
                 match self.state.tokens.get(&at) {
-                    Some(ours) if ours.owner == self.ourself && t.version > ours.version => {
+                    // A newer version of our token that we still own is our own report
+                    // from before a restart: harmless, and adopted.
+                    Some(ours) if ours.owner == self.ourself && t.version > ours.version && t.owner != self.ourself => {
                         return Err(RingError::OurTokenChanged { at: Ipv4Addr::from(at) });
                     }
                     Some(_) => {}
@@ -610,6 +614,15 @@ pub(crate) mod tests {
         assert_eq!(a.merge(c2.state()), Err(RingError::Inconsistent { at: "10.0.0.128".parse().unwrap(), version: 2 }));
         assert_eq!(a, after_c1);
         assert_ne!(after_c1, before);
+    }
+
+    #[test]
+    fn our_own_newer_report_is_adopted() {
+        let mut a = claimed(0, 2, "10.0.0.0/24");
+        let mut earlier_run = a.clone();
+        earlier_run.set_free("10.0.0.0".parse().unwrap(), 3).unwrap();
+        assert_eq!(a.merge(earlier_run.state()), Ok(true));
+        assert_eq!(a.state(), earlier_run.state());
     }
 
     #[test]
