@@ -77,6 +77,45 @@ fn stopping() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
+/// The kernel's ARP table is one for all network namespaces, 1024 entries at most by
+/// default: N simulated hosts in a full mesh need about N² underlay entries, past that ARP
+/// fails ("neighbor table overflow") and routers cannot reach each other. The run raises the
+/// limits and puts the old values back at the end.
+struct NeighLimits {
+    old: Vec<(String, String)>,
+}
+
+impl NeighLimits {
+    const KEYS: [(&'static str, u64); 3] = [
+        ("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 4096),
+        ("/proc/sys/net/ipv4/neigh/default/gc_thresh2", 32768),
+        ("/proc/sys/net/ipv4/neigh/default/gc_thresh3", 65536),
+    ];
+
+    fn raise() -> Result<Self> {
+        let mut old = Vec::new();
+        // thresh3 first (the kernel wants thresh1 <= thresh2 <= thresh3 only loosely, but
+        // raising the top first keeps every step sensible).
+        for (path, want) in Self::KEYS.iter().rev() {
+            let cur = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+            let cur = cur.trim().to_string();
+            if cur.parse::<u64>().unwrap_or(0) < *want {
+                std::fs::write(path, want.to_string()).with_context(|| format!("write {path}"))?;
+                old.push((path.to_string(), cur));
+            }
+        }
+        Ok(Self { old })
+    }
+}
+
+impl Drop for NeighLimits {
+    fn drop(&mut self) {
+        for (path, v) in self.old.iter().rev() {
+            let _ = std::fs::write(path, v);
+        }
+    }
+}
+
 /// splitmix64: enough randomness for picking peers, reproducible from a seed.
 struct Rng(u64);
 
@@ -407,6 +446,7 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          *Start traffic*: the same counter from the first launch until agreement; *join traffic*: from the join until agreement; \
          *after join*: KiB/s in each of the 5 s after that agreement. \
          *RSS*: VmRSS of each idle router from /proc/<pid>/status. \
+         The kernel's ARP table, shared by all namespaces, is raised for the run (gc_thresh3 65536): N hosts in a full mesh need ~N² entries. \
          Agreement is polled (4 threads, `GET /report`), so times are upper bounds within ~10 ms per router polled.\n",
         a.idle_secs
     );
@@ -495,6 +535,7 @@ pub fn scale(a: Args) -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    let limits = NeighLimits::raise()?;
     std::env::set_var("WEAVE_ROUTER_BIN", run::root().join("target/release/weave-router"));
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -538,6 +579,7 @@ pub fn scale(a: Args) -> Result<()> {
     }
     // Nothing of ours may stay behind, whatever happened above.
     weave_tests::sweep(PREFIX);
+    drop(limits);
     if stopping() {
         bail!("interrupted; everything it made is removed");
     }
