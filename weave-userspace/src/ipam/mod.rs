@@ -5,9 +5,12 @@
 //! - [`allocator`]: one peer's allocations inside the space it owns; donation of space.
 //! - [`consensus`]: agreeing on the peers that split the range first; `--ipalloc-init` modes
 //!   and the status line.
+//! - [`node`]: one peer's IPAM as a state machine (requests and messages in, effects out):
+//!   what the router wires to gossip, the attach path and persistence.
 pub mod allocator;
 pub mod cidr;
 pub mod consensus;
+pub mod node;
 pub mod ring;
 
 /// The allocation range when none is given.

@@ -719,9 +719,9 @@ pub(crate) mod tests {
                 _ if i != j && !dead.contains(&j) && dead.len() + 2 <= n => {
                     // j dies; i takes over its space once it has heard of all of it.
                     dead.insert(j);
+                    let latest = rings[j].state().clone();
+                    rings[i].merge(&latest).unwrap();
                     if !rings[i].state().ranges_of(name(j)).is_empty() {
-                        let latest = rings[j].state().clone();
-                        rings[i].merge(&latest).unwrap();
                         rings[i].take_over(name(j)).unwrap();
                     }
                 }
