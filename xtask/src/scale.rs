@@ -23,8 +23,6 @@ const BEGIN: &str = "<!-- scale:begin (written by `cargo xtask scale`) -->";
 const END: &str = "<!-- scale:end -->";
 /// The test bed prefix (namespaces `wsc-u`, `wsc-h1`, ...).
 const PREFIX: &str = "wsc";
-/// How long any one agreement may take before it is reported as not reached.
-const AGREE_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,8 +49,11 @@ pub struct Args {
     no_build: bool,
     /// Most seconds to spend launching the routers of one size; past it that size is
     /// reported as not started.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 150)]
     launch_limit: u64,
+    /// Most seconds to wait for one agreement (after start, join or leave).
+    #[arg(long, default_value_t = 60)]
+    agree_limit: u64,
     /// More `weave-router launch` arguments for every router, e.g. "--no-discovery"
     /// (the defaults are what the issue's figures are about).
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
@@ -203,7 +204,7 @@ impl<'a> ControlCounter<'a> {
 /// Waits until every router in `hosts` reports exactly the peers of `hosts` and a route to
 /// each; the time from `since` until the last of them did. Several threads poll, each
 /// router until it agrees; a last pass checks that none has changed its mind since.
-fn wait_agreement(bed: &TestBed, hosts: &[usize], since: Instant) -> Result<Duration> {
+fn wait_agreement(bed: &TestBed, hosts: &[usize], since: Instant, limit: Duration) -> Result<Duration> {
     let want: BTreeSet<String> = hosts.iter().map(|&i| bed.peer_name(i)).collect();
     let agrees = |i: usize| -> bool {
         Report::of(bed.router(i))
@@ -220,7 +221,7 @@ fn wait_agreement(bed: &TestBed, hosts: &[usize], since: Instant) -> Result<Dura
                         let d = done.lock().unwrap_or_else(|e| e.into_inner());
                         (0..hosts.len()).filter(|&k| d[k].is_none()).collect()
                     };
-                    if pending.is_empty() || since.elapsed() > AGREE_LIMIT || stopping() {
+                    if pending.is_empty() || since.elapsed() > limit || stopping() {
                         return;
                     }
                     let k = pending[next.fetch_add(1, Ordering::Relaxed) % pending.len()];
@@ -241,7 +242,7 @@ fn wait_agreement(bed: &TestBed, hosts: &[usize], since: Instant) -> Result<Dura
         let missing: Vec<usize> = (0..hosts.len()).filter(|&k| d[k].is_none()).map(|k| hosts[k]).collect();
         if !missing.is_empty() {
             bail!(
-                "{} of {} routers did not agree within {AGREE_LIMIT:?} (e.g. host{})",
+                "{} of {} routers did not agree within {limit:?} (e.g. host{})",
                 missing.len(),
                 hosts.len(),
                 missing[0]
@@ -286,7 +287,15 @@ fn launch_opts(targets: &[usize], fake: bool, more: &[String]) -> LaunchOpts {
 }
 
 /// One size, start to end; the bed (and every router) goes when this returns.
-fn measure(n: usize, fake: bool, more: &[String], idle: Duration, launch_limit: Duration, rng: &mut Rng) -> Result<Row> {
+/// Time limits of one size.
+#[derive(Clone, Copy)]
+struct Limits {
+    launch: Duration,
+    agree: Duration,
+}
+
+fn measure(n: usize, fake: bool, more: &[String], idle: Duration, limits: Limits, rng: &mut Rng) -> Result<Row> {
+    let (launch_limit, agree_limit) = (limits.launch, limits.agree);
     let mut row = Row {
         n,
         datapath: if fake { "fake (control plane only)" } else { "eBPF" },
@@ -329,7 +338,7 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, launch_limit: 
     let last_launch = Instant::now();
     row.launch_all = Some(last_launch - t_launch);
     let initial: Vec<usize> = (1..=n).collect();
-    match wait_agreement(&bed, &initial, last_launch) {
+    match wait_agreement(&bed, &initial, last_launch, agree_limit) {
         Ok(t) => {
             row.start = Some(t);
             row.start_kib = Some(counter.bytes()?.saturating_sub(s0) as f64 / 1024.0);
@@ -370,7 +379,7 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, launch_limit: 
     bed.launch(joiner, &launch_opts(&targets, fake, more)).context("launch the joining router")?;
     let joined = Instant::now();
     let all: Vec<usize> = (1..=joiner).collect();
-    match wait_agreement(&bed, &all, joined) {
+    match wait_agreement(&bed, &all, joined, agree_limit) {
         Ok(t) => {
             row.join = Some(t);
             row.join_kib = Some((counter.bytes()?.saturating_sub(j0)) as f64 / 1024.0);
@@ -396,12 +405,19 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, launch_limit: 
 
     // Leave: one of the first routers stops (`weave-router stop`).
     let leaver = 2 + rng.below(n - 1);
-    bed.router_mut(leaver).stop().with_context(|| format!("stop router {leaver}"))?;
-    let left = Instant::now();
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != leaver).collect();
-    match wait_agreement(&bed, &rest, left) {
-        Ok(t) => row.leave = Some(t),
-        Err(e) => row.notes.push(format!("leave: {e}")),
+    match bed.router_mut(leaver).stop() {
+        Ok(()) => {
+            let left = Instant::now();
+            match wait_agreement(&bed, &rest, left, agree_limit) {
+                Ok(t) => row.leave = Some(t),
+                Err(e) => row.notes.push(format!("leave: {e}")),
+            }
+        }
+        Err(e) => {
+            bed.router_mut(leaver).kill();
+            row.notes.push(format!("leave not measured: `weave-router stop` of router {leaver} failed: {e}"));
+        }
     }
     println!("    agreement after a leave: {}", secs(row.leave));
 
@@ -447,8 +463,9 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          *after join*: KiB/s in each of the 5 s after that agreement. \
          *RSS*: VmRSS of each idle router from /proc/<pid>/status. \
          The kernel's ARP table, shared by all namespaces, is raised for the run (gc_thresh3 65536): N hosts in a full mesh need ~N² entries. \
-         Agreement is polled (4 threads, `GET /report`), so times are upper bounds within ~10 ms per router polled.\n",
-        a.idle_secs
+         Agreement is polled (4 threads, `GET /report`), so times are upper bounds within ~10 ms per router polled. \
+         Limits: {} s to launch one size, {} s per agreement (\"—\" = not reached, see the notes).\n",
+        a.idle_secs, a.launch_limit, a.agree_limit
     );
     let _ = writeln!(
         o,
@@ -546,7 +563,10 @@ pub fn scale(a: Args) -> Result<()> {
     let mut rng = Rng(seed);
     let more: Vec<String> = a.router_args.as_deref().unwrap_or_default().split_whitespace().map(str::to_string).collect();
     let mut rows = Vec::new();
-    let limit = Duration::from_secs(a.launch_limit);
+    let limit = Limits {
+        launch: Duration::from_secs(a.launch_limit),
+        agree: Duration::from_secs(a.agree_limit),
+    };
     let idle = Duration::from_secs(a.idle_secs);
     let mut variants = vec![more.clone()];
     if a.also_no_discovery && !more.iter().any(|m| m == "--no-discovery") {
@@ -558,7 +578,8 @@ pub fn scale(a: Args) -> Result<()> {
         for v in &variants {
             match measure(n, a.fake_datapath, v, idle, limit, &mut rng) {
                 Ok(r) => rows.push(r),
-                Err(e) if !a.fake_datapath && !stopping() => {
+                // Only a router that cannot start is blamed on the data path.
+                Err(e) if !a.fake_datapath && !stopping() && format!("{e:#}").contains("launch") => {
                     println!("    {n} routers with the eBPF data path failed: {e:#}");
                     println!("    measuring the control plane alone instead (--fake-datapath)");
                     weave_tests::sweep(PREFIX);
