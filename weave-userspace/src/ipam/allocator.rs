@@ -38,8 +38,7 @@ pub struct AllocatorState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Allocate {
     Address(Ipv4Cidr),
-    /// We own no free address in the subnet; these peers report free space overlapping it
-    /// (with their free counts). Ask one for a donation, merge its ring, try again.
+    /// We own no free address in the subnet; these peers may have some (with an estimate). Ask one for a donation, merge its ring, try again.
     NeedSpace { subnet: Cidr, donors: Vec<(PeerName, u64)> },
 }
 
@@ -192,7 +191,7 @@ impl Allocator {
             self.sync_free();
             return Ok(Allocate::Address(address));
         }
-        let donors = self.ring.donors(subnet.range());
+        let donors = self.ring.donors(subnet.usable());
         if donors.is_empty() {
             return Err(AllocError::SubnetExhausted(subnet));
         }
@@ -425,7 +424,7 @@ mod tests {
         assert_eq!(addr(ps[0].allocate("a1", s).unwrap()).to_string(), "10.2.1.1/24");
         let Allocate::NeedSpace { subnet, donors } = ps[1].allocate("a2", s).unwrap() else { panic!("peer 1 owns nothing there") };
         assert_eq!(subnet, s);
-        assert_eq!(donors, vec![(name(0), 1 << 15)]);
+        assert_eq!(donors, vec![(name(0), 254)]);
         assert!(ps[1].needs_space(s));
         // Peer 0's free count is known to peer 1 by gossip; the donation answers the request.
         let given = ps[0].donate(name(1), s).unwrap().unwrap();

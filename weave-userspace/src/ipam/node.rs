@@ -11,7 +11,7 @@
 //! a donation) is kept by the caller and retried after the next message that changed
 //! something ([`Handled::changed`]) or after a timeout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -34,8 +34,9 @@ pub enum Message {
     Votes(Vec<(PeerName, Claims)>),
     /// Unicast: please give me space in this subnet.
     SpaceRequest { subnet: Cidr },
-    /// Unicast answer to a space request: the donor's ring after donating (or not).
-    SpaceReply(RingState),
+    /// Unicast answer to a space request: the donor's ring after donating, and whether it
+    /// gave anything.
+    SpaceReply { ring: RingState, donated: bool },
 }
 
 /// What the caller must do, in order.
@@ -91,6 +92,8 @@ pub struct Ipam {
     vote: Option<Consensus>,
     /// Space requests in flight, per subnet: one at a time, until the reply or a tick.
     asked: BTreeMap<Cidr, PeerName>,
+    /// Peers that had nothing to give in a subnet; not asked again until a tick.
+    refused: BTreeMap<Cidr, BTreeSet<PeerName>>,
 }
 
 impl Ipam {
@@ -110,7 +113,7 @@ impl Ipam {
             InitMode::Consensus(Some(n)) => n,
             _ => expected_peers.max(1),
         };
-        Ok(Self { alloc: Allocator::new(ourself, range), mode, quorum: quorum(n), default_subnet, vote: None, asked: BTreeMap::new() })
+        Ok(Self { alloc: Allocator::new(ourself, range), mode, quorum: quorum(n), default_subnet, vote: None, asked: BTreeMap::new(), refused: BTreeMap::new() })
     }
 
     /// [`Ipam::new`] continuing from persisted state.
@@ -225,7 +228,10 @@ impl Ipam {
                 if self.asked.contains_key(&subnet) {
                     return Ok((Step::Pending, effects));
                 }
-                match self.alloc.ring().pick_donor(subnet.range(), reachable, random) {
+                let refused = self.refused.get(&subnet);
+                let candidate = |p: PeerName| reachable(p) && !refused.is_some_and(|r| r.contains(&p));
+                match self.alloc.ring().pick_donor(subnet.usable(), candidate, random) {
+                    None if refused.is_some_and(|r| !r.is_empty()) => Err(AllocError::SubnetExhausted(subnet).into()),
                     Some(donor) => {
                         self.asked.insert(subnet, donor);
                         effects.push(Effect::Send(donor, Message::SpaceRequest { subnet }));
@@ -265,13 +271,25 @@ impl Ipam {
     /// Handles a message from `from`. A refused message changes nothing.
     pub fn handle(&mut self, from: PeerName, msg: Message) -> Result<Handled, IpamError> {
         let mut out = Handled::default();
+        // A reply from a donor not initialised yet (empty ring) is no refusal.
+        let reply = match &msg {
+            Message::SpaceReply { donated, ring } => Some(*donated || ring.is_empty()),
+            _ => None,
+        };
         match msg {
-            Message::Ring(theirs) | Message::SpaceReply(theirs) => {
+            Message::Ring(theirs) | Message::SpaceReply { ring: theirs, .. } => {
                 self.mode.check_ring(&theirs)?;
                 let merged = self.alloc.merge(&theirs)?;
-                let before = self.asked.len();
-                self.asked.retain(|_, donor| *donor != from);
-                out.changed = self.asked.len() != before;
+                if let Some(donated_or_not_ready) = reply {
+                    let answered: Vec<Cidr> = self.asked.iter().filter(|(_, d)| **d == from).map(|(c, _)| *c).collect();
+                    for subnet in answered {
+                        self.asked.remove(&subnet);
+                        if !donated_or_not_ready {
+                            self.refused.entry(subnet).or_default().insert(from);
+                        }
+                        out.changed = true;
+                    }
+                }
                 if merged {
                     out.changed = true;
                     self.vote = None;
@@ -294,6 +312,9 @@ impl Ipam {
             }
             Message::SpaceRequest { subnet } => {
                 if self.alloc.ring().is_empty() {
+                    // Not initialised here yet: an empty reply lets the requester ask again.
+                    let ring = self.alloc.ring().state().clone();
+                    out.effects.push(Effect::Send(from, Message::SpaceReply { ring, donated: false }));
                     return Ok(out);
                 }
                 let given = self.alloc.donate(from, subnet)?;
@@ -301,7 +322,8 @@ impl Ipam {
                     out.changed = true;
                     out.effects.push(Effect::Persist);
                 }
-                out.effects.push(Effect::Send(from, Message::SpaceReply(self.alloc.ring().state().clone())));
+                let ring = self.alloc.ring().state().clone();
+                out.effects.push(Effect::Send(from, Message::SpaceReply { ring, donated: given.is_some() }));
             }
         }
         Ok(out)
@@ -311,6 +333,7 @@ impl Ipam {
     /// decided, and forgets space requests left unanswered (so they are asked again).
     pub fn tick(&mut self) -> Result<Vec<Effect>, IpamError> {
         self.asked.clear();
+        self.refused.clear();
         let mut effects = Vec::new();
         if self.alloc.ring().is_empty() {
             if let Some(v) = &mut self.vote {
@@ -448,6 +471,7 @@ mod tests {
         assert_eq!(got["a1"].to_string(), "10.2.1.1/24");
         assert_eq!(got["a2"].to_string(), "10.2.1.129/24");
         assert_eq!(got["b1"].to_string(), "10.2.1.130/24");
+        net.gossip_round();
         assert_eq!(net.nodes[0].state().ring, net.nodes[1].state().ring);
         assert_eq!(net.nodes[1].status(|_| true).to_string(), "ready");
         assert!(net.persisted.iter().all(Option::is_some));
@@ -567,7 +591,9 @@ mod tests {
                     }
                 }
                 if round % 10 == 9 {
-                    net.tick(0);
+                    for i in 0..3 {
+                        net.tick(i);
+                    }
                 }
             }
             prop_assert!(pending.is_empty(), "still pending: {pending:?}");

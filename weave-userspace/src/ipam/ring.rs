@@ -482,13 +482,17 @@ impl Ring {
         Ok(ranges)
     }
 
-    /// Peers other than us that report free space overlapping `within`, with that free
-    /// count (a segment's free count may lie partly outside `within`).
+    /// Peers other than us that may have free space in `within`, with an estimate of it:
+    /// per segment, its reported free count capped at its overlap with `within` (the free
+    /// addresses may still all lie outside; the donor then gives nothing).
     pub fn donors(&self, within: AddrRange) -> Vec<(PeerName, u64)> {
         let mut by: BTreeMap<PeerName, u64> = BTreeMap::new();
         for s in self.state.segments() {
-            if s.owner != self.ourself && s.free > 0 && s.range.overlaps(within) {
-                *by.entry(s.owner).or_default() += s.free;
+            if s.owner == self.ourself || s.free == 0 {
+                continue;
+            }
+            if let Some(overlap) = s.range.intersect(within) {
+                *by.entry(s.owner).or_default() += s.free.min(overlap.len());
             }
         }
         by.into_iter().collect()
