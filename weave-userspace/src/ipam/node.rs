@@ -302,11 +302,13 @@ impl Ipam {
                     // The vote is over here: tell the late peer the result.
                     out.effects.push(Effect::Send(from, self.ring_msg()));
                 } else if self.mode.votes() {
-                    let v = self.vote.get_or_insert_with(|| Consensus::new(self.alloc.ourself(), self.quorum));
+                    // Join the vote on first hearing of it; a refused update changes nothing.
+                    let mut v = self.vote.clone().unwrap_or_else(|| Consensus::new(self.alloc.ourself(), self.quorum));
                     if v.merge(&claims)? {
                         out.changed = true;
                         out.effects.push(Effect::Broadcast(Message::Votes(v.gossip())));
                     }
+                    self.vote = Some(v);
                     self.settle_vote(&mut out.effects)?;
                 }
             }
