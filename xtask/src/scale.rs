@@ -327,8 +327,7 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, limits: Limits
             row.rss_median_kib = rss.get(rss.len() / 2).copied();
             row.rss_max_kib = rss.last().copied();
             println!("    {}", row.notes.last().map(String::as_str).unwrap_or_default());
-            step(&format!("{n} routers: tearing down"));
-            drop(bed);
+            teardown(n, bed);
             return Ok(row);
         }
         if i % 10 == 0 {
@@ -421,9 +420,20 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, limits: Limits
     }
     println!("    agreement after a leave: {}", secs(row.leave));
 
-    step(&format!("{n} routers: tearing down"));
-    drop(bed);
+    teardown(n, bed);
     Ok(row)
+}
+
+/// Ends every router at once (SIGKILL: a router busy with gossip may take long to stop),
+/// then removes the bed (pins, namespaces, state).
+fn teardown(n: usize, mut bed: TestBed) {
+    step(&format!("{n} routers: tearing down"));
+    for h in &mut bed.hosts {
+        if let Some(r) = h.router.as_mut() {
+            r.kill();
+        }
+    }
+    drop(bed);
 }
 
 fn secs(d: Option<Duration>) -> String {
