@@ -78,6 +78,8 @@ struct Mesh {
     /// The one connection kept per peer.
     by_peer: HashMap<PeerName, ConnId>,
     targets: BTreeMap<Target, TargetState>,
+    /// Targets dialled because gossip named them (forgotten when the peer leaves gossip).
+    discovered: std::collections::BTreeSet<Target>,
 }
 
 /// Whether to take a freshly handshaken connection.

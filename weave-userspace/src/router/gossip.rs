@@ -170,23 +170,42 @@ impl<D: Datapath> Inner<D> {
 
     /// Peers known through gossip that we neither reach directly nor dial yet, as targets
     /// (empty unless discovery is on, and while the connection limit is reached).
+    /// Also stops dialling discovered targets whose peer gossip no longer knows.
     pub(super) fn discovery_targets(&self) -> Vec<Target> {
         if !self.discovery {
             return Vec::new();
         }
-        let mesh = self.mesh();
+        let mut mesh = self.mesh();
+        let view = self.view();
+        let me = view.topology.ourself().name;
+        let known: std::collections::BTreeSet<Target> = view
+            .topology
+            .peers()
+            .filter(|p| p.name != me && !p.underlay.is_unspecified())
+            .map(|p| Target { host: p.underlay.to_string(), port: p.control_port })
+            .collect();
+        let vanished: Vec<Target> = mesh.discovered.iter().filter(|t| !known.contains(t)).cloned().collect();
+        for t in vanished {
+            tracing::info!("no longer dialling {t}: its peer left the mesh");
+            mesh.discovered.remove(&t);
+            mesh.targets.remove(&t);
+        }
         if mesh.by_peer.len() >= self.conn_limit {
             return Vec::new();
         }
-        let view = self.view();
-        let me = view.topology.ourself().name;
-        view.topology
+        let connected: std::collections::BTreeSet<Target> = view
+            .topology
             .peers()
-            .filter(|p| p.name != me && !mesh.by_peer.contains_key(&p.name) && !p.underlay.is_unspecified())
+            .filter(|p| mesh.by_peer.contains_key(&p.name))
             .map(|p| Target { host: p.underlay.to_string(), port: p.control_port })
-            .filter(|t| !mesh.targets.contains_key(t))
+            .collect();
+        let new: Vec<Target> = known
+            .into_iter()
+            .filter(|t| !connected.contains(t) && !mesh.targets.contains_key(t))
             .take(self.conn_limit - mesh.by_peer.len())
-            .collect()
+            .collect();
+        mesh.discovered.extend(new.iter().cloned());
+        new
     }
 
     /// Recomputes routes and brings the peers reached through neighbours in the data path
