@@ -573,6 +573,15 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
     })
 }
 
+/// Removes every entry of `map` whose value matches; returns the keys removed.
+fn remove_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, matches: impl Fn(&V) -> bool) -> Vec<K> {
+    let keys: Vec<K> = map.iter().filter_map(Result::ok).filter(|(_, v)| matches(v)).map(|(k, _)| k).collect();
+    for k in &keys {
+        let _ = map.remove(k);
+    }
+    keys
+}
+
 /// Removes pinned links (detaching them) and maps of an earlier run.
 fn remove_pins(pin_dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(pin_dir.join("links")) {
@@ -669,39 +678,9 @@ impl Datapath for EbpfDatapath {
                 .broadcast_trees
                 .set(id as u32, BroadcastTree::default(), 0)
                 .map_err(|e| bpf_err("clearing BROADCAST_TREES")(e.to_string()))?;
-            let addrs: Vec<Ipv4Key> = st
-                .maps
-                .neighbour_peers
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, n)| n.short_id == id)
-                .map(|(k, _)| k)
-                .collect();
-            for k in &addrs {
-                let _ = st.maps.neighbour_peers.remove(k);
-            }
-            let gone: Vec<MacKey> = st
-                .maps
-                .remote_macs
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, v)| v.peer_short_id == id)
-                .map(|(k, _)| k)
-                .collect();
-            for k in &gone {
-                let _ = st.maps.remote_macs.remove(k);
-            }
-            let stale: Vec<Ipv4Key> = st
-                .maps
-                .neighbours
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, v)| gone.contains(v))
-                .map(|(k, _)| k)
-                .collect();
-            for k in &stale {
-                let _ = st.maps.neighbours.remove(k);
-            }
+            remove_where(&mut st.maps.neighbour_peers, |n| n.short_id == id);
+            let gone = remove_where(&mut st.maps.remote_macs, |v| v.peer_short_id == id);
+            remove_where(&mut st.maps.neighbours, |mac| gone.contains(mac));
         }
         if let Some(link) = self.nl.link_by_name(&vxlan_device_name(short_id)).await? {
             self.nl.del_link(link.index).await?;
