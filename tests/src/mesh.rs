@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn reads_peer_names_in_any_form() {
         let mac = "02:5a:1c:e3:00:01";
-        let n = 0x02_5a1c_e300_01u64;
+        let n = 0x025a_1ce3_0001_u64;
         assert_eq!(name_of(&Value::from(n)).as_deref(), Some(mac));
         assert_eq!(name_of(&Value::from(n.to_string())).as_deref(), Some(mac));
         assert_eq!(name_of(&Value::from(mac.to_uppercase())).as_deref(), Some(mac));
