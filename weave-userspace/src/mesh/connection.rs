@@ -84,7 +84,7 @@ pub(crate) enum ConnEvent {
     /// The remote end has installed us in its data path.
     RemoteReady { id: ConnId },
     /// The remote end sent topology records.
-    Gossip { id: ConnId, update: Vec<crate::mesh::topology::PeerInfo> },
+    Gossip { id: ConnId, update: super::protocol::GossipUpdate },
     /// The connection is gone.
     Closed { id: ConnId, error: String },
 }

@@ -131,6 +131,15 @@ pub struct Hello {
     pub data_port: u16,
 }
 
+/// Topology records on their way through the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipUpdate {
+    /// The router whose own record changed: the update travels along its broadcast tree.
+    /// `None` for a whole view (sent to a new neighbour and periodically to a few).
+    pub origin: Option<PeerName>,
+    pub records: Vec<crate::mesh::topology::PeerInfo>,
+}
+
 /// Everything sent after the preamble.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -142,7 +151,7 @@ pub enum Message {
     /// The sender closes the connection, and why.
     Goodbye(String),
     /// Topology records (the sender's own and those it passes on).
-    Gossip(Vec<crate::mesh::topology::PeerInfo>),
+    Gossip(GossipUpdate),
 }
 
 impl Message {

@@ -13,7 +13,7 @@ use crate::datapath::{Datapath, DatapathPeer};
 use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
 use crate::mesh::connection_maker::Target;
 use crate::mesh::peer_name::{PeerName, ShortId};
-use crate::mesh::protocol::{self, Message};
+use crate::mesh::protocol::{self, GossipUpdate, Message};
 use crate::mesh::routes::{self, Routes};
 use crate::mesh::topology::{ConnectionSummary, PeerInfo, Topology};
 
@@ -52,8 +52,8 @@ fn fanout(neighbours: usize) -> usize {
     (2 * log as usize).clamp(1, neighbours.max(1))
 }
 
-fn encode(update: Vec<PeerInfo>) -> Option<Arc<[u8]>> {
-    match protocol::encode_frame(&Message::Gossip(update)) {
+fn encode(origin: Option<PeerName>, records: Vec<PeerInfo>) -> Option<Arc<[u8]>> {
+    match protocol::encode_frame(&Message::Gossip(GossipUpdate { origin, records })) {
         Ok(frame) => Some(frame.into()),
         Err(e) => {
             tracing::error!("cannot encode gossip: {e}");
@@ -67,14 +67,23 @@ impl<D: Datapath> Inner<D> {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends `update` on every accepted connection but `except`.
-    fn gossip_to_all(&self, mesh: &Mesh, update: Vec<PeerInfo>, except: Option<ConnId>) {
-        if update.is_empty() {
+    /// Sends `records` on the connections to `to` (every accepted connection when `None`)
+    /// but `except`.
+    fn gossip_to(
+        &self,
+        mesh: &Mesh,
+        origin: Option<PeerName>,
+        records: Vec<PeerInfo>,
+        to: Option<&[PeerName]>,
+        except: Option<ConnId>,
+    ) {
+        if records.is_empty() {
             return;
         }
-        let Some(frame) = encode(update) else { return };
+        let Some(frame) = encode(origin, records) else { return };
         for (id, conn) in &mesh.connections {
-            if Some(*id) != except {
+            let wanted = to.is_none_or(|names| names.contains(&conn.hello.name));
+            if wanted && Some(*id) != except {
                 let _ = conn.commands.send(ConnCommand::SendFrame(frame.clone()));
             }
         }
@@ -84,7 +93,7 @@ impl<D: Datapath> Inner<D> {
     pub(super) fn send_full_gossip(&self, id: ConnId) {
         let update = self.view().topology.full_state();
         let mesh = self.mesh();
-        if let (Some(conn), Some(frame)) = (mesh.connections.get(&id), encode(update)) {
+        if let (Some(conn), Some(frame)) = (mesh.connections.get(&id), encode(None, update)) {
             let _ = conn.commands.send(ConnCommand::SendFrame(frame));
         }
     }
@@ -96,7 +105,7 @@ impl<D: Datapath> Inner<D> {
         let mut ids: Vec<ConnId> = mesh.connections.keys().copied().collect();
         ids.shuffle(&mut rand::thread_rng());
         ids.truncate(fanout(ids.len()));
-        let Some(frame) = encode(update) else { return };
+        let Some(frame) = encode(None, update) else { return };
         for id in ids {
             let _ = mesh.connections[&id].commands.send(ConnCommand::SendFrame(frame.clone()));
         }
@@ -120,7 +129,8 @@ impl<D: Datapath> Inner<D> {
             if view.topology.set_our_connections(summaries) {
                 let ourself = view.topology.ourself().clone();
                 drop(view);
-                self.gossip_to_all(&mesh, vec![ourself], None);
+                // Our neighbours are our children in our own broadcast tree: all of them.
+                self.gossip_to(&mesh, Some(ourself.name), vec![ourself], None, None);
             }
         }
         self.routes_stale();
@@ -142,8 +152,10 @@ impl<D: Datapath> Inner<D> {
 
     /// Merges gossip from connection `id`; malformed gossip closes that connection and
     /// changes nothing else.
-    pub(super) async fn on_gossip(&self, id: ConnId, update: Vec<PeerInfo>) {
-        let merged = self.view().topology.merge(&update);
+    /// A record change travels on along its origin's broadcast tree (in a full mesh: no
+    /// further at all); a whole view's news go to every other neighbour.
+    pub(super) async fn on_gossip(&self, id: ConnId, update: GossipUpdate) {
+        let merged = self.view().topology.merge(&update.records);
         match merged {
             Err(e) => {
                 let mesh = self.mesh();
@@ -155,7 +167,13 @@ impl<D: Datapath> Inner<D> {
             Ok(outcome) if !outcome.improved.is_empty() => {
                 {
                     let mesh = self.mesh();
-                    self.gossip_to_all(&mesh, outcome.improved, Some(id));
+                    let children = update.origin.and_then(|o| self.view().routes.broadcast.get(&o).cloned());
+                    if outcome.ourself_bumped {
+                        // A record of an earlier run of ours was about: everyone hears the new one.
+                        let ourself = self.view().topology.ourself().clone();
+                        self.gossip_to(&mesh, Some(ourself.name), vec![ourself], None, None);
+                    }
+                    self.gossip_to(&mesh, update.origin, outcome.improved, children.as_deref(), Some(id));
                 }
                 let lost_to = self.view().topology.short_id_lost_to();
                 if let Some(winner) = lost_to {

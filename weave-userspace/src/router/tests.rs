@@ -463,7 +463,8 @@ async fn malformed_gossip_closes_only_that_connection() {
         outbound: true,
         established: true,
     }];
-    write_message(&mut s, &Message::Gossip(vec![bogus])).await.unwrap();
+    let update = crate::mesh::protocol::GossipUpdate { origin: None, records: vec![bogus] };
+    write_message(&mut s, &Message::Gossip(update)).await.unwrap();
     loop {
         match tokio::time::timeout(Duration::from_secs(5), read_message(&mut s)).await.unwrap() {
             Ok(Message::Goodbye(reason)) => {
