@@ -147,6 +147,17 @@ pub async fn start(settings: DatapathSettings) -> Result<EbpfDatapath, DatapathE
 }
 
 impl EbpfDatapath {
+    /// The host end of a container veth as a port of the weave bridge: MTU, enslaved, up.
+    async fn make_bridge_port(&self, index: u32) -> Result<(), DatapathError> {
+        let change = LinkChange {
+            mtu: Some(self.container_mtu),
+            controller: Some(self.bridge_index),
+            up: true,
+            ..Default::default()
+        };
+        self.nl.set_link(index, change).await
+    }
+
     pub async fn start(settings: DatapathSettings) -> Result<Self, DatapathError> {
         ensure_bpffs()?;
         let pin_dir = settings.pin_root.join(settings.peer_name.to_string());
@@ -430,17 +441,7 @@ impl EbpfDatapath {
                 Ok(link.mac)
             })
             .await?;
-            self.nl
-                .set_link(
-                    host.index,
-                    LinkChange {
-                        mtu: Some(self.container_mtu),
-                        controller: Some(self.bridge_index),
-                        up: true,
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            self.make_bridge_port(host.index).await?;
             let endpoint = Endpoint {
                 netns: request.netns.clone(),
                 host_ifname: host_name.clone(),
@@ -785,17 +786,7 @@ impl Datapath for EbpfDatapath {
             .link_by_name(&endpoint.host_ifname)
             .await?
             .ok_or_else(|| DatapathError::NoSuchEndpoint(endpoint.netns.clone()))?;
-        self.nl
-            .set_link(
-                host.index,
-                LinkChange {
-                    mtu: Some(self.container_mtu),
-                    controller: Some(self.bridge_index),
-                    up: true,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        self.make_bridge_port(host.index).await?;
         self.take_up(&endpoint, host.index)
     }
 
