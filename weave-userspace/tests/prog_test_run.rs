@@ -114,6 +114,13 @@ impl Bed {
     fn neighbours(&mut self) -> HashMap<&mut MapData, Ipv4Key, MacKey> {
         HashMap::try_from(self.ebpf.map_mut("NEIGHBOURS").unwrap()).unwrap()
     }
+    /// A local container with `mac` behind host ifindex 1.
+    fn add_endpoint(&mut self, mac: [u8; 6]) {
+        self.endpoints()
+            .insert(MacKey::new(mac), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0)
+            .unwrap();
+    }
+
     fn neighbour_peers(&mut self) -> HashMap<&mut MapData, Ipv4Key, NeighbourPeer> {
         HashMap::try_from(self.ebpf.map_mut("NEIGHBOUR_PEERS").unwrap()).unwrap()
     }
@@ -364,16 +371,7 @@ fn tx_leaves_frames_for_unreachable_or_unknown_macs_to_the_bridge() {
 fn tx_hands_frames_for_local_containers_straight_over() {
     require_root!();
     let mut bed = Bed::new();
-    bed.endpoints()
-        .insert(
-            MacKey::new(OTHER_LOCAL_MAC),
-            LocalEndpoint {
-                host_ifindex: 1,
-                flags: 0,
-            },
-            0,
-        )
-        .unwrap();
+    bed.add_endpoint(OTHER_LOCAL_MAC);
     let frame = inner_frame(OTHER_LOCAL_MAC, LOCAL_MAC, LOCAL_IP, [10, 2, 0, 3]);
     let (rc, out) = bed.run_tc(TX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT);
@@ -419,16 +417,7 @@ fn tx_answers_arp_from_neighbours() {
 fn rx_decapsulates_into_a_local_container_and_learns() {
     require_root!();
     let mut bed = Bed::new();
-    bed.endpoints()
-        .insert(
-            MacKey::new(LOCAL_MAC),
-            LocalEndpoint {
-                host_ifindex: 1,
-                flags: 0,
-            },
-            0,
-        )
-        .unwrap();
+    bed.add_endpoint(LOCAL_MAC);
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
     let frame = encapsulated(
         &inner,
@@ -493,16 +482,7 @@ fn rx_hands_broadcast_to_the_peers_vxlan_device() {
 fn rx_drops_what_is_not_admitted_and_counts_why() {
     require_root!();
     let mut bed = Bed::new();
-    bed.endpoints()
-        .insert(
-            MacKey::new(LOCAL_MAC),
-            LocalEndpoint {
-                host_ifindex: 1,
-                flags: 0,
-            },
-            0,
-        )
-        .unwrap();
+    bed.add_endpoint(LOCAL_MAC);
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
     let cases = [
         (
@@ -664,9 +644,7 @@ fn rx_admits_a_frame_relayed_by_a_neighbour_and_delivers_it() {
     require_root!();
     let mut bed = Bed::new();
     bed.add_far_peer();
-    bed.endpoints()
-        .insert(MacKey::new(LOCAL_MAC), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0)
-        .unwrap();
+    bed.add_endpoint(LOCAL_MAC);
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
     // Origin FAR_ID, relayed by PEER_ID: the outer source is PEER_ID's address.
     let frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(FAR_ID, OWN_ID));
