@@ -42,7 +42,9 @@ pub struct Host {
 impl Host {
     /// The router of this host; panics if none was launched.
     pub fn router(&self) -> &Router {
-        self.router.as_ref().expect("no router launched on this host")
+        self.router
+            .as_ref()
+            .expect("no router launched on this host")
     }
 
     pub fn nickname(&self) -> String {
@@ -65,22 +67,36 @@ pub struct Container {
 impl Container {
     /// Its address without the prefix length, once attached.
     pub fn ip(&self) -> Option<&str> {
-        self.cidr.as_deref().map(|c| c.split('/').next().unwrap_or(c))
+        self.cidr
+            .as_deref()
+            .map(|c| c.split('/').next().unwrap_or(c))
     }
 
     /// `ping -c <count> -W 1 <addr>` inside; a failed ping is not an error.
     pub fn ping(&self, addr: &str, count: u32) -> Result<Output> {
         self.ns.run_timeout(
-            &["ping", "-n", "-c", &count.to_string(), "-i", "0.2", "-W", "1", addr],
+            &[
+                "ping",
+                "-n",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                addr,
+            ],
             Duration::from_secs(10 + count as u64),
         )
     }
 
     /// Pings `addr` once a second until a reply comes, at most `timeout`.
     pub fn wait_ping(&self, addr: &str, timeout: Duration) -> Result<()> {
-        cmd::wait_for(&format!("{} to reach {addr}", self.ns.name()), timeout, || {
-            self.ping(addr, 1).ok().filter(|o| o.success()).map(|_| ())
-        })
+        cmd::wait_for(
+            &format!("{} to reach {addr}", self.ns.name()),
+            timeout,
+            || self.ping(addr, 1).ok().filter(|o| o.success()).map(|_| ()),
+        )
     }
 }
 
@@ -141,7 +157,10 @@ impl TestBed {
 
     /// The router of host `i`, mutable; panics if none was launched.
     pub fn router_mut(&mut self, i: usize) -> &mut Router {
-        self.hosts[i - 1].router.as_mut().expect("no router launched on this host")
+        self.hosts[i - 1]
+            .router
+            .as_mut()
+            .expect("no router launched on this host")
     }
 
     /// The underlay namespace (`<prefix>-u`, holding the bridge `br0`), borrowed.
@@ -152,8 +171,14 @@ impl TestBed {
     /// A namespace `<prefix>-<name>` whose `eth0` has `addr` on the underlay.
     fn underlay_ns(&self, name: &str, addr: Ipv4Addr) -> Result<Netns> {
         let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
-        let u = self.underlay.as_ref().expect("underlay exists while the bed lives");
-        ns.ip(&format!("link add eth0 type veth peer name {name} netns {}", u.name()))?;
+        let u = self
+            .underlay
+            .as_ref()
+            .expect("underlay exists while the bed lives");
+        ns.ip(&format!(
+            "link add eth0 type veth peer name {name} netns {}",
+            u.name()
+        ))?;
         u.ip(&format!("link set {name} master br0 up"))?;
         ns.ip(&format!("addr add {addr}/{UNDERLAY_PREFIX_LEN} dev eth0"))?;
         ns.ip("link set eth0 up")?;
@@ -203,7 +228,8 @@ impl TestBed {
             self.launch(i, &opts)?;
         }
         for i in 1..=n {
-            self.router(i).wait_established(n - 1, Duration::from_secs(30))?;
+            self.router(i)
+                .wait_established(n - 1, Duration::from_secs(30))?;
         }
         Ok(())
     }
@@ -239,7 +265,10 @@ impl TestBed {
     pub fn veth_to_container(&mut self, c: usize, host_if: &str, mtu: u32) -> Result<()> {
         let ct = &self.containers[c];
         let host = &self.hosts[ct.host - 1].ns;
-        host.ip(&format!("link add {host_if} mtu {mtu} type veth peer name eth0 netns {}", ct.ns.name()))?;
+        host.ip(&format!(
+            "link add {host_if} mtu {mtu} type veth peer name eth0 netns {}",
+            ct.ns.name()
+        ))?;
         ct.ns.ip(&format!("link set eth0 mtu {mtu} up"))?;
         host.ip(&format!("link set {host_if} up"))?;
         Ok(())
@@ -345,7 +374,9 @@ pub fn require_root(test: &str) -> bool {
         return true;
     }
     eprintln!();
-    eprintln!("!!!!! SKIPPED {test}: needs root (network namespaces, BPF). Run `cargo xtask test`. !!!!!");
+    eprintln!(
+        "!!!!! SKIPPED {test}: needs root (network namespaces, BPF). Run `cargo xtask test`. !!!!!"
+    );
     eprintln!();
     false
 }

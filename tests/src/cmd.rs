@@ -79,7 +79,8 @@ pub(crate) struct CaptureFiles {
 impl CaptureFiles {
     pub(crate) fn new(tag: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join("weave-tests-io");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let base = format!("{}-{}-{}", std::process::id(), n, tag);
         Ok(CaptureFiles {
@@ -89,8 +90,10 @@ impl CaptureFiles {
     }
 
     pub(crate) fn open(&self) -> Result<(File, File)> {
-        let o = File::create(&self.out).map_err(|e| Error::io(format!("create {}", self.out.display()), e))?;
-        let e = File::create(&self.err).map_err(|e| Error::io(format!("create {}", self.err.display()), e))?;
+        let o = File::create(&self.out)
+            .map_err(|e| Error::io(format!("create {}", self.out.display()), e))?;
+        let e = File::create(&self.err)
+            .map_err(|e| Error::io(format!("create {}", self.err.display()), e))?;
         Ok((o, e))
     }
 
@@ -132,7 +135,8 @@ pub fn run_timeout<S: AsRef<OsStr>>(argv: &[S], timeout: Duration) -> Result<Out
         cmd: line.clone(),
         source,
     })?;
-    let status = wait_deadline(&mut child, timeout).map_err(|e| Error::io(format!("wait for `{line}`"), e))?;
+    let status = wait_deadline(&mut child, timeout)
+        .map_err(|e| Error::io(format!("wait for `{line}`"), e))?;
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
@@ -163,7 +167,10 @@ pub fn words(s: &str) -> Vec<OsString> {
 }
 
 /// Waits for `child` until `timeout`; `None` if it is still running.
-pub(crate) fn wait_deadline(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+pub(crate) fn wait_deadline(
+    child: &mut Child,
+    timeout: Duration,
+) -> std::io::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     loop {

@@ -26,7 +26,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("weave-router binary not found at {0} (run `cargo xtask build` or set WEAVE_ROUTER_BIN)")]
+    #[error(
+        "weave-router binary not found at {0} (run `cargo xtask build` or set WEAVE_ROUTER_BIN)"
+    )]
     NoBinary(PathBuf),
     #[error("timed out after {timeout:?} waiting for {what}")]
     WaitTimeout { what: String, timeout: Duration },

@@ -19,7 +19,7 @@ pub mod topology;
 pub use bed::{host_addr, is_root, require_root, sweep, Container, Host, TestBed};
 pub use cmd::{Background, Output};
 pub use error::{Error, Result};
-pub use netns::Netns;
 pub use netns as ns;
+pub use netns::Netns;
 pub use router::{LaunchOpts, Router};
 pub use topology::{pair, Mode, Pair};

@@ -47,13 +47,20 @@ pub fn block(ns: &Netns, peer: Ipv4Addr) -> Result<()> {
             nft(ns, &line)?;
         }
     }
-    nft(ns, &format!("add element netdev {BLOCK_TABLE} peers {{ {peer} }}"))?;
+    nft(
+        ns,
+        &format!("add element netdev {BLOCK_TABLE} peers {{ {peer} }}"),
+    )?;
     Ok(())
 }
 
 /// Lets traffic between this host and `peer` through again.
 pub fn unblock(ns: &Netns, peer: Ipv4Addr) -> Result<()> {
-    nft(ns, &format!("delete element netdev {BLOCK_TABLE} peers {{ {peer} }}")).map(|_| ())
+    nft(
+        ns,
+        &format!("delete element netdev {BLOCK_TABLE} peers {{ {peer} }}"),
+    )
+    .map(|_| ())
 }
 
 /// The `bridge` table of the underlay namespace that drops frames between cut pairs.
@@ -62,13 +69,19 @@ fn underlay_block(underlay: &Netns, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
         for line in [
             format!("add table bridge {BLOCK_TABLE}"),
             format!("add set bridge {BLOCK_TABLE} pairs {{ type ipv4_addr . ipv4_addr ; }}"),
-            format!("add chain bridge {BLOCK_TABLE} cut {{ type filter hook forward priority -500 ; }}"),
+            format!(
+                "add chain bridge {BLOCK_TABLE} cut {{ type filter hook forward priority -500 ; }}"
+            ),
             format!("add rule bridge {BLOCK_TABLE} cut ip saddr . ip daddr @pairs counter drop"),
         ] {
             nft(underlay, &line)?;
         }
     }
-    nft(underlay, &format!("add element bridge {BLOCK_TABLE} pairs {{ {a} . {b}, {b} . {a} }}")).map(|_| ())
+    nft(
+        underlay,
+        &format!("add element bridge {BLOCK_TABLE} pairs {{ {a} . {b}, {b} . {a} }}"),
+    )
+    .map(|_| ())
 }
 
 /// Cuts the underlay link between hosts `a` and `b` of `bed`: on both hosts and on the
@@ -82,7 +95,8 @@ pub fn cut(bed: &TestBed, a: usize, b: usize) -> Result<()> {
 
 /// The underlay's cut pairs with the drop counter, for messages.
 pub fn underlay_rules(bed: &TestBed) -> String {
-    nft(&bed.underlay(), &format!("list table bridge {BLOCK_TABLE}")).unwrap_or_else(|e| format!("({e})"))
+    nft(&bed.underlay(), &format!("list table bridge {BLOCK_TABLE}"))
+        .unwrap_or_else(|e| format!("({e})"))
 }
 
 /// The block table as `nft list table` shows it (rules with their counters), for messages.
@@ -122,19 +136,30 @@ impl Capture {
     }
 
     fn start_with(ns: &Netns, dev: &str, opts: &[&str], filter: &str) -> Result<Capture> {
-        let mut argv: Vec<String> = ["tcpdump", "-n", "-l", "-U", "-i", dev].iter().map(|s| s.to_string()).collect();
+        let mut argv: Vec<String> = ["tcpdump", "-n", "-l", "-U", "-i", dev]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         argv.extend(opts.iter().map(|s| s.to_string()));
         argv.extend(filter.split_whitespace().map(str::to_string));
         let mut bg = ns.spawn(&argv)?;
-        cmd::wait_for(&format!("tcpdump to listen on {dev} in {}", ns.name()), Duration::from_secs(10), || {
-            if !bg.running() {
-                return Some(());
-            }
-            bg.output().1.contains("listening on").then_some(())
-        })?;
+        cmd::wait_for(
+            &format!("tcpdump to listen on {dev} in {}", ns.name()),
+            Duration::from_secs(10),
+            || {
+                if !bg.running() {
+                    return Some(());
+                }
+                bg.output().1.contains("listening on").then_some(())
+            },
+        )?;
         if !bg.running() {
             let o = bg.stop();
-            return Err(Error::Other(format!("tcpdump in {} exited: {}", ns.name(), o.stderr.trim())));
+            return Err(Error::Other(format!(
+                "tcpdump in {} exited: {}",
+                ns.name(),
+                o.stderr.trim()
+            )));
         }
         Ok(Capture {
             bg,
@@ -161,7 +186,11 @@ pub fn parse_tcpdump(text: &str) -> Vec<Packet> {
     let addr = |s: &str| -> Option<Ipv4Addr> {
         let s = s.trim_end_matches(':');
         let parts: Vec<&str> = s.split('.').collect();
-        let ip = if parts.len() >= 4 { parts[..4].join(".") } else { s.to_string() };
+        let ip = if parts.len() >= 4 {
+            parts[..4].join(".")
+        } else {
+            s.to_string()
+        };
         ip.parse().ok()
     };
     let mut out: Vec<Packet> = Vec::new();
@@ -175,8 +204,12 @@ pub fn parse_tcpdump(text: &str) -> Vec<Packet> {
             }
             continue;
         }
-        let Some(rest) = l.split_once(" IP ").map(|x| x.1) else { continue };
-        let Some((from, rest)) = rest.split_once(" > ") else { continue };
+        let Some(rest) = l.split_once(" IP ").map(|x| x.1) else {
+            continue;
+        };
+        let Some((from, rest)) = rest.split_once(" > ") else {
+            continue;
+        };
         let (to, what) = rest.split_once(": ").unwrap_or((rest, ""));
         if let (Some(src), Some(dst)) = (addr(from), addr(to)) {
             out.push(Packet {
@@ -200,7 +233,10 @@ pub fn name_of(v: &Value) -> Option<String> {
         _ => return None,
     };
     let b = n.to_be_bytes();
-    Some(format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[2], b[3], b[4], b[5], b[6], b[7]))
+    Some(format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[2], b[3], b[4], b[5], b[6], b[7]
+    ))
 }
 
 fn key_name(k: &str) -> Option<String> {
@@ -218,9 +254,12 @@ impl Report {
     }
 
     pub fn parse(text: &str) -> Result<Report> {
-        serde_json::from_str(text)
-            .map(Report)
-            .map_err(|e| Error::Other(format!("report is not JSON ({e}): {}", text.chars().take(200).collect::<String>())))
+        serde_json::from_str(text).map(Report).map_err(|e| {
+            Error::Other(format!(
+                "report is not JSON ({e}): {}",
+                text.chars().take(200).collect::<String>()
+            ))
+        })
     }
 
     /// Names of every peer in `Router.Peers` (ourselves included).
@@ -235,13 +274,20 @@ impl Report {
     pub fn unicast(&self) -> Vec<(String, String)> {
         self.0["Router"]["Routes"]["unicast"]
             .as_object()
-            .map(|m| m.iter().filter_map(|(k, v)| Some((key_name(k)?, name_of(v)?))).collect())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((key_name(k)?, name_of(v)?)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// The next hop towards `dst`, if there is a route.
     pub fn next_hop(&self, dst: &str) -> Option<String> {
-        self.unicast().into_iter().find(|(d, _)| d == dst).map(|(_, h)| h)
+        self.unicast()
+            .into_iter()
+            .find(|(d, _)| d == dst)
+            .map(|(_, h)| h)
     }
 
     /// `Router.Routes.broadcast`: source → the neighbours this router passes it on to.
@@ -272,7 +318,9 @@ pub fn agrees(report: &Report, me: &str, want: &BTreeSet<String>) -> bool {
         return false;
     }
     let routed: BTreeSet<String> = report.unicast().into_iter().map(|(d, _)| d).collect();
-    want.iter().filter(|p| p.as_str() != me).all(|p| routed.contains(p))
+    want.iter()
+        .filter(|p| p.as_str() != me)
+        .all(|p| routed.contains(p))
 }
 
 #[cfg(test)]
@@ -291,13 +339,16 @@ mod tests {
         assert_eq!(p[1].dst, Ipv4Addr::new(10, 2, 1, 255));
         assert!(p[1].what.starts_with("ICMP echo request"));
 
-        let t = "09:00:00.1 IP 198.18.0.1.40000 > 198.18.0.2.6784: VXLAN, flags [I] (0x08), vni 1\n\
+        let t =
+            "09:00:00.1 IP 198.18.0.1.40000 > 198.18.0.2.6784: VXLAN, flags [I] (0x08), vni 1\n\
                  IP 10.2.1.1 > 10.2.1.3: ICMP echo request, id 7, seq 1, length 64\n\
                  09:00:00.2 IP 198.18.0.2.40000 > 198.18.0.3.6784: VXLAN, flags [I] (0x08), vni 2\n\
                  ARP, Request who-has 10.2.1.3 tell 10.2.1.1, length 28\n";
         let p = parse_tcpdump(t);
         assert_eq!(p.len(), 2);
-        assert!(p[0].inner.starts_with("IP 10.2.1.1 > 10.2.1.3: ICMP echo request"));
+        assert!(p[0]
+            .inner
+            .starts_with("IP 10.2.1.1 > 10.2.1.3: ICMP echo request"));
         assert!(p[1].inner.starts_with("ARP"));
     }
 
@@ -307,13 +358,22 @@ mod tests {
         let n = 0x025a_1ce3_0001_u64;
         assert_eq!(name_of(&Value::from(n)).as_deref(), Some(mac));
         assert_eq!(name_of(&Value::from(n.to_string())).as_deref(), Some(mac));
-        assert_eq!(name_of(&Value::from(mac.to_uppercase())).as_deref(), Some(mac));
+        assert_eq!(
+            name_of(&Value::from(mac.to_uppercase())).as_deref(),
+            Some(mac)
+        );
         let r = Report::parse(&format!(
             r#"{{"Router":{{"Peers":[{{"name":{n}}}],"Routes":{{"unicast":{{"{n}":"{mac}"}},"broadcast":{{"{n}":[{n}]}}}}}}}}"#
         ))
         .unwrap();
-        assert_eq!(r.peers().into_iter().collect::<Vec<_>>(), vec![mac.to_string()]);
+        assert_eq!(
+            r.peers().into_iter().collect::<Vec<_>>(),
+            vec![mac.to_string()]
+        );
         assert_eq!(r.next_hop(mac).as_deref(), Some(mac));
-        assert_eq!(r.broadcast(), vec![(mac.to_string(), vec![mac.to_string()])]);
+        assert_eq!(
+            r.broadcast(),
+            vec![(mac.to_string(), vec![mac.to_string()])]
+        );
     }
 }

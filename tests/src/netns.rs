@@ -62,7 +62,10 @@ impl Netns {
 
     /// `argv` prefixed with `nsenter --net=<path>`.
     pub fn wrap<S: AsRef<OsStr>>(&self, argv: &[S]) -> Vec<OsString> {
-        let mut v: Vec<OsString> = vec!["nsenter".into(), format!("--net={}", self.path().display()).into()];
+        let mut v: Vec<OsString> = vec![
+            "nsenter".into(),
+            format!("--net={}", self.path().display()).into(),
+        ];
         v.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
         v
     }
@@ -112,7 +115,8 @@ impl Netns {
         let path = self.path();
         std::thread::scope(|s| {
             s.spawn(move || -> Result<R> {
-                let file = std::fs::File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
                 // SAFETY: setns(2) on a valid descriptor; it affects this thread only.
                 let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
                 if rc != 0 {
@@ -156,7 +160,11 @@ pub fn list() -> Vec<String> {
 /// Pids of the processes whose network namespace is `name`.
 pub fn pids(name: &str) -> Vec<i32> {
     match cmd::run(&["ip", "netns", "pids", name]) {
-        Ok(o) if o.success() => o.stdout.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
+        Ok(o) if o.success() => o
+            .stdout
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -28,14 +28,22 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
                 Some((n, lab)) => (n.to_string(), lab.trim_end_matches('}').to_string()),
                 None => (series.to_string(), String::new()),
             };
-            Some(Sample { name, labels, value })
+            Some(Sample {
+                name,
+                labels,
+                value,
+            })
         })
         .collect()
 }
 
 /// Sum of the samples for which `pick` is true.
 pub fn metric_sum(text: &str, pick: impl Fn(&Sample) -> bool) -> f64 {
-    parse_metrics(text).iter().filter(|s| pick(s)).map(|s| s.value).sum()
+    parse_metrics(text)
+        .iter()
+        .filter(|s| pick(s))
+        .map(|s| s.value)
+        .sum()
 }
 
 /// A VXLAN packet (UDP payload): the 8-byte header with VNI `vni`, then an Ethernet frame
@@ -47,7 +55,9 @@ pub fn vxlan_payload(vni: u32, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     p.extend_from_slice(&src);
     p.extend_from_slice(&[0x08, 0x00]);
     // IPv4: version/IHL, TOS, length 28, id, flags, TTL 64, ICMP, checksum 0, 10.2.1.99 -> 10.2.1.1
-    p.extend_from_slice(&[0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 1, 0, 0, 10, 2, 1, 99, 10, 2, 1, 1]);
+    p.extend_from_slice(&[
+        0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 1, 0, 0, 10, 2, 1, 99, 10, 2, 1, 1,
+    ]);
     p.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, 1]);
     p
 }
@@ -97,21 +107,31 @@ pub fn links(ns: &Netns) -> Result<Vec<String>> {
 /// The neighbour entry for `addr` inside `ns` (`ip neigh show <addr>`), if any.
 pub fn neighbour(ns: &Netns, addr: &str) -> Result<Option<String>> {
     let out = ns.ip(&format!("neigh show {addr}"))?;
-    Ok(out.lines().next().map(str::to_string).filter(|l| !l.is_empty()))
+    Ok(out
+        .lines()
+        .next()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty()))
 }
 
 /// The short ID a router stored in its state dir (`peer.json`), if readable.
 pub fn stored_short_id(state_dir: &Path) -> Option<u16> {
     let text = std::fs::read_to_string(state_dir.join("peer.json")).ok()?;
     let i = text.find("\"short_id\"")?;
-    let rest = text[i + "\"short_id\"".len()..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = text[i + "\"short_id\"".len()..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = s.split(':').filter_map(|p| u8::from_str_radix(p, 16).ok()).collect();
+    let v: Vec<u8> = s
+        .split(':')
+        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
     v.try_into().ok()
 }
 

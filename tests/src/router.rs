@@ -62,10 +62,17 @@ pub struct Router {
 
 impl Router {
     /// `weave-router launch` in `netns` (daemonized; returns once it is ready).
-    pub fn launch(netns: &str, name: &str, nickname: &str, state_dir: &Path, opts: &LaunchOpts) -> Result<Router> {
+    pub fn launch(
+        netns: &str,
+        name: &str,
+        nickname: &str,
+        state_dir: &Path,
+        opts: &LaunchOpts,
+    ) -> Result<Router> {
         let bin = require_binary()?;
         let _ = std::fs::remove_dir_all(state_dir);
-        std::fs::create_dir_all(state_dir).map_err(|e| Error::io(format!("create {}", state_dir.display()), e))?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| Error::io(format!("create {}", state_dir.display()), e))?;
         let router = Router {
             netns: netns.to_string(),
             bin,
@@ -95,12 +102,25 @@ impl Router {
         let out = router.cli_timeout(&args, Duration::from_secs(60))?;
         if !out.success() {
             // The CLI prints the log tail itself; add it only if it did not.
-            let log = if out.stderr.contains(".log") { String::new() } else { router.log_tail(20) };
+            let log = if out.stderr.contains(".log") {
+                String::new()
+            } else {
+                router.log_tail(20)
+            };
             // Whatever it left behind goes with `router` being dropped.
             return Err(Error::Failed {
                 cmd: out.cmdline,
                 status: out.status.to_string(),
-                stderr: format!("{}{}{}", out.stderr.trim(), if log.is_empty() { "" } else { "\n--- log ---\n" }, log),
+                stderr: format!(
+                    "{}{}{}",
+                    out.stderr.trim(),
+                    if log.is_empty() {
+                        ""
+                    } else {
+                        "\n--- log ---\n"
+                    },
+                    log
+                ),
             });
         }
         Ok(router)
@@ -153,15 +173,24 @@ impl Router {
 
     /// Waits until `status connections` lists `n` established connections.
     pub fn wait_established(&self, n: usize, timeout: Duration) -> Result<String> {
-        cmd::wait_for(&format!("{n} established connection(s) on {}", self.nickname), timeout, || {
-            let s = self.connections().ok()?;
-            (s.lines().filter(|l| l.contains("established")).count() >= n).then_some(s)
-        })
+        cmd::wait_for(
+            &format!("{n} established connection(s) on {}", self.nickname),
+            timeout,
+            || {
+                let s = self.connections().ok()?;
+                (s.lines().filter(|l| l.contains("established")).count() >= n).then_some(s)
+            },
+        )
     }
 
     /// `weave-router attach <cidr> --netns <path>`.
     pub fn attach(&self, cidr: &str, container_netns: &Path) -> Result<String> {
-        self.check(&["attach", cidr, "--netns", &container_netns.to_string_lossy()])
+        self.check(&[
+            "attach",
+            cidr,
+            "--netns",
+            &container_netns.to_string_lossy(),
+        ])
     }
 
     /// `weave-router detach --netns <path>`.
@@ -206,9 +235,11 @@ impl Router {
         }
         let out = self.cli_timeout(&["stop"], Duration::from_secs(30))?;
         self.running = false;
-        let gone = cmd::wait_for("the router process to exit", Duration::from_secs(15), || {
-            router_pids(&self.netns).is_empty().then_some(())
-        });
+        let gone = cmd::wait_for(
+            "the router process to exit",
+            Duration::from_secs(15),
+            || router_pids(&self.netns).is_empty().then_some(()),
+        );
         out.checked()?;
         gone
     }
@@ -290,7 +321,10 @@ pub fn kill_routers(netns: &str) {
 }
 
 fn hex_only(s: &str) -> String {
-    s.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_ascii_lowercase()
+    s.chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 /// Removes what a router named `name` left pinned (after a crash or a kill).
@@ -323,15 +357,21 @@ pub fn peer_name(seed: &str, index: u16) -> String {
 
 /// GET `path` from `addr` as seen from inside the namespace at `netns_path`.
 pub fn http_get_in(netns_path: &Path, addr: &str, path: &str) -> Result<String> {
-    let name = netns_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = netns_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let ns = netns::Netns::borrow(&name);
     let raw = ns.enter(|| -> std::io::Result<Vec<u8>> {
-        let sock: std::net::SocketAddr = addr
-            .parse()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+        let sock: std::net::SocketAddr = addr.parse().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+        })?;
         let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf)?;
         Ok(buf)
@@ -342,20 +382,30 @@ pub fn http_get_in(netns_path: &Path, addr: &str, path: &str) -> Result<String> 
         .split_once("\r\n\r\n")
         .ok_or_else(|| Error::Other(format!("GET {path} in {name}: no HTTP header in answer")))?;
     let status_line = head.lines().next().unwrap_or_default();
-    let code: u16 = status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     if !(200..300).contains(&code) {
         return Err(Error::Other(format!("GET {path} in {name}: {status_line}")));
     }
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
-    Ok(if chunked { dechunk(body) } else { body.to_string() })
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    Ok(if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    })
 }
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        let n =
+            usize::from_str_radix(size.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
         if n == 0 || rest.len() < n {
             break;
         }

@@ -46,7 +46,11 @@ pub struct Pair {
 impl Pair {
     /// The server container's address.
     pub fn server_ip(&self) -> String {
-        self.bed.container(1).ip().expect("server has an address").to_string()
+        self.bed
+            .container(1)
+            .ip()
+            .expect("server has an address")
+            .to_string()
     }
 
     pub fn client(&self) -> &crate::bed::Container {
@@ -72,7 +76,10 @@ pub fn pair(prefix: &str, mode: Mode, mtu: u32) -> Result<Pair> {
                 host.ip(&format!("addr add 10.10.{h}.1/24 dev vc"))?;
                 host.sysctl("net.ipv4.ip_forward", "1")?;
                 let other = 3 - h;
-                host.ip(&format!("route add 10.10.{other}.0/24 via {}", host_addr(other)))?;
+                host.ip(&format!(
+                    "route add 10.10.{other}.0/24 via {}",
+                    host_addr(other)
+                ))?;
                 ct.ns.ip(&format!("addr add 10.10.{h}.2/24 dev eth0"))?;
                 ct.ns.ip(&format!("route add default via 10.10.{h}.1"))?;
                 bed.set_container_cidr(c, &format!("10.10.{h}.2/24"));
@@ -103,7 +110,9 @@ pub fn pair(prefix: &str, mode: Mode, mtu: u32) -> Result<Pair> {
                 bed.veth_to_container(c, "vc", mtu)?;
                 let host = &bed.host(h).ns;
                 host.ip("link set vc master br0 up")?;
-                bed.container(c).ns.ip(&format!("addr add 10.2.1.{h}/24 dev eth0"))?;
+                bed.container(c)
+                    .ns
+                    .ip(&format!("addr add 10.2.1.{h}/24 dev eth0"))?;
                 bed.set_container_cidr(c, &format!("10.2.1.{h}/24"));
             }
         }

@@ -7,16 +7,32 @@ fn said(o: &Output) -> Vec<String> {
     o.stderr
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
         .map(str::to_string)
         .collect()
 }
 
 fn assert_one_line_error(what: &str, o: &Output) {
-    assert!(!o.success(), "{what}: exit 0\nstdout: {}\nstderr: {}", o.stdout, o.stderr);
-    assert!(!o.stderr.contains("panicked"), "{what}: panicked:\n{}", o.stderr);
+    assert!(
+        !o.success(),
+        "{what}: exit 0\nstdout: {}\nstderr: {}",
+        o.stdout,
+        o.stderr
+    );
+    assert!(
+        !o.stderr.contains("panicked"),
+        "{what}: panicked:\n{}",
+        o.stderr
+    );
     let lines = said(o);
-    assert_eq!(lines.len(), 1, "{what}: want one line on stderr, got:\n{}", o.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: want one line on stderr, got:\n{}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -31,11 +47,28 @@ fn bad_input_gets_one_line_and_non_zero_exit() {
     let r = bed.router(1);
 
     let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("address out of range", vec!["attach", "10.2.1.300/24", "--netns", &cpath]),
-        ("prefix too long", vec!["attach", "10.2.1.1/33", "--netns", &cpath]),
+        (
+            "address out of range",
+            vec!["attach", "10.2.1.300/24", "--netns", &cpath],
+        ),
+        (
+            "prefix too long",
+            vec!["attach", "10.2.1.1/33", "--netns", &cpath],
+        ),
         ("not an address", vec!["attach", "bogus", "--netns", &cpath]),
-        ("missing netns", vec!["attach", "10.2.1.1/24", "--netns", "/run/netns/wtbi-does-not-exist"]),
-        ("detach of a missing netns", vec!["detach", "--netns", "/run/netns/wtbi-does-not-exist"]),
+        (
+            "missing netns",
+            vec![
+                "attach",
+                "10.2.1.1/24",
+                "--netns",
+                "/run/netns/wtbi-does-not-exist",
+            ],
+        ),
+        (
+            "detach of a missing netns",
+            vec!["detach", "--netns", "/run/netns/wtbi-does-not-exist"],
+        ),
     ];
     for (what, args) in &cases {
         let o = r.cli(args).expect("runs");
@@ -43,7 +76,10 @@ fn bad_input_gets_one_line_and_non_zero_exit() {
     }
     // Nothing was attached by the failed attempts.
     assert!(
-        !probe::links(&bed.container(c).ns).expect("links").iter().any(|l| l == "ethwe"),
+        !probe::links(&bed.container(c).ns)
+            .expect("links")
+            .iter()
+            .any(|l| l == "ethwe"),
         "a failed attach left ethwe behind"
     );
 
@@ -66,15 +102,35 @@ fn bad_input_gets_one_line_and_non_zero_exit() {
     let sd = bed.state_dir(2);
     let sd = sd.to_string_lossy();
     let launches: Vec<(&str, Vec<&str>)> = vec![
-        ("bad peer name", vec!["launch", "--name", "not-a-mac", "--state-dir", &sd, "--iface", "eth0"]),
-        ("missing underlay device", vec!["launch", "--state-dir", &sd, "--iface", "nosuchdev0"]),
-        ("bad peer address", vec!["launch", "300.1.2.3", "--state-dir", &sd, "--iface", "eth0"]),
+        (
+            "bad peer name",
+            vec![
+                "launch",
+                "--name",
+                "not-a-mac",
+                "--state-dir",
+                &sd,
+                "--iface",
+                "eth0",
+            ],
+        ),
+        (
+            "missing underlay device",
+            vec!["launch", "--state-dir", &sd, "--iface", "nosuchdev0"],
+        ),
+        (
+            "bad peer address",
+            vec!["launch", "300.1.2.3", "--state-dir", &sd, "--iface", "eth0"],
+        ),
     ];
     for (what, args) in &launches {
         let before = probe::links(&bed.host(2).ns).expect("links");
         let o = router::cli_in(&h2, args).expect("runs");
         assert_one_line_error(what, &o);
-        assert!(router::router_pids(&h2).is_empty(), "{what}: a router process is left");
+        assert!(
+            router::router_pids(&h2).is_empty(),
+            "{what}: a router process is left"
+        );
         let after = probe::links(&bed.host(2).ns).expect("links");
         assert_eq!(before, after, "{what}: links left behind");
     }
@@ -83,10 +139,18 @@ fn bad_input_gets_one_line_and_non_zero_exit() {
     let sd1b = bed.state_dir(1).with_extension("second");
     let o = router::cli_in(
         bed.host(1).ns.name(),
-        &["launch", "--state-dir", &sd1b.to_string_lossy(), "--iface", "eth0"],
+        &[
+            "launch",
+            "--state-dir",
+            &sd1b.to_string_lossy(),
+            "--iface",
+            "eth0",
+        ],
     )
     .expect("runs");
     let _ = std::fs::remove_dir_all(&sd1b);
     assert_one_line_error("second router in one namespace", &o);
-    bed.router(1).connections().expect("the first router still answers");
+    bed.router(1)
+        .connections()
+        .expect("the first router still answers");
 }

@@ -16,9 +16,11 @@ fn mesh_killed_router_is_dropped_by_all_others() {
     let dead = bed.peer_name(4);
     for i in 1..=3 {
         let r = bed.router(i);
-        cmd::wait_for(&format!("host{i} to know host4"), Duration::from_secs(20), || {
-            Report::of(r).ok()?.peers().contains(&dead).then_some(())
-        })
+        cmd::wait_for(
+            &format!("host{i} to know host4"),
+            Duration::from_secs(20),
+            || Report::of(r).ok()?.peers().contains(&dead).then_some(()),
+        )
         .expect("gossip");
     }
 
@@ -28,16 +30,21 @@ fn mesh_killed_router_is_dropped_by_all_others() {
     let mut took = Vec::new();
     for i in 1..=3 {
         let r = bed.router(i);
-        let gone = cmd::wait_for(&format!("host{i} to drop host4 from gossip"), Duration::from_secs(15), || {
-            let peers = r.check(&["status", "peers"]).ok()?;
-            let conns = r.connections().ok()?;
-            let rep = Report::of(r).ok()?;
-            let live = conns
-                .lines()
-                .any(|l| (l.contains("established") || l.contains("pending")) && l.contains(&dead));
-            let listed = peers.contains(&dead) || peers.contains("host4");
-            (!live && !listed && !rep.peers().contains(&dead) && rep.next_hop(&dead).is_none()).then_some(())
-        });
+        let gone = cmd::wait_for(
+            &format!("host{i} to drop host4 from gossip"),
+            Duration::from_secs(15),
+            || {
+                let peers = r.check(&["status", "peers"]).ok()?;
+                let conns = r.connections().ok()?;
+                let rep = Report::of(r).ok()?;
+                let live = conns.lines().any(|l| {
+                    (l.contains("established") || l.contains("pending")) && l.contains(&dead)
+                });
+                let listed = peers.contains(&dead) || peers.contains("host4");
+                (!live && !listed && !rep.peers().contains(&dead) && rep.next_hop(&dead).is_none())
+                    .then_some(())
+            },
+        );
         gone.unwrap_or_else(|e| {
             panic!(
                 "{e}\nstatus peers:\n{}\nstatus connections:\n{}",
@@ -49,7 +56,10 @@ fn mesh_killed_router_is_dropped_by_all_others() {
     }
     eprintln!("host4 dropped from gossip by hosts 1..3 after {took:?}");
     let last = *took.iter().max().expect("three hosts");
-    assert!(last <= Duration::from_secs(10), "host4 was dropped only after {last:?}");
+    assert!(
+        last <= Duration::from_secs(10),
+        "host4 was dropped only after {last:?}"
+    );
     for i in 1..=3 {
         let peers = Report::of(bed.router(i)).expect("report").peers();
         assert_eq!(peers.len(), 3, "host{i} knows {peers:?}");
@@ -59,7 +69,9 @@ fn mesh_killed_router_is_dropped_by_all_others() {
     // once that peer has left (host4 dialled the others; none of them was told about it).
     for i in 1..=3 {
         let r = bed.router(i);
-        let left = Duration::from_secs(12).saturating_sub(t0.elapsed()).max(Duration::from_secs(1));
+        let left = Duration::from_secs(12)
+            .saturating_sub(t0.elapsed())
+            .max(Duration::from_secs(1));
         cmd::wait_for(&format!("host{i} to stop listing host4"), left, || {
             let c = r.connections().ok()?;
             (!c.contains("198.18.0.4") && !c.contains(&dead) && !c.contains("host4")).then_some(())

@@ -22,7 +22,11 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// host `i` dials the hosts `dial[i-1]`. Returns once every router has a route to every peer.
 fn partial_mesh(prefix: &str, n: usize, links: &[(usize, usize)], dial: &[&[usize]]) -> TestBed {
     let mut bed = TestBed::new(prefix, n).expect("test bed");
-    let linked = |a: usize, b: usize| links.iter().any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b));
+    let linked = |a: usize, b: usize| {
+        links
+            .iter()
+            .any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b))
+    };
     for a in 1..=n {
         for b in a + 1..=n {
             if !linked(a, b) {
@@ -32,7 +36,10 @@ fn partial_mesh(prefix: &str, n: usize, links: &[(usize, usize)], dial: &[&[usiz
     }
     for i in 1..=n {
         let opts = LaunchOpts {
-            peers: dial[i - 1].iter().map(|&j| host_addr(j).to_string()).collect(),
+            peers: dial[i - 1]
+                .iter()
+                .map(|&j| host_addr(j).to_string())
+                .collect(),
             extra: Vec::new(),
         };
         bed.launch(i, &opts).expect("launch");
@@ -47,10 +54,14 @@ fn wait_converged(bed: &TestBed, n: usize) {
     for i in 1..=n {
         let me = bed.peer_name(i);
         let r = bed.router(i);
-        cmd::wait_for(&format!("host{i} to know and route to every peer"), CONVERGE, || {
-            let rep = Report::of(r).ok()?;
-            mesh::agrees(&rep, &me, &all).then_some(())
-        })
+        cmd::wait_for(
+            &format!("host{i} to know and route to every peer"),
+            CONVERGE,
+            || {
+                let rep = Report::of(r).ok()?;
+                mesh::agrees(&rep, &me, &all).then_some(())
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}\n{}", dump(bed)));
     }
 }
@@ -69,8 +80,17 @@ fn dump(bed: &TestBed) -> String {
                 let _ = writeln!(out, "report: {e}");
             }
         }
-        let _ = writeln!(out, "status peers:\n{}", r.check(&["status", "peers"]).unwrap_or_else(|e| e.to_string()));
-        let _ = writeln!(out, "status connections:\n{}", r.connections().unwrap_or_else(|e| e.to_string()));
+        let _ = writeln!(
+            out,
+            "status peers:\n{}",
+            r.check(&["status", "peers"])
+                .unwrap_or_else(|e| e.to_string())
+        );
+        let _ = writeln!(
+            out,
+            "status connections:\n{}",
+            r.connections().unwrap_or_else(|e| e.to_string())
+        );
         if let Ok(m) = r.metrics() {
             let nonzero: Vec<&str> = m
                 .lines()
@@ -96,7 +116,9 @@ fn flows(pkts: &[mesh::Packet], inner: &str) -> BTreeMap<(String, String), usize
 }
 
 fn count(f: &BTreeMap<(String, String), usize>, src: usize, dst: usize) -> usize {
-    f.get(&(host_addr(src).to_string(), host_addr(dst).to_string())).copied().unwrap_or(0)
+    f.get(&(host_addr(src).to_string(), host_addr(dst).to_string()))
+        .copied()
+        .unwrap_or(0)
 }
 
 fn line(prefix: &str) -> TestBed {
@@ -113,24 +135,49 @@ fn mesh_line_relays_unicast_through_the_middle_host() {
     let (a, b, c) = (bed.peer_name(1), bed.peer_name(2), bed.peer_name(3));
 
     // The control plane: host1 knows host3 only through gossip, and routes to it via host2.
-    let peers = bed.router(1).check(&["status", "peers"]).expect("status peers");
-    assert!(peers.contains(&c), "`status peers` on host1 does not list host3 ({c}):\n{peers}");
+    let peers = bed
+        .router(1)
+        .check(&["status", "peers"])
+        .expect("status peers");
+    assert!(
+        peers.contains(&c),
+        "`status peers` on host1 does not list host3 ({c}):\n{peers}"
+    );
     let rep = Report::of(bed.router(1)).expect("report");
-    assert_eq!(rep.next_hop(&c).as_deref(), Some(b.as_str()), "host1's route to host3: {}", rep.routes_text());
+    assert_eq!(
+        rep.next_hop(&c).as_deref(),
+        Some(b.as_str()),
+        "host1's route to host3: {}",
+        rep.routes_text()
+    );
     let rep3 = Report::of(bed.router(3)).expect("report");
-    assert_eq!(rep3.next_hop(&a).as_deref(), Some(b.as_str()), "host3's route to host1: {}", rep3.routes_text());
+    assert_eq!(
+        rep3.next_hop(&a).as_deref(),
+        Some(b.as_str()),
+        "host3's route to host1: {}",
+        rep3.routes_text()
+    );
     let conns = bed.router(1).connections().expect("connections");
     assert!(
-        !conns.lines().any(|l| l.contains("established") && l.contains(&c)),
+        !conns
+            .lines()
+            .any(|l| l.contains("established") && l.contains(&c)),
         "host1 has a direct connection to host3 although the link is cut:\n{conns}"
     );
 
-    let ca = bed.attach_container(1, "c1", "10.2.1.1/24").expect("attach");
-    bed.attach_container(2, "c1", "10.2.1.2/24").expect("attach");
-    let cc = bed.attach_container(3, "c1", "10.2.1.3/24").expect("attach");
+    let ca = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.2/24")
+        .expect("attach");
+    let cc = bed
+        .attach_container(3, "c1", "10.2.1.3/24")
+        .expect("attach");
 
     let cap = Capture::vxlan(&bed.host(2).ns, "eth0").expect("tcpdump on host2");
-    let reached = bed.container(ca).wait_ping("10.2.1.3", Duration::from_secs(20));
+    let reached = bed
+        .container(ca)
+        .wait_ping("10.2.1.3", Duration::from_secs(20));
     let back = bed.container(cc).ping("10.2.1.1", 5).expect("ping runs");
     let fwd = bed.container(ca).ping("10.2.1.3", 5).expect("ping runs");
     let pkts = cap.stop();
@@ -141,36 +188,73 @@ fn mesh_line_relays_unicast_through_the_middle_host() {
         dump(&bed)
     );
     reached.unwrap_or_else(|e| panic!("host1's container never reached host3's: {e}\n{summary}"));
-    assert!(fwd.success(), "ping host1 -> host3 failed:\n{}\n{summary}", fwd.stdout);
-    assert!(back.success(), "ping host3 -> host1 failed:\n{}\n{summary}", back.stdout);
+    assert!(
+        fwd.success(),
+        "ping host1 -> host3 failed:\n{}\n{summary}",
+        fwd.stdout
+    );
+    assert!(
+        back.success(),
+        "ping host3 -> host1 failed:\n{}\n{summary}",
+        back.stdout
+    );
 
     // Each direction: the five echo requests of one ping run and the five replies to the
     // other's, in at host2 from one end and out again to the other.
     for (s, d) in [(1, 2), (2, 3), (3, 2), (2, 1)] {
         let n = count(&f, s, d);
-        assert!(n >= 10, "expected at least 10 ICMP frames host{s} -> host{d} through host2, saw {n}\n{summary}");
+        assert!(
+            n >= 10,
+            "expected at least 10 ICMP frames host{s} -> host{d} through host2, saw {n}\n{summary}"
+        );
     }
-    assert_eq!(count(&f, 1, 3) + count(&f, 3, 1), 0, "frames between host1 and host3 on host2's eth0?\n{summary}");
+    assert_eq!(
+        count(&f, 1, 3) + count(&f, 3, 1),
+        0,
+        "frames between host1 and host3 on host2's eth0?\n{summary}"
+    );
 }
 
 /// Sends `count` broadcast pings from container `from` and returns, for each receiving
 /// container, how often it saw each sequence number (from a capture on its `ethwe`).
-fn broadcast_counts(bed: &TestBed, from: usize, to: &[usize], count: u32) -> (BTreeMap<String, BTreeMap<u32, usize>>, String) {
+fn broadcast_counts(
+    bed: &TestBed,
+    from: usize,
+    to: &[usize],
+    count: u32,
+) -> (BTreeMap<String, BTreeMap<u32, usize>>, String) {
     for &c in to {
-        bed.container(c).ns.sysctl("net.ipv4.icmp_echo_ignore_broadcasts", "0").expect("sysctl");
+        bed.container(c)
+            .ns
+            .sysctl("net.ipv4.icmp_echo_ignore_broadcasts", "0")
+            .expect("sysctl");
     }
     let caps: Vec<(String, Capture)> = to
         .iter()
         .map(|&c| {
             let ct = bed.container(c);
-            (ct.ns.name().to_string(), Capture::start(&ct.ns, "ethwe", "icmp and dst host 10.2.1.255").expect("tcpdump"))
+            (
+                ct.ns.name().to_string(),
+                Capture::start(&ct.ns, "ethwe", "icmp and dst host 10.2.1.255").expect("tcpdump"),
+            )
         })
         .collect();
     let out = bed
         .container(from)
         .ns
         .run_timeout(
-            &["ping", "-n", "-b", "-c", &count.to_string(), "-i", "0.5", "-W", "1", "10.2.1.255"],
+            &[
+                "ping",
+                "-n",
+                "-b",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.5",
+                "-W",
+                "1",
+                "10.2.1.255",
+            ],
             Duration::from_secs(20),
         )
         .expect("ping -b runs");
@@ -193,7 +277,12 @@ fn broadcast_counts(bed: &TestBed, from: usize, to: &[usize], count: u32) -> (BT
     (m, out.stdout)
 }
 
-fn assert_once_each(bed: &TestBed, counts: &BTreeMap<String, BTreeMap<u32, usize>>, count: u32, ping_out: &str) {
+fn assert_once_each(
+    bed: &TestBed,
+    counts: &BTreeMap<String, BTreeMap<u32, usize>>,
+    count: u32,
+    ping_out: &str,
+) {
     let want: BTreeMap<u32, usize> = (1..=count).map(|s| (s, 1)).collect();
     let bad: Vec<String> = counts
         .iter()
@@ -214,9 +303,15 @@ fn mesh_line_broadcast_reaches_each_host_once() {
         return;
     }
     let mut bed = line("wmb");
-    let ca = bed.attach_container(1, "c1", "10.2.1.1/24").expect("attach");
-    let cb = bed.attach_container(2, "c1", "10.2.1.2/24").expect("attach");
-    let cc = bed.attach_container(3, "c1", "10.2.1.3/24").expect("attach");
+    let ca = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
+    let cb = bed
+        .attach_container(2, "c1", "10.2.1.2/24")
+        .expect("attach");
+    let cc = bed
+        .attach_container(3, "c1", "10.2.1.3/24")
+        .expect("attach");
     // Unicast first, so a failure here is told apart from one of the broadcast tree.
     bed.container(ca)
         .wait_ping("10.2.1.2", Duration::from_secs(20))
@@ -227,7 +322,12 @@ fn mesh_line_broadcast_reaches_each_host_once() {
 
 fn ring(prefix: &str) -> TestBed {
     // host1–host2–host3–host4–host1; the diagonals 1–3 and 2–4 are cut.
-    partial_mesh(prefix, 4, &[(1, 2), (2, 3), (3, 4), (4, 1)], &[&[], &[1], &[2], &[3, 1]])
+    partial_mesh(
+        prefix,
+        4,
+        &[(1, 2), (2, 3), (3, 4), (4, 1)],
+        &[&[], &[1], &[2], &[3, 1]],
+    )
 }
 
 #[test]
@@ -236,10 +336,15 @@ fn mesh_ring_broadcast_reaches_each_host_once() {
         return;
     }
     let mut bed = ring("wmrb");
-    let ca = bed.attach_container(1, "c1", "10.2.1.1/24").expect("attach");
+    let ca = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
     let mut to = Vec::new();
     for h in 2..=4 {
-        to.push(bed.attach_container(h, "c1", &format!("10.2.1.{h}/24")).expect("attach"));
+        to.push(
+            bed.attach_container(h, "c1", &format!("10.2.1.{h}/24"))
+                .expect("attach"),
+        );
     }
     bed.container(ca)
         .wait_ping("10.2.1.2", Duration::from_secs(20))
@@ -254,21 +359,34 @@ fn mesh_ring_reroutes_when_a_link_is_cut() {
         return;
     }
     let mut bed = ring("wmr");
-    let ca = bed.attach_container(1, "c1", "10.2.1.1/24").expect("attach");
-    bed.attach_container(3, "c1", "10.2.1.3/24").expect("attach");
+    let ca = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
+    bed.attach_container(3, "c1", "10.2.1.3/24")
+        .expect("attach");
     bed.container(ca)
         .wait_ping("10.2.1.3", Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("host1 never reached host3 around the ring: {e}\n{}", dump(&bed)));
+        .unwrap_or_else(|e| {
+            panic!(
+                "host1 never reached host3 around the ring: {e}\n{}",
+                dump(&bed)
+            )
+        });
 
     let c = bed.peer_name(3);
     let rep = Report::of(bed.router(1)).expect("report");
-    let hop = rep.next_hop(&c).unwrap_or_else(|| panic!("no route to host3: {}", rep.routes_text()));
+    let hop = rep
+        .next_hop(&c)
+        .unwrap_or_else(|| panic!("no route to host3: {}", rep.routes_text()));
     let (via, other) = if hop == bed.peer_name(2) {
         (2, 4)
     } else if hop == bed.peer_name(4) {
         (4, 2)
     } else {
-        panic!("host1 routes to host3 via {hop}, neither host2 nor host4: {}", rep.routes_text())
+        panic!(
+            "host1 routes to host3 via {hop}, neither host2 nor host4: {}",
+            rep.routes_text()
+        )
     };
 
     // The path in use, as captures on host2's and host4's underlay show it, must be the one
@@ -286,11 +404,18 @@ fn mesh_ring_reroutes_when_a_link_is_cut() {
     // Cut host1–host<via>: host1 and host<via> notice by missing heartbeats.
     mesh::cut(&bed, 1, via).expect("cut");
     let t0 = Instant::now();
-    let rerouted = bed.container(ca).wait_ping("10.2.1.3", Duration::from_secs(30));
+    let rerouted = bed
+        .container(ca)
+        .wait_ping("10.2.1.3", Duration::from_secs(30));
     let took = t0.elapsed();
     let diag = dump(&bed);
-    rerouted.unwrap_or_else(|e| panic!("no way around the ring after cutting host1–host{via}: {e}\n{diag}"));
-    eprintln!("host1 -> host3 again {:.1} s after cutting host1–host{via}", took.as_secs_f64());
+    rerouted.unwrap_or_else(|e| {
+        panic!("no way around the ring after cutting host1–host{via}: {e}\n{diag}")
+    });
+    eprintln!(
+        "host1 -> host3 again {:.1} s after cutting host1–host{via}",
+        took.as_secs_f64()
+    );
     let rep = Report::of(bed.router(1)).expect("report");
     assert_eq!(
         rep.next_hop(&c).as_deref(),
@@ -332,6 +457,11 @@ fn requests_through(bed: &TestBed, from: usize, relays: &[usize]) -> (Vec<usize>
         }
         let _ = writeln!(seen, "echo requests on host{h}'s eth0: {f:?}");
     }
-    assert!(out.success(), "ping host1 -> host3 failed:\n{}\n{seen}{}", out.stdout, dump(bed));
+    assert!(
+        out.success(),
+        "ping host1 -> host3 failed:\n{}\n{seen}{}",
+        out.stdout,
+        dump(bed)
+    );
     (carried, seen)
 }

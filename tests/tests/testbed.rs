@@ -5,7 +5,10 @@ use std::time::Instant;
 use weave_tests::{netns, pair, require_root, Mode, TestBed};
 
 fn leftovers(prefix: &str) -> Vec<String> {
-    netns::list().into_iter().filter(|n| n.starts_with(&format!("{prefix}-"))).collect()
+    netns::list()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .collect()
 }
 
 #[test]
@@ -19,11 +22,19 @@ fn baselines_carry_traffic_and_teardown_is_complete() {
         let built = t.elapsed();
         let out = p.client().ping(&p.server_ip(), 2).expect("ping runs");
         assert!(out.success(), "{mode}: ping failed: {}", out.stdout);
-        assert_eq!(leftovers(prefix).len(), 5, "{mode}: underlay, 2 hosts, 2 containers");
+        assert_eq!(
+            leftovers(prefix).len(),
+            5,
+            "{mode}: underlay, 2 hosts, 2 containers"
+        );
         let t2 = Instant::now();
         drop(p);
         eprintln!("{mode}: built in {built:?}, removed in {:?}", t2.elapsed());
-        assert!(leftovers(prefix).is_empty(), "{mode}: left {:?}", leftovers(prefix));
+        assert!(
+            leftovers(prefix).is_empty(),
+            "{mode}: left {:?}",
+            leftovers(prefix)
+        );
     }
 }
 

@@ -18,10 +18,14 @@ fn three_hosts_full_ping_matrix_and_broadcast() {
         return;
     }
     let mut bed = three_hosts("wt3h");
-    bed.attach_container(1, "c1", "10.2.1.11/24").expect("attach");
-    bed.attach_container(1, "c2", "10.2.1.12/24").expect("attach");
-    bed.attach_container(2, "c1", "10.2.1.21/24").expect("attach");
-    bed.attach_container(3, "c1", "10.2.1.31/24").expect("attach");
+    bed.attach_container(1, "c1", "10.2.1.11/24")
+        .expect("attach");
+    bed.attach_container(1, "c2", "10.2.1.12/24")
+        .expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.21/24")
+        .expect("attach");
+    bed.attach_container(3, "c1", "10.2.1.31/24")
+        .expect("attach");
 
     let mut failed = Vec::new();
     for from in &bed.containers {
@@ -39,12 +43,16 @@ fn three_hosts_full_ping_matrix_and_broadcast() {
 
     // A broadcast from host1 reaches the containers on every other host (and the local one).
     for c in &bed.containers {
-        c.ns.sysctl("net.ipv4.icmp_echo_ignore_broadcasts", "0").expect("sysctl");
+        c.ns.sysctl("net.ipv4.icmp_echo_ignore_broadcasts", "0")
+            .expect("sysctl");
     }
     let sender = bed.container(0);
     let out = sender
         .ns
-        .run_timeout(&["ping", "-n", "-b", "-c", "4", "-i", "0.3", "10.2.1.255"], Duration::from_secs(20))
+        .run_timeout(
+            &["ping", "-n", "-b", "-c", "4", "-i", "0.3", "10.2.1.255"],
+            Duration::from_secs(20),
+        )
         .expect("ping -b runs");
     let from: BTreeSet<String> = out
         .stdout
@@ -54,7 +62,11 @@ fn three_hosts_full_ping_matrix_and_broadcast() {
         .map(str::to_string)
         .collect();
     for want in ["10.2.1.12", "10.2.1.21", "10.2.1.31"] {
-        assert!(from.contains(want), "broadcast answered by {from:?}, not by {want}:\n{}", out.stdout);
+        assert!(
+            from.contains(want),
+            "broadcast answered by {from:?}, not by {want}:\n{}",
+            out.stdout
+        );
     }
 }
 
@@ -64,36 +76,71 @@ fn stopped_router_is_removed_by_the_others() {
         return;
     }
     let mut bed = three_hosts("wt3s");
-    let c1 = bed.attach_container(1, "c1", "10.2.1.11/24").expect("attach");
-    bed.attach_container(2, "c1", "10.2.1.21/24").expect("attach");
-    bed.attach_container(3, "c1", "10.2.1.31/24").expect("attach");
+    let c1 = bed
+        .attach_container(1, "c1", "10.2.1.11/24")
+        .expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.21/24")
+        .expect("attach");
+    bed.attach_container(3, "c1", "10.2.1.31/24")
+        .expect("attach");
     let ca = bed.container(c1);
-    ca.wait_ping("10.2.1.31", Duration::from_secs(10)).expect("host1 reaches host3");
-    ca.wait_ping("10.2.1.21", Duration::from_secs(10)).expect("host1 reaches host2");
+    ca.wait_ping("10.2.1.31", Duration::from_secs(10))
+        .expect("host1 reaches host3");
+    ca.wait_ping("10.2.1.21", Duration::from_secs(10))
+        .expect("host1 reaches host2");
     let vxw_before = vxw_links(&bed, 1);
-    assert_eq!(vxw_before.len(), 2, "host1 should have one vxw device per peer: {vxw_before:?}");
+    assert_eq!(
+        vxw_before.len(),
+        2,
+        "host1 should have one vxw device per peer: {vxw_before:?}"
+    );
 
     let name3 = bed.router(3).name().to_string();
-    bed.router_mut(3).stop().expect("weave-router stop on host3");
-    assert!(router::router_pids(bed.host(3).ns.name()).is_empty(), "router 3 still running");
-    assert!(!pinned(&name3), "router 3 left its pins under {}", router::BPFFS_ROOT);
+    bed.router_mut(3)
+        .stop()
+        .expect("weave-router stop on host3");
+    assert!(
+        router::router_pids(bed.host(3).ns.name()).is_empty(),
+        "router 3 still running"
+    );
+    assert!(
+        !pinned(&name3),
+        "router 3 left its pins under {}",
+        router::BPFFS_ROOT
+    );
 
     for i in [1, 2] {
         let r = bed.router(i);
-        weave_tests::cmd::wait_for(&format!("host{i} to drop its connection to host3"), Duration::from_secs(15), || {
-            let c = r.connections().ok()?;
-            (!established_with(&c, 3)).then_some(())
-        })
+        weave_tests::cmd::wait_for(
+            &format!("host{i} to drop its connection to host3"),
+            Duration::from_secs(15),
+            || {
+                let c = r.connections().ok()?;
+                (!established_with(&c, 3)).then_some(())
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}:\n{}", r.connections().unwrap_or_default()));
     }
     let vxw_after = vxw_links(&bed, 1);
-    assert_eq!(vxw_after.len(), 1, "host1 kept a vxw device for host3: {vxw_after:?}");
+    assert_eq!(
+        vxw_after.len(),
+        1,
+        "host1 kept a vxw device for host3: {vxw_after:?}"
+    );
 
     let ca = bed.container(c1);
     let out = ca.ping("10.2.1.31", 2).expect("ping runs");
-    assert!(!out.success(), "host3's container still answers with its router stopped:\n{}", out.stdout);
+    assert!(
+        !out.success(),
+        "host3's container still answers with its router stopped:\n{}",
+        out.stdout
+    );
     let out = ca.ping("10.2.1.21", 2).expect("ping runs");
-    assert!(out.success(), "host1 lost host2 when host3 stopped:\n{}", out.stdout);
+    assert!(
+        out.success(),
+        "host1 lost host2 when host3 stopped:\n{}",
+        out.stdout
+    );
 }
 
 /// True if `status connections` shows an established connection with host `i`. (A peer that
@@ -115,7 +162,11 @@ fn vxw_links(bed: &TestBed, host: usize) -> Vec<String> {
 }
 
 fn pinned(name: &str) -> bool {
-    let want: String = name.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_lowercase();
+    let want: String = name
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .collect::<String>()
+        .to_lowercase();
     std::fs::read_dir(router::BPFFS_ROOT)
         .map(|d| {
             d.filter_map(|e| e.ok()).any(|e| {
@@ -137,11 +188,19 @@ fn crashed_or_unreachable_routers_are_removed_by_the_others() {
         return;
     }
     let mut bed = three_hosts("wt3c");
-    let c1 = bed.attach_container(1, "c1", "10.2.1.11/24").expect("attach");
-    bed.attach_container(2, "c1", "10.2.1.21/24").expect("attach");
-    bed.attach_container(3, "c1", "10.2.1.31/24").expect("attach");
-    bed.container(c1).wait_ping("10.2.1.21", Duration::from_secs(10)).expect("host1 reaches host2");
-    bed.container(c1).wait_ping("10.2.1.31", Duration::from_secs(10)).expect("host1 reaches host3");
+    let c1 = bed
+        .attach_container(1, "c1", "10.2.1.11/24")
+        .expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.21/24")
+        .expect("attach");
+    bed.attach_container(3, "c1", "10.2.1.31/24")
+        .expect("attach");
+    bed.container(c1)
+        .wait_ping("10.2.1.21", Duration::from_secs(10))
+        .expect("host1 reaches host2");
+    bed.container(c1)
+        .wait_ping("10.2.1.31", Duration::from_secs(10))
+        .expect("host1 reaches host3");
 
     // Host2's router dies without a word; host3 drops off the underlay (no FIN, no RST:
     // only the missing heartbeats tell).
@@ -150,12 +209,20 @@ fn crashed_or_unreachable_routers_are_removed_by_the_others() {
     underlay.ip("link set h3 down").expect("cut host3 off");
 
     let r = bed.router(1);
-    weave_tests::cmd::wait_for("host1 to drop its connections to host2 and host3", Duration::from_secs(20), || {
-        let c = r.connections().ok()?;
-        (!established_with(&c, 2) && !established_with(&c, 3)).then_some(())
-    })
+    weave_tests::cmd::wait_for(
+        "host1 to drop its connections to host2 and host3",
+        Duration::from_secs(20),
+        || {
+            let c = r.connections().ok()?;
+            (!established_with(&c, 2) && !established_with(&c, 3)).then_some(())
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}:\n{}", r.connections().unwrap_or_default()));
-    assert!(vxw_links(&bed, 1).is_empty(), "host1 kept vxw devices: {:?}", vxw_links(&bed, 1));
+    assert!(
+        vxw_links(&bed, 1).is_empty(),
+        "host1 kept vxw devices: {:?}",
+        vxw_links(&bed, 1)
+    );
     for dst in ["10.2.1.21", "10.2.1.31"] {
         let out = bed.container(c1).ping(dst, 1).expect("ping runs");
         assert!(!out.success(), "{dst} still answers:\n{}", out.stdout);

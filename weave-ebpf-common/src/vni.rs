@@ -13,13 +13,17 @@ pub const SHORT_ID_MASK: u16 = (MAX_SHORT_IDS - 1) as u16;
 /// Bits above the 12 of each short ID are ignored.
 #[inline(always)]
 pub const fn pack(src_short_id: u16, dst_short_id: u16) -> u32 {
-    (src_short_id & SHORT_ID_MASK) as u32 | (((dst_short_id & SHORT_ID_MASK) as u32) << SHORT_ID_BITS)
+    (src_short_id & SHORT_ID_MASK) as u32
+        | (((dst_short_id & SHORT_ID_MASK) as u32) << SHORT_ID_BITS)
 }
 
 /// Splits a VNI into (source, destination) short IDs.
 #[inline(always)]
 pub const fn unpack(vni: u32) -> (u16, u16) {
-    ((vni & SHORT_ID_MASK as u32) as u16, ((vni >> SHORT_ID_BITS) & SHORT_ID_MASK as u32) as u16)
+    (
+        (vni & SHORT_ID_MASK as u32) as u16,
+        ((vni >> SHORT_ID_BITS) & SHORT_ID_MASK as u32) as u16,
+    )
 }
 
 #[cfg(test)]

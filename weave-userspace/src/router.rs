@@ -85,10 +85,14 @@ struct Mesh {
 /// Whether to take a freshly handshaken connection.
 #[derive(Debug, PartialEq, Eq)]
 enum Admission {
-    Accept { replace: Option<ConnId> },
+    Accept {
+        replace: Option<ConnId>,
+    },
     Reject(String),
     /// The peer has our short ID; `we_yield` when our name is the higher one.
-    ShortIdClash { we_yield: bool },
+    ShortIdClash {
+        we_yield: bool,
+    },
 }
 
 impl Mesh {
@@ -97,7 +101,9 @@ impl Mesh {
     fn admit(&self, ours: &Hello, outbound: bool, hello: &Hello, conn_limit: usize) -> Admission {
         let local = ours.name;
         if hello.short_id == ours.short_id {
-            return Admission::ShortIdClash { we_yield: ours.name > hello.name };
+            return Admission::ShortIdClash {
+                we_yield: ours.name > hello.name,
+            };
         }
         if !self.by_peer.contains_key(&hello.name) && self.by_peer.len() >= conn_limit {
             return Admission::Reject(format!("connection limit of {conn_limit} reached"));
@@ -211,6 +217,8 @@ struct Inner<D> {
     view: Mutex<gossip::MeshView>,
     discovery: bool,
     conn_limit: usize,
+    /// Gossip channels of other subsystems (IPAM, DNS).
+    channels: std::sync::RwLock<crate::mesh::gossip_channel::Channels>,
     /// Connection makers and other tasks, awaited on stop.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -246,7 +254,11 @@ impl<D: Datapath> Inner<D> {
                         Some(c) => {
                             c.remote_ready = true;
                             if c.established() {
-                                tracing::info!("connection {} {} established", describe(c), c.remote);
+                                tracing::info!(
+                                    "connection {} {} established",
+                                    describe(c),
+                                    c.remote
+                                );
                             }
                             c.established()
                         }
@@ -257,7 +269,7 @@ impl<D: Datapath> Inner<D> {
                     self.connections_changed().await;
                 }
             }
-            ConnEvent::Gossip { id, update } => self.on_gossip(id, update).await,
+            ConnEvent::Gossip { id, message } => self.on_gossip(id, message).await,
             ConnEvent::Closed { id, error } => {
                 let lost = {
                     let mut mesh = self.mesh();
@@ -299,11 +311,23 @@ impl<D: Datapath> Inner<D> {
             match mesh.admit(&self.hello(), outbound, &hello, self.conn_limit) {
                 Admission::ShortIdClash { we_yield } => {
                     let reason = if we_yield {
-                        format!("short ID {} is also {}'s; this router takes another", hello.short_id, hello.name)
+                        format!(
+                            "short ID {} is also {}'s; this router takes another",
+                            hello.short_id, hello.name
+                        )
                     } else {
-                        format!("short ID {} is also {}'s; that router takes another", hello.short_id, self.hello().name)
+                        format!(
+                            "short ID {} is also {}'s; that router takes another",
+                            hello.short_id,
+                            self.hello().name
+                        )
                     };
-                    tracing::warn!("connection {} {}({}) at {remote} refused: {reason}", arrow(outbound), hello.name, hello.nickname);
+                    tracing::warn!(
+                        "connection {} {}({}) at {remote} refused: {reason}",
+                        arrow(outbound),
+                        hello.name,
+                        hello.nickname
+                    );
                     let _ = reply.send(Err(ConnectionError::Refused(reason)));
                     Err(we_yield)
                 }
@@ -397,7 +421,8 @@ impl<D: Datapath> Inner<D> {
             }
         };
         if ready {
-            self.send_full_gossip(id);
+            self.send_digest(id, false);
+            self.sync_channels(id);
             self.connections_changed().await;
         }
     }
@@ -450,7 +475,10 @@ impl<D: Datapath> Inner<D> {
         tracing::warn!("short ID {old} clashes with another peer's; taking {new}");
         if let Some(state) = &self.state {
             let hello = self.hello();
-            let identity = crate::state::Identity { name: hello.name, short_id: new };
+            let identity = crate::state::Identity {
+                name: hello.name,
+                short_id: new,
+            };
             if let Err(e) = state.save_identity(identity) {
                 tracing::error!("cannot store the new short ID: {e}");
             }
@@ -463,7 +491,9 @@ impl<D: Datapath> Inner<D> {
         for conn in mesh.connections.values() {
             let _ = conn
                 .commands
-                .send(ConnCommand::Close(ConnectionError::Refused(format!("short ID changed from {old} to {new}"))));
+                .send(ConnCommand::Close(ConnectionError::Refused(format!(
+                    "short ID changed from {old} to {new}"
+                ))));
         }
     }
 
@@ -561,18 +591,32 @@ impl<D: Datapath> Router<D> {
             state,
             discovery: config.discovery,
             conn_limit: config.conn_limit,
+            channels: Default::default(),
             tasks: Mutex::default(),
         });
         let event_loop = {
             let inner = inner.clone();
             let mut rx = events_rx;
             tokio::spawn(async move {
-                while let Some(event) = rx.recv().await {
+                let mut publish_at: Option<tokio::time::Instant> = None;
+                loop {
+                    let event = match publish_at {
+                        Some(at) => tokio::select! {
+                            event = rx.recv() => event,
+                            _ = tokio::time::sleep_until(at) => {
+                                publish_at = inner.publish_if_pending();
+                                continue;
+                            }
+                        },
+                        None => rx.recv().await,
+                    };
+                    let Some(event) = event else { break };
                     inner.handle(event).await;
-                    // Handle the whole burst, then compute routes once.
+                    // Handle the whole burst, then publish our record and compute routes once.
                     while let Ok(event) = rx.try_recv() {
                         inner.handle(event).await;
                     }
+                    publish_at = inner.publish_if_pending();
                     inner.apply_routes_if_stale().await;
                     for target in inner.discovery_targets() {
                         tracing::info!("dialling {target}, learned from gossip");
@@ -606,7 +650,11 @@ impl<D: Datapath> Router<D> {
     /// targets.
     pub fn forget(&self, targets: &[Target]) -> Vec<Target> {
         let mut mesh = self.inner.mesh();
-        targets.iter().filter(|t| mesh.targets.remove(t).is_some()).cloned().collect()
+        targets
+            .iter()
+            .filter(|t| mesh.targets.remove(t).is_some())
+            .cloned()
+            .collect()
     }
 
     /// Replaces every target with `targets`.
@@ -758,14 +806,14 @@ impl<D: Datapath> Router<D> {
     }
 }
 
-/// Sends the whole view to a few neighbours every [`gossip::FULL_GOSSIP_INTERVAL`].
+/// Sends a digest to a few neighbours every [`gossip::ANTI_ENTROPY_INTERVAL`].
 async fn periodic_gossip<D: Datapath>(inner: Arc<Inner<D>>) {
     let mut shutdown = inner.shutdown.subscribe();
-    let mut tick = tokio::time::interval(gossip::FULL_GOSSIP_INTERVAL);
+    let mut tick = tokio::time::interval(gossip::ANTI_ENTROPY_INTERVAL);
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = tick.tick() => inner.periodic_gossip(),
+            _ = tick.tick() => inner.anti_entropy(),
             _ = connection::stopped(&mut shutdown) => return,
         }
     }
@@ -828,6 +876,7 @@ pub fn format_time(t: SystemTime) -> String {
     )
 }
 
+mod channels;
 pub mod gossip;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,15 @@ fn records(n: usize, edges: &BTreeSet<(usize, usize)>) -> Vec<PeerInfo> {
     for i in 0..n {
         let mut conns: Vec<ConnectionSummary> = edges
             .iter()
-            .filter_map(|&(a, b)| if a == i { Some(b) } else if b == i { Some(a) } else { None })
+            .filter_map(|&(a, b)| {
+                if a == i {
+                    Some(b)
+                } else if b == i {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
             .map(|j| ConnectionSummary {
                 remote: name(j),
                 address: format!("10.0.0.{}:6783", j + 1),
@@ -29,7 +37,12 @@ fn records(n: usize, edges: &BTreeSet<(usize, usize)>) -> Vec<PeerInfo> {
             })
             .collect();
         conns.sort();
-        let mut info = PeerInfo::new(name(i), format!("host{i}"), 7 + i as u64, ShortId::new(i as u16).unwrap());
+        let mut info = PeerInfo::new(
+            name(i),
+            format!("host{i}"),
+            7 + i as u64,
+            ShortId::new(i as u16).unwrap(),
+        );
         // Older versions: a growing prefix of the final list.
         for k in 0..conns.len() {
             info.connections = conns[..k].to_vec();
@@ -43,9 +56,18 @@ fn records(n: usize, edges: &BTreeSet<(usize, usize)>) -> Vec<PeerInfo> {
 }
 
 fn replica(me: usize, all: &[PeerInfo], order: &[usize], chunk: usize) -> Topology {
-    let mine = all.iter().filter(|p| p.name == name(me)).max_by_key(|p| p.version).unwrap().clone();
+    let mine = all
+        .iter()
+        .filter(|p| p.name == name(me))
+        .max_by_key(|p| p.version)
+        .unwrap()
+        .clone();
     let mut t = Topology::new(mine);
-    let shuffled: Vec<PeerInfo> = order.iter().map(|&k| all[k % all.len()].clone()).chain(all.iter().cloned()).collect();
+    let shuffled: Vec<PeerInfo> = order
+        .iter()
+        .map(|&k| all[k % all.len()].clone())
+        .chain(all.iter().cloned())
+        .collect();
     for batch in shuffled.chunks(chunk.max(1)) {
         t.merge(batch).unwrap();
     }
@@ -54,9 +76,14 @@ fn replica(me: usize, all: &[PeerInfo], order: &[usize], chunk: usize) -> Topolo
 
 fn graph() -> impl Strategy<Value = (usize, BTreeSet<(usize, usize)>)> {
     (2usize..10).prop_flat_map(|n| {
-        let pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b))).collect();
+        let pairs: Vec<(usize, usize)> = (0..n)
+            .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
+            .collect();
         let len = pairs.len();
-        (Just(n), proptest::sample::subsequence(pairs, 0..=len).prop_map(|v| v.into_iter().collect()))
+        (
+            Just(n),
+            proptest::sample::subsequence(pairs, 0..=len).prop_map(|v| v.into_iter().collect()),
+        )
     })
 }
 
@@ -139,7 +166,12 @@ fn a_line_routes_through_the_middle() {
 #[test]
 fn one_sided_connections_carry_no_routes() {
     let mut a = PeerInfo::new(name(0), "a".into(), 1, ShortId::new(1).unwrap());
-    a.connections = vec![ConnectionSummary { remote: name(1), address: "x".into(), outbound: true, established: true }];
+    a.connections = vec![ConnectionSummary {
+        remote: name(1),
+        address: "x".into(),
+        outbound: true,
+        established: true,
+    }];
     let b = PeerInfo::new(name(1), "b".into(), 2, ShortId::new(2).unwrap());
     let mut t = Topology::new(a);
     t.merge(&[b]).unwrap();
@@ -152,7 +184,12 @@ fn malformed_gossip_changes_nothing() {
     let mut t = Topology::new(me);
     let good = PeerInfo::new(name(1), "b".into(), 2, ShortId::new(2).unwrap());
     let mut bad = PeerInfo::new(name(2), "c".into(), 3, ShortId::new(3).unwrap());
-    bad.connections = vec![ConnectionSummary { remote: name(2), address: "x".into(), outbound: true, established: true }];
+    bad.connections = vec![ConnectionSummary {
+        remote: name(2),
+        address: "x".into(),
+        outbound: true,
+        established: true,
+    }];
     let before = t.clone();
     assert!(t.merge(&[good, bad]).is_err());
     assert_eq!(t, before);
@@ -174,7 +211,12 @@ fn a_restarted_peer_raises_its_version_past_its_earlier_run() {
 fn unreachable_peers_are_collected() {
     let edges = BTreeSet::from([(0, 1)]);
     let mut all = records(2, &edges);
-    all.push(PeerInfo::new(name(5), "lonely".into(), 9, ShortId::new(5).unwrap()));
+    all.push(PeerInfo::new(
+        name(5),
+        "lonely".into(),
+        9,
+        ShortId::new(5).unwrap(),
+    ));
     let mut t = replica(0, &all, &[], 2);
     assert_eq!(t.len(), 3);
     assert_eq!(t.garbage_collect(), vec![name(5)]);

@@ -117,7 +117,14 @@ impl Bed {
     /// A local container with `mac` behind host ifindex 1.
     fn add_endpoint(&mut self, mac: [u8; 6]) {
         self.endpoints()
-            .insert(MacKey::new(mac), LocalEndpoint { host_ifindex: 1, flags: 0 }, 0)
+            .insert(
+                MacKey::new(mac),
+                LocalEndpoint {
+                    host_ifindex: 1,
+                    flags: 0,
+                },
+                0,
+            )
             .unwrap();
     }
 
@@ -140,7 +147,16 @@ impl Bed {
             )
             .unwrap();
         self.neighbour_peers()
-            .insert(Ipv4Key { addr: PEER_UNDERLAY }, NeighbourPeer { short_id: PEER_ID, _pad: [0; 2] }, 0)
+            .insert(
+                Ipv4Key {
+                    addr: PEER_UNDERLAY,
+                },
+                NeighbourPeer {
+                    short_id: PEER_ID,
+                    _pad: [0; 2],
+                },
+                0,
+            )
             .unwrap();
     }
 
@@ -601,17 +617,30 @@ fn rx_relays_a_frame_for_another_peer_with_new_outer_addresses() {
         )
         .unwrap();
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
-    let frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, FAR_ID));
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, FAR_ID),
+    );
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(out.len(), frame.len());
     let ip = &out[14..34];
     assert_eq!(&ip[12..16], &OWN_UNDERLAY, "outer source is now us");
-    assert_eq!(&ip[16..20], &FAR_UNDERLAY, "outer destination is the next hop");
+    assert_eq!(
+        &ip[16..20],
+        &FAR_UNDERLAY,
+        "outer destination is the next hop"
+    );
     assert_eq!(ip[8], 63, "one hop less");
     assert_eq!(ipv4_checksum(ip), 0, "outer IPv4 checksum valid");
     assert_eq!(&out[40..42], &[0, 0], "UDP checksum zero");
-    assert_eq!(&out[42..50], &frame[42..50], "VXLAN header (and VNI) unchanged");
+    assert_eq!(
+        &out[42..50],
+        &frame[42..50],
+        "VXLAN header (and VNI) unchanged"
+    );
     assert_eq!(&out[50..], &inner[..], "inner frame unchanged");
     assert_eq!(bed.counter(Reason::RxRelayed), 1);
     assert_eq!(bed.peer_counter(FAR_ID).tx_packets, 1);
@@ -625,11 +654,21 @@ fn rx_drops_a_relayed_frame_whose_ttl_ran_out() {
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
     // Naming FAR_ID as origin, from an address that is neither FAR_ID's nor a neighbour's:
     // spoofed.
-    let frame = encapsulated(&inner, [192, 168, 70, 9], OWN_UNDERLAY, vni::pack(FAR_ID, PEER_ID));
+    let frame = encapsulated(
+        &inner,
+        [192, 168, 70, 9],
+        OWN_UNDERLAY,
+        vni::pack(FAR_ID, PEER_ID),
+    );
     assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
     assert_eq!(bed.counter(Reason::RxDropSpoofedSource), 1);
     // From our neighbour PEER_ID, origin FAR_ID, for PEER_ID itself: relayed back, but TTL 1.
-    let mut frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(FAR_ID, PEER_ID));
+    let mut frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(FAR_ID, PEER_ID),
+    );
     frame[22] = 1;
     frame[24] = 0;
     frame[25] = 0;
@@ -647,18 +686,30 @@ fn rx_admits_a_frame_relayed_by_a_neighbour_and_delivers_it() {
     bed.add_endpoint(LOCAL_MAC);
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
     // Origin FAR_ID, relayed by PEER_ID: the outer source is PEER_ID's address.
-    let frame = encapsulated(&inner, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(FAR_ID, OWN_ID));
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(FAR_ID, OWN_ID),
+    );
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(out, inner, "decapsulated to the inner frame");
     assert_eq!(bed.counter(Reason::RxDelivered), 1);
     assert_eq!(
-        bed.remote_macs().get(&MacKey::new(REMOTE_MAC), 0).unwrap().peer_short_id,
+        bed.remote_macs()
+            .get(&MacKey::new(REMOTE_MAC), 0)
+            .unwrap()
+            .peer_short_id,
         FAR_ID,
         "the sender's MAC is learned behind its origin, not the relay"
     );
     // Without PEER_ID recorded as a neighbour, the same frame is a spoof.
-    bed.neighbour_peers().remove(&Ipv4Key { addr: PEER_UNDERLAY }).unwrap();
+    bed.neighbour_peers()
+        .remove(&Ipv4Key {
+            addr: PEER_UNDERLAY,
+        })
+        .unwrap();
     assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
     assert_eq!(bed.counter(Reason::RxDropSpoofedSource), 1);
 }
@@ -669,7 +720,14 @@ fn tx_encapsulates_a_non_ipv4_frame_for_a_peer_behind_a_relay() {
     let mut bed = Bed::new();
     bed.add_far_peer();
     bed.remote_macs()
-        .insert(MacKey::new(REMOTE_MAC), RemoteMac { peer_short_id: FAR_ID, _pad: [0; 6] }, 0)
+        .insert(
+            MacKey::new(REMOTE_MAC),
+            RemoteMac {
+                peer_short_id: FAR_ID,
+                _pad: [0; 6],
+            },
+            0,
+        )
         .unwrap();
     // An ARP reply from a local container to a container behind FAR_ID.
     let mut reply = REMOTE_MAC.to_vec();
@@ -682,16 +740,27 @@ fn tx_encapsulates_a_non_ipv4_frame_for_a_peer_behind_a_relay() {
     let (rc, out) = bed.run_tc(TX_PROGRAM, &reply);
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(out.len(), OUTER_HLEN + reply.len());
-    assert_eq!(&out[0..6], &PEER_UNDERLAY_MAC, "outer destination: the next hop's MAC");
+    assert_eq!(
+        &out[0..6],
+        &PEER_UNDERLAY_MAC,
+        "outer destination: the next hop's MAC"
+    );
     assert_eq!(&out[6..12], &OWN_UNDERLAY_MAC);
     assert_eq!(&out[12..14], &[0x08, 0x00]);
     assert_eq!(&out[26..30], &OWN_UNDERLAY);
     assert_eq!(&out[30..34], &PEER_UNDERLAY, "sent to the relay");
     assert_eq!(ipv4_checksum(&out[14..34]), 0);
-    assert_eq!(u16::from_be_bytes([out[16], out[17]]) as usize, 36 + reply.len());
+    assert_eq!(
+        u16::from_be_bytes([out[16], out[17]]) as usize,
+        36 + reply.len()
+    );
     assert_eq!(u16::from_be_bytes([out[36], out[37]]), 6784);
     let vni_bytes = [0, out[46], out[47], out[48]];
-    assert_eq!(u32::from_be_bytes(vni_bytes), vni::pack(OWN_ID, FAR_ID), "addressed to the far peer");
+    assert_eq!(
+        u32::from_be_bytes(vni_bytes),
+        vni::pack(OWN_ID, FAR_ID),
+        "addressed to the far peer"
+    );
     assert_eq!(&out[OUTER_HLEN..], &reply[..], "inner frame intact");
     assert_eq!(bed.counter(Reason::TxEncapsulated), 1);
 }

@@ -62,7 +62,11 @@ fn median(v: &[f64]) -> Option<f64> {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let n = s.len();
-    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
 }
 
 fn iperf(p: &Pair, args: &[&str], seconds: u32) -> Result<Value> {
@@ -74,7 +78,8 @@ fn iperf(p: &Pair, args: &[&str], seconds: u32) -> Result<Value> {
         .client()
         .ns
         .run_timeout(&argv, Duration::from_secs(seconds as u64 + 30))?;
-    let v: Value = serde_json::from_str(&out.stdout).with_context(|| format!("iperf3 output: {}", out.stderr.trim()))?;
+    let v: Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", out.stderr.trim()))?;
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
         anyhow::bail!("iperf3: {e}");
     }
@@ -93,9 +98,14 @@ fn tcp_gbits(p: &Pair, streams: u32, seconds: u32) -> Result<f64> {
 fn udp_kpps(p: &Pair, seconds: u32) -> Result<f64> {
     let v = iperf(p, &["-u", "-b", "0", "-l", "64"], seconds)?;
     let sum = &v["end"]["sum"];
-    let packets = sum["packets"].as_f64().context("iperf3 JSON has no end.sum.packets")?;
+    let packets = sum["packets"]
+        .as_f64()
+        .context("iperf3 JSON has no end.sum.packets")?;
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-    let secs = sum["seconds"].as_f64().filter(|s| *s > 0.0).unwrap_or(seconds as f64);
+    let secs = sum["seconds"]
+        .as_f64()
+        .filter(|s| *s > 0.0)
+        .unwrap_or(seconds as f64);
     Ok((packets - lost) / secs / 1e3)
 }
 
@@ -123,7 +133,8 @@ fn record(errors: &mut Vec<String>, what: &str, r: Result<f64>, into: &mut Vec<f
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "—".into())
+    v.map(|x| format!("{x:.prec$}"))
+        .unwrap_or_else(|| "—".into())
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -136,7 +147,10 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 fn sh(line: &str) -> String {
     let mut w = line.split_whitespace();
     let prog = w.next().unwrap_or("true");
-    output_ok(crate::run::cmd(prog).args(w)).unwrap_or_default().trim().to_string()
+    output_ok(crate::run::cmd(prog).args(w))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 pub fn bench(a: Args) -> Result<()> {
@@ -150,10 +164,7 @@ pub fn bench(a: Args) -> Result<()> {
         }
     }
     let load_before = loadavg();
-    let mut subjects = vec![
-        (Mode::Routed, "wtbr"),
-        (Mode::KernelVxlan, "wtbv"),
-    ];
+    let mut subjects = vec![(Mode::Routed, "wtbr"), (Mode::KernelVxlan, "wtbv")];
     if !a.baselines_only {
         subjects.push((Mode::Weave { extra: vec![] }, "wtbw"));
         if !a.no_xdp {
@@ -204,9 +215,24 @@ pub fn bench(a: Args) -> Result<()> {
             };
             step(&format!("run {run}/{}: {}", a.runs, s.mode));
             let sm = &mut s.samples;
-            record(&mut sm.errors, "tcp1", tcp_gbits(p, 1, a.seconds), &mut sm.tcp1);
-            record(&mut sm.errors, "tcp4", tcp_gbits(p, 4, a.seconds), &mut sm.tcp4);
-            record(&mut sm.errors, "udp64", udp_kpps(p, a.seconds), &mut sm.udp_kpps);
+            record(
+                &mut sm.errors,
+                "tcp1",
+                tcp_gbits(p, 1, a.seconds),
+                &mut sm.tcp1,
+            );
+            record(
+                &mut sm.errors,
+                "tcp4",
+                tcp_gbits(p, 4, a.seconds),
+                &mut sm.tcp4,
+            );
+            record(
+                &mut sm.errors,
+                "udp64",
+                udp_kpps(p, a.seconds),
+                &mut sm.udp_kpps,
+            );
             record(&mut sm.errors, "ping", ping_avg_ms(p), &mut sm.ping_ms);
             println!(
                 "    TCP {} Gbit/s, TCP -P4 {} Gbit/s, UDP 64 B {} kpps, ping {} ms",
@@ -240,14 +266,19 @@ const END: &str = "<!-- bench:end -->";
 /// markers yet, the section goes right below the title, before any other marked section.
 fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    Ok(std::fs::write(path, splice(&old, section)).with_context(|| format!("write {}", path.display()))?)
+    Ok(std::fs::write(path, splice(&old, section))
+        .with_context(|| format!("write {}", path.display()))?)
 }
 
 fn splice(old: &str, section: &str) -> String {
     let block = format!("{BEGIN}\n{section}{END}\n");
     match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if e > b => {
-            format!("{}{block}{}", &old[..b], &old[e + END.len()..].trim_start_matches('\n'))
+            format!(
+                "{}{block}{}",
+                &old[..b],
+                &old[e + END.len()..].trim_start_matches('\n')
+            )
         }
         _ => {
             let others = old.find("<!-- ").map(|i| &old[i..]).unwrap_or("");
@@ -268,13 +299,19 @@ mod tests {
     #[test]
     fn keeps_other_sections() {
         let scale = "<!-- scale:begin -->\n## Scale\n<!-- scale:end -->\n";
-        let first = splice(&format!("# Benchmarks\n\nold unmarked table\n\n{scale}"), "## T\none\n");
+        let first = splice(
+            &format!("# Benchmarks\n\nold unmarked table\n\n{scale}"),
+            "## T\none\n",
+        );
         assert!(first.starts_with("# Benchmarks\n\n<!-- bench:begin"));
         assert!(!first.contains("old unmarked"));
         assert!(first.contains("one") && first.contains(scale));
         let second = splice(&first, "## T\ntwo\n");
         assert!(second.contains("two") && !second.contains("one") && second.contains(scale));
-        assert_eq!(splice("", "## T\nx\n"), format!("# Benchmarks\n\n{BEGIN}\n## T\nx\n{END}\n"));
+        assert_eq!(
+            splice("", "## T\nx\n"),
+            format!("# Benchmarks\n\n{BEGIN}\n## T\nx\n{END}\n")
+        );
     }
 }
 
@@ -292,11 +329,16 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
     let date = sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
     let kernel = sh("uname -r");
     let commit = sh("git -C . rev-parse --short HEAD");
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
 
     let med = |s: &Subject| {
@@ -324,12 +366,20 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
          (±20 %): compare figures of one run only. Load average: {load}.\n",
         a.mtu, a.seconds, a.runs
     );
-    let _ = writeln!(o, "| mode | TCP 1 stream Gbit/s | TCP -P 4 Gbit/s | UDP 64 B kpps | ping avg ms |");
+    let _ = writeln!(
+        o,
+        "| mode | TCP 1 stream Gbit/s | TCP -P 4 Gbit/s | UDP 64 B kpps | ping avg ms |"
+    );
     let _ = writeln!(o, "|---|---:|---:|---:|---:|");
     for s in subjects {
         let (t1, t4, u, p) = med(s);
         if let Some(e) = &s.setup_error {
-            let _ = writeln!(o, "| {} | not measured: {} | | | |", s.mode, e.lines().next().unwrap_or_default());
+            let _ = writeln!(
+                o,
+                "| {} | not measured: {} | | | |",
+                s.mode,
+                e.lines().next().unwrap_or_default()
+            );
             continue;
         }
         let _ = writeln!(
@@ -345,9 +395,15 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
 
     let weave = find(&Mode::Weave { extra: vec![] });
     if let Some((wt1, wt4, wu, wp)) = weave {
-        let _ = writeln!(o, "\n| ratio | TCP 1 stream | TCP -P 4 | UDP 64 B pps | ping avg (lower is better) |");
+        let _ = writeln!(
+            o,
+            "\n| ratio | TCP 1 stream | TCP -P 4 | UDP 64 B pps | ping avg (lower is better) |"
+        );
         let _ = writeln!(o, "|---|---:|---:|---:|---:|");
-        for (label, m) in [("weave-router / kernel VXLAN", Mode::KernelVxlan), ("weave-router / routed", Mode::Routed)] {
+        for (label, m) in [
+            ("weave-router / kernel VXLAN", Mode::KernelVxlan),
+            ("weave-router / routed", Mode::Routed),
+        ] {
             if let Some((t1, t4, u, p)) = find(&m) {
                 let _ = writeln!(
                     o,
@@ -377,7 +433,10 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
         "- **weave-router**: `weave-router launch` on each host (`--xdp auto`, which leaves XDP off on a veth \
          underlay), the containers attached with `weave-router attach`."
     );
-    if subjects.iter().any(|s| matches!(&s.mode, Mode::Weave { extra } if !extra.is_empty())) {
+    if subjects
+        .iter()
+        .any(|s| matches!(&s.mode, Mode::Weave { extra } if !extra.is_empty()))
+    {
         let _ = writeln!(
             o,
             "- **weave-router --xdp on**: the same with the XDP admission program on the underlay. On a veth \
@@ -389,7 +448,12 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
     let _ = writeln!(o, "\nEvery run:\n");
     for s in subjects {
         let sm = &s.samples;
-        let list = |v: &[f64], p: usize| v.iter().map(|x| format!("{x:.p$}")).collect::<Vec<_>>().join(", ");
+        let list = |v: &[f64], p: usize| {
+            v.iter()
+                .map(|x| format!("{x:.p$}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let _ = writeln!(
             o,
             "- {}: TCP [{}], TCP -P4 [{}], UDP kpps [{}], ping ms [{}]",
@@ -403,6 +467,9 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
             let _ = writeln!(o, "  - error: {e}");
         }
     }
-    let _ = writeln!(o, "\nReproduce: `cargo xtask bench` (as root; about 6 minutes).");
+    let _ = writeln!(
+        o,
+        "\nReproduce: `cargo xtask bench` (as root; about 6 minutes)."
+    );
     o
 }

@@ -43,7 +43,9 @@ pub fn build_ebpf() -> Result<()> {
     println!(
         "    eBPF object built in {:.1}s under {}",
         t.elapsed().as_secs_f64(),
-        target_dir.join("bpfel-unknown-none/release/weave-ebpf").display()
+        target_dir
+            .join("bpfel-unknown-none/release/weave-ebpf")
+            .display()
     );
     Ok(())
 }
@@ -52,11 +54,12 @@ pub fn build_ebpf() -> Result<()> {
 pub fn build() -> Result<()> {
     step("build (release)");
     let t = Instant::now();
-    status(
-        crate::run::cargo()
-            .current_dir(run::root())
-            .args(["build", "--release", "-p", "weave-userspace"]),
-    )?;
+    status(crate::run::cargo().current_dir(run::root()).args([
+        "build",
+        "--release",
+        "-p",
+        "weave-userspace",
+    ]))?;
     let bin = run::root().join("target/release/weave-router");
     let Ok(meta) = std::fs::metadata(&bin) else {
         bail!("the build did not leave {}", bin.display());

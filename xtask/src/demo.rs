@@ -32,12 +32,16 @@ pub fn demo(keep: bool, no_build: bool) -> Result<()> {
         crate::build::build()?;
     }
     let bin = router::require_binary()?;
-    step(&format!("{HOSTS} hosts (namespaces {PREFIX}-h1..h{HOSTS}) on an underlay bridge, 198.18.0.0/24"));
+    step(&format!(
+        "{HOSTS} hosts (namespaces {PREFIX}-h1..h{HOSTS}) on an underlay bridge, 198.18.0.0/24"
+    ));
     let mut bed = TestBed::new(PREFIX, HOSTS)?;
 
     step("a router on each host (host i dials hosts 1..i-1)");
     for i in 1..=HOSTS {
-        let peers: Vec<String> = (1..i).map(|j| weave_tests::host_addr(j).to_string()).collect();
+        let peers: Vec<String> = (1..i)
+            .map(|j| weave_tests::host_addr(j).to_string())
+            .collect();
         let r = bed
             .launch(
                 i,
@@ -55,10 +59,13 @@ pub fn demo(keep: bool, no_build: bool) -> Result<()> {
         );
     }
     for i in 1..=HOSTS {
-        bed.router(i).wait_established(HOSTS - 1, Duration::from_secs(30))?;
+        bed.router(i)
+            .wait_established(HOSTS - 1, Duration::from_secs(30))?;
     }
 
-    step(&format!("{PER_HOST} containers per host, attached with `weave-router attach`"));
+    step(&format!(
+        "{PER_HOST} containers per host, attached with `weave-router attach`"
+    ));
     for h in 1..=HOSTS {
         for c in 1..=PER_HOST {
             let ci = bed.attach_container(h, &format!("c{c}"), &cidr(h, c))?;
@@ -75,7 +82,10 @@ pub fn demo(keep: bool, no_build: bool) -> Result<()> {
     step("status connections on every host");
     for h in 1..=HOSTS {
         let out = bed.router(h).connections()?;
-        show(&format!("nsenter --net=/run/netns/{PREFIX}-h{h} weave-router status connections"), &out);
+        show(
+            &format!("nsenter --net=/run/netns/{PREFIX}-h{h} weave-router status connections"),
+            &out,
+        );
     }
 
     step("pings between containers on different hosts");
@@ -105,7 +115,10 @@ pub fn demo(keep: bool, no_build: bool) -> Result<()> {
 
     step("what host1's router reports");
     let out = bed.router(1).check(&["status"])?;
-    show(&format!("nsenter --net=/run/netns/{PREFIX}-h1 weave-router status"), &out);
+    show(
+        &format!("nsenter --net=/run/netns/{PREFIX}-h1 weave-router status"),
+        &out,
+    );
 
     if !failed.is_empty() {
         step("tearing down");
@@ -116,7 +129,12 @@ pub fn demo(keep: bool, no_build: bool) -> Result<()> {
         bed.keep();
         println!();
         println!("The demo is left running.");
-        println!("  hosts:      {}", (1..=HOSTS).map(|h| format!("{PREFIX}-h{h} ")).collect::<String>());
+        println!(
+            "  hosts:      {}",
+            (1..=HOSTS)
+                .map(|h| format!("{PREFIX}-h{h} "))
+                .collect::<String>()
+        );
         println!(
             "  containers: {}",
             bed.containers
@@ -128,8 +146,14 @@ pub fn demo(keep: bool, no_build: bool) -> Result<()> {
         println!("Step inside a container or a host:");
         println!("  nsenter --net=/run/netns/{PREFIX}-h1c1 ping 10.2.1.21");
         println!("  nsenter --net=/run/netns/{PREFIX}-h2c1 bash");
-        println!("  nsenter --net=/run/netns/{PREFIX}-h1 {} status connections", bin.display());
-        println!("  nsenter --net=/run/netns/{PREFIX}-h1 {} status peers", bin.display());
+        println!(
+            "  nsenter --net=/run/netns/{PREFIX}-h1 {} status connections",
+            bin.display()
+        );
+        println!(
+            "  nsenter --net=/run/netns/{PREFIX}-h1 {} status peers",
+            bin.display()
+        );
         println!("  bpftool map list; ls /sys/fs/bpf/weave-router/");
         println!("Remove it with:");
         println!("  cargo xtask demo --down");

@@ -12,7 +12,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Set-up, build, demo, tests and benchmarks of weave-router")]
+#[command(
+    name = "cargo xtask",
+    about = "Set-up, build, demo, tests and benchmarks of weave-router"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -70,8 +73,15 @@ fn main() {
             }
             build::build()
         })(),
-        Cmd::Test { no_build, e2e_filter } => test::test(no_build, e2e_filter.as_deref()),
-        Cmd::Demo { keep, down, no_build } => {
+        Cmd::Test {
+            no_build,
+            e2e_filter,
+        } => test::test(no_build, e2e_filter.as_deref()),
+        Cmd::Demo {
+            keep,
+            down,
+            no_build,
+        } => {
             if down {
                 demo::down()
             } else {

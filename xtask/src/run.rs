@@ -20,7 +20,9 @@ pub fn cargo_home() -> PathBuf {
 }
 
 pub fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 /// `$PATH` with `$CARGO_HOME/bin` in front (where `cargo install` puts bpf-linker).
@@ -56,7 +58,10 @@ fn show(c: &Command) -> String {
 /// Runs `c` with the terminal attached; a non-zero exit is an error.
 pub fn status(c: &mut Command) -> Result<()> {
     let line = show(c);
-    let st = c.stdin(Stdio::null()).status().with_context(|| format!("cannot run `{line}`"))?;
+    let st = c
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run `{line}`"))?;
     if !st.success() {
         bail!("`{line}` failed ({st})");
     }
@@ -66,7 +71,9 @@ pub fn status(c: &mut Command) -> Result<()> {
 /// Runs `c` and returns its stdout if it succeeded, `None` otherwise (or if it cannot start).
 pub fn output_ok(c: &mut Command) -> Option<String> {
     let o = c.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// Prints a step header.

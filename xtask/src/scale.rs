@@ -192,7 +192,9 @@ impl<'a> ControlCounter<'a> {
     }
 
     fn bytes(&self) -> Result<u64> {
-        let out = self.ns.check(&["nft", "list", "counter", "bridge", "weave_scale", "control"])?;
+        let out = self
+            .ns
+            .check(&["nft", "list", "counter", "bridge", "weave_scale", "control"])?;
         out.split_whitespace()
             .skip_while(|w| *w != "bytes")
             .nth(1)
@@ -204,7 +206,12 @@ impl<'a> ControlCounter<'a> {
 /// Waits until every router in `hosts` reports exactly the peers of `hosts` and a route to
 /// each; the time from `since` until the last of them did. Several threads poll, each
 /// router until it agrees; a last pass checks that none has changed its mind since.
-fn wait_agreement(bed: &TestBed, hosts: &[usize], since: Instant, limit: Duration) -> Result<Duration> {
+fn wait_agreement(
+    bed: &TestBed,
+    hosts: &[usize],
+    since: Instant,
+    limit: Duration,
+) -> Result<Duration> {
     let want: BTreeSet<String> = hosts.iter().map(|&i| bed.peer_name(i)).collect();
     let agrees = |i: usize| -> bool {
         Report::of(bed.router(i))
@@ -239,7 +246,10 @@ fn wait_agreement(bed: &TestBed, hosts: &[usize], since: Instant, limit: Duratio
             bail!("interrupted");
         }
         let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
-        let missing: Vec<usize> = (0..hosts.len()).filter(|&k| d[k].is_none()).map(|k| hosts[k]).collect();
+        let missing: Vec<usize> = (0..hosts.len())
+            .filter(|&k| d[k].is_none())
+            .map(|k| hosts[k])
+            .collect();
         if !missing.is_empty() {
             bail!(
                 "{} of {} routers did not agree within {limit:?} (e.g. host{})",
@@ -278,7 +288,11 @@ fn rss_kib(bed: &TestBed, hosts: &[usize]) -> Vec<u64> {
 }
 
 fn launch_opts(targets: &[usize], fake: bool, more: &[String]) -> LaunchOpts {
-    let mut extra: Vec<String> = if fake { vec!["--fake-datapath".into()] } else { Vec::new() };
+    let mut extra: Vec<String> = if fake {
+        vec!["--fake-datapath".into()]
+    } else {
+        Vec::new()
+    };
     extra.extend(more.iter().cloned());
     LaunchOpts {
         peers: targets.iter().map(|&j| host_addr(j).to_string()).collect(),
@@ -294,25 +308,46 @@ struct Limits {
     agree: Duration,
 }
 
-fn measure(n: usize, fake: bool, more: &[String], idle: Duration, limits: Limits, rng: &mut Rng) -> Result<Row> {
+fn measure(
+    n: usize,
+    fake: bool,
+    more: &[String],
+    idle: Duration,
+    limits: Limits,
+    rng: &mut Rng,
+) -> Result<Row> {
     let (launch_limit, agree_limit) = (limits.launch, limits.agree);
     let mut row = Row {
         n,
-        datapath: if fake { "fake (control plane only)" } else { "eBPF" },
+        datapath: if fake {
+            "fake (control plane only)"
+        } else {
+            "eBPF"
+        },
         args: more.join(" "),
         ..Default::default()
     };
-    step(&format!("{n} routers ({}): making {} hosts", row.datapath, n + 1));
+    step(&format!(
+        "{n} routers ({}): making {} hosts",
+        row.datapath,
+        n + 1
+    ));
     let mut bed = TestBed::new(PREFIX, n + 1).context("test bed")?;
     let underlay = Netns::borrow(&format!("{PREFIX}-u"));
     // The underlay bridge also carries ARP and VXLAN; only TCP 6783 is counted.
     let counter = ControlCounter::install(&underlay)?;
 
-    step(&format!("{n} routers: launching, each dialling 2-3 random earlier ones"));
+    step(&format!(
+        "{n} routers: launching, each dialling 2-3 random earlier ones"
+    ));
     let s0 = counter.bytes()?;
     let t_launch = Instant::now();
     for i in 1..=n {
-        let targets = if i == 1 { Vec::new() } else { rng.targets(i - 1) };
+        let targets = if i == 1 {
+            Vec::new()
+        } else {
+            rng.targets(i - 1)
+        };
         bed.launch(i, &launch_opts(&targets, fake, more))
             .with_context(|| format!("launch router {i} of {n}"))?;
         if stopping() {
@@ -326,12 +361,18 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, limits: Limits
             rss.sort_unstable();
             row.rss_median_kib = rss.get(rss.len() / 2).copied();
             row.rss_max_kib = rss.last().copied();
-            println!("    {}", row.notes.last().map(String::as_str).unwrap_or_default());
+            println!(
+                "    {}",
+                row.notes.last().map(String::as_str).unwrap_or_default()
+            );
             teardown(n, bed);
             return Ok(row);
         }
         if i % 10 == 0 {
-            println!("    {i} launched ({:.1} s)", t_launch.elapsed().as_secs_f64());
+            println!(
+                "    {i} launched ({:.1} s)",
+                t_launch.elapsed().as_secs_f64()
+            );
         }
     }
     let last_launch = Instant::now();
@@ -360,7 +401,8 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, limits: Limits
     let mut rss = rss_kib(&bed, &initial);
     rss.sort_unstable();
     if rss.len() != n {
-        row.notes.push(format!("RSS read for {} of {n} routers", rss.len()));
+        row.notes
+            .push(format!("RSS read for {} of {n} routers", rss.len()));
     }
     row.rss_median_kib = rss.get(rss.len() / 2).copied();
     row.rss_max_kib = rss.last().copied();
@@ -375,7 +417,8 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, limits: Limits
     let joiner = n + 1;
     let targets = rng.targets(n);
     let j0 = counter.bytes()?;
-    bed.launch(joiner, &launch_opts(&targets, fake, more)).context("launch the joining router")?;
+    bed.launch(joiner, &launch_opts(&targets, fake, more))
+        .context("launch the joining router")?;
     let joined = Instant::now();
     let all: Vec<usize> = (1..=joiner).collect();
     match wait_agreement(&bed, &all, joined, agree_limit) {
@@ -399,7 +442,10 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, limits: Limits
         trace.push(format!("{:.0}", (now - prev) as f64 / 1024.0));
         prev = now;
     }
-    println!("    control traffic in the 5 s after agreement, KiB/s: [{}]", trace.join(", "));
+    println!(
+        "    control traffic in the 5 s after agreement, KiB/s: [{}]",
+        trace.join(", ")
+    );
     row.after_join_kibps = trace;
 
     // Leave: one of the first routers stops (`weave-router stop`).
@@ -415,7 +461,9 @@ fn measure(n: usize, fake: bool, more: &[String], idle: Duration, limits: Limits
         }
         Err(e) => {
             bed.router_mut(leaver).kill();
-            row.notes.push(format!("leave not measured: `weave-router stop` of router {leaver} failed: {e}"));
+            row.notes.push(format!(
+                "leave not measured: `weave-router stop` of router {leaver} failed: {e}"
+            ));
         }
     }
     println!("    agreement after a leave: {}", secs(row.leave));
@@ -437,23 +485,30 @@ fn teardown(n: usize, mut bed: TestBed) {
 }
 
 fn secs(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or_else(|| "not reached".into())
+    d.map(|d| format!("{:.2} s", d.as_secs_f64()))
+        .unwrap_or_else(|| "not reached".into())
 }
 
 fn mib(k: Option<u64>) -> String {
-    k.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "—".into())
+    k.map(|k| format!("{:.1}", k as f64 / 1024.0))
+        .unwrap_or_else(|| "—".into())
 }
 
 fn sh(line: &str) -> String {
     let mut w = line.split_whitespace();
     let prog = w.next().unwrap_or("true");
-    output_ok(crate::run::cmd(prog).args(w)).unwrap_or_default().trim().to_string()
+    output_ok(crate::run::cmd(prog).args(w))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     let date = sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
     let commit = sh("git rev-parse --short HEAD");
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mut o = String::new();
     let _ = writeln!(o, "## Scale\n");
     let _ = writeln!(
@@ -481,8 +536,14 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
         o,
         "| routers | data path, options | launch all (s) | start (s) | join (s) | leave (s) | idle control B/s (per router) | start traffic KiB | join traffic KiB | after join KiB/s | RSS median MiB | RSS max MiB |"
     );
-    let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
-    let s = |d: Option<Duration>| d.map(|d| format!("{:.2}", d.as_secs_f64())).unwrap_or_else(|| "—".into());
+    let _ = writeln!(
+        o,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+    );
+    let s = |d: Option<Duration>| {
+        d.map(|d| format!("{:.2}", d.as_secs_f64()))
+            .unwrap_or_else(|| "—".into())
+    };
     for r in rows {
         let bps = r
             .idle_bps
@@ -492,14 +553,22 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
             o,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.n,
-            if r.args.is_empty() { r.datapath.to_string() } else { format!("{}, `{}`", r.datapath, r.args) },
+            if r.args.is_empty() {
+                r.datapath.to_string()
+            } else {
+                format!("{}, `{}`", r.datapath, r.args)
+            },
             s(r.launch_all),
             s(r.start),
             s(r.join),
             s(r.leave),
             bps,
-            r.start_kib.map(|k| format!("{k:.0}")).unwrap_or_else(|| "—".into()),
-            r.join_kib.map(|k| format!("{k:.0}")).unwrap_or_else(|| "—".into()),
+            r.start_kib
+                .map(|k| format!("{k:.0}"))
+                .unwrap_or_else(|| "—".into()),
+            r.join_kib
+                .map(|k| format!("{k:.0}"))
+                .unwrap_or_else(|| "—".into()),
             r.after_join_kibps.join(" "),
             mib(r.rss_median_kib),
             mib(r.rss_max_kib)
@@ -508,7 +577,11 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     let notes: Vec<String> = rows
         .iter()
         .flat_map(|r| {
-            let what = if r.args.is_empty() { format!("{} routers", r.n) } else { format!("{} routers `{}`", r.n, r.args) };
+            let what = if r.args.is_empty() {
+                format!("{} routers", r.n)
+            } else {
+                format!("{} routers `{}`", r.n, r.args)
+            };
             r.notes.iter().map(move |n| format!("- {what}: {n}"))
         })
         .collect();
@@ -528,7 +601,11 @@ fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let block = format!("{BEGIN}\n{section}{END}\n");
     let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], old[e + END.len()..].trim_start_matches('\n')),
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{block}{}",
+            &old[..b],
+            old[e + END.len()..].trim_start_matches('\n')
+        ),
         _ => {
             let mut s = old.trim_end().to_string();
             if !s.is_empty() {
@@ -548,7 +625,9 @@ pub fn scale(a: Args) -> Result<()> {
         bail!("router counts must be within 2..=250 (one /24 underlay, one more host joins)");
     }
     if a.down {
-        step(&format!("removing what a run left behind (namespaces {PREFIX}-*)"));
+        step(&format!(
+            "removing what a run left behind (namespaces {PREFIX}-*)"
+        ));
         let gone = weave_tests::sweep(PREFIX);
         println!("    removed {} namespaces", gone.len());
         return Ok(());
@@ -563,7 +642,10 @@ pub fn scale(a: Args) -> Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let limits = NeighLimits::raise()?;
-    std::env::set_var("WEAVE_ROUTER_BIN", run::root().join("target/release/weave-router"));
+    std::env::set_var(
+        "WEAVE_ROUTER_BIN",
+        run::root().join("target/release/weave-router"),
+    );
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -571,7 +653,13 @@ pub fn scale(a: Args) -> Result<()> {
             .unwrap_or(1)
     });
     let mut rng = Rng(seed);
-    let more: Vec<String> = a.router_args.as_deref().unwrap_or_default().split_whitespace().map(str::to_string).collect();
+    let more: Vec<String> = a
+        .router_args
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
     let mut rows = Vec::new();
     let limit = Limits {
         launch: Duration::from_secs(a.launch_limit),
@@ -589,7 +677,9 @@ pub fn scale(a: Args) -> Result<()> {
             match measure(n, a.fake_datapath, v, idle, limit, &mut rng) {
                 Ok(r) => rows.push(r),
                 // Only a router that cannot start is blamed on the data path.
-                Err(e) if !a.fake_datapath && !stopping() && format!("{e:#}").contains("launch") => {
+                Err(e)
+                    if !a.fake_datapath && !stopping() && format!("{e:#}").contains("launch") =>
+                {
                     println!("    {n} routers with the eBPF data path failed: {e:#}");
                     println!("    measuring the control plane alone instead (--fake-datapath)");
                     weave_tests::sweep(PREFIX);

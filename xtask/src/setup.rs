@@ -9,14 +9,23 @@ use crate::run::{self, cmd, output_ok, status, step};
 
 /// Debian packages the project uses, with the command each provides.
 const PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "ip, bridge: namespaces, veth, bridges, VXLAN baseline"),
+    (
+        "iproute2",
+        "ip, bridge: namespaces, veth, bridges, VXLAN baseline",
+    ),
     ("iputils-ping", "ping: tests, demo, bench"),
     ("iperf3", "iperf3: bench"),
-    ("util-linux", "nsenter: running inside a host's network namespace"),
+    (
+        "util-linux",
+        "nsenter: running inside a host's network namespace",
+    ),
     ("bpftool", "bpftool: inspecting pinned maps"),
     ("tcpdump", "tcpdump: looking at the underlay"),
     ("prometheus", "promtool: checking /metrics"),
-    ("nftables", "nft: cutting links between simulated hosts in the mesh tests"),
+    (
+        "nftables",
+        "nft: cutting links between simulated hosts in the mesh tests",
+    ),
     ("procps", "sysctl"),
 ];
 
@@ -40,16 +49,27 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         println!("    apt packages: all present");
         return Ok(());
     }
     if !run::is_root() {
-        bail!("missing packages {} and not root: run `sudo cargo xtask setup` (or install them)", missing.join(" "));
+        bail!(
+            "missing packages {} and not root: run `sudo cargo xtask setup` (or install them)",
+            missing.join(" ")
+        );
     }
     println!("    apt packages missing: {}", missing.join(" "));
-    status(cmd("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    status(
+        cmd("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     status(
         cmd("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
@@ -70,12 +90,15 @@ fn rustup() -> std::process::Command {
 }
 
 fn nightly() -> Result<()> {
-    let list = output_ok(rustup().args(["toolchain", "list"])).context("rustup is needed (https://rustup.rs)")?;
+    let list = output_ok(rustup().args(["toolchain", "list"]))
+        .context("rustup is needed (https://rustup.rs)")?;
     if !list.lines().any(|l| l.starts_with("nightly")) {
         println!("    installing the nightly toolchain");
         status(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
-    let comps = output_ok(rustup().args(["component", "list", "--installed", "--toolchain", "nightly"])).unwrap_or_default();
+    let comps =
+        output_ok(rustup().args(["component", "list", "--installed", "--toolchain", "nightly"]))
+            .unwrap_or_default();
     if comps.lines().any(|l| l.trim() == "rust-src") {
         println!("    nightly rust-src: present");
     } else {
@@ -92,7 +115,8 @@ fn bpf_linker_version() -> Option<String> {
 
 /// The nightly's `rustc -vV`.
 fn nightly_rustc_vv() -> Result<String> {
-    output_ok(rustup().args(["run", "nightly", "rustc", "-vV"])).context("cannot run the nightly rustc")
+    output_ok(rustup().args(["run", "nightly", "rustc", "-vV"]))
+        .context("cannot run the nightly rustc")
 }
 
 fn llvm_major(vv: &str) -> Result<String> {
@@ -164,8 +188,19 @@ fn bpf_linker() -> Result<()> {
     let t = Instant::now();
     status(
         crate::run::cargo()
-            .args(["install", "bpf-linker", "--version", &format!("={BPF_LINKER_VERSION}")])
-            .args(["--locked", "--force", "--no-default-features", "--features", &format!("llvm-{major}")])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                &format!("={BPF_LINKER_VERSION}"),
+            ])
+            .args([
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
             .env("LLVM_PREFIX", &prefix)
             .env_remove("RUSTUP_TOOLCHAIN"),
     )?;

@@ -116,7 +116,12 @@ fn cargo_test(title: &'static str, args: &[&str], limit: Duration) -> Result<Pha
                 }
             }
         } else if l.starts_with("test ") && l.ends_with("FAILED") {
-            let name = l.trim_start_matches("test ").trim_end_matches("FAILED").trim_end().trim_end_matches("...").trim();
+            let name = l
+                .trim_start_matches("test ")
+                .trim_end_matches("FAILED")
+                .trim_end()
+                .trim_end_matches("...")
+                .trim();
             let target = targets.last().map(|t| t.name.as_str()).unwrap_or("?");
             failures.push(format!("{target}: {name}"));
         } else if l.to_ascii_lowercase().contains("skipped") {
@@ -140,7 +145,10 @@ fn cargo_test(title: &'static str, args: &[&str], limit: Duration) -> Result<Pha
         }
     }
     if !st.success() && failures.is_empty() {
-        failures.push(format!("cargo test {} exited with {st} (build failure?)", args.join(" ")));
+        failures.push(format!(
+            "cargo test {} exited with {st} (build failure?)",
+            args.join(" ")
+        ));
     }
     Ok(Phase {
         title,
@@ -233,7 +241,10 @@ pub fn test(no_build: bool, e2e_filter: Option<&str>) -> Result<()> {
             if t.skipped > 0 {
                 extra.push_str(&format!(", {} SKIPPED", t.skipped));
             }
-            println!("     {:>4} passed, {} failed{extra}  {}", t.passed, t.failed, t.name);
+            println!(
+                "     {:>4} passed, {} failed{extra}  {}",
+                t.passed, t.failed, t.name
+            );
             passed += t.passed;
             failed += t.failed;
             ignored += t.ignored;
@@ -246,7 +257,11 @@ pub fn test(no_build: bool, e2e_filter: Option<&str>) -> Result<()> {
     let ok = phases.iter().all(|p| p.ok);
     println!(
         "{}: {passed} passed, {failed} failed, {ignored} ignored, {skipped} skipped; {:.0}s in all",
-        if ok { "ALL TESTS PASSED" } else { "TESTS FAILED" },
+        if ok {
+            "ALL TESTS PASSED"
+        } else {
+            "TESTS FAILED"
+        },
         total.elapsed().as_secs_f64()
     );
     if !ok {

@@ -188,7 +188,10 @@ pub struct PeersBody {
 
 impl PeersBody {
     fn targets(&self) -> Result<Vec<Target>, ApiError> {
-        self.peers.iter().map(|p| p.parse::<Target>().map_err(|e| bad_request(e.to_string()))).collect()
+        self.peers
+            .iter()
+            .map(|p| p.parse::<Target>().map_err(|e| bad_request(e.to_string())))
+            .collect()
     }
 }
 

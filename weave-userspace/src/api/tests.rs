@@ -113,7 +113,12 @@ async fn status_texts_show_the_connection() {
         summary.body
     );
     // Gossip brings the other side's record a moment after the connection is up.
-    wait_for(b.http, "/status", "          Peers: 2 (with 2 established connections)\n").await;
+    wait_for(
+        b.http,
+        "/status",
+        "          Peers: 2 (with 2 established connections)\n",
+    )
+    .await;
     let inbound = call(a.http, "GET", "/status/connections", None).await.body;
     assert!(inbound.starts_with("<- 127.0.0.1:"), "{inbound}");
     let peers = call(a.http, "GET", "/status/peers", None).await.body;

@@ -41,7 +41,11 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
         format!("{}({})", s.local.name, s.local.nick_name),
     );
     line(&mut out, "Encryption", "disabled");
-    line(&mut out, "PeerDiscovery", if s.discovery { "enabled" } else { "disabled" });
+    line(
+        &mut out,
+        "PeerDiscovery",
+        if s.discovery { "enabled" } else { "disabled" },
+    );
     line(&mut out, "Targets", s.targets.len());
     let counts: Vec<String> = STATES
         .iter()
@@ -60,7 +64,13 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
     }
     let peers = s.mesh.peers.len();
     let all = s.mesh.peers.iter().flat_map(|p| p.connections.iter());
-    let (est, pend) = all.fold((0, 0), |(e, p), c| if c.established { (e + 1, p) } else { (e, p + 1) });
+    let (est, pend) = all.fold((0, 0), |(e, p), c| {
+        if c.established {
+            (e + 1, p)
+        } else {
+            (e, p + 1)
+        }
+    });
     let with = match (est, pend) {
         (0, 0) => String::new(),
         (e, 0) => format!(" (with {e} established connections)"),
@@ -113,7 +123,13 @@ pub fn connections(s: &MeshStatus) -> String {
 /// `weave-router status peers`: every peer known and its connections, as gossip tells them.
 pub fn peers(s: &MeshStatus) -> String {
     let nick = |name: &crate::mesh::peer_name::PeerName| {
-        let n = s.mesh.peers.iter().find(|p| p.name == *name).map(|p| p.nickname.as_str()).unwrap_or("");
+        let n = s
+            .mesh
+            .peers
+            .iter()
+            .find(|p| p.name == *name)
+            .map(|p| p.nickname.as_str())
+            .unwrap_or("");
         format!("{name}({n})")
     };
     let mut out = String::new();
@@ -121,8 +137,17 @@ pub fn peers(s: &MeshStatus) -> String {
         let _ = writeln!(out, "{}", nick(&p.name));
         for c in &p.connections {
             let arrow = if c.outbound { "->" } else { "<-" };
-            let state = if c.established { "established" } else { "pending" };
-            let _ = writeln!(out, "   {arrow} {:<21} {:<37} {state}", c.address, nick(&c.remote));
+            let state = if c.established {
+                "established"
+            } else {
+                "pending"
+            };
+            let _ = writeln!(
+                out,
+                "   {arrow} {:<21} {:<37} {state}",
+                c.address,
+                nick(&c.remote)
+            );
         }
     }
     out
@@ -224,11 +249,17 @@ mod tests {
             established,
         };
         let mut h1 = Record::new(name(1), "host1".into(), 1, ShortId::new(1).unwrap());
-        h1.connections = vec![link(2, "10.0.0.2:6783", true, true), link(3, "10.0.0.3:41234", false, false)];
+        h1.connections = vec![
+            link(2, "10.0.0.2:6783", true, true),
+            link(3, "10.0.0.3:41234", false, false),
+        ];
         let mut h2 = Record::new(name(2), "host2".into(), 2, ShortId::new(2).unwrap());
         h2.connections = vec![link(1, "10.0.0.1:45678", false, true)];
         let h3 = Record::new(name(3), "host3".into(), 3, ShortId::new(3).unwrap());
-        crate::router::gossip::MeshReport { peers: vec![h1, h2, h3], routes: Default::default() }
+        crate::router::gossip::MeshReport {
+            peers: vec![h1, h2, h3],
+            routes: Default::default(),
+        }
     }
 
     fn daemon() -> DaemonInfo {
@@ -300,7 +331,10 @@ mod tests {
             lines[1].starts_with("   -> 10.0.0.2:6783 ") && lines[1].ends_with(" established"),
             "{text}"
         );
-        assert!(lines[2].starts_with("   <- 10.0.0.3:41234 ") && lines[2].ends_with(" pending"), "{text}");
+        assert!(
+            lines[2].starts_with("   <- 10.0.0.3:41234 ") && lines[2].ends_with(" pending"),
+            "{text}"
+        );
         assert_eq!(lines[3], "0a:00:00:00:00:02(host2)");
         assert!(lines[4].contains("0a:00:00:00:00:01(host1)"), "{text}");
         assert_eq!(lines[5], "0a:00:00:00:00:03(host3)");

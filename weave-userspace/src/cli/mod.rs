@@ -175,7 +175,11 @@ pub fn run() -> anyhow::Result<()> {
             post(api.addr()?, "/detach", &body)?;
             Ok(())
         }
-        Command::Connect { replace, peers, api } => {
+        Command::Connect {
+            replace,
+            peers,
+            api,
+        } => {
             check_targets(&peers)?;
             let body = serde_json::to_string(&crate::api::PeersBody { peers, replace })?;
             post(api.addr()?, "/connect", &body)?;
@@ -183,7 +187,10 @@ pub fn run() -> anyhow::Result<()> {
         }
         Command::Forget { peers, api } => {
             check_targets(&peers)?;
-            let body = serde_json::to_string(&crate::api::PeersBody { peers, replace: false })?;
+            let body = serde_json::to_string(&crate::api::PeersBody {
+                peers,
+                replace: false,
+            })?;
             post(api.addr()?, "/forget", &body)?;
             Ok(())
         }

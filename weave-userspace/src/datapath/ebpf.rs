@@ -575,8 +575,16 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
 }
 
 /// Removes every entry of `map` whose value matches; returns the keys removed.
-fn remove_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, matches: impl Fn(&V) -> bool) -> Vec<K> {
-    let keys: Vec<K> = map.iter().filter_map(Result::ok).filter(|(_, v)| matches(v)).map(|(k, _)| k).collect();
+fn remove_where<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    matches: impl Fn(&V) -> bool,
+) -> Vec<K> {
+    let keys: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| matches(v))
+        .map(|(k, _)| k)
+        .collect();
     for k in &keys {
         let _ = map.remove(k);
     }
@@ -607,7 +615,10 @@ impl Datapath for EbpfDatapath {
         // copies, non-IPv4 frames). The control connection to a direct peer has just
         // resolved it in the neighbour table.
         let underlay_mac = if direct {
-            self.nl.neighbour_mac(self.underlay.index, peer.underlay).await?.unwrap_or_default()
+            self.nl
+                .neighbour_mac(self.underlay.index, peer.underlay)
+                .await?
+                .unwrap_or_default()
         } else {
             [0; 6]
         };
@@ -634,13 +645,27 @@ impl Datapath for EbpfDatapath {
                     0,
                 )
                 .map_err(|e| bpf_err("writing PEERS")(e.to_string()))?;
-            let key = Ipv4Key { addr: peer.underlay.octets() };
+            let key = Ipv4Key {
+                addr: peer.underlay.octets(),
+            };
             if direct {
                 st.maps
                     .neighbour_peers
-                    .insert(key, NeighbourPeer { short_id: id, _pad: [0; 2] }, 0)
+                    .insert(
+                        key,
+                        NeighbourPeer {
+                            short_id: id,
+                            _pad: [0; 2],
+                        },
+                        0,
+                    )
                     .map_err(|e| bpf_err("writing NEIGHBOUR_PEERS")(e.to_string()))?;
-            } else if st.maps.neighbour_peers.get(&key, 0).is_ok_and(|n| n.short_id == id) {
+            } else if st
+                .maps
+                .neighbour_peers
+                .get(&key, 0)
+                .is_ok_and(|n| n.short_id == id)
+            {
                 let _ = st.maps.neighbour_peers.remove(&key);
             }
         }
@@ -654,7 +679,10 @@ impl Datapath for EbpfDatapath {
             self.nl
                 .add_vxlan(&VxlanSpec {
                     name,
-                    id: vni::pack(self.own_short_id.load(std::sync::atomic::Ordering::Relaxed), id),
+                    id: vni::pack(
+                        self.own_short_id.load(std::sync::atomic::Ordering::Relaxed),
+                        id,
+                    ),
                     remote: peer.underlay,
                     local: self.settings.underlay_addr,
                     port: VXLAN_PORT,
@@ -702,11 +730,16 @@ impl Datapath for EbpfDatapath {
             .config
             .set(0, config, 0)
             .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))?;
-        self.own_short_id.store(short_id.get(), std::sync::atomic::Ordering::Relaxed);
+        self.own_short_id
+            .store(short_id.get(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    async fn set_broadcast_tree(&self, source: ShortId, children: Vec<ShortId>) -> Result<(), DatapathError> {
+    async fn set_broadcast_tree(
+        &self,
+        source: ShortId,
+        children: Vec<ShortId>,
+    ) -> Result<(), DatapathError> {
         if children.len() > MAX_BROADCAST_CHILDREN {
             tracing::warn!(
                 "broadcasts from {source} go to {} neighbours here; only the first {MAX_BROADCAST_CHILDREN} get them",

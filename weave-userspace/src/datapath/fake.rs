@@ -104,9 +104,14 @@ impl Datapath for FakeDatapath {
         Ok(())
     }
 
-    async fn set_broadcast_tree(&self, source: ShortId, children: Vec<ShortId>) -> Result<(), DatapathError> {
+    async fn set_broadcast_tree(
+        &self,
+        source: ShortId,
+        children: Vec<ShortId>,
+    ) -> Result<(), DatapathError> {
         let mut s = self.lock();
-        s.calls.push(FakeCall::BroadcastTree(source, children.clone()));
+        s.calls
+            .push(FakeCall::BroadcastTree(source, children.clone()));
         if children.is_empty() {
             s.broadcast_trees.remove(&source);
         } else {

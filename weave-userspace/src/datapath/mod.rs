@@ -119,11 +119,20 @@ pub enum DatapathError {
 pub trait Datapath: Send + Sync + 'static {
     /// Admits VXLAN from `peer` and sends frames for it through `peer.next_hop`.
     /// Calling it again for the same short ID updates the entry.
-    fn add_peer(&self, peer: DatapathPeer) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    fn add_peer(
+        &self,
+        peer: DatapathPeer,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Forgets a peer: no more admission, no more frames to it, its learned MACs flushed.
-    fn remove_peer(&self, short_id: ShortId) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    fn remove_peer(
+        &self,
+        short_id: ShortId,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Takes a new short ID for this router (after a clash): VXLAN to and from peers uses it.
-    fn set_own_short_id(&self, short_id: ShortId) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    fn set_own_short_id(
+        &self,
+        short_id: ShortId,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Sets the neighbours a broadcast from `source` is passed on to (our children in the
     /// source's broadcast tree); an empty list passes nothing on.
     fn set_broadcast_tree(
@@ -132,12 +141,21 @@ pub trait Datapath: Send + Sync + 'static {
         children: Vec<ShortId>,
     ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Gives a network namespace an `ethwe` interface on the bridge.
-    fn attach(&self, request: AttachRequest) -> impl std::future::Future<Output = Result<Endpoint, DatapathError>> + Send;
+    fn attach(
+        &self,
+        request: AttachRequest,
+    ) -> impl std::future::Future<Output = Result<Endpoint, DatapathError>> + Send;
     /// Takes back the interface of a namespace attached before.
-    fn detach(&self, netns: PathBuf) -> impl std::future::Future<Output = Result<Endpoint, DatapathError>> + Send;
+    fn detach(
+        &self,
+        netns: PathBuf,
+    ) -> impl std::future::Future<Output = Result<Endpoint, DatapathError>> + Send;
     /// Takes up an endpoint that a previous run of the router attached (after a restart).
     /// Fails with [`DatapathError::NoSuchEndpoint`] when its interface is gone.
-    fn restore_endpoint(&self, endpoint: Endpoint) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    fn restore_endpoint(
+        &self,
+        endpoint: Endpoint,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Endpoints attached now.
     fn endpoints(&self) -> Vec<Endpoint>;
     /// Counters summed over CPUs.

@@ -121,10 +121,19 @@ impl Netlink {
     }
 
     /// The link-layer address the neighbour table holds for `addr` on link `index`.
-    pub async fn neighbour_mac(&self, index: u32, addr: Ipv4Addr) -> Result<Option<[u8; 6]>, DatapathError> {
+    pub async fn neighbour_mac(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+    ) -> Result<Option<[u8; 6]>, DatapathError> {
         use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
         use rtnetlink::packet_route::AddressFamily;
-        let mut dump = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
+        let mut dump = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
         while let Some(msg) = dump.try_next().await.map_err(nl("listing neighbours"))? {
             if msg.header.ifindex != index {
                 continue;

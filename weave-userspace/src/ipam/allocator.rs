@@ -39,7 +39,10 @@ pub struct AllocatorState {
 pub enum Allocate {
     Address(Ipv4Cidr),
     /// We own no free address in the subnet; these peers may have some (with an estimate). Ask one for a donation, merge its ring, try again.
-    NeedSpace { subnet: Cidr, donors: Vec<(PeerName, u64)> },
+    NeedSpace {
+        subnet: Cidr,
+        donors: Vec<(PeerName, u64)>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,23 +85,38 @@ fn check_owner(owner: &str) -> Result<(), AllocError> {
 
 impl Allocator {
     pub fn new(ourself: PeerName, range: Cidr) -> Self {
-        Self { ring: Ring::new(ourself, range), allocations: BTreeMap::new() }
+        Self {
+            ring: Ring::new(ourself, range),
+            allocations: BTreeMap::new(),
+        }
     }
 
     /// Restores persisted state: every allocation must lie in space we own, once.
     pub fn restore(ourself: PeerName, state: AllocatorState) -> Result<Self, AllocError> {
-        let mut a = Self { ring: Ring::from_state(ourself, state.ring), allocations: BTreeMap::new() };
+        let mut a = Self {
+            ring: Ring::from_state(ourself, state.ring),
+            allocations: BTreeMap::new(),
+        };
         for al in state.allocations {
             check_owner(&al.owner)?;
             let at = u32::from(al.address.addr);
             if !a.ring.owns(al.address.addr) {
-                return Err(AllocError::BadState(format!("{} is not in space we own", al.address.addr)));
+                return Err(AllocError::BadState(format!(
+                    "{} is not in space we own",
+                    al.address.addr
+                )));
             }
             if al.address.prefix_len > 32 {
-                return Err(AllocError::BadState(format!("{} has a prefix over 32", al.address.addr)));
+                return Err(AllocError::BadState(format!(
+                    "{} has a prefix over 32",
+                    al.address.addr
+                )));
             }
             if a.allocations.insert(at, al).is_some() {
-                return Err(AllocError::BadState(format!("{} is allocated twice", Ipv4Addr::from(at))));
+                return Err(AllocError::BadState(format!(
+                    "{} is allocated twice",
+                    Ipv4Addr::from(at)
+                )));
             }
         }
         a.sync_free();
@@ -106,7 +124,10 @@ impl Allocator {
     }
 
     pub fn state(&self) -> AllocatorState {
-        AllocatorState { ring: self.ring.state().clone(), allocations: self.allocations.values().cloned().collect() }
+        AllocatorState {
+            ring: self.ring.state().clone(),
+            allocations: self.allocations.values().cloned().collect(),
+        }
     }
 
     pub fn ring(&self) -> &Ring {
@@ -140,7 +161,11 @@ impl Allocator {
 
     /// The addresses of `owner`, in address order.
     pub fn addresses_of(&self, owner: &str) -> Vec<Ipv4Cidr> {
-        self.allocations.values().filter(|a| a.owner == owner).map(|a| a.address).collect()
+        self.allocations
+            .values()
+            .filter(|a| a.owner == owner)
+            .map(|a| a.address)
+            .collect()
     }
 
     fn check_subnet(&self, subnet: Cidr) -> Result<(), AllocError> {
@@ -148,7 +173,10 @@ impl Allocator {
             return Err(AllocError::NotReady);
         }
         if !self.ring.range().contains_cidr(subnet) {
-            return Err(AllocError::OutsideRange { what: subnet.to_string(), range: self.ring.range() });
+            return Err(AllocError::OutsideRange {
+                what: subnet.to_string(),
+                range: self.ring.range(),
+            });
         }
         Ok(())
     }
@@ -157,7 +185,9 @@ impl Allocator {
     fn lowest_free(&self, subnet: Cidr) -> Option<u32> {
         let usable = subnet.usable();
         for r in self.ring.our_ranges() {
-            let Some(r) = r.intersect(usable) else { continue };
+            let Some(r) = r.intersect(usable) else {
+                continue;
+            };
             let mut cand = u64::from(r.first);
             for &a in self.allocations.range(r.first..=r.last).map(|(a, _)| a) {
                 if u64::from(a) > cand {
@@ -187,7 +217,13 @@ impl Allocator {
         }
         if let Some(at) = self.lowest_free(subnet) {
             let address = subnet.with_host(Ipv4Addr::from(at));
-            self.allocations.insert(at, Allocation { owner: owner.to_string(), address });
+            self.allocations.insert(
+                at,
+                Allocation {
+                    owner: owner.to_string(),
+                    address,
+                },
+            );
             self.sync_free();
             return Ok(Allocate::Address(address));
         }
@@ -211,7 +247,10 @@ impl Allocator {
         }
         let addr = address.addr;
         if !self.ring.range().contains(addr) {
-            return Err(AllocError::OutsideRange { what: addr.to_string(), range: self.ring.range() });
+            return Err(AllocError::OutsideRange {
+                what: addr.to_string(),
+                range: self.ring.range(),
+            });
         }
         let subnet = Cidr::of(address);
         if !subnet.usable().contains_addr(addr) {
@@ -224,9 +263,18 @@ impl Allocator {
         }
         match self.allocations.get(&u32::from(addr)) {
             Some(a) if a.owner == owner => Ok(()),
-            Some(a) => Err(AllocError::InUse { addr, owner: a.owner.clone() }),
+            Some(a) => Err(AllocError::InUse {
+                addr,
+                owner: a.owner.clone(),
+            }),
             None => {
-                self.allocations.insert(u32::from(addr), Allocation { owner: owner.to_string(), address });
+                self.allocations.insert(
+                    u32::from(addr),
+                    Allocation {
+                        owner: owner.to_string(),
+                        address,
+                    },
+                );
                 self.sync_free();
                 Ok(())
             }
@@ -235,8 +283,17 @@ impl Allocator {
 
     /// Releases every address of `owner`; returns them.
     pub fn release(&mut self, owner: &str) -> Vec<Ipv4Cidr> {
-        let gone: Vec<u32> = self.allocations.iter().filter(|(_, a)| a.owner == owner).map(|(&k, _)| k).collect();
-        let out = gone.iter().filter_map(|k| self.allocations.remove(k)).map(|a| a.address).collect();
+        let gone: Vec<u32> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.owner == owner)
+            .map(|(&k, _)| k)
+            .collect();
+        let out = gone
+            .iter()
+            .filter_map(|k| self.allocations.remove(k))
+            .map(|a| a.address)
+            .collect();
         if !gone.is_empty() {
             self.sync_free();
         }
@@ -251,7 +308,10 @@ impl Allocator {
                 self.sync_free();
                 Ok(())
             }
-            _ => Err(AllocError::NotAllocated { addr, owner: owner.to_string() }),
+            _ => Err(AllocError::NotAllocated {
+                addr,
+                owner: owner.to_string(),
+            }),
         }
     }
 
@@ -259,7 +319,9 @@ impl Allocator {
     fn free_runs(&self, within: AddrRange) -> Vec<AddrRange> {
         let mut out = Vec::new();
         for r in self.ring.our_ranges() {
-            let Some(r) = r.intersect(within) else { continue };
+            let Some(r) = r.intersect(within) else {
+                continue;
+            };
             let mut next = u64::from(r.first);
             for &a in self.allocations.range(r.first..=r.last).map(|(a, _)| a) {
                 if u64::from(a) > next {
@@ -287,11 +349,18 @@ impl Allocator {
         self.check_subnet(subnet)?;
         let runs = self.free_runs(subnet.usable());
         let total: u64 = runs.iter().map(|r| r.len()).sum();
-        let Some(best) = runs.iter().copied().max_by_key(|r| (r.len(), std::cmp::Reverse(r.first))) else {
+        let Some(best) = runs
+            .iter()
+            .copied()
+            .max_by_key(|r| (r.len(), std::cmp::Reverse(r.first)))
+        else {
             return Ok(None);
         };
         let take = best.len().min((total / 2).max(1));
-        let range = AddrRange { first: best.last - (take - 1) as u32, last: best.last };
+        let range = AddrRange {
+            first: best.last - (take - 1) as u32,
+            last: best.last,
+        };
         self.ring.give(range, to)?;
         self.sync_free();
         Ok(Some(range))
@@ -314,9 +383,14 @@ impl Allocator {
     /// Reports the free count of each of our tokens to the ring.
     fn sync_free(&mut self) {
         for seg in self.ring.our_segments() {
-            let used = self.allocations.range(seg.range.first..=seg.range.last).count() as u64;
+            let used = self
+                .allocations
+                .range(seg.range.first..=seg.range.last)
+                .count() as u64;
             // Our own token: cannot fail.
-            let _ = self.ring.set_free(seg.range.first(), seg.range.len() - used);
+            let _ = self
+                .ring
+                .set_free(seg.range.first(), seg.range.len() - used);
         }
     }
 }
@@ -360,15 +434,36 @@ mod tests {
     fn lowest_free_skipping_network_idempotent_per_owner_and_subnet() {
         let mut a = peers(1, "10.2.0.0/16").remove(0);
         let s = cidr("10.2.1.0/24");
-        assert_eq!(addr(a.allocate("c1", s).unwrap()).to_string(), "10.2.1.1/24");
-        assert_eq!(addr(a.allocate("c2", s).unwrap()).to_string(), "10.2.1.2/24");
-        assert_eq!(addr(a.allocate("c1", s).unwrap()).to_string(), "10.2.1.1/24");
-        assert_eq!(addr(a.allocate("c1", cidr("10.2.2.0/24")).unwrap()).to_string(), "10.2.2.1/24");
+        assert_eq!(
+            addr(a.allocate("c1", s).unwrap()).to_string(),
+            "10.2.1.1/24"
+        );
+        assert_eq!(
+            addr(a.allocate("c2", s).unwrap()).to_string(),
+            "10.2.1.2/24"
+        );
+        assert_eq!(
+            addr(a.allocate("c1", s).unwrap()).to_string(),
+            "10.2.1.1/24"
+        );
+        assert_eq!(
+            addr(a.allocate("c1", cidr("10.2.2.0/24")).unwrap()).to_string(),
+            "10.2.2.1/24"
+        );
         assert_eq!(a.addresses_of("c1").len(), 2);
         assert_eq!(a.release("c1").len(), 2);
-        assert_eq!(addr(a.allocate("c3", s).unwrap()).to_string(), "10.2.1.1/24");
+        assert_eq!(
+            addr(a.allocate("c3", s).unwrap()).to_string(),
+            "10.2.1.1/24"
+        );
         assert!(a.release("nobody").is_empty());
-        assert_eq!(a.release_address("c2", ip("10.2.1.9")), Err(AllocError::NotAllocated { addr: ip("10.2.1.9"), owner: "c2".into() }));
+        assert_eq!(
+            a.release_address("c2", ip("10.2.1.9")),
+            Err(AllocError::NotAllocated {
+                addr: ip("10.2.1.9"),
+                owner: "c2".into()
+            })
+        );
         a.release_address("c2", ip("10.2.1.2")).unwrap();
         let free = a.ring().state().space_by_owner()[&name(0)].1;
         assert_eq!(free, (1 << 16) - 1);
@@ -382,17 +477,31 @@ mod tests {
         addr(a.allocate("c2", s).unwrap());
         let e = a.allocate("c3", s).unwrap_err();
         assert_eq!(e, AllocError::SubnetExhausted(s));
-        assert_eq!(e.to_string(), "no free address left in 10.2.1.0/30: the subnet is exhausted");
         assert_eq!(
-            a.allocate("c3", cidr("10.3.0.0/24")).unwrap_err().to_string(),
+            e.to_string(),
+            "no free address left in 10.2.1.0/30: the subnet is exhausted"
+        );
+        assert_eq!(
+            a.allocate("c3", cidr("10.3.0.0/24"))
+                .unwrap_err()
+                .to_string(),
             "10.3.0.0/24 is outside the allocation range 10.2.0.0/16"
         );
         assert!(matches!(a.allocate("", s), Err(AllocError::BadOwner(_))));
-        assert!(matches!(a.allocate("a\nb", s), Err(AllocError::BadOwner(_))));
-        assert!(matches!(a.allocate(&"x".repeat(2000), s), Err(AllocError::BadOwner(_))));
+        assert!(matches!(
+            a.allocate("a\nb", s),
+            Err(AllocError::BadOwner(_))
+        ));
+        assert!(matches!(
+            a.allocate(&"x".repeat(2000), s),
+            Err(AllocError::BadOwner(_))
+        ));
         let mut fresh = Allocator::new(name(0), cidr("10.2.0.0/16"));
         assert_eq!(fresh.allocate("c1", s), Err(AllocError::NotReady));
-        assert_eq!(fresh.claim("c1", parse_address("10.2.1.5/24").unwrap()), Err(AllocError::NotReady));
+        assert_eq!(
+            fresh.claim("c1", parse_address("10.2.1.5/24").unwrap()),
+            Err(AllocError::NotReady)
+        );
     }
 
     #[test]
@@ -402,14 +511,37 @@ mod tests {
         let want = parse_address("10.2.1.5/24").unwrap();
         a.claim("c1", want).unwrap();
         a.claim("c1", want).unwrap();
-        assert_eq!(a.claim("c2", want), Err(AllocError::InUse { addr: ip("10.2.1.5"), owner: "c1".into() }));
-        assert_eq!(a.claim("c2", parse_address("10.2.1.0/24").unwrap()), Err(AllocError::Reserved { addr: ip("10.2.1.0"), subnet: cidr("10.2.1.0/24") }));
-        assert_eq!(a.claim("c2", parse_address("10.2.1.255/24").unwrap()), Err(AllocError::Reserved { addr: ip("10.2.1.255"), subnet: cidr("10.2.1.0/24") }));
         assert_eq!(
-            a.claim("c2", parse_address("10.2.200.1/24").unwrap()).unwrap_err().to_string(),
+            a.claim("c2", want),
+            Err(AllocError::InUse {
+                addr: ip("10.2.1.5"),
+                owner: "c1".into()
+            })
+        );
+        assert_eq!(
+            a.claim("c2", parse_address("10.2.1.0/24").unwrap()),
+            Err(AllocError::Reserved {
+                addr: ip("10.2.1.0"),
+                subnet: cidr("10.2.1.0/24")
+            })
+        );
+        assert_eq!(
+            a.claim("c2", parse_address("10.2.1.255/24").unwrap()),
+            Err(AllocError::Reserved {
+                addr: ip("10.2.1.255"),
+                subnet: cidr("10.2.1.0/24")
+            })
+        );
+        assert_eq!(
+            a.claim("c2", parse_address("10.2.200.1/24").unwrap())
+                .unwrap_err()
+                .to_string(),
             format!("address 10.2.200.1 is owned by peer {}", name(1))
         );
-        assert!(matches!(a.claim("c2", parse_address("10.9.0.1/24").unwrap()), Err(AllocError::OutsideRange { .. })));
+        assert!(matches!(
+            a.claim("c2", parse_address("10.9.0.1/24").unwrap()),
+            Err(AllocError::OutsideRange { .. })
+        ));
         // Allocation skips the claimed address.
         for k in 1..=5 {
             let got = addr(a.allocate(&format!("n{k}"), cidr("10.2.1.0/24")).unwrap());
@@ -421,8 +553,13 @@ mod tests {
     fn walkthrough_two_peers_share_a_subnet_through_donation() {
         let mut ps = peers(2, "10.2.0.0/16");
         let s = cidr("10.2.1.0/24");
-        assert_eq!(addr(ps[0].allocate("a1", s).unwrap()).to_string(), "10.2.1.1/24");
-        let Allocate::NeedSpace { subnet, donors } = ps[1].allocate("a2", s).unwrap() else { panic!("peer 1 owns nothing there") };
+        assert_eq!(
+            addr(ps[0].allocate("a1", s).unwrap()).to_string(),
+            "10.2.1.1/24"
+        );
+        let Allocate::NeedSpace { subnet, donors } = ps[1].allocate("a2", s).unwrap() else {
+            panic!("peer 1 owns nothing there")
+        };
         assert_eq!(subnet, s);
         assert_eq!(donors, vec![(name(0), 254)]);
         assert!(ps[1].needs_space(s));
@@ -431,8 +568,14 @@ mod tests {
         assert_eq!(given.to_string(), "10.2.1.129-10.2.1.254");
         let reply = ps[0].ring().state().clone();
         assert_eq!(ps[1].merge(&reply), Ok(true));
-        assert_eq!(addr(ps[1].allocate("a2", s).unwrap()).to_string(), "10.2.1.129/24");
-        assert_eq!(ps[1].ring().our_ranges()[0].to_string(), "10.2.1.129-10.2.1.254");
+        assert_eq!(
+            addr(ps[1].allocate("a2", s).unwrap()).to_string(),
+            "10.2.1.129/24"
+        );
+        assert_eq!(
+            ps[1].ring().our_ranges()[0].to_string(),
+            "10.2.1.129-10.2.1.254"
+        );
         let back = ps[1].ring().state().clone();
         assert_eq!(ps[0].merge(&back), Ok(true));
         assert_eq!(ps[0].ring().state(), ps[1].ring().state());
@@ -452,14 +595,21 @@ mod tests {
     fn state_round_trips_and_bad_state_is_refused() {
         let mut a = peers(2, "10.2.0.0/16").remove(0);
         addr(a.allocate("c1", cidr("10.2.1.0/24")).unwrap());
-        a.claim("c2", parse_address("10.2.3.4/24").unwrap()).unwrap();
+        a.claim("c2", parse_address("10.2.3.4/24").unwrap())
+            .unwrap();
         let json = serde_json::to_string(&a.state()).unwrap();
         let back: AllocatorState = serde_json::from_str(&json).unwrap();
         assert_eq!(Allocator::restore(name(0), back.clone()).unwrap(), a);
-        assert!(matches!(Allocator::restore(name(1), back.clone()), Err(AllocError::BadState(_))));
+        assert!(matches!(
+            Allocator::restore(name(1), back.clone()),
+            Err(AllocError::BadState(_))
+        ));
         let mut twice = back.clone();
         twice.allocations.push(twice.allocations[0].clone());
-        assert!(Allocator::restore(name(0), twice).unwrap_err().to_string().contains("allocated twice"));
+        assert!(Allocator::restore(name(0), twice)
+            .unwrap_err()
+            .to_string()
+            .contains("allocated twice"));
     }
 
     #[test]
@@ -470,12 +620,23 @@ mod tests {
         assert_eq!(taken.len(), 1);
         assert_eq!(ps[0].free_in(cidr("10.0.0.0/24")), 170 - 1);
         let given = ps[0].leave(name(2)).unwrap();
-        assert_eq!(given, vec!["10.0.0.0/24".parse::<Cidr>().unwrap().range().intersect(given[0]).unwrap()]);
+        assert_eq!(
+            given,
+            vec!["10.0.0.0/24"
+                .parse::<Cidr>()
+                .unwrap()
+                .range()
+                .intersect(given[0])
+                .unwrap()]
+        );
         assert_eq!(ps[0].allocations().count(), 0);
         let s = ps[0].ring().state().clone();
         ps[2].merge(&s).unwrap();
         assert_eq!(ps[2].free_in(cidr("10.0.0.0/24")), 256);
-        assert!(matches!(ps[0].remove_peer(name(0)), Err(AllocError::Ring(RingError::Ourselves(_)))));
+        assert!(matches!(
+            ps[0].remove_peer(name(0)),
+            Err(AllocError::Ring(RingError::Ourselves(_)))
+        ));
     }
 
     /// Every address handed out by any peer, checked unique and inside the holder's space.
@@ -483,8 +644,16 @@ mod tests {
         let mut seen = BTreeSet::new();
         for p in ps {
             for a in p.allocations() {
-                prop_assert!(seen.insert(a.address.addr), "{} handed out twice", a.address.addr);
-                prop_assert!(p.ring().owns(a.address.addr), "{} allocated outside owned space", a.address.addr);
+                prop_assert!(
+                    seen.insert(a.address.addr),
+                    "{} handed out twice",
+                    a.address.addr
+                );
+                prop_assert!(
+                    p.ring().owns(a.address.addr),
+                    "{} allocated outside owned space",
+                    a.address.addr
+                );
             }
         }
         Ok(())
@@ -492,9 +661,20 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Allocate { peer: usize, owner: u8, subnet: usize, donor: usize },
-        Release { peer: usize, owner: u8 },
-        Gossip { from: usize, to: usize },
+        Allocate {
+            peer: usize,
+            owner: u8,
+            subnet: usize,
+            donor: usize,
+        },
+        Release {
+            peer: usize,
+            owner: u8,
+        },
+        Gossip {
+            from: usize,
+            to: usize,
+        },
         Partition(u8),
         Heal,
     }

@@ -47,7 +47,9 @@ fn split(s: &str) -> Result<(Ipv4Addr, u8), CidrError> {
     }
     let len: u32 = p.parse().map_err(|_| malformed())?;
     if len > 32 {
-        return Err(CidrError::PrefixOutOfRange { given: s.to_string() });
+        return Err(CidrError::PrefixOutOfRange {
+            given: s.to_string(),
+        });
     }
     Ok((addr, len as u8))
 }
@@ -75,7 +77,10 @@ impl Cidr {
     /// The network of `prefix_len` bits that contains `addr` (prefix clamped to 32).
     pub fn containing(addr: Ipv4Addr, prefix_len: u8) -> Self {
         let prefix_len = prefix_len.min(32);
-        Self { start: u32::from(addr) & mask(prefix_len), prefix_len }
+        Self {
+            start: u32::from(addr) & mask(prefix_len),
+            prefix_len,
+        }
     }
 
     /// The network of an address with prefix (`10.2.1.5/24` → `10.2.1.0/24`).
@@ -102,7 +107,10 @@ impl Cidr {
 
     /// Every address of the network.
     pub fn range(self) -> AddrRange {
-        AddrRange { first: self.start, last: self.start | !mask(self.prefix_len) }
+        AddrRange {
+            first: self.start,
+            last: self.start | !mask(self.prefix_len),
+        }
     }
 
     /// The addresses that may be given to hosts: all but the network and broadcast
@@ -112,7 +120,10 @@ impl Cidr {
         if self.prefix_len >= 31 {
             r
         } else {
-            AddrRange { first: r.first + 1, last: r.last - 1 }
+            AddrRange {
+                first: r.first + 1,
+                last: r.last - 1,
+            }
         }
     }
 
@@ -133,15 +144,29 @@ impl Cidr {
     /// shorter than ours or over 32).
     pub fn subnets(self, prefix_len: u8) -> impl Iterator<Item = Cidr> {
         let ok = prefix_len >= self.prefix_len && prefix_len <= 32;
-        let count: u64 = if ok { 1u64 << (prefix_len - self.prefix_len) } else { 0 };
-        let step: u64 = if ok { 1u64 << (32 - u32::from(prefix_len)) } else { 0 };
+        let count: u64 = if ok {
+            1u64 << (prefix_len - self.prefix_len)
+        } else {
+            0
+        };
+        let step: u64 = if ok {
+            1u64 << (32 - u32::from(prefix_len))
+        } else {
+            0
+        };
         let start = u64::from(self.start);
-        (0..count).map(move |i| Cidr { start: (start + i * step) as u32, prefix_len })
+        (0..count).map(move |i| Cidr {
+            start: (start + i * step) as u32,
+            prefix_len,
+        })
     }
 
     /// `addr` with this network's prefix length, as a container is given it.
     pub fn with_host(self, addr: Ipv4Addr) -> Ipv4Cidr {
-        Ipv4Cidr { addr, prefix_len: self.prefix_len }
+        Ipv4Cidr {
+            addr,
+            prefix_len: self.prefix_len,
+        }
     }
 }
 
@@ -150,7 +175,10 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix_len) = split(s)?;
         Self::new(addr, prefix_len).map_err(|e| match e {
-            CidrError::HostBitsSet { network, .. } => CidrError::HostBitsSet { given: s.to_string(), network },
+            CidrError::HostBitsSet { network, .. } => CidrError::HostBitsSet {
+                given: s.to_string(),
+                network,
+            },
             other => other,
         })
     }
@@ -284,13 +312,28 @@ mod tests {
     fn bad_networks_get_one_line_errors() {
         assert_eq!(
             "10.2.1.5/24".parse::<Cidr>(),
-            Err(CidrError::HostBitsSet { given: "10.2.1.5/24".into(), network: c("10.2.1.0/24") })
+            Err(CidrError::HostBitsSet {
+                given: "10.2.1.5/24".into(),
+                network: c("10.2.1.0/24")
+            })
         );
         assert_eq!(
             "10.2.1.0/33".parse::<Cidr>(),
-            Err(CidrError::PrefixOutOfRange { given: "10.2.1.0/33".into() })
+            Err(CidrError::PrefixOutOfRange {
+                given: "10.2.1.0/33".into()
+            })
         );
-        for bad in ["", "10.2.1.0", "10.2.1/24", "10.2.1.0/", "10.2.1.0/+4", "10.2.1.0/-1", "x/8", "10.2.1.0/24/1", "10.2.1.0/0024"] {
+        for bad in [
+            "",
+            "10.2.1.0",
+            "10.2.1/24",
+            "10.2.1.0/",
+            "10.2.1.0/+4",
+            "10.2.1.0/-1",
+            "x/8",
+            "10.2.1.0/24/1",
+            "10.2.1.0/0024",
+        ] {
             let e = bad.parse::<Cidr>().unwrap_err();
             assert!(matches!(e, CidrError::Malformed(_)), "{bad}: {e}");
             assert!(!e.to_string().contains('\n'));
@@ -299,16 +342,31 @@ mod tests {
             "10.2.1.5/24".parse::<Cidr>().unwrap_err().to_string(),
             "\"10.2.1.5/24\" has host bits set: the network is 10.2.1.0/24"
         );
-        assert!(matches!(Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 40), Err(CidrError::PrefixOutOfRange { .. })));
+        assert!(matches!(
+            Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 40),
+            Err(CidrError::PrefixOutOfRange { .. })
+        ));
     }
 
     #[test]
     fn addresses_with_prefix_reuse_the_datapath_type() {
         let a = parse_address("10.2.1.5/24").unwrap();
-        assert_eq!(a, Ipv4Cidr { addr: Ipv4Addr::new(10, 2, 1, 5), prefix_len: 24 });
+        assert_eq!(
+            a,
+            Ipv4Cidr {
+                addr: Ipv4Addr::new(10, 2, 1, 5),
+                prefix_len: 24
+            }
+        );
         assert_eq!(Cidr::of(a), c("10.2.1.0/24"));
-        assert!(matches!(parse_address("10.2.1.5/99"), Err(CidrError::PrefixOutOfRange { .. })));
-        assert!(matches!(parse_address("10.2.1.5"), Err(CidrError::Malformed(_))));
+        assert!(matches!(
+            parse_address("10.2.1.5/99"),
+            Err(CidrError::PrefixOutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_address("10.2.1.5"),
+            Err(CidrError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -322,7 +380,15 @@ mod tests {
         assert!(!big.contains(Ipv4Addr::new(10, 3, 0, 0)));
         assert!(c("0.0.0.0/0").contains_cidr(big));
         let subs: Vec<Cidr> = c("10.2.0.0/22").subnets(24).collect();
-        assert_eq!(subs, vec![c("10.2.0.0/24"), c("10.2.1.0/24"), c("10.2.2.0/24"), c("10.2.3.0/24")]);
+        assert_eq!(
+            subs,
+            vec![
+                c("10.2.0.0/24"),
+                c("10.2.1.0/24"),
+                c("10.2.2.0/24"),
+                c("10.2.3.0/24")
+            ]
+        );
         assert_eq!(c("10.2.0.0/24").subnets(16).count(), 0);
         assert_eq!(c("0.0.0.0/0").subnets(1).last(), Some(c("128.0.0.0/1")));
     }
@@ -330,10 +396,20 @@ mod tests {
     #[test]
     fn usable_skips_network_and_broadcast() {
         let u = c("10.2.1.0/24").usable();
-        assert_eq!((u.first(), u.last(), u.len()), (Ipv4Addr::new(10, 2, 1, 1), Ipv4Addr::new(10, 2, 1, 254), 254));
+        assert_eq!(
+            (u.first(), u.last(), u.len()),
+            (
+                Ipv4Addr::new(10, 2, 1, 1),
+                Ipv4Addr::new(10, 2, 1, 254),
+                254
+            )
+        );
         assert_eq!(c("10.2.1.0/31").usable().len(), 2);
         assert_eq!(c("10.2.1.0/32").usable().len(), 1);
-        assert_eq!(c("10.2.1.0/30").usable().addresses().collect::<Vec<_>>(), vec![Ipv4Addr::new(10, 2, 1, 1), Ipv4Addr::new(10, 2, 1, 2)]);
+        assert_eq!(
+            c("10.2.1.0/30").usable().addresses().collect::<Vec<_>>(),
+            vec![Ipv4Addr::new(10, 2, 1, 1), Ipv4Addr::new(10, 2, 1, 2)]
+        );
     }
 
     #[test]
@@ -342,7 +418,9 @@ mod tests {
         let b = AddrRange::new(Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 20)).unwrap();
         assert_eq!(a.intersect(b).unwrap().to_string(), "10.0.0.5-10.0.0.9");
         assert!(AddrRange::new(Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 0, 0, 1)).is_none());
-        assert!(!a.overlaps(AddrRange::new(Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 10)).unwrap()));
+        assert!(!a.overlaps(
+            AddrRange::new(Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 10)).unwrap()
+        ));
     }
 
     #[test]
@@ -353,6 +431,8 @@ mod tests {
         assert!(serde_json::from_str::<Cidr>("\"10.32.0.1/12\"").is_err());
         let wire = postcard::to_stdvec(&n).unwrap();
         assert_eq!(postcard::from_bytes::<Cidr>(&wire).unwrap(), n);
-        assert!(postcard::from_bytes::<Cidr>(&postcard::to_stdvec(&(1u32, 12u8)).unwrap()).is_err());
+        assert!(
+            postcard::from_bytes::<Cidr>(&postcard::to_stdvec(&(1u32, 12u8)).unwrap()).is_err()
+        );
     }
 }

@@ -92,7 +92,10 @@ impl FromStr for InitMode {
         if let Some(list) = s.strip_prefix("seed=") {
             let mut peers = Vec::new();
             for p in list.split(',') {
-                let name = p.parse::<PeerName>().map_err(|_| InitModeError::BadSeed { given: s.to_string(), peer: p.to_string() })?;
+                let name = p.parse::<PeerName>().map_err(|_| InitModeError::BadSeed {
+                    given: s.to_string(),
+                    peer: p.to_string(),
+                })?;
                 peers.push(name);
             }
             let n = peers.len();
@@ -126,7 +129,10 @@ impl InitMode {
     pub fn check_ring(&self, ring: &RingState) -> Result<(), RingError> {
         match self {
             Self::Seed(seeds) if !ring.seeds().is_empty() && ring.seeds() != seeds.as_slice() => {
-                Err(RingError::SeededByDifferentPeers { ours: PeerList(seeds.clone()), theirs: PeerList(ring.seeds().to_vec()) })
+                Err(RingError::SeededByDifferentPeers {
+                    ours: PeerList(seeds.clone()),
+                    theirs: PeerList(ring.seeds().to_vec()),
+                })
             }
             _ => Ok(()),
         }
@@ -168,7 +174,9 @@ impl Claims {
         if self.accepted.is_none() != self.value.is_empty() {
             return Err("an accepted proposal without a value, or a value without one");
         }
-        if self.promise.is_none() && self.promise.round != 0 || self.accepted.is_none() && self.accepted.round != 0 {
+        if self.promise.is_none() && self.promise.round != 0
+            || self.accepted.is_none() && self.accepted.round != 0
+        {
             return Err("a round without a proposer");
         }
         if self.value.windows(2).any(|w| w[0] >= w[1]) {
@@ -199,7 +207,11 @@ pub struct Consensus {
 impl Consensus {
     /// Joins the vote (a peer counts as heard from once it takes part).
     pub fn new(ourself: PeerName, quorum: usize) -> Self {
-        Self { ourself, quorum: quorum.max(1), knows: BTreeMap::from([(ourself, Claims::default())]) }
+        Self {
+            ourself,
+            quorum: quorum.max(1),
+            knows: BTreeMap::from([(ourself, Claims::default())]),
+        }
     }
 
     pub fn quorum(&self) -> usize {
@@ -243,8 +255,17 @@ impl Consensus {
 
     /// Starts a new proposal above any seen. Returns it (gossip afterwards).
     pub fn propose(&mut self) -> Proposal {
-        let round = self.knows.values().map(|c| c.promise.round.max(c.accepted.round)).max().unwrap_or(0) + 1;
-        let p = Proposal { round, proposer: Some(self.ourself) };
+        let round = self
+            .knows
+            .values()
+            .map(|c| c.promise.round.max(c.accepted.round))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let p = Proposal {
+            round,
+            proposer: Some(self.ourself),
+        };
         self.mine().promise = p;
         self.think();
         p
@@ -264,14 +285,25 @@ impl Consensus {
         loop {
             let me = self.my_claims();
             // Promise: the highest proposal anyone shows.
-            let highest = self.knows.values().map(|c| c.promise).max().unwrap_or_default();
+            let highest = self
+                .knows
+                .values()
+                .map(|c| c.promise)
+                .max()
+                .unwrap_or_default();
             if highest > me.promise {
                 self.mine().promise = highest;
                 changed = true;
                 continue;
             }
             // Accept: the highest accepted proposal anyone shows, if not below our promise.
-            if let Some(acc) = self.knows.values().filter(|c| !c.accepted.is_none()).max_by_key(|c| c.accepted).cloned() {
+            if let Some(acc) = self
+                .knows
+                .values()
+                .filter(|c| !c.accepted.is_none())
+                .max_by_key(|c| c.accepted)
+                .cloned()
+            {
                 if acc.accepted >= me.promise && acc.accepted > me.accepted {
                     let mine = self.mine();
                     mine.promise = acc.accepted;
@@ -283,9 +315,17 @@ impl Consensus {
             }
             // Accept request: our own proposal promised by a quorum.
             if me.promise.proposer == Some(self.ourself) && me.accepted < me.promise {
-                let promised: Vec<&Claims> = self.knows.values().filter(|c| c.promise == me.promise).collect();
+                let promised: Vec<&Claims> = self
+                    .knows
+                    .values()
+                    .filter(|c| c.promise == me.promise)
+                    .collect();
                 if promised.len() >= self.quorum {
-                    let value = match promised.iter().filter(|c| !c.accepted.is_none()).max_by_key(|c| c.accepted) {
+                    let value = match promised
+                        .iter()
+                        .filter(|c| !c.accepted.is_none())
+                        .max_by_key(|c| c.accepted)
+                    {
                         Some(c) => c.value.clone(),
                         None => self.knows.keys().copied().collect(),
                     };
@@ -319,7 +359,10 @@ impl Consensus {
 pub enum IpamStatus {
     /// Nothing asked for an address yet (initialisation is lazy).
     Idle,
-    AwaitingConsensus { quorum: usize, known: usize },
+    AwaitingConsensus {
+        quorum: usize,
+        known: usize,
+    },
     /// An observer (or a non-seed peer) waiting for the ring from others.
     Priming,
     Ready,
@@ -330,18 +373,28 @@ impl fmt::Display for IpamStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Idle => write!(f, "idle"),
-            Self::AwaitingConsensus { quorum, known } => write!(f, "awaiting consensus (quorum: {quorum}, known: {known})"),
+            Self::AwaitingConsensus { quorum, known } => {
+                write!(f, "awaiting consensus (quorum: {quorum}, known: {known})")
+            }
             Self::Priming => write!(f, "priming"),
             Self::Ready => write!(f, "ready"),
             Self::AllRangesUnreachable => {
-                write!(f, "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead")
+                write!(
+                    f,
+                    "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead"
+                )
             }
         }
     }
 }
 
 /// The status from the ring, the vote (once started) and which peers are reachable.
-pub fn status(ring: &Ring, mode: &InitMode, vote: Option<&Consensus>, reachable: impl Fn(PeerName) -> bool) -> IpamStatus {
+pub fn status(
+    ring: &Ring,
+    mode: &InitMode,
+    vote: Option<&Consensus>,
+    reachable: impl Fn(PeerName) -> bool,
+) -> IpamStatus {
     if !ring.is_empty() {
         let owners: BTreeSet<PeerName> = ring.state().owners();
         return if owners.iter().any(|&p| p == ring.ourself() || reachable(p)) {
@@ -353,7 +406,10 @@ pub fn status(ring: &Ring, mode: &InitMode, vote: Option<&Consensus>, reachable:
     match (mode, vote) {
         (InitMode::Observer, _) | (InitMode::Seed(_), _) => IpamStatus::Priming,
         (InitMode::Consensus(_), None) => IpamStatus::Idle,
-        (InitMode::Consensus(_), Some(v)) => IpamStatus::AwaitingConsensus { quorum: v.quorum(), known: v.known() },
+        (InitMode::Consensus(_), Some(v)) => IpamStatus::AwaitingConsensus {
+            quorum: v.quorum(),
+            known: v.known(),
+        },
     }
 }
 
@@ -392,9 +448,16 @@ mod tests {
         let mut other = Ring::new(name(2), "10.32.0.0/12".parse().unwrap());
         assert_eq!(seeds.check_ring(other.state()), Ok(()));
         other.claim_for_peers(&[name(2), name(3)]).unwrap();
-        assert!(seeds.check_ring(other.state()).unwrap_err().to_string().starts_with("IP allocation was seeded by different peers"));
+        assert!(seeds
+            .check_ring(other.state())
+            .unwrap_err()
+            .to_string()
+            .starts_with("IP allocation was seeded by different peers"));
         assert_eq!(InitMode::Observer.check_ring(other.state()), Ok(()));
-        assert_eq!((quorum(1), quorum(2), quorum(3), quorum(4), quorum(5)), (1, 2, 2, 3, 3));
+        assert_eq!(
+            (quorum(1), quorum(2), quorum(3), quorum(4), quorum(5)),
+            (1, 2, 2, 3, 3)
+        );
     }
 
     #[test]
@@ -429,24 +492,56 @@ mod tests {
     fn bad_gossip_is_refused_whole() {
         let mut p = Consensus::new(name(0), 2);
         let before = p.clone();
-        let promise = Proposal { round: 1, proposer: Some(name(1)) };
-        let bad = Claims { promise: Proposal::default(), accepted: promise, value: vec![name(1)] };
-        let good = Claims { promise, ..Claims::default() };
+        let promise = Proposal {
+            round: 1,
+            proposer: Some(name(1)),
+        };
+        let bad = Claims {
+            promise: Proposal::default(),
+            accepted: promise,
+            value: vec![name(1)],
+        };
+        let good = Claims {
+            promise,
+            ..Claims::default()
+        };
         assert_eq!(
             p.merge(&[(name(1), good.clone()), (name(2), bad)]),
-            Err(ConsensusError::Invalid(name(2), "accepted a proposal above its promise"))
+            Err(ConsensusError::Invalid(
+                name(2),
+                "accepted a proposal above its promise"
+            ))
         );
         assert_eq!(p, before);
-        let no_value = Claims { promise, accepted: promise, value: vec![] };
+        let no_value = Claims {
+            promise,
+            accepted: promise,
+            value: vec![],
+        };
         assert!(p.merge(&[(name(1), no_value)]).is_err());
         p.merge(&[(name(1), good.clone())]).unwrap();
-        let forked = Claims { promise, accepted: Proposal::default(), value: vec![] };
+        let forked = Claims {
+            promise,
+            accepted: Proposal::default(),
+            value: vec![],
+        };
         assert_eq!(p.merge(&[(name(1), forked)]), Ok(false));
         // Same (promise, accepted), two values.
-        let acc1 = Claims { promise, accepted: promise, value: vec![name(1)] };
-        let acc2 = Claims { promise, accepted: promise, value: vec![name(1), name(2)] };
+        let acc1 = Claims {
+            promise,
+            accepted: promise,
+            value: vec![name(1)],
+        };
+        let acc2 = Claims {
+            promise,
+            accepted: promise,
+            value: vec![name(1), name(2)],
+        };
         p.merge(&[(name(1), acc1)]).unwrap();
-        assert_eq!(p.merge(&[(name(1), acc2)]), Err(ConsensusError::Conflict(name(1))));
+        assert_eq!(
+            p.merge(&[(name(1), acc2)]),
+            Err(ConsensusError::Conflict(name(1)))
+        );
     }
 
     #[test]
@@ -457,12 +552,21 @@ mod tests {
         assert_eq!(status(&ring, &mode, None, |_| true).to_string(), "idle");
         let mut vote = Consensus::new(name(0), quorum(3));
         vote.merge(&[(name(1), Claims::default())]).unwrap();
-        assert_eq!(status(&ring, &mode, Some(&vote), |_| true).to_string(), "awaiting consensus (quorum: 2, known: 2)");
-        assert_eq!(status(&ring, &InitMode::Observer, None, |_| true).to_string(), "priming");
+        assert_eq!(
+            status(&ring, &mode, Some(&vote), |_| true).to_string(),
+            "awaiting consensus (quorum: 2, known: 2)"
+        );
+        assert_eq!(
+            status(&ring, &InitMode::Observer, None, |_| true).to_string(),
+            "priming"
+        );
         let mut theirs = Ring::new(name(1), range);
         theirs.claim_for_peers(&[name(1), name(2)]).unwrap();
         ring.merge(theirs.state()).unwrap();
-        assert_eq!(status(&ring, &mode, Some(&vote), |_| true).to_string(), "ready");
+        assert_eq!(
+            status(&ring, &mode, Some(&vote), |_| true).to_string(),
+            "ready"
+        );
         assert_eq!(
             status(&ring, &mode, Some(&vote), |_| false).to_string(),
             "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead"
@@ -473,7 +577,10 @@ mod tests {
     enum Ev {
         Propose(usize),
         /// Peer `from` gossips its current claims; they arrive later.
-        Send { from: usize, to: usize },
+        Send {
+            from: usize,
+            to: usize,
+        },
         /// A message in flight arrives (any of them, in any order, maybe twice).
         Deliver(usize),
     }

@@ -16,12 +16,12 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::allocator::{Allocate, AllocError, Allocator, AllocatorState};
+use super::allocator::{AllocError, Allocate, Allocator, AllocatorState};
 use super::cidr::{AddrRange, Cidr};
-use super::consensus::{status, quorum, Claims, Consensus, ConsensusError, InitMode, IpamStatus};
-use super::ring::{RingError, RingState};
+use super::consensus::{quorum, status, Claims, Consensus, ConsensusError, InitMode, IpamStatus};
 #[cfg(test)]
 use super::ring::Ring;
+use super::ring::{RingError, RingState};
 use crate::datapath::Ipv4Cidr;
 use crate::mesh::peer_name::PeerName;
 
@@ -107,13 +107,24 @@ impl Ipam {
         expected_peers: usize,
     ) -> Result<Self, IpamError> {
         if !range.contains_cidr(default_subnet) {
-            return Err(IpamError::DefaultSubnetOutsideRange { subnet: default_subnet, range });
+            return Err(IpamError::DefaultSubnetOutsideRange {
+                subnet: default_subnet,
+                range,
+            });
         }
         let n = match mode {
             InitMode::Consensus(Some(n)) => n,
             _ => expected_peers.max(1),
         };
-        Ok(Self { alloc: Allocator::new(ourself, range), mode, quorum: quorum(n), default_subnet, vote: None, asked: BTreeMap::new(), refused: BTreeMap::new() })
+        Ok(Self {
+            alloc: Allocator::new(ourself, range),
+            mode,
+            quorum: quorum(n),
+            default_subnet,
+            vote: None,
+            asked: BTreeMap::new(),
+            refused: BTreeMap::new(),
+        })
     }
 
     /// [`Ipam::new`] continuing from persisted state.
@@ -126,7 +137,10 @@ impl Ipam {
         state: AllocatorState,
     ) -> Result<Self, IpamError> {
         if state.ring.range() != range {
-            return Err(IpamError::StoredRangeDiffers { stored: state.ring.range(), range });
+            return Err(IpamError::StoredRangeDiffers {
+                stored: state.ring.range(),
+                range,
+            });
         }
         let mut me = Self::new(ourself, range, default_subnet, mode, expected_peers)?;
         me.alloc = Allocator::restore(ourself, state)?;
@@ -229,9 +243,16 @@ impl Ipam {
                     return Ok((Step::Pending, effects));
                 }
                 let refused = self.refused.get(&subnet);
-                let candidate = |p: PeerName| reachable(p) && !refused.is_some_and(|r| r.contains(&p));
-                match self.alloc.ring().pick_donor(subnet.usable(), candidate, random) {
-                    None if refused.is_some_and(|r| !r.is_empty()) => Err(AllocError::SubnetExhausted(subnet).into()),
+                let candidate =
+                    |p: PeerName| reachable(p) && !refused.is_some_and(|r| r.contains(&p));
+                match self
+                    .alloc
+                    .ring()
+                    .pick_donor(subnet.usable(), candidate, random)
+                {
+                    None if refused.is_some_and(|r| !r.is_empty()) => {
+                        Err(AllocError::SubnetExhausted(subnet).into())
+                    }
                     Some(donor) => {
                         self.asked.insert(subnet, donor);
                         effects.push(Effect::Send(donor, Message::SpaceRequest { subnet }));
@@ -244,7 +265,11 @@ impl Ipam {
     }
 
     /// Claims a given address for `owner` (after a restart, or `ip:CIDR`).
-    pub fn claim_address(&mut self, owner: &str, address: Ipv4Cidr) -> Result<(Step<()>, Vec<Effect>), IpamError> {
+    pub fn claim_address(
+        &mut self,
+        owner: &str,
+        address: Ipv4Cidr,
+    ) -> Result<(Step<()>, Vec<Effect>), IpamError> {
         let mut effects = Vec::new();
         self.start(&mut effects)?;
         if self.alloc.ring().is_empty() {
@@ -258,12 +283,20 @@ impl Ipam {
     /// Releases every address of `owner`.
     pub fn release(&mut self, owner: &str) -> (Vec<Ipv4Cidr>, Vec<Effect>) {
         let gone = self.alloc.release(owner);
-        let effects = if gone.is_empty() { Vec::new() } else { vec![Effect::Persist] };
+        let effects = if gone.is_empty() {
+            Vec::new()
+        } else {
+            vec![Effect::Persist]
+        };
         (gone, effects)
     }
 
     /// Releases one address of `owner`.
-    pub fn release_address(&mut self, owner: &str, addr: Ipv4Addr) -> Result<Vec<Effect>, IpamError> {
+    pub fn release_address(
+        &mut self,
+        owner: &str,
+        addr: Ipv4Addr,
+    ) -> Result<Vec<Effect>, IpamError> {
         self.alloc.release_address(owner, addr)?;
         Ok(vec![Effect::Persist])
     }
@@ -281,7 +314,12 @@ impl Ipam {
                 self.mode.check_ring(&theirs)?;
                 let merged = self.alloc.merge(&theirs)?;
                 if let Some(donated_or_not_ready) = reply {
-                    let answered: Vec<Cidr> = self.asked.iter().filter(|(_, d)| **d == from).map(|(c, _)| *c).collect();
+                    let answered: Vec<Cidr> = self
+                        .asked
+                        .iter()
+                        .filter(|(_, d)| **d == from)
+                        .map(|(c, _)| *c)
+                        .collect();
                     for subnet in answered {
                         self.asked.remove(&subnet);
                         if !donated_or_not_ready {
@@ -303,10 +341,14 @@ impl Ipam {
                     out.effects.push(Effect::Send(from, self.ring_msg()));
                 } else if self.mode.votes() {
                     // Join the vote on first hearing of it; a refused update changes nothing.
-                    let mut v = self.vote.clone().unwrap_or_else(|| Consensus::new(self.alloc.ourself(), self.quorum));
+                    let mut v = self
+                        .vote
+                        .clone()
+                        .unwrap_or_else(|| Consensus::new(self.alloc.ourself(), self.quorum));
                     if v.merge(&claims)? {
                         out.changed = true;
-                        out.effects.push(Effect::Broadcast(Message::Votes(v.gossip())));
+                        out.effects
+                            .push(Effect::Broadcast(Message::Votes(v.gossip())));
                     }
                     self.vote = Some(v);
                     self.settle_vote(&mut out.effects)?;
@@ -316,7 +358,13 @@ impl Ipam {
                 if self.alloc.ring().is_empty() {
                     // Not initialised here yet: an empty reply lets the requester ask again.
                     let ring = self.alloc.ring().state().clone();
-                    out.effects.push(Effect::Send(from, Message::SpaceReply { ring, donated: false }));
+                    out.effects.push(Effect::Send(
+                        from,
+                        Message::SpaceReply {
+                            ring,
+                            donated: false,
+                        },
+                    ));
                     return Ok(out);
                 }
                 let given = self.alloc.donate(from, subnet)?;
@@ -325,7 +373,13 @@ impl Ipam {
                     out.effects.push(Effect::Persist);
                 }
                 let ring = self.alloc.ring().state().clone();
-                out.effects.push(Effect::Send(from, Message::SpaceReply { ring, donated: given.is_some() }));
+                out.effects.push(Effect::Send(
+                    from,
+                    Message::SpaceReply {
+                        ring,
+                        donated: given.is_some(),
+                    },
+                ));
             }
         }
         Ok(out)
@@ -351,9 +405,15 @@ impl Ipam {
     }
 
     /// `rmpeer`: takes over a dead peer's space.
-    pub fn remove_peer(&mut self, dead: PeerName) -> Result<(Vec<AddrRange>, Vec<Effect>), IpamError> {
+    pub fn remove_peer(
+        &mut self,
+        dead: PeerName,
+    ) -> Result<(Vec<AddrRange>, Vec<Effect>), IpamError> {
         let taken = self.alloc.remove_peer(dead)?;
-        Ok((taken, vec![Effect::Persist, Effect::Broadcast(self.ring_msg())]))
+        Ok((
+            taken,
+            vec![Effect::Persist, Effect::Broadcast(self.ring_msg())],
+        ))
     }
 
     /// `reset`: drops all allocations and hands our space to `heir`.
@@ -362,7 +422,10 @@ impl Ipam {
             return Err(IpamError::Observer("hand over space"));
         }
         let given = self.alloc.leave(heir)?;
-        Ok((given, vec![Effect::Persist, Effect::Broadcast(self.ring_msg())]))
+        Ok((
+            given,
+            vec![Effect::Persist, Effect::Broadcast(self.ring_msg())],
+        ))
     }
 }
 
@@ -389,9 +452,15 @@ mod tests {
     impl Net {
         fn new(n: usize, mode: &str, range: &str, subnet: &str) -> Self {
             let nodes = (0..n)
-                .map(|i| Ipam::new(name(i), cidr(range), cidr(subnet), mode.parse().unwrap(), n).unwrap())
+                .map(|i| {
+                    Ipam::new(name(i), cidr(range), cidr(subnet), mode.parse().unwrap(), n).unwrap()
+                })
                 .collect();
-            Self { nodes, queue: Vec::new(), persisted: vec![None; n] }
+            Self {
+                nodes,
+                queue: Vec::new(),
+                persisted: vec![None; n],
+            }
         }
 
         fn index(&self, p: PeerName) -> usize {
@@ -426,7 +495,9 @@ mod tests {
         }
 
         fn allocate(&mut self, at: usize, owner: &str, random: u64) -> Option<Ipv4Cidr> {
-            let (step, effects) = self.nodes[at].allocate(owner, None, |_| true, random).unwrap();
+            let (step, effects) = self.nodes[at]
+                .allocate(owner, None, |_| true, random)
+                .unwrap();
             self.apply(at, effects);
             match step {
                 Step::Done(a) => Some(a),
@@ -454,7 +525,10 @@ mod tests {
         let mut net = Net::new(2, "consensus=2", "10.2.0.0/16", "10.2.1.0/24");
         assert_eq!(net.nodes[0].status(|_| true).to_string(), "idle");
         assert_eq!(net.allocate(0, "a1", 0), None);
-        assert_eq!(net.nodes[0].status(|_| true).to_string(), "awaiting consensus (quorum: 2, known: 1)");
+        assert_eq!(
+            net.nodes[0].status(|_| true).to_string(),
+            "awaiting consensus (quorum: 2, known: 1)"
+        );
         let mut got = BTreeMap::new();
         let mut pending = vec![(0, "a1"), (1, "a2"), (1, "b1")];
         for _ in 0..100 {
@@ -478,14 +552,31 @@ mod tests {
         assert_eq!(net.nodes[1].status(|_| true).to_string(), "ready");
         assert!(net.persisted.iter().all(Option::is_some));
         // ip: claims, and a restart from the persisted state keeps them.
-        let (step, fx) = net.nodes[0].claim_address("b2", parse_address("10.2.2.7/24").unwrap()).unwrap();
+        let (step, fx) = net.nodes[0]
+            .claim_address("b2", parse_address("10.2.2.7/24").unwrap())
+            .unwrap();
         assert_eq!(step, Step::Done(()));
         net.apply(0, fx);
         let stored = net.persisted[0].clone().unwrap();
-        let back = Ipam::restore(name(0), cidr("10.2.1.0/24"), "consensus=2".parse().unwrap(), 2, cidr("10.2.0.0/16"), stored.clone()).unwrap();
+        let back = Ipam::restore(
+            name(0),
+            cidr("10.2.1.0/24"),
+            "consensus=2".parse().unwrap(),
+            2,
+            cidr("10.2.0.0/16"),
+            stored.clone(),
+        )
+        .unwrap();
         assert_eq!(back.state(), net.nodes[0].state());
         assert!(matches!(
-            Ipam::restore(name(0), cidr("10.2.1.0/24"), "consensus=2".parse().unwrap(), 2, cidr("10.3.0.0/16"), stored),
+            Ipam::restore(
+                name(0),
+                cidr("10.2.1.0/24"),
+                "consensus=2".parse().unwrap(),
+                2,
+                cidr("10.3.0.0/16"),
+                stored
+            ),
             Err(IpamError::StoredRangeDiffers { .. })
         ));
     }
@@ -494,8 +585,18 @@ mod tests {
     fn seeds_claim_without_a_vote_and_observers_wait() {
         let seeds = format!("seed={},{}", name(0), name(1));
         let mut net = Net::new(3, &seeds, "10.32.0.0/12", "10.32.0.0/12");
-        net.nodes[2] = Ipam::new(name(2), cidr("10.32.0.0/12"), cidr("10.32.0.0/12"), InitMode::Observer, 3).unwrap();
-        assert_eq!(net.allocate(0, "c1", 0).unwrap().to_string(), "10.32.0.1/12");
+        net.nodes[2] = Ipam::new(
+            name(2),
+            cidr("10.32.0.0/12"),
+            cidr("10.32.0.0/12"),
+            InitMode::Observer,
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            net.allocate(0, "c1", 0).unwrap().to_string(),
+            "10.32.0.1/12"
+        );
         assert_eq!(net.allocate(2, "c2", 0), None);
         assert_eq!(net.nodes[2].status(|_| true).to_string(), "priming");
         net.gossip_round();
@@ -504,10 +605,22 @@ mod tests {
         // A ring seeded by others is refused.
         let mut other = Ring::new(name(3), cidr("10.32.0.0/12"));
         other.claim_for_peers(&[name(3)]).unwrap();
-        let e = net.nodes[0].handle(name(3), Message::Ring(other.state().clone())).unwrap_err();
-        assert!(e.to_string().starts_with("IP allocation was seeded by different peers"), "{e}");
+        let e = net.nodes[0]
+            .handle(name(3), Message::Ring(other.state().clone()))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("IP allocation was seeded by different peers"),
+            "{e}"
+        );
         assert!(matches!(
-            Ipam::new(name(0), cidr("10.32.0.0/12"), cidr("10.2.0.0/16"), InitMode::Observer, 1),
+            Ipam::new(
+                name(0),
+                cidr("10.32.0.0/12"),
+                cidr("10.2.0.0/16"),
+                InitMode::Observer,
+                1
+            ),
             Err(IpamError::DefaultSubnetOutsideRange { .. })
         ));
     }
@@ -530,7 +643,9 @@ mod tests {
             "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead"
         );
         assert_eq!(
-            net.nodes[0].allocate("c3", None, |p| p != name(1), 0).unwrap_err(),
+            net.nodes[0]
+                .allocate("c3", None, |p| p != name(1), 0)
+                .unwrap_err(),
             IpamError::NoReachableDonor(cidr("10.32.0.0/12"))
         );
     }

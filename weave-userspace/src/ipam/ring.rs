@@ -119,7 +119,10 @@ impl TryFrom<RawRing> for RingState {
     fn try_from(raw: RawRing) -> Result<Self, RingError> {
         let bad = |m: String| Err(RingError::Malformed(m));
         if raw.tokens.len() > MAX_TOKENS {
-            return bad(format!("{} tokens, more than {MAX_TOKENS}", raw.tokens.len()));
+            return bad(format!(
+                "{} tokens, more than {MAX_TOKENS}",
+                raw.tokens.len()
+            ));
         }
         if raw.seeds.windows(2).any(|w| w[0] >= w[1]) {
             return bad("seeds not sorted or duplicated".into());
@@ -139,15 +142,29 @@ impl TryFrom<RawRing> for RingState {
                 return bad(format!("tokens not sorted or duplicated at {}", t.start));
             }
             prev = Some(at);
-            tokens.insert(at, TokenInfo { owner: t.owner, version: t.version, free: t.free });
+            tokens.insert(
+                at,
+                TokenInfo {
+                    owner: t.owner,
+                    version: t.version,
+                    free: t.free,
+                },
+            );
         }
         if !tokens.is_empty() && !tokens.contains_key(&r.first) {
             return bad(format!("no token at the start of {}", raw.range));
         }
-        let state = RingState { range: raw.range, seeds: raw.seeds, tokens };
+        let state = RingState {
+            range: raw.range,
+            seeds: raw.seeds,
+            tokens,
+        };
         for seg in state.segments() {
             if seg.free > seg.range.len() {
-                return bad(format!("free count {} of {} larger than the segment", seg.free, seg.range));
+                return bad(format!(
+                    "free count {} of {} larger than the segment",
+                    seg.free, seg.range
+                ));
             }
         }
         Ok(state)
@@ -157,14 +174,22 @@ impl TryFrom<RawRing> for RingState {
 impl From<RingState> for RawRing {
     fn from(s: RingState) -> Self {
         let tokens = s.tokens().collect();
-        RawRing { range: s.range, seeds: s.seeds, tokens }
+        RawRing {
+            range: s.range,
+            seeds: s.seeds,
+            tokens,
+        }
     }
 }
 
 impl RingState {
     /// An unclaimed ring over `range`.
     pub fn new(range: Cidr) -> Self {
-        Self { range, seeds: Vec::new(), tokens: BTreeMap::new() }
+        Self {
+            range,
+            seeds: Vec::new(),
+            tokens: BTreeMap::new(),
+        }
     }
 
     pub fn range(&self) -> Cidr {
@@ -181,7 +206,12 @@ impl RingState {
     }
 
     pub fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
-        self.tokens.iter().map(|(&a, t)| Token { start: Ipv4Addr::from(a), owner: t.owner, version: t.version, free: t.free })
+        self.tokens.iter().map(|(&a, t)| Token {
+            start: Ipv4Addr::from(a),
+            owner: t.owner,
+            version: t.version,
+            free: t.free,
+        })
     }
 
     /// Every segment in address order (adjacent segments of one owner are not coalesced).
@@ -191,7 +221,12 @@ impl RingState {
         std::iter::from_fn(move || {
             let (&start, info) = it.next()?;
             let last = it.peek().map(|(&next, _)| next - 1).unwrap_or(end);
-            Some(Segment { range: AddrRange { first: start, last }, owner: info.owner, version: info.version, free: info.free })
+            Some(Segment {
+                range: AddrRange { first: start, last },
+                owner: info.owner,
+                version: info.version,
+                free: info.free,
+            })
         })
     }
 
@@ -202,8 +237,18 @@ impl RingState {
             return None;
         }
         let (&start, info) = self.tokens.range(..=a).next_back()?;
-        let last = self.tokens.range(a + 1..).next().map(|(&n, _)| n - 1).unwrap_or(self.range.range().last);
-        Some(Segment { range: AddrRange { first: start, last }, owner: info.owner, version: info.version, free: info.free })
+        let last = self
+            .tokens
+            .range(a + 1..)
+            .next()
+            .map(|(&n, _)| n - 1)
+            .unwrap_or(self.range.range().last);
+        Some(Segment {
+            range: AddrRange { first: start, last },
+            owner: info.owner,
+            version: info.version,
+            free: info.free,
+        })
     }
 
     pub fn owner_of(&self, addr: Ipv4Addr) -> Option<PeerName> {
@@ -215,7 +260,9 @@ impl RingState {
         let mut out: Vec<AddrRange> = Vec::new();
         for seg in self.segments().filter(|s| s.owner == peer) {
             match out.last_mut() {
-                Some(prev) if u64::from(prev.last) + 1 == u64::from(seg.range.first) => prev.last = seg.range.last,
+                Some(prev) if u64::from(prev.last) + 1 == u64::from(seg.range.first) => {
+                    prev.last = seg.range.last
+                }
                 _ => out.push(seg.range),
             }
         }
@@ -250,7 +297,10 @@ impl RingState {
     /// contents.
     pub fn join(&self, other: &RingState) -> Result<RingState, RingError> {
         if self.range != other.range {
-            return Err(RingError::WrongRange { ours: self.range, theirs: other.range });
+            return Err(RingError::WrongRange {
+                ours: self.range,
+                theirs: other.range,
+            });
         }
         if !self.seeds.is_empty() && !other.seeds.is_empty() && self.seeds != other.seeds {
             return Err(RingError::SeededByDifferentPeers {
@@ -265,7 +315,10 @@ impl RingState {
         for (&at, theirs) in &other.tokens {
             match out.tokens.get(&at) {
                 Some(ours) if ours.version == theirs.version && ours != theirs => {
-                    return Err(RingError::Inconsistent { at: Ipv4Addr::from(at), version: ours.version });
+                    return Err(RingError::Inconsistent {
+                        at: Ipv4Addr::from(at),
+                        version: ours.version,
+                    });
                 }
                 Some(ours) if ours.version >= theirs.version => {}
                 _ => {
@@ -287,7 +340,10 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(ourself: PeerName, range: Cidr) -> Self {
-        Self { ourself, state: RingState::new(range) }
+        Self {
+            ourself,
+            state: RingState::new(range),
+        }
     }
 
     /// A ring restored from persistence (or adopted whole).
@@ -318,7 +374,10 @@ impl Ring {
 
     /// Our tokens' segments (not coalesced), in address order.
     pub fn our_segments(&self) -> Vec<Segment> {
-        self.state.segments().filter(|s| s.owner == self.ourself).collect()
+        self.state
+            .segments()
+            .filter(|s| s.owner == self.ourself)
+            .collect()
     }
 
     pub fn owns(&self, addr: Ipv4Addr) -> bool {
@@ -334,12 +393,20 @@ impl Ring {
                 match self.state.tokens.get(&at) {
                     // A newer version of our token that we still own is our own report
                     // from before a restart: harmless, and adopted.
-                    Some(ours) if ours.owner == self.ourself && t.version > ours.version && t.owner != self.ourself => {
-                        return Err(RingError::OurTokenChanged { at: Ipv4Addr::from(at) });
+                    Some(ours)
+                        if ours.owner == self.ourself
+                            && t.version > ours.version
+                            && t.owner != self.ourself =>
+                    {
+                        return Err(RingError::OurTokenChanged {
+                            at: Ipv4Addr::from(at),
+                        });
                     }
                     Some(_) => {}
                     None if self.owns(Ipv4Addr::from(at)) => {
-                        return Err(RingError::InsertedIntoOurRange { at: Ipv4Addr::from(at) });
+                        return Err(RingError::InsertedIntoOurRange {
+                            at: Ipv4Addr::from(at),
+                        });
                     }
                     None => {}
                 }
@@ -367,9 +434,19 @@ impl Ring {
         }
         let starts: Vec<u32> = (0..n).map(|i| r.first + (i * r.len() / n) as u32).collect();
         for (i, peer) in peers.iter().enumerate() {
-            let end = starts.get(i + 1).map(|&s| u64::from(s)).unwrap_or(u64::from(r.last) + 1);
+            let end = starts
+                .get(i + 1)
+                .map(|&s| u64::from(s))
+                .unwrap_or(u64::from(r.last) + 1);
             let free = end - u64::from(starts[i]);
-            self.state.tokens.insert(starts[i], TokenInfo { owner: *peer, version: 1, free });
+            self.state.tokens.insert(
+                starts[i],
+                TokenInfo {
+                    owner: *peer,
+                    version: 1,
+                    free,
+                },
+            );
         }
         self.state.seeds = peers;
         Ok(())
@@ -382,18 +459,35 @@ impl Ring {
         }
         let ring = self.state.range.range();
         let ours = self.our_ranges();
-        if !ours.iter().any(|o| o.first <= range.first && range.last <= o.last) {
+        if !ours
+            .iter()
+            .any(|o| o.first <= range.first && range.last <= o.last)
+        {
             return Err(RingError::NotOurs { range });
         }
         if range.last < ring.last {
             let after = range.last + 1;
             if !self.state.tokens.contains_key(&after) {
                 // We own `after` (it continues our segment); it keeps its owner.
-                self.state.tokens.insert(after, TokenInfo { owner: self.ourself, version: 1, free: 0 });
+                self.state.tokens.insert(
+                    after,
+                    TokenInfo {
+                        owner: self.ourself,
+                        version: 1,
+                        free: 0,
+                    },
+                );
             }
         }
         if !self.state.tokens.contains_key(&range.first) {
-            self.state.tokens.insert(range.first, TokenInfo { owner: self.ourself, version: 0, free: 0 });
+            self.state.tokens.insert(
+                range.first,
+                TokenInfo {
+                    owner: self.ourself,
+                    version: 0,
+                    free: 0,
+                },
+            );
         }
         for (_, t) in self.state.tokens.range_mut(range.first..=range.last) {
             t.owner = to;
@@ -407,7 +501,11 @@ impl Ring {
     /// Sets the free counts of the tokens inside `range` (just moved to `owner`) to their
     /// segment sizes: moved space is all free.
     fn refresh_free_of(&mut self, owner: PeerName, range: AddrRange) {
-        let segs: Vec<Segment> = self.state.segments().filter(|s| s.owner == owner && range.contains(s.range.first)).collect();
+        let segs: Vec<Segment> = self
+            .state
+            .segments()
+            .filter(|s| s.owner == owner && range.contains(s.range.first))
+            .collect();
         for s in segs {
             if let Some(t) = self.state.tokens.get_mut(&s.range.first) {
                 t.free = s.range.len();
@@ -431,12 +529,24 @@ impl Ring {
     /// Sets the free count of our token starting at `start`; raises its version if it
     /// changed. Returns whether it changed.
     pub fn set_free(&mut self, start: Ipv4Addr, free: u64) -> Result<bool, RingError> {
-        let seg = self.state.segment_of(start).filter(|s| s.owner == self.ourself && s.range.first == u32::from(start));
+        let seg = self
+            .state
+            .segment_of(start)
+            .filter(|s| s.owner == self.ourself && s.range.first == u32::from(start));
         let Some(seg) = seg else {
-            return Err(RingError::NotOurs { range: AddrRange { first: u32::from(start), last: u32::from(start) } });
+            return Err(RingError::NotOurs {
+                range: AddrRange {
+                    first: u32::from(start),
+                    last: u32::from(start),
+                },
+            });
         };
         let free = free.min(seg.range.len());
-        let t = self.state.tokens.get_mut(&u32::from(start)).ok_or(RingError::NotOurs { range: seg.range })?;
+        let t = self
+            .state
+            .tokens
+            .get_mut(&u32::from(start))
+            .ok_or(RingError::NotOurs { range: seg.range })?;
         if t.free == free {
             return Ok(false);
         }
@@ -472,7 +582,12 @@ impl Ring {
             return Err(RingError::Ourselves(heir));
         }
         let ranges = self.our_ranges();
-        for t in self.state.tokens.values_mut().filter(|t| t.owner == self.ourself) {
+        for t in self
+            .state
+            .tokens
+            .values_mut()
+            .filter(|t| t.owner == self.ourself)
+        {
             t.owner = heir;
             t.version += 1;
         }
@@ -500,8 +615,17 @@ impl Ring {
 
     /// A donor for `within` among the reachable ones, chosen at random weighted by free
     /// space; `random` is any random number from the caller.
-    pub fn pick_donor(&self, within: AddrRange, reachable: impl Fn(PeerName) -> bool, random: u64) -> Option<PeerName> {
-        let donors: Vec<(PeerName, u64)> = self.donors(within).into_iter().filter(|(p, _)| reachable(*p)).collect();
+    pub fn pick_donor(
+        &self,
+        within: AddrRange,
+        reachable: impl Fn(PeerName) -> bool,
+        random: u64,
+    ) -> Option<PeerName> {
+        let donors: Vec<(PeerName, u64)> = self
+            .donors(within)
+            .into_iter()
+            .filter(|(p, _)| reachable(*p))
+            .collect();
         let total: u64 = donors.iter().map(|(_, f)| f).sum();
         if total == 0 {
             return None;
@@ -548,17 +672,32 @@ pub(crate) mod tests {
         assert_eq!(a.state(), b.state());
         let segs: Vec<Segment> = a.state().segments().collect();
         assert_eq!(segs.len(), 3);
-        assert_eq!(segs[0].range.first(), "10.32.0.0".parse::<Ipv4Addr>().unwrap());
-        assert_eq!(segs[2].range.last(), "10.47.255.255".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            segs[0].range.first(),
+            "10.32.0.0".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            segs[2].range.last(),
+            "10.47.255.255".parse::<Ipv4Addr>().unwrap()
+        );
         let sizes: Vec<u64> = segs.iter().map(|s| s.range.len()).collect();
         assert_eq!(sizes.iter().sum::<u64>(), 1 << 20);
         assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
         assert!(segs.iter().all(|s| s.free == s.range.len()));
         assert_eq!(a.state().seeds(), &[name(0), name(1), name(2)]);
         let mut c = a.clone();
-        assert_eq!(c.claim_for_peers(&[name(0)]), Err(RingError::AlreadyClaimed));
-        assert_eq!(Ring::new(name(0), cidr("10.0.0.0/31")).claim_for_peers(&[name(0), name(1), name(2)]), Err(RingError::BadPeerCount(3)));
-        assert_eq!(Ring::new(name(0), cidr("10.0.0.0/31")).claim_for_peers(&[]), Err(RingError::BadPeerCount(0)));
+        assert_eq!(
+            c.claim_for_peers(&[name(0)]),
+            Err(RingError::AlreadyClaimed)
+        );
+        assert_eq!(
+            Ring::new(name(0), cidr("10.0.0.0/31")).claim_for_peers(&[name(0), name(1), name(2)]),
+            Err(RingError::BadPeerCount(3))
+        );
+        assert_eq!(
+            Ring::new(name(0), cidr("10.0.0.0/31")).claim_for_peers(&[]),
+            Err(RingError::BadPeerCount(0))
+        );
         a.state().check().unwrap();
     }
 
@@ -566,12 +705,38 @@ pub(crate) mod tests {
     fn give_moves_exactly_the_range() {
         let mut a = claimed(0, 2, "10.0.0.0/24");
         a.give(range("10.0.0.16", "10.0.0.31"), name(1)).unwrap();
-        assert_eq!(a.our_ranges(), vec![range("10.0.0.0", "10.0.0.15"), range("10.0.0.32", "10.0.0.127")]);
-        assert_eq!(a.state().ranges_of(name(1)), vec![range("10.0.0.16", "10.0.0.31"), range("10.0.0.128", "10.0.0.255")]);
-        assert_eq!(a.state().segment_of("10.0.0.20".parse().unwrap()).unwrap().free, 16);
+        assert_eq!(
+            a.our_ranges(),
+            vec![
+                range("10.0.0.0", "10.0.0.15"),
+                range("10.0.0.32", "10.0.0.127")
+            ]
+        );
+        assert_eq!(
+            a.state().ranges_of(name(1)),
+            vec![
+                range("10.0.0.16", "10.0.0.31"),
+                range("10.0.0.128", "10.0.0.255")
+            ]
+        );
+        assert_eq!(
+            a.state()
+                .segment_of("10.0.0.20".parse().unwrap())
+                .unwrap()
+                .free,
+            16
+        );
         a.state().check().unwrap();
-        assert_eq!(a.give(range("10.0.0.10", "10.0.0.20"), name(1)), Err(RingError::NotOurs { range: range("10.0.0.10", "10.0.0.20") }));
-        assert_eq!(a.give(range("10.0.0.0", "10.0.0.1"), name(0)), Err(RingError::Ourselves(name(0))));
+        assert_eq!(
+            a.give(range("10.0.0.10", "10.0.0.20"), name(1)),
+            Err(RingError::NotOurs {
+                range: range("10.0.0.10", "10.0.0.20")
+            })
+        );
+        assert_eq!(
+            a.give(range("10.0.0.0", "10.0.0.1"), name(0)),
+            Err(RingError::Ourselves(name(0)))
+        );
         // The receiver accepts it.
         let mut b = claimed(1, 2, "10.0.0.0/24");
         assert_eq!(b.merge(a.state()), Ok(true));
@@ -589,24 +754,47 @@ pub(crate) mod tests {
         let before = a.clone();
 
         let other = claimed(0, 2, "10.0.1.0/24");
-        assert!(matches!(a.merge(other.state()), Err(RingError::WrongRange { .. })));
+        assert!(matches!(
+            a.merge(other.state()),
+            Err(RingError::WrongRange { .. })
+        ));
 
         let mut seeded = Ring::new(name(1), cidr("10.0.0.0/24"));
         seeded.claim_for_peers(&[name(1), name(2)]).unwrap();
         let e = a.merge(seeded.state()).unwrap_err();
-        assert!(e.to_string().starts_with("IP allocation was seeded by different peers"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("IP allocation was seeded by different peers"),
+            "{e}"
+        );
 
         // A non-owner moved our token (rmpeer of a live peer).
         let mut b = claimed(1, 2, "10.0.0.0/24");
         b.take_over(name(0)).unwrap();
-        assert_eq!(a.merge(b.state()), Err(RingError::OurTokenChanged { at: "10.0.0.0".parse().unwrap() }));
+        assert_eq!(
+            a.merge(b.state()),
+            Err(RingError::OurTokenChanged {
+                at: "10.0.0.0".parse().unwrap()
+            })
+        );
 
         // Someone inserted a token inside our range.
         let mut forged = claimed(0, 2, "10.0.0.0/24");
-        forged.give(range("10.0.0.64", "10.0.0.127"), name(1)).unwrap();
+        forged
+            .give(range("10.0.0.64", "10.0.0.127"), name(1))
+            .unwrap();
         let mut forged_state = forged.state().clone();
-        forged_state.tokens.get_mut(&u32::from(Ipv4Addr::new(10, 0, 0, 0))).unwrap().version = 1;
-        assert_eq!(a.merge(&forged_state), Err(RingError::InsertedIntoOurRange { at: "10.0.0.64".parse().unwrap() }));
+        forged_state
+            .tokens
+            .get_mut(&u32::from(Ipv4Addr::new(10, 0, 0, 0)))
+            .unwrap()
+            .version = 1;
+        assert_eq!(
+            a.merge(&forged_state),
+            Err(RingError::InsertedIntoOurRange {
+                at: "10.0.0.64".parse().unwrap()
+            })
+        );
 
         // One version, two contents.
         let mut c1 = claimed(1, 2, "10.0.0.0/24");
@@ -615,7 +803,13 @@ pub(crate) mod tests {
         c2.set_free("10.0.0.128".parse().unwrap(), 6).unwrap();
         a.merge(c1.state()).unwrap();
         let after_c1 = a.clone();
-        assert_eq!(a.merge(c2.state()), Err(RingError::Inconsistent { at: "10.0.0.128".parse().unwrap(), version: 2 }));
+        assert_eq!(
+            a.merge(c2.state()),
+            Err(RingError::Inconsistent {
+                at: "10.0.0.128".parse().unwrap(),
+                version: 2
+            })
+        );
         assert_eq!(a, after_c1);
         assert_ne!(after_c1, before);
     }
@@ -624,7 +818,9 @@ pub(crate) mod tests {
     fn our_own_newer_report_is_adopted() {
         let mut a = claimed(0, 2, "10.0.0.0/24");
         let mut earlier_run = a.clone();
-        earlier_run.set_free("10.0.0.0".parse().unwrap(), 3).unwrap();
+        earlier_run
+            .set_free("10.0.0.0".parse().unwrap(), 3)
+            .unwrap();
         assert_eq!(a.merge(earlier_run.state()), Ok(true));
         assert_eq!(a.state(), earlier_run.state());
     }
@@ -633,21 +829,57 @@ pub(crate) mod tests {
     fn malformed_rings_are_refused_when_read() {
         let good = claimed(0, 2, "10.0.0.0/24");
         let json = serde_json::to_string(good.state()).unwrap();
-        assert_eq!(serde_json::from_str::<RingState>(&json).unwrap(), *good.state());
+        assert_eq!(
+            serde_json::from_str::<RingState>(&json).unwrap(),
+            *good.state()
+        );
         let wire = postcard::to_stdvec(good.state()).unwrap();
-        assert_eq!(postcard::from_bytes::<RingState>(&wire).unwrap(), *good.state());
+        assert_eq!(
+            postcard::from_bytes::<RingState>(&wire).unwrap(),
+            *good.state()
+        );
 
         let p0 = "02:00:00:00:00:01";
         let cases = [
-            (format!(r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.1.0","owner":"{p0}","version":1,"free":1}}]}}"#), "outside"),
-            (format!(r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.0.5","owner":"{p0}","version":1,"free":1}}]}}"#), "no token at the start"),
-            (format!(r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":1}},{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":1}}]}}"#), "not sorted"),
-            (format!(r#"{{"range":"10.0.0.0/24","seeds":[],"tokens":[{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":1}}]}}"#), "seeds"),
-            (format!(r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":999}}]}}"#), "free count"),
-            (r#"{"range":"10.0.0.1/24","seeds":[],"tokens":[]}"#.to_string(), "host bits"),
+            (
+                format!(
+                    r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.1.0","owner":"{p0}","version":1,"free":1}}]}}"#
+                ),
+                "outside",
+            ),
+            (
+                format!(
+                    r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.0.5","owner":"{p0}","version":1,"free":1}}]}}"#
+                ),
+                "no token at the start",
+            ),
+            (
+                format!(
+                    r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":1}},{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":1}}]}}"#
+                ),
+                "not sorted",
+            ),
+            (
+                format!(
+                    r#"{{"range":"10.0.0.0/24","seeds":[],"tokens":[{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":1}}]}}"#
+                ),
+                "seeds",
+            ),
+            (
+                format!(
+                    r#"{{"range":"10.0.0.0/24","seeds":["{p0}"],"tokens":[{{"start":"10.0.0.0","owner":"{p0}","version":1,"free":999}}]}}"#
+                ),
+                "free count",
+            ),
+            (
+                r#"{"range":"10.0.0.1/24","seeds":[],"tokens":[]}"#.to_string(),
+                "host bits",
+            ),
         ];
         for (text, why) in cases {
-            let e = serde_json::from_str::<RingState>(&text).unwrap_err().to_string();
+            let e = serde_json::from_str::<RingState>(&text)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(why), "{why}: {e}");
         }
     }
@@ -681,7 +913,9 @@ pub(crate) mod tests {
         assert_eq!(a.pick_donor(all, |_| true, 12345), Some(name(2)));
         assert_eq!(a.pick_donor(all, |p| p != name(2), 1), None);
         let c = claimed(0, 3, "10.0.0.0/24");
-        let picks: BTreeSet<PeerName> = (0..200).map(|r| c.pick_donor(all, |_| true, r).unwrap()).collect();
+        let picks: BTreeSet<PeerName> = (0..200)
+            .map(|r| c.pick_donor(all, |_| true, r).unwrap())
+            .collect();
         assert_eq!(picks, BTreeSet::from([name(1), name(2)]));
     }
 
@@ -700,7 +934,9 @@ pub(crate) mod tests {
                 0 | 1 => {
                     // Gossip: i merges a state j held (maybe an old one).
                     let pick = &seen[(x as usize) % seen.len()];
-                    rings[i].merge(pick).expect("rings of a valid history merge");
+                    rings[i]
+                        .merge(pick)
+                        .expect("rings of a valid history merge");
                     if !dead.contains(&j) {
                         let s = rings[j].state().clone();
                         rings[i].merge(&s).expect("rings of a valid history merge");
@@ -711,13 +947,18 @@ pub(crate) mod tests {
                     let ours = rings[i].our_ranges();
                     if let Some(r) = ours.get(x as usize % ours.len().max(1)) {
                         let len = (r.len() / 2).max(1) as u32;
-                        let part = AddrRange { first: r.last - (len - 1), last: r.last };
+                        let part = AddrRange {
+                            first: r.last - (len - 1),
+                            last: r.last,
+                        };
                         rings[i].give(part, name(j)).unwrap();
                     }
                 }
                 3 => {
                     if let Some(seg) = rings[i].our_segments().first() {
-                        rings[i].set_free(seg.range.first(), u64::from(x) % (seg.range.len() + 1)).unwrap();
+                        rings[i]
+                            .set_free(seg.range.first(), u64::from(x) % (seg.range.len() + 1))
+                            .unwrap();
                     }
                 }
                 _ if i != j && !dead.contains(&j) && dead.len() + 2 <= n => {
@@ -733,9 +974,15 @@ pub(crate) mod tests {
             }
             seen.push(rings[i].state().clone());
             // Safety at every step: live peers' own views never claim one address twice.
-            let mut owned: Vec<AddrRange> = (0..n).filter(|k| !dead.contains(k)).flat_map(|k| rings[k].our_ranges()).collect();
+            let mut owned: Vec<AddrRange> = (0..n)
+                .filter(|k| !dead.contains(k))
+                .flat_map(|k| rings[k].our_ranges())
+                .collect();
             owned.sort();
-            assert!(owned.windows(2).all(|w| !w[0].overlaps(w[1])), "overlapping ownership: {owned:?}");
+            assert!(
+                owned.windows(2).all(|w| !w[0].overlaps(w[1])),
+                "overlapping ownership: {owned:?}"
+            );
         }
         seen
     }

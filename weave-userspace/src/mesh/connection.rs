@@ -83,8 +83,8 @@ pub(crate) enum ConnEvent {
     },
     /// The remote end has installed us in its data path.
     RemoteReady { id: ConnId },
-    /// The remote end sent topology records.
-    Gossip { id: ConnId, update: super::protocol::GossipUpdate },
+    /// The remote end sent topology records or a digest of them.
+    Gossip { id: ConnId, message: Message },
     /// The connection is gone.
     Closed { id: ConnId, error: String },
 }
@@ -284,8 +284,8 @@ async fn converse(
                                     let _ = events.send(ConnEvent::RemoteReady { id });
                                 }
                                 Message::Goodbye(reason) => return ConnectionError::Goodbye(reason),
-                                Message::Gossip(update) => {
-                                    let _ = events.send(ConnEvent::Gossip { id, update });
+                                message @ (Message::Gossip(_) | Message::Digest(_) | Message::Channel(_)) => {
+                                    let _ = events.send(ConnEvent::Gossip { id, message });
                                 }
                                 Message::Hello(_) => {
                                     return ProtocolError::Unexpected { expected: "heartbeat", received: "hello" }.into()

@@ -30,7 +30,9 @@ impl<'de> Deserialize<'de> for PeerName {
         } else {
             let v = u64::deserialize(d)?;
             if v >> 48 != 0 {
-                return Err(serde::de::Error::custom(format!("peer name {v:#x} has more than 48 bits")));
+                return Err(serde::de::Error::custom(format!(
+                    "peer name {v:#x} has more than 48 bits"
+                )));
             }
             Ok(Self(v))
         }
@@ -81,7 +83,8 @@ impl FromStr for PeerName {
             if p.len() != 2 {
                 return Err(PeerNameError::Malformed(s.to_string()));
             }
-            b[i] = u8::from_str_radix(p, 16).map_err(|_| PeerNameError::Malformed(s.to_string()))?;
+            b[i] =
+                u8::from_str_radix(p, 16).map_err(|_| PeerNameError::Malformed(s.to_string()))?;
         }
         if b == [0; 6] {
             return Err(PeerNameError::Zero(s.to_string()));
@@ -93,7 +96,11 @@ impl FromStr for PeerName {
 impl fmt::Display for PeerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.bytes();
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -148,7 +155,14 @@ mod tests {
 
     #[test]
     fn malformed_names_are_refused() {
-        for bad in ["", "0a:1b:2c:3d:4e", "0a:1b:2c:3d:4e:5f:00", "0g:1b:2c:3d:4e:5f", "a:1b:2c:3d:4e:5f", "00:00:00:00:00:00"] {
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5f:00",
+            "0g:1b:2c:3d:4e:5f",
+            "a:1b:2c:3d:4e:5f",
+            "00:00:00:00:00:00",
+        ] {
             assert!(bad.parse::<PeerName>().is_err(), "{bad}");
         }
     }
@@ -165,10 +179,15 @@ mod tests {
     fn json_carries_the_text_and_the_wire_the_number() {
         let n: PeerName = "0a:1b:2c:3d:4e:5f".parse().unwrap();
         assert_eq!(serde_json::to_string(&n).unwrap(), "\"0a:1b:2c:3d:4e:5f\"");
-        assert_eq!(serde_json::from_str::<PeerName>("\"0a:1b:2c:3d:4e:5f\"").unwrap(), n);
+        assert_eq!(
+            serde_json::from_str::<PeerName>("\"0a:1b:2c:3d:4e:5f\"").unwrap(),
+            n
+        );
         let wire = postcard::to_stdvec(&n).unwrap();
         assert_eq!(postcard::from_bytes::<PeerName>(&wire).unwrap(), n);
-        assert!(postcard::from_bytes::<PeerName>(&postcard::to_stdvec(&u64::MAX).unwrap()).is_err());
+        assert!(
+            postcard::from_bytes::<PeerName>(&postcard::to_stdvec(&u64::MAX).unwrap()).is_err()
+        );
     }
 
     #[test]

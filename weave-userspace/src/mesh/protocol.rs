@@ -140,6 +140,16 @@ pub struct GossipUpdate {
     pub records: Vec<crate::mesh::topology::PeerInfo>,
 }
 
+/// The version of every record the sender holds. The receiver answers with the records it
+/// holds newer (anti-entropy without sending whole views), and, when the sender holds
+/// newer ones and this is not already a reply, with its own digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipDigest {
+    pub entries: Vec<crate::mesh::topology::RecordVersion>,
+    /// An answer to a digest: never answered with another digest.
+    pub reply: bool,
+}
+
 /// Everything sent after the preamble.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -152,6 +162,10 @@ pub enum Message {
     Goodbye(String),
     /// Topology records (the sender's own and those it passes on).
     Gossip(GossipUpdate),
+    /// Versions of the sender's topology records.
+    Digest(GossipDigest),
+    /// Data of a gossip channel (IPAM, DNS).
+    Channel(super::gossip_channel::ChannelMessage),
 }
 
 impl Message {
@@ -162,6 +176,8 @@ impl Message {
             Message::Ready => "ready",
             Message::Goodbye(_) => "goodbye",
             Message::Gossip(_) => "gossip",
+            Message::Digest(_) => "digest",
+            Message::Channel(_) => "channel gossip",
         }
     }
 }

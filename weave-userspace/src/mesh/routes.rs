@@ -24,11 +24,17 @@ pub struct Routes {
 
 /// Neighbours over connections both ends publish as established, each list in name order.
 fn adjacency(topology: &Topology) -> BTreeMap<PeerName, Vec<PeerName>> {
-    topology.peers().map(|p| (p.name, topology.symmetric_neighbours(&p.name))).collect()
+    topology
+        .peers()
+        .map(|p| (p.name, topology.symmetric_neighbours(&p.name)))
+        .collect()
 }
 
 /// The breadth-first tree rooted at `root`: node → parent (root absent).
-fn bfs_parents(adjacency: &BTreeMap<PeerName, Vec<PeerName>>, root: PeerName) -> BTreeMap<PeerName, PeerName> {
+fn bfs_parents(
+    adjacency: &BTreeMap<PeerName, Vec<PeerName>>,
+    root: PeerName,
+) -> BTreeMap<PeerName, PeerName> {
     let mut parents = BTreeMap::new();
     let mut queue = VecDeque::from([root]);
     while let Some(node) = queue.pop_front() {
@@ -40,6 +46,17 @@ fn bfs_parents(adjacency: &BTreeMap<PeerName, Vec<PeerName>>, root: PeerName) ->
         }
     }
     parents
+}
+
+/// Our children in the broadcast tree of `source`, computed afresh from the topology (for
+/// a source that the last computed routes do not know yet).
+pub fn children_in_tree(topology: &Topology, source: PeerName) -> Vec<PeerName> {
+    let me = topology.ourself().name;
+    bfs_parents(&adjacency(topology), source)
+        .into_iter()
+        .filter(|(_, parent)| *parent == me)
+        .map(|(child, _)| child)
+        .collect()
 }
 
 /// Computes our routes from the topology.
@@ -60,9 +77,16 @@ pub fn compute(topology: &Topology) -> Routes {
     let mut sources: Vec<PeerName> = vec![me];
     sources.extend(parents.keys().copied());
     for source in sources {
-        let tree = if source == me { parents.clone() } else { bfs_parents(&adjacency, source) };
-        let children: Vec<PeerName> =
-            tree.iter().filter(|(_, parent)| **parent == me).map(|(child, _)| *child).collect();
+        let tree = if source == me {
+            parents.clone()
+        } else {
+            bfs_parents(&adjacency, source)
+        };
+        let children: Vec<PeerName> = tree
+            .iter()
+            .filter(|(_, parent)| **parent == me)
+            .map(|(child, _)| *child)
+            .collect();
         broadcast.insert(source, children);
     }
     Routes { unicast, broadcast }

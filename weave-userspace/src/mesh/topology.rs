@@ -85,8 +85,15 @@ impl PeerInfo {
         if self.connections.iter().any(|c| c.remote == self.name) {
             return Err(TopologyError::Invalid(self.name, "a connection to itself"));
         }
-        if self.connections.windows(2).any(|w| w[0].remote >= w[1].remote) {
-            return Err(TopologyError::Invalid(self.name, "connections not sorted or duplicated"));
+        if self
+            .connections
+            .windows(2)
+            .any(|w| w[0].remote >= w[1].remote)
+        {
+            return Err(TopologyError::Invalid(
+                self.name,
+                "connections not sorted or duplicated",
+            ));
         }
         if self.version == 0 {
             return Err(TopologyError::Invalid(self.name, "version 0"));
@@ -95,7 +102,10 @@ impl PeerInfo {
     }
 
     fn established_remotes(&self) -> impl Iterator<Item = PeerName> + '_ {
-        self.connections.iter().filter(|c| c.established).map(|c| c.remote)
+        self.connections
+            .iter()
+            .filter(|c| c.established)
+            .map(|c| c.remote)
     }
 }
 
@@ -105,6 +115,23 @@ pub enum TopologyError {
     Invalid(PeerName, &'static str),
     #[error("gossip update of {0} peers refused: more than {max}", max = MAX_PEERS_PER_UPDATE)]
     TooLarge(usize),
+}
+
+/// Which record of a peer someone holds, without its contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordVersion {
+    pub name: PeerName,
+    pub version: u64,
+    pub uid: u64,
+}
+
+/// A neighbour's digest compared with what we hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DigestComparison {
+    /// Our records the neighbour lacks or holds older.
+    pub ours_newer: Vec<PeerInfo>,
+    /// The neighbour holds a record we lack or hold older.
+    pub theirs_newer: bool,
 }
 
 /// What a merge changed.
@@ -127,7 +154,10 @@ pub struct Topology {
 impl Topology {
     pub fn new(ourself: PeerInfo) -> Self {
         let name = ourself.name;
-        Self { ourself: name, peers: BTreeMap::from([(name, ourself)]) }
+        Self {
+            ourself: name,
+            peers: BTreeMap::from([(name, ourself)]),
+        }
     }
 
     pub fn ourself(&self) -> &PeerInfo {
@@ -155,7 +185,10 @@ impl Topology {
     pub fn set_our_connections(&mut self, mut connections: Vec<ConnectionSummary>) -> bool {
         connections.sort();
         connections.dedup_by(|a, b| a.remote == b.remote);
-        let me = self.peers.get_mut(&self.ourself).expect("ourself is always present");
+        let me = self
+            .peers
+            .get_mut(&self.ourself)
+            .expect("ourself is always present");
         if me.connections == connections {
             return false;
         }
@@ -166,7 +199,10 @@ impl Topology {
 
     /// Takes a new short ID for ourselves (after a collision), bumping our version.
     pub fn set_our_short_id(&mut self, short_id: ShortId) {
-        let me = self.peers.get_mut(&self.ourself).expect("ourself is always present");
+        let me = self
+            .peers
+            .get_mut(&self.ourself)
+            .expect("ourself is always present");
         me.short_id = short_id;
         me.version += 1;
     }
@@ -183,7 +219,10 @@ impl Topology {
         let mut outcome = MergeOutcome::default();
         for info in update {
             if info.name == self.ourself {
-                let me = self.peers.get_mut(&self.ourself).expect("ourself is always present");
+                let me = self
+                    .peers
+                    .get_mut(&self.ourself)
+                    .expect("ourself is always present");
                 if info.supersedes(me) && info.uid != me.uid {
                     me.version = info.version + 1;
                     outcome.ourself_bumped = true;
@@ -202,6 +241,41 @@ impl Topology {
             outcome.improved.push(self.ourself().clone());
         }
         Ok(outcome)
+    }
+
+    /// The version of every record we hold.
+    pub fn digest(&self) -> Vec<RecordVersion> {
+        self.peers
+            .values()
+            .map(|p| RecordVersion {
+                name: p.name,
+                version: p.version,
+                uid: p.uid,
+            })
+            .collect()
+    }
+
+    /// Compares a neighbour's digest with what we hold.
+    pub fn compare(&self, digest: &[RecordVersion]) -> DigestComparison {
+        let theirs: BTreeMap<PeerName, (u64, u64)> = digest
+            .iter()
+            .map(|d| (d.name, (d.version, d.uid)))
+            .collect();
+        let ours_newer = self
+            .peers
+            .values()
+            .filter(|p| theirs.get(&p.name).is_none_or(|v| (p.version, p.uid) > *v))
+            .cloned()
+            .collect();
+        let theirs_newer = digest.iter().any(|d| {
+            self.peers
+                .get(&d.name)
+                .is_none_or(|p| (d.version, d.uid) > (p.version, p.uid))
+        });
+        DigestComparison {
+            ours_newer,
+            theirs_newer,
+        }
     }
 
     /// Everything we know, for a full gossip.
@@ -223,7 +297,12 @@ impl Topology {
                 }
             }
         }
-        let gone: Vec<PeerName> = self.peers.keys().filter(|n| !reachable.contains(n)).copied().collect();
+        let gone: Vec<PeerName> = self
+            .peers
+            .keys()
+            .filter(|n| !reachable.contains(n))
+            .copied()
+            .collect();
         for name in &gone {
             self.peers.remove(name);
         }
@@ -233,7 +312,9 @@ impl Topology {
     /// The neighbours of `name` over established connections that both ends publish,
     /// in name order.
     pub fn symmetric_neighbours(&self, name: &PeerName) -> Vec<PeerName> {
-        let Some(info) = self.peers.get(name) else { return Vec::new() };
+        let Some(info) = self.peers.get(name) else {
+            return Vec::new();
+        };
         info.established_remotes()
             .filter(|remote| {
                 // Connection lists are sorted by remote (validated on merge, sorted for ourselves).
@@ -260,5 +341,70 @@ impl Topology {
     /// Short IDs in use by any known peer.
     pub fn short_ids_in_use(&self) -> BTreeSet<ShortId> {
         self.peers.values().map(|p| p.short_id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u64, version: u64, uid: u64) -> PeerInfo {
+        let mut p = PeerInfo::new(
+            PeerName::from_bytes([0, 0, 0, 0, 0, n as u8]),
+            format!("h{n}"),
+            uid,
+            ShortId::new(n as u16).unwrap(),
+        );
+        p.version = version;
+        p
+    }
+
+    #[test]
+    fn a_digest_compared_yields_our_newer_records_and_whether_theirs_are_newer() {
+        let mut ours = Topology::new(peer(1, 1, 1));
+        ours.merge(&[peer(2, 5, 1), peer(3, 2, 1)]).unwrap();
+        let mut theirs = Topology::new(peer(4, 1, 1));
+        theirs.merge(&[peer(2, 5, 1), peer(3, 3, 1)]).unwrap();
+
+        let c = ours.compare(&theirs.digest());
+        let names: Vec<u64> = c.ours_newer.iter().map(|p| p.name.as_u64()).collect();
+        assert_eq!(
+            names,
+            vec![1],
+            "they lack our own record; peer 2 is equal; peer 3 is newer there"
+        );
+        assert!(c.theirs_newer, "they hold peer 3 newer and peer 4 we lack");
+
+        let back = theirs.compare(&ours.digest());
+        let mut names: Vec<u64> = back.ours_newer.iter().map(|p| p.name.as_u64()).collect();
+        names.sort();
+        assert_eq!(names, vec![3, 4]);
+        assert!(back.theirs_newer);
+
+        // After exchanging both answers the views agree and digests match.
+        ours.merge(&back.ours_newer).unwrap();
+        theirs.merge(&c.ours_newer).unwrap();
+        assert_eq!(ours.digest(), theirs.digest());
+        assert_eq!(ours.compare(&theirs.digest()), DigestComparison::default());
+    }
+
+    #[test]
+    fn a_newer_uid_at_the_same_version_counts_as_newer() {
+        let ours = Topology::new(peer(1, 1, 1));
+        let digest = [RecordVersion {
+            name: PeerName::from_bytes([0, 0, 0, 0, 0, 2]),
+            version: 3,
+            uid: 7,
+        }];
+        assert!(ours.compare(&digest).theirs_newer);
+        let mut with_old = Topology::new(peer(1, 1, 1));
+        with_old.merge(&[peer(2, 3, 5)]).unwrap();
+        assert!(with_old.compare(&digest).theirs_newer);
+        let newer = [RecordVersion {
+            name: PeerName::from_bytes([0, 0, 0, 0, 0, 2]),
+            version: 3,
+            uid: 4,
+        }];
+        assert!(!with_old.compare(&newer).theirs_newer);
     }
 }

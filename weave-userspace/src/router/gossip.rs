@@ -13,13 +13,16 @@ use crate::datapath::{Datapath, DatapathPeer};
 use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
 use crate::mesh::connection_maker::Target;
 use crate::mesh::peer_name::{PeerName, ShortId};
-use crate::mesh::protocol::{self, GossipUpdate, Message};
+use crate::mesh::protocol::{self, GossipDigest, GossipUpdate, Message};
 use crate::mesh::routes::{self, Routes};
 use crate::mesh::topology::{ConnectionSummary, PeerInfo, Topology};
 
-/// How often each router sends its whole view to a few neighbours, so that anything lost
-/// on the way is repaired.
-pub const FULL_GOSSIP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often each router sends a digest of its view to a few neighbours, so that anything
+/// lost on the way is repaired.
+pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
+/// Shortest time between two publications of our own record: a burst of connection
+/// changes (a join in a full mesh) goes out as one record.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Topology, routes and what of them is installed in the data path.
 #[derive(Debug)]
@@ -32,6 +35,10 @@ pub(super) struct MeshView {
     pub trees: BTreeMap<ShortId, Vec<ShortId>>,
     /// The topology changed since routes were last computed.
     pub routes_stale: bool,
+    /// Our record changed since it was last sent to our neighbours.
+    pub publish_pending: bool,
+    /// When our record was last sent.
+    pub published_at: Option<tokio::time::Instant>,
 }
 
 impl MeshView {
@@ -42,6 +49,8 @@ impl MeshView {
             relayed: BTreeMap::new(),
             trees: BTreeMap::new(),
             routes_stale: false,
+            publish_pending: false,
+            published_at: None,
         }
     }
 }
@@ -53,10 +62,29 @@ fn fanout(neighbours: usize) -> usize {
 }
 
 fn encode(origin: Option<PeerName>, records: Vec<PeerInfo>) -> Option<Arc<[u8]>> {
-    match protocol::encode_frame(&Message::Gossip(GossipUpdate { origin, records })) {
+    encode_message(&Message::Gossip(GossipUpdate { origin, records }))
+}
+
+/// Sends `frame` on the connections to `to` (every connection when `None`) but `except`.
+pub(super) fn send_frame_to(
+    mesh: &Mesh,
+    frame: &Arc<[u8]>,
+    to: Option<&[PeerName]>,
+    except: Option<ConnId>,
+) {
+    for (id, conn) in &mesh.connections {
+        let wanted = to.is_none_or(|names| names.contains(&conn.hello.name));
+        if wanted && Some(*id) != except {
+            let _ = conn.commands.send(ConnCommand::SendFrame(frame.clone()));
+        }
+    }
+}
+
+pub(super) fn encode_message(message: &Message) -> Option<Arc<[u8]>> {
+    match protocol::encode_frame(message) {
         Ok(frame) => Some(frame.into()),
         Err(e) => {
-            tracing::error!("cannot encode gossip: {e}");
+            tracing::error!("cannot encode {}: {e}", message.kind());
             None
         }
     }
@@ -80,35 +108,86 @@ impl<D: Datapath> Inner<D> {
         if records.is_empty() {
             return;
         }
-        let Some(frame) = encode(origin, records) else { return };
-        for (id, conn) in &mesh.connections {
-            let wanted = to.is_none_or(|names| names.contains(&conn.hello.name));
-            if wanted && Some(*id) != except {
-                let _ = conn.commands.send(ConnCommand::SendFrame(frame.clone()));
-            }
+        if let Some(frame) = encode(origin, records) {
+            send_frame_to(mesh, &frame, to, except);
         }
     }
 
-    /// Sends our whole view on one connection (a new neighbour learns the mesh at once).
-    pub(super) fn send_full_gossip(&self, id: ConnId) {
-        let update = self.view().topology.full_state();
+    /// Our children in `origin`'s broadcast tree: from the installed routes, or computed
+    /// afresh for an origin they do not know yet.
+    pub(super) fn tree_children(&self, origin: PeerName) -> Vec<PeerName> {
+        let view = self.view();
+        match view.routes.broadcast.get(&origin) {
+            Some(children) => children.clone(),
+            None => routes::children_in_tree(&view.topology, origin),
+        }
+    }
+
+    /// Sends the versions of our records on one connection: the neighbour answers with
+    /// what it holds newer (and a digest of its own when we hold newer).
+    pub(super) fn send_digest(&self, id: ConnId, reply: bool) {
+        let entries = self.view().topology.digest();
         let mesh = self.mesh();
-        if let (Some(conn), Some(frame)) = (mesh.connections.get(&id), encode(None, update)) {
+        if let (Some(conn), Some(frame)) = (
+            mesh.connections.get(&id),
+            encode_message(&Message::Digest(GossipDigest { entries, reply })),
+        ) {
             let _ = conn.commands.send(ConnCommand::SendFrame(frame));
         }
     }
 
-    /// Sends our whole view to a random few neighbours.
-    pub(super) fn periodic_gossip(&self) {
-        let update = self.view().topology.full_state();
-        let mesh = self.mesh();
-        let mut ids: Vec<ConnId> = mesh.connections.keys().copied().collect();
+    /// Sends a digest to a random few neighbours.
+    pub(super) fn anti_entropy(&self) {
+        let mut ids: Vec<ConnId> = self.mesh().connections.keys().copied().collect();
         ids.shuffle(&mut rand::thread_rng());
         ids.truncate(fanout(ids.len()));
-        let Some(frame) = encode(None, update) else { return };
         for id in ids {
-            let _ = mesh.connections[&id].commands.send(ConnCommand::SendFrame(frame.clone()));
+            self.send_digest(id, false);
+            self.sync_channels(id);
         }
+    }
+
+    /// Answers a neighbour's digest: the records we hold newer, and our digest when it
+    /// holds newer records (unless its digest was itself an answer).
+    pub(super) fn on_digest(&self, id: ConnId, digest: GossipDigest) {
+        let comparison = self.view().topology.compare(&digest.entries);
+        if !comparison.ours_newer.is_empty() {
+            let mesh = self.mesh();
+            if let (Some(conn), Some(frame)) = (
+                mesh.connections.get(&id),
+                encode(None, comparison.ours_newer),
+            ) {
+                let _ = conn.commands.send(ConnCommand::SendFrame(frame));
+            }
+        }
+        if comparison.theirs_newer && !digest.reply {
+            self.send_digest(id, true);
+        }
+    }
+
+    /// Sends our record to every neighbour if it changed and the last publication is at
+    /// least [`PUBLISH_INTERVAL`] ago. Returns when to try again if it had to wait.
+    pub(super) fn publish_if_pending(&self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let ourself = {
+            let mut view = self.view();
+            if !view.publish_pending {
+                return None;
+            }
+            if let Some(due) = view
+                .published_at
+                .map(|t| t + PUBLISH_INTERVAL)
+                .filter(|due| *due > now)
+            {
+                return Some(due);
+            }
+            view.publish_pending = false;
+            view.published_at = Some(now);
+            view.topology.ourself().clone()
+        };
+        // Our neighbours are our children in our own broadcast tree: all of them.
+        self.gossip_to(&self.mesh(), Some(ourself.name), vec![ourself], None, None);
+        None
     }
 
     /// Our connections changed: publish them and recompute routes.
@@ -127,10 +206,7 @@ impl<D: Datapath> Inner<D> {
                 .collect();
             let mut view = self.view();
             if view.topology.set_our_connections(summaries) {
-                let ourself = view.topology.ourself().clone();
-                drop(view);
-                // Our neighbours are our children in our own broadcast tree: all of them.
-                self.gossip_to(&mesh, Some(ourself.name), vec![ourself], None, None);
+                view.publish_pending = true;
             }
         }
         self.routes_stale();
@@ -153,28 +229,48 @@ impl<D: Datapath> Inner<D> {
     /// Merges gossip from connection `id`; malformed gossip closes that connection and
     /// changes nothing else.
     /// A record change travels on along its origin's broadcast tree (in a full mesh: no
-    /// further at all); a whole view's news go to every other neighbour.
-    pub(super) async fn on_gossip(&self, id: ConnId, update: GossipUpdate) {
+    /// further at all). News from an answer to a digest start a new broadcast from us.
+    pub(super) async fn on_gossip(&self, id: ConnId, message: Message) {
+        match message {
+            Message::Gossip(update) => self.on_update(id, update).await,
+            Message::Digest(digest) => self.on_digest(id, digest),
+            Message::Channel(message) => self.on_channel(id, message),
+            other => tracing::debug!("not gossip: {}", other.kind()),
+        }
+    }
+
+    async fn on_update(&self, id: ConnId, update: GossipUpdate) {
         let merged = self.view().topology.merge(&update.records);
         match merged {
             Err(e) => {
                 let mesh = self.mesh();
                 if let Some(conn) = mesh.connections.get(&id) {
-                    tracing::warn!("connection with {}({}) closed: {e}", conn.hello.name, conn.hello.nickname);
-                    let _ = conn.commands.send(ConnCommand::Close(ConnectionError::Refused(e.to_string())));
+                    tracing::warn!(
+                        "connection with {}({}) closed: {e}",
+                        conn.hello.name,
+                        conn.hello.nickname
+                    );
+                    let _ = conn
+                        .commands
+                        .send(ConnCommand::Close(ConnectionError::Refused(e.to_string())));
                 }
             }
             Ok(outcome) if !outcome.improved.is_empty() => {
-                {
-                    let mesh = self.mesh();
-                    let children = update.origin.and_then(|o| self.view().routes.broadcast.get(&o).cloned());
-                    if outcome.ourself_bumped {
-                        // A record of an earlier run of ours was about: everyone hears the new one.
-                        let ourself = self.view().topology.ourself().clone();
-                        self.gossip_to(&mesh, Some(ourself.name), vec![ourself], None, None);
-                    }
-                    self.gossip_to(&mesh, update.origin, outcome.improved, children.as_deref(), Some(id));
+                if outcome.ourself_bumped {
+                    // A record of an earlier run of ours was about: everyone hears the new one.
+                    self.view().publish_pending = true;
                 }
+                let (origin, children) = match update.origin {
+                    Some(o) => (o, Some(self.tree_children(o))),
+                    None => (self.view().topology.ourself().name, None),
+                };
+                self.gossip_to(
+                    &self.mesh(),
+                    Some(origin),
+                    outcome.improved,
+                    children.as_deref(),
+                    Some(id),
+                );
                 let lost_to = self.view().topology.short_id_lost_to();
                 if let Some(winner) = lost_to {
                     tracing::warn!("peer {winner} has our short ID and the lower name");
@@ -200,9 +296,17 @@ impl<D: Datapath> Inner<D> {
             .topology
             .peers()
             .filter(|p| p.name != me && !p.underlay.is_unspecified())
-            .map(|p| Target { host: p.underlay.to_string(), port: p.control_port })
+            .map(|p| Target {
+                host: p.underlay.to_string(),
+                port: p.control_port,
+            })
             .collect();
-        let vanished: Vec<Target> = mesh.discovered.iter().filter(|t| !known.contains(t)).cloned().collect();
+        let vanished: Vec<Target> = mesh
+            .discovered
+            .iter()
+            .filter(|t| !known.contains(t))
+            .cloned()
+            .collect();
         for t in vanished {
             tracing::info!("no longer dialling {t}: its peer left the mesh");
             mesh.discovered.remove(&t);
@@ -215,7 +319,10 @@ impl<D: Datapath> Inner<D> {
             .topology
             .peers()
             .filter(|p| mesh.by_peer.contains_key(&p.name))
-            .map(|p| Target { host: p.underlay.to_string(), port: p.control_port })
+            .map(|p| Target {
+                host: p.underlay.to_string(),
+                port: p.control_port,
+            })
             .collect();
         let new: Vec<Target> = known
             .into_iter()
@@ -245,7 +352,14 @@ impl<D: Datapath> Inner<D> {
                 let (Some(d), Some(h)) = (view.topology.peer(dst), view.topology.peer(hop)) else {
                     continue;
                 };
-                wanted.insert(*dst, DatapathPeer { short_id: d.short_id, underlay: d.underlay, next_hop: h.short_id });
+                wanted.insert(
+                    *dst,
+                    DatapathPeer {
+                        short_id: d.short_id,
+                        underlay: d.underlay,
+                        next_hop: h.short_id,
+                    },
+                );
             }
             let remove: Vec<DatapathPeer> = view
                 .relayed
@@ -253,8 +367,11 @@ impl<D: Datapath> Inner<D> {
                 .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
                 .map(|(_, p)| *p)
                 .collect();
-            let add: Vec<DatapathPeer> =
-                wanted.iter().filter(|(name, p)| view.relayed.get(name) != Some(p)).map(|(_, p)| *p).collect();
+            let add: Vec<DatapathPeer> = wanted
+                .iter()
+                .filter(|(name, p)| view.relayed.get(name) != Some(p))
+                .map(|(_, p)| *p)
+                .collect();
             view.relayed = wanted;
 
             let short = |name: &PeerName| view.topology.peer(name).map(|p| p.short_id);
@@ -264,22 +381,39 @@ impl<D: Datapath> Inner<D> {
                 .broadcast
                 .iter()
                 .filter(|(source, children)| **source != me && !children.is_empty())
-                .filter_map(|(source, children)| Some((short(source)?, children.iter().filter_map(short).collect())))
+                .filter_map(|(source, children)| {
+                    Some((short(source)?, children.iter().filter_map(short).collect()))
+                })
                 .collect();
-            let mut tree_changes: Vec<(ShortId, Vec<ShortId>)> =
-                trees.iter().filter(|(s, c)| view.trees.get(s) != Some(c)).map(|(s, c)| (*s, c.clone())).collect();
-            tree_changes.extend(view.trees.keys().filter(|s| !trees.contains_key(s)).map(|s| (*s, Vec::new())));
+            let mut tree_changes: Vec<(ShortId, Vec<ShortId>)> = trees
+                .iter()
+                .filter(|(s, c)| view.trees.get(s) != Some(c))
+                .map(|(s, c)| (*s, c.clone()))
+                .collect();
+            tree_changes.extend(
+                view.trees
+                    .keys()
+                    .filter(|s| !trees.contains_key(s))
+                    .map(|s| (*s, Vec::new())),
+            );
             view.trees = trees;
             (add, remove, tree_changes)
         };
         for peer in remove {
             if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
-                tracing::error!("cannot remove relayed peer {} from the data path: {e}", peer.short_id);
+                tracing::error!(
+                    "cannot remove relayed peer {} from the data path: {e}",
+                    peer.short_id
+                );
             }
         }
         for peer in add {
             if let Err(e) = self.datapath.add_peer(peer).await {
-                tracing::error!("cannot route to peer {} through {}: {e}", peer.short_id, peer.next_hop);
+                tracing::error!(
+                    "cannot route to peer {} through {}: {e}",
+                    peer.short_id,
+                    peer.next_hop
+                );
             }
         }
         for (source, children) in tree_changes {
@@ -301,7 +435,10 @@ impl<D: Datapath> super::Router<D> {
     /// Every known peer and our routes, for `status peers` and `report`.
     pub fn mesh_report(&self) -> MeshReport {
         let view = self.inner.view();
-        MeshReport { peers: view.topology.full_state(), routes: view.routes.clone() }
+        MeshReport {
+            peers: view.topology.full_state(),
+            routes: view.routes.clone(),
+        }
     }
 }
 

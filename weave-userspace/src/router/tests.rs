@@ -428,7 +428,13 @@ async fn a_line_of_three_routes_the_ends_through_the_middle() {
     let b = Node::start(2, &[]).await;
     let a = Node::start(1, &[b.addr()]).await;
     let c = Node::start(3, &[b.addr()]).await;
-    let route = |n: &Node, id: u16| n.datapath.peers().into_iter().find(|p| p.short_id.get() == id).map(|p| p.next_hop.get());
+    let route = |n: &Node, id: u16| {
+        n.datapath
+            .peers()
+            .into_iter()
+            .find(|p| p.short_id.get() == id)
+            .map(|p| p.next_hop.get())
+    };
     wait_until("the ends route to each other through the middle", || {
         route(&a, 3) == Some(2) && route(&c, 1) == Some(2) && route(&a, 2) == Some(2)
     })
@@ -436,7 +442,8 @@ async fn a_line_of_three_routes_the_ends_through_the_middle() {
     // B passes broadcasts from A on to C and from C on to A; the ends pass nothing on.
     let id = |n: u16| ShortId::new(n).unwrap();
     wait_until("the middle holds both broadcast trees", || {
-        b.datapath.broadcast_trees() == std::collections::BTreeMap::from([(id(1), vec![id(3)]), (id(3), vec![id(1)])])
+        b.datapath.broadcast_trees()
+            == std::collections::BTreeMap::from([(id(1), vec![id(3)]), (id(3), vec![id(1)])])
     })
     .await;
     assert!(a.datapath.broadcast_trees().is_empty());
@@ -455,18 +462,33 @@ async fn malformed_gossip_closes_only_that_connection() {
     let b = Node::start(2, &[a.addr()]).await;
     wait_until("a and b established", || a.states() == ["established"]).await;
     let mut s = TcpStream::connect(a.addr()).await.unwrap();
-    handshake(&mut s, &hello(9), Duration::from_secs(2)).await.unwrap();
-    let mut bogus = crate::mesh::topology::PeerInfo::new(hello(7).name, "x".into(), 1, ShortId::new(7).unwrap());
+    handshake(&mut s, &hello(9), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let mut bogus = crate::mesh::topology::PeerInfo::new(
+        hello(7).name,
+        "x".into(),
+        1,
+        ShortId::new(7).unwrap(),
+    );
     bogus.connections = vec![crate::mesh::topology::ConnectionSummary {
         remote: hello(7).name,
         address: "x".into(),
         outbound: true,
         established: true,
     }];
-    let update = crate::mesh::protocol::GossipUpdate { origin: None, records: vec![bogus] };
-    write_message(&mut s, &Message::Gossip(update)).await.unwrap();
+    let update = crate::mesh::protocol::GossipUpdate {
+        origin: None,
+        records: vec![bogus],
+    };
+    write_message(&mut s, &Message::Gossip(update))
+        .await
+        .unwrap();
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), read_message(&mut s)).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), read_message(&mut s))
+            .await
+            .unwrap()
+        {
             Ok(Message::Goodbye(reason)) => {
                 assert!(reason.contains("a connection to itself"), "{reason}");
                 break;
@@ -475,7 +497,12 @@ async fn malformed_gossip_closes_only_that_connection() {
             Err(e) => panic!("no goodbye: {e}"),
         }
     }
-    assert!(a.router.mesh_report().peers.iter().all(|p| p.name != hello(7).name));
+    assert!(a
+        .router
+        .mesh_report()
+        .peers
+        .iter()
+        .all(|p| p.name != hello(7).name));
     assert_eq!(a.peer_ids(), [2]);
     a.router.stop().await;
     b.router.stop().await;
@@ -484,13 +511,29 @@ async fn malformed_gossip_closes_only_that_connection() {
 #[tokio::test]
 async fn discovery_dials_the_peers_gossip_names() {
     // Three routers on distinct loopback addresses, so each is a distinct target.
-    let listener = |last: u8| async move { bind(SocketAddr::from(([127, 0, 0, last], 0))).await.unwrap() };
+    let listener = |last: u8| async move {
+        bind(SocketAddr::from(([127, 0, 0, last], 0)))
+            .await
+            .unwrap()
+    };
     let b = Node::start_with(2, listener(2).await, &[], true);
     let a = Node::start_with(1, listener(1).await, &[b.addr()], true);
     let c = Node::start_with(3, listener(3).await, &[b.addr()], true);
     wait_until("a and c connect to each other directly", || {
-        a.router.status().connections.iter().filter(|c| c.state == "established").count() == 2
-            && c.router.status().connections.iter().filter(|c| c.state == "established").count() == 2
+        a.router
+            .status()
+            .connections
+            .iter()
+            .filter(|c| c.state == "established")
+            .count()
+            == 2
+            && c.router
+                .status()
+                .connections
+                .iter()
+                .filter(|c| c.state == "established")
+                .count()
+                == 2
     })
     .await;
     for n in [&a, &b, &c] {
@@ -503,7 +546,10 @@ async fn forget_stops_dialling() {
     let a = Node::start(1, &[]).await;
     let target: Target = "127.0.0.1:1".parse().unwrap();
     a.router.connect(target.clone());
-    wait_until("the target is dialled and fails", || a.states().iter().any(|s| s == "failed" || s == "retrying")).await;
+    wait_until("the target is dialled and fails", || {
+        a.states().iter().any(|s| s == "failed" || s == "retrying")
+    })
+    .await;
     assert_eq!(a.router.forget(&[target.clone()]), vec![target.clone()]);
     assert!(a.router.status().targets.is_empty());
     assert!(a.router.forget(&[target]).is_empty());
@@ -516,20 +562,30 @@ async fn a_short_id_clash_is_settled_by_the_higher_name_taking_another() {
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let datapath = Arc::new(FakeDatapath::new());
     let config = RouterConfig {
-        local: Hello { short_id: ShortId::new(1).unwrap(), ..hello(2) },
+        local: Hello {
+            short_id: ShortId::new(1).unwrap(),
+            ..hello(2)
+        },
         targets: vec![a.addr().to_string().parse().unwrap()],
         timings: timings(),
         discovery: false,
         conn_limit: DEFAULT_CONN_LIMIT,
     };
-    let b = Node { router: Router::start(config, listener, datapath.clone(), None), datapath };
+    let b = Node {
+        router: Router::start(config, listener, datapath.clone(), None),
+        datapath,
+    };
     wait_until("both established after the clash", || {
         a.states() == ["established"] && b.states() == ["established"]
     })
     .await;
     let b_id = b.router.local().short_id;
     assert_ne!(b_id.get(), 1, "the higher name (b) took another short ID");
-    assert_eq!(a.router.local().short_id.get(), 1, "the lower name kept its short ID");
+    assert_eq!(
+        a.router.local().short_id.get(),
+        1,
+        "the lower name kept its short ID"
+    );
     assert!(b.datapath.calls().contains(&FakeCall::OwnShortId(b_id)));
     assert_eq!(a.peer_ids(), [b_id.get()]);
     a.router.stop().await;
@@ -542,9 +598,17 @@ async fn a_peer_claiming_a_connected_peers_name_is_refused() {
     let b = Node::start(2, &[a.addr()]).await;
     wait_until("a and b established", || a.states() == ["established"]).await;
     let mut s = TcpStream::connect(a.addr()).await.unwrap();
-    let impostor = Hello { short_id: ShortId::new(9).unwrap(), ..hello(2) };
-    handshake(&mut s, &impostor, Duration::from_secs(2)).await.unwrap();
-    match tokio::time::timeout(Duration::from_secs(5), read_message(&mut s)).await.unwrap() {
+    let impostor = Hello {
+        short_id: ShortId::new(9).unwrap(),
+        ..hello(2)
+    };
+    handshake(&mut s, &impostor, Duration::from_secs(2))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), read_message(&mut s))
+        .await
+        .unwrap()
+    {
         Ok(Message::Goodbye(reason)) => assert!(reason.contains("already connected"), "{reason}"),
         other => panic!("expected a goodbye, got {other:?}"),
     }
@@ -552,4 +616,118 @@ async fn a_peer_claiming_a_connected_peers_name_is_refused() {
     assert_eq!(a.states(), ["established"]);
     a.router.stop().await;
     b.router.stop().await;
+}
+
+/// A grow-only set of strings as a gossip channel: enough to watch messages travel.
+#[derive(Default)]
+struct StringSet {
+    items: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    unicasts: std::sync::Mutex<Vec<(PeerName, String)>>,
+    merges: std::sync::atomic::AtomicUsize,
+}
+
+impl StringSet {
+    fn has(&self, item: &str) -> bool {
+        self.items.lock().unwrap().contains(item)
+    }
+    fn add(&self, item: &str) -> Vec<u8> {
+        self.items.lock().unwrap().insert(item.to_string());
+        item.as_bytes().to_vec()
+    }
+}
+
+impl crate::mesh::gossip_channel::GossipChannel for StringSet {
+    fn full_state(&self) -> Option<Vec<u8>> {
+        let items = self.items.lock().unwrap();
+        (!items.is_empty()).then(|| {
+            items
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into_bytes()
+        })
+    }
+    fn on_gossip(
+        &self,
+        _: PeerName,
+        payload: &[u8],
+    ) -> Result<Option<Vec<u8>>, crate::mesh::gossip_channel::GossipChannelError> {
+        self.merges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let text = std::str::from_utf8(payload).map_err(|e| {
+            crate::mesh::gossip_channel::GossipChannelError::Malformed {
+                channel: crate::mesh::gossip_channel::ChannelId::Dns,
+                reason: e.to_string(),
+            }
+        })?;
+        let mut items = self.items.lock().unwrap();
+        let news: Vec<&str> = text
+            .lines()
+            .filter(|l| items.insert(l.to_string()))
+            .collect();
+        Ok((!news.is_empty()).then(|| news.join("\n").into_bytes()))
+    }
+    fn on_unicast(
+        &self,
+        origin: PeerName,
+        payload: &[u8],
+    ) -> Result<(), crate::mesh::gossip_channel::GossipChannelError> {
+        self.unicasts
+            .lock()
+            .unwrap()
+            .push((origin, String::from_utf8_lossy(payload).into_owned()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn channel_gossip_crosses_a_line_and_reaches_late_joiners() {
+    use crate::mesh::gossip_channel::ChannelId;
+    let b = Node::start(2, &[]).await;
+    let a = Node::start(1, &[b.addr()]).await;
+    let (sa, sb, sc) = (
+        Arc::new(StringSet::default()),
+        Arc::new(StringSet::default()),
+        Arc::new(StringSet::default()),
+    );
+    let ga = a.router.register_channel(ChannelId::Dns, sa.clone());
+    let _gb = b.router.register_channel(ChannelId::Dns, sb.clone());
+    wait_until("a and b connected", || {
+        a.router.status().count("established") == 1
+    })
+    .await;
+    ga.broadcast(sa.add("from-a"));
+    wait_until("b has a's item", || sb.has("from-a")).await;
+
+    // C joins later: it gets the state by sync from B, and its own item travels to A via B.
+    let c = Node::start(3, &[b.addr()]).await;
+    let gc = c.router.register_channel(ChannelId::Dns, sc.clone());
+    gc.broadcast(sc.add("from-c"));
+    wait_until("c has a's item", || sc.has("from-a")).await;
+    wait_until("a has c's item", || sa.has("from-c")).await;
+
+    // A unicast from A to C goes through B and reaches C only.
+    wait_until("a routes to c", || {
+        a.router
+            .mesh_report()
+            .routes
+            .unicast
+            .contains_key(&hello(3).name)
+    })
+    .await;
+    ga.unicast(hello(3).name, b"hello c".to_vec());
+    wait_until("c got the unicast", || {
+        !sc.unicasts.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        sc.unicasts.lock().unwrap()[0],
+        (hello(1).name, "hello c".to_string())
+    );
+    assert!(sb.unicasts.lock().unwrap().is_empty());
+
+    for n in [&a, &b, &c] {
+        n.router.stop().await;
+    }
 }

@@ -1,0 +1,165 @@
+//! The router's side of gossip channels (IPAM, DNS): carries their broadcasts along
+//! broadcast trees, their unicasts along routes, and their whole state to new neighbours.
+
+use std::sync::Arc;
+
+use super::gossip::{encode_message, send_frame_to};
+use super::{Inner, Router};
+use crate::datapath::Datapath;
+use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
+use crate::mesh::gossip_channel::{
+    ChannelId, ChannelMessage, Delivery, GossipChannel, GossipSink, Gossiper,
+};
+use crate::mesh::peer_name::PeerName;
+use crate::mesh::protocol::Message;
+
+impl<D: Datapath> Inner<D> {
+    fn channel(&self, id: ChannelId) -> Option<Arc<dyn GossipChannel>> {
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Sends `message` to our children in its origin's broadcast tree, but not back on `except`.
+    fn broadcast_channel(&self, message: &ChannelMessage, except: Option<ConnId>) {
+        let children = self.tree_children(message.origin);
+        if let Some(frame) = encode_message(&Message::Channel(message.clone())) {
+            send_frame_to(&self.mesh(), &frame, Some(&children), except);
+        }
+    }
+
+    /// Hands `message` to the next hop towards its destination.
+    fn forward_unicast(&self, message: ChannelMessage, to: PeerName) {
+        let Some(hop) = self.view().routes.unicast.get(&to).copied() else {
+            tracing::debug!("{:?} message for {to} dropped: no route", message.channel);
+            return;
+        };
+        if let Some(frame) = encode_message(&Message::Channel(message)) {
+            send_frame_to(&self.mesh(), &frame, Some(&[hop]), None);
+        }
+    }
+
+    /// The whole state of every channel, to one neighbour.
+    pub(super) fn sync_channels(&self, id: ConnId) {
+        let me = self.hello().name;
+        let channels: Vec<(ChannelId, Arc<dyn GossipChannel>)> = self
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (channel, handler) in channels {
+            let Some(payload) = handler.full_state() else {
+                continue;
+            };
+            let message = ChannelMessage {
+                channel,
+                origin: me,
+                delivery: Delivery::Sync,
+                payload,
+            };
+            if let (Some(frame), Some(conn)) = (
+                encode_message(&Message::Channel(message)),
+                self.mesh().connections.get(&id),
+            ) {
+                let _ = conn.commands.send(ConnCommand::SendFrame(frame));
+            }
+        }
+    }
+
+    /// A channel message from connection `id`. Malformed data closes that connection and
+    /// changes nothing else.
+    pub(super) fn on_channel(&self, id: ConnId, message: ChannelMessage) {
+        let me = self.hello().name;
+        if let Delivery::Unicast(to) = message.delivery {
+            if to != me {
+                return self.forward_unicast(message, to);
+            }
+        }
+        let Some(handler) = self.channel(message.channel) else {
+            tracing::debug!("{:?} gossip ignored: no such channel here", message.channel);
+            return;
+        };
+        let result = match message.delivery {
+            Delivery::Unicast(_) => handler
+                .on_unicast(message.origin, &message.payload)
+                .map(|()| None),
+            Delivery::Broadcast | Delivery::Sync => {
+                handler.on_gossip(message.origin, &message.payload)
+            }
+        };
+        match result {
+            Err(e) => {
+                let mesh = self.mesh();
+                if let Some(conn) = mesh.connections.get(&id) {
+                    tracing::warn!(
+                        "connection with {}({}) closed: {e}",
+                        conn.hello.name,
+                        conn.hello.nickname
+                    );
+                    let _ = conn
+                        .commands
+                        .send(ConnCommand::Close(ConnectionError::Refused(e.to_string())));
+                }
+            }
+            Ok(Some(news)) => {
+                // News of a sync start a new broadcast from us; a broadcast goes on along its tree.
+                let origin = if message.delivery == Delivery::Sync {
+                    me
+                } else {
+                    message.origin
+                };
+                let onward = ChannelMessage {
+                    channel: message.channel,
+                    origin,
+                    delivery: Delivery::Broadcast,
+                    payload: news,
+                };
+                self.broadcast_channel(&onward, Some(id));
+            }
+            Ok(None) => {}
+        }
+    }
+}
+
+impl<D: Datapath> GossipSink for Inner<D> {
+    fn send_channel(&self, channel: ChannelId, delivery: Delivery, payload: Vec<u8>) {
+        let message = ChannelMessage {
+            channel,
+            origin: self.hello().name,
+            delivery,
+            payload,
+        };
+        match delivery {
+            Delivery::Broadcast => self.broadcast_channel(&message, None),
+            Delivery::Unicast(to) => self.forward_unicast(message, to),
+            Delivery::Sync => {
+                let ids: Vec<ConnId> = self.mesh().connections.keys().copied().collect();
+                for id in ids {
+                    self.sync_channels(id);
+                }
+            }
+        }
+    }
+}
+
+impl<D: Datapath> Router<D> {
+    /// Registers a subsystem's gossip channel and returns its sending end. Its whole state
+    /// goes to every neighbour at once, and to every new neighbour from then on.
+    pub fn register_channel(&self, id: ChannelId, channel: Arc<dyn GossipChannel>) -> Gossiper {
+        self.inner
+            .channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, channel);
+        let ids: Vec<ConnId> = self.inner.mesh().connections.keys().copied().collect();
+        for conn in ids {
+            self.inner.sync_channels(conn);
+        }
+        let sink: Arc<dyn GossipSink> = self.inner.clone();
+        Gossiper::new(id, Arc::downgrade(&sink))
+    }
+}
