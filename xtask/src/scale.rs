@@ -251,11 +251,20 @@ fn wait_agreement(
             .map(|k| hosts[k])
             .collect();
         if !missing.is_empty() {
+            let example = missing[0];
+            let seen = match Report::of(bed.router(example)) {
+                Ok(r) => format!(
+                    "it knows {} peers and routes to {}",
+                    r.peers().len(),
+                    r.unicast().len()
+                ),
+                Err(e) => format!("no report: {e}"),
+            };
             bail!(
-                "{} of {} routers did not agree within {limit:?} (e.g. host{})",
+                "{} of {} routers did not agree within {limit:?} (e.g. host{example}: {seen}; log tail:\n{})",
                 missing.len(),
                 hosts.len(),
-                missing[0]
+                bed.router(example).log_tail(8)
             );
         }
         // Final pass: anyone who no longer agrees is polled again.

@@ -284,7 +284,7 @@ async fn converse(
                                     let _ = events.send(ConnEvent::RemoteReady { id });
                                 }
                                 Message::Goodbye(reason) => return ConnectionError::Goodbye(reason),
-                                message @ (Message::Gossip(_) | Message::Digest(_) | Message::Channel(_)) => {
+                                message @ (Message::Gossip(_) | Message::Digest(_) | Message::Delta(_) | Message::Channel(_)) => {
                                     let _ = events.send(ConnEvent::Gossip { id, message });
                                 }
                                 Message::Hello(_) => {

@@ -164,6 +164,8 @@ pub enum Message {
     Gossip(GossipUpdate),
     /// Versions of the sender's topology records.
     Digest(GossipDigest),
+    /// A change of one peer's record, along that peer's broadcast tree.
+    Delta(crate::mesh::topology::RecordDelta),
     /// Data of a gossip channel (IPAM, DNS).
     Channel(super::gossip_channel::ChannelMessage),
 }
@@ -177,6 +179,7 @@ impl Message {
             Message::Goodbye(_) => "goodbye",
             Message::Gossip(_) => "gossip",
             Message::Digest(_) => "digest",
+            Message::Delta(_) => "record change",
             Message::Channel(_) => "channel gossip",
         }
     }

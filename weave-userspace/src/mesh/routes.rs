@@ -22,72 +22,101 @@ pub struct Routes {
     pub broadcast: BTreeMap<PeerName, Vec<PeerName>>,
 }
 
-/// Neighbours over connections both ends publish as established, each list in name order.
-fn adjacency(topology: &Topology) -> BTreeMap<PeerName, Vec<PeerName>> {
-    topology
-        .peers()
-        .map(|p| (p.name, topology.symmetric_neighbours(&p.name)))
-        .collect()
+/// The topology as a graph over indices: peers in name order, each one's neighbours over
+/// connections both ends publish as established, in name order.
+struct Graph {
+    names: Vec<PeerName>,
+    adjacency: Vec<Vec<usize>>,
 }
 
-/// The breadth-first tree rooted at `root`: node → parent (root absent).
-fn bfs_parents(
-    adjacency: &BTreeMap<PeerName, Vec<PeerName>>,
-    root: PeerName,
-) -> BTreeMap<PeerName, PeerName> {
-    let mut parents = BTreeMap::new();
-    let mut queue = VecDeque::from([root]);
-    while let Some(node) = queue.pop_front() {
-        for &next in adjacency.get(&node).map(Vec::as_slice).unwrap_or_default() {
-            if next != root && !parents.contains_key(&next) {
-                parents.insert(next, node);
-                queue.push_back(next);
+/// Marks a node without a parent in a breadth-first tree.
+const NO_PARENT: usize = usize::MAX;
+
+impl Graph {
+    fn new(topology: &Topology) -> Self {
+        let names: Vec<PeerName> = topology.peers().map(|p| p.name).collect();
+        let index = |name: &PeerName| names.binary_search(name).ok();
+        let adjacency = names
+            .iter()
+            .map(|name| {
+                topology
+                    .symmetric_neighbours(name)
+                    .iter()
+                    .filter_map(index)
+                    .collect()
+            })
+            .collect();
+        Self { names, adjacency }
+    }
+
+    fn index(&self, name: &PeerName) -> Option<usize> {
+        self.names.binary_search(name).ok()
+    }
+
+    /// The breadth-first tree rooted at `root`: each node's parent (`NO_PARENT` for the
+    /// root and for nodes it does not reach). Neighbours are visited in name order.
+    fn bfs_parents(&self, root: usize, parents: &mut Vec<usize>, queue: &mut VecDeque<usize>) {
+        parents.clear();
+        parents.resize(self.names.len(), NO_PARENT);
+        queue.clear();
+        queue.push_back(root);
+        while let Some(node) = queue.pop_front() {
+            for &next in &self.adjacency[node] {
+                if next != root && parents[next] == NO_PARENT {
+                    parents[next] = node;
+                    queue.push_back(next);
+                }
             }
         }
     }
-    parents
+
+    /// The nodes whose parent is `me` in a tree.
+    fn children(&self, parents: &[usize], me: usize) -> Vec<PeerName> {
+        parents
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p == me)
+            .map(|(i, _)| self.names[i])
+            .collect()
+    }
 }
 
 /// Our children in the broadcast tree of `source`, computed afresh from the topology (for
 /// a source that the last computed routes do not know yet).
 pub fn children_in_tree(topology: &Topology, source: PeerName) -> Vec<PeerName> {
-    let me = topology.ourself().name;
-    bfs_parents(&adjacency(topology), source)
-        .into_iter()
-        .filter(|(_, parent)| *parent == me)
-        .map(|(child, _)| child)
-        .collect()
+    let graph = Graph::new(topology);
+    let (Some(me), Some(root)) = (graph.index(&topology.ourself().name), graph.index(&source))
+    else {
+        return Vec::new();
+    };
+    let mut parents = Vec::new();
+    graph.bfs_parents(root, &mut parents, &mut VecDeque::new());
+    graph.children(&parents, me)
 }
 
 /// Computes our routes from the topology.
 pub fn compute(topology: &Topology) -> Routes {
-    let me = topology.ourself().name;
-    let adjacency = adjacency(topology);
-    let parents = bfs_parents(&adjacency, me);
+    let graph = Graph::new(topology);
+    let Some(me) = graph.index(&topology.ourself().name) else {
+        return Routes::default();
+    };
+    let (mut parents, mut queue) = (Vec::new(), VecDeque::new());
+    graph.bfs_parents(me, &mut parents, &mut queue);
+    let ours = parents.clone();
     let mut unicast = BTreeMap::new();
-    for &dst in parents.keys() {
-        let mut hop = dst;
-        while parents[&hop] != me {
-            hop = parents[&hop];
-        }
-        unicast.insert(dst, hop);
-    }
-
     let mut broadcast = BTreeMap::new();
-    let mut sources: Vec<PeerName> = vec![me];
-    sources.extend(parents.keys().copied());
-    for source in sources {
-        let tree = if source == me {
-            parents.clone()
-        } else {
-            bfs_parents(&adjacency, source)
-        };
-        let children: Vec<PeerName> = tree
-            .iter()
-            .filter(|(_, parent)| **parent == me)
-            .map(|(child, _)| *child)
-            .collect();
-        broadcast.insert(source, children);
+    broadcast.insert(graph.names[me], graph.children(&ours, me));
+    for dst in 0..graph.names.len() {
+        if ours[dst] == NO_PARENT {
+            continue;
+        }
+        let mut hop = dst;
+        while ours[hop] != me {
+            hop = ours[hop];
+        }
+        unicast.insert(graph.names[dst], graph.names[hop]);
+        graph.bfs_parents(dst, &mut parents, &mut queue);
+        broadcast.insert(graph.names[dst], graph.children(&parents, me));
     }
     Routes { unicast, broadcast }
 }

@@ -134,6 +134,95 @@ pub struct DigestComparison {
     pub theirs_newer: bool,
 }
 
+/// The change of one peer's record between two of its versions: the fields in full and
+/// only the connections that changed. Its owner sends it instead of the whole record, so a
+/// new connection in a full mesh costs every peer one entry, not a peer's whole list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordDelta {
+    pub name: PeerName,
+    pub uid: u64,
+    /// The version the change applies to.
+    pub from_version: u64,
+    pub version: u64,
+    pub nickname: String,
+    pub short_id: ShortId,
+    pub underlay: Ipv4Addr,
+    pub control_port: u16,
+    /// Connections added or changed, in remote order.
+    pub upserted: Vec<ConnectionSummary>,
+    /// Connections gone, in order.
+    pub removed: Vec<PeerName>,
+}
+
+impl PeerInfo {
+    /// The change from `old` (an earlier version of this record) to `self`.
+    pub fn delta_from(&self, old: &PeerInfo) -> RecordDelta {
+        let before: BTreeMap<PeerName, &ConnectionSummary> =
+            old.connections.iter().map(|c| (c.remote, c)).collect();
+        let after: BTreeSet<PeerName> = self.connections.iter().map(|c| c.remote).collect();
+        RecordDelta {
+            name: self.name,
+            uid: self.uid,
+            from_version: old.version,
+            version: self.version,
+            nickname: self.nickname.clone(),
+            short_id: self.short_id,
+            underlay: self.underlay,
+            control_port: self.control_port,
+            upserted: self
+                .connections
+                .iter()
+                .filter(|c| before.get(&c.remote) != Some(c))
+                .cloned()
+                .collect(),
+            removed: old
+                .connections
+                .iter()
+                .map(|c| c.remote)
+                .filter(|r| !after.contains(r))
+                .collect(),
+        }
+    }
+
+    /// This record with `delta` applied (the caller checked the versions).
+    fn apply(&self, delta: &RecordDelta) -> PeerInfo {
+        let mut connections: BTreeMap<PeerName, ConnectionSummary> = self
+            .connections
+            .iter()
+            .map(|c| (c.remote, c.clone()))
+            .collect();
+        for r in &delta.removed {
+            connections.remove(r);
+        }
+        for c in &delta.upserted {
+            connections.insert(c.remote, c.clone());
+        }
+        PeerInfo {
+            name: self.name,
+            nickname: delta.nickname.clone(),
+            uid: self.uid,
+            version: delta.version,
+            short_id: delta.short_id,
+            underlay: delta.underlay,
+            control_port: delta.control_port,
+            connections: connections.into_values().collect(),
+        }
+    }
+}
+
+/// What applying a [`RecordDelta`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaOutcome {
+    /// The record moved to the delta's version: pass the delta on.
+    Applied,
+    /// We hold that version or a newer one.
+    Stale,
+    /// We hold no record it applies to: fetch the whole record.
+    Gap,
+    /// It is about ourselves, from an earlier run: our version was raised past it.
+    OurselfBumped,
+}
+
 /// What a merge changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MergeOutcome {
@@ -241,6 +330,40 @@ impl Topology {
             outcome.improved.push(self.ourself().clone());
         }
         Ok(outcome)
+    }
+
+    /// Applies a peer's change to the record we hold of it. A malformed delta changes
+    /// nothing.
+    pub fn apply_delta(&mut self, delta: &RecordDelta) -> Result<DeltaOutcome, TopologyError> {
+        if delta.upserted.len() + delta.removed.len() > MAX_CONNECTIONS_PER_PEER
+            || delta.version <= delta.from_version
+        {
+            return Err(TopologyError::Invalid(delta.name, "malformed change"));
+        }
+        if delta.name == self.ourself {
+            let me = self
+                .peers
+                .get_mut(&self.ourself)
+                .expect("ourself is always present");
+            if delta.uid != me.uid && (delta.version, delta.uid) > (me.version, me.uid) {
+                me.version = delta.version + 1;
+                return Ok(DeltaOutcome::OurselfBumped);
+            }
+            return Ok(DeltaOutcome::Stale);
+        }
+        let Some(held) = self.peers.get(&delta.name) else {
+            return Ok(DeltaOutcome::Gap);
+        };
+        if (held.version, held.uid) >= (delta.version, delta.uid) {
+            return Ok(DeltaOutcome::Stale);
+        }
+        if held.uid != delta.uid || held.version != delta.from_version {
+            return Ok(DeltaOutcome::Gap);
+        }
+        let updated = held.apply(delta);
+        updated.validate()?;
+        self.peers.insert(delta.name, updated);
+        Ok(DeltaOutcome::Applied)
     }
 
     /// The version of every record we hold.
@@ -386,6 +509,59 @@ mod tests {
         theirs.merge(&c.ours_newer).unwrap();
         assert_eq!(ours.digest(), theirs.digest());
         assert_eq!(ours.compare(&theirs.digest()), DigestComparison::default());
+    }
+
+    #[test]
+    fn a_delta_moves_a_record_from_its_base_version_only() {
+        let conn = |n: u8, established: bool| ConnectionSummary {
+            remote: PeerName::from_bytes([0, 0, 0, 0, 0, n]),
+            address: format!("10.0.0.{n}:6783"),
+            outbound: true,
+            established,
+        };
+        let mut old = peer(2, 3, 9);
+        old.connections = vec![conn(1, true), conn(3, false), conn(4, true)];
+        let mut new = old.clone();
+        new.version = 5;
+        new.connections = vec![conn(1, true), conn(3, true), conn(5, false)];
+        let delta = new.delta_from(&old);
+        assert_eq!(delta.upserted, vec![conn(3, true), conn(5, false)]);
+        assert_eq!(
+            delta.removed,
+            vec![PeerName::from_bytes([0, 0, 0, 0, 0, 4])]
+        );
+
+        let mut t = Topology::new(peer(1, 1, 1));
+        assert_eq!(
+            t.apply_delta(&delta),
+            Ok(DeltaOutcome::Gap),
+            "no record held"
+        );
+        t.merge(&[old.clone()]).unwrap();
+        assert_eq!(t.apply_delta(&delta), Ok(DeltaOutcome::Applied));
+        assert_eq!(t.peer(&new.name), Some(&new));
+        assert_eq!(
+            t.apply_delta(&delta),
+            Ok(DeltaOutcome::Stale),
+            "applied twice"
+        );
+
+        let mut other_base = old.clone();
+        other_base.version = 4;
+        let mut t = Topology::new(peer(1, 1, 1));
+        t.merge(&[other_base]).unwrap();
+        assert_eq!(
+            t.apply_delta(&delta),
+            Ok(DeltaOutcome::Gap),
+            "held version is not the base"
+        );
+
+        let mut bad = delta.clone();
+        bad.upserted.push(conn(2, true));
+        let mut t = Topology::new(peer(1, 1, 1));
+        t.merge(&[old.clone()]).unwrap();
+        assert!(t.apply_delta(&bad).is_err(), "a connection to itself");
+        assert_eq!(t.peer(&old.name), Some(&old), "nothing changed");
     }
 
     #[test]

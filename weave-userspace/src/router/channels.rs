@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::gossip::{encode_message, send_frame_to};
 use super::{Inner, Router};
 use crate::datapath::Datapath;
-use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
+use crate::mesh::connection::{ConnCommand, ConnId};
 use crate::mesh::gossip_channel::{
     ChannelId, ChannelMessage, Delivery, GossipChannel, GossipSink, Gossiper,
 };
@@ -92,19 +92,7 @@ impl<D: Datapath> Inner<D> {
             }
         };
         match result {
-            Err(e) => {
-                let mesh = self.mesh();
-                if let Some(conn) = mesh.connections.get(&id) {
-                    tracing::warn!(
-                        "connection with {}({}) closed: {e}",
-                        conn.hello.name,
-                        conn.hello.nickname
-                    );
-                    let _ = conn
-                        .commands
-                        .send(ConnCommand::Close(ConnectionError::Refused(e.to_string())));
-                }
-            }
+            Err(e) => self.refuse_gossip(id, &e.to_string()),
             Ok(Some(news)) => {
                 // News of a sync start a new broadcast from us; a broadcast goes on along its tree.
                 let origin = if message.delivery == Delivery::Sync {

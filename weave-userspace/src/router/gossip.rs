@@ -15,11 +15,14 @@ use crate::mesh::connection_maker::Target;
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::{self, GossipDigest, GossipUpdate, Message};
 use crate::mesh::routes::{self, Routes};
-use crate::mesh::topology::{ConnectionSummary, PeerInfo, Topology};
+use crate::mesh::topology::{ConnectionSummary, DeltaOutcome, PeerInfo, RecordDelta, Topology};
 
 /// How often each router sends a digest of its view to a few neighbours, so that anything
 /// lost on the way is repaired.
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
+/// Shortest time between two digests sent on one connection because of gaps in record
+/// changes.
+pub const GAP_DIGEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Shortest time between two publications of our own record: a burst of connection
 /// changes (a join in a full mesh) goes out as one record.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -39,6 +42,8 @@ pub(super) struct MeshView {
     pub publish_pending: bool,
     /// When our record was last sent.
     pub published_at: Option<tokio::time::Instant>,
+    /// Our record as last sent: the next publication is the change from it.
+    pub published: Option<PeerInfo>,
 }
 
 impl MeshView {
@@ -51,6 +56,7 @@ impl MeshView {
             routes_stale: false,
             publish_pending: false,
             published_at: None,
+            published: None,
         }
     }
 }
@@ -169,7 +175,7 @@ impl<D: Datapath> Inner<D> {
     /// least [`PUBLISH_INTERVAL`] ago. Returns when to try again if it had to wait.
     pub(super) fn publish_if_pending(&self) -> Option<tokio::time::Instant> {
         let now = tokio::time::Instant::now();
-        let ourself = {
+        let (ourself, change) = {
             let mut view = self.view();
             if !view.publish_pending {
                 return None;
@@ -183,10 +189,26 @@ impl<D: Datapath> Inner<D> {
             }
             view.publish_pending = false;
             view.published_at = Some(now);
-            view.topology.ourself().clone()
+            let ourself = view.topology.ourself().clone();
+            let change = match &view.published {
+                Some(old) if old.uid == ourself.uid && old.version < ourself.version => {
+                    Some(ourself.delta_from(old))
+                }
+                _ => None,
+            };
+            view.published = Some(ourself.clone());
+            (ourself, change)
         };
         // Our neighbours are our children in our own broadcast tree: all of them.
-        self.gossip_to(&self.mesh(), Some(ourself.name), vec![ourself], None, None);
+        let mesh = self.mesh();
+        match change {
+            Some(delta) => {
+                if let Some(frame) = encode_message(&Message::Delta(delta)) {
+                    send_frame_to(&mesh, &frame, None, None);
+                }
+            }
+            None => self.gossip_to(&mesh, Some(ourself.name), vec![ourself], None, None),
+        }
         None
     }
 
@@ -234,9 +256,68 @@ impl<D: Datapath> Inner<D> {
         match message {
             Message::Gossip(update) => self.on_update(id, update).await,
             Message::Digest(digest) => self.on_digest(id, digest),
+            Message::Delta(delta) => self.on_delta(id, delta).await,
             Message::Channel(message) => self.on_channel(id, message),
             other => tracing::debug!("not gossip: {}", other.kind()),
         }
+    }
+
+    /// A peer's record change: applied and passed on along the peer's tree, or, when we do
+    /// not hold the version it applies to, answered with a digest so that the sender sends
+    /// the whole record.
+    async fn on_delta(&self, id: ConnId, delta: RecordDelta) {
+        let outcome = self.view().topology.apply_delta(&delta);
+        match outcome {
+            Err(e) => self.refuse_gossip(id, &e.to_string()),
+            Ok(DeltaOutcome::Applied) => {
+                let children = self.tree_children(delta.name);
+                if let Some(frame) = encode_message(&Message::Delta(delta)) {
+                    send_frame_to(&self.mesh(), &frame, Some(&children), Some(id));
+                }
+                self.topology_changed().await;
+            }
+            Ok(DeltaOutcome::OurselfBumped) => {
+                self.view().publish_pending = true;
+            }
+            Ok(DeltaOutcome::Stale) => {}
+            Ok(DeltaOutcome::Gap) => {
+                let due = self.mesh().connections.get(&id).is_some_and(|c| {
+                    c.digest_sent
+                        .is_none_or(|t| t.elapsed() >= GAP_DIGEST_INTERVAL)
+                });
+                if due {
+                    self.send_digest(id, false);
+                }
+            }
+        }
+    }
+
+    /// Closes connection `id` over gossip we refuse.
+    pub(super) fn refuse_gossip(&self, id: ConnId, reason: &str) {
+        let mesh = self.mesh();
+        if let Some(conn) = mesh.connections.get(&id) {
+            tracing::warn!(
+                "connection with {}({}) closed: {reason}",
+                conn.hello.name,
+                conn.hello.nickname
+            );
+            let _ = conn
+                .commands
+                .send(ConnCommand::Close(ConnectionError::Refused(
+                    reason.to_string(),
+                )));
+        }
+    }
+
+    /// After the topology improved: take a new short ID if ours is contested, recompute
+    /// routes with the burst.
+    async fn topology_changed(&self) {
+        let lost_to = self.view().topology.short_id_lost_to();
+        if let Some(winner) = lost_to {
+            tracing::warn!("peer {winner} has our short ID and the lower name");
+            self.take_new_short_id().await;
+        }
+        self.routes_stale();
     }
 
     async fn on_update(&self, id: ConnId, update: GossipUpdate) {

@@ -368,6 +368,7 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
         local_ready: true,
         remote_ready: true,
         commands: tx.clone(),
+        digest_sent: None,
     };
     // We are `low`; we hold an outbound connection to `high`.
     let mut mesh = Mesh::default();
