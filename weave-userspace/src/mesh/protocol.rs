@@ -131,12 +131,10 @@ pub struct Hello {
     pub data_port: u16,
 }
 
-/// Topology records on their way through the mesh.
+/// Topology records on their way through the mesh: each goes on along its owner's
+/// broadcast tree from every router it improved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipUpdate {
-    /// The router whose own record changed: the update travels along its broadcast tree.
-    /// `None` for a whole view (sent to a new neighbour and periodically to a few).
-    pub origin: Option<PeerName>,
     pub records: Vec<crate::mesh::topology::PeerInfo>,
 }
 

@@ -67,8 +67,8 @@ fn fanout(neighbours: usize) -> usize {
     (2 * log as usize).clamp(1, neighbours.max(1))
 }
 
-fn encode(origin: Option<PeerName>, records: Vec<PeerInfo>) -> Option<Arc<[u8]>> {
-    encode_message(&Message::Gossip(GossipUpdate { origin, records }))
+fn encode(records: Vec<PeerInfo>) -> Option<Arc<[u8]>> {
+    encode_message(&Message::Gossip(GossipUpdate { records }))
 }
 
 /// Sends `frame` on the connections to `to` (every connection when `None`) but `except`.
@@ -106,7 +106,6 @@ impl<D: Datapath> Inner<D> {
     fn gossip_to(
         &self,
         mesh: &Mesh,
-        origin: Option<PeerName>,
         records: Vec<PeerInfo>,
         to: Option<&[PeerName]>,
         except: Option<ConnId>,
@@ -114,7 +113,7 @@ impl<D: Datapath> Inner<D> {
         if records.is_empty() {
             return;
         }
-        if let Some(frame) = encode(origin, records) {
+        if let Some(frame) = encode(records) {
             send_frame_to(mesh, &frame, to, except);
         }
     }
@@ -159,10 +158,9 @@ impl<D: Datapath> Inner<D> {
         let comparison = self.view().topology.compare(&digest.entries);
         if !comparison.ours_newer.is_empty() {
             let mesh = self.mesh();
-            if let (Some(conn), Some(frame)) = (
-                mesh.connections.get(&id),
-                encode(None, comparison.ours_newer),
-            ) {
+            if let (Some(conn), Some(frame)) =
+                (mesh.connections.get(&id), encode(comparison.ours_newer))
+            {
                 let _ = conn.commands.send(ConnCommand::SendFrame(frame));
             }
         }
@@ -207,7 +205,7 @@ impl<D: Datapath> Inner<D> {
                     send_frame_to(&mesh, &frame, None, None);
                 }
             }
-            None => self.gossip_to(&mesh, Some(ourself.name), vec![ourself], None, None),
+            None => self.gossip_to(&mesh, vec![ourself], None, None),
         }
         None
     }
@@ -323,41 +321,29 @@ impl<D: Datapath> Inner<D> {
     async fn on_update(&self, id: ConnId, update: GossipUpdate) {
         let merged = self.view().topology.merge(&update.records);
         match merged {
-            Err(e) => {
-                let mesh = self.mesh();
-                if let Some(conn) = mesh.connections.get(&id) {
-                    tracing::warn!(
-                        "connection with {}({}) closed: {e}",
-                        conn.hello.name,
-                        conn.hello.nickname
-                    );
-                    let _ = conn
-                        .commands
-                        .send(ConnCommand::Close(ConnectionError::Refused(e.to_string())));
-                }
-            }
+            Err(e) => self.refuse_gossip(id, &e.to_string()),
             Ok(outcome) if !outcome.improved.is_empty() => {
                 if outcome.ourself_bumped {
                     // A record of an earlier run of ours was about: everyone hears the new one.
                     self.view().publish_pending = true;
                 }
-                let (origin, children) = match update.origin {
-                    Some(o) => (o, Some(self.tree_children(o))),
-                    None => (self.view().topology.ourself().name, None),
-                };
-                self.gossip_to(
-                    &self.mesh(),
-                    Some(origin),
-                    outcome.improved,
-                    children.as_deref(),
-                    Some(id),
-                );
-                let lost_to = self.view().topology.short_id_lost_to();
-                if let Some(winner) = lost_to {
-                    tracing::warn!("peer {winner} has our short ID and the lower name");
-                    self.take_new_short_id().await;
+                // Each record goes on along its owner's broadcast tree (in a full mesh:
+                // nowhere, since the owner reaches everyone itself).
+                let me = self.view().topology.ourself().name;
+                let mut by_children: BTreeMap<Vec<PeerName>, Vec<PeerInfo>> = BTreeMap::new();
+                for record in outcome.improved.into_iter().filter(|r| r.name != me) {
+                    let children = self.tree_children(record.name);
+                    if !children.is_empty() {
+                        by_children.entry(children).or_default().push(record);
+                    }
                 }
-                self.routes_stale();
+                {
+                    let mesh = self.mesh();
+                    for (children, records) in by_children {
+                        self.gossip_to(&mesh, records, Some(&children), Some(id));
+                    }
+                }
+                self.topology_changed().await;
             }
             Ok(_) => {}
         }

@@ -479,7 +479,6 @@ async fn malformed_gossip_closes_only_that_connection() {
         established: true,
     }];
     let update = crate::mesh::protocol::GossipUpdate {
-        origin: None,
         records: vec![bogus],
     };
     write_message(&mut s, &Message::Gossip(update))
