@@ -311,16 +311,38 @@ impl Report {
     }
 }
 
-/// True once `report` knows exactly the peers `want` and has a unicast route to each of them
-/// but `me`.
-pub fn agrees(report: &Report, me: &str, want: &BTreeSet<String>) -> bool {
-    if report.peers() != *want {
-        return false;
+/// `GET /status/mesh`: the peers a router knows and those it routes to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MeshSummary {
+    pub peers: BTreeSet<String>,
+    pub routed: BTreeSet<String>,
+}
+
+impl MeshSummary {
+    pub fn of(router: &Router) -> Result<MeshSummary> {
+        let text = router.http_get("/status/mesh")?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Other(format!("/status/mesh is not JSON ({e}): {text}")))?;
+        let names = |key: &str| -> BTreeSet<String> {
+            v[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(name_of).collect())
+                .unwrap_or_default()
+        };
+        Ok(MeshSummary {
+            peers: names("Peers"),
+            routed: names("Routed"),
+        })
     }
-    let routed: BTreeSet<String> = report.unicast().into_iter().map(|(d, _)| d).collect();
-    want.iter()
-        .filter(|p| p.as_str() != me)
-        .all(|p| routed.contains(p))
+
+    /// True once it knows exactly the peers `want` and has a route to each of them but `me`.
+    pub fn agrees(&self, me: &str, want: &BTreeSet<String>) -> bool {
+        self.peers == *want
+            && want
+                .iter()
+                .filter(|p| p.as_str() != me)
+                .all(|p| self.routed.contains(p))
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use weave_tests::mesh::{self, Capture, Report};
+use weave_tests::mesh::{self, Capture, MeshSummary, Report};
 use weave_tests::{cmd, host_addr, require_root, LaunchOpts, TestBed};
 
 /// How long gossip may take to give every router a route to every peer.
@@ -58,8 +58,8 @@ fn wait_converged(bed: &TestBed, n: usize) {
             &format!("host{i} to know and route to every peer"),
             CONVERGE,
             || {
-                let rep = Report::of(r).ok()?;
-                mesh::agrees(&rep, &me, &all).then_some(())
+                let summary = MeshSummary::of(r).ok()?;
+                summary.agrees(&me, &all).then_some(())
             },
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", dump(bed)));

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use weave_tests::mesh::{self, Report};
+use weave_tests::mesh::MeshSummary;
 use weave_tests::{host_addr, LaunchOpts, Netns, TestBed};
 
 use crate::run::{self, output_ok, step};
@@ -214,8 +214,8 @@ fn wait_agreement(
 ) -> Result<Duration> {
     let want: BTreeSet<String> = hosts.iter().map(|&i| bed.peer_name(i)).collect();
     let agrees = |i: usize| -> bool {
-        Report::of(bed.router(i))
-            .map(|r| mesh::agrees(&r, &bed.peer_name(i), &want))
+        MeshSummary::of(bed.router(i))
+            .map(|m| m.agrees(&bed.peer_name(i), &want))
             .unwrap_or(false)
     };
     let done: Mutex<Vec<Option<Duration>>> = Mutex::new(vec![None; hosts.len()]);
@@ -252,11 +252,11 @@ fn wait_agreement(
             .collect();
         if !missing.is_empty() {
             let example = missing[0];
-            let seen = match Report::of(bed.router(example)) {
-                Ok(r) => format!(
+            let seen = match MeshSummary::of(bed.router(example)) {
+                Ok(m) => format!(
                     "it knows {} peers and routes to {}",
-                    r.peers().len(),
-                    r.unicast().len()
+                    m.peers.len(),
+                    m.routed.len()
                 ),
                 Err(e) => format!("no report: {e}"),
             };

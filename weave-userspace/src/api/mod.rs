@@ -35,6 +35,7 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 /// What the API asks of the running router (object-safe, so handlers need not be generic).
 pub trait Controller: Send + Sync + 'static {
     fn status(&self) -> MeshStatus;
+    fn mesh_summary(&self) -> crate::router::gossip::MeshSummary;
     fn daemon_info(&self) -> DaemonInfo;
     fn endpoints(&self) -> Vec<Endpoint>;
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
@@ -56,6 +57,10 @@ pub struct RouterController<D: Datapath> {
 impl<D: Datapath> Controller for RouterController<D> {
     fn status(&self) -> MeshStatus {
         self.router.status()
+    }
+
+    fn mesh_summary(&self) -> crate::router::gossip::MeshSummary {
+        self.router.mesh_summary()
     }
 
     fn daemon_info(&self) -> DaemonInfo {
@@ -308,6 +313,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/status/connections", get(status_connections))
         .route("/status/peers", get(status_peers))
         .route("/status/targets", get(status_targets))
+        .route("/status/mesh", get(status_mesh))
         .route("/report", get(get_report))
         .route("/metrics", get(get_metrics))
         .route("/attach", post(attach))
@@ -334,6 +340,13 @@ async fn status_peers(State(s): AppState) -> Result<String, ApiError> {
 
 async fn status_targets(State(s): AppState) -> Result<String, ApiError> {
     Ok(text::targets(&s.ready()?.status()))
+}
+
+/// Peers known and peers routed to, as JSON (cheap to poll).
+async fn status_mesh(State(s): AppState) -> Result<Response, ApiError> {
+    let summary = s.ready()?.mesh_summary();
+    let body = serde_json::to_string(&summary).expect("serialisable");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn get_report(State(s): AppState) -> Result<Response, ApiError> {

@@ -120,39 +120,51 @@ impl Netlink {
         }
     }
 
-    /// The link-layer address the neighbour table holds for `addr` on link `index`.
+    /// The link-layer address the neighbour table holds for `addr` on link `index`: one
+    /// RTM_GETNEIGH for that address, not a dump (the kernel walks its neighbour table,
+    /// shared by every namespace, for a dump).
     pub async fn neighbour_mac(
         &self,
         index: u32,
         addr: Ipv4Addr,
     ) -> Result<Option<[u8; 6]>, DatapathError> {
-        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
-        use rtnetlink::packet_route::AddressFamily;
-        let mut dump = self
+        use futures_util::StreamExt;
+        use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(message));
+        request.header.flags = NLM_F_REQUEST;
+        let mut responses = self
             .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute();
-        while let Some(msg) = dump.try_next().await.map_err(nl("listing neighbours"))? {
-            if msg.header.ifindex != index {
-                continue;
-            }
-            let mut dst = None;
-            let mut lladdr = None;
-            for attr in &msg.attributes {
-                match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
-                    NeighbourAttribute::LinkLayerAddress(a) if a.len() == 6 => {
-                        let mut mac = [0u8; 6];
-                        mac.copy_from_slice(a);
-                        lladdr = Some(mac);
-                    }
-                    _ => {}
+            .clone()
+            .request(request)
+            .map_err(nl("asking for a neighbour"))?;
+        while let Some(response) = responses.next().await {
+            match response.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(msg)) => {
+                    let mac = msg.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(a) if a.len() == 6 => {
+                            let mut mac = [0u8; 6];
+                            mac.copy_from_slice(a);
+                            Some(mac)
+                        }
+                        _ => None,
+                    });
+                    return Ok(mac.filter(|m| *m != [0; 6]));
                 }
-            }
-            if dst == Some(addr) && lladdr.is_some_and(|m| m != [0; 6]) {
-                return Ok(lladdr);
+                // No entry (ENOENT) or any other refusal: nothing known.
+                NetlinkPayload::Error(_) => return Ok(None),
+                _ => {}
             }
         }
         Ok(None)

@@ -498,7 +498,26 @@ pub struct MeshReport {
     pub routes: Routes,
 }
 
+/// Who is in the mesh and whom we route to: small enough to poll often (to see when
+/// routers agree), unlike the whole report.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MeshSummary {
+    /// Every peer known, ourselves included, in name order.
+    pub peers: Vec<PeerName>,
+    /// Peers we have a route to, in name order.
+    pub routed: Vec<PeerName>,
+}
+
 impl<D: Datapath> super::Router<D> {
+    pub fn mesh_summary(&self) -> MeshSummary {
+        let view = self.inner.view();
+        MeshSummary {
+            peers: view.topology.peers().map(|p| p.name).collect(),
+            routed: view.routes.unicast.keys().copied().collect(),
+        }
+    }
+
     /// Every known peer and our routes, for `status peers` and `report`.
     pub fn mesh_report(&self) -> MeshReport {
         let view = self.inner.view();
