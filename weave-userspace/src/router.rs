@@ -63,9 +63,6 @@ struct Conn {
     local_ready: bool,
     remote_ready: bool,
     commands: mpsc::UnboundedSender<ConnCommand>,
-    /// When we last sent a digest on it (a gap in record changes asks for one, not more
-    /// often than [`gossip::GAP_DIGEST_INTERVAL`]).
-    digest_sent: Option<tokio::time::Instant>,
 }
 
 impl Conn {
@@ -363,7 +360,6 @@ impl<D: Datapath> Inner<D> {
                         local_ready: false,
                         remote_ready: false,
                         commands,
-                        digest_sent: None,
                     };
                     mesh.connections.insert(id, conn);
                     mesh.by_peer.insert(hello.name, id);

@@ -31,7 +31,7 @@ fn records(n: usize, edges: &BTreeSet<(usize, usize)>) -> Vec<PeerInfo> {
             })
             .map(|j| ConnectionSummary {
                 remote: name(j),
-                address: format!("10.0.0.{}:6783", j + 1),
+                address: format!("10.0.0.{}:6783", j + 1).parse().unwrap(),
                 outbound: i < j,
                 established: true,
             })
@@ -168,7 +168,7 @@ fn one_sided_connections_carry_no_routes() {
     let mut a = PeerInfo::new(name(0), "a".into(), 1, ShortId::new(1).unwrap());
     a.connections = vec![ConnectionSummary {
         remote: name(1),
-        address: "x".into(),
+        address: "127.0.0.1:9".parse().unwrap(),
         outbound: true,
         established: true,
     }];
@@ -186,7 +186,7 @@ fn malformed_gossip_changes_nothing() {
     let mut bad = PeerInfo::new(name(2), "c".into(), 3, ShortId::new(3).unwrap());
     bad.connections = vec![ConnectionSummary {
         remote: name(2),
-        address: "x".into(),
+        address: "127.0.0.1:9".parse().unwrap(),
         outbound: true,
         established: true,
     }];

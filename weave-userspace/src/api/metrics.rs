@@ -185,7 +185,7 @@ mod tests {
             targets: vec![],
             connections: vec![ConnectionInfo {
                 outbound: true,
-                address: "10.0.0.2:6783".into(),
+                address: "10.0.0.2:6783".parse().unwrap(),
                 state: "established".into(),
                 info: String::new(),
                 peer: Some(peer),

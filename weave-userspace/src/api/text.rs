@@ -145,7 +145,7 @@ pub fn peers(s: &MeshStatus) -> String {
             let _ = writeln!(
                 out,
                 "   {arrow} {:<21} {:<37} {state}",
-                c.address,
+                c.address.to_string(),
                 nick(&c.remote)
             );
         }
@@ -244,7 +244,7 @@ mod tests {
         let name = |n: u8| PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]);
         let link = |n: u8, address: &str, outbound: bool, established: bool| ConnectionSummary {
             remote: name(n),
-            address: address.into(),
+            address: address.parse().unwrap(),
             outbound,
             established,
         };

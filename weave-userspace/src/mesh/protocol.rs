@@ -146,6 +146,9 @@ pub struct GossipDigest {
     pub entries: Vec<crate::mesh::topology::RecordVersion>,
     /// An answer to a digest: never answered with another digest.
     pub reply: bool,
+    /// Asks about the listed records only (a gap in a peer's record changes): the answer
+    /// holds no others, and no digest.
+    pub only_listed: bool,
 }
 
 /// Everything sent after the preamble.

@@ -24,7 +24,7 @@ pub const MAX_PEERS_PER_UPDATE: usize = 4096;
 pub struct ConnectionSummary {
     pub remote: PeerName,
     /// The remote's address as the owner sees it (`ip:port`).
-    pub address: String,
+    pub address: std::net::SocketAddr,
     /// The owner dialled it.
     pub outbound: bool,
     /// The connection is established (not merely connecting or pending).
@@ -378,6 +378,35 @@ impl Topology {
             .collect()
     }
 
+    /// Our records of the listed peers that are newer than the listed versions.
+    pub fn newer_than_listed(&self, listed: &[RecordVersion]) -> Vec<PeerInfo> {
+        listed
+            .iter()
+            .filter_map(|d| {
+                self.peers
+                    .get(&d.name)
+                    .filter(|p| (p.version, p.uid) > (d.version, d.uid))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// What we hold of `name`, as a digest entry (version 0 when nothing).
+    pub fn record_version(&self, name: PeerName) -> RecordVersion {
+        match self.peers.get(&name) {
+            Some(p) => RecordVersion {
+                name,
+                version: p.version,
+                uid: p.uid,
+            },
+            None => RecordVersion {
+                name,
+                version: 0,
+                uid: 0,
+            },
+        }
+    }
+
     /// Compares a neighbour's digest with what we hold.
     pub fn compare(&self, digest: &[RecordVersion]) -> DigestComparison {
         let theirs: BTreeMap<PeerName, (u64, u64)> = digest
@@ -515,7 +544,7 @@ mod tests {
     fn a_delta_moves_a_record_from_its_base_version_only() {
         let conn = |n: u8, established: bool| ConnectionSummary {
             remote: PeerName::from_bytes([0, 0, 0, 0, 0, n]),
-            address: format!("10.0.0.{n}:6783"),
+            address: format!("10.0.0.{n}:6783").parse().unwrap(),
             outbound: true,
             established,
         };

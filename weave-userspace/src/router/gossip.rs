@@ -20,9 +20,6 @@ use crate::mesh::topology::{ConnectionSummary, DeltaOutcome, PeerInfo, RecordDel
 /// How often each router sends a digest of its view to a few neighbours, so that anything
 /// lost on the way is repaired.
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
-/// Shortest time between two digests sent on one connection because of gaps in record
-/// changes.
-pub const GAP_DIGEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Shortest time between two publications of our own record: a burst of connection
 /// changes (a join in a full mesh) goes out as one record.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -132,11 +129,20 @@ impl<D: Datapath> Inner<D> {
     /// what it holds newer (and a digest of its own when we hold newer).
     pub(super) fn send_digest(&self, id: ConnId, reply: bool) {
         let entries = self.view().topology.digest();
+        self.send_to(
+            id,
+            &Message::Digest(GossipDigest {
+                entries,
+                reply,
+                only_listed: false,
+            }),
+        );
+    }
+
+    /// Sends `message` on one connection.
+    fn send_to(&self, id: ConnId, message: &Message) {
         let mesh = self.mesh();
-        if let (Some(conn), Some(frame)) = (
-            mesh.connections.get(&id),
-            encode_message(&Message::Digest(GossipDigest { entries, reply })),
-        ) {
+        if let (Some(conn), Some(frame)) = (mesh.connections.get(&id), encode_message(message)) {
             let _ = conn.commands.send(ConnCommand::SendFrame(frame));
         }
     }
@@ -155,14 +161,21 @@ impl<D: Datapath> Inner<D> {
     /// Answers a neighbour's digest: the records we hold newer, and our digest when it
     /// holds newer records (unless its digest was itself an answer).
     pub(super) fn on_digest(&self, id: ConnId, digest: GossipDigest) {
+        if digest.only_listed {
+            let records = self.view().topology.newer_than_listed(&digest.entries);
+            if !records.is_empty() {
+                self.send_to(id, &Message::Gossip(GossipUpdate { records }));
+            }
+            return;
+        }
         let comparison = self.view().topology.compare(&digest.entries);
         if !comparison.ours_newer.is_empty() {
-            let mesh = self.mesh();
-            if let (Some(conn), Some(frame)) =
-                (mesh.connections.get(&id), encode(comparison.ours_newer))
-            {
-                let _ = conn.commands.send(ConnCommand::SendFrame(frame));
-            }
+            self.send_to(
+                id,
+                &Message::Gossip(GossipUpdate {
+                    records: comparison.ours_newer,
+                }),
+            );
         }
         if comparison.theirs_newer && !digest.reply {
             self.send_digest(id, true);
@@ -219,7 +232,7 @@ impl<D: Datapath> Inner<D> {
                 .values()
                 .map(|c| ConnectionSummary {
                     remote: c.hello.name,
-                    address: c.remote.to_string(),
+                    address: c.remote,
                     outbound: c.outbound,
                     established: c.established(),
                 })
@@ -279,13 +292,14 @@ impl<D: Datapath> Inner<D> {
             }
             Ok(DeltaOutcome::Stale) => {}
             Ok(DeltaOutcome::Gap) => {
-                let due = self.mesh().connections.get(&id).is_some_and(|c| {
-                    c.digest_sent
-                        .is_none_or(|t| t.elapsed() >= GAP_DIGEST_INTERVAL)
-                });
-                if due {
-                    self.send_digest(id, false);
-                }
+                // Ask the sender for that one record (it holds it: it applied the change).
+                let held = self.view().topology.record_version(delta.name);
+                let ask = GossipDigest {
+                    entries: vec![held],
+                    reply: true,
+                    only_listed: true,
+                };
+                self.send_to(id, &Message::Digest(ask));
             }
         }
     }

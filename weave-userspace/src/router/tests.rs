@@ -368,7 +368,6 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
         local_ready: true,
         remote_ready: true,
         commands: tx.clone(),
-        digest_sent: None,
     };
     // We are `low`; we hold an outbound connection to `high`.
     let mut mesh = Mesh::default();
@@ -474,7 +473,7 @@ async fn malformed_gossip_closes_only_that_connection() {
     );
     bogus.connections = vec![crate::mesh::topology::ConnectionSummary {
         remote: hello(7).name,
-        address: "x".into(),
+        address: "127.0.0.1:9".parse().unwrap(),
         outbound: true,
         established: true,
     }];
