@@ -123,7 +123,24 @@ struct State {
     endpoints: Vec<Endpoint>,
     /// Short IDs ever added in this run (counters are reported for them).
     peers_seen: BTreeSet<u16>,
+    /// Kernel VXLAN devices towards direct peers, by short ID.
+    peer_devices: BTreeMap<u16, PeerDevice>,
 }
+
+/// A kernel VXLAN device towards one direct peer: the bridge floods what the programs leave
+/// to it through this device. Creating and deleting devices takes the kernel's global
+/// netlink lock, so a device whose peer goes away is only set down, brought up again if the
+/// peer comes back, and deleted after [`PEER_DEVICE_GRACE`].
+#[derive(Clone, Copy, Debug)]
+struct PeerDevice {
+    vni: u32,
+    remote: Ipv4Addr,
+    index: u32,
+    down_since: Option<std::time::Instant>,
+}
+
+/// How long the device of a peer that went away is kept (down) before it is deleted.
+const PEER_DEVICE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The eBPF data path of one router.
 pub struct EbpfDatapath {
@@ -147,6 +164,103 @@ pub async fn start(settings: DatapathSettings) -> Result<EbpfDatapath, DatapathE
 }
 
 impl EbpfDatapath {
+    /// Makes sure the VXLAN device towards direct peer `peer` exists with the right VNI and
+    /// remote, and is up: an existing one is reused.
+    async fn bring_up_peer_device(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        self.delete_expired_peer_devices().await;
+        let id = peer.short_id.get();
+        let vni = vni::pack(
+            self.own_short_id.load(std::sync::atomic::Ordering::Relaxed),
+            id,
+        );
+        let existing = self.lock().peer_devices.get(&id).copied();
+        if let Some(dev) = existing {
+            if dev.vni == vni && dev.remote == peer.underlay {
+                if dev.down_since.is_some() {
+                    self.nl
+                        .set_link(
+                            dev.index,
+                            LinkChange {
+                                up: true,
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    if let Some(d) = self.lock().peer_devices.get_mut(&id) {
+                        d.down_since = None;
+                    }
+                }
+                return Ok(());
+            }
+            self.lock().peer_devices.remove(&id);
+            self.nl.del_link(dev.index).await?;
+        }
+        let name = vxlan_device_name(peer.short_id);
+        if let Some(old) = self.nl.link_by_name(&name).await? {
+            self.nl.del_link(old.index).await?;
+        }
+        let index = self
+            .nl
+            .add_vxlan(&VxlanSpec {
+                name,
+                id: vni,
+                remote: peer.underlay,
+                local: self.settings.underlay_addr,
+                port: VXLAN_PORT,
+                underlay_index: self.underlay.index,
+                mtu: self.container_mtu,
+                bridge_index: self.bridge_index,
+            })
+            .await?;
+        self.lock().peer_devices.insert(
+            id,
+            PeerDevice {
+                vni,
+                remote: peer.underlay,
+                index,
+                down_since: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes the device of a peer that is gone or now relayed off the bridge (set down).
+    async fn set_peer_device_down(&self, id: u16) -> Result<(), DatapathError> {
+        self.delete_expired_peer_devices().await;
+        let device = self.lock().peer_devices.get(&id).copied();
+        if let Some(dev) = device.filter(|d| d.down_since.is_none()) {
+            self.nl.set_link_down(dev.index).await?;
+            if let Some(d) = self.lock().peer_devices.get_mut(&id) {
+                d.down_since = Some(std::time::Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the devices that have been down for longer than [`PEER_DEVICE_GRACE`].
+    async fn delete_expired_peer_devices(&self) {
+        let expired: Vec<(u16, u32)> = {
+            let mut st = self.lock();
+            let ids: Vec<u16> = st
+                .peer_devices
+                .iter()
+                .filter(|(_, d)| {
+                    d.down_since
+                        .is_some_and(|t| t.elapsed() > PEER_DEVICE_GRACE)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| st.peer_devices.remove(&id).map(|d| (id, d.index)))
+                .collect()
+        };
+        for (id, index) in expired {
+            if let Err(e) = self.nl.del_link(index).await {
+                tracing::warn!("cannot delete the VXLAN device of peer {id}: {e}");
+            }
+        }
+    }
+
     /// The host end of a container veth as a port of the weave bridge: MTU, enslaved, up.
     async fn make_bridge_port(&self, index: u32) -> Result<(), DatapathError> {
         let change = LinkChange {
@@ -264,6 +378,7 @@ impl EbpfDatapath {
             links: BTreeMap::new(),
             endpoints: Vec::new(),
             peers_seen: BTreeSet::new(),
+            peer_devices: BTreeMap::new(),
         };
         let links_dir = pin_dir.join("links");
         let rx_pin = format!("rx-{}", underlay.name);
@@ -669,28 +784,12 @@ impl Datapath for EbpfDatapath {
                 let _ = st.maps.neighbour_peers.remove(&key);
             }
         }
-        let name = vxlan_device_name(peer.short_id);
-        if let Some(old) = self.nl.link_by_name(&name).await? {
-            self.nl.del_link(old.index).await?;
-        }
         // Broadcast and other frames the programs leave to the bridge go through this device
         // (only to directly connected peers; relayed ones have no device of their own).
         if direct {
-            self.nl
-                .add_vxlan(&VxlanSpec {
-                    name,
-                    id: vni::pack(
-                        self.own_short_id.load(std::sync::atomic::Ordering::Relaxed),
-                        id,
-                    ),
-                    remote: peer.underlay,
-                    local: self.settings.underlay_addr,
-                    port: VXLAN_PORT,
-                    underlay_index: self.underlay.index,
-                    mtu: self.container_mtu,
-                    bridge_index: self.bridge_index,
-                })
-                .await?;
+            self.bring_up_peer_device(peer).await?;
+        } else {
+            self.set_peer_device_down(id).await?;
         }
         Ok(())
     }
@@ -711,10 +810,7 @@ impl Datapath for EbpfDatapath {
             let gone = remove_where(&mut st.maps.remote_macs, |v| v.peer_short_id == id);
             remove_where(&mut st.maps.neighbours, |mac| gone.contains(mac));
         }
-        if let Some(link) = self.nl.link_by_name(&vxlan_device_name(short_id)).await? {
-            self.nl.del_link(link.index).await?;
-        }
-        Ok(())
+        self.set_peer_device_down(id).await
     }
 
     async fn set_own_short_id(&self, short_id: ShortId) -> Result<(), DatapathError> {

@@ -210,6 +210,16 @@ impl Netlink {
     }
 
     /// Creates a kernel VXLAN device enslaved to the bridge as an isolated port, up.
+    /// Sets a link down.
+    pub async fn set_link_down(&self, index: u32) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .map_err(nl("setting a link down"))
+    }
+
     pub async fn add_vxlan(&self, spec: &VxlanSpec) -> Result<u32, DatapathError> {
         let msg = LinkVxlan::new(&spec.name, spec.id)
             .remote(spec.remote)
