@@ -107,6 +107,7 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 ) -> Result<(), ConnectionError> {
     let frame = protocol::encode_frame(message)?;
     w.write_all(&frame).await?;
+    protocol::SENT.count(&frame);
     Ok(())
 }
 
@@ -288,6 +289,7 @@ async fn read_messages(
             match protocol::decode_frame(&buf[consumed..]) {
                 Ok(None) => break,
                 Ok(Some((message, used))) => {
+                    protocol::RECEIVED.count(&buf[consumed..consumed + used]);
                     consumed += used;
                     match message {
                         Message::Heartbeat => {}
@@ -347,6 +349,7 @@ async fn write_messages(
                     if let Err(e) = wr.write_all(&frame).await {
                         return e.into();
                     }
+                    protocol::SENT.count(&frame);
                 }
                 Some(ConnCommand::Close(reason)) => {
                     let _ = write_message(&mut wr, &Message::Goodbye(reason.to_string())).await;
