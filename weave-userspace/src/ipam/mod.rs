@@ -12,6 +12,7 @@ pub mod cidr;
 pub mod consensus;
 pub mod node;
 pub mod ring;
+pub mod service;
 
 /// The allocation range when none is given.
 pub const DEFAULT_RANGE: &str = "10.32.0.0/12";
