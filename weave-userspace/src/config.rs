@@ -306,9 +306,14 @@ impl LaunchArgs {
     fn ipam_config(&self, targets: usize) -> Result<IpamConfig, ConfigError> {
         use crate::ipam::cidr::Cidr;
         use crate::ipam::consensus::InitMode;
-        let range: Cidr = self.ipalloc_range.parse().map_err(ConfigError::IpallocRange)?;
+        let range: Cidr = self
+            .ipalloc_range
+            .parse()
+            .map_err(ConfigError::IpallocRange)?;
         let default_subnet = match &self.ipalloc_default_subnet {
-            Some(s) => s.parse::<Cidr>().map_err(ConfigError::IpallocDefaultSubnet)?,
+            Some(s) => s
+                .parse::<Cidr>()
+                .map_err(ConfigError::IpallocDefaultSubnet)?,
             None => range,
         };
         if !range.contains_cidr(default_subnet) {
@@ -324,9 +329,21 @@ impl LaunchArgs {
                 let mode: InitMode = s.parse()?;
                 match (&mode, count) {
                     (_, None) => {}
-                    (InitMode::Consensus(None), Some(n)) => return Ok(self.ipam_with(range, default_subnet, InitMode::Consensus(Some(n as usize)), targets)),
+                    (InitMode::Consensus(None), Some(n)) => {
+                        return Ok(self.ipam_with(
+                            range,
+                            default_subnet,
+                            InitMode::Consensus(Some(n as usize)),
+                            targets,
+                        ))
+                    }
                     (InitMode::Consensus(Some(m)), Some(n)) if *m == n as usize => {}
-                    (_, Some(n)) => return Err(ConfigError::InitConflict { count: n, init: s.clone() }),
+                    (_, Some(n)) => {
+                        return Err(ConfigError::InitConflict {
+                            count: n,
+                            init: s.clone(),
+                        })
+                    }
                 }
                 mode
             }
@@ -341,7 +358,12 @@ impl LaunchArgs {
         init: crate::ipam::consensus::InitMode,
         targets: usize,
     ) -> IpamConfig {
-        IpamConfig { range, default_subnet, init, expected_peers: targets + 1 }
+        IpamConfig {
+            range,
+            default_subnet,
+            init,
+            expected_peers: targets + 1,
+        }
     }
 }
 
@@ -541,15 +563,29 @@ mod tests {
         let c = parse(&["10.0.0.2", "10.0.0.3"]).validate(&host()).unwrap();
         assert_eq!(c.ipam.range.to_string(), "10.32.0.0/12");
         assert_eq!(c.ipam.default_subnet, c.ipam.range);
-        assert_eq!((c.ipam.init.clone(), c.ipam.expected_peers), (InitMode::Consensus(None), 3));
-        let c = parse(&["--ipalloc-range", "10.2.0.0/16", "--ipalloc-default-subnet", "10.2.1.0/24", "--init-peer-count", "2"])
-            .validate(&host())
-            .unwrap();
+        assert_eq!(
+            (c.ipam.init.clone(), c.ipam.expected_peers),
+            (InitMode::Consensus(None), 3)
+        );
+        let c = parse(&[
+            "--ipalloc-range",
+            "10.2.0.0/16",
+            "--ipalloc-default-subnet",
+            "10.2.1.0/24",
+            "--init-peer-count",
+            "2",
+        ])
+        .validate(&host())
+        .unwrap();
         assert_eq!(c.ipam.default_subnet.to_string(), "10.2.1.0/24");
         assert_eq!(c.ipam.init, InitMode::Consensus(Some(2)));
-        let c = parse(&["--ipalloc-init", "observer"]).validate(&host()).unwrap();
+        let c = parse(&["--ipalloc-init", "observer"])
+            .validate(&host())
+            .unwrap();
         assert_eq!(c.ipam.init, InitMode::Observer);
-        let c = parse(&["--ipalloc-init", "consensus", "--init-peer-count", "5"]).validate(&host()).unwrap();
+        let c = parse(&["--ipalloc-init", "consensus", "--init-peer-count", "5"])
+            .validate(&host())
+            .unwrap();
         assert_eq!(c.ipam.init, InitMode::Consensus(Some(5)));
     }
 

@@ -174,17 +174,28 @@ impl StateDir {
     pub fn load_ipam(&self) -> Result<Option<crate::ipam::allocator::AllocatorState>, StateError> {
         let path = self.path.join(IPAM_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
         }
     }
 
     /// Stores the IPAM state crash-safely (before anyone hears of it).
-    pub fn save_ipam(&self, state: &crate::ipam::allocator::AllocatorState) -> Result<(), StateError> {
-        write_atomic(&self.path.join(IPAM_FILE), &serde_json::to_vec(state).expect("serialisable"))
+    pub fn save_ipam(
+        &self,
+        state: &crate::ipam::allocator::AllocatorState,
+    ) -> Result<(), StateError> {
+        write_atomic(
+            &self.path.join(IPAM_FILE),
+            &serde_json::to_vec(state).expect("serialisable"),
+        )
     }
 
     /// Forgets the IPAM state (`reset`).
@@ -214,7 +225,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
     }
     Ok(())
 }

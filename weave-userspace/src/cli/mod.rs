@@ -14,7 +14,6 @@ use clap::{Parser, Subcommand};
 
 use crate::api::{AttachBody, DetachBody, EndpointView};
 use crate::config::{LaunchArgs, RealHost, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
-use crate::datapath::Ipv4Cidr;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,7 +62,8 @@ pub enum Command {
     Report(ApiArgs),
     /// Give a network namespace an `ethwe` interface on the weave bridge.
     Attach {
-        /// Addresses for ethwe, with prefix length (like 10.2.1.1/24).
+        /// Addresses: net:default (what none means), net:CIDR (allocated in that subnet),
+        /// ip:CIDR or CIDR (that address, like 10.2.1.1/24).
         #[arg(value_name = "ADDR")]
         addresses: Vec<String>,
         /// The network namespace (like /run/netns/c1 or /proc/<pid>/ns/net).
@@ -88,6 +88,15 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Take over the IP space of a dead peer.
+    Rmpeer {
+        #[arg(value_name = "PEER")]
+        peer: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the attached network namespaces with their MAC and addresses.
+    Ps(ApiArgs),
     /// Take the `ethwe` interface of a network namespace away.
     Detach {
         #[arg(long, value_name = "PATH")]
@@ -104,6 +113,7 @@ pub enum StatusPart {
     Connections,
     Peers,
     Targets,
+    Ipam,
 }
 
 /// Parses the command line and runs the command. Errors are one line for the caller to print.
@@ -146,6 +156,7 @@ pub fn run() -> anyhow::Result<()> {
                 Some(StatusPart::Connections) => "/status/connections",
                 Some(StatusPart::Peers) => "/status/peers",
                 Some(StatusPart::Targets) => "/status/targets",
+                Some(StatusPart::Ipam) => "/status/ipam",
             };
             print!("{}", get(api.addr()?, path)?);
             Ok(())
@@ -159,14 +170,21 @@ pub fn run() -> anyhow::Result<()> {
             netns,
             api,
         } => {
-            for a in &addresses {
-                a.parse::<Ipv4Cidr>()?;
-            }
+            crate::ipam::spec::parse_all(&addresses)?;
             let netns = netns_path(&netns)?;
             let body = serde_json::to_string(&AttachBody { netns, addresses })?;
             let e: EndpointView = serde_json::from_str(&post(api.addr()?, "/attach", &body)?)
                 .context("unexpected answer")?;
             println!("{} {}", e.mac, e.addresses.join(" "));
+            Ok(())
+        }
+        Command::Rmpeer { peer, api } => {
+            let body = serde_json::to_string(&crate::api::ipam::RmpeerBody { peer })?;
+            print!("{}", post(api.addr()?, "/rmpeer", &body)?);
+            Ok(())
+        }
+        Command::Ps(api) => {
+            print!("{}", get(api.addr()?, "/ps")?);
             Ok(())
         }
         Command::Detach { netns, api } => {

@@ -13,6 +13,7 @@ pub mod consensus;
 pub mod node;
 pub mod ring;
 pub mod service;
+pub mod spec;
 
 /// The allocation range when none is given.
 pub const DEFAULT_RANGE: &str = "10.32.0.0/12";

@@ -88,7 +88,8 @@ fn encode(message: &Message) -> Vec<u8> {
 }
 
 fn decode(payload: &[u8]) -> Result<Message, GossipChannelError> {
-    let (message, rest) = postcard::take_from_bytes::<Message>(payload).map_err(|e| malformed(e.to_string()))?;
+    let (message, rest) =
+        postcard::take_from_bytes::<Message>(payload).map_err(|e| malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(malformed(format!("{} trailing bytes", rest.len())));
     }
@@ -96,7 +97,10 @@ fn decode(payload: &[u8]) -> Result<Message, GossipChannelError> {
 }
 
 fn malformed(reason: String) -> GossipChannelError {
-    GossipChannelError::Malformed { channel: ChannelId::Ipam, reason }
+    GossipChannelError::Malformed {
+        channel: ChannelId::Ipam,
+        reason,
+    }
 }
 
 impl IpamService {
@@ -144,7 +148,9 @@ impl IpamService {
 
     /// Sends messages (after the lock is released).
     fn send(&self, outgoing: Vec<Effect>) {
-        let Some(gossiper) = self.gossiper.get() else { return };
+        let Some(gossiper) = self.gossiper.get() else {
+            return;
+        };
         for effect in outgoing {
             match effect {
                 Effect::Broadcast(m) => gossiper.broadcast(encode(&m)),
@@ -185,7 +191,9 @@ impl IpamService {
                 return Ok(v);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Err(IpamServiceError::Timeout { status: self.status_line() });
+                return Err(IpamServiceError::Timeout {
+                    status: self.status_line(),
+                });
             }
         }
     }
@@ -193,7 +201,11 @@ impl IpamService {
     /// Allocates an address for `owner` in `subnet` (the default subnet when `None`),
     /// waiting for initialisation or a donation when needed. Asking again for the same
     /// owner and subnet returns the same address.
-    pub async fn allocate(&self, owner: &str, subnet: Option<Cidr>) -> Result<Ipv4Cidr, IpamServiceError> {
+    pub async fn allocate(
+        &self,
+        owner: &str,
+        subnet: Option<Cidr>,
+    ) -> Result<Ipv4Cidr, IpamServiceError> {
         self.until_done(|| {
             self.step(|ipam, reachable| ipam.allocate(owner, subnet, reachable, rand::random()))
         })
@@ -202,7 +214,8 @@ impl IpamService {
 
     /// Claims a given address for `owner` (`ip:CIDR`, or an address in use before a restart).
     pub async fn claim(&self, owner: &str, address: Ipv4Cidr) -> Result<(), IpamServiceError> {
-        self.until_done(|| self.step(|ipam, _| ipam.claim_address(owner, address))).await
+        self.until_done(|| self.step(|ipam, _| ipam.claim_address(owner, address)))
+            .await
     }
 
     /// Releases every address of `owner`; returns them.
@@ -262,12 +275,22 @@ impl IpamService {
                 .state()
                 .space_by_owner()
                 .into_iter()
-                .map(|(peer, (size, free))| OwnerShare { peer, size, free, reachable: peer == me || self.reachable(peer) })
+                .map(|(peer, (size, free))| OwnerShare {
+                    peer,
+                    size,
+                    free,
+                    reachable: peer == me || self.reachable(peer),
+                })
                 .collect(),
             allocations: ipam
                 .allocator()
                 .allocations()
-                .map(|a| (a.owner.clone(), format!("{}/{}", a.address.addr, a.address.prefix_len)))
+                .map(|a| {
+                    (
+                        a.owner.clone(),
+                        format!("{}/{}", a.address.addr, a.address.prefix_len),
+                    )
+                })
                 .collect(),
         }
     }
@@ -287,7 +310,9 @@ impl IpamService {
             loop {
                 let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
                 tokio::time::sleep(TICK_INTERVAL + jitter).await;
-                let Some(service) = weak.upgrade() else { return };
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
                 service.tick();
             }
         })
@@ -330,7 +355,11 @@ impl GossipChannel for IpamService {
         self.lock().gossip().first().map(encode)
     }
 
-    fn on_gossip(&self, origin: PeerName, payload: &[u8]) -> Result<Option<Vec<u8>>, GossipChannelError> {
+    fn on_gossip(
+        &self,
+        origin: PeerName,
+        payload: &[u8],
+    ) -> Result<Option<Vec<u8>>, GossipChannelError> {
         // Rings and votes are merged and re-broadcast by the state machine itself when they
         // changed something; nothing is passed on as is.
         self.handle(origin, payload).map(|()| None)

@@ -546,6 +546,11 @@ pub struct MeshSummary {
 }
 
 impl<D: Datapath> super::Router<D> {
+    /// Whether we have a route to `peer`.
+    pub fn reaches(&self, peer: PeerName) -> bool {
+        self.inner.view().routes.unicast.contains_key(&peer)
+    }
+
     pub fn mesh_summary(&self) -> MeshSummary {
         let view = self.inner.view();
         MeshSummary {
