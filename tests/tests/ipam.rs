@@ -256,4 +256,19 @@ fn a_partition_with_allocations_on_both_sides_gives_no_duplicates() {
     for a in attach(&bed, 1, c, &[]).unwrap() {
         assert!(all.insert(a.clone()), "{a} handed out twice after the heal");
     }
+
+    // `reset` on host 2: its containers are detached, its space goes to host 1, it stops.
+    let said = bed.router(2).check(&["reset"]).expect("reset");
+    assert!(said.contains("IPs handed over to"), "{said}");
+    let ipam = weave_tests::cmd::wait_for("host 1 to own the whole range", Duration::from_secs(10), || {
+        let text = bed.router(1).check(&["status", "ipam"]).ok()?;
+        (text.lines().count() == 1 && text.contains("100.0% of total")).then_some(text)
+    })
+    .expect("space handed over");
+    assert!(ipam.contains(&bed.peer_name(1)), "{ipam}");
+    weave_tests::cmd::wait_for("host 2's router to stop", Duration::from_secs(10), || {
+        weave_tests::router::router_pids(bed.router(2).netns()).is_empty().then_some(())
+    })
+    .expect("stopped after reset");
+    assert!(!bed.state_dir(2).join("ipam.json").exists(), "IPAM state kept after reset");
 }

@@ -169,6 +169,36 @@ pub async fn rmpeer(State(s): AppState, body: Bytes) -> Result<String, ApiError>
     Ok(format!("{total} IPs taken over from {peer}\n"))
 }
 
+/// `POST /reset`: detaches every endpoint, hands our IP space to a reachable peer, forgets
+/// the stored IP allocation state and stops the router.
+pub async fn reset(State(s): AppState) -> Result<String, ApiError> {
+    let c = s.ready()?;
+    let mut said = String::new();
+    for e in c.endpoints() {
+        let owner = e.netns.display().to_string();
+        c.detach(e.netns.clone()).await?;
+        if let Some(i) = c.ipam() {
+            i.release(&owner)?;
+        }
+        let _ = writeln!(said, "detached {owner}");
+    }
+    if let Some(i) = c.ipam() {
+        match c.mesh_summary().routed.first().copied() {
+            Some(heir) => {
+                let given: u64 = i.leave(heir)?.iter().map(|r| r.len()).sum();
+                let _ = writeln!(said, "{given} IPs handed over to {heir}");
+            }
+            None => said.push_str("no peer reachable: this router's IP space is dropped\n"),
+        }
+        i.forget_stored()?;
+        // Let the hand-over leave before the connections close.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    tracing::info!("reset: {}", said.trim().replace('\n', "; "));
+    s.request_stop();
+    Ok(said)
+}
+
 /// Weave's `status ipam`: each owner's share of the range and how much of it is used.
 pub fn ipam_text(
     r: &IpamReport,

@@ -333,6 +333,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         )
         .route("/rmpeer", post(ipam::rmpeer))
         .route("/ps", get(ps))
+        .route("/reset", post(ipam::reset))
         .route("/report", get(get_report))
         .route("/metrics", get(get_metrics))
         .route("/attach", post(attach))

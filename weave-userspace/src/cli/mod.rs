@@ -97,6 +97,9 @@ pub enum Command {
     },
     /// List the attached network namespaces with their MAC and addresses.
     Ps(ApiArgs),
+    /// Detach everything, hand this router's IP space to a reachable peer, forget the IP
+    /// allocation state and stop.
+    Reset(ApiArgs),
     /// Take the `ethwe` interface of a network namespace away.
     Detach {
         #[arg(long, value_name = "PATH")]
@@ -181,6 +184,10 @@ pub fn run() -> anyhow::Result<()> {
         Command::Rmpeer { peer, api } => {
             let body = serde_json::to_string(&crate::api::ipam::RmpeerBody { peer })?;
             print!("{}", post(api.addr()?, "/rmpeer", &body)?);
+            Ok(())
+        }
+        Command::Reset(api) => {
+            print!("{}", post(api.addr()?, "/reset", "")?);
             Ok(())
         }
         Command::Ps(api) => {

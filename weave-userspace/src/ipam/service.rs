@@ -59,6 +59,8 @@ pub struct IpamService {
     reachable: OnceLock<Reachable>,
     /// Woken whenever the state changed: waiting requests try again.
     changed: tokio::sync::Notify,
+    /// Set by `reset`: the stored state is gone and is not written again.
+    forgotten: std::sync::atomic::AtomicBool,
 }
 
 /// What `status ipam` shows.
@@ -112,6 +114,7 @@ impl IpamService {
             gossiper: OnceLock::new(),
             reachable: OnceLock::new(),
             changed: tokio::sync::Notify::new(),
+            forgotten: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -136,6 +139,9 @@ impl IpamService {
         for effect in effects {
             match effect {
                 Effect::Persist => {
+                    if self.forgotten.load(std::sync::atomic::Ordering::Relaxed) {
+                        continue;
+                    }
                     if let Some(store) = &self.store {
                         store.save_ipam(&ipam.state())?;
                     }
@@ -243,6 +249,16 @@ impl IpamService {
     /// `reset`: hands all our space to `heir` (a reachable peer) and drops allocations.
     pub fn leave(&self, heir: PeerName) -> Result<Vec<AddrRange>, IpamServiceError> {
         self.step(|ipam, _| ipam.leave(heir))
+    }
+
+    /// `reset`: removes the stored state and stops storing (the router is about to stop).
+    pub fn forget_stored(&self) -> Result<(), IpamServiceError> {
+        let _ipam = self.lock();
+        self.forgotten.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(store) = &self.store {
+            store.remove_ipam()?;
+        }
+        Ok(())
     }
 
     pub fn default_subnet(&self) -> Cidr {
