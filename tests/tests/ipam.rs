@@ -105,6 +105,41 @@ fn walkthrough_subnets_on_two_hosts() {
         assert_eq!(ipam.lines().count(), 2, "host{i} status ipam:\n{ipam}");
     }
 
+    // expose: host 1 gets an address in the default subnet on its bridge, reachable from
+    // both hosts' containers, with its traffic to the outside masqueraded; hide undoes it.
+    let exposed = bed.router(1).check(&["expose"]).expect("expose");
+    let host_ip = ip_of(exposed.trim()).to_string();
+    assert!(host_ip.starts_with("10.2.1."), "exposed {exposed:?}");
+    let h1 = &bed.host(1).ns;
+    let addrs = h1
+        .ip("-4 -o addr show dev weave")
+        .expect("weave bridge addresses");
+    assert!(addrs.contains(&format!("{host_ip}/24")), "{addrs}");
+    ca1.wait_ping(&host_ip, Duration::from_secs(10))
+        .expect("a1 reaches the exposed host");
+    ca2.wait_ping(&host_ip, Duration::from_secs(10))
+        .expect("a2 on host 2 reaches the exposed host");
+    let nat = h1
+        .run(&["nft", "list", "table", "ip", "weave-router"])
+        .expect("nft");
+    assert!(
+        nat.stdout.contains("ip saddr 10.2.1.0/24") && nat.stdout.contains("masquerade"),
+        "{}",
+        nat.stdout
+    );
+    assert_eq!(
+        bed.router(1).check(&["hide"]).unwrap().trim(),
+        exposed.trim()
+    );
+    assert!(!h1
+        .ip("-4 -o addr show dev weave")
+        .unwrap()
+        .contains(&host_ip));
+    assert!(
+        !ca1.ping(&host_ip, 1).unwrap().success(),
+        "hidden address still answers"
+    );
+
     // Detach releases: a new container on host 1 gets a1's address again.
     bed.router(1).detach(&ca1.ns.path()).expect("detach a1");
     let c3 = bed.add_container(1, "c3").unwrap();
@@ -260,15 +295,24 @@ fn a_partition_with_allocations_on_both_sides_gives_no_duplicates() {
     // `reset` on host 2: its containers are detached, its space goes to host 1, it stops.
     let said = bed.router(2).check(&["reset"]).expect("reset");
     assert!(said.contains("IPs handed over to"), "{said}");
-    let ipam = weave_tests::cmd::wait_for("host 1 to own the whole range", Duration::from_secs(10), || {
-        let text = bed.router(1).check(&["status", "ipam"]).ok()?;
-        (text.lines().count() == 1 && text.contains("100.0% of total")).then_some(text)
-    })
+    let ipam = weave_tests::cmd::wait_for(
+        "host 1 to own the whole range",
+        Duration::from_secs(10),
+        || {
+            let text = bed.router(1).check(&["status", "ipam"]).ok()?;
+            (text.lines().count() == 1 && text.contains("100.0% of total")).then_some(text)
+        },
+    )
     .expect("space handed over");
     assert!(ipam.contains(&bed.peer_name(1)), "{ipam}");
     weave_tests::cmd::wait_for("host 2's router to stop", Duration::from_secs(10), || {
-        weave_tests::router::router_pids(bed.router(2).netns()).is_empty().then_some(())
+        weave_tests::router::router_pids(bed.router(2).netns())
+            .is_empty()
+            .then_some(())
     })
     .expect("stopped after reset");
-    assert!(!bed.state_dir(2).join("ipam.json").exists(), "IPAM state kept after reset");
+    assert!(
+        !bed.state_dir(2).join("ipam.json").exists(),
+        "IPAM state kept after reset"
+    );
 }

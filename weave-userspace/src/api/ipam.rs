@@ -169,6 +169,52 @@ pub async fn rmpeer(State(s): AppState, body: Bytes) -> Result<String, ApiError>
     Ok(format!("{total} IPs taken over from {peer}\n"))
 }
 
+/// The IPAM owner of the host's exposed addresses.
+pub const EXPOSE_OWNER: &str = "weave:expose";
+
+/// The body of `POST /expose`: address specs (none: `net:default`).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ExposeBody {
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// `POST /expose`: gives the host an address on the weave network (allocated like a
+/// container's) and masquerades that subnet's traffic to the outside.
+pub async fn expose(State(s): AppState, body: Bytes) -> Result<String, ApiError> {
+    let body: ExposeBody = if body.is_empty() {
+        ExposeBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    let specs =
+        crate::ipam::spec::parse_all(&body.addresses).map_err(|e| bad_request(e.to_string()))?;
+    let c = s.ready()?;
+    let ipam = c.ipam();
+    let addresses = resolve(ipam.as_deref(), EXPOSE_OWNER, &specs).await?;
+    for a in &addresses {
+        if let Err(e) = c.expose(*a).await {
+            if let Some(i) = &ipam {
+                let _ = i.release(EXPOSE_OWNER);
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(addresses_text(&addresses))
+}
+
+/// `POST /hide`: takes the exposed addresses away and releases them.
+pub async fn hide(State(s): AppState) -> Result<String, ApiError> {
+    let c = s.ready()?;
+    let ipam = ipam_of(&s)?;
+    let addresses = ipam.addresses_of(EXPOSE_OWNER);
+    for a in &addresses {
+        c.hide(*a).await?;
+    }
+    ipam.release(EXPOSE_OWNER)?;
+    Ok(addresses_text(&addresses))
+}
+
 /// `POST /reset`: detaches every endpoint, hands our IP space to a reachable peer, forgets
 /// the stored IP allocation state and stops the router.
 pub async fn reset(State(s): AppState) -> Result<String, ApiError> {

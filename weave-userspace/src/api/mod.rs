@@ -37,6 +37,12 @@ pub trait Controller: Send + Sync + 'static {
     fn mesh_summary(&self) -> crate::router::gossip::MeshSummary;
     /// IP allocation, when on.
     fn ipam(&self) -> Option<Arc<crate::ipam::service::IpamService>>;
+    /// Gives the host an address on the weave network (see [`Datapath::expose`]).
+    fn expose(
+        &self,
+        address: crate::datapath::Ipv4Cidr,
+    ) -> BoxFuture<'_, Result<(), DatapathError>>;
+    fn hide(&self, address: crate::datapath::Ipv4Cidr) -> BoxFuture<'_, Result<(), DatapathError>>;
     fn daemon_info(&self) -> DaemonInfo;
     fn endpoints(&self) -> Vec<Endpoint>;
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
@@ -67,6 +73,17 @@ impl<D: Datapath> Controller for RouterController<D> {
 
     fn ipam(&self) -> Option<Arc<crate::ipam::service::IpamService>> {
         self.ipam.clone()
+    }
+
+    fn expose(
+        &self,
+        address: crate::datapath::Ipv4Cidr,
+    ) -> BoxFuture<'_, Result<(), DatapathError>> {
+        Box::pin(self.router.datapath().expose(address))
+    }
+
+    fn hide(&self, address: crate::datapath::Ipv4Cidr) -> BoxFuture<'_, Result<(), DatapathError>> {
+        Box::pin(self.router.datapath().hide(address))
     }
 
     fn daemon_info(&self) -> DaemonInfo {
@@ -334,6 +351,8 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/rmpeer", post(ipam::rmpeer))
         .route("/ps", get(ps))
         .route("/reset", post(ipam::reset))
+        .route("/expose", post(ipam::expose))
+        .route("/hide", post(ipam::hide))
         .route("/report", get(get_report))
         .route("/metrics", get(get_metrics))
         .route("/attach", post(attach))

@@ -97,6 +97,16 @@ pub enum Command {
     },
     /// List the attached network namespaces with their MAC and addresses.
     Ps(ApiArgs),
+    /// Give this host an address on the weave network (net:default when none is given) and
+    /// masquerade that subnet's traffic to the outside.
+    Expose {
+        #[arg(value_name = "ADDR")]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Take the addresses `expose` gave this host away.
+    Hide(ApiArgs),
     /// Detach everything, hand this router's IP space to a reachable peer, forget the IP
     /// allocation state and stop.
     Reset(ApiArgs),
@@ -184,6 +194,16 @@ pub fn run() -> anyhow::Result<()> {
         Command::Rmpeer { peer, api } => {
             let body = serde_json::to_string(&crate::api::ipam::RmpeerBody { peer })?;
             print!("{}", post(api.addr()?, "/rmpeer", &body)?);
+            Ok(())
+        }
+        Command::Expose { addresses, api } => {
+            crate::ipam::spec::parse_all(&addresses)?;
+            let body = serde_json::to_string(&crate::api::ipam::ExposeBody { addresses })?;
+            print!("{}", post(api.addr()?, "/expose", &body)?);
+            Ok(())
+        }
+        Command::Hide(api) => {
+            print!("{}", post(api.addr()?, "/hide", "")?);
             Ok(())
         }
         Command::Reset(api) => {

@@ -125,6 +125,8 @@ struct State {
     peers_seen: BTreeSet<u16>,
     /// Kernel VXLAN devices towards direct peers, by short ID.
     peer_devices: BTreeMap<u16, PeerDevice>,
+    /// Host addresses on the bridge given by `expose`.
+    exposed: Vec<super::Ipv4Cidr>,
 }
 
 /// A kernel VXLAN device towards one direct peer: the bridge floods what the programs leave
@@ -137,6 +139,17 @@ struct PeerDevice {
     remote: Ipv4Addr,
     index: u32,
     down_since: Option<std::time::Instant>,
+}
+
+/// The subnets of exposed addresses, without repeats.
+fn exposed_subnets(exposed: &[super::Ipv4Cidr]) -> Vec<crate::ipam::cidr::Cidr> {
+    let mut subnets: Vec<crate::ipam::cidr::Cidr> = exposed
+        .iter()
+        .map(|a| crate::ipam::cidr::Cidr::of(*a))
+        .collect();
+    subnets.sort();
+    subnets.dedup();
+    subnets
 }
 
 /// How long the device of a peer that went away is kept (down) before it is deleted.
@@ -379,6 +392,7 @@ impl EbpfDatapath {
             endpoints: Vec::new(),
             peers_seen: BTreeSet::new(),
             peer_devices: BTreeMap::new(),
+            exposed: Vec::new(),
         };
         let links_dir = pin_dir.join("links");
         let rx_pin = format!("rx-{}", underlay.name);
@@ -917,6 +931,28 @@ impl Datapath for EbpfDatapath {
             .ok_or_else(|| DatapathError::NoSuchEndpoint(endpoint.netns.clone()))?;
         self.make_bridge_port(host.index).await?;
         self.take_up(&endpoint, host.index)
+    }
+
+    async fn expose(&self, address: super::Ipv4Cidr) -> Result<(), DatapathError> {
+        self.nl.add_address(self.bridge_index, address).await?;
+        let subnets = {
+            let mut st = self.lock();
+            if !st.exposed.contains(&address) {
+                st.exposed.push(address);
+            }
+            exposed_subnets(&st.exposed)
+        };
+        super::nat::apply(&subnets, BRIDGE_NAME)
+    }
+
+    async fn hide(&self, address: super::Ipv4Cidr) -> Result<(), DatapathError> {
+        self.nl.del_address(self.bridge_index, address).await?;
+        let subnets = {
+            let mut st = self.lock();
+            st.exposed.retain(|a| *a != address);
+            exposed_subnets(&st.exposed)
+        };
+        super::nat::apply(&subnets, BRIDGE_NAME)
     }
 
     fn endpoints(&self) -> Vec<Endpoint> {

@@ -315,6 +315,37 @@ impl Netlink {
             .map_err(nl(format!("configuring link {index}")))
     }
 
+    /// Removes an IPv4 address from a link (no error when it is not there).
+    pub async fn del_address(&self, index: u32, cidr: Ipv4Cidr) -> Result<(), DatapathError> {
+        use futures_util::TryStreamExt;
+        let mut addresses = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = addresses
+            .try_next()
+            .await
+            .map_err(nl("listing addresses"))?
+        {
+            let matches = msg.header.prefix_len == cidr.prefix_len
+                && msg.attributes.iter().any(|a| {
+                    matches!(a, rtnetlink::packet_route::address::AddressAttribute::Local(IpAddr::V4(ip)) if *ip == cidr.addr)
+                });
+            if matches {
+                return self
+                    .handle
+                    .address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("removing address {cidr}")));
+            }
+        }
+        Ok(())
+    }
+
     pub async fn add_address(&self, index: u32, cidr: Ipv4Cidr) -> Result<(), DatapathError> {
         match self
             .handle

@@ -254,7 +254,8 @@ impl IpamService {
     /// `reset`: removes the stored state and stops storing (the router is about to stop).
     pub fn forget_stored(&self) -> Result<(), IpamServiceError> {
         let _ipam = self.lock();
-        self.forgotten.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.forgotten
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(store) = &self.store {
             store.remove_ipam()?;
         }
