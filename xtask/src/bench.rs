@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use weave_tests::{pair, Background, Mode, Pair};
 
-use crate::run::{self, output_ok, step};
+use crate::run::{self, sh, step};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,6 +34,9 @@ pub struct Args {
     /// Skip `setup` and `build`.
     #[arg(long)]
     no_build: bool,
+    /// Only the IP allocation figures (consensus time, local allocation latency).
+    #[arg(long)]
+    ipam_only: bool,
 }
 
 /// Samples of one mode.
@@ -144,14 +147,6 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn sh(line: &str) -> String {
-    let mut w = line.split_whitespace();
-    let prog = w.next().unwrap_or("true");
-    output_ok(crate::run::cmd(prog).args(w))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
 
 pub fn bench(a: Args) -> Result<()> {
     if !run::is_root() {
@@ -162,6 +157,10 @@ pub fn bench(a: Args) -> Result<()> {
         if !a.baselines_only {
             crate::build::build()?;
         }
+    }
+    let output = run::root().join(&a.output);
+    if a.ipam_only {
+        return crate::bench_ipam::run(a.runs.max(5), &output);
     }
     let load_before = loadavg();
     let mut subjects = vec![(Mode::Routed, "wtbr"), (Mode::KernelVxlan, "wtbv")];
@@ -251,11 +250,10 @@ pub fn bench(a: Args) -> Result<()> {
 
     let load = format!("{load_before} before, {} after", loadavg());
     let report = render(&a, &subjects, &load);
-    let path = run::root().join(&a.output);
-    write_section(&path, &report)?;
+    write_section(&output, &report)?;
     println!("{report}");
-    step(&format!("wrote {}", path.display()));
-    Ok(())
+    step(&format!("wrote {}", output.display()));
+    crate::bench_ipam::run(a.runs.max(5), &output)
 }
 
 /// Marks around the section this task owns in BENCHMARKS.md (other tasks own other sections).
