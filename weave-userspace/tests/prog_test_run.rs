@@ -12,11 +12,14 @@ use weave_ebpf_common::headers::{
     source_port_from_hash, write_outer_headers, OuterHeaders, OUTER_HLEN, SOURCE_PORT_MIN,
 };
 use weave_ebpf_common::maps::{
-    Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry,
-    RemoteMac, CONFIG_READY, PEER_ADMIT, PEER_REACHABLE,
+    Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey, Ipv4Key,
+    LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, CONFIG_READY,
+    PEER_ADMIT, PEER_REACHABLE,
 };
 use weave_ebpf_common::vni;
-use weave_router::datapath::ebpf::{EBPF_OBJECT, RX_PROGRAM, TX_PROGRAM, XDP_PROGRAM};
+use weave_router::datapath::ebpf::{
+    EBPF_OBJECT, EGRESS_PROGRAM, RX_PROGRAM, TX_PROGRAM, XDP_PROGRAM,
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -35,6 +38,8 @@ const REMOTE_IP: [u8; 4] = [10, 2, 0, 2];
 const OTHER_LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const OWN_UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
 const PEER_UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x02];
+/// ifindex of the loopback device, where BPF_PROG_TEST_RUN runs tc programs.
+const LO_IFINDEX: u32 = 1;
 /// A third peer, reached through PEER_ID.
 const FAR_ID: u16 = 0x003;
 const FAR_UNDERLAY: [u8; 4] = [192, 168, 60, 3];
@@ -62,7 +67,7 @@ impl Bed {
     /// OWN_ID with one admitted, reachable peer PEER_ID.
     fn new() -> Self {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load the object");
-        for name in [TX_PROGRAM, RX_PROGRAM] {
+        for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
@@ -96,7 +101,25 @@ impl Bed {
                 0,
             )
             .unwrap();
+        // BPF_PROG_TEST_RUN runs tc programs on the loopback device (ifindex 1): the
+        // container the TX tests send from, and the one `add_endpoint` delivers to.
+        bed.set_addresses(LO_IFINDEX, LOCAL_MAC, &[(LOCAL_IP, 24)]);
         bed
+    }
+
+    /// Records the addresses of the container behind host ifindex `ifindex`.
+    fn set_addresses(&mut self, ifindex: u32, mac: [u8; 6], addrs: &[([u8; 4], u8)]) {
+        let mut e = EndpointAddresses {
+            mac,
+            ..Default::default()
+        };
+        for (slot, (a, p)) in e.addrs.iter_mut().zip(addrs) {
+            *slot = EndpointAddress::new(*a, *p);
+            e.count += 1;
+        }
+        let mut m: HashMap<&mut MapData, IfindexKey, EndpointAddresses> =
+            HashMap::try_from(self.ebpf.map_mut("ENDPOINT_ADDRESSES").unwrap()).unwrap();
+        m.insert(IfindexKey { ifindex }, e, 0).unwrap();
     }
 
     fn config(&mut self) -> Array<&mut MapData, DatapathConfig> {
