@@ -134,7 +134,8 @@ pub struct IfindexKey {
 }
 
 /// One address of an endpoint and the subnet it lies in, both in network byte order.
-#[repr(C)]
+/// Aligned to 4 so that the programs compare each field with one 32-bit load.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EndpointAddress {
     pub addr: [u8; 4],

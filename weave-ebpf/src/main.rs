@@ -305,9 +305,10 @@ fn own_ifindex(ctx: &TcContext) -> u32 {
 
 /// The addresses on record for the container behind host veth `ifindex`.
 #[inline(always)]
-fn endpoint_addresses(ifindex: u32) -> Option<EndpointAddresses> {
-    // SAFETY: the value is copied out at once.
-    unsafe { ENDPOINT_ADDRESSES.get(IfindexKey { ifindex }) }.copied()
+fn endpoint_addresses(ifindex: u32) -> Option<&'static EndpointAddresses> {
+    // SAFETY: a map value stays valid while the program runs (RCU); the controller replaces
+    // a record whole and only for an interface being attached or detached.
+    unsafe { ENDPOINT_ADDRESSES.get(IfindexKey { ifindex }) }
 }
 
 /// Whether a frame from `src` may be handed to the container behind host veth `ifindex`:
@@ -320,18 +321,20 @@ fn may_deliver(ifindex: u32, src: [u8; 4]) -> bool {
     }
 }
 
-/// The IPv4 source (or ARP sender) address of an IPv4 or ARP frame; `None` for other
-/// protocols and for frames too short to carry it.
+/// Source and destination of an IPv4 frame (IPv4 source and destination) or of an
+/// Ethernet/IPv4 ARP frame (sender and target protocol addresses); `None` for other
+/// protocols and for frames too short to carry them.
 #[inline(always)]
-fn source_ipv4(ctx: &TcContext, proto: u16) -> Option<[u8; 4]> {
+fn ipv4_addresses(ctx: &TcContext, proto: u16) -> Option<([u8; 4], [u8; 4])> {
     if proto == ETH_P_IP {
-        ctx.load::<[u8; 4]>(ETH_HLEN + 12).ok()
+        let a: [u8; 8] = ctx.load(ETH_HLEN + 12).ok()?;
+        Some((ipv4_at(&a, 0), ipv4_at(&a, 4)))
     } else if proto == ETH_P_ARP {
-        let arp: [u8; 18] = ctx.load(ETH_HLEN).ok()?;
+        let arp: [u8; 28] = ctx.load(ETH_HLEN).ok()?;
         if arp[0..6] != ARP_REQUEST_FIXED[0..6] {
             return None;
         }
-        Some(ipv4_at(&arp, 14))
+        Some((ipv4_at(&arp, 14), ipv4_at(&arp, 24)))
     } else {
         None
     }
@@ -343,7 +346,7 @@ fn source_ipv4(ctx: &TcContext, proto: u16) -> Option<[u8; 4]> {
 /// source). Returns the source address.
 #[inline(always)]
 fn check_sender(ctx: &TcContext, proto: u16) -> Result<[u8; 4], Reason> {
-    let Some(src) = source_ipv4(ctx, proto) else {
+    let Some((src, dst)) = ipv4_addresses(ctx, proto) else {
         return Err(Reason::TxDropProtocol);
     };
     let Some(me) = endpoint_addresses(own_ifindex(ctx)) else {
@@ -352,13 +355,6 @@ fn check_sender(ctx: &TcContext, proto: u16) -> Result<[u8; 4], Reason> {
     if !me.owns(src) {
         return Err(Reason::TxDropSpoofedSource);
     }
-    let dst = if proto == ETH_P_IP {
-        ctx.load::<[u8; 4]>(ETH_HLEN + 16)
-            .map_err(|_| Reason::TxDropProtocol)?
-    } else {
-        ctx.load::<[u8; 4]>(ETH_HLEN + 24)
-            .map_err(|_| Reason::TxDropProtocol)?
-    };
     if proto == ETH_P_IP && is_group_ipv4(dst) {
         return Ok(src);
     }
@@ -784,8 +780,8 @@ pub fn to_container(ctx: TcContext) -> i32 {
     let allowed = ctx
         .load::<[u8; ETH_HLEN]>(0)
         .ok()
-        .and_then(|eth| source_ipv4(&ctx, u16::from_be_bytes([eth[12], eth[13]])))
-        .is_some_and(|src| may_deliver(own_ifindex(&ctx), src));
+        .and_then(|eth| ipv4_addresses(&ctx, u16::from_be_bytes([eth[12], eth[13]])))
+        .is_some_and(|(src, _)| may_deliver(own_ifindex(&ctx), src));
     if allowed {
         TC_OK
     } else {
