@@ -306,8 +306,10 @@ fn own_ifindex(ctx: &TcContext) -> u32 {
 /// The addresses on record for the container behind host veth `ifindex`.
 #[inline(always)]
 fn endpoint_addresses(ifindex: u32) -> Option<&'static EndpointAddresses> {
-    // SAFETY: a map value stays valid while the program runs (RCU); the controller replaces
-    // a record whole and only for an interface being attached or detached.
+    // SAFETY: a map value stays valid while the program runs (RCU). The controller writes a
+    // record only while its interface is being attached, restored or detached, so a frame
+    // racing with that write may see a mix of old and new addresses of that one interface;
+    // the fields are plain integers, any value is sound.
     unsafe { ENDPOINT_ADDRESSES.get(IfindexKey { ifindex }) }
 }
 
