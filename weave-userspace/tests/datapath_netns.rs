@@ -516,9 +516,11 @@ fn two_hosts_end_to_end() {
         .call(|dp| async move { dp.remote_macs() })
         .iter()
         .any(|(_, p)| *p == 2));
+    let vxw = h1.exec(&["ip", "-o", "link", "show", "vxw-002"]);
+    let flags = String::from_utf8_lossy(&vxw.stdout).split('<').nth(1).unwrap_or_default().split('>').next().unwrap_or_default().to_string();
     assert!(
-        !h1.exec(&["ip", "link", "show", "vxw-002"]).status.success(),
-        "vxw-002 deleted"
+        !vxw.status.success() || !flags.split(',').any(|f| f == "UP"),
+        "vxw-002 set down (it is deleted a minute later): {flags}"
     );
     assert!(
         !ping(c2, CONTAINER[0]),
