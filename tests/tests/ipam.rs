@@ -196,8 +196,9 @@ fn sixty_concurrent_attaches_on_three_routers_get_distinct_addresses() {
 }
 
 #[test]
-fn restart_keeps_addresses_and_an_exhausted_subnet_is_a_clear_error() {
-    if !require_root("restart_keeps_addresses_and_an_exhausted_subnet_is_a_clear_error") {
+fn a_killed_router_keeps_its_addresses_and_an_exhausted_subnet_is_a_clear_error() {
+    if !require_root("a_killed_router_keeps_its_addresses_and_an_exhausted_subnet_is_a_clear_error")
+    {
         return;
     }
     let mut bed = TestBed::new("wipr", 1).expect("test bed");
@@ -239,7 +240,20 @@ fn restart_keeps_addresses_and_an_exhausted_subnet_is_a_clear_error() {
         );
     }
 
-    // A restart keeps the addresses in use: c1 keeps its address, a new container gets another.
+    // A crash (SIGKILL) and a restart keep the addresses in use: c1 keeps its address, a new
+    // container gets another.
+    bed.router_mut(1).kill();
+    let ns = bed.router(1).netns().to_string();
+    weave_tests::cmd::wait_for(
+        "the killed router to be gone",
+        Duration::from_secs(10),
+        || {
+            weave_tests::router::router_pids(&ns)
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .expect("killed");
     bed.relaunch(1, &opts).expect("relaunch");
     let ps = bed.router(1).check(&["ps"]).unwrap();
     assert!(ps.contains(&first[0]), "ps after restart:\n{ps}");

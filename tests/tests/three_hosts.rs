@@ -161,7 +161,8 @@ fn vxw_links(bed: &TestBed, host: usize) -> Vec<String> {
         .filter_map(|l| {
             let name = l.split(": ").nth(1)?.split('@').next()?;
             let flags = l.split('<').nth(1)?.split('>').next()?;
-            (name.starts_with("vxw") && flags.split(',').any(|f| f == "UP")).then(|| name.to_string())
+            (name.starts_with("vxw") && flags.split(',').any(|f| f == "UP"))
+                .then(|| name.to_string())
         })
         .collect()
 }

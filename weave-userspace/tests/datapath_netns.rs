@@ -517,7 +517,14 @@ fn two_hosts_end_to_end() {
         .iter()
         .any(|(_, p)| *p == 2));
     let vxw = h1.exec(&["ip", "-o", "link", "show", "vxw-002"]);
-    let flags = String::from_utf8_lossy(&vxw.stdout).split('<').nth(1).unwrap_or_default().split('>').next().unwrap_or_default().to_string();
+    let flags = String::from_utf8_lossy(&vxw.stdout)
+        .split('<')
+        .nth(1)
+        .unwrap_or_default()
+        .split('>')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         !vxw.status.success() || !flags.split(',').any(|f| f == "UP"),
         "vxw-002 set down (it is deleted a minute later): {flags}"

@@ -147,7 +147,6 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-
 pub fn bench(a: Args) -> Result<()> {
     if !run::is_root() {
         anyhow::bail!("the benchmark creates network namespaces: run it as root");

@@ -503,7 +503,6 @@ fn mib(k: Option<u64>) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
-
 fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     let date = sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
     let commit = sh("git rev-parse --short HEAD");
@@ -628,7 +627,10 @@ pub fn scale(a: Args) -> Result<()> {
     }
     let limits = NeighLimits::raise()?;
     if std::env::var_os("WEAVE_ROUTER_BIN").is_none() {
-        std::env::set_var("WEAVE_ROUTER_BIN", run::root().join("target/release/weave-router"));
+        std::env::set_var(
+            "WEAVE_ROUTER_BIN",
+            run::root().join("target/release/weave-router"),
+        );
     }
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
