@@ -193,6 +193,28 @@ fn sixty_concurrent_attaches_on_three_routers_get_distinct_addresses() {
         "{addresses:?}"
     );
     println!("60 concurrent attaches on 3 routers: {took:?}");
+
+    // Router 3 dies: rmpeer on router 1 takes over its space (refused while it is alive).
+    let third = bed.peer_name(3);
+    let alive = bed.router(1).cli(&["rmpeer", &third]).unwrap();
+    assert!(
+        !alive.success() && alive.stderr.contains("is reachable"),
+        "{}",
+        alive.stderr
+    );
+    bed.router_mut(3).kill();
+    weave_tests::cmd::wait_for("router 1 to lose router 3", Duration::from_secs(20), || {
+        let m = weave_tests::mesh::MeshSummary::of(bed.router(1)).ok()?;
+        (!m.routed.contains(&third)).then_some(())
+    })
+    .expect("router 3 gone");
+    let said = bed.router(1).check(&["rmpeer", &third]).expect("rmpeer");
+    assert!(said.contains("IPs taken over from"), "{said}");
+    let ipam = bed.router(1).check(&["status", "ipam"]).unwrap();
+    assert!(
+        !ipam.contains(&third) && ipam.lines().count() == 2,
+        "{ipam}"
+    );
 }
 
 #[test]
