@@ -202,18 +202,10 @@ impl TestBed {
         router::peer_name(&self.prefix, i as u16)
     }
 
-    /// Launches a router on host `i`.
+    /// Launches a router on host `i` (with an empty state dir).
     pub fn launch(&mut self, i: usize, opts: &LaunchOpts) -> Result<&Router> {
-        let r = Router::launch(
-            &format!("{}-h{i}", self.prefix),
-            &self.peer_name(i),
-            &self.host(i).nickname(),
-            &self.state_dir(i),
-            opts,
-        )?;
-        let h = &mut self.hosts[i - 1];
-        h.router = Some(r);
-        Ok(h.router())
+        let _ = std::fs::remove_dir_all(self.state_dir(i));
+        self.start_router(i, opts)
     }
 
     /// Stops host `i`'s router (if running) and launches it again over the state that run
@@ -224,6 +216,10 @@ impl TestBed {
             // Dropped without touching the state dir the next run continues from.
             old.keep();
         }
+        self.start_router(i, opts)
+    }
+
+    fn start_router(&mut self, i: usize, opts: &LaunchOpts) -> Result<&Router> {
         let r = Router::launch_keeping_state(
             &format!("{}-h{i}", self.prefix),
             &self.peer_name(i),
