@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use weave_tests::{probe, require_root, router, TestBed};
+use weave_tests::{require_root, router, TestBed};
 
 fn three_hosts(prefix: &str) -> TestBed {
     let mut bed = TestBed::new(prefix, 3).expect("test bed");
