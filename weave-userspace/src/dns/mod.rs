@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::Name;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::mesh::gossip_channel::Gossiper;
 use crate::mesh::peer_name::PeerName;
@@ -67,7 +67,7 @@ pub fn parse_listen(s: &str) -> Option<SocketAddr> {
 }
 
 /// What `status dns` and `dns-args` show.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct DnsInfo {
     pub domain: String,
