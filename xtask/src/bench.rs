@@ -34,6 +34,15 @@ pub struct Args {
     /// Skip `setup` and `build`.
     #[arg(long)]
     no_build: bool,
+    /// Only the DNS part (dnsperf against the router's DNS server).
+    #[arg(long)]
+    dns_only: bool,
+    /// Leave out the DNS part.
+    #[arg(long, conflicts_with = "dns_only")]
+    no_dns: bool,
+    /// Seconds per dnsperf run.
+    #[arg(long, default_value_t = 10)]
+    dns_seconds: u32,
 }
 
 /// Samples of one mode.
@@ -144,7 +153,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn sh(line: &str) -> String {
+pub(crate) fn sh(line: &str) -> String {
     let mut w = line.split_whitespace();
     let prog = w.next().unwrap_or("true");
     output_ok(crate::run::cmd(prog).args(w))
@@ -162,6 +171,9 @@ pub fn bench(a: Args) -> Result<()> {
         if !a.baselines_only {
             crate::build::build()?;
         }
+    }
+    if a.dns_only {
+        return dns_part(&a);
     }
     let load_before = loadavg();
     let mut subjects = vec![(Mode::Routed, "wtbr"), (Mode::KernelVxlan, "wtbv")];
@@ -255,6 +267,19 @@ pub fn bench(a: Args) -> Result<()> {
     write_section(&path, &report)?;
     println!("{report}");
     step(&format!("wrote {}", path.display()));
+    if !a.no_dns && !a.baselines_only {
+        dns_part(&a)?;
+    }
+    Ok(())
+}
+
+/// Runs the DNS part and writes its section.
+fn dns_part(a: &Args) -> Result<()> {
+    let section = crate::bench_dns::run(a.dns_seconds)?;
+    let path = run::root().join(&a.output);
+    crate::bench_dns::write_section(&path, &section)?;
+    println!("{section}");
+    step(&format!("wrote {}", path.display()));
     Ok(())
 }
 
@@ -316,7 +341,7 @@ mod tests {
 }
 
 /// The 1-minute load average (other work on the machine skews the figures).
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
