@@ -184,8 +184,8 @@ fn render(seconds: u32, full: &Run, paced: &Run, samples: usize, load: &str) -> 
 /// yet), keeping everything else.
 pub fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    Ok(std::fs::write(path, splice(&old, section))
-        .with_context(|| format!("write {}", path.display()))?)
+    std::fs::write(path, splice(&old, section))
+        .with_context(|| format!("write {}", path.display()))
 }
 
 fn splice(old: &str, section: &str) -> String {

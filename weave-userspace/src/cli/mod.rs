@@ -47,6 +47,8 @@ impl ApiArgs {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of the launch arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Start the router (in the background unless --foreground).
     Launch(LaunchArgs),

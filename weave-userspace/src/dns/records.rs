@@ -342,9 +342,8 @@ impl Records {
                 gone.push(k.1);
                 return false;
             }
-            !v
-                .tombstoned_at
-                .is_some_and(|t| now.saturating_duration_since(t) >= TOMBSTONE_LIFETIME)
+            v.tombstoned_at
+                .is_none_or(|t| now.saturating_duration_since(t) < TOMBSTONE_LIFETIME)
         });
         for p in gone {
             st.departed.entry(p).or_insert(now);
