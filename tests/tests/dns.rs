@@ -67,7 +67,7 @@ fn names_resolve_across_hosts_and_go_away_with_their_container_or_peer() {
 
     // The upstream: dnsmasq on the underlay, serving a zone of its own.
     let up = bed
-        .add_node("up", UPSTREAM.parse().unwrap())
+        .add_node("upstream", UPSTREAM.parse().unwrap())
         .expect("upstream node")
         .name()
         .to_string();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
-use rtnetlink::packet_route::rule::RuleMessage;
+use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
@@ -412,7 +412,8 @@ impl Netlink {
             .v4()
             .source_prefix(src, 32)
             .table_id(table)
-            .priority(priority);
+            .priority(priority)
+            .action(RuleAction::ToTable);
         req.message_mut().clone()
     }
 
@@ -431,6 +432,7 @@ impl Netlink {
             .source_prefix(src, 32)
             .table_id(table)
             .priority(priority)
+            .action(RuleAction::ToTable)
             .execute()
             .await
         {
