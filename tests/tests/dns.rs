@@ -82,6 +82,7 @@ fn names_resolve_across_hosts_and_go_away_with_their_container_or_peer() {
         "--user=root",
         "--bind-interfaces",
         &format!("--listen-address={UPSTREAM}"),
+        "--local=/upstream.test/",
         "--address=/www.upstream.test/192.0.2.7",
         "--ptr-record=9.2.0.192.in-addr.arpa,gw.upstream.test",
     ]))
