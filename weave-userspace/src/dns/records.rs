@@ -81,12 +81,20 @@ fn entry_of(k: &Key, v: &Value) -> Entry {
 pub struct Index {
     by_name: HashMap<Name, Arc<[Ipv4Addr]>>,
     by_addr: HashMap<Ipv4Addr, Arc<[Name]>>,
+    /// The same addresses by the name in lower-case wire format (`\x02w1\x05weave\x05local\x00`),
+    /// for the server's fast path.
+    by_wire: HashMap<Box<[u8]>, Arc<[Ipv4Addr]>>,
 }
 
 impl Index {
     /// Addresses of `name` (case-insensitive), in address order.
     pub fn addresses(&self, name: &Name) -> Option<&Arc<[Ipv4Addr]>> {
         self.by_name.get(name)
+    }
+
+    /// Addresses of a name given in lower-case wire format.
+    pub fn addresses_wire(&self, wire: &[u8]) -> Option<&Arc<[Ipv4Addr]>> {
+        self.by_wire.get(wire)
     }
 
     /// Names bound to `addr`, in name order.
@@ -108,6 +116,17 @@ pub struct Records {
     me: PeerName,
     state: RwLock<State>,
     index: RwLock<Arc<Index>>,
+}
+
+/// A name in lower-case wire format (length-prefixed labels, then the root's 0).
+pub fn wire_lower(name: &Name) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out.into()
 }
 
 /// Checks and normalises a fully qualified name: lower case, trailing dot.
@@ -205,14 +224,20 @@ impl Records {
                 names.push(name);
             }
         }
+        let by_name: HashMap<Name, Arc<[Ipv4Addr]>> = by_name
+            .into_iter()
+            .map(|(n, mut a)| {
+                a.sort();
+                (n, a.into())
+            })
+            .collect();
+        let by_wire = by_name
+            .iter()
+            .map(|(n, a)| (wire_lower(n), a.clone()))
+            .collect();
         let index = Index {
-            by_name: by_name
-                .into_iter()
-                .map(|(n, mut a)| {
-                    a.sort();
-                    (n, a.into())
-                })
-                .collect(),
+            by_name,
+            by_wire,
             by_addr: by_addr.into_iter().map(|(a, n)| (a, n.into())).collect(),
         };
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);

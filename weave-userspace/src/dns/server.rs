@@ -75,6 +75,8 @@ pub enum Transport {
 pub struct Resolver {
     records: Arc<Records>,
     domain: Name,
+    /// The domain in lower-case wire format.
+    domain_wire: Box<[u8]>,
     ttl: u32,
 }
 
@@ -132,6 +134,7 @@ impl Resolver {
     pub fn new(records: Arc<Records>, domain: Name, ttl: u32) -> Self {
         Self {
             records,
+            domain_wire: super::records::wire_lower(&domain),
             domain,
             ttl,
         }
@@ -143,6 +146,93 @@ impl Resolver {
 
     /// Answers one query.
     pub fn answer(&self, query: &[u8], transport: Transport) -> Outcome {
+        if let Some(reply) = self.fast_answer(query, transport) {
+            return Outcome::Reply(reply);
+        }
+        self.answer_parsed(query, transport)
+    }
+
+    /// The common case without a parse into a hickory message: one standard A/IN question
+    /// (with at most an EDNS OPT record) for a name we hold. `None` leaves the query to
+    /// [`Resolver::answer_parsed`], which handles everything (and gives the same answer).
+    fn fast_answer(&self, q: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        // Header: a query, opcode QUERY, not truncated, one question, no answers or authority.
+        if q.len() < 17 || q[2] & 0xfa != 0 || q[4..10] != [0, 1, 0, 0, 0, 0] {
+            return None;
+        }
+        let additional = u16::from_be_bytes([q[10], q[11]]);
+        let mut wire = [0u8; 256];
+        let mut i = 12;
+        let mut n = 0;
+        loop {
+            let len = *q.get(i)? as usize;
+            if len & 0xc0 != 0 || n + len + 1 > wire.len() {
+                return None;
+            }
+            wire[n] = len as u8;
+            let label = q.get(i + 1..i + 1 + len)?;
+            for (d, b) in wire[n + 1..n + 1 + len].iter_mut().zip(label) {
+                *d = b.to_ascii_lowercase();
+            }
+            n += len + 1;
+            i += len + 1;
+            if len == 0 {
+                break;
+            }
+        }
+        let question_end = i + 4;
+        if q.get(i..question_end)? != [0, 1, 0, 1] {
+            return None;
+        }
+        let limit = match additional {
+            0 if q.len() == question_end => None,
+            // One OPT record: root name, type 41, payload size, version 0, no options.
+            1 if q.len() == question_end + 11
+                && q[question_end..question_end + 3] == [0, 0, 41]
+                && q[question_end + 6] == 0
+                && q[question_end + 9..] == [0, 0] =>
+            {
+                Some(u16::from_be_bytes([q[question_end + 3], q[question_end + 4]]))
+            }
+            _ => return None,
+        };
+        let name = &wire[..n];
+        if name.len() <= self.domain_wire.len() || !name.ends_with(&self.domain_wire) {
+            return None;
+        }
+        let index = self.records.index();
+        let addrs = index.addresses_wire(name)?;
+        let mut shuffled: Vec<Ipv4Addr> = addrs.to_vec();
+        shuffled.shuffle(&mut rand::thread_rng());
+        let size = question_end + 16 * shuffled.len() + if limit.is_some() { 11 } else { 0 };
+        let max = limit.map_or(512, |l| l.clamp(512, MAX_UDP_PAYLOAD)) as usize;
+        if transport == Transport::Udp && size > max {
+            return None;
+        }
+        let mut r = Vec::with_capacity(size);
+        r.extend_from_slice(&q[..question_end]);
+        // QR, AA, the query's RD; RA, NOERROR.
+        r[2] = 0x84 | (q[2] & 0x01);
+        r[3] = 0x80;
+        r[6..8].copy_from_slice(&(shuffled.len() as u16).to_be_bytes());
+        r[10..12].copy_from_slice(&u16::from(limit.is_some()).to_be_bytes());
+        let ttl = self.ttl.to_be_bytes();
+        for a in &shuffled {
+            // A pointer to the question's name, type A, class IN, TTL, 4 bytes of address.
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+            r.extend_from_slice(&ttl);
+            r.extend_from_slice(&[0, 4]);
+            r.extend_from_slice(&a.octets());
+        }
+        if limit.is_some() {
+            let p = MAX_UDP_PAYLOAD.to_be_bytes();
+            r.extend_from_slice(&[0, 0, 41, p[0], p[1], 0, 0, 0, 0, 0, 0]);
+        }
+        Some(r)
+    }
+
+    /// Answers one query, parsed with hickory-proto.
+    pub fn answer_parsed(&self, query: &[u8], transport: Transport) -> Outcome {
         let request = match Message::from_vec(query) {
             Ok(m) => m,
             Err(_) => return header_error(query, ResponseCode::FormErr),

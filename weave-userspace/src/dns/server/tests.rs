@@ -221,3 +221,53 @@ async fn the_server_answers_over_udp_and_tcp_and_fails_slow_upstreams() {
     assert_eq!(server.counters.failed.load(Ordering::Relaxed), 1);
     tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
 }
+
+#[test]
+fn the_fast_path_answers_like_the_parsed_one() {
+    let r = resolver();
+    let with_edns = |name: &str, payload: u16| {
+        let mut m = Message::from_vec(&query(name, RecordType::A)).unwrap();
+        let mut e = Edns::new();
+        e.set_max_payload(payload);
+        m.set_edns(e);
+        m.to_vec().unwrap()
+    };
+    let cases = [
+        query("w1.weave.local.", RecordType::A),
+        query("W1.WEAVE.local.", RecordType::A),
+        query("pair.weave.local.", RecordType::A),
+        with_edns("pair.weave.local.", 1232),
+        with_edns("w1.weave.local.", 100),
+    ];
+    // With compressed names 200 addresses fit in 4096 bytes (the parsed path truncates).
+    let big = r.fast_answer(&with_edns("big.weave.local.", 4096), Transport::Udp).unwrap();
+    let big = Message::from_vec(&big).unwrap();
+    assert!(!big.metadata.truncation && big.answers.len() == 200);
+    for q in &cases {
+        let fast = r.fast_answer(q, Transport::Udp).expect("fast path takes it");
+        let slow = reply(r.answer_parsed(q, Transport::Udp));
+        let fast = Message::from_vec(&fast).unwrap();
+        assert_eq!(fast.metadata, slow.metadata);
+        assert_eq!(fast.queries, slow.queries);
+        let (mut a, mut b) = (a_records(&fast), a_records(&slow));
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        assert!(fast.answers.iter().all(|x| x.ttl == 7 && x.name == slow.queries[0].name().clone()));
+        assert_eq!(fast.edns.is_some(), slow.edns.is_some());
+    }
+    // Everything else is left to the parsed path.
+    for q in [
+        query("nope.weave.local.", RecordType::A),
+        query("w1.weave.local.", RecordType::AAAA),
+        query("example.com.", RecordType::A),
+        query("big.weave.local.", RecordType::A),
+        query("1.1.2.10.in-addr.arpa.", RecordType::PTR),
+    ] {
+        assert_eq!(r.fast_answer(&q, Transport::Udp), None);
+    }
+    let mut bytes = query("w1.weave.local.", RecordType::A);
+    bytes.push(0);
+    assert_eq!(r.fast_answer(&bytes, Transport::Udp), None);
+    assert_eq!(r.fast_answer(&bytes[..bytes.len() - 3], Transport::Udp), None);
+}
