@@ -89,7 +89,11 @@ fn names_resolve_across_hosts_and_go_away_with_their_container_or_peer() {
     .expect("dnsmasq starts");
     let resolv = bed.state_dir(0).with_file_name("resolv.conf");
     std::fs::create_dir_all(resolv.parent().unwrap()).unwrap();
-    std::fs::write(&resolv, format!("nameserver {DNS}\nnameserver {UPSTREAM}\n")).unwrap();
+    std::fs::write(
+        &resolv,
+        format!("nameserver {DNS}\nnameserver {UPSTREAM}\n"),
+    )
+    .unwrap();
     let resolv = resolv.to_string_lossy().to_string();
 
     bed.launch_mesh(&["--resolv-conf", &resolv])
@@ -124,15 +128,28 @@ fn names_resolve_across_hosts_and_go_away_with_their_container_or_peer() {
     assert!(route.contains("dev ethwe"), "{route}");
 
     // A name attached on host 2 resolves in a container of host 1, and its PTR too.
-    wait_answer(&n1, &["w2.weave.local"], &["10.2.1.2"], "w2 resolves on host 1");
+    wait_answer(
+        &n1,
+        &["w2.weave.local"],
+        &["10.2.1.2"],
+        "w2 resolves on host 1",
+    );
     let (status, ptr) = dig(&n1, &["-x", "10.2.1.2"]);
-    assert_eq!((status.as_str(), ptr), ("NOERROR", vec!["w2.weave.local.".to_string()]));
+    assert_eq!(
+        (status.as_str(), ptr),
+        ("NOERROR", vec!["w2.weave.local.".to_string()])
+    );
     // Over TCP as well, and case does not matter.
     let (_, a) = dig(&n1, &["+tcp", "W2.Weave.Local"]);
     assert_eq!(a, ["10.2.1.2"]);
 
     // Two addresses for one name (one per host), both returned, in turn first.
-    wait_answer(&n1, &["pair.weave.local"], &["10.2.1.3", "10.2.1.4"], "pair has both");
+    wait_answer(
+        &n1,
+        &["pair.weave.local"],
+        &["10.2.1.3", "10.2.1.4"],
+        "pair has both",
+    );
     let firsts: BTreeSet<String> = (0..20)
         .map(|_| dig(&n1, &["pair.weave.local"]).1[0].clone())
         .collect();
@@ -147,10 +164,7 @@ fn names_resolve_across_hosts_and_go_away_with_their_container_or_peer() {
         dig(&n1, &["www.upstream.test"]),
         ("NOERROR".to_string(), vec!["192.0.2.7".to_string()])
     );
-    assert_eq!(
-        dig(&n2, &["+tcp", "www.upstream.test"]).1,
-        ["192.0.2.7"]
-    );
+    assert_eq!(dig(&n2, &["+tcp", "www.upstream.test"]).1, ["192.0.2.7"]);
     assert_eq!(dig(&n1, &["-x", "192.0.2.9"]).1, ["gw.upstream.test."]);
     assert_eq!(dig(&n1, &["missing.upstream.test"]).0, "NXDOMAIN");
 
@@ -162,21 +176,42 @@ fn names_resolve_across_hosts_and_go_away_with_their_container_or_peer() {
     // The CLI: status, lookup, args, add/remove, bad input.
     let r1 = bed.router(1);
     let st = r1.check(&["status", "dns"]).expect("status dns");
-    assert!(st.lines().any(|l| l.starts_with("w2.weave.local") && l.contains("10.2.1.2")), "{st}");
+    assert!(
+        st.lines()
+            .any(|l| l.starts_with("w2.weave.local") && l.contains("10.2.1.2")),
+        "{st}"
+    );
     assert_eq!(r1.check(&["dns-lookup", "w2"]).unwrap().trim(), "10.2.1.2");
     assert_eq!(
         r1.check(&["dns-args"]).unwrap().trim(),
         "--dns=169.254.53.53 --dns-search=weave.local."
     );
     let summary = r1.check(&["status"]).expect("status");
-    assert!(summary.contains("Service: dns") && summary.contains(UPSTREAM), "{summary}");
+    assert!(
+        summary.contains("Service: dns") && summary.contains(UPSTREAM),
+        "{summary}"
+    );
     assert!(!summary.contains(&format!("Upstream: {DNS}")), "{summary}");
     let bad = r1.cli(&["dns-add", "10.2.1.300", "-h", "x"]).unwrap();
-    assert!(!bad.success() && bad.stderr.contains("\"10.2.1.300\" is not an IPv4 address"), "{bad:?}");
-    let bad = r1.cli(&["dns-add", "10.2.1.9", "-h", "x.example.com"]).unwrap();
-    assert!(!bad.success() && bad.stderr.contains("is not in the domain weave.local."), "{bad:?}");
-    r1.check(&["dns-add", "10.9.9.9", "-h", "ext"]).expect("dns-add");
-    wait_answer(&n2, &["ext.weave.local"], &["10.9.9.9"], "ext resolves on host 2");
+    assert!(
+        !bad.success() && bad.stderr.contains("\"10.2.1.300\" is not an IPv4 address"),
+        "{bad:?}"
+    );
+    let bad = r1
+        .cli(&["dns-add", "10.2.1.9", "-h", "x.example.com"])
+        .unwrap();
+    assert!(
+        !bad.success() && bad.stderr.contains("is not in the domain weave.local."),
+        "{bad:?}"
+    );
+    r1.check(&["dns-add", "10.9.9.9", "-h", "ext"])
+        .expect("dns-add");
+    wait_answer(
+        &n2,
+        &["ext.weave.local"],
+        &["10.9.9.9"],
+        "ext resolves on host 2",
+    );
     r1.check(&["dns-remove", "10.9.9.9"]).expect("dns-remove");
     wait_status(&n2, &["ext.weave.local"], "NXDOMAIN", "ext gone on host 2");
 
@@ -190,6 +225,11 @@ fn names_resolve_across_hosts_and_go_away_with_their_container_or_peer() {
 
     // Host 2's router stops: its entries disappear from host 1.
     bed.router_mut(2).stop().expect("stop router 2");
-    wait_answer(&n1, &["pair.weave.local"], &["10.2.1.4"], "host 2's pair entry gone");
+    wait_answer(
+        &n1,
+        &["pair.weave.local"],
+        &["10.2.1.4"],
+        "host 2's pair entry gone",
+    );
     assert_eq!(dig(&n1, &["w1.weave.local"]).1, ["10.2.1.1"]);
 }

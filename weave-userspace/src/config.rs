@@ -452,13 +452,25 @@ mod tests {
         assert_eq!(dns.listen, "169.254.53.53:53".parse().unwrap());
         assert_eq!((dns.domain.as_str(), dns.ttl), ("weave.local.", 1));
         assert_eq!(dns.resolv_conf, PathBuf::from("/etc/resolv.conf"));
-        assert!(parse(&["--no-dns"]).validate(&host()).unwrap().dns.is_none());
-        let d = parse(&["--dns-domain", "Corp.Example", "--dns-listen-address", "10.0.0.1"])
+        assert!(parse(&["--no-dns"])
             .validate(&host())
             .unwrap()
             .dns
-            .unwrap();
-        assert_eq!((d.domain.as_str(), d.listen), ("corp.example.", "10.0.0.1:53".parse().unwrap()));
+            .is_none());
+        let d = parse(&[
+            "--dns-domain",
+            "Corp.Example",
+            "--dns-listen-address",
+            "10.0.0.1",
+        ])
+        .validate(&host())
+        .unwrap()
+        .dns
+        .unwrap();
+        assert_eq!(
+            (d.domain.as_str(), d.listen),
+            ("corp.example.", "10.0.0.1:53".parse().unwrap())
+        );
     }
 
     #[test]

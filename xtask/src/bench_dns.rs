@@ -104,8 +104,19 @@ pub fn run(seconds: u32) -> Result<String> {
     let secs = seconds.to_string();
     let (clients, outstanding) = (CLIENTS.to_string(), OUTSTANDING.to_string());
     let base = [
-        "dnsperf", "-s", "169.254.53.53", "-d", &file, "-l", &secs, "-c", &clients, "-q",
-        &outstanding, "-t", "2",
+        "dnsperf",
+        "-s",
+        "169.254.53.53",
+        "-d",
+        &file,
+        "-l",
+        &secs,
+        "-c",
+        &clients,
+        "-q",
+        &outstanding,
+        "-t",
+        "2",
     ];
     step(&format!("DNS: dnsperf, {seconds} s at full speed"));
     let timeout = Duration::from_secs(u64::from(seconds) + 60);
@@ -119,7 +130,9 @@ pub fn run(seconds: u32) -> Result<String> {
     );
     anyhow::ensure!(full.qps.is_some(), "no result from dnsperf: {out:?}");
 
-    step(&format!("DNS: dnsperf -v, {seconds} s at {LATENCY_QPS} queries/s"));
+    step(&format!(
+        "DNS: dnsperf -v, {seconds} s at {LATENCY_QPS} queries/s"
+    ));
     let qps = LATENCY_QPS.to_string();
     let mut argv: Vec<&str> = base.to_vec();
     argv.extend(["-Q", &qps, "-v"]);
@@ -155,7 +168,10 @@ fn render(seconds: u32, full: &Run, paced: &Run, samples: usize, load: &str) -> 
          the machine.\n",
         NAMES + 1
     );
-    let _ = writeln!(s, "| run | queries/s | average latency | p50 | p99 | lost |");
+    let _ = writeln!(
+        s,
+        "| run | queries/s | average latency | p50 | p99 | lost |"
+    );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
     let _ = writeln!(
         s,
@@ -184,8 +200,7 @@ fn render(seconds: u32, full: &Run, paced: &Run, samples: usize, load: &str) -> 
 /// yet), keeping everything else.
 pub fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    std::fs::write(path, splice(&old, section))
-        .with_context(|| format!("write {}", path.display()))
+    std::fs::write(path, splice(&old, section)).with_context(|| format!("write {}", path.display()))
 }
 
 fn splice(old: &str, section: &str) -> String {
@@ -212,7 +227,9 @@ mod tests {
         assert_eq!(r.qps, Some(51234.567));
         assert!((r.avg_ms.unwrap() - 0.321).abs() < 1e-9);
         assert_eq!(r.lost.as_deref(), Some("1 (1.00%)"));
-        let lat = parse_latencies("> NOERROR n1.weave.local A 0.000100\n> NOERROR n2.weave.local A 0.000300\nnoise\n");
+        let lat = parse_latencies(
+            "> NOERROR n1.weave.local A 0.000100\n> NOERROR n2.weave.local A 0.000300\nnoise\n",
+        );
         assert_eq!(lat, [0.0001, 0.0003]);
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.99), Some(3.0));
     }

@@ -28,7 +28,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("procps", "sysctl"),
     ("dnsutils", "dig: DNS tests"),
-    ("dnsmasq-base", "dnsmasq: the upstream DNS server of the DNS tests (no system service)"),
+    (
+        "dnsmasq-base",
+        "dnsmasq: the upstream DNS server of the DNS tests (no system service)",
+    ),
     ("dnsperf", "dnsperf: DNS bench"),
 ];
 

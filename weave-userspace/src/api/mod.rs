@@ -543,7 +543,10 @@ async fn dns_add(State(s): AppState, body: Bytes) -> Result<Response, ApiError> 
     let Some(name) = body.hostname.as_deref() else {
         return Err(bad_request("a host name is needed (-h NAME)"));
     };
-    let container = body.container.as_deref().unwrap_or(crate::dns::EXTERN_CONTAINER);
+    let container = body
+        .container
+        .as_deref()
+        .unwrap_or(crate::dns::EXTERN_CONTAINER);
     let added = dns
         .add(container, &addrs, name)
         .map_err(|e| bad_request(e.to_string()))?;
@@ -554,7 +557,10 @@ async fn dns_remove(State(s): AppState, body: Bytes) -> Result<Response, ApiErro
     let dns = s.dns_on()?;
     let body: DnsBody = parse_json(&body)?;
     let addrs = dns_addresses(&body.addresses)?;
-    let container = body.container.as_deref().unwrap_or(crate::dns::EXTERN_CONTAINER);
+    let container = body
+        .container
+        .as_deref()
+        .unwrap_or(crate::dns::EXTERN_CONTAINER);
     let removed = dns
         .remove(container, &addrs, body.hostname.as_deref())
         .map_err(|e| bad_request(e.to_string()))?;

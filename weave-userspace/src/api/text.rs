@@ -118,7 +118,10 @@ pub fn dns_entries(info: &crate::dns::DnsInfo) -> String {
         .iter()
         .map(|e| {
             let name = e.hostname.trim_end_matches('.');
-            format!("{name:<12} {:<15} {:<12} {}\n", e.addr, e.container_id, e.origin)
+            format!(
+                "{name:<12} {:<15} {:<12} {}\n",
+                e.addr, e.container_id, e.origin
+            )
         })
         .collect()
 }

@@ -292,8 +292,8 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::DnsArgs(api) => {
-            let info: crate::dns::DnsInfo = serde_json::from_str(&get(api.addr()?, "/dns")?)
-                .context("unexpected answer")?;
+            let info: crate::dns::DnsInfo =
+                serde_json::from_str(&get(api.addr()?, "/dns")?).context("unexpected answer")?;
             println!("{}", crate::dns::dns_args(&info));
             Ok(())
         }

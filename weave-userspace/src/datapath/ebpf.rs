@@ -636,7 +636,11 @@ impl EbpfDatapath {
     /// Adds (or removes) permanent neighbour entries on the bridge for an endpoint's
     /// addresses, so answers from the service address never ARP (an ARP from the bridge
     /// would flood to every peer, and teach them our bridge's MAC for the service address).
-    async fn service_neighbours(&self, endpoint: &Endpoint, add: bool) -> Result<(), DatapathError> {
+    async fn service_neighbours(
+        &self,
+        endpoint: &Endpoint,
+        add: bool,
+    ) -> Result<(), DatapathError> {
         if self.service.get().is_none() {
             return Ok(());
         }
@@ -1041,7 +1045,13 @@ impl Datapath for EbpfDatapath {
         self.lock()
             .maps
             .neighbours
-            .insert(Ipv4Key { addr: addr.octets() }, MacKey::new(mac), 0)
+            .insert(
+                Ipv4Key {
+                    addr: addr.octets(),
+                },
+                MacKey::new(mac),
+                0,
+            )
             .map_err(|e| bpf_err("writing NEIGHBOURS")(e.to_string()))?;
         let _ = self.service.set((addr, mac));
         let endpoints = self.lock().endpoints.clone();

@@ -339,7 +339,11 @@ impl Netlink {
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), DatapathError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).address(mac.to_vec()).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl(format!("setting the MAC of link {index}")))

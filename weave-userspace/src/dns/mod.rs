@@ -206,7 +206,10 @@ impl Dns {
             changes = self.records.remove(container_id, None, fqdn.as_deref())?;
         } else {
             for a in addrs {
-                changes.extend(self.records.remove(container_id, Some(*a), fqdn.as_deref())?);
+                changes.extend(
+                    self.records
+                        .remove(container_id, Some(*a), fqdn.as_deref())?,
+                );
             }
         }
         for e in &changes {
@@ -224,8 +227,7 @@ impl Dns {
     /// Addresses of `name` (qualified in our domain), in address order.
     pub fn lookup(&self, name: &str) -> Result<Vec<Ipv4Addr>, DnsError> {
         let fqdn = self.qualify(name)?;
-        let name =
-            Name::from_ascii(&fqdn).map_err(|_| RecordError::BadName(name.to_string()))?;
+        let name = Name::from_ascii(&fqdn).map_err(|_| RecordError::BadName(name.to_string()))?;
         Ok(self
             .records
             .index()
@@ -279,7 +281,10 @@ mod tests {
         );
         assert_eq!(parse_listen("10.0.0.1:0"), None);
         assert_eq!(parse_listen("dns.example"), None);
-        assert_eq!(DEFAULT_LISTEN.parse::<SocketAddr>().unwrap().ip(), IpAddr::V4(DEFAULT_LISTEN_IP));
+        assert_eq!(
+            DEFAULT_LISTEN.parse::<SocketAddr>().unwrap().ip(),
+            IpAddr::V4(DEFAULT_LISTEN_IP)
+        );
     }
 
     #[test]

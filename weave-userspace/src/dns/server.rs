@@ -192,7 +192,10 @@ impl Resolver {
                 && q[question_end + 6] == 0
                 && q[question_end + 9..] == [0, 0] =>
             {
-                Some(u16::from_be_bytes([q[question_end + 3], q[question_end + 4]]))
+                Some(u16::from_be_bytes([
+                    q[question_end + 3],
+                    q[question_end + 4],
+                ]))
             }
             _ => return None,
         };

@@ -27,11 +27,21 @@ fn names_are_checked_and_qualified() {
         "db.weave.local."
     );
     assert_eq!(
-        qualify("a.example.com", "weave.local.").unwrap_err().to_string(),
+        qualify("a.example.com", "weave.local.")
+            .unwrap_err()
+            .to_string(),
         "\"a.example.com\" is not in the domain weave.local."
     );
     assert!(qualify("weave.local.", "weave.local.").is_err());
-    for bad in ["", ".", "a..b", "a b", "a/b", "ä.weave.local", &"x".repeat(64)] {
+    for bad in [
+        "",
+        ".",
+        "a..b",
+        "a b",
+        "a/b",
+        "ä.weave.local",
+        &"x".repeat(64),
+    ] {
         assert!(normalise_name(bad).is_err(), "{bad:?}");
     }
     assert_eq!(normalise_name("A-b_c.d.").unwrap(), "a-b_c.d.");
@@ -40,28 +50,43 @@ fn names_are_checked_and_qualified() {
 #[test]
 fn added_names_resolve_both_ways_case_insensitively() {
     let r = Records::new(peer(1));
-    let e = r.add("c1", ip("10.2.1.1"), "w1.weave.local.").unwrap().unwrap();
+    let e = r
+        .add("c1", ip("10.2.1.1"), "w1.weave.local.")
+        .unwrap()
+        .unwrap();
     assert_eq!((e.origin, e.tombstone), (peer(1), false));
     r.add("c2", ip("10.2.1.2"), "w1.weave.local.").unwrap();
-    assert_eq!(addrs(&r, "W1.Weave.Local."), [ip("10.2.1.1"), ip("10.2.1.2")]);
+    assert_eq!(
+        addrs(&r, "W1.Weave.Local."),
+        [ip("10.2.1.1"), ip("10.2.1.2")]
+    );
     let names = r.index().names(ip("10.2.1.2")).unwrap().to_vec();
     assert_eq!(names, [name("w1.weave.local.")]);
     // Adding the same binding again is no change.
-    assert_eq!(r.add("c1", ip("10.2.1.1"), "w1.weave.local.").unwrap(), None);
+    assert_eq!(
+        r.add("c1", ip("10.2.1.1"), "w1.weave.local.").unwrap(),
+        None
+    );
     assert!(addrs(&r, "nope.weave.local.").is_empty());
 }
 
 #[test]
 fn removal_leaves_a_newer_tombstone_and_readding_beats_it() {
     let r = Records::new(peer(1));
-    let added = r.add("c1", ip("10.2.1.1"), "w1.weave.local.").unwrap().unwrap();
+    let added = r
+        .add("c1", ip("10.2.1.1"), "w1.weave.local.")
+        .unwrap()
+        .unwrap();
     let gone = r.remove("c1", None, None).unwrap();
     assert_eq!(gone.len(), 1);
     assert!(gone[0].tombstone && gone[0].version > added.version);
     assert!(addrs(&r, "w1.weave.local.").is_empty());
     assert!(r.index().names(ip("10.2.1.1")).is_none());
     assert!(r.remove("c1", None, None).unwrap().is_empty());
-    let again = r.add("c1", ip("10.2.1.1"), "w1.weave.local.").unwrap().unwrap();
+    let again = r
+        .add("c1", ip("10.2.1.1"), "w1.weave.local.")
+        .unwrap()
+        .unwrap();
     assert!(again.version > gone[0].version && !again.tombstone);
 }
 
@@ -73,7 +98,10 @@ fn remove_by_address_or_name_only_touches_those() {
     r.add("c1", ip("10.2.1.1"), "b.weave.local.").unwrap();
     assert_eq!(r.remove("c1", Some(ip("10.2.1.2")), None).unwrap().len(), 1);
     assert_eq!(addrs(&r, "a.weave.local."), [ip("10.2.1.1")]);
-    assert_eq!(r.remove("c1", None, Some("b.weave.local")).unwrap().len(), 1);
+    assert_eq!(
+        r.remove("c1", None, Some("b.weave.local")).unwrap().len(),
+        1
+    );
     assert_eq!(addrs(&r, "a.weave.local."), [ip("10.2.1.1")]);
     assert!(addrs(&r, "b.weave.local.").is_empty());
 }
@@ -81,9 +109,15 @@ fn remove_by_address_or_name_only_touches_those() {
 #[test]
 fn merge_keeps_the_highest_version_in_any_order() {
     let a = Records::new(peer(1));
-    let v1 = a.add("c1", ip("10.2.1.1"), "w1.weave.local.").unwrap().unwrap();
+    let v1 = a
+        .add("c1", ip("10.2.1.1"), "w1.weave.local.")
+        .unwrap()
+        .unwrap();
     let v2 = a.remove("c1", None, None).unwrap().remove(0);
-    let v3 = a.add("c1", ip("10.2.1.1"), "w1.weave.local.").unwrap().unwrap();
+    let v3 = a
+        .add("c1", ip("10.2.1.1"), "w1.weave.local.")
+        .unwrap()
+        .unwrap();
     let orders = [
         vec![v1.clone(), v2.clone(), v3.clone()],
         vec![v3.clone(), v1.clone(), v2.clone()],
@@ -107,7 +141,10 @@ fn merge_keeps_the_highest_version_in_any_order() {
 #[test]
 fn our_entries_from_an_earlier_run_come_back_as_tombstones() {
     let old_run = Records::new(peer(1));
-    let stale = old_run.add("c9", ip("10.2.1.9"), "old.weave.local.").unwrap().unwrap();
+    let stale = old_run
+        .add("c9", ip("10.2.1.9"), "old.weave.local.")
+        .unwrap()
+        .unwrap();
     let me = Records::new(peer(1));
     let news = me.merge(vec![stale.clone()]);
     assert_eq!(news.len(), 1);

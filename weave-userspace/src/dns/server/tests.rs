@@ -5,9 +5,12 @@ use hickory_proto::op::Query;
 fn resolver() -> Resolver {
     let records = Arc::new(Records::new(PeerName::from_bytes([0x0a, 0, 0, 0, 0, 1])));
     let r = &records;
-    r.add("c1", "10.2.1.1".parse().unwrap(), "w1.weave.local.").unwrap();
-    r.add("c2", "10.2.1.2".parse().unwrap(), "pair.weave.local.").unwrap();
-    r.add("c3", "10.2.1.3".parse().unwrap(), "pair.weave.local.").unwrap();
+    r.add("c1", "10.2.1.1".parse().unwrap(), "w1.weave.local.")
+        .unwrap();
+    r.add("c2", "10.2.1.2".parse().unwrap(), "pair.weave.local.")
+        .unwrap();
+    r.add("c3", "10.2.1.3".parse().unwrap(), "pair.weave.local.")
+        .unwrap();
     for i in 0..200u8 {
         r.add("many", Ipv4Addr::new(10, 3, 0, i), "big.weave.local.")
             .unwrap();
@@ -63,7 +66,11 @@ fn several_addresses_come_in_shuffled_order() {
         got.sort();
         assert_eq!(got.len(), 2);
     }
-    assert_eq!(firsts.len(), 2, "64 answers all started with the same address");
+    assert_eq!(
+        firsts.len(),
+        2,
+        "64 answers all started with the same address"
+    );
 }
 
 #[test]
@@ -80,24 +87,40 @@ fn unknown_names_in_the_domain_are_nxdomain_and_other_types_are_empty() {
 #[test]
 fn ptr_answers_attached_addresses_and_forwards_the_rest() {
     let r = resolver();
-    let m = reply(r.answer(&query("1.1.2.10.in-addr.arpa.", RecordType::PTR), Transport::Udp));
+    let m = reply(r.answer(
+        &query("1.1.2.10.in-addr.arpa.", RecordType::PTR),
+        Transport::Udp,
+    ));
     match &m.answers[0].data {
         RData::PTR(p) => assert_eq!(p.0, Name::from_ascii("w1.weave.local.").unwrap()),
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        r.answer(&query("9.9.9.10.in-addr.arpa.", RecordType::PTR), Transport::Udp),
+        r.answer(
+            &query("9.9.9.10.in-addr.arpa.", RecordType::PTR),
+            Transport::Udp
+        ),
         Outcome::Forward
     );
-    assert_eq!(arpa_v4(&Name::from_ascii("1.2.3.in-addr.arpa.").unwrap()), None);
-    assert_eq!(arpa_v4(&Name::from_ascii("a.2.3.4.in-addr.arpa.").unwrap()), None);
+    assert_eq!(
+        arpa_v4(&Name::from_ascii("1.2.3.in-addr.arpa.").unwrap()),
+        None
+    );
+    assert_eq!(
+        arpa_v4(&Name::from_ascii("a.2.3.4.in-addr.arpa.").unwrap()),
+        None
+    );
 }
 
 #[test]
 fn names_outside_the_domain_are_forwarded() {
     let r = resolver();
     for n in ["example.com.", "weave.local.example.", "local."] {
-        assert_eq!(r.answer(&query(n, RecordType::A), Transport::Udp), Outcome::Forward, "{n}");
+        assert_eq!(
+            r.answer(&query(n, RecordType::A), Transport::Udp),
+            Outcome::Forward,
+            "{n}"
+        );
     }
 }
 
@@ -119,16 +142,35 @@ fn malformed_queries_get_formerr_or_nothing() {
     // Responses are never answered (no loops).
     let mut resp = Message::from_vec(&query("w1.weave.local.", RecordType::A)).unwrap();
     resp.metadata.message_type = MessageType::Response;
-    assert_eq!(r.answer(&resp.to_vec().unwrap(), Transport::Udp), Outcome::Drop);
+    assert_eq!(
+        r.answer(&resp.to_vec().unwrap(), Transport::Udp),
+        Outcome::Drop
+    );
     // Two questions: FORMERR.
     let mut two = Message::query();
-    two.add_query(Query::query(Name::from_ascii("a.weave.local.").unwrap(), RecordType::A));
-    two.add_query(Query::query(Name::from_ascii("b.weave.local.").unwrap(), RecordType::A));
-    assert_eq!(reply(r.answer(&two.to_vec().unwrap(), Transport::Udp)).metadata.response_code, ResponseCode::FormErr);
+    two.add_query(Query::query(
+        Name::from_ascii("a.weave.local.").unwrap(),
+        RecordType::A,
+    ));
+    two.add_query(Query::query(
+        Name::from_ascii("b.weave.local.").unwrap(),
+        RecordType::A,
+    ));
+    assert_eq!(
+        reply(r.answer(&two.to_vec().unwrap(), Transport::Udp))
+            .metadata
+            .response_code,
+        ResponseCode::FormErr
+    );
     // Another opcode: NOTIMP.
     let mut status = Message::from_vec(&query("w1.weave.local.", RecordType::A)).unwrap();
     status.metadata.op_code = OpCode::Status;
-    assert_eq!(reply(r.answer(&status.to_vec().unwrap(), Transport::Udp)).metadata.response_code, ResponseCode::NotImp);
+    assert_eq!(
+        reply(r.answer(&status.to_vec().unwrap(), Transport::Udp))
+            .metadata
+            .response_code,
+        ResponseCode::NotImp
+    );
     // Random bytes never panic.
     let mut seed = 0x1234_5678u32;
     for len in 0..600 {
@@ -147,7 +189,12 @@ fn malformed_queries_get_formerr_or_nothing() {
 #[test]
 fn odd_names_are_not_found_rather_than_refused() {
     let r = resolver();
-    let name = Name::from_labels(vec![b"we ird\x00\xff".to_vec(), b"weave".to_vec(), b"local".to_vec()]).unwrap();
+    let name = Name::from_labels(vec![
+        b"we ird\x00\xff".to_vec(),
+        b"weave".to_vec(),
+        b"local".to_vec(),
+    ])
+    .unwrap();
     let mut m = Message::query();
     m.add_query(Query::query(name, RecordType::A));
     let out = reply(r.answer(&m.to_vec().unwrap(), Transport::Udp));
@@ -182,7 +229,11 @@ const UPSTREAM: Duration = Duration::from_millis(300);
 
 /// A free local UDP port (bound and let go).
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,21 +248,32 @@ async fn the_server_answers_over_udp_and_tcp_and_fails_slow_upstreams() {
     let server = DnsServer::start(listen, resolver(), upstreams).unwrap();
 
     let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    client.send_to(&query("w1.weave.local.", RecordType::A), listen).await.unwrap();
+    client
+        .send_to(&query("w1.weave.local.", RecordType::A), listen)
+        .await
+        .unwrap();
     let mut buf = [0u8; 4096];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf)).await.unwrap().unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(a_records(&Message::from_vec(&buf[..n]).unwrap()).len(), 1);
 
     let q = query("example.com.", RecordType::A);
     client.send_to(&q, listen).await.unwrap();
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf)).await.unwrap().unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let m = Message::from_vec(&buf[..n]).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(m.metadata.id, Message::from_vec(&q).unwrap().metadata.id);
 
     let mut tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
     let q = query("big.weave.local.", RecordType::A);
-    tcp.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+    tcp.write_all(&(q.len() as u16).to_be_bytes())
+        .await
+        .unwrap();
     tcp.write_all(&q).await.unwrap();
     let len = tcp.read_u16().await.unwrap() as usize;
     let mut b = vec![0u8; len];
@@ -219,7 +281,9 @@ async fn the_server_answers_over_udp_and_tcp_and_fails_slow_upstreams() {
     assert_eq!(a_records(&Message::from_vec(&b).unwrap()).len(), 200);
     assert!(server.counters.answered.load(Ordering::Relaxed) >= 2);
     assert_eq!(server.counters.failed.load(Ordering::Relaxed), 1);
-    tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -240,11 +304,15 @@ fn the_fast_path_answers_like_the_parsed_one() {
         with_edns("w1.weave.local.", 100),
     ];
     // With compressed names 200 addresses fit in 4096 bytes (the parsed path truncates).
-    let big = r.fast_answer(&with_edns("big.weave.local.", 4096), Transport::Udp).unwrap();
+    let big = r
+        .fast_answer(&with_edns("big.weave.local.", 4096), Transport::Udp)
+        .unwrap();
     let big = Message::from_vec(&big).unwrap();
     assert!(!big.metadata.truncation && big.answers.len() == 200);
     for q in &cases {
-        let fast = r.fast_answer(q, Transport::Udp).expect("fast path takes it");
+        let fast = r
+            .fast_answer(q, Transport::Udp)
+            .expect("fast path takes it");
         let slow = reply(r.answer_parsed(q, Transport::Udp));
         let fast = Message::from_vec(&fast).unwrap();
         assert_eq!(fast.metadata, slow.metadata);
@@ -253,7 +321,10 @@ fn the_fast_path_answers_like_the_parsed_one() {
         a.sort();
         b.sort();
         assert_eq!(a, b);
-        assert!(fast.answers.iter().all(|x| x.ttl == 7 && x.name == slow.queries[0].name().clone()));
+        assert!(fast
+            .answers
+            .iter()
+            .all(|x| x.ttl == 7 && x.name == slow.queries[0].name().clone()));
         assert_eq!(fast.edns.is_some(), slow.edns.is_some());
     }
     // Everything else is left to the parsed path.
@@ -269,5 +340,8 @@ fn the_fast_path_answers_like_the_parsed_one() {
     let mut bytes = query("w1.weave.local.", RecordType::A);
     bytes.push(0);
     assert_eq!(r.fast_answer(&bytes, Transport::Udp), None);
-    assert_eq!(r.fast_answer(&bytes[..bytes.len() - 3], Transport::Udp), None);
+    assert_eq!(
+        r.fast_answer(&bytes[..bytes.len() - 3], Transport::Udp),
+        None
+    );
 }
