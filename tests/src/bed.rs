@@ -216,6 +216,26 @@ impl TestBed {
         Ok(h.router())
     }
 
+    /// Stops host `i`'s router (if running) and launches it again over the state that run
+    /// left.
+    pub fn relaunch(&mut self, i: usize, opts: &LaunchOpts) -> Result<&Router> {
+        if let Some(mut old) = self.hosts[i - 1].router.take() {
+            old.stop()?;
+            // Dropped without touching the state dir the next run continues from.
+            old.keep();
+        }
+        let r = Router::launch_keeping_state(
+            &format!("{}-h{i}", self.prefix),
+            &self.peer_name(i),
+            &self.host(i).nickname(),
+            &self.state_dir(i),
+            opts,
+        )?;
+        let h = &mut self.hosts[i - 1];
+        h.router = Some(r);
+        Ok(h.router())
+    }
+
     /// Launches a router on every host, host `i` dialling hosts `1..i`, plus `extra`
     /// arguments, and waits until every router has established connections to all others.
     pub fn launch_mesh(&mut self, extra: &[&str]) -> Result<()> {

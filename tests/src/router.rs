@@ -61,7 +61,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// `weave-router launch` in `netns` (daemonized; returns once it is ready).
+    /// `weave-router launch` in `netns` (daemonized; returns once it is ready), with an
+    /// empty state dir.
     pub fn launch(
         netns: &str,
         name: &str,
@@ -69,8 +70,19 @@ impl Router {
         state_dir: &Path,
         opts: &LaunchOpts,
     ) -> Result<Router> {
-        let bin = require_binary()?;
         let _ = std::fs::remove_dir_all(state_dir);
+        Self::launch_keeping_state(netns, name, nickname, state_dir, opts)
+    }
+
+    /// `weave-router launch` over the state an earlier run left in `state_dir`.
+    pub fn launch_keeping_state(
+        netns: &str,
+        name: &str,
+        nickname: &str,
+        state_dir: &Path,
+        opts: &LaunchOpts,
+    ) -> Result<Router> {
+        let bin = require_binary()?;
         std::fs::create_dir_all(state_dir)
             .map_err(|e| Error::io(format!("create {}", state_dir.display()), e))?;
         let router = Router {

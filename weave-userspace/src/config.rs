@@ -60,6 +60,15 @@ pub struct LaunchArgs {
     /// Number of peers expected at start (the quorum of IP allocation consensus).
     #[arg(long, value_name = "N")]
     pub init_peer_count: Option<u32>,
+    /// The range every container address is allocated from.
+    #[arg(long, value_name = "CIDR", default_value = crate::ipam::DEFAULT_RANGE)]
+    pub ipalloc_range: String,
+    /// The subnet `net:default` allocates in (default: the whole range).
+    #[arg(long, value_name = "CIDR")]
+    pub ipalloc_default_subnet: Option<String>,
+    /// How the range is first split: consensus[=N], seed=PEER,... or observer.
+    #[arg(long, value_name = "MODE")]
+    pub ipalloc_init: Option<String>,
     /// Run in the foreground, logging to stderr.
     #[arg(long)]
     pub foreground: bool,
@@ -103,11 +112,22 @@ pub struct Config {
     pub discovery: bool,
     pub conn_limit: usize,
     pub init_peer_count: Option<u32>,
+    pub ipam: IpamConfig,
     pub foreground: bool,
     pub fake_datapath: bool,
     pub pin_root: PathBuf,
     /// `None` with `--no-dns`.
     pub dns: Option<crate::dns::DnsConfig>,
+}
+
+/// IP allocation settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpamConfig {
+    pub range: crate::ipam::cidr::Cidr,
+    pub default_subnet: crate::ipam::cidr::Cidr,
+    pub init: crate::ipam::consensus::InitMode,
+    /// Peers expected when no count is given: the initial peers plus this one (as Weave).
+    pub expected_peers: usize,
 }
 
 impl Config {
@@ -133,6 +153,16 @@ pub enum ConfigError {
     ConnLimit,
     #[error("--init-peer-count 0: at least one peer (this one) is needed")]
     InitPeerCount,
+    #[error("--ipalloc-range {0}")]
+    IpallocRange(crate::ipam::cidr::CidrError),
+    #[error("--ipalloc-default-subnet {0}")]
+    IpallocDefaultSubnet(crate::ipam::cidr::CidrError),
+    #[error("--ipalloc-default-subnet {subnet} is not inside --ipalloc-range {range}")]
+    DefaultSubnetOutsideRange { subnet: String, range: String },
+    #[error(transparent)]
+    IpallocInit(#[from] crate::ipam::consensus::InitModeError),
+    #[error("--init-peer-count {count} contradicts --ipalloc-init {init}")]
+    InitConflict { count: u32, init: String },
     #[error("--port 0 is not a port")]
     Port,
     #[error("--mtu {0} is out of range (576..=65485)")]
@@ -284,6 +314,7 @@ impl LaunchArgs {
                 resolv_conf: self.resolv_conf.clone(),
             })
         };
+        let ipam = self.ipam_config(unique.len())?;
         Ok(Config {
             name,
             nickname,
@@ -300,11 +331,77 @@ impl LaunchArgs {
             discovery: !self.no_discovery,
             conn_limit: self.conn_limit,
             init_peer_count: self.init_peer_count,
+            ipam,
             foreground: self.foreground,
             fake_datapath: self.fake_datapath,
             pin_root: self.pin_root.clone(),
             dns,
         })
+    }
+}
+
+impl LaunchArgs {
+    fn ipam_config(&self, targets: usize) -> Result<IpamConfig, ConfigError> {
+        use crate::ipam::cidr::Cidr;
+        use crate::ipam::consensus::InitMode;
+        let range: Cidr = self
+            .ipalloc_range
+            .parse()
+            .map_err(ConfigError::IpallocRange)?;
+        let default_subnet = match &self.ipalloc_default_subnet {
+            Some(s) => s
+                .parse::<Cidr>()
+                .map_err(ConfigError::IpallocDefaultSubnet)?,
+            None => range,
+        };
+        if !range.contains_cidr(default_subnet) {
+            return Err(ConfigError::DefaultSubnetOutsideRange {
+                subnet: default_subnet.to_string(),
+                range: range.to_string(),
+            });
+        }
+        let init = match (&self.ipalloc_init, self.init_peer_count) {
+            (None, None) => InitMode::Consensus(None),
+            (None, Some(n)) => InitMode::Consensus(Some(n as usize)),
+            (Some(s), count) => {
+                let mode: InitMode = s.parse()?;
+                match (&mode, count) {
+                    (_, None) => {}
+                    (InitMode::Consensus(None), Some(n)) => {
+                        return Ok(self.ipam_with(
+                            range,
+                            default_subnet,
+                            InitMode::Consensus(Some(n as usize)),
+                            targets,
+                        ))
+                    }
+                    (InitMode::Consensus(Some(m)), Some(n)) if *m == n as usize => {}
+                    (_, Some(n)) => {
+                        return Err(ConfigError::InitConflict {
+                            count: n,
+                            init: s.clone(),
+                        })
+                    }
+                }
+                mode
+            }
+        };
+        Ok(self.ipam_with(range, default_subnet, init, targets))
+    }
+
+    fn ipam_with(
+        &self,
+        range: crate::ipam::cidr::Cidr,
+        default_subnet: crate::ipam::cidr::Cidr,
+        init: crate::ipam::consensus::InitMode,
+        targets: usize,
+    ) -> IpamConfig {
+        IpamConfig {
+            range,
+            default_subnet,
+            init,
+            expected_peers: targets + 1,
+        }
     }
 }
 
@@ -522,6 +619,38 @@ mod tests {
     }
 
     #[test]
+    fn ip_allocation_flags() {
+        use crate::ipam::consensus::InitMode;
+        let c = parse(&["10.0.0.2", "10.0.0.3"]).validate(&host()).unwrap();
+        assert_eq!(c.ipam.range.to_string(), "10.32.0.0/12");
+        assert_eq!(c.ipam.default_subnet, c.ipam.range);
+        assert_eq!(
+            (c.ipam.init.clone(), c.ipam.expected_peers),
+            (InitMode::Consensus(None), 3)
+        );
+        let c = parse(&[
+            "--ipalloc-range",
+            "10.2.0.0/16",
+            "--ipalloc-default-subnet",
+            "10.2.1.0/24",
+            "--init-peer-count",
+            "2",
+        ])
+        .validate(&host())
+        .unwrap();
+        assert_eq!(c.ipam.default_subnet.to_string(), "10.2.1.0/24");
+        assert_eq!(c.ipam.init, InitMode::Consensus(Some(2)));
+        let c = parse(&["--ipalloc-init", "observer"])
+            .validate(&host())
+            .unwrap();
+        assert_eq!(c.ipam.init, InitMode::Observer);
+        let c = parse(&["--ipalloc-init", "consensus", "--init-peer-count", "5"])
+            .validate(&host())
+            .unwrap();
+        assert_eq!(c.ipam.init, InitMode::Consensus(Some(5)));
+    }
+
+    #[test]
     fn without_default_route_the_only_up_interface_is_taken() {
         let mut h = host();
         h.default = None;
@@ -546,6 +675,10 @@ mod tests {
             (&["--port", "0"], "--port 0 is not a port"),
             (&["--dns-domain", "a..b"], "--dns-domain \"a..b\" is not a domain name (like weave.local.)"),
             (&["--dns-listen-address", "::1"], "--dns-listen-address \"::1\" is not an IPv4 address, optionally with a port (like 169.254.53.53 or 10.0.0.1:53)"),
+            (&["--ipalloc-range", "10.2.0.0/33"], "--ipalloc-range \"10.2.0.0/33\": the prefix length must be 0..=32"),
+            (&["--ipalloc-range", "10.2.0.0/16", "--ipalloc-default-subnet", "10.3.0.0/24"], "--ipalloc-default-subnet 10.3.0.0/24 is not inside --ipalloc-range 10.2.0.0/16"),
+            (&["--ipalloc-init", "consensus=0"], "--ipalloc-init \"consensus=0\": N must be a whole number of at least 1"),
+            (&["--ipalloc-init", "consensus=3", "--init-peer-count", "2"], "--init-peer-count 2 contradicts --ipalloc-init consensus=3"),
         ];
         for (args, message) in cases {
             let e = parse(args).validate(&host()).unwrap_err();

@@ -497,6 +497,18 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
+    /// After a burst of events: publishes our record and recomputes routes (each at most
+    /// every 100 ms) and dials newly learned peers. Returns when to come back, if waiting.
+    async fn after_events(self: &Arc<Self>) -> Option<tokio::time::Instant> {
+        let publish_at = self.publish_if_pending();
+        let routes_at = self.apply_routes_if_due().await;
+        for target in self.discovery_targets() {
+            tracing::info!("dialling {target}, learned from gossip");
+            self.connect(target);
+        }
+        publish_at.into_iter().chain(routes_at).min()
+    }
+
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.retain(|t| !t.is_finished());
@@ -598,13 +610,14 @@ impl<D: Datapath> Router<D> {
             let inner = inner.clone();
             let mut rx = events_rx;
             tokio::spawn(async move {
-                let mut publish_at: Option<tokio::time::Instant> = None;
+                // When our record is to be published or routes computed next, if waiting.
+                let mut wake_at: Option<tokio::time::Instant> = None;
                 loop {
-                    let event = match publish_at {
+                    let event = match wake_at {
                         Some(at) => tokio::select! {
                             event = rx.recv() => event,
                             _ = tokio::time::sleep_until(at) => {
-                                publish_at = inner.publish_if_pending();
+                                wake_at = inner.after_events().await;
                                 continue;
                             }
                         },
@@ -616,12 +629,7 @@ impl<D: Datapath> Router<D> {
                     while let Ok(event) = rx.try_recv() {
                         inner.handle(event).await;
                     }
-                    publish_at = inner.publish_if_pending();
-                    inner.apply_routes_if_stale().await;
-                    for target in inner.discovery_targets() {
-                        tracing::info!("dialling {target}, learned from gossip");
-                        inner.connect(target);
-                    }
+                    wake_at = inner.after_events().await;
                 }
             })
         };

@@ -14,6 +14,7 @@ use crate::mesh::peer_name::{PeerName, ShortId};
 const LOCK_FILE: &str = "lock";
 const IDENTITY_FILE: &str = "peer.json";
 const ENDPOINTS_FILE: &str = "endpoints.json";
+const IPAM_FILE: &str = "ipam.json";
 /// The background daemon's log, in the state directory.
 pub const LOG_FILE: &str = "weave-router.log";
 
@@ -169,6 +170,43 @@ impl StateDir {
         }
     }
 
+    /// The IPAM state of an earlier run (ring and allocations), if any.
+    pub fn load_ipam(&self) -> Result<Option<crate::ipam::allocator::AllocatorState>, StateError> {
+        let path = self.path.join(IPAM_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Stores the IPAM state crash-safely (before anyone hears of it).
+    pub fn save_ipam(
+        &self,
+        state: &crate::ipam::allocator::AllocatorState,
+    ) -> Result<(), StateError> {
+        write_atomic(
+            &self.path.join(IPAM_FILE),
+            &serde_json::to_vec(state).expect("serialisable"),
+        )
+    }
+
+    /// Forgets the IPAM state (`reset`).
+    pub fn remove_ipam(&self) -> Result<(), StateError> {
+        let path = self.path.join(IPAM_FILE);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn save_endpoints(&self, endpoints: &[Endpoint]) -> Result<(), StateError> {
         let path = self.path.join(ENDPOINTS_FILE);
         write_atomic(
@@ -178,13 +216,19 @@ impl StateDir {
     }
 }
 
-/// Writes a file so that readers see the old or the new content, never a mix.
+/// Writes a file so that readers see the old or the new content, never a mix, and the
+/// new content survives a crash once this returns (file and directory synced).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
     Ok(())
 }
 

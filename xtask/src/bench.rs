@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use weave_tests::{pair, Background, Mode, Pair};
 
-use crate::run::{self, output_ok, step};
+use crate::run::{self, sh, step};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,6 +43,9 @@ pub struct Args {
     /// Seconds per dnsperf run.
     #[arg(long, default_value_t = 10)]
     dns_seconds: u32,
+    /// Only the IP allocation figures (consensus time, local allocation latency).
+    #[arg(long)]
+    ipam_only: bool,
 }
 
 /// Samples of one mode.
@@ -153,15 +156,6 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-pub(crate) fn sh(line: &str) -> String {
-    let mut w = line.split_whitespace();
-    let prog = w.next().unwrap_or("true");
-    output_ok(crate::run::cmd(prog).args(w))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 pub fn bench(a: Args) -> Result<()> {
     if !run::is_root() {
         anyhow::bail!("the benchmark creates network namespaces: run it as root");
@@ -172,8 +166,12 @@ pub fn bench(a: Args) -> Result<()> {
             crate::build::build()?;
         }
     }
+    let output = run::root().join(&a.output);
     if a.dns_only {
-        return dns_part(&a);
+        return dns_part(&a, &output);
+    }
+    if a.ipam_only {
+        return crate::bench_ipam::run(a.runs.max(5), &output);
     }
     let load_before = loadavg();
     let mut subjects = vec![(Mode::Routed, "wtbr"), (Mode::KernelVxlan, "wtbv")];
@@ -263,23 +261,22 @@ pub fn bench(a: Args) -> Result<()> {
 
     let load = format!("{load_before} before, {} after", loadavg());
     let report = render(&a, &subjects, &load);
-    let path = run::root().join(&a.output);
-    write_section(&path, &report)?;
+    write_section(&output, &report)?;
     println!("{report}");
-    step(&format!("wrote {}", path.display()));
+    step(&format!("wrote {}", output.display()));
+    crate::bench_ipam::run(a.runs.max(5), &output)?;
     if !a.no_dns && !a.baselines_only {
-        dns_part(&a)?;
+        dns_part(&a, &output)?;
     }
     Ok(())
 }
 
 /// Runs the DNS part and writes its section.
-fn dns_part(a: &Args) -> Result<()> {
+fn dns_part(a: &Args, output: &std::path::Path) -> Result<()> {
     let section = crate::bench_dns::run(a.dns_seconds)?;
-    let path = run::root().join(&a.output);
-    crate::bench_dns::write_section(&path, &section)?;
+    crate::bench_dns::write_section(output, &section)?;
     println!("{section}");
-    step(&format!("wrote {}", path.display()));
+    step(&format!("wrote {}", output.display()));
     Ok(())
 }
 

@@ -155,7 +155,7 @@ pub fn run(seconds: u32) -> Result<String> {
 
 fn render(seconds: u32, full: &Run, paced: &Run, samples: usize, load: &str) -> String {
     let f = |v: Option<f64>, p: usize| v.map_or("–".into(), |v| format!("{v:.p$}"));
-    let date = crate::bench::sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
+    let date = crate::run::sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut s = String::new();
     let _ = writeln!(s, "## DNS\n");
@@ -199,21 +199,7 @@ fn render(seconds: u32, full: &Run, paced: &Run, samples: usize, load: &str) -> 
 /// Puts `section` between this part's markers in `path` (appended when they are not there
 /// yet), keeping everything else.
 pub fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
-    std::fs::write(path, splice(&old, section)).with_context(|| format!("write {}", path.display()))
-}
-
-fn splice(old: &str, section: &str) -> String {
-    let block = format!("{BEGIN}\n{section}{END}\n");
-    match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!(
-            "{}{block}{}",
-            &old[..b],
-            &old[e + END.len()..].trim_start_matches('\n')
-        ),
-        _ if old.is_empty() => format!("# Benchmarks\n\n{block}"),
-        _ => format!("{}\n\n{block}", old.trim_end()),
-    }
+    crate::run::write_marked_section(path, BEGIN, END, section)
 }
 
 #[cfg(test)]
@@ -232,13 +218,5 @@ mod tests {
         );
         assert_eq!(lat, [0.0001, 0.0003]);
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.99), Some(3.0));
-    }
-
-    #[test]
-    fn the_section_is_replaced_or_appended() {
-        let first = splice("# Benchmarks\n\nother\n", "## DNS\none\n");
-        assert!(first.starts_with("# Benchmarks\n\nother\n\n<!-- dns-bench:begin"));
-        let second = splice(&first, "## DNS\ntwo\n");
-        assert!(second.contains("two") && !second.contains("one") && second.contains("other"));
     }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_dns;
+mod bench_ipam;
 mod build;
 mod demo;
 mod run;

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use weave_tests::mesh::MeshSummary;
 use weave_tests::{host_addr, LaunchOpts, Netns, TestBed};
 
-use crate::run::{self, output_ok, step};
+use crate::run::{self, sh, step};
 
 /// Marks around the section this task owns in BENCHMARKS.md.
 const BEGIN: &str = "<!-- scale:begin (written by `cargo xtask scale`) -->";
@@ -503,15 +503,6 @@ fn mib(k: Option<u64>) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
-fn sh(line: &str) -> String {
-    let mut w = line.split_whitespace();
-    let prog = w.next().unwrap_or("true");
-    output_ok(crate::run::cmd(prog).args(w))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     let date = sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
     let commit = sh("git rev-parse --short HEAD");
@@ -607,23 +598,7 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
 /// Puts `section` between the markers in `path`, keeping the rest; appends it when the
 /// markers are not there yet.
 fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{BEGIN}\n{section}{END}\n");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!(
-            "{}{block}{}",
-            &old[..b],
-            old[e + END.len()..].trim_start_matches('\n')
-        ),
-        _ => {
-            let mut s = old.trim_end().to_string();
-            if !s.is_empty() {
-                s.push_str("\n\n");
-            }
-            s + &block
-        }
-    };
-    std::fs::write(path, new).with_context(|| format!("write {}", path.display()))
+    run::write_marked_section(path, BEGIN, END, section)
 }
 
 pub fn scale(a: Args) -> Result<()> {

@@ -18,6 +18,12 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabels {
+    direction: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -56,6 +62,33 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
             .count() as i64,
     );
     registry.register("weave_peers", "Peers known, this one included", peers);
+
+    let frames = Family::<TrafficLabels, Counter>::default();
+    let bytes = Family::<TrafficLabels, Counter>::default();
+    registry.register(
+        "weave_control_frames",
+        "Control-connection frames by direction and message kind",
+        frames.clone(),
+    );
+    registry.register_with_unit(
+        "weave_control",
+        "Control-connection bytes (frames with their headers) by direction and message kind",
+        Unit::Bytes,
+        bytes.clone(),
+    );
+    for (direction, traffic) in [
+        ("sent", &crate::mesh::protocol::SENT),
+        ("received", &crate::mesh::protocol::RECEIVED),
+    ] {
+        for (kind, n, b) in traffic.snapshot() {
+            let labels = TrafficLabels {
+                direction: direction.into(),
+                kind: kind.into(),
+            };
+            frames.get_or_create(&labels).inc_by(n);
+            bytes.get_or_create(&labels).inc_by(b);
+        }
+    }
 
     if let Some(c) = counters {
         let packets = Family::<ReasonLabels, Counter>::default();

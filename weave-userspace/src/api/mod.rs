@@ -13,6 +13,7 @@
 //!
 //! Errors answer with a fitting status code and one line of text.
 
+pub mod ipam;
 pub mod metrics;
 pub mod text;
 
@@ -27,9 +28,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::datapath::{
-    AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint, Ipv4Cidr,
-};
+use crate::datapath::{AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint};
 use crate::mesh::connection_maker::Target;
 use crate::router::{MeshStatus, Router};
 use text::DaemonInfo;
@@ -40,6 +39,14 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 pub trait Controller: Send + Sync + 'static {
     fn status(&self) -> MeshStatus;
     fn mesh_summary(&self) -> crate::router::gossip::MeshSummary;
+    /// IP allocation, when on.
+    fn ipam(&self) -> Option<Arc<crate::ipam::service::IpamService>>;
+    /// Gives the host an address on the weave network (see [`Datapath::expose`]).
+    fn expose(
+        &self,
+        address: crate::datapath::Ipv4Cidr,
+    ) -> BoxFuture<'_, Result<(), DatapathError>>;
+    fn hide(&self, address: crate::datapath::Ipv4Cidr) -> BoxFuture<'_, Result<(), DatapathError>>;
     fn daemon_info(&self) -> DaemonInfo;
     fn endpoints(&self) -> Vec<Endpoint>;
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
@@ -54,6 +61,7 @@ pub trait Controller: Send + Sync + 'static {
 /// A router and what the status shows about its data path.
 pub struct RouterController<D: Datapath> {
     pub router: Arc<Router<D>>,
+    pub ipam: Option<Arc<crate::ipam::service::IpamService>>,
     pub iface: String,
     pub xdp: String,
 }
@@ -65,6 +73,21 @@ impl<D: Datapath> Controller for RouterController<D> {
 
     fn mesh_summary(&self) -> crate::router::gossip::MeshSummary {
         self.router.mesh_summary()
+    }
+
+    fn ipam(&self) -> Option<Arc<crate::ipam::service::IpamService>> {
+        self.ipam.clone()
+    }
+
+    fn expose(
+        &self,
+        address: crate::datapath::Ipv4Cidr,
+    ) -> BoxFuture<'_, Result<(), DatapathError>> {
+        Box::pin(self.router.datapath().expose(address))
+    }
+
+    fn hide(&self, address: crate::datapath::Ipv4Cidr) -> BoxFuture<'_, Result<(), DatapathError>> {
+        Box::pin(self.router.datapath().hide(address))
     }
 
     fn daemon_info(&self) -> DaemonInfo {
@@ -354,6 +377,22 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/status/peers", get(status_peers))
         .route("/status/targets", get(status_targets))
         .route("/status/mesh", get(status_mesh))
+        .route("/status/ipam", get(ipam::status))
+        .route(
+            "/ip/{owner}",
+            get(ipam::get_owner)
+                .post(ipam::allocate_default)
+                .delete(ipam::release),
+        )
+        .route(
+            "/ip/{owner}/{addr}/{len}",
+            post(ipam::allocate_in).put(ipam::claim),
+        )
+        .route("/rmpeer", post(ipam::rmpeer))
+        .route("/ps", get(ps))
+        .route("/reset", post(ipam::reset))
+        .route("/expose", post(ipam::expose))
+        .route("/hide", post(ipam::hide))
         .route("/report", get(get_report))
         .route("/metrics", get(get_metrics))
         .route("/attach", post(attach))
@@ -373,6 +412,12 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
 async fn status(State(s): AppState) -> Result<String, ApiError> {
     let c = s.ready()?;
     let mut out = text::summary(&c.status(), &c.daemon_info());
+    if let Some(i) = c.ipam() {
+        out.push('\n');
+        for (k, v) in ipam::summary_lines(&i.report()) {
+            out.push_str(&format!("{k:>15}: {v}\n"));
+        }
+    }
     if let Some(dns) = s.dns() {
         out.push_str(&text::dns_summary(&dns.info()));
     }
@@ -389,6 +434,21 @@ async fn status_peers(State(s): AppState) -> Result<String, ApiError> {
 
 async fn status_targets(State(s): AppState) -> Result<String, ApiError> {
     Ok(text::targets(&s.ready()?.status()))
+}
+
+/// `weave-router ps`: one line per attached namespace: path, MAC, addresses.
+async fn ps(State(s): AppState) -> Result<String, ApiError> {
+    let mut out = String::new();
+    for e in s.ready()?.endpoints() {
+        let v = EndpointView::from(&e);
+        out.push_str(&format!(
+            "{} {} {}\n",
+            v.netns.display(),
+            v.mac,
+            v.addresses.join(" ")
+        ));
+    }
+    Ok(out)
 }
 
 /// Peers known and peers routed to, as JSON (cheap to poll).
@@ -451,20 +511,29 @@ async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
         }
         None => None,
     };
-    let addresses = body
-        .addresses
-        .iter()
-        .map(|a| {
-            a.parse::<Ipv4Cidr>()
-                .map_err(|e| bad_request(e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let endpoint = c
+    let specs =
+        crate::ipam::spec::parse_all(&body.addresses).map_err(|e| bad_request(e.to_string()))?;
+    if c.endpoints().iter().any(|e| e.netns == body.netns) {
+        return Err(DatapathError::AlreadyAttached(body.netns.clone()).into());
+    }
+    let ipam = c.ipam();
+    let owner = body.netns.display().to_string();
+    let addresses = ipam::resolve(ipam.as_deref(), &owner, &specs).await?;
+    let attached = c
         .attach(AttachRequest {
             netns: body.netns,
             addresses,
         })
-        .await?;
+        .await;
+    let endpoint = match attached {
+        Ok(e) => e,
+        Err(e) => {
+            if let Some(i) = &ipam {
+                let _ = i.release(&owner);
+            }
+            return Err(e.into());
+        }
+    };
     tracing::info!(
         "attached {} as {}",
         endpoint.netns.display(),
@@ -492,6 +561,14 @@ async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
     let endpoint = c.detach(body.netns).await?;
     if let Some(dns) = s.dns() {
         let _ = dns.remove(&endpoint.netns.to_string_lossy(), &[], None);
+    }
+    if let Some(i) = c.ipam() {
+        if let Err(e) = i.release(&endpoint.netns.display().to_string()) {
+            tracing::error!(
+                "cannot release the addresses of {}: {e}",
+                endpoint.netns.display()
+            );
+        }
     }
     tracing::info!(
         "detached {} ({})",

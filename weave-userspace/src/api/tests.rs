@@ -51,8 +51,20 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
     ));
     let (stop_tx, stop) = watch::channel(false);
     let state = Arc::new(ApiState::new(stop_tx));
+    // IP allocation in 10.2.0.0/16 (default subnet 10.2.1.0/24), this router the only seed.
+    let me = PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]);
+    let ipam = crate::ipam::node::Ipam::new(
+        me,
+        "10.2.0.0/16".parse().unwrap(),
+        "10.2.1.0/24".parse().unwrap(),
+        crate::ipam::consensus::InitMode::Seed(vec![me]),
+        1,
+    )
+    .unwrap();
+    let ipam = crate::ipam::service::IpamService::new(ipam, None);
     state.set_ready(Arc::new(RouterController {
         router: router.clone(),
+        ipam: Some(ipam),
         iface: "lo".into(),
         xdp: "off".into(),
     }));
@@ -202,6 +214,53 @@ async fn attach_and_detach() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_allocates_from_ipam_and_detach_releases() {
+    let a = serve(1, &[]).await;
+    let netns = std::env::temp_dir().join(format!("weave-router-api-ipam-{}", std::process::id()));
+    std::fs::write(&netns, b"").unwrap();
+    let body =
+        serde_json::json!({ "netns": netns, "addresses": ["net:default", "net:10.2.2.0/24"] })
+            .to_string();
+    let r = call(a.http, "POST", "/attach", Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e: EndpointView = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(e.addresses, ["10.2.1.1/24", "10.2.2.1/24"]);
+    let owner = netns.display().to_string();
+    let status = call(a.http, "GET", "/status/ipam", None).await;
+    assert!(status.body.contains("(2 active)"), "{}", status.body);
+    let d = call(
+        a.http,
+        "POST",
+        "/detach",
+        Some(serde_json::json!({ "netns": netns }).to_string()),
+    )
+    .await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let ipam = a.router.clone();
+    drop(ipam);
+    // Released: the next owner gets the same first address.
+    let r = call(a.http, "POST", "/ip/c0ffee", None).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "10.2.1.1/24\n"),
+        "{owner} released"
+    );
+    let r = call(a.http, "POST", "/ip/c0ffee/10.2.3.0/24", None).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "10.2.3.1/24\n"));
+    let r = call(a.http, "PUT", "/ip/other/10.2.3.1/24", None).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body, "address 10.2.3.1 is already allocated to c0ffee\n");
+    let r = call(a.http, "GET", "/ip/c0ffee", None).await;
+    assert_eq!(r.body, "10.2.1.1/24\n10.2.3.1/24\n");
+    let r = call(a.http, "DELETE", "/ip/c0ffee", None).await;
+    assert_eq!(r.status, 200);
+    let r = call(a.http, "GET", "/ip/c0ffee", None).await;
+    assert_eq!(r.body, "");
+    std::fs::remove_file(&netns).unwrap();
+    a.router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_one_line_and_a_4xx() {
     let a = serve(1, &[]).await;
     let cases = [
@@ -215,7 +274,11 @@ async fn bad_requests_get_one_line_and_a_4xx() {
         ),
         (
             r#"{"netns":"/proc/self/ns/net","addresses":["10.0.0.1"]}"#,
-            "\"10.0.0.1\" is not an IPv4 address with a prefix length (like 10.2.1.5/24)\n",
+            "\"10.0.0.1\" is not net:default, net:CIDR, ip:CIDR or an address with a prefix length (like 10.2.1.5/24)\n",
+        ),
+        (
+            r#"{"netns":"/proc/self/ns/net","addresses":["net:10.3.0.0/24"]}"#,
+            "10.3.0.0/24 is outside the allocation range 10.2.0.0/16\n",
         ),
     ];
     for (body, message) in cases {

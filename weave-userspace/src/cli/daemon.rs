@@ -11,8 +11,11 @@ use crate::api::{self, ApiState, RouterController};
 use crate::config::Config;
 use crate::datapath::fake::FakeDatapath;
 use crate::datapath::{Datapath, DatapathSettings};
+use crate::ipam::node::Ipam;
+use crate::ipam::service::IpamService;
 use crate::mesh::connection::Timings;
 use crate::mesh::gossip_channel::ChannelId;
+use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::Hello;
 use crate::router::{self, Router, RouterConfig};
 use crate::state::StateDir;
@@ -104,6 +107,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    if let Some((route, dev)) = routes_overlapping(config.ipam.range).into_iter().next() {
+        bail!(
+            "--ipalloc-range {} overlaps the host route {route} on {dev}; choose another range",
+            config.ipam.range
+        );
+    }
     let state = Arc::new(StateDir::open(&config.state_dir)?);
     let identity = state.identity(config.name)?;
     let listener = router::bind(config.listen_addr()).await?;
@@ -183,6 +192,64 @@ async fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// IP allocation: continued from the state dir or new, joined to the mesh's IPAM channel.
+fn start_ipam<D: Datapath>(
+    config: &Config,
+    state: &Arc<StateDir>,
+    router: &Arc<Router<D>>,
+    ourself: PeerName,
+) -> anyhow::Result<Arc<IpamService>> {
+    let c = &config.ipam;
+    let ipam = match state.load_ipam()? {
+        Some(stored) => Ipam::restore(
+            ourself,
+            c.default_subnet,
+            c.init.clone(),
+            c.expected_peers,
+            c.range,
+            stored,
+        )?,
+        None => Ipam::new(
+            ourself,
+            c.range,
+            c.default_subnet,
+            c.init.clone(),
+            c.expected_peers,
+        )?,
+    };
+    let service = IpamService::new(ipam, Some(state.clone()));
+    let gossiper = router.register_channel(ChannelId::Ipam, service.clone());
+    let weak = Arc::downgrade(router);
+    service.connect(
+        gossiper,
+        Box::new(move |peer| weak.upgrade().is_some_and(|r| r.reaches(peer))),
+    );
+    Ok(service)
+}
+
+/// The host's IPv4 routes (from /proc/net/route) that overlap `range`, other than the
+/// default route and routes on the weave bridge: `(destination, device)`.
+pub fn routes_overlapping(range: crate::ipam::cidr::Cidr) -> Vec<(String, String)> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (dev, dest, mask) = (f.first()?, f.get(1)?, f.get(7)?);
+            // The kernel prints addresses as little-endian hex.
+            let dest = std::net::Ipv4Addr::from(u32::from_str_radix(dest, 16).ok()?.swap_bytes());
+            let mask = u32::from_str_radix(mask, 16).ok()?.swap_bytes();
+            let len = mask.count_ones() as u8;
+            let net = crate::ipam::cidr::Cidr::new(dest, len).ok()?;
+            (len > 0 && *dev != crate::datapath::ebpf::BRIDGE_NAME && net.overlaps(range))
+                .then(|| (net.to_string(), dev.to_string()))
+        })
+        .collect()
+}
+
 /// Everything ready but the data path.
 struct Up<'a> {
     config: &'a Config,
@@ -204,6 +271,7 @@ impl Up<'_> {
             }
         };
         let me = self.local.name;
+        let ourself = me;
         if let Some(dns) = &self.config.dns {
             if let Some(service) = service_address(dns.listen.ip()) {
                 datapath
@@ -249,8 +317,11 @@ impl Up<'_> {
             None => None,
         };
         self.api_state.set_dns(dns.clone());
+        let ipam = start_ipam(self.config, &self.state, &router, ourself)?;
+        let _ticker = ipam.spawn_ticker();
         let controller = RouterController {
             router: router.clone(),
+            ipam: Some(ipam),
             iface: self.config.iface.clone(),
             xdp,
         };

@@ -14,7 +14,6 @@ use clap::{Parser, Subcommand};
 
 use crate::api::{AttachBody, DetachBody, EndpointView};
 use crate::config::{LaunchArgs, RealHost, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
-use crate::datapath::Ipv4Cidr;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,7 +64,8 @@ pub enum Command {
     Report(ApiArgs),
     /// Give a network namespace an `ethwe` interface on the weave bridge.
     Attach {
-        /// Addresses for ethwe, with prefix length (like 10.2.1.1/24).
+        /// Addresses: net:default (what none means), net:CIDR (allocated in that subnet),
+        /// ip:CIDR or CIDR (that address, like 10.2.1.1/24).
         #[arg(value_name = "ADDR")]
         addresses: Vec<String>,
         /// The network namespace (like /run/netns/c1 or /proc/<pid>/ns/net).
@@ -93,6 +93,28 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Take over the IP space of a dead peer.
+    Rmpeer {
+        #[arg(value_name = "PEER")]
+        peer: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the attached network namespaces with their MAC and addresses.
+    Ps(ApiArgs),
+    /// Give this host an address on the weave network (net:default when none is given) and
+    /// masquerade that subnet's traffic to the outside.
+    Expose {
+        #[arg(value_name = "ADDR")]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Take the addresses `expose` gave this host away.
+    Hide(ApiArgs),
+    /// Detach everything, hand this router's IP space to a reachable peer, forget the IP
+    /// allocation state and stop.
+    Reset(ApiArgs),
     /// Take the `ethwe` interface of a network namespace away.
     Detach {
         #[arg(long, value_name = "PATH")]
@@ -151,6 +173,7 @@ pub enum StatusPart {
     Peers,
     Targets,
     Dns,
+    Ipam,
 }
 
 /// Parses the command line and runs the command. Errors are one line for the caller to print.
@@ -194,6 +217,7 @@ pub fn run() -> anyhow::Result<()> {
                 Some(StatusPart::Peers) => "/status/peers",
                 Some(StatusPart::Targets) => "/status/targets",
                 Some(StatusPart::Dns) => "/status/dns",
+                Some(StatusPart::Ipam) => "/status/ipam",
             };
             print!("{}", get(api.addr()?, path)?);
             Ok(())
@@ -208,9 +232,7 @@ pub fn run() -> anyhow::Result<()> {
             hostname,
             api,
         } => {
-            for a in &addresses {
-                a.parse::<Ipv4Cidr>()?;
-            }
+            crate::ipam::spec::parse_all(&addresses)?;
             if let Some(h) = &hostname {
                 crate::dns::records::normalise_name(h)?;
             }
@@ -223,6 +245,29 @@ pub fn run() -> anyhow::Result<()> {
             let e: EndpointView = serde_json::from_str(&post(api.addr()?, "/attach", &body)?)
                 .context("unexpected answer")?;
             println!("{} {}", e.mac, e.addresses.join(" "));
+            Ok(())
+        }
+        Command::Rmpeer { peer, api } => {
+            let body = serde_json::to_string(&crate::api::ipam::RmpeerBody { peer })?;
+            print!("{}", post(api.addr()?, "/rmpeer", &body)?);
+            Ok(())
+        }
+        Command::Expose { addresses, api } => {
+            crate::ipam::spec::parse_all(&addresses)?;
+            let body = serde_json::to_string(&crate::api::ipam::ExposeBody { addresses })?;
+            print!("{}", post(api.addr()?, "/expose", &body)?);
+            Ok(())
+        }
+        Command::Hide(api) => {
+            print!("{}", post(api.addr()?, "/hide", "")?);
+            Ok(())
+        }
+        Command::Reset(api) => {
+            print!("{}", post(api.addr()?, "/reset", "")?);
+            Ok(())
+        }
+        Command::Ps(api) => {
+            print!("{}", get(api.addr()?, "/ps")?);
             Ok(())
         }
         Command::Detach { netns, api } => {

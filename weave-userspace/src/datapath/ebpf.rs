@@ -125,6 +125,8 @@ struct State {
     peers_seen: BTreeSet<u16>,
     /// Kernel VXLAN devices towards direct peers, by short ID.
     peer_devices: BTreeMap<u16, PeerDevice>,
+    /// Host addresses on the bridge given by `expose`.
+    exposed: Vec<super::Ipv4Cidr>,
 }
 
 /// A kernel VXLAN device towards one direct peer: the bridge floods what the programs leave
@@ -146,6 +148,17 @@ const MAIN_TABLE: u32 = 254;
 /// the bridge), and the priority of the rule that selects it for that source address.
 pub const SERVICE_TABLE: u32 = 6783;
 pub const SERVICE_RULE_PRIORITY: u32 = 6783;
+
+/// The subnets of exposed addresses, without repeats.
+fn exposed_subnets(exposed: &[super::Ipv4Cidr]) -> Vec<crate::ipam::cidr::Cidr> {
+    let mut subnets: Vec<crate::ipam::cidr::Cidr> = exposed
+        .iter()
+        .map(|a| crate::ipam::cidr::Cidr::of(*a))
+        .collect();
+    subnets.sort();
+    subnets.dedup();
+    subnets
+}
 
 /// How long the device of a peer that went away is kept (down) before it is deleted.
 const PEER_DEVICE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -390,6 +403,7 @@ impl EbpfDatapath {
             endpoints: Vec::new(),
             peers_seen: BTreeSet::new(),
             peer_devices: BTreeMap::new(),
+            exposed: Vec::new(),
         };
         let links_dir = pin_dir.join("links");
         let rx_pin = format!("rx-{}", underlay.name);
@@ -961,6 +975,28 @@ impl Datapath for EbpfDatapath {
         self.make_bridge_port(host.index).await?;
         self.take_up(&endpoint, host.index)?;
         self.service_neighbours(&endpoint, true).await
+    }
+
+    async fn expose(&self, address: super::Ipv4Cidr) -> Result<(), DatapathError> {
+        self.nl.add_address(self.bridge_index, address).await?;
+        let subnets = {
+            let mut st = self.lock();
+            if !st.exposed.contains(&address) {
+                st.exposed.push(address);
+            }
+            exposed_subnets(&st.exposed)
+        };
+        super::nat::apply(&subnets, BRIDGE_NAME)
+    }
+
+    async fn hide(&self, address: super::Ipv4Cidr) -> Result<(), DatapathError> {
+        self.nl.del_address(self.bridge_index, address).await?;
+        let subnets = {
+            let mut st = self.lock();
+            st.exposed.retain(|a| *a != address);
+            exposed_subnets(&st.exposed)
+        };
+        super::nat::apply(&subnets, BRIDGE_NAME)
     }
 
     fn endpoints(&self) -> Vec<Endpoint> {

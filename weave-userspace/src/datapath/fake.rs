@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::{
-    AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, Endpoint, PeerTraffic,
+    AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, Endpoint, Ipv4Cidr,
+    PeerTraffic,
 };
 use crate::mesh::peer_name::ShortId;
 use weave_ebpf_common::counters::Reason;
@@ -33,6 +34,7 @@ struct FakeState {
     fail_add_peer: Option<String>,
     shut_down: bool,
     next_mac: u8,
+    exposed: Vec<Ipv4Cidr>,
 }
 
 /// Keeps peers and endpoints in memory.
@@ -159,6 +161,16 @@ impl Datapath for FakeDatapath {
             return Err(DatapathError::NoSuchEndpoint(endpoint.netns));
         }
         s.endpoints.insert(endpoint.netns.clone(), endpoint);
+        Ok(())
+    }
+
+    async fn expose(&self, address: Ipv4Cidr) -> Result<(), DatapathError> {
+        self.lock().exposed.push(address);
+        Ok(())
+    }
+
+    async fn hide(&self, address: Ipv4Cidr) -> Result<(), DatapathError> {
+        self.lock().exposed.retain(|a| *a != address);
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 pub mod fake;
 
 pub mod ebpf;
+pub mod nat;
 pub mod netlink;
 
 use std::net::Ipv4Addr;
@@ -158,6 +159,17 @@ pub trait Datapath: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Endpoints attached now.
     fn endpoints(&self) -> Vec<Endpoint>;
+    /// Gives the host an address on the weave bridge, and masquerades what the weave
+    /// network sends from that subnet to the outside (`expose`).
+    fn expose(
+        &self,
+        address: Ipv4Cidr,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    /// Takes an address given by [`Datapath::expose`] away again (`hide`).
+    fn hide(
+        &self,
+        address: Ipv4Cidr,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Counters summed over CPUs.
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
     /// The MTU given to container interfaces.

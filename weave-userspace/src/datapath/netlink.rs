@@ -319,6 +319,37 @@ impl Netlink {
             .map_err(nl(format!("configuring link {index}")))
     }
 
+    /// Removes an IPv4 address from a link (no error when it is not there).
+    pub async fn del_address(&self, index: u32, cidr: Ipv4Cidr) -> Result<(), DatapathError> {
+        use futures_util::TryStreamExt;
+        let mut addresses = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = addresses
+            .try_next()
+            .await
+            .map_err(nl("listing addresses"))?
+        {
+            let matches = msg.header.prefix_len == cidr.prefix_len
+                && msg.attributes.iter().any(|a| {
+                    matches!(a, rtnetlink::packet_route::address::AddressAttribute::Local(IpAddr::V4(ip)) if *ip == cidr.addr)
+                });
+            if matches {
+                return self
+                    .handle
+                    .address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("removing address {cidr}")));
+            }
+        }
+        Ok(())
+    }
+
     pub async fn add_address(&self, index: u32, cidr: Ipv4Cidr) -> Result<(), DatapathError> {
         match self
             .handle
@@ -347,19 +378,6 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("setting the MAC of link {index}")))
-    }
-
-    pub async fn del_address(&self, index: u32, cidr: Ipv4Cidr) -> Result<(), DatapathError> {
-        let mut req = self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(cidr.addr), cidr.prefix_len);
-        let msg = req.message_mut().clone();
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENODEV)) => Ok(()),
-            Err(e) => Err(nl(format!("removing address {cidr}"))(e)),
-        }
     }
 
     fn device_route(dst: Ipv4Addr, prefix_len: u8, index: u32, table: u32) -> RouteMessage {

@@ -12,6 +12,8 @@ pub mod cidr;
 pub mod consensus;
 pub mod node;
 pub mod ring;
+pub mod service;
+pub mod spec;
 
 /// The allocation range when none is given.
 pub const DEFAULT_RANGE: &str = "10.32.0.0/12";

@@ -107,6 +107,7 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 ) -> Result<(), ConnectionError> {
     let frame = protocol::encode_frame(message)?;
     w.write_all(&frame).await?;
+    protocol::SENT.count(&frame);
     Ok(())
 }
 
@@ -247,7 +248,9 @@ pub(crate) async fn run(
     }
 }
 
-/// The life of an accepted connection; returns why it ended.
+/// The life of an accepted connection; returns why it ended. Reading and writing run side
+/// by side: a large frame being written never stops us from reading (two routers writing
+/// big frames to each other at once would otherwise both wait for the other to read).
 async fn converse(
     stream: TcpStream,
     id: ConnId,
@@ -256,47 +259,81 @@ async fn converse(
     commands: &mut mpsc::UnboundedReceiver<ConnCommand>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> ConnectionError {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    tokio::select! {
+        error = read_messages(rd, id, timings, events) => error,
+        error = write_messages(wr, timings, commands, shutdown) => error,
+    }
+}
+
+/// Reads frames and hands them to the router until the connection fails, the peer says
+/// goodbye or stays silent for `dead_after`.
+async fn read_messages(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    id: ConnId,
+    timings: &Timings,
+    events: &mpsc::UnboundedSender<ConnEvent>,
+) -> ConnectionError {
     let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let mut heartbeat = tokio::time::interval(timings.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let deadline = tokio::time::sleep(timings.dead_after);
-    tokio::pin!(deadline);
+    let mut chunk = [0u8; 8 * 1024];
     loop {
-        tokio::select! {
-            n = rd.read(&mut chunk) => {
-                let n = match n {
-                    Ok(0) => return ConnectionError::Closed,
-                    Ok(n) => n,
-                    Err(e) => return e.into(),
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                loop {
-                    match protocol::decode_frame(&buf) {
-                        Ok(None) => break,
-                        Ok(Some((message, used))) => {
-                            buf.drain(..used);
-                            deadline.as_mut().reset(tokio::time::Instant::now() + timings.dead_after);
-                            match message {
-                                Message::Heartbeat => {}
-                                Message::Ready => {
-                                    let _ = events.send(ConnEvent::RemoteReady { id });
-                                }
-                                Message::Goodbye(reason) => return ConnectionError::Goodbye(reason),
-                                message @ (Message::Gossip(_) | Message::Digest(_) | Message::Delta(_) | Message::Channel(_)) => {
-                                    let _ = events.send(ConnEvent::Gossip { id, message });
-                                }
-                                Message::Hello(_) => {
-                                    return ProtocolError::Unexpected { expected: "heartbeat", received: "hello" }.into()
-                                }
-                            }
+        let n = match tokio::time::timeout(timings.dead_after, rd.read(&mut chunk)).await {
+            Err(_) => return ConnectionError::Silent(timings.dead_after),
+            Ok(Ok(0)) => return ConnectionError::Closed,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return e.into(),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut consumed = 0;
+        loop {
+            match protocol::decode_frame(&buf[consumed..]) {
+                Ok(None) => break,
+                Ok(Some((message, used))) => {
+                    protocol::RECEIVED.count(&buf[consumed..consumed + used]);
+                    consumed += used;
+                    match message {
+                        Message::Heartbeat => {}
+                        Message::Ready => {
+                            let _ = events.send(ConnEvent::RemoteReady { id });
                         }
-                        Err(e) => return e.into(),
+                        Message::Goodbye(reason) => return ConnectionError::Goodbye(reason),
+                        message @ (Message::Gossip(_)
+                        | Message::Digest(_)
+                        | Message::Delta(_)
+                        | Message::Channel(_)) => {
+                            let _ = events.send(ConnEvent::Gossip { id, message });
+                        }
+                        Message::Hello(_) => {
+                            return ProtocolError::Unexpected {
+                                expected: "heartbeat",
+                                received: "hello",
+                            }
+                            .into()
+                        }
                     }
                 }
+                Err(e) => return e.into(),
             }
-            _ = &mut deadline => return ConnectionError::Silent(timings.dead_after),
+        }
+        buf.drain(..consumed);
+        if buf.is_empty() && buf.capacity() > 256 * 1024 {
+            // A large frame has passed: give its memory back.
+            buf = Vec::new();
+        }
+    }
+}
+
+/// Writes heartbeats and what the router asks for, until told to close or the router stops.
+async fn write_messages(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    timings: &Timings,
+    commands: &mut mpsc::UnboundedReceiver<ConnCommand>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> ConnectionError {
+    let mut heartbeat = tokio::time::interval(timings.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
             _ = heartbeat.tick() => {
                 if let Err(e) = write_message(&mut wr, &Message::Heartbeat).await {
                     return e;
@@ -312,6 +349,7 @@ async fn converse(
                     if let Err(e) = wr.write_all(&frame).await {
                         return e.into();
                     }
+                    protocol::SENT.count(&frame);
                 }
                 Some(ConnCommand::Close(reason)) => {
                     let _ = write_message(&mut wr, &Message::Goodbye(reason.to_string())).await;

@@ -186,6 +186,68 @@ impl Message {
     }
 }
 
+/// Names of the message kinds, in the order of [`Message`]'s variants (a frame's first
+/// body byte is that index).
+pub const MESSAGE_KINDS: [&str; 8] = [
+    "hello",
+    "heartbeat",
+    "ready",
+    "goodbye",
+    "gossip",
+    "digest",
+    "record change",
+    "channel gossip",
+];
+
+/// Frames and bytes of control traffic by message kind, counted by this process.
+pub struct ControlTraffic {
+    frames: [std::sync::atomic::AtomicU64; MESSAGE_KINDS.len()],
+    bytes: [std::sync::atomic::AtomicU64; MESSAGE_KINDS.len()],
+}
+
+/// Control traffic sent and received by this process.
+pub static SENT: ControlTraffic = ControlTraffic::new();
+pub static RECEIVED: ControlTraffic = ControlTraffic::new();
+
+impl ControlTraffic {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const fn new() -> Self {
+        const ZERO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self {
+            frames: [ZERO; MESSAGE_KINDS.len()],
+            bytes: [ZERO; MESSAGE_KINDS.len()],
+        }
+    }
+
+    /// Counts one whole frame (header and body).
+    pub fn count(&self, frame: &[u8]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(&kind) = frame
+            .get(FRAME_HEADER_LEN)
+            .filter(|k| (**k as usize) < MESSAGE_KINDS.len())
+        {
+            self.frames[kind as usize].fetch_add(1, Relaxed);
+            self.bytes[kind as usize].fetch_add(frame.len() as u64, Relaxed);
+        }
+    }
+
+    /// (kind, frames, bytes) for every kind.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        MESSAGE_KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                (
+                    *k,
+                    self.frames[i].load(Relaxed),
+                    self.bytes[i].load(Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
 /// A message as one frame: length prefix and body.
 pub fn encode_frame(message: &Message) -> Result<Vec<u8>, ProtocolError> {
     let body = postcard::to_stdvec(message).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
@@ -263,6 +325,25 @@ mod tests {
             uid: 0x1234_5678_9abc_def0,
             underlay: Ipv4Addr::new(10, 0, 0, 1),
             data_port: 6784,
+        }
+    }
+
+    #[test]
+    fn message_kinds_follow_the_variant_order() {
+        let messages = [
+            Message::Heartbeat,
+            Message::Ready,
+            Message::Goodbye("x".into()),
+            Message::Gossip(GossipUpdate { records: vec![] }),
+            Message::Digest(GossipDigest {
+                entries: vec![],
+                reply: false,
+                only_listed: false,
+            }),
+        ];
+        for m in messages {
+            let frame = encode_frame(&m).unwrap();
+            assert_eq!(MESSAGE_KINDS[frame[FRAME_HEADER_LEN] as usize], m.kind());
         }
     }
 

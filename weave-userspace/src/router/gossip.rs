@@ -20,6 +20,9 @@ use crate::mesh::topology::{ConnectionSummary, DeltaOutcome, PeerInfo, RecordDel
 /// How often each router sends a digest of its view to a few neighbours, so that anything
 /// lost on the way is repaired.
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
+/// Shortest time between two route computations: a stream of topology changes (a join
+/// in a large full mesh) is folded into a few.
+pub const ROUTES_INTERVAL: Duration = Duration::from_millis(100);
 /// Shortest time between two publications of our own record: a burst of connection
 /// changes (a join in a full mesh) goes out as one record.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -35,6 +38,8 @@ pub(super) struct MeshView {
     pub trees: BTreeMap<ShortId, Vec<ShortId>>,
     /// The topology changed since routes were last computed.
     pub routes_stale: bool,
+    /// When routes were last computed.
+    pub routes_at: Option<tokio::time::Instant>,
     /// Our record changed since it was last sent to our neighbours.
     pub publish_pending: bool,
     /// When our record was last sent.
@@ -51,6 +56,7 @@ impl MeshView {
             relayed: BTreeMap::new(),
             trees: BTreeMap::new(),
             routes_stale: false,
+            routes_at: None,
             publish_pending: false,
             published_at: None,
             published: None,
@@ -251,12 +257,28 @@ impl<D: Datapath> Inner<D> {
         self.view().routes_stale = true;
     }
 
-    /// Recomputes and installs routes if anything changed since the last time.
-    pub(super) async fn apply_routes_if_stale(&self) {
-        let stale = std::mem::take(&mut self.view().routes_stale);
-        if stale {
-            self.apply_routes().await;
+    /// Recomputes and installs routes if anything changed since the last time and the
+    /// last computation is at least [`ROUTES_INTERVAL`] ago. Returns when to try again if
+    /// it had to wait.
+    pub(super) async fn apply_routes_if_due(&self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        {
+            let mut view = self.view();
+            if !view.routes_stale {
+                return None;
+            }
+            if let Some(due) = view
+                .routes_at
+                .map(|t| t + ROUTES_INTERVAL)
+                .filter(|due| *due > now)
+            {
+                return Some(due);
+            }
+            view.routes_stale = false;
+            view.routes_at = Some(now);
         }
+        self.apply_routes().await;
+        None
     }
 
     /// Merges gossip from connection `id`; malformed gossip closes that connection and
@@ -524,6 +546,11 @@ pub struct MeshSummary {
 }
 
 impl<D: Datapath> super::Router<D> {
+    /// Whether we have a route to `peer`.
+    pub fn reaches(&self, peer: PeerName) -> bool {
+        self.inner.view().routes.unicast.contains_key(&peer)
+    }
+
     pub fn mesh_summary(&self) -> MeshSummary {
         let view = self.inner.view();
         MeshSummary {
