@@ -15,14 +15,7 @@ use crate::run::{self, step};
 const BEGIN: &str = "<!-- ipam:begin (written by `cargo xtask bench`) -->";
 const END: &str = "<!-- ipam:end -->";
 const PREFIX: &str = "wib";
-const LAUNCH: [&str; 6] = [
-    "--ipalloc-range",
-    "10.2.0.0/16",
-    "--init-peer-count",
-    "3",
-    "--xdp",
-    "off",
-];
+const LAUNCH: [&str; 6] = ["--ipalloc-range", "10.2.0.0/16", "--init-peer-count", "3", "--xdp", "off"];
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -42,9 +35,7 @@ fn consensus_once() -> Result<f64> {
     let c = bed.add_container(1, "c")?;
     let path = bed.container(c).ns.path();
     let t = Instant::now();
-    bed.router(1)
-        .attach("net:default", &path)
-        .context("first attach")?;
+    bed.router(1).attach("net:default", &path).context("first attach")?;
     Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -56,10 +47,7 @@ fn local_allocations(ns: &Netns, n: usize) -> Result<Vec<f64>> {
         for k in 0..n {
             let t = Instant::now();
             let mut s = TcpStream::connect("127.0.0.1:6784")?;
-            write!(
-                s,
-                "POST /ip/bench-{k} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
-            )?;
+            write!(s, "POST /ip/bench-{k} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")?;
             let mut answer = String::new();
             s.read_to_string(&mut answer)?;
             out.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -87,9 +75,7 @@ pub fn run(runs: usize, output: &std::path::Path) -> Result<()> {
     bed.launch_mesh(&LAUNCH).context("three routers")?;
     let c = bed.add_container(1, "warm")?;
     let path = bed.container(c).ns.path();
-    bed.router(1)
-        .attach("net:default", &path)
-        .context("first attach")?;
+    bed.router(1).attach("net:default", &path).context("first attach")?;
     let mut local = local_allocations(&bed.host(1).ns, 500)?;
     drop(bed);
 

@@ -88,22 +88,13 @@ pub fn is_root() -> bool {
 
 /// Puts `section` between the markers `begin` and `end` in `path`, keeping the rest; appends
 /// it (with its markers) when they are not there yet.
-pub fn write_marked_section(
-    path: &std::path::Path,
-    begin: &str,
-    end: &str,
-    section: &str,
-) -> anyhow::Result<()> {
+pub fn write_marked_section(path: &std::path::Path, begin: &str, end: &str, section: &str) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let block = format!("{begin}\n{section}{end}\n");
     let new = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if e > b => {
-            format!(
-                "{}{block}{}",
-                &old[..b],
-                old[e + end.len()..].trim_start_matches('\n')
-            )
+            format!("{}{block}{}", &old[..b], old[e + end.len()..].trim_start_matches('\n'))
         }
         _ => {
             let mut s = old.trim_end().to_string();
@@ -120,10 +111,7 @@ pub fn write_marked_section(
 pub fn sh(line: &str) -> String {
     let mut w = line.split_whitespace();
     let prog = w.next().unwrap_or("true");
-    output_ok(cmd(prog).args(w))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    output_ok(cmd(prog).args(w)).unwrap_or_default().trim().to_string()
 }
 
 /// Now, as `2026-01-01 12:00 UTC`.

@@ -503,6 +503,7 @@ fn mib(k: Option<u64>) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
+
 fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     let date = sh("date -u +%Y-%m-%d_%H:%M_UTC").replace('_', " ");
     let commit = sh("git rev-parse --short HEAD");
