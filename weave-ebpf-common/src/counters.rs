@@ -42,11 +42,28 @@ pub enum Reason {
     RxRelayed = 16,
     /// RX: dropped, a frame to relay whose outer TTL ran out (a transient routing loop).
     RxDropTtlExpired = 17,
+    /// TX: dropped, the IPv4 source or ARP sender address is not one of the sending
+    /// container's own addresses (or the interface has no addresses on record).
+    TxDropSpoofedSource = 18,
+    /// TX: dropped, a unicast IPv4 destination or ARP target outside the sending
+    /// container's subnets.
+    TxDropOutsideSubnet = 19,
+    /// TX: dropped, neither IPv4 nor ARP (IPv6 and other protocols would bypass the
+    /// subnet rules).
+    TxDropProtocol = 20,
+    /// TX: dropped, a frame for another local container whose subnets do not hold its source.
+    TxDropIsolated = 21,
+    /// RX: dropped, a decapsulated frame for a local container whose subnets do not hold
+    /// its source.
+    RxDropIsolated = 22,
+    /// Egress of a container veth (frames the bridge floods or forwards): dropped, the
+    /// source is outside the container's subnets or the frame is neither IPv4 nor ARP.
+    EgressDropIsolated = 23,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 24;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -68,6 +85,12 @@ impl Reason {
         Reason::XdpDropMalformed,
         Reason::RxRelayed,
         Reason::RxDropTtlExpired,
+        Reason::TxDropSpoofedSource,
+        Reason::TxDropOutsideSubnet,
+        Reason::TxDropProtocol,
+        Reason::TxDropIsolated,
+        Reason::RxDropIsolated,
+        Reason::EgressDropIsolated,
     ];
 
     /// A label for metrics and status output.
@@ -91,6 +114,12 @@ impl Reason {
             Reason::XdpDropMalformed => "xdp_drop_malformed",
             Reason::RxRelayed => "rx_relayed",
             Reason::RxDropTtlExpired => "rx_drop_ttl_expired",
+            Reason::TxDropSpoofedSource => "tx_drop_spoofed_source",
+            Reason::TxDropOutsideSubnet => "tx_drop_outside_subnet",
+            Reason::TxDropProtocol => "tx_drop_protocol",
+            Reason::TxDropIsolated => "tx_drop_isolated",
+            Reason::RxDropIsolated => "rx_drop_isolated",
+            Reason::EgressDropIsolated => "egress_drop_isolated",
         }
     }
 
@@ -109,6 +138,12 @@ impl Reason {
                 | Reason::XdpDropNotForUs
                 | Reason::XdpDropMalformed
                 | Reason::RxDropTtlExpired
+                | Reason::TxDropSpoofedSource
+                | Reason::TxDropOutsideSubnet
+                | Reason::TxDropProtocol
+                | Reason::TxDropIsolated
+                | Reason::RxDropIsolated
+                | Reason::EgressDropIsolated
         )
     }
 }

@@ -11,6 +11,7 @@
 //! | `PEER_COUNTERS`   | PerCpuArray\[4096\] | short ID → [`PeerCounter`]        | programs |
 //! | `NEIGHBOUR_PEERS` | HashMap           | [`Ipv4Key`] → [`NeighbourPeer`]     | controller |
 //! | `BROADCAST_TREES` | Array\[4096\]     | source short ID → [`BroadcastTree`] | controller |
+//! | `ENDPOINT_ADDRESSES` | HashMap        | [`IfindexKey`] → [`EndpointAddresses`] | controller |
 
 use crate::vni::MAX_SHORT_IDS;
 
@@ -23,9 +24,10 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const PEER_COUNTERS_MAP: &str = "PEER_COUNTERS";
 pub const NEIGHBOUR_PEERS_MAP: &str = "NEIGHBOUR_PEERS";
 pub const BROADCAST_TREES_MAP: &str = "BROADCAST_TREES";
+pub const ENDPOINT_ADDRESSES_MAP: &str = "ENDPOINT_ADDRESSES";
 
 /// Every map the programs declare, in one list (pinning and clean-up walk it).
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     CONFIG_MAP,
     PEERS_MAP,
     ENDPOINTS_MAP,
@@ -35,6 +37,7 @@ pub const ALL_MAPS: [&str; 9] = [
     PEER_COUNTERS_MAP,
     NEIGHBOUR_PEERS_MAP,
     BROADCAST_TREES_MAP,
+    ENDPOINT_ADDRESSES_MAP,
 ];
 
 pub const PEERS_MAX_ENTRIES: u32 = MAX_SHORT_IDS;
@@ -83,6 +86,9 @@ pub struct DatapathConfig {
     /// themselves (broadcast copies, non-IPv4 frames).
     pub underlay_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// A local service address on the bridge (the DNS server's), network byte order, or
+    /// zeros: every container may send to it and receive from it, whatever its subnets.
+    pub service_ipv4: [u8; 4],
 }
 
 /// `DatapathConfig::flags`: the controller has written the configuration (programs pass
@@ -117,6 +123,107 @@ pub struct LocalEndpoint {
     /// container are handed to it with `bpf_redirect_peer`.
     pub host_ifindex: u32,
     pub flags: u32,
+}
+
+/// Most IPv4 addresses one endpoint (container interface) may have; further ones are
+/// refused at attach time.
+pub const MAX_ENDPOINT_ADDRESSES: usize = 8;
+
+/// An interface index as a map key (`ENDPOINT_ADDRESSES`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct IfindexKey {
+    pub ifindex: u32,
+}
+
+/// One address of an endpoint and the subnet it lies in, both in network byte order.
+/// Aligned to 4 so that the programs compare each field with one 32-bit load.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointAddress {
+    pub addr: [u8; 4],
+    /// Netmask of the subnet (`255.255.255.0` for a /24).
+    pub mask: [u8; 4],
+}
+
+impl EndpointAddress {
+    /// `addr` with a prefix length (longer prefixes count as /32).
+    pub const fn new(addr: [u8; 4], prefix_len: u8) -> Self {
+        let mask = if prefix_len == 0 {
+            0u32
+        } else if prefix_len >= 32 {
+            u32::MAX
+        } else {
+            u32::MAX << (32 - prefix_len as u32)
+        };
+        Self {
+            addr,
+            mask: mask.to_be_bytes(),
+        }
+    }
+
+    #[inline(always)]
+    fn contains(&self, ip: [u8; 4]) -> bool {
+        let m = u32::from_ne_bytes(self.mask);
+        u32::from_ne_bytes(ip) & m == u32::from_ne_bytes(self.addr) & m
+    }
+}
+
+/// The addresses of a local endpoint, by the ifindex of the host end of its veth
+/// (`ENDPOINT_ADDRESSES[ifindex]`): the isolation rules of the programs.
+///
+/// - A frame the container sends must come from one of its own addresses (IPv4 source,
+///   ARP sender) and, when unicast, go to an address inside one of its subnets.
+/// - A frame handed to the container must come from an address inside one of its subnets.
+///
+/// An endpoint with no addresses (`count == 0`) can neither send nor receive IPv4 or ARP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointAddresses {
+    /// MAC address of the container's interface.
+    pub mac: [u8; 6],
+    /// Number of entries of `addrs` in use (at most [`MAX_ENDPOINT_ADDRESSES`]).
+    pub count: u8,
+    pub _pad: u8,
+    pub addrs: [EndpointAddress; MAX_ENDPOINT_ADDRESSES],
+}
+
+impl EndpointAddresses {
+    /// Whether `ip` is one of the endpoint's own addresses.
+    #[inline(always)]
+    pub fn owns(&self, ip: [u8; 4]) -> bool {
+        let ip = u32::from_ne_bytes(ip);
+        for i in 0..MAX_ENDPOINT_ADDRESSES {
+            if i >= self.count as usize {
+                break;
+            }
+            if u32::from_ne_bytes(self.addrs[i].addr) == ip {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether `ip` lies inside one of the endpoint's subnets.
+    #[inline(always)]
+    pub fn in_subnets(&self, ip: [u8; 4]) -> bool {
+        for i in 0..MAX_ENDPOINT_ADDRESSES {
+            if i >= self.count as usize {
+                break;
+            }
+            if self.addrs[i].contains(ip) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Whether an IPv4 destination is a group address (limited broadcast or multicast): allowed
+/// out of any endpoint, since every receiver checks the source.
+#[inline(always)]
+pub const fn is_group_ipv4(ip: [u8; 4]) -> bool {
+    ip[0] >= 224
 }
 
 /// A MAC address behind another peer (`REMOTE_MACS[mac]`), learned from decapsulated frames.
@@ -166,7 +273,7 @@ pub struct PeerCounter {
 const _: () = {
     assert!(core::mem::size_of::<MacKey>() == 8);
     assert!(core::mem::size_of::<Ipv4Key>() == 4);
-    assert!(core::mem::size_of::<DatapathConfig>() == 20);
+    assert!(core::mem::size_of::<DatapathConfig>() == 24);
     assert!(core::mem::size_of::<NeighbourPeer>() == 4);
     assert!(core::mem::size_of::<BroadcastTree>() == 32);
     assert!(core::mem::size_of::<PeerEntry>() == 16);
@@ -174,6 +281,9 @@ const _: () = {
     assert!(core::mem::size_of::<RemoteMac>() == 8);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<PeerCounter>() == 32);
+    assert!(core::mem::size_of::<IfindexKey>() == 4);
+    assert!(core::mem::size_of::<EndpointAddress>() == 8);
+    assert!(core::mem::size_of::<EndpointAddresses>() == 8 + 8 * MAX_ENDPOINT_ADDRESSES);
 };
 
 #[cfg(feature = "user")]
@@ -200,4 +310,74 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PeerCounter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IfindexKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EndpointAddresses {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(addrs: &[([u8; 4], u8)]) -> EndpointAddresses {
+        let mut e = EndpointAddresses::default();
+        for (slot, (a, p)) in e.addrs.iter_mut().zip(addrs) {
+            *slot = EndpointAddress::new(*a, *p);
+            e.count += 1;
+        }
+        e
+    }
+
+    #[test]
+    fn own_addresses_and_subnets() {
+        let e = endpoint(&[([10, 2, 1, 1], 24), ([10, 9, 0, 5], 16)]);
+        assert!(e.owns([10, 2, 1, 1]));
+        assert!(e.owns([10, 9, 0, 5]));
+        assert!(!e.owns([10, 2, 1, 2]));
+        assert!(e.in_subnets([10, 2, 1, 200]));
+        assert!(e.in_subnets([10, 9, 255, 1]));
+        assert!(!e.in_subnets([10, 2, 2, 1]));
+        assert!(!e.in_subnets([10, 10, 0, 1]));
+    }
+
+    #[test]
+    fn masks_by_prefix_length() {
+        assert_eq!(
+            EndpointAddress::new([1, 2, 3, 4], 24).mask,
+            [255, 255, 255, 0]
+        );
+        assert_eq!(
+            EndpointAddress::new([1, 2, 3, 4], 17).mask,
+            [255, 255, 128, 0]
+        );
+        assert_eq!(EndpointAddress::new([1, 2, 3, 4], 32).mask, [255; 4]);
+        assert_eq!(EndpointAddress::new([1, 2, 3, 4], 0).mask, [0; 4]);
+        let all = endpoint(&[([10, 2, 1, 1], 0)]);
+        assert!(all.in_subnets([192, 168, 0, 1]));
+        let host = endpoint(&[([10, 2, 1, 1], 32)]);
+        assert!(host.in_subnets([10, 2, 1, 1]) && !host.in_subnets([10, 2, 1, 2]));
+    }
+
+    #[test]
+    fn no_addresses_no_subnets() {
+        let e = endpoint(&[]);
+        assert!(!e.owns([0, 0, 0, 0]));
+        assert!(!e.in_subnets([10, 2, 1, 1]));
+    }
+
+    #[test]
+    fn entries_past_count_are_ignored() {
+        let mut e = endpoint(&[([10, 2, 1, 1], 24)]);
+        e.addrs[1] = EndpointAddress::new([10, 2, 2, 1], 24);
+        assert!(!e.owns([10, 2, 2, 1]));
+        assert!(!e.in_subnets([10, 2, 2, 7]));
+    }
+
+    #[test]
+    fn group_destinations() {
+        assert!(is_group_ipv4([255, 255, 255, 255]));
+        assert!(is_group_ipv4([224, 0, 0, 1]));
+        assert!(!is_group_ipv4([10, 2, 1, 255]));
+    }
 }

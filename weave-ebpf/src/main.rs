@@ -6,7 +6,16 @@
 //! - `rx_from_underlay` (tcx ingress of the underlay): admits VXLAN only from known peers,
 //!   learns, decapsulates IPv4 for local containers straight into them, hands the rest to
 //!   the per-peer kernel VXLAN device.
+//! - `to_container` (tcx egress of each container veth's host end): frames the bridge
+//!   hands to a container (floods, the kernel VXLAN slow path, answered ARP) pass only
+//!   when their source lies in one of the container's subnets.
 //! - `xdp_admit` (XDP on the underlay): the same admission check before any skb exists.
+//!
+//! Subnet isolation (`ENDPOINT_ADDRESSES`, by the host veth's ifindex): a container may
+//! send only IPv4 and ARP, only from its own addresses, and unicast only to addresses in
+//! its own subnets; every path that hands a frame to a container (local redirect, decap
+//! and redirect, bridge egress) checks that the source lies in one of its subnets. Other
+//! protocols (IPv6 included) are dropped both ways: they would bypass the subnet rules.
 //!
 //! Every type crossing to userspace comes from `weave-ebpf-common`.
 #![no_std]
@@ -36,8 +45,9 @@ use weave_ebpf_common::{
         IPV4_FRAGMENT_MASK, IPV4_HLEN, OUTER_HLEN, UDP_HLEN, VXLAN_HLEN,
     },
     maps::{
-        BroadcastTree, Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer,
-        PeerCounter, PeerEntry, RemoteMac, CONFIG_READY, ENDPOINTS_MAX_ENTRIES,
+        is_group_ipv4, BroadcastTree, Counter, DatapathConfig, EndpointAddresses, IfindexKey,
+        Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac,
+        CONFIG_READY, ENDPOINTS_MAX_ENTRIES,
         MAX_BROADCAST_CHILDREN, NEIGHBOURS_MAX_ENTRIES, NEIGHBOUR_PEERS_MAX_ENTRIES,
         PEERS_MAX_ENTRIES, PEER_ADMIT, PEER_REACHABLE, REMOTE_MACS_MAX_ENTRIES,
     },
@@ -51,6 +61,12 @@ static PEERS: Array<PeerEntry, { PEERS_MAX_ENTRIES as usize }> = Array::new();
 #[btf_map]
 static ENDPOINTS: HashMap<MacKey, LocalEndpoint, { ENDPOINTS_MAX_ENTRIES as usize }> =
     HashMap::new();
+#[btf_map]
+static ENDPOINT_ADDRESSES: HashMap<
+    IfindexKey,
+    EndpointAddresses,
+    { ENDPOINTS_MAX_ENTRIES as usize },
+> = HashMap::new();
 #[btf_map]
 static REMOTE_MACS: LruHashMap<MacKey, RemoteMac, { REMOTE_MACS_MAX_ENTRIES as usize }> =
     LruHashMap::new();
@@ -232,6 +248,13 @@ fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
     let proto = u16::from_be_bytes([eth[12], eth[13]]);
     let len = ctx.len();
 
+    let src_ip = match check_sender(ctx, proto) {
+        Ok(ip) => ip,
+        Err(reason) => {
+            count(reason, len);
+            return Ok(TC_SHOT);
+        }
+    };
     if proto == ETH_P_ARP {
         if let Some(action) = answer_arp(ctx) {
             count(Reason::TxArpAnswered, len);
@@ -246,6 +269,10 @@ fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY: the value is copied out at once, before any update of the map.
     if let Some(ep) = unsafe { ENDPOINTS.get(key) } {
         let ifindex = ep.host_ifindex;
+        if !may_deliver(ifindex, src_ip) {
+            count(Reason::TxDropIsolated, len);
+            return Ok(TC_SHOT);
+        }
         count(Reason::TxLocalDelivered, len);
         // SAFETY: a helper call with plain integer arguments.
         return Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32);
@@ -267,6 +294,86 @@ fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
         return Ok(TC_OK);
     };
     Ok(encapsulate(ctx, &cfg, &eth, peer_id, remote, len))
+}
+
+/// ifindex of the interface the program runs on (the container veth's host end).
+#[inline(always)]
+fn own_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the context the kernel passed in.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// The addresses on record for the container behind host veth `ifindex`.
+#[inline(always)]
+fn endpoint_addresses(ifindex: u32) -> Option<&'static EndpointAddresses> {
+    // SAFETY: a map value stays valid while the program runs (RCU). The controller writes a
+    // record only while its interface is being attached, restored or detached, so a frame
+    // racing with that write may see a mix of old and new addresses of that one interface;
+    // the fields are plain integers, any value is sound.
+    unsafe { ENDPOINT_ADDRESSES.get(IfindexKey { ifindex }) }
+}
+
+/// Whether a frame from `src` may be handed to the container behind host veth `ifindex`:
+/// the source must lie in one of its subnets. No record, no delivery.
+#[inline(always)]
+fn may_deliver(ifindex: u32, src: [u8; 4]) -> bool {
+    if is_service(src) {
+        return true;
+    }
+    match endpoint_addresses(ifindex) {
+        Some(to) => to.in_subnets(src),
+        None => false,
+    }
+}
+
+/// Whether `addr` is the local service address (the DNS server on the bridge), which every
+/// container reaches whatever its subnets.
+#[inline(always)]
+fn is_service(addr: [u8; 4]) -> bool {
+    addr != [0; 4] && config().is_some_and(|c| c.service_ipv4 == addr)
+}
+
+/// Source and destination of an IPv4 frame (IPv4 source and destination) or of an
+/// Ethernet/IPv4 ARP frame (sender and target protocol addresses); `None` for other
+/// protocols and for frames too short to carry them.
+#[inline(always)]
+fn ipv4_addresses(ctx: &TcContext, proto: u16) -> Option<([u8; 4], [u8; 4])> {
+    if proto == ETH_P_IP {
+        let a: [u8; 8] = ctx.load(ETH_HLEN + 12).ok()?;
+        Some((ipv4_at(&a, 0), ipv4_at(&a, 4)))
+    } else if proto == ETH_P_ARP {
+        let arp: [u8; 28] = ctx.load(ETH_HLEN).ok()?;
+        if arp[0..6] != ARP_REQUEST_FIXED[0..6] {
+            return None;
+        }
+        Some((ipv4_at(&arp, 14), ipv4_at(&arp, 24)))
+    } else {
+        None
+    }
+}
+
+/// The sending container's isolation rules: only IPv4 and ARP; the IPv4 source or ARP
+/// sender must be one of its own addresses; a unicast IPv4 destination or an ARP target
+/// must lie in one of its subnets (broadcast and multicast go out: receivers check the
+/// source). Returns the source address.
+#[inline(always)]
+fn check_sender(ctx: &TcContext, proto: u16) -> Result<[u8; 4], Reason> {
+    let Some((src, dst)) = ipv4_addresses(ctx, proto) else {
+        return Err(Reason::TxDropProtocol);
+    };
+    let Some(me) = endpoint_addresses(own_ifindex(ctx)) else {
+        return Err(Reason::TxDropSpoofedSource);
+    };
+    if !me.owns(src) {
+        return Err(Reason::TxDropSpoofedSource);
+    }
+    if proto == ETH_P_IP && is_group_ipv4(dst) {
+        return Ok(src);
+    }
+    if !me.in_subnets(dst) && !is_service(dst) {
+        return Err(Reason::TxDropOutsideSubnet);
+    }
+    Ok(src)
 }
 
 /// The underlay address to send frames for `peer_id` to, if it is reachable.
@@ -503,6 +610,10 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
         if let Some(ifindex) =
             unsafe { ENDPOINTS.get(MacKey::new(inner_dst)) }.map(|e| e.host_ifindex)
         {
+            let src = ctx.load::<[u8; 4]>(OFF_INNER + ETH_HLEN + 12);
+            if !src.is_ok_and(|src| may_deliver(ifindex, src)) {
+                return Ok(drop_rx(Reason::RxDropIsolated, len));
+            }
             if ctx
                 .adjust_room(-(OUTER_HLEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
                 .is_err()
@@ -665,6 +776,29 @@ fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
     let known = unsafe { NEIGHBOURS.get(ip_key) }.map(|m| m.addr);
     if known != Some(src_mac) {
         let _ = NEIGHBOURS.insert(ip_key, key, 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Delivery through the bridge: tcx egress of a container veth's host end
+// ---------------------------------------------------------------------------------------
+
+#[classifier]
+pub fn to_container(ctx: TcContext) -> i32 {
+    if config().is_none() {
+        return TC_OK;
+    }
+    let len = ctx.len();
+    let allowed = ctx
+        .load::<[u8; ETH_HLEN]>(0)
+        .ok()
+        .and_then(|eth| ipv4_addresses(&ctx, u16::from_be_bytes([eth[12], eth[13]])))
+        .is_some_and(|(src, _)| may_deliver(own_ifindex(&ctx), src));
+    if allowed {
+        TC_OK
+    } else {
+        count(Reason::EgressDropIsolated, len);
+        TC_SHOT
     }
 }
 

@@ -516,9 +516,11 @@ fn two_hosts_end_to_end() {
         .call(|dp| async move { dp.remote_macs() })
         .iter()
         .any(|(_, p)| *p == 2));
+    let vxw = h1.exec(&["ip", "-o", "link", "show", "vxw-002"]);
+    let flags = String::from_utf8_lossy(&vxw.stdout).split('<').nth(1).unwrap_or_default().split('>').next().unwrap_or_default().to_string();
     assert!(
-        !h1.exec(&["ip", "link", "show", "vxw-002"]).status.success(),
-        "vxw-002 deleted"
+        !vxw.status.success() || !flags.split(',').any(|f| f == "UP"),
+        "vxw-002 set down (it is deleted a minute later): {flags}"
     );
     assert!(
         !ping(c2, CONTAINER[0]),
@@ -585,17 +587,28 @@ fn a_restarted_router_takes_its_endpoints_back() {
     // One program per attachment point: the old links went with their pins.
     let host_if = endpoints_names.clone();
     let attached = router.call(move |_| async move {
-        let count = |dev: &str| {
-            SchedClassifier::query_tcx(dev, TcAttachType::Ingress)
+        let count = |dev: &str, hook: TcAttachType| {
+            SchedClassifier::query_tcx(dev, hook)
                 .map(|(_, progs)| progs.len())
                 .unwrap_or(99)
         };
         (
-            count("eth0"),
-            host_if.iter().map(|n| count(n)).collect::<Vec<_>>(),
+            count("eth0", TcAttachType::Ingress),
+            host_if
+                .iter()
+                .map(|n| count(n, TcAttachType::Ingress))
+                .collect::<Vec<_>>(),
+            host_if
+                .iter()
+                .map(|n| count(n, TcAttachType::Egress))
+                .collect::<Vec<_>>(),
         )
     });
-    assert_eq!(attached, (1, vec![1]));
+    assert_eq!(
+        attached,
+        (1, vec![1], vec![1]),
+        "TX and the egress check, once each"
+    );
     // A gone interface is reported as such.
     let gone = weave_router::datapath::Endpoint {
         netns: bed.containers[1].path(),

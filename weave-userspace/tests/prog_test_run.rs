@@ -12,11 +12,14 @@ use weave_ebpf_common::headers::{
     source_port_from_hash, write_outer_headers, OuterHeaders, OUTER_HLEN, SOURCE_PORT_MIN,
 };
 use weave_ebpf_common::maps::{
-    Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry,
-    RemoteMac, CONFIG_READY, PEER_ADMIT, PEER_REACHABLE,
+    Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey, Ipv4Key,
+    LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, CONFIG_READY,
+    PEER_ADMIT, PEER_REACHABLE,
 };
 use weave_ebpf_common::vni;
-use weave_router::datapath::ebpf::{EBPF_OBJECT, RX_PROGRAM, TX_PROGRAM, XDP_PROGRAM};
+use weave_router::datapath::ebpf::{
+    EBPF_OBJECT, EGRESS_PROGRAM, RX_PROGRAM, TX_PROGRAM, XDP_PROGRAM,
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -35,6 +38,8 @@ const REMOTE_IP: [u8; 4] = [10, 2, 0, 2];
 const OTHER_LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const OWN_UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
 const PEER_UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x02];
+/// ifindex of the loopback device, where BPF_PROG_TEST_RUN runs tc programs.
+const LO_IFINDEX: u32 = 1;
 /// A third peer, reached through PEER_ID.
 const FAR_ID: u16 = 0x003;
 const FAR_UNDERLAY: [u8; 4] = [192, 168, 60, 3];
@@ -62,7 +67,7 @@ impl Bed {
     /// OWN_ID with one admitted, reachable peer PEER_ID.
     fn new() -> Self {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load the object");
-        for name in [TX_PROGRAM, RX_PROGRAM] {
+        for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
@@ -80,6 +85,7 @@ impl Bed {
                     flags: CONFIG_READY,
                     underlay_mac: OWN_UNDERLAY_MAC,
                     _pad: [0; 2],
+                    service_ipv4: [0; 4],
                 },
                 0,
             )
@@ -96,7 +102,25 @@ impl Bed {
                 0,
             )
             .unwrap();
+        // BPF_PROG_TEST_RUN runs tc programs on the loopback device (ifindex 1): the
+        // container the TX tests send from, and the one `add_endpoint` delivers to.
+        bed.set_addresses(LO_IFINDEX, LOCAL_MAC, &[(LOCAL_IP, 24)]);
         bed
+    }
+
+    /// Records the addresses of the container behind host ifindex `ifindex`.
+    fn set_addresses(&mut self, ifindex: u32, mac: [u8; 6], addrs: &[([u8; 4], u8)]) {
+        let mut e = EndpointAddresses {
+            mac,
+            ..Default::default()
+        };
+        for (slot, (a, p)) in e.addrs.iter_mut().zip(addrs) {
+            *slot = EndpointAddress::new(*a, *p);
+            e.count += 1;
+        }
+        let mut m: HashMap<&mut MapData, IfindexKey, EndpointAddresses> =
+            HashMap::try_from(self.ebpf.map_mut("ENDPOINT_ADDRESSES").unwrap()).unwrap();
+        m.insert(IfindexKey { ifindex }, e, 0).unwrap();
     }
 
     fn config(&mut self) -> Array<&mut MapData, DatapathConfig> {
@@ -763,4 +787,245 @@ fn tx_encapsulates_a_non_ipv4_frame_for_a_peer_behind_a_relay() {
     );
     assert_eq!(&out[OUTER_HLEN..], &reply[..], "inner frame intact");
     assert_eq!(bed.counter(Reason::TxEncapsulated), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Subnet isolation
+// ---------------------------------------------------------------------------------------
+
+/// An address outside LOCAL_IP's /24: another subnet of the same range.
+const OTHER_SUBNET_IP: [u8; 4] = [10, 2, 2, 7];
+
+impl Bed {
+    /// A local container with `mac` behind host ifindex `ifindex`.
+    fn add_endpoint_at(&mut self, mac: [u8; 6], ifindex: u32) {
+        self.endpoints()
+            .insert(
+                MacKey::new(mac),
+                LocalEndpoint {
+                    host_ifindex: ifindex,
+                    flags: 0,
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    fn remove_addresses(&mut self, ifindex: u32) {
+        let mut m: HashMap<&mut MapData, IfindexKey, EndpointAddresses> =
+            HashMap::try_from(self.ebpf.map_mut("ENDPOINT_ADDRESSES").unwrap()).unwrap();
+        m.remove(&IfindexKey { ifindex }).unwrap();
+    }
+
+    fn learn_remote(&mut self, mac: [u8; 6]) {
+        self.remote_macs()
+            .insert(
+                MacKey::new(mac),
+                RemoteMac {
+                    peer_short_id: PEER_ID,
+                    _pad: [0; 6],
+                },
+                0,
+            )
+            .unwrap();
+    }
+}
+
+/// A frame of another protocol (IPv6 here: 0x86dd and 40 bytes of header) from `src_mac`.
+fn ipv6_frame(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+    f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    f.extend_from_slice(&[0; 8]);
+    f
+}
+
+#[test]
+fn tx_drops_a_spoofed_source_and_counts_it() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.learn_remote(REMOTE_MAC);
+    bed.neighbours()
+        .insert(Ipv4Key { addr: REMOTE_IP }, MacKey::new(REMOTE_MAC), 0)
+        .unwrap();
+    // An address of the container's own subnet that is not its own, and one of another
+    // subnet (a container that changed its address).
+    for spoofed in [[10, 2, 0, 99], OTHER_SUBNET_IP] {
+        let frame = inner_frame(REMOTE_MAC, LOCAL_MAC, spoofed, REMOTE_IP);
+        assert_eq!(bed.run_tc(TX_PROGRAM, &frame).0, TC_ACT_SHOT, "{spoofed:?}");
+        let arp = arp_request(LOCAL_MAC, spoofed, REMOTE_IP);
+        assert_eq!(
+            bed.run_tc(TX_PROGRAM, &arp).0,
+            TC_ACT_SHOT,
+            "ARP from {spoofed:?}"
+        );
+    }
+    assert_eq!(bed.counter(Reason::TxDropSpoofedSource), 4);
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
+    assert_eq!(bed.counter(Reason::TxArpAnswered), 0);
+    // The real address still goes out, exactly as before.
+    let frame = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[OUTER_HLEN..], &frame[..]);
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 1);
+    // An interface with no addresses on record sends nothing.
+    bed.remove_addresses(LO_IFINDEX);
+    assert_eq!(bed.run_tc(TX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::TxDropSpoofedSource), 5);
+}
+
+#[test]
+fn tx_drops_unicast_outside_its_subnets_but_lets_broadcast_out() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.learn_remote(REMOTE_MAC);
+    bed.neighbours()
+        .insert(
+            Ipv4Key {
+                addr: OTHER_SUBNET_IP,
+            },
+            MacKey::new(REMOTE_MAC),
+            0,
+        )
+        .unwrap();
+    // A container that added a route to the other subnet: IPv4 to it, and ARP for it
+    // (known in NEIGHBOURS, yet not answered).
+    let frame = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, OTHER_SUBNET_IP);
+    assert_eq!(bed.run_tc(TX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    let arp = arp_request(LOCAL_MAC, LOCAL_IP, OTHER_SUBNET_IP);
+    assert_eq!(bed.run_tc(TX_PROGRAM, &arp).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::TxDropOutsideSubnet), 2);
+    assert_eq!(bed.counter(Reason::TxArpAnswered), 0);
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
+    // Broadcast and multicast go to the bridge untouched: receivers check the source.
+    for (mac, dst) in [
+        ([0xff; 6], [255, 255, 255, 255]),
+        ([0xff; 6], [10, 2, 0, 255]),
+        ([0x01, 0x00, 0x5e, 0, 0, 0xfb], [224, 0, 0, 251]),
+    ] {
+        let f = inner_frame(mac, LOCAL_MAC, LOCAL_IP, dst);
+        let (rc, out) = bed.run_tc(TX_PROGRAM, &f);
+        assert_eq!((rc, out), (TC_ACT_OK, f), "to {dst:?}");
+    }
+    assert_eq!(bed.counter(Reason::TxToBridge), 3);
+}
+
+#[test]
+fn tx_drops_ipv6_and_other_protocols() {
+    require_root!();
+    let mut bed = Bed::new();
+    let v6 = ipv6_frame([0x33, 0x33, 0, 0, 0, 1], LOCAL_MAC);
+    assert_eq!(bed.run_tc(TX_PROGRAM, &v6).0, TC_ACT_SHOT, "IPv6 multicast");
+    let unicast_v6 = ipv6_frame(REMOTE_MAC, LOCAL_MAC);
+    assert_eq!(
+        bed.run_tc(TX_PROGRAM, &unicast_v6).0,
+        TC_ACT_SHOT,
+        "IPv6 unicast"
+    );
+    // A VLAN tag in front of IPv4.
+    let mut tagged = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    tagged[12..14].copy_from_slice(&[0x81, 0x00]);
+    assert_eq!(bed.run_tc(TX_PROGRAM, &tagged).0, TC_ACT_SHOT, "802.1Q");
+    assert_eq!(bed.counter(Reason::TxDropProtocol), 3);
+}
+
+#[test]
+fn tx_local_delivery_checks_the_receivers_subnets() {
+    require_root!();
+    let mut bed = Bed::new();
+    // The sender has a /16 and so may address the receiver; the receiver only has a /24
+    // that does not hold the sender.
+    bed.set_addresses(LO_IFINDEX, LOCAL_MAC, &[(LOCAL_IP, 16)]);
+    bed.add_endpoint_at(OTHER_LOCAL_MAC, 2);
+    bed.set_addresses(2, OTHER_LOCAL_MAC, &[([10, 2, 9, 3], 24)]);
+    let frame = inner_frame(OTHER_LOCAL_MAC, LOCAL_MAC, LOCAL_IP, [10, 2, 9, 3]);
+    assert_eq!(bed.run_tc(TX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::TxDropIsolated), 1);
+    assert_eq!(bed.counter(Reason::TxLocalDelivered), 0);
+    // A second address of the receiver, in the sender's subnet: delivered, bytes unchanged.
+    bed.set_addresses(
+        2,
+        OTHER_LOCAL_MAC,
+        &[([10, 2, 9, 3], 24), ([10, 2, 0, 3], 24)],
+    );
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &frame);
+    assert_eq!((rc, out), (TC_ACT_REDIRECT, frame.clone()));
+    assert_eq!(bed.counter(Reason::TxLocalDelivered), 1);
+    // A local endpoint with no record receives nothing.
+    bed.remove_addresses(2);
+    assert_eq!(bed.run_tc(TX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::TxDropIsolated), 2);
+}
+
+#[test]
+fn rx_drops_a_decapsulated_frame_from_another_subnet() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.add_endpoint(LOCAL_MAC);
+    let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, OTHER_SUBNET_IP, LOCAL_IP);
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
+    assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxDropIsolated), 1);
+    assert_eq!(bed.counter(Reason::RxDelivered), 0);
+    // From the container's own subnet: delivered.
+    let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!((rc, out), (TC_ACT_REDIRECT, inner));
+    // To a local endpoint with no record: dropped.
+    bed.add_endpoint_at(OTHER_LOCAL_MAC, 3);
+    let inner = inner_frame(OTHER_LOCAL_MAC, REMOTE_MAC, REMOTE_IP, [10, 2, 0, 3]);
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
+    assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxDropIsolated), 2);
+    assert_eq!(bed.counter(Reason::RxDelivered), 1);
+}
+
+#[test]
+fn egress_hands_a_container_only_frames_from_its_subnets() {
+    require_root!();
+    let mut bed = Bed::new();
+    // What the bridge floods to the container behind ifindex 1 (10.2.0.1/24).
+    let ok = [
+        arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP),
+        inner_frame([0xff; 6], REMOTE_MAC, REMOTE_IP, [255, 255, 255, 255]),
+        inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP),
+    ];
+    for f in &ok {
+        let (rc, out) = bed.run_tc(EGRESS_PROGRAM, f);
+        assert_eq!((rc, &out), (TC_ACT_OK, f));
+    }
+    let refused = [
+        arp_request(REMOTE_MAC, OTHER_SUBNET_IP, LOCAL_IP),
+        inner_frame([0xff; 6], REMOTE_MAC, OTHER_SUBNET_IP, [255, 255, 255, 255]),
+        inner_frame(LOCAL_MAC, REMOTE_MAC, OTHER_SUBNET_IP, LOCAL_IP),
+        ipv6_frame([0x33, 0x33, 0, 0, 0, 1], REMOTE_MAC),
+    ];
+    for f in &refused {
+        assert_eq!(bed.run_tc(EGRESS_PROGRAM, f).0, TC_ACT_SHOT);
+    }
+    assert_eq!(bed.counter(Reason::EgressDropIsolated), 4);
+    // No record for the interface: nothing is handed over.
+    bed.remove_addresses(LO_IFINDEX);
+    assert_eq!(bed.run_tc(EGRESS_PROGRAM, &ok[0]).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::EgressDropIsolated), 5);
 }

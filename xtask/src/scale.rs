@@ -627,10 +627,9 @@ pub fn scale(a: Args) -> Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let limits = NeighLimits::raise()?;
-    std::env::set_var(
-        "WEAVE_ROUTER_BIN",
-        run::root().join("target/release/weave-router"),
-    );
+    if std::env::var_os("WEAVE_ROUTER_BIN").is_none() {
+        std::env::set_var("WEAVE_ROUTER_BIN", run::root().join("target/release/weave-router"));
+    }
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

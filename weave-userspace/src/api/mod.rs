@@ -211,7 +211,9 @@ impl From<DatapathError> for ApiError {
         let code = match &e {
             DatapathError::NoSuchEndpoint(_) => StatusCode::NOT_FOUND,
             DatapathError::AlreadyAttached(_) => StatusCode::CONFLICT,
-            DatapathError::Netns { .. } => StatusCode::BAD_REQUEST,
+            DatapathError::Netns { .. } | DatapathError::TooManyAddresses { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())

@@ -18,10 +18,11 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use weave_ebpf_common::counters::Reason;
 use weave_ebpf_common::maps::{
-    BroadcastTree, Counter, DatapathConfig, Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer,
-    PeerCounter, PeerEntry, RemoteMac, ALL_MAPS, BROADCAST_TREES_MAP, CONFIG_MAP, CONFIG_READY,
-    COUNTERS_MAP, ENDPOINTS_MAP, MAX_BROADCAST_CHILDREN, NEIGHBOURS_MAP, NEIGHBOUR_PEERS_MAP,
-    PEERS_MAP, PEER_ADMIT, PEER_COUNTERS_MAP, PEER_REACHABLE, REMOTE_MACS_MAP,
+    BroadcastTree, Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey,
+    Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, ALL_MAPS,
+    BROADCAST_TREES_MAP, CONFIG_MAP, CONFIG_READY, COUNTERS_MAP, ENDPOINTS_MAP,
+    ENDPOINT_ADDRESSES_MAP, MAX_BROADCAST_CHILDREN, MAX_ENDPOINT_ADDRESSES, NEIGHBOURS_MAP,
+    NEIGHBOUR_PEERS_MAP, PEERS_MAP, PEER_ADMIT, PEER_COUNTERS_MAP, PEER_REACHABLE, REMOTE_MACS_MAP,
 };
 use weave_ebpf_common::{vni, VXLAN_OVERHEAD, VXLAN_PORT};
 
@@ -40,6 +41,8 @@ pub static EBPF_OBJECT: &[u8] =
 pub const TX_PROGRAM: &str = "tx_from_container";
 pub const RX_PROGRAM: &str = "rx_from_underlay";
 pub const XDP_PROGRAM: &str = "xdp_admit";
+/// tcx egress of container veths: subnet isolation of what the bridge delivers.
+pub const EGRESS_PROGRAM: &str = "to_container";
 
 /// Name of the bridge the containers and the VXLAN devices are ports of.
 pub const BRIDGE_NAME: &str = "weave";
@@ -113,6 +116,7 @@ struct Maps {
     peer_counters: PerCpuArray<MapData, PeerCounter>,
     neighbour_peers: HashMap<MapData, Ipv4Key, NeighbourPeer>,
     broadcast_trees: Array<MapData, BroadcastTree>,
+    endpoint_addresses: HashMap<MapData, IfindexKey, EndpointAddresses>,
 }
 
 struct State {
@@ -378,12 +382,13 @@ impl EbpfDatapath {
                     flags: CONFIG_READY,
                     underlay_mac: underlay.mac,
                     _pad: [0; 2],
+                    service_ipv4: [0; 4],
                 },
                 0,
             )
             .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))?;
 
-        for name in [TX_PROGRAM, RX_PROGRAM] {
+        for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| DatapathError::Bpf(format!("loading {name}: {}", one_line(&e))))?;
@@ -411,6 +416,7 @@ impl EbpfDatapath {
             &mut state.ebpf,
             RX_PROGRAM,
             &underlay.name,
+            TcAttachType::Ingress,
             &links_dir.join(&rx_pin),
         )?;
         state.links.insert(rx_pin, link);
@@ -604,21 +610,42 @@ impl EbpfDatapath {
         result
     }
 
-    /// Attaches TX to an endpoint's host veth and fills `ENDPOINTS` and `NEIGHBOURS`.
+    /// Records an endpoint's addresses (`ENDPOINT_ADDRESSES`), attaches TX and the egress
+    /// check to its host veth, and fills `ENDPOINTS` and `NEIGHBOURS`.
     fn take_up(&self, endpoint: &Endpoint, host_index: u32) -> Result<(), DatapathError> {
+        let addresses = endpoint_addresses(endpoint)?;
         let mut st = self.lock();
-        let pin = format!("tx-{}", endpoint.host_ifname);
-        if let Some(old) = st.links.remove(&pin) {
-            let _ = old.unpin();
+        // The addresses go in before the programs are attached: they drop what comes from
+        // or goes to an interface without a record.
+        remove_where(&mut st.maps.endpoint_addresses, |v| v.mac == endpoint.mac);
+        st.maps
+            .endpoint_addresses
+            .insert(
+                IfindexKey {
+                    ifindex: host_index,
+                },
+                addresses,
+                0,
+            )
+            .map_err(|e| bpf_err("writing ENDPOINT_ADDRESSES")(e.to_string()))?;
+        for (prefix, program, hook) in [
+            ("tx", TX_PROGRAM, TcAttachType::Ingress),
+            ("egress", EGRESS_PROGRAM, TcAttachType::Egress),
+        ] {
+            let pin = format!("{prefix}-{}", endpoint.host_ifname);
+            if let Some(old) = st.links.remove(&pin) {
+                let _ = old.unpin();
+            }
+            let _ = std::fs::remove_file(self.pin_dir.join("links").join(&pin));
+            let link = attach_tc(
+                &mut st.ebpf,
+                program,
+                &endpoint.host_ifname,
+                hook,
+                &self.pin_dir.join("links").join(&pin),
+            )?;
+            st.links.insert(pin, link);
         }
-        let _ = std::fs::remove_file(self.pin_dir.join("links").join(&pin));
-        let link = attach_tc(
-            &mut st.ebpf,
-            TX_PROGRAM,
-            &endpoint.host_ifname,
-            &self.pin_dir.join("links").join(&pin),
-        )?;
-        st.links.insert(pin, link);
         st.maps
             .endpoints
             .insert(
@@ -682,11 +709,37 @@ impl EbpfDatapath {
                 let _ = st.maps.neighbours.remove(&key);
             }
         }
-        if let Some(link) = st.links.remove(&format!("tx-{}", endpoint.host_ifname)) {
-            let _ = link.unpin();
+        for prefix in ["tx", "egress"] {
+            if let Some(link) = st
+                .links
+                .remove(&format!("{prefix}-{}", endpoint.host_ifname))
+            {
+                let _ = link.unpin();
+            }
         }
+        remove_where(&mut st.maps.endpoint_addresses, |v| v.mac == endpoint.mac);
         st.endpoints.retain(|e| e.netns != endpoint.netns);
     }
+}
+
+/// The `ENDPOINT_ADDRESSES` record of an endpoint: its MAC and its addresses with their
+/// subnets. At most [`MAX_ENDPOINT_ADDRESSES`].
+fn endpoint_addresses(endpoint: &Endpoint) -> Result<EndpointAddresses, DatapathError> {
+    if endpoint.addresses.len() > MAX_ENDPOINT_ADDRESSES {
+        return Err(DatapathError::TooManyAddresses {
+            count: endpoint.addresses.len(),
+            max: MAX_ENDPOINT_ADDRESSES,
+        });
+    }
+    let mut record = EndpointAddresses {
+        mac: endpoint.mac,
+        ..Default::default()
+    };
+    for (slot, a) in record.addrs.iter_mut().zip(&endpoint.addresses) {
+        *slot = EndpointAddress::new(a.addr.octets(), a.prefix_len);
+        record.count += 1;
+    }
+    Ok(record)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DatapathError> {
@@ -696,15 +749,16 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
         .map_err(|e: aya::programs::ProgramError| bpf_err(name)(e.to_string()))
 }
 
-/// Attaches a classifier at tcx ingress of `ifname` and pins the link at `pin`.
+/// Attaches a classifier at tcx ingress or egress of `ifname` and pins the link at `pin`.
 fn attach_tc(
     ebpf: &mut Ebpf,
     name: &str,
     ifname: &str,
+    hook: TcAttachType,
     pin: &Path,
 ) -> Result<PinnedLink, DatapathError> {
     let prog = program(ebpf, name)?;
-    let id = prog.attach(ifname, TcAttachType::Ingress).map_err(|e| {
+    let id = prog.attach(ifname, hook).map_err(|e| {
         DatapathError::Bpf(format!("attaching {name} to {ifname}: {}", one_line(&e)))
     })?;
     let link = prog
@@ -740,6 +794,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         peer_counters: take(ebpf, PEER_COUNTERS_MAP)?,
         neighbour_peers: take(ebpf, NEIGHBOUR_PEERS_MAP)?,
         broadcast_trees: take(ebpf, BROADCAST_TREES_MAP)?,
+        endpoint_addresses: take(ebpf, ENDPOINT_ADDRESSES_MAP)?,
     })
 }
 
@@ -917,6 +972,12 @@ impl Datapath for EbpfDatapath {
         {
             return Err(DatapathError::AlreadyAttached(request.netns));
         }
+        if request.addresses.len() > MAX_ENDPOINT_ADDRESSES {
+            return Err(DatapathError::TooManyAddresses {
+                count: request.addresses.len(),
+                max: MAX_ENDPOINT_ADDRESSES,
+            });
+        }
         // Fail early, before creating anything, on a path that is not a network namespace
         // or one that has an ethwe already.
         let has_ethwe = netlink::in_netns(&request.netns, |nl| async move {
@@ -1078,17 +1139,30 @@ impl Datapath for EbpfDatapath {
             .await?;
         // Containers' ARP for it is answered by the TX program and never floods to peers
         // (whose bridges carry the same address).
-        self.lock()
-            .maps
-            .neighbours
-            .insert(
-                Ipv4Key {
-                    addr: addr.octets(),
-                },
-                MacKey::new(mac),
-                0,
-            )
-            .map_err(|e| bpf_err("writing NEIGHBOURS")(e.to_string()))?;
+        {
+            let mut st = self.lock();
+            st.maps
+                .neighbours
+                .insert(
+                    Ipv4Key {
+                        addr: addr.octets(),
+                    },
+                    MacKey::new(mac),
+                    0,
+                )
+                .map_err(|e| bpf_err("writing NEIGHBOURS")(e.to_string()))?;
+            // Subnet isolation lets every container reach it.
+            let mut config = st
+                .maps
+                .config
+                .get(&0, 0)
+                .map_err(|e| bpf_err("reading CONFIG")(e.to_string()))?;
+            config.service_ipv4 = addr.octets();
+            st.maps
+                .config
+                .set(0, config, 0)
+                .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))?;
+        }
         let _ = self.service.set((addr, mac));
         let endpoints = self.lock().endpoints.clone();
         for e in &endpoints {

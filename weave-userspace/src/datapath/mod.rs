@@ -111,6 +111,8 @@ pub enum DatapathError {
     AlreadyAttached(PathBuf),
     #[error("interface {0} not found")]
     NoSuchInterface(String),
+    #[error("{count} addresses for one interface; at most {max} are supported")]
+    TooManyAddresses { count: usize, max: usize },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

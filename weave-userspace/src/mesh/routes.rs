@@ -55,16 +55,23 @@ impl Graph {
 
     /// The breadth-first tree rooted at `root`: each node's parent (`NO_PARENT` for the
     /// root and for nodes it does not reach). Neighbours are visited in name order.
+    /// Stops as soon as every node has a parent: in a dense mesh (everyone connected to
+    /// everyone) that is after the root's own neighbours, so a tree costs O(n), not O(edges).
     fn bfs_parents(&self, root: usize, parents: &mut Vec<usize>, queue: &mut VecDeque<usize>) {
         parents.clear();
         parents.resize(self.names.len(), NO_PARENT);
         queue.clear();
         queue.push_back(root);
+        let mut missing = self.names.len().saturating_sub(1);
         while let Some(node) = queue.pop_front() {
+            if missing == 0 {
+                break;
+            }
             for &next in &self.adjacency[node] {
                 if next != root && parents[next] == NO_PARENT {
                     parents[next] = node;
                     queue.push_back(next);
+                    missing -= 1;
                 }
             }
         }
