@@ -86,6 +86,9 @@ pub struct DatapathConfig {
     /// themselves (broadcast copies, non-IPv4 frames).
     pub underlay_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// A local service address on the bridge (the DNS server's), network byte order, or
+    /// zeros: every container may send to it and receive from it, whatever its subnets.
+    pub service_ipv4: [u8; 4],
 }
 
 /// `DatapathConfig::flags`: the controller has written the configuration (programs pass
@@ -270,7 +273,7 @@ pub struct PeerCounter {
 const _: () = {
     assert!(core::mem::size_of::<MacKey>() == 8);
     assert!(core::mem::size_of::<Ipv4Key>() == 4);
-    assert!(core::mem::size_of::<DatapathConfig>() == 20);
+    assert!(core::mem::size_of::<DatapathConfig>() == 24);
     assert!(core::mem::size_of::<NeighbourPeer>() == 4);
     assert!(core::mem::size_of::<BroadcastTree>() == 32);
     assert!(core::mem::size_of::<PeerEntry>() == 16);

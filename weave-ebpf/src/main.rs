@@ -317,10 +317,20 @@ fn endpoint_addresses(ifindex: u32) -> Option<&'static EndpointAddresses> {
 /// the source must lie in one of its subnets. No record, no delivery.
 #[inline(always)]
 fn may_deliver(ifindex: u32, src: [u8; 4]) -> bool {
+    if is_service(src) {
+        return true;
+    }
     match endpoint_addresses(ifindex) {
         Some(to) => to.in_subnets(src),
         None => false,
     }
+}
+
+/// Whether `addr` is the local service address (the DNS server on the bridge), which every
+/// container reaches whatever its subnets.
+#[inline(always)]
+fn is_service(addr: [u8; 4]) -> bool {
+    addr != [0; 4] && config().is_some_and(|c| c.service_ipv4 == addr)
 }
 
 /// Source and destination of an IPv4 frame (IPv4 source and destination) or of an
@@ -360,7 +370,7 @@ fn check_sender(ctx: &TcContext, proto: u16) -> Result<[u8; 4], Reason> {
     if proto == ETH_P_IP && is_group_ipv4(dst) {
         return Ok(src);
     }
-    if !me.in_subnets(dst) {
+    if !me.in_subnets(dst) && !is_service(dst) {
         return Err(Reason::TxDropOutsideSubnet);
     }
     Ok(src)

@@ -72,6 +72,22 @@ pub struct LaunchArgs {
     /// Run in the foreground, logging to stderr.
     #[arg(long)]
     pub foreground: bool,
+    /// Do not run the DNS server (weaveDNS).
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Domain answered from the gossiped names.
+    #[arg(long, value_name = "DOMAIN", default_value = crate::dns::DEFAULT_DOMAIN)]
+    pub dns_domain: String,
+    /// Where the DNS server listens, IP or IP:PORT (default: 169.254.53.53:53, put on the
+    /// weave bridge, with a route to it in every attached container).
+    #[arg(long, value_name = "IP[:PORT]", default_value = crate::dns::DEFAULT_LISTEN)]
+    pub dns_listen_address: String,
+    /// TTL of the DNS answers for names in the domain, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::dns::DEFAULT_TTL)]
+    pub dns_ttl: u32,
+    /// File naming the upstream DNS servers (other names are forwarded to them).
+    #[arg(long, value_name = "FILE", default_value = crate::dns::DEFAULT_RESOLV_CONF)]
+    pub resolv_conf: PathBuf,
     /// Use an in-memory data path (control plane only, no privileges needed).
     #[arg(long, hide = true)]
     pub fake_datapath: bool,
@@ -100,6 +116,8 @@ pub struct Config {
     pub foreground: bool,
     pub fake_datapath: bool,
     pub pin_root: PathBuf,
+    /// `None` with `--no-dns`.
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 /// IP allocation settings.
@@ -155,6 +173,10 @@ pub enum ConfigError {
     NoIface(String),
     #[error("interface {0} has no IPv4 address; give one with --host")]
     NoAddress(String),
+    #[error("--dns-domain {0:?} is not a domain name (like weave.local.)")]
+    DnsDomain(String),
+    #[error("--dns-listen-address {0:?} is not an IPv4 address, optionally with a port (like 169.254.53.53 or 10.0.0.1:53)")]
+    DnsListen(String),
 }
 
 /// What the configuration needs to know about the machine (a trait so tests can fake it).
@@ -277,6 +299,21 @@ impl LaunchArgs {
         if self.init_peer_count == Some(0) {
             return Err(ConfigError::InitPeerCount);
         }
+        let dns = if self.no_dns {
+            None
+        } else {
+            let domain = crate::dns::records::normalise_name(&self.dns_domain)
+                .map_err(|_| ConfigError::DnsDomain(self.dns_domain.clone()))?;
+            let listen = crate::dns::parse_listen(&self.dns_listen_address)
+                .filter(|a| a.is_ipv4())
+                .ok_or_else(|| ConfigError::DnsListen(self.dns_listen_address.clone()))?;
+            Some(crate::dns::DnsConfig {
+                listen,
+                domain,
+                ttl: self.dns_ttl,
+                resolv_conf: self.resolv_conf.clone(),
+            })
+        };
         let ipam = self.ipam_config(unique.len())?;
         Ok(Config {
             name,
@@ -298,6 +335,7 @@ impl LaunchArgs {
             foreground: self.foreground,
             fake_datapath: self.fake_datapath,
             pin_root: self.pin_root.clone(),
+            dns,
         })
     }
 }
@@ -507,6 +545,29 @@ mod tests {
         assert_eq!(c.listen_addr(), "10.0.0.1:6783".parse().unwrap());
         assert_eq!(c.xdp, XdpMode::Auto);
         assert!(c.targets.is_empty() && c.name.is_none() && !c.foreground);
+        let dns = c.dns.expect("DNS on by default");
+        assert_eq!(dns.listen, "169.254.53.53:53".parse().unwrap());
+        assert_eq!((dns.domain.as_str(), dns.ttl), ("weave.local.", 1));
+        assert_eq!(dns.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+        assert!(parse(&["--no-dns"])
+            .validate(&host())
+            .unwrap()
+            .dns
+            .is_none());
+        let d = parse(&[
+            "--dns-domain",
+            "Corp.Example",
+            "--dns-listen-address",
+            "10.0.0.1",
+        ])
+        .validate(&host())
+        .unwrap()
+        .dns
+        .unwrap();
+        assert_eq!(
+            (d.domain.as_str(), d.listen),
+            ("corp.example.", "10.0.0.1:53".parse().unwrap())
+        );
     }
 
     #[test]
@@ -612,6 +673,8 @@ mod tests {
             (&["--http-addr", "localhost"], "--http-addr \"localhost\" is not an address with a port (like 127.0.0.1:6784)"),
             (&["--nickname", "a b"], "--nickname \"a b\": use 1 to 63 letters, digits, '.', '-' or '_'"),
             (&["--port", "0"], "--port 0 is not a port"),
+            (&["--dns-domain", "a..b"], "--dns-domain \"a..b\" is not a domain name (like weave.local.)"),
+            (&["--dns-listen-address", "::1"], "--dns-listen-address \"::1\" is not an IPv4 address, optionally with a port (like 169.254.53.53 or 10.0.0.1:53)"),
             (&["--ipalloc-range", "10.2.0.0/33"], "--ipalloc-range \"10.2.0.0/33\": the prefix length must be 0..=32"),
             (&["--ipalloc-range", "10.2.0.0/16", "--ipalloc-default-subnet", "10.3.0.0/24"], "--ipalloc-default-subnet 10.3.0.0/24 is not inside --ipalloc-range 10.2.0.0/16"),
             (&["--ipalloc-init", "consensus=0"], "--ipalloc-init \"consensus=0\": N must be a whole number of at least 1"),

@@ -3,6 +3,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod dns;
 pub mod ipam;
 pub mod mesh;
 pub mod router;

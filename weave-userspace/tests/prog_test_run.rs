@@ -85,6 +85,7 @@ impl Bed {
                     flags: CONFIG_READY,
                     underlay_mac: OWN_UNDERLAY_MAC,
                     _pad: [0; 2],
+                    service_ipv4: [0; 4],
                 },
                 0,
             )

@@ -34,6 +34,15 @@ pub struct Args {
     /// Skip `setup` and `build`.
     #[arg(long)]
     no_build: bool,
+    /// Only the DNS part (dnsperf against the router's DNS server).
+    #[arg(long)]
+    dns_only: bool,
+    /// Leave out the DNS part.
+    #[arg(long, conflicts_with = "dns_only")]
+    no_dns: bool,
+    /// Seconds per dnsperf run.
+    #[arg(long, default_value_t = 10)]
+    dns_seconds: u32,
     /// Only the IP allocation figures (consensus time, local allocation latency).
     #[arg(long)]
     ipam_only: bool,
@@ -158,6 +167,9 @@ pub fn bench(a: Args) -> Result<()> {
         }
     }
     let output = run::root().join(&a.output);
+    if a.dns_only {
+        return dns_part(&a, &output);
+    }
     if a.ipam_only {
         return crate::bench_ipam::run(a.runs.max(5), &output);
     }
@@ -252,7 +264,20 @@ pub fn bench(a: Args) -> Result<()> {
     write_section(&output, &report)?;
     println!("{report}");
     step(&format!("wrote {}", output.display()));
-    crate::bench_ipam::run(a.runs.max(5), &output)
+    crate::bench_ipam::run(a.runs.max(5), &output)?;
+    if !a.no_dns && !a.baselines_only {
+        dns_part(&a, &output)?;
+    }
+    Ok(())
+}
+
+/// Runs the DNS part and writes its section.
+fn dns_part(a: &Args, output: &std::path::Path) -> Result<()> {
+    let section = crate::bench_dns::run(a.dns_seconds)?;
+    crate::bench_dns::write_section(output, &section)?;
+    println!("{section}");
+    step(&format!("wrote {}", output.display()));
+    Ok(())
 }
 
 /// Marks around the section this task owns in BENCHMARKS.md (other tasks own other sections).
@@ -313,7 +338,7 @@ mod tests {
 }
 
 /// The 1-minute load average (other work on the machine skews the figures).
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: set-up, build, demo, tests and benchmarks of weave-router.
 
 mod bench;
+mod bench_dns;
 mod bench_ipam;
 mod build;
 mod demo;

@@ -27,6 +27,12 @@ const PACKAGES: &[(&str, &str)] = &[
         "nft: cutting links between simulated hosts in the mesh tests",
     ),
     ("procps", "sysctl"),
+    ("dnsutils", "dig: DNS tests"),
+    (
+        "dnsmasq-base",
+        "dnsmasq: the upstream DNS server of the DNS tests (no system service)",
+    ),
+    ("dnsperf", "dnsperf: DNS bench"),
 ];
 
 /// The bpf-linker release the eBPF build uses.

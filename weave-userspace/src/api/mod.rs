@@ -6,6 +6,10 @@
 //! - `POST /attach {"netns": PATH, "addresses": ["10.2.1.1/24", ...]}` → the endpoint as JSON.
 //! - `POST /detach {"netns": PATH}` → the endpoint taken away, as JSON.
 //! - `POST /stop` → `{"Pid": N}`; the router then shuts down.
+//! - weaveDNS: `GET /dns` (JSON: domain, listen address, upstreams, TTL, entries),
+//!   `GET /status/dns` (text), `POST /dns/add {"container", "addresses", "hostname"}`,
+//!   `POST /dns/remove {"container", "addresses", "hostname"}`, `GET /dns/lookup/NAME`
+//!   (addresses, one a line). `POST /attach` takes `"hostname"` too.
 //!
 //! Errors answer with a fitting status code and one line of text.
 
@@ -133,6 +137,8 @@ impl<D: Datapath> Controller for RouterController<D> {
 /// (its data path loaded) everything but `POST /stop` says 503.
 pub struct ApiState {
     controller: std::sync::RwLock<Option<Arc<dyn Controller>>>,
+    /// The DNS service, when it runs.
+    dns: std::sync::RwLock<Option<Arc<crate::dns::Dns>>>,
     /// Set to true by `POST /stop`.
     stop: watch::Sender<bool>,
 }
@@ -141,6 +147,7 @@ impl ApiState {
     pub fn new(stop: watch::Sender<bool>) -> Self {
         Self {
             controller: std::sync::RwLock::new(None),
+            dns: std::sync::RwLock::new(None),
             stop,
         }
     }
@@ -148,6 +155,24 @@ impl ApiState {
     /// The router is up: answer for it.
     pub fn set_ready(&self, controller: Arc<dyn Controller>) {
         *self.controller.write().unwrap_or_else(|e| e.into_inner()) = Some(controller);
+    }
+
+    /// The DNS service the API answers for.
+    pub fn set_dns(&self, dns: Option<Arc<crate::dns::Dns>>) {
+        *self.dns.write().unwrap_or_else(|e| e.into_inner()) = dns;
+    }
+
+    fn dns(&self) -> Option<Arc<crate::dns::Dns>> {
+        self.dns.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn dns_on(&self) -> Result<Arc<crate::dns::Dns>, ApiError> {
+        self.dns().ok_or_else(|| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DNS is not running on this router (launched with --no-dns?)".into(),
+            )
+        })
     }
 
     /// Asks the daemon to stop (as `POST /stop` does).
@@ -205,6 +230,21 @@ pub struct AttachBody {
     pub netns: PathBuf,
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// A name to register in the DNS domain for the addresses (removed on detach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// The body of `POST /dns/add` and `POST /dns/remove`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsBody {
+    /// Whose names (default: `weave:extern`).
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// The body of `POST /connect` and `POST /forget`.
@@ -362,6 +402,11 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .route("/stop", post(stop))
+        .route("/status/dns", get(status_dns))
+        .route("/dns", get(dns_info))
+        .route("/dns/add", post(dns_add))
+        .route("/dns/remove", post(dns_remove))
+        .route("/dns/lookup/{name}", get(dns_lookup))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(state)
 }
@@ -374,6 +419,9 @@ async fn status(State(s): AppState) -> Result<String, ApiError> {
         for (k, v) in ipam::summary_lines(&i.report()) {
             out.push_str(&format!("{k:>15}: {v}\n"));
         }
+    }
+    if let Some(dns) = s.dns() {
+        out.push_str(&text::dns_summary(&dns.info()));
     }
     Ok(out)
 }
@@ -457,6 +505,14 @@ async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
     let c = s.ready()?;
     let body: AttachBody = parse_json(&body)?;
     check_netns(&body.netns)?;
+    let named = match &body.hostname {
+        Some(h) => {
+            let dns = s.dns_on()?;
+            let fqdn = dns.qualify(h).map_err(|e| bad_request(e.to_string()))?;
+            Some((dns, fqdn))
+        }
+        None => None,
+    };
     let specs =
         crate::ipam::spec::parse_all(&body.addresses).map_err(|e| bad_request(e.to_string()))?;
     if c.endpoints().iter().any(|e| e.netns == body.netns) {
@@ -485,6 +541,13 @@ async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
         endpoint.netns.display(),
         endpoint.host_ifname
     );
+    if let Some((dns, fqdn)) = named {
+        let addrs: Vec<std::net::Ipv4Addr> = endpoint.addresses.iter().map(|a| a.addr).collect();
+        if !addrs.is_empty() {
+            dns.add(&endpoint.netns.to_string_lossy(), &addrs, &fqdn)
+                .map_err(|e| bad_request(e.to_string()))?;
+        }
+    }
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
 }
 
@@ -498,6 +561,9 @@ async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
         )));
     }
     let endpoint = c.detach(body.netns).await?;
+    if let Some(dns) = s.dns() {
+        let _ = dns.remove(&endpoint.netns.to_string_lossy(), &[], None);
+    }
     if let Some(i) = c.ipam() {
         if let Err(e) = i.release(&endpoint.netns.display().to_string()) {
             tracing::error!(
@@ -529,6 +595,70 @@ async fn forget(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
     let forgotten = c.forget(body.targets()?);
     tracing::info!("forgot {} of {} targets", forgotten.len(), body.peers.len());
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn status_dns(State(s): AppState) -> Result<String, ApiError> {
+    Ok(text::dns_entries(&s.dns_on()?.info()))
+}
+
+async fn dns_info(State(s): AppState) -> Result<Response, ApiError> {
+    Ok(axum::Json(s.dns_on()?.info()).into_response())
+}
+
+fn dns_addresses(addresses: &[String]) -> Result<Vec<std::net::Ipv4Addr>, ApiError> {
+    addresses
+        .iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|_| bad_request(format!("{a:?} is not an IPv4 address")))
+        })
+        .collect()
+}
+
+async fn dns_add(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let dns = s.dns_on()?;
+    let body: DnsBody = parse_json(&body)?;
+    let addrs = dns_addresses(&body.addresses)?;
+    let Some(name) = body.hostname.as_deref() else {
+        return Err(bad_request("a host name is needed (-h NAME)"));
+    };
+    let container = body
+        .container
+        .as_deref()
+        .unwrap_or(crate::dns::EXTERN_CONTAINER);
+    let added = dns
+        .add(container, &addrs, name)
+        .map_err(|e| bad_request(e.to_string()))?;
+    Ok(axum::Json(serde_json::json!({ "Added": added })).into_response())
+}
+
+async fn dns_remove(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let dns = s.dns_on()?;
+    let body: DnsBody = parse_json(&body)?;
+    let addrs = dns_addresses(&body.addresses)?;
+    let container = body
+        .container
+        .as_deref()
+        .unwrap_or(crate::dns::EXTERN_CONTAINER);
+    let removed = dns
+        .remove(container, &addrs, body.hostname.as_deref())
+        .map_err(|e| bad_request(e.to_string()))?;
+    Ok(axum::Json(serde_json::json!({ "Removed": removed })).into_response())
+}
+
+async fn dns_lookup(
+    State(s): AppState,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<String, ApiError> {
+    let dns = s.dns_on()?;
+    let addrs = dns.lookup(&name).map_err(|e| bad_request(e.to_string()))?;
+    if addrs.is_empty() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{} is not registered", dns.qualify(&name).unwrap_or(name)),
+        ));
+    }
+    Ok(addrs.iter().map(|a| format!("{a}\n")).collect())
 }
 
 async fn stop(State(s): AppState) -> Response {

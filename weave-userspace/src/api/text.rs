@@ -93,6 +93,39 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
     out
 }
 
+/// The DNS block of `weave-router status`.
+pub fn dns_summary(info: &crate::dns::DnsInfo) -> String {
+    let mut out = String::new();
+    out.push('\n');
+    line(&mut out, "Service", "dns");
+    line(&mut out, "Domain", &info.domain);
+    line(&mut out, "Listen", &info.listen);
+    let upstream = if info.upstream.is_empty() {
+        "none".to_string()
+    } else {
+        info.upstream.join(", ")
+    };
+    line(&mut out, "Upstream", upstream);
+    line(&mut out, "TTL", info.ttl);
+    line(&mut out, "Entries", info.entries.len());
+    out
+}
+
+/// `weave-router status dns`: one line per entry, in Weave's layout
+/// (`name address container origin`).
+pub fn dns_entries(info: &crate::dns::DnsInfo) -> String {
+    info.entries
+        .iter()
+        .map(|e| {
+            let name = e.hostname.trim_end_matches('.');
+            format!(
+                "{name:<12} {:<15} {:<12} {}\n",
+                e.addr, e.container_id, e.origin
+            )
+        })
+        .collect()
+}
+
 fn name_nick(c: &ConnectionInfo) -> String {
     c.peer
         .as_ref()

@@ -59,6 +59,23 @@ pub fn check_privileges() -> anyhow::Result<()> {
     bail!("weave-router needs root (or CAP_NET_ADMIN and CAP_BPF) to set up its data path");
 }
 
+/// The address to put on the bridge for the DNS server: the listen address, unless it is
+/// unspecified or on an interface already.
+fn service_address(ip: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {
+    use crate::config::HostInfo;
+    let std::net::IpAddr::V4(v4) = ip else {
+        return None;
+    };
+    if v4.is_unspecified() || v4.is_loopback() {
+        return None;
+    }
+    let local = crate::config::RealHost
+        .interfaces()
+        .iter()
+        .any(|i| i.ipv4.contains(&v4) && i.name != crate::datapath::ebpf::BRIDGE_NAME);
+    (!local).then_some(v4)
+}
+
 /// Runs the router until SIGTERM, SIGINT or `POST /stop`.
 pub fn run_foreground(config: Config) -> anyhow::Result<()> {
     init_logging();
@@ -253,7 +270,16 @@ impl Up<'_> {
                 Vec::new()
             }
         };
-        let ourself = self.local.name;
+        let me = self.local.name;
+        let ourself = me;
+        if let Some(dns) = &self.config.dns {
+            if let Some(service) = service_address(dns.listen.ip()) {
+                datapath
+                    .add_service_address(service)
+                    .await
+                    .context("cannot put the DNS address on the weave bridge")?;
+            }
+        }
         let router_config = RouterConfig {
             local: self.local,
             targets: self.config.targets.clone(),
@@ -268,6 +294,29 @@ impl Up<'_> {
             Some(self.state.clone()),
         ));
         router.restore_endpoints(endpoints).await;
+        let dns = match self.config.dns.clone() {
+            Some(dns_config) => {
+                let records = Arc::new(crate::dns::records::Records::new(me));
+                let gossiper = router.register_channel(ChannelId::Dns, records.clone());
+                let peers = router.clone();
+                match crate::dns::Dns::start(dns_config, records, gossiper, move || {
+                    peers.mesh_summary().peers
+                }) {
+                    Ok(d) => Some(Arc::new(d)),
+                    Err(e) if self.config.fake_datapath => {
+                        tracing::warn!("DNS not started: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        router.stop().await;
+                        let _ = datapath.shutdown().await;
+                        return Err(anyhow::Error::new(e).context("cannot start DNS"));
+                    }
+                }
+            }
+            None => None,
+        };
+        self.api_state.set_dns(dns.clone());
         let ipam = start_ipam(self.config, &self.state, &router, ourself)?;
         let _ticker = ipam.spawn_ticker();
         let controller = RouterController {
@@ -281,6 +330,9 @@ impl Up<'_> {
 
         let _ = self.stop.wait_for(|s| *s).await;
         tracing::info!("stopping");
+        if let Some(dns) = dns {
+            let _ = tokio::task::spawn_blocking(move || dns.stop()).await;
+        }
         router.stop().await;
         router.save_endpoints();
         if let Err(e) = datapath.shutdown().await {

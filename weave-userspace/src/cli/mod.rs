@@ -46,6 +46,8 @@ impl ApiArgs {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of the launch arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Start the router (in the background unless --foreground).
     Launch(LaunchArgs),
@@ -69,6 +71,9 @@ pub enum Command {
         /// The network namespace (like /run/netns/c1 or /proc/<pid>/ns/net).
         #[arg(long, value_name = "PATH")]
         netns: PathBuf,
+        /// Register NAME in the DNS domain (NAME.weave.local.) for the addresses.
+        #[arg(long, value_name = "NAME")]
+        hostname: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -117,6 +122,47 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Register a name in the DNS domain for addresses: dns-add ADDR... -h NAME.
+    #[command(name = "dns-add", disable_help_flag = true)]
+    DnsAdd {
+        #[arg(value_name = "ADDR", required = true)]
+        addresses: Vec<String>,
+        /// The name (NAME or NAME.weave.local.).
+        #[arg(short = 'h', long = "hostname", value_name = "FQDN")]
+        hostname: String,
+        /// Whose name it is (default: weave:extern).
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove names: of these addresses, of this name (-h), of a container (--container).
+    #[command(name = "dns-remove", disable_help_flag = true)]
+    DnsRemove {
+        #[arg(value_name = "ADDR")]
+        addresses: Vec<String>,
+        #[arg(short = 'h', long = "hostname", value_name = "FQDN")]
+        hostname: Option<String>,
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print the addresses registered for a name.
+    #[command(name = "dns-lookup")]
+    DnsLookup {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print the resolver settings a container needs (--dns=IP --dns-search=DOMAIN).
+    #[command(name = "dns-args")]
+    DnsArgs(ApiArgs),
     /// Print the version.
     Version,
 }
@@ -126,6 +172,7 @@ pub enum StatusPart {
     Connections,
     Peers,
     Targets,
+    Dns,
     Ipam,
 }
 
@@ -169,6 +216,7 @@ pub fn run() -> anyhow::Result<()> {
                 Some(StatusPart::Connections) => "/status/connections",
                 Some(StatusPart::Peers) => "/status/peers",
                 Some(StatusPart::Targets) => "/status/targets",
+                Some(StatusPart::Dns) => "/status/dns",
                 Some(StatusPart::Ipam) => "/status/ipam",
             };
             print!("{}", get(api.addr()?, path)?);
@@ -181,11 +229,19 @@ pub fn run() -> anyhow::Result<()> {
         Command::Attach {
             addresses,
             netns,
+            hostname,
             api,
         } => {
             crate::ipam::spec::parse_all(&addresses)?;
+            if let Some(h) = &hostname {
+                crate::dns::records::normalise_name(h)?;
+            }
             let netns = netns_path(&netns)?;
-            let body = serde_json::to_string(&AttachBody { netns, addresses })?;
+            let body = serde_json::to_string(&AttachBody {
+                netns,
+                addresses,
+                hostname,
+            })?;
             let e: EndpointView = serde_json::from_str(&post(api.addr()?, "/attach", &body)?)
                 .context("unexpected answer")?;
             println!("{} {}", e.mac, e.addresses.join(" "));
@@ -239,6 +295,53 @@ pub fn run() -> anyhow::Result<()> {
             post(api.addr()?, "/forget", &body)?;
             Ok(())
         }
+        Command::DnsAdd {
+            addresses,
+            hostname,
+            container,
+            api,
+            ..
+        } => {
+            check_ipv4(&addresses)?;
+            crate::dns::records::normalise_name(&hostname)?;
+            let body = serde_json::to_string(&crate::api::DnsBody {
+                container,
+                addresses,
+                hostname: Some(hostname),
+            })?;
+            post(api.addr()?, "/dns/add", &body)?;
+            Ok(())
+        }
+        Command::DnsRemove {
+            addresses,
+            hostname,
+            container,
+            api,
+            ..
+        } => {
+            check_ipv4(&addresses)?;
+            if addresses.is_empty() && hostname.is_none() && container.is_none() {
+                bail!("say what to remove: addresses, -h NAME or --container ID");
+            }
+            let body = serde_json::to_string(&crate::api::DnsBody {
+                container,
+                addresses,
+                hostname,
+            })?;
+            post(api.addr()?, "/dns/remove", &body)?;
+            Ok(())
+        }
+        Command::DnsLookup { name, api } => {
+            crate::dns::records::normalise_name(&name)?;
+            print!("{}", get(api.addr()?, &format!("/dns/lookup/{name}"))?);
+            Ok(())
+        }
+        Command::DnsArgs(api) => {
+            let info: crate::dns::DnsInfo =
+                serde_json::from_str(&get(api.addr()?, "/dns")?).context("unexpected answer")?;
+            println!("{}", crate::dns::dns_args(&info));
+            Ok(())
+        }
         Command::Version => {
             println!("weave-router {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -251,6 +354,16 @@ pub fn run() -> anyhow::Result<()> {
 fn check_targets(peers: &[String]) -> anyhow::Result<()> {
     for p in peers {
         p.parse::<crate::mesh::connection_maker::Target>()?;
+    }
+    Ok(())
+}
+
+/// Refuses anything but IPv4 addresses before anything is sent.
+fn check_ipv4(addresses: &[String]) -> anyhow::Result<()> {
+    for a in addresses {
+        if a.parse::<std::net::Ipv4Addr>().is_err() {
+            bail!("{a:?} is not an IPv4 address");
+        }
     }
     Ok(())
 }
@@ -394,6 +507,37 @@ mod tests {
             parse(&["version"]).unwrap().command,
             Command::Version
         ));
+        let Command::DnsAdd {
+            addresses,
+            hostname,
+            ..
+        } = parse(&["dns-add", "10.2.1.1", "10.2.1.2", "-h", "db"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!((addresses.len(), hostname.as_str()), (2, "db"));
+        assert!(parse(&["dns-add", "10.2.1.1"]).is_err());
+        assert!(matches!(
+            parse(&["dns-remove", "-h", "db"]).unwrap().command,
+            Command::DnsRemove { .. }
+        ));
+        assert!(matches!(
+            parse(&["status", "dns"]).unwrap().command,
+            Command::Status {
+                what: Some(StatusPart::Dns),
+                ..
+            }
+        ));
+        let Command::Attach { hostname, .. } =
+            parse(&["attach", "10.2.1.1/24", "--netns", "/x", "--hostname", "w1"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert_eq!(hostname.as_deref(), Some("w1"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use weave_ebpf_common::{vni, VXLAN_OVERHEAD, VXLAN_PORT};
 use super::netlink::{self, LinkChange, LinkInfo, Netlink, VxlanSpec};
 use super::{
     AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, DatapathSettings,
-    Endpoint, PeerTraffic, XdpMode,
+    Endpoint, Ipv4Cidr, PeerTraffic, XdpMode,
 };
 use crate::mesh::peer_name::ShortId;
 
@@ -145,6 +145,14 @@ struct PeerDevice {
     down_since: Option<std::time::Instant>,
 }
 
+/// The main routing table.
+const MAIN_TABLE: u32 = 254;
+
+/// Routing table holding the way back from the service address to the containers (over
+/// the bridge), and the priority of the rule that selects it for that source address.
+pub const SERVICE_TABLE: u32 = 6783;
+pub const SERVICE_RULE_PRIORITY: u32 = 6783;
+
 /// The subnets of exposed addresses, without repeats.
 fn exposed_subnets(exposed: &[super::Ipv4Cidr]) -> Vec<crate::ipam::cidr::Cidr> {
     let mut subnets: Vec<crate::ipam::cidr::Cidr> = exposed
@@ -171,6 +179,8 @@ pub struct EbpfDatapath {
     xdp_attached: bool,
     nl: Netlink,
     state: Mutex<State>,
+    /// The local service address on the bridge (the DNS server's) and the bridge's MAC.
+    service: std::sync::OnceLock<(Ipv4Addr, [u8; 6])>,
 }
 
 /// Starts the data path: bpffs, the bridge, the programs and maps (pinned under
@@ -343,6 +353,7 @@ impl EbpfDatapath {
             xdp_attached,
             nl,
             state: Mutex::new(state),
+            service: std::sync::OnceLock::new(),
         })
     }
 
@@ -371,6 +382,7 @@ impl EbpfDatapath {
                     flags: CONFIG_READY,
                     underlay_mac: underlay.mac,
                     _pad: [0; 2],
+                    service_ipv4: [0; 4],
                 },
                 0,
             )
@@ -538,6 +550,7 @@ impl EbpfDatapath {
             drop(ns);
             let mtu = self.container_mtu;
             let addresses = request.addresses.clone();
+            let service = self.service.get().map(|s| s.0);
             let mac = netlink::in_netns(&request.netns, move |nl| async move {
                 let link = nl.link_by_name(&temp_name).await?.ok_or_else(|| {
                     DatapathError::Netlink(format!("{temp_name} did not arrive in the namespace"))
@@ -562,6 +575,10 @@ impl EbpfDatapath {
                     },
                 )
                 .await?;
+                if let Some(service) = service {
+                    nl.replace_device_route(service, 32, link.index, MAIN_TABLE)
+                        .await?;
+                }
                 if let Some(lo) = nl.link_by_name("lo").await? {
                     nl.set_link(
                         lo.index,
@@ -583,6 +600,7 @@ impl EbpfDatapath {
                 addresses: request.addresses.clone(),
             };
             self.take_up(&endpoint, host.index)?;
+            self.service_neighbours(&endpoint, true).await?;
             Ok(endpoint)
         }
         .await;
@@ -653,6 +671,29 @@ impl EbpfDatapath {
         }
         st.endpoints.retain(|e| e.netns != endpoint.netns);
         st.endpoints.push(endpoint.clone());
+        Ok(())
+    }
+
+    /// Adds (or removes) permanent neighbour entries on the bridge for an endpoint's
+    /// addresses, so answers from the service address never ARP (an ARP from the bridge
+    /// would flood to every peer, and teach them our bridge's MAC for the service address).
+    async fn service_neighbours(
+        &self,
+        endpoint: &Endpoint,
+        add: bool,
+    ) -> Result<(), DatapathError> {
+        if self.service.get().is_none() {
+            return Ok(());
+        }
+        for a in &endpoint.addresses {
+            if add {
+                self.nl
+                    .replace_neighbour(self.bridge_index, a.addr, endpoint.mac)
+                    .await?;
+            } else {
+                self.nl.del_neighbour(self.bridge_index, a.addr).await?;
+            }
+        }
         Ok(())
     }
 
@@ -977,6 +1018,9 @@ impl Datapath for EbpfDatapath {
             .cloned()
             .ok_or_else(|| DatapathError::NoSuchEndpoint(netns.clone()))?;
         self.let_go(&endpoint);
+        if let Err(e) = self.service_neighbours(&endpoint, false).await {
+            tracing::warn!("{e}");
+        }
         if let Some(link) = self.nl.link_by_name(&endpoint.host_ifname).await? {
             self.nl.del_link(link.index).await?;
         }
@@ -990,7 +1034,8 @@ impl Datapath for EbpfDatapath {
             .await?
             .ok_or_else(|| DatapathError::NoSuchEndpoint(endpoint.netns.clone()))?;
         self.make_bridge_port(host.index).await?;
-        self.take_up(&endpoint, host.index)
+        self.take_up(&endpoint, host.index)?;
+        self.service_neighbours(&endpoint, true).await
     }
 
     async fn expose(&self, address: super::Ipv4Cidr) -> Result<(), DatapathError> {
@@ -1060,7 +1105,94 @@ impl Datapath for EbpfDatapath {
         self.container_mtu
     }
 
+    async fn add_service_address(&self, addr: Ipv4Addr) -> Result<(), DatapathError> {
+        if let Some((old, _)) = self.service.get() {
+            return if *old == addr {
+                Ok(())
+            } else {
+                Err(DatapathError::Netlink(format!(
+                    "the service address is {old} already"
+                )))
+            };
+        }
+        // A MAC of our own for the bridge (locally administered, from the peer name): set
+        // once, the bridge keeps it whatever ports come and go, so the ARP answer stays true.
+        let mut mac = self.settings.peer_name.bytes();
+        mac[0] = (mac[0] & 0xfe) | 0x02;
+        self.nl.set_mac(self.bridge_index, mac).await?;
+        self.nl
+            .add_address(
+                self.bridge_index,
+                Ipv4Cidr {
+                    addr,
+                    prefix_len: 32,
+                },
+            )
+            .await?;
+        // Answers from the service address go back over the bridge, whatever the main table
+        // says about container addresses.
+        self.nl
+            .replace_device_route(Ipv4Addr::UNSPECIFIED, 0, self.bridge_index, SERVICE_TABLE)
+            .await?;
+        self.nl
+            .add_source_rule(addr, SERVICE_TABLE, SERVICE_RULE_PRIORITY)
+            .await?;
+        // Containers' ARP for it is answered by the TX program and never floods to peers
+        // (whose bridges carry the same address).
+        {
+            let mut st = self.lock();
+            st.maps
+                .neighbours
+                .insert(
+                    Ipv4Key {
+                        addr: addr.octets(),
+                    },
+                    MacKey::new(mac),
+                    0,
+                )
+                .map_err(|e| bpf_err("writing NEIGHBOURS")(e.to_string()))?;
+            // Subnet isolation lets every container reach it.
+            let mut config = st
+                .maps
+                .config
+                .get(&0, 0)
+                .map_err(|e| bpf_err("reading CONFIG")(e.to_string()))?;
+            config.service_ipv4 = addr.octets();
+            st.maps
+                .config
+                .set(0, config, 0)
+                .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))?;
+        }
+        let _ = self.service.set((addr, mac));
+        let endpoints = self.lock().endpoints.clone();
+        for e in &endpoints {
+            self.service_neighbours(e, true).await?;
+        }
+        tracing::info!("service address {addr} on bridge {BRIDGE_NAME}");
+        Ok(())
+    }
+
     async fn shutdown(&self) -> Result<(), DatapathError> {
+        if let Some((addr, _)) = self.service.get().copied() {
+            let _ = self
+                .nl
+                .del_source_rule(addr, SERVICE_TABLE, SERVICE_RULE_PRIORITY)
+                .await;
+            let _ = self
+                .nl
+                .del_device_route(Ipv4Addr::UNSPECIFIED, 0, self.bridge_index, SERVICE_TABLE)
+                .await;
+            let _ = self
+                .nl
+                .del_address(
+                    self.bridge_index,
+                    Ipv4Cidr {
+                        addr,
+                        prefix_len: 32,
+                    },
+                )
+                .await;
+        }
         {
             let mut st = self.lock();
             for (_, link) in std::mem::take(&mut st.links) {

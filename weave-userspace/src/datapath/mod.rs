@@ -176,6 +176,16 @@ pub trait Datapath: Send + Sync + 'static {
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
     /// The MTU given to container interfaces.
     fn container_mtu(&self) -> u32;
+    /// Puts `addr` on the bridge as a local service every attached container reaches (the
+    /// DNS server): a route to it in each container, ARP for it answered by the TX program,
+    /// answers routed back over the bridge. The default does nothing.
+    fn add_service_address(
+        &self,
+        addr: Ipv4Addr,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send {
+        let _ = addr;
+        async { Ok(()) }
+    }
     /// Removes what the router put in the kernel except the bridge and the container
     /// interfaces: programs, links, pins and VXLAN devices.
     fn shutdown(&self) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;

@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan};
+use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
+use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use super::{DatapathError, Ipv4Cidr};
 
@@ -357,6 +361,147 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(nl(format!("adding address {cidr}"))(e)),
+        }
+    }
+}
+
+impl Netlink {
+    /// Sets a link's MAC address (a bridge then keeps it whatever its ports).
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("setting the MAC of link {index}")))
+    }
+
+    fn device_route(dst: Ipv4Addr, prefix_len: u8, index: u32, table: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix_len)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .table_id(table)
+            .build()
+    }
+
+    /// `ip route replace DST/LEN dev INDEX scope link table TABLE`.
+    pub async fn replace_device_route(
+        &self,
+        dst: Ipv4Addr,
+        prefix_len: u8,
+        index: u32,
+        table: u32,
+    ) -> Result<(), DatapathError> {
+        self.handle
+            .route()
+            .add(Self::device_route(dst, prefix_len, index, table))
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("adding a route to {dst}/{prefix_len}")))
+    }
+
+    pub async fn del_device_route(
+        &self,
+        dst: Ipv4Addr,
+        prefix_len: u8,
+        index: u32,
+        table: u32,
+    ) -> Result<(), DatapathError> {
+        match self
+            .handle
+            .route()
+            .del(Self::device_route(dst, prefix_len, index, table))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENODEV)) => Ok(()),
+            Err(e) => Err(nl(format!("removing the route to {dst}/{prefix_len}"))(e)),
+        }
+    }
+
+    fn source_rule(&self, src: Ipv4Addr, table: u32, priority: u32) -> RuleMessage {
+        let mut req = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .source_prefix(src, 32)
+            .table_id(table)
+            .priority(priority)
+            .action(RuleAction::ToTable);
+        req.message_mut().clone()
+    }
+
+    /// `ip rule add from SRC lookup TABLE priority PRIORITY` (kept if there already).
+    pub async fn add_source_rule(
+        &self,
+        src: Ipv4Addr,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), DatapathError> {
+        match self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .source_prefix(src, 32)
+            .table_id(table)
+            .priority(priority)
+            .action(RuleAction::ToTable)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(nl(format!("adding a rule for {src}"))(e)),
+        }
+    }
+
+    pub async fn del_source_rule(
+        &self,
+        src: Ipv4Addr,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), DatapathError> {
+        let msg = self.source_rule(src, table, priority);
+        match self.handle.rule().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(nl(format!("removing the rule for {src}"))(e)),
+        }
+    }
+
+    /// `ip neigh replace ADDR lladdr MAC dev INDEX nud permanent`.
+    pub async fn replace_neighbour(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), DatapathError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(addr))
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("adding a neighbour entry for {addr}")))
+    }
+
+    pub async fn del_neighbour(&self, index: u32, addr: Ipv4Addr) -> Result<(), DatapathError> {
+        let mut req = self.handle.neighbours().add(index, IpAddr::V4(addr));
+        let msg = req.message_mut().clone();
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ENODEV)) => Ok(()),
+            Err(e) => Err(nl(format!("removing the neighbour entry for {addr}"))(e)),
         }
     }
 }
