@@ -223,6 +223,39 @@ fn names_resolve_across_hosts_and_go_away_with_their_container_or_peer() {
     let (s, _) = dig(&bed.container(_c3).ns, &["w2.weave.local"]);
     assert_eq!(s, "NXDOMAIN", "w2 gone on host 2");
 
+    // Host 2's router restarts: its containers' names are answered again everywhere.
+    let opts = weave_tests::LaunchOpts {
+        peers: vec![weave_tests::host_addr(1).to_string()],
+        extra: vec!["--resolv-conf".into(), resolv.clone()],
+    };
+    let stored =
+        std::fs::read_to_string(bed.state_dir(2).join("dns.json")).expect("registrations stored");
+    assert!(
+        stored.contains("pair.weave.local.") && !stored.contains("w2.weave.local."),
+        "{stored}"
+    );
+    bed.relaunch(2, &opts).expect("relaunch router 2");
+    let log = bed.router(2).log_tail(400);
+    assert!(
+        log.contains("DNS: 1 registrations of an earlier run restored"),
+        "{log}"
+    );
+    bed.router(2)
+        .wait_established(1, std::time::Duration::from_secs(30))
+        .expect("router 2 back");
+    wait_answer(
+        &n1,
+        &["pair.weave.local"],
+        &["10.2.1.3", "10.2.1.4"],
+        "pair has both after host 2's restart",
+    );
+    wait_answer(
+        &bed.container(_c3).ns,
+        &["pair.weave.local"],
+        &["10.2.1.3", "10.2.1.4"],
+        "host 2 answers after its restart",
+    );
+
     // Host 2's router stops: its entries disappear from host 1.
     bed.router_mut(2).stop().expect("stop router 2");
     wait_answer(

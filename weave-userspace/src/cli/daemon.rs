@@ -302,7 +302,15 @@ impl Up<'_> {
                 match crate::dns::Dns::start(dns_config, records, gossiper, move || {
                     peers.mesh_summary().peers
                 }) {
-                    Ok(d) => Some(Arc::new(d)),
+                    Ok(d) => {
+                        let restored = d.restore_from(self.state.path().join("dns.json"));
+                        if restored > 0 {
+                            tracing::info!(
+                                "DNS: {restored} registrations of an earlier run restored"
+                            );
+                        }
+                        Some(Arc::new(d))
+                    }
                     Err(e) if self.config.fake_datapath => {
                         tracing::warn!("DNS not started: {e}");
                         None

@@ -86,6 +86,32 @@ pub struct Dns {
     upstreams: Vec<SocketAddr>,
     server: std::sync::Mutex<Option<DnsServer>>,
     pruner: tokio::task::JoinHandle<()>,
+    /// Where our own registrations are kept across restarts, and them.
+    store: std::sync::Mutex<Option<Registrations>>,
+}
+
+/// This router's registrations (container, address, FQDN), stored in the state dir so a
+/// restarted router answers for its containers again.
+struct Registrations {
+    path: std::path::PathBuf,
+    entries: std::collections::BTreeSet<(String, Ipv4Addr, String)>,
+}
+
+impl Registrations {
+    fn save(&self) {
+        let list: Vec<&(String, Ipv4Addr, String)> = self.entries.iter().collect();
+        let tmp = self.path.with_extension("tmp");
+        let written = serde_json::to_vec(&list)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            tracing::error!(
+                "cannot store DNS registrations in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
 }
 
 impl Dns {
@@ -146,7 +172,52 @@ impl Dns {
             upstreams: servers,
             server: std::sync::Mutex::new(Some(server)),
             pruner,
+            store: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Keeps our registrations in `path` from now on, and registers again what an earlier
+    /// run stored there. Returns how many were restored.
+    pub fn restore_from(&self, path: std::path::PathBuf) -> usize {
+        let stored: Vec<(String, Ipv4Addr, String)> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{} is corrupt ({e}); DNS registrations not restored",
+                    path.display()
+                );
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(Registrations {
+            path,
+            entries: Default::default(),
+        });
+        let mut restored = 0;
+        for (container, addr, name) in stored {
+            match self.add(&container, &[addr], &name) {
+                Ok(_) => restored += 1,
+                Err(e) => tracing::warn!("DNS registration {name} -> {addr} not restored: {e}"),
+            }
+        }
+        restored
+    }
+
+    /// Records what changed in our registrations and stores them.
+    fn remember(&self, changes: &[Entry]) {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(store) = store.as_mut() else { return };
+        for e in changes {
+            let key = (e.container_id.clone(), e.addr, e.hostname.clone());
+            if e.tombstone {
+                store.entries.remove(&key);
+            } else {
+                store.entries.insert(key);
+            }
+        }
+        if !changes.is_empty() {
+            store.save();
+        }
     }
 
     pub fn config(&self) -> &DnsConfig {
@@ -188,6 +259,7 @@ impl Dns {
             }
         }
         let n = changes.len();
+        self.remember(&changes);
         self.gossip(changes);
         Ok(n)
     }
@@ -220,6 +292,7 @@ impl Dns {
             );
         }
         let n = changes.len();
+        self.remember(&changes);
         self.gossip(changes);
         Ok(n)
     }
