@@ -519,7 +519,7 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
         o,
         "\nN routers, each in its own network namespace on one underlay bridge, started one after another, \
          each dialling 2–3 random earlier ones (discovery on, default connection limit). \
-         *Start*: from the last launch until every router's `report` lists all N peers and a route to each. \
+         *Start*: from the last launch until every router's `GET /status/mesh` lists all N peers and a route to each. \
          *Join*: one more router (dialling 2–3 random ones), from its launch returning until all N+1 agree. \
          *Leave*: `weave-router stop` of one router, from its exit until the others agree without it. \
          *Idle control*: TCP 6783 across the underlay bridge over {} s, counted by an nftables counter in a \
@@ -528,7 +528,7 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          *after join*: KiB/s in each of the 5 s after that agreement. \
          *RSS*: VmRSS of each idle router from /proc/<pid>/status. \
          The kernel's ARP table, shared by all namespaces, is raised for the run (gc_thresh3 65536): N hosts in a full mesh need ~N² entries. \
-         Agreement is polled (4 threads, `GET /report`), so times are upper bounds within ~10 ms per router polled. \
+         Agreement is polled (4 threads, `GET /status/mesh`), so times are upper bounds within ~10 ms per router polled. \
          Limits: {} s to launch one size, {} s per agreement (\"—\" = not reached, see the notes).\n",
         a.idle_secs, a.launch_limit, a.agree_limit
     );
