@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::gossip::{encode_message, send_frame_to};
 use super::{Inner, Router};
 use crate::datapath::Datapath;
-use crate::mesh::connection::{ConnCommand, ConnId};
+use crate::mesh::connection::ConnId;
 use crate::mesh::gossip_channel::{
     ChannelId, ChannelMessage, Delivery, GossipChannel, GossipSink, Gossiper,
 };
@@ -61,12 +61,15 @@ impl<D: Datapath> Inner<D> {
                 delivery: Delivery::Sync,
                 payload,
             };
-            if let (Some(frame), Some(conn)) = (
-                encode_message(&Message::Channel(message)),
-                self.mesh().connections.get(&id),
-            ) {
-                let _ = conn.commands.send(ConnCommand::SendFrame(frame));
-            }
+            self.send_to(id, &Message::Channel(message));
+        }
+    }
+
+    /// The whole state of every channel, to every neighbour.
+    fn sync_channels_everywhere(&self) {
+        let ids: Vec<ConnId> = self.mesh().connections.keys().copied().collect();
+        for id in ids {
+            self.sync_channels(id);
         }
     }
 
@@ -124,12 +127,7 @@ impl<D: Datapath> GossipSink for Inner<D> {
         match delivery {
             Delivery::Broadcast => self.broadcast_channel(&message, None),
             Delivery::Unicast(to) => self.forward_unicast(message, to),
-            Delivery::Sync => {
-                let ids: Vec<ConnId> = self.mesh().connections.keys().copied().collect();
-                for id in ids {
-                    self.sync_channels(id);
-                }
-            }
+            Delivery::Sync => self.sync_channels_everywhere(),
         }
     }
 }
@@ -143,10 +141,7 @@ impl<D: Datapath> Router<D> {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, channel);
-        let ids: Vec<ConnId> = self.inner.mesh().connections.keys().copied().collect();
-        for conn in ids {
-            self.inner.sync_channels(conn);
-        }
+        self.inner.sync_channels_everywhere();
         let sink: Arc<dyn GossipSink> = self.inner.clone();
         Gossiper::new(id, Arc::downgrade(&sink))
     }

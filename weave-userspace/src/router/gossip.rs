@@ -146,7 +146,7 @@ impl<D: Datapath> Inner<D> {
     }
 
     /// Sends `message` on one connection.
-    fn send_to(&self, id: ConnId, message: &Message) {
+    pub(super) fn send_to(&self, id: ConnId, message: &Message) {
         let mesh = self.mesh();
         if let (Some(conn), Some(frame)) = (mesh.connections.get(&id), encode_message(message)) {
             let _ = conn.commands.send(ConnCommand::SendFrame(frame));
