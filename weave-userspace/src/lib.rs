@@ -2,6 +2,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod datapath;
 pub mod dns;
 pub mod ipam;
