@@ -12,6 +12,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:6784";
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/weave-router";
 /// Environment variable naming the HTTP API address, for every command.
 pub const HTTP_ADDR_ENV: &str = "WEAVE_HTTP_ADDR";
+/// Environment variable giving the password, as Weave's.
+pub const PASSWORD_ENV: &str = "WEAVE_PASSWORD";
 
 /// `weave-router launch` as typed on the command line.
 #[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
@@ -69,6 +71,14 @@ pub struct LaunchArgs {
     /// How the range is first split: consensus[=N], seed=PEER,... or observer.
     #[arg(long, value_name = "MODE")]
     pub ipalloc_init: Option<String>,
+    /// Encrypt every connection with a key derived from this password; peers need the same
+    /// one, and peers with another or none are refused.
+    #[arg(long, value_name = "PASSWORD", env = PASSWORD_ENV, hide_env_values = true)]
+    pub password: Option<String>,
+    /// Read the password from a file (a trailing newline is not part of it); takes precedence
+    /// over --password and WEAVE_PASSWORD.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// Run in the foreground, logging to stderr.
     #[arg(long)]
     pub foreground: bool,
@@ -118,6 +128,8 @@ pub struct Config {
     pub pin_root: PathBuf,
     /// `None` with `--no-dns`.
     pub dns: Option<crate::dns::DnsConfig>,
+    /// From `--password`, `WEAVE_PASSWORD` or `--password-file`.
+    pub password: Option<crate::crypto::password::Password>,
 }
 
 /// IP allocation settings.
@@ -177,6 +189,12 @@ pub enum ConfigError {
     DnsDomain(String),
     #[error("--dns-listen-address {0:?} is not an IPv4 address, optionally with a port (like 169.254.53.53 or 10.0.0.1:53)")]
     DnsListen(String),
+    #[error("--password-file {path}: cannot read it: {error}")]
+    PasswordFile { path: String, error: String },
+    #[error("--password-file {0}: {1}")]
+    PasswordFileContent(String, crate::crypto::PasswordError),
+    #[error("--password (or WEAVE_PASSWORD): {0}")]
+    Password(crate::crypto::PasswordError),
 }
 
 /// What the configuration needs to know about the machine (a trait so tests can fake it).
@@ -315,6 +333,7 @@ impl LaunchArgs {
             })
         };
         let ipam = self.ipam_config(unique.len())?;
+        let password = self.password()?;
         Ok(Config {
             name,
             nickname,
@@ -336,7 +355,27 @@ impl LaunchArgs {
             fake_datapath: self.fake_datapath,
             pin_root: self.pin_root.clone(),
             dns,
+            password,
         })
+    }
+
+    /// The password, from the file when one is named, else from the flag or environment.
+    fn password(&self) -> Result<Option<crate::crypto::password::Password>, ConfigError> {
+        use crate::crypto::password::Password;
+        if let Some(path) = &self.password_file {
+            let shown = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|e| ConfigError::PasswordFile {
+                path: shown.clone(),
+                error: e.to_string(),
+            })?;
+            return Password::from_file_content(bytes)
+                .map(Some)
+                .map_err(|e| ConfigError::PasswordFileContent(shown, e));
+        }
+        self.password
+            .as_ref()
+            .map(|p| Password::new(p.as_bytes().to_vec()).map_err(ConfigError::Password))
+            .transpose()
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::crypto::{PresharedKey, SessionKeys};
 use crate::datapath::{AttachRequest, Datapath, DatapathError, DatapathPeer, Endpoint};
 use crate::mesh::connection::{self, ConnCommand, ConnEvent, ConnId, ConnectionError, Timings};
 use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
@@ -42,6 +43,9 @@ pub struct RouterConfig {
     pub discovery: bool,
     /// Most connections kept at once; more are refused and not dialled.
     pub conn_limit: usize,
+    /// The key from `--password`: every connection is then encrypted, and peers without
+    /// it are refused.
+    pub password: Option<Arc<PresharedKey>>,
 }
 
 /// Weave's default connection limit.
@@ -60,6 +64,8 @@ struct Conn {
     outbound: bool,
     remote: SocketAddr,
     hello: Hello,
+    /// The keys of an encrypted connection.
+    session: Option<Arc<SessionKeys>>,
     local_ready: bool,
     remote_ready: bool,
     commands: mpsc::UnboundedSender<ConnCommand>,
@@ -80,7 +86,13 @@ struct Mesh {
     targets: BTreeMap<Target, TargetState>,
     /// Targets dialled because gossip named them (forgotten when the peer leaves gossip).
     discovered: std::collections::BTreeSet<Target>,
+    /// Inbound connections refused for want of the right password, by remote address: why
+    /// and when (shown in status for [`REFUSAL_SHOWN_FOR`]).
+    refused_inbound: BTreeMap<std::net::IpAddr, (SocketAddr, String, SystemTime)>,
 }
+
+/// How long a refused inbound connection stays in status.
+pub const REFUSAL_SHOWN_FOR: Duration = Duration::from_secs(120);
 
 /// Whether to take a freshly handshaken connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -177,6 +189,8 @@ pub struct ConnectionInfo {
     pub state: String,
     /// The error of a retrying or failed target.
     pub info: String,
+    /// Whether the connection is encrypted (false until it is up).
+    pub encrypted: bool,
     pub peer: Option<PeerInfo>,
 }
 
@@ -194,6 +208,8 @@ pub struct MeshStatus {
     pub mesh: gossip::MeshReport,
     /// Whether peers learned through gossip are dialled.
     pub discovery: bool,
+    /// Whether a password is set (every connection encrypted).
+    pub encryption: bool,
 }
 
 impl MeshStatus {
@@ -217,6 +233,7 @@ struct Inner<D> {
     view: Mutex<gossip::MeshView>,
     discovery: bool,
     conn_limit: usize,
+    password: Option<Arc<PresharedKey>>,
     /// Gossip channels of other subsystems (IPAM, DNS).
     channels: std::sync::RwLock<crate::mesh::gossip_channel::Channels>,
     /// Connection makers and other tasks, awaited on stop.
@@ -241,10 +258,11 @@ impl<D: Datapath> Inner<D> {
                 outbound,
                 remote,
                 hello,
+                session,
                 commands,
                 reply,
             } => {
-                self.handshaken(id, outbound, remote, hello, commands, reply)
+                self.handshaken(id, outbound, remote, hello, session, commands, reply)
                     .await
             }
             ConnEvent::RemoteReady { id } => {
@@ -297,12 +315,14 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn handshaken(
         &self,
         id: ConnId,
         outbound: bool,
         remote: SocketAddr,
         hello: Hello,
+        session: Option<Arc<SessionKeys>>,
         commands: mpsc::UnboundedSender<ConnCommand>,
         reply: tokio::sync::oneshot::Sender<Result<(), ConnectionError>>,
     ) {
@@ -353,10 +373,14 @@ impl<D: Datapath> Inner<D> {
                             .commands
                             .send(ConnCommand::Close(ConnectionError::Duplicate(hello.name)));
                     }
+                    if !outbound {
+                        mesh.refused_inbound.remove(&remote.ip());
+                    }
                     let conn = Conn {
                         outbound,
                         remote,
                         hello: hello.clone(),
+                        session,
                         local_ready: false,
                         remote_ready: false,
                         commands,
@@ -568,6 +592,10 @@ impl<D: Datapath> MakerHost for Inner<D> {
     fn local_hello(&self) -> Hello {
         self.hello()
     }
+
+    fn password(&self) -> Option<Arc<PresharedKey>> {
+        self.password.clone()
+    }
 }
 
 impl<D: Datapath> Router<D> {
@@ -603,6 +631,7 @@ impl<D: Datapath> Router<D> {
             state,
             discovery: config.discovery,
             conn_limit: config.conn_limit,
+            password: config.password,
             channels: Default::default(),
             tasks: Mutex::default(),
         });
@@ -704,8 +733,22 @@ impl<D: Datapath> Router<D> {
                 }
                 .into(),
                 info: String::new(),
+                encrypted: c.session.is_some(),
                 peer: Some(PeerInfo::from(&c.hello)),
             });
+        }
+        let now = SystemTime::now();
+        for (addr, reason, at) in mesh.refused_inbound.values() {
+            if now.duration_since(*at).unwrap_or_default() < REFUSAL_SHOWN_FOR {
+                connections.push(ConnectionInfo {
+                    outbound: false,
+                    address: addr.to_string(),
+                    state: "failed".into(),
+                    info: format!("{reason}, at {}", format_time(*at)),
+                    encrypted: false,
+                    peer: None,
+                });
+            }
         }
         for (target, state) in &mesh.targets {
             let (state, info) = match state {
@@ -728,6 +771,7 @@ impl<D: Datapath> Router<D> {
                 address: target.to_string(),
                 state: state.into(),
                 info,
+                encrypted: false,
                 peer: None,
             });
         }
@@ -740,6 +784,7 @@ impl<D: Datapath> Router<D> {
             connections,
             mesh: self.mesh_report(),
             discovery: self.inner.discovery,
+            encryption: self.inner.password.is_some(),
         }
     }
 
@@ -842,10 +887,20 @@ async fn accept_loop<D: Datapath>(
                     let timings = inner.timings;
                     let events = events.clone();
                     let shutdown = inner.shutdown.subscribe();
+                    let password = inner.password.clone();
+                    let inner = inner.clone();
                     tokio::spawn(async move {
-                        let outcome = connection::run(stream, id, false, local, timings, events, shutdown).await;
+                        let outcome = connection::run(stream, id, false, local, password, timings, events, shutdown).await;
                         if !outcome.accepted && !matches!(outcome.error, ConnectionError::Shutdown) {
                             tracing::warn!("connection from {addr} refused: {}", outcome.error);
+                            if matches!(&outcome.error, ConnectionError::Protocol(e) if e.is_about_encryption()) {
+                                let mut mesh = inner.mesh();
+                                let now = SystemTime::now();
+                                mesh.refused_inbound.retain(|_, (_, _, at)| {
+                                    now.duration_since(*at).unwrap_or_default() < REFUSAL_SHOWN_FOR
+                                });
+                                mesh.refused_inbound.insert(addr.ip(), (addr, outcome.error.to_string(), now));
+                            }
                         }
                     });
                 }

@@ -221,10 +221,12 @@ mod tests {
                 address: "10.0.0.2:6783".parse().unwrap(),
                 state: "established".into(),
                 info: String::new(),
+                encrypted: false,
                 peer: Some(peer),
             }],
             mesh: Default::default(),
             discovery: false,
+            encryption: false,
         };
         let counters = DatapathCounters {
             by_reason: Reason::ALL

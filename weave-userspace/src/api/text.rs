@@ -40,7 +40,11 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
         "Name",
         format!("{}({})", s.local.name, s.local.nick_name),
     );
-    line(&mut out, "Encryption", "disabled");
+    line(
+        &mut out,
+        "Encryption",
+        if s.encryption { "enabled" } else { "disabled" },
+    );
     line(
         &mut out,
         "PeerDiscovery",
@@ -137,7 +141,14 @@ fn name_nick(c: &ConnectionInfo) -> String {
 pub fn connection_line(c: &ConnectionInfo) -> String {
     let arrow = if c.outbound { "->" } else { "<-" };
     let info = match c.state.as_str() {
-        "established" | "pending" => format!("fastdp {}", name_nick(c)),
+        "established" | "pending" => {
+            let crypto = if c.encrypted {
+                "encrypted"
+            } else {
+                "unencrypted"
+            };
+            format!("{crypto:<11} fastdp {}", name_nick(c))
+        }
         _ => c.info.clone(),
     };
     format!("{arrow} {:<21} {:<11} {info}", c.address, c.state)
@@ -219,6 +230,7 @@ mod tests {
             address: address.into(),
             state: state.into(),
             info: info.into(),
+            encrypted: address.ends_with(":6783"),
             peer,
         }
     }
@@ -266,6 +278,7 @@ mod tests {
             ],
             mesh: mesh(),
             discovery: false,
+            encryption: false,
         }
     }
 
@@ -347,8 +360,8 @@ mod tests {
     fn connection_lines_read_like_weave() {
         assert_eq!(
             connections(&status()),
-            "-> 10.0.0.2:6783         established fastdp 0a:00:00:00:00:02(host2)
-<- 10.0.0.3:41234        pending     fastdp 0a:00:00:00:00:03(host3)
+            "-> 10.0.0.2:6783         established encrypted   fastdp 0a:00:00:00:00:02(host2)
+<- 10.0.0.3:41234        pending     unencrypted fastdp 0a:00:00:00:00:03(host3)
 -> 10.0.0.4:6783         retrying    Connection refused (os error 111)
 -> 10.0.0.5:6783         failed      connect timed out after 5s, retry: 2026-11-28 09:00:00
 "

@@ -107,6 +107,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    let password = match &config.password {
+        Some(p) => Some(Arc::new(
+            p.derive_key()
+                .context("cannot derive a key from the password")?,
+        )),
+        None => None,
+    };
+    tracing::info!(
+        "encryption {}",
+        if password.is_some() {
+            "enabled: connections run a Noise handshake keyed by the password"
+        } else {
+            "disabled (no password)"
+        }
+    );
     if let Some((route, dev)) = routes_overlapping(config.ipam.range).into_iter().next() {
         bail!(
             "--ipalloc-range {} overlaps the host route {route} on {dev}; choose another range",
@@ -162,6 +177,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         listener,
         api_state,
         stop: stop_rx,
+        password,
     };
     let result = if config.fake_datapath {
         tracing::warn!("running with an in-memory data path: no traffic is carried");
@@ -258,6 +274,7 @@ struct Up<'a> {
     listener: TcpListener,
     api_state: Arc<ApiState>,
     stop: watch::Receiver<bool>,
+    password: Option<Arc<crate::crypto::PresharedKey>>,
 }
 
 impl Up<'_> {
@@ -286,6 +303,7 @@ impl Up<'_> {
             timings: Timings::default(),
             discovery: self.config.discovery,
             conn_limit: self.config.conn_limit,
+            password: self.password.clone(),
         };
         let router = Arc::new(Router::start(
             router_config,

@@ -15,4 +15,4 @@ pub mod replay;
 
 pub use aead::{CryptoError, DatagramOpener, NonceDomain, Sealer, StreamOpener, TAG_LEN};
 pub use handshake::{HandshakeError, Initiator, Responder, SessionKeys};
-pub use password::{PasswordError, PresharedKey};
+pub use password::{Password, PasswordError, PresharedKey};

@@ -25,6 +25,50 @@ pub enum PasswordError {
     Kdf(String),
 }
 
+/// A password as given (never printed): not empty, not longer than [`MAX_PASSWORD_LEN`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(Vec<u8>);
+
+impl Password {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, PasswordError> {
+        if bytes.is_empty() {
+            return Err(PasswordError::Empty);
+        }
+        if bytes.len() > MAX_PASSWORD_LEN {
+            return Err(PasswordError::TooLong(bytes.len()));
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The password in a file: its content less one trailing newline.
+    pub fn from_file_content(mut bytes: Vec<u8>) -> Result<Self, PasswordError> {
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        Self::new(bytes)
+    }
+
+    /// The key the handshake uses (tens of milliseconds).
+    pub fn derive_key(&self) -> Result<PresharedKey, PasswordError> {
+        PresharedKey::derive(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+impl Drop for Password {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
 /// 32 bytes derived from the password; never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PresharedKey([u8; 32]);
@@ -111,6 +155,23 @@ mod tests {
             PresharedKey::derive(&huge),
             Err(PasswordError::TooLong(MAX_PASSWORD_LEN + 1))
         );
+    }
+
+    #[test]
+    fn a_file_s_trailing_newline_is_not_part_of_the_password() {
+        let a = Password::from_file_content(b"secret\n".to_vec()).unwrap();
+        let b = Password::from_file_content(b"secret\r\n".to_vec()).unwrap();
+        let c = Password::new(b"secret".to_vec()).unwrap();
+        assert!(a == c && b == c);
+        assert_eq!(
+            Password::from_file_content(b"\n".to_vec()),
+            Err(PasswordError::Empty)
+        );
+        assert_eq!(
+            Password::from_file_content(Vec::new()),
+            Err(PasswordError::Empty)
+        );
+        assert_eq!(format!("{c:?}"), "Password(..)");
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub(crate) trait MakerHost: Send + Sync + 'static {
     fn next_conn_id(&self) -> ConnId;
     /// Who we are now (the short ID can change after a clash).
     fn local_hello(&self) -> Hello;
+    /// The password's key, when one is set.
+    fn password(&self) -> Option<Arc<crate::crypto::PresharedKey>>;
 }
 
 /// Everything one target's task runs with.
@@ -151,6 +153,7 @@ impl<H: MakerHost> Maker<H> {
                         id,
                         true,
                         self.host.local_hello(),
+                        self.host.password(),
                         self.timings,
                         self.events.clone(),
                         self.shutdown.clone(),

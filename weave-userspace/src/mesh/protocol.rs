@@ -4,6 +4,13 @@
 //! highest protocol version the sender speaks. Both sides pick the highest version they have
 //! in common. After it every message travels as a frame: a big-endian `u32` length and that
 //! many bytes of a postcard-encoded [`Message`]. The first frame each way is a [`Hello`].
+//!
+//! Between the preamble and the first frame each side sends one byte saying whether it has a
+//! password ([`ENCRYPTION_OFF`] or [`ENCRYPTION_ON`]); a mix refuses the connection on both
+//! sides. With passwords the dialler then runs the handshake of [`crate::crypto::handshake`]:
+//! request, a status byte ([`HANDSHAKE_ACCEPTED`] or [`HANDSHAKE_REFUSED`]) and the response,
+//! then the confirmation. From then on every frame body is sealed: the header gives the sealed
+//! length and is the associated data, the counter is implicit (one per frame each way).
 
 use std::net::Ipv4Addr;
 
@@ -13,9 +20,9 @@ use super::peer_name::{PeerName, ShortId};
 
 /// Opens every control connection.
 pub const MAGIC: [u8; 8] = *b"weavertr";
-/// Versions this build speaks.
-pub const MIN_VERSION: u8 = 1;
-pub const MAX_VERSION: u8 = 1;
+/// Versions this build speaks. Version 2 added the encryption flag after the preamble.
+pub const MIN_VERSION: u8 = 2;
+pub const MAX_VERSION: u8 = 2;
 /// Length of the preamble: magic, min version, max version.
 pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of a frame header.
@@ -55,6 +62,111 @@ pub enum ProtocolError {
     ShortIdClash { name: PeerName, id: ShortId },
     #[error("nickname of {0} bytes is longer than {MAX_NICKNAME_LEN}")]
     NicknameTooLong(usize),
+    #[error("encryption mismatch: we have a password and the remote end has none")]
+    RemoteHasNoPassword,
+    #[error("encryption mismatch: the remote end has a password and we have none")]
+    WeHaveNoPassword,
+    #[error("bad encryption flag {0} in the preamble")]
+    BadEncryptionFlag(u8),
+    #[error("password mismatch: the remote end has another password")]
+    PasswordMismatch,
+    #[error("encrypted handshake failed: {0}")]
+    Handshake(String),
+    #[error("a sealed control frame does not verify (tampered, replayed or not from the peer)")]
+    Forged,
+}
+
+impl ProtocolError {
+    /// Whether the error is about passwords (shown on both sides, also for refused inbound
+    /// connections).
+    pub fn is_about_encryption(&self) -> bool {
+        matches!(
+            self,
+            ProtocolError::RemoteHasNoPassword
+                | ProtocolError::WeHaveNoPassword
+                | ProtocolError::PasswordMismatch
+                | ProtocolError::Handshake(_)
+                | ProtocolError::BadEncryptionFlag(_)
+        )
+    }
+}
+
+/// The byte after the preamble: whether the sender has a password.
+pub const ENCRYPTION_OFF: u8 = 0;
+pub const ENCRYPTION_ON: u8 = 1;
+/// The responder's answer to a handshake request.
+pub const HANDSHAKE_ACCEPTED: u8 = 0;
+pub const HANDSHAKE_REFUSED: u8 = 1;
+
+/// The encryption flag we send.
+pub fn encryption_flag(password: bool) -> u8 {
+    if password {
+        ENCRYPTION_ON
+    } else {
+        ENCRYPTION_OFF
+    }
+}
+
+/// Whether the connection is encrypted, given our password and the remote end's flag.
+pub fn agree_on_encryption(password: bool, theirs: u8) -> Result<bool, ProtocolError> {
+    match (password, theirs) {
+        (true, ENCRYPTION_ON) => Ok(true),
+        (false, ENCRYPTION_OFF) => Ok(false),
+        (true, ENCRYPTION_OFF) => Err(ProtocolError::RemoteHasNoPassword),
+        (false, ENCRYPTION_ON) => Err(ProtocolError::WeHaveNoPassword),
+        (_, other) => Err(ProtocolError::BadEncryptionFlag(other)),
+    }
+}
+
+/// Seals a plain frame (header and body) into a sealed one.
+pub fn seal_frame(
+    sealer: &mut crate::crypto::Sealer,
+    plain: &[u8],
+) -> Result<Vec<u8>, ProtocolError> {
+    let body = &plain[FRAME_HEADER_LEN.min(plain.len())..];
+    let sealed_len = body.len() + crate::crypto::TAG_LEN;
+    if sealed_len > MAX_FRAME_LEN {
+        return Err(ProtocolError::FrameTooLarge(sealed_len));
+    }
+    let header = (sealed_len as u32).to_be_bytes();
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + sealed_len);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    let (_, tag) = sealer
+        .seal_detached(&header, &mut out[FRAME_HEADER_LEN..])
+        .map_err(|e| ProtocolError::Handshake(e.to_string()))?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// A message as one sealed frame.
+pub fn encode_sealed_frame(
+    sealer: &mut crate::crypto::Sealer,
+    message: &Message,
+) -> Result<Vec<u8>, ProtocolError> {
+    seal_frame(sealer, &encode_frame(message)?)
+}
+
+/// Decodes the first sealed frame of `buf` like [`decode_frame`]; the message, the number of
+/// bytes taken and the plain frame's length (for counting).
+pub fn decode_sealed_frame(
+    opener: &mut crate::crypto::StreamOpener,
+    buf: &[u8],
+) -> Result<Option<(Message, usize)>, ProtocolError> {
+    if buf.len() < FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    let header: [u8; FRAME_HEADER_LEN] = buf[..FRAME_HEADER_LEN].try_into().expect("four bytes");
+    let len = frame_len(header)?;
+    if buf.len() < FRAME_HEADER_LEN + len {
+        return Ok(None);
+    }
+    let mut body = buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len].to_vec();
+    opener
+        .open(&header, &mut body)
+        .map_err(|_| ProtocolError::Forged)?;
+    let message = decode_body(&body)?;
+    Ok(Some((message, FRAME_HEADER_LEN + len)))
 }
 
 /// A range of protocol versions.
@@ -228,6 +340,15 @@ impl ControlTraffic {
         {
             self.frames[kind as usize].fetch_add(1, Relaxed);
             self.bytes[kind as usize].fetch_add(frame.len() as u64, Relaxed);
+        }
+    }
+
+    /// Counts one frame of a message kind and its length on the wire.
+    pub fn count_kind(&self, kind: &str, len: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(i) = MESSAGE_KINDS.iter().position(|k| *k == kind) {
+            self.frames[i].fetch_add(1, Relaxed);
+            self.bytes[i].fetch_add(len as u64, Relaxed);
         }
     }
 

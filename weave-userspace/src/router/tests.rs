@@ -8,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::*;
+use crate::crypto::PresharedKey;
 use crate::datapath::fake::{FakeCall, FakeDatapath};
 use crate::mesh::connection::{handshake, read_message, write_message};
 use crate::mesh::peer_name::ShortId;
@@ -50,6 +51,22 @@ impl Node {
     }
 
     fn start_with(n: u8, listener: TcpListener, targets: &[SocketAddr], discovery: bool) -> Node {
+        Self::start_full(n, listener, targets, discovery, None)
+    }
+
+    async fn start_with_password(n: u8, targets: &[SocketAddr], password: Option<u8>) -> Node {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let key = password.map(|b| Arc::new(PresharedKey::from_bytes([b; 32])));
+        Self::start_full(n, listener, targets, false, key)
+    }
+
+    fn start_full(
+        n: u8,
+        listener: TcpListener,
+        targets: &[SocketAddr],
+        discovery: bool,
+        password: Option<Arc<PresharedKey>>,
+    ) -> Node {
         let datapath = Arc::new(FakeDatapath::new());
         let config = RouterConfig {
             local: Hello {
@@ -66,6 +83,7 @@ impl Node {
             timings: timings(),
             discovery,
             conn_limit: DEFAULT_CONN_LIMIT,
+            password,
         };
         Node {
             router: Router::start(config, listener, datapath.clone(), None),
@@ -123,6 +141,87 @@ async fn two_routers_connect_and_install_each_other() {
     assert_eq!(conn.address, a.addr().to_string());
     assert_eq!(conn.peer.as_ref().unwrap().nick_name, "host1");
     assert!(!a.router.status().connections[0].outbound);
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+#[tokio::test]
+async fn routers_with_the_same_password_connect_encrypted() {
+    let a = Node::start_with_password(1, &[], Some(7)).await;
+    let b = Node::start_with_password(2, &[a.addr()], Some(7)).await;
+    wait_until("both established", || {
+        a.states() == ["established"] && b.states() == ["established"]
+    })
+    .await;
+    for n in [&a, &b] {
+        let status = n.router.status();
+        assert!(status.encryption);
+        assert!(status.connections[0].encrypted);
+    }
+    // Gossip flows over the sealed connection: each knows the other's record.
+    wait_until("both peers known", || {
+        a.router.status().mesh.peers.len() == 2 && b.router.status().mesh.peers.len() == 2
+    })
+    .await;
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+/// The reason each side shows for a refused connection: the dialler's target, the
+/// acceptor's refused inbound connection.
+async fn refusal_reasons(a: &Node, b: &Node) -> (String, String) {
+    wait_until("both sides refused", || {
+        let sa = a.router.status();
+        let sb = b.router.status();
+        sb.connections
+            .iter()
+            .any(|c| c.state == "failed" && !c.info.is_empty())
+            && sa
+                .connections
+                .iter()
+                .any(|c| c.state == "failed" && !c.outbound)
+    })
+    .await;
+    let sa = a.router.status();
+    let sb = b.router.status();
+    assert!(a.datapath.peers().is_empty() && b.datapath.peers().is_empty());
+    (
+        sa.connections[0].info.clone(),
+        sb.connections[0].info.clone(),
+    )
+}
+
+#[tokio::test]
+async fn another_password_is_refused_and_both_sides_show_why() {
+    let a = Node::start_with_password(1, &[], Some(7)).await;
+    let b = Node::start_with_password(2, &[a.addr()], Some(8)).await;
+    let (inbound, outbound) = refusal_reasons(&a, &b).await;
+    assert!(
+        inbound.starts_with("password mismatch: the remote end has another password, at "),
+        "{inbound}"
+    );
+    assert!(
+        outbound.starts_with("password mismatch: the remote end has another password, retry: "),
+        "{outbound}"
+    );
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_on_one_side_only_is_refused_and_both_sides_show_why() {
+    let a = Node::start_with_password(1, &[], Some(7)).await;
+    let b = Node::start_with_password(2, &[a.addr()], None).await;
+    let (inbound, outbound) = refusal_reasons(&a, &b).await;
+    assert!(
+        inbound.starts_with("encryption mismatch: we have a password and the remote end has none"),
+        "{inbound}"
+    );
+    assert!(
+        outbound.starts_with("encryption mismatch: the remote end has a password and we have none"),
+        "{outbound}"
+    );
+    assert!(a.router.status().encryption && !b.router.status().encryption);
     a.router.stop().await;
     b.router.stop().await;
 }
@@ -249,12 +348,10 @@ async fn a_peer_with_another_protocol_version_is_refused_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(Versions::decode(&preamble).unwrap(), Versions::OURS);
-    // The router hangs up.
+    // The router's encryption flag follows its preamble; then it hangs up.
     let mut rest = Vec::new();
-    let n = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest)
-        .await
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await;
+    assert_eq!(rest, [crate::mesh::protocol::ENCRYPTION_OFF]);
     assert!(a.router.status().connections.is_empty());
     assert!(a.datapath.calls().is_empty());
     a.router.stop().await;
@@ -362,6 +459,7 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     let high = hello(2);
     let (tx, _rx) = mpsc::unbounded_channel();
     let conn = |outbound: bool, hello: &Hello| Conn {
+        session: None,
         outbound,
         remote: "127.0.0.1:1".parse().unwrap(),
         hello: hello.clone(),
@@ -569,6 +667,7 @@ async fn a_short_id_clash_is_settled_by_the_higher_name_taking_another() {
         timings: timings(),
         discovery: false,
         conn_limit: DEFAULT_CONN_LIMIT,
+        password: None,
     };
     let b = Node {
         router: Router::start(config, listener, datapath.clone(), None),
