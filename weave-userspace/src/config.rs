@@ -79,6 +79,10 @@ pub struct LaunchArgs {
     /// over --password and WEAVE_PASSWORD.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// The data path between hosts: fastdp (kernel VXLAN) or sleeve (user space, UDP
+    /// 6783). A password always uses the sleeve: nothing leaves as plain VXLAN.
+    #[arg(long, value_enum, default_value_t = DatapathMode::Fastdp)]
+    pub datapath: DatapathMode,
     /// Run in the foreground, logging to stderr.
     #[arg(long)]
     pub foreground: bool,
@@ -106,6 +110,14 @@ pub struct LaunchArgs {
     pub pin_root: PathBuf,
 }
 
+/// Which data path carries traffic between hosts.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DatapathMode {
+    #[default]
+    Fastdp,
+    Sleeve,
+}
+
 /// A validated launch configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -130,6 +142,8 @@ pub struct Config {
     pub dns: Option<crate::dns::DnsConfig>,
     /// From `--password`, `WEAVE_PASSWORD` or `--password-file`.
     pub password: Option<crate::crypto::password::Password>,
+    /// Peers' traffic through the sleeve (`--datapath sleeve`, or a password).
+    pub sleeve: bool,
 }
 
 /// IP allocation settings.
@@ -355,6 +369,7 @@ impl LaunchArgs {
             fake_datapath: self.fake_datapath,
             pin_root: self.pin_root.clone(),
             dns,
+            sleeve: password.is_some() || self.datapath == DatapathMode::Sleeve,
             password,
         })
     }

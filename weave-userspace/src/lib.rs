@@ -8,4 +8,5 @@ pub mod dns;
 pub mod ipam;
 pub mod mesh;
 pub mod router;
+pub mod sleeve;
 pub mod state;

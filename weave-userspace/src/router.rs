@@ -46,6 +46,8 @@ pub struct RouterConfig {
     /// The key from `--password`: every connection is then encrypted, and peers without
     /// it are refused.
     pub password: Option<Arc<PresharedKey>>,
+    /// The user-space data path: peers go there instead of into the kernel fast path.
+    pub sleeve: Option<Arc<crate::sleeve::Sleeve>>,
 }
 
 /// Weave's default connection limit.
@@ -191,6 +193,8 @@ pub struct ConnectionInfo {
     pub info: String,
     /// Whether the connection is encrypted (false until it is up).
     pub encrypted: bool,
+    /// fastdp or sleeve: which data path carries the peer's traffic.
+    pub overlay: String,
     pub peer: Option<PeerInfo>,
 }
 
@@ -234,6 +238,7 @@ struct Inner<D> {
     discovery: bool,
     conn_limit: usize,
     password: Option<Arc<PresharedKey>>,
+    pub(crate) sleeve: Option<Arc<crate::sleeve::Sleeve>>,
     /// Gossip channels of other subsystems (IPAM, DNS).
     channels: std::sync::RwLock<crate::mesh::gossip_channel::Channels>,
     /// Connection makers and other tasks, awaited on stop.
@@ -302,7 +307,9 @@ impl<D: Datapath> Inner<D> {
                 };
                 if let Some(c) = lost {
                     tracing::info!("connection {} {} lost: {error}", describe(&c), c.remote);
-                    if let Err(e) = self.datapath.remove_peer(c.hello.short_id).await {
+                    if let Some(sleeve) = &self.sleeve {
+                        sleeve.remove_peer(c.hello.short_id.get());
+                    } else if let Err(e) = self.datapath.remove_peer(c.hello.short_id).await {
                         tracing::error!(
                             "cannot remove peer {} from the data path: {e}",
                             c.hello.name
@@ -403,7 +410,12 @@ impl<D: Datapath> Inner<D> {
         };
         if let Some(old) = replaced {
             if old.hello.short_id != hello.short_id {
-                let _ = self.datapath.remove_peer(old.hello.short_id).await;
+                match &self.sleeve {
+                    Some(sleeve) => sleeve.remove_peer(old.hello.short_id.get()),
+                    None => {
+                        let _ = self.datapath.remove_peer(old.hello.short_id).await;
+                    }
+                }
             }
         }
         tracing::info!(
@@ -417,7 +429,21 @@ impl<D: Datapath> Inner<D> {
             underlay: hello.underlay,
             next_hop: hello.short_id,
         };
-        let result = self.datapath.add_peer(peer).await;
+        let result = match &self.sleeve {
+            // The fast path never learns of the peer: its frames go to the bridge, and from
+            // there through the sleeve.
+            Some(sleeve) => {
+                let session = self
+                    .mesh()
+                    .connections
+                    .get(&id)
+                    .and_then(|c| c.session.clone());
+                sleeve
+                    .add_peer(hello.short_id.get(), hello.underlay, session.as_deref())
+                    .map_err(|e| DatapathError::Netlink(format!("sleeve: {e}")))
+            }
+            None => self.datapath.add_peer(peer).await,
+        };
         self.view().relayed.remove(&hello.name);
         let ready = {
             let mut mesh = self.mesh();
@@ -632,6 +658,7 @@ impl<D: Datapath> Router<D> {
             discovery: config.discovery,
             conn_limit: config.conn_limit,
             password: config.password,
+            sleeve: config.sleeve,
             channels: Default::default(),
             tasks: Mutex::default(),
         });
@@ -718,6 +745,15 @@ impl<D: Datapath> Router<D> {
         &self.inner.datapath
     }
 
+    /// Which data path carries peers' traffic.
+    pub fn overlay(&self) -> &'static str {
+        if self.inner.sleeve.is_some() {
+            "sleeve"
+        } else {
+            "fastdp"
+        }
+    }
+
     /// A snapshot of connections and targets.
     pub fn status(&self) -> MeshStatus {
         let mesh = self.inner.mesh();
@@ -734,6 +770,7 @@ impl<D: Datapath> Router<D> {
                 .into(),
                 info: String::new(),
                 encrypted: c.session.is_some(),
+                overlay: self.overlay().into(),
                 peer: Some(PeerInfo::from(&c.hello)),
             });
         }
@@ -746,6 +783,7 @@ impl<D: Datapath> Router<D> {
                     state: "failed".into(),
                     info: format!("{reason}, at {}", format_time(*at)),
                     encrypted: false,
+                    overlay: String::new(),
                     peer: None,
                 });
             }
@@ -772,6 +810,7 @@ impl<D: Datapath> Router<D> {
                 state: state.into(),
                 info,
                 encrypted: false,
+                overlay: String::new(),
                 peer: None,
             });
         }

@@ -24,6 +24,11 @@ struct TrafficLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -158,10 +163,63 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
         }
     }
 
+    if status.connections.iter().any(|c| c.overlay == "sleeve") || sleeve_active() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &crate::sleeve::COUNTERS;
+        let datagrams = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "weave_sleeve_datagrams",
+            "Datagrams sent (tx) and received (rx) by the sleeve data path, on UDP 6783",
+            datagrams.clone(),
+        );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register_with_unit(
+            "weave_sleeve",
+            "Bytes sent (tx) and received (rx) by the sleeve data path",
+            Unit::Bytes,
+            bytes.clone(),
+        );
+        let dir = |d: &str| DirectionLabels {
+            direction: d.into(),
+        };
+        datagrams
+            .get_or_create(&dir("tx"))
+            .inc_by(s.tx_packets.load(Relaxed));
+        datagrams
+            .get_or_create(&dir("rx"))
+            .inc_by(s.rx_packets.load(Relaxed));
+        bytes
+            .get_or_create(&dir("tx"))
+            .inc_by(s.tx_bytes.load(Relaxed));
+        bytes
+            .get_or_create(&dir("rx"))
+            .inc_by(s.rx_bytes.load(Relaxed));
+        let drops = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "weave_sleeve_drops",
+            "Sleeve datagrams dropped, by reason (forged, replayed, plaintext, malformed, unknown_peer, unpaired)",
+            drops.clone(),
+        );
+        for (reason, n) in s.drops() {
+            drops
+                .get_or_create(&ReasonLabels {
+                    reason: reason.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
     openmetrics_to_prometheus(&out)
+}
+
+/// Whether this process has a sleeve that moved anything.
+fn sleeve_active() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &crate::sleeve::COUNTERS;
+    s.tx_packets.load(Relaxed) + s.rx_packets.load(Relaxed) > 0
 }
 
 /// Turns OpenMetrics text into the classic Prometheus text format, which every scraper and
@@ -222,6 +280,7 @@ mod tests {
                 state: "established".into(),
                 info: String::new(),
                 encrypted: false,
+                overlay: "fastdp".into(),
                 peer: Some(peer),
             }],
             mesh: Default::default(),

@@ -43,6 +43,7 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
         discovery: false,
         conn_limit: crate::router::DEFAULT_CONN_LIMIT,
         password: None,
+        sleeve: None,
     };
     let router = Arc::new(Router::start(
         config,

@@ -147,7 +147,7 @@ pub fn connection_line(c: &ConnectionInfo) -> String {
             } else {
                 "unencrypted"
             };
-            format!("{crypto:<11} fastdp {}", name_nick(c))
+            format!("{crypto:<11} {:<6} {}", c.overlay, name_nick(c))
         }
         _ => c.info.clone(),
     };
@@ -231,6 +231,7 @@ mod tests {
             state: state.into(),
             info: info.into(),
             encrypted: address.ends_with(":6783"),
+            overlay: "fastdp".into(),
             peer,
         }
     }

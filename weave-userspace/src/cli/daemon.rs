@@ -208,6 +208,56 @@ async fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// The TAP device on the weave bridge and the sleeve's threads behind it.
+async fn start_sleeve(
+    short_id: u16,
+    underlay: std::net::Ipv4Addr,
+    mtu: u32,
+    encrypted: bool,
+) -> anyhow::Result<crate::sleeve::Sleeve> {
+    use crate::datapath::netlink::{LinkChange, Netlink};
+    let tap = crate::sleeve::tap::Tap::create(crate::sleeve::TAP_NAME)
+        .with_context(|| format!("cannot create the TAP device {}", crate::sleeve::TAP_NAME))?;
+    let nl = Netlink::connect()?;
+    let bridge = nl
+        .link_by_name(crate::datapath::ebpf::BRIDGE_NAME)
+        .await?
+        .context("the weave bridge is missing")?;
+    let link = nl
+        .link_by_name(tap.name())
+        .await?
+        .context("the TAP device vanished")?;
+    nl.set_link(
+        link.index,
+        LinkChange {
+            mtu: Some(mtu),
+            controller: Some(bridge.index),
+            up: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let sleeve = crate::sleeve::Sleeve::start(
+        short_id,
+        underlay,
+        crate::sleeve::SLEEVE_PORT,
+        tap,
+        encrypted,
+    )
+    .with_context(|| format!("cannot bind UDP {underlay}:{}", crate::sleeve::SLEEVE_PORT))?;
+    tracing::info!(
+        "sleeve data path on UDP {underlay}:{} through {} ({})",
+        crate::sleeve::SLEEVE_PORT,
+        crate::sleeve::TAP_NAME,
+        if encrypted {
+            "encrypted"
+        } else {
+            "unencrypted"
+        }
+    );
+    Ok(sleeve)
+}
+
 /// IP allocation: continued from the state dir or new, joined to the mesh's IPAM channel.
 fn start_ipam<D: Datapath>(
     config: &Config,
@@ -297,6 +347,20 @@ impl Up<'_> {
                     .context("cannot put the DNS address on the weave bridge")?;
             }
         }
+        let sleeve = if self.config.sleeve && !self.config.fake_datapath {
+            Some(Arc::new(
+                start_sleeve(
+                    self.local.short_id.get(),
+                    self.config.host,
+                    datapath.container_mtu(),
+                    self.password.is_some(),
+                )
+                .await
+                .context("cannot start the sleeve data path")?,
+            ))
+        } else {
+            None
+        };
         let router_config = RouterConfig {
             local: self.local,
             targets: self.config.targets.clone(),
@@ -304,6 +368,7 @@ impl Up<'_> {
             discovery: self.config.discovery,
             conn_limit: self.config.conn_limit,
             password: self.password.clone(),
+            sleeve: sleeve.clone(),
         };
         let router = Arc::new(Router::start(
             router_config,
@@ -335,6 +400,12 @@ impl Up<'_> {
                     }
                     Err(e) => {
                         router.stop().await;
+                        if let Some(s) = &sleeve {
+                            s.stop();
+                        }
+                        if let Some(s) = &sleeve {
+                            s.stop();
+                        }
                         let _ = datapath.shutdown().await;
                         return Err(anyhow::Error::new(e).context("cannot start DNS"));
                     }

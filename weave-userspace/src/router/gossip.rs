@@ -502,6 +502,10 @@ impl<D: Datapath> Inner<D> {
             view.trees = trees;
             (add, remove, tree_changes)
         };
+        if self.sleeve.is_some() {
+            // The sleeve carries direct peers only; nothing goes into the fast path.
+            return;
+        }
         for peer in remove {
             if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
                 tracing::error!(

@@ -84,6 +84,7 @@ impl Node {
             discovery,
             conn_limit: DEFAULT_CONN_LIMIT,
             password,
+            sleeve: None,
         };
         Node {
             router: Router::start(config, listener, datapath.clone(), None),
@@ -668,6 +669,7 @@ async fn a_short_id_clash_is_settled_by_the_higher_name_taking_another() {
         discovery: false,
         conn_limit: DEFAULT_CONN_LIMIT,
         password: None,
+        sleeve: None,
     };
     let b = Node {
         router: Router::start(config, listener, datapath.clone(), None),

@@ -1,0 +1,246 @@
+//! The sleeve: with a password, container traffic travels sealed on UDP 6783 and never as
+//! VXLAN; a capture on the underlay holds none of a known marker; replayed, tampered and
+//! garbage datagrams are dropped and counted in /metrics.
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use weave_tests::bed::host_addr;
+use weave_tests::{cmd, probe, require_root, Background, Netns, TestBed};
+
+/// The marker ping carries in every payload (`ping -p`).
+const MARKER_HEX: &str = "5e1ec7ab1ec0ffee5e1ec7ab1ec0ffee";
+
+fn marker() -> Vec<u8> {
+    (0..MARKER_HEX.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&MARKER_HEX[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// tcpdump writing every packet on `dev` to a file.
+struct PcapCapture {
+    bg: Background,
+    path: std::path::PathBuf,
+}
+
+impl PcapCapture {
+    fn start(ns: &Netns, dev: &str, name: &str) -> PcapCapture {
+        let path = std::env::temp_dir().join(format!("{name}.pcap"));
+        let _ = std::fs::remove_file(&path);
+        let p = path.to_string_lossy().into_owned();
+        let mut bg = ns
+            .spawn(&[
+                "tcpdump",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "0",
+                "-i",
+                dev,
+                "-w",
+                &p,
+            ])
+            .expect("tcpdump");
+        cmd::wait_for("tcpdump to listen", Duration::from_secs(10), || {
+            (!bg.running() || bg.output().1.contains("listening on")).then_some(())
+        })
+        .expect("tcpdump listens");
+        PcapCapture { bg, path }
+    }
+
+    /// Stops and returns every packet (Ethernet frames).
+    fn stop(mut self) -> Vec<Vec<u8>> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.bg.stop();
+        let data = std::fs::read(&self.path).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.path);
+        let mut out = Vec::new();
+        let mut at = 24;
+        while at + 16 <= data.len() {
+            let caplen = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+            at += 16;
+            if at + caplen > data.len() {
+                break;
+            }
+            out.push(data[at..at + caplen].to_vec());
+            at += caplen;
+        }
+        out
+    }
+}
+
+/// (source, destination port, UDP payload) of an IPv4 UDP frame.
+fn udp(frame: &[u8]) -> Option<(std::net::Ipv4Addr, u16, &[u8])> {
+    if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
+        return None;
+    }
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    let src = std::net::Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+    let u = 14 + ihl;
+    let dport = u16::from_be_bytes([frame[u + 2], frame[u + 3]]);
+    Some((src, dport, frame.get(u + 8..)?))
+}
+
+fn drops(metrics: &str, reason: &str) -> f64 {
+    probe::metric_sum(metrics, |s| {
+        s.name == "weave_sleeve_drops_total" && s.labels.contains(&format!("reason=\"{reason}\""))
+    })
+}
+
+#[test]
+fn sleeve_encrypted_transfer_hides_the_marker_and_drops_replays_and_forgeries() {
+    if !require_root("sleeve_encrypted_transfer_hides_the_marker_and_drops_replays_and_forgeries") {
+        return;
+    }
+    let mut bed = TestBed::new("cxs", 2).expect("test bed");
+    bed.launch_mesh(&["--password", "sleeve secret"])
+        .expect("routers connect");
+    for i in 1..=2 {
+        let c = bed.router(i).connections().unwrap();
+        assert!(c.contains("encrypted   sleeve"), "host{i}:\n{c}");
+    }
+    let a = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
+    let b = bed
+        .attach_container(2, "c1", "10.2.1.2/24")
+        .expect("attach");
+    let (ca, cb) = (bed.container(a), bed.container(b));
+    ca.wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+
+    let underlay = bed.host(1).ns.name().to_string();
+    let cap = PcapCapture::start(&bed.host(1).ns, "eth0", "cxs-underlay");
+    let out = ca
+        .ns
+        .run(&[
+            "ping", "-c", "5", "-i", "0.2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
+        ])
+        .expect("ping");
+    assert!(out.success(), "ping with the marker:\n{}", out.stdout);
+    let out = cb
+        .ns
+        .run(&[
+            "ping", "-c", "3", "-i", "0.2", "-s", "30000", "-p", MARKER_HEX, "10.2.1.1",
+        ])
+        .expect("ping");
+    assert!(out.success(), "large ping with the marker:\n{}", out.stdout);
+    let frames = cap.stop();
+    let m = marker();
+    let sleeve: Vec<_> = frames
+        .iter()
+        .filter_map(|f| udp(f))
+        .filter(|(_, p, _)| *p == 6783)
+        .collect();
+    assert!(
+        sleeve.len() >= 10,
+        "{} sleeve datagrams captured in {underlay}",
+        sleeve.len()
+    );
+    assert!(
+        !frames.iter().any(|f| f.windows(m.len()).any(|w| w == m)),
+        "the marker is on the underlay in plain text"
+    );
+    assert!(
+        !frames
+            .iter()
+            .filter_map(|f| udp(f))
+            .any(|(_, p, _)| p == 6784),
+        "VXLAN on the underlay while a password is set"
+    );
+    // The same capture sees the marker on the sleeve's TAP, before sealing.
+    let inner = PcapCapture::start(&bed.host(1).ns, "vethwe-sleeve", "cxs-inner");
+    let out = ca
+        .ns
+        .run(&[
+            "ping", "-c", "2", "-i", "0.2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
+        ])
+        .expect("ping");
+    let seen = inner.stop();
+    assert!(
+        seen.iter().any(|f| f.windows(m.len()).any(|w| w == m)),
+        "the marker is not even on the TAP ({} frames):\n{}",
+        seen.len(),
+        out.stdout
+    );
+
+    // Replays, forgeries and garbage from host2's address: dropped and counted.
+    let (_, _, from_b) = sleeve
+        .iter()
+        .find(|(src, _, _)| *src == host_addr(2))
+        .expect("a datagram from host2");
+    let replay = from_b.to_vec();
+    let mut forged = replay.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x55;
+    forged[20] ^= 0x01;
+    let to = SocketAddrV4::new(host_addr(1), 6783);
+    let before = bed.router(1).metrics().expect("metrics");
+    let h2 = &bed.host(2).ns;
+    probe::send_udp(h2, to, &replay, 3).expect("replay");
+    // A forgery with a fresh counter far ahead: the window check passes, the tag does not.
+    forged[8..16].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    probe::send_udp(h2, to, &forged, 2).expect("forged");
+    probe::send_udp(h2, to, b"garbage on the sleeve port", 4).expect("garbage");
+    let r1 = bed.router(1);
+    let after = cmd::wait_for("drops counted", Duration::from_secs(5), || {
+        let m = r1.metrics().ok()?;
+        (drops(&m, "replayed") >= drops(&before, "replayed") + 3.0
+            && drops(&m, "forged") >= drops(&before, "forged") + 2.0
+            && drops(&m, "malformed") >= drops(&before, "malformed") + 4.0)
+            .then_some(m)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", r1.metrics().unwrap_or_default()));
+    eprintln!(
+        "drops: replayed {} forged {} malformed {}",
+        drops(&after, "replayed"),
+        drops(&after, "forged"),
+        drops(&after, "malformed")
+    );
+    // The router is fine and traffic still flows.
+    ca.wait_ping("10.2.1.2", Duration::from_secs(5))
+        .expect("still reachable");
+}
+
+#[test]
+fn sleeve_without_password_carries_traffic_when_asked() {
+    if !require_root("sleeve_without_password_carries_traffic_when_asked") {
+        return;
+    }
+    let mut bed = TestBed::new("cxn", 2).expect("test bed");
+    bed.launch_mesh(&["--datapath", "sleeve"])
+        .expect("routers connect");
+    let c = bed.router(1).connections().unwrap();
+    assert!(c.contains("unencrypted sleeve"), "{c}");
+    let a = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.2/24")
+        .expect("attach");
+    let ca = bed.container(a);
+    ca.wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    // Without a password the same capture does find the marker: the check above means
+    // something.
+    let cap = PcapCapture::start(&bed.host(1).ns, "eth0", "cxn-underlay");
+    let out = ca
+        .ns
+        .run(&[
+            "ping", "-c", "3", "-i", "0.2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
+        ])
+        .expect("ping");
+    assert!(out.success(), "{}", out.stdout);
+    let frames = cap.stop();
+    let m = marker();
+    assert!(frames
+        .iter()
+        .filter_map(|f| udp(f))
+        .any(|(_, port, p)| port == 6783 && p.windows(m.len()).any(|w| w == m)));
+    let m = bed.router(1).metrics().unwrap();
+    assert!(
+        probe::metric_sum(&m, |s| s.name == "weave_sleeve_datagrams_total") > 0.0,
+        "{m}"
+    );
+}
