@@ -46,6 +46,12 @@ pub struct Args {
     /// Only the IP allocation figures (consensus time, local allocation latency).
     #[arg(long)]
     ipam_only: bool,
+    /// Only the sleeve figures (encrypted and plain sleeve against kernel VXLAN).
+    #[arg(long)]
+    sleeve_only: bool,
+    /// Leave out the sleeve figures.
+    #[arg(long, conflicts_with = "sleeve_only")]
+    no_sleeve: bool,
 }
 
 /// Samples of one mode.
@@ -173,6 +179,9 @@ pub fn bench(a: Args) -> Result<()> {
     if a.ipam_only {
         return crate::bench_ipam::run(a.runs.max(5), &output);
     }
+    if a.sleeve_only {
+        return crate::bench_sleeve::run(a.runs, a.seconds, a.mtu, &output);
+    }
     let load_before = loadavg();
     let mut subjects = vec![(Mode::Routed, "wtbr"), (Mode::KernelVxlan, "wtbv")];
     if !a.baselines_only {
@@ -265,6 +274,9 @@ pub fn bench(a: Args) -> Result<()> {
     println!("{report}");
     step(&format!("wrote {}", output.display()));
     crate::bench_ipam::run(a.runs.max(5), &output)?;
+    if !a.no_sleeve && !a.baselines_only {
+        crate::bench_sleeve::run(a.runs, a.seconds, a.mtu, &output)?;
+    }
     if !a.no_dns && !a.baselines_only {
         dns_part(&a, &output)?;
     }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_dns;
 mod bench_ipam;
+mod bench_sleeve;
 mod build;
 mod demo;
 mod run;
