@@ -218,29 +218,38 @@ fn mac_at(b: &[u8], at: usize) -> Option<[u8; 6]> {
     b.get(at..at + 6).map(|m| m.try_into().expect("six bytes"))
 }
 
-/// TAP → peers.
+/// TAP → peers. The frame is read into the datagram buffer after room for the header, so
+/// a frame for one peer is sealed and sent without a copy.
 fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
-    let mut frame = vec![0u8; packet::MAX_PAYLOAD];
+    let mut buf: Vec<u8> = Vec::with_capacity(packet::HEADER_LEN + packet::MAX_PAYLOAD + 64);
     let mut out = Vec::with_capacity(packet::MAX_DATAGRAM);
-    while !shared.stop.load(Relaxed) {
-        match tap.wait_readable(200) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::error!("sleeve: polling {}: {e}", tap.name());
-                return;
-            }
+    let send = |d: &[u8], to: SocketAddrV4| {
+        if socket.send_to(d, to).is_ok() {
+            COUNTERS.tx_packets.fetch_add(1, Relaxed);
+            COUNTERS.tx_bytes.fetch_add(d.len() as u64, Relaxed);
         }
-        let n = match tap.read(&mut frame) {
+    };
+    while !shared.stop.load(Relaxed) {
+        buf.clear();
+        buf.resize(packet::HEADER_LEN + packet::MAX_PAYLOAD, 0);
+        let n = match tap.read(&mut buf[packet::HEADER_LEN..]) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = tap.wait_readable(200) {
+                    tracing::error!("sleeve: polling {}: {e}", tap.name());
+                    return;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::error!("sleeve: reading {}: {e}", tap.name());
                 return;
             }
         };
-        let payload = &frame[..n];
-        let Some(dst) = mac_at(payload, VNET_HDR_LEN) else {
+        buf.truncate(packet::HEADER_LEN + n);
+        let payload_at = packet::HEADER_LEN;
+        let Some(dst) = mac_at(&buf, payload_at + VNET_HDR_LEN) else {
             continue;
         };
         let target = if dst[0] & 1 == 0 {
@@ -255,13 +264,22 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
                 None => peers.values().cloned().collect(),
             }
         };
-        for peer in peers {
-            let result = lock(&peer.encoder).encode(payload, &mut out, |d| {
-                if socket.send_to(d, peer.addr).is_ok() {
-                    COUNTERS.tx_packets.fetch_add(1, Relaxed);
-                    COUNTERS.tx_bytes.fetch_add(d.len() as u64, Relaxed);
+        if let [peer] = peers.as_slice() {
+            match lock(&peer.encoder).encode_in_place(&mut buf) {
+                Ok(true) => {
+                    send(&buf, peer.addr);
+                    continue;
                 }
-            });
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr);
+                    continue;
+                }
+            }
+        }
+        for peer in peers {
+            let result =
+                lock(&peer.encoder).encode(&buf[payload_at..], &mut out, |d| send(d, peer.addr));
             if let Err(e) = result {
                 tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr);
             }

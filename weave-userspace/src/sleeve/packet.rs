@@ -152,10 +152,25 @@ impl Encoder {
         Ok(())
     }
 
+    /// Encodes a payload that already sits in `buf` after [`HEADER_LEN`] bytes of room, as
+    /// one datagram in place (no copy); `false` when it needs two parts ([`Self::encode`]).
+    pub fn encode_in_place(&mut self, buf: &mut Vec<u8>) -> Result<bool, CryptoError> {
+        if buf.len() < HEADER_LEN || buf.len() - HEADER_LEN > MAX_PART {
+            return Ok(false);
+        }
+        self.seal_prepared(Part::Whole, buf)?;
+        Ok(true)
+    }
+
     fn one(&mut self, part: Part, payload: &[u8], buf: &mut Vec<u8>) -> Result<(), CryptoError> {
         buf.clear();
         buf.resize(HEADER_LEN, 0);
         buf.extend_from_slice(payload);
+        self.seal_prepared(part, buf)
+    }
+
+    /// Writes the header over the first [`HEADER_LEN`] bytes and seals the rest.
+    fn seal_prepared(&mut self, part: Part, buf: &mut Vec<u8>) -> Result<(), CryptoError> {
         match &mut self.sealer {
             None => {
                 let counter = self.next_plain;
@@ -341,6 +356,17 @@ mod tests {
         }
         let mut plain_dec = Decoder::new(None);
         assert_eq!(decode(&mut plain_dec, &d), Ok(Some(b"in clear".to_vec())));
+    }
+
+    #[test]
+    fn in_place_encoding_gives_the_same_datagram_format() {
+        let (mut enc, mut dec) = sealed_pair();
+        let mut buf = vec![0u8; HEADER_LEN];
+        buf.extend_from_slice(b"frame in place");
+        assert!(enc.encode_in_place(&mut buf).unwrap());
+        assert_eq!(decode(&mut dec, &buf), Ok(Some(b"frame in place".to_vec())));
+        let mut big = vec![0u8; HEADER_LEN + MAX_PART + 1];
+        assert!(!enc.encode_in_place(&mut big).unwrap());
     }
 
     #[test]

@@ -74,6 +74,10 @@ impl Tap {
         let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
         // SAFETY: TUNSETOFFLOAD takes the flags as the integer argument itself.
         check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, offloads as libc::c_ulong) })?;
+        // SAFETY: fcntl on our own descriptor with integer arguments.
+        let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+        // SAFETY: as above; reads return EAGAIN instead of blocking (the reader polls).
+        check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
         let end = req
             .name
             .iter()
@@ -123,14 +127,28 @@ impl Tap {
         }
     }
 
-    /// Writes one frame (vnet header first).
+    /// Writes one frame (vnet header first); waits briefly when the device's queue is full.
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
-        // SAFETY: `frame` is valid for reads of its length.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
+        loop {
+            // SAFETY: `frame` is valid for reads of its length.
+            let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    let mut p = libc::pollfd {
+                        fd: self.fd.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    unsafe { libc::poll(&mut p, 1, 100) };
+                }
+                _ => return Err(e),
+            }
         }
     }
 }
