@@ -212,6 +212,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 async fn start_sleeve(
     short_id: u16,
     underlay: std::net::Ipv4Addr,
+    iface: &str,
     mtu: u32,
     encrypted: bool,
 ) -> anyhow::Result<crate::sleeve::Sleeve> {
@@ -223,6 +224,7 @@ async fn start_sleeve(
         .link_by_name(crate::datapath::ebpf::BRIDGE_NAME)
         .await?
         .context("the weave bridge is missing")?;
+    let underlay_mtu = nl.link_by_name(iface).await?.map(|l| l.mtu).unwrap_or(1500);
     let link = nl
         .link_by_name(tap.name())
         .await?
@@ -241,6 +243,7 @@ async fn start_sleeve(
         short_id,
         underlay,
         crate::sleeve::SLEEVE_PORT,
+        underlay_mtu,
         tap,
         encrypted,
     )
@@ -352,6 +355,7 @@ impl Up<'_> {
                 start_sleeve(
                     self.local.short_id.get(),
                     self.config.host,
+                    &self.config.iface,
                     datapath.container_mtu(),
                     self.password.is_some(),
                 )

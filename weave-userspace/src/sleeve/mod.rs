@@ -15,6 +15,7 @@ pub mod tap;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -28,6 +29,12 @@ use tap::{Tap, VNET_HDR_LEN};
 pub const SLEEVE_PORT: u16 = 6783;
 /// Name of the TAP device on the weave bridge.
 pub const TAP_NAME: &str = "vethwe-sleeve";
+
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Most bytes handed to one UDP GSO send.
+const GSO_MAX_BYTES: usize = 60_000;
 
 /// Datagrams and bytes through the sleeve, and drops by reason, for /metrics.
 pub struct SleeveCounters {
@@ -75,6 +82,10 @@ struct Peer {
 }
 
 struct Shared {
+    /// Payload bytes per datagram (one underlay packet each).
+    segment: usize,
+    /// Whether UDP GSO works (turned off at its first failure).
+    gso: AtomicBool,
     local: u16,
     encrypted: bool,
     peers: RwLock<HashMap<u16, Arc<Peer>>>,
@@ -96,6 +107,7 @@ impl Sleeve {
         local_short_id: u16,
         underlay: Ipv4Addr,
         port: u16,
+        underlay_mtu: u32,
         tap: Tap,
         encrypted: bool,
     ) -> io::Result<Sleeve> {
@@ -109,9 +121,28 @@ impl Sleeve {
         socket.bind(&SocketAddr::from((underlay, port)).into())?;
         let socket: UdpSocket = socket.into();
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one int from a valid pointer; failure leaves GRO off.
+        let gro = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                SOL_UDP,
+                UDP_GRO,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } == 0;
+        if !gro {
+            tracing::warn!(
+                "sleeve: UDP GRO unavailable: {}",
+                io::Error::last_os_error()
+            );
+        }
         let socket = Arc::new(socket);
         let tap = Arc::new(tap);
         let shared = Arc::new(Shared {
+            segment: packet::segment_payload(underlay_mtu),
+            gso: AtomicBool::new(true),
             local: local_short_id,
             encrypted,
             peers: RwLock::default(),
@@ -218,21 +249,104 @@ fn mac_at(b: &[u8], at: usize) -> Option<[u8; 6]> {
     b.get(at..at + 6).map(|m| m.try_into().expect("six bytes"))
 }
 
-/// TAP → peers. The frame is read into the datagram buffer after room for the header, so
-/// a frame for one peer is sealed and sent without a copy.
-fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
-    let mut buf: Vec<u8> = Vec::with_capacity(packet::HEADER_LEN + packet::MAX_PAYLOAD + 64);
-    let mut out = Vec::with_capacity(packet::MAX_DATAGRAM);
-    let send = |d: &[u8], to: SocketAddrV4| {
-        if socket.send_to(d, to).is_ok() {
-            COUNTERS.tx_packets.fetch_add(1, Relaxed);
-            COUNTERS.tx_bytes.fetch_add(d.len() as u64, Relaxed);
-        }
+fn sockaddr(to: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Sends back-to-back datagrams of `stride` bytes (the last shorter) in one UDP GSO call.
+fn send_gso(socket: &UdpSocket, data: &[u8], stride: usize, to: SocketAddrV4) -> io::Result<()> {
+    let mut addr = sockaddr(to);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
     };
+    let mut control = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if data.len() > stride {
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is pure arithmetic.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+        // SAFETY: the control buffer holds CMSG_SPACE(2) bytes (32 >= 24), aligned for
+        // cmsghdr; CMSG_FIRSTHDR points into it and CMSG_DATA has room for a u16.
+        unsafe {
+            let cm = libc::CMSG_FIRSTHDR(&msg);
+            (*cm).cmsg_level = SOL_UDP;
+            (*cm).cmsg_type = UDP_SEGMENT;
+            (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), stride as u16);
+        }
+    }
+    // SAFETY: `msg` and everything it points to are valid for the call.
+    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sends a frame's datagrams: in UDP GSO batches when the kernel takes them, else one by one.
+fn send_datagrams(
+    shared: &Shared,
+    socket: &UdpSocket,
+    data: &[u8],
+    stride: usize,
+    to: SocketAddrV4,
+) {
+    let count = |bytes: usize, n: u64| {
+        COUNTERS.tx_packets.fetch_add(n, Relaxed);
+        COUNTERS.tx_bytes.fetch_add(bytes as u64, Relaxed);
+    };
+    if shared.gso.load(Relaxed) {
+        let per_call = (GSO_MAX_BYTES / stride).clamp(1, packet::MAX_SEGMENTS) * stride;
+        let mut ok = true;
+        for batch in data.chunks(per_call) {
+            match send_gso(socket, batch, stride, to) {
+                Ok(()) => count(batch.len(), batch.len().div_ceil(stride) as u64),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    tracing::warn!("sleeve: UDP GSO refused ({e}); sending datagrams one by one");
+                    shared.gso.store(false, Relaxed);
+                    ok = false;
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        if ok {
+            return;
+        }
+    }
+    for d in packet::segments(data, stride) {
+        if socket.send_to(d, to).is_ok() {
+            count(d.len(), 1);
+        }
+    }
+}
+
+/// TAP → peers.
+fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
+    let mut frame = vec![0u8; packet::MAX_PAYLOAD];
+    let mut out = Vec::with_capacity(2 * packet::MAX_PAYLOAD);
+    let mut scratch = Vec::with_capacity(packet::MAX_PAYLOAD + 64);
     while !shared.stop.load(Relaxed) {
-        buf.clear();
-        buf.resize(packet::HEADER_LEN + packet::MAX_PAYLOAD, 0);
-        let n = match tap.read(&mut buf[packet::HEADER_LEN..]) {
+        let n = match tap.read(&mut frame) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if let Err(e) = tap.wait_readable(200) {
@@ -247,9 +361,8 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
                 return;
             }
         };
-        buf.truncate(packet::HEADER_LEN + n);
-        let payload_at = packet::HEADER_LEN;
-        let Some(dst) = mac_at(&buf, payload_at + VNET_HDR_LEN) else {
+        let payload = &frame[..n];
+        let Some(dst) = mac_at(payload, VNET_HDR_LEN) else {
             continue;
         };
         let target = if dst[0] & 1 == 0 {
@@ -264,34 +377,66 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
                 None => peers.values().cloned().collect(),
             }
         };
-        if let [peer] = peers.as_slice() {
-            match lock(&peer.encoder).encode_in_place(&mut buf) {
-                Ok(true) => {
-                    send(&buf, peer.addr);
-                    continue;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr);
-                    continue;
-                }
-            }
-        }
         for peer in peers {
-            let result =
-                lock(&peer.encoder).encode(&buf[payload_at..], &mut out, |d| send(d, peer.addr));
-            if let Err(e) = result {
-                tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr);
+            let encoded =
+                lock(&peer.encoder).encode(payload, shared.segment, &mut out, &mut scratch);
+            match encoded {
+                Ok(stride) => send_datagrams(shared, socket, &out, stride, peer.addr),
+                Err(e) => tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr),
             }
         }
     }
 }
 
+/// Receives one datagram, or several coalesced by UDP GRO; (bytes, sender, segment size).
+fn recv_coalesced(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+    // SAFETY: an all-zero sockaddr_in is valid.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: `msg` and everything it points to are valid for the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    let mut segment = n;
+    // SAFETY: the kernel filled `control` up to msg_controllen; the CMSG macros walk it.
+    unsafe {
+        let mut cm = libc::CMSG_FIRSTHDR(&msg);
+        while !cm.is_null() {
+            if (*cm).cmsg_level == SOL_UDP && (*cm).cmsg_type == UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<libc::c_int>());
+                if size > 0 {
+                    segment = size as usize;
+                }
+            }
+            cm = libc::CMSG_NXTHDR(&msg, cm);
+        }
+    }
+    let from = SocketAddr::from((
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ));
+    Ok((n, from, segment))
+}
+
 /// Peers → TAP.
 fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = vec![0u8; 1 << 17];
     while !shared.stop.load(Relaxed) {
-        let (n, from) = match socket.recv_from(&mut buf) {
+        let (n, from, segment) = match recv_coalesced(socket, &mut buf) {
             Ok(x) => x,
             Err(e)
                 if matches!(
@@ -308,35 +453,40 @@ fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
                 return;
             }
         };
-        COUNTERS.rx_packets.fetch_add(1, Relaxed);
-        COUNTERS.rx_bytes.fetch_add(n as u64, Relaxed);
-        let datagram = &mut buf[..n];
-        let header = match Header::parse(datagram) {
-            Ok(h) => h,
-            Err(r) => {
-                COUNTERS.drop(r);
-                continue;
-            }
-        };
-        let peer = read(&shared.peers).get(&header.sender).cloned();
-        let Some(peer) = peer.filter(|p| SocketAddr::V4(p.addr).ip() == from.ip()) else {
-            COUNTERS.drop(DropReason::UnknownPeer);
-            continue;
-        };
-        let mut decoder = lock(&peer.decoder);
-        match decoder.decode(header, datagram) {
-            Ok(None) => {}
-            Ok(Some(payload)) => {
-                if let Some(src) = mac_at(&payload, VNET_HDR_LEN + 6) {
-                    if src[0] & 1 == 0 && read(&shared.macs).get(&src) != Some(&header.sender) {
-                        write(&shared.macs).insert(src, header.sender);
-                    }
-                }
-                if let Err(e) = tap.write(&payload) {
-                    tracing::debug!("sleeve: writing {}: {e}", tap.name());
-                }
-            }
-            Err(r) => COUNTERS.drop(r),
+        for datagram in buf[..n].chunks_mut(segment.max(1)) {
+            receive_one(shared, tap, datagram, from);
         }
+    }
+}
+
+fn receive_one(shared: &Shared, tap: &Tap, datagram: &mut [u8], from: SocketAddr) {
+    COUNTERS.rx_packets.fetch_add(1, Relaxed);
+    COUNTERS.rx_bytes.fetch_add(datagram.len() as u64, Relaxed);
+    let header = match Header::parse(datagram) {
+        Ok(h) => h,
+        Err(r) => {
+            COUNTERS.drop(r);
+            return;
+        }
+    };
+    let peer = read(&shared.peers).get(&header.sender).cloned();
+    let Some(peer) = peer.filter(|p| SocketAddr::V4(p.addr).ip() == from.ip()) else {
+        COUNTERS.drop(DropReason::UnknownPeer);
+        return;
+    };
+    let mut decoder = lock(&peer.decoder);
+    match decoder.decode(header, datagram) {
+        Ok(None) => {}
+        Ok(Some(payload)) => {
+            if let Some(src) = mac_at(&payload, VNET_HDR_LEN + 6) {
+                if src[0] & 1 == 0 && read(&shared.macs).get(&src) != Some(&header.sender) {
+                    write(&shared.macs).insert(src, header.sender);
+                }
+            }
+            if let Err(e) = tap.write(&payload) {
+                tracing::debug!("sleeve: writing {}: {e}", tap.name());
+            }
+        }
+        Err(r) => COUNTERS.drop(r),
     }
 }
