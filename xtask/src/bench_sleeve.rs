@@ -293,8 +293,8 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
          Written by `cargo xtask bench --sleeve-only` on {} (commit {}); 2 vCPU, two hosts in \
          network namespaces on a veth underlay, container MTU {mtu}, iperf3 TCP one stream, \
          {seconds} s per run, median of {runs} runs taken in turns. Load average: {load_before} \
-         before, {} after. CPU: user + system time of both routers during the run, divided by \
-         the gigabits carried (the kernel's own share, softirq included, is not in it).\n\n\
+         before, {} after. CPU: user + system time of both routers (for boringtun: both \
+         boringtun daemons) during the run, divided by the gigabits carried (the kernel's own share, softirq included, is not in it).\n\n\
          {table}\n{versus_wg}\n\
          Targets (encryption issue): plain sleeve ≥ 1.5 Gbit/s; encrypted ≥ 5× a user-space \
          WireGuard (boringtun). boringtun runs host to host (its tunnel between the two host \
