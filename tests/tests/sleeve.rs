@@ -108,6 +108,10 @@ fn sleeve_encrypted_transfer_hides_the_marker_and_drops_replays_and_forgeries() 
         .attach_container(2, "c1", "10.2.1.2/24")
         .expect("attach");
     let (ca, cb) = (bed.container(a), bed.container(b));
+    // Under the sleeve a full-size frame fits one underlay packet: MTU 1500 - 100.
+    assert_eq!(probe::link_mtu(&ca.ns, "ethwe").expect("ethwe"), 1400);
+    let c = bed.router(1).connections().unwrap();
+    assert!(c.contains("mtu=1400"), "{c}");
     ca.wait_ping("10.2.1.2", Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
 

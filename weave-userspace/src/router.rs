@@ -195,6 +195,8 @@ pub struct ConnectionInfo {
     pub encrypted: bool,
     /// fastdp or sleeve: which data path carries the peer's traffic.
     pub overlay: String,
+    /// The MTU containers get towards the peer (0 until the connection is up).
+    pub mtu: u32,
     pub peer: Option<PeerInfo>,
 }
 
@@ -771,6 +773,7 @@ impl<D: Datapath> Router<D> {
                 info: String::new(),
                 encrypted: c.session.is_some(),
                 overlay: self.overlay().into(),
+                mtu: self.inner.datapath.container_mtu(),
                 peer: Some(PeerInfo::from(&c.hello)),
             });
         }
@@ -784,6 +787,7 @@ impl<D: Datapath> Router<D> {
                     info: format!("{reason}, at {}", format_time(*at)),
                     encrypted: false,
                     overlay: String::new(),
+                    mtu: 0,
                     peer: None,
                 });
             }
@@ -811,6 +815,7 @@ impl<D: Datapath> Router<D> {
                 info,
                 encrypted: false,
                 overlay: String::new(),
+                mtu: 0,
                 peer: None,
             });
         }

@@ -281,6 +281,7 @@ mod tests {
                 info: String::new(),
                 encrypted: false,
                 overlay: "fastdp".into(),
+                mtu: 1450,
                 peer: Some(peer),
             }],
             mesh: Default::default(),

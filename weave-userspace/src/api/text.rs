@@ -147,7 +147,12 @@ pub fn connection_line(c: &ConnectionInfo) -> String {
             } else {
                 "unencrypted"
             };
-            format!("{crypto:<11} {:<6} {}", c.overlay, name_nick(c))
+            format!(
+                "{crypto:<11} {:<6} {} mtu={}",
+                c.overlay,
+                name_nick(c),
+                c.mtu
+            )
         }
         _ => c.info.clone(),
     };
@@ -232,6 +237,7 @@ mod tests {
             info: info.into(),
             encrypted: address.ends_with(":6783"),
             overlay: "fastdp".into(),
+            mtu: 1450,
             peer,
         }
     }
@@ -361,8 +367,8 @@ mod tests {
     fn connection_lines_read_like_weave() {
         assert_eq!(
             connections(&status()),
-            "-> 10.0.0.2:6783         established encrypted   fastdp 0a:00:00:00:00:02(host2)
-<- 10.0.0.3:41234        pending     unencrypted fastdp 0a:00:00:00:00:03(host3)
+            "-> 10.0.0.2:6783         established encrypted   fastdp 0a:00:00:00:00:02(host2) mtu=1450
+<- 10.0.0.3:41234        pending     unencrypted fastdp 0a:00:00:00:00:03(host3) mtu=1450
 -> 10.0.0.4:6783         retrying    Connection refused (os error 111)
 -> 10.0.0.5:6783         failed      connect timed out after 5s, retry: 2026-11-28 09:00:00
 "

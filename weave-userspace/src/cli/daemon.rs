@@ -188,7 +188,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             own_short_id: identity.short_id,
             underlay_iface: config.iface.clone(),
             underlay_addr: config.host,
-            mtu: config.mtu,
+            mtu: match config.mtu {
+                Some(m) => Some(m),
+                None if config.sleeve => sleeve_default_mtu(&config.iface).await,
+                None => None,
+            },
             xdp: config.xdp,
             pin_root: config.pin_root.clone(),
         };
@@ -206,6 +210,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped");
     }
     result
+}
+
+/// Container MTU under the sleeve when none is given: the underlay's less 100, so that a
+/// full-size frame (with the vnet header, the sleeve header and the tag) fits one underlay
+/// packet.
+async fn sleeve_default_mtu(iface: &str) -> Option<u32> {
+    let nl = crate::datapath::netlink::Netlink::connect().ok()?;
+    let underlay = nl.link_by_name(iface).await.ok()??.mtu;
+    Some(underlay.saturating_sub(100).max(576))
 }
 
 /// The TAP device on the weave bridge and the sleeve's threads behind it.
