@@ -581,6 +581,53 @@ mod tests {
     }
 
     #[test]
+    fn a_password_comes_from_the_flag_or_a_file_and_brings_the_sleeve() {
+        use crate::crypto::password::Password;
+        let c = parse(&["--datapath", "sleeve"]).validate(&host()).unwrap();
+        assert!(c.sleeve && c.password.is_none());
+        let c = parse(&["--password", "pw"]).validate(&host()).unwrap();
+        assert_eq!(c.password, Some(Password::new(b"pw".to_vec()).unwrap()));
+        assert!(c.sleeve);
+        let dir = std::env::temp_dir().join(format!("cx-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "from file\n").unwrap();
+        let f = file.to_str().unwrap();
+        // The file wins over the flag.
+        let c = parse(&["--password", "pw", "--password-file", f])
+            .validate(&host())
+            .unwrap();
+        assert_eq!(
+            c.password,
+            Some(Password::new(b"from file".to_vec()).unwrap())
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let e = parse(&["--password-file", f])
+            .validate(&host())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("--password-file {f}: the password is empty")
+        );
+        let missing = dir.join("missing");
+        let m = missing.to_str().unwrap();
+        let e = parse(&["--password-file", m])
+            .validate(&host())
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("--password-file {m}: cannot read it: ")),
+            "{e}"
+        );
+        let e = parse(&["--password", ""]).validate(&host()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--password (or WEAVE_PASSWORD): the password is empty"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn defaults_come_from_the_machine() {
         let c = parse(&[]).validate(&host()).unwrap();
         assert_eq!(c.iface, "eth0");
