@@ -44,6 +44,10 @@ pub struct RouterConfig {
     pub conn_limit: usize,
 }
 
+/// Longest run of events the event loop handles before it publishes our record and
+/// computes routes (each still at most as often as their intervals allow).
+const MAX_BURST: Duration = Duration::from_millis(50);
+
 /// Weave's default connection limit.
 pub const DEFAULT_CONN_LIMIT: usize = 200;
 
@@ -625,8 +629,12 @@ impl<D: Datapath> Router<D> {
                     };
                     let Some(event) = event else { break };
                     inner.handle(event).await;
-                    // Handle the whole burst, then publish our record and compute routes once.
-                    while let Ok(event) = rx.try_recv() {
+                    // Handle a burst, then publish our record and compute routes once. The
+                    // burst is bounded: under a steady stream of events (a large mesh
+                    // joining) routes must still be computed.
+                    let burst_end = tokio::time::Instant::now() + MAX_BURST;
+                    while tokio::time::Instant::now() < burst_end {
+                        let Ok(event) = rx.try_recv() else { break };
                         inner.handle(event).await;
                     }
                     wake_at = inner.after_events().await;
