@@ -310,7 +310,7 @@ impl EbpfDatapath {
             ))
         })?;
 
-        let nl = Netlink::connect()?;
+        let nl = Netlink::connect_on_own_thread()?;
         let underlay = nl
             .link_by_name(&settings.underlay_iface)
             .await?
