@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod dns;
+pub mod docker;
 pub mod ipam;
 pub mod mesh;
 pub mod router;

@@ -46,6 +46,9 @@ pub struct Args {
     /// Only the IP allocation figures (consensus time, local allocation latency).
     #[arg(long)]
     ipam_only: bool,
+    /// Only the Docker figure (docker run until reachable and resolvable, median of 20).
+    #[arg(long)]
+    docker_only: bool,
 }
 
 /// Samples of one mode.
@@ -170,6 +173,9 @@ pub fn bench(a: Args) -> Result<()> {
     if a.dns_only {
         return dns_part(&a, &output);
     }
+    if a.docker_only {
+        return crate::bench_docker::run(a.runs.max(20), &output);
+    }
     if a.ipam_only {
         return crate::bench_ipam::run(a.runs.max(5), &output);
     }
@@ -267,6 +273,9 @@ pub fn bench(a: Args) -> Result<()> {
     crate::bench_ipam::run(a.runs.max(5), &output)?;
     if !a.no_dns && !a.baselines_only {
         dns_part(&a, &output)?;
+    }
+    if !a.baselines_only {
+        crate::bench_docker::run(a.runs.max(20), &output)?;
     }
     Ok(())
 }

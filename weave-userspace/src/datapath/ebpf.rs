@@ -598,6 +598,7 @@ impl EbpfDatapath {
                 host_ifname: host_name.clone(),
                 mac,
                 addresses: request.addresses.clone(),
+                owner: request.owner.clone(),
             };
             self.take_up(&endpoint, host.index)?;
             self.service_neighbours(&endpoint, true).await?;
