@@ -9,20 +9,11 @@ use weave_tests::docker::{self, DockerHost, IMAGE};
 use weave_tests::{host_addr, LaunchOpts, TestBed};
 
 use crate::run::{self, step};
+use crate::stats::{median, percentile};
 
 const BEGIN: &str = "<!-- docker:begin (written by `cargo xtask bench`) -->";
 const END: &str = "<!-- docker:end -->";
 const PREFIX: &str = "dkb";
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// Two hosts, each with a dockerd and a router connected to it; `w2` running on host 2.
 struct Bed {

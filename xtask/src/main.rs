@@ -10,6 +10,7 @@ mod docker_image;
 mod run;
 mod scale;
 mod setup;
+mod stats;
 mod test;
 
 use anyhow::Result;
