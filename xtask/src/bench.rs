@@ -297,8 +297,8 @@ const END: &str = "<!-- bench:end -->";
 /// markers yet, the section goes right below the title, before any other marked section.
 fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    Ok(std::fs::write(path, splice(&old, section))
-        .with_context(|| format!("write {}", path.display()))?)
+    std::fs::write(path, splice(&old, section))
+        .with_context(|| format!("write {}", path.display()))
 }
 
 fn splice(old: &str, section: &str) -> String {
@@ -320,29 +320,6 @@ fn splice(old: &str, section: &str) -> String {
             }
             s
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keeps_other_sections() {
-        let scale = "<!-- scale:begin -->\n## Scale\n<!-- scale:end -->\n";
-        let first = splice(
-            &format!("# Benchmarks\n\nold unmarked table\n\n{scale}"),
-            "## T\none\n",
-        );
-        assert!(first.starts_with("# Benchmarks\n\n<!-- bench:begin"));
-        assert!(!first.contains("old unmarked"));
-        assert!(first.contains("one") && first.contains(scale));
-        let second = splice(&first, "## T\ntwo\n");
-        assert!(second.contains("two") && !second.contains("one") && second.contains(scale));
-        assert_eq!(
-            splice("", "## T\nx\n"),
-            format!("# Benchmarks\n\n{BEGIN}\n## T\nx\n{END}\n")
-        );
     }
 }
 
@@ -503,4 +480,27 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
         "\nReproduce: `cargo xtask bench` (as root; about 6 minutes)."
     );
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_other_sections() {
+        let scale = "<!-- scale:begin -->\n## Scale\n<!-- scale:end -->\n";
+        let first = splice(
+            &format!("# Benchmarks\n\nold unmarked table\n\n{scale}"),
+            "## T\none\n",
+        );
+        assert!(first.starts_with("# Benchmarks\n\n<!-- bench:begin"));
+        assert!(!first.contains("old unmarked"));
+        assert!(first.contains("one") && first.contains(scale));
+        let second = splice(&first, "## T\ntwo\n");
+        assert!(second.contains("two") && !second.contains("one") && second.contains(scale));
+        assert_eq!(
+            splice("", "## T\nx\n"),
+            format!("# Benchmarks\n\n{BEGIN}\n## T\nx\n{END}\n")
+        );
+    }
 }
