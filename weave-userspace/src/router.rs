@@ -852,7 +852,14 @@ async fn accept_loop<D: Datapath>(
                     let shutdown = inner.shutdown.subscribe();
                     tokio::spawn(async move {
                         let outcome = connection::run(stream, id, false, local, timings, events, shutdown).await;
-                        if !outcome.accepted && !matches!(outcome.error, ConnectionError::Shutdown) {
+                        // A duplicate (both ends dialled each other) is routine and logged
+                        // by the router already.
+                        if !outcome.accepted
+                            && !matches!(
+                                outcome.error,
+                                ConnectionError::Shutdown | ConnectionError::Duplicate(_)
+                            )
+                        {
                             tracing::warn!("connection from {addr} refused: {}", outcome.error);
                         }
                     });
