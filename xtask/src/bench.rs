@@ -297,8 +297,7 @@ const END: &str = "<!-- bench:end -->";
 /// markers yet, the section goes right below the title, before any other marked section.
 fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    std::fs::write(path, splice(&old, section))
-        .with_context(|| format!("write {}", path.display()))
+    std::fs::write(path, splice(&old, section)).with_context(|| format!("write {}", path.display()))
 }
 
 fn splice(old: &str, section: &str) -> String {

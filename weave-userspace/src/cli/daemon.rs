@@ -363,7 +363,12 @@ impl Up<'_> {
         for t in docker_tasks {
             t.abort();
         }
-        if let Some(p) = self.config.docker.as_ref().and_then(|d| d.proxy_socket.as_ref()) {
+        if let Some(p) = self
+            .config
+            .docker
+            .as_ref()
+            .and_then(|d| d.proxy_socket.as_ref())
+        {
             let _ = std::fs::remove_file(p);
         }
         if let Some(dns) = dns {
