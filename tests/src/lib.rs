@@ -9,6 +9,7 @@
 
 pub mod bed;
 pub mod cmd;
+pub mod docker;
 pub mod error;
 pub mod mesh;
 pub mod netns;

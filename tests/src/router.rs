@@ -111,6 +111,10 @@ impl Router {
             .map(|s| s.to_string()),
         );
         args.extend(opts.extra.iter().cloned());
+        // Many routers share this machine: Docker only for those given a daemon of their own.
+        if !opts.extra.iter().any(|a| a == "--docker-host") {
+            args.push("--no-docker".into());
+        }
         let out = router.cli_timeout(&args, Duration::from_secs(60))?;
         if !out.success() {
             // The CLI prints the log tail itself; add it only if it did not.

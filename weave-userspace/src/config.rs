@@ -102,6 +102,18 @@ pub struct LaunchArgs {
     /// File naming the upstream DNS servers (other names are forwarded to them).
     #[arg(long, value_name = "FILE", default_value = crate::dns::DEFAULT_RESOLV_CONF)]
     pub resolv_conf: PathBuf,
+    /// The Docker daemon whose containers join the network (unix://PATH).
+    #[arg(long, value_name = "URL", env = "DOCKER_HOST", default_value = crate::docker::DEFAULT_DOCKER_HOST)]
+    pub docker_host: String,
+    /// No Docker integration (no event watcher, no proxy).
+    #[arg(long)]
+    pub no_docker: bool,
+    /// Where the Docker API proxy listens (`eval $(weave-router env)` points docker at it).
+    #[arg(long, value_name = "PATH", default_value = crate::docker::DEFAULT_PROXY_SOCKET)]
+    pub proxy_socket: PathBuf,
+    /// No Docker API proxy.
+    #[arg(long)]
+    pub no_proxy: bool,
     /// Use an in-memory data path (control plane only, no privileges needed).
     #[arg(long, hide = true)]
     pub fake_datapath: bool,
@@ -144,6 +156,8 @@ pub struct Config {
     pub password: Option<crate::crypto::password::Password>,
     /// Peers' traffic through the sleeve (`--datapath sleeve`, or a password).
     pub sleeve: bool,
+    /// `None` with `--no-docker`.
+    pub docker: Option<crate::docker::DockerSettings>,
 }
 
 /// IP allocation settings.
@@ -209,6 +223,8 @@ pub enum ConfigError {
     PasswordFileContent(String, crate::crypto::PasswordError),
     #[error("--password (or WEAVE_PASSWORD): {0}")]
     Password(crate::crypto::PasswordError),
+    #[error("--docker-host {0:?}: only unix:// sockets are supported (like unix:///var/run/docker.sock)")]
+    DockerHost(String),
 }
 
 /// What the configuration needs to know about the machine (a trait so tests can fake it).
@@ -346,6 +362,19 @@ impl LaunchArgs {
                 resolv_conf: self.resolv_conf.clone(),
             })
         };
+        let docker = if self.no_docker {
+            None
+        } else {
+            let path = crate::docker::client::socket_path(&self.docker_host)
+                .map_err(|_| ConfigError::DockerHost(self.docker_host.clone()))?;
+            Some(crate::docker::DockerSettings {
+                host: format!("unix://{}", path.display()),
+                proxy_socket: (!self.no_proxy).then(|| {
+                    std::path::absolute(&self.proxy_socket)
+                        .unwrap_or_else(|_| self.proxy_socket.clone())
+                }),
+            })
+        };
         let ipam = self.ipam_config(unique.len())?;
         let password = self.password()?;
         Ok(Config {
@@ -371,6 +400,7 @@ impl LaunchArgs {
             dns,
             sleeve: password.is_some() || self.datapath == DatapathMode::Sleeve,
             password,
+            docker,
         })
     }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod crypto;
 pub mod datapath;
 pub mod dns;
+pub mod docker;
 pub mod ipam;
 pub mod mesh;
 pub mod router;

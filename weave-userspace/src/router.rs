@@ -50,6 +50,10 @@ pub struct RouterConfig {
     pub sleeve: Option<Arc<crate::sleeve::Sleeve>>,
 }
 
+/// Longest run of events the event loop handles before it publishes our record and
+/// computes routes (each still at most as often as their intervals allow).
+const MAX_BURST: Duration = Duration::from_millis(50);
+
 /// Weave's default connection limit.
 pub const DEFAULT_CONN_LIMIT: usize = 200;
 
@@ -683,8 +687,12 @@ impl<D: Datapath> Router<D> {
                     };
                     let Some(event) = event else { break };
                     inner.handle(event).await;
-                    // Handle the whole burst, then publish our record and compute routes once.
-                    while let Ok(event) = rx.try_recv() {
+                    // Handle a burst, then publish our record and compute routes once. The
+                    // burst is bounded: under a steady stream of events (a large mesh
+                    // joining) routes must still be computed.
+                    let burst_end = tokio::time::Instant::now() + MAX_BURST;
+                    while tokio::time::Instant::now() < burst_end {
+                        let Ok(event) = rx.try_recv() else { break };
                         inner.handle(event).await;
                     }
                     wake_at = inner.after_events().await;
@@ -935,7 +943,14 @@ async fn accept_loop<D: Datapath>(
                     let inner = inner.clone();
                     tokio::spawn(async move {
                         let outcome = connection::run(stream, id, false, local, password, timings, events, shutdown).await;
-                        if !outcome.accepted && !matches!(outcome.error, ConnectionError::Shutdown) {
+                        // A duplicate (both ends dialled each other) is routine and logged
+                        // by the router already.
+                        if !outcome.accepted
+                            && !matches!(
+                                outcome.error,
+                                ConnectionError::Shutdown | ConnectionError::Duplicate(_)
+                            )
+                        {
                             tracing::warn!("connection from {addr} refused: {}", outcome.error);
                             if matches!(&outcome.error, ConnectionError::Protocol(e) if e.is_about_encryption()) {
                                 let mut mesh = inner.mesh();

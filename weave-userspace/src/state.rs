@@ -301,6 +301,7 @@ mod tests {
             host_ifname: "vethwe1".into(),
             mac: [2, 0, 0, 0, 0, 1],
             addresses: vec!["10.2.1.1/24".parse::<Ipv4Cidr>().unwrap()],
+            owner: None,
         };
         s.save_endpoints(std::slice::from_ref(&e)).unwrap();
         assert_eq!(s.load_endpoints().unwrap(), vec![e]);

@@ -298,6 +298,7 @@ impl Bed {
             let request = AttachRequest {
                 netns: bed.containers[i].path(),
                 addresses: vec![format!("{}/24", CONTAINER[i]).parse().unwrap()],
+                owner: None,
             };
             bed.routers[i]
                 .call(move |dp| async move { dp.attach(request).await })
@@ -622,6 +623,7 @@ fn a_restarted_router_takes_its_endpoints_back() {
         host_ifname: "vethwe-gone".into(),
         mac: [2, 0, 0, 0, 0, 9],
         addresses: vec![],
+        owner: None,
     };
     let err = router.call(move |dp| async move { dp.restore_endpoint(gone).await });
     assert!(matches!(
@@ -720,6 +722,7 @@ fn bad_requests_fail_cleanly() {
             dp.attach(AttachRequest {
                 netns: "/nonexistent/netns".into(),
                 addresses: vec![],
+                owner: None,
             })
             .await
         })
@@ -734,6 +737,7 @@ fn bad_requests_fail_cleanly() {
             dp.attach(AttachRequest {
                 netns: "/etc/hostname".into(),
                 addresses: vec![],
+                owner: None,
             })
             .await
         })

@@ -52,6 +52,9 @@ pub struct Args {
     /// Leave out the sleeve figures.
     #[arg(long, conflicts_with = "sleeve_only")]
     no_sleeve: bool,
+    /// Only the Docker figure (docker run until reachable and resolvable, median of 20).
+    #[arg(long)]
+    docker_only: bool,
 }
 
 /// Samples of one mode.
@@ -176,6 +179,9 @@ pub fn bench(a: Args) -> Result<()> {
     if a.dns_only {
         return dns_part(&a, &output);
     }
+    if a.docker_only {
+        return crate::bench_docker::run(a.runs.max(20), &output);
+    }
     if a.ipam_only {
         return crate::bench_ipam::run(a.runs.max(5), &output);
     }
@@ -280,6 +286,9 @@ pub fn bench(a: Args) -> Result<()> {
     if !a.no_dns && !a.baselines_only {
         dns_part(&a, &output)?;
     }
+    if !a.baselines_only {
+        crate::bench_docker::run(a.runs.max(20), &output)?;
+    }
     Ok(())
 }
 
@@ -300,8 +309,7 @@ const END: &str = "<!-- bench:end -->";
 /// markers yet, the section goes right below the title, before any other marked section.
 fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    Ok(std::fs::write(path, splice(&old, section))
-        .with_context(|| format!("write {}", path.display()))?)
+    std::fs::write(path, splice(&old, section)).with_context(|| format!("write {}", path.display()))
 }
 
 fn splice(old: &str, section: &str) -> String {
@@ -323,29 +331,6 @@ fn splice(old: &str, section: &str) -> String {
             }
             s
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keeps_other_sections() {
-        let scale = "<!-- scale:begin -->\n## Scale\n<!-- scale:end -->\n";
-        let first = splice(
-            &format!("# Benchmarks\n\nold unmarked table\n\n{scale}"),
-            "## T\none\n",
-        );
-        assert!(first.starts_with("# Benchmarks\n\n<!-- bench:begin"));
-        assert!(!first.contains("old unmarked"));
-        assert!(first.contains("one") && first.contains(scale));
-        let second = splice(&first, "## T\ntwo\n");
-        assert!(second.contains("two") && !second.contains("one") && second.contains(scale));
-        assert_eq!(
-            splice("", "## T\nx\n"),
-            format!("# Benchmarks\n\n{BEGIN}\n## T\nx\n{END}\n")
-        );
     }
 }
 
@@ -506,4 +491,27 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
         "\nReproduce: `cargo xtask bench` (as root; about 6 minutes)."
     );
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_other_sections() {
+        let scale = "<!-- scale:begin -->\n## Scale\n<!-- scale:end -->\n";
+        let first = splice(
+            &format!("# Benchmarks\n\nold unmarked table\n\n{scale}"),
+            "## T\none\n",
+        );
+        assert!(first.starts_with("# Benchmarks\n\n<!-- bench:begin"));
+        assert!(!first.contains("old unmarked"));
+        assert!(first.contains("one") && first.contains(scale));
+        let second = splice(&first, "## T\ntwo\n");
+        assert!(second.contains("two") && !second.contains("one") && second.contains(scale));
+        assert_eq!(
+            splice("", "## T\nx\n"),
+            format!("# Benchmarks\n\n{BEGIN}\n## T\nx\n{END}\n")
+        );
+    }
 }

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use weave_tests::{Netns, TestBed};
 
 use crate::run::{self, step};
+use crate::stats::{median, percentile};
 
 const BEGIN: &str = "<!-- ipam:begin (written by `cargo xtask bench`) -->";
 const END: &str = "<!-- ipam:end -->";
@@ -23,16 +24,6 @@ const LAUNCH: [&str; 6] = [
     "--xdp",
     "off",
 ];
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// Milliseconds from the first allocation request on a fresh 3-router mesh until its answer
 /// (the consensus on who owns the range runs in between).

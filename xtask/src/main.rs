@@ -2,13 +2,16 @@
 
 mod bench;
 mod bench_dns;
+mod bench_docker;
 mod bench_ipam;
 mod bench_sleeve;
 mod build;
 mod demo;
+mod docker_image;
 mod run;
 mod scale;
 mod setup;
+mod stats;
 mod test;
 
 use anyhow::Result;
@@ -58,6 +61,12 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
+    /// The router's container image (docker/Dockerfile): FROM scratch with a static binary.
+    DockerImage {
+        /// The daemon to build with (default: DOCKER_HOST or the default socket).
+        #[arg(long, value_name = "URL")]
+        docker_host: Option<String>,
+    },
     /// Routed vs kernel VXLAN vs weave-router throughput and latency; writes BENCHMARKS.md.
     Bench(bench::Args),
     /// N routers in a random partial mesh: agreement after start, join and leave, control
@@ -91,6 +100,7 @@ fn main() {
                 demo::demo(keep, no_build)
             }
         }
+        Cmd::DockerImage { docker_host } => docker_image::build(docker_host.as_deref()),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::Scale(args) => scale::scale(args),
     };

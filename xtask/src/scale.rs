@@ -62,6 +62,10 @@ pub struct Args {
     /// the 2-3 connections it dialled and the ones dialled to it).
     #[arg(long)]
     also_no_discovery: bool,
+    /// After each size, measure it once more with the in-memory data path (the control
+    /// plane alone, without the kernel's cost of one VXLAN device per peer and router).
+    #[arg(long, conflicts_with = "fake_datapath")]
+    also_fake_datapath: bool,
     /// Only remove what an interrupted run left behind.
     #[arg(long)]
     down: bool,
@@ -527,6 +531,9 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          *Start traffic*: the same counter from the first launch until agreement; *join traffic*: from the join until agreement; \
          *after join*: KiB/s in each of the 5 s after that agreement. \
          *RSS*: VmRSS of each idle router from /proc/<pid>/status. \
+         *eBPF* rows: every router loads the kernel programs and keeps one VXLAN device per directly connected peer, \
+         so a full mesh of N puts N·(N−1) devices into this one kernel (a real host holds N−1); \
+         *fake* rows: the in-memory data path, the control plane alone. \
          The kernel's ARP table, shared by all namespaces, is raised for the run (gc_thresh3 65536): N hosts in a full mesh need ~N² entries. \
          Agreement is polled (4 threads, `GET /status/mesh`), so times are upper bounds within ~10 ms per router polled. \
          Limits: {} s to launch one size, {} s per agreement (\"—\" = not reached, see the notes).\n",
@@ -652,20 +659,22 @@ pub fn scale(a: Args) -> Result<()> {
         agree: Duration::from_secs(a.agree_limit),
     };
     let idle = Duration::from_secs(a.idle_secs);
-    let mut variants = vec![more.clone()];
+    // (launch arguments, fake data path) of each measurement of one size.
+    let mut variants = vec![(more.clone(), a.fake_datapath)];
     if a.also_no_discovery && !more.iter().any(|m| m == "--no-discovery") {
         let mut v = more.clone();
         v.push("--no-discovery".into());
-        variants.push(v);
+        variants.push((v, a.fake_datapath));
+    }
+    if a.also_fake_datapath {
+        variants.push((more.clone(), true));
     }
     'sizes: for &n in &a.sizes {
-        for v in &variants {
-            match measure(n, a.fake_datapath, v, idle, limit, &mut rng) {
+        for (v, fake) in &variants {
+            match measure(n, *fake, v, idle, limit, &mut rng) {
                 Ok(r) => rows.push(r),
                 // Only a router that cannot start is blamed on the data path.
-                Err(e)
-                    if !a.fake_datapath && !stopping() && format!("{e:#}").contains("launch") =>
-                {
+                Err(e) if !*fake && !stopping() && format!("{e:#}").contains("launch") => {
                     println!("    {n} routers with the eBPF data path failed: {e:#}");
                     println!("    measuring the control plane alone instead (--fake-datapath)");
                     weave_tests::sweep(PREFIX);
@@ -703,6 +712,9 @@ pub fn scale(a: Args) -> Result<()> {
     }
     if a.also_no_discovery {
         cmdline.push_str(" --also-no-discovery");
+    }
+    if a.also_fake_datapath {
+        cmdline.push_str(" --also-fake-datapath");
     }
     let section = render(&a, &rows, seed, &cmdline);
     println!("\n{section}");

@@ -33,6 +33,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "dnsmasq: the upstream DNS server of the DNS tests (no system service)",
     ),
     ("dnsperf", "dnsperf: DNS bench"),
+    (
+        "docker.io",
+        "dockerd, docker: one daemon per simulated host in the Docker tests",
+    ),
+    (
+        "busybox-static",
+        "busybox: the Docker tests' image, built offline",
+    ),
 ];
 
 /// The bpf-linker release the eBPF build uses.

@@ -13,6 +13,7 @@
 //!
 //! Errors answer with a fitting status code and one line of text.
 
+pub mod docker;
 pub mod ipam;
 pub mod metrics;
 pub mod text;
@@ -139,6 +140,8 @@ pub struct ApiState {
     controller: std::sync::RwLock<Option<Arc<dyn Controller>>>,
     /// The DNS service, when it runs.
     dns: std::sync::RwLock<Option<Arc<crate::dns::Dns>>>,
+    /// The Docker integration, when on.
+    docker: std::sync::RwLock<Option<Arc<crate::docker::DockerService>>>,
     /// Set to true by `POST /stop`.
     stop: watch::Sender<bool>,
 }
@@ -148,6 +151,7 @@ impl ApiState {
         Self {
             controller: std::sync::RwLock::new(None),
             dns: std::sync::RwLock::new(None),
+            docker: std::sync::RwLock::new(None),
             stop,
         }
     }
@@ -160,6 +164,24 @@ impl ApiState {
     /// The DNS service the API answers for.
     pub fn set_dns(&self, dns: Option<Arc<crate::dns::Dns>>) {
         *self.dns.write().unwrap_or_else(|e| e.into_inner()) = dns;
+    }
+
+    /// The Docker integration the API answers for.
+    pub fn set_docker(&self, docker: Option<Arc<crate::docker::DockerService>>) {
+        *self.docker.write().unwrap_or_else(|e| e.into_inner()) = docker;
+    }
+
+    fn docker_on(&self) -> Result<Arc<crate::docker::DockerService>, ApiError> {
+        self.docker
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::NOT_FOUND,
+                    "Docker integration is off in this router (launched with --no-docker)".into(),
+                )
+            })
     }
 
     fn dns(&self) -> Option<Arc<crate::dns::Dns>> {
@@ -407,6 +429,9 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/dns/add", post(dns_add))
         .route("/dns/remove", post(dns_remove))
         .route("/dns/lookup/{name}", get(dns_lookup))
+        .route("/docker", get(docker::info))
+        .route("/docker/attach", post(docker::attach))
+        .route("/docker/detach", post(docker::detach))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(state)
 }
@@ -443,12 +468,11 @@ async fn ps(State(s): AppState) -> Result<String, ApiError> {
     let mut out = String::new();
     for e in s.ready()?.endpoints() {
         let v = EndpointView::from(&e);
-        out.push_str(&format!(
-            "{} {} {}\n",
-            v.netns.display(),
-            v.mac,
-            v.addresses.join(" ")
-        ));
+        let who = match &e.owner {
+            Some(o) => crate::docker::short(o).to_string(),
+            None => v.netns.display().to_string(),
+        };
+        out.push_str(&format!("{} {} {}\n", who, v.mac, v.addresses.join(" ")));
     }
     Ok(out)
 }
@@ -502,57 +526,24 @@ fn check_netns(netns: &std::path::Path) -> Result<(), ApiError> {
 }
 
 async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
-    let c = s.ready()?;
+    s.ready()?;
     let body: AttachBody = parse_json(&body)?;
     check_netns(&body.netns)?;
-    let named = match &body.hostname {
-        Some(h) => {
-            let dns = s.dns_on()?;
-            let fqdn = dns.qualify(h).map_err(|e| bad_request(e.to_string()))?;
-            Some((dns, fqdn))
-        }
-        None => None,
-    };
     let specs =
         crate::ipam::spec::parse_all(&body.addresses).map_err(|e| bad_request(e.to_string()))?;
-    if c.endpoints().iter().any(|e| e.netns == body.netns) {
-        return Err(DatapathError::AlreadyAttached(body.netns.clone()).into());
-    }
-    let ipam = c.ipam();
-    let owner = body.netns.display().to_string();
-    let addresses = ipam::resolve(ipam.as_deref(), &owner, &specs).await?;
-    let attached = c
-        .attach(AttachRequest {
+    let endpoint = s
+        .attach_endpoint(AttachOrder {
             netns: body.netns,
-            addresses,
+            specs,
+            hostname: body.hostname,
+            owner: None,
         })
-        .await;
-    let endpoint = match attached {
-        Ok(e) => e,
-        Err(e) => {
-            if let Some(i) = &ipam {
-                let _ = i.release(&owner);
-            }
-            return Err(e.into());
-        }
-    };
-    tracing::info!(
-        "attached {} as {}",
-        endpoint.netns.display(),
-        endpoint.host_ifname
-    );
-    if let Some((dns, fqdn)) = named {
-        let addrs: Vec<std::net::Ipv4Addr> = endpoint.addresses.iter().map(|a| a.addr).collect();
-        if !addrs.is_empty() {
-            dns.add(&endpoint.netns.to_string_lossy(), &addrs, &fqdn)
-                .map_err(|e| bad_request(e.to_string()))?;
-        }
-    }
+        .await?;
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
 }
 
 async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
-    let c = s.ready()?;
+    s.ready()?;
     let body: DetachBody = parse_json(&body)?;
     if !body.netns.is_absolute() {
         return Err(bad_request(format!(
@@ -560,24 +551,112 @@ async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
             body.netns.display()
         )));
     }
-    let endpoint = c.detach(body.netns).await?;
-    if let Some(dns) = s.dns() {
-        let _ = dns.remove(&endpoint.netns.to_string_lossy(), &[], None);
-    }
-    if let Some(i) = c.ipam() {
-        if let Err(e) = i.release(&endpoint.netns.display().to_string()) {
-            tracing::error!(
-                "cannot release the addresses of {}: {e}",
-                endpoint.netns.display()
-            );
-        }
-    }
-    tracing::info!(
-        "detached {} ({})",
-        endpoint.netns.display(),
-        endpoint.host_ifname
-    );
+    let endpoint = s.detach_endpoint(body.netns).await?;
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
+}
+
+/// What [`ApiState::attach_endpoint`] is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachOrder {
+    pub netns: PathBuf,
+    pub specs: Vec<crate::ipam::spec::AddressSpec>,
+    /// A name to register in the DNS domain for the addresses (removed on detach).
+    pub hostname: Option<String>,
+    /// Whose addresses and names they are (a container ID); the namespace path when `None`.
+    pub owner: Option<String>,
+}
+
+impl ApiState {
+    /// The attached endpoints.
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, ApiError> {
+        Ok(self.ready()?.endpoints())
+    }
+
+    /// IP allocation, when the router is up and has it on.
+    pub fn ipam_service(&self) -> Option<Arc<crate::ipam::service::IpamService>> {
+        self.ready().ok().and_then(|c| c.ipam())
+    }
+
+    /// The DNS service, when it runs.
+    pub fn dns_service(&self) -> Option<Arc<crate::dns::Dns>> {
+        self.dns()
+    }
+
+    /// Allocates or claims the addresses, gives the namespace its interface and registers
+    /// the name. On any error nothing is left: no interface, no allocation, no name.
+    pub async fn attach_endpoint(&self, order: AttachOrder) -> Result<Endpoint, ApiError> {
+        let c = self.ready()?;
+        let named = match &order.hostname {
+            Some(h) => {
+                let dns = self.dns_on()?;
+                let fqdn = dns.qualify(h).map_err(|e| bad_request(e.to_string()))?;
+                Some((dns, fqdn))
+            }
+            None => None,
+        };
+        if c.endpoints().iter().any(|e| e.netns == order.netns) {
+            return Err(DatapathError::AlreadyAttached(order.netns.clone()).into());
+        }
+        let ipam = c.ipam();
+        let owner = order
+            .owner
+            .clone()
+            .unwrap_or_else(|| order.netns.display().to_string());
+        let addresses = ipam::resolve(ipam.as_deref(), &owner, &order.specs).await?;
+        let attached = c
+            .attach(AttachRequest {
+                netns: order.netns,
+                addresses,
+                owner: order.owner,
+            })
+            .await;
+        let endpoint = match attached {
+            Ok(e) => e,
+            Err(e) => {
+                if let Some(i) = &ipam {
+                    let _ = i.release(&owner);
+                }
+                return Err(e.into());
+            }
+        };
+        tracing::info!(
+            "attached {} as {}",
+            endpoint.netns.display(),
+            endpoint.host_ifname
+        );
+        if let Some((dns, fqdn)) = named {
+            let addrs: Vec<std::net::Ipv4Addr> =
+                endpoint.addresses.iter().map(|a| a.addr).collect();
+            if !addrs.is_empty() {
+                if let Err(e) = dns.add(&owner, &addrs, &fqdn) {
+                    let _ = self.detach_endpoint(endpoint.netns.clone()).await;
+                    return Err(bad_request(e.to_string()));
+                }
+            }
+        }
+        Ok(endpoint)
+    }
+
+    /// Takes the namespace's interface away, removes its names and releases its addresses.
+    pub async fn detach_endpoint(&self, netns: PathBuf) -> Result<Endpoint, ApiError> {
+        let c = self.ready()?;
+        let endpoint = c.detach(netns).await?;
+        let owner = endpoint.owner();
+        if let Some(dns) = self.dns() {
+            let _ = dns.remove(&owner, &[], None);
+        }
+        if let Some(i) = c.ipam() {
+            if let Err(e) = i.release(&owner) {
+                tracing::error!("cannot release the addresses of {owner}: {e}");
+            }
+        }
+        tracing::info!(
+            "detached {} ({})",
+            endpoint.netns.display(),
+            endpoint.host_ifname
+        );
+        Ok(endpoint)
+    }
 }
 
 async fn connect(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {

@@ -332,6 +332,24 @@ pub fn routes_overlapping(range: crate::ipam::cidr::Cidr) -> Vec<(String, String
         .collect()
 }
 
+/// The Docker event watcher and, unless turned off, the Docker API proxy.
+fn start_docker(
+    api_state: &Arc<ApiState>,
+    settings: &crate::docker::DockerSettings,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let service = crate::docker::DockerService::new(api_state.clone(), settings.clone());
+    api_state.set_docker(Some(service.clone()));
+    let mut tasks = vec![tokio::spawn(crate::docker::watcher::run(service.clone()))];
+    if let Some(path) = settings.proxy_socket.clone() {
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::docker::proxy::serve(service, path).await {
+                tracing::error!("{e}; running without the Docker proxy");
+            }
+        }));
+    }
+    tasks
+}
+
 /// Everything ready but the data path.
 struct Up<'a> {
     config: &'a Config,
@@ -440,10 +458,25 @@ impl Up<'_> {
             xdp,
         };
         self.api_state.set_ready(Arc::new(controller));
+        let docker_tasks = match &self.config.docker {
+            Some(settings) => start_docker(&self.api_state, settings),
+            None => Vec::new(),
+        };
         tracing::info!("ready");
 
         let _ = self.stop.wait_for(|s| *s).await;
         tracing::info!("stopping");
+        for t in docker_tasks {
+            t.abort();
+        }
+        if let Some(p) = self
+            .config
+            .docker
+            .as_ref()
+            .and_then(|d| d.proxy_socket.as_ref())
+        {
+            let _ = std::fs::remove_file(p);
+        }
         if let Some(dns) = dns {
             let _ = tokio::task::spawn_blocking(move || dns.stop()).await;
         }

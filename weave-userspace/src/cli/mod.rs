@@ -62,15 +62,17 @@ pub enum Command {
     },
     /// Print the router's state as JSON.
     Report(ApiArgs),
-    /// Give a network namespace an `ethwe` interface on the weave bridge.
+    /// Give a network namespace (--netns) or a running Docker container an `ethwe` interface
+    /// on the weave bridge: attach [ADDR...] CONTAINER, or attach [ADDR...] --netns PATH.
     Attach {
         /// Addresses: net:default (what none means), net:CIDR (allocated in that subnet),
-        /// ip:CIDR or CIDR (that address, like 10.2.1.1/24).
+        /// ip:CIDR or CIDR (that address, like 10.2.1.1/24); then the container (name or
+        /// ID) unless --netns is given.
         #[arg(value_name = "ADDR")]
         addresses: Vec<String>,
         /// The network namespace (like /run/netns/c1 or /proc/<pid>/ns/net).
         #[arg(long, value_name = "PATH")]
-        netns: PathBuf,
+        netns: Option<PathBuf>,
         /// Register NAME in the DNS domain (NAME.weave.local.) for the addresses.
         #[arg(long, value_name = "NAME")]
         hostname: Option<String>,
@@ -100,7 +102,8 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// List the attached network namespaces with their MAC and addresses.
+    /// List the attached network namespaces (Docker containers by short ID) with their MAC
+    /// and addresses.
     Ps(ApiArgs),
     /// Give this host an address on the weave network (net:default when none is given) and
     /// masquerade that subnet's traffic to the outside.
@@ -115,10 +118,17 @@ pub enum Command {
     /// Detach everything, hand this router's IP space to a reachable peer, forget the IP
     /// allocation state and stop.
     Reset(ApiArgs),
-    /// Take the `ethwe` interface of a network namespace away.
+    /// Take the `ethwe` interface of a Docker container (by name or ID) or of a network
+    /// namespace (--netns) away, with its addresses and names.
     Detach {
+        #[arg(
+            value_name = "CONTAINER",
+            required_unless_present = "netns",
+            conflicts_with = "netns"
+        )]
+        container: Option<String>,
         #[arg(long, value_name = "PATH")]
-        netns: PathBuf,
+        netns: Option<PathBuf>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -163,6 +173,17 @@ pub enum Command {
     /// Print the resolver settings a container needs (--dns=IP --dns-search=DOMAIN).
     #[command(name = "dns-args")]
     DnsArgs(ApiArgs),
+    /// Print the shell commands that point the docker CLI at the router's Docker proxy:
+    /// eval $(weave-router env); with --restore, back at the daemon.
+    Env {
+        #[arg(long)]
+        restore: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print the docker CLI option that goes through the router's Docker proxy
+    /// (docker $(weave-router config) run ...).
+    Config(ApiArgs),
     /// Print the version.
     Version,
 }
@@ -227,11 +248,24 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Attach {
-            addresses,
+            mut addresses,
             netns,
             hostname,
             api,
         } => {
+            let Some(netns) = netns else {
+                let container = attach_container(&mut addresses)?;
+                crate::ipam::spec::parse_all(&addresses)?;
+                let body = serde_json::to_string(&crate::api::docker::ContainerBody {
+                    container,
+                    addresses,
+                })?;
+                let e: EndpointView =
+                    serde_json::from_str(&post(api.addr()?, "/docker/attach", &body)?)
+                        .context("unexpected answer")?;
+                println!("{} {}", e.mac, e.addresses.join(" "));
+                return Ok(());
+            };
             crate::ipam::spec::parse_all(&addresses)?;
             if let Some(h) = &hostname {
                 crate::dns::records::normalise_name(h)?;
@@ -270,7 +304,19 @@ pub fn run() -> anyhow::Result<()> {
             print!("{}", get(api.addr()?, "/ps")?);
             Ok(())
         }
-        Command::Detach { netns, api } => {
+        Command::Detach {
+            container,
+            netns,
+            api,
+        } => {
+            let Some(netns) = netns else {
+                let body = serde_json::to_string(&crate::api::docker::ContainerBody {
+                    container: container.unwrap_or_default(),
+                    addresses: Vec::new(),
+                })?;
+                post(api.addr()?, "/docker/detach", &body)?;
+                return Ok(());
+            };
             let netns = netns_path(&netns)?;
             let body = serde_json::to_string(&DetachBody { netns })?;
             post(api.addr()?, "/detach", &body)?;
@@ -342,11 +388,42 @@ pub fn run() -> anyhow::Result<()> {
             println!("{}", crate::dns::dns_args(&info));
             Ok(())
         }
+        Command::Env { restore, api } => {
+            let info = docker_info(&api)?;
+            if restore {
+                println!("export DOCKER_HOST={}", info.docker_host);
+                return Ok(());
+            }
+            let proxy = info
+                .proxy
+                .ok_or_else(|| anyhow::anyhow!("the router runs no Docker proxy (--no-proxy)"))?;
+            println!("export DOCKER_HOST={proxy}");
+            Ok(())
+        }
+        Command::Config(api) => {
+            let proxy = docker_info(&api)?
+                .proxy
+                .ok_or_else(|| anyhow::anyhow!("the router runs no Docker proxy (--no-proxy)"))?;
+            println!("-H={proxy}");
+            Ok(())
+        }
         Command::Version => {
             println!("weave-router {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
     }
+}
+
+/// Takes the container (the last word) off the words of `attach` without --netns.
+fn attach_container(words: &mut Vec<String>) -> anyhow::Result<String> {
+    match words.pop() {
+        Some(c) if c.parse::<crate::ipam::spec::AddressSpec>().is_err() => Ok(c),
+        _ => bail!("say which container to attach (or give --netns PATH)"),
+    }
+}
+
+fn docker_info(api: &ApiArgs) -> anyhow::Result<crate::docker::DockerInfo> {
+    serde_json::from_str(&get(api.addr()?, "/docker")?).context("unexpected answer")
 }
 
 /// A namespace path made absolute (the daemon runs elsewhere) and checked to exist.
@@ -489,8 +566,34 @@ mod tests {
         };
         assert_eq!(
             (addresses.len(), netns),
-            (2, PathBuf::from("/run/netns/c1"))
+            (2, Some(PathBuf::from("/run/netns/c1")))
         );
+        let Command::Attach {
+            mut addresses,
+            netns,
+            ..
+        } = parse(&["attach", "net:10.2.2.0/24", "w1"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(netns, None);
+        assert_eq!(attach_container(&mut addresses).unwrap(), "w1");
+        assert_eq!(addresses, vec!["net:10.2.2.0/24".to_string()]);
+        assert!(attach_container(&mut vec!["10.2.1.1/24".into()]).is_err());
+        assert!(attach_container(&mut vec![]).is_err());
+        assert!(matches!(
+            parse(&["detach", "w1"]).unwrap().command,
+            Command::Detach {
+                container: Some(_),
+                netns: None,
+                ..
+            }
+        ));
+        assert!(parse(&["detach"]).is_err());
+        assert!(matches!(
+            parse(&["env", "--restore"]).unwrap().command,
+            Command::Env { restore: true, .. }
+        ));
         assert!(matches!(
             parse(&["detach", "--netns", "/x"]).unwrap().command,
             Command::Detach { .. }
@@ -543,7 +646,6 @@ mod tests {
     #[test]
     fn unknown_and_incomplete_commands_are_refused() {
         assert!(parse(&["frobnicate"]).is_err());
-        assert!(parse(&["attach", "10.2.1.1/24"]).is_err());
         assert!(parse(&["status", "bogus"]).is_err());
     }
 

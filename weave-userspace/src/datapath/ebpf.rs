@@ -310,7 +310,7 @@ impl EbpfDatapath {
             ))
         })?;
 
-        let nl = Netlink::connect()?;
+        let nl = Netlink::connect_on_own_thread()?;
         let underlay = nl
             .link_by_name(&settings.underlay_iface)
             .await?
@@ -598,6 +598,7 @@ impl EbpfDatapath {
                 host_ifname: host_name.clone(),
                 mac,
                 addresses: request.addresses.clone(),
+                owner: request.owner.clone(),
             };
             self.take_up(&endpoint, host.index)?;
             self.service_neighbours(&endpoint, true).await?;

@@ -141,6 +141,7 @@ impl Datapath for FakeDatapath {
             host_ifname: format!("vethwe{n}"),
             mac: [0x02, 0, 0, 0, 0, n],
             addresses: request.addresses,
+            owner: request.owner,
         };
         s.endpoints.insert(request.netns, endpoint.clone());
         Ok(endpoint)

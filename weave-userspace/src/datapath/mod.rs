@@ -35,6 +35,10 @@ pub struct AttachRequest {
     pub netns: PathBuf,
     /// Addresses with prefix length, e.g. `10.2.1.1/24`.
     pub addresses: Vec<Ipv4Cidr>,
+    /// Who the addresses and names belong to (a Docker container ID); the namespace path
+    /// when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// An IPv4 address with a prefix length.
@@ -77,6 +81,19 @@ pub struct Endpoint {
     /// MAC address of `ethwe` inside the namespace.
     pub mac: [u8; 6],
     pub addresses: Vec<Ipv4Cidr>,
+    /// Who the addresses and names belong to (a Docker container ID); the namespace path
+    /// when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl Endpoint {
+    /// The owner of its addresses (IPAM) and names (DNS).
+    pub fn owner(&self) -> String {
+        self.owner
+            .clone()
+            .unwrap_or_else(|| self.netns.display().to_string())
+    }
 }
 
 /// Counters summed over CPUs.

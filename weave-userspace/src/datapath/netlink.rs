@@ -99,6 +99,51 @@ impl Netlink {
         Ok(Self { handle })
     }
 
+    /// Opens a connection in the calling thread's network namespace whose driver runs on a
+    /// thread of its own. The kernel handles a route netlink request inside the sender's
+    /// `sendmsg`, under the global rtnl lock: while other processes hold that lock (many
+    /// devices created at once), the sending thread sleeps. On its own thread that stalls
+    /// only data-path changes, not the control connections on the router's runtime.
+    pub fn connect_on_own_thread() -> Result<Self, DatapathError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // A new thread starts in the network namespace of the thread that creates it.
+        std::thread::Builder::new()
+            .name("netlink".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(DatapathError::Netlink(format!(
+                            "cannot start the netlink thread: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match rtnetlink::new_connection() {
+                        Ok((conn, handle, _)) => {
+                            let _ = tx.send(Ok(handle));
+                            // Ends when every handle is dropped.
+                            conn.await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(DatapathError::Netlink(format!(
+                                "cannot open a netlink socket: {e}"
+                            ))));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| DatapathError::Netlink(format!("cannot start the netlink thread: {e}")))?;
+        let handle = rx.recv().map_err(|_| {
+            DatapathError::Netlink("the netlink thread ended before connecting".into())
+        })??;
+        Ok(Self { handle })
+    }
+
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, DatapathError> {
         let mut req = self
             .handle

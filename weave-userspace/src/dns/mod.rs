@@ -309,6 +309,11 @@ impl Dns {
             .unwrap_or_default())
     }
 
+    /// The peer whose names this service registers.
+    pub fn peer_name(&self) -> crate::mesh::peer_name::PeerName {
+        self.records.me()
+    }
+
     pub fn info(&self) -> DnsInfo {
         DnsInfo {
             domain: self.config.domain.clone(),

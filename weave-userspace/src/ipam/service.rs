@@ -234,6 +234,19 @@ impl IpamService {
         self.step(|ipam, _| ipam.release_address(owner, addr).map(|e| ((), e)))
     }
 
+    /// Everyone with an address here.
+    pub fn owners(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .lock()
+            .allocator()
+            .allocations()
+            .map(|a| a.owner.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The addresses allocated to `owner`.
     pub fn addresses_of(&self, owner: &str) -> Vec<Ipv4Cidr> {
         self.lock().allocator().addresses_of(owner)

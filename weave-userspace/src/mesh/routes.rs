@@ -88,19 +88,6 @@ impl Graph {
     }
 }
 
-/// Our children in the broadcast tree of `source`, computed afresh from the topology (for
-/// a source that the last computed routes do not know yet).
-pub fn children_in_tree(topology: &Topology, source: PeerName) -> Vec<PeerName> {
-    let graph = Graph::new(topology);
-    let (Some(me), Some(root)) = (graph.index(&topology.ourself().name), graph.index(&source))
-    else {
-        return Vec::new();
-    };
-    let mut parents = Vec::new();
-    graph.bfs_parents(root, &mut parents, &mut VecDeque::new());
-    graph.children(&parents, me)
-}
-
 /// Computes our routes from the topology.
 pub fn compute(topology: &Topology) -> Routes {
     let graph = Graph::new(topology);

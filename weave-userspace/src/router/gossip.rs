@@ -23,6 +23,10 @@ pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
 /// Shortest time between two route computations: a stream of topology changes (a join
 /// in a large full mesh) is folded into a few.
 pub const ROUTES_INTERVAL: Duration = Duration::from_millis(100);
+/// Route computation may take at most 1/ROUTES_DUTY of the time: after a computation that
+/// took `d`, the next waits at least `ROUTES_DUTY · d` (when that is above ROUTES_INTERVAL),
+/// so that a large mesh under churn does not spend a router's whole CPU on routes.
+const ROUTES_DUTY: u32 = 20;
 /// Shortest time between two publications of our own record: a burst of connection
 /// changes (a join in a full mesh) goes out as one record.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -40,6 +44,13 @@ pub(super) struct MeshView {
     pub routes_stale: bool,
     /// When routes were last computed.
     pub routes_at: Option<tokio::time::Instant>,
+    /// How long the last computation took.
+    pub routes_cost: Duration,
+    /// Routes computed for passing on gossip from sources the installed routes do not know
+    /// yet (a peer that just joined): computed once per unknown source, not per message.
+    pub lookup_routes: Option<Routes>,
+    /// The topology changed since `lookup_routes` were computed.
+    pub lookup_stale: bool,
     /// Our record changed since it was last sent to our neighbours.
     pub publish_pending: bool,
     /// When our record was last sent.
@@ -57,6 +68,9 @@ impl MeshView {
             trees: BTreeMap::new(),
             routes_stale: false,
             routes_at: None,
+            routes_cost: Duration::ZERO,
+            lookup_routes: None,
+            lookup_stale: false,
             publish_pending: false,
             published_at: None,
             published: None,
@@ -124,11 +138,23 @@ impl<D: Datapath> Inner<D> {
     /// Our children in `origin`'s broadcast tree: from the installed routes, or computed
     /// afresh for an origin they do not know yet.
     pub(super) fn tree_children(&self, origin: PeerName) -> Vec<PeerName> {
-        let view = self.view();
-        match view.routes.broadcast.get(&origin) {
-            Some(children) => children.clone(),
-            None => routes::children_in_tree(&view.topology, origin),
+        let mut view = self.view();
+        if let Some(children) = view.routes.broadcast.get(&origin) {
+            return children.clone();
         }
+        let known = view
+            .lookup_routes
+            .as_ref()
+            .is_some_and(|r| r.broadcast.contains_key(&origin));
+        if !known && (view.lookup_routes.is_none() || view.lookup_stale) {
+            view.lookup_routes = Some(routes::compute(&view.topology));
+            view.lookup_stale = false;
+        }
+        view.lookup_routes
+            .as_ref()
+            .and_then(|r| r.broadcast.get(&origin))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Sends the versions of our records on one connection: the neighbour answers with
@@ -254,7 +280,9 @@ impl<D: Datapath> Inner<D> {
     /// Marks the routes for recomputation; the event loop does it once a burst of events
     /// has been handled (recomputation is coalesced).
     fn routes_stale(&self) {
-        self.view().routes_stale = true;
+        let mut view = self.view();
+        view.routes_stale = true;
+        view.lookup_stale = true;
     }
 
     /// Recomputes and installs routes if anything changed since the last time and the
@@ -267,17 +295,16 @@ impl<D: Datapath> Inner<D> {
             if !view.routes_stale {
                 return None;
             }
-            if let Some(due) = view
-                .routes_at
-                .map(|t| t + ROUTES_INTERVAL)
-                .filter(|due| *due > now)
-            {
+            let pause = ROUTES_INTERVAL.max(view.routes_cost * ROUTES_DUTY);
+            if let Some(due) = view.routes_at.map(|t| t + pause).filter(|due| *due > now) {
                 return Some(due);
             }
             view.routes_stale = false;
             view.routes_at = Some(now);
         }
         self.apply_routes().await;
+        let cost = now.elapsed();
+        self.view().routes_cost = cost;
         None
     }
 
@@ -447,6 +474,7 @@ impl<D: Datapath> Inner<D> {
                 tracing::info!("peers no longer reachable, forgotten: {gone:?}");
             }
             view.routes = routes::compute(&view.topology);
+            view.lookup_routes = None;
             let mut wanted = BTreeMap::new();
             for (dst, hop) in &view.routes.unicast {
                 if dst == hop || direct.contains(dst) {

@@ -1,0 +1,266 @@
+//! Docker integration: containers started with `docker run` join the weave network.
+//!
+//! - [`client`]: the Docker Engine API (bollard), what a container is and asks for.
+//! - [`cidr`]: `WEAVE_CIDR`, the addresses a container asks for.
+//! - [`watcher`]: follows the daemon's events (attach on start, detach on die), re-syncs
+//!   with the running containers after a (re)connect, and reconnects when the daemon goes.
+//! - [`proxy`]: the Docker API on a unix socket of our own (`eval $(weave-router env)`),
+//!   which checks `WEAVE_CIDR` at create and attaches at start, before it answers.
+//!
+//! A container's addresses and names belong to its container ID (as in Weave): IPAM owner
+//! and DNS container ID alike, so they outlive a router restart and go when it stops.
+
+pub mod cidr;
+pub mod client;
+pub mod proxy;
+pub mod watcher;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::api::{ApiError, ApiState, AttachOrder};
+use crate::datapath::Endpoint;
+use crate::ipam::spec::AddressSpec;
+use cidr::WeaveCidr;
+use client::{is_container_id, ContainerFacts, DockerClient, DockerError};
+
+/// The default Docker daemon.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// Where the proxy listens by default.
+pub const DEFAULT_PROXY_SOCKET: &str = "/run/weave-router/weave.sock";
+
+/// How the router reaches Docker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// The daemon (`unix://PATH`).
+    pub host: String,
+    /// Where the proxy listens; `None`: no proxy.
+    pub proxy_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Cidr(#[from] cidr::WeaveCidrError),
+    #[error("{0}")]
+    Router(String),
+}
+
+impl From<ApiError> for AttachError {
+    fn from(e: ApiError) -> Self {
+        AttachError::Router(e.1)
+    }
+}
+
+/// The Docker side of a router: the current connection to the daemon and the one place
+/// containers are attached and detached (the watcher and the proxy both go through it).
+pub struct DockerService {
+    api: Arc<ApiState>,
+    settings: DockerSettings,
+    client: Mutex<Option<DockerClient>>,
+    /// Serialises attach, detach and re-sync: a container is attached once, whoever sees
+    /// it start first.
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// What `GET /docker` shows.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct DockerInfo {
+    pub docker_host: String,
+    /// `unix://` address of the proxy, when it runs.
+    pub proxy: Option<String>,
+    /// The negotiated API version while connected.
+    pub api_version: Option<String>,
+}
+
+impl DockerService {
+    pub fn new(api: Arc<ApiState>, settings: DockerSettings) -> Arc<Self> {
+        Arc::new(Self {
+            api,
+            settings,
+            client: Mutex::new(None),
+            busy: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn settings(&self) -> &DockerSettings {
+        &self.settings
+    }
+
+    pub fn info(&self) -> DockerInfo {
+        DockerInfo {
+            docker_host: self.settings.host.clone(),
+            proxy: self
+                .settings
+                .proxy_socket
+                .as_ref()
+                .map(|p| format!("unix://{}", p.display())),
+            api_version: self.client().map(|c| c.api_version()),
+        }
+    }
+
+    /// The connection to the daemon, while there is one.
+    pub fn client(&self) -> Option<DockerClient> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_client(&self, c: Option<DockerClient>) {
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// A connection: the current one, else a new one.
+    pub async fn connected(&self) -> Result<DockerClient, DockerError> {
+        if let Some(c) = self.client() {
+            return Ok(c);
+        }
+        DockerClient::connect(&self.settings.host).await
+    }
+
+    /// The endpoint of a container, if attached.
+    fn endpoint_of(&self, id: &str) -> Option<Endpoint> {
+        self.api
+            .endpoints()
+            .ok()?
+            .into_iter()
+            .find(|e| e.owner.as_deref() == Some(id))
+    }
+
+    /// Attaches a running container as it asks (`specs` overrides what it asks for), unless
+    /// it is attached already in its current namespace. `Ok(None)`: it does not ask to be.
+    pub async fn attach(
+        &self,
+        facts: &ContainerFacts,
+        specs: Option<Vec<AddressSpec>>,
+    ) -> Result<Option<Endpoint>, AttachError> {
+        let _busy = self.busy.lock().await;
+        self.attach_locked(facts, specs).await
+    }
+
+    async fn attach_locked(
+        &self,
+        facts: &ContainerFacts,
+        specs: Option<Vec<AddressSpec>>,
+    ) -> Result<Option<Endpoint>, AttachError> {
+        let specs = match specs {
+            Some(s) => s,
+            None => match &facts.wants {
+                None | Some(Ok(WeaveCidr::Detached)) => return Ok(None),
+                Some(Ok(WeaveCidr::Attached(s))) => s.clone(),
+                Some(Err(e)) => return Err(e.clone().into()),
+            },
+        };
+        let netns = facts
+            .netns()
+            .ok_or_else(|| DockerError::NotRunning(facts.name.clone()))?;
+        if let Some(e) = self.endpoint_of(&facts.id) {
+            if e.netns == netns {
+                return Ok(Some(e));
+            }
+            // Restarted: its earlier namespace is gone.
+            self.api.detach_endpoint(e.netns).await?;
+        }
+        let hostname = self
+            .api
+            .dns_service()
+            .filter(|d| d.qualify(&facts.name).is_ok())
+            .map(|_| facts.name.clone());
+        let endpoint = self
+            .api
+            .attach_endpoint(AttachOrder {
+                netns,
+                specs,
+                hostname,
+                owner: Some(facts.id.clone()),
+            })
+            .await?;
+        tracing::info!(
+            "Docker container {} ({}) attached: {}",
+            facts.name,
+            short(&facts.id),
+            endpoint
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        Ok(Some(endpoint))
+    }
+
+    /// Detaches a container (it stopped): its interface, addresses and names go.
+    /// `Ok(None)`: it had nothing.
+    pub async fn detach(&self, id: &str) -> Result<Option<Endpoint>, AttachError> {
+        let _busy = self.busy.lock().await;
+        self.detach_locked(id).await
+    }
+
+    async fn detach_locked(&self, id: &str) -> Result<Option<Endpoint>, AttachError> {
+        let endpoint = match self.endpoint_of(id) {
+            Some(e) => Some(self.api.detach_endpoint(e.netns).await?),
+            None => None,
+        };
+        // Whatever is left of it (say, it stopped while the router was down).
+        let mut released = Vec::new();
+        if let Some(i) = self.api.ipam_service() {
+            released = i.release(id).unwrap_or_default();
+        }
+        if let Some(d) = self.api.dns_service() {
+            let _ = d.remove(id, &[], None);
+        }
+        if endpoint.is_some() || !released.is_empty() {
+            tracing::info!("Docker container {} detached", short(id));
+        }
+        Ok(endpoint)
+    }
+
+    /// Brings the router in line with the running containers: attaches those that ask to
+    /// be and are not, detaches (and releases, and unnames) those that are gone.
+    pub async fn resync(&self, client: &DockerClient) -> Result<(), DockerError> {
+        let _busy = self.busy.lock().await;
+        let running = client.running().await?;
+        let alive: BTreeSet<&str> = running.iter().map(|c| c.id.as_str()).collect();
+        for c in &running {
+            if let Err(e) = self.attach_locked(c, None).await {
+                tracing::warn!("Docker container {}: {e}", c.name);
+            }
+        }
+        let mut gone = BTreeSet::new();
+        for e in self.api.endpoints().unwrap_or_default() {
+            if let Some(o) = e.owner.filter(|o| is_container_id(o)) {
+                gone.insert(o);
+            }
+        }
+        if let Some(i) = self.api.ipam_service() {
+            gone.extend(i.owners().into_iter().filter(|o| is_container_id(o)));
+        }
+        if let Some(d) = self.api.dns_service() {
+            let me = d.peer_name();
+            gone.extend(
+                d.info()
+                    .entries
+                    .into_iter()
+                    .filter(|e| e.origin == me && !e.tombstone && is_container_id(&e.container_id))
+                    .map(|e| e.container_id),
+            );
+        }
+        gone.retain(|id| !alive.contains(id.as_str()));
+        for id in gone {
+            if let Err(e) = self.detach_locked(&id).await {
+                tracing::warn!("Docker container {}: {e}", short(&id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first 12 digits of an ID, as Docker shows them.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
