@@ -80,17 +80,29 @@ impl Carrier {
     }
 }
 
-/// boringtun-cli: `$BORINGTUN_CLI`, else on PATH.
+/// boringtun-cli: `$BORINGTUN_CLI`, else on PATH (`$CARGO_HOME/bin` included), else
+/// installed from crates.io (`cargo install boringtun-cli`); `None` when that fails.
 fn boringtun_cli() -> Option<String> {
     if let Ok(p) = std::env::var("BORINGTUN_CLI") {
         return Some(p);
     }
-    let out = std::process::Command::new("sh")
-        .args(["-c", "command -v boringtun-cli"])
-        .output()
-        .ok()?;
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!p.is_empty()).then_some(p)
+    let find = || {
+        let out = run::cmd("sh")
+            .args(["-c", "command -v boringtun-cli"])
+            .output()
+            .ok()?;
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!p.is_empty()).then_some(p)
+    };
+    if let Some(p) = find() {
+        return Some(p);
+    }
+    step("sleeve bench: installing boringtun-cli from crates.io");
+    if let Err(e) = run::status(run::cargo().args(["install", "--locked", "boringtun-cli"])) {
+        println!("    boringtun-cli not installed ({e:#}); it is left out");
+        return None;
+    }
+    find()
 }
 
 /// Two hosts joined by boringtun (WireGuard in user space), 10.99.0.1 and 10.99.0.2.
@@ -176,12 +188,9 @@ fn tcp1(p: &Carrier, seconds: u32) -> Result<(f64, f64)> {
     ))
 }
 
+/// The median, or `None` without samples.
 fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Some(v[v.len() / 2])
+    (!v.is_empty()).then(|| crate::stats::median(v))
 }
 
 fn fmt(v: Option<f64>, prec: usize) -> String {

@@ -41,6 +41,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "busybox-static",
         "busybox: the Docker tests' image, built offline",
     ),
+    (
+        "wireguard-tools",
+        "wg: configuring boringtun, the user-space WireGuard the sleeve bench compares against",
+    ),
 ];
 
 /// The bpf-linker release the eBPF build uses.
