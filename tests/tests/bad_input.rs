@@ -122,6 +122,18 @@ fn bad_input_gets_one_line_and_non_zero_exit() {
             "bad peer address",
             vec!["launch", "300.1.2.3", "--state-dir", &sd, "--iface", "eth0"],
         ),
+        (
+            "bad trusted subnet",
+            vec![
+                "launch",
+                "--trusted-subnets",
+                "198.18.0.0/24,10.0.0.0/33",
+                "--state-dir",
+                &sd,
+                "--iface",
+                "eth0",
+            ],
+        ),
     ];
     for (what, args) in &launches {
         let before = probe::links(&bed.host(2).ns).expect("links");

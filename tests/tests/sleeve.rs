@@ -6,7 +6,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use weave_tests::bed::host_addr;
-use weave_tests::{cmd, probe, require_root, Background, Netns, TestBed};
+use weave_tests::{cmd, probe, require_root, Background, LaunchOpts, Netns, TestBed};
 
 /// The marker ping carries in every payload (`ping -p`).
 const MARKER_HEX: &str = "5e1ec7ab1ec0ffee5e1ec7ab1ec0ffee";
@@ -246,5 +246,93 @@ fn sleeve_without_password_carries_traffic_when_asked() {
     assert!(
         probe::metric_sum(&m, |s| s.name == "weave_sleeve_datagrams_total") > 0.0,
         "{m}"
+    );
+}
+
+#[test]
+fn trusted_subnets_skip_encryption_only_when_both_ends_trust() {
+    if !require_root("trusted_subnets_skip_encryption_only_when_both_ends_trust") {
+        return;
+    }
+    let mut bed = TestBed::new("cxt", 2).expect("test bed");
+    // Both hosts trust the whole underlay.
+    bed.launch_mesh(&[
+        "--password",
+        "trusted secret",
+        "--trusted-subnets",
+        "10.99.0.0/16,198.18.0.0/24",
+    ])
+    .expect("routers connect");
+    for i in 1..=2 {
+        let c = bed.router(i).connections().unwrap();
+        assert!(c.contains("unencrypted fastdp"), "host{i}:\n{c}");
+        let s = bed.router(i).check(&["status"]).unwrap();
+        assert!(s.contains("Encryption: enabled"), "host{i}:\n{s}");
+    }
+    let a = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.2/24")
+        .expect("attach");
+    let ca = bed.container(a);
+    ca.wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    let cap = PcapCapture::start(&bed.host(1).ns, "eth0", "cxt-underlay");
+    let out = ca
+        .ns
+        .run(&[
+            "ping", "-c", "3", "-i", "0.2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
+        ])
+        .expect("ping");
+    assert!(out.success(), "{}", out.stdout);
+    let frames = cap.stop();
+    let m = marker();
+    assert!(
+        frames
+            .iter()
+            .filter_map(|f| udp(f))
+            .any(|(_, port, p)| port == 6784 && p.windows(m.len()).any(|w| w == m)),
+        "trusted peers: the marker should travel in plain VXLAN"
+    );
+    assert!(
+        !frames
+            .iter()
+            .filter_map(|f| udp(f))
+            .any(|(_, port, _)| port == 6783),
+        "trusted peers: nothing should go through the sleeve"
+    );
+
+    // Host2 comes back without trusting anyone: host1 still trusts it, but that is not
+    // enough, so their data is sealed in the sleeve again.
+    let opts = LaunchOpts {
+        peers: vec![host_addr(1).to_string()],
+        extra: vec!["--password".into(), "trusted secret".into()],
+    };
+    bed.relaunch(2, &opts).expect("host2 again");
+    for i in 1..=2 {
+        bed.router(i)
+            .wait_established(1, Duration::from_secs(30))
+            .expect("connected again");
+        let c = bed.router(i).connections().unwrap();
+        assert!(
+            c.contains("encrypted   sleeve") && !c.contains("fastdp"),
+            "host{i}:\n{c}"
+        );
+    }
+    let ca = bed.container(a);
+    ca.wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    let cap = PcapCapture::start(&bed.host(1).ns, "eth0", "cxt-underlay2");
+    let out = ca
+        .ns
+        .run(&[
+            "ping", "-c", "3", "-i", "0.2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
+        ])
+        .expect("ping");
+    assert!(out.success(), "{}", out.stdout);
+    let frames = cap.stop();
+    assert!(
+        !frames.iter().any(|f| f.windows(m.len()).any(|w| w == m)),
+        "one-sided trust: the marker is on the underlay in plain text"
     );
 }

@@ -79,6 +79,11 @@ pub struct LaunchArgs {
     /// over --password and WEAVE_PASSWORD.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Underlay subnets whose peers are trusted (comma-separated CIDRs): with a password,
+    /// data to a peer in them goes unencrypted through the kernel fast path, when that peer
+    /// trusts our address too (the control connection stays encrypted).
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub trusted_subnets: Vec<crate::datapath::Ipv4Cidr>,
     /// The data path between hosts: fastdp (kernel VXLAN) or sleeve (user space, UDP
     /// 6783). A password always uses the sleeve: nothing leaves as plain VXLAN.
     #[arg(long, value_enum, default_value_t = DatapathMode::Fastdp)]
@@ -156,6 +161,8 @@ pub struct Config {
     pub password: Option<crate::crypto::password::Password>,
     /// Peers' traffic through the sleeve (`--datapath sleeve`, or a password).
     pub sleeve: bool,
+    /// `--trusted-subnets`.
+    pub trusted_subnets: Vec<crate::datapath::Ipv4Cidr>,
     /// `None` with `--no-docker`.
     pub docker: Option<crate::docker::DockerSettings>,
 }
@@ -399,6 +406,7 @@ impl LaunchArgs {
             pin_root: self.pin_root.clone(),
             dns,
             sleeve: password.is_some() || self.datapath == DatapathMode::Sleeve,
+            trusted_subnets: self.trusted_subnets.clone(),
             password,
             docker,
         })

@@ -72,6 +72,9 @@ struct Conn {
     hello: Hello,
     /// The keys of an encrypted connection.
     session: Option<Arc<SessionKeys>>,
+    /// Both ends trust each other's subnet (`--trusted-subnets`): data skips encryption
+    /// and goes through the kernel fast path.
+    trusted: bool,
     local_ready: bool,
     remote_ready: bool,
     commands: mpsc::UnboundedSender<ConnCommand>,
@@ -313,9 +316,7 @@ impl<D: Datapath> Inner<D> {
                 };
                 if let Some(c) = lost {
                     tracing::info!("connection {} {} lost: {error}", describe(&c), c.remote);
-                    if let Some(sleeve) = &self.sleeve {
-                        sleeve.remove_peer(c.hello.short_id.get());
-                    } else if let Err(e) = self.datapath.remove_peer(c.hello.short_id).await {
+                    if let Err(e) = self.remove_peer(&c).await {
                         tracing::error!(
                             "cannot remove peer {} from the data path: {e}",
                             c.hello.name
@@ -389,11 +390,13 @@ impl<D: Datapath> Inner<D> {
                     if !outbound {
                         mesh.refused_inbound.remove(&remote.ip());
                     }
+                    let trusted = self.hello().trusted_both_ways(&hello);
                     let conn = Conn {
                         outbound,
                         remote,
                         hello: hello.clone(),
                         session,
+                        trusted,
                         local_ready: false,
                         remote_ready: false,
                         commands,
@@ -416,12 +419,7 @@ impl<D: Datapath> Inner<D> {
         };
         if let Some(old) = replaced {
             if old.hello.short_id != hello.short_id {
-                match &self.sleeve {
-                    Some(sleeve) => sleeve.remove_peer(old.hello.short_id.get()),
-                    None => {
-                        let _ = self.datapath.remove_peer(old.hello.short_id).await;
-                    }
-                }
+                let _ = self.remove_peer(&old).await;
             }
         }
         tracing::info!(
@@ -435,20 +433,29 @@ impl<D: Datapath> Inner<D> {
             underlay: hello.underlay,
             next_hop: hello.short_id,
         };
+        let (fastdp, session) = self
+            .mesh()
+            .connections
+            .get(&id)
+            .map(|c| (self.fastdp(c), c.session.clone()))
+            .unwrap_or((true, None));
         let result = match &self.sleeve {
             // The fast path never learns of the peer: its frames go to the bridge, and from
             // there through the sleeve.
-            Some(sleeve) => {
-                let session = self
-                    .mesh()
-                    .connections
-                    .get(&id)
-                    .and_then(|c| c.session.clone());
-                sleeve
-                    .add_peer(hello.short_id.get(), hello.underlay, session.as_deref())
-                    .map_err(|e| DatapathError::Netlink(format!("sleeve: {e}")))
+            Some(sleeve) if !fastdp => sleeve
+                .add_peer(hello.short_id.get(), hello.underlay, session.as_deref())
+                .map_err(|e| DatapathError::Netlink(format!("sleeve: {e}"))),
+            _ => {
+                if self.sleeve.is_some() {
+                    tracing::info!(
+                        "{}({}) at {} is in a trusted subnet both ways: its data goes unencrypted through the fast path",
+                        hello.name,
+                        hello.nickname,
+                        hello.underlay
+                    );
+                }
+                self.datapath.add_peer(peer).await
             }
-            None => self.datapath.add_peer(peer).await,
         };
         self.view().relayed.remove(&hello.name);
         let ready = {
@@ -504,6 +511,23 @@ fn describe(c: &Conn) -> String {
 impl<D: Datapath> Inner<D> {
     fn hello(&self) -> Hello {
         self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the peer's frames go through the kernel fast path: there is no sleeve, or
+    /// the peer is trusted.
+    fn fastdp(&self, conn: &Conn) -> bool {
+        self.sleeve.is_none() || conn.trusted
+    }
+
+    /// Takes a peer of a lost or replaced connection out of the data path carrying it.
+    async fn remove_peer(&self, conn: &Conn) -> Result<(), DatapathError> {
+        match &self.sleeve {
+            Some(sleeve) if !self.fastdp(conn) => {
+                sleeve.remove_peer(conn.hello.short_id.get());
+                Ok(())
+            }
+            _ => self.datapath.remove_peer(conn.hello.short_id).await,
+        }
     }
 
     /// Takes a short ID no known peer uses (ours clashed with a peer of lower name), tells
@@ -755,15 +779,6 @@ impl<D: Datapath> Router<D> {
         &self.inner.datapath
     }
 
-    /// Which data path carries peers' traffic.
-    pub fn overlay(&self) -> &'static str {
-        if self.inner.sleeve.is_some() {
-            "sleeve"
-        } else {
-            "fastdp"
-        }
-    }
-
     /// A snapshot of connections and targets.
     pub fn status(&self) -> MeshStatus {
         let mesh = self.inner.mesh();
@@ -779,8 +794,14 @@ impl<D: Datapath> Router<D> {
                 }
                 .into(),
                 info: String::new(),
-                encrypted: c.session.is_some(),
-                overlay: self.overlay().into(),
+                // A trusted peer's data goes in the clear.
+                encrypted: c.session.is_some() && !c.trusted,
+                overlay: if self.inner.fastdp(c) {
+                    "fastdp"
+                } else {
+                    "sleeve"
+                }
+                .into(),
                 mtu: self.inner.datapath.container_mtu(),
                 peer: Some(PeerInfo::from(&c.hello)),
             });

@@ -27,6 +27,7 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
         uid: rand::random(),
         underlay: [127, 0, 0, 1].into(),
         data_port: 6784,
+        trusted_subnets: Vec::new(),
     };
     let timings = Timings {
         heartbeat_interval: Duration::from_millis(100),

@@ -169,6 +169,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         uid: rand::random(),
         underlay: config.host,
         data_port: DATA_PORT,
+        trusted_subnets: config.trusted_subnets.clone(),
     };
     let up = Up {
         config: &config,

@@ -66,6 +66,16 @@ impl std::str::FromStr for Ipv4Cidr {
     }
 }
 
+impl Ipv4Cidr {
+    /// Whether `addr` lies in this subnet.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        u32::from(addr) & mask == u32::from(self.addr) & mask
+    }
+}
+
 impl std::fmt::Display for Ipv4Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)

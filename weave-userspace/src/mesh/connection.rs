@@ -599,6 +599,7 @@ mod tests {
             uid: n as u64,
             underlay: [10, 0, 0, n].into(),
             data_port: 6784,
+            trusted_subnets: Vec::new(),
         }
     }
 

@@ -241,6 +241,23 @@ pub struct Hello {
     pub underlay: Ipv4Addr,
     /// UDP port of its data path.
     pub data_port: u16,
+    /// Underlay subnets whose peers this router trusts (`--trusted-subnets`): data to a
+    /// peer both ends trust skips encryption.
+    pub trusted_subnets: Vec<crate::datapath::Ipv4Cidr>,
+}
+
+impl Hello {
+    /// Whether this router trusts `other`'s underlay address.
+    pub fn trusts(&self, other: &Hello) -> bool {
+        self.trusted_subnets
+            .iter()
+            .any(|s| s.contains(other.underlay))
+    }
+
+    /// Whether data between the two may skip encryption: each trusts the other.
+    pub fn trusted_both_ways(&self, other: &Hello) -> bool {
+        self.trusts(other) && other.trusts(self)
+    }
 }
 
 /// Topology records on their way through the mesh: each goes on along its owner's
@@ -438,6 +455,28 @@ pub fn check_hello(ours: &Hello, theirs: &Hello) -> Result<(), ProtocolError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn trust_needs_both_ends() {
+        let cidr = |s: &str| s.parse::<crate::datapath::Ipv4Cidr>().unwrap();
+        let mut a = hello("0a:00:00:00:00:01", 1);
+        let mut b = hello("0a:00:00:00:00:02", 2);
+        a.underlay = [192, 168, 1, 1].into();
+        b.underlay = [10, 9, 0, 2].into();
+        assert!(!a.trusted_both_ways(&b), "nobody trusts anybody by default");
+        a.trusted_subnets = vec![cidr("10.9.0.0/16")];
+        assert!(a.trusts(&b) && !b.trusts(&a));
+        assert!(!a.trusted_both_ways(&b) && !b.trusted_both_ways(&a));
+        b.trusted_subnets = vec![cidr("192.168.0.0/24")];
+        assert!(
+            !a.trusted_both_ways(&b),
+            "192.168.1.1 is outside 192.168.0.0/24"
+        );
+        b.trusted_subnets.push(cidr("192.168.1.1/32"));
+        assert!(a.trusted_both_ways(&b) && b.trusted_both_ways(&a));
+        b.trusted_subnets = vec![cidr("0.0.0.0/0")];
+        assert!(b.trusts(&a), "/0 holds every address");
+    }
+
     fn hello(name: &str, short_id: u16) -> Hello {
         Hello {
             name: name.parse().unwrap(),
@@ -446,6 +485,7 @@ mod tests {
             uid: 0x1234_5678_9abc_def0,
             underlay: Ipv4Addr::new(10, 0, 0, 1),
             data_port: 6784,
+            trusted_subnets: Vec::new(),
         }
     }
 

@@ -32,6 +32,7 @@ fn hello(n: u8) -> Hello {
         uid: rand::random(),
         underlay: Ipv4Addr::new(127, 0, 0, 1),
         data_port: 6784,
+        trusted_subnets: Vec::new(),
     }
 }
 
@@ -461,6 +462,7 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     let (tx, _rx) = mpsc::unbounded_channel();
     let conn = |outbound: bool, hello: &Hello| Conn {
         session: None,
+        trusted: false,
         outbound,
         remote: "127.0.0.1:1".parse().unwrap(),
         hello: hello.clone(),
