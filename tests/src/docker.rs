@@ -5,7 +5,8 @@
 //! needs), in a private mount namespace with fresh tmpfs on /run/containerd and /run/docker
 //! (else it adopts a system containerd through /run/containerd/containerd.sock, and plugin
 //! sockets would be shared), with `--bridge=none --iptables=false`: containers run with
-//! `--net=none` and get their only interface from weave-router. Its state lives in
+//! `--net=none` and get their only interface from weave-router. Its /run/docker/plugins is
+//! [`DockerHost::plugins_dir`], where the router of that host puts its network plugin. Its state lives in
 //! `/tmp/<prefix>-dk<i>/` (unix socket paths must stay short) and its containers in cgroup
 //! `/<prefix>-dk<i>`. Everything goes when the [`DockerHost`] is dropped.
 
@@ -35,7 +36,9 @@ pub fn available() -> std::result::Result<(), String> {
         }
     }
     if !Path::new(BUSYBOX).is_file() {
-        return Err(format!("{BUSYBOX} not found (apt-get install busybox-static)"));
+        return Err(format!(
+            "{BUSYBOX} not found (apt-get install busybox-static)"
+        ));
     }
     Ok(())
 }
@@ -86,6 +89,11 @@ impl DockerHost {
         self.dir.join("docker.sock")
     }
 
+    /// The directory the daemon sees as /run/docker/plugins (a plugin's socket goes here).
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.join("plugins")
+    }
+
     /// Its state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -98,8 +106,10 @@ impl DockerHost {
 
     fn launch(&mut self) -> Result<()> {
         let d = &self.dir;
-        std::fs::create_dir_all(d.join("data"))
-            .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        for sub in ["data", "plugins"] {
+            std::fs::create_dir_all(d.join(sub))
+                .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        }
         let _ = std::fs::remove_file(self.socket());
         let _ = std::fs::remove_file(d.join("docker.pid"));
         let config = serde_json::json!({
@@ -131,14 +141,27 @@ impl DockerHost {
         let script = format!(
             "hostname {tag} && mount -t tmpfs -o mode=0711,size=64m dkrun /run/containerd && \
              mount -t tmpfs -o mode=0711,size=64m dkrun /run/docker && \
+             mkdir -p /run/docker/plugins && mount --bind '{plugins}' /run/docker/plugins && \
              exec dockerd --config-file '{conf}'",
             tag = self.cgroup,
-            conf = conf.display()
+            conf = conf.display(),
+            plugins = self.plugins_dir().display()
         );
         let mut c = Command::new("setsid");
         c.arg("nsenter")
-            .arg(format!("--net={}", netns::Netns::borrow(&self.host_ns).path().display()))
-            .args(["--", "unshare", "--mount", "--propagation", "slave", "--uts", "--"])
+            .arg(format!(
+                "--net={}",
+                netns::Netns::borrow(&self.host_ns).path().display()
+            ))
+            .args([
+                "--",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "slave",
+                "--uts",
+                "--",
+            ])
             .args(["/bin/sh", "-c", &script])
             .current_dir("/")
             .stdin(Stdio::null())
@@ -197,7 +220,8 @@ impl DockerHost {
 
     /// `docker ARGS` with `DOCKER_HOST=docker_host` (e.g. the weave-router proxy).
     pub fn docker_at(&self, docker_host: &str, args: &[&str]) -> Result<Output> {
-        let mut argv: Vec<OsString> = vec!["env".into(), format!("DOCKER_HOST={docker_host}").into()];
+        let mut argv: Vec<OsString> =
+            vec!["env".into(), format!("DOCKER_HOST={docker_host}").into()];
         argv.push("docker".into());
         argv.extend(args.iter().map(OsString::from));
         cmd::run_timeout(&argv, Duration::from_secs(60))
@@ -422,11 +446,12 @@ pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
     let cfg = sha256(&config_path)?;
     std::fs::rename(&config_path, archive.join(format!("{cfg}.json"))).map_err(io("mv config"))?;
     std::fs::create_dir_all(archive.join(&layer)).map_err(io("mkdir layer"))?;
-    std::fs::rename(&layer_tar, archive.join(&layer).join("layer.tar"))
-        .map_err(io("mv layer"))?;
+    std::fs::rename(&layer_tar, archive.join(&layer).join("layer.tar")).map_err(io("mv layer"))?;
     std::fs::write(
         archive.join("manifest.json"),
-        format!(r#"[{{"Config":"{cfg}.json","RepoTags":["{IMAGE}"],"Layers":["{layer}/layer.tar"]}}]"#),
+        format!(
+            r#"[{{"Config":"{cfg}.json","RepoTags":["{IMAGE}"],"Layers":["{layer}/layer.tar"]}}]"#
+        ),
     )
     .map_err(io("manifest"))?;
     let tmp = dir.join("image.tar.tmp");

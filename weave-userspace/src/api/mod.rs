@@ -472,12 +472,7 @@ async fn ps(State(s): AppState) -> Result<String, ApiError> {
             Some(o) => crate::docker::short(o).to_string(),
             None => v.netns.display().to_string(),
         };
-        out.push_str(&format!(
-            "{} {} {}\n",
-            who,
-            v.mac,
-            v.addresses.join(" ")
-        ));
+        out.push_str(&format!("{} {} {}\n", who, v.mac, v.addresses.join(" ")));
     }
     Ok(out)
 }
@@ -573,6 +568,11 @@ pub struct AttachOrder {
 
 impl ApiState {
     /// The attached endpoints.
+    /// The controller, once the router is up.
+    pub fn controller(&self) -> Result<Arc<dyn Controller>, ApiError> {
+        self.ready()
+    }
+
     pub fn endpoints(&self) -> Result<Vec<Endpoint>, ApiError> {
         Ok(self.ready()?.endpoints())
     }
@@ -613,6 +613,7 @@ impl ApiState {
                 netns: order.netns,
                 addresses,
                 owner: order.owner,
+                hand_over: false,
             })
             .await;
         let endpoint = match attached {

@@ -51,6 +51,8 @@ pub struct ContainerFacts {
     /// Whether it asked to be on the weave network: through the proxy's label, else through
     /// `WEAVE_CIDR` in its environment; `None` when neither.
     pub wants: Option<Result<WeaveCidr, WeaveCidrError>>,
+    /// The IDs of its endpoints on Docker networks (some may be the network plugin's).
+    pub endpoint_ids: Vec<String>,
 }
 
 impl ContainerFacts {
@@ -67,6 +69,11 @@ impl ContainerFacts {
             .pid
             .filter(|p| running && *p > 0)
             .and_then(|p| u32::try_from(p).ok());
+        let endpoint_ids = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|n| n.into_values().filter_map(|e| e.endpoint_id).collect())
+            .unwrap_or_default();
         let config = c.config.unwrap_or_default();
         let labels: HashMap<String, String> = config.labels.unwrap_or_default();
         let env = config.env.unwrap_or_default();
@@ -83,6 +90,7 @@ impl ContainerFacts {
                 .to_string(),
             pid,
             wants,
+            endpoint_ids,
         }
     }
 }

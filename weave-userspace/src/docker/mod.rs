@@ -12,6 +12,7 @@
 
 pub mod cidr;
 pub mod client;
+pub mod plugin;
 pub mod proxy;
 pub mod watcher;
 
@@ -37,6 +38,8 @@ pub struct DockerSettings {
     pub host: String,
     /// Where the proxy listens; `None`: no proxy.
     pub proxy_socket: Option<PathBuf>,
+    /// Where the network plugin listens; `None`: no plugin.
+    pub plugin_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +61,7 @@ impl From<ApiError> for AttachError {
 /// The Docker side of a router: the current connection to the daemon and the one place
 /// containers are attached and detached (the watcher and the proxy both go through it).
 pub struct DockerService {
-    api: Arc<ApiState>,
+    pub(crate) api: Arc<ApiState>,
     settings: DockerSettings,
     client: Mutex<Option<DockerClient>>,
     /// Serialises attach, detach and re-sync: a container is attached once, whoever sees
@@ -105,7 +108,10 @@ impl DockerService {
 
     /// The connection to the daemon, while there is one.
     pub fn client(&self) -> Option<DockerClient> {
-        self.client.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_client(&self, c: Option<DockerClient>) {
@@ -145,6 +151,7 @@ impl DockerService {
         facts: &ContainerFacts,
         specs: Option<Vec<AddressSpec>>,
     ) -> Result<Option<Endpoint>, AttachError> {
+        self.name_plugin_endpoints(facts);
         let specs = match specs {
             Some(s) => s,
             None => match &facts.wants {
@@ -189,6 +196,35 @@ impl DockerService {
                 .join(" ")
         );
         Ok(Some(endpoint))
+    }
+
+    /// Puts the name of a container that runs on the network plugin's network in weaveDNS
+    /// with the addresses of its plugin endpoints (Docker gives the plugin no names).
+    fn name_plugin_endpoints(&self, facts: &ContainerFacts) {
+        let Some(dns) = self.api.dns_service() else {
+            return;
+        };
+        let Ok(fqdn) = dns.qualify(&facts.name) else {
+            return;
+        };
+        let addrs: Vec<std::net::Ipv4Addr> = self
+            .api
+            .endpoints()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                plugin::endpoint_id(&e.netns)
+                    .is_some_and(|id| facts.endpoint_ids.iter().any(|x| x == id))
+            })
+            .flat_map(|e| e.addresses.into_iter().map(|a| a.addr))
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        match dns.add(&facts.id, &addrs, &fqdn) {
+            Ok(_) => tracing::info!("Docker container {} named {fqdn}", facts.name),
+            Err(e) => tracing::warn!("Docker container {}: {e}", facts.name),
+        }
     }
 
     /// Detaches a container (it stopped): its interface, addresses and names go.
