@@ -251,4 +251,11 @@ fn docker_network_plugin_runs_containers_on_the_weave_network() {
     for i in 1..=2 {
         b.docker_ok(i, &["network", "rm", "weave"]);
     }
+    for i in 1..=2 {
+        let left = b.allocations(i);
+        assert!(
+            !left.contains("plugin:"),
+            "host {i} keeps plugin addresses: {left}"
+        );
+    }
 }

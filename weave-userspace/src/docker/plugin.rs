@@ -381,3 +381,187 @@ async fn handle(
     );
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::{ApiState, RouterController};
+    use crate::datapath::fake::FakeDatapath;
+    use crate::datapath::Datapath;
+    use crate::mesh::connection::Timings;
+    use crate::mesh::peer_name::{PeerName, ShortId};
+    use crate::mesh::protocol::Hello;
+    use crate::router::{bind, Router, RouterConfig};
+
+    /// A plugin over a router with the in-memory data path and IPAM in 10.2.0.0/16
+    /// (default subnet 10.2.1.0/24).
+    async fn plugin() -> (Arc<Plugin>, Arc<Router<FakeDatapath>>) {
+        let me = PeerName::from_bytes([0x0a, 0, 0, 0, 0, 1]);
+        let local = Hello {
+            name: me,
+            nickname: "host1".into(),
+            short_id: ShortId::new(1).unwrap(),
+            uid: rand::random(),
+            underlay: [127, 0, 0, 1].into(),
+            data_port: 6784,
+        };
+        let config = RouterConfig {
+            local,
+            targets: vec![],
+            timings: Timings::default(),
+            discovery: false,
+            conn_limit: crate::router::DEFAULT_CONN_LIMIT,
+        };
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let router = Arc::new(Router::start(
+            config,
+            listener,
+            Arc::new(FakeDatapath::new()),
+            None,
+        ));
+        let (stop_tx, _) = tokio::sync::watch::channel(false);
+        let state = Arc::new(ApiState::new(stop_tx));
+        let ipam = crate::ipam::node::Ipam::new(
+            me,
+            "10.2.0.0/16".parse().unwrap(),
+            "10.2.1.0/24".parse().unwrap(),
+            crate::ipam::consensus::InitMode::Seed(vec![me]),
+            1,
+        )
+        .unwrap();
+        state.set_ready(Arc::new(RouterController {
+            router: router.clone(),
+            ipam: Some(crate::ipam::service::IpamService::new(ipam, None)),
+            iface: "lo".into(),
+            xdp: "off".into(),
+        }));
+        let service = DockerService::new(
+            state,
+            super::super::DockerSettings {
+                host: "unix:///nonexistent".into(),
+                proxy_socket: None,
+                plugin_socket: None,
+            },
+        );
+        (Plugin::new(service), router)
+    }
+
+    async fn ok(p: &Plugin, method: &str, body: Value) -> Value {
+        tokio::time::timeout(Duration::from_secs(10), p.call(method, &body))
+            .await
+            .expect("answers in time")
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_container_goes_through_ipam_create_join_leave_and_release() {
+        let (p, router) = plugin().await;
+        let a = ok(&p, "/Plugin.Activate", json!({})).await;
+        assert_eq!(a["Implements"], json!(["NetworkDriver", "IpamDriver"]));
+        let pool = ok(&p, "/IpamDriver.RequestPool", json!({ "Pool": "" })).await;
+        assert_eq!(pool["Pool"], "10.2.1.0/24");
+        let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+        let gw = ok(
+            &p,
+            "/IpamDriver.RequestAddress",
+            json!({ "PoolID": pool_id, "Options": { "RequestAddressType": GATEWAY_REQUEST } }),
+        )
+        .await;
+        assert_eq!(gw["Address"], "10.2.1.1/24");
+        ok(
+            &p,
+            "/NetworkDriver.CreateNetwork",
+            json!({ "NetworkID": "n1", "IPv4Data": [{ "Pool": "10.2.1.0/24" }] }),
+        )
+        .await;
+        let addr = ok(
+            &p,
+            "/IpamDriver.RequestAddress",
+            json!({ "PoolID": pool_id }),
+        )
+        .await;
+        assert_eq!(addr["Address"], "10.2.1.2/24");
+        ok(
+            &p,
+            "/NetworkDriver.CreateEndpoint",
+            json!({ "NetworkID": "n1", "EndpointID": "e1", "Interface": { "Address": "10.2.1.2/24" } }),
+        )
+        .await;
+        let j = ok(
+            &p,
+            "/NetworkDriver.Join",
+            json!({ "NetworkID": "n1", "EndpointID": "e1", "SandboxKey": "/x" }),
+        )
+        .await;
+        assert_eq!(j["InterfaceName"]["DstPrefix"], "ethwe");
+        assert!(j["InterfaceName"]["SrcName"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()));
+        assert_eq!(j["DisableGatewayService"], true);
+        let eps = router.datapath().endpoints();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(endpoint_id(&eps[0].netns), Some("e1"));
+        assert_eq!(eps[0].addresses[0].to_string(), "10.2.1.2/24");
+        ok(
+            &p,
+            "/NetworkDriver.Leave",
+            json!({ "NetworkID": "n1", "EndpointID": "e1" }),
+        )
+        .await;
+        ok(
+            &p,
+            "/NetworkDriver.DeleteEndpoint",
+            json!({ "NetworkID": "n1", "EndpointID": "e1" }),
+        )
+        .await;
+        assert!(router.datapath().endpoints().is_empty());
+        for a in ["10.2.1.2", "10.2.1.1"] {
+            ok(
+                &p,
+                "/IpamDriver.ReleaseAddress",
+                json!({ "PoolID": pool_id, "Address": a }),
+            )
+            .await;
+        }
+        let ipam = p.ipam().unwrap();
+        assert!(
+            ipam.owners().iter().all(|o| !o.starts_with(OWNER_PREFIX)),
+            "{:?}",
+            ipam.owners()
+        );
+        router.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_requests_get_one_line() {
+        let (p, router) = plugin().await;
+        let call = |m: &'static str, b: Value| {
+            let p = p.clone();
+            async move { p.call(m, &b).await.unwrap_err() }
+        };
+        let e = call(
+            "/IpamDriver.RequestPool",
+            json!({ "Pool": "192.168.7.0/24" }),
+        )
+        .await;
+        assert_eq!(
+            e,
+            "subnet 192.168.7.0/24 is outside the weave allocation range 10.2.0.0/16"
+        );
+        let e = call("/IpamDriver.RequestPool", json!({ "V6": true })).await;
+        assert_eq!(e, "the weave network has no IPv6");
+        let e = call("/NetworkDriver.Join", json!({ "EndpointID": "nope" })).await;
+        assert_eq!(e, "endpoint nope unknown to the weave plugin");
+        let e = call(
+            "/NetworkDriver.CreateEndpoint",
+            json!({ "EndpointID": "e", "Interface": {} }),
+        )
+        .await;
+        assert!(e.contains("--ipam-driver weave"), "{e}");
+        let e = call("/Nonsense.Call", json!({})).await;
+        assert_eq!(e, "weave plugin: unknown call Nonsense.Call");
+        router.stop().await;
+    }
+}
