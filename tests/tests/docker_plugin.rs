@@ -1,5 +1,5 @@
-//! The Docker network plugin with a real dockerd per simulated host: `docker network create
-//! -d weave`, `docker run --net=weave`, names in weaveDNS, addresses released on `docker rm`,
+//! The Docker network plugin with a real dockerd per simulated host: the network `weave`
+//! each router creates, `docker run --net=weave`, names in weaveDNS, addresses released on `docker rm`,
 //! a reused address reachable at once (gratuitous ARP), a subnet outside the range refused.
 
 use std::time::{Duration, Instant};
@@ -145,21 +145,17 @@ fn docker_network_plugin_runs_containers_on_the_weave_network() {
     let Some(b) = PluginBed::new("dpplug", 2) else {
         return;
     };
+    // Each router creates the network `weave` on its daemon, in the default subnet.
     for i in 1..=2 {
-        b.docker_ok(
-            i,
-            &[
-                "network",
-                "create",
-                "-d",
-                "weave",
-                "--ipam-driver",
-                "weave",
-                "--subnet",
-                "10.32.0.0/12",
-                "weave",
-            ],
-        );
+        wait_for(
+            "the router to create network weave",
+            Duration::from_secs(20),
+            || {
+                let out = b.docker(i, &["network", "inspect", "-f", "{{.Driver}}", "weave"]);
+                (out.success() && out.stdout.trim() == "weave").then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n--- router log ---\n{}", b.bed.router(i).log_tail(30)));
     }
 
     // A subnet outside the allocation range: one clear line, no network.

@@ -187,6 +187,42 @@ impl DockerClient {
         Ok(out)
     }
 
+    /// Creates network `name` on the network plugin's drivers, with `subnet` as its
+    /// configured subnet (so `docker run --ip` works on it), unless a network of that name
+    /// exists. `Ok(true)`: created.
+    pub async fn ensure_plugin_network(
+        &self,
+        name: &str,
+        subnet: &str,
+    ) -> Result<bool, DockerError> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(false),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(self.api(e)),
+        }
+        let plugin = super::plugin::PLUGIN_NAME.to_string();
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some(plugin.clone()),
+            ipam: Some(bollard::models::Ipam {
+                driver: Some(plugin),
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(subnet.to_string()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map_err(|e| self.api(e))?;
+        Ok(true)
+    }
+
     /// Kills a container (one the proxy could not attach).
     pub async fn kill(&self, container: &str) -> Result<(), DockerError> {
         self.docker
