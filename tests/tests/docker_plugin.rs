@@ -255,3 +255,129 @@ fn docker_network_plugin_runs_containers_on_the_weave_network() {
         );
     }
 }
+
+/// The image of `cargo xtask docker-image` (the static binary named by
+/// `WEAVE_ROUTER_STATIC_BIN`, `FROM scratch`) runs the router as the README shows it:
+/// `--net=host --pid=host` and (nearly) `--privileged` on a host's daemon: it comes up, sees
+/// the daemon, and stops cleanly.
+#[test]
+fn the_static_router_image_launches_a_router() {
+    if !require_root("the_static_router_image_launches_a_router") {
+        return;
+    }
+    let Some(bin) = std::env::var_os("WEAVE_ROUTER_STATIC_BIN") else {
+        eprintln!("\n!!!!! SKIPPED: WEAVE_ROUTER_STATIC_BIN is not set (a static build) !!!!!\n");
+        return;
+    };
+    if let Err(why) = docker::available() {
+        eprintln!("\n!!!!! SKIPPED: {why} !!!!!\n");
+        return;
+    }
+    let bed = TestBed::new("dpimg", 1).expect("test bed");
+    let d = DockerHost::start("dpimg-h1", "dpimg-dk1").expect("dockerd starts");
+    let context = bed.state_dir(0).with_file_name("context");
+    std::fs::create_dir_all(&context).unwrap();
+    let root = weave_tests::router::workspace_root();
+    std::fs::copy(root.join("docker/Dockerfile"), context.join("Dockerfile")).unwrap();
+    std::fs::copy(&bin, context.join("weave-router")).unwrap();
+    let out = weave_tests::cmd::run_timeout(
+        &[
+            "env",
+            &format!("DOCKER_HOST={}", d.docker_host()),
+            "DOCKER_BUILDKIT=0",
+            "docker",
+            "build",
+            "-q",
+            "-t",
+            "weave-router:test",
+            &context.to_string_lossy(),
+        ],
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(out.success(), "docker build: {}", out.stderr);
+    let state = d.dir().join("state");
+    let run = d.dir().join("wrrun");
+    for p in [&state, &run] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    let vol = |a: &std::path::Path, b: &str| format!("{}:{b}", a.display());
+    let sock = vol(&d.socket(), "/var/run/docker.sock");
+    let state_v = vol(&state, "/var/lib/weave-router");
+    let run_v = vol(&run, "/run/weave-router");
+    let out = d
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "weave-router",
+            "--net=host",
+            "--pid=host",
+            // --privileged, short of what this machine's bounding set lacks (runc fails to
+            // apply a capability it does not have).
+            "--cap-add",
+            "ALL",
+            "--cap-drop",
+            "SYS_RESOURCE",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "apparmor=unconfined",
+            "-v",
+            "/sys/fs/bpf:/sys/fs/bpf",
+            "-v",
+            &sock,
+            "-v",
+            &state_v,
+            "-v",
+            &run_v,
+            "weave-router:test",
+            "launch",
+            "--foreground",
+            "--iface",
+            "eth0",
+        ])
+        .unwrap();
+    assert!(out.success(), "docker run weave-router: {}", out.stderr);
+    // Stopped (SIGTERM: it takes its programs and pins away) even when a check fails.
+    let _stop = StopOnDrop(&d);
+    let ready = wait_for(
+        "the router in the image to answer",
+        Duration::from_secs(30),
+        || {
+            let o = d
+                .docker(&["exec", "weave-router", "/weave-router", "status"])
+                .ok()?;
+            o.success().then_some(o.stdout)
+        },
+    );
+    let logs = || {
+        d.docker(&["logs", "weave-router"])
+            .map(|o| o.stderr)
+            .unwrap_or_default()
+    };
+    let status = ready.unwrap_or_else(|e| panic!("{e}\n--- logs ---\n{}", logs()));
+    assert!(status.contains("DefaultSubnet"), "{status}");
+    wait_for(
+        "the router to reach the daemon",
+        Duration::from_secs(15),
+        || {
+            logs()
+                .contains("Docker at unix:///var/run/docker.sock: connected")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n--- logs ---\n{}", logs()));
+    let out = d.docker(&["stop", "-t", "10", "weave-router"]).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    let logs = logs();
+    assert!(logs.contains("stopping"), "{logs}");
+}
+
+struct StopOnDrop<'a>(&'a DockerHost);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.docker(&["stop", "-t", "10", "weave-router"]);
+    }
+}
