@@ -6,9 +6,9 @@
 //! (else it adopts a system containerd through /run/containerd/containerd.sock, and plugin
 //! sockets would be shared), with `--bridge=none --iptables=false`: containers run with
 //! `--net=none` and get their only interface from weave-router. Its /run/docker/plugins is
-//! [`DockerHost::plugins_dir`], where the router of that host puts its network plugin. Its state lives in
-//! `/tmp/<prefix>-dk<i>/` (unix socket paths must stay short) and its containers in cgroup
-//! `/<prefix>-dk<i>`. Everything goes when the [`DockerHost`] is dropped.
+//! [`DockerHost::plugins_dir`], where the router of that host puts its network plugin. Its
+//! state lives in `/tmp/<prefix>-dk<i>/` (unix socket paths must stay short) and its
+//! containers in cgroup `/<prefix>-dk<i>`. Everything goes when the [`DockerHost`] is dropped.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -36,9 +36,7 @@ pub fn available() -> std::result::Result<(), String> {
         }
     }
     if !Path::new(BUSYBOX).is_file() {
-        return Err(format!(
-            "{BUSYBOX} not found (apt-get install busybox-static)"
-        ));
+        return Err(format!("{BUSYBOX} not found (apt-get install busybox-static)"));
     }
     Ok(())
 }
@@ -149,19 +147,8 @@ impl DockerHost {
         );
         let mut c = Command::new("setsid");
         c.arg("nsenter")
-            .arg(format!(
-                "--net={}",
-                netns::Netns::borrow(&self.host_ns).path().display()
-            ))
-            .args([
-                "--",
-                "unshare",
-                "--mount",
-                "--propagation",
-                "slave",
-                "--uts",
-                "--",
-            ])
+            .arg(format!("--net={}", netns::Netns::borrow(&self.host_ns).path().display()))
+            .args(["--", "unshare", "--mount", "--propagation", "slave", "--uts", "--"])
             .args(["/bin/sh", "-c", &script])
             .current_dir("/")
             .stdin(Stdio::null())
@@ -220,8 +207,7 @@ impl DockerHost {
 
     /// `docker ARGS` with `DOCKER_HOST=docker_host` (e.g. the weave-router proxy).
     pub fn docker_at(&self, docker_host: &str, args: &[&str]) -> Result<Output> {
-        let mut argv: Vec<OsString> =
-            vec!["env".into(), format!("DOCKER_HOST={docker_host}").into()];
+        let mut argv: Vec<OsString> = vec!["env".into(), format!("DOCKER_HOST={docker_host}").into()];
         argv.push("docker".into());
         argv.extend(args.iter().map(OsString::from));
         cmd::run_timeout(&argv, Duration::from_secs(60))
@@ -446,12 +432,11 @@ pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
     let cfg = sha256(&config_path)?;
     std::fs::rename(&config_path, archive.join(format!("{cfg}.json"))).map_err(io("mv config"))?;
     std::fs::create_dir_all(archive.join(&layer)).map_err(io("mkdir layer"))?;
-    std::fs::rename(&layer_tar, archive.join(&layer).join("layer.tar")).map_err(io("mv layer"))?;
+    std::fs::rename(&layer_tar, archive.join(&layer).join("layer.tar"))
+        .map_err(io("mv layer"))?;
     std::fs::write(
         archive.join("manifest.json"),
-        format!(
-            r#"[{{"Config":"{cfg}.json","RepoTags":["{IMAGE}"],"Layers":["{layer}/layer.tar"]}}]"#
-        ),
+        format!(r#"[{{"Config":"{cfg}.json","RepoTags":["{IMAGE}"],"Layers":["{layer}/layer.tar"]}}]"#),
     )
     .map_err(io("manifest"))?;
     let tmp = dir.join("image.tar.tmp");

@@ -75,11 +75,7 @@ impl DockerBed {
 
     /// `DOCKER_HOST` as `eval $(weave-router env)` sets it on host `i`.
     fn env(&self, i: usize) -> String {
-        let out = self
-            .bed
-            .router(i)
-            .check(&["env"])
-            .expect("weave-router env");
+        let out = self.bed.router(i).check(&["env"]).expect("weave-router env");
         out.trim()
             .strip_prefix("export DOCKER_HOST=")
             .unwrap_or_else(|| panic!("env printed {out:?}"))
@@ -138,12 +134,7 @@ impl DockerBed {
             Duration::from_secs(20),
             || self.pings(i, name, target, 1).then_some(()),
         )
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\n--- router log ---\n{}",
-                self.bed.router(i).log_tail(30)
-            )
-        });
+        .unwrap_or_else(|e| panic!("{e}\n--- router log ---\n{}", self.bed.router(i).log_tail(30)));
     }
 
     fn ps(&self, i: usize) -> String {
@@ -188,12 +179,8 @@ fn docker_run_containers_reach_each_other_by_name_and_go_away_on_stop() {
     let w1 = b.run_ok(1, "w1", None);
     let w2 = b.run_ok(2, "w2", None);
     // The proxy answered the start only once the container was attached: no polling.
-    let a1 = b
-        .address(1, "w1")
-        .expect("w1 has ethwe as soon as docker run returns");
-    let a2 = b
-        .address(2, "w2")
-        .expect("w2 has ethwe as soon as docker run returns");
+    let a1 = b.address(1, "w1").expect("w1 has ethwe as soon as docker run returns");
+    let a2 = b.address(2, "w2").expect("w2 has ethwe as soon as docker run returns");
     assert_ne!(a1, a2);
     // Its resolver is weaveDNS.
     let resolv = b.exec(1, "w1", &["cat", "/etc/resolv.conf"]).stdout;
@@ -211,11 +198,9 @@ fn docker_run_containers_reach_each_other_by_name_and_go_away_on_stop() {
     // docker stop: the address is released and the name goes, on every host.
     let out = b.daemon(2).docker(&["stop", "-t", "1", "w2"]).unwrap();
     assert!(out.success(), "{}", out.stderr);
-    wait_for(
-        "w2's name to go on both hosts",
-        Duration::from_secs(15),
-        || (!b.resolves(1, "w2") && !b.resolves(2, "w2")).then_some(()),
-    )
+    wait_for("w2's name to go on both hosts", Duration::from_secs(15), || {
+        (!b.resolves(1, "w2") && !b.resolves(2, "w2")).then_some(())
+    })
     .unwrap();
     wait_for("w2 to be detached", Duration::from_secs(10), || {
         (b.ip_of(2, &w2).trim().is_empty() && !b.ps(2).contains(&w2[..12])).then_some(())
@@ -229,10 +214,7 @@ fn docker_run_containers_reach_each_other_by_name_and_go_away_on_stop() {
     b.run_ok(2, "w2b", Some(&format!("ip:{a2_cidr}")));
     assert_eq!(b.address(2, "w2b").as_deref(), Some(a2.as_str()));
     let reused = b.exec(1, "w1", &["ping", "-c", "1", "-W", "2", &a2]);
-    assert!(
-        reused.success(),
-        "w1 did not reach the reused {a2} within 2 s"
-    );
+    assert!(reused.success(), "w1 did not reach the reused {a2} within 2 s");
     let out = b.daemon(2).docker(&["rm", "-f", "w2b"]).unwrap();
     assert!(out.success(), "{}", out.stderr);
     wait_for("w2b to be detached", Duration::from_secs(10), || {
@@ -243,22 +225,10 @@ fn docker_run_containers_reach_each_other_by_name_and_go_away_on_stop() {
     // attach / detach by container name, for a container started without the proxy.
     let out = b
         .daemon(2)
-        .docker(&[
-            "run",
-            "-d",
-            "--net=none",
-            "--name",
-            "w3",
-            IMAGE,
-            "sleep",
-            "3600",
-        ])
+        .docker(&["run", "-d", "--net=none", "--name", "w3", IMAGE, "sleep", "3600"])
         .unwrap();
     assert!(out.success(), "{}", out.stderr);
-    assert!(
-        b.address(2, "w3").is_none(),
-        "not attached without the proxy"
-    );
+    assert!(b.address(2, "w3").is_none(), "not attached without the proxy");
     let said = b.bed.router(2).check(&["attach", "w3"]).expect("attach w3");
     let a3 = b.address(2, "w3").expect("attached");
     assert!(said.contains(&a3), "{said} vs {a3}");
@@ -279,12 +249,7 @@ fn walkthrough_subnets_through_env_and_bad_weave_cidr() {
     let Some(b) = DockerBed::new(
         "dksub",
         2,
-        &[
-            "--ipalloc-range",
-            "10.2.0.0/16",
-            "--ipalloc-default-subnet",
-            "10.2.1.0/24",
-        ],
+        &["--ipalloc-range", "10.2.0.0/16", "--ipalloc-default-subnet", "10.2.1.0/24"],
     ) else {
         return;
     };
@@ -294,14 +259,8 @@ fn walkthrough_subnets_through_env_and_bad_weave_cidr() {
     b.run_ok(2, "b2", Some("net:10.2.2.0/24"));
     let addr = |i, n| b.address(i, n).unwrap_or_else(|| panic!("{n} attached"));
     let (a1, a2, b1, b2) = (addr(1, "a1"), addr(2, "a2"), addr(1, "b1"), addr(2, "b2"));
-    assert!(
-        a1.starts_with("10.2.1.") && a2.starts_with("10.2.1."),
-        "{a1} {a2}"
-    );
-    assert!(
-        b1.starts_with("10.2.2.") && b2.starts_with("10.2.2."),
-        "{b1} {b2}"
-    );
+    assert!(a1.starts_with("10.2.1.") && a2.starts_with("10.2.1."), "{a1} {a2}");
+    assert!(b1.starts_with("10.2.2.") && b2.starts_with("10.2.2."), "{b1} {b2}");
     b.wait_ping(1, "a1", &a2);
     b.wait_ping(1, "b1", &b2);
     assert!(b.pings(1, "a1", "a2", 3), "a1 -> a2 by name");
@@ -318,26 +277,18 @@ fn walkthrough_subnets_through_env_and_bad_weave_cidr() {
     let out = b.run(1, "bad1", Some("net:10.2.2.0/33"));
     assert!(!out.success());
     assert!(
-        out.stderr
-            .contains("invalid WEAVE_CIDR \"net:10.2.2.0/33\""),
+        out.stderr.contains("invalid WEAVE_CIDR \"net:10.2.2.0/33\""),
         "{}",
         out.stderr
     );
-    let all = b
-        .daemon(1)
-        .check(&["ps", "-a", "--format", "{{.Names}}"])
-        .unwrap();
+    let all = b.daemon(1).check(&["ps", "-a", "--format", "{{.Names}}"]).unwrap();
     assert!(!all.lines().any(|n| n == "bad1"), "{all}");
     assert_eq!(b.ps(1), before, "nothing attached");
     // A valid spec the router cannot honour (outside the range): the start fails, the
     // container is killed, nothing is half-attached.
     let out = b.run(1, "bad2", Some("net:192.168.7.0/24"));
     assert!(!out.success(), "{}", out.stdout);
-    assert!(
-        out.stderr.contains("could not attach bad2"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("could not attach bad2"), "{}", out.stderr);
     wait_for("bad2 to stop", Duration::from_secs(10), || {
         let running = b
             .daemon(1)
@@ -368,11 +319,7 @@ fn a_router_restart_keeps_docker_containers_and_their_addresses() {
         .router(1)
         .wait_established(1, Duration::from_secs(30))
         .expect("reconnects");
-    assert_eq!(
-        b.address(1, "w1").as_deref(),
-        Some(a1.as_str()),
-        "same address"
-    );
+    assert_eq!(b.address(1, "w1").as_deref(), Some(a1.as_str()), "same address");
     // One endpoint, one allocation, one name: nothing duplicated by the re-sync.
     let ps = b.ps(1);
     assert_eq!(ps.lines().count(), 1, "{ps}");
@@ -380,14 +327,10 @@ fn a_router_restart_keeps_docker_containers_and_their_addresses() {
     assert_eq!(b.ip_of(1, &w1).trim().split('/').next(), Some(a1.as_str()));
     assert_eq!(b.host_veths(1), 1);
     // Host 2 dropped host 1's names while it was away; they come back with it.
-    wait_for(
-        "w1 to resolve on host 2 again",
-        Duration::from_secs(15),
-        || {
-            let looked = b.bed.router(2).cli(&["dns-lookup", "w1"]).ok()?;
-            (looked.stdout.trim() == a1).then_some(())
-        },
-    )
+    wait_for("w1 to resolve on host 2 again", Duration::from_secs(15), || {
+        let looked = b.bed.router(2).cli(&["dns-lookup", "w1"]).ok()?;
+        (looked.stdout.trim() == a1).then_some(())
+    })
     .unwrap();
     assert!(b.pings(1, "w1", "w2", 3), "w1 -> w2 after the restart");
     assert!(b.pings(2, "w2", "w1", 3), "w2 -> w1 after the restart");
@@ -398,11 +341,9 @@ fn a_router_restart_keeps_docker_containers_and_their_addresses() {
     b.daemon(1).check(&["rm", "-f", "w1b"]).unwrap();
     let opts = b.opts(1);
     b.bed.relaunch(1, &opts).expect("router 1 restarts");
-    wait_for(
-        "w1b's address to be released",
-        Duration::from_secs(15),
-        || b.ip_of(1, &w1b).trim().is_empty().then_some(()),
-    )
+    wait_for("w1b's address to be released", Duration::from_secs(15), || {
+        b.ip_of(1, &w1b).trim().is_empty().then_some(())
+    })
     .unwrap();
     assert!(!b.resolves(1, "w1b"));
     assert_eq!(b.ps(1).lines().count(), 1);
@@ -422,11 +363,7 @@ fn the_watcher_survives_dockerd_dying_and_nothing_leaks() {
     b.daemons[0].kill();
     // Without its daemon the router runs on, and says so once.
     std::thread::sleep(Duration::from_secs(4));
-    let status = b
-        .bed
-        .router(1)
-        .check(&["status"])
-        .expect("status without Docker");
+    let status = b.bed.router(1).check(&["status"]).expect("status without Docker");
     assert!(!status.is_empty());
     let log = b.bed.router(1).log_tail(200);
     assert_eq!(
@@ -443,7 +380,10 @@ fn the_watcher_survives_dockerd_dying_and_nothing_leaks() {
     assert!(!b.resolves(1, "w1"));
     assert_eq!(b.host_veths(1), 0);
     // And it follows the new daemon's events.
-    let out = b.daemon(1).docker_at(&b.env(1), &["start", "w1"]).unwrap();
+    let out = b
+        .daemon(1)
+        .docker_at(&b.env(1), &["start", "w1"])
+        .unwrap();
     assert!(out.success(), "{}", out.stderr);
     assert!(b.address(1, "w1").is_some(), "attached again");
     assert_eq!(b.ps(1).lines().count(), 1);
@@ -483,13 +423,7 @@ fn the_router_image_builds_without_a_registry() {
     .unwrap();
     assert!(out.success(), "docker build: {}", out.stderr);
     let entry = d
-        .check(&[
-            "image",
-            "inspect",
-            "-f",
-            "{{json .Config.Entrypoint}}",
-            "weave-router:test",
-        ])
+        .check(&["image", "inspect", "-f", "{{json .Config.Entrypoint}}", "weave-router:test"])
         .unwrap();
     assert_eq!(entry, r#"["/weave-router"]"#);
 }

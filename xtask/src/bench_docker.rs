@@ -62,25 +62,13 @@ impl Bed {
     }
 
     fn proxy(&self, i: usize) -> String {
-        format!(
-            "unix://{}",
-            self.daemons[i - 1].dir().join("weave.sock").display()
-        )
+        format!("unix://{}", self.daemons[i - 1].dir().join("weave.sock").display())
     }
 
     fn run(&self, i: usize, name: &str) -> Result<()> {
         let out = self.daemons[i - 1].docker_at(
             &self.proxy(i),
-            &[
-                "run",
-                "-d",
-                "--net=none",
-                "--name",
-                name,
-                IMAGE,
-                "sleep",
-                "3600",
-            ],
+            &["run", "-d", "--net=none", "--name", name, IMAGE, "sleep", "3600"],
         )?;
         if !out.success() {
             bail!("docker run {name}: {}", out.stderr.trim());
@@ -140,9 +128,7 @@ pub fn run(runs: usize, output: &std::path::Path) -> Result<()> {
     if !run::is_root() {
         bail!("the Docker benchmark runs dockerd in network namespaces: run it as root");
     }
-    step(&format!(
-        "Docker: docker run until reachable and resolvable, {runs} runs"
-    ));
+    step(&format!("Docker: docker run until reachable and resolvable, {runs} runs"));
     let b = Bed::new()?;
     b.run(2, "w2")?;
     let mut warm = 0;

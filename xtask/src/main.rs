@@ -1,8 +1,8 @@
 //! `cargo xtask <command>`: set-up, build, demo, tests and benchmarks of weave-router.
 
 mod bench;
-mod bench_dns;
 mod bench_docker;
+mod bench_dns;
 mod bench_ipam;
 mod build;
 mod demo;

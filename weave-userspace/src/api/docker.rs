@@ -81,11 +81,7 @@ pub async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiErro
         body.container.clone()
     } else {
         let client = docker.connected().await.map_err(unavailable)?;
-        client
-            .inspect(&body.container)
-            .await
-            .map_err(unavailable)?
-            .id
+        client.inspect(&body.container).await.map_err(unavailable)?.id
     };
     match docker.detach(&id).await? {
         Some(e) => Ok(axum::Json(EndpointView::from(&e)).into_response()),

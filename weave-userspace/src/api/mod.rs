@@ -472,7 +472,12 @@ async fn ps(State(s): AppState) -> Result<String, ApiError> {
             Some(o) => crate::docker::short(o).to_string(),
             None => v.netns.display().to_string(),
         };
-        out.push_str(&format!("{} {} {}\n", who, v.mac, v.addresses.join(" ")));
+        out.push_str(&format!(
+            "{} {} {}\n",
+            who,
+            v.mac,
+            v.addresses.join(" ")
+        ));
     }
     Ok(out)
 }

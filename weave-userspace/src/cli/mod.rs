@@ -121,11 +121,7 @@ pub enum Command {
     /// Take the `ethwe` interface of a Docker container (by name or ID) or of a network
     /// namespace (--netns) away, with its addresses and names.
     Detach {
-        #[arg(
-            value_name = "CONTAINER",
-            required_unless_present = "netns",
-            conflicts_with = "netns"
-        )]
+        #[arg(value_name = "CONTAINER", required_unless_present = "netns", conflicts_with = "netns")]
         container: Option<String>,
         #[arg(long, value_name = "PATH")]
         netns: Option<PathBuf>,
@@ -583,11 +579,7 @@ mod tests {
         assert!(attach_container(&mut vec![]).is_err());
         assert!(matches!(
             parse(&["detach", "w1"]).unwrap().command,
-            Command::Detach {
-                container: Some(_),
-                netns: None,
-                ..
-            }
+            Command::Detach { container: Some(_), netns: None, .. }
         ));
         assert!(parse(&["detach"]).is_err());
         assert!(matches!(

@@ -19,9 +19,7 @@ pub enum WeaveCidr {
 }
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "invalid WEAVE_CIDR {value:?}: {reason} (use net:default, net:CIDR, ip:CIDR, CIDR or none)"
-)]
+#[error("invalid WEAVE_CIDR {value:?}: {reason} (use net:default, net:CIDR, ip:CIDR, CIDR or none)")]
 pub struct WeaveCidrError {
     pub value: String,
     pub reason: String,
@@ -106,11 +104,7 @@ mod tests {
     #[test]
     fn bad_values_say_what_is_wrong() {
         let e = WeaveCidr::parse(Some("net:10.2.2.0/33")).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("invalid WEAVE_CIDR \"net:10.2.2.0/33\": "),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("invalid WEAVE_CIDR \"net:10.2.2.0/33\": "), "{e}");
         assert!(WeaveCidr::parse(Some("none 10.2.1.1/24")).is_err());
         assert!(WeaveCidr::parse(Some("bogus")).is_err());
     }

@@ -108,10 +108,7 @@ impl DockerService {
 
     /// The connection to the daemon, while there is one.
     pub fn client(&self) -> Option<DockerClient> {
-        self.client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.client.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn set_client(&self, c: Option<DockerClient>) {

@@ -151,22 +151,15 @@ async fn create(
         .await
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("reading the request: {e}")))?
         .to_bytes();
-    let mut config: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("bad container config: {e}"),
-        )
-    })?;
+    let mut config: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad container config: {e}")))?;
     let dns = service
         .api
         .dns_service()
         .map(|d| d.info())
         .map(|i| (i.listen, i.domain));
-    complete_create(
-        &mut config,
-        dns.as_ref().map(|(l, d)| (l.as_str(), d.as_str())),
-    )
-    .map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+    complete_create(&mut config, dns.as_ref().map(|(l, d)| (l.as_str(), d.as_str())))
+        .map_err(|m| (StatusCode::BAD_REQUEST, m))?;
     let body = serde_json::to_vec(&config).expect("serialisable");
     parts.headers.insert(
         hyper::header::CONTENT_LENGTH,
@@ -181,11 +174,7 @@ async fn create(
 fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), String> {
     let env: Vec<String> = config["Env"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let wants = WeaveCidr::from_env(&env).map_err(|e| e.to_string())?;
     if wants == WeaveCidr::Detached {
@@ -232,10 +221,7 @@ async fn start(
         .connected()
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let facts = client
-        .inspect(id)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let facts = client.inspect(id).await.map_err(|e| failed(e.to_string()))?;
     if let Err(e) = service.attach(&facts, None).await {
         let message = format!("weave-router could not attach {}: {e}", facts.name);
         tracing::warn!("{message}; killing it");
@@ -251,10 +237,7 @@ async fn forward(upstream: &Path, mut req: Request<Body>) -> Result<Response<Bod
     let unavailable = |e: String| {
         (
             StatusCode::BAD_GATEWAY,
-            format!(
-                "cannot reach the Docker daemon at {}: {e}",
-                upstream.display()
-            ),
+            format!("cannot reach the Docker daemon at {}: {e}", upstream.display()),
         )
     };
     let stream = tokio::net::UnixStream::connect(upstream)
@@ -295,20 +278,14 @@ mod tests {
 
     #[test]
     fn create_and_start_are_recognised_with_or_without_a_version() {
-        assert_eq!(
-            classify(&Method::POST, "/v1.41/containers/create"),
-            Call::Create
-        );
+        assert_eq!(classify(&Method::POST, "/v1.41/containers/create"), Call::Create);
         assert_eq!(classify(&Method::POST, "/containers/create"), Call::Create);
         assert_eq!(
             classify(&Method::POST, "/v1.41/containers/abc/start"),
             Call::Start("abc")
         );
         assert_eq!(classify(&Method::GET, "/containers/create"), Call::Other);
-        assert_eq!(
-            classify(&Method::POST, "/v1.41/containers/abc/stop"),
-            Call::Other
-        );
+        assert_eq!(classify(&Method::POST, "/v1.41/containers/abc/stop"), Call::Other);
     }
 
     #[test]
@@ -317,15 +294,11 @@ mod tests {
         complete_create(&mut c, Some(("169.254.53.53:53", "weave.local."))).unwrap();
         assert_eq!(c["Labels"][CIDR_LABEL], "net:10.2.2.0/24");
         assert_eq!(c["HostConfig"]["Dns"], serde_json::json!(["169.254.53.53"]));
-        assert_eq!(
-            c["HostConfig"]["DnsSearch"],
-            serde_json::json!(["weave.local."])
-        );
+        assert_eq!(c["HostConfig"]["DnsSearch"], serde_json::json!(["weave.local."]));
         let mut c = serde_json::json!({"Image": "busybox", "Labels": null});
         complete_create(&mut c, None).unwrap();
         assert_eq!(c["Labels"][CIDR_LABEL], "net:default");
-        let mut c =
-            serde_json::json!({"Env": ["WEAVE_CIDR=none"], "HostConfig": {"Dns": ["1.1.1.1"]}});
+        let mut c = serde_json::json!({"Env": ["WEAVE_CIDR=none"], "HostConfig": {"Dns": ["1.1.1.1"]}});
         let before = c.clone();
         complete_create(&mut c, Some(("169.254.53.53:53", "weave.local."))).unwrap();
         assert_eq!(c, before);
@@ -335,10 +308,7 @@ mod tests {
     fn an_invalid_weave_cidr_is_refused_in_one_line() {
         let mut c = serde_json::json!({"Env": ["WEAVE_CIDR=net:10.2.2.0/99"]});
         let e = complete_create(&mut c, None).unwrap_err();
-        assert!(
-            e.starts_with("invalid WEAVE_CIDR \"net:10.2.2.0/99\""),
-            "{e}"
-        );
+        assert!(e.starts_with("invalid WEAVE_CIDR \"net:10.2.2.0/99\""), "{e}");
         assert!(!e.contains('\n'));
     }
 }

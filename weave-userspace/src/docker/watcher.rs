@@ -21,7 +21,9 @@ pub async fn run(service: Arc<DockerService>) {
             Ok(c) => c,
             Err(e) => {
                 if !said_absent {
-                    tracing::warn!("{e}; running without Docker features until the daemon answers");
+                    tracing::warn!(
+                        "{e}; running without Docker features until the daemon answers"
+                    );
                     said_absent = true;
                 }
                 tokio::time::sleep(RETRY).await;
@@ -29,7 +31,10 @@ pub async fn run(service: Arc<DockerService>) {
             }
         };
         said_absent = false;
-        tracing::info!("Docker at {host}: connected (API {})", client.api_version());
+        tracing::info!(
+            "Docker at {host}: connected (API {})",
+            client.api_version()
+        );
         // Events from before the re-sync are replayed: nothing falls between the two.
         let since = unix_now() - 1;
         if let Err(e) = service.resync(&client).await {

@@ -296,7 +296,11 @@ impl<D: Datapath> Inner<D> {
                 return None;
             }
             let pause = ROUTES_INTERVAL.max(view.routes_cost * ROUTES_DUTY);
-            if let Some(due) = view.routes_at.map(|t| t + pause).filter(|due| *due > now) {
+            if let Some(due) = view
+                .routes_at
+                .map(|t| t + pause)
+                .filter(|due| *due > now)
+            {
                 return Some(due);
             }
             view.routes_stale = false;

@@ -549,10 +549,7 @@ async fn forget_stops_dialling() {
         a.states().iter().any(|s| s == "failed" || s == "retrying")
     })
     .await;
-    assert_eq!(
-        a.router.forget(std::slice::from_ref(&target)),
-        vec![target.clone()]
-    );
+    assert_eq!(a.router.forget(std::slice::from_ref(&target)), vec![target.clone()]);
     assert!(a.router.status().targets.is_empty());
     assert!(a.router.forget(&[target]).is_empty());
     a.router.stop().await;
