@@ -34,20 +34,7 @@ impl PluginBed {
         }
         let mut b = PluginBed { bed, daemons };
         for i in 1..=n {
-            let d = &b.daemons[i - 1];
-            let opts = LaunchOpts {
-                peers: (1..i).map(|j| host_addr(j).to_string()).collect(),
-                extra: vec![
-                    "--docker-host".into(),
-                    d.docker_host(),
-                    "--no-proxy".into(),
-                    "--plugin-socket".into(),
-                    d.plugins_dir()
-                        .join("weave.sock")
-                        .to_string_lossy()
-                        .to_string(),
-                ],
-            };
+            let opts = b.opts(i);
             b.bed.launch(i, &opts).expect("router launches");
         }
         for i in 1..=n {
@@ -57,6 +44,23 @@ impl PluginBed {
                 .expect("routers connect");
         }
         Some(b)
+    }
+
+    fn opts(&self, i: usize) -> LaunchOpts {
+        let d = &self.daemons[i - 1];
+        LaunchOpts {
+            peers: (1..i).map(|j| host_addr(j).to_string()).collect(),
+            extra: vec![
+                "--docker-host".into(),
+                d.docker_host(),
+                "--no-proxy".into(),
+                "--plugin-socket".into(),
+                d.plugins_dir()
+                    .join("weave.sock")
+                    .to_string_lossy()
+                    .to_string(),
+            ],
+        }
     }
 
     fn daemon(&self, i: usize) -> &DockerHost {
@@ -142,7 +146,7 @@ fn docker_network_plugin_runs_containers_on_the_weave_network() {
     if !require_root("docker_network_plugin_runs_containers_on_the_weave_network") {
         return;
     }
-    let Some(b) = PluginBed::new("dpplug", 2) else {
+    let Some(mut b) = PluginBed::new("dpplug", 2) else {
         return;
     };
     // Each router creates the network `weave` on its daemon, in the default subnet.
@@ -218,6 +222,36 @@ fn docker_network_plugin_runs_containers_on_the_weave_network() {
         b.allocations(2).contains(&format!("{a2}/")),
         "{}",
         b.allocations(2)
+    );
+
+    // A router restart keeps w1's interface, address and name.
+    let a1 = b.address(1, "w1");
+    let opts = b.opts(1);
+    b.bed.relaunch(1, &opts).expect("router 1 restarts");
+    b.bed
+        .router(1)
+        .wait_established(1, Duration::from_secs(30))
+        .expect("router 1 reconnects");
+    wait_for(
+        "w1 to reach w2 after the restart",
+        Duration::from_secs(20),
+        || b.pings(1, "w1", "w2", 1, 1).then_some(()),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- router 1 log ---\n{}",
+            b.bed.router(1).log_tail(30)
+        )
+    });
+    assert!(
+        b.pings(2, "w2", "w1", 1, 1),
+        "w2 -> w1 by name after the restart"
+    );
+    assert_eq!(b.address(1, "w1"), a1);
+    assert!(
+        b.allocations(1).contains(&format!("{a1}/")),
+        "{}",
+        b.allocations(1)
     );
 
     // docker rm -f: the address is released and the name goes, on every host.
