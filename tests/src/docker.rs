@@ -5,9 +5,10 @@
 //! needs), in a private mount namespace with fresh tmpfs on /run/containerd and /run/docker
 //! (else it adopts a system containerd through /run/containerd/containerd.sock, and plugin
 //! sockets would be shared), with `--bridge=none --iptables=false`: containers run with
-//! `--net=none` and get their only interface from weave-router. Its state lives in
-//! `/tmp/<prefix>-dk<i>/` (unix socket paths must stay short) and its containers in cgroup
-//! `/<prefix>-dk<i>`. Everything goes when the [`DockerHost`] is dropped.
+//! `--net=none` and get their only interface from weave-router. Its /run/docker/plugins is
+//! [`DockerHost::plugins_dir`], where the router of that host puts its network plugin. Its
+//! state lives in `/tmp/<prefix>-dk<i>/` (unix socket paths must stay short) and its
+//! containers in cgroup `/<prefix>-dk<i>`. Everything goes when the [`DockerHost`] is dropped.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -88,6 +89,11 @@ impl DockerHost {
         self.dir.join("docker.sock")
     }
 
+    /// The directory the daemon sees as /run/docker/plugins (a plugin's socket goes here).
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.join("plugins")
+    }
+
     /// Its state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -100,8 +106,10 @@ impl DockerHost {
 
     fn launch(&mut self) -> Result<()> {
         let d = &self.dir;
-        std::fs::create_dir_all(d.join("data"))
-            .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        for sub in ["data", "plugins"] {
+            std::fs::create_dir_all(d.join(sub))
+                .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        }
         let _ = std::fs::remove_file(self.socket());
         let _ = std::fs::remove_file(d.join("docker.pid"));
         let config = serde_json::json!({
@@ -133,9 +141,11 @@ impl DockerHost {
         let script = format!(
             "hostname {tag} && mount -t tmpfs -o mode=0711,size=64m dkrun /run/containerd && \
              mount -t tmpfs -o mode=0711,size=64m dkrun /run/docker && \
+             mkdir -p /run/docker/plugins && mount --bind '{plugins}' /run/docker/plugins && \
              exec dockerd --config-file '{conf}'",
             tag = self.cgroup,
-            conf = conf.display()
+            conf = conf.display(),
+            plugins = self.plugins_dir().display()
         );
         let mut c = Command::new("setsid");
         c.arg("nsenter")

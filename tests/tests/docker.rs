@@ -206,6 +206,7 @@ fn docker_run_containers_reach_each_other_by_name_and_go_away_on_stop() {
     let ps = b.ps(1);
     assert!(ps.contains(&w1[..12]) && ps.contains(&a1), "{ps}");
     assert_eq!(b.ip_of(2, &w2).trim().split('/').next(), Some(a2.as_str()));
+    let a2_cidr = b.ip_of(2, &w2).trim().to_string();
 
     // docker stop: the address is released and the name goes, on every host.
     let out = b.daemon(2).docker(&["stop", "-t", "1", "w2"]).unwrap();
@@ -222,6 +223,22 @@ fn docker_run_containers_reach_each_other_by_name_and_go_away_on_stop() {
     .unwrap();
     assert_eq!(b.host_veths(2), 0, "w2's veth is gone");
     assert!(b.resolves(1, "w1"), "w1 stays");
+
+    // The released address for a new container (another MAC): w1, whose neighbour entry
+    // still has w2's MAC, reaches it at once (the attach sent a gratuitous ARP).
+    b.run_ok(2, "w2b", Some(&format!("ip:{a2_cidr}")));
+    assert_eq!(b.address(2, "w2b").as_deref(), Some(a2.as_str()));
+    let reused = b.exec(1, "w1", &["ping", "-c", "1", "-W", "2", &a2]);
+    assert!(
+        reused.success(),
+        "w1 did not reach the reused {a2} within 2 s"
+    );
+    let out = b.daemon(2).docker(&["rm", "-f", "w2b"]).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    wait_for("w2b to be detached", Duration::from_secs(10), || {
+        (b.host_veths(2) == 0).then_some(())
+    })
+    .unwrap();
 
     // attach / detach by container name, for a container started without the proxy.
     let out = b

@@ -119,6 +119,10 @@ pub struct LaunchArgs {
     /// No Docker API proxy.
     #[arg(long)]
     pub no_proxy: bool,
+    /// Serve the Docker network and IPAM plugin `weave` on this socket (dockerd looks in
+    /// /run/docker/plugins/weave.sock); off when not given.
+    #[arg(long, value_name = "PATH")]
+    pub plugin_socket: Option<PathBuf>,
     /// Use an in-memory data path (control plane only, no privileges needed).
     #[arg(long, hide = true)]
     pub fake_datapath: bool,
@@ -380,6 +384,10 @@ impl LaunchArgs {
                     std::path::absolute(&self.proxy_socket)
                         .unwrap_or_else(|_| self.proxy_socket.clone())
                 }),
+                plugin_socket: self
+                    .plugin_socket
+                    .as_ref()
+                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
             })
         };
         let ipam = self.ipam_config(unique.len())?;

@@ -299,6 +299,7 @@ impl Bed {
                 netns: bed.containers[i].path(),
                 addresses: vec![format!("{}/24", CONTAINER[i]).parse().unwrap()],
                 owner: None,
+                hand_over: false,
             };
             bed.routers[i]
                 .call(move |dp| async move { dp.attach(request).await })
@@ -723,6 +724,7 @@ fn bad_requests_fail_cleanly() {
                 netns: "/nonexistent/netns".into(),
                 addresses: vec![],
                 owner: None,
+                hand_over: false,
             })
             .await
         })
@@ -738,6 +740,7 @@ fn bad_requests_fail_cleanly() {
                 netns: "/etc/hostname".into(),
                 addresses: vec![],
                 owner: None,
+                hand_over: false,
             })
             .await
         })

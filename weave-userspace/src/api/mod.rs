@@ -568,6 +568,11 @@ pub struct AttachOrder {
 
 impl ApiState {
     /// The attached endpoints.
+    /// The controller, once the router is up.
+    pub fn controller(&self) -> Result<Arc<dyn Controller>, ApiError> {
+        self.ready()
+    }
+
     pub fn endpoints(&self) -> Result<Vec<Endpoint>, ApiError> {
         Ok(self.ready()?.endpoints())
     }
@@ -608,6 +613,7 @@ impl ApiState {
                 netns: order.netns,
                 addresses,
                 owner: order.owner,
+                hand_over: false,
             })
             .await;
         let endpoint = match attached {

@@ -341,6 +341,14 @@ fn start_docker(
     let service = crate::docker::DockerService::new(api_state.clone(), settings.clone());
     api_state.set_docker(Some(service.clone()));
     let mut tasks = vec![tokio::spawn(crate::docker::watcher::run(service.clone()))];
+    if let Some(path) = settings.plugin_socket.clone() {
+        let plugin = crate::docker::plugin::Plugin::new(service.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::docker::plugin::serve(plugin, path).await {
+                tracing::error!("{e}; running without the Docker network plugin");
+            }
+        }));
+    }
     if let Some(path) = settings.proxy_socket.clone() {
         tasks.push(tokio::spawn(async move {
             if let Err(e) = crate::docker::proxy::serve(service, path).await {
@@ -470,13 +478,10 @@ impl Up<'_> {
         for t in docker_tasks {
             t.abort();
         }
-        if let Some(p) = self
-            .config
-            .docker
-            .as_ref()
-            .and_then(|d| d.proxy_socket.as_ref())
-        {
-            let _ = std::fs::remove_file(p);
+        if let Some(d) = self.config.docker.as_ref() {
+            for p in d.proxy_socket.iter().chain(&d.plugin_socket) {
+                let _ = std::fs::remove_file(p);
+            }
         }
         if let Some(dns) = dns {
             let _ = tokio::task::spawn_blocking(move || dns.stop()).await;

@@ -50,6 +50,16 @@ pub const BRIDGE_NAME: &str = "weave";
 pub const CONTAINER_IFNAME: &str = "ethwe";
 /// Prefix of the host end of container veths.
 pub const HOST_VETH_PREFIX: &str = "vethwe";
+/// Prefix of the container end of a veth left in the host for Docker to move.
+pub const HANDOVER_VETH_PREFIX: &str = "vethwp";
+
+/// The name of the container end of a handed-over veth, from its host end's.
+pub fn handover_name(host_ifname: &str) -> String {
+    let suffix = host_ifname
+        .strip_prefix(HOST_VETH_PREFIX)
+        .unwrap_or(host_ifname);
+    format!("{HANDOVER_VETH_PREFIX}{suffix}")
+}
 /// Prefix of the per-peer VXLAN devices.
 pub const VXLAN_PREFIX: &str = "vxw-";
 /// Where bpffs is mounted.
@@ -545,6 +555,9 @@ impl EbpfDatapath {
                 .link_by_name(&temp_name)
                 .await?
                 .ok_or_else(|| DatapathError::Netlink(format!("veth {temp_name} vanished")))?;
+            if request.hand_over {
+                return self.hand_over(request, &host, &temp_name).await;
+            }
             let ns = netlink::open_netns(&request.netns)?;
             self.nl.move_to_netns(temp.index, ns.as_raw_fd()).await?;
             drop(ns);
@@ -602,6 +615,17 @@ impl EbpfDatapath {
             };
             self.take_up(&endpoint, host.index)?;
             self.service_neighbours(&endpoint, true).await?;
+            let addrs: Vec<Ipv4Addr> = endpoint.addresses.iter().map(|a| a.addr).collect();
+            let garp = netlink::in_netns(&request.netns, move |nl| async move {
+                if let Some(l) = nl.link_by_name(CONTAINER_IFNAME).await? {
+                    super::garp::send(l.index, mac, &addrs)?;
+                }
+                Ok(())
+            })
+            .await;
+            if let Err(e) = garp {
+                tracing::warn!("gratuitous ARP from {}: {e}", request.netns.display());
+            }
             Ok(endpoint)
         }
         .await;
@@ -609,6 +633,56 @@ impl EbpfDatapath {
             let _ = self.nl.del_link(host.index).await;
         }
         result
+    }
+
+    /// The rest of an attach whose container end stays in the host for Docker to move:
+    /// renamed, MTU set, announced with a gratuitous ARP, then left down.
+    async fn hand_over(
+        &self,
+        request: &AttachRequest,
+        host: &LinkInfo,
+        temp_name: &str,
+    ) -> Result<Endpoint, DatapathError> {
+        let name = handover_name(&host.name);
+        let temp = self
+            .nl
+            .link_by_name(temp_name)
+            .await?
+            .ok_or_else(|| DatapathError::Netlink(format!("veth {temp_name} vanished")))?;
+        self.nl
+            .set_link(
+                temp.index,
+                LinkChange {
+                    name: Some(name.clone()),
+                    mtu: Some(self.container_mtu),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.make_bridge_port(host.index).await?;
+        let endpoint = Endpoint {
+            netns: request.netns.clone(),
+            host_ifname: host.name.clone(),
+            mac: temp.mac,
+            addresses: request.addresses.clone(),
+            owner: request.owner.clone(),
+        };
+        self.take_up(&endpoint, host.index)?;
+        self.service_neighbours(&endpoint, true).await?;
+        // Up for the gratuitous ARP only: Docker takes it down when it moves it.
+        let up = LinkChange {
+            up: true,
+            ..Default::default()
+        };
+        let addrs: Vec<Ipv4Addr> = endpoint.addresses.iter().map(|a| a.addr).collect();
+        let sent = match self.nl.set_link(temp.index, up).await {
+            Ok(()) => super::garp::send(temp.index, temp.mac, &addrs).map_err(DatapathError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::warn!("gratuitous ARP from {name}: {e}");
+        }
+        Ok(endpoint)
     }
 
     /// Records an endpoint's addresses (`ENDPOINT_ADDRESSES`), attaches TX and the egress
@@ -981,10 +1055,11 @@ impl Datapath for EbpfDatapath {
         }
         // Fail early, before creating anything, on a path that is not a network namespace
         // or one that has an ethwe already.
-        let has_ethwe = netlink::in_netns(&request.netns, |nl| async move {
-            Ok(nl.link_by_name(CONTAINER_IFNAME).await?.is_some())
-        })
-        .await?;
+        let has_ethwe = !request.hand_over
+            && netlink::in_netns(&request.netns, |nl| async move {
+                Ok(nl.link_by_name(CONTAINER_IFNAME).await?.is_some())
+            })
+            .await?;
         if has_ethwe {
             return Err(DatapathError::AlreadyAttached(request.netns));
         }

@@ -125,7 +125,7 @@ impl Datapath for FakeDatapath {
     async fn attach(&self, request: AttachRequest) -> Result<Endpoint, DatapathError> {
         let mut s = self.lock();
         s.calls.push(FakeCall::Attach(request.netns.clone()));
-        if !request.netns.exists() {
+        if !request.hand_over && !request.netns.exists() {
             return Err(DatapathError::Netns {
                 path: request.netns,
                 reason: "no such file".into(),

@@ -7,6 +7,7 @@
 pub mod fake;
 
 pub mod ebpf;
+pub mod garp;
 pub mod nat;
 pub mod netlink;
 
@@ -39,6 +40,11 @@ pub struct AttachRequest {
     /// when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Leave the container end of the veth in the host's namespace, down, without
+    /// addresses, named [`ebpf::handover_name`] of the host end, for someone else (Docker,
+    /// through the network plugin) to move into the container; `netns` is then only a key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hand_over: bool,
 }
 
 /// An IPv4 address with a prefix length.

@@ -51,6 +51,8 @@ pub struct ContainerFacts {
     /// Whether it asked to be on the weave network: through the proxy's label, else through
     /// `WEAVE_CIDR` in its environment; `None` when neither.
     pub wants: Option<Result<WeaveCidr, WeaveCidrError>>,
+    /// The IDs of its endpoints on Docker networks (some may be the network plugin's).
+    pub endpoint_ids: Vec<String>,
 }
 
 impl ContainerFacts {
@@ -67,6 +69,11 @@ impl ContainerFacts {
             .pid
             .filter(|p| running && *p > 0)
             .and_then(|p| u32::try_from(p).ok());
+        let endpoint_ids = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|n| n.into_values().filter_map(|e| e.endpoint_id).collect())
+            .unwrap_or_default();
         let config = c.config.unwrap_or_default();
         let labels: HashMap<String, String> = config.labels.unwrap_or_default();
         let env = config.env.unwrap_or_default();
@@ -83,6 +90,7 @@ impl ContainerFacts {
                 .to_string(),
             pid,
             wants,
+            endpoint_ids,
         }
     }
 }
@@ -177,6 +185,42 @@ impl DockerClient {
             }
         }
         Ok(out)
+    }
+
+    /// Creates network `name` on the network plugin's drivers, with `subnet` as its
+    /// configured subnet (so `docker run --ip` works on it), unless a network of that name
+    /// exists. `Ok(true)`: created.
+    pub async fn ensure_plugin_network(
+        &self,
+        name: &str,
+        subnet: &str,
+    ) -> Result<bool, DockerError> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(false),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(self.api(e)),
+        }
+        let plugin = super::plugin::PLUGIN_NAME.to_string();
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some(plugin.clone()),
+            ipam: Some(bollard::models::Ipam {
+                driver: Some(plugin),
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(subnet.to_string()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map_err(|e| self.api(e))?;
+        Ok(true)
     }
 
     /// Kills a container (one the proxy could not attach).

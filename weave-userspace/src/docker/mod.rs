@@ -12,6 +12,7 @@
 
 pub mod cidr;
 pub mod client;
+pub mod plugin;
 pub mod proxy;
 pub mod watcher;
 
@@ -37,6 +38,8 @@ pub struct DockerSettings {
     pub host: String,
     /// Where the proxy listens; `None`: no proxy.
     pub proxy_socket: Option<PathBuf>,
+    /// Where the network plugin listens; `None`: no plugin.
+    pub plugin_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +61,7 @@ impl From<ApiError> for AttachError {
 /// The Docker side of a router: the current connection to the daemon and the one place
 /// containers are attached and detached (the watcher and the proxy both go through it).
 pub struct DockerService {
-    api: Arc<ApiState>,
+    pub(crate) api: Arc<ApiState>,
     settings: DockerSettings,
     client: Mutex<Option<DockerClient>>,
     /// Serialises attach, detach and re-sync: a container is attached once, whoever sees
@@ -148,6 +151,7 @@ impl DockerService {
         facts: &ContainerFacts,
         specs: Option<Vec<AddressSpec>>,
     ) -> Result<Option<Endpoint>, AttachError> {
+        self.announce_plugin_endpoints(facts).await;
         let specs = match specs {
             Some(s) => s,
             None => match &facts.wants {
@@ -192,6 +196,58 @@ impl DockerService {
                 .join(" ")
         );
         Ok(Some(endpoint))
+    }
+
+    /// For a container on the network plugin's network: puts its name in weaveDNS with the
+    /// addresses of its plugin endpoints (Docker gives the plugin no names), and sends a
+    /// gratuitous ARP from each of those interfaces, now that they are up in the container
+    /// (the one sent at `Join` may go out before the link can carry it).
+    async fn announce_plugin_endpoints(&self, facts: &ContainerFacts) {
+        let endpoints: Vec<Endpoint> = self
+            .api
+            .endpoints()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                plugin::endpoint_id(&e.netns)
+                    .is_some_and(|id| facts.endpoint_ids.iter().any(|x| x == id))
+            })
+            .collect();
+        if endpoints.is_empty() {
+            return;
+        }
+        if let Some(netns) = facts.netns() {
+            let ends: Vec<([u8; 6], Vec<std::net::Ipv4Addr>)> = endpoints
+                .iter()
+                .map(|e| (e.mac, e.addresses.iter().map(|a| a.addr).collect()))
+                .collect();
+            let sent = crate::datapath::netlink::in_netns(&netns, move |nl| async move {
+                for link in nl.links().await? {
+                    if let Some((mac, addrs)) = ends.iter().find(|(m, _)| *m == link.mac) {
+                        crate::datapath::garp::send(link.index, *mac, addrs)?;
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            if let Err(e) = sent {
+                tracing::warn!("Docker container {}: gratuitous ARP: {e}", facts.name);
+            }
+        }
+        let Some(dns) = self.api.dns_service() else {
+            return;
+        };
+        let Ok(fqdn) = dns.qualify(&facts.name) else {
+            return;
+        };
+        let addrs: Vec<std::net::Ipv4Addr> = endpoints
+            .into_iter()
+            .flat_map(|e| e.addresses.into_iter().map(|a| a.addr))
+            .collect();
+        match dns.add(&facts.id, &addrs, &fqdn) {
+            Ok(_) => tracing::info!("Docker container {} named {fqdn}", facts.name),
+            Err(e) => tracing::warn!("Docker container {}: {e}", facts.name),
+        }
     }
 
     /// Detaches a container (it stopped): its interface, addresses and names go.

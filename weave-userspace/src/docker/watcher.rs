@@ -38,9 +38,46 @@ pub async fn run(service: Arc<DockerService>) {
             continue;
         }
         service.set_client(Some(client.clone()));
+        let network = service
+            .settings()
+            .plugin_socket
+            .is_some()
+            .then(|| tokio::spawn(ensure_network(service.clone(), client.clone())));
         follow(&service, &client, since).await;
+        if let Some(t) = network {
+            t.abort();
+        }
         service.set_client(None);
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// With the network plugin on: the network `weave` on it, in the default subnet, unless the
+/// daemon has a network of that name already. Tried again for a minute while it fails (IPAM
+/// may have no space yet right after the router joined the mesh).
+async fn ensure_network(service: Arc<DockerService>, client: DockerClient) {
+    let name = super::plugin::PLUGIN_NAME;
+    let Some(ipam) = service.api.ipam_service() else {
+        return;
+    };
+    let subnet = ipam.default_subnet().to_string();
+    let mut last = None;
+    for _ in 0..30 {
+        match client.ensure_plugin_network(name, &subnet).await {
+            Ok(true) => {
+                tracing::info!("Docker network {name} created (subnet {subnet})");
+                return;
+            }
+            Ok(false) => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if let Some(e) = last {
+        tracing::warn!(
+            "Docker network {name} not created: {e} (docker network create -d {name} \
+             --ipam-driver {name} {name})"
+        );
     }
 }
 
