@@ -302,6 +302,12 @@ impl Records {
         Ok(changed)
     }
 
+    /// Gossip sent by `peer` itself: it is in the mesh again, so its entries count again
+    /// (without waiting for the next prune to see it live).
+    pub fn heard_from(&self, peer: PeerName) {
+        self.state().departed.remove(&peer);
+    }
+
     /// Merges entries from gossip. Returns those that were news (to pass on). Entries of
     /// ours that come back newer than we know (from an earlier run) are answered with a
     /// newer version of what we hold, which is news too.
@@ -442,10 +448,12 @@ impl GossipChannel for Records {
 
     fn on_gossip(
         &self,
-        _origin: PeerName,
+        origin: PeerName,
         payload: &[u8],
     ) -> Result<Option<Vec<u8>>, GossipChannelError> {
-        let news = self.merge(decode(payload)?);
+        let entries = decode(payload)?;
+        self.heard_from(origin);
+        let news = self.merge(entries);
         Ok((!news.is_empty()).then(|| encode(&news)))
     }
 

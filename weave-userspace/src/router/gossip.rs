@@ -27,6 +27,8 @@ pub const ROUTES_INTERVAL: Duration = Duration::from_millis(100);
 /// took `d`, the next waits at least `ROUTES_DUTY · d` (when that is above ROUTES_INTERVAL),
 /// so that a large mesh under churn does not spend a router's whole CPU on routes.
 const ROUTES_DUTY: u32 = 20;
+/// The longest wait between two route computations, whatever the last one cost.
+const ROUTES_INTERVAL_MAX: Duration = Duration::from_secs(1);
 /// Shortest time between two publications of our own record: a burst of connection
 /// changes (a join in a full mesh) goes out as one record.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -44,7 +46,8 @@ pub(super) struct MeshView {
     pub routes_stale: bool,
     /// When routes were last computed.
     pub routes_at: Option<tokio::time::Instant>,
-    /// How long the last computation took.
+    /// How long the last computation took (the CPU part: not its installation in the
+    /// data path, which waits on the kernel).
     pub routes_cost: Duration,
     /// Routes computed for passing on gossip from sources the installed routes do not know
     /// yet (a peer that just joined): computed once per unknown source, not per message.
@@ -295,7 +298,8 @@ impl<D: Datapath> Inner<D> {
             if !view.routes_stale {
                 return None;
             }
-            let pause = ROUTES_INTERVAL.max(view.routes_cost * ROUTES_DUTY);
+            let pause =
+                (view.routes_cost * ROUTES_DUTY).clamp(ROUTES_INTERVAL, ROUTES_INTERVAL_MAX);
             if let Some(due) = view.routes_at.map(|t| t + pause).filter(|due| *due > now) {
                 return Some(due);
             }
@@ -303,8 +307,6 @@ impl<D: Datapath> Inner<D> {
             view.routes_at = Some(now);
         }
         self.apply_routes().await;
-        let cost = now.elapsed();
-        self.view().routes_cost = cost;
         None
     }
 
@@ -469,11 +471,13 @@ impl<D: Datapath> Inner<D> {
         let (add, remove, tree_changes) = {
             let direct: Vec<PeerName> = self.mesh().by_peer.keys().copied().collect();
             let mut view = self.view();
+            let started = std::time::Instant::now();
             let gone = view.topology.garbage_collect();
             if !gone.is_empty() {
                 tracing::info!("peers no longer reachable, forgotten: {gone:?}");
             }
             view.routes = routes::compute(&view.topology);
+            view.routes_cost = started.elapsed();
             view.lookup_routes = None;
             let mut wanted = BTreeMap::new();
             for (dst, hop) in &view.routes.unicast {

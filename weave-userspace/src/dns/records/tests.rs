@@ -182,6 +182,29 @@ fn entries_of_departed_peers_disappear_and_stay_away_until_they_return() {
 }
 
 #[test]
+fn a_departed_peer_that_speaks_again_is_heard_at_once() {
+    let r = Records::new(peer(1));
+    let theirs = Entry {
+        container_id: "c2".into(),
+        origin: peer(2),
+        addr: ip("10.2.2.1"),
+        hostname: "theirs.weave.local.".into(),
+        version: 5,
+        tombstone: false,
+    };
+    r.merge(vec![theirs.clone()]);
+    let only_me: HashSet<PeerName> = [peer(1)].into();
+    assert_eq!(r.prune(&only_me, Instant::now()), 1);
+    let payload = encode(std::slice::from_ref(&theirs));
+    // Relayed by a third router: still ignored.
+    assert_eq!(r.on_gossip(peer(3), &payload), Ok(None));
+    assert!(addrs(&r, "theirs.weave.local.").is_empty());
+    // From the peer itself (it restarted before the next prune saw it live): taken.
+    assert!(r.on_gossip(peer(2), &payload).unwrap().is_some());
+    assert_eq!(addrs(&r, "theirs.weave.local."), [ip("10.2.2.1")]);
+}
+
+#[test]
 fn old_tombstones_are_forgotten() {
     let r = Records::new(peer(1));
     r.add("c1", ip("10.2.1.1"), "w1.weave.local.").unwrap();
