@@ -99,6 +99,38 @@ impl DockerHost {
         &self.dir
     }
 
+    /// Builds the router image `tag` from the project's docker/Dockerfile with `binary` as
+    /// the router (no registry involved); the build's output.
+    pub fn build_router_image(&self, binary: &Path, tag: &str) -> Result<Output> {
+        let context = self.dir.join("image-context");
+        let copy = |from: &Path, to: &str| {
+            std::fs::copy(from, context.join(to)).map_err(|e| {
+                Error::io(format!("copy {} into the build context", from.display()), e)
+            })
+        };
+        std::fs::create_dir_all(&context)
+            .map_err(|e| Error::io(format!("create {}", context.display()), e))?;
+        copy(
+            &crate::router::workspace_root().join("docker/Dockerfile"),
+            "Dockerfile",
+        )?;
+        copy(binary, "weave-router")?;
+        cmd::run_timeout(
+            &[
+                "env",
+                &format!("DOCKER_HOST={}", self.docker_host()),
+                "DOCKER_BUILDKIT=0",
+                "docker",
+                "build",
+                "-q",
+                "-t",
+                tag,
+                &context.to_string_lossy(),
+            ],
+            Duration::from_secs(120),
+        )
+    }
+
     /// The daemon's pid while it runs.
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)

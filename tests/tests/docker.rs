@@ -459,28 +459,12 @@ fn the_router_image_builds_without_a_registry() {
         eprintln!("\n!!!!! SKIPPED: {why} (cargo xtask setup installs it) !!!!!\n");
         return;
     }
-    let bed = TestBed::new("dkimg", 1).expect("test bed");
+    // Holds the host namespace the daemon runs in.
+    let _bed = TestBed::new("dkimg", 1).expect("test bed");
     let d = DockerHost::start("dkimg-h1", "dkimg-dk1").expect("dockerd starts");
-    let context = bed.state_dir(0).with_file_name("context");
-    std::fs::create_dir_all(&context).unwrap();
-    let root = weave_tests::router::workspace_root();
-    std::fs::copy(root.join("docker/Dockerfile"), context.join("Dockerfile")).unwrap();
-    std::fs::copy(weave_tests::router::binary(), context.join("weave-router")).unwrap();
-    let out = weave_tests::cmd::run_timeout(
-        &[
-            "env",
-            &format!("DOCKER_HOST={}", d.docker_host()),
-            "DOCKER_BUILDKIT=0",
-            "docker",
-            "build",
-            "-q",
-            "-t",
-            "weave-router:test",
-            &context.to_string_lossy(),
-        ],
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let out = d
+        .build_router_image(&weave_tests::router::binary(), "weave-router:test")
+        .unwrap();
     assert!(out.success(), "docker build: {}", out.stderr);
     let entry = d
         .check(&[

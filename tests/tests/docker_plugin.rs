@@ -307,28 +307,12 @@ fn the_static_router_image_launches_a_router() {
         eprintln!("\n!!!!! SKIPPED: {why} !!!!!\n");
         return;
     }
-    let bed = TestBed::new("dpimg", 1).expect("test bed");
+    // Holds the host namespace the daemon runs in.
+    let _bed = TestBed::new("dpimg", 1).expect("test bed");
     let d = DockerHost::start("dpimg-h1", "dpimg-dk1").expect("dockerd starts");
-    let context = bed.state_dir(0).with_file_name("context");
-    std::fs::create_dir_all(&context).unwrap();
-    let root = weave_tests::router::workspace_root();
-    std::fs::copy(root.join("docker/Dockerfile"), context.join("Dockerfile")).unwrap();
-    std::fs::copy(&bin, context.join("weave-router")).unwrap();
-    let out = weave_tests::cmd::run_timeout(
-        &[
-            "env",
-            &format!("DOCKER_HOST={}", d.docker_host()),
-            "DOCKER_BUILDKIT=0",
-            "docker",
-            "build",
-            "-q",
-            "-t",
-            "weave-router:test",
-            &context.to_string_lossy(),
-        ],
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let out = d
+        .build_router_image(std::path::Path::new(&bin), "weave-router:test")
+        .unwrap();
     assert!(out.success(), "docker build: {}", out.stderr);
     let state = d.dir().join("state");
     let run = d.dir().join("wrrun");

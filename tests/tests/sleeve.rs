@@ -83,6 +83,35 @@ fn udp(frame: &[u8]) -> Option<(std::net::Ipv4Addr, u16, &[u8])> {
     Some((src, dport, frame.get(u + 8..)?))
 }
 
+/// Containers c1 on host 1 (10.2.1.1) and host 2 (10.2.1.2) that reach each other; the
+/// index of host 1's.
+fn two_containers(bed: &mut TestBed) -> usize {
+    let a = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.2/24")
+        .expect("attach");
+    bed.container(a)
+        .wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    a
+}
+
+/// Every frame on host 1's underlay while container `a` pings 10.2.1.2 three times with
+/// the marker in its payload.
+fn underlay_during_marker_ping(bed: &TestBed, a: usize, capture: &str) -> Vec<Vec<u8>> {
+    let cap = PcapCapture::start(&bed.host(1).ns, "eth0", capture);
+    let out = bed
+        .container(a)
+        .ns
+        .run(&[
+            "ping", "-c", "3", "-i", "0.2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
+        ])
+        .expect("ping");
+    assert!(out.success(), "ping with the marker:\n{}", out.stdout);
+    cap.stop()
+}
+
 fn drops(metrics: &str, reason: &str) -> f64 {
     probe::metric_sum(metrics, |s| {
         s.name == "weave_sleeve_drops_total" && s.labels.contains(&format!("reason=\"{reason}\""))
@@ -218,25 +247,10 @@ fn sleeve_without_password_carries_traffic_when_asked() {
         .expect("routers connect");
     let c = bed.router(1).connections().unwrap();
     assert!(c.contains("unencrypted sleeve"), "{c}");
-    let a = bed
-        .attach_container(1, "c1", "10.2.1.1/24")
-        .expect("attach");
-    bed.attach_container(2, "c1", "10.2.1.2/24")
-        .expect("attach");
-    let ca = bed.container(a);
-    ca.wait_ping("10.2.1.2", Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    let a = two_containers(&mut bed);
     // Without a password the same capture does find the marker: the check above means
     // something.
-    let cap = PcapCapture::start(&bed.host(1).ns, "eth0", "cxn-underlay");
-    let out = ca
-        .ns
-        .run(&[
-            "ping", "-c", "3", "-i", "0.2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
-        ])
-        .expect("ping");
-    assert!(out.success(), "{}", out.stdout);
-    let frames = cap.stop();
+    let frames = underlay_during_marker_ping(&bed, a, "cxn-underlay");
     let m = marker();
     assert!(frames
         .iter()
@@ -269,23 +283,8 @@ fn trusted_subnets_skip_encryption_only_when_both_ends_trust() {
         let s = bed.router(i).check(&["status"]).unwrap();
         assert!(s.contains("Encryption: enabled"), "host{i}:\n{s}");
     }
-    let a = bed
-        .attach_container(1, "c1", "10.2.1.1/24")
-        .expect("attach");
-    bed.attach_container(2, "c1", "10.2.1.2/24")
-        .expect("attach");
-    let ca = bed.container(a);
-    ca.wait_ping("10.2.1.2", Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
-    let cap = PcapCapture::start(&bed.host(1).ns, "eth0", "cxt-underlay");
-    let out = ca
-        .ns
-        .run(&[
-            "ping", "-c", "3", "-i", "0.2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
-        ])
-        .expect("ping");
-    assert!(out.success(), "{}", out.stdout);
-    let frames = cap.stop();
+    let a = two_containers(&mut bed);
+    let frames = underlay_during_marker_ping(&bed, a, "cxt-underlay");
     let m = marker();
     assert!(
         frames
@@ -319,18 +318,10 @@ fn trusted_subnets_skip_encryption_only_when_both_ends_trust() {
             "host{i}:\n{c}"
         );
     }
-    let ca = bed.container(a);
-    ca.wait_ping("10.2.1.2", Duration::from_secs(20))
+    bed.container(a)
+        .wait_ping("10.2.1.2", Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
-    let cap = PcapCapture::start(&bed.host(1).ns, "eth0", "cxt-underlay2");
-    let out = ca
-        .ns
-        .run(&[
-            "ping", "-c", "3", "-i", "0.2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
-        ])
-        .expect("ping");
-    assert!(out.success(), "{}", out.stdout);
-    let frames = cap.stop();
+    let frames = underlay_during_marker_ping(&bed, a, "cxt-underlay2");
     assert!(
         !frames.iter().any(|f| f.windows(m.len()).any(|w| w == m)),
         "one-sided trust: the marker is on the underlay in plain text"

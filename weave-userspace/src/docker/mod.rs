@@ -316,6 +316,17 @@ impl DockerService {
     }
 }
 
+/// A listening unix socket at `path`: its directory made, a stale socket replaced.
+pub(crate) fn bind_unix_socket(
+    path: &std::path::Path,
+) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path)
+}
+
 /// The first 12 digits of an ID, as Docker shows them.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]

@@ -323,11 +323,7 @@ pub async fn serve(plugin: Arc<Plugin>, path: PathBuf) -> Result<(), PluginError
         path: path.clone(),
         error,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(bind)?;
-    }
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).map_err(bind)?;
+    let listener = super::bind_unix_socket(&path).map_err(bind)?;
     tracing::info!("Docker network plugin on unix://{}", path.display());
     loop {
         let (stream, _) = match listener.accept().await {

@@ -43,11 +43,7 @@ pub async fn serve(service: Arc<DockerService>, path: PathBuf) -> Result<(), Pro
         path: path.clone(),
         error,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(bind)?;
-    }
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).map_err(bind)?;
+    let listener = super::bind_unix_socket(&path).map_err(bind)?;
     tracing::info!("Docker proxy on unix://{}", path.display());
     let upstream = super::client::socket_path(&service.settings().host)
         .map_err(|e| bind(std::io::Error::other(e.to_string())))?;
