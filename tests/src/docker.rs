@@ -80,6 +80,22 @@ impl DockerHost {
         Ok(d)
     }
 
+    /// One daemon for each of hosts 1..=n of `bed` (network namespace `<prefix>-h<i>`, tag
+    /// `<prefix>-dk<i>`), each with the offline busybox image loaded.
+    pub fn start_per_host(bed: &crate::TestBed, n: usize) -> Result<Vec<DockerHost>> {
+        let image_dir = bed.state_dir(0).with_file_name("image");
+        std::fs::create_dir_all(&image_dir)
+            .map_err(|e| Error::io(format!("create {}", image_dir.display()), e))?;
+        let prefix = bed.prefix();
+        (1..=n)
+            .map(|i| {
+                let d = DockerHost::start(&format!("{prefix}-h{i}"), &format!("{prefix}-dk{i}"))?;
+                d.load_image(&image_dir)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
     /// `unix://` address of its API.
     pub fn docker_host(&self) -> String {
         format!("unix://{}", self.socket().display())

@@ -23,15 +23,7 @@ impl PluginBed {
             return None;
         }
         let bed = TestBed::new(prefix, n).expect("test bed");
-        let image_dir = bed.state_dir(0).with_file_name("image");
-        std::fs::create_dir_all(&image_dir).unwrap();
-        let mut daemons = Vec::new();
-        for i in 1..=n {
-            let d = DockerHost::start(&format!("{prefix}-h{i}"), &format!("{prefix}-dk{i}"))
-                .expect("dockerd starts");
-            d.load_image(&image_dir).expect("image loads");
-            daemons.push(d);
-        }
+        let daemons = DockerHost::start_per_host(&bed, n).expect("dockerd starts with the image");
         let mut b = PluginBed { bed, daemons };
         for i in 1..=n {
             let opts = b.opts(i);

@@ -25,13 +25,8 @@ impl Bed {
     fn new() -> Result<Bed> {
         docker::available().map_err(anyhow::Error::msg)?;
         let mut bed = TestBed::new(PREFIX, 2).context("test bed")?;
-        let image_dir = bed.state_dir(0).with_file_name("image");
-        std::fs::create_dir_all(&image_dir)?;
-        let mut daemons = Vec::new();
-        for i in 1..=2 {
-            let d = DockerHost::start(&format!("{PREFIX}-h{i}"), &format!("{PREFIX}-dk{i}"))
-                .context("dockerd")?;
-            d.load_image(&image_dir).context("image")?;
+        let daemons = DockerHost::start_per_host(&bed, 2).context("dockerd")?;
+        for (i, d) in (1..=2).zip(&daemons) {
             let opts = LaunchOpts {
                 peers: (1..i).map(|j| host_addr(j).to_string()).collect(),
                 extra: vec![
@@ -43,7 +38,6 @@ impl Bed {
                     d.dir().join("weave.sock").to_string_lossy().to_string(),
                 ],
             };
-            daemons.push(d);
             bed.launch(i, &opts).context("router")?;
         }
         for i in 1..=2 {
