@@ -152,18 +152,23 @@ fn our_entries_from_an_earlier_run_come_back_as_tombstones() {
     assert!(addrs(&me, "old.weave.local.").is_empty());
 }
 
-#[test]
-fn entries_of_departed_peers_disappear_and_stay_away_until_they_return() {
-    let r = Records::new(peer(1));
-    r.add("c1", ip("10.2.1.1"), "mine.weave.local.").unwrap();
-    let theirs = Entry {
+/// theirs.weave.local. -> 10.2.2.1, registered by peer 2.
+fn peer2_entry() -> Entry {
+    Entry {
         container_id: "c2".into(),
         origin: peer(2),
         addr: ip("10.2.2.1"),
         hostname: "theirs.weave.local.".into(),
         version: 5,
         tombstone: false,
-    };
+    }
+}
+
+#[test]
+fn entries_of_departed_peers_disappear_and_stay_away_until_they_return() {
+    let r = Records::new(peer(1));
+    r.add("c1", ip("10.2.1.1"), "mine.weave.local.").unwrap();
+    let theirs = peer2_entry();
     r.merge(vec![theirs.clone()]);
     assert_eq!(addrs(&r, "theirs.weave.local."), [ip("10.2.2.1")]);
     let now = Instant::now();
@@ -184,14 +189,7 @@ fn entries_of_departed_peers_disappear_and_stay_away_until_they_return() {
 #[test]
 fn a_departed_peer_that_speaks_again_is_heard_at_once() {
     let r = Records::new(peer(1));
-    let theirs = Entry {
-        container_id: "c2".into(),
-        origin: peer(2),
-        addr: ip("10.2.2.1"),
-        hostname: "theirs.weave.local.".into(),
-        version: 5,
-        tombstone: false,
-    };
+    let theirs = peer2_entry();
     r.merge(vec![theirs.clone()]);
     let only_me: HashSet<PeerName> = [peer(1)].into();
     assert_eq!(r.prune(&only_me, Instant::now()), 1);
