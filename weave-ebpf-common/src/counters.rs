@@ -16,8 +16,9 @@ pub enum Reason {
     TxEncapFailed = 4,
     /// RX: a VXLAN frame was decapsulated and delivered into a container.
     RxDelivered = 5,
-    /// RX: an admitted VXLAN frame was left to the peer's kernel VXLAN device (broadcast,
-    /// non-IPv4 or unknown destination): the bridge floods it.
+    /// RX: an admitted VXLAN frame was decapsulated and handed to the bridge through its
+    /// port towards the peers (broadcast, non-IPv4 or unknown destination): the bridge
+    /// floods or forwards it.
     RxToBridge = 6,
     /// RX: dropped, the VNI names a source short ID with no established connection.
     RxDropUnknownPeer = 7,
@@ -59,11 +60,17 @@ pub enum Reason {
     /// Egress of a container veth (frames the bridge floods or forwards): dropped, the
     /// source is outside the container's subnets or the frame is neither IPv4 nor ARP.
     EgressDropIsolated = 23,
+    /// From the bridge (broadcast, multicast or unknown destination): a copy was sent to each
+    /// of the peers this router's own broadcasts go to.
+    BridgeFlooded = 24,
+    /// From the bridge: dropped, no peer to send it to (no reachable peer in this router's
+    /// tree, no headroom, or a GSO frame to an unknown destination).
+    BridgeDropped = 25,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 26;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -91,6 +98,8 @@ impl Reason {
         Reason::TxDropIsolated,
         Reason::RxDropIsolated,
         Reason::EgressDropIsolated,
+        Reason::BridgeFlooded,
+        Reason::BridgeDropped,
     ];
 
     /// A label for metrics and status output.
@@ -120,6 +129,8 @@ impl Reason {
             Reason::TxDropIsolated => "tx_drop_isolated",
             Reason::RxDropIsolated => "rx_drop_isolated",
             Reason::EgressDropIsolated => "egress_drop_isolated",
+            Reason::BridgeFlooded => "bridge_flooded",
+            Reason::BridgeDropped => "bridge_dropped",
         }
     }
 
@@ -144,6 +155,7 @@ impl Reason {
                 | Reason::TxDropIsolated
                 | Reason::RxDropIsolated
                 | Reason::EgressDropIsolated
+                | Reason::BridgeDropped
         )
     }
 }

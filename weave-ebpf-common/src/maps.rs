@@ -45,8 +45,11 @@ pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
 pub const REMOTE_MACS_MAX_ENTRIES: u32 = 65536;
 pub const NEIGHBOURS_MAX_ENTRIES: u32 = 65536;
 pub const NEIGHBOUR_PEERS_MAX_ENTRIES: u32 = MAX_SHORT_IDS;
-/// Most neighbours one router passes one source's broadcasts on to.
-pub const MAX_BROADCAST_CHILDREN: usize = 15;
+/// Most neighbours one router passes one source's broadcasts on to (its own broadcasts
+/// go to all its direct peers: a full mesh of this many + 1 routers).
+pub const MAX_BROADCAST_CHILDREN: usize = 255;
+/// Most sources with a broadcast tree here (one per known peer).
+pub const BROADCAST_TREES_MAX_ENTRIES: u32 = MAX_SHORT_IDS;
 
 /// An Ethernet address as a map key (6 bytes plus 2 bytes of zero padding).
 #[repr(C)]
@@ -89,6 +92,9 @@ pub struct DatapathConfig {
     /// A local service address on the bridge (the DNS server's), network byte order, or
     /// zeros: every container may send to it and receive from it, whatever its subnets.
     pub service_ipv4: [u8; 4],
+    /// ifindex of the bridge's port towards the peers (`vethwe-bridge`): what the programs
+    /// leave to the bridge from the underlay enters the bridge there.
+    pub bridge_port_ifindex: u32,
 }
 
 /// `DatapathConfig::flags`: the controller has written the configuration (programs pass
@@ -244,12 +250,22 @@ pub struct NeighbourPeer {
 }
 
 /// The neighbours a broadcast from one source is passed on to (`BROADCAST_TREES[source]`):
-/// this router's children in the source's broadcast tree.
+/// this router's children in the source's broadcast tree. For this router's own short ID:
+/// the peers its own broadcasts (and frames for unknown destinations) are sent to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BroadcastTree {
     pub count: u16,
     pub children: [u16; MAX_BROADCAST_CHILDREN],
+}
+
+impl Default for BroadcastTree {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            children: [0; MAX_BROADCAST_CHILDREN],
+        }
+    }
 }
 
 /// Packets and bytes counted for one reason on one CPU (`COUNTERS[reason]`).
@@ -273,9 +289,9 @@ pub struct PeerCounter {
 const _: () = {
     assert!(core::mem::size_of::<MacKey>() == 8);
     assert!(core::mem::size_of::<Ipv4Key>() == 4);
-    assert!(core::mem::size_of::<DatapathConfig>() == 24);
+    assert!(core::mem::size_of::<DatapathConfig>() == 28);
     assert!(core::mem::size_of::<NeighbourPeer>() == 4);
-    assert!(core::mem::size_of::<BroadcastTree>() == 32);
+    assert!(core::mem::size_of::<BroadcastTree>() == 512);
     assert!(core::mem::size_of::<PeerEntry>() == 16);
     assert!(core::mem::size_of::<LocalEndpoint>() == 8);
     assert!(core::mem::size_of::<RemoteMac>() == 8);

@@ -4,8 +4,13 @@
 //!   `NEIGHBOURS`, hands frames for local containers straight to them, encapsulates IPv4
 //!   frames for MACs learned behind a peer, leaves the rest to the bridge.
 //! - `rx_from_underlay` (tcx ingress of the underlay): admits VXLAN only from known peers,
-//!   learns, decapsulates IPv4 for local containers straight into them, hands the rest to
-//!   the per-peer kernel VXLAN device.
+//!   learns, decapsulates IPv4 for local containers straight into them, passes broadcasts on
+//!   along the source's tree, decapsulates the rest into the bridge (through its port
+//!   `vethwe-bridge`).
+//! - `from_bridge` (tcx ingress of `vethwe-datapath`, the far end of the bridge's port
+//!   towards the peers): what the bridge floods or forwards towards the peers (broadcasts,
+//!   frames for unknown destinations, the host's own frames) is encapsulated, to the peer
+//!   that has the destination MAC or as one copy per peer of this router's own tree.
 //! - `to_container` (tcx egress of each container veth's host end): frames the bridge
 //!   hands to a container (floods, the kernel VXLAN slow path, answered ARP) pass only
 //!   when their source lies in one of the container's subnets.
@@ -26,7 +31,7 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
         xdp_action::{XDP_DROP, XDP_PASS},
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_INGRESS, BPF_F_NO_PREALLOC,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     helpers::{
@@ -45,7 +50,7 @@ use weave_ebpf_common::{
         IPV4_FRAGMENT_MASK, IPV4_HLEN, OUTER_HLEN, UDP_HLEN, VXLAN_HLEN,
     },
     maps::{
-        is_group_ipv4, BroadcastTree, Counter, DatapathConfig, EndpointAddresses, IfindexKey,
+        is_group_ipv4, BroadcastTree, Counter, BROADCAST_TREES_MAX_ENTRIES, DatapathConfig, EndpointAddresses, IfindexKey,
         Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac,
         CONFIG_READY, ENDPOINTS_MAX_ENTRIES,
         MAX_BROADCAST_CHILDREN, NEIGHBOURS_MAX_ENTRIES, NEIGHBOUR_PEERS_MAX_ENTRIES,
@@ -76,8 +81,14 @@ static NEIGHBOURS: LruHashMap<Ipv4Key, MacKey, { NEIGHBOURS_MAX_ENTRIES as usize
 #[btf_map]
 static NEIGHBOUR_PEERS: HashMap<Ipv4Key, NeighbourPeer, { NEIGHBOUR_PEERS_MAX_ENTRIES as usize }> =
     HashMap::new();
+/// By source short ID. Not preallocated: a tree is large and most short IDs have none.
 #[btf_map]
-static BROADCAST_TREES: Array<BroadcastTree, { PEERS_MAX_ENTRIES as usize }> = Array::new();
+static BROADCAST_TREES: HashMap<
+    u32,
+    BroadcastTree,
+    { BROADCAST_TREES_MAX_ENTRIES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 #[btf_map]
 static COUNTERS: PerCpuArray<Counter, { Reason::COUNT as usize }> = PerCpuArray::new();
 #[btf_map]
@@ -172,9 +183,8 @@ fn ipv4_at(b: &[u8], off: usize) -> [u8; 4] {
 // ---------------------------------------------------------------------------------------
 
 enum Admission {
-    /// For us: the origin's short ID, and the neighbour the frame came through (the
-    /// origin itself when it sent the frame straight to us).
-    Admit { src: u16, via: u16 },
+    /// For us, from the origin with this short ID (sent by it or relayed by a neighbour).
+    Admit { src: u16 },
     /// From an admitted neighbour, for another peer: to be passed on.
     Relay { dst: u16 },
     UnknownPeer,
@@ -198,22 +208,20 @@ fn admit(cfg: &DatapathConfig, outer_src: [u8; 4], vxlan: &[u8; VXLAN_HLEN]) -> 
     if peer.flags & PEER_ADMIT == 0 || src == cfg.own_short_id {
         return Admission::UnknownPeer;
     }
-    let via = if peer.underlay_ipv4 == outer_src {
-        src
-    } else {
-        // SAFETY: the value is copied out at once.
-        match unsafe { NEIGHBOUR_PEERS.get(&Ipv4Key { addr: outer_src }) } {
-            Some(n) => n.short_id,
-            None => return Admission::SpoofedSource,
-        }
-    };
+    // Sent by the origin itself, or relayed by a directly connected peer.
+    // SAFETY: the value is only tested for presence.
+    if peer.underlay_ipv4 != outer_src
+        && unsafe { NEIGHBOUR_PEERS.get(&Ipv4Key { addr: outer_src }) }.is_none()
+    {
+        return Admission::SpoofedSource;
+    }
     if dst != cfg.own_short_id {
         return match PEERS.get(dst as u32) {
             Some(p) if p.flags & PEER_REACHABLE != 0 => Admission::Relay { dst },
             _ => Admission::NotForUs,
         };
     }
-    Admission::Admit { src, via }
+    Admission::Admit { src }
 }
 
 /// The outer IPv4 header of a frame this router passes on: from us to `to`, one hop less.
@@ -585,8 +593,8 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     };
     let mut vx = [0u8; VXLAN_HLEN];
     vx.copy_from_slice(&tail[..VXLAN_HLEN]);
-    let (src, via) = match admit(&cfg, ipv4_at(&ip, 12), &vx) {
-        Admission::Admit { src, via } => (src, via),
+    let src = match admit(&cfg, ipv4_at(&ip, 12), &vx) {
+        Admission::Admit { src } => src,
         Admission::Relay { dst } => return Ok(relay(ctx, &cfg, &ip, dst, len)),
         Admission::UnknownPeer => return Ok(drop_rx(Reason::RxDropUnknownPeer, len)),
         Admission::SpoofedSource => return Ok(drop_rx(Reason::RxDropSpoofedSource, len)),
@@ -630,22 +638,20 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
         }
     }
 
-    // Hand it to our `vxw-<via>` device (the neighbour it came through): its VNI is
-    // vni(self, via). The UDP checksum would no longer match, so it goes (zero is valid for
-    // IPv4).
-    let id = vni::pack(cfg.own_short_id, via);
-    let vni_bytes: [u8; 4] = [(id >> 16) as u8, (id >> 8) as u8, id as u8, 0];
+    // Everything else (broadcast, multicast, non-IPv4, unknown destination) goes to the
+    // bridge, decapsulated, through its port towards the peers: the bridge floods or
+    // forwards it (to containers through their egress check, to the host, to the sleeve).
     if ctx
-        .store(OFF_VXLAN + 4, &vni_bytes, BPF_F_RECOMPUTE_CSUM as u64)
+        .adjust_room(-(OUTER_HLEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
         .is_err()
-        || ctx
-            .store(OFF_UDP + 6, &[0u8; 2], BPF_F_RECOMPUTE_CSUM as u64)
-            .is_err()
+        || ctx.store(0, &inner_eth, 0).is_err()
     {
         return Ok(drop_rx(Reason::RxDecapFailed, len));
     }
     count(Reason::RxToBridge, len);
-    Ok(TC_OK)
+    // SAFETY: a helper call with plain integer arguments; the kernel re-reads the Ethernet
+    // header when the frame enters the port.
+    Ok(unsafe { bpf_redirect(cfg.bridge_port_ifindex, BPF_F_INGRESS as u64) } as i32)
 }
 
 /// Passes a frame for another peer on towards it: new outer addresses, one hop less,
@@ -679,16 +685,19 @@ fn relay_broadcast(
     src: u16,
     len: u32,
 ) {
-    let Some(tree) = BROADCAST_TREES.get(src as u32) else {
+    // SAFETY: a map value stays valid while the program runs (RCU); the controller replaces
+    // a tree with one update, and a frame racing with it sees either children list or a
+    // mix of both (plain integers): at worst one copy too many or too few.
+    let Some(tree) = (unsafe { BROADCAST_TREES.get(&(src as u32)) }) else {
         return;
     };
-    let tree = *tree;
     if tree.count == 0 || ip[8] <= 1 {
         return;
     }
+    let count_children = tree.count as usize;
     let mut touched = false;
     for i in 0..MAX_BROADCAST_CHILDREN {
-        if i >= tree.count as usize {
+        if i >= count_children {
             break;
         }
         let child = tree.children[i];
@@ -777,6 +786,111 @@ fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
     if known != Some(src_mac) {
         let _ = NEIGHBOURS.insert(ip_key, key, 0);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// From the bridge towards the peers: tcx ingress of `vethwe-datapath`
+// ---------------------------------------------------------------------------------------
+
+#[classifier]
+pub fn from_bridge(ctx: TcContext) -> i32 {
+    try_from_bridge(&ctx).unwrap_or_else(|()| {
+        count(Reason::BridgeDropped, ctx.len());
+        TC_SHOT
+    })
+}
+
+/// A frame the bridge sent towards the peers: to the peer that has its destination MAC
+/// when one does and is reachable, otherwise one copy to each peer of our own tree.
+/// Nothing goes back to the bridge.
+fn try_from_bridge(ctx: &TcContext) -> Result<i32, ()> {
+    let cfg = config().ok_or(())?;
+    let len = ctx.len();
+    let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
+    let dst = mac_at(&eth, 0);
+    if !is_group_mac(&dst) {
+        let key = MacKey::new(dst);
+        if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
+            // SAFETY: the value is copied out at once.
+            let peer = unsafe { REMOTE_MACS.get(key) }.map(|r| r.peer_short_id);
+            if let Some((peer_id, remote)) =
+                peer.and_then(|p| next_hop_address(p).map(|remote| (p, remote)))
+            {
+                return Ok(encapsulate(ctx, &cfg, &eth, peer_id, remote, len));
+            }
+        } else if let Some(action) = encapsulate_non_ipv4(ctx, &cfg, &key, len) {
+            return Ok(action);
+        }
+    }
+    Ok(flood_to_peers(ctx, &cfg, len))
+}
+
+/// Sends a copy of a frame from the bridge to each reachable direct peer among the
+/// children of our own broadcast tree, then drops the original.
+#[inline(always)]
+fn flood_to_peers(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
+    let own = cfg.own_short_id as u32;
+    // SAFETY: as in `relay_broadcast`: a map value read in place, plain integers.
+    let Some(tree) = (unsafe { BROADCAST_TREES.get(&own) }) else {
+        return drop_from_bridge(len);
+    };
+    // SAFETY: reading a field of the context the kernel passed in.
+    let gso = unsafe { (*ctx.skb.skb).gso_segs } > 1;
+    if tree.count == 0 || gso || len > 0xffff - OUTER_HLEN as u32 {
+        return drop_from_bridge(len);
+    }
+    // SAFETY: the helper only reads the skb the program was given.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    // SAFETY: a helper call on the program's own skb; it reallocates the head if needed.
+    if unsafe { bpf_skb_change_head(ctx.skb.skb, OUTER_HLEN as u32, 0) } != 0 {
+        return drop_from_bridge(len);
+    }
+    let count_children = tree.count as usize;
+    let mut sent = false;
+    for i in 0..MAX_BROADCAST_CHILDREN {
+        if i >= count_children {
+            break;
+        }
+        let child = tree.children[i];
+        let Some(peer) = PEERS.get(child as u32) else {
+            continue;
+        };
+        if peer.flags & PEER_REACHABLE == 0 || peer.next_hop != child || peer.underlay_mac == [0; 6] {
+            continue;
+        }
+        let mut outer = [0u8; OUTER_HLEN];
+        write_outer_headers(
+            &mut outer,
+            &OuterHeaders {
+                src_ipv4: cfg.underlay_ipv4,
+                dst_ipv4: peer.underlay_ipv4,
+                src_port: source_port_from_hash(hash),
+                vni: vni::pack(cfg.own_short_id, child),
+                inner_len: len as u16,
+            },
+        );
+        outer[0..6].copy_from_slice(&peer.underlay_mac);
+        outer[6..12].copy_from_slice(&cfg.underlay_mac);
+        if ctx.store(0, &outer, 0).is_err() {
+            break;
+        }
+        if ctx.clone_redirect(cfg.underlay_ifindex, 0).is_ok() {
+            sent = true;
+            count(Reason::TxEncapsulated, len);
+            count_peer(child, true, len);
+        }
+    }
+    if !sent {
+        return drop_from_bridge(len);
+    }
+    count(Reason::BridgeFlooded, len);
+    TC_SHOT
+}
+
+#[inline(always)]
+fn drop_from_bridge(len: u32) -> i32 {
+    count(Reason::BridgeDropped, len);
+    TC_SHOT
 }
 
 // ---------------------------------------------------------------------------------------

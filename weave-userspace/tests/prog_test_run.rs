@@ -12,13 +12,13 @@ use weave_ebpf_common::headers::{
     source_port_from_hash, write_outer_headers, OuterHeaders, OUTER_HLEN, SOURCE_PORT_MIN,
 };
 use weave_ebpf_common::maps::{
-    Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey, Ipv4Key,
-    LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, CONFIG_READY,
+    BroadcastTree, Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey,
+    Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, CONFIG_READY,
     PEER_ADMIT, PEER_REACHABLE,
 };
 use weave_ebpf_common::vni;
 use weave_router::datapath::ebpf::{
-    EBPF_OBJECT, EGRESS_PROGRAM, RX_PROGRAM, TX_PROGRAM, XDP_PROGRAM,
+    EBPF_OBJECT, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM, RX_PROGRAM, TX_PROGRAM, XDP_PROGRAM,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -40,6 +40,9 @@ const OWN_UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
 const PEER_UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x02];
 /// ifindex of the loopback device, where BPF_PROG_TEST_RUN runs tc programs.
 const LO_IFINDEX: u32 = 1;
+/// ifindex written as the bridge's port towards the peers (any value: test runs do not
+/// deliver redirects).
+const BRIDGE_PORT_IFINDEX: u32 = 42;
 /// A third peer, reached through PEER_ID.
 const FAR_ID: u16 = 0x003;
 const FAR_UNDERLAY: [u8; 4] = [192, 168, 60, 3];
@@ -67,7 +70,7 @@ impl Bed {
     /// OWN_ID with one admitted, reachable peer PEER_ID.
     fn new() -> Self {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load the object");
-        for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM] {
+        for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
@@ -86,6 +89,7 @@ impl Bed {
                     underlay_mac: OWN_UNDERLAY_MAC,
                     _pad: [0; 2],
                     service_ipv4: [0; 4],
+                    bridge_port_ifindex: BRIDGE_PORT_IFINDEX,
                 },
                 0,
             )
@@ -131,6 +135,16 @@ impl Bed {
     }
     fn endpoints(&mut self) -> HashMap<&mut MapData, MacKey, LocalEndpoint> {
         HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap()
+    }
+    fn set_broadcast_tree(&mut self, source: u16, children: &[u16]) {
+        let mut tree = BroadcastTree::default();
+        for (slot, c) in tree.children.iter_mut().zip(children) {
+            *slot = *c;
+            tree.count += 1;
+        }
+        let mut m: HashMap<&mut MapData, u32, BroadcastTree> =
+            HashMap::try_from(self.ebpf.map_mut("BROADCAST_TREES").unwrap()).unwrap();
+        m.insert(source as u32, tree, 0).unwrap();
     }
     fn remote_macs(&mut self) -> HashMap<&mut MapData, MacKey, RemoteMac> {
         HashMap::try_from(self.ebpf.map_mut("REMOTE_MACS").unwrap()).unwrap()
@@ -488,7 +502,7 @@ fn rx_decapsulates_into_a_local_container_and_learns() {
 }
 
 #[test]
-fn rx_hands_broadcast_to_the_peers_vxlan_device() {
+fn rx_decapsulates_broadcast_into_the_bridge() {
     require_root!();
     let mut bed = Bed::new();
     let inner = arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP);
@@ -499,14 +513,11 @@ fn rx_hands_broadcast_to_the_peers_vxlan_device() {
         vni::pack(PEER_ID, OWN_ID),
     );
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
-    assert_eq!(rc, TC_ACT_OK);
-    // Same frame, VNI rewritten to the id of our vxw device for the peer (us low, peer high),
-    // UDP checksum zero.
-    let mut want = frame.clone();
-    let id = vni::pack(OWN_ID, PEER_ID);
-    want[46..49].copy_from_slice(&[(id >> 16) as u8, (id >> 8) as u8, id as u8]);
-    want[40..42].copy_from_slice(&[0, 0]);
-    assert_eq!(out, want);
+    assert_eq!(
+        rc, TC_ACT_REDIRECT,
+        "into the bridge's port towards the peers"
+    );
+    assert_eq!(out, inner, "decapsulated bytes are exactly the inner frame");
     assert_eq!(bed.counter(Reason::RxToBridge), 1);
     // Learned from the ARP sender fields.
     assert_eq!(
@@ -516,6 +527,82 @@ fn rx_hands_broadcast_to_the_peers_vxlan_device() {
             .addr,
         REMOTE_MAC
     );
+}
+
+#[test]
+fn from_bridge_sends_a_broadcast_to_each_direct_peer_of_its_own_tree() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.add_far_peer();
+    // FAR_ID is reached through PEER_ID, not directly: it gets no copy from us.
+    bed.set_broadcast_tree(OWN_ID, &[PEER_ID, FAR_ID]);
+    let inner = arp_request(LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let (rc, out) = bed.run_tc(FROM_BRIDGE_PROGRAM, &inner);
+    assert_eq!(
+        rc, TC_ACT_SHOT,
+        "copies were sent; the original goes nowhere"
+    );
+    assert_eq!(bed.counter(Reason::BridgeFlooded), 1);
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 1, "one copy");
+    assert_eq!(bed.peer_counter(PEER_ID).tx_packets, 1);
+    assert_eq!(bed.peer_counter(FAR_ID).tx_packets, 0);
+    // The last copy's bytes: outer headers to PEER_ID, then the frame unchanged.
+    let sport = u16::from_be_bytes([out[34], out[35]]);
+    let mut expected = [0u8; OUTER_HLEN];
+    write_outer_headers(
+        &mut expected,
+        &OuterHeaders {
+            src_ipv4: OWN_UNDERLAY,
+            dst_ipv4: PEER_UNDERLAY,
+            src_port: sport,
+            vni: vni::pack(OWN_ID, PEER_ID),
+            inner_len: inner.len() as u16,
+        },
+    );
+    expected[0..6].copy_from_slice(&PEER_UNDERLAY_MAC);
+    expected[6..12].copy_from_slice(&OWN_UNDERLAY_MAC);
+    assert_eq!(&out[..OUTER_HLEN], &expected[..]);
+    assert_eq!(&out[OUTER_HLEN..], &inner[..]);
+}
+
+#[test]
+fn from_bridge_drops_what_has_no_peer_to_go_to() {
+    require_root!();
+    let mut bed = Bed::new();
+    let inner = arp_request(LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let (rc, _) = bed.run_tc(FROM_BRIDGE_PROGRAM, &inner);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(
+        bed.counter(Reason::BridgeDropped),
+        1,
+        "no tree of our own yet"
+    );
+    bed.set_broadcast_tree(OWN_ID, &[FAR_ID]);
+    let (rc, _) = bed.run_tc(FROM_BRIDGE_PROGRAM, &inner);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(
+        bed.counter(Reason::BridgeDropped),
+        2,
+        "no reachable direct peer"
+    );
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
+}
+
+#[test]
+fn from_bridge_encapsulates_unicast_for_a_learned_mac() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.learn_remote(REMOTE_MAC);
+    // The host's own frame (an exposed address on the bridge) to a remote container.
+    let inner = inner_frame(REMOTE_MAC, OTHER_LOCAL_MAC, [10, 2, 0, 254], REMOTE_IP);
+    let (rc, out) = bed.run_tc(FROM_BRIDGE_PROGRAM, &inner);
+    assert_eq!(rc, TC_ACT_REDIRECT, "to the underlay");
+    assert_eq!(&out[30..34], &PEER_UNDERLAY);
+    let vni_bytes = [0, out[46], out[47], out[48]];
+    assert_eq!(u32::from_be_bytes(vni_bytes), vni::pack(OWN_ID, PEER_ID));
+    assert_eq!(&out[OUTER_HLEN..], &inner[..]);
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 1);
+    assert_eq!(bed.counter(Reason::BridgeFlooded), 0);
 }
 
 #[test]

@@ -253,6 +253,8 @@ async fn start_sleeve(
         },
     )
     .await?;
+    // Frames from sleeve peers never go back out to peers (relaying is not the bridge's job).
+    nl.set_isolated(link.index, tap.name(), true).await?;
     let sleeve = crate::sleeve::Sleeve::start(
         short_id,
         underlay,

@@ -1,5 +1,5 @@
 //! The real data path: the aya programs of `weave-ebpf` (embedded in the binary), their
-//! pinned maps and links, the `weave` bridge, container veths and per-peer VXLAN devices.
+//! pinned maps and links, the `weave` bridge, its port towards the peers and container veths.
 //!
 //! Every method must run on a thread in the router's network namespace (normally the whole
 //! process lives there): interface names are resolved in the caller's namespace. Work
@@ -24,9 +24,9 @@ use weave_ebpf_common::maps::{
     ENDPOINT_ADDRESSES_MAP, MAX_BROADCAST_CHILDREN, MAX_ENDPOINT_ADDRESSES, NEIGHBOURS_MAP,
     NEIGHBOUR_PEERS_MAP, PEERS_MAP, PEER_ADMIT, PEER_COUNTERS_MAP, PEER_REACHABLE, REMOTE_MACS_MAP,
 };
-use weave_ebpf_common::{vni, VXLAN_OVERHEAD, VXLAN_PORT};
+use weave_ebpf_common::VXLAN_OVERHEAD;
 
-use super::netlink::{self, LinkChange, LinkInfo, Netlink, VxlanSpec};
+use super::netlink::{self, LinkChange, LinkInfo, Netlink};
 use super::{
     AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, DatapathSettings,
     Endpoint, Ipv4Cidr, PeerTraffic, XdpMode,
@@ -39,6 +39,8 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Program names in [`EBPF_OBJECT`].
 pub const TX_PROGRAM: &str = "tx_from_container";
+/// tcx ingress of [`DATAPATH_PORT_NAME`]: what the bridge sends towards the peers.
+pub const FROM_BRIDGE_PROGRAM: &str = "from_bridge";
 pub const RX_PROGRAM: &str = "rx_from_underlay";
 pub const XDP_PROGRAM: &str = "xdp_admit";
 /// tcx egress of container veths: subnet isolation of what the bridge delivers.
@@ -60,16 +62,17 @@ pub fn handover_name(host_ifname: &str) -> String {
         .unwrap_or(host_ifname);
     format!("{HANDOVER_VETH_PREFIX}{suffix}")
 }
-/// Prefix of the per-peer VXLAN devices.
+/// Prefix of the per-peer VXLAN devices of earlier versions (removed at start).
 pub const VXLAN_PREFIX: &str = "vxw-";
+/// The bridge's port towards the peers: one end of a veth pair, an isolated port without
+/// learning. What the programs leave to the bridge from the underlay enters here.
+pub const BRIDGE_PORT_NAME: &str = "vethwe-bridge";
+/// The other end of that pair, outside the bridge: what the bridge floods or forwards
+/// towards the peers arrives here, where [`FROM_BRIDGE_PROGRAM`] encapsulates it.
+pub const DATAPATH_PORT_NAME: &str = "vethwe-datapath";
 /// Where bpffs is mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Name of the kernel VXLAN device for a peer.
-pub fn vxlan_device_name(peer: ShortId) -> String {
-    format!("{VXLAN_PREFIX}{peer}")
-}
 
 fn bpf_err(what: impl std::fmt::Display) -> impl FnOnce(String) -> DatapathError {
     move |e| DatapathError::Bpf(format!("{what}: {}", e.lines().next().unwrap_or("").trim()))
@@ -125,7 +128,7 @@ struct Maps {
     counters: PerCpuArray<MapData, Counter>,
     peer_counters: PerCpuArray<MapData, PeerCounter>,
     neighbour_peers: HashMap<MapData, Ipv4Key, NeighbourPeer>,
-    broadcast_trees: Array<MapData, BroadcastTree>,
+    broadcast_trees: HashMap<MapData, u32, BroadcastTree>,
     endpoint_addresses: HashMap<MapData, IfindexKey, EndpointAddresses>,
 }
 
@@ -137,22 +140,8 @@ struct State {
     endpoints: Vec<Endpoint>,
     /// Short IDs ever added in this run (counters are reported for them).
     peers_seen: BTreeSet<u16>,
-    /// Kernel VXLAN devices towards direct peers, by short ID.
-    peer_devices: BTreeMap<u16, PeerDevice>,
     /// Host addresses on the bridge given by `expose`.
     exposed: Vec<super::Ipv4Cidr>,
-}
-
-/// A kernel VXLAN device towards one direct peer: the bridge floods what the programs leave
-/// to it through this device. Creating and deleting devices takes the kernel's global
-/// netlink lock, so a device whose peer goes away is only set down, brought up again if the
-/// peer comes back, and deleted after [`PEER_DEVICE_GRACE`].
-#[derive(Clone, Copy, Debug)]
-struct PeerDevice {
-    vni: u32,
-    remote: Ipv4Addr,
-    index: u32,
-    down_since: Option<std::time::Instant>,
 }
 
 /// The main routing table.
@@ -173,9 +162,6 @@ fn exposed_subnets(exposed: &[super::Ipv4Cidr]) -> Vec<crate::ipam::cidr::Cidr> 
     subnets.dedup();
     subnets
 }
-
-/// How long the device of a peer that went away is kept (down) before it is deleted.
-const PEER_DEVICE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The eBPF data path of one router.
 pub struct EbpfDatapath {
@@ -201,103 +187,6 @@ pub async fn start(settings: DatapathSettings) -> Result<EbpfDatapath, DatapathE
 }
 
 impl EbpfDatapath {
-    /// Makes sure the VXLAN device towards direct peer `peer` exists with the right VNI and
-    /// remote, and is up: an existing one is reused.
-    async fn bring_up_peer_device(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
-        self.delete_expired_peer_devices().await;
-        let id = peer.short_id.get();
-        let vni = vni::pack(
-            self.own_short_id.load(std::sync::atomic::Ordering::Relaxed),
-            id,
-        );
-        let existing = self.lock().peer_devices.get(&id).copied();
-        if let Some(dev) = existing {
-            if dev.vni == vni && dev.remote == peer.underlay {
-                if dev.down_since.is_some() {
-                    self.nl
-                        .set_link(
-                            dev.index,
-                            LinkChange {
-                                up: true,
-                                ..Default::default()
-                            },
-                        )
-                        .await?;
-                    if let Some(d) = self.lock().peer_devices.get_mut(&id) {
-                        d.down_since = None;
-                    }
-                }
-                return Ok(());
-            }
-            self.lock().peer_devices.remove(&id);
-            self.nl.del_link(dev.index).await?;
-        }
-        let name = vxlan_device_name(peer.short_id);
-        if let Some(old) = self.nl.link_by_name(&name).await? {
-            self.nl.del_link(old.index).await?;
-        }
-        let index = self
-            .nl
-            .add_vxlan(&VxlanSpec {
-                name,
-                id: vni,
-                remote: peer.underlay,
-                local: self.settings.underlay_addr,
-                port: VXLAN_PORT,
-                underlay_index: self.underlay.index,
-                mtu: self.container_mtu,
-                bridge_index: self.bridge_index,
-            })
-            .await?;
-        self.lock().peer_devices.insert(
-            id,
-            PeerDevice {
-                vni,
-                remote: peer.underlay,
-                index,
-                down_since: None,
-            },
-        );
-        Ok(())
-    }
-
-    /// Takes the device of a peer that is gone or now relayed off the bridge (set down).
-    async fn set_peer_device_down(&self, id: u16) -> Result<(), DatapathError> {
-        self.delete_expired_peer_devices().await;
-        let device = self.lock().peer_devices.get(&id).copied();
-        if let Some(dev) = device.filter(|d| d.down_since.is_none()) {
-            self.nl.set_link_down(dev.index).await?;
-            if let Some(d) = self.lock().peer_devices.get_mut(&id) {
-                d.down_since = Some(std::time::Instant::now());
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the devices that have been down for longer than [`PEER_DEVICE_GRACE`].
-    async fn delete_expired_peer_devices(&self) {
-        let expired: Vec<(u16, u32)> = {
-            let mut st = self.lock();
-            let ids: Vec<u16> = st
-                .peer_devices
-                .iter()
-                .filter(|(_, d)| {
-                    d.down_since
-                        .is_some_and(|t| t.elapsed() > PEER_DEVICE_GRACE)
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| st.peer_devices.remove(&id).map(|d| (id, d.index)))
-                .collect()
-        };
-        for (id, index) in expired {
-            if let Err(e) = self.nl.del_link(index).await {
-                tracing::warn!("cannot delete the VXLAN device of peer {id}: {e}");
-            }
-        }
-    }
-
     /// The host end of a container veth as a port of the weave bridge: MTU, enslaved, up.
     async fn make_bridge_port(&self, index: u32) -> Result<(), DatapathError> {
         let change = LinkChange {
@@ -344,8 +233,9 @@ impl EbpfDatapath {
             }
         }
         let bridge = nl.ensure_bridge(BRIDGE_NAME, container_mtu).await?;
+        let bridge_port = create_bridge_port(&nl, bridge.index, container_mtu).await?;
 
-        let result = Self::load(&settings, &pin_dir, &underlay);
+        let result = Self::load(&settings, &pin_dir, &underlay, bridge_port);
         let (state, xdp_attached) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -371,6 +261,7 @@ impl EbpfDatapath {
         settings: &DatapathSettings,
         pin_dir: &Path,
         underlay: &LinkInfo,
+        bridge_port: u32,
     ) -> Result<(State, bool), DatapathError> {
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
@@ -393,12 +284,13 @@ impl EbpfDatapath {
                     underlay_mac: underlay.mac,
                     _pad: [0; 2],
                     service_ipv4: [0; 4],
+                    bridge_port_ifindex: bridge_port,
                 },
                 0,
             )
             .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))?;
 
-        for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM] {
+        for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| DatapathError::Bpf(format!("loading {name}: {}", one_line(&e))))?;
@@ -417,7 +309,6 @@ impl EbpfDatapath {
             links: BTreeMap::new(),
             endpoints: Vec::new(),
             peers_seen: BTreeSet::new(),
-            peer_devices: BTreeMap::new(),
             exposed: Vec::new(),
         };
         let links_dir = pin_dir.join("links");
@@ -430,6 +321,15 @@ impl EbpfDatapath {
             &links_dir.join(&rx_pin),
         )?;
         state.links.insert(rx_pin, link);
+        let from_bridge_pin = format!("from-bridge-{DATAPATH_PORT_NAME}");
+        let link = attach_tc(
+            &mut state.ebpf,
+            FROM_BRIDGE_PROGRAM,
+            DATAPATH_PORT_NAME,
+            TcAttachType::Ingress,
+            &links_dir.join(&from_bridge_pin),
+        )?;
+        state.links.insert(from_bridge_pin, link);
 
         let want_xdp = match settings.xdp {
             XdpMode::On => true,
@@ -817,6 +717,60 @@ fn endpoint_addresses(endpoint: &Endpoint) -> Result<EndpointAddresses, Datapath
     Ok(record)
 }
 
+/// Creates the bridge's port towards the peers anew: the veth pair [`BRIDGE_PORT_NAME`] (on
+/// the bridge, isolated, no learning) and [`DATAPATH_PORT_NAME`] (off the bridge), both up,
+/// without IPv6 (nothing of the host's own should reach the peers from them). Returns the
+/// ifindex of the bridge's end.
+async fn create_bridge_port(
+    nl: &Netlink,
+    bridge_index: u32,
+    mtu: u32,
+) -> Result<u32, DatapathError> {
+    for name in [DATAPATH_PORT_NAME, BRIDGE_PORT_NAME] {
+        if let Some(old) = nl.link_by_name(name).await? {
+            nl.del_link(old.index).await?;
+        }
+    }
+    nl.add_veth(BRIDGE_PORT_NAME, DATAPATH_PORT_NAME).await?;
+    let mut indexes = [0u32; 2];
+    for (slot, name) in indexes
+        .iter_mut()
+        .zip([BRIDGE_PORT_NAME, DATAPATH_PORT_NAME])
+    {
+        // No IPv6 on either end (best effort: the host may have IPv6 off altogether).
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        *slot = nl
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| DatapathError::Netlink(format!("veth {name} vanished")))?
+            .index;
+    }
+    let [bridge_port, datapath_port] = indexes;
+    nl.set_link(
+        bridge_port,
+        LinkChange {
+            mtu: Some(mtu),
+            controller: Some(bridge_index),
+            ..Default::default()
+        },
+    )
+    .await?;
+    nl.set_isolated(bridge_port, BRIDGE_PORT_NAME, false)
+        .await?;
+    for index in [datapath_port, bridge_port] {
+        nl.set_link(
+            index,
+            LinkChange {
+                mtu: Some(mtu),
+                up: true,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    Ok(bridge_port)
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DatapathError> {
     ebpf.program_mut(name)
         .ok_or_else(|| DatapathError::Bpf(format!("program {name} missing from the object")))?
@@ -923,7 +877,7 @@ impl Datapath for EbpfDatapath {
         };
         if direct && underlay_mac == [0; 6] {
             tracing::warn!(
-                "no neighbour entry for peer {} at {}: its broadcast copies and non-IPv4 frames go through the bridge",
+                "no neighbour entry for peer {} at {}: broadcasts and non-IPv4 frames cannot be sent to it",
                 peer.short_id,
                 peer.underlay
             );
@@ -968,13 +922,6 @@ impl Datapath for EbpfDatapath {
                 let _ = st.maps.neighbour_peers.remove(&key);
             }
         }
-        // Broadcast and other frames the programs leave to the bridge go through this device
-        // (only to directly connected peers; relayed ones have no device of their own).
-        if direct {
-            self.bring_up_peer_device(peer).await?;
-        } else {
-            self.set_peer_device_down(id).await?;
-        }
         Ok(())
     }
 
@@ -986,15 +933,12 @@ impl Datapath for EbpfDatapath {
                 .peers
                 .set(id as u32, PeerEntry::default(), 0)
                 .map_err(|e| bpf_err("clearing PEERS")(e.to_string()))?;
-            st.maps
-                .broadcast_trees
-                .set(id as u32, BroadcastTree::default(), 0)
-                .map_err(|e| bpf_err("clearing BROADCAST_TREES")(e.to_string()))?;
+            let _ = st.maps.broadcast_trees.remove(&(id as u32));
             remove_where(&mut st.maps.neighbour_peers, |n| n.short_id == id);
             let gone = remove_where(&mut st.maps.remote_macs, |v| v.peer_short_id == id);
             remove_where(&mut st.maps.neighbours, |mac| gone.contains(mac));
         }
-        self.set_peer_device_down(id).await
+        Ok(())
     }
 
     async fn set_own_short_id(&self, short_id: ShortId) -> Result<(), DatapathError> {
@@ -1026,15 +970,20 @@ impl Datapath for EbpfDatapath {
                 children.len()
             );
         }
+        let key = source.get() as u32;
+        let mut st = self.lock();
+        if children.is_empty() {
+            let _ = st.maps.broadcast_trees.remove(&key);
+            return Ok(());
+        }
         let mut tree = BroadcastTree::default();
         for (slot, child) in tree.children.iter_mut().zip(&children) {
             *slot = child.get();
             tree.count += 1;
         }
-        self.lock()
-            .maps
+        st.maps
             .broadcast_trees
-            .set(source.get() as u32, tree, 0)
+            .insert(key, tree, 0)
             .map_err(|e| bpf_err("writing BROADCAST_TREES")(e.to_string()))
     }
 
@@ -1279,7 +1228,7 @@ impl Datapath for EbpfDatapath {
         let _ = std::fs::remove_dir(self.pin_dir.join("links"));
         let _ = std::fs::remove_dir(&self.pin_dir);
         for link in self.nl.links().await? {
-            if link.name.starts_with(VXLAN_PREFIX) {
+            if link.name.starts_with(VXLAN_PREFIX) || link.name == DATAPATH_PORT_NAME {
                 self.nl.del_link(link.index).await?;
             }
         }

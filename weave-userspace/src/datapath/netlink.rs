@@ -10,9 +10,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::{DatapathError, Ipv4Cidr};
 
@@ -68,19 +66,6 @@ fn describe(e: &rtnetlink::Error) -> String {
 
 fn nl(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> DatapathError {
     move |e| DatapathError::Netlink(format!("{what}: {}", describe(&e)))
-}
-
-/// A kernel VXLAN device for one peer.
-#[derive(Clone, Debug)]
-pub struct VxlanSpec {
-    pub name: String,
-    pub id: u32,
-    pub remote: Ipv4Addr,
-    pub local: Ipv4Addr,
-    pub port: u16,
-    pub underlay_index: u32,
-    pub mtu: u32,
-    pub bridge_index: u32,
 }
 
 /// A netlink connection in one network namespace (the one of the thread that opened it).
@@ -258,7 +243,6 @@ impl Netlink {
         Ok(link)
     }
 
-    /// Creates a kernel VXLAN device enslaved to the bridge as an isolated port, up.
     /// Sets a link down.
     pub async fn set_link_down(&self, index: u32) -> Result<(), DatapathError> {
         self.handle
@@ -269,40 +253,19 @@ impl Netlink {
             .map_err(nl("setting a link down"))
     }
 
-    pub async fn add_vxlan(&self, spec: &VxlanSpec) -> Result<u32, DatapathError> {
-        let msg = LinkVxlan::new(&spec.name, spec.id)
-            .remote(spec.remote)
-            .local(spec.local)
-            .port(spec.port)
-            .learning(false)
-            .dev(spec.underlay_index)
-            .mtu(spec.mtu)
-            .controller(spec.bridge_index)
+    /// `bridge link set dev X isolated on [learning off]`: the bridge forwards nothing from
+    /// this port to another isolated port (frames from peers never go back to peers), and
+    /// without learning it floods unicast frames it has no entry for to this port as well.
+    pub async fn set_isolated(
+        &self,
+        index: u32,
+        name: &str,
+        learning: bool,
+    ) -> Result<(), DatapathError> {
+        let msg = LinkBridgePort::new(index)
+            .isolated(true)
+            .learning(learning)
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(nl(format!("creating VXLAN device {}", spec.name)))?;
-        let link = self.link_by_name(&spec.name).await?.ok_or_else(|| {
-            DatapathError::Netlink(format!("VXLAN device {} vanished", spec.name))
-        })?;
-        self.set_isolated(link.index, &spec.name).await?;
-        self.set_link(
-            link.index,
-            LinkChange {
-                up: true,
-                ..Default::default()
-            },
-        )
-        .await?;
-        Ok(link.index)
-    }
-
-    /// `bridge link set dev X isolated on`.
-    pub async fn set_isolated(&self, index: u32, name: &str) -> Result<(), DatapathError> {
-        let msg = LinkBridgePort::new(index).isolated(true).build();
         self.handle
             .link()
             .set_port(msg)

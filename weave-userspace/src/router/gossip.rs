@@ -510,12 +510,12 @@ impl<D: Datapath> Inner<D> {
             view.relayed = wanted;
 
             let short = |name: &PeerName| view.topology.peer(name).map(|p| p.short_id);
-            let me = view.topology.ourself().name;
+            // Our own tree too: the peers our own broadcasts go to.
             let trees: BTreeMap<ShortId, Vec<ShortId>> = view
                 .routes
                 .broadcast
                 .iter()
-                .filter(|(source, children)| **source != me && !children.is_empty())
+                .filter(|(_, children)| !children.is_empty())
                 .filter_map(|(source, children)| {
                     Some((short(source)?, children.iter().filter_map(short).collect()))
                 })

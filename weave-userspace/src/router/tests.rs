@@ -540,14 +540,22 @@ async fn a_line_of_three_routes_the_ends_through_the_middle() {
         route(&a, 3) == Some(2) && route(&c, 1) == Some(2) && route(&a, 2) == Some(2)
     })
     .await;
-    // B passes broadcasts from A on to C and from C on to A; the ends pass nothing on.
+    // B passes broadcasts from A on to C and from C on to A, and sends its own to both;
+    // the ends pass nothing on and send their own to B.
     let id = |n: u16| ShortId::new(n).unwrap();
-    wait_until("the middle holds both broadcast trees", || {
+    wait_until("the middle holds the three broadcast trees", || {
         b.datapath.broadcast_trees()
-            == std::collections::BTreeMap::from([(id(1), vec![id(3)]), (id(3), vec![id(1)])])
+            == std::collections::BTreeMap::from([
+                (id(1), vec![id(3)]),
+                (id(2), vec![id(1), id(3)]),
+                (id(3), vec![id(1)]),
+            ])
     })
     .await;
-    assert!(a.datapath.broadcast_trees().is_empty());
+    assert_eq!(
+        a.datapath.broadcast_trees(),
+        std::collections::BTreeMap::from([(id(1), vec![id(2)])])
+    );
     let report = a.router.mesh_report();
     assert_eq!(report.peers.len(), 3);
     assert_eq!(report.routes.unicast.len(), 2);
