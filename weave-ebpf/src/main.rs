@@ -44,7 +44,7 @@ use aya_ebpf::{
 use weave_ebpf_common::{
     counters::Reason,
     headers::{
-        ipv4_checksum, is_group_mac, read_vxlan_vni, source_port_from_hash, write_outer_headers,
+        ipv4_checksum, ipv4_checksum_with_dst, is_group_mac, read_vxlan_vni, source_port_from_hash, write_outer_headers,
         OuterHeaders,
         ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_UDP,
         IPV4_FRAGMENT_MASK, IPV4_HLEN, OUTER_HLEN, UDP_HLEN, VXLAN_HLEN,
@@ -695,6 +695,15 @@ fn relay_broadcast(
         return;
     }
     let count_children = tree.count as usize;
+    // The outer header every copy shares (from us, one hop less), addressed per child below.
+    let mut hdr = [0u8; ETH_HLEN + IPV4_HLEN];
+    hdr[6..12].copy_from_slice(&cfg.underlay_mac);
+    hdr[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    hdr[ETH_HLEN..].copy_from_slice(&forwarded_ipv4(ip, cfg.underlay_ipv4, [0; 4]));
+    let checksum_zero_dst = u16::from_be_bytes([hdr[ETH_HLEN + 10], hdr[ETH_HLEN + 11]]);
+    if ctx.store(OFF_UDP + 6, &[0u8; 2], 0).is_err() {
+        return;
+    }
     let mut touched = false;
     for i in 0..MAX_BROADCAST_CHILDREN {
         if i >= count_children {
@@ -707,18 +716,11 @@ fn relay_broadcast(
         if peer.flags & PEER_REACHABLE == 0 || peer.next_hop != child || peer.underlay_mac == [0; 6] {
             continue;
         }
-        let mut hdr = [0u8; ETH_HLEN + IPV4_HLEN];
-        hdr[0..6].copy_from_slice(&peer.underlay_mac);
-        hdr[6..12].copy_from_slice(&cfg.underlay_mac);
-        hdr[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
-        hdr[ETH_HLEN..].copy_from_slice(&forwarded_ipv4(ip, cfg.underlay_ipv4, peer.underlay_ipv4));
+        address_copy(&mut hdr, peer, checksum_zero_dst);
         let id = vni::pack(src, child);
         let vni_bytes: [u8; 3] = [(id >> 16) as u8, (id >> 8) as u8, id as u8];
         touched = true;
-        if ctx.store(0, &hdr, 0).is_err()
-            || ctx.store(OFF_UDP + 6, &[0u8; 2], 0).is_err()
-            || ctx.store(OFF_VXLAN + 4, &vni_bytes, 0).is_err()
-        {
+        if ctx.store(0, &hdr, 0).is_err() || ctx.store(OFF_VXLAN + 4, &vni_bytes, 0).is_err() {
             break;
         }
         if ctx.clone_redirect(cfg.underlay_ifindex, 0).is_ok() {
@@ -732,6 +734,16 @@ fn relay_broadcast(
         orig[ETH_HLEN..].copy_from_slice(ip);
         let _ = ctx.store(0, &orig, 0);
     }
+}
+
+/// Addresses a copy's outer Ethernet + IPv4 header (built with a zero destination whose
+/// checksum is `checksum_zero_dst`) to a direct peer: its MAC, its address, the checksum.
+#[inline(always)]
+fn address_copy(hdr: &mut [u8; ETH_HLEN + IPV4_HLEN], peer: &PeerEntry, checksum_zero_dst: u16) {
+    hdr[0..6].copy_from_slice(&peer.underlay_mac);
+    hdr[ETH_HLEN + 16..ETH_HLEN + 20].copy_from_slice(&peer.underlay_ipv4);
+    let checksum = ipv4_checksum_with_dst(checksum_zero_dst, peer.underlay_ipv4);
+    hdr[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&checksum.to_be_bytes());
 }
 
 #[inline(always)]
@@ -845,6 +857,24 @@ fn flood_to_peers(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
     if unsafe { bpf_skb_change_head(ctx.skb.skb, OUTER_HLEN as u32, 0) } != 0 {
         return drop_from_bridge(len);
     }
+    // Outer headers built once with a zero destination; each copy gets its peer's MAC,
+    // address, checksum and VNI.
+    let mut outer = [0u8; OUTER_HLEN];
+    write_outer_headers(
+        &mut outer,
+        &OuterHeaders {
+            src_ipv4: cfg.underlay_ipv4,
+            dst_ipv4: [0; 4],
+            src_port: source_port_from_hash(hash),
+            vni: 0,
+            inner_len: len as u16,
+        },
+    );
+    outer[6..12].copy_from_slice(&cfg.underlay_mac);
+    let (mut hdr, mut udp_vxlan) = ([0u8; ETH_HLEN + IPV4_HLEN], [0u8; UDP_HLEN + VXLAN_HLEN]);
+    hdr.copy_from_slice(&outer[..OFF_UDP]);
+    udp_vxlan.copy_from_slice(&outer[OFF_UDP..]);
+    let checksum_zero_dst = u16::from_be_bytes([hdr[ETH_HLEN + 10], hdr[ETH_HLEN + 11]]);
     let count_children = tree.count as usize;
     let mut sent = false;
     for i in 0..MAX_BROADCAST_CHILDREN {
@@ -858,20 +888,10 @@ fn flood_to_peers(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
         if peer.flags & PEER_REACHABLE == 0 || peer.next_hop != child || peer.underlay_mac == [0; 6] {
             continue;
         }
-        let mut outer = [0u8; OUTER_HLEN];
-        write_outer_headers(
-            &mut outer,
-            &OuterHeaders {
-                src_ipv4: cfg.underlay_ipv4,
-                dst_ipv4: peer.underlay_ipv4,
-                src_port: source_port_from_hash(hash),
-                vni: vni::pack(cfg.own_short_id, child),
-                inner_len: len as u16,
-            },
-        );
-        outer[0..6].copy_from_slice(&peer.underlay_mac);
-        outer[6..12].copy_from_slice(&cfg.underlay_mac);
-        if ctx.store(0, &outer, 0).is_err() {
+        address_copy(&mut hdr, peer, checksum_zero_dst);
+        let id = vni::pack(cfg.own_short_id, child);
+        udp_vxlan[UDP_HLEN + 4..UDP_HLEN + 7].copy_from_slice(&[(id >> 16) as u8, (id >> 8) as u8, id as u8]);
+        if ctx.store(0, &hdr, 0).is_err() || ctx.store(OFF_UDP, &udp_vxlan, 0).is_err() {
             break;
         }
         if ctx.clone_redirect(cfg.underlay_ifindex, 0).is_ok() {
