@@ -256,12 +256,31 @@ fn wait_agreement(
             .collect();
         if !missing.is_empty() {
             let example = missing[0];
+            let host_of = |name: &String| {
+                hosts
+                    .iter()
+                    .find(|&&i| bed.peer_name(i) == *name)
+                    .map(|&i| {
+                        let state = if bed.router(i).is_running() { "running" } else { "not running" };
+                        format!("host{i} ({state})")
+                    })
+                    .unwrap_or_else(|| name.clone())
+            };
             let seen = match MeshSummary::of(bed.router(example)) {
-                Ok(m) => format!(
-                    "it knows {} peers and routes to {}",
-                    m.peers.len(),
-                    m.routed.len()
-                ),
+                Ok(m) => {
+                    let unknown: Vec<String> = want.difference(&m.peers).map(host_of).collect();
+                    let extra: Vec<&String> = m.peers.difference(&want).collect();
+                    let unrouted: Vec<String> = want
+                        .iter()
+                        .filter(|p| **p != bed.peer_name(example) && !m.routed.contains(*p))
+                        .map(host_of)
+                        .collect();
+                    format!(
+                        "it knows {} peers and routes to {}; unknown: {unknown:?}, not routed: {unrouted:?}, extra: {extra:?}",
+                        m.peers.len(),
+                        m.routed.len()
+                    )
+                }
                 Err(e) => format!("no report: {e}"),
             };
             bail!(
