@@ -941,6 +941,38 @@ impl Datapath for EbpfDatapath {
         Ok(())
     }
 
+    async fn admit_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        let id = peer.short_id.get();
+        {
+            let mut st = self.lock();
+            st.peers_seen.insert(id);
+            st.maps
+                .peers
+                .set(
+                    id as u32,
+                    PeerEntry {
+                        underlay_ipv4: peer.underlay.octets(),
+                        flags: PEER_ADMIT,
+                        next_hop: id,
+                        underlay_mac: [0; 6],
+                    },
+                    0,
+                )
+                .map_err(|e| bpf_err("writing PEERS")(e.to_string()))?;
+            remove_where(&mut st.maps.neighbour_peers, |n| n.short_id == id);
+            let gone = remove_where(&mut st.maps.remote_macs, |v| v.peer_short_id == id);
+            remove_where(&mut st.maps.neighbours, |mac| gone.contains(mac));
+        }
+        Ok(())
+    }
+
+    async fn forget_bridge_macs(&self, macs: Vec<[u8; 6]>) -> Result<(), DatapathError> {
+        self.nl
+            .forget_fdb_entries(self.bridge_index, &macs)
+            .await
+            .map(|_| ())
+    }
+
     async fn set_own_short_id(&self, short_id: ShortId) -> Result<(), DatapathError> {
         let st = self.lock();
         let mut maps = st;
