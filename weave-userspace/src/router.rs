@@ -1021,5 +1021,6 @@ pub fn format_time(t: SystemTime) -> String {
 
 mod channels;
 pub mod gossip;
+pub mod overlay;
 #[cfg(test)]
 mod tests;
