@@ -287,6 +287,7 @@ mod tests {
             mesh: Default::default(),
             discovery: false,
             encryption: false,
+            overlay_switches: Default::default(),
         };
         let counters = DatapathCounters {
             by_reason: Reason::ALL

@@ -392,20 +392,29 @@ impl Up<'_> {
                     .context("cannot put the DNS address on the weave bridge")?;
             }
         }
-        let sleeve = if self.config.sleeve && !self.config.fake_datapath {
-            Some(Arc::new(
-                start_sleeve(
-                    self.local.short_id.get(),
-                    self.config.host,
-                    &self.config.iface,
-                    datapath.container_mtu(),
-                    self.password.is_some(),
-                )
-                .await
-                .context("cannot start the sleeve data path")?,
-            ))
-        } else {
+        // The sleeve carries every peer when asked to, and otherwise those whose fast path
+        // is blocked.
+        let sleeve = if self.config.fake_datapath {
             None
+        } else {
+            let started = start_sleeve(
+                self.local.short_id.get(),
+                self.config.host,
+                &self.config.iface,
+                datapath.container_mtu(),
+                self.password.is_some(),
+            )
+            .await;
+            match started {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) if !self.config.sleeve => {
+                    tracing::warn!(
+                        "no sleeve data path ({e:#}): peers whose UDP 6784 is blocked stay unreachable"
+                    );
+                    None
+                }
+                Err(e) => return Err(e.context("cannot start the sleeve data path")),
+            }
         };
         let router_config = RouterConfig {
             local: self.local,
@@ -415,6 +424,7 @@ impl Up<'_> {
             conn_limit: self.config.conn_limit,
             password: self.password.clone(),
             sleeve: sleeve.clone(),
+            sleeve_only: self.config.sleeve,
         };
         let router = Arc::new(Router::start(
             router_config,
@@ -446,9 +456,6 @@ impl Up<'_> {
                     }
                     Err(e) => {
                         router.stop().await;
-                        if let Some(s) = &sleeve {
-                            s.stop();
-                        }
                         if let Some(s) = &sleeve {
                             s.stop();
                         }
