@@ -1,5 +1,6 @@
 //! The sleeve: a data path in user space, for peers the kernel fast path must not carry
-//! (with a password nothing leaves in plain VXLAN) or when `--datapath sleeve` says so.
+//! (with a password nothing leaves in plain VXLAN), when `--datapath sleeve` says so, or
+//! whose fast path is blocked (the router moves a peer here and back, [`Sleeve::carry`]).
 //!
 //! A TAP device on the weave bridge takes the frames the bridge sends it (everything for
 //! MACs not local: the fast path has no entry for sleeve peers, so the programs hand such
