@@ -53,9 +53,20 @@ pub struct RouterConfig {
     /// The user-space data path (none with the in-memory data path): it carries the peers
     /// the fast path must not carry, and those whose fast path is blocked.
     pub sleeve: Option<Arc<crate::sleeve::Sleeve>>,
-    /// Every peer goes through the sleeve but trusted ones (a password, or `--datapath
-    /// sleeve`).
-    pub sleeve_only: bool,
+    /// Which peers the sleeve carries.
+    pub sleeve_use: SleeveUse,
+}
+
+/// Which peers the sleeve carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SleeveUse {
+    /// Those whose fast path is blocked.
+    #[default]
+    Fallback,
+    /// Every peer not trusted both ways (a password, or `--datapath sleeve`).
+    Untrusted,
+    /// Every peer: there is no fast path (the kernel programs are not loaded).
+    All,
 }
 
 /// Longest run of events the event loop handles before it publishes our record and
@@ -283,7 +294,7 @@ struct Inner<D> {
     conn_limit: usize,
     password: Option<Arc<PresharedKey>>,
     pub(crate) sleeve: Option<Arc<crate::sleeve::Sleeve>>,
-    sleeve_only: bool,
+    sleeve_use: SleeveUse,
     /// Sends the fast-path heartbeats (with a sleeve to fall back to).
     heartbeats: Option<std::net::UdpSocket>,
     /// Switches to the sleeve and back to the fast path so far.
@@ -572,13 +583,14 @@ impl<D: Datapath> Inner<D> {
         self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The data path a new connection starts on: the sleeve when the peer must not use the
-    /// fast path (the sleeve for all and the peer not trusted both ways), else the fast path.
+    /// The data path a new connection starts on: the sleeve when the peer must not or
+    /// cannot use the fast path, else the fast path.
     fn initial_overlay(&self, trusted: bool) -> Overlay {
-        if self.sleeve.is_some() && self.sleeve_only && !trusted {
-            Overlay::Sleeve
-        } else {
-            Overlay::Fastdp
+        match self.sleeve_use {
+            _ if self.sleeve.is_none() => Overlay::Fastdp,
+            SleeveUse::All => Overlay::Sleeve,
+            SleeveUse::Untrusted if !trusted => Overlay::Sleeve,
+            SleeveUse::Untrusted | SleeveUse::Fallback => Overlay::Fastdp,
         }
     }
 
@@ -611,7 +623,7 @@ impl<D: Datapath> Inner<D> {
                 Ok(())
             }
             Overlay::Fastdp => {
-                if self.sleeve_only {
+                if self.sleeve_use == SleeveUse::Untrusted {
                     tracing::info!(
                         "{}({}) at {} is in a trusted subnet both ways: its data goes unencrypted through the fast path",
                         hello.name,
@@ -920,7 +932,7 @@ impl<D: Datapath> Router<D> {
             conn_limit: config.conn_limit,
             password: config.password,
             sleeve: config.sleeve,
-            sleeve_only: config.sleeve_only,
+            sleeve_use: config.sleeve_use,
             heartbeats,
             switches_to_sleeve: AtomicU64::new(0),
             switches_to_fastdp: AtomicU64::new(0),

@@ -267,4 +267,8 @@ pub struct DatapathSettings {
     pub xdp: XdpMode,
     /// Root of the pin directories, normally `/sys/fs/bpf/weave-router`.
     pub pin_root: PathBuf,
+    /// Load the kernel programs. Without them (no privilege to load BPF) the data path is
+    /// the bridge and the container interfaces only: no fast path, no subnet isolation,
+    /// and frames between hosts go through the sleeve.
+    pub programs: bool,
 }

@@ -534,7 +534,7 @@ impl<D: Datapath> Inner<D> {
             view.trees = trees;
             (add, remove, tree_changes)
         };
-        if self.sleeve.is_some() && self.sleeve_only {
+        if self.sleeve.is_some() && self.sleeve_use != super::SleeveUse::Fallback {
             // The sleeve carries direct peers only; nothing goes into the fast path.
             return;
         }

@@ -86,7 +86,7 @@ impl Node {
             conn_limit: DEFAULT_CONN_LIMIT,
             password,
             sleeve: None,
-            sleeve_only: false,
+            sleeve_use: Default::default(),
         };
         Node {
             router: Router::start(config, listener, datapath.clone(), None),
@@ -687,7 +687,7 @@ async fn a_short_id_clash_is_settled_by_the_higher_name_taking_another() {
         conn_limit: DEFAULT_CONN_LIMIT,
         password: None,
         sleeve: None,
-        sleeve_only: false,
+        sleeve_use: Default::default(),
     };
     let b = Node {
         router: Router::start(config, listener, datapath.clone(), None),
