@@ -1,11 +1,14 @@
-//! Per-connection fallback: when UDP 6784 is blocked between two hosts while their control
+//! Fallback to the sleeve: when UDP 6784 is blocked between two hosts while their control
 //! connection works, their containers' traffic moves to the sleeve (UDP 6783) within
-//! seconds, and back to the fast path once VXLAN gets through again.
+//! seconds, and back to the fast path once VXLAN gets through again; a router that may not
+//! load BPF programs carries every peer through the sleeve.
 
 use std::time::{Duration, Instant};
 
+use weave_tests::bed::host_addr;
 use weave_tests::mesh::{self, has_marker, udp, PcapCapture, MARKER_HEX};
-use weave_tests::{cmd, probe, require_root, Background, TestBed};
+use weave_tests::router::BPFFS_ROOT;
+use weave_tests::{cmd, probe, require_root, Background, LaunchOpts, TestBed};
 
 /// Interval of [`SteadyPing`], in seconds.
 const STEADY_INTERVAL: f64 = 0.1;
@@ -206,5 +209,71 @@ fn trusted_peers_fall_back_to_the_sealed_sleeve() {
             "198.18.0.0/24",
         ],
         true,
+    );
+}
+
+#[test]
+fn a_router_without_bpf_carries_every_peer_through_the_sleeve() {
+    if !require_root("a_router_without_bpf_carries_every_peer_through_the_sleeve") {
+        return;
+    }
+    let mut bed = TestBed::new("fallb", 2).expect("test bed");
+    // Host 1's router is started where bpf() fails with EPERM (a seccomp filter the
+    // launch, and the daemon it starts, inherit).
+    weave_tests::sandbox::without_bpf(|| bed.launch(1, &LaunchOpts::default()).map(|_| ()))
+        .expect("seccomp filter")
+        .expect("host1 launches without BPF");
+    let opts = LaunchOpts {
+        peers: vec![host_addr(1).to_string()],
+        extra: vec![],
+    };
+    bed.launch(2, &opts).expect("host2 launches");
+    for i in 1..=2 {
+        bed.router(i)
+            .wait_established(1, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\nhost{i} log:\n{}", bed.router(i).log_tail(30)));
+    }
+    let log = bed.router(1).log_tail(100);
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot use BPF"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning line:\n{log}");
+    assert!(
+        warnings[0].contains("Operation not permitted")
+            && warnings[0].contains("every peer goes through the sleeve"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        !std::path::Path::new(BPFFS_ROOT)
+            .join(bed.peer_name(1))
+            .exists(),
+        "host1 pinned nothing"
+    );
+    // Host 1 puts host 2 on the sleeve and says so; host 2 follows at once.
+    wait_overlay(&bed, "sleeve", Duration::from_secs(10));
+
+    let a = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach without BPF");
+    let b = bed
+        .attach_container(2, "c1", "10.2.1.2/24")
+        .expect("attach");
+    assert_eq!(
+        probe::link_mtu(&bed.container(a).ns, "ethwe").expect("ethwe"),
+        1400,
+        "the sleeve's MTU where it is the only path"
+    );
+    bed.container(a)
+        .wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    let out = bed.container(b).ping("10.2.1.1", 3).expect("ping runs");
+    assert!(out.success(), "host2 -> host1:\n{}", out.stdout);
+    let frames = marker_ping(&bed, "fb-nobpf");
+    assert!(marker_on(&frames, 6783), "the marker on the sleeve");
+    assert!(
+        !frames.iter().any(|(_, p, _)| *p == 6784),
+        "no VXLAN at all"
     );
 }
