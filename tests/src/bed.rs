@@ -112,8 +112,10 @@ pub struct TestBed {
 }
 
 impl TestBed {
-    /// The underlay and `n` hosts, after removing leftovers of the same prefix.
+    /// The underlay and `n` hosts, after removing leftovers of the same prefix. The prefix
+    /// is put behind [`PREFIX_ENV`] when that is set.
     pub fn new(prefix: &str, n: usize) -> Result<TestBed> {
+        let prefix = &full_prefix(prefix);
         if prefix.is_empty() || prefix.contains('/') || prefix.len() > 12 {
             return Err(Error::Other(format!("bad test bed prefix {prefix:?}")));
         }
@@ -330,6 +332,19 @@ impl Drop for TestBed {
         self.hosts.clear();
         self.underlay.take();
         let _ = std::fs::remove_dir_all(state_base(&self.prefix));
+    }
+}
+
+/// Environment variable whose value goes in front of every test bed prefix, so that two
+/// runs of the tests on one machine (two checkouts, say) never touch each other's
+/// namespaces.
+pub const PREFIX_ENV: &str = "WEAVE_TEST_PREFIX";
+
+/// `prefix` behind the value of [`PREFIX_ENV`], if set.
+pub fn full_prefix(prefix: &str) -> String {
+    match std::env::var(PREFIX_ENV) {
+        Ok(p) => format!("{p}{prefix}"),
+        Err(_) => prefix.to_string(),
     }
 }
 

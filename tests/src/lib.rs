@@ -15,6 +15,7 @@ pub mod mesh;
 pub mod netns;
 pub mod probe;
 pub mod router;
+pub mod sandbox;
 pub mod topology;
 
 pub use bed::{host_addr, is_root, require_root, sweep, Container, Host, TestBed};

@@ -93,6 +93,49 @@ pub fn cut(bed: &TestBed, a: usize, b: usize) -> Result<()> {
     underlay_block(&bed.underlay(), aa, ba)
 }
 
+/// Drops UDP to `port` between hosts `a` and `b` on the underlay bridge, both ways; the rest
+/// of their traffic (the control connection on TCP 6783, say) passes. May be called again
+/// for more pairs or ports.
+pub fn block_udp_port(bed: &TestBed, a: usize, b: usize, port: u16) -> Result<()> {
+    let underlay = bed.underlay();
+    if nft(
+        &underlay,
+        &format!("list set bridge {BLOCK_TABLE} udp_pairs"),
+    )
+    .is_err()
+    {
+        for line in [
+            format!("add table bridge {BLOCK_TABLE}"),
+            format!(
+                "add set bridge {BLOCK_TABLE} udp_pairs {{ type ipv4_addr . ipv4_addr . inet_service ; }}"
+            ),
+            format!(
+                "add chain bridge {BLOCK_TABLE} cut {{ type filter hook forward priority -500 ; }}"
+            ),
+            format!(
+                "add rule bridge {BLOCK_TABLE} cut ip saddr . ip daddr . udp dport @udp_pairs counter drop"
+            ),
+        ] {
+            nft(&underlay, &line)?;
+        }
+    }
+    nft(&underlay, &udp_pair_element("add", bed, a, b, port)).map(|_| ())
+}
+
+/// Lets UDP to `port` between hosts `a` and `b` through again.
+pub fn unblock_udp_port(bed: &TestBed, a: usize, b: usize, port: u16) -> Result<()> {
+    nft(
+        &bed.underlay(),
+        &udp_pair_element("delete", bed, a, b, port),
+    )
+    .map(|_| ())
+}
+
+fn udp_pair_element(verb: &str, bed: &TestBed, a: usize, b: usize, port: u16) -> String {
+    let (a, b) = (bed.host(a).addr, bed.host(b).addr);
+    format!("{verb} element bridge {BLOCK_TABLE} udp_pairs {{ {a} . {b} . {port}, {b} . {a} . {port} }}")
+}
+
 /// The underlay's cut pairs with the drop counter, for messages.
 pub fn underlay_rules(bed: &TestBed) -> String {
     nft(&bed.underlay(), &format!("list table bridge {BLOCK_TABLE}"))
@@ -102,6 +145,92 @@ pub fn underlay_rules(bed: &TestBed) -> String {
 /// The block table as `nft list table` shows it (rules with their counters), for messages.
 pub fn block_rules(ns: &Netns) -> String {
     nft(ns, &format!("list table netdev {BLOCK_TABLE}")).unwrap_or_else(|e| format!("({e})"))
+}
+
+/// The marker tests' pings carry in every payload (`ping -p`), to look for on the wire.
+pub const MARKER_HEX: &str = "5e1ec7ab1ec0ffee5e1ec7ab1ec0ffee";
+
+/// [`MARKER_HEX`] as bytes.
+pub fn marker() -> Vec<u8> {
+    (0..MARKER_HEX.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&MARKER_HEX[i..i + 2], 16).unwrap_or(0))
+        .collect()
+}
+
+/// Whether `bytes` hold the marker.
+pub fn has_marker(bytes: &[u8]) -> bool {
+    let m = marker();
+    bytes.windows(m.len()).any(|w| w == m)
+}
+
+/// tcpdump writing every packet on a device, whole, to a file: the raw frames.
+pub struct PcapCapture {
+    bg: Background,
+    path: std::path::PathBuf,
+}
+
+impl PcapCapture {
+    /// Starts tcpdump on `dev` in `ns` (`name` names the file); returns once it listens.
+    pub fn start(ns: &Netns, dev: &str, name: &str) -> PcapCapture {
+        let path =
+            std::env::temp_dir().join(format!("{name}-{}-{}.pcap", ns.name(), std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let p = path.to_string_lossy().into_owned();
+        let mut bg = ns
+            .spawn(&[
+                "tcpdump",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "0",
+                "-i",
+                dev,
+                "-w",
+                &p,
+            ])
+            .expect("tcpdump");
+        cmd::wait_for("tcpdump to listen", Duration::from_secs(10), || {
+            (!bg.running() || bg.output().1.contains("listening on")).then_some(())
+        })
+        .expect("tcpdump listens");
+        PcapCapture { bg, path }
+    }
+
+    /// Stops and returns every packet (Ethernet frames).
+    pub fn stop(mut self) -> Vec<Vec<u8>> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.bg.stop();
+        let data = std::fs::read(&self.path).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.path);
+        let mut out = Vec::new();
+        let mut at = 24;
+        while at + 16 <= data.len() {
+            let caplen =
+                u32::from_le_bytes([data[at + 8], data[at + 9], data[at + 10], data[at + 11]])
+                    as usize;
+            at += 16;
+            if at + caplen > data.len() {
+                break;
+            }
+            out.push(data[at..at + caplen].to_vec());
+            at += caplen;
+        }
+        out
+    }
+}
+
+/// (source, destination port, UDP payload) of an IPv4 UDP frame.
+pub fn udp(frame: &[u8]) -> Option<(Ipv4Addr, u16, &[u8])> {
+    if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
+        return None;
+    }
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+    let u = 14 + ihl;
+    let dport = u16::from_be_bytes([*frame.get(u + 2)?, *frame.get(u + 3)?]);
+    Some((src, dport, frame.get(u + 8..)?))
 }
 
 /// One packet seen by a [`Capture`].

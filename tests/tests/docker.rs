@@ -164,7 +164,7 @@ impl DockerBed {
             .ip("-o link show")
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(": vethwe"))
+            .filter(|l| l.contains(": vethwe") && !l.contains(": vethwe-sleeve"))
             .count()
     }
 }

@@ -6,82 +6,8 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use weave_tests::bed::host_addr;
-use weave_tests::{cmd, probe, require_root, Background, LaunchOpts, Netns, TestBed};
-
-/// The marker ping carries in every payload (`ping -p`).
-const MARKER_HEX: &str = "5e1ec7ab1ec0ffee5e1ec7ab1ec0ffee";
-
-fn marker() -> Vec<u8> {
-    (0..MARKER_HEX.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&MARKER_HEX[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-/// tcpdump writing every packet on `dev` to a file.
-struct PcapCapture {
-    bg: Background,
-    path: std::path::PathBuf,
-}
-
-impl PcapCapture {
-    fn start(ns: &Netns, dev: &str, name: &str) -> PcapCapture {
-        let path = std::env::temp_dir().join(format!("{name}.pcap"));
-        let _ = std::fs::remove_file(&path);
-        let p = path.to_string_lossy().into_owned();
-        let mut bg = ns
-            .spawn(&[
-                "tcpdump",
-                "-n",
-                "-U",
-                "--immediate-mode",
-                "-s",
-                "0",
-                "-i",
-                dev,
-                "-w",
-                &p,
-            ])
-            .expect("tcpdump");
-        cmd::wait_for("tcpdump to listen", Duration::from_secs(10), || {
-            (!bg.running() || bg.output().1.contains("listening on")).then_some(())
-        })
-        .expect("tcpdump listens");
-        PcapCapture { bg, path }
-    }
-
-    /// Stops and returns every packet (Ethernet frames).
-    fn stop(mut self) -> Vec<Vec<u8>> {
-        std::thread::sleep(Duration::from_millis(300));
-        self.bg.stop();
-        let data = std::fs::read(&self.path).unwrap_or_default();
-        let _ = std::fs::remove_file(&self.path);
-        let mut out = Vec::new();
-        let mut at = 24;
-        while at + 16 <= data.len() {
-            let caplen = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
-            at += 16;
-            if at + caplen > data.len() {
-                break;
-            }
-            out.push(data[at..at + caplen].to_vec());
-            at += caplen;
-        }
-        out
-    }
-}
-
-/// (source, destination port, UDP payload) of an IPv4 UDP frame.
-fn udp(frame: &[u8]) -> Option<(std::net::Ipv4Addr, u16, &[u8])> {
-    if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
-        return None;
-    }
-    let ihl = (frame[14] & 0x0f) as usize * 4;
-    let src = std::net::Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
-    let u = 14 + ihl;
-    let dport = u16::from_be_bytes([frame[u + 2], frame[u + 3]]);
-    Some((src, dport, frame.get(u + 8..)?))
-}
+use weave_tests::mesh::{marker, udp, PcapCapture, MARKER_HEX};
+use weave_tests::{cmd, probe, require_root, LaunchOpts, TestBed};
 
 /// Containers c1 on host 1 (10.2.1.1) and host 2 (10.2.1.2) that reach each other; the
 /// index of host 1's.

@@ -66,11 +66,14 @@ pub enum Reason {
     /// From the bridge: dropped, no peer to send it to (no reachable peer in this router's
     /// tree, no headroom, or a GSO frame to an unknown destination).
     BridgeDropped = 25,
+    /// RX: a fast-path heartbeat from an admitted peer (counted for the peer too), dropped
+    /// once counted: it only tells the peer's router that VXLAN gets through.
+    RxHeartbeat = 26,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -100,6 +103,7 @@ impl Reason {
         Reason::EgressDropIsolated,
         Reason::BridgeFlooded,
         Reason::BridgeDropped,
+        Reason::RxHeartbeat,
     ];
 
     /// A label for metrics and status output.
@@ -131,6 +135,7 @@ impl Reason {
             Reason::EgressDropIsolated => "egress_drop_isolated",
             Reason::BridgeFlooded => "bridge_flooded",
             Reason::BridgeDropped => "bridge_dropped",
+            Reason::RxHeartbeat => "rx_heartbeat",
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod headers;
+pub mod heartbeat;
 pub mod maps;
 pub mod vni;
 

@@ -84,8 +84,9 @@ pub struct LaunchArgs {
     /// trusts our address too (the control connection stays encrypted).
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
     pub trusted_subnets: Vec<crate::datapath::Ipv4Cidr>,
-    /// The data path between hosts: fastdp (kernel VXLAN) or sleeve (user space, UDP
-    /// 6783). A password always uses the sleeve: nothing leaves as plain VXLAN.
+    /// The data path between hosts: fastdp (kernel VXLAN, falling back to the sleeve for a
+    /// peer whose UDP 6784 is blocked) or sleeve (user space, UDP 6783, for every peer). A
+    /// password always uses the sleeve: nothing leaves as plain VXLAN.
     #[arg(long, value_enum, default_value_t = DatapathMode::Fastdp)]
     pub datapath: DatapathMode,
     /// Run in the foreground, logging to stderr.
@@ -163,7 +164,8 @@ pub struct Config {
     pub dns: Option<crate::dns::DnsConfig>,
     /// From `--password`, `WEAVE_PASSWORD` or `--password-file`.
     pub password: Option<crate::crypto::password::Password>,
-    /// Peers' traffic through the sleeve (`--datapath sleeve`, or a password).
+    /// Every peer's traffic through the sleeve (`--datapath sleeve`, or a password); else
+    /// the sleeve only takes peers whose fast path is blocked.
     pub sleeve: bool,
     /// `--trusted-subnets`.
     pub trusted_subnets: Vec<crate::datapath::Ipv4Cidr>,

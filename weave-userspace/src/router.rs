@@ -1,14 +1,17 @@
 //! The router: owns the mesh state (connections, targets) and a [`Datapath`], and turns
 //! connection events into data-path calls. An accepted connection puts the peer into the data
 //! path and tells the peer we are ready; when both sides are ready it is established. A lost
-//! connection takes the peer out again.
+//! connection takes the peer out again. A peer's frames go through the kernel fast path or
+//! the sleeve ([`overlay`]): a password without mutual trust or `--datapath sleeve` choose
+//! the sleeve, and a connection whose fast path is blocked falls back to it (fast-path
+//! heartbeats and the peer's reports decide).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -20,8 +23,9 @@ use crate::datapath::{AttachRequest, Datapath, DatapathError, DatapathPeer, Endp
 use crate::mesh::connection::{self, ConnCommand, ConnEvent, ConnId, ConnectionError, Timings};
 use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
 use crate::mesh::peer_name::{PeerName, ShortId};
-use crate::mesh::protocol::{Hello, MAX_VERSION, MIN_VERSION};
+use crate::mesh::protocol::{Hello, Message, FASTDP_STATUS_VERSION, MAX_VERSION, MIN_VERSION};
 use crate::state::StateDir;
+use overlay::{Overlay, OverlayChoice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -46,8 +50,23 @@ pub struct RouterConfig {
     /// The key from `--password`: every connection is then encrypted, and peers without
     /// it are refused.
     pub password: Option<Arc<PresharedKey>>,
-    /// The user-space data path: peers go there instead of into the kernel fast path.
+    /// The user-space data path (none with the in-memory data path): it carries the peers
+    /// the fast path must not carry, and those whose fast path is blocked.
     pub sleeve: Option<Arc<crate::sleeve::Sleeve>>,
+    /// Which peers the sleeve carries.
+    pub sleeve_use: SleeveUse,
+}
+
+/// Which peers the sleeve carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SleeveUse {
+    /// Those whose fast path is blocked.
+    #[default]
+    Fallback,
+    /// Every peer not trusted both ways (a password, or `--datapath sleeve`).
+    Untrusted,
+    /// Every peer: there is no fast path (the kernel programs are not loaded).
+    All,
 }
 
 /// Longest run of events the event loop handles before it publishes our record and
@@ -67,6 +86,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
 /// An accepted connection.
 #[derive(Debug)]
 struct Conn {
+    /// The protocol version spoken on it.
+    version: u8,
     outbound: bool,
     remote: SocketAddr,
     hello: Hello,
@@ -78,11 +99,26 @@ struct Conn {
     local_ready: bool,
     remote_ready: bool,
     commands: mpsc::UnboundedSender<ConnCommand>,
+    /// The data path carrying the peer's frames now.
+    overlay: Overlay,
+    /// The choice between the two paths, for a peer that may fall back to the sleeve (we
+    /// have one, the fast path is allowed, the peer speaks version 3); else the path never
+    /// changes.
+    choice: Option<OverlayChoice>,
 }
 
 impl Conn {
     fn established(&self) -> bool {
         self.local_ready && self.remote_ready
+    }
+
+    /// The peer as the fast path knows it: directly connected.
+    fn datapath_peer(&self) -> DatapathPeer {
+        DatapathPeer {
+            short_id: self.hello.short_id,
+            underlay: self.hello.underlay,
+            next_hop: self.hello.short_id,
+        }
     }
 }
 
@@ -223,6 +259,16 @@ pub struct MeshStatus {
     pub discovery: bool,
     /// Whether a password is set (every connection encrypted).
     pub encryption: bool,
+    /// Connections moved from one data path to the other since the start.
+    pub overlay_switches: OverlaySwitches,
+}
+
+/// Switches of connections between the two data paths, by the path switched to.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct OverlaySwitches {
+    pub to_sleeve: u64,
+    pub to_fastdp: u64,
 }
 
 impl MeshStatus {
@@ -248,6 +294,12 @@ struct Inner<D> {
     conn_limit: usize,
     password: Option<Arc<PresharedKey>>,
     pub(crate) sleeve: Option<Arc<crate::sleeve::Sleeve>>,
+    sleeve_use: SleeveUse,
+    /// Sends the fast-path heartbeats (with a sleeve to fall back to).
+    heartbeats: Option<std::net::UdpSocket>,
+    /// Switches to the sleeve and back to the fast path so far.
+    switches_to_sleeve: AtomicU64,
+    switches_to_fastdp: AtomicU64,
     /// Gossip channels of other subsystems (IPAM, DNS).
     channels: std::sync::RwLock<crate::mesh::gossip_channel::Channels>,
     /// Connection makers and other tasks, awaited on stop.
@@ -269,6 +321,7 @@ impl<D: Datapath> Inner<D> {
         match event {
             ConnEvent::Handshaken {
                 id,
+                version,
                 outbound,
                 remote,
                 hello,
@@ -276,8 +329,21 @@ impl<D: Datapath> Inner<D> {
                 commands,
                 reply,
             } => {
-                self.handshaken(id, outbound, remote, hello, session, commands, reply)
-                    .await
+                self.handshaken(
+                    id, version, outbound, remote, hello, session, commands, reply,
+                )
+                .await
+            }
+            ConnEvent::FastdpStatus { id, heard } => {
+                let switch = self
+                    .mesh()
+                    .connections
+                    .get_mut(&id)
+                    .and_then(|c| c.choice.as_mut())
+                    .and_then(|choice| choice.remote_report(heard).switch);
+                if let Some(to) = switch {
+                    self.switch_overlay(id, to).await;
+                }
             }
             ConnEvent::RemoteReady { id } => {
                 let established = {
@@ -333,6 +399,7 @@ impl<D: Datapath> Inner<D> {
     async fn handshaken(
         &self,
         id: ConnId,
+        version: u8,
         outbound: bool,
         remote: SocketAddr,
         hello: Hello,
@@ -391,7 +458,12 @@ impl<D: Datapath> Inner<D> {
                         mesh.refused_inbound.remove(&remote.ip());
                     }
                     let trusted = self.hello().trusted_both_ways(&hello);
+                    let overlay = self.initial_overlay(trusted);
+                    let watched = self.sleeve.is_some()
+                        && overlay == Overlay::Fastdp
+                        && version >= FASTDP_STATUS_VERSION;
                     let conn = Conn {
+                        version,
                         outbound,
                         remote,
                         hello: hello.clone(),
@@ -400,6 +472,8 @@ impl<D: Datapath> Inner<D> {
                         local_ready: false,
                         remote_ready: false,
                         commands,
+                        overlay,
+                        choice: watched.then(OverlayChoice::default),
                     };
                     mesh.connections.insert(id, conn);
                     mesh.by_peer.insert(hello.name, id);
@@ -428,35 +502,20 @@ impl<D: Datapath> Inner<D> {
             hello.name,
             hello.nickname
         );
-        let peer = DatapathPeer {
-            short_id: hello.short_id,
-            underlay: hello.underlay,
-            next_hop: hello.short_id,
+        let placed = self.mesh().connections.get(&id).map(|c| {
+            (
+                c.datapath_peer(),
+                c.overlay,
+                c.choice.is_some(),
+                c.session.clone(),
+            )
+        });
+        let Some((peer, overlay, watched, session)) = placed else {
+            return;
         };
-        let (fastdp, session) = self
-            .mesh()
-            .connections
-            .get(&id)
-            .map(|c| (self.fastdp(c), c.session.clone()))
-            .unwrap_or((true, None));
-        let result = match &self.sleeve {
-            // The fast path never learns of the peer: its frames go to the bridge, and from
-            // there through the sleeve.
-            Some(sleeve) if !fastdp => sleeve
-                .add_peer(hello.short_id.get(), hello.underlay, session.as_deref())
-                .map_err(|e| DatapathError::Netlink(format!("sleeve: {e}"))),
-            _ => {
-                if self.sleeve.is_some() {
-                    tracing::info!(
-                        "{}({}) at {} is in a trusted subnet both ways: its data goes unencrypted through the fast path",
-                        hello.name,
-                        hello.nickname,
-                        hello.underlay
-                    );
-                }
-                self.datapath.add_peer(peer).await
-            }
-        };
+        let result = self
+            .place_peer(&hello, peer, overlay, watched, session.as_deref())
+            .await;
         self.view().relayed.remove(&hello.name);
         let ready = {
             let mut mesh = self.mesh();
@@ -467,6 +526,17 @@ impl<D: Datapath> Inner<D> {
                 Ok(()) => {
                     conn.local_ready = true;
                     let _ = conn.commands.send(ConnCommand::SendReady);
+                    if conn.version >= FASTDP_STATUS_VERSION
+                        && conn.overlay == Overlay::Sleeve
+                        && conn.choice.is_none()
+                    {
+                        // The peer would try the fast path with us: it must not.
+                        if let Some(frame) =
+                            gossip::encode_message(&Message::FastdpStatus { heard: false })
+                        {
+                            let _ = conn.commands.send(ConnCommand::SendFrame(frame));
+                        }
+                    }
                     if conn.established() {
                         tracing::info!("connection {} {} established", describe(conn), conn.remote);
                     }
@@ -513,20 +583,189 @@ impl<D: Datapath> Inner<D> {
         self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Whether the peer's frames go through the kernel fast path: there is no sleeve, or
-    /// the peer is trusted.
-    fn fastdp(&self, conn: &Conn) -> bool {
-        self.sleeve.is_none() || conn.trusted
+    /// The data path a new connection starts on: the sleeve when the peer must not or
+    /// cannot use the fast path, else the fast path.
+    fn initial_overlay(&self, trusted: bool) -> Overlay {
+        match self.sleeve_use {
+            _ if self.sleeve.is_none() => Overlay::Fastdp,
+            SleeveUse::All => Overlay::Sleeve,
+            SleeveUse::Untrusted if !trusted => Overlay::Sleeve,
+            SleeveUse::Untrusted | SleeveUse::Fallback => Overlay::Fastdp,
+        }
     }
 
-    /// Takes a peer of a lost or replaced connection out of the data path carrying it.
-    async fn remove_peer(&self, conn: &Conn) -> Result<(), DatapathError> {
-        match &self.sleeve {
-            Some(sleeve) if !self.fastdp(conn) => {
-                sleeve.remove_peer(conn.hello.short_id.get());
+    /// Puts the peer of a new connection into the data path that carries it. A `watched`
+    /// peer (one that may fall back) is taken by both: the other one admits it without
+    /// carrying its frames, ready for a switch.
+    async fn place_peer(
+        &self,
+        hello: &Hello,
+        peer: DatapathPeer,
+        overlay: Overlay,
+        watched: bool,
+        session: Option<&SessionKeys>,
+    ) -> Result<(), DatapathError> {
+        let Some(sleeve) = &self.sleeve else {
+            return self.datapath.add_peer(peer).await;
+        };
+        let short_id = peer.short_id.get();
+        let sleeve_error = |e: String| DatapathError::Netlink(format!("sleeve: {e}"));
+        match overlay {
+            Overlay::Sleeve => {
+                // The fast path never routes to the peer: its frames go to the bridge, and
+                // from there through the sleeve.
+                sleeve
+                    .add_peer(short_id, hello.underlay, session, true)
+                    .map_err(sleeve_error)?;
+                if watched {
+                    self.datapath.admit_peer(peer).await?;
+                }
                 Ok(())
             }
-            _ => self.datapath.remove_peer(conn.hello.short_id).await,
+            Overlay::Fastdp => {
+                if self.sleeve_use == SleeveUse::Untrusted {
+                    tracing::info!(
+                        "{}({}) at {} is in a trusted subnet both ways: its data goes unencrypted through the fast path",
+                        hello.name,
+                        hello.nickname,
+                        hello.underlay
+                    );
+                }
+                let mut stale = Vec::new();
+                if watched {
+                    sleeve
+                        .add_peer(short_id, hello.underlay, session, false)
+                        .map_err(sleeve_error)?;
+                    // A connection it replaces may have had it on the sleeve.
+                    stale = sleeve.carry(short_id, false);
+                }
+                self.datapath.add_peer(peer).await?;
+                self.datapath.forget_bridge_macs(stale).await
+            }
+        }
+    }
+
+    /// Takes a peer of a lost or replaced connection out of the data paths holding it.
+    async fn remove_peer(&self, conn: &Conn) -> Result<(), DatapathError> {
+        let Some(sleeve) = &self.sleeve else {
+            return self.datapath.remove_peer(conn.hello.short_id).await;
+        };
+        sleeve.remove_peer(conn.hello.short_id.get());
+        if conn.overlay == Overlay::Fastdp || conn.choice.is_some() {
+            self.datapath.remove_peer(conn.hello.short_id).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Moves the peer of connection `id` to the data path `to` (its choice switched).
+    async fn switch_overlay(&self, id: ConnId, to: Overlay) {
+        let Some(sleeve) = &self.sleeve else {
+            return;
+        };
+        let moving = {
+            let mut mesh = self.mesh();
+            mesh.connections
+                .get_mut(&id)
+                .filter(|c| c.overlay != to)
+                .map(|c| {
+                    c.overlay = to;
+                    (c.datapath_peer(), describe(c))
+                })
+        };
+        let Some((peer, who)) = moving else {
+            return;
+        };
+        let short_id = peer.short_id.get();
+        let result = match to {
+            Overlay::Sleeve => {
+                self.switches_to_sleeve.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("connection {who}: fast path blocked, using sleeve");
+                let admitted = self.datapath.admit_peer(peer).await;
+                sleeve.carry(short_id, true);
+                admitted
+            }
+            Overlay::Fastdp => {
+                self.switches_to_fastdp.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("connection {who}: fast path works again");
+                // The bridge learned the peer's MACs on the sleeve's TAP: it must forget
+                // them, or frames for them would still go there.
+                let macs = sleeve.carry(short_id, false);
+                match self.datapath.add_peer(peer).await {
+                    Ok(()) => self.datapath.forget_bridge_macs(macs).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(
+                "connection {who}: cannot move the peer to the {}: {e}",
+                to.name()
+            );
+        }
+    }
+
+    /// Every [`overlay::CHECK_EVERY`]: a fast-path heartbeat to every peer that may fall
+    /// back, a sample of what arrived from each, and what that changes (reports to the
+    /// peers, switches).
+    async fn check_fast_paths(&self) {
+        let me = self.hello().short_id.get();
+        let watched: Vec<(ConnId, u16, Ipv4Addr)> = self
+            .mesh()
+            .connections
+            .iter()
+            .filter(|(_, c)| c.choice.is_some() && c.established())
+            .map(|(id, c)| (*id, c.hello.short_id.get(), c.hello.underlay))
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        if let Some(socket) = &self.heartbeats {
+            for (_, peer, underlay) in &watched {
+                let datagram = weave_ebpf_common::heartbeat::heartbeat_datagram(
+                    weave_ebpf_common::vni::pack(me, *peer),
+                );
+                let to = (*underlay, weave_ebpf_common::VXLAN_PORT);
+                if let Err(e) = socket.send_to(&datagram, to) {
+                    tracing::debug!("fast-path heartbeat to {underlay}: {e}");
+                }
+            }
+        }
+        let received: HashMap<u16, u64> = match self.datapath.counters() {
+            Ok(c) => c
+                .by_peer
+                .iter()
+                .map(|t| (t.short_id, t.rx_packets))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("cannot read the data path's counters: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut switches = Vec::new();
+        {
+            let mut mesh = self.mesh();
+            for (id, peer, _) in &watched {
+                let Some(conn) = mesh.connections.get_mut(id) else {
+                    continue;
+                };
+                let Some(choice) = conn.choice.as_mut() else {
+                    continue;
+                };
+                let change = choice.sample(now, received.get(peer).copied().unwrap_or(0));
+                if let Some(heard) = change.report {
+                    if let Some(frame) = gossip::encode_message(&Message::FastdpStatus { heard }) {
+                        let _ = conn.commands.send(ConnCommand::SendFrame(frame));
+                    }
+                }
+                if let Some(to) = change.switch {
+                    switches.push((*id, to));
+                }
+            }
+        }
+        for (id, to) in switches {
+            self.switch_overlay(id, to).await;
         }
     }
 
@@ -674,6 +913,10 @@ impl<D: Datapath> Router<D> {
             config.local.short_id,
         )
         .with_address(config.local.underlay, listen.port());
+        let heartbeats = config
+            .sleeve
+            .as_ref()
+            .and_then(|_| heartbeat_socket(config.local.underlay));
         let inner = Arc::new(Inner {
             view: Mutex::new(gossip::MeshView::new(ourself)),
             local: std::sync::RwLock::new(config.local),
@@ -689,6 +932,10 @@ impl<D: Datapath> Router<D> {
             conn_limit: config.conn_limit,
             password: config.password,
             sleeve: config.sleeve,
+            sleeve_use: config.sleeve_use,
+            heartbeats,
+            switches_to_sleeve: AtomicU64::new(0),
+            switches_to_fastdp: AtomicU64::new(0),
             channels: Default::default(),
             tasks: Mutex::default(),
         });
@@ -698,16 +945,22 @@ impl<D: Datapath> Router<D> {
             tokio::spawn(async move {
                 // When our record is to be published or routes computed next, if waiting.
                 let mut wake_at: Option<tokio::time::Instant> = None;
+                // Fast-path checks, with a sleeve to fall back to.
+                let mut check = tokio::time::interval(overlay::CHECK_EVERY);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let checking = inner.sleeve.is_some();
                 loop {
-                    let event = match wake_at {
-                        Some(at) => tokio::select! {
-                            event = rx.recv() => event,
-                            _ = tokio::time::sleep_until(at) => {
-                                wake_at = inner.after_events().await;
-                                continue;
-                            }
-                        },
-                        None => rx.recv().await,
+                    let wake = wake_at.unwrap_or_else(tokio::time::Instant::now);
+                    let event = tokio::select! {
+                        event = rx.recv() => event,
+                        _ = tokio::time::sleep_until(wake), if wake_at.is_some() => {
+                            wake_at = inner.after_events().await;
+                            continue;
+                        }
+                        _ = check.tick(), if checking => {
+                            inner.check_fast_paths().await;
+                            continue;
+                        }
                     };
                     let Some(event) = event else { break };
                     inner.handle(event).await;
@@ -793,15 +1046,19 @@ impl<D: Datapath> Router<D> {
                     "pending"
                 }
                 .into(),
-                info: String::new(),
+                info: match &c.choice {
+                    Some(choice) if c.overlay == Overlay::Sleeve => {
+                        if choice.heard() {
+                            "fast path blocked: the peer hears none of our heartbeats".into()
+                        } else {
+                            "fast path blocked: no heartbeats from the peer".into()
+                        }
+                    }
+                    _ => String::new(),
+                },
                 // A trusted peer's data goes in the clear.
                 encrypted: c.session.is_some() && !c.trusted,
-                overlay: if self.inner.fastdp(c) {
-                    "fastdp"
-                } else {
-                    "sleeve"
-                }
-                .into(),
+                overlay: c.overlay.name().into(),
                 mtu: self.inner.datapath.container_mtu(),
                 peer: Some(PeerInfo::from(&c.hello)),
             });
@@ -858,6 +1115,10 @@ impl<D: Datapath> Router<D> {
             mesh: self.mesh_report(),
             discovery: self.inner.discovery,
             encryption: self.inner.password.is_some(),
+            overlay_switches: OverlaySwitches {
+                to_sleeve: self.inner.switches_to_sleeve.load(Ordering::Relaxed),
+                to_fastdp: self.inner.switches_to_fastdp.load(Ordering::Relaxed),
+            },
         }
     }
 
@@ -994,6 +1255,22 @@ async fn accept_loop<D: Datapath>(
     }
 }
 
+/// A socket for the fast-path heartbeats, from our underlay address (the only source the
+/// peers admit VXLAN from); `None`, with a warning, when it cannot be had.
+fn heartbeat_socket(underlay: Ipv4Addr) -> Option<std::net::UdpSocket> {
+    let socket =
+        std::net::UdpSocket::bind((underlay, 0)).and_then(|s| s.set_nonblocking(true).map(|()| s));
+    match socket {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                "no fast-path heartbeats (cannot bind UDP on {underlay}: {e}): peers cannot tell whether VXLAN from us gets through"
+            );
+            None
+        }
+    }
+}
+
 /// A wall-clock time as `YYYY-MM-DD hh:mm:ss` UTC.
 pub fn format_time(t: SystemTime) -> String {
     let secs = t
@@ -1021,5 +1298,6 @@ pub fn format_time(t: SystemTime) -> String {
 
 mod channels;
 pub mod gossip;
+pub mod overlay;
 #[cfg(test)]
 mod tests;

@@ -280,6 +280,7 @@ impl Bed {
                 mtu: None,
                 xdp,
                 pin_root: bed._pins.0.clone(),
+                programs: true,
             };
             bed.routers
                 .push(Router::start(&bed.hosts[i], settings.clone()).expect("start the data path"));
@@ -706,6 +707,7 @@ fn bad_requests_fail_cleanly() {
         mtu: None,
         xdp: XdpMode::Off,
         pin_root: pins.0.clone(),
+        programs: true,
     };
     let err = Router::start(&hosts[0], settings.clone())
         .err()

@@ -10,7 +10,9 @@ use aya::Ebpf;
 use weave_ebpf_common::counters::Reason;
 use weave_ebpf_common::headers::{
     source_port_from_hash, write_outer_headers, OuterHeaders, OUTER_HLEN, SOURCE_PORT_MIN,
+    VXLAN_HLEN,
 };
+use weave_ebpf_common::heartbeat::heartbeat_datagram;
 use weave_ebpf_common::maps::{
     BroadcastTree, Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey,
     Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, CONFIG_READY,
@@ -603,6 +605,60 @@ fn from_bridge_encapsulates_unicast_for_a_learned_mac() {
     assert_eq!(&out[OUTER_HLEN..], &inner[..]);
     assert_eq!(bed.counter(Reason::TxEncapsulated), 1);
     assert_eq!(bed.counter(Reason::BridgeFlooded), 0);
+}
+
+#[test]
+fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
+    require_root!();
+    let mut bed = Bed::new();
+    // A peer admitted without a route (its frames travel the sleeve) is heard as well.
+    bed.peers()
+        .set(
+            FAR_ID as u32,
+            PeerEntry {
+                underlay_ipv4: FAR_UNDERLAY,
+                flags: PEER_ADMIT,
+                next_hop: FAR_ID,
+                underlay_mac: [0; 6],
+            },
+            0,
+        )
+        .unwrap();
+    for (n, (id, underlay)) in [(PEER_ID, PEER_UNDERLAY), (FAR_ID, FAR_UNDERLAY)]
+        .into_iter()
+        .enumerate()
+    {
+        let datagram = heartbeat_datagram(vni::pack(id, OWN_ID));
+        let frame = encapsulated(
+            &datagram[VXLAN_HLEN..],
+            underlay,
+            OWN_UNDERLAY,
+            vni::pack(id, OWN_ID),
+        );
+        assert_eq!(&frame[OUTER_HLEN - VXLAN_HLEN..], &datagram[..]);
+        assert_eq!(bed.run_xdp(&frame), XDP_PASS, "admitted by XDP");
+        let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
+        assert_eq!(rc, TC_ACT_SHOT, "peer {id}: dropped once counted");
+        assert_eq!(bed.counter(Reason::RxHeartbeat), n as u64 + 1);
+        let pc = bed.peer_counter(id);
+        assert_eq!((pc.rx_packets, pc.rx_bytes), (1, frame.len() as u64));
+    }
+    assert_eq!(bed.remote_macs().keys().count(), 0, "nothing learned");
+    assert_eq!(bed.neighbours().keys().count(), 0, "nothing learned");
+    // From a peer that is not admitted: an ordinary drop.
+    let stranger = 0x005;
+    let datagram = heartbeat_datagram(vni::pack(stranger, OWN_ID));
+    let frame = encapsulated(
+        &datagram[VXLAN_HLEN..],
+        [192, 168, 50, 5],
+        OWN_UNDERLAY,
+        vni::pack(stranger, OWN_ID),
+    );
+    let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxDropUnknownPeer), 1);
+    assert_eq!(bed.counter(Reason::RxHeartbeat), 2);
+    assert_eq!(bed.peer_counter(stranger).rx_packets, 0);
 }
 
 #[test]

@@ -18,6 +18,16 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverlayLabels {
+    overlay: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SwitchLabels {
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TrafficLabels {
     direction: String,
     kind: String,
@@ -56,6 +66,39 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
                 state: state.into(),
             })
             .set(status.count(state) as i64);
+    }
+
+    let overlays = Family::<OverlayLabels, Gauge>::default();
+    registry.register(
+        "weave_connection_overlays",
+        "Established connections by the data path carrying the peer's frames",
+        overlays.clone(),
+    );
+    for overlay in ["fastdp", "sleeve"] {
+        let n = status
+            .connections
+            .iter()
+            .filter(|c| c.state == "established" && c.overlay == overlay)
+            .count();
+        overlays
+            .get_or_create(&OverlayLabels {
+                overlay: overlay.into(),
+            })
+            .set(n as i64);
+    }
+    let switches = Family::<SwitchLabels, Counter>::default();
+    registry.register(
+        "weave_overlay_switches",
+        "Connections moved to the sleeve (their fast path blocked) and back to fastdp",
+        switches.clone(),
+    );
+    for (to, n) in [
+        ("sleeve", status.overlay_switches.to_sleeve),
+        ("fastdp", status.overlay_switches.to_fastdp),
+    ] {
+        switches
+            .get_or_create(&SwitchLabels { to: to.into() })
+            .inc_by(n);
     }
 
     let peers = Gauge::<i64>::default();
@@ -287,6 +330,10 @@ mod tests {
             mesh: Default::default(),
             discovery: false,
             encryption: false,
+            overlay_switches: crate::router::OverlaySwitches {
+                to_sleeve: 3,
+                to_fastdp: 2,
+            },
         };
         let counters = DatapathCounters {
             by_reason: Reason::ALL
@@ -313,6 +360,10 @@ mod tests {
             "weave_connections{state=\"established\"} 1",
             "weave_connections{state=\"failed\"} 0",
             "weave_peers 2",
+            "weave_connection_overlays{overlay=\"fastdp\"} 1",
+            "weave_connection_overlays{overlay=\"sleeve\"} 0",
+            "weave_overlay_switches_total{to=\"sleeve\"} 3",
+            "weave_overlay_switches_total{to=\"fastdp\"} 2",
             "weave_datapath_drops_total{reason=\"rx_drop_spoofed_source\"} 8",
             "weave_datapath_packets_total{reason=\"tx_encapsulated\"} 0",
             "weave_datapath_bytes_total{reason=\"rx_delivered\"} 500",

@@ -45,6 +45,7 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
         conn_limit: crate::router::DEFAULT_CONN_LIMIT,
         password: None,
         sleeve: None,
+        sleeve_use: Default::default(),
     };
     let router = Arc::new(Router::start(
         config,

@@ -286,6 +286,7 @@ mod tests {
             mesh: mesh(),
             discovery: false,
             encryption: false,
+            overlay_switches: Default::default(),
         }
     }
 

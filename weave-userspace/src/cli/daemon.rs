@@ -17,7 +17,7 @@ use crate::mesh::connection::Timings;
 use crate::mesh::gossip_channel::ChannelId;
 use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::Hello;
-use crate::router::{self, Router, RouterConfig};
+use crate::router::{self, Router, RouterConfig, SleeveUse};
 use crate::state::StateDir;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -182,8 +182,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let result = if config.fake_datapath {
         tracing::warn!("running with an in-memory data path: no traffic is carried");
-        up.run(Arc::new(FakeDatapath::new()), "off".into()).await
+        let sleeve_use = up.sleeve_use(true);
+        up.run(Arc::new(FakeDatapath::new()), "off".into(), sleeve_use)
+            .await
     } else {
+        // Without the privilege to load BPF the router still runs: the sleeve carries every
+        // peer.
+        let programs = match crate::datapath::ebpf::probe_bpf() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot use BPF ({e}): no kernel fast path, every peer goes through the sleeve, and containers of different subnets are not kept apart"
+                );
+                false
+            }
+        };
+        let sleeve_use = up.sleeve_use(programs);
         let settings = DatapathSettings {
             peer_name: identity.name,
             own_short_id: identity.short_id,
@@ -191,16 +205,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
             underlay_addr: config.host,
             mtu: match config.mtu {
                 Some(m) => Some(m),
-                None if config.sleeve => sleeve_default_mtu(&config.iface).await,
+                None if sleeve_use != SleeveUse::Fallback => {
+                    sleeve_default_mtu(&config.iface).await
+                }
                 None => None,
             },
             xdp: config.xdp,
             pin_root: config.pin_root.clone(),
+            programs,
         };
         match crate::datapath::ebpf::EbpfDatapath::start(settings).await {
             Ok(datapath) => {
                 let xdp = if datapath.xdp_attached() { "on" } else { "off" };
-                up.run(Arc::new(datapath), xdp.into()).await
+                up.run(Arc::new(datapath), xdp.into(), sleeve_use).await
             }
             Err(e) => Err(anyhow::Error::new(e).context("cannot start the data path")),
         }
@@ -373,8 +390,24 @@ struct Up<'a> {
 }
 
 impl Up<'_> {
+    /// Which peers the sleeve carries, given whether the kernel programs can be loaded.
+    fn sleeve_use(&self, programs: bool) -> SleeveUse {
+        if !programs {
+            SleeveUse::All
+        } else if self.config.sleeve {
+            SleeveUse::Untrusted
+        } else {
+            SleeveUse::Fallback
+        }
+    }
+
     /// Runs the router over `datapath` until asked to stop, then takes it all down.
-    async fn run<D: Datapath>(mut self, datapath: Arc<D>, xdp: String) -> anyhow::Result<()> {
+    async fn run<D: Datapath>(
+        mut self,
+        datapath: Arc<D>,
+        xdp: String,
+        sleeve_use: SleeveUse,
+    ) -> anyhow::Result<()> {
         let endpoints = match self.state.load_endpoints() {
             Ok(e) => e,
             Err(e) => {
@@ -392,20 +425,29 @@ impl Up<'_> {
                     .context("cannot put the DNS address on the weave bridge")?;
             }
         }
-        let sleeve = if self.config.sleeve && !self.config.fake_datapath {
-            Some(Arc::new(
-                start_sleeve(
-                    self.local.short_id.get(),
-                    self.config.host,
-                    &self.config.iface,
-                    datapath.container_mtu(),
-                    self.password.is_some(),
-                )
-                .await
-                .context("cannot start the sleeve data path")?,
-            ))
-        } else {
+        // The sleeve carries every peer when asked to, and otherwise those whose fast path
+        // is blocked.
+        let sleeve = if self.config.fake_datapath {
             None
+        } else {
+            let started = start_sleeve(
+                self.local.short_id.get(),
+                self.config.host,
+                &self.config.iface,
+                datapath.container_mtu(),
+                self.password.is_some(),
+            )
+            .await;
+            match started {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) if sleeve_use == SleeveUse::Fallback => {
+                    tracing::warn!(
+                        "no sleeve data path ({e:#}): peers whose UDP 6784 is blocked stay unreachable"
+                    );
+                    None
+                }
+                Err(e) => return Err(e.context("cannot start the sleeve data path")),
+            }
         };
         let router_config = RouterConfig {
             local: self.local,
@@ -415,6 +457,7 @@ impl Up<'_> {
             conn_limit: self.config.conn_limit,
             password: self.password.clone(),
             sleeve: sleeve.clone(),
+            sleeve_use,
         };
         let router = Arc::new(Router::start(
             router_config,
@@ -446,9 +489,6 @@ impl Up<'_> {
                     }
                     Err(e) => {
                         router.stop().await;
-                        if let Some(s) = &sleeve {
-                            s.stop();
-                        }
                         if let Some(s) = &sleeve {
                             s.stop();
                         }

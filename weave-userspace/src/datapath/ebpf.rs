@@ -89,6 +89,32 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
     }
 }
 
+/// Checks that this process may use BPF at all: creates (and closes) a one-entry array map,
+/// the least the programs need. The error (EPERM without the privilege) says why not.
+pub fn probe_bpf() -> std::io::Result<()> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    // The head of `union bpf_attr` for BPF_MAP_CREATE (type, key size, value size, entries),
+    // the rest zero.
+    let mut attr = [0u32; 16];
+    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_ARRAY, 4, 4, 1]);
+    // SAFETY: bpf(2) reads `size` bytes of `attr`, which lives for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the call just returned, closed once.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
 /// Mounts bpffs at /sys/fs/bpf unless it is mounted there already.
 pub fn ensure_bpffs() -> Result<(), DatapathError> {
     let path = CString::new(BPFFS).expect("no NUL");
@@ -132,16 +158,31 @@ struct Maps {
     endpoint_addresses: HashMap<MapData, IfindexKey, EndpointAddresses>,
 }
 
-struct State {
+/// The kernel programs, their maps and their links.
+struct Programs {
     ebpf: Ebpf,
     maps: Maps,
     /// Pinned links by pin file name (`rx-<dev>`, `xdp-<dev>`, `tx-<host veth>`).
     links: BTreeMap<String, PinnedLink>,
+}
+
+struct State {
+    /// `None` when started without them ([`DatapathSettings::programs`]).
+    programs: Option<Programs>,
     endpoints: Vec<Endpoint>,
     /// Short IDs ever added in this run (counters are reported for them).
     peers_seen: BTreeSet<u16>,
     /// Host addresses on the bridge given by `expose`.
     exposed: Vec<super::Ipv4Cidr>,
+}
+
+impl State {
+    /// The kernel programs, or an error saying they are not loaded.
+    fn programs(&mut self) -> Result<&mut Programs, DatapathError> {
+        self.programs
+            .as_mut()
+            .ok_or_else(|| DatapathError::Bpf("the kernel programs are not loaded".into()))
+    }
 }
 
 /// The main routing table.
@@ -199,15 +240,17 @@ impl EbpfDatapath {
     }
 
     pub async fn start(settings: DatapathSettings) -> Result<Self, DatapathError> {
-        ensure_bpffs()?;
         let pin_dir = settings.pin_root.join(settings.peer_name.to_string());
-        remove_pins(&pin_dir);
-        std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| {
-            DatapathError::Bpf(format!(
-                "cannot create pin directory {}: {e}",
-                pin_dir.display()
-            ))
-        })?;
+        if settings.programs {
+            ensure_bpffs()?;
+            remove_pins(&pin_dir);
+            std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| {
+                DatapathError::Bpf(format!(
+                    "cannot create pin directory {}: {e}",
+                    pin_dir.display()
+                ))
+            })?;
+        }
 
         let nl = Netlink::connect_on_own_thread()?;
         let underlay = nl
@@ -233,15 +276,24 @@ impl EbpfDatapath {
             }
         }
         let bridge = nl.ensure_bridge(BRIDGE_NAME, container_mtu).await?;
-        let bridge_port = create_bridge_port(&nl, bridge.index, container_mtu).await?;
 
-        let result = Self::load(&settings, &pin_dir, &underlay, bridge_port);
-        let (state, xdp_attached) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                remove_pins(&pin_dir);
-                return Err(e);
+        let (programs, xdp_attached) = if settings.programs {
+            let bridge_port = create_bridge_port(&nl, bridge.index, container_mtu).await?;
+            match Self::load(&settings, &pin_dir, &underlay, bridge_port) {
+                Ok((programs, xdp)) => (Some(programs), xdp),
+                Err(e) => {
+                    remove_pins(&pin_dir);
+                    return Err(e);
+                }
             }
+        } else {
+            (None, false)
+        };
+        let state = State {
+            programs,
+            endpoints: Vec::new(),
+            peers_seen: BTreeSet::new(),
+            exposed: Vec::new(),
         };
         Ok(Self {
             own_short_id: std::sync::atomic::AtomicU16::new(settings.own_short_id.get()),
@@ -262,7 +314,7 @@ impl EbpfDatapath {
         pin_dir: &Path,
         underlay: &LinkInfo,
         bridge_port: u32,
-    ) -> Result<(State, bool), DatapathError> {
+    ) -> Result<(Programs, bool), DatapathError> {
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
         for (name, path) in &paths {
@@ -303,13 +355,10 @@ impl EbpfDatapath {
         xdp.load()
             .map_err(|e| DatapathError::Bpf(format!("loading {XDP_PROGRAM}: {}", one_line(&e))))?;
 
-        let mut state = State {
+        let mut state = Programs {
             ebpf,
             maps,
             links: BTreeMap::new(),
-            endpoints: Vec::new(),
-            peers_seen: BTreeSet::new(),
-            exposed: Vec::new(),
         };
         let links_dir = pin_dir.join("links");
         let rx_pin = format!("rx-{}", underlay.name);
@@ -396,7 +445,10 @@ impl EbpfDatapath {
 
     /// MACs learned behind peers (`REMOTE_MACS`): (MAC, peer short ID).
     pub fn remote_macs(&self) -> Vec<([u8; 6], u16)> {
-        let st = self.lock();
+        let mut guard = self.lock();
+        let Some(st) = guard.programs.as_mut() else {
+            return Vec::new();
+        };
         st.maps
             .remote_macs
             .iter()
@@ -407,7 +459,10 @@ impl EbpfDatapath {
 
     /// IPv4 → MAC entries of `NEIGHBOURS`.
     pub fn neighbours(&self) -> Vec<(Ipv4Addr, [u8; 6])> {
-        let st = self.lock();
+        let mut guard = self.lock();
+        let Some(st) = guard.programs.as_mut() else {
+            return Vec::new();
+        };
         st.maps
             .neighbours
             .iter()
@@ -418,7 +473,8 @@ impl EbpfDatapath {
 
     /// The `PEERS` entry of a short ID (all zero when absent).
     pub fn peer_entry(&self, short_id: ShortId) -> Result<PeerEntry, DatapathError> {
-        let st = self.lock();
+        let mut guard = self.lock();
+        let st = guard.programs()?;
         st.maps
             .peers
             .get(&(short_id.get() as u32), 0)
@@ -427,7 +483,8 @@ impl EbpfDatapath {
 
     /// Packets counted for one reason, summed over CPUs.
     pub fn counter(&self, reason: Reason) -> Result<u64, DatapathError> {
-        let st = self.lock();
+        let mut guard = self.lock();
+        let st = guard.programs()?;
         let v = st
             .maps
             .counters
@@ -589,63 +646,65 @@ impl EbpfDatapath {
     /// check to its host veth, and fills `ENDPOINTS` and `NEIGHBOURS`.
     fn take_up(&self, endpoint: &Endpoint, host_index: u32) -> Result<(), DatapathError> {
         let addresses = endpoint_addresses(endpoint)?;
-        let mut st = self.lock();
-        // The addresses go in before the programs are attached: they drop what comes from
-        // or goes to an interface without a record.
-        remove_where(&mut st.maps.endpoint_addresses, |v| v.mac == endpoint.mac);
-        st.maps
-            .endpoint_addresses
-            .insert(
-                IfindexKey {
-                    ifindex: host_index,
-                },
-                addresses,
-                0,
-            )
-            .map_err(|e| bpf_err("writing ENDPOINT_ADDRESSES")(e.to_string()))?;
-        for (prefix, program, hook) in [
-            ("tx", TX_PROGRAM, TcAttachType::Ingress),
-            ("egress", EGRESS_PROGRAM, TcAttachType::Egress),
-        ] {
-            let pin = format!("{prefix}-{}", endpoint.host_ifname);
-            if let Some(old) = st.links.remove(&pin) {
-                let _ = old.unpin();
-            }
-            let _ = std::fs::remove_file(self.pin_dir.join("links").join(&pin));
-            let link = attach_tc(
-                &mut st.ebpf,
-                program,
-                &endpoint.host_ifname,
-                hook,
-                &self.pin_dir.join("links").join(&pin),
-            )?;
-            st.links.insert(pin, link);
-        }
-        st.maps
-            .endpoints
-            .insert(
-                MacKey::new(endpoint.mac),
-                LocalEndpoint {
-                    host_ifindex: host_index,
-                    flags: 0,
-                },
-                0,
-            )
-            .map_err(|e| bpf_err("writing ENDPOINTS")(e.to_string()))?;
-        for a in &endpoint.addresses {
+        let mut guard = self.lock();
+        if let Some(st) = guard.programs.as_mut() {
+            // The addresses go in before the programs are attached: they drop what comes from
+            // or goes to an interface without a record.
+            remove_where(&mut st.maps.endpoint_addresses, |v| v.mac == endpoint.mac);
             st.maps
-                .neighbours
+                .endpoint_addresses
                 .insert(
-                    Ipv4Key {
-                        addr: a.addr.octets(),
+                    IfindexKey {
+                        ifindex: host_index,
                     },
-                    MacKey::new(endpoint.mac),
+                    addresses,
                     0,
                 )
-                .map_err(|e| bpf_err("writing NEIGHBOURS")(e.to_string()))?;
+                .map_err(|e| bpf_err("writing ENDPOINT_ADDRESSES")(e.to_string()))?;
+            for (prefix, program, hook) in [
+                ("tx", TX_PROGRAM, TcAttachType::Ingress),
+                ("egress", EGRESS_PROGRAM, TcAttachType::Egress),
+            ] {
+                let pin = format!("{prefix}-{}", endpoint.host_ifname);
+                if let Some(old) = st.links.remove(&pin) {
+                    let _ = old.unpin();
+                }
+                let _ = std::fs::remove_file(self.pin_dir.join("links").join(&pin));
+                let link = attach_tc(
+                    &mut st.ebpf,
+                    program,
+                    &endpoint.host_ifname,
+                    hook,
+                    &self.pin_dir.join("links").join(&pin),
+                )?;
+                st.links.insert(pin, link);
+            }
+            st.maps
+                .endpoints
+                .insert(
+                    MacKey::new(endpoint.mac),
+                    LocalEndpoint {
+                        host_ifindex: host_index,
+                        flags: 0,
+                    },
+                    0,
+                )
+                .map_err(|e| bpf_err("writing ENDPOINTS")(e.to_string()))?;
+            for a in &endpoint.addresses {
+                st.maps
+                    .neighbours
+                    .insert(
+                        Ipv4Key {
+                            addr: a.addr.octets(),
+                        },
+                        MacKey::new(endpoint.mac),
+                        0,
+                    )
+                    .map_err(|e| bpf_err("writing NEIGHBOURS")(e.to_string()))?;
+            }
         }
-        st.endpoints.retain(|e| e.netns != endpoint.netns);
-        st.endpoints.push(endpoint.clone());
+        guard.endpoints.retain(|e| e.netns != endpoint.netns);
+        guard.endpoints.push(endpoint.clone());
         Ok(())
     }
 
@@ -674,26 +733,28 @@ impl EbpfDatapath {
 
     /// Forgets an endpoint in the maps and unpins its TX link.
     fn let_go(&self, endpoint: &Endpoint) {
-        let mut st = self.lock();
-        let _ = st.maps.endpoints.remove(&MacKey::new(endpoint.mac));
-        for a in &endpoint.addresses {
-            let key = Ipv4Key {
-                addr: a.addr.octets(),
-            };
-            if st.maps.neighbours.get(&key, 0).ok().map(|m| m.addr) == Some(endpoint.mac) {
-                let _ = st.maps.neighbours.remove(&key);
+        let mut guard = self.lock();
+        if let Some(st) = guard.programs.as_mut() {
+            let _ = st.maps.endpoints.remove(&MacKey::new(endpoint.mac));
+            for a in &endpoint.addresses {
+                let key = Ipv4Key {
+                    addr: a.addr.octets(),
+                };
+                if st.maps.neighbours.get(&key, 0).ok().map(|m| m.addr) == Some(endpoint.mac) {
+                    let _ = st.maps.neighbours.remove(&key);
+                }
             }
-        }
-        for prefix in ["tx", "egress"] {
-            if let Some(link) = st
-                .links
-                .remove(&format!("{prefix}-{}", endpoint.host_ifname))
-            {
-                let _ = link.unpin();
+            for prefix in ["tx", "egress"] {
+                if let Some(link) = st
+                    .links
+                    .remove(&format!("{prefix}-{}", endpoint.host_ifname))
+                {
+                    let _ = link.unpin();
+                }
             }
+            remove_where(&mut st.maps.endpoint_addresses, |v| v.mac == endpoint.mac);
         }
-        remove_where(&mut st.maps.endpoint_addresses, |v| v.mac == endpoint.mac);
-        st.endpoints.retain(|e| e.netns != endpoint.netns);
+        guard.endpoints.retain(|e| e.netns != endpoint.netns);
     }
 }
 
@@ -883,8 +944,9 @@ impl Datapath for EbpfDatapath {
             );
         }
         {
-            let mut st = self.lock();
-            st.peers_seen.insert(id);
+            let mut guard = self.lock();
+            guard.peers_seen.insert(id);
+            let st = guard.programs()?;
             st.maps
                 .peers
                 .set(
@@ -928,7 +990,8 @@ impl Datapath for EbpfDatapath {
     async fn remove_peer(&self, short_id: ShortId) -> Result<(), DatapathError> {
         let id = short_id.get();
         {
-            let mut st = self.lock();
+            let mut guard = self.lock();
+            let st = guard.programs()?;
             st.maps
                 .peers
                 .set(id as u32, PeerEntry::default(), 0)
@@ -941,19 +1004,53 @@ impl Datapath for EbpfDatapath {
         Ok(())
     }
 
+    async fn admit_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        let id = peer.short_id.get();
+        {
+            let mut guard = self.lock();
+            guard.peers_seen.insert(id);
+            let st = guard.programs()?;
+            st.maps
+                .peers
+                .set(
+                    id as u32,
+                    PeerEntry {
+                        underlay_ipv4: peer.underlay.octets(),
+                        flags: PEER_ADMIT,
+                        next_hop: id,
+                        underlay_mac: [0; 6],
+                    },
+                    0,
+                )
+                .map_err(|e| bpf_err("writing PEERS")(e.to_string()))?;
+            remove_where(&mut st.maps.neighbour_peers, |n| n.short_id == id);
+            let gone = remove_where(&mut st.maps.remote_macs, |v| v.peer_short_id == id);
+            remove_where(&mut st.maps.neighbours, |mac| gone.contains(mac));
+        }
+        Ok(())
+    }
+
+    async fn forget_bridge_macs(&self, macs: Vec<[u8; 6]>) -> Result<(), DatapathError> {
+        self.nl
+            .forget_fdb_entries(self.bridge_index, &macs)
+            .await
+            .map(|_| ())
+    }
+
     async fn set_own_short_id(&self, short_id: ShortId) -> Result<(), DatapathError> {
-        let st = self.lock();
-        let mut maps = st;
-        let mut config = maps
-            .maps
-            .config
-            .get(&0, 0)
-            .map_err(|e| bpf_err("reading CONFIG")(e.to_string()))?;
-        config.own_short_id = short_id.get();
-        maps.maps
-            .config
-            .set(0, config, 0)
-            .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))?;
+        if let Some(programs) = self.lock().programs.as_mut() {
+            let mut config = programs
+                .maps
+                .config
+                .get(&0, 0)
+                .map_err(|e| bpf_err("reading CONFIG")(e.to_string()))?;
+            config.own_short_id = short_id.get();
+            programs
+                .maps
+                .config
+                .set(0, config, 0)
+                .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))?;
+        }
         self.own_short_id
             .store(short_id.get(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -971,7 +1068,8 @@ impl Datapath for EbpfDatapath {
             );
         }
         let key = source.get() as u32;
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = guard.programs()?;
         if children.is_empty() {
             let _ = st.maps.broadcast_trees.remove(&key);
             return Ok(());
@@ -1090,7 +1188,9 @@ impl Datapath for EbpfDatapath {
     }
 
     fn counters(&self) -> Result<DatapathCounters, DatapathError> {
-        let st = self.lock();
+        let mut guard = self.lock();
+        let peers_seen = guard.peers_seen.clone();
+        let st = guard.programs()?;
         let mut out = DatapathCounters::default();
         for reason in Reason::ALL {
             let v = st
@@ -1103,7 +1203,7 @@ impl Datapath for EbpfDatapath {
                 .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
             out.by_reason.push((reason, p, b));
         }
-        for id in &st.peers_seen {
+        for id in &peers_seen {
             let v = st
                 .maps
                 .peer_counters
@@ -1164,8 +1264,7 @@ impl Datapath for EbpfDatapath {
             .await?;
         // Containers' ARP for it is answered by the TX program and never floods to peers
         // (whose bridges carry the same address).
-        {
-            let mut st = self.lock();
+        if let Some(st) = self.lock().programs.as_mut() {
             st.maps
                 .neighbours
                 .insert(
@@ -1219,9 +1318,10 @@ impl Datapath for EbpfDatapath {
                 .await;
         }
         {
-            let mut st = self.lock();
-            for (_, link) in std::mem::take(&mut st.links) {
-                let _ = link.unpin();
+            if let Some(programs) = self.lock().programs.as_mut() {
+                for (_, link) in std::mem::take(&mut programs.links) {
+                    let _ = link.unpin();
+                }
             }
         }
         remove_pins(&self.pin_dir);

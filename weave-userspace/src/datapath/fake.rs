@@ -16,7 +16,9 @@ use weave_ebpf_common::counters::Reason;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FakeCall {
     AddPeer(DatapathPeer),
+    AdmitPeer(DatapathPeer),
     RemovePeer(ShortId),
+    ForgetBridgeMacs(Vec<[u8; 6]>),
     BroadcastTree(ShortId, Vec<ShortId>),
     OwnShortId(ShortId),
     Attach(PathBuf),
@@ -28,6 +30,10 @@ pub enum FakeCall {
 #[derive(Debug, Default)]
 struct FakeState {
     peers: BTreeMap<ShortId, DatapathPeer>,
+    /// Peers admitted without a route ([`Datapath::admit_peer`]).
+    admitted: BTreeMap<ShortId, DatapathPeer>,
+    /// Packets received from each peer, as tests set them.
+    rx_packets: BTreeMap<u16, u64>,
     broadcast_trees: BTreeMap<ShortId, Vec<ShortId>>,
     endpoints: BTreeMap<PathBuf, Endpoint>,
     calls: Vec<FakeCall>,
@@ -61,12 +67,22 @@ impl FakeDatapath {
         self.lock().peers.values().copied().collect()
     }
 
-    /// Every call so far, in order.
+    /// Peers admitted without a route ([`Datapath::admit_peer`]).
+    pub fn admitted(&self) -> Vec<DatapathPeer> {
+        self.lock().admitted.values().copied().collect()
+    }
+
+    /// Sets the packets counted as received from peer `short_id` (its fast-path heartbeats).
+    pub fn set_rx_packets(&self, short_id: u16, packets: u64) {
+        self.lock().rx_packets.insert(short_id, packets);
+    }
+
     /// Broadcast trees installed: source → children.
     pub fn broadcast_trees(&self) -> BTreeMap<ShortId, Vec<ShortId>> {
         self.lock().broadcast_trees.clone()
     }
 
+    /// Every call so far, in order.
     pub fn calls(&self) -> Vec<FakeCall> {
         self.lock().calls.clone()
     }
@@ -88,7 +104,21 @@ impl Datapath for FakeDatapath {
         if let Some(m) = &s.fail_add_peer {
             return Err(DatapathError::Bpf(m.clone()));
         }
+        s.admitted.remove(&peer.short_id);
         s.peers.insert(peer.short_id, peer);
+        Ok(())
+    }
+
+    async fn admit_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        let mut s = self.lock();
+        s.calls.push(FakeCall::AdmitPeer(peer));
+        s.peers.remove(&peer.short_id);
+        s.admitted.insert(peer.short_id, peer);
+        Ok(())
+    }
+
+    async fn forget_bridge_macs(&self, macs: Vec<[u8; 6]>) -> Result<(), DatapathError> {
+        self.lock().calls.push(FakeCall::ForgetBridgeMacs(macs));
         Ok(())
     }
 
@@ -96,6 +126,7 @@ impl Datapath for FakeDatapath {
         let mut s = self.lock();
         s.calls.push(FakeCall::RemovePeer(short_id));
         s.peers.remove(&short_id);
+        s.admitted.remove(&short_id);
         s.broadcast_trees.remove(&short_id);
         Ok(())
     }
@@ -186,8 +217,10 @@ impl Datapath for FakeDatapath {
             by_peer: s
                 .peers
                 .keys()
+                .chain(s.admitted.keys())
                 .map(|id| PeerTraffic {
                     short_id: id.get(),
+                    rx_packets: s.rx_packets.get(&id.get()).copied().unwrap_or(0),
                     ..Default::default()
                 })
                 .collect(),

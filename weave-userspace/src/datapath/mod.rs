@@ -164,6 +164,24 @@ pub trait Datapath: Send + Sync + 'static {
         &self,
         short_id: ShortId,
     ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    /// Admits VXLAN from a directly connected peer whose frames travel another way (the
+    /// sleeve), so that its fast-path heartbeats are counted; the fast path sends it nothing
+    /// (no route to it, no copy of what the bridge floods, the MACs learned behind it
+    /// forgotten).
+    /// [`Datapath::add_peer`] makes it an ordinary peer again.
+    fn admit_peer(
+        &self,
+        peer: DatapathPeer,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
+    /// Makes the bridge forget the ports it learned `macs` on: they now live behind another
+    /// path, and frames for them should reach the data path again. The default does nothing.
+    fn forget_bridge_macs(
+        &self,
+        macs: Vec<[u8; 6]>,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send {
+        let _ = macs;
+        async { Ok(()) }
+    }
     /// Takes a new short ID for this router (after a clash): VXLAN to and from peers uses it.
     fn set_own_short_id(
         &self,
@@ -249,4 +267,8 @@ pub struct DatapathSettings {
     pub xdp: XdpMode,
     /// Root of the pin directories, normally `/sys/fs/bpf/weave-router`.
     pub pin_root: PathBuf,
+    /// Load the kernel programs. Without them (no privilege to load BPF) the data path is
+    /// the bridge and the container interfaces only: no fast path, no subnet isolation,
+    /// and frames between hosts go through the sleeve.
+    pub programs: bool,
 }

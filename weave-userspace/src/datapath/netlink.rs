@@ -204,6 +204,71 @@ impl Netlink {
         Ok(None)
     }
 
+    /// Deletes what bridge `bridge` learned of `macs` (`bridge fdb del MAC dev PORT master`
+    /// for each port it learned one on); static entries (the ports' own addresses) stay.
+    /// Returns how many entries went.
+    pub async fn forget_fdb_entries(
+        &self,
+        bridge: u32,
+        macs: &[[u8; 6]],
+    ) -> Result<usize, DatapathError> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        };
+        use rtnetlink::packet_route::AddressFamily;
+        if macs.is_empty() {
+            return Ok(0);
+        }
+        let mut learned = Vec::new();
+        let mut dump = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        while let Some(msg) = dump
+            .try_next()
+            .await
+            .map_err(nl("listing the bridge's forwarding entries"))?
+        {
+            let mut controller = None;
+            let mut mac = None;
+            for a in &msg.attributes {
+                match a {
+                    NeighbourAttribute::Controller(c) => controller = Some(*c),
+                    NeighbourAttribute::LinkLayerAddress(a) if a.len() == 6 => {
+                        mac = <[u8; 6]>::try_from(a.as_slice()).ok()
+                    }
+                    _ => {}
+                }
+            }
+            let fixed = matches!(
+                msg.header.state,
+                NeighbourState::Permanent | NeighbourState::Noarp
+            );
+            if let Some(mac) = mac.filter(|m| controller == Some(bridge) && macs.contains(m)) {
+                if !fixed {
+                    learned.push((msg.header.ifindex, mac));
+                }
+            }
+        }
+        let mut forgotten = 0;
+        for (port, mac) in learned {
+            let mut msg = NeighbourMessage::default();
+            msg.header.family = AddressFamily::Bridge;
+            msg.header.ifindex = port;
+            msg.header.flags = NeighbourFlags::Controller;
+            msg.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+            match self.handle.neighbours().del(msg).execute().await {
+                Ok(()) => forgotten += 1,
+                Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ENODEV)) => {}
+                Err(e) => return Err(nl("removing a bridge forwarding entry")(e)),
+            }
+        }
+        Ok(forgotten)
+    }
+
     pub async fn links(&self) -> Result<Vec<LinkInfo>, DatapathError> {
         let msgs: Vec<LinkMessage> = self
             .handle

@@ -412,6 +412,7 @@ mod tests {
             conn_limit: crate::router::DEFAULT_CONN_LIMIT,
             password: None,
             sleeve: None,
+            sleeve_use: Default::default(),
         };
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let router = Arc::new(Router::start(

@@ -81,6 +81,8 @@ pub(crate) enum ConnEvent {
     /// The handshake succeeded; the router answers whether to go on.
     Handshaken {
         id: ConnId,
+        /// The protocol version both ends speak.
+        version: u8,
         outbound: bool,
         remote: SocketAddr,
         hello: Hello,
@@ -93,6 +95,8 @@ pub(crate) enum ConnEvent {
     RemoteReady { id: ConnId },
     /// The remote end sent topology records or a digest of them.
     Gossip { id: ConnId, message: Message },
+    /// The remote end says whether it hears our fast-path heartbeats.
+    FastdpStatus { id: ConnId, heard: bool },
     /// The connection is gone.
     Closed { id: ConnId, error: String },
 }
@@ -397,17 +401,18 @@ pub(crate) async fn run(
         _ = stopped(&mut shutdown) => return Outcome { peer: None, accepted: false, error: ConnectionError::Shutdown },
     };
     let Handshaken {
+        version,
         hello,
         mut writer,
         reader,
         session,
-        ..
     } = handshaken;
     let peer = Some(hello.name);
     let (commands_tx, mut commands) = mpsc::unbounded_channel();
     let (reply_tx, reply_rx) = oneshot::channel();
     let event = ConnEvent::Handshaken {
         id,
+        version,
         outbound,
         remote,
         hello,
@@ -513,6 +518,9 @@ async fn read_messages(
                             let _ = events.send(ConnEvent::RemoteReady { id });
                         }
                         Message::Goodbye(reason) => return ConnectionError::Goodbye(reason),
+                        Message::FastdpStatus { heard } => {
+                            let _ = events.send(ConnEvent::FastdpStatus { id, heard });
+                        }
                         message @ (Message::Gossip(_)
                         | Message::Digest(_)
                         | Message::Delta(_)
@@ -590,6 +598,7 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 mod tests {
     use super::*;
     use crate::mesh::peer_name::ShortId;
+    use crate::mesh::protocol::MAX_VERSION;
 
     fn hello(n: u8) -> Hello {
         Hello {
@@ -610,8 +619,8 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let (h1, h2) = (hello(1), hello(2));
         let (ra, rb) = tokio::join!(handshake(&mut a, &h1, T), handshake(&mut b, &h2, T));
-        assert_eq!(ra.unwrap(), (2, hello(2)));
-        assert_eq!(rb.unwrap(), (2, hello(1)));
+        assert_eq!(ra.unwrap(), (MAX_VERSION, hello(2)));
+        assert_eq!(rb.unwrap(), (MAX_VERSION, hello(1)));
         // Framing goes on after the handshake.
         write_message(&mut a, &Message::Ready).await.unwrap();
         assert_eq!(read_message(&mut b).await.unwrap(), Message::Ready);

@@ -20,9 +20,14 @@ use super::peer_name::{PeerName, ShortId};
 
 /// Opens every control connection.
 pub const MAGIC: [u8; 8] = *b"weavertr";
-/// Versions this build speaks. Version 2 added the encryption flag after the preamble.
+/// Versions this build speaks. Version 2 added the encryption flag after the preamble;
+/// version 3 added fast-path heartbeats and [`Message::FastdpStatus`]. A version 2 peer
+/// takes a message kind it does not know for a malformed frame and closes the connection,
+/// so nothing of version 3 is sent on a version 2 connection.
 pub const MIN_VERSION: u8 = 2;
-pub const MAX_VERSION: u8 = 2;
+pub const MAX_VERSION: u8 = 3;
+/// The first version with fast-path heartbeats and [`Message::FastdpStatus`].
+pub const FASTDP_STATUS_VERSION: u8 = 3;
 /// Length of the preamble: magic, min version, max version.
 pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of a frame header.
@@ -298,6 +303,12 @@ pub enum Message {
     Delta(crate::mesh::topology::RecordDelta),
     /// Data of a gossip channel (IPAM, DNS).
     Channel(super::gossip_channel::ChannelMessage),
+    /// Whether the sender hears the receiver's fast-path heartbeats (VXLAN gets through
+    /// from the receiver to the sender) and so would carry their frames on the fast path;
+    /// sent on change and periodically (protocol version 3 and up).
+    FastdpStatus {
+        heard: bool,
+    },
 }
 
 impl Message {
@@ -311,13 +322,14 @@ impl Message {
             Message::Digest(_) => "digest",
             Message::Delta(_) => "record change",
             Message::Channel(_) => "channel gossip",
+            Message::FastdpStatus { .. } => "fastdp status",
         }
     }
 }
 
 /// Names of the message kinds, in the order of [`Message`]'s variants (a frame's first
 /// body byte is that index).
-pub const MESSAGE_KINDS: [&str; 8] = [
+pub const MESSAGE_KINDS: [&str; 9] = [
     "hello",
     "heartbeat",
     "ready",
@@ -326,6 +338,7 @@ pub const MESSAGE_KINDS: [&str; 8] = [
     "digest",
     "record change",
     "channel gossip",
+    "fastdp status",
 ];
 
 /// Frames and bytes of control traffic by message kind, counted by this process.
@@ -501,6 +514,7 @@ mod tests {
                 reply: false,
                 only_listed: false,
             }),
+            Message::FastdpStatus { heard: true },
         ];
         for m in messages {
             let frame = encode_frame(&m).unwrap();
@@ -545,6 +559,17 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_peer_gets_a_version_2_connection_without_fastdp_status() {
+        let old = Versions { min: 2, max: 2 };
+        let v = negotiate(Versions::OURS, old).unwrap();
+        assert_eq!(v, 2);
+        assert!(v < FASTDP_STATUS_VERSION);
+        // Such a peer's decoder knows 8 kinds: the new one would be garbage to it.
+        let frame = encode_frame(&Message::FastdpStatus { heard: true }).unwrap();
+        assert_eq!(frame[FRAME_HEADER_LEN] as usize, 8);
+    }
+
+    #[test]
     fn incompatible_versions_give_a_clear_error() {
         let err = negotiate(Versions { min: 1, max: 1 }, Versions { min: 2, max: 4 }).unwrap_err();
         assert_eq!(
@@ -560,6 +585,7 @@ mod tests {
             Message::Heartbeat,
             Message::Ready,
             Message::Goodbye("shutting down".into()),
+            Message::FastdpStatus { heard: false },
         ] {
             let frame = encode_frame(&m).unwrap();
             assert_eq!(

@@ -534,10 +534,15 @@ impl<D: Datapath> Inner<D> {
             view.trees = trees;
             (add, remove, tree_changes)
         };
-        if self.sleeve.is_some() {
-            // The sleeve carries direct peers only; nothing goes into the fast path.
-            return;
-        }
+        let (add, remove) = match self.sleeve_use {
+            _ if self.sleeve.is_none() => (add, remove),
+            super::SleeveUse::Fallback => (add, remove),
+            // No fast path at all.
+            super::SleeveUse::All => return,
+            // The sleeve carries direct peers only, so no relayed peer goes into the fast
+            // path; the trees still take broadcasts to the trusted neighbours on it.
+            super::SleeveUse::Untrusted => (Vec::new(), Vec::new()),
+        };
         for peer in remove {
             if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
                 tracing::error!(

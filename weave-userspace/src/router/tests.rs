@@ -86,6 +86,7 @@ impl Node {
             conn_limit: DEFAULT_CONN_LIMIT,
             password,
             sleeve: None,
+            sleeve_use: Default::default(),
         };
         Node {
             router: Router::start(config, listener, datapath.clone(), None),
@@ -469,6 +470,9 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
         local_ready: true,
         remote_ready: true,
         commands: tx.clone(),
+        version: crate::mesh::protocol::MAX_VERSION,
+        overlay: super::overlay::Overlay::Fastdp,
+        choice: None,
     };
     // We are `low`; we hold an outbound connection to `high`.
     let mut mesh = Mesh::default();
@@ -683,6 +687,7 @@ async fn a_short_id_clash_is_settled_by_the_higher_name_taking_another() {
         conn_limit: DEFAULT_CONN_LIMIT,
         password: None,
         sleeve: None,
+        sleeve_use: Default::default(),
     };
     let b = Node {
         router: Router::start(config, listener, datapath.clone(), None),

@@ -1,5 +1,6 @@
 //! The sleeve: a data path in user space, for peers the kernel fast path must not carry
-//! (with a password nothing leaves in plain VXLAN) or when `--datapath sleeve` says so.
+//! (with a password nothing leaves in plain VXLAN), when `--datapath sleeve` says so, or
+//! whose fast path is blocked (the router moves a peer here and back, [`Sleeve::carry`]).
 //!
 //! A TAP device on the weave bridge takes the frames the bridge sends it (everything for
 //! MACs not local: the fast path has no entry for sleeve peers, so the programs hand such
@@ -77,6 +78,9 @@ impl SleeveCounters {
 
 struct Peer {
     addr: SocketAddrV4,
+    /// Whether the sleeve carries the peer's frames now; when not (the fast path does), its
+    /// keys and counters wait here, and its datagrams are dropped as from an unknown peer.
+    carried: AtomicBool,
     encoder: Mutex<Encoder>,
     decoder: Mutex<Decoder>,
 }
@@ -171,13 +175,14 @@ impl Sleeve {
         self.shared.encrypted
     }
 
-    /// Carries frames to and from a directly connected peer, with the keys of its control
-    /// connection (needed when encrypted).
+    /// Takes a directly connected peer, with the keys of its control connection (needed
+    /// when encrypted), and carries its frames when `carry` (else see [`Sleeve::carry`]).
     pub fn add_peer(
         &self,
         short_id: u16,
         underlay: Ipv4Addr,
         session: Option<&SessionKeys>,
+        carry: bool,
     ) -> Result<(), String> {
         let keys = match (self.shared.encrypted, session) {
             (true, None) => return Err("no session keys for an encrypted sleeve".into()),
@@ -186,6 +191,7 @@ impl Sleeve {
         };
         let peer = Peer {
             addr: SocketAddrV4::new(underlay, SLEEVE_PORT),
+            carried: AtomicBool::new(carry),
             encoder: Mutex::new(Encoder::new(
                 self.shared.local,
                 keys.map(|k| k.sealer(NonceDomain::Data)),
@@ -201,6 +207,34 @@ impl Sleeve {
     pub fn remove_peer(&self, short_id: u16) {
         write(&self.shared.peers).remove(&short_id);
         write(&self.shared.macs).retain(|_, p| *p != short_id);
+    }
+
+    /// Starts or stops carrying the frames of a peer taken with [`Sleeve::add_peer`] (the
+    /// fast path gives them back or takes them over). Its keys and counters stay, so no
+    /// nonce is ever used twice. Stopping forgets the MACs learned behind the peer and
+    /// returns them (the bridge learned them on the TAP too).
+    pub fn carry(&self, short_id: u16, carry: bool) -> Vec<[u8; 6]> {
+        if let Some(p) = read(&self.shared.peers).get(&short_id) {
+            p.carried.store(carry, Relaxed);
+        }
+        if carry {
+            return Vec::new();
+        }
+        let mut macs = write(&self.shared.macs);
+        let gone: Vec<[u8; 6]> = macs
+            .iter()
+            .filter(|(_, p)| **p == short_id)
+            .map(|(m, _)| *m)
+            .collect();
+        macs.retain(|_, p| *p != short_id);
+        gone
+    }
+
+    /// Whether the sleeve carries the frames of peer `short_id` now.
+    pub fn carries(&self, short_id: u16) -> bool {
+        read(&self.shared.peers)
+            .get(&short_id)
+            .is_some_and(|p| p.carried.load(Relaxed))
     }
 
     /// Stops both threads (within a fraction of a second).
@@ -377,6 +411,7 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
                 None => peers.values().cloned().collect(),
             }
         };
+        let peers = peers.into_iter().filter(|p| p.carried.load(Relaxed));
         for peer in peers {
             let encoded =
                 lock(&peer.encoder).encode(payload, shared.segment, &mut out, &mut scratch);
@@ -470,7 +505,9 @@ fn receive_one(shared: &Shared, tap: &Tap, datagram: &mut [u8], from: SocketAddr
         }
     };
     let peer = read(&shared.peers).get(&header.sender).cloned();
-    let Some(peer) = peer.filter(|p| SocketAddr::V4(p.addr).ip() == from.ip()) else {
+    let Some(peer) =
+        peer.filter(|p| SocketAddr::V4(p.addr).ip() == from.ip() && p.carried.load(Relaxed))
+    else {
         COUNTERS.drop(DropReason::UnknownPeer);
         return;
     };

@@ -1,0 +1,279 @@
+//! Fallback to the sleeve: when UDP 6784 is blocked between two hosts while their control
+//! connection works, their containers' traffic moves to the sleeve (UDP 6783) within
+//! seconds, and back to the fast path once VXLAN gets through again; a router that may not
+//! load BPF programs carries every peer through the sleeve.
+
+use std::time::{Duration, Instant};
+
+use weave_tests::bed::host_addr;
+use weave_tests::mesh::{self, has_marker, udp, PcapCapture, MARKER_HEX};
+use weave_tests::router::BPFFS_ROOT;
+use weave_tests::{cmd, probe, require_root, Background, LaunchOpts, TestBed};
+
+/// Interval of [`SteadyPing`], in seconds.
+const STEADY_INTERVAL: f64 = 0.1;
+
+/// A ping from host 1's container to host 2's every [`STEADY_INTERVAL`], in the
+/// background, to see how long a switch interrupts traffic.
+struct SteadyPing(Background);
+
+impl SteadyPing {
+    fn start(bed: &TestBed) -> SteadyPing {
+        let interval = STEADY_INTERVAL.to_string();
+        let bg = bed
+            .container(0)
+            .ns
+            .spawn(&["ping", "-n", "-i", &interval, "-W", "1", "10.2.1.2"]);
+        SteadyPing(bg.expect("ping runs"))
+    }
+
+    /// Stops it: (replies, the longest gap between two replies in seconds).
+    fn stop(mut self) -> (usize, f64) {
+        let out = self.0.stop();
+        let seqs: Vec<u64> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split("icmp_seq=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        let gap = seqs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        (seqs.len(), gap as f64 * STEADY_INTERVAL)
+    }
+}
+
+/// Both routers list their connection on `overlay`, within `timeout`; how long it took.
+fn wait_overlay(bed: &TestBed, overlay: &str, timeout: Duration) -> Duration {
+    let t = Instant::now();
+    for i in 1..=2 {
+        let r = bed.router(i);
+        cmd::wait_for(
+            &format!("host{i}'s connection on {overlay}"),
+            timeout.saturating_sub(t.elapsed()),
+            || {
+                let c = r.connections().ok()?;
+                c.lines()
+                    .any(|l| l.contains("established") && l.contains(&format!(" {overlay} ")))
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nhost{i}:\n{}\nlog:\n{}\nunderlay:\n{}",
+                r.connections().unwrap_or_default(),
+                r.log_tail(30),
+                mesh::underlay_rules(bed)
+            )
+        });
+    }
+    t.elapsed()
+}
+
+/// UDP frames (source, destination port, payload) leaving host 1 while its container pings
+/// host 2's with the marker in the payload (the pings must all be answered).
+fn marker_ping(bed: &TestBed, capture: &str) -> Vec<(std::net::Ipv4Addr, u16, Vec<u8>)> {
+    let cap = PcapCapture::start(&bed.host(1).ns, "eth0", capture);
+    let out = bed.container(0).ns.run(&[
+        "ping", "-c", "8", "-i", "0.2", "-W", "2", "-s", "1000", "-p", MARKER_HEX, "10.2.1.2",
+    ]);
+    let frames = cap.stop();
+    let out = out.expect("ping runs");
+    assert!(out.success(), "ping with the marker:\n{}", out.stdout);
+    frames
+        .iter()
+        .filter_map(|f| udp(f).map(|(src, port, p)| (src, port, p.to_vec())))
+        .filter(|(src, _, _)| *src == bed.host(1).addr)
+        .collect()
+}
+
+/// Whether some of `frames` to `port` carry the marker.
+fn marker_on(frames: &[(std::net::Ipv4Addr, u16, Vec<u8>)], port: u16) -> bool {
+    frames.iter().any(|(_, p, d)| *p == port && has_marker(d))
+}
+
+fn switches(bed: &TestBed, i: usize, to: &str) -> f64 {
+    let m = bed.router(i).metrics().expect("metrics");
+    probe::metric_sum(&m, |s| {
+        s.name == "weave_overlay_switches_total" && s.labels.contains(&format!("to=\"{to}\""))
+    })
+}
+
+/// Two hosts launched with `extra`, a container on each; VXLAN blocked, then let through.
+/// `sealed`: the sleeve encrypts (the marker must not show on it).
+fn falls_back_and_recovers(prefix: &str, extra: &[&str], sealed: bool) {
+    let mut bed = TestBed::new(prefix, 2).expect("test bed");
+    bed.launch_mesh(extra).expect("routers connect");
+    let a = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
+    bed.attach_container(2, "c1", "10.2.1.2/24")
+        .expect("attach");
+    bed.container(a)
+        .wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    wait_overlay(&bed, "fastdp", Duration::from_secs(5));
+    let frames = marker_ping(&bed, "fb-fast");
+    assert!(marker_on(&frames, 6784), "the marker travels in VXLAN");
+    assert!(!marker_on(&frames, 6783), "nothing on the sleeve yet");
+
+    // VXLAN blocked, the control connection untouched.
+    let ping = SteadyPing::start(&bed);
+    std::thread::sleep(Duration::from_secs(1));
+    mesh::block_udp_port(&bed, 1, 2, 6784).expect("block UDP 6784");
+    let took = wait_overlay(&bed, "sleeve", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(2));
+    let (replies, gap) = ping.stop();
+    eprintln!(
+        "fast path blocked: both on the sleeve after {took:.1?}; pings answered: {replies}, longest gap {gap:.1}s"
+    );
+    for i in 1..=2 {
+        let c = bed.router(i).connections().unwrap();
+        assert!(c.contains("established"), "host{i}: {c}");
+        assert!(
+            bed.router(i)
+                .log_tail(50)
+                .contains("fast path blocked, using sleeve"),
+            "host{i} logs the switch:\n{}",
+            bed.router(i).log_tail(20)
+        );
+        assert!(switches(&bed, i, "sleeve") >= 1.0);
+    }
+    bed.container(a)
+        .wait_ping("10.2.1.2", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    let frames = marker_ping(&bed, "fb-sleeve");
+    assert!(
+        frames.iter().filter(|(_, p, _)| *p == 6783).count() >= 5,
+        "sleeve datagrams on UDP 6783"
+    );
+    assert_eq!(
+        marker_on(&frames, 6783),
+        !sealed,
+        "the marker on the sleeve (sealed: {sealed})"
+    );
+    assert!(
+        !marker_on(&frames, 6784),
+        "container frames still sent as VXLAN"
+    );
+    assert!(
+        frames.iter().any(|(_, p, d)| *p == 6784 && d.len() == 22),
+        "heartbeats keep trying the fast path"
+    );
+
+    // VXLAN gets through again.
+    let ping = SteadyPing::start(&bed);
+    std::thread::sleep(Duration::from_secs(1));
+    mesh::unblock_udp_port(&bed, 1, 2, 6784).expect("unblock UDP 6784");
+    let took = wait_overlay(&bed, "fastdp", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(2));
+    let (replies, gap) = ping.stop();
+    eprintln!(
+        "fast path back: both on fastdp after {took:.1?}; pings answered: {replies}, longest gap {gap:.1}s"
+    );
+    for i in 1..=2 {
+        assert!(
+            bed.router(i).log_tail(50).contains("fast path works again"),
+            "host{i} logs the switch back:\n{}",
+            bed.router(i).log_tail(20)
+        );
+        assert!(switches(&bed, i, "fastdp") >= 1.0);
+    }
+    bed.container(a)
+        .wait_ping("10.2.1.2", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    let frames = marker_ping(&bed, "fb-back");
+    assert!(marker_on(&frames, 6784), "VXLAN carries the marker again");
+    assert!(
+        !frames.iter().any(|(_, p, _)| *p == 6783),
+        "nothing on the sleeve any more"
+    );
+}
+
+#[test]
+fn blocked_vxlan_falls_back_to_the_sleeve_and_recovers() {
+    if !require_root("blocked_vxlan_falls_back_to_the_sleeve_and_recovers") {
+        return;
+    }
+    falls_back_and_recovers("fall", &[], false);
+}
+
+#[test]
+fn trusted_peers_fall_back_to_the_sealed_sleeve() {
+    if !require_root("trusted_peers_fall_back_to_the_sealed_sleeve") {
+        return;
+    }
+    falls_back_and_recovers(
+        "fallt",
+        &[
+            "--password",
+            "fallback secret",
+            "--trusted-subnets",
+            "198.18.0.0/24",
+        ],
+        true,
+    );
+}
+
+#[test]
+fn a_router_without_bpf_carries_every_peer_through_the_sleeve() {
+    if !require_root("a_router_without_bpf_carries_every_peer_through_the_sleeve") {
+        return;
+    }
+    let mut bed = TestBed::new("fallb", 2).expect("test bed");
+    // Host 1's router is started where bpf() fails with EPERM (a seccomp filter the
+    // launch, and the daemon it starts, inherit).
+    weave_tests::sandbox::without_bpf(|| bed.launch(1, &LaunchOpts::default()).map(|_| ()))
+        .expect("seccomp filter")
+        .expect("host1 launches without BPF");
+    let opts = LaunchOpts {
+        peers: vec![host_addr(1).to_string()],
+        extra: vec![],
+    };
+    bed.launch(2, &opts).expect("host2 launches");
+    for i in 1..=2 {
+        bed.router(i)
+            .wait_established(1, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\nhost{i} log:\n{}", bed.router(i).log_tail(30)));
+    }
+    let log = bed.router(1).log_tail(100);
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot use BPF"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning line:\n{log}");
+    assert!(
+        warnings[0].contains("Operation not permitted")
+            && warnings[0].contains("every peer goes through the sleeve"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        !std::path::Path::new(BPFFS_ROOT)
+            .join(bed.peer_name(1))
+            .exists(),
+        "host1 pinned nothing"
+    );
+    // Host 1 puts host 2 on the sleeve and says so; host 2 follows at once.
+    wait_overlay(&bed, "sleeve", Duration::from_secs(10));
+
+    let a = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach without BPF");
+    let b = bed
+        .attach_container(2, "c1", "10.2.1.2/24")
+        .expect("attach");
+    assert_eq!(
+        probe::link_mtu(&bed.container(a).ns, "ethwe").expect("ethwe"),
+        1400,
+        "the sleeve's MTU where it is the only path"
+    );
+    bed.container(a)
+        .wait_ping("10.2.1.2", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\nhost1 log:\n{}", bed.router(1).log_tail(30)));
+    let out = bed.container(b).ping("10.2.1.1", 3).expect("ping runs");
+    assert!(out.success(), "host2 -> host1:\n{}", out.stdout);
+    let frames = marker_ping(&bed, "fb-nobpf");
+    assert!(marker_on(&frames, 6783), "the marker on the sleeve");
+    assert!(
+        !frames.iter().any(|(_, p, _)| *p == 6784),
+        "no VXLAN at all"
+    );
+}
