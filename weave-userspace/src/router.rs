@@ -146,6 +146,12 @@ enum Admission {
         replace: Option<ConnId>,
     },
     Reject(String),
+    /// A peer we are connected to has the newcomer's short ID: the newcomer takes another
+    /// (whatever the names: the peer already in the mesh keeps its ID).
+    ShortIdTaken {
+        id: ShortId,
+        by: PeerName,
+    },
     /// The peer has our short ID; `we_yield` when our name is the higher one.
     ShortIdClash {
         we_yield: bool,
@@ -168,10 +174,10 @@ impl Mesh {
         for (name, id) in &self.by_peer {
             let other = &self.connections[id].hello;
             if *name != hello.name && other.short_id == hello.short_id {
-                return Admission::Reject(format!(
-                    "short ID {} is already used by peer {}",
-                    hello.short_id, name
-                ));
+                return Admission::ShortIdTaken {
+                    id: hello.short_id,
+                    by: *name,
+                };
             }
         }
         let Some(&existing) = self.by_peer.get(&hello.name) else {
@@ -334,6 +340,13 @@ impl<D: Datapath> Inner<D> {
                 )
                 .await
             }
+            ConnEvent::ShortIdTaken { short_id } => {
+                // Refused by a peer that knows another router with our short ID (a gossip
+                // of it never reaches us while we are refused): take another one.
+                if short_id == self.hello().short_id {
+                    self.take_new_short_id().await;
+                }
+            }
             ConnEvent::FastdpStatus { id, heard } => {
                 let switch = self
                     .mesh()
@@ -444,6 +457,17 @@ impl<D: Datapath> Inner<D> {
                     } else {
                         ConnectionError::Refused(reason)
                     };
+                    let _ = reply.send(Err(err));
+                    return;
+                }
+                Admission::ShortIdTaken { id, by } => {
+                    let err = ConnectionError::ShortIdTaken { id, by };
+                    tracing::info!(
+                        "connection {} {}({}) at {remote} refused: {err}",
+                        arrow(outbound),
+                        hello.name,
+                        hello.nickname
+                    );
                     let _ = reply.send(Err(err));
                     return;
                 }

@@ -261,7 +261,11 @@ fn wait_agreement(
                     .iter()
                     .find(|&&i| bed.peer_name(i) == *name)
                     .map(|&i| {
-                        let state = if bed.router(i).is_running() { "running" } else { "not running" };
+                        let state = if bed.router(i).is_running() {
+                            "running"
+                        } else {
+                            "not running"
+                        };
                         format!("host{i} ({state})")
                     })
                     .unwrap_or_else(|| name.clone())
@@ -283,8 +287,23 @@ fn wait_agreement(
                 }
                 Err(e) => format!("no report: {e}"),
             };
+            // The log of one peer it does not know, if any: often the one that is stuck.
+            let unknown_log = MeshSummary::of(bed.router(example))
+                .ok()
+                .and_then(|m| {
+                    hosts
+                        .iter()
+                        .find(|&&i| !m.peers.contains(&bed.peer_name(i)))
+                        .map(|&i| {
+                            format!(
+                                "\nlog tail of host{i}, unknown to it:\n{}",
+                                bed.router(i).log_tail(12)
+                            )
+                        })
+                })
+                .unwrap_or_default();
             bail!(
-                "{} of {} routers did not agree within {limit:?} (e.g. host{example}: {seen}; log tail:\n{})",
+                "{} of {} routers did not agree within {limit:?} (e.g. host{example}: {seen}; log tail:\n{}{unknown_log})",
                 missing.len(),
                 hosts.len(),
                 bed.router(example).log_tail(8)

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::peer_name::PeerName;
+use super::peer_name::{PeerName, ShortId};
 use super::protocol::{
     self, Hello, Message, ProtocolError, Versions, FRAME_HEADER_LEN, PREAMBLE_LEN,
 };
@@ -71,6 +71,8 @@ pub enum ConnectionError {
     Duplicate(PeerName),
     #[error("{0}")]
     Refused(String),
+    #[error("short ID {id} is already used by peer {by}")]
+    ShortIdTaken { id: ShortId, by: PeerName },
     #[error("router shutting down")]
     Shutdown,
 }
@@ -97,6 +99,8 @@ pub(crate) enum ConnEvent {
     Gossip { id: ConnId, message: Message },
     /// The remote end says whether it hears our fast-path heartbeats.
     FastdpStatus { id: ConnId, heard: bool },
+    /// The remote end refused us: a peer it is connected to has our short ID `short_id`.
+    ShortIdTaken { short_id: ShortId },
     /// The connection is gone.
     Closed { id: ConnId, error: String },
 }
@@ -430,9 +434,15 @@ pub(crate) async fn run(
     match reply_rx.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
-            let _ = writer
-                .write(&mut stream, &Message::Goodbye(error.to_string()))
-                .await;
+            let farewell = match &error {
+                ConnectionError::ShortIdTaken { id, by }
+                    if version >= super::protocol::SHORT_ID_TAKEN_VERSION =>
+                {
+                    Message::ShortIdTaken { id: *id, by: *by }
+                }
+                other => Message::Goodbye(other.to_string()),
+            };
+            let _ = writer.write(&mut stream, &farewell).await;
             return Outcome {
                 peer,
                 accepted: false,
@@ -518,6 +528,12 @@ async fn read_messages(
                             let _ = events.send(ConnEvent::RemoteReady { id });
                         }
                         Message::Goodbye(reason) => return ConnectionError::Goodbye(reason),
+                        Message::ShortIdTaken { id: short_id, by } => {
+                            let _ = events.send(ConnEvent::ShortIdTaken { short_id });
+                            return ConnectionError::Goodbye(
+                                ConnectionError::ShortIdTaken { id: short_id, by }.to_string(),
+                            );
+                        }
                         Message::FastdpStatus { heard } => {
                             let _ = events.send(ConnEvent::FastdpStatus { id, heard });
                         }

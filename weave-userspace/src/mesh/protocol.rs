@@ -21,13 +21,16 @@ use super::peer_name::{PeerName, ShortId};
 /// Opens every control connection.
 pub const MAGIC: [u8; 8] = *b"weavertr";
 /// Versions this build speaks. Version 2 added the encryption flag after the preamble;
-/// version 3 added fast-path heartbeats and [`Message::FastdpStatus`]. A version 2 peer
+/// version 3 added fast-path heartbeats, [`Message::FastdpStatus`] and
+/// [`Message::ShortIdTaken`]. A version 2 peer
 /// takes a message kind it does not know for a malformed frame and closes the connection,
 /// so nothing of version 3 is sent on a version 2 connection.
 pub const MIN_VERSION: u8 = 2;
 pub const MAX_VERSION: u8 = 3;
 /// The first version with fast-path heartbeats and [`Message::FastdpStatus`].
 pub const FASTDP_STATUS_VERSION: u8 = 3;
+/// The first version with [`Message::ShortIdTaken`].
+pub const SHORT_ID_TAKEN_VERSION: u8 = 3;
 /// Length of the preamble: magic, min version, max version.
 pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of a frame header.
@@ -309,6 +312,13 @@ pub enum Message {
     FastdpStatus {
         heard: bool,
     },
+    /// A refusal: the sender is connected to `by`, which has the receiver's short ID; the
+    /// receiver (the newcomer) takes another one and dials again (protocol version 3 and up;
+    /// older peers get a goodbye saying the same).
+    ShortIdTaken {
+        id: ShortId,
+        by: PeerName,
+    },
 }
 
 impl Message {
@@ -323,13 +333,14 @@ impl Message {
             Message::Delta(_) => "record change",
             Message::Channel(_) => "channel gossip",
             Message::FastdpStatus { .. } => "fastdp status",
+            Message::ShortIdTaken { .. } => "short ID taken",
         }
     }
 }
 
 /// Names of the message kinds, in the order of [`Message`]'s variants (a frame's first
 /// body byte is that index).
-pub const MESSAGE_KINDS: [&str; 9] = [
+pub const MESSAGE_KINDS: [&str; 10] = [
     "hello",
     "heartbeat",
     "ready",
@@ -339,6 +350,7 @@ pub const MESSAGE_KINDS: [&str; 9] = [
     "record change",
     "channel gossip",
     "fastdp status",
+    "short ID taken",
 ];
 
 /// Frames and bytes of control traffic by message kind, counted by this process.

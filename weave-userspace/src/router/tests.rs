@@ -507,15 +507,15 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
         Admission::Reject(reason) if reason.contains("already connected")
     ));
 
-    // Another peer with a short ID already taken is refused.
+    // Another peer with a short ID already taken is refused, and told to take another.
     let mut clash = hello(3);
     clash.short_id = low.short_id;
-    let Admission::Reject(reason) = mesh.admit(&high, false, &clash, DEFAULT_CONN_LIMIT) else {
-        panic!()
-    };
-    assert!(
-        reason.contains("short ID 001 is already used by peer 0a:00:00:00:00:01"),
-        "{reason}"
+    assert_eq!(
+        mesh.admit(&high, false, &clash, DEFAULT_CONN_LIMIT),
+        Admission::ShortIdTaken {
+            id: low.short_id,
+            by: low.name
+        }
     );
 }
 
@@ -708,6 +708,48 @@ async fn a_short_id_clash_is_settled_by_the_higher_name_taking_another() {
     assert_eq!(a.peer_ids(), [b_id.get()]);
     a.router.stop().await;
     b.router.stop().await;
+}
+
+#[tokio::test]
+async fn a_newcomer_refused_for_a_third_peers_short_id_takes_another() {
+    let a = Node::start(1, &[]).await;
+    let b = Node::start(2, &[a.addr()]).await;
+    wait_until("a and b established", || a.states() == ["established"]).await;
+    // c has b's short ID and dials only a, which knows b: c never hears of b through
+    // gossip while it is refused, so the refusal itself must make it move.
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let datapath = Arc::new(FakeDatapath::new());
+    let config = RouterConfig {
+        local: Hello {
+            short_id: ShortId::new(2).unwrap(),
+            ..hello(3)
+        },
+        targets: vec![a.addr().to_string().parse().unwrap()],
+        timings: timings(),
+        discovery: false,
+        conn_limit: DEFAULT_CONN_LIMIT,
+        password: None,
+        sleeve: None,
+        sleeve_use: Default::default(),
+    };
+    let c = Node {
+        router: Router::start(config, listener, datapath.clone(), None),
+        datapath,
+    };
+    wait_until("c connected to a with another short ID", || {
+        c.states() == ["established"] && a.states() == ["established", "established"]
+    })
+    .await;
+    let c_id = c.router.local().short_id.get();
+    assert!(c_id != 2 && c_id != 1, "c took a free short ID: {c_id}");
+    assert_eq!(
+        b.router.local().short_id.get(),
+        2,
+        "b, already in the mesh, kept its own"
+    );
+    a.router.stop().await;
+    b.router.stop().await;
+    c.router.stop().await;
 }
 
 #[tokio::test]
