@@ -164,7 +164,8 @@ impl DockerBed {
             .ip("-o link show")
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(": vethwe") && !l.contains(": vethwe-sleeve"))
+            // Container veths are vethwe<hex>; the router's own links are vethwe-<what>.
+            .filter(|l| l.contains(": vethwe") && !l.contains(": vethwe-"))
             .count()
     }
 }

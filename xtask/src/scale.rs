@@ -63,7 +63,7 @@ pub struct Args {
     #[arg(long)]
     also_no_discovery: bool,
     /// After each size, measure it once more with the in-memory data path (the control
-    /// plane alone, without the kernel's cost of one VXLAN device per peer and router).
+    /// plane alone, without the kernel programs, bridges and fast-path heartbeats).
     #[arg(long, conflicts_with = "fake_datapath")]
     also_fake_datapath: bool,
     /// Only remove what an interrupted run left behind.
@@ -569,8 +569,8 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          *Start traffic*: the same counter from the first launch until agreement; *join traffic*: from the join until agreement; \
          *after join*: KiB/s in each of the 5 s after that agreement. \
          *RSS*: VmRSS of each idle router from /proc/<pid>/status. \
-         *eBPF* rows: every router loads the kernel programs and keeps one VXLAN device per directly connected peer, \
-         so a full mesh of N puts N·(N−1) devices into this one kernel (a real host holds N−1); \
+         *eBPF* rows: every router loads and verifies the kernel programs, sets up its bridge, the bridge's port towards the peers \
+         and the sleeve, and sends fast-path heartbeats to each direct peer (no device per peer); \
          *fake* rows: the in-memory data path, the control plane alone. \
          The kernel's ARP table, shared by all namespaces, is raised for the run (gc_thresh3 65536): N hosts in a full mesh need ~N² entries. \
          Agreement is polled (4 threads, `GET /status/mesh`), so times are upper bounds within ~10 ms per router polled. \
