@@ -807,7 +807,9 @@ fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
     } else {
         return;
     };
-    if addr == [0; 4] {
+    // The service address is every host's own (its DNS server on its bridge): another
+    // host's bridge MAC for it must not take the place of ours.
+    if addr == [0; 4] || is_service(addr) {
         return;
     }
     let ip_key = Ipv4Key { addr };
@@ -838,9 +840,15 @@ fn try_from_bridge(ctx: &TcContext) -> Result<i32, ()> {
     let len = ctx.len();
     let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
     let dst = mac_at(&eth, 0);
+    let proto = u16::from_be_bytes([eth[12], eth[13]]);
+    // The host's frames from the service address (its DNS server's ARP and answers) are
+    // for its own containers only.
+    if ipv4_addresses(ctx, proto).is_some_and(|(src, _)| is_service(src)) {
+        return Ok(drop_from_bridge(len));
+    }
     if !is_group_mac(&dst) {
         let key = MacKey::new(dst);
-        if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
+        if proto == ETH_P_IP {
             // SAFETY: the value is copied out at once.
             let peer = unsafe { REMOTE_MACS.get(key) }.map(|r| r.peer_short_id);
             if let Some((peer_id, remote)) =

@@ -1172,3 +1172,47 @@ fn egress_hands_a_container_only_frames_from_its_subnets() {
     assert_eq!(bed.run_tc(EGRESS_PROGRAM, &ok[0]).0, TC_ACT_SHOT);
     assert_eq!(bed.counter(Reason::EgressDropIsolated), 5);
 }
+
+#[test]
+fn the_service_address_stays_on_its_host_both_ways() {
+    require_root!();
+    let mut bed = Bed::new();
+    let service = [169, 254, 53, 53];
+    let mut config = bed.config().get(&0, 0).unwrap();
+    config.service_ipv4 = service;
+    bed.config().set(0, config, 0).unwrap();
+    bed.set_broadcast_tree(OWN_ID, &[PEER_ID]);
+    // From the bridge: the host's ARP from the service address goes to no peer.
+    let (rc, _) = bed.run_tc(
+        FROM_BRIDGE_PROGRAM,
+        &arp_request(OTHER_LOCAL_MAC, service, LOCAL_IP),
+    );
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::BridgeDropped), 1);
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
+    // From a peer: its bridge's MAC for the service address is not learned (it would take
+    // the place of ours in the ARP answers to our containers).
+    let frame = encapsulated(
+        &arp_request(REMOTE_MAC, service, LOCAL_IP),
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
+    bed.run_tc(RX_PROGRAM, &frame);
+    assert!(bed.neighbours().get(&Ipv4Key { addr: service }, 0).is_err());
+    // Other senders are learned as before.
+    let frame = encapsulated(
+        &arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP),
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
+    bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(
+        bed.neighbours()
+            .get(&Ipv4Key { addr: REMOTE_IP }, 0)
+            .unwrap()
+            .addr,
+        REMOTE_MAC
+    );
+}
