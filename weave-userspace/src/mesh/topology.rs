@@ -128,11 +128,10 @@ pub struct RecordVersion {
 /// A neighbour's digest compared with what we hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DigestComparison {
-    /// We hold a record the neighbour lacks or holds older.
-    pub ours_newer: bool,
-    /// The records the neighbour holds newer, with the versions we hold (0 when we lack
-    /// one): what to ask it for.
-    pub theirs_newer: Vec<RecordVersion>,
+    /// Our records the neighbour lacks or holds older.
+    pub ours_newer: Vec<PeerInfo>,
+    /// The neighbour holds a record we lack or hold older.
+    pub theirs_newer: bool,
 }
 
 /// The change of one peer's record between two of its versions: the fields in full and
@@ -417,16 +416,14 @@ impl Topology {
         let ours_newer = self
             .peers
             .values()
-            .any(|p| theirs.get(&p.name).is_none_or(|v| (p.version, p.uid) > *v));
-        let theirs_newer = digest
-            .iter()
-            .filter(|d| {
-                self.peers
-                    .get(&d.name)
-                    .is_none_or(|p| (d.version, d.uid) > (p.version, p.uid))
-            })
-            .map(|d| self.record_version(d.name))
+            .filter(|p| theirs.get(&p.name).is_none_or(|v| (p.version, p.uid) > *v))
+            .cloned()
             .collect();
+        let theirs_newer = digest.iter().any(|d| {
+            self.peers
+                .get(&d.name)
+                .is_none_or(|p| (d.version, d.uid) > (p.version, p.uid))
+        });
         DigestComparison {
             ours_newer,
             theirs_newer,
@@ -515,39 +512,30 @@ mod tests {
     }
 
     #[test]
-    fn a_digest_compared_yields_what_to_ask_for_and_whether_ours_are_newer() {
+    fn a_digest_compared_yields_our_newer_records_and_whether_theirs_are_newer() {
         let mut ours = Topology::new(peer(1, 1, 1));
         ours.merge(&[peer(2, 5, 1), peer(3, 2, 1)]).unwrap();
         let mut theirs = Topology::new(peer(4, 1, 1));
         theirs.merge(&[peer(2, 5, 1), peer(3, 3, 1)]).unwrap();
-        let name = |n: u8| PeerName::from_bytes([0, 0, 0, 0, 0, n]);
 
         let c = ours.compare(&theirs.digest());
-        assert!(c.ours_newer, "they lack our own record");
-        let asked: Vec<(u64, u64)> = c
-            .theirs_newer
-            .iter()
-            .map(|v| (v.name.as_u64(), v.version))
-            .collect();
+        let names: Vec<u64> = c.ours_newer.iter().map(|p| p.name.as_u64()).collect();
         assert_eq!(
-            asked,
-            vec![(3, 2), (4, 0)],
-            "peer 3 newer there (we hold version 2), peer 4 we lack; peer 2 is equal"
+            names,
+            vec![1],
+            "they lack our own record; peer 2 is equal; peer 3 is newer there"
         );
+        assert!(c.theirs_newer, "they hold peer 3 newer and peer 4 we lack");
 
-        // Asking with those versions brings exactly the records asked for, both ways.
-        let from_theirs = theirs.newer_than_listed(&c.theirs_newer);
         let back = theirs.compare(&ours.digest());
-        let from_ours = ours.newer_than_listed(&back.theirs_newer);
-        let mut got: Vec<u64> = from_theirs.iter().map(|p| p.name.as_u64()).collect();
-        got.sort();
-        assert_eq!(got, vec![3, 4]);
-        assert_eq!(from_ours.len(), 1);
-        assert_eq!(from_ours[0].name, name(1));
+        let mut names: Vec<u64> = back.ours_newer.iter().map(|p| p.name.as_u64()).collect();
+        names.sort();
+        assert_eq!(names, vec![3, 4]);
+        assert!(back.theirs_newer);
 
-        // After both answers the views agree and digests match.
-        ours.merge(&from_theirs).unwrap();
-        theirs.merge(&from_ours).unwrap();
+        // After exchanging both answers the views agree and digests match.
+        ours.merge(&back.ours_newer).unwrap();
+        theirs.merge(&c.ours_newer).unwrap();
         assert_eq!(ours.digest(), theirs.digest());
         assert_eq!(ours.compare(&theirs.digest()), DigestComparison::default());
     }
@@ -613,15 +601,15 @@ mod tests {
             version: 3,
             uid: 7,
         }];
-        assert!(!ours.compare(&digest).theirs_newer.is_empty());
+        assert!(ours.compare(&digest).theirs_newer);
         let mut with_old = Topology::new(peer(1, 1, 1));
         with_old.merge(&[peer(2, 3, 5)]).unwrap();
-        assert!(!with_old.compare(&digest).theirs_newer.is_empty());
+        assert!(with_old.compare(&digest).theirs_newer);
         let newer = [RecordVersion {
             name: PeerName::from_bytes([0, 0, 0, 0, 0, 2]),
             version: 3,
             uid: 4,
         }];
-        assert!(with_old.compare(&newer).theirs_newer.is_empty());
+        assert!(!with_old.compare(&newer).theirs_newer);
     }
 }

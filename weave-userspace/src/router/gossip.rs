@@ -32,9 +32,6 @@ const ROUTES_INTERVAL_MAX: Duration = Duration::from_secs(1);
 /// Shortest time between two publications of our own record: a burst of connection
 /// changes (a join in a full mesh) goes out as one record.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a record asked of one neighbour is not asked of another: a router that joins
-/// a full mesh hears the same digest from every neighbour and fetches each record once.
-pub const RECORD_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Topology, routes and what of them is installed in the data path.
 #[derive(Debug)]
@@ -63,8 +60,6 @@ pub(super) struct MeshView {
     pub published_at: Option<tokio::time::Instant>,
     /// Our record as last sent: the next publication is the change from it.
     pub published: Option<PeerInfo>,
-    /// Records asked of a neighbour and not yet received, with when they were asked.
-    pub requested: BTreeMap<PeerName, tokio::time::Instant>,
 }
 
 impl MeshView {
@@ -82,7 +77,6 @@ impl MeshView {
             publish_pending: false,
             published_at: None,
             published: None,
-            requested: BTreeMap::new(),
         }
     }
 }
@@ -166,8 +160,8 @@ impl<D: Datapath> Inner<D> {
             .unwrap_or_default()
     }
 
-    /// Sends the versions of our records on one connection: the neighbour asks for what we
-    /// hold newer (and sends a digest of its own when it holds newer).
+    /// Sends the versions of our records on one connection: the neighbour answers with
+    /// what it holds newer (and a digest of its own when we hold newer).
     pub(super) fn send_digest(&self, id: ConnId, reply: bool) {
         let entries = self.view().topology.digest();
         self.send_to(
@@ -199,10 +193,8 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
-    /// Answers a neighbour's digest. A full digest: we ask for the records it holds newer
-    /// (those not asked of another neighbour in the last [`RECORD_REQUEST_TIMEOUT`]), and
-    /// send our digest when we hold newer ones (unless its digest was itself an answer), so
-    /// that it asks us. A listed digest (a request): the listed records we hold newer.
+    /// Answers a neighbour's digest: the records we hold newer, and our digest when it
+    /// holds newer records (unless its digest was itself an answer).
     pub(super) fn on_digest(&self, id: ConnId, digest: GossipDigest) {
         if digest.only_listed {
             let records = self.view().topology.newer_than_listed(&digest.entries);
@@ -211,31 +203,16 @@ impl<D: Datapath> Inner<D> {
             }
             return;
         }
-        let (wanted, ours_newer) = {
-            let mut view = self.view();
-            let comparison = view.topology.compare(&digest.entries);
-            let now = tokio::time::Instant::now();
-            view.requested
-                .retain(|_, at| now.duration_since(*at) < RECORD_REQUEST_TIMEOUT);
-            let wanted: Vec<_> = comparison
-                .theirs_newer
-                .into_iter()
-                .filter(|v| !view.requested.contains_key(&v.name))
-                .collect();
-            for v in &wanted {
-                view.requested.insert(v.name, now);
-            }
-            (wanted, comparison.ours_newer)
-        };
-        if !wanted.is_empty() {
-            let ask = GossipDigest {
-                entries: wanted,
-                reply: true,
-                only_listed: true,
-            };
-            self.send_to(id, &Message::Digest(ask));
+        let comparison = self.view().topology.compare(&digest.entries);
+        if !comparison.ours_newer.is_empty() {
+            self.send_to(
+                id,
+                &Message::Gossip(GossipUpdate {
+                    records: comparison.ours_newer,
+                }),
+            );
         }
-        if ours_newer && !digest.reply {
+        if comparison.theirs_newer && !digest.reply {
             self.send_digest(id, true);
         }
     }
@@ -407,13 +384,7 @@ impl<D: Datapath> Inner<D> {
     }
 
     async fn on_update(&self, id: ConnId, update: GossipUpdate) {
-        let merged = {
-            let mut view = self.view();
-            for record in &update.records {
-                view.requested.remove(&record.name);
-            }
-            view.topology.merge(&update.records)
-        };
+        let merged = self.view().topology.merge(&update.records);
         match merged {
             Err(e) => self.refuse_gossip(id, &e.to_string()),
             Ok(outcome) if !outcome.improved.is_empty() => {
