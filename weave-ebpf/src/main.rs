@@ -728,12 +728,9 @@ fn relay_broadcast(
             break;
         }
         let child = tree.children[i];
-        let Some(peer) = PEERS.get(child as u32) else {
+        let Some(peer) = direct_peer(child) else {
             continue;
         };
-        if peer.flags & PEER_REACHABLE == 0 || peer.next_hop != child || peer.underlay_mac == [0; 6] {
-            continue;
-        }
         address_copy(&mut hdr, peer, checksum_zero_dst);
         let id = vni::pack(src, child);
         let vni_bytes: [u8; 3] = [(id >> 16) as u8, (id >> 8) as u8, id as u8];
@@ -752,6 +749,15 @@ fn relay_broadcast(
         orig[ETH_HLEN..].copy_from_slice(ip);
         let _ = ctx.store(0, &orig, 0);
     }
+}
+
+/// A reachable, directly connected peer whose underlay MAC is known: one a copy of a
+/// broadcast can be addressed to.
+#[inline(always)]
+fn direct_peer(short_id: u16) -> Option<&'static PeerEntry> {
+    let peer = PEERS.get(short_id as u32)?;
+    (peer.flags & PEER_REACHABLE != 0 && peer.next_hop == short_id && peer.underlay_mac != [0; 6])
+        .then_some(peer)
 }
 
 /// Addresses a copy's outer Ethernet + IPv4 header (built with a zero destination whose
@@ -908,12 +914,9 @@ fn flood_to_peers(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
             break;
         }
         let child = tree.children[i];
-        let Some(peer) = PEERS.get(child as u32) else {
+        let Some(peer) = direct_peer(child) else {
             continue;
         };
-        if peer.flags & PEER_REACHABLE == 0 || peer.next_hop != child || peer.underlay_mac == [0; 6] {
-            continue;
-        }
         address_copy(&mut hdr, peer, checksum_zero_dst);
         let id = vni::pack(cfg.own_short_id, child);
         udp_vxlan[UDP_HLEN + 4..UDP_HLEN + 7].copy_from_slice(&[(id >> 16) as u8, (id >> 8) as u8, id as u8]);

@@ -55,6 +55,29 @@ impl Node {
         Self::start_full(n, listener, targets, discovery, None)
     }
 
+    /// Router `n` with short ID `short_id` (another's, for clashes), dialling `target`.
+    async fn start_with_short_id(n: u8, short_id: u16, target: SocketAddr) -> Node {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let datapath = Arc::new(FakeDatapath::new());
+        let config = RouterConfig {
+            local: Hello {
+                short_id: ShortId::new(short_id).unwrap(),
+                ..hello(n)
+            },
+            targets: vec![target.to_string().parse().unwrap()],
+            timings: timings(),
+            discovery: false,
+            conn_limit: DEFAULT_CONN_LIMIT,
+            password: None,
+            sleeve: None,
+            sleeve_use: Default::default(),
+        };
+        Node {
+            router: Router::start(config, listener, datapath.clone(), None),
+            datapath,
+        }
+    }
+
     async fn start_with_password(n: u8, targets: &[SocketAddr], password: Option<u8>) -> Node {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let key = password.map(|b| Arc::new(PresharedKey::from_bytes([b; 32])));
@@ -674,25 +697,7 @@ async fn forget_stops_dialling() {
 #[tokio::test]
 async fn a_short_id_clash_is_settled_by_the_higher_name_taking_another() {
     let a = Node::start(1, &[]).await;
-    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let datapath = Arc::new(FakeDatapath::new());
-    let config = RouterConfig {
-        local: Hello {
-            short_id: ShortId::new(1).unwrap(),
-            ..hello(2)
-        },
-        targets: vec![a.addr().to_string().parse().unwrap()],
-        timings: timings(),
-        discovery: false,
-        conn_limit: DEFAULT_CONN_LIMIT,
-        password: None,
-        sleeve: None,
-        sleeve_use: Default::default(),
-    };
-    let b = Node {
-        router: Router::start(config, listener, datapath.clone(), None),
-        datapath,
-    };
+    let b = Node::start_with_short_id(2, 1, a.addr()).await;
     wait_until("both established after the clash", || {
         a.states() == ["established"] && b.states() == ["established"]
     })
@@ -717,25 +722,7 @@ async fn a_newcomer_refused_for_a_third_peers_short_id_takes_another() {
     wait_until("a and b established", || a.states() == ["established"]).await;
     // c has b's short ID and dials only a, which knows b: c never hears of b through
     // gossip while it is refused, so the refusal itself must make it move.
-    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let datapath = Arc::new(FakeDatapath::new());
-    let config = RouterConfig {
-        local: Hello {
-            short_id: ShortId::new(2).unwrap(),
-            ..hello(3)
-        },
-        targets: vec![a.addr().to_string().parse().unwrap()],
-        timings: timings(),
-        discovery: false,
-        conn_limit: DEFAULT_CONN_LIMIT,
-        password: None,
-        sleeve: None,
-        sleeve_use: Default::default(),
-    };
-    let c = Node {
-        router: Router::start(config, listener, datapath.clone(), None),
-        datapath,
-    };
+    let c = Node::start_with_short_id(3, 2, a.addr()).await;
     wait_until("c connected to a with another short ID", || {
         c.states() == ["established"] && a.states() == ["established", "established"]
     })
