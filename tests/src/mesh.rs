@@ -445,6 +445,8 @@ impl Report {
 pub struct MeshSummary {
     pub peers: BTreeSet<String>,
     pub routed: BTreeSet<String>,
+    /// When the router's peers or routes last changed, by its own clock (`ChangedAt`).
+    pub changed_at: Option<std::time::SystemTime>,
 }
 
 impl MeshSummary {
@@ -461,6 +463,9 @@ impl MeshSummary {
         Ok(MeshSummary {
             peers: names("Peers"),
             routed: names("Routed"),
+            changed_at: v["ChangedAt"]
+                .as_u64()
+                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
         })
     }
 

@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod dns;
 pub mod docker;
 pub mod ipam;
+pub mod memory;
 pub mod mesh;
 pub mod router;
 pub mod sleeve;

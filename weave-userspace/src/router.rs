@@ -564,7 +564,7 @@ impl<D: Datapath> Inner<D> {
                     if conn.established() {
                         tracing::info!("connection {} {} established", describe(conn), conn.remote);
                     }
-                    true
+                    Some(conn.outbound)
                 }
                 Err(e) => {
                     tracing::error!("cannot add peer {} to the data path: {e}", hello.name);
@@ -573,12 +573,17 @@ impl<D: Datapath> Inner<D> {
                         .send(ConnCommand::Close(ConnectionError::Refused(format!(
                             "data path: {e}"
                         ))));
-                    false
+                    None
                 }
             }
         };
-        if ready {
-            self.send_digest(id, false);
+        if let Some(outbound) = ready {
+            // One digest makes a two-way exchange (the answer brings a digest back when the
+            // dialled side holds newer records): the dialler starts it, so that records
+            // cross a new connection once, not twice.
+            if outbound {
+                self.send_digest(id, false);
+            }
             self.sync_channels(id);
             self.connections_changed().await;
         }

@@ -158,14 +158,14 @@ struct Row {
     /// Launch arguments beyond the defaults.
     args: String,
     launch_all: Option<Duration>,
-    start: Option<Duration>,
-    join: Option<Duration>,
+    start: Option<Agreement>,
+    join: Option<Agreement>,
     join_kib: Option<f64>,
     /// KiB/s of control traffic in each second after the join's agreement.
     after_join_kibps: Vec<String>,
     /// Control traffic from the first launch until the start agreement.
     start_kib: Option<f64>,
-    leave: Option<Duration>,
+    leave: Option<Agreement>,
     idle_bps: Option<f64>,
     rss_median_kib: Option<u64>,
     rss_max_kib: Option<u64>,
@@ -207,22 +207,39 @@ impl<'a> ControlCounter<'a> {
     }
 }
 
+/// When the routers agreed, as the time from the event.
+#[derive(Clone, Copy, Debug)]
+struct Agreement {
+    /// The last router's own record of when its view reached the agreed one (`ChangedAt`
+    /// of `GET /status/mesh`; every router runs on this machine's clock).
+    reached: Duration,
+    /// When polling first saw the last router agree: later than `reached` by however long
+    /// polling took to come round to it and the router to answer.
+    seen: Duration,
+}
+
 /// Waits until every router in `hosts` reports exactly the peers of `hosts` and a route to
-/// each; the time from `since` until the last of them did. Several threads poll, each
-/// router until it agrees; a last pass checks that none has changed its mind since.
+/// each. Several threads poll, each router until it agrees; a last pass checks that none
+/// has changed its mind since.
 fn wait_agreement(
     bed: &TestBed,
     hosts: &[usize],
     since: Instant,
     limit: Duration,
-) -> Result<Duration> {
+) -> Result<Agreement> {
+    let since_wall = std::time::SystemTime::now() - since.elapsed();
     let want: BTreeSet<String> = hosts.iter().map(|&i| bed.peer_name(i)).collect();
-    let agrees = |i: usize| -> bool {
-        MeshSummary::of(bed.router(i))
-            .map(|m| m.agrees(&bed.peer_name(i), &want))
-            .unwrap_or(false)
+    // The time the router says it reached agreement, when it agrees.
+    let agrees = |i: usize| -> Option<Duration> {
+        let m = MeshSummary::of(bed.router(i)).ok()?;
+        m.agrees(&bed.peer_name(i), &want).then(|| {
+            m.changed_at
+                .and_then(|at| at.duration_since(since_wall).ok())
+                .unwrap_or_default()
+        })
     };
-    let done: Mutex<Vec<Option<Duration>>> = Mutex::new(vec![None; hosts.len()]);
+    // Per router: (reached, seen).
+    let done: Mutex<Vec<Option<(Duration, Duration)>>> = Mutex::new(vec![None; hosts.len()]);
     loop {
         let next = AtomicUsize::new(0);
         std::thread::scope(|s| {
@@ -236,10 +253,10 @@ fn wait_agreement(
                         return;
                     }
                     let k = pending[next.fetch_add(1, Ordering::Relaxed) % pending.len()];
-                    if agrees(hosts[k]) {
-                        let t = since.elapsed();
+                    if let Some(reached) = agrees(hosts[k]) {
+                        let seen = since.elapsed();
                         let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
-                        d[k].get_or_insert(t);
+                        d[k].get_or_insert((reached, seen));
                     } else {
                         std::thread::sleep(Duration::from_millis(10));
                     }
@@ -312,30 +329,134 @@ fn wait_agreement(
         // Final pass: anyone who no longer agrees is polled again.
         let mut changed = false;
         for (k, &i) in hosts.iter().enumerate() {
-            if !agrees(i) {
+            if agrees(i).is_none() {
                 d[k] = None;
                 changed = true;
             }
         }
         if !changed {
-            return Ok(d.iter().flatten().copied().max().unwrap_or_default());
+            let mut times: Vec<(Duration, usize)> = d
+                .iter()
+                .zip(hosts)
+                .filter_map(|(t, &i)| t.map(|(reached, _)| (reached, i)))
+                .collect();
+            times.sort_unstable();
+            print_spread(&times);
+            return Ok(Agreement {
+                reached: times.last().map(|(t, _)| *t).unwrap_or_default(),
+                seen: d
+                    .iter()
+                    .flatten()
+                    .map(|(_, s)| *s)
+                    .max()
+                    .unwrap_or_default(),
+            });
         }
     }
 }
 
+/// How the routers' agreement times spread: the first, the median, the 90th percentile and
+/// the last three (with their hosts), to tell one slow router from a slow mesh.
+fn print_spread(times: &[(Duration, usize)]) {
+    let Some(first) = times.first() else { return };
+    let at = |q: usize| times[(times.len() - 1) * q / 100].0.as_secs_f64();
+    let last: Vec<String> = times
+        .iter()
+        .rev()
+        .take(3)
+        .map(|(t, i)| format!("host{i} {:.2}", t.as_secs_f64()))
+        .collect();
+    println!(
+        "      routers agreed: first {:.2} s, median {:.2} s, p90 {:.2} s, last: {}",
+        first.0.as_secs_f64(),
+        at(50),
+        at(90),
+        last.join(", ")
+    );
+}
+
+/// Control bytes sent by the routers of `hosts` so far, by message kind (their
+/// `weave_control_bytes_total{direction="sent"}`).
+fn sent_by_kind(bed: &TestBed, hosts: &[usize]) -> std::collections::BTreeMap<String, u64> {
+    let mut total = std::collections::BTreeMap::new();
+    for &i in hosts {
+        let Ok(text) = bed.router(i).metrics() else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("weave_control_bytes_total{") else {
+                continue;
+            };
+            if !rest.contains("direction=\"sent\"") {
+                continue;
+            }
+            let kind = rest
+                .split("kind=\"")
+                .nth(1)
+                .and_then(|k| k.split('"').next())
+                .unwrap_or("?");
+            let n: u64 = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            *total.entry(kind.to_string()).or_insert(0) += n;
+        }
+    }
+    total
+}
+
+/// Prints what was sent between two [`sent_by_kind`] counts, in KiB per kind.
+fn print_sent_between(
+    what: &str,
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) {
+    let parts: Vec<String> = after
+        .iter()
+        .map(|(k, v)| (k, v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|(_, d)| *d > 0)
+        .map(|(k, d)| format!("{k} {:.0}", d as f64 / 1024.0))
+        .collect();
+    println!("      sent {what}, KiB by kind: {}", parts.join(", "));
+}
+
 /// VmRSS of every router of `hosts`, in KiB.
 fn rss_kib(bed: &TestBed, hosts: &[usize]) -> Vec<u64> {
-    hosts
+    let mut each: Vec<(u64, usize, String)> = hosts
         .iter()
-        .flat_map(|&i| weave_tests::router::router_pids(bed.host(i).ns.name()))
-        .filter_map(|pid| {
-            let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
+        .flat_map(|&i| {
+            weave_tests::router::router_pids(bed.host(i).ns.name())
+                .into_iter()
+                .map(move |pid| (i, pid))
         })
-        .collect()
+        .filter_map(|(i, pid)| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let field = |name: &str| -> Option<u64> {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+            };
+            let split = format!(
+                "anon {} KiB, file {} KiB",
+                field("RssAnon:").unwrap_or(0),
+                field("RssFile:").unwrap_or(0)
+            );
+            Some((field("VmRSS:")?, i, split))
+        })
+        .collect();
+    each.sort_unstable();
+    let largest: Vec<String> = each
+        .iter()
+        .rev()
+        .take(3)
+        .map(|(kib, i, split)| format!("host{i} {kib} KiB ({split})"))
+        .collect();
+    if !largest.is_empty() {
+        println!("      largest RSS: {}", largest.join("; "));
+    }
+    each.into_iter().map(|(kib, _, _)| kib).collect()
 }
 
 fn launch_opts(targets: &[usize], fake: bool, more: &[String]) -> LaunchOpts {
@@ -467,6 +588,7 @@ fn measure(
     // Join: one more router, dialling 2-3 random ones.
     let joiner = n + 1;
     let targets = rng.targets(n);
+    let sent_before = sent_by_kind(&bed, &initial);
     let j0 = counter.bytes()?;
     bed.launch(joiner, &launch_opts(&targets, fake, more))
         .context("launch the joining router")?;
@@ -498,18 +620,21 @@ fn measure(
         trace.join(", ")
     );
     row.after_join_kibps = trace;
+    print_sent_between(
+        "from before the join until 5 s after its agreement",
+        &sent_before,
+        &sent_by_kind(&bed, &all),
+    );
 
     // Leave: one of the first routers stops (`weave-router stop`).
     let leaver = 2 + rng.below(n - 1);
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != leaver).collect();
+    let left = Instant::now();
     match bed.router_mut(leaver).stop() {
-        Ok(()) => {
-            let left = Instant::now();
-            match wait_agreement(&bed, &rest, left, agree_limit) {
-                Ok(t) => row.leave = Some(t),
-                Err(e) => row.notes.push(format!("leave: {e}")),
-            }
-        }
+        Ok(()) => match wait_agreement(&bed, &rest, left, agree_limit) {
+            Ok(t) => row.leave = Some(t),
+            Err(e) => row.notes.push(format!("leave: {e}")),
+        },
         Err(e) => {
             bed.router_mut(leaver).kill();
             row.notes.push(format!(
@@ -535,9 +660,15 @@ fn teardown(n: usize, mut bed: TestBed) {
     drop(bed);
 }
 
-fn secs(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.2} s", d.as_secs_f64()))
-        .unwrap_or_else(|| "not reached".into())
+fn secs(a: Option<Agreement>) -> String {
+    a.map(|a| {
+        format!(
+            "{:.2} s (polling saw it at {:.2} s)",
+            a.reached.as_secs_f64(),
+            a.seen.as_secs_f64()
+        )
+    })
+    .unwrap_or_else(|| "not reached".into())
 }
 
 fn mib(k: Option<u64>) -> String {
@@ -561,9 +692,13 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
         o,
         "\nN routers, each in its own network namespace on one underlay bridge, started one after another, \
          each dialling 2–3 random earlier ones (discovery on, default connection limit). \
-         *Start*: from the last launch until every router's `GET /status/mesh` lists all N peers and a route to each. \
+         *Start*: from the last launch returning until every router's `GET /status/mesh` lists all N peers and a route to each. \
          *Join*: one more router (dialling 2–3 random ones), from its launch returning until all N+1 agree. \
-         *Leave*: `weave-router stop` of one router, from its exit until the others agree without it. \
+         *Leave*: from `weave-router stop` of one router until the others agree without it. \
+         Each time is when the last router's view reached the agreed one, by that router's own record \
+         (`ChangedAt` of `GET /status/mesh`, stamped at the route computation that made it; all routers share this machine's clock); \
+         in brackets, when polling (4 threads) first saw the last router agree, which adds however long the polls took to come round \
+         to it and a busy router to answer. \
          *Idle control*: TCP 6783 across the underlay bridge over {} s, counted by an nftables counter in a \
          `bridge` table of the underlay namespace (IP bytes, every segment once; heartbeats included). \
          *Start traffic*: the same counter from the first launch until agreement; *join traffic*: from the join until agreement; \
@@ -573,7 +708,6 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          and the sleeve, and sends fast-path heartbeats to each direct peer (no device per peer); \
          *fake* rows: the in-memory data path, the control plane alone. \
          The kernel's ARP table, shared by all namespaces, is raised for the run (gc_thresh3 65536): N hosts in a full mesh need ~N² entries. \
-         Agreement is polled (4 threads, `GET /status/mesh`), so times are upper bounds within ~10 ms per router polled. \
          Limits: {} s to launch one size, {} s per agreement (\"—\" = not reached, see the notes).\n",
         a.idle_secs, a.launch_limit, a.agree_limit
     );
@@ -588,6 +722,16 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     let s = |d: Option<Duration>| {
         d.map(|d| format!("{:.2}", d.as_secs_f64()))
             .unwrap_or_else(|| "—".into())
+    };
+    let agreed = |a: Option<Agreement>| {
+        a.map(|a| {
+            format!(
+                "{:.2} ({:.2})",
+                a.reached.as_secs_f64(),
+                a.seen.as_secs_f64()
+            )
+        })
+        .unwrap_or_else(|| "—".into())
     };
     for r in rows {
         let bps = r
@@ -604,9 +748,9 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
                 format!("{}, `{}`", r.datapath, r.args)
             },
             s(r.launch_all),
-            s(r.start),
-            s(r.join),
-            s(r.leave),
+            agreed(r.start),
+            agreed(r.join),
+            agreed(r.leave),
             bps,
             r.start_kib
                 .map(|k| format!("{k:.0}"))

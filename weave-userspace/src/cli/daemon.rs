@@ -514,6 +514,7 @@ impl Up<'_> {
             None => Vec::new(),
         };
         tracing::info!("ready");
+        tokio::spawn(crate::memory::trim_periodically(self.stop.clone()));
 
         let _ = self.stop.wait_for(|s| *s).await;
         tracing::info!("stopping");

@@ -497,6 +497,10 @@ async fn converse(
     }
 }
 
+/// The most read-buffer capacity an idle connection keeps (frames above it are read into
+/// memory given back once they are handled).
+const READ_BUFFER_KEPT: usize = 16 * 1024;
+
 /// Reads frames and hands them to the router until the connection fails, the peer says
 /// goodbye or stays silent for `dead_after`.
 async fn read_messages(
@@ -556,14 +560,18 @@ async fn read_messages(
             }
         }
         buf.drain(..consumed);
-        if buf.is_empty() && buf.capacity() > 256 * 1024 {
-            // A large frame has passed: give its memory back.
+        if buf.is_empty() && buf.capacity() > READ_BUFFER_KEPT {
+            // A large frame (a full gossip) has passed: give its memory back, or a router
+            // with a hundred connections keeps a hundred of them.
             buf = Vec::new();
         }
     }
 }
 
 /// Writes heartbeats and what the router asks for, until told to close or the router stops.
+/// Shutdown comes first: it interrupts a write that waits on a peer slow to read (the peer
+/// then sees the connection close instead of a goodbye), so that a stopping router leaves
+/// every peer at once.
 async fn write_messages(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut writer: FrameWriter,
@@ -574,34 +582,49 @@ async fn write_messages(
     let mut heartbeat = tokio::time::interval(timings.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let written = tokio::select! {
+            biased;
+            _ = stopped(shutdown) => {
+                let goodbye = Message::Goodbye("router shutting down".into());
+                let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.write(&mut wr, &goodbye)).await;
+                return ConnectionError::Shutdown;
+            }
             _ = heartbeat.tick() => {
-                if let Err(e) = writer.write(&mut wr, &Message::Heartbeat).await {
-                    return e;
-                }
+                unless_stopped(shutdown, writer.write(&mut wr, &Message::Heartbeat)).await
             }
             command = commands.recv() => match command {
                 Some(ConnCommand::SendReady) => {
-                    if let Err(e) = writer.write(&mut wr, &Message::Ready).await {
-                        return e;
-                    }
+                    unless_stopped(shutdown, writer.write(&mut wr, &Message::Ready)).await
                 }
                 Some(ConnCommand::SendFrame(frame)) => {
-                    if let Err(e) = writer.write_frame(&mut wr, &frame).await {
-                        return e;
-                    }
+                    unless_stopped(shutdown, writer.write_frame(&mut wr, &frame)).await
                 }
                 Some(ConnCommand::Close(reason)) => {
-                    let _ = writer.write(&mut wr, &Message::Goodbye(reason.to_string())).await;
+                    let goodbye = Message::Goodbye(reason.to_string());
+                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.write(&mut wr, &goodbye)).await;
                     return reason;
                 }
                 None => return ConnectionError::Shutdown,
             },
-            _ = stopped(shutdown) => {
-                let _ = writer.write(&mut wr, &Message::Goodbye("router shutting down".into())).await;
-                return ConnectionError::Shutdown;
-            }
+        };
+        if let Err(e) = written {
+            return e;
         }
+    }
+}
+
+/// The longest a goodbye may wait on a peer slow to read.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Runs one write unless the router shuts down first.
+async fn unless_stopped(
+    shutdown: &mut watch::Receiver<bool>,
+    write: impl std::future::Future<Output = Result<(), ConnectionError>>,
+) -> Result<(), ConnectionError> {
+    tokio::select! {
+        biased;
+        _ = stopped(shutdown) => Err(ConnectionError::Shutdown),
+        written = write => written,
     }
 }
 

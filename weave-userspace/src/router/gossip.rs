@@ -60,6 +60,10 @@ pub(super) struct MeshView {
     pub published_at: Option<tokio::time::Instant>,
     /// Our record as last sent: the next publication is the change from it.
     pub published: Option<PeerInfo>,
+    /// The peers known and routed to, as of the last route computation, and when that
+    /// last changed (what `GET /status/mesh` reports as `ChangedAt`).
+    pub summary: (Vec<PeerName>, Vec<PeerName>),
+    pub summary_changed_at: std::time::SystemTime,
 }
 
 impl MeshView {
@@ -77,6 +81,8 @@ impl MeshView {
             publish_pending: false,
             published_at: None,
             published: None,
+            summary: (Vec::new(), Vec::new()),
+            summary_changed_at: std::time::SystemTime::now(),
         }
     }
 }
@@ -478,6 +484,14 @@ impl<D: Datapath> Inner<D> {
             }
             view.routes = routes::compute(&view.topology);
             view.routes_cost = started.elapsed();
+            let summary = (
+                view.topology.peers().map(|p| p.name).collect(),
+                view.routes.unicast.keys().copied().collect(),
+            );
+            if summary != view.summary {
+                view.summary = summary;
+                view.summary_changed_at = std::time::SystemTime::now();
+            }
             view.lookup_routes = None;
             let mut wanted = BTreeMap::new();
             for (dst, hop) in &view.routes.unicast {
@@ -584,6 +598,10 @@ pub struct MeshSummary {
     pub peers: Vec<PeerName>,
     /// Peers we have a route to, in name order.
     pub routed: Vec<PeerName>,
+    /// When the peers known or routed to last changed, in milliseconds since the Unix
+    /// epoch (as of the last route computation): tells when a router reached its view,
+    /// however late it is asked.
+    pub changed_at: u64,
 }
 
 impl<D: Datapath> super::Router<D> {
@@ -597,6 +615,10 @@ impl<D: Datapath> super::Router<D> {
         MeshSummary {
             peers: view.topology.peers().map(|p| p.name).collect(),
             routed: view.routes.unicast.keys().copied().collect(),
+            changed_at: view
+                .summary_changed_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 
