@@ -128,8 +128,11 @@ pub struct RecordVersion {
 /// A neighbour's digest compared with what we hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DigestComparison {
-    /// Our records the neighbour lacks or holds older.
+    /// Our records the neighbour lacks or holds too old for the changes we keep.
     pub ours_newer: Vec<PeerInfo>,
+    /// The changes that bring the neighbour's older records up to ours, in order per peer
+    /// (sent instead of the whole records).
+    pub our_changes: Vec<RecordDelta>,
     /// The neighbour holds a record we lack or hold older.
     pub theirs_newer: bool,
 }
@@ -233,11 +236,18 @@ pub struct MergeOutcome {
     pub ourself_bumped: bool,
 }
 
+/// How many of each record's latest changes are kept.
+pub const CHANGES_KEPT: usize = 8;
+
 /// Every peer's latest record, as known here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     ourself: PeerName,
     peers: BTreeMap<PeerName, PeerInfo>,
+    /// Per peer, the last changes of its record up to the version held, consecutive: a
+    /// neighbour one or a few versions behind gets these instead of the whole record (in a
+    /// full mesh that is one entry against a hundred).
+    changes: BTreeMap<PeerName, VecDeque<RecordDelta>>,
 }
 
 impl Topology {
@@ -246,7 +256,45 @@ impl Topology {
         Self {
             ourself: name,
             peers: BTreeMap::from([(name, ourself)]),
+            changes: BTreeMap::new(),
         }
+    }
+
+    /// Keeps `change` (the held record moved to its version) as the newest of its peer's.
+    fn keep_change(&mut self, change: RecordDelta) {
+        let kept = self.changes.entry(change.name).or_default();
+        if kept
+            .back()
+            .is_some_and(|last| last.uid != change.uid || last.version != change.from_version)
+        {
+            kept.clear();
+        }
+        if kept.len() == CHANGES_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(change);
+    }
+
+    /// Keeps the change from `old` to `new` of one peer's record, or forgets its changes
+    /// when `new` is not a later version of `old` (a new run of that peer).
+    fn record_replaced(&mut self, old: Option<&PeerInfo>, new: &PeerInfo) {
+        match old {
+            Some(old) if old.uid == new.uid && old.version < new.version => {
+                self.keep_change(new.delta_from(old));
+            }
+            _ => {
+                self.changes.remove(&new.name);
+            }
+        }
+    }
+
+    /// Our changes of `name`'s record from version `from` on, if we keep all of them.
+    fn changes_since(&self, name: &PeerName, uid: u64, from: u64) -> Option<Vec<RecordDelta>> {
+        let kept = self.changes.get(name)?;
+        let start = kept
+            .iter()
+            .position(|c| c.uid == uid && c.from_version == from)?;
+        Some(kept.iter().skip(start).cloned().collect())
     }
 
     pub fn ourself(&self) -> &PeerInfo {
@@ -281,8 +329,11 @@ impl Topology {
         if me.connections == connections {
             return false;
         }
+        let old = me.clone();
         me.connections = connections;
         me.version += 1;
+        let new = me.clone();
+        self.record_replaced(Some(&old), &new);
         true
     }
 
@@ -292,8 +343,11 @@ impl Topology {
             .peers
             .get_mut(&self.ourself)
             .expect("ourself is always present");
+        let old = me.clone();
         me.short_id = short_id;
         me.version += 1;
+        let new = me.clone();
+        self.record_replaced(Some(&old), &new);
     }
 
     /// Merges records received by gossip. The whole update is validated first: a malformed
@@ -313,7 +367,10 @@ impl Topology {
                     .get_mut(&self.ourself)
                     .expect("ourself is always present");
                 if info.supersedes(me) && info.uid != me.uid {
+                    let old = me.clone();
                     me.version = info.version + 1;
+                    let new = me.clone();
+                    self.record_replaced(Some(&old), &new);
                     outcome.ourself_bumped = true;
                 }
                 continue;
@@ -321,7 +378,8 @@ impl Topology {
             match self.peers.get(&info.name) {
                 Some(existing) if !info.supersedes(existing) => {}
                 _ => {
-                    self.peers.insert(info.name, info.clone());
+                    let old = self.peers.insert(info.name, info.clone());
+                    self.record_replaced(old.as_ref(), info);
                     outcome.improved.push(info.clone());
                 }
             }
@@ -346,7 +404,10 @@ impl Topology {
                 .get_mut(&self.ourself)
                 .expect("ourself is always present");
             if delta.uid != me.uid && (delta.version, delta.uid) > (me.version, me.uid) {
+                let old = me.clone();
                 me.version = delta.version + 1;
+                let new = me.clone();
+                self.record_replaced(Some(&old), &new);
                 return Ok(DeltaOutcome::OurselfBumped);
             }
             return Ok(DeltaOutcome::Stale);
@@ -363,6 +424,7 @@ impl Topology {
         let updated = held.apply(delta);
         updated.validate()?;
         self.peers.insert(delta.name, updated);
+        self.keep_change(delta.clone());
         Ok(DeltaOutcome::Applied)
     }
 
@@ -413,12 +475,17 @@ impl Topology {
             .iter()
             .map(|d| (d.name, (d.version, d.uid)))
             .collect();
-        let ours_newer = self
-            .peers
-            .values()
-            .filter(|p| theirs.get(&p.name).is_none_or(|v| (p.version, p.uid) > *v))
-            .cloned()
-            .collect();
+        let (mut ours_newer, mut our_changes) = (Vec::new(), Vec::new());
+        for p in self.peers.values() {
+            match theirs.get(&p.name) {
+                Some(v) if (p.version, p.uid) <= *v => {}
+                Some(&(version, uid)) => match self.changes_since(&p.name, uid, version) {
+                    Some(changes) => our_changes.extend(changes),
+                    None => ours_newer.push(p.clone()),
+                },
+                None => ours_newer.push(p.clone()),
+            }
+        }
         let theirs_newer = digest.iter().any(|d| {
             self.peers
                 .get(&d.name)
@@ -426,6 +493,7 @@ impl Topology {
         });
         DigestComparison {
             ours_newer,
+            our_changes,
             theirs_newer,
         }
     }
@@ -457,6 +525,7 @@ impl Topology {
             .collect();
         for name in &gone {
             self.peers.remove(name);
+            self.changes.remove(name);
         }
         gone
     }
@@ -591,6 +660,64 @@ mod tests {
         t.merge(&[old.clone()]).unwrap();
         assert!(t.apply_delta(&bad).is_err(), "a connection to itself");
         assert_eq!(t.peer(&old.name), Some(&old), "nothing changed");
+    }
+
+    #[test]
+    fn a_neighbour_a_few_versions_behind_gets_the_changes_not_the_record() {
+        let conn = |n: u8| ConnectionSummary {
+            remote: PeerName::from_bytes([0, 0, 0, 0, 0, n]),
+            address: format!("10.0.0.{n}:6783").parse().unwrap(),
+            outbound: false,
+            established: true,
+        };
+        // Peer 1 gains connections one by one; peer 2 saw only its first version.
+        let mut ours = Topology::new(peer(1, 1, 7));
+        let mut behind = Topology::new(peer(2, 1, 8));
+        behind.merge(&[ours.ourself().clone()]).unwrap();
+        let mut connections = Vec::new();
+        for n in 3..6 {
+            connections.push(conn(n));
+            assert!(ours.set_our_connections(connections.clone()));
+        }
+        let c = ours.compare(&behind.digest());
+        assert!(
+            c.ours_newer.is_empty(),
+            "no whole record: {:?}",
+            c.ours_newer
+        );
+        assert_eq!(c.our_changes.len(), 3);
+        for change in &c.our_changes {
+            assert_eq!(change.upserted.len(), 1, "one new connection each");
+            assert_eq!(behind.apply_delta(change), Ok(DeltaOutcome::Applied));
+        }
+        assert_eq!(behind.peer(&ours.ourself().name), Some(ours.ourself()));
+
+        // Changes received from others are kept and handed on the same way.
+        let mut relay = Topology::new(peer(4, 1, 10));
+        relay.merge(&[peer(1, 1, 7)]).unwrap();
+        for change in &c.our_changes {
+            assert_eq!(relay.apply_delta(change), Ok(DeltaOutcome::Applied));
+        }
+        let mut first_version = Topology::new(peer(5, 1, 11));
+        first_version.merge(&[peer(1, 1, 7)]).unwrap();
+        let passed_on = relay.compare(&first_version.digest());
+        assert_eq!(passed_on.ours_newer.len(), 1, "relay's own record only");
+        assert_eq!(passed_on.our_changes, c.our_changes);
+
+        // Farther behind than the changes kept, or another run of the peer: the record.
+        let mut far = Topology::new(peer(3, 1, 9));
+        far.merge(&[ours.ourself().clone()]).unwrap();
+        for n in 6..(7 + CHANGES_KEPT as u8) {
+            connections.push(conn(n));
+            assert!(ours.set_our_connections(connections.clone()));
+        }
+        let c = ours.compare(&far.digest());
+        assert_eq!(c.ours_newer.len(), 1);
+        assert!(c.our_changes.is_empty());
+        let mut other_run = far.digest();
+        other_run.iter_mut().for_each(|d| d.uid += 1);
+        let c = ours.compare(&[other_run[0].clone()]);
+        assert!(c.our_changes.is_empty());
     }
 
     #[test]

@@ -218,6 +218,9 @@ impl<D: Datapath> Inner<D> {
                 }),
             );
         }
+        for change in comparison.our_changes {
+            self.send_to(id, &Message::Delta(change));
+        }
         if comparison.theirs_newer && !digest.reply {
             self.send_digest(id, true);
         }
