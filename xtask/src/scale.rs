@@ -258,7 +258,9 @@ fn wait_agreement(
                         let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
                         d[k].get_or_insert((reached, seen));
                     } else {
-                        std::thread::sleep(Duration::from_millis(10));
+                        // Agreement times come from the routers themselves: polling
+                        // gently leaves the CPU to the routers being measured.
+                        std::thread::sleep(Duration::from_millis(50));
                     }
                 });
             }
@@ -589,6 +591,15 @@ fn measure(
     let joiner = n + 1;
     let targets = rng.targets(n);
     let sent_before = sent_by_kind(&bed, &initial);
+    // A system-wide profile of the join, when asked for (WEAVE_SCALE_PERF=<file>).
+    let profile = std::env::var("WEAVE_SCALE_PERF").ok().and_then(|out| {
+        std::process::Command::new("perf")
+            .args(["record", "-a", "-F", "499", "-o", &out, "--", "sleep", "5"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+    });
     let j0 = counter.bytes()?;
     bed.launch(joiner, &launch_opts(&targets, fake, more))
         .context("launch the joining router")?;
@@ -620,6 +631,9 @@ fn measure(
         trace.join(", ")
     );
     row.after_join_kibps = trace;
+    if let Some(mut p) = profile {
+        let _ = p.wait();
+    }
     print_sent_between(
         "from before the join until 5 s after its agreement",
         &sent_before,
@@ -697,7 +711,7 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          *Leave*: from `weave-router stop` of one router until the others agree without it. \
          Each time is when the last router's view reached the agreed one, by that router's own record \
          (`ChangedAt` of `GET /status/mesh`, stamped at the route computation that made it; all routers share this machine's clock); \
-         in brackets, when polling (4 threads) first saw the last router agree, which adds however long the polls took to come round \
+         in brackets, when polling (4 threads, 50 ms apart per thread while a router disagrees) first saw the last router agree, which adds however long the polls took to come round \
          to it and a busy router to answer. \
          *Idle control*: TCP 6783 across the underlay bridge over {} s, counted by an nftables counter in a \
          `bridge` table of the underlay namespace (IP bytes, every segment once; heartbeats included). \

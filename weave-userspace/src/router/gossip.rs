@@ -426,6 +426,8 @@ impl<D: Datapath> Inner<D> {
     /// Peers known through gossip that we neither reach directly nor dial yet, as targets
     /// (empty unless discovery is on, and while the connection limit is reached).
     /// Also stops dialling discovered targets whose peer gossip no longer knows.
+    /// Runs after every burst of events: it compares addresses, and makes a target (a
+    /// string) only of a peer it would dial.
     pub(super) fn discovery_targets(&self) -> Vec<Target> {
         if !self.discovery {
             return Vec::new();
@@ -433,19 +435,20 @@ impl<D: Datapath> Inner<D> {
         let mut mesh = self.mesh();
         let view = self.view();
         let me = view.topology.ourself().name;
-        let known: std::collections::BTreeSet<Target> = view
+        let known: BTreeMap<(std::net::Ipv4Addr, u16), PeerName> = view
             .topology
             .peers()
             .filter(|p| p.name != me && !p.underlay.is_unspecified())
-            .map(|p| Target {
-                host: p.underlay.to_string(),
-                port: p.control_port,
-            })
+            .map(|p| ((p.underlay, p.control_port), p.name))
             .collect();
         let vanished: Vec<Target> = mesh
             .discovered
             .iter()
-            .filter(|t| !known.contains(t))
+            .filter(|t| {
+                t.host
+                    .parse()
+                    .map_or(true, |ip| !known.contains_key(&(ip, t.port)))
+            })
             .cloned()
             .collect();
         for t in vanished {
@@ -453,22 +456,18 @@ impl<D: Datapath> Inner<D> {
             mesh.discovered.remove(&t);
             mesh.targets.remove(&t);
         }
-        if mesh.by_peer.len() >= self.conn_limit {
+        let Some(room) = self.conn_limit.checked_sub(mesh.by_peer.len()) else {
             return Vec::new();
-        }
-        let connected: std::collections::BTreeSet<Target> = view
-            .topology
-            .peers()
-            .filter(|p| mesh.by_peer.contains_key(&p.name))
-            .map(|p| Target {
-                host: p.underlay.to_string(),
-                port: p.control_port,
-            })
-            .collect();
+        };
         let new: Vec<Target> = known
-            .into_iter()
-            .filter(|t| !connected.contains(t) && !mesh.targets.contains_key(t))
-            .take(self.conn_limit - mesh.by_peer.len())
+            .iter()
+            .filter(|(_, name)| !mesh.by_peer.contains_key(name))
+            .map(|((ip, port), _)| Target {
+                host: ip.to_string(),
+                port: *port,
+            })
+            .filter(|t| !mesh.targets.contains_key(t))
+            .take(room)
             .collect();
         mesh.discovered.extend(new.iter().cloned());
         new
