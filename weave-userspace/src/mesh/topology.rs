@@ -716,7 +716,7 @@ mod tests {
         assert!(c.our_changes.is_empty());
         let mut other_run = far.digest();
         other_run.iter_mut().for_each(|d| d.uid += 1);
-        let c = ours.compare(&[other_run[0].clone()]);
+        let c = ours.compare(&[other_run[0]]);
         assert!(c.our_changes.is_empty());
     }
 

@@ -46,8 +46,9 @@ pub(super) struct MeshView {
     pub routes_stale: bool,
     /// When routes were last computed.
     pub routes_at: Option<tokio::time::Instant>,
-    /// How long the last computation took (the CPU part: not its installation in the
-    /// data path, which waits on the kernel).
+    /// The CPU time the last computation took (not its installation in the data path,
+    /// which waits on the kernel; not the time the thread was preempted, which on a busy
+    /// machine would throttle the next computation for nothing).
     pub routes_cost: Duration,
     /// Routes computed for passing on gossip from sources the installed routes do not know
     /// yet (a peer that just joined): computed once per unknown source, not per message.
@@ -85,6 +86,20 @@ impl MeshView {
             summary_changed_at: std::time::SystemTime::now(),
         }
     }
+}
+
+/// The CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is, and reads nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Number of neighbours a periodic full gossip goes to: 2·log2(n), at least 1.
@@ -479,13 +494,13 @@ impl<D: Datapath> Inner<D> {
         let (add, remove, tree_changes) = {
             let direct: Vec<PeerName> = self.mesh().by_peer.keys().copied().collect();
             let mut view = self.view();
-            let started = std::time::Instant::now();
+            let started = thread_cpu_time();
             let gone = view.topology.garbage_collect();
             if !gone.is_empty() {
                 tracing::info!("peers no longer reachable, forgotten: {gone:?}");
             }
             view.routes = routes::compute(&view.topology);
-            view.routes_cost = started.elapsed();
+            view.routes_cost = thread_cpu_time().saturating_sub(started);
             let summary = (
                 view.topology.peers().map(|p| p.name).collect(),
                 view.routes.unicast.keys().copied().collect(),
