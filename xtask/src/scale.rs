@@ -516,12 +516,14 @@ fn measure(
     ));
     let s0 = counter.bytes()?;
     let t_launch = Instant::now();
+    let mut last_launch_started = t_launch;
     for i in 1..=n {
         let targets = if i == 1 {
             Vec::new()
         } else {
             rng.targets(i - 1)
         };
+        last_launch_started = Instant::now();
         bed.launch(i, &launch_opts(&targets, fake, more))
             .with_context(|| format!("launch router {i} of {n}"))?;
         if stopping() {
@@ -549,10 +551,9 @@ fn measure(
             );
         }
     }
-    let last_launch = Instant::now();
-    row.launch_all = Some(last_launch - t_launch);
+    row.launch_all = Some(t_launch.elapsed());
     let initial: Vec<usize> = (1..=n).collect();
-    match wait_agreement(&bed, &initial, last_launch, agree_limit) {
+    match wait_agreement(&bed, &initial, last_launch_started, agree_limit) {
         Ok(t) => {
             row.start = Some(t);
             row.start_kib = Some(counter.bytes()?.saturating_sub(s0) as f64 / 1024.0);
@@ -601,9 +602,9 @@ fn measure(
             .ok()
     });
     let j0 = counter.bytes()?;
+    let joined = Instant::now();
     bed.launch(joiner, &launch_opts(&targets, fake, more))
         .context("launch the joining router")?;
-    let joined = Instant::now();
     let all: Vec<usize> = (1..=joiner).collect();
     match wait_agreement(&bed, &all, joined, agree_limit) {
         Ok(t) => {
@@ -706,8 +707,9 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
         o,
         "\nN routers, each in its own network namespace on one underlay bridge, started one after another, \
          each dialling 2–3 random earlier ones (discovery on, default connection limit). \
-         *Start*: from the last launch returning until every router's `GET /status/mesh` lists all N peers and a route to each. \
-         *Join*: one more router (dialling 2–3 random ones), from its launch returning until all N+1 agree. \
+         *Start*: from the last `weave-router launch` (its start: the router loads its programs and connects before the command returns) \
+         until every router's `GET /status/mesh` lists all N peers and a route to each. \
+         *Join*: one more router (dialling 2–3 random ones), from its `weave-router launch` until all N+1 agree. \
          *Leave*: from `weave-router stop` of one router until the others agree without it. \
          Each time is when the last router's view reached the agreed one, by that router's own record \
          (`ChangedAt` of `GET /status/mesh`, stamped at the route computation that made it; all routers share this machine's clock); \
