@@ -148,6 +148,51 @@ fn walkthrough_subnets_on_two_hosts() {
         addr_a1,
         "a1's address is free again"
     );
+
+    // An exposed address outlives its router: with the address and the masquerading gone
+    // from the host while the router is down (as after a reboot), the next launch puts
+    // both back, and `hide` still knows it.
+    let exposed = bed.router(1).check(&["expose"]).expect("expose");
+    let host_ip = ip_of(exposed.trim()).to_string();
+    bed.router_mut(1).stop().expect("router 1 stops");
+    bed.host(1)
+        .ns
+        .ip(&format!("addr del {} dev weave", exposed.trim()))
+        .expect("address removed by hand");
+    bed.host(1)
+        .ns
+        .run(&["nft", "delete", "table", "ip", "weave-router"])
+        .expect("masquerading removed by hand");
+    let opts = LaunchOpts {
+        peers: Vec::new(),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    };
+    bed.relaunch(1, &opts).expect("router 1 starts again");
+    let addrs = bed.host(1).ns.ip("-4 -o addr show dev weave").unwrap();
+    assert!(
+        addrs.contains(&format!("{host_ip}/24")),
+        "exposed address back on the bridge: {addrs}"
+    );
+    let nat = bed
+        .host(1)
+        .ns
+        .run(&["nft", "list", "table", "ip", "weave-router"])
+        .expect("nft");
+    assert!(
+        nat.stdout.contains("ip saddr 10.2.1.0/24") && nat.stdout.contains("masquerade"),
+        "masquerading back: {}",
+        nat.stdout
+    );
+    bed.router(1)
+        .wait_established(1, Duration::from_secs(30))
+        .expect("router 2 connects again");
+    bed.container(a2)
+        .wait_ping(&host_ip, Duration::from_secs(10))
+        .expect("a2 on host 2 reaches the exposed host after the restart");
+    assert_eq!(
+        bed.router(1).check(&["hide"]).unwrap().trim(),
+        exposed.trim()
+    );
 }
 
 #[test]

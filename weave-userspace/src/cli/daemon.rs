@@ -295,6 +295,17 @@ async fn start_sleeve(
 }
 
 /// IP allocation: continued from the state dir or new, joined to the mesh's IPAM channel.
+/// Addresses `expose` gave the host in an earlier run stay allocated to it (the IP
+/// allocation is stored): they go back on the bridge, with their masquerading.
+async fn expose_again<D: Datapath>(ipam: &IpamService, datapath: &D) {
+    for address in ipam.addresses_of(api::ipam::EXPOSE_OWNER) {
+        match datapath.expose(address).await {
+            Ok(()) => tracing::info!("{address} exposed again, as in the earlier run"),
+            Err(e) => tracing::error!("cannot expose {address} again: {e}"),
+        }
+    }
+}
+
 fn start_ipam<D: Datapath>(
     config: &Config,
     state: &Arc<StateDir>,
@@ -502,6 +513,7 @@ impl Up<'_> {
         self.api_state.set_dns(dns.clone());
         let ipam = start_ipam(self.config, &self.state, &router, ourself)?;
         let _ticker = ipam.spawn_ticker();
+        expose_again(&ipam, &datapath).await;
         let controller = RouterController {
             router: router.clone(),
             ipam: Some(ipam),
