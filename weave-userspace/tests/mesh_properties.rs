@@ -148,6 +148,35 @@ proptest! {
             prop_assert_eq!(got, reachable);
         }
     }
+
+    #[test]
+    fn gossip_relayed_along_the_relay_trees_reaches_each_peer_once(
+        (n, edges) in graph(),
+        order in proptest::collection::vec(0usize..1000, 0..40),
+    ) {
+        let all = records(n, &edges);
+        let views: Vec<Topology> = (0..n).map(|me| replica(me, &all, &order, 3)).collect();
+        for src in 0..n {
+            let s = name(src);
+            let mut received: BTreeMap<PeerName, usize> = BTreeMap::new();
+            let mut frontier = vec![src];
+            while let Some(at) = frontier.pop() {
+                for next in routes::relay_children(&views[at], s) {
+                    *received.entry(next).or_default() += 1;
+                    frontier.push((0..n).find(|&i| name(i) == next).expect("a known peer"));
+                    prop_assert!(received.values().sum::<usize>() <= n, "relay storm");
+                }
+            }
+            for (peer, count) in &received {
+                prop_assert_eq!(*count, 1, "{} got {}'s gossip {} times", peer, s, count);
+            }
+            // Everyone connected to the source hears it (all connections are symmetric here).
+            let reachable: BTreeSet<PeerName> =
+                routes::compute(&views[src]).unicast.keys().copied().collect();
+            let got: BTreeSet<PeerName> = received.keys().copied().collect();
+            prop_assert_eq!(got, reachable);
+        }
+    }
 }
 
 #[test]
@@ -176,6 +205,52 @@ fn one_sided_connections_carry_no_routes() {
     let mut t = Topology::new(a);
     t.merge(&[b]).unwrap();
     assert!(routes::compute(&t).unicast.is_empty());
+}
+
+#[test]
+fn a_new_peers_record_is_relayed_before_its_connection_is_acknowledged() {
+    // A line 0-1-2; peer 3 has just connected to 0: its record lists 0, but the copy of 0's
+    // record that 1 and 2 hold does not list 3 yet (that change is still on its way).
+    let edges = BTreeSet::from([(0, 1), (1, 2)]);
+    let mut all = records(3, &edges);
+    let mut newcomer = PeerInfo::new(name(3), "host3".into(), 99, ShortId::new(3).unwrap());
+    newcomer.connections = vec![ConnectionSummary {
+        remote: name(0),
+        address: "10.0.0.1:6783".parse().unwrap(),
+        outbound: true,
+        established: true,
+    }];
+    all.push(newcomer);
+    let at = |me: usize| replica(me, &all, &[], 1);
+    // No route to 3 yet (one-sided), so the data path's trees cannot carry its record on...
+    assert!(!routes::compute(&at(1)).unicast.contains_key(&name(3)));
+    // ... but gossip's relay tree does: 1 passes it to 2, 2 (the end of the line) to nobody.
+    assert_eq!(routes::relay_children(&at(1), name(3)), vec![name(2)]);
+    assert!(routes::relay_children(&at(2), name(3)).is_empty());
+    // A peer we hold no record of has no tree.
+    assert!(routes::relay_children(&at(1), name(7)).is_empty());
+}
+
+#[test]
+fn in_a_full_mesh_only_the_origin_relays() {
+    let edges: BTreeSet<(usize, usize)> = (0..5)
+        .flat_map(|a| ((a + 1)..5).map(move |b| (a, b)))
+        .collect();
+    let all = records(5, &edges);
+    for me in 0..5 {
+        let t = replica(me, &all, &[], 1);
+        for origin in 0..5 {
+            let children = routes::relay_children(&t, name(origin));
+            if origin == me {
+                assert_eq!(children.len(), 4, "the origin sends to every neighbour");
+            } else {
+                assert!(
+                    children.is_empty(),
+                    "{me} relays {origin}'s gossip: {children:?}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -513,7 +513,7 @@ impl Up<'_> {
         self.api_state.set_dns(dns.clone());
         let ipam = start_ipam(self.config, &self.state, &router, ourself)?;
         let _ticker = ipam.spawn_ticker();
-        expose_again(&ipam, &datapath).await;
+        expose_again(&ipam, datapath.as_ref()).await;
         let controller = RouterController {
             router: router.clone(),
             ipam: Some(ipam),

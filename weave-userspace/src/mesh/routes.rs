@@ -5,7 +5,7 @@
 //! over connections both ends publish as established), so every peer computes the same
 //! trees: unicast never loops and each broadcast reaches each peer exactly once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::Serialize;
 
@@ -86,6 +86,41 @@ impl Graph {
             .map(|(i, _)| self.names[i])
             .collect()
     }
+}
+
+/// The neighbours we pass gossip from `origin` on to (its records and record changes, the
+/// broadcasts of other subsystems): our children in `origin`'s breadth-first tree over
+/// every connection peers publish, established or not, acknowledged by the other end or
+/// not (Weave mesh's "broadcast all" routes). Unlike the data path's trees, which wait for
+/// both ends to publish a connection as established, this tree takes a new peer's record
+/// on at once, before the routes it makes possible are known everywhere. Forwarding only
+/// what improved a view keeps it from looping while views differ.
+pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
+    let me = topology.ourself().name;
+    if topology.peer(&origin).is_none() {
+        return Vec::new();
+    }
+    let mut seen = BTreeSet::from([origin]);
+    let mut queue = VecDeque::from([origin]);
+    let mut children = Vec::new();
+    while let Some(node) = queue.pop_front() {
+        if seen.len() == topology.len() {
+            break;
+        }
+        let Some(info) = topology.peer(&node) else {
+            continue;
+        };
+        // Connection lists are sorted by remote: every peer visits in the same order.
+        for c in &info.connections {
+            if topology.peer(&c.remote).is_some() && seen.insert(c.remote) {
+                if node == me {
+                    children.push(c.remote);
+                }
+                queue.push_back(c.remote);
+            }
+        }
+    }
+    children
 }
 
 /// Computes our routes from the topology.

@@ -50,11 +50,6 @@ pub(super) struct MeshView {
     /// which waits on the kernel; not the time the thread was preempted, which on a busy
     /// machine would throttle the next computation for nothing).
     pub routes_cost: Duration,
-    /// Routes computed for passing on gossip from sources the installed routes do not know
-    /// yet (a peer that just joined): computed once per unknown source, not per message.
-    pub lookup_routes: Option<Routes>,
-    /// The topology changed since `lookup_routes` were computed.
-    pub lookup_stale: bool,
     /// Our record changed since it was last sent to our neighbours.
     pub publish_pending: bool,
     /// When our record was last sent.
@@ -77,8 +72,6 @@ impl MeshView {
             routes_stale: false,
             routes_at: None,
             routes_cost: Duration::ZERO,
-            lookup_routes: None,
-            lookup_stale: false,
             publish_pending: false,
             published_at: None,
             published: None,
@@ -159,26 +152,9 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
-    /// Our children in `origin`'s broadcast tree: from the installed routes, or computed
-    /// afresh for an origin they do not know yet.
+    /// The neighbours gossip from `origin` goes on to (see [`routes::relay_children`]).
     pub(super) fn tree_children(&self, origin: PeerName) -> Vec<PeerName> {
-        let mut view = self.view();
-        if let Some(children) = view.routes.broadcast.get(&origin) {
-            return children.clone();
-        }
-        let known = view
-            .lookup_routes
-            .as_ref()
-            .is_some_and(|r| r.broadcast.contains_key(&origin));
-        if !known && (view.lookup_routes.is_none() || view.lookup_stale) {
-            view.lookup_routes = Some(routes::compute(&view.topology));
-            view.lookup_stale = false;
-        }
-        view.lookup_routes
-            .as_ref()
-            .and_then(|r| r.broadcast.get(&origin))
-            .cloned()
-            .unwrap_or_default()
+        routes::relay_children(&self.view().topology, origin)
     }
 
     /// Sends the versions of our records on one connection: the neighbour answers with
@@ -309,7 +285,6 @@ impl<D: Datapath> Inner<D> {
     fn routes_stale(&self) {
         let mut view = self.view();
         view.routes_stale = true;
-        view.lookup_stale = true;
     }
 
     /// Recomputes and installs routes if anything changed since the last time and the
@@ -509,7 +484,6 @@ impl<D: Datapath> Inner<D> {
                 view.summary = summary;
                 view.summary_changed_at = std::time::SystemTime::now();
             }
-            view.lookup_routes = None;
             let mut wanted = BTreeMap::new();
             for (dst, hop) in &view.routes.unicast {
                 if dst == hop || direct.contains(dst) {
