@@ -31,6 +31,15 @@ fn attach(
     Ok(out.split_whitespace().skip(1).map(str::to_string).collect())
 }
 
+/// Whether the router's nftables table on host `ns` masquerades what `subnet` sends out.
+fn masquerades(ns: &weave_tests::Netns, subnet: &str) -> bool {
+    let nat = ns
+        .run(&["nft", "list", "table", "ip", "weave-router"])
+        .expect("nft");
+    println!("{}", nat.stdout);
+    nat.stdout.contains(&format!("ip saddr {subnet}")) && nat.stdout.contains("masquerade")
+}
+
 fn ip_of(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)
 }
@@ -119,14 +128,7 @@ fn walkthrough_subnets_on_two_hosts() {
         .expect("a1 reaches the exposed host");
     ca2.wait_ping(&host_ip, Duration::from_secs(10))
         .expect("a2 on host 2 reaches the exposed host");
-    let nat = h1
-        .run(&["nft", "list", "table", "ip", "weave-router"])
-        .expect("nft");
-    assert!(
-        nat.stdout.contains("ip saddr 10.2.1.0/24") && nat.stdout.contains("masquerade"),
-        "{}",
-        nat.stdout
-    );
+    assert!(masquerades(h1, "10.2.1.0/24"));
     assert_eq!(
         bed.router(1).check(&["hide"]).unwrap().trim(),
         exposed.trim()
@@ -173,15 +175,9 @@ fn walkthrough_subnets_on_two_hosts() {
         addrs.contains(&format!("{host_ip}/24")),
         "exposed address back on the bridge: {addrs}"
     );
-    let nat = bed
-        .host(1)
-        .ns
-        .run(&["nft", "list", "table", "ip", "weave-router"])
-        .expect("nft");
     assert!(
-        nat.stdout.contains("ip saddr 10.2.1.0/24") && nat.stdout.contains("masquerade"),
-        "masquerading back: {}",
-        nat.stdout
+        masquerades(&bed.host(1).ns, "10.2.1.0/24"),
+        "masquerading back"
     );
     bed.router(1)
         .wait_established(1, Duration::from_secs(30))

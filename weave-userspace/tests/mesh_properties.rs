@@ -55,6 +55,16 @@ fn records(n: usize, edges: &BTreeSet<(usize, usize)>) -> Vec<PeerInfo> {
     out
 }
 
+/// One established connection to `remote`, as its dialler publishes it.
+fn connection_to(remote: usize, address: &str) -> Vec<ConnectionSummary> {
+    vec![ConnectionSummary {
+        remote: name(remote),
+        address: address.parse().unwrap(),
+        outbound: true,
+        established: true,
+    }]
+}
+
 fn replica(me: usize, all: &[PeerInfo], order: &[usize], chunk: usize) -> Topology {
     let mine = all
         .iter()
@@ -195,12 +205,7 @@ fn a_line_routes_through_the_middle() {
 #[test]
 fn one_sided_connections_carry_no_routes() {
     let mut a = PeerInfo::new(name(0), "a".into(), 1, ShortId::new(1).unwrap());
-    a.connections = vec![ConnectionSummary {
-        remote: name(1),
-        address: "127.0.0.1:9".parse().unwrap(),
-        outbound: true,
-        established: true,
-    }];
+    a.connections = connection_to(1, "127.0.0.1:9");
     let b = PeerInfo::new(name(1), "b".into(), 2, ShortId::new(2).unwrap());
     let mut t = Topology::new(a);
     t.merge(&[b]).unwrap();
@@ -214,12 +219,7 @@ fn a_new_peers_record_is_relayed_before_its_connection_is_acknowledged() {
     let edges = BTreeSet::from([(0, 1), (1, 2)]);
     let mut all = records(3, &edges);
     let mut newcomer = PeerInfo::new(name(3), "host3".into(), 99, ShortId::new(3).unwrap());
-    newcomer.connections = vec![ConnectionSummary {
-        remote: name(0),
-        address: "10.0.0.1:6783".parse().unwrap(),
-        outbound: true,
-        established: true,
-    }];
+    newcomer.connections = connection_to(0, "10.0.0.1:6783");
     all.push(newcomer);
     let at = |me: usize| replica(me, &all, &[], 1);
     // No route to 3 yet (one-sided), so the data path's trees cannot carry its record on...
@@ -259,12 +259,7 @@ fn malformed_gossip_changes_nothing() {
     let mut t = Topology::new(me);
     let good = PeerInfo::new(name(1), "b".into(), 2, ShortId::new(2).unwrap());
     let mut bad = PeerInfo::new(name(2), "c".into(), 3, ShortId::new(3).unwrap());
-    bad.connections = vec![ConnectionSummary {
-        remote: name(2),
-        address: "127.0.0.1:9".parse().unwrap(),
-        outbound: true,
-        established: true,
-    }];
+    bad.connections = connection_to(2, "127.0.0.1:9");
     let before = t.clone();
     assert!(t.merge(&[good, bad]).is_err());
     assert_eq!(t, before);

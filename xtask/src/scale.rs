@@ -675,15 +675,20 @@ fn teardown(n: usize, mut bed: TestBed) {
     drop(bed);
 }
 
-fn secs(a: Option<Agreement>) -> String {
-    a.map(|a| {
+impl Agreement {
+    /// "reached (seen)", each with `unit`, the second after `seen_as`.
+    fn text(&self, unit: &str, seen_as: &str) -> String {
         format!(
-            "{:.2} s (polling saw it at {:.2} s)",
-            a.reached.as_secs_f64(),
-            a.seen.as_secs_f64()
+            "{:.2}{unit} ({seen_as}{:.2}{unit})",
+            self.reached.as_secs_f64(),
+            self.seen.as_secs_f64()
         )
-    })
-    .unwrap_or_else(|| "not reached".into())
+    }
+}
+
+fn secs(a: Option<Agreement>) -> String {
+    a.map(|a| a.text(" s", "polling saw it at "))
+        .unwrap_or_else(|| "not reached".into())
 }
 
 fn mib(k: Option<u64>) -> String {
@@ -739,16 +744,7 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
         d.map(|d| format!("{:.2}", d.as_secs_f64()))
             .unwrap_or_else(|| "—".into())
     };
-    let agreed = |a: Option<Agreement>| {
-        a.map(|a| {
-            format!(
-                "{:.2} ({:.2})",
-                a.reached.as_secs_f64(),
-                a.seen.as_secs_f64()
-            )
-        })
-        .unwrap_or_else(|| "—".into())
-    };
+    let agreed = |a: Option<Agreement>| a.map(|a| a.text("", "")).unwrap_or_else(|| "—".into());
     for r in rows {
         let bps = r
             .idle_bps
