@@ -97,7 +97,19 @@ impl Graph {
 /// what improved a view keeps it from looping while views differ.
 pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
     let me = topology.ourself().name;
-    if topology.peer(&origin).is_none() {
+    let Some(source) = topology.peer(&origin) else {
+        return Vec::new();
+    };
+    // The common case in a full mesh: the origin reaches all our neighbours itself, so
+    // none of them can be our child.
+    let reaches_all_ours = topology.ourself().connections.iter().all(|c| {
+        c.remote == origin
+            || source
+                .connections
+                .binary_search_by(|o| o.remote.cmp(&c.remote))
+                .is_ok()
+    });
+    if origin != me && reaches_all_ours {
         return Vec::new();
     }
     let mut seen = BTreeSet::from([origin]);
@@ -118,6 +130,10 @@ pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
                 }
                 queue.push_back(c.remote);
             }
+        }
+        if node == me {
+            // Our children are those we found: the rest of the tree is not ours to send to.
+            break;
         }
     }
     children
