@@ -1192,22 +1192,18 @@ fn the_service_address_stays_on_its_host_both_ways() {
     assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
     // From a peer: its bridge's MAC for the service address is not learned (it would take
     // the place of ours in the ARP answers to our containers).
-    let frame = encapsulated(
-        &arp_request(REMOTE_MAC, service, LOCAL_IP),
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
-    bed.run_tc(RX_PROGRAM, &frame);
+    let arp_from_peer = |sender| {
+        encapsulated(
+            &arp_request(REMOTE_MAC, sender, LOCAL_IP),
+            PEER_UNDERLAY,
+            OWN_UNDERLAY,
+            vni::pack(PEER_ID, OWN_ID),
+        )
+    };
+    bed.run_tc(RX_PROGRAM, &arp_from_peer(service));
     assert!(bed.neighbours().get(&Ipv4Key { addr: service }, 0).is_err());
     // Other senders are learned as before.
-    let frame = encapsulated(
-        &arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP),
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
-    bed.run_tc(RX_PROGRAM, &frame);
+    bed.run_tc(RX_PROGRAM, &arp_from_peer(REMOTE_IP));
     assert_eq!(
         bed.neighbours()
             .get(&Ipv4Key { addr: REMOTE_IP }, 0)

@@ -385,24 +385,18 @@ fn sent_by_kind(bed: &TestBed, hosts: &[usize]) -> std::collections::BTreeMap<St
         let Ok(text) = bed.router(i).metrics() else {
             continue;
         };
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("weave_control_bytes_total{") else {
-                continue;
-            };
-            if !rest.contains("direction=\"sent\"") {
-                continue;
-            }
-            let kind = rest
+        let sent = weave_tests::probe::parse_metrics(&text)
+            .into_iter()
+            .filter(|m| m.name == "weave_control_bytes_total")
+            .filter(|m| m.labels.contains("direction=\"sent\""));
+        for m in sent {
+            let kind = m
+                .labels
                 .split("kind=\"")
                 .nth(1)
                 .and_then(|k| k.split('"').next())
                 .unwrap_or("?");
-            let n: u64 = rest
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            *total.entry(kind.to_string()).or_insert(0) += n;
+            *total.entry(kind.to_string()).or_insert(0) += m.value as u64;
         }
     }
     total

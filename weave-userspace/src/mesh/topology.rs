@@ -288,6 +288,18 @@ impl Topology {
         }
     }
 
+    /// Changes our own record with `change` (which raises its version) and keeps the change.
+    fn change_ourself(&mut self, change: impl FnOnce(&mut PeerInfo)) {
+        let me = self
+            .peers
+            .get_mut(&self.ourself)
+            .expect("ourself is always present");
+        let old = me.clone();
+        change(me);
+        let new = me.clone();
+        self.record_replaced(Some(&old), &new);
+    }
+
     /// Our changes of `name`'s record from version `from` on, if we keep all of them.
     fn changes_since(&self, name: &PeerName, uid: u64, from: u64) -> Option<Vec<RecordDelta>> {
         let kept = self.changes.get(name)?;
@@ -329,25 +341,19 @@ impl Topology {
         if me.connections == connections {
             return false;
         }
-        let old = me.clone();
-        me.connections = connections;
-        me.version += 1;
-        let new = me.clone();
-        self.record_replaced(Some(&old), &new);
+        self.change_ourself(|me| {
+            me.connections = connections;
+            me.version += 1;
+        });
         true
     }
 
     /// Takes a new short ID for ourselves (after a collision), bumping our version.
     pub fn set_our_short_id(&mut self, short_id: ShortId) {
-        let me = self
-            .peers
-            .get_mut(&self.ourself)
-            .expect("ourself is always present");
-        let old = me.clone();
-        me.short_id = short_id;
-        me.version += 1;
-        let new = me.clone();
-        self.record_replaced(Some(&old), &new);
+        self.change_ourself(|me| {
+            me.short_id = short_id;
+            me.version += 1;
+        });
     }
 
     /// Merges records received by gossip. The whole update is validated first: a malformed
@@ -362,15 +368,9 @@ impl Topology {
         let mut outcome = MergeOutcome::default();
         for info in update {
             if info.name == self.ourself {
-                let me = self
-                    .peers
-                    .get_mut(&self.ourself)
-                    .expect("ourself is always present");
+                let me = self.ourself();
                 if info.supersedes(me) && info.uid != me.uid {
-                    let old = me.clone();
-                    me.version = info.version + 1;
-                    let new = me.clone();
-                    self.record_replaced(Some(&old), &new);
+                    self.change_ourself(|me| me.version = info.version + 1);
                     outcome.ourself_bumped = true;
                 }
                 continue;
@@ -399,15 +399,9 @@ impl Topology {
             return Err(TopologyError::Invalid(delta.name, "malformed change"));
         }
         if delta.name == self.ourself {
-            let me = self
-                .peers
-                .get_mut(&self.ourself)
-                .expect("ourself is always present");
+            let me = self.ourself();
             if delta.uid != me.uid && (delta.version, delta.uid) > (me.version, me.uid) {
-                let old = me.clone();
-                me.version = delta.version + 1;
-                let new = me.clone();
-                self.record_replaced(Some(&old), &new);
+                self.change_ourself(|me| me.version = delta.version + 1);
                 return Ok(DeltaOutcome::OurselfBumped);
             }
             return Ok(DeltaOutcome::Stale);
