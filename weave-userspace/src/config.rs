@@ -245,8 +245,57 @@ pub trait HostInfo {
     fn hostname(&self) -> Option<String>;
     /// Interfaces of this network namespace: name, up, IPv4 addresses.
     fn interfaces(&self) -> Vec<Interface>;
-    /// Device of the IPv4 default route.
-    fn default_route_iface(&self) -> Option<String>;
+    /// Device of the IPv4 route the kernel would take to `dst` (longest prefix match over
+    /// the main table; `0.0.0.0` gives the default route's).
+    fn route_iface(&self, dst: Ipv4Addr) -> Option<String>;
+}
+
+/// Whether an interface is one the router makes itself (the bridge, its ports, the
+/// sleeve's TAP): never the underlay, even when a stopped router left it behind.
+pub fn is_router_device(name: &str) -> bool {
+    name == crate::datapath::ebpf::BRIDGE_NAME
+        || name.starts_with(crate::datapath::ebpf::HOST_VETH_PREFIX)
+}
+
+/// The underlay interface when `--iface` is not given: the one of the route to the first
+/// peer given by address, else the default route's, else the only interface that is up
+/// with an IPv4 address (the router's own devices are never candidates).
+fn choose_underlay_iface(
+    sys: &dyn HostInfo,
+    interfaces: &[Interface],
+    targets: &[Target],
+) -> Result<String, ConfigError> {
+    let usable = |name: &str| !is_router_device(name) && interfaces.iter().any(|i| i.name == name);
+    let first_peer = targets.iter().find_map(|t| t.host.parse::<Ipv4Addr>().ok());
+    if let Some(i) = first_peer
+        .and_then(|addr| sys.route_iface(addr))
+        .filter(|i| usable(i))
+    {
+        return Ok(i);
+    }
+    if let Some(i) = sys
+        .route_iface(Ipv4Addr::UNSPECIFIED)
+        .filter(|i| usable(i))
+    {
+        return Ok(i);
+    }
+    let up: Vec<&Interface> = interfaces
+        .iter()
+        .filter(|i| i.up && !i.loopback && !i.ipv4.is_empty() && !is_router_device(&i.name))
+        .collect();
+    match up.as_slice() {
+        [only] => Ok(only.name.clone()),
+        [] => Err(ConfigError::NoIface(
+            "no default route and no interface other than lo is up with an IPv4 address".into(),
+        )),
+        many => {
+            let names: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
+            Err(ConfigError::NoIface(format!(
+                "no default route and several interfaces are up: {}",
+                names.join(", ")
+            )))
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -323,28 +372,7 @@ impl LaunchArgs {
                 }
                 i.clone()
             }
-            None => match sys.default_route_iface() {
-                Some(i) => i,
-                None => {
-                    let up: Vec<&Interface> =
-                        interfaces.iter().filter(|i| i.up && !i.loopback).collect();
-                    match up.as_slice() {
-                        [only] => only.name.clone(),
-                        [] => {
-                            return Err(ConfigError::NoIface(
-                                "no default route and no interface other than lo is up".into(),
-                            ))
-                        }
-                        many => {
-                            let names: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
-                            return Err(ConfigError::NoIface(format!(
-                                "no default route and several interfaces are up: {}",
-                                names.join(", ")
-                            )));
-                        }
-                    }
-                }
-            },
+            None => choose_underlay_iface(sys, &interfaces, &unique)?,
         };
         let host = match host {
             Some(h) => h,
@@ -565,12 +593,9 @@ impl HostInfo for RealHost {
         out
     }
 
-    fn default_route_iface(&self) -> Option<String> {
+    fn route_iface(&self, dst: Ipv4Addr) -> Option<String> {
         let table = std::fs::read_to_string("/proc/net/route").ok()?;
-        table.lines().skip(1).find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
-        })
+        crate::net::route_iface(&table, dst)
     }
 }
 
@@ -581,6 +606,8 @@ mod tests {
 
     struct FakeHost {
         default: Option<&'static str>,
+        /// A route more specific than the default one: (an address it covers, device).
+        route: Option<(Ipv4Addr, &'static str)>,
         interfaces: Vec<Interface>,
     }
 
@@ -591,8 +618,11 @@ mod tests {
         fn interfaces(&self) -> Vec<Interface> {
             self.interfaces.clone()
         }
-        fn default_route_iface(&self) -> Option<String> {
-            self.default.map(str::to_string)
+        fn route_iface(&self, dst: Ipv4Addr) -> Option<String> {
+            match self.route {
+                Some((addr, dev)) if addr == dst => Some(dev.to_string()),
+                _ => self.default.map(str::to_string),
+            }
         }
     }
 
@@ -608,6 +638,7 @@ mod tests {
     fn host() -> FakeHost {
         FakeHost {
             default: Some("eth0"),
+            route: None,
             interfaces: vec![
                 iface("lo", true, Some([127, 0, 0, 1])),
                 iface("eth0", true, Some([10, 0, 0, 1])),
@@ -805,9 +836,37 @@ mod tests {
         h.default = None;
         h.interfaces.retain(|i| i.name != "eth1");
         assert_eq!(parse(&[]).validate(&h).unwrap().iface, "eth0");
-        h.interfaces.push(iface("eth2", true, None));
+        h.interfaces.push(iface("eth2", true, Some([10, 1, 0, 1])));
         let e = parse(&[]).validate(&h).unwrap_err();
         assert_eq!(e.to_string(), "cannot tell the underlay interface (no default route and several interfaces are up: eth0, eth2); name it with --iface");
+    }
+
+    #[test]
+    fn the_routers_own_devices_and_interfaces_without_address_are_never_the_underlay() {
+        let mut h = host();
+        h.default = None;
+        h.interfaces.retain(|i| i.name != "eth1");
+        // What a stopped router leaves behind, and an interface with no IPv4 address.
+        for name in ["weave", "vethwe-bridge", "vethwe-datapath", "vethwe-sleeve", "vethwepl123"] {
+            h.interfaces.push(iface(name, true, None));
+        }
+        h.interfaces.push(iface("vethwe-exposed", true, Some([10, 32, 0, 1])));
+        h.interfaces.push(iface("eth2", true, None));
+        assert_eq!(parse(&[]).validate(&h).unwrap().iface, "eth0");
+        // A default route through the bridge (an exposed address) is not the underlay's.
+        h.default = Some("weave");
+        assert_eq!(parse(&[]).validate(&h).unwrap().iface, "eth0");
+    }
+
+    #[test]
+    fn the_route_to_the_first_peer_names_the_underlay() {
+        let mut h = host();
+        h.interfaces.push(iface("eth2", true, Some([192, 168, 12, 1])));
+        h.route = Some((Ipv4Addr::new(192, 168, 11, 1), "eth2"));
+        assert_eq!(parse(&["192.168.11.1"]).validate(&h).unwrap().iface, "eth2");
+        assert_eq!(parse(&["192.168.11.1"]).validate(&h).unwrap().host, Ipv4Addr::new(192, 168, 12, 1));
+        assert_eq!(parse(&["10.9.9.9"]).validate(&h).unwrap().iface, "eth0", "the default route's");
+        assert_eq!(parse(&["peer.example"]).validate(&h).unwrap().iface, "eth0", "a name is not looked up");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod docker;
 pub mod ipam;
 pub mod memory;
 pub mod mesh;
+pub mod net;
 pub mod router;
 pub mod sleeve;
 pub mod state;

@@ -91,6 +91,9 @@ struct Conn {
     outbound: bool,
     remote: SocketAddr,
     hello: Hello,
+    /// Where the peer's data goes and comes from: the address its connection comes from
+    /// (or was dialled at), not the one it claims ([`data_address`]).
+    underlay: Ipv4Addr,
     /// The keys of an encrypted connection.
     session: Option<Arc<SessionKeys>>,
     /// Both ends trust each other's subnet (`--trusted-subnets`): data skips encryption
@@ -116,7 +119,7 @@ impl Conn {
     fn datapath_peer(&self) -> DatapathPeer {
         DatapathPeer {
             short_id: self.hello.short_id,
-            underlay: self.hello.underlay,
+            underlay: self.underlay,
             next_hop: self.hello.short_id,
         }
     }
@@ -481,6 +484,7 @@ impl<D: Datapath> Inner<D> {
                     if !outbound {
                         mesh.refused_inbound.remove(&remote.ip());
                     }
+                    let underlay = data_address(remote, &hello);
                     let trusted = self.hello().trusted_both_ways(&hello);
                     let overlay = self.initial_overlay(trusted);
                     let watched = self.sleeve.is_some()
@@ -491,6 +495,7 @@ impl<D: Datapath> Inner<D> {
                         outbound,
                         remote,
                         hello: hello.clone(),
+                        underlay,
                         session,
                         trusted,
                         local_ready: false,
@@ -590,6 +595,33 @@ impl<D: Datapath> Inner<D> {
     }
 }
 
+/// The address a peer's data is sent to and must come from: the one its control connection
+/// comes from (inbound) or was dialled at (outbound), as Weave does. A peer behind a NAT
+/// (a cloud VM's public address, a forwarded port) claims the private address it sees on
+/// its own interface, which nobody else can reach; the claim is logged when it differs and
+/// never used for sending. A connection over loopback (routers sharing one host) is the
+/// exception: there the claim is the address to use.
+fn data_address(remote: SocketAddr, hello: &Hello) -> Ipv4Addr {
+    match remote.ip() {
+        std::net::IpAddr::V4(seen) if !seen.is_loopback() && !seen.is_unspecified() => {
+            if seen != hello.underlay {
+                tracing::info!(
+                    "{}({}) claims underlay address {} but is seen at {seen}: sending its data to {seen}",
+                    hello.name,
+                    hello.nickname,
+                    hello.underlay
+                );
+            }
+            seen
+        }
+        std::net::IpAddr::V6(seen) => match seen.to_ipv4_mapped() {
+            Some(v4) if !v4.is_loopback() => v4,
+            _ => hello.underlay,
+        },
+        _ => hello.underlay,
+    }
+}
+
 fn arrow(outbound: bool) -> &'static str {
     if outbound {
         "to"
@@ -644,7 +676,7 @@ impl<D: Datapath> Inner<D> {
                 // The fast path never routes to the peer: its frames go to the bridge, and
                 // from there through the sleeve.
                 sleeve
-                    .add_peer(short_id, hello.underlay, session, true)
+                    .add_peer(short_id, peer.underlay, session, true)
                     .map_err(sleeve_error)?;
                 if watched {
                     self.datapath.admit_peer(peer).await?;
@@ -657,13 +689,13 @@ impl<D: Datapath> Inner<D> {
                         "{}({}) at {} is in a trusted subnet both ways: its data goes unencrypted through the fast path",
                         hello.name,
                         hello.nickname,
-                        hello.underlay
+                        peer.underlay
                     );
                 }
                 let mut stale = Vec::new();
                 if watched {
                     sleeve
-                        .add_peer(short_id, hello.underlay, session, false)
+                        .add_peer(short_id, peer.underlay, session, false)
                         .map_err(sleeve_error)?;
                     // A connection it replaces may have had it on the sleeve.
                     stale = sleeve.carry(short_id, false);
@@ -744,7 +776,7 @@ impl<D: Datapath> Inner<D> {
             .connections
             .iter()
             .filter(|(_, c)| c.choice.is_some() && c.established())
-            .map(|(id, c)| (*id, c.hello.short_id.get(), c.hello.underlay))
+            .map(|(id, c)| (*id, c.hello.short_id.get(), c.underlay))
             .collect();
         if watched.is_empty() {
             return;
@@ -974,10 +1006,10 @@ impl<D: Datapath> Router<D> {
             tokio::spawn(async move {
                 // When our record is to be published or routes computed next, if waiting.
                 let mut wake_at: Option<tokio::time::Instant> = None;
-                // Fast-path checks, with a sleeve to fall back to.
+                // Next hops on the underlay, and fast-path checks with a sleeve to fall
+                // back to.
                 let mut check = tokio::time::interval(overlay::CHECK_EVERY);
                 check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let checking = inner.sleeve.is_some();
                 loop {
                     let wake = wake_at.unwrap_or_else(tokio::time::Instant::now);
                     let event = tokio::select! {
@@ -986,8 +1018,11 @@ impl<D: Datapath> Router<D> {
                             wake_at = inner.after_events().await;
                             continue;
                         }
-                        _ = check.tick(), if checking => {
-                            inner.check_fast_paths().await;
+                        _ = check.tick() => {
+                            inner.datapath.refresh_next_hops().await;
+                            if inner.sleeve.is_some() {
+                                inner.check_fast_paths().await;
+                            }
                             continue;
                         }
                     };
@@ -1089,7 +1124,10 @@ impl<D: Datapath> Router<D> {
                 encrypted: c.session.is_some() && !c.trusted,
                 overlay: c.overlay.name().into(),
                 mtu: self.inner.datapath.container_mtu(),
-                peer: Some(PeerInfo::from(&c.hello)),
+                peer: Some(PeerInfo {
+                    underlay: c.underlay,
+                    ..PeerInfo::from(&c.hello)
+                }),
             });
         }
         let now = SystemTime::now();

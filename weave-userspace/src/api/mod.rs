@@ -308,10 +308,7 @@ impl From<&Endpoint> for EndpointView {
         Self {
             netns: e.netns.clone(),
             host_ifname: e.host_ifname.clone(),
-            mac: format!(
-                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                m[0], m[1], m[2], m[3], m[4], m[5]
-            ),
+            mac: crate::datapath::format_mac(&m),
             addresses: e.addresses.iter().map(ToString::to_string).collect(),
         }
     }

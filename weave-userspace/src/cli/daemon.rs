@@ -346,19 +346,12 @@ pub fn routes_overlapping(range: crate::ipam::cidr::Cidr) -> Vec<(String, String
     let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
         return Vec::new();
     };
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (dev, dest, mask) = (f.first()?, f.get(1)?, f.get(7)?);
-            // The kernel prints addresses as little-endian hex.
-            let dest = std::net::Ipv4Addr::from(u32::from_str_radix(dest, 16).ok()?.swap_bytes());
-            let mask = u32::from_str_radix(mask, 16).ok()?.swap_bytes();
-            let len = mask.count_ones() as u8;
-            let net = crate::ipam::cidr::Cidr::new(dest, len).ok()?;
-            (len > 0 && *dev != crate::datapath::ebpf::BRIDGE_NAME && net.overlaps(range))
-                .then(|| (net.to_string(), dev.to_string()))
+    crate::net::parse_route_table(&table)
+        .into_iter()
+        .filter_map(|r| {
+            let net = crate::ipam::cidr::Cidr::new(r.destination, r.prefix_len).ok()?;
+            (r.prefix_len > 0 && r.device != crate::datapath::ebpf::BRIDGE_NAME && net.overlaps(range))
+                .then(|| (net.to_string(), r.device))
         })
         .collect()
 }

@@ -172,6 +172,10 @@ struct State {
     endpoints: Vec<Endpoint>,
     /// Short IDs ever added in this run (counters are reported for them).
     peers_seen: BTreeSet<u16>,
+    /// Directly connected peers the fast path carries: their underlay address and the MAC
+    /// of the next hop towards it now in `PEERS` (kept current by
+    /// [`Datapath::refresh_next_hops`]).
+    direct: BTreeMap<u16, (Ipv4Addr, [u8; 6])>,
     /// Host addresses on the bridge given by `expose`.
     exposed: Vec<super::Ipv4Cidr>,
 }
@@ -218,7 +222,12 @@ pub struct EbpfDatapath {
     state: Mutex<State>,
     /// The local service address on the bridge (the DNS server's) and the bridge's MAC.
     service: std::sync::OnceLock<(Ipv4Addr, [u8; 6])>,
+    /// The short ID [`Datapath::refresh_next_hops`] goes on from.
+    refresh_cursor: std::sync::atomic::AtomicU16,
 }
+
+/// How many direct peers' next hops one [`Datapath::refresh_next_hops`] looks up.
+const NEXT_HOPS_PER_REFRESH: usize = 16;
 
 /// Starts the data path: bpffs, the bridge, the programs and maps (pinned under
 /// `<pin_root>/<peer name>/`), RX (and XDP, per the mode) on the underlay. Leftovers of an
@@ -293,6 +302,7 @@ impl EbpfDatapath {
             programs,
             endpoints: Vec::new(),
             peers_seen: BTreeSet::new(),
+            direct: BTreeMap::new(),
             exposed: Vec::new(),
         };
         Ok(Self {
@@ -306,6 +316,7 @@ impl EbpfDatapath {
             nl,
             state: Mutex::new(state),
             service: std::sync::OnceLock::new(),
+            refresh_cursor: std::sync::atomic::AtomicU16::new(0),
         })
     }
 
@@ -926,11 +937,12 @@ impl Datapath for EbpfDatapath {
         let id = peer.short_id.get();
         let direct = peer.next_hop == peer.short_id;
         // The outer destination MAC of frames the programs address themselves (broadcast
-        // copies, non-IPv4 frames). The control connection to a direct peer has just
-        // resolved it in the neighbour table.
+        // copies, non-IPv4 frames, heartbeats): the next hop's on the underlay, which is
+        // the peer's own only when it shares our subnet (else a router's). The control
+        // connection to a direct peer has just resolved it in the neighbour table.
         let underlay_mac = if direct {
             self.nl
-                .neighbour_mac(self.underlay.index, peer.underlay)
+                .next_hop_mac(self.underlay.index, peer.underlay)
                 .await?
                 .unwrap_or_default()
         } else {
@@ -938,7 +950,7 @@ impl Datapath for EbpfDatapath {
         };
         if direct && underlay_mac == [0; 6] {
             tracing::warn!(
-                "no neighbour entry for peer {} at {}: broadcasts and non-IPv4 frames cannot be sent to it",
+                "no neighbour entry for the next hop towards peer {} at {}: broadcasts and non-IPv4 frames cannot be sent to it yet",
                 peer.short_id,
                 peer.underlay
             );
@@ -963,6 +975,12 @@ impl Datapath for EbpfDatapath {
             let key = Ipv4Key {
                 addr: peer.underlay.octets(),
             };
+            if direct {
+                guard.direct.insert(id, (peer.underlay, underlay_mac));
+            } else {
+                guard.direct.remove(&id);
+            }
+            let st = guard.programs()?;
             if direct {
                 st.maps
                     .neighbour_peers
@@ -991,6 +1009,7 @@ impl Datapath for EbpfDatapath {
         let id = short_id.get();
         {
             let mut guard = self.lock();
+            guard.direct.remove(&id);
             let st = guard.programs()?;
             st.maps
                 .peers
@@ -1009,6 +1028,7 @@ impl Datapath for EbpfDatapath {
         {
             let mut guard = self.lock();
             guard.peers_seen.insert(id);
+            guard.direct.remove(&id);
             let st = guard.programs()?;
             st.maps
                 .peers
@@ -1028,6 +1048,61 @@ impl Datapath for EbpfDatapath {
             remove_where(&mut st.maps.neighbours, |mac| gone.contains(mac));
         }
         Ok(())
+    }
+
+    async fn refresh_next_hops(&self) {
+        // A few peers per call, in turn: two netlink requests each, and a full mesh of
+        // hundreds of routers on one machine must not spend its CPU on them.
+        let direct: Vec<(u16, Ipv4Addr, [u8; 6])> = {
+            let guard = self.lock();
+            let start = self.refresh_cursor.load(std::sync::atomic::Ordering::Relaxed);
+            let batch: Vec<(u16, Ipv4Addr, [u8; 6])> = guard
+                .direct
+                .range(start..)
+                .chain(guard.direct.range(..start))
+                .take(NEXT_HOPS_PER_REFRESH)
+                .map(|(id, (addr, mac))| (*id, *addr, *mac))
+                .collect();
+            let next = batch.last().map_or(0, |(id, _, _)| id.wrapping_add(1));
+            self.refresh_cursor
+                .store(next, std::sync::atomic::Ordering::Relaxed);
+            batch
+        };
+        for (id, addr, known) in direct {
+            let mac = match self.nl.next_hop_mac(self.underlay.index, addr).await {
+                Ok(Some(mac)) => mac,
+                // Not resolved (yet): the old next hop may still be right; traffic to the
+                // peer resolves the new one.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!("next hop towards {addr}: {e}");
+                    continue;
+                }
+            };
+            if mac == known {
+                continue;
+            }
+            let mut guard = self.lock();
+            if guard.direct.get(&id).map(|(a, _)| *a) != Some(addr) {
+                continue;
+            }
+            let Some(programs) = guard.programs.as_mut() else {
+                return;
+            };
+            let Ok(mut entry) = programs.maps.peers.get(&(id as u32), 0) else {
+                continue;
+            };
+            entry.underlay_mac = mac;
+            if let Err(e) = programs.maps.peers.set(id as u32, entry, 0) {
+                tracing::warn!("cannot update the next hop towards peer {id}: {e}");
+                continue;
+            }
+            guard.direct.insert(id, (addr, mac));
+            tracing::info!(
+                "next hop towards peer {id} at {addr} is now {}",
+                super::format_mac(&mac)
+            );
+        }
     }
 
     async fn forget_bridge_macs(&self, macs: Vec<[u8; 6]>) -> Result<(), DatapathError> {

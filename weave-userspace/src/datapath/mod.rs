@@ -112,6 +112,14 @@ impl Endpoint {
     }
 }
 
+/// A MAC address as `ip link` prints it.
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DatapathCounters {
@@ -175,6 +183,13 @@ pub trait Datapath: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Makes the bridge forget the ports it learned `macs` on: they now live behind another
     /// path, and frames for them should reach the data path again. The default does nothing.
+    /// Brings the next hop towards each directly connected peer up to date with the
+    /// host's routes and neighbour table (called about once a second): a route change
+    /// moves the frames the programs address themselves without a restart.
+    fn refresh_next_hops(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+
     fn forget_bridge_macs(
         &self,
         macs: Vec<[u8; 6]>,

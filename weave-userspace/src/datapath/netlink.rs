@@ -74,6 +74,14 @@ pub struct Netlink {
     handle: Handle,
 }
 
+/// Where the kernel sends a packet for some address: the next hop's address on the link
+/// (a gateway, or the address itself) and the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub address: Ipv4Addr,
+    pub ifindex: u32,
+}
+
 impl Netlink {
     /// Opens a connection in the calling thread's network namespace; its driver runs on
     /// the current tokio runtime.
@@ -202,6 +210,67 @@ impl Netlink {
             }
         }
         Ok(None)
+    }
+
+    /// The next hop towards `dst` as the kernel would route a packet to it now (`ip route
+    /// get`): the gateway of the route (or `dst` itself on a directly connected subnet) and
+    /// the device. `None` when there is no route.
+    pub async fn route_to(&self, dst: Ipv4Addr) -> Result<Option<NextHop>, DatapathError> {
+        use futures_util::StreamExt;
+        use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+        use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet;
+        message.header.destination_prefix_length = 32;
+        message
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
+        request.header.flags = NLM_F_REQUEST;
+        let mut responses = self
+            .handle
+            .clone()
+            .request(request)
+            .map_err(nl("asking for a route"))?;
+        while let Some(response) = responses.next().await {
+            match response.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(msg)) => {
+                    let mut hop = NextHop {
+                        address: dst,
+                        ifindex: 0,
+                    };
+                    for a in &msg.attributes {
+                        match a {
+                            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => hop.address = *gw,
+                            RouteAttribute::Oif(index) => hop.ifindex = *index,
+                            _ => {}
+                        }
+                    }
+                    return Ok((hop.ifindex != 0).then_some(hop));
+                }
+                // No route (ENETUNREACH and the like).
+                NetlinkPayload::Error(_) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The link-layer address of the next hop towards `dst` on the underlay: the gateway's
+    /// when the kernel routes `dst` through one, `dst`'s own on a shared subnet. `None`
+    /// while the neighbour is not resolved or the route leaves through another device.
+    pub async fn next_hop_mac(
+        &self,
+        underlay_index: u32,
+        dst: Ipv4Addr,
+    ) -> Result<Option<[u8; 6]>, DatapathError> {
+        match self.route_to(dst).await? {
+            Some(hop) if hop.ifindex == underlay_index => {
+                self.neighbour_mac(underlay_index, hop.address).await
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Deletes what bridge `bridge` learned of `macs` (`bridge fdb del MAC dev PORT master`
