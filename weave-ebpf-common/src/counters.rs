@@ -69,11 +69,14 @@ pub enum Reason {
     /// RX: a fast-path heartbeat from an admitted peer (counted for the peer too), dropped
     /// once counted: it only tells the peer's router that VXLAN gets through.
     RxHeartbeat = 26,
+    /// From the bridge port: a fast-path heartbeat or path-MTU probe the router wrote was
+    /// addressed to its peer (the way broadcast copies are) and sent.
+    TxHeartbeat = 27,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -104,6 +107,7 @@ impl Reason {
         Reason::BridgeFlooded,
         Reason::BridgeDropped,
         Reason::RxHeartbeat,
+        Reason::TxHeartbeat,
     ];
 
     /// A label for metrics and status output.
@@ -136,6 +140,7 @@ impl Reason {
             Reason::BridgeFlooded => "bridge_flooded",
             Reason::BridgeDropped => "bridge_dropped",
             Reason::RxHeartbeat => "rx_heartbeat",
+            Reason::TxHeartbeat => "tx_heartbeat",
         }
     }
 

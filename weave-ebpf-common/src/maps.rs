@@ -284,6 +284,13 @@ pub struct PeerCounter {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    /// Fast-path heartbeats and probes received from the peer.
+    pub rx_heartbeats: u64,
+    /// The newest path-MTU probe round seen from the peer on this CPU
+    /// ([`crate::heartbeat::newer_round`]), and the largest probe of that round: its outer
+    /// IPv4 packet length.
+    pub probe_round: u32,
+    pub probe_len: u32,
 }
 
 const _: () = {
@@ -296,7 +303,7 @@ const _: () = {
     assert!(core::mem::size_of::<LocalEndpoint>() == 8);
     assert!(core::mem::size_of::<RemoteMac>() == 8);
     assert!(core::mem::size_of::<Counter>() == 16);
-    assert!(core::mem::size_of::<PeerCounter>() == 32);
+    assert!(core::mem::size_of::<PeerCounter>() == 48);
     assert!(core::mem::size_of::<IfindexKey>() == 4);
     assert!(core::mem::size_of::<EndpointAddress>() == 8);
     assert!(core::mem::size_of::<EndpointAddresses>() == 8 + 8 * MAX_ENDPOINT_ADDRESSES);

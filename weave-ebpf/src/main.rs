@@ -49,7 +49,7 @@ use weave_ebpf_common::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_UDP,
         IPV4_FRAGMENT_MASK, IPV4_HLEN, OUTER_HLEN, UDP_HLEN, VXLAN_HLEN,
     },
-    heartbeat::is_heartbeat,
+    heartbeat::{is_heartbeat, read_heartbeat_payload, record_probe, HEARTBEAT_PAYLOAD_LEN},
     maps::{
         is_group_ipv4, BroadcastTree, Counter, BROADCAST_TREES_MAX_ENTRIES, DatapathConfig, EndpointAddresses, IfindexKey,
         Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac,
@@ -478,10 +478,25 @@ fn encapsulate_non_ipv4(ctx: &TcContext, cfg: &DatapathConfig, key: &MacKey, len
     }
     // SAFETY: the helper only reads the skb the program was given.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let sent = push_outer_headers(ctx, cfg, &hop, vni::pack(cfg.own_short_id, peer_id), source_port_from_hash(hash), len);
+    if sent == TC_SHOT {
+        count(Reason::TxEncapFailed, len);
+    } else {
+        count(Reason::TxEncapsulated, len);
+        count_peer(peer_id, true, len);
+    }
+    Some(sent)
+}
+
+/// Puts outer headers for `hop` (a direct peer or the next hop towards one, whose underlay
+/// MAC is known) in front of a frame of `len` bytes that is not a GSO skb, and sends it out
+/// of the underlay: `TC_SHOT` when the room cannot be made. For frames
+/// `bpf_skb_adjust_room` refuses (non-IPv4) and heartbeats.
+#[inline(always)]
+fn push_outer_headers(ctx: &TcContext, cfg: &DatapathConfig, hop: &PeerEntry, vni: u32, src_port: u16, len: u32) -> i32 {
     // SAFETY: a helper call on the program's own skb; it reallocates the head if needed.
     if unsafe { bpf_skb_change_head(ctx.skb.skb, OUTER_HLEN as u32, 0) } != 0 {
-        count(Reason::TxEncapFailed, len);
-        return Some(TC_SHOT);
+        return TC_SHOT;
     }
     let mut outer = [0u8; OUTER_HLEN];
     write_outer_headers(
@@ -489,21 +504,18 @@ fn encapsulate_non_ipv4(ctx: &TcContext, cfg: &DatapathConfig, key: &MacKey, len
         &OuterHeaders {
             src_ipv4: cfg.underlay_ipv4,
             dst_ipv4: hop.underlay_ipv4,
-            src_port: source_port_from_hash(hash),
-            vni: vni::pack(cfg.own_short_id, peer_id),
+            src_port,
+            vni,
             inner_len: len as u16,
         },
     );
     outer[0..6].copy_from_slice(&hop.underlay_mac);
     outer[6..12].copy_from_slice(&cfg.underlay_mac);
     if ctx.store(0, &outer, 0).is_err() {
-        count(Reason::TxEncapFailed, len);
-        return Some(TC_SHOT);
+        return TC_SHOT;
     }
-    count(Reason::TxEncapsulated, len);
-    count_peer(peer_id, true, len);
     // SAFETY: a helper call with plain integer arguments.
-    Some(unsafe { bpf_redirect(cfg.underlay_ifindex, 0) } as i32)
+    unsafe { bpf_redirect(cfg.underlay_ifindex, 0) as i32 }
 }
 
 /// Answers an ARP request for an address in `NEIGHBOURS` by turning the frame into the
@@ -603,7 +615,7 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
         Admission::Malformed => return Ok(drop_rx(Reason::RxDropMalformed, len)),
     };
     count_peer(src, false, len);
-    if let Some(verdict) = take_heartbeat(&tail, len) {
+    if let Some(verdict) = take_heartbeat(ctx, &tail, src, len) {
         return Ok(verdict);
     }
 
@@ -658,17 +670,30 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     Ok(unsafe { bpf_redirect(cfg.bridge_port_ifindex, BPF_F_INGRESS as u64) } as i32)
 }
 
-/// A fast-path heartbeat (`weave_ebpf_common::heartbeat`), given the VXLAN header and inner
-/// Ethernet header of an admitted frame: the peer's receive counter has counted it, which
-/// is all it is for, so it is counted by reason and dropped. `None` for any other frame.
+/// A fast-path heartbeat or probe (`weave_ebpf_common::heartbeat`), given the VXLAN header
+/// and inner Ethernet header of an admitted frame from `src`: counted for the peer (a
+/// probe's round and outer length too), then dropped. `None` for any other frame.
 #[inline(always)]
-fn take_heartbeat(tail: &[u8; VXLAN_HLEN + ETH_HLEN], len: u32) -> Option<i32> {
+fn take_heartbeat(ctx: &TcContext, tail: &[u8; VXLAN_HLEN + ETH_HLEN], src: u16, len: u32) -> Option<i32> {
     let mut inner_eth = [0u8; ETH_HLEN];
     inner_eth.copy_from_slice(&tail[VXLAN_HLEN..]);
     if !is_heartbeat(&inner_eth) {
         return None;
     }
     count(Reason::RxHeartbeat, len);
+    // A heartbeat of an older build has no payload: counted all the same.
+    let round = ctx
+        .load::<[u8; HEARTBEAT_PAYLOAD_LEN]>(OFF_INNER + ETH_HLEN)
+        .map_or(0, |p| read_heartbeat_payload(&p).1);
+    if let Some(c) = PEER_COUNTERS.get_ptr_mut(src as u32) {
+        // SAFETY: as in `count`: a per-CPU slot of a preallocated array.
+        unsafe {
+            (*c).rx_heartbeats += 1;
+            if round != 0 {
+                record_probe(&mut (*c).probe_round, &mut (*c).probe_len, round, len - ETH_HLEN as u32);
+            }
+        }
+    }
     Some(TC_SHOT)
 }
 
@@ -845,6 +870,9 @@ fn try_from_bridge(ctx: &TcContext) -> Result<i32, ()> {
     let cfg = config().ok_or(())?;
     let len = ctx.len();
     let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
+    if is_heartbeat(&eth) {
+        return Ok(send_heartbeat(ctx, &cfg, len));
+    }
     let dst = mac_at(&eth, 0);
     let proto = u16::from_be_bytes([eth[12], eth[13]]);
     // The host's frames from the service address (its DNS server's ARP and answers) are
@@ -867,6 +895,36 @@ fn try_from_bridge(ctx: &TcContext) -> Result<i32, ()> {
         }
     }
     Ok(flood_to_peers(ctx, &cfg, len))
+}
+
+/// A heartbeat or probe the router wrote into the bridge port: addressed to the direct peer
+/// its payload names, as a copy of a broadcast would be, and sent; dropped when the peer is
+/// not a direct one (or its next hop's MAC is not known).
+#[inline(always)]
+fn send_heartbeat(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
+    let Ok(payload) = ctx.load::<[u8; HEARTBEAT_PAYLOAD_LEN]>(ETH_HLEN) else {
+        return drop_from_bridge(len);
+    };
+    let (peer_id, _) = read_heartbeat_payload(&payload);
+    // Any directly connected peer, also one the sleeve carries now (admitted only): its
+    // heartbeats tell when the fast path works again.
+    let Some(peer) = PEERS.get(peer_id as u32) else {
+        return drop_from_bridge(len);
+    };
+    if peer.flags & PEER_ADMIT == 0 || peer.next_hop != peer_id || peer.underlay_mac == [0; 6] {
+        return drop_from_bridge(len);
+    }
+    // SAFETY: reading a field of the context the kernel passed in.
+    if unsafe { (*ctx.skb.skb).gso_segs } > 1 || len > 0xffff - OUTER_HLEN as u32 {
+        return drop_from_bridge(len);
+    }
+    let hop = *peer;
+    let sent = push_outer_headers(ctx, cfg, &hop, vni::pack(cfg.own_short_id, peer_id), source_port_from_hash(peer_id as u32), len);
+    if sent == TC_SHOT {
+        return drop_from_bridge(len);
+    }
+    count(Reason::TxHeartbeat, len);
+    sent
 }
 
 /// Sends a copy of a frame from the bridge to each reachable direct peer among the

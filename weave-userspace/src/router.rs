@@ -23,9 +23,13 @@ use crate::datapath::{AttachRequest, Datapath, DatapathError, DatapathPeer, Endp
 use crate::mesh::connection::{self, ConnCommand, ConnEvent, ConnId, ConnectionError, Timings};
 use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
 use crate::mesh::peer_name::{PeerName, ShortId};
-use crate::mesh::protocol::{Hello, Message, FASTDP_STATUS_VERSION, MAX_VERSION, MIN_VERSION};
+use crate::datapath::{Heartbeat, ProbeSeen};
+use crate::mesh::protocol::{
+    Hello, Message, FASTDP_STATUS_VERSION, MAX_VERSION, MIN_VERSION, PATH_MTU_VERSION,
+};
 use crate::state::StateDir;
 use overlay::{Overlay, OverlayChoice};
+use path_mtu::PathMtuSearch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -108,11 +112,23 @@ struct Conn {
     /// have one, the fast path is allowed, the peer speaks version 3); else the path never
     /// changes.
     choice: Option<OverlayChoice>,
+    /// The path MTU of the fast path to the peer, probed (the fast path is allowed and the
+    /// peer speaks version 4).
+    path_mtu: Option<PathMtuSearch>,
+    /// What we last told the peer of its probes that reached us.
+    probes_reported: Option<ProbeSeen>,
 }
 
 impl Conn {
     fn established(&self) -> bool {
         self.local_ready && self.remote_ready
+    }
+
+    /// The MTU containers may use towards the peer over the fast path: the verified path
+    /// MTU less the VXLAN overhead, when verified.
+    fn verified_container_mtu(&self) -> Option<u32> {
+        let limit = self.path_mtu.as_ref()?.limit()?;
+        Some(u32::from(limit).saturating_sub(weave_ebpf_common::VXLAN_OVERHEAD))
     }
 
     /// The peer as the fast path knows it: directly connected.
@@ -247,8 +263,11 @@ pub struct ConnectionInfo {
     pub encrypted: bool,
     /// fastdp or sleeve: which data path carries the peer's traffic.
     pub overlay: String,
-    /// The MTU containers get towards the peer (0 until the connection is up).
+    /// The MTU containers get towards the peer (0 until the connection is up): over the
+    /// fast path, what its probes verified once they have.
     pub mtu: u32,
+    /// Whether `mtu` was verified by probing the path.
+    pub mtu_verified: bool,
     pub peer: Option<PeerInfo>,
 }
 
@@ -304,8 +323,10 @@ struct Inner<D> {
     password: Option<Arc<PresharedKey>>,
     pub(crate) sleeve: Option<Arc<crate::sleeve::Sleeve>>,
     sleeve_use: SleeveUse,
-    /// Sends the fast-path heartbeats (with a sleeve to fall back to).
-    heartbeats: Option<std::net::UdpSocket>,
+    /// The last path-MTU probe round sent ([`Inner::next_probe_round`]).
+    probe_round: std::sync::atomic::AtomicU32,
+    /// ICMP "fragmentation needed" about our outer packets, for the path-MTU searches.
+    frag_needed: Arc<crate::datapath::frag_needed::FragNeededHints>,
     /// Switches to the sleeve and back to the fast path so far.
     switches_to_sleeve: AtomicU64,
     switches_to_fastdp: AtomicU64,
@@ -359,6 +380,16 @@ impl<D: Datapath> Inner<D> {
                     .and_then(|choice| choice.remote_report(heard).switch);
                 if let Some(to) = switch {
                     self.switch_overlay(id, to).await;
+                }
+            }
+            ConnEvent::PathMtuSeen { id, round, largest } => {
+                if let Some(search) = self
+                    .mesh()
+                    .connections
+                    .get_mut(&id)
+                    .and_then(|c| c.path_mtu.as_mut())
+                {
+                    search.seen(round, largest);
                 }
             }
             ConnEvent::RemoteReady { id } => {
@@ -490,6 +521,9 @@ impl<D: Datapath> Inner<D> {
                     let watched = self.sleeve.is_some()
                         && overlay == Overlay::Fastdp
                         && version >= FASTDP_STATUS_VERSION;
+                    let probed = version >= PATH_MTU_VERSION
+                        && self.sleeve_use != SleeveUse::All
+                        && (overlay == Overlay::Fastdp || watched);
                     let conn = Conn {
                         version,
                         outbound,
@@ -503,6 +537,8 @@ impl<D: Datapath> Inner<D> {
                         commands,
                         overlay,
                         choice: watched.then(OverlayChoice::default),
+                        path_mtu: probed.then(|| PathMtuSearch::new(self.path_mtu_ceiling())),
+                        probes_reported: None,
                     };
                     mesh.connections.insert(id, conn);
                     mesh.by_peer.insert(hello.name, id);
@@ -766,59 +802,142 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
-    /// Every [`overlay::CHECK_EVERY`]: a fast-path heartbeat to every peer that may fall
-    /// back, a sample of what arrived from each, and what that changes (reports to the
-    /// peers, switches).
-    async fn check_fast_paths(&self) {
-        let me = self.hello().short_id.get();
-        let watched: Vec<(ConnId, u16, Ipv4Addr)> = self
-            .mesh()
-            .connections
-            .iter()
-            .filter(|(_, c)| c.choice.is_some() && c.established())
-            .map(|(id, c)| (*id, c.hello.short_id.get(), c.underlay))
-            .collect();
-        if watched.is_empty() {
-            return;
+    /// The largest outer packet a probe may be: the underlay's MTU (or `--mtu` plus the
+    /// VXLAN overhead).
+    fn path_mtu_ceiling(&self) -> u16 {
+        let max = self.datapath.max_container_mtu() + weave_ebpf_common::VXLAN_OVERHEAD;
+        u16::try_from(max).unwrap_or(u16::MAX)
+    }
+
+    /// A probe round number newer than any this process or an earlier run of it used: the
+    /// peer's receive program keeps the newest round it saw, across our restarts.
+    fn next_probe_round(&self) -> u32 {
+        let clock = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| (d.as_millis() / 10) as u32);
+        let mut prev = self.probe_round.load(Ordering::Relaxed);
+        loop {
+            let next = if weave_ebpf_common::heartbeat::newer_round(clock, prev) {
+                clock
+            } else {
+                prev.wrapping_add(1)
+            }
+            .max(1);
+            match self.probe_round.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
         }
-        if let Some(socket) = &self.heartbeats {
-            for (_, peer, underlay) in &watched {
-                let datagram = weave_ebpf_common::heartbeat::heartbeat_datagram(
-                    weave_ebpf_common::vni::pack(me, *peer),
-                );
-                let to = (*underlay, weave_ebpf_common::VXLAN_PORT);
-                if let Err(e) = socket.send_to(&datagram, to) {
-                    tracing::debug!("fast-path heartbeat to {underlay}: {e}");
+    }
+
+    /// Every [`overlay::CHECK_EVERY`]: fast-path heartbeats to every peer that may fall
+    /// back, path-MTU probes to every peer the fast path may carry, a sample of what
+    /// arrived from each, and what that changes (reports to the peers, switches, the
+    /// container MTU).
+    async fn check_paths(&self) {
+        let now = Instant::now();
+        for (addr, mtu) in self.take_frag_needed() {
+            let mut mesh = self.mesh();
+            for c in mesh.connections.values_mut().filter(|c| c.underlay == addr) {
+                if let Some(search) = c.path_mtu.as_mut() {
+                    if search.frag_needed(mtu) {
+                        tracing::info!(
+                            "connection {}: the underlay says packets to {addr} must not exceed {mtu} bytes; probing below that",
+                            describe(c)
+                        );
+                    }
                 }
             }
         }
-        let received: HashMap<u16, u64> = match self.datapath.counters() {
-            Ok(c) => c
-                .by_peer
-                .iter()
-                .map(|t| (t.short_id, t.rx_packets))
-                .collect(),
+        let mut heartbeats = Vec::new();
+        let probed: Vec<(ConnId, u16)> = {
+            let mut mesh = self.mesh();
+            let mut probed = Vec::new();
+            for (id, c) in mesh.connections.iter_mut().filter(|(_, c)| c.established()) {
+                let peer = c.hello.short_id.get();
+                if c.choice.is_some() {
+                    heartbeats.push(Heartbeat {
+                        peer,
+                        round: 0,
+                        outer_len: 0,
+                    });
+                }
+                if let Some(search) = c.path_mtu.as_mut() {
+                    probed.push((*id, peer));
+                    let round = self.next_probe_round();
+                    for outer_len in search.probes(now, round) {
+                        heartbeats.push(Heartbeat {
+                            peer,
+                            round,
+                            outer_len,
+                        });
+                    }
+                }
+            }
+            probed
+        };
+        if heartbeats.is_empty() && probed.is_empty() {
+            return;
+        }
+        if let Err(e) = self.datapath.send_heartbeats(&heartbeats) {
+            tracing::debug!("fast-path heartbeats: {e}");
+        }
+        let received: HashMap<u16, crate::datapath::PeerTraffic> = match self.datapath.counters() {
+            Ok(c) => c.by_peer.into_iter().map(|t| (t.short_id, t)).collect(),
             Err(e) => {
                 tracing::warn!("cannot read the data path's counters: {e}");
                 return;
             }
         };
-        let now = Instant::now();
         let mut switches = Vec::new();
+        let mut mtu_changed = false;
         {
             let mut mesh = self.mesh();
-            for (id, peer, _) in &watched {
-                let Some(conn) = mesh.connections.get_mut(id) else {
-                    continue;
+            for (id, conn) in mesh.connections.iter_mut().filter(|(_, c)| c.established()) {
+                let peer = conn.hello.short_id.get();
+                let traffic = received.get(&peer).copied().unwrap_or_default();
+                let send = |message: Message| {
+                    if let Some(frame) = gossip::encode_message(&message) {
+                        let _ = conn.commands.send(ConnCommand::SendFrame(frame));
+                    }
                 };
+                // What of the peer's probes reached us, when that changed.
+                if conn.version >= PATH_MTU_VERSION && traffic.probe.is_some() && traffic.probe != conn.probes_reported {
+                    let seen = traffic.probe.expect("checked");
+                    send(Message::PathMtuSeen {
+                        round: seen.round,
+                        largest: u16::try_from(seen.largest).unwrap_or(u16::MAX),
+                    });
+                    conn.probes_reported = traffic.probe;
+                }
+                let mut only_small = None;
+                if let Some(search) = conn.path_mtu.as_mut() {
+                    if let Some(limit) = search.tick(now).verified_changed {
+                        mtu_changed = true;
+                        only_small = Some(search.only_small_frames());
+                        match limit {
+                            Some(l) => tracing::info!(
+                                "connection {}: path MTU {l} verified (containers {})",
+                                describe(conn),
+                                u32::from(l).saturating_sub(weave_ebpf_common::VXLAN_OVERHEAD)
+                            ),
+                            None => tracing::warn!(
+                                "connection {}: no probe of {} bytes crosses the fast path",
+                                describe(conn),
+                                path_mtu::FLOOR
+                            ),
+                        }
+                    }
+                }
                 let Some(choice) = conn.choice.as_mut() else {
                     continue;
                 };
-                let change = choice.sample(now, received.get(peer).copied().unwrap_or(0));
+                let mut change = choice.sample(now, traffic.rx_heartbeats);
+                if let Some(small) = only_small {
+                    change.switch = choice.set_only_small_frames(small).switch.or(change.switch);
+                }
                 if let Some(heard) = change.report {
-                    if let Some(frame) = gossip::encode_message(&Message::FastdpStatus { heard }) {
-                        let _ = conn.commands.send(ConnCommand::SendFrame(frame));
-                    }
+                    send(Message::FastdpStatus { heard });
                 }
                 if let Some(to) = change.switch {
                     switches.push((*id, to));
@@ -828,6 +947,38 @@ impl<D: Datapath> Inner<D> {
         for (id, to) in switches {
             self.switch_overlay(id, to).await;
         }
+        if mtu_changed {
+            self.apply_container_mtu().await;
+        }
+    }
+
+    /// Gives containers the smallest MTU the fast paths to the peers verified (the
+    /// configured one while none is smaller).
+    async fn apply_container_mtu(&self) {
+        let wanted = self
+            .mesh()
+            .connections
+            .values()
+            .filter(|c| c.overlay == Overlay::Fastdp)
+            .filter_map(Conn::verified_container_mtu)
+            .min()
+            .unwrap_or(u32::MAX)
+            .min(self.datapath.max_container_mtu());
+        if wanted != self.datapath.container_mtu() {
+            if let Err(e) = self.datapath.set_container_mtu(wanted).await {
+                tracing::error!("cannot set the container MTU to {wanted}: {e}");
+            }
+        }
+    }
+
+    /// The ICMP "fragmentation needed" hints about our outer packets gathered since the
+    /// last check: (peer address, next hop's MTU).
+    fn take_frag_needed(&self) -> Vec<(Ipv4Addr, u16)> {
+        self.frag_needed
+            .take()
+            .into_iter()
+            .map(|h| (h.peer, h.next_hop_mtu))
+            .collect()
     }
 
     /// Takes a short ID no known peer uses (ours clashed with a peer of lower name), tells
@@ -974,10 +1125,11 @@ impl<D: Datapath> Router<D> {
             config.local.short_id,
         )
         .with_address(config.local.underlay, listen.port());
-        let heartbeats = config
-            .sleeve
-            .as_ref()
-            .and_then(|_| heartbeat_socket(config.local.underlay));
+        let frag_needed = Arc::new(crate::datapath::frag_needed::FragNeededHints::default());
+        if config.sleeve.is_some() {
+            // A kernel data path (the in-memory one has no sleeve either).
+            crate::datapath::frag_needed::listen(config.local.underlay, &frag_needed);
+        }
         let inner = Arc::new(Inner {
             view: Mutex::new(gossip::MeshView::new(ourself)),
             local: std::sync::RwLock::new(config.local),
@@ -994,7 +1146,8 @@ impl<D: Datapath> Router<D> {
             password: config.password,
             sleeve: config.sleeve,
             sleeve_use: config.sleeve_use,
-            heartbeats,
+            probe_round: std::sync::atomic::AtomicU32::new(0),
+            frag_needed,
             switches_to_sleeve: AtomicU64::new(0),
             switches_to_fastdp: AtomicU64::new(0),
             channels: Default::default(),
@@ -1020,9 +1173,7 @@ impl<D: Datapath> Router<D> {
                         }
                         _ = check.tick() => {
                             inner.datapath.refresh_next_hops().await;
-                            if inner.sleeve.is_some() {
-                                inner.check_fast_paths().await;
-                            }
+                            inner.check_paths().await;
                             continue;
                         }
                     };
@@ -1111,19 +1262,17 @@ impl<D: Datapath> Router<D> {
                 }
                 .into(),
                 info: match &c.choice {
-                    Some(choice) if c.overlay == Overlay::Sleeve => {
-                        if choice.heard() {
-                            "fast path blocked: the peer hears none of our heartbeats".into()
-                        } else {
-                            "fast path blocked: no heartbeats from the peer".into()
-                        }
-                    }
+                    Some(choice) if c.overlay == Overlay::Sleeve => choice.why_sleeve().into(),
                     _ => String::new(),
                 },
                 // A trusted peer's data goes in the clear.
                 encrypted: c.session.is_some() && !c.trusted,
                 overlay: c.overlay.name().into(),
-                mtu: self.inner.datapath.container_mtu(),
+                mtu: match c.verified_container_mtu() {
+                    Some(m) if c.overlay == Overlay::Fastdp => m,
+                    _ => self.inner.datapath.container_mtu(),
+                },
+                mtu_verified: c.overlay == Overlay::Fastdp && c.verified_container_mtu().is_some(),
                 peer: Some(PeerInfo {
                     underlay: c.underlay,
                     ..PeerInfo::from(&c.hello)
@@ -1141,6 +1290,7 @@ impl<D: Datapath> Router<D> {
                     encrypted: false,
                     overlay: String::new(),
                     mtu: 0,
+                    mtu_verified: false,
                     peer: None,
                 });
             }
@@ -1169,6 +1319,7 @@ impl<D: Datapath> Router<D> {
                 encrypted: false,
                 overlay: String::new(),
                 mtu: 0,
+                mtu_verified: false,
                 peer: None,
             });
         }
@@ -1322,21 +1473,6 @@ async fn accept_loop<D: Datapath>(
     }
 }
 
-/// A socket for the fast-path heartbeats, from our underlay address (the only source the
-/// peers admit VXLAN from); `None`, with a warning, when it cannot be had.
-fn heartbeat_socket(underlay: Ipv4Addr) -> Option<std::net::UdpSocket> {
-    let socket =
-        std::net::UdpSocket::bind((underlay, 0)).and_then(|s| s.set_nonblocking(true).map(|()| s));
-    match socket {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(
-                "no fast-path heartbeats (cannot bind UDP on {underlay}: {e}): peers cannot tell whether VXLAN from us gets through"
-            );
-            None
-        }
-    }
-}
 
 /// A wall-clock time as `YYYY-MM-DD hh:mm:ss` UTC.
 pub fn format_time(t: SystemTime) -> String {
@@ -1366,5 +1502,6 @@ pub fn format_time(t: SystemTime) -> String {
 mod channels;
 pub mod gossip;
 pub mod overlay;
+pub mod path_mtu;
 #[cfg(test)]
 mod tests;

@@ -10,9 +10,8 @@ use aya::Ebpf;
 use weave_ebpf_common::counters::Reason;
 use weave_ebpf_common::headers::{
     source_port_from_hash, write_outer_headers, OuterHeaders, OUTER_HLEN, SOURCE_PORT_MIN,
-    VXLAN_HLEN,
 };
-use weave_ebpf_common::heartbeat::heartbeat_datagram;
+use weave_ebpf_common::heartbeat::{write_heartbeat_frame, HEARTBEAT_FRAME_LEN, OUTER_IP_OVERHEAD};
 use weave_ebpf_common::maps::{
     BroadcastTree, Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey,
     Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, CONFIG_READY,
@@ -213,16 +212,23 @@ impl Bed {
     fn peer_counter(&self, id: u16) -> PeerCounter {
         let m: PerCpuArray<&MapData, PeerCounter> =
             PerCpuArray::try_from(self.ebpf.map("PEER_COUNTERS").unwrap()).unwrap();
-        m.get(&(id as u32), 0)
-            .unwrap()
+        let per_cpu = m.get(&(id as u32), 0).unwrap();
+        // The router's own merge of the per-CPU probe records.
+        let probe = weave_router::datapath::ProbeSeen::merge(per_cpu.iter().map(|c| (c.probe_round, c.probe_len)));
+        let mut sum = per_cpu
             .iter()
             .fold(PeerCounter::default(), |mut a, c| {
                 a.tx_packets += c.tx_packets;
                 a.tx_bytes += c.tx_bytes;
                 a.rx_packets += c.rx_packets;
                 a.rx_bytes += c.rx_bytes;
+                a.rx_heartbeats += c.rx_heartbeats;
                 a
-            })
+            });
+        if let Some(p) = probe {
+            (sum.probe_round, sum.probe_len) = (p.round, p.largest);
+        }
+        sum
     }
 
     /// Runs a classifier on `frame`; (return value, frame afterwards).
@@ -607,6 +613,14 @@ fn from_bridge_encapsulates_unicast_for_a_learned_mac() {
     assert_eq!(bed.counter(Reason::BridgeFlooded), 0);
 }
 
+/// A heartbeat's inner frame for `receiver` (`round` 0) or a probe of round `round` whose
+/// outer IPv4 packet is `outer_len` bytes.
+fn heartbeat(receiver: u16, round: u32, outer_len: usize) -> Vec<u8> {
+    let mut frame = vec![0u8; outer_len.saturating_sub(OUTER_IP_OVERHEAD).max(HEARTBEAT_FRAME_LEN)];
+    write_heartbeat_frame(&mut frame, receiver, round);
+    frame
+}
+
 #[test]
 fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
     require_root!();
@@ -628,28 +642,28 @@ fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
         .into_iter()
         .enumerate()
     {
-        let datagram = heartbeat_datagram(vni::pack(id, OWN_ID));
-        let frame = encapsulated(
-            &datagram[VXLAN_HLEN..],
-            underlay,
-            OWN_UNDERLAY,
-            vni::pack(id, OWN_ID),
-        );
-        assert_eq!(&frame[OUTER_HLEN - VXLAN_HLEN..], &datagram[..]);
+        let frame = encapsulated(&heartbeat(OWN_ID, 0, 0), underlay, OWN_UNDERLAY, vni::pack(id, OWN_ID));
         assert_eq!(bed.run_xdp(&frame), XDP_PASS, "admitted by XDP");
         let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
         assert_eq!(rc, TC_ACT_SHOT, "peer {id}: dropped once counted");
         assert_eq!(bed.counter(Reason::RxHeartbeat), n as u64 + 1);
         let pc = bed.peer_counter(id);
-        assert_eq!((pc.rx_packets, pc.rx_bytes), (1, frame.len() as u64));
+        assert_eq!((pc.rx_packets, pc.rx_bytes, pc.rx_heartbeats), (1, frame.len() as u64, 1));
+        assert_eq!((pc.probe_round, pc.probe_len), (0, 0), "a plain heartbeat is no probe");
     }
+    // An older build's heartbeat (no payload) still counts.
+    let mut bare = heartbeat(OWN_ID, 0, 0);
+    bare.truncate(14);
+    let frame = encapsulated(&bare, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(bed.peer_counter(PEER_ID).rx_heartbeats, 2);
     assert_eq!(bed.remote_macs().keys().count(), 0, "nothing learned");
     assert_eq!(bed.neighbours().keys().count(), 0, "nothing learned");
     // From a peer that is not admitted: an ordinary drop.
     let stranger = 0x005;
-    let datagram = heartbeat_datagram(vni::pack(stranger, OWN_ID));
     let frame = encapsulated(
-        &datagram[VXLAN_HLEN..],
+        &heartbeat(OWN_ID, 0, 0),
         [192, 168, 50, 5],
         OWN_UNDERLAY,
         vni::pack(stranger, OWN_ID),
@@ -657,8 +671,84 @@ fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
     let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_SHOT);
     assert_eq!(bed.counter(Reason::RxDropUnknownPeer), 1);
-    assert_eq!(bed.counter(Reason::RxHeartbeat), 2);
+    assert_eq!(bed.counter(Reason::RxHeartbeat), 3);
     assert_eq!(bed.peer_counter(stranger).rx_packets, 0);
+}
+
+#[test]
+fn rx_keeps_the_largest_probe_of_the_newest_round() {
+    require_root!();
+    let mut bed = Bed::new();
+    let probe = |bed: &mut Bed, round: u32, outer: usize| {
+        let frame = encapsulated(&heartbeat(OWN_ID, round, outer), PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+        assert_eq!(frame.len(), outer + 14, "outer IPv4 packet of {outer} bytes");
+        let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
+        assert_eq!(rc, TC_ACT_SHOT);
+        let pc = bed.peer_counter(PEER_ID);
+        (pc.probe_round, pc.probe_len)
+    };
+    assert_eq!(probe(&mut bed, 1000, 1400), (1000, 1400));
+    assert_eq!(probe(&mut bed, 1000, 1200), (1000, 1400), "a smaller one of the same round");
+    assert_eq!(probe(&mut bed, 1000, 1450), (1000, 1450));
+    assert_eq!(probe(&mut bed, 999, 1500), (1000, 1450), "a late one of an older round");
+    assert_eq!(probe(&mut bed, 1001, 600), (1001, 600), "a newer round starts over");
+    assert_eq!(bed.peer_counter(PEER_ID).rx_heartbeats, 5);
+}
+
+#[test]
+fn from_bridge_addresses_a_heartbeat_to_the_peer_it_names_like_a_broadcast_copy() {
+    require_root!();
+    let mut bed = Bed::new();
+    let inner = heartbeat(PEER_ID, 77, 1400);
+    let (rc, out) = bed.run_tc(FROM_BRIDGE_PROGRAM, &inner);
+    assert_eq!(rc, TC_ACT_REDIRECT, "to the underlay");
+    let sport = u16::from_be_bytes([out[34], out[35]]);
+    let mut expected = [0u8; OUTER_HLEN];
+    write_outer_headers(
+        &mut expected,
+        &OuterHeaders {
+            src_ipv4: OWN_UNDERLAY,
+            dst_ipv4: PEER_UNDERLAY,
+            src_port: sport,
+            vni: vni::pack(OWN_ID, PEER_ID),
+            inner_len: inner.len() as u16,
+        },
+    );
+    // The next hop's MAC from PEERS (a router's, on a routed underlay), DF set.
+    expected[0..6].copy_from_slice(&PEER_UNDERLAY_MAC);
+    expected[6..12].copy_from_slice(&OWN_UNDERLAY_MAC);
+    assert_eq!(&out[..OUTER_HLEN], &expected[..]);
+    assert_eq!(&out[OUTER_HLEN..], &inner[..]);
+    assert_eq!(out.len() - 14, 1400, "the probe's outer packet has the size asked for");
+    assert_eq!(bed.counter(Reason::TxHeartbeat), 1);
+    assert_eq!(bed.counter(Reason::BridgeFlooded), 0);
+    // A peer the sleeve carries now (admitted only) still gets its heartbeats.
+    bed.peers()
+        .set(
+            FAR_ID as u32,
+            PeerEntry {
+                underlay_ipv4: FAR_UNDERLAY,
+                flags: PEER_ADMIT,
+                next_hop: FAR_ID,
+                underlay_mac: PEER_UNDERLAY_MAC,
+            },
+            0,
+        )
+        .unwrap();
+    let (rc, out) = bed.run_tc(FROM_BRIDGE_PROGRAM, &heartbeat(FAR_ID, 0, 0));
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[30..34], &FAR_UNDERLAY);
+    // Unknown peers, and peers whose next hop's MAC is not known, get nothing.
+    let far = bed.peers().get(&(FAR_ID as u32), 0).unwrap();
+    bed.peers()
+        .set(FAR_ID as u32, PeerEntry { underlay_mac: [0; 6], ..far }, 0)
+        .unwrap();
+    for peer in [FAR_ID, 0x0777] {
+        let (rc, _) = bed.run_tc(FROM_BRIDGE_PROGRAM, &heartbeat(peer, 0, 0));
+        assert_eq!(rc, TC_ACT_SHOT, "peer {peer}");
+    }
+    assert_eq!(bed.counter(Reason::TxHeartbeat), 2);
+    assert_eq!(bed.counter(Reason::BridgeDropped), 2);
 }
 
 #[test]

@@ -325,6 +325,7 @@ mod tests {
                 encrypted: false,
                 overlay: "fastdp".into(),
                 mtu: 1450,
+            mtu_verified: true,
                 peer: Some(peer),
             }],
             mesh: Default::default(),
@@ -347,6 +348,7 @@ mod tests {
                 tx_bytes: 500,
                 rx_packets: 6,
                 rx_bytes: 600,
+                ..Default::default()
             }],
         };
         (status, counters)

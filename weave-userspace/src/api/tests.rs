@@ -108,7 +108,7 @@ async fn status_texts_show_the_connection() {
     let b = serve(2, &[a.router.listen_addr()]).await;
     let text = wait_for(b.http, "/status/connections", "established").await;
     let expected = format!(
-        "-> {:<21} established unencrypted fastdp 0a:00:00:00:00:01(host1) mtu=1450\n",
+        "-> {:<21} established unencrypted fastdp 0a:00:00:00:00:01(host1) mtu=1450 (unverified)\n",
         a.router.listen_addr().to_string()
     );
     assert_eq!(text, expected);

@@ -147,8 +147,13 @@ pub fn connection_line(c: &ConnectionInfo) -> String {
             } else {
                 "unencrypted"
             };
+            let unverified = if c.overlay == "fastdp" && !c.mtu_verified && c.state == "established" {
+                " (unverified)"
+            } else {
+                ""
+            };
             format!(
-                "{crypto:<11} {:<6} {} mtu={}",
+                "{crypto:<11} {:<6} {} mtu={}{unverified}",
                 c.overlay,
                 name_nick(c),
                 c.mtu
@@ -238,6 +243,7 @@ mod tests {
             encrypted: address.ends_with(":6783"),
             overlay: "fastdp".into(),
             mtu: 1450,
+            mtu_verified: true,
             peer,
         }
     }

@@ -172,7 +172,8 @@ struct State {
     endpoints: Vec<Endpoint>,
     /// Short IDs ever added in this run (counters are reported for them).
     peers_seen: BTreeSet<u16>,
-    /// Directly connected peers the fast path carries: their underlay address and the MAC
+    /// Directly connected peers (carried by the fast path, or admitted only while the
+    /// sleeve carries them): their underlay address and the MAC
     /// of the next hop towards it now in `PEERS` (kept current by
     /// [`Datapath::refresh_next_hops`]).
     direct: BTreeMap<u16, (Ipv4Addr, [u8; 6])>,
@@ -214,7 +215,14 @@ pub struct EbpfDatapath {
     /// Our short ID now (it changes after a clash; `settings` keeps the one we started with).
     own_short_id: std::sync::atomic::AtomicU16,
     pin_dir: PathBuf,
-    container_mtu: u32,
+    /// The MTU containers get now: at most `max_container_mtu`, lowered to what the paths
+    /// to the peers carry ([`Datapath::set_container_mtu`]).
+    container_mtu: std::sync::atomic::AtomicU32,
+    /// The MTU given (`--mtu`) or the underlay's less the VXLAN overhead; the bridge's port
+    /// towards the peers keeps it (heartbeats and probes of every size go through it).
+    max_container_mtu: u32,
+    /// Writes heartbeats and probes into the bridge's port towards the peers.
+    heartbeat_port: Option<super::packet_socket::PacketSocket>,
     underlay: LinkInfo,
     bridge_index: u32,
     xdp_attached: bool,
@@ -225,6 +233,9 @@ pub struct EbpfDatapath {
     /// The short ID [`Datapath::refresh_next_hops`] goes on from.
     refresh_cursor: std::sync::atomic::AtomicU16,
 }
+
+/// The smallest MTU containers are given, whatever the paths carry (IPv4's minimum).
+pub const MIN_CONTAINER_MTU: u32 = 576;
 
 /// How many direct peers' next hops one [`Datapath::refresh_next_hops`] looks up.
 const NEXT_HOPS_PER_REFRESH: usize = 16;
@@ -237,10 +248,14 @@ pub async fn start(settings: DatapathSettings) -> Result<EbpfDatapath, DatapathE
 }
 
 impl EbpfDatapath {
+    fn mtu_now(&self) -> u32 {
+        self.container_mtu.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The host end of a container veth as a port of the weave bridge: MTU, enslaved, up.
     async fn make_bridge_port(&self, index: u32) -> Result<(), DatapathError> {
         let change = LinkChange {
-            mtu: Some(self.container_mtu),
+            mtu: Some(self.mtu_now()),
             controller: Some(self.bridge_index),
             up: true,
             ..Default::default()
@@ -286,17 +301,25 @@ impl EbpfDatapath {
         }
         let bridge = nl.ensure_bridge(BRIDGE_NAME, container_mtu).await?;
 
-        let (programs, xdp_attached) = if settings.programs {
+        let (programs, xdp_attached, heartbeat_port) = if settings.programs {
             let bridge_port = create_bridge_port(&nl, bridge.index, container_mtu).await?;
+            let heartbeat_port = super::packet_socket::PacketSocket::open(
+                bridge_port,
+                weave_ebpf_common::heartbeat::HEARTBEAT_ETHERTYPE,
+            )
+            .map_err(|e| {
+                tracing::warn!("no fast-path heartbeats or path-MTU probes: cannot open a packet socket on {BRIDGE_PORT_NAME}: {e}");
+            })
+            .ok();
             match Self::load(&settings, &pin_dir, &underlay, bridge_port) {
-                Ok((programs, xdp)) => (Some(programs), xdp),
+                Ok((programs, xdp)) => (Some(programs), xdp, heartbeat_port),
                 Err(e) => {
                     remove_pins(&pin_dir);
                     return Err(e);
                 }
             }
         } else {
-            (None, false)
+            (None, false, None)
         };
         let state = State {
             programs,
@@ -309,7 +332,9 @@ impl EbpfDatapath {
             own_short_id: std::sync::atomic::AtomicU16::new(settings.own_short_id.get()),
             settings,
             pin_dir,
-            container_mtu,
+            container_mtu: std::sync::atomic::AtomicU32::new(container_mtu),
+            max_container_mtu: container_mtu,
+            heartbeat_port,
             underlay,
             bridge_index: bridge.index,
             xdp_attached,
@@ -529,7 +554,7 @@ impl EbpfDatapath {
             let ns = netlink::open_netns(&request.netns)?;
             self.nl.move_to_netns(temp.index, ns.as_raw_fd()).await?;
             drop(ns);
-            let mtu = self.container_mtu;
+            let mtu = self.mtu_now();
             let addresses = request.addresses.clone();
             let service = self.service.get().map(|s| s.0);
             let mac = netlink::in_netns(&request.netns, move |nl| async move {
@@ -622,7 +647,7 @@ impl EbpfDatapath {
                 temp.index,
                 LinkChange {
                     name: Some(name.clone()),
-                    mtu: Some(self.container_mtu),
+                    mtu: Some(self.mtu_now()),
                     ..Default::default()
                 },
             )
@@ -1025,10 +1050,16 @@ impl Datapath for EbpfDatapath {
 
     async fn admit_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
         let id = peer.short_id.get();
+        // Heartbeats still go to it over the fast path (they tell when it works again).
+        let underlay_mac = self
+            .nl
+            .next_hop_mac(self.underlay.index, peer.underlay)
+            .await?
+            .unwrap_or_default();
         {
             let mut guard = self.lock();
             guard.peers_seen.insert(id);
-            guard.direct.remove(&id);
+            guard.direct.insert(id, (peer.underlay, underlay_mac));
             let st = guard.programs()?;
             st.maps
                 .peers
@@ -1038,7 +1069,7 @@ impl Datapath for EbpfDatapath {
                         underlay_ipv4: peer.underlay.octets(),
                         flags: PEER_ADMIT,
                         next_hop: id,
-                        underlay_mac: [0; 6],
+                        underlay_mac,
                     },
                     0,
                 )
@@ -1293,7 +1324,9 @@ impl Datapath for EbpfDatapath {
                 t.tx_bytes += c.tx_bytes;
                 t.rx_packets += c.rx_packets;
                 t.rx_bytes += c.rx_bytes;
+                t.rx_heartbeats += c.rx_heartbeats;
             }
+            t.probe = super::ProbeSeen::merge(v.iter().map(|c| (c.probe_round, c.probe_len)));
             if t.tx_packets + t.rx_packets > 0 {
                 out.by_peer.push(t);
             }
@@ -1302,7 +1335,68 @@ impl Datapath for EbpfDatapath {
     }
 
     fn container_mtu(&self) -> u32 {
-        self.container_mtu
+        self.mtu_now()
+    }
+
+    fn max_container_mtu(&self) -> u32 {
+        self.max_container_mtu
+    }
+
+    async fn set_container_mtu(&self, mtu: u32) -> Result<(), DatapathError> {
+        let mtu = mtu.clamp(MIN_CONTAINER_MTU, self.max_container_mtu);
+        let old = self
+            .container_mtu
+            .swap(mtu, std::sync::atomic::Ordering::Relaxed);
+        if old == mtu {
+            return Ok(());
+        }
+        tracing::info!("container MTU {old} -> {mtu} (what the paths to the peers carry)");
+        let change = LinkChange {
+            mtu: Some(mtu),
+            ..Default::default()
+        };
+        self.nl.set_link(self.bridge_index, change.clone()).await?;
+        let endpoints = self.lock().endpoints.clone();
+        for e in endpoints {
+            if let Some(host) = self.nl.link_by_name(&e.host_ifname).await? {
+                self.nl.set_link(host.index, change.clone()).await?;
+            }
+            // The container's end, found by its MAC (Docker names it itself). A namespace
+            // that is gone has nothing left to change.
+            let change = change.clone();
+            let result = netlink::in_netns(&e.netns, move |nl| async move {
+                for link in nl.links().await? {
+                    if link.mac == e.mac {
+                        nl.set_link(link.index, change).await?;
+                        break;
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            if let Err(err) = result {
+                tracing::warn!("cannot set the MTU of {} in {}: {err}", e.host_ifname, e.netns.display());
+            }
+        }
+        Ok(())
+    }
+
+    fn send_heartbeats(&self, heartbeats: &[super::Heartbeat]) -> Result<(), DatapathError> {
+        use weave_ebpf_common::heartbeat::{write_heartbeat_frame, HEARTBEAT_FRAME_LEN, OUTER_IP_OVERHEAD};
+        let Some(port) = &self.heartbeat_port else {
+            return Ok(());
+        };
+        let mut frame = vec![0u8; self.max_container_mtu as usize + weave_ebpf_common::headers::ETH_HLEN];
+        for h in heartbeats {
+            let len = (h.outer_len as usize)
+                .saturating_sub(OUTER_IP_OVERHEAD)
+                .clamp(HEARTBEAT_FRAME_LEN, frame.len());
+            write_heartbeat_frame(&mut frame, h.peer, h.round);
+            if let Err(e) = port.send(&frame[..len]) {
+                tracing::debug!("heartbeat to peer {}: {e}", h.peer);
+            }
+        }
+        Ok(())
     }
 
     async fn add_service_address(&self, addr: Ipv4Addr) -> Result<(), DatapathError> {

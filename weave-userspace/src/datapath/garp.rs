@@ -24,43 +24,9 @@ pub fn frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
 /// Sends a gratuitous ARP for each of `addrs` out of interface `ifindex` (of the calling
 /// thread's network namespace), from `mac`.
 pub fn send(ifindex: u32, mac: [u8; 6], addrs: &[Ipv4Addr]) -> std::io::Result<()> {
-    // SAFETY: plain socket(2); the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            (libc::ETH_P_ARP as u16).to_be() as i32,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
-    sll.sll_ifindex = ifindex as i32;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let socket = super::packet_socket::PacketSocket::open(ifindex, libc::ETH_P_ARP as u16)?;
     for addr in addrs {
-        let f = frame(mac, *addr);
-        // SAFETY: f and sll outlive the call; lengths are theirs.
-        let n = unsafe {
-            libc::sendto(
-                raw,
-                f.as_ptr().cast(),
-                f.len(),
-                0,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        socket.send(&frame(mac, *addr))?;
     }
     Ok(())
 }

@@ -7,9 +7,11 @@
 pub mod fake;
 
 pub mod ebpf;
+pub mod frag_needed;
 pub mod garp;
 pub mod nat;
 pub mod netlink;
+pub mod packet_socket;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -136,6 +138,49 @@ pub struct PeerTraffic {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    /// Fast-path heartbeats and probes received from the peer.
+    pub rx_heartbeats: u64,
+    /// The newest path-MTU probe round received from the peer and its largest probe (outer
+    /// IPv4 length), over all CPUs.
+    pub probe: Option<ProbeSeen>,
+}
+
+/// The largest path-MTU probe of the newest round a peer sent that arrived.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeSeen {
+    pub round: u32,
+    /// Outer IPv4 packet length.
+    pub largest: u32,
+}
+
+impl ProbeSeen {
+    /// Merges per-CPU `(round, largest)` pairs: the newest round, its largest probe.
+    pub fn merge(per_cpu: impl IntoIterator<Item = (u32, u32)>) -> Option<ProbeSeen> {
+        let mut best: Option<ProbeSeen> = None;
+        for (round, largest) in per_cpu {
+            if round == 0 {
+                continue;
+            }
+            best = Some(match best {
+                Some(b) if b.round == round => ProbeSeen {
+                    round,
+                    largest: b.largest.max(largest),
+                },
+                Some(b) if !weave_ebpf_common::heartbeat::newer_round(round, b.round) => b,
+                _ => ProbeSeen { round, largest },
+            });
+        }
+        best
+    }
+}
+
+/// A fast-path heartbeat to write into the bridge's port towards the peers: `round` 0 is a
+/// plain heartbeat, any other a path-MTU probe whose outer IPv4 packet is `outer_len` long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub peer: u16,
+    pub round: u32,
+    pub outer_len: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +287,28 @@ pub trait Datapath: Send + Sync + 'static {
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
     /// The MTU given to container interfaces.
     fn container_mtu(&self) -> u32;
+    /// The MTU containers get when every path carries it (`--mtu`, or the underlay's less
+    /// the VXLAN overhead).
+    fn max_container_mtu(&self) -> u32 {
+        self.container_mtu()
+    }
+    /// Gives the bridge and every container interface (both ends) MTU `mtu`, and new ones
+    /// too: what the paths to the peers carry, less the VXLAN overhead. The default does
+    /// nothing.
+    fn set_container_mtu(
+        &self,
+        mtu: u32,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send {
+        let _ = mtu;
+        async { Ok(()) }
+    }
+    /// Writes heartbeats and probes into the bridge's port towards the peers, where the
+    /// programs address them to their peers like copies of a broadcast. The default sends
+    /// nothing (no kernel fast path).
+    fn send_heartbeats(&self, heartbeats: &[Heartbeat]) -> Result<(), DatapathError> {
+        let _ = heartbeats;
+        Ok(())
+    }
     /// Puts `addr` on the bridge as a local service every attached container reaches (the
     /// DNS server): a route to it in each container, ARP for it answered by the TX program,
     /// answers routed back over the bridge. The default does nothing.
@@ -286,4 +353,18 @@ pub struct DatapathSettings {
     /// the bridge and the container interfaces only: no fast path, no subnet isolation,
     /// and frames between hosts go through the sleeve.
     pub programs: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cpu_probe_records_merge_to_the_newest_round_and_its_largest_probe() {
+        assert_eq!(ProbeSeen::merge([(0, 0), (0, 0)]), None);
+        let merged = ProbeSeen::merge([(7, 1400), (0, 0), (8, 600), (8, 1200), (7, 1500)]);
+        assert_eq!(merged, Some(ProbeSeen { round: 8, largest: 1200 }));
+        let wrapped = ProbeSeen::merge([(u32::MAX, 1500), (2, 900)]);
+        assert_eq!(wrapped, Some(ProbeSeen { round: 2, largest: 900 }), "across the wrap");
+    }
 }

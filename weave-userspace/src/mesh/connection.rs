@@ -99,6 +99,8 @@ pub(crate) enum ConnEvent {
     Gossip { id: ConnId, message: Message },
     /// The remote end says whether it hears our fast-path heartbeats.
     FastdpStatus { id: ConnId, heard: bool },
+    /// The peer says which of our path-MTU probes reached it.
+    PathMtuSeen { id: ConnId, round: u32, largest: u16 },
     /// The remote end refused us: a peer it is connected to has our short ID `short_id`.
     ShortIdTaken { short_id: ShortId },
     /// The connection is gone.
@@ -540,6 +542,9 @@ async fn read_messages(
                         }
                         Message::FastdpStatus { heard } => {
                             let _ = events.send(ConnEvent::FastdpStatus { id, heard });
+                        }
+                        Message::PathMtuSeen { round, largest } => {
+                            let _ = events.send(ConnEvent::PathMtuSeen { id, round, largest });
                         }
                         message @ (Message::Gossip(_)
                         | Message::Digest(_)

@@ -22,15 +22,18 @@ use super::peer_name::{PeerName, ShortId};
 pub const MAGIC: [u8; 8] = *b"weavertr";
 /// Versions this build speaks. Version 2 added the encryption flag after the preamble;
 /// version 3 added fast-path heartbeats, [`Message::FastdpStatus`] and
-/// [`Message::ShortIdTaken`]. A version 2 peer
+/// [`Message::ShortIdTaken`]; version 4 path-MTU probes and [`Message::PathMtuSeen`]. A
+/// version 2 peer
 /// takes a message kind it does not know for a malformed frame and closes the connection,
 /// so nothing of version 3 is sent on a version 2 connection.
 pub const MIN_VERSION: u8 = 2;
-pub const MAX_VERSION: u8 = 3;
+pub const MAX_VERSION: u8 = 4;
 /// The first version with fast-path heartbeats and [`Message::FastdpStatus`].
 pub const FASTDP_STATUS_VERSION: u8 = 3;
 /// The first version with [`Message::ShortIdTaken`].
 pub const SHORT_ID_TAKEN_VERSION: u8 = 3;
+/// The first version with path-MTU probes and [`Message::PathMtuSeen`].
+pub const PATH_MTU_VERSION: u8 = 4;
 /// Length of the preamble: magic, min version, max version.
 pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of a frame header.
@@ -319,6 +322,13 @@ pub enum Message {
         id: ShortId,
         by: PeerName,
     },
+    /// The largest of the receiver's path-MTU probes of round `round` that reached the
+    /// sender over the fast path (outer IPv4 packet length); sent when it changes
+    /// (protocol version 4 and up).
+    PathMtuSeen {
+        round: u32,
+        largest: u16,
+    },
 }
 
 impl Message {
@@ -334,13 +344,14 @@ impl Message {
             Message::Channel(_) => "channel gossip",
             Message::FastdpStatus { .. } => "fastdp status",
             Message::ShortIdTaken { .. } => "short ID taken",
+            Message::PathMtuSeen { .. } => "path MTU seen",
         }
     }
 }
 
 /// Names of the message kinds, in the order of [`Message`]'s variants (a frame's first
 /// body byte is that index).
-pub const MESSAGE_KINDS: [&str; 10] = [
+pub const MESSAGE_KINDS: [&str; 11] = [
     "hello",
     "heartbeat",
     "ready",
@@ -351,6 +362,7 @@ pub const MESSAGE_KINDS: [&str; 10] = [
     "channel gossip",
     "fastdp status",
     "short ID taken",
+    "path MTU seen",
 ];
 
 /// Frames and bytes of control traffic by message kind, counted by this process.
@@ -527,6 +539,10 @@ mod tests {
                 only_listed: false,
             }),
             Message::FastdpStatus { heard: true },
+            Message::PathMtuSeen {
+                round: 7,
+                largest: 1400,
+            },
         ];
         for m in messages {
             let frame = encode_frame(&m).unwrap();

@@ -67,6 +67,9 @@ pub struct OverlayChoice {
     remote_heard: Option<bool>,
     /// When we last reported `heard`.
     reported_at: Option<Instant>,
+    /// Heartbeats cross but no probe of even the smallest size did
+    /// ([`super::path_mtu::PathMtuSearch::only_small_frames`]).
+    only_small_frames: bool,
     overlay: Overlay,
 }
 
@@ -87,6 +90,7 @@ impl OverlayChoice {
             heard: true,
             remote_heard: None,
             reported_at: None,
+            only_small_frames: false,
             overlay: Overlay::Fastdp,
         }
     }
@@ -160,11 +164,36 @@ impl OverlayChoice {
         }
     }
 
-    /// The fast path while both ends hear each other, else the sleeve (once the peer has
-    /// reported at all); `Some` on a change.
+    /// Whether the fast path carries only small frames (the path-MTU search found that
+    /// nothing of even the smallest probe size crosses while heartbeats do).
+    pub fn set_only_small_frames(&mut self, only_small: bool) -> Change {
+        self.only_small_frames = only_small;
+        Change {
+            report: None,
+            switch: self.decide(),
+        }
+    }
+
+    /// Why the sleeve carries the peer, as status shows it (empty on the fast path).
+    pub fn why_sleeve(&self) -> &'static str {
+        if self.overlay == Overlay::Fastdp {
+            ""
+        } else if !self.heard {
+            "fast path blocked: no heartbeats from the peer"
+        } else if self.remote_heard == Some(false) {
+            "fast path blocked: the peer hears none of our heartbeats"
+        } else if self.only_small_frames {
+            "fast path blocked: it carries heartbeats but no frame of 576 bytes (path MTU too small)"
+        } else {
+            "fast path blocked"
+        }
+    }
+
+    /// The fast path while both ends hear each other and it carries more than small
+    /// frames, else the sleeve (once the peer has reported at all); `Some` on a change.
     fn decide(&mut self) -> Option<Overlay> {
         let remote_heard = self.remote_heard?;
-        let want = if self.heard && remote_heard {
+        let want = if self.heard && remote_heard && !self.only_small_frames {
             Overlay::Fastdp
         } else {
             Overlay::Sleeve
@@ -179,6 +208,19 @@ impl OverlayChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_that_carries_only_small_frames_goes_to_the_sleeve_and_back() {
+        let mut c = OverlayChoice::default();
+        let t = Instant::now();
+        c.sample(t, 1);
+        c.remote_report(true);
+        assert_eq!(c.overlay(), Overlay::Fastdp);
+        assert_eq!(c.set_only_small_frames(true).switch, Some(Overlay::Sleeve));
+        assert!(c.why_sleeve().contains("path MTU"), "{}", c.why_sleeve());
+        assert_eq!(c.set_only_small_frames(false).switch, Some(Overlay::Fastdp));
+        assert_eq!(c.why_sleeve(), "");
+    }
 
     const S: Duration = Duration::from_secs(1);
 

@@ -497,6 +497,8 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
         version: crate::mesh::protocol::MAX_VERSION,
         overlay: super::overlay::Overlay::Fastdp,
         choice: None,
+        path_mtu: None,
+        probes_reported: None,
     };
     // We are `low`; we hold an outbound connection to `high`.
     let mut mesh = Mesh::default();

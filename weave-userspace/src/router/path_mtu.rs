@@ -1,0 +1,386 @@
+//! The path MTU of one connection's fast path, verified by probing.
+//!
+//! Pure: the router asks once a second which probes to send ([`PathMtuSearch::probes`]),
+//! the data path writes them into the bridge's port towards the peers, where the programs
+//! address them to the peer like copies of a broadcast (DF set, never fragmented), and the
+//! peer reports the largest probe of each round that arrived ([`PathMtuSearch::seen`]).
+//! Sizes are outer IPv4 packet lengths; a container frame of MTU `m` makes an outer packet
+//! of `m + 50` bytes on the underlay.
+//!
+//! The search keeps the largest size known to cross (`verified`) and the smallest known not
+//! to (`too_big`), and sends a round of [`PROBES_PER_ROUND`] sizes spread between them, so
+//! that any MTU between [`FLOOR`] and a jumbo frame is found exactly in a few rounds. A round
+//! is concluded when the peer reports all of it arrived, or [`ROUND_TIMEOUT`] after it
+//! was sent (what was not reported by then is taken as too big). Once found, the MTU is
+//! checked again every [`RECHECK_EVERY`] (the size itself and the ceiling: a path that
+//! shrinks or grows is noticed). An ICMP "fragmentation needed" from the underlay about our
+//! own outer packets ([`PathMtuSearch::frag_needed`]) is a hint, never a verdict: it bounds
+//! the search and starts a round at once, and the probes decide.
+
+use std::time::{Duration, Instant};
+
+/// The smallest outer packet probed: IPv4's minimum datagram every host must take.
+pub const FLOOR: u16 = 576;
+/// Probes per round.
+pub const PROBES_PER_ROUND: usize = 8;
+/// How long after a round is sent its missing probes count as lost.
+pub const ROUND_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often a found MTU is checked again.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// A round of probes in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Round {
+    number: u32,
+    sizes: Vec<u16>,
+    sent_at: Instant,
+    /// The largest probe of the round the peer reported, so far.
+    largest_seen: Option<u16>,
+}
+
+/// What concluding a round changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// [`PathMtuSearch::limit`] or [`PathMtuSearch::only_small_frames`] changed: the new
+    /// limit.
+    pub verified_changed: Option<Option<u16>>,
+}
+
+/// The probing state of one connection.
+#[derive(Clone, Debug)]
+pub struct PathMtuSearch {
+    /// The largest outer packet the local side could send (the underlay device's MTU).
+    ceiling: u16,
+    /// The largest size known to cross.
+    verified: Option<u16>,
+    /// The largest outer packet to send: what the last finished search found, lowered at
+    /// once by a failed check or an ICMP hint (see [`PathMtuSearch::limit`]).
+    limit: Option<u16>,
+    /// The smallest size known not to cross.
+    too_big: Option<u16>,
+    /// Whether a round found that not even [`FLOOR`] crosses.
+    floor_lost: bool,
+    round: Option<Round>,
+    /// When the verified MTU is checked again.
+    recheck_at: Option<Instant>,
+}
+
+impl PathMtuSearch {
+    /// A search for a path whose local end sends at most `ceiling` bytes (at least [`FLOOR`]).
+    pub fn new(ceiling: u16) -> Self {
+        Self {
+            ceiling: ceiling.max(FLOOR),
+            verified: None,
+            limit: None,
+            too_big: None,
+            floor_lost: false,
+            round: None,
+            recheck_at: None,
+        }
+    }
+
+    /// The largest outer packet verified to cross, if any is yet.
+    pub fn verified(&self) -> Option<u16> {
+        self.verified
+    }
+
+    /// The largest outer packet to send now: `None` until the first search finishes (the
+    /// rounds in between do not move it up and down); then what it found. A failed check
+    /// or an ICMP hint lowers it at once; only a finished search raises it.
+    pub fn limit(&self) -> Option<u16> {
+        self.limit
+    }
+
+    /// Whether the search has run and found that not even [`FLOOR`] crosses: the fast path
+    /// carries only small frames.
+    pub fn only_small_frames(&self) -> bool {
+        self.floor_lost
+    }
+
+    /// Whether the search is done (until the next check).
+    pub fn settled(&self) -> bool {
+        self.round.is_none() && self.recheck_at.is_some()
+    }
+
+    /// The sizes to probe now in round `number`, or nothing (a round is in flight, or the
+    /// MTU is found and not due for a check). `number` must be newer than the last one.
+    pub fn probes(&mut self, now: Instant, number: u32) -> Vec<u16> {
+        if self.round.is_some() || self.recheck_at.is_some_and(|t| now < t) {
+            return Vec::new();
+        }
+        let sizes = if self.recheck_at.is_some() {
+            // A check of what was found: it still crosses, and nothing larger now does.
+            self.too_big = None;
+            let mut s = vec![self.verified.unwrap_or(FLOOR)];
+            if s[0] < self.ceiling {
+                s.push(self.ceiling);
+            }
+            self.recheck_at = None;
+            s
+        } else {
+            self.spread()
+        };
+        self.round = Some(Round {
+            number,
+            sizes: sizes.clone(),
+            sent_at: now,
+            largest_seen: None,
+        });
+        sizes
+    }
+
+    /// Sizes strictly between what is known to cross and what is known not to: the
+    /// upper bound first (most paths carry the full size), then evenly spread below it.
+    fn spread(&self) -> Vec<u16> {
+        let low = self.verified.unwrap_or(FLOOR - 1);
+        let high = self.too_big.unwrap_or(self.ceiling + 1);
+        let gap = high.saturating_sub(low);
+        if gap <= 1 {
+            return Vec::new();
+        }
+        let candidates = (gap - 1) as usize;
+        let n = candidates.min(PROBES_PER_ROUND);
+        let mut sizes: Vec<u16> = (0..n)
+            .map(|i| high - 1 - ((candidates - 1) * i / n.max(1)) as u16)
+            .collect();
+        if self.verified.is_none() && !sizes.contains(&FLOOR) && FLOOR < high {
+            // The floor is always probed until something crosses: if it never does, the
+            // path carries only small frames, and that is worth knowing at once.
+            sizes.pop();
+            sizes.push(FLOOR);
+        }
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.dedup();
+        sizes
+    }
+
+    /// The peer's report: the largest probe of round `number` that reached it.
+    pub fn seen(&mut self, number: u32, largest: u16) {
+        if let Some(round) = self.round.as_mut().filter(|r| r.number == number) {
+            round.largest_seen = Some(round.largest_seen.map_or(largest, |l| l.max(largest)));
+        }
+    }
+
+    /// An ICMP "fragmentation needed" from the underlay about one of our outer packets to
+    /// the peer, with the next hop's MTU: the search goes on below it at once. Values that
+    /// no path has (below [`FLOOR`], or not below what we send) are ignored.
+    pub fn frag_needed(&mut self, next_hop_mtu: u16) -> bool {
+        if next_hop_mtu < FLOOR || next_hop_mtu >= self.ceiling {
+            return false;
+        }
+        if self.too_big.is_some_and(|t| t <= next_hop_mtu + 1) {
+            return false;
+        }
+        self.too_big = Some(next_hop_mtu + 1);
+        if self.verified.is_some_and(|v| v > next_hop_mtu) {
+            self.verified = None;
+        }
+        self.limit = Some(self.limit.map_or(next_hop_mtu, |l| l.min(next_hop_mtu)));
+        // The next call to `probes` starts a round below the hint.
+        self.round = None;
+        self.recheck_at = None;
+        true
+    }
+
+    /// Concludes the round in flight when the peer reported all of it, or when it timed
+    /// out; returns what changed.
+    pub fn tick(&mut self, now: Instant) -> Outcome {
+        let Some(round) = &self.round else {
+            return Outcome::default();
+        };
+        let all_seen = round
+            .largest_seen
+            .is_some_and(|l| round.sizes.iter().all(|s| *s <= l));
+        if !all_seen && now.duration_since(round.sent_at) < ROUND_TIMEOUT {
+            return Outcome::default();
+        }
+        let round = self.round.take().expect("checked above");
+        let before = (self.limit(), self.floor_lost);
+        let crossed = round
+            .sizes
+            .iter()
+            .copied()
+            .filter(|s| round.largest_seen.is_some_and(|l| *s <= l))
+            .max();
+        let lost = round
+            .sizes
+            .iter()
+            .copied()
+            .filter(|s| crossed.is_none_or(|c| *s > c))
+            .min();
+        if let Some(c) = crossed {
+            self.verified = Some(self.verified.map_or(c, |v| v.max(c)));
+            self.floor_lost = false;
+        }
+        if let (Some(l), Some(v)) = (lost, self.limit) {
+            if l <= v {
+                // Smaller than what was believed: the new value only comes down from here.
+                self.limit = Some(l - 1);
+            }
+        }
+        if let Some(l) = lost {
+            self.too_big = Some(self.too_big.map_or(l, |t| t.min(l)));
+            if self.verified.is_some_and(|v| v >= l) {
+                // What crossed before does not now: the path shrank.
+                self.verified = None;
+            }
+        }
+        if lost == Some(FLOOR) || (crossed.is_none() && round.sizes.contains(&FLOOR)) {
+            self.floor_lost = true;
+        }
+        let high = self.too_big.unwrap_or(self.ceiling + 1);
+        let low = self.verified.unwrap_or(FLOOR - 1);
+        if high.saturating_sub(low) <= 1 || self.floor_lost {
+            // Found (or nothing to find): check again later, or sooner when nothing crossed.
+            let wait = if self.verified.is_some() {
+                RECHECK_EVERY
+            } else {
+                ROUND_TIMEOUT
+            };
+            self.recheck_at = Some(now + wait);
+            if self.floor_lost && self.verified.is_none() {
+                self.too_big = None;
+            }
+            if self.verified.is_some() {
+                self.limit = self.verified;
+            }
+        }
+        Outcome {
+            verified_changed: (before != (self.limit(), self.floor_lost)).then_some(self.limit()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the search against a path that carries up to `path` bytes (a report per round
+    /// of the largest probe that fits) until it settles; returns the rounds it took.
+    fn search(s: &mut PathMtuSearch, path: u16, start: Instant) -> (Instant, usize) {
+        let mut now = start;
+        for n in 1..50u32 {
+            let sizes = s.probes(now, n);
+            if sizes.is_empty() && s.settled() {
+                return (now, n as usize - 1);
+            }
+            if let Some(l) = sizes.iter().copied().filter(|x| *x <= path).max() {
+                s.seen(n, l);
+            }
+            now += Duration::from_secs(1);
+            s.tick(now);
+            now += Duration::from_secs(2);
+            s.tick(now);
+        }
+        panic!("no result for path {path}: {s:?}");
+    }
+
+    #[test]
+    fn a_full_size_path_is_verified_in_one_round() {
+        let mut s = PathMtuSearch::new(1500);
+        let t = Instant::now();
+        let sizes = s.probes(t, 1);
+        assert_eq!(sizes[0], 1500, "the full size first: {sizes:?}");
+        assert!(sizes.contains(&FLOOR));
+        s.seen(1, 1500);
+        let out = s.tick(t + Duration::from_millis(300));
+        assert_eq!(out.verified_changed, Some(Some(1500)), "all reported: no waiting");
+        assert!(s.settled());
+        assert!(s.probes(t + Duration::from_secs(1), 2).is_empty());
+    }
+
+    #[test]
+    fn any_smaller_path_is_found_exactly_within_five_rounds() {
+        for path in [576, 577, 1000, 1280, 1399, 1400, 1420, 1450, 1460, 1492, 1499] {
+            let mut s = PathMtuSearch::new(1500);
+            let (_, rounds) = search(&mut s, path, Instant::now());
+            assert_eq!(s.verified(), Some(path), "path {path}");
+            assert_eq!(s.limit(), Some(path), "path {path}");
+            assert!(rounds <= 5, "path {path} took {rounds} rounds");
+        }
+        let mut s = PathMtuSearch::new(9000);
+        let (_, rounds) = search(&mut s, 1500, Instant::now());
+        assert_eq!((s.verified(), rounds <= 6), (Some(1500), true), "{rounds} rounds from a jumbo frame");
+    }
+
+    #[test]
+    fn a_path_that_carries_nothing_big_says_so() {
+        let mut s = PathMtuSearch::new(1500);
+        let t = Instant::now();
+        s.probes(t, 1);
+        let out = s.tick(t + ROUND_TIMEOUT);
+        assert_eq!(out.verified_changed, Some(None));
+        assert!(s.only_small_frames());
+        assert_eq!(s.verified(), None);
+        // Tried again soon, and found when the path heals.
+        let (_, _) = search(&mut s, 1500, t + ROUND_TIMEOUT * 2);
+        assert_eq!(s.verified(), Some(1500));
+        assert!(!s.only_small_frames());
+    }
+
+    #[test]
+    fn a_recheck_notices_a_path_that_shrank_or_grew() {
+        let mut s = PathMtuSearch::new(1500);
+        let (t, _) = search(&mut s, 1500, Instant::now());
+        // The path shrinks: the recheck of 1500 fails, the search finds 1400.
+        let (t, _) = search(&mut s, 1400, t + RECHECK_EVERY);
+        assert_eq!(s.verified(), Some(1400));
+        // And grows back.
+        search(&mut s, 1500, t + RECHECK_EVERY);
+        assert_eq!(s.verified(), Some(1500));
+    }
+
+    #[test]
+    fn while_a_shrunk_path_is_searched_the_limit_only_comes_down() {
+        let mut s = PathMtuSearch::new(1500);
+        let (t, _) = search(&mut s, 1500, Instant::now());
+        let sizes = s.probes(t + RECHECK_EVERY, 10);
+        assert_eq!(sizes, vec![1500]);
+        s.tick(t + RECHECK_EVERY + ROUND_TIMEOUT);
+        assert_eq!(s.verified(), None);
+        assert_eq!(s.limit(), Some(1499), "not raised, not forgotten");
+        search(&mut s, 1400, t + RECHECK_EVERY + ROUND_TIMEOUT);
+        assert_eq!(s.limit(), Some(1400));
+    }
+
+    #[test]
+    fn frag_needed_bounds_the_search_and_probes_decide() {
+        let mut s = PathMtuSearch::new(1500);
+        let t = Instant::now();
+        let (t, _) = search(&mut s, 1500, t);
+        assert!(s.frag_needed(1400));
+        assert_eq!(s.verified(), None, "1500 is no longer taken to cross");
+        assert_eq!(s.limit(), Some(1400), "honoured at once");
+        let sizes = s.probes(t, 100);
+        assert_eq!(sizes[0], 1400, "probing starts at the hint: {sizes:?}");
+        s.seen(100, 1400);
+        s.tick(t + Duration::from_secs(3));
+        assert_eq!(s.verified(), Some(1400));
+        // Nonsense hints change nothing.
+        assert!(!s.frag_needed(68));
+        assert!(!s.frag_needed(1500));
+        assert!(!s.frag_needed(9000));
+        assert_eq!(s.verified(), Some(1400));
+    }
+
+    #[test]
+    fn a_forged_hint_is_undone_by_the_next_check() {
+        let mut s = PathMtuSearch::new(1500);
+        let (t, _) = search(&mut s, 1500, Instant::now());
+        assert!(s.frag_needed(600));
+        let (t, _) = search(&mut s, 1500, t);
+        assert_eq!(s.limit(), Some(600), "believed until checked");
+        search(&mut s, 1500, t + RECHECK_EVERY);
+        assert_eq!(s.verified(), Some(1500));
+    }
+
+    #[test]
+    fn reports_of_other_rounds_are_ignored() {
+        let mut s = PathMtuSearch::new(1500);
+        let t = Instant::now();
+        s.probes(t, 5);
+        s.seen(4, 1500);
+        s.tick(t + ROUND_TIMEOUT);
+        assert_eq!(s.verified(), None);
+    }
+}
