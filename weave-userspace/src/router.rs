@@ -841,6 +841,9 @@ impl<D: Datapath> Inner<D> {
             for c in mesh.connections.values_mut().filter(|c| c.underlay == addr) {
                 if let Some(search) = c.path_mtu.as_mut() {
                     if search.frag_needed(mtu) {
+                        if let Some(sleeve) = &self.sleeve {
+                            sleeve.set_path_mtu(c.hello.short_id.get(), mtu);
+                        }
                         tracing::info!(
                             "connection {}: the underlay says packets to {addr} must not exceed {mtu} bytes; probing below that",
                             describe(c)
@@ -877,6 +880,7 @@ impl<D: Datapath> Inner<D> {
             probed
         };
         if heartbeats.is_empty() && probed.is_empty() {
+            self.apply_container_mtu().await;
             return;
         }
         if let Err(e) = self.datapath.send_heartbeats(&heartbeats) {
@@ -890,7 +894,6 @@ impl<D: Datapath> Inner<D> {
             }
         };
         let mut switches = Vec::new();
-        let mut mtu_changed = false;
         {
             let mut mesh = self.mesh();
             for (id, conn) in mesh.connections.iter_mut().filter(|(_, c)| c.established()) {
@@ -913,8 +916,11 @@ impl<D: Datapath> Inner<D> {
                 let mut only_small = None;
                 if let Some(search) = conn.path_mtu.as_mut() {
                     if let Some(limit) = search.tick(now).verified_changed {
-                        mtu_changed = true;
                         only_small = Some(search.only_small_frames());
+                        if let (Some(l), Some(sleeve)) = (limit, &self.sleeve) {
+                            // Should the peer fall back to the sleeve, its datagrams fit too.
+                            sleeve.set_path_mtu(peer, l);
+                        }
                         match limit {
                             Some(l) => tracing::info!(
                                 "connection {}: path MTU {l} verified (containers {})",
@@ -947,9 +953,8 @@ impl<D: Datapath> Inner<D> {
         for (id, to) in switches {
             self.switch_overlay(id, to).await;
         }
-        if mtu_changed {
-            self.apply_container_mtu().await;
-        }
+        // Also after an ICMP hint, or a connection that went or moved to the sleeve.
+        self.apply_container_mtu().await;
     }
 
     /// Gives containers the smallest MTU the fast paths to the peers verified (the

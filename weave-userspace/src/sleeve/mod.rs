@@ -81,6 +81,9 @@ struct Peer {
     /// Whether the sleeve carries the peer's frames now; when not (the fast path does), its
     /// keys and counters wait here, and its datagrams are dropped as from an unknown peer.
     carried: AtomicBool,
+    /// Payload bytes per datagram to this peer: 0 for the shared size (the underlay's
+    /// MTU), else what the path to it verified ([`Sleeve::set_path_mtu`]).
+    segment: std::sync::atomic::AtomicUsize,
     encoder: Mutex<Encoder>,
     decoder: Mutex<Decoder>,
 }
@@ -175,6 +178,15 @@ impl Sleeve {
         self.shared.encrypted
     }
 
+    /// The largest IPv4 packet the path to peer `short_id` carries, as its fast-path
+    /// probes verified it: the peer's datagrams are cut to fit (no effect on an unknown peer).
+    pub fn set_path_mtu(&self, short_id: u16, path_mtu: u16) {
+        if let Some(peer) = read(&self.shared.peers).get(&short_id) {
+            peer.segment
+                .store(packet::segment_payload(u32::from(path_mtu)), Relaxed);
+        }
+    }
+
     /// Takes a directly connected peer, with the keys of its control connection (needed
     /// when encrypted), and carries its frames when `carry` (else see [`Sleeve::carry`]).
     pub fn add_peer(
@@ -192,6 +204,7 @@ impl Sleeve {
         let peer = Peer {
             addr: SocketAddrV4::new(underlay, SLEEVE_PORT),
             carried: AtomicBool::new(carry),
+            segment: std::sync::atomic::AtomicUsize::new(0),
             encoder: Mutex::new(Encoder::new(
                 self.shared.local,
                 keys.map(|k| k.sealer(NonceDomain::Data)),
@@ -413,8 +426,11 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
         };
         let peers = peers.into_iter().filter(|p| p.carried.load(Relaxed));
         for peer in peers {
-            let encoded =
-                lock(&peer.encoder).encode(payload, shared.segment, &mut out, &mut scratch);
+            let segment = match peer.segment.load(Relaxed) {
+                0 => shared.segment,
+                s => s.min(shared.segment),
+            };
+            let encoded = lock(&peer.encoder).encode(payload, segment, &mut out, &mut scratch);
             match encoded {
                 Ok(stride) => send_datagrams(shared, socket, &out, stride, peer.addr),
                 Err(e) => tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr),
