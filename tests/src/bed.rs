@@ -8,6 +8,10 @@
 //! * `p-h<i><name>`: containers, e.g. `p-h1c1`;
 //! * `p-<name>`: other nodes on the underlay (e.g. an intruder sending stray VXLAN).
 //!
+//! That is the flat underlay of [`TestBed::new`]; [`crate::underlay`] builds the others
+//! (routed subnets, two routers, 1:1 NAT) out of the same pieces: segments (bridges in `p-u`),
+//! hosts plugged into them, and nodes (`p-<name>`) that route between them.
+//!
 //! Everything is removed when the bed is dropped, also during a panic, and leftovers of an
 //! earlier run with the same prefix are removed before a new bed is made. The underlay bridge
 //! lives in its own namespace, so the root namespace (its firewall, br_netfilter) never sees
@@ -22,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::netns::{self, Netns};
 use crate::router::{self, LaunchOpts, Router};
 
-/// The underlay address of host `i` (1-based).
+/// The underlay address of host `i` (1-based) on the flat underlay.
 pub fn host_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, i as u8)
 }
@@ -30,11 +34,24 @@ pub fn host_addr(i: usize) -> Ipv4Addr {
 /// Prefix length of the underlay.
 pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 
+/// The bridge of the flat underlay, in the underlay namespace.
+pub const FLAT_BRIDGE: &str = "br0";
+
+/// The underlay interface of every host.
+pub const HOST_IFACE: &str = "eth0";
+
 /// One simulated host.
 #[derive(Debug)]
 pub struct Host {
     pub index: usize,
+    /// Its own underlay address (on `eth0`).
     pub addr: Ipv4Addr,
+    /// The address other hosts dial to reach it: [`Host::addr`], or the public address of a
+    /// NAT in front of it.
+    pub dial_addr: Ipv4Addr,
+    /// What its router is launched with as `--iface` ([`HOST_IFACE`]); `None` leaves the
+    /// choice to the router.
+    pub iface: Option<String>,
     pub router: Option<Router>,
     pub ns: Netns,
 }
@@ -109,38 +126,106 @@ pub struct TestBed {
     pub containers: Vec<Container>,
     nodes: Vec<Netns>,
     underlay: Option<Netns>,
+    /// Names of the nodes that route between the hosts' subnets, the hosts' gateway first.
+    pub(crate) routers: Vec<String>,
 }
 
 impl TestBed {
-    /// The underlay and `n` hosts, after removing leftovers of the same prefix. The prefix
-    /// is put behind [`PREFIX_ENV`] when that is set.
+    /// The flat underlay (one bridge) and `n` hosts on it, after removing leftovers of the
+    /// same prefix. The prefix is put behind [`PREFIX_ENV`] when that is set.
     pub fn new(prefix: &str, n: usize) -> Result<TestBed> {
+        let mut bed = TestBed::bare(prefix)?;
+        bed.add_segment(FLAT_BRIDGE)?;
+        for i in 1..=n {
+            bed.add_host(host_addr(i), FLAT_BRIDGE, None)?;
+        }
+        Ok(bed)
+    }
+
+    /// The underlay namespace without segments or hosts, after removing leftovers of the
+    /// same prefix.
+    pub(crate) fn bare(prefix: &str) -> Result<TestBed> {
         let prefix = &full_prefix(prefix);
         if prefix.is_empty() || prefix.contains('/') || prefix.len() > 12 {
             return Err(Error::Other(format!("bad test bed prefix {prefix:?}")));
         }
         sweep(prefix);
         let underlay = Netns::create(&format!("{prefix}-u"))?;
-        underlay.ip("link add br0 type bridge")?;
-        underlay.ip("link set br0 up")?;
-        let mut bed = TestBed {
+        Ok(TestBed {
             prefix: prefix.to_string(),
             keep: false,
             hosts: Vec::new(),
             containers: Vec::new(),
             nodes: Vec::new(),
             underlay: Some(underlay),
-        };
-        for i in 1..=n {
-            let ns = bed.underlay_ns(&format!("h{i}"), host_addr(i))?;
-            bed.hosts.push(Host {
-                index: i,
-                addr: host_addr(i),
-                router: None,
-                ns,
-            });
+            routers: Vec::new(),
+        })
+    }
+
+    /// An L2 segment: a bridge `bridge` in the underlay namespace, up.
+    pub(crate) fn add_segment(&self, bridge: &str) -> Result<()> {
+        let u = self.underlay_netns();
+        u.ip(&format!("link add {bridge} type bridge"))?;
+        u.ip(&format!("link set {bridge} up"))?;
+        Ok(())
+    }
+
+    /// The next host, `i`: `eth0` = `addr`/24 on segment `bridge` (its port there is
+    /// `h<i>`), and a default route via `gateway` if given. Returns `i`.
+    pub(crate) fn add_host(
+        &mut self,
+        addr: Ipv4Addr,
+        bridge: &str,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<usize> {
+        let i = self.hosts.len() + 1;
+        let ns = Netns::create(&format!("{}-h{i}", self.prefix))?;
+        self.wire(
+            &ns,
+            HOST_IFACE,
+            &format!("h{i}"),
+            bridge,
+            &format!("{addr}/{UNDERLAY_PREFIX_LEN}"),
+        )?;
+        if let Some(gw) = gateway {
+            ns.ip(&format!("route add default via {gw}"))?;
         }
-        Ok(bed)
+        self.hosts.push(Host {
+            index: i,
+            addr,
+            dial_addr: addr,
+            iface: Some(HOST_IFACE.to_string()),
+            router: None,
+            ns,
+        });
+        Ok(i)
+    }
+
+    /// Plugs `ns` into segment `bridge`: a veth pair with `dev` inside `ns`, holding `cidr`,
+    /// and `port` in the underlay namespace on the bridge; both up.
+    pub(crate) fn wire(
+        &self,
+        ns: &Netns,
+        dev: &str,
+        port: &str,
+        bridge: &str,
+        cidr: &str,
+    ) -> Result<()> {
+        let u = self.underlay_netns();
+        ns.ip(&format!(
+            "link add {dev} type veth peer name {port} netns {}",
+            u.name()
+        ))?;
+        u.ip(&format!("link set {port} master {bridge} up"))?;
+        ns.ip(&format!("addr add {cidr} dev {dev}"))?;
+        ns.ip(&format!("link set {dev} up"))?;
+        Ok(())
+    }
+
+    fn underlay_netns(&self) -> &Netns {
+        self.underlay
+            .as_ref()
+            .expect("underlay exists while the bed lives")
     }
 
     pub fn prefix(&self) -> &str {
@@ -165,33 +250,40 @@ impl TestBed {
             .expect("no router launched on this host")
     }
 
-    /// The underlay namespace (`<prefix>-u`, holding the bridge `br0`), borrowed.
+    /// The underlay namespace (`<prefix>-u`, holding the bridges of every segment: `br0`
+    /// of the flat underlay), borrowed.
     pub fn underlay(&self) -> Netns {
         Netns::borrow(&format!("{}-u", self.prefix))
     }
 
-    /// A namespace `<prefix>-<name>` whose `eth0` has `addr` on the underlay.
-    fn underlay_ns(&self, name: &str, addr: Ipv4Addr) -> Result<Netns> {
+    /// Another node on the flat underlay (not a host), e.g. to send stray packets from:
+    /// `eth0` with `addr`, its port on `br0` named `name`.
+    pub fn add_node(&mut self, name: &str, addr: Ipv4Addr) -> Result<&Netns> {
         let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
-        let u = self
-            .underlay
-            .as_ref()
-            .expect("underlay exists while the bed lives");
-        ns.ip(&format!(
-            "link add eth0 type veth peer name {name} netns {}",
-            u.name()
-        ))?;
-        u.ip(&format!("link set {name} master br0 up"))?;
-        ns.ip(&format!("addr add {addr}/{UNDERLAY_PREFIX_LEN} dev eth0"))?;
-        ns.ip("link set eth0 up")?;
-        Ok(ns)
+        self.wire(
+            &ns,
+            HOST_IFACE,
+            name,
+            FLAT_BRIDGE,
+            &format!("{addr}/{UNDERLAY_PREFIX_LEN}"),
+        )?;
+        Ok(self.push_node(ns))
     }
 
-    /// Another node on the underlay (not a host), e.g. to send stray packets from.
-    pub fn add_node(&mut self, name: &str, addr: Ipv4Addr) -> Result<&Netns> {
-        let ns = self.underlay_ns(name, addr)?;
+    /// Hands `ns` to the bed, which removes it with the rest.
+    pub(crate) fn push_node(&mut self, ns: Netns) -> &Netns {
         self.nodes.push(ns);
-        Ok(self.nodes.last().expect("just pushed"))
+        self.nodes.last().expect("just pushed")
+    }
+
+    /// The node `<prefix>-<name>` (made by [`TestBed::add_node`] or an underlay shape, e.g.
+    /// a router); panics if there is none.
+    pub fn node(&self, name: &str) -> &Netns {
+        let full = format!("{}-{name}", self.prefix);
+        self.nodes
+            .iter()
+            .find(|n| n.name() == full)
+            .unwrap_or_else(|| panic!("no node {full} in this bed"))
     }
 
     /// The state dir of host `i`'s router.
@@ -227,6 +319,7 @@ impl TestBed {
             &self.peer_name(i),
             &self.host(i).nickname(),
             &self.state_dir(i),
+            self.host(i).iface.as_deref(),
             opts,
         )?;
         let h = &mut self.hosts[i - 1];
@@ -234,13 +327,14 @@ impl TestBed {
         Ok(h.router())
     }
 
-    /// Launches a router on every host, host `i` dialling hosts `1..i`, plus `extra`
-    /// arguments, and waits until every router has established connections to all others.
+    /// Launches a router on every host, host `i` dialling hosts `1..i` (at their
+    /// [`Host::dial_addr`]), plus `extra` arguments, and waits until every router has
+    /// established connections to all others.
     pub fn launch_mesh(&mut self, extra: &[&str]) -> Result<()> {
         let n = self.hosts.len();
         for i in 1..=n {
             let opts = LaunchOpts {
-                peers: (1..i).map(|j| host_addr(j).to_string()).collect(),
+                peers: (1..i).map(|j| self.host(j).dial_addr.to_string()).collect(),
                 extra: extra.iter().map(|s| s.to_string()).collect(),
             };
             self.launch(i, &opts)?;
@@ -410,4 +504,19 @@ pub fn require_root(test: &str) -> bool {
     );
     eprintln!();
     false
+}
+
+/// For tests: panics unless every command in `tools` is on the `PATH` (a test that cannot
+/// run must not pass). `cargo xtask setup` installs them.
+pub fn require_tools(tools: &[&str]) {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| cmd::which(t).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing {}: run `cargo xtask setup` (it installs them)",
+        missing.join(", ")
+    );
 }

@@ -161,6 +161,15 @@ pub fn check<S: AsRef<OsStr>>(argv: &[S]) -> Result<String> {
     Ok(run(argv)?.checked()?.stdout)
 }
 
+/// Where `bin` is on the `PATH`, if it is.
+pub fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|f| f.is_file())
+    })
+}
+
 /// Splits a command written as one string on whitespace (no quoting).
 pub fn words(s: &str) -> Vec<OsString> {
     s.split_whitespace().map(OsString::from).collect()

@@ -31,7 +31,7 @@ pub fn available() -> std::result::Result<(), String> {
         ("containerd", "containerd"),
         ("runc", "runc"),
     ] {
-        if which(bin).is_none() {
+        if cmd::which(bin).is_none() {
             return Err(format!("{bin} not found (apt-get install {pkg})"));
         }
     }
@@ -41,14 +41,6 @@ pub fn available() -> std::result::Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(bin))
-            .find(|f| f.is_file())
-    })
 }
 
 const BUSYBOX: &str = "/bin/busybox";

@@ -5,7 +5,9 @@
 //! namespace of its own); a *container* is another namespace, attached to its host by
 //! `weave-router attach` or, for the baselines, by a plain veth pair. Routers and client
 //! commands run with `nsenter --net=/run/netns/<host>`, so they share the machine's
-//! /sys/fs/bpf. Everything a [`TestBed`] makes is removed when it is dropped.
+//! /sys/fs/bpf. Everything a [`TestBed`] makes is removed when it is dropped. The underlay is
+//! flat (one bridge) unless a bed is built by one of the shapes of [`underlay`]: routed
+//! subnets, two routers, 1:1 NAT.
 
 pub mod bed;
 pub mod cmd;
@@ -17,8 +19,9 @@ pub mod probe;
 pub mod router;
 pub mod sandbox;
 pub mod topology;
+pub mod underlay;
 
-pub use bed::{host_addr, is_root, require_root, sweep, Container, Host, TestBed};
+pub use bed::{host_addr, is_root, require_root, require_tools, sweep, Container, Host, TestBed};
 pub use cmd::{Background, Output};
 pub use error::{Error, Result};
 pub use netns as ns;

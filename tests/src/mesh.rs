@@ -23,10 +23,11 @@ use crate::error::{Error, Result};
 use crate::netns::Netns;
 use crate::router::Router;
 
-/// The nftables table that holds the cut links of a host.
+/// The nftables table that holds cut links: in a host, the underlay or a router namespace.
 pub const BLOCK_TABLE: &str = "weave_test_block";
 
-fn nft(ns: &Netns, line: &str) -> Result<String> {
+/// `nft <line>` inside `ns`, the line split on whitespace; its stdout.
+pub(crate) fn nft(ns: &Netns, line: &str) -> Result<String> {
     let mut argv: Vec<String> = vec!["nft".into()];
     argv.extend(line.split_whitespace().map(str::to_string));
     ns.check(&argv)
@@ -63,25 +64,32 @@ pub fn unblock(ns: &Netns, peer: Ipv4Addr) -> Result<()> {
     .map(|_| ())
 }
 
-/// The `bridge` table of the underlay namespace that drops frames between cut pairs.
-fn underlay_block(underlay: &Netns, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
-    if nft(underlay, &format!("list set bridge {BLOCK_TABLE} pairs")).is_err() {
+/// Drops IPv4 packets between `a` and `b`, both ways, in the `forward` hook of `family`
+/// inside `ns`: `bridge` for the frames the underlay's bridges pass on, `ip` for the packets
+/// a router namespace forwards. May be called again for more pairs.
+pub(crate) fn block_pair(ns: &Netns, family: &str, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
+    if nft(ns, &format!("list set {family} {BLOCK_TABLE} pairs")).is_err() {
         for line in [
-            format!("add table bridge {BLOCK_TABLE}"),
-            format!("add set bridge {BLOCK_TABLE} pairs {{ type ipv4_addr . ipv4_addr ; }}"),
+            format!("add table {family} {BLOCK_TABLE}"),
+            format!("add set {family} {BLOCK_TABLE} pairs {{ type ipv4_addr . ipv4_addr ; }}"),
             format!(
-                "add chain bridge {BLOCK_TABLE} cut {{ type filter hook forward priority -500 ; }}"
+                "add chain {family} {BLOCK_TABLE} cut {{ type filter hook forward priority -500 ; }}"
             ),
-            format!("add rule bridge {BLOCK_TABLE} cut ip saddr . ip daddr @pairs counter drop"),
+            format!("add rule {family} {BLOCK_TABLE} cut ip saddr . ip daddr @pairs counter drop"),
         ] {
-            nft(underlay, &line)?;
+            nft(ns, &line)?;
         }
     }
-    nft(
-        underlay,
-        &format!("add element bridge {BLOCK_TABLE} pairs {{ {a} . {b}, {b} . {a} }}"),
-    )
-    .map(|_| ())
+    nft(ns, &pair_element("add", family, a, b)).map(|_| ())
+}
+
+/// Lets packets between `a` and `b` through [`block_pair`]'s table again.
+pub(crate) fn unblock_pair(ns: &Netns, family: &str, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
+    nft(ns, &pair_element("delete", family, a, b)).map(|_| ())
+}
+
+fn pair_element(verb: &str, family: &str, a: Ipv4Addr, b: Ipv4Addr) -> String {
+    format!("{verb} element {family} {BLOCK_TABLE} pairs {{ {a} . {b}, {b} . {a} }}")
 }
 
 /// Cuts the underlay link between hosts `a` and `b` of `bed`: on both hosts and on the
@@ -90,7 +98,7 @@ pub fn cut(bed: &TestBed, a: usize, b: usize) -> Result<()> {
     let (aa, ba) = (bed.host(a).addr, bed.host(b).addr);
     block(&bed.host(a).ns, ba)?;
     block(&bed.host(b).ns, aa)?;
-    underlay_block(&bed.underlay(), aa, ba)
+    block_pair(&bed.underlay(), "bridge", aa, ba)
 }
 
 /// Drops UDP to `port` between hosts `a` and `b` on the underlay bridge, both ways; the rest

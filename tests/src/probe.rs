@@ -1,8 +1,12 @@
-//! What tests look at and poke with: metrics, neighbour tables, stray packets.
+//! What tests look at and poke with: metrics, neighbour tables, stray packets, transfers.
 
-use std::net::{SocketAddrV4, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use crate::cmd::{self, Background, Output};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
 
@@ -72,6 +76,211 @@ pub fn send_udp(ns: &Netns, to: SocketAddrV4, payload: &[u8], count: usize) -> R
         Ok(())
     })?
     .map_err(|e| Error::io(format!("send UDP to {to} from {}", ns.name()), e))
+}
+
+/// Two pings from inside `ns` to `addr` with `payload` bytes each (packets of `payload` +
+/// 28 bytes) that may not be fragmented (`-M do`); a failed ping is not an error. A hop that
+/// refuses them says so in the output ("Frag needed", "message too long, mtu=..."); a hop
+/// that drops them silently leaves only the missing replies.
+pub fn ping_unfragmented(ns: &Netns, addr: &str, payload: u32) -> Result<Output> {
+    ns.run_timeout(
+        &[
+            "ping",
+            "-n",
+            "-c",
+            "2",
+            "-i",
+            "0.3",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            &payload.to_string(),
+            addr,
+        ],
+        Duration::from_secs(10),
+    )
+}
+
+/// What an iperf3 client reports (`-J`) of a TCP transfer: what the server received.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transfer {
+    pub bytes: u64,
+    pub bits_per_second: f64,
+}
+
+/// The port iperf3 listens on.
+pub const IPERF3_PORT: u16 = 5201;
+
+/// `iperf3 -s -1` (one test, then it exits) in the background inside `ns`, once its port
+/// is open (its own output is buffered when it goes to a file).
+pub fn iperf3_server(ns: &Netns) -> Result<Background> {
+    let mut bg = ns.spawn(&["iperf3", "-s", "-1"])?;
+    let filter = format!("sport = :{IPERF3_PORT}");
+    cmd::wait_for(
+        &format!("iperf3 to listen in {}", ns.name()),
+        Duration::from_secs(10),
+        || {
+            let listening = || {
+                ns.run(&["ss", "-Hltn", &filter])
+                    .is_ok_and(|o| !o.stdout.trim().is_empty())
+            };
+            (!bg.running() || listening()).then_some(())
+        },
+    )?;
+    if !bg.running() {
+        let o = bg.stop();
+        return Err(Error::Other(format!(
+            "iperf3 -s in {} exited: {}{}",
+            ns.name(),
+            o.stdout.trim(),
+            o.stderr.trim()
+        )));
+    }
+    Ok(bg)
+}
+
+/// `iperf3 -c <server_ip> -t <secs> -J`: the arguments of a TCP transfer's client.
+pub fn iperf3_client_argv(server_ip: &str, secs: u32) -> Vec<String> {
+    ["iperf3", "-c", server_ip, "-t", &secs.to_string(), "-J"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// The transfer an iperf3 client's JSON output (`-J`) reports, or the error it names.
+pub fn parse_iperf3(json: &str) -> Result<Transfer> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+        Error::Other(format!(
+            "iperf3 output is not JSON ({e}): {}",
+            json.chars().take(300).collect::<String>()
+        ))
+    })?;
+    if let Some(e) = v["error"].as_str() {
+        return Err(Error::Other(format!("iperf3: {e}")));
+    }
+    let sum = &v["end"]["sum_received"];
+    match (sum["bytes"].as_u64(), sum["bits_per_second"].as_f64()) {
+        (Some(bytes), Some(bits_per_second)) => Ok(Transfer {
+            bytes,
+            bits_per_second,
+        }),
+        _ => Err(Error::Other(
+            "iperf3 JSON has no end.sum_received.bytes / bits_per_second".into(),
+        )),
+    }
+}
+
+/// A TCP transfer of `secs` seconds from `client` to `server_ip` (an address of `server`),
+/// both namespaces; the client may take `timeout` in all.
+pub fn iperf3_tcp(
+    client: &Netns,
+    server: &Netns,
+    server_ip: &str,
+    secs: u32,
+    timeout: Duration,
+) -> Result<Transfer> {
+    let _server = iperf3_server(server)?;
+    let out = client.run_timeout(&iperf3_client_argv(server_ip, secs), timeout)?;
+    parse_iperf3(&out.stdout)
+}
+
+/// Sends `bytes` over one TCP connection from inside `client` to `server_ip`:`port`, where a
+/// listener inside `server` reads them to the end of the stream; all within `timeout`. How
+/// long it took, or an error saying how much arrived.
+pub fn tcp_send(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    port: u16,
+    bytes: u64,
+    timeout: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let to = SocketAddrV4::new(server_ip, port);
+    let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {to}"), e);
+    let listener = server
+        .enter(|| TcpListener::bind(to))?
+        .map_err(|e| io("listen on", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io("listen on", e))?;
+    let gave_up = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| -> std::io::Result<u64> {
+            let mut conn = loop {
+                match listener.accept() {
+                    Ok((c, _)) => break c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= deadline || gave_up.load(Ordering::Relaxed) {
+                            return Err(std::io::ErrorKind::TimedOut.into());
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            conn.set_nonblocking(false)?;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = 0u64;
+            loop {
+                conn.set_read_timeout(Some(left()))?;
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return Ok(got),
+                    Ok(n) => got += n as u64,
+                }
+            }
+        });
+        let sent = (|| -> Result<()> {
+            let mut conn = client
+                .enter(|| TcpStream::connect_timeout(&to.into(), left()))?
+                .map_err(|e| io("connect to", e))?;
+            let chunk = vec![0x5au8; 1 << 16];
+            let mut sent = 0u64;
+            while sent < bytes {
+                if Instant::now() >= deadline {
+                    return Err(Error::Other(format!(
+                        "{sent} bytes written when the time was up"
+                    )));
+                }
+                let n = chunk.len().min((bytes - sent) as usize);
+                match conn
+                    .set_write_timeout(Some(left()))
+                    .and_then(|()| conn.write(&chunk[..n]))
+                {
+                    Ok(n) => sent += n as u64,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(io(&format!("after {sent} bytes, sending to"), e)),
+                }
+            }
+            conn.shutdown(Shutdown::Write)
+                .map_err(|e| io("shut down the stream to", e))
+        })();
+        gave_up.store(sent.is_err(), Ordering::Relaxed);
+        let got = reader
+            .join()
+            .map_err(|_| Error::Other("the TCP reader panicked".into()))?;
+        match (sent, got) {
+            (Ok(()), Ok(got)) if got == bytes => Ok(start.elapsed()),
+            (sent, got) => Err(Error::Other(format!(
+                "{bytes} bytes to {to}: {} of them arrived in {:.1?}{}",
+                got.map_or_else(|e| format!("none ({e})"), |g| g.to_string()),
+                start.elapsed(),
+                sent.err().map(|e| format!("; {e}")).unwrap_or_default()
+            ))),
+        }
+    })
 }
 
 /// The MAC address of `dev` inside `ns`.

@@ -62,16 +62,17 @@ pub struct Router {
 
 impl Router {
     /// `weave-router launch` in `netns` (daemonized; returns once it is ready), with an
-    /// empty state dir.
+    /// empty state dir; `iface` is given as `--iface` (`None`: the router chooses).
     pub fn launch(
         netns: &str,
         name: &str,
         nickname: &str,
         state_dir: &Path,
+        iface: Option<&str>,
         opts: &LaunchOpts,
     ) -> Result<Router> {
         let _ = std::fs::remove_dir_all(state_dir);
-        Self::launch_keeping_state(netns, name, nickname, state_dir, opts)
+        Self::launch_keeping_state(netns, name, nickname, state_dir, iface, opts)
     }
 
     /// `weave-router launch` over the state an earlier run left in `state_dir`.
@@ -80,6 +81,7 @@ impl Router {
         name: &str,
         nickname: &str,
         state_dir: &Path,
+        iface: Option<&str>,
         opts: &LaunchOpts,
     ) -> Result<Router> {
         let bin = require_binary()?;
@@ -100,8 +102,6 @@ impl Router {
             [
                 "--state-dir",
                 &state_dir.to_string_lossy(),
-                "--iface",
-                "eth0",
                 "--name",
                 name,
                 "--nickname",
@@ -110,6 +110,9 @@ impl Router {
             .iter()
             .map(|s| s.to_string()),
         );
+        if let Some(iface) = iface {
+            args.extend(["--iface".to_string(), iface.to_string()]);
+        }
         args.extend(opts.extra.iter().cloned());
         // Many routers share this machine: Docker only for those given a daemon of their own.
         if !opts.extra.iter().any(|a| a == "--docker-host") {
@@ -195,6 +198,24 @@ impl Router {
             || {
                 let s = self.connections().ok()?;
                 (s.lines().filter(|l| l.contains("established")).count() >= n).then_some(s)
+            },
+        )
+    }
+
+    /// Waits until an established connection in `status connections` mentions `text`
+    /// (e.g. ` fastdp `, `mtu=1350`); returns the listing.
+    pub fn wait_connection_with(&self, text: &str, timeout: Duration) -> Result<String> {
+        cmd::wait_for(
+            &format!(
+                "an established connection with {text:?} on {}",
+                self.nickname
+            ),
+            timeout,
+            || {
+                let s = self.connections().ok()?;
+                s.lines()
+                    .any(|l| l.contains("established") && l.contains(text))
+                    .then_some(s)
             },
         )
     }
