@@ -27,4 +27,4 @@ pub use error::{Error, Result};
 pub use netns as ns;
 pub use netns::Netns;
 pub use router::{LaunchOpts, Router};
-pub use topology::{pair, Mode, Pair};
+pub use topology::{pair, pair_on, Mode, Pair, Underlay};

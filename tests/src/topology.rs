@@ -36,6 +36,15 @@ impl fmt::Display for Mode {
     }
 }
 
+/// What joins the two hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underlay {
+    /// One L2 segment (a bridge).
+    Flat,
+    /// Each host in a subnet of its own, joined by a router namespace.
+    Routed,
+}
+
 /// Two hosts with one container each; container 0 is the client, container 1 the server.
 #[derive(Debug)]
 pub struct Pair {
@@ -62,10 +71,25 @@ impl Pair {
     }
 }
 
-/// Builds the pair for `mode` with container MTU `mtu`; returns once the client reaches the
-/// server.
+/// Builds the pair for `mode` with container MTU `mtu` on a flat underlay; returns once the
+/// client reaches the server.
 pub fn pair(prefix: &str, mode: Mode, mtu: u32) -> Result<Pair> {
-    let mut bed = TestBed::new(prefix, 2)?;
+    pair_on(prefix, Underlay::Flat, mode, mtu)
+}
+
+/// Builds the pair for `mode` with container MTU `mtu` on `underlay`; returns once the
+/// client reaches the server. The routed mode needs the flat underlay (the hosts route the
+/// containers' subnets to each other directly).
+pub fn pair_on(prefix: &str, underlay: Underlay, mode: Mode, mtu: u32) -> Result<Pair> {
+    let mut bed = match underlay {
+        Underlay::Flat => TestBed::new(prefix, 2)?,
+        Underlay::Routed if mode == Mode::Routed => {
+            return Err(crate::error::Error::Other(
+                "the routed mode needs a flat underlay".into(),
+            ))
+        }
+        Underlay::Routed => TestBed::routed(prefix, 2)?,
+    };
     match &mode {
         Mode::Routed => {
             for h in 1..=2usize {
@@ -92,7 +116,7 @@ pub fn pair(prefix: &str, mode: Mode, mtu: u32) -> Result<Pair> {
                 host.ip("link add br0 type bridge")?;
                 host.ip(&format!(
                     "link add vx0 mtu {mtu} type vxlan id 42 dstport 4789 local {} dev eth0",
-                    host_addr(h)
+                    bed.host(h).addr
                 ))?;
                 host.check(&[
                     "bridge",
@@ -102,7 +126,7 @@ pub fn pair(prefix: &str, mode: Mode, mtu: u32) -> Result<Pair> {
                     "dev",
                     "vx0",
                     "dst",
-                    &host_addr(other).to_string(),
+                    &bed.host(other).addr.to_string(),
                 ])?;
                 host.ip("link set vx0 master br0 up")?;
                 host.ip("link set br0 up")?;

@@ -3,22 +3,13 @@
 
 use std::net::Ipv4Addr;
 
+use crate::datapath::Ipv4Cidr;
+
 /// One route of the main table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelRoute {
     pub device: String,
-    pub destination: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl KernelRoute {
-    /// Whether `addr` lies in the route's destination.
-    pub fn matches(&self, addr: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        u32::from(addr) & mask == u32::from(self.destination) & mask
-    }
+    pub destination: Ipv4Cidr,
 }
 
 /// The routes of a `/proc/net/route` text (its header line and malformed lines skipped).
@@ -38,8 +29,10 @@ pub fn parse_route_table(table: &str) -> Vec<KernelRoute> {
             }
             Some(KernelRoute {
                 device: device.to_string(),
-                destination,
-                prefix_len: mask.count_ones() as u8,
+                destination: Ipv4Cidr {
+                    addr: destination,
+                    prefix_len: mask.count_ones() as u8,
+                },
             })
         })
         .collect()
@@ -49,8 +42,8 @@ pub fn parse_route_table(table: &str) -> Vec<KernelRoute> {
 pub fn route_iface(table: &str, dst: Ipv4Addr) -> Option<String> {
     parse_route_table(table)
         .into_iter()
-        .filter(|r| r.matches(dst))
-        .max_by_key(|r| r.prefix_len)
+        .filter(|r| r.destination.contains(dst))
+        .max_by_key(|r| r.destination.prefix_len)
         .map(|r| r.device)
 }
 
@@ -74,12 +67,10 @@ bad\tzz\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
             routes[2],
             KernelRoute {
                 device: "eth1".into(),
-                destination: Ipv4Addr::new(192, 18, 10, 0),
-                prefix_len: 24
+                destination: "192.18.10.0/24".parse().unwrap(),
             }
         );
-        assert_eq!(routes[3].destination, Ipv4Addr::new(10, 32, 0, 0));
-        assert_eq!(routes[3].prefix_len, 12);
+        assert_eq!(routes[3].destination.to_string(), "10.32.0.0/12");
     }
 
     #[test]

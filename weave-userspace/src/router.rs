@@ -429,7 +429,7 @@ impl<D: Datapath> Inner<D> {
                 };
                 if let Some(c) = lost {
                     tracing::info!("connection {} {} lost: {error}", describe(&c), c.remote);
-                    if let Err(e) = self.remove_peer(&c).await {
+                    if let Err(e) = self.unroute_peer(&c).await {
                         tracing::error!(
                             "cannot remove peer {} from the data path: {e}",
                             c.hello.name
@@ -753,6 +753,25 @@ impl<D: Datapath> Inner<D> {
         } else {
             Ok(())
         }
+    }
+
+    /// Takes the peer of a lost connection out of the data paths as a direct peer, keeping
+    /// what the fast path learned behind it until the routes say whether a neighbour still
+    /// reaches it ([`MeshView::unrouted`](gossip::MeshView)): relayed, its traffic goes on
+    /// at once; unreachable, it is removed then.
+    async fn unroute_peer(&self, conn: &Conn) -> Result<(), DatapathError> {
+        let in_fast_path = conn.overlay == Overlay::Fastdp || conn.choice.is_some();
+        if let Some(sleeve) = &self.sleeve {
+            sleeve.remove_peer(conn.hello.short_id.get());
+            if !in_fast_path {
+                return Ok(());
+            }
+        }
+        self.datapath.unroute_peer(conn.hello.short_id).await?;
+        self.view()
+            .unrouted
+            .insert(conn.hello.name, conn.datapath_peer());
+        Ok(())
     }
 
     /// Moves the peer of connection `id` to the data path `to` (its choice switched).

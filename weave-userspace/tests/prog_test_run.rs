@@ -555,6 +555,12 @@ fn from_bridge_sends_a_broadcast_to_each_direct_peer_of_its_own_tree() {
     assert_eq!(bed.peer_counter(PEER_ID).tx_packets, 1);
     assert_eq!(bed.peer_counter(FAR_ID).tx_packets, 0);
     // The last copy's bytes: outer headers to PEER_ID, then the frame unchanged.
+    assert_addressed_to_peer(&out, &inner);
+}
+
+/// Asserts that `out` is `inner` behind outer headers from us to PEER_ID (through the next
+/// hop's MAC in `PEERS`), as a broadcast copy or heartbeat is sent; any source port.
+fn assert_addressed_to_peer(out: &[u8], inner: &[u8]) {
     let sport = u16::from_be_bytes([out[34], out[35]]);
     let mut expected = [0u8; OUTER_HLEN];
     write_outer_headers(
@@ -570,7 +576,7 @@ fn from_bridge_sends_a_broadcast_to_each_direct_peer_of_its_own_tree() {
     expected[0..6].copy_from_slice(&PEER_UNDERLAY_MAC);
     expected[6..12].copy_from_slice(&OWN_UNDERLAY_MAC);
     assert_eq!(&out[..OUTER_HLEN], &expected[..]);
-    assert_eq!(&out[OUTER_HLEN..], &inner[..]);
+    assert_eq!(&out[OUTER_HLEN..], inner);
 }
 
 #[test]
@@ -702,23 +708,8 @@ fn from_bridge_addresses_a_heartbeat_to_the_peer_it_names_like_a_broadcast_copy(
     let inner = heartbeat(PEER_ID, 77, 1400);
     let (rc, out) = bed.run_tc(FROM_BRIDGE_PROGRAM, &inner);
     assert_eq!(rc, TC_ACT_REDIRECT, "to the underlay");
-    let sport = u16::from_be_bytes([out[34], out[35]]);
-    let mut expected = [0u8; OUTER_HLEN];
-    write_outer_headers(
-        &mut expected,
-        &OuterHeaders {
-            src_ipv4: OWN_UNDERLAY,
-            dst_ipv4: PEER_UNDERLAY,
-            src_port: sport,
-            vni: vni::pack(OWN_ID, PEER_ID),
-            inner_len: inner.len() as u16,
-        },
-    );
     // The next hop's MAC from PEERS (a router's, on a routed underlay), DF set.
-    expected[0..6].copy_from_slice(&PEER_UNDERLAY_MAC);
-    expected[6..12].copy_from_slice(&OWN_UNDERLAY_MAC);
-    assert_eq!(&out[..OUTER_HLEN], &expected[..]);
-    assert_eq!(&out[OUTER_HLEN..], &inner[..]);
+    assert_addressed_to_peer(&out, &inner);
     assert_eq!(out.len() - 14, 1400, "the probe's outer packet has the size asked for");
     assert_eq!(bed.counter(Reason::TxHeartbeat), 1);
     assert_eq!(bed.counter(Reason::BridgeFlooded), 0);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use weave_tests::{pair, Background, Mode, Pair};
+use weave_tests::{pair_on, Background, Mode, Pair, Underlay};
 
 use crate::run::{self, sh, step};
 
@@ -69,11 +69,22 @@ struct Samples {
 
 struct Subject {
     mode: Mode,
+    underlay: Underlay,
     prefix: &'static str,
     pair: Option<Pair>,
     server: Option<Background>,
     samples: Samples,
     setup_error: Option<String>,
+}
+
+impl Subject {
+    /// The mode, and the underlay when it is not the flat one.
+    fn label(&self) -> String {
+        match self.underlay {
+            Underlay::Flat => self.mode.to_string(),
+            Underlay::Routed => format!("{}, across a router", self.mode),
+        }
+    }
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -189,22 +200,29 @@ pub fn bench(a: Args) -> Result<()> {
         return crate::bench_sleeve::run(a.runs, a.seconds, a.mtu, &output);
     }
     let load_before = loadavg();
-    let mut subjects = vec![(Mode::Routed, "wtbr"), (Mode::KernelVxlan, "wtbv")];
+    let mut subjects = vec![
+        (Mode::Routed, Underlay::Flat, "wtbr"),
+        (Mode::KernelVxlan, Underlay::Flat, "wtbv"),
+        (Mode::KernelVxlan, Underlay::Routed, "wtbrv"),
+    ];
     if !a.baselines_only {
-        subjects.push((Mode::Weave { extra: vec![] }, "wtbw"));
+        subjects.push((Mode::Weave { extra: vec![] }, Underlay::Flat, "wtbw"));
+        subjects.push((Mode::Weave { extra: vec![] }, Underlay::Routed, "wtbrw"));
         if !a.no_xdp {
             subjects.push((
                 Mode::Weave {
                     extra: vec!["--xdp".into(), "on".into()],
                 },
+                Underlay::Flat,
                 "wtbx",
             ));
         }
     }
     let mut subjects: Vec<Subject> = subjects
         .into_iter()
-        .map(|(mode, prefix)| Subject {
+        .map(|(mode, underlay, prefix)| Subject {
             mode,
+            underlay,
             prefix,
             pair: None,
             server: None,
@@ -214,8 +232,8 @@ pub fn bench(a: Args) -> Result<()> {
         .collect();
 
     for s in &mut subjects {
-        step(&format!("setting up: {}", s.mode));
-        match pair(s.prefix, s.mode.clone(), a.mtu) {
+        step(&format!("setting up: {}", s.label()));
+        match pair_on(s.prefix, s.underlay, s.mode.clone(), a.mtu) {
             Ok(p) => {
                 match p.server().ns.spawn(&["iperf3", "-s"]) {
                     Ok(bg) => s.server = Some(bg),
@@ -238,7 +256,7 @@ pub fn bench(a: Args) -> Result<()> {
             let (Some(p), None) = (s.pair.as_ref(), s.setup_error.as_ref()) else {
                 continue;
             };
-            step(&format!("run {run}/{}: {}", a.runs, s.mode));
+            step(&format!("run {run}/{}: {}", a.runs, s.label()));
             let sm = &mut s.samples;
             record(
                 &mut sm.errors,
@@ -368,7 +386,13 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
             median(&s.samples.ping_ms),
         )
     };
-    let find = |m: &Mode| subjects.iter().find(|s| &s.mode == m).map(med);
+    let find_on = |m: &Mode, u: Underlay| {
+        subjects
+            .iter()
+            .find(|s| &s.mode == m && s.underlay == u)
+            .map(med)
+    };
+    let find = |m: &Mode| find_on(m, Underlay::Flat);
 
     let mut o = String::new();
     let _ = writeln!(o, "## Throughput and latency\n");
@@ -396,7 +420,7 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
             let _ = writeln!(
                 o,
                 "| {} | not measured: {} | | | |",
-                s.mode,
+                s.label(),
                 e.lines().next().unwrap_or_default()
             );
             continue;
@@ -404,7 +428,7 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
         let _ = writeln!(
             o,
             "| {} | {} | {} | {} | {} |",
-            s.mode,
+            s.label(),
             fmt_opt(t1, 2),
             fmt_opt(t4, 2),
             fmt_opt(u, 0),
@@ -432,6 +456,30 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
                     ratio(wu, u),
                     ratio(wp, p)
                 );
+            }
+        }
+        let weave_routed = find_on(&Mode::Weave { extra: vec![] }, Underlay::Routed);
+        if let Some((rt1, rt4, ru, rp)) = weave_routed {
+            for (label, base) in [
+                (
+                    "weave-router across a router / weave-router flat (target ≥ 0.9×)",
+                    Some((wt1, wt4, wu, wp)),
+                ),
+                (
+                    "weave-router across a router / kernel VXLAN across a router",
+                    find_on(&Mode::KernelVxlan, Underlay::Routed),
+                ),
+            ] {
+                if let Some((t1, t4, u, p)) = base {
+                    let _ = writeln!(
+                        o,
+                        "| {label} | {} | {} | {} | {} |",
+                        ratio(rt1, t1),
+                        ratio(rt4, t4),
+                        ratio(ru, u),
+                        ratio(rp, p)
+                    );
+                }
             }
         }
     }
@@ -464,6 +512,14 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
         );
     }
 
+    let _ = writeln!(
+        o,
+        "- **…, across a router**: the same, but each host in a subnet of its own (198.18.1.1/24, \
+         198.18.2.1/24) behind a router namespace that forwards between them (default routes through \
+         it): every underlay packet takes one more routed hop, and frames the programs address \
+         themselves go to the router's MAC."
+    );
+
     let _ = writeln!(o, "\nEvery run:\n");
     for s in subjects {
         let sm = &s.samples;
@@ -476,7 +532,7 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
         let _ = writeln!(
             o,
             "- {}: TCP [{}], TCP -P4 [{}], UDP kpps [{}], ping ms [{}]",
-            s.mode,
+            s.label(),
             list(&sm.tcp1, 2),
             list(&sm.tcp4, 2),
             list(&sm.udp_kpps, 0),

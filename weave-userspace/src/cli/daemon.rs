@@ -349,8 +349,9 @@ pub fn routes_overlapping(range: crate::ipam::cidr::Cidr) -> Vec<(String, String
     crate::net::parse_route_table(&table)
         .into_iter()
         .filter_map(|r| {
-            let net = crate::ipam::cidr::Cidr::new(r.destination, r.prefix_len).ok()?;
-            (r.prefix_len > 0 && r.device != crate::datapath::ebpf::BRIDGE_NAME && net.overlaps(range))
+            let len = r.destination.prefix_len;
+            let net = crate::ipam::cidr::Cidr::new(r.destination.addr, len).ok()?;
+            (len > 0 && r.device != crate::datapath::ebpf::BRIDGE_NAME && net.overlaps(range))
                 .then(|| (net.to_string(), r.device))
         })
         .collect()

@@ -1048,6 +1048,20 @@ impl Datapath for EbpfDatapath {
         Ok(())
     }
 
+    async fn unroute_peer(&self, short_id: ShortId) -> Result<(), DatapathError> {
+        let id = short_id.get();
+        let mut guard = self.lock();
+        guard.direct.remove(&id);
+        let st = guard.programs()?;
+        st.maps
+            .peers
+            .set(id as u32, PeerEntry::default(), 0)
+            .map_err(|e| bpf_err("clearing PEERS")(e.to_string()))?;
+        let _ = st.maps.broadcast_trees.remove(&(id as u32));
+        remove_where(&mut st.maps.neighbour_peers, |n| n.short_id == id);
+        Ok(())
+    }
+
     async fn admit_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
         let id = peer.short_id.get();
         // Heartbeats still go to it over the fast path (they tell when it works again).

@@ -228,6 +228,17 @@ pub trait Datapath: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Makes the bridge forget the ports it learned `macs` on: they now live behind another
     /// path, and frames for them should reach the data path again. The default does nothing.
+    /// Stops sending to `short_id` as a directly connected peer (its control connection is
+    /// gone) but keeps what was learned behind it (MACs, ARP answers): the routes may still
+    /// reach it through a neighbour, and then [`Datapath::add_peer`] follows at once and
+    /// traffic goes on; otherwise [`Datapath::remove_peer`] does. The default removes it.
+    fn unroute_peer(
+        &self,
+        short_id: ShortId,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send {
+        self.remove_peer(short_id)
+    }
+
     /// Brings the next hop towards each directly connected peer up to date with the
     /// host's routes and neighbour table (called about once a second): a route change
     /// moves the frames the programs address themselves without a restart.

@@ -40,6 +40,10 @@ pub(super) struct MeshView {
     pub routes: Routes,
     /// Peers reached through a neighbour, as installed in the data path.
     pub relayed: BTreeMap<PeerName, DatapathPeer>,
+    /// Direct peers whose connection went, taken out of the data path with what was
+    /// learned behind them kept, until the next route computation says whether a neighbour
+    /// still reaches them.
+    pub unrouted: BTreeMap<PeerName, DatapathPeer>,
     /// Broadcast trees as installed in the data path: source → our children in its tree.
     pub trees: BTreeMap<ShortId, Vec<ShortId>>,
     /// The topology changed since routes were last computed.
@@ -68,6 +72,7 @@ impl MeshView {
             topology: Topology::new(ourself),
             routes: Routes::default(),
             relayed: BTreeMap::new(),
+            unrouted: BTreeMap::new(),
             trees: BTreeMap::new(),
             routes_stale: false,
             routes_at: None,
@@ -466,7 +471,7 @@ impl<D: Datapath> Inner<D> {
     /// Recomputes routes and brings the peers reached through neighbours in the data path
     /// up to date. Directly connected peers are installed by their connections.
     pub(super) async fn apply_routes(&self) {
-        let (add, remove, tree_changes) = {
+        let (add, remove, tree_changes, orphans) = {
             let direct: Vec<PeerName> = self.mesh().by_peer.keys().copied().collect();
             let mut view = self.view();
             let started = thread_cpu_time();
@@ -512,6 +517,12 @@ impl<D: Datapath> Inner<D> {
                 .filter(|(name, p)| view.relayed.get(name) != Some(p))
                 .map(|(_, p)| *p)
                 .collect();
+            // Direct peers whose connection went: those no neighbour reaches go for good.
+            let orphans: Vec<DatapathPeer> = std::mem::take(&mut view.unrouted)
+                .into_iter()
+                .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
+                .map(|(_, p)| p)
+                .collect();
             view.relayed = wanted;
 
             let short = |name: &PeerName| view.topology.peer(name).map(|p| p.short_id);
@@ -537,8 +548,13 @@ impl<D: Datapath> Inner<D> {
                     .map(|s| (*s, Vec::new())),
             );
             view.trees = trees;
-            (add, remove, tree_changes)
+            (add, remove, tree_changes, orphans)
         };
+        for peer in orphans {
+            if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
+                tracing::error!("cannot remove peer {} from the data path: {e}", peer.short_id);
+            }
+        }
         let (add, remove) = match self.sleeve_use {
             _ if self.sleeve.is_none() => (add, remove),
             super::SleeveUse::Fallback => (add, remove),
