@@ -289,6 +289,19 @@ pub struct MeshStatus {
     pub encryption: bool,
     /// Connections moved from one data path to the other since the start.
     pub overlay_switches: OverlaySwitches,
+    /// ICMP "fragmentation needed" from the underlay since the start.
+    #[serde(default)]
+    pub frag_needed: FragNeededCounts,
+}
+
+/// ICMP "fragmentation needed" messages read from the underlay, by what became of them.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct FragNeededCounts {
+    /// About our own VXLAN: a hint for the path-MTU search.
+    pub honoured: u64,
+    /// About anything else, or with no MTU in it.
+    pub ignored: u64,
 }
 
 /// Switches of connections between the two data paths, by the path switched to.
@@ -1360,6 +1373,10 @@ impl<D: Datapath> Router<D> {
             overlay_switches: OverlaySwitches {
                 to_sleeve: self.inner.switches_to_sleeve.load(Ordering::Relaxed),
                 to_fastdp: self.inner.switches_to_fastdp.load(Ordering::Relaxed),
+            },
+            frag_needed: FragNeededCounts {
+                honoured: self.inner.frag_needed.honoured.load(Ordering::Relaxed),
+                ignored: self.inner.frag_needed.ignored.load(Ordering::Relaxed),
             },
         }
     }

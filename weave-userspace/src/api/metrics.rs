@@ -28,6 +28,11 @@ struct SwitchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TrafficLabels {
     direction: String,
     kind: String,
@@ -98,6 +103,23 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
     ] {
         switches
             .get_or_create(&SwitchLabels { to: to.into() })
+            .inc_by(n);
+    }
+
+    let frag_needed = Family::<VerdictLabels, Counter>::default();
+    registry.register(
+        "weave_icmp_frag_needed",
+        "ICMP fragmentation-needed messages from the underlay: honoured (about our own VXLAN) or ignored",
+        frag_needed.clone(),
+    );
+    for (verdict, n) in [
+        ("honoured", status.frag_needed.honoured),
+        ("ignored", status.frag_needed.ignored),
+    ] {
+        frag_needed
+            .get_or_create(&VerdictLabels {
+                verdict: verdict.into(),
+            })
             .inc_by(n);
     }
 
@@ -325,7 +347,7 @@ mod tests {
                 encrypted: false,
                 overlay: "fastdp".into(),
                 mtu: 1450,
-            mtu_verified: true,
+                mtu_verified: true,
                 peer: Some(peer),
             }],
             mesh: Default::default(),
@@ -334,6 +356,10 @@ mod tests {
             overlay_switches: crate::router::OverlaySwitches {
                 to_sleeve: 3,
                 to_fastdp: 2,
+            },
+            frag_needed: crate::router::FragNeededCounts {
+                honoured: 1,
+                ignored: 4,
             },
         };
         let counters = DatapathCounters {
@@ -366,6 +392,8 @@ mod tests {
             "weave_connection_overlays{overlay=\"sleeve\"} 0",
             "weave_overlay_switches_total{to=\"sleeve\"} 3",
             "weave_overlay_switches_total{to=\"fastdp\"} 2",
+            "weave_icmp_frag_needed_total{verdict=\"honoured\"} 1",
+            "weave_icmp_frag_needed_total{verdict=\"ignored\"} 4",
             "weave_datapath_drops_total{reason=\"rx_drop_spoofed_source\"} 8",
             "weave_datapath_packets_total{reason=\"tx_encapsulated\"} 0",
             "weave_datapath_bytes_total{reason=\"rx_delivered\"} 500",

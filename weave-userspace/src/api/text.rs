@@ -293,6 +293,7 @@ mod tests {
             discovery: false,
             encryption: false,
             overlay_switches: Default::default(),
+            frag_needed: Default::default(),
         }
     }
 

@@ -177,6 +177,8 @@ struct State {
     /// of the next hop towards it now in `PEERS` (kept current by
     /// [`Datapath::refresh_next_hops`]).
     direct: BTreeMap<u16, (Ipv4Addr, [u8; 6])>,
+    /// Direct peers the host has no route to through the underlay now (said once).
+    no_route: BTreeSet<u16>,
     /// Host addresses on the bridge given by `expose`.
     exposed: Vec<super::Ipv4Cidr>,
 }
@@ -326,6 +328,7 @@ impl EbpfDatapath {
             endpoints: Vec::new(),
             peers_seen: BTreeSet::new(),
             direct: BTreeMap::new(),
+            no_route: BTreeSet::new(),
             exposed: Vec::new(),
         };
         Ok(Self {
@@ -1035,6 +1038,7 @@ impl Datapath for EbpfDatapath {
         {
             let mut guard = self.lock();
             guard.direct.remove(&id);
+            guard.no_route.remove(&id);
             let st = guard.programs()?;
             st.maps
                 .peers
@@ -1052,6 +1056,7 @@ impl Datapath for EbpfDatapath {
         let id = short_id.get();
         let mut guard = self.lock();
         guard.direct.remove(&id);
+        guard.no_route.remove(&id);
         let st = guard.programs()?;
         st.maps
             .peers
@@ -1114,7 +1119,33 @@ impl Datapath for EbpfDatapath {
             batch
         };
         for (id, addr, known) in direct {
-            let mac = match self.nl.next_hop_mac(self.underlay.index, addr).await {
+            let hop = match self.nl.route_to(addr).await {
+                Ok(hop) => hop.filter(|h| h.ifindex == self.underlay.index),
+                Err(e) => {
+                    tracing::debug!("route towards {addr}: {e}");
+                    continue;
+                }
+            };
+            // Said once when the route goes (or leaves through another device), once when
+            // it is back; the entry stays as it is meanwhile.
+            let lost = hop.is_none();
+            if lost != self.lock().no_route.contains(&id) {
+                let mut guard = self.lock();
+                if lost {
+                    guard.no_route.insert(id);
+                    tracing::warn!(
+                        "no route to peer {id} at {addr} through {}: frames for it cannot be sent",
+                        self.underlay.name
+                    );
+                } else {
+                    guard.no_route.remove(&id);
+                    tracing::info!("route to peer {id} at {addr} is back");
+                }
+            }
+            let Some(hop) = hop else {
+                continue;
+            };
+            let mac = match self.nl.neighbour_mac(self.underlay.index, hop.address).await {
                 Ok(Some(mac)) => mac,
                 // Not resolved (yet): the old next hop may still be right; traffic to the
                 // peer resolves the new one.

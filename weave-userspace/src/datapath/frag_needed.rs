@@ -67,6 +67,9 @@ pub fn parse(packet: &[u8], our_address: Ipv4Addr) -> Result<FragNeeded, Ignored
 #[derive(Debug, Default)]
 pub struct FragNeededHints {
     hints: Mutex<Vec<FragNeeded>>,
+    /// About our own VXLAN, passed on as hints.
+    pub honoured: AtomicU64,
+    /// About anything else (counted, logged at debug level).
     pub ignored: AtomicU64,
 }
 
@@ -77,6 +80,7 @@ impl FragNeededHints {
     }
 
     fn push(&self, hint: FragNeeded) {
+        self.honoured.fetch_add(1, Ordering::Relaxed);
         let mut hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded: a flood of them keeps only the latest few.
         if hints.len() >= 256 {
