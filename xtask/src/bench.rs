@@ -481,6 +481,14 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
                     );
                 }
             }
+            if let (Some(routed), Some(flat)) = (rt1, wt1) {
+                let r = routed / flat;
+                let _ = writeln!(
+                    o,
+                    "\nTarget, routed underlay ≥ 0.9× the flat one (TCP 1 stream): **{}** ({r:.2}×).",
+                    if r >= 0.9 { "met" } else { "missed" }
+                );
+            }
         }
     }
 
