@@ -534,9 +534,10 @@ impl<D: Datapath> Inner<D> {
                     let watched = self.sleeve.is_some()
                         && overlay == Overlay::Fastdp
                         && version >= FASTDP_STATUS_VERSION;
+                    // Probed through whichever path carries the peer: the fast path's
+                    // programs or the sleeve's socket (both UDP over the same route).
                     let probed = version >= PATH_MTU_VERSION
-                        && self.sleeve_use != SleeveUse::All
-                        && (overlay == Overlay::Fastdp || watched);
+                        && (self.sleeve.is_some() || overlay == Overlay::Fastdp);
                     let conn = Conn {
                         version,
                         outbound,
@@ -900,12 +901,20 @@ impl<D: Datapath> Inner<D> {
                 if let Some(search) = c.path_mtu.as_mut() {
                     probed.push((*id, peer));
                     let round = self.next_probe_round();
-                    for outer_len in search.probes(now, round) {
-                        heartbeats.push(Heartbeat {
+                    let sizes = search.probes(now, round);
+                    match (&self.sleeve, c.overlay) {
+                        (Some(sleeve), Overlay::Sleeve) => {
+                            for outer_len in sizes {
+                                if let Err(e) = sleeve.send_probe(peer, round, outer_len) {
+                                    tracing::debug!("sleeve probe of {outer_len} bytes to peer {peer}: {e}");
+                                }
+                            }
+                        }
+                        _ => heartbeats.extend(sizes.into_iter().map(|outer_len| Heartbeat {
                             peer,
                             round,
                             outer_len,
-                        });
+                        })),
                     }
                 }
             }
@@ -936,14 +945,23 @@ impl<D: Datapath> Inner<D> {
                         let _ = conn.commands.send(ConnCommand::SendFrame(frame));
                     }
                 };
-                // What of the peer's probes reached us, when that changed.
-                if conn.version >= PATH_MTU_VERSION && traffic.probe.is_some() && traffic.probe != conn.probes_reported {
-                    let seen = traffic.probe.expect("checked");
+                // What of the peer's probes reached us (through either path), when that
+                // changed.
+                let through_sleeve = self.sleeve.as_ref().and_then(|s| s.probe_seen(peer));
+                let probe = ProbeSeen::merge(
+                    traffic
+                        .probe
+                        .map(|p| (p.round, p.largest))
+                        .into_iter()
+                        .chain(through_sleeve),
+                );
+                if conn.version >= PATH_MTU_VERSION && probe.is_some() && probe != conn.probes_reported {
+                    let seen = probe.expect("checked");
                     send(Message::PathMtuSeen {
                         round: seen.round,
                         largest: u16::try_from(seen.largest).unwrap_or(u16::MAX),
                     });
-                    conn.probes_reported = traffic.probe;
+                    conn.probes_reported = probe;
                 }
                 let mut only_small = None;
                 if let Some(search) = conn.path_mtu.as_mut() {
@@ -955,9 +973,15 @@ impl<D: Datapath> Inner<D> {
                         }
                         match limit {
                             Some(l) => tracing::info!(
-                                "connection {}: path MTU {l} verified (containers {})",
+                                "connection {}: path MTU {l} verified ({})",
                                 describe(conn),
-                                u32::from(l).saturating_sub(weave_ebpf_common::VXLAN_OVERHEAD)
+                                match conn.overlay {
+                                    Overlay::Fastdp => format!(
+                                        "containers {}",
+                                        u32::from(l).saturating_sub(weave_ebpf_common::VXLAN_OVERHEAD)
+                                    ),
+                                    Overlay::Sleeve => "sleeve datagrams cut to fit".into(),
+                                }
                             ),
                             None => tracing::warn!(
                                 "connection {}: no probe of {} bytes crosses the fast path",

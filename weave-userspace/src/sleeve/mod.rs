@@ -84,6 +84,9 @@ struct Peer {
     /// Payload bytes per datagram to this peer: 0 for the shared size (the underlay's
     /// MTU), else what the path to it verified ([`Sleeve::set_path_mtu`]).
     segment: std::sync::atomic::AtomicUsize,
+    /// The newest path-MTU probe round received from the peer and its largest probe
+    /// (outer IPv4 length), as `(round, largest)`; (0, 0) before any.
+    probe_seen: Mutex<(u32, u32)>,
     encoder: Mutex<Encoder>,
     decoder: Mutex<Decoder>,
 }
@@ -104,6 +107,8 @@ struct Shared {
 /// A running sleeve.
 pub struct Sleeve {
     shared: Arc<Shared>,
+    /// The socket the threads use, for path-MTU probes sent from the router's side.
+    socket: Arc<UdpSocket>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -145,7 +150,21 @@ impl Sleeve {
                 io::Error::last_os_error()
             );
         }
+        // Segments are cut to fit the path: the kernel must never fragment them (nor a
+        // probe, whose size is the question), whatever path MTU it believes.
+        let probe_mode: libc::c_int = libc::IP_PMTUDISC_PROBE;
+        // SAFETY: setsockopt reads one int from a valid pointer; failure leaves the default.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&probe_mode as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         let socket = Arc::new(socket);
+        let probe_socket = socket.clone();
         let tap = Arc::new(tap);
         let shared = Arc::new(Shared {
             segment: packet::segment_payload(underlay_mtu),
@@ -170,12 +189,43 @@ impl Sleeve {
         };
         Ok(Sleeve {
             shared,
+            socket: probe_socket,
             threads: Mutex::new(vec![tx, rx]),
         })
     }
 
     pub fn encrypted(&self) -> bool {
         self.shared.encrypted
+    }
+
+    /// Sends peer `short_id` a path-MTU probe of round `round` whose IPv4 packet is
+    /// `outer_len` bytes: one datagram holding a heartbeat frame padded to that size, sealed
+    /// like any frame when encrypted (so only the peer's real probes count), DF set. The
+    /// peer keeps the largest of each round ([`Sleeve::probe_seen`]) instead of writing it
+    /// to its TAP.
+    pub fn send_probe(&self, short_id: u16, round: u32, outer_len: u16) -> io::Result<()> {
+        let Some(peer) = read(&self.shared.peers).get(&short_id).cloned() else {
+            return Ok(());
+        };
+        let tag = if self.shared.encrypted { crate::crypto::TAG_LEN } else { 0 };
+        let frame_len = usize::from(outer_len)
+            .saturating_sub(20 + 8 + packet::HEADER_LEN + tag + VNET_HDR_LEN)
+            .max(weave_ebpf_common::heartbeat::HEARTBEAT_FRAME_LEN);
+        let mut payload = vec![0u8; VNET_HDR_LEN + frame_len];
+        weave_ebpf_common::heartbeat::write_heartbeat_frame(&mut payload[VNET_HDR_LEN..], short_id, round);
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        lock(&peer.encoder)
+            .encode(&payload, usize::MAX, &mut out, &mut scratch)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.socket.send_to(&out, peer.addr).map(|_| ())
+    }
+
+    /// The newest probe round peer `short_id` sent through the sleeve and its largest probe
+    /// that arrived (outer IPv4 length).
+    pub fn probe_seen(&self, short_id: u16) -> Option<(u32, u32)> {
+        let peer = read(&self.shared.peers).get(&short_id).cloned()?;
+        let seen = *lock(&peer.probe_seen);
+        (seen.0 != 0).then_some(seen)
     }
 
     /// The largest IPv4 packet the path to peer `short_id` carries, as its fast-path
@@ -205,6 +255,7 @@ impl Sleeve {
             addr: SocketAddrV4::new(underlay, SLEEVE_PORT),
             carried: AtomicBool::new(carry),
             segment: std::sync::atomic::AtomicUsize::new(0),
+            probe_seen: Mutex::new((0, 0)),
             encoder: Mutex::new(Encoder::new(
                 self.shared.local,
                 keys.map(|k| k.sealer(NonceDomain::Data)),
@@ -510,7 +561,24 @@ fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
     }
 }
 
+/// The round of a path-MTU probe (a heartbeat frame behind the vnet header), if `payload`
+/// is one.
+fn probe_round(payload: &[u8]) -> Option<u32> {
+    use weave_ebpf_common::heartbeat::{is_heartbeat, read_heartbeat_payload, HEARTBEAT_PAYLOAD_LEN};
+    let eth: &[u8; 14] = payload.get(VNET_HDR_LEN..VNET_HDR_LEN + 14)?.try_into().ok()?;
+    if !is_heartbeat(eth) {
+        return None;
+    }
+    let p: &[u8; HEARTBEAT_PAYLOAD_LEN] = payload
+        .get(VNET_HDR_LEN + 14..VNET_HDR_LEN + 14 + HEARTBEAT_PAYLOAD_LEN)?
+        .try_into()
+        .ok()?;
+    let (_, round) = read_heartbeat_payload(p);
+    (round != 0).then_some(round)
+}
+
 fn receive_one(shared: &Shared, tap: &Tap, datagram: &mut [u8], from: SocketAddr) {
+    let datagram_len = datagram.len();
     COUNTERS.rx_packets.fetch_add(1, Relaxed);
     COUNTERS.rx_bytes.fetch_add(datagram.len() as u64, Relaxed);
     let header = match Header::parse(datagram) {
@@ -531,6 +599,13 @@ fn receive_one(shared: &Shared, tap: &Tap, datagram: &mut [u8], from: SocketAddr
     match decoder.decode(header, datagram) {
         Ok(None) => {}
         Ok(Some(payload)) => {
+            if let Some(round) = probe_round(&payload) {
+                // Authentic (when sealed) and whole: how big it was is all it says.
+                let (r, largest) = &mut *lock(&peer.probe_seen);
+                let outer = (datagram_len + 20 + 8) as u32;
+                weave_ebpf_common::heartbeat::record_probe(r, largest, round, outer);
+                return;
+            }
             if let Some(src) = mac_at(&payload, VNET_HDR_LEN + 6) {
                 if src[0] & 1 == 0 && read(&shared.macs).get(&src) != Some(&header.sender) {
                     write(&shared.macs).insert(src, header.sender);
@@ -541,5 +616,22 @@ fn receive_one(shared: &Shared, tap: &Tap, datagram: &mut [u8], from: SocketAddr
             }
         }
         Err(r) => COUNTERS.drop(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_is_told_from_a_frame_by_its_header_and_round() {
+        let mut payload = vec![0u8; VNET_HDR_LEN + 300];
+        weave_ebpf_common::heartbeat::write_heartbeat_frame(&mut payload[VNET_HDR_LEN..], 7, 42);
+        assert_eq!(probe_round(&payload), Some(42));
+        weave_ebpf_common::heartbeat::write_heartbeat_frame(&mut payload[VNET_HDR_LEN..], 7, 0);
+        assert_eq!(probe_round(&payload), None, "a plain heartbeat is no probe");
+        payload[VNET_HDR_LEN + 5] = 1;
+        assert_eq!(probe_round(&payload), None, "a frame to a real MAC");
+        assert_eq!(probe_round(&payload[..VNET_HDR_LEN + 16]), None, "too short");
     }
 }
