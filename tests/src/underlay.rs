@@ -246,7 +246,9 @@ impl TestBed {
     /// moves to a bridge `hop<i>` of its own, joined to the segment by a veth pair
     /// (`hop<i>a`, `hop<i>b`) of that MTU. Bigger frames to or from the host are dropped
     /// there without a word, as on an L2 path with a smaller MTU (the host's own link, and
-    /// so its sends, stay at 1500).
+    /// so its sends, stay at 1500). The pair takes no GSO batch whole (`gso_max_segs 1`): a
+    /// veth lets a batch of any segment size through, so a batch is cut into its packets
+    /// first and those that are too big are dropped like any other.
     pub fn limit_segment_mtu(&self, i: usize, mtu: u32) -> Result<()> {
         let u = self.underlay();
         let port = format!("h{i}");
@@ -261,7 +263,7 @@ impl TestBed {
         u.ip(&format!("link add {hop} type bridge"))?;
         u.ip(&format!("link set {hop} up"))?;
         u.ip(&format!(
-            "link add {hop}a mtu {mtu} type veth peer name {hop}b mtu {mtu}"
+            "link add {hop}a mtu {mtu} gso_max_segs 1 type veth peer name {hop}b mtu {mtu} gso_max_segs 1"
         ))?;
         u.ip(&format!("link set {hop}a master {segment} up"))?;
         u.ip(&format!("link set {hop}b master {hop} up"))?;

@@ -310,55 +310,134 @@ fn routed_triangle_relays_across_subnets() {
     assert_broadcast_reaches(&bed, c[0], &[c[1], c[2]]);
 }
 
-/// Two hosts whose path has an MTU of [`PATH_MTU`] (already set on `bed`): once their
-/// connection is established, a TCP transfer of [`MTU_TRANSFER`] bytes between their
-/// containers completes within [`MTU_DEADLINE`], both routers show the verified MTU, and the
-/// containers' MTU fits it.
-fn small_path_mtu_is_found(mut bed: TestBed) {
-    bed.launch_mesh(&[])
-        .unwrap_or_else(|e| panic!("{e}\n{}", report(&bed)));
-    let established = Instant::now();
-    let (a, b) = attach_pair(&mut bed);
-    assert_reaches(&bed, a, b, Duration::from_secs(10));
-    let mut wrong = Vec::new();
-    let left = MTU_DEADLINE.saturating_sub(established.elapsed());
-    let (client, server) = (&bed.container(a).ns, &bed.container(b).ns);
-    let server_ip = bed
-        .container(b)
-        .ip()
-        .expect("attached")
-        .parse()
-        .expect("IPv4");
-    match probe::tcp_send(client, server, server_ip, TRANSFER_PORT, MTU_TRANSFER, left) {
-        Ok(took) => eprintln!("{MTU_TRANSFER} bytes over TCP in {took:.1?}"),
-        Err(e) => wrong.push(format!("TCP transfer: {e}")),
-    }
-    let want = format!("mtu={OVERLAY_MTU}");
-    for h in &bed.hosts {
-        let left = MTU_DEADLINE.saturating_sub(established.elapsed());
-        if let Err(e) = h.router().wait_connection_with(&want, left) {
-            wrong.push(format!("host{}: {e}", h.index));
+/// What carries the containers' traffic in a small-path-MTU test, and so what is checked.
+#[derive(Clone, Copy)]
+enum Carrier {
+    /// The kernel fast path: both routers show the verified MTU ([`OVERLAY_MTU`] for
+    /// containers) and the containers' MTU fits it.
+    Fastdp,
+    /// The user-space data path (UDP 6783), sealed with a password or plain: its datagrams
+    /// are cut to what the path carries, and the container MTU stays the sleeve's default.
+    Sleeve { encrypted: bool },
+}
+
+/// The password of the encrypted sleeve tests.
+const SLEEVE_PASSWORD: &str = "small path secret";
+
+impl Carrier {
+    fn launch_args(self) -> &'static [&'static str] {
+        match self {
+            Carrier::Fastdp => &[],
+            Carrier::Sleeve { encrypted: true } => &["--password", SLEEVE_PASSWORD],
+            Carrier::Sleeve { encrypted: false } => &["--datapath", "sleeve"],
         }
     }
-    for c in [a, b] {
-        let ns = &bed.container(c).ns;
-        let left = MTU_DEADLINE.saturating_sub(established.elapsed());
-        let fits = weave_tests::cmd::wait_for("the container MTU to fit the path", left, || {
-            probe::link_mtu(ns, "ethwe")
+
+    /// How long after the connection is established the transfers must be done.
+    fn deadline(self) -> Duration {
+        match self {
+            Carrier::Fastdp => MTU_DEADLINE,
+            Carrier::Sleeve { .. } => SLEEVE_MTU_DEADLINE,
+        }
+    }
+}
+
+/// [`MTU_DEADLINE`] for the sleeve, which has no fast path to fall back from.
+const SLEEVE_MTU_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Two hosts whose path has an MTU of [`PATH_MTU`] (already set on `bed`), their routers
+/// on `carrier`: once their connection is established, TCP transfers of [`MTU_TRANSFER`]
+/// bytes between their containers, one each way, complete within the carrier's deadline;
+/// on the fast path both routers also show the verified MTU, and the containers' MTU fits it.
+fn small_path_mtu_is_found(mut bed: TestBed, carrier: Carrier) {
+    bed.launch_mesh(carrier.launch_args())
+        .unwrap_or_else(|e| panic!("{e}\n{}", report(&bed)));
+    let established = Instant::now();
+    let deadline = carrier.deadline();
+    if let Carrier::Sleeve { encrypted } = carrier {
+        let want = if encrypted {
+            " encrypted "
+        } else {
+            " unencrypted "
+        };
+        for h in &bed.hosts {
+            let line = h
+                .router()
+                .wait_connection_with(" sleeve", Duration::from_secs(5))
                 .ok()
-                .filter(|m| *m <= OVERLAY_MTU)
-        });
-        if fits.is_err() {
-            wrong.push(format!(
-                "{}: ethwe MTU {:?}, want <= {OVERLAY_MTU}",
-                ns.name(),
-                probe::link_mtu(ns, "ethwe")
-            ));
+                .and_then(|c| {
+                    c.lines()
+                        .find(|l| l.contains("established") && l.contains(" sleeve"))
+                        .map(str::to_string)
+                });
+            assert!(
+                line.as_deref().is_some_and(|l| l.contains(want)),
+                "host{}: no established{want}sleeve connection: {line:?}\n{}",
+                h.index,
+                report(&bed)
+            );
+        }
+    }
+    let (a, b) = attach_pair(&mut bed);
+    assert_reaches(&bed, a, b, Duration::from_secs(10));
+    // One transfer each way, at the same time: each has what is left of the deadline.
+    let left = deadline.saturating_sub(established.elapsed());
+    let transfer = |from: usize, to: usize| {
+        let (client, server) = (&bed.container(from).ns, &bed.container(to).ns);
+        let server_ip = bed
+            .container(to)
+            .ip()
+            .expect("attached")
+            .parse()
+            .expect("IPv4");
+        match probe::tcp_send(client, server, server_ip, TRANSFER_PORT, MTU_TRANSFER, left) {
+            Ok(took) => {
+                eprintln!(
+                    "{MTU_TRANSFER} bytes over TCP from {} in {took:.1?}",
+                    client.name()
+                );
+                None
+            }
+            Err(e) => Some(format!("TCP transfer from {}: {e}", client.name())),
+        }
+    };
+    let mut wrong: Vec<String> = std::thread::scope(|s| {
+        let there = s.spawn(|| transfer(a, b));
+        let back = transfer(b, a);
+        [there.join().expect("transfer thread"), back]
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    if let Carrier::Fastdp = carrier {
+        let want = format!("mtu={OVERLAY_MTU}");
+        for h in &bed.hosts {
+            let left = deadline.saturating_sub(established.elapsed());
+            if let Err(e) = h.router().wait_connection_with(&want, left) {
+                wrong.push(format!("host{}: {e}", h.index));
+            }
+        }
+        for c in [a, b] {
+            let ns = &bed.container(c).ns;
+            let left = deadline.saturating_sub(established.elapsed());
+            let fits =
+                weave_tests::cmd::wait_for("the container MTU to fit the path", left, || {
+                    probe::link_mtu(ns, "ethwe")
+                        .ok()
+                        .filter(|m| *m <= OVERLAY_MTU)
+                });
+            if fits.is_err() {
+                wrong.push(format!(
+                    "{}: ethwe MTU {:?}, want <= {OVERLAY_MTU}",
+                    ns.name(),
+                    probe::link_mtu(ns, "ethwe")
+                ));
+            }
         }
     }
     assert!(
         wrong.is_empty(),
-        "path MTU {PATH_MTU} not found within {MTU_DEADLINE:?}:\n{}\n{}",
+        "path MTU {PATH_MTU} not found within {deadline:?}:\n{}\n{}",
         wrong.join("\n"),
         report(&bed)
     );
@@ -372,7 +451,7 @@ fn silent_small_mtu_hop_is_found_and_used() {
     let bed = TestBed::new("wtum", 2).expect("flat bed");
     bed.limit_segment_mtu(2, PATH_MTU).expect("small-MTU hop");
     assert_underlay_carries(&bed, 1, 2);
-    small_path_mtu_is_found(bed);
+    small_path_mtu_is_found(bed, Carrier::Fastdp);
 }
 
 #[test]
@@ -384,7 +463,30 @@ fn icmp_small_mtu_hop_is_found_and_used() {
     bed.limit_routed_mtu(2, PATH_MTU)
         .expect("small MTU towards host2");
     assert_underlay_carries(&bed, 1, 2);
-    small_path_mtu_is_found(bed);
+    small_path_mtu_is_found(bed, Carrier::Fastdp);
+}
+
+#[test]
+fn encrypted_sleeve_over_a_silent_small_mtu_hop() {
+    if !ready("encrypted_sleeve_over_a_silent_small_mtu_hop") {
+        return;
+    }
+    let bed = TestBed::new("wtue", 2).expect("flat bed");
+    bed.limit_segment_mtu(2, PATH_MTU).expect("small-MTU hop");
+    assert_underlay_carries(&bed, 1, 2);
+    small_path_mtu_is_found(bed, Carrier::Sleeve { encrypted: true });
+}
+
+#[test]
+fn plain_sleeve_over_an_icmp_small_mtu_hop() {
+    if !ready("plain_sleeve_over_an_icmp_small_mtu_hop") {
+        return;
+    }
+    let bed = TestBed::routed("wtuo", 2).expect("routed bed");
+    bed.limit_routed_mtu(2, PATH_MTU)
+        .expect("small MTU towards host2");
+    assert_underlay_carries(&bed, 1, 2);
+    small_path_mtu_is_found(bed, Carrier::Sleeve { encrypted: false });
 }
 
 /// Host 1 dials host 2 at the public address of its 1:1 NAT, both routers launched with

@@ -3,7 +3,7 @@
 //! The programs send VXLAN with DF set from no socket, so the kernel has nobody to give a
 //! router's "fragmentation needed" to: a raw ICMP socket in the router's namespace reads
 //! them, and those that quote one of our outer packets (source our underlay address, UDP to
-//! the VXLAN port) become hints for the path-MTU search of the peer it was sent to. Anything
+//! the VXLAN port or the sleeve's) become hints for the path-MTU search of the peer it was sent to. Anything
 //! else (another host's packets, other protocols, a forged quote of someone else's
 //! traffic, a nonsense MTU) is counted and ignored.
 
@@ -54,7 +54,8 @@ pub fn parse(packet: &[u8], our_address: Ipv4Addr) -> Result<FragNeeded, Ignored
     let source = Ipv4Addr::new(quoted[12], quoted[13], quoted[14], quoted[15]);
     let peer = Ipv4Addr::new(quoted[16], quoted[17], quoted[18], quoted[19]);
     let dport = u16::from_be_bytes([quoted[quoted_ihl + 2], quoted[quoted_ihl + 3]]);
-    if quoted[9] != libc::IPPROTO_UDP as u8 || source != our_address || dport != VXLAN_PORT {
+    let ours = dport == VXLAN_PORT || dport == crate::sleeve::SLEEVE_PORT;
+    if quoted[9] != libc::IPPROTO_UDP as u8 || source != our_address || !ours {
         return Err(Ignored::NotOurs);
     }
     if next_hop_mtu == 0 {
@@ -182,6 +183,7 @@ mod tests {
         assert_eq!(parse(&icmp(1400, other_host, PEER, 17, 6784), US), Err(Ignored::NotOurs));
         assert_eq!(parse(&icmp(1400, US, PEER, 6, 6784), US), Err(Ignored::NotOurs), "TCP");
         assert_eq!(parse(&icmp(1400, US, PEER, 17, 53), US), Err(Ignored::NotOurs), "DNS");
+        assert!(parse(&icmp(1400, US, PEER, 17, 6783), US).is_ok(), "the sleeve's datagrams are ours too");
         assert_eq!(parse(&icmp(0, US, PEER, 17, 6784), US), Err(Ignored::NoMtu));
         let mut echo = icmp(1400, US, PEER, 17, 6784);
         echo[20] = 0;
