@@ -761,11 +761,20 @@ impl<D: Datapath> Inner<D> {
         let Some(sleeve) = &self.sleeve else {
             return self.datapath.remove_peer(conn.hello.short_id).await;
         };
-        sleeve.remove_peer(conn.hello.short_id.get());
+        self.forget_sleeve_peer(sleeve, conn).await;
         if conn.overlay == Overlay::Fastdp || conn.choice.is_some() {
             self.datapath.remove_peer(conn.hello.short_id).await
         } else {
             Ok(())
+        }
+    }
+
+    /// Takes a peer out of the sleeve, and the MACs learned behind it out of the bridge
+    /// (it learned them on the TAP: frames for them would go nowhere until they aged out).
+    async fn forget_sleeve_peer(&self, sleeve: &crate::sleeve::Sleeve, conn: &Conn) {
+        let macs = sleeve.remove_peer(conn.hello.short_id.get());
+        if let Err(e) = self.datapath.forget_bridge_macs(macs).await {
+            tracing::warn!("cannot forget the bridge's entries for {}: {e}", conn.hello.name);
         }
     }
 
@@ -776,7 +785,7 @@ impl<D: Datapath> Inner<D> {
     async fn unroute_peer(&self, conn: &Conn) -> Result<(), DatapathError> {
         let in_fast_path = conn.overlay == Overlay::Fastdp || conn.choice.is_some();
         if let Some(sleeve) = &self.sleeve {
-            sleeve.remove_peer(conn.hello.short_id.get());
+            self.forget_sleeve_peer(sleeve, conn).await;
             if !in_fast_path {
                 return Ok(());
             }

@@ -956,6 +956,21 @@ fn remove_pins(pin_dir: &Path) {
     }
 }
 
+/// Takes peer `id` out of `PEERS`, `BROADCAST_TREES` and `NEIGHBOUR_PEERS` (what was
+/// learned behind it stays); returns the programs for more.
+fn clear_peer_entry(state: &mut State, id: u16) -> Result<&mut Programs, DatapathError> {
+    state.direct.remove(&id);
+    state.no_route.remove(&id);
+    let st = state.programs()?;
+    st.maps
+        .peers
+        .set(id as u32, PeerEntry::default(), 0)
+        .map_err(|e| bpf_err("clearing PEERS")(e.to_string()))?;
+    let _ = st.maps.broadcast_trees.remove(&(id as u32));
+    remove_where(&mut st.maps.neighbour_peers, |n| n.short_id == id);
+    Ok(st)
+}
+
 fn random_suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
@@ -1035,36 +1050,15 @@ impl Datapath for EbpfDatapath {
 
     async fn remove_peer(&self, short_id: ShortId) -> Result<(), DatapathError> {
         let id = short_id.get();
-        {
-            let mut guard = self.lock();
-            guard.direct.remove(&id);
-            guard.no_route.remove(&id);
-            let st = guard.programs()?;
-            st.maps
-                .peers
-                .set(id as u32, PeerEntry::default(), 0)
-                .map_err(|e| bpf_err("clearing PEERS")(e.to_string()))?;
-            let _ = st.maps.broadcast_trees.remove(&(id as u32));
-            remove_where(&mut st.maps.neighbour_peers, |n| n.short_id == id);
-            let gone = remove_where(&mut st.maps.remote_macs, |v| v.peer_short_id == id);
-            remove_where(&mut st.maps.neighbours, |mac| gone.contains(mac));
-        }
+        let mut guard = self.lock();
+        let st = clear_peer_entry(&mut guard, id)?;
+        let gone = remove_where(&mut st.maps.remote_macs, |v| v.peer_short_id == id);
+        remove_where(&mut st.maps.neighbours, |mac| gone.contains(mac));
         Ok(())
     }
 
     async fn unroute_peer(&self, short_id: ShortId) -> Result<(), DatapathError> {
-        let id = short_id.get();
-        let mut guard = self.lock();
-        guard.direct.remove(&id);
-        guard.no_route.remove(&id);
-        let st = guard.programs()?;
-        st.maps
-            .peers
-            .set(id as u32, PeerEntry::default(), 0)
-            .map_err(|e| bpf_err("clearing PEERS")(e.to_string()))?;
-        let _ = st.maps.broadcast_trees.remove(&(id as u32));
-        remove_where(&mut st.maps.neighbour_peers, |n| n.short_id == id);
-        Ok(())
+        clear_peer_entry(&mut self.lock(), short_id.get()).map(|_| ())
     }
 
     async fn admit_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
@@ -1094,8 +1088,9 @@ impl Datapath for EbpfDatapath {
                 )
                 .map_err(|e| bpf_err("writing PEERS")(e.to_string()))?;
             remove_where(&mut st.maps.neighbour_peers, |n| n.short_id == id);
-            let gone = remove_where(&mut st.maps.remote_macs, |v| v.peer_short_id == id);
-            remove_where(&mut st.maps.neighbours, |mac| gone.contains(mac));
+            // What was learned behind it stays: while the peer is not reachable its frames
+            // fall to the bridge (and the sleeve) anyway, and they are right again when it
+            // comes back or a neighbour relays to it.
         }
         Ok(())
     }

@@ -25,6 +25,9 @@ pub const FLOOR: u16 = 576;
 pub const PROBES_PER_ROUND: usize = 8;
 /// How long after a round is sent its missing probes count as lost.
 pub const ROUND_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Rounds in a row that must lose even the [`FLOOR`] probe before the path is said to
+/// carry only small frames.
+pub const FLOOR_FAILURES: u8 = 2;
 /// How often a found MTU is checked again.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
 
@@ -58,8 +61,11 @@ pub struct PathMtuSearch {
     limit: Option<u16>,
     /// The smallest size known not to cross.
     too_big: Option<u16>,
-    /// Whether a round found that not even [`FLOOR`] crosses.
+    /// Whether rounds found that not even [`FLOOR`] crosses (twice in a row: a link that
+    /// is simply cut is the heartbeats' to notice, and they take longer).
     floor_lost: bool,
+    /// Rounds in a row in which the floor probe was lost.
+    floor_failures: u8,
     round: Option<Round>,
     /// When the verified MTU is checked again.
     recheck_at: Option<Instant>,
@@ -74,6 +80,7 @@ impl PathMtuSearch {
             limit: None,
             too_big: None,
             floor_lost: false,
+            floor_failures: 0,
             round: None,
             recheck_at: None,
         }
@@ -225,12 +232,16 @@ impl PathMtuSearch {
                 self.verified = None;
             }
         }
-        if lost == Some(FLOOR) || (crossed.is_none() && round.sizes.contains(&FLOOR)) {
-            self.floor_lost = true;
+        let floor_failed = lost == Some(FLOOR) || (crossed.is_none() && round.sizes.contains(&FLOOR));
+        if floor_failed {
+            self.floor_failures = self.floor_failures.saturating_add(1);
+            self.floor_lost = self.floor_failures >= FLOOR_FAILURES;
+        } else if round.sizes.contains(&FLOOR) || crossed.is_some() {
+            self.floor_failures = 0;
         }
         let high = self.too_big.unwrap_or(self.ceiling + 1);
         let low = self.verified.unwrap_or(FLOOR - 1);
-        if high.saturating_sub(low) <= 1 || self.floor_lost {
+        if high.saturating_sub(low) <= 1 || floor_failed {
             // Found (or nothing to find): check again later, or sooner when nothing crossed.
             let wait = if self.verified.is_some() {
                 RECHECK_EVERY
@@ -304,16 +315,21 @@ mod tests {
     }
 
     #[test]
-    fn a_path_that_carries_nothing_big_says_so() {
+    fn a_path_that_carries_nothing_big_says_so_after_two_rounds() {
         let mut s = PathMtuSearch::new(1500);
         let t = Instant::now();
         s.probes(t, 1);
-        let out = s.tick(t + ROUND_TIMEOUT);
+        assert_eq!(s.tick(t + ROUND_TIMEOUT).verified_changed, None, "one lost round is not enough");
+        assert!(!s.only_small_frames());
+        assert!(s.probes(t + ROUND_TIMEOUT, 2).is_empty(), "tried again after a pause");
+        let sizes = s.probes(t + ROUND_TIMEOUT * 2, 2);
+        assert!(sizes.contains(&FLOOR), "{sizes:?}");
+        let out = s.tick(t + ROUND_TIMEOUT * 3);
         assert_eq!(out.verified_changed, Some(None));
         assert!(s.only_small_frames());
         assert_eq!(s.verified(), None);
         // Tried again soon, and found when the path heals.
-        let (_, _) = search(&mut s, 1500, t + ROUND_TIMEOUT * 2);
+        let (_, _) = search(&mut s, 1500, t + ROUND_TIMEOUT * 4);
         assert_eq!(s.verified(), Some(1500));
         assert!(!s.only_small_frames());
     }

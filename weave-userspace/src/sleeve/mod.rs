@@ -268,9 +268,10 @@ impl Sleeve {
         Ok(())
     }
 
-    pub fn remove_peer(&self, short_id: u16) {
+    pub fn remove_peer(&self, short_id: u16) -> Vec<[u8; 6]> {
+        let gone = self.carry(short_id, false);
         write(&self.shared.peers).remove(&short_id);
-        write(&self.shared.macs).retain(|_, p| *p != short_id);
+        gone
     }
 
     /// Starts or stops carrying the frames of a peer taken with [`Sleeve::add_peer`] (the
