@@ -372,3 +372,13 @@ mod tests {
         assert_eq!(parse_mac("02:0a"), None);
     }
 }
+
+/// The addresses that answered, from the output of `ping` (its "... from ADDR: ..." lines).
+pub fn answered_by(ping_stdout: &str) -> std::collections::BTreeSet<String> {
+    ping_stdout
+        .lines()
+        .filter_map(|l| l.split(" from ").nth(1))
+        .filter_map(|r| r.split(':').next())
+        .map(str::to_string)
+        .collect()
+}

@@ -54,13 +54,7 @@ fn three_hosts_full_ping_matrix_and_broadcast() {
             Duration::from_secs(20),
         )
         .expect("ping -b runs");
-    let from: BTreeSet<String> = out
-        .stdout
-        .lines()
-        .filter_map(|l| l.split(" from ").nth(1))
-        .filter_map(|r| r.split(':').next())
-        .map(str::to_string)
-        .collect();
+    let from: BTreeSet<String> = weave_tests::probe::answered_by(&out.stdout);
     for want in ["10.2.1.12", "10.2.1.21", "10.2.1.31"] {
         assert!(
             from.contains(want),

@@ -115,13 +115,7 @@ fn repliers(from: &Container, args: &[&str]) -> (String, BTreeSet<String>) {
         .ns
         .run_timeout(&argv, Duration::from_secs(20))
         .expect("ping runs");
-    let who = out
-        .stdout
-        .lines()
-        .filter_map(|l| l.split(" from ").nth(1))
-        .filter_map(|r| r.split(':').next())
-        .map(str::to_string)
-        .collect();
+    let who = probe::answered_by(&out.stdout);
     (format!("{}{}", out.stdout, out.stderr), who)
 }
 

@@ -895,10 +895,10 @@ impl<D: Datapath> Inner<D> {
             }
         }
         let mut heartbeats = Vec::new();
-        let probed: Vec<(ConnId, u16)> = {
+        let any_probed = {
             let mut mesh = self.mesh();
-            let mut probed = Vec::new();
-            for (id, c) in mesh.connections.iter_mut().filter(|(_, c)| c.established()) {
+            let mut any_probed = false;
+            for c in mesh.connections.values_mut().filter(|c| c.established()) {
                 let peer = c.hello.short_id.get();
                 if c.choice.is_some() {
                     heartbeats.push(Heartbeat {
@@ -908,7 +908,7 @@ impl<D: Datapath> Inner<D> {
                     });
                 }
                 if let Some(search) = c.path_mtu.as_mut() {
-                    probed.push((*id, peer));
+                    any_probed = true;
                     let round = self.next_probe_round();
                     let sizes = search.probes(now, round);
                     match (&self.sleeve, c.overlay) {
@@ -927,9 +927,9 @@ impl<D: Datapath> Inner<D> {
                     }
                 }
             }
-            probed
+            any_probed
         };
-        if heartbeats.is_empty() && probed.is_empty() {
+        if heartbeats.is_empty() && !any_probed {
             self.apply_container_mtu().await;
             return;
         }

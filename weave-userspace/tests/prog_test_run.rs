@@ -134,6 +134,17 @@ impl Bed {
     fn peers(&mut self) -> Array<&mut MapData, PeerEntry> {
         Array::try_from(self.ebpf.map_mut("PEERS").unwrap()).unwrap()
     }
+    /// A direct peer admitted without a route (the sleeve carries it), with the MAC of the
+    /// next hop towards it.
+    fn admit_only(&mut self, id: u16, underlay: [u8; 4], next_hop_mac: [u8; 6]) {
+        let entry = PeerEntry {
+            underlay_ipv4: underlay,
+            flags: PEER_ADMIT,
+            next_hop: id,
+            underlay_mac: next_hop_mac,
+        };
+        self.peers().set(id as u32, entry, 0).unwrap();
+    }
     fn endpoints(&mut self) -> HashMap<&mut MapData, MacKey, LocalEndpoint> {
         HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap()
     }
@@ -632,18 +643,7 @@ fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
     require_root!();
     let mut bed = Bed::new();
     // A peer admitted without a route (its frames travel the sleeve) is heard as well.
-    bed.peers()
-        .set(
-            FAR_ID as u32,
-            PeerEntry {
-                underlay_ipv4: FAR_UNDERLAY,
-                flags: PEER_ADMIT,
-                next_hop: FAR_ID,
-                underlay_mac: [0; 6],
-            },
-            0,
-        )
-        .unwrap();
+    bed.admit_only(FAR_ID, FAR_UNDERLAY, [0; 6]);
     for (n, (id, underlay)) in [(PEER_ID, PEER_UNDERLAY), (FAR_ID, FAR_UNDERLAY)]
         .into_iter()
         .enumerate()
@@ -714,18 +714,7 @@ fn from_bridge_addresses_a_heartbeat_to_the_peer_it_names_like_a_broadcast_copy(
     assert_eq!(bed.counter(Reason::TxHeartbeat), 1);
     assert_eq!(bed.counter(Reason::BridgeFlooded), 0);
     // A peer the sleeve carries now (admitted only) still gets its heartbeats.
-    bed.peers()
-        .set(
-            FAR_ID as u32,
-            PeerEntry {
-                underlay_ipv4: FAR_UNDERLAY,
-                flags: PEER_ADMIT,
-                next_hop: FAR_ID,
-                underlay_mac: PEER_UNDERLAY_MAC,
-            },
-            0,
-        )
-        .unwrap();
+    bed.admit_only(FAR_ID, FAR_UNDERLAY, PEER_UNDERLAY_MAC);
     let (rc, out) = bed.run_tc(FROM_BRIDGE_PROGRAM, &heartbeat(FAR_ID, 0, 0));
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(&out[30..34], &FAR_UNDERLAY);
