@@ -19,17 +19,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::crypto::{PresharedKey, SessionKeys};
-use crate::datapath::{AttachRequest, Datapath, DatapathError, DatapathPeer, Endpoint};
+use crate::datapath::{AttachRequest, Datapath, DatapathError, Endpoint, ProbeSeen};
 use crate::mesh::connection::{self, ConnCommand, ConnEvent, ConnId, ConnectionError, Timings};
 use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
 use crate::mesh::peer_name::{PeerName, ShortId};
-use crate::datapath::{Heartbeat, ProbeSeen};
-use crate::mesh::protocol::{
-    Hello, Message, FASTDP_STATUS_VERSION, MAX_VERSION, MIN_VERSION, PATH_MTU_VERSION,
-};
+use crate::mesh::protocol::{Hello, MAX_VERSION, MIN_VERSION};
 use crate::state::StateDir;
-use overlay::{Overlay, OverlayChoice};
-use path_mtu::PathMtuSearch;
+use self::core::{CoreConfig, Effect, Event, MeshCore, PathSample, Placement};
+pub use self::core::OverlaySwitches;
+use overlay::Overlay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -87,66 +85,28 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
         .map_err(|error| RouterError::Listen { addr, error })
 }
 
-/// An accepted connection.
+/// The driver's side of one connection: how to talk to its task.
 #[derive(Debug)]
-struct Conn {
-    /// The protocol version spoken on it.
-    version: u8,
-    outbound: bool,
-    remote: SocketAddr,
-    hello: Hello,
-    /// Where the peer's data goes and comes from: the address its connection comes from
-    /// (or was dialled at), not the one it claims ([`data_address`]).
-    underlay: Ipv4Addr,
-    /// The keys of an encrypted connection.
-    session: Option<Arc<SessionKeys>>,
-    /// Both ends trust each other's subnet (`--trusted-subnets`): data skips encryption
-    /// and goes through the kernel fast path.
-    trusted: bool,
-    local_ready: bool,
-    remote_ready: bool,
+struct Link {
     commands: mpsc::UnboundedSender<ConnCommand>,
-    /// The data path carrying the peer's frames now.
-    overlay: Overlay,
-    /// The choice between the two paths, for a peer that may fall back to the sleeve (we
-    /// have one, the fast path is allowed, the peer speaks version 3); else the path never
-    /// changes.
-    choice: Option<OverlayChoice>,
-    /// The path MTU of the fast path to the peer, probed (the fast path is allowed and the
-    /// peer speaks version 4).
-    path_mtu: Option<PathMtuSearch>,
-    /// What we last told the peer of its probes that reached us.
-    probes_reported: Option<ProbeSeen>,
+    /// The keys of an encrypted connection (the sleeve uses them too).
+    session: Option<Arc<SessionKeys>>,
+    /// The answer to the handshake, until it is given.
+    reply: Option<tokio::sync::oneshot::Sender<Result<(), ConnectionError>>>,
 }
 
-impl Conn {
-    fn established(&self) -> bool {
-        self.local_ready && self.remote_ready
-    }
-
-    /// The MTU containers may use towards the peer over the fast path: the verified path
-    /// MTU less the VXLAN overhead, when verified.
-    fn verified_container_mtu(&self) -> Option<u32> {
-        let limit = self.path_mtu.as_ref()?.limit()?;
-        Some(u32::from(limit).saturating_sub(weave_ebpf_common::VXLAN_OVERHEAD))
-    }
-
-    /// The peer as the fast path knows it: directly connected.
-    fn datapath_peer(&self) -> DatapathPeer {
-        DatapathPeer {
-            short_id: self.hello.short_id,
-            underlay: self.underlay,
-            next_hop: self.hello.short_id,
-        }
+impl Link {
+    fn send(&self, command: ConnCommand) {
+        let _ = self.commands.send(command);
     }
 }
 
-/// The mesh as this router sees it.
-#[derive(Debug, Default)]
+/// The mesh as this router sees it: the connections and their decisions ([`MeshCore`]),
+/// how to reach each connection's task, and the targets dialled.
+#[derive(Debug)]
 struct Mesh {
-    connections: BTreeMap<ConnId, Conn>,
-    /// The one connection kept per peer.
-    by_peer: HashMap<PeerName, ConnId>,
+    core: MeshCore,
+    links: HashMap<ConnId, Link>,
     targets: BTreeMap<Target, TargetState>,
     /// Targets dialled because gossip named them (forgotten when the peer leaves gossip).
     discovered: std::collections::BTreeSet<Target>,
@@ -155,72 +115,17 @@ struct Mesh {
     refused_inbound: BTreeMap<std::net::IpAddr, (SocketAddr, String, SystemTime)>,
 }
 
-/// How long a refused inbound connection stays in status.
-pub const REFUSAL_SHOWN_FOR: Duration = Duration::from_secs(120);
-
-/// Whether to take a freshly handshaken connection.
-#[derive(Debug, PartialEq, Eq)]
-enum Admission {
-    Accept {
-        replace: Option<ConnId>,
-    },
-    Reject(String),
-    /// A peer we are connected to has the newcomer's short ID: the newcomer takes another
-    /// (whatever the names: the peer already in the mesh keeps its ID).
-    ShortIdTaken {
-        id: ShortId,
-        by: PeerName,
-    },
-    /// The peer has our short ID; `we_yield` when our name is the higher one.
-    ShortIdClash {
-        we_yield: bool,
-    },
-}
-
 impl Mesh {
-    /// One connection per peer: when two exist, keep the one dialled by the peer with the
-    /// higher name (both ends decide alike), and prefer a new run of the peer over an old one.
-    fn admit(&self, ours: &Hello, outbound: bool, hello: &Hello, conn_limit: usize) -> Admission {
-        let local = ours.name;
-        if hello.short_id == ours.short_id {
-            return Admission::ShortIdClash {
-                we_yield: ours.name > hello.name,
-            };
-        }
-        if !self.by_peer.contains_key(&hello.name) && self.by_peer.len() >= conn_limit {
-            return Admission::Reject(format!("connection limit of {conn_limit} reached"));
-        }
-        for (name, id) in &self.by_peer {
-            let other = &self.connections[id].hello;
-            if *name != hello.name && other.short_id == hello.short_id {
-                return Admission::ShortIdTaken {
-                    id: hello.short_id,
-                    by: *name,
-                };
-            }
-        }
-        let Some(&existing) = self.by_peer.get(&hello.name) else {
-            return Admission::Accept { replace: None };
-        };
-        let old = &self.connections[&existing];
-        if old.hello.uid != hello.uid {
-            // Another run of that name while its connection is alive: an impostor, or a
-            // restart the heartbeats have not noticed yet (it is dialled again shortly).
-            return Admission::Reject(format!(
-                "peer name {} is already connected from {} (another run of it, or another router claiming its name)",
-                hello.name, old.remote
-            ));
-        }
-        let dialler = |outbound: bool| if outbound { local } else { hello.name };
-        if old.outbound != outbound && dialler(outbound) > dialler(old.outbound) {
-            Admission::Accept {
-                replace: Some(existing),
-            }
-        } else {
-            Admission::Reject(ConnectionError::Duplicate(hello.name).to_string())
+    /// Sends a command to connection `id`'s task, if it is still there.
+    fn send(&self, id: ConnId, command: ConnCommand) {
+        if let Some(link) = self.links.get(&id) {
+            link.send(command);
         }
     }
 }
+
+/// How long a refused inbound connection stays in status.
+pub const REFUSAL_SHOWN_FOR: Duration = Duration::from_secs(120);
 
 /// A peer as shown in status and report.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -304,14 +209,6 @@ pub struct FragNeededCounts {
     pub ignored: u64,
 }
 
-/// Switches of connections between the two data paths, by the path switched to.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "PascalCase")]
-pub struct OverlaySwitches {
-    pub to_sleeve: u64,
-    pub to_fastdp: u64,
-}
-
 impl MeshStatus {
     /// Connections in a given state.
     pub fn count(&self, state: &str) -> usize {
@@ -320,8 +217,6 @@ impl MeshStatus {
 }
 
 struct Inner<D> {
-    /// Who we are; only the short ID ever changes (after a clash).
-    local: std::sync::RwLock<Hello>,
     timings: Timings,
     datapath: Arc<D>,
     mesh: Mutex<Mesh>,
@@ -340,9 +235,6 @@ struct Inner<D> {
     probe_round: std::sync::atomic::AtomicU32,
     /// ICMP "fragmentation needed" about our outer packets, for the path-MTU searches.
     frag_needed: Arc<crate::datapath::frag_needed::FragNeededHints>,
-    /// Switches to the sleeve and back to the fast path so far.
-    switches_to_sleeve: AtomicU64,
-    switches_to_fastdp: AtomicU64,
     /// Gossip channels of other subsystems (IPAM, DNS).
     channels: std::sync::RwLock<crate::mesh::gossip_channel::Channels>,
     /// Connection makers and other tasks, awaited on stop.
@@ -360,8 +252,10 @@ impl<D: Datapath> Inner<D> {
         self.mesh.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Hands a connection's event to the core (gossip to the gossip code) and runs what
+    /// it decides.
     async fn handle(&self, event: ConnEvent) {
-        match event {
+        let event = match event {
             ConnEvent::Handshaken {
                 id,
                 version,
@@ -372,337 +266,145 @@ impl<D: Datapath> Inner<D> {
                 commands,
                 reply,
             } => {
-                self.handshaken(
-                    id, version, outbound, remote, hello, session, commands, reply,
-                )
-                .await
-            }
-            ConnEvent::ShortIdTaken { short_id } => {
-                // Refused by a peer that knows another router with our short ID (a gossip
-                // of it never reaches us while we are refused): take another one.
-                if short_id == self.hello().short_id {
-                    self.take_new_short_id().await;
+                let encrypted = session.is_some();
+                self.mesh().links.insert(
+                    id,
+                    Link {
+                        commands,
+                        session,
+                        reply: Some(reply),
+                    },
+                );
+                Event::Handshaken {
+                    id,
+                    version,
+                    outbound,
+                    remote,
+                    hello,
+                    encrypted,
                 }
             }
-            ConnEvent::FastdpStatus { id, heard } => {
-                let switch = self
-                    .mesh()
-                    .connections
-                    .get_mut(&id)
-                    .and_then(|c| c.choice.as_mut())
-                    .and_then(|choice| choice.remote_report(heard).switch);
-                if let Some(to) = switch {
-                    self.switch_overlay(id, to).await;
-                }
-            }
+            ConnEvent::ShortIdTaken { short_id } => Event::ShortIdTaken { short_id },
+            ConnEvent::FastdpStatus { id, heard } => Event::FastdpStatus { id, heard },
             ConnEvent::PathMtuSeen { id, round, largest } => {
-                if let Some(search) = self
-                    .mesh()
-                    .connections
-                    .get_mut(&id)
-                    .and_then(|c| c.path_mtu.as_mut())
-                {
-                    search.seen(round, largest);
-                }
+                Event::PathMtuSeen { id, round, largest }
             }
-            ConnEvent::RemoteReady { id } => {
-                let established = {
-                    let mut mesh = self.mesh();
-                    match mesh.connections.get_mut(&id) {
-                        Some(c) => {
-                            c.remote_ready = true;
-                            if c.established() {
-                                tracing::info!(
-                                    "connection {} {} established",
-                                    describe(c),
-                                    c.remote
-                                );
-                            }
-                            c.established()
-                        }
-                        None => false,
-                    }
-                };
-                if established {
-                    self.connections_changed().await;
-                }
-            }
-            ConnEvent::Gossip { id, message } => self.on_gossip(id, message).await,
+            ConnEvent::RemoteReady { id } => Event::RemoteReady { id },
+            ConnEvent::Gossip { id, message } => return self.on_gossip(id, message).await,
             ConnEvent::Closed { id, error } => {
-                let lost = {
-                    let mut mesh = self.mesh();
-                    let conn = mesh.connections.remove(&id);
-                    match conn {
-                        Some(c) if mesh.by_peer.get(&c.hello.name) == Some(&id) => {
-                            mesh.by_peer.remove(&c.hello.name);
-                            Some(c)
-                        }
-                        _ => None,
-                    }
+                self.mesh().links.remove(&id);
+                Event::Closed {
+                    id,
+                    error: error.to_string(),
+                }
+            }
+        };
+        self.run(event).await;
+    }
+
+    /// Gives the core an event and runs the effects it returns, and those that follow.
+    async fn run(&self, event: Event) {
+        let mut effects: std::collections::VecDeque<Effect> =
+            self.mesh().core.on_event(event).into();
+        while let Some(effect) = effects.pop_front() {
+            effects.extend(self.execute(effect).await);
+        }
+    }
+
+    /// Runs one effect; returns the effects that follow from its outcome.
+    async fn execute(&self, effect: Effect) -> Vec<Effect> {
+        match effect {
+            Effect::Answer { id, result } => {
+                let mut mesh = self.mesh();
+                let refused = result.is_err();
+                if let Some(reply) = mesh.links.get_mut(&id).and_then(|l| l.reply.take()) {
+                    let _ = reply.send(result);
+                }
+                if refused {
+                    mesh.links.remove(&id);
+                } else if let Some(remote) = mesh.core.connection(id).filter(|c| !c.outbound) {
+                    let ip = remote.remote.ip();
+                    mesh.refused_inbound.remove(&ip);
+                }
+            }
+            Effect::Close { id, error } => self.mesh().send(id, ConnCommand::Close(error)),
+            Effect::TakeNewShortId => self.take_new_short_id().await,
+            Effect::Place {
+                id,
+                placement,
+                trusted_in_the_clear,
+            } => {
+                let Some(session) = self.mesh().links.get(&id).map(|l| l.session.clone()) else {
+                    return Vec::new();
                 };
-                if let Some(c) = lost {
-                    tracing::info!("connection {} {} lost: {error}", describe(&c), c.remote);
-                    if let Err(e) = self.unroute_peer(&c).await {
-                        tracing::error!(
-                            "cannot remove peer {} from the data path: {e}",
-                            c.hello.name
+                if trusted_in_the_clear {
+                    if let Some(c) = self.mesh().core.connection(id) {
+                        tracing::info!(
+                            "{}({}) at {} is in a trusted subnet both ways: its data goes unencrypted through the fast path",
+                            c.hello.name,
+                            c.hello.nickname,
+                            c.underlay
                         );
                     }
-                    self.view().relayed.remove(&c.hello.name);
-                    self.connections_changed().await;
+                }
+                let result = self.place_peer(placement, session.as_deref()).await;
+                self.view().relayed.remove(&placement.name);
+                let error = result.err().map(|e| e.to_string());
+                return self.mesh().core.on_event(Event::Placed { id, error });
+            }
+            Effect::Remove(placement) => {
+                if let Err(e) = self.remove_peer(placement).await {
+                    tracing::warn!("cannot remove peer {} from the data path: {e}", placement.name);
                 }
             }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn handshaken(
-        &self,
-        id: ConnId,
-        version: u8,
-        outbound: bool,
-        remote: SocketAddr,
-        hello: Hello,
-        session: Option<Arc<SessionKeys>>,
-        commands: mpsc::UnboundedSender<ConnCommand>,
-        reply: tokio::sync::oneshot::Sender<Result<(), ConnectionError>>,
-    ) {
-        let replaced = {
-            let mut mesh = self.mesh();
-            match mesh.admit(&self.hello(), outbound, &hello, self.conn_limit) {
-                Admission::ShortIdClash { we_yield } => {
-                    let reason = if we_yield {
-                        format!(
-                            "short ID {} is also {}'s; this router takes another",
-                            hello.short_id, hello.name
-                        )
-                    } else {
-                        format!(
-                            "short ID {} is also {}'s; that router takes another",
-                            hello.short_id,
-                            self.hello().name
-                        )
-                    };
-                    tracing::warn!(
-                        "connection {} {}({}) at {remote} refused: {reason}",
-                        arrow(outbound),
-                        hello.name,
-                        hello.nickname
+            Effect::Unroute(placement) => {
+                if let Err(e) = self.unroute_peer(placement).await {
+                    tracing::error!(
+                        "cannot remove peer {} from the data path: {e}",
+                        placement.name
                     );
-                    let _ = reply.send(Err(ConnectionError::Refused(reason)));
-                    Err(we_yield)
                 }
-                Admission::Reject(reason) => {
-                    tracing::info!(
-                        "connection {} {}({}) at {remote} refused: {reason}",
-                        arrow(outbound),
-                        hello.name,
-                        hello.nickname
-                    );
-                    let err = if reason.starts_with("duplicate") {
-                        ConnectionError::Duplicate(hello.name)
-                    } else {
-                        ConnectionError::Refused(reason)
-                    };
-                    let _ = reply.send(Err(err));
-                    return;
+                self.view().relayed.remove(&placement.name);
+            }
+            Effect::SendReady { id } => self.mesh().send(id, ConnCommand::SendReady),
+            Effect::Send { id, message } => self.send_to(id, &message),
+            Effect::StartGossip { id, digest } => {
+                if digest {
+                    self.send_digest(id, false);
                 }
-                Admission::ShortIdTaken { id, by } => {
-                    let err = ConnectionError::ShortIdTaken { id, by };
-                    tracing::info!(
-                        "connection {} {}({}) at {remote} refused: {err}",
-                        arrow(outbound),
-                        hello.name,
-                        hello.nickname
-                    );
-                    let _ = reply.send(Err(err));
-                    return;
-                }
-                Admission::Accept { replace } => {
-                    let replaced = replace.and_then(|old| mesh.connections.remove(&old));
-                    if let Some(old) = &replaced {
-                        let _ = old
-                            .commands
-                            .send(ConnCommand::Close(ConnectionError::Duplicate(hello.name)));
-                    }
-                    if !outbound {
-                        mesh.refused_inbound.remove(&remote.ip());
-                    }
-                    let underlay = data_address(remote, &hello);
-                    let trusted = self.hello().trusted_both_ways(&hello);
-                    let overlay = self.initial_overlay(trusted);
-                    let watched = self.sleeve.is_some()
-                        && overlay == Overlay::Fastdp
-                        && version >= FASTDP_STATUS_VERSION;
-                    // Probed through whichever path carries the peer: the fast path's
-                    // programs or the sleeve's socket (both UDP over the same route).
-                    let probed = version >= PATH_MTU_VERSION
-                        && (self.sleeve.is_some() || overlay == Overlay::Fastdp);
-                    let conn = Conn {
-                        version,
-                        outbound,
-                        remote,
-                        hello: hello.clone(),
-                        underlay,
-                        session,
-                        trusted,
-                        local_ready: false,
-                        remote_ready: false,
-                        commands,
-                        overlay,
-                        choice: watched.then(OverlayChoice::default),
-                        path_mtu: probed.then(|| PathMtuSearch::new(self.path_mtu_ceiling())),
-                        probes_reported: None,
-                    };
-                    mesh.connections.insert(id, conn);
-                    mesh.by_peer.insert(hello.name, id);
-                    let _ = reply.send(Ok(()));
-                    Ok(replaced)
+                self.sync_channels(id);
+            }
+            Effect::ConnectionsChanged => self.connections_changed().await,
+            Effect::Switch { placement, to, who } => self.switch_overlay(placement, to, &who).await,
+            Effect::Heartbeats(heartbeats) => {
+                if let Err(e) = self.datapath.send_heartbeats(&heartbeats) {
+                    tracing::debug!("fast-path heartbeats: {e}");
                 }
             }
-        };
-        let replaced = match replaced {
-            Ok(replaced) => replaced,
-            Err(we_yield) => {
-                if we_yield {
-                    self.take_new_short_id().await;
+            Effect::SleeveProbe {
+                peer,
+                round,
+                outer_len,
+            } => {
+                if let Some(sleeve) = &self.sleeve {
+                    if let Err(e) = sleeve.send_probe(peer, round, outer_len) {
+                        tracing::debug!("sleeve probe of {outer_len} bytes to peer {peer}: {e}");
+                    }
                 }
-                return;
             }
-        };
-        if let Some(old) = replaced {
-            if old.hello.short_id != hello.short_id {
-                let _ = self.remove_peer(&old).await;
+            Effect::SleevePathMtu { peer, mtu } => {
+                if let Some(sleeve) = &self.sleeve {
+                    sleeve.set_path_mtu(peer, mtu);
+                }
             }
         }
-        tracing::info!(
-            "connection {} {}({}) at {remote} pending",
-            arrow(outbound),
-            hello.name,
-            hello.nickname
-        );
-        let placed = self.mesh().connections.get(&id).map(|c| {
-            (
-                c.datapath_peer(),
-                c.overlay,
-                c.choice.is_some(),
-                c.session.clone(),
-            )
-        });
-        let Some((peer, overlay, watched, session)) = placed else {
-            return;
-        };
-        let result = self
-            .place_peer(&hello, peer, overlay, watched, session.as_deref())
-            .await;
-        self.view().relayed.remove(&hello.name);
-        let ready = {
-            let mut mesh = self.mesh();
-            let Some(conn) = mesh.connections.get_mut(&id) else {
-                return;
-            };
-            match result {
-                Ok(()) => {
-                    conn.local_ready = true;
-                    let _ = conn.commands.send(ConnCommand::SendReady);
-                    if conn.version >= FASTDP_STATUS_VERSION
-                        && conn.overlay == Overlay::Sleeve
-                        && conn.choice.is_none()
-                    {
-                        // The peer would try the fast path with us: it must not.
-                        if let Some(frame) =
-                            gossip::encode_message(&Message::FastdpStatus { heard: false })
-                        {
-                            let _ = conn.commands.send(ConnCommand::SendFrame(frame));
-                        }
-                    }
-                    if conn.established() {
-                        tracing::info!("connection {} {} established", describe(conn), conn.remote);
-                    }
-                    Some(conn.outbound)
-                }
-                Err(e) => {
-                    tracing::error!("cannot add peer {} to the data path: {e}", hello.name);
-                    let _ = conn
-                        .commands
-                        .send(ConnCommand::Close(ConnectionError::Refused(format!(
-                            "data path: {e}"
-                        ))));
-                    None
-                }
-            }
-        };
-        if let Some(outbound) = ready {
-            // One digest makes a two-way exchange (the answer brings a digest back when the
-            // dialled side holds newer records): the dialler starts it, so that records
-            // cross a new connection once, not twice.
-            if outbound {
-                self.send_digest(id, false);
-            }
-            self.sync_channels(id);
-            self.connections_changed().await;
-        }
+        Vec::new()
     }
-}
-
-/// The address a peer's data is sent to and must come from: the one its control connection
-/// comes from (inbound) or was dialled at (outbound), as Weave does. A peer behind a NAT
-/// (a cloud VM's public address, a forwarded port) claims the private address it sees on
-/// its own interface, which nobody else can reach; the claim is logged when it differs and
-/// never used for sending. A connection over loopback (routers sharing one host) is the
-/// exception: there the claim is the address to use.
-fn data_address(remote: SocketAddr, hello: &Hello) -> Ipv4Addr {
-    match remote.ip() {
-        std::net::IpAddr::V4(seen) if !seen.is_loopback() && !seen.is_unspecified() => {
-            if seen != hello.underlay {
-                tracing::info!(
-                    "{}({}) claims underlay address {} but is seen at {seen}: sending its data to {seen}",
-                    hello.name,
-                    hello.nickname,
-                    hello.underlay
-                );
-            }
-            seen
-        }
-        std::net::IpAddr::V6(seen) => match seen.to_ipv4_mapped() {
-            Some(v4) if !v4.is_loopback() => v4,
-            _ => hello.underlay,
-        },
-        _ => hello.underlay,
-    }
-}
-
-fn arrow(outbound: bool) -> &'static str {
-    if outbound {
-        "to"
-    } else {
-        "from"
-    }
-}
-
-fn describe(c: &Conn) -> String {
-    format!(
-        "{} {}({})",
-        arrow(c.outbound),
-        c.hello.name,
-        c.hello.nickname
-    )
 }
 
 impl<D: Datapath> Inner<D> {
     fn hello(&self) -> Hello {
-        self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The data path a new connection starts on: the sleeve when the peer must not or
-    /// cannot use the fast path, else the fast path.
-    fn initial_overlay(&self, trusted: bool) -> Overlay {
-        match self.sleeve_use {
-            _ if self.sleeve.is_none() => Overlay::Fastdp,
-            SleeveUse::All => Overlay::Sleeve,
-            SleeveUse::Untrusted if !trusted => Overlay::Sleeve,
-            SleeveUse::Untrusted | SleeveUse::Fallback => Overlay::Fastdp,
-        }
+        self.mesh().core.local().clone()
     }
 
     /// Puts the peer of a new connection into the data path that carries it. A `watched`
@@ -710,40 +412,30 @@ impl<D: Datapath> Inner<D> {
     /// carrying its frames, ready for a switch.
     async fn place_peer(
         &self,
-        hello: &Hello,
-        peer: DatapathPeer,
-        overlay: Overlay,
-        watched: bool,
+        placement: Placement,
         session: Option<&SessionKeys>,
     ) -> Result<(), DatapathError> {
+        let peer = placement.peer;
         let Some(sleeve) = &self.sleeve else {
             return self.datapath.add_peer(peer).await;
         };
         let short_id = peer.short_id.get();
         let sleeve_error = |e: String| DatapathError::Netlink(format!("sleeve: {e}"));
-        match overlay {
+        match placement.overlay {
             Overlay::Sleeve => {
                 // The fast path never routes to the peer: its frames go to the bridge, and
                 // from there through the sleeve.
                 sleeve
                     .add_peer(short_id, peer.underlay, session, true)
                     .map_err(sleeve_error)?;
-                if watched {
+                if placement.watched {
                     self.datapath.admit_peer(peer).await?;
                 }
                 Ok(())
             }
             Overlay::Fastdp => {
-                if self.sleeve_use == SleeveUse::Untrusted {
-                    tracing::info!(
-                        "{}({}) at {} is in a trusted subnet both ways: its data goes unencrypted through the fast path",
-                        hello.name,
-                        hello.nickname,
-                        peer.underlay
-                    );
-                }
                 let mut stale = Vec::new();
-                if watched {
+                if placement.watched {
                     sleeve
                         .add_peer(short_id, peer.underlay, session, false)
                         .map_err(sleeve_error)?;
@@ -756,14 +448,15 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
-    /// Takes a peer of a lost or replaced connection out of the data paths holding it.
-    async fn remove_peer(&self, conn: &Conn) -> Result<(), DatapathError> {
+    /// Takes a peer of a replaced connection out of the data paths holding it.
+    async fn remove_peer(&self, placement: Placement) -> Result<(), DatapathError> {
+        let short_id = placement.peer.short_id;
         let Some(sleeve) = &self.sleeve else {
-            return self.datapath.remove_peer(conn.hello.short_id).await;
+            return self.datapath.remove_peer(short_id).await;
         };
-        self.forget_sleeve_peer(sleeve, conn).await;
-        if conn.overlay == Overlay::Fastdp || conn.choice.is_some() {
-            self.datapath.remove_peer(conn.hello.short_id).await
+        self.forget_sleeve_peer(sleeve, placement).await;
+        if placement.in_fast_path() {
+            self.datapath.remove_peer(short_id).await
         } else {
             Ok(())
         }
@@ -771,10 +464,10 @@ impl<D: Datapath> Inner<D> {
 
     /// Takes a peer out of the sleeve, and the MACs learned behind it out of the bridge
     /// (it learned them on the TAP: frames for them would go nowhere until they aged out).
-    async fn forget_sleeve_peer(&self, sleeve: &crate::sleeve::Sleeve, conn: &Conn) {
-        let macs = sleeve.remove_peer(conn.hello.short_id.get());
+    async fn forget_sleeve_peer(&self, sleeve: &crate::sleeve::Sleeve, placement: Placement) {
+        let macs = sleeve.remove_peer(placement.peer.short_id.get());
         if let Err(e) = self.datapath.forget_bridge_macs(macs).await {
-            tracing::warn!("cannot forget the bridge's entries for {}: {e}", conn.hello.name);
+            tracing::warn!("cannot forget the bridge's entries for {}: {e}", placement.name);
         }
     }
 
@@ -782,50 +475,33 @@ impl<D: Datapath> Inner<D> {
     /// what the fast path learned behind it until the routes say whether a neighbour still
     /// reaches it ([`MeshView::unrouted`](gossip::MeshView)): relayed, its traffic goes on
     /// at once; unreachable, it is removed then.
-    async fn unroute_peer(&self, conn: &Conn) -> Result<(), DatapathError> {
-        let in_fast_path = conn.overlay == Overlay::Fastdp || conn.choice.is_some();
+    async fn unroute_peer(&self, placement: Placement) -> Result<(), DatapathError> {
         if let Some(sleeve) = &self.sleeve {
-            self.forget_sleeve_peer(sleeve, conn).await;
-            if !in_fast_path {
+            self.forget_sleeve_peer(sleeve, placement).await;
+            if !placement.in_fast_path() {
                 return Ok(());
             }
         }
-        self.datapath.unroute_peer(conn.hello.short_id).await?;
-        self.view()
-            .unrouted
-            .insert(conn.hello.name, conn.datapath_peer());
+        self.datapath.unroute_peer(placement.peer.short_id).await?;
+        self.view().unrouted.insert(placement.name, placement.peer);
         Ok(())
     }
 
-    /// Moves the peer of connection `id` to the data path `to` (its choice switched).
-    async fn switch_overlay(&self, id: ConnId, to: Overlay) {
+    /// Moves a peer to the data path `to` (the core switched its connection).
+    async fn switch_overlay(&self, placement: Placement, to: Overlay, who: &str) {
         let Some(sleeve) = &self.sleeve else {
             return;
         };
-        let moving = {
-            let mut mesh = self.mesh();
-            mesh.connections
-                .get_mut(&id)
-                .filter(|c| c.overlay != to)
-                .map(|c| {
-                    c.overlay = to;
-                    (c.datapath_peer(), describe(c))
-                })
-        };
-        let Some((peer, who)) = moving else {
-            return;
-        };
+        let peer = placement.peer;
         let short_id = peer.short_id.get();
         let result = match to {
             Overlay::Sleeve => {
-                self.switches_to_sleeve.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("connection {who}: fast path blocked, using sleeve");
                 let admitted = self.datapath.admit_peer(peer).await;
                 sleeve.carry(short_id, true);
                 admitted
             }
             Overlay::Fastdp => {
-                self.switches_to_fastdp.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("connection {who}: fast path works again");
                 // The bridge learned the peer's MACs on the sleeve's TAP: it must forget
                 // them, or frames for them would still go there.
@@ -846,8 +522,8 @@ impl<D: Datapath> Inner<D> {
 
     /// The largest outer packet a probe may be: the underlay's MTU (or `--mtu` plus the
     /// VXLAN overhead).
-    fn path_mtu_ceiling(&self) -> u16 {
-        let max = self.datapath.max_container_mtu() + weave_ebpf_common::VXLAN_OVERHEAD;
+    fn path_mtu_ceiling(datapath: &D) -> u16 {
+        let max = datapath.max_container_mtu() + weave_ebpf_common::VXLAN_OVERHEAD;
         u16::try_from(max).unwrap_or(u16::MAX)
     }
 
@@ -872,166 +548,65 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
-    /// Every [`overlay::CHECK_EVERY`]: fast-path heartbeats to every peer that may fall
-    /// back, path-MTU probes to every peer the fast path may carry, a sample of what
-    /// arrived from each, and what that changes (reports to the peers, switches, the
-    /// container MTU).
+    /// Every [`overlay::CHECK_EVERY`]: the underlay's ICMP hints, then what arrived from
+    /// each peer, to the core ([`Event::PathCheck`]: heartbeats, probes, reports, switches),
+    /// then the container MTU.
     async fn check_paths(&self) {
-        let now = Instant::now();
         for (addr, mtu) in self.take_frag_needed() {
-            let mut mesh = self.mesh();
-            for c in mesh.connections.values_mut().filter(|c| c.underlay == addr) {
-                if let Some(search) = c.path_mtu.as_mut() {
-                    if search.frag_needed(mtu) {
-                        if let Some(sleeve) = &self.sleeve {
-                            sleeve.set_path_mtu(c.hello.short_id.get(), mtu);
-                        }
-                        tracing::info!(
-                            "connection {}: the underlay says packets to {addr} must not exceed {mtu} bytes; probing below that",
-                            describe(c)
-                        );
-                    }
-                }
-            }
+            self.run(Event::FragNeeded { addr, mtu }).await;
         }
-        let mut heartbeats = Vec::new();
-        let any_probed = {
-            let mut mesh = self.mesh();
-            let mut any_probed = false;
-            for c in mesh.connections.values_mut().filter(|c| c.established()) {
-                let peer = c.hello.short_id.get();
-                if c.choice.is_some() {
-                    heartbeats.push(Heartbeat {
-                        peer,
-                        round: 0,
-                        outer_len: 0,
-                    });
+        if self.mesh().core.checks_paths() {
+            match self.path_samples() {
+                Ok(received) => {
+                    let event = Event::PathCheck {
+                        now: Instant::now(),
+                        probe_round: self.next_probe_round(),
+                        received,
+                    };
+                    self.run(event).await;
                 }
-                if let Some(search) = c.path_mtu.as_mut() {
-                    any_probed = true;
-                    let round = self.next_probe_round();
-                    let sizes = search.probes(now, round);
-                    match (&self.sleeve, c.overlay) {
-                        (Some(sleeve), Overlay::Sleeve) => {
-                            for outer_len in sizes {
-                                if let Err(e) = sleeve.send_probe(peer, round, outer_len) {
-                                    tracing::debug!("sleeve probe of {outer_len} bytes to peer {peer}: {e}");
-                                }
-                            }
-                        }
-                        _ => heartbeats.extend(sizes.into_iter().map(|outer_len| Heartbeat {
-                            peer,
-                            round,
-                            outer_len,
-                        })),
-                    }
-                }
+                Err(e) => tracing::warn!("cannot read the data path's counters: {e}"),
             }
-            any_probed
-        };
-        if heartbeats.is_empty() && !any_probed {
-            self.apply_container_mtu().await;
-            return;
-        }
-        if let Err(e) = self.datapath.send_heartbeats(&heartbeats) {
-            tracing::debug!("fast-path heartbeats: {e}");
-        }
-        let received: HashMap<u16, crate::datapath::PeerTraffic> = match self.datapath.counters() {
-            Ok(c) => c.by_peer.into_iter().map(|t| (t.short_id, t)).collect(),
-            Err(e) => {
-                tracing::warn!("cannot read the data path's counters: {e}");
-                return;
-            }
-        };
-        let mut switches = Vec::new();
-        {
-            let mut mesh = self.mesh();
-            for (id, conn) in mesh.connections.iter_mut().filter(|(_, c)| c.established()) {
-                let peer = conn.hello.short_id.get();
-                let traffic = received.get(&peer).copied().unwrap_or_default();
-                let send = |message: Message| {
-                    if let Some(frame) = gossip::encode_message(&message) {
-                        let _ = conn.commands.send(ConnCommand::SendFrame(frame));
-                    }
-                };
-                // What of the peer's probes reached us (through either path), when that
-                // changed.
-                let through_sleeve = self.sleeve.as_ref().and_then(|s| s.probe_seen(peer));
-                let probe = ProbeSeen::merge(
-                    traffic
-                        .probe
-                        .map(|p| (p.round, p.largest))
-                        .into_iter()
-                        .chain(through_sleeve),
-                );
-                if conn.version >= PATH_MTU_VERSION && probe.is_some() && probe != conn.probes_reported {
-                    let seen = probe.expect("checked");
-                    send(Message::PathMtuSeen {
-                        round: seen.round,
-                        largest: u16::try_from(seen.largest).unwrap_or(u16::MAX),
-                    });
-                    conn.probes_reported = probe;
-                }
-                let mut only_small = None;
-                if let Some(search) = conn.path_mtu.as_mut() {
-                    if let Some(limit) = search.tick(now).verified_changed {
-                        only_small = Some(search.only_small_frames());
-                        if let (Some(l), Some(sleeve)) = (limit, &self.sleeve) {
-                            // Should the peer fall back to the sleeve, its datagrams fit too.
-                            sleeve.set_path_mtu(peer, l);
-                        }
-                        match limit {
-                            Some(l) => tracing::info!(
-                                "connection {}: path MTU {l} verified ({})",
-                                describe(conn),
-                                match conn.overlay {
-                                    Overlay::Fastdp => format!(
-                                        "containers {}",
-                                        u32::from(l).saturating_sub(weave_ebpf_common::VXLAN_OVERHEAD)
-                                    ),
-                                    Overlay::Sleeve => "sleeve datagrams cut to fit".into(),
-                                }
-                            ),
-                            None => tracing::warn!(
-                                "connection {}: no probe of {} bytes crosses the fast path",
-                                describe(conn),
-                                path_mtu::FLOOR
-                            ),
-                        }
-                    }
-                }
-                let Some(choice) = conn.choice.as_mut() else {
-                    continue;
-                };
-                let mut change = choice.sample(now, traffic.rx_heartbeats);
-                if let Some(small) = only_small {
-                    change.switch = choice.set_only_small_frames(small).switch.or(change.switch);
-                }
-                if let Some(heard) = change.report {
-                    send(Message::FastdpStatus { heard });
-                }
-                if let Some(to) = change.switch {
-                    switches.push((*id, to));
-                }
-            }
-        }
-        for (id, to) in switches {
-            self.switch_overlay(id, to).await;
         }
         // Also after an ICMP hint, or a connection that went or moved to the sleeve.
         self.apply_container_mtu().await;
     }
 
+    /// What arrived from each peer: fast-path heartbeats, and the newest probe round
+    /// through either path.
+    fn path_samples(&self) -> Result<HashMap<u16, PathSample>, DatapathError> {
+        let by_peer = self.datapath.counters()?.by_peer;
+        let mut received: HashMap<u16, PathSample> = by_peer
+            .into_iter()
+            .map(|t| {
+                let sample = PathSample {
+                    rx_heartbeats: t.rx_heartbeats,
+                    probe: t.probe,
+                };
+                (t.short_id, sample)
+            })
+            .collect();
+        if let Some(sleeve) = &self.sleeve {
+            let peers = self.mesh().core.peer_short_ids();
+            for peer in peers.into_iter().map(ShortId::get) {
+                let sample = received.entry(peer).or_default();
+                sample.probe = ProbeSeen::merge(
+                    sample
+                        .probe
+                        .map(|p| (p.round, p.largest))
+                        .into_iter()
+                        .chain(sleeve.probe_seen(peer)),
+                );
+            }
+        }
+        Ok(received)
+    }
+
     /// Gives containers the smallest MTU the fast paths to the peers verified (the
     /// configured one while none is smaller).
     async fn apply_container_mtu(&self) {
-        let wanted = self
-            .mesh()
-            .connections
-            .values()
-            .filter(|c| c.overlay == Overlay::Fastdp)
-            .filter_map(Conn::verified_container_mtu)
-            .min()
+        let verified = self.mesh().core.verified_container_mtu();
+        let wanted = verified
             .unwrap_or(u32::MAX)
             .min(self.datapath.max_container_mtu());
         if wanted != self.datapath.container_mtu() {
@@ -1055,7 +630,7 @@ impl<D: Datapath> Inner<D> {
     /// the data path and the mesh, and closes every connection so that peers learn it.
     async fn take_new_short_id(&self) {
         let mut in_use = self.view().topology.short_ids_in_use();
-        in_use.extend(self.mesh().connections.values().map(|c| c.hello.short_id));
+        in_use.extend(self.mesh().core.peer_short_ids());
         if in_use.len() >= weave_ebpf_common::vni::MAX_SHORT_IDS as usize {
             tracing::error!("every short ID is in use; keeping ours despite the clash");
             return;
@@ -1066,18 +641,16 @@ impl<D: Datapath> Inner<D> {
                 break candidate;
             }
         };
-        let old = {
-            let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut local.short_id, new)
-        };
+        let old = self.hello().short_id;
         if old == new {
             return;
         }
+        // Connections made from now on carry the new ID; those up now close at the end.
+        let closes = self.mesh().core.set_short_id(new);
         tracing::warn!("short ID {old} clashes with another peer's; taking {new}");
         if let Some(state) = &self.state {
-            let hello = self.hello();
             let identity = crate::state::Identity {
-                name: hello.name,
+                name: self.hello().name,
                 short_id: new,
             };
             if let Err(e) = state.save_identity(identity) {
@@ -1089,12 +662,10 @@ impl<D: Datapath> Inner<D> {
         }
         self.view().topology.set_our_short_id(new);
         let mesh = self.mesh();
-        for conn in mesh.connections.values() {
-            let _ = conn
-                .commands
-                .send(ConnCommand::Close(ConnectionError::Refused(format!(
-                    "short ID changed from {old} to {new}"
-                ))));
+        for effect in closes {
+            if let Effect::Close { id, error } = effect {
+                mesh.send(id, ConnCommand::Close(error));
+            }
         }
     }
 
@@ -1156,10 +727,7 @@ impl<D: Datapath> MakerHost for Inner<D> {
     }
 
     fn is_connected(&self, peer: PeerName, except: ConnId) -> bool {
-        self.mesh()
-            .by_peer
-            .get(&peer)
-            .is_some_and(|id| *id != except)
+        self.mesh().core.is_connected(peer, except)
     }
 
     fn next_conn_id(&self) -> ConnId {
@@ -1200,12 +768,26 @@ impl<D: Datapath> Router<D> {
             // A kernel data path (the in-memory one has no sleeve either).
             crate::datapath::frag_needed::listen(config.local.underlay, &frag_needed);
         }
+        let core = MeshCore::new(
+            config.local,
+            CoreConfig {
+                conn_limit: config.conn_limit,
+                has_sleeve: config.sleeve.is_some(),
+                sleeve_use: config.sleeve_use,
+                path_mtu_ceiling: Inner::path_mtu_ceiling(&*datapath),
+            },
+        );
         let inner = Arc::new(Inner {
             view: Mutex::new(gossip::MeshView::new(ourself)),
-            local: std::sync::RwLock::new(config.local),
             timings: config.timings,
             datapath,
-            mesh: Mutex::default(),
+            mesh: Mutex::new(Mesh {
+                core,
+                links: HashMap::new(),
+                targets: BTreeMap::new(),
+                discovered: Default::default(),
+                refused_inbound: BTreeMap::new(),
+            }),
             events: Mutex::new(Some(events_tx.clone())),
             shutdown,
             next_id: AtomicU64::new(1),
@@ -1218,8 +800,6 @@ impl<D: Datapath> Router<D> {
             sleeve_use: config.sleeve_use,
             probe_round: std::sync::atomic::AtomicU32::new(0),
             frag_needed,
-            switches_to_sleeve: AtomicU64::new(0),
-            switches_to_fastdp: AtomicU64::new(0),
             channels: Default::default(),
             tasks: Mutex::default(),
         });
@@ -1321,7 +901,7 @@ impl<D: Datapath> Router<D> {
     pub fn status(&self) -> MeshStatus {
         let mesh = self.inner.mesh();
         let mut connections = Vec::new();
-        for c in mesh.connections.values() {
+        for (_, c) in mesh.core.connections() {
             connections.push(ConnectionInfo {
                 outbound: c.outbound,
                 address: c.remote.to_string(),
@@ -1336,7 +916,7 @@ impl<D: Datapath> Router<D> {
                     _ => String::new(),
                 },
                 // A trusted peer's data goes in the clear.
-                encrypted: c.session.is_some() && !c.trusted,
+                encrypted: c.encrypted && !c.trusted,
                 overlay: c.overlay.name().into(),
                 mtu: match c.verified_container_mtu() {
                     Some(m) if c.overlay == Overlay::Fastdp => m,
@@ -1367,7 +947,7 @@ impl<D: Datapath> Router<D> {
         }
         for (target, state) in &mesh.targets {
             let (state, info) = match state {
-                TargetState::Connected(Some(id)) if !mesh.connections.contains_key(id) => {
+                TargetState::Connected(Some(id)) if mesh.core.connection(*id).is_none() => {
                     ("connecting", String::new())
                 }
                 TargetState::Connected(_) => continue,
@@ -1396,17 +976,14 @@ impl<D: Datapath> Router<D> {
         MeshStatus {
             protocol_min_version: MIN_VERSION,
             protocol_max_version: MAX_VERSION,
-            local: PeerInfo::from(&self.inner.hello()),
+            local: PeerInfo::from(mesh.core.local()),
             listen: self.inner.listen,
             targets: mesh.targets.keys().map(Target::to_string).collect(),
             connections,
             mesh: self.mesh_report(),
             discovery: self.inner.discovery,
             encryption: self.inner.password.is_some(),
-            overlay_switches: OverlaySwitches {
-                to_sleeve: self.inner.switches_to_sleeve.load(Ordering::Relaxed),
-                to_fastdp: self.inner.switches_to_fastdp.load(Ordering::Relaxed),
-            },
+            overlay_switches: mesh.core.switches(),
             frag_needed: FragNeededCounts {
                 honoured: self.inner.frag_needed.honoured.load(Ordering::Relaxed),
                 ignored: self.inner.frag_needed.ignored.load(Ordering::Relaxed),
@@ -1574,6 +1151,7 @@ pub fn format_time(t: SystemTime) -> String {
 }
 
 mod channels;
+pub mod core;
 pub mod gossip;
 pub mod overlay;
 pub mod path_mtu;

@@ -67,7 +67,7 @@ impl<D: Datapath> Inner<D> {
 
     /// The whole state of every channel, to every neighbour.
     fn sync_channels_everywhere(&self) {
-        let ids: Vec<ConnId> = self.mesh().connections.keys().copied().collect();
+        let ids: Vec<ConnId> = self.mesh().core.connections().map(|(id, _)| *id).collect();
         for id in ids {
             self.sync_channels(id);
         }

@@ -15,7 +15,7 @@ use crate::mesh::connection_maker::Target;
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::{self, GossipDigest, GossipUpdate, Message};
 use crate::mesh::routes::{self, Routes};
-use crate::mesh::topology::{ConnectionSummary, DeltaOutcome, PeerInfo, RecordDelta, Topology};
+use crate::mesh::topology::{DeltaOutcome, PeerInfo, RecordDelta, Topology};
 
 /// How often each router sends a digest of its view to a few neighbours, so that anything
 /// lost on the way is repaired.
@@ -117,10 +117,10 @@ pub(super) fn send_frame_to(
     to: Option<&[PeerName]>,
     except: Option<ConnId>,
 ) {
-    for (id, conn) in &mesh.connections {
+    for (id, conn) in mesh.core.connections() {
         let wanted = to.is_none_or(|names| names.contains(&conn.hello.name));
         if wanted && Some(*id) != except {
-            let _ = conn.commands.send(ConnCommand::SendFrame(frame.clone()));
+            mesh.send(*id, ConnCommand::SendFrame(frame.clone()));
         }
     }
 }
@@ -178,15 +178,14 @@ impl<D: Datapath> Inner<D> {
 
     /// Sends `message` on one connection.
     pub(super) fn send_to(&self, id: ConnId, message: &Message) {
-        let mesh = self.mesh();
-        if let (Some(conn), Some(frame)) = (mesh.connections.get(&id), encode_message(message)) {
-            let _ = conn.commands.send(ConnCommand::SendFrame(frame));
+        if let Some(frame) = encode_message(message) {
+            self.mesh().send(id, ConnCommand::SendFrame(frame));
         }
     }
 
     /// Sends a digest to a random few neighbours.
     pub(super) fn anti_entropy(&self) {
-        let mut ids: Vec<ConnId> = self.mesh().connections.keys().copied().collect();
+        let mut ids: Vec<ConnId> = self.mesh().core.connections().map(|(id, _)| *id).collect();
         ids.shuffle(&mut rand::thread_rng());
         ids.truncate(fanout(ids.len()));
         for id in ids {
@@ -266,17 +265,7 @@ impl<D: Datapath> Inner<D> {
     /// Our connections changed: publish them and recompute routes.
     pub(super) async fn connections_changed(&self) {
         {
-            let mesh = self.mesh();
-            let summaries = mesh
-                .connections
-                .values()
-                .map(|c| ConnectionSummary {
-                    remote: c.hello.name,
-                    address: c.remote,
-                    outbound: c.outbound,
-                    established: c.established(),
-                })
-                .collect();
+            let summaries = self.mesh().core.summaries();
             let mut view = self.view();
             if view.topology.set_our_connections(summaries) {
                 view.publish_pending = true;
@@ -362,17 +351,16 @@ impl<D: Datapath> Inner<D> {
     /// Closes connection `id` over gossip we refuse.
     pub(super) fn refuse_gossip(&self, id: ConnId, reason: &str) {
         let mesh = self.mesh();
-        if let Some(conn) = mesh.connections.get(&id) {
+        if let Some(conn) = mesh.core.connection(id) {
             tracing::warn!(
                 "connection with {}({}) closed: {reason}",
                 conn.hello.name,
                 conn.hello.nickname
             );
-            let _ = conn
-                .commands
-                .send(ConnCommand::Close(ConnectionError::Refused(
-                    reason.to_string(),
-                )));
+            mesh.send(
+                id,
+                ConnCommand::Close(ConnectionError::Refused(reason.to_string())),
+            );
         }
     }
 
@@ -451,12 +439,12 @@ impl<D: Datapath> Inner<D> {
             mesh.discovered.remove(&t);
             mesh.targets.remove(&t);
         }
-        let Some(room) = self.conn_limit.checked_sub(mesh.by_peer.len()) else {
+        let Some(room) = self.conn_limit.checked_sub(mesh.core.peer_count()) else {
             return Vec::new();
         };
         let new: Vec<Target> = known
             .iter()
-            .filter(|(_, name)| !mesh.by_peer.contains_key(name))
+            .filter(|(_, name)| !mesh.core.is_direct(name))
             .map(|((ip, port), _)| Target {
                 host: ip.to_string(),
                 port: *port,
@@ -472,7 +460,7 @@ impl<D: Datapath> Inner<D> {
     /// up to date. Directly connected peers are installed by their connections.
     pub(super) async fn apply_routes(&self) {
         let (add, remove, tree_changes, orphans) = {
-            let direct: Vec<PeerName> = self.mesh().by_peer.keys().copied().collect();
+            let direct: Vec<PeerName> = self.mesh().core.direct_peers().copied().collect();
             let mut view = self.view();
             let started = thread_cpu_time();
             let gone = view.topology.garbage_collect();

@@ -480,72 +480,6 @@ async fn a_data_path_failure_keeps_the_connection_from_being_established() {
 }
 
 #[test]
-fn admission_keeps_the_connection_dialled_by_the_higher_name() {
-    let low = hello(1);
-    let high = hello(2);
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let conn = |outbound: bool, hello: &Hello| Conn {
-        session: None,
-        trusted: false,
-        outbound,
-        remote: "127.0.0.1:1".parse().unwrap(),
-        hello: hello.clone(),
-        underlay: hello.underlay,
-        local_ready: true,
-        remote_ready: true,
-        commands: tx.clone(),
-        version: crate::mesh::protocol::MAX_VERSION,
-        overlay: super::overlay::Overlay::Fastdp,
-        choice: None,
-        path_mtu: None,
-        probes_reported: None,
-    };
-    // We are `low`; we hold an outbound connection to `high`.
-    let mut mesh = Mesh::default();
-    mesh.connections.insert(1, conn(true, &high));
-    mesh.by_peer.insert(high.name, 1);
-    // `high` dials us: its connection wins.
-    assert_eq!(
-        mesh.admit(&low, false, &high, DEFAULT_CONN_LIMIT),
-        Admission::Accept { replace: Some(1) }
-    );
-    // A second outbound one loses.
-    assert!(matches!(
-        mesh.admit(&low, true, &high, DEFAULT_CONN_LIMIT),
-        Admission::Reject(_)
-    ));
-
-    // We are `high`; we hold an inbound connection from `low`; our own dial wins.
-    let mut mesh = Mesh::default();
-    mesh.connections.insert(1, conn(false, &low));
-    mesh.by_peer.insert(low.name, 1);
-    assert_eq!(
-        mesh.admit(&high, true, &low, DEFAULT_CONN_LIMIT),
-        Admission::Accept { replace: Some(1) }
-    );
-
-    // Another run of a connected name (new UID) is refused while the connection lives: it
-    // is an impostor, or a restart that gets in once the heartbeats drop the old connection.
-    let mut again = low.clone();
-    again.uid ^= 1;
-    assert!(matches!(
-        mesh.admit(&high, false, &again, DEFAULT_CONN_LIMIT),
-        Admission::Reject(reason) if reason.contains("already connected")
-    ));
-
-    // Another peer with a short ID already taken is refused, and told to take another.
-    let mut clash = hello(3);
-    clash.short_id = low.short_id;
-    assert_eq!(
-        mesh.admit(&high, false, &clash, DEFAULT_CONN_LIMIT),
-        Admission::ShortIdTaken {
-            id: low.short_id,
-            by: low.name
-        }
-    );
-}
-
-#[test]
 fn times_format_as_utc() {
     assert_eq!(format_time(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00");
     assert_eq!(
@@ -880,17 +814,4 @@ async fn channel_gossip_crosses_a_line_and_reaches_late_joiners() {
     for n in [&a, &b, &c] {
         n.router.stop().await;
     }
-}
-
-#[test]
-fn data_goes_to_the_address_a_peer_is_seen_at_not_the_one_it_claims() {
-    let mut behind_nat = hello(2);
-    behind_nat.underlay = Ipv4Addr::new(10, 77, 0, 2);
-    let public: std::net::SocketAddr = "198.18.0.2:6783".parse().unwrap();
-    assert_eq!(super::data_address(public, &behind_nat), Ipv4Addr::new(198, 18, 0, 2));
-    let mapped: std::net::SocketAddr = "[::ffff:198.18.0.2]:40000".parse().unwrap();
-    assert_eq!(super::data_address(mapped, &behind_nat), Ipv4Addr::new(198, 18, 0, 2));
-    // Routers sharing one host: loopback says nothing about where the peer's data goes.
-    let local: std::net::SocketAddr = "127.0.0.1:6783".parse().unwrap();
-    assert_eq!(super::data_address(local, &behind_nat), behind_nat.underlay);
 }

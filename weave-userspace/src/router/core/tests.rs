@@ -1,0 +1,530 @@
+//! The core driven with events: no sockets, no sleeps, no clock but the `Instant`s handed in.
+
+use std::time::Duration;
+
+use super::*;
+use crate::mesh::protocol::MAX_VERSION;
+
+fn hello(n: u8) -> Hello {
+    Hello {
+        name: PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]),
+        nickname: format!("host{n}"),
+        short_id: ShortId::new(u16::from(n)).unwrap(),
+        uid: u64::from(n) * 1000,
+        underlay: Ipv4Addr::new(10, 0, 0, n),
+        data_port: 6784,
+        trusted_subnets: Vec::new(),
+    }
+}
+
+fn config(has_sleeve: bool, sleeve_use: SleeveUse) -> CoreConfig {
+    CoreConfig {
+        conn_limit: 10,
+        has_sleeve,
+        sleeve_use,
+        path_mtu_ceiling: 1500,
+    }
+}
+
+fn with_short_id(mut hello: Hello, short_id: ShortId) -> Hello {
+    hello.short_id = short_id;
+    hello
+}
+
+fn handshaken(id: ConnId, outbound: bool, hello: &Hello) -> Event {
+    Event::Handshaken {
+        id,
+        version: MAX_VERSION,
+        outbound,
+        remote: SocketAddr::from((hello.underlay, 6783)),
+        hello: hello.clone(),
+        encrypted: false,
+    }
+}
+
+/// The effects' kinds, for assertions that read like the sequence they check.
+fn kinds(effects: &[Effect]) -> Vec<&'static str> {
+    effects
+        .iter()
+        .map(|e| match e {
+            Effect::Answer { result: Ok(()), .. } => "accept",
+            Effect::Answer { result: Err(_), .. } => "refuse",
+            Effect::Close { .. } => "close",
+            Effect::TakeNewShortId => "take-new-short-id",
+            Effect::Place { .. } => "place",
+            Effect::Remove(_) => "remove",
+            Effect::Unroute(_) => "unroute",
+            Effect::SendReady { .. } => "send-ready",
+            Effect::Send { .. } => "send",
+            Effect::StartGossip { .. } => "start-gossip",
+            Effect::ConnectionsChanged => "connections-changed",
+            Effect::Switch { .. } => "switch",
+            Effect::Heartbeats(_) => "heartbeats",
+            Effect::SleeveProbe { .. } => "sleeve-probe",
+            Effect::SleevePathMtu { .. } => "sleeve-path-mtu",
+        })
+        .collect()
+}
+
+/// A core for `us` holding an established connection `id` with `peer`.
+fn established(
+    us: &Hello,
+    id: ConnId,
+    outbound: bool,
+    peer: &Hello,
+    config: CoreConfig,
+) -> MeshCore {
+    let mut core = MeshCore::new(us.clone(), config);
+    core.on_event(handshaken(id, outbound, peer));
+    core.on_event(Event::Placed { id, error: None });
+    core.on_event(Event::RemoteReady { id });
+    assert!(core.connection(id).unwrap().established());
+    core
+}
+
+#[test]
+fn a_hello_is_accepted_placed_and_established_when_both_ends_are_ready() {
+    let mut core = MeshCore::new(hello(1), config(false, SleeveUse::Fallback));
+    let peer = hello(2);
+    let effects = core.on_event(handshaken(7, true, &peer));
+    assert_eq!(kinds(&effects), ["accept", "place"]);
+    let Effect::Place { placement, .. } = &effects[1] else {
+        unreachable!()
+    };
+    assert_eq!(placement.name, peer.name);
+    assert_eq!(placement.overlay, Overlay::Fastdp);
+    assert_eq!(placement.peer.next_hop, peer.short_id);
+    // Data goes to the address the connection was dialled at.
+    assert_eq!(placement.peer.underlay, Ipv4Addr::new(10, 0, 0, 2));
+
+    let effects = core.on_event(Event::Placed { id: 7, error: None });
+    assert_eq!(
+        kinds(&effects),
+        ["send-ready", "start-gossip", "connections-changed"]
+    );
+    // The dialler starts the digest exchange.
+    assert!(matches!(
+        effects[1],
+        Effect::StartGossip { digest: true, .. }
+    ));
+    assert!(!core.connection(7).unwrap().established());
+
+    let effects = core.on_event(Event::RemoteReady { id: 7 });
+    assert_eq!(kinds(&effects), ["connections-changed"]);
+    assert!(core.connection(7).unwrap().established());
+    assert_eq!(core.summaries().len(), 1);
+    assert!(core.summaries()[0].established);
+}
+
+#[test]
+fn the_dialled_side_waits_for_the_diallers_digest() {
+    let mut core = MeshCore::new(hello(1), config(false, SleeveUse::Fallback));
+    core.on_event(handshaken(3, false, &hello(2)));
+    let effects = core.on_event(Event::Placed { id: 3, error: None });
+    assert!(matches!(
+        effects[1],
+        Effect::StartGossip { digest: false, .. }
+    ));
+}
+
+#[test]
+fn a_data_path_failure_closes_the_connection_and_it_is_never_established() {
+    let mut core = MeshCore::new(hello(1), config(false, SleeveUse::Fallback));
+    core.on_event(handshaken(3, true, &hello(2)));
+    let effects = core.on_event(Event::Placed {
+        id: 3,
+        error: Some("no room".into()),
+    });
+    assert_eq!(kinds(&effects), ["close"]);
+    assert!(core.on_event(Event::RemoteReady { id: 3 }).is_empty());
+    assert!(!core.connection(3).unwrap().established());
+}
+
+#[test]
+fn admission_keeps_the_connection_dialled_by_the_higher_name() {
+    let low = hello(1);
+    let high = hello(2);
+    // We are `low`, holding an outbound connection to `high`; `high` dials us: its wins,
+    // ours closes, and the peer (same short ID) stays in the data path.
+    let mut core = established(&low, 1, true, &high, config(false, SleeveUse::Fallback));
+    let effects = core.on_event(handshaken(2, false, &high));
+    assert_eq!(kinds(&effects), ["close", "accept", "place"]);
+    assert!(matches!(effects[0], Effect::Close { id: 1, .. }));
+    assert!(core.connection(1).is_none());
+    // The old connection's close changes nothing more.
+    assert!(core
+        .on_event(Event::Closed {
+            id: 1,
+            error: "duplicate".into()
+        })
+        .is_empty());
+    // A second dial of ours loses.
+    let effects = core.on_event(handshaken(3, true, &high));
+    assert!(matches!(
+        &effects[..],
+        [Effect::Answer {
+            id: 3,
+            result: Err(ConnectionError::Duplicate(_))
+        }]
+    ));
+
+    // We are `high` holding an inbound connection from `low`: our own dial wins.
+    let mut core = established(&high, 1, false, &low, config(false, SleeveUse::Fallback));
+    assert_eq!(
+        core.admit(true, &low),
+        Admission::Accept { replace: Some(1) }
+    );
+    // Another run of a connected name (new UID) is refused while the connection lives.
+    let mut again = low.clone();
+    again.uid ^= 1;
+    assert!(matches!(
+        core.admit(false, &again),
+        Admission::Reject(reason) if reason.contains("already connected")
+    ));
+    // Another peer with a short ID already taken is refused, and told to take another.
+    let mut clash = hello(3);
+    clash.short_id = low.short_id;
+    let effects = core.on_event(handshaken(9, false, &clash));
+    assert!(matches!(
+        &effects[..],
+        [Effect::Answer { result: Err(ConnectionError::ShortIdTaken { id, by }), .. }]
+            if *id == low.short_id && *by == low.name
+    ));
+    assert!(core.connection(9).is_none());
+}
+
+#[test]
+fn a_short_id_clash_makes_the_higher_name_take_another() {
+    let mut peer = hello(2);
+    peer.short_id = hello(1).short_id;
+    // We have the higher name: we yield.
+    let mut core = MeshCore::new(
+        with_short_id(hello(3), hello(1).short_id),
+        config(false, SleeveUse::Fallback),
+    );
+    let effects = core.on_event(handshaken(1, true, &peer));
+    assert_eq!(kinds(&effects), ["refuse", "take-new-short-id"]);
+    // The lower name keeps its ID and only refuses.
+    let mut core = MeshCore::new(hello(1), config(false, SleeveUse::Fallback));
+    let effects = core.on_event(handshaken(
+        1,
+        true,
+        &with_short_id(hello(9), hello(1).short_id),
+    ));
+    assert_eq!(kinds(&effects), ["refuse"]);
+    // A peer refusing us for our short ID makes us take another; for another ID, nothing.
+    assert_eq!(
+        kinds(&core.on_event(Event::ShortIdTaken {
+            short_id: hello(1).short_id
+        })),
+        ["take-new-short-id"]
+    );
+    assert!(core
+        .on_event(Event::ShortIdTaken {
+            short_id: hello(5).short_id
+        })
+        .is_empty());
+}
+
+#[test]
+fn a_new_short_id_closes_every_connection() {
+    let mut core = established(
+        &hello(1),
+        4,
+        true,
+        &hello(2),
+        config(false, SleeveUse::Fallback),
+    );
+    let effects = core.set_short_id(hello(1).short_id);
+    assert!(effects.is_empty(), "the same ID changes nothing");
+    let effects = core.set_short_id(ShortId::new(99).unwrap());
+    assert_eq!(kinds(&effects), ["close"]);
+    assert_eq!(core.local().short_id.get(), 99);
+}
+
+#[test]
+fn the_connection_limit_refuses_newcomers_but_not_known_peers() {
+    let mut cfg = config(false, SleeveUse::Fallback);
+    cfg.conn_limit = 1;
+    let mut core = established(&hello(1), 1, true, &hello(2), cfg);
+    let effects = core.on_event(handshaken(2, true, &hello(3)));
+    assert!(matches!(
+        &effects[..],
+        [Effect::Answer { result: Err(ConnectionError::Refused(r)), .. }] if r.contains("limit of 1")
+    ));
+}
+
+#[test]
+fn a_lost_connection_unroutes_its_peer_once() {
+    let mut core = established(
+        &hello(1),
+        1,
+        true,
+        &hello(2),
+        config(false, SleeveUse::Fallback),
+    );
+    let effects = core.on_event(Event::Closed {
+        id: 1,
+        error: "gone".into(),
+    });
+    assert_eq!(kinds(&effects), ["unroute", "connections-changed"]);
+    assert!(!core.is_direct(&hello(2).name));
+    assert!(core
+        .on_event(Event::Closed {
+            id: 1,
+            error: "gone".into()
+        })
+        .is_empty());
+}
+
+#[test]
+fn with_a_password_untrusted_peers_go_through_the_sleeve_and_are_told_not_to_try_the_fast_path() {
+    let mut core = MeshCore::new(hello(1), config(true, SleeveUse::Untrusted));
+    let effects = core.on_event(handshaken(1, true, &hello(2)));
+    let Effect::Place {
+        placement,
+        trusted_in_the_clear,
+        ..
+    } = &effects[1]
+    else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(placement.overlay, Overlay::Sleeve);
+    assert!(!placement.watched && !trusted_in_the_clear);
+    let effects = core.on_event(Event::Placed { id: 1, error: None });
+    assert!(matches!(
+        &effects[1],
+        Effect::Send {
+            message: Message::FastdpStatus { heard: false },
+            ..
+        }
+    ));
+
+    // Both ends trusting each other's subnet: the fast path, watched, logged as clear.
+    let subnet = "10.0.0.0/24".parse().unwrap();
+    let mut us = hello(1);
+    us.trusted_subnets = vec![subnet];
+    let mut peer = hello(2);
+    peer.trusted_subnets = vec![subnet];
+    let mut core = MeshCore::new(us, config(true, SleeveUse::Untrusted));
+    let effects = core.on_event(handshaken(1, true, &peer));
+    assert!(matches!(
+        &effects[1],
+        Effect::Place {
+            placement: Placement {
+                overlay: Overlay::Fastdp,
+                watched: true,
+                ..
+            },
+            trusted_in_the_clear: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_peer_that_no_longer_hears_our_fast_path_moves_to_the_sleeve_and_back() {
+    let mut core = established(
+        &hello(1),
+        1,
+        true,
+        &hello(2),
+        config(true, SleeveUse::Fallback),
+    );
+    let effects = core.on_event(Event::FastdpStatus {
+        id: 1,
+        heard: false,
+    });
+    assert!(matches!(
+        &effects[..],
+        [Effect::Switch {
+            to: Overlay::Sleeve,
+            placement: Placement { watched: true, .. },
+            ..
+        }]
+    ));
+    assert_eq!(core.connection(1).unwrap().overlay, Overlay::Sleeve);
+    // Said again: no second switch.
+    assert!(core
+        .on_event(Event::FastdpStatus {
+            id: 1,
+            heard: false
+        })
+        .is_empty());
+    assert_eq!(core.switches().to_sleeve, 1);
+    let effects = core.on_event(Event::FastdpStatus { id: 1, heard: true });
+    assert_eq!(kinds(&effects), ["switch"]);
+    assert_eq!(
+        core.switches(),
+        OverlaySwitches {
+            to_sleeve: 1,
+            to_fastdp: 1
+        }
+    );
+}
+
+#[test]
+fn the_path_check_sends_heartbeats_and_probes_and_falls_back_when_the_peer_goes_silent() {
+    let mut core = established(
+        &hello(1),
+        1,
+        true,
+        &hello(2),
+        config(true, SleeveUse::Fallback),
+    );
+    assert!(core.checks_paths());
+    let start = Instant::now();
+    let peer = hello(2).short_id.get();
+    let sample = |rx_heartbeats| {
+        HashMap::from([(
+            peer,
+            PathSample {
+                rx_heartbeats,
+                probe: None,
+            },
+        )])
+    };
+    let effects = core.on_event(Event::PathCheck {
+        now: start,
+        probe_round: 10,
+        received: sample(1),
+    });
+    let Some(Effect::Heartbeats(beats)) = effects.first() else {
+        panic!("{effects:?}")
+    };
+    // One plain heartbeat and a round of probes, all to the peer.
+    assert!(beats.iter().all(|b| b.peer == peer));
+    assert!(beats.iter().any(|b| b.round == 0));
+    assert!(beats.iter().filter(|b| b.round == 10).count() > 1);
+    // The peer hears us; then our counter of its heartbeats stops moving: after LOST_AFTER
+    // it is not heard, we say so and move it to the sleeve.
+    assert!(core
+        .on_event(Event::FastdpStatus { id: 1, heard: true })
+        .is_empty());
+    let mut switched = false;
+    for s in 1..=5 {
+        let effects = core.on_event(Event::PathCheck {
+            now: start + Duration::from_secs(s),
+            probe_round: 10 + s as u32,
+            received: sample(1),
+        });
+        switched |= effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Switch {
+                    to: Overlay::Sleeve,
+                    ..
+                }
+            )
+        });
+        if switched {
+            assert!(effects.iter().any(|e| matches!(
+                e,
+                Effect::Send {
+                    message: Message::FastdpStatus { heard: false },
+                    ..
+                }
+            )));
+            break;
+        }
+    }
+    assert!(switched);
+    // On the sleeve, probes go through the sleeve's socket.
+    let effects = core.on_event(Event::PathCheck {
+        now: start + Duration::from_secs(30),
+        probe_round: 99,
+        received: sample(1),
+    });
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::SleeveProbe { round: 99, .. })));
+}
+
+#[test]
+fn the_peers_probes_are_reported_once_per_change() {
+    let mut core = established(
+        &hello(1),
+        1,
+        true,
+        &hello(2),
+        config(false, SleeveUse::Fallback),
+    );
+    let peer = hello(2).short_id.get();
+    let seen = PathSample {
+        rx_heartbeats: 0,
+        probe: Some(ProbeSeen {
+            round: 5,
+            largest: 1400,
+        }),
+    };
+    let now = Instant::now();
+    let reports = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Send {
+                        message: Message::PathMtuSeen {
+                            round: 5,
+                            largest: 1400
+                        },
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let received = HashMap::from([(peer, seen)]);
+    let first = core.on_event(Event::PathCheck {
+        now,
+        probe_round: 1,
+        received: received.clone(),
+    });
+    assert_eq!(reports(&first), 1);
+    let again = core.on_event(Event::PathCheck {
+        now,
+        probe_round: 2,
+        received,
+    });
+    assert_eq!(reports(&again), 0);
+}
+
+#[test]
+fn an_icmp_hint_about_a_peers_address_lowers_its_search_and_the_sleeves_datagrams() {
+    let mut core = established(
+        &hello(1),
+        1,
+        true,
+        &hello(2),
+        config(true, SleeveUse::Fallback),
+    );
+    let effects = core.on_event(Event::FragNeeded {
+        addr: Ipv4Addr::new(10, 0, 0, 2),
+        mtu: 1400,
+    });
+    assert!(matches!(
+        &effects[..],
+        [Effect::SleevePathMtu { mtu: 1400, .. }]
+    ));
+    // About another address: nothing.
+    assert!(core
+        .on_event(Event::FragNeeded {
+            addr: Ipv4Addr::new(10, 0, 0, 9),
+            mtu: 1400
+        })
+        .is_empty());
+}
+
+#[test]
+fn data_goes_to_the_address_a_peer_is_seen_at_not_the_one_it_claims() {
+    let mut behind_nat = hello(2);
+    behind_nat.underlay = Ipv4Addr::new(10, 77, 0, 2);
+    let public: std::net::SocketAddr = "198.18.0.2:6783".parse().unwrap();
+    assert_eq!(data_address(public, &behind_nat), Ipv4Addr::new(198, 18, 0, 2));
+    let mapped: std::net::SocketAddr = "[::ffff:198.18.0.2]:40000".parse().unwrap();
+    assert_eq!(data_address(mapped, &behind_nat), Ipv4Addr::new(198, 18, 0, 2));
+    // Routers sharing one host: loopback says nothing about where the peer's data goes.
+    let local: std::net::SocketAddr = "127.0.0.1:6783".parse().unwrap();
+    assert_eq!(data_address(local, &behind_nat), behind_nat.underlay);
+}
