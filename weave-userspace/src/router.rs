@@ -348,7 +348,7 @@ impl<D: Datapath> Inner<D> {
                     }
                 }
                 let result = self.place_peer(placement, session.as_deref()).await;
-                self.view().relayed.remove(&placement.name);
+                self.view().installed.relayed.remove(&placement.name);
                 let error = result.err().map(|e| e.to_string());
                 return self.mesh().core.on_event(Event::Placed { id, error });
             }
@@ -364,7 +364,7 @@ impl<D: Datapath> Inner<D> {
                         placement.name
                     );
                 }
-                self.view().relayed.remove(&placement.name);
+                self.view().installed.relayed.remove(&placement.name);
             }
             Effect::SendReady { id } => self.mesh().send(id, ConnCommand::SendReady),
             Effect::Send { id, message } => self.send_to(id, &message),
@@ -473,7 +473,7 @@ impl<D: Datapath> Inner<D> {
 
     /// Takes the peer of a lost connection out of the data paths as a direct peer, keeping
     /// what the fast path learned behind it until the routes say whether a neighbour still
-    /// reaches it ([`MeshView::unrouted`](gossip::MeshView)): relayed, its traffic goes on
+    /// reaches it ([`Installed::unrouted`](route_plan::Installed)): relayed, its traffic goes on
     /// at once; unreachable, it is removed then.
     async fn unroute_peer(&self, placement: Placement) -> Result<(), DatapathError> {
         if let Some(sleeve) = &self.sleeve {
@@ -483,7 +483,10 @@ impl<D: Datapath> Inner<D> {
             }
         }
         self.datapath.unroute_peer(placement.peer.short_id).await?;
-        self.view().unrouted.insert(placement.name, placement.peer);
+        self.view()
+            .installed
+            .unrouted
+            .insert(placement.name, placement.peer);
         Ok(())
     }
 
@@ -1155,5 +1158,6 @@ pub mod core;
 pub mod gossip;
 pub mod overlay;
 pub mod path_mtu;
+pub mod route_plan;
 #[cfg(test)]
 mod tests;

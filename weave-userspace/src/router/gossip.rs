@@ -2,17 +2,18 @@
 //! record, merges the records its neighbours pass on, forwards what improved its view,
 //! and installs routes to peers it reaches only through others.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
 
+use super::route_plan::{self, Installed};
 use super::{Inner, Mesh};
-use crate::datapath::{Datapath, DatapathPeer};
+use crate::datapath::Datapath;
 use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
 use crate::mesh::connection_maker::Target;
-use crate::mesh::peer_name::{PeerName, ShortId};
+use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::{self, GossipDigest, GossipUpdate, Message};
 use crate::mesh::routes::{self, Routes};
 use crate::mesh::topology::{DeltaOutcome, PeerInfo, RecordDelta, Topology};
@@ -38,14 +39,8 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 pub(super) struct MeshView {
     pub topology: Topology,
     pub routes: Routes,
-    /// Peers reached through a neighbour, as installed in the data path.
-    pub relayed: BTreeMap<PeerName, DatapathPeer>,
-    /// Direct peers whose connection went, taken out of the data path with what was
-    /// learned behind them kept, until the next route computation says whether a neighbour
-    /// still reaches them.
-    pub unrouted: BTreeMap<PeerName, DatapathPeer>,
-    /// Broadcast trees as installed in the data path: source → our children in its tree.
-    pub trees: BTreeMap<ShortId, Vec<ShortId>>,
+    /// What of the routes the data path holds.
+    pub installed: Installed,
     /// The topology changed since routes were last computed.
     pub routes_stale: bool,
     /// When routes were last computed.
@@ -71,9 +66,7 @@ impl MeshView {
         Self {
             topology: Topology::new(ourself),
             routes: Routes::default(),
-            relayed: BTreeMap::new(),
-            unrouted: BTreeMap::new(),
-            trees: BTreeMap::new(),
+            installed: Installed::default(),
             routes_stale: false,
             routes_at: None,
             routes_cost: Duration::ZERO,
@@ -457,10 +450,11 @@ impl<D: Datapath> Inner<D> {
     }
 
     /// Recomputes routes and brings the peers reached through neighbours in the data path
-    /// up to date. Directly connected peers are installed by their connections.
+    /// up to date ([`route_plan`]). Directly connected peers are installed by their
+    /// connections.
     pub(super) async fn apply_routes(&self) {
-        let (add, remove, tree_changes, orphans) = {
-            let direct: Vec<PeerName> = self.mesh().core.direct_peers().copied().collect();
+        let plan = {
+            let direct: BTreeSet<PeerName> = self.mesh().core.direct_peers().copied().collect();
             let mut view = self.view();
             let started = thread_cpu_time();
             let gone = view.topology.garbage_collect();
@@ -477,82 +471,18 @@ impl<D: Datapath> Inner<D> {
                 view.summary = summary;
                 view.summary_changed_at = std::time::SystemTime::now();
             }
-            let mut wanted = BTreeMap::new();
-            for (dst, hop) in &view.routes.unicast {
-                if dst == hop || direct.contains(dst) {
-                    continue;
-                }
-                let (Some(d), Some(h)) = (view.topology.peer(dst), view.topology.peer(hop)) else {
-                    continue;
-                };
-                wanted.insert(
-                    *dst,
-                    DatapathPeer {
-                        short_id: d.short_id,
-                        underlay: d.underlay,
-                        next_hop: h.short_id,
-                    },
-                );
-            }
-            let remove: Vec<DatapathPeer> = view
-                .relayed
-                .iter()
-                .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
-                .map(|(_, p)| *p)
-                .collect();
-            let add: Vec<DatapathPeer> = wanted
-                .iter()
-                .filter(|(name, p)| view.relayed.get(name) != Some(p))
-                .map(|(_, p)| *p)
-                .collect();
-            // Direct peers whose connection went: those no neighbour reaches go for good.
-            let orphans: Vec<DatapathPeer> = std::mem::take(&mut view.unrouted)
-                .into_iter()
-                .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
-                .map(|(_, p)| p)
-                .collect();
-            view.relayed = wanted;
-
-            let short = |name: &PeerName| view.topology.peer(name).map(|p| p.short_id);
-            // Our own tree too: the peers our own broadcasts go to.
-            let trees: BTreeMap<ShortId, Vec<ShortId>> = view
-                .routes
-                .broadcast
-                .iter()
-                .filter(|(_, children)| !children.is_empty())
-                .filter_map(|(source, children)| {
-                    Some((short(source)?, children.iter().filter_map(short).collect()))
-                })
-                .collect();
-            let mut tree_changes: Vec<(ShortId, Vec<ShortId>)> = trees
-                .iter()
-                .filter(|(s, c)| view.trees.get(s) != Some(c))
-                .map(|(s, c)| (*s, c.clone()))
-                .collect();
-            tree_changes.extend(
-                view.trees
-                    .keys()
-                    .filter(|s| !trees.contains_key(s))
-                    .map(|s| (*s, Vec::new())),
-            );
-            view.trees = trees;
-            (add, remove, tree_changes, orphans)
+            let view = &mut *view;
+            let topology = &view.topology;
+            let lookup = |name: &PeerName| topology.peer(name).map(|p| (p.short_id, p.underlay));
+            route_plan::plan(&view.routes, lookup, &direct, &mut view.installed)
         };
-        for peer in orphans {
+        let plan = plan.for_fast_path(self.sleeve.is_some(), self.sleeve_use);
+        for peer in plan.orphans {
             if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
                 tracing::error!("cannot remove peer {} from the data path: {e}", peer.short_id);
             }
         }
-        let (add, remove) = match self.sleeve_use {
-            _ if self.sleeve.is_none() => (add, remove),
-            super::SleeveUse::Fallback => (add, remove),
-            // No fast path at all.
-            super::SleeveUse::All => return,
-            // The sleeve carries direct peers only, so no relayed peer goes into the fast
-            // path; the trees still take broadcasts to the trusted neighbours on it.
-            super::SleeveUse::Untrusted => (Vec::new(), Vec::new()),
-        };
-        for peer in remove {
+        for peer in plan.remove {
             if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
                 tracing::error!(
                     "cannot remove relayed peer {} from the data path: {e}",
@@ -560,7 +490,7 @@ impl<D: Datapath> Inner<D> {
                 );
             }
         }
-        for peer in add {
+        for peer in plan.add {
             if let Err(e) = self.datapath.add_peer(peer).await {
                 tracing::error!(
                     "cannot route to peer {} through {}: {e}",
@@ -569,7 +499,7 @@ impl<D: Datapath> Inner<D> {
                 );
             }
         }
-        for (source, children) in tree_changes {
+        for (source, children) in plan.trees {
             if let Err(e) = self.datapath.set_broadcast_tree(source, children).await {
                 tracing::error!("cannot set the broadcast tree of {source}: {e}");
             }

@@ -1,0 +1,264 @@
+//! What the data path must change for new routes, without I/O: the peers reached through a
+//! neighbour wanted now against those installed, direct peers whose connection went, and
+//! the broadcast trees. Directly connected peers are installed by their connections and
+//! are left alone here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use super::SleeveUse;
+use crate::datapath::DatapathPeer;
+use crate::mesh::peer_name::{PeerName, ShortId};
+use crate::mesh::routes::Routes;
+
+/// What of the routes the data path holds.
+#[derive(Debug, Default)]
+pub struct Installed {
+    /// Peers reached through a neighbour.
+    pub relayed: BTreeMap<PeerName, DatapathPeer>,
+    /// Direct peers whose connection went, taken out of the data path with what was learned
+    /// behind them kept, until the next plan says whether a neighbour still reaches them.
+    pub unrouted: BTreeMap<PeerName, DatapathPeer>,
+    /// Broadcast trees: source → our children in its tree.
+    pub trees: BTreeMap<ShortId, Vec<ShortId>>,
+}
+
+/// The data-path operations that bring [`Installed`] to the routes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// Relayed peers to install or re-point (a new next hop or address).
+    pub add: Vec<DatapathPeer>,
+    /// Relayed peers no longer reached.
+    pub remove: Vec<DatapathPeer>,
+    /// Direct peers whose connection went and that no neighbour reaches: gone for good.
+    pub orphans: Vec<DatapathPeer>,
+    /// Broadcast trees that changed (an empty list: the tree is gone).
+    pub trees: Vec<(ShortId, Vec<ShortId>)>,
+}
+
+/// A peer's short ID and underlay address, from its topology record.
+pub type PeerAddress = (ShortId, Ipv4Addr);
+
+/// Plans the changes for `routes` and records them in `installed`. `lookup` gives a peer's
+/// record; `direct` are the peers we keep connections with.
+pub fn plan(
+    routes: &Routes,
+    lookup: impl Fn(&PeerName) -> Option<PeerAddress>,
+    direct: &BTreeSet<PeerName>,
+    installed: &mut Installed,
+) -> RoutePlan {
+    let mut wanted = BTreeMap::new();
+    for (dst, hop) in &routes.unicast {
+        if dst == hop || direct.contains(dst) {
+            continue;
+        }
+        let (Some((short_id, underlay)), Some((next_hop, _))) = (lookup(dst), lookup(hop)) else {
+            continue;
+        };
+        wanted.insert(
+            *dst,
+            DatapathPeer {
+                short_id,
+                underlay,
+                next_hop,
+            },
+        );
+    }
+    let remove = installed
+        .relayed
+        .iter()
+        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
+        .map(|(_, p)| *p)
+        .collect();
+    let add = wanted
+        .iter()
+        .filter(|(name, p)| installed.relayed.get(name) != Some(p))
+        .map(|(_, p)| *p)
+        .collect();
+    let orphans = std::mem::take(&mut installed.unrouted)
+        .into_iter()
+        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
+        .map(|(_, p)| p)
+        .collect();
+    installed.relayed = wanted;
+
+    let short = |name: &PeerName| lookup(name).map(|(id, _)| id);
+    // Our own tree too: the peers our own broadcasts go to.
+    let trees: BTreeMap<ShortId, Vec<ShortId>> = routes
+        .broadcast
+        .iter()
+        .filter(|(_, children)| !children.is_empty())
+        .filter_map(|(source, children)| {
+            Some((short(source)?, children.iter().filter_map(short).collect()))
+        })
+        .collect();
+    let mut tree_changes: Vec<(ShortId, Vec<ShortId>)> = trees
+        .iter()
+        .filter(|(s, c)| installed.trees.get(s) != Some(c))
+        .map(|(s, c)| (*s, c.clone()))
+        .collect();
+    tree_changes.extend(
+        installed
+            .trees
+            .keys()
+            .filter(|s| !trees.contains_key(s))
+            .map(|s| (*s, Vec::new())),
+    );
+    installed.trees = trees;
+    RoutePlan {
+        add,
+        remove,
+        orphans,
+        trees: tree_changes,
+    }
+}
+
+impl RoutePlan {
+    /// The part of the plan the fast path carries out, given which peers the sleeve
+    /// carries. Without a fast path at all, only orphans go. With a sleeve for untrusted
+    /// peers (it carries direct peers only) no relayed peer goes into the fast path; the
+    /// trees still take broadcasts to the trusted neighbours on it.
+    pub fn for_fast_path(mut self, has_sleeve: bool, sleeve_use: SleeveUse) -> Self {
+        match sleeve_use {
+            _ if !has_sleeve => {}
+            SleeveUse::Fallback => {}
+            SleeveUse::All => {
+                self.add.clear();
+                self.remove.clear();
+                self.trees.clear();
+            }
+            SleeveUse::Untrusted => {
+                self.add.clear();
+                self.remove.clear();
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: u8) -> PeerName {
+        PeerName::from_bytes([0x0a, 0, 0, 0, 0, n])
+    }
+
+    fn lookup(name: &PeerName) -> Option<PeerAddress> {
+        let n = name.to_string().rsplit(':').next()?.parse::<u8>().ok()?;
+        Some((
+            ShortId::new(u16::from(n)).unwrap(),
+            Ipv4Addr::new(10, 0, 0, n),
+        ))
+    }
+
+    fn peer(n: u8, via: u8) -> DatapathPeer {
+        DatapathPeer {
+            short_id: ShortId::new(u16::from(n)).unwrap(),
+            underlay: Ipv4Addr::new(10, 0, 0, n),
+            next_hop: ShortId::new(u16::from(via)).unwrap(),
+        }
+    }
+
+    /// Routes of peer 1 in the line 1–2–3 (or with 1–3 direct too).
+    fn line(three_via: u8) -> Routes {
+        let mut routes = Routes::default();
+        routes.unicast.insert(name(2), name(2));
+        routes.unicast.insert(name(3), name(three_via));
+        routes.broadcast.insert(name(1), vec![name(2)]);
+        routes.broadcast.insert(name(3), Vec::new());
+        routes
+    }
+
+    fn direct(peers: &[u8]) -> BTreeSet<PeerName> {
+        peers.iter().map(|&n| name(n)).collect()
+    }
+
+    #[test]
+    fn a_peer_behind_a_neighbour_is_installed_once_with_that_next_hop() {
+        assert_eq!(
+            lookup(&name(3)).unwrap().0.get(),
+            3,
+            "names end in their number"
+        );
+        let mut installed = Installed::default();
+        let first = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        assert_eq!(first.add, [peer(3, 2)]);
+        assert!(first.remove.is_empty() && first.orphans.is_empty());
+        assert_eq!(
+            first.trees,
+            [(ShortId::new(1).unwrap(), vec![ShortId::new(2).unwrap()])]
+        );
+        // The same routes again: nothing to do.
+        assert_eq!(
+            plan(&line(2), lookup, &direct(&[2]), &mut installed),
+            RoutePlan::default()
+        );
+    }
+
+    #[test]
+    fn a_relayed_peer_that_becomes_direct_is_left_to_its_connection() {
+        let mut installed = Installed::default();
+        plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let now_direct = plan(&line(3), lookup, &direct(&[2, 3]), &mut installed);
+        // Not removed: the connection's installation owns the entry now.
+        assert!(now_direct.add.is_empty() && now_direct.remove.is_empty());
+        assert!(installed.relayed.is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_relayed_peer_is_removed_and_its_tree_emptied() {
+        let mut installed = Installed::default();
+        let mut routes = line(2);
+        routes.broadcast.insert(name(3), vec![name(2)]);
+        plan(&routes, lookup, &direct(&[2]), &mut installed);
+        let mut cut = Routes::default();
+        cut.unicast.insert(name(2), name(2));
+        cut.broadcast.insert(name(1), vec![name(2)]);
+        let p = plan(&cut, lookup, &direct(&[2]), &mut installed);
+        assert_eq!(p.remove, [peer(3, 2)]);
+        assert_eq!(p.trees, [(ShortId::new(3).unwrap(), Vec::new())]);
+    }
+
+    #[test]
+    fn a_lost_direct_peer_is_an_orphan_only_when_no_neighbour_reaches_it() {
+        // 1–3 went; 2 still reaches 3: not an orphan, relayed through 2 instead.
+        let mut installed = Installed::default();
+        installed.unrouted.insert(name(3), peer(3, 3));
+        let p = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        assert!(p.orphans.is_empty());
+        assert_eq!(p.add, [peer(3, 2)]);
+        // Nobody reaches it: it goes for good.
+        let mut installed = Installed::default();
+        installed.unrouted.insert(name(3), peer(3, 3));
+        let mut alone = Routes::default();
+        alone.unicast.insert(name(2), name(2));
+        let p = plan(&alone, lookup, &direct(&[2]), &mut installed);
+        assert_eq!(p.orphans, [peer(3, 3)]);
+        assert!(installed.unrouted.is_empty());
+    }
+
+    #[test]
+    fn without_a_fast_path_for_relays_only_trees_and_orphans_remain() {
+        let mut installed = Installed::default();
+        installed.unrouted.insert(name(4), peer(4, 4));
+        let p = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let untrusted = p.for_fast_path(true, SleeveUse::Untrusted);
+        assert!(untrusted.add.is_empty());
+        assert_eq!(untrusted.orphans, [peer(4, 4)]);
+        assert!(!untrusted.trees.is_empty());
+        let mut installed = Installed::default();
+        installed.unrouted.insert(name(4), peer(4, 4));
+        let p = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let sleeve_only = p.for_fast_path(true, SleeveUse::All);
+        assert_eq!(
+            sleeve_only,
+            RoutePlan {
+                orphans: vec![peer(4, 4)],
+                ..RoutePlan::default()
+            }
+        );
+        let p = plan(&line(2), lookup, &direct(&[2]), &mut Installed::default());
+        assert_eq!(p.for_fast_path(false, SleeveUse::All).add, [peer(3, 2)]);
+    }
+}
