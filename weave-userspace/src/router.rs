@@ -1,10 +1,10 @@
-//! The router: owns the mesh state (connections, targets) and a [`Datapath`], and turns
-//! connection events into data-path calls. An accepted connection puts the peer into the data
-//! path and tells the peer we are ready; when both sides are ready it is established. A lost
-//! connection takes the peer out again. A peer's frames go through the kernel fast path or
-//! the sleeve ([`overlay`]): a password without mutual trust or `--datapath sleeve` choose
-//! the sleeve, and a connection whose fast path is blocked falls back to it (fast-path
-//! heartbeats and the peer's reports decide).
+//! The router: the driver of the mesh. It runs the event loop (connection events, the
+//! burst-end publication of our record and route computation, the once-a-second path
+//! check), hands what happens to the [`MeshCore`](core) and carries out the effects it
+//! returns: answers and commands to the connections' tasks, peers put into, moved between
+//! and taken out of the [overlays](crate::datapath::overlay), gossip ([`gossip`],
+//! [`channels`]), routes ([`route_plan`]). It also accepts connections, keeps the
+//! connection makers dialling the targets, and reports status.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,9 +25,9 @@ use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::{Hello, MAX_VERSION, MIN_VERSION};
 use crate::state::StateDir;
-use self::core::{CoreConfig, Effect, Event, MeshCore, PathSample, Placement};
+use self::core::{CoreConfig, Effect, Event, MeshCore, PathSample};
+use crate::datapath::overlay::{self, Overlay, Overlays, Placement};
 pub use self::core::OverlaySwitches;
-use overlay::Overlay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -229,7 +229,8 @@ struct Inner<D> {
     discovery: bool,
     conn_limit: usize,
     password: Option<Arc<PresharedKey>>,
-    pub(crate) sleeve: Option<Arc<crate::sleeve::Sleeve>>,
+    /// The fast path and the sleeve, as one peer's frames see them.
+    overlays: Overlays<D>,
     sleeve_use: SleeveUse,
     /// The last path-MTU probe round sent ([`Inner::next_probe_round`]).
     probe_round: std::sync::atomic::AtomicU32,
@@ -347,13 +348,13 @@ impl<D: Datapath> Inner<D> {
                         );
                     }
                 }
-                let result = self.place_peer(placement, session.as_deref()).await;
+                let result = self.overlays.place(placement, session.as_deref()).await;
                 self.view().installed.relayed.remove(&placement.name);
                 let error = result.err().map(|e| e.to_string());
                 return self.mesh().core.on_event(Event::Placed { id, error });
             }
             Effect::Remove(placement) => {
-                if let Err(e) = self.remove_peer(placement).await {
+                if let Err(e) = self.overlays.remove(placement).await {
                     tracing::warn!("cannot remove peer {} from the data path: {e}", placement.name);
                 }
             }
@@ -375,7 +376,7 @@ impl<D: Datapath> Inner<D> {
                 self.sync_channels(id);
             }
             Effect::ConnectionsChanged => self.connections_changed().await,
-            Effect::Switch { placement, to, who } => self.switch_overlay(placement, to, &who).await,
+            Effect::Switch { placement, to, who } => self.overlays.switch(placement, to, &who).await,
             Effect::Heartbeats(heartbeats) => {
                 if let Err(e) = self.datapath.send_heartbeats(&heartbeats) {
                     tracing::debug!("fast-path heartbeats: {e}");
@@ -386,14 +387,14 @@ impl<D: Datapath> Inner<D> {
                 round,
                 outer_len,
             } => {
-                if let Some(sleeve) = &self.sleeve {
+                if let Some(sleeve) = self.overlays.sleeve() {
                     if let Err(e) = sleeve.send_probe(peer, round, outer_len) {
                         tracing::debug!("sleeve probe of {outer_len} bytes to peer {peer}: {e}");
                     }
                 }
             }
             Effect::SleevePathMtu { peer, mtu } => {
-                if let Some(sleeve) = &self.sleeve {
+                if let Some(sleeve) = self.overlays.sleeve() {
                     sleeve.set_path_mtu(peer, mtu);
                 }
             }
@@ -407,120 +408,18 @@ impl<D: Datapath> Inner<D> {
         self.mesh().core.local().clone()
     }
 
-    /// Puts the peer of a new connection into the data path that carries it. A `watched`
-    /// peer (one that may fall back) is taken by both: the other one admits it without
-    /// carrying its frames, ready for a switch.
-    async fn place_peer(
-        &self,
-        placement: Placement,
-        session: Option<&SessionKeys>,
-    ) -> Result<(), DatapathError> {
-        let peer = placement.peer;
-        let Some(sleeve) = &self.sleeve else {
-            return self.datapath.add_peer(peer).await;
-        };
-        let short_id = peer.short_id.get();
-        let sleeve_error = |e: String| DatapathError::Netlink(format!("sleeve: {e}"));
-        match placement.overlay {
-            Overlay::Sleeve => {
-                // The fast path never routes to the peer: its frames go to the bridge, and
-                // from there through the sleeve.
-                sleeve
-                    .add_peer(short_id, peer.underlay, session, true)
-                    .map_err(sleeve_error)?;
-                if placement.watched {
-                    self.datapath.admit_peer(peer).await?;
-                }
-                Ok(())
-            }
-            Overlay::Fastdp => {
-                let mut stale = Vec::new();
-                if placement.watched {
-                    sleeve
-                        .add_peer(short_id, peer.underlay, session, false)
-                        .map_err(sleeve_error)?;
-                    // A connection it replaces may have had it on the sleeve.
-                    stale = sleeve.carry(short_id, false);
-                }
-                self.datapath.add_peer(peer).await?;
-                self.datapath.forget_bridge_macs(stale).await
-            }
-        }
-    }
-
-    /// Takes a peer of a replaced connection out of the data paths holding it.
-    async fn remove_peer(&self, placement: Placement) -> Result<(), DatapathError> {
-        let short_id = placement.peer.short_id;
-        let Some(sleeve) = &self.sleeve else {
-            return self.datapath.remove_peer(short_id).await;
-        };
-        self.forget_sleeve_peer(sleeve, placement).await;
-        if placement.in_fast_path() {
-            self.datapath.remove_peer(short_id).await
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Takes a peer out of the sleeve, and the MACs learned behind it out of the bridge
-    /// (it learned them on the TAP: frames for them would go nowhere until they aged out).
-    async fn forget_sleeve_peer(&self, sleeve: &crate::sleeve::Sleeve, placement: Placement) {
-        let macs = sleeve.remove_peer(placement.peer.short_id.get());
-        if let Err(e) = self.datapath.forget_bridge_macs(macs).await {
-            tracing::warn!("cannot forget the bridge's entries for {}: {e}", placement.name);
-        }
-    }
-
-    /// Takes the peer of a lost connection out of the data paths as a direct peer, keeping
-    /// what the fast path learned behind it until the routes say whether a neighbour still
-    /// reaches it ([`Installed::unrouted`](route_plan::Installed)): relayed, its traffic goes on
-    /// at once; unreachable, it is removed then.
+    /// Takes the peer of a lost connection out of the overlays as a direct peer; the next
+    /// route plan says whether a neighbour still reaches it
+    /// ([`Installed::unrouted`](route_plan::Installed)): relayed, its traffic goes on at
+    /// once; unreachable, it is removed then.
     async fn unroute_peer(&self, placement: Placement) -> Result<(), DatapathError> {
-        if let Some(sleeve) = &self.sleeve {
-            self.forget_sleeve_peer(sleeve, placement).await;
-            if !placement.in_fast_path() {
-                return Ok(());
-            }
+        if self.overlays.unroute(placement).await? {
+            self.view()
+                .installed
+                .unrouted
+                .insert(placement.name, placement.peer);
         }
-        self.datapath.unroute_peer(placement.peer.short_id).await?;
-        self.view()
-            .installed
-            .unrouted
-            .insert(placement.name, placement.peer);
         Ok(())
-    }
-
-    /// Moves a peer to the data path `to` (the core switched its connection).
-    async fn switch_overlay(&self, placement: Placement, to: Overlay, who: &str) {
-        let Some(sleeve) = &self.sleeve else {
-            return;
-        };
-        let peer = placement.peer;
-        let short_id = peer.short_id.get();
-        let result = match to {
-            Overlay::Sleeve => {
-                tracing::info!("connection {who}: fast path blocked, using sleeve");
-                let admitted = self.datapath.admit_peer(peer).await;
-                sleeve.carry(short_id, true);
-                admitted
-            }
-            Overlay::Fastdp => {
-                tracing::info!("connection {who}: fast path works again");
-                // The bridge learned the peer's MACs on the sleeve's TAP: it must forget
-                // them, or frames for them would still go there.
-                let macs = sleeve.carry(short_id, false);
-                match self.datapath.add_peer(peer).await {
-                    Ok(()) => self.datapath.forget_bridge_macs(macs).await,
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(
-                "connection {who}: cannot move the peer to the {}: {e}",
-                to.name()
-            );
-        }
     }
 
     /// The largest outer packet a probe may be: the underlay's MTU (or `--mtu` plus the
@@ -589,7 +488,7 @@ impl<D: Datapath> Inner<D> {
                 (t.short_id, sample)
             })
             .collect();
-        if let Some(sleeve) = &self.sleeve {
+        if let Some(sleeve) = self.overlays.sleeve() {
             let peers = self.mesh().core.peer_short_ids();
             for peer in peers.into_iter().map(ShortId::get) {
                 let sample = received.entry(peer).or_default();
@@ -783,7 +682,7 @@ impl<D: Datapath> Router<D> {
         let inner = Arc::new(Inner {
             view: Mutex::new(gossip::MeshView::new(ourself)),
             timings: config.timings,
-            datapath,
+            datapath: datapath.clone(),
             mesh: Mutex::new(Mesh {
                 core,
                 links: HashMap::new(),
@@ -799,7 +698,7 @@ impl<D: Datapath> Router<D> {
             discovery: config.discovery,
             conn_limit: config.conn_limit,
             password: config.password,
-            sleeve: config.sleeve,
+            overlays: Overlays::new(datapath.clone(), config.sleeve),
             sleeve_use: config.sleeve_use,
             probe_round: std::sync::atomic::AtomicU32::new(0),
             frag_needed,
@@ -1156,8 +1055,6 @@ pub fn format_time(t: SystemTime) -> String {
 mod channels;
 pub mod core;
 pub mod gossip;
-pub mod overlay;
-pub mod path_mtu;
 pub mod route_plan;
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ pub mod ebpf;
 pub mod frag_needed;
 pub mod garp;
 pub mod nat;
+pub mod overlay;
 pub mod netlink;
 pub mod packet_socket;
 

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use super::overlay::{Overlay, OverlayChoice};
-use super::path_mtu::{self, PathMtuSearch};
+use crate::datapath::overlay::path_mtu::{self, PathMtuSearch};
+use crate::datapath::overlay::{Overlay, OverlayChoice, Placement};
 use super::SleeveUse;
 use crate::datapath::{DatapathPeer, Heartbeat, ProbeSeen};
 use crate::mesh::connection::{ConnId, ConnectionError};
@@ -105,25 +105,6 @@ impl Conn {
             self.hello.name,
             self.hello.nickname
         )
-    }
-}
-
-/// Where the peer of a connection sits in the data paths: what putting it in, moving it or
-/// taking it out needs to know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Placement {
-    pub name: PeerName,
-    pub peer: DatapathPeer,
-    /// The data path carrying its frames.
-    pub overlay: Overlay,
-    /// It may fall back (or return) to the other path: both paths hold it.
-    pub watched: bool,
-}
-
-impl Placement {
-    /// The fast path holds the peer (carrying its frames, or admitting them for a switch).
-    pub fn in_fast_path(&self) -> bool {
-        self.overlay == Overlay::Fastdp || self.watched
     }
 }
 

@@ -476,7 +476,7 @@ impl<D: Datapath> Inner<D> {
             let lookup = |name: &PeerName| topology.peer(name).map(|p| (p.short_id, p.underlay));
             route_plan::plan(&view.routes, lookup, &direct, &mut view.installed)
         };
-        let plan = plan.for_fast_path(self.sleeve.is_some(), self.sleeve_use);
+        let plan = plan.for_fast_path(self.overlays.sleeve().is_some(), self.sleeve_use);
         for peer in plan.orphans {
             if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
                 tracing::error!("cannot remove peer {} from the data path: {e}", peer.short_id);

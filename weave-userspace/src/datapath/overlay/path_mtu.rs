@@ -232,7 +232,8 @@ impl PathMtuSearch {
                 self.verified = None;
             }
         }
-        let floor_failed = lost == Some(FLOOR) || (crossed.is_none() && round.sizes.contains(&FLOOR));
+        let floor_failed =
+            lost == Some(FLOOR) || (crossed.is_none() && round.sizes.contains(&FLOOR));
         if floor_failed {
             self.floor_failures = self.floor_failures.saturating_add(1);
             self.floor_lost = self.floor_failures >= FLOOR_FAILURES;
@@ -295,14 +296,20 @@ mod tests {
         assert!(sizes.contains(&FLOOR));
         s.seen(1, 1500);
         let out = s.tick(t + Duration::from_millis(300));
-        assert_eq!(out.verified_changed, Some(Some(1500)), "all reported: no waiting");
+        assert_eq!(
+            out.verified_changed,
+            Some(Some(1500)),
+            "all reported: no waiting"
+        );
         assert!(s.settled());
         assert!(s.probes(t + Duration::from_secs(1), 2).is_empty());
     }
 
     #[test]
     fn any_smaller_path_is_found_exactly_within_five_rounds() {
-        for path in [576, 577, 1000, 1280, 1399, 1400, 1420, 1450, 1460, 1492, 1499] {
+        for path in [
+            576, 577, 1000, 1280, 1399, 1400, 1420, 1450, 1460, 1492, 1499,
+        ] {
             let mut s = PathMtuSearch::new(1500);
             let (_, rounds) = search(&mut s, path, Instant::now());
             assert_eq!(s.verified(), Some(path), "path {path}");
@@ -311,7 +318,11 @@ mod tests {
         }
         let mut s = PathMtuSearch::new(9000);
         let (_, rounds) = search(&mut s, 1500, Instant::now());
-        assert_eq!((s.verified(), rounds <= 6), (Some(1500), true), "{rounds} rounds from a jumbo frame");
+        assert_eq!(
+            (s.verified(), rounds <= 6),
+            (Some(1500), true),
+            "{rounds} rounds from a jumbo frame"
+        );
     }
 
     #[test]
@@ -319,9 +330,16 @@ mod tests {
         let mut s = PathMtuSearch::new(1500);
         let t = Instant::now();
         s.probes(t, 1);
-        assert_eq!(s.tick(t + ROUND_TIMEOUT).verified_changed, None, "one lost round is not enough");
+        assert_eq!(
+            s.tick(t + ROUND_TIMEOUT).verified_changed,
+            None,
+            "one lost round is not enough"
+        );
         assert!(!s.only_small_frames());
-        assert!(s.probes(t + ROUND_TIMEOUT, 2).is_empty(), "tried again after a pause");
+        assert!(
+            s.probes(t + ROUND_TIMEOUT, 2).is_empty(),
+            "tried again after a pause"
+        );
         let sizes = s.probes(t + ROUND_TIMEOUT * 2, 2);
         assert!(sizes.contains(&FLOOR), "{sizes:?}");
         let out = s.tick(t + ROUND_TIMEOUT * 3);
