@@ -6,6 +6,7 @@
 //! the `user` feature.
 #![no_std]
 
+pub mod admission;
 pub mod counters;
 pub mod headers;
 pub mod heartbeat;

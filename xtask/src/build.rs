@@ -3,49 +3,21 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use weave_ebpf_build::EbpfBuild;
 
-use crate::run::{self, cmd, status, step};
+use crate::run::{self, status, step};
 
-/// Variables of the outer cargo that must not leak into a build for another target.
-const OUTER_ENV: &[&str] = &[
-    "RUSTUP_TOOLCHAIN",
-    "RUSTC",
-    "RUSTDOC",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "CARGO_BUILD_TARGET",
-    "CARGO_TARGET_DIR",
-    "CARGO",
-];
-
-/// Builds the kernel programs: weave-ebpf for bpfel-unknown-none with the nightly toolchain.
+/// Builds the kernel programs: weave-ebpf for bpfel-unknown-none with the nightly toolchain,
+/// the same build as weave-userspace's build script runs (and into the same target dir, so
+/// the two share their work).
 pub fn build_ebpf() -> Result<()> {
     step("build-ebpf");
-    let dir = run::root().join("weave-ebpf");
-    if !dir.join("Cargo.toml").is_file() {
-        bail!("{} has no Cargo.toml yet", dir.display());
-    }
     let t = Instant::now();
-    // The same target dir as weave-userspace/build.rs, so the two builds share their work.
-    let target_dir = run::root().join("target/ebpf");
-    let mut c = cmd("rustup");
-    c.current_dir(&dir)
-        .args(["run", "nightly", "cargo", "build", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    for v in OUTER_ENV {
-        c.env_remove(v);
-    }
-    status(&mut c)?;
+    let object = EbpfBuild::new(run::root()).build()?;
     println!(
         "    eBPF object built in {:.1}s under {}",
         t.elapsed().as_secs_f64(),
-        target_dir
-            .join("bpfel-unknown-none/release/weave-ebpf")
-            .display()
+        object.display()
     );
     Ok(())
 }

@@ -1,0 +1,209 @@
+//! Encapsulation: the next hop towards a peer, outer headers pushed in front of a frame
+//! and the frame sent out of the underlay, and the outer IPv4 header of a frame passed on.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+    },
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
+    programs::TcContext,
+};
+use weave_ebpf_common::{
+    counters::Reason,
+    headers::{
+        ipv4_checksum, source_port_from_hash, write_outer_headers, OuterHeaders, ETH_HLEN,
+        IPV4_HLEN, OUTER_HLEN,
+    },
+    maps::{DatapathConfig, MacKey, PeerEntry, PEER_REACHABLE},
+    vni,
+};
+
+use crate::{
+    frame::TC_SHOT,
+    maps::{count, count_peer, PEERS, REMOTE_MACS},
+};
+
+/// `ENCAP_L2(len)` of `bpf_skb_adjust_room`: the length of the inner L2 header.
+const fn adj_room_encap_l2(len: u64) -> u64 {
+    (len & 0xff) << 56
+}
+
+pub(crate) const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
+    | adj_room_encap_l2(ETH_HLEN as u64);
+
+/// The outer IPv4 header of a frame this router passes on: from us to `to`, one hop less.
+#[inline(always)]
+pub(crate) fn forwarded_ipv4(ip: &[u8; IPV4_HLEN], from: [u8; 4], to: [u8; 4]) -> [u8; IPV4_HLEN] {
+    let mut hdr = *ip;
+    hdr[8] = ip[8].saturating_sub(1);
+    hdr[10] = 0;
+    hdr[11] = 0;
+    hdr[12..16].copy_from_slice(&from);
+    hdr[16..20].copy_from_slice(&to);
+    let csum = ipv4_checksum(&hdr);
+    hdr[10..12].copy_from_slice(&csum.to_be_bytes());
+    hdr
+}
+
+/// The underlay address to send frames for `peer_id` to, if it is reachable.
+#[inline(always)]
+pub(crate) fn next_hop_address(peer_id: u16) -> Option<[u8; 4]> {
+    let peer = PEERS.get(peer_id as u32)?;
+    if peer.flags & PEER_REACHABLE == 0 {
+        return None;
+    }
+    if peer.next_hop == peer_id {
+        return Some(peer.underlay_ipv4);
+    }
+    let hop = PEERS.get(peer.next_hop as u32)?;
+    if hop.flags & PEER_REACHABLE == 0 {
+        return None;
+    }
+    Some(hop.underlay_ipv4)
+}
+
+#[inline(always)]
+pub(crate) fn encapsulate(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    eth: &[u8; ETH_HLEN],
+    peer_id: u16,
+    remote: [u8; 4],
+    len: u32,
+) -> i32 {
+    // SAFETY: the helper only reads the skb the program was given.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    if ctx
+        .adjust_room(OUTER_HLEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .is_err()
+    {
+        count(Reason::TxEncapFailed, len);
+        return TC_SHOT;
+    }
+    // adjust_room inserted the room after the first 14 bytes: write the outer headers and
+    // the original Ethernet header behind them in one go.
+    let mut hdr = [0u8; OUTER_HLEN + ETH_HLEN];
+    let inner_len = if len > 0xffff - (OUTER_HLEN - ETH_HLEN) as u32 {
+        // A GSO skb: the kernel rewrites the lengths of every segment.
+        (0xffff - (OUTER_HLEN - ETH_HLEN)) as u16
+    } else {
+        len as u16
+    };
+    let (outer, inner) = hdr.split_at_mut(OUTER_HLEN);
+    let Ok(outer) = <&mut [u8; OUTER_HLEN]>::try_from(outer) else {
+        return TC_SHOT;
+    };
+    write_outer_headers(
+        outer,
+        &OuterHeaders {
+            src_ipv4: cfg.underlay_ipv4,
+            dst_ipv4: remote,
+            src_port: source_port_from_hash(hash),
+            vni: vni::pack(cfg.own_short_id, peer_id),
+            inner_len,
+        },
+    );
+    inner.copy_from_slice(eth);
+    if ctx.store(0, &hdr, 0).is_err() {
+        count(Reason::TxEncapFailed, len);
+        return TC_SHOT;
+    }
+    count(Reason::TxEncapsulated, len);
+    count_peer(peer_id, true, len);
+    // SAFETY: a helper call; no neighbour parameters are passed (null, 0), so the kernel
+    // looks the next hop up in its FIB.
+    unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Encapsulates a small non-IPv4 frame (an ARP reply, say) for a MAC learned behind a
+/// peer. `bpf_skb_adjust_room` refuses non-IP frames, so room is made in front of the frame
+/// (`bpf_skb_change_head`) and the outer Ethernet addresses are written here, from the
+/// next hop's underlay MAC. `None` leaves the frame to the bridge (unknown MAC, next hop's
+/// MAC not known, GSO frame).
+#[inline(always)]
+pub(crate) fn encapsulate_non_ipv4(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    key: &MacKey,
+    len: u32,
+) -> Option<i32> {
+    // SAFETY: the value is copied out at once.
+    let peer_id = unsafe { REMOTE_MACS.get(key) }?.peer_short_id;
+    let peer = PEERS.get(peer_id as u32)?;
+    if peer.flags & PEER_REACHABLE == 0 {
+        return None;
+    }
+    let hop = if peer.next_hop == peer_id {
+        *peer
+    } else {
+        *PEERS.get(peer.next_hop as u32)?
+    };
+    if hop.flags & PEER_REACHABLE == 0
+        || hop.underlay_mac == [0; 6]
+        || len > 0xffff - OUTER_HLEN as u32
+    {
+        return None;
+    }
+    // SAFETY: reading a field of the context the kernel passed in.
+    if unsafe { (*ctx.skb.skb).gso_segs } > 1 {
+        return None;
+    }
+    // SAFETY: the helper only reads the skb the program was given.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let sent = push_outer_headers(
+        ctx,
+        cfg,
+        &hop,
+        vni::pack(cfg.own_short_id, peer_id),
+        source_port_from_hash(hash),
+        len,
+    );
+    if sent == TC_SHOT {
+        count(Reason::TxEncapFailed, len);
+    } else {
+        count(Reason::TxEncapsulated, len);
+        count_peer(peer_id, true, len);
+    }
+    Some(sent)
+}
+
+/// Puts outer headers for `hop` (a direct peer or the next hop towards one, whose underlay
+/// MAC is known) in front of a frame of `len` bytes that is not a GSO skb, and sends it out
+/// of the underlay: `TC_SHOT` when the room cannot be made. For frames
+/// `bpf_skb_adjust_room` refuses (non-IPv4) and heartbeats.
+#[inline(always)]
+pub(crate) fn push_outer_headers(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    hop: &PeerEntry,
+    vni: u32,
+    src_port: u16,
+    len: u32,
+) -> i32 {
+    // SAFETY: a helper call on the program's own skb; it reallocates the head if needed.
+    if unsafe { bpf_skb_change_head(ctx.skb.skb, OUTER_HLEN as u32, 0) } != 0 {
+        return TC_SHOT;
+    }
+    let mut outer = [0u8; OUTER_HLEN];
+    write_outer_headers(
+        &mut outer,
+        &OuterHeaders {
+            src_ipv4: cfg.underlay_ipv4,
+            dst_ipv4: hop.underlay_ipv4,
+            src_port,
+            vni,
+            inner_len: len as u16,
+        },
+    );
+    outer[0..6].copy_from_slice(&hop.underlay_mac);
+    outer[6..12].copy_from_slice(&cfg.underlay_mac);
+    if ctx.store(0, &outer, 0).is_err() {
+        return TC_SHOT;
+    }
+    // SAFETY: a helper call with plain integer arguments.
+    unsafe { bpf_redirect(cfg.underlay_ifindex, 0) as i32 }
+}

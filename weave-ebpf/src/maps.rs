@@ -1,0 +1,128 @@
+//! Every map the programs share, declared once (with BTF), and the small accessors over
+//! them: the configuration, the counters, the peer lookups admission makes.
+//!
+//! The map names are the ones the controller opens and pins: keep them.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use weave_ebpf_common::{
+    admission::PeerLookup,
+    counters::Reason,
+    maps::{
+        BroadcastTree, Counter, DatapathConfig, EndpointAddresses, IfindexKey, Ipv4Key,
+        LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac,
+        BROADCAST_TREES_MAX_ENTRIES, CONFIG_READY, ENDPOINTS_MAX_ENTRIES, NEIGHBOURS_MAX_ENTRIES,
+        NEIGHBOUR_PEERS_MAX_ENTRIES, PEERS_MAX_ENTRIES, REMOTE_MACS_MAX_ENTRIES,
+    },
+};
+
+#[btf_map]
+pub(crate) static CONFIG: Array<DatapathConfig, 1> = Array::new();
+#[btf_map]
+pub(crate) static PEERS: Array<PeerEntry, { PEERS_MAX_ENTRIES as usize }> = Array::new();
+#[btf_map]
+pub(crate) static ENDPOINTS: HashMap<MacKey, LocalEndpoint, { ENDPOINTS_MAX_ENTRIES as usize }> =
+    HashMap::new();
+#[btf_map]
+pub(crate) static ENDPOINT_ADDRESSES: HashMap<
+    IfindexKey,
+    EndpointAddresses,
+    { ENDPOINTS_MAX_ENTRIES as usize },
+> = HashMap::new();
+#[btf_map]
+pub(crate) static REMOTE_MACS: LruHashMap<MacKey, RemoteMac, { REMOTE_MACS_MAX_ENTRIES as usize }> =
+    LruHashMap::new();
+#[btf_map]
+pub(crate) static NEIGHBOURS: LruHashMap<Ipv4Key, MacKey, { NEIGHBOURS_MAX_ENTRIES as usize }> =
+    LruHashMap::new();
+#[btf_map]
+pub(crate) static NEIGHBOUR_PEERS: HashMap<
+    Ipv4Key,
+    NeighbourPeer,
+    { NEIGHBOUR_PEERS_MAX_ENTRIES as usize },
+> = HashMap::new();
+/// By source short ID. Not preallocated: a tree is large and most short IDs have none.
+#[btf_map]
+pub(crate) static BROADCAST_TREES: HashMap<
+    u32,
+    BroadcastTree,
+    { BROADCAST_TREES_MAX_ENTRIES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+#[btf_map]
+pub(crate) static COUNTERS: PerCpuArray<Counter, { Reason::COUNT as usize }> = PerCpuArray::new();
+#[btf_map]
+pub(crate) static PEER_COUNTERS: PerCpuArray<PeerCounter, { PEERS_MAX_ENTRIES as usize }> =
+    PerCpuArray::new();
+
+#[inline(always)]
+pub(crate) fn count(reason: Reason, bytes: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: the slot belongs to this CPU and the program is not preempted on it while
+        // running, so nothing else writes it concurrently; the pointer comes from a successful
+        // lookup in a preallocated array.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn count_peer(short_id: u16, tx: bool, bytes: u32) {
+    if let Some(c) = PEER_COUNTERS.get_ptr_mut(short_id as u32) {
+        // SAFETY: as in `count`: a per-CPU slot of a preallocated array.
+        unsafe {
+            if tx {
+                (*c).tx_packets += 1;
+                (*c).tx_bytes += bytes as u64;
+            } else {
+                (*c).rx_packets += 1;
+                (*c).rx_bytes += bytes as u64;
+            }
+        }
+    }
+}
+
+/// The configuration, once the controller has written it.
+#[inline(always)]
+pub(crate) fn config() -> Option<DatapathConfig> {
+    let c = CONFIG.get(0)?;
+    if c.flags & CONFIG_READY == 0 {
+        return None;
+    }
+    Some(*c)
+}
+
+/// The broadcast tree of the origin with `short_id`: our children in it.
+#[inline(always)]
+pub(crate) fn broadcast_tree(short_id: u16) -> Option<&'static BroadcastTree> {
+    // SAFETY: a map value stays valid while the program runs (RCU); the controller replaces
+    // a tree with one update, and a frame racing with it sees either children list or a
+    // mix of both (plain integers): at worst one copy too many or too few.
+    unsafe { BROADCAST_TREES.get(&(short_id as u32)) }
+}
+
+/// `PEERS` and `NEIGHBOUR_PEERS`, as the admission decision reads them.
+pub(crate) struct PeerMaps;
+
+impl PeerLookup for PeerMaps {
+    #[inline(always)]
+    fn peer(&self, short_id: u16) -> Option<&PeerEntry> {
+        PEERS.get(short_id as u32)
+    }
+
+    #[inline(always)]
+    fn is_neighbour(&self, underlay_ipv4: [u8; 4]) -> bool {
+        // SAFETY: the value is only tested for presence.
+        unsafe {
+            NEIGHBOUR_PEERS.get(&Ipv4Key {
+                addr: underlay_ipv4,
+            })
+        }
+        .is_some()
+    }
+}

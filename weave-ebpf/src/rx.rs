@@ -1,0 +1,295 @@
+//! `rx_from_underlay` (tcx ingress of the underlay): admits VXLAN only from known peers
+//! (`weave_ebpf_common::admission`), learns, passes frames for other peers on, copies
+//! broadcasts along the source's tree, decapsulates IPv4 for local containers straight into
+//! them and the rest into the bridge (through its port `vethwe-bridge`).
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_INGRESS,
+    },
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    macros::classifier,
+    programs::TcContext,
+};
+use weave_ebpf_common::{
+    admission::{self, Admission},
+    counters::Reason,
+    headers::{
+        is_group_mac, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_UDP, IPV4_FRAGMENT_MASK, IPV4_HLEN,
+        OUTER_HLEN, UDP_HLEN, VXLAN_HLEN,
+    },
+    heartbeat::{is_heartbeat, read_heartbeat_payload, record_probe, HEARTBEAT_PAYLOAD_LEN},
+    maps::{DatapathConfig, Ipv4Key, MacKey, RemoteMac},
+    VXLAN_PORT,
+};
+
+use crate::{
+    encap::{forwarded_ipv4, next_hop_address},
+    frame::{
+        ipv4_at, mac_at, ARP_REQUEST_FIXED, MIN_VXLAN_FRAME, OFF_INNER, OFF_IP, OFF_UDP, OFF_VXLAN,
+        TC_OK, TC_SHOT,
+    },
+    isolation::{is_service, may_deliver},
+    maps::{
+        broadcast_tree, config, count, count_peer, PeerMaps, ENDPOINTS, NEIGHBOURS, PEER_COUNTERS,
+        REMOTE_MACS,
+    },
+    tree::send_copies,
+};
+
+const DECAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64;
+
+#[classifier]
+pub fn rx_from_underlay(ctx: TcContext) -> i32 {
+    try_rx_from_underlay(&ctx).unwrap_or(TC_OK)
+}
+
+fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(cfg) = config() else {
+        return Ok(TC_OK);
+    };
+    let len = ctx.len();
+    let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ())?;
+    if u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IP {
+        return Ok(TC_OK);
+    }
+    let ip: [u8; IPV4_HLEN] = ctx.load(OFF_IP).map_err(|_| ())?;
+    if ip[9] != IPPROTO_UDP || ip[0] >> 4 != 4 {
+        return Ok(TC_OK);
+    }
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    if ihl < IPV4_HLEN {
+        return Ok(TC_OK);
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if frag & 0x1fff != 0 {
+        // A later fragment: no UDP header to look at; without its first fragment the
+        // kernel cannot reassemble it.
+        return Ok(TC_OK);
+    }
+    let udp: [u8; UDP_HLEN] = match ctx.load(ETH_HLEN + ihl) {
+        Ok(u) => u,
+        Err(_) => return Ok(TC_OK),
+    };
+    if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
+        return Ok(TC_OK);
+    }
+    // VXLAN from here on: whatever is not admitted is dropped.
+    if ihl != IPV4_HLEN || frag & IPV4_FRAGMENT_MASK != 0 || (len as usize) < MIN_VXLAN_FRAME {
+        count(Reason::RxDropMalformed, len);
+        return Ok(TC_SHOT);
+    }
+    let Ok(tail) = ctx.load::<[u8; VXLAN_HLEN + ETH_HLEN]>(OFF_VXLAN) else {
+        count(Reason::RxDropMalformed, len);
+        return Ok(TC_SHOT);
+    };
+    let mut vx = [0u8; VXLAN_HLEN];
+    vx.copy_from_slice(&tail[..VXLAN_HLEN]);
+    let src = match admission::admit(cfg.own_short_id, ipv4_at(&ip, 12), &vx, &PeerMaps) {
+        Admission::Admit { src } => src,
+        Admission::Relay { dst } => return Ok(relay(ctx, &cfg, &ip, dst, len)),
+        Admission::Drop(why) => return Ok(drop_rx(why.rx_reason(), len)),
+    };
+    count_peer(src, false, len);
+    if let Some(verdict) = take_heartbeat(ctx, &tail, src, len) {
+        return Ok(verdict);
+    }
+
+    let mut inner_eth = [0u8; ETH_HLEN];
+    inner_eth.copy_from_slice(&tail[VXLAN_HLEN..]);
+    let inner_dst = mac_at(&inner_eth, 0);
+    let inner_src = mac_at(&inner_eth, 6);
+    let inner_proto = u16::from_be_bytes([inner_eth[12], inner_eth[13]]);
+    learn(ctx, src, inner_src, inner_proto);
+    if is_group_mac(&inner_dst) {
+        relay_broadcast(ctx, &cfg, &eth, &ip, src, len);
+    }
+
+    if inner_proto == ETH_P_IP && !is_group_mac(&inner_dst) {
+        // SAFETY: the value is copied out at once.
+        if let Some(ifindex) =
+            unsafe { ENDPOINTS.get(MacKey::new(inner_dst)) }.map(|e| e.host_ifindex)
+        {
+            let src = ctx.load::<[u8; 4]>(OFF_INNER + ETH_HLEN + 12);
+            if !src.is_ok_and(|src| may_deliver(ifindex, src)) {
+                return Ok(drop_rx(Reason::RxDropIsolated, len));
+            }
+            if ctx
+                .adjust_room(-(OUTER_HLEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
+                .is_err()
+            {
+                return Ok(drop_rx(Reason::RxDecapFailed, len));
+            }
+            // The first 14 bytes left are the outer Ethernet header: put the inner one there.
+            if ctx.store(0, &inner_eth, 0).is_err() {
+                return Ok(drop_rx(Reason::RxDecapFailed, len));
+            }
+            count(Reason::RxDelivered, len);
+            // SAFETY: a helper call with plain integer arguments.
+            return Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32);
+        }
+    }
+
+    // Everything else (broadcast, multicast, non-IPv4, unknown destination) goes to the
+    // bridge, decapsulated, through its port towards the peers: the bridge floods or
+    // forwards it (to containers through their egress check, to the host, to the sleeve).
+    if ctx
+        .adjust_room(-(OUTER_HLEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
+        .is_err()
+        || ctx.store(0, &inner_eth, 0).is_err()
+    {
+        return Ok(drop_rx(Reason::RxDecapFailed, len));
+    }
+    count(Reason::RxToBridge, len);
+    // SAFETY: a helper call with plain integer arguments; the kernel re-reads the Ethernet
+    // header when the frame enters the port.
+    Ok(unsafe { bpf_redirect(cfg.bridge_port_ifindex, BPF_F_INGRESS as u64) } as i32)
+}
+
+/// A fast-path heartbeat or probe (`weave_ebpf_common::heartbeat`), given the VXLAN header
+/// and inner Ethernet header of an admitted frame from `src`: counted for the peer (a
+/// probe's round and outer length too), then dropped. `None` for any other frame.
+#[inline(always)]
+fn take_heartbeat(
+    ctx: &TcContext,
+    tail: &[u8; VXLAN_HLEN + ETH_HLEN],
+    src: u16,
+    len: u32,
+) -> Option<i32> {
+    let mut inner_eth = [0u8; ETH_HLEN];
+    inner_eth.copy_from_slice(&tail[VXLAN_HLEN..]);
+    if !is_heartbeat(&inner_eth) {
+        return None;
+    }
+    count(Reason::RxHeartbeat, len);
+    // A heartbeat of an older build has no payload: counted all the same.
+    let round = ctx
+        .load::<[u8; HEARTBEAT_PAYLOAD_LEN]>(OFF_INNER + ETH_HLEN)
+        .map_or(0, |p| read_heartbeat_payload(&p).1);
+    if let Some(c) = PEER_COUNTERS.get_ptr_mut(src as u32) {
+        // SAFETY: as in `count`: a per-CPU slot of a preallocated array.
+        unsafe {
+            (*c).rx_heartbeats += 1;
+            if round != 0 {
+                record_probe(
+                    &mut (*c).probe_round,
+                    &mut (*c).probe_len,
+                    round,
+                    len - ETH_HLEN as u32,
+                );
+            }
+        }
+    }
+    Some(TC_SHOT)
+}
+
+/// Passes a frame for another peer on towards it: new outer addresses, one hop less,
+/// out of the underlay again.
+#[inline(always)]
+fn relay(ctx: &TcContext, cfg: &DatapathConfig, ip: &[u8; IPV4_HLEN], dst: u16, len: u32) -> i32 {
+    let Some(next) = next_hop_address(dst) else {
+        return drop_rx(Reason::RxDropNotForUs, len);
+    };
+    if ip[8] <= 1 {
+        return drop_rx(Reason::RxDropTtlExpired, len);
+    }
+    let hdr = forwarded_ipv4(ip, cfg.underlay_ipv4, next);
+    if ctx.store(OFF_IP, &hdr, 0).is_err() || ctx.store(OFF_UDP + 6, &[0u8; 2], 0).is_err() {
+        return drop_rx(Reason::RxDecapFailed, len);
+    }
+    count(Reason::RxRelayed, len);
+    count_peer(dst, true, len);
+    // SAFETY: a helper call; no neighbour parameters, the kernel looks the next hop up.
+    unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Sends a copy of a broadcast from `src` to each of our children in `src`'s broadcast
+/// tree, then puts the outer headers back for local delivery.
+#[inline(always)]
+fn relay_broadcast(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    eth: &[u8; ETH_HLEN],
+    ip: &[u8; IPV4_HLEN],
+    src: u16,
+    len: u32,
+) {
+    let Some(tree) = broadcast_tree(src) else {
+        return;
+    };
+    if tree.count == 0 || ip[8] <= 1 {
+        return;
+    }
+    // The outer header every copy shares (from us, one hop less), addressed per child.
+    let mut hdr = [0u8; ETH_HLEN + IPV4_HLEN];
+    hdr[6..12].copy_from_slice(&cfg.underlay_mac);
+    hdr[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    hdr[ETH_HLEN..].copy_from_slice(&forwarded_ipv4(ip, cfg.underlay_ipv4, [0; 4]));
+    if ctx.store(OFF_UDP + 6, &[0u8; 2], 0).is_err() {
+        return;
+    }
+    let copies = send_copies(ctx, cfg, tree, src, &mut hdr, Reason::RxRelayed, len);
+    if copies.addressed {
+        let mut orig = [0u8; ETH_HLEN + IPV4_HLEN];
+        orig[..ETH_HLEN].copy_from_slice(eth);
+        orig[ETH_HLEN..].copy_from_slice(ip);
+        let _ = ctx.store(0, &orig, 0);
+    }
+}
+
+#[inline(always)]
+fn drop_rx(reason: Reason, len: u32) -> i32 {
+    count(reason, len);
+    TC_SHOT
+}
+
+/// Learns the inner source MAC → source peer and the inner source IPv4 → MAC, writing
+/// only entries that differ.
+#[inline(always)]
+fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
+    if is_group_mac(&src_mac) {
+        return;
+    }
+    let key = MacKey::new(src_mac);
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { REMOTE_MACS.get(key) }.map(|r| r.peer_short_id);
+    if known != Some(src_peer) {
+        let _ = REMOTE_MACS.insert(
+            key,
+            RemoteMac {
+                peer_short_id: src_peer,
+                _pad: [0; 6],
+            },
+            0,
+        );
+    }
+    let addr = if proto == ETH_P_IP {
+        match ctx.load::<[u8; 4]>(OFF_INNER + ETH_HLEN + 12) {
+            Ok(a) => a,
+            Err(_) => return,
+        }
+    } else if proto == ETH_P_ARP {
+        // Sender hardware and protocol addresses of an Ethernet/IPv4 ARP packet.
+        let Ok(arp) = ctx.load::<[u8; 18]>(OFF_INNER + ETH_HLEN) else {
+            return;
+        };
+        if arp[0..6] != ARP_REQUEST_FIXED[0..6] || mac_at(&arp, 8) != src_mac {
+            return;
+        }
+        ipv4_at(&arp, 14)
+    } else {
+        return;
+    };
+    // The service address is every host's own (its DNS server on its bridge): another
+    // host's bridge MAC for it must not take the place of ours.
+    if addr == [0; 4] || is_service(addr) {
+        return;
+    }
+    let ip_key = Ipv4Key { addr };
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { NEIGHBOURS.get(ip_key) }.map(|m| m.addr);
+    if known != Some(src_mac) {
+        let _ = NEIGHBOURS.insert(ip_key, key, 0);
+    }
+}
