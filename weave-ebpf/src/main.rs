@@ -210,8 +210,8 @@ fn admit(cfg: &DatapathConfig, outer_src: [u8; 4], vxlan: &[u8; VXLAN_HLEN]) -> 
         return Admission::UnknownPeer;
     }
     // Sent by the origin itself, or relayed by a directly connected peer.
-    // SAFETY: the value is only tested for presence.
     if peer.underlay_ipv4 != outer_src
+        // SAFETY: the value is only tested for presence.
         && unsafe { NEIGHBOUR_PEERS.get(&Ipv4Key { addr: outer_src }) }.is_none()
     {
         return Admission::SpoofedSource;
@@ -630,8 +630,8 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     }
 
     if inner_proto == ETH_P_IP && !is_group_mac(&inner_dst) {
-        // SAFETY: the value is copied out at once.
         if let Some(ifindex) =
+            // SAFETY: the value is copied out at once.
             unsafe { ENDPOINTS.get(MacKey::new(inner_dst)) }.map(|e| e.host_ifindex)
         {
             let src = ctx.load::<[u8; 4]>(OFF_INNER + ETH_HLEN + 12);
@@ -1087,7 +1087,7 @@ fn try_xdp_admit(ctx: &XdpContext) -> Option<u32> {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 
