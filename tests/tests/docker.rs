@@ -20,7 +20,7 @@ struct DockerBed {
 impl DockerBed {
     fn new(prefix: &str, n: usize, extra: &[&str]) -> Option<DockerBed> {
         if let Err(why) = docker::available() {
-            eprintln!("\n!!!!! SKIPPED: {why} (cargo xtask setup installs it) !!!!!\n");
+            weave_tests::skip(&format!("{why} (cargo xtask setup installs it)"));
             return None;
         }
         let bed = TestBed::new(prefix, n).expect("test bed");
@@ -449,7 +449,7 @@ fn the_router_image_builds_without_a_registry() {
         return;
     }
     if let Err(why) = docker::available() {
-        eprintln!("\n!!!!! SKIPPED: {why} (cargo xtask setup installs it) !!!!!\n");
+        weave_tests::skip(&format!("{why} (cargo xtask setup installs it)"));
         return;
     }
     // Holds the host namespace the daemon runs in.
