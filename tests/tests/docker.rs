@@ -453,8 +453,9 @@ fn the_router_image_builds_without_a_registry() {
         return;
     }
     // Holds the host namespace the daemon runs in.
-    let _bed = TestBed::new("dkimg", 1).expect("test bed");
-    let d = DockerHost::start("dkimg-h1", "dkimg-dk1").expect("dockerd starts");
+    let bed = TestBed::new("dkimg", 1).expect("test bed");
+    let d = DockerHost::start(bed.host(1).ns.name(), &format!("{}-dk1", bed.prefix()))
+        .expect("dockerd starts");
     let out = d
         .build_router_image(&weave_tests::router::binary(), "weave-router:test")
         .unwrap();

@@ -302,8 +302,9 @@ fn the_static_router_image_launches_a_router() {
         return;
     }
     // Holds the host namespace the daemon runs in.
-    let _bed = TestBed::new("dpimg", 1).expect("test bed");
-    let d = DockerHost::start("dpimg-h1", "dpimg-dk1").expect("dockerd starts");
+    let bed = TestBed::new("dpimg", 1).expect("test bed");
+    let d = DockerHost::start(bed.host(1).ns.name(), &format!("{}-dk1", bed.prefix()))
+        .expect("dockerd starts");
     let out = d
         .build_router_image(std::path::Path::new(&bin), "weave-router:test")
         .unwrap();

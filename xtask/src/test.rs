@@ -248,6 +248,7 @@ pub fn test(no_build: bool, e2e_only: bool, e2e_filter: Option<&str>) -> Result<
     if !no_build {
         crate::setup::setup()?;
         crate::build::build()?;
+        crate::build::build_static()?;
     }
     let mut phases = Vec::new();
     if !e2e_only {
@@ -263,6 +264,12 @@ pub fn test(no_build: bool, e2e_only: bool, e2e_filter: Option<&str>) -> Result<
     }
     let bin = run::root().join("target/release/weave-router");
     std::env::set_var("WEAVE_ROUTER_BIN", &bin);
+    // The image test (docker_plugin.rs) runs the static build; left unset (and so the test
+    // skipped, failing the run) only when --no-build finds none.
+    let static_bin = crate::build::static_binary();
+    if static_bin.is_file() {
+        std::env::set_var("WEAVE_ROUTER_STATIC_BIN", &static_bin);
+    }
     phases.push(cargo_test(
         "end-to-end tests over network namespaces (root)",
         &e2e,
