@@ -493,16 +493,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// For tests: prints a loud notice and returns false when not root.
+/// For tests: reports `test` skipped ([`crate::skip`]) and returns false when not root.
 pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!();
-    eprintln!(
-        "!!!!! SKIPPED {test}: needs root (network namespaces, BPF). Run `cargo xtask test`. !!!!!"
+    crate::skip::skip_named(
+        test,
+        "needs root (network namespaces, BPF); run `cargo xtask test`",
     );
-    eprintln!();
     false
 }
 

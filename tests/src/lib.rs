@@ -18,6 +18,7 @@ pub mod netns;
 pub mod probe;
 pub mod router;
 pub mod sandbox;
+pub mod skip;
 pub mod topology;
 pub mod underlay;
 
@@ -27,4 +28,5 @@ pub use error::{Error, Result};
 pub use netns as ns;
 pub use netns::Netns;
 pub use router::{LaunchOpts, Router};
+pub use skip::skip;
 pub use topology::{pair, pair_on, Mode, Pair, Underlay};

@@ -344,6 +344,16 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     v.try_into().ok()
 }
 
+/// The addresses that answered, from the output of `ping` (its "... from ADDR: ..." lines).
+pub fn answered_by(ping_stdout: &str) -> std::collections::BTreeSet<String> {
+    ping_stdout
+        .lines()
+        .filter_map(|l| l.split(" from ").nth(1))
+        .filter_map(|r| r.split(':').next())
+        .map(str::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,14 +381,4 @@ mod tests {
         assert_eq!(parse_mac("02:0a:ff:00:01:02"), Some([2, 10, 255, 0, 1, 2]));
         assert_eq!(parse_mac("02:0a"), None);
     }
-}
-
-/// The addresses that answered, from the output of `ping` (its "... from ADDR: ..." lines).
-pub fn answered_by(ping_stdout: &str) -> std::collections::BTreeSet<String> {
-    ping_stdout
-        .lines()
-        .filter_map(|l| l.split(" from ").nth(1))
-        .filter_map(|r| r.split(':').next())
-        .map(str::to_string)
-        .collect()
 }

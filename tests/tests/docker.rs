@@ -20,7 +20,7 @@ struct DockerBed {
 impl DockerBed {
     fn new(prefix: &str, n: usize, extra: &[&str]) -> Option<DockerBed> {
         if let Err(why) = docker::available() {
-            eprintln!("\n!!!!! SKIPPED: {why} (cargo xtask setup installs it) !!!!!\n");
+            weave_tests::skip(&format!("{why} (cargo xtask setup installs it)"));
             return None;
         }
         let bed = TestBed::new(prefix, n).expect("test bed");
@@ -449,12 +449,13 @@ fn the_router_image_builds_without_a_registry() {
         return;
     }
     if let Err(why) = docker::available() {
-        eprintln!("\n!!!!! SKIPPED: {why} (cargo xtask setup installs it) !!!!!\n");
+        weave_tests::skip(&format!("{why} (cargo xtask setup installs it)"));
         return;
     }
     // Holds the host namespace the daemon runs in.
-    let _bed = TestBed::new("dkimg", 1).expect("test bed");
-    let d = DockerHost::start("dkimg-h1", "dkimg-dk1").expect("dockerd starts");
+    let bed = TestBed::new("dkimg", 1).expect("test bed");
+    let d = DockerHost::start(bed.host(1).ns.name(), &format!("{}-dk1", bed.prefix()))
+        .expect("dockerd starts");
     let out = d
         .build_router_image(&weave_tests::router::binary(), "weave-router:test")
         .unwrap();

@@ -19,7 +19,7 @@ struct PluginBed {
 impl PluginBed {
     fn new(prefix: &str, n: usize) -> Option<PluginBed> {
         if let Err(why) = docker::available() {
-            eprintln!("\n!!!!! SKIPPED: {why} (cargo xtask setup installs it) !!!!!\n");
+            weave_tests::skip(&format!("{why} (cargo xtask setup installs it)"));
             return None;
         }
         let bed = TestBed::new(prefix, n).expect("test bed");
@@ -292,16 +292,19 @@ fn the_static_router_image_launches_a_router() {
         return;
     }
     let Some(bin) = std::env::var_os("WEAVE_ROUTER_STATIC_BIN") else {
-        eprintln!("\n!!!!! SKIPPED: WEAVE_ROUTER_STATIC_BIN is not set (a static build) !!!!!\n");
+        weave_tests::skip(
+            "WEAVE_ROUTER_STATIC_BIN is not set (a static build; `cargo xtask test` makes one)",
+        );
         return;
     };
     if let Err(why) = docker::available() {
-        eprintln!("\n!!!!! SKIPPED: {why} !!!!!\n");
+        weave_tests::skip(&format!("{why} (cargo xtask setup installs it)"));
         return;
     }
     // Holds the host namespace the daemon runs in.
-    let _bed = TestBed::new("dpimg", 1).expect("test bed");
-    let d = DockerHost::start("dpimg-h1", "dpimg-dk1").expect("dockerd starts");
+    let bed = TestBed::new("dpimg", 1).expect("test bed");
+    let d = DockerHost::start(bed.host(1).ns.name(), &format!("{}-dk1", bed.prefix()))
+        .expect("dockerd starts");
     let out = d
         .build_router_image(std::path::Path::new(&bin), "weave-router:test")
         .unwrap();

@@ -10,7 +10,7 @@
 use std::env;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// What to do when the tools are missing.
@@ -214,10 +214,10 @@ mod tests {
     #[test]
     fn the_object_lands_under_target_ebpf() {
         let build = EbpfBuild::new("/w");
-        assert_eq!(build.target_dir(), Path::new("/w/target/ebpf"));
+        assert_eq!(build.target_dir(), std::path::Path::new("/w/target/ebpf"));
         assert_eq!(
             build.object(),
-            Path::new("/w/target/ebpf/bpfel-unknown-none/release/weave-ebpf")
+            std::path::Path::new("/w/target/ebpf/bpfel-unknown-none/release/weave-ebpf")
         );
         assert!(build.inputs().contains(&PathBuf::from("/w/weave-ebpf/src")));
     }

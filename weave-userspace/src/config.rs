@@ -577,10 +577,10 @@ impl HostInfo for RealHost {
                     out.last_mut().expect("just pushed")
                 }
             };
-            // SAFETY: when non-null, ifa_addr points to a sockaddr whose family tells its type.
-            if !ifa.ifa_addr.is_null()
-                && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET
-            {
+            let is_inet = !ifa.ifa_addr.is_null()
+                // SAFETY: when non-null, ifa_addr points to a sockaddr whose family tells its type.
+                && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET;
+            if is_inet {
                 // SAFETY: the family is AF_INET, so it is a sockaddr_in.
                 let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
                 entry

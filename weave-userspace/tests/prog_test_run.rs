@@ -53,10 +53,17 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Returns from the test unless root, reporting it skipped with the line `cargo xtask test`
+/// counts (`weave_tests::skip`, written past libtest's capture).
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: needs root for BPF_PROG_TEST_RUN");
+            use std::io::Write as _;
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let _ = std::io::stderr().write_all(
+                format!("\n!!!!! SKIPPED {test}: needs root for BPF_PROG_TEST_RUN !!!!!\n")
+                    .as_bytes(),
+            );
             return;
         }
     };

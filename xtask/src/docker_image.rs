@@ -1,9 +1,10 @@
 //! `cargo xtask docker-image`: the router's container image, `FROM scratch` with a static
-//! weave-router (glibc, `+crt-static`), built without a registry.
+//! weave-router (glibc, `+crt-static`: [`crate::build::build_static`]), built without a
+//! registry.
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::run::{self, cmd, status, step};
 
@@ -17,17 +18,7 @@ pub fn build(docker_host: Option<&str>) -> Result<()> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    status(
-        cmd("cargo")
-            .current_dir(&root)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .args(["build", "--release", "-p", "weave-userspace"])
-            .args(["--target", "x86_64-unknown-linux-gnu"]),
-    )?;
-    let bin = target_dir.join("x86_64-unknown-linux-gnu/release/weave-router");
-    if !bin.is_file() {
-        bail!("{} was not built", bin.display());
-    }
+    let bin = crate::build::build_static()?;
     let context = target_dir.join("docker-image");
     let _ = std::fs::remove_dir_all(&context);
     std::fs::create_dir_all(&context)?;

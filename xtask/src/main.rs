@@ -40,7 +40,8 @@ enum Cmd {
         #[arg(long)]
         no_setup: bool,
     },
-    /// Set up, build, and run every test: unit, BPF_PROG_TEST_RUN, netns end to end.
+    /// Set up, build, and run every test: unit, BPF_PROG_TEST_RUN, netns end to end. A test
+    /// that skips itself fails the run (setup should have installed what it needs).
     Test {
         /// Skip `setup` and `build`.
         #[arg(long)]
@@ -48,6 +49,10 @@ enum Cmd {
         /// Only run the end-to-end tests whose name contains this.
         #[arg(long)]
         e2e_filter: Option<String>,
+        /// Only run the end-to-end tests (not the workspace's unit, integration and
+        /// BPF_PROG_TEST_RUN tests).
+        #[arg(long)]
+        e2e_only: bool,
     },
     /// Three simulated hosts, each with a router and two containers; pings across.
     Demo {
@@ -88,7 +93,8 @@ fn main() {
         Cmd::Test {
             no_build,
             e2e_filter,
-        } => test::test(no_build, e2e_filter.as_deref()),
+            e2e_only,
+        } => test::test(no_build, e2e_only, e2e_filter.as_deref()),
         Cmd::Demo {
             keep,
             down,

@@ -27,6 +27,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "nft: cutting links between simulated hosts in the mesh tests",
     ),
     ("procps", "sysctl"),
+    (
+        "libc6-dev",
+        "libc.a: the static weave-router of the image (and its test)",
+    ),
     ("dnsutils", "dig: DNS tests"),
     (
         "dnsmasq-base",

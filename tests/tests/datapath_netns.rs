@@ -1,8 +1,11 @@
-//! The eBPF data path end to end on one machine: two "hosts" (network namespaces joined by
-//! a veth underlay), an `EbpfDatapath` in each, one container namespace per host.
+//! The eBPF data path end to end, driven in process: two hosts of a [`TestBed`] (the flat
+//! underlay), an `EbpfDatapath` in each (no router binary, no control plane: the test adds
+//! the peers), one container namespace per host.
 //!
-//! Needs root; skipped otherwise. Namespaces are named `wdp-<pid>-…` and removed at the end
-//! (also on failure). `cargo test -p weave-userspace --test datapath_netns`
+//! Needs root; skipped otherwise. The namespaces are a test bed's (`<prefix>-h1`, ...,
+//! behind `WEAVE_TEST_PREFIX`), the pins live under `/sys/fs/bpf/<prefix>`; both are removed
+//! at the end, also on failure.
+//! `cargo test -p weave-tests --test datapath_netns -- --test-threads=1`
 //!
 //! Throughput against the kernel's VXLAN and routing is measured by `cargo xtask bench`.
 
@@ -12,7 +15,6 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,79 +25,32 @@ use weave_ebpf_common::vni;
 use weave_router::datapath::ebpf::{self, EbpfDatapath};
 use weave_router::datapath::{AttachRequest, Datapath, DatapathPeer, DatapathSettings, XdpMode};
 use weave_router::mesh::peer_name::{PeerName, ShortId};
+use weave_tests::cmd::{self, wait_for, Background, Output};
+use weave_tests::{host_addr, require_root, Netns, TestBed};
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+/// Runs `args` inside `ns`; a non-zero exit is not an error.
+fn exec(ns: &Netns, args: &[&str]) -> Output {
+    ns.run(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace, deleted when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = run(&["ip", "netns", "del", &name]);
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Self { name }
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
-    }
-    fn exec(&self, args: &[&str]) -> Output {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        run(&full)
-    }
-    fn sh(&self, args: &[&str]) -> String {
-        let out = self.exec(args);
-        assert!(
-            out.status.success(),
-            "in {}: {args:?} failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn spawn(&self, args: &[&str]) -> Child {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.name]);
-    }
+/// Runs `args` inside `ns` and returns its stdout; panics if it fails.
+fn sh(ns: &Netns, args: &[&str]) -> String {
+    ns.check(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A directory under /sys/fs/bpf, removed when dropped.
 struct PinRoot(PathBuf);
+
+impl PinRoot {
+    /// `/sys/fs/bpf/<name>`, empty (a leftover of an earlier run removed).
+    fn new(name: &str) -> Self {
+        ebpf::ensure_bpffs().unwrap();
+        let dir = PathBuf::from(format!("/sys/fs/bpf/{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
 
 impl Drop for PinRoot {
     fn drop(&mut self) {
@@ -195,9 +150,14 @@ impl Drop for Router {
     }
 }
 
-const UNDERLAY: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 2)];
+/// The underlay address of host `i` (0-based): the test bed's `eth0`.
+fn underlay(i: usize) -> Ipv4Addr {
+    host_addr(i + 1)
+}
+
 const CONTAINER: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 2, 1, 1), Ipv4Addr::new(10, 2, 1, 2)];
-const STRAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 99);
+/// A second address on host 2's underlay, no peer's.
+const STRAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 99);
 
 fn short(i: usize) -> ShortId {
     ShortId::new(i as u16 + 1).unwrap()
@@ -208,67 +168,45 @@ fn short(i: usize) -> ShortId {
 struct Bed {
     routers: Vec<Router>,
     settings: Vec<DatapathSettings>,
-    containers: Vec<Netns>,
-    hosts: Vec<Netns>,
+    bed: TestBed,
     _pins: PinRoot,
 }
 
-fn tag() -> String {
-    format!("wdp-{}", std::process::id())
-}
-
-/// Hosts and their veth underlay (eth0 in each, 10.77.0.x/24).
-fn hosts(tag: &str) -> Vec<Netns> {
-    let hosts: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-h{i}"))).collect();
-    sh(&[
-        "ip",
-        "-n",
-        &hosts[0].name,
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &hosts[1].name,
-    ]);
-    for (i, h) in hosts.iter().enumerate() {
-        sh(&[
-            "ip",
-            "-n",
-            &h.name,
-            "addr",
-            "add",
-            &format!("{}/24", UNDERLAY[i]),
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "-n", &h.name, "link", "set", "eth0", "up"]);
-    }
-    hosts
+/// Two hosts on the flat underlay (`eth0` = 198.18.0.<i>/24), and a pin directory
+/// named after the bed.
+fn hosts(prefix: &str) -> (TestBed, PinRoot) {
+    let bed = TestBed::new(prefix, 2).expect("test bed");
+    let pins = PinRoot::new(bed.prefix());
+    (bed, pins)
 }
 
 impl Bed {
-    fn new(tag: &str) -> Self {
-        Self::with_xdp(tag, XdpMode::Auto)
+    /// Host `i` (0-based).
+    fn host(&self, i: usize) -> &Netns {
+        &self.bed.host(i + 1).ns
+    }
+
+    /// The container on host `i` (0-based).
+    fn container(&self, i: usize) -> &Netns {
+        &self.bed.container(i).ns
+    }
+
+    fn new(prefix: &str) -> Self {
+        Self::with_xdp(prefix, XdpMode::Auto)
     }
 
     // Host i, container i and router i go together: indexing reads best.
     #[allow(clippy::needless_range_loop)]
-    fn with_xdp(tag: &str, xdp: XdpMode) -> Self {
-        let pins = PinRoot(PathBuf::from(format!("/sys/fs/bpf/{tag}")));
-        ebpf::ensure_bpffs().unwrap();
-        std::fs::create_dir_all(&pins.0).unwrap();
-        let hosts = hosts(tag);
-        let containers: Vec<Netns> = (1..=2).map(|i| Netns::new(format!("{tag}-c{i}"))).collect();
+    fn with_xdp(prefix: &str, xdp: XdpMode) -> Self {
+        let (mut hosts, pins) = hosts(prefix);
+        for i in 1..=2 {
+            // Container i - 1 (0-based), on host i.
+            hosts.add_container(i, "c").expect("container namespace");
+        }
         let mut bed = Bed {
             routers: Vec::new(),
             settings: Vec::new(),
-            containers,
-            hosts,
+            bed: hosts,
             _pins: pins,
         };
         for i in 0..2 {
@@ -276,24 +214,24 @@ impl Bed {
                 peer_name: PeerName::from_bytes([0x0a, 0x77, 0, 0, 0, i as u8 + 1]),
                 own_short_id: short(i),
                 underlay_iface: "eth0".into(),
-                underlay_addr: UNDERLAY[i],
+                underlay_addr: underlay(i),
                 mtu: None,
                 xdp,
                 pin_root: bed._pins.0.clone(),
                 programs: true,
             };
             bed.routers
-                .push(Router::start(&bed.hosts[i], settings.clone()).expect("start the data path"));
+                .push(Router::start(bed.host(i), settings.clone()).expect("start the data path"));
             bed.settings.push(settings);
         }
         for i in 0..2 {
             let other = 1 - i;
             // The router adds a peer once their control connection is up, and so its
             // underlay address resolved: the data path takes the peer's MAC from there.
-            assert!(ping(&bed.hosts[i], UNDERLAY[other]));
+            assert!(ping(bed.host(i), underlay(other)));
             let peer = DatapathPeer {
                 short_id: short(other),
-                underlay: UNDERLAY[other],
+                underlay: underlay(other),
                 next_hop: short(other),
             };
             bed.routers[i]
@@ -304,7 +242,7 @@ impl Bed {
                 .call(move |dp| async move { dp.set_broadcast_tree(own, vec![short(other)]).await })
                 .expect("set_broadcast_tree");
             let request = AttachRequest {
-                netns: bed.containers[i].path(),
+                netns: bed.container(i).path(),
                 addresses: vec![format!("{}/24", CONTAINER[i]).parse().unwrap()],
                 owner: None,
                 hand_over: false,
@@ -318,9 +256,11 @@ impl Bed {
 }
 
 fn ping(from: &Netns, to: Ipv4Addr) -> bool {
-    from.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &to.to_string()])
-        .status
-        .success()
+    exec(
+        from,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", &to.to_string()],
+    )
+    .success()
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -346,13 +286,16 @@ fn send_udp(
          s.sendto(bytes.fromhex('{payload_hex}'),('{dst}',{port}))\n",
         b = broadcast as u8
     );
-    ns.sh(&["python3", "-c", &script]);
+    sh(ns, &["python3", "-c", &script]);
 }
 
 /// From a second address on host 2's underlay: VXLAN claiming to be peer 2 (spoofed) and
 /// VXLAN naming an unknown peer, both for peer 1.
 fn send_strays(h2: &Netns) {
-    let _ = h2.exec(&["ip", "addr", "add", &format!("{STRAY}/24"), "dev", "eth0"]);
+    let _ = exec(
+        h2,
+        &["ip", "addr", "add", &format!("{STRAY}/24"), "dev", "eth0"],
+    );
     let mut inner = vec![0xff; 6];
     inner.extend_from_slice(&[0x02, 0x66, 0, 0, 0, 1, 0x08, 0x06]);
     inner.extend_from_slice(&[0; 28]);
@@ -370,11 +313,11 @@ fn send_strays(h2: &Netns) {
         v.extend_from_slice(&inner);
         hex(&v)
     };
-    send_udp(h2, STRAY, UNDERLAY[0], 6784, &vxlan(vni::pack(2, 1)), false);
+    send_udp(h2, STRAY, underlay(0), 6784, &vxlan(vni::pack(2, 1)), false);
     send_udp(
         h2,
         STRAY,
-        UNDERLAY[0],
+        underlay(0),
         6784,
         &vxlan(vni::pack(0x123, 1)),
         false,
@@ -387,45 +330,41 @@ fn hex(b: &[u8]) -> String {
 
 #[test]
 fn two_hosts_end_to_end() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root("two_hosts_end_to_end") {
         return;
     }
-    let tag = tag();
-    let bed = Bed::new(&tag);
-    let (h1, h2) = (&bed.hosts[0], &bed.hosts[1]);
-    let (c1, c2) = (&bed.containers[0], &bed.containers[1]);
+    let bed = Bed::new("dp");
+    let (h1, h2) = (bed.host(0), bed.host(1));
+    let (c1, c2) = (bed.container(0), bed.container(1));
     let (r1, r2) = (&bed.routers[0], &bed.routers[1]);
 
     // Devices as designed: one port of the bridge towards the peers, whatever their number.
-    let port = h1.sh(&["ip", "-d", "link", "show", ebpf::BRIDGE_PORT_NAME]);
+    let port = sh(h1, &["ip", "-d", "link", "show", ebpf::BRIDGE_PORT_NAME]);
     assert!(
         port.contains("master weave")
             && port.contains("isolated on")
             && port.contains("learning off"),
         "{port}"
     );
-    let datapath_port = h1.sh(&["ip", "-d", "link", "show", ebpf::DATAPATH_PORT_NAME]);
+    let datapath_port = sh(h1, &["ip", "-d", "link", "show", ebpf::DATAPATH_PORT_NAME]);
     assert!(
         datapath_port.contains("state UP") && !datapath_port.contains("master"),
         "{datapath_port}"
     );
-    assert!(!h1.sh(&["ip", "link", "show"]).contains("vxw-"));
-    let ethwe = c1.sh(&["ip", "-d", "link", "show", "ethwe"]);
+    assert!(!sh(h1, &["ip", "link", "show"]).contains("vxw-"));
+    let ethwe = sh(c1, &["ip", "-d", "link", "show", "ethwe"]);
     assert!(
         ethwe.contains("mtu 1450") && ethwe.contains("state UP"),
         "{ethwe}"
     );
-    assert!(c1
-        .sh(&["ip", "addr", "show", "ethwe"])
-        .contains("10.2.1.1/24"));
-    assert!(h1.sh(&["ip", "link", "show", "weave"]).contains("mtu 1450"));
+    assert!(sh(c1, &["ip", "addr", "show", "ethwe"]).contains("10.2.1.1/24"));
+    assert!(sh(h1, &["ip", "link", "show", "weave"]).contains("mtu 1450"));
 
     // Containers reach each other across the hosts; ARP resolves.
     assert!(ping(c1, CONTAINER[1]), "c1 → c2");
     assert!(ping(c2, CONTAINER[0]), "c2 → c1");
     let c2_mac = r2.call(|dp| async move { dp.endpoints()[0].mac });
-    let neigh = c1.sh(&["ip", "neigh", "show", &CONTAINER[1].to_string()]);
+    let neigh = sh(c1, &["ip", "neigh", "show", &CONTAINER[1].to_string()]);
     let mac_str = c2_mac
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -443,7 +382,7 @@ fn two_hosts_end_to_end() {
         .contains(&(c2_mac, 2)));
 
     // Once learned, ARP is answered on the host without crossing the underlay.
-    c1.sh(&["ip", "neigh", "flush", "dev", "ethwe"]);
+    sh(c1, &["ip", "neigh", "flush", "dev", "ethwe"]);
     let answered = r1.counter(Reason::TxArpAnswered);
     assert!(ping(c1, CONTAINER[1]), "c1 → c2 after a neighbour flush");
     assert!(
@@ -452,12 +391,13 @@ fn two_hosts_end_to_end() {
     );
 
     // A broadcast reaches the container on the other host.
-    let rx = c2.spawn(&[
+    let mut rx = Background::spawn(&c2.wrap(&[
         "python3",
         "-c",
         "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(5)\n\
          s.bind(('0.0.0.0',9999))\nprint(s.recvfrom(100)[0].decode())\n",
-    ]);
+    ]))
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
         send_udp(
@@ -470,9 +410,13 @@ fn two_hosts_end_to_end() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = rx.wait_with_output().unwrap();
+    wait_for("the receiver to exit", Duration::from_secs(10), || {
+        (!rx.running()).then_some(())
+    })
+    .unwrap();
+    let out = rx.stop();
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("weave-broadcast"),
+        out.stdout.contains("weave-broadcast"),
         "broadcast received: {out:?}"
     );
     assert!(r2.counter(Reason::RxToBridge) > 0);
@@ -497,7 +441,7 @@ fn two_hosts_end_to_end() {
     // The maps carry BTF: bpftool shows field names.
     if Path::new("/usr/sbin/bpftool").exists() {
         let pin = r1.call(|dp| async move { dp.pin_dir().join("PEERS") });
-        let out = sh(&[
+        let out = cmd::check(&[
             "bpftool",
             "map",
             "lookup",
@@ -508,7 +452,8 @@ fn two_hosts_end_to_end() {
             "0",
             "0",
             "0",
-        ]);
+        ])
+        .unwrap();
         assert!(
             out.contains("\"underlay_ipv4\"") && out.contains("\"next_hop\": 2"),
             "{out}"
@@ -536,23 +481,18 @@ fn two_hosts_end_to_end() {
         move |dp| async move { dp.detach(p).await }
     });
     let ep = ep.expect("detach");
-    assert!(!c1.exec(&["ip", "link", "show", "ethwe"]).status.success());
-    assert!(!h1
-        .exec(&["ip", "link", "show", &ep.host_ifname])
-        .status
-        .success());
+    assert!(!exec(c1, &["ip", "link", "show", "ethwe"]).success());
+    assert!(!exec(h1, &["ip", "link", "show", &ep.host_ifname]).success());
     assert!(r1.call(|dp| async move { dp.endpoints() }).is_empty());
 }
 
 #[test]
 fn a_restarted_router_takes_its_endpoints_back() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root("a_restarted_router_takes_its_endpoints_back") {
         return;
     }
-    let tag = format!("{}-rs", tag());
-    let mut bed = Bed::new(&tag);
-    assert!(ping(&bed.containers[0], CONTAINER[1]));
+    let mut bed = Bed::new("dprs");
+    assert!(ping(bed.container(0), CONTAINER[1]));
     let endpoints = bed.routers[0].call(|dp| async move { dp.endpoints() });
     let endpoints_names: Vec<String> = endpoints.iter().map(|e| e.host_ifname.clone()).collect();
     // Stop router 1 without shutting down (as a crash would): its pinned links keep the
@@ -564,10 +504,10 @@ fn a_restarted_router_takes_its_endpoints_back() {
         .join(bed.settings[0].peer_name.to_string())
         .join("links/rx-eth0");
     assert!(old_pin.exists(), "{}", old_pin.display());
-    let router = Router::start(&bed.hosts[0], bed.settings[0].clone()).expect("restart");
+    let router = Router::start(bed.host(0), bed.settings[0].clone()).expect("restart");
     let peer = DatapathPeer {
         short_id: short(1),
-        underlay: UNDERLAY[1],
+        underlay: underlay(1),
         next_hop: short(1),
     };
     router
@@ -582,7 +522,7 @@ fn a_restarted_router_takes_its_endpoints_back() {
             .expect("restore");
     }
     assert!(
-        ping(&bed.containers[0], CONTAINER[1]),
+        ping(bed.container(0), CONTAINER[1]),
         "c1 → c2 after the restart"
     );
     assert!(
@@ -616,7 +556,7 @@ fn a_restarted_router_takes_its_endpoints_back() {
     );
     // A gone interface is reported as such.
     let gone = weave_router::datapath::Endpoint {
-        netns: bed.containers[1].path(),
+        netns: bed.container(1).path(),
         host_ifname: "vethwe-gone".into(),
         mac: [2, 0, 0, 0, 0, 9],
         addresses: vec![],
@@ -632,17 +572,15 @@ fn a_restarted_router_takes_its_endpoints_back() {
 
 #[test]
 fn a_stopped_router_carries_nothing() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root("a_stopped_router_carries_nothing") {
         return;
     }
-    let tag = format!("{}-st", tag());
-    let mut bed = Bed::new(&tag);
-    assert!(ping(&bed.containers[0], CONTAINER[1]));
-    assert!(ping(&bed.containers[1], CONTAINER[0]));
+    let mut bed = Bed::new("dpst");
+    assert!(ping(bed.container(0), CONTAINER[1]));
+    assert!(ping(bed.container(1), CONTAINER[0]));
     // Router 2 shuts down; router 1 forgets it.
     drop(bed.routers.remove(1));
-    let links = bed.hosts[1].sh(&["ip", "-d", "link", "show"]);
+    let links = sh(bed.host(1), &["ip", "-d", "link", "show"]);
     assert!(!links.contains(ebpf::DATAPATH_PORT_NAME), "{links}");
     assert!(
         links.contains("ethwe") || links.contains("vethwe"),
@@ -652,33 +590,29 @@ fn a_stopped_router_carries_nothing() {
         .call(|dp| async move { dp.remove_peer(ShortId::new(2).unwrap()).await })
         .expect("remove_peer");
     assert!(
-        !ping(&bed.containers[0], CONTAINER[1]),
+        !ping(bed.container(0), CONTAINER[1]),
         "c1 → c2 with router 2 stopped"
     );
     assert!(
-        !ping(&bed.containers[1], CONTAINER[0]),
+        !ping(bed.container(1), CONTAINER[0]),
         "c2 → c1 with router 2 stopped"
     );
 }
 
 #[test]
 fn xdp_on_drops_strays_before_tc() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root("xdp_on_drops_strays_before_tc") {
         return;
     }
-    let tag = format!("{}-xdp", tag());
-    let bed = Bed::with_xdp(&tag, XdpMode::On);
+    let bed = Bed::with_xdp("dpxdp", XdpMode::On);
     let r1 = &bed.routers[0];
     assert!(r1.call(|dp| async move { dp.xdp_attached() }));
-    assert!(bed.hosts[0]
-        .sh(&["ip", "link", "show", "eth0"])
-        .contains("xdp"));
+    assert!(sh(bed.host(0), &["ip", "link", "show", "eth0"]).contains("xdp"));
     assert!(
-        ping(&bed.containers[0], CONTAINER[1]),
+        ping(bed.container(0), CONTAINER[1]),
         "traffic still flows with XDP"
     );
-    send_strays(&bed.hosts[1]);
+    send_strays(bed.host(1));
     wait_until("strays dropped by XDP", || {
         r1.counter(Reason::XdpDropSpoofedSource) == 1 && r1.counter(Reason::XdpDropUnknownPeer) == 1
     });
@@ -690,31 +624,27 @@ fn xdp_on_drops_strays_before_tc() {
 
 #[test]
 fn bad_requests_fail_cleanly() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root("bad_requests_fail_cleanly") {
         return;
     }
-    let tag = format!("{}-bad", tag());
-    let pins = PinRoot(PathBuf::from(format!("/sys/fs/bpf/{tag}")));
-    ebpf::ensure_bpffs().unwrap();
-    std::fs::create_dir_all(&pins.0).unwrap();
-    let hosts = hosts(&tag);
+    let (bed, pins) = hosts("dpbad");
+    let h1 = &bed.host(1).ns;
     let mut settings = DatapathSettings {
         peer_name: PeerName::from_bytes([0x0a, 0x78, 0, 0, 0, 1]),
         own_short_id: short(0),
         underlay_iface: "nonexistent0".into(),
-        underlay_addr: UNDERLAY[0],
+        underlay_addr: underlay(0),
         mtu: None,
         xdp: XdpMode::Off,
         pin_root: pins.0.clone(),
         programs: true,
     };
-    let err = Router::start(&hosts[0], settings.clone())
+    let err = Router::start(h1, settings.clone())
         .err()
         .expect("unknown underlay fails");
     assert_eq!(err, "interface nonexistent0 not found");
     settings.underlay_iface = "eth0".into();
-    let r = Router::start(&hosts[0], settings.clone()).expect("start");
+    let r = Router::start(h1, settings.clone()).expect("start");
     let err = r
         .call(|dp| async move {
             dp.attach(AttachRequest {
@@ -744,7 +674,7 @@ fn bad_requests_fail_cleanly() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a network namespace"), "{err}");
-    let links = hosts[0].sh(&["ip", "-o", "link", "show"]);
+    let links = sh(h1, &["ip", "-o", "link", "show"]);
     let container_veths: Vec<&str> = links
         .lines()
         .filter(|l| l.contains("vethw"))
@@ -756,11 +686,11 @@ fn bad_requests_fail_cleanly() {
     );
     // A second start with the same name replaces the first one's pins and links.
     drop(r);
-    let r = Router::start(&hosts[0], settings).expect("restart");
+    let r = Router::start(h1, settings).expect("restart");
     let pin_dir = r.call(|dp| async move { dp.pin_dir().to_path_buf() });
     assert!(pin_dir.join("links").join("rx-eth0").exists());
     assert!(Path::new(&pin_dir).join("PEERS").exists());
     drop(r);
     assert!(!pin_dir.exists(), "shutdown removes the pins");
-    drop(hosts);
+    drop(bed);
 }
