@@ -43,7 +43,11 @@ pub fn cmd(prog: impl AsRef<std::ffi::OsStr>) -> Command {
 
 /// The cargo that runs xtask (same toolchain as the workspace build).
 pub fn cargo() -> Command {
-    cmd(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut c = cmd(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // Set for xtask itself; a build script that watches it (ring's) would otherwise see a
+    // change between `cargo xtask build` and a plain `cargo build`, and rebuild.
+    c.env_remove("CARGO_MANIFEST_DIR");
+    c
 }
 
 fn show(c: &Command) -> String {
