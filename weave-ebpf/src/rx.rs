@@ -107,8 +107,8 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     }
 
     if inner_proto == ETH_P_IP && !is_group_mac(&inner_dst) {
-        // SAFETY: the value is copied out at once.
         if let Some(ifindex) =
+            // SAFETY: the value is copied out at once.
             unsafe { ENDPOINTS.get(MacKey::new(inner_dst)) }.map(|e| e.host_ifindex)
         {
             let src = ctx.load::<[u8; 4]>(OFF_INNER + ETH_HLEN + 12);
