@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
+use super::SleeveUse;
 use crate::datapath::overlay::path_mtu::{self, PathMtuSearch};
 use crate::datapath::overlay::{Overlay, OverlayChoice, Placement};
-use super::SleeveUse;
 use crate::datapath::{DatapathPeer, Heartbeat, ProbeSeen};
 use crate::mesh::connection::{ConnId, ConnectionError};
 use crate::mesh::peer_name::{PeerName, ShortId};

@@ -479,7 +479,10 @@ impl<D: Datapath> Inner<D> {
         let plan = plan.for_fast_path(self.overlays.sleeve().is_some(), self.sleeve_use);
         for peer in plan.orphans {
             if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
-                tracing::error!("cannot remove peer {} from the data path: {e}", peer.short_id);
+                tracing::error!(
+                    "cannot remove peer {} from the data path: {e}",
+                    peer.short_id
+                );
             }
         }
         for peer in plan.remove {

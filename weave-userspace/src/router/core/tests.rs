@@ -521,9 +521,15 @@ fn data_goes_to_the_address_a_peer_is_seen_at_not_the_one_it_claims() {
     let mut behind_nat = hello(2);
     behind_nat.underlay = Ipv4Addr::new(10, 77, 0, 2);
     let public: std::net::SocketAddr = "198.18.0.2:6783".parse().unwrap();
-    assert_eq!(data_address(public, &behind_nat), Ipv4Addr::new(198, 18, 0, 2));
+    assert_eq!(
+        data_address(public, &behind_nat),
+        Ipv4Addr::new(198, 18, 0, 2)
+    );
     let mapped: std::net::SocketAddr = "[::ffff:198.18.0.2]:40000".parse().unwrap();
-    assert_eq!(data_address(mapped, &behind_nat), Ipv4Addr::new(198, 18, 0, 2));
+    assert_eq!(
+        data_address(mapped, &behind_nat),
+        Ipv4Addr::new(198, 18, 0, 2)
+    );
     // Routers sharing one host: loopback says nothing about where the peer's data goes.
     let local: std::net::SocketAddr = "127.0.0.1:6783".parse().unwrap();
     assert_eq!(data_address(local, &behind_nat), behind_nat.underlay);
