@@ -120,11 +120,18 @@ pub async fn resolve_addresses(
 pub struct Interfaces {
     datapath: Arc<dyn DynDatapath>,
     store: Option<Arc<StateDir>>,
+    /// One save at a time: concurrent attaches would otherwise race on the state file's
+    /// temporary copy.
+    saving: std::sync::Mutex<()>,
 }
 
 impl Interfaces {
     pub fn new(datapath: Arc<dyn DynDatapath>, store: Option<Arc<StateDir>>) -> Self {
-        Self { datapath, store }
+        Self {
+            datapath,
+            store,
+            saving: std::sync::Mutex::new(()),
+        }
     }
 
     pub fn datapath(&self) -> &Arc<dyn DynDatapath> {
@@ -170,10 +177,11 @@ impl Interfaces {
     }
 
     fn try_save(&self) -> Result<(), StateError> {
-        match &self.store {
-            Some(state) => state.save_endpoints(&self.datapath.endpoints()),
-            None => Ok(()),
-        }
+        let Some(state) = &self.store else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        state.save_endpoints(&self.datapath.endpoints())
     }
 }
 
@@ -445,6 +453,29 @@ mod tests {
         assert_eq!(gone, e);
         b.assert_nothing_left("c1");
         assert_eq!(b.saved(), vec![]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_attaches_are_all_recorded() {
+        let b = Arc::new(bed("concurrent"));
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    // The fake data path only asks that the namespace path exists.
+                    let netns = b.state_dir.join(format!("ns{i}"));
+                    std::fs::write(&netns, b"").unwrap();
+                    let mut o = order(&["net:default"], None);
+                    o.netns = netns;
+                    o.owner = Some(format!("c{i}"));
+                    b.endpoints.attach(o).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(b.saved().len(), 20);
     }
 
     #[tokio::test]
