@@ -10,6 +10,7 @@ pub mod ipam;
 pub mod memory;
 pub mod mesh;
 pub mod net;
+pub mod node;
 pub mod router;
 pub mod sleeve;
 pub mod state;

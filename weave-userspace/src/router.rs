@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +20,7 @@ pub use self::core::OverlaySwitches;
 use self::core::{CoreConfig, Effect, Event, MeshCore, PathSample};
 use crate::crypto::{PresharedKey, SessionKeys};
 use crate::datapath::overlay::{self, Overlays, Placement};
-use crate::datapath::{AttachRequest, Datapath, DatapathError, Endpoint, ProbeSeen};
+use crate::datapath::{Datapath, DatapathError, ProbeSeen};
 use crate::mesh::connection::{self, ConnCommand, ConnEvent, ConnId, ConnectionError, Timings};
 use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
 use crate::mesh::peer_name::{PeerName, ShortId};
@@ -714,40 +713,6 @@ impl<D: Datapath> Router<D> {
 
     pub fn datapath(&self) -> &Arc<D> {
         &self.inner.datapath
-    }
-
-    /// Gives a namespace an interface and records it in the state directory.
-    pub async fn attach(&self, request: AttachRequest) -> Result<Endpoint, DatapathError> {
-        let endpoint = self.inner.datapath.attach(request).await?;
-        self.save_endpoints();
-        Ok(endpoint)
-    }
-
-    pub async fn detach(&self, netns: PathBuf) -> Result<Endpoint, DatapathError> {
-        let endpoint = self.inner.datapath.detach(netns).await?;
-        self.save_endpoints();
-        Ok(endpoint)
-    }
-
-    /// Takes up endpoints of an earlier run; those whose interface is gone are forgotten.
-    pub async fn restore_endpoints(&self, endpoints: Vec<Endpoint>) {
-        for e in endpoints {
-            let netns = e.netns.clone();
-            match self.inner.datapath.restore_endpoint(e).await {
-                Ok(()) => tracing::info!("endpoint in {} taken up again", netns.display()),
-                Err(err) => tracing::warn!("endpoint in {} forgotten: {err}", netns.display()),
-            }
-        }
-        self.save_endpoints();
-    }
-
-    /// Writes the endpoints to the state directory.
-    pub fn save_endpoints(&self) {
-        if let Some(state) = &self.inner.state {
-            if let Err(e) = state.save_endpoints(&self.inner.datapath.endpoints()) {
-                tracing::error!("cannot save endpoints: {e}");
-            }
-        }
     }
 
     /// Says goodbye on every connection, stops dialling and waits (bounded) for every task.

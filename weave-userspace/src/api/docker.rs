@@ -7,8 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::{bad_request, parse_json, ApiError, AppState, EndpointView};
-use crate::docker::client::DockerError;
-use crate::docker::AttachError;
+use crate::node::containers::ContainerError;
 
 /// The body of `POST /docker/attach` and `POST /docker/detach`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -20,25 +19,17 @@ pub struct ContainerBody {
     pub addresses: Vec<String>,
 }
 
-impl From<AttachError> for ApiError {
-    fn from(e: AttachError) -> Self {
+impl From<ContainerError> for ApiError {
+    fn from(e: ContainerError) -> Self {
         let code = match &e {
-            AttachError::Docker(DockerError::NoSuchContainer(_)) => StatusCode::NOT_FOUND,
-            AttachError::Docker(DockerError::NotRunning(_)) => StatusCode::CONFLICT,
-            AttachError::Docker(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AttachError::Cidr(_) => StatusCode::BAD_REQUEST,
-            AttachError::Router(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ContainerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ContainerError::Conflict(_) => StatusCode::CONFLICT,
+            ContainerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ContainerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ContainerError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
     }
-}
-
-fn unavailable(e: DockerError) -> ApiError {
-    let code = match e {
-        DockerError::NoSuchContainer(_) => StatusCode::NOT_FOUND,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    ApiError(code, e.to_string())
 }
 
 /// `GET /docker`.
@@ -59,16 +50,7 @@ pub async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiErro
         )
     };
     let docker = s.docker_on()?;
-    let client = docker.connected().await.map_err(unavailable)?;
-    let facts = client.inspect(&body.container).await.map_err(unavailable)?;
-    let specs = specs.or_else(|| match &facts.wants {
-        Some(Ok(crate::docker::cidr::WeaveCidr::Attached(s))) => Some(s.clone()),
-        _ => Some(vec![crate::ipam::spec::AddressSpec::Default]),
-    });
-    let endpoint = docker
-        .attach(&facts, specs)
-        .await?
-        .ok_or_else(|| bad_request(format!("{} is not attached", body.container)))?;
+    let endpoint = docker.attach_container(&body.container, specs).await?;
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
 }
 
@@ -77,21 +59,6 @@ pub async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiErro
     s.ready()?;
     let body: ContainerBody = parse_json(&body)?;
     let docker = s.docker_on()?;
-    let id = if crate::docker::client::is_container_id(&body.container) {
-        body.container.clone()
-    } else {
-        let client = docker.connected().await.map_err(unavailable)?;
-        client
-            .inspect(&body.container)
-            .await
-            .map_err(unavailable)?
-            .id
-    };
-    match docker.detach(&id).await? {
-        Some(e) => Ok(axum::Json(EndpointView::from(&e)).into_response()),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("{} is not attached", body.container),
-        )),
-    }
+    let endpoint = docker.detach_container(&body.container).await?;
+    Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
 }

@@ -14,7 +14,6 @@ use super::{bad_request, parse_json, ApiError, ApiState, AppState};
 use crate::datapath::Ipv4Cidr;
 use crate::ipam::cidr::Cidr;
 use crate::ipam::service::{IpamReport, IpamService, IpamServiceError};
-use crate::ipam::spec::AddressSpec;
 use crate::mesh::peer_name::PeerName;
 
 impl From<IpamServiceError> for ApiError {
@@ -41,42 +40,6 @@ fn ipam_of(s: &ApiState) -> Result<Arc<IpamService>, ApiError> {
             "IP allocation is off in this router".into(),
         )
     })
-}
-
-/// Turns address specs into addresses for `owner`: allocations and claims in the range go
-/// through IPAM; addresses outside it are used as given. On any error, what this call
-/// allocated is released again and nothing is left allocated.
-pub async fn resolve(
-    ipam: Option<&IpamService>,
-    owner: &str,
-    specs: &[AddressSpec],
-) -> Result<Vec<Ipv4Cidr>, ApiError> {
-    let mut out = Vec::new();
-    for spec in specs {
-        let result = match (spec, ipam) {
-            (AddressSpec::Ip(a), Some(i)) if i.range().contains(a.addr) => {
-                i.claim(owner, *a).await.map(|()| *a)
-            }
-            (AddressSpec::Ip(a), _) => Ok(*a),
-            (AddressSpec::Default, Some(i)) => i.allocate(owner, None).await,
-            (AddressSpec::Net(c), Some(i)) => i.allocate(owner, Some(*c)).await,
-            (_, None) => {
-                return Err(bad_request(format!(
-                    "{spec}: IP allocation is off in this router; give addresses"
-                )));
-            }
-        };
-        match result {
-            Ok(a) => out.push(a),
-            Err(e) => {
-                if let Some(i) = ipam {
-                    let _ = i.release(owner);
-                }
-                return Err(e.into());
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn addresses_text(addresses: &[Ipv4Cidr]) -> String {
@@ -169,9 +132,6 @@ pub async fn rmpeer(State(s): AppState, body: Bytes) -> Result<String, ApiError>
     Ok(format!("{total} IPs taken over from {peer}\n"))
 }
 
-/// The IPAM owner of the host's exposed addresses.
-pub const EXPOSE_OWNER: &str = "weave:expose";
-
 /// The body of `POST /expose`: address specs (none: `net:default`).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ExposeBody {
@@ -189,30 +149,15 @@ pub async fn expose(State(s): AppState, body: Bytes) -> Result<String, ApiError>
     };
     let specs =
         crate::ipam::spec::parse_all(&body.addresses).map_err(|e| bad_request(e.to_string()))?;
-    let c = s.ready()?;
-    let ipam = c.ipam();
-    let addresses = resolve(ipam.as_deref(), EXPOSE_OWNER, &specs).await?;
-    for a in &addresses {
-        if let Err(e) = c.expose(*a).await {
-            if let Some(i) = &ipam {
-                let _ = i.release(EXPOSE_OWNER);
-            }
-            return Err(e.into());
-        }
-    }
+    let addresses = s.ready()?.expose(&specs).await?;
     Ok(addresses_text(&addresses))
 }
 
 /// `POST /hide`: takes the exposed addresses away and releases them.
 pub async fn hide(State(s): AppState) -> Result<String, ApiError> {
-    let c = s.ready()?;
-    let ipam = ipam_of(&s)?;
-    let addresses = ipam.addresses_of(EXPOSE_OWNER);
-    for a in &addresses {
-        c.hide(*a).await?;
-    }
-    ipam.release(EXPOSE_OWNER)?;
-    Ok(addresses_text(&addresses))
+    let node = s.ready()?;
+    ipam_of(&s)?;
+    Ok(addresses_text(&node.hide().await?))
 }
 
 /// `POST /reset`: detaches every endpoint, hands our IP space to a reachable peer, forgets
@@ -222,7 +167,7 @@ pub async fn reset(State(s): AppState) -> Result<String, ApiError> {
     let mut said = String::new();
     for e in c.endpoints() {
         let owner = e.netns.display().to_string();
-        c.detach(e.netns.clone()).await?;
+        c.detach_interface(e.netns.clone()).await?;
         if let Some(i) = c.ipam() {
             i.release(&owner)?;
         }

@@ -29,119 +29,22 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::datapath::{AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint};
+use crate::datapath::{DatapathError, Endpoint};
 use crate::mesh::connection_maker::Target;
-use crate::router::{MeshStatus, Router};
+use crate::node::containers::Containers;
+use crate::node::endpoints::{AddressError, AttachOrder, EndpointsError};
+use crate::node::Node;
+use crate::router::MeshStatus;
 use text::DaemonInfo;
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// What the API asks of the running router (object-safe, so handlers need not be generic).
-pub trait Controller: Send + Sync + 'static {
-    fn status(&self) -> MeshStatus;
-    fn mesh_summary(&self) -> crate::router::gossip::MeshSummary;
-    /// IP allocation, when on.
-    fn ipam(&self) -> Option<Arc<crate::ipam::service::IpamService>>;
-    /// Gives the host an address on the weave network (see [`Datapath::expose`]).
-    fn expose(
-        &self,
-        address: crate::datapath::Ipv4Cidr,
-    ) -> BoxFuture<'_, Result<(), DatapathError>>;
-    fn hide(&self, address: crate::datapath::Ipv4Cidr) -> BoxFuture<'_, Result<(), DatapathError>>;
-    fn daemon_info(&self) -> DaemonInfo;
-    fn endpoints(&self) -> Vec<Endpoint>;
-    fn counters(&self) -> Result<DatapathCounters, DatapathError>;
-    fn attach(&self, request: AttachRequest) -> BoxFuture<'_, Result<Endpoint, DatapathError>>;
-    fn detach(&self, netns: PathBuf) -> BoxFuture<'_, Result<Endpoint, DatapathError>>;
-    /// Adds targets to dial (or, with `replace`, makes them the only targets).
-    fn connect(&self, targets: Vec<Target>, replace: bool);
-    /// Stops dialling targets; returns those that were targets.
-    fn forget(&self, targets: Vec<Target>) -> Vec<Target>;
-}
-
-/// A router and what the status shows about its data path.
-pub struct RouterController<D: Datapath> {
-    pub router: Arc<Router<D>>,
-    pub ipam: Option<Arc<crate::ipam::service::IpamService>>,
-    pub iface: String,
-    pub xdp: String,
-}
-
-impl<D: Datapath> Controller for RouterController<D> {
-    fn status(&self) -> MeshStatus {
-        self.router.status()
-    }
-
-    fn mesh_summary(&self) -> crate::router::gossip::MeshSummary {
-        self.router.mesh_summary()
-    }
-
-    fn ipam(&self) -> Option<Arc<crate::ipam::service::IpamService>> {
-        self.ipam.clone()
-    }
-
-    fn expose(
-        &self,
-        address: crate::datapath::Ipv4Cidr,
-    ) -> BoxFuture<'_, Result<(), DatapathError>> {
-        Box::pin(self.router.datapath().expose(address))
-    }
-
-    fn hide(&self, address: crate::datapath::Ipv4Cidr) -> BoxFuture<'_, Result<(), DatapathError>> {
-        Box::pin(self.router.datapath().hide(address))
-    }
-
-    fn daemon_info(&self) -> DaemonInfo {
-        let dp = self.router.datapath();
-        DaemonInfo {
-            version: env!("CARGO_PKG_VERSION").into(),
-            iface: self.iface.clone(),
-            xdp: self.xdp.clone(),
-            container_mtu: dp.container_mtu(),
-            endpoints: dp.endpoints().len(),
-            pid: std::process::id(),
-        }
-    }
-
-    fn endpoints(&self) -> Vec<Endpoint> {
-        self.router.datapath().endpoints()
-    }
-
-    fn counters(&self) -> Result<DatapathCounters, DatapathError> {
-        self.router.datapath().counters()
-    }
-
-    fn attach(&self, request: AttachRequest) -> BoxFuture<'_, Result<Endpoint, DatapathError>> {
-        Box::pin(self.router.attach(request))
-    }
-
-    fn detach(&self, netns: PathBuf) -> BoxFuture<'_, Result<Endpoint, DatapathError>> {
-        Box::pin(self.router.detach(netns))
-    }
-
-    fn connect(&self, targets: Vec<Target>, replace: bool) {
-        if replace {
-            self.router.replace_targets(targets);
-        } else {
-            for t in targets {
-                self.router.connect(t);
-            }
-        }
-    }
-
-    fn forget(&self, targets: Vec<Target>) -> Vec<Target> {
-        self.router.forget(&targets)
-    }
-}
 
 /// What the handlers share. The API answers from the start; until the router is up
 /// (its data path loaded) everything but `POST /stop` says 503.
 pub struct ApiState {
-    controller: std::sync::RwLock<Option<Arc<dyn Controller>>>,
+    node: std::sync::RwLock<Option<Arc<Node>>>,
     /// The DNS service, when it runs.
     dns: std::sync::RwLock<Option<Arc<crate::dns::Dns>>>,
     /// The Docker integration, when on.
-    docker: std::sync::RwLock<Option<Arc<crate::docker::DockerService>>>,
+    docker: std::sync::RwLock<Option<Arc<dyn Containers>>>,
     /// Set to true by `POST /stop`.
     stop: watch::Sender<bool>,
 }
@@ -149,7 +52,7 @@ pub struct ApiState {
 impl ApiState {
     pub fn new(stop: watch::Sender<bool>) -> Self {
         Self {
-            controller: std::sync::RwLock::new(None),
+            node: std::sync::RwLock::new(None),
             dns: std::sync::RwLock::new(None),
             docker: std::sync::RwLock::new(None),
             stop,
@@ -157,8 +60,8 @@ impl ApiState {
     }
 
     /// The router is up: answer for it.
-    pub fn set_ready(&self, controller: Arc<dyn Controller>) {
-        *self.controller.write().unwrap_or_else(|e| e.into_inner()) = Some(controller);
+    pub fn set_ready(&self, node: Arc<Node>) {
+        *self.node.write().unwrap_or_else(|e| e.into_inner()) = Some(node);
     }
 
     /// The DNS service the API answers for.
@@ -167,11 +70,11 @@ impl ApiState {
     }
 
     /// The Docker integration the API answers for.
-    pub fn set_docker(&self, docker: Option<Arc<crate::docker::DockerService>>) {
+    pub fn set_docker(&self, docker: Option<Arc<dyn Containers>>) {
         *self.docker.write().unwrap_or_else(|e| e.into_inner()) = docker;
     }
 
-    fn docker_on(&self) -> Result<Arc<crate::docker::DockerService>, ApiError> {
+    fn docker_on(&self) -> Result<Arc<dyn Containers>, ApiError> {
         self.docker
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -189,12 +92,7 @@ impl ApiState {
     }
 
     fn dns_on(&self) -> Result<Arc<crate::dns::Dns>, ApiError> {
-        self.dns().ok_or_else(|| {
-            ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "DNS is not running on this router (launched with --no-dns?)".into(),
-            )
-        })
+        self.dns().ok_or_else(|| EndpointsError::NoDns.into())
     }
 
     /// Asks the daemon to stop (as `POST /stop` does).
@@ -202,8 +100,8 @@ impl ApiState {
         let _ = self.stop.send(true);
     }
 
-    fn ready(&self) -> Result<Arc<dyn Controller>, ApiError> {
-        self.controller
+    fn ready(&self) -> Result<Arc<Node>, ApiError> {
+        self.node
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -213,6 +111,19 @@ impl ApiState {
                     "the router is still starting (setting up its data path)".into(),
                 )
             })
+    }
+}
+
+/// What the status shows about the daemon.
+fn daemon_info(node: &Node) -> DaemonInfo {
+    let shown = node.datapath_shown();
+    DaemonInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        iface: shown.iface.clone(),
+        xdp: shown.xdp.clone(),
+        container_mtu: node.container_mtu(),
+        endpoints: node.endpoints().len(),
+        pid: std::process::id(),
     }
 }
 
@@ -239,6 +150,20 @@ impl From<DatapathError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
+    }
+}
+
+impl From<EndpointsError> for ApiError {
+    fn from(e: EndpointsError) -> Self {
+        match e {
+            EndpointsError::Datapath(e) => e.into(),
+            EndpointsError::Addresses(AddressError::Ipam(e)) => e.into(),
+            EndpointsError::NoDns => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            EndpointsError::Save(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            EndpointsError::Addresses(AddressError::NoIpam(_))
+            | EndpointsError::BadName(_)
+            | EndpointsError::Register(_) => bad_request(e.to_string()),
+        }
     }
 }
 
@@ -435,7 +360,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
 
 async fn status(State(s): AppState) -> Result<String, ApiError> {
     let c = s.ready()?;
-    let mut out = text::summary(&c.status(), &c.daemon_info());
+    let mut out = text::summary(&c.status(), &daemon_info(&c));
     if let Some(i) = c.ipam() {
         out.push('\n');
         for (k, v) in ipam::summary_lines(&i.report()) {
@@ -466,7 +391,7 @@ async fn ps(State(s): AppState) -> Result<String, ApiError> {
     for e in s.ready()?.endpoints() {
         let v = EndpointView::from(&e);
         let who = match &e.owner {
-            Some(o) => crate::docker::short(o).to_string(),
+            Some(o) => crate::node::containers::short_id(o).to_string(),
             None => v.netns.display().to_string(),
         };
         out.push_str(&format!("{} {} {}\n", who, v.mac, v.addresses.join(" ")));
@@ -483,7 +408,7 @@ async fn status_mesh(State(s): AppState) -> Result<Response, ApiError> {
 
 async fn get_report(State(s): AppState) -> Result<Response, ApiError> {
     let c = s.ready()?;
-    let r = report(&c.status(), &c.daemon_info(), &c.endpoints());
+    let r = report(&c.status(), &daemon_info(&c), &c.endpoints());
     let mut body = serde_json::to_string_pretty(&r).expect("serialisable");
     body.push('\n');
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
@@ -523,13 +448,13 @@ fn check_netns(netns: &std::path::Path) -> Result<(), ApiError> {
 }
 
 async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
-    s.ready()?;
+    let node = s.ready()?;
     let body: AttachBody = parse_json(&body)?;
     check_netns(&body.netns)?;
     let specs =
         crate::ipam::spec::parse_all(&body.addresses).map_err(|e| bad_request(e.to_string()))?;
-    let endpoint = s
-        .attach_endpoint(AttachOrder {
+    let endpoint = node
+        .attach(AttachOrder {
             netns: body.netns,
             specs,
             hostname: body.hostname,
@@ -540,7 +465,7 @@ async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
 }
 
 async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
-    s.ready()?;
+    let node = s.ready()?;
     let body: DetachBody = parse_json(&body)?;
     if !body.netns.is_absolute() {
         return Err(bad_request(format!(
@@ -548,118 +473,8 @@ async fn detach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
             body.netns.display()
         )));
     }
-    let endpoint = s.detach_endpoint(body.netns).await?;
+    let endpoint = node.detach(body.netns).await?;
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
-}
-
-/// What [`ApiState::attach_endpoint`] is asked to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AttachOrder {
-    pub netns: PathBuf,
-    pub specs: Vec<crate::ipam::spec::AddressSpec>,
-    /// A name to register in the DNS domain for the addresses (removed on detach).
-    pub hostname: Option<String>,
-    /// Whose addresses and names they are (a container ID); the namespace path when `None`.
-    pub owner: Option<String>,
-}
-
-impl ApiState {
-    /// The attached endpoints.
-    /// The controller, once the router is up.
-    pub fn controller(&self) -> Result<Arc<dyn Controller>, ApiError> {
-        self.ready()
-    }
-
-    pub fn endpoints(&self) -> Result<Vec<Endpoint>, ApiError> {
-        Ok(self.ready()?.endpoints())
-    }
-
-    /// IP allocation, when the router is up and has it on.
-    pub fn ipam_service(&self) -> Option<Arc<crate::ipam::service::IpamService>> {
-        self.ready().ok().and_then(|c| c.ipam())
-    }
-
-    /// The DNS service, when it runs.
-    pub fn dns_service(&self) -> Option<Arc<crate::dns::Dns>> {
-        self.dns()
-    }
-
-    /// Allocates or claims the addresses, gives the namespace its interface and registers
-    /// the name. On any error nothing is left: no interface, no allocation, no name.
-    pub async fn attach_endpoint(&self, order: AttachOrder) -> Result<Endpoint, ApiError> {
-        let c = self.ready()?;
-        let named = match &order.hostname {
-            Some(h) => {
-                let dns = self.dns_on()?;
-                let fqdn = dns.qualify(h).map_err(|e| bad_request(e.to_string()))?;
-                Some((dns, fqdn))
-            }
-            None => None,
-        };
-        if c.endpoints().iter().any(|e| e.netns == order.netns) {
-            return Err(DatapathError::AlreadyAttached(order.netns.clone()).into());
-        }
-        let ipam = c.ipam();
-        let owner = order
-            .owner
-            .clone()
-            .unwrap_or_else(|| order.netns.display().to_string());
-        let addresses = ipam::resolve(ipam.as_deref(), &owner, &order.specs).await?;
-        let attached = c
-            .attach(AttachRequest {
-                netns: order.netns,
-                addresses,
-                owner: order.owner,
-                hand_over: false,
-            })
-            .await;
-        let endpoint = match attached {
-            Ok(e) => e,
-            Err(e) => {
-                if let Some(i) = &ipam {
-                    let _ = i.release(&owner);
-                }
-                return Err(e.into());
-            }
-        };
-        tracing::info!(
-            "attached {} as {}",
-            endpoint.netns.display(),
-            endpoint.host_ifname
-        );
-        if let Some((dns, fqdn)) = named {
-            let addrs: Vec<std::net::Ipv4Addr> =
-                endpoint.addresses.iter().map(|a| a.addr).collect();
-            if !addrs.is_empty() {
-                if let Err(e) = dns.add(&owner, &addrs, &fqdn) {
-                    let _ = self.detach_endpoint(endpoint.netns.clone()).await;
-                    return Err(bad_request(e.to_string()));
-                }
-            }
-        }
-        Ok(endpoint)
-    }
-
-    /// Takes the namespace's interface away, removes its names and releases its addresses.
-    pub async fn detach_endpoint(&self, netns: PathBuf) -> Result<Endpoint, ApiError> {
-        let c = self.ready()?;
-        let endpoint = c.detach(netns).await?;
-        let owner = endpoint.owner();
-        if let Some(dns) = self.dns() {
-            let _ = dns.remove(&owner, &[], None);
-        }
-        if let Some(i) = c.ipam() {
-            if let Err(e) = i.release(&owner) {
-                tracing::error!("cannot release the addresses of {owner}: {e}");
-            }
-        }
-        tracing::info!(
-            "detached {} ({})",
-            endpoint.netns.display(),
-            endpoint.host_ifname
-        );
-        Ok(endpoint)
-    }
 }
 
 async fn connect(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {

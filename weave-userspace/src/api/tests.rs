@@ -10,7 +10,7 @@ use crate::datapath::fake::FakeDatapath;
 use crate::mesh::connection::Timings;
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::Hello;
-use crate::router::{bind, RouterConfig};
+use crate::router::{bind, Router, RouterConfig};
 
 struct Served {
     router: Arc<Router<FakeDatapath>>,
@@ -66,12 +66,16 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
     )
     .unwrap();
     let ipam = crate::ipam::service::IpamService::new(ipam, None);
-    state.set_ready(Arc::new(RouterController {
-        router: router.clone(),
-        ipam: Some(ipam),
-        iface: "lo".into(),
-        xdp: "off".into(),
-    }));
+    state.set_ready(Arc::new(crate::node::Node::new(
+        router.clone(),
+        crate::node::endpoints::Interfaces::new(router.datapath().clone(), None),
+        Some(ipam),
+        None,
+        crate::node::DatapathShown {
+            iface: "lo".into(),
+            xdp: "off".into(),
+        },
+    )));
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = http_listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(http_listener, app(state)).await.unwrap() });

@@ -31,6 +31,24 @@ pub fn send(ifindex: u32, mac: [u8; 6], addrs: &[Ipv4Addr]) -> std::io::Result<(
     Ok(())
 }
 
+/// Sends, inside network namespace `netns`, a gratuitous ARP from each interface whose MAC is
+/// one of `announced` for that interface's addresses: for interfaces someone else moved into
+/// a container (the Docker network plugin's), once they are up there.
+pub async fn announce_in_netns(
+    netns: &std::path::Path,
+    announced: Vec<([u8; 6], Vec<Ipv4Addr>)>,
+) -> Result<(), super::DatapathError> {
+    super::netlink::in_netns(netns, move |nl| async move {
+        for link in nl.links().await? {
+            if let Some((mac, addrs)) = announced.iter().find(|(m, _)| *m == link.mac) {
+                send(link.index, *mac, addrs)?;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

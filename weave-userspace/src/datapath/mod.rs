@@ -6,6 +6,7 @@
 
 pub mod fake;
 
+pub mod dyn_datapath;
 pub mod ebpf;
 pub mod frag_needed;
 pub mod garp;

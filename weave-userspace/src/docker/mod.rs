@@ -20,9 +20,13 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::api::{ApiError, ApiState, AttachOrder};
+use crate::datapath::dyn_datapath::BoxFuture;
 use crate::datapath::Endpoint;
 use crate::ipam::spec::AddressSpec;
+pub use crate::node::containers::{short_id as short, DockerInfo};
+use crate::node::containers::{ContainerError, Containers};
+use crate::node::endpoints::{AttachOrder, EndpointsError};
+use crate::node::Node;
 use cidr::WeaveCidr;
 use client::{is_container_id, ContainerFacts, DockerClient, DockerError};
 
@@ -48,20 +52,36 @@ pub enum AttachError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Cidr(#[from] cidr::WeaveCidrError),
-    #[error("{0}")]
-    Router(String),
+    #[error(transparent)]
+    Endpoints(#[from] EndpointsError),
 }
 
-impl From<ApiError> for AttachError {
-    fn from(e: ApiError) -> Self {
-        AttachError::Router(e.1)
+impl From<AttachError> for ContainerError {
+    fn from(e: AttachError) -> Self {
+        let message = e.to_string();
+        match e {
+            AttachError::Docker(DockerError::NoSuchContainer(_)) => Self::NotFound(message),
+            AttachError::Docker(DockerError::NotRunning(_)) => Self::Conflict(message),
+            AttachError::Docker(_) => Self::Unavailable(message),
+            AttachError::Cidr(_) => Self::BadRequest(message),
+            AttachError::Endpoints(_) => Self::Failed(message),
+        }
+    }
+}
+
+/// The daemon cannot be asked (or has no such container).
+fn unavailable(e: DockerError) -> ContainerError {
+    let message = e.to_string();
+    match e {
+        DockerError::NoSuchContainer(_) => ContainerError::NotFound(message),
+        _ => ContainerError::Unavailable(message),
     }
 }
 
 /// The Docker side of a router: the current connection to the daemon and the one place
 /// containers are attached and detached (the watcher and the proxy both go through it).
 pub struct DockerService {
-    pub(crate) api: Arc<ApiState>,
+    pub(crate) node: Arc<Node>,
     settings: DockerSettings,
     client: Mutex<Option<DockerClient>>,
     /// Serialises attach, detach and re-sync: a container is attached once, whoever sees
@@ -69,21 +89,10 @@ pub struct DockerService {
     busy: tokio::sync::Mutex<()>,
 }
 
-/// What `GET /docker` shows.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "PascalCase")]
-pub struct DockerInfo {
-    pub docker_host: String,
-    /// `unix://` address of the proxy, when it runs.
-    pub proxy: Option<String>,
-    /// The negotiated API version while connected.
-    pub api_version: Option<String>,
-}
-
 impl DockerService {
-    pub fn new(api: Arc<ApiState>, settings: DockerSettings) -> Arc<Self> {
+    pub fn new(node: Arc<Node>, settings: DockerSettings) -> Arc<Self> {
         Arc::new(Self {
-            api,
+            node,
             settings,
             client: Mutex::new(None),
             busy: tokio::sync::Mutex::new(()),
@@ -128,9 +137,8 @@ impl DockerService {
 
     /// The endpoint of a container, if attached.
     fn endpoint_of(&self, id: &str) -> Option<Endpoint> {
-        self.api
+        self.node
             .endpoints()
-            .ok()?
             .into_iter()
             .find(|e| e.owner.as_deref() == Some(id))
     }
@@ -168,16 +176,16 @@ impl DockerService {
                 return Ok(Some(e));
             }
             // Restarted: its earlier namespace is gone.
-            self.api.detach_endpoint(e.netns).await?;
+            self.node.detach(e.netns).await?;
         }
         let hostname = self
-            .api
-            .dns_service()
+            .node
+            .dns()
             .filter(|d| d.qualify(&facts.name).is_ok())
             .map(|_| facts.name.clone());
         let endpoint = self
-            .api
-            .attach_endpoint(AttachOrder {
+            .node
+            .attach(AttachOrder {
                 netns,
                 specs,
                 hostname,
@@ -204,9 +212,8 @@ impl DockerService {
     /// (the one sent at `Join` may go out before the link can carry it).
     async fn announce_plugin_endpoints(&self, facts: &ContainerFacts) {
         let endpoints: Vec<Endpoint> = self
-            .api
+            .node
             .endpoints()
-            .unwrap_or_default()
             .into_iter()
             .filter(|e| {
                 plugin::endpoint_id(&e.netns)
@@ -217,24 +224,11 @@ impl DockerService {
             return;
         }
         if let Some(netns) = facts.netns() {
-            let ends: Vec<([u8; 6], Vec<std::net::Ipv4Addr>)> = endpoints
-                .iter()
-                .map(|e| (e.mac, e.addresses.iter().map(|a| a.addr).collect()))
-                .collect();
-            let sent = crate::datapath::netlink::in_netns(&netns, move |nl| async move {
-                for link in nl.links().await? {
-                    if let Some((mac, addrs)) = ends.iter().find(|(m, _)| *m == link.mac) {
-                        crate::datapath::garp::send(link.index, *mac, addrs)?;
-                    }
-                }
-                Ok(())
-            })
-            .await;
-            if let Err(e) = sent {
+            if let Err(e) = self.node.announce(&netns, &endpoints).await {
                 tracing::warn!("Docker container {}: gratuitous ARP: {e}", facts.name);
             }
         }
-        let Some(dns) = self.api.dns_service() else {
+        let Some(dns) = self.node.dns() else {
             return;
         };
         let Ok(fqdn) = dns.qualify(&facts.name) else {
@@ -259,15 +253,15 @@ impl DockerService {
 
     async fn detach_locked(&self, id: &str) -> Result<Option<Endpoint>, AttachError> {
         let endpoint = match self.endpoint_of(id) {
-            Some(e) => Some(self.api.detach_endpoint(e.netns).await?),
+            Some(e) => Some(self.node.detach(e.netns).await?),
             None => None,
         };
         // Whatever is left of it (say, it stopped while the router was down).
         let mut released = Vec::new();
-        if let Some(i) = self.api.ipam_service() {
+        if let Some(i) = self.node.ipam() {
             released = i.release(id).unwrap_or_default();
         }
-        if let Some(d) = self.api.dns_service() {
+        if let Some(d) = self.node.dns() {
             let _ = d.remove(id, &[], None);
         }
         if endpoint.is_some() || !released.is_empty() {
@@ -288,15 +282,15 @@ impl DockerService {
             }
         }
         let mut gone = BTreeSet::new();
-        for e in self.api.endpoints().unwrap_or_default() {
+        for e in self.node.endpoints() {
             if let Some(o) = e.owner.filter(|o| is_container_id(o)) {
                 gone.insert(o);
             }
         }
-        if let Some(i) = self.api.ipam_service() {
+        if let Some(i) = self.node.ipam() {
             gone.extend(i.owners().into_iter().filter(|o| is_container_id(o)));
         }
-        if let Some(d) = self.api.dns_service() {
+        if let Some(d) = self.node.dns() {
             let me = d.peer_name();
             gone.extend(
                 d.info()
@@ -316,6 +310,48 @@ impl DockerService {
     }
 }
 
+/// The HTTP API's way to the containers: by name or ID, through the daemon.
+impl Containers for DockerService {
+    fn info(&self) -> DockerInfo {
+        DockerService::info(self)
+    }
+
+    fn attach_container<'a>(
+        &'a self,
+        container: &'a str,
+        specs: Option<Vec<AddressSpec>>,
+    ) -> BoxFuture<'a, Result<Endpoint, ContainerError>> {
+        Box::pin(async move {
+            let client = self.connected().await.map_err(unavailable)?;
+            let facts = client.inspect(container).await.map_err(unavailable)?;
+            let specs = specs.or_else(|| match &facts.wants {
+                Some(Ok(WeaveCidr::Attached(s))) => Some(s.clone()),
+                _ => Some(vec![AddressSpec::Default]),
+            });
+            self.attach(&facts, specs)
+                .await?
+                .ok_or_else(|| ContainerError::BadRequest(format!("{container} is not attached")))
+        })
+    }
+
+    fn detach_container<'a>(
+        &'a self,
+        container: &'a str,
+    ) -> BoxFuture<'a, Result<Endpoint, ContainerError>> {
+        Box::pin(async move {
+            let id = if is_container_id(container) {
+                container.to_string()
+            } else {
+                let client = self.connected().await.map_err(unavailable)?;
+                client.inspect(container).await.map_err(unavailable)?.id
+            };
+            self.detach(&id)
+                .await?
+                .ok_or_else(|| ContainerError::NotFound(format!("{container} is not attached")))
+        })
+    }
+}
+
 /// A listening unix socket at `path`: its directory made, a stale socket replaced.
 pub(crate) fn bind_unix_socket(
     path: &std::path::Path,
@@ -325,9 +361,4 @@ pub(crate) fn bind_unix_socket(
     }
     let _ = std::fs::remove_file(path);
     tokio::net::UnixListener::bind(path)
-}
-
-/// The first 12 digits of an ID, as Docker shows them.
-pub fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }

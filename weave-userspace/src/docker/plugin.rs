@@ -76,8 +76,8 @@ impl Plugin {
 
     fn ipam(&self) -> Result<Arc<crate::ipam::service::IpamService>, Failure> {
         self.service
-            .api
-            .ipam_service()
+            .node
+            .ipam()
             .ok_or_else(|| "IP allocation is off on this router (or it is not ready)".to_string())
     }
 
@@ -172,14 +172,14 @@ impl Plugin {
             .get(id)
             .copied()
             .ok_or_else(|| format!("endpoint {id} unknown to the weave plugin"))?;
-        let c = self.service.api.controller().map_err(|e| e.1)?;
+        let node = &self.service.node;
         let key = endpoint_key(id);
-        if let Some(old) = c.endpoints().into_iter().find(|e| e.netns == key) {
-            let _ = c.detach(old.netns).await;
+        if let Some(old) = node.endpoints().into_iter().find(|e| e.netns == key) {
+            let _ = node.detach_interface(old.netns).await;
         }
         let owner = self.ipam().ok().and_then(|i| owner_of(&i, address.addr));
-        let endpoint = c
-            .attach(AttachRequest {
+        let endpoint = node
+            .attach_interface(AttachRequest {
                 netns: key,
                 addresses: vec![address],
                 owner,
@@ -193,10 +193,8 @@ impl Plugin {
             address,
             endpoint.host_ifname
         );
-        let routes: Vec<Value> = self
-            .service
-            .api
-            .dns_service()
+        let routes: Vec<Value> = node
+            .dns()
             .and_then(|d| match d.config().listen.ip() {
                 std::net::IpAddr::V4(a) if !a.is_loopback() && !a.is_unspecified() => Some(a),
                 _ => None,
@@ -206,7 +204,7 @@ impl Plugin {
             .collect();
         Ok(json!({
             "InterfaceName": {
-                "SrcName": crate::datapath::ebpf::handover_name(&endpoint.host_ifname),
+                "SrcName": node.handover_name(&endpoint.host_ifname),
                 "DstPrefix": DST_PREFIX,
             },
             "StaticRoutes": routes,
@@ -217,10 +215,12 @@ impl Plugin {
     /// Takes the endpoint's veth away (Docker moved it back, or it is gone with the
     /// namespace); its address stays until `ReleaseAddress`.
     async fn leave(&self, id: &str) -> Result<(), Failure> {
-        let c = self.service.api.controller().map_err(|e| e.1)?;
+        let node = &self.service.node;
         let key = endpoint_key(id);
-        if c.endpoints().iter().any(|e| e.netns == key) {
-            c.detach(key).await.map_err(|e| e.to_string())?;
+        if node.endpoints().iter().any(|e| e.netns == key) {
+            node.detach_interface(key)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -383,12 +383,13 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::api::{ApiState, RouterController};
     use crate::datapath::fake::FakeDatapath;
     use crate::datapath::Datapath;
     use crate::mesh::connection::Timings;
     use crate::mesh::peer_name::{PeerName, ShortId};
     use crate::mesh::protocol::Hello;
+    use crate::node::endpoints::Interfaces;
+    use crate::node::{DatapathShown, Node};
     use crate::router::{bind, Router, RouterConfig};
 
     /// A plugin over a router with the in-memory data path and IPAM in 10.2.0.0/16
@@ -421,8 +422,6 @@ mod tests {
             Arc::new(FakeDatapath::new()),
             None,
         ));
-        let (stop_tx, _) = tokio::sync::watch::channel(false);
-        let state = Arc::new(ApiState::new(stop_tx));
         let ipam = crate::ipam::node::Ipam::new(
             me,
             "10.2.0.0/16".parse().unwrap(),
@@ -431,14 +430,18 @@ mod tests {
             1,
         )
         .unwrap();
-        state.set_ready(Arc::new(RouterController {
-            router: router.clone(),
-            ipam: Some(crate::ipam::service::IpamService::new(ipam, None)),
-            iface: "lo".into(),
-            xdp: "off".into(),
-        }));
+        let node = Arc::new(Node::new(
+            router.clone(),
+            Interfaces::new(router.datapath().clone(), None),
+            Some(crate::ipam::service::IpamService::new(ipam, None)),
+            None,
+            DatapathShown {
+                iface: "lo".into(),
+                xdp: "off".into(),
+            },
+        ));
         let service = DockerService::new(
-            state,
+            node,
             super::super::DockerSettings {
                 host: "unix:///nonexistent".into(),
                 proxy_socket: None,

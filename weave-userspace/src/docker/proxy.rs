@@ -154,8 +154,8 @@ async fn create(
         )
     })?;
     let dns = service
-        .api
-        .dns_service()
+        .node
+        .dns()
         .map(|d| d.info())
         .map(|i| (i.listen, i.domain));
     complete_create(

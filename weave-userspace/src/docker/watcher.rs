@@ -57,7 +57,7 @@ pub async fn run(service: Arc<DockerService>) {
 /// may have no space yet right after the router joined the mesh).
 async fn ensure_network(service: Arc<DockerService>, client: DockerClient) {
     let name = super::plugin::PLUGIN_NAME;
-    let Some(ipam) = service.api.ipam_service() else {
+    let Some(ipam) = service.node.ipam() else {
         return;
     };
     let subnet = ipam.default_subnet().to_string();

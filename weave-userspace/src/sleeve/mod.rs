@@ -10,6 +10,7 @@
 //! reason), learns the sender's MAC and writes the frame into the TAP. Peers are direct
 //! connections only.
 
+pub mod bridge_port;
 pub mod packet;
 pub mod tap;
 

@@ -1,0 +1,60 @@
+//! The container engine as the HTTP API reaches it (`GET /docker`, `POST /docker/attach`,
+//! `POST /docker/detach`): a port the Docker integration implements, so that the API and
+//! the integration need not know each other.
+
+use crate::datapath::dyn_datapath::BoxFuture;
+use crate::datapath::Endpoint;
+use crate::ipam::spec::AddressSpec;
+
+/// What `GET /docker` shows.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct DockerInfo {
+    pub docker_host: String,
+    /// `unix://` address of the proxy, when it runs.
+    pub proxy: Option<String>,
+    /// The negotiated API version while connected.
+    pub api_version: Option<String>,
+}
+
+/// Why a container was not attached or detached, by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// No such container, or it has nothing attached.
+    #[error("{0}")]
+    NotFound(String),
+    /// The container is not running.
+    #[error("{0}")]
+    Conflict(String),
+    /// The engine cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// What the container asks for cannot be.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Attaching or detaching failed in the router.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Containers of the engine, attached and detached by name or ID.
+pub trait Containers: Send + Sync + 'static {
+    fn info(&self) -> DockerInfo;
+    /// Attaches a running container with `specs`, or (`None`) as it asks, else in the
+    /// default subnet.
+    fn attach_container<'a>(
+        &'a self,
+        container: &'a str,
+        specs: Option<Vec<AddressSpec>>,
+    ) -> BoxFuture<'a, Result<Endpoint, ContainerError>>;
+    /// Detaches a container: its interface, addresses and names go.
+    fn detach_container<'a>(
+        &'a self,
+        container: &'a str,
+    ) -> BoxFuture<'a, Result<Endpoint, ContainerError>>;
+}
+
+/// The first 12 digits of a container ID, as Docker shows them.
+pub fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}

@@ -1,0 +1,473 @@
+//! The composition root: `weave-router launch --foreground` starts the HTTP API, the data
+//! path, the sleeve, the router, DNS, IP allocation and the Docker integration, wires them
+//! into a [`Node`] and runs until SIGTERM, SIGINT or `POST /stop`, then takes it all down.
+//! The only part of the node that knows the adapters (it starts them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use super::endpoints::Interfaces;
+use super::{DatapathShown, Node};
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::datapath::fake::FakeDatapath;
+use crate::datapath::{Datapath, DatapathError, DatapathSettings};
+use crate::ipam::node::{Ipam, IpamError};
+use crate::ipam::service::IpamService;
+use crate::mesh::connection::Timings;
+use crate::mesh::gossip_channel::ChannelId;
+use crate::mesh::peer_name::PeerName;
+use crate::mesh::protocol::Hello;
+use crate::router::{self, Router, RouterConfig, RouterError, SleeveUse};
+use crate::sleeve::bridge_port::SleeveStartError;
+use crate::state::{StateDir, StateError};
+
+/// UDP port of the data path (VXLAN).
+pub const DATA_PORT: u16 = 6784;
+
+/// Why the router did not start (or stopped on an error). The CLI prints the chain.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Signals(std::io::Error),
+    #[error("cannot derive a key from the password")]
+    Password(#[source] crate::crypto::password::PasswordError),
+    #[error(
+        "--ipalloc-range {range} overlaps the host route {route} on {dev}; choose another range"
+    )]
+    RangeOverlaps {
+        range: crate::ipam::cidr::Cidr,
+        route: String,
+        dev: String,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Listen(#[from] RouterError),
+    #[error("cannot serve the HTTP API on {addr}")]
+    HttpApi {
+        addr: std::net::SocketAddr,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("cannot start the data path")]
+    Datapath(#[source] DatapathError),
+    #[error("cannot put the DNS address on the weave bridge")]
+    ServiceAddress(#[source] DatapathError),
+    #[error("cannot start the sleeve data path")]
+    Sleeve(#[source] SleeveStartError),
+    #[error("cannot start DNS")]
+    Dns(#[source] crate::dns::DnsError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+}
+
+/// The address to put on the bridge for the DNS server: the listen address, unless it is
+/// unspecified or on an interface already.
+fn service_address(ip: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {
+    use crate::config::HostInfo;
+    let std::net::IpAddr::V4(v4) = ip else {
+        return None;
+    };
+    if v4.is_unspecified() || v4.is_loopback() {
+        return None;
+    }
+    let local = crate::config::RealHost
+        .interfaces()
+        .iter()
+        .any(|i| i.ipv4.contains(&v4) && i.name != crate::datapath::ebpf::BRIDGE_NAME);
+    (!local).then_some(v4)
+}
+
+/// Runs the router until SIGTERM, SIGINT or `POST /stop` (inside a tokio runtime).
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Signals are caught from the start: one that arrives while the data path is being set up
+    // stops the router as soon as it is up, cleanly.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api_state = Arc::new(ApiState::new(stop_tx));
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    {
+        let api_state = api_state.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sigterm.recv() => tracing::info!("SIGTERM"),
+                _ = sigint.recv() => tracing::info!("SIGINT"),
+            }
+            api_state.request_stop();
+        });
+    }
+
+    let password = match &config.password {
+        Some(p) => Some(Arc::new(p.derive_key().map_err(DaemonError::Password)?)),
+        None => None,
+    };
+    tracing::info!(
+        "encryption {}",
+        if password.is_some() {
+            "enabled: connections run a Noise handshake keyed by the password"
+        } else {
+            "disabled (no password)"
+        }
+    );
+    if let Some((route, dev)) = routes_overlapping(config.ipam.range).into_iter().next() {
+        return Err(DaemonError::RangeOverlaps {
+            range: config.ipam.range,
+            route,
+            dev,
+        });
+    }
+    let state = Arc::new(StateDir::open(&config.state_dir)?);
+    let identity = state.identity(config.name)?;
+    let listener = router::bind(config.listen_addr()).await?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|error| DaemonError::HttpApi {
+            addr: config.http_addr,
+            error,
+        })?;
+    tracing::info!(
+        "weave-router {} starting: peer {}({}), short ID {}, underlay {} on {}, control port {}, API on http://{}",
+        env!("CARGO_PKG_VERSION"),
+        identity.name,
+        config.nickname,
+        identity.short_id,
+        config.host,
+        config.iface,
+        config.listen_addr(),
+        config.http_addr
+    );
+    let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
+    let server = {
+        let app = api::app(api_state.clone());
+        let api_state = api_state.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("HTTP API failed: {e}");
+                api_state.request_stop();
+            }
+        })
+    };
+
+    let local = Hello {
+        name: identity.name,
+        nickname: config.nickname.clone(),
+        short_id: identity.short_id,
+        uid: rand::random(),
+        underlay: config.host,
+        data_port: DATA_PORT,
+        trusted_subnets: config.trusted_subnets.clone(),
+    };
+    let up = Up {
+        config: &config,
+        state,
+        local,
+        listener,
+        api_state,
+        stop: stop_rx,
+        password,
+    };
+    let result = if config.fake_datapath {
+        tracing::warn!("running with an in-memory data path: no traffic is carried");
+        let sleeve_use = up.sleeve_use(true);
+        up.run(Arc::new(FakeDatapath::new()), "off".into(), sleeve_use)
+            .await
+    } else {
+        // Without the privilege to load BPF the router still runs: the sleeve carries every
+        // peer.
+        let programs = match crate::datapath::ebpf::probe_bpf() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot use BPF ({e}): no kernel fast path, every peer goes through the sleeve, and containers of different subnets are not kept apart"
+                );
+                false
+            }
+        };
+        let sleeve_use = up.sleeve_use(programs);
+        let settings = DatapathSettings {
+            peer_name: identity.name,
+            own_short_id: identity.short_id,
+            underlay_iface: config.iface.clone(),
+            underlay_addr: config.host,
+            mtu: match config.mtu {
+                Some(m) => Some(m),
+                None if sleeve_use != SleeveUse::Fallback => {
+                    crate::sleeve::bridge_port::default_container_mtu(&config.iface).await
+                }
+                None => None,
+            },
+            xdp: config.xdp,
+            pin_root: config.pin_root.clone(),
+            programs,
+        };
+        match crate::datapath::ebpf::EbpfDatapath::start(settings).await {
+            Ok(datapath) => {
+                let xdp = if datapath.xdp_attached() { "on" } else { "off" };
+                up.run(Arc::new(datapath), xdp.into(), sleeve_use).await
+            }
+            Err(e) => Err(DaemonError::Datapath(e)),
+        }
+    };
+    let _ = server_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    if result.is_ok() {
+        tracing::info!("stopped");
+    }
+    result
+}
+
+/// IP allocation: continued from the state dir or new, joined to the mesh's IPAM channel.
+fn start_ipam<D: Datapath>(
+    config: &Config,
+    state: &Arc<StateDir>,
+    router: &Arc<Router<D>>,
+    ourself: PeerName,
+) -> Result<Arc<IpamService>, DaemonError> {
+    let c = &config.ipam;
+    let ipam = match state.load_ipam()? {
+        Some(stored) => Ipam::restore(
+            ourself,
+            c.default_subnet,
+            c.init.clone(),
+            c.expected_peers,
+            c.range,
+            stored,
+        )?,
+        None => Ipam::new(
+            ourself,
+            c.range,
+            c.default_subnet,
+            c.init.clone(),
+            c.expected_peers,
+        )?,
+    };
+    let service = IpamService::new(ipam, Some(state.clone()));
+    let gossiper = router.register_channel(ChannelId::Ipam, service.clone());
+    let weak = Arc::downgrade(router);
+    service.connect(
+        gossiper,
+        Box::new(move |peer| weak.upgrade().is_some_and(|r| r.reaches(peer))),
+    );
+    Ok(service)
+}
+
+/// The host's IPv4 routes (from /proc/net/route) that overlap `range`, other than the
+/// default route and routes on the weave bridge: `(destination, device)`.
+pub fn routes_overlapping(range: crate::ipam::cidr::Cidr) -> Vec<(String, String)> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
+    crate::net::parse_route_table(&table)
+        .into_iter()
+        .filter_map(|r| {
+            let len = r.destination.prefix_len;
+            let net = crate::ipam::cidr::Cidr::new(r.destination.addr, len).ok()?;
+            (len > 0 && r.device != crate::datapath::ebpf::BRIDGE_NAME && net.overlaps(range))
+                .then(|| (net.to_string(), r.device))
+        })
+        .collect()
+}
+
+/// The Docker event watcher and, unless turned off, the Docker API proxy and network plugin.
+fn start_docker(
+    node: &Arc<Node>,
+    api_state: &ApiState,
+    settings: &crate::docker::DockerSettings,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let service = crate::docker::DockerService::new(node.clone(), settings.clone());
+    api_state.set_docker(Some(service.clone()));
+    let mut tasks = vec![tokio::spawn(crate::docker::watcher::run(service.clone()))];
+    if let Some(path) = settings.plugin_socket.clone() {
+        let plugin = crate::docker::plugin::Plugin::new(service.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::docker::plugin::serve(plugin, path).await {
+                tracing::error!("{e}; running without the Docker network plugin");
+            }
+        }));
+    }
+    if let Some(path) = settings.proxy_socket.clone() {
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::docker::proxy::serve(service, path).await {
+                tracing::error!("{e}; running without the Docker proxy");
+            }
+        }));
+    }
+    tasks
+}
+
+/// Everything ready but the data path.
+struct Up<'a> {
+    config: &'a Config,
+    state: Arc<StateDir>,
+    local: Hello,
+    listener: TcpListener,
+    api_state: Arc<ApiState>,
+    stop: watch::Receiver<bool>,
+    password: Option<Arc<crate::crypto::PresharedKey>>,
+}
+
+impl Up<'_> {
+    /// Which peers the sleeve carries, given whether the kernel programs can be loaded.
+    fn sleeve_use(&self, programs: bool) -> SleeveUse {
+        if !programs {
+            SleeveUse::All
+        } else if self.config.sleeve {
+            SleeveUse::Untrusted
+        } else {
+            SleeveUse::Fallback
+        }
+    }
+
+    /// Runs the router over `datapath` until asked to stop, then takes it all down.
+    async fn run<D: Datapath>(
+        mut self,
+        datapath: Arc<D>,
+        xdp: String,
+        sleeve_use: SleeveUse,
+    ) -> Result<(), DaemonError> {
+        let endpoints = match self.state.load_endpoints() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("{e}; starting without earlier endpoints");
+                Vec::new()
+            }
+        };
+        let me = self.local.name;
+        let ourself = me;
+        if let Some(dns) = &self.config.dns {
+            if let Some(service) = service_address(dns.listen.ip()) {
+                datapath
+                    .add_service_address(service)
+                    .await
+                    .map_err(DaemonError::ServiceAddress)?;
+            }
+        }
+        // The sleeve carries every peer when asked to, and otherwise those whose fast path
+        // is blocked.
+        let sleeve = if self.config.fake_datapath {
+            None
+        } else {
+            let started = crate::sleeve::bridge_port::start_on_bridge(
+                crate::datapath::ebpf::BRIDGE_NAME,
+                self.local.short_id.get(),
+                self.config.host,
+                &self.config.iface,
+                datapath.container_mtu(),
+                self.password.is_some(),
+            )
+            .await;
+            match started {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) if sleeve_use == SleeveUse::Fallback => {
+                    tracing::warn!(
+                        "no sleeve data path ({e}): peers whose UDP 6784 is blocked stay unreachable"
+                    );
+                    None
+                }
+                Err(e) => return Err(DaemonError::Sleeve(e)),
+            }
+        };
+        let router_config = RouterConfig {
+            local: self.local,
+            targets: self.config.targets.clone(),
+            timings: Timings::default(),
+            discovery: self.config.discovery,
+            conn_limit: self.config.conn_limit,
+            password: self.password.clone(),
+            sleeve: sleeve.clone(),
+            sleeve_use,
+        };
+        let router = Arc::new(Router::start(
+            router_config,
+            self.listener,
+            datapath.clone(),
+            Some(self.state.clone()),
+        ));
+        let interfaces = Interfaces::new(datapath.clone(), Some(self.state.clone()));
+        interfaces.restore(endpoints).await;
+        let dns = match self.config.dns.clone() {
+            Some(dns_config) => {
+                let records = Arc::new(crate::dns::records::Records::new(me));
+                let gossiper = router.register_channel(ChannelId::Dns, records.clone());
+                let peers = router.clone();
+                match crate::dns::Dns::start(dns_config, records, gossiper, move || {
+                    peers.mesh_summary().peers
+                }) {
+                    Ok(d) => {
+                        let restored = d.restore_from(self.state.path().join("dns.json"));
+                        if restored > 0 {
+                            tracing::info!(
+                                "DNS: {restored} registrations of an earlier run restored"
+                            );
+                        }
+                        Some(Arc::new(d))
+                    }
+                    Err(e) if self.config.fake_datapath => {
+                        tracing::warn!("DNS not started: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        router.stop().await;
+                        if let Some(s) = &sleeve {
+                            s.stop();
+                        }
+                        let _ = datapath.shutdown().await;
+                        return Err(DaemonError::Dns(e));
+                    }
+                }
+            }
+            None => None,
+        };
+        self.api_state.set_dns(dns.clone());
+        let ipam = start_ipam(self.config, &self.state, &router, ourself)?;
+        let _ticker = ipam.spawn_ticker();
+        let node = Arc::new(Node::new(
+            router.clone(),
+            interfaces,
+            Some(ipam),
+            dns.clone(),
+            DatapathShown {
+                iface: self.config.iface.clone(),
+                xdp,
+            },
+        ));
+        node.expose_again().await;
+        self.api_state.set_ready(node.clone());
+        let docker_tasks = match &self.config.docker {
+            Some(settings) => start_docker(&node, &self.api_state, settings),
+            None => Vec::new(),
+        };
+        tracing::info!("ready");
+        tokio::spawn(crate::memory::trim_periodically(self.stop.clone()));
+
+        let _ = self.stop.wait_for(|s| *s).await;
+        tracing::info!("stopping");
+        for t in docker_tasks {
+            t.abort();
+        }
+        if let Some(d) = self.config.docker.as_ref() {
+            for p in d.proxy_socket.iter().chain(&d.plugin_socket) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        if let Some(dns) = dns {
+            let _ = tokio::task::spawn_blocking(move || dns.stop()).await;
+        }
+        router.stop().await;
+        node.save_endpoints();
+        if let Err(e) = datapath.shutdown().await {
+            tracing::error!("data path shutdown: {e}");
+        }
+        Ok(())
+    }
+}
