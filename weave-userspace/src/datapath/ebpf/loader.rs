@@ -33,21 +33,6 @@ pub const EGRESS_PROGRAM: &str = "to_container";
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-pub(super) fn bpf_err(what: impl std::fmt::Display) -> impl FnOnce(String) -> DatapathError {
-    move |e| DatapathError::Bpf(format!("{what}: {}", e.lines().next().unwrap_or("").trim()))
-}
-
-/// One line from aya's errors (verifier logs are long; the first line says what failed).
-fn one_line(e: &dyn std::fmt::Display) -> String {
-    let s = e.to_string();
-    let first = s.lines().next().unwrap_or("").trim().to_string();
-    // A verifier rejection ends in the reason: keep the last meaningful line too.
-    match s.lines().rev().find(|l| !l.trim().is_empty()) {
-        Some(last) if s.lines().count() > 1 => format!("{first} … {}", last.trim()),
-        _ => first,
-    }
-}
-
 /// Checks that this process may use BPF at all: creates (and closes) a one-entry array map,
 /// the least the programs need. The error (EPERM without the privilege) says why not.
 pub fn probe_bpf() -> std::io::Result<()> {
@@ -96,10 +81,10 @@ pub fn ensure_bpffs() -> Result<(), DatapathError> {
         )
     };
     if rc != 0 {
-        return Err(DatapathError::Bpf(format!(
-            "bpffs is not mounted at {BPFFS} and mounting it failed: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(DatapathError::BpfFs {
+            what: format!("bpffs is not mounted at {BPFFS} and mounting it failed"),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -158,9 +143,7 @@ pub(super) fn load(
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| DatapathError::Bpf(format!("loading the programs: {}", one_line(&e))))?;
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
 
     let mut maps = DatapathMaps::take(&mut ebpf)?;
     maps.write_config(
@@ -177,15 +160,11 @@ pub(super) fn load(
     for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
         prog.load()
-            .map_err(|e| DatapathError::Bpf(format!("loading {name}: {}", one_line(&e))))?;
+            .map_err(|e| DatapathError::program(format_args!("loading {name}"), e))?;
     }
-    let xdp: &mut Xdp = ebpf
-        .program_mut(XDP_PROGRAM)
-        .ok_or_else(|| DatapathError::Bpf(format!("program {XDP_PROGRAM} missing")))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| bpf_err(XDP_PROGRAM)(e.to_string()))?;
-    xdp.load()
-        .map_err(|e| DatapathError::Bpf(format!("loading {XDP_PROGRAM}: {}", one_line(&e))))?;
+    xdp_program(&mut ebpf)?
+        .load()
+        .map_err(|e| DatapathError::program(format_args!("loading {XDP_PROGRAM}"), e))?;
 
     let mut programs = Programs {
         ebpf,
@@ -265,41 +244,54 @@ impl Programs {
     /// Attaches the XDP admission filter to the underlay and pins its link.
     fn attach_xdp(&mut self, underlay: &LinkInfo) -> Result<(), DatapathError> {
         let xdp_pin = format!("xdp-{}", underlay.name);
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(XDP_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| DatapathError::Bpf(format!("program {XDP_PROGRAM} missing")))?;
+        let prog = xdp_program(&mut self.ebpf)?;
         let id = prog
             .attach_to_if_index(underlay.index, aya::programs::XdpMode::Default)
             .map_err(|e| {
-                DatapathError::Bpf(format!(
-                    "attaching XDP to {}: {}",
-                    underlay.name,
-                    one_line(&e)
-                ))
+                DatapathError::program(format_args!("attaching XDP to {}", underlay.name), e)
             })?;
         let link = prog
             .take_link(id)
-            .map_err(|e| bpf_err("XDP link")(e.to_string()))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| {
-                bpf_err(format!("XDP on {} is not a bpf link", underlay.name))(e.to_string())
-            })?;
-        let pinned = fd
-            .pin(self.links_dir.join(&xdp_pin))
-            .map_err(|e| bpf_err("pinning the XDP link")(e.to_string()))?;
+            .map_err(|e| DatapathError::program("XDP link", e))?;
+        let fd: FdLink = link.try_into().map_err(|source| DatapathError::Link {
+            what: format!("XDP on {} is not a bpf link", underlay.name),
+            source,
+        })?;
+        let pinned =
+            fd.pin(self.links_dir.join(&xdp_pin))
+                .map_err(|source| DatapathError::Pin {
+                    what: "pinning the XDP link".into(),
+                    source,
+                })?;
         self.links.insert(xdp_pin, pinned);
         Ok(())
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DatapathError> {
+/// Program `name` of the object, or an error saying it is missing.
+fn program_named<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut aya::programs::Program, DatapathError> {
     ebpf.program_mut(name)
-        .ok_or_else(|| DatapathError::Bpf(format!("program {name} missing from the object")))?
+        .ok_or_else(|| DatapathError::NotInObject {
+            kind: "program",
+            name: name.to_string(),
+        })
+}
+
+/// Classifier `name` of the object.
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DatapathError> {
+    program_named(ebpf, name)?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| bpf_err(name)(e.to_string()))
+        .map_err(|e| DatapathError::program(name, e))
+}
+
+/// The XDP admission filter of the object.
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    program_named(ebpf, XDP_PROGRAM)?
+        .try_into()
+        .map_err(|e| DatapathError::program(XDP_PROGRAM, e))
 }
 
 /// Attaches a classifier at tcx ingress or egress of `ifname` and pins the link at `pin`.
@@ -311,20 +303,21 @@ fn attach_tc(
     pin: &Path,
 ) -> Result<PinnedLink, DatapathError> {
     let prog = program(ebpf, name)?;
-    let id = prog.attach(ifname, hook).map_err(|e| {
-        DatapathError::Bpf(format!("attaching {name} to {ifname}: {}", one_line(&e)))
-    })?;
+    let id = prog
+        .attach(ifname, hook)
+        .map_err(|e| DatapathError::program(format_args!("attaching {name} to {ifname}"), e))?;
     let link = prog
         .take_link(id)
-        .map_err(|e| bpf_err(name)(e.to_string()))?;
-    let fd: FdLink = link
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| {
-            bpf_err(format!("{name} on {ifname} is not a tcx link"))(e.to_string())
-        })?;
+        .map_err(|e| DatapathError::program(name, e))?;
+    let fd: FdLink = link.try_into().map_err(|source| DatapathError::Link {
+        what: format!("{name} on {ifname} is not a tcx link"),
+        source,
+    })?;
     let _ = std::fs::remove_file(pin);
-    fd.pin(pin)
-        .map_err(|e| bpf_err(format!("pinning the link of {name} on {ifname}"))(e.to_string()))
+    fd.pin(pin).map_err(|source| DatapathError::Pin {
+        what: format!("pinning the link of {name} on {ifname}"),
+        source,
+    })
 }
 
 /// Creates the pin directory `pin_dir` (and its `links/`) after removing what an earlier
@@ -332,11 +325,9 @@ fn attach_tc(
 pub(super) fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
     ensure_bpffs()?;
     remove_pins(pin_dir);
-    std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| {
-        DatapathError::Bpf(format!(
-            "cannot create pin directory {}: {e}",
-            pin_dir.display()
-        ))
+    std::fs::create_dir_all(pin_dir.join("links")).map_err(|source| DatapathError::BpfFs {
+        what: format!("cannot create pin directory {}", pin_dir.display()),
+        source,
     })
 }
 
@@ -391,12 +382,5 @@ mod tests {
         assert_eq!(links[1].0, "egress-vethwe1234abcd");
         assert_eq!(links[1].1, EGRESS_PROGRAM);
         assert!(matches!(links[1].2, TcAttachType::Egress));
-    }
-
-    #[test]
-    fn one_line_keeps_the_first_and_last_lines_of_a_verifier_log() {
-        assert_eq!(one_line(&"invalid argument"), "invalid argument");
-        let log = "load failed\n0: r1 = 0\n1: exit\nR0 !read_ok\n\n";
-        assert_eq!(one_line(&log), "load failed … R0 !read_ok");
     }
 }

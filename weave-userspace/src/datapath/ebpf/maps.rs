@@ -17,7 +17,6 @@ use weave_ebpf_common::maps::{
     PEER_ADMIT, PEER_COUNTERS_MAP, PEER_REACHABLE, REMOTE_MACS_MAP,
 };
 
-use super::loader::bpf_err;
 use crate::datapath::{DatapathError, DatapathPeer, Endpoint};
 use crate::mesh::peer_name::ShortId;
 
@@ -174,8 +173,11 @@ impl DatapathMaps {
         {
             let map = ebpf
                 .take_map(name)
-                .ok_or_else(|| DatapathError::Bpf(format!("map {name} missing from the object")))?;
-            T::try_from(map).map_err(|e| DatapathError::Bpf(format!("map {name}: {e}")))
+                .ok_or_else(|| DatapathError::NotInObject {
+                    kind: "map",
+                    name: name.to_string(),
+                })?;
+            T::try_from(map).map_err(|e| DatapathError::map(format!("map {name}"), e))
         }
         Ok(Self {
             config: take(ebpf, CONFIG_MAP)?,
@@ -196,7 +198,7 @@ impl DatapathMaps {
     pub(super) fn write_config(&mut self, config: DatapathConfig) -> Result<(), DatapathError> {
         self.config
             .set(0, config, 0)
-            .map_err(|e| bpf_err("writing CONFIG")(e.to_string()))
+            .map_err(|e| DatapathError::map("writing CONFIG", e))
     }
 
     /// Changes one part of `CONFIG[0]`.
@@ -207,7 +209,7 @@ impl DatapathMaps {
         let mut config = self
             .config
             .get(&0, 0)
-            .map_err(|e| bpf_err("reading CONFIG")(e.to_string()))?;
+            .map_err(|e| DatapathError::map("reading CONFIG", e))?;
         change(&mut config);
         self.write_config(config)
     }
@@ -222,7 +224,7 @@ impl DatapathMaps {
     ) -> Result<(), DatapathError> {
         self.peers
             .set(id as u32, entries.entry, 0)
-            .map_err(|e| bpf_err("writing PEERS")(e.to_string()))?;
+            .map_err(|e| DatapathError::map("writing PEERS", e))?;
         match entries.neighbour {
             NeighbourPeerChange::Claim(key) => self
                 .neighbour_peers
@@ -234,7 +236,7 @@ impl DatapathMaps {
                     },
                     0,
                 )
-                .map_err(|e| bpf_err("writing NEIGHBOUR_PEERS")(e.to_string()))?,
+                .map_err(|e| DatapathError::map("writing NEIGHBOUR_PEERS", e))?,
             NeighbourPeerChange::Release(key) => {
                 if self
                     .neighbour_peers
@@ -256,7 +258,7 @@ impl DatapathMaps {
     pub(super) fn clear_peer(&mut self, id: u16) -> Result<(), DatapathError> {
         self.peers
             .set(id as u32, PeerEntry::default(), 0)
-            .map_err(|e| bpf_err("clearing PEERS")(e.to_string()))?;
+            .map_err(|e| DatapathError::map("clearing PEERS", e))?;
         let _ = self.broadcast_trees.remove(&(id as u32));
         remove_where(&mut self.neighbour_peers, |n| n.short_id == id);
         Ok(())
@@ -275,7 +277,7 @@ impl DatapathMaps {
         entry.underlay_mac = mac;
         self.peers
             .set(id as u32, entry, 0)
-            .map_err(|e| bpf_err("writing PEERS")(e.to_string()))
+            .map_err(|e| DatapathError::map("writing PEERS", e))
     }
 
     /// Sets (or, without children, removes) the broadcast tree of `source`.
@@ -293,7 +295,7 @@ impl DatapathMaps {
             Some(tree) => self
                 .broadcast_trees
                 .insert(key, tree, 0)
-                .map_err(|e| bpf_err("writing BROADCAST_TREES")(e.to_string())),
+                .map_err(|e| DatapathError::map("writing BROADCAST_TREES", e)),
         }
     }
 
@@ -301,7 +303,7 @@ impl DatapathMaps {
     pub(super) fn peer(&self, id: u16) -> Result<PeerEntry, DatapathError> {
         self.peers
             .get(&(id as u32), 0)
-            .map_err(|e| bpf_err("reading PEERS")(e.to_string()))
+            .map_err(|e| DatapathError::map("reading PEERS", e))
     }
 
     /// MACs learned behind peers: (MAC, peer short ID).
@@ -332,7 +334,7 @@ impl DatapathMaps {
                 record,
                 0,
             )
-            .map_err(|e| bpf_err("writing ENDPOINT_ADDRESSES")(e.to_string()))
+            .map_err(|e| DatapathError::map("writing ENDPOINT_ADDRESSES", e))
     }
 
     /// Removes the address record of the endpoint with `mac`.
@@ -356,7 +358,7 @@ impl DatapathMaps {
                 },
                 0,
             )
-            .map_err(|e| bpf_err("writing ENDPOINTS")(e.to_string()))?;
+            .map_err(|e| DatapathError::map("writing ENDPOINTS", e))?;
         for a in &endpoint.addresses {
             self.add_neighbour(a.addr, endpoint.mac)?;
         }
@@ -390,7 +392,7 @@ impl DatapathMaps {
                 MacKey::new(mac),
                 0,
             )
-            .map_err(|e| bpf_err("writing NEIGHBOURS")(e.to_string()))
+            .map_err(|e| DatapathError::map("writing NEIGHBOURS", e))
     }
 
     /// IPv4 → MAC entries of `NEIGHBOURS`.
@@ -409,7 +411,7 @@ impl DatapathMaps {
         let v = self
             .counters
             .get(&(reason as u32), 0)
-            .map_err(|e| bpf_err("reading COUNTERS")(e.to_string()))?;
+            .map_err(|e| DatapathError::map("reading COUNTERS", e))?;
         Ok(v.iter().copied().collect())
     }
 
@@ -418,7 +420,7 @@ impl DatapathMaps {
         let v = self
             .peer_counters
             .get(&(id as u32), 0)
-            .map_err(|e| bpf_err("reading PEER_COUNTERS")(e.to_string()))?;
+            .map_err(|e| DatapathError::map("reading PEER_COUNTERS", e))?;
         Ok(v.iter().copied().collect())
     }
 }

@@ -66,7 +66,7 @@ impl State {
     fn programs(&mut self) -> Result<&mut Programs, DatapathError> {
         self.programs
             .as_mut()
-            .ok_or_else(|| DatapathError::Bpf("the kernel programs are not loaded".into()))
+            .ok_or(DatapathError::ProgramsNotLoaded)
     }
 }
 
