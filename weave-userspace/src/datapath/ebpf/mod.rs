@@ -2,14 +2,14 @@
 //! pinned maps and links, the `weave` bridge, its port towards the peers and container veths.
 //!
 //! [`EbpfDatapath`] holds the pieces and carries out the [`Datapath`] calls by concern:
-//! - [`loader`]: whether BPF may be used, bpffs, loading, attaching and pinning;
-//! - [`maps`]: the typed maps, the only place that writes them, and the pure decisions of
+//! - `loader`: whether BPF may be used, bpffs, loading, attaching and pinning;
+//! - `maps`: the typed maps, the only place that writes them, and the pure decisions of
 //!   which entries a peer, a broadcast tree or an endpoint needs;
-//! - [`peers`]: peers routed, admitted or cleared, next hops kept current, heartbeats;
-//! - [`endpoints`]: container veths and their namespaces;
-//! - [`bridge`]: the bridge's port towards the peers and the container MTU;
-//! - [`service`]: the service address and exposed addresses (with masquerading);
-//! - [`counters`]: the per-CPU counters summed.
+//! - `peers`: peers routed, admitted or cleared, next hops kept current, heartbeats;
+//! - `endpoints`: container veths and their namespaces;
+//! - `bridge`: the bridge's port towards the peers and the container MTU;
+//! - `service`: the service address and exposed addresses (with masquerading);
+//! - `counters`: the per-CPU counters summed.
 //!
 //! Every method must run on a thread in the router's network namespace (normally the whole
 //! process lives there): interface names are resolved in the caller's namespace. Work
