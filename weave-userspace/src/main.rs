@@ -1,11 +1,26 @@
 use std::process::ExitCode;
 
+use weave_router::datapath::DatapathError;
+
 fn main() -> ExitCode {
     match weave_router::cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("weave-router: {e:#}");
+            eprintln!("weave-router: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `: ` between them, down to the first data-path error: that
+/// one's text already says its own cause (its sources are there for code, not for people).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        parts.push(cause.to_string());
+        if cause.is::<DatapathError>() {
+            break;
+        }
+    }
+    parts.join(": ")
 }

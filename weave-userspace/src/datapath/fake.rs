@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use super::{
     AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, Endpoint, Ipv4Cidr,
-    PeerTraffic,
+    NetnsProblem, PeerTraffic,
 };
 use crate::mesh::peer_name::ShortId;
 use weave_ebpf_common::counters::Reason;
@@ -159,7 +159,7 @@ impl Datapath for FakeDatapath {
         if !request.hand_over && !request.netns.exists() {
             return Err(DatapathError::Netns {
                 path: request.netns,
-                reason: "no such file".into(),
+                reason: NetnsProblem::Open(std::io::ErrorKind::NotFound.into()),
             });
         }
         if s.endpoints.contains_key(&request.netns) {

@@ -8,12 +8,15 @@ pub mod fake;
 
 pub mod dyn_datapath;
 pub mod ebpf;
+mod error;
 pub mod frag_needed;
 pub mod garp;
 pub mod nat;
 pub mod overlay;
 pub mod netlink;
 pub mod packet_socket;
+
+pub use error::{DatapathError, NetnsProblem};
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -183,26 +186,6 @@ pub struct Heartbeat {
     pub peer: u16,
     pub round: u32,
     pub outer_len: u16,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DatapathError {
-    #[error("netlink: {0}")]
-    Netlink(String),
-    #[error("BPF: {0}")]
-    Bpf(String),
-    #[error("network namespace {path}: {reason}")]
-    Netns { path: PathBuf, reason: String },
-    #[error("no endpoint is attached in network namespace {0}")]
-    NoSuchEndpoint(PathBuf),
-    #[error("network namespace {0} is attached already")]
-    AlreadyAttached(PathBuf),
-    #[error("interface {0} not found")]
-    NoSuchInterface(String),
-    #[error("{count} addresses for one interface; at most {max} are supported")]
-    TooManyAddresses { count: usize, max: usize },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// What the controller asks of the kernel. Implemented by [`ebpf::EbpfDatapath`] (aya

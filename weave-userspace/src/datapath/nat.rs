@@ -32,22 +32,21 @@ pub fn apply(subnets: &[Cidr], bridge: &str) -> Result<(), DatapathError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| DatapathError::Netlink(format!("cannot run nft for masquerading: {e}")))?;
+        .map_err(|e| DatapathError::system("cannot run nft for masquerading", e))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(ruleset(subnets, bridge).as_bytes());
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| DatapathError::Netlink(format!("nft: {e}")))?;
+        .map_err(|e| DatapathError::system("nft", e))?;
     if !out.status.success() {
-        return Err(DatapathError::Netlink(format!(
-            "nft refused the masquerading rules: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(DatapathError::NatRefused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     if !subnets.is_empty() {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(|e| DatapathError::Netlink(format!("cannot enable IPv4 forwarding: {e}")))?;
+            .map_err(|e| DatapathError::system("cannot enable IPv4 forwarding", e))?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use super::{DatapathError, Ipv4Cidr};
+use super::{DatapathError, Ipv4Cidr, NetnsProblem};
 
 /// What the data path needs to know of a link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,15 +57,8 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-fn describe(e: &rtnetlink::Error) -> String {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
-        other => other.to_string(),
-    }
-}
-
 fn nl(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> DatapathError {
-    move |e| DatapathError::Netlink(format!("{what}: {}", describe(&e)))
+    move |e| DatapathError::netlink(what, e)
 }
 
 /// A netlink connection in one network namespace (the one of the thread that opened it).
@@ -87,7 +80,7 @@ impl Netlink {
     /// the current tokio runtime.
     pub fn connect() -> Result<Self, DatapathError> {
         let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| DatapathError::Netlink(format!("cannot open a netlink socket: {e}")))?;
+            .map_err(|e| DatapathError::system("cannot open a netlink socket", e))?;
         tokio::spawn(conn);
         Ok(Self { handle })
     }
@@ -109,9 +102,10 @@ impl Netlink {
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = tx.send(Err(DatapathError::Netlink(format!(
-                            "cannot start the netlink thread: {e}"
-                        ))));
+                        let _ = tx.send(Err(DatapathError::system(
+                            "cannot start the netlink thread",
+                            e,
+                        )));
                         return;
                     }
                 };
@@ -123,14 +117,15 @@ impl Netlink {
                             conn.await;
                         }
                         Err(e) => {
-                            let _ = tx.send(Err(DatapathError::Netlink(format!(
-                                "cannot open a netlink socket: {e}"
-                            ))));
+                            let _ = tx.send(Err(DatapathError::system(
+                                "cannot open a netlink socket",
+                                e,
+                            )));
                         }
                     }
                 });
             })
-            .map_err(|e| DatapathError::Netlink(format!("cannot start the netlink thread: {e}")))?;
+            .map_err(|e| DatapathError::system("cannot start the netlink thread", e))?;
         let handle = rx.recv().map_err(|_| {
             DatapathError::Netlink("the netlink thread ended before connecting".into())
         })??;
@@ -669,12 +664,12 @@ where
     let path: PathBuf = netns.to_path_buf();
     let ns_err = {
         let path = path.clone();
-        move |reason: String| DatapathError::Netns {
+        move |reason: NetnsProblem| DatapathError::Netns {
             path: path.clone(),
             reason,
         }
     };
-    let file = std::fs::File::open(&path).map_err(|e| ns_err(e.to_string()))?;
+    let file = std::fs::File::open(&path).map_err(|e| ns_err(NetnsProblem::Open(e)))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread_err = ns_err.clone();
     std::thread::Builder::new()
@@ -686,16 +681,18 @@ where
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     let e = std::io::Error::last_os_error();
                     let reason = if e.raw_os_error() == Some(libc::EINVAL) {
-                        "not a network namespace".to_string()
+                        NetnsProblem::NotANetworkNamespace
                     } else {
-                        format!("cannot enter: {e}")
+                        NetnsProblem::Enter(e)
                     };
                     return Err(thread_err(reason));
                 }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(DatapathError::Io)?;
+                    .map_err(|e| {
+                        DatapathError::system("cannot start a runtime in the namespace", e)
+                    })?;
                 rt.block_on(async move {
                     let nl = Netlink::connect()?;
                     f(nl).await
@@ -703,15 +700,14 @@ where
             };
             let _ = tx.send(run());
         })
-        .map_err(DatapathError::Io)?;
-    rx.await
-        .map_err(|_| ns_err("the namespace worker thread died".to_string()))?
+        .map_err(|e| DatapathError::system("cannot start a namespace worker thread", e))?;
+    rx.await.map_err(|_| ns_err(NetnsProblem::WorkerDied))?
 }
 
 /// An open network namespace file (kept open while a link is moved into it).
 pub fn open_netns(netns: &Path) -> Result<std::fs::File, DatapathError> {
     std::fs::File::open(netns).map_err(|e| DatapathError::Netns {
         path: netns.to_path_buf(),
-        reason: e.to_string(),
+        reason: NetnsProblem::Open(e),
     })
 }
