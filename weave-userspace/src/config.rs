@@ -83,7 +83,7 @@ pub struct LaunchArgs {
     /// data to a peer in them goes unencrypted through the kernel fast path, when that peer
     /// trusts our address too (the control connection stays encrypted).
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
-    pub trusted_subnets: Vec<crate::datapath::Ipv4Cidr>,
+    pub trusted_subnets: Vec<crate::net::Ipv4Cidr>,
     /// The data path between hosts: fastdp (kernel VXLAN, falling back to the sleeve for a
     /// peer whose UDP 6784 is blocked) or sleeve (user space, UDP 6783, for every peer). A
     /// password always uses the sleeve: nothing leaves as plain VXLAN.
@@ -168,7 +168,7 @@ pub struct Config {
     /// the sleeve only takes peers whose fast path is blocked.
     pub sleeve: bool,
     /// `--trusted-subnets`.
-    pub trusted_subnets: Vec<crate::datapath::Ipv4Cidr>,
+    pub trusted_subnets: Vec<crate::net::Ipv4Cidr>,
     /// `None` with `--no-docker`.
     pub docker: Option<crate::docker::DockerSettings>,
 }
@@ -176,8 +176,8 @@ pub struct Config {
 /// IP allocation settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpamConfig {
-    pub range: crate::ipam::cidr::Cidr,
-    pub default_subnet: crate::ipam::cidr::Cidr,
+    pub range: crate::net::Ipv4Net,
+    pub default_subnet: crate::net::Ipv4Net,
     pub init: crate::ipam::consensus::InitMode,
     /// Peers expected when no count is given: the initial peers plus this one (as Weave).
     pub expected_peers: usize,
@@ -207,9 +207,9 @@ pub enum ConfigError {
     #[error("--init-peer-count 0: at least one peer (this one) is needed")]
     InitPeerCount,
     #[error("--ipalloc-range {0}")]
-    IpallocRange(crate::ipam::cidr::CidrError),
+    IpallocRange(crate::net::CidrError),
     #[error("--ipalloc-default-subnet {0}")]
-    IpallocDefaultSubnet(crate::ipam::cidr::CidrError),
+    IpallocDefaultSubnet(crate::net::CidrError),
     #[error("--ipalloc-default-subnet {subnet} is not inside --ipalloc-range {range}")]
     DefaultSubnetOutsideRange { subnet: String, range: String },
     #[error(transparent)]
@@ -273,10 +273,7 @@ fn choose_underlay_iface(
     {
         return Ok(i);
     }
-    if let Some(i) = sys
-        .route_iface(Ipv4Addr::UNSPECIFIED)
-        .filter(|i| usable(i))
-    {
+    if let Some(i) = sys.route_iface(Ipv4Addr::UNSPECIFIED).filter(|i| usable(i)) {
         return Ok(i);
     }
     let up: Vec<&Interface> = interfaces
@@ -472,15 +469,15 @@ impl LaunchArgs {
 
 impl LaunchArgs {
     fn ipam_config(&self, targets: usize) -> Result<IpamConfig, ConfigError> {
-        use crate::ipam::cidr::Cidr;
         use crate::ipam::consensus::InitMode;
-        let range: Cidr = self
+        use crate::net::Ipv4Net;
+        let range: Ipv4Net = self
             .ipalloc_range
             .parse()
             .map_err(ConfigError::IpallocRange)?;
         let default_subnet = match &self.ipalloc_default_subnet {
             Some(s) => s
-                .parse::<Cidr>()
+                .parse::<Ipv4Net>()
                 .map_err(ConfigError::IpallocDefaultSubnet)?,
             None => range,
         };
@@ -521,8 +518,8 @@ impl LaunchArgs {
 
     fn ipam_with(
         &self,
-        range: crate::ipam::cidr::Cidr,
-        default_subnet: crate::ipam::cidr::Cidr,
+        range: crate::net::Ipv4Net,
+        default_subnet: crate::net::Ipv4Net,
         init: crate::ipam::consensus::InitMode,
         targets: usize,
     ) -> IpamConfig {
@@ -847,10 +844,17 @@ mod tests {
         h.default = None;
         h.interfaces.retain(|i| i.name != "eth1");
         // What a stopped router leaves behind, and an interface with no IPv4 address.
-        for name in ["weave", "vethwe-bridge", "vethwe-datapath", "vethwe-sleeve", "vethwepl123"] {
+        for name in [
+            "weave",
+            "vethwe-bridge",
+            "vethwe-datapath",
+            "vethwe-sleeve",
+            "vethwepl123",
+        ] {
             h.interfaces.push(iface(name, true, None));
         }
-        h.interfaces.push(iface("vethwe-exposed", true, Some([10, 32, 0, 1])));
+        h.interfaces
+            .push(iface("vethwe-exposed", true, Some([10, 32, 0, 1])));
         h.interfaces.push(iface("eth2", true, None));
         assert_eq!(parse(&[]).validate(&h).unwrap().iface, "eth0");
         // A default route through the bridge (an exposed address) is not the underlay's.
@@ -861,12 +865,24 @@ mod tests {
     #[test]
     fn the_route_to_the_first_peer_names_the_underlay() {
         let mut h = host();
-        h.interfaces.push(iface("eth2", true, Some([192, 168, 12, 1])));
+        h.interfaces
+            .push(iface("eth2", true, Some([192, 168, 12, 1])));
         h.route = Some((Ipv4Addr::new(192, 168, 11, 1), "eth2"));
         assert_eq!(parse(&["192.168.11.1"]).validate(&h).unwrap().iface, "eth2");
-        assert_eq!(parse(&["192.168.11.1"]).validate(&h).unwrap().host, Ipv4Addr::new(192, 168, 12, 1));
-        assert_eq!(parse(&["10.9.9.9"]).validate(&h).unwrap().iface, "eth0", "the default route's");
-        assert_eq!(parse(&["peer.example"]).validate(&h).unwrap().iface, "eth0", "a name is not looked up");
+        assert_eq!(
+            parse(&["192.168.11.1"]).validate(&h).unwrap().host,
+            Ipv4Addr::new(192, 168, 12, 1)
+        );
+        assert_eq!(
+            parse(&["10.9.9.9"]).validate(&h).unwrap().iface,
+            "eth0",
+            "the default route's"
+        );
+        assert_eq!(
+            parse(&["peer.example"]).validate(&h).unwrap().iface,
+            "eth0",
+            "a name is not looked up"
+        );
     }
 
     #[test]

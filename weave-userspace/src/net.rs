@@ -3,7 +3,9 @@
 
 use std::net::Ipv4Addr;
 
-use crate::datapath::Ipv4Cidr;
+pub mod cidr;
+
+pub use cidr::{AddrRange, CidrError, Ipv4Cidr, Ipv4Net};
 
 /// One route of the main table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +53,8 @@ pub fn route_iface(table: &str, dst: Ipv4Addr) -> Option<String> {
 mod tests {
     use super::*;
 
-    const TABLE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+    const TABLE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t00000000\t010011AC\t0003\t0\t0\t0\t00000000\t0\t0\t0
 eth0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
 eth1\t000A12C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
@@ -75,11 +78,27 @@ bad\tzz\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
 
     #[test]
     fn the_most_specific_route_wins() {
-        assert_eq!(route_iface(TABLE, Ipv4Addr::new(192, 18, 10, 7)).as_deref(), Some("eth1"));
-        assert_eq!(route_iface(TABLE, Ipv4Addr::new(172, 17, 3, 1)).as_deref(), Some("eth0"));
-        assert_eq!(route_iface(TABLE, Ipv4Addr::new(8, 8, 8, 8)).as_deref(), Some("eth0"));
-        assert_eq!(route_iface(TABLE, Ipv4Addr::UNSPECIFIED).as_deref(), Some("eth0"));
-        let no_default: String = TABLE.lines().filter(|l| !l.contains("\t00000000\t010011AC")).collect::<Vec<_>>().join("\n");
+        assert_eq!(
+            route_iface(TABLE, Ipv4Addr::new(192, 18, 10, 7)).as_deref(),
+            Some("eth1")
+        );
+        assert_eq!(
+            route_iface(TABLE, Ipv4Addr::new(172, 17, 3, 1)).as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(
+            route_iface(TABLE, Ipv4Addr::new(8, 8, 8, 8)).as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(
+            route_iface(TABLE, Ipv4Addr::UNSPECIFIED).as_deref(),
+            Some("eth0")
+        );
+        let no_default: String = TABLE
+            .lines()
+            .filter(|l| !l.contains("\t00000000\t010011AC"))
+            .collect::<Vec<_>>()
+            .join("\n");
         assert_eq!(route_iface(&no_default, Ipv4Addr::new(8, 8, 8, 8)), None);
     }
 }

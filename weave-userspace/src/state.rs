@@ -235,7 +235,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::Ipv4Cidr;
+    use crate::net::Ipv4Cidr;
 
     fn tempdir(tag: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!(

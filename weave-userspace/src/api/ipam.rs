@@ -11,10 +11,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::{bad_request, parse_json, ApiError, ApiState, AppState};
-use crate::datapath::Ipv4Cidr;
-use crate::ipam::cidr::Cidr;
 use crate::ipam::service::{IpamReport, IpamService, IpamServiceError};
 use crate::mesh::peer_name::PeerName;
+use crate::net::Ipv4Cidr;
+use crate::net::Ipv4Net;
 
 impl From<IpamServiceError> for ApiError {
     fn from(e: IpamServiceError) -> Self {
@@ -46,9 +46,9 @@ fn addresses_text(addresses: &[Ipv4Cidr]) -> String {
     addresses.iter().map(|a| format!("{a}\n")).collect()
 }
 
-fn subnet(addr: &str, len: &str) -> Result<Cidr, ApiError> {
+fn subnet(addr: &str, len: &str) -> Result<Ipv4Net, ApiError> {
     format!("{addr}/{len}")
-        .parse::<Cidr>()
+        .parse::<Ipv4Net>()
         .map_err(|e| bad_request(e.to_string()))
 }
 
@@ -83,7 +83,7 @@ pub async fn claim(
 ) -> Result<Response, ApiError> {
     let a: Ipv4Cidr = format!("{addr}/{len}")
         .parse()
-        .map_err(|e: crate::datapath::CidrError| bad_request(e.to_string()))?;
+        .map_err(|e: crate::net::CidrError| bad_request(e.to_string()))?;
     ipam_of(&s)?.claim(&owner, a).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -6,7 +6,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-use super::{AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint, Ipv4Cidr};
+use super::{AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint};
+use crate::net::Ipv4Cidr;
 
 /// A boxed future of a [`DynDatapath`] call.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

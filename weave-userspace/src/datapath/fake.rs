@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::{
-    AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, Endpoint, Ipv4Cidr,
-    NetnsProblem, PeerTraffic,
+    AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, Endpoint, NetnsProblem,
+    PeerTraffic,
 };
 use crate::mesh::peer_name::ShortId;
+use crate::net::Ipv4Cidr;
 use weave_ebpf_common::counters::Reason;
 
 /// One call made on the fake.

@@ -101,7 +101,9 @@ pub fn listen(our_address: Ipv4Addr, hints: &Arc<FragNeededHints>) {
     ) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!("path MTU: cannot read ICMP from the underlay ({e}); probes alone find it");
+            tracing::warn!(
+                "path MTU: cannot read ICMP from the underlay ({e}); probes alone find it"
+            );
             return;
         }
     };
@@ -115,7 +117,14 @@ pub fn listen(our_address: Ipv4Addr, hints: &Arc<FragNeededHints>) {
             loop {
                 let n = match (&socket).read(&mut buf) {
                     Ok(n) => n,
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => 0,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        0
+                    }
                     Err(e) => {
                         tracing::warn!("path MTU: reading ICMP: {e}");
                         return;
@@ -180,10 +189,24 @@ mod tests {
     #[test]
     fn anything_but_our_own_vxlan_is_ignored() {
         let other_host = Ipv4Addr::new(192, 168, 11, 9);
-        assert_eq!(parse(&icmp(1400, other_host, PEER, 17, 6784), US), Err(Ignored::NotOurs));
-        assert_eq!(parse(&icmp(1400, US, PEER, 6, 6784), US), Err(Ignored::NotOurs), "TCP");
-        assert_eq!(parse(&icmp(1400, US, PEER, 17, 53), US), Err(Ignored::NotOurs), "DNS");
-        assert!(parse(&icmp(1400, US, PEER, 17, 6783), US).is_ok(), "the sleeve's datagrams are ours too");
+        assert_eq!(
+            parse(&icmp(1400, other_host, PEER, 17, 6784), US),
+            Err(Ignored::NotOurs)
+        );
+        assert_eq!(
+            parse(&icmp(1400, US, PEER, 6, 6784), US),
+            Err(Ignored::NotOurs),
+            "TCP"
+        );
+        assert_eq!(
+            parse(&icmp(1400, US, PEER, 17, 53), US),
+            Err(Ignored::NotOurs),
+            "DNS"
+        );
+        assert!(
+            parse(&icmp(1400, US, PEER, 17, 6783), US).is_ok(),
+            "the sleeve's datagrams are ours too"
+        );
         assert_eq!(parse(&icmp(0, US, PEER, 17, 6784), US), Err(Ignored::NoMtu));
         let mut echo = icmp(1400, US, PEER, 17, 6784);
         echo[20] = 0;

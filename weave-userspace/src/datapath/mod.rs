@@ -12,8 +12,8 @@ mod error;
 pub mod frag_needed;
 pub mod garp;
 pub mod nat;
-pub mod overlay;
 pub mod netlink;
+pub mod overlay;
 pub mod packet_socket;
 
 pub use error::{DatapathError, NetnsProblem};
@@ -22,6 +22,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::net::Ipv4Cidr;
 use weave_ebpf_common::counters::Reason;
 
 use crate::mesh::peer_name::ShortId;
@@ -52,47 +54,6 @@ pub struct AttachRequest {
     /// through the network plugin) to move into the container; `netns` is then only a key.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hand_over: bool,
-}
-
-/// An IPv4 address with a prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0:?} is not an IPv4 address with a prefix length (like 10.2.1.5/24)")]
-pub struct CidrError(pub String);
-
-impl std::str::FromStr for Ipv4Cidr {
-    type Err = CidrError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || CidrError(s.to_string());
-        let (a, p) = s.split_once('/').ok_or_else(err)?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| err())?;
-        let prefix_len: u8 = p.parse().map_err(|_| err())?;
-        if prefix_len > 32 || p.starts_with('+') {
-            return Err(err());
-        }
-        Ok(Self { addr, prefix_len })
-    }
-}
-
-impl Ipv4Cidr {
-    /// Whether `addr` lies in this subnet.
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        u32::from(addr) & mask == u32::from(self.addr) & mask
-    }
-}
-
-impl std::fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
 }
 
 /// A container interface the data path has set up.
@@ -359,8 +320,21 @@ mod tests {
     fn per_cpu_probe_records_merge_to_the_newest_round_and_its_largest_probe() {
         assert_eq!(ProbeSeen::merge([(0, 0), (0, 0)]), None);
         let merged = ProbeSeen::merge([(7, 1400), (0, 0), (8, 600), (8, 1200), (7, 1500)]);
-        assert_eq!(merged, Some(ProbeSeen { round: 8, largest: 1200 }));
+        assert_eq!(
+            merged,
+            Some(ProbeSeen {
+                round: 8,
+                largest: 1200
+            })
+        );
         let wrapped = ProbeSeen::merge([(u32::MAX, 1500), (2, 900)]);
-        assert_eq!(wrapped, Some(ProbeSeen { round: 2, largest: 900 }), "across the wrap");
+        assert_eq!(
+            wrapped,
+            Some(ProbeSeen {
+                round: 2,
+                largest: 900
+            }),
+            "across the wrap"
+        );
     }
 }

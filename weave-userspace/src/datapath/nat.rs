@@ -6,13 +6,13 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::DatapathError;
-use crate::ipam::cidr::Cidr;
+use crate::net::Ipv4Net;
 
 /// The nftables table holding the router's NAT rules.
 pub const NAT_TABLE: &str = "weave-router";
 
 /// The ruleset for `subnets` (an empty table when none).
-pub fn ruleset(subnets: &[Cidr], bridge: &str) -> String {
+pub fn ruleset(subnets: &[Ipv4Net], bridge: &str) -> String {
     let mut rules = String::new();
     for s in subnets {
         rules.push_str(&format!(
@@ -25,7 +25,7 @@ pub fn ruleset(subnets: &[Cidr], bridge: &str) -> String {
 }
 
 /// Installs the rules for `subnets` and lets the host forward.
-pub fn apply(subnets: &[Cidr], bridge: &str) -> Result<(), DatapathError> {
+pub fn apply(subnets: &[Ipv4Net], bridge: &str) -> Result<(), DatapathError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

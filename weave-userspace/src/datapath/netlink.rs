@@ -12,7 +12,8 @@ use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use super::{DatapathError, Ipv4Cidr, NetnsProblem};
+use super::{DatapathError, NetnsProblem};
+use crate::net::Ipv4Cidr;
 
 /// What the data path needs to know of a link.
 #[derive(Clone, Debug, PartialEq, Eq)]

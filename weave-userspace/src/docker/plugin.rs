@@ -26,8 +26,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use super::DockerService;
-use crate::datapath::{AttachRequest, Ipv4Cidr};
-use crate::ipam::cidr::Cidr;
+use crate::datapath::AttachRequest;
+use crate::net::Ipv4Cidr;
+use crate::net::Ipv4Net;
 
 /// The plugin's name: the socket's file name without `.sock`, and the driver names.
 pub const PLUGIN_NAME: &str = "weave";
@@ -139,7 +140,7 @@ impl Plugin {
         let range = self.ipam()?.range();
         for d in body["IPv4Data"].as_array().into_iter().flatten() {
             let pool = d["Pool"].as_str().unwrap_or("");
-            match pool.parse::<Cidr>() {
+            match pool.parse::<Ipv4Net>() {
                 Ok(p) if range.contains_cidr(p) => {}
                 _ => {
                     return Err(format!(
@@ -234,7 +235,7 @@ impl Plugin {
         let pool = match body["Pool"].as_str().unwrap_or("") {
             "" => ipam.default_subnet(),
             p => {
-                let c: Cidr = p.parse().map_err(|e| format!("subnet {p}: {e}"))?;
+                let c: Ipv4Net = p.parse().map_err(|e| format!("subnet {p}: {e}"))?;
                 if !range.contains_cidr(c) {
                     return Err(format!(
                         "subnet {p} is outside the weave allocation range {range}"
@@ -244,7 +245,7 @@ impl Plugin {
             }
         };
         if let Some(sub) = body["SubPool"].as_str().filter(|s| !s.is_empty()) {
-            if sub.parse::<Cidr>().ok() != Some(pool) {
+            if sub.parse::<Ipv4Net>().ok() != Some(pool) {
                 return Err("--ip-range is not supported by the weave IPAM driver".into());
             }
         }
@@ -253,7 +254,7 @@ impl Plugin {
 
     async fn request_address(&self, body: &Value) -> Result<Value, Failure> {
         let pool_id = body["PoolID"].as_str().unwrap_or("");
-        let pool: Cidr = pool_id
+        let pool: Ipv4Net = pool_id
             .parse()
             .map_err(|_| format!("unknown pool {pool_id:?}"))?;
         let ipam = self.ipam()?;

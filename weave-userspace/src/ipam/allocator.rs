@@ -12,10 +12,10 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::cidr::{AddrRange, Cidr};
 use super::ring::{Ring, RingError, RingState};
-use crate::datapath::Ipv4Cidr;
 use crate::mesh::peer_name::PeerName;
+use crate::net::Ipv4Cidr;
+use crate::net::{AddrRange, Ipv4Net};
 
 /// Longest owner ID accepted (container IDs are 64 characters, netns paths longer).
 pub const MAX_OWNER_LEN: usize = 1024;
@@ -40,7 +40,7 @@ pub enum Allocate {
     Address(Ipv4Cidr),
     /// We own no free address in the subnet; these peers may have some (with an estimate). Ask one for a donation, merge its ring, try again.
     NeedSpace {
-        subnet: Cidr,
+        subnet: Ipv4Net,
         donors: Vec<(PeerName, u64)>,
     },
 }
@@ -50,15 +50,15 @@ pub enum AllocError {
     #[error("IP allocation is not initialised yet (no peer owns any part of the range)")]
     NotReady,
     #[error("{what} is outside the allocation range {range}")]
-    OutsideRange { what: String, range: Cidr },
+    OutsideRange { what: String, range: Ipv4Net },
     #[error("no free address left in {0}: the subnet is exhausted")]
-    SubnetExhausted(Cidr),
+    SubnetExhausted(Ipv4Net),
     #[error("address {addr} is owned by peer {peer}")]
     OwnedByOther { addr: Ipv4Addr, peer: PeerName },
     #[error("address {addr} is already allocated to {owner}")]
     InUse { addr: Ipv4Addr, owner: String },
     #[error("{addr} is the network or broadcast address of {subnet}")]
-    Reserved { addr: Ipv4Addr, subnet: Cidr },
+    Reserved { addr: Ipv4Addr, subnet: Ipv4Net },
     #[error("address {addr} is not allocated to {owner}")]
     NotAllocated { addr: Ipv4Addr, owner: String },
     #[error("owner ID {0:?} refused: it must be 1..=1024 characters without control characters")]
@@ -84,7 +84,7 @@ fn check_owner(owner: &str) -> Result<(), AllocError> {
 }
 
 impl Allocator {
-    pub fn new(ourself: PeerName, range: Cidr) -> Self {
+    pub fn new(ourself: PeerName, range: Ipv4Net) -> Self {
         Self {
             ring: Ring::new(ourself, range),
             allocations: BTreeMap::new(),
@@ -168,7 +168,7 @@ impl Allocator {
             .collect()
     }
 
-    fn check_subnet(&self, subnet: Cidr) -> Result<(), AllocError> {
+    fn check_subnet(&self, subnet: Ipv4Net) -> Result<(), AllocError> {
         if self.ring.is_empty() {
             return Err(AllocError::NotReady);
         }
@@ -182,7 +182,7 @@ impl Allocator {
     }
 
     /// The lowest free usable address we own in `subnet`.
-    fn lowest_free(&self, subnet: Cidr) -> Option<u32> {
+    fn lowest_free(&self, subnet: Ipv4Net) -> Option<u32> {
         let usable = subnet.usable();
         for r in self.ring.our_ranges() {
             let Some(r) = r.intersect(usable) else {
@@ -204,7 +204,7 @@ impl Allocator {
 
     /// Allocates the lowest free address in `subnet` for `owner`; the address it already
     /// has there if any (idempotent).
-    pub fn allocate(&mut self, owner: &str, subnet: Cidr) -> Result<Allocate, AllocError> {
+    pub fn allocate(&mut self, owner: &str, subnet: Ipv4Net) -> Result<Allocate, AllocError> {
         check_owner(owner)?;
         self.check_subnet(subnet)?;
         if let Some(a) = self
@@ -235,7 +235,7 @@ impl Allocator {
     }
 
     /// Whether we own no free usable address in `subnet` (so must ask for a donation).
-    pub fn needs_space(&self, subnet: Cidr) -> bool {
+    pub fn needs_space(&self, subnet: Ipv4Net) -> bool {
         self.lowest_free(subnet).is_none()
     }
 
@@ -252,7 +252,7 @@ impl Allocator {
                 range: self.ring.range(),
             });
         }
-        let subnet = Cidr::of(address);
+        let subnet = Ipv4Net::of(address);
         if !subnet.usable().contains_addr(addr) {
             return Err(AllocError::Reserved { addr, subnet });
         }
@@ -337,7 +337,7 @@ impl Allocator {
     }
 
     /// Free addresses we own within `subnet`.
-    pub fn free_in(&self, subnet: Cidr) -> u64 {
+    pub fn free_in(&self, subnet: Ipv4Net) -> u64 {
         self.free_runs(subnet.range()).iter().map(|r| r.len()).sum()
     }
 
@@ -345,7 +345,11 @@ impl Allocator {
     /// free usable addresses there, at most half our free usable space there (at least one
     /// address). Returns the range given, or `None` if we have nothing free there. Send our
     /// ring back afterwards.
-    pub fn donate(&mut self, to: PeerName, subnet: Cidr) -> Result<Option<AddrRange>, AllocError> {
+    pub fn donate(
+        &mut self,
+        to: PeerName,
+        subnet: Ipv4Net,
+    ) -> Result<Option<AddrRange>, AllocError> {
         self.check_subnet(subnet)?;
         let runs = self.free_runs(subnet.usable());
         let total: u64 = runs.iter().map(|r| r.len()).sum();
@@ -400,11 +404,11 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::ipam::cidr::parse_address;
     use crate::ipam::ring::tests::name;
+    use crate::net::cidr::parse_address;
     use proptest::prelude::*;
 
-    fn cidr(s: &str) -> Cidr {
+    fn cidr(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
 
@@ -623,7 +627,7 @@ mod tests {
         assert_eq!(
             given,
             vec!["10.0.0.0/24"
-                .parse::<Cidr>()
+                .parse::<Ipv4Net>()
                 .unwrap()
                 .range()
                 .intersect(given[0])

@@ -416,8 +416,8 @@ pub fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipam::cidr::Cidr;
     use crate::ipam::ring::tests::name;
+    use crate::net::Ipv4Net;
     use proptest::prelude::*;
 
     #[test]
@@ -546,7 +546,7 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        let range: Cidr = "10.32.0.0/12".parse().unwrap();
+        let range: Ipv4Net = "10.32.0.0/12".parse().unwrap();
         let mut ring = Ring::new(name(0), range);
         let mode = InitMode::Consensus(Some(3));
         assert_eq!(status(&ring, &mode, None, |_| true).to_string(), "idle");

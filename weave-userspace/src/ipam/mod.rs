@@ -8,7 +8,6 @@
 //! - [`node`]: one peer's IPAM as a state machine (requests and messages in, effects out):
 //!   what the router wires to gossip, the attach path and persistence.
 pub mod allocator;
-pub mod cidr;
 pub mod consensus;
 pub mod node;
 pub mod ring;

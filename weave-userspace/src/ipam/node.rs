@@ -17,13 +17,13 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::allocator::{AllocError, Allocate, Allocator, AllocatorState};
-use super::cidr::{AddrRange, Cidr};
 use super::consensus::{quorum, status, Claims, Consensus, ConsensusError, InitMode, IpamStatus};
 #[cfg(test)]
 use super::ring::Ring;
 use super::ring::{RingError, RingState};
-use crate::datapath::Ipv4Cidr;
 use crate::mesh::peer_name::PeerName;
+use crate::net::Ipv4Cidr;
+use crate::net::{AddrRange, Ipv4Net};
 
 /// What IPAM peers say to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ pub enum Message {
     /// Everyone's consensus claims (gossip while the vote runs).
     Votes(Vec<(PeerName, Claims)>),
     /// Unicast: please give me space in this subnet.
-    SpaceRequest { subnet: Cidr },
+    SpaceRequest { subnet: Ipv4Net },
     /// Unicast answer to a space request: the donor's ring after donating, and whether it
     /// gave anything.
     SpaceReply { ring: RingState, donated: bool },
@@ -73,11 +73,11 @@ pub enum IpamError {
     #[error(transparent)]
     Consensus(#[from] ConsensusError),
     #[error("default subnet {subnet} is not inside the allocation range {range}")]
-    DefaultSubnetOutsideRange { subnet: Cidr, range: Cidr },
+    DefaultSubnetOutsideRange { subnet: Ipv4Net, range: Ipv4Net },
     #[error("stored IPAM state is for range {stored}, but the allocation range is {range}")]
-    StoredRangeDiffers { stored: Cidr, range: Cidr },
+    StoredRangeDiffers { stored: Ipv4Net, range: Ipv4Net },
     #[error("no reachable peer has free space in {0}")]
-    NoReachableDonor(Cidr),
+    NoReachableDonor(Ipv4Net),
     #[error("observers own no space and cannot {0}")]
     Observer(&'static str),
 }
@@ -88,12 +88,12 @@ pub struct Ipam {
     alloc: Allocator,
     mode: InitMode,
     quorum: usize,
-    default_subnet: Cidr,
+    default_subnet: Ipv4Net,
     vote: Option<Consensus>,
     /// Space requests in flight, per subnet: one at a time, until the reply or a tick.
-    asked: BTreeMap<Cidr, PeerName>,
+    asked: BTreeMap<Ipv4Net, PeerName>,
     /// Peers that had nothing to give in a subnet; not asked again until a tick.
-    refused: BTreeMap<Cidr, BTreeSet<PeerName>>,
+    refused: BTreeMap<Ipv4Net, BTreeSet<PeerName>>,
 }
 
 impl Ipam {
@@ -101,8 +101,8 @@ impl Ipam {
     /// (Weave uses the number of initial peers given to `launch`, plus one).
     pub fn new(
         ourself: PeerName,
-        range: Cidr,
-        default_subnet: Cidr,
+        range: Ipv4Net,
+        default_subnet: Ipv4Net,
         mode: InitMode,
         expected_peers: usize,
     ) -> Result<Self, IpamError> {
@@ -130,10 +130,10 @@ impl Ipam {
     /// [`Ipam::new`] continuing from persisted state.
     pub fn restore(
         ourself: PeerName,
-        default_subnet: Cidr,
+        default_subnet: Ipv4Net,
         mode: InitMode,
         expected_peers: usize,
-        range: Cidr,
+        range: Ipv4Net,
         state: AllocatorState,
     ) -> Result<Self, IpamError> {
         if state.ring.range() != range {
@@ -156,7 +156,7 @@ impl Ipam {
         &self.alloc
     }
 
-    pub fn default_subnet(&self) -> Cidr {
+    pub fn default_subnet(&self) -> Ipv4Net {
         self.default_subnet
     }
 
@@ -223,7 +223,7 @@ impl Ipam {
     pub fn allocate(
         &mut self,
         owner: &str,
-        subnet: Option<Cidr>,
+        subnet: Option<Ipv4Net>,
         reachable: impl Fn(PeerName) -> bool,
         random: u64,
     ) -> Result<(Step<Ipv4Cidr>, Vec<Effect>), IpamError> {
@@ -314,7 +314,7 @@ impl Ipam {
                 self.mode.check_ring(&theirs)?;
                 let merged = self.alloc.merge(&theirs)?;
                 if let Some(donated_or_not_ready) = reply {
-                    let answered: Vec<Cidr> = self
+                    let answered: Vec<Ipv4Net> = self
                         .asked
                         .iter()
                         .filter(|(_, d)| **d == from)
@@ -434,11 +434,11 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::ipam::cidr::parse_address;
     use crate::ipam::ring::tests::name;
+    use crate::net::cidr::parse_address;
     use proptest::prelude::*;
 
-    fn cidr(s: &str) -> Cidr {
+    fn cidr(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
 

@@ -26,8 +26,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::cidr::{AddrRange, Cidr};
 use crate::mesh::peer_name::PeerName;
+use crate::net::{AddrRange, Ipv4Net};
 
 /// Most tokens a ring from gossip may carry.
 pub const MAX_TOKENS: usize = 65536;
@@ -65,7 +65,7 @@ pub enum RingError {
     #[error("malformed ring refused: {0}")]
     Malformed(String),
     #[error("ring for range {theirs} refused: our allocation range is {ours}")]
-    WrongRange { ours: Cidr, theirs: Cidr },
+    WrongRange { ours: Ipv4Net, theirs: Ipv4Net },
     #[error("IP allocation was seeded by different peers (ours: {ours}, theirs: {theirs})")]
     SeededByDifferentPeers { ours: PeerList, theirs: PeerList },
     #[error("ring refused: token at {at} has version {version} with two different contents")]
@@ -101,7 +101,7 @@ impl fmt::Display for PeerList {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawRing", into = "RawRing")]
 pub struct RingState {
-    range: Cidr,
+    range: Ipv4Net,
     /// The peers the range was first split among, sorted; empty while unclaimed.
     seeds: Vec<PeerName>,
     tokens: BTreeMap<u32, TokenInfo>,
@@ -109,7 +109,7 @@ pub struct RingState {
 
 #[derive(Serialize, Deserialize)]
 struct RawRing {
-    range: Cidr,
+    range: Ipv4Net,
     seeds: Vec<PeerName>,
     tokens: Vec<Token>,
 }
@@ -184,7 +184,7 @@ impl From<RingState> for RawRing {
 
 impl RingState {
     /// An unclaimed ring over `range`.
-    pub fn new(range: Cidr) -> Self {
+    pub fn new(range: Ipv4Net) -> Self {
         Self {
             range,
             seeds: Vec::new(),
@@ -192,7 +192,7 @@ impl RingState {
         }
     }
 
-    pub fn range(&self) -> Cidr {
+    pub fn range(&self) -> Ipv4Net {
         self.range
     }
 
@@ -339,7 +339,7 @@ pub struct Ring {
 }
 
 impl Ring {
-    pub fn new(ourself: PeerName, range: Cidr) -> Self {
+    pub fn new(ourself: PeerName, range: Ipv4Net) -> Self {
         Self {
             ourself,
             state: RingState::new(range),
@@ -359,7 +359,7 @@ impl Ring {
         &self.state
     }
 
-    pub fn range(&self) -> Cidr {
+    pub fn range(&self) -> Ipv4Net {
         self.state.range
     }
 
@@ -650,7 +650,7 @@ pub(crate) mod tests {
         PeerName::from_bytes([0x02, 0, 0, 0, 0, i as u8 + 1])
     }
 
-    fn cidr(s: &str) -> Cidr {
+    fn cidr(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
 

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use super::allocator::AllocError;
-use super::cidr::{AddrRange, Cidr};
 use super::consensus::IpamStatus;
 use super::node::{Effect, Handled, Ipam, IpamError, Message, Step};
-use crate::datapath::Ipv4Cidr;
 use crate::mesh::gossip_channel::{ChannelId, GossipChannel, GossipChannelError, Gossiper};
 use crate::mesh::peer_name::PeerName;
+use crate::net::Ipv4Cidr;
+use crate::net::{AddrRange, Ipv4Net};
 use crate::state::{StateDir, StateError};
 
 /// Longest an allocation waits for consensus, the ring or a donation.
@@ -210,7 +210,7 @@ impl IpamService {
     pub async fn allocate(
         &self,
         owner: &str,
-        subnet: Option<Cidr>,
+        subnet: Option<Ipv4Net>,
     ) -> Result<Ipv4Cidr, IpamServiceError> {
         self.until_done(|| {
             self.step(|ipam, reachable| ipam.allocate(owner, subnet, reachable, rand::random()))
@@ -275,11 +275,11 @@ impl IpamService {
         Ok(())
     }
 
-    pub fn default_subnet(&self) -> Cidr {
+    pub fn default_subnet(&self) -> Ipv4Net {
         self.lock().default_subnet()
     }
 
-    pub fn range(&self) -> Cidr {
+    pub fn range(&self) -> Ipv4Net {
         self.lock().allocator().ring().range()
     }
 

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::cidr::{parse_address, Cidr};
-use crate::datapath::Ipv4Cidr;
+use crate::net::cidr::parse_address;
+use crate::net::Ipv4Cidr;
+use crate::net::Ipv4Net;
 
 /// One address request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,7 +13,7 @@ pub enum AddressSpec {
     /// An address allocated in the default subnet (`net:default`, and what no spec means).
     Default,
     /// An address allocated in this subnet (`net:10.2.2.0/24`).
-    Net(Cidr),
+    Net(Ipv4Net),
     /// This very address (`ip:10.2.1.7/24` or plain `10.2.1.7/24`): claimed from IPAM when
     /// inside the allocation range, used as given otherwise.
     Ip(Ipv4Cidr),
@@ -34,7 +35,7 @@ impl FromStr for AddressSpec {
         }
         if let Some(net) = s.strip_prefix("net:") {
             return net
-                .parse::<Cidr>()
+                .parse::<Ipv4Net>()
                 .map(Self::Net)
                 .map_err(|e| SpecError::BadSubnet {
                     given: s.to_string(),

@@ -254,7 +254,7 @@ pub struct Hello {
     pub data_port: u16,
     /// Underlay subnets whose peers this router trusts (`--trusted-subnets`): data to a
     /// peer both ends trust skips encryption.
-    pub trusted_subnets: Vec<crate::datapath::Ipv4Cidr>,
+    pub trusted_subnets: Vec<crate::net::Ipv4Cidr>,
 }
 
 impl Hello {
@@ -494,7 +494,7 @@ mod tests {
 
     #[test]
     fn trust_needs_both_ends() {
-        let cidr = |s: &str| s.parse::<crate::datapath::Ipv4Cidr>().unwrap();
+        let cidr = |s: &str| s.parse::<crate::net::Ipv4Cidr>().unwrap();
         let mut a = hello("0a:00:00:00:00:01", 1);
         let mut b = hello("0a:00:00:00:00:02", 2);
         a.underlay = [192, 168, 1, 1].into();

@@ -40,7 +40,7 @@ pub enum DaemonError {
         "--ipalloc-range {range} overlaps the host route {route} on {dev}; choose another range"
     )]
     RangeOverlaps {
-        range: crate::ipam::cidr::Cidr,
+        range: crate::net::Ipv4Net,
         route: String,
         dev: String,
     },
@@ -263,7 +263,7 @@ fn start_ipam<D: Datapath>(
 
 /// The host's IPv4 routes (from /proc/net/route) that overlap `range`, other than the
 /// default route and routes on the weave bridge: `(destination, device)`.
-pub fn routes_overlapping(range: crate::ipam::cidr::Cidr) -> Vec<(String, String)> {
+pub fn routes_overlapping(range: crate::net::Ipv4Net) -> Vec<(String, String)> {
     let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
         return Vec::new();
     };
@@ -271,7 +271,7 @@ pub fn routes_overlapping(range: crate::ipam::cidr::Cidr) -> Vec<(String, String
         .into_iter()
         .filter_map(|r| {
             let len = r.destination.prefix_len;
-            let net = crate::ipam::cidr::Cidr::new(r.destination.addr, len).ok()?;
+            let net = crate::net::Ipv4Net::new(r.destination.addr, len).ok()?;
             (len > 0 && r.device != crate::datapath::ebpf::BRIDGE_NAME && net.overlaps(range))
                 .then(|| (net.to_string(), r.device))
         })

@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::datapath::dyn_datapath::DynDatapath;
-use crate::datapath::{AttachRequest, DatapathError, Endpoint, Ipv4Cidr};
+use crate::datapath::{AttachRequest, DatapathError, Endpoint};
 use crate::dns::DnsError;
 use crate::ipam::service::{IpamService, IpamServiceError};
 use crate::ipam::spec::AddressSpec;
+use crate::net::Ipv4Cidr;
 use crate::state::{StateDir, StateError};
 
 /// Why address specs could not be turned into addresses.

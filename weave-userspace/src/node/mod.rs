@@ -16,13 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::datapath::dyn_datapath::DynDatapath;
-use crate::datapath::{
-    AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint, Ipv4Cidr,
-};
+use crate::datapath::{AttachRequest, Datapath, DatapathCounters, DatapathError, Endpoint};
 use crate::dns::Dns;
 use crate::ipam::service::IpamService;
 use crate::ipam::spec::AddressSpec;
 use crate::mesh::connection_maker::Target;
+use crate::net::Ipv4Cidr;
 use crate::router::gossip::MeshSummary;
 use crate::router::{MeshStatus, Router};
 use endpoints::{AddressError, AttachOrder, Endpoints, EndpointsError, Interfaces};

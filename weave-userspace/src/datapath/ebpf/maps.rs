@@ -445,7 +445,7 @@ fn remove_where<K: aya::Pod, V: aya::Pod>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::Ipv4Cidr;
+    use crate::net::Ipv4Cidr;
     use weave_ebpf_common::maps::MAX_BROADCAST_CHILDREN;
 
     fn id(v: u16) -> ShortId {

@@ -6,9 +6,10 @@ use std::net::Ipv4Addr;
 
 use super::bridge::BRIDGE_NAME;
 use super::EbpfDatapath;
-use crate::datapath::{DatapathError, Endpoint, Ipv4Cidr};
-use crate::ipam::cidr::Cidr;
+use crate::datapath::{DatapathError, Endpoint};
 use crate::mesh::peer_name::PeerName;
+use crate::net::Ipv4Cidr;
+use crate::net::Ipv4Net;
 
 /// The main routing table.
 pub(super) const MAIN_TABLE: u32 = 254;
@@ -19,8 +20,8 @@ pub const SERVICE_TABLE: u32 = 6783;
 pub const SERVICE_RULE_PRIORITY: u32 = 6783;
 
 /// The subnets of exposed addresses, without repeats.
-pub(super) fn exposed_subnets(exposed: &[Ipv4Cidr]) -> Vec<Cidr> {
-    let mut subnets: Vec<Cidr> = exposed.iter().map(|a| Cidr::of(*a)).collect();
+pub(super) fn exposed_subnets(exposed: &[Ipv4Cidr]) -> Vec<Ipv4Net> {
+    let mut subnets: Vec<Ipv4Net> = exposed.iter().map(|a| Ipv4Net::of(*a)).collect();
     subnets.sort();
     subnets.dedup();
     subnets

@@ -1,8 +1,8 @@
-//! IPv4 networks (a CIDR block with its host bits clear) and inclusive address ranges.
-//!
-//! An address with a prefix length where the host bits may be set (a container's
-//! `10.2.1.5/24`) is [`crate::datapath::Ipv4Cidr`]; [`parse_address`] reads one with the
-//! same clear errors as [`Cidr`], and [`Cidr::of`] gives its network.
+//! IPv4 addressing in CIDR notation, with one parser and one error: [`Ipv4Cidr`], an address
+//! with its prefix length where the host bits may be set (a container's `10.2.1.5/24`, a
+//! trusted subnet as the user wrote it), and [`Ipv4Net`], a network (a CIDR block with its
+//! host bits clear: an allocation range, a subnet); [`Ipv4Net::of`] gives an address's
+//! network. Also inclusive address ranges ([`AddrRange`]).
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -10,11 +10,42 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::Ipv4Cidr;
+/// An IPv4 address with a prefix length (host bits allowed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    /// Whether `addr` lies in this address's subnet.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & mask(self.prefix_len.min(32))
+            == u32::from(self.addr) & mask(self.prefix_len.min(32))
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrError;
+    /// Reads `10.2.1.5/24` (host bits allowed).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix_len) = split(s).map_err(|e| match e {
+            CidrError::Malformed(given) => CidrError::MalformedAddress(given),
+            other => other,
+        })?;
+        Ok(Ipv4Cidr { addr, prefix_len })
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
 
 /// An IPv4 network: start address with the host bits clear, and a prefix length 0..=32.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
+pub struct Ipv4Net {
     start: u32,
     prefix_len: u8,
 }
@@ -23,10 +54,12 @@ pub struct Cidr {
 pub enum CidrError {
     #[error("{0:?} is not an IPv4 CIDR (like 10.32.0.0/12)")]
     Malformed(String),
+    #[error("{0:?} is not an IPv4 address with a prefix length (like 10.2.1.5/24)")]
+    MalformedAddress(String),
     #[error("{given:?}: the prefix length must be 0..=32")]
     PrefixOutOfRange { given: String },
     #[error("{given:?} has host bits set: the network is {network}")]
-    HostBitsSet { given: String, network: Cidr },
+    HostBitsSet { given: String, network: Ipv4Net },
 }
 
 fn mask(prefix_len: u8) -> u32 {
@@ -56,11 +89,10 @@ fn split(s: &str) -> Result<(Ipv4Addr, u8), CidrError> {
 
 /// Reads an address with a prefix length (`10.2.1.5/24`, host bits allowed).
 pub fn parse_address(s: &str) -> Result<Ipv4Cidr, CidrError> {
-    let (addr, prefix_len) = split(s)?;
-    Ok(Ipv4Cidr { addr, prefix_len })
+    s.parse()
 }
 
-impl Cidr {
+impl Ipv4Net {
     /// The network `addr/prefix_len`; refused if the prefix is over 32 or host bits are set.
     pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Result<Self, CidrError> {
         let given = format!("{addr}/{prefix_len}");
@@ -132,17 +164,17 @@ impl Cidr {
     }
 
     /// Whether `other` lies wholly inside this network.
-    pub fn contains_cidr(self, other: Cidr) -> bool {
+    pub fn contains_cidr(self, other: Ipv4Net) -> bool {
         other.prefix_len >= self.prefix_len && self.contains(other.network())
     }
 
-    pub fn overlaps(self, other: Cidr) -> bool {
+    pub fn overlaps(self, other: Ipv4Net) -> bool {
         self.contains_cidr(other) || other.contains_cidr(self)
     }
 
     /// The networks of `prefix_len` bits inside this one, in order (none if `prefix_len` is
     /// shorter than ours or over 32).
-    pub fn subnets(self, prefix_len: u8) -> impl Iterator<Item = Cidr> {
+    pub fn subnets(self, prefix_len: u8) -> impl Iterator<Item = Ipv4Net> {
         let ok = prefix_len >= self.prefix_len && prefix_len <= 32;
         let count: u64 = if ok {
             1u64 << (prefix_len - self.prefix_len)
@@ -155,7 +187,7 @@ impl Cidr {
             0
         };
         let start = u64::from(self.start);
-        (0..count).map(move |i| Cidr {
+        (0..count).map(move |i| Ipv4Net {
             start: (start + i * step) as u32,
             prefix_len,
         })
@@ -170,7 +202,7 @@ impl Cidr {
     }
 }
 
-impl FromStr for Cidr {
+impl FromStr for Ipv4Net {
     type Err = CidrError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix_len) = split(s)?;
@@ -184,13 +216,13 @@ impl FromStr for Cidr {
     }
 }
 
-impl fmt::Display for Cidr {
+impl fmt::Display for Ipv4Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network(), self.prefix_len)
     }
 }
 
-impl fmt::Debug for Cidr {
+impl fmt::Debug for Ipv4Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
@@ -198,7 +230,7 @@ impl fmt::Debug for Cidr {
 
 /// Text in human-readable formats (`"10.32.0.0/12"`), `(u32, u8)` in compact ones; both
 /// validated when read.
-impl Serialize for Cidr {
+impl Serialize for Ipv4Net {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             s.collect_str(self)
@@ -208,7 +240,7 @@ impl Serialize for Cidr {
     }
 }
 
-impl<'de> Deserialize<'de> for Cidr {
+impl<'de> Deserialize<'de> for Ipv4Net {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
             let text = String::deserialize(d)?;
@@ -293,7 +325,7 @@ impl fmt::Debug for AddrRange {
 mod tests {
     use super::*;
 
-    fn c(s: &str) -> Cidr {
+    fn c(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
 
@@ -311,14 +343,14 @@ mod tests {
     #[test]
     fn bad_networks_get_one_line_errors() {
         assert_eq!(
-            "10.2.1.5/24".parse::<Cidr>(),
+            "10.2.1.5/24".parse::<Ipv4Net>(),
             Err(CidrError::HostBitsSet {
                 given: "10.2.1.5/24".into(),
                 network: c("10.2.1.0/24")
             })
         );
         assert_eq!(
-            "10.2.1.0/33".parse::<Cidr>(),
+            "10.2.1.0/33".parse::<Ipv4Net>(),
             Err(CidrError::PrefixOutOfRange {
                 given: "10.2.1.0/33".into()
             })
@@ -334,22 +366,22 @@ mod tests {
             "10.2.1.0/24/1",
             "10.2.1.0/0024",
         ] {
-            let e = bad.parse::<Cidr>().unwrap_err();
+            let e = bad.parse::<Ipv4Net>().unwrap_err();
             assert!(matches!(e, CidrError::Malformed(_)), "{bad}: {e}");
             assert!(!e.to_string().contains('\n'));
         }
         assert_eq!(
-            "10.2.1.5/24".parse::<Cidr>().unwrap_err().to_string(),
+            "10.2.1.5/24".parse::<Ipv4Net>().unwrap_err().to_string(),
             "\"10.2.1.5/24\" has host bits set: the network is 10.2.1.0/24"
         );
         assert!(matches!(
-            Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 40),
+            Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 40),
             Err(CidrError::PrefixOutOfRange { .. })
         ));
     }
 
     #[test]
-    fn addresses_with_prefix_reuse_the_datapath_type() {
+    fn an_address_with_prefix_keeps_its_host_bits_and_shares_the_parser() {
         let a = parse_address("10.2.1.5/24").unwrap();
         assert_eq!(
             a,
@@ -358,15 +390,27 @@ mod tests {
                 prefix_len: 24
             }
         );
-        assert_eq!(Cidr::of(a), c("10.2.1.0/24"));
+        assert_eq!(Ipv4Net::of(a), c("10.2.1.0/24"));
         assert!(matches!(
             parse_address("10.2.1.5/99"),
             Err(CidrError::PrefixOutOfRange { .. })
         ));
-        assert!(matches!(
-            parse_address("10.2.1.5"),
-            Err(CidrError::Malformed(_))
-        ));
+        assert_eq!(
+            parse_address("10.2.1.5").unwrap_err().to_string(),
+            "\"10.2.1.5\" is not an IPv4 address with a prefix length (like 10.2.1.5/24)"
+        );
+        assert!(parse_address("10.2.1.5/+4").is_err());
+        // Its subnet, whatever the host bits.
+        assert!(a.contains(Ipv4Addr::new(10, 2, 1, 200)));
+        assert!(!a.contains(Ipv4Addr::new(10, 2, 2, 1)));
+        // A prefix over 32 (built without the parser) matches only itself, never everything.
+        let odd = Ipv4Cidr {
+            addr: Ipv4Addr::new(10, 2, 1, 5),
+            prefix_len: 40,
+        };
+        assert!(odd.contains(Ipv4Addr::new(10, 2, 1, 5)));
+        assert!(!odd.contains(Ipv4Addr::new(10, 2, 1, 6)));
+        assert_eq!(a.to_string(), "10.2.1.5/24");
     }
 
     #[test]
@@ -379,7 +423,7 @@ mod tests {
         assert!(big.contains(Ipv4Addr::new(10, 2, 255, 255)));
         assert!(!big.contains(Ipv4Addr::new(10, 3, 0, 0)));
         assert!(c("0.0.0.0/0").contains_cidr(big));
-        let subs: Vec<Cidr> = c("10.2.0.0/22").subnets(24).collect();
+        let subs: Vec<Ipv4Net> = c("10.2.0.0/22").subnets(24).collect();
         assert_eq!(
             subs,
             vec![
@@ -427,12 +471,15 @@ mod tests {
     fn serde_text_and_compact() {
         let n = c("10.32.0.0/12");
         assert_eq!(serde_json::to_string(&n).unwrap(), "\"10.32.0.0/12\"");
-        assert_eq!(serde_json::from_str::<Cidr>("\"10.32.0.0/12\"").unwrap(), n);
-        assert!(serde_json::from_str::<Cidr>("\"10.32.0.1/12\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<Ipv4Net>("\"10.32.0.0/12\"").unwrap(),
+            n
+        );
+        assert!(serde_json::from_str::<Ipv4Net>("\"10.32.0.1/12\"").is_err());
         let wire = postcard::to_stdvec(&n).unwrap();
-        assert_eq!(postcard::from_bytes::<Cidr>(&wire).unwrap(), n);
+        assert_eq!(postcard::from_bytes::<Ipv4Net>(&wire).unwrap(), n);
         assert!(
-            postcard::from_bytes::<Cidr>(&postcard::to_stdvec(&(1u32, 12u8)).unwrap()).is_err()
+            postcard::from_bytes::<Ipv4Net>(&postcard::to_stdvec(&(1u32, 12u8)).unwrap()).is_err()
         );
     }
 }
