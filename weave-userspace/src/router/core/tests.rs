@@ -534,3 +534,119 @@ fn data_goes_to_the_address_a_peer_is_seen_at_not_the_one_it_claims() {
     let local: std::net::SocketAddr = "127.0.0.1:6783".parse().unwrap();
     assert_eq!(data_address(local, &behind_nat), behind_nat.underlay);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What may happen to a router with up to four peers, each of which may restart (a new
+    /// UID) and dial or be dialled at any time.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Hello { peer: u8, run: u8, outbound: bool },
+        Placed { conn: usize, ok: bool },
+        RemoteReady { conn: usize },
+        Closed { conn: usize },
+        FastdpStatus { conn: usize, heard: bool },
+        PathCheck { secs: u8, heartbeats: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (2u8..6, 0u8..2, any::<bool>()).prop_map(|(peer, run, outbound)| Op::Hello { peer, run, outbound }),
+            3 => (any::<usize>(), prop::bool::weighted(0.9)).prop_map(|(conn, ok)| Op::Placed { conn, ok }),
+            3 => any::<usize>().prop_map(|conn| Op::RemoteReady { conn }),
+            2 => any::<usize>().prop_map(|conn| Op::Closed { conn }),
+            1 => (any::<usize>(), any::<bool>()).prop_map(|(conn, heard)| Op::FastdpStatus { conn, heard }),
+            1 => (0u8..4, 0u64..4).prop_map(|(secs, heartbeats)| Op::PathCheck { secs, heartbeats }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Whatever the order of hellos, placements, readiness, losses and reports: one
+        /// connection per peer, every handshake answered once, a peer placed only for a
+        /// connection the core keeps, a peer unrouted only when no connection to it is left,
+        /// and nothing with our own short ID.
+        #[test]
+        fn the_core_keeps_one_consistent_connection_per_peer(
+            sleeve in any::<bool>(),
+            ops in prop::collection::vec(op(), 0..80),
+        ) {
+            let us = hello(1);
+            let mut core = MeshCore::new(us.clone(), config(sleeve, SleeveUse::Fallback));
+            let mut ids: Vec<ConnId> = Vec::new();
+            let mut now = Instant::now();
+            for op in ops {
+                let pick = |i: usize| (!ids.is_empty()).then(|| ids[i % ids.len()]);
+                let event = match op {
+                    Op::Hello { peer, run, outbound } => {
+                        let id = ids.len() as ConnId + 1;
+                        ids.push(id);
+                        let mut h = hello(peer);
+                        h.uid += u64::from(run);
+                        handshaken(id, outbound, &h)
+                    }
+                    Op::Placed { conn, ok } => match pick(conn) {
+                        Some(id) => Event::Placed { id, error: (!ok).then(|| "refused".into()) },
+                        None => continue,
+                    },
+                    Op::RemoteReady { conn } => match pick(conn) {
+                        Some(id) => Event::RemoteReady { id },
+                        None => continue,
+                    },
+                    Op::Closed { conn } => match pick(conn) {
+                        Some(id) => Event::Closed { id, error: "gone".into() },
+                        None => continue,
+                    },
+                    Op::FastdpStatus { conn, heard } => match pick(conn) {
+                        Some(id) => Event::FastdpStatus { id, heard },
+                        None => continue,
+                    },
+                    Op::PathCheck { secs, heartbeats } => {
+                        now += Duration::from_secs(u64::from(secs));
+                        let received = (2u16..6)
+                            .map(|p| (p, PathSample { rx_heartbeats: heartbeats, probe: None }))
+                            .collect();
+                        Event::PathCheck { now, probe_round: 1, received }
+                    }
+                };
+                let handshake = match &event {
+                    Event::Handshaken { id, .. } => Some(*id),
+                    _ => None,
+                };
+                let effects = core.on_event(event);
+                if let Some(id) = handshake {
+                    let answers = effects.iter().filter(|e| matches!(e, Effect::Answer { id: a, .. } if *a == id)).count();
+                    prop_assert_eq!(answers, 1, "one answer per handshake: {:?}", effects);
+                }
+                for e in &effects {
+                    match e {
+                        Effect::Place { id, placement, .. } => {
+                            let c = core.connection(*id);
+                            prop_assert!(c.is_some_and(|c| c.hello.name == placement.name));
+                        }
+                        Effect::Unroute(p) => prop_assert!(!core.is_direct(&p.name)),
+                        Effect::Switch { placement, .. } => {
+                            prop_assert!(sleeve && placement.watched);
+                        }
+                        _ => {}
+                    }
+                }
+                // One connection per peer, and by_peer says which.
+                let mut names = std::collections::BTreeMap::new();
+                for (id, c) in core.connections() {
+                    prop_assert!(names.insert(c.hello.name, *id).is_none(), "two connections to {}", c.hello.name);
+                    prop_assert_ne!(c.hello.short_id, us.short_id);
+                    prop_assert!(c.established() == (c.local_ready && c.remote_ready));
+                }
+                prop_assert_eq!(names.len(), core.peer_count());
+                for (name, id) in &names {
+                    prop_assert!(core.is_direct(name));
+                    prop_assert!(!core.is_connected(*name, *id));
+                }
+            }
+        }
+    }
+}
