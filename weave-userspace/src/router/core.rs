@@ -19,7 +19,9 @@ use crate::datapath::overlay::{Overlay, OverlayChoice, Placement};
 use crate::datapath::{DatapathPeer, Heartbeat, ProbeSeen};
 use crate::mesh::connection::{ConnId, ConnectionError};
 use crate::mesh::peer_name::{PeerName, ShortId};
-use crate::mesh::protocol::{Hello, Message, FASTDP_STATUS_VERSION, PATH_MTU_VERSION};
+use crate::mesh::protocol::{
+    Hello, Message, FASTDP_STATUS_VERSION, PATH_MTU_VERSION, SLEEVE_RELAY_VERSION,
+};
 use crate::mesh::topology::ConnectionSummary;
 
 /// What the core is configured with.
@@ -94,6 +96,7 @@ impl Conn {
             peer: self.datapath_peer(),
             overlay: self.overlay,
             watched: self.choice.is_some(),
+            relays: self.version >= SLEEVE_RELAY_VERSION,
         }
     }
 

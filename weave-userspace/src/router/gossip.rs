@@ -474,6 +474,9 @@ impl<D: Datapath> Inner<D> {
             let view = &mut *view;
             let topology = &view.topology;
             let lookup = |name: &PeerName| topology.peer(name).map(|p| (p.short_id, p.underlay));
+            if let Some(sleeve) = self.overlays.sleeve() {
+                sleeve.set_routing(route_plan::sleeve_routing(&view.routes, lookup));
+            }
             route_plan::plan(&view.routes, lookup, &direct, &mut view.installed)
         };
         let plan = plan.for_fast_path(self.overlays.sleeve().is_some(), self.sleeve_use);

@@ -10,6 +10,7 @@ use super::SleeveUse;
 use crate::datapath::DatapathPeer;
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::routes::Routes;
+use crate::sleeve::forwarding::Routing;
 
 /// What of the routes the data path holds.
 #[derive(Debug, Default)]
@@ -110,6 +111,30 @@ pub fn plan(
         remove,
         orphans,
         trees: tree_changes,
+    }
+}
+
+/// The routes as the sleeve follows them, in short IDs: every destination's next hop, and
+/// every broadcast source's children here.
+pub fn sleeve_routing(
+    routes: &Routes,
+    lookup: impl Fn(&PeerName) -> Option<PeerAddress>,
+) -> Routing {
+    let short = |name: &PeerName| lookup(name).map(|(id, _)| id.get());
+    Routing {
+        next_hop: routes
+            .unicast
+            .iter()
+            .filter_map(|(dst, hop)| Some((short(dst)?, short(hop)?)))
+            .collect(),
+        children: routes
+            .broadcast
+            .iter()
+            .filter(|(_, children)| !children.is_empty())
+            .filter_map(|(source, children)| {
+                Some((short(source)?, children.iter().filter_map(short).collect()))
+            })
+            .collect(),
     }
 }
 
@@ -239,6 +264,17 @@ mod tests {
     }
 
     #[test]
+    fn the_sleeve_gets_every_route_and_tree_in_short_ids() {
+        let mut routes = line(2);
+        routes.broadcast.insert(name(3), vec![name(2)]);
+        let r = sleeve_routing(&routes, lookup);
+        assert_eq!(r.next_hop.get(&3), Some(&2));
+        assert_eq!(r.next_hop.get(&2), Some(&2));
+        assert_eq!(r.children.get(&1), Some(&vec![2]));
+        assert_eq!(r.children.get(&3), Some(&vec![2]));
+    }
+
+    #[test]
     fn without_a_fast_path_for_relays_only_trees_and_orphans_remain() {
         let mut installed = Installed::default();
         installed.unrouted.insert(name(4), peer(4, 4));
@@ -260,5 +296,58 @@ mod tests {
         );
         let p = plan(&line(2), lookup, &direct(&[2]), &mut Installed::default());
         assert_eq!(p.for_fast_path(false, SleeveUse::All).add, [peer(3, 2)]);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Routes of peer 1 among peers 2..=7: each destination reached directly or through
+        /// another peer, each source's broadcast passed on to a few of them.
+        fn routes() -> impl Strategy<Value = (Routes, BTreeSet<PeerName>)> {
+            (
+                prop::collection::btree_map(2u8..8, 2u8..8, 0..6),
+                prop::collection::btree_map(1u8..8, prop::collection::vec(2u8..8, 0..3), 0..4),
+            )
+                .prop_map(|(unicast, broadcast)| {
+                    let mut routes = Routes::default();
+                    let mut direct = BTreeSet::new();
+                    for (dst, hop) in unicast {
+                        routes.unicast.insert(name(dst), name(hop));
+                        if dst == hop {
+                            direct.insert(name(dst));
+                        }
+                    }
+                    for (source, children) in broadcast {
+                        routes
+                            .broadcast
+                            .insert(name(source), children.into_iter().map(name).collect());
+                    }
+                    (routes, direct)
+                })
+        }
+
+        proptest! {
+            /// Through any sequence of routes: what is installed afterwards is exactly the
+            /// relayed peers the routes want (never a direct one), nothing is both added and
+            /// removed, and planning the same routes again changes nothing.
+            #[test]
+            fn the_installed_state_follows_the_routes(steps in prop::collection::vec(routes(), 1..6)) {
+                let mut installed = Installed::default();
+                for (routes, direct) in steps {
+                    let p = plan(&routes, lookup, &direct, &mut installed);
+                    for (dst, hop) in &routes.unicast {
+                        let relayed = dst != hop && !direct.contains(dst);
+                        prop_assert_eq!(installed.relayed.contains_key(dst), relayed);
+                    }
+                    prop_assert!(installed.relayed.keys().all(|n| routes.unicast.contains_key(n)));
+                    prop_assert!(p.add.iter().all(|a| !p.remove.contains(a)));
+                    prop_assert!(p.add.iter().all(|a| a.next_hop != a.short_id));
+                    let again = plan(&routes, lookup, &direct, &mut installed);
+                    prop_assert_eq!(again, RoutePlan::default());
+                }
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::crypto::PresharedKey;
 use crate::datapath::fake::{FakeCall, FakeDatapath};
 use crate::mesh::connection::{handshake, read_message, write_message};
 use crate::mesh::peer_name::ShortId;
-use crate::mesh::protocol::{Message, Versions};
+use crate::mesh::protocol::{Message, Versions, MAX_VERSION};
 
 fn timings() -> Timings {
     Timings {
@@ -390,7 +390,7 @@ async fn dialling_a_peer_with_another_version_shows_the_error() {
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
-            let _ = s.write_all(&Versions { min: 5, max: 6 }.encode()).await;
+            let _ = s.write_all(&Versions { min: MAX_VERSION + 1, max: MAX_VERSION + 2 }.encode()).await;
         }
     });
     let a = Node::start(1, &[addr]).await;

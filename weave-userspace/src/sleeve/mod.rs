@@ -7,10 +7,17 @@
 //! frames to the bridge); one thread reads them, picks the peer by the learned destination
 //! MAC (every sleeve peer for broadcast and unknown MACs), seals them ([`packet`]) and sends
 //! them on UDP 6783. Another thread receives, drops what does not verify (counted by
-//! reason), learns the sender's MAC and writes the frame into the TAP. Peers are direct
-//! connections only.
+//! reason), learns the sender's MAC and writes the frame into the TAP.
+//!
+//! Frames also cross peers that are not neighbours ([`forwarding`]): a frame for a MAC
+//! learned behind a peer the sleeve does not carry goes to the next hop of the unicast
+//! route, with a route header inside the seal; a relay opens it with its neighbour's keys,
+//! seals it again with the next hop's and sends it on (plaintext never leaves a router);
+//! broadcasts follow their origin's broadcast tree; a hop count stops loops while routes
+//! disagree. The router hands the routes over ([`Sleeve::set_routing`]).
 
 pub mod bridge_port;
+pub mod forwarding;
 pub mod packet;
 pub mod tap;
 
@@ -24,7 +31,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::crypto::{NonceDomain, SessionKeys};
-use packet::{Decoder, DropReason, Encoder, Header};
+use forwarding::{Neighbour, Routing, Send};
+use packet::{Decoder, DropReason, Encoder, Header, RouteHeader};
 use tap::{Tap, VNET_HDR_LEN};
 
 /// The sleeve's UDP port (Weave's).
@@ -82,6 +90,8 @@ struct Peer {
     /// Whether the sleeve carries the peer's frames now; when not (the fast path does), its
     /// keys and counters wait here, and its datagrams are dropped as from an unknown peer.
     carried: AtomicBool,
+    /// It takes routed datagrams (protocol version 5): frames of others, relayed.
+    relays: bool,
     /// Payload bytes per datagram to this peer: 0 for the shared size (the underlay's
     /// MTU), else what the path to it verified ([`Sleeve::set_path_mtu`]).
     segment: std::sync::atomic::AtomicUsize,
@@ -100,8 +110,10 @@ struct Shared {
     local: u16,
     encrypted: bool,
     peers: RwLock<HashMap<u16, Arc<Peer>>>,
-    /// Where each remote MAC lives, learned from received frames.
+    /// Where each remote MAC lives (the frame's origin), learned from received frames.
     macs: RwLock<HashMap<[u8; 6], u16>>,
+    /// The routes to peers that are not neighbours, and the broadcast trees.
+    routing: RwLock<Routing>,
     stop: AtomicBool,
 }
 
@@ -174,6 +186,7 @@ impl Sleeve {
             encrypted,
             peers: RwLock::default(),
             macs: RwLock::default(),
+            routing: RwLock::default(),
             stop: AtomicBool::new(false),
         });
         let tx = {
@@ -208,12 +221,20 @@ impl Sleeve {
         let Some(peer) = read(&self.shared.peers).get(&short_id).cloned() else {
             return Ok(());
         };
-        let tag = if self.shared.encrypted { crate::crypto::TAG_LEN } else { 0 };
+        let tag = if self.shared.encrypted {
+            crate::crypto::TAG_LEN
+        } else {
+            0
+        };
         let frame_len = usize::from(outer_len)
             .saturating_sub(20 + 8 + packet::HEADER_LEN + tag + VNET_HDR_LEN)
             .max(weave_ebpf_common::heartbeat::HEARTBEAT_FRAME_LEN);
         let mut payload = vec![0u8; VNET_HDR_LEN + frame_len];
-        weave_ebpf_common::heartbeat::write_heartbeat_frame(&mut payload[VNET_HDR_LEN..], short_id, round);
+        weave_ebpf_common::heartbeat::write_heartbeat_frame(
+            &mut payload[VNET_HDR_LEN..],
+            short_id,
+            round,
+        );
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         lock(&peer.encoder)
             .encode(&payload, usize::MAX, &mut out, &mut scratch)
@@ -246,6 +267,7 @@ impl Sleeve {
         underlay: Ipv4Addr,
         session: Option<&SessionKeys>,
         carry: bool,
+        relays: bool,
     ) -> Result<(), String> {
         let keys = match (self.shared.encrypted, session) {
             (true, None) => return Err("no session keys for an encrypted sleeve".into()),
@@ -255,6 +277,7 @@ impl Sleeve {
         let peer = Peer {
             addr: SocketAddrV4::new(underlay, SLEEVE_PORT),
             carried: AtomicBool::new(carry),
+            relays,
             segment: std::sync::atomic::AtomicUsize::new(0),
             probe_seen: Mutex::new((0, 0)),
             encoder: Mutex::new(Encoder::new(
@@ -294,6 +317,17 @@ impl Sleeve {
             .collect();
         macs.retain(|_, p| *p != short_id);
         gone
+    }
+
+    /// Takes the routes to follow for frames of peers that are not neighbours (and for
+    /// broadcasts); returns whether they changed.
+    pub fn set_routing(&self, routing: Routing) -> bool {
+        let mut current = write(&self.shared.routing);
+        if *current == routing {
+            return false;
+        }
+        *current = routing;
+        true
     }
 
     /// Whether the sleeve carries the frames of peer `short_id` now.
@@ -443,8 +477,7 @@ fn send_datagrams(
 /// TAP → peers.
 fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
     let mut frame = vec![0u8; packet::MAX_PAYLOAD];
-    let mut out = Vec::with_capacity(2 * packet::MAX_PAYLOAD);
-    let mut scratch = Vec::with_capacity(packet::MAX_PAYLOAD + 64);
+    let mut buffers = Buffers::default();
     while !shared.stop.load(Relaxed) {
         let n = match tap.read(&mut frame) {
             Ok(n) => n,
@@ -465,34 +498,83 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
         let Some(dst) = mac_at(payload, VNET_HDR_LEN) else {
             continue;
         };
-        let target = if dst[0] & 1 == 0 {
+        let owner = if dst[0] & 1 == 0 {
             read(&shared.macs).get(&dst).copied()
         } else {
             None
         };
-        let peers: Vec<Arc<Peer>> = {
+        let sends = {
             let peers = read(&shared.peers);
-            match target.and_then(|t| peers.get(&t)) {
-                Some(p) => vec![p.clone()],
-                None => peers.values().cloned().collect(),
-            }
+            let mut carried: Vec<u16> = peers
+                .iter()
+                .filter(|(_, p)| p.carried.load(Relaxed))
+                .map(|(id, _)| *id)
+                .collect();
+            carried.sort_unstable();
+            let routing = read(&shared.routing);
+            forwarding::from_tap(
+                shared.local,
+                owner,
+                |id| neighbour(&peers, id),
+                &carried,
+                &routing,
+            )
         };
-        let peers = peers.into_iter().filter(|p| p.carried.load(Relaxed));
-        for peer in peers {
-            let segment = match peer.segment.load(Relaxed) {
-                0 => shared.segment,
-                s => s.min(shared.segment),
-            };
-            let encoded = lock(&peer.encoder).encode(payload, segment, &mut out, &mut scratch);
-            match encoded {
-                Ok(stride) => send_datagrams(shared, socket, &out, stride, peer.addr),
-                Err(e) => tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr),
-            }
+        for send in sends {
+            send_one(shared, socket, send, payload, &mut buffers);
         }
     }
 }
 
-/// Receives one datagram, or several coalesced by UDP GRO; (bytes, sender, segment size).
+/// What forwarding needs to know of a peer.
+fn neighbour(peers: &HashMap<u16, Arc<Peer>>, id: u16) -> Option<Neighbour> {
+    peers.get(&id).map(|p| Neighbour {
+        carried: p.carried.load(Relaxed),
+        relays: p.relays,
+    })
+}
+
+/// Buffers a thread reuses for every datagram it builds.
+#[derive(Default)]
+struct Buffers {
+    out: Vec<u8>,
+    scratch: Vec<u8>,
+    /// A routed payload: the route header, then the frame.
+    routed: Vec<u8>,
+}
+
+/// Seals (when encrypted) and sends `payload` to one neighbour, as ours or routed.
+fn send_one(shared: &Shared, socket: &UdpSocket, send: Send, payload: &[u8], b: &mut Buffers) {
+    let (to, route) = match send {
+        Send::Direct(to) => (to, None),
+        Send::Routed(to, route) => (to, Some(route)),
+    };
+    let Some(peer) = read(&shared.peers).get(&to).cloned() else {
+        return;
+    };
+    let segment = match peer.segment.load(Relaxed) {
+        0 => shared.segment,
+        s => s.min(shared.segment),
+    };
+    let body = match route {
+        None => payload,
+        Some(route) => {
+            let mut head = [0u8; RouteHeader::LEN];
+            route.write(&mut head);
+            b.routed.clear();
+            b.routed.extend_from_slice(&head);
+            b.routed.extend_from_slice(payload);
+            &b.routed
+        }
+    };
+    let encoded =
+        lock(&peer.encoder).encode_kind(body, route.is_some(), segment, &mut b.out, &mut b.scratch);
+    match encoded {
+        Ok(stride) => send_datagrams(shared, socket, &b.out, stride, peer.addr),
+        Err(e) => tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr),
+    }
+}
+
 fn recv_coalesced(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
     // SAFETY: an all-zero sockaddr_in is valid.
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -539,6 +621,7 @@ fn recv_coalesced(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Sock
 /// Peers → TAP.
 fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
     let mut buf = vec![0u8; 1 << 17];
+    let mut buffers = Buffers::default();
     while !shared.stop.load(Relaxed) {
         let (n, from, segment) = match recv_coalesced(socket, &mut buf) {
             Ok(x) => x,
@@ -558,7 +641,7 @@ fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
             }
         };
         for datagram in buf[..n].chunks_mut(segment.max(1)) {
-            receive_one(shared, tap, datagram, from);
+            receive_one(shared, socket, tap, datagram, from, &mut buffers);
         }
     }
 }
@@ -566,8 +649,13 @@ fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
 /// The round of a path-MTU probe (a heartbeat frame behind the vnet header), if `payload`
 /// is one.
 fn probe_round(payload: &[u8]) -> Option<u32> {
-    use weave_ebpf_common::heartbeat::{is_heartbeat, read_heartbeat_payload, HEARTBEAT_PAYLOAD_LEN};
-    let eth: &[u8; 14] = payload.get(VNET_HDR_LEN..VNET_HDR_LEN + 14)?.try_into().ok()?;
+    use weave_ebpf_common::heartbeat::{
+        is_heartbeat, read_heartbeat_payload, HEARTBEAT_PAYLOAD_LEN,
+    };
+    let eth: &[u8; 14] = payload
+        .get(VNET_HDR_LEN..VNET_HDR_LEN + 14)?
+        .try_into()
+        .ok()?;
     if !is_heartbeat(eth) {
         return None;
     }
@@ -579,7 +667,14 @@ fn probe_round(payload: &[u8]) -> Option<u32> {
     (round != 0).then_some(round)
 }
 
-fn receive_one(shared: &Shared, tap: &Tap, datagram: &mut [u8], from: SocketAddr) {
+fn receive_one(
+    shared: &Shared,
+    socket: &UdpSocket,
+    tap: &Tap,
+    datagram: &mut [u8],
+    from: SocketAddr,
+    buffers: &mut Buffers,
+) {
     let datagram_len = datagram.len();
     COUNTERS.rx_packets.fetch_add(1, Relaxed);
     COUNTERS.rx_bytes.fetch_add(datagram.len() as u64, Relaxed);
@@ -597,27 +692,68 @@ fn receive_one(shared: &Shared, tap: &Tap, datagram: &mut [u8], from: SocketAddr
         COUNTERS.drop(DropReason::UnknownPeer);
         return;
     };
-    let mut decoder = lock(&peer.decoder);
-    match decoder.decode(header, datagram) {
-        Ok(None) => {}
-        Ok(Some(payload)) => {
-            if let Some(round) = probe_round(&payload) {
-                // Authentic (when sealed) and whole: how big it was is all it says.
-                let (r, largest) = &mut *lock(&peer.probe_seen);
-                let outer = (datagram_len + 20 + 8) as u32;
-                weave_ebpf_common::heartbeat::record_probe(r, largest, round, outer);
-                return;
-            }
-            if let Some(src) = mac_at(&payload, VNET_HDR_LEN + 6) {
-                if src[0] & 1 == 0 && read(&shared.macs).get(&src) != Some(&header.sender) {
-                    write(&shared.macs).insert(src, header.sender);
-                }
-            }
-            if let Err(e) = tap.write(&payload) {
-                tracing::debug!("sleeve: writing {}: {e}", tap.name());
-            }
+    let decoded = lock(&peer.decoder).decode(header, datagram);
+    let payload = match decoded {
+        Ok(Some(payload)) => payload,
+        Ok(None) => return,
+        Err(r) => {
+            COUNTERS.drop(r);
+            return;
         }
-        Err(r) => COUNTERS.drop(r),
+    };
+    if !header.routed {
+        if let Some(round) = probe_round(&payload) {
+            // Authentic (when sealed) and whole: how big it was is all it says.
+            let (r, largest) = &mut *lock(&peer.probe_seen);
+            let outer = (datagram_len + 20 + 8) as u32;
+            weave_ebpf_common::heartbeat::record_probe(r, largest, round, outer);
+            return;
+        }
+        deliver(shared, tap, header.sender, &payload);
+        return;
+    }
+    if !peer.relays {
+        COUNTERS.drop(DropReason::Malformed);
+        return;
+    }
+    let (route, frame) = match RouteHeader::parse(&payload) {
+        Ok(parsed) => parsed,
+        Err(r) => {
+            COUNTERS.drop(r);
+            return;
+        }
+    };
+    let outcome = {
+        let peers = read(&shared.peers);
+        let routing = read(&shared.routing);
+        forwarding::received(
+            shared.local,
+            header.sender,
+            route,
+            |id| neighbour(&peers, id),
+            &routing,
+        )
+    };
+    if let Some(reason) = outcome.dropped {
+        COUNTERS.drop(reason);
+    }
+    for send in outcome.forward {
+        send_one(shared, socket, send, frame, buffers);
+    }
+    if outcome.deliver {
+        deliver(shared, tap, route.origin, frame);
+    }
+}
+
+/// Writes a received frame into the TAP, learning its source MAC as `origin`'s.
+fn deliver(shared: &Shared, tap: &Tap, origin: u16, frame: &[u8]) {
+    if let Some(src) = mac_at(frame, VNET_HDR_LEN + 6) {
+        if src[0] & 1 == 0 && read(&shared.macs).get(&src) != Some(&origin) {
+            write(&shared.macs).insert(src, origin);
+        }
+    }
+    if let Err(e) = tap.write(frame) {
+        tracing::debug!("sleeve: writing {}: {e}", tap.name());
     }
 }
 
@@ -634,6 +770,10 @@ mod tests {
         assert_eq!(probe_round(&payload), None, "a plain heartbeat is no probe");
         payload[VNET_HDR_LEN + 5] = 1;
         assert_eq!(probe_round(&payload), None, "a frame to a real MAC");
-        assert_eq!(probe_round(&payload[..VNET_HDR_LEN + 16]), None, "too short");
+        assert_eq!(
+            probe_round(&payload[..VNET_HDR_LEN + 16]),
+            None,
+            "too short"
+        );
     }
 }

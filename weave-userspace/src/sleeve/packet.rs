@@ -15,12 +15,20 @@
 //! segments but the last have the same size, so the I/O shell sends them in one UDP GSO call
 //! and receives them coalesced by UDP GRO. One seal per frame rather than per segment: the
 //! AEAD's set-up per message costs more than a 1.4 KB segment's encryption.
+//!
+//! A *routed* datagram (kinds 3 and 4, to peers speaking protocol version 5) carries a frame
+//! that is not only between the two neighbours: its payload starts with a [`RouteHeader`]
+//! (origin, destination, hops left), inside the seal, so relays and the destination know
+//! whose frame it is and where it goes while the wire shows only the neighbours. The
+//! header's sender is always the neighbour that sent the datagram, whose keys open it.
 
 use crate::crypto::{CryptoError, DatagramOpener, Sealer, TAG_LEN};
 
 pub const MAGIC: u8 = b'W';
 pub const KIND_PLAIN: u8 = 1;
 pub const KIND_SEALED: u8 = 2;
+pub const KIND_PLAIN_ROUTED: u8 = 3;
+pub const KIND_SEALED_ROUTED: u8 = 4;
 pub const HEADER_LEN: usize = 16;
 /// Bytes a segment adds to its share of the payload (header and tag).
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
@@ -53,16 +61,22 @@ pub enum DropReason {
     Replayed,
     #[error("segment out of sequence")]
     Unpaired,
+    #[error("relayed frame with no route onwards")]
+    NoRoute,
+    #[error("relayed frame looping (our own, or out of hops)")]
+    Loop,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::UnknownPeer,
         DropReason::Plaintext,
         DropReason::Forged,
         DropReason::Replayed,
         DropReason::Unpaired,
+        DropReason::NoRoute,
+        DropReason::Loop,
     ];
 
     pub fn label(self) -> &'static str {
@@ -73,6 +87,8 @@ impl DropReason {
             DropReason::Forged => "forged",
             DropReason::Replayed => "replayed",
             DropReason::Unpaired => "unpaired",
+            DropReason::NoRoute => "no_route",
+            DropReason::Loop => "loop",
         }
     }
 }
@@ -81,6 +97,8 @@ impl DropReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub sealed: bool,
+    /// The payload starts with a [`RouteHeader`].
+    pub routed: bool,
     pub sender: u16,
     /// Which segment of the frame, of how many.
     pub index: u8,
@@ -91,7 +109,12 @@ pub struct Header {
 impl Header {
     pub fn write(&self, out: &mut [u8]) {
         out[0] = MAGIC;
-        out[1] = if self.sealed { KIND_SEALED } else { KIND_PLAIN };
+        out[1] = match (self.sealed, self.routed) {
+            (false, false) => KIND_PLAIN,
+            (true, false) => KIND_SEALED,
+            (false, true) => KIND_PLAIN_ROUTED,
+            (true, true) => KIND_SEALED_ROUTED,
+        };
         out[2..4].copy_from_slice(&self.sender.to_be_bytes());
         out[4] = self.index;
         out[5] = self.count;
@@ -103,9 +126,11 @@ impl Header {
         if d.len() < HEADER_LEN || d[0] != MAGIC || d[6..8] != [0, 0] {
             return Err(DropReason::Malformed);
         }
-        let sealed = match d[1] {
-            KIND_PLAIN => false,
-            KIND_SEALED => true,
+        let (sealed, routed) = match d[1] {
+            KIND_PLAIN => (false, false),
+            KIND_SEALED => (true, false),
+            KIND_PLAIN_ROUTED => (false, true),
+            KIND_SEALED_ROUTED => (true, true),
             _ => return Err(DropReason::Malformed),
         };
         let (index, count) = (d[4], d[5]);
@@ -114,6 +139,7 @@ impl Header {
         }
         Ok(Header {
             sealed,
+            routed,
             sender: u16::from_be_bytes([d[2], d[3]]),
             index,
             count,
@@ -149,6 +175,18 @@ impl Encoder {
         out: &mut Vec<u8>,
         scratch: &mut Vec<u8>,
     ) -> Result<usize, CryptoError> {
+        self.encode_kind(payload, false, segment, out, scratch)
+    }
+
+    /// As [`Encoder::encode`]; a `routed` payload starts with a [`RouteHeader`].
+    pub fn encode_kind(
+        &mut self,
+        payload: &[u8],
+        routed: bool,
+        segment: usize,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<usize, CryptoError> {
         let segment = segment.max(1);
         let tag = if self.sealer.is_some() { TAG_LEN } else { 0 };
         let total = payload.len() + tag;
@@ -158,6 +196,7 @@ impl Encoder {
         }
         let mut header = Header {
             sealed: self.sealer.is_some(),
+            routed,
             sender: self.local,
             index: 0,
             count: count as u8,
@@ -198,6 +237,52 @@ impl Encoder {
             header.write(&mut out[at..]);
         }
         Ok(HEADER_LEN + segment.min(body.len()))
+    }
+}
+
+/// Where a routed frame comes from and goes to: the first [`RouteHeader::LEN`] bytes of a
+/// routed payload. A destination equal to the origin marks a broadcast (it travels the
+/// origin's broadcast tree); `hops_left` goes down by one at every relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteHeader {
+    pub origin: u16,
+    pub destination: u16,
+    pub hops_left: u8,
+}
+
+impl RouteHeader {
+    pub const LEN: usize = 4;
+    /// Hops a frame may take (what four bits hold).
+    pub const MAX_HOPS: u8 = 15;
+
+    pub fn is_broadcast(&self) -> bool {
+        self.origin == self.destination
+    }
+
+    /// Origin (12 bits), then hops left (4 bits) and destination (12 bits), big endian.
+    pub fn write(&self, out: &mut [u8; Self::LEN]) {
+        out[..2].copy_from_slice(&(self.origin & 0x0fff).to_be_bytes());
+        let second =
+            (u16::from(self.hops_left.min(Self::MAX_HOPS)) << 12) | (self.destination & 0x0fff);
+        out[2..].copy_from_slice(&second.to_be_bytes());
+    }
+
+    /// The header at the start of a routed payload, and the rest.
+    pub fn parse(payload: &[u8]) -> Result<(RouteHeader, &[u8]), DropReason> {
+        let (head, rest) = payload
+            .split_first_chunk::<{ Self::LEN }>()
+            .ok_or(DropReason::Malformed)?;
+        let origin = u16::from_be_bytes([head[0], head[1]]);
+        let second = u16::from_be_bytes([head[2], head[3]]);
+        if origin > 0x0fff {
+            return Err(DropReason::Malformed);
+        }
+        let header = RouteHeader {
+            origin,
+            destination: second & 0x0fff,
+            hops_left: (second >> 12) as u8,
+        };
+        Ok((header, rest))
     }
 }
 
@@ -441,5 +526,49 @@ mod tests {
         assert_eq!(segment_payload(1500), 1500 - 28 - OVERHEAD);
         // A tiny MTU still cuts the largest frame into at most MAX_SEGMENTS.
         assert!(MAX_PAYLOAD.div_ceil(segment_payload(576)) <= MAX_SEGMENTS);
+    }
+
+    #[test]
+    fn a_route_header_reads_back_as_written_and_short_ones_are_malformed() {
+        let route = RouteHeader {
+            origin: 0x0abc,
+            destination: 0x0123,
+            hops_left: 7,
+        };
+        let mut bytes = [0u8; RouteHeader::LEN];
+        route.write(&mut bytes);
+        let mut payload = bytes.to_vec();
+        payload.extend_from_slice(b"frame");
+        assert_eq!(RouteHeader::parse(&payload), Ok((route, &b"frame"[..])));
+        assert!(!route.is_broadcast());
+        // More hops than four bits hold are clamped, not wrapped.
+        let far = RouteHeader {
+            hops_left: 200,
+            ..route
+        };
+        far.write(&mut bytes);
+        assert_eq!(RouteHeader::parse(&bytes).unwrap().0.hops_left, RouteHeader::MAX_HOPS);
+        assert_eq!(RouteHeader::parse(&bytes[..3]), Err(DropReason::Malformed));
+        assert_eq!(
+            RouteHeader::parse(&[0xf0, 0, 0, 1]),
+            Err(DropReason::Malformed),
+            "an origin beyond 12 bits"
+        );
+    }
+
+    #[test]
+    fn a_routed_datagram_says_so_and_the_kind_is_sealed_with_it() {
+        let (mut enc, mut dec) = sealed_pair();
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let payload = vec![9u8; 300];
+        enc.encode_kind(&payload, true, SEG, &mut out, &mut scratch).unwrap();
+        let header = Header::parse(&out).unwrap();
+        assert!(header.routed && header.sealed);
+        assert_eq!(out[1], KIND_SEALED_ROUTED);
+        // Turned into an unrouted datagram on the way: it no longer authenticates.
+        let mut forged = out.clone();
+        forged[1] = KIND_SEALED;
+        assert_eq!(decode(&mut dec, &forged), Err(DropReason::Forged));
+        assert_eq!(decode(&mut dec, &out), Ok(Some(payload)));
     }
 }

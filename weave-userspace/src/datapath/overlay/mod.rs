@@ -26,6 +26,8 @@ pub struct Placement {
     pub overlay: Overlay,
     /// It may fall back (or return) to the other overlay: both hold it.
     pub watched: bool,
+    /// Its sleeve takes routed datagrams: it relays frames of others, and gets them.
+    pub relays: bool,
 }
 
 impl Placement {
@@ -69,7 +71,7 @@ impl<D: Datapath> Overlays<D> {
                 // The fast path never routes to the peer: its frames go to the bridge, and
                 // from there through the sleeve.
                 sleeve
-                    .add_peer(short_id, peer.underlay, session, true)
+                    .add_peer(short_id, peer.underlay, session, true, placement.relays)
                     .map_err(sleeve_error)?;
                 if placement.watched {
                     self.datapath.admit_peer(peer).await?;
@@ -80,7 +82,7 @@ impl<D: Datapath> Overlays<D> {
                 let mut stale = Vec::new();
                 if placement.watched {
                     sleeve
-                        .add_peer(short_id, peer.underlay, session, false)
+                        .add_peer(short_id, peer.underlay, session, false, placement.relays)
                         .map_err(sleeve_error)?;
                     // A connection it replaces may have had it on the sleeve.
                     stale = sleeve.carry(short_id, false);
