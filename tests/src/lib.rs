@@ -15,6 +15,7 @@ pub mod docker;
 pub mod error;
 pub mod mesh;
 pub mod netns;
+pub mod partial_mesh;
 pub mod probe;
 pub mod router;
 pub mod sandbox;

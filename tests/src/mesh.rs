@@ -101,6 +101,14 @@ pub fn cut(bed: &TestBed, a: usize, b: usize) -> Result<()> {
     block_pair(&bed.underlay(), "bridge", aa, ba)
 }
 
+/// Undoes [`cut`]: hosts `a` and `b` reach each other on the underlay again.
+pub fn heal(bed: &TestBed, a: usize, b: usize) -> Result<()> {
+    let (aa, ba) = (bed.host(a).addr, bed.host(b).addr);
+    unblock(&bed.host(a).ns, ba)?;
+    unblock(&bed.host(b).ns, aa)?;
+    unblock_pair(&bed.underlay(), "bridge", aa, ba)
+}
+
 /// Drops UDP to `port` between hosts `a` and `b` on the underlay bridge, both ways; the rest
 /// of their traffic (the control connection on TCP 6783, say) passes. May be called again
 /// for more pairs or ports.
