@@ -475,7 +475,10 @@ impl<D: Datapath> Inner<D> {
             let topology = &view.topology;
             let lookup = |name: &PeerName| topology.peer(name).map(|p| (p.short_id, p.underlay));
             if let Some(sleeve) = self.overlays.sleeve() {
-                sleeve.set_routing(route_plan::sleeve_routing(&view.routes, lookup));
+                // With a password, trusted neighbours are on the fast path and the others on
+                // the sleeve: routes mix the two.
+                let mixed = self.sleeve_use == super::SleeveUse::Untrusted;
+                sleeve.set_routing(route_plan::sleeve_routing(&view.routes, lookup, mixed));
             }
             route_plan::plan(&view.routes, lookup, &direct, &mut view.installed)
         };

@@ -119,6 +119,7 @@ pub fn plan(
 pub fn sleeve_routing(
     routes: &Routes,
     lookup: impl Fn(&PeerName) -> Option<PeerAddress>,
+    beside_fast_path: bool,
 ) -> Routing {
     let short = |name: &PeerName| lookup(name).map(|(id, _)| id.get());
     Routing {
@@ -135,6 +136,7 @@ pub fn sleeve_routing(
                 Some((short(source)?, children.iter().filter_map(short).collect()))
             })
             .collect(),
+        beside_fast_path,
     }
 }
 
@@ -267,7 +269,8 @@ mod tests {
     fn the_sleeve_gets_every_route_and_tree_in_short_ids() {
         let mut routes = line(2);
         routes.broadcast.insert(name(3), vec![name(2)]);
-        let r = sleeve_routing(&routes, lookup);
+        let r = sleeve_routing(&routes, lookup, true);
+        assert!(r.beside_fast_path);
         assert_eq!(r.next_hop.get(&3), Some(&2));
         assert_eq!(r.next_hop.get(&2), Some(&2));
         assert_eq!(r.children.get(&1), Some(&vec![2]));

@@ -5,7 +5,13 @@
 //! the route towards its destination, or on along its origin's broadcast tree.
 //!
 //! Neighbours that speak protocol version 5 (`relays`) get routed datagrams
-//! ([`RouteHeader`]); older ones only frames of our own, unrouted, as before.
+//! ([`RouteHeader`]); older ones only frames of our own, unrouted, as before. Routed
+//! datagrams go to any neighbour the sleeve holds keys for, whether the sleeve or the fast
+//! path carries its own frames: a route may have fast-path hops and sleeve hops. A broadcast
+//! reaches a fast-path neighbour through the kernel; when routes may mix the two
+//! ([`Routing::beside_fast_path`]) the sleeve also sends it a copy marked
+//! [`RouteHeader::beside_fast_path`], which that neighbour does not deliver again but passes
+//! on to the children it reaches only through the sleeve.
 
 use std::collections::HashMap;
 
@@ -17,12 +23,15 @@ use super::packet::{DropReason, RouteHeader};
 pub struct Routing {
     pub next_hop: HashMap<u16, u16>,
     pub children: HashMap<u16, Vec<u16>>,
+    /// Routes may cross fast-path and sleeve hops (a password with trusted subnets): our
+    /// broadcasts also go, marked, to the neighbours the fast path carries.
+    pub beside_fast_path: bool,
 }
 
-/// What the sleeve knows of a neighbour.
+/// What the sleeve knows of a neighbour (one it holds keys for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Neighbour {
-    /// The sleeve carries its frames (else the fast path does, and it gets none here).
+    /// The sleeve carries its frames (else the fast path does).
     pub carried: bool,
     /// It takes routed datagrams (protocol version 5).
     pub relays: bool,
@@ -37,44 +46,53 @@ pub enum Send {
     Routed(u16, RouteHeader),
 }
 
+fn route(origin: u16, destination: u16, hops_left: u8, beside_fast_path: bool) -> RouteHeader {
+    RouteHeader {
+        origin,
+        destination,
+        hops_left,
+        beside_fast_path,
+    }
+}
+
 /// Where a frame from the TAP goes. `owner`: the peer its destination MAC was learned
-/// behind (`None` for broadcast, multicast and unknown MACs); `carried`: the neighbours the
-/// sleeve carries, in a stable order.
+/// behind (`None` for broadcast, multicast and unknown MACs); `neighbours`: those the
+/// sleeve holds keys for, in a stable order.
 pub fn from_tap(
     local: u16,
     owner: Option<u16>,
     neighbour: impl Fn(u16) -> Option<Neighbour>,
-    carried: &[u16],
+    neighbours: &[u16],
     routing: &Routing,
 ) -> Vec<Send> {
     if let Some(peer) = owner {
         if neighbour(peer).is_some_and(|n| n.carried) {
             return vec![Send::Direct(peer)];
         }
-        if let Some(&hop) = routing.next_hop.get(&peer) {
-            if hop != peer && neighbour(hop).is_some_and(|n| n.carried && n.relays) {
-                let route = RouteHeader {
-                    origin: local,
-                    destination: peer,
-                    hops_left: RouteHeader::MAX_HOPS,
-                };
-                return vec![Send::Routed(hop, route)];
+        match routing.next_hop.get(&peer) {
+            Some(&hop) if hop != peer && neighbour(hop).is_some_and(|n| n.relays) => {
+                let unicast = route(local, peer, RouteHeader::MAX_HOPS, false);
+                return vec![Send::Routed(hop, unicast)];
             }
+            // A neighbour the fast path carries: not the sleeve's to send.
+            _ if neighbour(peer).is_some() => return Vec::new(),
+            _ => {}
         }
     }
     // Our own broadcast: our neighbours are our children in our tree, each passes it on
     // along that tree.
-    let broadcast = RouteHeader {
-        origin: local,
-        destination: local,
-        hops_left: RouteHeader::MAX_HOPS,
-    };
-    carried
+    neighbours
         .iter()
-        .filter_map(|&peer| match neighbour(peer)? {
-            n if !n.carried => None,
-            n if n.relays => Some(Send::Routed(peer, broadcast)),
-            _ => Some(Send::Direct(peer)),
+        .filter_map(|&peer| {
+            let n = neighbour(peer)?;
+            let ours =
+                |beside| Send::Routed(peer, route(local, local, RouteHeader::MAX_HOPS, beside));
+            match (n.carried, n.relays) {
+                (true, true) => Some(ours(false)),
+                (true, false) => Some(Send::Direct(peer)),
+                (false, true) if routing.beside_fast_path => Some(ours(true)),
+                (false, _) => None,
+            }
         })
         .collect()
 }
@@ -94,7 +112,7 @@ pub struct Received {
 pub fn received(
     local: u16,
     from: u16,
-    route: RouteHeader,
+    header: RouteHeader,
     neighbour: impl Fn(u16) -> Option<Neighbour>,
     routing: &Routing,
 ) -> Received {
@@ -102,57 +120,62 @@ pub fn received(
         dropped: Some(reason),
         ..Received::default()
     };
-    if route.origin == local {
+    if header.origin == local {
         return dropped(DropReason::Loop);
     }
     let onward = RouteHeader {
-        hops_left: route.hops_left.saturating_sub(1),
-        ..route
+        hops_left: header.hops_left.saturating_sub(1),
+        beside_fast_path: false,
+        ..header
     };
-    let relaying = |peer: u16| neighbour(peer).filter(|n| n.carried);
-    if route.is_broadcast() {
+    if header.is_broadcast() {
         let children = routing
             .children
-            .get(&route.origin)
+            .get(&header.origin)
             .map_or(&[][..], |c| &c[..]);
-        let forward = if route.hops_left == 0 {
+        let forward = if header.hops_left == 0 {
             Vec::new()
         } else {
             children
                 .iter()
-                .filter(|&&c| c != from && c != route.origin && c != local)
-                .filter_map(|&c| match relaying(c)? {
-                    n if n.relays => Some(Send::Routed(c, onward)),
-                    _ => None,
+                .filter(|&&c| c != from && c != header.origin && c != local)
+                .filter(|&&c| {
+                    neighbour(c).is_some_and(|n| {
+                        // Beside the fast path, the kernel passes it on to the children it
+                        // carries; the sleeve to the others.
+                        n.relays && (n.carried || !header.beside_fast_path)
+                    })
                 })
+                .map(|&c| Send::Routed(c, onward))
                 .collect()
         };
         return Received {
-            deliver: true,
+            deliver: !header.beside_fast_path,
             forward,
             dropped: None,
         };
     }
-    if route.destination == local {
+    if header.destination == local {
         return Received {
             deliver: true,
             ..Received::default()
         };
     }
-    if route.hops_left == 0 {
+    if header.hops_left == 0 {
         return dropped(DropReason::Loop);
     }
-    let hop = match routing.next_hop.get(&route.destination) {
+    let hop = match routing.next_hop.get(&header.destination) {
         Some(&hop) if hop != from => hop,
         _ => return dropped(DropReason::NoRoute),
     };
     // A neighbour on an older version cannot be told whose frame it is: not a next hop.
-    match relaying(hop) {
-        Some(n) if n.relays => Received {
+    if neighbour(hop).is_some_and(|n| n.relays) {
+        Received {
             forward: vec![Send::Routed(hop, onward)],
             ..Received::default()
-        },
-        _ => dropped(DropReason::NoRoute),
+        }
+    } else {
+        dropped(DropReason::NoRoute)
     }
 }
 
@@ -177,6 +200,7 @@ mod tests {
         Routing {
             next_hop: HashMap::from([(A, A), (C, C)]),
             children: HashMap::from([(A, vec![C]), (C, vec![A]), (B, vec![A, C])]),
+            beside_fast_path: false,
         }
     }
 
@@ -185,6 +209,7 @@ mod tests {
         Routing {
             next_hop: HashMap::from([(B, B), (C, B)]),
             children: HashMap::from([(A, vec![B])]),
+            beside_fast_path: false,
         }
     }
 
@@ -204,7 +229,8 @@ mod tests {
                 RouteHeader {
                     origin: A,
                     destination: C,
-                    hops_left: RouteHeader::MAX_HOPS
+                    hops_left: RouteHeader::MAX_HOPS,
+                    beside_fast_path: false,
                 }
             )]
         );
@@ -232,7 +258,8 @@ mod tests {
                     RouteHeader {
                         origin: A,
                         destination: A,
-                        hops_left: RouteHeader::MAX_HOPS
+                        hops_left: RouteHeader::MAX_HOPS,
+                        beside_fast_path: false,
                     }
                 ),
                 Send::Direct(C)
@@ -246,6 +273,7 @@ mod tests {
             origin: A,
             destination: C,
             hops_left: 5,
+            beside_fast_path: false,
         };
         let r = received(B, A, route, all_relay, &at_b());
         assert!(!r.deliver);
@@ -270,6 +298,7 @@ mod tests {
             origin: A,
             destination: A,
             hops_left: 3,
+            beside_fast_path: false,
         };
         let r = received(B, A, route, all_relay, &at_b());
         assert!(r.deliver);
@@ -294,6 +323,7 @@ mod tests {
             origin: B,
             destination: C,
             hops_left: 9,
+            beside_fast_path: false,
         };
         assert_eq!(
             received(B, A, ours, all_relay, &at_b()).dropped,
@@ -303,6 +333,7 @@ mod tests {
             origin: A,
             destination: C,
             hops_left: 0,
+            beside_fast_path: false,
         };
         assert_eq!(
             received(B, A, spent, all_relay, &at_b()).dropped,
@@ -312,6 +343,7 @@ mod tests {
             origin: A,
             destination: D,
             hops_left: 9,
+            beside_fast_path: false,
         };
         assert_eq!(
             received(B, A, nowhere, all_relay, &at_b()).dropped,
@@ -324,20 +356,21 @@ mod tests {
             origin: A,
             destination: C,
             hops_left: 9,
+            beside_fast_path: false,
         };
         assert_eq!(
             received(B, A, to_c, all_relay, &back).dropped,
             Some(DropReason::NoRoute)
         );
-        // A next hop the sleeve does not carry, or that cannot take routed frames.
-        let not_carried = |p| {
-            Some(Neighbour {
-                carried: p != C,
+        // A next hop the sleeve holds no keys for, or that cannot take routed frames.
+        let unknown = |p| {
+            (p != C).then_some(Neighbour {
+                carried: true,
                 relays: true,
             })
         };
         assert_eq!(
-            received(B, A, to_c, not_carried, &at_b()).dropped,
+            received(B, A, to_c, unknown, &at_b()).dropped,
             Some(DropReason::NoRoute)
         );
         let old = |p| {
@@ -358,8 +391,64 @@ mod tests {
             origin: A,
             destination: A,
             hops_left: 0,
+            beside_fast_path: false,
         };
         let r = received(B, A, route, all_relay, &at_b());
         assert!(r.deliver && r.forward.is_empty());
+    }
+
+    /// The line A–B–C where the fast path carries A–B (trusted) and the sleeve B–C.
+    fn fast_then_sleeve(at: u16) -> impl Fn(u16) -> Option<Neighbour> {
+        move |p| match (at, p) {
+            (A, B) | (B, A) => Some(Neighbour {
+                carried: false,
+                relays: true,
+            }),
+            (B, C) | (C, B) => Some(Neighbour {
+                carried: true,
+                relays: true,
+            }),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn mixed_hops_unicast_takes_the_sleeve_to_a_fast_path_neighbour() {
+        let sends = from_tap(A, Some(C), fast_then_sleeve(A), &[B], &at_a());
+        assert!(matches!(
+            sends[..],
+            [Send::Routed(B, RouteHeader { destination: C, .. })]
+        ));
+        // And back: B hands C's frame for A to A through the sleeve.
+        let back = route(C, A, 9, false);
+        assert_eq!(
+            received(B, C, back, fast_then_sleeve(B), &at_b()).forward,
+            [Send::Routed(A, route(C, A, 8, false))]
+        );
+    }
+
+    #[test]
+    fn a_broadcast_beside_the_fast_path_is_not_delivered_twice_and_crosses_the_sleeve_hop() {
+        let mixed = Routing {
+            beside_fast_path: true,
+            ..at_a()
+        };
+        // A's own broadcast: the kernel takes it to B; the sleeve sends B a marked copy.
+        let sends = from_tap(A, None, fast_then_sleeve(A), &[B], &mixed);
+        assert_eq!(
+            sends,
+            [Send::Routed(B, route(A, A, RouteHeader::MAX_HOPS, true))]
+        );
+        // Without mixed routes, none.
+        assert!(from_tap(A, None, fast_then_sleeve(A), &[B], &at_a()).is_empty());
+        // B does not deliver it again, and passes it to C (the sleeve's), unmarked.
+        let r = received(B, A, route(A, A, 15, true), fast_then_sleeve(B), &at_b());
+        assert!(!r.deliver);
+        assert_eq!(r.forward, [Send::Routed(C, route(A, A, 14, false))]);
+        // C's broadcast reaches B through the sleeve: B delivers it and passes it to A
+        // through the sleeve too (the kernel never saw it).
+        let r = received(B, C, route(C, C, 15, false), fast_then_sleeve(B), &at_b());
+        assert!(r.deliver);
+        assert_eq!(r.forward, [Send::Routed(A, route(C, C, 14, false))]);
     }
 }

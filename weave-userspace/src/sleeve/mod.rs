@@ -505,18 +505,14 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
         };
         let sends = {
             let peers = read(&shared.peers);
-            let mut carried: Vec<u16> = peers
-                .iter()
-                .filter(|(_, p)| p.carried.load(Relaxed))
-                .map(|(id, _)| *id)
-                .collect();
-            carried.sort_unstable();
+            let mut neighbours: Vec<u16> = peers.keys().copied().collect();
+            neighbours.sort_unstable();
             let routing = read(&shared.routing);
             forwarding::from_tap(
                 shared.local,
                 owner,
                 |id| neighbour(&peers, id),
-                &carried,
+                &neighbours,
                 &routing,
             )
         };
@@ -686,9 +682,13 @@ fn receive_one(
         }
     };
     let peer = read(&shared.peers).get(&header.sender).cloned();
-    let Some(peer) =
-        peer.filter(|p| SocketAddr::V4(p.addr).ip() == from.ip() && p.carried.load(Relaxed))
-    else {
+    // Routed datagrams come from any neighbour we hold keys for (a route may cross a hop the
+    // fast path carries); the others only from those the sleeve carries.
+    let accepted = |p: &Arc<Peer>| {
+        SocketAddr::V4(p.addr).ip() == from.ip()
+            && (p.carried.load(Relaxed) || (header.routed && p.relays))
+    };
+    let Some(peer) = peer.filter(accepted) else {
         COUNTERS.drop(DropReason::UnknownPeer);
         return;
     };

@@ -248,6 +248,9 @@ pub struct RouteHeader {
     pub origin: u16,
     pub destination: u16,
     pub hops_left: u8,
+    /// A broadcast the kernel fast path also carried to the receiver: pass it on to the
+    /// peers only the sleeve reaches, do not deliver it again.
+    pub beside_fast_path: bool,
 }
 
 impl RouteHeader {
@@ -259,9 +262,11 @@ impl RouteHeader {
         self.origin == self.destination
     }
 
-    /// Origin (12 bits), then hops left (4 bits) and destination (12 bits), big endian.
+    /// The flag beside the fast path (1 bit), 3 zero bits and the origin (12 bits), then
+    /// hops left (4 bits) and destination (12 bits), big endian.
     pub fn write(&self, out: &mut [u8; Self::LEN]) {
-        out[..2].copy_from_slice(&(self.origin & 0x0fff).to_be_bytes());
+        let first = (u16::from(self.beside_fast_path) << 15) | (self.origin & 0x0fff);
+        out[..2].copy_from_slice(&first.to_be_bytes());
         let second =
             (u16::from(self.hops_left.min(Self::MAX_HOPS)) << 12) | (self.destination & 0x0fff);
         out[2..].copy_from_slice(&second.to_be_bytes());
@@ -272,15 +277,16 @@ impl RouteHeader {
         let (head, rest) = payload
             .split_first_chunk::<{ Self::LEN }>()
             .ok_or(DropReason::Malformed)?;
-        let origin = u16::from_be_bytes([head[0], head[1]]);
+        let first = u16::from_be_bytes([head[0], head[1]]);
         let second = u16::from_be_bytes([head[2], head[3]]);
-        if origin > 0x0fff {
+        if first & 0x7000 != 0 {
             return Err(DropReason::Malformed);
         }
         let header = RouteHeader {
-            origin,
+            origin: first & 0x0fff,
             destination: second & 0x0fff,
             hops_left: (second >> 12) as u8,
+            beside_fast_path: first & 0x8000 != 0,
         };
         Ok((header, rest))
     }
@@ -534,6 +540,7 @@ mod tests {
             origin: 0x0abc,
             destination: 0x0123,
             hops_left: 7,
+            beside_fast_path: true,
         };
         let mut bytes = [0u8; RouteHeader::LEN];
         route.write(&mut bytes);
@@ -547,12 +554,21 @@ mod tests {
             ..route
         };
         far.write(&mut bytes);
-        assert_eq!(RouteHeader::parse(&bytes).unwrap().0.hops_left, RouteHeader::MAX_HOPS);
+        assert_eq!(
+            RouteHeader::parse(&bytes).unwrap().0.hops_left,
+            RouteHeader::MAX_HOPS
+        );
         assert_eq!(RouteHeader::parse(&bytes[..3]), Err(DropReason::Malformed));
         assert_eq!(
-            RouteHeader::parse(&[0xf0, 0, 0, 1]),
+            RouteHeader::parse(&[0x70, 0, 0, 1]),
             Err(DropReason::Malformed),
             "an origin beyond 12 bits"
+        );
+        assert!(
+            !RouteHeader::parse(&[0x0a, 0xbc, 0, 1])
+                .unwrap()
+                .0
+                .beside_fast_path
         );
     }
 
@@ -561,7 +577,8 @@ mod tests {
         let (mut enc, mut dec) = sealed_pair();
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         let payload = vec![9u8; 300];
-        enc.encode_kind(&payload, true, SEG, &mut out, &mut scratch).unwrap();
+        enc.encode_kind(&payload, true, SEG, &mut out, &mut scratch)
+            .unwrap();
         let header = Header::parse(&out).unwrap();
         assert!(header.routed && header.sealed);
         assert_eq!(out[1], KIND_SEALED_ROUTED);
