@@ -180,6 +180,31 @@ fn assert_routes_via_the_middle(bed: &TestBed) {
     );
 }
 
+/// `status connections` on host1 and host3 shows the other end as relayed via host2, over
+/// the path `how` says (e.g. `encrypted   sleeve`).
+fn assert_shown_relayed(bed: &TestBed, how: &str) {
+    let b = bed.peer_name(2);
+    for (from, to) in [(1, 3), (3, 1)] {
+        let other = bed.peer_name(to);
+        let shown = |conns: &str| {
+            conns.lines().any(|l| {
+                l.contains("relayed")
+                    && l.contains(how)
+                    && l.contains(&format!("{other}("))
+                    && l.contains(&format!("via {b}("))
+            })
+        };
+        let r = bed.router(from);
+        cmd::wait_for("the relayed peer in `status connections`", Duration::from_secs(10), || {
+            shown(&r.connections().ok()?).then_some(())
+        })
+        .unwrap_or_else(|e| {
+            let conns = r.connections().unwrap_or_default();
+            panic!("host{from}'s `status connections` should show host{to} relayed via host2 ({how}): {e}\n{conns}")
+        });
+    }
+}
+
 /// Pings 10.2.1.3 from host1's container and 10.2.1.1 from host3's, five times each with
 /// the marker in a payload of [`MARKER_PING_SIZE`], while capturing host2's underlay; checks
 /// that the pings went through host2 as `wire` says.
@@ -323,6 +348,7 @@ fn line_with_a_password_relays_encrypted_traffic_through_the_middle() {
         assert_connections(&bed, i, "encrypted", "sleeve");
     }
     assert_routes_via_the_middle(&bed);
+    assert_shown_relayed(&bed, "encrypted   sleeve");
     let (ca, cb, cc) = three_containers(&mut bed);
     assert_marker_pings_relayed(&bed, ca, cc, Wire::Sealed, "srl-h2");
     assert_transfer(&bed, ca, cc, "10.2.1.3");
@@ -340,6 +366,7 @@ fn line_with_the_sleeve_datapath_relays() {
         assert_connections(&bed, i, "unencrypted", "sleeve");
     }
     assert_routes_via_the_middle(&bed);
+    assert_shown_relayed(&bed, "unencrypted sleeve");
     let (ca, cb, cc) = three_containers(&mut bed);
     assert_marker_pings_relayed(&bed, ca, cc, Wire::Sleeve, "srs-h2");
     assert_broadcast_once(&bed, ca, &[cb, cc]);

@@ -818,7 +818,8 @@ mod channels;
 pub mod core;
 mod status;
 pub use status::{
-    format_time, ConnectionInfo, FragNeededCounts, MeshStatus, PeerInfo, REFUSAL_SHOWN_FOR,
+    format_time, ConnectionInfo, FragNeededCounts, MeshStatus, PeerInfo, RelayedPeer,
+    REFUSAL_SHOWN_FOR,
 };
 pub mod gossip;
 pub mod route_plan;

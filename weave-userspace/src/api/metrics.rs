@@ -361,6 +361,7 @@ mod tests {
                 honoured: 1,
                 ignored: 4,
             },
+            relayed: Vec::new(),
         };
         let counters = DatapathCounters {
             by_reason: Reason::ALL

@@ -268,6 +268,8 @@ pub struct RouterReport {
     pub peers: Vec<crate::mesh::topology::PeerInfo>,
     /// Unicast next hops and, per broadcast source, the neighbours we pass it on to.
     pub routes: crate::mesh::routes::Routes,
+    /// Peers reached through a neighbour, and the path that carries them from here.
+    pub relayed: Vec<crate::router::RelayedPeer>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -302,6 +304,7 @@ fn report(s: &MeshStatus, d: &DaemonInfo, endpoints: &[Endpoint]) -> Report {
             connections: s.connections.clone(),
             peers,
             routes,
+            relayed: s.relayed.clone(),
         },
         datapath: DatapathReport {
             interface: d.iface.clone(),

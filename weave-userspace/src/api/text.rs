@@ -147,7 +147,8 @@ pub fn connection_line(c: &ConnectionInfo) -> String {
             } else {
                 "unencrypted"
             };
-            let unverified = if c.overlay == "fastdp" && !c.mtu_verified && c.state == "established" {
+            let unverified = if c.overlay == "fastdp" && !c.mtu_verified && c.state == "established"
+            {
                 " (unverified)"
             } else {
                 ""
@@ -166,12 +167,27 @@ pub fn connection_line(c: &ConnectionInfo) -> String {
         .to_string()
 }
 
-/// `weave-router status connections`.
+/// `weave-router status connections`: the connections in Weave's layout, then every peer
+/// reached through a neighbour (`relayed`, the path from here, the peer, `via` the neighbour).
 pub fn connections(s: &MeshStatus) -> String {
-    s.connections
+    let mut out: String = s
+        .connections
         .iter()
         .map(|c| connection_line(c) + "\n")
-        .collect()
+        .collect();
+    for r in &s.relayed {
+        let crypto = if s.encryption && r.overlay == "sleeve" {
+            "encrypted"
+        } else {
+            "unencrypted"
+        };
+        let _ = writeln!(
+            out,
+            "   {:<21} {:<11} {crypto:<11} {:<6} {} via {}",
+            "", "relayed", r.overlay, r.peer, r.via
+        );
+    }
+    out
 }
 
 /// `weave-router status peers`: every peer known and its connections, as gossip tells them.
@@ -294,6 +310,7 @@ mod tests {
             encryption: false,
             overlay_switches: Default::default(),
             frag_needed: Default::default(),
+            relayed: Vec::new(),
         }
     }
 
@@ -379,6 +396,24 @@ mod tests {
 <- 10.0.0.3:41234        pending     unencrypted fastdp 0a:00:00:00:00:03(host3) mtu=1450
 -> 10.0.0.4:6783         retrying    Connection refused (os error 111)
 -> 10.0.0.5:6783         failed      connect timed out after 5s, retry: 2026-11-28 09:00:00
+"
+        );
+    }
+
+    #[test]
+    fn peers_reached_through_a_neighbour_follow_the_connections() {
+        let mut s = status();
+        s.encryption = true;
+        s.connections.truncate(1);
+        s.relayed = vec![crate::router::RelayedPeer {
+            peer: "0a:00:00:00:00:07(host7)".into(),
+            via: "0a:00:00:00:00:02(host2)".into(),
+            overlay: "sleeve".into(),
+        }];
+        assert_eq!(
+            connections(&s),
+            "-> 10.0.0.2:6783         established encrypted   fastdp 0a:00:00:00:00:02(host2) mtu=1450
+                         relayed     encrypted   sleeve 0a:00:00:00:00:07(host7) via 0a:00:00:00:00:02(host2)
 "
         );
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::{gossip, OverlaySwitches, Router};
+use super::{gossip, OverlaySwitches, Router, SleeveUse};
 use crate::datapath::overlay::Overlay;
 use crate::datapath::Datapath;
 use crate::mesh::connection_maker::{Target, TargetState};
@@ -87,6 +87,21 @@ pub struct MeshStatus {
     /// ICMP "fragmentation needed" from the underlay since the start.
     #[serde(default)]
     pub frag_needed: FragNeededCounts,
+    /// Peers reached through a neighbour, and how.
+    #[serde(default)]
+    pub relayed: Vec<RelayedPeer>,
+}
+
+/// A peer we have no connection with, reached through a neighbour.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct RelayedPeer {
+    /// `name(nickname)`.
+    pub peer: String,
+    /// The neighbour its frames are handed to, `name(nickname)`.
+    pub via: String,
+    /// The path that carries them from here: fastdp (the kernel relays) or sleeve.
+    pub overlay: String,
 }
 
 /// ICMP "fragmentation needed" messages read from the underlay, by what became of them.
@@ -97,6 +112,37 @@ pub struct FragNeededCounts {
     pub honoured: u64,
     /// About anything else, or with no MTU in it.
     pub ignored: u64,
+}
+
+impl<D: Datapath> Router<D> {
+    /// Every peer routed through a neighbour, with the path that carries it from here: the
+    /// fast path when it holds the peer, else the sleeve.
+    fn relayed_peers(&self) -> Vec<RelayedPeer> {
+        // The fast path relays only without a sleeve, or when the sleeve is a fallback;
+        // with a password or `--datapath sleeve` the sleeve carries every relayed peer.
+        let fast_path_relays =
+            self.inner.overlays.sleeve().is_none() || self.inner.sleeve_use == SleeveUse::Fallback;
+        let view = self.inner.view();
+        let named = |name: &crate::mesh::peer_name::PeerName| {
+            let nick = view.topology.peer(name).map_or("", |p| p.nickname.as_str());
+            format!("{name}({nick})")
+        };
+        view.routes
+            .unicast
+            .iter()
+            .filter(|(dst, hop)| dst != hop)
+            .map(|(dst, hop)| RelayedPeer {
+                peer: named(dst),
+                via: named(hop),
+                overlay: if fast_path_relays && view.installed.relayed.contains_key(dst) {
+                    "fastdp"
+                } else {
+                    "sleeve"
+                }
+                .into(),
+            })
+            .collect()
+    }
 }
 
 impl MeshStatus {
@@ -191,6 +237,7 @@ impl<D: Datapath> Router<D> {
             targets: mesh.targets.keys().map(Target::to_string).collect(),
             connections,
             mesh: self.mesh_report(),
+            relayed: self.relayed_peers(),
             discovery: self.inner.discovery,
             encryption: self.inner.password.is_some(),
             overlay_switches: mesh.core.switches(),

@@ -390,7 +390,15 @@ async fn dialling_a_peer_with_another_version_shows_the_error() {
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
-            let _ = s.write_all(&Versions { min: MAX_VERSION + 1, max: MAX_VERSION + 2 }.encode()).await;
+            let _ = s
+                .write_all(
+                    &Versions {
+                        min: MAX_VERSION + 1,
+                        max: MAX_VERSION + 2,
+                    }
+                    .encode(),
+                )
+                .await;
         }
     });
     let a = Node::start(1, &[addr]).await;

@@ -24,8 +24,19 @@ pub struct Routing {
     pub next_hop: HashMap<u16, u16>,
     pub children: HashMap<u16, Vec<u16>>,
     /// Routes may cross fast-path and sleeve hops (a password with trusted subnets): our
-    /// broadcasts also go, marked, to the neighbours the fast path carries.
+    /// broadcasts also go, marked, to the neighbours the fast path carries that are the
+    /// next hop towards some other peer ([`Routing::leads_on`]).
     pub beside_fast_path: bool,
+}
+
+impl Routing {
+    /// Whether `neighbour` is the next hop towards another peer: it has children in our
+    /// broadcast tree (unicast routes follow that tree).
+    pub fn leads_on(&self, neighbour: u16) -> bool {
+        self.next_hop
+            .iter()
+            .any(|(&dst, &hop)| hop == neighbour && dst != neighbour)
+    }
 }
 
 /// What the sleeve knows of a neighbour (one it holds keys for).
@@ -90,7 +101,9 @@ pub fn from_tap(
             match (n.carried, n.relays) {
                 (true, true) => Some(ours(false)),
                 (true, false) => Some(Send::Direct(peer)),
-                (false, true) if routing.beside_fast_path => Some(ours(true)),
+                (false, true) if routing.beside_fast_path && routing.leads_on(peer) => {
+                    Some(ours(true))
+                }
                 (false, _) => None,
             }
         })
@@ -439,8 +452,11 @@ mod tests {
             sends,
             [Send::Routed(B, route(A, A, RouteHeader::MAX_HOPS, true))]
         );
-        // Without mixed routes, none.
+        // Without mixed routes, none; nor to a fast-path neighbour that leads nowhere.
         assert!(from_tap(A, None, fast_then_sleeve(A), &[B], &at_a()).is_empty());
+        let mut leaf = mixed.clone();
+        leaf.next_hop.remove(&C);
+        assert!(from_tap(A, None, fast_then_sleeve(A), &[B], &leaf).is_empty());
         // B does not deliver it again, and passes it to C (the sleeve's), unmarked.
         let r = received(B, A, route(A, A, 15, true), fast_then_sleeve(B), &at_b());
         assert!(!r.deliver);
