@@ -143,7 +143,7 @@ pub fn sleeve_routing(
 impl RoutePlan {
     /// The part of the plan the fast path carries out, given which peers the sleeve
     /// carries. Without a fast path at all, only orphans go. With a sleeve for untrusted
-    /// peers (it carries direct peers only) no relayed peer goes into the fast path; the
+    /// peers (it relays them itself) no relayed peer goes into the fast path; the
     /// trees still take broadcasts to the trusted neighbours on it.
     pub fn for_fast_path(mut self, has_sleeve: bool, sleeve_use: SleeveUse) -> Self {
         match sleeve_use {
