@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use self::core::OverlaySwitches;
-use self::core::{CoreConfig, Effect, Event, MeshCore, PathSample};
+use self::core::{CoreConfig, Effect, Event, Handshake, MeshCore, PathSample};
 use crate::crypto::{PresharedKey, SessionKeys};
 use crate::datapath::overlay::{self, Overlays, Placement};
 use crate::datapath::{Datapath, DatapathError, ProbeSeen};
@@ -182,14 +182,14 @@ impl<D: Datapath> Inner<D> {
                         reply: Some(reply),
                     },
                 );
-                Event::Handshaken {
+                Event::Handshaken(Handshake {
                     id,
                     version,
                     outbound,
                     remote,
                     hello,
                     encrypted,
-                }
+                })
             }
             ConnEvent::ShortIdTaken { short_id } => Event::ShortIdTaken { short_id },
             ConnEvent::FastdpStatus { id, heard } => Event::FastdpStatus { id, heard },

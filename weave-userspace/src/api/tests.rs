@@ -57,15 +57,7 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
     let state = Arc::new(ApiState::new(stop_tx));
     // IP allocation in 10.2.0.0/16 (default subnet 10.2.1.0/24), this router the only seed.
     let me = PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]);
-    let ipam = crate::ipam::node::Ipam::new(
-        me,
-        "10.2.0.0/16".parse().unwrap(),
-        "10.2.1.0/24".parse().unwrap(),
-        crate::ipam::consensus::InitMode::Seed(vec![me]),
-        1,
-    )
-    .unwrap();
-    let ipam = crate::ipam::service::IpamService::new(ipam, None);
+    let ipam = crate::ipam::service::IpamService::alone(me);
     state.set_ready(Arc::new(crate::node::Node::new(
         router.clone(),
         crate::node::endpoints::Interfaces::new(router.datapath().clone(), None),

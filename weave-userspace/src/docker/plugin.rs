@@ -423,18 +423,10 @@ mod tests {
             Arc::new(FakeDatapath::new()),
             None,
         ));
-        let ipam = crate::ipam::node::Ipam::new(
-            me,
-            "10.2.0.0/16".parse().unwrap(),
-            "10.2.1.0/24".parse().unwrap(),
-            crate::ipam::consensus::InitMode::Seed(vec![me]),
-            1,
-        )
-        .unwrap();
         let node = Arc::new(Node::new(
             router.clone(),
             Interfaces::new(router.datapath().clone(), None),
-            Some(crate::ipam::service::IpamService::new(ipam, None)),
+            Some(crate::ipam::service::IpamService::alone(me)),
             None,
             DatapathShown {
                 iface: "lo".into(),

@@ -106,6 +106,20 @@ fn malformed(reason: String) -> GossipChannelError {
 }
 
 impl IpamService {
+    /// For tests: 10.2.0.0/16 (default subnet 10.2.1.0/24), `me` its only seed, in memory.
+    #[cfg(test)]
+    pub(crate) fn alone(me: PeerName) -> Arc<Self> {
+        let ipam = Ipam::new(
+            me,
+            "10.2.0.0/16".parse().expect("a network"),
+            "10.2.1.0/24".parse().expect("a network"),
+            crate::ipam::consensus::InitMode::Seed(vec![me]),
+            1,
+        )
+        .expect("a seed IPAM");
+        Self::new(ipam, None)
+    }
+
     /// `store` keeps the state across restarts (`None`: in memory only).
     pub fn new(ipam: Ipam, store: Option<Arc<StateDir>>) -> Arc<Self> {
         Arc::new(Self {

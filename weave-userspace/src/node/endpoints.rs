@@ -343,16 +343,7 @@ mod tests {
 
     /// An IPAM of 10.2.0.0/16 (default subnet 10.2.1.0/24) that is all ours.
     fn ipam() -> Arc<IpamService> {
-        let me = PeerName::from_bytes([0x0a, 0, 0, 0, 0, 1]);
-        let ipam = crate::ipam::node::Ipam::new(
-            me,
-            "10.2.0.0/16".parse().unwrap(),
-            "10.2.1.0/24".parse().unwrap(),
-            crate::ipam::consensus::InitMode::Seed(vec![me]),
-            1,
-        )
-        .unwrap();
-        IpamService::new(ipam, None)
+        IpamService::alone(PeerName::from_bytes([0x0a, 0, 0, 0, 0, 1]))
     }
 
     struct Bed {

@@ -111,18 +111,24 @@ impl Conn {
     }
 }
 
+/// A connection that finished its handshake.
+#[derive(Debug)]
+pub struct Handshake {
+    pub id: ConnId,
+    /// The protocol version both ends speak.
+    pub version: u8,
+    pub outbound: bool,
+    pub remote: SocketAddr,
+    pub hello: Hello,
+    /// The connection is encrypted (it has session keys).
+    pub encrypted: bool,
+}
+
 /// What happened, as the core learns it.
 #[derive(Debug)]
 pub enum Event {
     /// A connection finished its handshake: keep it or not ([`Effect::Answer`]).
-    Handshaken {
-        id: ConnId,
-        version: u8,
-        outbound: bool,
-        remote: SocketAddr,
-        hello: Hello,
-        encrypted: bool,
-    },
+    Handshaken(Handshake),
     /// The data paths took the peer of connection `id` in ([`Effect::Place`]), or failed to.
     Placed { id: ConnId, error: Option<String> },
     /// The remote end put us in its data path.
@@ -352,22 +358,7 @@ impl MeshCore {
     pub fn on_event(&mut self, event: Event) -> Vec<Effect> {
         let mut effects = Vec::new();
         match event {
-            Event::Handshaken {
-                id,
-                version,
-                outbound,
-                remote,
-                hello,
-                encrypted,
-            } => self.handshaken(
-                id,
-                version,
-                outbound,
-                remote,
-                hello,
-                encrypted,
-                &mut effects,
-            ),
+            Event::Handshaken(handshake) => self.handshaken(handshake, &mut effects),
             Event::Placed { id, error } => self.placed(id, error, &mut effects),
             Event::RemoteReady { id } => {
                 if let Some(c) = self.connections.get_mut(&id) {
@@ -499,17 +490,15 @@ impl MeshCore {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn handshaken(
-        &mut self,
-        id: ConnId,
-        version: u8,
-        outbound: bool,
-        remote: SocketAddr,
-        hello: Hello,
-        encrypted: bool,
-        effects: &mut Vec<Effect>,
-    ) {
+    fn handshaken(&mut self, handshake: Handshake, effects: &mut Vec<Effect>) {
+        let Handshake {
+            id,
+            version,
+            outbound,
+            remote,
+            hello,
+            encrypted,
+        } = handshake;
         let refused = |reason: &dyn std::fmt::Display| {
             tracing::info!(
                 "connection {} {}({}) at {remote} refused: {reason}",

@@ -32,14 +32,14 @@ fn with_short_id(mut hello: Hello, short_id: ShortId) -> Hello {
 }
 
 fn handshaken(id: ConnId, outbound: bool, hello: &Hello) -> Event {
-    Event::Handshaken {
+    Event::Handshaken(Handshake {
         id,
         version: MAX_VERSION,
         outbound,
         remote: SocketAddr::from((hello.underlay, 6783)),
         hello: hello.clone(),
         encrypted: false,
-    }
+    })
 }
 
 /// The effects' kinds, for assertions that read like the sequence they check.
@@ -613,7 +613,7 @@ mod properties {
                     }
                 };
                 let handshake = match &event {
-                    Event::Handshaken { id, .. } => Some(*id),
+                    Event::Handshaken(h) => Some(h.id),
                     _ => None,
                 };
                 let effects = core.on_event(event);
