@@ -307,9 +307,9 @@ fn ratio_line(what: &str, a: Option<f64>, b: Option<f64>, target: Option<f64>) -
                     format!(" (target ≥ {t}×: {met})")
                 })
                 .unwrap_or_default();
-            format!("{what} in this run: {r:.2}×{verdict}.\n")
+            format!("- {what} in this run: {r:.2}×{verdict}.\n")
         }
-        _ => format!("{what}: not measured in this run.\n"),
+        _ => format!("- {what}: not measured in this run.\n"),
     }
 }
 
@@ -405,7 +405,7 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
     );
     if let Some(m) = median(&mut paired) {
         comparisons += &format!(
-            "Relayed / direct encrypted run by run (measured one after the other): median \
+            "- Relayed / direct encrypted run by run (measured one after the other): median \
              {m:.2}× of {} runs.\n",
             paired.len()
         );
@@ -419,7 +419,7 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
             None,
         );
     } else {
-        comparisons += "boringtun was not measured (install it: `cargo install boringtun-cli`; \
+        comparisons += "- boringtun was not measured (install it: `cargo install boringtun-cli`; \
                         needs `wg` from wireguard-tools).\n";
     }
     let errors = if errors.is_empty() {
