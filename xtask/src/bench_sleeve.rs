@@ -301,13 +301,15 @@ fn ratio_line(what: &str, a: Option<f64>, b: Option<f64>, target: Option<f64>) -
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => {
             let r = a / b;
-            let verdict = target
-                .map(|t| {
+            // Against a target, one digit more, so that a miss never rounds up to it.
+            let (shown, verdict) = match target {
+                Some(t) => {
                     let met = if r >= t { "met" } else { "missed" };
-                    format!(" (target ≥ {t}×: {met})")
-                })
-                .unwrap_or_default();
-            format!("- {what} in this run: {r:.2}×{verdict}.\n")
+                    (format!("{r:.3}"), format!(" (target ≥ {t}×: {met})"))
+                }
+                None => (format!("{r:.2}"), String::new()),
+            };
+            format!("- {what} in this run: {shown}×{verdict}.\n")
         }
         _ => format!("- {what}: not measured in this run.\n"),
     }
