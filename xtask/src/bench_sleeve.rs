@@ -1,18 +1,28 @@
 //! Sleeve figures: TCP single stream (iperf3) through the encrypted sleeve (`--password`)
 //! and the plain sleeve (`--datapath sleeve`), against kernel VXLAN in the same run, with
-//! the routers' CPU time per Gbit/s, and a user-space WireGuard (boringtun-cli, when
-//! installed: `cargo install boringtun-cli`; `wg` from wireguard-tools) between the same
-//! two hosts. Written to the Sleeve section of BENCHMARKS.md.
+//! the routers' CPU time per Gbit/s; the encrypted sleeve relayed (a line host1–host2–host3
+//! whose underlay blocks host1↔host3, host1's container to host3's, sealed again at host2);
+//! and a user-space WireGuard (boringtun-cli, when installed: `cargo install boringtun-cli`;
+//! `wg` from wireguard-tools) between two hosts. Written to the Sleeve section of
+//! BENCHMARKS.md.
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use weave_tests::mesh::Report;
+use weave_tests::partial_mesh;
 use weave_tests::{pair, Background, Mode, Netns, Pair, TestBed};
 
 use crate::run::{self, step};
 
 const BEGIN: &str = "<!-- sleeve:begin (written by `cargo xtask bench`) -->";
 const END: &str = "<!-- sleeve:end -->";
+
+/// The password of the encrypted subjects.
+const PASSWORD: &str = "bench password";
+
+/// Relayed encrypted throughput must reach this share of the direct encrypted one.
+const RELAYED_TARGET: f64 = 0.5;
 
 /// CPU seconds (user + system) used so far by the processes `pids`.
 fn cpu_seconds(pids: impl IntoIterator<Item = i32>) -> f64 {
@@ -35,6 +45,12 @@ fn cpu_seconds(pids: impl IntoIterator<Item = i32>) -> f64 {
 /// The data-path processes of a subject: weave-routers, or boringtun.
 enum Carrier {
     Routers(Pair),
+    /// A line of three routers; `client` and `server` are container indices in `bed`.
+    Line {
+        bed: TestBed,
+        client: usize,
+        server: usize,
+    },
     Boringtun {
         bed: TestBed,
         daemons: Vec<Background>,
@@ -50,6 +66,11 @@ impl Carrier {
                 .iter()
                 .flat_map(|h| weave_tests::router::router_pids(h.ns.name()))
                 .collect(),
+            Carrier::Line { bed, .. } => bed
+                .hosts
+                .iter()
+                .flat_map(|h| weave_tests::router::router_pids(h.ns.name()))
+                .collect(),
             Carrier::Boringtun { daemons, .. } => daemons
                 .iter()
                 .filter_map(|d| d.pid())
@@ -61,6 +82,7 @@ impl Carrier {
     fn client(&self) -> &Netns {
         match self {
             Carrier::Routers(p) => &p.client().ns,
+            Carrier::Line { bed, client, .. } => &bed.container(*client).ns,
             Carrier::Boringtun { bed, .. } => &bed.host(1).ns,
         }
     }
@@ -68,6 +90,7 @@ impl Carrier {
     fn server(&self) -> &Netns {
         match self {
             Carrier::Routers(p) => &p.server().ns,
+            Carrier::Line { bed, server, .. } => &bed.container(*server).ns,
             Carrier::Boringtun { bed, .. } => &bed.host(2).ns,
         }
     }
@@ -75,6 +98,7 @@ impl Carrier {
     fn server_ip(&self) -> String {
         match self {
             Carrier::Routers(p) => p.server_ip(),
+            Carrier::Line { .. } => "10.2.1.3".into(),
             Carrier::Boringtun { .. } => "10.99.0.2".into(),
         }
     }
@@ -158,6 +182,41 @@ fn boringtun_pair(cli: &str) -> Result<Carrier> {
     Ok(Carrier::Boringtun { bed, daemons })
 }
 
+/// The encrypted line host1–host2–host3 with host1↔host3 cut on the underlay (see
+/// [`partial_mesh::line`]), container MTU `mtu`, a container on host1 (the client) and one
+/// on host3 (the server, 10.2.1.3); returns once host1 routes to host3 through host2 and
+/// the client reaches the server.
+fn relayed_line(prefix: &str, mtu: u32) -> Result<Carrier> {
+    let mtu = mtu.to_string();
+    let extra = ["--mtu", mtu.as_str(), "--password", PASSWORD];
+    // `line` panics when gossip does not converge; that fails this subject, not the bench.
+    let mut bed = std::panic::catch_unwind(|| partial_mesh::line(prefix, &extra)).map_err(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("panic");
+        anyhow!("the line did not come up: {why}")
+    })?;
+    let client = bed.attach_container(1, "c", "10.2.1.1/24")?;
+    let server = bed.attach_container(3, "c", "10.2.1.3/24")?;
+    let via = Report::of(bed.router(1))?.next_hop(&bed.peer_name(3));
+    if via.as_deref() != Some(bed.peer_name(2).as_str()) {
+        anyhow::bail!(
+            "host1 routes to host3 via {via:?}, not host2\n{}",
+            partial_mesh::dump(&bed)
+        );
+    }
+    bed.container(client)
+        .wait_ping("10.2.1.3", Duration::from_secs(20))
+        .with_context(|| partial_mesh::dump(&bed))?;
+    Ok(Carrier::Line {
+        bed,
+        client,
+        server,
+    })
+}
+
 /// One iperf3 TCP single-stream run: Gbit/s and the carriers' CPU seconds per Gbit.
 fn tcp1(p: &Carrier, seconds: u32) -> Result<(f64, f64)> {
     let dst = p.server_ip();
@@ -198,48 +257,83 @@ fn fmt(v: Option<f64>, prec: usize) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
+/// How a subject is set up, and what it is compared with under the table.
+#[derive(Clone)]
+enum Subject {
+    KernelVxlan,
+    Plain,
+    Encrypted,
+    /// The encrypted sleeve from host1 to host3 through host2.
+    Relayed,
+    Boringtun(String),
+}
+
+impl Subject {
+    fn label(&self) -> &'static str {
+        match self {
+            Subject::KernelVxlan => "kernel VXLAN (no encryption)",
+            Subject::Plain => "weave-router sleeve, unencrypted (`--datapath sleeve`)",
+            Subject::Encrypted => "weave-router sleeve, encrypted (`--password`)",
+            Subject::Relayed => {
+                "weave-router sleeve, encrypted, relayed host1→host3 through host2 (`--password`)"
+            }
+            Subject::Boringtun(_) => "boringtun-cli (WireGuard in user space), host to host",
+        }
+    }
+
+    fn set_up(&self, mtu: u32) -> Result<Carrier> {
+        let weave = |prefix: &str, extra: &[&str]| -> Result<Carrier> {
+            let extra = extra.iter().map(|s| s.to_string()).collect();
+            Ok(Carrier::Routers(pair(prefix, Mode::Weave { extra }, mtu)?))
+        };
+        match self {
+            Subject::KernelVxlan => Ok(Carrier::Routers(pair("cxbv", Mode::KernelVxlan, mtu)?)),
+            Subject::Plain => weave("cxbp", &["--datapath", "sleeve"]),
+            Subject::Encrypted => weave("cxbe", &["--password", PASSWORD]),
+            Subject::Relayed => relayed_line("cxbr", mtu),
+            Subject::Boringtun(cli) => boringtun_pair(cli),
+        }
+    }
+}
+
+/// "`a` / `b` in this run: N×" and, with a `target`, whether N reaches it.
+fn ratio_line(what: &str, a: Option<f64>, b: Option<f64>, target: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let r = a / b;
+            // Against a target, one digit more, so that a miss never rounds up to it.
+            let (shown, verdict) = match target {
+                Some(t) => {
+                    let met = if r >= t { "met" } else { "missed" };
+                    (format!("{r:.3}"), format!(" (target ≥ {t}×: {met})"))
+                }
+                None => (format!("{r:.2}"), String::new()),
+            };
+            format!("- {what} in this run: {shown}×{verdict}.\n")
+        }
+        _ => format!("- {what}: not measured in this run.\n"),
+    }
+}
+
 /// Runs the sleeve figures and writes their section.
 pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Result<()> {
-    let subjects: Vec<(&str, Mode, &str)> = vec![
-        ("kernel VXLAN (no encryption)", Mode::KernelVxlan, "cxbv"),
-        (
-            "weave-router sleeve, unencrypted (`--datapath sleeve`)",
-            Mode::Weave {
-                extra: vec!["--datapath".into(), "sleeve".into()],
-            },
-            "cxbp",
-        ),
-        (
-            "weave-router sleeve, encrypted (`--password`)",
-            Mode::Weave {
-                extra: vec!["--password".into(), "bench password".into()],
-            },
-            "cxbe",
-        ),
+    let mut subjects = vec![
+        Subject::KernelVxlan,
+        Subject::Plain,
+        Subject::Encrypted,
+        Subject::Relayed,
     ];
-    let mut subjects: Vec<(String, Option<Mode>, &str)> = subjects
-        .into_iter()
-        .map(|(l, m, p)| (l.to_string(), Some(m), p))
-        .collect();
-    let boringtun = boringtun_cli();
-    if boringtun.is_some() {
-        subjects.push((
-            "boringtun-cli (WireGuard in user space), host to host".into(),
-            None,
-            "cxbw",
-        ));
+    if let Some(cli) = boringtun_cli() {
+        subjects.push(Subject::Boringtun(cli));
     }
     let load_before = crate::bench::loadavg();
     let mut pairs = Vec::new();
-    for (label, mode, prefix) in &subjects {
+    for subject in &subjects {
+        let label = subject.label();
         step(&format!("sleeve bench: setting up {label}"));
-        let p = match mode {
-            Some(mode) => Carrier::Routers(
-                pair(prefix, mode.clone(), mtu).with_context(|| format!("set up {label}"))?,
-            ),
-            None => boringtun_pair(boringtun.as_deref().unwrap_or("boringtun-cli"))
-                .with_context(|| format!("set up {label}"))?,
-        };
+        let p = subject
+            .set_up(mtu)
+            .with_context(|| format!("set up {label}"))?;
         let server = p.server().spawn(&["iperf3", "-s"])?;
         pairs.push((p, server));
     }
@@ -247,14 +341,24 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
     let mut gbits: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
     let mut errors: Vec<String> = Vec::new();
+    // Relayed / direct encrypted within each run: the two are measured one after the other,
+    // so the machine's other load changes less between them than across runs.
+    let mut paired: Vec<f64> = Vec::new();
     for r in 1..=runs {
-        for (i, (label, _, _)) in subjects.iter().enumerate() {
+        let (mut direct, mut relayed) = (None, None);
+        for (i, subject) in subjects.iter().enumerate() {
+            let label = subject.label();
             step(&format!("sleeve bench run {r}/{runs}: {label}"));
             match tcp1(&pairs[i].0, seconds) {
                 Ok((g, c)) => {
                     println!("    TCP {g:.2} Gbit/s, routers' CPU {c:.2} s per Gbit");
                     gbits[i].push(g);
                     cpu[i].push(c);
+                    match subject {
+                        Subject::Encrypted => direct = Some(g),
+                        Subject::Relayed => relayed = Some(g),
+                        _ => {}
+                    }
                 }
                 Err(e) => {
                     println!("    failed: {e}");
@@ -262,36 +366,64 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
                 }
             }
         }
+        if let (Some(d), Some(r)) = (direct, relayed) {
+            if d > 0.0 {
+                paired.push(r / d);
+            }
+        }
     }
     drop(pairs);
     let medians: Vec<Option<f64>> = gbits.iter_mut().map(|v| median(v)).collect();
+    let median_of =
+        |want: fn(&Subject) -> bool| subjects.iter().position(want).and_then(|i| medians[i]);
+    let kernel = median_of(|s| matches!(s, Subject::KernelVxlan));
+    let encrypted = median_of(|s| matches!(s, Subject::Encrypted));
+    let relayed = median_of(|s| matches!(s, Subject::Relayed));
+    let wg = median_of(|s| matches!(s, Subject::Boringtun(_)));
     let mut table = String::from(
         "| data path | TCP single stream (Gbit/s) | routers' CPU (s per Gbit) | vs kernel VXLAN |\n|---|---:|---:|---:|\n",
     );
-    for (i, (label, _, _)) in subjects.iter().enumerate() {
-        let ratio = match (medians[i], medians[0]) {
+    for (i, subject) in subjects.iter().enumerate() {
+        let ratio = match (medians[i], kernel) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.0} %", 100.0 * a / b),
             _ => "—".into(),
         };
-        let cpu_cell = if i == 0 {
+        let cpu_cell = if matches!(subject, Subject::KernelVxlan) {
             "— (kernel)".to_string()
         } else {
             fmt(median(&mut cpu[i]), 2)
         };
         table.push_str(&format!(
-            "| {label} | {} | {cpu_cell} | {ratio} |\n",
+            "| {} | {} | {cpu_cell} | {ratio} |\n",
+            subject.label(),
             fmt(medians[i], 2)
         ));
     }
-    let wg = medians.get(3).copied().flatten();
-    let versus_wg = match (wg, medians[2]) {
-        (Some(w), Some(e)) if w > 0.0 => {
-            format!("Encrypted sleeve / boringtun in this run: {:.1}×.\n", e / w)
-        }
-        _ => "boringtun was not measured (install it: `cargo install boringtun-cli`; needs `wg` \
-              from wireguard-tools).\n"
-            .into(),
-    };
+    let mut comparisons = ratio_line(
+        "Relayed / direct encrypted sleeve",
+        relayed,
+        encrypted,
+        Some(RELAYED_TARGET),
+    );
+    if let Some(m) = median(&mut paired) {
+        comparisons += &format!(
+            "- Relayed / direct encrypted run by run (measured one after the other): median \
+             {m:.2}× of {} runs.\n",
+            paired.len()
+        );
+    }
+    if wg.is_some() {
+        comparisons += &ratio_line("Encrypted sleeve / boringtun", encrypted, wg, None);
+        comparisons += &ratio_line(
+            "Relayed encrypted sleeve / boringtun (direct)",
+            relayed,
+            wg,
+            None,
+        );
+    } else {
+        comparisons += "- boringtun was not measured (install it: `cargo install boringtun-cli`; \
+                        needs `wg` from wireguard-tools).\n";
+    }
     let errors = if errors.is_empty() {
         String::new()
     } else {
@@ -300,13 +432,17 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
     let section = format!(
         "## Sleeve (user-space data path)\n\n\
          Written by `cargo xtask bench --sleeve-only` on {} (commit {}); 2 vCPU, two hosts in \
-         network namespaces on a veth underlay, container MTU {mtu}, iperf3 TCP one stream, \
+         network namespaces on a veth underlay (for the relayed row three, a line \
+         host1–host2–host3 whose underlay drops host1↔host3, so host2 opens each frame and \
+         seals it again for host3; its three routers share the same two CPUs), container MTU {mtu}, iperf3 TCP one stream, \
          {seconds} s per run, median of {runs} runs taken in turns. Load average: {load_before} \
-         before, {} after. CPU: user + system time of both routers (for boringtun: both \
-         boringtun daemons) during the run, divided by the gigabits carried (the kernel's own share, softirq included, is not in it).\n\n\
-         {table}\n{versus_wg}\n\
+         before, {} after. CPU: user + system time of both routers (relayed: all three; \
+         boringtun: both boringtun daemons) during the run, divided by the gigabits carried (the \
+         kernel's own share, softirq included, is not in it).\n\n\
+         {table}\n{comparisons}\n\
          Targets (encryption issue): plain sleeve ≥ 1.5 Gbit/s; encrypted ≥ 5× a user-space \
-         WireGuard (boringtun). boringtun runs host to host (its tunnel between the two host \
+         WireGuard (boringtun). Target (relaying): relayed encrypted ≥ {RELAYED_TARGET}× direct \
+         encrypted. boringtun runs host to host (its tunnel between the two host \
          namespaces, MTU 1420), the others container to container.\n{errors}",
         run::utc_now(),
         run::git_head(),
