@@ -83,6 +83,21 @@ pub fn ring(prefix: &str, extra: &[&str]) -> TestBed {
 }
 
 /// Waits until every router's report lists every peer and has a route to each.
+/// A container `c1` at 10.2.1.<i>/24 on every host `i` of an `n`-host bed: host1's, and the
+/// others' in host order.
+pub fn container_on_each(bed: &mut TestBed, n: usize) -> (usize, Vec<usize>) {
+    let first = bed
+        .attach_container(1, "c1", "10.2.1.1/24")
+        .expect("attach");
+    let others = (2..=n)
+        .map(|h| {
+            bed.attach_container(h, "c1", &format!("10.2.1.{h}/24"))
+                .expect("attach")
+        })
+        .collect();
+    (first, others)
+}
+
 pub fn wait_converged(bed: &TestBed, n: usize) {
     let all: BTreeSet<String> = (1..=n).map(|i| bed.peer_name(i)).collect();
     for i in 1..=n {

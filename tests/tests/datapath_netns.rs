@@ -645,35 +645,27 @@ fn bad_requests_fail_cleanly() {
     assert_eq!(err, "interface nonexistent0 not found");
     settings.underlay_iface = "eth0".into();
     let r = Router::start(h1, settings.clone()).expect("start");
-    let err = r
-        .call(|dp| async move {
-            dp.attach(AttachRequest {
-                netns: "/nonexistent/netns".into(),
-                addresses: vec![],
-                owner: None,
-                hand_over: false,
+    for (netns, says) in [
+        (
+            "/nonexistent/netns",
+            "network namespace /nonexistent/netns:",
+        ),
+        ("/etc/hostname", "not a network namespace"),
+    ] {
+        let err = r
+            .call(move |dp| async move {
+                dp.attach(AttachRequest {
+                    netns: netns.into(),
+                    addresses: vec![],
+                    owner: None,
+                    hand_over: false,
+                })
+                .await
             })
-            .await
-        })
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with("network namespace /nonexistent/netns:"),
-        "{err}"
-    );
-    let err = r
-        .call(|dp| async move {
-            dp.attach(AttachRequest {
-                netns: "/etc/hostname".into(),
-                addresses: vec![],
-                owner: None,
-                hand_over: false,
-            })
-            .await
-        })
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("not a network namespace"), "{err}");
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{err}");
+    }
     let links = sh(h1, &["ip", "-o", "link", "show"]);
     let container_veths: Vec<&str> = links
         .lines()

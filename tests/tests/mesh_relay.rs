@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use weave_tests::mesh::{self, Capture, Report};
 use weave_tests::partial_mesh::{
-    assert_once_each, broadcast_counts, count, dump, flows, line, ring,
+    assert_once_each, broadcast_counts, container_on_each, count, dump, flows, line, ring,
 };
 use weave_tests::{require_root, TestBed};
 
@@ -135,16 +135,7 @@ fn mesh_ring_broadcast_reaches_each_host_once() {
         return;
     }
     let mut bed = ring("wmrb", &[]);
-    let ca = bed
-        .attach_container(1, "c1", "10.2.1.1/24")
-        .expect("attach");
-    let mut to = Vec::new();
-    for h in 2..=4 {
-        to.push(
-            bed.attach_container(h, "c1", &format!("10.2.1.{h}/24"))
-                .expect("attach"),
-        );
-    }
+    let (ca, to) = container_on_each(&mut bed, 4);
     bed.container(ca)
         .wait_ping("10.2.1.2", Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}\n{}", dump(&bed)));

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use weave_tests::mesh::{self, has_marker, PcapCapture, Report, MARKER_HEX};
 use weave_tests::partial_mesh::{
-    assert_once_each, broadcast_counts, dump, line, partial_mesh_each, ring,
+    assert_once_each, broadcast_counts, container_on_each, dump, line, partial_mesh_each, ring,
 };
 use weave_tests::{cmd, host_addr, probe, require_root, require_tools, TestBed};
 
@@ -478,16 +478,7 @@ fn ring_of_four_with_a_password_survives_a_cut_and_a_heal() {
 /// once; pings from host1's container to host3's flow again within [`RECOVER`] when the link
 /// host1 uses is cut, and again when it is healed.
 fn broadcast_once_and_pings_survive_a_cut_and_a_heal(mut bed: TestBed) {
-    let ca = bed
-        .attach_container(1, "c1", "10.2.1.1/24")
-        .expect("attach");
-    let mut to = Vec::new();
-    for h in 2..=4 {
-        to.push(
-            bed.attach_container(h, "c1", &format!("10.2.1.{h}/24"))
-                .expect("attach"),
-        );
-    }
+    let (ca, to) = container_on_each(&mut bed, 4);
     bed.container(ca)
         .wait_ping("10.2.1.3", Duration::from_secs(20))
         .unwrap_or_else(|e| {
