@@ -436,6 +436,9 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Entry>, GossipChannelError> {
             _ => return Err(malformed(format!("bad host name {:?}", e.hostname))),
         }
         check_container_id(&e.container_id).map_err(|err| malformed(err.to_string()))?;
+        if e.version > crate::mesh::VERSION_LIMIT {
+            return Err(malformed(format!("version {} out of range", e.version)));
+        }
     }
     Ok(entries)
 }

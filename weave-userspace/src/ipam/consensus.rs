@@ -179,6 +179,9 @@ impl Claims {
         {
             return Err("a round without a proposer");
         }
+        if self.promise.round > crate::mesh::VERSION_LIMIT {
+            return Err("a round out of range");
+        }
         if self.value.windows(2).any(|w| w[0] >= w[1]) {
             return Err("value not sorted or duplicated");
         }
@@ -458,6 +461,18 @@ mod tests {
             (quorum(1), quorum(2), quorum(3), quorum(4), quorum(5)),
             (1, 2, 2, 3, 3)
         );
+    }
+
+    #[test]
+    fn a_round_beyond_the_limit_is_refused() {
+        let claims = Claims {
+            promise: Proposal {
+                round: u64::MAX,
+                proposer: Some(PeerName::from_bytes([0x0a, 0, 0, 0, 0, 1])),
+            },
+            ..Claims::default()
+        };
+        assert_eq!(claims.validate(), Err("a round out of range"));
     }
 
     #[test]

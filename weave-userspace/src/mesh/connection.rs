@@ -100,7 +100,11 @@ pub(crate) enum ConnEvent {
     /// The remote end says whether it hears our fast-path heartbeats.
     FastdpStatus { id: ConnId, heard: bool },
     /// The peer says which of our path-MTU probes reached it.
-    PathMtuSeen { id: ConnId, round: u32, largest: u16 },
+    PathMtuSeen {
+        id: ConnId,
+        round: u32,
+        largest: u16,
+    },
     /// The remote end refused us: a peer it is connected to has our short ID `short_id`.
     ShortIdTaken { short_id: ShortId },
     /// The connection is gone.
@@ -514,6 +518,8 @@ async fn read_messages(
 ) -> ConnectionError {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8 * 1024];
+    // A refusal for our short ID comes instead of the peer's ready, never after it.
+    let mut remote_ready = false;
     loop {
         let n = match tokio::time::timeout(timings.dead_after, rd.read(&mut chunk)).await {
             Err(_) => return ConnectionError::Silent(timings.dead_after),
@@ -531,7 +537,15 @@ async fn read_messages(
                     match message {
                         Message::Heartbeat => {}
                         Message::Ready => {
+                            remote_ready = true;
                             let _ = events.send(ConnEvent::RemoteReady { id });
+                        }
+                        Message::ShortIdTaken { .. } if remote_ready => {
+                            return ProtocolError::Unexpected {
+                                expected: "heartbeat",
+                                received: "short ID taken",
+                            }
+                            .into()
                         }
                         Message::Goodbye(reason) => return ConnectionError::Goodbye(reason),
                         Message::ShortIdTaken { id: short_id, by } => {

@@ -111,6 +111,8 @@ impl fmt::Debug for PeerName {
 }
 
 /// A peer's 12-bit short ID: its half of the VXLAN VNI and its index in the `PEERS` map.
+/// Deserialisation does not range-check: what comes from the wire is checked where it is
+/// received ([`ShortId::in_range`]), with an error that names the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ShortId(u16);
 
@@ -129,6 +131,11 @@ impl ShortId {
 
     pub fn random() -> Self {
         Self(rand::random::<u16>() & SHORT_ID_MASK)
+    }
+
+    /// Whether it fits in 12 bits (one read from the wire may not).
+    pub fn in_range(self) -> bool {
+        u32::from(self.0) < MAX_SHORT_IDS
     }
 
     pub fn get(self) -> u16 {

@@ -479,11 +479,17 @@ pub fn check_hello(ours: &Hello, theirs: &Hello) -> Result<(), ProtocolError> {
     if theirs.name == ours.name {
         return Err(ProtocolError::SelfConnection);
     }
-    if ShortId::new(theirs.short_id.get()).is_err() {
+    if !theirs.short_id.in_range() {
         return Err(ProtocolError::BadShortId {
             name: theirs.name,
             id: theirs.short_id.get(),
         });
+    }
+    if let Some(bad) = theirs.trusted_subnets.iter().find(|s| s.prefix_len > 32) {
+        return Err(ProtocolError::Malformed(format!(
+            "peer {} trusts {}/{}: a prefix over 32",
+            theirs.name, bad.addr, bad.prefix_len
+        )));
     }
     if theirs.nickname.len() > MAX_NICKNAME_LEN {
         return Err(ProtocolError::NicknameTooLong(theirs.nickname.len()));
@@ -730,6 +736,18 @@ mod tests {
             check_hello(&ours, &forged),
             Err(ProtocolError::BadShortId { id: 5000, .. })
         ));
+    }
+
+    #[test]
+    fn a_trusted_subnet_with_a_prefix_over_32_is_refused() {
+        let ours = hello("0a:00:00:00:00:01", 1);
+        let mut theirs = hello("0a:00:00:00:00:02", 2);
+        theirs.trusted_subnets = vec![crate::net::Ipv4Cidr {
+            addr: std::net::Ipv4Addr::new(10, 0, 0, 0),
+            prefix_len: 33,
+        }];
+        let err = check_hello(&ours, &theirs).unwrap_err().to_string();
+        assert!(err.contains("10.0.0.0/33: a prefix over 32"), "{err}");
     }
 
     #[test]

@@ -98,6 +98,12 @@ impl PeerInfo {
         if self.version == 0 {
             return Err(TopologyError::Invalid(self.name, "version 0"));
         }
+        if self.version > super::VERSION_LIMIT {
+            return Err(TopologyError::Invalid(self.name, "version out of range"));
+        }
+        if !self.short_id.in_range() {
+            return Err(TopologyError::Invalid(self.name, "short ID out of range"));
+        }
         Ok(())
     }
 
@@ -395,6 +401,8 @@ impl Topology {
     pub fn apply_delta(&mut self, delta: &RecordDelta) -> Result<DeltaOutcome, TopologyError> {
         if delta.upserted.len() + delta.removed.len() > MAX_CONNECTIONS_PER_PEER
             || delta.version <= delta.from_version
+            || delta.version > super::VERSION_LIMIT
+            || !delta.short_id.in_range()
         {
             return Err(TopologyError::Invalid(delta.name, "malformed change"));
         }
@@ -572,6 +580,53 @@ mod tests {
         );
         p.version = version;
         p
+    }
+
+    #[test]
+    fn versions_beyond_the_limit_are_refused_and_change_nothing() {
+        let mut view = Topology::new(peer(1, 3, 1));
+        view.merge(&[peer(2, 5, 1)]).unwrap();
+        let before = view.digest();
+        // A record naming us, and one of a third peer, with a version that would wrap.
+        for forged in [
+            peer(1, u64::MAX, 9),
+            peer(2, u64::MAX, 1),
+            peer(3, super::super::VERSION_LIMIT + 1, 1),
+        ] {
+            assert!(
+                matches!(
+                    view.merge(&[forged]),
+                    Err(TopologyError::Invalid(_, "version out of range"))
+                ),
+                "accepted"
+            );
+        }
+        assert_eq!(view.digest(), before, "nothing changed");
+        // At the limit a forged record of ours is outbid, with room to go on counting.
+        let outcome = view
+            .merge(&[peer(1, super::super::VERSION_LIMIT, 9)])
+            .unwrap();
+        assert!(outcome.ourself_bumped);
+        assert_eq!(view.ourself().version, super::super::VERSION_LIMIT + 1);
+        let delta = RecordDelta {
+            version: u64::MAX,
+            ..view.ourself().delta_from(&peer(1, 3, 1))
+        };
+        assert!(view.apply_delta(&delta).is_err());
+    }
+
+    #[test]
+    fn a_short_id_beyond_12_bits_in_gossip_is_refused() {
+        let mut view = Topology::new(peer(1, 1, 1));
+        let mut alias = peer(2, 1, 1);
+        // Forged on the wire: deserialisation does not range-check.
+        alias.short_id =
+            postcard::from_bytes(&postcard::to_stdvec(&(4096u16 + 2)).unwrap()).unwrap();
+        assert!(matches!(
+            view.merge(&[alias]),
+            Err(TopologyError::Invalid(_, "short ID out of range"))
+        ));
+        assert!(view.peer(&peer(2, 1, 1).name).is_none());
     }
 
     #[test]

@@ -538,6 +538,35 @@ async fn a_line_of_three_routes_the_ends_through_the_middle() {
 }
 
 #[tokio::test]
+async fn a_short_id_refusal_after_the_connection_is_up_changes_nothing() {
+    let a = Node::start(1, &[]).await;
+    let mut s = TcpStream::connect(a.addr()).await.unwrap();
+    handshake(&mut s, &hello(9), Duration::from_secs(2))
+        .await
+        .unwrap();
+    write_message(&mut s, &Message::Ready).await.unwrap();
+    wait_until("the forger's connection established", || {
+        a.states() == ["established"]
+    })
+    .await;
+    // Once up, a peer may not tell us our short ID is taken: the connection closes and our
+    // identity stays.
+    let ours = a.router.local().short_id;
+    write_message(
+        &mut s,
+        &Message::ShortIdTaken {
+            id: ours,
+            by: hello(7).name,
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("the forger's connection closed", || a.states().is_empty()).await;
+    assert_eq!(a.router.local().short_id, ours);
+    a.router.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_gossip_closes_only_that_connection() {
     let a = Node::start(1, &[]).await;
     let b = Node::start(2, &[a.addr()]).await;

@@ -237,4 +237,10 @@ fn payloads_round_trip_and_bad_ones_change_nothing() {
     odd[0].hostname = "Bad Name.".into();
     assert!(c.on_gossip(peer(1), &encode(&odd)).is_err());
     assert!(c.entries().is_empty());
+    // An entry of c's own with a version that would wrap when c answers it with a newer one.
+    let mut wrapping = a.entries();
+    wrapping[0].origin = peer(3);
+    wrapping[0].version = u64::MAX;
+    assert!(c.on_gossip(peer(1), &encode(&wrapping)).is_err());
+    assert!(c.entries().is_empty());
 }
