@@ -208,6 +208,12 @@ fn trusted_subnets_skip_encryption_only_when_both_ends_trust() {
         assert!(c.contains("unencrypted fastdp"), "host{i}:\n{c}");
         let s = bed.router(i).check(&["status"]).unwrap();
         assert!(s.contains("Encryption: enabled"), "host{i}:\n{s}");
+        assert!(
+            s.contains("TrustedSubnets: 10.99.0.0/16, 198.18.0.0/24"),
+            "host{i}:\n{s}"
+        );
+        let report = bed.router(i).check(&["report"]).unwrap();
+        assert!(report.contains("\"Encryption\": true"), "host{i}:\n{report}");
     }
     let a = two_containers(&mut bed);
     let frames = underlay_during_marker_ping(&bed, a, "cxt-underlay");

@@ -362,6 +362,7 @@ mod tests {
                 ignored: 4,
             },
             relayed: Vec::new(),
+            trusted_subnets: Vec::new(),
         };
         let counters = DatapathCounters {
             by_reason: Reason::ALL

@@ -270,6 +270,8 @@ pub struct RouterReport {
     pub routes: crate::mesh::routes::Routes,
     /// Peers reached through a neighbour, and the path that carries them from here.
     pub relayed: Vec<crate::router::RelayedPeer>,
+    /// The underlay subnets this router trusts (`--trusted-subnets`).
+    pub trusted_subnets: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -294,7 +296,7 @@ fn report(s: &MeshStatus, d: &DaemonInfo, endpoints: &[Endpoint]) -> Report {
             protocol: "weave-router".into(),
             protocol_min_version: s.protocol_min_version,
             protocol_max_version: s.protocol_max_version,
-            encryption: false,
+            encryption: s.encryption,
             peer_discovery: s.discovery,
             name: s.local.name.clone(),
             nick_name: s.local.nick_name.clone(),
@@ -305,6 +307,7 @@ fn report(s: &MeshStatus, d: &DaemonInfo, endpoints: &[Endpoint]) -> Report {
             peers,
             routes,
             relayed: s.relayed.clone(),
+            trusted_subnets: s.trusted_subnets.clone(),
         },
         datapath: DatapathReport {
             interface: d.iface.clone(),

@@ -82,7 +82,11 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
         (e, p) => format!(" (with {e} established, {p} pending connections)"),
     };
     line(&mut out, "Peers", format!("{peers}{with}"));
-    line(&mut out, "TrustedSubnets", "none");
+    if s.trusted_subnets.is_empty() {
+        line(&mut out, "TrustedSubnets", "none");
+    } else {
+        line(&mut out, "TrustedSubnets", s.trusted_subnets.join(", "));
+    }
     out.push('\n');
     line(&mut out, "Service", "datapath");
     line(
@@ -311,6 +315,7 @@ mod tests {
             overlay_switches: Default::default(),
             frag_needed: Default::default(),
             relayed: Vec::new(),
+            trusted_subnets: Vec::new(),
         }
     }
 
@@ -386,6 +391,17 @@ mod tests {
         let text = summary(&s, &daemon());
         assert!(text.contains("    Connections: 0\n"), "{text}");
         assert!(text.contains("          Peers: 1\n"), "{text}");
+    }
+
+    #[test]
+    fn the_trusted_subnets_are_listed() {
+        let mut s = status();
+        s.trusted_subnets = vec!["10.0.0.0/8".into(), "192.168.1.0/24".into()];
+        let text = summary(&s, &daemon());
+        assert!(
+            text.contains(" TrustedSubnets: 10.0.0.0/8, 192.168.1.0/24\n"),
+            "{text}"
+        );
     }
 
     #[test]

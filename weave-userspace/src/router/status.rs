@@ -90,6 +90,9 @@ pub struct MeshStatus {
     /// Peers reached through a neighbour, and how.
     #[serde(default)]
     pub relayed: Vec<RelayedPeer>,
+    /// The underlay subnets this router trusts (`--trusted-subnets`).
+    #[serde(default)]
+    pub trusted_subnets: Vec<String>,
 }
 
 /// A peer we have no connection with, reached through a neighbour.
@@ -238,6 +241,13 @@ impl<D: Datapath> Router<D> {
             connections,
             mesh: self.mesh_report(),
             relayed: self.relayed_peers(),
+            trusted_subnets: mesh
+                .core
+                .local()
+                .trusted_subnets
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             discovery: self.inner.discovery,
             encryption: self.inner.password.is_some(),
             overlay_switches: mesh.core.switches(),
