@@ -69,6 +69,14 @@ pub enum SleeveUse {
     All,
 }
 
+impl SleeveUse {
+    /// Whether the kernel fast path carries the peers reached through a neighbour: without
+    /// a sleeve, or when the sleeve is only a fallback; otherwise the sleeve relays them.
+    pub fn fast_path_relays(self, has_sleeve: bool) -> bool {
+        !has_sleeve || self == SleeveUse::Fallback
+    }
+}
+
 /// Longest run of events the event loop handles before it publishes our record and
 /// computes routes (each still at most as often as their intervals allow).
 const MAX_BURST: Duration = Duration::from_millis(50);
@@ -93,12 +101,6 @@ struct Link {
     reply: Option<tokio::sync::oneshot::Sender<Result<(), ConnectionError>>>,
 }
 
-impl Link {
-    fn send(&self, command: ConnCommand) {
-        let _ = self.commands.send(command);
-    }
-}
-
 /// The mesh as this router sees it: the connections and their decisions ([`MeshCore`]),
 /// how to reach each connection's task, and the targets dialled.
 #[derive(Debug)]
@@ -117,7 +119,7 @@ impl Mesh {
     /// Sends a command to connection `id`'s task, if it is still there.
     fn send(&self, id: ConnId, command: ConnCommand) {
         if let Some(link) = self.links.get(&id) {
-            link.send(command);
+            let _ = link.commands.send(command);
         }
     }
 }

@@ -146,17 +146,11 @@ impl RoutePlan {
     /// peers (it relays them itself) no relayed peer goes into the fast path; the
     /// trees still take broadcasts to the trusted neighbours on it.
     pub fn for_fast_path(mut self, has_sleeve: bool, sleeve_use: SleeveUse) -> Self {
-        match sleeve_use {
-            _ if !has_sleeve => {}
-            SleeveUse::Fallback => {}
-            SleeveUse::All => {
-                self.add.clear();
-                self.remove.clear();
+        if !sleeve_use.fast_path_relays(has_sleeve) {
+            self.add.clear();
+            self.remove.clear();
+            if sleeve_use == SleeveUse::All {
                 self.trees.clear();
-            }
-            SleeveUse::Untrusted => {
-                self.add.clear();
-                self.remove.clear();
             }
         }
         self

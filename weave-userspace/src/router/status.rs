@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::{gossip, OverlaySwitches, Router, SleeveUse};
+use super::{gossip, OverlaySwitches, Router};
 use crate::datapath::overlay::Overlay;
 use crate::datapath::Datapath;
 use crate::mesh::connection_maker::{Target, TargetState};
@@ -121,10 +121,10 @@ impl<D: Datapath> Router<D> {
     /// Every peer routed through a neighbour, with the path that carries it from here: the
     /// fast path when it holds the peer, else the sleeve.
     fn relayed_peers(&self) -> Vec<RelayedPeer> {
-        // The fast path relays only without a sleeve, or when the sleeve is a fallback;
-        // with a password or `--datapath sleeve` the sleeve carries every relayed peer.
-        let fast_path_relays =
-            self.inner.overlays.sleeve().is_none() || self.inner.sleeve_use == SleeveUse::Fallback;
+        let fast_path_relays = self
+            .inner
+            .sleeve_use
+            .fast_path_relays(self.inner.overlays.sleeve().is_some());
         let view = self.inner.view();
         let named = |name: &crate::mesh::peer_name::PeerName| {
             let nick = view.topology.peer(name).map_or("", |p| p.nickname.as_str());

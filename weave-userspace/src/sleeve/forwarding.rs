@@ -68,12 +68,12 @@ fn route(origin: u16, destination: u16, hops_left: u8, beside_fast_path: bool) -
 
 /// Where a frame from the TAP goes. `owner`: the peer its destination MAC was learned
 /// behind (`None` for broadcast, multicast and unknown MACs); `neighbours`: those the
-/// sleeve holds keys for, in a stable order.
+/// sleeve holds keys for, in a stable order (only walked for a broadcast).
 pub fn from_tap(
     local: u16,
     owner: Option<u16>,
     neighbour: impl Fn(u16) -> Option<Neighbour>,
-    neighbours: &[u16],
+    neighbours: impl IntoIterator<Item = u16>,
     routing: &Routing,
 ) -> Vec<Send> {
     if let Some(peer) = owner {
@@ -93,8 +93,8 @@ pub fn from_tap(
     // Our own broadcast: our neighbours are our children in our tree, each passes it on
     // along that tree.
     neighbours
-        .iter()
-        .filter_map(|&peer| {
+        .into_iter()
+        .filter_map(|peer| {
             let n = neighbour(peer)?;
             let ours =
                 |beside| Send::Routed(peer, route(local, local, RouteHeader::MAX_HOPS, beside));
@@ -232,7 +232,7 @@ mod tests {
             A,
             Some(C),
             |p| all_relay(p).filter(|_| p == B),
-            &[B],
+            [B],
             &at_a(),
         );
         assert_eq!(
@@ -249,7 +249,7 @@ mod tests {
         );
         // A direct, carried peer gets it as ours.
         assert_eq!(
-            from_tap(A, Some(B), all_relay, &[B], &at_a()),
+            from_tap(A, Some(B), all_relay, [B], &at_a()),
             [Send::Direct(B)]
         );
     }
@@ -262,7 +262,7 @@ mod tests {
                 relays: p != C,
             })
         };
-        let sends = from_tap(A, None, old_c, &[B, C, D], &Routing::default());
+        let sends = from_tap(A, None, old_c, [B, C, D], &Routing::default());
         assert_eq!(
             sends,
             [
@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn mixed_hops_unicast_takes_the_sleeve_to_a_fast_path_neighbour() {
-        let sends = from_tap(A, Some(C), fast_then_sleeve(A), &[B], &at_a());
+        let sends = from_tap(A, Some(C), fast_then_sleeve(A), [B], &at_a());
         assert!(matches!(
             sends[..],
             [Send::Routed(B, RouteHeader { destination: C, .. })]
@@ -447,16 +447,16 @@ mod tests {
             ..at_a()
         };
         // A's own broadcast: the kernel takes it to B; the sleeve sends B a marked copy.
-        let sends = from_tap(A, None, fast_then_sleeve(A), &[B], &mixed);
+        let sends = from_tap(A, None, fast_then_sleeve(A), [B], &mixed);
         assert_eq!(
             sends,
             [Send::Routed(B, route(A, A, RouteHeader::MAX_HOPS, true))]
         );
         // Without mixed routes, none; nor to a fast-path neighbour that leads nowhere.
-        assert!(from_tap(A, None, fast_then_sleeve(A), &[B], &at_a()).is_empty());
+        assert!(from_tap(A, None, fast_then_sleeve(A), [B], &at_a()).is_empty());
         let mut leaf = mixed.clone();
         leaf.next_hop.remove(&C);
-        assert!(from_tap(A, None, fast_then_sleeve(A), &[B], &leaf).is_empty());
+        assert!(from_tap(A, None, fast_then_sleeve(A), [B], &leaf).is_empty());
         // B does not deliver it again, and passes it to C (the sleeve's), unmarked.
         let r = received(B, A, route(A, A, 15, true), fast_then_sleeve(B), &at_b());
         assert!(!r.deliver);

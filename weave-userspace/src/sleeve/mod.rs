@@ -21,7 +21,7 @@ pub mod forwarding;
 pub mod packet;
 pub mod tap;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -109,7 +109,7 @@ struct Shared {
     gso: AtomicBool,
     local: u16,
     encrypted: bool,
-    peers: RwLock<HashMap<u16, Arc<Peer>>>,
+    peers: RwLock<BTreeMap<u16, Arc<Peer>>>,
     /// Where each remote MAC lives (the frame's origin), learned from received frames.
     macs: RwLock<HashMap<[u8; 6], u16>>,
     /// The routes to peers that are not neighbours, and the broadcast trees.
@@ -320,14 +320,9 @@ impl Sleeve {
     }
 
     /// Takes the routes to follow for frames of peers that are not neighbours (and for
-    /// broadcasts); returns whether they changed.
-    pub fn set_routing(&self, routing: Routing) -> bool {
-        let mut current = write(&self.shared.routing);
-        if *current == routing {
-            return false;
-        }
-        *current = routing;
-        true
+    /// broadcasts).
+    pub fn set_routing(&self, routing: Routing) {
+        *write(&self.shared.routing) = routing;
     }
 
     /// Whether the sleeve carries the frames of peer `short_id` now.
@@ -505,14 +500,12 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
         };
         let sends = {
             let peers = read(&shared.peers);
-            let mut neighbours: Vec<u16> = peers.keys().copied().collect();
-            neighbours.sort_unstable();
             let routing = read(&shared.routing);
             forwarding::from_tap(
                 shared.local,
                 owner,
                 |id| neighbour(&peers, id),
-                &neighbours,
+                peers.keys().copied(),
                 &routing,
             )
         };
@@ -523,7 +516,7 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
 }
 
 /// What forwarding needs to know of a peer.
-fn neighbour(peers: &HashMap<u16, Arc<Peer>>, id: u16) -> Option<Neighbour> {
+fn neighbour(peers: &BTreeMap<u16, Arc<Peer>>, id: u16) -> Option<Neighbour> {
     peers.get(&id).map(|p| Neighbour {
         carried: p.carried.load(Relaxed),
         relays: p.relays,
