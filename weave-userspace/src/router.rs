@@ -449,6 +449,18 @@ impl<D: Datapath> Inner<D> {
     /// Takes a short ID no known peer uses (ours clashed with a peer of lower name), tells
     /// the data path and the mesh, and closes every connection so that peers learn it.
     async fn take_new_short_id(&self) {
+        let change = self.mesh().core.short_id_change(std::time::Instant::now());
+        if let self::core::ShortIdChange::Held { first } = change {
+            crate::mesh::refusal::REFUSED.count(crate::mesh::refusal::Refusal::ShortIdClaim);
+            if first {
+                tracing::warn!(
+                    "short ID {} contested again within {} s of our last change: keeping it (further claims until then are counted, not logged)",
+                    self.hello().short_id,
+                    self::core::SHORT_ID_HOLD.as_secs()
+                );
+            }
+            return;
+        }
         let mut in_use = self.view().topology.short_ids_in_use();
         in_use.extend(self.mesh().core.peer_short_ids());
         if in_use.len() >= weave_ebpf_common::vni::MAX_SHORT_IDS as usize {

@@ -123,6 +123,20 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
             .inc_by(n);
     }
 
+    let refused = Family::<ReasonLabels, Counter>::default();
+    registry.register(
+        "weave_gossip_refused",
+        "Gossip refused because of who sent it (a record a peer may not speak for, a unicast off its route or out of hops, a made-up space requester, a short-ID claim held off) or malformed",
+        refused.clone(),
+    );
+    for (reason, n) in crate::mesh::refusal::REFUSED.snapshot() {
+        refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
     let peers = Gauge::<i64>::default();
     peers.set(
         1 + status
@@ -385,7 +399,15 @@ mod tests {
     #[test]
     fn metrics_carry_connections_drops_and_peer_traffic() {
         let (status, counters) = sample();
+        crate::mesh::refusal::REFUSED.count(crate::mesh::refusal::Refusal::HopLimit);
         let text = render(&status, Some(&counters));
+        assert!(
+            text.lines().any(|l| l
+                .starts_with("weave_gossip_refused_total{reason=\"hop_limit\"} ")
+                && !l.ends_with(" 0")),
+            "{text}"
+        );
+        assert!(text.contains("weave_gossip_refused_total{reason=\"not_along_route\"}"));
         for want in [
             "weave_connections{state=\"established\"} 1",
             "weave_connections{state=\"failed\"} 0",

@@ -80,6 +80,8 @@ pub enum IpamError {
     NoReachableDonor(Ipv4Net),
     #[error("observers own no space and cannot {0}")]
     Observer(&'static str),
+    #[error("space request from {0}, a peer we do not reach: nothing donated")]
+    UnknownRequester(PeerName),
 }
 
 /// One peer's IPAM.
@@ -299,6 +301,21 @@ impl Ipam {
     ) -> Result<Vec<Effect>, IpamError> {
         self.alloc.release_address(owner, addr)?;
         Ok(vec![Effect::Persist])
+    }
+
+    /// Handles a message from `from` as [`Ipam::handle`] does, but gives space only to a
+    /// peer we reach (`reachable`): a space request naming anyone else (a made-up peer) is
+    /// refused and changes nothing.
+    pub fn handle_from(
+        &mut self,
+        from: PeerName,
+        msg: Message,
+        reachable: impl Fn(PeerName) -> bool,
+    ) -> Result<Handled, IpamError> {
+        if matches!(msg, Message::SpaceRequest { .. }) && !reachable(from) {
+            return Err(IpamError::UnknownRequester(from));
+        }
+        self.handle(from, msg)
     }
 
     /// Handles a message from `from`. A refused message changes nothing.
@@ -623,6 +640,30 @@ mod tests {
             ),
             Err(IpamError::DefaultSubnetOutsideRange { .. })
         ));
+    }
+
+    #[test]
+    fn space_goes_only_to_a_peer_we_reach() {
+        let seeds = format!("seed={}", name(0));
+        let mut net = Net::new(2, &seeds, "10.32.0.0/12", "10.32.0.0/12");
+        net.allocate(0, "c1", 0).unwrap();
+        let before = net.nodes[0].state();
+        let request = Message::SpaceRequest {
+            subnet: cidr("10.32.0.0/12"),
+        };
+        // Peer 7 is made up: nobody reaches it.
+        let reached = |p: PeerName| p == name(1);
+        assert_eq!(
+            net.nodes[0].handle_from(name(7), request.clone(), reached),
+            Err(IpamError::UnknownRequester(name(7)))
+        );
+        assert_eq!(net.nodes[0].state(), before, "nothing donated");
+        let h = net.nodes[0].handle_from(name(1), request, reached).unwrap();
+        assert!(
+            matches!(&h.effects[..], [Effect::Persist, Effect::Send(p, Message::SpaceReply { donated: true, .. })] if *p == name(1)),
+            "{:?}",
+            h.effects
+        );
     }
 
     #[test]

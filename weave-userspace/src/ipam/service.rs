@@ -367,7 +367,7 @@ impl IpamService {
         let handled: Result<Handled, IpamServiceError> = (|| {
             let (handled, outgoing) = {
                 let mut ipam = self.lock();
-                let handled = ipam.handle(origin, message)?;
+                let handled = ipam.handle_from(origin, message, |p| self.reachable(p))?;
                 let outgoing = self.carry_out(&ipam, handled.effects.clone())?;
                 (handled, outgoing)
             };
@@ -384,6 +384,10 @@ impl IpamService {
             // A refused ring (another range, a conflicting seed) changes nothing; the
             // connection stays (the peer is not malformed, it disagrees).
             Err(IpamServiceError::Ipam(e)) => {
+                if matches!(e, IpamError::UnknownRequester(_)) {
+                    use crate::mesh::refusal::{Refusal, REFUSED};
+                    REFUSED.count(Refusal::UnknownRequester);
+                }
                 tracing::warn!("IPAM message from {origin} refused: {e}");
                 Ok(())
             }

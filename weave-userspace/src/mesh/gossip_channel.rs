@@ -7,7 +7,8 @@
 //!   passes on only the news;
 //! - a *sync* (the whole state, to a new neighbour and periodically to a few) is merged by
 //!   its receiver, which broadcasts the news from itself;
-//! - a *unicast* goes hop by hop along the unicast routes to one router.
+//! - a *unicast* goes hop by hop along the unicast routes to one router, taking one of
+//!   its [`UNICAST_HOP_LIMIT`] hops at each.
 
 use std::sync::{Arc, Weak};
 
@@ -29,8 +30,57 @@ pub enum Delivery {
     Broadcast,
     /// The whole state of the origin, to one neighbour.
     Sync,
-    /// To one router, along unicast routes.
+    /// To one router, along unicast routes, without a hop count (as peers before protocol
+    /// version 6 send it; taken as [`UNICAST_HOP_LIMIT`] hops left).
     Unicast(PeerName),
+    /// To one router, along unicast routes, with the hops it may still take (protocol
+    /// version 6 on).
+    Routed { to: PeerName, hops_left: u8 },
+}
+
+/// Hops a gossip-channel unicast may take: each router it passes takes one, and one that
+/// arrives with none left (routes that loop while views differ, or a forged message) is
+/// dropped and counted.
+pub const UNICAST_HOP_LIMIT: u8 = 64;
+
+/// What a router does with a unicast channel message that reached it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnicastStep {
+    /// It is for us.
+    Deliver,
+    /// It goes on to `to`'s next hop with `hops_left`.
+    Forward { to: PeerName, hops_left: u8 },
+    /// It is for someone else and may take no further hop: dropped.
+    OutOfHops { to: PeerName },
+}
+
+impl Delivery {
+    /// The router it is for, if one.
+    pub fn destination(self) -> Option<PeerName> {
+        match self {
+            Delivery::Unicast(to) | Delivery::Routed { to, .. } => Some(to),
+            Delivery::Broadcast | Delivery::Sync => None,
+        }
+    }
+
+    /// What `me` does with a unicast that reached it (`None` for other deliveries).
+    pub fn unicast_step(self, me: PeerName) -> Option<UnicastStep> {
+        let (to, hops_left) = match self {
+            Delivery::Unicast(to) => (to, UNICAST_HOP_LIMIT),
+            Delivery::Routed { to, hops_left } => (to, hops_left),
+            Delivery::Broadcast | Delivery::Sync => return None,
+        };
+        Some(if to == me {
+            UnicastStep::Deliver
+        } else if hops_left == 0 {
+            UnicastStep::OutOfHops { to }
+        } else {
+            UnicastStep::Forward {
+                to,
+                hops_left: hops_left - 1,
+            }
+        })
+    }
 }
 
 /// Data of one gossip channel on its way through the mesh.
@@ -120,3 +170,61 @@ impl GossipSink for NoSink {
 
 /// Registered channels by ID.
 pub type Channels = std::collections::BTreeMap<ChannelId, Arc<dyn GossipChannel>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: u8) -> PeerName {
+        PeerName::from_bytes([0, 0, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn a_unicast_takes_one_hop_at_each_router_and_stops_when_none_is_left() {
+        let me = name(1);
+        assert_eq!(
+            Delivery::Routed {
+                to: me,
+                hops_left: 0
+            }
+            .unicast_step(me),
+            Some(UnicastStep::Deliver)
+        );
+        assert_eq!(
+            Delivery::Routed {
+                to: name(2),
+                hops_left: 3
+            }
+            .unicast_step(me),
+            Some(UnicastStep::Forward {
+                to: name(2),
+                hops_left: 2
+            })
+        );
+        assert_eq!(
+            Delivery::Routed {
+                to: name(2),
+                hops_left: 0
+            }
+            .unicast_step(me),
+            Some(UnicastStep::OutOfHops { to: name(2) })
+        );
+        // Without a count (an older peer's): the whole budget from here.
+        assert_eq!(
+            Delivery::Unicast(name(2)).unicast_step(me),
+            Some(UnicastStep::Forward {
+                to: name(2),
+                hops_left: UNICAST_HOP_LIMIT - 1
+            })
+        );
+        assert_eq!(Delivery::Broadcast.unicast_step(me), None);
+        // A message passed round a loop of routers dies after the limit.
+        let mut delivery = Delivery::Unicast(name(9));
+        let mut hops = 0;
+        while let Some(UnicastStep::Forward { to, hops_left }) = delivery.unicast_step(me) {
+            delivery = Delivery::Routed { to, hops_left };
+            hops += 1;
+        }
+        assert_eq!(hops, UNICAST_HOP_LIMIT);
+    }
+}

@@ -4,6 +4,7 @@ pub mod connection_maker;
 pub mod gossip_channel;
 pub mod peer_name;
 pub mod protocol;
+pub mod refusal;
 pub mod routes;
 pub mod topology;
 

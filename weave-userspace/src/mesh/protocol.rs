@@ -22,12 +22,13 @@ use super::peer_name::{PeerName, ShortId};
 pub const MAGIC: [u8; 8] = *b"weavertr";
 /// Versions this build speaks. Version 2 added the encryption flag after the preamble;
 /// version 3 added fast-path heartbeats, [`Message::FastdpStatus`] and
-/// [`Message::ShortIdTaken`]; version 4 path-MTU probes and [`Message::PathMtuSeen`]; version 5 routed sleeve datagrams. A
+/// [`Message::ShortIdTaken`]; version 4 path-MTU probes and [`Message::PathMtuSeen`]; version 5 routed sleeve datagrams; version 6
+/// gossip-channel unicasts that count their hops ([`Delivery::Routed`](super::gossip_channel::Delivery::Routed)). A
 /// version 2 peer
 /// takes a message kind it does not know for a malformed frame and closes the connection,
 /// so nothing of version 3 is sent on a version 2 connection.
 pub const MIN_VERSION: u8 = 2;
-pub const MAX_VERSION: u8 = 5;
+pub const MAX_VERSION: u8 = 6;
 /// The first version with fast-path heartbeats and [`Message::FastdpStatus`].
 pub const FASTDP_STATUS_VERSION: u8 = 3;
 /// The first version with [`Message::ShortIdTaken`].
@@ -37,6 +38,8 @@ pub const PATH_MTU_VERSION: u8 = 4;
 /// The first version whose sleeve takes routed datagrams (frames of others, relayed); the
 /// control connection itself is as in version 4.
 pub const SLEEVE_RELAY_VERSION: u8 = 5;
+/// The first version whose gossip-channel unicasts carry the hops they may still take.
+pub const CHANNEL_HOPS_VERSION: u8 = 6;
 /// Length of the preamble: magic, min version, max version.
 pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of a frame header.

@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::peer_name::{PeerName, ShortId};
+use super::refusal::Refusal;
 
 /// Longest nickname accepted in gossip.
 pub const MAX_NICKNAME_LEN: usize = 64;
@@ -18,6 +19,10 @@ pub const MAX_NICKNAME_LEN: usize = 64;
 pub const MAX_CONNECTIONS_PER_PEER: usize = 4096;
 /// Most peers one gossip update may carry (the short-ID space).
 pub const MAX_PEERS_PER_UPDATE: usize = 4096;
+/// Most peers a topology holds, ourselves included: records of further new peers are
+/// refused. A quarter of the short-ID space, so that forged records cannot take every
+/// short ID, and a clash always finds a free one at once.
+pub const MAX_PEERS: usize = 1024;
 
 /// One connection as its owner publishes it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -230,6 +235,8 @@ pub enum DeltaOutcome {
     Gap,
     /// It is about ourselves, from an earlier run: our version was raised past it.
     OurselfBumped,
+    /// The sender may not make this change ([`GossipSource`]).
+    Refused(Refusal),
 }
 
 /// What a merge changed.
@@ -240,7 +247,82 @@ pub struct MergeOutcome {
     /// Someone holds a record of our own name newer than ours (an earlier run of this
     /// router); our version was raised past it.
     pub ourself_bumped: bool,
+    /// Records not taken because of who sent them ([`GossipSource`]).
+    pub refused: Vec<(PeerName, Refusal)>,
+    /// Records of a direct peer from another run of it, newer than what we hold: not taken
+    /// from a third party (also listed as refused), but handed to the peer, which raises its
+    /// version past them.
+    pub for_owner: Vec<PeerInfo>,
 }
+
+/// Who handed us a piece of gossip, and whom we keep connections with: what decides
+/// whether a record may replace the one held (see ARCHITECTURE.md, "Whom gossip is taken
+/// from").
+#[derive(Clone, Copy, Debug)]
+pub struct GossipSource<'a> {
+    /// The peer at the other end of the connection it came on.
+    pub from: PeerName,
+    /// Our direct peers, each with the UID of its run (from its handshake).
+    pub direct: &'a BTreeMap<PeerName, u64>,
+}
+
+/// Where a record may come from, as the topology held before an update tells.
+struct Trust<'a> {
+    source: GossipSource<'a>,
+    /// Hops from us to each peer we reach, over connections both ends publish.
+    ours: BTreeMap<PeerName, u32>,
+    /// The same from the sender.
+    senders: BTreeMap<PeerName, u32>,
+}
+
+/// What to do with a record or change of a peer other than us.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Take,
+    Refuse(Refusal),
+    /// Another run's record of a direct peer: for that peer to outbid.
+    ForOwner,
+}
+
+impl Trust<'_> {
+    fn new<'a>(topology: &Topology, source: GossipSource<'a>) -> Trust<'a> {
+        Trust {
+            source,
+            ours: topology.hops_from(topology.ourself),
+            senders: topology.hops_from(source.from),
+        }
+    }
+
+    /// Whether a record (or change) of `name` carrying `uid`, newer than what we hold
+    /// (`held`: whether we hold one), may replace it.
+    fn verdict(&self, name: PeerName, uid: u64, held: bool) -> Verdict {
+        let from = self.source.from;
+        if let Some(&run) = self.source.direct.get(&name) {
+            // A direct peer speaks for itself, over its own connection, in its own run.
+            return match (from == name, uid == run) {
+                (true, true) => Verdict::Take,
+                (true, false) => Verdict::Refuse(Refusal::OtherRun),
+                (false, true) => Verdict::Refuse(Refusal::NotFromOwner),
+                (false, false) => Verdict::ForOwner,
+            };
+        }
+        if !held || from == name {
+            return Verdict::Take;
+        }
+        match (self.ours.get(&name), self.senders.get(&name)) {
+            // A peer we reach: only from a neighbour on a shortest path towards it.
+            (Some(ours), Some(theirs)) if theirs < ours => Verdict::Take,
+            (Some(_), _) => Verdict::Refuse(Refusal::NotAlongRoute),
+            // A peer we do not reach (garbage-collected soon): from anyone.
+            (None, _) => Verdict::Take,
+        }
+    }
+}
+
+/// A record of ourselves from another run raises our version past it only below this: no
+/// honest run counts that far, and a forged record above it would leave our own counter
+/// too little room below [`super::VERSION_LIMIT`], past which peers refuse our record.
+pub const BUMP_CEILING: u64 = super::VERSION_LIMIT / 2;
 
 /// How many of each record's latest changes are kept.
 pub const CHANGES_KEPT: usize = 8;
@@ -362,31 +444,65 @@ impl Topology {
         });
     }
 
-    /// Merges records received by gossip. The whole update is validated first: a malformed
-    /// one changes nothing.
+    /// Merges records received by gossip from `source`. The whole update is validated
+    /// first: a malformed one changes nothing. Records `source` may not speak for are left
+    /// out and listed in [`MergeOutcome::refused`].
+    pub fn merge_from(
+        &mut self,
+        update: &[PeerInfo],
+        source: GossipSource<'_>,
+    ) -> Result<MergeOutcome, TopologyError> {
+        self.merge_with(update, Some(source))
+    }
+
+    /// Merges records whoever sent them: the merge alone, for tests of its properties (the
+    /// router merges with [`Topology::merge_from`]).
     pub fn merge(&mut self, update: &[PeerInfo]) -> Result<MergeOutcome, TopologyError> {
+        self.merge_with(update, None)
+    }
+
+    fn merge_with(
+        &mut self,
+        update: &[PeerInfo],
+        source: Option<GossipSource<'_>>,
+    ) -> Result<MergeOutcome, TopologyError> {
         if update.len() > MAX_PEERS_PER_UPDATE {
             return Err(TopologyError::TooLarge(update.len()));
         }
         for info in update {
             info.validate()?;
         }
+        let trust = source.map(|s| Trust::new(self, s));
         let mut outcome = MergeOutcome::default();
         for info in update {
             if info.name == self.ourself {
                 let me = self.ourself();
-                if info.supersedes(me) && info.uid != me.uid {
+                if info.supersedes(me) && info.uid != me.uid && info.version < BUMP_CEILING {
                     self.change_ourself(|me| me.version = info.version + 1);
                     outcome.ourself_bumped = true;
                 }
                 continue;
             }
-            match self.peers.get(&info.name) {
-                Some(existing) if !info.supersedes(existing) => {}
-                _ => {
+            let held = self.peers.get(&info.name);
+            if held.is_some_and(|existing| !info.supersedes(existing)) {
+                continue;
+            }
+            let verdict = trust.as_ref().map_or(Verdict::Take, |t| {
+                t.verdict(info.name, info.uid, held.is_some())
+            });
+            match verdict {
+                Verdict::Take if held.is_none() && self.peers.len() >= MAX_PEERS => {
+                    outcome.refused.push((info.name, Refusal::TooManyPeers));
+                }
+                Verdict::Take => {
                     let old = self.peers.insert(info.name, info.clone());
                     self.record_replaced(old.as_ref(), info);
                     outcome.improved.push(info.clone());
+                }
+                Verdict::Refuse(reason) => outcome.refused.push((info.name, reason)),
+                Verdict::ForOwner => {
+                    outcome.refused.push((info.name, Refusal::NotFromOwner));
+                    outcome.for_owner.push(info.clone());
                 }
             }
         }
@@ -397,8 +513,26 @@ impl Topology {
     }
 
     /// Applies a peer's change to the record we hold of it. A malformed delta changes
-    /// nothing.
+    /// nothing; a change `source` may not make is refused ([`DeltaOutcome::Refused`]).
+    pub fn apply_delta_from(
+        &mut self,
+        delta: &RecordDelta,
+        source: GossipSource<'_>,
+    ) -> Result<DeltaOutcome, TopologyError> {
+        self.apply_delta_with(delta, Some(source))
+    }
+
+    /// Applies a change whoever sent it: for tests of deltas themselves (the router uses
+    /// [`Topology::apply_delta_from`]).
     pub fn apply_delta(&mut self, delta: &RecordDelta) -> Result<DeltaOutcome, TopologyError> {
+        self.apply_delta_with(delta, None)
+    }
+
+    fn apply_delta_with(
+        &mut self,
+        delta: &RecordDelta,
+        source: Option<GossipSource<'_>>,
+    ) -> Result<DeltaOutcome, TopologyError> {
         if delta.upserted.len() + delta.removed.len() > MAX_CONNECTIONS_PER_PEER
             || delta.version <= delta.from_version
             || delta.version > super::VERSION_LIMIT
@@ -408,7 +542,10 @@ impl Topology {
         }
         if delta.name == self.ourself {
             let me = self.ourself();
-            if delta.uid != me.uid && (delta.version, delta.uid) > (me.version, me.uid) {
+            if delta.uid != me.uid
+                && (delta.version, delta.uid) > (me.version, me.uid)
+                && delta.version < BUMP_CEILING
+            {
                 self.change_ourself(|me| me.version = delta.version + 1);
                 return Ok(DeltaOutcome::OurselfBumped);
             }
@@ -419,6 +556,14 @@ impl Topology {
         };
         if (held.version, held.uid) >= (delta.version, delta.uid) {
             return Ok(DeltaOutcome::Stale);
+        }
+        if let Some(source) = source {
+            match Trust::new(self, source).verdict(delta.name, delta.uid, true) {
+                Verdict::Take => {}
+                Verdict::Refuse(reason) => return Ok(DeltaOutcome::Refused(reason)),
+                // A change of another run: only its owner's whole record counts here.
+                Verdict::ForOwner => return Ok(DeltaOutcome::Refused(Refusal::NotFromOwner)),
+            }
         }
         if held.uid != delta.uid || held.version != delta.from_version {
             return Ok(DeltaOutcome::Gap);
@@ -550,15 +695,53 @@ impl Topology {
             .collect()
     }
 
-    /// Peers (other than us) claiming our short ID whose claim wins over ours: the peer with
-    /// the lower name keeps a contested short ID.
+    /// Hops from `origin` to every peer it reaches over connections both ends publish as
+    /// established (itself at 0).
+    pub fn hops_from(&self, origin: PeerName) -> BTreeMap<PeerName, u32> {
+        let mut hops = BTreeMap::new();
+        if !self.peers.contains_key(&origin) {
+            return hops;
+        }
+        hops.insert(origin, 0);
+        let mut queue = VecDeque::from([origin]);
+        while let Some(node) = queue.pop_front() {
+            let next = hops[&node] + 1;
+            for neighbour in self.symmetric_neighbours(&node) {
+                if let std::collections::btree_map::Entry::Vacant(e) = hops.entry(neighbour) {
+                    e.insert(next);
+                    queue.push_back(neighbour);
+                }
+            }
+        }
+        hops
+    }
+
+    /// Whether a message from `origin` handed to us by neighbour `from` came along a route
+    /// from it: `from` is `origin`, or nearer to it than we are. False when we do not reach
+    /// `origin` at all.
+    pub fn arrives_along_route(&self, origin: PeerName, from: PeerName) -> bool {
+        if origin == from {
+            return true;
+        }
+        let ours = self.hops_from(self.ourself);
+        let theirs = self.hops_from(from);
+        match (ours.get(&origin), theirs.get(&origin)) {
+            (Some(ours), Some(theirs)) => theirs < ours,
+            _ => false,
+        }
+    }
+
+    /// A peer claiming our short ID whose claim wins over ours: the peer with the lower name
+    /// keeps a contested short ID. Only a peer we reach over connections both ends publish
+    /// counts (a record nobody connects to is no clash).
     pub fn short_id_lost_to(&self) -> Option<PeerName> {
         let me = self.ourself();
+        let reached = self.hops_from(me.name);
         self.peers
             .values()
             .filter(|p| p.name != me.name && p.short_id == me.short_id && p.name < me.name)
             .map(|p| p.name)
-            .next()
+            .find(|name| reached.contains_key(name))
     }
 
     /// Short IDs in use by any known peer.
@@ -602,12 +785,16 @@ mod tests {
             );
         }
         assert_eq!(view.digest(), before, "nothing changed");
-        // At the limit a forged record of ours is outbid, with room to go on counting.
+        // A forged record of ours near the limit is not outbid (our record would go past
+        // what peers accept); one below the ceiling is, with room to go on counting.
         let outcome = view
             .merge(&[peer(1, super::super::VERSION_LIMIT, 9)])
             .unwrap();
+        assert!(!outcome.ourself_bumped);
+        assert_eq!(view.ourself().version, 3);
+        let outcome = view.merge(&[peer(1, BUMP_CEILING - 1, 9)]).unwrap();
         assert!(outcome.ourself_bumped);
-        assert_eq!(view.ourself().version, super::super::VERSION_LIMIT + 1);
+        assert_eq!(view.ourself().version, BUMP_CEILING);
         let delta = RecordDelta {
             version: u64::MAX,
             ..view.ourself().delta_from(&peer(1, 3, 1))
@@ -787,5 +974,164 @@ mod tests {
             uid: 4,
         }];
         assert!(!with_old.compare(&newer).theirs_newer);
+    }
+
+    fn link(n: u8) -> ConnectionSummary {
+        ConnectionSummary {
+            remote: PeerName::from_bytes([0, 0, 0, 0, 0, n]),
+            address: format!("10.0.0.{n}:6783").parse().unwrap(),
+            outbound: true,
+            established: true,
+        }
+    }
+
+    fn connected(n: u64, version: u64, uid: u64, to: &[u8]) -> PeerInfo {
+        PeerInfo {
+            connections: to.iter().map(|&r| link(r)).collect(),
+            ..peer(n, version, uid)
+        }
+    }
+
+    fn pname(n: u8) -> PeerName {
+        PeerName::from_bytes([0, 0, 0, 0, 0, n])
+    }
+
+    /// Peer 1's view: connected to 2 and 3, 3 to 4 (line 1–3–4, and 2 beside).
+    fn view_of_1() -> (Topology, BTreeMap<PeerName, u64>) {
+        let mut t = Topology::new(peer(1, 1, 1));
+        t.set_our_connections(vec![link(2), link(3)]);
+        t.merge(&[
+            connected(2, 1, 20, &[1]),
+            connected(3, 1, 30, &[1, 4]),
+            connected(4, 1, 40, &[3]),
+        ])
+        .unwrap();
+        let direct = BTreeMap::from([(pname(2), 20), (pname(3), 30)]);
+        (t, direct)
+    }
+
+    #[test]
+    fn a_forged_record_of_a_third_peer_is_refused() {
+        let (mut t, direct) = view_of_1();
+        let before = t.digest();
+        let from_2 = GossipSource {
+            from: pname(2),
+            direct: &direct,
+        };
+        let limit = super::super::VERSION_LIMIT;
+        // Peer 2 speaks for 3 (our neighbour) and for 4 (behind 3, not behind 2), with
+        // the right UIDs and the highest version there is.
+        let outcome = t
+            .merge_from(
+                &[connected(3, limit, 30, &[]), connected(4, limit, 40, &[])],
+                from_2,
+            )
+            .unwrap();
+        assert!(outcome.improved.is_empty());
+        assert_eq!(
+            outcome.refused,
+            [
+                (pname(3), Refusal::NotFromOwner),
+                (pname(4), Refusal::NotAlongRoute)
+            ]
+        );
+        // Another run of 3, newer: not taken from 2, handed to 3 to outbid.
+        let outcome = t
+            .merge_from(&[connected(3, limit, 31, &[])], from_2)
+            .unwrap();
+        assert!(outcome.improved.is_empty());
+        assert_eq!(outcome.refused, [(pname(3), Refusal::NotFromOwner)]);
+        assert_eq!(outcome.for_owner.len(), 1);
+        // The same as changes.
+        let mut change = connected(4, 2, 40, &[]).delta_from(&connected(4, 1, 40, &[3]));
+        assert_eq!(
+            t.apply_delta_from(&change, from_2),
+            Ok(DeltaOutcome::Refused(Refusal::NotAlongRoute))
+        );
+        change.name = pname(3);
+        change.uid = 30;
+        assert_eq!(
+            t.apply_delta_from(&change, from_2),
+            Ok(DeltaOutcome::Refused(Refusal::NotFromOwner))
+        );
+        assert_eq!(t.digest(), before, "nothing changed");
+
+        // 3 speaks for itself in its own run only, and for 4 (it is on the way to 4).
+        let from_3 = GossipSource {
+            from: pname(3),
+            direct: &direct,
+        };
+        let outcome = t
+            .merge_from(&[connected(3, 2, 99, &[1, 4])], from_3)
+            .unwrap();
+        assert_eq!(outcome.refused, [(pname(3), Refusal::OtherRun)]);
+        let outcome = t
+            .merge_from(
+                &[connected(3, 2, 30, &[1, 4]), connected(4, 2, 40, &[3])],
+                from_3,
+            )
+            .unwrap();
+        assert_eq!(outcome.improved.len(), 2);
+        assert!(outcome.refused.is_empty());
+        let change = connected(4, 3, 40, &[3, 5]).delta_from(&connected(4, 2, 40, &[3]));
+        assert_eq!(
+            t.apply_delta_from(&change, from_3),
+            Ok(DeltaOutcome::Applied)
+        );
+        // A new peer comes from anyone (up to the peer limit); so does one we do not reach.
+        let outcome = t.merge_from(&[connected(6, 1, 60, &[2])], from_2).unwrap();
+        assert_eq!(outcome.improved.len(), 1);
+        let outcome = t.merge_from(&[connected(6, 2, 60, &[2])], from_2).unwrap();
+        assert_eq!(
+            outcome.improved.len(),
+            1,
+            "6 is not reached: 2 does not list it"
+        );
+    }
+
+    #[test]
+    fn new_peers_beyond_the_limit_are_refused() {
+        let (mut t, direct) = view_of_1();
+        let from_2 = GossipSource {
+            from: pname(2),
+            direct: &direct,
+        };
+        let flood: Vec<PeerInfo> = (0..MAX_PEERS as u64)
+            .map(|i| PeerInfo {
+                name: PeerName::from_bytes([0, 0, 0, 1, (i >> 8) as u8, i as u8]),
+                short_id: ShortId::new((i % 4096) as u16).unwrap(),
+                ..peer(9, 1, 9)
+            })
+            .collect();
+        let outcome = t.merge_from(&flood, from_2).unwrap();
+        assert_eq!(t.len(), MAX_PEERS);
+        assert_eq!(outcome.improved.len(), MAX_PEERS - 4);
+        assert_eq!(outcome.refused.len(), 4);
+        assert!(outcome
+            .refused
+            .iter()
+            .all(|(_, r)| *r == Refusal::TooManyPeers));
+        // Known peers still change.
+        let from_3 = GossipSource {
+            from: pname(3),
+            direct: &direct,
+        };
+        let outcome = t.merge_from(&[connected(4, 2, 40, &[3])], from_3).unwrap();
+        assert_eq!(outcome.improved.len(), 1);
+    }
+
+    #[test]
+    fn only_a_reachable_peer_takes_our_short_id_from_us() {
+        let (mut t, _) = view_of_1();
+        // Peer 0 (a lower name) claims our short ID 1 but nobody connects to it.
+        let claim = PeerInfo {
+            short_id: ShortId::new(1).unwrap(),
+            ..connected(0, 1, 5, &[2])
+        };
+        t.merge(&[claim.clone()]).unwrap();
+        assert_eq!(t.short_id_lost_to(), None, "2 does not list 0: no clash");
+        // Once both ends publish the connection, it is a clash 0 wins.
+        t.merge(&[connected(2, 2, 20, &[0, 1])]).unwrap();
+        assert_eq!(t.short_id_lost_to(), Some(pname(0)));
     }
 }

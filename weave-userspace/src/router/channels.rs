@@ -8,10 +8,12 @@ use super::{Inner, Router};
 use crate::datapath::Datapath;
 use crate::mesh::connection::ConnId;
 use crate::mesh::gossip_channel::{
-    ChannelId, ChannelMessage, Delivery, GossipChannel, GossipSink, Gossiper,
+    ChannelId, ChannelMessage, Delivery, GossipChannel, GossipSink, Gossiper, UnicastStep,
+    UNICAST_HOP_LIMIT,
 };
 use crate::mesh::peer_name::PeerName;
-use crate::mesh::protocol::Message;
+use crate::mesh::protocol::{Message, CHANNEL_HOPS_VERSION};
+use crate::mesh::refusal::{Refusal, REFUSED};
 
 impl<D: Datapath> Inner<D> {
     fn channel(&self, id: ChannelId) -> Option<Arc<dyn GossipChannel>> {
@@ -30,15 +32,48 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
-    /// Hands `message` to the next hop towards its destination.
-    fn forward_unicast(&self, message: ChannelMessage, to: PeerName) {
+    /// Hands `message` to the next hop towards `to`, with `hops_left` (on a connection
+    /// that speaks protocol version 6; an older peer gets it without the count).
+    fn forward_unicast(&self, mut message: ChannelMessage, to: PeerName, hops_left: u8) {
         let Some(hop) = self.view().routes.unicast.get(&to).copied() else {
             tracing::debug!("{:?} message for {to} dropped: no route", message.channel);
             return;
         };
-        if let Some(frame) = encode_message(&Message::Channel(message)) {
-            send_frame_to(&self.mesh(), &frame, Some(&[hop]), None);
-        }
+        let conn = self
+            .mesh()
+            .core
+            .connections()
+            .find(|(_, c)| c.hello.name == hop)
+            .map(|(id, c)| (*id, c.version));
+        let Some((id, version)) = conn else {
+            return;
+        };
+        message.delivery = if version >= CHANNEL_HOPS_VERSION {
+            Delivery::Routed { to, hops_left }
+        } else {
+            Delivery::Unicast(to)
+        };
+        self.send_to(id, &Message::Channel(message));
+    }
+
+    /// Refuses a channel unicast from connection `id`: one log line, counted, dropped.
+    fn refuse_unicast(&self, id: ConnId, message: &ChannelMessage, reason: Refusal) {
+        REFUSED.count(reason);
+        let sender = self
+            .mesh()
+            .core
+            .connection(id)
+            .map_or_else(|| "a closed connection".to_string(), |c| c.describe());
+        let to = message
+            .delivery
+            .destination()
+            .map_or_else(String::new, |to| format!(" for {to}"));
+        tracing::warn!(
+            "{:?} unicast from {}{to} {sender} dropped: {}",
+            message.channel,
+            message.origin,
+            reason.describe()
+        );
     }
 
     /// The whole state of every channel, to one neighbour.
@@ -77,9 +112,26 @@ impl<D: Datapath> Inner<D> {
     /// changes nothing else.
     pub(super) fn on_channel(&self, id: ConnId, message: ChannelMessage) {
         let me = self.hello().name;
-        if let Delivery::Unicast(to) = message.delivery {
-            if to != me {
-                return self.forward_unicast(message, to);
+        if let Some(step) = message.delivery.unicast_step(me) {
+            // A unicast comes along a route from its origin, within its hops.
+            let Some(from) = self.mesh().core.connection(id).map(|c| c.hello.name) else {
+                return;
+            };
+            let along = self
+                .view()
+                .topology
+                .arrives_along_route(message.origin, from);
+            if !along {
+                return self.refuse_unicast(id, &message, Refusal::NotAlongRoute);
+            }
+            match step {
+                UnicastStep::Deliver => {}
+                UnicastStep::Forward { to, hops_left } => {
+                    return self.forward_unicast(message, to, hops_left)
+                }
+                UnicastStep::OutOfHops { .. } => {
+                    return self.refuse_unicast(id, &message, Refusal::HopLimit)
+                }
             }
         }
         let Some(handler) = self.channel(message.channel) else {
@@ -87,7 +139,7 @@ impl<D: Datapath> Inner<D> {
             return;
         };
         let result = match message.delivery {
-            Delivery::Unicast(_) => handler
+            Delivery::Unicast(_) | Delivery::Routed { .. } => handler
                 .on_unicast(message.origin, &message.payload)
                 .map(|()| None),
             Delivery::Broadcast | Delivery::Sync => {
@@ -126,7 +178,9 @@ impl<D: Datapath> GossipSink for Inner<D> {
         };
         match delivery {
             Delivery::Broadcast => self.broadcast_channel(&message, None),
-            Delivery::Unicast(to) => self.forward_unicast(message, to),
+            Delivery::Unicast(to) | Delivery::Routed { to, .. } => {
+                self.forward_unicast(message, to, UNICAST_HOP_LIMIT)
+            }
             Delivery::Sync => self.sync_channels_everywhere(),
         }
     }

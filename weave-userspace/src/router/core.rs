@@ -253,6 +253,22 @@ pub struct MeshCore {
     /// The one connection kept per peer.
     by_peer: HashMap<PeerName, ConnId>,
     switches: OverlaySwitches,
+    /// When we last gave up our short ID, and whether a claim was held off since.
+    short_id_changed: Option<(Instant, bool)>,
+}
+
+/// Shortest time between two changes of our short ID: whoever keeps claiming ours (forged
+/// records, handshakes) cannot make us close every connection more often than this.
+pub const SHORT_ID_HOLD: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether we may give up our short ID now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShortIdChange {
+    Allowed,
+    /// Changed less than [`SHORT_ID_HOLD`] ago; `first` for the first claim held off since.
+    Held {
+        first: bool,
+    },
 }
 
 impl MeshCore {
@@ -263,6 +279,7 @@ impl MeshCore {
             connections: BTreeMap::new(),
             by_peer: HashMap::new(),
             switches: OverlaySwitches::default(),
+            short_id_changed: None,
         }
     }
 
@@ -282,6 +299,23 @@ impl MeshCore {
     /// The peers we keep a connection with.
     pub fn direct_peers(&self) -> impl Iterator<Item = &PeerName> {
         self.by_peer.keys()
+    }
+
+    /// The peers we keep a connection with, each with the UID of its run (its hello's).
+    pub fn direct_runs(&self) -> BTreeMap<PeerName, u64> {
+        self.by_peer
+            .iter()
+            .map(|(name, id)| (*name, self.connections[id].hello.uid))
+            .collect()
+    }
+
+    /// The peers we keep a connection with, each with the short ID of its hello (the one
+    /// its connection put in the data path).
+    pub fn direct_short_ids(&self) -> BTreeMap<PeerName, ShortId> {
+        self.by_peer
+            .iter()
+            .map(|(name, id)| (*name, self.connections[id].hello.short_id))
+            .collect()
     }
 
     pub fn is_direct(&self, peer: &PeerName) -> bool {
@@ -338,6 +372,22 @@ impl MeshCore {
             .filter(|c| c.overlay == Overlay::Fastdp)
             .filter_map(Conn::verified_container_mtu)
             .min()
+    }
+
+    /// Whether our short ID may change at `now` (at most once per [`SHORT_ID_HOLD`]); an
+    /// [`ShortIdChange::Allowed`] counts as the change.
+    pub fn short_id_change(&mut self, now: Instant) -> ShortIdChange {
+        match &mut self.short_id_changed {
+            Some((at, held)) if now.saturating_duration_since(*at) < SHORT_ID_HOLD => {
+                let first = !*held;
+                *held = true;
+                ShortIdChange::Held { first }
+            }
+            _ => {
+                self.short_id_changed = Some((now, false));
+                ShortIdChange::Allowed
+            }
+        }
     }
 
     /// Takes `new` as our short ID; every connection closes so that peers learn it.

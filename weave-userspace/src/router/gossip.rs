@@ -2,7 +2,7 @@
 //! record, merges the records its neighbours pass on, forwards what improved its view,
 //! and installs routes to peers it reaches only through others.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +15,9 @@ use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
 use crate::mesh::connection_maker::Target;
 use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::{self, GossipDigest, GossipUpdate, Message};
+use crate::mesh::refusal::{Refusal, REFUSED};
 use crate::mesh::routes::{self, Routes};
-use crate::mesh::topology::{DeltaOutcome, PeerInfo, RecordDelta, Topology};
+use crate::mesh::topology::{DeltaOutcome, GossipSource, PeerInfo, RecordDelta, Topology};
 
 /// How often each router sends a digest of its view to a few neighbours, so that anything
 /// lost on the way is repaired.
@@ -314,9 +315,19 @@ impl<D: Datapath> Inner<D> {
     /// not hold the version it applies to, answered with a digest so that the sender sends
     /// the whole record.
     async fn on_delta(&self, id: ConnId, delta: RecordDelta) {
-        let outcome = self.view().topology.apply_delta(&delta);
+        let Some((from, direct)) = self.gossip_sender(id) else {
+            return;
+        };
+        let source = GossipSource {
+            from,
+            direct: &direct,
+        };
+        let outcome = self.view().topology.apply_delta_from(&delta, source);
         match outcome {
             Err(e) => self.refuse_gossip(id, &e.to_string()),
+            Ok(DeltaOutcome::Refused(reason)) => {
+                self.records_refused(id, "change", &[(delta.name, reason)]);
+            }
             Ok(DeltaOutcome::Applied) => {
                 let children = self.tree_children(delta.name);
                 if let Some(frame) = encode_message(&Message::Delta(delta)) {
@@ -343,6 +354,7 @@ impl<D: Datapath> Inner<D> {
 
     /// Closes connection `id` over gossip we refuse.
     pub(super) fn refuse_gossip(&self, id: ConnId, reason: &str) {
+        REFUSED.count(Refusal::Malformed);
         let mesh = self.mesh();
         if let Some(conn) = mesh.core.connection(id) {
             tracing::warn!(
@@ -354,6 +366,68 @@ impl<D: Datapath> Inner<D> {
                 id,
                 ConnCommand::Close(ConnectionError::Refused(reason.to_string())),
             );
+        }
+    }
+
+    /// The peer at the other end of connection `id` and our direct peers with their runs:
+    /// whom gossip on it may speak for. `None` once the connection is gone.
+    pub(super) fn gossip_sender(&self, id: ConnId) -> Option<(PeerName, BTreeMap<PeerName, u64>)> {
+        let mesh = self.mesh();
+        let from = mesh.core.connection(id)?.hello.name;
+        Some((from, mesh.core.direct_runs()))
+    }
+
+    /// Records (or changes, `what`) from connection `id` left out because of who sent
+    /// them: one log line per message, each counted; for a peer the sender is not on the
+    /// way to, our own next hop towards that peer is asked for its record instead (an
+    /// honest change that took another path arrives that way).
+    fn records_refused(&self, id: ConnId, what: &str, refused: &[(PeerName, Refusal)]) {
+        if refused.is_empty() {
+            return;
+        }
+        for (_, reason) in refused {
+            REFUSED.count(*reason);
+        }
+        let sender = self
+            .mesh()
+            .core
+            .connection(id)
+            .map_or_else(|| "a closed connection".to_string(), |c| c.describe());
+        let (name, reason) = refused[0];
+        let more = match refused.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        tracing::warn!(
+            "gossip {what} about {name}{more} {sender} refused: {}",
+            reason.describe()
+        );
+        let mut asks: BTreeMap<PeerName, Vec<crate::mesh::topology::RecordVersion>> =
+            BTreeMap::new();
+        {
+            let view = self.view();
+            for (name, _) in refused.iter().filter(|(_, r)| *r == Refusal::NotAlongRoute) {
+                if let Some(hop) = view.routes.unicast.get(name) {
+                    asks.entry(*hop)
+                        .or_default()
+                        .push(view.topology.record_version(*name));
+                }
+            }
+        }
+        for (hop, entries) in asks {
+            let ask = Message::Digest(GossipDigest {
+                entries,
+                reply: true,
+                only_listed: true,
+            });
+            let conn = self
+                .mesh()
+                .core
+                .connections()
+                .find_map(|(id, c)| (c.hello.name == hop).then_some(*id));
+            if let Some(conn) = conn.filter(|c| *c != id) {
+                self.send_to(conn, &ask);
+            }
         }
     }
 
@@ -369,7 +443,33 @@ impl<D: Datapath> Inner<D> {
     }
 
     async fn on_update(&self, id: ConnId, update: GossipUpdate) {
-        let merged = self.view().topology.merge(&update.records);
+        let Some((from, direct)) = self.gossip_sender(id) else {
+            return;
+        };
+        let source = GossipSource {
+            from,
+            direct: &direct,
+        };
+        let merged = self.view().topology.merge_from(&update.records, source);
+        if let Ok(outcome) = &merged {
+            self.records_refused(id, "record", &outcome.refused);
+            for record in &outcome.for_owner {
+                // Another run's record of a direct peer: that peer outbids it.
+                let owner = self
+                    .mesh()
+                    .core
+                    .connections()
+                    .find_map(|(id, c)| (c.hello.name == record.name).then_some(*id));
+                if let Some(owner) = owner {
+                    self.send_to(
+                        owner,
+                        &Message::Gossip(GossipUpdate {
+                            records: vec![record.clone()],
+                        }),
+                    );
+                }
+            }
+        }
         match merged {
             Err(e) => self.refuse_gossip(id, &e.to_string()),
             Ok(outcome) if !outcome.improved.is_empty() => {
@@ -454,7 +554,11 @@ impl<D: Datapath> Inner<D> {
     /// connections.
     pub(super) async fn apply_routes(&self) {
         let plan = {
-            let direct: BTreeSet<PeerName> = self.mesh().core.direct_peers().copied().collect();
+            let (direct, ourself) = {
+                let mesh = self.mesh();
+                let local = mesh.core.local();
+                (mesh.core.direct_short_ids(), (local.name, local.short_id))
+            };
             let mut view = self.view();
             let started = thread_cpu_time();
             let gone = view.topology.garbage_collect();
@@ -478,9 +582,15 @@ impl<D: Datapath> Inner<D> {
                 // With a password, trusted neighbours are on the fast path and the others on
                 // the sleeve: routes mix the two.
                 let mixed = self.sleeve_use == super::SleeveUse::Untrusted;
-                sleeve.set_routing(route_plan::sleeve_routing(&view.routes, lookup, mixed));
+                sleeve.set_routing(route_plan::sleeve_routing(
+                    &view.routes,
+                    lookup,
+                    ourself,
+                    &direct,
+                    mixed,
+                ));
             }
-            route_plan::plan(&view.routes, lookup, &direct, &mut view.installed)
+            route_plan::plan(&view.routes, lookup, ourself, &direct, &mut view.installed)
         };
         let plan = plan.for_fast_path(self.overlays.sleeve().is_some(), self.sleeve_use);
         for peer in plan.orphans {

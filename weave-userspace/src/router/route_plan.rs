@@ -40,20 +40,54 @@ pub struct RoutePlan {
 /// A peer's short ID and underlay address, from its topology record.
 pub type PeerAddress = (ShortId, Ipv4Addr);
 
+/// Each name's short ID as the data path and the sleeve know it. A short ID belongs to
+/// whoever holds it first: ours and a direct peer's (from its handshake: its connection
+/// installed it) are never given to another name, however a relayed record claims them; of
+/// several relayed names claiming one short ID, the lowest name has it (as a clash is
+/// settled). A name whose claim loses has none, so no record from gossip redirects,
+/// black-holes or wipes another peer's entry.
+fn short_ids(
+    routes: &Routes,
+    lookup: impl Fn(&PeerName) -> Option<PeerAddress>,
+    ourself: (PeerName, ShortId),
+    direct: &BTreeMap<PeerName, ShortId>,
+) -> BTreeMap<PeerName, ShortId> {
+    let mut ids = direct.clone();
+    ids.insert(ourself.0, ourself.1);
+    let mut taken: BTreeSet<ShortId> = ids.values().copied().collect();
+    let named: BTreeSet<&PeerName> = routes.unicast.iter().flat_map(|(d, h)| [d, h]).collect();
+    for name in named {
+        if ids.contains_key(name) {
+            continue;
+        }
+        if let Some((id, _)) = lookup(name) {
+            if taken.insert(id) {
+                ids.insert(*name, id);
+            }
+        }
+    }
+    ids
+}
+
 /// Plans the changes for `routes` and records them in `installed`. `lookup` gives a peer's
-/// record; `direct` are the peers we keep connections with.
+/// record; `ourself` our name and short ID; `direct` the peers we keep connections with,
+/// each with the short ID of its handshake. Short IDs are taken as [`short_ids`] gives them.
 pub fn plan(
     routes: &Routes,
     lookup: impl Fn(&PeerName) -> Option<PeerAddress>,
-    direct: &BTreeSet<PeerName>,
+    ourself: (PeerName, ShortId),
+    direct: &BTreeMap<PeerName, ShortId>,
     installed: &mut Installed,
 ) -> RoutePlan {
+    let ids = short_ids(routes, &lookup, ourself, direct);
     let mut wanted = BTreeMap::new();
     for (dst, hop) in &routes.unicast {
-        if dst == hop || direct.contains(dst) {
+        if dst == hop || direct.contains_key(dst) {
             continue;
         }
-        let (Some((short_id, underlay)), Some((next_hop, _))) = (lookup(dst), lookup(hop)) else {
+        let (Some(&short_id), Some(&next_hop), Some((_, underlay))) =
+            (ids.get(dst), ids.get(hop), lookup(dst))
+        else {
             continue;
         };
         wanted.insert(
@@ -65,10 +99,14 @@ pub fn plan(
             },
         );
     }
+    // An entry whose short ID another name has now is that name's: forgotten here, not
+    // removed from the data path.
+    let owned = |name: &PeerName, p: &DatapathPeer| ids.get(name) == Some(&p.short_id);
     let remove = installed
         .relayed
         .iter()
-        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
+        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains_key(name))
+        .filter(|(name, p)| owned(name, p) || !ids.values().any(|id| *id == p.short_id))
         .map(|(_, p)| *p)
         .collect();
     let add = wanted
@@ -78,12 +116,13 @@ pub fn plan(
         .collect();
     let orphans = std::mem::take(&mut installed.unrouted)
         .into_iter()
-        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
+        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains_key(name))
+        .filter(|(name, p)| owned(name, p) || !ids.values().any(|id| *id == p.short_id))
         .map(|(_, p)| p)
         .collect();
     installed.relayed = wanted;
 
-    let short = |name: &PeerName| lookup(name).map(|(id, _)| id);
+    let short = |name: &PeerName| ids.get(name).copied();
     // Our own tree too: the peers our own broadcasts go to.
     let trees: BTreeMap<ShortId, Vec<ShortId>> = routes
         .broadcast
@@ -119,9 +158,12 @@ pub fn plan(
 pub fn sleeve_routing(
     routes: &Routes,
     lookup: impl Fn(&PeerName) -> Option<PeerAddress>,
+    ourself: (PeerName, ShortId),
+    direct: &BTreeMap<PeerName, ShortId>,
     beside_fast_path: bool,
 ) -> Routing {
-    let short = |name: &PeerName| lookup(name).map(|(id, _)| id.get());
+    let ids = short_ids(routes, lookup, ourself, direct);
+    let short = |name: &PeerName| ids.get(name).map(|id| id.get());
     Routing {
         next_hop: routes
             .unicast
@@ -191,8 +233,16 @@ mod tests {
         routes
     }
 
-    fn direct(peers: &[u8]) -> BTreeSet<PeerName> {
-        peers.iter().map(|&n| name(n)).collect()
+    fn direct(peers: &[u8]) -> BTreeMap<PeerName, ShortId> {
+        peers
+            .iter()
+            .map(|&n| (name(n), ShortId::new(u16::from(n)).unwrap()))
+            .collect()
+    }
+
+    /// We are peer 1.
+    fn me() -> (PeerName, ShortId) {
+        (name(1), ShortId::new(1).unwrap())
     }
 
     #[test]
@@ -203,7 +253,7 @@ mod tests {
             "names end in their number"
         );
         let mut installed = Installed::default();
-        let first = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let first = plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
         assert_eq!(first.add, [peer(3, 2)]);
         assert!(first.remove.is_empty() && first.orphans.is_empty());
         assert_eq!(
@@ -212,7 +262,7 @@ mod tests {
         );
         // The same routes again: nothing to do.
         assert_eq!(
-            plan(&line(2), lookup, &direct(&[2]), &mut installed),
+            plan(&line(2), lookup, me(), &direct(&[2]), &mut installed),
             RoutePlan::default()
         );
     }
@@ -220,8 +270,8 @@ mod tests {
     #[test]
     fn a_relayed_peer_that_becomes_direct_is_left_to_its_connection() {
         let mut installed = Installed::default();
-        plan(&line(2), lookup, &direct(&[2]), &mut installed);
-        let now_direct = plan(&line(3), lookup, &direct(&[2, 3]), &mut installed);
+        plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
+        let now_direct = plan(&line(3), lookup, me(), &direct(&[2, 3]), &mut installed);
         // Not removed: the connection's installation owns the entry now.
         assert!(now_direct.add.is_empty() && now_direct.remove.is_empty());
         assert!(installed.relayed.is_empty());
@@ -232,11 +282,11 @@ mod tests {
         let mut installed = Installed::default();
         let mut routes = line(2);
         routes.broadcast.insert(name(3), vec![name(2)]);
-        plan(&routes, lookup, &direct(&[2]), &mut installed);
+        plan(&routes, lookup, me(), &direct(&[2]), &mut installed);
         let mut cut = Routes::default();
         cut.unicast.insert(name(2), name(2));
         cut.broadcast.insert(name(1), vec![name(2)]);
-        let p = plan(&cut, lookup, &direct(&[2]), &mut installed);
+        let p = plan(&cut, lookup, me(), &direct(&[2]), &mut installed);
         assert_eq!(p.remove, [peer(3, 2)]);
         assert_eq!(p.trees, [(ShortId::new(3).unwrap(), Vec::new())]);
     }
@@ -246,7 +296,7 @@ mod tests {
         // 1–3 went; 2 still reaches 3: not an orphan, relayed through 2 instead.
         let mut installed = Installed::default();
         installed.unrouted.insert(name(3), peer(3, 3));
-        let p = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let p = plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
         assert!(p.orphans.is_empty());
         assert_eq!(p.add, [peer(3, 2)]);
         // Nobody reaches it: it goes for good.
@@ -254,7 +304,7 @@ mod tests {
         installed.unrouted.insert(name(3), peer(3, 3));
         let mut alone = Routes::default();
         alone.unicast.insert(name(2), name(2));
-        let p = plan(&alone, lookup, &direct(&[2]), &mut installed);
+        let p = plan(&alone, lookup, me(), &direct(&[2]), &mut installed);
         assert_eq!(p.orphans, [peer(3, 3)]);
         assert!(installed.unrouted.is_empty());
     }
@@ -263,7 +313,7 @@ mod tests {
     fn the_sleeve_gets_every_route_and_tree_in_short_ids() {
         let mut routes = line(2);
         routes.broadcast.insert(name(3), vec![name(2)]);
-        let r = sleeve_routing(&routes, lookup, true);
+        let r = sleeve_routing(&routes, lookup, me(), &direct(&[2]), true);
         assert!(r.beside_fast_path);
         assert_eq!(r.next_hop.get(&3), Some(&2));
         assert_eq!(r.next_hop.get(&2), Some(&2));
@@ -275,14 +325,14 @@ mod tests {
     fn without_a_fast_path_for_relays_only_trees_and_orphans_remain() {
         let mut installed = Installed::default();
         installed.unrouted.insert(name(4), peer(4, 4));
-        let p = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let p = plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
         let untrusted = p.for_fast_path(true, SleeveUse::Untrusted);
         assert!(untrusted.add.is_empty());
         assert_eq!(untrusted.orphans, [peer(4, 4)]);
         assert!(!untrusted.trees.is_empty());
         let mut installed = Installed::default();
         installed.unrouted.insert(name(4), peer(4, 4));
-        let p = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let p = plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
         let sleeve_only = p.for_fast_path(true, SleeveUse::All);
         assert_eq!(
             sleeve_only,
@@ -291,8 +341,61 @@ mod tests {
                 ..RoutePlan::default()
             }
         );
-        let p = plan(&line(2), lookup, &direct(&[2]), &mut Installed::default());
+        let p = plan(
+            &line(2),
+            lookup,
+            me(),
+            &direct(&[2]),
+            &mut Installed::default(),
+        );
         assert_eq!(p.for_fast_path(false, SleeveUse::All).add, [peer(3, 2)]);
+    }
+
+    /// Peer 1's routes with a relayed record (peer 9, through 2) claiming the short ID of
+    /// the direct peer 2, or of peer 3.
+    fn forged(claims: u16) -> (Routes, impl Fn(&PeerName) -> Option<PeerAddress>) {
+        let mut routes = line(2);
+        routes.unicast.insert(name(9), name(2));
+        routes.broadcast.insert(name(9), vec![name(2)]);
+        let lookup = move |n: &PeerName| {
+            let (id, addr) = lookup(n)?;
+            Some(if id.get() == 9 {
+                (ShortId::new(claims).unwrap(), addr)
+            } else {
+                (id, addr)
+            })
+        };
+        (routes, lookup)
+    }
+
+    #[test]
+    fn a_relayed_record_with_a_direct_peers_short_id_never_touches_its_entry() {
+        let mut installed = Installed::default();
+        let (routes, claims_2) = forged(2);
+        let p = plan(&routes, &claims_2, me(), &direct(&[2]), &mut installed);
+        // Only peer 3 through 2; nothing for short ID 2, and 9's tree is not 2's.
+        assert_eq!(p.add, [peer(3, 2)]);
+        assert!(p.remove.is_empty() && p.orphans.is_empty());
+        assert!(p.trees.iter().all(|(s, _)| s.get() != 2), "{:?}", p.trees);
+        let r = sleeve_routing(&routes, &claims_2, me(), &direct(&[2]), false);
+        assert_eq!(r.next_hop.get(&2), Some(&2), "2 is still reached directly");
+
+        // Peer 9 first relayed under its own ID 9, then claiming 3's while 3 is relayed,
+        // then 3 connects directly: 3's entry is never removed nor re-pointed for 9.
+        let mut installed = Installed::default();
+        let mut routes = line(2);
+        routes.unicast.insert(name(9), name(2));
+        let p = plan(&routes, lookup, me(), &direct(&[2]), &mut installed);
+        assert_eq!(p.add, [peer(3, 2), peer(9, 2)]);
+        let (_, claims_3) = forged(3);
+        let p = plan(&routes, &claims_3, me(), &direct(&[2]), &mut installed);
+        assert_eq!(p.remove, [peer(9, 2)], "9's own entry goes");
+        assert!(p.add.is_empty(), "3 keeps its entry: {:?}", p.add);
+        let mut routes = line(3);
+        routes.unicast.insert(name(9), name(2));
+        let p = plan(&routes, &claims_3, me(), &direct(&[2, 3]), &mut installed);
+        assert!(p.add.is_empty() && p.remove.is_empty(), "{p:?}");
+        assert!(installed.relayed.is_empty());
     }
 
     mod properties {
@@ -302,18 +405,18 @@ mod tests {
 
         /// Routes of peer 1 among peers 2..=7: each destination reached directly or through
         /// another peer, each source's broadcast passed on to a few of them.
-        fn routes() -> impl Strategy<Value = (Routes, BTreeSet<PeerName>)> {
+        fn routes() -> impl Strategy<Value = (Routes, BTreeMap<PeerName, ShortId>)> {
             (
                 prop::collection::btree_map(2u8..8, 2u8..8, 0..6),
                 prop::collection::btree_map(1u8..8, prop::collection::vec(2u8..8, 0..3), 0..4),
             )
                 .prop_map(|(unicast, broadcast)| {
                     let mut routes = Routes::default();
-                    let mut direct = BTreeSet::new();
+                    let mut direct = BTreeMap::new();
                     for (dst, hop) in unicast {
                         routes.unicast.insert(name(dst), name(hop));
                         if dst == hop {
-                            direct.insert(name(dst));
+                            direct.insert(name(dst), ShortId::new(u16::from(dst)).unwrap());
                         }
                     }
                     for (source, children) in broadcast {
@@ -333,15 +436,15 @@ mod tests {
             fn the_installed_state_follows_the_routes(steps in prop::collection::vec(routes(), 1..6)) {
                 let mut installed = Installed::default();
                 for (routes, direct) in steps {
-                    let p = plan(&routes, lookup, &direct, &mut installed);
+                    let p = plan(&routes, lookup, me(), &direct, &mut installed);
                     for (dst, hop) in &routes.unicast {
-                        let relayed = dst != hop && !direct.contains(dst);
+                        let relayed = dst != hop && !direct.contains_key(dst);
                         prop_assert_eq!(installed.relayed.contains_key(dst), relayed);
                     }
                     prop_assert!(installed.relayed.keys().all(|n| routes.unicast.contains_key(n)));
                     prop_assert!(p.add.iter().all(|a| !p.remove.contains(a)));
                     prop_assert!(p.add.iter().all(|a| a.next_hop != a.short_id));
-                    let again = plan(&routes, lookup, &direct, &mut installed);
+                    let again = plan(&routes, lookup, me(), &direct, &mut installed);
                     prop_assert_eq!(again, RoutePlan::default());
                 }
             }

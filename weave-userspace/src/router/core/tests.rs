@@ -243,6 +243,47 @@ fn a_new_short_id_closes_every_connection() {
 }
 
 #[test]
+fn our_short_id_changes_at_most_once_per_hold() {
+    let mut core = MeshCore::new(hello(1), config(false, SleeveUse::Fallback));
+    let start = Instant::now();
+    assert_eq!(core.short_id_change(start), ShortIdChange::Allowed);
+    // Claims keep coming (forged records, handshakes): held, logged once.
+    let soon = start + SHORT_ID_HOLD / 2;
+    assert_eq!(
+        core.short_id_change(soon),
+        ShortIdChange::Held { first: true }
+    );
+    assert_eq!(
+        core.short_id_change(soon),
+        ShortIdChange::Held { first: false }
+    );
+    // After the hold, a real clash may move us again.
+    let later = start + SHORT_ID_HOLD;
+    assert_eq!(core.short_id_change(later), ShortIdChange::Allowed);
+    assert_eq!(
+        core.short_id_change(later + SHORT_ID_HOLD / 3),
+        ShortIdChange::Held { first: true }
+    );
+}
+
+#[test]
+fn direct_peers_are_listed_with_their_runs_and_short_ids() {
+    let core = established(
+        &hello(1),
+        4,
+        true,
+        &hello(2),
+        config(false, SleeveUse::Fallback),
+    );
+    let runs = core.direct_runs();
+    assert_eq!(runs.get(&hello(2).name), Some(&hello(2).uid));
+    assert_eq!(
+        core.direct_short_ids().get(&hello(2).name),
+        Some(&hello(2).short_id)
+    );
+}
+
+#[test]
 fn the_connection_limit_refuses_newcomers_but_not_known_peers() {
     let mut cfg = config(false, SleeveUse::Fallback);
     cfg.conn_limit = 1;
