@@ -285,11 +285,31 @@ enum Verdict {
 }
 
 impl Trust<'_> {
-    fn new<'a>(topology: &Topology, source: GossipSource<'a>) -> Trust<'a> {
+    /// What decides about records of the peers `names` from `source`. Hops are counted only
+    /// when one of them needs it (a held peer neither the sender nor a direct peer): a
+    /// direct peer's own changes, the common case, cost no search.
+    fn new<'a>(
+        topology: &Topology,
+        source: GossipSource<'a>,
+        mut names: impl Iterator<Item = PeerName>,
+    ) -> Trust<'a> {
+        let needs_hops = names.any(|name| {
+            name != topology.ourself
+                && name != source.from
+                && !source.direct.contains_key(&name)
+                && topology.peers.contains_key(&name)
+        });
+        let hops = |from| {
+            if needs_hops {
+                topology.hops_from(from)
+            } else {
+                BTreeMap::new()
+            }
+        };
         Trust {
             source,
-            ours: topology.hops_from(topology.ourself),
-            senders: topology.hops_from(source.from),
+            ours: hops(topology.ourself),
+            senders: hops(source.from),
         }
     }
 
@@ -472,7 +492,7 @@ impl Topology {
         for info in update {
             info.validate()?;
         }
-        let trust = source.map(|s| Trust::new(self, s));
+        let trust = source.map(|s| Trust::new(self, s, update.iter().map(|i| i.name)));
         let mut outcome = MergeOutcome::default();
         for info in update {
             if info.name == self.ourself {
@@ -558,7 +578,8 @@ impl Topology {
             return Ok(DeltaOutcome::Stale);
         }
         if let Some(source) = source {
-            match Trust::new(self, source).verdict(delta.name, delta.uid, true) {
+            let trust = Trust::new(self, source, std::iter::once(delta.name));
+            match trust.verdict(delta.name, delta.uid, true) {
                 Verdict::Take => {}
                 Verdict::Refuse(reason) => return Ok(DeltaOutcome::Refused(reason)),
                 // A change of another run: only its owner's whole record counts here.
