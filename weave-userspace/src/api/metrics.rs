@@ -160,6 +160,20 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
         }
     }
 
+    let refusals = Family::<ReasonLabels, Counter>::default();
+    registry.register(
+        "weave_control_refusals",
+        "Control connections refused or closed for their transport, by reason (handshake_limit, handshake_failed, oversize_frame, slow_peer, write_stalled)",
+        refusals.clone(),
+    );
+    for (reason, n) in crate::mesh::refusals::COUNTERS.snapshot() {
+        refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
     if let Some(c) = counters {
         let packets = Family::<ReasonLabels, Counter>::default();
         let bytes = Family::<ReasonLabels, Counter>::default();
@@ -262,7 +276,7 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
         let drops = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "weave_sleeve_drops",
-            "Sleeve datagrams dropped, by reason (forged, replayed, plaintext, malformed, unknown_peer, unpaired)",
+            "Sleeve datagrams dropped, by reason (forged, replayed, plaintext, malformed, unknown_peer, unpaired, no_route, loop, bad_vnet_header)",
             drops.clone(),
         );
         for (reason, n) in s.drops() {
@@ -272,6 +286,13 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
                 })
                 .inc_by(n);
         }
+        let not_learned = Counter::<u64>::default();
+        not_learned.inc_by(s.macs_not_learned.load(Relaxed));
+        registry.register(
+            "weave_sleeve_macs_not_learned",
+            "Source MACs the sleeve did not learn because its table was full",
+            not_learned,
+        );
     }
 
     let mut out = String::new();
