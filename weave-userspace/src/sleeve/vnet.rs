@@ -183,7 +183,7 @@ mod tests {
             Err(VnetError::Flags(0x84))
         );
         // The checksum's place beyond the frame's end, or inside the Ethernet header.
-        for (start, offset) in [(34, 16), (60, 0), (u16::MAX, u16::MAX), (0, 16)] {
+        for (start, offset) in [(50, 16), (60, 0), (u16::MAX, u16::MAX), (0, 16)] {
             assert!(matches!(
                 check(&payload(
                     header(F_NEEDS_CSUM, 0, 0, 0, start, offset),
