@@ -72,11 +72,17 @@ pub enum Reason {
     /// From the bridge port: a fast-path heartbeat or path-MTU probe the router wrote was
     /// addressed to its peer (the way broadcast copies are) and sent.
     TxHeartbeat = 27,
+    /// TX: dropped, the Ethernet source is not the sending container's own MAC (it would
+    /// teach the bridge and the peers that another container's MAC lives here).
+    TxDropSpoofedMac = 28,
+    /// RX: dropped, a peer's frame whose inner source MAC is a local container's (it would
+    /// teach `REMOTE_MACS` that a local container lives behind that peer).
+    RxDropLocalMac = 29,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 30;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -108,6 +114,8 @@ impl Reason {
         Reason::BridgeDropped,
         Reason::RxHeartbeat,
         Reason::TxHeartbeat,
+        Reason::TxDropSpoofedMac,
+        Reason::RxDropLocalMac,
     ];
 
     /// A label for metrics and status output.
@@ -141,6 +149,8 @@ impl Reason {
             Reason::BridgeDropped => "bridge_dropped",
             Reason::RxHeartbeat => "rx_heartbeat",
             Reason::TxHeartbeat => "tx_heartbeat",
+            Reason::TxDropSpoofedMac => "tx_drop_spoofed_mac",
+            Reason::RxDropLocalMac => "rx_drop_local_mac",
         }
     }
 
@@ -166,6 +176,8 @@ impl Reason {
                 | Reason::RxDropIsolated
                 | Reason::EgressDropIsolated
                 | Reason::BridgeDropped
+                | Reason::TxDropSpoofedMac
+                | Reason::RxDropLocalMac
         )
     }
 }

@@ -43,18 +43,25 @@ pub(crate) fn is_service(addr: [u8; 4]) -> bool {
     addr != [0; 4] && config().is_some_and(|c| c.service_ipv4 == addr)
 }
 
-/// The sending container's isolation rules: only IPv4 and ARP; the IPv4 source or ARP
-/// sender must be one of its own addresses; a unicast IPv4 destination or an ARP target
-/// must lie in one of its subnets (broadcast and multicast go out: receivers check the
-/// source). Returns the source address.
+/// The sending container's isolation rules: only IPv4 and ARP; the Ethernet source must
+/// be its own MAC; the IPv4 source or ARP sender must be one of its own addresses; a
+/// unicast IPv4 destination or an ARP target must lie in one of its subnets (broadcast and
+/// multicast go out: receivers check the source). Returns the source address.
 #[inline(always)]
-pub(crate) fn check_sender(ctx: &TcContext, proto: u16) -> Result<[u8; 4], Reason> {
+pub(crate) fn check_sender(
+    ctx: &TcContext,
+    proto: u16,
+    src_mac: &[u8; 6],
+) -> Result<[u8; 4], Reason> {
     let Some((src, dst)) = ipv4_addresses(ctx, proto) else {
         return Err(Reason::TxDropProtocol);
     };
     let Some(me) = endpoint_addresses(own_ifindex(ctx)) else {
         return Err(Reason::TxDropSpoofedSource);
     };
+    if me.mac != *src_mac {
+        return Err(Reason::TxDropSpoofedMac);
+    }
     if !me.owns(src) {
         return Err(Reason::TxDropSpoofedSource);
     }

@@ -101,6 +101,12 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     let inner_dst = mac_at(&inner_eth, 0);
     let inner_src = mac_at(&inner_eth, 6);
     let inner_proto = u16::from_be_bytes([inner_eth[12], inner_eth[13]]);
+    // A peer speaks for its own containers only: a frame "from" one of ours is a lie (or a
+    // MAC clash), and learning it would send our frames for that container to the peer.
+    // SAFETY: only whether the key exists is used.
+    if unsafe { ENDPOINTS.get(MacKey::new(inner_src)) }.is_some() {
+        return Ok(drop_rx(Reason::RxDropLocalMac, len));
+    }
     learn(ctx, src, inner_src, inner_proto);
     if is_group_mac(&inner_dst) {
         relay_broadcast(ctx, &cfg, &eth, &ip, src, len);

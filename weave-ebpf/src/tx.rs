@@ -34,7 +34,7 @@ fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
     let proto = u16::from_be_bytes([eth[12], eth[13]]);
     let len = ctx.len();
 
-    let src_ip = match check_sender(ctx, proto) {
+    let src_ip = match check_sender(ctx, proto, &mac_at(&eth, 6)) {
         Ok(ip) => ip,
         Err(reason) => {
             count(reason, len);

@@ -21,7 +21,11 @@ use self::core::{CoreConfig, Effect, Event, Handshake, MeshCore, PathSample};
 use crate::crypto::{PresharedKey, SessionKeys};
 use crate::datapath::overlay::{self, Overlays, Placement};
 use crate::datapath::{Datapath, DatapathError, ProbeSeen};
-use crate::mesh::connection::{self, ConnCommand, ConnEvent, ConnId, ConnectionError, Timings};
+use crate::mesh::command_queue::{CommandQueue, Refused};
+use crate::mesh::connection::{
+    self, ConnCommand, ConnEvent, ConnId, ConnectionError, EventSender, Timings,
+};
+use crate::mesh::control_refusal::{self, Refusal};
 use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::Hello;
@@ -84,6 +88,10 @@ const MAX_BURST: Duration = Duration::from_millis(50);
 /// Weave's default connection limit.
 pub const DEFAULT_CONN_LIMIT: usize = 200;
 
+/// Most inbound handshakes under way at once; a connection beyond them is closed at once
+/// (a peer's maker dials again after its backoff). Each lasts at most the handshake timeout.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
 /// Binds the control port (done early, so that a port in use fails before anything else).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
     TcpListener::bind(addr)
@@ -94,7 +102,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RouterError> {
 /// The driver's side of one connection: how to talk to its task.
 #[derive(Debug)]
 struct Link {
-    commands: mpsc::UnboundedSender<ConnCommand>,
+    commands: CommandQueue,
     /// The keys of an encrypted connection (the sleeve uses them too).
     session: Option<Arc<SessionKeys>>,
     /// The answer to the handshake, until it is given.
@@ -116,10 +124,18 @@ struct Mesh {
 }
 
 impl Mesh {
-    /// Sends a command to connection `id`'s task, if it is still there.
+    /// Sends a command to connection `id`'s task, if it is still there. Never waits: when
+    /// the connection's queue is full its peer does not read, and the connection closes as
+    /// a slow peer (logged when it is lost, counted in `/metrics`).
     fn send(&self, id: ConnId, command: ConnCommand) {
         if let Some(link) = self.links.get(&id) {
-            let _ = link.commands.send(command);
+            if let Err(Refused::Overrun { first: true }) = link.commands.send(command) {
+                let peer = self.core.connection(id).map(|c| c.describe());
+                tracing::debug!(
+                    "connection {} does not keep up: its queue is full, closing it",
+                    peer.unwrap_or_else(|| id.to_string())
+                );
+            }
         }
     }
 }
@@ -128,7 +144,7 @@ struct Inner<D> {
     timings: Timings,
     datapath: Arc<D>,
     mesh: Mutex<Mesh>,
-    events: Mutex<Option<mpsc::UnboundedSender<ConnEvent>>>,
+    events: Mutex<Option<EventSender>>,
     shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
     listen: SocketAddr,
@@ -451,7 +467,7 @@ impl<D: Datapath> Inner<D> {
     async fn take_new_short_id(&self) {
         let change = self.mesh().core.short_id_change(std::time::Instant::now());
         if let self::core::ShortIdChange::Held { first } = change {
-            crate::mesh::refusal::REFUSED.count(crate::mesh::refusal::Refusal::ShortIdClaim);
+            crate::mesh::gossip_refusal::REFUSED.count(crate::mesh::gossip_refusal::Refusal::ShortIdClaim);
             if first {
                 tracing::warn!(
                     "short ID {} contested again within {} s of our last change: keeping it (further claims until then are counted, not logged)",
@@ -586,7 +602,7 @@ impl<D: Datapath> Router<D> {
         let listen = listener
             .local_addr()
             .expect("a bound listener has an address");
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(connection::EVENT_QUEUE);
         let (shutdown, _) = watch::channel(false);
         let ourself = crate::mesh::topology::PeerInfo::new(
             config.local.name,
@@ -782,13 +798,24 @@ async fn periodic_gossip<D: Datapath>(inner: Arc<Inner<D>>) {
 async fn accept_loop<D: Datapath>(
     inner: Arc<Inner<D>>,
     listener: TcpListener,
-    events: mpsc::UnboundedSender<ConnEvent>,
+    events: EventSender,
 ) {
     let mut shutdown = inner.shutdown.subscribe();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        control_refusal::refuse(
+                            Refusal::HandshakeLimit,
+                            format_args!(
+                                "connection from {addr} refused: {MAX_PENDING_HANDSHAKES} handshakes are under way already"
+                            ),
+                        );
+                        drop(stream);
+                        continue;
+                    };
                     let id = inner.next_conn_id();
                     let local = inner.hello();
                     let timings = inner.timings;
@@ -797,7 +824,7 @@ async fn accept_loop<D: Datapath>(
                     let password = inner.password.clone();
                     let inner = inner.clone();
                     tokio::spawn(async move {
-                        let outcome = connection::run(stream, id, false, local, password, timings, events, shutdown).await;
+                        let outcome = connection::run(stream, id, false, local, password, timings, events, shutdown, Some(permit)).await;
                         // A duplicate (both ends dialled each other) is routine and logged
                         // by the router already.
                         if !outcome.accepted
@@ -806,7 +833,8 @@ async fn accept_loop<D: Datapath>(
                                 ConnectionError::Shutdown | ConnectionError::Duplicate(_)
                             )
                         {
-                            tracing::warn!("connection from {addr} refused: {}", outcome.error);
+                            let reason = outcome.error.refusal().unwrap_or(Refusal::Handshake);
+                            control_refusal::refuse(reason, format_args!("connection from {addr} refused: {}", outcome.error));
                             if matches!(&outcome.error, ConnectionError::Protocol(e) if e.is_about_encryption()) {
                                 let mut mesh = inner.mesh();
                                 let now = SystemTime::now();

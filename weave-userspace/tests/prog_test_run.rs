@@ -1289,3 +1289,92 @@ fn the_service_address_stays_on_its_host_both_ways() {
         REMOTE_MAC
     );
 }
+
+#[test]
+fn rx_drops_a_peer_frame_claiming_a_local_containers_mac() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.add_endpoint(LOCAL_MAC);
+    bed.add_endpoint(OTHER_LOCAL_MAC);
+    // A peer sends "from" our local container: a broadcast ARP (which the bridge and the
+    // neighbours would learn from), and unicast to the other local container.
+    let frames = [
+        arp_request(LOCAL_MAC, REMOTE_IP, LOCAL_IP),
+        inner_frame(OTHER_LOCAL_MAC, LOCAL_MAC, REMOTE_IP, LOCAL_IP),
+        inner_frame([0xff; 6], LOCAL_MAC, REMOTE_IP, [10, 2, 0, 255]),
+    ];
+    for inner in &frames {
+        let frame = encapsulated(
+            inner,
+            PEER_UNDERLAY,
+            OWN_UNDERLAY,
+            vni::pack(PEER_ID, OWN_ID),
+        );
+        assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    }
+    assert_eq!(bed.counter(Reason::RxDropLocalMac), 3);
+    assert_eq!(bed.counter(Reason::RxDelivered), 0);
+    assert_eq!(bed.counter(Reason::RxToBridge), 0);
+    assert!(
+        bed.remote_macs().get(&MacKey::new(LOCAL_MAC), 0).is_err(),
+        "a local MAC must not be learned behind a peer"
+    );
+    assert!(
+        bed.neighbours()
+            .get(&Ipv4Key { addr: REMOTE_IP }, 0)
+            .is_err(),
+        "nor its claimed address"
+    );
+    // The local container's own frames still go where they should: a peer's MAC for it
+    // would have turned this into an encapsulation towards the peer.
+    let frame = inner_frame(OTHER_LOCAL_MAC, LOCAL_MAC, LOCAL_IP, [10, 2, 0, 3]);
+    let (rc, _) = bed.run_tc(TX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(bed.counter(Reason::TxLocalDelivered), 1);
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
+    // The peer's real containers are learned as before.
+    let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
+    assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        bed.remote_macs()
+            .get(&MacKey::new(REMOTE_MAC), 0)
+            .unwrap()
+            .peer_short_id,
+        PEER_ID
+    );
+}
+
+#[test]
+fn tx_drops_a_frame_with_another_containers_source_mac() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.learn_remote(REMOTE_MAC);
+    bed.add_endpoint(OTHER_LOCAL_MAC);
+    // The container behind LO_IFINDEX (LOCAL_MAC, LOCAL_IP) sends as another container
+    // (local or remote) from its own address: unicast, broadcast ARP, to the bridge.
+    for spoofed in [OTHER_LOCAL_MAC, REMOTE_MAC, [0x02, 0x42, 0, 0, 0, 9]] {
+        let frame = inner_frame(REMOTE_MAC, spoofed, LOCAL_IP, REMOTE_IP);
+        assert_eq!(bed.run_tc(TX_PROGRAM, &frame).0, TC_ACT_SHOT, "{spoofed:?}");
+        let mut arp = arp_request(LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+        arp[6..12].copy_from_slice(&spoofed);
+        assert_eq!(
+            bed.run_tc(TX_PROGRAM, &arp).0,
+            TC_ACT_SHOT,
+            "ARP {spoofed:?}"
+        );
+    }
+    assert_eq!(bed.counter(Reason::TxDropSpoofedMac), 6);
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
+    assert_eq!(bed.counter(Reason::TxToBridge), 0);
+    // Its own MAC goes out as before.
+    let frame = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[OUTER_HLEN..], &frame[..]);
+}

@@ -129,7 +129,7 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
         "Gossip refused because of who sent it (a record a peer may not speak for, a unicast off its route or out of hops, a made-up space requester, a short-ID claim held off) or malformed",
         refused.clone(),
     );
-    for (reason, n) in crate::mesh::refusal::REFUSED.snapshot() {
+    for (reason, n) in crate::mesh::gossip_refusal::REFUSED.snapshot() {
         refused
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),
@@ -172,6 +172,20 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
             frames.get_or_create(&labels).inc_by(n);
             bytes.get_or_create(&labels).inc_by(b);
         }
+    }
+
+    let refusals = Family::<ReasonLabels, Counter>::default();
+    registry.register(
+        "weave_control_refusals",
+        "Control connections refused or closed for their transport, by reason (handshake_limit, handshake_failed, oversize_frame, slow_peer, write_stalled)",
+        refusals.clone(),
+    );
+    for (reason, n) in crate::mesh::control_refusal::COUNTERS.snapshot() {
+        refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc_by(n);
     }
 
     if let Some(c) = counters {
@@ -276,7 +290,7 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
         let drops = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "weave_sleeve_drops",
-            "Sleeve datagrams dropped, by reason (forged, replayed, plaintext, malformed, unknown_peer, unpaired)",
+            "Sleeve datagrams dropped, by reason (forged, replayed, plaintext, malformed, unknown_peer, unpaired, no_route, loop, bad_vnet_header)",
             drops.clone(),
         );
         for (reason, n) in s.drops() {
@@ -286,6 +300,13 @@ pub fn render(status: &MeshStatus, counters: Option<&DatapathCounters>) -> Strin
                 })
                 .inc_by(n);
         }
+        let not_learned = Counter::<u64>::default();
+        not_learned.inc_by(s.macs_not_learned.load(Relaxed));
+        registry.register(
+            "weave_sleeve_macs_not_learned",
+            "Source MACs the sleeve did not learn because its table was full",
+            not_learned,
+        );
     }
 
     let mut out = String::new();
@@ -399,7 +420,7 @@ mod tests {
     #[test]
     fn metrics_carry_connections_drops_and_peer_traffic() {
         let (status, counters) = sample();
-        crate::mesh::refusal::REFUSED.count(crate::mesh::refusal::Refusal::HopLimit);
+        crate::mesh::gossip_refusal::REFUSED.count(crate::mesh::gossip_refusal::Refusal::HopLimit);
         let text = render(&status, Some(&counters));
         assert!(
             text.lines().any(|l| l

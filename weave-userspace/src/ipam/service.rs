@@ -385,7 +385,7 @@ impl IpamService {
             // connection stays (the peer is not malformed, it disagrees).
             Err(IpamServiceError::Ipam(e)) => {
                 if matches!(e, IpamError::UnknownRequester(_)) {
-                    use crate::mesh::refusal::{Refusal, REFUSED};
+                    use crate::mesh::gossip_refusal::{Refusal, REFUSED};
                     REFUSED.count(Refusal::UnknownRequester);
                 }
                 tracing::warn!("IPAM message from {origin} refused: {e}");

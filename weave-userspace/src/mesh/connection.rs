@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::command_queue::{command_queue, CommandInbox, CommandQueue, Next};
 use super::peer_name::{PeerName, ShortId};
 use super::protocol::{
     self, Hello, Message, ProtocolError, Versions, FRAME_HEADER_LEN, PREAMBLE_LEN,
@@ -24,6 +25,22 @@ use crate::crypto::{
 
 /// Identifies a connection within one router.
 pub type ConnId = u64;
+
+/// How connections hand events to the router: a bounded queue. A connection whose event
+/// waits for room stops reading its socket (TCP then slows the peer down); the event loop
+/// itself never waits on a connection ([`CommandQueue`]), so the two cannot deadlock.
+pub(crate) type EventSender = mpsc::Sender<ConnEvent>;
+
+/// Most events waiting for the event loop.
+pub const EVENT_QUEUE: usize = 4096;
+
+/// Largest frame accepted before the handshake is done (a hello; sealed, with its tag):
+/// nobody gets a large allocation out of us without completing the handshake.
+pub const HANDSHAKE_FRAME_LEN: usize = 64 * 1024;
+
+/// Longest a write may make no progress (the peer reads nothing) before the connection is
+/// closed as a slow peer.
+pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// The clocks of the control plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +92,26 @@ pub enum ConnectionError {
     ShortIdTaken { id: ShortId, by: PeerName },
     #[error("router shutting down")]
     Shutdown,
+    #[error("frame of {0} bytes before the handshake is done exceeds the maximum of {HANDSHAKE_FRAME_LEN}")]
+    HandshakeFrameTooLarge(usize),
+    #[error("the remote end read nothing for {0:?}: closed as a slow peer")]
+    WriteStalled(Duration),
+    #[error("the remote end does not keep up with what we send (command queue full): closed as a slow peer")]
+    SlowPeer,
+}
+
+impl ConnectionError {
+    /// The refusal an error counts as in `/metrics`, when it is one of ours for misbehaviour
+    /// of the remote end's transport (gossip refusals are counted where gossip is handled).
+    pub fn refusal(&self) -> Option<super::control_refusal::Refusal> {
+        use super::control_refusal::Refusal;
+        match self {
+            ConnectionError::HandshakeFrameTooLarge(_) => Some(Refusal::OversizeFrame),
+            ConnectionError::WriteStalled(_) => Some(Refusal::WriteStalled),
+            ConnectionError::SlowPeer => Some(Refusal::SlowPeer),
+            _ => None,
+        }
+    }
 }
 
 /// What a connection tells the router.
@@ -90,7 +127,7 @@ pub(crate) enum ConnEvent {
         hello: Hello,
         /// The keys of an encrypted connection (the sleeve data path uses them too).
         session: Option<Arc<SessionKeys>>,
-        commands: mpsc::UnboundedSender<ConnCommand>,
+        commands: CommandQueue,
         reply: oneshot::Sender<Result<(), ConnectionError>>,
     },
     /// The remote end has installed us in its data path.
@@ -149,17 +186,28 @@ async fn read_exact<R: AsyncRead + Unpin>(
 /// Writes the frames of one connection: plain, or sealed once a password's handshake is done.
 pub struct FrameWriter {
     sealer: Option<Sealer>,
+    /// Longest a write may make no progress.
+    stall: Duration,
 }
 
 impl FrameWriter {
     pub fn plain() -> Self {
-        Self { sealer: None }
+        Self {
+            sealer: None,
+            stall: WRITE_STALL_LIMIT,
+        }
     }
 
     pub fn sealed(keys: &SessionKeys) -> Self {
         Self {
             sealer: Some(keys.sealer(NonceDomain::Control)),
+            stall: WRITE_STALL_LIMIT,
         }
+    }
+
+    /// The same writer with another write-stall limit.
+    pub fn with_stall_limit(self, stall: Duration) -> Self {
+        Self { stall, ..self }
     }
 
     pub async fn write<W: AsyncWrite + Unpin>(
@@ -178,12 +226,34 @@ impl FrameWriter {
         plain: &[u8],
     ) -> Result<(), ConnectionError> {
         match &mut self.sealer {
-            None => w.write_all(plain).await?,
-            Some(sealer) => w.write_all(&protocol::seal_frame(sealer, plain)?).await?,
+            None => write_all_within(w, plain, self.stall).await?,
+            Some(sealer) => {
+                write_all_within(w, &protocol::seal_frame(sealer, plain)?, self.stall).await?
+            }
         }
         protocol::SENT.count(plain);
         Ok(())
     }
+}
+
+/// Writes all of `bytes`, failing when one write makes no progress for `stall` (the remote
+/// end reads nothing: its receive window and our send buffer are full). A slow but moving
+/// peer is fine, however long a large frame takes.
+async fn write_all_within<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut bytes: &[u8],
+    stall: Duration,
+) -> Result<(), ConnectionError> {
+    while !bytes.is_empty() {
+        match tokio::time::timeout(stall, w.write(bytes)).await {
+            Err(_) => return Err(ConnectionError::WriteStalled(stall)),
+            Ok(Ok(0)) => return Err(ConnectionError::Closed),
+            Ok(Ok(n)) => bytes = &bytes[n..],
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    w.flush().await?;
+    Ok(())
 }
 
 /// Reads the frames of one connection: plain, or sealed.
@@ -219,9 +289,22 @@ impl FrameReader {
         &mut self,
         r: &mut R,
     ) -> Result<Message, ConnectionError> {
+        self.read_within(r, protocol::MAX_FRAME_LEN).await
+    }
+
+    /// Reads exactly one frame of at most `limit` bytes (not cancel-safe); a larger one is
+    /// refused from its header, before anything is allocated for it.
+    pub async fn read_within<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        limit: usize,
+    ) -> Result<Message, ConnectionError> {
         let mut header = [0u8; FRAME_HEADER_LEN];
         read_exact(r, &mut header).await?;
         let len = protocol::frame_len(header)?;
+        if len > limit {
+            return Err(ConnectionError::HandshakeFrameTooLarge(len));
+        }
         let mut frame = vec![0u8; FRAME_HEADER_LEN + len];
         frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
         read_exact(r, &mut frame[FRAME_HEADER_LEN..]).await?;
@@ -290,7 +373,7 @@ pub async fn secure_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         writer.write(stream, &Message::Hello(local.clone())).await?;
-        match reader.read(stream).await? {
+        match reader.read_within(stream, HANDSHAKE_FRAME_LEN).await? {
             Message::Hello(hello) => {
                 protocol::check_hello(local, &hello)?;
                 Ok(Handshaken {
@@ -389,8 +472,9 @@ pub(crate) async fn run(
     local: Hello,
     password: Option<Arc<PresharedKey>>,
     timings: Timings,
-    events: mpsc::UnboundedSender<ConnEvent>,
+    events: EventSender,
     mut shutdown: watch::Receiver<bool>,
+    handshake_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Outcome {
     let remote = match stream.peer_addr() {
         Ok(a) => a,
@@ -410,6 +494,8 @@ pub(crate) async fn run(
         },
         _ = stopped(&mut shutdown) => return Outcome { peer: None, accepted: false, error: ConnectionError::Shutdown },
     };
+    // The handshake is done: it no longer counts against the limit of those under way.
+    drop(handshake_permit);
     let Handshaken {
         version,
         hello,
@@ -418,7 +504,7 @@ pub(crate) async fn run(
         session,
     } = handshaken;
     let peer = Some(hello.name);
-    let (commands_tx, mut commands) = mpsc::unbounded_channel();
+    let (commands_tx, mut commands) = command_queue();
     let (reply_tx, reply_rx) = oneshot::channel();
     let event = ConnEvent::Handshaken {
         id,
@@ -430,7 +516,7 @@ pub(crate) async fn run(
         commands: commands_tx,
         reply: reply_tx,
     };
-    if events.send(event).is_err() {
+    if events.send(event).await.is_err() {
         return Outcome {
             peer,
             accepted: false,
@@ -473,10 +559,15 @@ pub(crate) async fn run(
         &mut shutdown,
     )
     .await;
-    let _ = events.send(ConnEvent::Closed {
-        id,
-        error: error.to_string(),
-    });
+    if let Some(reason) = error.refusal() {
+        super::control_refusal::COUNTERS.count(reason);
+    }
+    let _ = events
+        .send(ConnEvent::Closed {
+            id,
+            error: error.to_string(),
+        })
+        .await;
     Outcome {
         peer,
         accepted: true,
@@ -492,8 +583,8 @@ async fn converse(
     (writer, reader): (FrameWriter, FrameReader),
     id: ConnId,
     timings: &Timings,
-    events: &mpsc::UnboundedSender<ConnEvent>,
-    commands: &mut mpsc::UnboundedReceiver<ConnCommand>,
+    events: &EventSender,
+    commands: &mut CommandInbox,
     shutdown: &mut watch::Receiver<bool>,
 ) -> ConnectionError {
     let (rd, wr) = stream.into_split();
@@ -514,7 +605,7 @@ async fn read_messages(
     mut reader: FrameReader,
     id: ConnId,
     timings: &Timings,
-    events: &mpsc::UnboundedSender<ConnEvent>,
+    events: &EventSender,
 ) -> ConnectionError {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8 * 1024];
@@ -538,7 +629,9 @@ async fn read_messages(
                         Message::Heartbeat => {}
                         Message::Ready => {
                             remote_ready = true;
-                            let _ = events.send(ConnEvent::RemoteReady { id });
+                            if events.send(ConnEvent::RemoteReady { id }).await.is_err() {
+                                return ConnectionError::Shutdown;
+                            }
                         }
                         Message::ShortIdTaken { .. } if remote_ready => {
                             return ProtocolError::Unexpected {
@@ -549,22 +642,40 @@ async fn read_messages(
                         }
                         Message::Goodbye(reason) => return ConnectionError::Goodbye(reason),
                         Message::ShortIdTaken { id: short_id, by } => {
-                            let _ = events.send(ConnEvent::ShortIdTaken { short_id });
+                            let _ = events.send(ConnEvent::ShortIdTaken { short_id }).await;
                             return ConnectionError::Goodbye(
                                 ConnectionError::ShortIdTaken { id: short_id, by }.to_string(),
                             );
                         }
                         Message::FastdpStatus { heard } => {
-                            let _ = events.send(ConnEvent::FastdpStatus { id, heard });
+                            if events
+                                .send(ConnEvent::FastdpStatus { id, heard })
+                                .await
+                                .is_err()
+                            {
+                                return ConnectionError::Shutdown;
+                            }
                         }
                         Message::PathMtuSeen { round, largest } => {
-                            let _ = events.send(ConnEvent::PathMtuSeen { id, round, largest });
+                            if events
+                                .send(ConnEvent::PathMtuSeen { id, round, largest })
+                                .await
+                                .is_err()
+                            {
+                                return ConnectionError::Shutdown;
+                            }
                         }
                         message @ (Message::Gossip(_)
                         | Message::Digest(_)
                         | Message::Delta(_)
                         | Message::Channel(_)) => {
-                            let _ = events.send(ConnEvent::Gossip { id, message });
+                            if events
+                                .send(ConnEvent::Gossip { id, message })
+                                .await
+                                .is_err()
+                            {
+                                return ConnectionError::Shutdown;
+                            }
                         }
                         Message::Hello(_) => {
                             return ProtocolError::Unexpected {
@@ -595,7 +706,7 @@ async fn write_messages(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut writer: FrameWriter,
     timings: &Timings,
-    commands: &mut mpsc::UnboundedReceiver<ConnCommand>,
+    commands: &mut CommandInbox,
     shutdown: &mut watch::Receiver<bool>,
 ) -> ConnectionError {
     let mut heartbeat = tokio::time::interval(timings.heartbeat_interval);
@@ -611,19 +722,22 @@ async fn write_messages(
             _ = heartbeat.tick() => {
                 unless_stopped(shutdown, writer.write(&mut wr, &Message::Heartbeat)).await
             }
-            command = commands.recv() => match command {
-                Some(ConnCommand::SendReady) => {
+            next = commands.next() => match next {
+                Next::Command(ConnCommand::SendReady) => {
                     unless_stopped(shutdown, writer.write(&mut wr, &Message::Ready)).await
                 }
-                Some(ConnCommand::SendFrame(frame)) => {
-                    unless_stopped(shutdown, writer.write_frame(&mut wr, &frame)).await
+                Next::Command(ConnCommand::SendFrame(frame)) => {
+                    let written = unless_stopped(shutdown, writer.write_frame(&mut wr, &frame)).await;
+                    commands.written(frame.len());
+                    written
                 }
-                Some(ConnCommand::Close(reason)) => {
+                Next::Command(ConnCommand::Close(reason)) => {
                     let goodbye = Message::Goodbye(reason.to_string());
                     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.write(&mut wr, &goodbye)).await;
                     return reason;
                 }
-                None => return ConnectionError::Shutdown,
+                Next::Overrun => return ConnectionError::SlowPeer,
+                Next::Closed => return ConnectionError::Shutdown,
             },
         };
         if let Err(e) = written {
@@ -733,6 +847,65 @@ mod tests {
             ),
             "{r:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_before_the_handshake_is_refused_from_its_header() {
+        // A stranger sends a good preamble and flag, then announces a 4 MiB hello.
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let stranger = tokio::spawn(async move {
+            let mut opening = Versions::OURS.encode().to_vec();
+            opening.push(protocol::ENCRYPTION_OFF);
+            opening.extend_from_slice(&(protocol::MAX_FRAME_LEN as u32).to_be_bytes());
+            b.write_all(&opening).await.unwrap();
+            // Keeps its end open: the refusal must come from the header alone.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let r = handshake(&mut a, &hello(1), T).await;
+        assert!(
+            matches!(r, Err(ConnectionError::HandshakeFrameTooLarge(n)) if n == protocol::MAX_FRAME_LEN),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.unwrap_err().refusal(),
+            Some(crate::mesh::control_refusal::Refusal::OversizeFrame)
+        );
+        stranger.abort();
+        // After the handshake, the large limit applies.
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let big = Message::Goodbye("x".repeat(HANDSHAKE_FRAME_LEN * 2));
+        write_message(&mut b, &big).await.unwrap();
+        assert_eq!(read_message(&mut a).await.unwrap(), big);
+    }
+
+    #[tokio::test]
+    async fn a_write_the_remote_end_never_reads_fails_after_the_stall_limit() {
+        let (mut a, _b) = tokio::io::duplex(1024);
+        let mut writer = FrameWriter::plain().with_stall_limit(Duration::from_millis(200));
+        let started = tokio::time::Instant::now();
+        let r = writer
+            .write(&mut a, &Message::Goodbye("y".repeat(64 * 1024)))
+            .await;
+        assert!(matches!(r, Err(ConnectionError::WriteStalled(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A slow reader that keeps reading is no stalled one.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if b.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+        });
+        let mut writer = FrameWriter::plain().with_stall_limit(Duration::from_millis(200));
+        writer
+            .write(&mut a, &Message::Goodbye("z".repeat(16 * 1024)))
+            .await
+            .unwrap();
+        drop(a);
+        reader.await.unwrap();
     }
 
     fn key(b: u8) -> PresharedKey {

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::connection::{self, ConnEvent, ConnId, ConnectionError, Timings};
+use super::connection::{self, ConnId, ConnectionError, Timings};
 use super::peer_name::PeerName;
 use super::protocol::{Hello, ProtocolError};
 
@@ -125,7 +125,7 @@ pub(crate) struct Maker<H> {
     pub host: Arc<H>,
     pub target: Target,
     pub timings: Timings,
-    pub events: mpsc::UnboundedSender<ConnEvent>,
+    pub events: connection::EventSender,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -157,6 +157,7 @@ impl<H: MakerHost> Maker<H> {
                         self.timings,
                         self.events.clone(),
                         self.shutdown.clone(),
+                        None,
                     )
                     .await;
                     match outcome.error {

@@ -1,10 +1,12 @@
 //! The mesh of routers: peer identity, control connections and their protocol.
+pub mod command_queue;
 pub mod connection;
 pub mod connection_maker;
 pub mod gossip_channel;
 pub mod peer_name;
 pub mod protocol;
-pub mod refusal;
+pub mod control_refusal;
+pub mod gossip_refusal;
 pub mod routes;
 pub mod topology;
 

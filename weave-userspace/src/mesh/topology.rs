@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::peer_name::{PeerName, ShortId};
-use super::refusal::Refusal;
+use super::gossip_refusal::Refusal;
 
 /// Longest nickname accepted in gossip.
 pub const MAX_NICKNAME_LEN: usize = 64;

@@ -13,7 +13,7 @@ use crate::mesh::gossip_channel::{
 };
 use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::{Message, CHANNEL_HOPS_VERSION};
-use crate::mesh::refusal::{Refusal, REFUSED};
+use crate::mesh::gossip_refusal::{Refusal, REFUSED};
 
 impl<D: Datapath> Inner<D> {
     fn channel(&self, id: ChannelId) -> Option<Arc<dyn GossipChannel>> {

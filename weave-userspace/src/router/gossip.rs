@@ -15,7 +15,7 @@ use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
 use crate::mesh::connection_maker::Target;
 use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::{self, GossipDigest, GossipUpdate, Message};
-use crate::mesh::refusal::{Refusal, REFUSED};
+use crate::mesh::gossip_refusal::{Refusal, REFUSED};
 use crate::mesh::routes::{self, Routes};
 use crate::mesh::topology::{DeltaOutcome, GossipSource, PeerInfo, RecordDelta, Topology};
 

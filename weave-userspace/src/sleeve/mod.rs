@@ -18,10 +18,12 @@
 
 pub mod bridge_port;
 pub mod forwarding;
+pub mod macs;
 pub mod packet;
 pub mod tap;
+pub mod vnet;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -52,6 +54,8 @@ pub struct SleeveCounters {
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
+    /// Source MACs not learned because the table was full ([`macs::MAX_LEARNED_MACS`]).
+    pub macs_not_learned: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -63,6 +67,7 @@ pub static COUNTERS: SleeveCounters = SleeveCounters {
     tx_bytes: ZERO,
     rx_packets: ZERO,
     rx_bytes: ZERO,
+    macs_not_learned: ZERO,
     drops: [ZERO; DropReason::ALL.len()],
 };
 
@@ -111,7 +116,7 @@ struct Shared {
     encrypted: bool,
     peers: RwLock<BTreeMap<u16, Arc<Peer>>>,
     /// Where each remote MAC lives (the frame's origin), learned from received frames.
-    macs: RwLock<HashMap<[u8; 6], u16>>,
+    macs: RwLock<macs::MacTable>,
     /// The routes to peers that are not neighbours, and the broadcast trees.
     routing: RwLock<Routing>,
     stop: AtomicBool,
@@ -309,14 +314,7 @@ impl Sleeve {
         if carry {
             return Vec::new();
         }
-        let mut macs = write(&self.shared.macs);
-        let gone: Vec<[u8; 6]> = macs
-            .iter()
-            .filter(|(_, p)| **p == short_id)
-            .map(|(m, _)| *m)
-            .collect();
-        macs.retain(|_, p| *p != short_id);
-        gone
+        write(&self.shared.macs).forget_peer(short_id)
     }
 
     /// Takes the routes to follow for frames of peers that are not neighbours (and for
@@ -360,6 +358,19 @@ impl Drop for Sleeve {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Logs a frame refused for its virtio-net header: one line per peer and second at most (a
+/// flood is counted in full in `/metrics`).
+fn refused_frame(origin: u16, error: &vnet::VnetError) {
+    static LAST: Mutex<Option<(u16, std::time::Instant)>> = Mutex::new(None);
+    let now = std::time::Instant::now();
+    let mut last = lock(&LAST);
+    if last.is_some_and(|(o, at)| o == origin && now.duration_since(at) < Duration::from_secs(1)) {
+        return;
+    }
+    *last = Some((origin, now));
+    tracing::warn!("sleeve: frame from peer {origin:03x} dropped: virtio-net header {error}");
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -494,7 +505,7 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
             continue;
         };
         let owner = if dst[0] & 1 == 0 {
-            read(&shared.macs).get(&dst).copied()
+            read(&shared.macs).get(&dst)
         } else {
             None
         };
@@ -738,11 +749,22 @@ fn receive_one(
     }
 }
 
-/// Writes a received frame into the TAP, learning its source MAC as `origin`'s.
+/// Writes a received frame into the TAP, learning its source MAC as `origin`'s; a frame
+/// whose virtio-net header does not fit it is dropped (the kernel would act on it).
 fn deliver(shared: &Shared, tap: &Tap, origin: u16, frame: &[u8]) {
+    if let Err(e) = vnet::check(frame) {
+        COUNTERS.drop(DropReason::BadVnetHeader);
+        refused_frame(origin, &e);
+        return;
+    }
     if let Some(src) = mac_at(frame, VNET_HDR_LEN + 6) {
-        if src[0] & 1 == 0 && read(&shared.macs).get(&src) != Some(&origin) {
-            write(&shared.macs).insert(src, origin);
+        let verdict = read(&shared.macs).would_learn(src, origin);
+        let learned = match verdict {
+            macs::Learned::Stored => write(&shared.macs).learn(src, origin),
+            other => other,
+        };
+        if learned == macs::Learned::Refused {
+            COUNTERS.macs_not_learned.fetch_add(1, Relaxed);
         }
     }
     if let Err(e) = tap.write(frame) {

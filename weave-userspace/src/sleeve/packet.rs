@@ -65,10 +65,12 @@ pub enum DropReason {
     NoRoute,
     #[error("relayed frame looping (our own, or out of hops)")]
     Loop,
+    #[error("virtio-net header does not fit the frame")]
+    BadVnetHeader,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::UnknownPeer,
         DropReason::Plaintext,
@@ -77,6 +79,7 @@ impl DropReason {
         DropReason::Unpaired,
         DropReason::NoRoute,
         DropReason::Loop,
+        DropReason::BadVnetHeader,
     ];
 
     pub fn label(self) -> &'static str {
@@ -89,6 +92,7 @@ impl DropReason {
             DropReason::Unpaired => "unpaired",
             DropReason::NoRoute => "no_route",
             DropReason::Loop => "loop",
+            DropReason::BadVnetHeader => "bad_vnet_header",
         }
     }
 }
@@ -292,7 +296,17 @@ impl RouteHeader {
     }
 }
 
+/// Frames of one peer being put back together at once. A segment joins only the frame of
+/// its counter, in order: a segment that fits none is dropped and disturbs nothing, so one
+/// spoofed datagram (segments are only authenticated with their whole frame) cannot reset a
+/// frame on its way. A new frame beyond this many pushes out the oldest one.
+pub const MAX_PENDING_FRAMES: usize = 4;
+
+/// Most bytes of one frame's segments together: the largest payload, its route header and tag.
+pub const MAX_FRAME_BODY: usize = MAX_PAYLOAD + RouteHeader::LEN + TAG_LEN;
+
 /// A frame being put back together.
+#[derive(Debug)]
 struct Reassembly {
     first_counter: u64,
     count: u8,
@@ -303,14 +317,15 @@ struct Reassembly {
 /// Turns one peer's datagrams back into payloads.
 pub struct Decoder {
     opener: Option<DatagramOpener>,
-    pending: Option<Reassembly>,
+    /// Oldest first, at most [`MAX_PENDING_FRAMES`].
+    pending: Vec<Reassembly>,
 }
 
 impl Decoder {
     pub fn new(opener: Option<DatagramOpener>) -> Self {
         Self {
             opener,
-            pending: None,
+            pending: Vec::new(),
         }
     }
 
@@ -327,16 +342,30 @@ impl Decoder {
             _ => {}
         }
         if header.count == 1 {
-            self.pending = None;
             let body = &mut datagram[HEADER_LEN..];
             let len = self.open(header, body)?;
             return Ok(Some(Payload::Borrowed(&body[..len])));
         }
         let body = &datagram[HEADER_LEN..];
         if header.index == 0 {
-            let mut data = Vec::with_capacity(body.len() * header.count as usize);
+            if self
+                .pending
+                .iter()
+                .any(|r| r.first_counter == header.counter)
+            {
+                // A second start of a frame under way (replayed or spoofed): the first stays.
+                return Err(DropReason::Unpaired);
+            }
+            if body.len() > MAX_FRAME_BODY {
+                return Err(DropReason::Malformed);
+            }
+            if self.pending.len() >= MAX_PENDING_FRAMES {
+                self.pending.remove(0);
+            }
+            let expected = (body.len() * header.count as usize).min(MAX_FRAME_BODY);
+            let mut data = Vec::with_capacity(expected);
             data.extend_from_slice(body);
-            self.pending = Some(Reassembly {
+            self.pending.push(Reassembly {
                 first_counter: header.counter,
                 count: header.count,
                 next: 1,
@@ -344,20 +373,22 @@ impl Decoder {
             });
             return Ok(None);
         }
-        let in_sequence = self.pending.as_ref().is_some_and(|r| {
+        let Some(at) = self.pending.iter().position(|r| {
             r.count == header.count && r.next == header.index && r.first_counter == header.counter
-        });
-        if !in_sequence {
-            self.pending = None;
+        }) else {
             return Err(DropReason::Unpaired);
+        };
+        let r = &mut self.pending[at];
+        if r.data.len() + body.len() > MAX_FRAME_BODY {
+            self.pending.remove(at);
+            return Err(DropReason::Malformed);
         }
-        let r = self.pending.as_mut().expect("checked above");
         r.data.extend_from_slice(body);
         r.next += 1;
         if r.next < r.count {
             return Ok(None);
         }
-        let mut r = self.pending.take().expect("checked above");
+        let mut r = self.pending.remove(at);
         let len = self.open(Header { index: 0, ..header }, &mut r.data)?;
         r.data.truncate(len);
         Ok(Some(Payload::Owned(r.data)))
@@ -525,6 +556,65 @@ mod tests {
             }
             assert_eq!(last, Some(frame.clone()));
         }
+    }
+
+    #[test]
+    fn spoofed_segments_do_not_reset_a_frame_on_its_way() {
+        for (mut enc, mut dec) in [sealed_pair(), (Encoder::new(1, None), Decoder::new(None))] {
+            let frame: Vec<u8> = (0..4000).map(|i| i as u8).collect();
+            let ds = datagrams(&mut enc, &frame);
+            assert_eq!(ds.len(), 3);
+            assert_eq!(decode(&mut dec, &ds[0]), Ok(None));
+            // A stranger's guesses: the start of another frame, a segment of a frame that
+            // does not exist, the real start again, a real segment out of its turn.
+            let mut spoofed_start = ds[0].clone();
+            spoofed_start[8..16].copy_from_slice(&999u64.to_be_bytes());
+            assert_eq!(decode(&mut dec, &spoofed_start), Ok(None));
+            let mut stray = ds[1].clone();
+            stray[8..16].copy_from_slice(&12345u64.to_be_bytes());
+            assert_eq!(decode(&mut dec, &stray), Err(DropReason::Unpaired));
+            assert_eq!(decode(&mut dec, &ds[0]), Err(DropReason::Unpaired));
+            assert_eq!(decode(&mut dec, &ds[2]), Err(DropReason::Unpaired));
+            // The real frame is whole all the same.
+            assert_eq!(decode(&mut dec, &ds[1]), Ok(None));
+            assert_eq!(decode(&mut dec, &ds[2]), Ok(Some(frame.clone())));
+        }
+    }
+
+    #[test]
+    fn reassembly_holds_a_bounded_number_of_bounded_frames() {
+        let mut enc = Encoder::new(1, None);
+        let mut dec = Decoder::new(None);
+        let frame = vec![7u8; 4000];
+        // Many spoofed starts: only the newest MAX_PENDING_FRAMES are kept.
+        for counter in 100..200u64 {
+            let mut d = datagrams(&mut enc, &frame).remove(0);
+            d[8..16].copy_from_slice(&counter.to_be_bytes());
+            let _ = decode(&mut dec, &d);
+        }
+        assert_eq!(dec.pending.len(), MAX_PENDING_FRAMES);
+        // A start announcing 64 segments of 60 KB each does not reserve 4 MB, and its
+        // frame cannot grow past the largest payload.
+        let body = vec![0u8; 60_000];
+        let mut d = vec![0u8; HEADER_LEN];
+        let h = Header {
+            sealed: false,
+            routed: false,
+            sender: 1,
+            index: 0,
+            count: 64,
+            counter: 5000,
+        };
+        h.write(&mut d);
+        d.extend_from_slice(&body);
+        assert_eq!(decode(&mut dec, &d), Ok(None));
+        let r = dec.pending.last().unwrap();
+        assert!(r.data.capacity() <= MAX_FRAME_BODY);
+        let mut next = vec![0u8; HEADER_LEN];
+        Header { index: 1, ..h }.write(&mut next);
+        next.extend_from_slice(&body);
+        assert_eq!(decode(&mut dec, &next), Err(DropReason::Malformed));
+        assert!(dec.pending.iter().all(|r| r.first_counter != 5000));
     }
 
     #[test]
