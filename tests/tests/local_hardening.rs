@@ -296,11 +296,14 @@ fn corrupt_state_files_are_kept_aside_and_logged() {
         assert_eq!(kept.len(), 1, "{f} kept aside");
         assert_eq!(std::fs::read(kept[0].path()).unwrap(), garbage);
     }
-    // The router runs, without the lost endpoint, and attaches again.
-    let r = bed.router(1);
-    assert_eq!(r.check(&["ps"]).expect("ps"), "");
-    r.attach("10.2.1.6/24", std::path::Path::new(&cpath))
-        .expect("attach again");
+    // The router runs without the lost endpoint (c1's interface stays where it was, unknown
+    // to it) and attaches others.
+    assert_eq!(bed.router(1).check(&["ps"]).expect("ps"), "");
+    let c2 = bed.add_container(1, "c2").expect("container");
+    let c2path = bed.container(c2).ns.path();
+    bed.router(1)
+        .attach("10.2.1.6/24", &c2path)
+        .expect("attach another");
 }
 
 /// Unmounts a tmpfs when dropped.

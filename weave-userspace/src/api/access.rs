@@ -158,7 +158,7 @@ fn forbidden(line: String) -> Response {
     ApiError(StatusCode::FORBIDDEN, line).into_response()
 }
 
-fn header_str<'a>(req: &'a Request, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &Request, name: header::HeaderName) -> Option<&str> {
     req.headers()
         .get(name)
         .map(|v| v.to_str().unwrap_or("(not text)"))
