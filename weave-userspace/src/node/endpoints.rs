@@ -148,14 +148,14 @@ impl Interfaces {
     /// Gives a namespace an interface and records it in the state directory.
     pub async fn attach(&self, request: AttachRequest) -> Result<Endpoint, DatapathError> {
         let endpoint = self.datapath.attach_endpoint(request).await?;
-        self.save();
+        self.save_logged().await;
         Ok(endpoint)
     }
 
     /// Takes the interface of a namespace away and records that.
     pub async fn detach(&self, netns: PathBuf) -> Result<Endpoint, DatapathError> {
         let endpoint = self.datapath.detach_endpoint(netns).await?;
-        self.save();
+        self.save_logged().await;
         Ok(endpoint)
     }
 
@@ -168,7 +168,7 @@ impl Interfaces {
                 Err(err) => tracing::warn!("endpoint in {} forgotten: {err}", netns.display()),
             }
         }
-        self.save();
+        self.save_logged().await;
     }
 
     /// Writes the endpoints to the state directory (off the async threads); a failure is
@@ -179,6 +179,13 @@ impl Interfaces {
         };
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         store.write(self.snapshot());
+    }
+
+    /// Writes the endpoints (off the async threads) and waits; a failure is logged.
+    async fn save_logged(&self) {
+        if let Err(e) = self.try_save().await {
+            tracing::error!("cannot save endpoints: {e}");
+        }
     }
 
     /// Writes the endpoints (off the async threads) and tells whether that worked.
