@@ -29,6 +29,12 @@ pub enum StateError {
     Locked { path: PathBuf, holder: String },
     #[error("{path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("{path} is corrupt ({reason}); kept as {kept}")]
+    SetAside {
+        path: PathBuf,
+        reason: String,
+        kept: PathBuf,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -157,14 +163,15 @@ impl StateDir {
         write_atomic(&path, &serde_json::to_vec_pretty(&s).expect("serialisable"))
     }
 
-    /// Endpoints attached by an earlier run.
+    /// Endpoints attached by an earlier run. A corrupt file is renamed aside
+    /// ([`set_aside`]) and reported as [`StateError::SetAside`]: the caller goes on without
+    /// it, and the next save does not overwrite it.
     pub fn load_endpoints(&self) -> Result<Vec<Endpoint>, StateError> {
         let path = self.path.join(ENDPOINTS_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| set_aside(&path, e.to_string()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -207,6 +214,11 @@ impl StateDir {
         }
     }
 
+    /// Where the endpoints are kept.
+    pub fn endpoints_path(&self) -> PathBuf {
+        self.path.join(ENDPOINTS_FILE)
+    }
+
     pub fn save_endpoints(&self, endpoints: &[Endpoint]) -> Result<(), StateError> {
         let path = self.path.join(ENDPOINTS_FILE);
         write_atomic(
@@ -216,14 +228,143 @@ impl StateDir {
     }
 }
 
+/// Renames a corrupt state file to `<name>.corrupt-<unix seconds>` beside it, so that it is
+/// kept for a look and not overwritten; the error says where it went (or, if the rename
+/// failed, only what is wrong).
+pub fn set_aside(path: &Path, reason: String) -> StateError {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut kept = path.as_os_str().to_os_string();
+    kept.push(format!(".corrupt-{secs}"));
+    let kept = PathBuf::from(kept);
+    match std::fs::rename(path, &kept) {
+        Ok(()) => StateError::SetAside {
+            path: path.to_path_buf(),
+            reason,
+            kept,
+        },
+        Err(_) => StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        },
+    }
+}
+
+/// A state file written off the async runtime's threads (on its blocking pool), the newest
+/// content winning: async code never waits on an fsync in its own thread. Outside a runtime
+/// [`OffThreadWriter::write`] writes in place.
+#[derive(Clone)]
+pub struct OffThreadWriter {
+    inner: std::sync::Arc<OffThreadFile>,
+}
+
+struct OffThreadFile {
+    path: PathBuf,
+    /// What the file holds, for the log line of a failure.
+    what: &'static str,
+    /// The newest content not yet taken by a write.
+    pending: std::sync::Mutex<Option<Vec<u8>>>,
+    /// Held from taking `pending` to the end of its write, so an older content is never
+    /// written after a newer one; holds the error of the last write, if it failed.
+    writing: std::sync::Mutex<Option<String>>,
+}
+
+impl OffThreadWriter {
+    pub fn new(path: PathBuf, what: &'static str) -> Self {
+        Self {
+            inner: std::sync::Arc::new(OffThreadFile {
+                path,
+                what,
+                pending: std::sync::Mutex::new(None),
+                writing: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Stores `bytes` soon; a failure is logged in one line.
+    pub fn write(&self, bytes: Vec<u8>) {
+        self.inner.set_pending(bytes);
+        let file = self.inner.clone();
+        let job = move || {
+            if let Err(e) = file.flush() {
+                tracing::error!("cannot store {}: {e}", file.what);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(job)),
+            Err(_) => job(),
+        }
+    }
+
+    /// Stores `bytes` on the blocking pool (call inside a runtime); the handle tells whether
+    /// they, or a newer content taken in the same write, reached the disk.
+    pub fn write_then(&self, bytes: Vec<u8>) -> tokio::task::JoinHandle<Result<(), StateError>> {
+        self.inner.set_pending(bytes);
+        let file = self.inner.clone();
+        tokio::task::spawn_blocking(move || file.flush())
+    }
+}
+
+impl OffThreadFile {
+    fn set_pending(&self, bytes: Vec<u8>) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+    }
+
+    /// Writes the pending content; with none (a write that started later took it, and has
+    /// ended since, as it held `writing`), the result of that write.
+    fn flush(&self) -> Result<(), StateError> {
+        let mut last_error = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match taken {
+            Some(bytes) => {
+                let written = write_atomic(&self.path, &bytes);
+                *last_error = written.as_ref().err().map(ToString::to_string);
+                written
+            }
+            None => match &*last_error {
+                None => Ok(()),
+                Some(e) => Err(StateError::Io {
+                    path: self.path.clone(),
+                    error: std::io::Error::other(e.clone()),
+                }),
+            },
+        }
+    }
+}
+
+/// One writer at a time in this process (two saves of one file must not interleave).
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Makes every temporary name unique.
+static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Writes a file so that readers see the old or the new content, never a mix, and the
-/// new content survives a crash once this returns (file and directory synced).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+/// new content survives a crash once this returns (file and directory synced). Writers are
+/// serialised and each writes its own temporary file (`.<name>.<pid>.<n>.tmp`), removed
+/// again on failure.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let _one_at_a_time = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    let n = TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     if let Some(dir) = path.parent() {
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -305,6 +446,99 @@ mod tests {
         };
         s.save_endpoints(std::slice::from_ref(&e)).unwrap();
         assert_eq!(s.load_endpoints().unwrap(), vec![e]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_endpoints_are_set_aside_not_forgotten() {
+        let dir = tempdir("corrupt-endpoints");
+        let s = StateDir::open(&dir).unwrap();
+        std::fs::write(dir.join(ENDPOINTS_FILE), b"[{\"netns\": tru").unwrap();
+        let e = s.load_endpoints().unwrap_err();
+        let StateError::SetAside { kept, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(std::fs::read(kept).unwrap(), b"[{\"netns\": tru");
+        assert!(kept
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("endpoints.json.corrupt-"));
+        assert!(e.to_string().contains("endpoints.json is corrupt ("), "{e}");
+        // The next start sees none; a save does not touch the one kept.
+        assert_eq!(s.load_endpoints().unwrap(), vec![]);
+        s.save_endpoints(&[]).unwrap();
+        assert!(kept.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_each_land_whole_and_leave_no_temporary_file() {
+        let dir = tempdir("writers");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.json");
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(path, &vec![b'a' + t; 4096]).unwrap();
+                    }
+                });
+            }
+        });
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|b| *b == bytes[0]));
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("f.json")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn off_thread_writes_report_failures_to_the_waiting_caller() {
+        let dir = tempdir("off-thread-fail");
+        let w = OffThreadWriter::new(dir.join("f.json"), "a test file");
+        // No directory: the write fails, and says so.
+        assert!(w.write_then(b"1".to_vec()).await.unwrap().is_err());
+        std::fs::create_dir_all(&dir).unwrap();
+        w.write_then(b"2".to_vec()).await.unwrap().unwrap();
+        assert_eq!(std::fs::read(dir.join("f.json")).unwrap(), b"2");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn off_thread_writes_end_with_the_newest_content() {
+        let dir = tempdir("off-thread");
+        std::fs::create_dir_all(&dir).unwrap();
+        let w = OffThreadWriter::new(dir.join("f.json"), "a test file");
+        for n in 0..200u32 {
+            w.write(n.to_string().into_bytes());
+        }
+        let path = dir.join("f.json");
+        for _ in 0..200 {
+            if std::fs::read_to_string(&path).ok().as_deref() == Some("199") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Let any write still running finish: it cannot bring back an older content.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "199");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = tempdir("failed-write");
+        std::fs::create_dir_all(dir.join("f.json")).unwrap();
+        // A directory in the way: the rename fails.
+        assert!(write_atomic(&dir.join("f.json"), b"x").is_err());
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(names.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -33,6 +33,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("dnsutils", "dig: DNS tests"),
     (
+        "curl",
+        "curl: the API tests (a web page's requests, the unix socket)",
+    ),
+    (
         "dnsmasq-base",
         "dnsmasq: the upstream DNS server of the DNS tests (no system service)",
     ),

@@ -12,7 +12,10 @@
 //!   (addresses, one a line). `POST /attach` takes `"hostname"` too.
 //!
 //! Errors answer with a fitting status code and one line of text.
+//!
+//! Served on TCP for reading and on a unix socket for everything ([`access`]).
 
+pub mod access;
 pub mod docker;
 pub mod ipam;
 pub mod metrics;

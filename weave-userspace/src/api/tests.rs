@@ -1,4 +1,5 @@
-//! The API served over loopback for routers with a [`FakeDatapath`].
+//! The API served over loopback and its unix socket for routers with a [`FakeDatapath`]:
+//! [`call`] goes through the socket, as the CLI does; [`call_tcp`] through TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,13 +69,48 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
             xdp: "off".into(),
         },
     )));
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = http_listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(http_listener, app(state)).await.unwrap() });
+    let http = serve_both(state).await;
     Served { router, http, stop }
 }
 
+/// Serves the API on a loopback port (read-only) and on that port's unix socket, as the
+/// daemon does; returns the TCP address.
+async fn serve_both(state: Arc<ApiState>) -> SocketAddr {
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = http_listener.local_addr().unwrap();
+    let socket = access::bind_socket(&access::socket_name(http)).unwrap();
+    let tcp_app = access::tcp_app(app(state.clone()), http);
+    let socket_app =
+        access::socket_app(app(state)).into_make_service_with_connect_info::<access::PeerUid>();
+    tokio::spawn(async move { axum::serve(http_listener, tcp_app).await.unwrap() });
+    tokio::spawn(async move { axum::serve(socket, socket_app).await.unwrap() });
+    http
+}
+
+/// A call on the unix socket of the API whose TCP address is `addr`, as the CLI makes it.
 async fn call(
+    addr: SocketAddr,
+    method: &'static str,
+    path: &'static str,
+    body: Option<String>,
+) -> Response {
+    let socket = client::ApiAddr::socket_of(addr);
+    tokio::task::spawn_blocking(move || {
+        client::request(
+            socket,
+            method,
+            path,
+            body.as_deref(),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// A call on TCP.
+async fn call_tcp(
     addr: SocketAddr,
     method: &'static str,
     path: &'static str,
@@ -318,9 +354,7 @@ async fn stop_is_signalled() {
 async fn until_ready_the_api_says_503_but_can_be_stopped() {
     let (stop_tx, mut stop) = watch::channel(false);
     let state = Arc::new(ApiState::new(stop_tx));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app(state)).await.unwrap() });
+    let http = serve_both(state).await;
     for path in ["/status", "/status/connections", "/report", "/metrics"] {
         let r = call(http, "GET", path, None).await;
         assert_eq!(
@@ -334,4 +368,37 @@ async fn until_ready_the_api_says_503_but_can_be_stopped() {
     }
     assert_eq!(call(http, "POST", "/stop", None).await.status, 200);
     assert!(*stop.borrow_and_update());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_serves_reads_and_refuses_every_change() {
+    let mut a = serve(1, &[]).await;
+    for path in ["/status", "/report", "/metrics", "/status/ipam"] {
+        assert_eq!(
+            call_tcp(a.http, "GET", path, None).await.status,
+            200,
+            "{path}"
+        );
+    }
+    for (method, path) in [
+        ("POST", "/stop"),
+        ("POST", "/ip/c0ffee"),
+        ("DELETE", "/ip/c0ffee"),
+        ("POST", "/connect"),
+    ] {
+        let r = call_tcp(a.http, method, path, Some("{}".into())).await;
+        assert_eq!(r.status, 403, "{method} {path}");
+        assert!(
+            r.body.contains(&format!(
+                "served only on its unix socket @weave-router/{}",
+                a.http
+            )),
+            "{}",
+            r.body
+        );
+    }
+    // Nothing happened: not stopped, nothing allocated.
+    assert!(!*a.stop.borrow_and_update());
+    assert_eq!(call(a.http, "GET", "/ip/c0ffee", None).await.body, "");
+    a.router.stop().await;
 }

@@ -1,23 +1,57 @@
-//! A small blocking HTTP/1.1 client for the router's API (one request per connection).
+//! A small blocking HTTP/1.1 client for the router's API (one request per connection), over
+//! TCP or the API's unix socket (see [`crate::api::access`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+/// Where the API is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiAddr {
+    /// TCP (read-only calls).
+    Tcp(SocketAddr),
+    /// An abstract unix socket, by name without the leading NUL (every call).
+    Socket(String),
+}
+
+impl ApiAddr {
+    /// The unix socket of the router whose TCP API is `http_addr`.
+    pub fn socket_of(http_addr: SocketAddr) -> Self {
+        ApiAddr::Socket(crate::api::access::socket_name(http_addr))
+    }
+}
+
+impl From<SocketAddr> for ApiAddr {
+    fn from(a: SocketAddr) -> Self {
+        ApiAddr::Tcp(a)
+    }
+}
+
+impl std::fmt::Display for ApiAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiAddr::Tcp(a) => write!(f, "{a}"),
+            ApiAddr::Socket(name) => write!(f, "@{name}"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the weave-router API at {addr}: {error} (is the router running?)")]
     Unreachable {
-        addr: SocketAddr,
+        addr: ApiAddr,
         error: std::io::Error,
     },
     #[error("the weave-router API at {addr} failed: {error}")]
     Io {
-        addr: SocketAddr,
+        addr: ApiAddr,
         error: std::io::Error,
     },
     #[error("the weave-router API at {addr} sent a malformed answer: {reason}")]
-    Malformed { addr: SocketAddr, reason: String },
+    Malformed { addr: ApiAddr, reason: String },
+    #[error("the process answering at {addr} runs as uid {uid}, neither root nor this user: not talking to it")]
+    Impostor { addr: ApiAddr, uid: u32 },
 }
 
 /// An answer: status code and body.
@@ -33,29 +67,103 @@ impl Response {
     }
 }
 
+/// A connection to the API.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+fn connect(addr: &ApiAddr, timeout: Duration) -> Result<Box<dyn Stream>, ClientError> {
+    let io = |error| ClientError::Io {
+        addr: addr.clone(),
+        error,
+    };
+    let unreachable = |error| ClientError::Unreachable {
+        addr: addr.clone(),
+        error,
+    };
+    match addr {
+        ApiAddr::Tcp(a) => {
+            let s = TcpStream::connect_timeout(a, Duration::from_secs(2)).map_err(unreachable)?;
+            s.set_read_timeout(Some(timeout)).map_err(io)?;
+            s.set_write_timeout(Some(timeout)).map_err(io)?;
+            Ok(Box::new(s))
+        }
+        ApiAddr::Socket(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
+            let ua = UnixAddr::from_abstract_name(name.as_bytes()).map_err(unreachable)?;
+            let s = UnixStream::connect_addr(&ua).map_err(unreachable)?;
+            let uid = peer_uid(&s).map_err(io)?;
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if uid != 0 && uid != me {
+                return Err(ClientError::Impostor {
+                    addr: addr.clone(),
+                    uid,
+                });
+            }
+            s.set_read_timeout(Some(timeout)).map_err(io)?;
+            s.set_write_timeout(Some(timeout)).map_err(io)?;
+            Ok(Box::new(s))
+        }
+    }
+}
+
+/// The uid of the process on the other end of a unix socket (`SO_PEERCRED`).
+fn peer_uid(s: &std::os::unix::net::UnixStream) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, the fd is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
 /// Sends one request; `body` is sent as JSON.
 pub fn request(
-    addr: SocketAddr,
+    addr: impl Into<ApiAddr>,
     method: &str,
     path: &str,
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|error| ClientError::Unreachable { addr, error })?;
-    let io = |error| ClientError::Io { addr, error };
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let addr = addr.into();
+    let mut stream = connect(&addr, timeout)?;
+    let io = |error| ClientError::Io {
+        addr: addr.clone(),
+        error,
+    };
+    let host = match &addr {
+        ApiAddr::Tcp(a) => a.to_string(),
+        ApiAddr::Socket(_) => "localhost".to_string(),
+    };
     let body = body.unwrap_or("");
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).map_err(io)?;
     stream.write_all(body.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
-    parse_response(&raw).map_err(|reason| ClientError::Malformed { addr, reason })
+    parse_response(&raw).map_err(|reason| ClientError::Malformed {
+        addr: addr.clone(),
+        reason,
+    })
 }
 
 /// Parses a whole HTTP/1.1 response (content-length, chunked, or up to the end).

@@ -2,9 +2,17 @@
 //! (a new session, output to `<state-dir>/weave-router.log`), waits until its API answers and
 //! prints the peer name. On failure it prints the reason and the tail of the log, and makes sure
 //! the daemon is gone.
+//!
+//! A password never reaches the daemon's argv or environment: `--password` is taken off its
+//! command line and `WEAVE_PASSWORD` out of its environment, and the password is handed over
+//! through a pipe the daemon reads as `--password-file /dev/fd/N`. `--password` on the
+//! launching command line is warned about and overwritten in this process's own
+//! `/proc/self/cmdline` once parsed ([`scrub_password_from_cmdline`]).
 
+use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,16 +31,11 @@ pub const STARTING_TIMEOUT: Duration = Duration::from_secs(45);
 /// Lines of the log shown when the launch fails.
 const TAIL_LINES: usize = 20;
 
-pub fn launch_background(config: &Config) -> anyhow::Result<()> {
-    if client::request(
-        config.http_addr,
-        "GET",
-        "/status",
-        None,
-        Duration::from_secs(2),
-    )
-    .is_ok()
-    {
+/// `password`: the password from `--password` or `WEAVE_PASSWORD` when no `--password-file`
+/// was given (handed to the daemon through a pipe).
+pub fn launch_background(config: &Config, password: Option<&str>) -> anyhow::Result<()> {
+    let api = client::ApiAddr::socket_of(config.http_addr);
+    if client::request(api.clone(), "GET", "/status", None, Duration::from_secs(2)).is_ok() {
         bail!("a weave-router already answers on {}", config.http_addr);
     }
     if !config.fake_datapath {
@@ -54,21 +57,40 @@ pub fn launch_background(config: &Config) -> anyhow::Result<()> {
 
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let mut cmd = Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
+    cmd.args(without_password(std::env::args_os().skip(1)))
         .arg("--foreground")
+        .env_remove(crate::config::PASSWORD_ENV)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    let password_pipe = match password {
+        Some(p) => {
+            let read_end = password_pipe(p).context("cannot hand the password to the daemon")?;
+            cmd.arg("--password-file")
+                .arg(format!("/dev/fd/{}", read_end.as_raw_fd()));
+            Some(read_end)
+        }
+        None => None,
+    };
+    let inherited = password_pipe.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: setsid and fcntl are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The password pipe's read end stays open across exec (it was made close-on-exec).
+            if let Some(fd) = inherited {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("cannot start the daemon")?;
+    let spawned = cmd.spawn().context("cannot start the daemon");
+    drop(password_pipe);
+    let mut child = spawned?;
 
     let started = Instant::now();
     let failure = loop {
@@ -76,13 +98,8 @@ pub fn launch_background(config: &Config) -> anyhow::Result<()> {
             break format!("the daemon exited ({status})");
         }
         let mut starting = false;
-        if let Ok(r) = client::request(
-            config.http_addr,
-            "GET",
-            "/report",
-            None,
-            Duration::from_secs(2),
-        ) {
+        if let Ok(r) = client::request(api.clone(), "GET", "/report", None, Duration::from_secs(2))
+        {
             starting = r.status == 503;
             if r.ok() {
                 let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
@@ -142,6 +159,102 @@ fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The launch arguments less `--password VALUE` and `--password=VALUE`.
+pub fn without_password(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut skip_next = false;
+    for a in args {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        if a == OsStr::new("--password") {
+            skip_next = true;
+            continue;
+        }
+        if a.as_encoded_bytes().starts_with(b"--password=") {
+            continue;
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// Whether `--password` is on a command line.
+pub fn password_on_command_line(args: impl IntoIterator<Item = OsString>) -> bool {
+    args.into_iter()
+        .any(|a| a == OsStr::new("--password") || a.as_encoded_bytes().starts_with(b"--password="))
+}
+
+/// A pipe holding `password` (and a newline, which the reader drops), its write end closed:
+/// the read end, close-on-exec.
+fn password_pipe(password: &str) -> std::io::Result<OwnedFd> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just opened both descriptors; each is owned once, here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // At most 4 KiB (MAX_PASSWORD_LEN): fits in the pipe's buffer without a reader.
+    let mut w = std::fs::File::from(write_end);
+    w.write_all(password.as_bytes())?;
+    w.write_all(b"\n")?;
+    Ok(read_end)
+}
+
+/// Overwrites the value of `--password` in this process's command line as `ps` and
+/// `/proc/self/cmdline` show it (the memory the kernel reads them from: `arg_start` to
+/// `arg_end` of `/proc/self/stat`). Call once the arguments are parsed.
+pub fn scrub_password_from_cmdline() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after "(comm) " start at field 3; arg_start and arg_end are fields 48 and 49.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (Some(start), Some(end)) = (
+        fields.get(45).and_then(|f| f.parse::<usize>().ok()),
+        fields.get(46).and_then(|f| f.parse::<usize>().ok()),
+    ) else {
+        return;
+    };
+    if start == 0 || end <= start {
+        return;
+    }
+    // SAFETY: arg_start..arg_end is this process's argument block on its initial stack,
+    // mapped readable and writable for the life of the process; nothing in Rust borrows it
+    // (std reads the arguments through raw pointers when asked), and only bytes inside it
+    // are written.
+    let block = unsafe {
+        std::slice::from_raw_parts_mut(
+            std::ptr::with_exposed_provenance_mut::<u8>(start),
+            end - start,
+        )
+    };
+    scrub_password(block);
+}
+
+/// Overwrites with `*` the value of `--password` in a NUL-separated argument block.
+pub fn scrub_password(block: &mut [u8]) {
+    let mut hide_next = false;
+    for arg in block.split_mut(|b| *b == 0) {
+        if std::mem::take(&mut hide_next) {
+            arg.fill(b'*');
+            continue;
+        }
+        if arg == b"--password" {
+            hide_next = true;
+        } else if let Some(value) = arg.strip_prefix(b"--password=") {
+            let n = value.len();
+            let len = arg.len();
+            arg[len - n..].fill(b'*');
+        }
+    }
+}
+
 fn read_from(path: &std::path::Path, offset: u64) -> String {
     let mut out = Vec::new();
     if let Ok(mut f) = std::fs::File::open(path) {
@@ -150,4 +263,63 @@ fn read_from(path: &std::path::Path, offset: u64) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_password_is_taken_off_the_daemons_arguments() {
+        let args = os(&[
+            "launch",
+            "--password",
+            "s3cret",
+            "10.0.0.2",
+            "--password=other",
+            "--name",
+            "x",
+        ]);
+        assert_eq!(
+            without_password(args.clone()),
+            os(&["launch", "10.0.0.2", "--name", "x"])
+        );
+        assert!(password_on_command_line(args));
+        assert!(!password_on_command_line(os(&[
+            "launch",
+            "--password-file",
+            "/p"
+        ])));
+        assert_eq!(
+            without_password(os(&["launch", "--password-file", "/p"])),
+            os(&["launch", "--password-file", "/p"])
+        );
+    }
+
+    #[test]
+    fn the_password_is_scrubbed_from_an_argument_block() {
+        let mut block =
+            b"weave-router\0launch\0--password\0s3cret\0--password=abc\0--name\0x\0".to_vec();
+        scrub_password(&mut block);
+        assert_eq!(
+            block,
+            b"weave-router\0launch\0--password\0******\0--password=***\0--name\0x\0".to_vec()
+        );
+    }
+
+    #[test]
+    fn the_password_pipe_holds_the_password_for_the_file_reader() {
+        let r = password_pipe("pa ss").unwrap();
+        let mut text = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut text).unwrap();
+        let p = crate::crypto::password::Password::from_file_content(text).unwrap();
+        assert_eq!(
+            p,
+            crate::crypto::password::Password::new(b"pa ss".to_vec()).unwrap()
+        );
+    }
 }

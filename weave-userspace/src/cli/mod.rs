@@ -1,11 +1,11 @@
 //! The `weave-router` command line: `launch` runs the router, every other command talks to a
-//! running one through its HTTP API.
+//! running one through its HTTP API, on the API's unix socket (`@weave-router/<http-addr>`,
+//! see [`crate::api::access`]).
 
 pub mod client;
 pub mod daemon;
 pub mod launch;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,19 +29,21 @@ pub struct Cli {
 /// Where a client command finds the router.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// Address of the router's HTTP API.
+    /// Address of the router's HTTP API (the CLI talks to its unix socket,
+    /// @weave-router/ADDR, in the same network namespace).
     #[arg(long, value_name = "ADDR", env = HTTP_ADDR_ENV, default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
 }
 
 impl ApiArgs {
-    fn addr(&self) -> anyhow::Result<SocketAddr> {
-        self.http_addr.parse().map_err(|_| {
+    fn addr(&self) -> anyhow::Result<client::ApiAddr> {
+        let tcp = self.http_addr.parse().map_err(|_| {
             anyhow::anyhow!(
                 "--http-addr {:?} is not an address with a port (like 127.0.0.1:6784)",
                 self.http_addr
             )
-        })
+        })?;
+        Ok(client::ApiAddr::socket_of(tcp))
     }
 }
 
@@ -224,10 +226,20 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Launch(args) => {
             let config = args.validate(&RealHost)?;
+            if launch::password_on_command_line(std::env::args_os()) {
+                eprintln!("weave-router: warning: --password on the command line is visible to every user of this host (ps); use --password-file FILE or WEAVE_PASSWORD");
+            }
+            // Only the password from the flag or the environment goes through the pipe; a
+            // --password-file is read by the daemon itself.
+            let piped = args
+                .password
+                .clone()
+                .filter(|_| args.password_file.is_none());
+            launch::scrub_password_from_cmdline();
             if config.foreground {
                 daemon::run_foreground(config)
             } else {
-                launch::launch_background(&config)
+                launch::launch_background(&config, piped.as_deref())
             }
         }
         Command::Stop(api) => stop(api.addr()?),
@@ -457,7 +469,12 @@ fn netns_path(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(abs)
 }
 
-fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<String> {
+fn call(
+    addr: client::ApiAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<String> {
     let r = client::request(addr, method, path, body, Duration::from_secs(60))?;
     if !r.ok() {
         bail!("{}", r.body.trim());
@@ -465,17 +482,17 @@ fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> anyho
     Ok(r.body)
 }
 
-fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+fn get(addr: client::ApiAddr, path: &str) -> anyhow::Result<String> {
     call(addr, "GET", path, None)
 }
 
-fn post(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<String> {
+fn post(addr: client::ApiAddr, path: &str, body: &str) -> anyhow::Result<String> {
     call(addr, "POST", path, Some(body))
 }
 
 /// Asks the router to stop and waits (bounded) until its process is gone.
-fn stop(addr: SocketAddr) -> anyhow::Result<()> {
-    let answer = post(addr, "/stop", "")?;
+fn stop(addr: client::ApiAddr) -> anyhow::Result<()> {
+    let answer = post(addr.clone(), "/stop", "")?;
     let pid = serde_json::from_str::<serde_json::Value>(&answer)
         .ok()
         .and_then(|v| v["Pid"].as_u64())
@@ -484,7 +501,7 @@ fn stop(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut unreachable_since: Option<Instant> = None;
     while Instant::now() < deadline {
-        if client::request(addr, "GET", "/status", None, Duration::from_secs(1)).is_err() {
+        if client::request(addr.clone(), "GET", "/status", None, Duration::from_secs(1)).is_err() {
             let since = *unreachable_since.get_or_insert_with(Instant::now);
             // A pid from another PID namespace cannot be watched: give it a moment instead.
             if !pid.is_some_and(process_alive) || since.elapsed() > Duration::from_secs(2) {

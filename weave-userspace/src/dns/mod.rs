@@ -93,24 +93,16 @@ pub struct Dns {
 /// This router's registrations (container, address, FQDN), stored in the state dir so a
 /// restarted router answers for its containers again.
 struct Registrations {
-    path: std::path::PathBuf,
+    /// `dns.json`, written off the async threads.
+    file: crate::state::OffThreadWriter,
     entries: std::collections::BTreeSet<(String, Ipv4Addr, String)>,
 }
 
 impl Registrations {
     fn save(&self) {
         let list: Vec<&(String, Ipv4Addr, String)> = self.entries.iter().collect();
-        let tmp = self.path.with_extension("tmp");
-        let written = serde_json::to_vec(&list)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
-            tracing::error!(
-                "cannot store DNS registrations in {}: {e}",
-                self.path.display()
-            );
-        }
+        self.file
+            .write(serde_json::to_vec(&list).expect("serialisable"));
     }
 }
 
@@ -181,16 +173,14 @@ impl Dns {
     pub fn restore_from(&self, path: std::path::PathBuf) -> usize {
         let stored: Vec<(String, Ipv4Addr, String)> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(
-                    "{} is corrupt ({e}); DNS registrations not restored",
-                    path.display()
-                );
+                let e = crate::state::set_aside(&path, e.to_string());
+                tracing::warn!("{e}; DNS registrations of an earlier run not restored");
                 Vec::new()
             }),
             Err(_) => Vec::new(),
         };
         *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(Registrations {
-            path,
+            file: crate::state::OffThreadWriter::new(path, "the DNS registrations"),
             entries: Default::default(),
         });
         let mut restored = 0;

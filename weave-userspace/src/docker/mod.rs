@@ -352,13 +352,88 @@ impl Containers for DockerService {
     }
 }
 
-/// A listening unix socket at `path`: its directory made, a stale socket replaced.
+/// A listening unix socket at `path`: its directory made, a stale socket replaced, its mode
+/// set whatever the umask ([`socket_access`]). It is bound under a temporary name, given its
+/// mode and owner, then renamed into place, so it is never reachable with looser rights.
 pub(crate) fn bind_unix_socket(
     path: &std::path::Path,
 ) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let _ = std::fs::remove_file(path);
-    tokio::net::UnixListener::bind(path)
+    let mut temp = path.as_os_str().to_os_string();
+    temp.push(format!(".binding-{}", std::process::id()));
+    let temp = std::path::PathBuf::from(temp);
+    let _ = std::fs::remove_file(&temp);
+    let listener = tokio::net::UnixListener::bind(&temp)?;
+    let (mode, group) = socket_access(docker_group());
+    let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::os::unix::fs::chown(&temp, None, group))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+/// The mode and group of the proxy's and the plugin's sockets: 0660 with the `docker` group
+/// when there is one (its members may use Docker anyway), else 0600 (root only).
+pub(crate) fn socket_access(docker_gid: Option<u32>) -> (u32, Option<u32>) {
+    match docker_gid {
+        Some(gid) => (0o660, Some(gid)),
+        None => (0o600, None),
+    }
+}
+
+/// The gid of the `docker` group, if the host has one.
+fn docker_group() -> Option<u32> {
+    // SAFETY: `libc::group` is plain data (integers and pointers), for which all-zero bytes
+    // are a valid value.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: the name is NUL-terminated; `group`, `buf` and `found` are valid for writes and
+    // `buf.len()` is the buffer's size; the result is read only when `found` is set.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c"docker".as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(group.gr_gid)
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn sockets_are_0660_docker_or_0600_whatever_the_umask() {
+        assert_eq!(super::socket_access(Some(999)), (0o660, Some(999)));
+        assert_eq!(super::socket_access(None), (0o600, None));
+        let dir = std::env::temp_dir().join(format!("weave-sock-{}", std::process::id()));
+        let path = dir.join("weave.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let _l = super::bind_unix_socket(&path).unwrap();
+        // Again over the first (a stale socket is replaced).
+        let _l = super::bind_unix_socket(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let (mode, group) = super::socket_access(super::docker_group());
+        assert_eq!(meta.permissions().mode() & 0o777, mode);
+        if let Some(gid) = group {
+            assert_eq!(meta.gid(), gid);
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -73,6 +73,9 @@ pub async fn serve(service: Arc<DockerService>, path: PathBuf) -> Result<(), Pro
     }
 }
 
+/// The largest container config `create` reads (Docker's own are a few KiB).
+pub const MAX_CREATE_BODY: usize = 1 << 20;
+
 /// What a request is, for the proxy.
 #[derive(Debug, PartialEq, Eq)]
 enum Call<'a> {
@@ -142,11 +145,7 @@ async fn create(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Failure> {
     let (mut parts, body) = req.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("reading the request: {e}")))?
-        .to_bytes();
+    let bytes = read_create_body(&parts.headers, body).await?;
     let mut config: Value = serde_json::from_slice(&bytes).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
@@ -170,6 +169,39 @@ async fn create(
     );
     parts.headers.remove(hyper::header::TRANSFER_ENCODING);
     forward(upstream, Request::from_parts(parts, full(body))).await
+}
+
+/// A create request's body, at most [`MAX_CREATE_BODY`] bytes (else 413, before reading
+/// more than that).
+async fn read_create_body<B>(headers: &hyper::HeaderMap, body: B) -> Result<Bytes, Failure>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("container config larger than {MAX_CREATE_BODY} bytes"),
+        )
+    };
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_CREATE_BODY as u64) {
+        return Err(too_large());
+    }
+    let collected = http_body_util::Limited::new(body, MAX_CREATE_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                (StatusCode::BAD_REQUEST, format!("reading the request: {e}"))
+            }
+        })?;
+    Ok(collected.to_bytes())
 }
 
 /// Checks `WEAVE_CIDR` and fills in the label and resolver settings. `dns`: the weaveDNS
@@ -202,6 +234,9 @@ fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), 
         let host = obj
             .entry("HostConfig")
             .or_insert_with(|| Value::Object(Default::default()));
+        if !(host.is_object() || host.is_null()) {
+            return Err("bad container config: HostConfig is not an object".into());
+        }
         let empty = |v: &Value| v.as_array().is_none_or(|a| a.is_empty());
         if empty(&host["Dns"]) {
             host["Dns"] = serde_json::json!([ip]);
@@ -325,6 +360,39 @@ mod tests {
         let before = c.clone();
         complete_create(&mut c, Some(("169.254.53.53:53", "weave.local."))).unwrap();
         assert_eq!(c, before);
+    }
+
+    #[test]
+    fn a_host_config_that_is_not_an_object_is_refused() {
+        for host in [
+            serde_json::json!(1),
+            serde_json::json!("x"),
+            serde_json::json!([1]),
+        ] {
+            let mut c = serde_json::json!({"Image": "busybox", "HostConfig": host});
+            let e =
+                complete_create(&mut c, Some(("169.254.53.53:53", "weave.local."))).unwrap_err();
+            assert_eq!(e, "bad container config: HostConfig is not an object");
+        }
+        let mut c = serde_json::json!({"Image": "busybox", "HostConfig": null});
+        complete_create(&mut c, Some(("169.254.53.53:53", "weave.local."))).unwrap();
+        assert_eq!(c["HostConfig"]["Dns"], serde_json::json!(["169.254.53.53"]));
+    }
+
+    #[tokio::test]
+    async fn create_bodies_over_the_limit_are_refused_with_413() {
+        let headers = hyper::HeaderMap::new();
+        let small = Full::new(Bytes::from(vec![b' '; 1000]));
+        assert_eq!(read_create_body(&headers, small).await.unwrap().len(), 1000);
+        let big = Full::new(Bytes::from(vec![b' '; MAX_CREATE_BODY + 1]));
+        let (code, message) = read_create_body(&headers, big).await.unwrap_err();
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(message, "container config larger than 1048576 bytes");
+        let mut declared = hyper::HeaderMap::new();
+        declared.insert(hyper::header::CONTENT_LENGTH, (1u64 << 40).into());
+        let tiny = Full::new(Bytes::from_static(b"{}"));
+        let (code, _) = read_create_body(&declared, tiny).await.unwrap_err();
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]

@@ -61,7 +61,18 @@ pub struct IpamService {
     changed: tokio::sync::Notify,
     /// Set by `reset`: the stored state is gone and is not written again.
     forgotten: std::sync::atomic::AtomicBool,
+    /// A store failed (a full disk, say): the state is only in memory until a store works;
+    /// every tick tries again.
+    unsaved: std::sync::atomic::AtomicBool,
+    /// Peers' messages, decoded, for the IPAM thread: handling one may sync the state to
+    /// disk, which must not hold up the router's event loop. `None` if the thread could not
+    /// be started (then they are handled where they arrive).
+    inbox: Option<std::sync::mpsc::SyncSender<(PeerName, Message)>>,
 }
+
+/// Peers' messages waiting for the IPAM thread at most; more are dropped (IPAM gossip is
+/// repeated: the next digest exchange brings the state again).
+const INBOX_LEN: usize = 1024;
 
 /// What `status ipam` shows.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -122,14 +133,40 @@ impl IpamService {
 
     /// `store` keeps the state across restarts (`None`: in memory only).
     pub fn new(ipam: Ipam, store: Option<Arc<StateDir>>) -> Arc<Self> {
-        Arc::new(Self {
+        let (inbox, messages) = std::sync::mpsc::sync_channel::<(PeerName, Message)>(INBOX_LEN);
+        let service = Arc::new(Self {
             ipam: Mutex::new(ipam),
             store,
             gossiper: OnceLock::new(),
             reachable: OnceLock::new(),
             changed: tokio::sync::Notify::new(),
             forgotten: std::sync::atomic::AtomicBool::new(false),
-        })
+            unsaved: std::sync::atomic::AtomicBool::new(false),
+            inbox: Some(inbox),
+        });
+        let weak = Arc::downgrade(&service);
+        let thread = std::thread::Builder::new()
+            .name("ipam".into())
+            .spawn(move || {
+                // Ends when the service is dropped (and with it the sending end).
+                while let Ok((origin, message)) = messages.recv() {
+                    let Some(service) = weak.upgrade() else {
+                        return;
+                    };
+                    service.handle_message(origin, message);
+                }
+            });
+        match thread {
+            Ok(_) => service,
+            Err(e) => {
+                tracing::warn!("cannot start the IPAM thread ({e}): peers' messages are handled on the event loop");
+                let mut service = service;
+                if let Some(s) = Arc::get_mut(&mut service) {
+                    s.inbox = None;
+                }
+                service
+            }
+        }
     }
 
     /// Connects the service to the mesh: how to send, and whom we reach.
@@ -148,22 +185,48 @@ impl IpamService {
 
     /// Carries out `effects` in order: the state is persisted (under the lock, so stores
     /// happen in the order of changes) before any message leaves.
-    fn carry_out(&self, ipam: &Ipam, effects: Vec<Effect>) -> Result<Vec<Effect>, StateError> {
+    fn carry_out(&self, ipam: &Ipam, effects: Vec<Effect>) -> Vec<Effect> {
         let mut outgoing = Vec::new();
         for effect in effects {
             match effect {
-                Effect::Persist => {
-                    if self.forgotten.load(std::sync::atomic::Ordering::Relaxed) {
-                        continue;
-                    }
-                    if let Some(store) = &self.store {
-                        store.save_ipam(&ipam.state())?;
-                    }
-                }
+                Effect::Persist => self.persist(ipam),
                 other => outgoing.push(other),
             }
         }
-        Ok(outgoing)
+        outgoing
+    }
+
+    /// Stores the state. A local disk error is the local host's problem, not the peer's
+    /// whose message caused the change, nor the request's: it is logged once, the state
+    /// stays in memory, and every tick stores it again until that works.
+    fn persist(&self, ipam: &Ipam) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.forgotten.load(Relaxed) {
+            return;
+        }
+        let Some(store) = &self.store else {
+            return;
+        };
+        match store.save_ipam(&ipam.state()) {
+            Ok(()) => {
+                if self.unsaved.swap(false, Relaxed) {
+                    tracing::info!("IPAM state stored again in {}", store.path().display());
+                }
+            }
+            Err(e) => {
+                if !self.unsaved.swap(true, Relaxed) {
+                    tracing::error!(
+                        "cannot store the IP allocation state: {e}; it stays in memory and is stored again every {} s",
+                        TICK_INTERVAL.as_secs()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether the state in memory is newer than the one stored (a store failed).
+    pub fn unsaved(&self) -> bool {
+        self.unsaved.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sends messages (after the lock is released).
@@ -189,7 +252,7 @@ impl IpamService {
             let mut ipam = self.lock();
             let reachable = |p: PeerName| self.reachable(p);
             let (value, effects) = f(&mut ipam, &reachable)?;
-            let outgoing = self.carry_out(&ipam, effects)?;
+            let outgoing = self.carry_out(&ipam, effects);
             (value, outgoing)
         };
         self.send(outgoing);
@@ -341,6 +404,9 @@ impl IpamService {
 
     /// The periodic tick: forgets unanswered requests, re-proposes a stuck vote.
     pub fn tick(&self) {
+        if self.unsaved() {
+            self.persist(&self.lock());
+        }
         match self.step(|ipam, _| ipam.tick().map(|e| ((), e))) {
             Ok(()) => self.changed.notify_waiters(),
             Err(e) => tracing::warn!("IPAM tick: {e}"),
@@ -362,13 +428,28 @@ impl IpamService {
         })
     }
 
+    /// A message from a peer: decoded here (malformed data closes the connection it came on),
+    /// handled on the IPAM thread.
     fn handle(&self, origin: PeerName, payload: &[u8]) -> Result<(), GossipChannelError> {
         let message = decode(payload)?;
+        let Some(inbox) = &self.inbox else {
+            self.handle_message(origin, message);
+            return Ok(());
+        };
+        if let Err(std::sync::mpsc::TrySendError::Full(_)) = inbox.try_send((origin, message)) {
+            tracing::warn!("IPAM: {INBOX_LEN} messages waiting; one from {origin} dropped");
+        }
+        Ok(())
+    }
+
+    /// Handles a decoded message: a refusal or a failed store is logged, never the peer's
+    /// fault.
+    fn handle_message(&self, origin: PeerName, message: Message) {
         let handled: Result<Handled, IpamServiceError> = (|| {
             let (handled, outgoing) = {
                 let mut ipam = self.lock();
                 let handled = ipam.handle_from(origin, message, |p| self.reachable(p))?;
-                let outgoing = self.carry_out(&ipam, handled.effects.clone())?;
+                let outgoing = self.carry_out(&ipam, handled.effects.clone());
                 (handled, outgoing)
             };
             self.send(outgoing);
@@ -379,19 +460,16 @@ impl IpamService {
                 if h.changed {
                     self.changed.notify_waiters();
                 }
-                Ok(())
             }
             // A refused ring (another range, a conflicting seed) changes nothing; the
             // connection stays (the peer is not malformed, it disagrees).
-            Err(IpamServiceError::Ipam(e)) => {
-                if matches!(e, IpamError::UnknownRequester(_)) {
+            Err(e) => {
+                if matches!(e, IpamServiceError::Ipam(IpamError::UnknownRequester(_))) {
                     use crate::mesh::gossip_refusal::{Refusal, REFUSED};
                     REFUSED.count(Refusal::UnknownRequester);
                 }
                 tracing::warn!("IPAM message from {origin} refused: {e}");
-                Ok(())
             }
-            Err(e) => Err(GossipChannelError::Refused(e.to_string())),
         }
     }
 }
@@ -415,5 +493,42 @@ impl GossipChannel for IpamService {
 
     fn on_unicast(&self, origin: PeerName, payload: &[u8]) -> Result<(), GossipChannelError> {
         self.handle(origin, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_store_never_fails_a_step_and_is_retried_by_the_tick() {
+        let dir = std::env::temp_dir().join(format!(
+            "weave-ipam-store-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let store = Arc::new(StateDir::open(&dir).unwrap());
+        let me = PeerName::from_bytes([0x0a, 0, 0, 0, 0, 1]);
+        let ipam = Ipam::new(
+            me,
+            "10.2.0.0/16".parse().unwrap(),
+            "10.2.1.0/24".parse().unwrap(),
+            crate::ipam::consensus::InitMode::Seed(vec![me]),
+            1,
+        )
+        .unwrap();
+        let service = IpamService::new(ipam, Some(store));
+        // The disk goes away under the router.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let a = service.allocate("c1", None).await.unwrap();
+        assert!(service.unsaved());
+        // It comes back: the next tick stores what is in memory.
+        std::fs::create_dir_all(&dir).unwrap();
+        service.tick();
+        assert!(!service.unsaved());
+        let stored = std::fs::read_to_string(dir.join("ipam.json")).unwrap();
+        assert!(stored.contains("c1"), "{stored}");
+        assert_eq!(service.allocate("c1", None).await.unwrap(), a);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -54,7 +54,26 @@ pub trait Containers: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Endpoint, ContainerError>>;
 }
 
-/// The first 12 digits of a container ID, as Docker shows them.
+/// The first 12 digits of a container ID, as Docker shows them (the first 12 characters of
+/// anything else: a name or ID from a request may hold any UTF-8).
 pub fn short_id(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    match id.char_indices().nth(12) {
+        Some((end, _)) => &id[..end],
+        None => id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_id;
+
+    #[test]
+    fn short_ids_cut_at_a_character_boundary() {
+        assert_eq!(short_id("0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_id(""), "");
+        // 11 ASCII bytes then a 3-byte character across byte 12.
+        assert_eq!(short_id("0123456789a€bcd"), "0123456789a€");
+        assert_eq!(short_id("ééééééééééééé"), "éééééééééééé");
+    }
 }

@@ -54,6 +54,12 @@ pub enum DaemonError {
         #[source]
         error: std::io::Error,
     },
+    #[error("cannot serve the HTTP API on the unix socket @{name} (another router in this network namespace?)")]
+    ApiSocket {
+        name: String,
+        #[source]
+        error: std::io::Error,
+    },
     #[error("cannot start the data path")]
     Datapath(#[source] DatapathError),
     #[error("cannot put the DNS address on the weave bridge")]
@@ -130,8 +136,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             addr: config.http_addr,
             error,
         })?;
+    let socket_name = api::access::socket_name(config.http_addr);
+    let socket =
+        api::access::bind_socket(&socket_name).map_err(|error| DaemonError::ApiSocket {
+            name: socket_name.clone(),
+            error,
+        })?;
     tracing::info!(
-        "weave-router {} starting: peer {}({}), short ID {}, underlay {} on {}, control port {}, API on http://{}",
+        "weave-router {} starting: peer {}({}), short ID {}, underlay {} on {}, control port {}, API on http://{} (read-only) and @{socket_name}",
         env!("CARGO_PKG_VERSION"),
         identity.name,
         config.nickname,
@@ -143,15 +155,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
     let server = {
-        let app = api::app(api_state.clone());
+        let tcp_app = api::access::tcp_app(api::app(api_state.clone()), config.http_addr);
+        let socket_app = api::access::socket_app(api::app(api_state.clone()))
+            .into_make_service_with_connect_info::<api::access::PeerUid>();
         let api_state = api_state.clone();
+        let mut socket_stop_rx = server_stop_rx.clone();
         tokio::spawn(async move {
-            let served = axum::serve(http, app)
-                .with_graceful_shutdown(async move {
-                    let _ = server_stop_rx.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = served {
+            let tcp = axum::serve(http, tcp_app).with_graceful_shutdown(async move {
+                let _ = server_stop_rx.wait_for(|s| *s).await;
+            });
+            let unix = axum::serve(socket, socket_app).with_graceful_shutdown(async move {
+                let _ = socket_stop_rx.wait_for(|s| *s).await;
+            });
+            let (tcp, unix) = tokio::join!(tcp, unix);
+            if let Err(e) = tcp.and(unix) {
                 tracing::error!("HTTP API failed: {e}");
                 api_state.request_stop();
             }

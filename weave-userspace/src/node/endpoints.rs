@@ -120,9 +120,9 @@ pub async fn resolve_addresses(
 /// router takes them up again).
 pub struct Interfaces {
     datapath: Arc<dyn DynDatapath>,
-    store: Option<Arc<StateDir>>,
-    /// One save at a time: concurrent attaches would otherwise race on the state file's
-    /// temporary copy.
+    /// `endpoints.json`, written off the async threads.
+    store: Option<crate::state::OffThreadWriter>,
+    /// One snapshot at a time: the newest snapshot is the last one handed to the writer.
     saving: std::sync::Mutex<()>,
 }
 
@@ -130,7 +130,8 @@ impl Interfaces {
     pub fn new(datapath: Arc<dyn DynDatapath>, store: Option<Arc<StateDir>>) -> Self {
         Self {
             datapath,
-            store,
+            store: store
+                .map(|s| crate::state::OffThreadWriter::new(s.endpoints_path(), "the endpoints")),
             saving: std::sync::Mutex::new(()),
         }
     }
@@ -147,14 +148,14 @@ impl Interfaces {
     /// Gives a namespace an interface and records it in the state directory.
     pub async fn attach(&self, request: AttachRequest) -> Result<Endpoint, DatapathError> {
         let endpoint = self.datapath.attach_endpoint(request).await?;
-        self.save();
+        self.save_logged().await;
         Ok(endpoint)
     }
 
     /// Takes the interface of a namespace away and records that.
     pub async fn detach(&self, netns: PathBuf) -> Result<Endpoint, DatapathError> {
         let endpoint = self.datapath.detach_endpoint(netns).await?;
-        self.save();
+        self.save_logged().await;
         Ok(endpoint)
     }
 
@@ -167,22 +168,45 @@ impl Interfaces {
                 Err(err) => tracing::warn!("endpoint in {} forgotten: {err}", netns.display()),
             }
         }
-        self.save();
+        self.save_logged().await;
     }
 
-    /// Writes the endpoints to the state directory; a failure is logged.
+    /// Writes the endpoints to the state directory (off the async threads); a failure is
+    /// logged.
     pub fn save(&self) {
-        if let Err(e) = self.try_save() {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        store.write(self.snapshot());
+    }
+
+    /// Writes the endpoints (off the async threads) and waits; a failure is logged.
+    async fn save_logged(&self) {
+        if let Err(e) = self.try_save().await {
             tracing::error!("cannot save endpoints: {e}");
         }
     }
 
-    fn try_save(&self) -> Result<(), StateError> {
-        let Some(state) = &self.store else {
+    /// Writes the endpoints (off the async threads) and tells whether that worked.
+    async fn try_save(&self) -> Result<(), StateError> {
+        let Some(store) = &self.store else {
             return Ok(());
         };
-        let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
-        state.save_endpoints(&self.datapath.endpoints())
+        let written = {
+            let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+            store.write_then(self.snapshot())
+        };
+        written.await.unwrap_or_else(|e| {
+            Err(StateError::Io {
+                path: std::path::PathBuf::from("endpoints.json"),
+                error: std::io::Error::other(e.to_string()),
+            })
+        })
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.datapath.endpoints()).expect("serialisable")
     }
 }
 
@@ -269,7 +293,7 @@ impl Endpoints {
                 }
             }
         }
-        if let Err(e) = self.interfaces.try_save() {
+        if let Err(e) = self.interfaces.try_save().await {
             let _ = self.detach(endpoint.netns.clone()).await;
             return Err(EndpointsError::Save(e));
         }
