@@ -95,6 +95,9 @@ pub struct DatapathCounters {
     pub by_reason: Vec<(Reason, u64, u64)>,
     /// Per peer short ID with any traffic.
     pub by_peer: Vec<PeerTraffic>,
+    /// MACs learned behind peers (`REMOTE_MACS`): the frames' destinations the kernel
+    /// forwards to without user space, what Weave called its fast-path flows.
+    pub learned_macs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

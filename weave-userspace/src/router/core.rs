@@ -253,6 +253,8 @@ pub struct MeshCore {
     /// The one connection kept per peer.
     by_peer: HashMap<PeerName, ConnId>,
     switches: OverlaySwitches,
+    /// Kept connections lost since the start (Weave's `TerminationCount`).
+    terminations: u64,
 }
 
 impl MeshCore {
@@ -263,6 +265,7 @@ impl MeshCore {
             connections: BTreeMap::new(),
             by_peer: HashMap::new(),
             switches: OverlaySwitches::default(),
+            terminations: 0,
         }
     }
 
@@ -300,6 +303,11 @@ impl MeshCore {
 
     pub fn switches(&self) -> OverlaySwitches {
         self.switches
+    }
+
+    /// Kept connections lost since the start; one replaced by a better one is not counted.
+    pub fn terminations(&self) -> u64 {
+        self.terminations
     }
 
     /// Short IDs of our connections' peers.
@@ -377,6 +385,7 @@ impl MeshCore {
                     return effects;
                 }
                 self.by_peer.remove(&c.hello.name);
+                self.terminations += 1;
                 tracing::info!("connection {} {} lost: {error}", c.describe(), c.remote);
                 effects.push(Effect::Unroute(c.placement()));
                 effects.push(Effect::ConnectionsChanged);
