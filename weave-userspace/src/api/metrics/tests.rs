@@ -181,3 +181,142 @@ fn promtool_accepts(text: &str) {
         "promtool: {said}\n{text}"
     );
 }
+
+/// `contrib/monitoring/`, the Grafana dashboard and the Prometheus alert rules shipped with
+/// the project.
+fn monitoring(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../contrib/monitoring")
+        .join(file)
+}
+
+/// Metric names (`weave_…`) an expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("weave_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+/// Every series name `/metrics` can carry (the sample has every part on).
+fn exported_names() -> std::collections::BTreeSet<String> {
+    rendered()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The alert rules are valid (`promtool check rules`), fire as their test says
+/// (`promtool test rules`) and only use metrics we export.
+#[test]
+fn the_alert_rules_pass_promtool_and_use_our_metrics() {
+    let rules = monitoring("weave-router.rules.yml");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let exported = exported_names();
+    for line in text.lines().filter(|l| l.trim_start().starts_with("expr:")) {
+        for name in metric_names(line) {
+            assert!(
+                exported.contains(&name),
+                "{name} in the rules is not exported: {line}"
+            );
+        }
+    }
+    for args in [
+        ["check", "rules", "weave-router.rules.yml"],
+        ["test", "rules", "weave-router.rules.test.yml"],
+    ] {
+        let Ok(out) = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(monitoring(""))
+            .output()
+        else {
+            eprintln!("promtool not found; skipped");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every query of the Grafana dashboard parses (`promtool check rules` over them as
+/// recording rules, Grafana's variables replaced) and only uses metrics we export.
+#[test]
+fn the_dashboard_queries_pass_promtool_and_use_our_metrics() {
+    let text = std::fs::read_to_string(monitoring("grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    let exported = exported_names();
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            assert!(
+                exported.contains(&name),
+                "{name} in the dashboard is not exported: {expr}"
+            );
+            used.insert(name);
+        }
+    }
+    // Weave's families all have a panel.
+    for weave in [
+        "weave_connections",
+        "weave_connection_terminations_total",
+        "weave_ips",
+        "weave_max_ips",
+        "weave_dns_entries",
+        "weave_flows",
+        "weave_ipam_unreachable_count",
+        "weave_ipam_unreachable_percentage",
+        "weave_ipam_pending_allocates",
+        "weave_ipam_pending_claims",
+    ] {
+        assert!(used.contains(weave), "no panel shows {weave}");
+    }
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        let promql = expr
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        rules.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(&promql).unwrap()
+        ));
+    }
+    let path =
+        std::env::temp_dir().join(format!("weave-router-dashboard-{}.yml", std::process::id()));
+    std::fs::write(&path, rules).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output();
+    let _ = std::fs::remove_file(&path);
+    let Ok(out) = out else {
+        eprintln!("promtool not found; skipped");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "promtool check rules (dashboard queries): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
