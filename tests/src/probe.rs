@@ -354,35 +354,6 @@ pub fn answered_by(ping_stdout: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_prometheus_text() {
-        let t = "# HELP x y\n# TYPE a counter\na 1\nb{reason=\"bad peer\",x=\"1\"} 2.5\nc{} 3 1700000000\n";
-        let s = parse_metrics(t);
-        assert_eq!(s.len(), 3);
-        assert_eq!(s[1].name, "b");
-        assert_eq!(s[1].labels, "reason=\"bad peer\",x=\"1\"");
-        assert_eq!(s[1].value, 2.5);
-        assert_eq!(metric_sum(t, |s| s.name != "a"), 5.5);
-    }
-
-    #[test]
-    fn builds_vxlan_header() {
-        let p = vxlan_payload(0x123456, [0xff; 6], [2, 0, 0, 0, 0, 1]);
-        assert_eq!(&p[..8], &[0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]);
-        assert_eq!(&p[20..22], &[0x08, 0x00]);
-    }
-
-    #[test]
-    fn reads_macs() {
-        assert_eq!(parse_mac("02:0a:ff:00:01:02"), Some([2, 10, 255, 0, 1, 2]));
-        assert_eq!(parse_mac("02:0a"), None);
-    }
-}
-
 /// `promtool check metrics` on `text`: `Err(what promtool said)` unless it passes. The one
 /// lint problem allowed is Weave's own name `weave_ipam_unreachable_count` (a gauge ending
 /// in `_count`), kept so that Weave's dashboards and alerts find it.
@@ -422,4 +393,33 @@ pub fn promtool(args: &[&str], stdin: &[u8]) -> std::result::Result<(Option<i32>
     let mut said = String::from_utf8_lossy(&o.stdout).into_owned();
     said.push_str(&String::from_utf8_lossy(&o.stderr));
     Ok((o.status.code(), said))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text() {
+        let t = "# HELP x y\n# TYPE a counter\na 1\nb{reason=\"bad peer\",x=\"1\"} 2.5\nc{} 3 1700000000\n";
+        let s = parse_metrics(t);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[1].name, "b");
+        assert_eq!(s[1].labels, "reason=\"bad peer\",x=\"1\"");
+        assert_eq!(s[1].value, 2.5);
+        assert_eq!(metric_sum(t, |s| s.name != "a"), 5.5);
+    }
+
+    #[test]
+    fn builds_vxlan_header() {
+        let p = vxlan_payload(0x123456, [0xff; 6], [2, 0, 0, 0, 0, 1]);
+        assert_eq!(&p[..8], &[0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]);
+        assert_eq!(&p[20..22], &[0x08, 0x00]);
+    }
+
+    #[test]
+    fn reads_macs() {
+        assert_eq!(parse_mac("02:0a:ff:00:01:02"), Some([2, 10, 255, 0, 1, 2]));
+        assert_eq!(parse_mac("02:0a"), None);
+    }
 }
