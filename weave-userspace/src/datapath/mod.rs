@@ -313,6 +313,9 @@ pub struct DatapathSettings {
     /// the bridge and the container interfaces only: no fast path, no subnet isolation,
     /// and frames between hosts go through the sleeve.
     pub programs: bool,
+    /// Copy the kernel programs' rare events (refused frames, relays without a route) into
+    /// the log (`--log-kernel`); off, the programs are loaded with logging compiled out.
+    pub log_kernel: bool,
 }
 
 #[cfg(test)]
