@@ -219,6 +219,7 @@ impl Bed {
                 xdp,
                 pin_root: bed._pins.0.clone(),
                 programs: true,
+                log_kernel: false,
             };
             bed.routers
                 .push(Router::start(bed.host(i), settings.clone()).expect("start the data path"));
@@ -638,6 +639,7 @@ fn bad_requests_fail_cleanly() {
         xdp: XdpMode::Off,
         pin_root: pins.0.clone(),
         programs: true,
+        log_kernel: false,
     };
     let err = Router::start(h1, settings.clone())
         .err()

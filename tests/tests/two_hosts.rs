@@ -56,8 +56,8 @@ fn two_hosts_ping_arp_status_metrics_detach() {
         !probe::parse_metrics(&m).is_empty(),
         "no samples in /metrics:\n{m}"
     );
-    if let Some(o) = promtool_check(&m) {
-        assert!(o.0, "promtool check metrics:\n{}", o.1);
+    if let Err(said) = probe::promtool_check_metrics(&m) {
+        panic!("promtool check metrics:\n{said}\n{m}");
     }
 
     // Detach: ethwe goes away and the other side no longer gets through.
@@ -75,22 +75,4 @@ fn two_hosts_ping_arp_status_metrics_detach() {
         "ping still answered after detach:\n{}",
         out.stdout
     );
-}
-
-/// `promtool check metrics` on `text`: (passed, output), or None without promtool.
-fn promtool_check(text: &str) -> Option<(bool, String)> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    child.stdin.take()?.write_all(text.as_bytes()).ok()?;
-    let o = child.wait_with_output().ok()?;
-    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-    s.push_str(&String::from_utf8_lossy(&o.stderr));
-    Some((o.status.success(), s))
 }

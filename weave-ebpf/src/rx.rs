@@ -89,7 +89,17 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     let src = match admission::admit(cfg.own_short_id, ipv4_at(&ip, 12), &vx, &PeerMaps) {
         Admission::Admit { src } => src,
         Admission::Relay { dst } => return Ok(relay(ctx, &cfg, &ip, dst, len)),
-        Admission::Drop(why) => return Ok(drop_rx(why.rx_reason(), len)),
+        Admission::Drop(why) => {
+            let src_ip = ipv4_at(&ip, 12);
+            aya_log_ebpf::warn!(
+                ctx,
+                "rx: refused VXLAN from {:i} (vni {:x}): counter {}",
+                u32::from_be_bytes(src_ip),
+                u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
+                why.rx_reason() as u32
+            );
+            return Ok(drop_rx(why.rx_reason(), len));
+        }
     };
     count_peer(src, false, len);
     if let Some(verdict) = take_heartbeat(ctx, &tail, src, len) {
@@ -195,9 +205,11 @@ fn take_heartbeat(
 #[inline(always)]
 fn relay(ctx: &TcContext, cfg: &DatapathConfig, ip: &[u8; IPV4_HLEN], dst: u16, len: u32) -> i32 {
     let Some(next) = next_hop_address(dst) else {
+        aya_log_ebpf::warn!(ctx, "rx: no route to peer {:x}, relay dropped", dst);
         return drop_rx(Reason::RxDropNotForUs, len);
     };
     if ip[8] <= 1 {
+        aya_log_ebpf::warn!(ctx, "rx: TTL ran out relaying to peer {:x} (a loop?)", dst);
         return drop_rx(Reason::RxDropTtlExpired, len);
     }
     let hdr = forwarded_ipv4(ip, cfg.underlay_ipv4, next);

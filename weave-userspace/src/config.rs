@@ -53,6 +53,10 @@ pub struct LaunchArgs {
     /// XDP admission filter on the underlay.
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp: XdpMode,
+    /// Log the kernel programs' rare events (refused VXLAN, relays without a route or out
+    /// of hops) in the router's log.
+    #[arg(long)]
+    pub log_kernel: bool,
     /// Do not dial peers learned through gossip.
     #[arg(long)]
     pub no_discovery: bool,
@@ -152,6 +156,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub http_addr: SocketAddr,
     pub xdp: XdpMode,
+    /// `--log-kernel`.
+    pub log_kernel: bool,
     pub targets: Vec<Target>,
     pub discovery: bool,
     pub conn_limit: usize,
@@ -431,6 +437,7 @@ impl LaunchArgs {
                 .unwrap_or_else(|_| self.state_dir.clone()),
             http_addr,
             xdp: self.xdp,
+            log_kernel: self.log_kernel,
             targets: unique,
             discovery: !self.no_discovery,
             conn_limit: self.conn_limit,

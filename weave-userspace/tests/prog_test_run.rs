@@ -1378,3 +1378,31 @@ fn tx_drops_a_frame_with_another_containers_source_mac() {
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(&out[OUTER_HLEN..], &frame[..]);
 }
+
+/// Logging of rare events (`--log-kernel`, aya-log): both ways the verifier accepts every
+/// program; off (the level global 0 in the read-only data, as the router loads it without
+/// the flag) the verifier drops the log statements, so the RX program is no bigger than the
+/// programs without any logging would be and its hot path does no more.
+#[test]
+fn kernel_logging_loads_either_way_and_off_is_compiled_out() {
+    require_root!();
+    let rx_size = |level: u8| {
+        let mut ebpf = aya::EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(EBPF_OBJECT)
+            .expect("load the object");
+        for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name} (log level {level}): {e}"));
+        }
+        let x: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
+        x.load().expect("verifier rejected xdp_admit");
+        let rx: &mut SchedClassifier = ebpf.program_mut(RX_PROGRAM).unwrap().try_into().unwrap();
+        rx.info().unwrap().size_translated().unwrap()
+    };
+    let off = rx_size(0);
+    let on = rx_size(aya_log::Level::Trace as u8);
+    println!("rx_from_underlay, translated: {off} bytes with logging off, {on} bytes on");
+    assert!(off < on, "logging off should be compiled out: {off} vs {on} bytes");
+}

@@ -53,6 +53,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "wireguard-tools",
         "wg: configuring boringtun, the user-space WireGuard the sleeve bench compares against",
     ),
+    (
+        "chromium",
+        "chromium: the topology page's test loads it in a real (headless) browser",
+    ),
 ];
 
 /// The bpf-linker release the eBPF build uses.

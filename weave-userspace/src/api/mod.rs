@@ -1,7 +1,8 @@
 //! The HTTP API the CLI talks to (on 127.0.0.1:6784 by default, inside the router's netns).
 //!
+//! - `GET /`: the live topology page (`page.rs`), which polls `/report`.
 //! - `GET /status`, `/status/connections`, `/status/peers`, `/status/targets`: text.
-//! - `GET /report`: JSON.
+//! - `GET /report`: JSON (`report.rs`).
 //! - `GET /metrics`: Prometheus text.
 //! - `POST /attach {"netns": PATH, "addresses": ["10.2.1.1/24", ...]}` → the endpoint as JSON.
 //! - `POST /detach {"netns": PATH}` → the endpoint taken away, as JSON.
@@ -19,6 +20,8 @@ pub mod access;
 pub mod docker;
 pub mod ipam;
 pub mod metrics;
+pub mod page;
+pub mod report;
 pub mod text;
 
 use std::path::PathBuf;
@@ -37,7 +40,6 @@ use crate::mesh::connection_maker::Target;
 use crate::node::containers::Containers;
 use crate::node::endpoints::{AddressError, AttachOrder, EndpointsError};
 use crate::node::Node;
-use crate::router::MeshStatus;
 use text::DaemonInfo;
 
 /// What the handlers share. The API answers from the start; until the router is up
@@ -242,91 +244,14 @@ impl From<&Endpoint> for EndpointView {
     }
 }
 
-/// `GET /report`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Report {
-    pub version: String,
-    pub pid: u32,
-    pub router: RouterReport,
-    pub datapath: DatapathReport,
-}
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct RouterReport {
-    pub protocol: String,
-    pub protocol_min_version: u8,
-    pub protocol_max_version: u8,
-    pub encryption: bool,
-    pub peer_discovery: bool,
-    pub name: String,
-    pub nick_name: String,
-    #[serde(rename = "ShortID")]
-    pub short_id: u16,
-    pub listen: String,
-    pub targets: Vec<String>,
-    pub connections: Vec<crate::router::ConnectionInfo>,
-    /// Every peer known through gossip, with its published connections.
-    pub peers: Vec<crate::mesh::topology::PeerInfo>,
-    /// Unicast next hops and, per broadcast source, the neighbours we pass it on to.
-    pub routes: crate::mesh::routes::Routes,
-    /// Peers reached through a neighbour, and the path that carries them from here.
-    pub relayed: Vec<crate::router::RelayedPeer>,
-    /// The underlay subnets this router trusts (`--trusted-subnets`).
-    pub trusted_subnets: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct DatapathReport {
-    pub interface: String,
-    pub underlay: std::net::Ipv4Addr,
-    #[serde(rename = "XDP")]
-    pub xdp: String,
-    #[serde(rename = "ContainerMTU")]
-    pub container_mtu: u32,
-    pub endpoints: Vec<EndpointView>,
-}
-
-fn report(s: &MeshStatus, d: &DaemonInfo, endpoints: &[Endpoint]) -> Report {
-    let peers = s.mesh.peers.clone();
-    let routes = s.mesh.routes.clone();
-    Report {
-        version: d.version.clone(),
-        pid: d.pid,
-        router: RouterReport {
-            protocol: "weave-router".into(),
-            protocol_min_version: s.protocol_min_version,
-            protocol_max_version: s.protocol_max_version,
-            encryption: s.encryption,
-            peer_discovery: s.discovery,
-            name: s.local.name.clone(),
-            nick_name: s.local.nick_name.clone(),
-            short_id: s.local.short_id,
-            listen: s.listen.to_string(),
-            targets: s.targets.clone(),
-            connections: s.connections.clone(),
-            peers,
-            routes,
-            relayed: s.relayed.clone(),
-            trusted_subnets: s.trusted_subnets.clone(),
-        },
-        datapath: DatapathReport {
-            interface: d.iface.clone(),
-            underlay: s.local.underlay,
-            xdp: d.xdp.clone(),
-            container_mtu: d.container_mtu,
-            endpoints: endpoints.iter().map(EndpointView::from).collect(),
-        },
-    }
-}
-
 type AppState = State<Arc<ApiState>>;
 
 /// The HTTP routes.
 pub fn app(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
+        .route("/", get(page::index))
+        .route("/topology.js", get(page::script))
+        .route("/topology.css", get(page::style))
         .route("/status", get(status))
         .route("/status/connections", get(status_connections))
         .route("/status/peers", get(status_peers))
@@ -369,17 +294,14 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
 
 async fn status(State(s): AppState) -> Result<String, ApiError> {
     let c = s.ready()?;
-    let mut out = text::summary(&c.status(), &daemon_info(&c));
-    if let Some(i) = c.ipam() {
-        out.push('\n');
-        for (k, v) in ipam::summary_lines(&i.report()) {
-            out.push_str(&format!("{k:>15}: {v}\n"));
-        }
-    }
-    if let Some(dns) = s.dns() {
-        out.push_str(&text::dns_summary(&dns.info()));
-    }
-    Ok(out)
+    let ipam = c.ipam().map(|i| i.report());
+    let dns = s.dns().map(|d| d.info());
+    Ok(text::status(
+        &c.status(),
+        &daemon_info(&c),
+        ipam.as_ref(),
+        dns.as_ref(),
+    ))
 }
 
 async fn status_connections(State(s): AppState) -> Result<String, ApiError> {
@@ -415,9 +337,26 @@ async fn status_mesh(State(s): AppState) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// The data path's counters, or `None` (logged) when they cannot be read.
+fn counters_of(node: &Node) -> Option<crate::datapath::DatapathCounters> {
+    node.counters()
+        .inspect_err(|e| tracing::warn!("cannot read the data-path counters: {e}"))
+        .ok()
+}
+
 async fn get_report(State(s): AppState) -> Result<Response, ApiError> {
     let c = s.ready()?;
-    let r = report(&c.status(), &daemon_info(&c), &c.endpoints());
+    let counters = counters_of(&c);
+    let ipam = c.ipam().map(|i| i.report());
+    let dns = s.dns().map(|d| d.info());
+    let r = report::report(report::ReportInput {
+        status: &c.status(),
+        daemon: &daemon_info(&c),
+        endpoints: &c.endpoints(),
+        counters: counters.as_ref(),
+        ipam: ipam.as_ref(),
+        dns: dns.as_ref(),
+    });
     let mut body = serde_json::to_string_pretty(&r).expect("serialisable");
     body.push('\n');
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
@@ -425,14 +364,18 @@ async fn get_report(State(s): AppState) -> Result<Response, ApiError> {
 
 async fn get_metrics(State(s): AppState) -> Result<Response, ApiError> {
     let c = s.ready()?;
-    let counters = match c.counters() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!("cannot read the data-path counters: {e}");
-            None
-        }
-    };
-    let body = metrics::render(&c.status(), counters.as_ref());
+    let status = c.status();
+    let counters = counters_of(&c);
+    let ipam = c.ipam().map(|i| i.report());
+    let dns = s.dns().map(|d| d.info());
+    let body = metrics::render(&metrics::MetricsInput {
+        status: &status,
+        counters: counters.as_ref(),
+        ipam: ipam.as_ref(),
+        dns: dns.as_ref(),
+        control: metrics::ControlTraffic::now(),
+        sleeve: metrics::SleeveTraffic::now(&status),
+    });
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 
@@ -573,5 +516,7 @@ async fn stop(State(s): AppState) -> Response {
     axum::Json(serde_json::json!({ "Pid": std::process::id() })).into_response()
 }
 
+#[cfg(test)]
+mod sample;
 #[cfg(test)]
 mod tests;

@@ -195,10 +195,28 @@ async fn report_and_metrics() {
     assert!(
         metrics
             .body
-            .contains("weave_connections{state=\"established\"} 0"),
+            .contains("weave_connections{state=\"established\",type=\"fastdp\",encryption=\"\"} 0"),
         "{}",
         metrics.body
     );
+    // IP allocation is on in this router: its families and its report section are there.
+    assert!(
+        metrics.body.contains("weave_max_ips 65536\n"),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(v["IPAM"]["RangeNumIPs"], 65536);
+    assert!(v["DNS"].is_null(), "{v}");
+    // The topology page and what it loads.
+    for (path, needle) in [
+        ("/", "<script src=\"topology.js\">"),
+        ("/topology.js", "fetch(\"report\""),
+        ("/topology.css", "tr.gone"),
+    ] {
+        let r = call(a.http, "GET", path, None).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.body.contains(needle), "{path}: {}", r.body);
+    }
     assert!(
         metrics
             .body

@@ -101,6 +101,27 @@ pub fn summary(s: &MeshStatus, d: &DaemonInfo) -> String {
     out
 }
 
+/// `weave-router status`: the router and data path ([`summary`]), then IP allocation and
+/// weaveDNS when they are on.
+pub fn status(
+    s: &MeshStatus,
+    d: &DaemonInfo,
+    ipam: Option<&crate::ipam::service::IpamReport>,
+    dns: Option<&crate::dns::DnsInfo>,
+) -> String {
+    let mut out = summary(s, d);
+    if let Some(i) = ipam {
+        out.push('\n');
+        for (k, v) in super::ipam::summary_lines(i) {
+            line(&mut out, k, v);
+        }
+    }
+    if let Some(dns) = dns {
+        out.push_str(&dns_summary(dns));
+    }
+    out
+}
+
 /// The DNS block of `weave-router status`.
 pub fn dns_summary(info: &crate::dns::DnsInfo) -> String {
     let mut out = String::new();
@@ -313,6 +334,7 @@ mod tests {
             discovery: false,
             encryption: false,
             overlay_switches: Default::default(),
+            terminations: 0,
             frag_needed: Default::default(),
             relayed: Vec::new(),
             trusted_subnets: Vec::new(),
@@ -451,5 +473,78 @@ mod tests {
         assert!(lines[4].contains("0a:00:00:00:00:01(host1)"), "{text}");
         assert_eq!(lines[5], "0a:00:00:00:00:03(host3)");
         assert_eq!(lines.len(), 6, "{text}");
+    }
+}
+
+/// Every field of `status` and `status connections` for one router with something in each
+/// (`api/sample.rs`): encryption, discovery, trusted subnets, IPAM, DNS, both data paths.
+#[cfg(test)]
+mod golden {
+    use super::*;
+    use crate::api::sample;
+
+    #[test]
+    fn status_shows_every_field() {
+        let (ipam, dns) = (sample::ipam(), sample::dns());
+        let text = status(
+            &sample::status(),
+            &sample::daemon(),
+            Some(&ipam),
+            Some(&dns),
+        );
+        let expected = "        Version: 0.1.0
+
+        Service: router
+       Protocol: weave-router 1..5
+           Name: 0a:00:00:00:00:01(host1)
+     Encryption: enabled
+  PeerDiscovery: enabled
+        Targets: 3
+    Connections: 3 (2 established, 1 retrying)
+          Peers: 4 (with 8 established connections)
+ TrustedSubnets: 10.0.0.0/24, 192.168.7.0/24
+
+        Service: datapath
+      Interface: eth0 (10.0.0.1)
+         Listen: 10.0.0.1:6783
+            XDP: off
+            MTU: 1376
+      Endpoints: 2
+
+        Service: ipam
+         Status: ready
+          Range: 10.32.0.0/12
+  DefaultSubnet: 10.32.0.0/12
+
+        Service: dns
+         Domain: weave.local.
+         Listen: 169.254.53.53:53
+       Upstream: 10.0.0.254:53
+            TTL: 1
+        Entries: 4
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn connections_show_every_field() {
+        assert_eq!(
+            connections(&sample::status()),
+            "-> 10.0.0.2:6783         established encrypted   fastdp 0a:00:00:00:00:02(host2) mtu=1410
+-> 10.0.0.3:6783         established encrypted   sleeve 0a:00:00:00:00:03(host3) mtu=1376
+-> 10.0.0.9:6783         retrying    Connection refused (os error 111)
+                         relayed     unencrypted fastdp 0a:00:00:00:00:05(host5) via 0a:00:00:00:00:02(host2)
+"
+        );
+    }
+
+    #[test]
+    fn without_ipam_and_dns_their_blocks_are_left_out() {
+        let text = status(&sample::status(), &sample::daemon(), None, None);
+        assert!(
+            !text.contains("ipam") && !text.contains("Service: dns"),
+            "{text}"
+        );
+        assert!(text.ends_with("      Endpoints: 2\n"), "{text}");
     }
 }

@@ -225,6 +225,7 @@ impl Datapath for FakeDatapath {
                     ..Default::default()
                 })
                 .collect(),
+            learned_macs: 0,
         })
     }
 

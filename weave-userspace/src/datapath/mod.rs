@@ -95,6 +95,9 @@ pub struct DatapathCounters {
     pub by_reason: Vec<(Reason, u64, u64)>,
     /// Per peer short ID with any traffic.
     pub by_peer: Vec<PeerTraffic>,
+    /// MACs learned behind peers (`REMOTE_MACS`): the frames' destinations the kernel
+    /// forwards to without user space, what Weave called its fast-path flows.
+    pub learned_macs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -310,6 +313,9 @@ pub struct DatapathSettings {
     /// the bridge and the container interfaces only: no fast path, no subnet isolation,
     /// and frames between hosts go through the sleeve.
     pub programs: bool,
+    /// Copy the kernel programs' rare events (refused frames, relays without a route) into
+    /// the log (`--log-kernel`); off, the programs are loaded with logging compiled out.
+    pub log_kernel: bool,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! IPAM gossip channel, and requests that wait (bounded) for consensus or a donation.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -68,6 +69,25 @@ pub struct IpamService {
     /// disk, which must not hold up the router's event loop. `None` if the thread could not
     /// be started (then they are handled where they arrive).
     inbox: Option<std::sync::mpsc::SyncSender<(PeerName, Message)>>,
+    /// Allocations and claims waiting for the state to change.
+    pending_allocates: AtomicU64,
+    pending_claims: AtomicU64,
+}
+
+/// Counts one waiting request for as long as it lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Peers' messages waiting for the IPAM thread at most; more are dropped (IPAM gossip is
@@ -79,12 +99,19 @@ const INBOX_LEN: usize = 1024;
 #[serde(rename_all = "PascalCase")]
 pub struct IpamReport {
     pub range: String,
+    /// Addresses in the range.
+    #[serde(rename = "RangeNumIPs")]
+    pub range_num_ips: u64,
     pub default_subnet: String,
     pub status: String,
     /// Each owner's share of the range: (peer, addresses owned, of them free).
     pub owners: Vec<OwnerShare>,
     /// Our allocations: owner ID → address.
     pub allocations: Vec<(String, String)>,
+    /// Requests for an address waiting (for consensus, or space from another peer).
+    pub pending_allocates: u64,
+    /// Claims of a given address waiting.
+    pub pending_claims: u64,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -143,6 +170,8 @@ impl IpamService {
             forgotten: std::sync::atomic::AtomicBool::new(false),
             unsaved: std::sync::atomic::AtomicBool::new(false),
             inbox: Some(inbox),
+            pending_allocates: AtomicU64::new(0),
+            pending_claims: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&service);
         let thread = std::thread::Builder::new()
@@ -260,12 +289,14 @@ impl IpamService {
     }
 
     /// Retries `attempt` whenever the state changes until it is done, up to
-    /// [`REQUEST_TIMEOUT`].
+    /// [`REQUEST_TIMEOUT`]; counted in `waiting` while it waits.
     async fn until_done<T>(
         &self,
+        waiting: &AtomicU64,
         mut attempt: impl FnMut() -> Result<Step<T>, IpamServiceError>,
     ) -> Result<T, IpamServiceError> {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let mut counted = None;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -273,6 +304,7 @@ impl IpamService {
             if let Step::Done(v) = attempt()? {
                 return Ok(v);
             }
+            counted.get_or_insert_with(|| Waiting::new(waiting));
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return Err(IpamServiceError::Timeout {
                     status: self.status_line(),
@@ -289,7 +321,7 @@ impl IpamService {
         owner: &str,
         subnet: Option<Ipv4Net>,
     ) -> Result<Ipv4Cidr, IpamServiceError> {
-        self.until_done(|| {
+        self.until_done(&self.pending_allocates, || {
             self.step(|ipam, reachable| ipam.allocate(owner, subnet, reachable, rand::random()))
         })
         .await
@@ -297,8 +329,10 @@ impl IpamService {
 
     /// Claims a given address for `owner` (`ip:CIDR`, or an address in use before a restart).
     pub async fn claim(&self, owner: &str, address: Ipv4Cidr) -> Result<(), IpamServiceError> {
-        self.until_done(|| self.step(|ipam, _| ipam.claim_address(owner, address)))
-            .await
+        self.until_done(&self.pending_claims, || {
+            self.step(|ipam, _| ipam.claim_address(owner, address))
+        })
+        .await
     }
 
     /// Releases every address of `owner`; returns them.
@@ -376,6 +410,7 @@ impl IpamService {
         let me = ring.ourself();
         IpamReport {
             range: ring.range().to_string(),
+            range_num_ips: ring.range().size(),
             default_subnet: ipam.default_subnet().to_string(),
             status: ipam.status(|p| self.reachable(p)).to_string(),
             owners: ring
@@ -399,6 +434,8 @@ impl IpamService {
                     )
                 })
                 .collect(),
+            pending_allocates: self.pending_allocates.load(Ordering::Relaxed),
+            pending_claims: self.pending_claims.load(Ordering::Relaxed),
         }
     }
 
@@ -530,5 +567,38 @@ mod tests {
         assert!(stored.contains("c1"), "{stored}");
         assert_eq!(service.allocate("c1", None).await.unwrap(), a);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An observer owns nothing and waits for the ring: its allocation is counted as
+    /// pending while it waits, and no more once it gives up.
+    #[tokio::test]
+    async fn a_waiting_allocation_is_counted_as_pending() {
+        let me = PeerName::from_bytes([0x0a, 0, 0, 0, 0, 1]);
+        let ipam = Ipam::new(
+            me,
+            "10.2.0.0/16".parse().expect("a network"),
+            "10.2.1.0/24".parse().expect("a network"),
+            crate::ipam::consensus::InitMode::Observer,
+            1,
+        )
+        .expect("an observer IPAM");
+        let service = IpamService::new(ipam, None);
+        assert_eq!(service.report().pending_allocates, 0);
+        let waiting = tokio::spawn({
+            let service = service.clone();
+            async move { service.allocate("c1", None).await }
+        });
+        for _ in 0..100 {
+            if service.report().pending_allocates == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let report = service.report();
+        assert_eq!((report.pending_allocates, report.pending_claims), (1, 0));
+        assert_eq!(report.range_num_ips, 65536);
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(service.report().pending_allocates, 0);
     }
 }

@@ -226,6 +226,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             xdp: config.xdp,
             pin_root: config.pin_root.clone(),
             programs,
+            log_kernel: config.log_kernel,
         };
         match crate::datapath::ebpf::EbpfDatapath::start(settings).await {
             Ok(datapath) => {

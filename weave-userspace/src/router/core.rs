@@ -255,6 +255,8 @@ pub struct MeshCore {
     switches: OverlaySwitches,
     /// When we last gave up our short ID, and whether a claim was held off since.
     short_id_changed: Option<(Instant, bool)>,
+    /// Kept connections lost since the start (Weave's `TerminationCount`).
+    terminations: u64,
 }
 
 /// Shortest time between two changes of our short ID: whoever keeps claiming ours (forged
@@ -280,6 +282,7 @@ impl MeshCore {
             by_peer: HashMap::new(),
             switches: OverlaySwitches::default(),
             short_id_changed: None,
+            terminations: 0,
         }
     }
 
@@ -334,6 +337,11 @@ impl MeshCore {
 
     pub fn switches(&self) -> OverlaySwitches {
         self.switches
+    }
+
+    /// Kept connections lost since the start; one replaced by a better one is not counted.
+    pub fn terminations(&self) -> u64 {
+        self.terminations
     }
 
     /// Short IDs of our connections' peers.
@@ -427,6 +435,7 @@ impl MeshCore {
                     return effects;
                 }
                 self.by_peer.remove(&c.hello.name);
+                self.terminations += 1;
                 tracing::info!("connection {} {} lost: {error}", c.describe(), c.remote);
                 effects.push(Effect::Unroute(c.placement()));
                 effects.push(Effect::ConnectionsChanged);

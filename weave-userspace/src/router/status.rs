@@ -84,6 +84,9 @@ pub struct MeshStatus {
     pub encryption: bool,
     /// Connections moved from one data path to the other since the start.
     pub overlay_switches: OverlaySwitches,
+    /// Kept connections lost since the start (Weave's `TerminationCount`).
+    #[serde(default)]
+    pub terminations: u64,
     /// ICMP "fragmentation needed" from the underlay since the start.
     #[serde(default)]
     pub frag_needed: FragNeededCounts,
@@ -251,6 +254,7 @@ impl<D: Datapath> Router<D> {
             discovery: self.inner.discovery,
             encryption: self.inner.password.is_some(),
             overlay_switches: mesh.core.switches(),
+            terminations: mesh.core.terminations(),
             frag_needed: FragNeededCounts {
                 honoured: self.inner.frag_needed.honoured.load(Ordering::Relaxed),
                 ignored: self.inner.frag_needed.ignored.load(Ordering::Relaxed),

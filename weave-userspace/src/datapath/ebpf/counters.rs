@@ -51,6 +51,7 @@ pub(super) fn read(
             out.by_peer.push(t);
         }
     }
+    out.learned_macs = maps.remote_mac_count();
     Ok(out)
 }
 

@@ -143,7 +143,17 @@ pub(super) fn load(
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
+    // A read-only global: at 0 the verifier drops every log statement as dead code.
+    let log_level: u8 = if settings.log_kernel {
+        aya_log::Level::Trace as u8
+    } else {
+        0
+    };
+    loader.override_global(aya_log::LEVEL, &log_level, true);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
+    if settings.log_kernel {
+        kernel_log::start(&mut ebpf)?;
+    }
 
     let mut maps = DatapathMaps::take(&mut ebpf)?;
     maps.write_config(
@@ -382,5 +392,45 @@ mod tests {
         assert_eq!(links[1].0, "egress-vethwe1234abcd");
         assert_eq!(links[1].1, EGRESS_PROGRAM);
         assert!(matches!(links[1].2, TcAttachType::Egress));
+    }
+}
+
+/// The kernel programs' log records (`aya-log`), read on a thread of their own into the
+/// router's log (through the `log` → `tracing` bridge).
+mod kernel_log {
+    use std::os::fd::AsRawFd;
+
+    use aya::Ebpf;
+
+    use crate::datapath::DatapathError;
+
+    /// Starts reading; the thread lives as long as the process.
+    pub(super) fn start(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+        let mut logger = aya_log::EbpfLogger::init(ebpf)
+            .map_err(|e| DatapathError::Bpf(format!("--log-kernel: {e}")))?;
+        std::thread::Builder::new()
+            .name("kernel-log".into())
+            .spawn(move || loop {
+                let mut fd = libc::pollfd {
+                    fd: logger.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call; the ring buffer's fd
+                // stays open while `logger` lives (this thread owns it).
+                let ready = unsafe { libc::poll(&mut fd, 1, 1000) };
+                if ready < 0
+                    && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    tracing::warn!(
+                        "--log-kernel: polling the kernel log failed; no more kernel log"
+                    );
+                    return;
+                }
+                logger.flush();
+            })
+            .map_err(|e| DatapathError::Bpf(format!("--log-kernel: starting its thread: {e}")))?;
+        tracing::info!("kernel log on: rare events of the kernel programs are logged here");
+        Ok(())
     }
 }

@@ -315,6 +315,11 @@ impl DatapathMaps {
             .collect()
     }
 
+    /// How many MACs are learned behind peers.
+    pub(super) fn remote_mac_count(&self) -> u64 {
+        self.remote_macs.keys().filter(Result::is_ok).count() as u64
+    }
+
     // ---- endpoints: ENDPOINT_ADDRESSES, ENDPOINTS, NEIGHBOURS ----
 
     /// Records the addresses of the endpoint whose host end is `host_index` (replacing any

@@ -151,13 +151,14 @@ fn admission_keeps_the_connection_dialled_by_the_higher_name() {
     assert_eq!(kinds(&effects), ["close", "accept", "place"]);
     assert!(matches!(effects[0], Effect::Close { id: 1, .. }));
     assert!(core.connection(1).is_none());
-    // The old connection's close changes nothing more.
+    // The old connection's close changes nothing more, and is no termination.
     assert!(core
         .on_event(Event::Closed {
             id: 1,
             error: "duplicate".into()
         })
         .is_empty());
+    assert_eq!(core.terminations(), 0);
     // A second dial of ours loses.
     let effects = core.on_event(handshaken(3, true, &high));
     assert!(matches!(
@@ -310,12 +311,14 @@ fn a_lost_connection_unroutes_its_peer_once() {
     });
     assert_eq!(kinds(&effects), ["unroute", "connections-changed"]);
     assert!(!core.is_direct(&hello(2).name));
+    assert_eq!(core.terminations(), 1);
     assert!(core
         .on_event(Event::Closed {
             id: 1,
             error: "gone".into()
         })
         .is_empty());
+    assert_eq!(core.terminations(), 1, "a second close is not counted");
 }
 
 #[test]
