@@ -72,11 +72,15 @@ pub enum Reason {
     /// From the bridge port: a fast-path heartbeat or path-MTU probe the router wrote was
     /// addressed to its peer (the way broadcast copies are) and sent.
     TxHeartbeat = 27,
+    /// RX: an admitted frame for a peer the sleeve carries (its fast path fell back) was
+    /// decapsulated, tagged with its origin and destination and handed to the sleeve's TAP,
+    /// which routes it on.
+    RxToSleeve = 28,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -108,6 +112,7 @@ impl Reason {
         Reason::BridgeDropped,
         Reason::RxHeartbeat,
         Reason::TxHeartbeat,
+        Reason::RxToSleeve,
     ];
 
     /// A label for metrics and status output.
@@ -141,6 +146,7 @@ impl Reason {
             Reason::BridgeDropped => "bridge_dropped",
             Reason::RxHeartbeat => "rx_heartbeat",
             Reason::TxHeartbeat => "tx_heartbeat",
+            Reason::RxToSleeve => "rx_to_sleeve",
         }
     }
 

@@ -288,7 +288,10 @@ impl<D: Datapath> Inner<D> {
             }
             Effect::ConnectionsChanged => self.connections_changed().await,
             Effect::Switch { placement, to, who } => {
-                self.overlays.switch(placement, to, &who).await
+                self.overlays.switch(placement, to, &who).await;
+                // The peers relayed through it change hands between the kernel and the
+                // sleeve (`route_plan::plan`).
+                self.routes_stale();
             }
             Effect::Heartbeats(heartbeats) => {
                 if let Err(e) = self.datapath.send_heartbeats(&heartbeats) {
@@ -644,6 +647,9 @@ impl<D: Datapath> Router<D> {
                         _ = check.tick() => {
                             inner.datapath.refresh_next_hops().await;
                             inner.check_paths().await;
+                            // A switch makes the routes stale: plan them now.
+                            let due = inner.after_events().await;
+                            wake_at = wake_at.into_iter().chain(due).min();
                             continue;
                         }
                     };

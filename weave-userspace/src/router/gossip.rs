@@ -269,7 +269,7 @@ impl<D: Datapath> Inner<D> {
 
     /// Marks the routes for recomputation; the event loop does it once a burst of events
     /// has been handled (recomputation is coalesced).
-    fn routes_stale(&self) {
+    pub(super) fn routes_stale(&self) {
         let mut view = self.view();
         view.routes_stale = true;
     }
@@ -454,7 +454,13 @@ impl<D: Datapath> Inner<D> {
     /// connections.
     pub(super) async fn apply_routes(&self) {
         let plan = {
-            let direct: BTreeSet<PeerName> = self.mesh().core.direct_peers().copied().collect();
+            let (direct, on_sleeve): (BTreeSet<PeerName>, BTreeSet<PeerName>) = {
+                let mesh = self.mesh();
+                (
+                    mesh.core.direct_peers().copied().collect(),
+                    mesh.core.sleeve_peers().copied().collect(),
+                )
+            };
             let mut view = self.view();
             let started = thread_cpu_time();
             let gone = view.topology.garbage_collect();
@@ -475,12 +481,18 @@ impl<D: Datapath> Inner<D> {
             let topology = &view.topology;
             let lookup = |name: &PeerName| topology.peer(name).map(|p| (p.short_id, p.underlay));
             if let Some(sleeve) = self.overlays.sleeve() {
-                // With a password, trusted neighbours are on the fast path and the others on
-                // the sleeve: routes mix the two.
-                let mixed = self.sleeve_use == super::SleeveUse::Untrusted;
+                // Unless there is no fast path at all, routes may mix fast-path and sleeve
+                // hops: trusted neighbours with a password, fallen-back ones without.
+                let mixed = self.sleeve_use != super::SleeveUse::All;
                 sleeve.set_routing(route_plan::sleeve_routing(&view.routes, lookup, mixed));
             }
-            route_plan::plan(&view.routes, lookup, &direct, &mut view.installed)
+            route_plan::plan(
+                &view.routes,
+                lookup,
+                &direct,
+                &on_sleeve,
+                &mut view.installed,
+            )
         };
         let plan = plan.for_fast_path(self.overlays.sleeve().is_some(), self.sleeve_use);
         for peer in plan.orphans {

@@ -1,7 +1,8 @@
 //! What the data path must change for new routes, without I/O: the peers reached through a
 //! neighbour wanted now against those installed, direct peers whose connection went, and
 //! the broadcast trees. Directly connected peers are installed by their connections and
-//! are left alone here.
+//! are left alone here. A peer whose next hop the sleeve carries (a neighbour whose fast
+//! path fell back) is not the fast path's to relay: the sleeve routes its frames.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -31,7 +32,8 @@ pub struct RoutePlan {
     pub add: Vec<DatapathPeer>,
     /// Relayed peers no longer reached.
     pub remove: Vec<DatapathPeer>,
-    /// Direct peers whose connection went and that no neighbour reaches: gone for good.
+    /// Direct peers whose connection went and that no neighbour reaches over the fast path:
+    /// gone from it for good.
     pub orphans: Vec<DatapathPeer>,
     /// Broadcast trees that changed (an empty list: the tree is gone).
     pub trees: Vec<(ShortId, Vec<ShortId>)>,
@@ -41,16 +43,19 @@ pub struct RoutePlan {
 pub type PeerAddress = (ShortId, Ipv4Addr);
 
 /// Plans the changes for `routes` and records them in `installed`. `lookup` gives a peer's
-/// record; `direct` are the peers we keep connections with.
+/// record; `direct` are the peers we keep connections with, `on_sleeve` those of them whose
+/// frames the sleeve carries: the fast path cannot hand a relayed frame to them, so a peer
+/// behind one is left to the sleeve (not installed, or removed).
 pub fn plan(
     routes: &Routes,
     lookup: impl Fn(&PeerName) -> Option<PeerAddress>,
     direct: &BTreeSet<PeerName>,
+    on_sleeve: &BTreeSet<PeerName>,
     installed: &mut Installed,
 ) -> RoutePlan {
     let mut wanted = BTreeMap::new();
     for (dst, hop) in &routes.unicast {
-        if dst == hop || direct.contains(dst) {
+        if dst == hop || direct.contains(dst) || on_sleeve.contains(hop) {
             continue;
         }
         let (Some((short_id, underlay)), Some((next_hop, _))) = (lookup(dst), lookup(hop)) else {
@@ -195,6 +200,11 @@ mod tests {
         peers.iter().map(|&n| name(n)).collect()
     }
 
+    /// No neighbour on the sleeve.
+    fn none() -> BTreeSet<PeerName> {
+        BTreeSet::new()
+    }
+
     #[test]
     fn a_peer_behind_a_neighbour_is_installed_once_with_that_next_hop() {
         assert_eq!(
@@ -203,7 +213,7 @@ mod tests {
             "names end in their number"
         );
         let mut installed = Installed::default();
-        let first = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let first = plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed);
         assert_eq!(first.add, [peer(3, 2)]);
         assert!(first.remove.is_empty() && first.orphans.is_empty());
         assert_eq!(
@@ -212,7 +222,7 @@ mod tests {
         );
         // The same routes again: nothing to do.
         assert_eq!(
-            plan(&line(2), lookup, &direct(&[2]), &mut installed),
+            plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed),
             RoutePlan::default()
         );
     }
@@ -220,8 +230,8 @@ mod tests {
     #[test]
     fn a_relayed_peer_that_becomes_direct_is_left_to_its_connection() {
         let mut installed = Installed::default();
-        plan(&line(2), lookup, &direct(&[2]), &mut installed);
-        let now_direct = plan(&line(3), lookup, &direct(&[2, 3]), &mut installed);
+        plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed);
+        let now_direct = plan(&line(3), lookup, &direct(&[2, 3]), &none(), &mut installed);
         // Not removed: the connection's installation owns the entry now.
         assert!(now_direct.add.is_empty() && now_direct.remove.is_empty());
         assert!(installed.relayed.is_empty());
@@ -232,11 +242,11 @@ mod tests {
         let mut installed = Installed::default();
         let mut routes = line(2);
         routes.broadcast.insert(name(3), vec![name(2)]);
-        plan(&routes, lookup, &direct(&[2]), &mut installed);
+        plan(&routes, lookup, &direct(&[2]), &none(), &mut installed);
         let mut cut = Routes::default();
         cut.unicast.insert(name(2), name(2));
         cut.broadcast.insert(name(1), vec![name(2)]);
-        let p = plan(&cut, lookup, &direct(&[2]), &mut installed);
+        let p = plan(&cut, lookup, &direct(&[2]), &none(), &mut installed);
         assert_eq!(p.remove, [peer(3, 2)]);
         assert_eq!(p.trees, [(ShortId::new(3).unwrap(), Vec::new())]);
     }
@@ -246,7 +256,7 @@ mod tests {
         // 1–3 went; 2 still reaches 3: not an orphan, relayed through 2 instead.
         let mut installed = Installed::default();
         installed.unrouted.insert(name(3), peer(3, 3));
-        let p = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let p = plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed);
         assert!(p.orphans.is_empty());
         assert_eq!(p.add, [peer(3, 2)]);
         // Nobody reaches it: it goes for good.
@@ -254,9 +264,47 @@ mod tests {
         installed.unrouted.insert(name(3), peer(3, 3));
         let mut alone = Routes::default();
         alone.unicast.insert(name(2), name(2));
-        let p = plan(&alone, lookup, &direct(&[2]), &mut installed);
+        let p = plan(&alone, lookup, &direct(&[2]), &none(), &mut installed);
         assert_eq!(p.orphans, [peer(3, 3)]);
         assert!(installed.unrouted.is_empty());
+    }
+
+    #[test]
+    fn a_peer_behind_a_neighbour_on_the_sleeve_is_left_to_the_sleeve_until_the_fast_path_returns() {
+        let mut installed = Installed::default();
+        plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed);
+        // 1–2 fell back to the sleeve: the kernel must not relay 3 through 2 any more.
+        let fell_back = plan(
+            &line(2),
+            lookup,
+            &direct(&[2]),
+            &direct(&[2]),
+            &mut installed,
+        );
+        assert_eq!(fell_back.remove, [peer(3, 2)]);
+        assert!(fell_back.add.is_empty() && fell_back.orphans.is_empty());
+        assert!(installed.relayed.is_empty());
+        // Nor is it installed while 2 stays on the sleeve; a direct 3 whose connection went
+        // leaves the fast path altogether (the sleeve reaches it through 2).
+        installed.unrouted.insert(name(3), peer(3, 3));
+        let again = plan(
+            &line(2),
+            lookup,
+            &direct(&[2]),
+            &direct(&[2]),
+            &mut installed,
+        );
+        assert_eq!(
+            again,
+            RoutePlan {
+                orphans: vec![peer(3, 3)],
+                ..RoutePlan::default()
+            }
+        );
+        // The fast path works again: 3 goes back in through 2.
+        let back = plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed);
+        assert_eq!(back.add, [peer(3, 2)]);
+        assert!(back.remove.is_empty());
     }
 
     #[test]
@@ -275,14 +323,14 @@ mod tests {
     fn without_a_fast_path_for_relays_only_trees_and_orphans_remain() {
         let mut installed = Installed::default();
         installed.unrouted.insert(name(4), peer(4, 4));
-        let p = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let p = plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed);
         let untrusted = p.for_fast_path(true, SleeveUse::Untrusted);
         assert!(untrusted.add.is_empty());
         assert_eq!(untrusted.orphans, [peer(4, 4)]);
         assert!(!untrusted.trees.is_empty());
         let mut installed = Installed::default();
         installed.unrouted.insert(name(4), peer(4, 4));
-        let p = plan(&line(2), lookup, &direct(&[2]), &mut installed);
+        let p = plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed);
         let sleeve_only = p.for_fast_path(true, SleeveUse::All);
         assert_eq!(
             sleeve_only,
@@ -291,7 +339,13 @@ mod tests {
                 ..RoutePlan::default()
             }
         );
-        let p = plan(&line(2), lookup, &direct(&[2]), &mut Installed::default());
+        let p = plan(
+            &line(2),
+            lookup,
+            &direct(&[2]),
+            &none(),
+            &mut Installed::default(),
+        );
         assert_eq!(p.for_fast_path(false, SleeveUse::All).add, [peer(3, 2)]);
     }
 
@@ -302,12 +356,13 @@ mod tests {
 
         /// Routes of peer 1 among peers 2..=7: each destination reached directly or through
         /// another peer, each source's broadcast passed on to a few of them.
-        fn routes() -> impl Strategy<Value = (Routes, BTreeSet<PeerName>)> {
+        fn routes() -> impl Strategy<Value = (Routes, BTreeSet<PeerName>, BTreeSet<PeerName>)> {
             (
                 prop::collection::btree_map(2u8..8, 2u8..8, 0..6),
                 prop::collection::btree_map(1u8..8, prop::collection::vec(2u8..8, 0..3), 0..4),
+                prop::collection::btree_set(2u8..8, 0..3),
             )
-                .prop_map(|(unicast, broadcast)| {
+                .prop_map(|(unicast, broadcast, sleeve)| {
                     let mut routes = Routes::default();
                     let mut direct = BTreeSet::new();
                     for (dst, hop) in unicast {
@@ -321,27 +376,33 @@ mod tests {
                             .broadcast
                             .insert(name(source), children.into_iter().map(name).collect());
                     }
-                    (routes, direct)
+                    let on_sleeve = sleeve
+                        .into_iter()
+                        .map(name)
+                        .filter(|n| direct.contains(n))
+                        .collect();
+                    (routes, direct, on_sleeve)
                 })
         }
 
         proptest! {
-            /// Through any sequence of routes: what is installed afterwards is exactly the
-            /// relayed peers the routes want (never a direct one), nothing is both added and
-            /// removed, and planning the same routes again changes nothing.
+            /// Through any sequence of routes and fallbacks: what is installed afterwards is
+            /// exactly the relayed peers the routes want (never a direct one, nor one behind
+            /// a neighbour on the sleeve), nothing is both added and removed, and planning
+            /// the same routes again changes nothing.
             #[test]
             fn the_installed_state_follows_the_routes(steps in prop::collection::vec(routes(), 1..6)) {
                 let mut installed = Installed::default();
-                for (routes, direct) in steps {
-                    let p = plan(&routes, lookup, &direct, &mut installed);
+                for (routes, direct, on_sleeve) in steps {
+                    let p = plan(&routes, lookup, &direct, &on_sleeve, &mut installed);
                     for (dst, hop) in &routes.unicast {
-                        let relayed = dst != hop && !direct.contains(dst);
+                        let relayed = dst != hop && !direct.contains(dst) && !on_sleeve.contains(hop);
                         prop_assert_eq!(installed.relayed.contains_key(dst), relayed);
                     }
                     prop_assert!(installed.relayed.keys().all(|n| routes.unicast.contains_key(n)));
                     prop_assert!(p.add.iter().all(|a| !p.remove.contains(a)));
                     prop_assert!(p.add.iter().all(|a| a.next_hop != a.short_id));
-                    let again = plan(&routes, lookup, &direct, &mut installed);
+                    let again = plan(&routes, lookup, &direct, &on_sleeve, &mut installed);
                     prop_assert_eq!(again, RoutePlan::default());
                 }
             }
