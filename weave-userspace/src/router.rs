@@ -257,7 +257,7 @@ impl<D: Datapath> Inner<D> {
                     }
                 }
                 let result = self.overlays.place(placement, session.as_deref()).await;
-                self.view().installed.relayed.remove(&placement.name);
+                self.view().installed.forget(&placement.name);
                 let error = result.err().map(|e| e.to_string());
                 return self.mesh().core.on_event(Event::Placed { id, error });
             }
@@ -276,7 +276,7 @@ impl<D: Datapath> Inner<D> {
                         placement.name
                     );
                 }
-                self.view().installed.relayed.remove(&placement.name);
+                self.view().installed.forget(&placement.name);
             }
             Effect::SendReady { id } => self.mesh().send(id, ConnCommand::SendReady),
             Effect::Send { id, message } => self.send_to(id, &message),

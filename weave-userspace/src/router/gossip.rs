@@ -511,6 +511,16 @@ impl<D: Datapath> Inner<D> {
                 );
             }
         }
+        for peer in plan.to_sleeve {
+            // Its next hop fell back to the sleeve: no more relaying by the kernel, what it
+            // learned behind the peer kept for when the fast path carries it again.
+            if let Err(e) = self.datapath.unroute_peer(peer.short_id).await {
+                tracing::error!(
+                    "cannot leave relayed peer {} to the sleeve: {e}",
+                    peer.short_id
+                );
+            }
+        }
         for peer in plan.add {
             if let Err(e) = self.datapath.add_peer(peer).await {
                 tracing::error!(

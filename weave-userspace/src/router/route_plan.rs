@@ -2,7 +2,8 @@
 //! neighbour wanted now against those installed, direct peers whose connection went, and
 //! the broadcast trees. Directly connected peers are installed by their connections and
 //! are left alone here. A peer whose next hop the sleeve carries (a neighbour whose fast
-//! path fell back) is not the fast path's to relay: the sleeve routes its frames.
+//! path fell back) is not the fast path's to relay: the sleeve routes its frames, and the
+//! fast path keeps what it learned behind the peer for when it comes back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -16,13 +17,25 @@ use crate::sleeve::forwarding::Routing;
 /// What of the routes the data path holds.
 #[derive(Debug, Default)]
 pub struct Installed {
-    /// Peers reached through a neighbour.
+    /// Peers reached through a neighbour over the fast path.
     pub relayed: BTreeMap<PeerName, DatapathPeer>,
+    /// Peers reached through a neighbour the sleeve carries: not in the fast path, but what
+    /// it learned behind them is kept (they may come back to it).
+    pub left_to_sleeve: BTreeMap<PeerName, DatapathPeer>,
     /// Direct peers whose connection went, taken out of the data path with what was learned
     /// behind them kept, until the next plan says whether a neighbour still reaches them.
     pub unrouted: BTreeMap<PeerName, DatapathPeer>,
     /// Broadcast trees: source → our children in its tree.
     pub trees: BTreeMap<ShortId, Vec<ShortId>>,
+}
+
+impl Installed {
+    /// Forgets `peer` as a relayed one: it is a direct peer now (its connection installs
+    /// it), or its connection went (the next plan decides).
+    pub fn forget(&mut self, peer: &PeerName) {
+        self.relayed.remove(peer);
+        self.left_to_sleeve.remove(peer);
+    }
 }
 
 /// The data-path operations that bring [`Installed`] to the routes.
@@ -32,6 +45,9 @@ pub struct RoutePlan {
     pub add: Vec<DatapathPeer>,
     /// Relayed peers no longer reached.
     pub remove: Vec<DatapathPeer>,
+    /// Relayed peers whose next hop the sleeve carries now: out of the fast path, what it
+    /// learned behind them kept.
+    pub to_sleeve: Vec<DatapathPeer>,
     /// Direct peers whose connection went and that no neighbour reaches over the fast path:
     /// gone from it for good.
     pub orphans: Vec<DatapathPeer>,
@@ -54,26 +70,39 @@ pub fn plan(
     installed: &mut Installed,
 ) -> RoutePlan {
     let mut wanted = BTreeMap::new();
+    let mut sleeve = BTreeMap::new();
     for (dst, hop) in &routes.unicast {
-        if dst == hop || direct.contains(dst) || on_sleeve.contains(hop) {
+        if dst == hop || direct.contains(dst) {
             continue;
         }
         let (Some((short_id, underlay)), Some((next_hop, _))) = (lookup(dst), lookup(hop)) else {
             continue;
         };
-        wanted.insert(
-            *dst,
-            DatapathPeer {
-                short_id,
-                underlay,
-                next_hop,
-            },
-        );
+        let peer = DatapathPeer {
+            short_id,
+            underlay,
+            next_hop,
+        };
+        if on_sleeve.contains(hop) {
+            sleeve.insert(*dst, peer);
+        } else {
+            wanted.insert(*dst, peer);
+        }
     }
+    let reached = |name: &PeerName| {
+        wanted.contains_key(name) || sleeve.contains_key(name) || direct.contains(name)
+    };
     let remove = installed
         .relayed
         .iter()
-        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
+        .chain(&installed.left_to_sleeve)
+        .filter(|(name, _)| !reached(name))
+        .map(|(_, p)| *p)
+        .collect();
+    let to_sleeve = installed
+        .relayed
+        .iter()
+        .filter(|(name, _)| sleeve.contains_key(name))
         .map(|(_, p)| *p)
         .collect();
     let add = wanted
@@ -83,10 +112,11 @@ pub fn plan(
         .collect();
     let orphans = std::mem::take(&mut installed.unrouted)
         .into_iter()
-        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains(name))
+        .filter(|(name, _)| !reached(name))
         .map(|(_, p)| p)
         .collect();
     installed.relayed = wanted;
+    installed.left_to_sleeve = sleeve;
 
     let short = |name: &PeerName| lookup(name).map(|(id, _)| id);
     // Our own tree too: the peers our own broadcasts go to.
@@ -114,6 +144,7 @@ pub fn plan(
     RoutePlan {
         add,
         remove,
+        to_sleeve,
         orphans,
         trees: tree_changes,
     }
@@ -154,6 +185,7 @@ impl RoutePlan {
         if !sleeve_use.fast_path_relays(has_sleeve) {
             self.add.clear();
             self.remove.clear();
+            self.to_sleeve.clear();
             if sleeve_use == SleeveUse::All {
                 self.trees.clear();
             }
@@ -273,38 +305,29 @@ mod tests {
     fn a_peer_behind_a_neighbour_on_the_sleeve_is_left_to_the_sleeve_until_the_fast_path_returns() {
         let mut installed = Installed::default();
         plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed);
-        // 1–2 fell back to the sleeve: the kernel must not relay 3 through 2 any more.
-        let fell_back = plan(
-            &line(2),
-            lookup,
-            &direct(&[2]),
-            &direct(&[2]),
-            &mut installed,
-        );
-        assert_eq!(fell_back.remove, [peer(3, 2)]);
-        assert!(fell_back.add.is_empty() && fell_back.orphans.is_empty());
+        // 1–2 fell back to the sleeve: the kernel must not relay 3 through 2 any more, but
+        // keeps what it learned behind 3 (not removed).
+        let on_sleeve = direct(&[2]);
+        let fell_back = plan(&line(2), lookup, &direct(&[2]), &on_sleeve, &mut installed);
+        assert_eq!(fell_back.to_sleeve, [peer(3, 2)]);
+        assert!(fell_back.add.is_empty() && fell_back.remove.is_empty());
         assert!(installed.relayed.is_empty());
         // Nor is it installed while 2 stays on the sleeve; a direct 3 whose connection went
-        // leaves the fast path altogether (the sleeve reaches it through 2).
+        // is no orphan either (the sleeve reaches it through 2).
         installed.unrouted.insert(name(3), peer(3, 3));
-        let again = plan(
-            &line(2),
-            lookup,
-            &direct(&[2]),
-            &direct(&[2]),
-            &mut installed,
-        );
-        assert_eq!(
-            again,
-            RoutePlan {
-                orphans: vec![peer(3, 3)],
-                ..RoutePlan::default()
-            }
-        );
+        let again = plan(&line(2), lookup, &direct(&[2]), &on_sleeve, &mut installed);
+        assert_eq!(again, RoutePlan::default());
         // The fast path works again: 3 goes back in through 2.
         let back = plan(&line(2), lookup, &direct(&[2]), &none(), &mut installed);
         assert_eq!(back.add, [peer(3, 2)]);
-        assert!(back.remove.is_empty());
+        assert!(back.remove.is_empty() && back.to_sleeve.is_empty());
+        // Left to the sleeve, then out of reach: removed for good.
+        plan(&line(2), lookup, &direct(&[2]), &on_sleeve, &mut installed);
+        let mut alone = Routes::default();
+        alone.unicast.insert(name(2), name(2));
+        let gone = plan(&alone, lookup, &direct(&[2]), &on_sleeve, &mut installed);
+        assert_eq!(gone.remove, [peer(3, 2)]);
+        assert!(installed.left_to_sleeve.is_empty());
     }
 
     #[test]
@@ -396,9 +419,12 @@ mod tests {
                 for (routes, direct, on_sleeve) in steps {
                     let p = plan(&routes, lookup, &direct, &on_sleeve, &mut installed);
                     for (dst, hop) in &routes.unicast {
-                        let relayed = dst != hop && !direct.contains(dst) && !on_sleeve.contains(hop);
-                        prop_assert_eq!(installed.relayed.contains_key(dst), relayed);
+                        let relayed = dst != hop && !direct.contains(dst);
+                        let fast = relayed && !on_sleeve.contains(hop);
+                        prop_assert_eq!(installed.relayed.contains_key(dst), fast);
+                        prop_assert_eq!(installed.left_to_sleeve.contains_key(dst), relayed && !fast);
                     }
+                    prop_assert!(p.to_sleeve.iter().all(|a| !p.add.contains(a) && !p.remove.contains(a)));
                     prop_assert!(installed.relayed.keys().all(|n| routes.unicast.contains_key(n)));
                     prop_assert!(p.add.iter().all(|a| !p.remove.contains(a)));
                     prop_assert!(p.add.iter().all(|a| a.next_hop != a.short_id));
