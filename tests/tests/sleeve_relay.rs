@@ -17,7 +17,12 @@
 //! * a line where host1 and host2 trust each other (`--trusted-subnets`: VXLAN between them)
 //!   but host2 and host3 do not (sealed): traffic host1↔host3 gets through both ways with no
 //!   plain text towards host3 (the relayed frames cross the trusted hop sealed in the sleeve
-//!   too; host1–host2's own traffic stays on the fast path).
+//!   too; host1–host2's own traffic stays on the fast path);
+//! * a line without a password where UDP 6784 is blocked on one hop (host1–host2, or
+//!   host2–host3) after the ends have talked: that hop falls back to the sleeve, the other
+//!   keeps the fast path, and the ends still reach each other both ways (host2's kernel
+//!   hands the far end's VXLAN for the near end to its sleeve) and see each other's
+//!   broadcasts once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -672,6 +677,167 @@ fn mixed_hops_trusted_first_hop_then_sealed() {
             "expected at least 10 large datagrams host{s} -> host{d} on UDP {SLEEVE_PORT}, saw {n}\n{summary}"
         );
     }
+}
+
+/// Host `i`'s connection to host `j` is on `overlay` (`sleeve`, `fastdp`) in `status
+/// connections`, within `timeout`.
+fn wait_connection_on(bed: &TestBed, i: usize, j: usize, overlay: &str, timeout: Duration) {
+    let name = bed.peer_name(j);
+    let r = bed.router(i);
+    cmd::wait_for(
+        &format!("host{i}'s connection to host{j} on {overlay}"),
+        timeout,
+        || {
+            let c = r.connections().ok()?;
+            c.lines()
+                .any(|l| {
+                    l.contains("established")
+                        && l.contains(&name)
+                        && l.contains(&format!(" {overlay} "))
+                })
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nhost{i}:\n{}\nunderlay:\n{}\n{}",
+            r.connections().unwrap_or_default(),
+            mesh::underlay_rules(bed),
+            dump(bed)
+        )
+    });
+}
+
+/// `ping -c 5` from container `from` to `dst`: every request answered.
+fn assert_pings_all_answered(bed: &TestBed, from: usize, dst: &str, what: &str) {
+    let out = bed
+        .container(from)
+        .ns
+        .run_timeout(
+            &["ping", "-n", "-c", "5", "-i", "0.2", "-W", "1", dst],
+            Duration::from_secs(15),
+        )
+        .expect("ping runs");
+    assert!(
+        out.stdout.contains(" 0% packet loss"),
+        "ping {what} lost replies:\n{}\n{}",
+        out.stdout,
+        dump(bed)
+    );
+}
+
+/// A datapath or sleeve counter of host `i`, by reason.
+fn counter(bed: &TestBed, i: usize, family: &str, reason: &str) -> f64 {
+    let m = bed.router(i).metrics().expect("metrics");
+    probe::metric_sum(&m, |s| {
+        s.name == family && s.labels.contains(&format!("reason=\"{reason}\""))
+    })
+}
+
+/// The line host1–host2–host3 (host1↔host3 cut) without a password, containers pinging
+/// each other end to end through the kernel first (so each end's kernel has learned the
+/// other's MACs); then UDP 6784 is blocked on one hop (`fallen`: host1–host2 or
+/// host2–host3), which falls back to the sleeve while the other stays on the fast path.
+/// Traffic between the ends goes on both ways: the end behind the fallen hop hands its
+/// frames to its sleeve, which routes them through host2 on to the far end; host2's kernel
+/// hands the frames the far end's kernel still relays through it to host2's sleeve
+/// (`rx_to_sleeve`), full-size TCP included. A broadcast from either end reaches the two
+/// other hosts once each.
+fn relays_across_a_hop_fallen_back_to_the_sleeve(prefix: &str, fallen: (usize, usize)) {
+    let mut bed = line(prefix, &[]);
+    assert_routes_via_the_middle(&bed);
+    let (ca, cb, cc) = three_containers(&mut bed);
+    bed.container(cc)
+        .wait_ping("10.2.1.1", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("host3 -> host1 before the block: {e}\n{}", dump(&bed)));
+
+    let (x, y) = fallen;
+    // The hop that keeps the fast path.
+    let (s1, s2) = if x == 1 { (2, 3) } else { (1, 2) };
+    mesh::block_udp_port(&bed, x, y, VXLAN_PORT).expect("block UDP 6784");
+    wait_connection_on(&bed, x, y, "sleeve", Duration::from_secs(15));
+    wait_connection_on(&bed, y, x, "sleeve", Duration::from_secs(5));
+    wait_connection_on(&bed, s1, s2, "fastdp", Duration::from_secs(1));
+
+    // The end behind the fallen hop shows the far end relayed through the sleeve.
+    let (near, far) = if x == 1 { (1, 3) } else { (3, 1) };
+    let far_name = bed.peer_name(far);
+    let via = bed.peer_name(2);
+    let r = bed.router(near);
+    cmd::wait_for(
+        "the far end relayed through the sleeve in `status connections`",
+        Duration::from_secs(10),
+        || {
+            r.connections()
+                .ok()?
+                .lines()
+                .any(|l| {
+                    l.contains("relayed")
+                        && l.contains(" sleeve ")
+                        && l.contains(&format!("{far_name}("))
+                        && l.contains(&format!("via {via}("))
+                })
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nhost{near}:\n{}", r.connections().unwrap_or_default()));
+
+    let handed_before = counter(&bed, 2, "weave_datapath_packets_total", "rx_to_sleeve");
+    // The far end first: its kernel still knows the near end's MACs from before the block.
+    let (c_near, c_far) = if near == 1 { (ca, cc) } else { (cc, ca) };
+    let ip = |h: usize| format!("10.2.1.{h}");
+    assert_pings_all_answered(
+        &bed,
+        c_far,
+        &ip(near),
+        &format!("host{far} -> host{near} across the fallen-back hop"),
+    );
+    assert_pings_all_answered(
+        &bed,
+        c_near,
+        &ip(far),
+        &format!("host{near} -> host{far} across the fallen-back hop"),
+    );
+    // Full-size TCP (GSO frames) the same way.
+    assert_transfer(&bed, c_far, c_near, &ip(near));
+    let handed = counter(&bed, 2, "weave_datapath_packets_total", "rx_to_sleeve") - handed_before;
+    eprintln!("host2 handed {handed} frames from its fast path to its sleeve");
+    assert!(
+        handed >= 5.0,
+        "host2's kernel should have handed host{far}'s pings for host{near} to its sleeve \
+         (rx_to_sleeve grew by {handed})\n{}",
+        dump(&bed)
+    );
+    assert_broadcast_once(&bed, ca, &[cb, cc]);
+    assert_broadcast_once(&bed, cc, &[ca, cb]);
+    let drops: Vec<(String, f64)> = ["loop", "no_route", "malformed"]
+        .iter()
+        .map(|r| {
+            (
+                r.to_string(),
+                counter(&bed, 2, "weave_sleeve_drops_total", r),
+            )
+        })
+        .collect();
+    eprintln!("host2's sleeve drops: {drops:?}");
+}
+
+#[test]
+fn line_relays_across_a_first_hop_fallen_back_to_the_sleeve() {
+    if !require_root("line_relays_across_a_first_hop_fallen_back_to_the_sleeve") {
+        return;
+    }
+    require_tools(&["tcpdump", "iperf3", "nft"]);
+    relays_across_a_hop_fallen_back_to_the_sleeve("srf", (1, 2));
+}
+
+#[test]
+fn line_relays_across_a_second_hop_fallen_back_to_the_sleeve() {
+    if !require_root("line_relays_across_a_second_hop_fallen_back_to_the_sleeve") {
+        return;
+    }
+    require_tools(&["tcpdump", "iperf3", "nft"]);
+    relays_across_a_hop_fallen_back_to_the_sleeve("srg", (2, 3));
 }
 
 /// The helpers' parsing, without a bed.

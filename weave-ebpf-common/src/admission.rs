@@ -9,7 +9,7 @@
 use crate::{
     counters::Reason,
     headers::{read_vxlan_vni, VXLAN_HLEN},
-    maps::{PeerEntry, PEER_ADMIT, PEER_REACHABLE},
+    maps::{PeerEntry, PEER_ADMIT, PEER_REACHABLE, PEER_VIA_SLEEVE},
     vni,
 };
 
@@ -29,6 +29,9 @@ pub enum Admission {
     Admit { src: u16 },
     /// From an admitted neighbour, for another peer we route to: to be passed on.
     Relay { dst: u16 },
+    /// From an admitted neighbour, for a peer the sleeve carries (its fast path fell
+    /// back): handed to the sleeve, which routes it on ([`crate::handover`]).
+    ToSleeve { src: u16, dst: u16 },
     /// Not admitted: dropped and counted for this reason.
     Drop(AdmissionDrop),
 }
@@ -73,7 +76,7 @@ impl AdmissionDrop {
 /// Checks a VXLAN header against the peers: the source short ID must be a peer with an
 /// established connection other than us, the outer source must be that peer's address or
 /// the address of a directly connected peer (one that relays), and the destination must be
-/// us (`own_short_id`) or a peer we route to.
+/// us (`own_short_id`), a peer we route to, or one the sleeve carries.
 #[inline(always)]
 pub fn admit(
     own_short_id: u16,
@@ -98,6 +101,7 @@ pub fn admit(
     if dst != own_short_id {
         return match peers.peer(dst) {
             Some(p) if p.flags & PEER_REACHABLE != 0 => Admission::Relay { dst },
+            Some(p) if p.flags & PEER_VIA_SLEEVE != 0 => Admission::ToSleeve { src, dst },
             _ => Admission::Drop(AdmissionDrop::NotForUs),
         };
     }
@@ -117,6 +121,7 @@ mod tests {
     const FAR: u16 = 4;
     const UNROUTED: u16 = 5;
     const CONNECTING: u16 = 6;
+    const FALLEN_BACK: u16 = 7;
     const ORIGIN_ADDR: [u8; 4] = [192, 0, 2, 2];
     const RELAY_ADDR: [u8; 4] = [192, 0, 2, 3];
     const STRANGER_ADDR: [u8; 4] = [203, 0, 113, 9];
@@ -133,7 +138,7 @@ mod tests {
     /// Our own entry, an origin and a relay with connections, a far peer reached through
     /// the relay, a peer with a connection but no route, one still connecting.
     struct Table {
-        peers: [(u16, PeerEntry); 6],
+        peers: [(u16, PeerEntry); 7],
         neighbours: [[u8; 4]; 2],
         neighbour_lookups: Cell<u32>,
     }
@@ -148,6 +153,10 @@ mod tests {
                     (FAR, entry(4, PEER_ADMIT | PEER_REACHABLE, RELAY)),
                     (UNROUTED, entry(5, PEER_ADMIT, UNROUTED)),
                     (CONNECTING, entry(6, PEER_REACHABLE, CONNECTING)),
+                    (
+                        FALLEN_BACK,
+                        entry(7, PEER_ADMIT | PEER_VIA_SLEEVE, FALLEN_BACK),
+                    ),
                 ],
                 neighbours: [ORIGIN_ADDR, RELAY_ADDR],
                 neighbour_lookups: Cell::new(0),
@@ -221,6 +230,36 @@ mod tests {
         let not_for_us = Admission::Drop(AdmissionDrop::NotForUs);
         assert_eq!(decide(&table, ORIGIN_ADDR, ORIGIN, UNROUTED), not_for_us);
         assert_eq!(decide(&table, ORIGIN_ADDR, ORIGIN, 0x777), not_for_us);
+    }
+
+    #[test]
+    fn a_frame_for_a_peer_the_sleeve_carries_goes_to_the_sleeve_with_both_ends() {
+        let table = Table::new();
+        assert_eq!(
+            decide(&table, ORIGIN_ADDR, ORIGIN, FALLEN_BACK),
+            Admission::ToSleeve {
+                src: ORIGIN,
+                dst: FALLEN_BACK
+            }
+        );
+        // Relayed by a neighbour for a far origin: the same.
+        assert_eq!(
+            decide(&table, RELAY_ADDR, FAR, FALLEN_BACK),
+            Admission::ToSleeve {
+                src: FAR,
+                dst: FALLEN_BACK
+            }
+        );
+        // Admission comes first: a stranger's frame for it is not handed over.
+        assert_eq!(
+            decide(&table, STRANGER_ADDR, ORIGIN, FALLEN_BACK),
+            Admission::Drop(AdmissionDrop::SpoofedSource)
+        );
+        // The fallen-back peer's own frames for us are admitted as ever (its heartbeats).
+        assert_eq!(
+            decide(&table, [192, 0, 2, 7], FALLEN_BACK, US),
+            Admission::Admit { src: FALLEN_BACK }
+        );
     }
 
     #[test]

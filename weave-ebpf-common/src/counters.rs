@@ -78,11 +78,15 @@ pub enum Reason {
     /// RX: dropped, a peer's frame whose inner source MAC is a local container's (it would
     /// teach `REMOTE_MACS` that a local container lives behind that peer).
     RxDropLocalMac = 29,
+    /// RX: an admitted frame for a peer the sleeve carries (its fast path fell back) was
+    /// decapsulated, tagged with its origin and destination and handed to the sleeve's TAP,
+    /// which routes it on.
+    RxToSleeve = 30,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -116,6 +120,7 @@ impl Reason {
         Reason::TxHeartbeat,
         Reason::TxDropSpoofedMac,
         Reason::RxDropLocalMac,
+        Reason::RxToSleeve,
     ];
 
     /// A label for metrics and status output.
@@ -151,6 +156,7 @@ impl Reason {
             Reason::TxHeartbeat => "tx_heartbeat",
             Reason::TxDropSpoofedMac => "tx_drop_spoofed_mac",
             Reason::RxDropLocalMac => "rx_drop_local_mac",
+            Reason::RxToSleeve => "rx_to_sleeve",
         }
     }
 

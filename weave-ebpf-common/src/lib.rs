@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod counters;
+pub mod handover;
 pub mod headers;
 pub mod heartbeat;
 pub mod maps;

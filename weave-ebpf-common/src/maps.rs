@@ -95,6 +95,10 @@ pub struct DatapathConfig {
     /// ifindex of the bridge's port towards the peers (`vethwe-bridge`): what the programs
     /// leave to the bridge from the underlay enters the bridge there.
     pub bridge_port_ifindex: u32,
+    /// ifindex of the sleeve's TAP (`vethwe-sleeve`), or 0 without a sleeve: a frame for a
+    /// peer marked [`PEER_VIA_SLEEVE`] is handed to the sleeve through it
+    /// ([`crate::handover`]).
+    pub sleeve_port_ifindex: u32,
 }
 
 /// `DatapathConfig::flags`: the controller has written the configuration (programs pass
@@ -120,6 +124,10 @@ pub struct PeerEntry {
 pub const PEER_ADMIT: u32 = 1;
 /// `PeerEntry::flags`: frames for this peer may be sent (a route to it exists).
 pub const PEER_REACHABLE: u32 = 1 << 1;
+/// `PeerEntry::flags`: the sleeve carries this peer's frames (a direct peer whose fast path
+/// fell back): a frame relayed to it over the fast path is handed to the sleeve, which
+/// routes it on.
+pub const PEER_VIA_SLEEVE: u32 = 1 << 2;
 
 /// A container interface on this host (`ENDPOINTS[mac]`).
 #[repr(C)]
@@ -296,7 +304,7 @@ pub struct PeerCounter {
 const _: () = {
     assert!(core::mem::size_of::<MacKey>() == 8);
     assert!(core::mem::size_of::<Ipv4Key>() == 4);
-    assert!(core::mem::size_of::<DatapathConfig>() == 28);
+    assert!(core::mem::size_of::<DatapathConfig>() == 32);
     assert!(core::mem::size_of::<NeighbourPeer>() == 4);
     assert!(core::mem::size_of::<BroadcastTree>() == 512);
     assert!(core::mem::size_of::<PeerEntry>() == 16);

@@ -1,5 +1,6 @@
 //! `rx_from_underlay` (tcx ingress of the underlay): admits VXLAN only from known peers
-//! (`weave_ebpf_common::admission`), learns, passes frames for other peers on, copies
+//! (`weave_ebpf_common::admission`), learns, passes frames for other peers on (to the
+//! sleeve those for a peer whose fast path fell back), copies
 //! broadcasts along the source's tree, decapsulates IPv4 for local containers straight into
 //! them and the rest into the bridge (through its port `vethwe-bridge`).
 
@@ -8,13 +9,14 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_INGRESS,
     },
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_vlan_push},
     macros::classifier,
     programs::TcContext,
 };
 use weave_ebpf_common::{
     admission::{self, Admission},
     counters::Reason,
+    handover::{HANDOVER_DESTINATION_TPID, HANDOVER_ORIGIN_TPID},
     headers::{
         is_group_mac, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_UDP, IPV4_FRAGMENT_MASK, IPV4_HLEN,
         OUTER_HLEN, UDP_HLEN, VXLAN_HLEN,
@@ -89,6 +91,7 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     let src = match admission::admit(cfg.own_short_id, ipv4_at(&ip, 12), &vx, &PeerMaps) {
         Admission::Admit { src } => src,
         Admission::Relay { dst } => return Ok(relay(ctx, &cfg, &ip, dst, len)),
+        Admission::ToSleeve { src, dst } => return Ok(to_sleeve(ctx, &cfg, &tail, src, dst, len)),
         Admission::Drop(why) => {
             let src_ip = ipv4_at(&ip, 12);
             aya_log_ebpf::warn!(
@@ -220,6 +223,47 @@ fn relay(ctx: &TcContext, cfg: &DatapathConfig, ip: &[u8; IPV4_HLEN], dst: u16, 
     count_peer(dst, true, len);
     // SAFETY: a helper call; no neighbour parameters, the kernel looks the next hop up.
     unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Hands a frame from `src` for `dst`, a peer the sleeve carries, to the sleeve:
+/// decapsulated, tagged with both short IDs (`weave_ebpf_common::handover`), out of the
+/// sleeve's TAP.
+#[inline(always)]
+fn to_sleeve(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    tail: &[u8; VXLAN_HLEN + ETH_HLEN],
+    src: u16,
+    dst: u16,
+    len: u32,
+) -> i32 {
+    if cfg.sleeve_port_ifindex == 0 {
+        return drop_rx(Reason::RxDropNotForUs, len);
+    }
+    let mut inner_eth = [0u8; ETH_HLEN];
+    inner_eth.copy_from_slice(&tail[VXLAN_HLEN..]);
+    if ctx
+        .adjust_room(-(OUTER_HLEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
+        .is_err()
+        || ctx.store(0, &inner_eth, 0).is_err()
+    {
+        return drop_rx(Reason::RxDecapFailed, len);
+    }
+    // Pushed with the kernel's VLAN helper, so that the skb's headers stay consistent (a
+    // GSO frame may be segmented on its way out of the TAP): the destination's tag first,
+    // which the second push moves into the frame; the origin's stays in the skb's metadata
+    // until the TAP writes it in front of the other.
+    // SAFETY: helper calls on the skb the program was given, with plain integer arguments.
+    let tagged = unsafe {
+        bpf_skb_vlan_push(ctx.skb.skb, HANDOVER_DESTINATION_TPID.to_be(), dst) == 0
+            && bpf_skb_vlan_push(ctx.skb.skb, HANDOVER_ORIGIN_TPID.to_be(), src) == 0
+    };
+    if !tagged {
+        return drop_rx(Reason::RxDecapFailed, len);
+    }
+    count(Reason::RxToSleeve, len);
+    // SAFETY: a helper call with plain integer arguments: out of the TAP, to its reader.
+    unsafe { bpf_redirect(cfg.sleeve_port_ifindex, 0) as i32 }
 }
 
 /// Sends a copy of a broadcast from `src` to each of our children in `src`'s broadcast

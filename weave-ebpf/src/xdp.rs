@@ -68,7 +68,9 @@ fn try_xdp_admit(ctx: &XdpContext) -> Option<u32> {
         return Some(XDP_DROP);
     };
     let reason = match admission::admit(cfg.own_short_id, ipv4_at(&ip, 12), &vx, &PeerMaps) {
-        Admission::Admit { .. } | Admission::Relay { .. } => return Some(XDP_PASS),
+        Admission::Admit { .. } | Admission::Relay { .. } | Admission::ToSleeve { .. } => {
+            return Some(XDP_PASS)
+        }
         Admission::Drop(why) => why.xdp_reason(),
     };
     count(reason, len);

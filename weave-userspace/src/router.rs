@@ -273,7 +273,7 @@ impl<D: Datapath> Inner<D> {
                     }
                 }
                 let result = self.overlays.place(placement, session.as_deref()).await;
-                self.view().installed.relayed.remove(&placement.name);
+                self.view().installed.forget(&placement.name);
                 let error = result.err().map(|e| e.to_string());
                 return self.mesh().core.on_event(Event::Placed { id, error });
             }
@@ -292,7 +292,7 @@ impl<D: Datapath> Inner<D> {
                         placement.name
                     );
                 }
-                self.view().installed.relayed.remove(&placement.name);
+                self.view().installed.forget(&placement.name);
             }
             Effect::SendReady { id } => self.mesh().send(id, ConnCommand::SendReady),
             Effect::Send { id, message } => self.send_to(id, &message),
@@ -304,7 +304,10 @@ impl<D: Datapath> Inner<D> {
             }
             Effect::ConnectionsChanged => self.connections_changed().await,
             Effect::Switch { placement, to, who } => {
-                self.overlays.switch(placement, to, &who).await
+                self.overlays.switch(placement, to, &who).await;
+                // The peers relayed through it change hands between the kernel and the
+                // sleeve (`route_plan::plan`).
+                self.routes_stale();
             }
             Effect::Heartbeats(heartbeats) => {
                 if let Err(e) = self.datapath.send_heartbeats(&heartbeats) {
@@ -672,6 +675,9 @@ impl<D: Datapath> Router<D> {
                         _ = check.tick() => {
                             inner.datapath.refresh_next_hops().await;
                             inner.check_paths().await;
+                            // A switch makes the routes stale: plan them now.
+                            let due = inner.after_events().await;
+                            wake_at = wake_at.into_iter().chain(due).min();
                             continue;
                         }
                     };

@@ -15,7 +15,7 @@ use weave_ebpf_common::heartbeat::{write_heartbeat_frame, HEARTBEAT_FRAME_LEN, O
 use weave_ebpf_common::maps::{
     BroadcastTree, Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey,
     Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, CONFIG_READY,
-    PEER_ADMIT, PEER_REACHABLE,
+    PEER_ADMIT, PEER_REACHABLE, PEER_VIA_SLEEVE,
 };
 use weave_ebpf_common::vni;
 use weave_router::datapath::ebpf::{
@@ -98,6 +98,7 @@ impl Bed {
                     _pad: [0; 2],
                     service_ipv4: [0; 4],
                     bridge_port_ifindex: BRIDGE_PORT_IFINDEX,
+                    sleeve_port_ifindex: 0,
                 },
                 0,
             )
@@ -146,7 +147,7 @@ impl Bed {
     fn admit_only(&mut self, id: u16, underlay: [u8; 4], next_hop_mac: [u8; 6]) {
         let entry = PeerEntry {
             underlay_ipv4: underlay,
-            flags: PEER_ADMIT,
+            flags: PEER_ADMIT | PEER_VIA_SLEEVE,
             next_hop: id,
             underlay_mac: next_hop_mac,
         };
@@ -888,6 +889,67 @@ fn rx_relays_a_frame_for_another_peer_with_new_outer_addresses() {
     assert_eq!(&out[50..], &inner[..], "inner frame unchanged");
     assert_eq!(bed.counter(Reason::RxRelayed), 1);
     assert_eq!(bed.peer_counter(FAR_ID).tx_packets, 1);
+}
+
+/// ifindex written as the sleeve's TAP (any value, as for the bridge's port).
+const SLEEVE_PORT_IFINDEX: u32 = 43;
+
+#[test]
+fn rx_hands_a_frame_for_a_peer_on_the_sleeve_to_the_sleeve_tagged_with_both_ends() {
+    require_root!();
+    let mut bed = Bed::new();
+    // FAR_ID: a direct peer whose fast path fell back; PEER_ID relays it a frame through us.
+    bed.admit_only(FAR_ID, FAR_UNDERLAY, [0x02, 0xaa, 0, 0, 0, 3]);
+    let inner = inner_frame(OTHER_LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, FAR_ID),
+    );
+    // No sleeve to hand it to: not for us, as before.
+    assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxDropNotForUs), 1);
+
+    let mut config = bed.config().get(&0, 0).unwrap();
+    config.sleeve_port_ifindex = SLEEVE_PORT_IFINDEX;
+    bed.config().set(0, config, 0).unwrap();
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    // The inner frame with the destination's tag after its MACs; the origin's (802.1ad)
+    // is in the skb's metadata, which a test run does not hand back: the TAP writes it in
+    // front of the destination's.
+    let mut expected = inner[..12].to_vec();
+    expected.extend_from_slice(&[0x81, 0x00]);
+    expected.extend_from_slice(&FAR_ID.to_be_bytes());
+    expected.extend_from_slice(&inner[12..]);
+    assert_eq!(out, expected);
+    let mut as_read = out[..12].to_vec();
+    as_read.extend_from_slice(&[0x88, 0xa8]);
+    as_read.extend_from_slice(&PEER_ID.to_be_bytes());
+    as_read.extend_from_slice(&out[12..]);
+    assert_eq!(
+        weave_ebpf_common::handover::read_handover(&as_read),
+        Some((PEER_ID, FAR_ID)),
+        "the sleeve reads both ends back"
+    );
+    assert_eq!(bed.counter(Reason::RxToSleeve), 1);
+    assert_eq!(bed.counter(Reason::RxDropNotForUs), 1);
+    assert_eq!(bed.counter(Reason::RxRelayed), 0);
+    // Nothing learned from a frame that only passes through.
+    assert!(bed.remote_macs().get(&MacKey::new(REMOTE_MAC), 0).is_err());
+    // XDP lets it through to the tc program.
+    assert_eq!(bed.run_xdp(&frame), XDP_PASS);
+    // A stranger's frame for it is still spoofed, not handed over.
+    let spoofed = encapsulated(
+        &inner,
+        [192, 168, 70, 9],
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, FAR_ID),
+    );
+    assert_eq!(bed.run_tc(RX_PROGRAM, &spoofed).0, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxDropSpoofedSource), 1);
+    assert_eq!(bed.counter(Reason::RxToSleeve), 1);
 }
 
 #[test]

@@ -269,6 +269,14 @@ pub trait Datapath: Send + Sync + 'static {
         let _ = heartbeats;
         Ok(())
     }
+    /// Hands frames relayed to us over the fast path for a peer the sleeve carries (see
+    /// [`Datapath::admit_peer`]) to the sleeve, out of its TAP with ifindex `port_ifindex`
+    /// (`weave_ebpf_common::handover`); without this they are dropped. The default does
+    /// nothing.
+    fn hand_relays_to_sleeve(&self, port_ifindex: u32) -> Result<(), DatapathError> {
+        let _ = port_ifindex;
+        Ok(())
+    }
     /// Puts `addr` on the bridge as a local service every attached container reaches (the
     /// DNS server): a route to it in each container, ARP for it answered by the TX program,
     /// answers routed back over the bridge. The default does nothing.

@@ -385,7 +385,16 @@ impl Up<'_> {
             )
             .await;
             match started {
-                Ok(s) => Some(Arc::new(s)),
+                Ok(s) => {
+                    // Frames relayed to us over the fast path for a peer whose fast path
+                    // fell back go on through the sleeve.
+                    if let Err(e) = datapath.hand_relays_to_sleeve(s.port_ifindex()) {
+                        tracing::warn!(
+                            "frames relayed to peers on the sleeve will be dropped: {e}"
+                        );
+                    }
+                    Some(Arc::new(s))
+                }
                 Err(e) if sleeve_use == SleeveUse::Fallback => {
                     tracing::warn!(
                         "no sleeve data path ({e}): peers whose UDP 6784 is blocked stay unreachable"

@@ -321,6 +321,15 @@ impl MeshCore {
             .collect()
     }
 
+    /// The peers whose frames the sleeve carries now (a password, `--datapath sleeve`, a
+    /// fallback): the fast path cannot hand them frames of others.
+    pub fn sleeve_peers(&self) -> impl Iterator<Item = &PeerName> {
+        self.connections
+            .values()
+            .filter(|c| c.overlay == Overlay::Sleeve)
+            .map(|c| &c.hello.name)
+    }
+
     pub fn is_direct(&self, peer: &PeerName) -> bool {
         self.by_peer.contains_key(peer)
     }

@@ -2,7 +2,7 @@
 //! record, merges the records its neighbours pass on, forwards what improved its view,
 //! and installs routes to peers it reaches only through others.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -270,7 +270,7 @@ impl<D: Datapath> Inner<D> {
 
     /// Marks the routes for recomputation; the event loop does it once a burst of events
     /// has been handled (recomputation is coalesced).
-    fn routes_stale(&self) {
+    pub(super) fn routes_stale(&self) {
         let mut view = self.view();
         view.routes_stale = true;
     }
@@ -554,10 +554,14 @@ impl<D: Datapath> Inner<D> {
     /// connections.
     pub(super) async fn apply_routes(&self) {
         let plan = {
-            let (direct, ourself) = {
+            let (direct, ourself, on_sleeve): (_, _, BTreeSet<PeerName>) = {
                 let mesh = self.mesh();
                 let local = mesh.core.local();
-                (mesh.core.direct_short_ids(), (local.name, local.short_id))
+                (
+                    mesh.core.direct_short_ids(),
+                    (local.name, local.short_id),
+                    mesh.core.sleeve_peers().copied().collect(),
+                )
             };
             let mut view = self.view();
             let started = thread_cpu_time();
@@ -579,9 +583,9 @@ impl<D: Datapath> Inner<D> {
             let topology = &view.topology;
             let lookup = |name: &PeerName| topology.peer(name).map(|p| (p.short_id, p.underlay));
             if let Some(sleeve) = self.overlays.sleeve() {
-                // With a password, trusted neighbours are on the fast path and the others on
-                // the sleeve: routes mix the two.
-                let mixed = self.sleeve_use == super::SleeveUse::Untrusted;
+                // Unless there is no fast path at all, routes may mix fast-path and sleeve
+                // hops: trusted neighbours with a password, fallen-back ones without.
+                let mixed = self.sleeve_use != super::SleeveUse::All;
                 sleeve.set_routing(route_plan::sleeve_routing(
                     &view.routes,
                     lookup,
@@ -590,7 +594,14 @@ impl<D: Datapath> Inner<D> {
                     mixed,
                 ));
             }
-            route_plan::plan(&view.routes, lookup, ourself, &direct, &mut view.installed)
+            route_plan::plan(
+                &view.routes,
+                lookup,
+                ourself,
+                &direct,
+                &on_sleeve,
+                &mut view.installed,
+            )
         };
         let plan = plan.for_fast_path(self.overlays.sleeve().is_some(), self.sleeve_use);
         for peer in plan.orphans {
@@ -605,6 +616,16 @@ impl<D: Datapath> Inner<D> {
             if let Err(e) = self.datapath.remove_peer(peer.short_id).await {
                 tracing::error!(
                     "cannot remove relayed peer {} from the data path: {e}",
+                    peer.short_id
+                );
+            }
+        }
+        for peer in plan.to_sleeve {
+            // Its next hop fell back to the sleeve: no more relaying by the kernel, what it
+            // learned behind the peer kept for when the fast path carries it again.
+            if let Err(e) = self.datapath.unroute_peer(peer.short_id).await {
+                tracing::error!(
+                    "cannot leave relayed peer {} to the sleeve: {e}",
                     peer.short_id
                 );
             }

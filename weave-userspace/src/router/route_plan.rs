@@ -1,7 +1,9 @@
 //! What the data path must change for new routes, without I/O: the peers reached through a
 //! neighbour wanted now against those installed, direct peers whose connection went, and
 //! the broadcast trees. Directly connected peers are installed by their connections and
-//! are left alone here.
+//! are left alone here. A peer whose next hop the sleeve carries (a neighbour whose fast
+//! path fell back) is not the fast path's to relay: the sleeve routes its frames, and the
+//! fast path keeps what it learned behind the peer for when it comes back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -15,13 +17,25 @@ use crate::sleeve::forwarding::Routing;
 /// What of the routes the data path holds.
 #[derive(Debug, Default)]
 pub struct Installed {
-    /// Peers reached through a neighbour.
+    /// Peers reached through a neighbour over the fast path.
     pub relayed: BTreeMap<PeerName, DatapathPeer>,
+    /// Peers reached through a neighbour the sleeve carries: not in the fast path, but what
+    /// it learned behind them is kept (they may come back to it).
+    pub left_to_sleeve: BTreeMap<PeerName, DatapathPeer>,
     /// Direct peers whose connection went, taken out of the data path with what was learned
     /// behind them kept, until the next plan says whether a neighbour still reaches them.
     pub unrouted: BTreeMap<PeerName, DatapathPeer>,
     /// Broadcast trees: source → our children in its tree.
     pub trees: BTreeMap<ShortId, Vec<ShortId>>,
+}
+
+impl Installed {
+    /// Forgets `peer` as a relayed one: it is a direct peer now (its connection installs
+    /// it), or its connection went (the next plan decides).
+    pub fn forget(&mut self, peer: &PeerName) {
+        self.relayed.remove(peer);
+        self.left_to_sleeve.remove(peer);
+    }
 }
 
 /// The data-path operations that bring [`Installed`] to the routes.
@@ -31,7 +45,11 @@ pub struct RoutePlan {
     pub add: Vec<DatapathPeer>,
     /// Relayed peers no longer reached.
     pub remove: Vec<DatapathPeer>,
-    /// Direct peers whose connection went and that no neighbour reaches: gone for good.
+    /// Relayed peers whose next hop the sleeve carries now: out of the fast path, what it
+    /// learned behind them kept.
+    pub to_sleeve: Vec<DatapathPeer>,
+    /// Direct peers whose connection went and that no neighbour reaches over the fast path:
+    /// gone from it for good.
     pub orphans: Vec<DatapathPeer>,
     /// Broadcast trees that changed (an empty list: the tree is gone).
     pub trees: Vec<(ShortId, Vec<ShortId>)>,
@@ -71,16 +89,21 @@ fn short_ids(
 
 /// Plans the changes for `routes` and records them in `installed`. `lookup` gives a peer's
 /// record; `ourself` our name and short ID; `direct` the peers we keep connections with,
-/// each with the short ID of its handshake. Short IDs are taken as [`short_ids`] gives them.
+/// each with the short ID of its handshake; `on_sleeve` those of them whose frames the
+/// sleeve carries: the fast path cannot hand a relayed frame to them, so a peer behind one
+/// is left to the sleeve (not installed, or unrouted). Short IDs are taken as
+/// [`short_ids`] gives them.
 pub fn plan(
     routes: &Routes,
     lookup: impl Fn(&PeerName) -> Option<PeerAddress>,
     ourself: (PeerName, ShortId),
     direct: &BTreeMap<PeerName, ShortId>,
+    on_sleeve: &BTreeSet<PeerName>,
     installed: &mut Installed,
 ) -> RoutePlan {
     let ids = short_ids(routes, &lookup, ourself, direct);
     let mut wanted = BTreeMap::new();
+    let mut sleeve = BTreeMap::new();
     for (dst, hop) in &routes.unicast {
         if dst == hop || direct.contains_key(dst) {
             continue;
@@ -90,23 +113,36 @@ pub fn plan(
         else {
             continue;
         };
-        wanted.insert(
-            *dst,
-            DatapathPeer {
-                short_id,
-                underlay,
-                next_hop,
-            },
-        );
+        let peer = DatapathPeer {
+            short_id,
+            underlay,
+            next_hop,
+        };
+        if on_sleeve.contains(hop) {
+            sleeve.insert(*dst, peer);
+        } else {
+            wanted.insert(*dst, peer);
+        }
     }
+    let reached = |name: &PeerName| {
+        wanted.contains_key(name) || sleeve.contains_key(name) || direct.contains_key(name)
+    };
     // An entry whose short ID another name has now is that name's: forgotten here, not
-    // removed from the data path.
-    let owned = |name: &PeerName, p: &DatapathPeer| ids.get(name) == Some(&p.short_id);
+    // taken out of the data path.
+    let holds_its_id = |name: &PeerName, p: &DatapathPeer| {
+        ids.get(name) == Some(&p.short_id) || !ids.values().any(|id| *id == p.short_id)
+    };
     let remove = installed
         .relayed
         .iter()
-        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains_key(name))
-        .filter(|(name, p)| owned(name, p) || !ids.values().any(|id| *id == p.short_id))
+        .chain(&installed.left_to_sleeve)
+        .filter(|(name, p)| !reached(name) && holds_its_id(name, p))
+        .map(|(_, p)| *p)
+        .collect();
+    let to_sleeve = installed
+        .relayed
+        .iter()
+        .filter(|(name, p)| sleeve.contains_key(name) && holds_its_id(name, p))
         .map(|(_, p)| *p)
         .collect();
     let add = wanted
@@ -116,11 +152,11 @@ pub fn plan(
         .collect();
     let orphans = std::mem::take(&mut installed.unrouted)
         .into_iter()
-        .filter(|(name, _)| !wanted.contains_key(name) && !direct.contains_key(name))
-        .filter(|(name, p)| owned(name, p) || !ids.values().any(|id| *id == p.short_id))
+        .filter(|(name, p)| !reached(name) && holds_its_id(name, p))
         .map(|(_, p)| p)
         .collect();
     installed.relayed = wanted;
+    installed.left_to_sleeve = sleeve;
 
     let short = |name: &PeerName| ids.get(name).copied();
     // Our own tree too: the peers our own broadcasts go to.
@@ -148,6 +184,7 @@ pub fn plan(
     RoutePlan {
         add,
         remove,
+        to_sleeve,
         orphans,
         trees: tree_changes,
     }
@@ -191,6 +228,7 @@ impl RoutePlan {
         if !sleeve_use.fast_path_relays(has_sleeve) {
             self.add.clear();
             self.remove.clear();
+            self.to_sleeve.clear();
             if sleeve_use == SleeveUse::All {
                 self.trees.clear();
             }
@@ -245,6 +283,11 @@ mod tests {
         (name(1), ShortId::new(1).unwrap())
     }
 
+    /// No neighbour on the sleeve.
+    fn none() -> BTreeSet<PeerName> {
+        BTreeSet::new()
+    }
+
     #[test]
     fn a_peer_behind_a_neighbour_is_installed_once_with_that_next_hop() {
         assert_eq!(
@@ -253,7 +296,7 @@ mod tests {
             "names end in their number"
         );
         let mut installed = Installed::default();
-        let first = plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
+        let first = plan(&line(2), lookup, me(), &direct(&[2]), &none(), &mut installed);
         assert_eq!(first.add, [peer(3, 2)]);
         assert!(first.remove.is_empty() && first.orphans.is_empty());
         assert_eq!(
@@ -262,7 +305,7 @@ mod tests {
         );
         // The same routes again: nothing to do.
         assert_eq!(
-            plan(&line(2), lookup, me(), &direct(&[2]), &mut installed),
+            plan(&line(2), lookup, me(), &direct(&[2]), &none(), &mut installed),
             RoutePlan::default()
         );
     }
@@ -270,8 +313,8 @@ mod tests {
     #[test]
     fn a_relayed_peer_that_becomes_direct_is_left_to_its_connection() {
         let mut installed = Installed::default();
-        plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
-        let now_direct = plan(&line(3), lookup, me(), &direct(&[2, 3]), &mut installed);
+        plan(&line(2), lookup, me(), &direct(&[2]), &none(), &mut installed);
+        let now_direct = plan(&line(3), lookup, me(), &direct(&[2, 3]), &none(), &mut installed);
         // Not removed: the connection's installation owns the entry now.
         assert!(now_direct.add.is_empty() && now_direct.remove.is_empty());
         assert!(installed.relayed.is_empty());
@@ -282,11 +325,11 @@ mod tests {
         let mut installed = Installed::default();
         let mut routes = line(2);
         routes.broadcast.insert(name(3), vec![name(2)]);
-        plan(&routes, lookup, me(), &direct(&[2]), &mut installed);
+        plan(&routes, lookup, me(), &direct(&[2]), &none(), &mut installed);
         let mut cut = Routes::default();
         cut.unicast.insert(name(2), name(2));
         cut.broadcast.insert(name(1), vec![name(2)]);
-        let p = plan(&cut, lookup, me(), &direct(&[2]), &mut installed);
+        let p = plan(&cut, lookup, me(), &direct(&[2]), &none(), &mut installed);
         assert_eq!(p.remove, [peer(3, 2)]);
         assert_eq!(p.trees, [(ShortId::new(3).unwrap(), Vec::new())]);
     }
@@ -296,7 +339,7 @@ mod tests {
         // 1–3 went; 2 still reaches 3: not an orphan, relayed through 2 instead.
         let mut installed = Installed::default();
         installed.unrouted.insert(name(3), peer(3, 3));
-        let p = plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
+        let p = plan(&line(2), lookup, me(), &direct(&[2]), &none(), &mut installed);
         assert!(p.orphans.is_empty());
         assert_eq!(p.add, [peer(3, 2)]);
         // Nobody reaches it: it goes for good.
@@ -304,9 +347,38 @@ mod tests {
         installed.unrouted.insert(name(3), peer(3, 3));
         let mut alone = Routes::default();
         alone.unicast.insert(name(2), name(2));
-        let p = plan(&alone, lookup, me(), &direct(&[2]), &mut installed);
+        let p = plan(&alone, lookup, me(), &direct(&[2]), &none(), &mut installed);
         assert_eq!(p.orphans, [peer(3, 3)]);
         assert!(installed.unrouted.is_empty());
+    }
+
+    #[test]
+    fn a_peer_behind_a_neighbour_on_the_sleeve_is_left_to_the_sleeve_until_the_fast_path_returns() {
+        let mut installed = Installed::default();
+        plan(&line(2), lookup, me(), &direct(&[2]), &none(), &mut installed);
+        // 1–2 fell back to the sleeve: the kernel must not relay 3 through 2 any more, but
+        // keeps what it learned behind 3 (not removed).
+        let on_sleeve: BTreeSet<PeerName> = [name(2)].into();
+        let fell_back = plan(&line(2), lookup, me(), &direct(&[2]), &on_sleeve, &mut installed);
+        assert_eq!(fell_back.to_sleeve, [peer(3, 2)]);
+        assert!(fell_back.add.is_empty() && fell_back.remove.is_empty());
+        assert!(installed.relayed.is_empty());
+        // Nor is it installed while 2 stays on the sleeve; a direct 3 whose connection went
+        // is no orphan either (the sleeve reaches it through 2).
+        installed.unrouted.insert(name(3), peer(3, 3));
+        let again = plan(&line(2), lookup, me(), &direct(&[2]), &on_sleeve, &mut installed);
+        assert_eq!(again, RoutePlan::default());
+        // The fast path works again: 3 goes back in through 2.
+        let back = plan(&line(2), lookup, me(), &direct(&[2]), &none(), &mut installed);
+        assert_eq!(back.add, [peer(3, 2)]);
+        assert!(back.remove.is_empty() && back.to_sleeve.is_empty());
+        // Left to the sleeve, then out of reach: removed for good.
+        plan(&line(2), lookup, me(), &direct(&[2]), &on_sleeve, &mut installed);
+        let mut alone = Routes::default();
+        alone.unicast.insert(name(2), name(2));
+        let gone = plan(&alone, lookup, me(), &direct(&[2]), &on_sleeve, &mut installed);
+        assert_eq!(gone.remove, [peer(3, 2)]);
+        assert!(installed.left_to_sleeve.is_empty());
     }
 
     #[test]
@@ -325,14 +397,14 @@ mod tests {
     fn without_a_fast_path_for_relays_only_trees_and_orphans_remain() {
         let mut installed = Installed::default();
         installed.unrouted.insert(name(4), peer(4, 4));
-        let p = plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
+        let p = plan(&line(2), lookup, me(), &direct(&[2]), &none(), &mut installed);
         let untrusted = p.for_fast_path(true, SleeveUse::Untrusted);
         assert!(untrusted.add.is_empty());
         assert_eq!(untrusted.orphans, [peer(4, 4)]);
         assert!(!untrusted.trees.is_empty());
         let mut installed = Installed::default();
         installed.unrouted.insert(name(4), peer(4, 4));
-        let p = plan(&line(2), lookup, me(), &direct(&[2]), &mut installed);
+        let p = plan(&line(2), lookup, me(), &direct(&[2]), &none(), &mut installed);
         let sleeve_only = p.for_fast_path(true, SleeveUse::All);
         assert_eq!(
             sleeve_only,
@@ -346,6 +418,7 @@ mod tests {
             lookup,
             me(),
             &direct(&[2]),
+            &none(),
             &mut Installed::default(),
         );
         assert_eq!(p.for_fast_path(false, SleeveUse::All).add, [peer(3, 2)]);
@@ -372,7 +445,7 @@ mod tests {
     fn a_relayed_record_with_a_direct_peers_short_id_never_touches_its_entry() {
         let mut installed = Installed::default();
         let (routes, claims_2) = forged(2);
-        let p = plan(&routes, &claims_2, me(), &direct(&[2]), &mut installed);
+        let p = plan(&routes, &claims_2, me(), &direct(&[2]), &none(), &mut installed);
         // Only peer 3 through 2; nothing for short ID 2, and 9's tree is not 2's.
         assert_eq!(p.add, [peer(3, 2)]);
         assert!(p.remove.is_empty() && p.orphans.is_empty());
@@ -385,15 +458,15 @@ mod tests {
         let mut installed = Installed::default();
         let mut routes = line(2);
         routes.unicast.insert(name(9), name(2));
-        let p = plan(&routes, lookup, me(), &direct(&[2]), &mut installed);
+        let p = plan(&routes, lookup, me(), &direct(&[2]), &none(), &mut installed);
         assert_eq!(p.add, [peer(3, 2), peer(9, 2)]);
         let (_, claims_3) = forged(3);
-        let p = plan(&routes, &claims_3, me(), &direct(&[2]), &mut installed);
+        let p = plan(&routes, &claims_3, me(), &direct(&[2]), &none(), &mut installed);
         assert_eq!(p.remove, [peer(9, 2)], "9's own entry goes");
         assert!(p.add.is_empty(), "3 keeps its entry: {:?}", p.add);
         let mut routes = line(3);
         routes.unicast.insert(name(9), name(2));
-        let p = plan(&routes, &claims_3, me(), &direct(&[2, 3]), &mut installed);
+        let p = plan(&routes, &claims_3, me(), &direct(&[2, 3]), &none(), &mut installed);
         assert!(p.add.is_empty() && p.remove.is_empty(), "{p:?}");
         assert!(installed.relayed.is_empty());
     }
@@ -405,12 +478,13 @@ mod tests {
 
         /// Routes of peer 1 among peers 2..=7: each destination reached directly or through
         /// another peer, each source's broadcast passed on to a few of them.
-        fn routes() -> impl Strategy<Value = (Routes, BTreeMap<PeerName, ShortId>)> {
+        fn routes() -> impl Strategy<Value = (Routes, BTreeMap<PeerName, ShortId>, BTreeSet<PeerName>)> {
             (
                 prop::collection::btree_map(2u8..8, 2u8..8, 0..6),
                 prop::collection::btree_map(1u8..8, prop::collection::vec(2u8..8, 0..3), 0..4),
+                prop::collection::btree_set(2u8..8, 0..3),
             )
-                .prop_map(|(unicast, broadcast)| {
+                .prop_map(|(unicast, broadcast, sleeve)| {
                     let mut routes = Routes::default();
                     let mut direct = BTreeMap::new();
                     for (dst, hop) in unicast {
@@ -424,27 +498,36 @@ mod tests {
                             .broadcast
                             .insert(name(source), children.into_iter().map(name).collect());
                     }
-                    (routes, direct)
+                    let on_sleeve = sleeve
+                        .into_iter()
+                        .map(name)
+                        .filter(|n| direct.contains_key(n))
+                        .collect();
+                    (routes, direct, on_sleeve)
                 })
         }
 
         proptest! {
-            /// Through any sequence of routes: what is installed afterwards is exactly the
-            /// relayed peers the routes want (never a direct one), nothing is both added and
-            /// removed, and planning the same routes again changes nothing.
+            /// Through any sequence of routes and fallbacks: what is installed afterwards is
+            /// exactly the relayed peers the routes want (never a direct one, nor one behind
+            /// a neighbour on the sleeve), nothing is both added and removed, and planning
+            /// the same routes again changes nothing.
             #[test]
             fn the_installed_state_follows_the_routes(steps in prop::collection::vec(routes(), 1..6)) {
                 let mut installed = Installed::default();
-                for (routes, direct) in steps {
-                    let p = plan(&routes, lookup, me(), &direct, &mut installed);
+                for (routes, direct, on_sleeve) in steps {
+                    let p = plan(&routes, lookup, me(), &direct, &on_sleeve, &mut installed);
                     for (dst, hop) in &routes.unicast {
                         let relayed = dst != hop && !direct.contains_key(dst);
-                        prop_assert_eq!(installed.relayed.contains_key(dst), relayed);
+                        let fast = relayed && !on_sleeve.contains(hop);
+                        prop_assert_eq!(installed.relayed.contains_key(dst), fast);
+                        prop_assert_eq!(installed.left_to_sleeve.contains_key(dst), relayed && !fast);
                     }
+                    prop_assert!(p.to_sleeve.iter().all(|a| !p.add.contains(a) && !p.remove.contains(a)));
                     prop_assert!(installed.relayed.keys().all(|n| routes.unicast.contains_key(n)));
                     prop_assert!(p.add.iter().all(|a| !p.remove.contains(a)));
                     prop_assert!(p.add.iter().all(|a| a.next_hop != a.short_id));
-                    let again = plan(&routes, lookup, me(), &direct, &mut installed);
+                    let again = plan(&routes, lookup, me(), &direct, &on_sleeve, &mut installed);
                     prop_assert_eq!(again, RoutePlan::default());
                 }
             }

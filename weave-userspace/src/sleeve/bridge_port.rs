@@ -70,7 +70,7 @@ pub async fn start_on_bridge(
     .await?;
     // Frames from sleeve peers never go back out to peers (relaying is not the bridge's job).
     nl.set_isolated(link.index, tap.name(), true).await?;
-    let sleeve = super::Sleeve::start(
+    let mut sleeve = super::Sleeve::start(
         short_id,
         underlay,
         super::SLEEVE_PORT,
@@ -79,6 +79,7 @@ pub async fn start_on_bridge(
         encrypted,
     )
     .map_err(|error| SleeveStartError::Bind { underlay, error })?;
+    sleeve.port_ifindex = link.index;
     tracing::info!(
         "sleeve data path on UDP {underlay}:{} through {} ({})",
         super::SLEEVE_PORT,

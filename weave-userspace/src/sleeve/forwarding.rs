@@ -8,7 +8,8 @@
 //! ([`RouteHeader`]); older ones only frames of our own, unrouted, as before. Routed
 //! datagrams go to any neighbour the sleeve holds keys for, whether the sleeve or the fast
 //! path carries its own frames: a route may have fast-path hops and sleeve hops. A broadcast
-//! reaches a fast-path neighbour through the kernel; when routes may mix the two
+//! reaches a fast-path neighbour through the kernel, whose relay stops at a hop the sleeve
+//! carries; when routes may mix the two
 //! ([`Routing::beside_fast_path`]) the sleeve also sends it a copy marked
 //! [`RouteHeader::beside_fast_path`], which that neighbour does not deliver again but passes
 //! on to the children it reaches only through the sleeve.
@@ -23,9 +24,10 @@ use super::packet::{DropReason, RouteHeader};
 pub struct Routing {
     pub next_hop: HashMap<u16, u16>,
     pub children: HashMap<u16, Vec<u16>>,
-    /// Routes may cross fast-path and sleeve hops (a password with trusted subnets): our
-    /// broadcasts also go, marked, to the neighbours the fast path carries that are the
-    /// next hop towards some other peer ([`Routing::leads_on`]).
+    /// Routes may cross fast-path and sleeve hops (a password with trusted subnets, or a
+    /// neighbour whose fast path fell back): our broadcasts also go, marked, to the
+    /// neighbours the fast path carries that are the next hop towards some other peer
+    /// ([`Routing::leads_on`]), which pass them on to the children only their sleeve reaches.
     pub beside_fast_path: bool,
 }
 
@@ -190,6 +192,27 @@ pub fn received(
     } else {
         dropped(DropReason::NoRoute)
     }
+}
+
+/// Where a frame the fast path handed over goes: relayed to us over VXLAN from `origin`
+/// for `destination`, a peer the kernel does not reach from here (the sleeve carries it, or
+/// the next hop towards it). On along the route, routed, as if received from the origin
+/// (one hop spent); never delivered here (the kernel would have).
+pub fn handed_over(
+    local: u16,
+    origin: u16,
+    destination: u16,
+    neighbour: impl Fn(u16) -> Option<Neighbour>,
+    routing: &Routing,
+) -> Received {
+    if origin == destination || destination == local {
+        return Received {
+            dropped: Some(DropReason::Malformed),
+            ..Received::default()
+        };
+    }
+    let header = route(origin, destination, RouteHeader::MAX_HOPS, false);
+    received(local, origin, header, neighbour, routing)
 }
 
 #[cfg(test)]
@@ -396,6 +419,90 @@ mod tests {
             received(B, A, to_c, old, &at_b()).dropped,
             Some(DropReason::NoRoute)
         );
+    }
+
+    /// The line A–B–C where the fast path carries B–C and the sleeve A–B (fallen back).
+    fn sleeve_then_fast(at: u16) -> impl Fn(u16) -> Option<Neighbour> {
+        move |p| match (at, p) {
+            (A, B) | (B, A) => Some(Neighbour {
+                carried: true,
+                relays: true,
+            }),
+            (B, C) | (C, B) => Some(Neighbour {
+                carried: false,
+                relays: true,
+            }),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_frame_the_fast_path_hands_over_goes_on_through_the_sleeve_as_the_origins() {
+        // C's kernel sent B a frame for A over VXLAN; A is on B's sleeve.
+        let r = handed_over(B, C, A, sleeve_then_fast(B), &at_b());
+        assert!(!r.deliver && r.dropped.is_none());
+        assert_eq!(
+            r.forward,
+            [Send::Routed(
+                A,
+                route(C, A, RouteHeader::MAX_HOPS - 1, false)
+            )]
+        );
+        // A destination nobody routes to, one whose route points back at the origin, the
+        // origin as destination, ourselves: dropped and counted, never delivered.
+        let r = handed_over(B, C, D, sleeve_then_fast(B), &at_b());
+        assert_eq!((r.deliver, r.dropped), (false, Some(DropReason::NoRoute)));
+        let mut back = at_b();
+        back.next_hop.insert(A, C);
+        let r = handed_over(B, C, A, sleeve_then_fast(B), &back);
+        assert_eq!(r.dropped, Some(DropReason::NoRoute));
+        assert!(r.forward.is_empty());
+        assert_eq!(
+            handed_over(B, C, C, sleeve_then_fast(B), &at_b()).dropped,
+            Some(DropReason::Malformed)
+        );
+        assert_eq!(
+            handed_over(B, C, B, sleeve_then_fast(B), &at_b()).dropped,
+            Some(DropReason::Malformed)
+        );
+        // Our own frame come back: a loop.
+        assert_eq!(
+            handed_over(B, B, A, sleeve_then_fast(B), &at_b()).dropped,
+            Some(DropReason::Loop)
+        );
+    }
+
+    #[test]
+    fn a_broadcast_beside_a_fast_path_reaches_a_fallen_back_neighbour_once() {
+        // C's own broadcast: the kernel takes it to B, whose kernel stops at A (on B's
+        // sleeve); C's sleeve sends B a marked copy, which B passes to A only.
+        let at_c = Routing {
+            next_hop: HashMap::from([(B, B), (A, B)]),
+            children: HashMap::from([(C, vec![B])]),
+            beside_fast_path: true,
+        };
+        let sends = from_tap(C, None, sleeve_then_fast(C), [B], &at_c);
+        assert_eq!(
+            sends,
+            [Send::Routed(B, route(C, C, RouteHeader::MAX_HOPS, true))]
+        );
+        let r = received(B, C, route(C, C, 15, true), sleeve_then_fast(B), &at_b());
+        assert!(!r.deliver, "B's kernel delivered it already");
+        assert_eq!(r.forward, [Send::Routed(A, route(C, C, 14, false))]);
+        // A's own broadcast goes to B through the sleeve; B delivers it and passes it to C
+        // through the sleeve too (B's kernel never saw it).
+        let at_a_sleeve = Routing {
+            beside_fast_path: true,
+            ..at_a()
+        };
+        let sends = from_tap(A, None, sleeve_then_fast(A), [B], &at_a_sleeve);
+        assert_eq!(
+            sends,
+            [Send::Routed(B, route(A, A, RouteHeader::MAX_HOPS, false))]
+        );
+        let r = received(B, A, route(A, A, 15, false), sleeve_then_fast(B), &at_b());
+        assert!(r.deliver);
+        assert_eq!(r.forward, [Send::Routed(C, route(A, A, 14, false))]);
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! route, with a route header inside the seal; a relay opens it with its neighbour's keys,
 //! seals it again with the next hop's and sends it on (plaintext never leaves a router);
 //! broadcasts follow their origin's broadcast tree; a hop count stops loops while routes
-//! disagree. The router hands the routes over ([`Sleeve::set_routing`]).
+//! disagree. The router hands the routes over ([`Sleeve::set_routing`]). A frame relayed
+//! to us over the fast path for a peer whose fast path fell back comes out of the TAP
+//! tagged with its origin and destination (`weave_ebpf_common::handover`) and is routed on
+//! the same way.
 
 pub mod bridge_port;
 pub mod forwarding;
@@ -127,6 +130,8 @@ pub struct Sleeve {
     shared: Arc<Shared>,
     /// The socket the threads use, for path-MTU probes sent from the router's side.
     socket: Arc<UdpSocket>,
+    /// ifindex of the TAP once it is a port of the bridge (0 until then).
+    port_ifindex: u32,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -209,12 +214,19 @@ impl Sleeve {
         Ok(Sleeve {
             shared,
             socket: probe_socket,
+            port_ifindex: 0,
             threads: Mutex::new(vec![tx, rx]),
         })
     }
 
     pub fn encrypted(&self) -> bool {
         self.shared.encrypted
+    }
+
+    /// ifindex of the TAP: frames the fast path hands over come out of it
+    /// (`weave_ebpf_common::handover`).
+    pub fn port_ifindex(&self) -> u32 {
+        self.port_ifindex
     }
 
     /// Sends peer `short_id` a path-MTU probe of round `round` whose IPv4 packet is
@@ -500,6 +512,34 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
                 return;
             }
         };
+        if let Some((origin, destination, start)) = take_handover(&mut frame[..n]) {
+            let outcome = {
+                let peers = read(&shared.peers);
+                let routing = read(&shared.routing);
+                // Only a router with a fast path hands frames over.
+                routing.beside_fast_path.then(|| {
+                    forwarding::handed_over(
+                        shared.local,
+                        origin,
+                        destination,
+                        |id| neighbour(&peers, id),
+                        &routing,
+                    )
+                })
+            };
+            match outcome {
+                Some(outcome) => {
+                    if let Some(reason) = outcome.dropped {
+                        COUNTERS.drop(reason);
+                    }
+                    for send in outcome.forward {
+                        send_one(shared, socket, send, &frame[start..n], &mut buffers);
+                    }
+                }
+                None => COUNTERS.drop(DropReason::Malformed),
+            }
+            continue;
+        }
         let payload = &frame[..n];
         let Some(dst) = mac_at(payload, VNET_HDR_LEN) else {
             continue;
@@ -524,6 +564,29 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
             send_one(shared, socket, send, payload, &mut buffers);
         }
     }
+}
+
+/// A frame the fast path handed over (`payload`: the vnet header and the tagged frame, as
+/// read from the TAP): its origin and destination, and where the vnet header of the frame
+/// without the tags starts in `payload` (the tags are cut out in place and the vnet
+/// header's offsets, which counted them, made right). `None` for any other frame.
+fn take_handover(payload: &mut [u8]) -> Option<(u16, u16, usize)> {
+    use weave_ebpf_common::handover::{read_handover, HANDOVER_TAGS_LEN};
+    let (origin, destination) = read_handover(payload.get(VNET_HDR_LEN..)?)?;
+    // vnet header + MAC addresses move up over the tags.
+    payload.copy_within(..VNET_HDR_LEN + 12, HANDOVER_TAGS_LEN);
+    let vnet = &mut payload[HANDOVER_TAGS_LEN..HANDOVER_TAGS_LEN + VNET_HDR_LEN];
+    let field = |v: &[u8], at: usize| u16::from_le_bytes([v[at], v[at + 1]]);
+    let tags = HANDOVER_TAGS_LEN as u16;
+    let hdr_len = field(vnet, 2);
+    if hdr_len != 0 {
+        vnet[2..4].copy_from_slice(&hdr_len.saturating_sub(tags).to_le_bytes());
+    }
+    if vnet[0] & tap::VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+        let csum_start = field(vnet, 6).checked_sub(tags)?;
+        vnet[6..8].copy_from_slice(&csum_start.to_le_bytes());
+    }
+    Some((origin, destination, HANDOVER_TAGS_LEN))
 }
 
 /// What forwarding needs to know of a peer.
@@ -775,6 +838,39 @@ fn deliver(shared: &Shared, tap: &Tap, origin: u16, frame: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handed_over_frame_loses_its_tags_and_its_offsets_follow() {
+        // vnet header: needs a checksum, TCPv4 GSO, headers 8 + 14 + 20 + 20 long, segments
+        // of 1448, the TCP checksum at 8 + 34 + 16.
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        vnet[0] = tap::VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        vnet[1] = 1;
+        vnet[2..4].copy_from_slice(&62u16.to_le_bytes());
+        vnet[4..6].copy_from_slice(&1448u16.to_le_bytes());
+        vnet[6..8].copy_from_slice(&42u16.to_le_bytes());
+        vnet[8..10].copy_from_slice(&16u16.to_le_bytes());
+        let macs = [0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        let tags = [0x88, 0xa8, 0x00, 0x07, 0x81, 0x00, 0x00, 0x09];
+        let rest = [0x08, 0x00, 0x45, 0xaa];
+        let mut payload: Vec<u8> = [&vnet[..], &macs, &tags, &rest].concat();
+        let (origin, destination, start) = take_handover(&mut payload).expect("a handover");
+        assert_eq!((origin, destination), (7, 9));
+        let out = &payload[start..];
+        assert_eq!(out.len(), VNET_HDR_LEN + 12 + rest.len());
+        assert_eq!(&out[VNET_HDR_LEN..VNET_HDR_LEN + 12], &macs);
+        assert_eq!(&out[VNET_HDR_LEN + 12..], &rest);
+        assert_eq!((out[0], out[1]), (vnet[0], vnet[1]));
+        assert_eq!(u16::from_le_bytes([out[2], out[3]]), 54, "header length");
+        assert_eq!(u16::from_le_bytes([out[4], out[5]]), 1448, "segment size");
+        assert_eq!(u16::from_le_bytes([out[6], out[7]]), 34, "checksum start");
+        assert_eq!(u16::from_le_bytes([out[8], out[9]]), 16, "checksum offset");
+        // An ordinary frame is left as it is.
+        let mut plain: Vec<u8> = [&vnet[..], &macs, &rest].concat();
+        let before = plain.clone();
+        assert_eq!(take_handover(&mut plain), None);
+        assert_eq!(plain, before);
+    }
 
     #[test]
     fn a_probe_is_told_from_a_frame_by_its_header_and_round() {

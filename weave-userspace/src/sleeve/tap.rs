@@ -17,6 +17,8 @@ const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 
 /// Length of the virtio-net header before every frame.
 pub const VNET_HDR_LEN: usize = 10;
+/// virtio-net header flag: the checksum starting at `csum_start` is left to finish.
+pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 
 #[repr(C)]
 struct IfReq {

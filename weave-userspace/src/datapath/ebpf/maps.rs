@@ -14,7 +14,7 @@ use weave_ebpf_common::maps::{
     Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac,
     BROADCAST_TREES_MAP, CONFIG_MAP, CONFIG_READY, COUNTERS_MAP, ENDPOINTS_MAP,
     ENDPOINT_ADDRESSES_MAP, MAX_ENDPOINT_ADDRESSES, NEIGHBOURS_MAP, NEIGHBOUR_PEERS_MAP, PEERS_MAP,
-    PEER_ADMIT, PEER_COUNTERS_MAP, PEER_REACHABLE, REMOTE_MACS_MAP,
+    PEER_ADMIT, PEER_COUNTERS_MAP, PEER_REACHABLE, PEER_VIA_SLEEVE, REMOTE_MACS_MAP,
 };
 
 use crate::datapath::{DatapathError, DatapathPeer, Endpoint};
@@ -41,6 +41,7 @@ impl StartConfig {
             _pad: [0; 2],
             service_ipv4: [0; 4],
             bridge_port_ifindex: self.bridge_port_ifindex,
+            sleeve_port_ifindex: 0,
         }
     }
 }
@@ -51,8 +52,8 @@ pub(super) enum PeerUse {
     /// Frames for it go out through its next hop ([`crate::datapath::Datapath::add_peer`]).
     Routed,
     /// A directly connected peer whose frames the sleeve carries: its VXLAN is admitted (its
-    /// heartbeats counted), nothing is routed to it
-    /// ([`crate::datapath::Datapath::admit_peer`]).
+    /// heartbeats counted), nothing is routed to it, and frames relayed to it over the fast
+    /// path are handed to the sleeve ([`crate::datapath::Datapath::admit_peer`]).
     AdmittedOnly,
 }
 
@@ -106,7 +107,7 @@ pub(super) fn peer_entries(
         PeerUse::AdmittedOnly => PeerEntries {
             entry: PeerEntry {
                 underlay_ipv4: peer.underlay.octets(),
-                flags: PEER_ADMIT,
+                flags: PEER_ADMIT | PEER_VIA_SLEEVE,
                 next_hop: peer.short_id.get(),
                 underlay_mac,
             },
@@ -501,14 +502,14 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_the_sleeve_carries_is_admitted_but_not_reachable_and_claims_nothing() {
+    fn a_peer_on_the_sleeve_is_admitted_not_reachable_and_its_relays_go_to_the_sleeve() {
         // Whatever next hop the routes give, it is its own: only its heartbeats matter.
         let e = peer_entries(&peer(7, 5), PeerUse::AdmittedOnly, MAC);
         assert_eq!(
             e.entry,
             PeerEntry {
                 underlay_ipv4: [192, 168, 0, 7],
-                flags: PEER_ADMIT,
+                flags: PEER_ADMIT | PEER_VIA_SLEEVE,
                 next_hop: 7,
                 underlay_mac: MAC,
             }
@@ -582,6 +583,10 @@ mod tests {
         assert_eq!(config.flags, CONFIG_READY);
         assert_eq!(config.underlay_ipv4, [192, 168, 0, 1]);
         assert_eq!(config.service_ipv4, [0; 4]);
+        assert_eq!(
+            config.sleeve_port_ifindex, 0,
+            "no sleeve to hand frames to yet"
+        );
         assert_eq!((config.own_short_id, config.bridge_port_ifindex), (17, 9));
     }
 }

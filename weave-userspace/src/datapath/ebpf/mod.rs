@@ -312,6 +312,15 @@ impl Datapath for EbpfDatapath {
         Ok(())
     }
 
+    fn hand_relays_to_sleeve(&self, port_ifindex: u32) -> Result<(), DatapathError> {
+        match self.lock().programs.as_mut() {
+            Some(programs) => programs
+                .maps
+                .update_config(|config| config.sleeve_port_ifindex = port_ifindex),
+            None => Ok(()),
+        }
+    }
+
     async fn add_service_address(&self, addr: Ipv4Addr) -> Result<(), DatapathError> {
         self.set_service_address(addr).await
     }
