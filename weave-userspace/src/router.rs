@@ -21,6 +21,7 @@ use self::core::{CoreConfig, Effect, Event, Handshake, MeshCore, PathSample};
 use crate::crypto::{PresharedKey, SessionKeys};
 use crate::datapath::overlay::{self, Overlays, Placement};
 use crate::datapath::{Datapath, DatapathError, ProbeSeen};
+use crate::ipam::identity::IpamIdentity;
 use crate::mesh::connection::{self, ConnCommand, ConnEvent, ConnId, ConnectionError, Timings};
 use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
 use crate::mesh::peer_name::{PeerName, ShortId};
@@ -55,6 +56,19 @@ pub struct RouterConfig {
     pub sleeve: Option<Arc<crate::sleeve::Sleeve>>,
     /// Which peers the sleeve carries.
     pub sleeve_use: SleeveUse,
+    /// Our IP allocation as peers see it in the handshake (none without IPAM).
+    pub ipam: Option<IpamIdentitySource>,
+}
+
+/// Tells our IP allocation (range and seeds) when a connection starts: peers whose
+/// allocation disagrees are refused ([`crate::ipam::identity`]).
+#[derive(Clone)]
+pub struct IpamIdentitySource(pub Arc<dyn Fn() -> IpamIdentity + Send + Sync>);
+
+impl std::fmt::Debug for IpamIdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IpamIdentitySource({:?})", (self.0)())
+    }
 }
 
 /// Which peers the sleeve carries.
@@ -110,8 +124,9 @@ struct Mesh {
     targets: BTreeMap<Target, TargetState>,
     /// Targets dialled because gossip named them (forgotten when the peer leaves gossip).
     discovered: std::collections::BTreeSet<Target>,
-    /// Inbound connections refused for want of the right password, by remote address: why
-    /// and when (shown in status for [`REFUSAL_SHOWN_FOR`]).
+    /// Inbound connections refused for want of the right password or for an IP allocation
+    /// that disagrees with ours, by remote address: why and when (shown in status for
+    /// [`REFUSAL_SHOWN_FOR`]).
     refused_inbound: BTreeMap<std::net::IpAddr, (SocketAddr, String, SystemTime)>,
 }
 
@@ -146,6 +161,8 @@ struct Inner<D> {
     frag_needed: Arc<crate::datapath::frag_needed::FragNeededHints>,
     /// Gossip channels of other subsystems (IPAM, DNS).
     channels: std::sync::RwLock<crate::mesh::gossip_channel::Channels>,
+    /// Our IP allocation, sent in every handshake.
+    ipam: Option<IpamIdentitySource>,
     /// Connection makers and other tasks, awaited on stop.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -171,6 +188,7 @@ impl<D: Datapath> Inner<D> {
                 outbound,
                 remote,
                 hello,
+                ipam,
                 session,
                 commands,
                 reply,
@@ -190,6 +208,7 @@ impl<D: Datapath> Inner<D> {
                     outbound,
                     remote,
                     hello,
+                    ipam,
                     encrypted,
                 })
             }
@@ -558,6 +577,10 @@ impl<D: Datapath> MakerHost for Inner<D> {
         self.hello()
     }
 
+    fn local_ipam(&self) -> Option<IpamIdentity> {
+        self.ipam.as_ref().map(|source| (source.0)())
+    }
+
     fn password(&self) -> Option<Arc<PresharedKey>> {
         self.password.clone()
     }
@@ -621,6 +644,7 @@ impl<D: Datapath> Router<D> {
             probe_round: std::sync::atomic::AtomicU32::new(0),
             frag_needed,
             channels: Default::default(),
+            ipam: config.ipam,
             tasks: Mutex::default(),
         });
         let event_loop = {
@@ -779,13 +803,14 @@ async fn accept_loop<D: Datapath>(
                 Ok((stream, addr)) => {
                     let id = inner.next_conn_id();
                     let local = inner.hello();
+                    let local_ipam = inner.local_ipam();
                     let timings = inner.timings;
                     let events = events.clone();
                     let shutdown = inner.shutdown.subscribe();
                     let password = inner.password.clone();
                     let inner = inner.clone();
                     tokio::spawn(async move {
-                        let outcome = connection::run(stream, id, false, local, password, timings, events, shutdown).await;
+                        let outcome = connection::run(stream, id, false, local, local_ipam, password, timings, events, shutdown).await;
                         // A duplicate (both ends dialled each other) is routine and logged
                         // by the router already.
                         if !outcome.accepted
@@ -795,7 +820,12 @@ async fn accept_loop<D: Datapath>(
                             )
                         {
                             tracing::warn!("connection from {addr} refused: {}", outcome.error);
-                            if matches!(&outcome.error, ConnectionError::Protocol(e) if e.is_about_encryption()) {
+                            let shown = match &outcome.error {
+                                ConnectionError::Protocol(e) => e.is_about_encryption(),
+                                ConnectionError::IpamMismatch(_) => true,
+                                _ => false,
+                            };
+                            if shown {
                                 let mut mesh = inner.mesh();
                                 let now = SystemTime::now();
                                 mesh.refused_inbound.retain(|_, (_, _, at)| {

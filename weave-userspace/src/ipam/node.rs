@@ -160,6 +160,21 @@ impl Ipam {
         self.default_subnet
     }
 
+    /// What peers compare before they connect: our range and the peers that split it
+    /// first (the ring's, else the configured seeds, else none known yet).
+    pub fn identity(&self) -> super::identity::IpamIdentity {
+        let ring = self.alloc.ring();
+        let seeds = match &self.mode {
+            _ if !ring.is_empty() => ring.state().seeds().to_vec(),
+            InitMode::Seed(seeds) => seeds.clone(),
+            _ => Vec::new(),
+        };
+        super::identity::IpamIdentity {
+            range: ring.range(),
+            seeds,
+        }
+    }
+
     pub fn status(&self, reachable: impl Fn(PeerName) -> bool) -> IpamStatus {
         status(self.alloc.ring(), &self.mode, self.vote.as_ref(), reachable)
     }
@@ -623,6 +638,32 @@ mod tests {
             ),
             Err(IpamError::DefaultSubnetOutsideRange { .. })
         ));
+    }
+
+    #[test]
+    fn the_identity_names_the_seeds_once_known() {
+        // Seeds are known from the configuration, before the ring is claimed.
+        let seeded = Net::new(
+            2,
+            &format!("seed={}", name(0)),
+            "10.2.0.0/16",
+            "10.2.1.0/24",
+        );
+        let id = seeded.nodes[1].identity();
+        assert_eq!((id.range, id.seeds), (cidr("10.2.0.0/16"), vec![name(0)]));
+        // A consensus knows them once decided: from the ring.
+        let mut net = Net::new(2, "consensus", "10.2.0.0/16", "10.2.1.0/24");
+        assert!(net.nodes[0].identity().seeds.is_empty());
+        assert!(net.nodes[1].identity().seeds.is_empty());
+        net.allocate(0, "c1", 0);
+        net.allocate(1, "c2", 0);
+        while net.deliver(0) {}
+        assert_eq!(net.nodes[0].identity().seeds, vec![name(0), name(1)]);
+        assert_eq!(net.nodes[0].identity(), net.nodes[1].identity());
+        assert!(net.nodes[0]
+            .identity()
+            .check(&seeded.nodes[1].identity())
+            .is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use super::allocator::AllocError;
 use super::consensus::IpamStatus;
+use super::identity::{IpamIdentity, IpamMismatch};
 use super::node::{Effect, Handled, Ipam, IpamError, Message, Step};
+use super::ring::{PeerList, RingError};
 use crate::mesh::gossip_channel::{ChannelId, GossipChannel, GossipChannelError, Gossiper};
 use crate::mesh::peer_name::PeerName;
 use crate::net::Ipv4Cidr;
@@ -96,6 +98,21 @@ fn decode(payload: &[u8]) -> Result<Message, GossipChannelError> {
         return Err(malformed(format!("{} trailing bytes", rest.len())));
     }
     Ok(message)
+}
+
+/// The disagreement behind a refused ring, when it is one between two allocations.
+fn mismatch(e: &RingError) -> Option<IpamMismatch> {
+    match e {
+        RingError::WrongRange { ours, theirs } => Some(IpamMismatch::Range {
+            ours: *ours,
+            theirs: *theirs,
+        }),
+        RingError::SeededByDifferentPeers { ours, theirs } => Some(IpamMismatch::Seeds {
+            ours: PeerList(ours.0.clone()),
+            theirs: PeerList(theirs.0.clone()),
+        }),
+        _ => None,
+    }
 }
 
 fn malformed(reason: String) -> GossipChannelError {
@@ -297,6 +314,11 @@ impl IpamService {
         self.lock().allocator().ring().range()
     }
 
+    /// What peers compare before they connect ([`IpamIdentity`]).
+    pub fn identity(&self) -> IpamIdentity {
+        self.lock().identity()
+    }
+
     pub fn status(&self) -> IpamStatus {
         let ipam = self.lock();
         ipam.status(|p| self.reachable(p))
@@ -381,8 +403,16 @@ impl IpamService {
                 }
                 Ok(())
             }
-            // A refused ring (another range, a conflicting seed) changes nothing; the
-            // connection stays (the peer is not malformed, it disagrees).
+            // A ring of another allocation (another range, other seeds) closes the
+            // connection it came on, as Weave does: the two would hand out the same
+            // addresses. The handshake refuses such peers from then on.
+            Err(IpamServiceError::Ipam(IpamError::Ring(e))) if mismatch(&e).is_some() => {
+                let reason = mismatch(&e).map(|m| m.to_string()).unwrap_or_default();
+                tracing::warn!("IPAM message from {origin} refused: {reason}");
+                Err(GossipChannelError::Refused(reason))
+            }
+            // Any other refused message changes nothing; the connection stays (the peer is
+            // not malformed, it disagrees).
             Err(IpamServiceError::Ipam(e)) => {
                 tracing::warn!("IPAM message from {origin} refused: {e}");
                 Ok(())

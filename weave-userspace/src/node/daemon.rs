@@ -226,11 +226,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     result
 }
 
-/// IP allocation: continued from the state dir or new, joined to the mesh's IPAM channel.
-fn start_ipam<D: Datapath>(
+/// IP allocation: continued from the state dir or new; made before the router, whose
+/// handshakes carry its identity ([`join_ipam`] then joins it to the mesh).
+fn open_ipam(
     config: &Config,
     state: &Arc<StateDir>,
-    router: &Arc<Router<D>>,
     ourself: PeerName,
 ) -> Result<Arc<IpamService>, DaemonError> {
     let c = &config.ipam;
@@ -251,14 +251,17 @@ fn start_ipam<D: Datapath>(
             c.expected_peers,
         )?,
     };
-    let service = IpamService::new(ipam, Some(state.clone()));
+    Ok(IpamService::new(ipam, Some(state.clone())))
+}
+
+/// Joins IP allocation to the mesh's IPAM channel.
+fn join_ipam<D: Datapath>(service: &Arc<IpamService>, router: &Arc<Router<D>>) {
     let gossiper = router.register_channel(ChannelId::Ipam, service.clone());
     let weak = Arc::downgrade(router);
     service.connect(
         gossiper,
         Box::new(move |peer| weak.upgrade().is_some_and(|r| r.reaches(peer))),
     );
-    Ok(service)
 }
 
 /// The host's IPv4 routes (from /proc/net/route) that overlap `range`, other than the
@@ -377,6 +380,12 @@ impl Up<'_> {
                 Err(e) => return Err(DaemonError::Sleeve(e)),
             }
         };
+        let ipam = open_ipam(self.config, &self.state, ourself)?;
+        let ipam_identity = {
+            // IPAM holds the router weakly (its gossiper), so no cycle.
+            let ipam = ipam.clone();
+            router::IpamIdentitySource(Arc::new(move || ipam.identity()))
+        };
         let router_config = RouterConfig {
             local: self.local,
             targets: self.config.targets.clone(),
@@ -386,6 +395,7 @@ impl Up<'_> {
             password: self.password.clone(),
             sleeve: sleeve.clone(),
             sleeve_use,
+            ipam: Some(ipam_identity),
         };
         let router = Arc::new(Router::start(
             router_config,
@@ -429,7 +439,7 @@ impl Up<'_> {
             None => None,
         };
         self.api_state.set_dns(dns.clone());
-        let ipam = start_ipam(self.config, &self.state, &router, ourself)?;
+        join_ipam(&ipam, &router);
         let _ticker = ipam.spawn_ticker();
         let node = Arc::new(Node::new(
             router.clone(),
