@@ -21,6 +21,13 @@ use crate::state::{StateDir, StateError};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often unanswered requests are forgotten and votes re-proposed.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(3);
+/// How long an allocation that needs space waits for a peer to give it: a peer that just
+/// connected is reachable only once its topology record arrives, a moment after the
+/// connection is up (an attach right after `launch` would otherwise fail).
+pub const DONOR_WAIT: Duration = Duration::from_secs(10);
+/// How often a waiting request tries again when nothing in IPAM changed (reachability
+/// changes outside it).
+const RETRY_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamServiceError {
@@ -227,7 +234,8 @@ impl IpamService {
             if let Step::Done(v) = attempt()? {
                 return Ok(v);
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let retry_at = (tokio::time::Instant::now() + RETRY_EVERY).min(deadline);
+            if tokio::time::timeout_at(retry_at, changed).await.is_err() && retry_at >= deadline {
                 return Err(IpamServiceError::Timeout {
                     status: self.status_line(),
                 });
@@ -243,8 +251,20 @@ impl IpamService {
         owner: &str,
         subnet: Option<Ipv4Net>,
     ) -> Result<Ipv4Cidr, IpamServiceError> {
+        let started = tokio::time::Instant::now();
         self.until_done(|| {
-            self.step(|ipam, reachable| ipam.allocate(owner, subnet, reachable, rand::random()))
+            let step = self
+                .step(|ipam, reachable| ipam.allocate(owner, subnet, reachable, rand::random()));
+            match step {
+                // No donor reachable yet: a peer may be joining (its record comes a moment
+                // after its connection); wait for one a while, as Weave waits.
+                Err(IpamServiceError::Ipam(IpamError::NoReachableDonor(_)))
+                    if started.elapsed() < DONOR_WAIT =>
+                {
+                    Ok(Step::Pending)
+                }
+                other => other,
+            }
         })
         .await
     }
@@ -441,5 +461,80 @@ impl GossipChannel for IpamService {
 
     fn on_unicast(&self, origin: PeerName, payload: &[u8]) -> Result<(), GossipChannelError> {
         self.handle(origin, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::consensus::InitMode;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn peer(n: u8) -> PeerName {
+        PeerName::from_bytes([0x0a, 0, 0, 0, 0, n])
+    }
+
+    fn seeded(me: PeerName) -> Ipam {
+        Ipam::new(
+            me,
+            "10.2.0.0/16".parse().unwrap(),
+            "10.2.1.0/24".parse().unwrap(),
+            InitMode::Seed(vec![peer(1), peer(2)]),
+            2,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_allocation_waits_for_a_donor_that_becomes_reachable() {
+        // Peer 2 owns the upper half; the default subnet is in peer 1's. Peer 1 is not
+        // reachable yet (its record has not arrived), as right after a launch.
+        let service = IpamService::new(seeded(peer(2)), None);
+        let reachable = Arc::new(AtomicBool::new(false));
+        let flag = reachable.clone();
+        service.connect(
+            Gossiper::detached(ChannelId::Ipam),
+            Box::new(move |p| p == peer(1) && flag.load(Ordering::Relaxed)),
+        );
+        let waiting = {
+            let service = service.clone();
+            tokio::spawn(async move { service.allocate("c1", None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!waiting.is_finished(), "failed at once: no donor reachable");
+        reachable.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Peer 1 answers the space request sent once it was reachable.
+        let mut donor = seeded(peer(1));
+        let _ = donor.allocate("x", None, |_| true, 0).unwrap();
+        let handled = donor
+            .handle(
+                peer(2),
+                Message::SpaceRequest {
+                    subnet: "10.2.1.0/24".parse().unwrap(),
+                },
+            )
+            .unwrap();
+        let reply = handled
+            .effects
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Send(to, m) if to == peer(2) => Some(m),
+                _ => None,
+            })
+            .expect("a reply");
+        service.on_unicast(peer(1), &encode(&reply)).unwrap();
+        let address = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("answered")
+            .unwrap()
+            .expect("an address");
+        assert!(
+            "10.2.1.0/24"
+                .parse::<Ipv4Net>()
+                .unwrap()
+                .contains(address.addr),
+            "{address}"
+        );
     }
 }
