@@ -163,6 +163,8 @@ struct Inner<D> {
     channels: std::sync::RwLock<crate::mesh::gossip_channel::Channels>,
     /// Our IP allocation, sent in every handshake.
     ipam: Option<IpamIdentitySource>,
+    /// The targets as last stored in the state dir (for `launch --resume`).
+    stored_targets: Mutex<Option<crate::state::StoredTargets>>,
     /// Connection makers and other tasks, awaited on stop.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -517,6 +519,7 @@ impl<D: Datapath> Inner<D> {
             tracing::info!("dialling {target}, learned from gossip");
             self.connect(target);
         }
+        self.store_targets();
         publish_at.into_iter().chain(routes_at).min()
     }
 
@@ -524,6 +527,41 @@ impl<D: Datapath> Inner<D> {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(tokio::spawn(f));
+    }
+
+    /// Stores the targets in the state dir when they changed (given and learned apart),
+    /// for `launch --resume`; not while stopping (peers leaving gossip then are no news).
+    fn store_targets(&self) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let now = {
+            let mesh = self.mesh();
+            let (learned, given): (Vec<&Target>, Vec<&Target>) = mesh
+                .targets
+                .keys()
+                .partition(|t| mesh.discovered.contains(t));
+            crate::state::StoredTargets {
+                given: given.iter().map(ToString::to_string).collect(),
+                learned: learned.iter().map(ToString::to_string).collect(),
+            }
+        };
+        let mut stored = self
+            .stored_targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // A run that never had a target leaves the last run's list for a later --resume.
+        let nothing_yet = stored.is_none() && now == crate::state::StoredTargets::default();
+        if nothing_yet || stored.as_ref() == Some(&now) {
+            return;
+        }
+        match state.save_targets(&now) {
+            Ok(()) => *stored = Some(now),
+            Err(e) => tracing::error!("cannot store the peers dialled: {e}"),
+        }
     }
 
     /// Keeps a connection to `target` (no-op when it is a target already or when stopping).
@@ -543,6 +581,7 @@ impl<D: Datapath> Inner<D> {
             }
             mesh.targets.insert(target.clone(), TargetState::Connecting);
         }
+        self.store_targets();
         let maker = Maker {
             host: self.clone(),
             target,
@@ -645,6 +684,7 @@ impl<D: Datapath> Router<D> {
             frag_needed,
             channels: Default::default(),
             ipam: config.ipam,
+            stored_targets: Mutex::default(),
             tasks: Mutex::default(),
         });
         let event_loop = {
@@ -709,12 +749,16 @@ impl<D: Datapath> Router<D> {
     /// Stops dialling `targets` (connections already up stay up). Returns those that were
     /// targets.
     pub fn forget(&self, targets: &[Target]) -> Vec<Target> {
-        let mut mesh = self.inner.mesh();
-        targets
-            .iter()
-            .filter(|t| mesh.targets.remove(t).is_some())
-            .cloned()
-            .collect()
+        let forgotten: Vec<Target> = {
+            let mut mesh = self.inner.mesh();
+            targets
+                .iter()
+                .filter(|t| mesh.targets.remove(t).is_some())
+                .cloned()
+                .collect()
+        };
+        self.inner.store_targets();
+        forgotten
     }
 
     /// Replaces every target with `targets`.

@@ -123,6 +123,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let state = Arc::new(StateDir::open(&config.state_dir)?);
     let identity = state.identity(config.name)?;
+    let targets = targets_to_dial(&config, &state);
     let listener = router::bind(config.listen_addr()).await?;
     let http = TcpListener::bind(config.http_addr)
         .await
@@ -169,6 +170,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let up = Up {
         config: &config,
+        targets,
         state,
         local,
         listener,
@@ -308,9 +310,48 @@ fn start_docker(
     tasks
 }
 
+/// The peers to dial: those on the command line, or with `--resume` those the last run
+/// stored (a corrupt list or a bad entry is one line each, and the launch goes on).
+fn targets_to_dial(
+    config: &Config,
+    state: &StateDir,
+) -> Vec<crate::mesh::connection_maker::Target> {
+    let stored = match state.load_targets() {
+        Ok(s) => s,
+        Err(e) => {
+            if config.resume {
+                tracing::warn!("{e}; resuming with no stored peers");
+            }
+            return config.targets.clone();
+        }
+    };
+    if !config.resume {
+        if let Some(s) = stored.filter(|s| config.targets.is_empty() && !s.given.is_empty()) {
+            tracing::info!(
+                "{} peers stored by the last run are not dialled: `launch --resume` dials them",
+                s.given.len() + s.learned.len()
+            );
+        }
+        return config.targets.clone();
+    }
+    let Some(stored) = stored else {
+        tracing::warn!("--resume: the state directory holds no stored peers; starting with none");
+        return Vec::new();
+    };
+    let (targets, bad) = stored.to_dial();
+    for line in bad {
+        tracing::warn!("{line}");
+    }
+    let shown: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    tracing::info!("resuming: dialling the stored peers {}", shown.join(", "));
+    targets
+}
+
 /// Everything ready but the data path.
 struct Up<'a> {
     config: &'a Config,
+    /// The peers to dial (given, or stored with `--resume`).
+    targets: Vec<crate::mesh::connection_maker::Target>,
     state: Arc<StateDir>,
     local: Hello,
     listener: TcpListener,
@@ -388,7 +429,7 @@ impl Up<'_> {
         };
         let router_config = RouterConfig {
             local: self.local,
-            targets: self.config.targets.clone(),
+            targets: std::mem::take(&mut self.targets),
             timings: Timings::default(),
             discovery: self.config.discovery,
             conn_limit: self.config.conn_limit,
