@@ -97,7 +97,12 @@ pub struct LaunchArgs {
     pub datapath: DatapathMode,
     /// Weave's spelling of `--datapath sleeve` (also WEAVE_NO_FASTDP set to anything but
     /// an empty, 0, false, no or off).
-    #[arg(long, env = "WEAVE_NO_FASTDP")]
+    #[arg(
+        long,
+        env = "WEAVE_NO_FASTDP",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub no_fastdp: bool,
     /// What the router logs: debug, info, warning or error (RUST_LOG, when set and this
     /// is not given, says it in full).

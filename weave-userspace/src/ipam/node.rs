@@ -370,6 +370,9 @@ impl Ipam {
                 }
             }
             Message::SpaceRequest { subnet } => {
+                // A seed that has not claimed its share yet (initialisation is lazy) does
+                // so now: the requester's own claim may not have reached it.
+                self.start(&mut out.effects)?;
                 if self.alloc.ring().is_empty() {
                     // Not initialised here yet: an empty reply lets the requester ask again.
                     let ring = self.alloc.ring().state().clone();
@@ -664,6 +667,26 @@ mod tests {
             .identity()
             .check(&seeded.nodes[1].identity())
             .is_err());
+    }
+
+    #[test]
+    fn a_seed_asked_for_space_before_its_first_allocation_claims_and_gives() {
+        let mut net = Net::new(
+            2,
+            &format!("seed={},{}", name(0), name(1)),
+            "10.2.0.0/16",
+            "10.2.1.0/24",
+        );
+        // Peer 1's first allocation: the default subnet is in peer 0's half, and peer 0
+        // has not claimed yet (its claim to come was lost, say).
+        assert_eq!(net.allocate(1, "c1", 0), None);
+        net.queue
+            .retain(|(_, _, m)| matches!(m, Message::SpaceRequest { .. }));
+        while net.deliver(0) {}
+        let got = net
+            .allocate(1, "c1", 0)
+            .expect("an address after the donation");
+        assert!(cidr("10.2.1.0/24").contains(got.addr), "{got}");
     }
 
     #[test]

@@ -32,7 +32,11 @@ impl<D: Datapath> Inner<D> {
 
     /// Hands `message` to the next hop towards its destination.
     fn forward_unicast(&self, message: ChannelMessage, to: PeerName) {
-        let Some(hop) = self.view().routes.unicast.get(&to).copied() else {
+        let route = self.view().routes.unicast.get(&to).copied();
+        // A neighbour whose topology record has not arrived yet has no route, but its
+        // connection reaches it (an IPAM reply to a peer that just joined).
+        let direct = route.is_none() && self.mesh().core.is_direct(&to);
+        let Some(hop) = route.or(direct.then_some(to)) else {
             tracing::debug!("{:?} message for {to} dropped: no route", message.channel);
             return;
         };
