@@ -24,7 +24,13 @@ pub struct LaunchArgs {
     /// More peers, comma-separated.
     #[arg(long = "peers", value_name = "A,B", value_delimiter = ',')]
     pub peers: Vec<String>,
-    /// Peer name, six hex bytes like 0a:00:00:00:00:01 (default: the stored one, else random).
+    /// Dial the peers the last run stored in the state directory (those given and those
+    /// learned through gossip) instead of peers on the command line, as Weave's
+    /// `launch --resume`. A plain `launch` dials only the peers it is given.
+    #[arg(long)]
+    pub resume: bool,
+    /// Peer name, six hex bytes like 0a:00:00:00:00:01 (default: the stored one, else
+    /// Weave's name for this machine from /etc/machine-id and the product UUID, else random).
     #[arg(long, value_name = "MAC")]
     pub name: Option<String>,
     /// Nickname shown beside the peer name (default: the host name).
@@ -39,10 +45,10 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "ADDR")]
     pub host: Option<String>,
     /// TCP control port.
-    #[arg(long, default_value_t = DEFAULT_PORT)]
+    #[arg(long, env = "WEAVE_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
     /// Container MTU (default: underlay MTU − 50).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "WEAVE_MTU")]
     pub mtu: Option<u32>,
     /// State directory (peer name, endpoints, daemon log); locked while the router runs.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
@@ -60,20 +66,20 @@ pub struct LaunchArgs {
     /// Do not dial peers learned through gossip.
     #[arg(long)]
     pub no_discovery: bool,
-    /// Most connections kept at once.
-    #[arg(long, value_name = "N", default_value_t = crate::router::DEFAULT_CONN_LIMIT)]
+    /// Most connections kept at once; 0 means no limit (as in Weave).
+    #[arg(long, value_name = "N", env = "CONN_LIMIT", default_value_t = crate::router::DEFAULT_CONN_LIMIT)]
     pub conn_limit: usize,
     /// Number of peers expected at start (the quorum of IP allocation consensus).
     #[arg(long, value_name = "N")]
     pub init_peer_count: Option<u32>,
     /// The range every container address is allocated from.
-    #[arg(long, value_name = "CIDR", default_value = crate::ipam::DEFAULT_RANGE)]
+    #[arg(long, value_name = "CIDR", env = "IPALLOC_RANGE", default_value = crate::ipam::DEFAULT_RANGE)]
     pub ipalloc_range: String,
     /// The subnet `net:default` allocates in (default: the whole range).
     #[arg(long, value_name = "CIDR")]
     pub ipalloc_default_subnet: Option<String>,
     /// How the range is first split: consensus[=N], seed=PEER,... or observer.
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", env = "IPALLOC_INIT")]
     pub ipalloc_init: Option<String>,
     /// Encrypt every connection with a key derived from this password; peers need the same
     /// one, and peers with another or none are refused.
@@ -93,6 +99,19 @@ pub struct LaunchArgs {
     /// password always uses the sleeve: nothing leaves as plain VXLAN.
     #[arg(long, value_enum, default_value_t = DatapathMode::Fastdp)]
     pub datapath: DatapathMode,
+    /// Weave's spelling of `--datapath sleeve` (also WEAVE_NO_FASTDP set to anything but
+    /// an empty, 0, false, no or off).
+    #[arg(
+        long,
+        env = "WEAVE_NO_FASTDP",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub no_fastdp: bool,
+    /// What the router logs: debug, info, warning or error (RUST_LOG, when set and this
+    /// is not given, says it in full).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
     /// Run in the foreground, logging to stderr.
     #[arg(long)]
     pub foreground: bool,
@@ -159,8 +178,13 @@ pub struct Config {
     /// `--log-kernel`.
     pub log_kernel: bool,
     pub targets: Vec<Target>,
+    /// `--resume`: dial the peers stored in the state dir (`targets` is then empty).
+    pub resume: bool,
     pub discovery: bool,
+    /// Most connections kept at once (`usize::MAX` for `--conn-limit 0`).
     pub conn_limit: usize,
+    /// `--log-level` as a tracing filter (`None`: RUST_LOG, else info).
+    pub log_level: Option<String>,
     pub init_peer_count: Option<u32>,
     pub ipam: IpamConfig,
     pub foreground: bool,
@@ -208,8 +232,10 @@ pub enum ConfigError {
     Host(String),
     #[error("--http-addr {0:?} is not an address with a port (like 127.0.0.1:6784)")]
     HttpAddr(String),
-    #[error("--conn-limit 0: at least one connection is needed")]
-    ConnLimit,
+    #[error("--resume dials the peers stored in the state directory: give no peers with it (or leave --resume out)")]
+    ResumeWithPeers,
+    #[error("--log-level {0:?}: use debug, info, warning or error")]
+    LogLevel(String),
     #[error("--init-peer-count 0: at least one peer (this one) is needed")]
     InitPeerCount,
     #[error("--ipalloc-range {0}")]
@@ -385,9 +411,21 @@ impl LaunchArgs {
                 .and_then(|i| i.ipv4.first().copied())
                 .ok_or_else(|| ConfigError::NoAddress(iface.clone()))?,
         };
-        if self.conn_limit == 0 {
-            return Err(ConfigError::ConnLimit);
+        if self.resume && !unique.is_empty() {
+            return Err(ConfigError::ResumeWithPeers);
         }
+        let log_level = self
+            .log_level
+            .as_deref()
+            .map(|l| match l.to_ascii_lowercase().as_str() {
+                "debug" => Ok("debug"),
+                "info" => Ok("info"),
+                "warning" | "warn" => Ok("warn"),
+                "error" => Ok("error"),
+                _ => Err(ConfigError::LogLevel(l.to_string())),
+            })
+            .transpose()?
+            .map(str::to_string);
         if self.init_peer_count == Some(0) {
             return Err(ConfigError::InitPeerCount);
         }
@@ -439,15 +477,20 @@ impl LaunchArgs {
             xdp: self.xdp,
             log_kernel: self.log_kernel,
             targets: unique,
+            resume: self.resume,
             discovery: !self.no_discovery,
-            conn_limit: self.conn_limit,
+            conn_limit: match self.conn_limit {
+                0 => usize::MAX,
+                n => n,
+            },
+            log_level,
             init_peer_count: self.init_peer_count,
             ipam,
             foreground: self.foreground,
             fake_datapath: self.fake_datapath,
             pin_root: self.pin_root.clone(),
             dns,
-            sleeve: password.is_some() || self.datapath == DatapathMode::Sleeve,
+            sleeve: password.is_some() || self.datapath == DatapathMode::Sleeve || self.no_fastdp,
             trusted_subnets: self.trusted_subnets.clone(),
             password,
             docker,
@@ -910,11 +953,29 @@ mod tests {
             (&["--ipalloc-range", "10.2.0.0/16", "--ipalloc-default-subnet", "10.3.0.0/24"], "--ipalloc-default-subnet 10.3.0.0/24 is not inside --ipalloc-range 10.2.0.0/16"),
             (&["--ipalloc-init", "consensus=0"], "--ipalloc-init \"consensus=0\": N must be a whole number of at least 1"),
             (&["--ipalloc-init", "consensus=3", "--init-peer-count", "2"], "--init-peer-count 2 contradicts --ipalloc-init consensus=3"),
+            (&["--resume", "10.0.0.2"], "--resume dials the peers stored in the state directory: give no peers with it (or leave --resume out)"),
+            (&["--log-level", "loud"], "--log-level \"loud\": use debug, info, warning or error"),
         ];
         for (args, message) in cases {
             let e = parse(args).validate(&host()).unwrap_err();
             assert_eq!(e.to_string(), *message, "{args:?}");
         }
+    }
+
+    #[test]
+    fn weaves_spellings_are_understood() {
+        let c = parse(&["--conn-limit", "0"]).validate(&host()).unwrap();
+        assert_eq!(c.conn_limit, usize::MAX, "0 is no limit");
+        assert_eq!(parse(&[]).validate(&host()).unwrap().conn_limit, 200);
+        let c = parse(&["--no-fastdp"]).validate(&host()).unwrap();
+        assert!(c.sleeve && c.password.is_none());
+        assert!(!parse(&[]).validate(&host()).unwrap().sleeve);
+        for (given, filter) in [("debug", "debug"), ("warning", "warn"), ("ERROR", "error")] {
+            let c = parse(&["--log-level", given]).validate(&host()).unwrap();
+            assert_eq!(c.log_level.as_deref(), Some(filter));
+        }
+        let c = parse(&["--resume"]).validate(&host()).unwrap();
+        assert!(c.resume && c.targets.is_empty());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use self::core::{CoreConfig, Effect, Event, Handshake, MeshCore, PathSample};
 use crate::crypto::{PresharedKey, SessionKeys};
 use crate::datapath::overlay::{self, Overlays, Placement};
 use crate::datapath::{Datapath, DatapathError, ProbeSeen};
+use crate::ipam::identity::IpamIdentity;
 use crate::mesh::command_queue::{CommandQueue, Refused};
 use crate::mesh::connection::{
     self, ConnCommand, ConnEvent, ConnId, ConnectionError, EventSender, Timings,
@@ -59,6 +60,19 @@ pub struct RouterConfig {
     pub sleeve: Option<Arc<crate::sleeve::Sleeve>>,
     /// Which peers the sleeve carries.
     pub sleeve_use: SleeveUse,
+    /// Our IP allocation as peers see it in the handshake (none without IPAM).
+    pub ipam: Option<IpamIdentitySource>,
+}
+
+/// Tells our IP allocation (range and seeds) when a connection starts: peers whose
+/// allocation disagrees are refused ([`crate::ipam::identity`]).
+#[derive(Clone)]
+pub struct IpamIdentitySource(pub Arc<dyn Fn() -> IpamIdentity + Send + Sync>);
+
+impl std::fmt::Debug for IpamIdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IpamIdentitySource({:?})", (self.0)())
+    }
 }
 
 /// Which peers the sleeve carries.
@@ -118,8 +132,9 @@ struct Mesh {
     targets: BTreeMap<Target, TargetState>,
     /// Targets dialled because gossip named them (forgotten when the peer leaves gossip).
     discovered: std::collections::BTreeSet<Target>,
-    /// Inbound connections refused for want of the right password, by remote address: why
-    /// and when (shown in status for [`REFUSAL_SHOWN_FOR`]).
+    /// Inbound connections refused for want of the right password or for an IP allocation
+    /// that disagrees with ours, by remote address: why and when (shown in status for
+    /// [`REFUSAL_SHOWN_FOR`]).
     refused_inbound: BTreeMap<std::net::IpAddr, (SocketAddr, String, SystemTime)>,
 }
 
@@ -162,6 +177,10 @@ struct Inner<D> {
     frag_needed: Arc<crate::datapath::frag_needed::FragNeededHints>,
     /// Gossip channels of other subsystems (IPAM, DNS).
     channels: std::sync::RwLock<crate::mesh::gossip_channel::Channels>,
+    /// Our IP allocation, sent in every handshake.
+    ipam: Option<IpamIdentitySource>,
+    /// The targets as last stored in the state dir (for `launch --resume`).
+    stored_targets: Mutex<Option<crate::state::StoredTargets>>,
     /// Connection makers and other tasks, awaited on stop.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -187,6 +206,7 @@ impl<D: Datapath> Inner<D> {
                 outbound,
                 remote,
                 hello,
+                ipam,
                 session,
                 commands,
                 reply,
@@ -206,6 +226,7 @@ impl<D: Datapath> Inner<D> {
                     outbound,
                     remote,
                     hello,
+                    ipam,
                     encrypted,
                 })
             }
@@ -529,6 +550,7 @@ impl<D: Datapath> Inner<D> {
             tracing::info!("dialling {target}, learned from gossip");
             self.connect(target);
         }
+        self.store_targets();
         publish_at.into_iter().chain(routes_at).min()
     }
 
@@ -536,6 +558,41 @@ impl<D: Datapath> Inner<D> {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(tokio::spawn(f));
+    }
+
+    /// Stores the targets in the state dir when they changed (given and learned apart),
+    /// for `launch --resume`; not while stopping (peers leaving gossip then are no news).
+    fn store_targets(&self) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let now = {
+            let mesh = self.mesh();
+            let (learned, given): (Vec<&Target>, Vec<&Target>) = mesh
+                .targets
+                .keys()
+                .partition(|t| mesh.discovered.contains(t));
+            crate::state::StoredTargets {
+                given: given.iter().map(ToString::to_string).collect(),
+                learned: learned.iter().map(ToString::to_string).collect(),
+            }
+        };
+        let mut stored = self
+            .stored_targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // A run that never had a target leaves the last run's list for a later --resume.
+        let nothing_yet = stored.is_none() && now == crate::state::StoredTargets::default();
+        if nothing_yet || stored.as_ref() == Some(&now) {
+            return;
+        }
+        match state.save_targets(&now) {
+            Ok(()) => *stored = Some(now),
+            Err(e) => tracing::error!("cannot store the peers dialled: {e}"),
+        }
     }
 
     /// Keeps a connection to `target` (no-op when it is a target already or when stopping).
@@ -555,6 +612,7 @@ impl<D: Datapath> Inner<D> {
             }
             mesh.targets.insert(target.clone(), TargetState::Connecting);
         }
+        self.store_targets();
         let maker = Maker {
             host: self.clone(),
             target,
@@ -587,6 +645,10 @@ impl<D: Datapath> MakerHost for Inner<D> {
 
     fn local_hello(&self) -> Hello {
         self.hello()
+    }
+
+    fn local_ipam(&self) -> Option<IpamIdentity> {
+        self.ipam.as_ref().map(|source| (source.0)())
     }
 
     fn password(&self) -> Option<Arc<PresharedKey>> {
@@ -652,6 +714,8 @@ impl<D: Datapath> Router<D> {
             probe_round: std::sync::atomic::AtomicU32::new(0),
             frag_needed,
             channels: Default::default(),
+            ipam: config.ipam,
+            stored_targets: Mutex::default(),
             tasks: Mutex::default(),
         });
         let event_loop = {
@@ -719,12 +783,16 @@ impl<D: Datapath> Router<D> {
     /// Stops dialling `targets` (connections already up stay up). Returns those that were
     /// targets.
     pub fn forget(&self, targets: &[Target]) -> Vec<Target> {
-        let mut mesh = self.inner.mesh();
-        targets
-            .iter()
-            .filter(|t| mesh.targets.remove(t).is_some())
-            .cloned()
-            .collect()
+        let forgotten: Vec<Target> = {
+            let mut mesh = self.inner.mesh();
+            targets
+                .iter()
+                .filter(|t| mesh.targets.remove(t).is_some())
+                .cloned()
+                .collect()
+        };
+        self.inner.store_targets();
+        forgotten
     }
 
     /// Replaces every target with `targets`.
@@ -824,13 +892,14 @@ async fn accept_loop<D: Datapath>(
                     };
                     let id = inner.next_conn_id();
                     let local = inner.hello();
+                    let local_ipam = inner.local_ipam();
                     let timings = inner.timings;
                     let events = events.clone();
                     let shutdown = inner.shutdown.subscribe();
                     let password = inner.password.clone();
                     let inner = inner.clone();
                     tokio::spawn(async move {
-                        let outcome = connection::run(stream, id, false, local, password, timings, events, shutdown, Some(permit)).await;
+                        let outcome = connection::run(stream, id, false, local, local_ipam, password, timings, events, shutdown, Some(permit)).await;
                         // A duplicate (both ends dialled each other) is routine and logged
                         // by the router already.
                         if !outcome.accepted
@@ -841,7 +910,12 @@ async fn accept_loop<D: Datapath>(
                         {
                             let reason = outcome.error.refusal().unwrap_or(Refusal::Handshake);
                             control_refusal::refuse(reason, format_args!("connection from {addr} refused: {}", outcome.error));
-                            if matches!(&outcome.error, ConnectionError::Protocol(e) if e.is_about_encryption()) {
+                            let shown = match &outcome.error {
+                                ConnectionError::Protocol(e) => e.is_about_encryption(),
+                                ConnectionError::IpamMismatch(_) => true,
+                                _ => false,
+                            };
+                            if shown {
                                 let mut mesh = inner.mesh();
                                 let now = SystemTime::now();
                                 mesh.refused_inbound.retain(|_, (_, _, at)| {

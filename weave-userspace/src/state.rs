@@ -1,5 +1,6 @@
 //! The state directory of one router: locked while it runs; holds the peer name and short ID,
-//! the endpoints attached (taken up again after a restart) and the background daemon's log.
+//! the endpoints attached (taken up again after a restart), the peers dialled (for
+//! `launch --resume`) and the background daemon's log.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -15,6 +16,7 @@ const LOCK_FILE: &str = "lock";
 const IDENTITY_FILE: &str = "peer.json";
 const ENDPOINTS_FILE: &str = "endpoints.json";
 const IPAM_FILE: &str = "ipam.json";
+const TARGETS_FILE: &str = "targets.json";
 /// The background daemon's log, in the state directory.
 pub const LOG_FILE: &str = "weave-router.log";
 
@@ -55,6 +57,33 @@ pub struct Identity {
 struct StoredIdentity {
     name: String,
     short_id: u16,
+}
+
+/// The peers a router dials, as stored for `launch --resume`: those given (on the command
+/// line, by `connect`) and those learned through gossip, as `host:port`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTargets {
+    #[serde(default)]
+    pub given: Vec<String>,
+    #[serde(default)]
+    pub learned: Vec<String>,
+}
+
+impl StoredTargets {
+    /// The targets to dial on `--resume`, given ones first, each once; and one line for
+    /// each stored entry that is not a peer.
+    pub fn to_dial(&self) -> (Vec<crate::mesh::connection_maker::Target>, Vec<String>) {
+        let mut targets = Vec::new();
+        let mut bad = Vec::new();
+        for t in self.given.iter().chain(&self.learned) {
+            match t.parse() {
+                Ok(target) if !targets.contains(&target) => targets.push(target),
+                Ok(_) => {}
+                Err(e) => bad.push(format!("stored peer skipped: {e}")),
+            }
+        }
+        (targets, bad)
+    }
 }
 
 /// An open, locked state directory. The lock lasts as long as this value (and the process).
@@ -140,6 +169,7 @@ impl StateDir {
         let identity = Identity {
             name: requested
                 .or(stored.map(|s| s.name))
+                .or_else(machine_peer_name)
                 .unwrap_or_else(PeerName::random),
             short_id: stored.map(|s| s.short_id).unwrap_or_else(ShortId::random),
         };
@@ -217,6 +247,31 @@ impl StateDir {
     /// Where the endpoints are kept.
     pub fn endpoints_path(&self) -> PathBuf {
         self.path.join(ENDPOINTS_FILE)
+    }
+
+    /// The peers an earlier run dialled (`None` when it stored none).
+    pub fn load_targets(&self) -> Result<Option<StoredTargets>, StateError> {
+        let path = self.path.join(TARGETS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Stores the peers dialled now (atomically: a crash leaves the old list or the new).
+    pub fn save_targets(&self, targets: &StoredTargets) -> Result<(), StateError> {
+        write_atomic(
+            &self.path.join(TARGETS_FILE),
+            &serde_json::to_vec_pretty(targets).expect("serialisable"),
+        )
     }
 
     pub fn save_endpoints(&self, endpoints: &[Endpoint]) -> Result<(), StateError> {
@@ -343,6 +398,51 @@ static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Makes every temporary name unique.
 static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// `reset --force` of a router that does not answer: removes the stored IP allocation,
+/// endpoints, DNS entries and peers of the state directory `dir` (not the peer name);
+/// returns the files removed. Fails while a router holds the directory.
+pub fn remove_stored_state(dir: &Path) -> Result<Vec<String>, StateError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let _locked = StateDir::open(dir)?;
+    let mut removed = Vec::new();
+    for file in [IPAM_FILE, ENDPOINTS_FILE, TARGETS_FILE, "dns.json"] {
+        let path = dir.join(file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(file.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// The inode of the first network namespace (`init_net`): the same on every boot.
+const HOST_NETNS_INODE: u64 = 0xEFFF_FFF9;
+
+/// The peer name of this machine as Weave derives it ([`PeerName::from_machine_ids`]: the
+/// machine ID, then the product UUID), when it has either. A router in a network namespace
+/// other than the host's (several routers on one machine, as in tests) mixes in that
+/// namespace's inode, so that each gets a name of its own.
+fn machine_peer_name() -> Option<PeerName> {
+    let read = |first: &str, second: &str| match std::fs::read(first) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::read(second).ok(),
+        other => other.ok(),
+    };
+    let mut ids = read("/etc/machine-id", "/var/lib/dbus/machine-id").unwrap_or_default();
+    ids.extend(read("/sys/class/dmi/id/product_uuid", "/sys/hypervisor/uuid").unwrap_or_default());
+    if ids.is_empty() {
+        return None;
+    }
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()) {
+        Ok(ino) if ino != HOST_NETNS_INODE => ids.extend(format!("netns:{ino}").bytes()),
+        _ => {}
+    }
+    PeerName::from_machine_ids(&ids)
+}
+
 /// Writes a file so that readers see the old or the new content, never a mix, and the
 /// new content survives a crash once this returns (file and directory synced). Writers are
 /// serialised and each writes its own temporary file (`.<name>.<pid>.<n>.tmp`), removed
@@ -430,6 +530,43 @@ mod tests {
         std::fs::write(dir.join(IDENTITY_FILE), b"{\"name\":\"zz\",\"short_id\":1}").unwrap();
         assert!(matches!(s.identity(None), Err(StateError::Corrupt { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn targets_round_trip_and_bad_entries_are_named() {
+        let dir = tempdir("targets");
+        let s = StateDir::open(&dir).unwrap();
+        assert_eq!(s.load_targets().unwrap(), None);
+        let t = StoredTargets {
+            given: vec!["10.0.0.2:6783".into(), "host 3".into()],
+            learned: vec!["10.0.0.4:6783".into(), "10.0.0.2:6783".into()],
+        };
+        s.save_targets(&t).unwrap();
+        let back = s.load_targets().unwrap().unwrap();
+        assert_eq!(back, t);
+        let (dial, bad) = back.to_dial();
+        let dial: Vec<String> = dial.iter().map(ToString::to_string).collect();
+        assert_eq!(dial, ["10.0.0.2:6783", "10.0.0.4:6783"]);
+        assert_eq!(
+            bad,
+            ["stored peer skipped: peer \"host 3\" is not a host or host:port (like 10.0.0.2 or host2:6783)"]
+        );
+        std::fs::write(dir.join(TARGETS_FILE), b"{\"given\": [1").unwrap();
+        assert!(matches!(s.load_targets(), Err(StateError::Corrupt { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_a_stored_name_the_machine_gives_one() {
+        // Stable across state dirs (what Weave does), when the machine has an ID.
+        let (d1, d2) = (tempdir("machine1"), tempdir("machine2"));
+        let a = StateDir::open(&d1).unwrap().identity(None).unwrap();
+        let b = StateDir::open(&d2).unwrap().identity(None).unwrap();
+        if machine_peer_name().is_some() {
+            assert_eq!(a.name, b.name);
+        }
+        std::fs::remove_dir_all(&d1).unwrap();
+        std::fs::remove_dir_all(&d2).unwrap();
     }
 
     #[test]

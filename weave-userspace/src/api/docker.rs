@@ -17,6 +17,9 @@ pub struct ContainerBody {
     /// Address specs (none: what the container asks for, else `net:default`).
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// `attach --without-dns`: the container's name is not registered.
+    #[serde(default)]
+    pub without_dns: bool,
 }
 
 impl From<ContainerError> for ApiError {
@@ -50,7 +53,9 @@ pub async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiErro
         )
     };
     let docker = s.docker_on()?;
-    let endpoint = docker.attach_container(&body.container, specs).await?;
+    let endpoint = docker
+        .attach_container(&body.container, specs, !body.without_dns)
+        .await?;
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())
 }
 

@@ -110,17 +110,15 @@ pub async fn status(State(s): AppState) -> Result<String, ApiError> {
 /// The body of `POST /rmpeer`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RmpeerBody {
+    /// A peer name, or the nickname of a peer this router has seen.
     pub peer: String,
 }
 
 /// `POST /rmpeer`: takes over a dead peer's space.
 pub async fn rmpeer(State(s): AppState, body: Bytes) -> Result<String, ApiError> {
     let body: RmpeerBody = parse_json(&body)?;
-    let peer: PeerName = body
-        .peer
-        .parse()
-        .map_err(|e: crate::mesh::peer_name::PeerNameError| bad_request(e.to_string()))?;
     let c = s.ready()?;
+    let peer: PeerName = c.peer_named(&body.peer).map_err(bad_request)?;
     if c.mesh_summary().routed.contains(&peer) {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -132,11 +130,29 @@ pub async fn rmpeer(State(s): AppState, body: Bytes) -> Result<String, ApiError>
     Ok(format!("{total} IPs taken over from {peer}\n"))
 }
 
-/// The body of `POST /expose`: address specs (none: `net:default`).
+/// The body of `POST /expose`: address specs (none: `net:default`), and a name for the
+/// host (`expose -h FQDN`).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ExposeBody {
     #[serde(default)]
     pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// The body of `POST /hide`: the addresses to take away (none: all).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct HideBody {
+    #[serde(default)]
+    pub addresses: Vec<std::net::Ipv4Addr>,
+}
+
+/// The body of `POST /reset`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ResetBody {
+    /// A step that fails (a detach, the hand-over) is logged and passed over.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /expose`: gives the host an address on the weave network (allocated like a
@@ -149,39 +165,74 @@ pub async fn expose(State(s): AppState, body: Bytes) -> Result<String, ApiError>
     };
     let specs =
         crate::ipam::spec::parse_all(&body.addresses).map_err(|e| bad_request(e.to_string()))?;
-    let addresses = s.ready()?.expose(&specs).await?;
+    let addresses = s.ready()?.expose(&specs, body.hostname.as_deref()).await?;
     Ok(addresses_text(&addresses))
 }
 
-/// `POST /hide`: takes the exposed addresses away and releases them.
-pub async fn hide(State(s): AppState) -> Result<String, ApiError> {
+/// `POST /hide`: takes the exposed addresses away (those given, or all) and releases them.
+pub async fn hide(State(s): AppState, body: Bytes) -> Result<String, ApiError> {
+    let body: HideBody = if body.is_empty() {
+        HideBody::default()
+    } else {
+        parse_json(&body)?
+    };
     let node = s.ready()?;
     ipam_of(&s)?;
-    Ok(addresses_text(&node.hide().await?))
+    Ok(addresses_text(&node.hide(&body.addresses).await?))
 }
 
 /// `POST /reset`: detaches every endpoint, hands our IP space to a reachable peer, forgets
 /// the stored IP allocation state and stops the router.
-pub async fn reset(State(s): AppState) -> Result<String, ApiError> {
+pub async fn reset(State(s): AppState, body: Bytes) -> Result<String, ApiError> {
+    let body: ResetBody = if body.is_empty() {
+        ResetBody::default()
+    } else {
+        parse_json(&body)?
+    };
     let c = s.ready()?;
     let mut said = String::new();
+    // With --force a failed step is said and passed over.
+    let mut step = |result: Result<String, ApiError>| -> Result<(), ApiError> {
+        match result {
+            Ok(line) => {
+                said.push_str(&line);
+                Ok(())
+            }
+            Err(e) if body.force => {
+                let _ = writeln!(said, "passed over: {}", e.1);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
     for e in c.endpoints() {
         let owner = e.netns.display().to_string();
-        c.detach_interface(e.netns.clone()).await?;
-        if let Some(i) = c.ipam() {
-            i.release(&owner)?;
-        }
-        let _ = writeln!(said, "detached {owner}");
+        let detached = async {
+            c.detach_interface(e.netns.clone()).await?;
+            if let Some(i) = c.ipam() {
+                i.release(&owner)?;
+            }
+            Ok::<_, ApiError>(format!("detached {owner}\n"))
+        };
+        step(detached.await)?;
     }
     if let Some(i) = c.ipam() {
-        match c.mesh_summary().routed.first().copied() {
-            Some(heir) => {
-                let given: u64 = i.leave(heir)?.iter().map(|r| r.len()).sum();
-                let _ = writeln!(said, "{given} IPs handed over to {heir}");
-            }
-            None => said.push_str("no peer reachable: this router's IP space is dropped\n"),
-        }
-        i.forget_stored()?;
+        let handed = match c.mesh_summary().routed.first().copied() {
+            Some(heir) => i
+                .leave(heir)
+                .map(|r| {
+                    let given: u64 = r.iter().map(|r| r.len()).sum();
+                    format!("{given} IPs handed over to {heir}\n")
+                })
+                .map_err(ApiError::from),
+            None => Ok("no peer reachable: this router's IP space is dropped\n".into()),
+        };
+        step(handed)?;
+        step(
+            i.forget_stored()
+                .map(|()| String::new())
+                .map_err(ApiError::from),
+        )?;
         // Let the hand-over leave before the connections close.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }

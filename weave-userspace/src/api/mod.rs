@@ -167,6 +167,7 @@ impl From<EndpointsError> for ApiError {
             EndpointsError::Save(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             EndpointsError::Addresses(AddressError::NoIpam(_))
             | EndpointsError::BadName(_)
+            | EndpointsError::NotExposed(_)
             | EndpointsError::Register(_) => bad_request(e.to_string()),
         }
     }

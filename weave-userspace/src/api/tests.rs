@@ -47,6 +47,7 @@ async fn serve(n: u8, targets: &[SocketAddr]) -> Served {
         password: None,
         sleeve: None,
         sleeve_use: Default::default(),
+        ipam: None,
     };
     let router = Arc::new(Router::start(
         config,

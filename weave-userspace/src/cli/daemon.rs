@@ -5,10 +5,14 @@ use anyhow::{bail, Context};
 
 use crate::config::Config;
 
-/// Logs to stderr with `tracing`; `log` records (from aya) are bridged in.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr with `tracing`; `log` records (from aya) are bridged in. `level`
+/// (`--log-level`) wins over RUST_LOG; without either, info.
+pub fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -42,7 +46,7 @@ pub fn check_privileges() -> anyhow::Result<()> {
 
 /// Runs the router until SIGTERM, SIGINT or `POST /stop`.
 pub fn run_foreground(config: Config) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(config.log_level.as_deref());
     if !config.fake_datapath {
         check_privileges()?;
     }

@@ -78,6 +78,9 @@ pub enum Command {
         /// Register NAME in the DNS domain (NAME.weave.local.) for the addresses.
         #[arg(long, value_name = "NAME")]
         hostname: Option<String>,
+        /// Register no name in the DNS domain (a container's name is registered otherwise).
+        #[arg(long, conflicts_with = "hostname")]
+        without_dns: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -97,29 +100,55 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Take over the IP space of a dead peer.
+    /// Take over the IP space of dead peers, named by peer name or nickname.
     Rmpeer {
-        #[arg(value_name = "PEER")]
-        peer: String,
+        #[arg(value_name = "PEER", required = true)]
+        peers: Vec<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// List the attached network namespaces (Docker containers by short ID) with their MAC
-    /// and addresses.
-    Ps(ApiArgs),
+    /// and addresses; only those named (container ID or prefix, or namespace path) when
+    /// some are.
+    Ps {
+        #[arg(value_name = "CONTAINER")]
+        containers: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Give this host an address on the weave network (net:default when none is given) and
-    /// masquerade that subnet's traffic to the outside.
+    /// masquerade that subnet's traffic to the outside; -h registers the host's name.
+    #[command(disable_help_flag = true)]
     Expose {
+        #[arg(value_name = "ADDR")]
+        addresses: Vec<String>,
+        /// Register this name (FQDN or NAME) in the DNS domain for the exposed addresses.
+        #[arg(short = 'h', long = "hostname", value_name = "FQDN")]
+        hostname: Option<String>,
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Take the addresses `expose` gave this host away (only those given, when some are).
+    Hide {
         #[arg(value_name = "ADDR")]
         addresses: Vec<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Take the addresses `expose` gave this host away.
-    Hide(ApiArgs),
     /// Detach everything, hand this router's IP space to a reachable peer, forget the IP
-    /// allocation state and stop.
-    Reset(ApiArgs),
+    /// allocation state and stop. With --force, a step that fails does not stop the reset,
+    /// and a router that does not answer has its stored state removed from --state-dir.
+    Reset {
+        #[arg(long)]
+        force: bool,
+        /// The state directory to clear when the router does not answer (with --force).
+        #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Take the `ethwe` interface of a Docker container (by name or ID) or of a network
     /// namespace (--netns) away, with its addresses and names.
     Detach {
@@ -134,9 +163,10 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Register a name in the DNS domain for addresses: dns-add ADDR... -h NAME.
+    /// Register a name in the DNS domain for addresses: dns-add ADDR... [CONTAINER] -h NAME.
     #[command(name = "dns-add", disable_help_flag = true)]
     DnsAdd {
+        /// The addresses, then whose name it is (a container ID, default weave:extern).
         #[arg(value_name = "ADDR", required = true)]
         addresses: Vec<String>,
         /// The name (NAME or NAME.weave.local.).
@@ -150,7 +180,8 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Remove names: of these addresses, of this name (-h), of a container (--container).
+    /// Remove names: of these addresses, of this name (-h), of a container (the last word
+    /// or --container).
     #[command(name = "dns-remove", disable_help_flag = true)]
     DnsRemove {
         #[arg(value_name = "ADDR")]
@@ -188,6 +219,24 @@ pub enum Command {
     Config(ApiArgs),
     /// Print the version.
     Version,
+    /// Removed in Weave 2.0: `launch` starts the router, the proxy and the plugin.
+    #[command(name = "launch-router", hide = true, disable_help_flag = true)]
+    LaunchRouter {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Removed in Weave 2.0: `launch` starts the router, the proxy and the plugin.
+    #[command(name = "launch-proxy", hide = true, disable_help_flag = true)]
+    LaunchProxy {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Removed in Weave 2.0: `launch` starts the router, the proxy and the plugin.
+    #[command(name = "launch-plugin", hide = true, disable_help_flag = true)]
+    LaunchPlugin {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,6 +312,7 @@ pub fn run() -> anyhow::Result<()> {
             mut addresses,
             netns,
             hostname,
+            without_dns,
             api,
         } => {
             let Some(netns) = netns else {
@@ -271,6 +321,7 @@ pub fn run() -> anyhow::Result<()> {
                 let body = serde_json::to_string(&crate::api::docker::ContainerBody {
                     container,
                     addresses,
+                    without_dns,
                 })?;
                 let e: EndpointView =
                     serde_json::from_str(&post(api.addr()?, "/docker/attach", &body)?)
@@ -293,28 +344,65 @@ pub fn run() -> anyhow::Result<()> {
             println!("{} {}", e.mac, e.addresses.join(" "));
             Ok(())
         }
-        Command::Rmpeer { peer, api } => {
-            let body = serde_json::to_string(&crate::api::ipam::RmpeerBody { peer })?;
-            print!("{}", post(api.addr()?, "/rmpeer", &body)?);
+        Command::Rmpeer { peers, api } => {
+            for peer in peers {
+                let body = serde_json::to_string(&crate::api::ipam::RmpeerBody { peer })?;
+                print!("{}", post(api.addr()?, "/rmpeer", &body)?);
+            }
             Ok(())
         }
-        Command::Expose { addresses, api } => {
+        Command::Expose {
+            addresses,
+            hostname,
+            api,
+            ..
+        } => {
             crate::ipam::spec::parse_all(&addresses)?;
-            let body = serde_json::to_string(&crate::api::ipam::ExposeBody { addresses })?;
+            if let Some(h) = &hostname {
+                crate::dns::records::normalise_name(h)?;
+            }
+            let body = serde_json::to_string(&crate::api::ipam::ExposeBody {
+                addresses,
+                hostname,
+            })?;
             print!("{}", post(api.addr()?, "/expose", &body)?);
             Ok(())
         }
-        Command::Hide(api) => {
-            print!("{}", post(api.addr()?, "/hide", "")?);
+        Command::Hide { addresses, api } => {
+            let addresses = addresses
+                .iter()
+                .map(|a| hide_address(a))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let body = serde_json::to_string(&crate::api::ipam::HideBody { addresses })?;
+            print!("{}", post(api.addr()?, "/hide", &body)?);
             Ok(())
         }
-        Command::Reset(api) => {
-            print!("{}", post(api.addr()?, "/reset", "")?);
+        Command::Reset {
+            force,
+            state_dir,
+            api,
+        } => reset(api.addr()?, force, &state_dir),
+        Command::Ps { containers, api } => {
+            let listing = get(api.addr()?, "/ps")?;
+            let wanted: Vec<String> = containers
+                .iter()
+                .map(|c| {
+                    if c.contains('/') {
+                        std::path::absolute(c)
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|_| c.clone())
+                    } else {
+                        c.clone()
+                    }
+                })
+                .collect();
+            print!("{}", ps_lines(&listing, &wanted));
             Ok(())
         }
-        Command::Ps(api) => {
-            print!("{}", get(api.addr()?, "/ps")?);
-            Ok(())
+        Command::LaunchRouter { .. }
+        | Command::LaunchProxy { .. }
+        | Command::LaunchPlugin { .. } => {
+            bail!("this command was removed in Weave 2.0: `weave-router launch` starts the router with its proxy and plugin")
         }
         Command::Detach {
             container,
@@ -325,6 +413,7 @@ pub fn run() -> anyhow::Result<()> {
                 let body = serde_json::to_string(&crate::api::docker::ContainerBody {
                     container: container.unwrap_or_default(),
                     addresses: Vec::new(),
+                    without_dns: false,
                 })?;
                 post(api.addr()?, "/docker/detach", &body)?;
                 return Ok(());
@@ -354,12 +443,16 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::DnsAdd {
-            addresses,
+            mut addresses,
             hostname,
             container,
             api,
             ..
         } => {
+            let container = dns_container(&mut addresses, container)?;
+            if addresses.is_empty() {
+                bail!("give the addresses to register: dns-add ADDR... [CONTAINER] -h NAME");
+            }
             check_ipv4(&addresses)?;
             crate::dns::records::normalise_name(&hostname)?;
             let body = serde_json::to_string(&crate::api::DnsBody {
@@ -371,12 +464,13 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::DnsRemove {
-            addresses,
+            mut addresses,
             hostname,
             container,
             api,
             ..
         } => {
+            let container = dns_container(&mut addresses, container)?;
             check_ipv4(&addresses)?;
             if addresses.is_empty() && hostname.is_none() && container.is_none() {
                 bail!("say what to remove: addresses, -h NAME or --container ID");
@@ -423,6 +517,71 @@ pub fn run() -> anyhow::Result<()> {
             println!("weave-router {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+    }
+}
+
+/// The container of `dns-add`/`dns-remove`: the last word when it is not an address
+/// (Weave's `dns-add IP... CONTAINER`), or `--container`, not both.
+fn dns_container(words: &mut Vec<String>, flag: Option<String>) -> anyhow::Result<Option<String>> {
+    let positional = match words.last() {
+        Some(w) if w.parse::<std::net::Ipv4Addr>().is_err() => words.pop(),
+        _ => None,
+    };
+    match (positional, flag) {
+        (Some(p), Some(f)) => bail!("the container is given twice ({p} and --container {f})"),
+        (p, f) => Ok(p.or(f)),
+    }
+}
+
+/// An address of `hide`: an IPv4 address or CIDR (the prefix length is not needed).
+fn hide_address(a: &str) -> anyhow::Result<std::net::Ipv4Addr> {
+    let ip = a.split_once('/').map_or(a, |(ip, _)| ip);
+    ip.parse()
+        .map_err(|_| anyhow::anyhow!("{a:?} is not an IPv4 address (like 10.2.1.5 or 10.2.1.5/24)"))
+}
+
+/// The lines of `ps` whose first column (a container's short ID or a namespace path) one
+/// of `wanted` names: the same, or a prefix of the ID either way. All when none is wanted.
+fn ps_lines(listing: &str, wanted: &[String]) -> String {
+    listing
+        .lines()
+        .filter(|l| {
+            let who = l.split_whitespace().next().unwrap_or_default();
+            wanted.is_empty()
+                || wanted.iter().any(|w| {
+                    who == w
+                        || (!w.contains('/') && (who.starts_with(w.as_str()) || w.starts_with(who)))
+                })
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `reset`: the router resets itself; with `force`, failed steps are passed over, and a
+/// router that does not answer has the stored state in `state_dir` removed instead.
+fn reset(addr: client::ApiAddr, force: bool, state_dir: &Path) -> anyhow::Result<()> {
+    let body = serde_json::to_string(&crate::api::ipam::ResetBody { force })?;
+    match client::request(addr, "POST", "/reset", Some(&body), Duration::from_secs(60)) {
+        Ok(r) if r.ok() => {
+            print!("{}", r.body);
+            Ok(())
+        }
+        Ok(r) => bail!("{}", r.body.trim()),
+        Err(e @ client::ClientError::Unreachable { .. }) if force => {
+            let removed = crate::state::remove_stored_state(state_dir)
+                .with_context(|| format!("{e}; and cannot clear {}", state_dir.display()))?;
+            println!(
+                "the router does not answer: removed {} from {}",
+                if removed.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    removed.join(", ")
+                },
+                state_dir.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -658,6 +817,104 @@ mod tests {
             panic!()
         };
         assert_eq!(hostname.as_deref(), Some("w1"));
+    }
+
+    #[test]
+    fn weaves_spellings_parse() {
+        let Command::Rmpeer { peers, .. } = parse(&["rmpeer", "host2", "0a:00:00:00:00:03"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(peers, ["host2", "0a:00:00:00:00:03"]);
+        assert!(parse(&["rmpeer"]).is_err());
+        assert!(matches!(
+            parse(&["reset", "--force"]).unwrap().command,
+            Command::Reset { force: true, .. }
+        ));
+        let Command::Ps { containers, .. } = parse(&["ps", "abc", "def"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(containers, ["abc", "def"]);
+        let Command::Hide { addresses, .. } = parse(&["hide", "10.2.1.5"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(addresses, ["10.2.1.5"]);
+        let Command::Expose {
+            addresses,
+            hostname,
+            ..
+        } = parse(&["expose", "net:10.2.5.0/24", "-h", "host1.weave.local"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (addresses.len(), hostname.as_deref()),
+            (1, Some("host1.weave.local"))
+        );
+        let Command::Attach { without_dns, .. } =
+            parse(&["attach", "--without-dns", "w1"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert!(without_dns);
+        let Command::DnsAdd {
+            mut addresses,
+            container,
+            ..
+        } = parse(&["dns-add", "10.2.1.1", "10.2.1.2", "c0ffee", "-h", "db"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            dns_container(&mut addresses, container).unwrap().as_deref(),
+            Some("c0ffee")
+        );
+        assert_eq!(addresses, ["10.2.1.1", "10.2.1.2"]);
+        let mut only_ips = vec!["10.2.1.1".to_string()];
+        assert_eq!(
+            dns_container(&mut only_ips, Some("x".into()))
+                .unwrap()
+                .as_deref(),
+            Some("x")
+        );
+        assert!(dns_container(&mut vec!["10.2.1.1".into(), "c".into()], Some("x".into())).is_err());
+        for removed in ["launch-router", "launch-proxy", "launch-plugin"] {
+            assert!(parse(&[removed, "--ipalloc-range", "10.2.0.0/16", "peer"]).is_ok());
+        }
+    }
+
+    #[test]
+    fn ps_shows_only_the_containers_named() {
+        let listing = "0123456789ab 02:00:00:00:00:01 10.2.1.1/24\n/run/netns/c2 02:00:00:00:00:02 10.2.1.2/24\n";
+        assert_eq!(ps_lines(listing, &[]), listing);
+        assert_eq!(
+            ps_lines(listing, &["0123".into()]),
+            "0123456789ab 02:00:00:00:00:01 10.2.1.1/24\n"
+        );
+        assert_eq!(
+            ps_lines(listing, &["0123456789abcdef0123".into()]),
+            "0123456789ab 02:00:00:00:00:01 10.2.1.1/24\n",
+            "a full ID names its short one"
+        );
+        assert_eq!(
+            ps_lines(listing, &["/run/netns/c2".into()]),
+            "/run/netns/c2 02:00:00:00:00:02 10.2.1.2/24\n"
+        );
+        assert_eq!(
+            ps_lines(listing, &["/run/netns/c".into(), "ffff".into()]),
+            ""
+        );
+        assert_eq!(
+            hide_address("10.2.1.5/24").unwrap(),
+            std::net::Ipv4Addr::new(10, 2, 1, 5)
+        );
+        assert!(hide_address("net:default").is_err());
     }
 
     #[test]

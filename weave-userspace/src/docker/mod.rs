@@ -150,14 +150,26 @@ impl DockerService {
         facts: &ContainerFacts,
         specs: Option<Vec<AddressSpec>>,
     ) -> Result<Option<Endpoint>, AttachError> {
+        self.attach_named(facts, specs, true).await
+    }
+
+    /// [`DockerService::attach`]; `with_dns` false registers no name (`attach
+    /// --without-dns`).
+    pub async fn attach_named(
+        &self,
+        facts: &ContainerFacts,
+        specs: Option<Vec<AddressSpec>>,
+        with_dns: bool,
+    ) -> Result<Option<Endpoint>, AttachError> {
         let _busy = self.busy.lock().await;
-        self.attach_locked(facts, specs).await
+        self.attach_locked(facts, specs, with_dns).await
     }
 
     async fn attach_locked(
         &self,
         facts: &ContainerFacts,
         specs: Option<Vec<AddressSpec>>,
+        with_dns: bool,
     ) -> Result<Option<Endpoint>, AttachError> {
         self.announce_plugin_endpoints(facts).await;
         let specs = match specs {
@@ -181,7 +193,7 @@ impl DockerService {
         let hostname = self
             .node
             .dns()
-            .filter(|d| d.qualify(&facts.name).is_ok())
+            .filter(|d| with_dns && d.qualify(&facts.name).is_ok())
             .map(|_| facts.name.clone());
         let endpoint = self
             .node
@@ -277,7 +289,7 @@ impl DockerService {
         let running = client.running().await?;
         let alive: BTreeSet<&str> = running.iter().map(|c| c.id.as_str()).collect();
         for c in &running {
-            if let Err(e) = self.attach_locked(c, None).await {
+            if let Err(e) = self.attach_locked(c, None, true).await {
                 tracing::warn!("Docker container {}: {e}", c.name);
             }
         }
@@ -320,6 +332,7 @@ impl Containers for DockerService {
         &'a self,
         container: &'a str,
         specs: Option<Vec<AddressSpec>>,
+        with_dns: bool,
     ) -> BoxFuture<'a, Result<Endpoint, ContainerError>> {
         Box::pin(async move {
             let client = self.connected().await.map_err(unavailable)?;
@@ -328,7 +341,7 @@ impl Containers for DockerService {
                 Some(Ok(WeaveCidr::Attached(s))) => Some(s.clone()),
                 _ => Some(vec![AddressSpec::Default]),
             });
-            self.attach(&facts, specs)
+            self.attach_named(&facts, specs, with_dns)
                 .await?
                 .ok_or_else(|| ContainerError::BadRequest(format!("{container} is not attached")))
         })

@@ -415,6 +415,7 @@ mod tests {
             password: None,
             sleeve: None,
             sleeve_use: Default::default(),
+            ipam: None,
         };
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let router = Arc::new(Router::start(

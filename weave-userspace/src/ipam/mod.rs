@@ -5,10 +5,12 @@
 //! - [`allocator`]: one peer's allocations inside the space it owns; donation of space.
 //! - [`consensus`]: agreeing on the peers that split the range first; `--ipalloc-init` modes
 //!   and the status line.
+//! - [`identity`]: what two peers compare before they connect (range and seeds).
 //! - [`node`]: one peer's IPAM as a state machine (requests and messages in, effects out):
 //!   what the router wires to gossip, the attach path and persistence.
 pub mod allocator;
 pub mod consensus;
+pub mod identity;
 pub mod node;
 pub mod ring;
 pub mod service;

@@ -162,6 +162,21 @@ impl Ipam {
         self.default_subnet
     }
 
+    /// What peers compare before they connect: our range and the peers that split it
+    /// first (the ring's, else the configured seeds, else none known yet).
+    pub fn identity(&self) -> super::identity::IpamIdentity {
+        let ring = self.alloc.ring();
+        let seeds = match &self.mode {
+            _ if !ring.is_empty() => ring.state().seeds().to_vec(),
+            InitMode::Seed(seeds) => seeds.clone(),
+            _ => Vec::new(),
+        };
+        super::identity::IpamIdentity {
+            range: ring.range(),
+            seeds,
+        }
+    }
+
     pub fn status(&self, reachable: impl Fn(PeerName) -> bool) -> IpamStatus {
         status(self.alloc.ring(), &self.mode, self.vote.as_ref(), reachable)
     }
@@ -372,6 +387,9 @@ impl Ipam {
                 }
             }
             Message::SpaceRequest { subnet } => {
+                // A seed that has not claimed its share yet (initialisation is lazy) does
+                // so now: the requester's own claim may not have reached it.
+                self.start(&mut out.effects)?;
                 if self.alloc.ring().is_empty() {
                     // Not initialised here yet: an empty reply lets the requester ask again.
                     let ring = self.alloc.ring().state().clone();
@@ -664,6 +682,52 @@ mod tests {
             "{:?}",
             h.effects
         );
+    }
+
+    #[test]
+    fn the_identity_names_the_seeds_once_known() {
+        // Seeds are known from the configuration, before the ring is claimed.
+        let seeded = Net::new(
+            2,
+            &format!("seed={}", name(0)),
+            "10.2.0.0/16",
+            "10.2.1.0/24",
+        );
+        let id = seeded.nodes[1].identity();
+        assert_eq!((id.range, id.seeds), (cidr("10.2.0.0/16"), vec![name(0)]));
+        // A consensus knows them once decided: from the ring.
+        let mut net = Net::new(2, "consensus", "10.2.0.0/16", "10.2.1.0/24");
+        assert!(net.nodes[0].identity().seeds.is_empty());
+        assert!(net.nodes[1].identity().seeds.is_empty());
+        net.allocate(0, "c1", 0);
+        net.allocate(1, "c2", 0);
+        while net.deliver(0) {}
+        assert_eq!(net.nodes[0].identity().seeds, vec![name(0), name(1)]);
+        assert_eq!(net.nodes[0].identity(), net.nodes[1].identity());
+        assert!(net.nodes[0]
+            .identity()
+            .check(&seeded.nodes[1].identity())
+            .is_err());
+    }
+
+    #[test]
+    fn a_seed_asked_for_space_before_its_first_allocation_claims_and_gives() {
+        let mut net = Net::new(
+            2,
+            &format!("seed={},{}", name(0), name(1)),
+            "10.2.0.0/16",
+            "10.2.1.0/24",
+        );
+        // Peer 1's first allocation: the default subnet is in peer 0's half, and peer 0
+        // has not claimed yet (its claim to come was lost, say).
+        assert_eq!(net.allocate(1, "c1", 0), None);
+        net.queue
+            .retain(|(_, _, m)| matches!(m, Message::SpaceRequest { .. }));
+        while net.deliver(0) {}
+        let got = net
+            .allocate(1, "c1", 0)
+            .expect("an address after the donation");
+        assert!(cidr("10.2.1.0/24").contains(got.addr), "{got}");
     }
 
     #[test]

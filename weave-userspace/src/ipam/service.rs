@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::allocator::AllocError;
 use super::consensus::IpamStatus;
+use super::identity::{IpamIdentity, IpamMismatch};
 use super::node::{Effect, Handled, Ipam, IpamError, Message, Step};
 use crate::mesh::gossip_channel::{ChannelId, GossipChannel, GossipChannelError, Gossiper};
 use crate::mesh::peer_name::PeerName;
@@ -20,6 +21,13 @@ use crate::state::{StateDir, StateError};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often unanswered requests are forgotten and votes re-proposed.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(3);
+/// How long an allocation that needs space waits for a peer to give it: a peer that just
+/// connected is reachable only once its topology record arrives, a moment after the
+/// connection is up (an attach right after `launch` would otherwise fail).
+pub const DONOR_WAIT: Duration = Duration::from_secs(10);
+/// How often a waiting request tries again when nothing in IPAM changed (reachability
+/// changes outside it).
+const RETRY_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamServiceError {
@@ -69,6 +77,9 @@ pub struct IpamService {
     /// disk, which must not hold up the router's event loop. `None` if the thread could not
     /// be started (then they are handled where they arrive).
     inbox: Option<std::sync::mpsc::SyncSender<(PeerName, Message)>>,
+    /// Our allocation (range, seeds) as of the last change, so that a peer's ring is
+    /// checked where it arrives without waiting for the IPAM thread.
+    identity: Mutex<IpamIdentity>,
     /// Allocations and claims waiting for the state to change.
     pending_allocates: AtomicU64,
     pending_claims: AtomicU64,
@@ -161,8 +172,10 @@ impl IpamService {
     /// `store` keeps the state across restarts (`None`: in memory only).
     pub fn new(ipam: Ipam, store: Option<Arc<StateDir>>) -> Arc<Self> {
         let (inbox, messages) = std::sync::mpsc::sync_channel::<(PeerName, Message)>(INBOX_LEN);
+        let identity = Mutex::new(ipam.identity());
         let service = Arc::new(Self {
             ipam: Mutex::new(ipam),
+            identity,
             store,
             gossiper: OnceLock::new(),
             reachable: OnceLock::new(),
@@ -281,6 +294,7 @@ impl IpamService {
             let mut ipam = self.lock();
             let reachable = |p: PeerName| self.reachable(p);
             let (value, effects) = f(&mut ipam, &reachable)?;
+            self.note_identity(&ipam);
             let outgoing = self.carry_out(&ipam, effects);
             (value, outgoing)
         };
@@ -305,7 +319,8 @@ impl IpamService {
                 return Ok(v);
             }
             counted.get_or_insert_with(|| Waiting::new(waiting));
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let retry_at = (tokio::time::Instant::now() + RETRY_EVERY).min(deadline);
+            if tokio::time::timeout_at(retry_at, changed).await.is_err() && retry_at >= deadline {
                 return Err(IpamServiceError::Timeout {
                     status: self.status_line(),
                 });
@@ -321,8 +336,20 @@ impl IpamService {
         owner: &str,
         subnet: Option<Ipv4Net>,
     ) -> Result<Ipv4Cidr, IpamServiceError> {
+        let started = tokio::time::Instant::now();
         self.until_done(&self.pending_allocates, || {
-            self.step(|ipam, reachable| ipam.allocate(owner, subnet, reachable, rand::random()))
+            let step = self
+                .step(|ipam, reachable| ipam.allocate(owner, subnet, reachable, rand::random()));
+            match step {
+                // No donor reachable yet: a peer may be joining (its record comes a moment
+                // after its connection); wait for one a while, as Weave waits.
+                Err(IpamServiceError::Ipam(IpamError::NoReachableDonor(_)))
+                    if started.elapsed() < DONOR_WAIT =>
+                {
+                    Ok(Step::Pending)
+                }
+                other => other,
+            }
         })
         .await
     }
@@ -392,6 +419,28 @@ impl IpamService {
 
     pub fn range(&self) -> Ipv4Net {
         self.lock().allocator().ring().range()
+    }
+
+    /// What peers compare before they connect ([`IpamIdentity`]).
+    pub fn identity(&self) -> IpamIdentity {
+        self.identity.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn note_identity(&self, ipam: &Ipam) {
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = ipam.identity();
+    }
+
+    /// How a ring in `message` disagrees with our allocation (another range, other seeds),
+    /// if it does.
+    fn foreign_ring(&self, message: &Message) -> Option<IpamMismatch> {
+        let (Message::Ring(ring) | Message::SpaceReply { ring, .. }) = message else {
+            return None;
+        };
+        let theirs = IpamIdentity {
+            range: ring.range(),
+            seeds: ring.seeds().to_vec(),
+        };
+        self.identity().check(&theirs).err()
     }
 
     pub fn status(&self) -> IpamStatus {
@@ -469,6 +518,13 @@ impl IpamService {
     /// handled on the IPAM thread.
     fn handle(&self, origin: PeerName, payload: &[u8]) -> Result<(), GossipChannelError> {
         let message = decode(payload)?;
+        // A ring of another allocation closes the connection it came on, as Weave does: the
+        // two would hand out the same addresses (peers of protocol version 6 are refused at
+        // the handshake already).
+        if let Some(mismatch) = self.foreign_ring(&message) {
+            tracing::warn!("IPAM message from {origin} refused: {mismatch}");
+            return Err(GossipChannelError::Refused(mismatch.to_string()));
+        }
         let Some(inbox) = &self.inbox else {
             self.handle_message(origin, message);
             return Ok(());
@@ -486,6 +542,7 @@ impl IpamService {
             let (handled, outgoing) = {
                 let mut ipam = self.lock();
                 let handled = ipam.handle_from(origin, message, |p| self.reachable(p))?;
+                self.note_identity(&ipam);
                 let outgoing = self.carry_out(&ipam, handled.effects.clone());
                 (handled, outgoing)
             };
@@ -498,8 +555,9 @@ impl IpamService {
                     self.changed.notify_waiters();
                 }
             }
-            // A refused ring (another range, a conflicting seed) changes nothing; the
-            // connection stays (the peer is not malformed, it disagrees).
+            // Any refused message changes nothing; the connection stays (the peer is not
+            // malformed, it disagrees). A ring of another allocation was refused before it
+            // got here ([`IpamService::handle`]).
             Err(e) => {
                 if matches!(e, IpamServiceError::Ipam(IpamError::UnknownRequester(_))) {
                     use crate::mesh::gossip_refusal::{Refusal, REFUSED};
@@ -536,6 +594,8 @@ impl GossipChannel for IpamService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipam::consensus::InitMode;
+    use std::sync::atomic::AtomicBool;
 
     #[tokio::test]
     async fn a_failing_store_never_fails_a_step_and_is_retried_by_the_tick() {
@@ -600,5 +660,103 @@ mod tests {
         waiting.abort();
         let _ = waiting.await;
         assert_eq!(service.report().pending_allocates, 0);
+    }
+
+    fn peer(n: u8) -> PeerName {
+        PeerName::from_bytes([0x0a, 0, 0, 0, 0, n])
+    }
+
+    fn seeded(me: PeerName) -> Ipam {
+        Ipam::new(
+            me,
+            "10.2.0.0/16".parse().unwrap(),
+            "10.2.1.0/24".parse().unwrap(),
+            InitMode::Seed(vec![peer(1), peer(2)]),
+            2,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_allocation_waits_for_a_donor_that_becomes_reachable() {
+        // Peer 2 owns the upper half; the default subnet is in peer 1's. Peer 1 is not
+        // reachable yet (its record has not arrived), as right after a launch.
+        let service = IpamService::new(seeded(peer(2)), None);
+        let reachable = Arc::new(AtomicBool::new(false));
+        let flag = reachable.clone();
+        service.connect(
+            Gossiper::detached(ChannelId::Ipam),
+            Box::new(move |p| p == peer(1) && flag.load(Ordering::Relaxed)),
+        );
+        let waiting = {
+            let service = service.clone();
+            tokio::spawn(async move { service.allocate("c1", None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!waiting.is_finished(), "failed at once: no donor reachable");
+        reachable.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Peer 1 answers the space request sent once it was reachable.
+        let mut donor = seeded(peer(1));
+        let _ = donor.allocate("x", None, |_| true, 0).unwrap();
+        let handled = donor
+            .handle(
+                peer(2),
+                Message::SpaceRequest {
+                    subnet: "10.2.1.0/24".parse().unwrap(),
+                },
+            )
+            .unwrap();
+        let reply = handled
+            .effects
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Send(to, m) if to == peer(2) => Some(m),
+                _ => None,
+            })
+            .expect("a reply");
+        service.on_unicast(peer(1), &encode(&reply)).unwrap();
+        let address = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("answered")
+            .unwrap()
+            .expect("an address");
+        assert!(
+            "10.2.1.0/24"
+                .parse::<Ipv4Net>()
+                .unwrap()
+                .contains(address.addr),
+            "{address}"
+        );
+    }
+
+    /// A ring seeded by other peers (a peer older than protocol version 6 is not refused at
+    /// the handshake) is refused where it arrives, so the router closes its connection;
+    /// the state is unchanged.
+    #[test]
+    fn a_ring_of_another_allocation_is_refused_on_arrival() {
+        let service = IpamService::new(seeded(peer(1)), None);
+        let mut other = Ipam::new(
+            peer(3),
+            "10.2.0.0/16".parse().unwrap(),
+            "10.2.1.0/24".parse().unwrap(),
+            InitMode::Seed(vec![peer(3)]),
+            1,
+        )
+        .unwrap();
+        let _ = other.allocate("x", None, |_| true, 0).unwrap();
+        let ring = other.gossip().into_iter().next().expect("a ring");
+        let before = service.identity();
+        let refused = service.on_gossip(peer(3), &encode(&ring));
+        assert!(
+            matches!(&refused, Err(GossipChannelError::Refused(r)) if r.starts_with("IP allocation was seeded by different peers")),
+            "{refused:?}"
+        );
+        assert_eq!(service.identity(), before);
+        // Our own allocation's ring passes.
+        let mut same = seeded(peer(2));
+        let _ = same.allocate("y", None, |_| true, 0).unwrap();
+        let ring = same.gossip().into_iter().next().expect("a ring");
+        assert!(service.on_gossip(peer(2), &encode(&ring)).is_ok());
     }
 }

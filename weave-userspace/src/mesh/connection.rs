@@ -22,6 +22,7 @@ use crate::crypto::{
     HandshakeError, Initiator, NonceDomain, PresharedKey, Responder, Sealer, SessionKeys,
     StreamOpener,
 };
+use crate::ipam::identity::IpamIdentity;
 
 /// Identifies a connection within one router.
 pub type ConnId = u64;
@@ -90,6 +91,9 @@ pub enum ConnectionError {
     Refused(String),
     #[error("short ID {id} is already used by peer {by}")]
     ShortIdTaken { id: ShortId, by: PeerName },
+    /// The two IP allocations disagree (another range, other seeds).
+    #[error(transparent)]
+    IpamMismatch(#[from] crate::ipam::identity::IpamMismatch),
     #[error("router shutting down")]
     Shutdown,
     #[error("frame of {0} bytes before the handshake is done exceeds the maximum of {HANDSHAKE_FRAME_LEN}")]
@@ -125,6 +129,9 @@ pub(crate) enum ConnEvent {
         outbound: bool,
         remote: SocketAddr,
         hello: Hello,
+        /// The IP allocations compared: ours as sent, the peer's as received (none from
+        /// a peer older than protocol version 6, or without IPAM).
+        ipam: IpamPair,
         /// The keys of an encrypted connection (the sleeve data path uses them too).
         session: Option<Arc<SessionKeys>>,
         commands: CommandQueue,
@@ -146,6 +153,13 @@ pub(crate) enum ConnEvent {
     ShortIdTaken { short_id: ShortId },
     /// The connection is gone.
     Closed { id: ConnId, error: String },
+}
+
+/// Our IP allocation as sent in the handshake and the peer's as received.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpamPair {
+    pub ours: Option<IpamIdentity>,
+    pub theirs: Option<IpamIdentity>,
 }
 
 /// What the router tells a connection.
@@ -319,6 +333,8 @@ impl FrameReader {
 pub struct Handshaken {
     pub version: u8,
     pub hello: Hello,
+    /// The peer's IP allocation (protocol version 6 and up, when it runs IPAM).
+    pub ipam: Option<IpamIdentity>,
     pub writer: FrameWriter,
     pub reader: FrameReader,
     /// Set when the connection is encrypted.
@@ -342,6 +358,18 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn secure_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     local: &Hello,
+    password: Option<&PresharedKey>,
+    outbound: bool,
+    timeout: Duration,
+) -> Result<Handshaken, ConnectionError> {
+    handshake_with_ipam(stream, local, None, password, outbound, timeout).await
+}
+
+/// [`secure_handshake`], then (protocol version 6 and up) each side's IP allocation.
+pub async fn handshake_with_ipam<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    local: &Hello,
+    local_ipam: Option<&IpamIdentity>,
     password: Option<&PresharedKey>,
     outbound: bool,
     timeout: Duration,
@@ -373,24 +401,44 @@ pub async fn secure_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         writer.write(stream, &Message::Hello(local.clone())).await?;
-        match reader.read_within(stream, HANDSHAKE_FRAME_LEN).await? {
+        let hello = match reader.read_within(stream, HANDSHAKE_FRAME_LEN).await? {
             Message::Hello(hello) => {
                 protocol::check_hello(local, &hello)?;
-                Ok(Handshaken {
-                    version,
-                    hello,
-                    writer,
-                    reader,
-                    session,
-                })
+                hello
             }
-            Message::Goodbye(reason) => Err(ConnectionError::Goodbye(reason)),
-            other => Err(ProtocolError::Unexpected {
-                expected: "hello",
-                received: other.kind(),
+            Message::Goodbye(reason) => return Err(ConnectionError::Goodbye(reason)),
+            other => {
+                return Err(ProtocolError::Unexpected {
+                    expected: "hello",
+                    received: other.kind(),
+                }
+                .into())
             }
-            .into()),
+        };
+        let mut ipam = None;
+        if version >= protocol::IPAM_IDENTITY_VERSION {
+            let ours = Message::IpamIdentity(local_ipam.cloned());
+            writer.write(stream, &ours).await?;
+            ipam = match reader.read_within(stream, HANDSHAKE_FRAME_LEN).await? {
+                Message::IpamIdentity(theirs) => theirs,
+                Message::Goodbye(reason) => return Err(ConnectionError::Goodbye(reason)),
+                other => {
+                    return Err(ProtocolError::Unexpected {
+                        expected: "IPAM identity",
+                        received: other.kind(),
+                    }
+                    .into())
+                }
+            };
         }
+        Ok(Handshaken {
+            version,
+            hello,
+            ipam,
+            writer,
+            reader,
+            session,
+        })
     };
     tokio::time::timeout(timeout, exchange)
         .await
@@ -470,6 +518,7 @@ pub(crate) async fn run(
     id: ConnId,
     outbound: bool,
     local: Hello,
+    local_ipam: Option<IpamIdentity>,
     password: Option<Arc<PresharedKey>>,
     timings: Timings,
     events: EventSender,
@@ -488,7 +537,7 @@ pub(crate) async fn run(
     };
     let _ = stream.set_nodelay(true);
     let handshaken = tokio::select! {
-        r = secure_handshake(&mut stream, &local, password.as_deref(), outbound, timings.handshake_timeout) => match r {
+        r = handshake_with_ipam(&mut stream, &local, local_ipam.as_ref(), password.as_deref(), outbound, timings.handshake_timeout) => match r {
             Ok(h) => h,
             Err(error) => return Outcome { peer: None, accepted: false, error },
         },
@@ -499,6 +548,7 @@ pub(crate) async fn run(
     let Handshaken {
         version,
         hello,
+        ipam,
         mut writer,
         reader,
         session,
@@ -512,6 +562,10 @@ pub(crate) async fn run(
         outbound,
         remote,
         hello,
+        ipam: IpamPair {
+            ours: local_ipam,
+            theirs: ipam,
+        },
         session,
         commands: commands_tx,
         reply: reply_tx,
@@ -677,10 +731,10 @@ async fn read_messages(
                                 return ConnectionError::Shutdown;
                             }
                         }
-                        Message::Hello(_) => {
+                        Message::Hello(_) | Message::IpamIdentity(_) => {
                             return ProtocolError::Unexpected {
                                 expected: "heartbeat",
-                                received: "hello",
+                                received: message.kind(),
                             }
                             .into()
                         }
@@ -794,6 +848,27 @@ mod tests {
         assert_eq!(ra.unwrap(), (MAX_VERSION, hello(2)));
         assert_eq!(rb.unwrap(), (MAX_VERSION, hello(1)));
         // Framing goes on after the handshake.
+        write_message(&mut a, &Message::Ready).await.unwrap();
+        assert_eq!(read_message(&mut b).await.unwrap(), Message::Ready);
+    }
+
+    #[tokio::test]
+    async fn both_sides_learn_each_others_ip_allocation() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let (h1, h2) = (hello(1), hello(2));
+        let ipam = |seed: u8| IpamIdentity {
+            range: "10.2.0.0/16".parse().unwrap(),
+            seeds: vec![PeerName::from_bytes([0x0a, 0, 0, 0, 0, seed])],
+        };
+        let i1 = ipam(1);
+        let (ra, rb) = tokio::join!(
+            handshake_with_ipam(&mut a, &h1, Some(&i1), None, true, T),
+            handshake_with_ipam(&mut b, &h2, None, None, false, T)
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!((ra.hello, ra.ipam), (hello(2), None));
+        assert_eq!((rb.hello, rb.ipam), (hello(1), Some(i1)));
+        // Framing goes on after it.
         write_message(&mut a, &Message::Ready).await.unwrap();
         assert_eq!(read_message(&mut b).await.unwrap(), Message::Ready);
     }

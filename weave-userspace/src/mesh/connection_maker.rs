@@ -116,6 +116,8 @@ pub(crate) trait MakerHost: Send + Sync + 'static {
     fn next_conn_id(&self) -> ConnId;
     /// Who we are now (the short ID can change after a clash).
     fn local_hello(&self) -> Hello;
+    /// Our IP allocation now, sent in the handshake (none without IPAM).
+    fn local_ipam(&self) -> Option<crate::ipam::identity::IpamIdentity>;
     /// The password's key, when one is set.
     fn password(&self) -> Option<Arc<crate::crypto::PresharedKey>>;
 }
@@ -153,6 +155,7 @@ impl<H: MakerHost> Maker<H> {
                         id,
                         true,
                         self.host.local_hello(),
+                        self.host.local_ipam(),
                         self.host.password(),
                         self.timings,
                         self.events.clone(),

@@ -39,6 +39,9 @@ impl<'de> Deserialize<'de> for PeerName {
     }
 }
 
+/// What Weave puts before the machine's identifiers when it derives a peer name from them.
+const WEAVE_NAME_SALT: &[u8] = b"9oBJ0Jmip-";
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PeerNameError {
     #[error("peer name {0:?} is not six colon-separated hex bytes (like 0a:00:00:00:00:01)")]
@@ -53,6 +56,26 @@ impl PeerName {
         let mut bytes: [u8; 6] = rand::random();
         bytes[0] = (bytes[0] | 0x02) & !0x01;
         Self::from_bytes(bytes)
+    }
+
+    /// The name Weave derives for a machine from its identifiers (the bytes of
+    /// `/etc/machine-id` followed by those of the product UUID, as read): SHA-256 of
+    /// Weave's salt and them, the first six bytes, locally administered and unicast. The
+    /// same machine gets the same name however often its state is wiped, and the name
+    /// Weave gave it. `None` when there are no identifiers.
+    pub fn from_machine_ids(ids: &[u8]) -> Option<Self> {
+        use sha2::Digest;
+        if ids.is_empty() {
+            return None;
+        }
+        let mut hash = sha2::Sha256::new();
+        hash.update(WEAVE_NAME_SALT);
+        hash.update(ids);
+        let sum = hash.finalize();
+        let mut bytes = [0u8; 6];
+        bytes.copy_from_slice(&sum[..6]);
+        bytes[0] = (bytes[0] & 0xfe) | 0x02;
+        Some(Self::from_bytes(bytes))
     }
 
     pub fn from_bytes(b: [u8; 6]) -> Self {
@@ -158,6 +181,18 @@ mod tests {
         let n: PeerName = "0a:1b:2c:3d:4e:5f".parse().unwrap();
         assert_eq!(n.to_string(), "0a:1b:2c:3d:4e:5f");
         assert_eq!(n.bytes(), [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]);
+    }
+
+    #[test]
+    fn a_machine_gets_weaves_name_from_its_identifiers() {
+        // SHA-256("9oBJ0Jmip-" ‖ ids), first six bytes, local and unicast.
+        let ids = b"3d1219c7c4c5404aaa1f6d2a48adfda4\n";
+        let name = PeerName::from_machine_ids(ids).unwrap();
+        assert_eq!(name.to_string(), "0e:1d:12:1a:1a:88");
+        assert_eq!(name.bytes()[0] & 0x03, 0x02, "local, unicast");
+        assert_eq!(PeerName::from_machine_ids(ids), Some(name), "stable");
+        assert_ne!(PeerName::from_machine_ids(b"other\n"), Some(name));
+        assert_eq!(PeerName::from_machine_ids(b""), None);
     }
 
     #[test]

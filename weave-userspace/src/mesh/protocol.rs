@@ -23,7 +23,8 @@ pub const MAGIC: [u8; 8] = *b"weavertr";
 /// Versions this build speaks. Version 2 added the encryption flag after the preamble;
 /// version 3 added fast-path heartbeats, [`Message::FastdpStatus`] and
 /// [`Message::ShortIdTaken`]; version 4 path-MTU probes and [`Message::PathMtuSeen`]; version 5 routed sleeve datagrams; version 6
-/// gossip-channel unicasts that count their hops ([`Delivery::Routed`](super::gossip_channel::Delivery::Routed)). A
+/// gossip-channel unicasts that count their hops ([`Delivery::Routed`](super::gossip_channel::Delivery::Routed))
+/// and [`Message::IpamIdentity`] right after the hello. A
 /// version 2 peer
 /// takes a message kind it does not know for a malformed frame and closes the connection,
 /// so nothing of version 3 is sent on a version 2 connection.
@@ -40,6 +41,10 @@ pub const PATH_MTU_VERSION: u8 = 4;
 pub const SLEEVE_RELAY_VERSION: u8 = 5;
 /// The first version whose gossip-channel unicasts carry the hops they may still take.
 pub const CHANNEL_HOPS_VERSION: u8 = 6;
+/// The first version whose handshake carries [`Message::IpamIdentity`] after the hello: a
+/// peer whose IP allocation disagrees with ours is refused before either side puts the
+/// other in its data path (older peers are refused when their ring arrives).
+pub const IPAM_IDENTITY_VERSION: u8 = 6;
 /// Length of the preamble: magic, min version, max version.
 pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of a frame header.
@@ -335,6 +340,9 @@ pub enum Message {
         round: u32,
         largest: u16,
     },
+    /// The sender's IP allocation (range and seeds), `None` when it runs without;
+    /// the second frame each way of the handshake (protocol version 6 and up).
+    IpamIdentity(Option<crate::ipam::identity::IpamIdentity>),
 }
 
 impl Message {
@@ -351,13 +359,14 @@ impl Message {
             Message::FastdpStatus { .. } => "fastdp status",
             Message::ShortIdTaken { .. } => "short ID taken",
             Message::PathMtuSeen { .. } => "path MTU seen",
+            Message::IpamIdentity(_) => "IPAM identity",
         }
     }
 }
 
 /// Names of the message kinds, in the order of [`Message`]'s variants (a frame's first
 /// body byte is that index).
-pub const MESSAGE_KINDS: [&str; 11] = [
+pub const MESSAGE_KINDS: [&str; 12] = [
     "hello",
     "heartbeat",
     "ready",
@@ -369,6 +378,7 @@ pub const MESSAGE_KINDS: [&str; 11] = [
     "fastdp status",
     "short ID taken",
     "path MTU seen",
+    "IPAM identity",
 ];
 
 /// Frames and bytes of control traffic by message kind, counted by this process.
@@ -555,6 +565,7 @@ mod tests {
                 round: 7,
                 largest: 1400,
             },
+            Message::IpamIdentity(None),
         ];
         for m in messages {
             let frame = encode_frame(&m).unwrap();

@@ -41,11 +41,12 @@ pub enum ContainerError {
 pub trait Containers: Send + Sync + 'static {
     fn info(&self) -> DockerInfo;
     /// Attaches a running container with `specs`, or (`None`) as it asks, else in the
-    /// default subnet.
+    /// default subnet; its name is registered in DNS when `with_dns`.
     fn attach_container<'a>(
         &'a self,
         container: &'a str,
         specs: Option<Vec<AddressSpec>>,
+        with_dns: bool,
     ) -> BoxFuture<'a, Result<Endpoint, ContainerError>>;
     /// Detaches a container: its interface, addresses and names go.
     fn detach_container<'a>(

@@ -129,6 +129,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let state = Arc::new(StateDir::open(&config.state_dir)?);
     let identity = state.identity(config.name)?;
+    let targets = targets_to_dial(&config, &state);
     let listener = router::bind(config.listen_addr()).await?;
     let http = TcpListener::bind(config.http_addr)
         .await
@@ -186,6 +187,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let up = Up {
         config: &config,
+        targets,
         state,
         local,
         listener,
@@ -244,11 +246,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     result
 }
 
-/// IP allocation: continued from the state dir or new, joined to the mesh's IPAM channel.
-fn start_ipam<D: Datapath>(
+/// IP allocation: continued from the state dir or new; made before the router, whose
+/// handshakes carry its identity ([`join_ipam`] then joins it to the mesh).
+fn open_ipam(
     config: &Config,
     state: &Arc<StateDir>,
-    router: &Arc<Router<D>>,
     ourself: PeerName,
 ) -> Result<Arc<IpamService>, DaemonError> {
     let c = &config.ipam;
@@ -269,14 +271,17 @@ fn start_ipam<D: Datapath>(
             c.expected_peers,
         )?,
     };
-    let service = IpamService::new(ipam, Some(state.clone()));
+    Ok(IpamService::new(ipam, Some(state.clone())))
+}
+
+/// Joins IP allocation to the mesh's IPAM channel.
+fn join_ipam<D: Datapath>(service: &Arc<IpamService>, router: &Arc<Router<D>>) {
     let gossiper = router.register_channel(ChannelId::Ipam, service.clone());
     let weak = Arc::downgrade(router);
     service.connect(
         gossiper,
         Box::new(move |peer| weak.upgrade().is_some_and(|r| r.reaches(peer))),
     );
-    Ok(service)
 }
 
 /// The host's IPv4 routes (from /proc/net/route) that overlap `range`, other than the
@@ -323,9 +328,48 @@ fn start_docker(
     tasks
 }
 
+/// The peers to dial: those on the command line, or with `--resume` those the last run
+/// stored (a corrupt list or a bad entry is one line each, and the launch goes on).
+fn targets_to_dial(
+    config: &Config,
+    state: &StateDir,
+) -> Vec<crate::mesh::connection_maker::Target> {
+    let stored = match state.load_targets() {
+        Ok(s) => s,
+        Err(e) => {
+            if config.resume {
+                tracing::warn!("{e}; resuming with no stored peers");
+            }
+            return config.targets.clone();
+        }
+    };
+    if !config.resume {
+        if let Some(s) = stored.filter(|s| config.targets.is_empty() && !s.given.is_empty()) {
+            tracing::info!(
+                "{} peers stored by the last run are not dialled: `launch --resume` dials them",
+                s.given.len() + s.learned.len()
+            );
+        }
+        return config.targets.clone();
+    }
+    let Some(stored) = stored else {
+        tracing::warn!("--resume: the state directory holds no stored peers; starting with none");
+        return Vec::new();
+    };
+    let (targets, bad) = stored.to_dial();
+    for line in bad {
+        tracing::warn!("{line}");
+    }
+    let shown: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    tracing::info!("resuming: dialling the stored peers {}", shown.join(", "));
+    targets
+}
+
 /// Everything ready but the data path.
 struct Up<'a> {
     config: &'a Config,
+    /// The peers to dial (given, or stored with `--resume`).
+    targets: Vec<crate::mesh::connection_maker::Target>,
     state: Arc<StateDir>,
     local: Hello,
     listener: TcpListener,
@@ -404,15 +448,22 @@ impl Up<'_> {
                 Err(e) => return Err(DaemonError::Sleeve(e)),
             }
         };
+        let ipam = open_ipam(self.config, &self.state, ourself)?;
+        let ipam_identity = {
+            // IPAM holds the router weakly (its gossiper), so no cycle.
+            let ipam = ipam.clone();
+            router::IpamIdentitySource(Arc::new(move || ipam.identity()))
+        };
         let router_config = RouterConfig {
             local: self.local,
-            targets: self.config.targets.clone(),
+            targets: std::mem::take(&mut self.targets),
             timings: Timings::default(),
             discovery: self.config.discovery,
             conn_limit: self.config.conn_limit,
             password: self.password.clone(),
             sleeve: sleeve.clone(),
             sleeve_use,
+            ipam: Some(ipam_identity),
         };
         let router = Arc::new(Router::start(
             router_config,
@@ -456,7 +507,7 @@ impl Up<'_> {
             None => None,
         };
         self.api_state.set_dns(dns.clone());
-        let ipam = start_ipam(self.config, &self.state, &router, ourself)?;
+        join_ipam(&ipam, &router);
         let _ticker = ipam.spawn_ticker();
         let node = Arc::new(Node::new(
             router.clone(),

@@ -47,6 +47,9 @@ pub enum EndpointsError {
     /// The endpoints could not be recorded in the state directory.
     #[error("cannot save endpoints: {0}")]
     Save(StateError),
+    /// `hide ADDR` of an address `expose` did not give.
+    #[error("{0} is not exposed")]
+    NotExposed(std::net::Ipv4Addr),
 }
 
 /// What [`Endpoints::attach`] is asked to do.

@@ -41,6 +41,8 @@ pub trait MeshControl: Send + Sync + 'static {
     fn forget(&self, targets: &[Target]) -> Vec<Target>;
     /// Replaces every target with `targets`.
     fn replace_targets(&self, targets: Vec<Target>);
+    /// The peer a name or nickname (of a peer seen since the start) names.
+    fn peer_named(&self, text: &str) -> Result<crate::mesh::peer_name::PeerName, String>;
 }
 
 impl<D: Datapath> MeshControl for Router<D> {
@@ -62,6 +64,10 @@ impl<D: Datapath> MeshControl for Router<D> {
 
     fn replace_targets(&self, targets: Vec<Target>) {
         Router::replace_targets(self, targets)
+    }
+
+    fn peer_named(&self, text: &str) -> Result<crate::mesh::peer_name::PeerName, String> {
+        Router::peer_named(self, text)
     }
 }
 
@@ -111,6 +117,11 @@ impl Node {
 
     pub fn mesh_summary(&self) -> MeshSummary {
         self.mesh.mesh_summary()
+    }
+
+    /// The peer a peer name or nickname names.
+    pub fn peer_named(&self, text: &str) -> Result<crate::mesh::peer_name::PeerName, String> {
+        self.mesh.peer_named(text)
     }
 
     /// Adds targets to dial (or, with `replace`, makes them the only targets).
@@ -189,7 +200,15 @@ impl Node {
     /// Gives the host addresses on the weave network (allocated like a container's, owner
     /// [`EXPOSE_OWNER`]) and masquerades their subnets' traffic to the outside. On an error
     /// the addresses are released.
-    pub async fn expose(&self, specs: &[AddressSpec]) -> Result<Vec<Ipv4Cidr>, EndpointsError> {
+    pub async fn expose(
+        &self,
+        specs: &[AddressSpec],
+        hostname: Option<&str>,
+    ) -> Result<Vec<Ipv4Cidr>, EndpointsError> {
+        if let Some(name) = hostname {
+            let dns = self.dns.as_ref().ok_or(EndpointsError::NoDns)?;
+            dns.qualify(name).map_err(EndpointsError::BadName)?;
+        }
         let ipam = self.ipam.as_deref();
         let addresses = endpoints::resolve_addresses(ipam, EXPOSE_OWNER, specs).await?;
         for a in &addresses {
@@ -200,19 +219,40 @@ impl Node {
                 return Err(e.into());
             }
         }
+        // `expose -h FQDN`: the host's name, for its exposed addresses (as Weave).
+        if let (Some(name), Some(dns)) = (hostname, &self.dns) {
+            let addrs: Vec<std::net::Ipv4Addr> = addresses.iter().map(|a| a.addr).collect();
+            dns.add(EXPOSE_OWNER, &addrs, name)
+                .map_err(EndpointsError::Register)?;
+        }
         Ok(addresses)
     }
 
-    /// Takes the exposed addresses away and releases them.
-    pub async fn hide(&self) -> Result<Vec<Ipv4Cidr>, EndpointsError> {
+    /// Takes the exposed addresses away (only those in `only` when it is not empty),
+    /// releases them and removes the names registered for them.
+    pub async fn hide(&self, only: &[std::net::Ipv4Addr]) -> Result<Vec<Ipv4Cidr>, EndpointsError> {
         let Some(ipam) = &self.ipam else {
             return Ok(Vec::new());
         };
-        let addresses = ipam.addresses_of(EXPOSE_OWNER);
+        let exposed = ipam.addresses_of(EXPOSE_OWNER);
+        if let Some(missing) = only.iter().find(|a| !exposed.iter().any(|e| e.addr == **a)) {
+            return Err(EndpointsError::NotExposed(*missing));
+        }
+        let addresses: Vec<Ipv4Cidr> = exposed
+            .into_iter()
+            .filter(|e| only.is_empty() || only.contains(&e.addr))
+            .collect();
         for a in &addresses {
             self.datapath().hide(*a).await?;
+            ipam.release_address(EXPOSE_OWNER, a.addr)
+                .map_err(AddressError::from)?;
         }
-        ipam.release(EXPOSE_OWNER).map_err(AddressError::from)?;
+        if let Some(dns) = &self.dns {
+            let addrs: Vec<std::net::Ipv4Addr> = addresses.iter().map(|a| a.addr).collect();
+            if !addrs.is_empty() {
+                let _ = dns.remove(EXPOSE_OWNER, &addrs, None);
+            }
+        }
         Ok(addresses)
     }
 

@@ -35,7 +35,11 @@ impl<D: Datapath> Inner<D> {
     /// Hands `message` to the next hop towards `to`, with `hops_left` (on a connection
     /// that speaks protocol version 6; an older peer gets it without the count).
     fn forward_unicast(&self, mut message: ChannelMessage, to: PeerName, hops_left: u8) {
-        let Some(hop) = self.view().routes.unicast.get(&to).copied() else {
+        let route = self.view().routes.unicast.get(&to).copied();
+        // A neighbour whose topology record has not arrived yet has no route, but its
+        // connection reaches it (an IPAM reply to a peer that just joined).
+        let direct = route.is_none() && self.mesh().core.is_direct(&to);
+        let Some(hop) = route.or(direct.then_some(to)) else {
             tracing::debug!("{:?} message for {to} dropped: no route", message.channel);
             return;
         };

@@ -17,7 +17,7 @@ use super::SleeveUse;
 use crate::datapath::overlay::path_mtu::{self, PathMtuSearch};
 use crate::datapath::overlay::{Overlay, OverlayChoice, Placement};
 use crate::datapath::{DatapathPeer, Heartbeat, ProbeSeen};
-use crate::mesh::connection::{ConnId, ConnectionError};
+use crate::mesh::connection::{ConnId, ConnectionError, IpamPair};
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::{
     Hello, Message, FASTDP_STATUS_VERSION, PATH_MTU_VERSION, SLEEVE_RELAY_VERSION,
@@ -120,6 +120,8 @@ pub struct Handshake {
     pub outbound: bool,
     pub remote: SocketAddr,
     pub hello: Hello,
+    /// Our IP allocation and the peer's, as the handshake carried them.
+    pub ipam: IpamPair,
     /// The connection is encrypted (it has session keys).
     pub encrypted: bool,
 }
@@ -565,6 +567,7 @@ impl MeshCore {
             outbound,
             remote,
             hello,
+            ipam,
             encrypted,
         } = handshake;
         let refused = |reason: &dyn std::fmt::Display| {
@@ -575,6 +578,23 @@ impl MeshCore {
                 hello.nickname
             );
         };
+        // Two IP allocations that disagree would hand out the same addresses: refused
+        // before the peer goes anywhere near the data path (both ends decide alike).
+        if let (Some(ours), Some(theirs)) = (&ipam.ours, &ipam.theirs) {
+            if let Err(mismatch) = ours.check(theirs) {
+                tracing::warn!(
+                    "connection {} {}({}) at {remote} refused: {mismatch}",
+                    arrow(outbound),
+                    hello.name,
+                    hello.nickname
+                );
+                effects.push(Effect::Answer {
+                    id,
+                    result: Err(ConnectionError::IpamMismatch(mismatch)),
+                });
+                return;
+            }
+        }
         let replace = match self.admit(outbound, &hello) {
             Admission::ShortIdClash { we_yield } => {
                 let (who, yields) = if we_yield {

@@ -60,6 +60,9 @@ pub(super) struct MeshView {
     /// last changed (what `GET /status/mesh` reports as `ChangedAt`).
     pub summary: (Vec<PeerName>, Vec<PeerName>),
     pub summary_changed_at: std::time::SystemTime,
+    /// The nickname of every peer seen since the start (`rmpeer` takes nicknames, also of
+    /// peers gone from the topology).
+    pub nicknames: BTreeMap<PeerName, String>,
 }
 
 impl MeshView {
@@ -76,6 +79,7 @@ impl MeshView {
             published: None,
             summary: (Vec::new(), Vec::new()),
             summary_changed_at: std::time::SystemTime::now(),
+            nicknames: BTreeMap::new(),
         }
     }
 }
@@ -565,6 +569,12 @@ impl<D: Datapath> Inner<D> {
             };
             let mut view = self.view();
             let started = thread_cpu_time();
+            let seen: Vec<(PeerName, String)> = view
+                .topology
+                .peers()
+                .map(|p| (p.name, p.nickname.clone()))
+                .collect();
+            view.nicknames.extend(seen);
             let gone = view.topology.garbage_collect();
             if !gone.is_empty() {
                 tracing::info!("peers no longer reachable, forgotten: {gone:?}");
@@ -669,7 +679,37 @@ pub struct MeshSummary {
     pub changed_at: u64,
 }
 
+/// The peer `text` names: a peer name, or the nickname of exactly one peer of `nicknames`.
+pub fn peer_named(text: &str, nicknames: &BTreeMap<PeerName, String>) -> Result<PeerName, String> {
+    if let Ok(name) = text.parse::<PeerName>() {
+        return Ok(name);
+    }
+    let matching: Vec<PeerName> = nicknames
+        .iter()
+        .filter(|(_, nick)| nick.as_str() == text)
+        .map(|(name, _)| *name)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!(
+            "{text:?} is neither a peer name (like 0a:00:00:00:00:01) nor the nickname of a peer seen by this router"
+        )),
+        many => {
+            let names: Vec<String> = many.iter().map(ToString::to_string).collect();
+            Err(format!(
+                "nickname {text:?} is ambiguous: peers {} have it; give the peer name",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
 impl<D: Datapath> super::Router<D> {
+    /// The peer `text` names: a peer name, or the nickname of a peer seen since the start.
+    pub fn peer_named(&self, text: &str) -> Result<PeerName, String> {
+        peer_named(text, &self.inner.view().nicknames)
+    }
+
     /// Whether we have a route to `peer`.
     pub fn reaches(&self, peer: PeerName) -> bool {
         self.inner.view().routes.unicast.contains_key(&peer)
@@ -700,6 +740,24 @@ impl<D: Datapath> super::Router<D> {
 #[cfg(test)]
 mod tests {
     use super::fanout;
+    use super::{peer_named, BTreeMap, PeerName};
+
+    #[test]
+    fn a_peer_is_named_by_its_name_or_its_one_nickname() {
+        let p = |n: u8| PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]);
+        let nicks: BTreeMap<PeerName, String> = [(p(1), "host1"), (p(2), "host2"), (p(3), "host2")]
+            .into_iter()
+            .map(|(n, s)| (n, s.to_string()))
+            .collect();
+        assert_eq!(peer_named("0a:00:00:00:00:09", &nicks), Ok(p(9)));
+        assert_eq!(peer_named("host1", &nicks), Ok(p(1)));
+        assert!(peer_named("host2", &nicks)
+            .unwrap_err()
+            .contains("ambiguous"));
+        assert!(peer_named("host9", &nicks)
+            .unwrap_err()
+            .contains("nor the nickname of a peer seen by this router"));
+    }
 
     #[test]
     fn fanout_grows_with_the_log_of_the_neighbours() {

@@ -71,6 +71,7 @@ impl Node {
             password: None,
             sleeve: None,
             sleeve_use: Default::default(),
+            ipam: None,
         };
         Node {
             router: Router::start(config, listener, datapath.clone(), None),
@@ -110,6 +111,7 @@ impl Node {
             password,
             sleeve: None,
             sleeve_use: Default::default(),
+            ipam: None,
         };
         Node {
             router: Router::start(config, listener, datapath.clone(), None),

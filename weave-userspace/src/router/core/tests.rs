@@ -38,8 +38,27 @@ fn handshaken(id: ConnId, outbound: bool, hello: &Hello) -> Event {
         outbound,
         remote: SocketAddr::from((hello.underlay, 6783)),
         hello: hello.clone(),
+        ipam: IpamPair::default(),
         encrypted: false,
     })
+}
+
+fn with_ipam(event: Event, ours: &str, theirs: &str) -> Event {
+    let identity = |s: &str| {
+        let (range, seed) = s.split_once(' ').unwrap_or((s, ""));
+        Some(crate::ipam::identity::IpamIdentity {
+            range: range.parse().unwrap(),
+            seeds: seed.parse().into_iter().collect(),
+        })
+    };
+    let Event::Handshaken(mut h) = event else {
+        unreachable!()
+    };
+    h.ipam = IpamPair {
+        ours: identity(ours),
+        theirs: identity(theirs),
+    };
+    Event::Handshaken(h)
 }
 
 /// The effects' kinds, for assertions that read like the sequence they check.
@@ -282,6 +301,37 @@ fn direct_peers_are_listed_with_their_runs_and_short_ids() {
         core.direct_short_ids().get(&hello(2).name),
         Some(&hello(2).short_id)
     );
+}
+
+#[test]
+fn a_peer_whose_ip_allocation_disagrees_is_refused_before_it_is_placed() {
+    let mut core = MeshCore::new(hello(1), config(false, SleeveUse::Fallback));
+    let seeds = |ours, theirs| with_ipam(handshaken(1, true, &hello(2)), ours, theirs);
+    let effects = core.on_event(seeds(
+        "10.2.0.0/16 0a:00:00:00:00:01",
+        "10.2.0.0/16 0a:00:00:00:00:02",
+    ));
+    assert!(
+        matches!(
+            &effects[..],
+            [Effect::Answer { result: Err(e @ ConnectionError::IpamMismatch(_)), .. }]
+                if e.to_string().starts_with("IP allocation was seeded by different peers")
+        ),
+        "{effects:?}"
+    );
+    assert_eq!(core.peer_count(), 0);
+    let effects = core.on_event(with_ipam(
+        handshaken(2, false, &hello(2)),
+        "10.2.0.0/16",
+        "10.3.0.0/16",
+    ));
+    assert_eq!(kinds(&effects), ["refuse"]);
+    // Seeds not known yet on one side (a consensus to come), or no IPAM: accepted.
+    let effects = core.on_event(seeds("10.2.0.0/16", "10.2.0.0/16 0a:00:00:00:00:02"));
+    assert_eq!(kinds(&effects), ["accept", "place"]);
+    let mut core = MeshCore::new(hello(1), config(false, SleeveUse::Fallback));
+    let effects = core.on_event(handshaken(3, true, &hello(2)));
+    assert_eq!(kinds(&effects), ["accept", "place"]);
 }
 
 #[test]
