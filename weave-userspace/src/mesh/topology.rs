@@ -370,6 +370,9 @@ impl Topology {
         }
         for info in update {
             info.validate()?;
+            if info.name == self.ourself && info.version > super::OWN_VERSION_LIMIT {
+                return Err(TopologyError::Invalid(info.name, "our own version out of range"));
+            }
         }
         let mut outcome = MergeOutcome::default();
         for info in update {
@@ -407,6 +410,9 @@ impl Topology {
             return Err(TopologyError::Invalid(delta.name, "malformed change"));
         }
         if delta.name == self.ourself {
+            if delta.version > super::OWN_VERSION_LIMIT {
+                return Err(TopologyError::Invalid(delta.name, "our own version out of range"));
+            }
             let me = self.ourself();
             if delta.uid != me.uid && (delta.version, delta.uid) > (me.version, me.uid) {
                 self.change_ourself(|me| me.version = delta.version + 1);
@@ -602,17 +608,40 @@ mod tests {
             );
         }
         assert_eq!(view.digest(), before, "nothing changed");
-        // At the limit a forged record of ours is outbid, with room to go on counting.
-        let outcome = view
-            .merge(&[peer(1, super::super::VERSION_LIMIT, 9)])
-            .unwrap();
-        assert!(outcome.ourself_bumped);
-        assert_eq!(view.ourself().version, super::super::VERSION_LIMIT + 1);
         let delta = RecordDelta {
             version: u64::MAX,
             ..view.ourself().delta_from(&peer(1, 3, 1))
         };
         assert!(view.apply_delta(&delta).is_err());
+    }
+
+    #[test]
+    fn a_record_of_ours_is_outbid_only_where_peers_still_take_ours() {
+        use super::super::{OWN_VERSION_LIMIT, VERSION_LIMIT};
+        // A forged record naming us at the limit peers accept: bumping past it would give us
+        // a version every peer refuses (and with it every update carrying our record).
+        for version in [VERSION_LIMIT, OWN_VERSION_LIMIT + 1] {
+            let mut view = Topology::new(peer(1, 3, 1));
+            assert_eq!(
+                view.merge(&[peer(1, version, 9)]),
+                Err(TopologyError::Invalid(peer(1, 0, 0).name, "our own version out of range"))
+            );
+            let forged = RecordDelta {
+                uid: 9,
+                from_version: version - 1,
+                version,
+                ..view.ourself().delta_from(&peer(1, 3, 1))
+            };
+            assert!(view.apply_delta(&forged).is_err());
+            assert_eq!(view.ourself().version, 3, "nothing changed");
+        }
+        // Up to half the limit a record of an earlier run is outbid, and peers take ours.
+        let mut view = Topology::new(peer(1, 3, 1));
+        let outcome = view.merge(&[peer(1, OWN_VERSION_LIMIT, 9)]).unwrap();
+        assert!(outcome.ourself_bumped);
+        assert_eq!(view.ourself().version, OWN_VERSION_LIMIT + 1);
+        let mut theirs = Topology::new(peer(2, 1, 1));
+        theirs.merge(&[view.ourself().clone()]).unwrap();
     }
 
     #[test]
