@@ -174,7 +174,7 @@ async fn create(
 
 /// Checks `WEAVE_CIDR` and fills in the label and resolver settings. `dns`: the weaveDNS
 /// listen address (IP:PORT) and domain, when DNS runs.
-fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), String> {
+pub fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), String> {
     let env: Vec<String> = config["Env"]
         .as_array()
         .map(|a| {
