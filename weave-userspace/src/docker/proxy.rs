@@ -191,7 +191,11 @@ pub fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<
         return Err("bad container config: not an object".into());
     };
     // Checked before anything changes: a refused body is forwarded nowhere, unchanged.
-    if dns.is_some() && !obj.get("HostConfig").is_none_or(|h| h.is_object() || h.is_null()) {
+    if dns.is_some()
+        && !obj
+            .get("HostConfig")
+            .is_none_or(|h| h.is_object() || h.is_null())
+    {
         return Err("bad container config: HostConfig is not an object".into());
     }
     let labels = obj
@@ -333,10 +337,15 @@ mod tests {
 
     #[test]
     fn a_host_config_that_is_not_an_object_is_refused_unchanged() {
-        for host in [serde_json::json!("x"), serde_json::json!([1]), serde_json::json!(7)] {
+        for host in [
+            serde_json::json!("x"),
+            serde_json::json!([1]),
+            serde_json::json!(7),
+        ] {
             let mut c = serde_json::json!({"Env": [], "HostConfig": host});
             let before = c.clone();
-            let e = complete_create(&mut c, Some(("169.254.53.53:53", "weave.local."))).unwrap_err();
+            let e =
+                complete_create(&mut c, Some(("169.254.53.53:53", "weave.local."))).unwrap_err();
             assert_eq!(e, "bad container config: HostConfig is not an object");
             assert_eq!(c, before);
         }

@@ -371,7 +371,10 @@ impl Topology {
         for info in update {
             info.validate()?;
             if info.name == self.ourself && info.version > super::OWN_VERSION_LIMIT {
-                return Err(TopologyError::Invalid(info.name, "our own version out of range"));
+                return Err(TopologyError::Invalid(
+                    info.name,
+                    "our own version out of range",
+                ));
             }
         }
         let mut outcome = MergeOutcome::default();
@@ -411,7 +414,10 @@ impl Topology {
         }
         if delta.name == self.ourself {
             if delta.version > super::OWN_VERSION_LIMIT {
-                return Err(TopologyError::Invalid(delta.name, "our own version out of range"));
+                return Err(TopologyError::Invalid(
+                    delta.name,
+                    "our own version out of range",
+                ));
             }
             let me = self.ourself();
             if delta.uid != me.uid && (delta.version, delta.uid) > (me.version, me.uid) {
@@ -624,7 +630,10 @@ mod tests {
             let mut view = Topology::new(peer(1, 3, 1));
             assert_eq!(
                 view.merge(&[peer(1, version, 9)]),
-                Err(TopologyError::Invalid(peer(1, 0, 0).name, "our own version out of range"))
+                Err(TopologyError::Invalid(
+                    peer(1, 0, 0).name,
+                    "our own version out of range"
+                ))
             );
             let forged = RecordDelta {
                 uid: 9,
