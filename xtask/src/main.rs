@@ -8,6 +8,7 @@ mod bench_sleeve;
 mod build;
 mod demo;
 mod docker_image;
+mod fuzz;
 mod run;
 mod scale;
 mod setup;
@@ -54,6 +55,20 @@ enum Cmd {
         #[arg(long)]
         e2e_only: bool,
     },
+    /// Fuzz every target of fuzz/ (cargo-fuzz, nightly) for SECS seconds each, one at a
+    /// time; reports runs and execs per target and fails on a crash (its input is kept in
+    /// fuzz/artifacts/<target>/).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(default_value_t = fuzz::DEFAULT_SECS)]
+        secs: u64,
+        /// Add the new inputs that widen coverage to the corpus in the repo.
+        #[arg(long)]
+        merge: bool,
+        /// Only the targets whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Three simulated hosts, each with a router and two containers; pings across.
     Demo {
         /// Leave it running and say how to step inside.
@@ -95,6 +110,7 @@ fn main() {
             e2e_filter,
             e2e_only,
         } => test::test(no_build, e2e_only, e2e_filter.as_deref()),
+        Cmd::Fuzz { secs, merge, only } => fuzz::fuzz(secs, merge, only.as_deref()),
         Cmd::Demo {
             keep,
             down,

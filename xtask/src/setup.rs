@@ -68,6 +68,7 @@ pub fn setup() -> Result<()> {
     apt_packages()?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs()?;
     println!("    setup done in {:.1}s", t.elapsed().as_secs_f64());
     Ok(())
@@ -111,6 +112,16 @@ fn apt_packages() -> Result<()> {
         bail!("apt-get did not install {}", still.join(" "));
     }
     Ok(())
+}
+
+/// cargo-fuzz, for the fuzz targets (`cargo xtask fuzz`, and briefly `cargo xtask test`).
+fn cargo_fuzz() -> Result<()> {
+    if crate::fuzz::cargo_fuzz_installed() {
+        println!("    cargo-fuzz: present");
+        return Ok(());
+    }
+    println!("    installing cargo-fuzz");
+    status(cmd("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 fn rustup() -> std::process::Command {

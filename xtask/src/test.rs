@@ -258,6 +258,9 @@ pub fn test(no_build: bool, e2e_only: bool, e2e_filter: Option<&str>) -> Result<
             Duration::from_secs(30 * 60),
         )?);
     }
+    if !e2e_only {
+        phases.push(fuzz_phase()?);
+    }
     let mut e2e: Vec<&str> = vec!["-p", "weave-tests", "--", "--test-threads=1"];
     if let Some(f) = e2e_filter {
         e2e.push(f);
@@ -285,6 +288,42 @@ pub fn test(no_build: bool, e2e_only: bool, e2e_filter: Option<&str>) -> Result<
         bail!("some tests failed or were skipped (see the summary above)");
     }
     Ok(())
+}
+
+/// Every fuzz target for a few seconds (`cargo xtask fuzz` runs them longer): a regression
+/// that panics on an input of the kept corpus, or soon after, shows here.
+fn fuzz_phase() -> Result<Phase> {
+    let title = "fuzz targets, a few seconds each";
+    step(title);
+    let t = Instant::now();
+    let mut failures = Vec::new();
+    let mut targets = Vec::new();
+    match crate::fuzz::run_all(crate::fuzz::TEST_SECS, false, None) {
+        Err(e) => failures.push(format!("{e:#}")),
+        Ok(runs) => {
+            for r in runs {
+                println!("    {}", r.summary());
+                let ok = r.failure.is_none();
+                if let Some(f) = &r.failure {
+                    failures.push(format!("fuzz {}: {f}", r.name));
+                }
+                targets.push(TargetResult {
+                    name: format!("fuzz {}: {} runs", r.name, r.runs),
+                    passed: u32::from(ok),
+                    failed: u32::from(!ok),
+                    done: true,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(Phase {
+        title,
+        ok: failures.is_empty(),
+        elapsed: t.elapsed(),
+        targets,
+        failures,
+    })
 }
 
 /// The summary of a run: a line per phase and per test binary, each failed and each skipped

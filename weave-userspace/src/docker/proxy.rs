@@ -206,7 +206,7 @@ where
 
 /// Checks `WEAVE_CIDR` and fills in the label and resolver settings. `dns`: the weaveDNS
 /// listen address (IP:PORT) and domain, when DNS runs.
-fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), String> {
+pub fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), String> {
     let env: Vec<String> = config["Env"]
         .as_array()
         .map(|a| {
@@ -222,6 +222,14 @@ fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), 
     let Some(obj) = config.as_object_mut() else {
         return Err("bad container config: not an object".into());
     };
+    // Checked before anything changes: a refused body is forwarded nowhere, unchanged.
+    if dns.is_some()
+        && !obj
+            .get("HostConfig")
+            .is_none_or(|h| h.is_object() || h.is_null())
+    {
+        return Err("bad container config: HostConfig is not an object".into());
+    }
     let labels = obj
         .entry("Labels")
         .or_insert_with(|| Value::Object(Default::default()));
@@ -234,9 +242,6 @@ fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), 
         let host = obj
             .entry("HostConfig")
             .or_insert_with(|| Value::Object(Default::default()));
-        if !(host.is_object() || host.is_null()) {
-            return Err("bad container config: HostConfig is not an object".into());
-        }
         let empty = |v: &Value| v.as_array().is_none_or(|a| a.is_empty());
         if empty(&host["Dns"]) {
             host["Dns"] = serde_json::json!([ip]);
@@ -393,6 +398,26 @@ mod tests {
         let tiny = Full::new(Bytes::from_static(b"{}"));
         let (code, _) = read_create_body(&declared, tiny).await.unwrap_err();
         assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_host_config_that_is_not_an_object_is_refused_unchanged() {
+        for host in [
+            serde_json::json!("x"),
+            serde_json::json!([1]),
+            serde_json::json!(7),
+        ] {
+            let mut c = serde_json::json!({"Env": [], "HostConfig": host});
+            let before = c.clone();
+            let e =
+                complete_create(&mut c, Some(("169.254.53.53:53", "weave.local."))).unwrap_err();
+            assert_eq!(e, "bad container config: HostConfig is not an object");
+            assert_eq!(c, before);
+        }
+        // Without weaveDNS the proxy does not look at it.
+        let mut c = serde_json::json!({"HostConfig": "x"});
+        complete_create(&mut c, None).unwrap();
+        assert_eq!(c["HostConfig"], "x");
     }
 
     #[test]

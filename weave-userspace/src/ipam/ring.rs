@@ -72,6 +72,10 @@ pub enum RingError {
     Inconsistent { at: Ipv4Addr, version: u64 },
     #[error("ring refused: our token at {at} was changed by another peer (was 'rmpeer' run on us while we were alive?)")]
     OurTokenChanged { at: Ipv4Addr },
+    #[error(
+        "ring refused: it gives us the token at {at} with a version too high to go on counting"
+    )]
+    OurTokenOutOfRange { at: Ipv4Addr },
     #[error("ring refused: another peer put a token at {at}, inside a range we own")]
     InsertedIntoOurRange { at: Ipv4Addr },
     #[error("the ring is already claimed")]
@@ -142,6 +146,12 @@ impl TryFrom<RawRing> for RingState {
                 return bad(format!("tokens not sorted or duplicated at {}", t.start));
             }
             prev = Some(at);
+            if t.version > crate::mesh::VERSION_LIMIT {
+                return bad(format!(
+                    "token at {} has version {} out of range",
+                    t.start, t.version
+                ));
+            }
             tokens.insert(
                 at,
                 TokenInfo {
@@ -388,6 +398,17 @@ impl Ring {
     /// nothing. Returns whether ours changed.
     pub fn merge(&mut self, theirs: &RingState) -> Result<bool, RingError> {
         theirs.check()?;
+        // A token of ours we would take at a version we could not raise without going past
+        // what peers accept (and so having every ring of ours refused from then on).
+        if let Some((&at, _)) = theirs
+            .tokens
+            .iter()
+            .find(|(_, t)| t.owner == self.ourself && t.version > crate::mesh::OWN_VERSION_LIMIT)
+        {
+            return Err(RingError::OurTokenOutOfRange {
+                at: Ipv4Addr::from(at),
+            });
+        }
         if !self.state.is_empty() {
             for (&at, t) in &theirs.tokens {
                 match self.state.tokens.get(&at) {
@@ -699,6 +720,39 @@ pub(crate) mod tests {
             Err(RingError::BadPeerCount(0))
         );
         a.state().check().unwrap();
+    }
+
+    #[test]
+    fn token_versions_peers_could_not_go_on_from_are_refused() {
+        use crate::mesh::{OWN_VERSION_LIMIT, VERSION_LIMIT};
+        let mut ours = claimed(0, 2, "10.0.0.0/24");
+        let before = ours.clone();
+        let theirs = claimed(1, 2, "10.0.0.0/24");
+        let with_version = |owner: usize, version: u64| {
+            let mut raw = RawRing::from(theirs.state().clone());
+            let t = raw
+                .tokens
+                .iter_mut()
+                .find(|t| t.owner == name(owner))
+                .unwrap();
+            t.version = version;
+            raw
+        };
+        // Beyond the limit nobody takes a ring (a forged u64::MAX used to overflow our
+        // next change of that token).
+        for owner in [0, 1] {
+            assert!(RingState::try_from(with_version(owner, VERSION_LIMIT + 1)).is_err());
+        }
+        // A token of ours at a version we could not raise without peers refusing ours.
+        let forged = RingState::try_from(with_version(0, OWN_VERSION_LIMIT + 1)).unwrap();
+        assert!(matches!(
+            ours.merge(&forged),
+            Err(RingError::OurTokenOutOfRange { .. })
+        ));
+        assert_eq!(ours, before, "nothing changed");
+        // Another peer's token up to the limit is theirs to count.
+        let high = RingState::try_from(with_version(1, VERSION_LIMIT)).unwrap();
+        assert_eq!(ours.merge(&high), Ok(true));
     }
 
     #[test]

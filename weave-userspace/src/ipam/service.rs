@@ -138,7 +138,8 @@ fn encode(message: &Message) -> Vec<u8> {
     postcard::to_stdvec(message).expect("IPAM messages serialise")
 }
 
-fn decode(payload: &[u8]) -> Result<Message, GossipChannelError> {
+/// Decodes an IPAM gossip payload; every byte must belong to the message.
+pub fn decode(payload: &[u8]) -> Result<Message, GossipChannelError> {
     let (message, rest) =
         postcard::take_from_bytes::<Message>(payload).map_err(|e| malformed(e.to_string()))?;
     if !rest.is_empty() {

@@ -15,3 +15,10 @@ pub mod topology;
 /// a record bumped past a forged one still has 2^62 changes of room before its counter
 /// would wrap.
 pub const VERSION_LIMIT: u64 = 1 << 62;
+
+/// A record of this router from another run raises its own version past it (and a ring
+/// token of ours is taken) only below this: no honest run counts that far, and raising ours
+/// past anything up to [`VERSION_LIMIT`] could take it beyond what peers accept (they would
+/// refuse every record of ours from then on); half the limit leaves 2^61 changes of room.
+/// A record of ours above it is not outbid.
+pub const OWN_VERSION_LIMIT: u64 = VERSION_LIMIT / 2;

@@ -339,10 +339,6 @@ impl Trust<'_> {
     }
 }
 
-/// A record of ourselves from another run raises our version past it only below this: no
-/// honest run counts that far, and a forged record above it would leave our own counter
-/// too little room below [`super::VERSION_LIMIT`], past which peers refuse our record.
-pub const BUMP_CEILING: u64 = super::VERSION_LIMIT / 2;
 
 /// How many of each record's latest changes are kept.
 pub const CHANGES_KEPT: usize = 8;
@@ -497,7 +493,7 @@ impl Topology {
         for info in update {
             if info.name == self.ourself {
                 let me = self.ourself();
-                if info.supersedes(me) && info.uid != me.uid && info.version < BUMP_CEILING {
+                if info.supersedes(me) && info.uid != me.uid && info.version < super::OWN_VERSION_LIMIT {
                     self.change_ourself(|me| me.version = info.version + 1);
                     outcome.ourself_bumped = true;
                 }
@@ -564,7 +560,7 @@ impl Topology {
             let me = self.ourself();
             if delta.uid != me.uid
                 && (delta.version, delta.uid) > (me.version, me.uid)
-                && delta.version < BUMP_CEILING
+                && delta.version < super::OWN_VERSION_LIMIT
             {
                 self.change_ourself(|me| me.version = delta.version + 1);
                 return Ok(DeltaOutcome::OurselfBumped);
@@ -813,14 +809,45 @@ mod tests {
             .unwrap();
         assert!(!outcome.ourself_bumped);
         assert_eq!(view.ourself().version, 3);
-        let outcome = view.merge(&[peer(1, BUMP_CEILING - 1, 9)]).unwrap();
+        let outcome = view.merge(&[peer(1, super::super::OWN_VERSION_LIMIT - 1, 9)]).unwrap();
         assert!(outcome.ourself_bumped);
-        assert_eq!(view.ourself().version, BUMP_CEILING);
+        assert_eq!(view.ourself().version, super::super::OWN_VERSION_LIMIT);
         let delta = RecordDelta {
             version: u64::MAX,
             ..view.ourself().delta_from(&peer(1, 3, 1))
         };
         assert!(view.apply_delta(&delta).is_err());
+    }
+
+    #[test]
+    fn a_record_of_ours_is_outbid_only_where_peers_still_take_ours() {
+        use super::super::{OWN_VERSION_LIMIT, VERSION_LIMIT};
+        // A forged record naming us at the limit peers accept: bumping past it would give us
+        // a version every peer refuses (and with it every update carrying our record). It is
+        // not outbid, and nothing changes.
+        for version in [VERSION_LIMIT, OWN_VERSION_LIMIT + 1] {
+            let mut view = Topology::new(peer(1, 3, 1));
+            let outcome = view.merge(&[peer(1, version, 9)]).unwrap();
+            assert!(!outcome.ourself_bumped);
+            let forged = RecordDelta {
+                uid: 9,
+                from_version: version - 1,
+                version,
+                ..view.ourself().delta_from(&peer(1, 3, 1))
+            };
+            assert!(!matches!(
+                view.apply_delta(&forged),
+                Ok(DeltaOutcome::OurselfBumped)
+            ));
+            assert_eq!(view.ourself().version, 3, "nothing changed");
+        }
+        // Below half the limit a record of an earlier run is outbid, and peers take ours.
+        let mut view = Topology::new(peer(1, 3, 1));
+        let outcome = view.merge(&[peer(1, OWN_VERSION_LIMIT - 1, 9)]).unwrap();
+        assert!(outcome.ourself_bumped);
+        assert_eq!(view.ourself().version, OWN_VERSION_LIMIT);
+        let mut theirs = Topology::new(peer(2, 1, 1));
+        theirs.merge(&[view.ourself().clone()]).unwrap();
     }
 
     #[test]
