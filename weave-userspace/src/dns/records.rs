@@ -322,6 +322,11 @@ impl Records {
             let key = key_of(&e);
             let old = st.entries.get(&key).cloned();
             if e.origin == self.me {
+                // An entry of ours from an earlier run is outbid only below half the limit
+                // peers accept: a forged one higher must not take ours past it.
+                if e.version >= crate::mesh::OWN_VERSION_LIMIT {
+                    continue;
+                }
                 match old {
                     Some(v) if v.version >= e.version => {}
                     Some(mut v) => {

@@ -256,7 +256,9 @@ impl Consensus {
         Ok(self.think() || changed)
     }
 
-    /// Starts a new proposal above any seen. Returns it (gossip afterwards).
+    /// Starts a new proposal above any seen. Returns it (gossip afterwards). Rounds stay
+    /// within what peers accept ([`crate::mesh::VERSION_LIMIT`]): past a forged round at
+    /// the limit no proposal can win, but none makes peers refuse our claims.
     pub fn propose(&mut self) -> Proposal {
         let round = self
             .knows
@@ -264,7 +266,8 @@ impl Consensus {
             .map(|c| c.promise.round.max(c.accepted.round))
             .max()
             .unwrap_or(0)
-            + 1;
+            .saturating_add(1)
+            .min(crate::mesh::VERSION_LIMIT);
         let p = Proposal {
             round,
             proposer: Some(self.ourself),
@@ -473,6 +476,25 @@ mod tests {
             ..Claims::default()
         };
         assert_eq!(claims.validate(), Err("a round out of range"));
+    }
+
+    /// A forged promise at the limit peers accept: our next proposal stays within it (one
+    /// above would be refused by every peer, and our claims with it).
+    #[test]
+    fn a_proposal_never_goes_past_the_round_limit() {
+        let mut p = Consensus::new(name(0), 2);
+        let forged = Claims {
+            promise: Proposal {
+                round: crate::mesh::VERSION_LIMIT,
+                proposer: Some(name(5)),
+            },
+            ..Claims::default()
+        };
+        p.merge(&[(name(5), forged)]).unwrap();
+        let mine = p.propose();
+        assert_eq!(mine.round, crate::mesh::VERSION_LIMIT);
+        let mut peer = Consensus::new(name(1), 2);
+        assert!(peer.merge(&p.gossip()).is_ok(), "peers still take our claims");
     }
 
     #[test]

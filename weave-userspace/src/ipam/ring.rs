@@ -76,6 +76,8 @@ pub enum RingError {
         "ring refused: it gives us the token at {at} with a version too high to go on counting"
     )]
     OurTokenOutOfRange { at: Ipv4Addr },
+    #[error("cannot take over the token at {at}: its version is at the limit peers accept")]
+    TokenVersionAtLimit { at: Ipv4Addr },
     #[error("ring refused: another peer put a token at {at}, inside a range we own")]
     InsertedIntoOurRange { at: Ipv4Addr },
     #[error("the ring is already claimed")]
@@ -586,6 +588,18 @@ impl Ring {
         if ranges.is_empty() {
             return Err(RingError::OwnsNothing(dead));
         }
+        // Its tokens come from gossip, up to the limit peers accept: one at the limit
+        // cannot be outbid (ours would be refused everywhere), so nothing is taken.
+        if let Some((&at, _)) = self
+            .state
+            .tokens
+            .iter()
+            .find(|(_, t)| t.owner == dead && t.version >= crate::mesh::VERSION_LIMIT)
+        {
+            return Err(RingError::TokenVersionAtLimit {
+                at: Ipv4Addr::from(at),
+            });
+        }
         for t in self.state.tokens.values_mut().filter(|t| t.owner == dead) {
             t.owner = self.ourself;
             t.version += 1;
@@ -753,6 +767,13 @@ pub(crate) mod tests {
         // Another peer's token up to the limit is theirs to count.
         let high = RingState::try_from(with_version(1, VERSION_LIMIT)).unwrap();
         assert_eq!(ours.merge(&high), Ok(true));
+        // ...and not ours to take over: a version past the limit would be refused by all.
+        let taken_before = ours.clone();
+        assert!(matches!(
+            ours.take_over(name(1)),
+            Err(RingError::TokenVersionAtLimit { .. })
+        ));
+        assert_eq!(ours, taken_before, "nothing taken");
     }
 
     #[test]

@@ -244,3 +244,33 @@ fn payloads_round_trip_and_bad_ones_change_nothing() {
     assert!(c.on_gossip(peer(1), &encode(&wrapping)).is_err());
     assert!(c.entries().is_empty());
 }
+
+/// An entry of ours from gossip at half the version limit or above (forged: no run counts
+/// that far) is not outbid: ours would go past what peers accept and be refused by all.
+#[test]
+fn a_forged_entry_of_ours_near_the_limit_is_not_outbid() {
+    let me = Records::new(peer(1));
+    let mine = me
+        .add("c1", ip("10.2.1.1"), "w1.weave.local.")
+        .unwrap()
+        .unwrap();
+    for version in [crate::mesh::OWN_VERSION_LIMIT, crate::mesh::VERSION_LIMIT] {
+        let forged = Entry {
+            version,
+            tombstone: true,
+            ..mine.clone()
+        };
+        assert!(me.merge(vec![forged]).is_empty(), "{version}");
+        assert_eq!(me.entries(), vec![mine.clone()]);
+    }
+    // Below it an entry of an earlier run is outbid, and peers take the answer.
+    let earlier = Entry {
+        version: mine.version + 10,
+        ..mine.clone()
+    };
+    let news = me.merge(vec![earlier]);
+    assert_eq!(news.len(), 1);
+    assert_eq!(news[0].version, mine.version + 11);
+    let other = Records::new(peer(2));
+    assert_eq!(other.merge(news.clone()), news);
+}
