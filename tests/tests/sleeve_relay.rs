@@ -840,6 +840,53 @@ fn line_relays_across_a_second_hop_fallen_back_to_the_sleeve() {
     relays_across_a_hop_fallen_back_to_the_sleeve("srg", (2, 3));
 }
 
+/// The line host1–host2–host3–host4 without a password, the ends pinging each other
+/// through the kernel first (host4's kernel has learned host1's MACs behind host3, host1's
+/// host4's behind host2); then the middle hop host2–host3 falls back to the sleeve. Both
+/// ends' kernels still relay through their fast-path neighbour, which hands the frames to
+/// its sleeve (the far end's entry there says the sleeve carries it): pings go on both ways.
+#[test]
+fn longer_line_relays_through_a_middle_hop_fallen_back_to_the_sleeve() {
+    if !require_root("longer_line_relays_through_a_middle_hop_fallen_back_to_the_sleeve") {
+        return;
+    }
+    require_tools(&["nft"]);
+    let mut bed = weave_tests::partial_mesh::partial_mesh(
+        "srw",
+        4,
+        &[(1, 2), (2, 3), (3, 4)],
+        &[&[], &[1], &[2], &[3]],
+        &[],
+    );
+    let (c1, others) = container_on_each(&mut bed, 4);
+    let c4 = others[2];
+    for (from, to) in [(c1, "10.2.1.4"), (c4, "10.2.1.1")] {
+        bed.container(from)
+            .wait_ping(to, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{to} before the block: {e}\n{}", dump(&bed)));
+    }
+    mesh::block_udp_port(&bed, 2, 3, VXLAN_PORT).expect("block UDP 6784");
+    wait_connection_on(&bed, 2, 3, "sleeve", Duration::from_secs(15));
+    wait_connection_on(&bed, 3, 2, "sleeve", Duration::from_secs(5));
+    let handed_before: f64 = [2, 3]
+        .iter()
+        .map(|&h| counter(&bed, h, "weave_datapath_packets_total", "rx_to_sleeve"))
+        .sum();
+    assert_pings_all_answered(&bed, c4, "10.2.1.1", "host4 -> host1 across the fallen middle");
+    assert_pings_all_answered(&bed, c1, "10.2.1.4", "host1 -> host4 across the fallen middle");
+    let handed = [2, 3]
+        .iter()
+        .map(|&h| counter(&bed, h, "weave_datapath_packets_total", "rx_to_sleeve"))
+        .sum::<f64>()
+        - handed_before;
+    assert!(
+        handed >= 5.0,
+        "the middle hosts' kernels should hand the ends' relayed frames to their sleeves \
+         (rx_to_sleeve grew by {handed})\n{}",
+        dump(&bed)
+    );
+}
+
 /// The helpers' parsing, without a bed.
 #[test]
 fn ping_timing_parsing() {

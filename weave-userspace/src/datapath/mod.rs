@@ -175,8 +175,6 @@ pub trait Datapath: Send + Sync + 'static {
         &self,
         peer: DatapathPeer,
     ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
-    /// Makes the bridge forget the ports it learned `macs` on: they now live behind another
-    /// path, and frames for them should reach the data path again. The default does nothing.
     /// Stops sending to `short_id` as a directly connected peer (its control connection is
     /// gone) but keeps what was learned behind it (MACs, ARP answers): the routes may still
     /// reach it through a neighbour, and then [`Datapath::add_peer`] follows at once and
@@ -188,6 +186,17 @@ pub trait Datapath: Send + Sync + 'static {
         self.remove_peer(short_id)
     }
 
+    /// A peer reached through a neighbour the sleeve carries (its fast path fell back): the
+    /// fast path sends it nothing itself, keeps what it learned behind it, and VXLAN relayed
+    /// to it by other peers is handed to the sleeve, which routes it on. The default stops
+    /// sending to it as [`Datapath::unroute_peer`] does.
+    fn leave_to_sleeve(
+        &self,
+        peer: DatapathPeer,
+    ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send {
+        self.unroute_peer(peer.short_id)
+    }
+
     /// Brings the next hop towards each directly connected peer up to date with the
     /// host's routes and neighbour table (called about once a second): a route change
     /// moves the frames the programs address themselves without a restart.
@@ -195,6 +204,8 @@ pub trait Datapath: Send + Sync + 'static {
         async {}
     }
 
+    /// Makes the bridge forget the ports it learned `macs` on: they now live behind another
+    /// path, and frames for them should reach the data path again. The default does nothing.
     fn forget_bridge_macs(
         &self,
         macs: Vec<[u8; 6]>,

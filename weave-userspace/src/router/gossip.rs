@@ -631,9 +631,10 @@ impl<D: Datapath> Inner<D> {
             }
         }
         for peer in plan.to_sleeve {
-            // Its next hop fell back to the sleeve: no more relaying by the kernel, what it
-            // learned behind the peer kept for when the fast path carries it again.
-            if let Err(e) = self.datapath.unroute_peer(peer.short_id).await {
+            // Its next hop fell back to the sleeve: no more relaying by the kernel (VXLAN
+            // for it from others goes to the sleeve), what it learned behind the peer kept
+            // for when the fast path carries it again.
+            if let Err(e) = self.datapath.leave_to_sleeve(peer).await {
                 tracing::error!(
                     "cannot leave relayed peer {} to the sleeve: {e}",
                     peer.short_id

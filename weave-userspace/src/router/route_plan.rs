@@ -45,8 +45,9 @@ pub struct RoutePlan {
     pub add: Vec<DatapathPeer>,
     /// Relayed peers no longer reached.
     pub remove: Vec<DatapathPeer>,
-    /// Relayed peers whose next hop the sleeve carries now: out of the fast path, what it
-    /// learned behind them kept.
+    /// Relayed peers whose next hop the sleeve carries, new or changed: the fast path sends
+    /// them nothing itself (what it learned behind them kept) and hands VXLAN relayed to
+    /// them to the sleeve.
     pub to_sleeve: Vec<DatapathPeer>,
     /// Direct peers whose connection went and that no neighbour reaches over the fast path:
     /// gone from it for good.
@@ -139,10 +140,9 @@ pub fn plan(
         .filter(|(name, p)| !reached(name) && holds_its_id(name, p))
         .map(|(_, p)| *p)
         .collect();
-    let to_sleeve = installed
-        .relayed
+    let to_sleeve = sleeve
         .iter()
-        .filter(|(name, p)| sleeve.contains_key(name) && holds_its_id(name, p))
+        .filter(|(name, p)| installed.left_to_sleeve.get(name) != Some(p))
         .map(|(_, p)| *p)
         .collect();
     let add = wanted
@@ -379,6 +379,24 @@ mod tests {
         let gone = plan(&alone, lookup, me(), &direct(&[2]), &on_sleeve, &mut installed);
         assert_eq!(gone.remove, [peer(3, 2)]);
         assert!(installed.left_to_sleeve.is_empty());
+    }
+
+    /// A peer first reached through a neighbour already on the sleeve is handed to the
+    /// sleeve too: VXLAN relayed to it by others must not be dropped here.
+    #[test]
+    fn a_peer_first_seen_behind_a_neighbour_on_the_sleeve_is_handed_to_the_sleeve() {
+        let mut installed = Installed::default();
+        let on_sleeve: BTreeSet<PeerName> = [name(2)].into();
+        let p = plan(&line(2), lookup, me(), &direct(&[2]), &on_sleeve, &mut installed);
+        assert_eq!(p.to_sleeve, [peer(3, 2)]);
+        assert!(p.add.is_empty() && p.remove.is_empty());
+        // Its next hop changes (a longer way round, still behind the sleeve): handed again.
+        let mut routes = line(2);
+        routes.unicast.insert(name(4), name(4));
+        routes.unicast.insert(name(3), name(4));
+        let on_sleeve: BTreeSet<PeerName> = [name(2), name(4)].into();
+        let p = plan(&routes, lookup, me(), &direct(&[2, 4]), &on_sleeve, &mut installed);
+        assert_eq!(p.to_sleeve, [peer(3, 4)]);
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub(super) enum PeerUse {
     /// heartbeats counted), nothing is routed to it, and frames relayed to it over the fast
     /// path are handed to the sleeve ([`crate::datapath::Datapath::admit_peer`]).
     AdmittedOnly,
+    /// A peer reached through a neighbour whose frames the sleeve carries: not admitted as
+    /// an origin, nothing routed to it, frames relayed to it over the fast path handed to
+    /// the sleeve ([`crate::datapath::Datapath::leave_to_sleeve`]).
+    RelayedBySleeve,
 }
 
 /// Whether frames for `peer` go to it directly (it is its own next hop).
@@ -112,6 +116,15 @@ pub(super) fn peer_entries(
                 underlay_mac,
             },
             neighbour: NeighbourPeerChange::ReleaseAll,
+        },
+        PeerUse::RelayedBySleeve => PeerEntries {
+            entry: PeerEntry {
+                underlay_ipv4: peer.underlay.octets(),
+                flags: PEER_VIA_SLEEVE,
+                next_hop: peer.next_hop.get(),
+                underlay_mac: [0; 6],
+            },
+            neighbour: NeighbourPeerChange::Release(key),
         },
     }
 }
@@ -515,6 +528,26 @@ mod tests {
             }
         );
         assert_eq!(e.neighbour, NeighbourPeerChange::ReleaseAll);
+    }
+
+    #[test]
+    fn a_peer_behind_a_neighbour_on_the_sleeve_is_only_handed_to_the_sleeve() {
+        let e = peer_entries(&peer(7, 5), PeerUse::RelayedBySleeve, MAC);
+        assert_eq!(
+            e.entry,
+            PeerEntry {
+                underlay_ipv4: [192, 168, 0, 7],
+                flags: PEER_VIA_SLEEVE,
+                next_hop: 5,
+                underlay_mac: [0; 6],
+            }
+        );
+        assert_eq!(
+            e.neighbour,
+            NeighbourPeerChange::Release(Ipv4Key {
+                addr: [192, 168, 0, 7]
+            })
+        );
     }
 
     #[test]

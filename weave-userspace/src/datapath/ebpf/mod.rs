@@ -232,6 +232,10 @@ impl Datapath for EbpfDatapath {
         self.unroute(short_id)
     }
 
+    async fn leave_to_sleeve(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        self.hand_to_sleeve(peer)
+    }
+
     async fn admit_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
         self.admit_only(peer).await
     }

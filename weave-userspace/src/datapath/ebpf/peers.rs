@@ -184,6 +184,20 @@ impl EbpfDatapath {
             .write_peer(id, peer_entries(&peer, PeerUse::AdmittedOnly, underlay_mac))
     }
 
+    /// Leaves a peer behind a fallen-back neighbour to the sleeve, keeping what was learned
+    /// behind it.
+    pub(super) fn hand_to_sleeve(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        let id = peer.short_id.get();
+        let mut guard = self.lock();
+        guard.peers.note_seen(id);
+        guard
+            .programs()?
+            .maps
+            .write_peer(id, peer_entries(&peer, PeerUse::RelayedBySleeve, [0; 6]))?;
+        guard.peers.set_indirect(id);
+        Ok(())
+    }
+
     /// Forgets a peer, and what was learned behind it.
     pub(super) fn forget_peer(&self, short_id: ShortId) -> Result<(), DatapathError> {
         let id = short_id.get();
