@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use weave_router::docker::cidr::WeaveCidr;
 use weave_router::docker::client::CIDR_LABEL;
-use weave_router::docker::proxy::complete_create;
+use weave_router::docker::proxy::{complete_create, container_env};
 
 const DNS: (&str, &str) = ("172.17.0.1:53", "weave.local.");
 
@@ -30,14 +30,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(!e.contains('\n'));
         }
         Ok(()) => {
-            let env: Vec<String> = config["Env"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let env = container_env(&config);
             let wants = WeaveCidr::from_env(&env).expect("accepted");
             if wants == WeaveCidr::Detached {
                 assert_eq!(rewritten, config, "a detached container's body was changed");

@@ -209,16 +209,23 @@ impl StateDir {
 
     /// The IPAM state of an earlier run (ring and allocations), if any.
     pub fn load_ipam(&self) -> Result<Option<crate::ipam::allocator::AllocatorState>, StateError> {
-        let path = self.path.join(IPAM_FILE);
+        self.load_json(IPAM_FILE)
+    }
+
+    /// The JSON file `name` of the state dir (`None` when there is none); a file that does
+    /// not parse is an error naming it.
+    fn load_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StateError> {
+        let path = self.path.join(name);
         match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StateError::Corrupt {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })
-            }
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -251,19 +258,7 @@ impl StateDir {
 
     /// The peers an earlier run dialled (`None` when it stored none).
     pub fn load_targets(&self) -> Result<Option<StoredTargets>, StateError> {
-        let path = self.path.join(TARGETS_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StateError::Corrupt {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        self.load_json(TARGETS_FILE)
     }
 
     /// Stores the peers dialled now (atomically: a crash leaves the old list or the new).

@@ -204,17 +204,22 @@ where
     Ok(collected.to_bytes())
 }
 
-/// Checks `WEAVE_CIDR` and fills in the label and resolver settings. `dns`: the weaveDNS
-/// listen address (IP:PORT) and domain, when DNS runs.
-pub fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), String> {
-    let env: Vec<String> = config["Env"]
+/// The environment of a container config (`Env`'s strings; anything else left out).
+pub fn container_env(config: &Value) -> Vec<String> {
+    config["Env"]
         .as_array()
         .map(|a| {
             a.iter()
                 .filter_map(|v| v.as_str().map(str::to_string))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Checks `WEAVE_CIDR` and fills in the label and resolver settings. `dns`: the weaveDNS
+/// listen address (IP:PORT) and domain, when DNS runs.
+pub fn complete_create(config: &mut Value, dns: Option<(&str, &str)>) -> Result<(), String> {
+    let env = container_env(config);
     let wants = WeaveCidr::from_env(&env).map_err(|e| e.to_string())?;
     if wants == WeaveCidr::Detached {
         return Ok(());
