@@ -501,6 +501,8 @@ fn rogue_peer(to: SocketAddrV4, name: PeerName, short_id: u16) -> TcpStream {
     };
     let mut o = opening();
     o.extend_from_slice(&encode_frame(&Message::Hello(hello)).unwrap());
+    // Protocol version 6: the IP allocation after the hello (none: no IPAM to compare).
+    o.extend_from_slice(&encode_frame(&Message::IpamIdentity(None)).unwrap());
     s.write_all(&o).unwrap();
     // Their preamble, flag and hello: read once, and never again.
     let mut preamble = [0u8; 11];

@@ -521,10 +521,14 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// The container of `dns-add`/`dns-remove`: the last word when it is not an address
-/// (Weave's `dns-add IP... CONTAINER`), or `--container`, not both.
+/// (Weave's `dns-add IP... CONTAINER`), or `--container`, not both. A word of digits and
+/// dots is meant as an address (a mistyped one is reported as such, not taken for a
+/// container).
 fn dns_container(words: &mut Vec<String>, flag: Option<String>) -> anyhow::Result<Option<String>> {
+    let meant_as_address =
+        |w: &str| w.contains('.') && w.chars().all(|c| c.is_ascii_digit() || c == '.');
     let positional = match words.last() {
-        Some(w) if w.parse::<std::net::Ipv4Addr>().is_err() => words.pop(),
+        Some(w) if !meant_as_address(w) => words.pop(),
         _ => None,
     };
     match (positional, flag) {
@@ -884,6 +888,14 @@ mod tests {
             Some("x")
         );
         assert!(dns_container(&mut vec!["10.2.1.1".into(), "c".into()], Some("x".into())).is_err());
+        // A mistyped address stays an address (and is refused as one).
+        let mut typo = vec!["10.2.1.300".to_string()];
+        assert_eq!(dns_container(&mut typo, None).unwrap(), None);
+        assert_eq!(typo, ["10.2.1.300"]);
+        assert!(check_ipv4(&typo)
+            .unwrap_err()
+            .to_string()
+            .contains("\"10.2.1.300\" is not an IPv4 address"));
         for removed in ["launch-router", "launch-proxy", "launch-plugin"] {
             assert!(parse(&[removed, "--ipalloc-range", "10.2.0.0/16", "peer"]).is_ok());
         }
