@@ -570,24 +570,18 @@ impl MeshCore {
             ipam,
             encrypted,
         } = handshake;
-        let refused = |reason: &dyn std::fmt::Display| {
-            tracing::info!(
-                "connection {} {}({}) at {remote} refused: {reason}",
-                arrow(outbound),
-                hello.name,
-                hello.nickname
-            );
-        };
+        let who = format!(
+            "connection {} {}({}) at {remote}",
+            arrow(outbound),
+            hello.name,
+            hello.nickname
+        );
+        let refused = |reason: &dyn std::fmt::Display| tracing::info!("{who} refused: {reason}");
         // Two IP allocations that disagree would hand out the same addresses: refused
         // before the peer goes anywhere near the data path (both ends decide alike).
         if let (Some(ours), Some(theirs)) = (&ipam.ours, &ipam.theirs) {
             if let Err(mismatch) = ours.check(theirs) {
-                tracing::warn!(
-                    "connection {} {}({}) at {remote} refused: {mismatch}",
-                    arrow(outbound),
-                    hello.name,
-                    hello.nickname
-                );
+                tracing::warn!("{who} refused: {mismatch}");
                 effects.push(Effect::Answer {
                     id,
                     result: Err(ConnectionError::IpamMismatch(mismatch)),
@@ -606,12 +600,7 @@ impl MeshCore {
                     "short ID {} is also {who}'s; {yields} takes another",
                     hello.short_id
                 );
-                tracing::warn!(
-                    "connection {} {}({}) at {remote} refused: {reason}",
-                    arrow(outbound),
-                    hello.name,
-                    hello.nickname
-                );
+                tracing::warn!("{who} refused: {reason}");
                 effects.push(Effect::Answer {
                     id,
                     result: Err(ConnectionError::Refused(reason)),
