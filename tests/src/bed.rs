@@ -372,6 +372,17 @@ impl TestBed {
         Ok(c)
     }
 
+    /// `weave-router attach SPEC... --netns <container c>` on `host`: the addresses it
+    /// printed (its output is "<mac> <addr>...").
+    pub fn attach_specs(&self, host: usize, c: usize, specs: &[&str]) -> Result<Vec<String>> {
+        let path = self.containers[c].ns.path();
+        let mut args = vec!["attach".to_string()];
+        args.extend(specs.iter().map(|s| s.to_string()));
+        args.extend(["--netns".to_string(), path.to_string_lossy().into_owned()]);
+        let out = self.router(host).check(&args)?;
+        Ok(out.split_whitespace().skip(1).map(str::to_string).collect())
+    }
+
     /// Joins container `c` to its host with a plain veth pair (no router): `eth0` in the
     /// container, `host_if` in the host, both with `mtu` and up. Addresses are the caller's.
     pub fn veth_to_container(&mut self, c: usize, host_if: &str, mtu: u32) -> Result<()> {

@@ -48,6 +48,19 @@ pub struct LaunchOpts {
     pub extra: Vec<String>,
 }
 
+impl LaunchOpts {
+    /// Dialling the hosts `peers` (by number), with `extra` arguments.
+    pub fn dialling(peers: &[usize], extra: &[&str]) -> Self {
+        Self {
+            peers: peers
+                .iter()
+                .map(|&i| crate::bed::host_addr(i).to_string())
+                .collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
 /// A router started by the test bed in the namespace of a host; stopped when dropped.
 #[derive(Debug)]
 pub struct Router {

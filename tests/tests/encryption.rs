@@ -8,13 +8,6 @@ use weave_tests::bed::host_addr;
 use weave_tests::router::{self, LaunchOpts};
 use weave_tests::{cmd, require_root, TestBed};
 
-fn opts(peers: &[usize], extra: &[&str]) -> LaunchOpts {
-    LaunchOpts {
-        peers: peers.iter().map(|&j| host_addr(j).to_string()).collect(),
-        extra: extra.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
 /// Waits until host `i`'s `status connections` has a failed line with `reason`; the line.
 fn wait_refusal(bed: &TestBed, i: usize, arrow: &str, reason: &str) -> String {
     let r = bed.router(i);
@@ -47,10 +40,16 @@ fn encryption_same_password_connects_another_is_refused_on_both_sides() {
     let file = std::env::temp_dir().join("cxe-password");
     std::fs::write(&file, "s3cret phrase\n").expect("password file");
     let file_arg = file.to_string_lossy().into_owned();
-    bed.launch(1, &opts(&[], &["--password", "s3cret phrase"]))
-        .expect("host1");
-    bed.launch(2, &opts(&[1], &["--password-file", &file_arg]))
-        .expect("host2");
+    bed.launch(
+        1,
+        &LaunchOpts::dialling(&[], &["--password", "s3cret phrase"]),
+    )
+    .expect("host1");
+    bed.launch(
+        2,
+        &LaunchOpts::dialling(&[1], &["--password-file", &file_arg]),
+    )
+    .expect("host2");
     for i in 1..=2 {
         let r = bed.router(i);
         let c = r
@@ -78,8 +77,11 @@ fn encryption_same_password_connects_another_is_refused_on_both_sides() {
     .expect("peers");
 
     // Another password: refused, and both ends say why.
-    bed.launch(3, &opts(&[1], &["--password", "not the same"]))
-        .expect("host3");
+    bed.launch(
+        3,
+        &LaunchOpts::dialling(&[1], &["--password", "not the same"]),
+    )
+    .expect("host3");
     let out = wait_refusal(
         &bed,
         3,
@@ -111,7 +113,7 @@ fn encryption_same_password_connects_another_is_refused_on_both_sides() {
         .expect("host1-host2 still up");
 
     // No password at all on host 3: refused, both ends say why.
-    bed.relaunch(3, &opts(&[1], &[]))
+    bed.relaunch(3, &LaunchOpts::dialling(&[1], &[]))
         .expect("host3 without password");
     wait_refusal(
         &bed,

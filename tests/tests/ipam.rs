@@ -15,22 +15,6 @@ const RANGE: [&str; 6] = [
     "off",
 ];
 
-/// `weave-router attach SPEC... --netns <container>` on `host`: the addresses it printed.
-fn attach(
-    bed: &TestBed,
-    host: usize,
-    c: usize,
-    specs: &[&str],
-) -> weave_tests::Result<Vec<String>> {
-    let path = bed.container(c).ns.path();
-    let mut args = vec!["attach".to_string()];
-    args.extend(specs.iter().map(|s| s.to_string()));
-    args.extend(["--netns".to_string(), path.to_string_lossy().into_owned()]);
-    let out = bed.router(host).check(&args)?;
-    // "<mac> <addr>..."
-    Ok(out.split_whitespace().skip(1).map(str::to_string).collect())
-}
-
 /// Whether the router's nftables table on host `ns` masquerades what `subnet` sends out.
 fn masquerades(ns: &weave_tests::Netns, subnet: &str) -> bool {
     let nat = ns
@@ -57,10 +41,18 @@ fn walkthrough_subnets_on_two_hosts() {
     let b1 = bed.add_container(1, "b1").unwrap();
     let a2 = bed.add_container(2, "a2").unwrap();
     let b2 = bed.add_container(2, "b2").unwrap();
-    let addr_a1 = attach(&bed, 1, a1, &[]).expect("a1 in the default subnet");
-    let addr_a2 = attach(&bed, 2, a2, &[]).expect("a2 in the default subnet");
-    let addr_b1 = attach(&bed, 1, b1, &["net:10.2.2.0/24"]).expect("b1 in net:10.2.2.0/24");
-    let addr_b2 = attach(&bed, 2, b2, &["net:10.2.2.0/24"]).expect("b2 in net:10.2.2.0/24");
+    let addr_a1 = bed
+        .attach_specs(1, a1, &[])
+        .expect("a1 in the default subnet");
+    let addr_a2 = bed
+        .attach_specs(2, a2, &[])
+        .expect("a2 in the default subnet");
+    let addr_b1 = bed
+        .attach_specs(1, b1, &["net:10.2.2.0/24"])
+        .expect("b1 in net:10.2.2.0/24");
+    let addr_b2 = bed
+        .attach_specs(2, b2, &["net:10.2.2.0/24"])
+        .expect("b2 in net:10.2.2.0/24");
     for (name, a, prefix) in [
         ("a1", &addr_a1, "10.2.1."),
         ("a2", &addr_a2, "10.2.1."),
@@ -146,7 +138,7 @@ fn walkthrough_subnets_on_two_hosts() {
     bed.router(1).detach(&ca1.ns.path()).expect("detach a1");
     let c3 = bed.add_container(1, "c3").unwrap();
     assert_eq!(
-        attach(&bed, 1, c3, &[]).unwrap(),
+        bed.attach_specs(1, c3, &[]).unwrap(),
         addr_a1,
         "a1's address is free again"
     );
@@ -213,7 +205,7 @@ fn sixty_concurrent_attaches_on_three_routers_get_distinct_addresses() {
         let bed = &bed;
         let handles: Vec<_> = containers
             .iter()
-            .map(|&(host, c)| s.spawn(move || attach(bed, host, c, &[])))
+            .map(|&(host, c)| s.spawn(move || bed.attach_specs(host, c, &[])))
             .collect();
         handles
             .into_iter()
@@ -273,14 +265,18 @@ fn a_killed_router_keeps_its_addresses_and_an_exhausted_subnet_is_a_clear_error(
     };
     bed.launch(1, &opts).expect("router");
     let c1 = bed.add_container(1, "c1").unwrap();
-    let first = attach(&bed, 1, c1, &[]).expect("c1");
+    let first = bed.attach_specs(1, c1, &[]).expect("c1");
     let small = ["net:10.2.9.0/30"];
     let s1 = bed.add_container(1, "s1").unwrap();
     let s2 = bed.add_container(1, "s2").unwrap();
     let s3 = bed.add_container(1, "s3").unwrap();
-    attach(&bed, 1, s1, &small).expect("first address of a /30");
-    attach(&bed, 1, s2, &small).expect("second address of a /30");
-    let e = attach(&bed, 1, s3, &small).expect_err("a /30 holds two addresses");
+    bed.attach_specs(1, s1, &small)
+        .expect("first address of a /30");
+    bed.attach_specs(1, s2, &small)
+        .expect("second address of a /30");
+    let e = bed
+        .attach_specs(1, s3, &small)
+        .expect_err("a /30 holds two addresses");
     assert!(
         e.to_string()
             .contains("no free address left in 10.2.9.0/30"),
@@ -296,7 +292,7 @@ fn a_killed_router_keeps_its_addresses_and_an_exhausted_subnet_is_a_clear_error(
 
     // Bad specs: one line, nothing attached.
     for bad in ["net:10.3.0.0/24", "net:10.2.1.5/24", "ip:300.1.1.1/24"] {
-        let e = attach(&bed, 1, s3, &[bad]).expect_err(bad).to_string();
+        let e = bed.attach_specs(1, s3, &[bad]).expect_err(bad).to_string();
         assert!(
             e.contains(bad.trim_start_matches("net:").trim_start_matches("ip:")) || e.contains(bad),
             "{bad}: {e}"
@@ -321,7 +317,7 @@ fn a_killed_router_keeps_its_addresses_and_an_exhausted_subnet_is_a_clear_error(
     let ps = bed.router(1).check(&["ps"]).unwrap();
     assert!(ps.contains(&first[0]), "ps after restart:\n{ps}");
     let c2 = bed.add_container(1, "c2").unwrap();
-    let second = attach(&bed, 1, c2, &[]).expect("c2");
+    let second = bed.attach_specs(1, c2, &[]).expect("c2");
     assert_ne!(
         first, second,
         "an address in use before the restart was handed out again"
@@ -343,8 +339,8 @@ fn a_partition_with_allocations_on_both_sides_gives_no_duplicates() {
     // One allocation each while connected: the ring is split between the two.
     let warm1 = bed.add_container(1, "w").unwrap();
     let warm2 = bed.add_container(2, "w").unwrap();
-    attach(&bed, 1, warm1, &[]).unwrap();
-    attach(&bed, 2, warm2, &[]).unwrap();
+    bed.attach_specs(1, warm1, &[]).unwrap();
+    bed.attach_specs(2, warm2, &[]).unwrap();
 
     let during: Vec<(usize, usize)> = (0..5)
         .flat_map(|k| [1, 2].map(|host| (host, k)))
@@ -355,7 +351,10 @@ fn a_partition_with_allocations_on_both_sides_gives_no_duplicates() {
     mesh::block(h2, host_addr(1)).expect("cut 2-1");
     let mut all = BTreeSet::new();
     for &(host, c) in &during {
-        for a in attach(&bed, host, c, &[]).expect("attach during the partition") {
+        for a in bed
+            .attach_specs(host, c, &[])
+            .expect("attach during the partition")
+        {
             assert!(all.insert(a.clone()), "{a} handed out twice");
         }
     }
@@ -365,7 +364,7 @@ fn a_partition_with_allocations_on_both_sides_gives_no_duplicates() {
         .wait_established(1, Duration::from_secs(30))
         .expect("healed");
     let c = bed.add_container(1, "after").unwrap();
-    for a in attach(&bed, 1, c, &[]).unwrap() {
+    for a in bed.attach_specs(1, c, &[]).unwrap() {
         assert!(all.insert(a.clone()), "{a} handed out twice after the heal");
     }
 

@@ -16,28 +16,6 @@ const RANGE: [&str; 6] = [
     "off",
 ];
 
-fn opts(peers: &[usize], extra: &[&str]) -> LaunchOpts {
-    LaunchOpts {
-        peers: peers.iter().map(|&i| host_addr(i).to_string()).collect(),
-        extra: extra.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-/// `weave-router attach SPEC... --netns <container>` on `host`: the addresses it printed.
-fn attach(
-    bed: &TestBed,
-    host: usize,
-    c: usize,
-    specs: &[&str],
-) -> weave_tests::Result<Vec<String>> {
-    let path = bed.container(c).ns.path();
-    let mut args = vec!["attach".to_string()];
-    args.extend(specs.iter().map(|s| s.to_string()));
-    args.extend(["--netns".to_string(), path.to_string_lossy().into_owned()]);
-    let out = bed.router(host).check(&args)?;
-    Ok(out.split_whitespace().skip(1).map(str::to_string).collect())
-}
-
 /// The peers in host `i`'s pinned PEERS map (an array by short ID: entries not all zero).
 fn fast_path_peers(bed: &TestBed, i: usize) -> usize {
     fn zero(v: &serde_json::Value) -> bool {
@@ -107,12 +85,12 @@ fn peers_whose_ip_allocations_disagree_are_refused_on_both_sides() {
     let extra2 = with(&seed2);
     bed.launch(
         1,
-        &opts(&[], &extra1.iter().map(String::as_str).collect::<Vec<_>>()),
+        &LaunchOpts::dialling(&[], &extra1.iter().map(String::as_str).collect::<Vec<_>>()),
     )
     .expect("host1");
     bed.launch(
         2,
-        &opts(&[1], &extra2.iter().map(String::as_str).collect::<Vec<_>>()),
+        &LaunchOpts::dialling(&[1], &extra2.iter().map(String::as_str).collect::<Vec<_>>()),
     )
     .expect("host2");
     let reason = "IP allocation was seeded by different peers";
@@ -130,8 +108,8 @@ fn peers_whose_ip_allocations_disagree_are_refused_on_both_sides() {
     // Both hand out addresses of their own: the two never carry each other's traffic.
     let c1 = bed.add_container(1, "c1").unwrap();
     let c2 = bed.add_container(2, "c2").unwrap();
-    let a1 = attach(&bed, 1, c1, &[]).expect("c1 attached");
-    let a2 = attach(&bed, 2, c2, &[]).expect("c2 attached");
+    let a1 = bed.attach_specs(1, c1, &[]).expect("c1 attached");
+    let a2 = bed.attach_specs(2, c2, &[]).expect("c2 attached");
     println!("c1 {a1:?}, c2 {a2:?}");
     let deadline = Instant::now() + Duration::from_secs(6);
     while Instant::now() < deadline {
@@ -159,11 +137,12 @@ fn peers_whose_ip_allocations_disagree_are_refused_on_both_sides() {
     let extra3 = with("consensus=1");
     bed.launch(
         3,
-        &opts(&[], &extra3.iter().map(String::as_str).collect::<Vec<_>>()),
+        &LaunchOpts::dialling(&[], &extra3.iter().map(String::as_str).collect::<Vec<_>>()),
     )
     .expect("host3");
     let c3 = bed.add_container(3, "c3").unwrap();
-    attach(&bed, 3, c3, &[]).expect("c3 attached: the consensus of one decided");
+    bed.attach_specs(3, c3, &[])
+        .expect("c3 attached: the consensus of one decided");
     bed.router(3)
         .check(&["connect", &host_addr(1).to_string()])
         .expect("connect");
@@ -174,7 +153,7 @@ fn peers_whose_ip_allocations_disagree_are_refused_on_both_sides() {
     other_range.extend(["--ipalloc-init", "consensus=1"]);
     bed.router_mut(3).stop().unwrap();
     std::fs::remove_dir_all(bed.state_dir(3)).unwrap();
-    bed.relaunch(3, &opts(&[1], &other_range))
+    bed.relaunch(3, &LaunchOpts::dialling(&[1], &other_range))
         .expect("host3 again");
     let line = wait_connection_line(
         &bed,
@@ -196,8 +175,9 @@ fn launch_resume_rejoins_the_stored_peers() {
         return;
     }
     let mut bed = TestBed::new("ohr", 2).expect("test bed");
-    bed.launch(1, &opts(&[], &["--xdp", "off"])).expect("host1");
-    bed.launch(2, &opts(&[1], &["--xdp", "off"]))
+    bed.launch(1, &LaunchOpts::dialling(&[], &["--xdp", "off"]))
+        .expect("host1");
+    bed.launch(2, &LaunchOpts::dialling(&[1], &["--xdp", "off"]))
         .expect("host2");
     bed.router(2)
         .wait_established(1, Duration::from_secs(30))
@@ -225,7 +205,7 @@ fn launch_resume_rejoins_the_stored_peers() {
     );
 
     // A plain launch dials nobody, and says how to dial the stored peers.
-    bed.relaunch(2, &opts(&[], &["--xdp", "off"]))
+    bed.relaunch(2, &LaunchOpts::dialling(&[], &["--xdp", "off"]))
         .expect("plain");
     std::thread::sleep(Duration::from_secs(2));
     assert!(!bed.router(2).connections().unwrap().contains("198.18.0.1"));
@@ -233,7 +213,7 @@ fn launch_resume_rejoins_the_stored_peers() {
 
     // --resume: back without typing the peer.
     let started = Instant::now();
-    bed.relaunch(2, &opts(&[], &["--xdp", "off", "--resume"]))
+    bed.relaunch(2, &LaunchOpts::dialling(&[], &["--xdp", "off", "--resume"]))
         .expect("resume");
     bed.router(2)
         .wait_established(1, Duration::from_secs(30))
@@ -251,7 +231,7 @@ fn launch_resume_rejoins_the_stored_peers() {
         r#"{"given": ["198.18.0.1:6783", "not a peer"], "learned": ["198.18.0.99:6783"]}"#,
     )
     .unwrap();
-    bed.relaunch(2, &opts(&[], &["--xdp", "off", "--resume"]))
+    bed.relaunch(2, &LaunchOpts::dialling(&[], &["--xdp", "off", "--resume"]))
         .expect("resume");
     bed.router(2)
         .wait_established(1, Duration::from_secs(30))
@@ -263,7 +243,7 @@ fn launch_resume_rejoins_the_stored_peers() {
     // A corrupt list: one line, the launch goes on (alone).
     bed.router_mut(2).stop().unwrap();
     std::fs::write(bed.state_dir(2).join("targets.json"), "{\"given\": [1").unwrap();
-    bed.relaunch(2, &opts(&[], &["--xdp", "off", "--resume"]))
+    bed.relaunch(2, &LaunchOpts::dialling(&[], &["--xdp", "off", "--resume"]))
         .expect("resume despite a corrupt list");
     let log = bed.router(2).log_tail(40);
     assert_eq!(log.matches("is corrupt").count(), 1, "{log}");
@@ -285,13 +265,15 @@ fn weaves_spellings_of_flags_and_commands_work() {
         "--init-peer-count",
         "2",
     ]);
-    bed.launch(1, &opts(&[], &extra1))
+    bed.launch(1, &LaunchOpts::dialling(&[], &extra1))
         .expect("--conn-limit 0 is no limit");
     // WEAVE_NO_FASTDP, as Weave reads it: the sleeve carries the peer.
     std::env::set_var("WEAVE_NO_FASTDP", "1");
     let mut extra2: Vec<&str> = RANGE.to_vec();
     extra2.extend(["--init-peer-count", "2"]);
-    let launched = bed.launch(2, &opts(&[1], &extra2)).map(|_| ());
+    let launched = bed
+        .launch(2, &LaunchOpts::dialling(&[1], &extra2))
+        .map(|_| ());
     std::env::remove_var("WEAVE_NO_FASTDP");
     launched.expect("host2");
     bed.router(2)
@@ -306,8 +288,8 @@ fn weaves_spellings_of_flags_and_commands_work() {
     // ps CONTAINER...: only those.
     let c1 = bed.add_container(1, "c1").unwrap();
     let c2 = bed.add_container(1, "c2").unwrap();
-    attach(&bed, 1, c1, &[]).expect("c1");
-    attach(&bed, 1, c2, &[]).expect("c2");
+    bed.attach_specs(1, c1, &[]).expect("c1");
+    bed.attach_specs(1, c2, &[]).expect("c2");
     let p1 = bed.container(c1).ns.path().to_string_lossy().into_owned();
     let ps = bed.router(1).check(&["ps", &p1]).unwrap();
     assert_eq!(ps.lines().count(), 1, "{ps}");
@@ -460,7 +442,8 @@ fn an_attach_right_after_launch_succeeds_every_time() {
     let seeds = format!("seed={},{}", bed.peer_name(1), bed.peer_name(2));
     let mut extra: Vec<&str> = RANGE.to_vec();
     extra.extend(["--ipalloc-init", &seeds]);
-    bed.launch(1, &opts(&[], &extra)).expect("host1");
+    bed.launch(1, &LaunchOpts::dialling(&[], &extra))
+        .expect("host1");
     let c = bed.add_container(2, "c1").unwrap();
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -468,10 +451,10 @@ fn an_attach_right_after_launch_succeeds_every_time() {
     for cycle in 1..=CYCLES {
         // A fresh host2 each time: its own seed claim, then the ring and a donation.
         let _ = std::fs::remove_dir_all(bed.state_dir(2));
-        bed.relaunch(2, &opts(&[1], &extra))
+        bed.relaunch(2, &LaunchOpts::dialling(&[1], &extra))
             .unwrap_or_else(|e| panic!("cycle {cycle}: launch: {e}"));
         let t = Instant::now();
-        let got = attach(&bed, 2, c, &[]);
+        let got = bed.attach_specs(2, c, &[]);
         let took = t.elapsed();
         slowest = slowest.max(took);
         times.push(took);
