@@ -352,7 +352,7 @@ fn the_static_router_image_launches_a_router() {
         ])
         .unwrap();
     assert!(out.success(), "docker run weave-router: {}", out.stderr);
-    // Stopped (SIGTERM: it takes its programs and pins away) even when a check fails.
+    // Stopped (`weave-router stop`: it takes its programs and pins away) even when a check fails.
     let _stop = StopOnDrop(&d);
     let ready = wait_for(
         "the router in the image to answer",
@@ -391,6 +391,10 @@ struct StopOnDrop<'a>(&'a DockerHost);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
+        // A full stop first: `docker stop` (SIGTERM) would leave the data path pinned.
+        let _ = self
+            .0
+            .docker(&["exec", "weave-router", "/weave-router", "stop"]);
         let _ = self.0.docker(&["stop", "-t", "10", "weave-router"]);
     }
 }

@@ -6,7 +6,8 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `POST /attach {"netns": PATH, "addresses": ["10.2.1.1/24", ...]}` → the endpoint as JSON.
 //! - `POST /detach {"netns": PATH}` → the endpoint taken away, as JSON.
-//! - `POST /stop` → `{"Pid": N}`; the router then shuts down.
+//! - `POST /stop` → `{"Pid": N}`; the router then shuts down (with `?keep-datapath=true`
+//!   its process only: the kernel data path keeps running for the next launch to adopt).
 //! - weaveDNS: `GET /dns` (JSON: domain, listen address, upstreams, TTL, entries),
 //!   `GET /status/dns` (text), `POST /dns/add {"container", "addresses", "hostname"}`,
 //!   `POST /dns/remove {"container", "addresses", "hostname"}`, `GET /dns/lookup/NAME`
@@ -52,6 +53,9 @@ pub struct ApiState {
     docker: std::sync::RwLock<Option<Arc<dyn Containers>>>,
     /// Set to true by `POST /stop`.
     stop: watch::Sender<bool>,
+    /// The stop asked for leaves the kernel data path running (`POST /stop?keep-datapath=true`,
+    /// SIGTERM).
+    keep_datapath: std::sync::atomic::AtomicBool,
 }
 
 impl ApiState {
@@ -61,6 +65,7 @@ impl ApiState {
             dns: std::sync::RwLock::new(None),
             docker: std::sync::RwLock::new(None),
             stop,
+            keep_datapath: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -103,6 +108,19 @@ impl ApiState {
     /// Asks the daemon to stop (as `POST /stop` does).
     pub fn request_stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Asks the daemon to stop its process only: the kernel data path (programs, maps, links,
+    /// bridge) keeps carrying traffic until a router with the same name adopts it.
+    pub fn request_stop_keeping_datapath(&self) {
+        self.keep_datapath
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.request_stop();
+    }
+
+    /// Whether the stop asked for leaves the kernel data path running.
+    pub fn keeps_datapath(&self) -> bool {
+        self.keep_datapath.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn ready(&self) -> Result<Arc<Node>, ApiError> {
@@ -511,9 +529,22 @@ async fn dns_lookup(
     Ok(addrs.iter().map(|a| format!("{a}\n")).collect())
 }
 
-async fn stop(State(s): AppState) -> Response {
-    tracing::info!("stop requested through the API");
-    s.request_stop();
+/// Whether a `POST /stop` query asks to keep the data path (`keep-datapath=true`).
+fn keeps_datapath(query: Option<&str>) -> bool {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .any(|kv| kv == "keep-datapath=true" || kv == "keep-datapath")
+}
+
+async fn stop(State(s): AppState, uri: axum::http::Uri) -> Response {
+    if keeps_datapath(uri.query()) {
+        tracing::info!("stop requested through the API, keeping the data path");
+        s.request_stop_keeping_datapath();
+    } else {
+        tracing::info!("stop requested through the API");
+        s.request_stop();
+    }
     axum::Json(serde_json::json!({ "Pid": std::process::id() })).into_response()
 }
 

@@ -140,14 +140,14 @@ pub fn launch_background(config: &Config, password: Option<&str>) -> anyhow::Res
     std::process::exit(1);
 }
 
-/// SIGTERM (the daemon finishes setting up, then takes everything down), then SIGKILL if it
-/// lingers; reaps the child.
+/// SIGINT (the daemon finishes setting up, then takes everything down, its data path too),
+/// then SIGKILL if it lingers; reaps the child.
 fn terminate(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
     // SAFETY: sends a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {

@@ -53,8 +53,16 @@ impl ApiArgs {
 pub enum Command {
     /// Start the router (in the background unless --foreground).
     Launch(LaunchArgs),
-    /// Stop the running router.
-    Stop(ApiArgs),
+    /// Stop the running router and remove its data path (with --keep-datapath: stop the
+    /// process only, leaving the kernel data path carrying traffic for the next launch).
+    Stop {
+        /// Stop the process only (an upgrade): programs, maps, links and the bridge stay,
+        /// and the next `launch` with the same state dir adopts them without a gap.
+        #[arg(long)]
+        keep_datapath: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Show the router's status, its connections, peers or targets.
     Status {
         #[arg(value_enum)]
@@ -291,7 +299,7 @@ pub fn run() -> anyhow::Result<()> {
                 launch::launch_background(&config, piped.as_deref())
             }
         }
-        Command::Stop(api) => stop(api.addr()?),
+        Command::Stop { api, keep_datapath } => stop(api.addr()?, keep_datapath),
         Command::Status { what, api } => {
             let path = match what {
                 None => "/status",
@@ -654,8 +662,13 @@ fn post(addr: client::ApiAddr, path: &str, body: &str) -> anyhow::Result<String>
 }
 
 /// Asks the router to stop and waits (bounded) until its process is gone.
-fn stop(addr: client::ApiAddr) -> anyhow::Result<()> {
-    let answer = post(addr.clone(), "/stop", "")?;
+fn stop(addr: client::ApiAddr, keep_datapath: bool) -> anyhow::Result<()> {
+    let path = if keep_datapath {
+        "/stop?keep-datapath=true"
+    } else {
+        "/stop"
+    };
+    let answer = post(addr.clone(), path, "")?;
     let pid = serde_json::from_str::<serde_json::Value>(&answer)
         .ok()
         .and_then(|v| v["Pid"].as_u64())
@@ -780,7 +793,17 @@ mod tests {
         ));
         assert!(matches!(
             parse(&["stop"]).unwrap().command,
-            Command::Stop(_)
+            Command::Stop {
+                keep_datapath: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["stop", "--keep-datapath"]).unwrap().command,
+            Command::Stop {
+                keep_datapath: true,
+                ..
+            }
         ));
         assert!(matches!(
             parse(&["report"]).unwrap().command,

@@ -1,6 +1,7 @@
 //! The composition root: `weave-router launch --foreground` starts the HTTP API, the data
 //! path, the sleeve, the router, DNS, IP allocation and the Docker integration, wires them
-//! into a [`Node`] and runs until SIGTERM, SIGINT or `POST /stop`, then takes it all down.
+//! into a [`Node`] and runs until SIGTERM, SIGINT or `POST /stop`, then takes it all down
+//! (after SIGTERM or `POST /stop?keep-datapath=true` all but the kernel data path).
 //! The only part of the node that knows the adapters (it starts them).
 
 use std::sync::Arc;
@@ -99,12 +100,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     {
         let api_state = api_state.clone();
+        // SIGTERM is what a supervisor sends to restart or upgrade the router: the process
+        // goes, the kernel data path stays for the next launch to adopt. SIGINT (Ctrl-C at a
+        // terminal, and a launch that gives up) is a full stop, as `weave-router stop`.
         tokio::spawn(async move {
             tokio::select! {
-                _ = sigterm.recv() => tracing::info!("SIGTERM"),
-                _ = sigint.recv() => tracing::info!("SIGINT"),
+                _ = sigterm.recv() => {
+                    tracing::info!("SIGTERM: stopping the process, keeping the data path");
+                    api_state.request_stop_keeping_datapath();
+                }
+                _ = sigint.recv() => {
+                    tracing::info!("SIGINT");
+                    api_state.request_stop();
+                }
             }
-            api_state.request_stop();
         });
     }
 
@@ -543,7 +552,11 @@ impl Up<'_> {
         }
         router.stop().await;
         node.save_endpoints();
-        if let Err(e) = datapath.shutdown().await {
+        if self.api_state.keeps_datapath() {
+            tracing::info!(
+                "the kernel data path keeps carrying traffic; the next launch with this state dir adopts it"
+            );
+        } else if let Err(e) = datapath.shutdown().await {
             tracing::error!("data path shutdown: {e}");
         }
         Ok(())
