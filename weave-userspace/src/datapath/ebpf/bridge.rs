@@ -68,6 +68,14 @@ pub(super) async fn remove_at_shutdown(nl: &Netlink) -> Result<(), DatapathError
     Ok(())
 }
 
+/// The ifindex of the bridge's port towards the peers an earlier run left (adopted with its
+/// links), when both ends are still there.
+pub(super) async fn existing_bridge_port(nl: &Netlink) -> Result<Option<u32>, DatapathError> {
+    let datapath_end = nl.link_by_name(DATAPATH_PORT_NAME).await?;
+    let bridge_end = nl.link_by_name(BRIDGE_PORT_NAME).await?;
+    Ok(datapath_end.and(bridge_end).map(|l| l.index))
+}
+
 /// Creates the bridge's port towards the peers anew: the veth pair [`BRIDGE_PORT_NAME`] (on
 /// the bridge, isolated, no learning) and [`DATAPATH_PORT_NAME`] (off the bridge), both up,
 /// without IPv6 (nothing of the host's own should reach the peers from them). Returns the

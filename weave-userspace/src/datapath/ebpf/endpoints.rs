@@ -305,12 +305,18 @@ impl EbpfDatapath {
         Ok(endpoint)
     }
 
+    /// Takes up an endpoint of an earlier run whose host veth is still there; over an
+    /// adopted data path its links get the new programs in place and its entries are
+    /// rewritten as they were. One whose veth is gone (its namespace deleted while the
+    /// router was down) has what the earlier run left of it removed: entries and links.
     pub(super) async fn restore(&self, endpoint: Endpoint) -> Result<(), DatapathError> {
-        let host = self
-            .nl
-            .link_by_name(&endpoint.host_ifname)
-            .await?
-            .ok_or_else(|| DatapathError::NoSuchEndpoint(endpoint.netns.clone()))?;
+        let Some(host) = self.nl.link_by_name(&endpoint.host_ifname).await? else {
+            self.let_go(&endpoint);
+            if let Some(programs) = self.lock().programs.as_mut() {
+                programs.maps.forget_endpoint_mac(endpoint.mac);
+            }
+            return Err(DatapathError::NoSuchEndpoint(endpoint.netns.clone()));
+        };
         self.make_bridge_port(host.index).await?;
         self.take_up(&endpoint, host.index)?;
         self.service_neighbours(&endpoint, true).await

@@ -1,9 +1,12 @@
 //! Getting the kernel programs in: whether BPF may be used at all, bpffs, loading the
 //! embedded object with its maps pinned, attaching the programs (tcx, XDP) and pinning
-//! their links, and removing the pins of an earlier run.
+//! their links. Pins of an earlier run of the same router are adopted when they fit (the
+//! maps re-used, the new programs swapped into the pinned links in place) and removed when
+//! they do not (see `adoption`).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use aya::programs::links::{FdLink, PinnedLink};
@@ -11,6 +14,10 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use weave_ebpf_common::maps::ALL_MAPS;
 
+use super::adoption::{
+    judge_pins, layout_fingerprint, MapShape, PinVerdict, PinnedMap, LAYOUT_MARKER,
+};
+use super::bpf_sys;
 use super::bridge::DATAPATH_PORT_NAME;
 use super::maps::{DatapathMaps, StartConfig};
 use crate::datapath::netlink::LinkInfo;
@@ -124,6 +131,9 @@ pub(super) struct Programs {
     pub(super) maps: DatapathMaps,
     /// Pinned links by pin file name (`rx-<dev>`, `xdp-<dev>`, `tx-<host veth>`).
     links: BTreeMap<String, PinnedLink>,
+    /// Links an earlier run pinned, not claimed yet by this run (by pin file name): an
+    /// attach with the same pin name swaps its program in place instead.
+    adopted: BTreeMap<String, PinnedLink>,
     /// `<pin dir>/links`.
     links_dir: std::path::PathBuf,
 }
@@ -131,11 +141,14 @@ pub(super) struct Programs {
 /// Loads the programs with their maps pinned in `pin_dir`, writes the configuration, and
 /// attaches RX to the underlay, the bridge-side program to [`DATAPATH_PORT_NAME`] and (per
 /// the mode) XDP. Returns the programs and whether XDP is attached.
+/// With `adopt` the maps pinned there are re-used as they are (only the configuration's
+/// start fields rewritten) and the links pinned there get the new programs in place.
 pub(super) fn load(
     settings: &DatapathSettings,
     pin_dir: &Path,
     underlay: &LinkInfo,
     bridge_port: u32,
+    adopt: bool,
 ) -> Result<(Programs, bool), DatapathError> {
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, std::path::PathBuf)> =
@@ -156,16 +169,35 @@ pub(super) fn load(
     }
 
     let mut maps = DatapathMaps::take(&mut ebpf)?;
-    maps.write_config(
-        StartConfig {
-            underlay_addr: settings.underlay_addr,
-            underlay_ifindex: underlay.index,
-            underlay_mac: underlay.mac,
-            own_short_id: settings.own_short_id.get(),
-            bridge_port_ifindex: bridge_port,
-        }
-        .config(),
-    )?;
+    let start = StartConfig {
+        underlay_addr: settings.underlay_addr,
+        underlay_ifindex: underlay.index,
+        underlay_mac: underlay.mac,
+        own_short_id: settings.own_short_id.get(),
+        bridge_port_ifindex: bridge_port,
+    }
+    .config();
+    if adopt {
+        // The service address and the sleeve's port stay until this run sets them again:
+        // traffic to them goes on meanwhile.
+        maps.update_config(|config| {
+            *config = weave_ebpf_common::maps::DatapathConfig {
+                service_ipv4: config.service_ipv4,
+                sleeve_port_ifindex: config.sleeve_port_ifindex,
+                ..start
+            }
+        })?;
+    } else {
+        maps.write_config(start)?;
+        let marker = pin_dir.join(LAYOUT_MARKER);
+        let _ = std::fs::remove_file(&marker);
+        bpf_sys::pin_marker(&marker, layout_fingerprint(&declared_maps()?)).map_err(|source| {
+            DatapathError::BpfFs {
+                what: format!("pinning the layout marker {}", marker.display()),
+                source,
+            }
+        })?;
+    }
 
     for name in [TX_PROGRAM, RX_PROGRAM, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
@@ -176,11 +208,17 @@ pub(super) fn load(
         .load()
         .map_err(|e| DatapathError::program(format_args!("loading {XDP_PROGRAM}"), e))?;
 
+    let links_dir = pin_dir.join("links");
     let mut programs = Programs {
         ebpf,
         maps,
         links: BTreeMap::new(),
-        links_dir: pin_dir.join("links"),
+        adopted: if adopt {
+            adopted_links(&links_dir)
+        } else {
+            BTreeMap::new()
+        },
+        links_dir,
     };
     programs.attach_tc(
         format!("rx-{}", underlay.name),
@@ -198,7 +236,41 @@ pub(super) fn load(
     if want_xdp {
         programs.attach_xdp(underlay)?;
     }
+    // What the data path itself had attached and this run did not claim (another underlay,
+    // XDP no longer wanted) goes now; container links wait for their endpoints.
+    let leftover: Vec<String> = programs
+        .adopted
+        .keys()
+        .filter(|pin| !is_endpoint_link(pin))
+        .cloned()
+        .collect();
+    for pin in leftover {
+        programs.remove_adopted(&pin);
+    }
     Ok((programs, want_xdp))
+}
+
+/// The links pinned under `links_dir` by an earlier run, by pin file name.
+fn adopted_links(links_dir: &Path) -> BTreeMap<String, PinnedLink> {
+    let mut links = BTreeMap::new();
+    for e in std::fs::read_dir(links_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        match PinnedLink::from_pin(e.path()) {
+            Ok(link) => {
+                links.insert(name, link);
+            }
+            Err(err) => {
+                tracing::warn!("pinned link {} cannot be opened, removed: {err}", e.path().display());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    links
+}
+
+/// Whether a link pin belongs to a container veth (`tx-…`, `egress-…`).
+pub(super) fn is_endpoint_link(pin: &str) -> bool {
+    pin.starts_with("tx-") || pin.starts_with("egress-")
 }
 
 impl Programs {
@@ -209,30 +281,72 @@ impl Programs {
             if let Some(old) = self.links.remove(&pin) {
                 let _ = old.unpin();
             }
-            let _ = std::fs::remove_file(self.links_dir.join(&pin));
+            if !self.adopted.contains_key(&pin) {
+                let _ = std::fs::remove_file(self.links_dir.join(&pin));
+            }
             self.attach_tc(pin, program, host_ifname, hook)?;
         }
         Ok(())
     }
 
-    /// Unpins (so detaches) the links of a container veth's host end.
+    /// Unpins (so detaches) the links of a container veth's host end, this run's or adopted.
     pub(super) fn detach_from_endpoint(&mut self, host_ifname: &str) {
         for (pin, _, _) in endpoint_links(host_ifname) {
             if let Some(link) = self.links.remove(&pin) {
                 let _ = link.unpin();
             }
+            self.remove_adopted(&pin);
         }
     }
 
     /// Unpins (so detaches) every link.
     pub(super) fn detach_all(&mut self) {
-        for (_, link) in std::mem::take(&mut self.links) {
+        let adopted = std::mem::take(&mut self.adopted);
+        for (_, link) in std::mem::take(&mut self.links).into_iter().chain(adopted) {
             let _ = link.unpin();
         }
     }
 
+    /// Pin names of adopted links no attach of this run has claimed.
+    pub(super) fn unclaimed_adopted(&self) -> Vec<String> {
+        self.adopted.keys().cloned().collect()
+    }
+
+    /// Unpins (so detaches) an adopted link nobody claimed.
+    pub(super) fn remove_adopted(&mut self, pin: &str) {
+        if let Some(link) = self.adopted.remove(pin) {
+            tracing::info!("adopted link {pin} is not used by this run: removed");
+            let _ = link.unpin();
+        }
+    }
+
+    /// Takes over the adopted link pinned as `pin`, if there is one, by swapping program
+    /// `name` into it in place; `false` when there is none or the swap failed (its device
+    /// is gone, say), the old pin then removed.
+    fn replace_in_adopted(&mut self, pin: &str, name: &str) -> Result<bool, DatapathError> {
+        let Some(link) = self.adopted.remove(pin) else {
+            return Ok(false);
+        };
+        let path = self.links_dir.join(pin);
+        let prog = program_named(&mut self.ebpf, name)?;
+        let fd = prog
+            .fd()
+            .map_err(|e| DatapathError::program(format_args!("{name} descriptor"), e))?;
+        match bpf_sys::replace_link_program(&path, fd.as_fd()) {
+            Ok(()) => {
+                self.links.insert(pin.to_string(), link);
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!("cannot put {name} into the pinned link {pin} ({e}): attached anew");
+                let _ = link.unpin();
+                Ok(false)
+            }
+        }
+    }
+
     /// Attaches classifier `name` at tcx ingress or egress of `ifname` and pins the link as
-    /// `pin`.
+    /// `pin`; an adopted link pinned as `pin` gets the program in place instead.
     fn attach_tc(
         &mut self,
         pin: String,
@@ -240,6 +354,9 @@ impl Programs {
         ifname: &str,
         hook: TcAttachType,
     ) -> Result<(), DatapathError> {
+        if self.replace_in_adopted(&pin, name)? {
+            return Ok(());
+        }
         let link = attach_tc(
             &mut self.ebpf,
             name,
@@ -254,6 +371,9 @@ impl Programs {
     /// Attaches the XDP admission filter to the underlay and pins its link.
     fn attach_xdp(&mut self, underlay: &LinkInfo) -> Result<(), DatapathError> {
         let xdp_pin = format!("xdp-{}", underlay.name);
+        if self.replace_in_adopted(&xdp_pin, XDP_PROGRAM)? {
+            return Ok(());
+        }
         let prog = xdp_program(&mut self.ebpf)?;
         let id = prog
             .attach_to_if_index(underlay.index, aya::programs::XdpMode::Default)
@@ -330,15 +450,85 @@ fn attach_tc(
     })
 }
 
-/// Creates the pin directory `pin_dir` (and its `links/`) after removing what an earlier
-/// run left there.
-pub(super) fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+/// The maps the object declares, with their shapes, in [`ALL_MAPS`] order.
+pub(super) fn declared_maps() -> Result<Vec<(&'static str, MapShape)>, DatapathError> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT)
+        .map_err(|e| DatapathError::Bpf(format!("reading the embedded kernel object: {e}")))?;
+    ALL_MAPS
+        .iter()
+        .map(|name| {
+            let map = object
+                .maps
+                .get(*name)
+                .ok_or_else(|| DatapathError::NotInObject {
+                    kind: "map",
+                    name: name.to_string(),
+                })?;
+            Ok((
+                *name,
+                MapShape {
+                    map_type: map.map_type(),
+                    key_size: map.key_size(),
+                    value_size: map.value_size(),
+                    max_entries: map.max_entries(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// What lies pinned at `path`.
+fn pinned_map(path: &Path) -> PinnedMap {
+    if std::fs::symlink_metadata(path).is_err() {
+        return PinnedMap::Absent;
+    }
+    match bpf_sys::pinned_map_shape(path) {
+        Ok([map_type, key_size, value_size, max_entries]) => PinnedMap::Present(MapShape {
+            map_type,
+            key_size,
+            value_size,
+            max_entries,
+        }),
+        Err(e) => PinnedMap::Unreadable(e.to_string()),
+    }
+}
+
+/// Prepares the pin directory `pin_dir` (and its `links/`): what an earlier run pinned
+/// there is adopted when its maps fit the programs (`true`), else removed (one log line
+/// saying why, when there was something).
+pub(super) fn open_pin_dir(pin_dir: &Path) -> Result<bool, DatapathError> {
     ensure_bpffs()?;
-    remove_pins(pin_dir);
+    let declared = declared_maps()?;
+    let pinned: Vec<(&str, PinnedMap)> = declared
+        .iter()
+        .map(|(name, _)| (*name, pinned_map(&pin_dir.join(name))))
+        .collect();
+    let marker = bpf_sys::read_marker(&pin_dir.join(LAYOUT_MARKER));
+    let adopt = match judge_pins(&declared, &pinned, marker) {
+        PinVerdict::Fresh => false,
+        PinVerdict::Adopt => {
+            tracing::info!(
+                "adopting the data path pinned under {}: its maps are kept, the programs replaced in place",
+                pin_dir.display()
+            );
+            true
+        }
+        PinVerdict::Recreate(why) => {
+            tracing::warn!(
+                "not adopting the pins under {} ({why}): the data path is created anew",
+                pin_dir.display()
+            );
+            false
+        }
+    };
+    if !adopt {
+        remove_pins(pin_dir);
+    }
     std::fs::create_dir_all(pin_dir.join("links")).map_err(|source| DatapathError::BpfFs {
         what: format!("cannot create pin directory {}", pin_dir.display()),
         source,
-    })
+    })?;
+    Ok(adopt)
 }
 
 /// Removes pinned links (detaching them) and maps of an earlier run.
@@ -348,7 +538,7 @@ pub(super) fn remove_pins(pin_dir: &Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    for m in ALL_MAPS {
+    for m in ALL_MAPS.iter().chain(&[LAYOUT_MARKER]) {
         let _ = std::fs::remove_file(pin_dir.join(m));
     }
 }
@@ -381,6 +571,27 @@ mod tests {
         assert!(!wants_xdp(XdpMode::Auto, &link(None)), "a veth");
         assert!(wants_xdp(XdpMode::On, &link(None)));
         assert!(!wants_xdp(XdpMode::Off, &link(Some("0000:00:03.0"))));
+    }
+
+    #[test]
+    fn every_pinned_map_has_a_shape_in_the_embedded_object() {
+        let declared = declared_maps().expect("the embedded object parses");
+        assert_eq!(declared.len(), ALL_MAPS.len());
+        for (name, shape) in &declared {
+            assert!(
+                shape.key_size > 0 && shape.value_size > 0 && shape.max_entries > 0,
+                "{name}: {shape:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_container_veth_links_wait_for_their_endpoints() {
+        assert!(is_endpoint_link("tx-vethwe1234abcd"));
+        assert!(is_endpoint_link("egress-vethwe1234abcd"));
+        assert!(!is_endpoint_link("rx-eth0"));
+        assert!(!is_endpoint_link("xdp-eth0"));
+        assert!(!is_endpoint_link("from-bridge-vethwe-datapath"));
     }
 
     #[test]

@@ -320,6 +320,18 @@ impl DatapathMaps {
             .map_err(|e| DatapathError::map("reading PEERS", e))
     }
 
+    /// Short IDs with an entry in `PEERS`.
+    pub(super) fn peer_ids(&self) -> Vec<u16> {
+        (0..self.peers.len())
+            .filter(|&id| {
+                self.peers
+                    .get(&id, 0)
+                    .is_ok_and(|e| e.flags != 0 || e.underlay_ipv4 != [0; 4])
+            })
+            .map(|id| id as u16)
+            .collect()
+    }
+
     /// MACs learned behind peers: (MAC, peer short ID).
     pub(super) fn remote_macs(&self) -> Vec<([u8; 6], u16)> {
         self.remote_macs
@@ -382,6 +394,33 @@ impl DatapathMaps {
             self.add_neighbour(a.addr, endpoint.mac)?;
         }
         Ok(())
+    }
+
+    /// MACs in `ENDPOINTS` and in `ENDPOINT_ADDRESSES`.
+    pub(super) fn endpoint_macs(&self) -> Vec<[u8; 6]> {
+        let mut macs: Vec<[u8; 6]> = self
+            .endpoints
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| k.addr)
+            .chain(
+                self.endpoint_addresses
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(_, v)| v.mac),
+            )
+            .collect();
+        macs.sort_unstable();
+        macs.dedup();
+        macs
+    }
+
+    /// Forgets every entry naming the endpoint MAC `mac`: `ENDPOINTS`, its address record and
+    /// the ARP answers.
+    pub(super) fn forget_endpoint_mac(&mut self, mac: [u8; 6]) {
+        let _ = self.endpoints.remove(&MacKey::new(mac));
+        self.forget_endpoint_addresses(mac);
+        remove_where(&mut self.neighbours, |m| m.addr == mac);
     }
 
     /// Forgets an endpoint's MAC and the ARP answers that still name it.

@@ -2,7 +2,8 @@
 //! pinned maps and links, the `weave` bridge, its port towards the peers and container veths.
 //!
 //! [`EbpfDatapath`] holds the pieces and carries out the [`Datapath`] calls by concern:
-//! - `loader`: whether BPF may be used, bpffs, loading, attaching and pinning;
+//! - `loader`: whether BPF may be used, bpffs, loading, attaching and pinning, adopting
+//!   the pins of an earlier run (`adoption` decides, `bpf_sys` swaps programs in links);
 //! - `maps`: the typed maps, the only place that writes them, and the pure decisions of
 //!   which entries a peer, a broadcast tree or an endpoint needs;
 //! - `peers`: peers routed, admitted or cleared, next hops kept current, heartbeats;
@@ -15,6 +16,8 @@
 //! process lives there): interface names are resolved in the caller's namespace. Work
 //! inside container namespaces runs on dedicated threads (see [`super::netlink::in_netns`]).
 
+mod adoption;
+mod bpf_sys;
 mod bridge;
 mod counters;
 mod endpoints;
@@ -59,6 +62,9 @@ struct State {
     peers: PeerBook,
     /// Host addresses on the bridge given by `expose`.
     exposed: Vec<Ipv4Cidr>,
+    /// What was adopted from an earlier run and waits to be claimed again (`None` when
+    /// started afresh or once reconciled).
+    adoption: Option<adoption::Adoption>,
 }
 
 impl State {
@@ -96,8 +102,10 @@ pub struct EbpfDatapath {
 }
 
 /// Starts the data path: bpffs, the bridge, the programs and maps (pinned under
-/// `<pin_root>/<peer name>/`), RX (and XDP, per the mode) on the underlay. Leftovers of an
-/// earlier run with the same peer name (links, pins, VXLAN devices) are removed first.
+/// `<pin_root>/<peer name>/`), RX (and XDP, per the mode) on the underlay. What an earlier
+/// run with the same peer name left running is adopted when its maps fit (maps and bridge
+/// port kept, programs swapped into the pinned links; entries nobody claims again within
+/// [`adoption::ADOPTION_BOUND`] removed), else removed first (pins, VXLAN devices).
 pub async fn start(settings: DatapathSettings) -> Result<EbpfDatapath, DatapathError> {
     EbpfDatapath::start(settings).await
 }
@@ -106,9 +114,7 @@ impl EbpfDatapath {
     /// See [`start`].
     pub async fn start(settings: DatapathSettings) -> Result<Self, DatapathError> {
         let pin_dir = settings.pin_root.join(settings.peer_name.to_string());
-        if settings.programs {
-            loader::prepare_pin_dir(&pin_dir)?;
-        }
+        let adopt = settings.programs && loader::open_pin_dir(&pin_dir)?;
 
         let nl = Netlink::connect_on_own_thread()?;
         let underlay = nl
@@ -120,7 +126,16 @@ impl EbpfDatapath {
         let bridge = nl.ensure_bridge(BRIDGE_NAME, container_mtu).await?;
 
         let (programs, xdp_attached, heartbeat_port) = if settings.programs {
-            let bridge_port = bridge::create_bridge_port(&nl, bridge.index, container_mtu).await?;
+            // An adopted port keeps its pinned link (from_bridge): not re-created.
+            let bridge_port = if adopt {
+                bridge::existing_bridge_port(&nl).await?
+            } else {
+                None
+            };
+            let bridge_port = match bridge_port {
+                Some(index) => index,
+                None => bridge::create_bridge_port(&nl, bridge.index, container_mtu).await?,
+            };
             let heartbeat_port = PacketSocket::open(
                 bridge_port,
                 weave_ebpf_common::heartbeat::HEARTBEAT_ETHERTYPE,
@@ -129,7 +144,7 @@ impl EbpfDatapath {
                 tracing::warn!("no fast-path heartbeats or path-MTU probes: cannot open a packet socket on {BRIDGE_PORT_NAME}: {e}");
             })
             .ok();
-            match loader::load(&settings, &pin_dir, &underlay, bridge_port) {
+            match loader::load(&settings, &pin_dir, &underlay, bridge_port, adopt) {
                 Ok((programs, xdp)) => (Some(programs), xdp, heartbeat_port),
                 Err(e) => {
                     loader::remove_pins(&pin_dir);
@@ -139,11 +154,15 @@ impl EbpfDatapath {
         } else {
             (None, false, None)
         };
+        let adoption = programs.as_ref().filter(|_| adopt).map(|p| {
+            adoption::Adoption::new(p.maps.peer_ids(), std::time::Instant::now())
+        });
         let state = State {
             programs,
             endpoints: Vec::new(),
             peers: PeerBook::default(),
             exposed: Vec::new(),
+            adoption,
         };
         Ok(Self {
             own_short_id: AtomicU16::new(settings.own_short_id.get()),
@@ -213,6 +232,48 @@ impl EbpfDatapath {
         self.lock().programs()?.maps.peer(short_id.get())
     }
 
+    /// Once [`adoption::ADOPTION_BOUND`] has passed since an adoption: removes the adopted
+    /// peers the mesh did not place again, the adopted links no endpoint claimed, and the
+    /// endpoint entries of containers not restored.
+    fn finish_adoption(&self) {
+        let mut guard = self.lock();
+        let placed: std::collections::BTreeSet<u16> = guard.peers.seen().collect();
+        let Some(stale) = guard
+            .adoption
+            .as_mut()
+            .and_then(|a| a.stale(std::time::Instant::now(), &placed))
+        else {
+            return;
+        };
+        guard.adoption = None;
+        let kept: Vec<[u8; 6]> = guard.endpoints.iter().map(|e| e.mac).collect();
+        let Some(programs) = guard.programs.as_mut() else {
+            return;
+        };
+        for &id in &stale.peers {
+            if let Err(e) = programs.maps.clear_peer(id) {
+                tracing::warn!("cannot remove adopted peer {id}: {e}");
+            }
+            programs.maps.forget_learned_behind(id);
+        }
+        let links = programs.unclaimed_adopted();
+        for pin in &links {
+            programs.remove_adopted(pin);
+        }
+        let macs = adoption::unclaimed_macs(&programs.maps.endpoint_macs(), &kept);
+        for mac in &macs {
+            programs.maps.forget_endpoint_mac(*mac);
+        }
+        tracing::info!(
+            "adoption reconciled after {} s: {} adopted peers not back in the mesh removed {:?}, {} unclaimed links and {} endpoint entries removed",
+            adoption::ADOPTION_BOUND.as_secs(),
+            stale.peers.len(),
+            stale.peers,
+            links.len(),
+            macs.len()
+        );
+    }
+
     /// Packets counted for one reason, summed over CPUs.
     pub fn counter(&self, reason: Reason) -> Result<u64, DatapathError> {
         counters::packets(&self.lock().programs()?.maps, reason)
@@ -241,6 +302,8 @@ impl Datapath for EbpfDatapath {
     }
 
     async fn refresh_next_hops(&self) {
+        // Called every second: also the clock of an adoption's reconciliation.
+        self.finish_adoption();
         self.refresh_next_hop_macs().await
     }
 
