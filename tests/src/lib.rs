@@ -17,6 +17,7 @@ pub mod mesh;
 pub mod netns;
 pub mod partial_mesh;
 pub mod probe;
+pub mod restart;
 pub mod router;
 pub mod sandbox;
 pub mod skip;

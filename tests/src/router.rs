@@ -294,6 +294,20 @@ impl Router {
         gone
     }
 
+    /// `weave-router stop --keep-datapath` (an upgrade's first half), then waits until its
+    /// process is gone; the kernel data path stays.
+    pub fn stop_keeping_datapath(&mut self) -> Result<()> {
+        let out = self.cli_timeout(&["stop", "--keep-datapath"], Duration::from_secs(30))?;
+        self.running = false;
+        let gone = cmd::wait_for(
+            "the router process to exit",
+            Duration::from_secs(15),
+            || router_pids(&self.netns).is_empty().then_some(()),
+        );
+        out.checked()?;
+        gone
+    }
+
     /// Ends the router without asking (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         for p in router_pids(&self.netns) {
