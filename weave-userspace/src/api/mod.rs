@@ -120,7 +120,8 @@ impl ApiState {
 
     /// Whether the stop asked for leaves the kernel data path running.
     pub fn keeps_datapath(&self) -> bool {
-        self.keep_datapath.load(std::sync::atomic::Ordering::Relaxed)
+        self.keep_datapath
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn ready(&self) -> Result<Arc<Node>, ApiError> {

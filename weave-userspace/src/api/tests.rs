@@ -421,3 +421,11 @@ async fn tcp_serves_reads_and_refuses_every_change() {
     assert_eq!(call(a.http, "GET", "/ip/c0ffee", None).await.body, "");
     a.router.stop().await;
 }
+
+#[test]
+fn a_stop_keeps_the_data_path_only_when_asked() {
+    assert!(super::keeps_datapath(Some("keep-datapath=true")));
+    assert!(super::keeps_datapath(Some("x=1&keep-datapath")));
+    assert!(!super::keeps_datapath(Some("keep-datapath=false")));
+    assert!(!super::keeps_datapath(None));
+}

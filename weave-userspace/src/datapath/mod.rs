@@ -298,6 +298,10 @@ pub trait Datapath: Send + Sync + 'static {
         let _ = addr;
         async { Ok(()) }
     }
+    /// Leaves the kernel data path as it is from now on: the process stops and the data
+    /// path stays for the next launch to adopt, so what the stop itself would change
+    /// (connections closing remove their peers) is not carried out. The default does nothing.
+    fn keep_as_is(&self) {}
     /// Removes what the router put in the kernel except the bridge and the container
     /// interfaces: programs, links, pins and VXLAN devices.
     fn shutdown(&self) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;

@@ -539,6 +539,11 @@ impl Up<'_> {
 
         let _ = self.stop.wait_for(|s| *s).await;
         tracing::info!("stopping");
+        if self.api_state.keeps_datapath() {
+            // Connections closing must not take their peers out of the maps the next
+            // launch adopts.
+            datapath.keep_as_is();
+        }
         for t in docker_tasks {
             t.abort();
         }

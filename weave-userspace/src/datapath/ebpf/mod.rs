@@ -28,7 +28,7 @@ mod service;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use weave_ebpf_common::counters::Reason;
@@ -99,6 +99,8 @@ pub struct EbpfDatapath {
     service: OnceLock<(Ipv4Addr, [u8; 6])>,
     /// The short ID [`Datapath::refresh_next_hops`] goes on from.
     refresh_cursor: AtomicU16,
+    /// Set by [`Datapath::keep_as_is`]: changes are no longer carried out.
+    kept_as_is: AtomicBool,
 }
 
 /// Starts the data path: bpffs, the bridge, the programs and maps (pinned under
@@ -154,9 +156,10 @@ impl EbpfDatapath {
         } else {
             (None, false, None)
         };
-        let adoption = programs.as_ref().filter(|_| adopt).map(|p| {
-            adoption::Adoption::new(p.maps.peer_ids(), std::time::Instant::now())
-        });
+        let adoption = programs
+            .as_ref()
+            .filter(|_| adopt)
+            .map(|p| adoption::Adoption::new(p.maps.peer_ids(), std::time::Instant::now()));
         let state = State {
             programs,
             endpoints: Vec::new(),
@@ -178,11 +181,17 @@ impl EbpfDatapath {
             state: Mutex::new(state),
             service: OnceLock::new(),
             refresh_cursor: AtomicU16::new(0),
+            kept_as_is: AtomicBool::new(false),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the data path is left as it is for the next launch ([`Datapath::keep_as_is`]).
+    fn kept(&self) -> bool {
+        self.kept_as_is.load(Ordering::Relaxed)
     }
 
     fn mtu_now(&self) -> u32 {
@@ -282,32 +291,53 @@ impl EbpfDatapath {
 
 impl Datapath for EbpfDatapath {
     async fn add_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        if self.kept() {
+            return Ok(());
+        }
         self.route_peer(peer).await
     }
 
     async fn remove_peer(&self, short_id: ShortId) -> Result<(), DatapathError> {
+        if self.kept() {
+            return Ok(());
+        }
         self.forget_peer(short_id)
     }
 
     async fn unroute_peer(&self, short_id: ShortId) -> Result<(), DatapathError> {
+        if self.kept() {
+            return Ok(());
+        }
         self.unroute(short_id)
     }
 
     async fn leave_to_sleeve(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        if self.kept() {
+            return Ok(());
+        }
         self.hand_to_sleeve(peer)
     }
 
     async fn admit_peer(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
+        if self.kept() {
+            return Ok(());
+        }
         self.admit_only(peer).await
     }
 
     async fn refresh_next_hops(&self) {
+        if self.kept() {
+            return;
+        }
         // Called every second: also the clock of an adoption's reconciliation.
         self.finish_adoption();
         self.refresh_next_hop_macs().await
     }
 
     async fn forget_bridge_macs(&self, macs: Vec<[u8; 6]>) -> Result<(), DatapathError> {
+        if self.kept() {
+            return Ok(());
+        }
         self.nl
             .forget_fdb_entries(self.bridge_index, &macs)
             .await
@@ -315,6 +345,9 @@ impl Datapath for EbpfDatapath {
     }
 
     async fn set_own_short_id(&self, short_id: ShortId) -> Result<(), DatapathError> {
+        if self.kept() {
+            return Ok(());
+        }
         self.set_short_id(short_id)
     }
 
@@ -323,6 +356,9 @@ impl Datapath for EbpfDatapath {
         source: ShortId,
         children: Vec<ShortId>,
     ) -> Result<(), DatapathError> {
+        if self.kept() {
+            return Ok(());
+        }
         self.set_tree(source, &children)
     }
 
@@ -380,6 +416,9 @@ impl Datapath for EbpfDatapath {
     }
 
     fn hand_relays_to_sleeve(&self, port_ifindex: u32) -> Result<(), DatapathError> {
+        if self.kept() {
+            return Ok(());
+        }
         match self.lock().programs.as_mut() {
             Some(programs) => programs
                 .maps
@@ -390,6 +429,10 @@ impl Datapath for EbpfDatapath {
 
     async fn add_service_address(&self, addr: Ipv4Addr) -> Result<(), DatapathError> {
         self.set_service_address(addr).await
+    }
+
+    fn keep_as_is(&self) {
+        self.kept_as_is.store(true, Ordering::Relaxed);
     }
 
     async fn shutdown(&self) -> Result<(), DatapathError> {
