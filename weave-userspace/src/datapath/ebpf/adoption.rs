@@ -204,7 +204,10 @@ mod tests {
 
     #[test]
     fn nothing_pinned_loads_afresh() {
-        let pinned = vec![("PEERS", PinnedMap::Absent), ("ENDPOINTS", PinnedMap::Absent)];
+        let pinned = vec![
+            ("PEERS", PinnedMap::Absent),
+            ("ENDPOINTS", PinnedMap::Absent),
+        ];
         assert_eq!(judge_pins(&expected(), &pinned, None), PinVerdict::Fresh);
     }
 
@@ -227,7 +230,10 @@ mod tests {
         let PinVerdict::Recreate(why) = verdict else {
             panic!("adopted a map of the wrong shape: {verdict:?}");
         };
-        assert!(why.contains("ENDPOINTS") && why.contains("value 12"), "{why}");
+        assert!(
+            why.contains("ENDPOINTS") && why.contains("value 12"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -258,7 +264,10 @@ mod tests {
 
     #[test]
     fn a_marker_alone_is_a_leftover_to_recreate() {
-        let pinned = vec![("PEERS", PinnedMap::Absent), ("ENDPOINTS", PinnedMap::Absent)];
+        let pinned = vec![
+            ("PEERS", PinnedMap::Absent),
+            ("ENDPOINTS", PinnedMap::Absent),
+        ];
         assert!(matches!(
             judge_pins(&expected(), &pinned, Some(1)),
             PinVerdict::Recreate(_)

@@ -24,7 +24,14 @@ type Attr = [u32; 32];
 fn bpf(cmd: libc::c_long, attr: &Attr) -> io::Result<i64> {
     // SAFETY: the kernel reads at most `size_of::<Attr>()` bytes of `attr`, which lives for
     // the call; every pointer inside it was set by the caller to memory that outlives it.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), std::mem::size_of::<Attr>()) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_ptr(),
+            std::mem::size_of::<Attr>(),
+        )
+    };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -260,7 +260,10 @@ fn adopted_links(links_dir: &Path) -> BTreeMap<String, PinnedLink> {
                 links.insert(name, link);
             }
             Err(err) => {
-                tracing::warn!("pinned link {} cannot be opened, removed: {err}", e.path().display());
+                tracing::warn!(
+                    "pinned link {} cannot be opened, removed: {err}",
+                    e.path().display()
+                );
                 let _ = std::fs::remove_file(e.path());
             }
         }
