@@ -55,6 +55,9 @@ pub struct Args {
     /// Only the Docker figure (docker run until reachable and resolvable, median of 20).
     #[arg(long)]
     docker_only: bool,
+    /// Only the restart figures (pings lost across an upgrade and a kill -9, median of 5).
+    #[arg(long)]
+    restart: bool,
 }
 
 /// Samples of one mode.
@@ -195,6 +198,9 @@ pub fn bench(a: Args) -> Result<()> {
     }
     if a.ipam_only {
         return crate::bench_ipam::run(a.runs.max(5), &output);
+    }
+    if a.restart {
+        return crate::bench_restart::run(a.runs.max(5), &output);
     }
     if a.sleeve_only {
         return crate::bench_sleeve::run(a.runs, a.seconds, a.mtu, &output);
