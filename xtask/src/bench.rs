@@ -55,6 +55,9 @@ pub struct Args {
     /// Only the Docker figure (docker run until reachable and resolvable, median of 20).
     #[arg(long)]
     docker_only: bool,
+    /// Only the CNI figure (podman run until reachable, median of 20).
+    #[arg(long)]
+    podman_only: bool,
 }
 
 /// Samples of one mode.
@@ -193,6 +196,9 @@ pub fn bench(a: Args) -> Result<()> {
     if a.docker_only {
         return crate::bench_docker::run(a.runs.max(20), &output);
     }
+    if a.podman_only {
+        return crate::bench_podman::run(a.runs.max(20), &output);
+    }
     if a.ipam_only {
         return crate::bench_ipam::run(a.runs.max(5), &output);
     }
@@ -306,6 +312,7 @@ pub fn bench(a: Args) -> Result<()> {
     }
     if !a.baselines_only {
         crate::bench_docker::run(a.runs.max(20), &output)?;
+        crate::bench_podman::run(a.runs.max(20), &output)?;
     }
     Ok(())
 }
