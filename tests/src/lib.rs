@@ -16,6 +16,7 @@ pub mod error;
 pub mod mesh;
 pub mod netns;
 pub mod partial_mesh;
+pub mod podman;
 pub mod probe;
 pub mod restart;
 pub mod router;

@@ -247,6 +247,7 @@ impl Bed {
                 addresses: vec![format!("{}/24", CONTAINER[i]).parse().unwrap()],
                 owner: None,
                 hand_over: false,
+                ifname: None,
             };
             bed.routers[i]
                 .call(move |dp| async move { dp.attach(request).await })
@@ -661,6 +662,7 @@ fn bad_requests_fail_cleanly() {
                     addresses: vec![],
                     owner: None,
                     hand_over: false,
+                    ifname: None,
                 })
                 .await
             })

@@ -1,6 +1,7 @@
 //! weave-router: a Weave Net compatible overlay router with an eBPF data path.
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod crypto;
 pub mod datapath;

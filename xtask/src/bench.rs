@@ -58,6 +58,9 @@ pub struct Args {
     /// Only the restart figures (pings lost across an upgrade and a kill -9, median of 5).
     #[arg(long)]
     restart: bool,
+    /// Only the CNI figure (podman run until reachable, median of 20).
+    #[arg(long)]
+    podman_only: bool,
 }
 
 /// Samples of one mode.
@@ -196,6 +199,9 @@ pub fn bench(a: Args) -> Result<()> {
     if a.docker_only {
         return crate::bench_docker::run(a.runs.max(20), &output);
     }
+    if a.podman_only {
+        return crate::bench_podman::run(a.runs.max(20), &output);
+    }
     if a.ipam_only {
         return crate::bench_ipam::run(a.runs.max(5), &output);
     }
@@ -312,6 +318,7 @@ pub fn bench(a: Args) -> Result<()> {
     }
     if !a.baselines_only {
         crate::bench_docker::run(a.runs.max(20), &output)?;
+        crate::bench_podman::run(a.runs.max(20), &output)?;
     }
     Ok(())
 }

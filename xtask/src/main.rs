@@ -5,6 +5,7 @@ mod bench_dns;
 mod bench_docker;
 mod bench_ipam;
 mod bench_restart;
+mod bench_podman;
 mod bench_sleeve;
 mod build;
 mod demo;

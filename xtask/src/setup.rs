@@ -50,6 +50,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "busybox: the Docker tests' image, built offline",
     ),
     (
+        "podman",
+        "podman: the CNI plugin's tests run containers with its CNI backend",
+    ),
+    (
+        "containernetworking-plugins",
+        "portmap: chained after weave-net in the CNI tests",
+    ),
+    (
+        "iptables",
+        "iptables: what portmap programs published ports with",
+    ),
+    (
         "wireguard-tools",
         "wg: configuring boringtun, the user-space WireGuard the sleeve bench compares against",
     ),

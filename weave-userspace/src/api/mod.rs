@@ -12,12 +12,14 @@
 //!   `GET /status/dns` (text), `POST /dns/add {"container", "addresses", "hostname"}`,
 //!   `POST /dns/remove {"container", "addresses", "hostname"}`, `GET /dns/lookup/NAME`
 //!   (addresses, one a line). `POST /attach` takes `"hostname"` too.
+//! - `POST /cni/add`, `/cni/del`, `/cni/check`: the `weave-net` CNI plugin's calls ([`cni`]).
 //!
 //! Errors answer with a fitting status code and one line of text.
 //!
 //! Served on TCP for reading and on a unix socket for everything ([`access`]).
 
 pub mod access;
+pub mod cni;
 pub mod docker;
 pub mod ipam;
 pub mod metrics;
@@ -308,6 +310,9 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/docker", get(docker::info))
         .route("/docker/attach", post(docker::attach))
         .route("/docker/detach", post(docker::detach))
+        .route("/cni/add", post(cni::add))
+        .route("/cni/del", post(cni::del))
+        .route("/cni/check", post(cni::check))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(state)
 }
@@ -431,6 +436,7 @@ async fn attach(State(s): AppState, body: Bytes) -> Result<Response, ApiError> {
             specs,
             hostname: body.hostname,
             owner: None,
+            ifname: None,
         })
         .await?;
     Ok(axum::Json(EndpointView::from(&endpoint)).into_response())

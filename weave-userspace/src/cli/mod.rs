@@ -225,6 +225,19 @@ pub enum Command {
     /// Print the docker CLI option that goes through the router's Docker proxy
     /// (docker $(weave-router config) run ...).
     Config(ApiArgs),
+    /// Install the CNI plugin (this program, as weave-net) and the `weave` network
+    /// configuration (weave-net, then portmap) for container runtimes.
+    #[command(name = "setup-cni")]
+    SetupCni {
+        #[arg(long, value_name = "DIR", default_value = crate::cni::install::DEFAULT_BIN_DIR)]
+        bin_dir: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = crate::cni::install::DEFAULT_CONF_DIR)]
+        conf_dir: PathBuf,
+        /// The router's API address the plugin is to use (written in the configuration
+        /// when it is not the default).
+        #[arg(long, value_name = "ADDR", env = HTTP_ADDR_ENV, default_value = DEFAULT_HTTP_ADDR)]
+        http_addr: String,
+    },
     /// Print the version.
     Version,
     /// Removed in Weave 2.0: `launch` starts the router, the proxy and the plugin.
@@ -519,6 +532,21 @@ pub fn run() -> anyhow::Result<()> {
                 .proxy
                 .ok_or_else(|| anyhow::anyhow!("the router runs no Docker proxy (--no-proxy)"))?;
             println!("-H={proxy}");
+            Ok(())
+        }
+        Command::SetupCni {
+            bin_dir,
+            conf_dir,
+            http_addr,
+        } => {
+            http_addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                anyhow::anyhow!(
+                    "--http-addr {http_addr:?} is not an address with a port (like 127.0.0.1:6784)"
+                )
+            })?;
+            let api = (http_addr != DEFAULT_HTTP_ADDR).then_some(http_addr.as_str());
+            let (plugin, conf) = crate::cni::install::install(&bin_dir, &conf_dir, api)?;
+            println!("{}\n{}", plugin.display(), conf.display());
             Ok(())
         }
         Command::Version => {

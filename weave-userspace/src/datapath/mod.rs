@@ -54,6 +54,10 @@ pub struct AttachRequest {
     /// through the network plugin) to move into the container; `netns` is then only a key.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hand_over: bool,
+    /// The name of the interface in the namespace: [`ebpf::CONTAINER_IFNAME`] (`ethwe`)
+    /// when `None`; a CNI runtime chooses it (`CNI_IFNAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
 }
 
 /// A container interface the data path has set up.

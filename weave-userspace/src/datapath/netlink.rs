@@ -488,6 +488,33 @@ impl Netlink {
         Ok(())
     }
 
+    /// The IPv4 addresses of a link.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Cidr>, DatapathError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing addresses"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .flat_map(|m| {
+                m.attributes.iter().filter_map(move |a| match a {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(Ipv4Cidr {
+                        addr: *ip,
+                        prefix_len: m.header.prefix_len,
+                    }),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     pub async fn add_address(&self, index: u32, cidr: Ipv4Cidr) -> Result<(), DatapathError> {
         match self
             .handle

@@ -202,6 +202,7 @@ impl DockerService {
                 specs,
                 hostname,
                 owner: Some(facts.id.clone()),
+                ifname: None,
             })
             .await?;
         tracing::info!(

@@ -185,6 +185,7 @@ impl Plugin {
                 addresses: vec![address],
                 owner,
                 hand_over: true,
+                ifname: None,
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -61,6 +61,8 @@ pub struct AttachOrder {
     pub hostname: Option<String>,
     /// Whose addresses and names they are (a container ID); the namespace path when `None`.
     pub owner: Option<String>,
+    /// The interface's name in the namespace (`ethwe` when `None`).
+    pub ifname: Option<String>,
 }
 
 /// Where endpoints get their names: weaveDNS ([`crate::dns::Dns`]).
@@ -271,6 +273,7 @@ impl Endpoints {
                 addresses,
                 owner: order.owner,
                 hand_over: false,
+                ifname: order.ifname,
             })
             .await;
         let endpoint = match attached {
@@ -435,6 +438,7 @@ mod tests {
             specs: specs.iter().map(|s| s.parse().unwrap()).collect(),
             hostname: hostname.map(str::to_string),
             owner: Some("c1".into()),
+            ifname: None,
         }
     }
 

@@ -25,6 +25,12 @@ pub const HANDOVER_VETH_PREFIX: &str = "vethwp";
 /// moved and renamed [`CONTAINER_IFNAME`]).
 const TEMP_VETH_PREFIX: &str = "vethwc";
 
+/// The name of the container end inside the namespace: the one asked for, else
+/// [`CONTAINER_IFNAME`].
+fn container_ifname(request: &AttachRequest) -> &str {
+    request.ifname.as_deref().unwrap_or(CONTAINER_IFNAME)
+}
+
 /// The name of the container end of a handed-over veth, from its host end's.
 pub fn handover_name(host_ifname: &str) -> String {
     let suffix = host_ifname
@@ -88,10 +94,11 @@ impl EbpfDatapath {
             });
         }
         // Fail early, before creating anything, on a path that is not a network namespace
-        // or one that has an ethwe already.
+        // or one that has an ethwe (or the interface asked for) already.
+        let ifname = container_ifname(&request).to_string();
         let has_ethwe = !request.hand_over
             && netlink::in_netns(&request.netns, |nl| async move {
-                Ok(nl.link_by_name(CONTAINER_IFNAME).await?.is_some())
+                Ok(nl.link_by_name(&ifname).await?.is_some())
             })
             .await?;
         if has_ethwe {
@@ -141,7 +148,7 @@ impl EbpfDatapath {
     }
 
     /// The rest of an attach whose container end goes into the namespace: moved, named
-    /// [`CONTAINER_IFNAME`], addressed, up (with `lo`), a route to the service address;
+    /// [`CONTAINER_IFNAME`] (or as asked), addressed, up (with `lo`), a route to the service address;
     /// then announced with a gratuitous ARP.
     async fn move_into_netns(
         &self,
@@ -160,6 +167,8 @@ impl EbpfDatapath {
         let mtu = self.mtu_now();
         let addresses = request.addresses.clone();
         let service = self.service_address();
+        let ifname = container_ifname(request).to_string();
+        let garp_ifname = ifname.clone();
         let mac = netlink::in_netns(&request.netns, move |nl| async move {
             let link = nl.link_by_name(&temp_name).await?.ok_or_else(|| {
                 DatapathError::Netlink(format!("{temp_name} did not arrive in the namespace"))
@@ -167,7 +176,7 @@ impl EbpfDatapath {
             nl.set_link(
                 link.index,
                 LinkChange {
-                    name: Some(CONTAINER_IFNAME.into()),
+                    name: Some(ifname),
                     mtu: Some(mtu),
                     ..Default::default()
                 },
@@ -199,7 +208,7 @@ impl EbpfDatapath {
         self.service_neighbours(&endpoint, true).await?;
         let addrs = announced(&endpoint);
         let garp = netlink::in_netns(&request.netns, move |nl| async move {
-            if let Some(l) = nl.link_by_name(CONTAINER_IFNAME).await? {
+            if let Some(l) = nl.link_by_name(&garp_ifname).await? {
                 garp::send(l.index, mac, &addrs)?;
             }
             Ok(())
