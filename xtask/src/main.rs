@@ -4,6 +4,7 @@ mod bench;
 mod bench_dns;
 mod bench_docker;
 mod bench_ipam;
+mod bench_programs;
 mod bench_sleeve;
 mod build;
 mod demo;
