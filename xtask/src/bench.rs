@@ -508,11 +508,6 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
                 );
             }
         }
-        let _ = writeln!(
-            o,
-            "\nTargets, plain data path (performance round 2): {}.",
-            plain_targets((wt1, wu, wp), find(&Mode::KernelVxlan), find(&Mode::Routed))
-        );
         let weave_routed = find_on(&Mode::Weave { extra: vec![] }, Underlay::Routed);
         if let Some((rt1, rt4, ru, rp)) = weave_routed {
             for (label, base) in [
@@ -545,6 +540,11 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
                 );
             }
         }
+        let _ = writeln!(
+            o,
+            "\nTargets, plain data path (performance round 2): {}.",
+            plain_targets((wt1, wu, wp), find(&Mode::KernelVxlan), find(&Mode::Routed))
+        );
     }
 
     let _ = writeln!(o, "\nModes:\n");
