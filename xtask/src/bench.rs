@@ -617,6 +617,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plain_targets_say_met_or_missed_with_the_ratio() {
+        let vxlan = Some((Some(10.0), None, Some(100.0), Some(0.1)));
+        let routed = Some((Some(12.0), None, Some(200.0), Some(0.08)));
+        let line = plain_targets((Some(13.0), Some(150.0), Some(0.08)), vxlan, routed);
+        assert_eq!(
+            line,
+            "TCP / kernel VXLAN ≥ 1.3×: **met** (1.30×); TCP / routed ≥ 1.05×: **met** (1.08×); \
+             UDP 64 B / kernel VXLAN ≥ 1.8×: **missed** (1.50×); ping / routed ≤ 1×: **met** (1.00×)"
+        );
+        let none = plain_targets((None, Some(1.0), Some(1.0)), None, routed);
+        assert!(none.starts_with("TCP / kernel VXLAN: not measured; TCP / routed: not measured"));
+    }
+
+    #[test]
     fn keeps_other_sections() {
         let scale = "<!-- scale:begin -->\n## Scale\n<!-- scale:end -->\n";
         let first = splice(
