@@ -58,6 +58,28 @@ pub(crate) static COUNTERS: PerCpuArray<Counter, { Reason::COUNT as usize }> = P
 pub(crate) static PEER_COUNTERS: PerCpuArray<PeerCounter, { PEERS_MAX_ENTRIES as usize }> =
     PerCpuArray::new();
 
+/// Slots of [`LEARNED`] per CPU (a power of two).
+pub(crate) const LEARNED_SLOTS: u32 = 64;
+
+/// What `rx_from_underlay` last learned from one source MAC on this CPU: the MAC behind
+/// `peer`, sending from `addr`, written to `REMOTE_MACS` and `NEIGHBOURS` (or found there)
+/// at coarse time `at_ns`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Learned {
+    pub(crate) mac: [u8; 6],
+    pub(crate) peer: u16,
+    pub(crate) addr: [u8; 4],
+    pub(crate) _pad: [u8; 4],
+    pub(crate) at_ns: u64,
+}
+
+/// A per-CPU record of recent learning, by the source MAC's last byte: a frame whose source
+/// MAC, peer and address match its slot's record of less than a second ago is not looked up
+/// in `REMOTE_MACS` and `NEIGHBOURS` again. Not pinned: a cache, empty after a restart.
+#[btf_map]
+pub(crate) static LEARNED: PerCpuArray<Learned, { LEARNED_SLOTS as usize }> = PerCpuArray::new();
+
 #[inline(always)]
 pub(crate) fn count(reason: Reason, bytes: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(reason as u32) {

@@ -9,7 +9,10 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_INGRESS,
     },
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_vlan_push},
+    helpers::{
+        bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+        bpf_skb_vlan_push,
+    },
     macros::classifier,
     programs::TcContext,
 };
@@ -34,8 +37,8 @@ use crate::{
     },
     isolation::{is_service, may_deliver},
     maps::{
-        broadcast_tree, config, count, count_peer, PeerMaps, ENDPOINTS, NEIGHBOURS, PEER_COUNTERS,
-        REMOTE_MACS,
+        broadcast_tree, config, count, count_peer, Learned, PeerMaps, ENDPOINTS, LEARNED,
+        LEARNED_SLOTS, NEIGHBOURS, PEER_COUNTERS, REMOTE_MACS,
     },
     tree::send_copies,
 };
@@ -120,7 +123,13 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     if unsafe { ENDPOINTS.get(MacKey::new(inner_src)) }.is_some() {
         return Ok(drop_rx(Reason::RxDropLocalMac, len));
     }
-    learn(ctx, src, inner_src, inner_proto);
+    // The inner IPv4 source, read once for learning and for the receiver's subnet check.
+    let inner_ipv4_src = if inner_proto == ETH_P_IP {
+        ctx.load::<[u8; 4]>(OFF_INNER + ETH_HLEN + 12).ok()
+    } else {
+        None
+    };
+    learn(ctx, src, inner_src, inner_proto, inner_ipv4_src);
     if is_group_mac(&inner_dst) {
         relay_broadcast(ctx, &cfg, &eth, &ip, src, len);
     }
@@ -130,8 +139,7 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
             // SAFETY: the value is copied out at once.
             unsafe { ENDPOINTS.get(MacKey::new(inner_dst)) }.map(|e| e.host_ifindex)
         {
-            let src = ctx.load::<[u8; 4]>(OFF_INNER + ETH_HLEN + 12);
-            if !src.is_ok_and(|src| may_deliver(ifindex, src)) {
+            if !inner_ipv4_src.is_some_and(|src| may_deliver(ifindex, src)) {
                 return Ok(drop_rx(Reason::RxDropIsolated, len));
             }
             if ctx
@@ -306,12 +314,43 @@ fn drop_rx(reason: Reason, len: u32) -> i32 {
     TC_SHOT
 }
 
-/// Learns the inner source MAC → source peer and the inner source IPv4 → MAC, writing
-/// only entries that differ.
+/// How long a [`LEARNED`] record spares the lookups: the maps' entries can be removed
+/// meanwhile (the controller forgets what was learned behind a lost peer), and a source is
+/// learned again within this time.
+const LEARNED_FOR_NS: u64 = 1_000_000_000;
+
+/// Learns the inner source MAC → source peer and the inner source IPv4 (`inner_ipv4_src`,
+/// or an ARP frame's sender) → MAC, writing only entries that differ. An IPv4 frame whose
+/// source, peer and address this CPU learned less than [`LEARNED_FOR_NS`] ago is not looked
+/// up again: a flow is learned once, not per packet.
 #[inline(always)]
-fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
+fn learn(
+    ctx: &TcContext,
+    src_peer: u16,
+    src_mac: [u8; 6],
+    proto: u16,
+    inner_ipv4_src: Option<[u8; 4]>,
+) {
     if is_group_mac(&src_mac) {
         return;
+    }
+    let recent = if proto == ETH_P_IP {
+        LEARNED.get_ptr_mut(src_mac[5] as u32 & (LEARNED_SLOTS - 1))
+    } else {
+        None
+    };
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let (Some(slot), Some(addr)) = (recent, inner_ipv4_src) {
+        // SAFETY: a per-CPU slot of a preallocated array, as in `count`.
+        let r = unsafe { *slot };
+        if r.mac == src_mac
+            && r.peer == src_peer
+            && r.addr == addr
+            && now.wrapping_sub(r.at_ns) < LEARNED_FOR_NS
+        {
+            return;
+        }
     }
     let key = MacKey::new(src_mac);
     // SAFETY: the value is copied out at once.
@@ -327,9 +366,9 @@ fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
         );
     }
     let addr = if proto == ETH_P_IP {
-        match ctx.load::<[u8; 4]>(OFF_INNER + ETH_HLEN + 12) {
-            Ok(a) => a,
-            Err(_) => return,
+        match inner_ipv4_src {
+            Some(a) => a,
+            None => return,
         }
     } else if proto == ETH_P_ARP {
         // Sender hardware and protocol addresses of an Ethernet/IPv4 ARP packet.
@@ -345,13 +384,24 @@ fn learn(ctx: &TcContext, src_peer: u16, src_mac: [u8; 6], proto: u16) {
     };
     // The service address is every host's own (its DNS server on its bridge): another
     // host's bridge MAC for it must not take the place of ours.
-    if addr == [0; 4] || is_service(addr) {
-        return;
+    if addr != [0; 4] && !is_service(addr) {
+        let ip_key = Ipv4Key { addr };
+        // SAFETY: the value is copied out at once.
+        let known = unsafe { NEIGHBOURS.get(ip_key) }.map(|m| m.addr);
+        if known != Some(src_mac) {
+            let _ = NEIGHBOURS.insert(ip_key, key, 0);
+        }
     }
-    let ip_key = Ipv4Key { addr };
-    // SAFETY: the value is copied out at once.
-    let known = unsafe { NEIGHBOURS.get(ip_key) }.map(|m| m.addr);
-    if known != Some(src_mac) {
-        let _ = NEIGHBOURS.insert(ip_key, key, 0);
+    if let Some(slot) = recent {
+        // SAFETY: a per-CPU slot of a preallocated array, as in `count`.
+        unsafe {
+            *slot = Learned {
+                mac: src_mac,
+                peer: src_peer,
+                addr,
+                _pad: [0; 4],
+                at_ns: now,
+            };
+        }
     }
 }

@@ -1468,3 +1468,110 @@ fn kernel_logging_loads_either_way_and_off_is_compiled_out() {
     println!("rx_from_underlay, translated: {off} bytes with logging off, {on} bytes on");
     assert!(off < on, "logging off should be compiled out: {off} vs {on} bytes");
 }
+
+/// Pins the calling thread to CPU 0: the learning record is per CPU, and a test run executes
+/// on the CPU of its caller.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity(0, …) applies to
+    // the calling thread and reads only the set passed.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU 0"
+        );
+    }
+}
+
+/// A container frame from REMOTE (behind `peer` at `underlay`) to the local container.
+fn from_remote(peer: u16, underlay: [u8; 4]) -> Vec<u8> {
+    let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    encapsulated(&inner, underlay, OWN_UNDERLAY, vni::pack(peer, OWN_ID))
+}
+
+/// Learning writes nothing when the maps already hold what a frame would teach: entries
+/// written with marks in their padding keep the marks (a rewrite would zero them).
+#[test]
+fn rx_learning_writes_nothing_when_nothing_changed() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.add_endpoint(LOCAL_MAC);
+    let marked = RemoteMac {
+        peer_short_id: PEER_ID,
+        _pad: [0xaa; 6],
+    };
+    bed.remote_macs()
+        .insert(MacKey::new(REMOTE_MAC), marked, 0)
+        .unwrap();
+    let mac = MacKey {
+        addr: REMOTE_MAC,
+        _pad: [0xbb; 2],
+    };
+    bed.neighbours()
+        .insert(Ipv4Key { addr: REMOTE_IP }, mac, 0)
+        .unwrap();
+    for _ in 0..3 {
+        let (rc, _) = bed.run_tc(RX_PROGRAM, &from_remote(PEER_ID, PEER_UNDERLAY));
+        assert_eq!(rc, TC_ACT_REDIRECT);
+    }
+    let key = MacKey::new(REMOTE_MAC);
+    assert_eq!(bed.remote_macs().get(&key, 0).unwrap(), marked);
+    let addr = Ipv4Key { addr: REMOTE_IP };
+    assert_eq!(bed.neighbours().get(&addr, 0).unwrap(), mac);
+}
+
+/// A flow is learned once, not per packet: within a second of learning a source, this CPU
+/// does not look it up again (an entry removed meanwhile stays away), after that it does; a
+/// source that moved to another peer is learned at once.
+#[test]
+fn rx_learns_a_flow_once_a_second_and_a_move_at_once() {
+    require_root!();
+    pin_to_one_cpu();
+    let mut bed = Bed::new();
+    bed.add_endpoint(LOCAL_MAC);
+    let key = MacKey::new(REMOTE_MAC);
+    let learned_behind =
+        |bed: &mut Bed| bed.remote_macs().get(&key, 0).ok().map(|r| r.peer_short_id);
+    bed.run_tc(RX_PROGRAM, &from_remote(PEER_ID, PEER_UNDERLAY));
+    assert_eq!(learned_behind(&mut bed), Some(PEER_ID));
+
+    // The controller forgets it (as when the peer is lost): the flow's next frames within
+    // the second are not looked up.
+    bed.remote_macs().remove(&key).unwrap();
+    bed.run_tc(RX_PROGRAM, &from_remote(PEER_ID, PEER_UNDERLAY));
+    assert_eq!(
+        learned_behind(&mut bed),
+        None,
+        "learned less than a second ago"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    bed.run_tc(RX_PROGRAM, &from_remote(PEER_ID, PEER_UNDERLAY));
+    assert_eq!(
+        learned_behind(&mut bed),
+        Some(PEER_ID),
+        "learned again after a second"
+    );
+
+    // The same source, now behind another peer: learned with its first frame.
+    bed.peers()
+        .set(
+            FAR_ID as u32,
+            PeerEntry {
+                underlay_ipv4: FAR_UNDERLAY,
+                flags: PEER_ADMIT | PEER_REACHABLE,
+                next_hop: FAR_ID,
+                underlay_mac: [0x02, 0xaa, 0, 0, 0, 3],
+            },
+            0,
+        )
+        .unwrap();
+    let (rc, _) = bed.run_tc(RX_PROGRAM, &from_remote(FAR_ID, FAR_UNDERLAY));
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(
+        learned_behind(&mut bed),
+        Some(FAR_ID),
+        "a move is learned at once"
+    );
+}

@@ -61,6 +61,16 @@ pub struct Args {
     /// Only the CNI figure (podman run until reachable, median of 20).
     #[arg(long)]
     podman_only: bool,
+    /// Only the per-packet cost of each kernel program path (BPF_PROG_TEST_RUN), with the
+    /// programs' instruction counts.
+    #[arg(long)]
+    programs: bool,
+    /// Only the throughput and latency table (none of the parts after it).
+    #[arg(long)]
+    throughput_only: bool,
+    /// Test runs per path for `--programs`.
+    #[arg(long, default_value_t = 20_000)]
+    program_runs: usize,
 }
 
 /// Samples of one mode.
@@ -182,6 +192,40 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// Medians of one mode: TCP 1 stream, TCP -P 4, UDP 64 B kpps, ping ms.
+type Medians = (Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
+/// Each target of the plain data path, met or missed, from weave-router's medians (TCP 1
+/// stream, UDP kpps, ping) and those of kernel VXLAN and routed: TCP ≥ 1.3× VXLAN and ≥ 1.05×
+/// routed, UDP 64 B ≥ 1.8× VXLAN, ping ≤ routed.
+fn plain_targets(
+    (tcp, udp, ping): (Option<f64>, Option<f64>, Option<f64>),
+    vxlan: Option<Medians>,
+    routed: Option<Medians>,
+) -> String {
+    let (vxlan, routed) = (vxlan.unwrap_or_default(), routed.unwrap_or_default());
+    let check = |name: &str, ours: Option<f64>, base: Option<f64>, want: f64, higher: bool| {
+        let (Some(a), Some(b)) = (ours, base.filter(|b| *b > 0.0)) else {
+            return format!("{name}: not measured");
+        };
+        let r = a / b;
+        let (met, sign) = if higher {
+            (r >= want, "≥")
+        } else {
+            (r <= want, "≤")
+        };
+        let verdict = if met { "met" } else { "missed" };
+        format!("{name} {sign} {want}×: **{verdict}** ({r:.2}×)")
+    };
+    [
+        check("TCP / kernel VXLAN", tcp, vxlan.0, 1.3, true),
+        check("TCP / routed", tcp, routed.0, 1.05, true),
+        check("UDP 64 B / kernel VXLAN", udp, vxlan.2, 1.8, true),
+        check("ping / routed", ping, routed.3, 1.0, false),
+    ]
+    .join("; ")
+}
+
 pub fn bench(a: Args) -> Result<()> {
     if !run::is_root() {
         anyhow::bail!("the benchmark creates network namespaces: run it as root");
@@ -210,6 +254,9 @@ pub fn bench(a: Args) -> Result<()> {
     }
     if a.sleeve_only {
         return crate::bench_sleeve::run(a.runs, a.seconds, a.mtu, &output);
+    }
+    if a.programs {
+        return crate::bench_programs::run(a.program_runs, &output);
     }
     let load_before = loadavg();
     let mut subjects = vec![
@@ -309,6 +356,9 @@ pub fn bench(a: Args) -> Result<()> {
     write_section(&output, &report)?;
     println!("{report}");
     step(&format!("wrote {}", output.display()));
+    if a.throughput_only {
+        return Ok(());
+    }
     crate::bench_ipam::run(a.runs.max(5), &output)?;
     if !a.no_sleeve && !a.baselines_only {
         crate::bench_sleeve::run(a.runs, a.seconds, a.mtu, &output)?;
@@ -503,6 +553,11 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
                 );
             }
         }
+        let _ = writeln!(
+            o,
+            "\nTargets, plain data path (performance round 2): {}.",
+            plain_targets((wt1, wu, wp), find(&Mode::KernelVxlan), find(&Mode::Routed))
+        );
     }
 
     let _ = writeln!(o, "\nModes:\n");
@@ -573,6 +628,20 @@ fn render(a: &Args, subjects: &[Subject], load: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_targets_say_met_or_missed_with_the_ratio() {
+        let vxlan = Some((Some(10.0), None, Some(100.0), Some(0.1)));
+        let routed = Some((Some(12.0), None, Some(200.0), Some(0.08)));
+        let line = plain_targets((Some(13.0), Some(150.0), Some(0.08)), vxlan, routed);
+        assert_eq!(
+            line,
+            "TCP / kernel VXLAN ≥ 1.3×: **met** (1.30×); TCP / routed ≥ 1.05×: **met** (1.08×); \
+             UDP 64 B / kernel VXLAN ≥ 1.8×: **missed** (1.50×); ping / routed ≤ 1×: **met** (1.00×)"
+        );
+        let none = plain_targets((None, Some(1.0), Some(1.0)), None, routed);
+        assert!(none.starts_with("TCP / kernel VXLAN: not measured; TCP / routed: not measured"));
+    }
 
     #[test]
     fn keeps_other_sections() {

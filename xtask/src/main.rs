@@ -6,6 +6,7 @@ mod bench_docker;
 mod bench_ipam;
 mod bench_restart;
 mod bench_podman;
+mod bench_programs;
 mod bench_sleeve;
 mod build;
 mod demo;
