@@ -369,10 +369,24 @@ pub fn apply(subnets: &[Ipv4Net], bridge: &str) -> Result<(), DatapathError> {
         return Err(DatapathError::NatRefused(first));
     }
     if !subnets.is_empty() {
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(|e| DatapathError::system("cannot enable IPv4 forwarding", e))?;
+        enable_forwarding();
     }
     Ok(())
+}
+
+/// Lets the host forward IPv4, unless it does already. Where /proc/sys is read-only (a
+/// container that is not `--privileged`) that is one warning, not a failed `expose`: the
+/// host's own traffic from an exposed address is masqueraded all the same.
+fn enable_forwarding() {
+    const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(FORWARD).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Err(e) = std::fs::write(FORWARD, "1") {
+        tracing::warn!(
+            "cannot enable IPv4 forwarding ({FORWARD}: {e}): exposed subnets are masqueraded, but this host does not forward for them; set net.ipv4.ip_forward=1 (or run the router's container --privileged)"
+        );
+    }
 }
 
 #[cfg(test)]
