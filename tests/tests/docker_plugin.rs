@@ -381,6 +381,17 @@ fn the_static_router_image_launches_a_router() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n--- logs ---\n{}", logs()));
+    // `expose` from the image, which has no nft: the masquerading goes over netlink.
+    let exposed = d
+        .docker(&["exec", "weave-router", "/weave-router", "expose"])
+        .unwrap();
+    assert!(exposed.success(), "expose in the image: {}", exposed.stderr);
+    let table = bed
+        .host(1)
+        .ns
+        .check(&["nft", "list", "table", "ip", "weave-router"])
+        .expect("the masquerading table");
+    assert!(table.contains("masquerade"), "{table}");
     let out = d.docker(&["stop", "-t", "10", "weave-router"]).unwrap();
     assert!(out.success(), "{}", out.stderr);
     let logs = logs();

@@ -13,5 +13,6 @@ pub mod mesh;
 pub mod net;
 pub mod node;
 pub mod router;
+pub mod service_manager;
 pub mod sleeve;
 pub mod state;

@@ -9,6 +9,7 @@ mod bench_podman;
 mod bench_programs;
 mod bench_sleeve;
 mod build;
+mod deb;
 mod demo;
 mod docker_image;
 mod fuzz;
@@ -90,6 +91,13 @@ enum Cmd {
         #[arg(long, value_name = "URL")]
         docker_host: Option<String>,
     },
+    /// The Debian package (target/deb/weave-router_<version>_<arch>.deb): the static binary,
+    /// the systemd unit, completions, the manual page, the docs.
+    Deb {
+        /// Skip `setup` and the builds: package the static binary there is.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Routed vs kernel VXLAN vs weave-router throughput and latency; writes BENCHMARKS.md.
     Bench(bench::Args),
     /// N routers in a random partial mesh: agreement after start, join and leave, control
@@ -126,6 +134,14 @@ fn main() {
             }
         }
         Cmd::DockerImage { docker_host } => docker_image::build(docker_host.as_deref()),
+        Cmd::Deb { no_build } => (|| {
+            if !no_build {
+                setup::setup()?;
+                build::build()?;
+                build::build_static()?;
+            }
+            deb::package(&build::static_binary()).map(|_| ())
+        })(),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::Scale(args) => scale::scale(args),
     };

@@ -28,6 +28,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("procps", "sysctl"),
     (
+        "systemd",
+        "systemd-analyze: checking the unit (no systemd runs as PID 1 here)",
+    ),
+    (
         "libc6-dev",
         "libc.a: the static weave-router of the image (and its test)",
     ),

@@ -272,6 +272,9 @@ pub fn test(no_build: bool, e2e_only: bool, e2e_filter: Option<&str>) -> Result<
     let static_bin = crate::build::static_binary();
     if static_bin.is_file() {
         std::env::set_var("WEAVE_ROUTER_STATIC_BIN", &static_bin);
+        // The package test (packaging.rs) installs the .deb made of it.
+        let deb = crate::deb::package(&static_bin)?;
+        std::env::set_var("WEAVE_DEB", &deb);
     }
     phases.push(cargo_test(
         "end-to-end tests over network namespaces (root)",

@@ -240,6 +240,14 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+    /// Print the shell completion script for SHELL (bash: source <(weave-router completions
+    /// bash)).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff: weave-router man | man -l -).
+    Man,
     /// Removed in Weave 2.0: `launch` starts the router, the proxy and the plugin.
     #[command(name = "launch-router", hide = true, disable_help_flag = true)]
     LaunchRouter {
@@ -553,6 +561,18 @@ pub fn run() -> anyhow::Result<()> {
             println!("weave-router {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "weave-router", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the manual page")
+        }
     }
 }
 
@@ -841,6 +861,14 @@ mod tests {
             parse(&["version"]).unwrap().command,
             Command::Version
         ));
+        assert!(matches!(
+            parse(&["completions", "zsh"]).unwrap().command,
+            Command::Completions {
+                shell: clap_complete::Shell::Zsh
+            }
+        ));
+        assert!(parse(&["completions", "tcsh"]).is_err());
+        assert!(matches!(parse(&["man"]).unwrap().command, Command::Man));
         let Command::DnsAdd {
             addresses,
             hostname,

@@ -29,8 +29,8 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
-    /// `nft` refused the masquerading rules; the text is its own.
-    #[error("nft refused the masquerading rules: {0}")]
+    /// The kernel refused the masquerading rules: the step and its reason.
+    #[error("nftables refused the masquerading rules: {0}")]
     NatRefused(String),
     /// The embedded object could not be loaded (maps created, relocations, BTF).
     #[error("BPF: loading the programs: {}", one_line(.0))]

@@ -535,6 +535,14 @@ impl Up<'_> {
             None => Vec::new(),
         };
         tracing::info!("ready");
+        // A service manager (systemd `Type=notify`) hears of it now: API answering, data
+        // path up.
+        let notifier = crate::service_manager::Notifier::from_env();
+        notifier.send(
+            crate::service_manager::State::Ready,
+            &format!("peer {} ready", self.config.nickname),
+        );
+        let _watchdog = notifier.spawn_watchdog(self.stop.clone());
         tokio::spawn(crate::memory::trim_periodically(self.stop.clone()));
 
         let _ = self.stop.wait_for(|s| *s).await;
@@ -544,6 +552,7 @@ impl Up<'_> {
             // launch adopts.
             datapath.keep_as_is();
         }
+        notifier.send(crate::service_manager::State::Stopping, "stopping");
         for t in docker_tasks {
             t.abort();
         }
