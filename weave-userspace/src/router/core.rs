@@ -784,7 +784,13 @@ impl MeshCore {
         if !c.established() || c.overlay != Overlay::Fastdp || !choice.heard() {
             return None;
         }
-        Some(HeldPeer::new(c.placement(), c.hello.clone(), Some(last_heard)))
+        Some(HeldPeer::new(
+            c.placement(),
+            c.hello.clone(),
+            Some(last_heard),
+            c.remote,
+            c.outbound,
+        ))
     }
 
     /// Moves the peer of connection `id` to the data path `to` (its choice switched).

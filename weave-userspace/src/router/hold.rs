@@ -39,6 +39,9 @@ pub struct HeldPeer {
     count: Option<u64>,
     /// Whether the last check found new heartbeats or echoes.
     pub answering: bool,
+    /// The lost connection's remote address and direction (for status).
+    pub remote: std::net::SocketAddr,
+    pub outbound: bool,
 }
 
 /// What a path check decides for a held peer.
@@ -53,8 +56,15 @@ pub enum HoldVerdict {
 }
 
 impl HeldPeer {
-    /// A peer whose connection went, heard last at `last_heard` (`None`: not known).
-    pub fn new(placement: Placement, hello: Hello, last_heard: Option<Instant>) -> Self {
+    /// A peer whose connection (to or from `remote`) went, heard last at `last_heard`
+    /// (`None`: not known).
+    pub fn new(
+        placement: Placement,
+        hello: Hello,
+        last_heard: Option<Instant>,
+        remote: std::net::SocketAddr,
+        outbound: bool,
+    ) -> Self {
         Self {
             placement,
             hello,
@@ -62,6 +72,8 @@ impl HeldPeer {
             last_heard,
             count: None,
             answering: true,
+            remote,
+            outbound,
         }
     }
 
@@ -90,7 +102,8 @@ impl HeldPeer {
         }
     }
 
-    /// `held, control connection lost Ns ago, fast path answering` (or `silent Ns`).
+    /// `control connection lost Ns ago, fast path answering` (or `silent Ns`), what status
+    /// shows after `held`.
     pub fn describe(&self, now: Instant) -> String {
         let lost = self
             .since
@@ -102,7 +115,7 @@ impl HeldPeer {
             ),
             _ => "fast path answering".to_string(),
         };
-        format!("held, control connection lost {lost}s ago, {path}")
+        format!("control connection lost {lost}s ago, {path}")
     }
 }
 
@@ -136,7 +149,8 @@ mod tests {
             data_port: 6784,
             trusted_subnets: Vec::new(),
         };
-        HeldPeer::new(placement, hello, last_heard)
+        let remote = std::net::SocketAddr::from(([10, 0, 0, 2], 6783));
+        HeldPeer::new(placement, hello, last_heard, remote, true)
     }
 
     const S: Duration = Duration::from_secs(1);
@@ -146,13 +160,17 @@ mod tests {
         let t0 = Instant::now();
         let mut h = held(Some(t0));
         for n in 1..=60u64 {
-            assert_eq!(h.check(t0 + S * n as u32, n), HoldVerdict::Hold, "check {n}");
+            assert_eq!(
+                h.check(t0 + S * n as u32, n),
+                HoldVerdict::Hold,
+                "check {n}"
+            );
         }
         assert!(h.answering);
         assert_eq!(h.since, Some(t0 + S));
         assert_eq!(
             h.describe(t0 + S * 61),
-            "held, control connection lost 60s ago, fast path answering"
+            "control connection lost 60s ago, fast path answering"
         );
     }
 
@@ -160,7 +178,11 @@ mod tests {
     fn a_silent_peer_is_removed_hold_silence_after_it_was_last_heard() {
         let t0 = Instant::now();
         let mut h = held(Some(t0));
-        assert_eq!(h.check(t0 + S, 10), HoldVerdict::Hold, "the first check takes the count");
+        assert_eq!(
+            h.check(t0 + S, 10),
+            HoldVerdict::Hold,
+            "the first check takes the count"
+        );
         assert_eq!(h.check(t0 + S * 2, 11), HoldVerdict::Hold);
         // Silent from here: heard last at t0 + 2 s.
         for n in 3..8 {
@@ -169,7 +191,7 @@ mod tests {
         assert!(!h.answering);
         assert_eq!(
             h.describe(t0 + S * 7),
-            "held, control connection lost 6s ago, fast path silent 5s"
+            "control connection lost 6s ago, fast path silent 5s"
         );
         assert_eq!(h.check(t0 + S * 8, 11), HoldVerdict::Silent(HOLD_SILENCE));
     }
@@ -188,7 +210,10 @@ mod tests {
         let t0 = Instant::now();
         let mut h = held(None);
         assert_eq!(h.check(t0, 0), HoldVerdict::Hold);
-        assert_eq!(h.check(t0 + HOLD_SILENCE, 0), HoldVerdict::Silent(HOLD_SILENCE));
+        assert_eq!(
+            h.check(t0 + HOLD_SILENCE, 0),
+            HoldVerdict::Silent(HOLD_SILENCE)
+        );
     }
 
     #[test]
