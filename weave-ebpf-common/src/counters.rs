@@ -82,11 +82,14 @@ pub enum Reason {
     /// decapsulated, tagged with its origin and destination and handed to the sleeve's TAP,
     /// which routes it on.
     RxToSleeve = 30,
+    /// RX: a peer's plain heartbeat asking for an echo was answered in the kernel: turned
+    /// round to the peer, same length (`crate::heartbeat`).
+    RxHeartbeatEchoed = 31,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -121,6 +124,7 @@ impl Reason {
         Reason::TxDropSpoofedMac,
         Reason::RxDropLocalMac,
         Reason::RxToSleeve,
+        Reason::RxHeartbeatEchoed,
     ];
 
     /// A label for metrics and status output.
@@ -157,6 +161,7 @@ impl Reason {
             Reason::TxDropSpoofedMac => "tx_drop_spoofed_mac",
             Reason::RxDropLocalMac => "rx_drop_local_mac",
             Reason::RxToSleeve => "rx_to_sleeve",
+            Reason::RxHeartbeatEchoed => "rx_heartbeat_echoed",
         }
     }
 

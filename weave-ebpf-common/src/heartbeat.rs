@@ -15,7 +15,23 @@
 //!
 //! Inner frame: Ethernet header (zero destination, any source, the ethertype), then the
 //! payload: the receiver's short ID (big endian u16), the probe round (big endian u32;
-//! 0 for a plain heartbeat), then padding up to the probe's size.
+//! 0 for a plain heartbeat), a flags byte and a reserved byte, then padding up to the
+//! probe's size.
+//!
+//! Echoes. A plain heartbeat whose flags ask for one ([`HEARTBEAT_ECHO_REQUEST`]) is
+//! answered by the receiving *kernel*: its receive program turns the frame round in place
+//! (same length: never larger than the request), addressed to the sender as its own
+//! heartbeats would be, with the payload naming the sender and flagged
+//! [`HEARTBEAT_ECHO`], and counts it. The sender's receive program counts an echo for the
+//! peer (`PEER_COUNTERS.rx_heartbeat_echoes`) and never answers one. So a peer whose
+//! router process is gone (killed, being upgraded) while its programs still run keeps
+//! proving its data path ([`echo_action`] is the decision). Only an admitted peer's
+//! heartbeat that came straight from its own address and names us is answered, one echo
+//! per request: no reflection towards another address, no amplification.
+//!
+//! Versions: a build before echoes sends 6-byte payloads (no flags: never answered) and
+//! reads only the first 6 bytes of ours (the flags are ignored); it never asks for echoes,
+//! so it never receives one. Unknown flag bits are ignored.
 
 use crate::headers::{ETH_HLEN, IPV4_HLEN, UDP_HLEN, VXLAN_HLEN};
 
@@ -23,21 +39,76 @@ use crate::headers::{ETH_HLEN, IPV4_HLEN, UDP_HLEN, VXLAN_HLEN};
 pub const HEARTBEAT_DST_MAC: [u8; 6] = [0; 6];
 /// Ethertype of a heartbeat's inner frame (IEEE 802 local experimental ethertype 1).
 pub const HEARTBEAT_ETHERTYPE: u16 = 0x88b5;
-/// Length of a heartbeat's payload: the receiver's short ID and the probe round.
+/// Length of a heartbeat's payload every build reads: the receiver's short ID and the probe
+/// round.
 pub const HEARTBEAT_PAYLOAD_LEN: usize = 6;
-/// Length of a plain heartbeat's inner frame.
-pub const HEARTBEAT_FRAME_LEN: usize = ETH_HLEN + HEARTBEAT_PAYLOAD_LEN;
+/// Offset of the flags byte in the inner frame (after the payload every build reads).
+pub const HEARTBEAT_FLAGS_OFFSET: usize = ETH_HLEN + HEARTBEAT_PAYLOAD_LEN;
+/// Length of a plain heartbeat's inner frame: the payload, the flags and a reserved byte.
+pub const HEARTBEAT_FRAME_LEN: usize = HEARTBEAT_FLAGS_OFFSET + 2;
+/// Flag: the sender asks the receiving kernel to answer this plain heartbeat.
+pub const HEARTBEAT_ECHO_REQUEST: u8 = 0x01;
+/// Flag: this frame is an echo of a heartbeat of the receiver's (never answered).
+pub const HEARTBEAT_ECHO: u8 = 0x02;
 /// What VXLAN adds to an inner frame in the outer IPv4 packet: IPv4, UDP and VXLAN headers.
 pub const OUTER_IP_OVERHEAD: usize = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN;
 
 /// Writes a heartbeat's inner Ethernet header and payload to the start of `frame` (at
 /// least [`HEARTBEAT_FRAME_LEN`] bytes; the rest is padding, left as it is). `round` 0 is a
-/// plain heartbeat.
+/// plain heartbeat, which asks for an echo; a probe does not.
 pub fn write_heartbeat_frame(frame: &mut [u8], receiver: u16, round: u32) {
     frame[..6].copy_from_slice(&HEARTBEAT_DST_MAC);
     frame[12..14].copy_from_slice(&HEARTBEAT_ETHERTYPE.to_be_bytes());
     frame[ETH_HLEN..ETH_HLEN + 2].copy_from_slice(&receiver.to_be_bytes());
     frame[ETH_HLEN + 2..ETH_HLEN + 6].copy_from_slice(&round.to_be_bytes());
+    frame[HEARTBEAT_FLAGS_OFFSET] = if round == 0 { HEARTBEAT_ECHO_REQUEST } else { 0 };
+    frame[HEARTBEAT_FLAGS_OFFSET + 1] = 0;
+}
+
+/// What the receive program does with an admitted heartbeat, beyond counting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EchoAction {
+    /// Nothing: a probe, an older build's heartbeat, one for another receiver, or one that
+    /// did not come straight from its sender.
+    None,
+    /// Answer it: turn it round to its sender, payload rewritten by [`write_echo_payload`].
+    Answer,
+    /// It is an echo of one of ours: count it for the peer, answer nothing.
+    Echoed,
+}
+
+/// The decision for a heartbeat from admitted peer `src` (payload and, when the frame has
+/// them, the flags), received by `own` short ID; `direct` when the outer source is the
+/// peer's own address and the peer is a direct one (an echo goes there and nowhere else).
+#[inline(always)]
+pub fn echo_action(
+    payload: &[u8; HEARTBEAT_PAYLOAD_LEN],
+    flags: Option<u8>,
+    own: u16,
+    direct: bool,
+) -> EchoAction {
+    let Some(flags) = flags else {
+        return EchoAction::None;
+    };
+    let (receiver, round) = read_heartbeat_payload(payload);
+    if receiver != own || round != 0 {
+        return EchoAction::None;
+    }
+    if flags & HEARTBEAT_ECHO != 0 {
+        EchoAction::Echoed
+    } else if flags & HEARTBEAT_ECHO_REQUEST != 0 && direct {
+        EchoAction::Answer
+    } else {
+        EchoAction::None
+    }
+}
+
+/// The payload and flags of the echo of a heartbeat from `sender`: the sender named as
+/// the receiver, round 0, flagged an echo.
+#[inline(always)]
+pub fn write_echo_payload(sender: u16) -> [u8; HEARTBEAT_PAYLOAD_LEN + 2] {
+    let [hi, lo] = sender.to_be_bytes();
+    [hi, lo, 0, 0, 0, 0, HEARTBEAT_ECHO, 0]
 }
 
 /// The (receiver short ID, probe round) of a heartbeat's payload.
@@ -88,9 +159,43 @@ mod tests {
         let eth: [u8; ETH_HLEN] = frame[..ETH_HLEN].try_into().unwrap();
         assert!(is_heartbeat(&eth));
         let payload: [u8; HEARTBEAT_PAYLOAD_LEN] =
-            frame[ETH_HLEN..HEARTBEAT_FRAME_LEN].try_into().unwrap();
+            frame[ETH_HLEN..HEARTBEAT_FLAGS_OFFSET].try_into().unwrap();
         assert_eq!(read_heartbeat_payload(&payload), (0x456, 77));
         assert_eq!(frame[HEARTBEAT_FRAME_LEN], 0xaa, "padding is left alone");
+    }
+
+    #[test]
+    fn a_plain_heartbeat_asks_for_an_echo_and_a_probe_does_not() {
+        let mut frame = [0u8; 64];
+        write_heartbeat_frame(&mut frame, 3, 0);
+        assert_eq!(frame[HEARTBEAT_FLAGS_OFFSET], HEARTBEAT_ECHO_REQUEST);
+        write_heartbeat_frame(&mut frame, 3, 9);
+        assert_eq!(frame[HEARTBEAT_FLAGS_OFFSET], 0);
+    }
+
+    #[test]
+    fn only_a_direct_request_naming_us_is_answered_and_an_echo_never() {
+        let payload = |receiver: u16, round: u32| {
+            let mut frame = [0u8; HEARTBEAT_FRAME_LEN];
+            write_heartbeat_frame(&mut frame, receiver, round);
+            frame[ETH_HLEN..HEARTBEAT_FLAGS_OFFSET].try_into().unwrap()
+        };
+        let req = Some(HEARTBEAT_ECHO_REQUEST);
+        assert_eq!(echo_action(&payload(5, 0), req, 5, true), EchoAction::Answer);
+        assert_eq!(echo_action(&payload(5, 0), req, 5, false), EchoAction::None, "relayed");
+        assert_eq!(echo_action(&payload(6, 0), req, 5, true), EchoAction::None, "not ours");
+        assert_eq!(echo_action(&payload(5, 7), req, 5, true), EchoAction::None, "a probe");
+        assert_eq!(echo_action(&payload(5, 0), None, 5, true), EchoAction::None, "old build");
+        assert_eq!(echo_action(&payload(5, 0), Some(0), 5, true), EchoAction::None);
+        let echo = write_echo_payload(5);
+        let (p, flags) = (echo[..6].try_into().unwrap(), Some(echo[6]));
+        assert_eq!(echo_action(&p, flags, 5, true), EchoAction::Echoed);
+        assert_eq!(
+            echo_action(&p, Some(HEARTBEAT_ECHO | HEARTBEAT_ECHO_REQUEST), 5, true),
+            EchoAction::Echoed,
+            "an echo is never answered, whatever else it asks"
+        );
+        assert_eq!(read_heartbeat_payload(&p), (5, 0));
     }
 
     #[test]

@@ -299,6 +299,9 @@ pub struct PeerCounter {
     /// IPv4 packet length.
     pub probe_round: u32,
     pub probe_len: u32,
+    /// Echoes of our heartbeats the peer's kernel answered (`crate::heartbeat`): its data
+    /// path lives, whether or not its router process does.
+    pub rx_heartbeat_echoes: u64,
 }
 
 const _: () = {
@@ -311,7 +314,7 @@ const _: () = {
     assert!(core::mem::size_of::<LocalEndpoint>() == 8);
     assert!(core::mem::size_of::<RemoteMac>() == 8);
     assert!(core::mem::size_of::<Counter>() == 16);
-    assert!(core::mem::size_of::<PeerCounter>() == 48);
+    assert!(core::mem::size_of::<PeerCounter>() == 56);
     assert!(core::mem::size_of::<IfindexKey>() == 4);
     assert!(core::mem::size_of::<EndpointAddress>() == 8);
     assert!(core::mem::size_of::<EndpointAddresses>() == 8 + 8 * MAX_ENDPOINT_ADDRESSES);

@@ -24,9 +24,13 @@ use weave_ebpf_common::{
         is_group_mac, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_UDP, IPV4_FRAGMENT_MASK, IPV4_HLEN,
         OUTER_HLEN, UDP_HLEN, VXLAN_HLEN,
     },
-    heartbeat::{is_heartbeat, read_heartbeat_payload, record_probe, HEARTBEAT_PAYLOAD_LEN},
-    maps::{DatapathConfig, Ipv4Key, MacKey, RemoteMac},
-    VXLAN_PORT,
+    headers::{source_port_from_hash, write_outer_headers, OuterHeaders},
+    heartbeat::{
+        echo_action, is_heartbeat, read_heartbeat_payload, record_probe, write_echo_payload,
+        EchoAction, HEARTBEAT_FLAGS_OFFSET, HEARTBEAT_PAYLOAD_LEN,
+    },
+    maps::{DatapathConfig, Ipv4Key, MacKey, PeerEntry, RemoteMac},
+    vni, VXLAN_PORT,
 };
 
 use crate::{
@@ -38,7 +42,7 @@ use crate::{
     isolation::{is_service, may_deliver},
     maps::{
         broadcast_tree, config, count, count_peer, Learned, PeerMaps, ENDPOINTS, LEARNED,
-        LEARNED_SLOTS, NEIGHBOURS, PEER_COUNTERS, REMOTE_MACS,
+        LEARNED_SLOTS, NEIGHBOURS, PEERS, PEER_COUNTERS, REMOTE_MACS,
     },
     tree::send_copies,
 };
@@ -108,7 +112,7 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
         }
     };
     count_peer(src, false, len);
-    if let Some(verdict) = take_heartbeat(ctx, &tail, src, len) {
+    if let Some(verdict) = take_heartbeat(ctx, &cfg, &ip, &tail, src, len) {
         return Ok(verdict);
     }
 
@@ -174,12 +178,16 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     Ok(unsafe { bpf_redirect(cfg.bridge_port_ifindex, BPF_F_INGRESS as u64) } as i32)
 }
 
-/// A fast-path heartbeat or probe (`weave_ebpf_common::heartbeat`), given the VXLAN header
-/// and inner Ethernet header of an admitted frame from `src`: counted for the peer (a
-/// probe's round and outer length too), then dropped. `None` for any other frame.
+/// A fast-path heartbeat or probe (`weave_ebpf_common::heartbeat`), given the outer IPv4
+/// header, the VXLAN header and inner Ethernet header of an admitted frame from `src`:
+/// counted for the peer (a probe's round and outer length, an echo of ours as an echo),
+/// then dropped, or, for a plain heartbeat asking for it, answered with an echo. `None`
+/// for any other frame.
 #[inline(always)]
 fn take_heartbeat(
     ctx: &TcContext,
+    cfg: &DatapathConfig,
+    ip: &[u8; IPV4_HLEN],
     tail: &[u8; VXLAN_HLEN + ETH_HLEN],
     src: u16,
     len: u32,
@@ -190,14 +198,31 @@ fn take_heartbeat(
         return None;
     }
     count(Reason::RxHeartbeat, len);
-    // A heartbeat of an older build has no payload: counted all the same.
-    let round = ctx
+    // A heartbeat of an older build has no payload (counted all the same) or no flags.
+    let payload = ctx
         .load::<[u8; HEARTBEAT_PAYLOAD_LEN]>(OFF_INNER + ETH_HLEN)
-        .map_or(0, |p| read_heartbeat_payload(&p).1);
+        .ok();
+    let round = payload.map_or(0, |p| read_heartbeat_payload(&p).1);
+    let flags = ctx
+        .load::<[u8; 2]>(OFF_INNER + HEARTBEAT_FLAGS_OFFSET)
+        .ok()
+        .map(|f| f[0]);
+    // An echo goes to the peer's own address, and only for a heartbeat from there.
+    let peer = PEERS.get(src as u32).copied();
+    let direct = peer.is_some_and(|p| {
+        p.next_hop == src && p.underlay_ipv4 == ipv4_at(ip, 12) && p.underlay_mac != [0; 6]
+    });
+    let action = payload.map_or(EchoAction::None, |p| {
+        echo_action(&p, flags, cfg.own_short_id, direct)
+    });
     if let Some(c) = PEER_COUNTERS.get_ptr_mut(src as u32) {
         // SAFETY: as in `count`: a per-CPU slot of a preallocated array.
         unsafe {
-            (*c).rx_heartbeats += 1;
+            if action == EchoAction::Echoed {
+                (*c).rx_heartbeat_echoes += 1;
+            } else {
+                (*c).rx_heartbeats += 1;
+            }
             if round != 0 {
                 record_probe(
                     &mut (*c).probe_round,
@@ -208,7 +233,40 @@ fn take_heartbeat(
             }
         }
     }
-    Some(TC_SHOT)
+    match (action, peer) {
+        (EchoAction::Answer, Some(peer)) => Some(echo(ctx, cfg, &peer, src, len)),
+        _ => Some(TC_SHOT),
+    }
+}
+
+/// Turns a heartbeat from direct peer `src` round into its echo, in place and of the same
+/// length: outer headers from us to the peer (its next-hop MAC, as its heartbeats from us
+/// are addressed), the payload naming it and flagged an echo; out of the underlay.
+#[inline(always)]
+fn echo(ctx: &TcContext, cfg: &DatapathConfig, peer: &PeerEntry, src: u16, len: u32) -> i32 {
+    let mut outer = [0u8; OUTER_HLEN];
+    write_outer_headers(
+        &mut outer,
+        &OuterHeaders {
+            src_ipv4: cfg.underlay_ipv4,
+            dst_ipv4: peer.underlay_ipv4,
+            src_port: source_port_from_hash(src as u32),
+            vni: vni::pack(cfg.own_short_id, src),
+            inner_len: (len as usize).saturating_sub(OUTER_HLEN) as u16,
+        },
+    );
+    outer[0..6].copy_from_slice(&peer.underlay_mac);
+    outer[6..12].copy_from_slice(&cfg.underlay_mac);
+    if ctx.store(0, &outer, 0).is_err()
+        || ctx
+            .store(OFF_INNER + ETH_HLEN, &write_echo_payload(src), 0)
+            .is_err()
+    {
+        return TC_SHOT;
+    }
+    count(Reason::RxHeartbeatEchoed, len);
+    // SAFETY: a helper call with plain integer arguments: out of the underlay it came in by.
+    unsafe { bpf_redirect(cfg.underlay_ifindex, 0) as i32 }
 }
 
 /// Passes a frame for another peer on towards it: new outer addresses, one hop less,

@@ -441,6 +441,7 @@ impl<D: Datapath> Inner<D> {
             .map(|t| {
                 let sample = PathSample {
                     rx_heartbeats: t.rx_heartbeats,
+                    rx_echoes: t.rx_heartbeat_echoes,
                     probe: t.probe,
                 };
                 (t.short_id, sample)
@@ -938,6 +939,7 @@ async fn accept_loop<D: Datapath>(
 
 mod channels;
 pub mod core;
+pub mod hold;
 mod status;
 pub use status::{
     format_time, ConnectionInfo, FragNeededCounts, MeshStatus, PeerInfo, RelayedPeer,

@@ -11,7 +11,10 @@ use weave_ebpf_common::counters::Reason;
 use weave_ebpf_common::headers::{
     source_port_from_hash, write_outer_headers, OuterHeaders, OUTER_HLEN, SOURCE_PORT_MIN,
 };
-use weave_ebpf_common::heartbeat::{write_heartbeat_frame, HEARTBEAT_FRAME_LEN, OUTER_IP_OVERHEAD};
+use weave_ebpf_common::heartbeat::{
+    write_echo_payload, write_heartbeat_frame, HEARTBEAT_ECHO, HEARTBEAT_FLAGS_OFFSET,
+    HEARTBEAT_FRAME_LEN, OUTER_IP_OVERHEAD,
+};
 use weave_ebpf_common::maps::{
     BroadcastTree, Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey,
     Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, CONFIG_READY,
@@ -242,6 +245,7 @@ impl Bed {
                 a.rx_packets += c.rx_packets;
                 a.rx_bytes += c.rx_bytes;
                 a.rx_heartbeats += c.rx_heartbeats;
+                a.rx_heartbeat_echoes += c.rx_heartbeat_echoes;
                 a
             });
         if let Some(p) = probe {
@@ -646,6 +650,13 @@ fn heartbeat(receiver: u16, round: u32, outer_len: usize) -> Vec<u8> {
     frame
 }
 
+/// A plain heartbeat for `receiver` that asks for no echo (as an older build's).
+fn heartbeat_without_echo(receiver: u16) -> Vec<u8> {
+    let mut frame = heartbeat(receiver, 0, 0);
+    frame[HEARTBEAT_FLAGS_OFFSET] = 0;
+    frame
+}
+
 #[test]
 fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
     require_root!();
@@ -656,7 +667,7 @@ fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
         .into_iter()
         .enumerate()
     {
-        let frame = encapsulated(&heartbeat(OWN_ID, 0, 0), underlay, OWN_UNDERLAY, vni::pack(id, OWN_ID));
+        let frame = encapsulated(&heartbeat_without_echo(OWN_ID), underlay, OWN_UNDERLAY, vni::pack(id, OWN_ID));
         assert_eq!(bed.run_xdp(&frame), XDP_PASS, "admitted by XDP");
         let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
         assert_eq!(rc, TC_ACT_SHOT, "peer {id}: dropped once counted");
@@ -687,6 +698,96 @@ fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
     assert_eq!(bed.counter(Reason::RxDropUnknownPeer), 1);
     assert_eq!(bed.counter(Reason::RxHeartbeat), 3);
     assert_eq!(bed.peer_counter(stranger).rx_packets, 0);
+}
+
+#[test]
+fn rx_answers_an_admitted_peers_heartbeat_with_an_echo_of_the_same_size() {
+    require_root!();
+    let mut bed = Bed::new();
+    // Padded like a probe would be: the echo is exactly as long as the request.
+    let mut request = heartbeat(OWN_ID, 0, 0);
+    request.extend_from_slice(&[0x5a; 10]);
+    request[6..12].copy_from_slice(&[0x02, 0xbb, 0, 0, 0, 2]);
+    let frame = encapsulated(&request, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    assert_eq!(bed.run_xdp(&frame), XDP_PASS);
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT, "turned round, out of the underlay");
+    // Exact bytes: from us to the peer's next hop and address, VNI self | peer << 12, the
+    // inner Ethernet header as it came, the payload naming the peer and flagged an echo,
+    // the padding as it came.
+    let mut expected = [0u8; OUTER_HLEN].to_vec();
+    write_outer_headers(
+        (&mut expected[..]).try_into().unwrap(),
+        &OuterHeaders {
+            src_ipv4: OWN_UNDERLAY,
+            dst_ipv4: PEER_UNDERLAY,
+            src_port: source_port_from_hash(PEER_ID as u32),
+            vni: vni::pack(OWN_ID, PEER_ID),
+            inner_len: request.len() as u16,
+        },
+    );
+    expected[0..6].copy_from_slice(&PEER_UNDERLAY_MAC);
+    expected[6..12].copy_from_slice(&OWN_UNDERLAY_MAC);
+    expected.extend_from_slice(&request[..14]);
+    expected.extend_from_slice(&write_echo_payload(PEER_ID));
+    expected.extend_from_slice(&[0x5a; 10]);
+    assert_eq!(out, expected);
+    assert_eq!(out.len(), frame.len(), "never larger than the request");
+    assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 1);
+    assert_eq!(bed.counter(Reason::RxHeartbeat), 1);
+    let pc = bed.peer_counter(PEER_ID);
+    assert_eq!((pc.rx_heartbeats, pc.rx_heartbeat_echoes), (1, 0), "its heartbeat counted");
+
+    // The peer's echo of one of ours: counted as an echo, dropped, never answered.
+    let mut echo = heartbeat(OWN_ID, 0, 0);
+    echo[14..22].copy_from_slice(&write_echo_payload(OWN_ID));
+    assert_eq!(echo[HEARTBEAT_FLAGS_OFFSET], HEARTBEAT_ECHO);
+    let frame = encapsulated(&echo, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_SHOT, "an echo is not echoed");
+    assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 1);
+    let pc = bed.peer_counter(PEER_ID);
+    assert_eq!((pc.rx_heartbeats, pc.rx_heartbeat_echoes), (1, 1));
+}
+
+#[test]
+fn rx_answers_no_heartbeat_but_a_direct_admitted_peers_plain_one_naming_us() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.admit_only(FAR_ID, FAR_UNDERLAY, [0; 6]);
+    let unanswered = [
+        // Not admitted: dropped before anything else.
+        (heartbeat(OWN_ID, 0, 0), [192, 168, 50, 5], 0x005, "a stranger"),
+        // Admitted, but no next-hop MAC to answer with.
+        (heartbeat(OWN_ID, 0, 0), FAR_UNDERLAY, FAR_ID, "a peer without a next hop"),
+        (heartbeat(PEER_ID, 0, 0), PEER_UNDERLAY, PEER_ID, "one for another receiver"),
+        (heartbeat(OWN_ID, 1234, 1400), PEER_UNDERLAY, PEER_ID, "a probe"),
+        (heartbeat_without_echo(OWN_ID), PEER_UNDERLAY, PEER_ID, "one asking for none"),
+        (heartbeat(OWN_ID, 0, 0)[..20].to_vec(), PEER_UNDERLAY, PEER_ID, "an older build's"),
+    ];
+    for (inner, from, id, what) in unanswered {
+        let frame = encapsulated(&inner, from, OWN_UNDERLAY, vni::pack(id, OWN_ID));
+        let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
+        assert_eq!(rc, TC_ACT_SHOT, "{what}: dropped");
+        assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 0, "{what}: not answered");
+    }
+    assert_eq!(bed.counter(Reason::RxDropUnknownPeer), 1);
+    assert_eq!(bed.counter(Reason::RxHeartbeat), 5);
+    // Relayed by a neighbour (PEER_ID) for FAR_ID: admitted, never answered (an echo goes
+    // to the sender's own address only).
+    bed.add_far_peer();
+    let frame = encapsulated(&heartbeat(OWN_ID, 0, 0), PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(FAR_ID, OWN_ID));
+    let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 0, "relayed: not answered");
+    assert_eq!(bed.counter(Reason::RxHeartbeat), 6, "but counted");
+    // A direct peer, from its own address, it is (one the sleeve carries too).
+    bed.admit_only(FAR_ID, FAR_UNDERLAY, PEER_UNDERLAY_MAC);
+    let frame = encapsulated(&heartbeat(OWN_ID, 0, 0), FAR_UNDERLAY, OWN_UNDERLAY, vni::pack(FAR_ID, OWN_ID));
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[30..34], &FAR_UNDERLAY);
+    assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 1);
 }
 
 #[test]

@@ -31,8 +31,16 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 /// Label names and values of one series.
 type Labels = Vec<(&'static str, String)>;
 
-/// Connection states as Weave names them, in its order.
-const CONNECTION_STATES: [&str; 5] = ["established", "pending", "retrying", "failed", "connecting"];
+/// Connection states as Weave names them, in its order, and `held` (a peer whose
+/// connection went, kept in the data path while its fast path answers).
+const CONNECTION_STATES: [&str; 6] = [
+    "established",
+    "pending",
+    "retrying",
+    "failed",
+    "connecting",
+    "held",
+];
 
 /// What `/metrics` is made of: snapshots taken by the handler.
 #[derive(Clone, Debug)]

@@ -15,7 +15,14 @@ pub struct DaemonInfo {
     pub pid: u32,
 }
 
-const STATES: [&str; 5] = ["established", "pending", "retrying", "failed", "connecting"];
+const STATES: [&str; 6] = [
+    "established",
+    "pending",
+    "held",
+    "retrying",
+    "failed",
+    "connecting",
+];
 
 fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "{label:>15}: {value}");
@@ -185,6 +192,8 @@ pub fn connection_line(c: &ConnectionInfo) -> String {
                 c.mtu
             )
         }
+        // `held`: the connection went, the peer's fast path still answers.
+        "held" => format!("{:<6} {} {}", c.overlay, name_nick(c), c.info),
         _ => c.info.clone(),
     };
     format!("{arrow} {:<21} {:<11} {info}", c.address, c.state)

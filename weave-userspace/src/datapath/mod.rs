@@ -113,6 +113,8 @@ pub struct PeerTraffic {
     pub rx_bytes: u64,
     /// Fast-path heartbeats and probes received from the peer.
     pub rx_heartbeats: u64,
+    /// Echoes of our heartbeats the peer's kernel answered.
+    pub rx_heartbeat_echoes: u64,
     /// The newest path-MTU probe round received from the peer and its largest probe (outer
     /// IPv4 length), over all CPUs.
     pub probe: Option<ProbeSeen>,

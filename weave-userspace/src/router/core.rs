@@ -8,11 +8,16 @@
 //! driver in [`super`] runs them against sockets, the data path and the sleeve, and feeds
 //! back what they answer ([`Event::Placed`]). Nothing here waits, reads a clock or touches
 //! a socket, so the tests drive it with events and assert effects.
+//!
+//! A direct peer whose connection goes while we hear its fast path is *held*
+//! ([`super::hold`]): its entries stay, our heartbeats keep going to it, and each path
+//! check decides from its heartbeats and the echoes of ours whether to go on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
+use super::hold::{HeldPeer, HoldVerdict};
 use super::SleeveUse;
 use crate::datapath::overlay::path_mtu::{self, PathMtuSearch};
 use crate::datapath::overlay::{Overlay, OverlayChoice, Placement};
@@ -163,6 +168,8 @@ pub enum Event {
 pub struct PathSample {
     /// Fast-path heartbeats (and probes) received so far.
     pub rx_heartbeats: u64,
+    /// Echoes of our heartbeats the peer's kernel answered so far.
+    pub rx_echoes: u64,
     /// The newest probe round received, through either path, and its largest probe.
     pub probe: Option<ProbeSeen>,
 }
@@ -259,6 +266,9 @@ pub struct MeshCore {
     short_id_changed: Option<(Instant, bool)>,
     /// Kept connections lost since the start (Weave's `TerminationCount`).
     terminations: u64,
+    /// Direct peers whose connection went while their fast path answers, by name: still
+    /// in the data path ([`super::hold`]).
+    held: BTreeMap<PeerName, HeldPeer>,
 }
 
 /// Shortest time between two changes of our short ID: whoever keeps claiming ours (forged
@@ -285,6 +295,7 @@ impl MeshCore {
             switches: OverlaySwitches::default(),
             short_id_changed: None,
             terminations: 0,
+            held: BTreeMap::new(),
         }
     }
 
@@ -320,6 +331,21 @@ impl MeshCore {
         self.by_peer
             .iter()
             .map(|(name, id)| (*name, self.connections[id].hello.short_id))
+            .collect()
+    }
+
+    /// Direct peers held in the data path after their connection went.
+    pub fn held(&self) -> impl Iterator<Item = &HeldPeer> {
+        self.held.values()
+    }
+
+    /// The held peers, each with the short ID its lost connection put in the data path:
+    /// the route plan leaves them alone as it does direct peers, and our broadcasts still
+    /// go to them.
+    pub fn held_short_ids(&self) -> BTreeMap<PeerName, ShortId> {
+        self.held
+            .iter()
+            .map(|(name, h)| (*name, h.placement.peer.short_id))
             .collect()
     }
 
@@ -379,9 +405,11 @@ impl MeshCore {
     /// Whether the path check has anything to do: an established connection whose paths
     /// are watched or probed.
     pub fn checks_paths(&self) -> bool {
-        self.connections
-            .values()
-            .any(|c| c.established() && (c.choice.is_some() || c.path_mtu.is_some()))
+        !self.held.is_empty()
+            || self
+                .connections
+                .values()
+                .any(|c| c.established() && (c.choice.is_some() || c.path_mtu.is_some()))
     }
 
     /// The MTU the fast paths to the peers verified for containers, the smallest of them.
@@ -448,7 +476,17 @@ impl MeshCore {
                 self.by_peer.remove(&c.hello.name);
                 self.terminations += 1;
                 tracing::info!("connection {} {} lost: {error}", c.describe(), c.remote);
-                effects.push(Effect::Unroute(c.placement()));
+                match Self::hold_on_loss(&c) {
+                    Some(held) => {
+                        tracing::info!(
+                            "peer {}({}): its fast path answers; keeping it in the data path while it does",
+                            c.hello.name,
+                            c.hello.nickname
+                        );
+                        self.held.insert(c.hello.name, held);
+                    }
+                    None => effects.push(Effect::Unroute(c.placement())),
+                }
                 effects.push(Effect::ConnectionsChanged);
             }
             Event::ShortIdTaken { short_id } => {
@@ -521,6 +559,14 @@ impl MeshCore {
         for (name, id) in &self.by_peer {
             let other = &self.connections[id].hello;
             if *name != hello.name && other.short_id == hello.short_id {
+                return Admission::ShortIdTaken {
+                    id: hello.short_id,
+                    by: *name,
+                };
+            }
+        }
+        for (name, held) in &self.held {
+            if *name != hello.name && held.placement.peer.short_id == hello.short_id {
                 return Admission::ShortIdTaken {
                     id: hello.short_id,
                     by: *name,
@@ -634,6 +680,18 @@ impl MeshCore {
             }
             Admission::Accept { replace } => replace,
         };
+        if let Some(held) = self.held.remove(&hello.name) {
+            // Back: its entries were never taken out; the new connection's placement
+            // writes them over in place. Another short ID is another entry.
+            tracing::info!(
+                "peer {}({}) is back after its connection was lost; it was held in the data path",
+                hello.name,
+                hello.nickname
+            );
+            if held.placement.peer.short_id != hello.short_id {
+                effects.push(Effect::Remove(held.placement));
+            }
+        }
         if let Some(old) = replace.and_then(|old| self.connections.remove(&old).map(|c| (old, c))) {
             effects.push(Effect::Close {
                 id: old.0,
@@ -717,6 +775,24 @@ impl MeshCore {
         effects.push(Effect::ConnectionsChanged);
     }
 
+    /// What a lost connection leaves held: a fast-path peer we still heard (its heartbeats
+    /// growing within the fast-path choice's silence limit, sampled at least once); `None`
+    /// takes it out at once.
+    fn hold_on_loss(c: &Conn) -> Option<HeldPeer> {
+        let choice = c.choice.as_ref()?;
+        let last_heard = choice.last_heard()?;
+        if !c.established() || c.overlay != Overlay::Fastdp || !choice.heard() {
+            return None;
+        }
+        Some(HeldPeer::new(
+            c.placement(),
+            c.hello.clone(),
+            Some(last_heard),
+            c.remote,
+            c.outbound,
+        ))
+    }
+
     /// Moves the peer of connection `id` to the data path `to` (its choice switched).
     fn switch(&mut self, id: ConnId, to: Overlay, effects: &mut Vec<Effect>) {
         if !self.config.has_sleeve {
@@ -772,6 +848,40 @@ impl MeshCore {
                     round: probe_round,
                     outer_len,
                 }));
+            }
+        }
+        // Held peers: heartbeats still (their kernel answers them), and the verdict.
+        let mut released = Vec::new();
+        for (name, held) in &mut self.held {
+            let peer = held.placement.peer.short_id.get();
+            heartbeats.push(Heartbeat {
+                peer,
+                round: 0,
+                outer_len: 0,
+            });
+            let sample = received.get(&peer).copied().unwrap_or_default();
+            let verdict = held.check(now, sample.rx_heartbeats + sample.rx_echoes);
+            let why = match verdict {
+                HoldVerdict::Hold => continue,
+                HoldVerdict::Silent(silent) => format!(
+                    "no heartbeat or echo from its fast path for {} s",
+                    silent.as_secs()
+                ),
+                HoldVerdict::TooLong => format!(
+                    "held for {} s without its connection coming back",
+                    super::hold::HOLD_LIMIT.as_secs()
+                ),
+            };
+            tracing::info!(
+                "peer {name}({}) removed from the data path: {why}",
+                held.hello.nickname
+            );
+            released.push(*name);
+        }
+        for name in released {
+            if let Some(held) = self.held.remove(&name) {
+                effects.push(Effect::Unroute(held.placement));
+                effects.push(Effect::ConnectionsChanged);
             }
         }
         if !heartbeats.is_empty() {

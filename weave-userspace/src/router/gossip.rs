@@ -558,11 +558,12 @@ impl<D: Datapath> Inner<D> {
     /// connections.
     pub(super) async fn apply_routes(&self) {
         let plan = {
-            let (direct, ourself, on_sleeve): (_, _, BTreeSet<PeerName>) = {
+            let (direct, held, ourself, on_sleeve): (_, _, _, BTreeSet<PeerName>) = {
                 let mesh = self.mesh();
                 let local = mesh.core.local();
                 (
                     mesh.core.direct_short_ids(),
+                    mesh.core.held_short_ids(),
                     (local.name, local.short_id),
                     mesh.core.sleeve_peers().copied().collect(),
                 )
@@ -604,8 +605,12 @@ impl<D: Datapath> Inner<D> {
                     mixed,
                 ));
             }
+            // Held peers stay as their connections left them (`super::hold`).
+            let routes = route_plan::with_held(&view.routes, ourself.0, &held);
+            let mut direct = direct;
+            direct.extend(held);
             route_plan::plan(
-                &view.routes,
+                &routes,
                 lookup,
                 ourself,
                 &direct,

@@ -219,6 +219,26 @@ pub fn sleeve_routing(
     }
 }
 
+/// The routes as the fast path follows them while peers are held after their connection
+/// went ([`super::hold`]): the topology no longer has the connections, so the held peers
+/// are added to our own broadcast tree (our broadcasts, ARP included, still reach them).
+/// The plan is given them as direct peers, so their entries stay as their connections
+/// left them. Peers behind a held peer are not held: the topology routes them another
+/// way, or they go.
+pub fn with_held(routes: &Routes, ourself: PeerName, held: &BTreeMap<PeerName, ShortId>) -> Routes {
+    let mut routes = routes.clone();
+    if held.is_empty() {
+        return routes;
+    }
+    let children = routes.broadcast.entry(ourself).or_default();
+    for name in held.keys() {
+        if !children.contains(name) {
+            children.push(*name);
+        }
+    }
+    routes
+}
+
 impl RoutePlan {
     /// The part of the plan the fast path carries out, given which peers the sleeve
     /// carries. Without a fast path at all, only orphans go. With a sleeve for untrusted
@@ -286,6 +306,35 @@ mod tests {
     /// No neighbour on the sleeve.
     fn none() -> BTreeSet<PeerName> {
         BTreeSet::new()
+    }
+
+    #[test]
+    fn a_held_peer_keeps_its_entry_and_our_broadcasts() {
+        // 1–2 direct, 1–3 direct until 3's connection went: 3 is held. The topology routes
+        // nothing to 3 now.
+        let mut installed = Installed::default();
+        let mut routes = Routes::default();
+        routes.unicast.insert(name(2), name(2));
+        routes.unicast.insert(name(3), name(3));
+        routes.broadcast.insert(name(1), vec![name(2), name(3)]);
+        plan(&routes, lookup, me(), &direct(&[2, 3]), &none(), &mut installed);
+        let mut after = Routes::default();
+        after.unicast.insert(name(2), name(2));
+        after.broadcast.insert(name(1), vec![name(2)]);
+        let held = direct(&[3]);
+        let routes = with_held(&after, name(1), &held);
+        let mut direct_and_held = direct(&[2]);
+        direct_and_held.extend(held.clone());
+        let p = plan(&routes, lookup, me(), &direct_and_held, &none(), &mut installed);
+        assert_eq!(p, RoutePlan::default(), "nothing removed, our tree unchanged");
+        assert_eq!(
+            installed.trees[&ShortId::new(1).unwrap()],
+            [ShortId::new(2).unwrap(), ShortId::new(3).unwrap()]
+        );
+        // Released: the next plan takes it out of our tree.
+        let p = plan(&after, lookup, me(), &direct(&[2]), &none(), &mut installed);
+        assert_eq!(p.trees, [(ShortId::new(1).unwrap(), vec![ShortId::new(2).unwrap()])]);
+        assert_eq!(with_held(&after, name(1), &BTreeMap::new()), after);
     }
 
     #[test]

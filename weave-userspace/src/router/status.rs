@@ -191,6 +191,24 @@ impl<D: Datapath> Router<D> {
                 }),
             });
         }
+        // Held peers: their connection went, their fast path still answers (`super::hold`).
+        let instant = std::time::Instant::now();
+        for held in mesh.core.held() {
+            connections.push(ConnectionInfo {
+                outbound: held.outbound,
+                address: held.remote.to_string(),
+                state: "held".into(),
+                info: held.describe(instant),
+                encrypted: false,
+                overlay: held.placement.overlay.name().into(),
+                mtu: 0,
+                mtu_verified: false,
+                peer: Some(PeerInfo {
+                    underlay: held.placement.peer.underlay,
+                    ..PeerInfo::from(&held.hello)
+                }),
+            });
+        }
         let now = SystemTime::now();
         for (addr, reason, at) in mesh.refused_inbound.values() {
             if now.duration_since(*at).unwrap_or_default() < REFUSAL_SHOWN_FOR {

@@ -25,6 +25,7 @@ pub(super) fn peer_traffic(short_id: u16, per_cpu: &[PeerCounter]) -> PeerTraffi
         t.rx_packets += c.rx_packets;
         t.rx_bytes += c.rx_bytes;
         t.rx_heartbeats += c.rx_heartbeats;
+        t.rx_heartbeat_echoes += c.rx_heartbeat_echoes;
     }
     t.probe = ProbeSeen::merge(per_cpu.iter().map(|c| (c.probe_round, c.probe_len)));
     t
@@ -92,6 +93,7 @@ mod tests {
                 rx_heartbeats: 4,
                 probe_round: 6,
                 probe_len: 1400,
+                rx_heartbeat_echoes: 3,
             },
             PeerCounter {
                 tx_packets: 1,
@@ -112,6 +114,7 @@ mod tests {
                 rx_packets: 1,
                 rx_bytes: 100,
                 rx_heartbeats: 6,
+                rx_heartbeat_echoes: 3,
                 probe: Some(ProbeSeen {
                     round: 7,
                     largest: 1200

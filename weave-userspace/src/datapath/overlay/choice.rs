@@ -105,6 +105,11 @@ impl OverlayChoice {
         self.heard
     }
 
+    /// When the peer's heartbeats last grew (or sampling began); `None` before sampling.
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_growth
+    }
+
     /// Whether the peer last said it hears ours (`None`: it never said).
     pub fn remote_heard(&self) -> Option<bool> {
         self.remote_heard

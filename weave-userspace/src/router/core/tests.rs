@@ -474,7 +474,7 @@ fn the_path_check_sends_heartbeats_and_probes_and_falls_back_when_the_peer_goes_
             peer,
             PathSample {
                 rx_heartbeats,
-                probe: None,
+                ..Default::default()
             },
         )])
     };
@@ -546,6 +546,7 @@ fn the_peers_probes_are_reported_once_per_change() {
     let peer = hello(2).short_id.get();
     let seen = PathSample {
         rx_heartbeats: 0,
+        rx_echoes: 0,
         probe: Some(ProbeSeen {
             round: 5,
             largest: 1400,
@@ -701,7 +702,7 @@ mod properties {
                     Op::PathCheck { secs, heartbeats } => {
                         now += Duration::from_secs(u64::from(secs));
                         let received = (2u16..6)
-                            .map(|p| (p, PathSample { rx_heartbeats: heartbeats, probe: None }))
+                            .map(|p| (p, PathSample { rx_heartbeats: heartbeats, ..Default::default() }))
                             .collect();
                         Event::PathCheck { now, probe_round: 1, received }
                     }
@@ -743,4 +744,135 @@ mod properties {
             }
         }
     }
+}
+
+/// A core for us (1) with peer 2 on the fast path, heard at `start` and a second later.
+fn heard_peer(start: Instant) -> MeshCore {
+    let mut core = established(&hello(1), 1, true, &hello(2), config(true, SleeveUse::Fallback));
+    for (s, count) in [(0, 1), (1, 2)] {
+        core.on_event(Event::PathCheck {
+            now: start + Duration::from_secs(s),
+            probe_round: 10 + s as u32,
+            received: received_from(2, count, 0),
+        });
+    }
+    core
+}
+
+fn received_from(peer: u8, heartbeats: u64, echoes: u64) -> HashMap<u16, PathSample> {
+    HashMap::from([(
+        u16::from(peer),
+        PathSample {
+            rx_heartbeats: heartbeats,
+            rx_echoes: echoes,
+            probe: None,
+        },
+    )])
+}
+
+/// The peers of the plain heartbeats among `effects`.
+fn heartbeat_peers(effects: &[Effect]) -> Vec<u16> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Heartbeats(beats) => Some(beats.iter().filter(|b| b.round == 0).map(|b| b.peer)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_fast_path_peer_whose_connection_goes_is_held_while_its_echoes_arrive() {
+    let start = Instant::now();
+    let mut core = heard_peer(start);
+    let effects = core.on_event(Event::Closed { id: 1, error: "reset".into() });
+    assert_eq!(kinds(&effects), ["connections-changed"], "no unroute");
+    assert_eq!(core.held_short_ids().values().map(|s| s.get()).collect::<Vec<_>>(), [2]);
+    assert!(core.checks_paths());
+    assert_eq!(core.terminations(), 1);
+    // Only echoes from now on (its router process is gone, its kernel answers): held, and
+    // heartbeats still go to it.
+    for s in 2..40 {
+        let effects = core.on_event(Event::PathCheck {
+            now: start + Duration::from_secs(s),
+            probe_round: 100 + s as u32,
+            received: received_from(2, 2, s),
+        });
+        assert_eq!(heartbeat_peers(&effects), [2], "{s} s");
+        assert!(!kinds(&effects).contains(&"unroute"), "{s} s");
+    }
+    let held = core.held().next().unwrap();
+    assert_eq!(
+        held.describe(start + Duration::from_secs(40)),
+        "control connection lost 38s ago, fast path answering"
+    );
+    // Then silence: removed HOLD_SILENCE after the last echo, within two checks.
+    let last = start + Duration::from_secs(39);
+    let mut removed_at = None;
+    for s in 40..60 {
+        let now = start + Duration::from_secs(s);
+        let effects = core.on_event(Event::PathCheck { now, probe_round: 200 + s as u32, received: received_from(2, 2, 39) });
+        if kinds(&effects).contains(&"unroute") {
+            assert!(kinds(&effects).contains(&"connections-changed"));
+            removed_at = Some(now);
+            break;
+        }
+    }
+    let removed_at = removed_at.expect("removed");
+    let after = removed_at - last;
+    assert!(after >= super::super::hold::HOLD_SILENCE && after <= super::super::hold::HOLD_SILENCE + Duration::from_secs(2), "{after:?}");
+    assert_eq!(core.held().count(), 0);
+    assert!(!core.checks_paths());
+}
+
+#[test]
+fn a_peer_not_heard_or_never_checked_is_unrouted_at_once() {
+    // Never sampled: nothing says its fast path works.
+    let mut core = established(&hello(1), 1, true, &hello(2), config(true, SleeveUse::Fallback));
+    let effects = core.on_event(Event::Closed { id: 1, error: "reset".into() });
+    assert_eq!(kinds(&effects), ["unroute", "connections-changed"]);
+    // Silent for LOST_AFTER before the connection went (a host that is gone).
+    let start = Instant::now();
+    let mut core = heard_peer(start);
+    for s in 2..6 {
+        core.on_event(Event::PathCheck { now: start + Duration::from_secs(s), probe_round: 50 + s as u32, received: received_from(2, 2, 0) });
+    }
+    let effects = core.on_event(Event::Closed { id: 1, error: "timed out".into() });
+    assert_eq!(kinds(&effects), ["unroute", "connections-changed"]);
+    // No sleeve, so no heartbeats: never held.
+    let mut core = established(&hello(1), 1, true, &hello(2), config(false, SleeveUse::Fallback));
+    let effects = core.on_event(Event::Closed { id: 1, error: "reset".into() });
+    assert_eq!(kinds(&effects), ["unroute", "connections-changed"]);
+}
+
+#[test]
+fn a_held_peer_that_comes_back_is_placed_over_its_entries_without_a_removal() {
+    let start = Instant::now();
+    let mut core = heard_peer(start);
+    core.on_event(Event::Closed { id: 1, error: "reset".into() });
+    // Its relaunch: a new run, same short ID.
+    let mut again = hello(2);
+    again.uid += 1;
+    let effects = core.on_event(handshaken(2, false, &again));
+    assert_eq!(kinds(&effects), ["accept", "place"], "nothing removed first");
+    assert_eq!(core.held().count(), 0);
+    // Back with another short ID: the old entry goes, the new one is placed.
+    let mut core = heard_peer(start);
+    core.on_event(Event::Closed { id: 1, error: "reset".into() });
+    let other = with_short_id(again, ShortId::new(9).unwrap());
+    let effects = core.on_event(handshaken(2, false, &other));
+    assert_eq!(kinds(&effects), ["remove", "accept", "place"]);
+    let Effect::Remove(old) = &effects[0] else { unreachable!() };
+    assert_eq!(old.peer.short_id.get(), 2);
+}
+
+#[test]
+fn a_held_peers_short_id_is_not_given_to_another_name() {
+    let start = Instant::now();
+    let mut core = heard_peer(start);
+    core.on_event(Event::Closed { id: 1, error: "reset".into() });
+    let impostor = with_short_id(hello(3), ShortId::new(2).unwrap());
+    let effects = core.on_event(handshaken(3, false, &impostor));
+    assert_eq!(kinds(&effects), ["refuse"]);
 }
