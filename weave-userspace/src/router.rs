@@ -132,6 +132,8 @@ struct Mesh {
     targets: BTreeMap<Target, TargetState>,
     /// Targets dialled because gossip named them (forgotten when the peer leaves gossip).
     discovered: std::collections::BTreeSet<Target>,
+    /// Peers gossip named that we leave to dial us (their name is higher), since when.
+    discovery_waits: BTreeMap<PeerName, tokio::time::Instant>,
     /// Inbound connections refused for want of the right password or for an IP allocation
     /// that disagrees with ours, by remote address: why and when (shown in status for
     /// [`REFUSAL_SHOWN_FOR`]).
@@ -547,12 +549,17 @@ impl<D: Datapath> Inner<D> {
     async fn after_events(self: &Arc<Self>) -> Option<tokio::time::Instant> {
         let publish_at = self.publish_if_pending();
         let routes_at = self.apply_routes_if_due().await;
-        for target in self.discovery_targets() {
+        let (discovered, discovery_at) = self.discovery_targets();
+        for target in discovered {
             tracing::info!("dialling {target}, learned from gossip");
             self.connect(target);
         }
         self.store_targets();
-        publish_at.into_iter().chain(routes_at).min()
+        publish_at
+            .into_iter()
+            .chain(routes_at)
+            .chain(discovery_at)
+            .min()
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -700,6 +707,7 @@ impl<D: Datapath> Router<D> {
                 links: HashMap::new(),
                 targets: BTreeMap::new(),
                 discovered: Default::default(),
+                discovery_waits: BTreeMap::new(),
                 refused_inbound: BTreeMap::new(),
             }),
             events: Mutex::new(Some(events_tx.clone())),

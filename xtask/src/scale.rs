@@ -66,6 +66,13 @@ pub struct Args {
     /// plane alone, without the kernel programs, bridges and fast-path heartbeats).
     #[arg(long, conflicts_with = "fake_datapath")]
     also_fake_datapath: bool,
+    /// Launch every router of a size at the same time (each dialling 2-3 random others
+    /// with a lower number), and measure the start from the first launch.
+    #[arg(long)]
+    all_at_once: bool,
+    /// After each size, measure it once more launched all at once.
+    #[arg(long, conflicts_with = "all_at_once")]
+    also_all_at_once: bool,
     /// Only remove what an interrupted run left behind.
     #[arg(long)]
     down: bool,
@@ -157,6 +164,8 @@ struct Row {
     datapath: &'static str,
     /// Launch arguments beyond the defaults.
     args: String,
+    /// Every router launched at the same time (start counted from the first launch).
+    at_once: bool,
     launch_all: Option<Duration>,
     start: Option<Agreement>,
     join: Option<Agreement>,
@@ -167,6 +176,12 @@ struct Row {
     start_kib: Option<f64>,
     leave: Option<Agreement>,
     idle_bps: Option<f64>,
+    /// CPU time of every router over the idle period, per second of it.
+    idle_cpu_per_s: Option<Duration>,
+    /// CPU time of the routers already there, from the join until 5 s after its agreement.
+    join_cpu: Option<Duration>,
+    /// Control traffic from the join until 5 s after its agreement.
+    join_settled_kib: Option<f64>,
     rss_median_kib: Option<u64>,
     rss_max_kib: Option<u64>,
     notes: Vec<String>,
@@ -455,6 +470,103 @@ fn rss_kib(bed: &TestBed, hosts: &[usize]) -> Vec<u64> {
     each.into_iter().map(|(kib, _, _)| kib).collect()
 }
 
+/// Launches router `i` with `dials[i - 1]` as its peers, every one at the same time (a
+/// thread each); fails when any launch fails.
+fn launch_at_once(
+    bed: &mut TestBed,
+    dials: &[Vec<usize>],
+    fake: bool,
+    more: &[String],
+) -> Result<()> {
+    let jobs: Vec<(
+        usize,
+        String,
+        String,
+        String,
+        std::path::PathBuf,
+        Option<String>,
+    )> = (1..=dials.len())
+        .map(|i| {
+            let h = bed.host(i);
+            (
+                i,
+                h.ns.name().to_string(),
+                bed.peer_name(i),
+                h.nickname(),
+                bed.state_dir(i),
+                h.iface.clone(),
+            )
+        })
+        .collect();
+    let launched: Vec<(usize, Result<weave_tests::Router>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|(i, ns, name, nick, dir, iface)| {
+                let opts = launch_opts(&dials[i - 1], fake, more);
+                s.spawn(move || {
+                    let _ = std::fs::remove_dir_all(dir);
+                    let r = weave_tests::Router::launch_keeping_state(
+                        ns,
+                        name,
+                        nick,
+                        dir,
+                        iface.as_deref(),
+                        &opts,
+                    )
+                    .map_err(|e| anyhow!("launch router {i}: {e}"));
+                    (*i, r)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| (0, Err(anyhow!("a launch thread panicked"))))
+            })
+            .collect()
+    });
+    let mut first_error = None;
+    for (i, r) in launched {
+        match r {
+            Ok(r) => bed.hosts[i - 1].router = Some(r),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The process IDs of the routers of `hosts`.
+fn pids_of(bed: &TestBed, hosts: &[usize]) -> Vec<i32> {
+    hosts
+        .iter()
+        .flat_map(|&i| weave_tests::router::router_pids(bed.host(i).ns.name()))
+        .collect()
+}
+
+/// The CPU time (user and system, all threads) the processes `pids` have used so far, from
+/// /proc/<pid>/stat; a process gone counts nothing.
+fn cpu_time(pids: &[i32]) -> Duration {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command (which may hold spaces) end with ')'; utime and
+            // stime are fields 14 and 15, i.e. the 12th and 13th after it.
+            let rest = stat.rsplit_once(')')?.1;
+            let mut f = rest.split_whitespace().skip(11);
+            let utime: u64 = f.next()?.parse().ok()?;
+            let stime: u64 = f.next()?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / ticks_per_s)
+}
+
 fn launch_opts(targets: &[usize], fake: bool, more: &[String]) -> LaunchOpts {
     let mut extra: Vec<String> = if fake {
         vec!["--fake-datapath".into()]
@@ -476,17 +588,29 @@ struct Limits {
     agree: Duration,
 }
 
+/// How the routers of one measurement are launched.
+#[derive(Clone, Debug)]
+struct Variant {
+    /// `weave-router launch` arguments beyond the defaults.
+    more: Vec<String>,
+    /// The in-memory data path.
+    fake: bool,
+    /// Every router at the same time.
+    at_once: bool,
+}
+
 fn measure(
     n: usize,
-    fake: bool,
-    more: &[String],
+    variant: &Variant,
     idle: Duration,
     limits: Limits,
     rng: &mut Rng,
 ) -> Result<Row> {
     let (launch_limit, agree_limit) = (limits.launch, limits.agree);
+    let (fake, more, at_once) = (variant.fake, &variant.more[..], variant.at_once);
     let mut row = Row {
         n,
+        at_once,
         datapath: if fake {
             "fake (control plane only)"
         } else {
@@ -505,20 +629,33 @@ fn measure(
     // The underlay bridge also carries ARP and VXLAN; only TCP 6783 is counted.
     let counter = ControlCounter::install(&underlay)?;
 
-    step(&format!(
-        "{n} routers: launching, each dialling 2-3 random earlier ones"
-    ));
     let s0 = counter.bytes()?;
     let t_launch = Instant::now();
     let mut last_launch_started = t_launch;
-    for i in 1..=n {
-        let targets = if i == 1 {
-            Vec::new()
-        } else {
-            rng.targets(i - 1)
-        };
+    // Each router dials 2-3 random ones with a lower number (the first dials none).
+    let dials: Vec<Vec<usize>> = (1..=n)
+        .map(|i| {
+            if i == 1 {
+                Vec::new()
+            } else {
+                rng.targets(i - 1)
+            }
+        })
+        .collect();
+    if at_once {
+        step(&format!(
+            "{n} routers: launching all at once, each dialling 2-3 random ones with a lower number"
+        ));
+        launch_at_once(&mut bed, &dials, fake, more)?;
+    } else {
+        step(&format!(
+            "{n} routers: launching, each dialling 2-3 random earlier ones"
+        ));
+    }
+    for i in (1..=n).filter(|_| !at_once) {
+        let targets = &dials[i - 1];
         last_launch_started = Instant::now();
-        bed.launch(i, &launch_opts(&targets, fake, more))
+        bed.launch(i, &launch_opts(targets, fake, more))
             .with_context(|| format!("launch router {i} of {n}"))?;
         if stopping() {
             bail!("interrupted");
@@ -547,7 +684,12 @@ fn measure(
     }
     row.launch_all = Some(t_launch.elapsed());
     let initial: Vec<usize> = (1..=n).collect();
-    match wait_agreement(&bed, &initial, last_launch_started, agree_limit) {
+    let start_from = if at_once {
+        t_launch
+    } else {
+        last_launch_started
+    };
+    match wait_agreement(&bed, &initial, start_from, agree_limit) {
         Ok(t) => {
             row.start = Some(t);
             row.start_kib = Some(counter.bytes()?.saturating_sub(s0) as f64 / 1024.0);
@@ -559,14 +701,27 @@ fn measure(
         secs(row.start),
         row.start_kib.unwrap_or(0.0)
     );
+    print_sent_between(
+        "from the first launch until then",
+        &Default::default(),
+        &sent_by_kind(&bed, &initial),
+    );
 
     // Idle: heartbeats and periodic gossip only.
     std::thread::sleep(Duration::from_secs(3));
+    let pids = pids_of(&bed, &initial);
+    let c0 = cpu_time(&pids);
     let b0 = counter.bytes()?;
     let t0 = Instant::now();
     std::thread::sleep(idle);
     let b1 = counter.bytes()?;
-    row.idle_bps = Some((b1 - b0) as f64 / t0.elapsed().as_secs_f64());
+    let idle_took = t0.elapsed();
+    row.idle_bps = Some((b1 - b0) as f64 / idle_took.as_secs_f64());
+    row.idle_cpu_per_s = Some(
+        cpu_time(&pids)
+            .saturating_sub(c0)
+            .div_f64(idle_took.as_secs_f64()),
+    );
     let mut rss = rss_kib(&bed, &initial);
     rss.sort_unstable();
     if rss.len() != n {
@@ -576,8 +731,9 @@ fn measure(
     row.rss_median_kib = rss.get(rss.len() / 2).copied();
     row.rss_max_kib = rss.last().copied();
     println!(
-        "    idle control traffic {:.0} B/s; RSS median {} KiB, max {} KiB",
+        "    idle control traffic {:.0} B/s, CPU {:.0} ms/s (all routers); RSS median {} KiB, max {} KiB",
         row.idle_bps.unwrap_or(0.0),
+        row.idle_cpu_per_s.unwrap_or_default().as_secs_f64() * 1e3,
         row.rss_median_kib.unwrap_or(0),
         row.rss_max_kib.unwrap_or(0)
     );
@@ -596,6 +752,7 @@ fn measure(
             .ok()
     });
     let j0 = counter.bytes()?;
+    let jc0 = cpu_time(&pids);
     let joined = Instant::now();
     bed.launch(joiner, &launch_opts(&targets, fake, more))
         .context("launch the joining router")?;
@@ -626,6 +783,15 @@ fn measure(
         trace.join(", ")
     );
     row.after_join_kibps = trace;
+    if row.join.is_some() {
+        row.join_cpu = Some(cpu_time(&pids).saturating_sub(jc0));
+        row.join_settled_kib = Some(prev.saturating_sub(j0) as f64 / 1024.0);
+        println!(
+            "    from the join until 5 s after its agreement: {:.0} KiB, CPU {:.2} s of the {n} routers already there",
+            row.join_settled_kib.unwrap_or(0.0),
+            row.join_cpu.unwrap_or_default().as_secs_f64()
+        );
+    }
     if let Some(mut p) = profile {
         let _ = p.wait();
     }
@@ -704,10 +870,11 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     );
     let _ = writeln!(
         o,
-        "\nN routers, each in its own network namespace on one underlay bridge, started one after another, \
-         each dialling 2–3 random earlier ones (discovery on, default connection limit). \
-         *Start*: from the last `weave-router launch` (its start: the router loads its programs and connects before the command returns) \
-         until every router's `GET /status/mesh` lists all N peers and a route to each. \
+        "\nN routers, each in its own network namespace on one underlay bridge, started one after another \
+         (*launched* \"one by one\") or all at the same time (\"at once\", a thread per `weave-router launch`), \
+         each dialling 2–3 random ones with a lower number (discovery on, default connection limit). \
+         *Start*: one by one, from the last `weave-router launch` (its start: the router loads its programs and connects before the command returns); \
+         at once, from the first launch; until every router's `GET /status/mesh` lists all N peers and a route to each. \
          *Join*: one more router (dialling 2–3 random ones), from its `weave-router launch` until all N+1 agree. \
          *Leave*: from `weave-router stop` of one router until the others agree without it. \
          Each time is when the last router's view reached the agreed one, by that router's own record \
@@ -718,6 +885,8 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          `bridge` table of the underlay namespace (IP bytes, every segment once; heartbeats included). \
          *Start traffic*: the same counter from the first launch until agreement; *join traffic*: from the join until agreement; \
          *after join*: KiB/s in each of the 5 s after that agreement. \
+         *CPU*: user and system time of the routers (all their threads, /proc/<pid>/stat); \
+         idle: over the idle period, per second; join: of the N routers already there (not the joining one), from the join until 5 s after its agreement. \
          *RSS*: VmRSS of each idle router from /proc/<pid>/status. \
          *eBPF* rows: every router loads and verifies the kernel programs, sets up its bridge, the bridge's port towards the peers \
          and the sleeve, and sends fast-path heartbeats to each direct peer (no device per peer); \
@@ -728,11 +897,11 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     );
     let _ = writeln!(
         o,
-        "| routers | data path, options | launch all (s) | start (s) | join (s) | leave (s) | idle control B/s (per router) | start traffic KiB | join traffic KiB | after join KiB/s | RSS median MiB | RSS max MiB |"
+        "| routers | data path, options | launched | launch all (s) | start (s) | join (s) | leave (s) | idle control B/s (per router) | idle CPU ms/s (per router) | start traffic KiB | join traffic KiB | join CPU s | after join KiB/s | RSS median MiB | RSS max MiB |"
     );
     let _ = writeln!(
         o,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
     );
     let s = |d: Option<Duration>| {
         d.map(|d| format!("{:.2}", d.as_secs_f64()))
@@ -744,31 +913,44 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
             .idle_bps
             .map(|b| format!("{:.0} ({:.0})", b, b / r.n as f64))
             .unwrap_or_else(|| "—".into());
+        let cpu = r
+            .idle_cpu_per_s
+            .map(|c| {
+                let ms = c.as_secs_f64() * 1e3;
+                format!("{:.0} ({:.1})", ms, ms / r.n as f64)
+            })
+            .unwrap_or_else(|| "—".into());
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.n,
             if r.args.is_empty() {
                 r.datapath.to_string()
             } else {
                 format!("{}, `{}`", r.datapath, r.args)
             },
+            if r.at_once { "at once" } else { "one by one" },
             s(r.launch_all),
             agreed(r.start),
             agreed(r.join),
             agreed(r.leave),
             bps,
+            cpu,
             r.start_kib
                 .map(|k| format!("{k:.0}"))
                 .unwrap_or_else(|| "—".into()),
             r.join_kib
                 .map(|k| format!("{k:.0}"))
                 .unwrap_or_else(|| "—".into()),
+            r.join_cpu
+                .map(|c| format!("{:.2}", c.as_secs_f64()))
+                .unwrap_or_else(|| "—".into()),
             r.after_join_kibps.join(" "),
             mib(r.rss_median_kib),
             mib(r.rss_max_kib)
         );
     }
+    let _ = writeln!(o, "\n{}", growth_table(rows));
     let notes: Vec<String> = rows
         .iter()
         .flat_map(|r| {
@@ -785,8 +967,97 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
     }
     let _ = writeln!(
         o,
-        "\nTargets (issue 3): 100 routers agree < 2 s after a join; < 25 MiB RSS per idle router."
+        "\nTargets: 100 routers launched at once agree within 20 s of the first launch; \
+         100 routers agree < 2 s after a join; 250 with the in-memory data path < 5 s after a join; \
+         < 25 MiB RSS per idle router."
     );
+    o
+}
+
+/// Routers of the smoke run of `cargo xtask test`.
+pub const SMOKE_ROUTERS: usize = 16;
+
+/// The smoke run of `cargo xtask test`: [`SMOKE_ROUTERS`] routers with the in-memory data
+/// path launched at once, a join and a leave; fails unless each is agreed within 30 s.
+pub fn smoke() -> Result<()> {
+    let limits = NeighLimits::raise()?;
+    let variant = Variant {
+        more: Vec::new(),
+        fake: true,
+        at_once: true,
+    };
+    let limit = Limits {
+        launch: Duration::from_secs(60),
+        agree: Duration::from_secs(30),
+    };
+    let row = measure(
+        SMOKE_ROUTERS,
+        &variant,
+        Duration::from_secs(1),
+        limit,
+        &mut Rng(1),
+    );
+    weave_tests::sweep(PREFIX);
+    drop(limits);
+    let row = row?;
+    if !row.notes.is_empty() {
+        bail!("{}", row.notes.join("; "));
+    }
+    for (what, agreed) in [
+        ("start", row.start),
+        ("join", row.join),
+        ("leave", row.leave),
+    ] {
+        let a = agreed.ok_or_else(|| anyhow!("no agreement after the {what}"))?;
+        println!(
+            "    {what}: agreed after {}",
+            a.text(" s", "polling saw it at ")
+        );
+    }
+    Ok(())
+}
+
+/// How the cost grows with the number of routers: per join (until 5 s after its agreement)
+/// and per idle second, in bytes and CPU.
+fn growth_table(rows: &[Row]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "How the cost grows (a join until 5 s after its agreement, CPU of the routers already there; idle: the whole mesh, and per router):\n"
+    );
+    let _ = writeln!(
+        o,
+        "| routers | data path, options | launched | join KiB | join CPU s | join KiB per router | join CPU ms per router | idle KiB/s | idle CPU ms/s | idle B/s per router | idle CPU ms/s per router |"
+    );
+    let _ = writeln!(o, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let f = |v: Option<f64>, digits: usize| {
+        v.map(|v| format!("{v:.digits$}"))
+            .unwrap_or_else(|| "—".into())
+    };
+    for r in rows {
+        let n = r.n as f64;
+        let join_cpu = r.join_cpu.map(|c| c.as_secs_f64());
+        let idle_cpu_ms = r.idle_cpu_per_s.map(|c| c.as_secs_f64() * 1e3);
+        let what = if r.args.is_empty() {
+            r.datapath.to_string()
+        } else {
+            format!("{}, `{}`", r.datapath, r.args)
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {what} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.n,
+            if r.at_once { "at once" } else { "one by one" },
+            f(r.join_settled_kib, 0),
+            f(join_cpu, 2),
+            f(r.join_settled_kib.map(|k| k / n), 1),
+            f(join_cpu.map(|c| c * 1e3 / n), 1),
+            f(r.idle_bps.map(|b| b / 1024.0), 1),
+            f(idle_cpu_ms, 0),
+            f(r.idle_bps.map(|b| b / n), 0),
+            f(idle_cpu_ms.map(|c| c / n), 2),
+        );
+    }
     o
 }
 
@@ -847,26 +1118,44 @@ pub fn scale(a: Args) -> Result<()> {
         agree: Duration::from_secs(a.agree_limit),
     };
     let idle = Duration::from_secs(a.idle_secs);
-    // (launch arguments, fake data path) of each measurement of one size.
-    let mut variants = vec![(more.clone(), a.fake_datapath)];
+    // Each measurement of one size.
+    let base = Variant {
+        more: more.clone(),
+        fake: a.fake_datapath,
+        at_once: a.all_at_once,
+    };
+    let mut variants = vec![base.clone()];
     if a.also_no_discovery && !more.iter().any(|m| m == "--no-discovery") {
-        let mut v = more.clone();
-        v.push("--no-discovery".into());
-        variants.push((v, a.fake_datapath));
+        let mut v = base.clone();
+        v.more.push("--no-discovery".into());
+        variants.push(v);
     }
     if a.also_fake_datapath {
-        variants.push((more.clone(), true));
+        variants.push(Variant {
+            fake: true,
+            ..base.clone()
+        });
+    }
+    if a.also_all_at_once {
+        variants.push(Variant {
+            at_once: true,
+            ..base.clone()
+        });
     }
     'sizes: for &n in &a.sizes {
-        for (v, fake) in &variants {
-            match measure(n, *fake, v, idle, limit, &mut rng) {
+        for v in &variants {
+            match measure(n, v, idle, limit, &mut rng) {
                 Ok(r) => rows.push(r),
                 // Only a router that cannot start is blamed on the data path.
-                Err(e) if !*fake && !stopping() && format!("{e:#}").contains("launch") => {
+                Err(e) if !v.fake && !stopping() && format!("{e:#}").contains("launch") => {
                     println!("    {n} routers with the eBPF data path failed: {e:#}");
                     println!("    measuring the control plane alone instead (--fake-datapath)");
                     weave_tests::sweep(PREFIX);
-                    let mut r = measure(n, true, v, idle, limit, &mut rng)
+                    let fake = Variant {
+                        fake: true,
+                        ..v.clone()
+                    };
+                    let mut r = measure(n, &fake, idle, limit, &mut rng)
                         .with_context(|| format!("{n} routers, fake data path"))?;
                     r.notes.push(format!("the eBPF data path failed at this size ({e:#}); measured with --fake-datapath"));
                     rows.push(r);
@@ -903,6 +1192,12 @@ pub fn scale(a: Args) -> Result<()> {
     }
     if a.also_fake_datapath {
         cmdline.push_str(" --also-fake-datapath");
+    }
+    if a.all_at_once {
+        cmdline.push_str(" --all-at-once");
+    }
+    if a.also_all_at_once {
+        cmdline.push_str(" --also-all-at-once");
     }
     let section = render(&a, &rows, seed, &cmdline);
     println!("\n{section}");

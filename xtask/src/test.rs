@@ -281,6 +281,9 @@ pub fn test(no_build: bool, e2e_only: bool, e2e_filter: Option<&str>) -> Result<
         &e2e,
         Duration::from_secs(25 * 60),
     )?);
+    if e2e_filter.is_none() {
+        phases.push(scale_smoke_phase());
+    }
 
     let (lines, ok) = summary(&phases, total.elapsed());
     println!();
@@ -291,6 +294,33 @@ pub fn test(no_build: bool, e2e_only: bool, e2e_filter: Option<&str>) -> Result<
         bail!("some tests failed or were skipped (see the summary above)");
     }
     Ok(())
+}
+
+/// A short run of the scale benchmark (`cargo xtask scale`): a few routers with the
+/// in-memory data path launched at once, a join and a leave, each agreed in time.
+fn scale_smoke_phase() -> Phase {
+    let title = "scale smoke: routers launched at once, a join, a leave";
+    step(title);
+    let t = Instant::now();
+    let result = crate::scale::smoke();
+    let ok = result.is_ok();
+    Phase {
+        title,
+        ok,
+        elapsed: t.elapsed(),
+        targets: vec![TargetResult {
+            name: format!("scale smoke, {} routers", crate::scale::SMOKE_ROUTERS),
+            passed: u32::from(ok),
+            failed: u32::from(!ok),
+            done: true,
+            ..Default::default()
+        }],
+        failures: result
+            .err()
+            .map(|e| format!("scale smoke: {e:#}"))
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// Every fuzz target for a few seconds (`cargo xtask fuzz` runs them longer): a regression

@@ -652,8 +652,45 @@ async fn converse(
 /// memory given back once they are handled).
 const READ_BUFFER_KEPT: usize = 16 * 1024;
 
+/// How many times `dead_after` a peer may stay silent while its host still acknowledges
+/// what we send ([`busy_not_dead`]).
+pub const BUSY_PEER_GRACE: u32 = 3;
+
+/// Whether a peer silent for `silent_for` (at least `dead_after`) is kept: its host's TCP
+/// acknowledged our data (our heartbeats) within `dead_after` (`acked`: how long ago), so
+/// the peer is up but has not been given the CPU to write (a machine saturated while a
+/// large mesh forms: dropping the connection would only add gossip and redials to the
+/// load). Up to [`BUSY_PEER_GRACE`] times `dead_after`, so that a peer hung for good is
+/// still let go. A peer whose host acknowledges nothing (gone, partitioned) goes after
+/// `dead_after` as before.
+pub fn busy_not_dead(silent_for: Duration, acked: Option<Duration>, dead_after: Duration) -> bool {
+    silent_for < dead_after * BUSY_PEER_GRACE && acked.is_some_and(|a| a < dead_after)
+}
+
+/// How long ago the other end's TCP last acknowledged anything on `stream` (`None` when
+/// the kernel does not say).
+fn since_acknowledged(stream: &tokio::net::TcpStream) -> Option<Duration> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain integers, valid when zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large, and
+    // the descriptor stays open while `stream` is borrowed.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| Duration::from_millis(u64::from(info.tcpi_last_ack_recv)))
+}
+
 /// Reads frames and hands them to the router until the connection fails, the peer says
-/// goodbye or stays silent for `dead_after`.
+/// goodbye or stays silent for `dead_after` (longer while its host still acknowledges what
+/// we send: [`busy_not_dead`]).
 async fn read_messages(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     mut reader: FrameReader,
@@ -665,13 +702,22 @@ async fn read_messages(
     let mut chunk = [0u8; 8 * 1024];
     // A refusal for our short ID comes instead of the peer's ready, never after it.
     let mut remote_ready = false;
+    let mut heard_at = tokio::time::Instant::now();
     loop {
         let n = match tokio::time::timeout(timings.dead_after, rd.read(&mut chunk)).await {
-            Err(_) => return ConnectionError::Silent(timings.dead_after),
+            Err(_) => {
+                let silent_for = heard_at.elapsed();
+                let acked = since_acknowledged(rd.as_ref());
+                if busy_not_dead(silent_for, acked, timings.dead_after) {
+                    continue;
+                }
+                return ConnectionError::Silent(timings.dead_after);
+            }
             Ok(Ok(0)) => return ConnectionError::Closed,
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return e.into(),
         };
+        heard_at = tokio::time::Instant::now();
         buf.extend_from_slice(&chunk[..n]);
         let mut consumed = 0;
         loop {
@@ -797,6 +843,9 @@ async fn write_messages(
         if let Err(e) = written {
             return e;
         }
+        // Any frame tells the peer we are alive: the next heartbeat is due a whole interval
+        // after it (in a busy mesh, gossip stands in for heartbeats).
+        heartbeat.reset();
     }
 }
 
@@ -981,6 +1030,107 @@ mod tests {
             .unwrap();
         drop(a);
         reader.await.unwrap();
+    }
+
+    #[test]
+    fn a_silent_peer_whose_host_acknowledges_is_given_longer() {
+        let dead = Duration::from_secs(5);
+        let s = Duration::from_secs;
+        // Its host acknowledged our last heartbeat a second ago: busy, kept.
+        assert!(busy_not_dead(s(5), Some(s(1)), dead));
+        assert!(busy_not_dead(s(14), Some(s(1)), dead));
+        // Not past BUSY_PEER_GRACE times dead_after.
+        assert!(!busy_not_dead(s(15), Some(s(1)), dead));
+        // Nothing acknowledged for dead_after (host gone, link cut), or no word from the
+        // kernel: dead as before.
+        assert!(!busy_not_dead(s(5), Some(s(5)), dead));
+        assert!(!busy_not_dead(s(5), None, dead));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_reads_but_never_writes_is_let_go_after_the_grace() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ours, theirs) = tokio::join!(
+            tokio::net::TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        // The remote end's kernel acknowledges all we send, its process writes nothing.
+        let _remote = theirs.unwrap().0;
+        let ours = ours.unwrap();
+        let timings = Timings {
+            heartbeat_interval: Duration::from_millis(50),
+            dead_after: Duration::from_millis(300),
+            ..Timings::default()
+        };
+        let (events, _rx) = mpsc::channel(16);
+        let (_queue, mut inbox) = crate::mesh::command_queue::command_queue();
+        let (_stop, mut shutdown) = watch::channel(false);
+        let started = tokio::time::Instant::now();
+        let error = converse(
+            ours,
+            (FrameWriter::plain(), FrameReader::plain()),
+            1,
+            &timings,
+            &events,
+            &mut inbox,
+            &mut shutdown,
+        )
+        .await;
+        assert!(matches!(error, ConnectionError::Silent(_)), "{error:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= timings.dead_after * 2 && took < timings.dead_after * (BUSY_PEER_GRACE + 2),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeats_wait_while_other_frames_are_written() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ours, theirs) = tokio::join!(
+            tokio::net::TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (_rd, wr) = ours.unwrap().into_split();
+        let mut remote = theirs.unwrap().0;
+        let (queue, mut inbox) = crate::mesh::command_queue::command_queue();
+        let (_stop, mut shutdown) = watch::channel(false);
+        let timings = Timings {
+            heartbeat_interval: Duration::from_millis(300),
+            ..Timings::default()
+        };
+        let writer = tokio::spawn(async move {
+            write_messages(
+                wr,
+                FrameWriter::plain(),
+                &timings,
+                &mut inbox,
+                &mut shutdown,
+            )
+            .await
+        });
+        let frame: std::sync::Arc<[u8]> = protocol::encode_frame(&Message::Ready).unwrap().into();
+        // A frame every 100 ms for a second: no heartbeat is needed, none is sent (but the
+        // one at the start).
+        for _ in 0..10 {
+            queue.send(ConnCommand::SendFrame(frame.clone())).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut received = Vec::new();
+        while received.iter().filter(|m| **m == Message::Ready).count() < 10 {
+            received.push(read_message(&mut remote).await.unwrap());
+        }
+        let from_first_frame: Vec<&Message> = received
+            .iter()
+            .skip_while(|m| **m == Message::Heartbeat)
+            .collect();
+        assert!(
+            from_first_frame.iter().all(|m| **m == Message::Ready),
+            "{received:?}"
+        );
+        // Then silence: heartbeats again.
+        assert_eq!(read_message(&mut remote).await.unwrap(), Message::Heartbeat);
+        writer.abort();
     }
 
     fn key(b: u8) -> PresharedKey {

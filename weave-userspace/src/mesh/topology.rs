@@ -340,8 +340,30 @@ impl Trust<'_> {
 }
 
 
-/// How many of each record's latest changes are kept.
-pub const CHANGES_KEPT: usize = 8;
+/// How many of each record's latest changes are kept. While a full mesh forms, a record
+/// changes every publication interval for seconds on end: a neighbour that fell a few dozen
+/// versions behind still gets the changes, which are smaller than the record (see
+/// [`changes_cheaper`]).
+pub const CHANGES_KEPT: usize = 32;
+
+/// Up to this many changes always go as changes (as when only these many were kept).
+const CHANGES_ALWAYS_SENT: usize = 8;
+
+/// Whether `changes` are sent rather than the whole `record` they lead to: up to
+/// [`CHANGES_ALWAYS_SENT`] of them, or when they cost less on the wire (a change carries the
+/// record's header, about what two connection entries take, and its own entries; the record
+/// its header and every connection).
+fn changes_cheaper(changes: &[RecordDelta], record: &PeerInfo) -> bool {
+    const HEADER_IN_ENTRIES: usize = 2;
+    if changes.len() <= CHANGES_ALWAYS_SENT {
+        return true;
+    }
+    let changes_cost: usize = changes
+        .iter()
+        .map(|c| HEADER_IN_ENTRIES + c.upserted.len() + c.removed.len())
+        .sum();
+    changes_cost <= HEADER_IN_ENTRIES + record.connections.len()
+}
 
 /// Every peer's latest record, as known here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -404,13 +426,15 @@ impl Topology {
         self.record_replaced(Some(&old), &new);
     }
 
-    /// Our changes of `name`'s record from version `from` on, if we keep all of them.
+    /// Our changes of `name`'s record from version `from` on, if we keep all of them and
+    /// they cost less than the record.
     fn changes_since(&self, name: &PeerName, uid: u64, from: u64) -> Option<Vec<RecordDelta>> {
         let kept = self.changes.get(name)?;
         let start = kept
             .iter()
             .position(|c| c.uid == uid && c.from_version == from)?;
-        Some(kept.iter().skip(start).cloned().collect())
+        let changes: Vec<RecordDelta> = kept.iter().skip(start).cloned().collect();
+        changes_cheaper(&changes, self.peers.get(name)?).then_some(changes)
     }
 
     pub fn ourself(&self) -> &PeerInfo {
@@ -615,6 +639,27 @@ impl Topology {
             })
             .cloned()
             .collect()
+    }
+
+    /// What brings the listed versions up to ours: for each listed peer we hold newer, the
+    /// changes from the listed version when we keep them all and they cost less than the
+    /// record ([`changes_cheaper`]), else the record. A neighbour that missed one change
+    /// (it came another way, or out of order) gets the few changes, not the record again.
+    pub fn catch_up_listed(&self, listed: &[RecordVersion]) -> (Vec<PeerInfo>, Vec<RecordDelta>) {
+        let (mut records, mut changes) = (Vec::new(), Vec::new());
+        for d in listed {
+            let Some(p) = self.peers.get(&d.name) else {
+                continue;
+            };
+            if (p.version, p.uid) <= (d.version, d.uid) {
+                continue;
+            }
+            match self.changes_since(&d.name, d.uid, d.version) {
+                Some(kept) => changes.extend(kept),
+                None => records.push(p.clone()),
+            }
+        }
+        (records, changes)
     }
 
     /// What we hold of `name`, as a digest entry (version 0 when nothing).
@@ -1002,6 +1047,73 @@ mod tests {
         other_run.iter_mut().for_each(|d| d.uid += 1);
         let c = ours.compare(&[other_run[0]]);
         assert!(c.our_changes.is_empty());
+    }
+
+    #[test]
+    fn a_neighbour_asking_for_one_record_gets_the_changes_it_missed() {
+        let conn = |n: u8| ConnectionSummary {
+            remote: PeerName::from_bytes([0, 0, 0, 0, 0, n]),
+            address: format!("10.0.0.{n}:6783").parse().unwrap(),
+            outbound: false,
+            established: true,
+        };
+        let mut ours = Topology::new(peer(1, 1, 7));
+        let mut asker = Topology::new(peer(2, 1, 8));
+        let mut connections: Vec<ConnectionSummary> = (3..20).map(conn).collect();
+        assert!(ours.set_our_connections(connections.clone()));
+        asker.merge(&[ours.ourself().clone()]).unwrap();
+        for n in 20..22 {
+            connections.push(conn(n));
+            assert!(ours.set_our_connections(connections.clone()));
+        }
+        let held = asker.record_version(ours.ourself().name);
+        let (records, changes) = ours.catch_up_listed(&[held]);
+        assert!(records.is_empty(), "{records:?}");
+        assert_eq!(changes.len(), 2);
+        for change in &changes {
+            assert_eq!(asker.apply_delta(change), Ok(DeltaOutcome::Applied));
+        }
+        assert_eq!(asker.peer(&ours.ourself().name), Some(ours.ourself()));
+        // Nothing held, or already up to date: the record, or nothing.
+        let unknown = Topology::new(peer(5, 1, 9)).record_version(ours.ourself().name);
+        assert_eq!(
+            ours.catch_up_listed(&[unknown]).0,
+            vec![ours.ourself().clone()]
+        );
+        let current = asker.record_version(ours.ourself().name);
+        assert_eq!(ours.catch_up_listed(&[current]), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn a_record_that_went_back_and_forth_goes_whole_when_its_changes_cost_more() {
+        let conn = ConnectionSummary {
+            remote: PeerName::from_bytes([0, 0, 0, 0, 0, 3]),
+            address: "10.0.0.3:6783".parse().unwrap(),
+            outbound: false,
+            established: true,
+        };
+        let mut ours = Topology::new(peer(1, 1, 7));
+        let mut behind = Topology::new(peer(2, 1, 8));
+        behind.merge(&[ours.ourself().clone()]).unwrap();
+        // One connection coming and going: ten changes to a record of one connection.
+        for i in 0..10 {
+            let now = if i % 2 == 0 {
+                vec![conn.clone()]
+            } else {
+                Vec::new()
+            };
+            assert!(ours.set_our_connections(now));
+        }
+        let c = ours.compare(&behind.digest());
+        assert_eq!(c.ours_newer, vec![ours.ourself().clone()]);
+        assert!(c.our_changes.is_empty());
+        // One version behind: the change.
+        let mut one_behind = Topology::new(peer(2, 1, 8));
+        one_behind.merge(&[ours.ourself().clone()]).unwrap();
+        assert!(ours.set_our_connections(vec![conn.clone()]));
+        let c = ours.compare(&one_behind.digest());
+        assert!(c.ours_newer.is_empty());
+        assert_eq!(c.our_changes.len(), 1);
     }
 
     #[test]

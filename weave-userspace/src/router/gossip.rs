@@ -35,6 +35,29 @@ const ROUTES_INTERVAL_MAX: Duration = Duration::from_secs(1);
 /// changes (a join in a full mesh) goes out as one record.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a router leaves the dialling of a peer gossip named to that peer, when the
+/// peer's name is higher: of two connections between the same two routers the one dialled
+/// by the higher name is kept ([`MeshCore::admit`](super::core::MeshCore::admit)), so the
+/// lower one's dial would only be refused or replace a connection just made. After this
+/// wait it dials all the same (the peer may be at its connection limit or unable to reach
+/// us).
+pub const DISCOVERY_DEFER: Duration = Duration::from_secs(5);
+
+/// When to dial a peer that gossip named at `named_at` and that no connection reaches yet:
+/// at once when our name is the higher (our connection is the one kept), else after
+/// [`DISCOVERY_DEFER`], unless it has dialled us by then.
+pub(super) fn discovery_dial_at(
+    ours: PeerName,
+    theirs: PeerName,
+    named_at: tokio::time::Instant,
+) -> tokio::time::Instant {
+    if ours > theirs {
+        named_at
+    } else {
+        named_at + DISCOVERY_DEFER
+    }
+}
+
 /// Topology, routes and what of them is installed in the data path.
 #[derive(Debug)]
 pub(super) struct MeshView {
@@ -196,9 +219,12 @@ impl<D: Datapath> Inner<D> {
     /// holds newer records (unless its digest was itself an answer).
     pub(super) fn on_digest(&self, id: ConnId, digest: GossipDigest) {
         if digest.only_listed {
-            let records = self.view().topology.newer_than_listed(&digest.entries);
+            let (records, changes) = self.view().topology.catch_up_listed(&digest.entries);
             if !records.is_empty() {
                 self.send_to(id, &Message::Gossip(GossipUpdate { records }));
+            }
+            for change in changes {
+                self.send_to(id, &Message::Delta(change));
             }
             return;
         }
@@ -504,13 +530,14 @@ impl<D: Datapath> Inner<D> {
     }
 
     /// Peers known through gossip that we neither reach directly nor dial yet, as targets
-    /// (empty unless discovery is on, and while the connection limit is reached).
+    /// (empty unless discovery is on, and while the connection limit is reached), and when
+    /// to look again for the ones left to dial us ([`discovery_dial_at`]).
     /// Also stops dialling discovered targets whose peer gossip no longer knows.
     /// Runs after every burst of events: it compares addresses, and makes a target (a
     /// string) only of a peer it would dial.
-    pub(super) fn discovery_targets(&self) -> Vec<Target> {
+    pub(super) fn discovery_targets(&self) -> (Vec<Target>, Option<tokio::time::Instant>) {
         if !self.discovery {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let mut mesh = self.mesh();
         let view = self.view();
@@ -537,20 +564,42 @@ impl<D: Datapath> Inner<D> {
             mesh.targets.remove(&t);
         }
         let Some(room) = self.conn_limit.checked_sub(mesh.core.peer_count()) else {
-            return Vec::new();
+            mesh.discovery_waits.clear();
+            return (Vec::new(), None);
         };
-        let new: Vec<Target> = known
+        let undialled: Vec<(Target, PeerName)> = known
             .iter()
             .filter(|(_, name)| !mesh.core.is_direct(name))
-            .map(|((ip, port), _)| Target {
-                host: ip.to_string(),
-                port: *port,
+            .map(|((ip, port), name)| {
+                let target = Target {
+                    host: ip.to_string(),
+                    port: *port,
+                };
+                (target, *name)
             })
-            .filter(|t| !mesh.targets.contains_key(t))
-            .take(room)
+            .filter(|(t, _)| !mesh.targets.contains_key(t))
             .collect();
+        // A peer connected (it dialled us) or gone is no longer waited for.
+        let waited: BTreeSet<PeerName> = undialled.iter().map(|(_, name)| *name).collect();
+        mesh.discovery_waits.retain(|name, _| waited.contains(name));
+        let now = tokio::time::Instant::now();
+        let mut new = Vec::new();
+        let mut look_again: Option<tokio::time::Instant> = None;
+        for (target, name) in undialled {
+            if new.len() >= room {
+                break;
+            }
+            let named_at = *mesh.discovery_waits.entry(name).or_insert(now);
+            let due = discovery_dial_at(me, name, named_at);
+            if due <= now {
+                mesh.discovery_waits.remove(&name);
+                new.push(target);
+            } else {
+                look_again = Some(look_again.map_or(due, |t| t.min(due)));
+            }
+        }
         mesh.discovered.extend(new.iter().cloned());
-        new
+        (new, look_again)
     }
 
     /// Recomputes routes and brings the peers reached through neighbours in the data path
@@ -746,7 +795,19 @@ impl<D: Datapath> super::Router<D> {
 #[cfg(test)]
 mod tests {
     use super::fanout;
+    use super::{discovery_dial_at, DISCOVERY_DEFER};
     use super::{peer_named, BTreeMap, PeerName};
+
+    #[test]
+    fn of_two_routers_that_discover_each_other_the_higher_name_dials_first() {
+        let p = |n: u8| PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]);
+        let t = tokio::time::Instant::now();
+        // The higher name dials at once: its connection is the one both ends keep.
+        assert_eq!(discovery_dial_at(p(2), p(1), t), t);
+        // The lower one leaves it the time to, then dials all the same.
+        assert_eq!(discovery_dial_at(p(1), p(2), t), t + DISCOVERY_DEFER);
+        assert!(DISCOVERY_DEFER >= std::time::Duration::from_secs(2));
+    }
 
     #[test]
     fn a_peer_is_named_by_its_name_or_its_one_nickname() {

@@ -647,6 +647,18 @@ async fn discovery_dials_the_peers_gossip_names() {
                 == 2
     })
     .await;
+    // Of a and c, c has the higher name: it dialled, a left it to (its connection would
+    // have been the one refused).
+    let dialled_c = format!("127.0.0.3:{}", c.addr().port());
+    assert!(
+        a.router
+            .status()
+            .targets
+            .iter()
+            .all(|t| t.to_string() != dialled_c),
+        "a dialled c too: {:?}",
+        a.router.status().targets
+    );
     for n in [&a, &b, &c] {
         n.router.stop().await;
     }
