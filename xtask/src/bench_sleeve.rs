@@ -23,6 +23,9 @@ const PASSWORD: &str = "bench password";
 
 /// Relayed encrypted throughput must reach this share of the direct encrypted one.
 const RELAYED_TARGET: f64 = 0.5;
+/// Encrypted sleeve / boringtun targets: TCP one stream, UDP 64 B packets/s.
+const TCP_VS_BORINGTUN: f64 = 10.0;
+const UDP64_VS_BORINGTUN: f64 = 1.5;
 
 /// CPU seconds (user + system) used so far by the processes `pids`.
 fn cpu_seconds(pids: impl IntoIterator<Item = i32>) -> f64 {
@@ -247,6 +250,49 @@ fn tcp1(p: &Carrier, seconds: u32) -> Result<(f64, f64)> {
     ))
 }
 
+/// One iperf3 UDP run of 64-byte datagrams at full speed: thousands of packets per second
+/// received (sent minus lost).
+fn udp64_kpps(p: &Carrier, seconds: u32) -> Result<f64> {
+    let dst = p.server_ip();
+    let secs = seconds.to_string();
+    let out = p.client().run_timeout(
+        &[
+            "iperf3", "-c", &dst, "-t", &secs, "-J", "-u", "-b", "0", "-l", "64",
+        ],
+        Duration::from_secs(seconds as u64 + 30),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", out.stderr.trim()))?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("iperf3: {e}");
+    }
+    let sum = &v["end"]["sum"];
+    let packets = sum["packets"].as_f64().context("no end.sum.packets")?;
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let secs = sum["seconds"]
+        .as_f64()
+        .filter(|s| *s > 0.0)
+        .unwrap_or(seconds as f64);
+    Ok((packets - lost) / secs / 1e3)
+}
+
+/// Average round trip of 50 pings 20 ms apart, in milliseconds.
+fn ping_ms(p: &Carrier) -> Result<f64> {
+    let dst = p.server_ip();
+    let out = p.client().run_timeout(
+        &["ping", "-n", "-q", "-c", "50", "-i", "0.02", &dst],
+        Duration::from_secs(30),
+    )?;
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
+        .with_context(|| format!("no rtt line from ping: {}", out.stdout.trim()))?;
+    let nums = line.split('=').nth(1).context("rtt line")?.trim();
+    let avg = nums.split('/').nth(1).context("rtt avg")?;
+    avg.trim().parse().context("rtt avg number")
+}
+
 /// The median, or `None` without samples.
 fn median(v: &mut [f64]) -> Option<f64> {
     (!v.is_empty()).then(|| crate::stats::median(v))
@@ -279,6 +325,12 @@ impl Subject {
             }
             Subject::Boringtun(_) => "boringtun-cli (WireGuard in user space), host to host",
         }
+    }
+
+    /// Whether UDP 64 B packets/s and ping are measured too (the encrypted small-packet
+    /// comparison).
+    fn small_packets(&self) -> bool {
+        matches!(self, Subject::Encrypted | Subject::Boringtun(_))
     }
 
     fn set_up(&self, mtu: u32) -> Result<Carrier> {
@@ -344,6 +396,8 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
     // Relayed / direct encrypted within each run: the two are measured one after the other,
     // so the machine's other load changes less between them than across runs.
     let mut paired: Vec<f64> = Vec::new();
+    let mut kpps: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
+    let mut ping: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
     for r in 1..=runs {
         let (mut direct, mut relayed) = (None, None);
         for (i, subject) in subjects.iter().enumerate() {
@@ -364,6 +418,23 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
                     println!("    failed: {e}");
                     errors.push(format!("{label}: {e}"));
                 }
+            }
+            if !subject.small_packets() {
+                continue;
+            }
+            match udp64_kpps(&pairs[i].0, seconds) {
+                Ok(k) => {
+                    println!("    UDP 64 B {k:.1} kpps");
+                    kpps[i].push(k);
+                }
+                Err(e) => errors.push(format!("{label} UDP 64 B: {e}")),
+            }
+            match ping_ms(&pairs[i].0) {
+                Ok(ms) => {
+                    println!("    ping {ms:.3} ms");
+                    ping[i].push(ms);
+                }
+                Err(e) => errors.push(format!("{label} ping: {e}")),
             }
         }
         if let (Some(d), Some(r)) = (direct, relayed) {
@@ -412,8 +483,52 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
             paired.len()
         );
     }
+    let mut small =
+        String::from("| data path | UDP 64 B (kpps received) | ping avg (ms) |\n|---|---:|---:|\n");
+    for (i, subject) in subjects.iter().enumerate() {
+        if subject.small_packets() {
+            small.push_str(&format!(
+                "| {} | {} | {} |\n",
+                subject.label(),
+                fmt(median(&mut kpps[i]), 1),
+                fmt(median(&mut ping[i]), 3)
+            ));
+        }
+    }
+    let small_median = |want: fn(&Subject) -> bool, of: &mut Vec<Vec<f64>>| {
+        subjects
+            .iter()
+            .position(want)
+            .and_then(|i| median(&mut of[i]))
+    };
+    let (enc_kpps, wg_kpps) = (
+        small_median(|s| matches!(s, Subject::Encrypted), &mut kpps),
+        small_median(|s| matches!(s, Subject::Boringtun(_)), &mut kpps),
+    );
+    let (enc_ping, wg_ping) = (
+        small_median(|s| matches!(s, Subject::Encrypted), &mut ping),
+        small_median(|s| matches!(s, Subject::Boringtun(_)), &mut ping),
+    );
     if wg.is_some() {
-        comparisons += &ratio_line("Encrypted sleeve / boringtun", encrypted, wg, None);
+        comparisons += &ratio_line(
+            "Encrypted sleeve / boringtun, TCP",
+            encrypted,
+            wg,
+            Some(TCP_VS_BORINGTUN),
+        );
+        comparisons += &ratio_line(
+            "Encrypted sleeve / boringtun, UDP 64 B packets/s",
+            enc_kpps,
+            wg_kpps,
+            Some(UDP64_VS_BORINGTUN),
+        );
+        // Lower is better: boringtun's round trip over ours, so ≥ 1 meets it.
+        comparisons += &ratio_line(
+            "boringtun / encrypted sleeve, ping round trip (≥ 1: ours no slower)",
+            wg_ping,
+            enc_ping,
+            Some(1.0),
+        );
         comparisons += &ratio_line(
             "Relayed encrypted sleeve / boringtun (direct)",
             relayed,
@@ -439,9 +554,14 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
          before, {} after. CPU: user + system time of both routers (relayed: all three; \
          boringtun: both boringtun daemons) during the run, divided by the gigabits carried (the \
          kernel's own share, softirq included, is not in it).\n\n\
-         {table}\n{comparisons}\n\
+         {table}\n\
+         Small packets, same run (encrypted only): iperf3 UDP with 64-byte datagrams at full \
+         speed, {seconds} s (packets received per second, sent minus lost), and the average of \
+         50 pings 20 ms apart; medians of {runs} runs.\n\n\
+         {small}\n{comparisons}\n\
          Targets (encryption issue): plain sleeve ≥ 1.5 Gbit/s; encrypted ≥ 5× a user-space \
-         WireGuard (boringtun). Target (relaying): relayed encrypted ≥ {RELAYED_TARGET}× direct \
+         WireGuard (boringtun); performance round 2: encrypted TCP ≥ {TCP_VS_BORINGTUN}×, UDP \
+         64 B ≥ {UDP64_VS_BORINGTUN}× boringtun, ping no slower than boringtun. Target (relaying): relayed encrypted ≥ {RELAYED_TARGET}× direct \
          encrypted. boringtun runs host to host (its tunnel between the two host \
          namespaces, MTU 1420), the others container to container.\n{errors}",
         run::utc_now(),

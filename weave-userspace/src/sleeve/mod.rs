@@ -19,6 +19,7 @@
 //! tagged with its origin and destination (`weave_ebpf_common::handover`) and is routed on
 //! the same way.
 
+pub mod batch;
 pub mod bridge_port;
 pub mod forwarding;
 pub mod macs;
@@ -36,6 +37,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::crypto::{NonceDomain, SessionKeys};
+use batch::{Group, GroupLimits, SendPlan};
 use forwarding::{Neighbour, Routing, Send};
 use packet::{Decoder, DropReason, Encoder, Header, RouteHeader};
 use tap::{Tap, VNET_HDR_LEN};
@@ -412,84 +414,124 @@ fn sockaddr(to: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-/// Sends back-to-back datagrams of `stride` bytes (the last shorter) in one UDP GSO call.
-fn send_gso(socket: &UdpSocket, data: &[u8], stride: usize, to: SocketAddrV4) -> io::Result<()> {
-    let mut addr = sockaddr(to);
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let mut control = [0u64; 4];
-    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if data.len() > stride {
-        msg.msg_control = control.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE is pure arithmetic.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
-        // SAFETY: the control buffer holds CMSG_SPACE(2) bytes (32 >= 24), aligned for
-        // cmsghdr; CMSG_FIRSTHDR points into it and CMSG_DATA has room for a u16.
-        unsafe {
-            let cm = libc::CMSG_FIRSTHDR(&msg);
-            (*cm).cmsg_level = SOL_UDP;
-            (*cm).cmsg_type = UDP_SEGMENT;
-            (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), stride as u16);
-        }
-    }
-    // SAFETY: `msg` and everything it points to are valid for the call.
-    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
+/// Most messages handed to one `sendmmsg`.
+const MAX_MESSAGES: usize = 64;
 
-/// Sends a frame's datagrams: in UDP GSO batches when the kernel takes them, else one by one.
-fn send_datagrams(
-    shared: &Shared,
+/// Sends `groups` (datagrams in `data`) in one `sendmmsg`, each group one message cut by UDP
+/// GSO when it holds more than one datagram; returns how many groups the kernel took (at
+/// least one), or the error of the first.
+fn send_groups(
     socket: &UdpSocket,
     data: &[u8],
-    stride: usize,
-    to: SocketAddrV4,
-) {
-    let count = |bytes: usize, n: u64| {
-        COUNTERS.tx_packets.fetch_add(n, Relaxed);
-        COUNTERS.tx_bytes.fetch_add(bytes as u64, Relaxed);
-    };
-    if shared.gso.load(Relaxed) {
-        let per_call = (GSO_MAX_BYTES / stride).clamp(1, packet::MAX_SEGMENTS) * stride;
-        let mut ok = true;
-        for batch in data.chunks(per_call) {
-            match send_gso(socket, batch, stride, to) {
-                Ok(()) => count(batch.len(), batch.len().div_ceil(stride) as u64),
-                Err(e)
-                    if matches!(
+    groups: &[Group<SocketAddrV4>],
+) -> io::Result<usize> {
+    let n = groups.len().min(MAX_MESSAGES);
+    let mut addrs = [sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); MAX_MESSAGES];
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_MESSAGES];
+    let mut controls = [[0u64; 4]; MAX_MESSAGES];
+    // SAFETY: an all-zero mmsghdr is valid.
+    let mut msgs: [libc::mmsghdr; MAX_MESSAGES] = unsafe { std::mem::zeroed() };
+    for (i, g) in groups[..n].iter().enumerate() {
+        let bytes = &data[g.start..g.start + g.len];
+        addrs[i] = sockaddr(g.to);
+        iovs[i] = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        let msg = &mut msgs[i].msg_hdr;
+        msg.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iovs[i];
+        msg.msg_iovlen = 1;
+        if g.count > 1 {
+            msg.msg_control = controls[i].as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is pure arithmetic.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+            // SAFETY: the control buffer holds CMSG_SPACE(2) bytes (32 >= 24), aligned for
+            // cmsghdr; CMSG_FIRSTHDR points into it and CMSG_DATA has room for a u16.
+            unsafe {
+                let cm = libc::CMSG_FIRSTHDR(msg);
+                (*cm).cmsg_level = SOL_UDP;
+                (*cm).cmsg_type = UDP_SEGMENT;
+                (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), g.stride as u16);
+            }
+        }
+    }
+    // SAFETY: the first `n` messages and everything they point to (addresses, iovecs,
+    // control buffers on this stack frame, `data`) are valid for the call.
+    let sent = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((sent as usize).max(1))
+}
+
+/// Group `g` as one send per datagram (UDP GSO refused).
+fn one_by_one(g: &Group<SocketAddrV4>) -> impl Iterator<Item = Group<SocketAddrV4>> + '_ {
+    (0..g.count).map(move |i| {
+        let start = g.start + i * g.stride;
+        let len = g.stride.min(g.start + g.len - start);
+        Group {
+            to: g.to,
+            start,
+            len,
+            stride: len,
+            count: 1,
+        }
+    })
+}
+
+/// Sends the batch queued in `b` (in as few `sendmmsg` calls as it takes, each group one UDP
+/// GSO message while the kernel takes them, else datagram by datagram) and empties it.
+fn flush(shared: &Shared, socket: &UdpSocket, b: &mut Buffers) {
+    if b.plan.is_empty() {
+        b.out.clear();
+        b.frames = 0;
+        return;
+    }
+    let gso = shared.gso.load(Relaxed);
+    b.sends.clear();
+    for g in b.plan.groups() {
+        if gso || g.count == 1 {
+            b.sends.push(*g);
+        } else {
+            b.sends.extend(one_by_one(g));
+        }
+    }
+    let mut i = 0;
+    while i < b.sends.len() {
+        match send_groups(socket, &b.out, &b.sends[i..]) {
+            Ok(sent) => {
+                for g in &b.sends[i..i + sent] {
+                    COUNTERS.tx_packets.fetch_add(g.count as u64, Relaxed);
+                    COUNTERS.tx_bytes.fetch_add(g.len as u64, Relaxed);
+                }
+                i += sent;
+            }
+            Err(e)
+                if b.sends[i].count > 1
+                    && matches!(
                         e.raw_os_error(),
                         Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
                     ) =>
-                {
-                    tracing::warn!("sleeve: UDP GSO refused ({e}); sending datagrams one by one");
-                    shared.gso.store(false, Relaxed);
-                    ok = false;
-                    break;
-                }
-                Err(_) => {}
+            {
+                tracing::warn!("sleeve: UDP GSO refused ({e}); sending datagrams one by one");
+                shared.gso.store(false, Relaxed);
+                let rest: Vec<_> = b.sends[i..].iter().flat_map(one_by_one).collect();
+                b.sends.truncate(i);
+                b.sends.extend(rest);
             }
-        }
-        if ok {
-            return;
-        }
-    }
-    for d in packet::segments(data, stride) {
-        if socket.send_to(d, to).is_ok() {
-            count(d.len(), 1);
+            // Dropped like a datagram lost on the way (no buffer space, no route).
+            Err(_) => i += 1,
         }
     }
+    b.out.clear();
+    b.plan.clear();
+    b.frames = 0;
 }
 
 /// TAP → peers.
@@ -497,9 +539,17 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
     let mut frame = vec![0u8; packet::MAX_PAYLOAD];
     let mut buffers = Buffers::default();
     while !shared.stop.load(Relaxed) {
+        // A batch leaves once the TAP holds no more frames, or at its limits.
+        if buffers.frames >= batch::MAX_BATCH_FRAMES
+            || buffers.out.len() >= batch::MAX_BATCH_BYTES
+            || (buffers.frames > 0 && buffers.started.elapsed() >= batch::BATCH_BUDGET)
+        {
+            flush(shared, socket, &mut buffers);
+        }
         let n = match tap.read(&mut frame) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                flush(shared, socket, &mut buffers);
                 if let Err(e) = tap.wait_readable(200) {
                     tracing::error!("sleeve: polling {}: {e}", tap.name());
                     return;
@@ -512,6 +562,10 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
                 return;
             }
         };
+        if buffers.frames == 0 {
+            buffers.started = std::time::Instant::now();
+        }
+        buffers.frames += 1;
         if let Some((origin, destination, start)) = take_handover(&mut frame[..n]) {
             let outcome = {
                 let peers = read(&shared.peers);
@@ -533,7 +587,7 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
                         COUNTERS.drop(reason);
                     }
                     for send in outcome.forward {
-                        send_one(shared, socket, send, &frame[start..n], &mut buffers);
+                        send_one(shared, send, &frame[start..n], &mut buffers);
                     }
                 }
                 None => COUNTERS.drop(DropReason::Malformed),
@@ -561,7 +615,7 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
             )
         };
         for send in sends {
-            send_one(shared, socket, send, payload, &mut buffers);
+            send_one(shared, send, payload, &mut buffers);
         }
     }
 }
@@ -597,17 +651,42 @@ fn neighbour(peers: &BTreeMap<u16, Arc<Peer>>, id: u16) -> Option<Neighbour> {
     })
 }
 
-/// Buffers a thread reuses for every datagram it builds.
-#[derive(Default)]
+/// Buffers a thread reuses for every datagram it builds, and the batch being built.
 struct Buffers {
+    /// The batch's datagrams, back to back.
     out: Vec<u8>,
+    /// How they leave: groups of one UDP GSO send each.
+    plan: SendPlan<SocketAddrV4>,
+    /// The sends of a flush (the plan's groups, or their datagrams one by one).
+    sends: Vec<Group<SocketAddrV4>>,
+    /// Frames in the batch, and when its first was read.
+    frames: usize,
+    started: std::time::Instant,
     scratch: Vec<u8>,
     /// A routed payload: the route header, then the frame.
     routed: Vec<u8>,
 }
 
-/// Seals (when encrypted) and sends `payload` to one neighbour, as ours or routed.
-fn send_one(shared: &Shared, socket: &UdpSocket, send: Send, payload: &[u8], b: &mut Buffers) {
+impl Default for Buffers {
+    fn default() -> Self {
+        Self {
+            out: Vec::with_capacity(batch::MAX_BATCH_BYTES + packet::MAX_DATAGRAM * 2),
+            plan: SendPlan::new(GroupLimits {
+                max_bytes: GSO_MAX_BYTES,
+                max_segments: packet::MAX_SEGMENTS,
+            }),
+            sends: Vec::new(),
+            frames: 0,
+            started: std::time::Instant::now(),
+            scratch: Vec::new(),
+            routed: Vec::new(),
+        }
+    }
+}
+
+/// Seals (when encrypted) `payload` for one neighbour, as ours or routed, and queues its
+/// datagrams in the batch ([`flush`] sends them).
+fn send_one(shared: &Shared, send: Send, payload: &[u8], b: &mut Buffers) {
     let (to, route) = match send {
         Send::Direct(to) => (to, None),
         Send::Routed(to, route) => (to, Some(route)),
@@ -630,10 +709,19 @@ fn send_one(shared: &Shared, socket: &UdpSocket, send: Send, payload: &[u8], b: 
             &b.routed
         }
     };
+    let start = b.out.len();
     let encoded =
         lock(&peer.encoder).encode_kind(body, route.is_some(), segment, &mut b.out, &mut b.scratch);
     match encoded {
-        Ok(stride) => send_datagrams(shared, socket, &b.out, stride, peer.addr),
+        Ok(stride) => {
+            let end = b.out.len();
+            let mut at = start;
+            while at < end {
+                let len = stride.min(end - at);
+                b.plan.push(peer.addr, at, len);
+                at += len;
+            }
+        }
         Err(e) => tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr),
     }
 }
@@ -704,8 +792,10 @@ fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
             }
         };
         for datagram in buf[..n].chunks_mut(segment.max(1)) {
-            receive_one(shared, socket, tap, datagram, from, &mut buffers);
+            receive_one(shared, tap, datagram, from, &mut buffers);
         }
+        // Frames relayed on.
+        flush(shared, socket, &mut buffers);
     }
 }
 
@@ -732,7 +822,6 @@ fn probe_round(payload: &[u8]) -> Option<u32> {
 
 fn receive_one(
     shared: &Shared,
-    socket: &UdpSocket,
     tap: &Tap,
     datagram: &mut [u8],
     from: SocketAddr,
@@ -805,7 +894,7 @@ fn receive_one(
         COUNTERS.drop(reason);
     }
     for send in outcome.forward {
-        send_one(shared, socket, send, frame, buffers);
+        send_one(shared, send, frame, buffers);
     }
     if outcome.deliver {
         deliver(shared, tap, route.origin, frame);

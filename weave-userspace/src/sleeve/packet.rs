@@ -170,8 +170,8 @@ impl Encoder {
     }
 
     /// Seals `payload` (when encrypted) and cuts it into segments of at most `segment`
-    /// bytes, their datagrams one after another in `out`; returns the size of every
-    /// datagram but the last (the UDP GSO segment size).
+    /// bytes, their datagrams one after another appended to `out`; returns the size of
+    /// every datagram but the last (the UDP GSO segment size).
     pub fn encode(
         &mut self,
         payload: &[u8],
@@ -206,11 +206,29 @@ impl Encoder {
             count: count as u8,
             counter: 0,
         };
+        let start = out.len();
         let body: &[u8] = match &mut self.sealer {
             None => {
                 header.counter = self.next_plain;
                 self.next_plain += 1;
                 payload
+            }
+            Some(sealer) if count == 1 => {
+                // One datagram (every small frame): sealed where it is sent from.
+                header.counter = sealer.next_counter();
+                out.resize(start + HEADER_LEN, 0);
+                header.write(&mut out[start..]);
+                out.extend_from_slice(payload);
+                let aad: [u8; HEADER_LEN] =
+                    out[start..start + HEADER_LEN].try_into().expect("a header");
+                match sealer.seal_detached(&aad, &mut out[start + HEADER_LEN..]) {
+                    Ok((_, t)) => out.extend_from_slice(&t),
+                    Err(e) => {
+                        out.truncate(start);
+                        return Err(e);
+                    }
+                }
+                return Ok(out.len() - start);
             }
             Some(sealer) => {
                 header.counter = sealer.next_counter();
@@ -223,7 +241,6 @@ impl Encoder {
                 scratch
             }
         };
-        out.clear();
         out.reserve(body.len() + count * HEADER_LEN);
         for (index, chunk) in body.chunks(segment).enumerate() {
             let at = out.len();
@@ -501,6 +518,121 @@ mod tests {
             );
         }
         assert_eq!(decode(&mut dec, &c), Ok(Some(b"third".to_vec())));
+    }
+
+    /// Frames sealed one after another into one buffer and grouped as the send thread does
+    /// ([`super::super::batch`]); returns the datagrams as the receiver reads them (each
+    /// group in one GRO read, cut every stride), in order.
+    fn batch(enc: &mut Encoder, frames: &[Vec<u8>], segment: usize) -> Vec<Vec<u8>> {
+        use super::super::batch::{GroupLimits, SendPlan};
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let mut plan = SendPlan::new(GroupLimits {
+            max_bytes: 60_000,
+            max_segments: MAX_SEGMENTS,
+        });
+        for f in frames {
+            let start = out.len();
+            let stride = enc.encode(f, segment, &mut out, &mut scratch).unwrap();
+            let mut at = start;
+            while at < out.len() {
+                let len = stride.min(out.len() - at);
+                plan.push(0u8, at, len);
+                at += len;
+            }
+        }
+        let mut received = Vec::new();
+        for g in plan.groups() {
+            assert!(g.stride <= HEADER_LEN + segment, "a datagram over the MTU");
+            let read = &out[g.start..g.start + g.len];
+            let cut: Vec<_> = read.chunks(g.stride).collect();
+            assert_eq!(cut.len(), g.count);
+            received.extend(cut.into_iter().map(<[u8]>::to_vec));
+        }
+        received
+    }
+
+    fn decode_all(dec: &mut Decoder, ds: &[Vec<u8>]) -> Vec<Result<Option<Vec<u8>>, DropReason>> {
+        ds.iter().map(|d| decode(dec, d)).collect()
+    }
+
+    #[test]
+    fn a_batch_of_small_frames_arrives_in_order_and_each_frame_opens_once() {
+        let (mut enc, mut dec) = sealed_pair();
+        let frames: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 60]).collect();
+        let ds = batch(&mut enc, &frames, SEG);
+        assert_eq!(ds.len(), frames.len(), "one datagram per small frame");
+        let got = decode_all(&mut dec, &ds);
+        let want: Vec<_> = frames.iter().map(|f| Ok(Some(f.clone()))).collect();
+        assert_eq!(got, want, "every frame, in order");
+        // The batch replayed whole, and one frame of it alone: refused.
+        assert!(decode_all(&mut dec, &ds)
+            .iter()
+            .all(|r| *r == Err(DropReason::Replayed)));
+        assert_eq!(decode(&mut dec, &ds[17]), Err(DropReason::Replayed));
+        // A frame altered inside a new batch is refused; its neighbours still open.
+        let mut next = batch(&mut enc, &frames[..3], SEG);
+        next[1][HEADER_LEN + 5] ^= 1;
+        assert_eq!(
+            decode_all(&mut dec, &next),
+            vec![
+                Ok(Some(frames[0].clone())),
+                Err(DropReason::Forged),
+                Ok(Some(frames[2].clone()))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_is_cut_by_the_mtu_and_a_large_frame_inside_it_reassembles() {
+        let (mut enc, mut dec) = sealed_pair();
+        let large: Vec<u8> = (0..10_000).map(|i| i as u8).collect();
+        let frames = vec![
+            vec![1; 80],
+            vec![2; 80],
+            large.clone(),
+            vec![3; 80],
+            vec![4; 200],
+        ];
+        let ds = batch(&mut enc, &frames, SEG);
+        assert!(ds.iter().all(|d| d.len() <= HEADER_LEN + SEG));
+        let delivered: Vec<Vec<u8>> = decode_all(&mut dec, &ds)
+            .into_iter()
+            .filter_map(|r| r.unwrap())
+            .collect();
+        assert_eq!(delivered, frames);
+    }
+
+    #[test]
+    fn batched_datagrams_are_the_ones_a_previous_version_reads() {
+        // Batching changes how datagrams leave, not what they are: each small frame is the
+        // header, then the frame sealed with that header as associated data and its counter
+        // as nonce, then the tag — as before batching, so a peer of any protocol version
+        // opens them.
+        let key = [4u8; 32];
+        let mut enc = Encoder::new(7, Some(Sealer::new(&key, NonceDomain::Data)));
+        let frames: Vec<Vec<u8>> = vec![vec![5; 64], vec![6; 64], vec![7; 100]];
+        let ds = batch(&mut enc, &frames, SEG);
+        let mut sealer = Sealer::new(&key, NonceDomain::Data);
+        let expected: Vec<Vec<u8>> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let mut head = [0u8; HEADER_LEN];
+                Header {
+                    sealed: true,
+                    routed: false,
+                    sender: 7,
+                    index: 0,
+                    count: 1,
+                    counter: i as u64,
+                }
+                .write(&mut head);
+                let mut body = f.clone();
+                sealer.seal(&head, &mut body).unwrap();
+                [&head[..], &body].concat()
+            })
+            .collect();
+        assert_eq!(ds, expected);
     }
 
     #[test]
