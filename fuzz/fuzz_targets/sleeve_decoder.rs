@@ -130,6 +130,8 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 drop_mask,
             } => {
                 let segment = usize::from(*segment % 2048).max(8);
+                // The encoder appends: one frame's datagrams at a time.
+                out.clear();
                 if encoder
                     .encode(payload, segment, &mut out, &mut scratch)
                     .is_err()

@@ -1,5 +1,7 @@
-//! A router killed without a word (SIGKILL) disappears from every other router's view of the
-//! mesh within about ten seconds: no connection to it, no peer of that name in gossip.
+//! A host that vanishes without a word (its router killed with SIGKILL, its link cut)
+//! disappears from every other router's view of the mesh within about ten seconds: no
+//! connection to it, no peer of that name in gossip. (A router killed on a host that stays up
+//! keeps answering in the kernel and is held by its peers: `peer_grace.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,7 @@ fn mesh_killed_router_is_dropped_by_all_others() {
 
     bed.router_mut(4).kill();
     let t0 = Instant::now();
+    bed.host(4).ns.ip("link set eth0 down").expect("host4's link down");
     // First the mesh view: gossip, routes and live connections.
     let mut took = Vec::new();
     for i in 1..=3 {

@@ -680,18 +680,6 @@ impl MeshCore {
             }
             Admission::Accept { replace } => replace,
         };
-        if let Some(held) = self.held.remove(&hello.name) {
-            // Back: its entries were never taken out; the new connection's placement
-            // writes them over in place. Another short ID is another entry.
-            tracing::info!(
-                "peer {}({}) is back after its connection was lost; it was held in the data path",
-                hello.name,
-                hello.nickname
-            );
-            if held.placement.peer.short_id != hello.short_id {
-                effects.push(Effect::Remove(held.placement));
-            }
-        }
         if let Some(old) = replace.and_then(|old| self.connections.remove(&old).map(|c| (old, c))) {
             effects.push(Effect::Close {
                 id: old.0,
@@ -703,6 +691,20 @@ impl MeshCore {
         }
         let trusted = self.local.trusted_both_ways(&hello);
         let overlay = self.initial_overlay(trusted);
+        if let Some(held) = self.held.remove(&hello.name) {
+            // Back: its entries were never taken out; a placement like the last one writes
+            // them over in place. Another short ID is another entry, and a placement on the
+            // sleeve must not find the fast path still routing to it (the peer may no longer
+            // take our VXLAN, e.g. it no longer trusts us): both take the old entry out first.
+            tracing::info!(
+                "peer {}({}) is back after its connection was lost; it was held in the data path",
+                hello.name,
+                hello.nickname
+            );
+            if held.placement.peer.short_id != hello.short_id || overlay != Overlay::Fastdp {
+                effects.push(Effect::Remove(held.placement));
+            }
+        }
         let watched = self.config.has_sleeve
             && overlay == Overlay::Fastdp
             && version >= FASTDP_STATUS_VERSION;
