@@ -193,13 +193,14 @@ fn cni_plugin_answers_per_spec() {
 }
 
 /// `podman run --network weave` on two hosts: ping across, a published port through the
-/// portmap chain, `podman rm` releases the address, the router down is a clear error.
+/// portmap chain answering from the other host and this one, `podman rm` releases the
+/// address, the router down is a clear error.
 #[test]
 fn podman_runs_containers_on_weave() {
     if !require_root("podman_runs_containers_on_weave") {
         return;
     }
-    require_tools(&["podman", "runc", "iptables", "busybox"]);
+    require_tools(&["podman", "runc", "iptables", "busybox", "curl"]);
     assert!(
         Path::new(weave_tests::podman::SYSTEM_CNI_DIR)
             .join("portmap")
@@ -294,8 +295,7 @@ fn podman_runs_containers_on_weave() {
         );
 
         // portmap ran after weave-net on its result: its DNAT to the container's address
-        // is in host1's nat table. (Reaching the published port is not asserted: see
-        // README, Limitations.)
+        // is in host1's nat table.
         let nat = h1
             .run_timeout(&["iptables", "-t", "nat", "-S"], minute)
             .unwrap();
@@ -305,6 +305,28 @@ fn podman_runs_containers_on_weave() {
             "no DNAT of portmap for {web_ip}:\n{}",
             nat.stdout
         );
+        // The published port answers once host1 has an address in web's subnet (`expose`):
+        // from host2's underlay address and from host1 itself, both to host1's underlay
+        // address. The subnet isolation lets a container receive from its own subnet only,
+        // so what the host routes in enters masqueraded to the bridge's address.
+        let published = format!("http://{}:8080/", bed.host(1).addr);
+        let get = |from: &Netns| {
+            from.run_timeout(
+                &["curl", "-s", "--max-time", "5", "--retry", "2", &published],
+                minute,
+            )
+            .unwrap()
+        };
+        let exposed = bed.router(1).check(&["expose"]).expect("expose");
+        for (from, ns) in [("host2", &h2), ("host1", &h1)] {
+            let out = get(ns);
+            assert!(
+                out.success() && out.stdout.contains("served through weave"),
+                "{from} -> {published}: {}\n{}\n(exposed {exposed})",
+                out.stdout,
+                out.stderr
+            );
+        }
 
         // podman rm: the endpoint goes and the address is released.
         let out = podman

@@ -1,14 +1,18 @@
-//! Masquerading for `expose`: what the weave network sends from an exposed subnet to the
-//! outside leaves with the host's address. One nftables table, `ip weave-router`, rewritten
-//! whole whenever the set of exposed subnets changes: one nfnetlink batch (atomic, as
-//! `nft -f` would send) that makes sure the table exists, deletes it, and creates it again
-//! with a NAT chain at postrouting and one rule per subnet:
+//! Masquerading for `expose`, both ways as Weave Net's `expose` did: what the weave network
+//! sends from an exposed subnet to the outside leaves with the host's address, and what the
+//! host routes into an exposed subnet from outside it (a port published with `portmap`, a
+//! client on another machine) enters with the bridge's address in that subnet, the one
+//! source the subnet isolation lets through. One nftables table, `ip weave-router`,
+//! rewritten whole whenever the set of exposed subnets changes: one nfnetlink batch
+//! (atomic, as `nft -f` would send) that makes sure the table exists, deletes it, and
+//! creates it again with a NAT chain at postrouting and two rules per subnet:
 //!
 //! ```text
 //! table ip weave-router {
 //!     chain postrouting {
 //!         type nat hook postrouting priority srcnat; policy accept;
 //!         ip saddr SUBNET ip daddr != SUBNET oifname != "weave" masquerade
+//!         ip saddr != SUBNET ip daddr SUBNET oifname "weave" masquerade
 //!     }
 //! }
 //! ```
@@ -136,12 +140,16 @@ pub fn batch(subnets: &[Ipv4Net], bridge: &str, first_seq: u32) -> Batch {
         },
     );
     for s in subnets {
-        let what = format!("add the masquerade rule for {s}");
-        b.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, &what, |m| {
-            m.string(NFTA_RULE_TABLE, NAT_TABLE);
-            m.string(NFTA_RULE_CHAIN, NAT_CHAIN);
-            m.nested(NFTA_RULE_EXPRESSIONS, |e| masquerade_rule(e, *s, bridge));
-        });
+        for way in [Way::Out, Way::In] {
+            let what = format!("add the {} masquerade rule for {s}", way.name());
+            b.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, &what, |m| {
+                m.string(NFTA_RULE_TABLE, NAT_TABLE);
+                m.string(NFTA_RULE_CHAIN, NAT_CHAIN);
+                m.nested(NFTA_RULE_EXPRESSIONS, |e| {
+                    masquerade_rule(e, *s, bridge, way)
+                });
+            });
+        }
     }
     b.message(
         NFNL_MSG_BATCH_END,
@@ -156,14 +164,44 @@ pub fn batch(subnets: &[Ipv4Net], bridge: &str, first_seq: u32) -> Batch {
     }
 }
 
-/// `ip saddr S ip daddr != S oifname != BRIDGE masquerade`, as `nft` would encode it.
-fn masquerade_rule(e: &mut Attrs<'_>, subnet: Ipv4Net, bridge: &str) {
+/// Which traffic of an exposed subnet a masquerade rule rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    /// From the subnet to the outside, leaving through another interface than the bridge.
+    Out,
+    /// From outside the subnet into it, through the bridge.
+    In,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Out => "outbound",
+            Way::In => "inbound",
+        }
+    }
+
+    /// The comparisons of the source address, the destination address and the output
+    /// interface's name.
+    fn ops(self) -> [u32; 3] {
+        match self {
+            Way::Out => [NFT_CMP_EQ, NFT_CMP_NEQ, NFT_CMP_NEQ],
+            Way::In => [NFT_CMP_NEQ, NFT_CMP_EQ, NFT_CMP_EQ],
+        }
+    }
+}
+
+/// `ip saddr S ip daddr != S oifname != BRIDGE masquerade` ([`Way::Out`]) or
+/// `ip saddr != S ip daddr S oifname BRIDGE masquerade` ([`Way::In`]), as `nft` would
+/// encode it.
+fn masquerade_rule(e: &mut Attrs<'_>, subnet: Ipv4Net, bridge: &str, way: Way) {
     let mask = u32::MAX
         .checked_shl(32 - u32::from(subnet.prefix_len()))
         .unwrap_or(0)
         .to_be_bytes();
     let network = subnet.network().octets();
-    for (offset, op) in [(IPV4_SADDR, NFT_CMP_EQ), (IPV4_DADDR, NFT_CMP_NEQ)] {
+    let [saddr_op, daddr_op, oifname_op] = way.ops();
+    for (offset, op) in [(IPV4_SADDR, saddr_op), (IPV4_DADDR, daddr_op)] {
         expression(e, "payload", |d| {
             d.be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
             d.be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER);
@@ -194,7 +232,7 @@ fn masquerade_rule(e: &mut Attrs<'_>, subnet: Ipv4Net, bridge: &str) {
     name[..len].copy_from_slice(&bridge.as_bytes()[..len]);
     expression(e, "cmp", |d| {
         d.be32(NFTA_CMP_SREG, NFT_REG_1);
-        d.be32(NFTA_CMP_OP, NFT_CMP_NEQ);
+        d.be32(NFTA_CMP_OP, oifname_op);
         d.nested(NFTA_CMP_DATA, |v| v.bytes(NFTA_DATA_VALUE, &name));
     });
     expression(e, "masq", |_| {});
@@ -432,17 +470,27 @@ mod tests {
                 nft(NFT_MSG_NEWTABLE),
                 nft(NFT_MSG_NEWCHAIN),
                 nft(NFT_MSG_NEWRULE),
+                nft(NFT_MSG_NEWRULE),
                 NFNL_MSG_BATCH_END,
             ]
         );
         let seqs: Vec<u32> = m.iter().map(|x| x.2).collect();
-        assert_eq!(seqs, (100..107).collect::<Vec<_>>());
+        assert_eq!(seqs, (100..108).collect::<Vec<_>>());
         // Every step but the batch markers is acknowledged and named.
-        assert_eq!(b.steps.len(), 5);
-        assert!(m[1..6].iter().all(|x| x.1 & NLM_F_ACK != 0));
+        assert_eq!(b.steps.len(), 6);
+        assert!(m[1..7].iter().all(|x| x.1 & NLM_F_ACK != 0));
         assert_eq!(
-            b.steps[4],
-            (105, "add the masquerade rule for 10.2.1.0/24".into())
+            b.steps[4..],
+            [
+                (
+                    105,
+                    "add the outbound masquerade rule for 10.2.1.0/24".into()
+                ),
+                (
+                    106,
+                    "add the inbound masquerade rule for 10.2.1.0/24".into()
+                ),
+            ]
         );
         assert!(contains(&m[1].3, b"weave-router\0"));
     }
@@ -461,6 +509,24 @@ mod tests {
         // A /32 needs no mask.
         let host = batch(&["10.2.1.7/32".parse().unwrap()], "weave", 1);
         assert!(!contains(&messages(&host.bytes)[5].3, b"bitwise\0"));
+    }
+
+    #[test]
+    fn the_inbound_rule_turns_every_comparison_round() {
+        let b = batch(&["10.2.1.0/24".parse().unwrap()], "weave", 1);
+        let m = messages(&b.bytes);
+        let (out, inbound) = (&m[5].3, &m[6].3);
+        assert_eq!(out.len(), inbound.len());
+        // The two rules differ in the last byte of each comparison's operator only:
+        // source, destination, output interface.
+        let differ: Vec<(u8, u8)> = out
+            .iter()
+            .zip(inbound.iter())
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        let (eq, neq) = (NFT_CMP_EQ as u8, NFT_CMP_NEQ as u8);
+        assert_eq!(differ, vec![(eq, neq), (neq, eq), (neq, eq)]);
     }
 
     #[test]
