@@ -126,8 +126,43 @@ fn iperf(p: &Pair, args: &[&str], seconds: u32) -> Result<Value> {
         .client()
         .ns
         .run_timeout(&argv, Duration::from_secs(seconds as u64 + 30))?;
-    let v: Value = serde_json::from_str(&out.stdout)
-        .with_context(|| format!("iperf3 output: {}", out.stderr.trim()))?;
+    iperf_json(&out.stdout, &out.stderr)
+}
+
+/// A section with one timed figure (median, p90 and count of `times`, in ms): its
+/// `heading`, the run's date, commit and load, the `setup`, the figure's row and what its
+/// time `includes`.
+pub(crate) fn timed_figure_section(
+    heading: &str,
+    setup: &str,
+    figure: &str,
+    includes: &str,
+    times: &mut [f64],
+) -> String {
+    format!(
+        "## {heading}\n\n\
+         Written by `cargo xtask bench` on {} (commit {}); 2 vCPU, load average {} at the end; \
+         {setup}\n\n\
+         | figure | median | p90 | runs |\n|---|---:|---:|---:|\n\
+         | {figure} | {:.0} | {:.0} | {} |\n\n\
+         {includes}\n",
+        run::utc_now(),
+        run::git_head(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?"),
+        crate::stats::median(times),
+        crate::stats::percentile(times, 0.9),
+        times.len(),
+    )
+}
+
+/// iperf3's `-J` report, or its own error.
+pub(crate) fn iperf_json(stdout: &str, stderr: &str) -> Result<Value> {
+    let v: Value = serde_json::from_str(stdout)
+        .with_context(|| format!("iperf3 output: {}", stderr.trim()))?;
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
         anyhow::bail!("iperf3: {e}");
     }
@@ -145,6 +180,12 @@ fn tcp_gbits(p: &Pair, streams: u32, seconds: u32) -> Result<f64> {
 
 fn udp_kpps(p: &Pair, seconds: u32) -> Result<f64> {
     let v = iperf(p, &["-u", "-b", "0", "-l", "64"], seconds)?;
+    udp_received_kpps(&v, seconds)
+}
+
+/// Thousands of datagrams per second received (sent minus lost) in an iperf3 UDP report
+/// of a `seconds`-long run.
+pub(crate) fn udp_received_kpps(v: &Value, seconds: u32) -> Result<f64> {
     let sum = &v["end"]["sum"];
     let packets = sum["packets"]
         .as_f64()

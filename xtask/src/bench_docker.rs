@@ -9,7 +9,6 @@ use weave_tests::docker::{self, DockerHost, IMAGE};
 use weave_tests::{host_addr, LaunchOpts, TestBed};
 
 use crate::run::{self, step};
-use crate::stats::{median, percentile};
 
 const BEGIN: &str = "<!-- docker:begin (written by `cargo xtask bench`) -->";
 const END: &str = "<!-- docker:end -->";
@@ -143,26 +142,15 @@ pub fn run(runs: usize, output: &std::path::Path) -> Result<()> {
         times.push(once(&b, k)?);
     }
     drop(b);
-    let section = format!(
-        "## Docker\n\n\
-         Written by `cargo xtask bench` on {} (commit {}); 2 vCPU, load average {} at the end; \
-         one dockerd and one router per simulated host (network namespaces).\n\n\
-         | figure | median | p90 | runs |\n|---|---:|---:|---:|\n\
-         | `docker run -d` through the proxy on host 1 until the container pings a container of \
-         host 2 by name and its own name resolves on host 2 (ms) | {:.0} | {:.0} | {} |\n\n\
-         The time includes `docker run` itself (create, start; the proxy answers the start once \
+    let section = crate::bench::timed_figure_section(
+        "Docker",
+        "one dockerd and one router per simulated host (network namespaces).",
+        "`docker run -d` through the proxy on host 1 until the container pings a container of \
+         host 2 by name and its own name resolves on host 2 (ms)",
+        "The time includes `docker run` itself (create, start; the proxy answers the start once \
          the container is attached) and one `docker exec ping` per poll; the containers of \
-         earlier runs keep running, so every run gets a fresh address.\n",
-        run::utc_now(),
-        run::git_head(),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .unwrap_or("?"),
-        median(&mut times),
-        percentile(&mut times, 0.9),
-        times.len(),
+         earlier runs keep running, so every run gets a fresh address.",
+        &mut times,
     );
     println!("{section}");
     run::write_marked_section(output, BEGIN, END, &section)

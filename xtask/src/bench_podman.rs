@@ -9,7 +9,6 @@ use weave_tests::podman::Podman;
 use weave_tests::{Netns, TestBed};
 
 use crate::run::{self, step};
-use crate::stats::{median, percentile};
 
 const BEGIN: &str = "<!-- podman:begin (written by `cargo xtask bench`) -->";
 const END: &str = "<!-- podman:end -->";
@@ -139,26 +138,15 @@ pub fn run(runs: usize, output: &std::path::Path) -> Result<()> {
         times.push(once(&b, k, &w2)?);
     }
     drop(b);
-    let section = format!(
-        "## podman (CNI)\n\n\
-         Written by `cargo xtask bench` on {} (commit {}); 2 vCPU, load average {} at the end; \
-         one router and podman 4.3 (CNI backend, `weave-net` then `portmap`) per simulated host.\n\n\
-         | figure | median | p90 | runs |\n|---|---:|---:|---:|\n\
-         | `podman run -d --network weave` on host 1 until the container pings a container of \
-         host 2 (ms) | {:.0} | {:.0} | {} |\n\n\
-         The time includes `podman run` itself (create, the CNI ADD, start) and one \
+    let section = crate::bench::timed_figure_section(
+        "podman (CNI)",
+        "one router and podman 4.3 (CNI backend, `weave-net` then `portmap`) per simulated host.",
+        "`podman run -d --network weave` on host 1 until the container pings a container of \
+         host 2 (ms)",
+        "The time includes `podman run` itself (create, the CNI ADD, start) and one \
          `podman exec ping` per poll, each a podman process of its own (podman has no daemon); \
-         the containers of earlier runs keep running, so every run gets a fresh address.\n",
-        run::utc_now(),
-        run::git_head(),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .unwrap_or("?"),
-        median(&mut times),
-        percentile(&mut times, 0.9),
-        times.len(),
+         the containers of earlier runs keep running, so every run gets a fresh address.",
+        &mut times,
     );
     println!("{section}");
     run::write_marked_section(output, BEGIN, END, &section)

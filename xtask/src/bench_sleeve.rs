@@ -261,19 +261,8 @@ fn udp64_kpps(p: &Carrier, seconds: u32) -> Result<f64> {
         ],
         Duration::from_secs(seconds as u64 + 30),
     )?;
-    let v: serde_json::Value = serde_json::from_str(&out.stdout)
-        .with_context(|| format!("iperf3 output: {}", out.stderr.trim()))?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        anyhow::bail!("iperf3: {e}");
-    }
-    let sum = &v["end"]["sum"];
-    let packets = sum["packets"].as_f64().context("no end.sum.packets")?;
-    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-    let secs = sum["seconds"]
-        .as_f64()
-        .filter(|s| *s > 0.0)
-        .unwrap_or(seconds as f64);
-    Ok((packets - lost) / secs / 1e3)
+    let v = crate::bench::iperf_json(&out.stdout, &out.stderr)?;
+    crate::bench::udp_received_kpps(&v, seconds)
 }
 
 /// Average round trip of 50 pings 20 ms apart, in milliseconds.
