@@ -283,21 +283,18 @@ impl Router {
         if !self.running {
             return Ok(());
         }
-        let out = self.cli_timeout(&["stop"], Duration::from_secs(30))?;
-        self.running = false;
-        let gone = cmd::wait_for(
-            "the router process to exit",
-            Duration::from_secs(15),
-            || router_pids(&self.netns).is_empty().then_some(()),
-        );
-        out.checked()?;
-        gone
+        self.stop_with(&["stop"])
     }
 
     /// `weave-router stop --keep-datapath` (an upgrade's first half), then waits until its
     /// process is gone; the kernel data path stays.
     pub fn stop_keeping_datapath(&mut self) -> Result<()> {
-        let out = self.cli_timeout(&["stop", "--keep-datapath"], Duration::from_secs(30))?;
+        self.stop_with(&["stop", "--keep-datapath"])
+    }
+
+    /// Runs a stop command, then waits until the router's process is gone.
+    fn stop_with(&mut self, args: &[&str]) -> Result<()> {
+        let out = self.cli_timeout(args, Duration::from_secs(30))?;
         self.running = false;
         let gone = cmd::wait_for(
             "the router process to exit",

@@ -204,11 +204,15 @@ fn ping_avg_ms(p: &Pair) -> Result<f64> {
         &["ping", "-n", "-q", "-c", "50", "-i", "0.02", &dst],
         Duration::from_secs(30),
     )?;
-    let line = out
-        .stdout
+    ping_avg_from(&out.stdout)
+}
+
+/// The average round trip in ping's summary (`rtt min/avg/max/mdev = …`), in milliseconds.
+pub(crate) fn ping_avg_from(stdout: &str) -> Result<f64> {
+    let line = stdout
         .lines()
         .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
-        .with_context(|| format!("no rtt line from ping: {}", out.stdout.trim()))?;
+        .with_context(|| format!("no rtt line from ping: {}", stdout.trim()))?;
     let nums = line.split('=').nth(1).context("rtt line")?.trim();
     let avg = nums.split('/').nth(1).context("rtt avg")?;
     avg.trim().parse().context("rtt avg number")

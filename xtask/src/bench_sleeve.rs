@@ -272,14 +272,7 @@ fn ping_ms(p: &Carrier) -> Result<f64> {
         &["ping", "-n", "-q", "-c", "50", "-i", "0.02", &dst],
         Duration::from_secs(30),
     )?;
-    let line = out
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
-        .with_context(|| format!("no rtt line from ping: {}", out.stdout.trim()))?;
-    let nums = line.split('=').nth(1).context("rtt line")?.trim();
-    let avg = nums.split('/').nth(1).context("rtt avg")?;
-    avg.trim().parse().context("rtt avg number")
+    crate::bench::ping_avg_from(&out.stdout)
 }
 
 /// The median, or `None` without samples.
