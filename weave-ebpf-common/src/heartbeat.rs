@@ -136,6 +136,24 @@ pub const fn newer_round(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
 }
 
+/// The probe round to send after `prev` (0: none sent yet by this process) when the
+/// sender's clock reads `clock` (its wall clock in 10 ms steps, wrapped to 32 bits): the
+/// clock when it is newer, else one more than `prev`. The first round of a process is its
+/// clock whatever `prev` would say, so that a restarted sender continues above the rounds
+/// of its earlier run, which the peer's receive program still holds; never 0 (no round).
+pub const fn next_round(clock: u32, prev: u32) -> u32 {
+    let next = if prev == 0 || newer_round(clock, prev) {
+        clock
+    } else {
+        prev.wrapping_add(1)
+    };
+    if next == 0 {
+        1
+    } else {
+        next
+    }
+}
+
 /// Records probe `round` of outer length `len` in a per-CPU (round, largest) pair: a newer
 /// round replaces it, a probe of the same round keeps the larger length.
 #[inline(always)]
@@ -217,6 +235,25 @@ mod tests {
         assert!(!newer_round(5, 5));
         assert!(newer_round(3, u32::MAX - 2), "just past the wrap");
         assert!(!newer_round(u32::MAX - 2, 3));
+    }
+
+    #[test]
+    fn a_restarted_sender_starts_above_its_earlier_rounds_whatever_the_clock_reads() {
+        // A clock in the upper half of the 32-bit range is "older" than 0: the first round
+        // must still be the clock, not 1 (the peer holds the earlier run's rounds).
+        for clock in [3_563_240_864u32, 17, u32::MAX, 1 << 31] {
+            let earlier_run_last = next_round(clock.wrapping_sub(1500), 0).wrapping_add(40);
+            let first = next_round(clock, 0);
+            assert_eq!(first, clock.max(1));
+            assert!(
+                newer_round(first, earlier_run_last),
+                "clock {clock}: {first} after {earlier_run_last}"
+            );
+        }
+        assert_eq!(next_round(0, 0), 1, "never 0");
+        assert_eq!(next_round(500, 400), 500, "the clock when it moved on");
+        assert_eq!(next_round(500, 500), 501, "one more within the same 10 ms");
+        assert_eq!(next_round(500, 507), 508, "one more when rounds ran ahead");
     }
 
     #[test]

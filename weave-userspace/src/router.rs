@@ -392,12 +392,7 @@ impl<D: Datapath> Inner<D> {
             .map_or(1, |d| (d.as_millis() / 10) as u32);
         let mut prev = self.probe_round.load(Ordering::Relaxed);
         loop {
-            let next = if weave_ebpf_common::heartbeat::newer_round(clock, prev) {
-                clock
-            } else {
-                prev.wrapping_add(1)
-            }
-            .max(1);
+            let next = weave_ebpf_common::heartbeat::next_round(clock, prev);
             match self.probe_round.compare_exchange(
                 prev,
                 next,
