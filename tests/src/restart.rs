@@ -18,12 +18,14 @@ pub struct PingRun {
 }
 
 /// What a [`PingRun`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PingLoss {
     pub sent: u32,
     pub received: u32,
     /// The longest run of unanswered echoes, as time (run length × interval).
     pub longest_gap: Duration,
+    /// When the last answer before that gap came (Unix time, from `ping -D`), if any.
+    pub gap_after: Option<f64>,
 }
 
 impl PingLoss {
@@ -40,7 +42,13 @@ impl std::fmt::Display for PingLoss {
             self.lost(),
             self.sent,
             self.longest_gap.as_millis()
-        )
+        )?;
+        match self.gap_after {
+            Some(at) if !self.longest_gap.is_zero() => {
+                write!(f, " after the answer at {}", utc_time_of_day(at))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -52,6 +60,7 @@ impl PingRun {
         let bg = ns.spawn(&[
             "ping",
             "-n",
+            "-D",
             "-i",
             &secs,
             "-W",
@@ -78,29 +87,53 @@ impl PingRun {
     }
 }
 
+/// `HH:MM:SS.mmm` (UTC) of Unix time `at`.
+fn utc_time_of_day(at: f64) -> String {
+    let ms = (at * 1000.0) as u64 % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
 /// Losses in `ping -n` output of `count` echoes sent every `interval`: received sequence
-/// numbers (1-based) and the longest run of missing ones (at the start, between, at the end).
+/// numbers (1-based), the longest run of missing ones (at the start, between, at the end),
+/// and when the answer before it came (`ping -D` puts `[unix time]` before each line).
 pub fn ping_loss(stdout: &str, count: u32, interval: Duration) -> PingLoss {
-    let mut seqs: Vec<u32> = stdout
+    let mut answers: Vec<(u32, Option<f64>)> = stdout
         .lines()
         .filter(|l| l.contains("bytes from"))
         .filter_map(|l| {
             let rest = l.split("icmp_seq=").nth(1)?;
-            rest.split_whitespace().next()?.parse().ok()
+            let seq = rest.split_whitespace().next()?.parse().ok()?;
+            let at = l
+                .strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .and_then(|t| t.parse().ok());
+            Some((seq, at))
         })
         .collect();
-    seqs.sort_unstable();
-    seqs.dedup();
+    answers.sort_by_key(|(seq, _)| *seq);
+    answers.dedup_by_key(|(seq, _)| *seq);
     let mut longest = 0u32;
-    let mut last = 0u32;
-    for &s in seqs.iter().chain(std::iter::once(&(count + 1))) {
-        longest = longest.max(s.saturating_sub(last + 1));
-        last = s;
+    let mut gap_after = None;
+    let mut last = (0u32, None);
+    for &answer in answers.iter().chain(std::iter::once(&(count + 1, None))) {
+        let missing = answer.0.saturating_sub(last.0 + 1);
+        if missing > longest {
+            longest = missing;
+            gap_after = last.1;
+        }
+        last = answer;
     }
     PingLoss {
         sent: count,
-        received: seqs.len() as u32,
+        received: answers.len() as u32,
         longest_gap: interval * longest,
+        gap_after,
     }
 }
 
@@ -126,6 +159,9 @@ pub struct PinnedLink {
     pub pin: String,
     pub link_id: u64,
     pub prog_id: u64,
+    /// Length of the program in the link as the verifier left it (`bytes_xlated`): the
+    /// same object loaded with other read-only globals can differ here.
+    pub prog_xlated: u64,
 }
 
 /// Every link pinned under `<pin_dir>/links`, by pin name (`bpftool link show pinned`).
@@ -145,10 +181,15 @@ pub fn pinned_links(pin_dir: &Path) -> Result<Vec<PinnedLink>> {
         ])?;
         let v: serde_json::Value = serde_json::from_str(&json)
             .map_err(|err| Error::Other(format!("bpftool link show: {err}: {json}")))?;
+        let prog_id = v["prog_id"].as_u64().unwrap_or_default();
+        let prog = cmd::check(&["bpftool", "-j", "prog", "show", "id", &prog_id.to_string()])?;
+        let p: serde_json::Value = serde_json::from_str(&prog)
+            .map_err(|err| Error::Other(format!("bpftool prog show: {err}: {prog}")))?;
         out.push(PinnedLink {
             pin: e.file_name().to_string_lossy().into_owned(),
             link_id: v["id"].as_u64().unwrap_or_default(),
-            prog_id: v["prog_id"].as_u64().unwrap_or_default(),
+            prog_id,
+            prog_xlated: p["bytes_xlated"].as_u64().unwrap_or_default(),
         });
     }
     out.sort_by(|a, b| a.pin.cmp(&b.pin));
@@ -219,5 +260,16 @@ mod tests {
         assert_eq!(l.longest_gap, Duration::from_millis(60), "3 to 5");
         let l = ping_loss(out, 8, Duration::from_millis(20));
         assert_eq!(l.lost(), 4);
+    }
+
+    #[test]
+    fn the_gap_is_placed_after_the_answer_before_it() {
+        let out = "[1796564000.100000] 64 bytes from 10.2.1.2: icmp_seq=1 ttl=64 time=0.1 ms\n\
+            [1796564000.120000] 64 bytes from 10.2.1.2: icmp_seq=2 ttl=64 time=0.1 ms\n\
+            [1796564000.200000] 64 bytes from 10.2.1.2: icmp_seq=6 ttl=64 time=0.1 ms\n";
+        let l = ping_loss(out, 6, Duration::from_millis(20));
+        assert_eq!(l.longest_gap, Duration::from_millis(60));
+        assert_eq!(l.gap_after, Some(1796564000.12));
+        assert!(l.to_string().ends_with("after the answer at 13:33:20.120"), "{l}");
     }
 }

@@ -26,14 +26,16 @@ fn links_of(bed: &TestBed, i: usize) -> Vec<weave_tests::restart::PinnedLink> {
 
 /// Stop for an upgrade and launch again, under a 20 ms ping between containers of two hosts
 /// both ways and between two containers of the restarted host: the link IDs stay, the
-/// programs in them are new ones, at most two pings are lost on each path.
+/// programs in them are new and changed ones (the relaunch switches the kernel log on), at
+/// most two pings are lost on each path.
 #[test]
 fn an_upgrade_restart_swaps_programs_in_place_without_losing_traffic() {
     if !require_root("an_upgrade_restart_swaps_programs_in_place_without_losing_traffic") {
         return;
     }
     let mut bed = TestBed::new("rsup", 2).expect("test bed");
-    bed.launch_mesh(&[]).expect("routers connect");
+    // XDP on too (on a veth it is off unless asked for): its link is adopted like the others.
+    bed.launch_mesh(&["--xdp", "on"]).expect("routers connect");
     let a = bed.attach_container(1, "a", "10.2.1.1/24").expect("a");
     let _l = bed.attach_container(1, "l", "10.2.1.3/24").expect("l");
     let b = bed.attach_container(2, "b", "10.2.1.2/24").expect("b");
@@ -45,6 +47,7 @@ fn an_upgrade_restart_swaps_programs_in_place_without_losing_traffic() {
     let before = links_of(&bed, 1);
     assert!(
         before.iter().any(|l| l.pin.starts_with("rx-"))
+            && before.iter().any(|l| l.pin.starts_with("xdp-"))
             && before.iter().filter(|l| l.pin.starts_with("tx-")).count() == 2,
         "pinned links before: {before:?}"
     );
@@ -71,7 +74,9 @@ fn an_upgrade_restart_swaps_programs_in_place_without_losing_traffic() {
         .stop_keeping_datapath()
         .expect("stop --keep-datapath");
     let stopped = t.elapsed();
-    bed.relaunch(1, &LaunchOpts::default())
+    // The new launch loads changed programs: the same object with its kernel log switched
+    // on, which the verifier keeps instead of dropping as dead code.
+    bed.relaunch(1, &LaunchOpts::dialling(&[], &["--xdp", "on", "--log-kernel"]))
         .expect("launch again");
     let relaunched = t.elapsed();
     let log = bed.router(1).log_tail(200);
@@ -105,9 +110,44 @@ fn an_upgrade_restart_swaps_programs_in_place_without_losing_traffic() {
             old.pin
         );
     }
+    let changed: Vec<&str> = before
+        .iter()
+        .zip(&after)
+        .filter(|(old, new)| old.prog_xlated != new.prog_xlated)
+        .map(|(old, _)| old.pin.as_str())
+        .collect();
+    // The receive program logs (its drops and relays); the verifier keeps that code now.
+    assert!(
+        changed.iter().any(|p| p.starts_with("rx-")),
+        "the receive program was swapped for a changed one: changed {changed:?}, before {before:?}, after {after:?}"
+    );
     for (what, loss) in losses {
         assert!(loss.lost() <= MAX_LOST, "{what}: {loss}");
     }
+    // The relaunched router's path-MTU probes are taken by the peer (their rounds continue
+    // above the earlier run's): the path is verified again and stays on the fast path.
+    let verified = cmd::wait_for(
+        "host1's connection verified on the fast path",
+        Duration::from_secs(10),
+        || {
+            let conns = bed.router(1).connections().ok()?;
+            conns
+                .lines()
+                .any(|l| {
+                    l.contains("established")
+                        && l.contains("fastdp")
+                        && l.contains("mtu=")
+                        && !l.contains("unverified")
+                })
+                .then_some(conns)
+        },
+    );
+    assert!(
+        verified.is_ok(),
+        "path MTU not verified again after the relaunch: {:?}\n{}",
+        bed.router(1).connections(),
+        bed.router(1).log_tail(20)
+    );
 }
 
 /// kill -9 of router 1, 10 s down, launched again: 50 ms pings both ways and an iperf3 TCP

@@ -17,6 +17,8 @@ const BEGIN: &str = "<!-- restart:begin (written by `cargo xtask bench --restart
 const END: &str = "<!-- restart:end -->";
 const PREFIX: &str = "wrs";
 const INTERVAL: Duration = Duration::from_millis(20);
+/// At most this many pings may be lost in a restart.
+const TARGET_LOST: u32 = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Restart {
@@ -29,6 +31,13 @@ impl Restart {
         match self {
             Restart::Upgrade => "upgrade: `stop --keep-datapath`, then `launch`",
             Restart::Kill => "crash: `kill -9`, 10 s down, then `launch`",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Restart::Upgrade => "upgrade",
+            Restart::Kill => "kill",
         }
     }
 }
@@ -85,9 +94,28 @@ fn measure(kind: Restart, runs: usize) -> Result<Vec<[PingLoss; 3]>> {
         for (path, loss) in PATHS.iter().zip(&losses) {
             println!("  {path}: {loss}");
         }
+        if losses.iter().any(|l| l.lost() > TARGET_LOST) {
+            keep_logs(&bed, kind, k + 1);
+        }
         out.push(losses);
     }
     Ok(out)
+}
+
+/// Copies both routers' logs of a run that missed the target to `target/bench-restart/`
+/// (each bed starts them afresh), and says where they are.
+fn keep_logs(bed: &TestBed, kind: Restart, run: usize) {
+    let dir = weave_tests::router::workspace_root().join("target/bench-restart");
+    let _ = std::fs::create_dir_all(&dir);
+    for host in 1..=2 {
+        let name = format!("{}-run{run}-host{host}.log", kind.tag());
+        let kept = dir.join(&name);
+        let from = bed.router(host).state_dir().join("weave-router.log");
+        match std::fs::copy(&from, &kept) {
+            Ok(_) => println!("  log of router {host} kept in {}", kept.display()),
+            Err(e) => println!("  log of router {host} not kept ({}: {e})", from.display()),
+        }
+    }
 }
 
 /// Runs the restart figures and writes their section.
