@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 use crate::netns::Netns;
 use crate::router::BPFFS_ROOT;
 
+/// Pings lost that a restart may cost at most (the acceptance bound of hitless restarts,
+/// shared by the restart tests and `cargo xtask bench --restart`).
+pub const MAX_LOST: u32 = 2;
+
 /// A `ping -i <interval>` running in the background for a fixed number of echoes.
 pub struct PingRun {
     bg: Background,

@@ -259,20 +259,27 @@ impl Router {
         self.http_get("/metrics")
     }
 
+    /// The daemon's log files in the state dir (`*.log`).
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.state_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The last `n` lines of the daemon's log in the state dir, if there is one.
     pub fn log_tail(&self, n: usize) -> String {
         let mut out = String::new();
-        if let Ok(d) = std::fs::read_dir(&self.state_dir) {
-            for e in d.filter_map(|e| e.ok()) {
-                let p = e.path();
-                if p.extension().is_some_and(|x| x == "log") {
-                    if let Ok(t) = std::fs::read_to_string(&p) {
-                        let lines: Vec<&str> = t.lines().collect();
-                        let from = lines.len().saturating_sub(n);
-                        out.push_str(&lines[from..].join("\n"));
-                        out.push('\n');
-                    }
-                }
+        for p in self.log_files() {
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                let lines: Vec<&str> = t.lines().collect();
+                let from = lines.len().saturating_sub(n);
+                out.push_str(&lines[from..].join("\n"));
+                out.push('\n');
             }
         }
         out

@@ -8,11 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use weave_tests::cmd;
-use weave_tests::restart::{pin_dir, pinned_links, pinned_map_keys, pinned_map_shape, PingRun};
+use weave_tests::restart::{
+    pin_dir, pinned_links, pinned_map_keys, pinned_map_shape, PingRun, MAX_LOST,
+};
 use weave_tests::{probe, require_root, LaunchOpts, TestBed};
-
-/// Pings lost that a restart may cost at most (the acceptance bound).
-const MAX_LOST: u32 = 2;
 
 fn mac_key(mac: &str) -> String {
     mac.to_ascii_lowercase()

@@ -148,11 +148,7 @@ pub(crate) fn timed_figure_section(
          {includes}\n",
         run::utc_now(),
         run::git_head(),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .unwrap_or("?"),
+        loadavg(),
         crate::stats::median(times),
         crate::stats::percentile(times, 0.9),
         times.len(),

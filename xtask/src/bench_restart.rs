@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use weave_tests::restart::{PingLoss, PingRun};
+use weave_tests::restart::{PingLoss, PingRun, MAX_LOST};
 use weave_tests::{LaunchOpts, TestBed};
 
 use crate::run::{self, step};
@@ -17,8 +17,6 @@ const BEGIN: &str = "<!-- restart:begin (written by `cargo xtask bench --restart
 const END: &str = "<!-- restart:end -->";
 const PREFIX: &str = "wrs";
 const INTERVAL: Duration = Duration::from_millis(20);
-/// At most this many pings may be lost in a restart.
-const TARGET_LOST: u32 = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Restart {
@@ -94,7 +92,7 @@ fn measure(kind: Restart, runs: usize) -> Result<Vec<[PingLoss; 3]>> {
         for (path, loss) in PATHS.iter().zip(&losses) {
             println!("  {path}: {loss}");
         }
-        if losses.iter().any(|l| l.lost() > TARGET_LOST) {
+        if losses.iter().any(|l| l.lost() > MAX_LOST) {
             keep_logs(&bed, kind, k + 1);
         }
         out.push(losses);
@@ -108,12 +106,12 @@ fn keep_logs(bed: &TestBed, kind: Restart, run: usize) {
     let dir = weave_tests::router::workspace_root().join("target/bench-restart");
     let _ = std::fs::create_dir_all(&dir);
     for host in 1..=2 {
-        let name = format!("{}-run{run}-host{host}.log", kind.tag());
-        let kept = dir.join(&name);
-        let from = bed.router(host).state_dir().join("weave-router.log");
-        match std::fs::copy(&from, &kept) {
-            Ok(_) => println!("  log of router {host} kept in {}", kept.display()),
-            Err(e) => println!("  log of router {host} not kept ({}: {e})", from.display()),
+        for from in bed.router(host).log_files() {
+            let kept = dir.join(format!("{}-run{run}-host{host}.log", kind.tag()));
+            match std::fs::copy(&from, &kept) {
+                Ok(_) => println!("  log of router {host} kept in {}", kept.display()),
+                Err(e) => println!("  log of router {host} not kept ({}: {e})", from.display()),
+            }
         }
     }
 }
