@@ -5,9 +5,13 @@
 //! endian, as WireGuard lays them out. A sender never reuses a counter and stops before it
 //! wraps; a receiver accepts each counter once: in order on a stream, through a
 //! [`ReplayWindow`] for datagrams, and only after the tag has verified.
+//!
+//! The cipher is `ring`'s (BoringSSL's assembly): on the x86-64 machines measured it seals a
+//! 100-byte frame in about a ninth of the time of the RustCrypto crate, whose AVX2 Poly1305
+//! pays a set-up of over a microsecond per message, and bulk at about twice the rate. The
+//! sleeve seals every frame on its own, so small frames live or die by that set-up.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 use super::replay::{ReplayError, ReplayWindow};
 
@@ -62,9 +66,16 @@ pub enum CryptoError {
 
 /// Seals messages in one direction.
 pub struct Sealer {
-    cipher: ChaCha20Poly1305,
+    cipher: LessSafeKey,
     domain: NonceDomain,
     next: u64,
+}
+
+/// The cipher of a 32-byte key.
+fn cipher(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, key).expect("ChaCha20-Poly1305 takes 32-byte keys"),
+    )
 }
 
 impl Sealer {
@@ -75,7 +86,7 @@ impl Sealer {
     /// A sealer whose next counter is `next` (known-answer tests, exhaustion tests).
     pub fn starting_at(key: &[u8; 32], domain: NonceDomain, next: u64) -> Self {
         Self {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            cipher: cipher(key),
             domain,
             next,
         }
@@ -96,12 +107,14 @@ impl Sealer {
         if counter >= REJECT_AFTER_MESSAGES {
             return Err(CryptoError::Exhausted);
         }
+        let nonce = Nonce::assume_unique_for_key(nonce(self.domain, counter));
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce(self.domain, counter)), aad, buf)
+            .seal_in_place_separate_tag(nonce, Aad::from(aad), buf)
             .map_err(|_| CryptoError::Exhausted)?;
         self.next += 1;
-        Ok((counter, tag.into()))
+        let tag: [u8; TAG_LEN] = tag.as_ref().try_into().expect("a 16-byte tag");
+        Ok((counter, tag))
     }
 
     /// Encrypts `buf` in place and appends the tag; returns the counter used.
@@ -114,26 +127,25 @@ impl Sealer {
 
 /// Decrypts `sealed` (ciphertext then tag) in place; the plaintext length on success.
 fn open_at(
-    cipher: &ChaCha20Poly1305,
+    cipher: &LessSafeKey,
     domain: NonceDomain,
     counter: u64,
     aad: &[u8],
     sealed: &mut [u8],
 ) -> Result<usize, CryptoError> {
-    let Some(len) = sealed.len().checked_sub(TAG_LEN) else {
+    if sealed.len() < TAG_LEN {
         return Err(CryptoError::TooShort(sealed.len()));
-    };
-    let (text, tag) = sealed.split_at_mut(len);
-    let tag = Tag::clone_from_slice(tag);
-    cipher
-        .decrypt_in_place_detached(Nonce::from_slice(&nonce(domain, counter)), aad, text, &tag)
+    }
+    let nonce = Nonce::assume_unique_for_key(nonce(domain, counter));
+    let plain = cipher
+        .open_in_place(nonce, Aad::from(aad), sealed)
         .map_err(|_| CryptoError::Forged)?;
-    Ok(len)
+    Ok(plain.len())
 }
 
 /// Opens the messages of an ordered stream: the counter is implicit, one more each time.
 pub struct StreamOpener {
-    cipher: ChaCha20Poly1305,
+    cipher: LessSafeKey,
     domain: NonceDomain,
     next: u64,
 }
@@ -141,7 +153,7 @@ pub struct StreamOpener {
 impl StreamOpener {
     pub fn new(key: &[u8; 32], domain: NonceDomain) -> Self {
         Self {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            cipher: cipher(key),
             domain,
             next: 0,
         }
@@ -168,7 +180,7 @@ impl StreamOpener {
 
 /// Opens datagrams that carry their counter, in any order, each once.
 pub struct DatagramOpener {
-    cipher: ChaCha20Poly1305,
+    cipher: LessSafeKey,
     domain: NonceDomain,
     window: ReplayWindow,
 }
@@ -176,7 +188,7 @@ pub struct DatagramOpener {
 impl DatagramOpener {
     pub fn new(key: &[u8; 32], domain: NonceDomain) -> Self {
         Self {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            cipher: cipher(key),
             domain,
             window: ReplayWindow::new(),
         }
