@@ -93,6 +93,9 @@ pub struct SleeveTraffic {
     pub drops: Vec<(&'static str, u64)>,
     /// Source MACs not learned because the table was full.
     pub macs_not_learned: u64,
+    /// Frames sent and received inside bundles.
+    pub sent_bundled_frames: u64,
+    pub received_bundled_frames: u64,
 }
 
 impl SleeveTraffic {
@@ -107,6 +110,8 @@ impl SleeveTraffic {
             received_bytes: s.rx_bytes.load(Relaxed),
             drops: s.drops(),
             macs_not_learned: s.macs_not_learned.load(Relaxed),
+            sent_bundled_frames: s.tx_bundled_frames.load(Relaxed),
+            received_bundled_frames: s.rx_bundled_frames.load(Relaxed),
         };
         let used = status.connections.iter().any(|c| c.overlay == "sleeve");
         (used || t.sent_datagrams + t.received_datagrams > 0).then_some(t)
@@ -416,13 +421,29 @@ fn sleeve(registry: &mut Registry, t: &SleeveTraffic) {
         "weave_sleeve",
         "Bytes sent and received by the sleeve data path",
     );
-    for (direction, n, b) in [
-        ("sent", t.sent_datagrams, t.sent_bytes),
-        ("received", t.received_datagrams, t.received_bytes),
+    let bundled = counters(
+        registry,
+        "weave_sleeve_bundled_frames",
+        "Frames sent and received inside sleeve bundles (several small frames in one datagram, counted once above)",
+    );
+    for (direction, n, b, f) in [
+        (
+            "sent",
+            t.sent_datagrams,
+            t.sent_bytes,
+            t.sent_bundled_frames,
+        ),
+        (
+            "received",
+            t.received_datagrams,
+            t.received_bytes,
+            t.received_bundled_frames,
+        ),
     ] {
         let l = labels([("direction", direction)]);
         datagrams.get_or_create(&l).inc_by(n);
         bytes.get_or_create(&l).inc_by(b);
+        bundled.get_or_create(&l).inc_by(f);
     }
     let drops = counters(
         registry,

@@ -25,9 +25,11 @@ use crate::datapath::{DatapathPeer, Heartbeat, ProbeSeen};
 use crate::mesh::connection::{ConnId, ConnectionError, IpamPair};
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::{
-    Hello, Message, FASTDP_STATUS_VERSION, PATH_MTU_VERSION, SLEEVE_RELAY_VERSION,
+    Hello, Message, FASTDP_STATUS_VERSION, PATH_MTU_VERSION, SLEEVE_BUNDLE_VERSION,
+    SLEEVE_RELAY_VERSION,
 };
 use crate::mesh::topology::ConnectionSummary;
+use crate::sleeve::SleeveFeatures;
 
 /// What the core is configured with.
 #[derive(Clone, Copy, Debug)]
@@ -101,7 +103,10 @@ impl Conn {
             peer: self.datapath_peer(),
             overlay: self.overlay,
             watched: self.choice.is_some(),
-            relays: self.version >= SLEEVE_RELAY_VERSION,
+            sleeve: SleeveFeatures {
+                relays: self.version >= SLEEVE_RELAY_VERSION,
+                bundles: self.version >= SLEEVE_BUNDLE_VERSION,
+            },
         }
     }
 

@@ -138,7 +138,10 @@ mod tests {
             peer,
             overlay: Overlay::Fastdp,
             watched: true,
-            relays: true,
+            sleeve: crate::sleeve::SleeveFeatures {
+                relays: true,
+                bundles: true,
+            },
         };
         let hello = Hello {
             name,

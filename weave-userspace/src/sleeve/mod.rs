@@ -18,9 +18,13 @@
 //! to us over the fast path for a peer whose fast path fell back comes out of the TAP
 //! tagged with its origin and destination (`weave_ebpf_common::handover`) and is routed on
 //! the same way.
+//!
+//! Small frames to one peer that speaks protocol version 7 leave together: the frames of one
+//! batch read from the TAP go into one [`bundle`] per peer, sealed once.
 
 pub mod batch;
 pub mod bridge_port;
+pub mod bundle;
 pub mod forwarding;
 pub mod macs;
 pub mod packet;
@@ -36,8 +40,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::crypto::TAG_LEN;
 use crate::crypto::{NonceDomain, SessionKeys};
 use batch::{Group, GroupLimits, SendPlan};
+use bundle::{Bundle, Contents};
 use forwarding::{Neighbour, Routing, Send};
 use packet::{Decoder, DropReason, Encoder, Header, RouteHeader};
 use tap::{Tap, VNET_HDR_LEN};
@@ -61,6 +67,9 @@ pub struct SleeveCounters {
     pub rx_bytes: AtomicU64,
     /// Source MACs not learned because the table was full ([`macs::MAX_LEARNED_MACS`]).
     pub macs_not_learned: AtomicU64,
+    /// Frames sent and received inside bundles (each bundle is one datagram above).
+    pub tx_bundled_frames: AtomicU64,
+    pub rx_bundled_frames: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -73,6 +82,8 @@ pub static COUNTERS: SleeveCounters = SleeveCounters {
     rx_packets: ZERO,
     rx_bytes: ZERO,
     macs_not_learned: ZERO,
+    tx_bundled_frames: ZERO,
+    rx_bundled_frames: ZERO,
     drops: [ZERO; DropReason::ALL.len()],
 };
 
@@ -100,8 +111,8 @@ struct Peer {
     /// Whether the sleeve carries the peer's frames now; when not (the fast path does), its
     /// keys and counters wait here, and its datagrams are dropped as from an unknown peer.
     carried: AtomicBool,
-    /// It takes routed datagrams (protocol version 5): frames of others, relayed.
-    relays: bool,
+    /// What its sleeve takes besides one frame per datagram.
+    features: SleeveFeatures,
     /// Payload bytes per datagram to this peer: 0 for the shared size (the underlay's
     /// MTU), else what the path to it verified ([`Sleeve::set_path_mtu`]).
     segment: std::sync::atomic::AtomicUsize,
@@ -110,6 +121,16 @@ struct Peer {
     probe_seen: Mutex<(u32, u32)>,
     encoder: Mutex<Encoder>,
     decoder: Mutex<Decoder>,
+}
+
+/// What a peer's sleeve takes besides one frame of its neighbour's per datagram (by the
+/// protocol version of the connection).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SleeveFeatures {
+    /// Routed datagrams (protocol version 5): it relays frames of others, and gets them.
+    pub relays: bool,
+    /// Bundles of small frames in one datagram (protocol version 7).
+    pub bundles: bool,
 }
 
 struct Shared {
@@ -286,7 +307,7 @@ impl Sleeve {
         underlay: Ipv4Addr,
         session: Option<&SessionKeys>,
         carry: bool,
-        relays: bool,
+        features: SleeveFeatures,
     ) -> Result<(), String> {
         let keys = match (self.shared.encrypted, session) {
             (true, None) => return Err("no session keys for an encrypted sleeve".into()),
@@ -296,7 +317,7 @@ impl Sleeve {
         let peer = Peer {
             addr: SocketAddrV4::new(underlay, SLEEVE_PORT),
             carried: AtomicBool::new(carry),
-            relays,
+            features,
             segment: std::sync::atomic::AtomicUsize::new(0),
             probe_seen: Mutex::new((0, 0)),
             encoder: Mutex::new(Encoder::new(
@@ -488,6 +509,7 @@ fn one_by_one(g: &Group<SocketAddrV4>) -> impl Iterator<Item = Group<SocketAddrV
 /// Sends the batch queued in `b` (in as few `sendmmsg` calls as it takes, each group one UDP
 /// GSO message while the kernel takes them, else datagram by datagram) and empties it.
 fn flush(shared: &Shared, socket: &UdpSocket, b: &mut Buffers) {
+    close_bundles(shared, b);
     if b.plan.is_empty() {
         b.out.clear();
         b.frames = 0;
@@ -647,7 +669,7 @@ fn take_handover(payload: &mut [u8]) -> Option<(u16, u16, usize)> {
 fn neighbour(peers: &BTreeMap<u16, Arc<Peer>>, id: u16) -> Option<Neighbour> {
     peers.get(&id).map(|p| Neighbour {
         carried: p.carried.load(Relaxed),
-        relays: p.relays,
+        relays: p.features.relays,
     })
 }
 
@@ -665,6 +687,15 @@ struct Buffers {
     scratch: Vec<u8>,
     /// A routed payload: the route header, then the frame.
     routed: Vec<u8>,
+    /// Small frames waiting for one datagram per peer, until the batch leaves.
+    bundles: Vec<PendingBundle>,
+}
+
+/// A peer's bundle under way in a batch (a slot with no peer waits for the next one, its
+/// buffer kept).
+struct PendingBundle {
+    to: Option<(u16, Arc<Peer>)>,
+    bundle: Bundle,
 }
 
 impl Default for Buffers {
@@ -680,12 +711,22 @@ impl Default for Buffers {
             started: std::time::Instant::now(),
             scratch: Vec::new(),
             routed: Vec::new(),
+            bundles: Vec::new(),
         }
     }
 }
 
+/// Payload bytes per datagram to `peer`.
+fn segment_for(shared: &Shared, peer: &Peer) -> usize {
+    match peer.segment.load(Relaxed) {
+        0 => shared.segment,
+        s => s.min(shared.segment),
+    }
+}
+
 /// Seals (when encrypted) `payload` for one neighbour, as ours or routed, and queues its
-/// datagrams in the batch ([`flush`] sends them).
+/// datagrams in the batch ([`flush`] sends them). A small frame of ours to a peer that takes
+/// bundles waits in the peer's bundle instead.
 fn send_one(shared: &Shared, send: Send, payload: &[u8], b: &mut Buffers) {
     let (to, route) = match send {
         Send::Direct(to) => (to, None),
@@ -694,10 +735,22 @@ fn send_one(shared: &Shared, send: Send, payload: &[u8], b: &mut Buffers) {
     let Some(peer) = read(&shared.peers).get(&to).cloned() else {
         return;
     };
-    let segment = match peer.segment.load(Relaxed) {
-        0 => shared.segment,
-        s => s.min(shared.segment),
-    };
+    let segment = segment_for(shared, &peer);
+    if route.is_none() && peer.features.bundles {
+        let capacity = segment.saturating_sub(if shared.encrypted { TAG_LEN } else { 0 });
+        if Bundle::takes(payload.len(), capacity) {
+            add_to_bundle(shared, to, &peer, payload, capacity, b);
+            return;
+        }
+    }
+    // Its small frames before it keep their place.
+    if let Some(slot) = b
+        .bundles
+        .iter()
+        .position(|p| p.to.as_ref().is_some_and(|t| t.0 == to))
+    {
+        close_bundle(shared, slot, b);
+    }
     let body = match route {
         None => payload,
         Some(route) => {
@@ -712,6 +765,16 @@ fn send_one(shared: &Shared, send: Send, payload: &[u8], b: &mut Buffers) {
     let start = b.out.len();
     let encoded =
         lock(&peer.encoder).encode_kind(body, route.is_some(), segment, &mut b.out, &mut b.scratch);
+    queue(&peer, start, encoded, b);
+}
+
+/// Puts the datagrams just encoded at `start` of the batch into its send plan.
+fn queue(
+    peer: &Peer,
+    start: usize,
+    encoded: Result<usize, crate::crypto::CryptoError>,
+    b: &mut Buffers,
+) {
     match encoded {
         Ok(stride) => {
             let end = b.out.len();
@@ -723,6 +786,84 @@ fn send_one(shared: &Shared, send: Send, payload: &[u8], b: &mut Buffers) {
             }
         }
         Err(e) => tracing::warn!("sleeve: cannot seal for {}: {e}", peer.addr),
+    }
+}
+
+/// Adds a small frame to the peer's bundle, sending the bundle first when the frame would
+/// not fit it.
+fn add_to_bundle(
+    shared: &Shared,
+    to: u16,
+    peer: &Arc<Peer>,
+    frame: &[u8],
+    capacity: usize,
+    b: &mut Buffers,
+) {
+    let slot = match b
+        .bundles
+        .iter()
+        .position(|p| p.to.as_ref().is_some_and(|t| t.0 == to))
+    {
+        Some(i) => i,
+        None => {
+            let i = match b.bundles.iter().position(|p| p.to.is_none()) {
+                Some(i) => i,
+                None => {
+                    b.bundles.push(PendingBundle {
+                        to: None,
+                        bundle: Bundle::default(),
+                    });
+                    b.bundles.len() - 1
+                }
+            };
+            b.bundles[i].to = Some((to, peer.clone()));
+            i
+        }
+    };
+    if !b.bundles[slot].bundle.has_room(frame.len(), capacity) {
+        close_bundle(shared, slot, b);
+        b.bundles[slot].to = Some((to, peer.clone()));
+    }
+    b.bundles[slot].bundle.push(frame);
+}
+
+/// Seals the bundle of `slot` into the batch (a bundle of one frame as an ordinary
+/// datagram) and frees the slot.
+fn close_bundle(shared: &Shared, slot: usize, b: &mut Buffers) {
+    let Buffers {
+        out,
+        scratch,
+        bundles,
+        ..
+    } = b;
+    let pending = &mut bundles[slot];
+    let Some((_, peer)) = pending.to.take() else {
+        return;
+    };
+    if pending.bundle.is_empty() {
+        return;
+    }
+    let start = out.len();
+    let encoded = match pending.bundle.contents() {
+        Contents::Single(frame) => {
+            let segment = segment_for(shared, &peer);
+            lock(&peer.encoder).encode_kind(frame, false, segment, out, scratch)
+        }
+        Contents::Bundle(body) => {
+            COUNTERS
+                .tx_bundled_frames
+                .fetch_add(pending.bundle.frames() as u64, Relaxed);
+            lock(&peer.encoder).encode_bundle(body, out)
+        }
+    };
+    pending.bundle.clear();
+    queue(&peer, start, encoded, b);
+}
+
+/// Seals every bundle under way (the batch is leaving).
+fn close_bundles(shared: &Shared, b: &mut Buffers) {
+    for slot in 0..b.bundles.len() {
+        close_bundle(shared, slot, b);
     }
 }
 
@@ -842,7 +983,7 @@ fn receive_one(
     // fast path carries); the others only from those the sleeve carries.
     let accepted = |p: &Arc<Peer>| {
         SocketAddr::V4(p.addr).ip() == from.ip()
-            && (p.carried.load(Relaxed) || (header.routed && p.relays))
+            && (p.carried.load(Relaxed) || (header.routed && p.features.relays))
     };
     let Some(peer) = peer.filter(accepted) else {
         COUNTERS.drop(DropReason::UnknownPeer);
@@ -858,6 +999,18 @@ fn receive_one(
         }
     };
     if !header.routed {
+        if header.bundle {
+            for frame in bundle::frames(&payload) {
+                match frame {
+                    Ok(frame) => {
+                        COUNTERS.rx_bundled_frames.fetch_add(1, Relaxed);
+                        deliver(shared, tap, header.sender, frame);
+                    }
+                    Err(r) => COUNTERS.drop(r),
+                }
+            }
+            return;
+        }
         if let Some(round) = probe_round(&payload) {
             // Authentic (when sealed) and whole: how big it was is all it says.
             let (r, largest) = &mut *lock(&peer.probe_seen);
@@ -868,7 +1021,7 @@ fn receive_one(
         deliver(shared, tap, header.sender, &payload);
         return;
     }
-    if !peer.relays {
+    if !peer.features.relays {
         COUNTERS.drop(DropReason::Malformed);
         return;
     }
@@ -959,6 +1112,133 @@ mod tests {
         let before = plain.clone();
         assert_eq!(take_handover(&mut plain), None);
         assert_eq!(plain, before);
+    }
+
+    const KEY: [u8; 32] = [9; 32];
+    const PEER: u16 = 2;
+
+    /// A sleeve's shared state with one encrypted neighbour (`bundles` as given) whose
+    /// datagrams carry `segment` payload bytes.
+    fn shared_with_peer(segment: usize, bundles: bool) -> Shared {
+        let peer = Peer {
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), SLEEVE_PORT),
+            carried: AtomicBool::new(true),
+            features: SleeveFeatures {
+                relays: true,
+                bundles,
+            },
+            segment: std::sync::atomic::AtomicUsize::new(0),
+            probe_seen: Mutex::new((0, 0)),
+            encoder: Mutex::new(Encoder::new(
+                1,
+                Some(crate::crypto::Sealer::new(&KEY, NonceDomain::Data)),
+            )),
+            decoder: Mutex::new(Decoder::new(None)),
+        };
+        Shared {
+            segment,
+            gso: AtomicBool::new(true),
+            local: 1,
+            encrypted: true,
+            peers: RwLock::new(BTreeMap::from([(PEER, Arc::new(peer))])),
+            macs: RwLock::new(macs::MacTable::default()),
+            routing: RwLock::new(Routing::default()),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// The datagrams a batch would send, in order, and the frames the peer gets from them.
+    fn sent(b: &Buffers) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut decoder = Decoder::new(Some(crate::crypto::DatagramOpener::new(
+            &KEY,
+            NonceDomain::Data,
+        )));
+        let mut datagrams = Vec::new();
+        let mut frames = Vec::new();
+        for g in b.plan.groups() {
+            for d in b.out[g.start..g.start + g.len].chunks(g.stride) {
+                datagrams.push(d.to_vec());
+                let mut d = d.to_vec();
+                let header = Header::parse(&d).unwrap();
+                let Some(payload) = decoder.decode(header, &mut d).unwrap() else {
+                    continue; // a segment of a frame under way
+                };
+                let payload = payload.to_vec();
+                if header.bundle {
+                    frames.extend(bundle::frames(&payload).map(|f| f.unwrap().to_vec()));
+                } else {
+                    frames.push(payload);
+                }
+            }
+        }
+        (datagrams, frames)
+    }
+
+    fn frame(i: usize, len: usize) -> Vec<u8> {
+        let mut f = vec![(i % 251) as u8; len];
+        f[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn small_frames_of_a_batch_leave_in_bundles_cut_to_the_path_in_their_order() {
+        let segment = 600;
+        let shared = shared_with_peer(segment, true);
+        let mut b = Buffers::default();
+        // 30 frames of 100 bytes, then one too big for a bundle, then 3 more small ones.
+        let mut frames: Vec<Vec<u8>> = (0..30).map(|i| frame(i, 100)).collect();
+        frames.push(frame(30, 2000));
+        frames.extend((31..34).map(|i| frame(i, 100)));
+        for f in &frames {
+            send_one(&shared, Send::Direct(PEER), f, &mut b);
+        }
+        close_bundles(&shared, &mut b);
+        let (datagrams, got) = sent(&b);
+        assert_eq!(got, frames, "every frame once, in order");
+        // Five frames (102 bytes each with their length) fit 600 bytes with the tag: six
+        // bundles for the first 30, the big frame in 4 segments, one bundle for the rest.
+        let kinds: Vec<(bool, usize)> = datagrams
+            .iter()
+            .map(|d| (Header::parse(d).unwrap().bundle, d.len()))
+            .collect();
+        assert_eq!(kinds.iter().filter(|k| k.0).count(), 7, "{kinds:?}");
+        for d in &datagrams {
+            assert!(d.len() <= packet::HEADER_LEN + segment, "{} bytes", d.len());
+        }
+        assert_eq!(
+            kinds[..6].iter().map(|k| k.1).collect::<Vec<_>>(),
+            vec![packet::HEADER_LEN + 5 * 102 + TAG_LEN; 6]
+        );
+        // One counter per datagram: a bundle takes one slot of the replay window.
+        let counters: Vec<u64> = datagrams
+            .iter()
+            .map(|d| Header::parse(d).unwrap().counter)
+            .collect();
+        let mut distinct = counters.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 6 + 1 + 1, "{counters:?}");
+    }
+
+    #[test]
+    fn a_lone_frame_and_a_peer_without_bundles_get_ordinary_datagrams() {
+        let shared = shared_with_peer(1400, true);
+        let mut b = Buffers::default();
+        send_one(&shared, Send::Direct(PEER), &frame(1, 64), &mut b);
+        close_bundles(&shared, &mut b);
+        let (datagrams, got) = sent(&b);
+        assert_eq!(got, vec![frame(1, 64)]);
+        assert!(!Header::parse(&datagrams[0]).unwrap().bundle);
+
+        let shared = shared_with_peer(1400, false);
+        let mut b = Buffers::default();
+        for i in 0..5 {
+            send_one(&shared, Send::Direct(PEER), &frame(i, 64), &mut b);
+        }
+        close_bundles(&shared, &mut b);
+        let (datagrams, got) = sent(&b);
+        assert_eq!(got.len(), 5);
+        assert_eq!(datagrams.len(), 5);
+        assert!(datagrams.iter().all(|d| !Header::parse(d).unwrap().bundle));
     }
 
     #[test]

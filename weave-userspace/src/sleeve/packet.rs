@@ -21,6 +21,9 @@
 //! (origin, destination, hops left), inside the seal, so relays and the destination know
 //! whose frame it is and where it goes while the wire shows only the neighbours. The
 //! header's sender is always the neighbour that sent the datagram, whose keys open it.
+//!
+//! A *bundle* (kinds 5 and 6, to peers speaking protocol version 7) carries several small
+//! frames of the sender's in one datagram under one seal and counter ([`super::bundle`]).
 
 use crate::crypto::{CryptoError, DatagramOpener, Sealer, TAG_LEN};
 
@@ -29,6 +32,8 @@ pub const KIND_PLAIN: u8 = 1;
 pub const KIND_SEALED: u8 = 2;
 pub const KIND_PLAIN_ROUTED: u8 = 3;
 pub const KIND_SEALED_ROUTED: u8 = 4;
+pub const KIND_PLAIN_BUNDLE: u8 = 5;
+pub const KIND_SEALED_BUNDLE: u8 = 6;
 pub const HEADER_LEN: usize = 16;
 /// Bytes a segment adds to its share of the payload (header and tag).
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
@@ -103,6 +108,8 @@ pub struct Header {
     pub sealed: bool,
     /// The payload starts with a [`RouteHeader`].
     pub routed: bool,
+    /// The payload is a [`super::bundle`] of frames (never routed, always one datagram).
+    pub bundle: bool,
     pub sender: u16,
     /// Which segment of the frame, of how many.
     pub index: u8,
@@ -113,11 +120,13 @@ pub struct Header {
 impl Header {
     pub fn write(&self, out: &mut [u8]) {
         out[0] = MAGIC;
-        out[1] = match (self.sealed, self.routed) {
-            (false, false) => KIND_PLAIN,
-            (true, false) => KIND_SEALED,
-            (false, true) => KIND_PLAIN_ROUTED,
-            (true, true) => KIND_SEALED_ROUTED,
+        out[1] = match (self.sealed, self.routed, self.bundle) {
+            (false, _, true) => KIND_PLAIN_BUNDLE,
+            (true, _, true) => KIND_SEALED_BUNDLE,
+            (false, false, false) => KIND_PLAIN,
+            (true, false, false) => KIND_SEALED,
+            (false, true, false) => KIND_PLAIN_ROUTED,
+            (true, true, false) => KIND_SEALED_ROUTED,
         };
         out[2..4].copy_from_slice(&self.sender.to_be_bytes());
         out[4] = self.index;
@@ -130,20 +139,23 @@ impl Header {
         if d.len() < HEADER_LEN || d[0] != MAGIC || d[6..8] != [0, 0] {
             return Err(DropReason::Malformed);
         }
-        let (sealed, routed) = match d[1] {
-            KIND_PLAIN => (false, false),
-            KIND_SEALED => (true, false),
-            KIND_PLAIN_ROUTED => (false, true),
-            KIND_SEALED_ROUTED => (true, true),
+        let (sealed, routed, bundle) = match d[1] {
+            KIND_PLAIN => (false, false, false),
+            KIND_SEALED => (true, false, false),
+            KIND_PLAIN_ROUTED => (false, true, false),
+            KIND_SEALED_ROUTED => (true, true, false),
+            KIND_PLAIN_BUNDLE => (false, false, true),
+            KIND_SEALED_BUNDLE => (true, false, true),
             _ => return Err(DropReason::Malformed),
         };
         let (index, count) = (d[4], d[5]);
-        if count == 0 || index >= count || count as usize > MAX_SEGMENTS {
+        if count == 0 || index >= count || count as usize > MAX_SEGMENTS || (bundle && count != 1) {
             return Err(DropReason::Malformed);
         }
         Ok(Header {
             sealed,
             routed,
+            bundle,
             sender: u16::from_be_bytes([d[2], d[3]]),
             index,
             count,
@@ -201,34 +213,21 @@ impl Encoder {
         let mut header = Header {
             sealed: self.sealer.is_some(),
             routed,
+            bundle: false,
             sender: self.local,
             index: 0,
             count: count as u8,
             counter: 0,
         };
-        let start = out.len();
+        if count == 1 {
+            // One datagram (every small frame): sealed where it is sent from.
+            return self.one_datagram(header, payload, out);
+        }
         let body: &[u8] = match &mut self.sealer {
             None => {
                 header.counter = self.next_plain;
                 self.next_plain += 1;
                 payload
-            }
-            Some(sealer) if count == 1 => {
-                // One datagram (every small frame): sealed where it is sent from.
-                header.counter = sealer.next_counter();
-                out.resize(start + HEADER_LEN, 0);
-                header.write(&mut out[start..]);
-                out.extend_from_slice(payload);
-                let aad: [u8; HEADER_LEN] =
-                    out[start..start + HEADER_LEN].try_into().expect("a header");
-                match sealer.seal_detached(&aad, &mut out[start + HEADER_LEN..]) {
-                    Ok((_, t)) => out.extend_from_slice(&t),
-                    Err(e) => {
-                        out.truncate(start);
-                        return Err(e);
-                    }
-                }
-                return Ok(out.len() - start);
             }
             Some(sealer) => {
                 header.counter = sealer.next_counter();
@@ -252,12 +251,58 @@ impl Encoder {
             .write(&mut out[at..]);
             out.extend_from_slice(chunk);
         }
-        if body.is_empty() {
-            let at = out.len();
-            out.resize(at + HEADER_LEN, 0);
-            header.write(&mut out[at..]);
+        Ok(HEADER_LEN + segment)
+    }
+}
+
+impl Encoder {
+    /// Appends one bundle datagram carrying `body` (frames behind their lengths, see
+    /// [`super::bundle`]) to `out`, sealed under one counter when encrypted; returns its
+    /// size. The caller keeps `body` with its tag within one underlay packet.
+    pub fn encode_bundle(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<usize, CryptoError> {
+        let header = Header {
+            sealed: self.sealer.is_some(),
+            routed: false,
+            bundle: true,
+            sender: self.local,
+            index: 0,
+            count: 1,
+            counter: 0,
+        };
+        self.one_datagram(header, body, out)
+    }
+
+    /// Appends one whole datagram, `header` (with the next counter) and `body`, sealed in
+    /// place when encrypted; returns its size.
+    fn one_datagram(
+        &mut self,
+        mut header: Header,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, CryptoError> {
+        let start = out.len();
+        header.counter = match &self.sealer {
+            Some(sealer) => sealer.next_counter(),
+            None => {
+                self.next_plain += 1;
+                self.next_plain - 1
+            }
+        };
+        out.resize(start + HEADER_LEN, 0);
+        header.write(&mut out[start..]);
+        out.extend_from_slice(body);
+        if let Some(sealer) = &mut self.sealer {
+            let aad: [u8; HEADER_LEN] =
+                out[start..start + HEADER_LEN].try_into().expect("a header");
+            match sealer.seal_detached(&aad, &mut out[start + HEADER_LEN..]) {
+                Ok((_, t)) => out.extend_from_slice(&t),
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
         }
-        Ok(HEADER_LEN + segment.min(body.len()))
+        Ok(out.len() - start)
     }
 }
 
@@ -493,6 +538,38 @@ mod tests {
     }
 
     #[test]
+    fn a_bundle_is_one_datagram_under_one_counter_opened_once_or_not_at_all() {
+        let (mut enc, mut dec) = sealed_pair();
+        let before = datagrams(&mut enc, b"single").remove(0);
+        let body = [&[0u8, 3][..], b"one", &[0, 3], b"two"].concat();
+        let mut out = Vec::new();
+        let len = enc.encode_bundle(&body, &mut out).unwrap();
+        assert_eq!(len, out.len());
+        assert_eq!(len, HEADER_LEN + body.len() + TAG_LEN);
+        let after = datagrams(&mut enc, b"after").remove(0);
+        let h = Header::parse(&out).unwrap();
+        assert_eq!(
+            (h.sealed, h.routed, h.bundle, h.count, h.counter),
+            (true, false, true, 1, 1)
+        );
+        assert!(!out.windows(3).any(|w| w == b"two"), "sealed");
+        // In any order with the ordinary datagrams around it, each once.
+        assert_eq!(decode(&mut dec, &after), Ok(Some(b"after".to_vec())));
+        assert_eq!(decode(&mut dec, &out), Ok(Some(body.clone())));
+        assert_eq!(decode(&mut dec, &before), Ok(Some(b"single".to_vec())));
+        assert_eq!(decode(&mut dec, &out), Err(DropReason::Replayed));
+        let (mut enc2, mut dec2) = sealed_pair();
+        let mut fresh = Vec::new();
+        enc2.encode_bundle(&body, &mut fresh).unwrap();
+        fresh[HEADER_LEN + 2] ^= 1;
+        assert_eq!(decode(&mut dec2, &fresh), Err(DropReason::Forged));
+        // A bundle is never cut into segments.
+        let mut cut = out.clone();
+        cut[5] = 2;
+        assert_eq!(decode(&mut dec, &cut), Err(DropReason::Malformed));
+    }
+
+    #[test]
     fn replayed_and_tampered_datagrams_are_dropped() {
         let (mut enc, mut dec) = sealed_pair();
         let a = datagrams(&mut enc, b"first").remove(0);
@@ -621,6 +698,7 @@ mod tests {
                 Header {
                     sealed: true,
                     routed: false,
+                    bundle: false,
                     sender: 7,
                     index: 0,
                     count: 1,
@@ -732,6 +810,7 @@ mod tests {
         let h = Header {
             sealed: false,
             routed: false,
+            bundle: false,
             sender: 1,
             index: 0,
             count: 64,

@@ -25,6 +25,8 @@ fn input<'a>(
             received_bytes: 8000,
             drops: vec![("forged", 1), ("replayed", 0)],
             macs_not_learned: 5,
+            sent_bundled_frames: 40,
+            received_bundled_frames: 30,
         }),
     }
 }
@@ -334,6 +336,8 @@ fn refusals_are_counted_by_reason() {
         "weave_gossip_refused_total{reason=\"hop_limit\"} 4",
         "weave_gossip_refused_total{reason=\"not_along_route\"} 0",
         "weave_sleeve_macs_not_learned_total 5",
+        "weave_sleeve_bundled_frames_total{direction=\"sent\"} 40",
+        "weave_sleeve_bundled_frames_total{direction=\"received\"} 30",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
     }

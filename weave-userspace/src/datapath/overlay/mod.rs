@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::{Datapath, DatapathError, DatapathPeer};
 use crate::crypto::SessionKeys;
 use crate::mesh::peer_name::PeerName;
-use crate::sleeve::Sleeve;
+use crate::sleeve::{Sleeve, SleeveFeatures};
 
 pub mod choice;
 pub mod path_mtu;
@@ -26,8 +26,8 @@ pub struct Placement {
     pub overlay: Overlay,
     /// It may fall back (or return) to the other overlay: both hold it.
     pub watched: bool,
-    /// Its sleeve takes routed datagrams: it relays frames of others, and gets them.
-    pub relays: bool,
+    /// What its sleeve takes besides one frame per datagram (routed datagrams, bundles).
+    pub sleeve: SleeveFeatures,
 }
 
 impl Placement {
@@ -71,7 +71,7 @@ impl<D: Datapath> Overlays<D> {
                 // The fast path never routes to the peer: its frames go to the bridge, and
                 // from there through the sleeve.
                 sleeve
-                    .add_peer(short_id, peer.underlay, session, true, placement.relays)
+                    .add_peer(short_id, peer.underlay, session, true, placement.sleeve)
                     .map_err(sleeve_error)?;
                 if placement.watched {
                     self.datapath.admit_peer(peer).await?;
@@ -82,7 +82,7 @@ impl<D: Datapath> Overlays<D> {
                 let mut stale = Vec::new();
                 if placement.watched {
                     sleeve
-                        .add_peer(short_id, peer.underlay, session, false, placement.relays)
+                        .add_peer(short_id, peer.underlay, session, false, placement.sleeve)
                         .map_err(sleeve_error)?;
                     // A connection it replaces may have had it on the sleeve.
                     stale = sleeve.carry(short_id, false);

@@ -876,3 +876,22 @@ fn a_held_peers_short_id_is_not_given_to_another_name() {
     let effects = core.on_event(handshaken(3, false, &impostor));
     assert_eq!(kinds(&effects), ["refuse"]);
 }
+
+#[test]
+fn a_peers_sleeve_takes_relays_and_bundles_by_the_version_it_speaks() {
+    let features = |version: u8| {
+        let mut core = MeshCore::new(hello(1), config(true, SleeveUse::All));
+        let Event::Handshaken(mut h) = handshaken(7, true, &hello(2)) else {
+            unreachable!()
+        };
+        h.version = version;
+        let effects = core.on_event(Event::Handshaken(h));
+        let Some(Effect::Place { placement, .. }) = effects.get(1) else {
+            panic!("not placed: {effects:?}")
+        };
+        (placement.sleeve.relays, placement.sleeve.bundles)
+    };
+    assert_eq!(features(4), (false, false));
+    assert_eq!(features(6), (true, false), "a version 6 peer gets no bundles");
+    assert_eq!(features(MAX_VERSION), (true, true));
+}
