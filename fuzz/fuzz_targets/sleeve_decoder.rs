@@ -1,14 +1,15 @@
 //! The sleeve's receive path for one peer: datagram headers, reassembly and opening
 //! (plain or sealed), then the route header and where a routed frame goes. A sequence of
-//! datagrams from the input: made up ones, and frames our own encoder cut into segments,
-//! delivered whole, in part or again.
+//! datagrams from the input: made up ones, frames our own encoder cut into segments,
+//! delivered whole, in part or again, and bundles of small frames.
 //!
 //! Invariants: nothing panics; a header that parses writes back to the same bytes; a frame
 //! whose segments arrive in order and uninterrupted comes out exactly as it went in, once,
 //! at its last segment; with a key, every frame that comes out is one we sealed and none
 //! comes out twice (replays and made-up datagrams never do); a route header reads back as
 //! written; a routed frame is never passed back to the neighbour it came from nor to its
-//! origin, never past its hop limit, and always with one hop less.
+//! origin, never past its hop limit, and always with one hop less; a bundle of ours gives
+//! back its frames, in order, once; any bundle's payload splits without panicking.
 #![no_main]
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use std::collections::HashMap;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use weave_router::crypto::{DatagramOpener, NonceDomain, Sealer};
+use weave_router::sleeve::bundle::{self, Bundle, Contents};
 use weave_router::sleeve::forwarding::{received, Neighbour, Routing, Send};
 use weave_router::sleeve::packet::{segments, Decoder, Encoder, Header, RouteHeader, HEADER_LEN};
 
@@ -35,6 +37,8 @@ enum Op {
     },
     /// Every datagram of an earlier frame again.
     Replay(u8),
+    /// Small frames of ours in one bundle (as many as fit a datagram of `capacity` bytes).
+    Bundle { frames: Vec<Vec<u8>>, capacity: u16 },
 }
 
 fn check_route(payload: &[u8], routing: &Routing) {
@@ -113,6 +117,12 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
         if header.routed {
             check_route(&payload, &routing);
         }
+        if header.bundle {
+            // Whatever it holds splits; a malformed length ends it with one error.
+            let split: Vec<_> = bundle::frames(&payload).collect();
+            assert!(split.iter().filter(|f| f.is_err()).count() <= 1);
+            assert!(split.iter().rev().skip(1).all(|f| f.is_ok()));
+        }
         Some(payload)
     };
     for op in ops.iter().take(32) {
@@ -167,6 +177,49 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     }
                 }
                 sent.push((payload.clone(), datagrams));
+            }
+            Op::Bundle { frames, capacity } => {
+                let capacity = usize::from(*capacity % 2048).max(64);
+                let mut b = Bundle::default();
+                let mut put = Vec::new();
+                for f in frames.iter().take(64) {
+                    if !Bundle::takes(f.len(), capacity) || !b.has_room(f.len(), capacity) {
+                        break;
+                    }
+                    b.push(f);
+                    put.push(f.clone());
+                }
+                if b.is_empty() {
+                    continue;
+                }
+                out.clear();
+                let (is_bundle, encoded) = match b.contents() {
+                    Contents::Single(f) => (false, encoder.encode(f, 4096, &mut out, &mut scratch)),
+                    Contents::Bundle(body) => (true, encoder.encode_bundle(body, &mut out)),
+                };
+                if encoded.is_err() {
+                    continue;
+                }
+                assert_eq!(is_bundle, put.len() > 1);
+                let payload = match b.contents() {
+                    Contents::Single(f) | Contents::Bundle(f) => f.to_vec(),
+                };
+                if sealed {
+                    not_out.push(payload.clone());
+                }
+                let datagrams = vec![out.clone()];
+                let got = feed(&mut decoder, &out).expect("a bundle of ours did not come out");
+                assert!(got == payload, "a bundle came out changed");
+                if is_bundle {
+                    let split: Vec<Vec<u8>> = bundle::frames(&got)
+                        .map(|f| f.expect("a frame of ours is well formed").to_vec())
+                        .collect();
+                    assert_eq!(split, put, "a bundle's frames came out changed or reordered");
+                }
+                if sealed {
+                    authentic(&mut not_out, &got);
+                }
+                sent.push((payload, datagrams));
             }
             Op::Replay(k) => {
                 let Some((_, datagrams)) = sent.get(usize::from(*k) % sent.len().max(1)) else {
