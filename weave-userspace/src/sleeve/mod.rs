@@ -744,11 +744,7 @@ fn send_one(shared: &Shared, send: Send, payload: &[u8], b: &mut Buffers) {
         }
     }
     // Its small frames before it keep their place.
-    if let Some(slot) = b
-        .bundles
-        .iter()
-        .position(|p| p.to.as_ref().is_some_and(|t| t.0 == to))
-    {
+    if let Some(slot) = bundle_slot(b, to) {
         close_bundle(shared, slot, b);
     }
     let body = match route {
@@ -789,6 +785,13 @@ fn queue(
     }
 }
 
+/// The slot of the bundle under way to peer `to`, if any.
+fn bundle_slot(b: &Buffers, to: u16) -> Option<usize> {
+    b.bundles
+        .iter()
+        .position(|p| p.to.as_ref().is_some_and(|(id, _)| *id == to))
+}
+
 /// Adds a small frame to the peer's bundle, sending the bundle first when the frame would
 /// not fit it.
 fn add_to_bundle(
@@ -799,11 +802,7 @@ fn add_to_bundle(
     capacity: usize,
     b: &mut Buffers,
 ) {
-    let slot = match b
-        .bundles
-        .iter()
-        .position(|p| p.to.as_ref().is_some_and(|t| t.0 == to))
-    {
+    let slot = match bundle_slot(b, to) {
         Some(i) => i,
         None => {
             let i = match b.bundles.iter().position(|p| p.to.is_none()) {
