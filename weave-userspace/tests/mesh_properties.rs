@@ -232,6 +232,23 @@ fn a_new_peers_record_is_relayed_before_its_connection_is_acknowledged() {
 }
 
 #[test]
+fn a_neighbour_that_lists_a_connection_to_the_origin_is_not_relayed_to() {
+    // A line 0-1-2, and 2 has just connected to 0 too: its record lists 0, the copy of 0's
+    // record everyone holds does not list 2 yet. 2 takes 0's gossip from 0 only: 1 does not
+    // pass it on to 2 (2 would refuse it).
+    let edges = BTreeSet::from([(0, 1), (1, 2)]);
+    let mut all = records(3, &edges);
+    let two = all.iter_mut().rev().find(|p| p.name == name(2)).unwrap();
+    two.connections.extend(connection_to(0, "10.0.0.1:6783"));
+    two.connections.sort();
+    let at = |me: usize| replica(me, &all, &[], 1);
+    assert!(routes::relay_children(&at(1), name(0)).is_empty());
+    // Nor 2's to 0 (2's record lists 0); 1's own gossip still goes to both.
+    assert!(routes::relay_children(&at(1), name(2)).is_empty());
+    assert_eq!(routes::relay_children(&at(1), name(1)).len(), 2);
+}
+
+#[test]
 fn in_a_full_mesh_only_the_origin_relays() {
     let edges: BTreeSet<(usize, usize)> = (0..5)
         .flat_map(|a| ((a + 1)..5).map(move |b| (a, b)))
