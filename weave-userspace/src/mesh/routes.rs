@@ -119,14 +119,17 @@ pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
     // the origin's gossip from the origin only (its records: `Topology::merge_from`): it is
     // no child of ours. The common case in a full mesh, also while it forms (when the
     // origin's record does not list every new connection yet): none of our neighbours is
-    // left, no search.
+    // left, no search. But the neighbour's record may be the stale one: when the origin's
+    // latest change took out its connection to the neighbour, that connection broke, and
+    // the neighbour gets the change from us (its own record saying otherwise is merely
+    // older news: until it hears of the break it routes over a dead link).
     let beside_origin = |remote: PeerName| {
         remote == origin
             || source
                 .connections
                 .binary_search_by(|o| o.remote.cmp(&remote))
                 .is_ok()
-            || topology.lists_connection(remote, origin)
+            || (topology.lists_connection(remote, origin) && !topology.just_dropped(origin, remote))
     };
     if origin != me
         && topology

@@ -744,6 +744,19 @@ impl Topology {
         })
     }
 
+    /// Whether the change that led to the record of `peer` held here took out its
+    /// connection to `remote`: a connection that just broke, as `peer` tells it (`remote`'s
+    /// own record, as held here, may still list it).
+    pub fn just_dropped(&self, peer: PeerName, remote: PeerName) -> bool {
+        let (Some(held), Some(last)) = (
+            self.peers.get(&peer),
+            self.changes.get(&peer).and_then(|kept| kept.back()),
+        ) else {
+            return false;
+        };
+        (last.version, last.uid) == (held.version, held.uid) && last.removed.contains(&remote)
+    }
+
     /// Compares the digest of `neighbour` with what we hold. A direct peer's record is
     /// taken from that peer only (see [`GossipSource`]), so the records of the peers the
     /// neighbour's record lists connections to are left out of what we send it (it would

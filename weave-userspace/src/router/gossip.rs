@@ -56,6 +56,20 @@ pub(super) fn publish_interval(neighbours: usize) -> Duration {
 /// first change on it), and asking for each at once doubled the gossip.
 pub const GAP_WAIT: Duration = Duration::from_millis(500);
 
+/// How long a gap waits before it is asked for ([`GAP_WAIT`]), by who sent the change: a
+/// direct peer's own change is asked for at once. Its record is taken from it only, so
+/// nothing else can fill the gap, and nothing fills it by itself either (its changes go out
+/// from its last publication, older than the record its answer to our digest carried);
+/// a connection that dies meanwhile would leave the gap open until anti-entropy, and its
+/// peer unreachable here once the loss is noticed.
+pub(super) fn gap_wait(from_owner: bool) -> Duration {
+    if from_owner {
+        Duration::ZERO
+    } else {
+        GAP_WAIT
+    }
+}
+
 /// Records we hold behind a change that reached us, each with the neighbour that sent it
 /// (which holds the version it leads to) and when to ask it for what we lack unless that
 /// arrived by then ([`GAP_WAIT`]).
@@ -74,24 +88,26 @@ struct GapAsk {
 
 impl GapAsks {
     /// A change of `name` leading to `wanted` (version, UID) came from connection `from` at
-    /// `now` and did not apply. A later one replaces the earlier's version and sender, not
-    /// its time.
+    /// `now` and did not apply; it is asked for after `wait` ([`gap_wait`]). A later one
+    /// replaces the earlier's version and sender, and its time only if sooner.
     pub fn note(
         &mut self,
         name: PeerName,
         from: ConnId,
         wanted: (u64, u64),
         now: tokio::time::Instant,
+        wait: Duration,
     ) {
-        let ask = self.waiting.entry(name).or_insert(GapAsk {
-            from,
-            wanted,
-            due: now + GAP_WAIT,
-        });
+        let due = now + wait;
+        let ask = self
+            .waiting
+            .entry(name)
+            .or_insert(GapAsk { from, wanted, due });
         if wanted > ask.wanted {
             ask.wanted = wanted;
             ask.from = from;
         }
+        ask.due = ask.due.min(due);
     }
 
     /// The asks due at `now`, by the connection to ask, of records we still hold older than
@@ -542,10 +558,11 @@ impl<D: Datapath> Inner<D> {
             Ok(DeltaOutcome::Stale) => {}
             Ok(DeltaOutcome::Gap) => {
                 // Ask the sender for that record (it holds it: it applied the change),
-                // unless it arrives meanwhile ([`GAP_WAIT`]).
+                // unless it arrives meanwhile ([`gap_wait`]).
                 let now = tokio::time::Instant::now();
                 let wanted = (delta.version, delta.uid);
-                self.view().gap_asks.note(delta.name, id, wanted, now);
+                let wait = gap_wait(from == delta.name);
+                self.view().gap_asks.note(delta.name, id, wanted, now, wait);
             }
         }
     }
@@ -1043,10 +1060,10 @@ mod tests {
         let (c1, c2) = (1, 2);
         let t = tokio::time::Instant::now();
         let mut gaps = GapAsks::default();
-        gaps.note(p(1), c1, (5, 1), t);
-        gaps.note(p(2), c1, (3, 1), t);
+        gaps.note(p(1), c1, (5, 1), t, GAP_WAIT);
+        gaps.note(p(2), c1, (3, 1), t, GAP_WAIT);
         // A later change of 1, from another neighbour: asked of that one, still at t + wait.
-        gaps.note(p(1), c2, (7, 1), t + GAP_WAIT / 2);
+        gaps.note(p(1), c2, (7, 1), t + GAP_WAIT / 2, GAP_WAIT);
         let held = |name: PeerName| if name == p(2) { (3, 1) } else { (4, 1) };
         let (asks, next) = gaps.due(t + GAP_WAIT / 4, held);
         assert!(asks.is_empty());
@@ -1060,6 +1077,26 @@ mod tests {
         assert_eq!(next, None);
         let (asks, _) = gaps.due(t + GAP_WAIT * 2, held);
         assert!(asks.is_empty(), "asked once");
+    }
+
+    #[test]
+    fn a_gap_in_a_direct_peers_own_change_is_asked_for_at_once() {
+        use super::{gap_wait, GapAsks, GAP_WAIT};
+        let p = |n: u8| PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]);
+        let held = |_: PeerName| (2, 1);
+        let t = tokio::time::Instant::now();
+        let mut gaps = GapAsks::default();
+        gaps.note(p(1), 1, (5, 1), t, gap_wait(true));
+        let (asks, next) = gaps.due(t, held);
+        assert_eq!(asks, BTreeMap::from([(1, vec![p(1)])]));
+        assert_eq!(next, None);
+        // A relayed change waits; the owner's own change of the same record then brings
+        // the ask forward.
+        gaps.note(p(2), 2, (5, 1), t, gap_wait(false));
+        assert!(gaps.due(t, held).0.is_empty());
+        gaps.note(p(2), 3, (6, 1), t + GAP_WAIT / 4, gap_wait(true));
+        let (asks, _) = gaps.due(t + GAP_WAIT / 4, held);
+        assert_eq!(asks, BTreeMap::from([(3, vec![p(2)])]));
     }
 
     #[test]
