@@ -543,6 +543,7 @@ impl<D: Datapath> Inner<D> {
     /// every 100 ms) and dials newly learned peers. Returns when to come back, if waiting.
     async fn after_events(self: &Arc<Self>) -> Option<tokio::time::Instant> {
         let publish_at = self.publish_if_pending();
+        let asks_at = self.ask_for_gaps_if_due();
         let routes_at = self.apply_routes_if_due().await;
         let (discovered, discovery_at) = self.discovery_targets();
         for target in discovered {
@@ -552,6 +553,7 @@ impl<D: Datapath> Inner<D> {
         self.store_targets();
         publish_at
             .into_iter()
+            .chain(asks_at)
             .chain(routes_at)
             .chain(discovery_at)
             .min()

@@ -232,6 +232,58 @@ fn a_new_peers_record_is_relayed_before_its_connection_is_acknowledged() {
 }
 
 #[test]
+fn a_neighbour_that_lists_a_connection_to_the_origin_is_not_relayed_to() {
+    // A line 0-1-2, and 2 has just connected to 0 too: its record lists 0, the copy of 0's
+    // record everyone holds does not list 2 yet. 2 takes 0's gossip from 0 only: 1 does not
+    // pass it on to 2 (2 would refuse it).
+    let edges = BTreeSet::from([(0, 1), (1, 2)]);
+    let mut all = records(3, &edges);
+    let two = all.iter_mut().rev().find(|p| p.name == name(2)).unwrap();
+    two.connections.extend(connection_to(0, "10.0.0.1:6783"));
+    two.connections.sort();
+    let at = |me: usize| replica(me, &all, &[], 1);
+    assert!(routes::relay_children(&at(1), name(0)).is_empty());
+    // Nor 2's to 0 (2's record lists 0); 1's own gossip still goes to both.
+    assert!(routes::relay_children(&at(1), name(2)).is_empty());
+    assert_eq!(routes::relay_children(&at(1), name(1)).len(), 2);
+}
+
+#[test]
+fn a_broken_connection_is_relayed_to_its_far_end_whose_stale_record_still_lists_it() {
+    // A triangle 0, 1, 2 whose link 0-2 breaks: 0 notices first and publishes its record
+    // without 2. 1 still holds 2's record listing 0 (2 has not noticed yet, or its change
+    // is on the way), yet 2 must hear 0's change from 1: until it does it routes to 0 over
+    // the dead link.
+    let edges = BTreeSet::from([(0, 1), (0, 2), (1, 2)]);
+    let all = records(3, &edges);
+    let mut at_one = replica(1, &all, &[], 1);
+    assert!(
+        routes::relay_children(&at_one, name(0)).is_empty(),
+        "0 reaches 2 itself"
+    );
+    let mut without_two = at_one.peer(&name(0)).unwrap().clone();
+    without_two.version += 1;
+    without_two.connections.retain(|c| c.remote != name(2));
+    at_one.merge(&[without_two.clone()]).unwrap();
+    assert!(
+        at_one.lists_connection(name(2), name(0)),
+        "2's record is the stale one"
+    );
+    assert_eq!(routes::relay_children(&at_one, name(0)), vec![name(2)]);
+    // The same when the change came as a change, not as the record.
+    let mut by_change = replica(1, &all, &[], 1);
+    let change = without_two.delta_from(by_change.peer(&name(0)).unwrap());
+    by_change.apply_delta(&change).unwrap();
+    assert_eq!(routes::relay_children(&by_change, name(0)), vec![name(2)]);
+    // 0's next change says nothing about 2: 2's record counts again (2 heard of the break).
+    let mut later = without_two;
+    later.version += 1;
+    later.nickname = "renamed".into();
+    at_one.merge(&[later]).unwrap();
+    assert!(routes::relay_children(&at_one, name(0)).is_empty());
+}
+
+#[test]
 fn in_a_full_mesh_only_the_origin_relays() {
     let edges: BTreeSet<(usize, usize)> = (0..5)
         .flat_map(|a| ((a + 1)..5).map(move |b| (a, b)))

@@ -36,13 +36,28 @@ impl Graph {
     fn new(topology: &Topology) -> Self {
         let names: Vec<PeerName> = topology.peers().map(|p| p.name).collect();
         let index = |name: &PeerName| names.binary_search(name).ok();
-        let adjacency = names
-            .iter()
-            .map(|name| {
-                topology
-                    .symmetric_neighbours(name)
+        // Each peer's established connections as indices, in name order (connection lists
+        // are sorted by remote, and so are the names): one pass over every record, then a
+        // binary search per connection for the other end's, instead of a map look-up per
+        // connection (routes are computed over and over while a large mesh forms).
+        let published: Vec<Vec<usize>> = topology
+            .peers()
+            .map(|p| {
+                p.connections
                     .iter()
-                    .filter_map(index)
+                    .filter(|c| c.established)
+                    .filter_map(|c| index(&c.remote))
+                    .collect()
+            })
+            .collect();
+        let adjacency = published
+            .iter()
+            .enumerate()
+            .map(|(i, remotes)| {
+                remotes
+                    .iter()
+                    .copied()
+                    .filter(|&j| j != i && published[j].binary_search(&i).is_ok())
                     .collect()
             })
             .collect();
@@ -100,16 +115,29 @@ pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
     let Some(source) = topology.peer(&origin) else {
         return Vec::new();
     };
-    // The common case in a full mesh: the origin reaches all our neighbours itself, so
-    // none of them can be our child.
-    let reaches_all_ours = topology.ourself().connections.iter().all(|c| {
-        c.remote == origin
+    // A neighbour with a connection to the origin, as either of them publishes it, takes
+    // the origin's gossip from the origin only (its records: `Topology::merge_from`): it is
+    // no child of ours. The common case in a full mesh, also while it forms (when the
+    // origin's record does not list every new connection yet): none of our neighbours is
+    // left, no search. But the neighbour's record may be the stale one: when the origin's
+    // latest change took out its connection to the neighbour, that connection broke, and
+    // the neighbour gets the change from us (its own record saying otherwise is merely
+    // older news: until it hears of the break it routes over a dead link).
+    let beside_origin = |remote: PeerName| {
+        remote == origin
             || source
                 .connections
-                .binary_search_by(|o| o.remote.cmp(&c.remote))
+                .binary_search_by(|o| o.remote.cmp(&remote))
                 .is_ok()
-    });
-    if origin != me && reaches_all_ours {
+            || (topology.lists_connection(remote, origin) && !topology.just_dropped(origin, remote))
+    };
+    if origin != me
+        && topology
+            .ourself()
+            .connections
+            .iter()
+            .all(|c| beside_origin(c.remote))
+    {
         return Vec::new();
     }
     let mut seen = BTreeSet::from([origin]);
@@ -135,6 +163,9 @@ pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
             // Our children are those we found: the rest of the tree is not ours to send to.
             break;
         }
+    }
+    if origin != me {
+        children.retain(|c| !beside_origin(*c));
     }
     children
 }

@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::peer_name::{PeerName, ShortId};
 use super::gossip_refusal::Refusal;
+use super::peer_name::{PeerName, ShortId};
 
 /// Longest nickname accepted in gossip.
 pub const MAX_NICKNAME_LEN: usize = 64;
@@ -244,6 +244,10 @@ pub enum DeltaOutcome {
 pub struct MergeOutcome {
     /// Records that were new or newer than ours: the delta to pass on.
     pub improved: Vec<PeerInfo>,
+    /// Of the improved records that replaced an earlier version of the same run, the change
+    /// from that version: what is passed on instead of the record (the neighbours it goes
+    /// to held that version too, as a rule; one that did not asks for what it lacks).
+    pub changes: BTreeMap<PeerName, RecordDelta>,
     /// Someone holds a record of our own name newer than ours (an earlier run of this
     /// router); our version was raised past it.
     pub ourself_bumped: bool,
@@ -273,6 +277,10 @@ struct Trust<'a> {
     ours: BTreeMap<PeerName, u32>,
     /// The same from the sender.
     senders: BTreeMap<PeerName, u32>,
+    /// Peers the sender is a neighbour of (over connections both ends publish) and we are
+    /// not: the sender is one hop from them, we more, so it is on a shortest path (decided
+    /// without counting hops, which costs a search of the whole mesh per message).
+    beside_sender: BTreeSet<PeerName>,
 }
 
 /// What to do with a record or change of a peer other than us.
@@ -291,14 +299,24 @@ impl Trust<'_> {
     fn new<'a>(
         topology: &Topology,
         source: GossipSource<'a>,
-        mut names: impl Iterator<Item = PeerName>,
+        names: impl Iterator<Item = PeerName>,
     ) -> Trust<'a> {
-        let needs_hops = names.any(|name| {
-            name != topology.ourself
-                && name != source.from
-                && !source.direct.contains_key(&name)
-                && topology.peers.contains_key(&name)
-        });
+        let mut needs_hops = false;
+        let mut beside_sender = BTreeSet::new();
+        for name in names {
+            if name == topology.ourself
+                || name == source.from
+                || source.direct.contains_key(&name)
+                || !topology.peers.contains_key(&name)
+            {
+                continue;
+            }
+            if topology.adjacent(source.from, name) && !topology.adjacent(topology.ourself, name) {
+                beside_sender.insert(name);
+            } else {
+                needs_hops = true;
+            }
+        }
         let hops = |from| {
             if needs_hops {
                 topology.hops_from(from)
@@ -310,6 +328,7 @@ impl Trust<'_> {
             source,
             ours: hops(topology.ourself),
             senders: hops(source.from),
+            beside_sender,
         }
     }
 
@@ -326,7 +345,7 @@ impl Trust<'_> {
                 (false, false) => Verdict::ForOwner,
             };
         }
-        if !held || from == name {
+        if !held || from == name || self.beside_sender.contains(&name) {
             return Verdict::Take;
         }
         match (self.ours.get(&name), self.senders.get(&name)) {
@@ -339,30 +358,47 @@ impl Trust<'_> {
     }
 }
 
-
 /// How many of each record's latest changes are kept. While a full mesh forms, a record
 /// changes every publication interval for seconds on end: a neighbour that fell a few dozen
 /// versions behind still gets the changes, which are smaller than the record (see
-/// [`changes_cheaper`]).
+/// [`change_cheaper`]).
 pub const CHANGES_KEPT: usize = 32;
 
-/// Up to this many changes always go as changes (as when only these many were kept).
-const CHANGES_ALWAYS_SENT: usize = 8;
-
-/// Whether `changes` are sent rather than the whole `record` they lead to: up to
-/// [`CHANGES_ALWAYS_SENT`] of them, or when they cost less on the wire (a change carries the
-/// record's header, about what two connection entries take, and its own entries; the record
-/// its header and every connection).
-fn changes_cheaper(changes: &[RecordDelta], record: &PeerInfo) -> bool {
-    const HEADER_IN_ENTRIES: usize = 2;
-    if changes.len() <= CHANGES_ALWAYS_SENT {
-        return true;
+/// Consecutive changes of one record (same run, each from the version the one before led
+/// to) as one change from the first one's base to the last one's version: each connection
+/// as it ended up (upserted or removed), once. A neighbour far behind gets one message of
+/// what changed in between, never longer than the record with the removals.
+fn composed<'a>(changes: impl IntoIterator<Item = &'a RecordDelta>) -> Option<RecordDelta> {
+    let mut changes = changes.into_iter().peekable();
+    let first = *changes.peek()?;
+    let mut last = first;
+    let mut net: BTreeMap<PeerName, Option<&ConnectionSummary>> = BTreeMap::new();
+    for change in changes {
+        last = change;
+        for r in &change.removed {
+            net.insert(*r, None);
+        }
+        for c in &change.upserted {
+            net.insert(c.remote, Some(c));
+        }
     }
-    let changes_cost: usize = changes
-        .iter()
-        .map(|c| HEADER_IN_ENTRIES + c.upserted.len() + c.removed.len())
-        .sum();
-    changes_cost <= HEADER_IN_ENTRIES + record.connections.len()
+    Some(RecordDelta {
+        from_version: first.from_version,
+        upserted: net.values().filter_map(|c| c.cloned()).collect(),
+        removed: net
+            .iter()
+            .filter(|(_, c)| c.is_none())
+            .map(|(r, _)| *r)
+            .collect(),
+        ..last.clone()
+    })
+}
+
+/// Whether `change` is sent rather than the whole `record` it leads to: when it costs
+/// less on the wire (both carry the record's header; the change its own entries, the
+/// record every connection).
+fn change_cheaper(change: &RecordDelta, record: &PeerInfo) -> bool {
+    change.upserted.len() + change.removed.len() <= record.connections.len()
 }
 
 /// Every peer's latest record, as known here.
@@ -401,15 +437,18 @@ impl Topology {
         kept.push_back(change);
     }
 
-    /// Keeps the change from `old` to `new` of one peer's record, or forgets its changes
-    /// when `new` is not a later version of `old` (a new run of that peer).
-    fn record_replaced(&mut self, old: Option<&PeerInfo>, new: &PeerInfo) {
+    /// Keeps the change from `old` to `new` of one peer's record and returns it, or forgets
+    /// its changes when `new` is not a later version of `old` (a new run of that peer).
+    fn record_replaced(&mut self, old: Option<&PeerInfo>, new: &PeerInfo) -> Option<RecordDelta> {
         match old {
             Some(old) if old.uid == new.uid && old.version < new.version => {
-                self.keep_change(new.delta_from(old));
+                let change = new.delta_from(old);
+                self.keep_change(change.clone());
+                Some(change)
             }
             _ => {
                 self.changes.remove(&new.name);
+                None
             }
         }
     }
@@ -423,18 +462,18 @@ impl Topology {
         let old = me.clone();
         change(me);
         let new = me.clone();
-        self.record_replaced(Some(&old), &new);
+        let _ = self.record_replaced(Some(&old), &new);
     }
 
-    /// Our changes of `name`'s record from version `from` on, if we keep all of them and
-    /// they cost less than the record.
-    fn changes_since(&self, name: &PeerName, uid: u64, from: u64) -> Option<Vec<RecordDelta>> {
+    /// Our changes of `name`'s record from version `from` on, as one change, if we keep
+    /// all of them and it costs less than the record.
+    fn change_since(&self, name: &PeerName, uid: u64, from: u64) -> Option<RecordDelta> {
         let kept = self.changes.get(name)?;
         let start = kept
             .iter()
             .position(|c| c.uid == uid && c.from_version == from)?;
-        let changes: Vec<RecordDelta> = kept.iter().skip(start).cloned().collect();
-        changes_cheaper(&changes, self.peers.get(name)?).then_some(changes)
+        let change = composed(kept.range(start..))?;
+        change_cheaper(&change, self.peers.get(name)?).then_some(change)
     }
 
     pub fn ourself(&self) -> &PeerInfo {
@@ -517,7 +556,10 @@ impl Topology {
         for info in update {
             if info.name == self.ourself {
                 let me = self.ourself();
-                if info.supersedes(me) && info.uid != me.uid && info.version < super::OWN_VERSION_LIMIT {
+                if info.supersedes(me)
+                    && info.uid != me.uid
+                    && info.version < super::OWN_VERSION_LIMIT
+                {
                     self.change_ourself(|me| me.version = info.version + 1);
                     outcome.ourself_bumped = true;
                 }
@@ -536,7 +578,9 @@ impl Topology {
                 }
                 Verdict::Take => {
                     let old = self.peers.insert(info.name, info.clone());
-                    self.record_replaced(old.as_ref(), info);
+                    if let Some(change) = self.record_replaced(old.as_ref(), info) {
+                        outcome.changes.insert(info.name, change);
+                    }
                     outcome.improved.push(info.clone());
                 }
                 Verdict::Refuse(reason) => outcome.refused.push((info.name, reason)),
@@ -642,9 +686,10 @@ impl Topology {
     }
 
     /// What brings the listed versions up to ours: for each listed peer we hold newer, the
-    /// changes from the listed version when we keep them all and they cost less than the
-    /// record ([`changes_cheaper`]), else the record. A neighbour that missed one change
-    /// (it came another way, or out of order) gets the few changes, not the record again.
+    /// change from the listed version when we keep every change since and their sum costs
+    /// less than the record ([`change_cheaper`]), else the record. A neighbour that missed
+    /// one change (it came another way, or out of order) gets what changed, not the record
+    /// again.
     pub fn catch_up_listed(&self, listed: &[RecordVersion]) -> (Vec<PeerInfo>, Vec<RecordDelta>) {
         let (mut records, mut changes) = (Vec::new(), Vec::new());
         for d in listed {
@@ -654,8 +699,8 @@ impl Topology {
             if (p.version, p.uid) <= (d.version, d.uid) {
                 continue;
             }
-            match self.changes_since(&d.name, d.uid, d.version) {
-                Some(kept) => changes.extend(kept),
+            match self.change_since(&d.name, d.uid, d.version) {
+                Some(change) => changes.push(change),
                 None => records.push(p.clone()),
             }
         }
@@ -678,27 +723,70 @@ impl Topology {
         }
     }
 
-    /// Compares a neighbour's digest with what we hold.
-    pub fn compare(&self, digest: &[RecordVersion]) -> DigestComparison {
+    /// Whether `a` and `b` are neighbours over an established connection both publish.
+    fn adjacent(&self, a: PeerName, b: PeerName) -> bool {
+        let established = |from: PeerName, to: PeerName| {
+            self.peers.get(&from).is_some_and(|p| {
+                p.connections
+                    .binary_search_by(|c| c.remote.cmp(&to))
+                    .is_ok_and(|i| p.connections[i].established)
+            })
+        };
+        established(a, b) && established(b, a)
+    }
+
+    /// Whether `peer`'s record lists a connection to `remote` (as held here).
+    pub fn lists_connection(&self, peer: PeerName, remote: PeerName) -> bool {
+        self.peers.get(&peer).is_some_and(|p| {
+            p.connections
+                .binary_search_by(|c| c.remote.cmp(&remote))
+                .is_ok()
+        })
+    }
+
+    /// Whether the change that led to the record of `peer` held here took out its
+    /// connection to `remote`: a connection that just broke, as `peer` tells it (`remote`'s
+    /// own record, as held here, may still list it).
+    pub fn just_dropped(&self, peer: PeerName, remote: PeerName) -> bool {
+        let (Some(held), Some(last)) = (
+            self.peers.get(&peer),
+            self.changes.get(&peer).and_then(|kept| kept.back()),
+        ) else {
+            return false;
+        };
+        (last.version, last.uid) == (held.version, held.uid) && last.removed.contains(&remote)
+    }
+
+    /// Compares the digest of `neighbour` with what we hold. A direct peer's record is
+    /// taken from that peer only (see [`GossipSource`]), so the records of the peers the
+    /// neighbour's record lists connections to are left out of what we send it (it would
+    /// refuse them: while a full mesh forms, that is most of every answer), and the records
+    /// of our own direct peers that it holds newer do not count (we would refuse them).
+    pub fn compare(&self, neighbour: PeerName, digest: &[RecordVersion]) -> DigestComparison {
         let theirs: BTreeMap<PeerName, (u64, u64)> = digest
             .iter()
             .map(|d| (d.name, (d.version, d.uid)))
             .collect();
         let (mut ours_newer, mut our_changes) = (Vec::new(), Vec::new());
         for p in self.peers.values() {
+            if p.name != self.ourself && self.lists_connection(neighbour, p.name) {
+                continue;
+            }
             match theirs.get(&p.name) {
                 Some(v) if (p.version, p.uid) <= *v => {}
-                Some(&(version, uid)) => match self.changes_since(&p.name, uid, version) {
-                    Some(changes) => our_changes.extend(changes),
+                Some(&(version, uid)) => match self.change_since(&p.name, uid, version) {
+                    Some(change) => our_changes.push(change),
                     None => ours_newer.push(p.clone()),
                 },
                 None => ours_newer.push(p.clone()),
             }
         }
         let theirs_newer = digest.iter().any(|d| {
-            self.peers
-                .get(&d.name)
-                .is_none_or(|p| (d.version, d.uid) > (p.version, p.uid))
+            (d.name == neighbour || !self.lists_connection(self.ourself, d.name))
+                && self
+                    .peers
+                    .get(&d.name)
+                    .is_none_or(|p| (d.version, d.uid) > (p.version, p.uid))
         });
         DigestComparison {
             ours_newer,
@@ -715,6 +803,17 @@ impl Topology {
     /// Removes peers that cannot be reached from us over any published connection.
     /// Returns the removed names.
     pub fn garbage_collect(&mut self) -> Vec<PeerName> {
+        self.garbage_collect_but(|_| false).0
+    }
+
+    /// [`Topology::garbage_collect`], but the unreachable peers `spared` names are kept (and
+    /// returned second): a record that just arrived is often of a peer whose connections
+    /// the records of the peers on the way to it do not list yet (their changes are on the
+    /// way); forgetting it would only have it sent whole again.
+    pub fn garbage_collect_but(
+        &mut self,
+        spared: impl Fn(PeerName) -> bool,
+    ) -> (Vec<PeerName>, Vec<PeerName>) {
         let mut reachable = BTreeSet::from([self.ourself]);
         let mut queue = VecDeque::from([self.ourself]);
         while let Some(name) = queue.pop_front() {
@@ -726,17 +825,17 @@ impl Topology {
                 }
             }
         }
-        let gone: Vec<PeerName> = self
+        let (kept, gone): (Vec<PeerName>, Vec<PeerName>) = self
             .peers
             .keys()
             .filter(|n| !reachable.contains(n))
             .copied()
-            .collect();
+            .partition(|n| spared(*n));
         for name in &gone {
             self.peers.remove(name);
             self.changes.remove(name);
         }
-        gone
+        (gone, kept)
     }
 
     /// The neighbours of `name` over established connections that both ends publish,
@@ -854,7 +953,9 @@ mod tests {
             .unwrap();
         assert!(!outcome.ourself_bumped);
         assert_eq!(view.ourself().version, 3);
-        let outcome = view.merge(&[peer(1, super::super::OWN_VERSION_LIMIT - 1, 9)]).unwrap();
+        let outcome = view
+            .merge(&[peer(1, super::super::OWN_VERSION_LIMIT - 1, 9)])
+            .unwrap();
         assert!(outcome.ourself_bumped);
         assert_eq!(view.ourself().version, super::super::OWN_VERSION_LIMIT);
         let delta = RecordDelta {
@@ -916,7 +1017,7 @@ mod tests {
         let mut theirs = Topology::new(peer(4, 1, 1));
         theirs.merge(&[peer(2, 5, 1), peer(3, 3, 1)]).unwrap();
 
-        let c = ours.compare(&theirs.digest());
+        let c = ours.compare(pname(4), &theirs.digest());
         let names: Vec<u64> = c.ours_newer.iter().map(|p| p.name.as_u64()).collect();
         assert_eq!(
             names,
@@ -925,7 +1026,7 @@ mod tests {
         );
         assert!(c.theirs_newer, "they hold peer 3 newer and peer 4 we lack");
 
-        let back = theirs.compare(&ours.digest());
+        let back = theirs.compare(pname(1), &ours.digest());
         let mut names: Vec<u64> = back.ours_newer.iter().map(|p| p.name.as_u64()).collect();
         names.sort();
         assert_eq!(names, vec![3, 4]);
@@ -935,7 +1036,10 @@ mod tests {
         ours.merge(&back.ours_newer).unwrap();
         theirs.merge(&c.ours_newer).unwrap();
         assert_eq!(ours.digest(), theirs.digest());
-        assert_eq!(ours.compare(&theirs.digest()), DigestComparison::default());
+        assert_eq!(
+            ours.compare(pname(4), &theirs.digest()),
+            DigestComparison::default()
+        );
     }
 
     #[test]
@@ -1008,15 +1112,15 @@ mod tests {
             connections.push(conn(n));
             assert!(ours.set_our_connections(connections.clone()));
         }
-        let c = ours.compare(&behind.digest());
+        let c = ours.compare(pname(2), &behind.digest());
         assert!(
             c.ours_newer.is_empty(),
             "no whole record: {:?}",
             c.ours_newer
         );
-        assert_eq!(c.our_changes.len(), 3);
+        assert_eq!(c.our_changes.len(), 1, "the three changes as one");
         for change in &c.our_changes {
-            assert_eq!(change.upserted.len(), 1, "one new connection each");
+            assert_eq!(change.upserted.len(), 3, "the three new connections");
             assert_eq!(behind.apply_delta(change), Ok(DeltaOutcome::Applied));
         }
         assert_eq!(behind.peer(&ours.ourself().name), Some(ours.ourself()));
@@ -1029,7 +1133,7 @@ mod tests {
         }
         let mut first_version = Topology::new(peer(5, 1, 11));
         first_version.merge(&[peer(1, 1, 7)]).unwrap();
-        let passed_on = relay.compare(&first_version.digest());
+        let passed_on = relay.compare(pname(5), &first_version.digest());
         assert_eq!(passed_on.ours_newer.len(), 1, "relay's own record only");
         assert_eq!(passed_on.our_changes, c.our_changes);
 
@@ -1040,12 +1144,12 @@ mod tests {
             connections.push(conn(n));
             assert!(ours.set_our_connections(connections.clone()));
         }
-        let c = ours.compare(&far.digest());
+        let c = ours.compare(pname(3), &far.digest());
         assert_eq!(c.ours_newer.len(), 1);
         assert!(c.our_changes.is_empty());
         let mut other_run = far.digest();
         other_run.iter_mut().for_each(|d| d.uid += 1);
-        let c = ours.compare(&[other_run[0]]);
+        let c = ours.compare(pname(3), &[other_run[0]]);
         assert!(c.our_changes.is_empty());
     }
 
@@ -1069,7 +1173,8 @@ mod tests {
         let held = asker.record_version(ours.ourself().name);
         let (records, changes) = ours.catch_up_listed(&[held]);
         assert!(records.is_empty(), "{records:?}");
-        assert_eq!(changes.len(), 2);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].upserted.len(), 2);
         for change in &changes {
             assert_eq!(asker.apply_delta(change), Ok(DeltaOutcome::Applied));
         }
@@ -1104,16 +1209,128 @@ mod tests {
             };
             assert!(ours.set_our_connections(now));
         }
-        let c = ours.compare(&behind.digest());
+        let c = ours.compare(pname(2), &behind.digest());
         assert_eq!(c.ours_newer, vec![ours.ourself().clone()]);
         assert!(c.our_changes.is_empty());
         // One version behind: the change.
         let mut one_behind = Topology::new(peer(2, 1, 8));
         one_behind.merge(&[ours.ourself().clone()]).unwrap();
         assert!(ours.set_our_connections(vec![conn.clone()]));
-        let c = ours.compare(&one_behind.digest());
+        let c = ours.compare(pname(2), &one_behind.digest());
         assert!(c.ours_newer.is_empty());
         assert_eq!(c.our_changes.len(), 1);
+    }
+
+    #[test]
+    fn changes_kept_go_as_one_change_of_each_connection_as_it_ended() {
+        let conn = |n: u8, established: bool| ConnectionSummary {
+            remote: PeerName::from_bytes([0, 0, 0, 0, 0, n]),
+            address: format!("10.0.0.{n}:6783").parse().unwrap(),
+            outbound: false,
+            established,
+        };
+        let mut ours = Topology::new(peer(1, 1, 7));
+        let mut behind = Topology::new(peer(2, 1, 8));
+        let mut connections: Vec<ConnectionSummary> = (3..40).map(|n| conn(n, true)).collect();
+        assert!(ours.set_our_connections(connections.clone()));
+        behind.merge(&[ours.ourself().clone()]).unwrap();
+        // 41 comes, 4 goes, 41 goes and 42 comes pending, 42 is established: four versions.
+        connections.push(conn(41, false));
+        assert!(ours.set_our_connections(connections.clone()));
+        connections.retain(|c| c.remote != conn(4, true).remote);
+        assert!(ours.set_our_connections(connections.clone()));
+        connections.pop();
+        connections.push(conn(42, false));
+        assert!(ours.set_our_connections(connections.clone()));
+        connections.pop();
+        connections.push(conn(42, true));
+        assert!(ours.set_our_connections(connections.clone()));
+
+        let (records, changes) = ours.catch_up_listed(&[behind.record_version(pname(1))]);
+        assert!(records.is_empty());
+        let [change] = changes.as_slice() else {
+            panic!("one change: {changes:?}");
+        };
+        assert_eq!((change.from_version, change.version), (2, 6));
+        assert_eq!(change.upserted, vec![conn(42, true)], "42 as it ended");
+        assert_eq!(change.removed, vec![pname(4), pname(41)]);
+        assert_eq!(behind.apply_delta(change), Ok(DeltaOutcome::Applied));
+        assert_eq!(behind.peer(&pname(1)), Some(ours.ourself()));
+        // The receiver keeps it as one change, and hands it on as it got it.
+        let mut first = Topology::new(peer(5, 1, 9));
+        let mut v2 = ours.ourself().clone();
+        v2.version = 2;
+        v2.connections = (3..40).map(|n| conn(n, true)).collect();
+        first.merge(&[v2]).unwrap();
+        let (_, passed_on) = behind.catch_up_listed(&[first.record_version(pname(1))]);
+        assert_eq!(passed_on, changes);
+    }
+
+    #[test]
+    fn a_digest_is_answered_without_the_records_of_the_neighbours_own_direct_peers() {
+        // We (1) know 3 and 4; the neighbour (2) is connected to 3 and to us, and holds
+        // old versions of everything.
+        let mut ours = Topology::new(peer(1, 1, 1));
+        ours.set_our_connections(vec![link(2), link(3)]);
+        ours.merge(&[
+            connected(2, 5, 2, &[1, 3]),
+            connected(3, 5, 3, &[1, 2]),
+            connected(4, 5, 4, &[3]),
+        ])
+        .unwrap();
+        let mut theirs = Topology::new(connected(2, 5, 2, &[1, 3]));
+        theirs
+            .merge(&[
+                connected(1, 1, 1, &[]),
+                connected(3, 1, 3, &[]),
+                connected(4, 1, 4, &[]),
+            ])
+            .unwrap();
+        let c = ours.compare(pname(2), &theirs.digest());
+        let mut sent: Vec<PeerName> = c.ours_newer.iter().map(|p| p.name).collect();
+        sent.extend(c.our_changes.iter().map(|d| d.name));
+        sent.sort();
+        assert_eq!(
+            sent,
+            vec![pname(1), pname(4)],
+            "not 3: the neighbour takes 3's record from 3 only"
+        );
+        assert!(!c.theirs_newer);
+
+        // A newer record of our direct peer 3 held by the neighbour is not asked for (we
+        // take it from 3 only); a newer record of 4 or of the neighbour itself is.
+        let mut digest = ours.digest();
+        digest
+            .iter_mut()
+            .filter(|d| d.name == pname(3))
+            .for_each(|d| d.version = 9);
+        assert!(!ours.compare(pname(2), &digest).theirs_newer);
+        for newer in [pname(4), pname(2)] {
+            let mut digest = ours.digest();
+            digest
+                .iter_mut()
+                .filter(|d| d.name == newer)
+                .for_each(|d| d.version = 9);
+            assert!(ours.compare(pname(2), &digest).theirs_newer, "{newer}");
+        }
+    }
+
+    #[test]
+    fn a_record_improved_by_a_merge_is_passed_on_as_the_change_from_the_version_held() {
+        let mut t = Topology::new(peer(1, 1, 1));
+        let outcome = t.merge(&[connected(3, 2, 3, &[4])]).unwrap();
+        assert!(
+            outcome.changes.is_empty(),
+            "nothing held: the record goes on"
+        );
+        let outcome = t.merge(&[connected(3, 5, 3, &[4, 5])]).unwrap();
+        let change = &outcome.changes[&pname(3)];
+        assert_eq!((change.from_version, change.version), (2, 5));
+        assert_eq!(change.upserted, vec![link(5)]);
+        // Another run of 3: the record.
+        let outcome = t.merge(&[connected(3, 6, 33, &[4])]).unwrap();
+        assert!(outcome.changes.is_empty());
+        assert_eq!(outcome.improved.len(), 1);
     }
 
     #[test]
@@ -1124,16 +1341,16 @@ mod tests {
             version: 3,
             uid: 7,
         }];
-        assert!(ours.compare(&digest).theirs_newer);
+        assert!(ours.compare(pname(9), &digest).theirs_newer);
         let mut with_old = Topology::new(peer(1, 1, 1));
         with_old.merge(&[peer(2, 3, 5)]).unwrap();
-        assert!(with_old.compare(&digest).theirs_newer);
+        assert!(with_old.compare(pname(9), &digest).theirs_newer);
         let newer = [RecordVersion {
             name: PeerName::from_bytes([0, 0, 0, 0, 0, 2]),
             version: 3,
             uid: 4,
         }];
-        assert!(!with_old.compare(&newer).theirs_newer);
+        assert!(!with_old.compare(pname(9), &newer).theirs_newer);
     }
 
     fn link(n: u8) -> ConnectionSummary {

@@ -13,9 +13,9 @@ use super::{Inner, Mesh};
 use crate::datapath::Datapath;
 use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
 use crate::mesh::connection_maker::Target;
+use crate::mesh::gossip_refusal::{Refusal, REFUSED};
 use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::{self, GossipDigest, GossipUpdate, Message};
-use crate::mesh::gossip_refusal::{Refusal, REFUSED};
 use crate::mesh::routes::{self, Routes};
 use crate::mesh::topology::{DeltaOutcome, GossipSource, PeerInfo, RecordDelta, Topology};
 
@@ -34,6 +34,123 @@ const ROUTES_INTERVAL_MAX: Duration = Duration::from_secs(1);
 /// Shortest time between two publications of our own record: a burst of connection
 /// changes (a join in a full mesh) goes out as one record.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// What each neighbour adds to the time between two publications ([`publish_interval`]).
+const PUBLISH_INTERVAL_PER_NEIGHBOUR: Duration = Duration::from_millis(5);
+/// The longest time between two publications.
+const PUBLISH_INTERVAL_MAX: Duration = Duration::from_millis(500);
+
+/// Shortest time between two publications of our record with `neighbours` connections:
+/// [`PUBLISH_INTERVAL`], longer with more neighbours (each publication goes to every one of
+/// them, and while a full mesh forms every router's record changes with every connection
+/// made: 100 routers publishing every 100 ms to 99 neighbours each is 10⁵ messages a
+/// second), at most [`PUBLISH_INTERVAL_MAX`]. The first change after a quiet spell still
+/// goes at once.
+pub(super) fn publish_interval(neighbours: usize) -> Duration {
+    (PUBLISH_INTERVAL_PER_NEIGHBOUR * neighbours as u32)
+        .clamp(PUBLISH_INTERVAL, PUBLISH_INTERVAL_MAX)
+}
+
+/// How long a change we could not apply (we hold an older version than it applies to)
+/// waits before we ask for what we lack: while a mesh forms the missing versions are
+/// mostly on their way (the answer to the digest of a new connection follows the owner's
+/// first change on it), and asking for each at once doubled the gossip.
+pub const GAP_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a gap waits before it is asked for ([`GAP_WAIT`]), by who sent the change: a
+/// direct peer's own change is asked for at once. Its record is taken from it only, so
+/// nothing else can fill the gap, and nothing fills it by itself either (its changes go out
+/// from its last publication, older than the record its answer to our digest carried);
+/// a connection that dies meanwhile would leave the gap open until anti-entropy, and its
+/// peer unreachable here once the loss is noticed.
+pub(super) fn gap_wait(from_owner: bool) -> Duration {
+    if from_owner {
+        Duration::ZERO
+    } else {
+        GAP_WAIT
+    }
+}
+
+/// Records we hold behind a change that reached us, each with the neighbour that sent it
+/// (which holds the version it leads to) and when to ask it for what we lack unless that
+/// arrived by then ([`GAP_WAIT`]).
+#[derive(Debug, Default)]
+pub(super) struct GapAsks {
+    waiting: BTreeMap<PeerName, GapAsk>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GapAsk {
+    from: ConnId,
+    /// The version (and run) of the change that did not apply.
+    wanted: (u64, u64),
+    due: tokio::time::Instant,
+}
+
+impl GapAsks {
+    /// A change of `name` leading to `wanted` (version, UID) came from connection `from` at
+    /// `now` and did not apply; it is asked for after `wait` ([`gap_wait`]). A later one
+    /// replaces the earlier's version and sender, and its time only if sooner.
+    pub fn note(
+        &mut self,
+        name: PeerName,
+        from: ConnId,
+        wanted: (u64, u64),
+        now: tokio::time::Instant,
+        wait: Duration,
+    ) {
+        let due = now + wait;
+        let ask = self
+            .waiting
+            .entry(name)
+            .or_insert(GapAsk { from, wanted, due });
+        if wanted > ask.wanted {
+            ask.wanted = wanted;
+            ask.from = from;
+        }
+        ask.due = ask.due.min(due);
+    }
+
+    /// The asks due at `now`, by the connection to ask, of records we still hold older than
+    /// wanted (`held`: the version and UID we hold of a peer); the others that are no longer
+    /// behind are dropped. Also when the next one is due.
+    pub fn due(
+        &mut self,
+        now: tokio::time::Instant,
+        held: impl Fn(PeerName) -> (u64, u64),
+    ) -> (
+        BTreeMap<ConnId, Vec<PeerName>>,
+        Option<tokio::time::Instant>,
+    ) {
+        self.waiting.retain(|name, ask| held(*name) < ask.wanted);
+        let mut asks: BTreeMap<ConnId, Vec<PeerName>> = BTreeMap::new();
+        self.waiting.retain(|name, ask| {
+            if ask.due <= now {
+                asks.entry(ask.from).or_default().push(*name);
+                false
+            } else {
+                true
+            }
+        });
+        (asks, self.waiting.values().map(|a| a.due).min())
+    }
+}
+
+/// How long an unreachable peer's record is kept after it last changed here
+/// ([`Topology::garbage_collect_but`]).
+pub const FORGET_AFTER: Duration = Duration::from_secs(2);
+
+/// Anti-entropy ticks skipped at most in a row while our view keeps changing
+/// ([`Inner::anti_entropy`]).
+const ANTI_ENTROPY_SKIPS_MAX: u32 = 3;
+/// A view changed within this long counts as changing for anti-entropy.
+const ANTI_ENTROPY_QUIET: Duration = Duration::from_secs(2);
+
+/// Whether a periodic digest is sent now: not while our view changes (a mesh forming: every
+/// answer would be about records in flight anyway, and missed changes are asked for as they
+/// are found), unless [`ANTI_ENTROPY_SKIPS_MAX`] ticks were skipped in a row already.
+pub(super) fn anti_entropy_now(changed_for: Option<Duration>, skipped: u32) -> bool {
+    skipped >= ANTI_ENTROPY_SKIPS_MAX || changed_for.is_none_or(|d| d >= ANTI_ENTROPY_QUIET)
+}
 
 /// How long a router leaves the dialling of a peer gossip named to that peer, when the
 /// peer's name is higher: of two connections between the same two routers the one dialled
@@ -86,6 +203,15 @@ pub(super) struct MeshView {
     /// The nickname of every peer seen since the start (`rmpeer` takes nicknames, also of
     /// peers gone from the topology).
     pub nicknames: BTreeMap<PeerName, String>,
+    /// Records to ask a neighbour for, found behind by changes that did not apply.
+    pub gap_asks: GapAsks,
+    /// When the topology last changed (a record taken, our connections), and the
+    /// anti-entropy ticks skipped in a row since one was sent.
+    pub changed_at: Option<tokio::time::Instant>,
+    pub anti_entropy_skipped: u32,
+    /// When each peer's record last changed here, for the peers whose record changed
+    /// within [`FORGET_AFTER`]: an unreachable one is not forgotten yet.
+    pub record_changed_at: BTreeMap<PeerName, tokio::time::Instant>,
 }
 
 impl MeshView {
@@ -103,6 +229,10 @@ impl MeshView {
             summary: (Vec::new(), Vec::new()),
             summary_changed_at: std::time::SystemTime::now(),
             nicknames: BTreeMap::new(),
+            gap_asks: GapAsks::default(),
+            changed_at: None,
+            anti_entropy_skipped: 0,
+            record_changed_at: BTreeMap::new(),
         }
     }
 }
@@ -204,8 +334,18 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
-    /// Sends a digest to a random few neighbours.
+    /// Sends a digest to a random few neighbours (not while our view changes:
+    /// [`anti_entropy_now`]).
     pub(super) fn anti_entropy(&self) {
+        {
+            let mut view = self.view();
+            let changed_for = view.changed_at.map(|t| t.elapsed());
+            if !anti_entropy_now(changed_for, view.anti_entropy_skipped) {
+                view.anti_entropy_skipped += 1;
+                return;
+            }
+            view.anti_entropy_skipped = 0;
+        }
         let mut ids: Vec<ConnId> = self.mesh().core.connections().map(|(id, _)| *id).collect();
         ids.shuffle(&mut rand::thread_rng());
         ids.truncate(fanout(ids.len()));
@@ -228,7 +368,10 @@ impl<D: Datapath> Inner<D> {
             }
             return;
         }
-        let comparison = self.view().topology.compare(&digest.entries);
+        let Some(neighbour) = self.mesh().core.connection(id).map(|c| c.hello.name) else {
+            return;
+        };
+        let comparison = self.view().topology.compare(neighbour, &digest.entries);
         if !comparison.ours_newer.is_empty() {
             self.send_to(
                 id,
@@ -246,9 +389,10 @@ impl<D: Datapath> Inner<D> {
     }
 
     /// Sends our record to every neighbour if it changed and the last publication is at
-    /// least [`PUBLISH_INTERVAL`] ago. Returns when to try again if it had to wait.
+    /// least [`publish_interval`] ago. Returns when to try again if it had to wait.
     pub(super) fn publish_if_pending(&self) -> Option<tokio::time::Instant> {
         let now = tokio::time::Instant::now();
+        let interval = publish_interval(self.mesh().core.peer_count());
         let (ourself, change) = {
             let mut view = self.view();
             if !view.publish_pending {
@@ -256,7 +400,7 @@ impl<D: Datapath> Inner<D> {
             }
             if let Some(due) = view
                 .published_at
-                .map(|t| t + PUBLISH_INTERVAL)
+                .map(|t| t + interval)
                 .filter(|due| *due > now)
             {
                 return Some(due);
@@ -273,7 +417,6 @@ impl<D: Datapath> Inner<D> {
             view.published = Some(ourself.clone());
             (ourself, change)
         };
-        // Our neighbours are our children in our own broadcast tree: all of them.
         let mesh = self.mesh();
         match change {
             Some(delta) => {
@@ -286,6 +429,45 @@ impl<D: Datapath> Inner<D> {
         None
     }
 
+    /// Asks the neighbours for the records still behind changes they sent once
+    /// [`GAP_WAIT`] has passed ([`GapAsks`]). Returns when to come back, if waiting.
+    pub(super) fn ask_for_gaps_if_due(&self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let asks = {
+            let mut view = self.view();
+            let view = &mut *view;
+            let topology = &view.topology;
+            let (asks, next) = view.gap_asks.due(now, |name| {
+                let held = topology.record_version(name);
+                (held.version, held.uid)
+            });
+            let asks: Vec<(ConnId, GossipDigest)> = asks
+                .into_iter()
+                .map(|(id, names)| {
+                    let entries = names
+                        .into_iter()
+                        .map(|n| topology.record_version(n))
+                        .collect();
+                    let ask = GossipDigest {
+                        entries,
+                        reply: true,
+                        only_listed: true,
+                    };
+                    (id, ask)
+                })
+                .collect();
+            if asks.is_empty() {
+                return next;
+            }
+            (asks, next)
+        };
+        let (asks, next) = asks;
+        for (id, ask) in asks {
+            self.send_to(id, &Message::Digest(ask));
+        }
+        next
+    }
+
     /// Our connections changed: publish them and recompute routes.
     pub(super) async fn connections_changed(&self) {
         {
@@ -293,6 +475,7 @@ impl<D: Datapath> Inner<D> {
             let mut view = self.view();
             if view.topology.set_our_connections(summaries) {
                 view.publish_pending = true;
+                view.changed_at = Some(tokio::time::Instant::now());
             }
         }
         self.routes_stale();
@@ -324,7 +507,9 @@ impl<D: Datapath> Inner<D> {
             view.routes_at = Some(now);
         }
         self.apply_routes().await;
-        None
+        // Unreachable peers spared from forgetting are looked at again.
+        let view = self.view();
+        view.routes_stale.then(|| now + ROUTES_INTERVAL_MAX)
     }
 
     /// Merges gossip from connection `id`; malformed gossip closes that connection and
@@ -359,6 +544,8 @@ impl<D: Datapath> Inner<D> {
                 self.records_refused(id, "change", &[(delta.name, reason)]);
             }
             Ok(DeltaOutcome::Applied) => {
+                let now = tokio::time::Instant::now();
+                self.view().record_changed_at.insert(delta.name, now);
                 let children = self.tree_children(delta.name);
                 if let Some(frame) = encode_message(&Message::Delta(delta)) {
                     send_frame_to(&self.mesh(), &frame, Some(&children), Some(id));
@@ -370,14 +557,12 @@ impl<D: Datapath> Inner<D> {
             }
             Ok(DeltaOutcome::Stale) => {}
             Ok(DeltaOutcome::Gap) => {
-                // Ask the sender for that one record (it holds it: it applied the change).
-                let held = self.view().topology.record_version(delta.name);
-                let ask = GossipDigest {
-                    entries: vec![held],
-                    reply: true,
-                    only_listed: true,
-                };
-                self.send_to(id, &Message::Digest(ask));
+                // Ask the sender for that record (it holds it: it applied the change),
+                // unless it arrives meanwhile ([`gap_wait`]).
+                let now = tokio::time::Instant::now();
+                let wanted = (delta.version, delta.uid);
+                let wait = gap_wait(from == delta.name);
+                self.view().gap_asks.note(delta.name, id, wanted, now, wait);
             }
         }
     }
@@ -464,6 +649,7 @@ impl<D: Datapath> Inner<D> {
     /// After the topology improved: take a new short ID if ours is contested, recompute
     /// routes with the burst.
     async fn topology_changed(&self) {
+        self.view().changed_at = Some(tokio::time::Instant::now());
         let lost_to = self.view().topology.short_id_lost_to();
         if let Some(winner) = lost_to {
             tracing::warn!("peer {winner} has our short ID and the lower name");
@@ -508,19 +694,38 @@ impl<D: Datapath> Inner<D> {
                     self.view().publish_pending = true;
                 }
                 // Each record goes on along its owner's broadcast tree (in a full mesh:
-                // nowhere, since the owner reaches everyone itself).
-                let me = self.view().topology.ourself().name;
+                // nowhere, since the owner reaches everyone itself): as the change from the
+                // version we held when there was one, else whole.
+                let me = {
+                    let mut view = self.view();
+                    let now = tokio::time::Instant::now();
+                    for record in &outcome.improved {
+                        view.record_changed_at.insert(record.name, now);
+                    }
+                    view.topology.ourself().name
+                };
+                let mut changes = outcome.changes;
                 let mut by_children: BTreeMap<Vec<PeerName>, Vec<PeerInfo>> = BTreeMap::new();
+                let mut changes_to: Vec<(Vec<PeerName>, RecordDelta)> = Vec::new();
                 for record in outcome.improved.into_iter().filter(|r| r.name != me) {
                     let children = self.tree_children(record.name);
-                    if !children.is_empty() {
-                        by_children.entry(children).or_default().push(record);
+                    if children.is_empty() {
+                        continue;
+                    }
+                    match changes.remove(&record.name) {
+                        Some(change) => changes_to.push((children, change)),
+                        None => by_children.entry(children).or_default().push(record),
                     }
                 }
                 {
                     let mesh = self.mesh();
                     for (children, records) in by_children {
                         self.gossip_to(&mesh, records, Some(&children), Some(id));
+                    }
+                    for (children, change) in changes_to {
+                        if let Some(frame) = encode_message(&Message::Delta(change)) {
+                            send_frame_to(&mesh, &frame, Some(&children), Some(id));
+                        }
                     }
                 }
                 self.topology_changed().await;
@@ -625,9 +830,20 @@ impl<D: Datapath> Inner<D> {
                 .map(|p| (p.name, p.nickname.clone()))
                 .collect();
             view.nicknames.extend(seen);
-            let gone = view.topology.garbage_collect();
+            let now = tokio::time::Instant::now();
+            view.record_changed_at
+                .retain(|_, at| now.saturating_duration_since(*at) < FORGET_AFTER);
+            let view = &mut *view;
+            let recent = &view.record_changed_at;
+            let (gone, spared) = view
+                .topology
+                .garbage_collect_but(|name| recent.contains_key(&name));
             if !gone.is_empty() {
                 tracing::info!("peers no longer reachable, forgotten: {gone:?}");
+            }
+            if !spared.is_empty() {
+                // Looked at again once their records are older (`apply_routes_if_due`).
+                view.routes_stale = true;
             }
             view.routes = routes::compute(&view.topology);
             view.routes_cost = thread_cpu_time().saturating_sub(started);
@@ -824,6 +1040,76 @@ mod tests {
         assert!(peer_named("host9", &nicks)
             .unwrap_err()
             .contains("nor the nickname of a peer seen by this router"));
+    }
+
+    #[test]
+    fn publications_are_spaced_more_with_more_neighbours_up_to_a_limit() {
+        use super::{publish_interval, PUBLISH_INTERVAL, PUBLISH_INTERVAL_MAX};
+        use std::time::Duration;
+        assert_eq!(publish_interval(0), PUBLISH_INTERVAL);
+        assert_eq!(publish_interval(16), PUBLISH_INTERVAL);
+        assert_eq!(publish_interval(50), Duration::from_millis(250));
+        assert_eq!(publish_interval(100), PUBLISH_INTERVAL_MAX);
+        assert_eq!(publish_interval(1000), PUBLISH_INTERVAL_MAX);
+    }
+
+    #[test]
+    fn a_record_found_behind_is_asked_for_after_a_wait_unless_it_arrived() {
+        use super::{GapAsks, GAP_WAIT};
+        let p = |n: u8| PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]);
+        let (c1, c2) = (1, 2);
+        let t = tokio::time::Instant::now();
+        let mut gaps = GapAsks::default();
+        gaps.note(p(1), c1, (5, 1), t, GAP_WAIT);
+        gaps.note(p(2), c1, (3, 1), t, GAP_WAIT);
+        // A later change of 1, from another neighbour: asked of that one, still at t + wait.
+        gaps.note(p(1), c2, (7, 1), t + GAP_WAIT / 2, GAP_WAIT);
+        let held = |name: PeerName| if name == p(2) { (3, 1) } else { (4, 1) };
+        let (asks, next) = gaps.due(t + GAP_WAIT / 4, held);
+        assert!(asks.is_empty());
+        assert_eq!(
+            next,
+            Some(t + GAP_WAIT),
+            "2 arrived meanwhile: only 1 waits"
+        );
+        let (asks, next) = gaps.due(t + GAP_WAIT, held);
+        assert_eq!(asks, BTreeMap::from([(c2, vec![p(1)])]));
+        assert_eq!(next, None);
+        let (asks, _) = gaps.due(t + GAP_WAIT * 2, held);
+        assert!(asks.is_empty(), "asked once");
+    }
+
+    #[test]
+    fn a_gap_in_a_direct_peers_own_change_is_asked_for_at_once() {
+        use super::{gap_wait, GapAsks, GAP_WAIT};
+        let p = |n: u8| PeerName::from_bytes([0x0a, 0, 0, 0, 0, n]);
+        let held = |_: PeerName| (2, 1);
+        let t = tokio::time::Instant::now();
+        let mut gaps = GapAsks::default();
+        gaps.note(p(1), 1, (5, 1), t, gap_wait(true));
+        let (asks, next) = gaps.due(t, held);
+        assert_eq!(asks, BTreeMap::from([(1, vec![p(1)])]));
+        assert_eq!(next, None);
+        // A relayed change waits; the owner's own change of the same record then brings
+        // the ask forward.
+        gaps.note(p(2), 2, (5, 1), t, gap_wait(false));
+        assert!(gaps.due(t, held).0.is_empty());
+        gaps.note(p(2), 3, (6, 1), t + GAP_WAIT / 4, gap_wait(true));
+        let (asks, _) = gaps.due(t + GAP_WAIT / 4, held);
+        assert_eq!(asks, BTreeMap::from([(3, vec![p(2)])]));
+    }
+
+    #[test]
+    fn anti_entropy_waits_while_the_view_changes_but_not_for_ever() {
+        use super::{anti_entropy_now, ANTI_ENTROPY_QUIET, ANTI_ENTROPY_SKIPS_MAX};
+        use std::time::Duration;
+        assert!(anti_entropy_now(None, 0));
+        assert!(anti_entropy_now(Some(ANTI_ENTROPY_QUIET), 0));
+        assert!(!anti_entropy_now(Some(Duration::from_millis(10)), 0));
+        assert!(anti_entropy_now(
+            Some(Duration::from_millis(10)),
+            ANTI_ENTROPY_SKIPS_MAX
+        ));
     }
 
     #[test]
