@@ -163,7 +163,7 @@ fn check(t: &Topology, before: &Topology, gc: bool) {
 /// Brings the replica up to date from `t` the way neighbours do: it sends its digest, we
 /// answer with newer records and the changes it lacks.
 fn sync(t: &Topology, replica: &mut Topology, collected: &BTreeSet<PeerName>) {
-    let comparison = t.compare(&replica.digest());
+    let comparison = t.compare(peer(REPLICA), &replica.digest());
     replica
         .merge(&comparison.ours_newer)
         .expect("the replica takes our records");
@@ -280,7 +280,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         uid: u64::from(uid % 3),
                     })
                     .collect();
-                let c = t.compare(&digest);
+                let c = t.compare(peer(REPLICA), &digest);
                 for p in &c.ours_newer {
                     assert_eq!(t.peer(&p.name), Some(p));
                 }
