@@ -107,7 +107,8 @@ fn keep_logs(bed: &TestBed, kind: Restart, run: usize) {
     let _ = std::fs::create_dir_all(&dir);
     for host in 1..=2 {
         for from in bed.router(host).log_files() {
-            let kept = dir.join(format!("{}-run{run}-host{host}.log", kind.tag()));
+            let file = from.file_name().unwrap_or_default().to_string_lossy();
+            let kept = dir.join(format!("{}-run{run}-host{host}-{file}", kind.tag()));
             match std::fs::copy(&from, &kept) {
                 Ok(_) => println!("  log of router {host} kept in {}", kept.display()),
                 Err(e) => println!("  log of router {host} not kept ({}: {e})", from.display()),

@@ -26,7 +26,7 @@ pub const LENGTH_LEN: usize = 2;
 pub struct Bundle {
     /// The bundle's payload so far: length, frame, length, frame...
     body: Vec<u8>,
-    /// The first frame's length (to send a bundle of one as an ordinary datagram).
+    /// How many frames it holds (a bundle of one leaves as an ordinary datagram).
     frames: usize,
 }
 

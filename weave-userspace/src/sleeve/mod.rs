@@ -40,8 +40,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::crypto::TAG_LEN;
-use crate::crypto::{NonceDomain, SessionKeys};
+use crate::crypto::{NonceDomain, SessionKeys, TAG_LEN};
 use batch::{Group, GroupLimits, SendPlan};
 use bundle::{Bundle, Contents};
 use forwarding::{Neighbour, Routing, Send};

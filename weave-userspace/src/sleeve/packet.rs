@@ -225,8 +225,7 @@ impl Encoder {
         }
         let body: &[u8] = match &mut self.sealer {
             None => {
-                header.counter = self.next_plain;
-                self.next_plain += 1;
+                header.counter = self.take_plain_counter();
                 payload
             }
             Some(sealer) => {
@@ -272,6 +271,12 @@ impl Encoder {
         self.one_datagram(header, body, out)
     }
 
+    /// The sequence number of the next plain datagram.
+    fn take_plain_counter(&mut self) -> u64 {
+        self.next_plain += 1;
+        self.next_plain - 1
+    }
+
     /// Appends one whole datagram, `header` (with the next counter) and `body`, sealed in
     /// place when encrypted; returns its size.
     fn one_datagram(
@@ -283,10 +288,7 @@ impl Encoder {
         let start = out.len();
         header.counter = match &self.sealer {
             Some(sealer) => sealer.next_counter(),
-            None => {
-                self.next_plain += 1;
-                self.next_plain - 1
-            }
+            None => self.take_plain_counter(),
         };
         out.resize(start + HEADER_LEN, 0);
         header.write(&mut out[start..]);
