@@ -945,7 +945,10 @@ impl MeshCore {
             let Some(choice) = conn.choice.as_mut() else {
                 continue;
             };
-            let mut change = choice.sample(now, sample.rx_heartbeats);
+            // Its heartbeats and the echoes of ours both came through the fast path from
+            // the peer; the echoes, answered by its kernel, keep coming while a busy peer
+            // sends its own heartbeats late.
+            let mut change = choice.sample(now, sample.rx_heartbeats + sample.rx_echoes);
             if let Some(small) = only_small {
                 change.switch = choice.set_only_small_frames(small).switch.or(change.switch);
             }

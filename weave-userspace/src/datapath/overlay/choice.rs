@@ -2,8 +2,11 @@
 //! through both ways, the sleeve otherwise.
 //!
 //! Pure: the router samples the peer's received-packet counter of the fast path once a
-//! second (the peer's fast-path heartbeats move it), passes on the peer's reports of
-//! whether it hears ours, and applies the switches [`OverlayChoice`] returns. Hysteresis
+//! second (the peer's fast-path heartbeats move it, and so do the echoes of ours that the
+//! peer's kernel sends back: either came to us through the fast path from the peer, and an
+//! echo keeps coming while the peer's process is too busy to send its own heartbeats on
+//! time), passes on the peer's reports of whether it hears ours, and applies the switches
+//! [`OverlayChoice`] returns. Hysteresis
 //! keeps a flaky path from flapping: the peer is no longer heard after [`LOST_AFTER`]
 //! without a heartbeat, and heard again only after heartbeats for [`STABLE_AFTER`]. The
 //! fast path is used only while both ends hear each other. A peer that never reports

@@ -11,7 +11,11 @@
 //! to (`too_big`), and sends a round of [`PROBES_PER_ROUND`] sizes spread between them, so
 //! that any MTU between [`FLOOR`] and a jumbo frame is found exactly in a few rounds. A round
 //! is concluded when the peer reports all of it arrived, or [`ROUND_TIMEOUT`] after it
-//! was sent (what was not reported by then is taken as too big). Once found, the MTU is
+//! was sent (what was not reported by then is taken as too big). A report that comes after
+//! its round timed out (a peer too busy to report on time: a loaded host, a mesh forming)
+//! still counts: what it shows crossed is verified, and the loss taken back, so a slow
+//! report never leaves a connection with a smaller MTU or on the sleeve for nothing (the
+//! last [`LATE_ROUNDS_KEPT`] rounds are kept for it). Once found, the MTU is
 //! checked again every [`RECHECK_EVERY`] (the size itself and the ceiling: a path that
 //! shrinks or grows is noticed). An ICMP "fragmentation needed" from the underlay about our
 //! own outer packets ([`PathMtuSearch::frag_needed`]) is a hint, never a verdict: it bounds
@@ -30,6 +34,8 @@ pub const ROUND_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const FLOOR_FAILURES: u8 = 2;
 /// How often a found MTU is checked again.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
+/// Concluded rounds kept for a report that comes after [`ROUND_TIMEOUT`].
+pub const LATE_ROUNDS_KEPT: usize = 3;
 
 /// A round of probes in flight.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +75,12 @@ pub struct PathMtuSearch {
     round: Option<Round>,
     /// When the verified MTU is checked again.
     recheck_at: Option<Instant>,
+    /// The rounds concluded last (at most [`LATE_ROUNDS_KEPT`], oldest first), for a
+    /// report that comes after they timed out.
+    concluded: Vec<Round>,
+    /// The largest probe such a late report showed crossing, until the next
+    /// [`PathMtuSearch::tick`] takes it in.
+    late_crossed: Option<u16>,
 }
 
 impl PathMtuSearch {
@@ -83,6 +95,8 @@ impl PathMtuSearch {
             floor_failures: 0,
             round: None,
             recheck_at: None,
+            concluded: Vec::new(),
+            late_crossed: None,
         }
     }
 
@@ -161,10 +175,61 @@ impl PathMtuSearch {
         sizes
     }
 
-    /// The peer's report: the largest probe of round `number` that reached it.
+    /// The peer's report: the largest probe of round `number` that reached it. A report
+    /// about a round already concluded is taken in by the next [`PathMtuSearch::tick`].
     pub fn seen(&mut self, number: u32, largest: u16) {
         if let Some(round) = self.round.as_mut().filter(|r| r.number == number) {
             round.largest_seen = Some(round.largest_seen.map_or(largest, |l| l.max(largest)));
+            return;
+        }
+        let crossed = self
+            .concluded
+            .iter()
+            .filter(|r| r.number == number)
+            .flat_map(|r| r.sizes.iter().copied())
+            .filter(|s| *s <= largest)
+            .max();
+        if let Some(c) = crossed {
+            self.late_crossed = Some(self.late_crossed.map_or(c, |l| l.max(c)));
+        }
+    }
+
+    /// Takes in what a late report showed crossing: verified, and whatever its timeout
+    /// concluded against it taken back (the bound above, a lowered limit, the floor's
+    /// failures). The search settles if nothing is left between the bounds, else goes on.
+    fn take_late_report(&mut self, now: Instant) {
+        let Some(c) = self.late_crossed.take() else {
+            return;
+        };
+        if self.verified.is_some_and(|v| v >= c) && !self.floor_lost {
+            return;
+        }
+        let verified = self.verified.map_or(c, |v| v.max(c));
+        self.verified = Some(verified);
+        self.floor_lost = false;
+        self.floor_failures = 0;
+        if self.too_big.is_some_and(|t| t <= verified) {
+            self.too_big = None;
+        }
+        if self.limit.is_some_and(|l| l < verified) {
+            self.limit = Some(verified);
+        }
+        if self
+            .round
+            .as_ref()
+            .is_some_and(|r| r.sizes.iter().all(|s| *s <= verified))
+        {
+            // It probes only sizes now known to cross.
+            self.round = None;
+        }
+        if self.round.is_none() {
+            let high = self.too_big.unwrap_or(self.ceiling + 1);
+            if high.saturating_sub(verified) <= 1 {
+                self.limit = Some(verified);
+                self.recheck_at = Some(now + RECHECK_EVERY);
+            } else {
+                self.recheck_at = None;
+            }
         }
     }
 
@@ -189,20 +254,33 @@ impl PathMtuSearch {
         true
     }
 
-    /// Concludes the round in flight when the peer reported all of it, or when it timed
-    /// out; returns what changed.
+    /// Takes in a late report, then concludes the round in flight when the peer reported
+    /// all of it, or when it timed out; returns what changed.
     pub fn tick(&mut self, now: Instant) -> Outcome {
-        let Some(round) = &self.round else {
-            return Outcome::default();
-        };
-        let all_seen = round
-            .largest_seen
-            .is_some_and(|l| round.sizes.iter().all(|s| *s <= l));
-        if !all_seen && now.duration_since(round.sent_at) < ROUND_TIMEOUT {
-            return Outcome::default();
-        }
-        let round = self.round.take().expect("checked above");
         let before = (self.limit(), self.floor_lost);
+        self.take_late_report(now);
+        let due = self.round.as_ref().is_some_and(|round| {
+            let all_seen = round
+                .largest_seen
+                .is_some_and(|l| round.sizes.iter().all(|s| *s <= l));
+            all_seen || now.duration_since(round.sent_at) >= ROUND_TIMEOUT
+        });
+        if due {
+            let round = self.round.take().expect("checked above");
+            self.conclude(&round, now);
+            if self.concluded.len() == LATE_ROUNDS_KEPT {
+                self.concluded.remove(0);
+            }
+            self.concluded.push(round);
+        }
+        Outcome {
+            verified_changed: (before != (self.limit(), self.floor_lost)).then_some(self.limit()),
+        }
+    }
+
+    /// What a round shows: the largest size reported crossed is verified, the smallest
+    /// lost above it bounds the search; settles the search when nothing is left between.
+    fn conclude(&mut self, round: &Round, now: Instant) {
         let crossed = round
             .sizes
             .iter()
@@ -256,9 +334,6 @@ impl PathMtuSearch {
             if self.verified.is_some() {
                 self.limit = self.verified;
             }
-        }
-        Outcome {
-            verified_changed: (before != (self.limit(), self.floor_lost)).then_some(self.limit()),
         }
     }
 }
@@ -375,6 +450,64 @@ mod tests {
         assert_eq!(s.limit(), Some(1499), "not raised, not forgotten");
         search(&mut s, 1400, t + RECHECK_EVERY + ROUND_TIMEOUT);
         assert_eq!(s.limit(), Some(1400));
+    }
+
+    #[test]
+    fn a_report_that_comes_after_its_round_timed_out_takes_the_loss_back() {
+        let mut s = PathMtuSearch::new(1500);
+        let (t, _) = search(&mut s, 1500, Instant::now());
+        // The recheck's report is late (a busy peer): the timeout lowers the limit...
+        let t = t + RECHECK_EVERY;
+        assert_eq!(s.probes(t, 10), vec![1500]);
+        let out = s.tick(t + ROUND_TIMEOUT);
+        assert_eq!(out.verified_changed, Some(Some(1499)));
+        // ...the next round goes out below it, and then the report comes.
+        let next = s.probes(t + ROUND_TIMEOUT, 11);
+        assert!(next.iter().all(|x| *x < 1500), "{next:?}");
+        s.seen(10, 1500);
+        let out = s.tick(t + ROUND_TIMEOUT * 2);
+        assert_eq!(
+            out.verified_changed,
+            Some(Some(1500)),
+            "the loss is taken back"
+        );
+        assert_eq!((s.verified(), s.limit()), (Some(1500), Some(1500)));
+        assert!(s.settled(), "nothing left to search: {s:?}");
+        // A report of a round long gone, or one that shows nothing new, changes nothing.
+        s.seen(3, 1500);
+        s.seen(10, 1500);
+        assert_eq!(s.tick(t + ROUND_TIMEOUT * 3).verified_changed, None);
+    }
+
+    #[test]
+    fn a_floor_lost_only_to_late_reports_is_found_again_when_they_come() {
+        let mut s = PathMtuSearch::new(1500);
+        let t = Instant::now();
+        for (n, at) in [(1u32, t), (2, t + ROUND_TIMEOUT * 2)] {
+            assert!(s.probes(at, n).contains(&FLOOR));
+            s.tick(at + ROUND_TIMEOUT);
+        }
+        assert!(s.only_small_frames(), "two rounds without a report: {s:?}");
+        // Round 2's report arrives: everything up to 1500 crossed.
+        s.seen(2, 1500);
+        let out = s.tick(t + ROUND_TIMEOUT * 4);
+        assert_eq!(out.verified_changed, Some(Some(1500)));
+        assert!(!s.only_small_frames());
+        assert!(s.settled());
+        // A late report that shows a smaller size crossing verifies it and searches above.
+        let mut s = PathMtuSearch::new(1500);
+        let sizes = s.probes(t, 1);
+        s.tick(t + ROUND_TIMEOUT);
+        s.seen(1, 1400);
+        s.tick(t + ROUND_TIMEOUT + Duration::from_millis(100));
+        let crossed = sizes.iter().copied().filter(|x| *x <= 1400).max();
+        assert_eq!(s.verified(), crossed);
+        assert!(!s.settled());
+        let next = s.probes(t + ROUND_TIMEOUT * 2, 2);
+        assert!(
+            !next.is_empty() && next.iter().all(|x| Some(*x) > crossed),
+            "the search goes on above what crossed: {next:?}"
+        );
     }
 
     #[test]

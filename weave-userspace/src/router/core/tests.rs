@@ -782,6 +782,52 @@ fn heartbeat_peers(effects: &[Effect]) -> Vec<u16> {
         .collect()
 }
 
+/// Whether `effects` move a peer to the sleeve.
+fn to_sleeve(effects: &[Effect]) -> bool {
+    effects.iter().any(|e| {
+        matches!(
+            e,
+            Effect::Switch {
+                to: Overlay::Sleeve,
+                ..
+            }
+        )
+    })
+}
+
+#[test]
+fn a_busy_peer_whose_kernel_echoes_our_heartbeats_stays_on_the_fast_path() {
+    let start = Instant::now();
+    let mut core = heard_peer(start);
+    assert!(core
+        .on_event(Event::FastdpStatus { id: 1, heard: true })
+        .is_empty());
+    // Its own heartbeats stop (a process starved of CPU), the echoes of ours go on (and
+    // the probes cross: the path's MTU is not in question here).
+    for s in 2..=12u32 {
+        let effects = core.on_event(Event::PathCheck {
+            now: start + Duration::from_secs(s.into()),
+            probe_round: 10 + s,
+            received: received_from(2, 2, u64::from(s)),
+        });
+        assert!(!to_sleeve(&effects), "second {s}: {effects:?}");
+        core.on_event(Event::PathMtuSeen {
+            id: 1,
+            round: 10 + s,
+            largest: 1500,
+        });
+    }
+    // Echoes stop too: nothing comes through the fast path from the peer any more.
+    let switched = (13..=17u32).any(|s| {
+        to_sleeve(&core.on_event(Event::PathCheck {
+            now: start + Duration::from_secs(s.into()),
+            probe_round: 10 + s,
+            received: received_from(2, 2, 12),
+        }))
+    });
+    assert!(switched, "silent fast path, still not on the sleeve");
+}
+
 #[test]
 fn a_fast_path_peer_whose_connection_goes_is_held_while_its_echoes_arrive() {
     let start = Instant::now();
