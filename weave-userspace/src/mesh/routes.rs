@@ -72,7 +72,15 @@ impl Graph {
     /// root and for nodes it does not reach). Neighbours are visited in name order.
     /// Stops as soon as every node has a parent: in a dense mesh (everyone connected to
     /// everyone) that is after the root's own neighbours, so a tree costs O(n), not O(edges).
-    fn bfs_parents(&self, root: usize, parents: &mut Vec<usize>, queue: &mut VecDeque<usize>) {
+    /// With `until`, also once that node's neighbours are visited: its children in the tree
+    /// are all found then (the rest of the tree is left unfinished).
+    fn bfs_parents(
+        &self,
+        root: usize,
+        until: Option<usize>,
+        parents: &mut Vec<usize>,
+        queue: &mut VecDeque<usize>,
+    ) {
         parents.clear();
         parents.resize(self.names.len(), NO_PARENT);
         queue.clear();
@@ -88,6 +96,9 @@ impl Graph {
                     queue.push_back(next);
                     missing -= 1;
                 }
+            }
+            if until == Some(node) {
+                break;
             }
         }
     }
@@ -177,7 +188,7 @@ pub fn compute(topology: &Topology) -> Routes {
         return Routes::default();
     };
     let (mut parents, mut queue) = (Vec::new(), VecDeque::new());
-    graph.bfs_parents(me, &mut parents, &mut queue);
+    graph.bfs_parents(me, None, &mut parents, &mut queue);
     let ours = parents.clone();
     let mut unicast = BTreeMap::new();
     let mut broadcast = BTreeMap::new();
@@ -191,7 +202,8 @@ pub fn compute(topology: &Topology) -> Routes {
             hop = ours[hop];
         }
         unicast.insert(graph.names[dst], graph.names[hop]);
-        graph.bfs_parents(dst, &mut parents, &mut queue);
+        // Only our children in its tree are wanted: the search stops once they are found.
+        graph.bfs_parents(dst, Some(me), &mut parents, &mut queue);
         broadcast.insert(graph.names[dst], graph.children(&parents, me));
     }
     Routes { unicast, broadcast }

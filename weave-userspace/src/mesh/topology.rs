@@ -817,6 +817,10 @@ impl Topology {
         let mut reachable = BTreeSet::from([self.ourself]);
         let mut queue = VecDeque::from([self.ourself]);
         while let Some(name) = queue.pop_front() {
+            if reachable.len() == self.peers.len() {
+                // Everyone is reached (in a full mesh: once our own connections are seen).
+                break;
+            }
             if let Some(info) = self.peers.get(&name) {
                 for c in &info.connections {
                     if self.peers.contains_key(&c.remote) && reachable.insert(c.remote) {
@@ -895,14 +899,19 @@ impl Topology {
     /// A peer claiming our short ID whose claim wins over ours: the peer with the lower name
     /// keeps a contested short ID. Only a peer we reach over connections both ends publish
     /// counts (a record nobody connects to is no clash).
+    /// Called after every change of the topology: the search for who we reach runs only
+    /// when a record claims our short ID at all.
     pub fn short_id_lost_to(&self) -> Option<PeerName> {
         let me = self.ourself();
-        let reached = self.hops_from(me.name);
-        self.peers
+        let mut claims = self
+            .peers
             .values()
             .filter(|p| p.name != me.name && p.short_id == me.short_id && p.name < me.name)
             .map(|p| p.name)
-            .find(|name| reached.contains_key(name))
+            .peekable();
+        claims.peek()?;
+        let reached = self.hops_from(me.name);
+        claims.find(|name| reached.contains_key(name))
     }
 
     /// Short IDs in use by any known peer.
