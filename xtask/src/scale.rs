@@ -76,7 +76,14 @@ pub struct Args {
     /// Only remove what an interrupted run left behind.
     #[arg(long)]
     down: bool,
+    /// Before each size's routers are removed, copy their logs into DIR/<N>-routers/
+    /// (`hostK.log`): what each router said while a large mesh formed.
+    #[arg(long, value_name = "DIR")]
+    keep_logs: Option<std::path::PathBuf>,
 }
+
+/// Where [`teardown`] copies the routers' logs (`--keep-logs`), when asked to.
+static KEEP_LOGS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 /// Set by SIGINT/SIGTERM: the run stops at the next step and removes what it made.
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -832,7 +839,35 @@ fn teardown(n: usize, mut bed: TestBed) {
             r.kill();
         }
     }
+    if let Some(dir) = KEEP_LOGS.get() {
+        keep_logs(&bed, &dir.join(format!("{n}-routers")));
+    }
     drop(bed);
+}
+
+/// Copies each router's log files into `dir` as `hostK.log` (`hostK-2.log`, ... for more).
+fn keep_logs(bed: &TestBed, dir: &std::path::Path) {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        println!("    cannot keep the logs in {}: {e}", dir.display());
+        return;
+    }
+    let mut copied = 0;
+    for h in &bed.hosts {
+        let Some(r) = h.router.as_ref() else {
+            continue;
+        };
+        for (k, file) in r.log_files().iter().enumerate() {
+            let name = match k {
+                0 => format!("host{}.log", h.index),
+                _ => format!("host{}-{}.log", h.index, k + 1),
+            };
+            match std::fs::copy(file, dir.join(name)) {
+                Ok(_) => copied += 1,
+                Err(e) => println!("    cannot keep {}: {e}", file.display()),
+            }
+        }
+    }
+    println!("    {copied} router logs kept in {}", dir.display());
 }
 
 impl Agreement {
@@ -1073,6 +1108,9 @@ pub fn scale(a: Args) -> Result<()> {
     }
     if a.sizes.iter().any(|&n| !(2..=250).contains(&n)) {
         bail!("router counts must be within 2..=250 (one /24 underlay, one more host joins)");
+    }
+    if let Some(dir) = &a.keep_logs {
+        let _ = KEEP_LOGS.set(dir.clone());
     }
     if a.down {
         step(&format!(
