@@ -153,8 +153,7 @@ impl PathMtuSearch {
     /// Sizes strictly between what is known to cross and what is known not to: the
     /// upper bound first (most paths carry the full size), then evenly spread below it.
     fn spread(&self) -> Vec<u16> {
-        let low = self.verified.unwrap_or(FLOOR - 1);
-        let high = self.too_big.unwrap_or(self.ceiling + 1);
+        let (low, high) = self.bounds();
         let gap = high.saturating_sub(low);
         if gap <= 1 {
             return Vec::new();
@@ -223,13 +222,43 @@ impl PathMtuSearch {
             self.round = None;
         }
         if self.round.is_none() {
-            let high = self.too_big.unwrap_or(self.ceiling + 1);
-            if high.saturating_sub(verified) <= 1 {
-                self.limit = Some(verified);
-                self.recheck_at = Some(now + RECHECK_EVERY);
+            if self.nothing_left_between() {
+                self.settle(now);
             } else {
                 self.recheck_at = None;
             }
+        }
+    }
+
+    /// The largest size known to cross (or just below [`FLOOR`]) and the smallest known not
+    /// to (or just above the ceiling): the search probes strictly between them.
+    fn bounds(&self) -> (u16, u16) {
+        (
+            self.verified.unwrap_or(FLOOR - 1),
+            self.too_big.unwrap_or(self.ceiling + 1),
+        )
+    }
+
+    /// Whether no size is left to probe between [`PathMtuSearch::bounds`].
+    fn nothing_left_between(&self) -> bool {
+        let (low, high) = self.bounds();
+        high.saturating_sub(low) <= 1
+    }
+
+    /// Ends a search: what was found is the limit, checked again after [`RECHECK_EVERY`];
+    /// when nothing crossed, tried again after [`ROUND_TIMEOUT`].
+    fn settle(&mut self, now: Instant) {
+        let wait = if self.verified.is_some() {
+            RECHECK_EVERY
+        } else {
+            ROUND_TIMEOUT
+        };
+        self.recheck_at = Some(now + wait);
+        if self.floor_lost && self.verified.is_none() {
+            self.too_big = None;
+        }
+        if self.verified.is_some() {
+            self.limit = self.verified;
         }
     }
 
@@ -318,22 +347,9 @@ impl PathMtuSearch {
         } else if round.sizes.contains(&FLOOR) || crossed.is_some() {
             self.floor_failures = 0;
         }
-        let high = self.too_big.unwrap_or(self.ceiling + 1);
-        let low = self.verified.unwrap_or(FLOOR - 1);
-        if high.saturating_sub(low) <= 1 || floor_failed {
+        if self.nothing_left_between() || floor_failed {
             // Found (or nothing to find): check again later, or sooner when nothing crossed.
-            let wait = if self.verified.is_some() {
-                RECHECK_EVERY
-            } else {
-                ROUND_TIMEOUT
-            };
-            self.recheck_at = Some(now + wait);
-            if self.floor_lost && self.verified.is_none() {
-                self.too_big = None;
-            }
-            if self.verified.is_some() {
-                self.limit = self.verified;
-            }
+            self.settle(now);
         }
     }
 }
