@@ -123,9 +123,9 @@ impl Graph {
 /// what improved a view keeps it from looping while views differ.
 pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
     let me = topology.ourself().name;
-    let Some(source) = topology.peer(&origin) else {
+    if topology.peer(&origin).is_none() {
         return Vec::new();
-    };
+    }
     // A neighbour with a connection to the origin, as either of them publishes it, takes
     // the origin's gossip from the origin only (its records: `Topology::merge_from`): it is
     // no child of ours. The common case in a full mesh, also while it forms (when the
@@ -136,10 +136,7 @@ pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
     // older news: until it hears of the break it routes over a dead link).
     let beside_origin = |remote: PeerName| {
         remote == origin
-            || source
-                .connections
-                .binary_search_by(|o| o.remote.cmp(&remote))
-                .is_ok()
+            || topology.lists_connection(origin, remote)
             || (topology.lists_connection(remote, origin) && !topology.just_dropped(origin, remote))
     };
     if origin != me

@@ -723,25 +723,31 @@ impl Topology {
         }
     }
 
+    /// The connection to `remote` that `peer`'s record lists (as held here). Connection
+    /// lists are sorted by remote (validated on merge, sorted for ourselves).
+    fn listed_connection(&self, peer: PeerName, remote: PeerName) -> Option<&ConnectionSummary> {
+        let p = self.peers.get(&peer)?;
+        let i = p
+            .connections
+            .binary_search_by(|c| c.remote.cmp(&remote))
+            .ok()?;
+        Some(&p.connections[i])
+    }
+
+    /// Whether `peer`'s record lists an established connection to `remote`.
+    fn lists_established(&self, peer: PeerName, remote: PeerName) -> bool {
+        self.listed_connection(peer, remote)
+            .is_some_and(|c| c.established)
+    }
+
     /// Whether `a` and `b` are neighbours over an established connection both publish.
     fn adjacent(&self, a: PeerName, b: PeerName) -> bool {
-        let established = |from: PeerName, to: PeerName| {
-            self.peers.get(&from).is_some_and(|p| {
-                p.connections
-                    .binary_search_by(|c| c.remote.cmp(&to))
-                    .is_ok_and(|i| p.connections[i].established)
-            })
-        };
-        established(a, b) && established(b, a)
+        self.lists_established(a, b) && self.lists_established(b, a)
     }
 
     /// Whether `peer`'s record lists a connection to `remote` (as held here).
     pub fn lists_connection(&self, peer: PeerName, remote: PeerName) -> bool {
-        self.peers.get(&peer).is_some_and(|p| {
-            p.connections
-                .binary_search_by(|c| c.remote.cmp(&remote))
-                .is_ok()
-        })
+        self.listed_connection(peer, remote).is_some()
     }
 
     /// Whether the change that led to the record of `peer` held here took out its
@@ -849,14 +855,7 @@ impl Topology {
             return Vec::new();
         };
         info.established_remotes()
-            .filter(|remote| {
-                // Connection lists are sorted by remote (validated on merge, sorted for ourselves).
-                self.peers.get(remote).is_some_and(|r| {
-                    r.connections
-                        .binary_search_by(|c| c.remote.cmp(name))
-                        .is_ok_and(|i| r.connections[i].established)
-                })
-            })
+            .filter(|remote| self.lists_established(*remote, *name))
             .collect()
     }
 
@@ -899,6 +898,7 @@ impl Topology {
     /// A peer claiming our short ID whose claim wins over ours: the peer with the lower name
     /// keeps a contested short ID. Only a peer we reach over connections both ends publish
     /// counts (a record nobody connects to is no clash).
+    ///
     /// Called after every change of the topology: the search for who we reach runs only
     /// when a record claims our short ID at all.
     pub fn short_id_lost_to(&self) -> Option<PeerName> {
@@ -1053,12 +1053,7 @@ mod tests {
 
     #[test]
     fn a_delta_moves_a_record_from_its_base_version_only() {
-        let conn = |n: u8, established: bool| ConnectionSummary {
-            remote: PeerName::from_bytes([0, 0, 0, 0, 0, n]),
-            address: format!("10.0.0.{n}:6783").parse().unwrap(),
-            outbound: true,
-            established,
-        };
+        let conn = link_as;
         let mut old = peer(2, 3, 9);
         old.connections = vec![conn(1, true), conn(3, false), conn(4, true)];
         let mut new = old.clone();
@@ -1232,12 +1227,7 @@ mod tests {
 
     #[test]
     fn changes_kept_go_as_one_change_of_each_connection_as_it_ended() {
-        let conn = |n: u8, established: bool| ConnectionSummary {
-            remote: PeerName::from_bytes([0, 0, 0, 0, 0, n]),
-            address: format!("10.0.0.{n}:6783").parse().unwrap(),
-            outbound: false,
-            established,
-        };
+        let conn = link_as;
         let mut ours = Topology::new(peer(1, 1, 7));
         let mut behind = Topology::new(peer(2, 1, 8));
         let mut connections: Vec<ConnectionSummary> = (3..40).map(|n| conn(n, true)).collect();
@@ -1363,11 +1353,16 @@ mod tests {
     }
 
     fn link(n: u8) -> ConnectionSummary {
+        link_as(n, true)
+    }
+
+    /// A dialled connection to peer `n`, established or not.
+    fn link_as(n: u8, established: bool) -> ConnectionSummary {
         ConnectionSummary {
             remote: PeerName::from_bytes([0, 0, 0, 0, 0, n]),
             address: format!("10.0.0.{n}:6783").parse().unwrap(),
             outbound: true,
-            established: true,
+            established,
         }
     }
 
