@@ -433,7 +433,7 @@ impl<D: Datapath> Inner<D> {
     /// [`GAP_WAIT`] has passed ([`GapAsks`]). Returns when to come back, if waiting.
     pub(super) fn ask_for_gaps_if_due(&self) -> Option<tokio::time::Instant> {
         let now = tokio::time::Instant::now();
-        let asks = {
+        let (asks, next) = {
             let mut view = self.view();
             let view = &mut *view;
             let topology = &view.topology;
@@ -456,12 +456,8 @@ impl<D: Datapath> Inner<D> {
                     (id, ask)
                 })
                 .collect();
-            if asks.is_empty() {
-                return next;
-            }
             (asks, next)
         };
-        let (asks, next) = asks;
         for (id, ask) in asks {
             self.send_to(id, &Message::Digest(ask));
         }
