@@ -48,9 +48,13 @@ pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(10);
 pub struct Timings {
     /// Time allowed for TCP connect plus handshake.
     pub handshake_timeout: Duration,
-    /// How often a heartbeat is sent.
+    /// How often a heartbeat is sent (when nothing else was): it tells the peer that our
+    /// process still runs. That its host still runs, the kernel's keepalive probes tell
+    /// ([`PROBE_IDLE`]), without waking either process.
     pub heartbeat_interval: Duration,
-    /// Silence after which the remote end is taken for dead.
+    /// How long the remote end's host may acknowledge nothing (gone, or the path cut)
+    /// before it is taken for dead; its process may stay silent [`BUSY_PEER_GRACE`] times
+    /// as long while its host acknowledges ([`silence_verdict`]).
     pub dead_after: Duration,
     /// First redial delay; it grows by 1.5 each failure.
     pub backoff_initial: Duration,
@@ -61,7 +65,7 @@ impl Default for Timings {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(5),
-            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(5),
             dead_after: Duration::from_secs(5),
             backoff_initial: Duration::from_secs(2),
             backoff_max: Duration::from_secs(30),
@@ -79,7 +83,9 @@ pub enum ConnectionError {
     HandshakeTimeout(Duration),
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
-    #[error("no message for {0:?}, peer presumed dead")]
+    #[error("nothing acknowledged by its host for {0:.1?}, peer presumed gone")]
+    HostSilent(Duration),
+    #[error("no message for {0:.1?} though its host acknowledges, peer presumed hung")]
     Silent(Duration),
     #[error("connection closed by the remote end")]
     Closed,
@@ -536,6 +542,9 @@ pub(crate) async fn run(
         }
     };
     let _ = stream.set_nodelay(true);
+    if let Err(e) = probe_when_idle(&stream) {
+        tracing::warn!("connection with {remote}: no keepalive probes ({e}); only heartbeats tell whether the peer's host is up");
+    }
     let handshaken = tokio::select! {
         r = handshake_with_ipam(&mut stream, &local, local_ipam.as_ref(), password.as_deref(), outbound, timings.handshake_timeout) => match r {
             Ok(h) => h,
@@ -653,19 +662,66 @@ async fn converse(
 const READ_BUFFER_KEPT: usize = 16 * 1024;
 
 /// How many times `dead_after` a peer may stay silent while its host still acknowledges
-/// what we send ([`busy_not_dead`]).
+/// what we send ([`silence_verdict`]).
 pub const BUSY_PEER_GRACE: u32 = 3;
 
-/// Whether a peer silent for `silent_for` (at least `dead_after`) is kept: its host's TCP
-/// acknowledged our data (our heartbeats) within `dead_after` (`acked`: how long ago), so
-/// the peer is up but has not been given the CPU to write (a machine saturated while a
-/// large mesh forms: dropping the connection would only add gossip and redials to the
-/// load). Up to [`BUSY_PEER_GRACE`] times `dead_after`, so that a peer hung for good is
-/// still let go. A peer whose host acknowledges nothing (gone, partitioned) goes after
-/// `dead_after` as before.
-pub fn busy_not_dead(silent_for: Duration, acked: Option<Duration>, dead_after: Duration) -> bool {
-    silent_for < dead_after * BUSY_PEER_GRACE && acked.is_some_and(|a| a < dead_after)
+/// Idle time after which the kernel sends a keepalive probe, and the time between probes:
+/// the other end's kernel answers each, so an idle connection is acknowledged about once
+/// a second without a heartbeat from either process (an idle mesh of a hundred routers
+/// would otherwise wake every router a hundred times a second).
+pub const PROBE_IDLE: Duration = Duration::from_secs(1);
+
+/// Turns on the kernel's keepalive probes of an idle connection ([`PROBE_IDLE`]). The
+/// kernel gives up only after its own count of unanswered probes; [`silence_verdict`]
+/// decides first.
+fn probe_when_idle(stream: &TcpStream) -> std::io::Result<()> {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(PROBE_IDLE)
+        .with_interval(PROBE_IDLE);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&probes)
 }
+
+/// What a read that waited `silent_for` since the peer last sent anything means, given
+/// how long ago its host last acknowledged anything (`acked`; `None` when the kernel does
+/// not say, taken as `silent_for`).
+///
+/// - A host that acknowledges nothing for `dead_after` is gone, or the path to it is cut.
+/// - A host that acknowledges (our heartbeats, our data, the kernel's keepalive probes)
+///   runs; its process may not have been given the CPU to write (a machine saturated while
+///   a large mesh forms: dropping the connection would only add gossip and redials to the
+///   load), but not for longer than [`BUSY_PEER_GRACE`] times `dead_after`, so that a
+///   process hung for good is still let go.
+pub fn silence_verdict(
+    silent_for: Duration,
+    acked: Option<Duration>,
+    dead_after: Duration,
+) -> Silence {
+    let grace = dead_after * BUSY_PEER_GRACE;
+    let host_heard = acked.unwrap_or(silent_for);
+    if host_heard >= dead_after {
+        return Silence::HostGone(host_heard);
+    }
+    if silent_for >= grace {
+        return Silence::Hung(silent_for);
+    }
+    // Ask again when either limit could be reached, not before a short while.
+    let wait = (dead_after - host_heard).min(grace - silent_for);
+    Silence::Wait(wait.max(MIN_SILENCE_CHECK))
+}
+
+/// A silent connection, by [`silence_verdict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Silence {
+    /// Go on reading for so long, then ask again.
+    Wait(Duration),
+    /// Its host acknowledged nothing for so long: gone, or the path to it cut.
+    HostGone(Duration),
+    /// Its host acknowledges, but its process sent nothing for so long: hung.
+    Hung(Duration),
+}
+
+/// The shortest wait between two checks of a silent connection.
+const MIN_SILENCE_CHECK: Duration = Duration::from_millis(100);
 
 /// How long ago the other end's TCP last acknowledged anything on `stream` (`None` when
 /// the kernel does not say).
@@ -689,8 +745,8 @@ fn since_acknowledged(stream: &tokio::net::TcpStream) -> Option<Duration> {
 }
 
 /// Reads frames and hands them to the router until the connection fails, the peer says
-/// goodbye or stays silent for `dead_after` (longer while its host still acknowledges what
-/// we send: [`busy_not_dead`]).
+/// goodbye, or its host acknowledges nothing for `dead_after`, or its process sends nothing
+/// for longer ([`silence_verdict`]).
 async fn read_messages(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     mut reader: FrameReader,
@@ -703,21 +759,27 @@ async fn read_messages(
     // A refusal for our short ID comes instead of the peer's ready, never after it.
     let mut remote_ready = false;
     let mut heard_at = tokio::time::Instant::now();
+    let mut wait = timings.dead_after;
     loop {
-        let n = match tokio::time::timeout(timings.dead_after, rd.read(&mut chunk)).await {
+        let n = match tokio::time::timeout(wait, rd.read(&mut chunk)).await {
             Err(_) => {
                 let silent_for = heard_at.elapsed();
                 let acked = since_acknowledged(rd.as_ref());
-                if busy_not_dead(silent_for, acked, timings.dead_after) {
-                    continue;
+                match silence_verdict(silent_for, acked, timings.dead_after) {
+                    Silence::Wait(more) => {
+                        wait = more;
+                        continue;
+                    }
+                    Silence::HostGone(d) => return ConnectionError::HostSilent(d),
+                    Silence::Hung(d) => return ConnectionError::Silent(d),
                 }
-                return ConnectionError::Silent(timings.dead_after);
             }
             Ok(Ok(0)) => return ConnectionError::Closed,
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return e.into(),
         };
         heard_at = tokio::time::Instant::now();
+        wait = timings.dead_after;
         buf.extend_from_slice(&chunk[..n]);
         let mut consumed = 0;
         loop {
@@ -1036,15 +1098,89 @@ mod tests {
     fn a_silent_peer_whose_host_acknowledges_is_given_longer() {
         let dead = Duration::from_secs(5);
         let s = Duration::from_secs;
-        // Its host acknowledged our last heartbeat a second ago: busy, kept.
-        assert!(busy_not_dead(s(5), Some(s(1)), dead));
-        assert!(busy_not_dead(s(14), Some(s(1)), dead));
+        let ms = Duration::from_millis;
+        // Its host acknowledged a second ago: busy, kept; asked again when the host's
+        // silence could reach dead_after.
+        assert_eq!(silence_verdict(s(5), Some(s(1)), dead), Silence::Wait(s(4)));
+        // Near the grace, asked again at its end (not before MIN_SILENCE_CHECK).
+        assert_eq!(
+            silence_verdict(s(14), Some(s(1)), dead),
+            Silence::Wait(s(1))
+        );
+        assert_eq!(
+            silence_verdict(ms(14_950), Some(ms(10)), dead),
+            Silence::Wait(MIN_SILENCE_CHECK)
+        );
         // Not past BUSY_PEER_GRACE times dead_after.
-        assert!(!busy_not_dead(s(15), Some(s(1)), dead));
-        // Nothing acknowledged for dead_after (host gone, link cut), or no word from the
-        // kernel: dead as before.
-        assert!(!busy_not_dead(s(5), Some(s(5)), dead));
-        assert!(!busy_not_dead(s(5), None, dead));
+        assert_eq!(
+            silence_verdict(s(15), Some(s(1)), dead),
+            Silence::Hung(s(15))
+        );
+        // Nothing acknowledged for dead_after (host gone, path cut), however recent its
+        // last message; no word from the kernel counts the message silence.
+        assert_eq!(
+            silence_verdict(s(2), Some(s(5)), dead),
+            Silence::HostGone(s(5))
+        );
+        assert_eq!(silence_verdict(s(5), None, dead), Silence::HostGone(s(5)));
+        assert_eq!(silence_verdict(s(3), None, dead), Silence::Wait(s(2)));
+    }
+
+    /// A connection whose ends are both idle: no heartbeat from us for far longer than
+    /// `dead_after`, none from the remote process ever.
+    async fn idle_pair(probes: bool) -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ours, theirs) = tokio::join!(
+            tokio::net::TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let ours = ours.unwrap();
+        if probes {
+            probe_when_idle(&ours).unwrap();
+        }
+        (ours, theirs.unwrap().0)
+    }
+
+    async fn converse_until_closed(ours: TcpStream, timings: Timings) -> ConnectionError {
+        let (events, _rx) = mpsc::channel(16);
+        let (_queue, mut inbox) = crate::mesh::command_queue::command_queue();
+        let (_stop, mut shutdown) = watch::channel(false);
+        converse(
+            ours,
+            (FrameWriter::plain(), FrameReader::plain()),
+            1,
+            &timings,
+            &events,
+            &mut inbox,
+            &mut shutdown,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn keepalive_probes_alone_show_the_host_is_up() {
+        let timings = Timings {
+            heartbeat_interval: Duration::from_secs(600),
+            dead_after: PROBE_IDLE * 2,
+            ..Timings::default()
+        };
+        let grace = timings.dead_after * BUSY_PEER_GRACE;
+        // With the kernel's probes answered, the host counts as up: only the process's
+        // silence ends the connection, at the grace.
+        let (ours, _remote) = idle_pair(true).await;
+        let started = tokio::time::Instant::now();
+        let error = converse_until_closed(ours, timings).await;
+        let took = started.elapsed();
+        assert!(matches!(error, ConnectionError::Silent(_)), "{error:?}");
+        assert!(took >= grace && took < grace + PROBE_IDLE, "{took:?}");
+        // Without probes (and without heartbeats) nothing is acknowledged: taken for gone
+        // at dead_after.
+        let (ours, _remote) = idle_pair(false).await;
+        let started = tokio::time::Instant::now();
+        let error = converse_until_closed(ours, timings).await;
+        let took = started.elapsed();
+        assert!(matches!(error, ConnectionError::HostSilent(_)), "{error:?}");
+        assert!(took >= timings.dead_after && took < grace, "{took:?}");
     }
 
     #[tokio::test]
@@ -1079,7 +1215,8 @@ mod tests {
         assert!(matches!(error, ConnectionError::Silent(_)), "{error:?}");
         let took = started.elapsed();
         assert!(
-            took >= timings.dead_after * 2 && took < timings.dead_after * (BUSY_PEER_GRACE + 2),
+            took >= timings.dead_after * BUSY_PEER_GRACE
+                && took < timings.dead_after * (BUSY_PEER_GRACE + 2),
             "{took:?}"
         );
     }
