@@ -29,36 +29,68 @@ struct Graph {
     adjacency: Vec<Vec<usize>>,
 }
 
+/// One bit per ordered pair of `n` nodes.
+struct BitMatrix {
+    n: usize,
+    words: Vec<u64>,
+}
+
+impl BitMatrix {
+    fn new(n: usize) -> Self {
+        Self {
+            n,
+            words: vec![0; (n * n).div_ceil(64)],
+        }
+    }
+
+    fn set(&mut self, row: usize, column: usize) {
+        let bit = row * self.n + column;
+        self.words[bit / 64] |= 1 << (bit % 64);
+    }
+
+    fn get(&self, row: usize, column: usize) -> bool {
+        let bit = row * self.n + column;
+        self.words[bit / 64] & (1 << (bit % 64)) != 0
+    }
+}
+
 /// Marks a node without a parent in a breadth-first tree.
 const NO_PARENT: usize = usize::MAX;
 
 impl Graph {
     fn new(topology: &Topology) -> Self {
         let names: Vec<PeerName> = topology.peers().map(|p| p.name).collect();
-        let index = |name: &PeerName| names.binary_search(name).ok();
-        // Each peer's established connections as indices, in name order (connection lists
-        // are sorted by remote, and so are the names): one pass over every record, then a
-        // binary search per connection for the other end's, instead of a map look-up per
-        // connection (routes are computed over and over while a large mesh forms).
+        let n = names.len();
+        // Each peer's established connections as indices, in name order. Connection lists
+        // are sorted by remote, and so are the names: one merge walk per record finds the
+        // indices, and a bit per (peer, remote) answers whether the other end lists the
+        // connection too, without a search per connection (routes are computed over and
+        // over while a large mesh forms: with 250 peers, searches took 1.5 ms a time).
+        let mut listed = BitMatrix::new(n);
         let published: Vec<Vec<usize>> = topology
             .peers()
-            .map(|p| {
-                p.connections
-                    .iter()
-                    .filter(|c| c.established)
-                    .filter_map(|c| index(&c.remote))
-                    .collect()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut k = 0;
+                let mut remotes = Vec::with_capacity(p.connections.len());
+                for c in p.connections.iter().filter(|c| c.established) {
+                    while k < n && names[k] < c.remote {
+                        k += 1;
+                    }
+                    if k < n && names[k] == c.remote && k != i {
+                        remotes.push(k);
+                        listed.set(i, k);
+                    }
+                }
+                remotes
             })
             .collect();
         let adjacency = published
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, remotes)| {
+            .map(|(i, mut remotes)| {
+                remotes.retain(|&j| listed.get(j, i));
                 remotes
-                    .iter()
-                    .copied()
-                    .filter(|&j| j != i && published[j].binary_search(&i).is_ok())
-                    .collect()
             })
             .collect();
         Self { names, adjacency }
