@@ -26,8 +26,8 @@ use crate::mesh::command_queue::{CommandQueue, Refused};
 use crate::mesh::connection::{
     self, ConnCommand, ConnEvent, ConnId, ConnectionError, EventSender, Timings,
 };
-use crate::mesh::control_refusal::{self, Refusal};
 use crate::mesh::connection_maker::{Maker, MakerHost, Target, TargetState};
+use crate::mesh::control_refusal::{self, Refusal};
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::Hello;
 use crate::state::StateDir;
@@ -134,6 +134,8 @@ struct Mesh {
     discovered: std::collections::BTreeSet<Target>,
     /// Peers gossip named that we leave to dial us (their name is higher), since when.
     discovery_waits: BTreeMap<PeerName, tokio::time::Instant>,
+    /// When gossip was last looked through for peers to dial ([`gossip::DISCOVERY_CHECK`]).
+    discovery_checked_at: Option<tokio::time::Instant>,
     /// Inbound connections refused for want of the right password or for an IP allocation
     /// that disagrees with ours, by remote address: why and when (shown in status for
     /// [`REFUSAL_SHOWN_FOR`]).
@@ -489,7 +491,8 @@ impl<D: Datapath> Inner<D> {
     async fn take_new_short_id(&self) {
         let change = self.mesh().core.short_id_change(std::time::Instant::now());
         if let self::core::ShortIdChange::Held { first } = change {
-            crate::mesh::gossip_refusal::REFUSED.count(crate::mesh::gossip_refusal::Refusal::ShortIdClaim);
+            crate::mesh::gossip_refusal::REFUSED
+                .count(crate::mesh::gossip_refusal::Refusal::ShortIdClaim);
             if first {
                 tracing::warn!(
                     "short ID {} contested again within {} s of our last change: keeping it (further claims until then are counted, not logged)",
@@ -545,17 +548,19 @@ impl<D: Datapath> Inner<D> {
         let publish_at = self.publish_if_pending();
         let asks_at = self.ask_for_gaps_if_due();
         let routes_at = self.apply_routes_if_due().await;
-        let (discovered, discovery_at) = self.discovery_targets();
-        for target in discovered {
+        let discovery = self.discovery_targets();
+        for target in discovery.dial {
             tracing::info!("dialling {target}, learned from gossip");
-            self.connect(target);
+            self.dial(target);
         }
-        self.store_targets();
+        if discovery.targets_changed {
+            self.store_targets();
+        }
         publish_at
             .into_iter()
             .chain(asks_at)
             .chain(routes_at)
-            .chain(discovery_at)
+            .chain(discovery.look_again)
             .min()
     }
 
@@ -600,8 +605,17 @@ impl<D: Datapath> Inner<D> {
         }
     }
 
-    /// Keeps a connection to `target` (no-op when it is a target already or when stopping).
+    /// Keeps a connection to `target` (no-op when it is a target already or when stopping),
+    /// and stores the targets.
     fn connect(self: &Arc<Self>, target: Target) {
+        self.dial(target);
+        self.store_targets();
+    }
+
+    /// Keeps a connection to `target` (no-op when it is a target already or when stopping);
+    /// the caller stores the targets (`store_targets` syncs a file to disk: once for the
+    /// whole burst of peers a join makes known, not once per peer).
+    fn dial(self: &Arc<Self>, target: Target) {
         let Some(events) = self
             .events
             .lock()
@@ -617,7 +631,6 @@ impl<D: Datapath> Inner<D> {
             }
             mesh.targets.insert(target.clone(), TargetState::Connecting);
         }
-        self.store_targets();
         let maker = Maker {
             host: self.clone(),
             target,
@@ -705,6 +718,7 @@ impl<D: Datapath> Router<D> {
                 targets: BTreeMap::new(),
                 discovered: Default::default(),
                 discovery_waits: BTreeMap::new(),
+                discovery_checked_at: None,
                 refused_inbound: BTreeMap::new(),
             }),
             events: Mutex::new(Some(events_tx.clone())),

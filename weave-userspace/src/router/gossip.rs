@@ -160,6 +160,22 @@ pub(super) fn anti_entropy_now(changed_for: Option<Duration>, skipped: u32) -> b
 /// us).
 pub const DISCOVERY_DEFER: Duration = Duration::from_secs(5);
 
+/// What a look through gossip for peers to dial found ([`Inner::discovery_targets`]).
+#[derive(Debug, Default)]
+pub(super) struct Discovery {
+    /// Peers to dial now (already made targets).
+    pub dial: Vec<Target>,
+    /// Targets were added or forgotten: they are to be stored.
+    pub targets_changed: bool,
+    /// When to look again.
+    pub look_again: Option<tokio::time::Instant>,
+}
+
+/// Gossip is looked through for peers to dial at most this often: after every burst of
+/// events it would be done hundreds of times a second while a large mesh forms (a map of
+/// every peer's address each time), for dials that may as well wait this long.
+pub const DISCOVERY_CHECK: Duration = Duration::from_millis(100);
+
 /// When to dial a peer that gossip named at `named_at` and that no connection reaches yet:
 /// at once when our name is the higher (our connection is the one kept), else after
 /// [`DISCOVERY_DEFER`], unless it has dialled us by then.
@@ -734,13 +750,26 @@ impl<D: Datapath> Inner<D> {
     /// (empty unless discovery is on, and while the connection limit is reached), and when
     /// to look again for the ones left to dial us ([`discovery_dial_at`]).
     /// Also stops dialling discovered targets whose peer gossip no longer knows.
-    /// Runs after every burst of events: it compares addresses, and makes a target (a
-    /// string) only of a peer it would dial.
-    pub(super) fn discovery_targets(&self) -> (Vec<Target>, Option<tokio::time::Instant>) {
+    /// Runs after bursts of events, at most every [`DISCOVERY_CHECK`] (else it returns when
+    /// to come back): it compares addresses, and makes a target (a string) only of a peer
+    /// it would dial.
+    pub(super) fn discovery_targets(&self) -> Discovery {
         if !self.discovery {
-            return (Vec::new(), None);
+            return Discovery::default();
         }
         let mut mesh = self.mesh();
+        let now = tokio::time::Instant::now();
+        if let Some(due) = mesh
+            .discovery_checked_at
+            .map(|at| at + DISCOVERY_CHECK)
+            .filter(|due| *due > now)
+        {
+            return Discovery {
+                look_again: Some(due),
+                ..Discovery::default()
+            };
+        }
+        mesh.discovery_checked_at = Some(now);
         let view = self.view();
         let me = view.topology.ourself().name;
         let known: BTreeMap<(std::net::Ipv4Addr, u16), PeerName> = view
@@ -759,6 +788,7 @@ impl<D: Datapath> Inner<D> {
             })
             .cloned()
             .collect();
+        let forgot = !vanished.is_empty();
         for t in vanished {
             tracing::info!("no longer dialling {t}: its peer left the mesh");
             mesh.discovered.remove(&t);
@@ -766,7 +796,10 @@ impl<D: Datapath> Inner<D> {
         }
         let Some(room) = self.conn_limit.checked_sub(mesh.core.peer_count()) else {
             mesh.discovery_waits.clear();
-            return (Vec::new(), None);
+            return Discovery {
+                targets_changed: forgot,
+                ..Discovery::default()
+            };
         };
         let undialled: Vec<(Target, PeerName)> = known
             .iter()
@@ -783,7 +816,6 @@ impl<D: Datapath> Inner<D> {
         // A peer connected (it dialled us) or gone is no longer waited for.
         let waited: BTreeSet<PeerName> = undialled.iter().map(|(_, name)| *name).collect();
         mesh.discovery_waits.retain(|name, _| waited.contains(name));
-        let now = tokio::time::Instant::now();
         let mut new = Vec::new();
         let mut look_again: Option<tokio::time::Instant> = None;
         for (target, name) in undialled {
@@ -800,7 +832,11 @@ impl<D: Datapath> Inner<D> {
             }
         }
         mesh.discovered.extend(new.iter().cloned());
-        (new, look_again)
+        Discovery {
+            targets_changed: forgot || !new.is_empty(),
+            dial: new,
+            look_again,
+        }
     }
 
     /// Recomputes routes and brings the peers reached through neighbours in the data path
@@ -820,12 +856,12 @@ impl<D: Datapath> Inner<D> {
             };
             let mut view = self.view();
             let started = thread_cpu_time();
-            let seen: Vec<(PeerName, String)> = view
-                .topology
-                .peers()
-                .map(|p| (p.name, p.nickname.clone()))
-                .collect();
-            view.nicknames.extend(seen);
+            let view = &mut *view;
+            for p in view.topology.peers() {
+                if view.nicknames.get(&p.name) != Some(&p.nickname) {
+                    view.nicknames.insert(p.name, p.nickname.clone());
+                }
+            }
             let now = tokio::time::Instant::now();
             view.record_changed_at
                 .retain(|_, at| now.saturating_duration_since(*at) < FORGET_AFTER);
