@@ -749,10 +749,12 @@ fn measure(
     let joiner = n + 1;
     let targets = rng.targets(n);
     let sent_before = sent_by_kind(&bed, &initial);
-    // A system-wide profile of the join, when asked for (WEAVE_SCALE_PERF=<file>).
+    // A system-wide profile of the join with call graphs, when asked for
+    // (WEAVE_SCALE_PERF=<file>; `perf report --no-children -g caller` reads it).
     let profile = std::env::var("WEAVE_SCALE_PERF").ok().and_then(|out| {
         std::process::Command::new("perf")
-            .args(["record", "-a", "-F", "499", "-o", &out, "--", "sleep", "5"])
+            .args(["record", "-a", "-F", "97", "--call-graph", "dwarf,16384"])
+            .args(["-o", &out, "--", "sleep", "5"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
