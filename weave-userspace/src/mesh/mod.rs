@@ -2,11 +2,12 @@
 pub mod command_queue;
 pub mod connection;
 pub mod connection_maker;
+pub mod control_refusal;
 pub mod gossip_channel;
+pub mod gossip_refusal;
+pub mod graph;
 pub mod peer_name;
 pub mod protocol;
-pub mod control_refusal;
-pub mod gossip_refusal;
 pub mod routes;
 pub mod topology;
 

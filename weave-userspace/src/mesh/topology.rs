@@ -111,13 +111,6 @@ impl PeerInfo {
         }
         Ok(())
     }
-
-    fn established_remotes(&self) -> impl Iterator<Item = PeerName> + '_ {
-        self.connections
-            .iter()
-            .filter(|c| c.established)
-            .map(|c| c.remote)
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -317,12 +310,11 @@ impl Trust<'_> {
                 needs_hops = true;
             }
         }
+        let graph = needs_hops.then(|| super::graph::Graph::new(topology));
         let hops = |from| {
-            if needs_hops {
-                topology.hops_from(from)
-            } else {
-                BTreeMap::new()
-            }
+            graph
+                .as_ref()
+                .map_or_else(BTreeMap::new, |g| g.hops_from(from))
         };
         Trust {
             source,
@@ -848,36 +840,10 @@ impl Topology {
         (gone, kept)
     }
 
-    /// The neighbours of `name` over established connections that both ends publish,
-    /// in name order.
-    pub fn symmetric_neighbours(&self, name: &PeerName) -> Vec<PeerName> {
-        let Some(info) = self.peers.get(name) else {
-            return Vec::new();
-        };
-        info.established_remotes()
-            .filter(|remote| self.lists_established(*remote, *name))
-            .collect()
-    }
-
     /// Hops from `origin` to every peer it reaches over connections both ends publish as
     /// established (itself at 0).
     pub fn hops_from(&self, origin: PeerName) -> BTreeMap<PeerName, u32> {
-        let mut hops = BTreeMap::new();
-        if !self.peers.contains_key(&origin) {
-            return hops;
-        }
-        hops.insert(origin, 0);
-        let mut queue = VecDeque::from([origin]);
-        while let Some(node) = queue.pop_front() {
-            let next = hops[&node] + 1;
-            for neighbour in self.symmetric_neighbours(&node) {
-                if let std::collections::btree_map::Entry::Vacant(e) = hops.entry(neighbour) {
-                    e.insert(next);
-                    queue.push_back(neighbour);
-                }
-            }
-        }
-        hops
+        super::graph::Graph::new(self).hops_from(origin)
     }
 
     /// Whether a message from `origin` handed to us by neighbour `from` came along a route
@@ -887,8 +853,9 @@ impl Topology {
         if origin == from {
             return true;
         }
-        let ours = self.hops_from(self.ourself);
-        let theirs = self.hops_from(from);
+        let graph = super::graph::Graph::new(self);
+        let ours = graph.hops_from(self.ourself);
+        let theirs = graph.hops_from(from);
         match (ours.get(&origin), theirs.get(&origin)) {
             (Some(ours), Some(theirs)) => theirs < ours,
             _ => false,
