@@ -1126,8 +1126,8 @@ mod tests {
         assert_eq!(silence_verdict(s(3), None, dead), Silence::Wait(s(2)));
     }
 
-    /// A connection whose ends are both idle: no heartbeat from us for far longer than
-    /// `dead_after`, none from the remote process ever.
+    /// A connection on loopback, with the kernel's keepalive probes on our end or not; the
+    /// remote process never writes.
     async fn idle_pair(probes: bool) -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (ours, theirs) = tokio::join!(
@@ -1185,33 +1185,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_reads_but_never_writes_is_let_go_after_the_grace() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (ours, theirs) = tokio::join!(
-            tokio::net::TcpStream::connect(listener.local_addr().unwrap()),
-            listener.accept()
-        );
-        // The remote end's kernel acknowledges all we send, its process writes nothing.
-        let _remote = theirs.unwrap().0;
-        let ours = ours.unwrap();
+        // The remote end's kernel acknowledges all we send (our heartbeats), its process
+        // writes nothing.
+        let (ours, _remote) = idle_pair(false).await;
         let timings = Timings {
             heartbeat_interval: Duration::from_millis(50),
             dead_after: Duration::from_millis(300),
             ..Timings::default()
         };
-        let (events, _rx) = mpsc::channel(16);
-        let (_queue, mut inbox) = crate::mesh::command_queue::command_queue();
-        let (_stop, mut shutdown) = watch::channel(false);
         let started = tokio::time::Instant::now();
-        let error = converse(
-            ours,
-            (FrameWriter::plain(), FrameReader::plain()),
-            1,
-            &timings,
-            &events,
-            &mut inbox,
-            &mut shutdown,
-        )
-        .await;
+        let error = converse_until_closed(ours, timings).await;
         assert!(matches!(error, ConnectionError::Silent(_)), "{error:?}");
         let took = started.elapsed();
         assert!(
