@@ -133,7 +133,7 @@ impl Graph {
         let unvisited = &mut search.unvisited;
         unvisited.clear();
         unvisited.resize(self.adjacency.row_words, !0);
-        if n % 64 != 0 {
+        if !n.is_multiple_of(64) {
             if let Some(last) = unvisited.last_mut() {
                 *last = (1 << (n % 64)) - 1;
             }
