@@ -10,7 +10,36 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::peer_name::PeerName;
-use super::topology::Topology;
+use super::topology::{ConnectionSummary, Topology};
+
+/// The indices in `names` (sorted) of the remotes that `connections` (sorted by remote)
+/// list, established ones only when `established_only`, in that order, into `out`; remotes
+/// not in `names` are left out. A few connections are searched for, many found in one walk
+/// along the names.
+pub fn listed_indices(
+    names: &[PeerName],
+    connections: &[ConnectionSummary],
+    established_only: bool,
+    out: &mut Vec<usize>,
+) {
+    out.clear();
+    let listed = connections
+        .iter()
+        .filter(|c| c.established || !established_only);
+    if connections.len() * 8 < names.len() {
+        out.extend(listed.filter_map(|c| names.binary_search(&c.remote).ok()));
+        return;
+    }
+    let mut k = 0;
+    for c in listed {
+        while k < names.len() && names[k] < c.remote {
+            k += 1;
+        }
+        if k < names.len() && names[k] == c.remote {
+            out.push(k);
+        }
+    }
+}
 
 /// Marks a node without a parent in a breadth-first tree.
 pub const NO_PARENT: usize = usize::MAX;
@@ -68,16 +97,11 @@ impl Graph {
             .peers()
             .enumerate()
             .map(|(i, p)| {
-                let mut k = 0;
                 let mut remotes = Vec::with_capacity(p.connections.len());
-                for c in p.connections.iter().filter(|c| c.established) {
-                    while k < n && names[k] < c.remote {
-                        k += 1;
-                    }
-                    if k < n && names[k] == c.remote && k != i {
-                        remotes.push(k);
-                        listed.set(i, k);
-                    }
+                listed_indices(&names, &p.connections, true, &mut remotes);
+                remotes.retain(|&k| k != i);
+                for &k in &remotes {
+                    listed.set(i, k);
                 }
                 remotes
             })
@@ -332,5 +356,33 @@ mod tests {
         assert_eq!(parents[3], 2);
         assert_eq!(parents[4], NO_PARENT);
         assert_eq!(graph.children(&parents, 2), vec![name(3)]);
+    }
+
+    #[test]
+    fn listed_remotes_are_found_by_search_and_by_walk_alike() {
+        // The even peers 0, 2, ..., 98.
+        let names: Vec<PeerName> = (0..50).map(|i| name(2 * i)).collect();
+        let listing = |remotes: &[usize]| -> Vec<ConnectionSummary> {
+            remotes
+                .iter()
+                .map(|&r| ConnectionSummary {
+                    remote: name(r),
+                    address: "10.0.0.1:6783".parse().unwrap(),
+                    outbound: true,
+                    established: r % 4 == 0,
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        // Few connections (searched for): odd remotes have no record.
+        listed_indices(&names, &listing(&[3, 4, 98]), false, &mut out);
+        assert_eq!(out, [2, 49]);
+        // Many (one walk): every remote from 0 to 99.
+        let all: Vec<usize> = (0..100).collect();
+        listed_indices(&names, &listing(&all), false, &mut out);
+        assert_eq!(out, (0..50).collect::<Vec<usize>>());
+        // Established ones only: the multiples of 4.
+        listed_indices(&names, &listing(&all), true, &mut out);
+        assert_eq!(out, (0..50).step_by(2).collect::<Vec<usize>>());
     }
 }

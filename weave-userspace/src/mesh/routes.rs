@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use super::graph::{Graph, Search, NO_PARENT};
+use super::graph::{listed_indices, Graph, Search, NO_PARENT};
 use super::peer_name::PeerName;
-use super::topology::{ConnectionSummary, PeerInfo, Topology};
+use super::topology::{PeerInfo, Topology};
 
 /// Routes as seen from one peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -59,13 +59,13 @@ pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
     }
     // Over indices (peers in name order): a flag per peer seen, no map per connection.
     let infos: Vec<&PeerInfo> = topology.peers().collect();
-    let index_of = |name: &PeerName| infos.binary_search_by(|p| p.name.cmp(name)).ok();
-    let (Some(start), Some(us)) = (index_of(&origin), index_of(&me)) else {
+    let names: Vec<PeerName> = infos.iter().map(|p| p.name).collect();
+    let (Ok(start), Ok(us)) = (names.binary_search(&origin), names.binary_search(&me)) else {
         return Vec::new();
     };
-    let mut seen = vec![false; infos.len()];
+    let mut seen = vec![false; names.len()];
     seen[start] = true;
-    let mut unseen = infos.len() - 1;
+    let mut unseen = names.len() - 1;
     let mut queue = VecDeque::from([start]);
     let mut children = Vec::new();
     let mut remotes = Vec::new();
@@ -74,13 +74,13 @@ pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
             break;
         }
         // Connection lists are sorted by remote: every peer visits in the same order.
-        listed_indices(&infos, &infos[node].connections, &mut remotes);
+        listed_indices(&names, &infos[node].connections, false, &mut remotes);
         for &next in &remotes {
             if !seen[next] {
                 seen[next] = true;
                 unseen -= 1;
                 if node == us {
-                    children.push(infos[next].name);
+                    children.push(names[next]);
                 }
                 queue.push_back(next);
             }
@@ -94,30 +94,6 @@ pub fn relay_children(topology: &Topology, origin: PeerName) -> Vec<PeerName> {
         children.retain(|c| !beside_origin(*c));
     }
     children
-}
-
-/// The indices in `infos` (records in name order) of the remotes `connections` (sorted by
-/// remote) list, in that order, into `out`; remotes without a record are left out. A few
-/// connections are searched for, many found in one walk along the records.
-fn listed_indices(infos: &[&PeerInfo], connections: &[ConnectionSummary], out: &mut Vec<usize>) {
-    out.clear();
-    if connections.len() * 8 < infos.len() {
-        out.extend(
-            connections
-                .iter()
-                .filter_map(|c| infos.binary_search_by(|p| p.name.cmp(&c.remote)).ok()),
-        );
-        return;
-    }
-    let mut k = 0;
-    for c in connections {
-        while k < infos.len() && infos[k].name < c.remote {
-            k += 1;
-        }
-        if k < infos.len() && infos[k].name == c.remote {
-            out.push(k);
-        }
-    }
 }
 
 /// Computes our routes from the topology.
@@ -146,39 +122,4 @@ pub fn compute(topology: &Topology) -> Routes {
         broadcast.insert(graph.name(dst), graph.children(&parents, me));
     }
     Routes { unicast, broadcast }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mesh::peer_name::ShortId;
-
-    #[test]
-    fn listed_remotes_are_found_by_search_and_by_walk_alike() {
-        let name = |i: u8| PeerName::from_bytes([2, 0, 0, 0, 0, i]);
-        // Records of the even peers 0, 2, ..., 98.
-        let records: Vec<PeerInfo> = (0..50u8)
-            .map(|i| PeerInfo::new(name(2 * i), String::new(), 1, ShortId::new(1).unwrap()))
-            .collect();
-        let infos: Vec<&PeerInfo> = records.iter().collect();
-        let listing = |remotes: &[u8]| -> Vec<ConnectionSummary> {
-            remotes
-                .iter()
-                .map(|&r| ConnectionSummary {
-                    remote: name(r),
-                    address: "10.0.0.1:6783".parse().unwrap(),
-                    outbound: true,
-                    established: false,
-                })
-                .collect()
-        };
-        let mut out = Vec::new();
-        // Few connections (searched for): odd remotes have no record.
-        listed_indices(&infos, &listing(&[3, 4, 98]), &mut out);
-        assert_eq!(out, [2, 49]);
-        // Many (one walk): every remote from 0 to 99.
-        let all: Vec<u8> = (0..100).collect();
-        listed_indices(&infos, &listing(&all), &mut out);
-        assert_eq!(out, (0..50).collect::<Vec<usize>>());
-    }
 }
