@@ -149,7 +149,7 @@ fn flood_to_peers(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
         cfg,
         tree,
         cfg.own_short_id,
-        &mut hdr,
+        &hdr,
         Reason::TxEncapsulated,
         len,
     );

@@ -18,7 +18,7 @@ use weave_ebpf_common::heartbeat::{
 use weave_ebpf_common::maps::{
     BroadcastTree, Counter, DatapathConfig, EndpointAddress, EndpointAddresses, IfindexKey,
     Ipv4Key, LocalEndpoint, MacKey, NeighbourPeer, PeerCounter, PeerEntry, RemoteMac, CONFIG_READY,
-    PEER_ADMIT, PEER_REACHABLE, PEER_VIA_SLEEVE,
+    MAX_BROADCAST_CHILDREN, PEER_ADMIT, PEER_REACHABLE, PEER_VIA_SLEEVE,
 };
 use weave_ebpf_common::vni;
 use weave_router::datapath::ebpf::{
@@ -50,6 +50,12 @@ const BRIDGE_PORT_IFINDEX: u32 = 42;
 /// A third peer, reached through PEER_ID.
 const FAR_ID: u16 = 0x003;
 const FAR_UNDERLAY: [u8; 4] = [192, 168, 60, 3];
+/// A fourth peer, directly connected like PEER_ID.
+const SECOND_ID: u16 = 0x004;
+const SECOND_UNDERLAY: [u8; 4] = [192, 168, 50, 4];
+const SECOND_UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x04];
+/// Most instructions the verifier may go through for one program.
+const VERIFIED_INSTRUCTIONS_BUDGET: u32 = 20_000;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -236,18 +242,18 @@ impl Bed {
             PerCpuArray::try_from(self.ebpf.map("PEER_COUNTERS").unwrap()).unwrap();
         let per_cpu = m.get(&(id as u32), 0).unwrap();
         // The router's own merge of the per-CPU probe records.
-        let probe = weave_router::datapath::ProbeSeen::merge(per_cpu.iter().map(|c| (c.probe_round, c.probe_len)));
-        let mut sum = per_cpu
-            .iter()
-            .fold(PeerCounter::default(), |mut a, c| {
-                a.tx_packets += c.tx_packets;
-                a.tx_bytes += c.tx_bytes;
-                a.rx_packets += c.rx_packets;
-                a.rx_bytes += c.rx_bytes;
-                a.rx_heartbeats += c.rx_heartbeats;
-                a.rx_heartbeat_echoes += c.rx_heartbeat_echoes;
-                a
-            });
+        let probe = weave_router::datapath::ProbeSeen::merge(
+            per_cpu.iter().map(|c| (c.probe_round, c.probe_len)),
+        );
+        let mut sum = per_cpu.iter().fold(PeerCounter::default(), |mut a, c| {
+            a.tx_packets += c.tx_packets;
+            a.tx_bytes += c.tx_bytes;
+            a.rx_packets += c.rx_packets;
+            a.rx_bytes += c.rx_bytes;
+            a.rx_heartbeats += c.rx_heartbeats;
+            a.rx_heartbeat_echoes += c.rx_heartbeat_echoes;
+            a
+        });
         if let Some(p) = probe {
             (sum.probe_round, sum.probe_len) = (p.round, p.largest);
         }
@@ -581,6 +587,93 @@ fn from_bridge_sends_a_broadcast_to_each_direct_peer_of_its_own_tree() {
     assert_addressed_to_peer(&out, &inner);
 }
 
+#[test]
+fn broadcast_copies_reach_every_slot_of_a_full_tree() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.add_far_peer();
+    bed.peers()
+        .set(
+            SECOND_ID as u32,
+            PeerEntry {
+                underlay_ipv4: SECOND_UNDERLAY,
+                flags: PEER_ADMIT | PEER_REACHABLE,
+                next_hop: SECOND_ID,
+                underlay_mac: SECOND_UNDERLAY_MAC,
+            },
+            0,
+        )
+        .unwrap();
+    // Every slot taken: a direct peer in the first and in the last, between them peers
+    // reached through another (no copy from us) and ids we know nothing of.
+    let mut children: Vec<u16> = (0..MAX_BROADCAST_CHILDREN as u16)
+        .map(|i| if i % 2 == 0 { FAR_ID } else { 0x100 + i })
+        .collect();
+    children[0] = SECOND_ID;
+    children[MAX_BROADCAST_CHILDREN - 1] = PEER_ID;
+    bed.set_broadcast_tree(OWN_ID, &children);
+    let inner = arp_request(LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let (rc, out) = bed.run_tc(FROM_BRIDGE_PROGRAM, &inner);
+    assert_eq!(rc, TC_ACT_SHOT, "copies sent, the original dropped");
+    assert_eq!(
+        bed.counter(Reason::TxEncapsulated),
+        2,
+        "one copy per direct child"
+    );
+    assert_eq!(
+        bed.peer_counter(SECOND_ID).tx_packets,
+        1,
+        "the first slot's"
+    );
+    assert_eq!(bed.peer_counter(PEER_ID).tx_packets, 1, "the last slot's");
+    assert_eq!(bed.peer_counter(FAR_ID).tx_packets, 0);
+    // The frame is left as the last copy was sent: to the child in the last slot.
+    assert_addressed_to_peer(&out, &inner);
+
+    // Passing on a peer's broadcast walks its origin's tree the same way.
+    children[0] = FAR_ID;
+    children[MAX_BROADCAST_CHILDREN - 1] = SECOND_ID;
+    bed.set_broadcast_tree(PEER_ID, &children);
+    let frame = encapsulated(
+        &inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT, "into the bridge after the copies");
+    assert_eq!(out, inner, "decapsulated for local delivery");
+    assert_eq!(
+        bed.counter(Reason::RxRelayed),
+        1,
+        "one copy on, to the last slot's child"
+    );
+    assert_eq!(bed.peer_counter(SECOND_ID).tx_packets, 2);
+}
+
+/// The kernel checks every program when it is loaded, once per router start; walking a
+/// broadcast tree slot by slot made that a third of a second. The verifier's work stays
+/// within a budget that a per-slot unrolled walk would exceed many times over.
+#[test]
+fn programs_load_with_little_verifier_work() {
+    require_root!();
+    let bed = Bed::new();
+    for name in [
+        TX_PROGRAM,
+        RX_PROGRAM,
+        EGRESS_PROGRAM,
+        FROM_BRIDGE_PROGRAM,
+        XDP_PROGRAM,
+    ] {
+        let info = bed.ebpf.program(name).unwrap().info().unwrap();
+        let verified = info.verified_instruction_count().unwrap();
+        assert!(
+            verified < VERIFIED_INSTRUCTIONS_BUDGET,
+            "{name}: the verifier went through {verified} instructions"
+        );
+    }
+}
+
 /// Asserts that `out` is `inner` behind outer headers from us to PEER_ID (through the next
 /// hop's MAC in `PEERS`), as a broadcast copy or heartbeat is sent; any source port.
 fn assert_addressed_to_peer(out: &[u8], inner: &[u8]) {
@@ -645,7 +738,12 @@ fn from_bridge_encapsulates_unicast_for_a_learned_mac() {
 /// A heartbeat's inner frame for `receiver` (`round` 0) or a probe of round `round` whose
 /// outer IPv4 packet is `outer_len` bytes.
 fn heartbeat(receiver: u16, round: u32, outer_len: usize) -> Vec<u8> {
-    let mut frame = vec![0u8; outer_len.saturating_sub(OUTER_IP_OVERHEAD).max(HEARTBEAT_FRAME_LEN)];
+    let mut frame = vec![
+        0u8;
+        outer_len
+            .saturating_sub(OUTER_IP_OVERHEAD)
+            .max(HEARTBEAT_FRAME_LEN)
+    ];
     write_heartbeat_frame(&mut frame, receiver, round);
     frame
 }
@@ -667,19 +765,36 @@ fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
         .into_iter()
         .enumerate()
     {
-        let frame = encapsulated(&heartbeat_without_echo(OWN_ID), underlay, OWN_UNDERLAY, vni::pack(id, OWN_ID));
+        let frame = encapsulated(
+            &heartbeat_without_echo(OWN_ID),
+            underlay,
+            OWN_UNDERLAY,
+            vni::pack(id, OWN_ID),
+        );
         assert_eq!(bed.run_xdp(&frame), XDP_PASS, "admitted by XDP");
         let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
         assert_eq!(rc, TC_ACT_SHOT, "peer {id}: dropped once counted");
         assert_eq!(bed.counter(Reason::RxHeartbeat), n as u64 + 1);
         let pc = bed.peer_counter(id);
-        assert_eq!((pc.rx_packets, pc.rx_bytes, pc.rx_heartbeats), (1, frame.len() as u64, 1));
-        assert_eq!((pc.probe_round, pc.probe_len), (0, 0), "a plain heartbeat is no probe");
+        assert_eq!(
+            (pc.rx_packets, pc.rx_bytes, pc.rx_heartbeats),
+            (1, frame.len() as u64, 1)
+        );
+        assert_eq!(
+            (pc.probe_round, pc.probe_len),
+            (0, 0),
+            "a plain heartbeat is no probe"
+        );
     }
     // An older build's heartbeat (no payload) still counts.
     let mut bare = heartbeat(OWN_ID, 0, 0);
     bare.truncate(14);
-    let frame = encapsulated(&bare, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let frame = encapsulated(
+        &bare,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
     let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_SHOT);
     assert_eq!(bed.peer_counter(PEER_ID).rx_heartbeats, 2);
@@ -708,7 +823,12 @@ fn rx_answers_an_admitted_peers_heartbeat_with_an_echo_of_the_same_size() {
     let mut request = heartbeat(OWN_ID, 0, 0);
     request.extend_from_slice(&[0x5a; 10]);
     request[6..12].copy_from_slice(&[0x02, 0xbb, 0, 0, 0, 2]);
-    let frame = encapsulated(&request, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let frame = encapsulated(
+        &request,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
     assert_eq!(bed.run_xdp(&frame), XDP_PASS);
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT, "turned round, out of the underlay");
@@ -736,13 +856,22 @@ fn rx_answers_an_admitted_peers_heartbeat_with_an_echo_of_the_same_size() {
     assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 1);
     assert_eq!(bed.counter(Reason::RxHeartbeat), 1);
     let pc = bed.peer_counter(PEER_ID);
-    assert_eq!((pc.rx_heartbeats, pc.rx_heartbeat_echoes), (1, 0), "its heartbeat counted");
+    assert_eq!(
+        (pc.rx_heartbeats, pc.rx_heartbeat_echoes),
+        (1, 0),
+        "its heartbeat counted"
+    );
 
     // The peer's echo of one of ours: counted as an echo, dropped, never answered.
     let mut echo = heartbeat(OWN_ID, 0, 0);
     echo[14..22].copy_from_slice(&write_echo_payload(OWN_ID));
     assert_eq!(echo[HEARTBEAT_FLAGS_OFFSET], HEARTBEAT_ECHO);
-    let frame = encapsulated(&echo, PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
+    let frame = encapsulated(
+        &echo,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    );
     let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_SHOT, "an echo is not echoed");
     assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 1);
@@ -757,33 +886,81 @@ fn rx_answers_no_heartbeat_but_a_direct_admitted_peers_plain_one_naming_us() {
     bed.admit_only(FAR_ID, FAR_UNDERLAY, [0; 6]);
     let unanswered = [
         // Not admitted: dropped before anything else.
-        (heartbeat(OWN_ID, 0, 0), [192, 168, 50, 5], 0x005, "a stranger"),
+        (
+            heartbeat(OWN_ID, 0, 0),
+            [192, 168, 50, 5],
+            0x005,
+            "a stranger",
+        ),
         // Admitted, but no next-hop MAC to answer with.
-        (heartbeat(OWN_ID, 0, 0), FAR_UNDERLAY, FAR_ID, "a peer without a next hop"),
-        (heartbeat(PEER_ID, 0, 0), PEER_UNDERLAY, PEER_ID, "one for another receiver"),
-        (heartbeat(OWN_ID, 1234, 1400), PEER_UNDERLAY, PEER_ID, "a probe"),
-        (heartbeat_without_echo(OWN_ID), PEER_UNDERLAY, PEER_ID, "one asking for none"),
-        (heartbeat(OWN_ID, 0, 0)[..20].to_vec(), PEER_UNDERLAY, PEER_ID, "an older build's"),
+        (
+            heartbeat(OWN_ID, 0, 0),
+            FAR_UNDERLAY,
+            FAR_ID,
+            "a peer without a next hop",
+        ),
+        (
+            heartbeat(PEER_ID, 0, 0),
+            PEER_UNDERLAY,
+            PEER_ID,
+            "one for another receiver",
+        ),
+        (
+            heartbeat(OWN_ID, 1234, 1400),
+            PEER_UNDERLAY,
+            PEER_ID,
+            "a probe",
+        ),
+        (
+            heartbeat_without_echo(OWN_ID),
+            PEER_UNDERLAY,
+            PEER_ID,
+            "one asking for none",
+        ),
+        (
+            heartbeat(OWN_ID, 0, 0)[..20].to_vec(),
+            PEER_UNDERLAY,
+            PEER_ID,
+            "an older build's",
+        ),
     ];
     for (inner, from, id, what) in unanswered {
         let frame = encapsulated(&inner, from, OWN_UNDERLAY, vni::pack(id, OWN_ID));
         let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
         assert_eq!(rc, TC_ACT_SHOT, "{what}: dropped");
-        assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 0, "{what}: not answered");
+        assert_eq!(
+            bed.counter(Reason::RxHeartbeatEchoed),
+            0,
+            "{what}: not answered"
+        );
     }
     assert_eq!(bed.counter(Reason::RxDropUnknownPeer), 1);
     assert_eq!(bed.counter(Reason::RxHeartbeat), 5);
     // Relayed by a neighbour (PEER_ID) for FAR_ID: admitted, never answered (an echo goes
     // to the sender's own address only).
     bed.add_far_peer();
-    let frame = encapsulated(&heartbeat(OWN_ID, 0, 0), PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(FAR_ID, OWN_ID));
+    let frame = encapsulated(
+        &heartbeat(OWN_ID, 0, 0),
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(FAR_ID, OWN_ID),
+    );
     let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_SHOT);
-    assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 0, "relayed: not answered");
+    assert_eq!(
+        bed.counter(Reason::RxHeartbeatEchoed),
+        0,
+        "relayed: not answered"
+    );
     assert_eq!(bed.counter(Reason::RxHeartbeat), 6, "but counted");
     // A direct peer, from its own address, it is (one the sleeve carries too).
     bed.admit_only(FAR_ID, FAR_UNDERLAY, PEER_UNDERLAY_MAC);
-    let frame = encapsulated(&heartbeat(OWN_ID, 0, 0), FAR_UNDERLAY, OWN_UNDERLAY, vni::pack(FAR_ID, OWN_ID));
+    let frame = encapsulated(
+        &heartbeat(OWN_ID, 0, 0),
+        FAR_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(FAR_ID, OWN_ID),
+    );
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(&out[30..34], &FAR_UNDERLAY);
@@ -795,18 +972,39 @@ fn rx_keeps_the_largest_probe_of_the_newest_round() {
     require_root!();
     let mut bed = Bed::new();
     let probe = |bed: &mut Bed, round: u32, outer: usize| {
-        let frame = encapsulated(&heartbeat(OWN_ID, round, outer), PEER_UNDERLAY, OWN_UNDERLAY, vni::pack(PEER_ID, OWN_ID));
-        assert_eq!(frame.len(), outer + 14, "outer IPv4 packet of {outer} bytes");
+        let frame = encapsulated(
+            &heartbeat(OWN_ID, round, outer),
+            PEER_UNDERLAY,
+            OWN_UNDERLAY,
+            vni::pack(PEER_ID, OWN_ID),
+        );
+        assert_eq!(
+            frame.len(),
+            outer + 14,
+            "outer IPv4 packet of {outer} bytes"
+        );
         let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
         assert_eq!(rc, TC_ACT_SHOT);
         let pc = bed.peer_counter(PEER_ID);
         (pc.probe_round, pc.probe_len)
     };
     assert_eq!(probe(&mut bed, 1000, 1400), (1000, 1400));
-    assert_eq!(probe(&mut bed, 1000, 1200), (1000, 1400), "a smaller one of the same round");
+    assert_eq!(
+        probe(&mut bed, 1000, 1200),
+        (1000, 1400),
+        "a smaller one of the same round"
+    );
     assert_eq!(probe(&mut bed, 1000, 1450), (1000, 1450));
-    assert_eq!(probe(&mut bed, 999, 1500), (1000, 1450), "a late one of an older round");
-    assert_eq!(probe(&mut bed, 1001, 600), (1001, 600), "a newer round starts over");
+    assert_eq!(
+        probe(&mut bed, 999, 1500),
+        (1000, 1450),
+        "a late one of an older round"
+    );
+    assert_eq!(
+        probe(&mut bed, 1001, 600),
+        (1001, 600),
+        "a newer round starts over"
+    );
     assert_eq!(bed.peer_counter(PEER_ID).rx_heartbeats, 5);
 }
 
@@ -819,7 +1017,11 @@ fn from_bridge_addresses_a_heartbeat_to_the_peer_it_names_like_a_broadcast_copy(
     assert_eq!(rc, TC_ACT_REDIRECT, "to the underlay");
     // The next hop's MAC from PEERS (a router's, on a routed underlay), DF set.
     assert_addressed_to_peer(&out, &inner);
-    assert_eq!(out.len() - 14, 1400, "the probe's outer packet has the size asked for");
+    assert_eq!(
+        out.len() - 14,
+        1400,
+        "the probe's outer packet has the size asked for"
+    );
     assert_eq!(bed.counter(Reason::TxHeartbeat), 1);
     assert_eq!(bed.counter(Reason::BridgeFlooded), 0);
     // A peer the sleeve carries now (admitted only) still gets its heartbeats.
@@ -830,7 +1032,14 @@ fn from_bridge_addresses_a_heartbeat_to_the_peer_it_names_like_a_broadcast_copy(
     // Unknown peers, and peers whose next hop's MAC is not known, get nothing.
     let far = bed.peers().get(&(FAR_ID as u32), 0).unwrap();
     bed.peers()
-        .set(FAR_ID as u32, PeerEntry { underlay_mac: [0; 6], ..far }, 0)
+        .set(
+            FAR_ID as u32,
+            PeerEntry {
+                underlay_mac: [0; 6],
+                ..far
+            },
+            0,
+        )
         .unwrap();
     for peer in [FAR_ID, 0x0777] {
         let (rc, _) = bed.run_tc(FROM_BRIDGE_PROGRAM, &heartbeat(peer, 0, 0));
@@ -1567,7 +1776,10 @@ fn kernel_logging_loads_either_way_and_off_is_compiled_out() {
     let off = rx_size(0);
     let on = rx_size(aya_log::Level::Trace as u8);
     println!("rx_from_underlay, translated: {off} bytes with logging off, {on} bytes on");
-    assert!(off < on, "logging off should be compiled out: {off} vs {on} bytes");
+    assert!(
+        off < on,
+        "logging off should be compiled out: {off} vs {on} bytes"
+    );
 }
 
 /// Pins the calling thread to CPU 0: the learning record is per CPU, and a test run executes
