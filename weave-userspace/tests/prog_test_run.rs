@@ -22,8 +22,10 @@ use weave_ebpf_common::maps::{
 };
 use weave_ebpf_common::vni;
 use weave_router::datapath::ebpf::{
-    EBPF_OBJECT, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM, RX_PROGRAM, TX_PROGRAM, XDP_PROGRAM,
+    peer_traffic, EBPF_OBJECT, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM, RX_PROGRAM, TX_PROGRAM,
+    XDP_PROGRAM,
 };
+use weave_router::datapath::PeerTraffic;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -237,27 +239,13 @@ impl Bed {
             .sum()
     }
 
-    fn peer_counter(&self, id: u16) -> PeerCounter {
+    /// The traffic with peer `id` as the router reads it: summed over CPUs, the newest
+    /// probe round merged.
+    fn peer_counter(&self, id: u16) -> PeerTraffic {
         let m: PerCpuArray<&MapData, PeerCounter> =
             PerCpuArray::try_from(self.ebpf.map("PEER_COUNTERS").unwrap()).unwrap();
         let per_cpu = m.get(&(id as u32), 0).unwrap();
-        // The router's own merge of the per-CPU probe records.
-        let probe = weave_router::datapath::ProbeSeen::merge(
-            per_cpu.iter().map(|c| (c.probe_round, c.probe_len)),
-        );
-        let mut sum = per_cpu.iter().fold(PeerCounter::default(), |mut a, c| {
-            a.tx_packets += c.tx_packets;
-            a.tx_bytes += c.tx_bytes;
-            a.rx_packets += c.rx_packets;
-            a.rx_bytes += c.rx_bytes;
-            a.rx_heartbeats += c.rx_heartbeats;
-            a.rx_heartbeat_echoes += c.rx_heartbeat_echoes;
-            a
-        });
-        if let Some(p) = probe {
-            (sum.probe_round, sum.probe_len) = (p.round, p.largest);
-        }
-        sum
+        peer_traffic(id, &per_cpu)
     }
 
     /// Runs a classifier on `frame`; (return value, frame afterwards).
@@ -780,11 +768,7 @@ fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
             (pc.rx_packets, pc.rx_bytes, pc.rx_heartbeats),
             (1, frame.len() as u64, 1)
         );
-        assert_eq!(
-            (pc.probe_round, pc.probe_len),
-            (0, 0),
-            "a plain heartbeat is no probe"
-        );
+        assert_eq!(pc.probe, None, "a plain heartbeat is no probe");
     }
     // An older build's heartbeat (no payload) still counts.
     let mut bare = heartbeat(OWN_ID, 0, 0);
@@ -985,8 +969,8 @@ fn rx_keeps_the_largest_probe_of_the_newest_round() {
         );
         let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
         assert_eq!(rc, TC_ACT_SHOT);
-        let pc = bed.peer_counter(PEER_ID);
-        (pc.probe_round, pc.probe_len)
+        let probe = bed.peer_counter(PEER_ID).probe.unwrap_or_default();
+        (probe.round, probe.largest)
     };
     assert_eq!(probe(&mut bed, 1000, 1400), (1000, 1400));
     assert_eq!(

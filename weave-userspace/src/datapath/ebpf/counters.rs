@@ -14,7 +14,7 @@ pub(super) fn sum_reason(per_cpu: &[Counter]) -> (u64, u64) {
 }
 
 /// The traffic with peer `short_id`, summed over CPUs (the newest probe round merged).
-pub(super) fn peer_traffic(short_id: u16, per_cpu: &[PeerCounter]) -> PeerTraffic {
+pub fn peer_traffic(short_id: u16, per_cpu: &[PeerCounter]) -> PeerTraffic {
     let mut t = PeerTraffic {
         short_id,
         ..Default::default()

@@ -42,6 +42,7 @@ pub use loader::{
     ensure_bpffs, probe_bpf, BPFFS, EBPF_OBJECT, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM, RX_PROGRAM,
     TX_PROGRAM, XDP_PROGRAM,
 };
+pub use counters::peer_traffic;
 pub use service::{SERVICE_RULE_PRIORITY, SERVICE_TABLE};
 
 use super::netlink::{LinkInfo, Netlink};
