@@ -498,12 +498,7 @@ fn rx_decapsulates_into_a_local_container_and_learns() {
     let mut bed = Bed::new();
     bed.add_endpoint(LOCAL_MAC);
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
-    let frame = encapsulated(
-        &inner,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&inner);
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT, "into the container");
     assert_eq!(out, inner, "decapsulated bytes are exactly the inner frame");
@@ -531,12 +526,7 @@ fn rx_decapsulates_broadcast_into_the_bridge() {
     require_root!();
     let mut bed = Bed::new();
     let inner = arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP);
-    let frame = encapsulated(
-        &inner,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&inner);
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(
         rc, TC_ACT_REDIRECT,
@@ -622,12 +612,7 @@ fn broadcast_copies_reach_every_slot_of_a_full_tree() {
     children[0] = FAR_ID;
     children[MAX_BROADCAST_CHILDREN - 1] = SECOND_ID;
     bed.set_broadcast_tree(PEER_ID, &children);
-    let frame = encapsulated(
-        &inner,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&inner);
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT, "into the bridge after the copies");
     assert_eq!(out, inner, "decapsulated for local delivery");
@@ -773,12 +758,7 @@ fn rx_counts_a_fast_path_heartbeat_for_its_peer_and_drops_it() {
     // An older build's heartbeat (no payload) still counts.
     let mut bare = heartbeat(OWN_ID, 0, 0);
     bare.truncate(14);
-    let frame = encapsulated(
-        &bare,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&bare);
     let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_SHOT);
     assert_eq!(bed.peer_counter(PEER_ID).rx_heartbeats, 2);
@@ -807,12 +787,7 @@ fn rx_answers_an_admitted_peers_heartbeat_with_an_echo_of_the_same_size() {
     let mut request = heartbeat(OWN_ID, 0, 0);
     request.extend_from_slice(&[0x5a; 10]);
     request[6..12].copy_from_slice(&[0x02, 0xbb, 0, 0, 0, 2]);
-    let frame = encapsulated(
-        &request,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&request);
     assert_eq!(bed.run_xdp(&frame), XDP_PASS);
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_REDIRECT, "turned round, out of the underlay");
@@ -850,12 +825,7 @@ fn rx_answers_an_admitted_peers_heartbeat_with_an_echo_of_the_same_size() {
     let mut echo = heartbeat(OWN_ID, 0, 0);
     echo[14..22].copy_from_slice(&write_echo_payload(OWN_ID));
     assert_eq!(echo[HEARTBEAT_FLAGS_OFFSET], HEARTBEAT_ECHO);
-    let frame = encapsulated(
-        &echo,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&echo);
     let (rc, _) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!(rc, TC_ACT_SHOT, "an echo is not echoed");
     assert_eq!(bed.counter(Reason::RxHeartbeatEchoed), 1);
@@ -1072,13 +1042,7 @@ fn rx_drops_what_is_not_admitted_and_counts_why() {
         ),
         // Truncated: the VXLAN header but no inner Ethernet header.
         (
-            encapsulated(
-                &inner,
-                PEER_UNDERLAY,
-                OWN_UNDERLAY,
-                vni::pack(PEER_ID, OWN_ID),
-            )[..OUTER_HLEN + 6]
-                .to_vec(),
+            from_peer(&inner)[..OUTER_HLEN + 6].to_vec(),
             Reason::RxDropMalformed,
             Reason::XdpDropMalformed,
         ),
@@ -1091,12 +1055,7 @@ fn rx_drops_what_is_not_admitted_and_counts_why() {
         assert_eq!(bed.counter(*xdp_reason), 1, "{}", xdp_reason.name());
     }
     // A VXLAN header without the VNI flag is malformed too.
-    let mut noflag = encapsulated(
-        &inner,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let mut noflag = from_peer(&inner);
     noflag[42] = 0;
     assert_eq!(bed.run_tc(RX_PROGRAM, &noflag).0, TC_ACT_SHOT);
     assert_eq!(bed.counter(Reason::RxDropMalformed), 2);
@@ -1104,12 +1063,7 @@ fn rx_drops_what_is_not_admitted_and_counts_why() {
     assert_eq!(bed.counter(Reason::RxDelivered), 0);
     assert!(bed.remote_macs().get(&MacKey::new(REMOTE_MAC), 0).is_err());
     // The peer's own traffic passes XDP.
-    let good = encapsulated(
-        &inner,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let good = from_peer(&inner);
     assert_eq!(bed.run_xdp(&good), XDP_PASS);
 }
 
@@ -1543,34 +1497,19 @@ fn rx_drops_a_decapsulated_frame_from_another_subnet() {
     let mut bed = Bed::new();
     bed.add_endpoint(LOCAL_MAC);
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, OTHER_SUBNET_IP, LOCAL_IP);
-    let frame = encapsulated(
-        &inner,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&inner);
     assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
     assert_eq!(bed.counter(Reason::RxDropIsolated), 1);
     assert_eq!(bed.counter(Reason::RxDelivered), 0);
     // From the container's own subnet: delivered.
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
-    let frame = encapsulated(
-        &inner,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&inner);
     let (rc, out) = bed.run_tc(RX_PROGRAM, &frame);
     assert_eq!((rc, out), (TC_ACT_REDIRECT, inner));
     // To a local endpoint with no record: dropped.
     bed.add_endpoint_at(OTHER_LOCAL_MAC, 3);
     let inner = inner_frame(OTHER_LOCAL_MAC, REMOTE_MAC, REMOTE_IP, [10, 2, 0, 3]);
-    let frame = encapsulated(
-        &inner,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&inner);
     assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_SHOT);
     assert_eq!(bed.counter(Reason::RxDropIsolated), 2);
     assert_eq!(bed.counter(Reason::RxDelivered), 1);
@@ -1690,12 +1629,7 @@ fn rx_drops_a_peer_frame_claiming_a_local_containers_mac() {
     assert_eq!(bed.counter(Reason::TxEncapsulated), 0);
     // The peer's real containers are learned as before.
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
-    let frame = encapsulated(
-        &inner,
-        PEER_UNDERLAY,
-        OWN_UNDERLAY,
-        vni::pack(PEER_ID, OWN_ID),
-    );
+    let frame = from_peer(&inner);
     assert_eq!(bed.run_tc(RX_PROGRAM, &frame).0, TC_ACT_REDIRECT);
     assert_eq!(
         bed.remote_macs()
@@ -1783,6 +1717,16 @@ fn pin_to_one_cpu() {
 }
 
 /// A container frame from REMOTE (behind `peer` at `underlay`) to the local container.
+/// `inner` as PEER_ID sends it to us: from its underlay address, VNI PEER_ID → OWN_ID.
+fn from_peer(inner: &[u8]) -> Vec<u8> {
+    encapsulated(
+        inner,
+        PEER_UNDERLAY,
+        OWN_UNDERLAY,
+        vni::pack(PEER_ID, OWN_ID),
+    )
+}
+
 fn from_remote(peer: u16, underlay: [u8; 4]) -> Vec<u8> {
     let inner = inner_frame(LOCAL_MAC, REMOTE_MAC, REMOTE_IP, LOCAL_IP);
     encapsulated(&inner, underlay, OWN_UNDERLAY, vni::pack(peer, OWN_ID))
