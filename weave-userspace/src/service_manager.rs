@@ -196,6 +196,44 @@ impl Notifier {
     }
 }
 
+/// The socket `weave-router launch` waits on for its daemon (`@name`, as in
+/// `$NOTIFY_SOCKET`): the daemon sends [`launcher_message`] there once it is ready.
+pub const LAUNCHER_SOCKET_ENV: &str = "WEAVE_LAUNCHER_SOCKET";
+
+/// What the daemon tells the command that launched it once ready: the protocol's
+/// `READY=1` and its peer name.
+pub fn launcher_message(peer: &str) -> String {
+    format!("READY=1\nPEER={peer}\n")
+}
+
+/// The peer name of a [`launcher_message`]; `None` for any other datagram.
+pub fn peer_of_launcher_message(message: &str) -> Option<&str> {
+    let mut ready = false;
+    let mut peer = None;
+    for line in message.lines() {
+        match line.split_once('=') {
+            Some(("READY", "1")) => ready = true,
+            Some(("PEER", name)) if !name.is_empty() => peer = Some(name),
+            _ => {}
+        }
+    }
+    peer.filter(|_| ready)
+}
+
+/// Tells the launching command (`$WEAVE_LAUNCHER_SOCKET`, when set) that the router named
+/// `peer` is ready. Once, at readiness; a launcher gone meanwhile is logged.
+pub fn tell_launcher(peer: &str) {
+    let Ok(value) = std::env::var(LAUNCHER_SOCKET_ENV) else {
+        return;
+    };
+    let sent = NotifyTarget::parse(&value)
+        .map_err(std::io::Error::other)
+        .and_then(|target| send_to(&target, &launcher_message(peer)));
+    if let Err(e) = sent {
+        tracing::warn!("cannot tell the launching command that the router is ready ({LAUNCHER_SOCKET_ENV}): {e}");
+    }
+}
+
 fn send_to(target: &NotifyTarget, message: &str) -> std::io::Result<()> {
     let socket = UnixDatagram::unbound()?;
     let sent = socket.send_to_addr(message.as_bytes(), &target.address()?)?;
@@ -208,6 +246,17 @@ fn send_to(target: &NotifyTarget, message: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_launcher_hears_ready_and_the_peer_name() {
+        let m = launcher_message("02:36:b7:67:00:30");
+        assert_eq!(m, "READY=1\nPEER=02:36:b7:67:00:30\n");
+        assert_eq!(peer_of_launcher_message(&m), Some("02:36:b7:67:00:30"));
+        assert_eq!(peer_of_launcher_message("PEER=x\n"), None);
+        assert_eq!(peer_of_launcher_message("READY=1\n"), None);
+        assert_eq!(peer_of_launcher_message("READY=1\nPEER=\n"), None);
+        assert_eq!(peer_of_launcher_message("STOPPING=1\nPEER=x\n"), None);
+    }
 
     #[test]
     fn notify_socket_is_a_path_or_an_abstract_name() {

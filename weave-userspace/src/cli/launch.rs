@@ -1,6 +1,6 @@
 //! `weave-router launch` without `--foreground`: starts the router as a background daemon
-//! (a new session, output to `<state-dir>/weave-router.log`), waits until its API answers and
-//! prints the peer name. On failure it prints the reason and the tail of the log, and makes sure
+//! (a new session, output to `<state-dir>/weave-router.log`), waits until it says it is
+//! ready (a datagram on a socket named in `$WEAVE_LAUNCHER_SOCKET`) and prints the peer name. On failure it prints the reason and the tail of the log, and makes sure
 //! the daemon is gone.
 //!
 //! A password never reaches the daemon's argv or environment: `--password` is taken off its
@@ -17,17 +17,19 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
 use anyhow::{bail, Context};
 
 use super::client;
 use crate::config::Config;
+use crate::service_manager::{peer_of_launcher_message, LAUNCHER_SOCKET_ENV};
 use crate::state::log_path;
 
-/// How long the daemon has to become ready.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long it may take while its API says it is still setting up its data path (loading
-/// the programs takes long on a busy machine: the verifier).
-pub const STARTING_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long the daemon has to become ready: its API up, its data path set up (on a busy
+/// machine loading the programs and creating the devices take tens of seconds).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of the log shown when the launch fails.
 const TAIL_LINES: usize = 20;
 
@@ -35,7 +37,7 @@ const TAIL_LINES: usize = 20;
 /// was given (handed to the daemon through a pipe).
 pub fn launch_background(config: &Config, password: Option<&str>) -> anyhow::Result<()> {
     let api = client::ApiAddr::socket_of(config.http_addr);
-    if client::request(api.clone(), "GET", "/status", None, Duration::from_secs(2)).is_ok() {
+    if client::request(api, "GET", "/status", None, Duration::from_secs(2)).is_ok() {
         bail!("a weave-router already answers on {}", config.http_addr);
     }
     if !config.fake_datapath {
@@ -55,11 +57,13 @@ pub fn launch_background(config: &Config, password: Option<&str>) -> anyhow::Res
         .with_context(|| format!("cannot open the log {}", log.display()))?;
     let log_start = log_file.metadata().map(|m| m.len()).unwrap_or(0);
 
+    let readiness = Readiness::bind().context("cannot open the socket the daemon reports to")?;
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let mut cmd = Command::new(exe);
     cmd.args(without_password(std::env::args_os().skip(1)))
         .arg("--foreground")
         .env_remove(crate::config::PASSWORD_ENV)
+        .env(LAUNCHER_SOCKET_ENV, readiness.env_value())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file);
@@ -97,27 +101,16 @@ pub fn launch_background(config: &Config, password: Option<&str>) -> anyhow::Res
         if let Some(status) = child.try_wait()? {
             break format!("the daemon exited ({status})");
         }
-        let mut starting = false;
-        if let Ok(r) = client::request(api.clone(), "GET", "/report", None, Duration::from_secs(2))
-        {
-            starting = r.status == 503;
-            if r.ok() {
-                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-                if v["Pid"].as_u64() == Some(child.id() as u64) {
-                    println!("{}", v["Router"]["Name"].as_str().unwrap_or_default());
-                    return Ok(());
-                }
-            }
+        if let Some(peer) = readiness.wait(Duration::from_millis(200)) {
+            println!("{peer}");
+            return Ok(());
         }
-        let limit = if starting {
-            STARTING_TIMEOUT
-        } else {
-            READY_TIMEOUT
-        };
-        if started.elapsed() > limit {
-            break format!("the daemon was not ready within {} s", limit.as_secs());
+        if started.elapsed() > READY_TIMEOUT {
+            break format!(
+                "the daemon was not ready within {} s",
+                READY_TIMEOUT.as_secs()
+            );
         }
-        std::thread::sleep(Duration::from_millis(100));
     };
 
     terminate(&mut child);
@@ -138,6 +131,39 @@ pub fn launch_background(config: &Config, password: Option<&str>) -> anyhow::Res
     }
     // The reason was printed above; exit non-zero without repeating it.
     std::process::exit(1);
+}
+
+/// The socket the daemon says it is ready on (an abstract unix datagram socket named for
+/// this process): no polling of an API that a busy daemon answers late.
+struct Readiness {
+    socket: UnixDatagram,
+    name: String,
+}
+
+impl Readiness {
+    fn bind() -> std::io::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let name = format!("weave-router-launch-{}-{nanos}", std::process::id());
+        let socket = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        Ok(Self { socket, name })
+    }
+
+    /// `$WEAVE_LAUNCHER_SOCKET` for the daemon.
+    fn env_value(&self) -> String {
+        format!("@{}", self.name)
+    }
+
+    /// The peer name of the daemon, once it says it is ready within `timeout`.
+    fn wait(&self, timeout: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(timeout)).ok()?;
+        let mut buf = [0u8; 512];
+        let n = self.socket.recv(&mut buf).ok()?;
+        let message = std::str::from_utf8(&buf[..n]).ok()?;
+        peer_of_launcher_message(message).map(str::to_string)
+    }
 }
 
 /// SIGINT (the daemon finishes setting up, then takes everything down, its data path too),

@@ -542,6 +542,7 @@ impl Up<'_> {
             crate::service_manager::State::Ready,
             &format!("peer {} ready", self.config.nickname),
         );
+        crate::service_manager::tell_launcher(&me.to_string());
         let _watchdog = notifier.spawn_watchdog(self.stop.clone());
         tokio::spawn(crate::memory::trim_periodically(self.stop.clone()));
 
