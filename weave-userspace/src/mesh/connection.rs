@@ -586,7 +586,14 @@ pub(crate) async fn run(
             error: ConnectionError::Shutdown,
         };
     }
-    match reply_rx.await {
+    match await_admission(
+        reply_rx,
+        &mut writer,
+        &mut stream,
+        timings.heartbeat_interval,
+    )
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
             let farewell = match &error {
@@ -641,6 +648,35 @@ pub(crate) async fn run(
 /// The life of an accepted connection; returns why it ended. Reading and writing run side
 /// by side: a large frame being written never stops us from reading (two routers writing
 /// big frames to each other at once would otherwise both wait for the other to read).
+/// Waits for the router to admit the connection (`reply`), sending a heartbeat every
+/// `heartbeat_interval` meanwhile. A router whose events are backlogged (a machine saturated
+/// while a large mesh forms) may take longer to admit it than the peer, which admitted it
+/// already and reads, waits for a word before it takes us for hung ([`silence_verdict`]).
+/// A heartbeat that cannot be written ends the heartbeats, not the wait: the router hears of
+/// the connection's end from the conversation that follows its admission.
+async fn await_admission<S: AsyncWrite + Unpin>(
+    mut reply: oneshot::Receiver<Result<(), ConnectionError>>,
+    writer: &mut FrameWriter,
+    stream: &mut S,
+    heartbeat_interval: Duration,
+) -> Result<Result<(), ConnectionError>, oneshot::error::RecvError> {
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + heartbeat_interval,
+        heartbeat_interval,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeats = true;
+    loop {
+        tokio::select! {
+            biased;
+            admitted = &mut reply => return admitted,
+            _ = heartbeat.tick(), if heartbeats => {
+                heartbeats = writer.write(stream, &Message::Heartbeat).await.is_ok();
+            }
+        }
+    }
+}
+
 async fn converse(
     stream: TcpStream,
     (writer, reader): (FrameWriter, FrameReader),
@@ -1181,6 +1217,73 @@ mod tests {
         let took = started.elapsed();
         assert!(matches!(error, ConnectionError::HostSilent(_)), "{error:?}");
         assert!(took >= timings.dead_after && took < grace, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_router_keeps_the_peer_from_taking_it_for_hung() {
+        // Our end waits for a backlogged router's admission for three times the peer's
+        // grace; the peer's end converses from the start and must hear from us meanwhile.
+        let (ours, theirs) = idle_pair(false).await;
+        let timings = Timings {
+            heartbeat_interval: Duration::from_millis(50),
+            dead_after: Duration::from_millis(300),
+            ..Timings::default()
+        };
+        let grace = timings.dead_after * BUSY_PEER_GRACE;
+        let peer = tokio::spawn(converse_until_closed(theirs, timings));
+        let (admit, reply) = oneshot::channel();
+        let mut ours = ours;
+        let mut writer = FrameWriter::plain();
+        let waiting = tokio::spawn(async move {
+            let admitted =
+                await_admission(reply, &mut writer, &mut ours, timings.heartbeat_interval).await;
+            (admitted, ours)
+        });
+        tokio::time::sleep(grace * 3).await;
+        // Without the heartbeats the peer's side would have ended at its grace, as hung.
+        assert!(
+            !peer.is_finished(),
+            "the peer took the waiting end for hung"
+        );
+        admit.send(Ok(())).unwrap();
+        let (admitted, ours) = waiting.await.unwrap();
+        assert!(matches!(admitted, Ok(Ok(()))), "{admitted:?}");
+        // A refusal, and a router gone before it answered, come through as they are.
+        let (refuse, reply) = oneshot::channel();
+        refuse.send(Err(ConnectionError::Closed)).unwrap();
+        let (_, mut other) = idle_pair(false).await;
+        let refused = await_admission(
+            reply,
+            &mut FrameWriter::plain(),
+            &mut other,
+            timings.heartbeat_interval,
+        )
+        .await;
+        assert!(
+            matches!(refused, Ok(Err(ConnectionError::Closed))),
+            "{refused:?}"
+        );
+        let (gone, reply) = oneshot::channel::<Result<(), ConnectionError>>();
+        drop(gone);
+        let dropped = await_admission(
+            reply,
+            &mut FrameWriter::plain(),
+            &mut other,
+            timings.heartbeat_interval,
+        )
+        .await;
+        assert!(dropped.is_err());
+        // Our end closing (with the peer's heartbeats unread: a reset) is what ends the
+        // peer's, not silence.
+        drop(ours);
+        let ended = peer.await.unwrap();
+        assert!(
+            !matches!(
+                ended,
+                ConnectionError::Silent(_) | ConnectionError::HostSilent(_)
+            ),
+            "{ended:?}"
+        );
     }
 
     #[tokio::test]
