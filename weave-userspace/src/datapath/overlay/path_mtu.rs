@@ -36,6 +36,9 @@ pub const FLOOR_FAILURES: u8 = 2;
 pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
 /// Concluded rounds kept for a report that comes after [`ROUND_TIMEOUT`].
 pub const LATE_ROUNDS_KEPT: usize = 3;
+/// How long after its timeout a round may still be concluded by it: checks come once a
+/// second, so a later one means the router itself was held up ([`PathMtuSearch::tick`]).
+pub const OVERDUE_BY: Duration = Duration::from_secs(3);
 
 /// A round of probes in flight.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,18 +179,33 @@ impl PathMtuSearch {
 
     /// The peer's report: the largest probe of round `number` that reached it. A report
     /// about a round already concluded is taken in by the next [`PathMtuSearch::tick`].
+    ///
+    /// A report about a round older than those kept (a peer tens of seconds behind: a
+    /// machine saturated while a large mesh forms) still shows that a probe of `largest`
+    /// bytes crossed, as the peer's kernel measured it. It counts only against a floor
+    /// lost or failing: stale, it must not undo a smaller MTU found since, but the path
+    /// carried that much and is not to be taken for one that carries only small frames.
     pub fn seen(&mut self, number: u32, largest: u16) {
         if let Some(round) = self.round.as_mut().filter(|r| r.number == number) {
             round.largest_seen = Some(round.largest_seen.map_or(largest, |l| l.max(largest)));
             return;
         }
-        let crossed = self
+        let kept = self.concluded.iter().find(|r| r.number == number);
+        let oldest = self
             .concluded
-            .iter()
-            .filter(|r| r.number == number)
-            .flat_map(|r| r.sizes.iter().copied())
-            .filter(|s| *s <= largest)
-            .max();
+            .first()
+            .or(self.round.as_ref())
+            .map(|r| r.number);
+        let crossed = match kept {
+            Some(r) => r.sizes.iter().copied().filter(|s| *s <= largest).max(),
+            None if oldest.is_some_and(|o| number < o)
+                && (self.floor_lost || self.floor_failures > 0)
+                && (FLOOR..=self.ceiling).contains(&largest) =>
+            {
+                Some(largest)
+            }
+            None => None,
+        };
         if let Some(c) = crossed {
             self.late_crossed = Some(self.late_crossed.map_or(c, |l| l.max(c)));
         }
@@ -285,14 +303,23 @@ impl PathMtuSearch {
 
     /// Takes in a late report, then concludes the round in flight when the peer reported
     /// all of it, or when it timed out; returns what changed.
+    ///
+    /// A tick that comes [`OVERDUE_BY`] or more after the round's timeout (our own router
+    /// kept from its checks: the peer's report may be waiting behind the events that kept
+    /// it) concludes nothing: the round gets one more check's time.
     pub fn tick(&mut self, now: Instant) -> Outcome {
         let before = (self.limit(), self.floor_lost);
         self.take_late_report(now);
-        let due = self.round.as_ref().is_some_and(|round| {
+        let due = self.round.as_mut().is_some_and(|round| {
             let all_seen = round
                 .largest_seen
                 .is_some_and(|l| round.sizes.iter().all(|s| *s <= l));
-            all_seen || now.duration_since(round.sent_at) >= ROUND_TIMEOUT
+            let waited = now.saturating_duration_since(round.sent_at);
+            if !all_seen && waited >= ROUND_TIMEOUT + OVERDUE_BY {
+                round.sent_at = now + super::choice::CHECK_EVERY - ROUND_TIMEOUT;
+                return false;
+            }
+            all_seen || waited >= ROUND_TIMEOUT
         });
         if due {
             let round = self.round.take().expect("checked above");
@@ -524,6 +551,73 @@ mod tests {
             !next.is_empty() && next.iter().all(|x| Some(*x) > crossed),
             "the search goes on above what crossed: {next:?}"
         );
+    }
+
+    #[test]
+    fn a_check_that_comes_long_after_the_timeout_waits_for_the_queued_report() {
+        let mut s = PathMtuSearch::new(1500);
+        let t = Instant::now();
+        s.probes(t, 1);
+        // Our router was held up for 20 s: the round is not taken as lost yet...
+        let late = t + Duration::from_secs(20);
+        assert_eq!(s.tick(late).verified_changed, None);
+        assert!(!s.settled() && s.verified().is_none(), "{s:?}");
+        // ...the report that waited behind the events that held it up comes next...
+        s.seen(1, 1500);
+        let out = s.tick(late + Duration::from_millis(100));
+        assert_eq!(out.verified_changed, Some(Some(1500)));
+        // ...and without a report, the next check on time concludes the round: lost, the
+        // next round goes out, and two lost rounds say the path carries only small frames.
+        let mut s = PathMtuSearch::new(1500);
+        s.probes(t, 1);
+        s.tick(late);
+        let on_time = late + Duration::from_secs(1);
+        s.tick(on_time);
+        let next = on_time + ROUND_TIMEOUT;
+        assert!(s.probes(next, 2).contains(&FLOOR), "{s:?}");
+        assert_eq!(s.tick(next + ROUND_TIMEOUT).verified_changed, Some(None));
+        assert!(s.only_small_frames());
+    }
+
+    #[test]
+    fn a_report_of_a_round_no_longer_kept_undoes_a_lost_floor_only() {
+        // The peer reports rounds far behind: every round times out, the floor is lost.
+        let mut s = PathMtuSearch::new(1500);
+        let t = Instant::now();
+        let mut at = t;
+        for n in 1..=(LATE_ROUNDS_KEPT as u32 + 3) {
+            s.probes(at, n);
+            at += ROUND_TIMEOUT;
+            s.tick(at);
+            at += ROUND_TIMEOUT;
+        }
+        assert!(s.only_small_frames(), "{s:?}");
+        // Its report of round 1, long out of those kept, comes: 1500 crossed then.
+        s.seen(1, 1500);
+        let out = s.tick(at);
+        assert_eq!(out.verified_changed, Some(Some(1500)));
+        assert!(!s.only_small_frames());
+        // Sizes no probe could have had, or a round not yet sent, prove nothing.
+        let mut s = PathMtuSearch::new(1500);
+        let mut at = t;
+        for n in 10..=(10 + LATE_ROUNDS_KEPT as u32 + 3) {
+            s.probes(at, n);
+            at += ROUND_TIMEOUT;
+            s.tick(at);
+            at += ROUND_TIMEOUT;
+        }
+        assert!(s.only_small_frames());
+        s.seen(1, 9000);
+        s.seen(2, FLOOR - 1);
+        s.seen(500, 1500);
+        assert_eq!(s.tick(at).verified_changed, None);
+        assert!(s.only_small_frames());
+        // Once the path's MTU is known, a stale report does not undo what was found since.
+        let mut s = PathMtuSearch::new(1500);
+        let (t, _) = search(&mut s, 1400, t);
+        s.seen(0, 1500);
+        assert_eq!(s.tick(t + Duration::from_secs(1)).verified_changed, None);
+        assert_eq!(s.verified(), Some(1400));
     }
 
     #[test]
