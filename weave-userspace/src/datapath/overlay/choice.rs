@@ -60,6 +60,8 @@ pub struct OverlayChoice {
     stable_after: Duration,
     /// The counter at the last sample.
     last_count: Option<u64>,
+    /// When the last sample was taken.
+    last_sample: Option<Instant>,
     /// When the counter last grew (or sampling began).
     last_growth: Option<Instant>,
     /// When the current run of heartbeats began (no silence of `lost_after` since).
@@ -88,6 +90,7 @@ impl OverlayChoice {
             lost_after,
             stable_after,
             last_count: None,
+            last_sample: None,
             last_growth: None,
             run_since: None,
             heard: true,
@@ -120,9 +123,18 @@ impl OverlayChoice {
 
     /// Takes a sample of the peer's received-packet counter at `now` (the first one only
     /// starts the clock).
+    ///
+    /// A sample that comes `lost_after` or more after the one before it (our own process
+    /// kept from its checks, and so from sending its heartbeats, which the peer's kernel
+    /// echoes: a machine saturated while a large mesh forms) judges nothing: a silence
+    /// while we did not send is no sign of a blocked path, so the clock starts again.
     pub fn sample(&mut self, now: Instant, count: u64) -> Change {
         let grew = self.last_count.is_some_and(|c| count > c);
-        if self.last_count.is_none() {
+        let we_were_late = self
+            .last_sample
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.lost_after);
+        self.last_sample = Some(now);
+        if self.last_count.is_none() || (we_were_late && self.heard && !grew) {
             self.last_growth = Some(now);
         }
         self.last_count = Some(count);
@@ -371,6 +383,24 @@ mod tests {
         assert_eq!(choice.overlay(), Overlay::Fastdp);
         // Its first report counts at once.
         assert_eq!(choice.remote_report(true).switch, Some(Overlay::Sleeve));
+    }
+
+    #[test]
+    fn a_silence_while_we_did_not_sample_is_no_loss() {
+        let mut choice = OverlayChoice::default();
+        let t0 = Instant::now();
+        choice.sample(t0, 1);
+        choice.remote_report(true);
+        // Our own checks stalled for 20 s (no heartbeats of ours, so no echoes either).
+        assert_eq!(choice.sample(t0 + S * 20, 1).switch, None);
+        assert!(choice.heard());
+        // Sampled on time again, the silence counts from there: lost after LOST_AFTER.
+        assert_eq!(choice.sample(t0 + S * 21, 1).switch, None);
+        assert_eq!(choice.sample(t0 + S * 22, 1).switch, None);
+        assert_eq!(choice.sample(t0 + S * 23, 1).switch, Some(Overlay::Sleeve));
+        // A late sample does not make a lost peer heard either.
+        assert_eq!(choice.sample(t0 + S * 40, 1).switch, None);
+        assert!(!choice.heard());
     }
 
     #[test]
