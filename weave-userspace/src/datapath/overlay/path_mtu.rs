@@ -15,7 +15,9 @@
 //! its round timed out (a peer too busy to report on time: a loaded host, a mesh forming)
 //! still counts: what it shows crossed is verified, and the loss taken back, so a slow
 //! report never leaves a connection with a smaller MTU or on the sleeve for nothing (the
-//! last [`LATE_ROUNDS_KEPT`] rounds are kept for it). Once found, the MTU is
+//! last [`LATE_ROUNDS_KEPT`] rounds are kept for it). The path is said to carry only small
+//! frames when even the [`FLOOR`] probe is lost [`FLOOR_FAILURES`] rounds in a row over
+//! [`FLOOR_LOST_AFTER`], long enough for a late report to come. Once found, the MTU is
 //! checked again every [`RECHECK_EVERY`] (the size itself and the ceiling: a path that
 //! shrinks or grows is noticed). An ICMP "fragmentation needed" from the underlay about our
 //! own outer packets ([`PathMtuSearch::frag_needed`]) is a hint, never a verdict: it bounds
@@ -32,6 +34,10 @@ pub const ROUND_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Rounds in a row that must lose even the [`FLOOR`] probe before the path is said to
 /// carry only small frames.
 pub const FLOOR_FAILURES: u8 = 2;
+/// How long, from the first of those rounds, the floor must keep failing before the path
+/// is said to carry only small frames: a peer on a saturated machine reports seconds late,
+/// and its late reports take the failures back ([`PathMtuSearch::seen`]).
+pub const FLOOR_LOST_AFTER: Duration = Duration::from_secs(10);
 /// How often a found MTU is checked again.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
 /// Concluded rounds kept for a report that comes after [`ROUND_TIMEOUT`].
@@ -70,11 +76,13 @@ pub struct PathMtuSearch {
     limit: Option<u16>,
     /// The smallest size known not to cross.
     too_big: Option<u16>,
-    /// Whether rounds found that not even [`FLOOR`] crosses (twice in a row: a link that
-    /// is simply cut is the heartbeats' to notice, and they take longer).
+    /// Whether rounds found that not even [`FLOOR`] crosses ([`FLOOR_FAILURES`] rounds in a
+    /// row over [`FLOOR_LOST_AFTER`]: a link that is simply cut is the heartbeats' to notice).
     floor_lost: bool,
     /// Rounds in a row in which the floor probe was lost.
     floor_failures: u8,
+    /// When the first of those rounds was sent.
+    floor_failing_since: Option<Instant>,
     round: Option<Round>,
     /// When the verified MTU is checked again.
     recheck_at: Option<Instant>,
@@ -96,6 +104,7 @@ impl PathMtuSearch {
             too_big: None,
             floor_lost: false,
             floor_failures: 0,
+            floor_failing_since: None,
             round: None,
             recheck_at: None,
             concluded: Vec::new(),
@@ -225,6 +234,7 @@ impl PathMtuSearch {
         self.verified = Some(verified);
         self.floor_lost = false;
         self.floor_failures = 0;
+        self.floor_failing_since = None;
         if self.too_big.is_some_and(|t| t <= verified) {
             self.too_big = None;
         }
@@ -370,9 +380,12 @@ impl PathMtuSearch {
             lost == Some(FLOOR) || (crossed.is_none() && round.sizes.contains(&FLOOR));
         if floor_failed {
             self.floor_failures = self.floor_failures.saturating_add(1);
-            self.floor_lost = self.floor_failures >= FLOOR_FAILURES;
+            let since = *self.floor_failing_since.get_or_insert(round.sent_at);
+            self.floor_lost = self.floor_failures >= FLOOR_FAILURES
+                && now.saturating_duration_since(since) >= FLOOR_LOST_AFTER;
         } else if round.sizes.contains(&FLOOR) || crossed.is_some() {
             self.floor_failures = 0;
+            self.floor_failing_since = None;
         }
         if self.nothing_left_between() || floor_failed {
             // Found (or nothing to find): check again later, or sooner when nothing crossed.
@@ -403,6 +416,27 @@ mod tests {
             s.tick(now);
         }
         panic!("no result for path {path}: {s:?}");
+    }
+
+    /// Sends rounds from `number` on, starting at `at`, with no report of any (each checked
+    /// at its timeout, the next sent when the search asks for it), until the path is said
+    /// to carry only small frames; returns when, the next round's number, and the rounds.
+    fn lose_rounds(s: &mut PathMtuSearch, mut at: Instant, mut number: u32) -> (Instant, u32, u32) {
+        let mut rounds = 0;
+        while !s.only_small_frames() {
+            assert!(rounds < 20, "never said: {s:?}");
+            let sizes = s.probes(at, number);
+            if !sizes.is_empty() {
+                assert!(sizes.contains(&FLOOR), "{sizes:?}");
+                number += 1;
+                rounds += 1;
+                at += ROUND_TIMEOUT;
+                s.tick(at);
+            } else {
+                at += Duration::from_millis(500);
+            }
+        }
+        (at, number, rounds)
     }
 
     #[test]
@@ -444,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn a_path_that_carries_nothing_big_says_so_after_two_rounds() {
+    fn a_path_that_carries_nothing_big_says_so_after_floor_lost_after() {
         let mut s = PathMtuSearch::new(1500);
         let t = Instant::now();
         s.probes(t, 1);
@@ -458,14 +492,16 @@ mod tests {
             s.probes(t + ROUND_TIMEOUT, 2).is_empty(),
             "tried again after a pause"
         );
-        let sizes = s.probes(t + ROUND_TIMEOUT * 2, 2);
-        assert!(sizes.contains(&FLOOR), "{sizes:?}");
-        let out = s.tick(t + ROUND_TIMEOUT * 3);
-        assert_eq!(out.verified_changed, Some(None));
-        assert!(s.only_small_frames());
+        let (at, _, rounds) = lose_rounds(&mut s, t + ROUND_TIMEOUT * 2, 2);
+        assert!(rounds + 1 >= FLOOR_FAILURES as u32);
+        let took = at - t;
+        assert!(
+            took >= FLOOR_LOST_AFTER && took < FLOOR_LOST_AFTER + ROUND_TIMEOUT * 3,
+            "{took:?}"
+        );
         assert_eq!(s.verified(), None);
         // Tried again soon, and found when the path heals.
-        let (_, _) = search(&mut s, 1500, t + ROUND_TIMEOUT * 4);
+        let (_, _) = search(&mut s, 1500, at + ROUND_TIMEOUT);
         assert_eq!(s.verified(), Some(1500));
         assert!(!s.only_small_frames());
     }
@@ -526,17 +562,25 @@ mod tests {
     fn a_floor_lost_only_to_late_reports_is_found_again_when_they_come() {
         let mut s = PathMtuSearch::new(1500);
         let t = Instant::now();
+        let (at, next, _) = lose_rounds(&mut s, t, 1);
+        assert!(s.only_small_frames(), "rounds without a report: {s:?}");
+        // The last round's report arrives: everything up to 1500 crossed.
+        s.seen(next - 1, 1500);
+        let out = s.tick(at + ROUND_TIMEOUT);
+        assert_eq!(out.verified_changed, Some(Some(1500)));
+        assert!(!s.only_small_frames());
+        assert!(s.settled());
+        // Two lost rounds within FLOOR_LOST_AFTER say nothing yet, and the late report of
+        // the first takes them back.
+        let mut s = PathMtuSearch::new(1500);
         for (n, at) in [(1u32, t), (2, t + ROUND_TIMEOUT * 2)] {
             assert!(s.probes(at, n).contains(&FLOOR));
             s.tick(at + ROUND_TIMEOUT);
         }
-        assert!(s.only_small_frames(), "two rounds without a report: {s:?}");
-        // Round 2's report arrives: everything up to 1500 crossed.
-        s.seen(2, 1500);
-        let out = s.tick(t + ROUND_TIMEOUT * 4);
-        assert_eq!(out.verified_changed, Some(Some(1500)));
         assert!(!s.only_small_frames());
-        assert!(s.settled());
+        s.seen(1, 1500);
+        s.tick(t + ROUND_TIMEOUT * 4);
+        assert_eq!(s.verified(), Some(1500));
         // A late report that shows a smaller size crossing verifies it and searches above.
         let mut s = PathMtuSearch::new(1500);
         let sizes = s.probes(t, 1);
@@ -566,17 +610,16 @@ mod tests {
         s.seen(1, 1500);
         let out = s.tick(late + Duration::from_millis(100));
         assert_eq!(out.verified_changed, Some(Some(1500)));
-        // ...and without a report, the next check on time concludes the round: lost, the
-        // next round goes out, and two lost rounds say the path carries only small frames.
+        // ...and without a report, the next check on time concludes the round: lost, and
+        // the next round goes out.
         let mut s = PathMtuSearch::new(1500);
         s.probes(t, 1);
         s.tick(late);
+        assert!(s.probes(late, 2).is_empty(), "round 1 still in flight");
         let on_time = late + Duration::from_secs(1);
         s.tick(on_time);
         let next = on_time + ROUND_TIMEOUT;
         assert!(s.probes(next, 2).contains(&FLOOR), "{s:?}");
-        assert_eq!(s.tick(next + ROUND_TIMEOUT).verified_changed, Some(None));
-        assert!(s.only_small_frames());
     }
 
     #[test]
