@@ -15,7 +15,9 @@
 //! its round timed out (a peer too busy to report on time: a loaded host, a mesh forming)
 //! still counts: what it shows crossed is verified, and the loss taken back, so a slow
 //! report never leaves a connection with a smaller MTU or on the sleeve for nothing (the
-//! last [`LATE_ROUNDS_KEPT`] rounds are kept for it). The path is said to carry only small
+//! last [`LATE_ROUNDS_KEPT`] rounds are kept for it), and later rounds wait longer (twice
+//! the lateness, up to [`MAX_ROUND_TIMEOUT`]; back down as reports come on time). The path
+//! is said to carry only small
 //! frames when even the [`FLOOR`] probe is lost [`FLOOR_FAILURES`] rounds in a row over
 //! [`FLOOR_LOST_AFTER`], long enough for a late report to come. Once found, the MTU is
 //! checked again every [`RECHECK_EVERY`] (the size itself and the ceiling: a path that
@@ -42,6 +44,9 @@ pub const FLOOR_LOST_AFTER: Duration = Duration::from_secs(10);
 pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
 /// Concluded rounds kept for a report that comes after [`ROUND_TIMEOUT`].
 pub const LATE_ROUNDS_KEPT: usize = 3;
+/// The longest a round waits for its report: [`ROUND_TIMEOUT`] grows up to this when
+/// reports come late (twice the lateness seen), and shrinks back as they come on time.
+pub const MAX_ROUND_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long after its timeout a round may still be concluded by it: checks come once a
 /// second, so a later one means the router itself was held up ([`PathMtuSearch::tick`]).
 pub const OVERDUE_BY: Duration = Duration::from_secs(3);
@@ -92,6 +97,11 @@ pub struct PathMtuSearch {
     /// The largest probe such a late report showed crossing, until the next
     /// [`PathMtuSearch::tick`] takes it in.
     late_crossed: Option<u16>,
+    /// When the earliest round reported late was sent, until the next tick measures it.
+    late_sent_at: Option<Instant>,
+    /// How long a round waits for its report now (from [`ROUND_TIMEOUT`] up to
+    /// [`MAX_ROUND_TIMEOUT`]).
+    timeout: Duration,
 }
 
 impl PathMtuSearch {
@@ -109,6 +119,8 @@ impl PathMtuSearch {
             recheck_at: None,
             concluded: Vec::new(),
             late_crossed: None,
+            late_sent_at: None,
+            timeout: ROUND_TIMEOUT,
         }
     }
 
@@ -206,12 +218,16 @@ impl PathMtuSearch {
             .or(self.round.as_ref())
             .map(|r| r.number);
         let crossed = match kept {
-            Some(r) => r.sizes.iter().copied().filter(|s| *s <= largest).max(),
-            None if oldest.is_some_and(|o| number < o)
-                && (self.floor_lost || self.floor_failures > 0)
-                && (FLOOR..=self.ceiling).contains(&largest) =>
-            {
-                Some(largest)
+            Some(r) => {
+                self.late_sent_at = Some(self.late_sent_at.map_or(r.sent_at, |t| t.min(r.sent_at)));
+                r.sizes.iter().copied().filter(|s| *s <= largest).max()
+            }
+            None if oldest.is_some_and(|o| number < o) => {
+                // Later than any round kept: wait for reports as long as rounds may.
+                self.timeout = MAX_ROUND_TIMEOUT;
+                ((self.floor_lost || self.floor_failures > 0)
+                    && (FLOOR..=self.ceiling).contains(&largest))
+                .then_some(largest)
             }
             None => None,
         };
@@ -319,18 +335,32 @@ impl PathMtuSearch {
     /// it) concludes nothing: the round gets one more check's time.
     pub fn tick(&mut self, now: Instant) -> Outcome {
         let before = (self.limit(), self.floor_lost);
+        if let Some(sent) = self.late_sent_at.take() {
+            let late = now.saturating_duration_since(sent) * 2;
+            self.timeout = self
+                .timeout
+                .max(late.clamp(ROUND_TIMEOUT, MAX_ROUND_TIMEOUT));
+        }
         self.take_late_report(now);
+        let timeout = self.timeout;
+        let mut on_time = false;
         let due = self.round.as_mut().is_some_and(|round| {
             let all_seen = round
                 .largest_seen
                 .is_some_and(|l| round.sizes.iter().all(|s| *s <= l));
             let waited = now.saturating_duration_since(round.sent_at);
-            if !all_seen && waited >= ROUND_TIMEOUT + OVERDUE_BY {
-                round.sent_at = now + super::choice::CHECK_EVERY - ROUND_TIMEOUT;
+            if !all_seen && waited >= timeout + OVERDUE_BY {
+                round.sent_at = (now + super::choice::CHECK_EVERY)
+                    .checked_sub(timeout)
+                    .unwrap_or(round.sent_at);
                 return false;
             }
-            all_seen || waited >= ROUND_TIMEOUT
+            on_time = all_seen;
+            all_seen || waited >= timeout
         });
+        if on_time {
+            self.timeout = (self.timeout * 3 / 4).max(ROUND_TIMEOUT);
+        }
         if due {
             let round = self.round.take().expect("checked above");
             self.conclude(&round, now);
@@ -620,6 +650,45 @@ mod tests {
         s.tick(on_time);
         let next = on_time + ROUND_TIMEOUT;
         assert!(s.probes(next, 2).contains(&FLOOR), "{s:?}");
+    }
+
+    #[test]
+    fn late_reports_make_rounds_wait_longer_until_reports_come_on_time() {
+        let mut s = PathMtuSearch::new(1500);
+        let (t, _) = search(&mut s, 1500, Instant::now());
+        // A recheck's report comes 4 s late: taken back, and rounds now wait 8 s.
+        let t = t + RECHECK_EVERY;
+        assert_eq!(s.probes(t, 10), vec![1500]);
+        s.tick(t + ROUND_TIMEOUT);
+        s.seen(10, 1500);
+        s.tick(t + Duration::from_secs(4));
+        assert_eq!(s.limit(), Some(1500));
+        assert_eq!(s.timeout, Duration::from_secs(8));
+        // The next recheck is not taken for lost at 1.5 s, nor at 7 s.
+        let t = t + Duration::from_secs(4) + RECHECK_EVERY;
+        assert_eq!(s.probes(t, 11), vec![1500]);
+        for after in [2, 4, 7] {
+            assert_eq!(
+                s.tick(t + Duration::from_secs(after)).verified_changed,
+                None
+            );
+        }
+        assert_eq!(s.limit(), Some(1500));
+        // Its report comes at 7.5 s: on time now; timeouts shrink back with such reports.
+        s.seen(11, 1500);
+        s.tick(t + Duration::from_millis(7500));
+        assert_eq!(s.timeout, Duration::from_secs(6));
+        let mut t = t + Duration::from_secs(8);
+        for n in 12..20 {
+            t += RECHECK_EVERY + Duration::from_secs(1);
+            assert_eq!(s.probes(t, n), vec![1500]);
+            s.seen(n, 1500);
+            s.tick(t + Duration::from_millis(100));
+        }
+        assert_eq!(s.timeout, ROUND_TIMEOUT);
+        // A report later than any round kept: rounds wait the longest.
+        s.seen(1, 1500);
+        assert_eq!(s.timeout, MAX_ROUND_TIMEOUT);
     }
 
     #[test]
