@@ -96,19 +96,24 @@ fn stopping() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// The kernel's ARP table is one for all network namespaces, 1024 entries at most by
-/// default: N simulated hosts in a full mesh need about N² underlay entries, past that ARP
-/// fails ("neighbor table overflow") and routers cannot reach each other. The run raises the
-/// limits and puts the old values back at the end.
-struct NeighLimits {
+/// Kernel limits sized for one host that all the simulated hosts share, raised for the run
+/// and put back at the end:
+/// - the ARP table, one for all network namespaces, 1024 entries at most by default: N
+///   hosts in a full mesh need about N² underlay entries, past that ARP fails ("neighbor
+///   table overflow") and routers cannot reach each other;
+/// - the per-CPU backlog of packets received from veths (`netdev_max_backlog`, 1000): here
+///   every host's heartbeats and path-MTU probes queue on the machine's two CPUs, where
+///   each real host would have its own; past it they are dropped and paths look broken.
+struct KernelLimits {
     old: Vec<(String, String)>,
 }
 
-impl NeighLimits {
-    const KEYS: [(&'static str, u64); 3] = [
+impl KernelLimits {
+    const KEYS: [(&'static str, u64); 4] = [
         ("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 4096),
         ("/proc/sys/net/ipv4/neigh/default/gc_thresh2", 32768),
         ("/proc/sys/net/ipv4/neigh/default/gc_thresh3", 65536),
+        ("/proc/sys/net/core/netdev_max_backlog", 100_000),
     ];
 
     fn raise() -> Result<Self> {
@@ -127,7 +132,7 @@ impl NeighLimits {
     }
 }
 
-impl Drop for NeighLimits {
+impl Drop for KernelLimits {
     fn drop(&mut self) {
         for (path, v) in self.old.iter().rev() {
             let _ = std::fs::write(path, v);
@@ -942,7 +947,8 @@ fn render(a: &Args, rows: &[Row], seed: u64, cmdline: &str) -> String {
          *eBPF* rows: every router loads and verifies the kernel programs, sets up its bridge, the bridge's port towards the peers \
          and the sleeve, and sends fast-path heartbeats to each direct peer (no device per peer); \
          *fake* rows: the in-memory data path, the control plane alone. \
-         The kernel's ARP table, shared by all namespaces, is raised for the run (gc_thresh3 65536): N hosts in a full mesh need ~N² entries. \
+         The kernel's ARP table, shared by all namespaces, is raised for the run (gc_thresh3 65536): N hosts in a full mesh need ~N² entries; \
+         so is the per-CPU backlog of packets from veths (netdev_max_backlog 100000), which all hosts share here. \
          Limits: {} s to launch one size, {} s per agreement (\"—\" = not reached, see the notes).\n",
         a.idle_secs, a.launch_limit, a.agree_limit
     );
@@ -1031,7 +1037,7 @@ pub const SMOKE_ROUTERS: usize = 16;
 /// The smoke run of `cargo xtask test`: [`SMOKE_ROUTERS`] routers with the in-memory data
 /// path launched at once, a join and a leave; fails unless each is agreed within 30 s.
 pub fn smoke() -> Result<()> {
-    let limits = NeighLimits::raise()?;
+    let limits = KernelLimits::raise()?;
     let variant = Variant {
         more: Vec::new(),
         fake: true,
@@ -1151,7 +1157,7 @@ pub fn scale(a: Args) -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let limits = NeighLimits::raise()?;
+    let limits = KernelLimits::raise()?;
     if std::env::var_os("WEAVE_ROUTER_BIN").is_none() {
         std::env::set_var(
             "WEAVE_ROUTER_BIN",
