@@ -150,6 +150,7 @@ fn flood_to_peers(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
         tree,
         cfg.own_short_id,
         &hdr,
+        [0; 4],
         Reason::TxEncapsulated,
         len,
     );

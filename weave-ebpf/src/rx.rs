@@ -357,7 +357,17 @@ fn relay_broadcast(
     if ctx.store(OFF_UDP + 6, &[0u8; 2], 0).is_err() {
         return;
     }
-    let copies = send_copies(ctx, cfg, tree, src, &hdr, Reason::RxRelayed, len);
+    let previous_hop = ipv4_at(ip, 12);
+    let copies = send_copies(
+        ctx,
+        cfg,
+        tree,
+        src,
+        &hdr,
+        previous_hop,
+        Reason::RxRelayed,
+        len,
+    );
     if copies.addressed {
         let mut orig = [0u8; ETH_HLEN + IPV4_HLEN];
         orig[..ETH_HLEN].copy_from_slice(eth);

@@ -56,6 +56,8 @@ struct CopyLoop {
     origin: u16,
     checksum_zero_dst: u16,
     hdr: [u8; ETH_HLEN + IPV4_HLEN],
+    /// The underlay address the frame came from (zero for our own broadcasts).
+    previous_hop: [u8; 4],
     addressed: bool,
     sent: bool,
 }
@@ -67,6 +69,12 @@ struct CopyLoop {
 /// Each copy sent is counted under `reason` and for its child. Stops at the first store that
 /// fails.
 ///
+/// No copy goes back to the origin or to `previous_hop` (the underlay address the frame
+/// came from): in a tree all routers agree on, neither is ever a child, but while a mesh
+/// forms, two routers can each take the other for its child in an origin's tree, and such
+/// a frame would go back and forth, copied at every turn, until its TTL ran out (a storm
+/// of tens of millions of packets with a hundred routers forming at once).
+///
 /// The children are walked with `bpf_loop`, so the verifier checks one turn of the walk
 /// instead of every one of the `MAX_BROADCAST_CHILDREN` (which made loading these
 /// programs take a third of a second).
@@ -77,6 +85,7 @@ pub(crate) fn send_copies(
     tree: &BroadcastTree,
     origin: u16,
     hdr: &[u8; ETH_HLEN + IPV4_HLEN],
+    previous_hop: [u8; 4],
     reason: Reason,
     len: u32,
 ) -> Copies {
@@ -90,6 +99,7 @@ pub(crate) fn send_copies(
         origin,
         checksum_zero_dst: u16::from_be_bytes([hdr[ETH_HLEN + 10], hdr[ETH_HLEN + 11]]),
         hdr: *hdr,
+        previous_hop,
         addressed: false,
         sent: false,
     };
@@ -123,6 +133,9 @@ unsafe extern "C" fn copy_to_child(index: u64, state: *mut c_void) -> i64 {
     let Some(peer) = direct_peer(child) else {
         return 0;
     };
+    if child == state.origin || peer.underlay_ipv4 == state.previous_hop {
+        return 0;
+    }
     address_copy(&mut state.hdr, peer, state.checksum_zero_dst);
     let id = vni::pack(state.origin, child);
     let vni_bytes: [u8; 3] = [(id >> 16) as u8, (id >> 8) as u8, id as u8];

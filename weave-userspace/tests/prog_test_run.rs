@@ -624,6 +624,40 @@ fn broadcast_copies_reach_every_slot_of_a_full_tree() {
     assert_eq!(bed.peer_counter(SECOND_ID).tx_packets, 2);
 }
 
+/// While a mesh forms, routers' views of an origin's broadcast tree can disagree: ours may
+/// list the peer a broadcast just came from (here the origin itself) as our child. No copy
+/// goes back to it, or the frame would bounce between the two, copied each time, until its
+/// TTL ran out.
+#[test]
+fn a_broadcast_never_goes_back_to_where_it_came_from() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.peers()
+        .set(
+            SECOND_ID as u32,
+            PeerEntry {
+                underlay_ipv4: SECOND_UNDERLAY,
+                flags: PEER_ADMIT | PEER_REACHABLE,
+                next_hop: SECOND_ID,
+                underlay_mac: SECOND_UNDERLAY_MAC,
+            },
+            0,
+        )
+        .unwrap();
+    bed.set_broadcast_tree(PEER_ID, &[PEER_ID, SECOND_ID]);
+    let inner = arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &from_peer(&inner));
+    assert_eq!(rc, TC_ACT_REDIRECT, "into the bridge after the copies");
+    assert_eq!(out, inner);
+    assert_eq!(bed.counter(Reason::RxRelayed), 1, "one copy on");
+    assert_eq!(bed.peer_counter(SECOND_ID).tx_packets, 1);
+    assert_eq!(
+        bed.peer_counter(PEER_ID).tx_packets,
+        0,
+        "none back to where it came from"
+    );
+}
+
 /// The kernel checks every program when it is loaded, once per router start; walking a
 /// broadcast tree slot by slot made that a third of a second. The verifier's work stays
 /// within a budget that a per-slot unrolled walk would exceed many times over.
