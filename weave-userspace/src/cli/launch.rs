@@ -1,7 +1,8 @@
 //! `weave-router launch` without `--foreground`: starts the router as a background daemon
 //! (a new session, output to `<state-dir>/weave-router.log`), waits until it says it is
-//! ready (a datagram on a socket named in `$WEAVE_LAUNCHER_SOCKET`) and prints the peer name. On failure it prints the reason and the tail of the log, and makes sure
-//! the daemon is gone.
+//! ready (a datagram on a socket named in `$WEAVE_LAUNCHER_SOCKET`) and prints the peer
+//! name. On failure it prints the reason and the tail of the log, and makes sure the daemon
+//! is gone.
 //!
 //! A password never reaches the daemon's argv or environment: `--password` is taken off its
 //! command line and `WEAVE_PASSWORD` out of its environment, and the password is handed over
@@ -13,12 +14,11 @@ use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use anyhow::{bail, Context};
 
