@@ -202,6 +202,22 @@ impl Bed {
     }
 
     /// Adds FAR_ID, reached through PEER_ID, and records PEER_ID as a direct neighbour.
+    /// A second direct peer, SECOND_ID, at SECOND_UNDERLAY with its MAC known.
+    fn add_second_direct_peer(&mut self) {
+        self.peers()
+            .set(
+                SECOND_ID as u32,
+                PeerEntry {
+                    underlay_ipv4: SECOND_UNDERLAY,
+                    flags: PEER_ADMIT | PEER_REACHABLE,
+                    next_hop: SECOND_ID,
+                    underlay_mac: SECOND_UNDERLAY_MAC,
+                },
+                0,
+            )
+            .unwrap();
+    }
+
     fn add_far_peer(&mut self) {
         self.peers()
             .set(
@@ -570,18 +586,7 @@ fn broadcast_copies_reach_every_slot_of_a_full_tree() {
     require_root!();
     let mut bed = Bed::new();
     bed.add_far_peer();
-    bed.peers()
-        .set(
-            SECOND_ID as u32,
-            PeerEntry {
-                underlay_ipv4: SECOND_UNDERLAY,
-                flags: PEER_ADMIT | PEER_REACHABLE,
-                next_hop: SECOND_ID,
-                underlay_mac: SECOND_UNDERLAY_MAC,
-            },
-            0,
-        )
-        .unwrap();
+    bed.add_second_direct_peer();
     // Every slot taken: a direct peer in the first and in the last, between them peers
     // reached through another (no copy from us) and ids we know nothing of.
     let mut children: Vec<u16> = (0..MAX_BROADCAST_CHILDREN as u16)
@@ -632,18 +637,7 @@ fn broadcast_copies_reach_every_slot_of_a_full_tree() {
 fn a_broadcast_never_goes_back_to_where_it_came_from() {
     require_root!();
     let mut bed = Bed::new();
-    bed.peers()
-        .set(
-            SECOND_ID as u32,
-            PeerEntry {
-                underlay_ipv4: SECOND_UNDERLAY,
-                flags: PEER_ADMIT | PEER_REACHABLE,
-                next_hop: SECOND_ID,
-                underlay_mac: SECOND_UNDERLAY_MAC,
-            },
-            0,
-        )
-        .unwrap();
+    bed.add_second_direct_peer();
     bed.set_broadcast_tree(PEER_ID, &[PEER_ID, SECOND_ID]);
     let inner = arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP);
     let (rc, out) = bed.run_tc(RX_PROGRAM, &from_peer(&inner));
