@@ -17,9 +17,9 @@
 //! report never leaves a connection with a smaller MTU or on the sleeve for nothing (the
 //! last [`LATE_ROUNDS_KEPT`] rounds are kept for it), and later rounds wait longer (twice
 //! the lateness, up to [`MAX_ROUND_TIMEOUT`]; back down as reports come on time). The path
-//! is said to carry only small
-//! frames when even the [`FLOOR`] probe is lost [`FLOOR_FAILURES`] rounds in a row over
-//! [`FLOOR_LOST_AFTER`], long enough for a late report to come. Once found, the MTU is
+//! is said to carry only small frames when even the [`FLOOR`] probe is lost
+//! [`FLOOR_FAILURES`] rounds in a row over [`FLOOR_LOST_AFTER`], long enough for a late
+//! report to come. Once found, the MTU is
 //! checked again every [`RECHECK_EVERY`] (the size itself and the ceiling: a path that
 //! shrinks or grows is noticed). An ICMP "fragmentation needed" from the underlay about our
 //! own outer packets ([`PathMtuSearch::frag_needed`]) is a hint, never a verdict: it bounds
@@ -57,8 +57,19 @@ struct Round {
     number: u32,
     sizes: Vec<u16>,
     sent_at: Instant,
+    /// When a timeout that came while our router was held up lets the round be concluded
+    /// ([`PathMtuSearch::tick`]; otherwise `sent_at` and the timeout say).
+    extended_until: Option<Instant>,
     /// The largest probe of the round the peer reported, so far.
     largest_seen: Option<u16>,
+}
+
+/// Rounds in a row in which the floor probe was lost.
+#[derive(Clone, Copy, Debug)]
+struct FloorFailures {
+    rounds: u8,
+    /// When the first of them was sent.
+    since: Instant,
 }
 
 /// What concluding a round changed.
@@ -84,10 +95,8 @@ pub struct PathMtuSearch {
     /// Whether rounds found that not even [`FLOOR`] crosses ([`FLOOR_FAILURES`] rounds in a
     /// row over [`FLOOR_LOST_AFTER`]: a link that is simply cut is the heartbeats' to notice).
     floor_lost: bool,
-    /// Rounds in a row in which the floor probe was lost.
-    floor_failures: u8,
-    /// When the first of those rounds was sent.
-    floor_failing_since: Option<Instant>,
+    /// The floor probe's losses in a row, if the last round that had it lost it.
+    floor_failures: Option<FloorFailures>,
     round: Option<Round>,
     /// When the verified MTU is checked again.
     recheck_at: Option<Instant>,
@@ -113,8 +122,7 @@ impl PathMtuSearch {
             limit: None,
             too_big: None,
             floor_lost: false,
-            floor_failures: 0,
-            floor_failing_since: None,
+            floor_failures: None,
             round: None,
             recheck_at: None,
             concluded: Vec::new(),
@@ -169,6 +177,7 @@ impl PathMtuSearch {
             number,
             sizes: sizes.clone(),
             sent_at: now,
+            extended_until: None,
             largest_seen: None,
         });
         sizes
@@ -225,7 +234,7 @@ impl PathMtuSearch {
             None if oldest.is_some_and(|o| number < o) => {
                 // Later than any round kept: wait for reports as long as rounds may.
                 self.timeout = MAX_ROUND_TIMEOUT;
-                ((self.floor_lost || self.floor_failures > 0)
+                ((self.floor_lost || self.floor_failures.is_some())
                     && (FLOOR..=self.ceiling).contains(&largest))
                 .then_some(largest)
             }
@@ -249,8 +258,7 @@ impl PathMtuSearch {
         let verified = self.verified.map_or(c, |v| v.max(c));
         self.verified = Some(verified);
         self.floor_lost = false;
-        self.floor_failures = 0;
-        self.floor_failing_since = None;
+        self.floor_failures = None;
         if self.too_big.is_some_and(|t| t <= verified) {
             self.too_big = None;
         }
@@ -348,15 +356,13 @@ impl PathMtuSearch {
             let all_seen = round
                 .largest_seen
                 .is_some_and(|l| round.sizes.iter().all(|s| *s <= l));
-            let waited = now.saturating_duration_since(round.sent_at);
-            if !all_seen && waited >= timeout + OVERDUE_BY {
-                round.sent_at = (now + super::choice::CHECK_EVERY)
-                    .checked_sub(timeout)
-                    .unwrap_or(round.sent_at);
+            let deadline = round.extended_until.unwrap_or(round.sent_at + timeout);
+            if !all_seen && now >= deadline + OVERDUE_BY {
+                round.extended_until = Some(now + super::choice::CHECK_EVERY);
                 return false;
             }
             on_time = all_seen;
-            all_seen || waited >= timeout
+            all_seen || now >= deadline
         });
         if on_time {
             self.timeout = (self.timeout * 3 / 4).max(ROUND_TIMEOUT);
@@ -409,13 +415,15 @@ impl PathMtuSearch {
         let floor_failed =
             lost == Some(FLOOR) || (crossed.is_none() && round.sizes.contains(&FLOOR));
         if floor_failed {
-            self.floor_failures = self.floor_failures.saturating_add(1);
-            let since = *self.floor_failing_since.get_or_insert(round.sent_at);
-            self.floor_lost = self.floor_failures >= FLOOR_FAILURES
-                && now.saturating_duration_since(since) >= FLOOR_LOST_AFTER;
+            let failures = self.floor_failures.get_or_insert(FloorFailures {
+                rounds: 0,
+                since: round.sent_at,
+            });
+            failures.rounds = failures.rounds.saturating_add(1);
+            self.floor_lost = failures.rounds >= FLOOR_FAILURES
+                && now.saturating_duration_since(failures.since) >= FLOOR_LOST_AFTER;
         } else if round.sizes.contains(&FLOOR) || crossed.is_some() {
-            self.floor_failures = 0;
-            self.floor_failing_since = None;
+            self.floor_failures = None;
         }
         if self.nothing_left_between() || floor_failed {
             // Found (or nothing to find): check again later, or sooner when nothing crossed.
