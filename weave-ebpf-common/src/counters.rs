@@ -85,11 +85,15 @@ pub enum Reason {
     /// RX: a peer's plain heartbeat asking for an echo was answered in the kernel: turned
     /// round to the peer, same length (`crate::heartbeat`).
     RxHeartbeatEchoed = 31,
+    /// RX: dropped, a broadcast from an origin with an ID (`crate::broadcast_id`) this
+    /// router received less than a second before: the same broadcast come round a loop of
+    /// routers whose views of the origin's tree differ (while a mesh forms).
+    RxDropDuplicateBroadcast = 32,
 }
 
 impl Reason {
     /// Number of reasons, and so the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 33;
 
     /// Every reason in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -125,6 +129,7 @@ impl Reason {
         Reason::RxDropLocalMac,
         Reason::RxToSleeve,
         Reason::RxHeartbeatEchoed,
+        Reason::RxDropDuplicateBroadcast,
     ];
 
     /// A label for metrics and status output.
@@ -162,6 +167,7 @@ impl Reason {
             Reason::RxDropLocalMac => "rx_drop_local_mac",
             Reason::RxToSleeve => "rx_to_sleeve",
             Reason::RxHeartbeatEchoed => "rx_heartbeat_echoed",
+            Reason::RxDropDuplicateBroadcast => "rx_drop_duplicate_broadcast",
         }
     }
 
@@ -189,6 +195,7 @@ impl Reason {
                 | Reason::BridgeDropped
                 | Reason::TxDropSpoofedMac
                 | Reason::RxDropLocalMac
+                | Reason::RxDropDuplicateBroadcast
         )
     }
 }

@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod admission;
+pub mod broadcast_id;
 pub mod counters;
 pub mod handover;
 pub mod headers;

@@ -9,6 +9,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weave_ebpf_common::{
+    broadcast_id::write_broadcast_id,
     counters::Reason,
     headers::{
         is_group_mac, source_port_from_hash, write_outer_headers, OuterHeaders, ETH_HLEN, ETH_P_IP,
@@ -21,10 +22,10 @@ use weave_ebpf_common::{
 
 use crate::{
     encap::{encapsulate, encapsulate_non_ipv4, next_hop_address, push_outer_headers},
-    frame::{ipv4_addresses, mac_at, OFF_UDP, TC_SHOT},
+    frame::{ipv4_addresses, mac_at, OFF_UDP, OFF_VXLAN, TC_SHOT},
     isolation::is_service,
     maps::{broadcast_tree, config, count, PEERS, REMOTE_MACS},
-    tree::send_copies,
+    tree::{next_broadcast_id, send_copies},
 };
 
 #[classifier]
@@ -107,7 +108,8 @@ fn send_heartbeat(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
 }
 
 /// Sends a copy of a frame from the bridge to each reachable direct peer among the
-/// children of our own broadcast tree, then drops the original.
+/// children of our own broadcast tree, all stamped with one new broadcast ID, then drops
+/// the original.
 #[inline(always)]
 fn flood_to_peers(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
     let Some(tree) = broadcast_tree(cfg.own_short_id) else {
@@ -138,6 +140,7 @@ fn flood_to_peers(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
         },
     );
     outer[6..12].copy_from_slice(&cfg.underlay_mac);
+    write_broadcast_id(&mut outer[OFF_VXLAN..], next_broadcast_id());
     let (mut hdr, mut udp_vxlan) = ([0u8; ETH_HLEN + IPV4_HLEN], [0u8; UDP_HLEN + VXLAN_HLEN]);
     hdr.copy_from_slice(&outer[..OFF_UDP]);
     udp_vxlan.copy_from_slice(&outer[OFF_UDP..]);

@@ -10,6 +10,7 @@ use aya_ebpf::{
 };
 use weave_ebpf_common::{
     admission::PeerLookup,
+    broadcast_id::BroadcastKey,
     counters::Reason,
     maps::{
         BroadcastTree, Counter, DatapathConfig, EndpointAddresses, IfindexKey, Ipv4Key,
@@ -79,6 +80,25 @@ pub(crate) struct Learned {
 /// in `REMOTE_MACS` and `NEIGHBOURS` again. Not pinned: a cache, empty after a restart.
 #[btf_map]
 pub(crate) static LEARNED: PerCpuArray<Learned, { LEARNED_SLOTS as usize }> = PerCpuArray::new();
+
+/// This CPU's count of the broadcasts it stamped (`weave_ebpf_common::broadcast_id`),
+/// started at a random value by the first. Not pinned: a new start takes a new random one.
+#[btf_map]
+pub(crate) static BROADCAST_COUNT: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Slots of [`SEEN_BROADCASTS`]: broadcasts from all origins over the last moments; a slot
+/// is needed only until a loop brings its broadcast round again (milliseconds).
+pub(crate) const SEEN_BROADCASTS_SLOTS: u32 = 4096;
+
+/// The broadcasts this router received, by origin and ID, with the coarse time each was
+/// first seen: the same one again within the window is dropped. Not pinned: a cache, empty
+/// after a restart.
+#[btf_map]
+pub(crate) static SEEN_BROADCASTS: LruHashMap<
+    BroadcastKey,
+    u64,
+    { SEEN_BROADCASTS_SLOTS as usize },
+> = LruHashMap::new();
 
 #[inline(always)]
 pub(crate) fn count(reason: Reason, bytes: u32) {

@@ -1,8 +1,9 @@
 //! `rx_from_underlay` (tcx ingress of the underlay): admits VXLAN only from known peers
 //! (`weave_ebpf_common::admission`), learns, passes frames for other peers on (to the
-//! sleeve those for a peer whose fast path fell back), copies
-//! broadcasts along the source's tree, decapsulates IPv4 for local containers straight into
-//! them and the rest into the bridge (through its port `vethwe-bridge`).
+//! sleeve those for a peer whose fast path fell back), copies broadcasts along the source's
+//! tree (each once: one come round again is dropped), decapsulates IPv4 for local
+//! containers straight into them and the rest into the bridge (through its port
+//! `vethwe-bridge`).
 
 use aya_ebpf::{
     bindings::{
@@ -44,7 +45,7 @@ use crate::{
         broadcast_tree, config, count, count_peer, Learned, PeerMaps, ENDPOINTS, LEARNED,
         LEARNED_SLOTS, NEIGHBOURS, PEERS, PEER_COUNTERS, REMOTE_MACS,
     },
-    tree::send_copies,
+    tree::{seen_before, send_copies},
 };
 
 const DECAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64;
@@ -133,6 +134,9 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     } else {
         None
     };
+    if is_group_mac(&inner_dst) && seen_before(src, &vx) {
+        return Ok(drop_rx(Reason::RxDropDuplicateBroadcast, len));
+    }
     learn(ctx, src, inner_src, inner_proto, inner_ipv4_src);
     if is_group_mac(&inner_dst) {
         relay_broadcast(ctx, &cfg, &eth, &ip, src, len);

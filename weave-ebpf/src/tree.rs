@@ -1,21 +1,67 @@
 //! Broadcast-tree copies: one copy of a frame per reachable direct child in a tree, the
 //! outer headers addressed to each. `rx_from_underlay` passes broadcasts on along their
-//! origin's tree, `from_bridge` floods along ours.
+//! origin's tree, `from_bridge` floods along ours, each of ours stamped with a broadcast ID
+//! (`weave_ebpf_common::broadcast_id`) by which a receiver knows one come round again.
 
 use aya_ebpf::{
-    bindings::__sk_buff, cty::c_void, helpers::generated::bpf_loop, programs::TcContext,
+    bindings::__sk_buff,
+    cty::c_void,
+    helpers::{
+        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, generated::bpf_loop,
+    },
+    programs::TcContext,
 };
 use weave_ebpf_common::{
+    broadcast_id::{broadcast_id, is_duplicate, read_broadcast_id, BroadcastKey},
     counters::Reason,
-    headers::{ipv4_checksum_with_dst, ETH_HLEN, IPV4_HLEN},
+    headers::{ipv4_checksum_with_dst, ETH_HLEN, IPV4_HLEN, VXLAN_HLEN},
     maps::{BroadcastTree, DatapathConfig, PeerEntry, MAX_BROADCAST_CHILDREN, PEER_REACHABLE},
     vni,
 };
 
 use crate::{
     frame::OFF_VXLAN,
-    maps::{count, count_peer, PEERS},
+    maps::{count, count_peer, BROADCAST_COUNT, PEERS, SEEN_BROADCASTS},
 };
+
+/// The ID of the next broadcast this CPU floods (zero, no ID, only if the counter cannot
+/// be read).
+#[inline(always)]
+pub(crate) fn next_broadcast_id() -> u32 {
+    let Some(counter) = BROADCAST_COUNT.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU slot of a preallocated array, which nothing else writes while the
+    // program runs on this CPU (as in `maps::count`); the helpers take no arguments.
+    unsafe {
+        if *counter == 0 {
+            *counter = bpf_get_prandom_u32();
+        }
+        let n = *counter;
+        *counter = n.wrapping_add(1);
+        broadcast_id(bpf_get_smp_processor_id(), n)
+    }
+}
+
+/// Whether the broadcast from `origin` with the ID in `vxlan` was received here moments ago:
+/// the same broadcast come round a loop, to be dropped. Otherwise records it as seen now.
+/// A frame without an ID is never a duplicate.
+#[inline(always)]
+pub(crate) fn seen_before(origin: u16, vxlan: &[u8; VXLAN_HLEN]) -> bool {
+    let id = read_broadcast_id(vxlan);
+    if id == 0 {
+        return false;
+    }
+    let key = BroadcastKey::new(origin, id);
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: the value is copied out at once.
+    if unsafe { SEEN_BROADCASTS.get(key) }.is_some_and(|seen_at| is_duplicate(*seen_at, now)) {
+        return true;
+    }
+    let _ = SEEN_BROADCASTS.insert(key, now, 0);
+    false
+}
 
 /// A reachable, directly connected peer whose underlay MAC is known: one a copy of a
 /// broadcast can be addressed to.

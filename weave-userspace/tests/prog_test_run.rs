@@ -7,9 +7,11 @@
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
+use weave_ebpf_common::broadcast_id::{read_broadcast_id, write_broadcast_id};
 use weave_ebpf_common::counters::Reason;
 use weave_ebpf_common::headers::{
     source_port_from_hash, write_outer_headers, OuterHeaders, OUTER_HLEN, SOURCE_PORT_MIN,
+    VXLAN_HLEN,
 };
 use weave_ebpf_common::heartbeat::{
     write_echo_payload, write_heartbeat_frame, HEARTBEAT_ECHO, HEARTBEAT_FLAGS_OFFSET,
@@ -578,7 +580,7 @@ fn from_bridge_sends_a_broadcast_to_each_direct_peer_of_its_own_tree() {
     assert_eq!(bed.peer_counter(PEER_ID).tx_packets, 1);
     assert_eq!(bed.peer_counter(FAR_ID).tx_packets, 0);
     // The last copy's bytes: outer headers to PEER_ID, then the frame unchanged.
-    assert_addressed_to_peer(&out, &inner);
+    assert_ne!(assert_addressed_to_peer(&out, &inner), 0, "a broadcast ID");
 }
 
 #[test]
@@ -611,7 +613,7 @@ fn broadcast_copies_reach_every_slot_of_a_full_tree() {
     assert_eq!(bed.peer_counter(PEER_ID).tx_packets, 1, "the last slot's");
     assert_eq!(bed.peer_counter(FAR_ID).tx_packets, 0);
     // The frame is left as the last copy was sent: to the child in the last slot.
-    assert_addressed_to_peer(&out, &inner);
+    assert_ne!(assert_addressed_to_peer(&out, &inner), 0, "a broadcast ID");
 
     // Passing on a peer's broadcast walks its origin's tree the same way.
     children[0] = FAR_ID;
@@ -676,9 +678,11 @@ fn programs_load_with_little_verifier_work() {
 }
 
 /// Asserts that `out` is `inner` behind outer headers from us to PEER_ID (through the next
-/// hop's MAC in `PEERS`), as a broadcast copy or heartbeat is sent; any source port.
-fn assert_addressed_to_peer(out: &[u8], inner: &[u8]) {
+/// hop's MAC in `PEERS`), as a broadcast copy or heartbeat is sent; any source port and
+/// broadcast ID. Returns the broadcast ID (zero: none).
+fn assert_addressed_to_peer(out: &[u8], inner: &[u8]) -> u32 {
     let sport = u16::from_be_bytes([out[34], out[35]]);
+    let id = broadcast_id_of(out);
     let mut expected = [0u8; OUTER_HLEN];
     write_outer_headers(
         &mut expected,
@@ -692,8 +696,84 @@ fn assert_addressed_to_peer(out: &[u8], inner: &[u8]) {
     );
     expected[0..6].copy_from_slice(&PEER_UNDERLAY_MAC);
     expected[6..12].copy_from_slice(&OWN_UNDERLAY_MAC);
+    write_broadcast_id(&mut expected[OFF_VXLAN..], id);
     assert_eq!(&out[..OUTER_HLEN], &expected[..]);
     assert_eq!(&out[OUTER_HLEN..], inner);
+    id
+}
+
+/// Offset of the VXLAN header in an encapsulated frame.
+const OFF_VXLAN: usize = OUTER_HLEN - VXLAN_HLEN;
+
+/// The broadcast ID in the VXLAN header of an encapsulated frame.
+fn broadcast_id_of(frame: &[u8]) -> u32 {
+    read_broadcast_id(frame[OFF_VXLAN..OUTER_HLEN].try_into().unwrap())
+}
+
+/// `inner` as PEER_ID floods it, stamped with broadcast ID `id`.
+fn broadcast_from_peer(inner: &[u8], id: u32) -> Vec<u8> {
+    let mut frame = from_peer(inner);
+    write_broadcast_id(&mut frame[OFF_VXLAN..], id);
+    frame
+}
+
+/// Each broadcast a router floods carries an ID of its own, the same in every copy, so
+/// that a router it comes round to again knows it.
+#[test]
+fn from_bridge_stamps_each_broadcast_with_an_id_of_its_own() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.set_broadcast_tree(OWN_ID, &[PEER_ID]);
+    let inner = arp_request(LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let ids: Vec<u32> = (0..3)
+        .map(|_| {
+            let (rc, out) = bed.run_tc(FROM_BRIDGE_PROGRAM, &inner);
+            assert_eq!(rc, TC_ACT_SHOT, "copies sent, the original dropped");
+            assert_addressed_to_peer(&out, &inner)
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id != 0), "{ids:x?}");
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:x?}"
+    );
+}
+
+/// While a mesh forms, a broadcast can come round a loop of three or more routers whose
+/// views of its origin's tree differ, and no check of where it just came from sees that.
+/// The same (origin, ID) received again is dropped: neither delivered nor passed on a second
+/// time. Another ID is a new broadcast, and a frame without an ID (from a router that stamps
+/// none) is never taken for a duplicate.
+#[test]
+fn a_broadcast_that_comes_round_again_is_dropped() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.add_second_direct_peer();
+    bed.set_broadcast_tree(PEER_ID, &[SECOND_ID]);
+    let inner = arp_request(REMOTE_MAC, REMOTE_IP, LOCAL_IP);
+
+    let first = broadcast_from_peer(&inner, 0x12_3456);
+    let (rc, out) = bed.run_tc(RX_PROGRAM, &first);
+    assert_eq!(rc, TC_ACT_REDIRECT, "into the bridge after the copy");
+    assert_eq!(out, inner);
+    assert_eq!(bed.peer_counter(SECOND_ID).tx_packets, 1, "passed on once");
+
+    let (rc, _) = bed.run_tc(RX_PROGRAM, &first);
+    assert_eq!(rc, TC_ACT_SHOT, "the same broadcast again is dropped");
+    assert_eq!(bed.counter(Reason::RxDropDuplicateBroadcast), 1);
+    assert_eq!(bed.counter(Reason::RxToBridge), 1, "delivered once");
+    assert_eq!(bed.counter(Reason::RxRelayed), 1, "passed on once");
+
+    let (rc, _) = bed.run_tc(RX_PROGRAM, &broadcast_from_peer(&inner, 0x12_3457));
+    assert_eq!(rc, TC_ACT_REDIRECT, "another ID is another broadcast");
+    assert_eq!(bed.counter(Reason::RxRelayed), 2);
+
+    for _ in 0..2 {
+        let (rc, _) = bed.run_tc(RX_PROGRAM, &from_peer(&inner));
+        assert_eq!(rc, TC_ACT_REDIRECT, "no ID: never a duplicate");
+    }
+    assert_eq!(bed.counter(Reason::RxRelayed), 4);
+    assert_eq!(bed.counter(Reason::RxDropDuplicateBroadcast), 1);
 }
 
 #[test]
@@ -998,7 +1078,7 @@ fn from_bridge_addresses_a_heartbeat_to_the_peer_it_names_like_a_broadcast_copy(
     let (rc, out) = bed.run_tc(FROM_BRIDGE_PROGRAM, &inner);
     assert_eq!(rc, TC_ACT_REDIRECT, "to the underlay");
     // The next hop's MAC from PEERS (a router's, on a routed underlay), DF set.
-    assert_addressed_to_peer(&out, &inner);
+    assert_eq!(assert_addressed_to_peer(&out, &inner), 0, "no broadcast ID");
     assert_eq!(
         out.len() - 14,
         1400,
