@@ -357,16 +357,34 @@ pub fn cli_here(args: &[&str]) -> Result<Output> {
     cmd::run(&v)
 }
 
-/// Pids of `weave-router` processes in `netns`.
+/// Pids of router processes in `netns` (by the names of [`router_process_names`]).
 pub fn router_pids(netns: &str) -> Vec<i32> {
+    let names = router_process_names();
     netns::pids(netns)
         .into_iter()
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .map(|c| c.trim_end() == "weave-router")
+                .map(|c| names.iter().any(|n| n == c.trim_end()))
                 .unwrap_or(false)
         })
         .collect()
+}
+
+/// The names a router process runs under, as the kernel keeps them (the first 15 bytes of
+/// the file name): `weave-router`, and the binary in use when `$WEAVE_ROUTER_BIN` names a
+/// copy under another name (a router found by neither would be neither measured nor
+/// stopped).
+fn router_process_names() -> Vec<String> {
+    const COMM_LEN: usize = 15;
+    let mut names = vec!["weave-router".to_string()];
+    if let Some(file) = binary().file_name() {
+        let file = file.to_string_lossy();
+        let comm: String = file.bytes().take(COMM_LEN).map(char::from).collect();
+        if !names.contains(&comm) {
+            names.push(comm);
+        }
+    }
+    names
 }
 
 /// SIGTERM, then SIGKILL, to every `weave-router` in `netns`.
