@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use super::hold::{HeldPeer, HoldVerdict};
 use super::SleeveUse;
-use crate::datapath::overlay::path_mtu::{self, PathMtuSearch};
+use crate::datapath::overlay::path_mtu::{self, FloorEchoes, PathMtuSearch};
 use crate::datapath::overlay::{Overlay, OverlayChoice, Placement};
 use crate::datapath::{DatapathPeer, Heartbeat, ProbeSeen};
 use crate::mesh::connection::{ConnId, ConnectionError, IpamPair};
@@ -73,6 +73,9 @@ pub struct Conn {
     pub path_mtu: Option<PathMtuSearch>,
     /// What we last told the peer of its probes that reached us.
     pub probes_reported: Option<ProbeSeen>,
+    /// Plain heartbeats of the floor's size while the path MTU is searched, and their
+    /// echoes.
+    pub floor_echoes: FloorEchoes,
 }
 
 impl Conn {
@@ -731,6 +734,7 @@ impl MeshCore {
             choice: watched.then(OverlayChoice::default),
             path_mtu: probed.then(|| PathMtuSearch::new(self.config.path_mtu_ceiling)),
             probes_reported: None,
+            floor_echoes: FloorEchoes::default(),
         };
         tracing::info!("connection {} at {remote} pending", conn.describe());
         effects.push(Effect::Answer { id, result: Ok(()) });
@@ -833,10 +837,17 @@ impl MeshCore {
         for c in self.connections.values_mut().filter(|c| c.established()) {
             let peer = c.hello.short_id.get();
             if c.choice.is_some() {
+                let echoes = received.get(&peer).map_or(0, |s| s.rx_echoes);
+                let fast = c.overlay == Overlay::Fastdp;
+                let (floor_echoed, outer_len) =
+                    c.floor_echoes.check(echoes, c.path_mtu.as_ref(), fast);
+                if let Some(search) = c.path_mtu.as_mut().filter(|_| floor_echoed) {
+                    search.floor_echoed();
+                }
                 heartbeats.push(Heartbeat {
                     peer,
                     round: 0,
-                    outer_len: 0,
+                    outer_len,
                 });
             }
             let Some(search) = c.path_mtu.as_mut() else {

@@ -19,7 +19,9 @@
 //! the lateness, up to [`MAX_ROUND_TIMEOUT`]; back down as reports come on time). The path
 //! is said to carry only small frames when even the [`FLOOR`] probe is lost
 //! [`FLOOR_FAILURES`] rounds in a row over [`FLOOR_LOST_AFTER`], long enough for a late
-//! report to come. Once found, the MTU is
+//! report to come. While the floor is in question the plain heartbeats to the peer are of
+//! its size, and an echo of one, which the peer's kernel sends back without its router,
+//! counts as the round's floor probe reported ([`FloorEchoes`]). Once found, the MTU is
 //! checked again every [`RECHECK_EVERY`] (the size itself and the ceiling: a path that
 //! shrinks or grows is noticed). An ICMP "fragmentation needed" from the underlay about our
 //! own outer packets ([`PathMtuSearch::frag_needed`]) is a hint, never a verdict: it bounds
@@ -153,6 +155,23 @@ impl PathMtuSearch {
     /// Whether the search is done (until the next check).
     pub fn settled(&self) -> bool {
         self.round.is_none() && self.recheck_at.is_some()
+    }
+
+    /// Whether the floor's crossing is in question now: a round is in flight or due, or
+    /// the floor failed lately. Plain heartbeats are then sent at [`FLOOR`] size
+    /// ([`FloorEchoes`]).
+    pub fn wants_floor_echoes(&self) -> bool {
+        !self.settled() || self.floor_failures.is_some() || self.floor_lost
+    }
+
+    /// An echo of a heartbeat of [`FLOOR`] bytes came back through the fast path: the peer's
+    /// kernel turned it round, so the floor crosses both ways now, whatever the peer's report
+    /// of the round in flight, which its router may send late, will say. Taken as a report
+    /// that the round's floor probe arrived.
+    pub fn floor_echoed(&mut self) {
+        if let Some(number) = self.round.as_ref().map(|r| r.number) {
+            self.seen(number, FLOOR);
+        }
     }
 
     /// The sizes to probe now in round `number`, or nothing (a round is in flight, or the
@@ -432,6 +451,38 @@ impl PathMtuSearch {
     }
 }
 
+/// The plain heartbeats of one connection's fast path, sent at [`FLOOR`] size while the
+/// floor is in question ([`PathMtuSearch::wants_floor_echoes`]), and the echoes the peer's
+/// kernel sends back: an echo of one shows the floor crossing without waiting for the peer's
+/// router to report the round's probes (on a loaded host that report comes seconds late,
+/// and the floor was taken for lost and the peer moved to the sleeve and back, thousands of
+/// times while 100 routers formed a mesh).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FloorEchoes {
+    /// Whether the heartbeat sent at the last check was of the floor's size.
+    sent_floor: bool,
+    /// The count of echoes of ours from the peer at the last check.
+    echoes: u64,
+}
+
+impl FloorEchoes {
+    /// At a check: takes in the peer's count of echoes of ours (`echoes`, as the data path
+    /// counts them) and says whether one came back since the last check of a heartbeat sent
+    /// at the floor's size, and how long the plain heartbeat to send now is (outer length; 0:
+    /// the smallest) for a search in `search`'s state, on the fast path if `fast`.
+    pub fn check(
+        &mut self,
+        echoes: u64,
+        search: Option<&PathMtuSearch>,
+        fast: bool,
+    ) -> (bool, u16) {
+        let echoed = self.sent_floor && echoes > self.echoes;
+        self.echoes = echoes;
+        self.sent_floor = fast && search.is_some_and(PathMtuSearch::wants_floor_echoes);
+        (echoed, if self.sent_floor { FLOOR } else { 0 })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,6 +526,83 @@ mod tests {
             }
         }
         (at, number, rounds)
+    }
+
+    /// A peer whose router never reports in time (a saturated host) but whose kernel
+    /// echoes our floor-sized heartbeats: the floor is never taken for lost, the way it is
+    /// without the echoes.
+    #[test]
+    fn echoes_of_floor_sized_heartbeats_keep_the_floor_while_reports_are_late() {
+        let t = Instant::now();
+        let mut s = PathMtuSearch::new(1500);
+        let mut echoes = FloorEchoes::default();
+        let mut count = 0;
+        let mut number = 1;
+        let mut at = t;
+        while at < t + FLOOR_LOST_AFTER * 3 {
+            // Each check: the echoes since the last one (one per heartbeat), then the round.
+            let (echoed, len) = echoes.check(count, Some(&s), true);
+            assert!(
+                len == FLOOR || s.settled(),
+                "small while searching, at {:?}",
+                at - t
+            );
+            if echoed {
+                s.floor_echoed();
+            }
+            count += 1;
+            if !s.probes(at, number).is_empty() {
+                number += 1;
+            }
+            s.tick(at);
+            assert!(
+                !s.only_small_frames(),
+                "floor taken for lost at {:?}",
+                at - t
+            );
+            at += Duration::from_secs(1);
+        }
+        // No report ever came: nothing above the floor is verified.
+        assert_eq!(s.verified(), Some(FLOOR));
+
+        let mut s = PathMtuSearch::new(1500);
+        lose_rounds(&mut s, t, 1);
+        assert!(s.only_small_frames(), "without the echoes");
+    }
+
+    #[test]
+    fn heartbeats_are_floor_sized_only_on_the_fast_path_while_the_floor_is_in_question() {
+        let t = Instant::now();
+        let mut echoes = FloorEchoes::default();
+        let mut s = PathMtuSearch::new(1500);
+        assert_eq!(echoes.check(0, None, true), (false, 0), "no search: small");
+        assert_eq!(
+            echoes.check(0, Some(&s), false),
+            (false, 0),
+            "on the sleeve: small"
+        );
+        assert_eq!(
+            echoes.check(5, Some(&s), true),
+            (false, FLOOR),
+            "echoes of small heartbeats show nothing"
+        );
+        assert_eq!(
+            echoes.check(5, Some(&s), true),
+            (false, FLOOR),
+            "no new echo"
+        );
+        assert_eq!(echoes.check(6, Some(&s), true), (true, FLOOR), "an echo");
+        // Found: small again, until a recheck is due.
+        s.probes(t, 1);
+        s.seen(1, 1500);
+        s.tick(t + Duration::from_millis(100));
+        assert!(s.settled());
+        assert_eq!(echoes.check(7, Some(&s), true), (true, 0));
+        assert_eq!(
+            echoes.check(8, Some(&s), true),
+            (false, 0),
+            "after a small one"
+        );
     }
 
     #[test]

@@ -828,6 +828,48 @@ fn a_busy_peer_whose_kernel_echoes_our_heartbeats_stays_on_the_fast_path() {
     assert!(switched, "silent fast path, still not on the sleeve");
 }
 
+/// The outer lengths of the plain heartbeats to `peer` among `effects`.
+fn heartbeat_lens(effects: &[Effect], peer: u16) -> Vec<u16> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Heartbeats(beats) => Some(beats.iter().filter(|b| b.round == 0 && b.peer == peer).map(|b| b.outer_len)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// A peer whose router never reports our path-MTU probes (a process starved of CPU while a
+/// large mesh forms) but whose kernel echoes our heartbeats: while the floor is in question
+/// the heartbeats are of its size, their echoes show it crossing, and the peer stays on the
+/// fast path. Without the echoes it goes to the sleeve.
+#[test]
+fn echoes_of_floor_sized_heartbeats_keep_a_peer_that_reports_late_on_the_fast_path() {
+    for echoing in [true, false] {
+        let start = Instant::now();
+        let mut core = heard_peer(start);
+        core.on_event(Event::FastdpStatus { id: 1, heard: true });
+        let mut lens = Vec::new();
+        let mut switched = false;
+        for s in 2..=40u32 {
+            let effects = core.on_event(Event::PathCheck {
+                now: start + Duration::from_secs(s.into()),
+                probe_round: 10 + s,
+                received: received_from(2, u64::from(s), if echoing { u64::from(s) } else { 0 }),
+            });
+            lens.extend(heartbeat_lens(&effects, 2));
+            switched |= to_sleeve(&effects);
+        }
+        if echoing {
+            assert!(!switched, "echoed, yet moved to the sleeve");
+            assert_eq!(lens[0], path_mtu::FLOOR, "{lens:?}");
+        } else {
+            assert!(switched, "no report and no echo, still on the fast path");
+        }
+    }
+}
+
 #[test]
 fn a_fast_path_peer_whose_connection_goes_is_held_while_its_echoes_arrive() {
     let start = Instant::now();
