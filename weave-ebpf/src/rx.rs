@@ -134,15 +134,16 @@ fn try_rx_from_underlay(ctx: &TcContext) -> Result<i32, ()> {
     } else {
         None
     };
-    if is_group_mac(&inner_dst) && seen_before(src, &vx) {
+    let group = is_group_mac(&inner_dst);
+    if group && seen_before(src, &vx) {
         return Ok(drop_rx(Reason::RxDropDuplicateBroadcast, len));
     }
     learn(ctx, src, inner_src, inner_proto, inner_ipv4_src);
-    if is_group_mac(&inner_dst) {
+    if group {
         relay_broadcast(ctx, &cfg, &eth, &ip, src, len);
     }
 
-    if inner_proto == ETH_P_IP && !is_group_mac(&inner_dst) {
+    if inner_proto == ETH_P_IP && !group {
         if let Some(ifindex) =
             // SAFETY: the value is copied out at once.
             unsafe { ENDPOINTS.get(MacKey::new(inner_dst)) }.map(|e| e.host_ifindex)

@@ -158,10 +158,11 @@ impl PathMtuSearch {
     }
 
     /// Whether the floor's crossing is in question now: a round is in flight or due, or
-    /// the floor failed lately. Plain heartbeats are then sent at [`FLOOR`] size
+    /// the floor failed lately (a lost floor among them: its failures stay recorded until
+    /// it crosses again). Plain heartbeats are then sent at [`FLOOR`] size
     /// ([`FloorEchoes`]).
     pub fn wants_floor_echoes(&self) -> bool {
-        !self.settled() || self.floor_failures.is_some() || self.floor_lost
+        !self.settled() || self.floor_failures.is_some()
     }
 
     /// An echo of a heartbeat of [`FLOOR`] bytes came back through the fast path: the peer's
@@ -253,9 +254,8 @@ impl PathMtuSearch {
             None if oldest.is_some_and(|o| number < o) => {
                 // Later than any round kept: wait for reports as long as rounds may.
                 self.timeout = MAX_ROUND_TIMEOUT;
-                ((self.floor_lost || self.floor_failures.is_some())
-                    && (FLOOR..=self.ceiling).contains(&largest))
-                .then_some(largest)
+                (self.floor_failures.is_some() && (FLOOR..=self.ceiling).contains(&largest))
+                    .then_some(largest)
             }
             None => None,
         };
