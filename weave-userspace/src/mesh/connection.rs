@@ -701,19 +701,23 @@ const READ_BUFFER_KEPT: usize = 16 * 1024;
 /// what we send ([`silence_verdict`]).
 pub const BUSY_PEER_GRACE: u32 = 3;
 
-/// Idle time after which the kernel sends a keepalive probe, and the time between probes:
-/// the other end's kernel answers each, so an idle connection is acknowledged about once
-/// a second without a heartbeat from either process (an idle mesh of a hundred routers
-/// would otherwise wake every router a hundred times a second).
-pub const PROBE_IDLE: Duration = Duration::from_secs(1);
+/// Idle time after which the kernel sends a keepalive probe: the other end's kernel
+/// answers it, so an idle connection is acknowledged every two seconds without a
+/// heartbeat from either process (an idle mesh of a hundred routers would otherwise wake
+/// every router a hundred times a second). Every second probe of the two ends crossed an
+/// idle full mesh at one a second, a third of all packets on its underlay.
+pub const PROBE_IDLE: Duration = Duration::from_secs(2);
+/// Time between probes while they go unanswered: a host that stopped answering is
+/// probed three more times before [`Timings::dead_after`] (5 s) takes it for gone.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Turns on the kernel's keepalive probes of an idle connection ([`PROBE_IDLE`]). The
-/// kernel gives up only after its own count of unanswered probes; [`silence_verdict`]
-/// decides first.
+/// Turns on the kernel's keepalive probes of an idle connection ([`PROBE_IDLE`],
+/// [`PROBE_INTERVAL`]). The kernel gives up only after its own count of unanswered
+/// probes; [`silence_verdict`] decides first.
 fn probe_when_idle(stream: &TcpStream) -> std::io::Result<()> {
     let probes = socket2::TcpKeepalive::new()
         .with_time(PROBE_IDLE)
-        .with_interval(PROBE_IDLE);
+        .with_interval(PROBE_INTERVAL);
     socket2::SockRef::from(stream).set_tcp_keepalive(&probes)
 }
 
@@ -1197,7 +1201,7 @@ mod tests {
     async fn keepalive_probes_alone_show_the_host_is_up() {
         let timings = Timings {
             heartbeat_interval: Duration::from_secs(600),
-            dead_after: PROBE_IDLE * 2,
+            dead_after: PROBE_IDLE + PROBE_INTERVAL,
             ..Timings::default()
         };
         let grace = timings.dead_after * BUSY_PEER_GRACE;

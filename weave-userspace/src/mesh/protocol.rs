@@ -25,12 +25,13 @@ pub const MAGIC: [u8; 8] = *b"weavertr";
 /// [`Message::ShortIdTaken`]; version 4 path-MTU probes and [`Message::PathMtuSeen`]; version 5 routed sleeve datagrams; version 6
 /// gossip-channel unicasts that count their hops ([`Delivery::Routed`](super::gossip_channel::Delivery::Routed))
 /// and [`Message::IpamIdentity`] right after the hello; version 7 sleeve bundles (several small
-/// frames in one datagram), the control connection as in version 6. A
+/// frames in one datagram), the control connection as in version 6; version 8 shares the
+/// fast-path heartbeats between the two ends, the control connection as in version 7. A
 /// version 2 peer
 /// takes a message kind it does not know for a malformed frame and closes the connection,
 /// so nothing of version 3 is sent on a version 2 connection.
 pub const MIN_VERSION: u8 = 2;
-pub const MAX_VERSION: u8 = 7;
+pub const MAX_VERSION: u8 = 8;
 /// The first version with fast-path heartbeats and [`Message::FastdpStatus`].
 pub const FASTDP_STATUS_VERSION: u8 = 3;
 /// The first version with [`Message::ShortIdTaken`].
@@ -49,6 +50,11 @@ pub const IPAM_IDENTITY_VERSION: u8 = 6;
 /// The first version whose sleeve takes bundles of frames (kinds 5 and 6); the control
 /// connection itself is as in version 6.
 pub const SLEEVE_BUNDLE_VERSION: u8 = 7;
+/// The first version whose router counts the kernel's echoes of its plain fast-path
+/// heartbeats as hearing the peer, and whose kernel echoes the peer's: of two such routers
+/// only the one with the lower name sends them while the other's arrive
+/// ([`crate::datapath::overlay::heartbeat_duty`]); the control connection as in version 7.
+pub const HEARTBEAT_DUTY_VERSION: u8 = 8;
 /// Length of the preamble: magic, min version, max version.
 pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of a frame header.

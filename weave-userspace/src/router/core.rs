@@ -19,14 +19,15 @@ use std::time::Instant;
 
 use super::hold::{HeldPeer, HoldVerdict};
 use super::SleeveUse;
+use crate::datapath::overlay::heartbeat_duty::HeartbeatDuty;
 use crate::datapath::overlay::path_mtu::{self, FloorEchoes, PathMtuSearch};
 use crate::datapath::overlay::{Overlay, OverlayChoice, Placement};
 use crate::datapath::{DatapathPeer, Heartbeat, ProbeSeen};
 use crate::mesh::connection::{ConnId, ConnectionError, IpamPair};
 use crate::mesh::peer_name::{PeerName, ShortId};
 use crate::mesh::protocol::{
-    Hello, Message, FASTDP_STATUS_VERSION, PATH_MTU_VERSION, SLEEVE_BUNDLE_VERSION,
-    SLEEVE_RELAY_VERSION,
+    Hello, Message, FASTDP_STATUS_VERSION, HEARTBEAT_DUTY_VERSION, PATH_MTU_VERSION,
+    SLEEVE_BUNDLE_VERSION, SLEEVE_RELAY_VERSION,
 };
 use crate::mesh::topology::ConnectionSummary;
 use crate::sleeve::SleeveFeatures;
@@ -76,6 +77,9 @@ pub struct Conn {
     /// Plain heartbeats of the floor's size while the path MTU is searched, and their
     /// echoes.
     pub floor_echoes: FloorEchoes,
+    /// Whether our plain heartbeats go at every check or only while the peer's do not
+    /// arrive.
+    pub heartbeat_duty: HeartbeatDuty,
 }
 
 impl Conn {
@@ -720,6 +724,11 @@ impl MeshCore {
         // sleeve's socket (both UDP over the same route).
         let probed =
             version >= PATH_MTU_VERSION && (self.config.has_sleeve || overlay == Overlay::Fastdp);
+        let heartbeat_duty = HeartbeatDuty::between(
+            &self.local.name,
+            &hello.name,
+            version >= HEARTBEAT_DUTY_VERSION,
+        );
         let conn = Conn {
             version,
             outbound,
@@ -735,6 +744,7 @@ impl MeshCore {
             path_mtu: probed.then(|| PathMtuSearch::new(self.config.path_mtu_ceiling)),
             probes_reported: None,
             floor_echoes: FloorEchoes::default(),
+            heartbeat_duty,
         };
         tracing::info!("connection {} at {remote} pending", conn.describe());
         effects.push(Effect::Answer { id, result: Ok(()) });
@@ -837,18 +847,23 @@ impl MeshCore {
         for c in self.connections.values_mut().filter(|c| c.established()) {
             let peer = c.hello.short_id.get();
             if c.choice.is_some() {
-                let echoes = received.get(&peer).map_or(0, |s| s.rx_echoes);
+                let sample = received.get(&peer).copied().unwrap_or_default();
                 let fast = c.overlay == Overlay::Fastdp;
                 let (floor_echoed, outer_len) =
-                    c.floor_echoes.check(echoes, c.path_mtu.as_ref(), fast);
+                    c.floor_echoes
+                        .check(sample.rx_echoes, c.path_mtu.as_ref(), fast);
                 if let Some(search) = c.path_mtu.as_mut().filter(|_| floor_echoed) {
                     search.floor_echoed();
                 }
-                heartbeats.push(Heartbeat {
-                    peer,
-                    round: 0,
-                    outer_len,
-                });
+                if c.heartbeat_duty
+                    .send_now(sample.rx_heartbeats, outer_len != 0)
+                {
+                    heartbeats.push(Heartbeat {
+                        peer,
+                        round: 0,
+                        outer_len,
+                    });
+                }
             }
             let Some(search) = c.path_mtu.as_mut() else {
                 continue;

@@ -2,7 +2,8 @@
 //! ([`Datapath`]) and the user-space sleeve. [`Overlays`] puts a directly connected peer
 //! into the path that carries it (and, for a peer that may fall back, admits it on the
 //! other one, ready for a switch), moves it between them, and takes it out; [`choice`]
-//! decides when a peer switches, [`path_mtu`] how large a frame its path carries.
+//! decides when a peer switches, [`path_mtu`] how large a frame its path carries,
+//! [`heartbeat_duty`] which end sends the heartbeats both judge the fast path by.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use crate::mesh::peer_name::PeerName;
 use crate::sleeve::{Sleeve, SleeveFeatures};
 
 pub mod choice;
+pub mod heartbeat_duty;
 pub mod path_mtu;
 
 pub use choice::{Overlay, OverlayChoice, CHECK_EVERY};

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::mesh::protocol::MAX_VERSION;
+use crate::mesh::protocol::{HEARTBEAT_DUTY_VERSION, MAX_VERSION};
 
 fn hello(n: u8) -> Hello {
     Hello {
@@ -826,6 +826,71 @@ fn a_busy_peer_whose_kernel_echoes_our_heartbeats_stays_on_the_fast_path() {
         }))
     });
     assert!(switched, "silent fast path, still not on the sleeve");
+}
+
+/// Of two routers speaking version 8, the one with the higher name sends plain heartbeats
+/// only while the peer's do not arrive (the peer's kernel echoes the peer's own, which show
+/// it the path both ways) or its search wants a floor-sized echo, and stays on the fast
+/// path meanwhile; with a version 7 peer it sends at every check.
+#[test]
+fn the_higher_name_leaves_the_heartbeats_to_the_peer_while_the_peers_arrive() {
+    for version in [MAX_VERSION, HEARTBEAT_DUTY_VERSION - 1] {
+        let start = Instant::now();
+        let us = hello(3);
+        let peer = hello(2);
+        let mut core = MeshCore::new(us.clone(), config(true, SleeveUse::Fallback));
+        let Event::Handshaken(mut h) = handshaken(1, false, &peer) else {
+            unreachable!()
+        };
+        h.version = version;
+        core.on_event(Event::Handshaken(h));
+        core.on_event(Event::Placed { id: 1, error: None });
+        core.on_event(Event::RemoteReady { id: 1 });
+        core.on_event(Event::FastdpStatus { id: 1, heard: true });
+        // The peer's heartbeats arrive every second, every probe round crosses whole.
+        let mut sent = Vec::new();
+        for s in 0..=20u32 {
+            let effects = core.on_event(Event::PathCheck {
+                now: start + Duration::from_secs(s.into()),
+                probe_round: 10 + s,
+                received: received_from(2, u64::from(s) + 1, 0),
+            });
+            assert!(!to_sleeve(&effects), "v{version}, second {s}: {effects:?}");
+            sent.push(heartbeat_lens(&effects, 2));
+            core.on_event(Event::PathMtuSeen {
+                id: 1,
+                round: 10 + s,
+                largest: 1500,
+            });
+        }
+        let settled = &sent[10..];
+        if version >= HEARTBEAT_DUTY_VERSION {
+            // Floor-sized while the search runs, then none.
+            assert_eq!(sent[0], [path_mtu::FLOOR], "{sent:?}");
+            assert!(settled.iter().all(Vec::is_empty), "{sent:?}");
+        } else {
+            assert!(settled.iter().all(|l| l == &[0]), "{sent:?}");
+        }
+        // The peer's heartbeats stop (its process starved of CPU), its kernel still echoes
+        // ours: ours go again at the next check and the echoes keep the fast path.
+        for s in 21..=30u32 {
+            let echoes = u64::from(s - 20);
+            let effects = core.on_event(Event::PathCheck {
+                now: start + Duration::from_secs(s.into()),
+                probe_round: 10 + s,
+                received: received_from(2, 21, echoes),
+            });
+            assert!(!to_sleeve(&effects), "v{version}, second {s}: {effects:?}");
+            if s > 21 {
+                assert_eq!(heartbeat_lens(&effects, 2), [0], "v{version}, second {s}");
+            }
+            core.on_event(Event::PathMtuSeen {
+                id: 1,
+                round: 10 + s,
+                largest: 1500,
+            });
+        }
+    }
 }
 
 /// The outer lengths of the plain heartbeats to `peer` among `effects`.
