@@ -283,3 +283,82 @@ fn a_router_without_bpf_carries_every_peer_through_the_sleeve() {
         "no VXLAN at all"
     );
 }
+
+/// Plain fast-path heartbeats (round 0) and their kernel echoes leaving each host on the
+/// underlay within `frames`: (plain heartbeats from host 1, from host 2, echoes from host
+/// 1, from host 2).
+fn heartbeat_streams(bed: &TestBed, frames: &[Vec<u8>]) -> [usize; 4] {
+    let mut counts = [0; 4];
+    for (src, _, vxlan) in frames.iter().filter_map(|f| udp(f)) {
+        if !is_heartbeat(vxlan) || vxlan.len() < 8 + 14 + 7 {
+            continue;
+        }
+        let round = u32::from_be_bytes(vxlan[24..28].try_into().unwrap());
+        let flags = vxlan[28];
+        let from = if src == bed.host(1).addr { 0 } else { 1 };
+        if round != 0 {
+            continue;
+        }
+        // Flag 0x02: an echo, turned round by the receiving kernel.
+        counts[if flags & 0x02 != 0 { 2 + from } else { from }] += 1;
+    }
+    counts
+}
+
+/// Two idle routers: once the path MTU is found, one of them (the lower name) sends a plain
+/// heartbeat a second and the other's kernel echoes it; the other sends none of its own,
+/// and both stay on the fast path. When the heartbeats stop arriving (VXLAN blocked) the
+/// other sends its own again, and both still fall back to the sleeve.
+#[test]
+fn an_idle_pair_shares_one_stream_of_heartbeats() {
+    if !require_root("an_idle_pair_shares_one_stream_of_heartbeats") {
+        return;
+    }
+    let mut bed = TestBed::new("fallh", 2).expect("test bed");
+    bed.launch_mesh(&[]).expect("routers connect");
+    wait_overlay(&bed, "fastdp", Duration::from_secs(10));
+    // The first probe rounds take a few seconds: heartbeats are floor-sized meanwhile, and
+    // both ends send them.
+    std::thread::sleep(Duration::from_secs(6));
+    let cap = PcapCapture::start(&bed.underlay(), "br0", "fallh-idle");
+    std::thread::sleep(Duration::from_secs(6));
+    let [plain1, plain2, echoes1, echoes2] = heartbeat_streams(&bed, &cap.stop());
+    eprintln!("in 6 s: plain heartbeats {plain1} and {plain2}, echoes {echoes1} and {echoes2}");
+    let (sender_plain, other_plain, other_echoes) = if plain1 > plain2 {
+        (plain1, plain2, echoes2)
+    } else {
+        (plain2, plain1, echoes1)
+    };
+    assert!(
+        (5..=8).contains(&sender_plain),
+        "one heartbeat a second from one end: {plain1}, {plain2}"
+    );
+    assert!(
+        other_plain <= 1,
+        "the other end leaves them to it: {plain1}, {plain2}"
+    );
+    assert!(
+        other_echoes + 1 >= sender_plain,
+        "each echoed: {echoes1}, {echoes2}"
+    );
+    for i in 1..=2 {
+        let c = bed.router(i).connections().unwrap();
+        assert!(
+            c.contains(" fastdp "),
+            "host{i} stays on the fast path: {c}"
+        );
+        assert_eq!(switches(&bed, i, "sleeve"), 0.0, "host{i} never switched");
+    }
+    // Nothing crosses the fast path any more: both ends send, both fall back.
+    mesh::block_udp_port(&bed, 1, 2, 6784).expect("block UDP 6784");
+    std::thread::sleep(Duration::from_secs(2));
+    let cap = PcapCapture::start(&bed.underlay(), "br0", "fallh-blocked");
+    std::thread::sleep(Duration::from_secs(4));
+    let [plain1, plain2, _, _] = heartbeat_streams(&bed, &cap.stop());
+    eprintln!("VXLAN blocked, in 4 s: plain heartbeats {plain1} and {plain2}");
+    assert!(
+        plain1 >= 3 && plain2 >= 3,
+        "both ends send: {plain1}, {plain2}"
+    );
+    wait_overlay(&bed, "sleeve", Duration::from_secs(15));
+}

@@ -434,7 +434,7 @@ impl<D: Datapath> Inner<D> {
     /// What arrived from each peer: fast-path heartbeats, and the newest probe round
     /// through either path.
     fn path_samples(&self) -> Result<HashMap<u16, PathSample>, DatapathError> {
-        let by_peer = self.datapath.counters()?.by_peer;
+        let by_peer = self.datapath.peer_traffic()?;
         let mut received: HashMap<u16, PathSample> = by_peer
             .into_iter()
             .map(|t| {

@@ -262,6 +262,12 @@ pub trait Datapath: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), DatapathError>> + Send;
     /// Counters summed over CPUs.
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
+    /// The traffic of each peer that had any, summed over CPUs: what the path check reads
+    /// every second ([`Datapath::counters`] without the counts by reason and the learned
+    /// addresses, which cost a read each).
+    fn peer_traffic(&self) -> Result<Vec<PeerTraffic>, DatapathError> {
+        Ok(self.counters()?.by_peer)
+    }
     /// The MTU given to container interfaces.
     fn container_mtu(&self) -> u32;
     /// The MTU containers get when every path carries it (`--mtu`, or the underlay's less

@@ -46,13 +46,23 @@ pub(super) fn read(
         let (packets, bytes) = sum_reason(&maps.reason_counters(reason)?);
         out.by_reason.push((reason, packets, bytes));
     }
+    out.by_peer = read_peers(maps, peers)?;
+    out.learned_macs = maps.remote_mac_count();
+    Ok(out)
+}
+
+/// The traffic of each of `peers` that had any.
+pub(super) fn read_peers(
+    maps: &DatapathMaps,
+    peers: impl IntoIterator<Item = u16>,
+) -> Result<Vec<PeerTraffic>, DatapathError> {
+    let mut out = Vec::new();
     for id in peers {
         let t = peer_traffic(id, &maps.peer_counters(id)?);
         if has_traffic(&t) {
-            out.by_peer.push(t);
+            out.push(t);
         }
     }
-    out.learned_macs = maps.remote_mac_count();
     Ok(out)
 }
 

@@ -37,19 +37,19 @@ use weave_ebpf_common::maps::PeerEntry;
 pub use bridge::{
     BRIDGE_NAME, BRIDGE_PORT_NAME, DATAPATH_PORT_NAME, MIN_CONTAINER_MTU, VXLAN_PREFIX,
 };
+pub use counters::peer_traffic;
 pub use endpoints::{handover_name, CONTAINER_IFNAME, HANDOVER_VETH_PREFIX, HOST_VETH_PREFIX};
 pub use loader::{
     ensure_bpffs, probe_bpf, BPFFS, EBPF_OBJECT, EGRESS_PROGRAM, FROM_BRIDGE_PROGRAM, RX_PROGRAM,
     TX_PROGRAM, XDP_PROGRAM,
 };
-pub use counters::peer_traffic;
 pub use service::{SERVICE_RULE_PRIORITY, SERVICE_TABLE};
 
 use super::netlink::{LinkInfo, Netlink};
 use super::packet_socket::PacketSocket;
 use super::{
     AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, DatapathSettings,
-    Endpoint, Heartbeat, Ipv4Cidr,
+    Endpoint, Heartbeat, Ipv4Cidr, PeerTraffic,
 };
 use crate::mesh::peer_name::ShortId;
 use loader::Programs;
@@ -391,6 +391,12 @@ impl Datapath for EbpfDatapath {
         let mut guard = self.lock();
         let seen: Vec<u16> = guard.peers.seen().collect();
         counters::read(&guard.programs()?.maps, seen)
+    }
+
+    fn peer_traffic(&self) -> Result<Vec<PeerTraffic>, DatapathError> {
+        let mut guard = self.lock();
+        let seen: Vec<u16> = guard.peers.seen().collect();
+        counters::read_peers(&guard.programs()?.maps, seen)
     }
 
     fn container_mtu(&self) -> u32 {
