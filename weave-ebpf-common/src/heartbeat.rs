@@ -1,6 +1,7 @@
 //! Fast-path heartbeats and path-MTU probes.
 //!
-//! Once a second a router writes, for each directly connected peer, a heartbeat frame into
+//! Once a second a router writes, for each directly connected peer (of two routers that
+//! share the duty, only one sends while the other's arrive), a heartbeat frame into
 //! its bridge port towards the peers (`vethwe-bridge`); `from_bridge` addresses it to the
 //! peer named in its payload exactly as it addresses a copy of a broadcast (the next hop's
 //! MAC on the underlay, the peer's address, VNI `self | peer << 12`) and sends it. So a
