@@ -704,8 +704,9 @@ pub const BUSY_PEER_GRACE: u32 = 3;
 /// Idle time after which the kernel sends a keepalive probe: the other end's kernel
 /// answers it, so an idle connection is acknowledged every two seconds without a
 /// heartbeat from either process (an idle mesh of a hundred routers would otherwise wake
-/// every router a hundred times a second). Every second probe of the two ends crossed an
-/// idle full mesh at one a second, a third of all packets on its underlay.
+/// every router a hundred times a second). At a probe a second from each end, the probes
+/// and their answers were a third of all the packets on the underlay of an idle full mesh
+/// of 100.
 pub const PROBE_IDLE: Duration = Duration::from_secs(2);
 /// Time between probes while they go unanswered: a host that stopped answering is
 /// probed three more times before [`Timings::dead_after`] (5 s) takes it for gone.
