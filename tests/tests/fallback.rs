@@ -5,7 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use weave_tests::bed::host_addr;
+use weave_ebpf_common::headers::{ETH_HLEN, VXLAN_HLEN};
+use weave_ebpf_common::heartbeat::{
+    read_heartbeat_payload, HEARTBEAT_ECHO, HEARTBEAT_FLAGS_OFFSET, HEARTBEAT_PAYLOAD_LEN,
+};
+use weave_tests::bed::{host_addr, FLAT_BRIDGE};
 use weave_tests::mesh::{self, has_marker, udp, PcapCapture, MARKER_HEX};
 use weave_tests::router::BPFFS_ROOT;
 use weave_tests::{cmd, probe, require_root, Background, LaunchOpts, TestBed};
@@ -290,17 +294,25 @@ fn a_router_without_bpf_carries_every_peer_through_the_sleeve() {
 fn heartbeat_streams(bed: &TestBed, frames: &[Vec<u8>]) -> [usize; 4] {
     let mut counts = [0; 4];
     for (src, _, vxlan) in frames.iter().filter_map(|f| udp(f)) {
-        if !is_heartbeat(vxlan) || vxlan.len() < 8 + 14 + 7 {
+        let Some(inner) = vxlan.get(VXLAN_HLEN..) else {
+            continue;
+        };
+        let (Some(payload), Some(&flags)) = (
+            inner.get(ETH_HLEN..ETH_HLEN + HEARTBEAT_PAYLOAD_LEN),
+            inner.get(HEARTBEAT_FLAGS_OFFSET),
+        ) else {
+            continue;
+        };
+        let (_, round) = read_heartbeat_payload(payload.try_into().unwrap());
+        if !is_heartbeat(vxlan) || round != 0 {
             continue;
         }
-        let round = u32::from_be_bytes(vxlan[24..28].try_into().unwrap());
-        let flags = vxlan[28];
         let from = if src == bed.host(1).addr { 0 } else { 1 };
-        if round != 0 {
-            continue;
-        }
-        // Flag 0x02: an echo, turned round by the receiving kernel.
-        counts[if flags & 0x02 != 0 { 2 + from } else { from }] += 1;
+        counts[if flags & HEARTBEAT_ECHO != 0 {
+            2 + from
+        } else {
+            from
+        }] += 1;
     }
     counts
 }
@@ -320,7 +332,7 @@ fn an_idle_pair_shares_one_stream_of_heartbeats() {
     // The first probe rounds take a few seconds: heartbeats are floor-sized meanwhile, and
     // both ends send them.
     std::thread::sleep(Duration::from_secs(6));
-    let cap = PcapCapture::start(&bed.underlay(), "br0", "fallh-idle");
+    let cap = PcapCapture::start(&bed.underlay(), FLAT_BRIDGE, "fallh-idle");
     std::thread::sleep(Duration::from_secs(6));
     let [plain1, plain2, echoes1, echoes2] = heartbeat_streams(&bed, &cap.stop());
     eprintln!("in 6 s: plain heartbeats {plain1} and {plain2}, echoes {echoes1} and {echoes2}");
@@ -352,7 +364,7 @@ fn an_idle_pair_shares_one_stream_of_heartbeats() {
     // Nothing crosses the fast path any more: both ends send, both fall back.
     mesh::block_udp_port(&bed, 1, 2, 6784).expect("block UDP 6784");
     std::thread::sleep(Duration::from_secs(2));
-    let cap = PcapCapture::start(&bed.underlay(), "br0", "fallh-blocked");
+    let cap = PcapCapture::start(&bed.underlay(), FLAT_BRIDGE, "fallh-blocked");
     std::thread::sleep(Duration::from_secs(4));
     let [plain1, plain2, _, _] = heartbeat_streams(&bed, &cap.stop());
     eprintln!("VXLAN blocked, in 4 s: plain heartbeats {plain1} and {plain2}");

@@ -26,19 +26,13 @@ pub struct HeartbeatDuty {
 }
 
 impl HeartbeatDuty {
-    /// The duty of the end that sends at every check when `always`, else of the end that
-    /// sends only when the peer's heartbeats do not arrive.
-    pub fn new(always: bool) -> Self {
-        Self {
-            always,
-            peer_heartbeats: None,
-        }
-    }
-
     /// The duty of a connection from `ours` to `theirs` whose ends both leave the sending
     /// to the lower name when `shared`.
     pub fn between<N: Ord>(ours: &N, theirs: &N, shared: bool) -> Self {
-        Self::new(!shared || ours < theirs)
+        Self {
+            always: !shared || ours < theirs,
+            peer_heartbeats: None,
+        }
     }
 
     /// At a check: takes in the count of the peer's heartbeats (and probes) received so far,
