@@ -601,6 +601,132 @@ fn a_stopped_router_carries_nothing() {
     );
 }
 
+/// The MAC of `dev` in `ns`.
+fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
+    let text = weave_tests::probe::link_mac(ns, dev).expect("link MAC");
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+        .collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// The MAC the PEERS entry of `short_id` sends to (the next hop's on the underlay).
+fn next_hop_mac(router: &Router, short_id: u16) -> [u8; 6] {
+    router.call(move |dp| async move {
+        dp.peer_entry(ShortId::new(short_id).unwrap())
+            .expect("PEERS entry")
+            .underlay_mac
+    })
+}
+
+#[test]
+fn next_hops_follow_the_neighbour_table_and_routes_as_the_kernel_announces_them() {
+    if !require_root("next_hops_follow_the_neighbour_table_and_routes_as_the_kernel_announces_them")
+    {
+        return;
+    }
+    let bed = Bed::new("dpnh");
+    let (h1, r1) = (bed.host(0), &bed.routers[0]);
+    let h2_mac = mac_of(bed.host(1), "eth0");
+    // Two more direct peers in another subnet, routed through host 2 as their gateway.
+    sh(
+        h1,
+        &[
+            "ip",
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            &underlay(1).to_string(),
+        ],
+    );
+    for id in [3u16, 4] {
+        let peer = DatapathPeer {
+            short_id: ShortId::new(id).unwrap(),
+            underlay: Ipv4Addr::new(203, 0, 113, id as u8),
+            next_hop: ShortId::new(id).unwrap(),
+        };
+        r1.call(move |dp| async move { dp.add_peer(peer).await })
+            .expect("add_peer behind the gateway");
+    }
+    for id in [2, 3, 4] {
+        assert_eq!(next_hop_mac(r1, id), h2_mac, "peer {id} at first");
+    }
+    // What one refresh does: with nothing announced, a sweep looks up fewer peers than
+    // these three, so only what the kernel announced moves them all at once.
+    let settle_and_refresh = || {
+        std::thread::sleep(Duration::from_millis(500));
+        r1.call(|dp| async move { dp.refresh_next_hops().await });
+    };
+
+    // The gateway's address moves to another box (a failover): the neighbour table takes
+    // its new MAC, and every peer behind it follows.
+    let moved = "02:00:5e:00:01:99";
+    let moved_bytes = [0x02, 0x00, 0x5e, 0x00, 0x01, 0x99];
+    let gateway = underlay(1).to_string();
+    sh(
+        h1,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            &gateway,
+            "lladdr",
+            moved,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
+    settle_and_refresh();
+    for id in [2, 3, 4] {
+        assert_eq!(
+            next_hop_mac(r1, id),
+            moved_bytes,
+            "peer {id} after the neighbour moved"
+        );
+    }
+
+    // The route to the other subnet now goes through another gateway: the peers behind
+    // it follow; host 2 itself stays where it is.
+    let other = "198.18.0.50";
+    let other_mac = "02:00:5e:00:01:50";
+    sh(
+        h1,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            other,
+            "lladdr",
+            other_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
+    sh(
+        h1,
+        &["ip", "route", "replace", "203.0.113.0/24", "via", other],
+    );
+    settle_and_refresh();
+    assert_eq!(
+        next_hop_mac(r1, 2),
+        moved_bytes,
+        "host 2 keeps its next hop"
+    );
+    for id in [3, 4] {
+        assert_eq!(
+            next_hop_mac(r1, id),
+            [0x02, 0x00, 0x5e, 0x00, 0x01, 0x50],
+            "peer {id} after the route changed"
+        );
+    }
+}
+
 #[test]
 fn xdp_on_drops_strays_before_tc() {
     if !require_root("xdp_on_drops_strays_before_tc") {

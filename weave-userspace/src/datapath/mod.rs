@@ -13,6 +13,7 @@ pub mod frag_needed;
 pub mod garp;
 pub mod nat;
 pub mod netlink;
+pub mod next_hop_watch;
 pub mod overlay;
 pub mod packet_socket;
 

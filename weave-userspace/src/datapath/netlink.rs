@@ -253,17 +253,19 @@ impl Netlink {
         Ok(None)
     }
 
-    /// The link-layer address of the next hop towards `dst` on the underlay: the gateway's
-    /// when the kernel routes `dst` through one, `dst`'s own on a shared subnet. `None`
-    /// while the neighbour is not resolved or the route leaves through another device.
-    pub async fn next_hop_mac(
+    /// The next hop towards `dst` on the underlay and its link-layer address: the
+    /// gateway's when the kernel routes `dst` through one, `dst`'s own on a shared subnet.
+    /// `None` when the route leaves through another device (or there is none); no MAC while
+    /// the neighbour is not resolved.
+    pub async fn next_hop_neighbour(
         &self,
         underlay_index: u32,
         dst: Ipv4Addr,
-    ) -> Result<Option<[u8; 6]>, DatapathError> {
+    ) -> Result<Option<(Ipv4Addr, Option<[u8; 6]>)>, DatapathError> {
         match self.route_to(dst).await? {
             Some(hop) if hop.ifindex == underlay_index => {
-                self.neighbour_mac(underlay_index, hop.address).await
+                let mac = self.neighbour_mac(underlay_index, hop.address).await?;
+                Ok(Some((hop.address, mac)))
             }
             _ => Ok(None),
         }

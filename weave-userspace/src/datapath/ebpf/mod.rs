@@ -46,6 +46,7 @@ pub use loader::{
 pub use service::{SERVICE_RULE_PRIORITY, SERVICE_TABLE};
 
 use super::netlink::{LinkInfo, Netlink};
+use super::next_hop_watch::NextHopWatch;
 use super::packet_socket::PacketSocket;
 use super::{
     AttachRequest, Datapath, DatapathCounters, DatapathError, DatapathPeer, DatapathSettings,
@@ -95,6 +96,8 @@ pub struct EbpfDatapath {
     bridge_index: u32,
     xdp_attached: bool,
     nl: Netlink,
+    /// The kernel's neighbour and route changes, for the next hops towards the peers.
+    next_hops: NextHopWatch,
     state: Mutex<State>,
     /// The local service address on the bridge (the DNS server's) and the bridge's MAC.
     service: OnceLock<(Ipv4Addr, [u8; 6])>,
@@ -120,6 +123,10 @@ impl EbpfDatapath {
         let adopt = settings.programs && loader::open_pin_dir(&pin_dir)?;
 
         let nl = Netlink::connect_on_own_thread()?;
+        let next_hops = NextHopWatch::start().unwrap_or_else(|e| {
+            tracing::warn!("{e}: next hops towards peers are looked up in turn");
+            NextHopWatch::deaf()
+        });
         let underlay = nl
             .link_by_name(&settings.underlay_iface)
             .await?
@@ -179,6 +186,7 @@ impl EbpfDatapath {
             bridge_index: bridge.index,
             xdp_attached,
             nl,
+            next_hops,
             state: Mutex::new(state),
             service: OnceLock::new(),
             refresh_cursor: AtomicU16::new(0),

@@ -15,14 +15,23 @@ use super::{EbpfDatapath, State};
 use crate::datapath::{format_mac, DatapathError, DatapathPeer, Heartbeat};
 use crate::mesh::peer_name::ShortId;
 
-/// How many direct peers' next hops one refresh looks up.
+/// How many direct peers' next hops one refresh looks up while the kernel's neighbour and
+/// route changes are heard ([`NextHopWatch`]): a sweep in turn, in case notifications were
+/// lost without the kernel saying so. Changes heard are taken at once.
+const NEXT_HOPS_SWEPT_PER_REFRESH: usize = 1;
+/// How many direct peers' next hops one refresh looks up when nothing is heard of the
+/// kernel's changes (the listener could not start or ended): two netlink requests each,
+/// and a full mesh of hundreds of routers on one machine must not spend its CPU on them.
 const NEXT_HOPS_PER_REFRESH: usize = 16;
 
-/// A directly connected peer: its underlay address and the MAC of the next hop towards it
-/// now in `PEERS`.
+/// A directly connected peer: its underlay address, the address on the underlay whose
+/// neighbour entry gives the next hop's MAC (the peer's own on a shared subnet, else a
+/// gateway's; `None` until looked up), and the MAC of the next hop towards it now in
+/// `PEERS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct DirectPeer {
     pub underlay: Ipv4Addr,
+    pub next_hop: Option<Ipv4Addr>,
     pub next_hop_mac: [u8; 6],
 }
 
@@ -55,14 +64,37 @@ impl PeerBook {
         self.seen.insert(id);
     }
 
-    fn set_direct(&mut self, id: u16, underlay: Ipv4Addr, next_hop_mac: [u8; 6]) {
+    fn set_direct(
+        &mut self,
+        id: u16,
+        underlay: Ipv4Addr,
+        next_hop: Option<Ipv4Addr>,
+        next_hop_mac: [u8; 6],
+    ) {
         self.direct.insert(
             id,
             DirectPeer {
                 underlay,
+                next_hop,
                 next_hop_mac,
             },
         );
+    }
+
+    /// The direct peers whose next hop's neighbour entry took another MAC than theirs, by
+    /// `announced` (the MAC the kernel announced for an address on the underlay, if it
+    /// did), each with its new MAC.
+    fn announced_next_hops(
+        &self,
+        announced: impl Fn(Ipv4Addr) -> Option<[u8; 6]>,
+    ) -> Vec<(u16, DirectPeer, [u8; 6])> {
+        self.direct
+            .iter()
+            .filter_map(|(id, d)| {
+                let mac = announced(d.next_hop?)?;
+                (mac != d.next_hop_mac).then_some((*id, *d, mac))
+            })
+            .collect()
     }
 
     fn set_indirect(&mut self, id: u16) {
@@ -135,13 +167,10 @@ impl EbpfDatapath {
         // copies, non-IPv4 frames, heartbeats): the next hop's on the underlay, which is
         // the peer's own only when it shares our subnet (else a router's). The control
         // connection to a direct peer has just resolved it in the neighbour table.
-        let underlay_mac = if direct {
-            self.nl
-                .next_hop_mac(self.underlay.index, peer.underlay)
-                .await?
-                .unwrap_or_default()
+        let (next_hop, underlay_mac) = if direct {
+            self.next_hop_towards(peer.underlay).await?
         } else {
-            [0; 6]
+            (None, [0; 6])
         };
         if direct && underlay_mac == [0; 6] {
             tracing::warn!(
@@ -157,7 +186,9 @@ impl EbpfDatapath {
             .maps
             .write_peer(id, peer_entries(&peer, PeerUse::Routed, underlay_mac))?;
         if direct {
-            guard.peers.set_direct(id, peer.underlay, underlay_mac);
+            guard
+                .peers
+                .set_direct(id, peer.underlay, next_hop, underlay_mac);
         } else {
             guard.peers.set_indirect(id);
         }
@@ -167,14 +198,12 @@ impl EbpfDatapath {
     pub(super) async fn admit_only(&self, peer: DatapathPeer) -> Result<(), DatapathError> {
         let id = peer.short_id.get();
         // Heartbeats still go to it over the fast path (they tell when it works again).
-        let underlay_mac = self
-            .nl
-            .next_hop_mac(self.underlay.index, peer.underlay)
-            .await?
-            .unwrap_or_default();
+        let (next_hop, underlay_mac) = self.next_hop_towards(peer.underlay).await?;
         let mut guard = self.lock();
         guard.peers.note_seen(id);
-        guard.peers.set_direct(id, peer.underlay, underlay_mac);
+        guard
+            .peers
+            .set_direct(id, peer.underlay, next_hop, underlay_mac);
         // What was learned behind it stays: while the peer is not reachable its frames
         // fall to the bridge (and the sleeve) anyway, and they are right again when it
         // comes back or a neighbour relays to it.
@@ -211,13 +240,49 @@ impl EbpfDatapath {
         clear_peer(&mut self.lock(), short_id.get()).map(|_| ())
     }
 
+    /// The next hop towards a direct peer at `underlay` and its MAC as the kernel has them
+    /// now (no address while there is no route through the underlay, all zeros while the
+    /// neighbour is not resolved).
+    async fn next_hop_towards(
+        &self,
+        underlay: Ipv4Addr,
+    ) -> Result<(Option<Ipv4Addr>, [u8; 6]), DatapathError> {
+        Ok(
+            match self
+                .nl
+                .next_hop_neighbour(self.underlay.index, underlay)
+                .await?
+            {
+                Some((hop, mac)) => (Some(hop), mac.unwrap_or_default()),
+                None => (None, [0; 6]),
+            },
+        )
+    }
+
+    /// Keeps the next hop towards each direct peer current: takes the MACs the kernel
+    /// announced for next hops since the last call, and looks next hops up again (two
+    /// netlink requests per peer) for all direct peers when a route or rule changed, else
+    /// for a few in turn.
     pub(super) async fn refresh_next_hop_macs(&self) {
-        // A few peers per call, in turn: two netlink requests each, and a full mesh of
-        // hundreds of routers on one machine must not spend its CPU on them.
+        let news = self.next_hops.take();
+        let announced = self
+            .lock()
+            .peers
+            .announced_next_hops(|hop| news.neighbour(self.underlay.index, hop));
+        for (id, peer, mac) in announced {
+            self.take_next_hop(id, peer.underlay, peer.next_hop, mac);
+        }
+        let per_refresh = if news.routes_changed {
+            usize::MAX
+        } else if news.deaf {
+            NEXT_HOPS_PER_REFRESH
+        } else {
+            NEXT_HOPS_SWEPT_PER_REFRESH
+        };
         let batch = {
             let guard = self.lock();
             let start = self.refresh_cursor.load(Ordering::Relaxed);
-            let (batch, next) = guard.peers.refresh_batch(start, NEXT_HOPS_PER_REFRESH);
+            let (batch, next) = guard.peers.refresh_batch(start, per_refresh);
             self.refresh_cursor.store(next, Ordering::Relaxed);
             batch
         };
@@ -250,30 +315,55 @@ impl EbpfDatapath {
             {
                 Ok(Some(mac)) => mac,
                 // Not resolved (yet): the old next hop may still be right; traffic to the
-                // peer resolves the new one.
-                Ok(None) => continue,
+                // peer resolves the new one, and the neighbour table announces it.
+                Ok(None) => {
+                    self.note_next_hop_address(id, addr, hop.address);
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!("next hop towards {addr}: {e}");
                     continue;
                 }
             };
-            if mac == known.next_hop_mac {
+            if mac == known.next_hop_mac && Some(hop.address) == known.next_hop {
                 continue;
             }
-            let mut guard = self.lock();
-            if !guard.peers.is_direct_at(id, addr) {
-                continue;
+            self.take_next_hop(id, addr, Some(hop.address), mac);
+        }
+    }
+
+    /// Remembers which address's neighbour entry gives the next hop towards peer `id` at
+    /// `underlay`, keeping the MAC in use until that entry resolves.
+    fn note_next_hop_address(&self, id: u16, underlay: Ipv4Addr, hop: Ipv4Addr) {
+        let mut guard = self.lock();
+        if let Some(known) = guard.peers.direct.get(&id).copied() {
+            if known.underlay == underlay && known.next_hop != Some(hop) {
+                guard
+                    .peers
+                    .set_direct(id, underlay, Some(hop), known.next_hop_mac);
             }
-            let Some(programs) = guard.programs.as_mut() else {
-                return;
-            };
-            if let Err(e) = programs.maps.set_next_hop_mac(id, mac) {
-                tracing::warn!("cannot update the next hop towards peer {id}: {e}");
-                continue;
-            }
-            guard.peers.set_direct(id, addr, mac);
+        }
+    }
+
+    /// Sends frames for direct peer `id` at `underlay` to next hop `hop` at `mac` from now
+    /// on, unless the peer moved or went meanwhile.
+    fn take_next_hop(&self, id: u16, underlay: Ipv4Addr, hop: Option<Ipv4Addr>, mac: [u8; 6]) {
+        let mut guard = self.lock();
+        if !guard.peers.is_direct_at(id, underlay) {
+            return;
+        }
+        let Some(programs) = guard.programs.as_mut() else {
+            return;
+        };
+        if let Err(e) = programs.maps.set_next_hop_mac(id, mac) {
+            tracing::warn!("cannot update the next hop towards peer {id}: {e}");
+            return;
+        }
+        let before = guard.peers.direct.get(&id).map(|d| d.next_hop_mac);
+        guard.peers.set_direct(id, underlay, hop, mac);
+        if before != Some(mac) {
             tracing::info!(
-                "next hop towards peer {id} at {addr} is now {}",
+                "next hop towards peer {id} at {underlay} is now {}",
                 format_mac(&mac)
             );
         }
@@ -334,7 +424,7 @@ mod tests {
     fn book_with_direct(ids: &[u16]) -> PeerBook {
         let mut book = PeerBook::default();
         for id in ids {
-            book.set_direct(*id, addr(*id as u8), [0; 6]);
+            book.set_direct(*id, addr(*id as u8), Some(addr(*id as u8)), [0; 6]);
         }
         book
     }
@@ -392,10 +482,32 @@ mod tests {
     fn a_next_hop_found_for_an_old_address_is_not_taken() {
         let mut book = book_with_direct(&[3]);
         assert!(book.is_direct_at(3, addr(3)));
-        book.set_direct(3, addr(30), [1; 6]);
+        book.set_direct(3, addr(30), Some(addr(30)), [1; 6]);
         assert!(!book.is_direct_at(3, addr(3)));
         book.set_indirect(3);
         assert!(!book.is_direct_at(3, addr(30)));
+    }
+
+    #[test]
+    fn an_announced_mac_moves_every_peer_behind_that_next_hop_and_no_other() {
+        let gateway = Ipv4Addr::new(192, 168, 0, 254);
+        let mut book = book_with_direct(&[3]);
+        // Peers 4 and 5 behind the gateway, 6 not looked up yet.
+        book.set_direct(4, Ipv4Addr::new(10, 0, 0, 4), Some(gateway), [4; 6]);
+        book.set_direct(5, Ipv4Addr::new(10, 0, 0, 5), Some(gateway), [7; 6]);
+        book.set_direct(6, Ipv4Addr::new(10, 0, 0, 6), None, [4; 6]);
+        let announced = |hop: Ipv4Addr| (hop == gateway).then_some([7; 6]);
+        let moved: Vec<(u16, [u8; 6])> = book
+            .announced_next_hops(announced)
+            .into_iter()
+            .map(|(id, _, mac)| (id, mac))
+            .collect();
+        assert_eq!(
+            moved,
+            vec![(4, [7; 6])],
+            "5 has it already; 3 and 6 are not behind it"
+        );
+        assert!(book.announced_next_hops(|_| None).is_empty());
     }
 
     #[test]
