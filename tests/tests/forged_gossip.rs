@@ -2,7 +2,8 @@
 //! router (a version near the limit, no connections: it would cut that router off), and a
 //! made-up peer with a lower name claiming our short ID (it would make us give ours up and
 //! close every connection). The routers keep their identities, nobody loses the third
-//! router, containers still ping, and the refusals are logged and counted.
+//! router, containers still ping, and the refusals are logged and counted. The same lie
+//! repeated thousands of times is counted each time, but takes only a few log lines.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -15,10 +16,13 @@ use weave_tests::mesh::MeshSummary;
 use weave_tests::{host_addr, probe, require_root, TestBed};
 
 const ROGUE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 66);
+/// How many times the rogue repeats its lie in the flood.
+const FLOOD: usize = 3000;
 
-/// Dials `router` from the current namespace, completes the handshake, sends `forged` and
-/// keeps the connection a few seconds. Returns whether the router took the hello.
-fn speak_as_rogue(router: Ipv4Addr, forged: Vec<PeerInfo>) -> Result<(), String> {
+/// Dials `router` from the current namespace, completes the handshake, sends `forged`
+/// `times` times and keeps the connection a few seconds. Returns whether the router took
+/// the hello.
+fn speak_as_rogue(router: Ipv4Addr, forged: Vec<PeerInfo>, times: usize) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,12 +46,12 @@ fn speak_as_rogue(router: Ipv4Addr, forged: Vec<PeerInfo>) -> Result<(), String>
         write_message(&mut stream, &Message::Ready)
             .await
             .map_err(|e| format!("ready: {e}"))?;
-        write_message(
-            &mut stream,
-            &Message::Gossip(GossipUpdate { records: forged }),
-        )
-        .await
-        .map_err(|e| format!("gossip: {e}"))?;
+        let gossip = Message::Gossip(GossipUpdate { records: forged });
+        for _ in 0..times {
+            write_message(&mut stream, &gossip)
+                .await
+                .map_err(|e| format!("gossip: {e}"))?;
+        }
         // Keep the connection (reading what the router sends) while the router digests it.
         let _ = tokio::time::timeout(Duration::from_secs(4), async {
             while read_message(&mut stream).await.is_ok() {}
@@ -94,7 +98,7 @@ fn a_rogue_peer_cannot_speak_for_others_nor_take_our_short_id() {
     );
     let rogue = bed.add_node("rogue", ROGUE_ADDR).expect("rogue node");
     rogue
-        .enter(|| speak_as_rogue(host_addr(1), vec![forged_3, squatter]))
+        .enter(|| speak_as_rogue(host_addr(1), vec![forged_3.clone(), squatter], 1))
         .expect("inside the rogue's namespace")
         .expect("the rogue speaks the protocol");
 
@@ -127,6 +131,46 @@ fn a_rogue_peer_cannot_speak_for_others_nor_take_our_short_id() {
         s.name == "weave_gossip_refused_total" && s.labels.contains("reason=\"not_from_owner\"")
     });
     assert!(refused >= 1.0, "not counted:\n{metrics}");
+
+    // The same lie 3,000 times: each counted, the log takes a burst a second (the next
+    // line logged, after the flood, says how many it left out), and host3 is told once a
+    // second at most (passing each copy on filled its connection's queue).
+    bed.node("rogue")
+        .enter(|| speak_as_rogue(host_addr(1), vec![forged_3.clone()], FLOOD))
+        .expect("inside the rogue's namespace")
+        .expect("the rogue floods");
+    bed.node("rogue")
+        .enter(|| speak_as_rogue(host_addr(1), vec![forged_3], 1))
+        .expect("inside the rogue's namespace")
+        .expect("the rogue lies once more");
+    let metrics = bed.router(1).metrics().expect("metrics");
+    let after = probe::metric_sum(&metrics, |s| {
+        s.name == "weave_gossip_refused_total" && s.labels.contains("reason=\"not_from_owner\"")
+    });
+    assert!(
+        after >= refused + FLOOD as f64,
+        "{after} refusals counted after {FLOOD} more than {refused}\n{}",
+        bed.router(1).log_tail(30)
+    );
+    let log = bed.router(1).log_tail(FLOOD);
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("a direct peer's record is taken from that peer only"))
+        .count();
+    assert!(
+        (1..=200).contains(&logged),
+        "{logged} lines logged for {FLOOD} refusals"
+    );
+    assert!(
+        !log.contains("slow peer"),
+        "a connection was closed as a slow peer:\n{}",
+        bed.router(1).log_tail(40)
+    );
+    assert!(
+        log.contains("more refusals not logged in the last second"),
+        "the log does not say what it left out:\n{}",
+        bed.router(1).log_tail(40)
+    );
     bed.container(c1)
         .wait_ping("10.2.1.31", Duration::from_secs(5))
         .expect("host1 still reaches host3");

@@ -964,6 +964,7 @@ pub use status::{
     format_time, ConnectionInfo, FragNeededCounts, MeshStatus, PeerInfo, RelayedPeer,
     REFUSAL_SHOWN_FOR,
 };
+pub mod answer_pace;
 pub mod gossip;
 pub mod route_plan;
 #[cfg(test)]

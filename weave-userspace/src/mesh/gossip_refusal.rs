@@ -1,8 +1,15 @@
 //! Gossip refused because of who sent it: the reasons, and a count of each for `/metrics`
 //! (`weave_gossip_refused_total{reason}`). Malformed gossip closes its connection; the
-//! others are dropped, each with one log line naming the connection's peer.
+//! others are dropped, each with one log line naming the connection's peer, at most
+//! [`LOG_BURST`](super::log_budget::LOG_BURST) lines a second: a peer that floods us with
+//! gossip it should not send cannot flood the log, and neither can the honest races of a
+//! large mesh forming (a change passed on by a neighbour that does not know yet that we
+//! hear it from its origin).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use super::log_budget::{warn_within, LogBudget};
 
 /// Why gossip was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,6 +73,14 @@ impl Refusal {
             Refusal::UnknownRequester => "a space request from a peer we do not reach",
         }
     }
+}
+
+static LOG_BUDGET: Mutex<LogBudget> = Mutex::new(LogBudget::new());
+
+/// Logs a line about refused gossip (counted with [`RefusalCounts::count`]) within the
+/// budget.
+pub fn log_refused(line: std::fmt::Arguments<'_>) {
+    warn_within(&LOG_BUDGET, line);
 }
 
 /// How many times gossip was refused, per reason, since the start.

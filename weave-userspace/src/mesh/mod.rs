@@ -6,6 +6,7 @@ pub mod control_refusal;
 pub mod gossip_channel;
 pub mod gossip_refusal;
 pub mod graph;
+pub mod log_budget;
 pub mod peer_name;
 pub mod protocol;
 pub mod routes;

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 
+use super::answer_pace::AnswerPace;
 use super::route_plan::{self, Installed};
 use super::{Inner, Mesh};
 use crate::datapath::Datapath;
 use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
 use crate::mesh::connection_maker::Target;
-use crate::mesh::gossip_refusal::{Refusal, REFUSED};
+use crate::mesh::gossip_refusal::{log_refused, Refusal, REFUSED};
 use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::{self, GossipDigest, GossipUpdate, Message};
 use crate::mesh::routes::{self, Routes};
@@ -221,6 +222,11 @@ pub(super) struct MeshView {
     pub nicknames: BTreeMap<PeerName, String>,
     /// Records to ask a neighbour for, found behind by changes that did not apply.
     pub gap_asks: GapAsks,
+    /// Other runs' records of direct peers passed to those peers, paced per peer.
+    pub owner_pace: AnswerPace,
+    /// Asks to our next hop for the records of peers whose gossip came the wrong way,
+    /// paced per peer.
+    pub ask_pace: AnswerPace,
     /// When the topology last changed (a record taken, our connections), and the
     /// anti-entropy ticks skipped in a row since one was sent.
     pub changed_at: Option<tokio::time::Instant>,
@@ -246,6 +252,8 @@ impl MeshView {
             summary_changed_at: std::time::SystemTime::now(),
             nicknames: BTreeMap::new(),
             gap_asks: GapAsks::default(),
+            owner_pace: AnswerPace::default(),
+            ask_pace: AnswerPace::default(),
             changed_at: None,
             anti_entropy_skipped: 0,
             record_changed_at: BTreeMap::new(),
@@ -625,17 +633,21 @@ impl<D: Datapath> Inner<D> {
             1 => String::new(),
             n => format!(" (and {} more)", n - 1),
         };
-        tracing::warn!(
+        log_refused(format_args!(
             "gossip {what} about {name}{more} {sender} refused: {}",
             reason.describe()
-        );
+        ));
         let mut asks: BTreeMap<PeerName, Vec<crate::mesh::topology::RecordVersion>> =
             BTreeMap::new();
         {
-            let view = self.view();
+            let mut view = self.view();
+            let now = tokio::time::Instant::now();
             for (name, _) in refused.iter().filter(|(_, r)| *r == Refusal::NotAlongRoute) {
-                if let Some(hop) = view.routes.unicast.get(name) {
-                    asks.entry(*hop)
+                let Some(hop) = view.routes.unicast.get(name).copied() else {
+                    continue;
+                };
+                if view.ask_pace.allow(*name, now) {
+                    asks.entry(hop)
                         .or_default()
                         .push(view.topology.record_version(*name));
                 }
@@ -681,8 +693,13 @@ impl<D: Datapath> Inner<D> {
         let merged = self.view().topology.merge_from(&update.records, source);
         if let Ok(outcome) = &merged {
             self.records_refused(id, "record", &outcome.refused);
+            let now = tokio::time::Instant::now();
             for record in &outcome.for_owner {
-                // Another run's record of a direct peer: that peer outbids it.
+                // Another run's record of a direct peer: that peer outbids it (once a
+                // second at most, however often it comes).
+                if !self.view().owner_pace.allow(record.name, now) {
+                    continue;
+                }
                 let owner = self
                     .mesh()
                     .core
