@@ -76,6 +76,38 @@ pub struct NextHop {
     pub ifindex: u32,
 }
 
+/// Runs `work` on a new thread named `name`, on a tokio runtime of its own (I/O only); the
+/// thread starts in the network namespace of the calling thread. Returns what `work` sends
+/// through `started` once it is under way.
+pub(super) fn on_own_thread<T, F, Fut>(name: &str, work: F) -> Result<T, DatapathError>
+where
+    T: Send + 'static,
+    F: FnOnce(std::sync::mpsc::Sender<Result<T, DatapathError>>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (started, started_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(work(started)),
+                Err(e) => {
+                    let _ = started.send(Err(DatapathError::system(
+                        "cannot start a runtime on its own thread",
+                        e,
+                    )));
+                }
+            }
+        })
+        .map_err(|e| DatapathError::system(format!("cannot start the {name} thread"), e))?;
+    started_rx.recv().map_err(|_| {
+        DatapathError::Netlink(format!("the {name} thread ended before it was under way"))
+    })?
+}
+
 impl Netlink {
     /// Opens a connection in the calling thread's network namespace; its driver runs on
     /// the current tokio runtime.
@@ -92,44 +124,21 @@ impl Netlink {
     /// devices created at once), the sending thread sleeps. On its own thread that stalls
     /// only data-path changes, not the control connections on the router's runtime.
     pub fn connect_on_own_thread() -> Result<Self, DatapathError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        // A new thread starts in the network namespace of the thread that creates it.
-        std::thread::Builder::new()
-            .name("netlink".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(DatapathError::system(
-                            "cannot start the netlink thread",
-                            e,
-                        )));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    match rtnetlink::new_connection() {
-                        Ok((conn, handle, _)) => {
-                            let _ = tx.send(Ok(handle));
-                            // Ends when every handle is dropped.
-                            conn.await;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(DatapathError::system(
-                                "cannot open a netlink socket",
-                                e,
-                            )));
-                        }
-                    }
-                });
-            })
-            .map_err(|e| DatapathError::system("cannot start the netlink thread", e))?;
-        let handle = rx.recv().map_err(|_| {
-            DatapathError::Netlink("the netlink thread ended before connecting".into())
-        })??;
+        let handle = on_own_thread("netlink", |started| async move {
+            match rtnetlink::new_connection() {
+                Ok((conn, handle, _)) => {
+                    let _ = started.send(Ok(handle));
+                    // Ends when every handle is dropped.
+                    conn.await;
+                }
+                Err(e) => {
+                    let _ = started.send(Err(DatapathError::system(
+                        "cannot open a netlink socket",
+                        e,
+                    )));
+                }
+            }
+        })?;
         Ok(Self { handle })
     }
 

@@ -18,6 +18,7 @@ use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, N
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::MulticastGroup;
 
+use super::netlink::on_own_thread;
 use super::DatapathError;
 
 /// The socket's receive buffer: a burst of neighbour changes (hundreds of peers on one
@@ -105,65 +106,44 @@ impl NextHopWatch {
     pub fn start() -> Result<Self, DatapathError> {
         let news = Arc::new(Mutex::new(NextHopNews::default()));
         let gathered = news.clone();
-        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
-        // A new thread starts in the network namespace of the thread that creates it.
-        std::thread::Builder::new()
-            .name("next-hop-watch".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-                {
-                    Ok(r) => r,
+        on_own_thread("next-hop-watch", |started| async move {
+            let groups = [
+                MulticastGroup::Neigh,
+                MulticastGroup::Ipv4Route,
+                MulticastGroup::Ipv4Rule,
+            ];
+            let (mut conn, handle, mut messages) =
+                match rtnetlink::new_multicast_connection(&groups) {
+                    Ok(c) => c,
                     Err(e) => {
-                        let _ = opened_tx.send(Err(e));
+                        let _ = started.send(Err(DatapathError::system(
+                            "cannot listen to neighbour and route changes",
+                            e,
+                        )));
                         return;
                     }
                 };
-                runtime.block_on(async move {
-                    let (mut conn, handle, mut messages) =
-                        match rtnetlink::new_multicast_connection(&[
-                            MulticastGroup::Neigh,
-                            MulticastGroup::Ipv4Route,
-                            MulticastGroup::Ipv4Rule,
-                        ]) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                let _ = opened_tx.send(Err(e));
-                                return;
-                            }
-                        };
-                    if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(RECEIVE_BUFFER)
-                    {
-                        tracing::debug!("receive buffer of the next-hop listener: {e}");
-                    }
-                    tokio::spawn(conn);
-                    let _ = opened_tx.send(Ok(()));
-                    // The handle keeps the connection open while we listen.
-                    let _handle = handle;
-                    while let Some((message, _)) = messages.next().await {
-                        let mut news = lock(&gathered);
-                        match message.payload {
-                            NetlinkPayload::InnerMessage(m) => news.note(&m),
-                            NetlinkPayload::Overrun(_) => news.note_overrun(),
-                            _ => {}
-                        }
-                    }
-                    tracing::warn!("neighbour and route changes no longer heard: next hops are looked up in turn");
-                    lock(&gathered).deaf = true;
-                });
-            })
-            .map_err(|e| DatapathError::system("cannot start the next-hop listener", e))?;
-        match opened_rx.recv() {
-            Ok(Ok(())) => Ok(Self { news }),
-            Ok(Err(e)) => Err(DatapathError::system(
-                "cannot listen to neighbour and route changes",
-                e,
-            )),
-            Err(_) => Err(DatapathError::Netlink(
-                "the next-hop listener ended before listening".into(),
-            )),
-        }
+            if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(RECEIVE_BUFFER) {
+                tracing::debug!("receive buffer of the next-hop listener: {e}");
+            }
+            tokio::spawn(conn);
+            let _ = started.send(Ok(()));
+            // The handle keeps the connection open while we listen.
+            let _handle = handle;
+            while let Some((message, _)) = messages.next().await {
+                let mut news = lock(&gathered);
+                match message.payload {
+                    NetlinkPayload::InnerMessage(m) => news.note(&m),
+                    NetlinkPayload::Overrun(_) => news.note_overrun(),
+                    _ => {}
+                }
+            }
+            tracing::warn!(
+                "neighbour and route changes no longer heard: next hops are looked up in turn"
+            );
+            lock(&gathered).deaf = true;
+        })?;
+        Ok(Self { news })
     }
 
     /// A watch that hears nothing and says so: next hops are looked up as if none ran.
