@@ -604,11 +604,7 @@ fn a_stopped_router_carries_nothing() {
 /// The MAC of `dev` in `ns`.
 fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
     let text = weave_tests::probe::link_mac(ns, dev).expect("link MAC");
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
-        .collect();
-    bytes.try_into().expect("six bytes")
+    weave_tests::probe::parse_mac(&text).expect("six hex bytes")
 }
 
 /// The MAC the PEERS entry of `short_id` sends to (the next hop's on the underlay).

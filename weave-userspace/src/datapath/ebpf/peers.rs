@@ -288,16 +288,16 @@ impl EbpfDatapath {
         };
         for (id, known) in batch {
             let addr = known.underlay;
-            let hop = match self.nl.route_to(addr).await {
-                Ok(hop) => hop.filter(|h| h.ifindex == self.underlay.index),
+            let found = match self.nl.next_hop_neighbour(self.underlay.index, addr).await {
+                Ok(found) => found,
                 Err(e) => {
-                    tracing::debug!("route towards {addr}: {e}");
+                    tracing::debug!("next hop towards {addr}: {e}");
                     continue;
                 }
             };
             // Said once when the route goes (or leaves through another device), once when
             // it is back; the entry stays as it is meanwhile.
-            match self.lock().peers.note_route(id, hop.is_some()) {
+            match self.lock().peers.note_route(id, found.is_some()) {
                 Some(RouteChange::Lost) => tracing::warn!(
                     "no route to peer {id} at {addr} through {}: frames for it cannot be sent",
                     self.underlay.name
@@ -305,30 +305,17 @@ impl EbpfDatapath {
                 Some(RouteChange::Back) => tracing::info!("route to peer {id} at {addr} is back"),
                 None => {}
             }
-            let Some(hop) = hop else {
-                continue;
-            };
-            let mac = match self
-                .nl
-                .neighbour_mac(self.underlay.index, hop.address)
-                .await
-            {
-                Ok(Some(mac)) => mac,
+            match found {
+                None => {}
                 // Not resolved (yet): the old next hop may still be right; traffic to the
                 // peer resolves the new one, and the neighbour table announces it.
-                Ok(None) => {
-                    self.note_next_hop_address(id, addr, hop.address);
-                    continue;
+                Some((hop, None)) => self.note_next_hop_address(id, addr, hop),
+                Some((hop, Some(mac))) => {
+                    if mac != known.next_hop_mac || Some(hop) != known.next_hop {
+                        self.take_next_hop(id, addr, Some(hop), mac);
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!("next hop towards {addr}: {e}");
-                    continue;
-                }
-            };
-            if mac == known.next_hop_mac && Some(hop.address) == known.next_hop {
-                continue;
             }
-            self.take_next_hop(id, addr, Some(hop.address), mac);
         }
     }
 
