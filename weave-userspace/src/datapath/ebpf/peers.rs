@@ -310,11 +310,12 @@ impl EbpfDatapath {
                 // Not resolved (yet): the old next hop may still be right; traffic to the
                 // peer resolves the new one, and the neighbour table announces it.
                 Some((hop, None)) => self.note_next_hop_address(id, addr, hop),
-                Some((hop, Some(mac))) => {
-                    if mac != known.next_hop_mac || Some(hop) != known.next_hop {
-                        self.take_next_hop(id, addr, Some(hop), mac);
-                    }
+                Some((hop, Some(mac)))
+                    if mac != known.next_hop_mac || Some(hop) != known.next_hop =>
+                {
+                    self.take_next_hop(id, addr, Some(hop), mac)
                 }
+                Some(_) => {}
             }
         }
     }
