@@ -15,7 +15,7 @@ use weave_ebpf_common::{
         ipv4_checksum, source_port_from_hash, write_outer_headers, OuterHeaders, ETH_HLEN,
         IPV4_HLEN, OUTER_HLEN,
     },
-    maps::{DatapathConfig, MacKey, PeerEntry, PEER_REACHABLE},
+    maps::{DatapathConfig, MacKey, PEER_REACHABLE},
     vni,
 };
 
@@ -49,21 +49,69 @@ pub(crate) fn forwarded_ipv4(ip: &[u8; IPV4_HLEN], from: [u8; 4], to: [u8; 4]) -
     hdr
 }
 
-/// The underlay address to send frames for `peer_id` to, if it is reachable.
+/// Where frames for a peer go on the underlay: the address of the peer or of the neighbour
+/// that relays to it, and the MAC address of the next hop towards that address (the
+/// address's own, or a gateway's), zero when the controller has not learned it.
+#[derive(Clone, Copy)]
+pub(crate) struct NextHop {
+    pub ipv4: [u8; 4],
+    pub mac: [u8; 6],
+}
+
+/// Where to send frames for `peer_id`, if it is reachable.
 #[inline(always)]
-pub(crate) fn next_hop_address(peer_id: u16) -> Option<[u8; 4]> {
+pub(crate) fn next_hop(peer_id: u16) -> Option<NextHop> {
     let peer = PEERS.get(peer_id as u32)?;
     if peer.flags & PEER_REACHABLE == 0 {
         return None;
     }
-    if peer.next_hop == peer_id {
-        return Some(peer.underlay_ipv4);
-    }
-    let hop = PEERS.get(peer.next_hop as u32)?;
+    let hop = if peer.next_hop == peer_id {
+        peer
+    } else {
+        PEERS.get(peer.next_hop as u32)?
+    };
     if hop.flags & PEER_REACHABLE == 0 {
         return None;
     }
-    Some(hop.underlay_ipv4)
+    Some(NextHop {
+        ipv4: hop.underlay_ipv4,
+        mac: hop.underlay_mac,
+    })
+}
+
+/// Sends an encapsulated frame whose outer Ethernet header is at offset 0 out of the
+/// underlay towards `hop`, addressing it first when the next hop's MAC is known
+/// ([`send_addressed`]). `TC_SHOT` when the addresses cannot be written.
+#[inline(always)]
+pub(crate) fn send_to_next_hop(ctx: &TcContext, cfg: &DatapathConfig, hop: &NextHop) -> i32 {
+    if hop.mac != [0; 6] {
+        let mut macs = [0u8; 12];
+        macs[0..6].copy_from_slice(&hop.mac);
+        macs[6..12].copy_from_slice(&cfg.underlay_mac);
+        if ctx.store(0, &macs, 0).is_err() {
+            return TC_SHOT;
+        }
+    }
+    send_addressed(cfg, hop)
+}
+
+/// Sends an encapsulated frame out of the underlay towards `hop`. With the next hop's MAC
+/// known (and written as the outer destination), the frame goes to the underlay device as
+/// it is: no route or neighbour lookup per packet. The controller follows the kernel's
+/// neighbour table and routes for that MAC, and the fast path's heartbeats, addressed the
+/// same way, show that it still reaches the peer. Otherwise the kernel looks the next hop
+/// up (`bpf_redirect_neigh`) and writes the addresses.
+#[inline(always)]
+fn send_addressed(cfg: &DatapathConfig, hop: &NextHop) -> i32 {
+    if hop.mac == [0; 6] {
+        // SAFETY: a helper call; no neighbour parameters are passed (null, 0), so the
+        // kernel looks the next hop up in its FIB.
+        return unsafe {
+            bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32
+        };
+    }
+    // SAFETY: a helper call with plain integer arguments.
+    unsafe { bpf_redirect(cfg.underlay_ifindex, 0) as i32 }
 }
 
 #[inline(always)]
@@ -72,7 +120,7 @@ pub(crate) fn encapsulate(
     cfg: &DatapathConfig,
     eth: &[u8; ETH_HLEN],
     peer_id: u16,
-    remote: [u8; 4],
+    hop: &NextHop,
     len: u32,
 ) -> i32 {
     // SAFETY: the helper only reads the skb the program was given.
@@ -101,12 +149,14 @@ pub(crate) fn encapsulate(
         outer,
         &OuterHeaders {
             src_ipv4: cfg.underlay_ipv4,
-            dst_ipv4: remote,
+            dst_ipv4: hop.ipv4,
             src_port: source_port_from_hash(hash),
             vni: vni::pack(cfg.own_short_id, peer_id),
             inner_len,
         },
     );
+    outer[0..6].copy_from_slice(&hop.mac);
+    outer[6..12].copy_from_slice(&cfg.underlay_mac);
     inner.copy_from_slice(eth);
     if ctx.store(0, &hdr, 0).is_err() {
         count(Reason::TxEncapFailed, len);
@@ -114,9 +164,7 @@ pub(crate) fn encapsulate(
     }
     count(Reason::TxEncapsulated, len);
     count_peer(peer_id, true, len);
-    // SAFETY: a helper call; no neighbour parameters are passed (null, 0), so the kernel
-    // looks the next hop up in its FIB.
-    unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+    send_addressed(cfg, hop)
 }
 
 /// Encapsulates a small non-IPv4 frame (an ARP reply, say) for a MAC learned behind a
@@ -133,19 +181,8 @@ pub(crate) fn encapsulate_non_ipv4(
 ) -> Option<i32> {
     // SAFETY: the value is copied out at once.
     let peer_id = unsafe { REMOTE_MACS.get(key) }?.peer_short_id;
-    let peer = PEERS.get(peer_id as u32)?;
-    if peer.flags & PEER_REACHABLE == 0 {
-        return None;
-    }
-    let hop = if peer.next_hop == peer_id {
-        *peer
-    } else {
-        *PEERS.get(peer.next_hop as u32)?
-    };
-    if hop.flags & PEER_REACHABLE == 0
-        || hop.underlay_mac == [0; 6]
-        || len > 0xffff - OUTER_HLEN as u32
-    {
+    let hop = next_hop(peer_id)?;
+    if hop.mac == [0; 6] || len > 0xffff - OUTER_HLEN as u32 {
         return None;
     }
     // SAFETY: reading a field of the context the kernel passed in.
@@ -179,7 +216,7 @@ pub(crate) fn encapsulate_non_ipv4(
 pub(crate) fn push_outer_headers(
     ctx: &TcContext,
     cfg: &DatapathConfig,
-    hop: &PeerEntry,
+    hop: &NextHop,
     vni: u32,
     src_port: u16,
     len: u32,
@@ -193,13 +230,13 @@ pub(crate) fn push_outer_headers(
         &mut outer,
         &OuterHeaders {
             src_ipv4: cfg.underlay_ipv4,
-            dst_ipv4: hop.underlay_ipv4,
+            dst_ipv4: hop.ipv4,
             src_port,
             vni,
             inner_len: len as u16,
         },
     );
-    outer[0..6].copy_from_slice(&hop.underlay_mac);
+    outer[0..6].copy_from_slice(&hop.mac);
     outer[6..12].copy_from_slice(&cfg.underlay_mac);
     if ctx.store(0, &outer, 0).is_err() {
         return TC_SHOT;

@@ -21,7 +21,7 @@ use weave_ebpf_common::{
 };
 
 use crate::{
-    encap::{encapsulate, encapsulate_non_ipv4, next_hop_address, push_outer_headers},
+    encap::{encapsulate, encapsulate_non_ipv4, next_hop, push_outer_headers, NextHop},
     frame::{ipv4_addresses, mac_at, OFF_UDP, OFF_VXLAN, TC_SHOT},
     isolation::is_service,
     maps::{broadcast_tree, config, count, PEERS, REMOTE_MACS},
@@ -58,10 +58,8 @@ fn try_from_bridge(ctx: &TcContext) -> Result<i32, ()> {
         if proto == ETH_P_IP {
             // SAFETY: the value is copied out at once.
             let peer = unsafe { REMOTE_MACS.get(key) }.map(|r| r.peer_short_id);
-            if let Some((peer_id, remote)) =
-                peer.and_then(|p| next_hop_address(p).map(|remote| (p, remote)))
-            {
-                return Ok(encapsulate(ctx, &cfg, &eth, peer_id, remote, len));
+            if let Some((peer_id, hop)) = peer.and_then(|p| next_hop(p).map(|hop| (p, hop))) {
+                return Ok(encapsulate(ctx, &cfg, &eth, peer_id, &hop, len));
             }
         } else if let Some(action) = encapsulate_non_ipv4(ctx, &cfg, &key, len) {
             return Ok(action);
@@ -91,7 +89,10 @@ fn send_heartbeat(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
     if unsafe { (*ctx.skb.skb).gso_segs } > 1 || len > 0xffff - OUTER_HLEN as u32 {
         return drop_from_bridge(len);
     }
-    let hop = *peer;
+    let hop = NextHop {
+        ipv4: peer.underlay_ipv4,
+        mac: peer.underlay_mac,
+    };
     let sent = push_outer_headers(
         ctx,
         cfg,

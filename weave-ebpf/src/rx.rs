@@ -10,10 +10,7 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_INGRESS,
     },
-    helpers::{
-        bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
-        bpf_skb_vlan_push,
-    },
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_peer, bpf_skb_vlan_push},
     macros::classifier,
     programs::TcContext,
 };
@@ -35,7 +32,7 @@ use weave_ebpf_common::{
 };
 
 use crate::{
-    encap::{forwarded_ipv4, next_hop_address},
+    encap::{forwarded_ipv4, next_hop, send_to_next_hop},
     frame::{
         ipv4_at, mac_at, ARP_REQUEST_FIXED, MIN_VXLAN_FRAME, OFF_INNER, OFF_IP, OFF_UDP, OFF_VXLAN,
         TC_OK, TC_SHOT,
@@ -278,7 +275,7 @@ fn echo(ctx: &TcContext, cfg: &DatapathConfig, peer: &PeerEntry, src: u16, len: 
 /// out of the underlay again.
 #[inline(always)]
 fn relay(ctx: &TcContext, cfg: &DatapathConfig, ip: &[u8; IPV4_HLEN], dst: u16, len: u32) -> i32 {
-    let Some(next) = next_hop_address(dst) else {
+    let Some(hop) = next_hop(dst) else {
         aya_log_ebpf::warn!(ctx, "rx: no route to peer {:x}, relay dropped", dst);
         return drop_rx(Reason::RxDropNotForUs, len);
     };
@@ -286,14 +283,13 @@ fn relay(ctx: &TcContext, cfg: &DatapathConfig, ip: &[u8; IPV4_HLEN], dst: u16, 
         aya_log_ebpf::warn!(ctx, "rx: TTL ran out relaying to peer {:x} (a loop?)", dst);
         return drop_rx(Reason::RxDropTtlExpired, len);
     }
-    let hdr = forwarded_ipv4(ip, cfg.underlay_ipv4, next);
+    let hdr = forwarded_ipv4(ip, cfg.underlay_ipv4, hop.ipv4);
     if ctx.store(OFF_IP, &hdr, 0).is_err() || ctx.store(OFF_UDP + 6, &[0u8; 2], 0).is_err() {
         return drop_rx(Reason::RxDecapFailed, len);
     }
     count(Reason::RxRelayed, len);
     count_peer(dst, true, len);
-    // SAFETY: a helper call; no neighbour parameters, the kernel looks the next hop up.
-    unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+    send_to_next_hop(ctx, cfg, &hop)
 }
 
 /// Hands a frame from `src` for `dst`, a peer the sleeve carries, to the sleeve:

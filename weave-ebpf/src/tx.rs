@@ -14,7 +14,7 @@ use weave_ebpf_common::{
 };
 
 use crate::{
-    encap::{encapsulate, encapsulate_non_ipv4, next_hop_address},
+    encap::{encapsulate, encapsulate_non_ipv4, next_hop},
     frame::{ipv4_at, mac_at, ARP_FRAME_LEN, ARP_REQUEST_FIXED, TC_OK, TC_SHOT},
     isolation::{check_sender, may_deliver},
     maps::{config, count, ENDPOINTS, NEIGHBOURS, REMOTE_MACS},
@@ -75,11 +75,11 @@ fn try_tx_from_container(ctx: &TcContext) -> Result<i32, ()> {
         count(Reason::TxToBridge, len);
         return Ok(TC_OK);
     };
-    let Some(remote) = next_hop_address(peer_id) else {
+    let Some(hop) = next_hop(peer_id) else {
         count(Reason::TxToBridge, len);
         return Ok(TC_OK);
     };
-    Ok(encapsulate(ctx, &cfg, &eth, peer_id, remote, len))
+    Ok(encapsulate(ctx, &cfg, &eth, peer_id, &hop, len))
 }
 
 /// Answers an ARP request for an address in `NEIGHBOURS` by turning the frame into the

@@ -409,6 +409,9 @@ fn tx_encapsulates_for_a_learned_remote_mac() {
             inner_len: inner.len() as u16,
         },
     );
+    // Addressed by the program to the next hop's MAC: no route lookup per packet.
+    expected[0..6].copy_from_slice(&PEER_UNDERLAY_MAC);
+    expected[6..12].copy_from_slice(&OWN_UNDERLAY_MAC);
     assert_eq!(
         &out[..OUTER_HLEN],
         &expected[..],
@@ -420,6 +423,41 @@ fn tx_encapsulates_for_a_learned_remote_mac() {
     assert_eq!(bed.counter(Reason::TxEncapsulated), 1);
     let pc = bed.peer_counter(PEER_ID);
     assert_eq!((pc.tx_packets, pc.tx_bytes), (1, inner.len() as u64));
+}
+
+#[test]
+fn tx_leaves_the_outer_addresses_to_the_kernel_while_the_next_hops_mac_is_unknown() {
+    require_root!();
+    let mut bed = Bed::new();
+    bed.remote_macs()
+        .insert(
+            MacKey::new(REMOTE_MAC),
+            RemoteMac {
+                peer_short_id: PEER_ID,
+                _pad: [0; 6],
+            },
+            0,
+        )
+        .unwrap();
+    let peer = bed.peers().get(&(PEER_ID as u32), 0).unwrap();
+    bed.peers()
+        .set(
+            PEER_ID as u32,
+            PeerEntry {
+                underlay_mac: [0; 6],
+                ..peer
+            },
+            0,
+        )
+        .unwrap();
+    let inner = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
+    let (rc, out) = bed.run_tc(TX_PROGRAM, &inner);
+    // Redirected through the kernel's neighbour lookup, which writes both addresses.
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &[0; 6], "no destination MAC of our own");
+    assert_eq!(&out[30..34], &PEER_UNDERLAY, "outer destination");
+    assert_eq!(&out[OUTER_HLEN..], &inner[..], "inner frame intact");
+    assert_eq!(bed.counter(Reason::TxEncapsulated), 1);
 }
 
 #[test]
@@ -1236,6 +1274,11 @@ fn rx_relays_a_frame_for_another_peer_with_new_outer_addresses() {
     );
     assert_eq!(ip[8], 63, "one hop less");
     assert_eq!(ipv4_checksum(ip), 0, "outer IPv4 checksum valid");
+    assert_eq!(
+        (&out[0..6], &out[6..12]),
+        (&[0x02, 0xaa, 0, 0, 0, 3][..], &OWN_UNDERLAY_MAC[..]),
+        "addressed from our underlay MAC to the next hop's"
+    );
     assert_eq!(&out[40..42], &[0, 0], "UDP checksum zero");
     assert_eq!(
         &out[42..50],
