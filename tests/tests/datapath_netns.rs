@@ -361,6 +361,20 @@ fn two_hosts_end_to_end() {
     );
     assert!(sh(c1, &["ip", "addr", "show", "ethwe"]).contains("10.2.1.1/24"));
     assert!(sh(h1, &["ip", "link", "show", "weave"]).contains("mtu 1450"));
+    // The bridge lends its ports room for the outer headers: a VXLAN port kept down, whose
+    // headroom the kernel gives every port and passes on to the containers' ends.
+    let headroom_port = sh(h1, &["ip", "-d", "link", "show", ebpf::HEADROOM_PORT_NAME]);
+    assert!(
+        headroom_port.contains("master weave")
+            && headroom_port.contains("state DOWN")
+            && headroom_port.contains("vxlan id 16777215"),
+        "{headroom_port}"
+    );
+    let room = link_headroom(c1, "ethwe");
+    assert!(
+        room >= weave_ebpf_common::VXLAN_OVERHEAD as u16,
+        "the container's stack leaves {room} bytes in front of its frames"
+    );
 
     // Containers reach each other across the hosts; ARP resolves.
     assert!(ping(c1, CONTAINER[1]), "c1 → c2");
@@ -601,6 +615,22 @@ fn a_stopped_router_carries_nothing() {
     );
 }
 
+/// The room the kernel leaves in front of the frames sent through `dev` in `ns`.
+fn link_headroom(ns: &Netns, dev: &'static str) -> u16 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let link = runtime
+        .block_on(weave_router::datapath::netlink::in_netns(
+            &ns.path(),
+            move |nl| async move { nl.link_by_name(dev).await },
+        ))
+        .expect("netlink")
+        .expect("the link");
+    link.headroom.expect("the kernel tells the headroom")
+}
+
 /// The MAC of `dev` in `ns`.
 fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
     let text = weave_tests::probe::link_mac(ns, dev).expect("link MAC");
@@ -796,7 +826,15 @@ fn bad_requests_fail_cleanly() {
     let container_veths: Vec<&str> = links
         .lines()
         .filter(|l| l.contains("vethw"))
-        .filter(|l| !l.contains(ebpf::BRIDGE_PORT_NAME) && !l.contains(ebpf::DATAPATH_PORT_NAME))
+        .filter(|l| {
+            ![
+                ebpf::BRIDGE_PORT_NAME,
+                ebpf::DATAPATH_PORT_NAME,
+                ebpf::HEADROOM_PORT_NAME,
+            ]
+            .iter()
+            .any(|own| l.contains(own))
+        })
         .collect();
     assert!(
         container_veths.is_empty(),

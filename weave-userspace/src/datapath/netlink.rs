@@ -7,10 +7,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
+use rtnetlink::packet_core::Nla;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use super::{DatapathError, NetnsProblem};
 use crate::net::Ipv4Cidr;
@@ -26,7 +29,13 @@ pub struct LinkInfo {
     pub controller: Option<u32>,
     /// The bus device behind the link (set for NICs, not for veth, bridges, VXLAN…).
     pub parent_dev: Option<String>,
+    /// The room the kernel leaves in front of the frames the host's stack sends through
+    /// the link (`IFLA_HEADROOM`; not told by kernels before 6.6).
+    pub headroom: Option<u16>,
 }
+
+/// `IFLA_HEADROOM`, which the netlink crate does not name.
+const IFLA_HEADROOM: u16 = 68;
 
 fn link_info(msg: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
@@ -36,6 +45,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
         mac: [0; 6],
         controller: None,
         parent_dev: None,
+        headroom: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -44,6 +54,13 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
             LinkAttribute::Address(a) if a.len() == 6 => info.mac.copy_from_slice(a),
             LinkAttribute::Controller(c) => info.controller = Some(*c),
             LinkAttribute::ParentDevName(p) => info.parent_dev = Some(p.clone()),
+            LinkAttribute::Other(nla) if nla.kind() == IFLA_HEADROOM => {
+                let mut value = [0u8; 2];
+                if nla.value_len() == value.len() {
+                    nla.emit_value(&mut value);
+                    info.headroom = Some(u16::from_ne_bytes(value));
+                }
+            }
             _ => {}
         }
     }
@@ -430,6 +447,30 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("creating veth {name}")))
+    }
+
+    /// Creates a VXLAN device `name` (VNI `vni`, UDP port `port`, no remote, no learning)
+    /// as a port of the bridge `controller`, and leaves it down.
+    pub async fn add_vxlan_port_down(
+        &self,
+        name: &str,
+        vni: u32,
+        port: u16,
+        mtu: u32,
+        controller: u32,
+    ) -> Result<(), DatapathError> {
+        let msg = LinkVxlan::new(name, vni)
+            .port(port)
+            .learning(false)
+            .mtu(mtu)
+            .controller(controller)
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("creating VXLAN device {name}")))
     }
 
     /// Moves a link into the network namespace open at `netns_fd`.

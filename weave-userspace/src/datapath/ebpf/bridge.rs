@@ -18,6 +18,18 @@ pub const BRIDGE_PORT_NAME: &str = "vethwe-bridge";
 /// towards the peers arrives here, where [`super::FROM_BRIDGE_PROGRAM`] encapsulates it.
 pub const DATAPATH_PORT_NAME: &str = "vethwe-datapath";
 
+/// A port that lends the bridge its headroom: a VXLAN device that is never set up, so the
+/// bridge carries nothing to it. The kernel gives every port of a bridge (and the bridge)
+/// the largest headroom any port needs; a veth port passes it on to its container end, so
+/// the containers' stacks leave room in front of each frame for the outer headers the
+/// programs push. Without it, encapsulating a frame of a UDP or ICMP socket (whose stack
+/// leaves only an Ethernet header's room) reallocates and copies the frame's head, once
+/// per packet.
+pub const HEADROOM_PORT_NAME: &str = "vethwe-headroom";
+/// The headroom port's VNI: the largest, unlikely to clash with a user's own VXLAN device
+/// (the kernel refuses two devices with one VNI and port).
+const HEADROOM_PORT_VNI: u32 = 0xff_ffff;
+
 /// The smallest MTU containers are given, whatever the paths carry (IPv4's minimum).
 pub const MIN_CONTAINER_MTU: u32 = 576;
 
@@ -39,6 +51,37 @@ pub(super) fn container_mtu(given: Option<u32>, underlay: &LinkInfo) -> Result<u
                 underlay.name, underlay.mtu
             ))
         }),
+    }
+}
+
+/// Makes sure the bridge has its [`HEADROOM_PORT_NAME`] port (kept down), made anew when
+/// missing, put back on the bridge when an earlier run left it elsewhere.
+pub(super) async fn ensure_headroom_port(
+    nl: &Netlink,
+    bridge_index: u32,
+    mtu: u32,
+) -> Result<(), DatapathError> {
+    match nl.link_by_name(HEADROOM_PORT_NAME).await? {
+        Some(link) => {
+            nl.set_link(
+                link.index,
+                LinkChange {
+                    controller: Some(bridge_index),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        None => {
+            nl.add_vxlan_port_down(
+                HEADROOM_PORT_NAME,
+                HEADROOM_PORT_VNI,
+                weave_ebpf_common::VXLAN_PORT,
+                mtu,
+                bridge_index,
+            )
+            .await
+        }
     }
 }
 

@@ -565,6 +565,7 @@ mod tests {
             mac: [0; 6],
             controller: None,
             parent_dev: parent_dev.map(str::to_string),
+            headroom: None,
         }
     }
 

@@ -35,7 +35,8 @@ use weave_ebpf_common::counters::Reason;
 use weave_ebpf_common::maps::PeerEntry;
 
 pub use bridge::{
-    BRIDGE_NAME, BRIDGE_PORT_NAME, DATAPATH_PORT_NAME, MIN_CONTAINER_MTU, VXLAN_PREFIX,
+    BRIDGE_NAME, BRIDGE_PORT_NAME, DATAPATH_PORT_NAME, HEADROOM_PORT_NAME, MIN_CONTAINER_MTU,
+    VXLAN_PREFIX,
 };
 pub use counters::peer_traffic;
 pub use endpoints::{handover_name, CONTAINER_IFNAME, HANDOVER_VETH_PREFIX, HOST_VETH_PREFIX};
@@ -146,6 +147,9 @@ impl EbpfDatapath {
                 Some(index) => index,
                 None => bridge::create_bridge_port(&nl, bridge.index, container_mtu).await?,
             };
+            if let Err(e) = bridge::ensure_headroom_port(&nl, bridge.index, container_mtu).await {
+                tracing::warn!("the bridge reserves no room for outer headers, so each frame encapsulated from a container's UDP or ICMP socket is copied once: {e}");
+            }
             let heartbeat_port = PacketSocket::open(
                 bridge_port,
                 weave_ebpf_common::heartbeat::HEARTBEAT_ETHERTYPE,
