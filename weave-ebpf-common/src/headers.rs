@@ -15,6 +15,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
 
 /// VXLAN flags byte: the "VNI is valid" bit.
 pub const VXLAN_FLAG_VNI: u8 = 0x08;
@@ -47,6 +48,39 @@ pub struct OuterHeaders {
 #[inline(always)]
 pub const fn source_port_from_hash(hash: u32) -> u16 {
     SOURCE_PORT_MIN | (hash as u16 & 0x3fff)
+}
+
+/// Bytes of an IPv4 packet [`ipv4_flow_hash`] reads: the header without options and the
+/// four bytes after it (the ports of TCP and UDP).
+pub const FLOW_BYTES: usize = IPV4_HLEN + 4;
+
+/// A hash of the flow of an IPv4 packet (`packet`: its first [`FLOW_BYTES`]), for the
+/// outer source port of a frame the kernel gave no hash (ICMP, a socket without one): the
+/// addresses and protocol, and the ports of TCP and UDP. A fragment, or a header with
+/// options, is hashed without ports, so every fragment of a datagram takes one port. All
+/// bits are mixed: the port takes the low ones.
+#[inline(always)]
+pub fn ipv4_flow_hash(packet: &[u8; FLOW_BYTES]) -> u32 {
+    let addr = |at: usize| {
+        u32::from_be_bytes([packet[at], packet[at + 1], packet[at + 2], packet[at + 3]]) as u64
+    };
+    let proto = packet[9];
+    let whole = u16::from_be_bytes([packet[6], packet[7]]) & IPV4_FRAGMENT_MASK == 0;
+    let plain_header = packet[0] & 0x0f == (IPV4_HLEN / 4) as u8;
+    let ports = if whole && plain_header && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+        addr(IPV4_HLEN)
+    } else {
+        0
+    };
+    let mut h = (addr(12) << 32 | addr(16))
+        ^ (ports << 8 | proto as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // The finaliser of MurmurHash3 (64 bits).
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
 }
 
 /// The Internet checksum of an IPv4 header whose checksum field is zero.
@@ -147,6 +181,101 @@ pub const fn is_group_mac(mac: &[u8; 6]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    fn packet(src: [u8; 4], dst: [u8; 4], proto: u8, ports: [u8; 4]) -> [u8; FLOW_BYTES] {
+        let mut p = [0u8; FLOW_BYTES];
+        p[0] = 0x45;
+        p[6] = 0x40;
+        p[8] = 64;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p[20..24].copy_from_slice(&ports);
+        p
+    }
+
+    #[test]
+    fn a_flow_hash_tells_flows_apart_by_addresses_protocol_and_ports() {
+        let a = packet(
+            [10, 2, 1, 1],
+            [10, 2, 1, 2],
+            IPPROTO_UDP,
+            [0x9c, 0x40, 0x13, 0x89],
+        );
+        let h = ipv4_flow_hash(&a);
+        assert_eq!(h, ipv4_flow_hash(&a), "one flow, one hash");
+        let mut other_port = a;
+        other_port[21] ^= 1;
+        let mut other_dst = a;
+        other_dst[19] ^= 1;
+        let mut tcp = a;
+        tcp[9] = IPPROTO_TCP;
+        for (what, p) in [
+            ("port", other_port),
+            ("destination", other_dst),
+            ("protocol", tcp),
+        ] {
+            assert_ne!(
+                source_port_from_hash(ipv4_flow_hash(&p)),
+                source_port_from_hash(h),
+                "another {what}"
+            );
+        }
+        // Fields outside the flow do not change it.
+        let mut later = a;
+        later[2..6].copy_from_slice(&[0x05, 0xdc, 0x12, 0x34]);
+        later[8] = 3;
+        assert_eq!(
+            ipv4_flow_hash(&later),
+            h,
+            "length, ID and TTL are not the flow"
+        );
+    }
+
+    #[test]
+    fn fragments_and_packets_without_ports_hash_by_addresses_and_protocol_alone() {
+        let first = packet(
+            [10, 2, 1, 1],
+            [10, 2, 1, 2],
+            IPPROTO_UDP,
+            [0x9c, 0x40, 0x13, 0x89],
+        );
+        let mut more = first;
+        more[6] = 0x20; // more fragments, offset 0: the first fragment
+        let mut middle = first;
+        middle[6..8].copy_from_slice(&0x20b9u16.to_be_bytes());
+        middle[20..24].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]); // payload, not ports
+        assert_eq!(ipv4_flow_hash(&more), ipv4_flow_hash(&middle));
+        assert_ne!(ipv4_flow_hash(&more), ipv4_flow_hash(&first));
+        let mut icmp = first;
+        icmp[9] = 1;
+        let mut icmp_other_id = icmp;
+        icmp_other_id[20..24].copy_from_slice(&[8, 0, 0x12, 0x34]);
+        assert_eq!(ipv4_flow_hash(&icmp), ipv4_flow_hash(&icmp_other_id));
+        let mut options = first;
+        options[0] = 0x46;
+        options[20..24].copy_from_slice(&[1, 1, 1, 1]);
+        let mut options_other = options;
+        options_other[20..24].copy_from_slice(&[2, 2, 2, 2]);
+        assert_eq!(ipv4_flow_hash(&options), ipv4_flow_hash(&options_other));
+    }
+
+    #[test]
+    fn flow_hashes_spread_over_the_source_ports() {
+        // 4096 flows of one host pair, by client port: the ports drawn should cover most of
+        // the 16384 and no port should take more than a few.
+        let mut drawn = [0u8; 1 << 14];
+        for port in 0..4096u16 {
+            let mut ports = [0u8; 4];
+            ports[0..2].copy_from_slice(&(32768 + port).to_be_bytes());
+            ports[2..4].copy_from_slice(&5201u16.to_be_bytes());
+            let p = packet([10, 2, 1, 1], [10, 2, 1, 2], IPPROTO_TCP, ports);
+            drawn[(source_port_from_hash(ipv4_flow_hash(&p)) - SOURCE_PORT_MIN) as usize] += 1;
+        }
+        let distinct = drawn.iter().filter(|n| **n > 0).count();
+        assert!(distinct > 3500, "{distinct} distinct ports");
+        assert!(drawn.iter().all(|n| *n <= 4), "{:?}", drawn.iter().max());
+    }
 
     #[test]
     fn a_destination_patched_in_gives_the_checksum_of_the_whole_header() {

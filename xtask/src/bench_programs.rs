@@ -50,10 +50,9 @@ pub fn run(runs: usize, output: &std::path::Path) -> Result<()> {
          two direct peers, a local container and a learned remote one (steady state: nothing \
          left to learn). The figure is the kernel's own time for one run of the program, one \
          clock read included (the \"not VXLAN\" row, which returns after its first loads, is \
-         that floor). Test runs start from an skb without a flow hash, so the encapsulating \
-         paths pay the flow dissector in `bpf_get_hash_recalc` here (about a third of TX \
-         unicast); a container socket's frames carry their socket's hash, which the helper \
-         returns at once. Broadcast copies are cloned out of the loopback device.\n\n\
+         that floor). Test runs start from an skb without a flow hash, as a ping's frames do: \
+         the encapsulating paths hash the inner IPv4 header themselves (a container socket's \
+         frames carry their socket's hash, taken as it is). Broadcast copies are cloned out of the loopback device.\n\n\
          {tables}\n\
          Reproduce: `cargo xtask bench --programs` (as root; seconds once built). To see where a \
          path's time goes: `perf record -e cpu-clock -g target/release/deps/programs-* --only \
