@@ -265,11 +265,10 @@ fn udp64_kpps(p: &Carrier, seconds: u32) -> Result<f64> {
     crate::bench::udp_received_kpps(&v, seconds)
 }
 
-/// Average round trip of 50 pings 20 ms apart, in milliseconds.
+/// Average round trip of [`crate::bench::PINGS_PER_RUN`] pings 20 ms apart, in milliseconds.
 fn ping_ms(p: &Carrier) -> Result<f64> {
-    let dst = p.server_ip();
     let out = p.client().run_timeout(
-        &["ping", "-n", "-q", "-c", "50", "-i", "0.02", &dst],
+        &crate::bench::ping_command(&p.server_ip()),
         Duration::from_secs(30),
     )?;
     crate::bench::ping_avg_from(&out.stdout)
@@ -526,6 +525,7 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
     } else {
         format!("\nFailed runs: {}\n", errors.join("; "))
     };
+    let pings = crate::bench::PINGS_PER_RUN;
     let section = format!(
         "## Sleeve (user-space data path)\n\n\
          Written by `cargo xtask bench --sleeve-only` on {} (commit {}); 2 vCPU, two hosts in \
@@ -539,7 +539,7 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
          {table}\n\
          Small packets, same run (encrypted only): iperf3 UDP with 64-byte datagrams at full \
          speed, {seconds} s (packets received per second, sent minus lost), and the average of \
-         50 pings 20 ms apart; medians of {runs} runs.\n\n\
+         {pings} pings 20 ms apart; medians of {runs} runs.\n\n\
          {small}\n{comparisons}\n\
          Targets (encryption issue): plain sleeve ≥ 1.5 Gbit/s; encrypted ≥ 5× a user-space \
          WireGuard (boringtun); performance round 2: encrypted TCP ≥ {TCP_VS_BORINGTUN}×, UDP \
