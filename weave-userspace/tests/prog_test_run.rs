@@ -376,16 +376,7 @@ fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
 fn tx_encapsulates_for_a_learned_remote_mac() {
     require_root!();
     let mut bed = Bed::new();
-    bed.remote_macs()
-        .insert(
-            MacKey::new(REMOTE_MAC),
-            RemoteMac {
-                peer_short_id: PEER_ID,
-                _pad: [0; 6],
-            },
-            0,
-        )
-        .unwrap();
+    bed.learn_remote(REMOTE_MAC);
     let inner = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
     let (rc, out) = bed.run_tc(TX_PROGRAM, &inner);
     assert_eq!(rc, TC_ACT_REDIRECT, "redirected to the underlay");
@@ -429,16 +420,7 @@ fn tx_encapsulates_for_a_learned_remote_mac() {
 fn tx_leaves_the_outer_addresses_to_the_kernel_while_the_next_hops_mac_is_unknown() {
     require_root!();
     let mut bed = Bed::new();
-    bed.remote_macs()
-        .insert(
-            MacKey::new(REMOTE_MAC),
-            RemoteMac {
-                peer_short_id: PEER_ID,
-                _pad: [0; 6],
-            },
-            0,
-        )
-        .unwrap();
+    bed.learn_remote(REMOTE_MAC);
     let peer = bed.peers().get(&(PEER_ID as u32), 0).unwrap();
     bed.peers()
         .set(
