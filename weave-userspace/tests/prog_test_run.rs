@@ -421,17 +421,7 @@ fn tx_leaves_the_outer_addresses_to_the_kernel_while_the_next_hops_mac_is_unknow
     require_root!();
     let mut bed = Bed::new();
     bed.learn_remote(REMOTE_MAC);
-    let peer = bed.peers().get(&(PEER_ID as u32), 0).unwrap();
-    bed.peers()
-        .set(
-            PEER_ID as u32,
-            PeerEntry {
-                underlay_mac: [0; 6],
-                ..peer
-            },
-            0,
-        )
-        .unwrap();
+    bed.forget_next_hop_mac(PEER_ID);
     let inner = inner_frame(REMOTE_MAC, LOCAL_MAC, LOCAL_IP, REMOTE_IP);
     let (rc, out) = bed.run_tc(TX_PROGRAM, &inner);
     // Redirected through the kernel's neighbour lookup, which writes both addresses.
@@ -1112,17 +1102,7 @@ fn from_bridge_addresses_a_heartbeat_to_the_peer_it_names_like_a_broadcast_copy(
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(&out[30..34], &FAR_UNDERLAY);
     // Unknown peers, and peers whose next hop's MAC is not known, get nothing.
-    let far = bed.peers().get(&(FAR_ID as u32), 0).unwrap();
-    bed.peers()
-        .set(
-            FAR_ID as u32,
-            PeerEntry {
-                underlay_mac: [0; 6],
-                ..far
-            },
-            0,
-        )
-        .unwrap();
+    bed.forget_next_hop_mac(FAR_ID);
     for peer in [FAR_ID, 0x0777] {
         let (rc, _) = bed.run_tc(FROM_BRIDGE_PROGRAM, &heartbeat(peer, 0, 0));
         assert_eq!(rc, TC_ACT_SHOT, "peer {peer}");
@@ -1478,6 +1458,21 @@ impl Bed {
         let mut m: HashMap<&mut MapData, IfindexKey, EndpointAddresses> =
             HashMap::try_from(self.ebpf.map_mut("ENDPOINT_ADDRESSES").unwrap()).unwrap();
         m.remove(&IfindexKey { ifindex }).unwrap();
+    }
+
+    /// Clears the next hop's MAC in `id`'s `PEERS` entry, as before the controller knows it.
+    fn forget_next_hop_mac(&mut self, id: u16) {
+        let entry = self.peers().get(&(id as u32), 0).unwrap();
+        self.peers()
+            .set(
+                id as u32,
+                PeerEntry {
+                    underlay_mac: [0; 6],
+                    ..entry
+                },
+                0,
+            )
+            .unwrap();
     }
 
     fn learn_remote(&mut self, mac: [u8; 6]) {
