@@ -194,14 +194,19 @@ mod tests {
         p
     }
 
-    #[test]
-    fn a_flow_hash_tells_flows_apart_by_addresses_protocol_and_ports() {
-        let a = packet(
+    /// A UDP datagram from 10.2.1.1:40000 to 10.2.1.2:5001.
+    fn udp_flow() -> [u8; FLOW_BYTES] {
+        packet(
             [10, 2, 1, 1],
             [10, 2, 1, 2],
             IPPROTO_UDP,
             [0x9c, 0x40, 0x13, 0x89],
-        );
+        )
+    }
+
+    #[test]
+    fn a_flow_hash_tells_flows_apart_by_addresses_protocol_and_ports() {
+        let a = udp_flow();
         let h = ipv4_flow_hash(&a);
         assert_eq!(h, ipv4_flow_hash(&a), "one flow, one hash");
         let mut other_port = a;
@@ -234,12 +239,7 @@ mod tests {
 
     #[test]
     fn fragments_and_packets_without_ports_hash_by_addresses_and_protocol_alone() {
-        let first = packet(
-            [10, 2, 1, 1],
-            [10, 2, 1, 2],
-            IPPROTO_UDP,
-            [0x9c, 0x40, 0x13, 0x89],
-        );
+        let first = udp_flow();
         let mut more = first;
         more[6] = 0x20; // more fragments, offset 0: the first fragment
         let mut middle = first;

@@ -259,6 +259,5 @@ pub(crate) fn push_outer_headers(
     if ctx.store(0, &outer, 0).is_err() {
         return TC_SHOT;
     }
-    // SAFETY: a helper call with plain integer arguments.
-    unsafe { bpf_redirect(cfg.underlay_ifindex, 0) as i32 }
+    send_addressed(cfg, hop)
 }
