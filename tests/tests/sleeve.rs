@@ -367,3 +367,56 @@ fn small_frames_travel_bundled_in_order_and_a_replayed_bundle_delivers_nothing()
         "a frame of the replayed bundle was delivered again"
     );
 }
+
+#[test]
+fn replies_leave_with_the_delivery_that_asked_for_them() {
+    if !require_root("replies_leave_with_the_delivery_that_asked_for_them") {
+        return;
+    }
+    let mut bed = TestBed::new("cxr", 2).expect("test bed");
+    bed.launch_mesh(&["--password", "reply secret"])
+        .expect("routers connect");
+    let a = two_containers(&mut bed);
+    let answered = |host: usize| {
+        probe::metric_sum(&bed.router(host).metrics().expect("metrics"), |s| {
+            s.name == "weave_sleeve_answered_at_once_total"
+        })
+    };
+    let before = answered(2);
+    const PINGS: usize = 20;
+    let out = bed
+        .container(a)
+        .ns
+        .run(&["ping", "-c", &PINGS.to_string(), "-i", "0.05", "10.2.1.2"])
+        .expect("ping");
+    assert!(out.success(), "ping:\n{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("{PINGS} received")),
+        "{}",
+        out.stdout
+    );
+    // Host 2's receive thread wrote each request into its TAP; the container's kernel
+    // answered while that write delivered it, and the same thread sent the reply on.
+    let at_once = answered(2) - before;
+    eprintln!("host2 sent {at_once} of {PINGS} replies with the delivery of the request");
+    assert!(
+        at_once >= (PINGS / 2) as f64,
+        "only {at_once} of {PINGS} replies left with their request's delivery"
+    );
+    // A stream whose acknowledgements leave that way as well, while the send thread of the
+    // other end reads the data from its TAP: all of it arrives.
+    let before = answered(2);
+    let bytes = 64 << 20;
+    let took = probe::tcp_send(
+        &bed.container(a).ns,
+        &bed.container(a + 1).ns,
+        "10.2.1.2".parse().unwrap(),
+        5001,
+        bytes,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let acks = answered(2) - before;
+    eprintln!("64 MiB in {took:?}; host2 sent {acks} frames with the delivery that asked for them");
+    assert!(acks > 0.0, "no acknowledgement left with a delivery");
+}

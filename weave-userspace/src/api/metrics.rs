@@ -96,6 +96,8 @@ pub struct SleeveTraffic {
     /// Frames sent and received inside bundles.
     pub sent_bundled_frames: u64,
     pub received_bundled_frames: u64,
+    /// Frames the receive thread sent right after delivering the frames they answered.
+    pub answered_at_once: u64,
 }
 
 impl SleeveTraffic {
@@ -112,6 +114,7 @@ impl SleeveTraffic {
             macs_not_learned: s.macs_not_learned.load(Relaxed),
             sent_bundled_frames: s.tx_bundled_frames.load(Relaxed),
             received_bundled_frames: s.rx_bundled_frames.load(Relaxed),
+            answered_at_once: s.tx_answered_at_once.load(Relaxed),
         };
         let used = status.connections.iter().any(|c| c.overlay == "sleeve");
         (used || t.sent_datagrams + t.received_datagrams > 0).then_some(t)
@@ -463,6 +466,14 @@ fn sleeve(registry: &mut Registry, t: &SleeveTraffic) {
     not_learned
         .get_or_create(&Labels::new())
         .inc_by(t.macs_not_learned);
+    let answered = counters(
+        registry,
+        "weave_sleeve_answered_at_once",
+        "Frames the sleeve's receive thread sent right after delivering the frames they answered (echo replies, acknowledgements), without waking its send thread",
+    );
+    answered
+        .get_or_create(&Labels::new())
+        .inc_by(t.answered_at_once);
 }
 
 /// `weave_build_info{version}` 1.

@@ -7,7 +7,8 @@
 //! frames to the bridge); one thread reads them, picks the peer by the learned destination
 //! MAC (every sleeve peer for broadcast and unknown MACs), seals them ([`packet`]) and sends
 //! them on UDP 6783. Another thread receives, drops what does not verify (counted by
-//! reason), learns the sender's MAC and writes the frame into the TAP.
+//! reason), learns the sender's MAC and writes the frame into the TAP; the answers that
+//! write made at once it sends itself ([`TapReader`]).
 //!
 //! Frames also cross peers that are not neighbours ([`forwarding`]): a frame for a MAC
 //! learned behind a peer the sleeve does not carry goes to the next hop of the unicast
@@ -69,6 +70,9 @@ pub struct SleeveCounters {
     /// Frames sent and received inside bundles (each bundle is one datagram above).
     pub tx_bundled_frames: AtomicU64,
     pub rx_bundled_frames: AtomicU64,
+    /// Frames the receive thread read from the TAP and sent right after delivering (see
+    /// [`TapReader`]), counted in `tx_packets` too once sent.
+    pub tx_answered_at_once: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -83,6 +87,7 @@ pub static COUNTERS: SleeveCounters = SleeveCounters {
     macs_not_learned: ZERO,
     tx_bundled_frames: ZERO,
     rx_bundled_frames: ZERO,
+    tx_answered_at_once: ZERO,
     drops: [ZERO; DropReason::ALL.len()],
 };
 
@@ -221,17 +226,19 @@ impl Sleeve {
             routing: RwLock::default(),
             stop: AtomicBool::new(false),
         });
+        let reader = Arc::new(Mutex::new(TapReader::default()));
         let tx = {
-            let (shared, socket, tap) = (shared.clone(), socket.clone(), tap.clone());
+            let (shared, socket, tap, reader) =
+                (shared.clone(), socket.clone(), tap.clone(), reader.clone());
             std::thread::Builder::new()
                 .name("sleeve-tx".into())
-                .spawn(move || send_loop(&shared, &socket, &tap))?
+                .spawn(move || send_loop(&shared, &socket, &tap, &reader))?
         };
         let rx = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("sleeve-rx".into())
-                .spawn(move || receive_loop(&shared, &socket, &tap))?
+                .spawn(move || receive_loop(&shared, &socket, &tap, &reader))?
         };
         Ok(Sleeve {
             shared,
@@ -555,89 +562,152 @@ fn flush(shared: &Shared, socket: &UdpSocket, b: &mut Buffers) {
     b.frames = 0;
 }
 
-/// TAP → peers.
-fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
-    let mut frame = vec![0u8; packet::MAX_PAYLOAD];
-    let mut buffers = Buffers::default();
-    while !shared.stop.load(Relaxed) {
+/// The reading side of the TAP: whoever holds it reads frames, seals them and sends them
+/// before letting go, so frames leave in the order the TAP gave them. The send thread holds
+/// it while the TAP has frames; the receive thread takes it when free, right after writing
+/// frames into the TAP, for the frames those answered at once (an echo reply, a TCP
+/// acknowledgement: the kernel made them while the write delivered), which thus leave
+/// without waking the send thread.
+struct TapReader {
+    frame: Vec<u8>,
+    buffers: Buffers,
+}
+
+impl Default for TapReader {
+    fn default() -> Self {
+        Self {
+            frame: vec![0u8; packet::MAX_PAYLOAD],
+            buffers: Buffers::default(),
+        }
+    }
+}
+
+/// Why [`read_tap`] stopped.
+enum TapRead {
+    /// The TAP held no more frames: everything read has been sent.
+    Empty,
+    /// One batch was read and sent; the TAP may hold more.
+    BatchSent,
+}
+
+/// Reads the frames the TAP holds, without waiting for more, and sends them: until the TAP
+/// is empty, or, with `one_batch`, after one batch (the receive thread must not be kept
+/// from its socket).
+fn read_tap(
+    shared: &Shared,
+    socket: &UdpSocket,
+    tap: &Tap,
+    reader: &mut TapReader,
+    one_batch: bool,
+) -> io::Result<TapRead> {
+    let TapReader { frame, buffers } = reader;
+    loop {
         // A batch leaves once the TAP holds no more frames, or at its limits.
         if buffers.frames >= batch::MAX_BATCH_FRAMES
             || buffers.out.len() >= batch::MAX_BATCH_BYTES
             || (buffers.frames > 0 && buffers.started.elapsed() >= batch::BATCH_BUDGET)
         {
-            flush(shared, socket, &mut buffers);
+            flush(shared, socket, buffers);
+            if one_batch {
+                return Ok(TapRead::BatchSent);
+            }
         }
-        let n = match tap.read(&mut frame) {
+        let n = match tap.read(frame) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                flush(shared, socket, &mut buffers);
-                if let Err(e) = tap.wait_readable(200) {
-                    tracing::error!("sleeve: polling {}: {e}", tap.name());
-                    return;
-                }
-                continue;
+                flush(shared, socket, buffers);
+                return Ok(TapRead::Empty);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::error!("sleeve: reading {}: {e}", tap.name());
-                return;
+                flush(shared, socket, buffers);
+                return Err(e);
             }
         };
         if buffers.frames == 0 {
             buffers.started = std::time::Instant::now();
         }
         buffers.frames += 1;
-        if let Some((origin, destination, start)) = take_handover(&mut frame[..n]) {
-            let outcome = {
-                let peers = read(&shared.peers);
-                let routing = read(&shared.routing);
-                // Only a router with a fast path hands frames over.
-                routing.beside_fast_path.then(|| {
-                    forwarding::handed_over(
-                        shared.local,
-                        origin,
-                        destination,
-                        |id| neighbour(&peers, id),
-                        &routing,
-                    )
-                })
-            };
-            match outcome {
-                Some(outcome) => {
-                    if let Some(reason) = outcome.dropped {
-                        COUNTERS.drop(reason);
-                    }
-                    for send in outcome.forward {
-                        send_one(shared, send, &frame[start..n], &mut buffers);
-                    }
-                }
-                None => COUNTERS.drop(DropReason::Malformed),
-            }
-            continue;
+        if one_batch {
+            COUNTERS.tx_answered_at_once.fetch_add(1, Relaxed);
         }
-        let payload = &frame[..n];
-        let Some(dst) = mac_at(payload, VNET_HDR_LEN) else {
-            continue;
-        };
-        let owner = if dst[0] & 1 == 0 {
-            read(&shared.macs).get(&dst)
-        } else {
-            None
-        };
-        let sends = {
+        send_frame(shared, &mut frame[..n], buffers);
+    }
+}
+
+/// TAP → peers.
+fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap, reader: &Mutex<TapReader>) {
+    while !shared.stop.load(Relaxed) {
+        let read = read_tap(shared, socket, tap, &mut lock(reader), false);
+        match read {
+            Ok(TapRead::BatchSent) => {}
+            Ok(TapRead::Empty) => {
+                if let Err(e) = tap.wait_readable(200) {
+                    tracing::error!("sleeve: polling {}: {e}", tap.name());
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!("sleeve: reading {}: {e}", tap.name());
+                return;
+            }
+        }
+    }
+}
+
+/// One frame read from the TAP (`payload`: the vnet header and the frame): to the peers
+/// that get it, into the batch.
+fn send_frame(shared: &Shared, payload: &mut [u8], buffers: &mut Buffers) {
+    if let Some((origin, destination, start)) = take_handover(payload) {
+        let outcome = {
             let peers = read(&shared.peers);
             let routing = read(&shared.routing);
-            forwarding::from_tap(
-                shared.local,
-                owner,
-                |id| neighbour(&peers, id),
-                peers.keys().copied(),
-                &routing,
-            )
+            // Only a router with a fast path hands frames over.
+            routing.beside_fast_path.then(|| {
+                forwarding::handed_over(
+                    shared.local,
+                    origin,
+                    destination,
+                    |id| neighbour(&peers, id),
+                    &routing,
+                )
+            })
         };
-        for send in sends {
-            send_one(shared, send, payload, &mut buffers);
+        match outcome {
+            Some(outcome) => {
+                if let Some(reason) = outcome.dropped {
+                    COUNTERS.drop(reason);
+                }
+                for send in outcome.forward {
+                    send_one(shared, send, &payload[start..], buffers);
+                }
+            }
+            None => COUNTERS.drop(DropReason::Malformed),
         }
+        return;
+    }
+    let payload = &*payload;
+    let Some(dst) = mac_at(payload, VNET_HDR_LEN) else {
+        return;
+    };
+    let owner = if dst[0] & 1 == 0 {
+        read(&shared.macs).get(&dst)
+    } else {
+        None
+    };
+    let sends = {
+        let peers = read(&shared.peers);
+        let routing = read(&shared.routing);
+        forwarding::from_tap(
+            shared.local,
+            owner,
+            |id| neighbour(&peers, id),
+            peers.keys().copied(),
+            &routing,
+        )
+    };
+    for send in sends {
+        send_one(shared, send, payload, buffers);
     }
 }
 
@@ -909,7 +979,7 @@ fn recv_coalesced(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Sock
 }
 
 /// Peers → TAP.
-fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
+fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap, reader: &Mutex<TapReader>) {
     let mut buf = vec![0u8; 1 << 17];
     let mut buffers = Buffers::default();
     while !shared.stop.load(Relaxed) {
@@ -930,11 +1000,20 @@ fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap) {
                 return;
             }
         };
+        let mut delivered = 0;
         for datagram in buf[..n].chunks_mut(segment.max(1)) {
-            receive_one(shared, tap, datagram, from, &mut buffers);
+            delivered += receive_one(shared, tap, datagram, from, &mut buffers);
         }
         // Frames relayed on.
         flush(shared, socket, &mut buffers);
+        // What the delivered frames answered at once, unless the send thread is at it.
+        if delivered > 0 {
+            if let Ok(mut reader) = reader.try_lock() {
+                if let Err(e) = read_tap(shared, socket, tap, &mut reader, true) {
+                    tracing::debug!("sleeve: reading {}: {e}", tap.name());
+                }
+            }
+        }
     }
 }
 
@@ -965,7 +1044,7 @@ fn receive_one(
     datagram: &mut [u8],
     from: SocketAddr,
     buffers: &mut Buffers,
-) {
+) -> usize {
     let datagram_len = datagram.len();
     COUNTERS.rx_packets.fetch_add(1, Relaxed);
     COUNTERS.rx_bytes.fetch_add(datagram.len() as u64, Relaxed);
@@ -973,7 +1052,7 @@ fn receive_one(
         Ok(h) => h,
         Err(r) => {
             COUNTERS.drop(r);
-            return;
+            return 0;
         }
     };
     let peer = read(&shared.peers).get(&header.sender).cloned();
@@ -985,49 +1064,49 @@ fn receive_one(
     };
     let Some(peer) = peer.filter(accepted) else {
         COUNTERS.drop(DropReason::UnknownPeer);
-        return;
+        return 0;
     };
     let decoded = lock(&peer.decoder).decode(header, datagram);
     let payload = match decoded {
         Ok(Some(payload)) => payload,
-        Ok(None) => return,
+        Ok(None) => return 0,
         Err(r) => {
             COUNTERS.drop(r);
-            return;
+            return 0;
         }
     };
     if !header.routed {
         if header.bundle {
+            let mut delivered = 0;
             for frame in bundle::frames(&payload) {
                 match frame {
                     Ok(frame) => {
                         COUNTERS.rx_bundled_frames.fetch_add(1, Relaxed);
-                        deliver(shared, tap, header.sender, frame);
+                        delivered += usize::from(deliver(shared, tap, header.sender, frame));
                     }
                     Err(r) => COUNTERS.drop(r),
                 }
             }
-            return;
+            return delivered;
         }
         if let Some(round) = probe_round(&payload) {
             // Authentic (when sealed) and whole: how big it was is all it says.
             let (r, largest) = &mut *lock(&peer.probe_seen);
             let outer = (datagram_len + 20 + 8) as u32;
             weave_ebpf_common::heartbeat::record_probe(r, largest, round, outer);
-            return;
+            return 0;
         }
-        deliver(shared, tap, header.sender, &payload);
-        return;
+        return usize::from(deliver(shared, tap, header.sender, &payload));
     }
     if !peer.features.relays {
         COUNTERS.drop(DropReason::Malformed);
-        return;
+        return 0;
     }
     let (route, frame) = match RouteHeader::parse(&payload) {
         Ok(parsed) => parsed,
         Err(r) => {
             COUNTERS.drop(r);
-            return;
+            return 0;
         }
     };
     let outcome = {
@@ -1047,18 +1126,17 @@ fn receive_one(
     for send in outcome.forward {
         send_one(shared, send, frame, buffers);
     }
-    if outcome.deliver {
-        deliver(shared, tap, route.origin, frame);
-    }
+    usize::from(outcome.deliver && deliver(shared, tap, route.origin, frame))
 }
 
 /// Writes a received frame into the TAP, learning its source MAC as `origin`'s; a frame
-/// whose virtio-net header does not fit it is dropped (the kernel would act on it).
-fn deliver(shared: &Shared, tap: &Tap, origin: u16, frame: &[u8]) {
+/// whose virtio-net header does not fit it is dropped (the kernel would act on it). Whether
+/// it was written.
+fn deliver(shared: &Shared, tap: &Tap, origin: u16, frame: &[u8]) -> bool {
     if let Err(e) = vnet::check(frame) {
         COUNTERS.drop(DropReason::BadVnetHeader);
         refused_frame(origin, &e);
-        return;
+        return false;
     }
     if let Some(src) = mac_at(frame, VNET_HDR_LEN + 6) {
         let verdict = read(&shared.macs).would_learn(src, origin);
@@ -1070,8 +1148,12 @@ fn deliver(shared: &Shared, tap: &Tap, origin: u16, frame: &[u8]) {
             COUNTERS.macs_not_learned.fetch_add(1, Relaxed);
         }
     }
-    if let Err(e) = tap.write(frame) {
-        tracing::debug!("sleeve: writing {}: {e}", tap.name());
+    match tap.write(frame) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!("sleeve: writing {}: {e}", tap.name());
+            false
+        }
     }
 }
 

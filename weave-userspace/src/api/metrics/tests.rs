@@ -27,6 +27,7 @@ fn input<'a>(
             macs_not_learned: 5,
             sent_bundled_frames: 40,
             received_bundled_frames: 30,
+            answered_at_once: 12,
         }),
     }
 }
@@ -338,6 +339,7 @@ fn refusals_are_counted_by_reason() {
         "weave_sleeve_macs_not_learned_total 5",
         "weave_sleeve_bundled_frames_total{direction=\"sent\"} 40",
         "weave_sleeve_bundled_frames_total{direction=\"received\"} 30",
+        "weave_sleeve_answered_at_once_total 12",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
     }
