@@ -3,8 +3,8 @@
 //! the routers' CPU time per Gbit/s; the encrypted sleeve relayed (a line host1–host2–host3
 //! whose underlay blocks host1↔host3, host1's container to host3's, sealed again at host2);
 //! and a user-space WireGuard (boringtun-cli, when installed: `cargo install boringtun-cli`;
-//! `wg` from wireguard-tools) between two hosts. Written to the Sleeve section of
-//! BENCHMARKS.md.
+//! `wg` from wireguard-tools) between two hosts, and between a container behind each (routed
+//! by the hosts through the tunnel). Written to the Sleeve section of BENCHMARKS.md.
 
 use std::time::Duration;
 
@@ -54,9 +54,12 @@ enum Carrier {
         client: usize,
         server: usize,
     },
+    /// With `containers`, a container behind each host (routed through its WireGuard
+    /// device) is the client and the server; else the hosts themselves.
     Boringtun {
         bed: TestBed,
         daemons: Vec<Background>,
+        containers: bool,
     },
 }
 
@@ -86,6 +89,11 @@ impl Carrier {
         match self {
             Carrier::Routers(p) => &p.client().ns,
             Carrier::Line { bed, client, .. } => &bed.container(*client).ns,
+            Carrier::Boringtun {
+                bed,
+                containers: true,
+                ..
+            } => &bed.container(0).ns,
             Carrier::Boringtun { bed, .. } => &bed.host(1).ns,
         }
     }
@@ -94,6 +102,11 @@ impl Carrier {
         match self {
             Carrier::Routers(p) => &p.server().ns,
             Carrier::Line { bed, server, .. } => &bed.container(*server).ns,
+            Carrier::Boringtun {
+                bed,
+                containers: true,
+                ..
+            } => &bed.container(1).ns,
             Carrier::Boringtun { bed, .. } => &bed.host(2).ns,
         }
     }
@@ -102,6 +115,9 @@ impl Carrier {
         match self {
             Carrier::Routers(p) => p.server_ip(),
             Carrier::Line { .. } => "10.2.1.3".into(),
+            Carrier::Boringtun {
+                containers: true, ..
+            } => "10.98.2.2".into(),
             Carrier::Boringtun { .. } => "10.99.0.2".into(),
         }
     }
@@ -132,14 +148,18 @@ fn boringtun_cli() -> Option<String> {
     find()
 }
 
-/// Two hosts joined by boringtun (WireGuard in user space), 10.99.0.1 and 10.99.0.2.
-fn boringtun_pair(cli: &str) -> Result<Carrier> {
-    let bed = TestBed::new("cxbw", 2)?;
+/// Two hosts joined by boringtun (WireGuard in user space), 10.99.0.1 and 10.99.0.2; with
+/// `containers`, behind each host a container, 10.98.1.2 and 10.98.2.2, on a veth the host
+/// routes through its WireGuard device (what a hand-made WireGuard mesh gives containers),
+/// MTU `mtu`.
+fn boringtun_pair(cli: &str, containers: bool, mtu: u32) -> Result<Carrier> {
+    let prefix = if containers { "cxbc" } else { "cxbw" };
+    let mut bed = TestBed::new(prefix, 2)?;
     let mut daemons = Vec::new();
     let mut keys = Vec::new();
     for i in 1..=2 {
         let ns = &bed.host(i).ns;
-        let dev = format!("cxwg{i}");
+        let dev = format!("{prefix}wg{i}");
         daemons.push(ns.spawn(&[
             cli,
             &dev,
@@ -163,26 +183,43 @@ fn boringtun_pair(cli: &str) -> Result<Carrier> {
     for i in 1..=2usize {
         let ns = &bed.host(i).ns;
         let j = 3 - i;
-        let dev = format!("cxwg{i}");
+        let dev = format!("{prefix}wg{i}");
         let key_file = format!("/tmp/{dev}.key");
         ns.sh(&format!(
-            "wg set {dev} private-key {key_file} listen-port 51820 peer {} endpoint {}:51820 allowed-ips 10.99.0.{j}/32",
+            "wg set {dev} private-key {key_file} listen-port 51820 peer {} endpoint {}:51820 allowed-ips 10.99.0.{j}/32,10.98.{j}.0/24",
             keys[j - 1].1,
             weave_tests::host_addr(j)
         ))?;
         let _ = std::fs::remove_file(&key_file);
         ns.ip(&format!("addr add 10.99.0.{i}/24 dev {dev}"))?;
         ns.ip(&format!("link set {dev} up"))?;
+        if containers {
+            ns.ip(&format!("route add 10.98.{j}.0/24 dev {dev}"))?;
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            let c = bed.add_container(i, "c")?;
+            bed.veth_to_container(c, "vc", mtu)?;
+            bed.host(i)
+                .ns
+                .ip(&format!("addr add 10.98.{i}.1/24 dev vc"))?;
+            let ct = &bed.container(c).ns;
+            ct.ip(&format!("addr add 10.98.{i}.2/24 dev eth0"))?;
+            ct.ip(&format!("route add default via 10.98.{i}.1"))?;
+        }
     }
-    let client = &bed.host(1).ns;
+    let carrier = Carrier::Boringtun {
+        bed,
+        daemons,
+        containers,
+    };
+    let (client, server) = (carrier.client(), carrier.server_ip());
     weave_tests::cmd::wait_for("boringtun to carry a ping", Duration::from_secs(15), || {
         client
-            .run(&["ping", "-c", "1", "-W", "1", "10.99.0.2"])
+            .run(&["ping", "-c", "1", "-W", "1", &server])
             .ok()
             .filter(|o| o.success())
             .map(|_| ())
     })?;
-    Ok(Carrier::Boringtun { bed, daemons })
+    Ok(carrier)
 }
 
 /// The encrypted line host1–host2–host3 with host1↔host3 cut on the underlay (see
@@ -293,6 +330,8 @@ enum Subject {
     /// The encrypted sleeve from host1 to host3 through host2.
     Relayed,
     Boringtun(String),
+    /// boringtun between two hosts, a container behind each.
+    BoringtunContainers(String),
 }
 
 impl Subject {
@@ -305,13 +344,19 @@ impl Subject {
                 "weave-router sleeve, encrypted, relayed host1→host3 through host2 (`--password`)"
             }
             Subject::Boringtun(_) => "boringtun-cli (WireGuard in user space), host to host",
+            Subject::BoringtunContainers(_) => {
+                "boringtun-cli (WireGuard in user space), container to container (routed by the hosts)"
+            }
         }
     }
 
     /// Whether UDP 64 B packets/s and ping are measured too (the encrypted small-packet
     /// comparison).
     fn small_packets(&self) -> bool {
-        matches!(self, Subject::Encrypted | Subject::Boringtun(_))
+        matches!(
+            self,
+            Subject::Encrypted | Subject::Boringtun(_) | Subject::BoringtunContainers(_)
+        )
     }
 
     fn set_up(&self, mtu: u32) -> Result<Carrier> {
@@ -324,7 +369,8 @@ impl Subject {
             Subject::Plain => weave("cxbp", &["--datapath", "sleeve"]),
             Subject::Encrypted => weave("cxbe", &["--password", PASSWORD]),
             Subject::Relayed => relayed_line("cxbr", mtu),
-            Subject::Boringtun(cli) => boringtun_pair(cli),
+            Subject::Boringtun(cli) => boringtun_pair(cli, false, mtu),
+            Subject::BoringtunContainers(cli) => boringtun_pair(cli, true, mtu),
         }
     }
 }
@@ -357,7 +403,8 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
         Subject::Relayed,
     ];
     if let Some(cli) = boringtun_cli() {
-        subjects.push(Subject::Boringtun(cli));
+        subjects.push(Subject::Boringtun(cli.clone()));
+        subjects.push(Subject::BoringtunContainers(cli));
     }
     let load_before = crate::bench::loadavg();
     let mut pairs = Vec::new();
@@ -490,6 +537,10 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
         small_median(|s| matches!(s, Subject::Encrypted), &mut ping),
         small_median(|s| matches!(s, Subject::Boringtun(_)), &mut ping),
     );
+    let (wgc_kpps, wgc_ping) = (
+        small_median(|s| matches!(s, Subject::BoringtunContainers(_)), &mut kpps),
+        small_median(|s| matches!(s, Subject::BoringtunContainers(_)), &mut ping),
+    );
     if wg.is_some() {
         comparisons += &ratio_line(
             "Encrypted sleeve / boringtun, TCP",
@@ -507,6 +558,18 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
         comparisons += &ratio_line(
             "boringtun / encrypted sleeve, ping round trip (≥ 1: ours no slower)",
             wg_ping,
+            enc_ping,
+            Some(1.0),
+        );
+        comparisons += &ratio_line(
+            "Encrypted sleeve / boringtun container to container, UDP 64 B packets/s",
+            enc_kpps,
+            wgc_kpps,
+            Some(UDP64_VS_BORINGTUN),
+        );
+        comparisons += &ratio_line(
+            "boringtun container to container / encrypted sleeve, ping round trip (≥ 1: ours no slower)",
+            wgc_ping,
             enc_ping,
             Some(1.0),
         );
@@ -545,7 +608,9 @@ pub fn run(runs: usize, seconds: u32, mtu: u32, output: &std::path::Path) -> Res
          WireGuard (boringtun); performance round 2: encrypted TCP ≥ {TCP_VS_BORINGTUN}×, UDP \
          64 B ≥ {UDP64_VS_BORINGTUN}× boringtun, ping no slower than boringtun. Target (relaying): relayed encrypted ≥ {RELAYED_TARGET}× direct \
          encrypted. boringtun runs host to host (its tunnel between the two host \
-         namespaces, MTU 1420), the others container to container.\n{errors}",
+         namespaces, MTU 1420), and container to container (a container behind each host on a \
+         veth of MTU {mtu}, which the host routes through its tunnel, as a hand-made WireGuard \
+         mesh carries containers); the others container to container.\n{errors}",
         run::utc_now(),
         run::git_head(),
         crate::bench::loadavg(),
