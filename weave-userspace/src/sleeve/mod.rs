@@ -29,6 +29,7 @@ pub mod bundle;
 pub mod forwarding;
 pub mod macs;
 pub mod packet;
+pub mod recv_batch;
 pub mod tap;
 pub mod vnet;
 
@@ -46,6 +47,7 @@ use batch::{Group, GroupLimits, SendPlan};
 use bundle::{Bundle, Contents};
 use forwarding::{Neighbour, Routing, Send};
 use packet::{Decoder, DropReason, Encoder, Header, RouteHeader};
+use recv_batch::RecvBatch;
 use tap::{Tap, VNET_HDR_LEN};
 
 /// The sleeve's UDP port (Weave's).
@@ -935,56 +937,13 @@ fn close_bundles(shared: &Shared, b: &mut Buffers) {
     }
 }
 
-fn recv_coalesced(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
-    // SAFETY: an all-zero sockaddr_in is valid.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; 8];
-    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: `msg` and everything it points to are valid for the call.
-    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    let mut segment = n;
-    // SAFETY: the kernel filled `control` up to msg_controllen; the CMSG macros walk it.
-    unsafe {
-        let mut cm = libc::CMSG_FIRSTHDR(&msg);
-        while !cm.is_null() {
-            if (*cm).cmsg_level == SOL_UDP && (*cm).cmsg_type == UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<libc::c_int>());
-                if size > 0 {
-                    segment = size as usize;
-                }
-            }
-            cm = libc::CMSG_NXTHDR(&msg, cm);
-        }
-    }
-    let from = SocketAddr::from((
-        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-        u16::from_be(addr.sin_port),
-    ));
-    Ok((n, from, segment))
-}
-
 /// Peers → TAP.
 fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap, reader: &Mutex<TapReader>) {
-    let mut buf = vec![0u8; 1 << 17];
+    let mut batch = RecvBatch::default();
     let mut buffers = Buffers::default();
     while !shared.stop.load(Relaxed) {
-        let (n, from, segment) = match recv_coalesced(socket, &mut buf) {
-            Ok(x) => x,
+        let messages = match batch.recv(socket) {
+            Ok(n) => n,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -1001,8 +960,11 @@ fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap, reader: &Mutex<T
             }
         };
         let mut delivered = 0;
-        for datagram in buf[..n].chunks_mut(segment.max(1)) {
-            delivered += receive_one(shared, tap, datagram, from, &mut buffers);
+        for i in 0..messages {
+            let (r, bytes) = batch.message(i);
+            for datagram in bytes.chunks_mut(r.segment.max(1)) {
+                delivered += receive_one(shared, tap, datagram, r.from, &mut buffers);
+            }
         }
         // Frames relayed on.
         flush(shared, socket, &mut buffers);
