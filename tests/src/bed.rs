@@ -397,6 +397,29 @@ impl TestBed {
         Ok(())
     }
 
+    /// A container on `host` that its host routes for: a veth of `mtu` (`host_if` on the
+    /// host side), the host `<subnet>.1/24` on it and forwarding, the container
+    /// `<subnet>.2/24` with the host as its default route (`subnet`: three octets, e.g.
+    /// "10.10.1"). Routes towards it from elsewhere are the caller's. Returns its index.
+    pub fn add_routed_container(
+        &mut self,
+        host: usize,
+        host_if: &str,
+        subnet: &str,
+        mtu: u32,
+    ) -> Result<usize> {
+        let c = self.add_container(host, "c")?;
+        self.veth_to_container(c, host_if, mtu)?;
+        let host_ns = &self.hosts[host - 1].ns;
+        host_ns.ip(&format!("addr add {subnet}.1/24 dev {host_if}"))?;
+        host_ns.sysctl("net.ipv4.ip_forward", "1")?;
+        let ct = &self.containers[c].ns;
+        ct.ip(&format!("addr add {subnet}.2/24 dev eth0"))?;
+        ct.ip(&format!("route add default via {subnet}.1"))?;
+        self.set_container_cidr(c, &format!("{subnet}.2/24"));
+        Ok(c)
+    }
+
     /// Records the address a caller gave container `c` by hand.
     pub fn set_container_cidr(&mut self, c: usize, cidr: &str) {
         self.containers[c].cidr = Some(cidr.to_string());

@@ -93,20 +93,12 @@ pub fn pair_on(prefix: &str, underlay: Underlay, mode: Mode, mtu: u32) -> Result
     match &mode {
         Mode::Routed => {
             for h in 1..=2usize {
-                let c = bed.add_container(h, "c")?;
-                bed.veth_to_container(c, "vc", mtu)?;
-                let ct = bed.container(c);
-                let host = &bed.host(h).ns;
-                host.ip(&format!("addr add 10.10.{h}.1/24 dev vc"))?;
-                host.sysctl("net.ipv4.ip_forward", "1")?;
+                bed.add_routed_container(h, "vc", &format!("10.10.{h}"), mtu)?;
                 let other = 3 - h;
-                host.ip(&format!(
+                bed.host(h).ns.ip(&format!(
                     "route add 10.10.{other}.0/24 via {}",
                     host_addr(other)
                 ))?;
-                ct.ns.ip(&format!("addr add 10.10.{h}.2/24 dev eth0"))?;
-                ct.ns.ip(&format!("route add default via 10.10.{h}.1"))?;
-                bed.set_container_cidr(c, &format!("10.10.{h}.2/24"));
             }
         }
         Mode::KernelVxlan => {

@@ -195,15 +195,7 @@ fn boringtun_pair(cli: &str, containers: bool, mtu: u32) -> Result<Carrier> {
         ns.ip(&format!("link set {dev} up"))?;
         if containers {
             ns.ip(&format!("route add 10.98.{j}.0/24 dev {dev}"))?;
-            ns.sysctl("net.ipv4.ip_forward", "1")?;
-            let c = bed.add_container(i, "c")?;
-            bed.veth_to_container(c, "vc", mtu)?;
-            bed.host(i)
-                .ns
-                .ip(&format!("addr add 10.98.{i}.1/24 dev vc"))?;
-            let ct = &bed.container(c).ns;
-            ct.ip(&format!("addr add 10.98.{i}.2/24 dev eth0"))?;
-            ct.ip(&format!("route add default via 10.98.{i}.1"))?;
+            bed.add_routed_container(i, "vc", &format!("10.98.{i}"), mtu)?;
         }
     }
     let carrier = Carrier::Boringtun {
