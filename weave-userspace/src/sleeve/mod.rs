@@ -584,12 +584,11 @@ impl Default for TapReader {
     }
 }
 
-/// Why [`read_tap`] stopped.
-enum TapRead {
-    /// The TAP held no more frames: everything read has been sent.
-    Empty,
-    /// One batch was read and sent; the TAP may hold more.
-    BatchSent,
+/// What [`read_tap`] did: the frames it read (and sent), and whether it stopped because
+/// the TAP held no more (else one batch was sent and the TAP may hold more).
+struct TapRead {
+    frames: u64,
+    emptied: bool,
 }
 
 /// Reads the frames the TAP holds, without waiting for more, and sends them: until the TAP
@@ -603,6 +602,7 @@ fn read_tap(
     one_batch: bool,
 ) -> io::Result<TapRead> {
     let TapReader { frame, buffers } = reader;
+    let mut frames = 0;
     loop {
         // A batch leaves once the TAP holds no more frames, or at its limits.
         if buffers.frames >= batch::MAX_BATCH_FRAMES
@@ -611,14 +611,20 @@ fn read_tap(
         {
             flush(shared, socket, buffers);
             if one_batch {
-                return Ok(TapRead::BatchSent);
+                return Ok(TapRead {
+                    frames,
+                    emptied: false,
+                });
             }
         }
         let n = match tap.read(frame) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 flush(shared, socket, buffers);
-                return Ok(TapRead::Empty);
+                return Ok(TapRead {
+                    frames,
+                    emptied: true,
+                });
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -630,9 +636,7 @@ fn read_tap(
             buffers.started = std::time::Instant::now();
         }
         buffers.frames += 1;
-        if one_batch {
-            COUNTERS.tx_answered_at_once.fetch_add(1, Relaxed);
-        }
+        frames += 1;
         send_frame(shared, &mut frame[..n], buffers);
     }
 }
@@ -642,8 +646,8 @@ fn send_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap, reader: &Mutex<TapR
     while !shared.stop.load(Relaxed) {
         let read = read_tap(shared, socket, tap, &mut lock(reader), false);
         match read {
-            Ok(TapRead::BatchSent) => {}
-            Ok(TapRead::Empty) => {
+            Ok(TapRead { emptied: false, .. }) => {}
+            Ok(TapRead { emptied: true, .. }) => {
                 if let Err(e) = tap.wait_readable(200) {
                     tracing::error!("sleeve: polling {}: {e}", tap.name());
                     return;
@@ -971,8 +975,11 @@ fn receive_loop(shared: &Shared, socket: &UdpSocket, tap: &Tap, reader: &Mutex<T
         // What the delivered frames answered at once, unless the send thread is at it.
         if delivered > 0 {
             if let Ok(mut reader) = reader.try_lock() {
-                if let Err(e) = read_tap(shared, socket, tap, &mut reader, true) {
-                    tracing::debug!("sleeve: reading {}: {e}", tap.name());
+                match read_tap(shared, socket, tap, &mut reader, true) {
+                    Ok(read) => {
+                        COUNTERS.tx_answered_at_once.fetch_add(read.frames, Relaxed);
+                    }
+                    Err(e) => tracing::debug!("sleeve: reading {}: {e}", tap.name()),
                 }
             }
         }
