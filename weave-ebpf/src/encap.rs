@@ -15,7 +15,7 @@ use weave_ebpf_common::{
         ipv4_checksum, ipv4_flow_hash, source_port_from_hash, write_outer_headers, OuterHeaders,
         ETH_HLEN, FLOW_BYTES, IPV4_HLEN, OUTER_HLEN,
     },
-    maps::{DatapathConfig, MacKey, PEER_REACHABLE},
+    maps::{DatapathConfig, MacKey, PeerEntry, PEER_REACHABLE},
     vni,
 };
 
@@ -58,6 +58,17 @@ pub(crate) struct NextHop {
     pub mac: [u8; 6],
 }
 
+impl NextHop {
+    /// The underlay address and next-hop MAC of a peer's own entry.
+    #[inline(always)]
+    pub(crate) fn of(peer: &PeerEntry) -> Self {
+        Self {
+            ipv4: peer.underlay_ipv4,
+            mac: peer.underlay_mac,
+        }
+    }
+}
+
 /// Where to send frames for `peer_id`, if it is reachable.
 #[inline(always)]
 pub(crate) fn next_hop(peer_id: u16) -> Option<NextHop> {
@@ -73,10 +84,7 @@ pub(crate) fn next_hop(peer_id: u16) -> Option<NextHop> {
     if hop.flags & PEER_REACHABLE == 0 {
         return None;
     }
-    Some(NextHop {
-        ipv4: hop.underlay_ipv4,
-        mac: hop.underlay_mac,
-    })
+    Some(NextHop::of(hop))
 }
 
 /// Sends an encapsulated frame whose outer Ethernet header is at offset 0 out of the

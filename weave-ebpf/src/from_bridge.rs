@@ -89,10 +89,7 @@ fn send_heartbeat(ctx: &TcContext, cfg: &DatapathConfig, len: u32) -> i32 {
     if unsafe { (*ctx.skb.skb).gso_segs } > 1 || len > 0xffff - OUTER_HLEN as u32 {
         return drop_from_bridge(len);
     }
-    let hop = NextHop {
-        ipv4: peer.underlay_ipv4,
-        mac: peer.underlay_mac,
-    };
+    let hop = NextHop::of(peer);
     let sent = push_outer_headers(
         ctx,
         cfg,
