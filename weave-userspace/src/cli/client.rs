@@ -156,10 +156,16 @@ pub fn request(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).map_err(io)?;
-    stream.write_all(body.as_bytes()).map_err(io)?;
+    let sent = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()));
+    // The router may answer (a refusal) and close before it has read the whole request,
+    // so that the write fails: its answer is still there to read, and says more.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(io)?;
+    let read = stream.read_to_end(&mut raw);
+    if raw.is_empty() {
+        sent.and(read).map_err(io)?;
+    }
     parse_response(&raw).map_err(|reason| ClientError::Malformed {
         addr: addr.clone(),
         reason,
@@ -253,6 +259,39 @@ mod tests {
             Response {
                 status: 404,
                 body: "abcde".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_answer_sent_before_the_request_was_read_is_still_the_answer() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+        let name = format!("weave-router-client-test-{}", std::process::id());
+        let listener =
+            UnixListener::bind_addr(&UnixAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nrefused")
+                .unwrap();
+            // Closed unread: a request bigger than the socket's buffers cannot be written whole.
+        });
+        let big = "x".repeat(4 << 20);
+        let r = request(
+            ApiAddr::Socket(name),
+            "POST",
+            "/stop",
+            Some(&big),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        server.join().unwrap();
+        assert_eq!(
+            r,
+            Response {
+                status: 403,
+                body: "refused".into()
             }
         );
     }
