@@ -220,12 +220,14 @@ impl StateDir {
     ) -> Result<Option<T>, StateError> {
         let path = self.path.join(name);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -352,6 +354,13 @@ impl OffThreadWriter {
     /// they, or a newer content taken in the same write, reached the disk.
     pub fn write_then(&self, bytes: Vec<u8>) -> tokio::task::JoinHandle<Result<(), StateError>> {
         self.inner.set_pending(bytes);
+        let file = self.inner.clone();
+        tokio::task::spawn_blocking(move || file.flush())
+    }
+
+    /// Waits on the blocking pool until every content given so far has reached the disk
+    /// (call inside a runtime); the handle tells whether the last write worked.
+    pub fn written(&self) -> tokio::task::JoinHandle<Result<(), StateError>> {
         let file = self.inner.clone();
         tokio::task::spawn_blocking(move || file.flush())
     }
@@ -639,6 +648,24 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         w.write_then(b"2".to_vec()).await.unwrap().unwrap();
         assert_eq!(std::fs::read(dir.join("f.json")).unwrap(), b"2");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn written_waits_for_every_content_given_before() {
+        let dir = tempdir("off-thread-written");
+        std::fs::create_dir_all(&dir).unwrap();
+        let w = OffThreadWriter::new(dir.join("f.json"), "a test file");
+        for round in 0..20u32 {
+            for n in 0..10u32 {
+                w.write(format!("{round}.{n}").into_bytes());
+            }
+            w.written().await.unwrap().unwrap();
+            assert_eq!(
+                std::fs::read_to_string(dir.join("f.json")).unwrap(),
+                format!("{round}.9")
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -185,7 +185,9 @@ impl From<EndpointsError> for ApiError {
             EndpointsError::Datapath(e) => e.into(),
             EndpointsError::Addresses(AddressError::Ipam(e)) => e.into(),
             EndpointsError::NoDns => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            EndpointsError::Save(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            EndpointsError::Save(_) | EndpointsError::StoreNames(_) => {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
             EndpointsError::Addresses(AddressError::NoIpam(_))
             | EndpointsError::BadName(_)
             | EndpointsError::NotExposed(_)
@@ -504,6 +506,7 @@ async fn dns_add(State(s): AppState, body: Bytes) -> Result<Response, ApiError> 
     let added = dns
         .add(container, &addrs, name)
         .map_err(|e| bad_request(e.to_string()))?;
+    registrations_stored(&dns).await?;
     Ok(axum::Json(serde_json::json!({ "Added": added })).into_response())
 }
 
@@ -518,7 +521,23 @@ async fn dns_remove(State(s): AppState, body: Bytes) -> Result<Response, ApiErro
     let removed = dns
         .remove(container, &addrs, body.hostname.as_deref())
         .map_err(|e| bad_request(e.to_string()))?;
+    registrations_stored(&dns).await?;
     Ok(axum::Json(serde_json::json!({ "Removed": removed })).into_response())
+}
+
+/// Answers only once a DNS change is stored, so a router killed after the answer keeps it.
+async fn registrations_stored(dns: &crate::dns::Dns) -> Result<(), ApiError> {
+    let stored = dns
+        .registrations_stored()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|written| written.map_err(|e| e.to_string()));
+    stored.map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store the DNS registrations: {e}"),
+        )
+    })
 }
 
 async fn dns_lookup(

@@ -210,6 +210,23 @@ impl Dns {
         }
     }
 
+    /// Waits until our registrations, as they are now, are stored (at once when they are
+    /// not kept); the handle tells whether that worked.
+    pub fn registrations_stored(
+        &self,
+    ) -> tokio::task::JoinHandle<Result<(), crate::state::StateError>> {
+        let file = self
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|store| store.file.clone());
+        match file {
+            Some(file) => file.written(),
+            None => tokio::spawn(async { Ok(()) }),
+        }
+    }
+
     pub fn config(&self) -> &DnsConfig {
         &self.config
     }

@@ -47,6 +47,9 @@ pub enum EndpointsError {
     /// The endpoints could not be recorded in the state directory.
     #[error("cannot save endpoints: {0}")]
     Save(StateError),
+    /// The endpoint's name could not be stored in the state directory.
+    #[error("cannot store the DNS registrations: {0}")]
+    StoreNames(StateError),
     /// `hide ADDR` of an address `expose` did not give.
     #[error("{0} is not exposed")]
     NotExposed(std::net::Ipv4Addr),
@@ -73,6 +76,18 @@ pub trait Names: Send + Sync + 'static {
     fn add(&self, owner: &str, addrs: &[Ipv4Addr], fqdn: &str) -> Result<usize, DnsError>;
     /// Removes every name of `owner`.
     fn remove_all(&self, owner: &str);
+    /// Waits until the names added and removed so far are stored for the next run.
+    fn stored(&self) -> tokio::task::JoinHandle<Result<(), StateError>>;
+}
+
+/// Waits until `names` are stored; a failure of the storing task is a failure to store.
+async fn names_stored(names: &dyn Names) -> Result<(), StateError> {
+    names.stored().await.unwrap_or_else(|e| {
+        Err(StateError::Io {
+            path: PathBuf::from("dns.json"),
+            error: std::io::Error::other(e.to_string()),
+        })
+    })
 }
 
 impl Names for crate::dns::Dns {
@@ -86,6 +101,10 @@ impl Names for crate::dns::Dns {
 
     fn remove_all(&self, owner: &str) {
         let _ = crate::dns::Dns::remove(self, owner, &[], None);
+    }
+
+    fn stored(&self) -> tokio::task::JoinHandle<Result<(), StateError>> {
+        self.registrations_stored()
     }
 }
 
@@ -303,6 +322,12 @@ impl Endpoints {
             let _ = self.detach(endpoint.netns.clone()).await;
             return Err(EndpointsError::Save(e));
         }
+        if let Some(names) = &self.names {
+            if let Err(e) = names_stored(names.as_ref()).await {
+                let _ = self.detach(endpoint.netns.clone()).await;
+                return Err(EndpointsError::StoreNames(e));
+            }
+        }
         Ok(endpoint)
     }
 
@@ -312,6 +337,11 @@ impl Endpoints {
         let owner = endpoint.owner();
         if let Some(names) = &self.names {
             names.remove_all(&owner);
+            // Stored before the answer, so a router killed right after a detach does not
+            // bring the name back when it starts again.
+            if let Err(e) = names_stored(names.as_ref()).await {
+                tracing::error!("cannot store the DNS registrations without {owner}'s: {e}");
+            }
         }
         if let Some(i) = &self.ipam {
             if let Err(e) = i.release(&owner) {
@@ -337,16 +367,24 @@ mod tests {
     use crate::dns::records::RecordError;
     use crate::mesh::peer_name::PeerName;
 
-    /// Names in memory, in the domain `weave.local.`; `add` fails while `fail` is set.
+    /// Names in memory, in the domain `weave.local.`; `add` fails while `fail` is set,
+    /// storing while `store_fails` is.
     #[derive(Default)]
     struct FakeNames {
         names: Mutex<BTreeSet<(String, Ipv4Addr, String)>>,
+        /// The names as they were when last asked to be stored.
+        stored: Mutex<BTreeSet<(String, Ipv4Addr, String)>>,
         fail: std::sync::atomic::AtomicBool,
+        store_fails: std::sync::atomic::AtomicBool,
     }
 
     impl FakeNames {
         fn all(&self) -> Vec<(String, Ipv4Addr, String)> {
             self.names.lock().unwrap().iter().cloned().collect()
+        }
+
+        fn all_stored(&self) -> Vec<(String, Ipv4Addr, String)> {
+            self.stored.lock().unwrap().iter().cloned().collect()
         }
     }
 
@@ -368,6 +406,22 @@ mod tests {
 
         fn remove_all(&self, owner: &str) {
             self.names.lock().unwrap().retain(|(o, _, _)| o != owner);
+        }
+
+        fn stored(&self) -> tokio::task::JoinHandle<Result<(), StateError>> {
+            let fails = self.store_fails.load(std::sync::atomic::Ordering::Relaxed);
+            if !fails {
+                *self.stored.lock().unwrap() = self.names.lock().unwrap().clone();
+            }
+            tokio::spawn(async move {
+                match fails {
+                    false => Ok(()),
+                    true => Err(StateError::Io {
+                        path: "dns.json".into(),
+                        error: std::io::Error::other("disk full"),
+                    }),
+                }
+            })
         }
     }
 
@@ -461,6 +515,11 @@ mod tests {
             )]
         );
         assert_eq!(b.saved(), vec![e.clone()]);
+        assert_eq!(
+            b.names.all_stored(),
+            b.names.all(),
+            "stored before the answer"
+        );
 
         let again = b.endpoints.attach(order(&["net:default"], None)).await;
         assert!(
@@ -476,6 +535,11 @@ mod tests {
         assert_eq!(gone, e);
         b.assert_nothing_left("c1");
         assert_eq!(b.saved(), vec![]);
+        assert_eq!(
+            b.names.all_stored(),
+            vec![],
+            "the name's removal stored too"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,5 +667,24 @@ mod tests {
             .to_string()
             .starts_with("cannot save endpoints: "));
         b.assert_nothing_left("c1");
+    }
+
+    #[tokio::test]
+    async fn a_name_that_cannot_be_stored_undoes_the_attach() {
+        let b = bed("names-unstored");
+        b.names
+            .store_fails
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = b
+            .endpoints
+            .attach(order(&["net:default"], Some("web")))
+            .await;
+        assert!(matches!(r, Err(EndpointsError::StoreNames(_))), "{r:?}");
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "cannot store the DNS registrations: state directory dns.json: disk full"
+        );
+        b.assert_nothing_left("c1");
+        assert_eq!(b.saved(), vec![]);
     }
 }
