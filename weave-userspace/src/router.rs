@@ -134,6 +134,9 @@ struct Mesh {
     discovered: std::collections::BTreeSet<Target>,
     /// Peers gossip named that we leave to dial us (their name is higher), since when.
     discovery_waits: BTreeMap<PeerName, tokio::time::Instant>,
+    /// Discovered targets let go after a refusal for a connection limit, until when
+    /// ([`gossip::DISCOVERY_FULL_HOLD`]).
+    discovery_full: BTreeMap<Target, tokio::time::Instant>,
     /// When gossip was last looked through for peers to dial ([`gossip::DISCOVERY_CHECK`]).
     discovery_checked_at: Option<tokio::time::Instant>,
     /// Inbound connections refused for want of the right password or for an IP allocation
@@ -653,6 +656,20 @@ impl<D: Datapath> MakerHost for Inner<D> {
         self.mesh().targets.contains_key(target)
     }
 
+    fn let_go_when_full(&self, target: &Target) -> bool {
+        {
+            let mut mesh = self.mesh();
+            if !mesh.discovered.remove(target) {
+                return false;
+            }
+            mesh.targets.remove(target);
+            let until = tokio::time::Instant::now() + gossip::DISCOVERY_FULL_HOLD;
+            mesh.discovery_full.insert(target.clone(), until);
+        }
+        self.store_targets();
+        true
+    }
+
     fn is_connected(&self, peer: PeerName, except: ConnId) -> bool {
         self.mesh().core.is_connected(peer, except)
     }
@@ -718,6 +735,7 @@ impl<D: Datapath> Router<D> {
                 targets: BTreeMap::new(),
                 discovered: Default::default(),
                 discovery_waits: BTreeMap::new(),
+                discovery_full: BTreeMap::new(),
                 discovery_checked_at: None,
                 refused_inbound: BTreeMap::new(),
             }),

@@ -110,7 +110,21 @@ pub enum ConnectionError {
     SlowPeer,
 }
 
+/// How a refusal for a connection limit begins, ours or the peer's (in its goodbye).
+pub const CONNECTION_LIMIT_REFUSAL: &str = "connection limit of";
+
 impl ConnectionError {
+    /// Whether the connection was refused because one of its ends holds as many
+    /// connections as it may ([`CONNECTION_LIMIT_REFUSAL`]).
+    pub fn is_connection_limit(&self) -> bool {
+        match self {
+            ConnectionError::Refused(reason) | ConnectionError::Goodbye(reason) => {
+                reason.starts_with(CONNECTION_LIMIT_REFUSAL)
+            }
+            _ => false,
+        }
+    }
+
     /// The refusal an error counts as in `/metrics`, when it is one of ours for misbehaviour
     /// of the remote end's transport (gossip refusals are counted where gossip is handled).
     pub fn refusal(&self) -> Option<super::control_refusal::Refusal> {

@@ -111,6 +111,10 @@ pub(crate) trait MakerHost: Send + Sync + 'static {
     fn set_target_state(&self, target: &Target, state: TargetState);
     /// Whether the target is still wanted (`forget` takes it away).
     fn wants(&self, target: &Target) -> bool;
+    /// A connection to the target was refused for a connection limit, ours or the peer's:
+    /// whether to stop dialling it (the host lets a target that discovery found go for a
+    /// while; one it was given is dialled again after the backoff).
+    fn let_go_when_full(&self, target: &Target) -> bool;
     /// Whether an accepted connection to `peer` other than `except` is up.
     fn is_connected(&self, peer: PeerName, except: ConnId) -> bool;
     fn next_conn_id(&self) -> ConnId;
@@ -194,6 +198,13 @@ impl<H: MakerHost> Maker<H> {
                 }
             };
             let message = error.to_string();
+            if error.is_connection_limit() && self.host.let_go_when_full(&self.target) {
+                tracing::info!(
+                    "connection to {} refused: {message}; not dialling it for a while",
+                    self.target
+                );
+                return;
+            }
             if matches!(error, ConnectionError::Protocol(_)) {
                 tracing::warn!("connection to {} refused: {message}", self.target);
             } else {

@@ -566,7 +566,10 @@ impl MeshCore {
             };
         }
         if !self.by_peer.contains_key(&hello.name) && self.by_peer.len() >= conn_limit {
-            return Admission::Reject(format!("connection limit of {conn_limit} reached"));
+            return Admission::Reject(format!(
+                "{} {conn_limit} reached",
+                crate::mesh::connection::CONNECTION_LIMIT_REFUSAL
+            ));
         }
         for (name, id) in &self.by_peer {
             let other = &self.connections[id].hello;

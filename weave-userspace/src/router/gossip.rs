@@ -13,7 +13,7 @@ use super::route_plan::{self, Installed};
 use super::{Inner, Mesh};
 use crate::datapath::Datapath;
 use crate::mesh::connection::{ConnCommand, ConnId, ConnectionError};
-use crate::mesh::connection_maker::Target;
+use crate::mesh::connection_maker::{Target, TargetState};
 use crate::mesh::gossip_refusal::{log_refused, Refusal, REFUSED};
 use crate::mesh::peer_name::PeerName;
 use crate::mesh::protocol::{self, GossipDigest, GossipUpdate, Message};
@@ -176,6 +176,13 @@ pub(super) struct Discovery {
 /// events it would be done hundreds of times a second while a large mesh forms (a map of
 /// every peer's address each time), for dials that may as well wait this long.
 pub const DISCOVERY_CHECK: Duration = Duration::from_millis(100);
+
+/// How long a peer that gossip named is not dialled again after it, or we, refused its
+/// connection for a connection limit. In a mesh larger than the limit every router holds
+/// as many connections as it may and reaches the rest through them; dialling those again
+/// every few seconds would only be refused, each time a TCP connection and a handshake on
+/// both ends. Weave's makers wait up to 6 minutes between attempts.
+pub const DISCOVERY_FULL_HOLD: Duration = Duration::from_secs(300);
 
 /// When to dial a peer that gossip named at `named_at` and that no connection reaches yet:
 /// at once when our name is the higher (our connection is the one kept), else after
@@ -811,7 +818,17 @@ impl<D: Datapath> Inner<D> {
             mesh.discovered.remove(&t);
             mesh.targets.remove(&t);
         }
-        let Some(room) = self.conn_limit.checked_sub(mesh.core.peer_count()) else {
+        mesh.discovery_full.retain(|_, until| *until > now);
+        // Discovered targets still being dialled will take room too when they connect.
+        let dialling = mesh
+            .discovered
+            .iter()
+            .filter(|t| !matches!(mesh.targets.get(*t), Some(TargetState::Connected(_))))
+            .count();
+        let Some(room) = self
+            .conn_limit
+            .checked_sub(mesh.core.peer_count() + dialling)
+        else {
             mesh.discovery_waits.clear();
             return Discovery {
                 targets_changed: forgot,
@@ -828,7 +845,7 @@ impl<D: Datapath> Inner<D> {
                 };
                 (target, *name)
             })
-            .filter(|(t, _)| !mesh.targets.contains_key(t))
+            .filter(|(t, _)| !mesh.targets.contains_key(t) && !mesh.discovery_full.contains_key(t))
             .collect();
         // A peer connected (it dialled us) or gone is no longer waited for.
         let waited: BTreeSet<PeerName> = undialled.iter().map(|(_, name)| *name).collect();

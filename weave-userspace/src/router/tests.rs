@@ -52,7 +52,7 @@ impl Node {
     }
 
     fn start_with(n: u8, listener: TcpListener, targets: &[SocketAddr], discovery: bool) -> Node {
-        Self::start_full(n, listener, targets, discovery, None)
+        Self::start_full(n, listener, targets, discovery, None, DEFAULT_CONN_LIMIT)
     }
 
     /// Router `n` with short ID `short_id` (another's, for clashes), dialling `target`.
@@ -82,7 +82,7 @@ impl Node {
     async fn start_with_password(n: u8, targets: &[SocketAddr], password: Option<u8>) -> Node {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let key = password.map(|b| Arc::new(PresharedKey::from_bytes([b; 32])));
-        Self::start_full(n, listener, targets, false, key)
+        Self::start_full(n, listener, targets, false, key, DEFAULT_CONN_LIMIT)
     }
 
     fn start_full(
@@ -91,6 +91,7 @@ impl Node {
         targets: &[SocketAddr],
         discovery: bool,
         password: Option<Arc<PresharedKey>>,
+        conn_limit: usize,
     ) -> Node {
         let datapath = Arc::new(FakeDatapath::new());
         let config = RouterConfig {
@@ -107,7 +108,7 @@ impl Node {
                 .collect(),
             timings: timings(),
             discovery,
-            conn_limit: DEFAULT_CONN_LIMIT,
+            conn_limit,
             password,
             sleeve: None,
             sleeve_use: Default::default(),
@@ -660,6 +661,68 @@ async fn discovery_dials_the_peers_gossip_names() {
         a.router.status().targets
     );
     for n in [&a, &b, &c] {
+        n.router.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_refused_for_a_connection_limit_is_not_dialled_again_for_a_while() {
+    let listener = |last: u8| async move {
+        bind(SocketAddr::from(([127, 0, 0, last], 0)))
+            .await
+            .unwrap()
+    };
+    // `full` may hold one connection, to the hub. The newcomer has the highest name, so it
+    // dials what gossip names at once; `full`, at its limit, dials nobody.
+    let hub = Node::start_with(2, listener(2).await, &[], true);
+    let full = Node::start_full(1, listener(1).await, &[hub.addr()], true, None, 1);
+    wait_until("full is connected to the hub", || {
+        full.states() == ["established"]
+    })
+    .await;
+    let newcomer = Node::start_with(3, listener(3).await, &[hub.addr()], true);
+    let full_target: Target = format!("127.0.0.1:{}", full.addr().port()).parse().unwrap();
+    wait_until(
+        "the newcomer was refused by the full router and let it go",
+        || {
+            newcomer
+                .router
+                .inner
+                .mesh()
+                .discovery_full
+                .contains_key(&full_target)
+        },
+    )
+    .await;
+    // Not dialled again, over many backoff intervals (100-400 ms here).
+    for _ in 0..20 {
+        let status = newcomer.router.status();
+        assert!(
+            !status.targets.contains(&full_target.to_string()),
+            "{:?}",
+            status.targets
+        );
+        assert!(
+            status
+                .connections
+                .iter()
+                .all(|c| c.state != "failed" && c.state != "retrying"),
+            "{:?}",
+            newcomer.states()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        full.states(),
+        ["established"],
+        "full keeps its one connection"
+    );
+    assert_eq!(
+        full.router.status().targets,
+        vec![hub.addr().to_string()],
+        "full dials nobody more at its limit"
+    );
+    for n in [&hub, &full, &newcomer] {
         n.router.stop().await;
     }
 }
