@@ -142,6 +142,14 @@ impl Node {
     }
 }
 
+/// A listener on 127.0.0.`last`, so that routers on distinct loopback addresses are
+/// distinct targets.
+async fn loopback_listener(last: u8) -> TcpListener {
+    bind(SocketAddr::from(([127, 0, 0, last], 0)))
+        .await
+        .unwrap()
+}
+
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -623,14 +631,9 @@ async fn malformed_gossip_closes_only_that_connection() {
 #[tokio::test]
 async fn discovery_dials_the_peers_gossip_names() {
     // Three routers on distinct loopback addresses, so each is a distinct target.
-    let listener = |last: u8| async move {
-        bind(SocketAddr::from(([127, 0, 0, last], 0)))
-            .await
-            .unwrap()
-    };
-    let b = Node::start_with(2, listener(2).await, &[], true);
-    let a = Node::start_with(1, listener(1).await, &[b.addr()], true);
-    let c = Node::start_with(3, listener(3).await, &[b.addr()], true);
+    let b = Node::start_with(2, loopback_listener(2).await, &[], true);
+    let a = Node::start_with(1, loopback_listener(1).await, &[b.addr()], true);
+    let c = Node::start_with(3, loopback_listener(3).await, &[b.addr()], true);
     wait_until("a and c connect to each other directly", || {
         a.router
             .status()
@@ -667,20 +670,15 @@ async fn discovery_dials_the_peers_gossip_names() {
 
 #[tokio::test]
 async fn a_peer_refused_for_a_connection_limit_is_not_dialled_again_for_a_while() {
-    let listener = |last: u8| async move {
-        bind(SocketAddr::from(([127, 0, 0, last], 0)))
-            .await
-            .unwrap()
-    };
     // `full` may hold one connection, to the hub. The newcomer has the highest name, so it
     // dials what gossip names at once; `full`, at its limit, dials nobody.
-    let hub = Node::start_with(2, listener(2).await, &[], true);
-    let full = Node::start_full(1, listener(1).await, &[hub.addr()], true, None, 1);
+    let hub = Node::start_with(2, loopback_listener(2).await, &[], true);
+    let full = Node::start_full(1, loopback_listener(1).await, &[hub.addr()], true, None, 1);
     wait_until("full is connected to the hub", || {
         full.states() == ["established"]
     })
     .await;
-    let newcomer = Node::start_with(3, listener(3).await, &[hub.addr()], true);
+    let newcomer = Node::start_with(3, loopback_listener(3).await, &[hub.addr()], true);
     let full_target: Target = format!("127.0.0.1:{}", full.addr().port()).parse().unwrap();
     wait_until(
         "the newcomer was refused by the full router and let it go",
