@@ -220,14 +220,12 @@ impl StateDir {
     ) -> Result<Option<T>, StateError> {
         let path = self.path.join(name);
         match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StateError::Corrupt {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })
-            }
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -350,19 +348,33 @@ impl OffThreadWriter {
         }
     }
 
-    /// Stores `bytes` on the blocking pool (call inside a runtime); the handle tells whether
-    /// they, or a newer content taken in the same write, reached the disk.
-    pub fn write_then(&self, bytes: Vec<u8>) -> tokio::task::JoinHandle<Result<(), StateError>> {
+    /// Stores `bytes` on the blocking pool (await inside a runtime): whether they, or a newer
+    /// content taken in the same write, reached the disk.
+    pub fn write_then(
+        &self,
+        bytes: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), StateError>> + Send + 'static {
         self.inner.set_pending(bytes);
-        let file = self.inner.clone();
-        tokio::task::spawn_blocking(move || file.flush())
+        self.written()
     }
 
-    /// Waits on the blocking pool until every content given so far has reached the disk
-    /// (call inside a runtime); the handle tells whether the last write worked.
-    pub fn written(&self) -> tokio::task::JoinHandle<Result<(), StateError>> {
+    /// Waits on the blocking pool (await inside a runtime) until every content given so far
+    /// has reached the disk: whether the last write worked.
+    pub fn written(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), StateError>> + Send + 'static {
         let file = self.inner.clone();
-        tokio::task::spawn_blocking(move || file.flush())
+        async move {
+            let path = file.path.clone();
+            tokio::task::spawn_blocking(move || file.flush())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StateError::Io {
+                        path,
+                        error: std::io::Error::other(e.to_string()),
+                    })
+                })
+        }
     }
 }
 
@@ -644,9 +656,9 @@ mod tests {
         let dir = tempdir("off-thread-fail");
         let w = OffThreadWriter::new(dir.join("f.json"), "a test file");
         // No directory: the write fails, and says so.
-        assert!(w.write_then(b"1".to_vec()).await.unwrap().is_err());
+        assert!(w.write_then(b"1".to_vec()).await.is_err());
         std::fs::create_dir_all(&dir).unwrap();
-        w.write_then(b"2".to_vec()).await.unwrap().unwrap();
+        w.write_then(b"2".to_vec()).await.unwrap();
         assert_eq!(std::fs::read(dir.join("f.json")).unwrap(), b"2");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -660,7 +672,7 @@ mod tests {
             for n in 0..10u32 {
                 w.write(format!("{round}.{n}").into_bytes());
             }
-            w.written().await.unwrap().unwrap();
+            w.written().await.unwrap();
             assert_eq!(
                 std::fs::read_to_string(dir.join("f.json")).unwrap(),
                 format!("{round}.9")

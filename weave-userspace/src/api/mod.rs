@@ -527,12 +527,7 @@ async fn dns_remove(State(s): AppState, body: Bytes) -> Result<Response, ApiErro
 
 /// Answers only once a DNS change is stored, so a router killed after the answer keeps it.
 async fn registrations_stored(dns: &crate::dns::Dns) -> Result<(), ApiError> {
-    let stored = dns
-        .registrations_stored()
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|written| written.map_err(|e| e.to_string()));
-    stored.map_err(|e| {
+    dns.registrations_stored().await.map_err(|e| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot store the DNS registrations: {e}"),

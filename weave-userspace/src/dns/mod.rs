@@ -211,19 +211,22 @@ impl Dns {
     }
 
     /// Waits until our registrations, as they are now, are stored (at once when they are
-    /// not kept); the handle tells whether that worked.
+    /// not kept): whether that worked.
     pub fn registrations_stored(
         &self,
-    ) -> tokio::task::JoinHandle<Result<(), crate::state::StateError>> {
+    ) -> impl std::future::Future<Output = Result<(), crate::state::StateError>> + Send + 'static
+    {
         let file = self
             .store
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|store| store.file.clone());
-        match file {
-            Some(file) => file.written(),
-            None => tokio::spawn(async { Ok(()) }),
+        async move {
+            match file {
+                Some(file) => file.written().await,
+                None => Ok(()),
+            }
         }
     }
 

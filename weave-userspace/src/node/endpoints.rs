@@ -77,18 +77,12 @@ pub trait Names: Send + Sync + 'static {
     /// Removes every name of `owner`.
     fn remove_all(&self, owner: &str);
     /// Waits until the names added and removed so far are stored for the next run.
-    fn stored(&self) -> tokio::task::JoinHandle<Result<(), StateError>>;
+    fn stored(&self) -> Stored;
 }
 
-/// Waits until `names` are stored; a failure of the storing task is a failure to store.
-async fn names_stored(names: &dyn Names) -> Result<(), StateError> {
-    names.stored().await.unwrap_or_else(|e| {
-        Err(StateError::Io {
-            path: PathBuf::from("dns.json"),
-            error: std::io::Error::other(e.to_string()),
-        })
-    })
-}
+/// What [`Names::stored`] waits on.
+pub type Stored =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StateError>> + Send>>;
 
 impl Names for crate::dns::Dns {
     fn qualify(&self, name: &str) -> Result<String, DnsError> {
@@ -103,8 +97,8 @@ impl Names for crate::dns::Dns {
         let _ = crate::dns::Dns::remove(self, owner, &[], None);
     }
 
-    fn stored(&self) -> tokio::task::JoinHandle<Result<(), StateError>> {
-        self.registrations_stored()
+    fn stored(&self) -> Stored {
+        Box::pin(self.registrations_stored())
     }
 }
 
@@ -221,12 +215,7 @@ impl Interfaces {
             let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
             store.write_then(self.snapshot())
         };
-        written.await.unwrap_or_else(|e| {
-            Err(StateError::Io {
-                path: std::path::PathBuf::from("endpoints.json"),
-                error: std::io::Error::other(e.to_string()),
-            })
-        })
+        written.await
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -323,7 +312,7 @@ impl Endpoints {
             return Err(EndpointsError::Save(e));
         }
         if let Some(names) = &self.names {
-            if let Err(e) = names_stored(names.as_ref()).await {
+            if let Err(e) = names.stored().await {
                 let _ = self.detach(endpoint.netns.clone()).await;
                 return Err(EndpointsError::StoreNames(e));
             }
@@ -339,7 +328,7 @@ impl Endpoints {
             names.remove_all(&owner);
             // Stored before the answer, so a router killed right after a detach does not
             // bring the name back when it starts again.
-            if let Err(e) = names_stored(names.as_ref()).await {
+            if let Err(e) = names.stored().await {
                 tracing::error!("cannot store the DNS registrations without {owner}'s: {e}");
             }
         }
@@ -408,12 +397,12 @@ mod tests {
             self.names.lock().unwrap().retain(|(o, _, _)| o != owner);
         }
 
-        fn stored(&self) -> tokio::task::JoinHandle<Result<(), StateError>> {
+        fn stored(&self) -> Stored {
             let fails = self.store_fails.load(std::sync::atomic::Ordering::Relaxed);
             if !fails {
                 *self.stored.lock().unwrap() = self.names.lock().unwrap().clone();
             }
-            tokio::spawn(async move {
+            Box::pin(async move {
                 match fails {
                     false => Ok(()),
                     true => Err(StateError::Io {
